@@ -1,0 +1,231 @@
+# frozen_string_literal: true
+
+require "json"
+
+module SnakepitBridge
+  # A frame or payload the peer sent could not be turned into a message.
+  # +kind+ is one of the error kinds of tests/vectors/frames.json:
+  # :truncated, :too_large, :invalid_payload, :invalid_utf8, :missing_field,
+  # :wrong_type.
+  class DecodeError < Error
+    attr_reader :kind
+
+    def initialize(kind, message)
+      super(message)
+      @kind = kind
+    end
+  end
+
+  # The length prefix announced more than the allowed maximum. The worker
+  # keeps +size+ so it can skip the payload and stay in sync with the stream.
+  class FrameTooLarge < DecodeError
+    attr_reader :size
+
+    def initialize(size, max)
+      super(:too_large, "frame of #{size} bytes exceeds the maximum of #{max} bytes")
+      @size = size
+    end
+  end
+
+  # Raised when the msgpack codec is requested but the gem cannot be loaded.
+  class CodecUnavailable < Error; end
+
+  # Framing (4-byte big-endian length + payload) and the two codecs.
+  module Wire
+    MAX_FRAME_SIZE = 64 * 1024 * 1024
+    CODEC_NAMES = %w[json msgpack].freeze
+
+    module_function
+
+    # Resolves a codec from an explicit name, else SNAKEPIT_CODEC, else json.
+    def codec(name = nil)
+      name = (name || ENV["SNAKEPIT_CODEC"] || "json").to_s.strip.downcase
+      name = "json" if name.empty?
+      case name
+      when "json" then JsonCodec.new
+      when "msgpack" then MsgpackCodec.new
+      else raise ArgumentError, "unknown codec #{name.inspect} (expected json or msgpack)"
+      end
+    end
+
+    # Reads one frame's payload. Returns nil on a clean EOF (before any byte
+    # of a frame). IO#read(n) on an unbuffered IO reads straight into the
+    # result and loops over short reads, so nothing past the frame is consumed.
+    def read_frame(io, max_frame_size = MAX_FRAME_SIZE)
+      header = io.read(4)
+      return nil if header.nil?
+      raise DecodeError.new(:truncated, "stream ended inside a frame header") if header.bytesize < 4
+
+      size = header.unpack1("N")
+      raise FrameTooLarge.new(size, max_frame_size) if size > max_frame_size
+      return +"" if size.zero?
+
+      payload = io.read(size)
+      if payload.nil? || payload.bytesize < size
+        raise DecodeError.new(:truncated, "stream ended inside a frame (#{payload&.bytesize || 0} of #{size} bytes)")
+      end
+
+      payload
+    end
+
+    # Discards +size+ bytes, used after FrameTooLarge to resynchronise.
+    def skip(io, size)
+      buffer = +""
+      while size.positive?
+        chunk = io.read([size, 65_536].min, buffer)
+        return false if chunk.nil?
+
+        size -= chunk.bytesize
+      end
+      true
+    end
+
+    # Header and payload in one string so the frame goes out in one write(2).
+    def frame(payload)
+      [payload.bytesize, payload].pack("Na*")
+    end
+
+    # Checks the fields a decoded message must have, by direction
+    # (:to_worker or :to_pool). Raises DecodeError(:missing_field/:wrong_type).
+    def validate(message, direction)
+      raise DecodeError.new(:wrong_type, "payload is not a map") unless message.is_a?(Hash)
+
+      type = message["type"]
+      if direction.to_sym == :to_pool
+        validate_to_pool(message, type)
+      else
+        validate_to_worker(message, type)
+      end
+      message
+    end
+
+    def validate_to_pool(message, type)
+      case type
+      when nil, "response"
+        require_field(message, "id", Integer)
+        require_field(message, "success", true, false)
+        if message["success"]
+          require_key(message, "result")
+        else
+          require_field(message, "error", String, Hash)
+        end
+      when "hello" then require_field(message, "protocol", Integer)
+      when "chunk"
+        require_field(message, "id", Integer)
+        require_key(message, "data")
+      when "host_call"
+        require_field(message, "id", Integer)
+        require_field(message, "request_id", Integer)
+        require_field(message, "function", String)
+        require_field(message, "args", Hash)
+      else raise DecodeError.new(:wrong_type, "unknown frame type #{type.inspect}")
+      end
+    end
+
+    def validate_to_worker(message, type)
+      case type
+      when nil, "request"
+        require_field(message, "id", Integer)
+        require_field(message, "command", String)
+        require_field(message, "args", Hash)
+      when "cancel" then require_field(message, "id", Integer)
+      when "host_reply"
+        require_field(message, "id", Integer)
+        require_field(message, "success", true, false)
+      else raise DecodeError.new(:wrong_type, "unknown frame type #{type.inspect}")
+      end
+    end
+
+    def require_key(message, key)
+      raise DecodeError.new(:missing_field, "missing field #{key}") unless message.key?(key)
+    end
+
+    def require_field(message, key, *allowed)
+      require_key(message, key)
+      value = message[key]
+      return if allowed.any? { |kind| kind === value } # rubocop:disable Style/CaseEquality
+
+      raise DecodeError.new(:wrong_type, "field #{key} has the wrong type (#{value.class})")
+    end
+
+    # JSON through the standard library: compact output, non-ASCII kept as
+    # UTF-8, key order as the Hash was built.
+    class JsonCodec
+      def name
+        "json"
+      end
+
+      def encode(value)
+        JSON.generate(value)
+      end
+
+      def decode(payload)
+        payload = payload.dup if payload.frozen?
+        payload.force_encoding(Encoding::UTF_8)
+        # The JSON parser would accept some invalid sequences inside strings,
+        # so UTF-8 is checked up front (a fast C scan).
+        raise DecodeError.new(:invalid_utf8, "frame is not valid UTF-8") unless payload.valid_encoding?
+
+        begin
+          value = JSON.parse(payload)
+        rescue JSON::ParserError => e
+          raise DecodeError.new(:invalid_payload, "frame is not valid JSON: #{e.message[0, 200]}")
+        end
+        raise DecodeError.new(:wrong_type, "frame is not a JSON object") unless value.is_a?(Hash)
+
+        value
+      end
+    end
+
+    # MessagePack through the msgpack gem, loaded only when this codec is
+    # chosen. The gem packs UTF-8/ASCII strings as str and ASCII-8BIT
+    # (binary) strings as bin, integers in their smallest form and Floats as
+    # float 64, which is what the protocol asks for.
+    class MsgpackCodec
+      INSTALL_HINT = "the msgpack codec needs the msgpack gem: " \
+                     "apt-get install ruby-msgpack (Debian/Ubuntu) or gem install msgpack"
+
+      def initialize
+        begin
+          require "msgpack"
+        rescue LoadError => e
+          raise CodecUnavailable, "#{INSTALL_HINT} (#{e.message})"
+        end
+      end
+
+      def name
+        "msgpack"
+      end
+
+      def encode(value)
+        MessagePack.pack(value)
+      end
+
+      def decode(payload)
+        begin
+          value = MessagePack.unpack(payload)
+        rescue StandardError => e # EOFError for a cut payload, MalformedFormatError, ...
+          raise DecodeError.new(:invalid_payload, "frame is not valid MessagePack: #{e.class}: #{e.message[0, 200]}")
+        end
+        raise DecodeError.new(:wrong_type, "frame is not a MessagePack map") unless value.is_a?(Hash)
+
+        # The gem tags str payloads as UTF-8 without checking them.
+        check_utf8(value)
+        value
+      end
+
+      private
+
+      def check_utf8(value)
+        case value
+        when String
+          if value.encoding == Encoding::UTF_8 && !value.valid_encoding?
+            raise DecodeError.new(:invalid_utf8, "frame holds a string that is not valid UTF-8")
+          end
+        when Hash then value.each { |k, v| check_utf8(k); check_utf8(v) }
+        when Array then value.each { |v| check_utf8(v) }
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,445 @@
+# frozen_string_literal: true
+
+module SnakepitBridge
+  # What a handler gets besides its args: the request's metadata, streaming,
+  # cancellation and calls back into the host (pool).
+  #
+  # Use it from the handler's own thread; only #chunk is safe from others.
+  class Context
+    attr_reader :request_id, :command, :session_id, :traceparent, :tracestate, :timeout_ms
+
+    def initialize(worker, request_id, command, message)
+      @worker = worker
+      @request_id = request_id
+      @command = command
+      @session_id = message["session_id"]
+      @traceparent = message["traceparent"]
+      @tracestate = message["tracestate"]
+      @timeout_ms = message["timeout_ms"]
+      @stream = message["stream"] == true
+      @cancelled = false
+    end
+
+    # The worker's id in its pool (SNAKEPIT_WORKER_ID or the init ping's), or nil.
+    def worker_id
+      @worker.worker_id
+    end
+
+    # A Logger writing to stderr, which the pool forwards to its log.
+    def logger
+      @worker.logger
+    end
+
+    # True when the caller consumes partial results (request had stream: true).
+    def stream?
+      @stream
+    end
+
+    # Sends a partial result as a chunk frame, before the handler's return
+    # value. The pool drops chunks for callers that did not ask for a stream.
+    def chunk(data)
+      @worker.send_chunk(@request_id, data)
+      nil
+    end
+
+    # True once the request was cancelled (SIGINT or a cancel frame).
+    def cancelled?
+      @cancelled
+    end
+
+    # Raises Cancelled if the request was cancelled; for handlers that run
+    # code SIGINT cannot interrupt (long C calls) and poll between steps.
+    def check_cancelled!
+      raise Cancelled, "request #{@request_id} was cancelled" if @cancelled
+    end
+
+    # Calls a function the host registered and waits for its answer.
+    # Returns the result, or raises HostCallError(error_type, message).
+    def call_host(function, args = {})
+      @worker.call_host(self, function, args)
+    end
+
+    # Session store helpers on top of call_host (session.get/set/delete).
+    def session
+      @session ||= Session.new(self)
+    end
+
+    # @api private
+    def mark_cancelled
+      @cancelled = true
+    end
+  end
+
+  # ctx.session: the pool's store for the request's session.
+  class Session
+    def initialize(ctx)
+      @ctx = ctx
+    end
+
+    # The value stored under +key+, or nil.
+    def get(key)
+      @ctx.call_host("session.get", { "key" => key })
+    end
+
+    def set(key, value)
+      @ctx.call_host("session.set", { "key" => key, "value" => value })
+      nil
+    end
+
+    # True if the key existed.
+    def delete(key)
+      @ctx.call_host("session.delete", { "key" => key })
+    end
+
+    alias [] get
+    alias []= set
+  end
+
+  # Registry of commands plus the serve loop. One request runs at a time on
+  # the thread that called #run; SIGINT during a handler cancels it.
+  class Worker
+    CAPABILITIES = {
+      "max_concurrency" => 1,
+      "cancel" => false,
+      "sigint" => true,
+      "streaming" => true,
+      "host_calls" => true
+    }.freeze
+
+    TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%6NZ"
+
+    attr_reader :codec, :requests_handled
+
+    # codec: "json" or "msgpack"; nil reads SNAKEPIT_CODEC (default json).
+    # input/output: IOs to speak frames on. When omitted the worker takes
+    # over the process's stdin/stdout (see #take_over_stdio) so that nothing
+    # user code prints can corrupt a frame.
+    def initialize(codec: nil, input: nil, output: nil)
+      @codec = Wire.codec(codec)
+      if input.nil? && output.nil?
+        @input, @output = self.class.take_over_stdio
+      else
+        @input = input || self.class.take_over_stdio[0]
+        @output = output || self.class.take_over_stdio[1]
+      end
+      @handlers = {}
+      @write_lock = Mutex.new
+      @pending = []
+      @current = nil
+      @host_call_seq = 0
+      @requests_handled = 0
+      @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      @worker_id = ENV["SNAKEPIT_WORKER_ID"]
+      @worker_id = nil if @worker_id&.empty?
+      @logger = nil
+      command("ping") { |args, _ctx| Generic.ping(self, args) }
+    end
+
+    # Keeps duplicates of fds 0 and 1 for frames, then points fd 1 (and
+    # $stdout) at stderr and fd 0 at /dev/null: `puts`, `print`, C
+    # extensions and child processes all write to the log, and nothing can
+    # read frames meant for the worker. Done once per process.
+    def self.take_over_stdio
+      @stdio ||= begin
+        $stdout.flush
+        STDOUT.flush
+        frames_out = STDOUT.dup # the dup is close-on-exec: children never see it
+        frames_out.binmode
+        frames_out.sync = true
+        frames_in = STDIN.dup
+        frames_in.binmode
+        STDOUT.reopen(STDERR)
+        STDOUT.sync = true
+        $stdout = $stderr
+        STDIN.reopen(File::NULL)
+        [frames_in, frames_out].freeze
+      end
+    end
+
+    # Registers a handler: a block, or any object answering #call (a Method,
+    # a lambda). It is called with (args, ctx); a callable taking a single
+    # argument gets just args.
+    def command(name, callable = nil, &block)
+      handler = callable || block
+      raise ArgumentError, "command #{name} needs a block or a callable" unless handler.respond_to?(:call)
+
+      # A lambda or Method taking one argument would raise if given two
+      # (a plain block just ignores the extra one).
+      strict = !handler.is_a?(Proc) || handler.lambda?
+      if strict && handler.respond_to?(:arity) && handler.arity == 1
+        single = handler
+        handler = ->(args, _ctx) { single.call(args) }
+      end
+      @handlers[name.to_s] = handler
+      self
+    end
+
+    # Names of the registered commands.
+    def commands
+      @handlers.keys
+    end
+
+    def worker_id
+      @worker_id
+    end
+
+    def uptime
+      Process.clock_gettime(Process::CLOCK_MONOTONIC) - @started
+    end
+
+    def logger
+      @logger ||= begin
+        require "logger"
+        log = Logger.new($stderr, progname: BRIDGE_NAME)
+        log.formatter = proc do |severity, time, _prog, msg|
+          "#{time.utc.strftime(TIME_FORMAT)} #{severity} [#{@worker_id || Process.pid}] #{msg}\n"
+        end
+        log
+      end
+    end
+
+    # The hello frame: sent first, announces what this bridge can do.
+    def hello
+      engine = RUBY_ENGINE == "ruby" ? "CRuby" : RUBY_ENGINE
+      {
+        "type" => "hello",
+        "protocol" => PROTOCOL_VERSION,
+        "pid" => Process.pid,
+        "bridge" => "#{BRIDGE_NAME}/#{VERSION}",
+        "runtime" => "#{engine} #{RUBY_ENGINE_VERSION}",
+        "capabilities" => CAPABILITIES
+      }
+    end
+
+    # Serves requests until stdin reaches EOF (or the pool goes away), then
+    # returns. SIGTERM exits the process with status 0.
+    def run
+      @serving_thread = Thread.current
+      install_signal_handlers
+      write_message(hello)
+      while (message = @pending.shift || next_message)
+        dispatch(message)
+      end
+      nil
+    rescue Errno::EPIPE
+      log("stdout closed by the pool; exiting")
+      nil
+    end
+
+    # @api private (Context#chunk)
+    def send_chunk(request_id, data)
+      write_message({ "type" => "chunk", "id" => request_id, "data" => data })
+    end
+
+    # @api private (Context#call_host). Only one request runs at a time, so
+    # the handler itself reads stdin until its host_reply arrives; other
+    # frames seen meanwhile are handled or queued for the main loop.
+    def call_host(ctx, function, args)
+      ctx.check_cancelled!
+      id = (@host_call_seq += 1)
+      write_message({ "type" => "host_call", "id" => id, "request_id" => ctx.request_id,
+                      "function" => function.to_s, "args" => args })
+      loop do
+        # SIGINT may cancel the handler while it waits here: nothing of the
+        # next frame has been consumed yet. The read itself is shielded so
+        # a cancellation can never leave half a frame behind.
+        IO.select([@input])
+        message = Thread.handle_interrupt(Cancelled => :never) { next_message }
+        raise HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") if message.nil?
+
+        case message["type"]
+        when "host_reply"
+          if message["id"] == id
+            return message["result"] if message["success"] == true
+
+            raise host_error(message["error"])
+          end
+          log("ignoring host_reply for unknown host call #{message['id'].inspect}")
+        when "cancel"
+          if message["id"] == ctx.request_id
+            ctx.mark_cancelled
+            ctx.check_cancelled!
+          end
+        when nil, "request"
+          @pending << message
+        else
+          log("ignoring frame of unknown type #{message['type'].inspect}")
+        end
+      end
+    end
+
+    private
+
+    def install_signal_handlers
+      # Trap handlers run on the main thread; Thread#raise queues Cancelled
+      # for the serving thread, where Thread.handle_interrupt decides when it
+      # may land (only while a handler runs).
+      Signal.trap("INT") { interrupt_current }
+      Signal.trap("TERM") { exit(0) }
+    end
+
+    def interrupt_current
+      ctx = @current
+      return unless ctx
+
+      ctx.mark_cancelled
+      @serving_thread.raise(Cancelled.new("request #{ctx.request_id} was cancelled"))
+    end
+
+    # The next decodable message, or nil at EOF. Undecodable frames are
+    # answered with a ProtocolError (id 0) and skipped.
+    def next_message
+      loop do
+        payload = Wire.read_frame(@input)
+        return nil if payload.nil?
+
+        return @codec.decode(payload)
+      rescue FrameTooLarge => e
+        protocol_error(e.message)
+        return nil unless Wire.skip(@input, e.size)
+      rescue DecodeError => e
+        if e.kind == :truncated
+          log("#{e.message}; treating it as end of input")
+          return nil
+        end
+        protocol_error(e.message)
+      end
+    end
+
+    def dispatch(message)
+      case message["type"]
+      when nil, "request" then serve_request(message)
+      when "cancel" then nil # nothing is running between requests
+      when "host_reply" then log("ignoring host_reply #{message['id'].inspect} outside a host call")
+      else log("ignoring frame of unknown type #{message['type'].inspect}")
+      end
+    end
+
+    def serve_request(message)
+      id = message["id"]
+      command = message["command"]
+      args = message.fetch("args") { {} }
+      unless id.is_a?(Integer) && id.positive?
+        return reply_error(id.is_a?(Integer) ? id : 0, "InvalidRequest",
+                           id.nil? ? "request has no id" : "request id must be a positive integer")
+      end
+      return reply_error(id, "InvalidRequest", "request has no command") if command.nil?
+      return reply_error(id, "InvalidRequest", "command must be a string") unless command.is_a?(String)
+      return reply_error(id, "InvalidRequest", "args must be a map") unless args.is_a?(Hash)
+
+      @requests_handled += 1
+      note_worker_id(command, args)
+      handler = @handlers[command]
+      return reply_error(id, "UnknownCommand", "Unknown command: #{command}") unless handler
+
+      write_reply(id, run_handler(handler, args, Context.new(self, id, command, message)))
+    end
+
+    # Runs the handler with Cancelled deliverable only inside it, and makes
+    # sure a SIGINT that arrives just as it returns cannot escape.
+    def run_handler(handler, args, ctx)
+      Thread.handle_interrupt(Cancelled => :never) do
+        @current = ctx
+        outcome = begin
+          result = Thread.handle_interrupt(Cancelled => :immediate) { handler.call(args, ctx) }
+          ctx.cancelled? ? cancelled_error(ctx) : [true, result]
+        rescue Cancelled
+          cancelled_error(ctx)
+        rescue SystemExit, SignalException
+          raise
+        rescue Exception => e # rubocop:disable Lint/RescueException -- any handler failure becomes a reply
+          [false, error_map(e)]
+        ensure
+          @current = nil
+        end
+        drain_cancellation
+        outcome
+      end
+    end
+
+    # A SIGINT that landed after the handler returned but before @current
+    # was cleared left a Cancelled queued; consume it here, harmlessly.
+    def drain_cancellation
+      return unless Thread.pending_interrupt?(Cancelled)
+
+      Thread.handle_interrupt(Cancelled => :immediate) { Thread.pass }
+    rescue Cancelled
+      nil
+    end
+
+    def cancelled_error(ctx)
+      [false, { "type" => "Cancelled", "message" => "request #{ctx.request_id} was cancelled" }]
+    end
+
+    def error_map(exception)
+      {
+        "type" => exception.class.name || exception.class.to_s,
+        "message" => exception.message,
+        "traceback" => (exception.backtrace || []).join("\n")
+      }
+    end
+
+    def write_reply(id, outcome)
+      success, value = outcome
+      reply = if success
+                { "id" => id, "success" => true, "result" => value, "timestamp" => timestamp }
+              else
+                { "id" => id, "success" => false, "error" => value, "timestamp" => timestamp }
+              end
+      payload = begin
+        @codec.encode(reply)
+      rescue StandardError => e
+        # A result the codec cannot represent (NaN, an arbitrary object
+        # under msgpack, invalid UTF-8 under JSON) still gets an answer.
+        error = error_map(e)
+        error["message"] = "result cannot be encoded as #{@codec.name}: #{e.message}"
+        @codec.encode({ "id" => id, "success" => false, "error" => error, "timestamp" => timestamp })
+      end
+      write_payload(payload)
+    end
+
+    def reply_error(id, type, message)
+      write_message({ "id" => id, "success" => false,
+                      "error" => { "type" => type, "message" => message }, "timestamp" => timestamp })
+    end
+
+    def protocol_error(message)
+      reply_error(0, "ProtocolError", message)
+    end
+
+    def host_error(error)
+      if error.is_a?(Hash)
+        HostCallError.new(error["type"].to_s, error["message"].to_s)
+      else
+        HostCallError.new("HostError", error.to_s)
+      end
+    end
+
+    def note_worker_id(command, args)
+      return unless @worker_id.nil? && command == "ping" && args["initialization"]
+
+      id = args["worker_id"]
+      @worker_id = id if id.is_a?(String) && !id.empty?
+    end
+
+    def write_message(message)
+      write_payload(@codec.encode(message))
+    end
+
+    def write_payload(payload)
+      frame = Wire.frame(payload)
+      # Never let a cancellation cut a frame in half.
+      Thread.handle_interrupt(Cancelled => :never) do
+        @write_lock.synchronize { @output.write(frame) }
+      end
+    end
+
+    def timestamp
+      Time.now.utc.strftime(TIME_FORMAT)
+    end
+
+    def log(message)
+      $stderr.write("#{BRIDGE_NAME}: #{message}\n")
+    end
+  end
+end
