@@ -1,0 +1,360 @@
+"""Framing and codecs of the Snakepit wire protocol (version 1).
+
+A frame is a 4-byte big-endian length followed by that many payload bytes.
+The payload is one JSON or MessagePack map. This module knows nothing about
+workers; it turns bytes into dicts and back, and says precisely why a frame
+is bad so the worker can answer with ``ProtocolError``/``InvalidRequest``.
+"""
+
+import json
+import os
+import struct
+
+__all__ = [
+    "MAX_FRAME_SIZE",
+    "FrameError",
+    "Codec",
+    "JsonCodec",
+    "MsgpackCodec",
+    "get_codec",
+    "encode_frame",
+    "validate",
+    "FrameReader",
+    "write_all",
+]
+
+PROTOCOL_VERSION = 1
+# The pool's default max_frame_size; a larger length prefix is rejected
+# before anything is allocated for it.
+MAX_FRAME_SIZE = 64 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+
+
+class FrameError(Exception):
+    """A frame that cannot be used.
+
+    ``kind`` is one of the error kinds of the test vectors: ``truncated``,
+    ``too_large``, ``invalid_payload``, ``invalid_utf8``, ``missing_field``,
+    ``wrong_type``. ``frame_id`` is the frame's id when it had a usable one,
+    so that an invalid request can still be answered under its own id.
+    """
+
+    def __init__(self, kind, message, frame_id=None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.frame_id = frame_id
+        # True when the frame was a request (answered with InvalidRequest).
+        self.request = False
+
+
+class Codec(object):
+    """Turns one payload into one value and back."""
+
+    name = "?"
+
+    def encode(self, value):
+        raise NotImplementedError
+
+    def decode(self, payload):
+        raise NotImplementedError
+
+
+class JsonCodec(Codec):
+    name = "json"
+
+    def __init__(self):
+        # One encoder object for the life of the process: building it per
+        # frame is measurable on the ping hot path.
+        self._encode = json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), allow_nan=True
+        ).encode
+        self._decode = json.JSONDecoder().decode
+
+    def encode(self, value):
+        return self._encode(value).encode("utf-8")
+
+    def decode(self, payload):
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FrameError("invalid_utf8", "frame is not valid UTF-8: %s" % exc)
+        try:
+            return self._decode(text)
+        except ValueError as exc:
+            raise FrameError("invalid_payload", "frame is not valid JSON: %s" % exc)
+        except RecursionError:
+            raise FrameError("invalid_payload", "frame is not valid JSON: nested too deeply")
+
+
+class MsgpackCodec(Codec):
+    name = "msgpack"
+
+    def __init__(self):
+        # Imported here, not at module level: JSON users must not need it.
+        try:
+            import msgpack
+        except ImportError:
+            raise ImportError(
+                "the msgpack codec needs the 'msgpack' package: pip install msgpack"
+            )
+        self._msgpack = msgpack
+        self._packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+        self._unpackb = msgpack.unpackb
+
+    def encode(self, value):
+        return self._packb(value)
+
+    def decode(self, payload):
+        try:
+            return self._unpackb(payload, raw=False)
+        except UnicodeDecodeError as exc:
+            raise FrameError("invalid_utf8", "frame has a string that is not valid UTF-8: %s" % exc)
+        except (ValueError, TypeError, self._msgpack.UnpackException) as exc:
+            # ExtraData, FormatError, StackError and "incomplete input" are
+            # all ValueError subclasses in msgpack >= 1.0.
+            raise FrameError("invalid_payload", "frame is not valid MessagePack: %s" % exc)
+        except RecursionError:
+            raise FrameError("invalid_payload", "frame is not valid MessagePack: nested too deeply")
+
+
+def get_codec(name=None):
+    """The codec called ``name``; ``None`` reads ``SNAKEPIT_CODEC`` (default json)."""
+    if isinstance(name, Codec):
+        return name
+    if name is None:
+        name = os.environ.get("SNAKEPIT_CODEC") or "json"
+    name = name.strip().lower()
+    if name == "json":
+        return JsonCodec()
+    if name in ("msgpack", "messagepack"):
+        return MsgpackCodec()
+    raise ValueError("unknown codec %r (expected json or msgpack)" % name)
+
+
+def encode_frame(codec, value):
+    """Length prefix plus encoded payload, ready to write."""
+    payload = codec.encode(value)
+    return _pack_header(len(payload)) + payload
+
+
+# --- validation -----------------------------------------------------------
+
+def _is_int(value):
+    # bool is an int subclass in Python, but true/false is never an id.
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _require(msg, field, check, what, frame_id=None):
+    if field not in msg:
+        raise FrameError("missing_field", "frame lacks field %r" % field, frame_id)
+    if not check(msg[field]):
+        raise FrameError("wrong_type", "field %r must be %s" % (field, what), frame_id)
+
+
+def _int_id(msg):
+    value = msg.get("id")
+    return value if _is_int(value) else None
+
+
+def _check_request(msg):
+    frame_id = _int_id(msg)
+    if frame_id is not None and frame_id <= 0:
+        raise FrameError("wrong_type", "field 'id' must be a positive integer")
+    _require(msg, "id", _is_int, "a positive integer")
+    _require(msg, "command", lambda v: isinstance(v, str), "a string", frame_id)
+    args = msg.get("args")
+    if args is not None and not isinstance(args, dict):
+        raise FrameError("wrong_type", "field 'args' must be a map", frame_id)
+
+
+def _check_id_only(msg):
+    _require(msg, "id", _is_int, "an integer")
+
+
+def _check_reply(msg):
+    _require(msg, "id", _is_int, "an integer")
+    _require(msg, "success", lambda v: v is True or v is False, "a boolean", msg["id"])
+
+
+def _check_hello(msg):
+    _require(msg, "protocol", _is_int, "an integer")
+
+
+def _check_host_call(msg):
+    _require(msg, "id", _is_int, "an integer")
+    _require(msg, "request_id", _is_int, "an integer", msg["id"])
+    _require(msg, "function", lambda v: isinstance(v, str), "a string", msg["id"])
+
+
+_TO_WORKER = {
+    None: _check_request,
+    "request": _check_request,
+    "cancel": _check_id_only,
+    "host_reply": _check_reply,
+}
+_TO_POOL = {
+    None: _check_reply,
+    "response": _check_reply,
+    "hello": _check_hello,
+    "chunk": _check_id_only,
+    "host_call": _check_host_call,
+}
+
+
+def validate(msg, direction="to_worker"):
+    """Check that a decoded payload is a well-formed frame; return its type.
+
+    ``direction`` is ``to_worker`` (what a worker reads) or ``to_pool``
+    (what a pool reads; used by the tests and by anyone writing a fake pool).
+    Raises FrameError with kind ``wrong_type``/``missing_field``.
+    """
+    if not isinstance(msg, dict):
+        raise FrameError("wrong_type", "frame payload must be a map, not %s" % type(msg).__name__)
+    kind = msg.get("type")
+    table = _TO_WORKER if direction == "to_worker" else _TO_POOL
+    check = table.get(kind) if (kind is None or isinstance(kind, str)) else None
+    if check is None:
+        raise FrameError("wrong_type", "unknown frame type %r" % (kind,), _int_id(msg))
+    if check is _check_request:
+        try:
+            check(msg)
+        except FrameError as exc:
+            exc.request = True
+            raise
+    else:
+        check(msg)
+    return kind or ("request" if direction == "to_worker" else "response")
+
+
+def decode_payload(codec, payload, direction="to_worker"):
+    """Decode and validate one payload (without its length prefix)."""
+    if not payload:
+        raise FrameError("invalid_payload", "frame is empty")
+    msg = codec.decode(payload)
+    validate(msg, direction)
+    return msg
+
+
+# --- reading and writing --------------------------------------------------
+
+class FrameReader(object):
+    """Splits a byte stream into frame payloads.
+
+    It owns its buffer, so bytes already read survive an exception raised in
+    the middle of a read (a SIGINT during a host call must not desync the
+    stream, which a BufferedReader can do). ``feed``/``next_frame`` serve an
+    event loop; ``read_frame`` blocks on a file descriptor.
+    """
+
+    __slots__ = ("fd", "max_size", "_buf", "_skip", "eof")
+
+    def __init__(self, fd=None, max_size=MAX_FRAME_SIZE):
+        self.fd = fd
+        self.max_size = max_size
+        self._buf = bytearray()
+        self._skip = 0  # bytes still to drop from an oversized frame
+        self.eof = False
+
+    def feed(self, data):
+        if self._skip:
+            drop = min(self._skip, len(data))
+            self._skip -= drop
+            data = data[drop:]
+        self._buf += data
+
+    def next_frame(self):
+        """The next complete payload in the buffer, or None.
+
+        An oversized frame raises FrameError(too_large) once; its payload is
+        then skipped as it arrives so that the stream stays in sync.
+        """
+        buf = self._buf
+        if len(buf) < 4 or self._skip:
+            return None
+        (size,) = _unpack_header(buf)
+        if size > self.max_size:
+            have = len(buf) - 4
+            del buf[:4 + min(have, size)]
+            self._skip = size - min(have, size)
+            raise FrameError(
+                "too_large", "frame of %d bytes is larger than the limit of %d" % (size, self.max_size)
+            )
+        end = 4 + size
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[4:end])
+        del buf[:end]
+        return payload
+
+    def pending(self):
+        """True when a partial frame is buffered (EOF now means truncation)."""
+        return bool(self._buf) or bool(self._skip)
+
+    def read_frame(self):
+        """Block until one payload is read; None on a clean EOF.
+
+        Raises FrameError(truncated) when the stream ends inside a frame and
+        FrameError(too_large) for an oversized length prefix.
+        """
+        fd = self.fd
+        read = os.read
+        buf = self._buf
+        if not buf and not self._skip:
+            # Fast path: the whole frame usually arrives in one read.
+            data = read(fd, 65536)
+            if not data:
+                self.eof = True
+                return None
+            n = len(data)
+            if n >= 4:
+                (size,) = _unpack_header(data)
+                if n == size + 4:
+                    return data[4:]
+            self.feed(data)
+        while True:
+            payload = self.next_frame()
+            if payload is not None:
+                return payload
+            want = 65536
+            if self._skip:
+                want = min(self._skip, 1 << 20)
+            data = read(fd, want)
+            if not data:
+                self.eof = True
+                if self.pending():
+                    self._buf.clear()
+                    self._skip = 0
+                    raise FrameError("truncated", "stream ended inside a frame")
+                return None
+            self.feed(data)
+
+
+def read_frame_from(stream, max_size=MAX_FRAME_SIZE):
+    """Read one payload from a binary file object (tests, fake pools).
+
+    None on clean EOF; FrameError for truncated or oversized frames.
+    """
+    header = stream.read(4)
+    if not header:
+        return None
+    if len(header) < 4:
+        raise FrameError("truncated", "stream ended inside a frame header")
+    (size,) = _unpack_header(header)
+    if size > max_size:
+        raise FrameError("too_large", "frame of %d bytes is larger than the limit of %d" % (size, max_size))
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise FrameError("truncated", "stream ended inside a frame")
+    return payload
+
+
+def write_all(fd, data):
+    """Write every byte; os.write may write less to a pipe."""
+    written = os.write(fd, data)
+    while written < len(data):
+        data = memoryview(data)[written:]
+        written = os.write(fd, data)
