@@ -116,7 +116,10 @@ module SnakepitBridge
     # user code prints can corrupt a frame.
     def initialize(codec: nil, input: nil, output: nil)
       @codec = Wire.codec(codec)
-      if input.nil? && output.nil?
+      # Signal traps are process-wide, so only a worker that owns the
+      # process's stdio installs them.
+      @owns_process = input.nil? && output.nil?
+      if @owns_process
         @input, @output = self.class.take_over_stdio
       else
         @input = input || self.class.take_over_stdio[0]
@@ -215,7 +218,7 @@ module SnakepitBridge
     # returns. SIGTERM exits the process with status 0.
     def run
       @serving_thread = Thread.current
-      install_signal_handlers
+      install_signal_handlers if @owns_process
       write_message(hello)
       while (message = @pending.shift || next_message)
         dispatch(message)

@@ -1,0 +1,129 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "minitest/autorun"
+require "rbconfig"
+require "snakepit_bridge"
+
+module TestPaths
+  BRIDGE_DIR = File.expand_path("..", __dir__)
+  VECTORS = File.expand_path("../../../tests/vectors/frames.json", __dir__)
+  GENERIC_WORKER = File.join(BRIDGE_DIR, "generic_worker.rb")
+  EXAMPLE_WORKER = File.join(__dir__, "example_worker.rb")
+end
+
+# A worker running as a child process, spoken to the way the pool does.
+class WorkerProcess
+  attr_reader :pid, :hello
+
+  def initialize(script, codec: "json", env: {}, ruby_args: [], expect_hello: true)
+    @codec = SnakepitBridge::Wire.codec(codec)
+    child_in, @to_worker = IO.pipe
+    @from_worker, child_out = IO.pipe
+    err_r, child_err = IO.pipe
+    # RUBYLIB is the bridge directory, as the pool sets it.
+    full_env = { "SNAKEPIT_CODEC" => codec, "RUBYLIB" => TestPaths::BRIDGE_DIR, "SNAKEPIT_WORKER_ID" => nil }.merge(env)
+    @pid = Process.spawn(full_env, RbConfig.ruby, *ruby_args, script, "--mode", "pool-worker",
+                         "--snakepit-run-id", "test",
+                         in: child_in, out: child_out, err: child_err)
+    [child_in, child_out, child_err].each(&:close)
+    @to_worker.binmode
+    @from_worker.binmode
+    @stderr = +""
+    @stderr_lock = Mutex.new
+    @stderr_thread = Thread.new do
+      while (data = err_r.readpartial(4096) rescue nil)
+        @stderr_lock.synchronize { @stderr << data }
+      end
+    end
+    @hello = recv if expect_hello
+  end
+
+  def stderr
+    @stderr_lock.synchronize { @stderr.dup }
+  end
+
+  def send_message(message)
+    send_raw(SnakepitBridge::Wire.frame(@codec.encode(message)))
+  end
+
+  def send_raw(bytes)
+    @to_worker.write(bytes)
+    @to_worker.flush
+  end
+
+  def request(id, command, args = {}, **extra)
+    send_message({ "id" => id, "command" => command, "args" => args,
+                   "timestamp" => "2026-11-27T12:24:04.051023Z" }.merge(extra.transform_keys(&:to_s)))
+  end
+
+  # Sends a request and returns its final response (chunks are skipped).
+  def call(id, command, args = {}, **extra)
+    request(id, command, args, **extra)
+    loop do
+      message = recv
+      return message if message["type"].nil? && message["id"] == id
+    end
+  end
+
+  def recv(timeout = 10)
+    ready = IO.select([@from_worker], nil, nil, timeout)
+    raise "no frame from the worker within #{timeout}s; stderr:\n#{stderr}" unless ready
+
+    payload = SnakepitBridge::Wire.read_frame(@from_worker)
+    raise "worker closed stdout; stderr:\n#{stderr}" if payload.nil?
+
+    @codec.decode(payload)
+  end
+
+  # Raw stdout bytes still unread, waiting up to +timeout+ for more.
+  def drain_stdout(timeout = 0.3)
+    data = +""
+    while IO.select([@from_worker], nil, nil, timeout)
+      chunk = @from_worker.read_nonblock(4096, exception: false)
+      break if chunk.nil? || chunk == :wait_readable
+
+      data << chunk
+    end
+    data
+  end
+
+  def signal(name)
+    Process.kill(name, @pid)
+  end
+
+  def close_stdin
+    @to_worker.close unless @to_worker.closed?
+  end
+
+  # Exit status, or nil if the worker is still running after +timeout+.
+  def wait(timeout = 10)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      _, status = Process.waitpid2(@pid, Process::WNOHANG)
+      if status
+        @stderr_thread.join(1)
+        return status
+      end
+      return nil if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.01
+    end
+  end
+
+  def alive?
+    Process.waitpid2(@pid, Process::WNOHANG).nil?
+  rescue Errno::ECHILD
+    false
+  end
+
+  def stop
+    close_stdin
+    return if wait(5)
+
+    Process.kill("KILL", @pid)
+    wait(5)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  end
+end
