@@ -1,0 +1,213 @@
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A wire codec: how one payload becomes bytes and back.
+///
+/// Implementations exist for JSON ([`Json`], feature `json`) and MessagePack
+/// ([`MsgPack`], feature `msgpack`); [`WireCodec`] is the closed enum of both,
+/// for choosing at start-up. Implement this trait to bring a codec of your own;
+/// its [`name`](Codec::name) is what the worker finds in `SNAKEPIT_CODEC`.
+pub trait Codec: Send + Sync + 'static {
+    /// The name workers are told in `SNAKEPIT_CODEC`.
+    fn name(&self) -> &'static str;
+
+    /// Serialises `value`, appending the bytes to `dst`.
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()>;
+
+    /// Deserialises one value from the whole of `src`.
+    fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T>;
+}
+
+/// JSON payloads: UTF-8 text, written compact.
+#[cfg(feature = "json")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Json;
+
+#[cfg(feature = "json")]
+impl Codec for Json {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()> {
+        serde_json::to_writer(dst.writer(), value).map_err(|e| Error::encode("json", e))
+    }
+
+    fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
+        serde_json::from_slice(src).map_err(|e| json_error(src, e))
+    }
+}
+
+#[cfg(feature = "json")]
+fn json_error(src: &[u8], e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let detail = e.to_string();
+    match e.classify() {
+        Category::Data => Error::Mismatch {
+            codec: "json",
+            detail,
+        },
+        // Only on the error path: tell a broken encoding from broken syntax.
+        _ if std::str::from_utf8(src).is_err() => Error::InvalidUtf8 {
+            codec: "json",
+            detail,
+        },
+        _ => Error::InvalidPayload {
+            codec: "json",
+            detail,
+        },
+    }
+}
+
+/// MessagePack payloads: structs as maps keyed by field name, so that the other
+/// side decodes them to dicts and objects.
+#[cfg(feature = "msgpack")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsgPack;
+
+#[cfg(feature = "msgpack")]
+impl Codec for MsgPack {
+    fn name(&self) -> &'static str {
+        "msgpack"
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()> {
+        let mut ser = rmp_serde::Serializer::new(dst.writer()).with_struct_map();
+        value
+            .serialize(&mut ser)
+            .map_err(|e| Error::encode("msgpack", e))
+    }
+
+    fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
+        use rmp_serde::decode::Error as E;
+        // Trailing bytes after the value are not detected: rmp-serde does not
+        // expose how much of a borrowed slice it consumed.
+        let mut de = rmp_serde::Deserializer::from_read_ref(src);
+        T::deserialize(&mut de).map_err(|e| {
+            let detail = e.to_string();
+            match e {
+                E::Utf8Error(_) => Error::InvalidUtf8 {
+                    codec: "msgpack",
+                    detail,
+                },
+                // 0xc1 is the one marker MessagePack never uses: not a value at all.
+                E::TypeMismatch(rmp::Marker::Reserved) => Error::InvalidPayload {
+                    codec: "msgpack",
+                    detail,
+                },
+                E::TypeMismatch(_) | E::Syntax(_) | E::Uncategorized(_) | E::OutOfRange => {
+                    Error::Mismatch {
+                        codec: "msgpack",
+                        detail,
+                    }
+                }
+                _ => Error::InvalidPayload {
+                    codec: "msgpack",
+                    detail,
+                },
+            }
+        })
+    }
+}
+
+/// The built-in codecs as a closed enum, for choosing one at start-up (from
+/// configuration, say) without making everything generic.
+///
+/// ```
+/// use snakepit_protocol::{Codec, WireCodec};
+/// let codec: WireCodec = "msgpack".parse().unwrap();
+/// assert_eq!(codec.name(), "msgpack");
+/// assert!("yaml".parse::<WireCodec>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum WireCodec {
+    /// [`Json`].
+    #[cfg(feature = "json")]
+    Json,
+    /// [`MsgPack`].
+    #[cfg(feature = "msgpack")]
+    #[serde(alias = "messagepack")]
+    MsgPack,
+}
+
+#[cfg(feature = "json")]
+impl Default for WireCodec {
+    fn default() -> Self {
+        WireCodec::Json
+    }
+}
+
+#[cfg(all(not(feature = "json"), feature = "msgpack"))]
+impl Default for WireCodec {
+    fn default() -> Self {
+        WireCodec::MsgPack
+    }
+}
+
+impl Codec for WireCodec {
+    fn name(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "json")]
+            WireCodec::Json => Json.name(),
+            #[cfg(feature = "msgpack")]
+            WireCodec::MsgPack => MsgPack.name(),
+        }
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()> {
+        match self {
+            #[cfg(feature = "json")]
+            WireCodec::Json => Json.encode(value, dst),
+            #[cfg(feature = "msgpack")]
+            WireCodec::MsgPack => MsgPack.encode(value, dst),
+        }
+    }
+
+    fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
+        match self {
+            #[cfg(feature = "json")]
+            WireCodec::Json => Json.decode(src),
+            #[cfg(feature = "msgpack")]
+            WireCodec::MsgPack => MsgPack.decode(src),
+        }
+    }
+}
+
+/// The error of parsing a codec name that this build does not know.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown codec {0:?}: expected one of {known}", known = WireCodec::NAMES.join(", "))]
+pub struct UnknownCodec(pub String);
+
+impl WireCodec {
+    /// The names of the codecs compiled in.
+    pub const NAMES: &'static [&'static str] = &[
+        #[cfg(feature = "json")]
+        "json",
+        #[cfg(feature = "msgpack")]
+        "msgpack",
+    ];
+}
+
+impl std::str::FromStr for WireCodec {
+    type Err = UnknownCodec;
+
+    fn from_str(s: &str) -> Result<Self, UnknownCodec> {
+        match s.to_ascii_lowercase().as_str() {
+            #[cfg(feature = "json")]
+            "json" => Ok(WireCodec::Json),
+            #[cfg(feature = "msgpack")]
+            "msgpack" | "messagepack" => Ok(WireCodec::MsgPack),
+            _ => Err(UnknownCodec(s.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for WireCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

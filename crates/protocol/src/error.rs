@@ -1,0 +1,113 @@
+use std::fmt;
+
+/// Everything that can go wrong between bytes on a pipe and a typed message.
+///
+/// Each variant names one thing that was wrong, so that a pool can say
+/// precisely why it gave up on a worker. The `Display` text is for people;
+/// match on the variant, not on the text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A frame's length prefix is above the configured maximum. Raised from
+    /// the 4-byte header alone, before any buffer of that size exists.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// The length the prefix announced.
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame: {got} of {expected} bytes received")]
+    Truncated {
+        /// Bytes the frame needed (header included).
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
+    /// The payload is not valid JSON / MessagePack.
+    #[error("invalid {codec} payload: {detail}")]
+    InvalidPayload {
+        /// The codec's name.
+        codec: &'static str,
+        /// What the decoder reported.
+        detail: String,
+    },
+    /// A string in the payload is not valid UTF-8.
+    #[error("invalid UTF-8 in {codec} payload: {detail}")]
+    InvalidUtf8 {
+        /// The codec's name.
+        codec: &'static str,
+        /// What the decoder reported.
+        detail: String,
+    },
+    /// A field the message kind requires is absent.
+    #[error("missing field `{field}` in {kind} frame")]
+    MissingField {
+        /// The message kind (`response`, `request`, ...).
+        kind: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// A field, or the payload itself, has the wrong type.
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType {
+        /// The field (`payload` for the whole frame).
+        field: &'static str,
+        /// What it should have been.
+        expected: &'static str,
+    },
+    /// The payload decoded, but does not have the shape the reader asked for
+    /// (a typed result that does not match, for instance).
+    #[error("{codec} payload does not match the expected shape: {detail}")]
+    Mismatch {
+        /// The codec's name.
+        codec: &'static str,
+        /// What the decoder reported.
+        detail: String,
+    },
+    /// The `type` field names no known frame kind.
+    #[error("unknown frame type {0:?}")]
+    UnknownFrameType(String),
+    /// A value could not be encoded.
+    #[error("cannot encode {codec} payload: {detail}")]
+    Encode {
+        /// The codec's name.
+        codec: &'static str,
+        /// What the encoder reported.
+        detail: String,
+    },
+    /// Reading or writing the underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short, stable name for the kind of error, as used by the shared wire
+    /// vectors (`truncated`, `too_large`, `invalid_payload`, `invalid_utf8`,
+    /// `missing_field`, `wrong_type`, `encode`, `io`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::FrameTooLarge { .. } => "too_large",
+            Error::Truncated { .. } => "truncated",
+            Error::InvalidPayload { .. } => "invalid_payload",
+            Error::InvalidUtf8 { .. } => "invalid_utf8",
+            Error::MissingField { .. } => "missing_field",
+            Error::WrongType { .. } | Error::Mismatch { .. } | Error::UnknownFrameType(_) => {
+                "wrong_type"
+            }
+            Error::Encode { .. } => "encode",
+            Error::Io(_) => "io",
+        }
+    }
+
+    pub(crate) fn encode(codec: &'static str, detail: impl fmt::Display) -> Self {
+        Error::Encode {
+            codec,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

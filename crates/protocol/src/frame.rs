@@ -1,0 +1,137 @@
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::Error;
+
+/// Bytes in a frame header: a big-endian `u32` payload length.
+pub const HEADER_LEN: usize = 4;
+
+/// The default largest payload a peer may send: 64 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024 * 1024;
+
+/// Length-prefixed framing for `FramedRead`/`FramedWrite`: a 4-byte
+/// big-endian length, then that many bytes of payload.
+///
+/// Decoding yields each payload as a `BytesMut` split off the read buffer
+/// (no copy). A length above `max_frame_size` fails with
+/// [`Error::FrameTooLarge`] as soon as the header has arrived, before any
+/// space is reserved for the payload; a stream that ends mid-frame fails with
+/// [`Error::Truncated`].
+///
+/// ```
+/// use bytes::BytesMut;
+/// use snakepit_protocol::FrameCodec;
+/// use tokio_util::codec::Decoder;
+///
+/// let mut codec = FrameCodec::new(1024);
+/// let mut buf = BytesMut::from(&b"\x00\x00\x00\x02hi\x00\x00"[..]);
+/// assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], b"hi");
+/// assert!(codec.decode(&mut buf).unwrap().is_none()); // half a header so far
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_frame_size: usize,
+}
+
+impl FrameCodec {
+    /// A codec that refuses payloads above `max_frame_size` bytes.
+    pub fn new(max_frame_size: usize) -> Self {
+        FrameCodec { max_frame_size }
+    }
+
+    /// The largest payload this codec accepts.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME_SIZE)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_size {
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max: self.max_frame_size,
+            });
+        }
+        let total = HEADER_LEN + len;
+        if src.len() < total {
+            // Reserve what this frame still needs, now that it is known to be
+            // within bounds, so that large frames are read without regrowing.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        Ok(Some(src.split_to(len)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                let expected = if src.len() < HEADER_LEN {
+                    HEADER_LEN
+                } else {
+                    HEADER_LEN + u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize
+                };
+                let got = src.len();
+                src.clear();
+                Err(Error::Truncated { expected, got })
+            }
+        }
+    }
+}
+
+/// Writes an already framed buffer (as made by [`encode_frame`]) unchanged.
+impl Encoder<bytes::Bytes> for FrameCodec {
+    type Error = Error;
+
+    fn encode(&mut self, frame: bytes::Bytes, dst: &mut BytesMut) -> Result<(), Error> {
+        dst.extend_from_slice(&frame);
+        Ok(())
+    }
+}
+
+/// Encodes `value` with `codec` as one frame appended to `dst`: the header is
+/// reserved first and patched afterwards, so the payload is serialised
+/// straight into the frame buffer with no intermediate copy.
+pub fn encode_frame<C, T>(
+    codec: &C,
+    value: &T,
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), Error>
+where
+    C: crate::Codec + ?Sized,
+    T: serde::Serialize + ?Sized,
+{
+    let start = dst.len();
+    dst.put_u32(0);
+    if let Err(e) = codec.encode(value, dst) {
+        dst.truncate(start);
+        return Err(e);
+    }
+    let len = dst.len() - start - HEADER_LEN;
+    if len > max_frame_size || len > u32::MAX as usize {
+        dst.truncate(start);
+        return Err(Error::FrameTooLarge {
+            len: len as u64,
+            max: max_frame_size,
+        });
+    }
+    dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
