@@ -812,6 +812,14 @@ class Worker(object):
         task = self._loop.create_task(self._serve_request(ctx, entry, msg["args"]))
         ctx._task = task
         self._tasks[rid] = (task, ctx)
+        task.add_done_callback(lambda _task, rid=rid: self._task_done(rid))
+
+    def _task_done(self, rid):
+        # A task cancelled before its first step never runs its body (whose
+        # finally removes it from _tasks), so it never replied; the pool
+        # still needs exactly one reply.
+        if self._tasks.pop(rid, None) is not None:
+            self._send(_error(rid, "Cancelled", "request %s was cancelled" % rid))
 
     def _cancel(self, rid):
         entry = self._tasks.get(rid)
