@@ -1,0 +1,24 @@
+'use strict';
+
+// Public API of snakepit-bridge: write a Snakepit worker in Node.js.
+//
+//   const { Worker } = require('snakepit-bridge');
+//   new Worker({ commands: { async greet(args, ctx) { return `hi ${args.name}`; } } }).run();
+
+const wire = require('./wire');
+const worker = require('./worker');
+const generic = require('./generic');
+
+module.exports = {
+  Worker: worker.Worker,
+  Context: worker.Context,
+  CancelledError: worker.CancelledError,
+  HostCallError: worker.HostCallError,
+  WireError: wire.WireError,
+  genericCommands: generic.genericCommands,
+  BRIDGE_NAME: worker.BRIDGE_NAME,
+  VERSION: worker.BRIDGE_VERSION,
+  PROTOCOL_VERSION: wire.PROTOCOL_VERSION,
+  protectStdout: worker.protectStdout,
+  wire,
+};

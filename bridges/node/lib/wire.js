@@ -1,0 +1,454 @@
+'use strict';
+
+// Framing and codecs of the Snakepit wire protocol, version 1
+// (docs/protocol.md): a 4-byte big-endian length, then one JSON or
+// MessagePack map. Nothing here touches the process; the worker and the tests
+// both build on it.
+
+const { TextDecoder } = require('util');
+const buffer = require('buffer');
+
+const PROTOCOL_VERSION = 1;
+const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
+const HEADER_SIZE = 4;
+
+// A frame that cannot be taken as a protocol message. `kind` is one of the
+// error kinds of the test vectors: truncated, too_large, invalid_payload,
+// invalid_utf8, missing_field, wrong_type.
+class WireError extends Error {
+  constructor(kind, message) {
+    super(message);
+    this.name = 'WireError';
+    this.kind = kind;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// UTF-8 validation
+
+// buffer.isUtf8 is native (simdutf) but only exists from Node 18.14; the
+// fatal TextDecoder is the portable fallback for Node 16.
+const strictDecoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const isUtf8 =
+  typeof buffer.isUtf8 === 'function'
+    ? buffer.isUtf8
+    : (bytes) => {
+        try {
+          strictDecoder.decode(bytes);
+          return true;
+        } catch (_) {
+          return false;
+        }
+      };
+
+// ---------------------------------------------------------------------------
+// JSON
+
+function encodeJsonFrame(value) {
+  // JSON.stringify is already compact and leaves non-ASCII as UTF-8. Writing
+  // the text straight after the header builds the frame in one allocation.
+  const text = JSON.stringify(value);
+  const length = Buffer.byteLength(text, 'utf8');
+  const frame = Buffer.allocUnsafe(HEADER_SIZE + length);
+  frame.writeUInt32BE(length, 0);
+  frame.write(text, HEADER_SIZE, length, 'utf8');
+  return frame;
+}
+
+function decodeJsonPayload(payload) {
+  const text = payload.toString('utf8');
+  // toString replaces bad bytes with U+FFFD instead of failing. Real U+FFFD
+  // characters are rare, so the strict check runs only when one shows up,
+  // which keeps the common path to a single native pass.
+  if (text.indexOf('\ufffd') !== -1 && !isUtf8(payload)) {
+    throw new WireError('invalid_utf8', 'frame is not valid UTF-8');
+  }
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (_) {
+    throw new WireError('invalid_payload', 'frame is not valid JSON');
+  }
+  return requireMap(value);
+}
+
+// ---------------------------------------------------------------------------
+// MessagePack
+
+const MSGPACK_PACKAGE = '@msgpack/msgpack';
+let msgpackModule = null;
+
+// Loaded on first use so that JSON-only workers need nothing installed. The
+// package may sit beside the bridge, on NODE_PATH, or next to the user's
+// script, so each of those is tried in turn.
+function loadMsgpack() {
+  if (msgpackModule) return msgpackModule;
+  const attempts = [() => require(MSGPACK_PACKAGE)];
+  if (require.main && typeof require.main.require === 'function') {
+    attempts.push(() => require.main.require(MSGPACK_PACKAGE));
+  }
+  if (typeof require('module').createRequire === 'function') {
+    attempts.push(() => require('module').createRequire(process.cwd() + '/')(MSGPACK_PACKAGE));
+  }
+  for (const attempt of attempts) {
+    try {
+      msgpackModule = attempt();
+      return msgpackModule;
+    } catch (err) {
+      if (err && err.code !== 'MODULE_NOT_FOUND') throw err;
+    }
+  }
+  throw new Error(
+    `the msgpack codec needs the ${MSGPACK_PACKAGE} package: npm install ${MSGPACK_PACKAGE}`
+  );
+}
+
+// @msgpack/msgpack decodes str bytes without checking them, so a pass over
+// the payload finds every str and checks its UTF-8 itself. It walks the
+// structure without building anything; truncation is left to the decoder,
+// which reports it more precisely.
+function checkMsgpackStrings(bytes) {
+  const end = bytes.length;
+  let pos = 0;
+  let pending = 1; // values still to read at this point of the walk
+  while (pending > 0 && pos < end) {
+    const tag = bytes[pos++];
+    pending--;
+    let strLength = -1;
+    let skip = 0;
+    if (tag <= 0x7f || tag >= 0xe0) {
+      continue; // fixint
+    } else if (tag <= 0x8f) {
+      pending += 2 * (tag & 0x0f);
+    } else if (tag <= 0x9f) {
+      pending += tag & 0x0f;
+    } else if (tag <= 0xbf) {
+      strLength = tag & 0x1f;
+    } else {
+      switch (tag) {
+        case 0xc0: case 0xc2: case 0xc3: break;
+        case 0xc1: return; // never used: the decoder rejects it
+        case 0xc4: skip = bytes[pos] + 1; break;
+        case 0xc5: skip = readUint(bytes, pos, 2) + 2; break;
+        case 0xc6: skip = readUint(bytes, pos, 4) + 4; break;
+        case 0xc7: skip = bytes[pos] + 2; break;
+        case 0xc8: skip = readUint(bytes, pos, 2) + 3; break;
+        case 0xc9: skip = readUint(bytes, pos, 4) + 5; break;
+        case 0xca: skip = 4; break;
+        case 0xcb: skip = 8; break;
+        case 0xcc: case 0xd0: skip = 1; break;
+        case 0xcd: case 0xd1: skip = 2; break;
+        case 0xce: case 0xd2: skip = 4; break;
+        case 0xcf: case 0xd3: skip = 8; break;
+        case 0xd4: skip = 2; break;
+        case 0xd5: skip = 3; break;
+        case 0xd6: skip = 5; break;
+        case 0xd7: skip = 9; break;
+        case 0xd8: skip = 17; break;
+        case 0xd9: strLength = bytes[pos]; pos += 1; break;
+        case 0xda: strLength = readUint(bytes, pos, 2); pos += 2; break;
+        case 0xdb: strLength = readUint(bytes, pos, 4); pos += 4; break;
+        case 0xdc: pending += readUint(bytes, pos, 2); pos += 2; break;
+        case 0xdd: pending += readUint(bytes, pos, 4); pos += 4; break;
+        case 0xde: pending += 2 * readUint(bytes, pos, 2); pos += 2; break;
+        case 0xdf: pending += 2 * readUint(bytes, pos, 4); pos += 4; break;
+      }
+    }
+    if (strLength > 0) {
+      const stop = pos + strLength;
+      if (stop > end || Number.isNaN(stop)) return;
+      // Plain ASCII needs no native call; most keys and values are ASCII.
+      for (let i = pos; i < stop; i++) {
+        if (bytes[i] >= 0x80) {
+          if (!isUtf8(bytes.subarray(pos, stop))) {
+            throw new WireError('invalid_utf8', 'frame holds a string that is not valid UTF-8');
+          }
+          break;
+        }
+      }
+      pos = stop;
+    } else {
+      pos += skip;
+    }
+  }
+}
+
+function readUint(bytes, pos, size) {
+  let value = 0;
+  for (let i = 0; i < size; i++) value = value * 256 + bytes[pos + i];
+  return value;
+}
+
+function createMsgpackCodec() {
+  const lib = loadMsgpack();
+  // Reused instances keep their scratch buffers between frames.
+  const encoder = new lib.Encoder();
+  const decoder = new lib.Decoder();
+  const shared = typeof encoder.encodeSharedRef === 'function';
+
+  function encodeFrame(value) {
+    // encodeSharedRef (v3) returns a view of the encoder's own buffer, so the
+    // only copy is into the frame; with v2's encode() there is one more.
+    const body = shared ? encoder.encodeSharedRef(value) : encoder.encode(value);
+    const frame = Buffer.allocUnsafe(HEADER_SIZE + body.length);
+    frame.writeUInt32BE(body.length, 0);
+    frame.set(body, HEADER_SIZE);
+    return frame;
+  }
+
+  function decodePayload(payload) {
+    checkMsgpackStrings(payload);
+    let value;
+    try {
+      value = decoder.decode(payload);
+    } catch (_) {
+      throw new WireError('invalid_payload', 'frame is not valid MessagePack');
+    }
+    return requireMap(value);
+  }
+
+  return { name: 'msgpack', encodeFrame, decodePayload };
+}
+
+const jsonCodec = Object.freeze({
+  name: 'json',
+  encodeFrame: encodeJsonFrame,
+  decodePayload: decodeJsonPayload,
+});
+
+// `name` is json or msgpack; anything else is a configuration mistake worth
+// failing loudly for, since pool and worker must agree.
+function getCodec(name) {
+  const codec = (name || 'json').toLowerCase();
+  if (codec === 'json') return jsonCodec;
+  if (codec === 'msgpack') return createMsgpackCodec();
+  throw new Error(`unknown codec ${JSON.stringify(name)}: expected json or msgpack`);
+}
+
+// ---------------------------------------------------------------------------
+// Framing
+
+// Splits a byte stream into frame payloads. Payloads that arrive whole inside
+// one chunk are handed out as views of that chunk; a payload split across
+// chunks is copied once into a buffer of its exact size, so a large frame
+// never costs more than one copy however many reads it takes.
+class FrameReader {
+  constructor({ onFrame, onError, maxFrameSize = DEFAULT_MAX_FRAME_SIZE }) {
+    this.onFrame = onFrame;
+    this.onError = onError;
+    this.maxFrameSize = maxFrameSize;
+    this.header = Buffer.alloc(HEADER_SIZE);
+    this.headerFilled = 0;
+    this.body = null; // payload being assembled across chunks
+    this.bodyFilled = 0;
+    this.discard = 0; // bytes of an oversized frame still to skip
+  }
+
+  push(chunk) {
+    let pos = 0;
+    const end = chunk.length;
+    while (pos < end) {
+      if (this.discard > 0) {
+        const n = Math.min(this.discard, end - pos);
+        this.discard -= n;
+        pos += n;
+        continue;
+      }
+      if (this.body !== null) {
+        const n = Math.min(this.body.length - this.bodyFilled, end - pos);
+        chunk.copy(this.body, this.bodyFilled, pos, pos + n);
+        this.bodyFilled += n;
+        pos += n;
+        if (this.bodyFilled === this.body.length) {
+          const payload = this.body;
+          this.body = null;
+          this.onFrame(payload);
+        }
+        continue;
+      }
+      let length;
+      if (this.headerFilled === 0 && end - pos >= HEADER_SIZE) {
+        length = chunk.readUInt32BE(pos);
+        pos += HEADER_SIZE;
+      } else {
+        const n = Math.min(HEADER_SIZE - this.headerFilled, end - pos);
+        chunk.copy(this.header, this.headerFilled, pos, pos + n);
+        this.headerFilled += n;
+        pos += n;
+        if (this.headerFilled < HEADER_SIZE) return;
+        this.headerFilled = 0;
+        length = this.header.readUInt32BE(0);
+      }
+      if (length > this.maxFrameSize) {
+        // Skipping the payload keeps the stream in step, so the worker can
+        // report the error and go on serving.
+        this.discard = length;
+        this.onError(
+          new WireError(
+            'too_large',
+            `frame of ${length} bytes exceeds the maximum of ${this.maxFrameSize} bytes`
+          )
+        );
+        continue;
+      }
+      if (end - pos >= length) {
+        const payload = chunk.subarray(pos, pos + length);
+        pos += length;
+        this.onFrame(payload);
+      } else {
+        this.body = Buffer.allocUnsafe(length);
+        this.bodyFilled = 0;
+      }
+    }
+  }
+
+  // The input ended; anything half-read is a truncated frame.
+  end() {
+    if (this.headerFilled > 0 || this.body !== null) {
+      this.headerFilled = 0;
+      this.body = null;
+      this.onError(new WireError('truncated', 'the stream ended inside a frame'));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Message validation
+
+function requireMap(value) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || ArrayBuffer.isView(value)) {
+    throw new WireError('wrong_type', 'frame is not a map');
+  }
+  return value;
+}
+
+function isMap(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) && !ArrayBuffer.isView(value);
+}
+
+function requireField(msg, field, check, what) {
+  if (!(field in msg) || msg[field] === undefined) {
+    throw new WireError('missing_field', `frame lacks the field ${field}`);
+  }
+  if (!check(msg[field])) {
+    throw new WireError('wrong_type', `field ${field} must be ${what}`);
+  }
+}
+
+const isInteger = (v) => Number.isInteger(v);
+const isBool = (v) => typeof v === 'boolean';
+const isString = (v) => typeof v === 'string';
+
+function validateError(error) {
+  if (typeof error === 'string') return;
+  if (!isMap(error)) throw new WireError('wrong_type', 'field error must be a string or a map');
+  requireField(error, 'type', isString, 'a string');
+  requireField(error, 'message', isString, 'a string');
+  if (error.traceback !== undefined && error.traceback !== null && !isString(error.traceback)) {
+    throw new WireError('wrong_type', 'field traceback must be a string');
+  }
+}
+
+// Checks a frame going from the worker to the pool, as the pool would. The
+// worker never reads these; tests and tools use it to check the worker's
+// output.
+function validateToPool(msg) {
+  requireMap(msg);
+  const type = msg.type === undefined ? 'response' : msg.type;
+  switch (type) {
+    case 'response':
+      requireField(msg, 'id', isInteger, 'an integer');
+      requireField(msg, 'success', isBool, 'a boolean');
+      if (msg.success) {
+        if (!('result' in msg)) throw new WireError('missing_field', 'frame lacks the field result');
+      } else {
+        if (!('error' in msg)) throw new WireError('missing_field', 'frame lacks the field error');
+        validateError(msg.error);
+      }
+      break;
+    case 'hello':
+      requireField(msg, 'protocol', isInteger, 'an integer');
+      if (msg.capabilities !== undefined && !isMap(msg.capabilities)) {
+        throw new WireError('wrong_type', 'field capabilities must be a map');
+      }
+      break;
+    case 'chunk':
+      requireField(msg, 'id', isInteger, 'an integer');
+      if (!('data' in msg)) throw new WireError('missing_field', 'frame lacks the field data');
+      break;
+    case 'host_call':
+      requireField(msg, 'id', isInteger, 'an integer');
+      requireField(msg, 'request_id', isInteger, 'an integer');
+      requireField(msg, 'function', isString, 'a string');
+      requireField(msg, 'args', isMap, 'a map');
+      break;
+    default:
+      throw new WireError('wrong_type', `unknown frame type ${JSON.stringify(type)}`);
+  }
+  return msg;
+}
+
+// Checks a frame going from the pool to the worker. Requests are checked by
+// the worker itself, since a bad request gets a reply naming its id.
+function validateToWorker(msg) {
+  requireMap(msg);
+  const type = msg.type === undefined ? 'request' : msg.type;
+  switch (type) {
+    case 'request':
+      requireField(msg, 'id', (v) => isInteger(v) && v > 0, 'a positive integer');
+      requireField(msg, 'command', isString, 'a string');
+      if (msg.args !== undefined && msg.args !== null && !isMap(msg.args)) {
+        throw new WireError('wrong_type', 'field args must be a map');
+      }
+      break;
+    case 'cancel':
+      requireField(msg, 'id', isInteger, 'an integer');
+      break;
+    case 'host_reply':
+      requireField(msg, 'id', isInteger, 'an integer');
+      requireField(msg, 'success', isBool, 'a boolean');
+      if (!msg.success) {
+        if (!('error' in msg)) throw new WireError('missing_field', 'frame lacks the field error');
+        validateError(msg.error);
+      }
+      break;
+    default:
+      throw new WireError('wrong_type', `unknown frame type ${JSON.stringify(type)}`);
+  }
+  return msg;
+}
+
+// Decodes a whole byte string of frames at once (tests, tools). Throws the
+// first WireError met; `validate` is validateToPool, validateToWorker or
+// nothing.
+function decodeFrames(bytes, { codec = 'json', validate = null, maxFrameSize } = {}) {
+  const c = typeof codec === 'string' ? getCodec(codec) : codec;
+  const values = [];
+  const reader = new FrameReader({
+    maxFrameSize,
+    onFrame: (payload) => {
+      const value = c.decodePayload(payload);
+      values.push(validate ? validate(value) : value);
+    },
+    onError: (err) => {
+      throw err;
+    },
+  });
+  reader.push(Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes));
+  reader.end();
+  return values;
+}
+
+module.exports = {
+  PROTOCOL_VERSION,
+  DEFAULT_MAX_FRAME_SIZE,
+  HEADER_SIZE,
+  WireError,
+  FrameReader,
+  getCodec,
+  jsonCodec,
+  loadMsgpack,
+  validateToPool,
+  validateToWorker,
+  decodeFrames,
+};

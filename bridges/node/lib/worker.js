@@ -1,0 +1,603 @@
+'use strict';
+
+// The worker side of a Snakepit pool: a registry of commands, the serve loop
+// that runs them for the frames read from stdin, and the per-call Context.
+
+const fs = require('fs');
+const util = require('util');
+const { Console } = require('console');
+
+const wire = require('./wire');
+
+const BRIDGE_NAME = 'snakepit-node';
+const BRIDGE_VERSION = require('../package.json').version;
+const DEFAULT_MAX_CONCURRENCY = 16;
+
+// ---------------------------------------------------------------------------
+// Errors
+
+// Thrown into a handler's awaits when its call was cancelled; a handler may
+// also throw it itself. Its name is the wire error type.
+class CancelledError extends Error {
+  constructor(message = 'the call was cancelled') {
+    super(message);
+    this.name = 'Cancelled';
+  }
+}
+
+// A failed host_reply. `name` and `type` carry the host's error type (e.g.
+// UnknownFunction), so a handler that lets it escape reports that type.
+class HostCallError extends Error {
+  constructor(type, message, traceback) {
+    super(message);
+    this.name = type;
+    this.type = type;
+    if (traceback) this.hostTraceback = traceback;
+  }
+}
+
+// The wire form of a thrown value: {type, message, traceback}.
+function errorToWire(err) {
+  if (err instanceof Error) {
+    // A subclass that does not set `name` inherits "Error"; its constructor
+    // name says more.
+    let type = err.name;
+    if (!type || (type === 'Error' && err.constructor && err.constructor.name)) {
+      type = (err.constructor && err.constructor.name) || 'Error';
+    }
+    const error = { type: String(type), message: String(err.message) };
+    if (typeof err.stack === 'string') error.traceback = err.stack;
+    return error;
+  }
+  return { type: 'Error', message: typeof err === 'string' ? err : util.inspect(err) };
+}
+
+// ---------------------------------------------------------------------------
+// Logging
+
+function makeLogger(prefix) {
+  const line = (level, args) => {
+    process.stderr.write(`${prefix()} ${level} ${util.format(...args)}\n`);
+  };
+  return {
+    debug: (...args) => line('DEBUG', args),
+    info: (...args) => line('INFO', args),
+    warn: (...args) => line('WARN', args),
+    error: (...args) => line('ERROR', args),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Context
+
+// What a handler gets besides its args. Cheap to build: the AbortController
+// is only made when a handler asks for `signal`, since most never do.
+class Context {
+  constructor(worker, request) {
+    this.worker = worker;
+    this.requestId = request.id;
+    this.command = request.command;
+    this.sessionId = typeof request.session_id === 'string' ? request.session_id : null;
+    this.traceparent = typeof request.traceparent === 'string' ? request.traceparent : null;
+    this.tracestate = typeof request.tracestate === 'string' ? request.tracestate : null;
+    this.timeoutMs = Number.isFinite(request.timeout_ms) ? request.timeout_ms : null;
+    this.streamRequested = request.stream === true;
+    this._cancelled = false;
+    this._done = false; // the final response was written
+    this._queued = false; // waiting for a free concurrency slot
+    this._controller = null;
+    this._hostCalls = null; // ids of this call's pending host calls
+    this._log = null;
+    this._session = null;
+  }
+
+  get workerId() {
+    return this.worker.workerId;
+  }
+
+  get cancelled() {
+    return this._cancelled;
+  }
+
+  get signal() {
+    if (this._controller === null) {
+      this._controller = new AbortController();
+      if (this._cancelled) this._controller.abort();
+    }
+    return this._controller.signal;
+  }
+
+  throwIfCancelled() {
+    if (this._cancelled) throw new CancelledError(`request ${this.requestId} was cancelled`);
+  }
+
+  get log() {
+    if (this._log === null) {
+      this._log = makeLogger(() => `[${BRIDGE_NAME} ${this.worker.workerId || '-'} req=${this.requestId}]`);
+    }
+    return this._log;
+  }
+
+  // Sends a partial result. Chunks only reach callers that asked for a
+  // stream, so for the others nothing is written; returns whether it was.
+  sendChunk(data) {
+    if (this._done || !this.streamRequested) return false;
+    this.worker._send({ type: 'chunk', id: this.requestId, data: data === undefined ? null : data });
+    return true;
+  }
+
+  // Asks the pool to run a host function; resolves with its result, rejects
+  // with a HostCallError, or with a CancelledError once the call is cancelled.
+  callHost(fn, args = {}) {
+    if (this._done) {
+      return Promise.reject(new CancelledError(`request ${this.requestId} is already finished`));
+    }
+    return this.worker._callHost(this, String(fn), args);
+  }
+
+  get session() {
+    if (this._session === null) {
+      this._session = {
+        get: (key) => this.callHost('session.get', { key }),
+        set: (key, value) => this.callHost('session.set', { key, value: value === undefined ? null : value }),
+        delete: (key) => this.callHost('session.delete', { key }),
+      };
+    }
+    return this._session;
+  }
+
+  // Marks the call cancelled and wakes everything waiting on its behalf.
+  _cancel() {
+    if (this._cancelled) return;
+    this._cancelled = true;
+    if (this._controller !== null) this._controller.abort();
+    this.worker._failHostCalls(this, () => new CancelledError(`request ${this.requestId} was cancelled`));
+  }
+}
+
+// Names as the other bridges and the protocol spell them, for people moving
+// between languages.
+for (const [alias, name] of [
+  ['request_id', 'requestId'],
+  ['session_id', 'sessionId'],
+  ['worker_id', 'workerId'],
+]) {
+  Object.defineProperty(Context.prototype, alias, {
+    get() {
+      return this[name];
+    },
+  });
+}
+Context.prototype.call_host = Context.prototype.callHost;
+
+// ---------------------------------------------------------------------------
+// Stdout protection
+
+let protectedFrameFd = null;
+
+// Keeps fd 1 for frames and sends everything user code prints to stderr:
+// process.stdout becomes process.stderr and every console method writes to
+// stderr. Node cannot dup a descriptor without native code, so fd 1 itself
+// stays the pipe: a native addon or a child process inheriting fd 1 can
+// still write into it. Returns the descriptor to write frames to.
+function protectStdout() {
+  if (protectedFrameFd !== null) return protectedFrameFd;
+  const real = process.stdout;
+  // Creating the stdout stream made libuv switch fd 1 to non-blocking; frames
+  // are written synchronously, so switch it back.
+  if (real._handle && typeof real._handle.setBlocking === 'function') {
+    real._handle.setBlocking(true);
+  }
+  // Someone may hold the real stream already; its writes go to stderr too.
+  real.write = function write(...args) {
+    return process.stderr.write(...args);
+  };
+  Object.defineProperty(process, 'stdout', {
+    configurable: true,
+    enumerable: true,
+    get: () => process.stderr,
+  });
+  const errConsole = new Console({ stdout: process.stderr, stderr: process.stderr });
+  for (const key of Object.keys(Console.prototype).concat(Object.keys(errConsole))) {
+    if (typeof errConsole[key] === 'function' && typeof console[key] === 'function') {
+      console[key] = errConsole[key].bind(errConsole);
+    }
+  }
+  protectedFrameFd = 1;
+  return protectedFrameFd;
+}
+
+// Writes a whole buffer to a blocking descriptor. EAGAIN only happens if
+// something made the descriptor non-blocking after all; then wait briefly
+// rather than drop part of a frame.
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+function writeAllSync(fd, buf) {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (err) {
+      if (err.code !== 'EAGAIN') throw err;
+      Atomics.wait(sleepCell, 0, 0, 1);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Worker
+
+function envInt(name) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return null;
+  const n = Number(raw);
+  return Number.isInteger(n) && n > 0 ? n : null;
+}
+
+class Worker {
+  // options: commands ({name: handler}), codec ('json' | 'msgpack'; default
+  // SNAKEPIT_CODEC, else json), maxConcurrency (SNAKEPIT_MAX_CONCURRENCY
+  // wins, default 16), sigint (declare and act on SIGINT, default false),
+  // maxFrameSize (default 64 MiB), name (bridge name in hello).
+  constructor(options = {}) {
+    const commands = options.commands || {};
+    this.codecName = options.codec || process.env.SNAKEPIT_CODEC || 'json';
+    this.maxConcurrency =
+      envInt('SNAKEPIT_MAX_CONCURRENCY') || options.maxConcurrency || DEFAULT_MAX_CONCURRENCY;
+    this.sigint = options.sigint === true;
+    this.maxFrameSize = options.maxFrameSize || wire.DEFAULT_MAX_FRAME_SIZE;
+    this.bridgeName = options.name || BRIDGE_NAME;
+    this.workerId = process.env.SNAKEPIT_WORKER_ID || null;
+    this._workerIdFromEnv = Boolean(this.workerId);
+    this.startedAt = Date.now();
+    this.requestsHandled = 0;
+    this.log = makeLogger(() => `[${BRIDGE_NAME} ${this.workerId || '-'}]`);
+
+    this._commands = new Map();
+    for (const name of Object.keys(commands)) this.command(name, commands[name]);
+    this._codec = null;
+    this._write = null;
+    this._running = new Map(); // request id -> Context, queued ones included
+    this._active = 0; // handlers started and not yet replied
+    this._queue = []; // requests waiting for a free slot
+    this._queueHead = 0;
+    this._hostCalls = new Map(); // host call id -> {ctx, resolve, reject}
+    this._nextHostCallId = 1;
+    this._inputEnded = false;
+    this._drained = null; // resolves serve() once input ended and all is done
+  }
+
+  command(name, handler) {
+    if (typeof handler !== 'function') {
+      throw new TypeError(`handler for command ${name} must be a function`);
+    }
+    this._commands.set(String(name), handler);
+    return this;
+  }
+
+  commandNames() {
+    return Array.from(this._commands.keys());
+  }
+
+  get uptime() {
+    return (Date.now() - this.startedAt) / 1000;
+  }
+
+  get codec() {
+    if (this._codec === null) this._codec = wire.getCodec(this.codecName);
+    return this._codec;
+  }
+
+  hello() {
+    return {
+      type: 'hello',
+      protocol: wire.PROTOCOL_VERSION,
+      pid: process.pid,
+      bridge: `${this.bridgeName}/${BRIDGE_VERSION}`,
+      runtime: `Node.js ${process.versions.node}`,
+      capabilities: {
+        max_concurrency: this.maxConcurrency,
+        cancel: true,
+        sigint: this.sigint,
+        streaming: true,
+        host_calls: true,
+      },
+    };
+  }
+
+  // Serves the process's stdin/stdout until EOF, then exits 0 (unless
+  // options.exit is false, when the returned promise resolves instead).
+  // Protects stdout first and handles SIGTERM (exit 0) and SIGINT.
+  async run(options = {}) {
+    try {
+      void this.codec; // fail before touching the process on a bad codec
+    } catch (err) {
+      process.stderr.write(`${BRIDGE_NAME}: ${err.message}\n`);
+      process.exit(1);
+    }
+    const fd = protectStdout();
+    process.on('SIGTERM', () => process.exit(0));
+    process.on('SIGINT', () => this._onSigint());
+    const write = (frame) => {
+      try {
+        writeAllSync(fd, frame);
+      } catch (err) {
+        if (err.code === 'EPIPE') {
+          // The pool has gone away; nobody is left to answer.
+          this.log.warn('stdout closed by the pool, exiting');
+          process.exit(0);
+        }
+        throw err;
+      }
+    };
+    await this.serve({ input: process.stdin, write });
+    if (options.exit !== false) process.exit(0);
+  }
+
+  // Serves frames read from `input` (a readable stream), writing frames with
+  // `write(buffer)`. Resolves once the input ended and every call it started
+  // has replied. No process-wide side effects, so tests can drive it.
+  serve({ input, write }) {
+    this._write = write;
+    this._send(this.hello());
+    const reader = new wire.FrameReader({
+      maxFrameSize: this.maxFrameSize,
+      onFrame: (payload) => this._onPayload(payload),
+      onError: (err) => this._onWireError(err),
+    });
+    return new Promise((resolve, reject) => {
+      this._drained = resolve;
+      input.on('data', (chunk) => reader.push(chunk));
+      input.on('end', () => {
+        reader.end();
+        this._onInputEnd();
+      });
+      input.on('error', reject);
+    });
+  }
+
+  // -- sending --------------------------------------------------------------
+
+  _send(message) {
+    this._write(this.codec.encodeFrame(message));
+  }
+
+  _reply(ctx, message) {
+    if (ctx._done) return;
+    ctx._done = true;
+    if (this._running.get(ctx.requestId) === ctx) this._running.delete(ctx.requestId);
+    if (!ctx._queued) this._active--;
+    try {
+      this._send(message);
+    } catch (err) {
+      if (!(err instanceof TypeError || err instanceof RangeError || err instanceof wire.WireError)) throw err;
+      // The result could not be encoded (a cycle, a BigInt in JSON, ...):
+      // the caller still gets its one reply.
+      this._send(failure(ctx.requestId, 'EncodeError', `the result could not be encoded: ${err.message}`));
+    }
+    this._failHostCalls(ctx, () => new CancelledError(`request ${ctx.requestId} is already finished`));
+    this._startQueued();
+    this._checkDrained();
+  }
+
+  // -- receiving ------------------------------------------------------------
+
+  _onWireError(err) {
+    this.log.error(`protocol error: ${err.message}`);
+    if (err.kind === 'truncated') return; // the input is over; nobody reads a reply
+    this._send(failure(0, 'ProtocolError', err.message));
+  }
+
+  _onPayload(payload) {
+    let msg;
+    try {
+      msg = this.codec.decodePayload(payload);
+    } catch (err) {
+      if (!(err instanceof wire.WireError)) throw err;
+      this._onWireError(err);
+      return;
+    }
+    const type = msg.type;
+    if (type === undefined || type === 'request') this._onRequest(msg);
+    else if (type === 'cancel') this._onCancel(msg);
+    else if (type === 'host_reply') this._onHostReply(msg);
+    else {
+      this.log.error(`unknown frame type ${JSON.stringify(type)}`);
+      this._send(failure(0, 'InvalidRequest', `unknown frame type ${JSON.stringify(type)}`));
+    }
+  }
+
+  _onRequest(msg) {
+    const id = msg.id;
+    const hasId = Number.isInteger(id) && id > 0;
+    let problem = null;
+    if (!hasId) problem = 'id' in msg ? 'field id must be a positive integer' : 'request lacks the field id';
+    else if (typeof msg.command !== 'string') {
+      problem = 'command' in msg ? 'field command must be a string' : 'request lacks the field command';
+    } else if (msg.args !== undefined && msg.args !== null &&
+      (typeof msg.args !== 'object' || Array.isArray(msg.args) || ArrayBuffer.isView(msg.args))) {
+      problem = 'field args must be a map';
+    } else if (this._running.has(id)) {
+      problem = `request id ${id} is already running`;
+    }
+    if (problem !== null) {
+      this._send(failure(hasId ? id : 0, 'InvalidRequest', problem));
+      return;
+    }
+    if (msg.args === undefined || msg.args === null) msg.args = {};
+    this.requestsHandled++;
+    // The init ping tells a worker its id when the environment did not.
+    if (msg.command === 'ping' && !this._workerIdFromEnv && msg.args.initialization &&
+      typeof msg.args.worker_id === 'string') {
+      this.workerId = msg.args.worker_id;
+    }
+    const ctx = new Context(this, msg);
+    // Queued calls sit in _running too, so that a cancel finds them.
+    this._running.set(id, ctx);
+    if (this._active >= this.maxConcurrency) {
+      ctx._queued = true;
+      this._queue.push({ ctx, args: msg.args });
+      return;
+    }
+    this._active++;
+    this._invoke(ctx, msg.args);
+  }
+
+  _startQueued() {
+    while (this._queueHead < this._queue.length && this._active < this.maxConcurrency) {
+      const { ctx, args } = this._queue[this._queueHead];
+      this._queue[this._queueHead++] = undefined;
+      if (this._queueHead === this._queue.length) {
+        this._queue = [];
+        this._queueHead = 0;
+      }
+      if (ctx._done) continue; // cancelled while it waited
+      ctx._queued = false;
+      this._active++;
+      this._invoke(ctx, args);
+    }
+  }
+
+  // Runs a handler. Synchronous handlers reply before this returns, with no
+  // promise in between; that is the hot path of small commands.
+  _invoke(ctx, args) {
+    const handler = this._commands.get(ctx.command);
+    if (handler === undefined) {
+      this._reply(ctx, failure(ctx.requestId, 'UnknownCommand', `Unknown command: ${ctx.command}`));
+      return;
+    }
+    let result;
+    try {
+      result = handler(args, ctx);
+    } catch (err) {
+      this._replyError(ctx, err);
+      return;
+    }
+    if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+      result.then(
+        (value) => this._reply(ctx, success(ctx.requestId, value)),
+        (err) => this._replyError(ctx, err)
+      );
+    } else {
+      this._reply(ctx, success(ctx.requestId, result));
+    }
+  }
+
+  _replyError(ctx, err) {
+    if (ctx._done) return;
+    if (!(err instanceof Error)) this.log.error(`handler ${ctx.command} threw ${util.inspect(err)}`);
+    const error = errorToWire(err);
+    this._reply(ctx, { id: ctx.requestId, success: false, error });
+  }
+
+  _onCancel(msg) {
+    const ctx = this._running.get(msg.id);
+    if (ctx === undefined) return; // already finished: its reply is on its way
+    this._cancel(ctx);
+  }
+
+  // The reply goes out at once: a handler that ignores its signal must not
+  // hold up the pool, and whatever it returns later is dropped.
+  _cancel(ctx) {
+    ctx._cancel();
+    this._reply(ctx, failure(ctx.requestId, 'Cancelled', `request ${ctx.requestId} was cancelled`));
+  }
+
+  _onSigint() {
+    if (!this.sigint) {
+      this.log.info('SIGINT ignored (close stdin or send SIGTERM to stop the worker)');
+      return;
+    }
+    // A handler that finished just before the signal was handled has already
+    // replied and left _running, so a late signal finds nothing to cancel.
+    const active = Array.from(this._running.values()).filter((ctx) => !ctx._queued);
+    if (active.length === 0) {
+      this.log.info('SIGINT between calls ignored');
+      return;
+    }
+    for (const ctx of active) this._cancel(ctx);
+  }
+
+  // -- host calls -----------------------------------------------------------
+
+  _callHost(ctx, fn, args) {
+    if (this._inputEnded) {
+      return Promise.reject(new HostCallError('HostUnavailable', 'stdin is closed: the pool cannot answer'));
+    }
+    const id = this._nextHostCallId++;
+    return new Promise((resolve, reject) => {
+      this._hostCalls.set(id, { ctx, resolve, reject });
+      if (ctx._hostCalls === null) ctx._hostCalls = new Set();
+      ctx._hostCalls.add(id);
+      this._send({ type: 'host_call', id, request_id: ctx.requestId, function: fn, args });
+    });
+  }
+
+  _onHostReply(msg) {
+    const pending = this._hostCalls.get(msg.id);
+    if (pending === undefined) {
+      this.log.warn(`host_reply for unknown host call ${msg.id} dropped`);
+      return;
+    }
+    this._hostCalls.delete(msg.id);
+    pending.ctx._hostCalls.delete(msg.id);
+    if (msg.success === true) {
+      pending.resolve(msg.result === undefined ? null : msg.result);
+      return;
+    }
+    const error = msg.error;
+    if (error !== null && typeof error === 'object') {
+      pending.reject(new HostCallError(String(error.type || 'HostError'), String(error.message || ''), error.traceback));
+    } else {
+      pending.reject(new HostCallError('HostError', String(error === undefined ? 'host call failed' : error)));
+    }
+  }
+
+  _failHostCalls(ctx, makeError) {
+    if (ctx._hostCalls === null || ctx._hostCalls.size === 0) return;
+    for (const id of ctx._hostCalls) {
+      const pending = this._hostCalls.get(id);
+      this._hostCalls.delete(id);
+      if (pending) pending.reject(makeError());
+    }
+    ctx._hostCalls.clear();
+  }
+
+  // -- shutdown -------------------------------------------------------------
+
+  _onInputEnd() {
+    this._inputEnded = true;
+    // No host_reply can arrive any more; fail the waits instead of hanging.
+    for (const ctx of this._running.values()) {
+      this._failHostCalls(ctx, () => new HostCallError('HostUnavailable', 'stdin is closed: the pool cannot answer'));
+    }
+    this._checkDrained();
+  }
+
+  _checkDrained() {
+    if (this._inputEnded && this._running.size === 0 && this._drained !== null) {
+      const resolve = this._drained;
+      this._drained = null;
+      resolve();
+    }
+  }
+}
+
+function success(id, result) {
+  return { id, success: true, result: result === undefined ? null : result };
+}
+
+function failure(id, type, message) {
+  return { id, success: false, error: { type, message } };
+}
+
+module.exports = {
+  Worker,
+  Context,
+  CancelledError,
+  HostCallError,
+  BRIDGE_NAME,
+  BRIDGE_VERSION,
+  DEFAULT_MAX_CONCURRENCY,
+  protectStdout,
+  errorToWire,
+};
