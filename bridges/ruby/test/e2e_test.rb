@@ -272,14 +272,17 @@ module EndToEndTests
         sleep 0.0005
       end
     end
+    # Fast handlers and ones that sleep, so signals land both inside
+    # handlers and in the gaps around them.
     outcomes = (1..300).map do |id|
-      reply = worker.call(id, "ping")
+      reply = id.even? ? worker.call(id, "ping") : worker.call(id, "sleep", { "seconds" => 0.002 })
       assert_equal id, reply["id"]
       reply["success"] ? :ok : reply["error"]["type"]
     end
     stop = true
     pinger.join
     assert_empty(outcomes.reject { |o| [:ok, "Cancelled"].include?(o) })
+    assert_includes outcomes, "Cancelled"
     assert_ok(worker.call(1000, "ping"), 1000)
   end
 

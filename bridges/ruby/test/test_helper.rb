@@ -90,6 +90,8 @@ class WorkerProcess
 
   def signal(name)
     Process.kill(name, @pid)
+  rescue Errno::ESRCH
+    nil
   end
 
   def close_stdin

@@ -360,14 +360,20 @@ module SnakepitBridge
       end
     end
 
-    # A SIGINT that landed after the handler returned but before @current
-    # was cleared left a Cancelled queued; consume it here, harmlessly.
+    # SIGINTs that landed after the handler returned (or a second one while
+    # the first was being handled) left Cancelled exceptions queued; consume
+    # them here, where they are harmless, before they can escape the mask.
     def drain_cancellation
-      return unless Thread.pending_interrupt?(Cancelled)
-
-      Thread.handle_interrupt(Cancelled => :immediate) { Thread.pass }
-    rescue Cancelled
-      nil
+      # No class argument: Ruby 3.1's Thread.pending_interrupt?(klass)
+      # compares queued exception objects as if they were classes and can
+      # crash the VM. Nothing else queues interrupts on this thread.
+      while Thread.pending_interrupt?
+        begin
+          Thread.handle_interrupt(Object => :immediate) { Thread.pass }
+        rescue Cancelled
+          nil
+        end
+      end
     end
 
     def cancelled_error(ctx)
