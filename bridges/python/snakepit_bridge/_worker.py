@@ -478,12 +478,14 @@ class Worker(object):
         """
         self._out_fd = protect_stdout() if write_fd is None else write_fd
         self._reader = FrameReader(read_fd)
-        self._send(self.hello())
         if self.is_async:
             self._async = True
             return self._run_async(install_signals)
+        # Handlers go in before hello: once the pool has seen hello it may
+        # signal us, and Python's default SIGINT would kill the process.
         if install_signals:
             self._install_sync_signals()
+        self._send(self.hello())
         return self._serve_sync()
 
     def _install_sync_signals(self):
@@ -698,6 +700,7 @@ class Worker(object):
             # sigint is not declared in this mode; a stray Ctrl-C must not kill us.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             loop.add_signal_handler(signal.SIGTERM, self._on_async_sigterm)
+        self._send(self.hello())
         fd = self._reader.fd
         try:
             loop.add_reader(fd, self._on_readable)

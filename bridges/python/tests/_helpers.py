@@ -121,11 +121,11 @@ class WorkerProcess(object):
         return self.proc.wait(timeout)
 
     def stop(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
         if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
