@@ -1,0 +1,98 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# The worker in-process, over pipes (no signals: it does not own the stdio).
+class WorkerTest < Minitest::Test
+  Wire = SnakepitBridge::Wire
+
+  def setup
+    @to_worker_r, @to_worker = IO.pipe
+    @from_worker, @from_worker_w = IO.pipe
+    @worker = SnakepitBridge::Worker.new(codec: "json", input: @to_worker_r, output: @from_worker_w)
+    @codec = Wire.codec("json")
+  end
+
+  def start
+    @thread = Thread.new { @worker.run }
+    hello = recv
+    assert_equal "hello", hello["type"]
+  end
+
+  def teardown
+    @to_worker.close unless @to_worker.closed?
+    @thread&.join(5)
+  end
+
+  def send_request(id, command, args = {})
+    @to_worker.write(Wire.frame(@codec.encode({ "id" => id, "command" => command, "args" => args })))
+  end
+
+  def recv
+    @codec.decode(Wire.read_frame(@from_worker))
+  end
+
+  def test_block_lambda_and_method_handlers
+    @worker.command("block") { |args, ctx| [args["x"], ctx.request_id] }
+    @worker.command("one_arg_block") { |args| args["x"] }
+    @worker.command("lambda", ->(args) { args["x"] * 2 })
+    @worker.command("lambda2", ->(args, ctx) { ctx.command + args["x"].to_s })
+    @worker.command(:symbol_name) { |args, _ctx| args["x"] + 3 }
+    start
+    send_request(1, "block", { "x" => 1 })
+    assert_equal [1, 1], recv["result"]
+    send_request(2, "one_arg_block", { "x" => 2 })
+    assert_equal 2, recv["result"]
+    send_request(3, "lambda", { "x" => 3 })
+    assert_equal 6, recv["result"]
+    send_request(4, "lambda2", { "x" => 4 })
+    assert_equal "lambda24", recv["result"]
+    send_request(5, "symbol_name", { "x" => 4 })
+    assert_equal 7, recv["result"]
+  end
+
+  def test_method_object_with_one_parameter
+    obj = Object.new
+    def obj.double(args) = args["x"] * 2
+    @worker.command("double", obj.method(:double))
+    start
+    send_request(1, "double", { "x" => 21 })
+    assert_equal 42, recv["result"]
+  end
+
+  def test_commands_lists_ping_first
+    SnakepitBridge::Generic.register(@worker)
+    assert_equal %w[ping echo compute info], @worker.commands
+  end
+
+  def test_handler_needs_a_callable
+    assert_raises(ArgumentError) { @worker.command("nothing") }
+  end
+
+  def test_reply_shape_and_timestamp
+    start
+    send_request(1, "ping")
+    reply = recv
+    assert_equal %w[id success result timestamp], reply.keys
+    assert_match(/\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\z/, reply["timestamp"])
+  end
+
+  def test_request_queued_during_host_call_runs_afterwards
+    @worker.command("ask") { |_args, ctx| ctx.call_host("f", {}) }
+    start
+    send_request(1, "ask")
+    call = recv
+    assert_equal "host_call", call["type"]
+    send_request(2, "ping") # arrives before the host's answer
+    @to_worker.write(Wire.frame(@codec.encode({ "type" => "host_reply", "id" => call["id"],
+                                                "success" => true, "result" => "answer" })))
+    assert_equal({ "id" => 1, "result" => "answer" }, recv.slice("id", "result"))
+    assert_equal 2, recv["id"]
+  end
+
+  def test_run_returns_on_eof
+    start
+    @to_worker.close
+    assert @thread.join(5)
+  end
+end
