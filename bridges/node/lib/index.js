@@ -9,6 +9,12 @@ const wire = require('./wire');
 const worker = require('./worker');
 const generic = require('./generic');
 
+// Under a pool (which sets SNAKEPIT_PROTOCOL) stdout is taken over as soon as
+// the bridge is loaded, so that a script printing at load time, before it
+// calls worker.run(), cannot corrupt the first frame. Elsewhere (tests,
+// tools) loading the bridge has no side effects; run() protects stdout then.
+if (process.env.SNAKEPIT_PROTOCOL) worker.protectStdout();
+
 module.exports = {
   Worker: worker.Worker,
   Context: worker.Context,
