@@ -363,6 +363,7 @@ class Worker(object):
         self.started_at = time.time()
         self._t0 = time.monotonic()
         self.requests_handled = 0
+        self.pid = os.getpid()
         self._handlers = {}
         self._encode = self.codec.encode
         self._decode = self.codec.decode
@@ -435,7 +436,7 @@ class Worker(object):
         impl = sys.implementation.name
         runtime = "%s %d.%d.%d" % (
             {"cpython": "CPython", "pypy": "PyPy"}.get(impl, impl), *sys.version_info[:3])
-        return {"type": "hello", "protocol": _wire.PROTOCOL_VERSION, "pid": os.getpid(),
+        return {"type": "hello", "protocol": _wire.PROTOCOL_VERSION, "pid": self.pid,
                 "bridge": "%s/%s" % (self.name, self.version), "runtime": runtime,
                 "capabilities": self.capabilities()}
 
@@ -454,7 +455,10 @@ class Worker(object):
         data = _FRAME_HEADER(len(payload)) + payload
         with self._write_lock:
             try:
-                write_all(self._out_fd, data)
+                fd = self._out_fd
+                written = os.write(fd, data)
+                if written != len(data):  # a pipe may take less at once
+                    write_all(fd, memoryview(data)[written:])
             except BrokenPipeError:
                 # The pool is gone; nobody is left to answer.
                 _log("stdout closed by the pool; exiting")
@@ -476,6 +480,7 @@ class Worker(object):
         By default stdout is protected first (see protect_stdout) and frames
         go to the saved descriptor.
         """
+        self.pid = os.getpid()
         self._out_fd = protect_stdout() if write_fd is None else write_fd
         self._reader = FrameReader(read_fd)
         if self.is_async:

@@ -25,7 +25,7 @@ def ping(args, ctx):
         "worker_id": worker.worker_id or "unknown",
         "echo": args,
         "python_version": _PYTHON_VERSION,
-        "pid": os.getpid(),
+        "pid": worker.pid,
     }
 
 
