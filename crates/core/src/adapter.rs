@@ -1,0 +1,141 @@
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use snakepit_protocol::WireCodec;
+
+/// How to start a worker process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The program: an interpreter (`python3`) or any executable.
+    pub program: PathBuf,
+    /// Its arguments: the script, then the script's own arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment variables (added to the pool's own environment).
+    pub env: Vec<(OsString, OsString)>,
+    /// The working directory; `None` keeps the host's.
+    pub cwd: Option<PathBuf>,
+}
+
+impl Launch {
+    /// Runs `program` with no arguments.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Launch { program: program.into(), args: Vec::new(), env: Vec::new(), cwd: None }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+}
+
+/// What a pool needs to know about its workers: how to start them, which
+/// commands they take, and how to shape calls and replies.
+///
+/// Only [`launch`](Adapter::launch) is required. The hooks run in the pool,
+/// on the caller's task, for every dynamic call
+/// ([`Pool::execute`](crate::Pool::execute) and friends):
+/// [`supported_commands`](Adapter::supported_commands) and
+/// [`validate_command`](Adapter::validate_command) before the call is queued,
+/// [`prepare_args`](Adapter::prepare_args) before it is encoded, and
+/// [`process_response`](Adapter::process_response) on the result. Typed calls
+/// ([`Pool::call`](crate::Pool::call)) are validated too but skip the two
+/// value hooks, since their arguments and results are not `Value`s.
+///
+/// ```
+/// use snakepit_core::{Adapter, Launch};
+///
+/// struct Reports;
+///
+/// impl Adapter for Reports {
+///     fn launch(&self) -> Launch {
+///         Launch::new("ruby").arg("bridge.rb").arg("--mode").arg("pool-worker")
+///     }
+///     fn supported_commands(&self) -> Option<Vec<String>> {
+///         Some(vec!["ping".into(), "generate_report".into()])
+///     }
+///     fn command_timeout(&self, command: &str) -> std::time::Duration {
+///         let secs = if command == "generate_report" { 120 } else { 30 };
+///         std::time::Duration::from_secs(secs)
+///     }
+/// }
+/// ```
+pub trait Adapter: Send + Sync + 'static {
+    /// The process to start for each worker.
+    fn launch(&self) -> Launch;
+
+    /// The wire codec; JSON unless the adapter says otherwise.
+    fn codec(&self) -> WireCodec {
+        WireCodec::default()
+    }
+
+    /// The commands the workers take; `None` (the default) lets every command
+    /// through to the worker, which answers `UnknownCommand` itself.
+    fn supported_commands(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Checks a call before it is queued; an `Err` message fails the call with
+    /// [`Error::Validation`](crate::Error::Validation).
+    fn validate_command(&self, command: &str, args: &Value) -> Result<(), String> {
+        let _ = (command, args);
+        Ok(())
+    }
+
+    /// Reshapes a call's arguments before they are sent.
+    fn prepare_args(&self, command: &str, args: Value) -> Value {
+        let _ = command;
+        args
+    }
+
+    /// Reshapes a successful result before the caller sees it; an `Err`
+    /// message fails the call with [`Error::Validation`](crate::Error::Validation).
+    fn process_response(&self, command: &str, result: Value) -> Result<Value, String> {
+        let _ = command;
+        Ok(result)
+    }
+
+    /// The deadline of a call that did not set its own.
+    fn command_timeout(&self, command: &str) -> Duration {
+        let _ = command;
+        Duration::from_secs(30)
+    }
+}
+
+impl<A: Adapter + ?Sized> Adapter for std::sync::Arc<A> {
+    fn launch(&self) -> Launch {
+        (**self).launch()
+    }
+    fn codec(&self) -> WireCodec {
+        (**self).codec()
+    }
+    fn supported_commands(&self) -> Option<Vec<String>> {
+        (**self).supported_commands()
+    }
+    fn validate_command(&self, command: &str, args: &Value) -> Result<(), String> {
+        (**self).validate_command(command, args)
+    }
+    fn prepare_args(&self, command: &str, args: Value) -> Value {
+        (**self).prepare_args(command, args)
+    }
+    fn process_response(&self, command: &str, result: Value) -> Result<Value, String> {
+        (**self).process_response(command, result)
+    }
+    fn command_timeout(&self, command: &str) -> Duration {
+        (**self).command_timeout(command)
+    }
+}

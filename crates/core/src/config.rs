@@ -1,0 +1,137 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use snakepit_protocol::DEFAULT_MAX_FRAME_SIZE;
+
+/// A pool's settings. Every field has a default (the original Snakepit's,
+/// where it had one), and the struct reads from any serde format, durations
+/// in milliseconds, so a service can keep it in its own configuration:
+///
+/// ```
+/// let config: snakepit_core::PoolConfig =
+///     serde_json::from_str(r#"{"pool_size": 4, "queue_timeout_ms": 250}"#).unwrap();
+/// assert_eq!(config.pool_size, 4);
+/// assert_eq!(config.max_queue_size, 1000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Number of worker processes. Default: twice the number of cores.
+    pub pool_size: usize,
+    /// How long `start()` may take for every worker to be ready.
+    #[serde(rename = "startup_timeout_ms", with = "millis")]
+    pub startup_timeout: Duration,
+    /// How long a call may wait in the queue for a free worker.
+    #[serde(rename = "queue_timeout_ms", with = "millis")]
+    pub queue_timeout: Duration,
+    /// Calls that may wait at once; one more is rejected with `PoolSaturated`.
+    pub max_queue_size: usize,
+    /// How long a worker may take to answer its init handshake.
+    #[serde(rename = "worker_init_timeout_ms", with = "millis")]
+    pub worker_init_timeout: Duration,
+    /// How often idle workers are pinged; zero turns health checks off.
+    #[serde(rename = "health_check_interval_ms", with = "millis")]
+    pub health_check_interval: Duration,
+    /// How long a health ping may take before the worker is replaced.
+    #[serde(rename = "health_check_timeout_ms", with = "millis")]
+    pub health_check_timeout: Duration,
+    /// How long shutdown waits for in-flight calls and for workers to exit
+    /// before signalling them; also how long a timed-out call's worker has to
+    /// deliver the late reply before it is replaced.
+    #[serde(rename = "shutdown_grace_period_ms", with = "millis")]
+    pub shutdown_grace_period: Duration,
+    /// Pause between attempts to confirm a worker's process group is gone.
+    #[serde(rename = "cleanup_retry_interval_ms", with = "millis")]
+    pub cleanup_retry_interval: Duration,
+    /// Attempts to confirm a worker's process group is gone before giving up.
+    pub cleanup_max_retries: u32,
+    /// The largest frame accepted from a worker, in bytes.
+    pub max_frame_size: usize,
+    /// Upper bound on the calls one worker runs at once, whatever it declares.
+    pub max_concurrency_per_worker: u32,
+    /// Lines of each worker's stderr kept for error reports.
+    pub stderr_tail_lines: usize,
+    /// Session affinity records kept at most; beyond this, new sessions are
+    /// served without affinity until old ones expire.
+    pub max_sessions: usize,
+    /// An affinity record unused for this long is dropped.
+    #[serde(rename = "session_ttl_ms", with = "millis")]
+    pub session_ttl: Duration,
+    /// First delay before restarting a worker that died; doubles with each
+    /// failure in a row, with jitter.
+    #[serde(rename = "restart_backoff_ms", with = "millis")]
+    pub restart_backoff: Duration,
+    /// The longest delay between restarts.
+    #[serde(rename = "restart_backoff_max_ms", with = "millis")]
+    pub restart_backoff_max: Duration,
+    /// Start failures in a row after which a slot's breaker opens: callers
+    /// then fail fast with the start-up error when no worker is left.
+    pub breaker_threshold: u32,
+    /// How long an open breaker waits before trying again.
+    #[serde(rename = "breaker_cooldown_ms", with = "millis")]
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PoolConfig {
+            pool_size: cores * 2,
+            startup_timeout: Duration::from_secs(10),
+            queue_timeout: Duration::from_secs(5),
+            max_queue_size: 1000,
+            worker_init_timeout: Duration::from_secs(20),
+            health_check_interval: Duration::from_secs(30),
+            health_check_timeout: Duration::from_secs(5),
+            shutdown_grace_period: Duration::from_secs(2),
+            cleanup_retry_interval: Duration::from_millis(100),
+            cleanup_max_retries: 10,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_concurrency_per_worker: 64,
+            stderr_tail_lines: 40,
+            max_sessions: 100_000,
+            session_ttl: Duration::from_secs(3600),
+            restart_backoff: Duration::from_millis(50),
+            restart_backoff_max: Duration::from_secs(5),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let bad = |m: &str| Err(crate::Error::Config(m.to_owned()));
+        if self.pool_size == 0 {
+            return bad("pool_size must be at least 1");
+        }
+        if self.max_concurrency_per_worker == 0 {
+            return bad("max_concurrency_per_worker must be at least 1");
+        }
+        if self.worker_init_timeout.is_zero() || self.startup_timeout.is_zero() {
+            return bad("worker_init_timeout and startup_timeout must be above zero");
+        }
+        if self.max_frame_size < 64 || self.max_frame_size > u32::MAX as usize {
+            return bad("max_frame_size must be between 64 bytes and 4 GiB");
+        }
+        if self.breaker_threshold == 0 {
+            return bad("breaker_threshold must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

@@ -1,0 +1,210 @@
+use std::fmt;
+use std::time::Duration;
+
+pub use snakepit_protocol::RemoteError;
+
+/// Everything a call to a pool can end in, other than success.
+///
+/// Each variant is something a caller can act on; the `Display` text is for
+/// people, the variants and the `is_*` queries are the API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The queue was full: the call was rejected at once and never ran.
+    #[error("pool saturated: {queued} calls already queued (max_queue_size)")]
+    PoolSaturated {
+        /// How many calls were waiting.
+        queued: usize,
+    },
+    /// The call waited in the queue longer than the queue timeout and never ran.
+    #[error("no worker became free within the queue timeout of {0:?}")]
+    QueueTimeout(Duration),
+    /// The call's deadline passed. If it had reached a worker, the worker was
+    /// told to cancel it.
+    #[error("call `{command}` timed out after {timeout:?}")]
+    CallTimeout {
+        /// The command.
+        command: String,
+        /// The deadline it had, counted from submission.
+        timeout: Duration,
+    },
+    /// The worker reported the call cancelled.
+    #[error("call was cancelled")]
+    Cancelled,
+    /// A session call in fail-fast mode found its worker busy.
+    #[error("worker {worker_id} of session {session_id} is busy")]
+    WorkerBusy {
+        /// The session.
+        session_id: String,
+        /// Its worker.
+        worker_id: String,
+    },
+    /// The worker died while the call was in flight on it.
+    #[error("{0}")]
+    WorkerCrashed(Box<Crash>),
+    /// The worker ran the command and reported a failure.
+    #[error("command `{command}` failed in the worker: {error}")]
+    Remote {
+        /// The command.
+        command: String,
+        /// What the worker said: type, message, traceback.
+        error: RemoteError,
+    },
+    /// The adapter's `validate_command` refused the call; it never ran.
+    #[error("invalid call to `{command}`: {message}")]
+    Validation {
+        /// The command.
+        command: String,
+        /// Why.
+        message: String,
+    },
+    /// The adapter does not support the command; it never ran.
+    #[error("unsupported command `{0}`")]
+    UnsupportedCommand(String),
+    /// The arguments could not be encoded, or the reply could not be decoded
+    /// into the type asked for.
+    #[error("cannot encode or decode the call's payload: {0}")]
+    Codec(#[source] snakepit_protocol::Error),
+    /// The worker broke the protocol (a bad frame, stray output on stdout, a
+    /// reply nobody asked for); it was replaced.
+    #[error("worker {worker_id} broke the protocol: {source}")]
+    Protocol {
+        /// The worker.
+        worker_id: String,
+        /// What was wrong.
+        #[source]
+        source: snakepit_protocol::Error,
+    },
+    /// A worker could not be started (or the slot's breaker is open after
+    /// repeated failures).
+    #[error("{0}")]
+    StartFailed(Box<StartError>),
+    /// The pool is shutting down or was shut down.
+    #[error("pool is shut down")]
+    ShutDown,
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The call's deadline or its queue timeout passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::CallTimeout { .. } | Error::QueueTimeout(_))
+    }
+
+    /// The pool turned the call away without running it (full, timed out in
+    /// the queue, shut down, invalid): retrying later may succeed.
+    pub fn never_ran(&self) -> bool {
+        matches!(
+            self,
+            Error::PoolSaturated { .. }
+                | Error::QueueTimeout(_)
+                | Error::Validation { .. }
+                | Error::UnsupportedCommand(_)
+                | Error::ShutDown
+                | Error::WorkerBusy { .. }
+        )
+    }
+
+    /// The worker running the call died.
+    pub fn is_crash(&self) -> bool {
+        matches!(self, Error::WorkerCrashed(_))
+    }
+
+    /// The error the worker reported, if it was one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            Error::Remote { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// How a worker died: which one, how it ended, what it last wrote to stderr.
+#[derive(Debug, Clone)]
+pub struct Crash {
+    /// The worker's id.
+    pub worker_id: String,
+    /// Its process id.
+    pub pid: u32,
+    /// How it ended.
+    pub exit: ExitReason,
+    /// The last lines of its stderr.
+    pub stderr_tail: String,
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} (pid {}) died: {}", self.worker_id, self.pid, self.exit)?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "; stderr ends with:\n{}", self.stderr_tail)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+    /// It closed its stdout and was killed by the pool.
+    ClosedStdout,
+    /// Unknown (it could not be reaped in time).
+    Unknown,
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Code(c) => write!(f, "exit status {c}"),
+            ExitReason::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(*s)),
+            ExitReason::ClosedStdout => f.write_str("closed its stdout"),
+            ExitReason::Unknown => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Why a worker could not start.
+#[derive(Debug, Clone)]
+pub struct StartError {
+    /// The worker's id.
+    pub worker_id: String,
+    /// The cause, in words: the program that was not found, the handshake
+    /// that timed out, the process that exited.
+    pub cause: String,
+    /// The last lines of its stderr (an import error's traceback, say).
+    pub stderr_tail: String,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} failed to start: {}", self.worker_id, self.cause)?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "; stderr ends with:\n{}", self.stderr_tail)?;
+        }
+        Ok(())
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

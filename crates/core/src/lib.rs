@@ -1,0 +1,46 @@
+//! Pools of long-lived worker processes (Python, Node.js, Ruby, or anything
+//! that speaks the Snakepit protocol), talked to over their stdin and stdout.
+//!
+//! A [`Pool`] starts its workers concurrently, routes each call to a free
+//! worker through a bounded queue with deadlines, gives sessions affinity to a
+//! worker, restarts workers that die, and never leaves an orphan process. An
+//! [`Adapter`] says how to start the workers; `snakepit-adapters` has ready
+//! ones for the bundled Python, Node.js and Ruby bridges.
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use snakepit_core::{Adapter, Launch, Pool};
+//!
+//! struct MyWorker;
+//! impl Adapter for MyWorker {
+//!     fn launch(&self) -> Launch {
+//!         Launch::new("python3").arg("my_worker.py")
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), snakepit_core::Error> {
+//! let pool = Pool::builder(MyWorker).size(4).start().await?;
+//! let sum = pool.execute("compute", json!({"operation": "add", "a": 5, "b": 3})).await?;
+//! pool.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! | feature   | default | what it adds |
+//! |-----------|---------|--------------|
+//! | `json`    | yes     | the JSON wire codec |
+//! | `msgpack` | yes     | the MessagePack wire codec |
+
+mod adapter;
+mod config;
+mod error;
+mod pool;
+mod spawn;
+mod worker;
+
+pub use adapter::{Adapter, Launch};
+pub use config::PoolConfig;
+pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
+pub use pool::{Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats, StreamItem};
+pub use snakepit_protocol::WireCodec;

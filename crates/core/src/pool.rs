@@ -1,0 +1,1200 @@
+//! The pool: who gets which worker, when, and what happens when one dies.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use snakepit_protocol::{decode_chunk, decode_response, encode_frame, Codec, RemoteError, Request, WireCodec};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::adapter::{Adapter, Launch};
+use crate::error::{Error, Result, StartError};
+use crate::spawn::Spawner;
+use crate::worker::{Pending, Worker};
+use crate::PoolConfig;
+
+/// A function the host offers to its workers (see [`PoolBuilder::host_function`]).
+pub type HostFunction =
+    Arc<dyn Fn(HostCall) -> Pin<Box<dyn Future<Output = std::result::Result<Value, RemoteError>> + Send>> + Send + Sync>;
+
+/// A worker's call to a host function.
+#[derive(Debug, Clone)]
+pub struct HostCall {
+    /// The function's name.
+    pub function: String,
+    /// The session of the request the worker was serving, if any.
+    pub session_id: Option<String>,
+    /// The calling worker.
+    pub worker_id: String,
+    /// The arguments.
+    pub args: Value,
+}
+
+/// How a session call treats the worker that served the session last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Affinity {
+    /// Use it when it is free, otherwise any free worker.
+    #[default]
+    Prefer,
+    /// Wait for it (in the queue, subject to the queue timeout).
+    Strict,
+    /// Use it when it is free, otherwise fail at once with `WorkerBusy`.
+    FailFast,
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// The deadline, counted from submission; the adapter's
+    /// `command_timeout` when `None`.
+    pub timeout: Option<Duration>,
+    /// The session the call belongs to.
+    pub session_id: Option<String>,
+    /// How the session's worker is preferred.
+    pub affinity: Affinity,
+    /// W3C trace context to hand to the worker.
+    pub traceparent: Option<String>,
+}
+
+impl CallOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the session.
+    pub fn session(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Sets how the session's worker is preferred.
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
+    /// Sets the trace context handed to the worker.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+}
+
+/// A snapshot of a pool, every figure consistent with what callers saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Workers ready to take calls.
+    pub workers: usize,
+    /// Ready workers with no call in flight.
+    pub available: usize,
+    /// Ready workers with at least one call in flight.
+    pub busy: usize,
+    /// Calls in flight on workers (including timed-out calls whose late
+    /// reply is still awaited).
+    pub in_flight: usize,
+    /// Calls waiting in the queue.
+    pub queued: usize,
+    /// Calls submitted.
+    pub requests: u64,
+    /// Calls that succeeded.
+    pub completed: u64,
+    /// Calls that failed, whatever the reason (the counters below included).
+    pub errors: u64,
+    /// Calls whose future was dropped before they ended.
+    pub cancelled: u64,
+    /// Calls that timed out in the queue.
+    pub queue_timeouts: u64,
+    /// Calls rejected because the queue was full.
+    pub pool_saturated: u64,
+    /// Calls whose deadline passed.
+    pub call_timeouts: u64,
+    /// Calls failed because their worker died.
+    pub crashes: u64,
+    /// Workers started to replace one that ended.
+    pub restarts: u64,
+    /// Worker starts that failed.
+    pub start_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    completed: AtomicU64,
+    errors: AtomicU64,
+    cancelled: AtomicU64,
+    queue_timeouts: AtomicU64,
+    pool_saturated: AtomicU64,
+    call_timeouts: AtomicU64,
+    crashes: AtomicU64,
+    restarts: AtomicU64,
+    start_failures: AtomicU64,
+}
+
+struct Slot {
+    worker: Option<Arc<Worker>>,
+    generation: u64,
+    in_flight: u32,
+    capacity: u32,
+    in_free: bool,
+    breaker_open: bool,
+}
+
+impl Slot {
+    fn has_room(&self) -> bool {
+        self.worker.is_some() && self.in_flight < self.capacity
+    }
+}
+
+type LeaseTx = oneshot::Sender<Result<Lease>>;
+
+struct Waiter {
+    seq: u64,
+    tx: LeaseTx,
+}
+
+struct AffinityRecord {
+    slot: usize,
+    generation: u64,
+    last_used: Instant,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    /// Slots that may have room, most recently freed last (reused first).
+    free: Vec<usize>,
+    queue: VecDeque<Waiter>,
+    /// Waiters for one slot only (strict session affinity).
+    strict: Vec<VecDeque<Waiter>>,
+    seq: u64,
+    affinity: HashMap<Arc<str>, AffinityRecord>,
+    closed: bool,
+    last_start_error: Option<StartError>,
+}
+
+impl State {
+    fn queued_entries(&self) -> usize {
+        self.queue.len() + self.strict.iter().map(VecDeque::len).sum::<usize>()
+    }
+
+    fn purge_abandoned(&mut self) {
+        self.queue.retain(|w| !w.tx.is_closed());
+        for q in &mut self.strict {
+            q.retain(|w| !w.tx.is_closed());
+        }
+    }
+
+    fn make_free(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if !slot.in_free && slot.has_room() {
+            slot.in_free = true;
+            self.free.push(i);
+        }
+    }
+
+    fn pop_free(&mut self) -> Option<usize> {
+        while let Some(i) = self.free.pop() {
+            self.slots[i].in_free = false;
+            if self.slots[i].has_room() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The oldest live waiter that slot `i` may serve.
+    fn pop_waiter(&mut self, i: usize) -> Option<Waiter> {
+        loop {
+            let strict_seq = self.strict[i].front().map(|w| w.seq);
+            let any_seq = self.queue.front().map(|w| w.seq);
+            let w = match (strict_seq, any_seq) {
+                (None, None) => return None,
+                (Some(s), Some(a)) if a < s => self.queue.pop_front(),
+                (Some(_), _) => self.strict[i].pop_front(),
+                (None, Some(_)) => self.queue.pop_front(),
+            }?;
+            if !w.tx.is_closed() {
+                return Some(w);
+            }
+        }
+    }
+}
+
+/// The part of a pool every task shares.
+pub(crate) struct Shared {
+    pub(crate) config: PoolConfig,
+    adapter: Box<dyn Adapter>,
+    pub(crate) codec: WireCodec,
+    launch: Launch,
+    supported: Option<HashSet<String>>,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    counters: Counters,
+    pub(crate) host_functions: HashMap<String, HostFunction>,
+    pub(crate) spawner: Spawner,
+    run_id: String,
+    name: String,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A claim on one unit of a worker's capacity. Dropped unused, it gives the
+/// unit back (so a lease lost in a cancelled queue wait leaks nothing).
+pub(crate) struct Lease {
+    worker: Arc<Worker>,
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Lease {
+    fn disarm(mut self) -> Arc<Worker> {
+        self.armed = false;
+        self.worker.clone()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.release(&self.worker);
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives back one unit of `worker`'s capacity: to the oldest waiter it
+    /// may serve, or to the free list.
+    pub(crate) fn release(self: &Arc<Self>, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation != worker.generation || slot.worker.is_none() {
+            return;
+        }
+        slot.in_flight = slot.in_flight.saturating_sub(1);
+        self.hand_off(&mut st, worker.slot);
+    }
+
+    fn hand_off(self: &Arc<Self>, st: &mut State, i: usize) {
+        while st.slots[i].has_room() {
+            let Some(waiter) = st.pop_waiter(i) else {
+                st.make_free(i);
+                return;
+            };
+            let slot = &mut st.slots[i];
+            slot.in_flight += 1;
+            let lease = Lease { worker: slot.worker.clone().expect("has_room checked"), shared: self.clone(), armed: true };
+            if let Err(Ok(lease)) = waiter.tx.send(Ok(lease)) {
+                // The waiter left between the check and the send.
+                lease.disarm();
+                st.slots[i].in_flight -= 1;
+            }
+        }
+    }
+
+    fn take(self: &Arc<Self>, st: &mut State, i: usize) -> Lease {
+        let slot = &mut st.slots[i];
+        slot.in_flight += 1;
+        let worker = slot.worker.clone().expect("taken slots have a worker");
+        st.make_free(i);
+        Lease { worker, shared: self.clone(), armed: true }
+    }
+
+    async fn acquire(self: &Arc<Self>, session: Option<&Arc<str>>, affinity: Affinity, deadline: Instant, timeout: Duration, command: &str) -> Result<Lease> {
+        let rx = {
+            let mut st = self.state();
+            if st.closed {
+                return Err(Error::ShutDown);
+            }
+            let preferred = session.and_then(|s| {
+                let rec = st.affinity.get_mut(s)?;
+                rec.last_used = Instant::now();
+                let (slot, generation) = (rec.slot, rec.generation);
+                (st.slots[slot].generation == generation && st.slots[slot].worker.is_some()).then_some(slot)
+            });
+            let mut strict_slot = None;
+            if let Some(p) = preferred {
+                if st.slots[p].has_room() {
+                    return Ok(self.take(&mut st, p));
+                }
+                match affinity {
+                    Affinity::Prefer => {}
+                    Affinity::Strict => strict_slot = Some(p),
+                    Affinity::FailFast => {
+                        let worker_id = st.slots[p].worker.as_ref().map_or_else(String::new, |w| w.id.clone());
+                        return Err(Error::WorkerBusy { session_id: session.map(|s| s.to_string()).unwrap_or_default(), worker_id });
+                    }
+                }
+            }
+            if strict_slot.is_none() {
+                if let Some(i) = st.pop_free() {
+                    let lease = self.take(&mut st, i);
+                    if let Some(s) = session {
+                        self.remember(&mut st, s, i);
+                    }
+                    return Ok(lease);
+                }
+                let none_ready = st.slots.iter().all(|s| s.worker.is_none());
+                if none_ready && st.slots.iter().all(|s| s.breaker_open) {
+                    if let Some(e) = &st.last_start_error {
+                        return Err(Error::StartFailed(Box::new(e.clone())));
+                    }
+                }
+            }
+            if st.queued_entries() >= self.config.max_queue_size {
+                st.purge_abandoned();
+                let queued = st.queued_entries();
+                if queued >= self.config.max_queue_size {
+                    self.counters.pool_saturated.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::PoolSaturated { queued });
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.seq += 1;
+            let waiter = Waiter { seq: st.seq, tx };
+            match strict_slot {
+                Some(p) => st.strict[p].push_back(waiter),
+                None => st.queue.push_back(waiter),
+            }
+            rx
+        };
+        let queue_deadline = deadline.min(Instant::now() + self.config.queue_timeout);
+        match tokio::time::timeout_at(queue_deadline.into(), rx).await {
+            Ok(Ok(Ok(lease))) => {
+                if let Some(s) = session {
+                    let mut st = self.state();
+                    self.remember(&mut st, s, lease.worker.slot);
+                }
+                Ok(lease)
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::ShutDown),
+            Err(_) if queue_deadline >= deadline => {
+                self.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::CallTimeout { command: command.to_owned(), timeout })
+            }
+            Err(_) => {
+                self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::QueueTimeout(self.config.queue_timeout))
+            }
+        }
+    }
+
+    fn remember(&self, st: &mut State, session: &Arc<str>, slot: usize) {
+        let generation = st.slots[slot].generation;
+        let now = Instant::now();
+        if let Some(rec) = st.affinity.get_mut(session) {
+            *rec = AffinityRecord { slot, generation, last_used: now };
+        } else if st.affinity.len() < self.config.max_sessions {
+            st.affinity.insert(session.clone(), AffinityRecord { slot, generation, last_used: now });
+        }
+    }
+
+    fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
+        let cap = worker.capabilities().max_concurrency.clamp(1, self.config.max_concurrency_per_worker);
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation != worker.generation {
+            return;
+        }
+        slot.worker = Some(worker.clone());
+        slot.in_flight = 0;
+        slot.capacity = cap;
+        slot.breaker_open = false;
+        self.hand_off(&mut st, worker.slot);
+    }
+
+    fn worker_gone(&self, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation {
+            slot.worker = None;
+            slot.in_flight = 0;
+        }
+    }
+
+    fn next_generation(&self, i: usize) -> u64 {
+        let mut st = self.state();
+        st.slots[i].generation += 1;
+        st.slots[i].worker = None;
+        st.slots[i].generation
+    }
+
+    /// Fails every queued call with `err()` (shutdown, or no worker left and
+    /// every breaker open).
+    fn fail_waiters(&self, st: &mut State, err: impl Fn() -> Error) {
+        for w in st.queue.drain(..).chain(st.strict.iter_mut().flat_map(|q| q.drain(..))) {
+            let _ = w.tx.send(Err(err()));
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let st = self.state();
+        let c = &self.counters;
+        let mut s = Stats::default();
+        for slot in st.slots.iter().filter(|s| s.worker.is_some()) {
+            s.workers += 1;
+            s.in_flight += slot.in_flight as usize;
+            if slot.in_flight == 0 {
+                s.available += 1;
+            } else {
+                s.busy += 1;
+            }
+        }
+        s.queued = st.queue.iter().chain(st.strict.iter().flatten()).filter(|w| !w.tx.is_closed()).count();
+        s.requests = c.requests.load(Ordering::Relaxed);
+        s.completed = c.completed.load(Ordering::Relaxed);
+        s.errors = c.errors.load(Ordering::Relaxed);
+        s.cancelled = c.cancelled.load(Ordering::Relaxed);
+        s.queue_timeouts = c.queue_timeouts.load(Ordering::Relaxed);
+        s.pool_saturated = c.pool_saturated.load(Ordering::Relaxed);
+        s.call_timeouts = c.call_timeouts.load(Ordering::Relaxed);
+        s.crashes = c.crashes.load(Ordering::Relaxed);
+        s.restarts = c.restarts.load(Ordering::Relaxed);
+        s.start_failures = c.start_failures.load(Ordering::Relaxed);
+        s
+    }
+
+    fn workers(&self) -> Vec<Arc<Worker>> {
+        self.state().slots.iter().filter_map(|s| s.worker.clone()).collect()
+    }
+}
+
+/// Starts one worker and runs its init handshake.
+async fn start_worker(shared: &Arc<Shared>, slot: usize, generation: u64) -> std::result::Result<Arc<Worker>, StartError> {
+    let worker_id = format!("{}_worker_{}_{}", shared.name, slot + 1, generation);
+    let fail = |cause: String, stderr_tail: String| StartError { worker_id: worker_id.clone(), cause, stderr_tail };
+    let launch = shared
+        .launch
+        .clone()
+        .env("SNAKEPIT_PROTOCOL", "1")
+        .env("SNAKEPIT_CODEC", shared.codec.name())
+        .env("SNAKEPIT_WORKER_ID", &worker_id)
+        .env("SNAKEPIT_RUN_ID", &shared.run_id);
+    let program = launch.program.display().to_string();
+    let child = shared.spawner.spawn(launch).await.map_err(|e| {
+        let cause = if e.kind() == std::io::ErrorKind::NotFound {
+            format!("cannot run `{program}`: not found (is it installed and on PATH?)")
+        } else {
+            format!("cannot run `{program}`: {e}")
+        };
+        fail(cause, String::new())
+    })?;
+    let started = Instant::now();
+    let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
+    let args = json!({"initialization": true, "worker_id": worker_id});
+    let outcome = tokio::time::timeout(shared.config.worker_init_timeout, internal_call(shared, &worker, "ping", &args)).await;
+    let failure = match outcome {
+        Ok(Ok(result)) if result.get("status").and_then(Value::as_str) == Some("ok") => {
+            let _ = worker.caps.set(Default::default());
+            tracing::info!(worker = %worker.id, pid = worker.pid, init_ms = started.elapsed().as_millis() as u64, "worker ready");
+            return Ok(worker);
+        }
+        Ok(Ok(result)) => format!("init handshake answered without status \"ok\": {result}"),
+        Ok(Err(Error::WorkerCrashed(crash))) => format!("exited during the init handshake ({})", crash.exit),
+        Ok(Err(e)) => format!("init handshake failed: {e}"),
+        Err(_) => format!("no answer to the init handshake within {:?}", shared.config.worker_init_timeout),
+    };
+    worker.kill();
+    worker.finished().await;
+    Err(fail(failure, worker.stderr_tail()))
+}
+
+/// A call the pool makes itself (handshake, health ping), outside the queue.
+async fn internal_call(shared: &Arc<Shared>, worker: &Arc<Worker>, command: &str, args: &Value) -> Result<Value> {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut buf = BytesMut::new();
+    encode_frame(&shared.codec, &Request::new(id, command, args), usize::MAX, &mut buf).map_err(Error::Codec)?;
+    let (tx, rx) = oneshot::channel();
+    if worker.register(id, Pending { reply: tx, chunks: None, session: None, holds_unit: false }).is_err() {
+        return Err(Error::ShutDown);
+    }
+    worker.send(buf.freeze());
+    let frame = rx.await.map_err(|_| Error::ShutDown)??;
+    match decode_response::<_, Value>(&shared.codec, &frame) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(error)) => Err(Error::Remote { command: command.to_owned(), error }),
+        Err(source) => Err(Error::Protocol { worker_id: worker.id.clone(), source }),
+    }
+}
+
+/// Small, fast, good-enough randomness for jitter.
+fn jitter(base: Duration, salt: u64) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    // 50% .. 150% of base
+    base.mul_f64(0.5 + (x % 1000) as f64 / 1000.0)
+}
+
+/// Keeps slot `i` filled: starts its worker, waits for it to end, starts the
+/// next, backing off and opening the breaker when starts keep failing.
+async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sender<std::result::Result<(), StartError>>>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut failures: u32 = 0;
+    let mut started_once = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let generation = shared.next_generation(i);
+        let start = tokio::select! {
+            r = start_worker(&shared, i, generation) => r,
+            _ = shutdown.changed() => return,
+        };
+        let delay = match start {
+            Ok(worker) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                if started_once {
+                    shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                started_once = true;
+                shared.worker_ready(&worker);
+                let exit = tokio::select! {
+                    exit = worker.finished() => exit,
+                    _ = shutdown.changed() => return,
+                };
+                shared.worker_gone(&worker);
+                let lived = worker.started.elapsed();
+                tracing::warn!(worker = %worker.id, pid = worker.pid, %exit, lived_ms = lived.as_millis() as u64, "worker ended; replacing it");
+                // A worker that dies right after starting counts as a failed
+                // start, so that a crash loop backs off instead of fork-storming.
+                if lived < Duration::from_secs(1) {
+                    failures += 1;
+                    jitter(backoff(&shared.config, failures), i as u64)
+                } else {
+                    failures = 0;
+                    Duration::ZERO
+                }
+            }
+            Err(e) => {
+                tracing::warn!(slot = i, error = %e, "worker failed to start");
+                shared.counters.start_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e.clone()));
+                    return; // start() fails and shuts the pool down
+                }
+                failures += 1;
+                let mut st = shared.state();
+                st.last_start_error = Some(e.clone());
+                if failures >= shared.config.breaker_threshold {
+                    st.slots[i].breaker_open = true;
+                    let none_ready = st.slots.iter().all(|s| s.worker.is_none());
+                    if none_ready && st.slots.iter().all(|s| s.breaker_open) {
+                        shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
+                    }
+                    drop(st);
+                    tracing::error!(slot = i, failures, cooldown_ms = shared.config.breaker_cooldown.as_millis() as u64, "breaker open: not restarting this worker for a while");
+                    // Half-open after the cool-down: one more failure re-opens.
+                    failures = shared.config.breaker_threshold - 1;
+                    shared.config.breaker_cooldown
+                } else {
+                    drop(st);
+                    jitter(backoff(&shared.config, failures), i as u64)
+                }
+            }
+        };
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn backoff(config: &PoolConfig, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    config.restart_backoff.saturating_mul(1 << exp).min(config.restart_backoff_max)
+}
+
+/// Pings idle workers at the health-check interval, replaces those that do
+/// not answer, and forgets stale session affinity.
+async fn maintain(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let tick = if shared.config.health_check_interval.is_zero() { Duration::from_secs(30) } else { shared.config.health_check_interval };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+        {
+            let mut st = shared.state();
+            let ttl = shared.config.session_ttl;
+            st.affinity.retain(|_, rec| rec.last_used.elapsed() < ttl);
+        }
+        if shared.config.health_check_interval.is_zero() {
+            continue;
+        }
+        let idle: Vec<Lease> = {
+            let mut st = shared.state();
+            let ids: Vec<usize> = (0..st.slots.len()).filter(|&i| st.slots[i].in_flight == 0 && st.slots[i].worker.is_some()).collect();
+            ids.into_iter().map(|i| shared.take(&mut st, i)).collect()
+        };
+        for lease in idle {
+            let worker = lease.worker.clone();
+            let args = json!({"health_check": true});
+            let ok = matches!(
+                tokio::time::timeout(shared.config.health_check_timeout, internal_call(&shared, &worker, "ping", &args)).await,
+                Ok(Ok(_))
+            );
+            if !ok {
+                tracing::warn!(worker = %worker.id, pid = worker.pid, "health check failed; replacing the worker");
+                worker.kill();
+            }
+            drop(lease);
+        }
+    }
+}
+
+/// Configures and starts a [`Pool`].
+pub struct PoolBuilder {
+    adapter: Box<dyn Adapter>,
+    config: PoolConfig,
+    codec: Option<WireCodec>,
+    name: String,
+    host_functions: HashMap<String, HostFunction>,
+}
+
+impl PoolBuilder {
+    /// Sets the number of workers.
+    pub fn size(mut self, n: usize) -> Self {
+        self.config.pool_size = n;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut PoolConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Overrides the adapter's codec.
+    pub fn codec(mut self, codec: WireCodec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// Names the pool (it prefixes worker ids and labels telemetry).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Offers a function to the workers, which call it with a `host_call`
+    /// frame (`ctx.call_host(name, args)` in the bundled bridges).
+    pub fn host_function<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(HostCall) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Value, RemoteError>> + Send + 'static,
+    {
+        self.host_functions.insert(name.into(), Arc::new(move |call| Box::pin(f(call))));
+        self
+    }
+
+    /// Starts every worker concurrently and returns once all of them have
+    /// passed their init handshake, or with the first start-up error.
+    ///
+    /// Must be called within a Tokio runtime.
+    pub async fn start(self) -> Result<Pool> {
+        self.config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Config("Pool::start needs a Tokio runtime".into()))?;
+        let spawner = Spawner::new(runtime).map_err(|e| Error::Config(format!("cannot start the spawner thread: {e}")))?;
+        let size = self.config.pool_size;
+        let codec = self.codec.unwrap_or_else(|| self.adapter.codec());
+        let run_id = format!("{:x}{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros()));
+        let shared = Arc::new(Shared {
+            launch: self.adapter.launch(),
+            supported: self.adapter.supported_commands().map(|v| v.into_iter().collect()),
+            adapter: self.adapter,
+            codec,
+            state: Mutex::new(State {
+                slots: (0..size).map(|_| Slot { worker: None, generation: 0, in_flight: 0, capacity: 0, in_free: false, breaker_open: false }).collect(),
+                free: Vec::with_capacity(size),
+                queue: VecDeque::new(),
+                strict: (0..size).map(|_| VecDeque::new()).collect(),
+                seq: 0,
+                affinity: HashMap::new(),
+                closed: false,
+                last_start_error: None,
+            }),
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+            host_functions: self.host_functions,
+            spawner,
+            run_id,
+            name: self.name,
+            shutdown: watch::channel(false).0,
+            config: self.config,
+        });
+        let pool = Pool { inner: Arc::new(PoolInner { shared: shared.clone() }) };
+        let mut firsts = Vec::with_capacity(size);
+        for i in 0..size {
+            let (tx, rx) = oneshot::channel();
+            firsts.push(rx);
+            tokio::spawn(supervise(shared.clone(), i, Some(tx)));
+        }
+        tokio::spawn(maintain(shared.clone()));
+        let all = async {
+            for rx in firsts {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(Error::StartFailed(Box::new(e))),
+                    Err(_) => return Err(Error::ShutDown),
+                }
+            }
+            Ok(())
+        };
+        let outcome = match tokio::time::timeout(shared.config.startup_timeout, all).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::StartFailed(Box::new(StartError {
+                worker_id: format!("{}_worker_*", shared.name),
+                cause: format!("not every worker was ready within the startup timeout of {:?}", shared.config.startup_timeout),
+                stderr_tail: String::new(),
+            }))),
+        };
+        if let Err(e) = outcome {
+            let _ = pool.shutdown().await;
+            return Err(e);
+        }
+        Ok(pool)
+    }
+}
+
+struct PoolInner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for PoolInner {
+    /// The last handle is gone without `shutdown()`: stop at once, killing
+    /// every worker's process group.
+    fn drop(&mut self) {
+        let workers = {
+            let mut st = self.shared.state();
+            st.closed = true;
+            self.shared.fail_waiters(&mut st, || Error::ShutDown);
+            st.slots.iter().filter_map(|s| s.worker.clone()).collect::<Vec<_>>()
+        };
+        self.shared.shutdown.send_replace(true);
+        for w in workers {
+            w.kill();
+        }
+    }
+}
+
+/// A pool of worker processes: a cheap, cloneable handle.
+///
+/// ```no_run
+/// # async fn demo(adapter: impl snakepit_core::Adapter) -> Result<(), snakepit_core::Error> {
+/// use serde_json::json;
+/// use snakepit_core::Pool;
+///
+/// let pool = Pool::builder(adapter).size(4).start().await?;
+/// let r = pool.execute("compute", json!({"operation": "add", "a": 5, "b": 3})).await?;
+/// assert_eq!(r["result"], 8);
+/// let r = pool.execute_in_session("user_123", "echo", json!({"message": "hello"})).await?;
+/// println!("{r} {:?}", pool.stats());
+/// pool.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.inner.shared.name).field("stats", &self.stats()).finish()
+    }
+}
+
+/// Counts a call's outcome exactly once, including a dropped future.
+struct Outcome<'a> {
+    counters: &'a Counters,
+    done: bool,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        Outcome { counters, done: false }
+    }
+
+    fn record<T>(mut self, r: Result<T>) -> Result<T> {
+        self.done = true;
+        match &r {
+            Ok(_) => self.counters.completed.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                if e.is_crash() {
+                    self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+                }
+                self.counters.errors.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        r
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A call sent to a worker. Dropped before its reply, it cancels the call.
+struct InFlight {
+    worker: Arc<Worker>,
+    id: u64,
+    reply: oneshot::Receiver<Result<Bytes>>,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.worker.abandon(self.id);
+        }
+    }
+}
+
+impl Pool {
+    /// A builder for a pool of workers that `adapter` describes.
+    pub fn builder(adapter: impl Adapter) -> PoolBuilder {
+        PoolBuilder { adapter: Box::new(adapter), config: PoolConfig::default(), codec: None, name: "snakepit".into(), host_functions: HashMap::new() }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Runs `command` with `args` on a free worker.
+    pub async fn execute(&self, command: &str, args: Value) -> Result<Value> {
+        self.execute_with(command, args, CallOptions::default()).await
+    }
+
+    /// Runs `command` in a session: on the worker that served the session
+    /// last when it is free, otherwise on another.
+    pub async fn execute_in_session(&self, session_id: &str, command: &str, args: Value) -> Result<Value> {
+        self.execute_with(command, args, CallOptions::default().session(session_id)).await
+    }
+
+    /// Runs `command` with options: deadline, session, affinity, trace context.
+    pub async fn execute_with(&self, command: &str, args: Value, options: CallOptions) -> Result<Value> {
+        let shared = self.shared();
+        let outcome = Outcome::new(&shared.counters);
+        let r = async {
+            self.check(command, &args)?;
+            let args = shared.adapter.prepare_args(command, args);
+            let (frame, worker) = self.round_trip(command, &args, &options).await?;
+            let value: Value = decode_result(shared, &worker, command, &frame)?;
+            shared.adapter.process_response(command, value).map_err(|message| Error::Validation { command: command.to_owned(), message })
+        }
+        .await;
+        outcome.record(r)
+    }
+
+    /// Runs `command` with typed arguments and result: `args` is encoded
+    /// straight into the frame and the result decoded straight out of it.
+    /// The adapter's `prepare_args`/`process_response` are not applied.
+    pub async fn call<A, R>(&self, command: &str, args: &A, options: CallOptions) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let shared = self.shared();
+        let outcome = Outcome::new(&shared.counters);
+        let r = async {
+            self.check(command, &Value::Null)?;
+            let (frame, worker) = self.round_trip(command, args, &options).await?;
+            decode_result(shared, &worker, command, &frame)
+        }
+        .await;
+        outcome.record(r)
+    }
+
+    /// Runs `command` and streams the chunks the worker sends before its
+    /// final reply. Dropping the stream cancels the call.
+    pub async fn execute_stream(&self, command: &str, args: Value, options: CallOptions) -> Result<CallStream> {
+        let shared = self.shared().clone();
+        self.check(command, &args)?;
+        let args = shared.adapter.prepare_args(command, args);
+        let (tx, rx) = mpsc::channel(256);
+        let timeout = options.timeout.unwrap_or_else(|| shared.adapter.command_timeout(command));
+        let deadline = Instant::now() + timeout;
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let flight = match self.submit(command, &args, &options, Some(tx), deadline, timeout).await {
+            Ok(f) => f,
+            Err(e) => {
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        Ok(CallStream {
+            shared,
+            command: command.to_owned(),
+            chunks: rx,
+            flight: Some(flight),
+            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timeout,
+        })
+    }
+
+    fn check(&self, command: &str, args: &Value) -> Result<()> {
+        let shared = self.shared();
+        if let Some(supported) = &shared.supported {
+            if !supported.contains(command) {
+                return Err(Error::UnsupportedCommand(command.to_owned()));
+            }
+        }
+        shared.adapter.validate_command(command, args).map_err(|message| Error::Validation { command: command.to_owned(), message })
+    }
+
+    async fn round_trip<A: Serialize + ?Sized>(&self, command: &str, args: &A, options: &CallOptions) -> Result<(Bytes, Arc<Worker>)> {
+        let shared = self.shared();
+        let timeout = options.timeout.unwrap_or_else(|| shared.adapter.command_timeout(command));
+        let deadline = Instant::now() + timeout;
+        let mut flight = self.submit(command, args, options, None, deadline, timeout).await?;
+        match tokio::time::timeout_at(deadline.into(), &mut flight.reply).await {
+            Ok(Ok(Ok(frame))) => {
+                flight.done = true;
+                Ok((frame, flight.worker.clone()))
+            }
+            Ok(Ok(Err(e))) => {
+                flight.done = true;
+                Err(e)
+            }
+            Ok(Err(_)) => {
+                flight.done = true;
+                Err(Error::ShutDown)
+            }
+            Err(_) => {
+                shared.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::CallTimeout { command: command.to_owned(), timeout })
+            }
+        }
+    }
+
+    async fn submit<A: Serialize + ?Sized>(
+        &self,
+        command: &str,
+        args: &A,
+        options: &CallOptions,
+        chunks: Option<mpsc::Sender<Bytes>>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<InFlight> {
+        let shared = self.shared();
+        let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
+        let mut chunks = chunks;
+        // A worker can die between handing out its lease and the call
+        // reaching it; the call has not been sent then, so it may go elsewhere.
+        for _ in 0..3 {
+            let lease = shared.acquire(session.as_ref(), options.affinity, deadline, timeout, command).await?;
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut request = Request::new(id, command, args);
+            request.session_id = options.session_id.as_deref();
+            request.timeout_ms = Some(deadline.saturating_duration_since(Instant::now()).as_millis() as u64);
+            request.stream = chunks.is_some();
+            request.traceparent = options.traceparent.as_deref();
+            let mut buf = BytesMut::with_capacity(256);
+            encode_frame(&shared.codec, &request, shared.config.max_frame_size, &mut buf).map_err(Error::Codec)?;
+            let (tx, rx) = oneshot::channel();
+            let pending = Pending { reply: tx, chunks: chunks.take(), session: session.clone(), holds_unit: true };
+            match lease.worker.register(id, pending) {
+                Ok(()) => {
+                    let worker = lease.disarm();
+                    worker.send(buf.freeze());
+                    return Ok(InFlight { worker, id, reply: rx, done: false });
+                }
+                Err(pending) => chunks = pending.chunks,
+            }
+        }
+        Err(Error::ShutDown)
+    }
+
+    /// A snapshot of the pool's workers, queue and counters.
+    pub fn stats(&self) -> Stats {
+        self.shared().stats()
+    }
+
+    /// The process ids of the ready workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared().workers().iter().map(|w| w.pid).collect()
+    }
+
+    /// Forgets a session's worker affinity.
+    pub fn end_session(&self, session_id: &str) {
+        self.shared().state().affinity.remove(session_id);
+    }
+
+    /// The id that marks this run's workers (`SNAKEPIT_RUN_ID`).
+    pub fn run_id(&self) -> &str {
+        &self.shared().run_id
+    }
+
+    /// Stops admitting calls, lets calls in flight finish within the grace
+    /// period, closes the workers' stdin, then signals their process groups
+    /// (SIGTERM, then SIGKILL) and reaps them.
+    pub async fn shutdown(&self) -> Result<()> {
+        let shared = self.shared();
+        {
+            let mut st = shared.state();
+            st.closed = true;
+            shared.fail_waiters(&mut st, || Error::ShutDown);
+        }
+        shared.shutdown.send_replace(true);
+        let grace = shared.config.shutdown_grace_period;
+        let until = Instant::now() + grace;
+        while shared.workers().iter().any(|w| w.in_flight() > 0) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let workers = shared.workers();
+        for w in &workers {
+            w.close_stdin();
+        }
+        let all_done = |ws: &[Arc<Worker>]| ws.iter().all(|w| w.is_finished());
+        let until = Instant::now() + grace;
+        while !all_done(&workers) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            if all_done(&workers) {
+                break;
+            }
+            for w in workers.iter().filter(|w| !w.is_finished()) {
+                w.signal(signal);
+            }
+            for _ in 0..shared.config.cleanup_max_retries {
+                if all_done(&workers) {
+                    break;
+                }
+                tokio::time::sleep(shared.config.cleanup_retry_interval).await;
+            }
+        }
+        for w in &workers {
+            shared.worker_gone(w);
+        }
+        Ok(())
+    }
+}
+
+fn decode_result<R: DeserializeOwned>(shared: &Shared, worker: &Worker, command: &str, frame: &[u8]) -> Result<R> {
+    match decode_response::<_, R>(&shared.codec, frame) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if e.is_cancelled() => Err(Error::Cancelled),
+        Ok(Err(error)) => Err(Error::Remote { command: command.to_owned(), error }),
+        Err(e @ snakepit_protocol::Error::Mismatch { .. }) => Err(Error::Codec(e)),
+        Err(source) => Err(Error::Protocol { worker_id: worker.id.clone(), source }),
+    }
+}
+
+/// What a streaming call yields.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StreamItem {
+    /// A partial result.
+    Chunk(Value),
+    /// The final result; nothing follows it.
+    Done(Value),
+}
+
+/// The chunks of a streaming call, then its final result
+/// (see [`Pool::execute_stream`]). Dropping it cancels the call.
+pub struct CallStream {
+    shared: Arc<Shared>,
+    command: String,
+    chunks: mpsc::Receiver<Bytes>,
+    flight: Option<InFlight>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl Stream for CallStream {
+    type Item = Result<StreamItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(flight) = this.flight.as_mut() else { return Poll::Ready(None) };
+        if let Poll::Ready(Some(frame)) = this.chunks.poll_recv(cx) {
+            let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
+                .map(StreamItem::Chunk)
+                .map_err(|source| Error::Protocol { worker_id: flight.worker.id.clone(), source });
+            return Poll::Ready(Some(item));
+        }
+        let outcome = match Pin::new(&mut flight.reply).poll(cx) {
+            Poll::Ready(r) => {
+                // Chunks sent before the reply are delivered first.
+                if let Poll::Ready(Some(frame)) = this.chunks.poll_recv(cx) {
+                    let flight = this.flight.as_mut().expect("checked");
+                    flight.reply = oneshot_ready(r);
+                    let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
+                        .map(StreamItem::Chunk)
+                        .map_err(|source| Error::Protocol { worker_id: flight.worker.id.clone(), source });
+                    return Poll::Ready(Some(item));
+                }
+                let mut flight = this.flight.take().expect("checked");
+                flight.done = true;
+                match r {
+                    Ok(Ok(frame)) => decode_result::<Value>(&this.shared, &flight.worker, &this.command, &frame).map(StreamItem::Done),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::ShutDown),
+                }
+            }
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.flight = None; // dropping it cancels the call
+                this.shared.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::CallTimeout { command: this.command.clone(), timeout: this.timeout })
+            }
+        };
+        let c = &this.shared.counters;
+        match &outcome {
+            Ok(_) => c.completed.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        Poll::Ready(Some(outcome))
+    }
+}
+
+/// A receiver that yields `r` at once: puts back a reply taken early.
+fn oneshot_ready(r: std::result::Result<Result<Bytes>, oneshot::error::RecvError>) -> oneshot::Receiver<Result<Bytes>> {
+    let (tx, rx) = oneshot::channel();
+    if let Ok(v) = r {
+        let _ = tx.send(v);
+    }
+    rx
+}

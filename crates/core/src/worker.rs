@@ -1,0 +1,445 @@
+//! One worker process: its pipes, its in-flight calls, its life and death.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use serde_json::Value;
+use snakepit_protocol::{decode_host_call_args, decode_inbound, encode_frame, Cancel, Capabilities, Codec, HostReply, Inbound, RemoteError, WireCodec};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::FramedRead;
+
+use crate::error::{Crash, Error, ExitReason};
+use crate::pool::Shared;
+use crate::spawn;
+
+/// What the pool sends down a worker's stdin.
+pub(crate) enum Out {
+    Frame(Bytes),
+    /// Close stdin: the worker sees EOF and exits.
+    Close,
+}
+
+/// A call waiting for its reply.
+pub(crate) struct Pending {
+    pub(crate) reply: oneshot::Sender<Result<Bytes, Error>>,
+    pub(crate) chunks: Option<mpsc::Sender<Bytes>>,
+    pub(crate) session: Option<Arc<str>>,
+    /// The call holds one of the worker's capacity units, to be returned when
+    /// the final reply arrives (internal handshake pings hold none).
+    pub(crate) holds_unit: bool,
+}
+
+struct Inner {
+    pending: HashMap<u64, Pending>,
+    /// Set once the worker is dying; no call is registered after that.
+    dead: bool,
+    reaped: bool,
+}
+
+/// The last lines a worker wrote to stderr.
+pub(crate) struct Tail {
+    lines: VecDeque<String>,
+    max: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: String) {
+        if self.lines.len() == self.max {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+    }
+
+    fn text(&self) -> String {
+        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+pub(crate) struct Worker {
+    pub(crate) id: String,
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
+    pub(crate) started: Instant,
+    pub(crate) served: AtomicU64,
+    pool: Weak<Shared>,
+    codec: WireCodec,
+    out: mpsc::UnboundedSender<Out>,
+    inner: Mutex<Inner>,
+    pub(crate) caps: OnceLock<Capabilities>,
+    tail: Mutex<Tail>,
+    /// `Some` once the process has ended and every call on it was failed.
+    finished: watch::Sender<Option<ExitReason>>,
+}
+
+impl Worker {
+    /// Takes over a freshly spawned child: starts its writer, stderr and
+    /// reader tasks.
+    pub(crate) fn start(shared: &Arc<Shared>, mut child: Child, id: String, slot: usize, generation: u64) -> Arc<Worker> {
+        let pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let worker = Arc::new(Worker {
+            id,
+            slot,
+            generation,
+            pid,
+            started: Instant::now(),
+            served: AtomicU64::new(0),
+            pool: Arc::downgrade(shared),
+            codec: shared.codec,
+            out,
+            inner: Mutex::new(Inner { pending: HashMap::new(), dead: false, reaped: false }),
+            caps: OnceLock::new(),
+            tail: Mutex::new(Tail { lines: VecDeque::new(), max: shared.config.stderr_tail_lines.max(1) }),
+            finished: watch::channel(None).0,
+        });
+        if let Some(stdin) = stdin {
+            tokio::spawn(write_loop(stdin, out_rx));
+        }
+        let stderr_done = stderr.map(|e| tokio::spawn(stderr_loop(worker.clone(), e)));
+        tokio::spawn(read_loop(worker.clone(), stdout, child, stderr_done, shared.config.max_frame_size));
+        worker
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        self.caps.get().cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn stderr_tail(&self) -> String {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).text()
+    }
+
+    /// Registers a call; fails if the worker is already dying.
+    pub(crate) fn register(&self, id: u64, pending: Pending) -> Result<(), Pending> {
+        let mut inner = self.inner();
+        if inner.dead {
+            return Err(pending);
+        }
+        inner.pending.insert(id, pending);
+        Ok(())
+    }
+
+    pub(crate) fn is_pending(&self, id: u64) -> bool {
+        self.inner().pending.contains_key(&id)
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inner().pending.len()
+    }
+
+    pub(crate) fn send(&self, frame: Bytes) {
+        let _ = self.out.send(Out::Frame(frame));
+    }
+
+    /// Closes the worker's stdin, asking it to exit.
+    pub(crate) fn close_stdin(&self) {
+        let _ = self.out.send(Out::Close);
+    }
+
+    /// Signals the worker's whole process group, unless it was reaped.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        let inner = self.inner();
+        if !inner.reaped && self.pid != 0 {
+            spawn::signal_group(self.pid, signal);
+        }
+    }
+
+    pub(crate) fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// Waits until the process has ended and its calls were failed.
+    pub(crate) async fn finished(&self) -> ExitReason {
+        let mut rx = self.finished.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return ExitReason::Unknown;
+            }
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.borrow().is_some()
+    }
+
+    /// The caller of `id` gave up (deadline, or its future was dropped): ask
+    /// the worker to stop, and replace it if the late reply does not come
+    /// within the grace period. Until then the call keeps its capacity unit,
+    /// so the worker takes no work in its place.
+    pub(crate) fn abandon(self: &Arc<Self>, id: u64) {
+        if !self.is_pending(id) {
+            return;
+        }
+        let caps = self.capabilities();
+        if caps.cancel {
+            let mut buf = bytes::BytesMut::new();
+            if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
+                self.send(buf.freeze());
+            }
+        } else if caps.sigint && caps.max_concurrency <= 1 {
+            if !self.inner().reaped {
+                spawn::signal_pid(self.pid, libc::SIGINT);
+            }
+        }
+        let grace = self.pool.upgrade().map_or(Duration::ZERO, |p| p.config.shutdown_grace_period);
+        let worker = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if worker.is_pending(id) && !worker.is_finished() {
+                        tracing::warn!(worker = %worker.id, id, "no reply to a cancelled call within the grace period; replacing the worker");
+                        worker.kill();
+                    }
+                });
+            }
+            Err(_) => worker.kill(),
+        }
+    }
+
+    /// Routes one frame from the worker; an error means the worker broke the
+    /// protocol and must go.
+    fn route(self: &Arc<Self>, frame: Bytes) -> Result<(), snakepit_protocol::Error> {
+        match decode_inbound(&self.codec, &frame)? {
+            Inbound::Response { id, success } => {
+                let pending = self.inner().pending.remove(&id);
+                let Some(pending) = pending else {
+                    if id == 0 && !success {
+                        let what = snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
+                            .ok()
+                            .and_then(|r| r.err())
+                            .map_or_else(|| "no detail".to_owned(), |e| e.to_string());
+                        return Err(snakepit_protocol::Error::InvalidPayload {
+                            codec: self.codec.name(),
+                            detail: format!("the worker could not read a frame from the pool: {what}"),
+                        });
+                    }
+                    return Err(snakepit_protocol::Error::WrongType { field: "id", expected: "the id of a call in flight" });
+                };
+                self.served.fetch_add(1, Ordering::Relaxed);
+                let _ = pending.reply.send(Ok(frame));
+                if pending.holds_unit {
+                    if let Some(pool) = self.pool.upgrade() {
+                        pool.release(self);
+                    }
+                }
+                Ok(())
+            }
+            Inbound::Chunk { id } => {
+                let inner = self.inner();
+                match inner.pending.get(&id) {
+                    None => Err(snakepit_protocol::Error::WrongType { field: "id", expected: "the id of a call in flight" }),
+                    Some(p) => {
+                        if let Some(tx) = &p.chunks {
+                            // A consumer that falls behind loses chunks rather
+                            // than stalling every other call on this worker.
+                            if tx.try_send(frame).is_err() && !tx.is_closed() {
+                                tracing::warn!(worker = %self.id, id, "stream consumer is behind; chunk dropped");
+                            }
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Inbound::Hello(hello) => {
+                if self.caps.set(hello.capabilities).is_err() {
+                    tracing::debug!(worker = %self.id, "second hello ignored");
+                }
+                tracing::debug!(worker = %self.id, bridge = ?hello.bridge, runtime = ?hello.runtime, "worker said hello");
+                Ok(())
+            }
+            Inbound::HostCall { id, request_id, function } => {
+                let session = request_id.and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
+                let args: Value = decode_host_call_args(&self.codec, &frame)?;
+                let worker = self.clone();
+                tokio::spawn(async move { worker.answer_host_call(id, function, session, args).await });
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn answer_host_call(self: Arc<Self>, id: u64, function: String, session: Option<Arc<str>>, args: Value) {
+        let Some(pool) = self.pool.upgrade() else { return };
+        let call = crate::HostCall { function: function.clone(), session_id: session.map(|s| s.to_string()), worker_id: self.id.clone(), args };
+        let outcome = match pool.host_functions.get(function.as_str()) {
+            Some(f) => f(call).await,
+            None => Err(RemoteError::new("UnknownFunction", format!("no host function named {function}"))),
+        };
+        let mut buf = bytes::BytesMut::new();
+        let encoded = match &outcome {
+            Ok(v) => encode_frame(&self.codec, &HostReply::ok(id, v), pool.config.max_frame_size, &mut buf),
+            Err(e) => encode_frame(&self.codec, &HostReply::<()>::err(id, e), pool.config.max_frame_size, &mut buf),
+        };
+        if let Err(e) = encoded {
+            let err = RemoteError::new("EncodeError", e.to_string());
+            buf.clear();
+            if encode_frame(&self.codec, &HostReply::<()>::err(id, &err), usize::MAX, &mut buf).is_err() {
+                return;
+            }
+        }
+        self.send(buf.freeze());
+    }
+}
+
+async fn write_loop(mut stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<Out>) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Frame(frame) => {
+                if stdin.write_all(&frame).await.is_err() {
+                    break; // the reader sees the worker die
+                }
+            }
+            Out::Close => break,
+        }
+    }
+}
+
+async fn stderr_loop(worker: Arc<Worker>, stderr: ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let mut text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if text.len() > 2048 {
+                    let mut cut = 2048;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                tracing::info!(target: "snakepit::worker", worker = %worker.id, pid = worker.pid, "{text}");
+                worker.tail.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            }
+        }
+    }
+}
+
+enum Ending {
+    Eof,
+    Protocol(snakepit_protocol::Error),
+}
+
+async fn read_loop(
+    worker: Arc<Worker>,
+    stdout: Option<ChildStdout>,
+    mut child: Child,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
+    max_frame_size: usize,
+) {
+    let ending = match stdout {
+        None => Ending::Eof,
+        Some(stdout) => {
+            let mut frames = FramedRead::with_capacity(stdout, snakepit_protocol::FrameCodec::new(max_frame_size), 64 * 1024);
+            loop {
+                match poll_fn(|cx| Pin::new(&mut frames).poll_next(cx)).await {
+                    Some(Ok(frame)) => {
+                        if let Err(e) = worker.route(frame.freeze()) {
+                            break Ending::Protocol(e);
+                        }
+                    }
+                    Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
+                    Some(Err(e)) => break Ending::Protocol(e),
+                }
+            }
+        }
+    };
+    if let Ending::Protocol(e) = &ending {
+        tracing::warn!(worker = %worker.id, error = %e, "worker broke the protocol; replacing it");
+        worker.kill();
+    }
+    // Stdout is closed; the process normally exits with it. One that keeps
+    // running without a way to answer is killed.
+    let grace = worker.pool.upgrade().map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
+    let mut exit = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => exit_reason(status),
+        _ => {
+            worker.kill();
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(_)) => ExitReason::ClosedStdout,
+                _ => ExitReason::Unknown,
+            }
+        }
+    };
+    {
+        let mut inner = worker.inner();
+        inner.dead = true;
+        // The worker's own children die with it: the group goes too.
+        if worker.pid != 0 {
+            spawn::signal_group(worker.pid, libc::SIGKILL);
+        }
+        inner.reaped = true;
+    }
+    if let Some(pool) = worker.pool.upgrade() {
+        pool.spawner.forget(worker.pid);
+    }
+    if let Some(done) = stderr_done {
+        // Grandchildren may hold stderr open; do not wait on them for long.
+        let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
+    }
+    let pending: Vec<Pending> = worker.inner().pending.drain().map(|(_, p)| p).collect();
+    if matches!(exit, ExitReason::Unknown) && matches!(ending, Ending::Protocol(_)) {
+        exit = ExitReason::Signal(libc::SIGKILL);
+    }
+    for p in pending {
+        let err = match &ending {
+            Ending::Protocol(e) => Error::Protocol { worker_id: worker.id.clone(), source: clone_protocol_error(e) },
+            Ending::Eof => Error::WorkerCrashed(Box::new(Crash {
+                worker_id: worker.id.clone(),
+                pid: worker.pid,
+                exit: exit.clone(),
+                stderr_tail: worker.stderr_tail(),
+            })),
+        };
+        let _ = p.reply.send(Err(err));
+    }
+    tracing::debug!(worker = %worker.id, %exit, "worker ended");
+    worker.finished.send_replace(Some(exit));
+}
+
+fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitReason::Code(code),
+        (_, Some(sig)) => ExitReason::Signal(sig),
+        _ => ExitReason::Unknown,
+    }
+}
+
+/// Protocol errors are not `Clone` (they may hold an `io::Error`); every call
+/// in flight gets its own copy of the description.
+fn clone_protocol_error(e: &snakepit_protocol::Error) -> snakepit_protocol::Error {
+    use snakepit_protocol::Error as P;
+    match e {
+        P::FrameTooLarge { len, max } => P::FrameTooLarge { len: *len, max: *max },
+        P::Truncated { expected, got } => P::Truncated { expected: *expected, got: *got },
+        P::MissingField { kind, field } => P::MissingField { kind, field },
+        P::WrongType { field, expected } => P::WrongType { field, expected },
+        P::InvalidUtf8 { codec, detail } => P::InvalidUtf8 { codec, detail: detail.clone() },
+        P::Mismatch { codec, detail } => P::Mismatch { codec, detail: detail.clone() },
+        P::UnknownFrameType(t) => P::UnknownFrameType(t.clone()),
+        other => P::InvalidPayload { codec: "wire", detail: other.to_string() },
+    }
+}
