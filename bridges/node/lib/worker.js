@@ -130,9 +130,13 @@ class Context {
   // with a HostCallError, or with a CancelledError once the call is cancelled.
   callHost(fn, args = {}) {
     if (this._done) {
-      return Promise.reject(new CancelledError(`request ${this.requestId} is already finished`));
+      return handled(Promise.reject(new CancelledError(`request ${this.requestId} is already finished`)));
     }
-    return this.worker._callHost(this, String(fn), args);
+    try {
+      return this.worker._callHost(this, String(fn), args === undefined ? {} : args);
+    } catch (err) {
+      return Promise.reject(err); // an encoding error, for the caller to see
+    }
   }
 
   get session() {
@@ -366,14 +370,17 @@ class Worker {
     ctx._done = true;
     if (this._running.get(ctx.requestId) === ctx) this._running.delete(ctx.requestId);
     if (!ctx._queued) this._active--;
+    let frame;
     try {
-      this._send(message);
+      frame = this.codec.encodeFrame(message);
     } catch (err) {
-      if (!(err instanceof TypeError || err instanceof RangeError || err instanceof wire.WireError)) throw err;
-      // The result could not be encoded (a cycle, a BigInt in JSON, ...):
-      // the caller still gets its one reply.
-      this._send(failure(ctx.requestId, 'EncodeError', `the result could not be encoded: ${err.message}`));
+      // The result could not be encoded (a cycle, a BigInt in JSON, a
+      // function in MessagePack...): the caller still gets its one reply.
+      frame = this.codec.encodeFrame(
+        failure(ctx.requestId, 'EncodeError', `the result could not be encoded: ${err && err.message}`)
+      );
     }
+    this._write(frame);
     this._failHostCalls(ctx, () => new CancelledError(`request ${ctx.requestId} is already finished`));
     this._startQueued();
     this._checkDrained();
@@ -521,15 +528,18 @@ class Worker {
 
   _callHost(ctx, fn, args) {
     if (this._inputEnded) {
-      return Promise.reject(new HostCallError('HostUnavailable', 'stdin is closed: the pool cannot answer'));
+      return handled(Promise.reject(new HostCallError('HostUnavailable', 'stdin is closed: the pool cannot answer')));
     }
     const id = this._nextHostCallId++;
-    return new Promise((resolve, reject) => {
+    // Encoded before anything is registered, so unencodable args just reject.
+    const frame = this.codec.encodeFrame({ type: 'host_call', id, request_id: ctx.requestId, function: fn, args });
+    const promise = new Promise((resolve, reject) => {
       this._hostCalls.set(id, { ctx, resolve, reject });
       if (ctx._hostCalls === null) ctx._hostCalls = new Set();
       ctx._hostCalls.add(id);
-      this._send({ type: 'host_call', id, request_id: ctx.requestId, function: fn, args });
     });
+    this._write(frame);
+    return handled(promise);
   }
 
   _onHostReply(msg) {
@@ -580,6 +590,14 @@ class Worker {
       resolve();
     }
   }
+}
+
+// The bridge rejects host-call promises itself (on cancel, on finish, on
+// EOF). A handler that fired a call and never awaited it must not crash the
+// worker with an unhandled rejection; awaiting it still throws.
+function handled(promise) {
+  promise.catch(() => {});
+  return promise;
 }
 
 function success(id, result) {

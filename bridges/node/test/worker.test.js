@@ -473,3 +473,40 @@ test('msgpack: binary in, binary out', async () => {
   assert.deepStrictEqual(Buffer.from(r.result), Buffer.from([3, 2, 1]));
   await h.close();
 });
+
+test('host calls nobody awaits never crash the worker; unencodable results and args fail cleanly', async () => {
+  const h = new Harness({
+    commands: {
+      fireAndForget: (args, ctx) => {
+        ctx.callHost('ignored.1');
+        ctx.session.set('k', 1);
+        return 'returned at once';
+      },
+      badArgs: async (args, ctx) => {
+        try {
+          await ctx.callHost('x', { big: 10n });
+        } catch (err) {
+          return `rejected: ${err.name}`;
+        }
+        return 'sent?';
+      },
+      fn: () => ({ f: Symbol('no') }),
+    },
+  }, 'msgpack');
+  assert.equal((await h.call(1, 'fireAndForget')).result, 'returned at once');
+  await sleep(10); // the orphaned host calls have been rejected by now
+  const r = await h.call(2, 'fn');
+  assert.equal(r.error.type, 'EncodeError');
+  await h.close();
+  const j = new Harness({ commands: { badArgs: async (args, ctx) => {
+    try {
+      await ctx.callHost('x', { big: 10n });
+    } catch (err) {
+      return `rejected: ${err.name}`;
+    }
+    return 'sent?';
+  } } });
+  assert.equal((await j.call(3, 'badArgs')).result, 'rejected: TypeError');
+  assert.equal(j.frames.filter((f) => f.type === 'host_call').length, 0);
+  await j.close();
+});
