@@ -87,6 +87,12 @@ class WireTest < Minitest::Test
     assert_equal "{\"b\":\"h\u00e9llo \u2713\",\"a\":[1,2.5,null,true]}", payload
   end
 
+  def test_json_encoder_recovers_after_a_failure
+    codec = Wire.codec("json")
+    150.times { assert_raises(JSON::GeneratorError) { codec.encode({ "a" => { "b" => [Float::NAN] } }) } }
+    assert_equal '{"a":{"b":[1]}}', codec.encode({ "a" => { "b" => [1] } })
+  end
+
   def test_json_symbol_keys_become_strings
     assert_equal '{"ok":1}', Wire.codec("json").encode({ ok: 1 })
   end

@@ -135,6 +135,7 @@ module SnakepitBridge
       @worker_id = ENV["SNAKEPIT_WORKER_ID"]
       @worker_id = nil if @worker_id&.empty?
       @logger = nil
+      @timestamp_second = nil
       command("ping") { |args, _ctx| Generic.ping(self, args) }
     end
 
@@ -437,14 +438,27 @@ module SnakepitBridge
 
     def write_payload(payload)
       frame = Wire.frame(payload)
-      # Never let a cancellation cut a frame in half.
-      Thread.handle_interrupt(Cancelled => :never) do
+      if @current
+        # Inside a handler: never let a cancellation cut a frame in half.
+        Thread.handle_interrupt(Cancelled => :never) do
+          @write_lock.synchronize { @output.write(frame) }
+        end
+      else
         @write_lock.synchronize { @output.write(frame) }
       end
     end
 
+    # UTC ISO-8601 with microseconds. Every reply carries one, so the
+    # expensive part (Time#strftime) runs once per second, not per reply.
     def timestamp
-      Time.now.utc.strftime(TIME_FORMAT)
+      micros = Process.clock_gettime(Process::CLOCK_REALTIME, :microsecond)
+      seconds, fraction = micros.divmod(1_000_000)
+      if seconds != @timestamp_second
+        @timestamp_second = seconds
+        @timestamp_prefix = Time.at(seconds).utc.strftime("%Y-%m-%dT%H:%M:%S.")
+      end
+      # Adding 10**6 pads the fraction to six digits without a format call.
+      "#{@timestamp_prefix}#{(fraction + 1_000_000).to_s[1, 6]}Z"
     end
 
     def log(message)
