@@ -21,7 +21,12 @@ pub struct Launch {
 impl Launch {
     /// Runs `program` with no arguments.
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        Launch { program: program.into(), args: Vec::new(), env: Vec::new(), cwd: None }
+        Launch {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+        }
     }
 
     /// Adds an argument.

@@ -136,7 +136,11 @@ pub struct Crash {
 
 impl fmt::Display for Crash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "worker {} (pid {}) died: {}", self.worker_id, self.pid, self.exit)?;
+        write!(
+            f,
+            "worker {} (pid {}) died: {}",
+            self.worker_id, self.pid, self.exit
+        )?;
         if !self.stderr_tail.is_empty() {
             write!(f, "; stderr ends with:\n{}", self.stderr_tail)?;
         }
@@ -198,7 +202,11 @@ pub struct StartError {
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "worker {} failed to start: {}", self.worker_id, self.cause)?;
+        write!(
+            f,
+            "worker {} failed to start: {}",
+            self.worker_id, self.cause
+        )?;
         if !self.stderr_tail.is_empty() {
             write!(f, "; stderr ends with:\n{}", self.stderr_tail)?;
         }

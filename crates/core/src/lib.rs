@@ -42,5 +42,7 @@ mod worker;
 pub use adapter::{Adapter, Launch};
 pub use config::PoolConfig;
 pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
-pub use pool::{Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats, StreamItem};
+pub use pool::{
+    Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats, StreamItem,
+};
 pub use snakepit_protocol::WireCodec;

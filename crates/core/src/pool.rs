@@ -13,7 +13,9 @@ use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use snakepit_protocol::{decode_chunk, decode_response, encode_frame, Codec, RemoteError, Request, WireCodec};
+use snakepit_protocol::{
+    decode_chunk, decode_response, encode_frame, Codec, RemoteError, Request, WireCodec,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::adapter::{Adapter, Launch};
@@ -23,8 +25,13 @@ use crate::worker::{Pending, Worker};
 use crate::PoolConfig;
 
 /// A function the host offers to its workers (see [`PoolBuilder::host_function`]).
-pub type HostFunction =
-    Arc<dyn Fn(HostCall) -> Pin<Box<dyn Future<Output = std::result::Result<Value, RemoteError>> + Send>> + Send + Sync>;
+pub type HostFunction = Arc<
+    dyn Fn(
+            HostCall,
+        ) -> Pin<Box<dyn Future<Output = std::result::Result<Value, RemoteError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A worker's call to a host function.
 #[derive(Debug, Clone)]
@@ -303,7 +310,11 @@ impl Shared {
             };
             let slot = &mut st.slots[i];
             slot.in_flight += 1;
-            let lease = Lease { worker: slot.worker.clone().expect("has_room checked"), shared: self.clone(), armed: true };
+            let lease = Lease {
+                worker: slot.worker.clone().expect("has_room checked"),
+                shared: self.clone(),
+                armed: true,
+            };
             if let Err(Ok(lease)) = waiter.tx.send(Ok(lease)) {
                 // The waiter left between the check and the send.
                 lease.disarm();
@@ -317,10 +328,21 @@ impl Shared {
         slot.in_flight += 1;
         let worker = slot.worker.clone().expect("taken slots have a worker");
         st.make_free(i);
-        Lease { worker, shared: self.clone(), armed: true }
+        Lease {
+            worker,
+            shared: self.clone(),
+            armed: true,
+        }
     }
 
-    async fn acquire(self: &Arc<Self>, session: Option<&Arc<str>>, affinity: Affinity, deadline: Instant, timeout: Duration, command: &str) -> Result<Lease> {
+    async fn acquire(
+        self: &Arc<Self>,
+        session: Option<&Arc<str>>,
+        affinity: Affinity,
+        deadline: Instant,
+        timeout: Duration,
+        command: &str,
+    ) -> Result<Lease> {
         let rx = {
             let mut st = self.state();
             if st.closed {
@@ -330,7 +352,8 @@ impl Shared {
                 let rec = st.affinity.get_mut(s)?;
                 rec.last_used = Instant::now();
                 let (slot, generation) = (rec.slot, rec.generation);
-                (st.slots[slot].generation == generation && st.slots[slot].worker.is_some()).then_some(slot)
+                (st.slots[slot].generation == generation && st.slots[slot].worker.is_some())
+                    .then_some(slot)
             });
             let mut strict_slot = None;
             if let Some(p) = preferred {
@@ -341,8 +364,14 @@ impl Shared {
                     Affinity::Prefer => {}
                     Affinity::Strict => strict_slot = Some(p),
                     Affinity::FailFast => {
-                        let worker_id = st.slots[p].worker.as_ref().map_or_else(String::new, |w| w.id.clone());
-                        return Err(Error::WorkerBusy { session_id: session.map(|s| s.to_string()).unwrap_or_default(), worker_id });
+                        let worker_id = st.slots[p]
+                            .worker
+                            .as_ref()
+                            .map_or_else(String::new, |w| w.id.clone());
+                        return Err(Error::WorkerBusy {
+                            session_id: session.map(|s| s.to_string()).unwrap_or_default(),
+                            worker_id,
+                        });
                     }
                 }
             }
@@ -391,7 +420,10 @@ impl Shared {
             Ok(Err(_)) => Err(Error::ShutDown),
             Err(_) if queue_deadline >= deadline => {
                 self.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Error::CallTimeout { command: command.to_owned(), timeout })
+                Err(Error::CallTimeout {
+                    command: command.to_owned(),
+                    timeout,
+                })
             }
             Err(_) => {
                 self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -404,14 +436,28 @@ impl Shared {
         let generation = st.slots[slot].generation;
         let now = Instant::now();
         if let Some(rec) = st.affinity.get_mut(session) {
-            *rec = AffinityRecord { slot, generation, last_used: now };
+            *rec = AffinityRecord {
+                slot,
+                generation,
+                last_used: now,
+            };
         } else if st.affinity.len() < self.config.max_sessions {
-            st.affinity.insert(session.clone(), AffinityRecord { slot, generation, last_used: now });
+            st.affinity.insert(
+                session.clone(),
+                AffinityRecord {
+                    slot,
+                    generation,
+                    last_used: now,
+                },
+            );
         }
     }
 
     fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
-        let cap = worker.capabilities().max_concurrency.clamp(1, self.config.max_concurrency_per_worker);
+        let cap = worker
+            .capabilities()
+            .max_concurrency
+            .clamp(1, self.config.max_concurrency_per_worker);
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
         if slot.generation != worker.generation {
@@ -443,7 +489,11 @@ impl Shared {
     /// Fails every queued call with `err()` (shutdown, or no worker left and
     /// every breaker open).
     fn fail_waiters(&self, st: &mut State, err: impl Fn() -> Error) {
-        for w in st.queue.drain(..).chain(st.strict.iter_mut().flat_map(|q| q.drain(..))) {
+        for w in st
+            .queue
+            .drain(..)
+            .chain(st.strict.iter_mut().flat_map(|q| q.drain(..)))
+        {
             let _ = w.tx.send(Err(err()));
         }
     }
@@ -461,7 +511,12 @@ impl Shared {
                 s.busy += 1;
             }
         }
-        s.queued = st.queue.iter().chain(st.strict.iter().flatten()).filter(|w| !w.tx.is_closed()).count();
+        s.queued = st
+            .queue
+            .iter()
+            .chain(st.strict.iter().flatten())
+            .filter(|w| !w.tx.is_closed())
+            .count();
         s.requests = c.requests.load(Ordering::Relaxed);
         s.completed = c.completed.load(Ordering::Relaxed);
         s.errors = c.errors.load(Ordering::Relaxed);
@@ -476,14 +531,26 @@ impl Shared {
     }
 
     fn workers(&self) -> Vec<Arc<Worker>> {
-        self.state().slots.iter().filter_map(|s| s.worker.clone()).collect()
+        self.state()
+            .slots
+            .iter()
+            .filter_map(|s| s.worker.clone())
+            .collect()
     }
 }
 
 /// Starts one worker and runs its init handshake.
-async fn start_worker(shared: &Arc<Shared>, slot: usize, generation: u64) -> std::result::Result<Arc<Worker>, StartError> {
+async fn start_worker(
+    shared: &Arc<Shared>,
+    slot: usize,
+    generation: u64,
+) -> std::result::Result<Arc<Worker>, StartError> {
     let worker_id = format!("{}_worker_{}_{}", shared.name, slot + 1, generation);
-    let fail = |cause: String, stderr_tail: String| StartError { worker_id: worker_id.clone(), cause, stderr_tail };
+    let fail = |cause: String, stderr_tail: String| StartError {
+        worker_id: worker_id.clone(),
+        cause,
+        stderr_tail,
+    };
     let launch = shared
         .launch
         .clone()
@@ -503,7 +570,11 @@ async fn start_worker(shared: &Arc<Shared>, slot: usize, generation: u64) -> std
     let started = Instant::now();
     let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
     let args = json!({"initialization": true, "worker_id": worker_id});
-    let outcome = tokio::time::timeout(shared.config.worker_init_timeout, internal_call(shared, &worker, "ping", &args)).await;
+    let outcome = tokio::time::timeout(
+        shared.config.worker_init_timeout,
+        internal_call(shared, &worker, "ping", &args),
+    )
+    .await;
     let failure = match outcome {
         Ok(Ok(result)) if result.get("status").and_then(Value::as_str) == Some("ok") => {
             let _ = worker.caps.set(Default::default());
@@ -511,9 +582,14 @@ async fn start_worker(shared: &Arc<Shared>, slot: usize, generation: u64) -> std
             return Ok(worker);
         }
         Ok(Ok(result)) => format!("init handshake answered without status \"ok\": {result}"),
-        Ok(Err(Error::WorkerCrashed(crash))) => format!("exited during the init handshake ({})", crash.exit),
+        Ok(Err(Error::WorkerCrashed(crash))) => {
+            format!("exited during the init handshake ({})", crash.exit)
+        }
         Ok(Err(e)) => format!("init handshake failed: {e}"),
-        Err(_) => format!("no answer to the init handshake within {:?}", shared.config.worker_init_timeout),
+        Err(_) => format!(
+            "no answer to the init handshake within {:?}",
+            shared.config.worker_init_timeout
+        ),
     };
     worker.kill();
     worker.finished().await;
@@ -521,26 +597,56 @@ async fn start_worker(shared: &Arc<Shared>, slot: usize, generation: u64) -> std
 }
 
 /// A call the pool makes itself (handshake, health ping), outside the queue.
-async fn internal_call(shared: &Arc<Shared>, worker: &Arc<Worker>, command: &str, args: &Value) -> Result<Value> {
+async fn internal_call(
+    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
+    command: &str,
+    args: &Value,
+) -> Result<Value> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let mut buf = BytesMut::new();
-    encode_frame(&shared.codec, &Request::new(id, command, args), usize::MAX, &mut buf).map_err(Error::Codec)?;
+    encode_frame(
+        &shared.codec,
+        &Request::new(id, command, args),
+        usize::MAX,
+        &mut buf,
+    )
+    .map_err(Error::Codec)?;
     let (tx, rx) = oneshot::channel();
-    if worker.register(id, Pending { reply: tx, chunks: None, session: None, holds_unit: false }).is_err() {
+    if worker
+        .register(
+            id,
+            Pending {
+                reply: tx,
+                chunks: None,
+                session: None,
+                holds_unit: false,
+            },
+        )
+        .is_err()
+    {
         return Err(Error::ShutDown);
     }
     worker.send(buf.freeze());
     let frame = rx.await.map_err(|_| Error::ShutDown)??;
     match decode_response::<_, Value>(&shared.codec, &frame) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(error)) => Err(Error::Remote { command: command.to_owned(), error }),
-        Err(source) => Err(Error::Protocol { worker_id: worker.id.clone(), source }),
+        Ok(Err(error)) => Err(Error::Remote {
+            command: command.to_owned(),
+            error,
+        }),
+        Err(source) => Err(Error::Protocol {
+            worker_id: worker.id.clone(),
+            source,
+        }),
     }
 }
 
 /// Small, fast, good-enough randomness for jitter.
 fn jitter(base: Duration, salt: u64) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
     let mut x = nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     x ^= x << 13;
     x ^= x >> 7;
@@ -551,7 +657,11 @@ fn jitter(base: Duration, salt: u64) -> Duration {
 
 /// Keeps slot `i` filled: starts its worker, waits for it to end, starts the
 /// next, backing off and opening the breaker when starts keep failing.
-async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sender<std::result::Result<(), StartError>>>) {
+async fn supervise(
+    shared: Arc<Shared>,
+    i: usize,
+    mut first: Option<oneshot::Sender<std::result::Result<(), StartError>>>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut failures: u32 = 0;
     let mut started_once = false;
@@ -566,6 +676,7 @@ async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sen
         };
         let delay = match start {
             Ok(worker) => {
+                shared.worker_ready(&worker);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -573,7 +684,6 @@ async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sen
                     shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
                 }
                 started_once = true;
-                shared.worker_ready(&worker);
                 let exit = tokio::select! {
                     exit = worker.finished() => exit,
                     _ = shutdown.changed() => return,
@@ -593,7 +703,10 @@ async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sen
             }
             Err(e) => {
                 tracing::warn!(slot = i, error = %e, "worker failed to start");
-                shared.counters.start_failures.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .start_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(e.clone()));
                     return; // start() fails and shuts the pool down
@@ -608,7 +721,12 @@ async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sen
                         shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
                     }
                     drop(st);
-                    tracing::error!(slot = i, failures, cooldown_ms = shared.config.breaker_cooldown.as_millis() as u64, "breaker open: not restarting this worker for a while");
+                    tracing::error!(
+                        slot = i,
+                        failures,
+                        cooldown_ms = shared.config.breaker_cooldown.as_millis() as u64,
+                        "breaker open: not restarting this worker for a while"
+                    );
                     // Half-open after the cool-down: one more failure re-opens.
                     failures = shared.config.breaker_threshold - 1;
                     shared.config.breaker_cooldown
@@ -629,14 +747,21 @@ async fn supervise(shared: Arc<Shared>, i: usize, mut first: Option<oneshot::Sen
 
 fn backoff(config: &PoolConfig, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
-    config.restart_backoff.saturating_mul(1 << exp).min(config.restart_backoff_max)
+    config
+        .restart_backoff
+        .saturating_mul(1 << exp)
+        .min(config.restart_backoff_max)
 }
 
 /// Pings idle workers at the health-check interval, replaces those that do
 /// not answer, and forgets stale session affinity.
 async fn maintain(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
-    let tick = if shared.config.health_check_interval.is_zero() { Duration::from_secs(30) } else { shared.config.health_check_interval };
+    let tick = if shared.config.health_check_interval.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        shared.config.health_check_interval
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -652,14 +777,20 @@ async fn maintain(shared: Arc<Shared>) {
         }
         let idle: Vec<Lease> = {
             let mut st = shared.state();
-            let ids: Vec<usize> = (0..st.slots.len()).filter(|&i| st.slots[i].in_flight == 0 && st.slots[i].worker.is_some()).collect();
+            let ids: Vec<usize> = (0..st.slots.len())
+                .filter(|&i| st.slots[i].in_flight == 0 && st.slots[i].worker.is_some())
+                .collect();
             ids.into_iter().map(|i| shared.take(&mut st, i)).collect()
         };
         for lease in idle {
             let worker = lease.worker.clone();
             let args = json!({"health_check": true});
             let ok = matches!(
-                tokio::time::timeout(shared.config.health_check_timeout, internal_call(&shared, &worker, "ping", &args)).await,
+                tokio::time::timeout(
+                    shared.config.health_check_timeout,
+                    internal_call(&shared, &worker, "ping", &args)
+                )
+                .await,
                 Ok(Ok(_))
             );
             if !ok {
@@ -718,7 +849,8 @@ impl PoolBuilder {
         F: Fn(HostCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Value, RemoteError>> + Send + 'static,
     {
-        self.host_functions.insert(name.into(), Arc::new(move |call| Box::pin(f(call))));
+        self.host_functions
+            .insert(name.into(), Arc::new(move |call| Box::pin(f(call))));
         self
     }
 
@@ -728,18 +860,38 @@ impl PoolBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<Pool> {
         self.config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Config("Pool::start needs a Tokio runtime".into()))?;
-        let spawner = Spawner::new(runtime).map_err(|e| Error::Config(format!("cannot start the spawner thread: {e}")))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("Pool::start needs a Tokio runtime".into()))?;
+        let spawner = Spawner::new(runtime)
+            .map_err(|e| Error::Config(format!("cannot start the spawner thread: {e}")))?;
         let size = self.config.pool_size;
         let codec = self.codec.unwrap_or_else(|| self.adapter.codec());
-        let run_id = format!("{:x}{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros()));
+        let run_id = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+        );
         let shared = Arc::new(Shared {
             launch: self.adapter.launch(),
-            supported: self.adapter.supported_commands().map(|v| v.into_iter().collect()),
+            supported: self
+                .adapter
+                .supported_commands()
+                .map(|v| v.into_iter().collect()),
             adapter: self.adapter,
             codec,
             state: Mutex::new(State {
-                slots: (0..size).map(|_| Slot { worker: None, generation: 0, in_flight: 0, capacity: 0, in_free: false, breaker_open: false }).collect(),
+                slots: (0..size)
+                    .map(|_| Slot {
+                        worker: None,
+                        generation: 0,
+                        in_flight: 0,
+                        capacity: 0,
+                        in_free: false,
+                        breaker_open: false,
+                    })
+                    .collect(),
                 free: Vec::with_capacity(size),
                 queue: VecDeque::new(),
                 strict: (0..size).map(|_| VecDeque::new()).collect(),
@@ -757,7 +909,11 @@ impl PoolBuilder {
             shutdown: watch::channel(false).0,
             config: self.config,
         });
-        let pool = Pool { inner: Arc::new(PoolInner { shared: shared.clone() }) };
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                shared: shared.clone(),
+            }),
+        };
         let mut firsts = Vec::with_capacity(size);
         for i in 0..size {
             let (tx, rx) = oneshot::channel();
@@ -779,7 +935,10 @@ impl PoolBuilder {
             Ok(r) => r,
             Err(_) => Err(Error::StartFailed(Box::new(StartError {
                 worker_id: format!("{}_worker_*", shared.name),
-                cause: format!("not every worker was ready within the startup timeout of {:?}", shared.config.startup_timeout),
+                cause: format!(
+                    "not every worker was ready within the startup timeout of {:?}",
+                    shared.config.startup_timeout
+                ),
                 stderr_tail: String::new(),
             }))),
         };
@@ -803,7 +962,10 @@ impl Drop for PoolInner {
             let mut st = self.shared.state();
             st.closed = true;
             self.shared.fail_waiters(&mut st, || Error::ShutDown);
-            st.slots.iter().filter_map(|s| s.worker.clone()).collect::<Vec<_>>()
+            st.slots
+                .iter()
+                .filter_map(|s| s.worker.clone())
+                .collect::<Vec<_>>()
         };
         self.shared.shutdown.send_replace(true);
         for w in workers {
@@ -834,7 +996,10 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("name", &self.inner.shared.name).field("stats", &self.stats()).finish()
+        f.debug_struct("Pool")
+            .field("name", &self.inner.shared.name)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -847,7 +1012,10 @@ struct Outcome<'a> {
 impl<'a> Outcome<'a> {
     fn new(counters: &'a Counters) -> Self {
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        Outcome { counters, done: false }
+        Outcome {
+            counters,
+            done: false,
+        }
     }
 
     fn record<T>(mut self, r: Result<T>) -> Result<T> {
@@ -892,7 +1060,13 @@ impl Drop for InFlight {
 impl Pool {
     /// A builder for a pool of workers that `adapter` describes.
     pub fn builder(adapter: impl Adapter) -> PoolBuilder {
-        PoolBuilder { adapter: Box::new(adapter), config: PoolConfig::default(), codec: None, name: "snakepit".into(), host_functions: HashMap::new() }
+        PoolBuilder {
+            adapter: Box::new(adapter),
+            config: PoolConfig::default(),
+            codec: None,
+            name: "snakepit".into(),
+            host_functions: HashMap::new(),
+        }
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -901,17 +1075,29 @@ impl Pool {
 
     /// Runs `command` with `args` on a free worker.
     pub async fn execute(&self, command: &str, args: Value) -> Result<Value> {
-        self.execute_with(command, args, CallOptions::default()).await
+        self.execute_with(command, args, CallOptions::default())
+            .await
     }
 
     /// Runs `command` in a session: on the worker that served the session
     /// last when it is free, otherwise on another.
-    pub async fn execute_in_session(&self, session_id: &str, command: &str, args: Value) -> Result<Value> {
-        self.execute_with(command, args, CallOptions::default().session(session_id)).await
+    pub async fn execute_in_session(
+        &self,
+        session_id: &str,
+        command: &str,
+        args: Value,
+    ) -> Result<Value> {
+        self.execute_with(command, args, CallOptions::default().session(session_id))
+            .await
     }
 
     /// Runs `command` with options: deadline, session, affinity, trace context.
-    pub async fn execute_with(&self, command: &str, args: Value, options: CallOptions) -> Result<Value> {
+    pub async fn execute_with(
+        &self,
+        command: &str,
+        args: Value,
+        options: CallOptions,
+    ) -> Result<Value> {
         let shared = self.shared();
         let outcome = Outcome::new(&shared.counters);
         let r = async {
@@ -919,7 +1105,13 @@ impl Pool {
             let args = shared.adapter.prepare_args(command, args);
             let (frame, worker) = self.round_trip(command, &args, &options).await?;
             let value: Value = decode_result(shared, &worker, command, &frame)?;
-            shared.adapter.process_response(command, value).map_err(|message| Error::Validation { command: command.to_owned(), message })
+            shared
+                .adapter
+                .process_response(command, value)
+                .map_err(|message| Error::Validation {
+                    command: command.to_owned(),
+                    message,
+                })
         }
         .await;
         outcome.record(r)
@@ -946,15 +1138,25 @@ impl Pool {
 
     /// Runs `command` and streams the chunks the worker sends before its
     /// final reply. Dropping the stream cancels the call.
-    pub async fn execute_stream(&self, command: &str, args: Value, options: CallOptions) -> Result<CallStream> {
+    pub async fn execute_stream(
+        &self,
+        command: &str,
+        args: Value,
+        options: CallOptions,
+    ) -> Result<CallStream> {
         let shared = self.shared().clone();
         self.check(command, &args)?;
         let args = shared.adapter.prepare_args(command, args);
         let (tx, rx) = mpsc::channel(256);
-        let timeout = options.timeout.unwrap_or_else(|| shared.adapter.command_timeout(command));
+        let timeout = options
+            .timeout
+            .unwrap_or_else(|| shared.adapter.command_timeout(command));
         let deadline = Instant::now() + timeout;
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let flight = match self.submit(command, &args, &options, Some(tx), deadline, timeout).await {
+        let flight = match self
+            .submit(command, &args, &options, Some(tx), deadline, timeout)
+            .await
+        {
             Ok(f) => f,
             Err(e) => {
                 shared.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -978,14 +1180,29 @@ impl Pool {
                 return Err(Error::UnsupportedCommand(command.to_owned()));
             }
         }
-        shared.adapter.validate_command(command, args).map_err(|message| Error::Validation { command: command.to_owned(), message })
+        shared
+            .adapter
+            .validate_command(command, args)
+            .map_err(|message| Error::Validation {
+                command: command.to_owned(),
+                message,
+            })
     }
 
-    async fn round_trip<A: Serialize + ?Sized>(&self, command: &str, args: &A, options: &CallOptions) -> Result<(Bytes, Arc<Worker>)> {
+    async fn round_trip<A: Serialize + ?Sized>(
+        &self,
+        command: &str,
+        args: &A,
+        options: &CallOptions,
+    ) -> Result<(Bytes, Arc<Worker>)> {
         let shared = self.shared();
-        let timeout = options.timeout.unwrap_or_else(|| shared.adapter.command_timeout(command));
+        let timeout = options
+            .timeout
+            .unwrap_or_else(|| shared.adapter.command_timeout(command));
         let deadline = Instant::now() + timeout;
-        let mut flight = self.submit(command, args, options, None, deadline, timeout).await?;
+        let mut flight = self
+            .submit(command, args, options, None, deadline, timeout)
+            .await?;
         match tokio::time::timeout_at(deadline.into(), &mut flight.reply).await {
             Ok(Ok(Ok(frame))) => {
                 flight.done = true;
@@ -1000,8 +1217,14 @@ impl Pool {
                 Err(Error::ShutDown)
             }
             Err(_) => {
-                shared.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Error::CallTimeout { command: command.to_owned(), timeout })
+                shared
+                    .counters
+                    .call_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::CallTimeout {
+                    command: command.to_owned(),
+                    timeout,
+                })
             }
         }
     }
@@ -1021,22 +1244,50 @@ impl Pool {
         // A worker can die between handing out its lease and the call
         // reaching it; the call has not been sent then, so it may go elsewhere.
         for _ in 0..3 {
-            let lease = shared.acquire(session.as_ref(), options.affinity, deadline, timeout, command).await?;
+            let lease = shared
+                .acquire(
+                    session.as_ref(),
+                    options.affinity,
+                    deadline,
+                    timeout,
+                    command,
+                )
+                .await?;
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let mut request = Request::new(id, command, args);
             request.session_id = options.session_id.as_deref();
-            request.timeout_ms = Some(deadline.saturating_duration_since(Instant::now()).as_millis() as u64);
+            request.timeout_ms = Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
+            );
             request.stream = chunks.is_some();
             request.traceparent = options.traceparent.as_deref();
             let mut buf = BytesMut::with_capacity(256);
-            encode_frame(&shared.codec, &request, shared.config.max_frame_size, &mut buf).map_err(Error::Codec)?;
+            encode_frame(
+                &shared.codec,
+                &request,
+                shared.config.max_frame_size,
+                &mut buf,
+            )
+            .map_err(Error::Codec)?;
             let (tx, rx) = oneshot::channel();
-            let pending = Pending { reply: tx, chunks: chunks.take(), session: session.clone(), holds_unit: true };
+            let pending = Pending {
+                reply: tx,
+                chunks: chunks.take(),
+                session: session.clone(),
+                holds_unit: true,
+            };
             match lease.worker.register(id, pending) {
                 Ok(()) => {
                     let worker = lease.disarm();
                     worker.send(buf.freeze());
-                    return Ok(InFlight { worker, id, reply: rx, done: false });
+                    return Ok(InFlight {
+                        worker,
+                        id,
+                        reply: rx,
+                        done: false,
+                    });
                 }
                 Err(pending) => chunks = pending.chunks,
             }
@@ -1110,13 +1361,24 @@ impl Pool {
     }
 }
 
-fn decode_result<R: DeserializeOwned>(shared: &Shared, worker: &Worker, command: &str, frame: &[u8]) -> Result<R> {
+fn decode_result<R: DeserializeOwned>(
+    shared: &Shared,
+    worker: &Worker,
+    command: &str,
+    frame: &[u8],
+) -> Result<R> {
     match decode_response::<_, R>(&shared.codec, frame) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) if e.is_cancelled() => Err(Error::Cancelled),
-        Ok(Err(error)) => Err(Error::Remote { command: command.to_owned(), error }),
+        Ok(Err(error)) => Err(Error::Remote {
+            command: command.to_owned(),
+            error,
+        }),
         Err(e @ snakepit_protocol::Error::Mismatch { .. }) => Err(Error::Codec(e)),
-        Err(source) => Err(Error::Protocol { worker_id: worker.id.clone(), source }),
+        Err(source) => Err(Error::Protocol {
+            worker_id: worker.id.clone(),
+            source,
+        }),
     }
 }
 
@@ -1146,11 +1408,16 @@ impl Stream for CallStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(flight) = this.flight.as_mut() else { return Poll::Ready(None) };
+        let Some(flight) = this.flight.as_mut() else {
+            return Poll::Ready(None);
+        };
         if let Poll::Ready(Some(frame)) = this.chunks.poll_recv(cx) {
             let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
                 .map(StreamItem::Chunk)
-                .map_err(|source| Error::Protocol { worker_id: flight.worker.id.clone(), source });
+                .map_err(|source| Error::Protocol {
+                    worker_id: flight.worker.id.clone(),
+                    source,
+                });
             return Poll::Ready(Some(item));
         }
         let outcome = match Pin::new(&mut flight.reply).poll(cx) {
@@ -1161,13 +1428,19 @@ impl Stream for CallStream {
                     flight.reply = oneshot_ready(r);
                     let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
                         .map(StreamItem::Chunk)
-                        .map_err(|source| Error::Protocol { worker_id: flight.worker.id.clone(), source });
+                        .map_err(|source| Error::Protocol {
+                            worker_id: flight.worker.id.clone(),
+                            source,
+                        });
                     return Poll::Ready(Some(item));
                 }
                 let mut flight = this.flight.take().expect("checked");
                 flight.done = true;
                 match r {
-                    Ok(Ok(frame)) => decode_result::<Value>(&this.shared, &flight.worker, &this.command, &frame).map(StreamItem::Done),
+                    Ok(Ok(frame)) => {
+                        decode_result::<Value>(&this.shared, &flight.worker, &this.command, &frame)
+                            .map(StreamItem::Done)
+                    }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(Error::ShutDown),
                 }
@@ -1177,8 +1450,14 @@ impl Stream for CallStream {
                     return Poll::Pending;
                 }
                 this.flight = None; // dropping it cancels the call
-                this.shared.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Error::CallTimeout { command: this.command.clone(), timeout: this.timeout })
+                this.shared
+                    .counters
+                    .call_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::CallTimeout {
+                    command: this.command.clone(),
+                    timeout: this.timeout,
+                })
             }
         };
         let c = &this.shared.counters;
@@ -1191,7 +1470,9 @@ impl Stream for CallStream {
 }
 
 /// A receiver that yields `r` at once: puts back a reply taken early.
-fn oneshot_ready(r: std::result::Result<Result<Bytes>, oneshot::error::RecvError>) -> oneshot::Receiver<Result<Bytes>> {
+fn oneshot_ready(
+    r: std::result::Result<Result<Bytes>, oneshot::error::RecvError>,
+) -> oneshot::Receiver<Result<Bytes>> {
     let (tx, rx) = oneshot::channel();
     if let Ok(v) = r {
         let _ = tx.send(v);

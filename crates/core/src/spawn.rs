@@ -38,16 +38,21 @@ pub(crate) struct Spawner {
 impl Spawner {
     pub(crate) fn new(runtime: tokio::runtime::Handle) -> io::Result<Spawner> {
         let (tx, rx) = mpsc::channel::<(Launch, Reply)>();
-        std::thread::Builder::new().name("snakepit-spawner".into()).spawn(move || {
-            let _guard = runtime.enter();
-            let parent = std::process::id();
-            // Lives until the pool drops its sender: workers' parent-death
-            // signal is tied to this thread.
-            for (launch, reply) in rx {
-                let _ = reply.send(spawn_worker(&launch, parent));
-            }
-        })?;
-        Ok(Spawner { requests: Mutex::new(tx), watchdog: Mutex::new(start_watchdog().ok()) })
+        std::thread::Builder::new()
+            .name("snakepit-spawner".into())
+            .spawn(move || {
+                let _guard = runtime.enter();
+                let parent = std::process::id();
+                // Lives until the pool drops its sender: workers' parent-death
+                // signal is tied to this thread.
+                for (launch, reply) in rx {
+                    let _ = reply.send(spawn_worker(&launch, parent));
+                }
+            })?;
+        Ok(Spawner {
+            requests: Mutex::new(tx),
+            watchdog: Mutex::new(start_watchdog().ok()),
+        })
     }
 
     /// Starts a worker with piped stdin, stdout and stderr.
@@ -58,7 +63,9 @@ impl Spawner {
             .unwrap_or_else(|e| e.into_inner())
             .send((launch, tx))
             .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        let child = rx.await.map_err(|_| io::Error::other("the spawner thread is gone"))??;
+        let child = rx
+            .await
+            .map_err(|_| io::Error::other("the spawner thread is gone"))??;
         if let Some(pid) = child.id() {
             self.tell_watchdog(&format!("+{pid}\n"));
         }
@@ -74,7 +81,9 @@ impl Spawner {
         let mut guard = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(stdin) = guard.as_mut() {
             if stdin.write_all(line.as_bytes()).is_err() {
-                tracing::warn!("the orphan watchdog is gone; workers' children may outlive a crashed host");
+                tracing::warn!(
+                    "the orphan watchdog is gone; workers' children may outlive a crashed host"
+                );
                 *guard = None;
             }
         }
@@ -122,7 +131,14 @@ fn cloexec_from(first: libc::c_int) {
     {
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
         // SAFETY: close_range with CLOEXEC only sets descriptor flags.
-        let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        };
         if r == 0 {
             return;
         }
@@ -159,11 +175,16 @@ fn start_watchdog() -> io::Result<std::process::ChildStdin> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()?;
-    let stdin = child.stdin.take().ok_or_else(|| io::Error::other("watchdog has no stdin"))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("watchdog has no stdin"))?;
     // Reap it whenever it ends, without holding anything up.
-    std::thread::Builder::new().name("snakepit-watchdog".into()).spawn(move || {
-        let _ = child.wait();
-    })?;
+    std::thread::Builder::new()
+        .name("snakepit-watchdog".into())
+        .spawn(move || {
+            let _ = child.wait();
+        })?;
     Ok(stdin)
 }
 

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_core::Stream;
 use serde_json::Value;
-use snakepit_protocol::{decode_host_call_args, decode_inbound, encode_frame, Cancel, Capabilities, Codec, HostReply, Inbound, RemoteError, WireCodec};
+use snakepit_protocol::{
+    decode_host_call_args, decode_inbound, encode_frame, Cancel, Capabilities, Codec, HostReply,
+    Inbound, RemoteError, WireCodec,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -59,7 +62,11 @@ impl Tail {
     }
 
     fn text(&self) -> String {
-        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -83,7 +90,13 @@ pub(crate) struct Worker {
 impl Worker {
     /// Takes over a freshly spawned child: starts its writer, stderr and
     /// reader tasks.
-    pub(crate) fn start(shared: &Arc<Shared>, mut child: Child, id: String, slot: usize, generation: u64) -> Arc<Worker> {
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        mut child: Child,
+        id: String,
+        slot: usize,
+        generation: u64,
+    ) -> Arc<Worker> {
         let pid = child.id().unwrap_or(0);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -99,16 +112,29 @@ impl Worker {
             pool: Arc::downgrade(shared),
             codec: shared.codec,
             out,
-            inner: Mutex::new(Inner { pending: HashMap::new(), dead: false, reaped: false }),
+            inner: Mutex::new(Inner {
+                pending: HashMap::new(),
+                dead: false,
+                reaped: false,
+            }),
             caps: OnceLock::new(),
-            tail: Mutex::new(Tail { lines: VecDeque::new(), max: shared.config.stderr_tail_lines.max(1) }),
+            tail: Mutex::new(Tail {
+                lines: VecDeque::new(),
+                max: shared.config.stderr_tail_lines.max(1),
+            }),
             finished: watch::channel(None).0,
         });
         if let Some(stdin) = stdin {
             tokio::spawn(write_loop(stdin, out_rx));
         }
         let stderr_done = stderr.map(|e| tokio::spawn(stderr_loop(worker.clone(), e)));
-        tokio::spawn(read_loop(worker.clone(), stdout, child, stderr_done, shared.config.max_frame_size));
+        tokio::spawn(read_loop(
+            worker.clone(),
+            stdout,
+            child,
+            stderr_done,
+            shared.config.max_frame_size,
+        ));
         worker
     }
 
@@ -199,7 +225,10 @@ impl Worker {
                 spawn::signal_pid(self.pid, libc::SIGINT);
             }
         }
-        let grace = self.pool.upgrade().map_or(Duration::ZERO, |p| p.config.shutdown_grace_period);
+        let grace = self
+            .pool
+            .upgrade()
+            .map_or(Duration::ZERO, |p| p.config.shutdown_grace_period);
         let worker = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -223,30 +252,41 @@ impl Worker {
                 let pending = self.inner().pending.remove(&id);
                 let Some(pending) = pending else {
                     if id == 0 && !success {
-                        let what = snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
-                            .ok()
-                            .and_then(|r| r.err())
-                            .map_or_else(|| "no detail".to_owned(), |e| e.to_string());
+                        let what =
+                            snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
+                                .ok()
+                                .and_then(|r| r.err())
+                                .map_or_else(|| "no detail".to_owned(), |e| e.to_string());
                         return Err(snakepit_protocol::Error::InvalidPayload {
                             codec: self.codec.name(),
-                            detail: format!("the worker could not read a frame from the pool: {what}"),
+                            detail: format!(
+                                "the worker could not read a frame from the pool: {what}"
+                            ),
                         });
                     }
-                    return Err(snakepit_protocol::Error::WrongType { field: "id", expected: "the id of a call in flight" });
+                    return Err(snakepit_protocol::Error::WrongType {
+                        field: "id",
+                        expected: "the id of a call in flight",
+                    });
                 };
                 self.served.fetch_add(1, Ordering::Relaxed);
-                let _ = pending.reply.send(Ok(frame));
+                // Capacity first, so that a caller who sends its next call as
+                // soon as it has this reply finds the worker free.
                 if pending.holds_unit {
                     if let Some(pool) = self.pool.upgrade() {
                         pool.release(self);
                     }
                 }
+                let _ = pending.reply.send(Ok(frame));
                 Ok(())
             }
             Inbound::Chunk { id } => {
                 let inner = self.inner();
                 match inner.pending.get(&id) {
-                    None => Err(snakepit_protocol::Error::WrongType { field: "id", expected: "the id of a call in flight" }),
+                    None => Err(snakepit_protocol::Error::WrongType {
+                        field: "id",
+                        expected: "the id of a call in flight",
+                    }),
                     Some(p) => {
                         if let Some(tx) = &p.chunks {
                             // A consumer that falls behind loses chunks rather
@@ -266,33 +306,73 @@ impl Worker {
                 tracing::debug!(worker = %self.id, bridge = ?hello.bridge, runtime = ?hello.runtime, "worker said hello");
                 Ok(())
             }
-            Inbound::HostCall { id, request_id, function } => {
-                let session = request_id.and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
+            Inbound::HostCall {
+                id,
+                request_id,
+                function,
+            } => {
+                let session = request_id
+                    .and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
                 let args: Value = decode_host_call_args(&self.codec, &frame)?;
                 let worker = self.clone();
-                tokio::spawn(async move { worker.answer_host_call(id, function, session, args).await });
+                tokio::spawn(
+                    async move { worker.answer_host_call(id, function, session, args).await },
+                );
                 Ok(())
             }
             _ => Ok(()),
         }
     }
 
-    async fn answer_host_call(self: Arc<Self>, id: u64, function: String, session: Option<Arc<str>>, args: Value) {
-        let Some(pool) = self.pool.upgrade() else { return };
-        let call = crate::HostCall { function: function.clone(), session_id: session.map(|s| s.to_string()), worker_id: self.id.clone(), args };
+    async fn answer_host_call(
+        self: Arc<Self>,
+        id: u64,
+        function: String,
+        session: Option<Arc<str>>,
+        args: Value,
+    ) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let call = crate::HostCall {
+            function: function.clone(),
+            session_id: session.map(|s| s.to_string()),
+            worker_id: self.id.clone(),
+            args,
+        };
         let outcome = match pool.host_functions.get(function.as_str()) {
             Some(f) => f(call).await,
-            None => Err(RemoteError::new("UnknownFunction", format!("no host function named {function}"))),
+            None => Err(RemoteError::new(
+                "UnknownFunction",
+                format!("no host function named {function}"),
+            )),
         };
         let mut buf = bytes::BytesMut::new();
         let encoded = match &outcome {
-            Ok(v) => encode_frame(&self.codec, &HostReply::ok(id, v), pool.config.max_frame_size, &mut buf),
-            Err(e) => encode_frame(&self.codec, &HostReply::<()>::err(id, e), pool.config.max_frame_size, &mut buf),
+            Ok(v) => encode_frame(
+                &self.codec,
+                &HostReply::ok(id, v),
+                pool.config.max_frame_size,
+                &mut buf,
+            ),
+            Err(e) => encode_frame(
+                &self.codec,
+                &HostReply::<()>::err(id, e),
+                pool.config.max_frame_size,
+                &mut buf,
+            ),
         };
         if let Err(e) = encoded {
             let err = RemoteError::new("EncodeError", e.to_string());
             buf.clear();
-            if encode_frame(&self.codec, &HostReply::<()>::err(id, &err), usize::MAX, &mut buf).is_err() {
+            if encode_frame(
+                &self.codec,
+                &HostReply::<()>::err(id, &err),
+                usize::MAX,
+                &mut buf,
+            )
+            .is_err()
+            {
                 return;
             }
         }
@@ -331,7 +411,11 @@ async fn stderr_loop(worker: Arc<Worker>, stderr: ChildStderr) {
                     text.push('…');
                 }
                 tracing::info!(target: "snakepit::worker", worker = %worker.id, pid = worker.pid, "{text}");
-                worker.tail.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+                worker
+                    .tail
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(text);
             }
         }
     }
@@ -352,7 +436,11 @@ async fn read_loop(
     let ending = match stdout {
         None => Ending::Eof,
         Some(stdout) => {
-            let mut frames = FramedRead::with_capacity(stdout, snakepit_protocol::FrameCodec::new(max_frame_size), 64 * 1024);
+            let mut frames = FramedRead::with_capacity(
+                stdout,
+                snakepit_protocol::FrameCodec::new(max_frame_size),
+                64 * 1024,
+            );
             loop {
                 match poll_fn(|cx| Pin::new(&mut frames).poll_next(cx)).await {
                     Some(Ok(frame)) => {
@@ -372,7 +460,10 @@ async fn read_loop(
     }
     // Stdout is closed; the process normally exits with it. One that keeps
     // running without a way to answer is killed.
-    let grace = worker.pool.upgrade().map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
+    let grace = worker
+        .pool
+        .upgrade()
+        .map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
     let mut exit = match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => exit_reason(status),
         _ => {
@@ -405,7 +496,10 @@ async fn read_loop(
     }
     for p in pending {
         let err = match &ending {
-            Ending::Protocol(e) => Error::Protocol { worker_id: worker.id.clone(), source: clone_protocol_error(e) },
+            Ending::Protocol(e) => Error::Protocol {
+                worker_id: worker.id.clone(),
+                source: clone_protocol_error(e),
+            },
             Ending::Eof => Error::WorkerCrashed(Box::new(Crash {
                 worker_id: worker.id.clone(),
                 pid: worker.pid,
@@ -433,13 +527,28 @@ fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
 fn clone_protocol_error(e: &snakepit_protocol::Error) -> snakepit_protocol::Error {
     use snakepit_protocol::Error as P;
     match e {
-        P::FrameTooLarge { len, max } => P::FrameTooLarge { len: *len, max: *max },
-        P::Truncated { expected, got } => P::Truncated { expected: *expected, got: *got },
+        P::FrameTooLarge { len, max } => P::FrameTooLarge {
+            len: *len,
+            max: *max,
+        },
+        P::Truncated { expected, got } => P::Truncated {
+            expected: *expected,
+            got: *got,
+        },
         P::MissingField { kind, field } => P::MissingField { kind, field },
         P::WrongType { field, expected } => P::WrongType { field, expected },
-        P::InvalidUtf8 { codec, detail } => P::InvalidUtf8 { codec, detail: detail.clone() },
-        P::Mismatch { codec, detail } => P::Mismatch { codec, detail: detail.clone() },
+        P::InvalidUtf8 { codec, detail } => P::InvalidUtf8 {
+            codec,
+            detail: detail.clone(),
+        },
+        P::Mismatch { codec, detail } => P::Mismatch {
+            codec,
+            detail: detail.clone(),
+        },
         P::UnknownFrameType(t) => P::UnknownFrameType(t.clone()),
-        other => P::InvalidPayload { codec: "wire", detail: other.to_string() },
+        other => P::InvalidPayload {
+            codec: "wire",
+            detail: other.to_string(),
+        },
     }
 }

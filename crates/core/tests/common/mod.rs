@@ -1,0 +1,92 @@
+//! Adapters that run the test workers in `tests/workers/`.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use snakepit_core::{Adapter, Launch, Pool, PoolBuilder, WireCodec};
+
+pub fn python() -> String {
+    std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The bridge-based test worker.
+pub struct TestWorker {
+    pub codec: WireCodec,
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl TestWorker {
+    pub fn new() -> Self {
+        TestWorker {
+            codec: WireCodec::Json,
+            extra_args: vec![],
+            env: vec![],
+        }
+    }
+}
+
+impl Adapter for TestWorker {
+    fn launch(&self) -> Launch {
+        let mut l = Launch::new(python())
+            .arg(root().join("crates/core/tests/workers/test_worker.py"))
+            .env("PYTHONPATH", root().join("bridges/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        for a in &self.extra_args {
+            l = l.arg(a);
+        }
+        for (k, v) in &self.env {
+            l = l.env(k, v);
+        }
+        l
+    }
+    fn codec(&self) -> WireCodec {
+        self.codec
+    }
+}
+
+/// The raw original-protocol worker in a given misbehaviour mode.
+pub struct Raw(pub &'static str);
+
+impl Adapter for Raw {
+    fn launch(&self) -> Launch {
+        Launch::new(python())
+            .arg(root().join("crates/core/tests/workers/raw_worker.py"))
+            .arg(self.0)
+    }
+    fn command_timeout(&self, _: &str) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// A builder with test-friendly timings.
+pub fn builder(adapter: impl Adapter) -> PoolBuilder {
+    Pool::builder(adapter).configure(|c| {
+        c.shutdown_grace_period = Duration::from_millis(500);
+        c.worker_init_timeout = Duration::from_secs(10);
+        c.restart_backoff = Duration::from_millis(20);
+    })
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z "))
+}
+
+/// Waits up to `secs` for `f` to hold.
+pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}

@@ -1,0 +1,404 @@
+//! The pool against real worker processes: routing, errors, sessions,
+//! streaming, host calls, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use snakepit_core::{Affinity, CallOptions, Error, StreamItem, WireCodec};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_run_on_real_workers_in_both_codecs() {
+    for codec in [WireCodec::Json, WireCodec::MsgPack] {
+        let mut adapter = TestWorker::new();
+        adapter.codec = codec;
+        let pool = builder(adapter).size(2).start().await.unwrap();
+        let r = pool
+            .execute("echo", json!({"message": "héllo", "n": 5}))
+            .await
+            .unwrap();
+        assert_eq!(r["echoed"], json!({"message": "héllo", "n": 5}), "{codec}");
+        let pids = pool.worker_pids();
+        assert_eq!(pids.len(), 2);
+        assert!(pids.contains(&(r["pid"].as_u64().unwrap() as u32)));
+        let s = pool.stats();
+        assert_eq!(
+            (s.workers, s.available, s.requests, s.completed, s.errors),
+            (2, 2, 1, 1, 0)
+        );
+        pool.shutdown().await.unwrap();
+        assert!(
+            eventually(2, || pids.iter().all(|p| !alive(*p))).await,
+            "workers gone after shutdown"
+        );
+        assert!(matches!(
+            pool.execute("echo", json!({})).await,
+            Err(Error::ShutDown)
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_errors_are_remote_errors_with_type_and_traceback() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let err = pool
+        .execute("fail", json!({"message": "no such model"}))
+        .await
+        .unwrap_err();
+    let remote = err.remote().expect("a remote error");
+    assert_eq!(remote.kind.as_deref(), Some("ValueError"));
+    assert_eq!(remote.message, "no such model");
+    assert!(remote
+        .traceback
+        .as_deref()
+        .unwrap_or("")
+        .contains("Traceback"));
+    let err = pool
+        .execute("no_such_command", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.remote().and_then(|r| r.kind.as_deref()),
+        Some("UnknownCommand")
+    );
+    // The worker is still there and serving.
+    assert_eq!(
+        pool.execute("echo", json!({"x": 1})).await.unwrap()["echoed"]["x"],
+        1
+    );
+    assert_eq!(pool.stats().errors, 2);
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_prints_do_not_break_the_stream() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    assert_eq!(pool.execute("print", json!({})).await.unwrap(), "printed");
+    assert_eq!(
+        pool.execute("echo", json!({"after": true})).await.unwrap()["echoed"]["after"],
+        true
+    );
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_encode_and_decode_without_values() {
+    #[derive(serde::Serialize)]
+    struct Args {
+        ms: u64,
+        token: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        token: String,
+        pid: u32,
+    }
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let r: Reply = pool
+        .call(
+            "sleep",
+            &Args {
+                ms: 0,
+                token: "t-1".into(),
+            },
+            CallOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.token, "t-1");
+    assert_eq!(pool.worker_pids(), vec![r.pid]);
+    let wrong = pool
+        .call::<_, Vec<u8>>(
+            "sleep",
+            &Args {
+                ms: 0,
+                token: "t".into(),
+            },
+            CallOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, Error::Codec(_)), "{wrong}");
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_prefer_their_worker_and_fall_back_when_it_is_busy() {
+    let pool = builder(TestWorker::new()).size(2).start().await.unwrap();
+    let first = pool
+        .execute_in_session("s1", "echo", json!({}))
+        .await
+        .unwrap();
+    let pid = first["pid"].clone();
+    assert_eq!(first["session_id"], "s1");
+    for _ in 0..10 {
+        assert_eq!(
+            pool.execute_in_session("s1", "echo", json!({}))
+                .await
+                .unwrap()["pid"],
+            pid
+        );
+    }
+    // Keep the session's worker busy: Prefer goes elsewhere, FailFast fails,
+    // Strict waits for it.
+    let busy = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "sleep",
+                json!({"ms": 700}),
+                CallOptions::new().session("s1"),
+            )
+            .await
+        })
+    };
+    assert!(eventually(5, || pool.stats().busy == 1).await);
+    let other = pool
+        .execute_in_session("s1", "echo", json!({}))
+        .await
+        .unwrap();
+    assert_ne!(
+        other["pid"], pid,
+        "the busy session worker is not waited for"
+    );
+    // `other` ran elsewhere, but the session still belongs to a busy worker
+    // only if the record was not moved: it was, so re-point it.
+    let _ = busy.await.unwrap().unwrap();
+    let home = pool
+        .execute_in_session("s2", "echo", json!({}))
+        .await
+        .unwrap()["pid"]
+        .clone();
+    let hold = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "sleep",
+                json!({"ms": 500}),
+                CallOptions::new().session("s2"),
+            )
+            .await
+        })
+    };
+    assert!(eventually(5, || pool.stats().busy == 1).await);
+    let err = pool
+        .execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new()
+                .session("s2")
+                .affinity(Affinity::FailFast),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WorkerBusy { .. }), "{err}");
+    let strict = pool
+        .execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().session("s2").affinity(Affinity::Strict),
+        )
+        .await
+        .unwrap();
+    assert_eq!(strict["pid"], home, "strict waits for the session's worker");
+    hold.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_rejects_at_once_and_queue_timeouts_never_run() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| {
+            c.max_queue_size = 2;
+            c.queue_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            pool.execute("sleep", json!({"ms": 1000, "token": i})).await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(eventually(5, || pool.stats().queued == 2).await);
+    let err = pool.execute("echo", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::PoolSaturated { queued: 2 }), "{err}");
+    let results: Vec<_> = futures_join(tasks).await;
+    assert!(results[0].is_ok());
+    assert!(
+        results[1..]
+            .iter()
+            .all(|r| matches!(r, Err(Error::QueueTimeout(_)))),
+        "{results:?}"
+    );
+    let s = pool.stats();
+    assert_eq!((s.pool_saturated, s.queue_timeouts, s.completed), (1, 2, 1));
+    // The timed-out calls never ran: the worker served exactly one sleep,
+    // then this echo.
+    let r = pool.execute("echo", json!({})).await.unwrap();
+    assert_eq!(r["served"], 1);
+    pool.shutdown().await.unwrap();
+}
+
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_is_cancelled_and_its_worker_recovers() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    let err = pool
+        .execute_with(
+            "sleep",
+            json!({"ms": 5000, "token": "late"}),
+            CallOptions::new().timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
+    // SIGINT cancelled the handler: the same worker answers the next call,
+    // with its own token, long before the sleep would have ended.
+    let r = pool
+        .execute("sleep", json!({"ms": 0, "token": "next"}))
+        .await
+        .unwrap();
+    assert_eq!(r["token"], "next");
+    assert_eq!(r["pid"].as_u64().unwrap() as u32, pid);
+    assert!(eventually(2, || pool.stats().in_flight == 0).await);
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_call_cancels_it() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let call = pool.execute("sleep", json!({"ms": 5000}));
+    let _ = tokio::time::timeout(Duration::from_millis(200), call).await;
+    let r = pool
+        .execute("sleep", json!({"ms": 0, "token": "after"}))
+        .await
+        .unwrap();
+    assert_eq!(r["token"], "after");
+    let s = pool.stats();
+    assert_eq!((s.cancelled, s.completed), (1, 1));
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_deliver_chunks_then_the_result() {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let mut stream = pool
+        .execute_stream("stream", json!({"n": 4}), CallOptions::new())
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+        items.push(item.unwrap());
+    }
+    let expected: Vec<StreamItem> = (0..4)
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .chain([StreamItem::Done(json!({"done": 4}))])
+        .collect();
+    assert_eq!(items, expected);
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_call_host_functions() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .host_function("add", |call| async move {
+            let a = call.args["a"].as_i64().unwrap_or(0);
+            let b = call.args["b"].as_i64().unwrap_or(0);
+            Ok::<Value, snakepit_core::RemoteError>(
+                json!({"sum": a + b, "session": call.session_id}),
+            )
+        })
+        .start()
+        .await
+        .unwrap();
+    let r = pool
+        .execute_with(
+            "host",
+            json!({"function": "add", "args": {"a": 2, "b": 40}}),
+            CallOptions::new().session("sess"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"sum": 42, "session": "sess"}));
+    let err = pool
+        .execute("host", json!({"function": "missing"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.remote().and_then(|r| r.kind.as_deref()),
+        Some("HostCallError"),
+        "{err}"
+    );
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_hooks_run() {
+    struct Hooked(TestWorker);
+    impl snakepit_core::Adapter for Hooked {
+        fn launch(&self) -> snakepit_core::Launch {
+            self.0.launch()
+        }
+        fn supported_commands(&self) -> Option<Vec<String>> {
+            Some(vec!["echo".into()])
+        }
+        fn validate_command(&self, _: &str, args: &Value) -> Result<(), String> {
+            if args.get("data").is_some() {
+                Ok(())
+            } else {
+                Err("Missing required field: data".into())
+            }
+        }
+        fn prepare_args(&self, _: &str, mut args: Value) -> Value {
+            let trimmed = args["data"].as_str().map(|s| s.trim().to_owned());
+            if let Some(t) = trimmed {
+                args["data"] = t.into();
+            }
+            args
+        }
+        fn process_response(&self, _: &str, mut result: Value) -> Result<Value, String> {
+            result["processed"] = true.into();
+            Ok(result)
+        }
+    }
+    let pool = builder(Hooked(TestWorker::new()))
+        .size(1)
+        .start()
+        .await
+        .unwrap();
+    let r = pool
+        .execute("echo", json!({"data": "  padded  "}))
+        .await
+        .unwrap();
+    assert_eq!(r["echoed"]["data"], "padded");
+    assert_eq!(r["processed"], true);
+    assert!(matches!(
+        pool.execute("echo", json!({})).await,
+        Err(Error::Validation { .. })
+    ));
+    assert!(matches!(
+        pool.execute("sleep", json!({"data": 1})).await,
+        Err(Error::UnsupportedCommand(_))
+    ));
+    pool.shutdown().await.unwrap();
+}

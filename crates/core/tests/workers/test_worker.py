@@ -1,0 +1,99 @@
+"""A worker for the pool's tests, built on the Python bridge.
+
+Each command does one thing a test needs to observe: who served it (pid),
+how long it took, how it failed, how it died.
+"""
+import os
+import signal
+import sys
+import time
+
+import snakepit_bridge
+
+mode_async = "--async" in sys.argv
+worker = snakepit_bridge.Worker(max_concurrency=4 if mode_async else None)
+served = 0
+
+
+@worker.command("echo")
+def echo(args, ctx):
+    global served
+    served += 1
+    return {"echoed": args, "pid": os.getpid(), "session_id": ctx.session_id, "served": served}
+
+
+@worker.command("sleep")
+def sleep(args, ctx):
+    time.sleep(args.get("ms", 0) / 1000.0)
+    return {"token": args.get("token"), "pid": os.getpid()}
+
+
+if mode_async:
+    import asyncio
+
+    @worker.command("asleep")
+    async def asleep(args, ctx):
+        await asyncio.sleep(args.get("ms", 0) / 1000.0)
+        return {"token": args.get("token"), "pid": os.getpid()}
+
+
+@worker.command("fail")
+def fail(args, ctx):
+    raise ValueError(args.get("message", "bad value"))
+
+
+@worker.command("exit")
+def exit_(args, ctx):
+    sys.stderr.write("exiting with %d on purpose\n" % args.get("code", 3))
+    sys.stderr.flush()
+    os._exit(args.get("code", 3))
+
+
+@worker.command("segfault")
+def segfault(args, ctx):
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(5)
+
+
+@worker.command("print")
+def print_(args, ctx):
+    print("user output that must not reach the frame stream")
+    return "printed"
+
+
+@worker.command("stream")
+def stream(args, ctx):
+    for i in range(args.get("n", 3)):
+        ctx.emit({"i": i})
+    return {"done": args.get("n", 3)}
+
+
+@worker.command("remember")
+def remember(args, ctx):
+    ctx.session.set(args["key"], args["value"])
+    return ctx.session.get(args["key"])
+
+
+@worker.command("recall")
+def recall(args, ctx):
+    return {"value": ctx.session.get(args["key"]), "pid": os.getpid()}
+
+
+@worker.command("host")
+def host(args, ctx):
+    return ctx.call_host(args["function"], args.get("args", {}))
+
+
+@worker.command("spawn_child")
+def spawn_child(args, ctx):
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"])
+    return {"child_pid": child.pid, "pid": os.getpid()}
+
+
+if os.environ.get("TEST_IGNORE_SIGTERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+if __name__ == "__main__":
+    worker.run()
