@@ -364,7 +364,7 @@ def read_frame_from(stream, max_size=MAX_FRAME_SIZE):
 
     None on clean EOF; FrameError for truncated or oversized frames.
     """
-    header = stream.read(4)
+    header = _read_exactly(stream, 4)
     if not header:
         return None
     if len(header) < 4:
@@ -372,10 +372,26 @@ def read_frame_from(stream, max_size=MAX_FRAME_SIZE):
     (size,) = _unpack_header(header)
     if size > max_size:
         raise FrameError("too_large", "frame of %d bytes is larger than the limit of %d" % (size, max_size))
-    payload = stream.read(size)
+    payload = _read_exactly(stream, size)
     if len(payload) < size:
         raise FrameError("truncated", "stream ended inside a frame")
     return payload
+
+
+def _read_exactly(stream, size):
+    # Unbuffered (raw) streams may return fewer bytes than asked for.
+    data = stream.read(size)
+    if data is None or len(data) in (0, size):
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = stream.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def write_all(fd, data):

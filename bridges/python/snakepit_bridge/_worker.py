@@ -28,6 +28,8 @@ _CO_VARARGS = 0x04
 _CO_COROUTINE = 0x80
 _FRAME_HEADER = _wire._HEADER.pack
 
+_MAIN_THREAD = threading.main_thread().ident
+
 # The descriptor frames are written to, once stdout has been protected.
 _frame_fd = None
 
@@ -375,6 +377,8 @@ class Worker(object):
         self._loop_thread = None
         # sync mode state
         self._armed = False
+        self._writing = False
+        self._sigint_held = False
         self._current = None
         self._backlog = []
         # async mode state
@@ -454,6 +458,11 @@ class Worker(object):
                 raise
         data = _FRAME_HEADER(len(payload)) + payload
         with self._write_lock:
+            # A SIGINT must not interrupt a half-written frame (a chunk sent
+            # by a handler): it is held back until the frame is out.
+            main = threading.get_ident() == _MAIN_THREAD
+            if main:
+                self._writing = True
             try:
                 fd = self._out_fd
                 written = os.write(fd, data)
@@ -463,6 +472,12 @@ class Worker(object):
                 # The pool is gone; nobody is left to answer.
                 _log("stdout closed by the pool; exiting")
                 raise SystemExit(0)
+            finally:
+                if main:
+                    self._writing = False
+        if main and self._sigint_held:
+            self._sigint_held = False
+            self._on_sigint(signal.SIGINT, None)
 
     def _send_frame_error(self, exc):
         # A request that decoded but is malformed is answered under its own
@@ -502,6 +517,9 @@ class Worker(object):
         # raises at most once, even if it lands just after the handler
         # returned (then the reply is Cancelled, still exactly one reply).
         if self._armed:
+            if self._writing:
+                self._sigint_held = True
+                return
             self._armed = False
             ctx = self._current
             if ctx is not None:

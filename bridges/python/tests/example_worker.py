@@ -38,6 +38,16 @@ def sleep(args, ctx):
     return "slept"
 
 
+@worker.command("flood")
+def flood(args, ctx):
+    # Large chunks until cancelled: SIGINT must never cut a frame in half.
+    block = "x" * args.get("size", 65536)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ctx.emit(block)
+    return "not cancelled"
+
+
 @worker.command("poll_cancel")
 def poll_cancel(args, ctx):
     deadline = time.monotonic() + args.get("seconds", 30)

@@ -245,6 +245,19 @@ class ExampleWorkerTests(_Base):
             self.assertTrue(reply["success"] or reply["error"]["type"] == "Cancelled")
         self.assertEqual(w.call(100, "ping")["result"]["status"], "ok")
 
+    def test_sigint_while_streaming_keeps_frames_whole(self):
+        w, _ = self.spawn("json")
+        w.request(1, "flood", {"size": 200000}, stream=True)
+        for _ in range(20):
+            self.assertEqual(len(w.recv()["data"]), 200000)
+        w.signal(signal.SIGINT)
+        while True:
+            msg = w.recv()  # raises if a frame was cut
+            if msg.get("type") != "chunk":
+                break
+        self.assertEqual(msg["error"]["type"], "Cancelled")
+        self.assertEqual(w.call(2, "ping")["result"]["status"], "ok")
+
     def test_cancel_frame_during_host_call(self):
         w, _ = self.spawn("json")
         w.request(4, "session_roundtrip", {"value": 1})
@@ -278,6 +291,7 @@ class AsyncExampleWorkerTests(ExampleWorkerTests):
         self.assertEqual(w.recv()["result"], "slept")
 
     test_sigint_storm_never_kills = None
+    test_sigint_while_streaming_keeps_frames_whole = None
 
     def test_concurrent_requests(self):
         for codec in self.each_codec():
