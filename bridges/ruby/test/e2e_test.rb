@@ -251,6 +251,15 @@ module EndToEndTests
     assert_ok(worker.call(12, "ping"), 12)
   end
 
+  def test_sigint_during_host_call
+    worker = example_worker
+    worker.request(15, "wait_host")
+    assert_equal "host_call", worker.recv["type"]
+    worker.signal("INT")
+    assert_failed(worker.recv, 15, "Cancelled")
+    assert_ok(worker.call(16, "ping"), 16)
+  end
+
   def test_sigint_cancels_the_running_handler_and_is_ignored_between
     worker = example_worker
     worker.request(13, "sleep", { "seconds" => 30 })
