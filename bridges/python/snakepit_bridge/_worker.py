@@ -20,7 +20,7 @@ import threading
 import time
 
 from . import _wire
-from ._wire import FrameError, FrameReader, encode_frame, validate, write_all
+from ._wire import FrameError, FrameReader, validate, write_all
 
 __version__ = "0.1.0"
 
