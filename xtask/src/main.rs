@@ -1,1 +1,246 @@
-fn main() {}
+//! `cargo xtask`: everything beyond `cargo build` and `cargo test`.
+//!
+//! - `cargo xtask ci`: formatting, clippy (warnings denied), every test and
+//!   doc-test, the examples, and the bridges' own suites: what CI runs.
+//! - `cargo xtask bridges`: each bridge's tests and package build.
+//! - `cargo xtask fuzz [--seconds N]`: the frame/codec fuzzer.
+//! - `cargo xtask bench [ARGS]`: the end-to-end benchmark (pool against the
+//!   raw round trip), in release mode.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_path_buf();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("bridges") => bridges(&root),
+        Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("bench") => bench(&root, &args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bridges | fuzz [--seconds N] | bench [ARGS...]>");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Runs a command in `dir`, echoing it; fails if it fails.
+fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("\n$ (cd {}) {program} {}", dir.display(), args.join(" "));
+    #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
+    let probe = Command::new(program).arg("--version").output();
+    probe.map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn ci(root: &Path) -> Result<()> {
+    run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        root,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    if have("cargo-nextest") || nextest_available(root) {
+        run(
+            root,
+            "cargo",
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-targets",
+                "--no-fail-fast",
+            ],
+        )?;
+    } else {
+        run(
+            root,
+            "cargo",
+            &["test", "--workspace", "--all-targets", "--no-fail-fast"],
+        )?;
+    }
+    run(root, "cargo", &["test", "--workspace", "--doc"])?;
+    examples(root)?;
+    bridges(root)?;
+    fuzz(
+        root,
+        &[
+            "--seconds".into(),
+            std::env::var("SNAKEPIT_FUZZ_SECONDS").unwrap_or_else(|_| "20".into()),
+        ],
+    )?;
+    eprintln!("\nci: all green");
+    Ok(())
+}
+
+fn nextest_available(root: &Path) -> bool {
+    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
+    let probe = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .current_dir(root)
+        .output();
+    probe.map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Every example that CI runs, each against real workers.
+fn examples(root: &Path) -> Result<()> {
+    for example in [
+        "quickstart",
+        "python",
+        "javascript",
+        "ruby",
+        "custom_adapter",
+        "sessions",
+        "parallel",
+    ] {
+        run(
+            root,
+            "cargo",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "snakepit-adapters",
+                "--example",
+                example,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn bridges(root: &Path) -> Result<()> {
+    let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let py = root.join("bridges/python");
+    run(
+        root,
+        &python,
+        &[
+            "-m",
+            "unittest",
+            "discover",
+            "-s",
+            "bridges/python/tests",
+            "-t",
+            "bridges/python",
+        ],
+    )?;
+    let wheel_dir = std::env::temp_dir().join(format!("snakepit-wheel-{}", std::process::id()));
+    run(
+        &py,
+        &python,
+        &[
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            path(&wheel_dir),
+            ".",
+        ],
+    )?;
+    let _ = std::fs::remove_dir_all(&wheel_dir);
+    let _ = std::fs::remove_dir_all(py.join("build"));
+    let _ = std::fs::remove_dir_all(py.join("snakepit_bridge.egg-info"));
+
+    let node = root.join("bridges/node");
+    if !node.join("node_modules/@msgpack/msgpack").exists() {
+        run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
+    }
+    run(&node, "npm", &["test"])?;
+    run(&node, "npm", &["pack", "--dry-run"])?;
+
+    let ruby = root.join("bridges/ruby");
+    run(
+        &ruby,
+        "ruby",
+        &[
+            "-Ilib",
+            "-e",
+            r#"Dir.glob("test/*_test.rb").sort.each { |f| require File.expand_path(f) }"#,
+        ],
+    )?;
+    let gem_dir = std::env::temp_dir().join(format!("snakepit-gem-{}", std::process::id()));
+    std::fs::create_dir_all(&gem_dir)?;
+    run(
+        &ruby,
+        "gem",
+        &[
+            "build",
+            "snakepit_bridge.gemspec",
+            "--output",
+            path(&gem_dir.join("snakepit_bridge.gem")),
+        ],
+    )?;
+    let _ = std::fs::remove_dir_all(&gem_dir);
+    Ok(())
+}
+
+fn path(p: &PathBuf) -> &str {
+    p.to_str().unwrap_or(".")
+}
+
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let seconds = match args {
+        [flag, n] if flag == "--seconds" => n.clone(),
+        [] => "60".into(),
+        _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
+    };
+    run(
+        root,
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "snakepit-protocol",
+            "--example",
+            "fuzz",
+            "--",
+            &seconds,
+        ],
+    )
+}
+
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let mut all = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "snakepit-adapters",
+        "--example",
+        "bench",
+        "--",
+    ];
+    all.extend(args.iter().map(String::as_str));
+    run(root, "cargo", &all)
+}

@@ -1,0 +1,112 @@
+//! The bundled bridges' files, embedded at build time and written out once
+//! per version to a cache directory, so that the adapters work from a
+//! dependency's build as well as from this repository.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::Language;
+
+macro_rules! bridge_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../bridges/", $path)))),*]
+    };
+}
+
+static FILES: &[(&str, &str)] = bridge_files![
+    "python/generic_worker.py",
+    "python/snakepit_bridge/__init__.py",
+    "python/snakepit_bridge/_wire.py",
+    "python/snakepit_bridge/_worker.py",
+    "python/snakepit_bridge/generic.py",
+    "node/generic_worker.js",
+    "node/package.json",
+    "node/lib/index.js",
+    "node/lib/wire.js",
+    "node/lib/worker.js",
+    "node/lib/generic.js",
+    "ruby/generic_worker.rb",
+    "ruby/lib/snakepit_bridge.rb",
+    "ruby/lib/snakepit_bridge/generic.rb",
+    "ruby/lib/snakepit_bridge/wire.rb",
+    "ruby/lib/snakepit_bridge/worker.rb",
+];
+
+/// Where a file of the checked-in tree lands in the cache: Node's package
+/// goes under a `snakepit-bridge/` directory so that `require` finds it by
+/// name on `NODE_PATH`.
+fn target(root: &Path, path: &str) -> PathBuf {
+    match path.strip_prefix("node/") {
+        Some(rest) => root.join("node/snakepit-bridge").join(rest),
+        None => root.join(path),
+    }
+}
+
+fn fingerprint() -> u64 {
+    // FNV-1a over every file: a new bridge version gets a new directory.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (path, text) in FILES {
+        for b in path.bytes().chain(text.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn cache_base() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SNAKEPIT_BRIDGE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("snakepit")
+}
+
+/// The directory holding the bridges, written on first use.
+pub(crate) fn root() -> std::io::Result<&'static Path> {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(root) = ROOT.get() {
+        return Ok(root);
+    }
+    let root = cache_base().join(format!("bridges-{:016x}", fingerprint()));
+    if !root.join(".complete").exists() {
+        // Write to a private directory, then rename: concurrent first uses
+        // never see half a tree.
+        let tmp = root.with_extension(format!("tmp{}", std::process::id()));
+        for (path, text) in FILES {
+            let dest = target(&tmp, path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(dest, text)?;
+        }
+        std::fs::write(tmp.join(".complete"), b"")?;
+        if std::fs::rename(&tmp, &root).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp); // another process won the race
+        }
+    }
+    Ok(ROOT.get_or_init(|| root))
+}
+
+/// The generic worker script of `lang`.
+pub(crate) fn generic_worker(lang: Language) -> std::io::Result<PathBuf> {
+    let root = root()?;
+    Ok(match lang {
+        Language::Python => root.join("python/generic_worker.py"),
+        Language::Node => root.join("node/snakepit-bridge/generic_worker.js"),
+        Language::Ruby => root.join("ruby/generic_worker.rb"),
+    })
+}
+
+/// The directory to put on the language's module path.
+pub(crate) fn module_dir(lang: Language) -> std::io::Result<PathBuf> {
+    let root = root()?;
+    Ok(match lang {
+        Language::Python => root.join("python"),
+        Language::Node => root.join("node"),
+        Language::Ruby => root.join("ruby/lib"),
+    })
+}
