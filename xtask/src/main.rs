@@ -2,12 +2,13 @@
 //!
 //! - `cargo xtask ci`: formatting, clippy (warnings denied), every test and
 //!   doc-test, the examples, and the bridges' own suites: what CI runs.
+//! - `cargo xtask setup`: installs what the tests need beyond Rust.
 //! - `cargo xtask bridges`: each bridge's tests and package build.
 //! - `cargo xtask fuzz [--seconds N]`: the frame/codec fuzzer.
 //! - `cargo xtask bench [ARGS]`: the end-to-end benchmark (pool against the
 //!   raw round trip), in release mode.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +21,7 @@ fn main() -> Result<()> {
         .to_path_buf();
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
+        Some("setup") => setup(&root),
         Some("bridges") => bridges(&root),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
@@ -51,7 +53,54 @@ fn have(program: &str) -> bool {
     probe.map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// Installs what the tests need beyond Rust, when it is missing: Ruby and
+/// the MessagePack packages (Debian), Python's `msgpack` and `wheel` (PyPI),
+/// the Node bridge's dev dependencies (npm).
+fn setup(root: &Path) -> Result<()> {
+    let mut apt = Vec::new();
+    if !have("ruby") {
+        apt.push("ruby");
+    }
+    if !ruby_has_msgpack() {
+        apt.push("ruby-msgpack");
+    }
+    if !apt.is_empty() {
+        let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+        let apt_get = |args: &[&str]| -> Result<()> {
+            let mut all: Vec<&str> = sudo.clone();
+            all.push("apt-get");
+            all.extend_from_slice(args);
+            run(root, all[0], &all[1..])
+        };
+        std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
+        apt_get(&["update", "-qq"])?;
+        let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        install.extend(apt);
+        apt_get(&install)?;
+    }
+    let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    run(root, &python, &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "msgpack", "wheel", "setuptools"])?;
+    let node = root.join("bridges/node");
+    if !node.join("node_modules/@msgpack/msgpack").exists() {
+        run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
+    }
+    Ok(())
+}
+
+fn ruby_has_msgpack() -> bool {
+    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
+    let probe = Command::new("ruby").args(["-e", "require 'msgpack'"]).output();
+    probe.map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
+    let out = Command::new("id").arg("-u").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
 fn ci(root: &Path) -> Result<()> {
+    setup(root)?;
     run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
     run(
         root,
@@ -171,9 +220,6 @@ fn bridges(root: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(py.join("snakepit_bridge.egg-info"));
 
     let node = root.join("bridges/node");
-    if !node.join("node_modules/@msgpack/msgpack").exists() {
-        run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
-    }
     run(&node, "npm", &["test"])?;
     run(&node, "npm", &["pack", "--dry-run"])?;
 
@@ -203,7 +249,7 @@ fn bridges(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn path(p: &PathBuf) -> &str {
+fn path(p: &Path) -> &str {
     p.to_str().unwrap_or(".")
 }
 

@@ -220,10 +220,8 @@ impl Worker {
             if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
                 self.send(buf.freeze());
             }
-        } else if caps.sigint && caps.max_concurrency <= 1 {
-            if !self.inner().reaped {
-                spawn::signal_pid(self.pid, libc::SIGINT);
-            }
+        } else if caps.sigint && caps.max_concurrency <= 1 && !self.inner().reaped {
+            spawn::signal_pid(self.pid, libc::SIGINT);
         }
         let grace = self
             .pool

@@ -134,7 +134,9 @@ pub enum WireCodec {
     MsgPack,
 }
 
+// Which default depends on the features compiled in, so it is not derived.
 #[cfg(feature = "json")]
+#[allow(clippy::derivable_impls)]
 impl Default for WireCodec {
     fn default() -> Self {
         WireCodec::Json
