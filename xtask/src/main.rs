@@ -79,7 +79,20 @@ fn setup(root: &Path) -> Result<()> {
         apt_get(&install)?;
     }
     let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
-    run(root, &python, &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "msgpack", "wheel", "setuptools"])?;
+    run(
+        root,
+        &python,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "msgpack",
+            "wheel",
+            "setuptools",
+        ],
+    )?;
     let node = root.join("bridges/node");
     if !node.join("node_modules/@msgpack/msgpack").exists() {
         run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
@@ -89,14 +102,17 @@ fn setup(root: &Path) -> Result<()> {
 
 fn ruby_has_msgpack() -> bool {
     #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
-    let probe = Command::new("ruby").args(["-e", "require 'msgpack'"]).output();
+    let probe = Command::new("ruby")
+        .args(["-e", "require 'msgpack'"])
+        .output();
     probe.map(|o| o.status.success()).unwrap_or(false)
 }
 
 fn is_root() -> bool {
     #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
     let out = Command::new("id").arg("-u").output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn ci(root: &Path) -> Result<()> {
