@@ -470,7 +470,7 @@ impl Shared {
         self.hand_off(&mut st, worker.slot);
     }
 
-    fn worker_gone(&self, worker: &Worker) {
+    pub(crate) fn worker_gone(&self, worker: &Worker) {
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
         if slot.generation == worker.generation {

@@ -482,6 +482,8 @@ async fn read_loop(
         inner.reaped = true;
     }
     if let Some(pool) = worker.pool.upgrade() {
+        // Out of the routing tables before anyone hears it died.
+        pool.worker_gone(&worker);
         pool.spawner.forget(worker.pid);
     }
     if let Some(done) = stderr_done {
