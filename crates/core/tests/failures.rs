@@ -134,10 +134,7 @@ async fn kill_9_under_load_fails_only_the_calls_on_that_worker() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    std::process::Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
+    kill_9(victim);
     let mut crashed = 0;
     for (i, c) in calls.into_iter().enumerate() {
         match c.await.unwrap() {
