@@ -258,6 +258,9 @@ class Worker {
 
     this._commands = new Map();
     for (const name of Object.keys(commands)) this.command(name, commands[name]);
+    // The pool's init handshake and health checks are pings, so every worker
+    // answers them; a `ping` of the user's own replaces this one.
+    if (!this._commands.has('ping')) this.command('ping', require('./generic').genericCommands().ping);
     this._codec = null;
     this._write = null;
     this._running = new Map(); // request id -> Context, queued ones included

@@ -112,7 +112,7 @@ test('sync and async handlers reply; undefined becomes null; key order id, succe
 test('command() registers, chains and refuses non-functions', () => {
   const w = new Worker();
   assert.equal(w.command('a', () => 1).command('b', () => 2), w);
-  assert.deepStrictEqual(w.commandNames(), ['a', 'b']);
+  assert.deepStrictEqual(w.commandNames(), ['ping', 'a', 'b']); // ping is built in
   assert.throws(() => w.command('c', 42), TypeError);
 });
 
@@ -509,4 +509,13 @@ test('host calls nobody awaits never crash the worker; unencodable results and a
   assert.equal((await j.call(3, 'badArgs')).result, 'rejected: TypeError');
   assert.equal(j.frames.filter((f) => f.type === 'host_call').length, 0);
   await j.close();
+});
+
+test('every worker answers the pool\'s init ping, and a ping of its own replaces it', async () => {
+  const h = new Harness({ commands: { ok: () => 'ok' } });
+  const r = await h.call(1, 'ping', { initialization: true, worker_id: 'w1' });
+  assert.equal(r.success, true);
+  assert.equal(r.result.status, 'ok');
+  const w = new Worker({ commands: { ping: () => ({ status: 'ok', mine: true }) } });
+  assert.deepStrictEqual(w.commandNames(), ['ping']);
 });

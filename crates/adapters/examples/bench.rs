@@ -236,7 +236,7 @@ fn slow_init_adapter(python: &str, dir: &std::path::Path, ms: u64) -> Result<Bri
     Ok(Bridge::python(script).interpreter(python))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let a = parse()?;
     let python = real_python();
@@ -305,6 +305,7 @@ async fn main() -> Result<()> {
 
     let report = json!({
         "workers": a.workers,
+        "host_runtime": "tokio current_thread",
         "codec": snakepit_protocol::Codec::name(&a.codec),
         "command": a.command,
         "requests": a.requests,
