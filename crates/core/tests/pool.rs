@@ -402,3 +402,83 @@ async fn adapter_hooks_run() {
     ));
     pool.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_workers_take_several_calls_at_once_multiplexed_by_id() {
+    let mut adapter = TestWorker::new();
+    adapter.extra_args = vec!["--async".into()];
+    let pool = builder(adapter).size(1).start().await.unwrap();
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(
+                async move { pool.execute("asleep", json!({"ms": 400, "token": i})).await },
+            )
+        })
+        .collect();
+    // One worker, four calls in flight on it at once: it declared
+    // max_concurrency 4 in its hello.
+    assert!(
+        eventually(5, || pool.stats().in_flight == 4).await,
+        "{:?}",
+        pool.stats()
+    );
+    assert_eq!(pool.stats().queued, 0);
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(c.await.unwrap().unwrap()["token"], i);
+    }
+    // A timed-out async call is cancelled with a cancel frame; the worker stays.
+    let pid = pool.worker_pids()[0];
+    let err = pool
+        .execute_with(
+            "asleep",
+            json!({"ms": 5000}),
+            CallOptions::new().timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    assert!(eventually(3, || pool.stats().in_flight == 0).await);
+    assert_eq!(pool.worker_pids(), vec![pid]);
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_answering_health_checks_is_replaced() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| {
+            c.health_check_interval = Duration::from_millis(200);
+            c.health_check_timeout = Duration::from_millis(200);
+        })
+        .start()
+        .await
+        .unwrap();
+    let hung = pool.worker_pids()[0];
+    // SIGSTOP: alive, but deaf.
+    assert!(stop(hung));
+    assert!(
+        eventually(10, || pool
+            .worker_pids()
+            .first()
+            .is_some_and(|p| *p != hung))
+        .await,
+        "replaced"
+    );
+    assert!(
+        eventually(5, || !alive(hung)).await,
+        "the hung worker was killed"
+    );
+    assert!(pool.execute("echo", json!({})).await.is_ok());
+    pool.shutdown().await.unwrap();
+}
+
+/// Freezes a process, as a deadlock in a worker would.
+#[allow(clippy::disallowed_methods)] // `kill`, not a worker
+fn stop(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success()
+}
