@@ -212,9 +212,9 @@ impl<'de> Deserialize<'de> for RemoteError {
                 let (mut kind, mut message, mut traceback) = (None, None, None);
                 while let Some(key) = map.next_key::<Key>()? {
                     match key.0.as_str() {
-                        "type" => kind = map.next_value::<Option<String>>()?,
-                        "message" => message = map.next_value::<Option<String>>()?,
-                        "traceback" => traceback = map.next_value::<Option<String>>()?,
+                        "type" => kind = map.next_value::<Option<Text>>()?.map(|t| t.0),
+                        "message" => message = map.next_value::<Option<Text>>()?.map(|t| t.0),
+                        "traceback" => traceback = map.next_value::<Option<Text>>()?.map(|t| t.0),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -225,6 +225,29 @@ impl<'de> Deserialize<'de> for RemoteError {
                     message: message.unwrap_or_default(),
                     traceback,
                 })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Text that some MessagePack peers send as `bin` (Ruby's binary-encoded
+/// exception messages): taken as UTF-8, with invalid bytes replaced.
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> std::result::Result<Text, E> {
+                Ok(Text(String::from_utf8_lossy(v).into_owned()))
             }
         }
         d.deserialize_any(V)

@@ -367,3 +367,36 @@ fn typed_results_decode_straight_from_the_frame() {
         .unwrap();
     assert_eq!(none, None);
 }
+
+#[test]
+fn binary_error_messages_from_msgpack_peers_are_read_as_text() {
+    let mut buf = BytesMut::new();
+    struct B;
+    impl serde::Serialize for B {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(b"divided by 0")
+        }
+    }
+    let mut map = std::collections::BTreeMap::new();
+    map.insert("message", B);
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        id: u64,
+        success: bool,
+        error: &'a std::collections::BTreeMap<&'static str, B>,
+    }
+    MsgPack
+        .encode(
+            &Reply {
+                id: 1,
+                success: false,
+                error: &map,
+            },
+            &mut buf,
+        )
+        .unwrap();
+    let err = decode_response::<_, Value>(&MsgPack, &buf)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.message, "divided by 0");
+}
