@@ -1411,71 +1411,67 @@ impl Stream for CallStream {
         let Some(flight) = this.flight.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Poll::Ready(Some(frame)) = this.chunks.poll_recv(cx) {
-            let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
-                .map(StreamItem::Chunk)
-                .map_err(|source| Error::Protocol {
-                    worker_id: flight.worker.id.clone(),
-                    source,
-                });
-            return Poll::Ready(Some(item));
-        }
-        let outcome = match Pin::new(&mut flight.reply).poll(cx) {
-            Poll::Ready(r) => {
-                // Chunks sent before the reply are delivered first.
-                if let Poll::Ready(Some(frame)) = this.chunks.poll_recv(cx) {
-                    let flight = this.flight.as_mut().expect("checked");
-                    flight.reply = oneshot_ready(r);
-                    let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
-                        .map(StreamItem::Chunk)
-                        .map_err(|source| Error::Protocol {
-                            worker_id: flight.worker.id.clone(),
-                            source,
-                        });
-                    return Poll::Ready(Some(item));
-                }
-                let mut flight = this.flight.take().expect("checked");
-                flight.done = true;
-                match r {
-                    Ok(Ok(frame)) => {
-                        decode_result::<Value>(&this.shared, &flight.worker, &this.command, &frame)
-                            .map(StreamItem::Done)
+        // The reader drops the chunk sender before it delivers the final
+        // reply, so every chunk is read before the channel reports closed,
+        // and the reply can only be ready once it has.
+        let outcome = match this.chunks.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => {
+                let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
+                    .map(StreamItem::Chunk)
+                    .map_err(|source| Error::Protocol {
+                        worker_id: flight.worker.id.clone(),
+                        source,
+                    });
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
+                Poll::Ready(r) => {
+                    let mut flight = this.flight.take().expect("checked");
+                    flight.done = true;
+                    match r {
+                        Ok(Ok(frame)) => decode_result::<Value>(
+                            &this.shared,
+                            &flight.worker,
+                            &this.command,
+                            &frame,
+                        )
+                        .map(StreamItem::Done),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Error::ShutDown),
                     }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(Error::ShutDown),
                 }
-            }
-            Poll::Pending => {
-                if this.sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.flight = None; // dropping it cancels the call
-                this.shared
-                    .counters
-                    .call_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(Error::CallTimeout {
-                    command: this.command.clone(),
-                    timeout: this.timeout,
-                })
-            }
+                Poll::Pending => return this.poll_deadline(cx),
+            },
+            Poll::Pending => return this.poll_deadline(cx),
         };
-        let c = &this.shared.counters;
-        match &outcome {
-            Ok(_) => c.completed.fetch_add(1, Ordering::Relaxed),
-            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
-        };
+        this.count(&outcome);
         Poll::Ready(Some(outcome))
     }
 }
 
-/// A receiver that yields `r` at once: puts back a reply taken early.
-fn oneshot_ready(
-    r: std::result::Result<Result<Bytes>, oneshot::error::RecvError>,
-) -> oneshot::Receiver<Result<Bytes>> {
-    let (tx, rx) = oneshot::channel();
-    if let Ok(v) = r {
-        let _ = tx.send(v);
+impl CallStream {
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<StreamItem>>> {
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.flight = None; // dropping it cancels the call
+        self.shared
+            .counters
+            .call_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        let outcome = Err(Error::CallTimeout {
+            command: self.command.clone(),
+            timeout: self.timeout,
+        });
+        self.count(&outcome);
+        Poll::Ready(Some(outcome))
     }
-    rx
+
+    fn count(&self, outcome: &Result<StreamItem>) {
+        let c = &self.shared.counters;
+        match outcome {
+            Ok(_) => c.completed.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
 }

@@ -275,6 +275,8 @@ impl Worker {
                         pool.release(self);
                     }
                 }
+                // The stream's chunk channel closes before its final reply.
+                drop(pending.chunks);
                 let _ = pending.reply.send(Ok(frame));
                 Ok(())
             }
