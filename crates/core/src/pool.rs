@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1003,40 +1004,48 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Counts a call's outcome exactly once, including a dropped future.
-struct Outcome<'a> {
-    counters: &'a Counters,
+/// Counts a call's outcome exactly once: success, failure, or a future
+/// dropped before the end (a cancelled call or stream). Holds the pool by
+/// reference for one-shot calls and by `Arc` inside a [`CallStream`].
+struct Outcome<S: Deref<Target = Shared>> {
+    shared: S,
     done: bool,
 }
 
-impl<'a> Outcome<'a> {
-    fn new(counters: &'a Counters) -> Self {
-        counters.requests.fetch_add(1, Ordering::Relaxed);
+impl<S: Deref<Target = Shared>> Outcome<S> {
+    fn new(shared: S) -> Self {
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         Outcome {
-            counters,
+            shared,
             done: false,
         }
     }
 
-    fn record<T>(mut self, r: Result<T>) -> Result<T> {
-        self.done = true;
+    fn record<T>(&mut self, r: Result<T>) -> Result<T> {
+        if std::mem::replace(&mut self.done, true) {
+            return r;
+        }
+        let c = &self.shared.counters;
         match &r {
-            Ok(_) => self.counters.completed.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => c.completed.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 if e.is_crash() {
-                    self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+                    c.crashes.fetch_add(1, Ordering::Relaxed);
                 }
-                self.counters.errors.fetch_add(1, Ordering::Relaxed)
+                c.errors.fetch_add(1, Ordering::Relaxed)
             }
         };
         r
     }
 }
 
-impl Drop for Outcome<'_> {
+impl<S: Deref<Target = Shared>> Drop for Outcome<S> {
     fn drop(&mut self) {
         if !self.done {
-            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .cancelled
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -1099,7 +1108,7 @@ impl Pool {
         options: CallOptions,
     ) -> Result<Value> {
         let shared = self.shared();
-        let outcome = Outcome::new(&shared.counters);
+        let mut outcome = Outcome::new(&**shared);
         let r = async {
             self.check(command, &args)?;
             let args = shared.adapter.prepare_args(command, args);
@@ -1126,7 +1135,7 @@ impl Pool {
         R: DeserializeOwned,
     {
         let shared = self.shared();
-        let outcome = Outcome::new(&shared.counters);
+        let mut outcome = Outcome::new(&**shared);
         let r = async {
             self.check(command, &Value::Null)?;
             let (frame, worker) = self.round_trip(command, args, &options).await?;
@@ -1144,27 +1153,26 @@ impl Pool {
         args: Value,
         options: CallOptions,
     ) -> Result<CallStream> {
-        let shared = self.shared().clone();
-        self.check(command, &args)?;
-        let args = shared.adapter.prepare_args(command, args);
-        let (tx, rx) = mpsc::channel(256);
+        let shared = self.shared();
+        let mut outcome = Outcome::new(shared.clone());
         let timeout = options
             .timeout
             .unwrap_or_else(|| shared.adapter.command_timeout(command));
         let deadline = Instant::now() + timeout;
-        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let flight = match self
-            .submit(command, &args, &options, Some(tx), deadline, timeout)
-            .await
-        {
+        let (tx, rx) = mpsc::channel(256);
+        let submitted = async {
+            self.check(command, &args)?;
+            let args = shared.adapter.prepare_args(command, args);
+            self.submit(command, &args, &options, Some(tx), deadline, timeout)
+                .await
+        }
+        .await;
+        let flight = match submitted {
             Ok(f) => f,
-            Err(e) => {
-                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
-            }
+            Err(e) => return outcome.record(Err(e)),
         };
         Ok(CallStream {
-            shared,
+            outcome,
             command: command.to_owned(),
             chunks: rx,
             flight: Some(flight),
@@ -1395,7 +1403,7 @@ pub enum StreamItem {
 /// The chunks of a streaming call, then its final result
 /// (see [`Pool::execute_stream`]). Dropping it cancels the call.
 pub struct CallStream {
-    shared: Arc<Shared>,
+    outcome: Outcome<Arc<Shared>>,
     command: String,
     chunks: mpsc::Receiver<Bytes>,
     flight: Option<InFlight>,
@@ -1416,7 +1424,7 @@ impl Stream for CallStream {
         // and the reply can only be ready once it has.
         let outcome = match this.chunks.poll_recv(cx) {
             Poll::Ready(Some(frame)) => {
-                let item = decode_chunk::<_, Value>(&this.shared.codec, &frame)
+                let item = decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame)
                     .map(StreamItem::Chunk)
                     .map_err(|source| Error::Protocol {
                         worker_id: flight.worker.id.clone(),
@@ -1430,7 +1438,7 @@ impl Stream for CallStream {
                     flight.done = true;
                     match r {
                         Ok(Ok(frame)) => decode_result::<Value>(
-                            &this.shared,
+                            &this.outcome.shared,
                             &flight.worker,
                             &this.command,
                             &frame,
@@ -1444,8 +1452,7 @@ impl Stream for CallStream {
             },
             Poll::Pending => return this.poll_deadline(cx),
         };
-        this.count(&outcome);
-        Poll::Ready(Some(outcome))
+        Poll::Ready(Some(this.outcome.record(outcome)))
     }
 }
 
@@ -1455,23 +1462,12 @@ impl CallStream {
             return Poll::Pending;
         }
         self.flight = None; // dropping it cancels the call
-        self.shared
-            .counters
-            .call_timeouts
-            .fetch_add(1, Ordering::Relaxed);
+        let counters = &self.outcome.shared.counters;
+        counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
         let outcome = Err(Error::CallTimeout {
             command: self.command.clone(),
             timeout: self.timeout,
         });
-        self.count(&outcome);
-        Poll::Ready(Some(outcome))
-    }
-
-    fn count(&self, outcome: &Result<StreamItem>) {
-        let c = &self.shared.counters;
-        match outcome {
-            Ok(_) => c.completed.fetch_add(1, Ordering::Relaxed),
-            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
-        };
+        Poll::Ready(Some(self.outcome.record(outcome)))
     }
 }

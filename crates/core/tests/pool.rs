@@ -314,6 +314,17 @@ async fn streams_deliver_chunks_then_the_result() {
         .chain([StreamItem::Done(json!({"done": 4}))])
         .collect();
     assert_eq!(items, expected);
+    // A stream dropped before its end is a cancelled call, counted as one.
+    let dropped = pool
+        .execute_stream("stream", json!({"n": 2}), CallOptions::new())
+        .await
+        .unwrap();
+    drop(dropped);
+    let s = pool.stats();
+    assert_eq!(
+        (s.requests, s.completed, s.errors, s.cancelled),
+        (2, 1, 0, 1)
+    );
     pool.shutdown().await.unwrap();
 }
 
