@@ -499,6 +499,17 @@ impl Shared {
         }
     }
 
+    /// Stops admitting calls, fails the queued ones and stops the
+    /// supervisors; the first step of every way a pool ends.
+    fn close(&self) {
+        {
+            let mut st = self.state();
+            st.closed = true;
+            self.fail_waiters(&mut st, || Error::ShutDown);
+        }
+        self.shutdown.send_replace(true);
+    }
+
     fn stats(&self) -> Stats {
         let st = self.state();
         let c = &self.counters;
@@ -959,17 +970,8 @@ impl Drop for PoolInner {
     /// The last handle is gone without `shutdown()`: stop at once, killing
     /// every worker's process group.
     fn drop(&mut self) {
-        let workers = {
-            let mut st = self.shared.state();
-            st.closed = true;
-            self.shared.fail_waiters(&mut st, || Error::ShutDown);
-            st.slots
-                .iter()
-                .filter_map(|s| s.worker.clone())
-                .collect::<Vec<_>>()
-        };
-        self.shared.shutdown.send_replace(true);
-        for w in workers {
+        self.shared.close();
+        for w in self.shared.workers() {
             w.kill();
         }
     }
@@ -1328,12 +1330,7 @@ impl Pool {
     /// (SIGTERM, then SIGKILL) and reaps them.
     pub async fn shutdown(&self) -> Result<()> {
         let shared = self.shared();
-        {
-            let mut st = shared.state();
-            st.closed = true;
-            shared.fail_waiters(&mut st, || Error::ShutDown);
-        }
-        shared.shutdown.send_replace(true);
+        shared.close();
         let grace = shared.config.shutdown_grace_period;
         let until = Instant::now() + grace;
         while shared.workers().iter().any(|w| w.in_flight() > 0) && Instant::now() < until {
