@@ -47,10 +47,13 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn have(program: &str) -> bool {
+/// Runs a probe command quietly; its stdout if it succeeded.
+fn probe(program: &str, args: &[&str]) -> Option<String> {
     #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
-    let probe = Command::new(program).arg("--version").output();
-    probe.map(|o| o.status.success()).unwrap_or(false)
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Installs what the tests need beyond Rust, when it is missing: Ruby and
@@ -58,14 +61,18 @@ fn have(program: &str) -> bool {
 /// the Node bridge's dev dependencies (npm).
 fn setup(root: &Path) -> Result<()> {
     let mut apt = Vec::new();
-    if !have("ruby") {
+    if probe("ruby", &["--version"]).is_none() {
         apt.push("ruby");
     }
-    if !ruby_has_msgpack() {
+    if probe("ruby", &["-e", "require 'msgpack'"]).is_none() {
         apt.push("ruby-msgpack");
     }
     if !apt.is_empty() {
-        let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+        let sudo = if probe("id", &["-u"]).is_some_and(|uid| uid.trim() == "0") {
+            vec![]
+        } else {
+            vec!["sudo"]
+        };
         let apt_get = |args: &[&str]| -> Result<()> {
             let mut all: Vec<&str> = sudo.clone();
             all.push("apt-get");
@@ -100,21 +107,6 @@ fn setup(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ruby_has_msgpack() -> bool {
-    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
-    let probe = Command::new("ruby")
-        .args(["-e", "require 'msgpack'"])
-        .output();
-    probe.map(|o| o.status.success()).unwrap_or(false)
-}
-
-fn is_root() -> bool {
-    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
-    let out = Command::new("id").arg("-u").output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn ci(root: &Path) -> Result<()> {
     setup(root)?;
     run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
@@ -130,7 +122,7 @@ fn ci(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    if have("cargo-nextest") || nextest_available(root) {
+    if probe("cargo", &["nextest", "--version"]).is_some() {
         run(
             root,
             "cargo",
@@ -161,15 +153,6 @@ fn ci(root: &Path) -> Result<()> {
     )?;
     eprintln!("\nci: all green");
     Ok(())
-}
-
-fn nextest_available(root: &Path) -> bool {
-    #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
-    let probe = Command::new("cargo")
-        .args(["nextest", "--version"])
-        .current_dir(root)
-        .output();
-    probe.map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Every example that CI runs, each against real workers.
