@@ -130,7 +130,7 @@ fn encode(case: &Value) -> Option<Vec<u8>> {
     let max = usize::MAX;
     let error = |e: &Value| serde_json::from_value::<RemoteError>(e.clone()).unwrap();
     match v.get("type").and_then(Value::as_str) {
-        None | Some("response") if v.get("command").is_some() => {
+        None if v.get("command").is_some() => {
             let mut r = Request::new(v["id"].as_u64()?, v["command"].as_str()?, &v["args"]);
             r.timestamp = Timestamp(parse_ts(v["timestamp"].as_str()?));
             r.session_id = v.get("session_id").and_then(Value::as_str);
@@ -139,41 +139,18 @@ fn encode(case: &Value) -> Option<Vec<u8>> {
             r.traceparent = v.get("traceparent").and_then(Value::as_str);
             encode_frame(&codec, &r, max, &mut buf).unwrap();
         }
-        None if v.get("timestamp").is_none()
-            && v.get("error").is_none()
-            && v["result"].get("$bin").is_none() =>
-        {
+        // Untimestamped replies; timestamped ones come only from workers.
+        None if v.get("timestamp").is_none() => {
+            let e = v.get("error").map(error);
+            let result = Wire(&v["result"]);
             let r = Response {
                 id: v["id"].as_u64()?,
-                success: true,
-                result: Some(&v["result"]),
-                error: None,
+                success: e.is_none(),
+                result: e.is_none().then_some(&result),
+                error: e.as_ref(),
                 timestamp: None,
             };
             encode_frame(&codec, &r, max, &mut buf).unwrap();
-        }
-        None if v.get("timestamp").is_none() => {
-            if let Some(bin) = v["result"].get("$bin") {
-                let bytes = serde_bytes_like(unhex(bin.as_str()?));
-                let r = Response {
-                    id: v["id"].as_u64()?,
-                    success: true,
-                    result: Some(&bytes),
-                    error: None,
-                    timestamp: None,
-                };
-                encode_frame(&codec, &r, max, &mut buf).unwrap();
-            } else {
-                let e = error(&v["error"]);
-                let r = Response::<()> {
-                    id: v["id"].as_u64()?,
-                    success: false,
-                    result: None,
-                    error: Some(&e),
-                    timestamp: None,
-                };
-                encode_frame(&codec, &r, max, &mut buf).unwrap();
-            }
         }
         Some("cancel") => {
             encode_frame(&codec, &Cancel::new(v["id"].as_u64()?), max, &mut buf).unwrap()
@@ -202,14 +179,33 @@ fn encode(case: &Value) -> Option<Vec<u8>> {
     Some(buf.to_vec())
 }
 
-struct Bin(Vec<u8>);
-impl serde::Serialize for Bin {
+/// A vector's value as it goes on the wire: `{"$bin": hex}` is binary data.
+struct Wire<'a>(&'a Value);
+
+impl serde::Serialize for Wire<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(m) if m.len() == 1 && m.contains_key("$bin") => {
+                s.serialize_bytes(&unhex(m["$bin"].as_str().unwrap_or("")))
+            }
+            Value::Object(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(k, &Wire(v))?;
+                }
+                map.end()
+            }
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&Wire(v))?;
+                }
+                seq.end()
+            }
+            other => other.serialize(s),
+        }
     }
-}
-fn serde_bytes_like(v: Vec<u8>) -> Bin {
-    Bin(v)
 }
 
 fn parse_ts(s: &str) -> std::time::SystemTime {
