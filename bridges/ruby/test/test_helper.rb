@@ -43,6 +43,18 @@ class WorkerProcess
     @stderr_lock.synchronize { @stderr.dup }
   end
 
+  # The stderr reader is a thread of its own: text the worker wrote before a
+  # reply may not be read yet when the reply arrives, so wait for it.
+  def stderr_until(text, timeout: 5)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      seen = stderr
+      return seen if seen.include?(text) || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.01
+    end
+  end
+
   def send_message(message)
     send_raw(SnakepitBridge::Wire.frame(@codec.encode(message)))
   end
