@@ -88,6 +88,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// A stable, short name of the variant (`"pool_saturated"`,
+    /// `"call_timeout"`, `"worker_crashed"`, ...), for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::PoolSaturated { .. } => "pool_saturated",
+            Error::QueueTimeout(_) => "queue_timeout",
+            Error::CallTimeout { .. } => "call_timeout",
+            Error::Cancelled => "cancelled",
+            Error::WorkerBusy { .. } => "worker_busy",
+            Error::WorkerCrashed(_) => "worker_crashed",
+            Error::Remote { .. } => "remote",
+            Error::Validation { .. } => "validation",
+            Error::UnsupportedCommand(_) => "unsupported_command",
+            Error::Codec(_) => "codec",
+            Error::Protocol { .. } => "protocol",
+            Error::StartFailed(_) => "start_failed",
+            Error::ShutDown => "shut_down",
+            Error::Config(_) => "config",
+        }
+    }
+
     /// The call's deadline or its queue timeout passed.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::CallTimeout { .. } | Error::QueueTimeout(_))

@@ -35,6 +35,7 @@
 mod adapter;
 mod config;
 mod error;
+pub mod events;
 mod pool;
 mod spawn;
 mod worker;
@@ -43,6 +44,7 @@ pub use adapter::{Adapter, Launch};
 pub use config::PoolConfig;
 pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
 pub use pool::{
-    Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats, StreamItem,
+    Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats,
+    StreamItem, TraceContext, WorkerInfo,
 };
 pub use snakepit_protocol::WireCodec;

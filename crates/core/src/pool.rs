@@ -1,5 +1,6 @@
 //! The pool: who gets which worker, when, and what happens when one dies.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::ops::Deref;
@@ -18,9 +19,11 @@ use snakepit_protocol::{
     decode_chunk, decode_response, encode_frame, Codec, RemoteError, Request, WireCodec,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::adapter::{Adapter, Launch};
 use crate::error::{Error, Result, StartError};
+use crate::events::{Event, EventKind, Listener};
 use crate::spawn::Spawner;
 use crate::worker::{Pending, Worker};
 use crate::PoolConfig;
@@ -33,6 +36,10 @@ pub type HostFunction = Arc<
         + Send
         + Sync,
 >;
+
+/// Produces the W3C `traceparent` of the current trace context (see
+/// [`PoolBuilder::trace_context`]).
+pub type TraceContext = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// A worker's call to a host function.
 #[derive(Debug, Clone)]
@@ -141,6 +148,31 @@ pub struct Stats {
     pub restarts: u64,
     /// Worker starts that failed.
     pub start_failures: u64,
+}
+
+/// One ready worker, as [`Pool::workers`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its id (`SNAKEPIT_WORKER_ID`).
+    pub id: String,
+    /// Its slot in the pool (0-based).
+    pub slot: usize,
+    /// Its process id (also its process group id).
+    pub pid: u32,
+    /// Calls in flight on it.
+    pub in_flight: usize,
+    /// Calls it has answered.
+    pub served: u64,
+    /// Time since it was spawned.
+    #[serde(serialize_with = "as_millis")]
+    pub age: Duration,
+    /// Its resident memory, when the system tells (Linux: `/proc`).
+    pub rss_bytes: Option<u64>,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 #[derive(Default)]
@@ -261,6 +293,8 @@ pub(crate) struct Shared {
     run_id: String,
     name: String,
     shutdown: watch::Sender<bool>,
+    listeners: Vec<Listener>,
+    trace_context: Option<TraceContext>,
 }
 
 /// A claim on one unit of a worker's capacity. Dropped unused, it gives the
@@ -289,6 +323,33 @@ impl Drop for Lease {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every listener; free when there is none.
+    pub(crate) fn emit(&self, kind: EventKind<'_>) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let event = Event {
+            pool: &self.name,
+            kind,
+        };
+        for listener in &self.listeners {
+            listener(&event);
+        }
+    }
+
+    fn call_span(&self, command: &str, session: Option<&str>) -> tracing::Span {
+        tracing::info_span!(
+            "snakepit.call",
+            pool = %self.name,
+            command,
+            session,
+            worker = tracing::field::Empty,
+            pid = tracing::field::Empty,
+            queue_wait_us = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
     }
 
     /// Gives back one unit of `worker`'s capacity: to the oldest waiter it
@@ -467,8 +528,18 @@ impl Shared {
         slot.worker = Some(worker.clone());
         slot.in_flight = 0;
         slot.capacity = cap;
-        slot.breaker_open = false;
+        let was_open = std::mem::replace(&mut slot.breaker_open, false);
         self.hand_off(&mut st, worker.slot);
+        drop(st);
+        if was_open {
+            tracing::info!(
+                slot = worker.slot,
+                "breaker closed: the worker started again"
+            );
+            self.emit(EventKind::BreakerClosed {
+                worker: worker.slot,
+            });
+        }
     }
 
     pub(crate) fn worker_gone(&self, worker: &Worker) {
@@ -571,6 +642,7 @@ async fn start_worker(
         .env("SNAKEPIT_WORKER_ID", &worker_id)
         .env("SNAKEPIT_RUN_ID", &shared.run_id);
     let program = launch.program.display().to_string();
+    let span = tracing::Span::current();
     let child = shared.spawner.spawn(launch).await.map_err(|e| {
         let cause = if e.kind() == std::io::ErrorKind::NotFound {
             format!("cannot run `{program}`: not found (is it installed and on PATH?)")
@@ -581,6 +653,7 @@ async fn start_worker(
     })?;
     let started = Instant::now();
     let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
+    span.record("pid", worker.pid);
     let args = json!({"initialization": true, "worker_id": worker_id});
     let outcome = tokio::time::timeout(
         shared.config.worker_init_timeout,
@@ -590,7 +663,13 @@ async fn start_worker(
     let failure = match outcome {
         Ok(Ok(result)) if result.get("status").and_then(Value::as_str) == Some("ok") => {
             let _ = worker.caps.set(Default::default());
-            tracing::info!(worker = %worker.id, pid = worker.pid, init_ms = started.elapsed().as_millis() as u64, "worker ready");
+            let init = started.elapsed();
+            tracing::info!(worker = %worker.id, pid = worker.pid, init_ms = init.as_millis() as u64, "worker ready");
+            shared.emit(EventKind::WorkerReady {
+                worker: slot,
+                pid: worker.pid,
+                init,
+            });
             return Ok(worker);
         }
         Ok(Ok(result)) => format!("init handshake answered without status \"ok\": {result}"),
@@ -682,8 +761,14 @@ async fn supervise(
             return;
         }
         let generation = shared.next_generation(i);
+        let span = tracing::info_span!(
+            "snakepit.worker.start",
+            pool = %shared.name,
+            worker = i,
+            pid = tracing::field::Empty,
+        );
         let start = tokio::select! {
-            r = start_worker(&shared, i, generation) => r,
+            r = start_worker(&shared, i, generation).instrument(span) => r,
             _ = shutdown.changed() => return,
         };
         let delay = match start {
@@ -703,6 +788,13 @@ async fn supervise(
                 shared.worker_gone(&worker);
                 let lived = worker.started.elapsed();
                 tracing::warn!(worker = %worker.id, pid = worker.pid, %exit, lived_ms = lived.as_millis() as u64, "worker ended; replacing it");
+                if !shared.listeners.is_empty() {
+                    shared.emit(EventKind::WorkerExited {
+                        worker: i,
+                        pid: worker.pid,
+                        reason: &exit.to_string(),
+                    });
+                }
                 // A worker that dies right after starting counts as a failed
                 // start, so that a crash loop backs off instead of fork-storming.
                 if lived < Duration::from_secs(1) {
@@ -715,6 +807,10 @@ async fn supervise(
             }
             Err(e) => {
                 tracing::warn!(slot = i, error = %e, "worker failed to start");
+                shared.emit(EventKind::WorkerStartFailed {
+                    worker: i,
+                    cause: &e.cause,
+                });
                 shared
                     .counters
                     .start_failures
@@ -733,6 +829,10 @@ async fn supervise(
                         shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
                     }
                     drop(st);
+                    shared.emit(EventKind::BreakerOpened {
+                        worker: i,
+                        failures,
+                    });
                     tracing::error!(
                         slot = i,
                         failures,
@@ -748,6 +848,11 @@ async fn supervise(
                 }
             }
         };
+        shared.emit(EventKind::WorkerRestarting {
+            worker: i,
+            attempt: failures,
+            delay,
+        });
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -807,6 +912,10 @@ async fn maintain(shared: Arc<Shared>) {
             );
             if !ok {
                 tracing::warn!(worker = %worker.id, pid = worker.pid, "health check failed; replacing the worker");
+                shared.emit(EventKind::HealthCheckFailed {
+                    worker: worker.slot,
+                    pid: worker.pid,
+                });
                 worker.kill();
             }
             drop(lease);
@@ -821,6 +930,8 @@ pub struct PoolBuilder {
     codec: Option<WireCodec>,
     name: String,
     host_functions: HashMap<String, HostFunction>,
+    listeners: Vec<Listener>,
+    trace_context: Option<TraceContext>,
 }
 
 impl PoolBuilder {
@@ -863,6 +974,22 @@ impl PoolBuilder {
     {
         self.host_functions
             .insert(name.into(), Arc::new(move |call| Box::pin(f(call))));
+        self
+    }
+
+    /// Calls `listener` with every [`Event`](crate::events::Event) of the
+    /// pool, synchronously: keep it quick. Any number may be registered.
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Sets where a call's W3C `traceparent` comes from when its
+    /// [`CallOptions`] carry none: `f` runs inside the call's
+    /// `snakepit.call` span, so a tracing-to-OpenTelemetry bridge
+    /// (`snakepit-telemetry`) can hand the worker that span's context.
+    pub fn trace_context(mut self, f: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        self.trace_context = Some(Arc::new(f));
         self
     }
 
@@ -919,6 +1046,8 @@ impl PoolBuilder {
             run_id,
             name: self.name,
             shutdown: watch::channel(false).0,
+            listeners: self.listeners,
+            trace_context: self.trace_context,
             config: self.config,
         });
         let pool = Pool {
@@ -1006,20 +1135,59 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Counts a call's outcome exactly once: success, failure, or a future
-/// dropped before the end (a cancelled call or stream). Holds the pool by
-/// reference for one-shot calls and by `Arc` inside a [`CallStream`].
-struct Outcome<S: Deref<Target = Shared>> {
-    shared: S,
-    done: bool,
+/// Where a call went and when: for its span and its `CallEnded` event.
+struct CallMeta {
+    submitted: Instant,
+    queue_wait: Option<Duration>,
+    worker: Option<(usize, u32)>,
+    span: tracing::Span,
 }
 
-impl<S: Deref<Target = Shared>> Outcome<S> {
-    fn new(shared: S) -> Self {
+impl CallMeta {
+    fn new(span: tracing::Span) -> Self {
+        CallMeta {
+            submitted: Instant::now(),
+            queue_wait: None,
+            worker: None,
+            span,
+        }
+    }
+
+    /// The call has reached `worker`.
+    fn took(&mut self, worker: &Worker) {
+        let wait = self.submitted.elapsed();
+        self.queue_wait = Some(wait);
+        self.worker = Some((worker.slot, worker.pid));
+        if !self.span.is_disabled() {
+            self.span.record("worker", worker.slot);
+            self.span.record("pid", worker.pid);
+            self.span.record("queue_wait_us", wait.as_micros() as u64);
+        }
+    }
+}
+
+/// Counts a call's outcome exactly once: success, failure, or a future
+/// dropped before the end (a cancelled call or stream), and reports it to
+/// the call's span and the pool's listeners. Holds the pool by reference for
+/// one-shot calls and by `Arc` inside a [`CallStream`].
+struct Outcome<'c, S: Deref<Target = Shared>> {
+    shared: S,
+    done: bool,
+    command: Cow<'c, str>,
+    session: Option<Cow<'c, str>>,
+    meta: CallMeta,
+}
+
+impl<'c, S: Deref<Target = Shared>> Outcome<'c, S> {
+    fn new(shared: S, command: Cow<'c, str>, session: Option<Cow<'c, str>>) -> Self {
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let span = shared.call_span(&command, session.as_deref());
         Outcome {
             shared,
             done: false,
+            command,
+            session,
+            meta: CallMeta::new(span),
         }
     }
 
@@ -1028,26 +1196,51 @@ impl<S: Deref<Target = Shared>> Outcome<S> {
             return r;
         }
         let c = &self.shared.counters;
-        match &r {
-            Ok(_) => c.completed.fetch_add(1, Ordering::Relaxed),
+        let kind = match &r {
+            Ok(_) => {
+                c.completed.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
             Err(e) => {
                 if e.is_crash() {
                     c.crashes.fetch_add(1, Ordering::Relaxed);
                 }
-                c.errors.fetch_add(1, Ordering::Relaxed)
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                e.kind()
             }
         };
+        self.report(kind);
         r
+    }
+
+    fn report(&self, outcome: &'static str) {
+        if !self.meta.span.is_disabled() {
+            self.meta.span.record("outcome", outcome);
+        }
+        if self.shared.listeners.is_empty() {
+            return;
+        }
+        let duration = self.meta.submitted.elapsed();
+        self.shared.emit(EventKind::CallEnded {
+            command: &self.command,
+            session: self.session.as_deref(),
+            worker: self.meta.worker.map(|w| w.0),
+            pid: self.meta.worker.map(|w| w.1),
+            queue_wait: self.meta.queue_wait.unwrap_or(duration),
+            duration,
+            outcome,
+        });
     }
 }
 
-impl<S: Deref<Target = Shared>> Drop for Outcome<S> {
+impl<S: Deref<Target = Shared>> Drop for Outcome<'_, S> {
     fn drop(&mut self) {
         if !self.done {
             self.shared
                 .counters
                 .cancelled
                 .fetch_add(1, Ordering::Relaxed);
+            self.report("cancelled");
         }
     }
 }
@@ -1077,6 +1270,8 @@ impl Pool {
             codec: None,
             name: "snakepit".into(),
             host_functions: HashMap::new(),
+            listeners: Vec::new(),
+            trace_context: None,
         }
     }
 
@@ -1110,11 +1305,14 @@ impl Pool {
         options: CallOptions,
     ) -> Result<Value> {
         let shared = self.shared();
-        let mut outcome = Outcome::new(&**shared);
+        let session = options.session_id.as_deref().map(Cow::Borrowed);
+        let mut outcome = Outcome::new(&**shared, Cow::Borrowed(command), session);
+        let meta = &mut outcome.meta;
+        let span = meta.span.clone();
         let r = async {
             self.check(command, &args)?;
             let args = shared.adapter.prepare_args(command, args);
-            let (frame, worker) = self.round_trip(command, &args, &options).await?;
+            let (frame, worker) = self.round_trip(command, &args, &options, meta).await?;
             let value: Value = decode_result(shared, &worker, command, &frame)?;
             shared
                 .adapter
@@ -1124,6 +1322,7 @@ impl Pool {
                     message,
                 })
         }
+        .instrument(span)
         .await;
         outcome.record(r)
     }
@@ -1137,12 +1336,16 @@ impl Pool {
         R: DeserializeOwned,
     {
         let shared = self.shared();
-        let mut outcome = Outcome::new(&**shared);
+        let session = options.session_id.as_deref().map(Cow::Borrowed);
+        let mut outcome = Outcome::new(&**shared, Cow::Borrowed(command), session);
+        let meta = &mut outcome.meta;
+        let span = meta.span.clone();
         let r = async {
             self.check(command, &Value::Null)?;
-            let (frame, worker) = self.round_trip(command, args, &options).await?;
+            let (frame, worker) = self.round_trip(command, args, &options, meta).await?;
             decode_result(shared, &worker, command, &frame)
         }
+        .instrument(span)
         .await;
         outcome.record(r)
     }
@@ -1156,18 +1359,18 @@ impl Pool {
         options: CallOptions,
     ) -> Result<CallStream> {
         let shared = self.shared();
-        let mut outcome = Outcome::new(shared.clone());
-        let timeout = options
-            .timeout
-            .unwrap_or_else(|| shared.adapter.command_timeout(command));
-        let deadline = Instant::now() + timeout;
+        let session = options.session_id.clone().map(Cow::Owned);
+        let mut outcome = Outcome::new(shared.clone(), Cow::Owned(command.to_owned()), session);
+        let (deadline, timeout) = self.deadline(command, &options, &outcome.meta);
         let (tx, rx) = mpsc::channel(256);
+        let meta = &mut outcome.meta;
+        let span = meta.span.clone();
         let submitted = async {
             self.check(command, &args)?;
             let args = shared.adapter.prepare_args(command, args);
-            self.submit(command, &args, &options, Some(tx), deadline, timeout)
-                .await
+            self.submit(command, &args, &options, Some(tx), meta).await
         }
+        .instrument(span)
         .await;
         let flight = match submitted {
             Ok(f) => f,
@@ -1175,12 +1378,24 @@ impl Pool {
         };
         Ok(CallStream {
             outcome,
-            command: command.to_owned(),
             chunks: rx,
             flight: Some(flight),
             sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
             timeout,
         })
+    }
+
+    /// The call's deadline, counted from submission, and its timeout.
+    fn deadline(
+        &self,
+        command: &str,
+        options: &CallOptions,
+        meta: &CallMeta,
+    ) -> (Instant, Duration) {
+        let timeout = options
+            .timeout
+            .unwrap_or_else(|| self.shared().adapter.command_timeout(command));
+        (meta.submitted + timeout, timeout)
     }
 
     fn check(&self, command: &str, args: &Value) -> Result<()> {
@@ -1204,15 +1419,11 @@ impl Pool {
         command: &str,
         args: &A,
         options: &CallOptions,
+        meta: &mut CallMeta,
     ) -> Result<(Bytes, Arc<Worker>)> {
         let shared = self.shared();
-        let timeout = options
-            .timeout
-            .unwrap_or_else(|| shared.adapter.command_timeout(command));
-        let deadline = Instant::now() + timeout;
-        let mut flight = self
-            .submit(command, args, options, None, deadline, timeout)
-            .await?;
+        let (deadline, timeout) = self.deadline(command, options, meta);
+        let mut flight = self.submit(command, args, options, None, meta).await?;
         match tokio::time::timeout_at(deadline.into(), &mut flight.reply).await {
             Ok(Ok(Ok(frame))) => {
                 flight.done = true;
@@ -1245,10 +1456,10 @@ impl Pool {
         args: &A,
         options: &CallOptions,
         chunks: Option<mpsc::Sender<Bytes>>,
-        deadline: Instant,
-        timeout: Duration,
+        meta: &mut CallMeta,
     ) -> Result<InFlight> {
         let shared = self.shared();
+        let (deadline, timeout) = self.deadline(command, options, meta);
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
         let mut chunks = chunks;
         // A worker can die between handing out its lease and the call
@@ -1272,7 +1483,15 @@ impl Pool {
                     .as_millis() as u64,
             );
             request.stream = chunks.is_some();
-            request.traceparent = options.traceparent.as_deref();
+            let traced;
+            request.traceparent = match (&options.traceparent, &shared.trace_context) {
+                (Some(t), _) => Some(t.as_str()),
+                (None, Some(hook)) => {
+                    traced = hook();
+                    traced.as_deref()
+                }
+                (None, None) => None,
+            };
             let mut buf = BytesMut::with_capacity(256);
             encode_frame(
                 &shared.codec,
@@ -1291,6 +1510,7 @@ impl Pool {
             match lease.worker.register(id, pending) {
                 Ok(()) => {
                     let worker = lease.disarm();
+                    meta.took(&worker);
                     worker.send(buf.freeze());
                     return Ok(InFlight {
                         worker,
@@ -1313,6 +1533,30 @@ impl Pool {
     /// The process ids of the ready workers.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared().workers().iter().map(|w| w.pid).collect()
+    }
+
+    /// The ready workers: ids, pids, load, calls served, age and memory.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let mut infos: Vec<WorkerInfo> = {
+            let st = self.shared().state();
+            st.slots
+                .iter()
+                .filter_map(|s| Some((s, s.worker.as_ref()?)))
+                .map(|(s, w)| WorkerInfo {
+                    id: w.id.clone(),
+                    slot: w.slot,
+                    pid: w.pid,
+                    in_flight: s.in_flight as usize,
+                    served: w.served.load(Ordering::Relaxed),
+                    age: w.started.elapsed(),
+                    rss_bytes: None,
+                })
+                .collect()
+        };
+        for info in &mut infos {
+            info.rss_bytes = crate::spawn::rss_bytes(info.pid);
+        }
+        infos
     }
 
     /// Forgets a session's worker affinity.
@@ -1400,8 +1644,7 @@ pub enum StreamItem {
 /// The chunks of a streaming call, then its final result
 /// (see [`Pool::execute_stream`]). Dropping it cancels the call.
 pub struct CallStream {
-    outcome: Outcome<Arc<Shared>>,
-    command: String,
+    outcome: Outcome<'static, Arc<Shared>>,
     chunks: mpsc::Receiver<Bytes>,
     flight: Option<InFlight>,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -1437,7 +1680,7 @@ impl Stream for CallStream {
                         Ok(Ok(frame)) => decode_result::<Value>(
                             &this.outcome.shared,
                             &flight.worker,
-                            &this.command,
+                            &this.outcome.command,
                             &frame,
                         )
                         .map(StreamItem::Done),
@@ -1462,7 +1705,7 @@ impl CallStream {
         let counters = &self.outcome.shared.counters;
         counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
         let outcome = Err(Error::CallTimeout {
-            command: self.command.clone(),
+            command: self.outcome.command.to_string(),
             timeout: self.timeout,
         });
         Poll::Ready(Some(self.outcome.record(outcome)))

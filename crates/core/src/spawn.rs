@@ -199,3 +199,12 @@ pub(crate) fn signal_pid(pid: u32, signal: libc::c_int) -> bool {
     // SAFETY: as above, for one process.
     unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
 }
+
+/// Resident memory of process `pid` in bytes (Linux: `VmRSS` of
+/// `/proc/<pid>/status`); `None` where the system does not tell.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

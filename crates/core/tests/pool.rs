@@ -493,3 +493,76 @@ fn stop(pid: u32) -> bool {
         .unwrap()
         .success()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_see_every_call_and_worker_and_the_trace_context_reaches_the_worker() {
+    use snakepit_core::events::EventKind;
+    use std::sync::{Arc, Mutex};
+
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .name("evented")
+        .on_event(move |event| {
+            assert_eq!(event.pool, "evented");
+            let line = match &event.kind {
+                EventKind::CallEnded {
+                    command,
+                    session,
+                    worker,
+                    pid,
+                    outcome,
+                    queue_wait,
+                    duration,
+                } => {
+                    assert!(queue_wait <= duration);
+                    format!(
+                        "call {command} {session:?} {worker:?} {} {outcome}",
+                        pid.is_some()
+                    )
+                }
+                EventKind::WorkerReady { worker, pid, .. } => format!("ready {worker} {pid}"),
+                other => format!("{other:?}"),
+            };
+            log.lock().unwrap().push(line);
+        })
+        .trace_context(|| Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()))
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    let r = pool.execute("context", json!({})).await.unwrap();
+    assert_eq!(
+        r["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    // Options win over the hook.
+    let mine = "00-11111111111111111111111111111111-2222222222222222-01";
+    let r = pool
+        .execute_with("context", json!({}), CallOptions::new().traceparent(mine))
+        .await
+        .unwrap();
+    assert_eq!(r["traceparent"], mine);
+    pool.execute_in_session("s1", "fail", json!({"message": "x"}))
+        .await
+        .unwrap_err();
+    pool.execute("nope", json!({})).await.unwrap_err();
+    let info = pool.workers();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].pid, pid);
+    assert_eq!(info[0].served, 5, "handshake + 4 calls: {info:?}");
+    assert!(info[0].rss_bytes.unwrap_or(0) > 1 << 20, "{info:?}");
+    pool.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            format!("ready 0 {pid}"),
+            "call context None Some(0) true ok".to_string(),
+            "call context None Some(0) true ok".to_string(),
+            "call fail Some(\"s1\") Some(0) true remote".to_string(),
+            "call nope None Some(0) true remote".to_string(),
+        ]
+    );
+}

@@ -22,6 +22,11 @@ def echo(args, ctx):
     return {"echoed": args, "pid": os.getpid(), "session_id": ctx.session_id, "served": served}
 
 
+@worker.command("context")
+def context(args, ctx):
+    return {"traceparent": ctx.traceparent, "worker_id": ctx.worker_id, "pid": os.getpid()}
+
+
 @worker.command("sleep")
 def sleep(args, ctx):
     time.sleep(args.get("ms", 0) / 1000.0)
