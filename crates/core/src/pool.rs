@@ -1624,10 +1624,16 @@ fn decode_result<R: DeserializeOwned>(
             error,
         }),
         Err(e @ snakepit_protocol::Error::Mismatch { .. }) => Err(Error::Codec(e)),
-        Err(source) => Err(Error::Protocol {
-            worker_id: worker.id.clone(),
-            source,
-        }),
+        Err(source) => {
+            // The reader routed the frame from its first bytes; the rest is
+            // broken, so the worker broke the protocol and is replaced.
+            tracing::warn!(worker = %worker.id, pid = worker.pid, error = %source, "malformed reply; replacing the worker");
+            worker.kill();
+            Err(Error::Protocol {
+                worker_id: worker.id.clone(),
+                source,
+            })
+        }
     }
 }
 

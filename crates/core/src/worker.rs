@@ -11,23 +11,94 @@ use bytes::Bytes;
 use futures_core::Stream;
 use serde_json::Value;
 use snakepit_protocol::{
-    decode_host_call_args, decode_inbound, encode_frame, Cancel, Capabilities, Codec, HostReply,
-    Inbound, RemoteError, WireCodec,
+    decode_host_call_args, decode_inbound, encode_frame, peek_response, Cancel, Capabilities,
+    Codec, HostReply, Inbound, RemoteError, WireCodec,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::codec::FramedRead;
 
 use crate::error::{Crash, Error, ExitReason};
 use crate::pool::Shared;
 use crate::spawn;
 
-/// What the pool sends down a worker's stdin.
-pub(crate) enum Out {
-    Frame(Bytes),
-    /// Close stdin: the worker sees EOF and exits.
-    Close,
+/// A worker's stdin. A frame is written straight from the sending task when
+/// the pipe takes it whole (the usual case: one `write` call, no task hop);
+/// otherwise the rest waits in `backlog` and the writer task finishes it,
+/// holding the pipe until the backlog is empty, so frames never interleave
+/// or overtake each other.
+struct Stdin {
+    state: Mutex<StdinState>,
+    wake: Notify,
+}
+
+struct StdinState {
+    /// `None` while the writer task holds it, and once closed.
+    pipe: Option<ChildStdin>,
+    backlog: VecDeque<Bytes>,
+    /// Close once the backlog is written: the worker sees EOF and exits.
+    close: bool,
+    closed: bool,
+}
+
+impl Stdin {
+    fn state(&self) -> std::sync::MutexGuard<'_, StdinState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, frame: Bytes) {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        if st.closed || st.close {
+            return;
+        }
+        let frame = match (&mut st.pipe, st.backlog.is_empty()) {
+            (Some(pipe), true) => match write_now(pipe, &frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => frame.slice(n..),
+                Err(_) => {
+                    // The worker is gone; its reader fails what was in flight.
+                    st.pipe = None;
+                    st.closed = true;
+                    return;
+                }
+            },
+            _ => frame,
+        };
+        st.backlog.push_back(frame);
+        drop(guard);
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        let mut st = self.state();
+        st.close = true;
+        if st.pipe.is_some() && st.backlog.is_empty() {
+            st.pipe = None;
+            st.closed = true;
+        }
+        drop(st);
+        // Either the writer task finishes the backlog and closes, or it
+        // sees `closed` and ends.
+        self.wake.notify_one();
+    }
+}
+
+/// Writes what the pipe takes without waiting.
+fn write_now(pipe: &mut ChildStdin, frame: &[u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncWrite;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut written = 0;
+    while written < frame.len() {
+        match Pin::new(&mut *pipe).poll_write(&mut cx, &frame[written..]) {
+            std::task::Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            std::task::Poll::Ready(Ok(n)) => written += n,
+            std::task::Poll::Ready(Err(e)) => return Err(e),
+            std::task::Poll::Pending => break,
+        }
+    }
+    Ok(written)
 }
 
 /// A call waiting for its reply.
@@ -79,12 +150,18 @@ pub(crate) struct Worker {
     pub(crate) served: AtomicU64,
     pool: Weak<Shared>,
     codec: WireCodec,
-    out: mpsc::UnboundedSender<Out>,
+    stdin: Arc<Stdin>,
     inner: Mutex<Inner>,
     pub(crate) caps: OnceLock<Capabilities>,
     tail: Mutex<Tail>,
     /// `Some` once the process has ended and every call on it was failed.
     finished: watch::Sender<Option<ExitReason>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stdin.close();
+    }
 }
 
 impl Worker {
@@ -101,7 +178,15 @@ impl Worker {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let (out, out_rx) = mpsc::unbounded_channel();
+        let stdin = Arc::new(Stdin {
+            state: Mutex::new(StdinState {
+                closed: stdin.is_none(),
+                pipe: stdin,
+                backlog: VecDeque::new(),
+                close: false,
+            }),
+            wake: Notify::new(),
+        });
         let worker = Arc::new(Worker {
             id,
             slot,
@@ -111,7 +196,7 @@ impl Worker {
             served: AtomicU64::new(0),
             pool: Arc::downgrade(shared),
             codec: shared.codec,
-            out,
+            stdin: stdin.clone(),
             inner: Mutex::new(Inner {
                 pending: HashMap::new(),
                 dead: false,
@@ -124,9 +209,7 @@ impl Worker {
             }),
             finished: watch::channel(None).0,
         });
-        if let Some(stdin) = stdin {
-            tokio::spawn(write_loop(stdin, out_rx));
-        }
+        tokio::spawn(write_loop(stdin));
         let stderr_done = stderr.map(|e| tokio::spawn(stderr_loop(worker.clone(), e)));
         tokio::spawn(read_loop(
             worker.clone(),
@@ -169,12 +252,12 @@ impl Worker {
     }
 
     pub(crate) fn send(&self, frame: Bytes) {
-        let _ = self.out.send(Out::Frame(frame));
+        self.stdin.send(frame);
     }
 
     /// Closes the worker's stdin, asking it to exit.
     pub(crate) fn close_stdin(&self) {
-        let _ = self.out.send(Out::Close);
+        self.stdin.close();
     }
 
     /// Signals the worker's whole process group, unless it was reaped.
@@ -242,44 +325,49 @@ impl Worker {
         }
     }
 
+    /// Hands a final reply to its caller.
+    fn reply(&self, id: u64, success: bool, frame: Bytes) -> Result<(), snakepit_protocol::Error> {
+        let pending = self.inner().pending.remove(&id);
+        let Some(pending) = pending else {
+            if id == 0 && !success {
+                let what = snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
+                    .ok()
+                    .and_then(|r| r.err())
+                    .map_or_else(|| "no detail".to_owned(), |e| e.to_string());
+                return Err(snakepit_protocol::Error::InvalidPayload {
+                    codec: self.codec.name(),
+                    detail: format!("the worker could not read a frame from the pool: {what}"),
+                });
+            }
+            return Err(snakepit_protocol::Error::WrongType {
+                field: "id",
+                expected: "the id of a call in flight",
+            });
+        };
+        self.served.fetch_add(1, Ordering::Relaxed);
+        // Capacity first, so that a caller who sends its next call as
+        // soon as it has this reply finds the worker free.
+        if pending.holds_unit {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.release(self);
+            }
+        }
+        // The stream's chunk channel closes before its final reply.
+        drop(pending.chunks);
+        let _ = pending.reply.send(Ok(frame));
+        Ok(())
+    }
+
     /// Routes one frame from the worker; an error means the worker broke the
     /// protocol and must go.
     fn route(self: &Arc<Self>, frame: Bytes) -> Result<(), snakepit_protocol::Error> {
+        // Most frames are replies in the bridges' usual shape: route those
+        // from their first bytes; the caller decodes (and checks) the rest.
+        if let Some((id, success)) = peek_response(&self.codec, &frame) {
+            return self.reply(id, success, frame);
+        }
         match decode_inbound(&self.codec, &frame)? {
-            Inbound::Response { id, success } => {
-                let pending = self.inner().pending.remove(&id);
-                let Some(pending) = pending else {
-                    if id == 0 && !success {
-                        let what =
-                            snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
-                                .ok()
-                                .and_then(|r| r.err())
-                                .map_or_else(|| "no detail".to_owned(), |e| e.to_string());
-                        return Err(snakepit_protocol::Error::InvalidPayload {
-                            codec: self.codec.name(),
-                            detail: format!(
-                                "the worker could not read a frame from the pool: {what}"
-                            ),
-                        });
-                    }
-                    return Err(snakepit_protocol::Error::WrongType {
-                        field: "id",
-                        expected: "the id of a call in flight",
-                    });
-                };
-                self.served.fetch_add(1, Ordering::Relaxed);
-                // Capacity first, so that a caller who sends its next call as
-                // soon as it has this reply finds the worker free.
-                if pending.holds_unit {
-                    if let Some(pool) = self.pool.upgrade() {
-                        pool.release(self);
-                    }
-                }
-                // The stream's chunk channel closes before its final reply.
-                drop(pending.chunks);
-                let _ = pending.reply.send(Ok(frame));
-                Ok(())
-            }
+            Inbound::Response { id, success } => self.reply(id, success, frame),
             Inbound::Chunk { id } => {
                 let inner = self.inner();
                 match inner.pending.get(&id) {
@@ -380,16 +468,37 @@ impl Worker {
     }
 }
 
-async fn write_loop(mut stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<Out>) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Out::Frame(frame) => {
-                if stdin.write_all(&frame).await.is_err() {
-                    break; // the reader sees the worker die
-                }
+/// Finishes what [`Stdin::send`] could not write at once, and closes the
+/// pipe when asked.
+async fn write_loop(stdin: Arc<Stdin>) {
+    loop {
+        let next = {
+            let mut st = stdin.state();
+            if st.closed {
+                return;
             }
-            Out::Close => break,
+            match st.backlog.pop_front() {
+                Some(frame) => match st.pipe.take() {
+                    Some(pipe) => Some((pipe, frame)),
+                    None => return,
+                },
+                None if st.close => {
+                    st.pipe = None;
+                    st.closed = true;
+                    return;
+                }
+                None => None,
+            }
+        };
+        let Some((mut pipe, frame)) = next else {
+            stdin.wake.notified().await;
+            continue;
+        };
+        if pipe.write_all(&frame).await.is_err() {
+            stdin.state().closed = true;
+            return; // the reader sees the worker die
         }
+        stdin.state().pipe = Some(pipe);
     }
 }
 
@@ -483,6 +592,7 @@ async fn read_loop(
         }
         inner.reaped = true;
     }
+    worker.stdin.close(); // ends the writer task
     if let Some(pool) = worker.pool.upgrade() {
         // Out of the routing tables before anyone hears it died.
         pool.worker_gone(&worker);

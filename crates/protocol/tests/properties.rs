@@ -5,7 +5,8 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use snakepit_protocol::{
-    decode_inbound, decode_response, encode_frame, Codec, FrameCodec, Response, WireCodec,
+    decode_inbound, decode_response, encode_frame, peek_response, Codec, FrameCodec, Response,
+    WireCodec,
 };
 use tokio_util::codec::Decoder;
 
@@ -69,9 +70,42 @@ proptest! {
         while let Ok(Some(frame)) = framer.decode(&mut buf) {
             let _ = decode_inbound(&codec, &frame);
             let _ = decode_response::<_, Value>(&codec, &frame);
+            let _ = peek_response(&codec, &frame);
         }
         let _ = framer.decode_eof(&mut buf);
         let _ = codec.decode::<Value>(&bytes);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_decode(
+        codec in codec(),
+        id in any::<u64>(),
+        success in any::<bool>(),
+        result in value(),
+    ) {
+        let err = snakepit_protocol::RemoteError::new("E", "m");
+        let reply = if success {
+            Response { id, success, result: Some(&result), error: None, timestamp: None }
+        } else {
+            Response { id, success, result: None, error: Some(&err), timestamp: None }
+        };
+        let mut buf = BytesMut::new();
+        encode_frame(&codec, &reply, usize::MAX, &mut buf).unwrap();
+        let payload = &buf[4..];
+        // Our encoder writes `id` then `success` first: the fast path must see it.
+        prop_assert_eq!(peek_response(&codec, payload), Some((id, success)));
+        match decode_inbound(&codec, payload).unwrap() {
+            snakepit_protocol::Inbound::Response { id: i, success: s } => {
+                prop_assert_eq!((i, s), (id, success));
+            }
+            other => prop_assert!(false, "not a response: {:?}", other),
+        }
+        // Any prefix the fast path accepts names the same id and outcome.
+        for cut in 0..payload.len() {
+            if let Some(got) = peek_response(&codec, &payload[..cut]) {
+                prop_assert_eq!(got, (id, success));
+            }
+        }
     }
 
     #[test]
