@@ -237,7 +237,8 @@ impl Adapter for Bridge {
         }
         match &self.entry {
             Entry::Generic => match embedded::generic_worker(lang) {
-                Ok(script) => launch = launch.arg(script),
+                // The bundled workers ignore arguments: show the run in `ps`.
+                Ok(script) => launch = launch.arg(script).with_run_id_arg(),
                 Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
             },
             Entry::Script(script) => launch = launch.arg(script),

@@ -16,6 +16,12 @@ pub struct Launch {
     pub env: Vec<(OsString, OsString)>,
     /// The working directory; `None` keeps the host's.
     pub cwd: Option<PathBuf>,
+    /// Append `--snakepit-run-id <id>` to the arguments, so that `ps` shows
+    /// which run a process belongs to. Off by default: a script that parses
+    /// its arguments strictly would refuse it. Every worker gets the run id
+    /// in its environment (`SNAKEPIT_RUN_ID`) either way, and that is what
+    /// the sweep checks.
+    pub run_id_arg: bool,
 }
 
 impl Launch {
@@ -26,6 +32,7 @@ impl Launch {
             args: Vec::new(),
             env: Vec::new(),
             cwd: None,
+            run_id_arg: false,
         }
     }
 
@@ -44,6 +51,13 @@ impl Launch {
     /// Sets the working directory.
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Appends `--snakepit-run-id <id>` to the arguments (see
+    /// [`run_id_arg`](Launch::run_id_arg)).
+    pub fn with_run_id_arg(mut self) -> Self {
+        self.run_id_arg = true;
         self
     }
 }

@@ -71,6 +71,25 @@ pub struct PoolConfig {
     /// How long an open breaker waits before trying again.
     #[serde(rename = "breaker_cooldown_ms", with = "millis")]
     pub breaker_cooldown: Duration,
+    /// Replace a worker after it has answered about this many calls (each
+    /// worker's limit is drawn within 10% of it, so they do not all go at
+    /// once); zero: never.
+    pub recycle_after_calls: u64,
+    /// Replace a worker whose resident memory is above this many MiB
+    /// (checked between calls); zero: never.
+    pub recycle_above_rss_mb: u64,
+    /// Replace a worker this long after it started; zero: never.
+    #[serde(rename = "worker_ttl_ms", with = "millis")]
+    pub worker_ttl: Duration,
+    /// Replace a worker that has had no call for this long; zero: never.
+    #[serde(rename = "worker_idle_timeout_ms", with = "millis")]
+    pub worker_idle_timeout: Duration,
+    /// Kill the leftovers of this pool name's crashed runs when the pool
+    /// starts (see [`sweep`](crate::sweep)).
+    pub sweep_on_start: bool,
+    /// Where run records are kept; the per-user default when `None`
+    /// ([`default_state_dir`](crate::sweep::default_state_dir)).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PoolConfig {
@@ -96,11 +115,25 @@ impl Default for PoolConfig {
             restart_backoff_max: Duration::from_secs(5),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(10),
+            recycle_after_calls: 0,
+            recycle_above_rss_mb: 0,
+            worker_ttl: Duration::ZERO,
+            worker_idle_timeout: Duration::ZERO,
+            sweep_on_start: true,
+            state_dir: None,
         }
     }
 }
 
 impl PoolConfig {
+    /// Whether any recycling rule is on.
+    pub(crate) fn recycles(&self) -> bool {
+        self.recycle_after_calls > 0
+            || self.recycle_above_rss_mb > 0
+            || !self.worker_ttl.is_zero()
+            || !self.worker_idle_timeout.is_zero()
+    }
+
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::Config(m.to_owned()));
         if self.pool_size == 0 {

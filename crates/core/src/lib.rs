@@ -38,6 +38,7 @@ mod error;
 pub mod events;
 mod pool;
 mod spawn;
+pub mod sweep;
 mod worker;
 
 pub use adapter::{Adapter, Launch};

@@ -148,6 +148,8 @@ pub struct Stats {
     pub restarts: u64,
     /// Worker starts that failed.
     pub start_failures: u64,
+    /// Workers replaced on purpose (calls, memory, age, idleness).
+    pub recycled: u64,
 }
 
 /// One ready worker, as [`Pool::workers`] reports it.
@@ -187,11 +189,16 @@ struct Counters {
     crashes: AtomicU64,
     restarts: AtomicU64,
     start_failures: AtomicU64,
+    recycled: AtomicU64,
 }
 
 struct Slot {
     worker: Option<Arc<Worker>>,
+    /// The generation of the worker the slot holds (or is starting).
     generation: u64,
+    /// The last generation handed out (a recycled worker's replacement
+    /// starts under a new one while the old still serves).
+    last_generation: u64,
     in_flight: u32,
     capacity: u32,
     in_free: bool,
@@ -226,6 +233,8 @@ struct State {
     strict: Vec<VecDeque<Waiter>>,
     seq: u64,
     affinity: HashMap<Arc<str>, AffinityRecord>,
+    /// Recycled workers finishing their last calls.
+    retiring: Vec<Arc<Worker>>,
     closed: bool,
     last_start_error: Option<StartError>,
 }
@@ -295,6 +304,7 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     listeners: Vec<Listener>,
     trace_context: Option<TraceContext>,
+    record: Option<crate::sweep::RunRecord>,
 }
 
 /// A claim on one unit of a worker's capacity. Dropped unused, it gives the
@@ -336,6 +346,14 @@ impl Shared {
         };
         for listener in &self.listeners {
             listener(&event);
+        }
+    }
+
+    /// A worker's process was reaped: no watchdog or run record needs it.
+    pub(crate) fn process_gone(&self, pid: u32) {
+        self.spawner.forget(pid);
+        if let Some(r) = &self.record {
+            r.remove(pid);
         }
     }
 
@@ -553,9 +571,49 @@ impl Shared {
 
     fn next_generation(&self, i: usize) -> u64 {
         let mut st = self.state();
-        st.slots[i].generation += 1;
-        st.slots[i].worker = None;
-        st.slots[i].generation
+        let slot = &mut st.slots[i];
+        slot.last_generation += 1;
+        slot.generation = slot.last_generation;
+        slot.worker = None;
+        slot.generation
+    }
+
+    /// A generation for a replacement that starts while the slot's worker
+    /// still serves.
+    fn spare_generation(&self, i: usize) -> u64 {
+        let mut st = self.state();
+        st.slots[i].last_generation += 1;
+        st.slots[i].last_generation
+    }
+
+    /// Puts a recycled worker's replacement in its slot; the old worker's
+    /// calls finish on it, outside the slot's accounting.
+    fn install(self: &Arc<Self>, worker: &Arc<Worker>) -> Option<Arc<Worker>> {
+        let cap = worker
+            .capabilities()
+            .max_concurrency
+            .clamp(1, self.config.max_concurrency_per_worker);
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        let old = slot.worker.replace(worker.clone());
+        slot.generation = worker.generation;
+        slot.in_flight = 0;
+        slot.capacity = cap;
+        if let Some(old) = &old {
+            st.retiring.push(old.clone());
+        }
+        self.hand_off(&mut st, worker.slot);
+        old
+    }
+
+    /// Every worker process the pool has: ready ones and retiring ones.
+    fn every_worker(&self) -> Vec<Arc<Worker>> {
+        let st = self.state();
+        st.slots
+            .iter()
+            .filter_map(|s| s.worker.clone())
+            .chain(st.retiring.iter().cloned())
+            .collect()
     }
 
     /// Fails every queued call with `err()` (shutdown, or no worker left and
@@ -610,6 +668,7 @@ impl Shared {
         s.crashes = c.crashes.load(Ordering::Relaxed);
         s.restarts = c.restarts.load(Ordering::Relaxed);
         s.start_failures = c.start_failures.load(Ordering::Relaxed);
+        s.recycled = c.recycled.load(Ordering::Relaxed);
         s
     }
 
@@ -641,6 +700,11 @@ async fn start_worker(
         .env("SNAKEPIT_CODEC", shared.codec.name())
         .env("SNAKEPIT_WORKER_ID", &worker_id)
         .env("SNAKEPIT_RUN_ID", &shared.run_id);
+    let launch = if launch.run_id_arg {
+        launch.arg("--snakepit-run-id").arg(&shared.run_id)
+    } else {
+        launch
+    };
     let program = launch.program.display().to_string();
     let span = tracing::Span::current();
     let child = shared.spawner.spawn(launch).await.map_err(|e| {
@@ -652,6 +716,9 @@ async fn start_worker(
         fail(cause, String::new())
     })?;
     let started = Instant::now();
+    if let (Some(r), Some(pid)) = (&shared.record, child.id()) {
+        r.add(pid);
+    }
     let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
     span.record("pid", worker.pid);
     let args = json!({"initialization": true, "worker_id": worker_id});
@@ -781,9 +848,19 @@ async fn supervise(
                     shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
                 }
                 started_once = true;
-                let exit = tokio::select! {
-                    exit = worker.finished() => exit,
-                    _ = shutdown.changed() => return,
+                let mut worker = worker;
+                let exit = loop {
+                    tokio::select! {
+                        exit = worker.finished() => break exit,
+                        _ = shutdown.changed() => return,
+                        reason = recycle_due(&shared, &worker) => {
+                            if let Some(new) = recycle(&shared, i, &worker, reason, &mut shutdown).await {
+                                worker = new;
+                            } else if *shutdown.borrow() {
+                                return;
+                            }
+                        }
+                    }
                 };
                 shared.worker_gone(&worker);
                 let lived = worker.started.elapsed();
@@ -860,6 +937,117 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Resolves with the reason once `worker` is due for recycling; never when
+/// no recycling rule is on.
+async fn recycle_due(shared: &Shared, worker: &Worker) -> &'static str {
+    let c = &shared.config;
+    if !c.recycles() {
+        return std::future::pending().await;
+    }
+    // Each worker's limits are drawn within 10% of the configured ones, so
+    // workers started together do not all go together.
+    let spread = |salt: u64| {
+        let j = jitter(Duration::from_micros(1000), salt ^ u64::from(worker.pid)).as_micros();
+        0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
+    };
+    let calls = (c.recycle_after_calls as f64 * spread(1)) as u64;
+    let ttl = c.worker_ttl.mul_f64(spread(2));
+    let check = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(check).await;
+        if calls > 0 && worker.served.load(Ordering::Relaxed) >= calls {
+            return "calls";
+        }
+        if !ttl.is_zero() && worker.started.elapsed() >= ttl {
+            return "ttl";
+        }
+        if !c.worker_idle_timeout.is_zero() && worker.idle_for() >= c.worker_idle_timeout {
+            return "idle";
+        }
+        if c.recycle_above_rss_mb > 0
+            && crate::spawn::rss_bytes(worker.pid)
+                .is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
+        {
+            return "memory";
+        }
+    }
+}
+
+/// Replaces `old` with a fresh worker, started before `old` stops taking
+/// calls so that capacity does not dip; `old` finishes its calls, then goes.
+/// `None` when the replacement could not start (`old` keeps serving).
+async fn recycle(
+    shared: &Arc<Shared>,
+    i: usize,
+    old: &Arc<Worker>,
+    reason: &'static str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Arc<Worker>> {
+    tracing::info!(worker = %old.id, pid = old.pid, reason, "recycling the worker; starting its replacement");
+    let generation = shared.spare_generation(i);
+    let span = tracing::info_span!(
+        "snakepit.worker.start",
+        pool = %shared.name,
+        worker = i,
+        pid = tracing::field::Empty,
+    );
+    let started = tokio::select! {
+        r = start_worker(shared, i, generation).instrument(span) => r,
+        _ = shutdown.changed() => return None,
+    };
+    match started {
+        Ok(new) => {
+            shared.install(&new);
+            shared.counters.recycled.fetch_add(1, Ordering::Relaxed);
+            shared.emit(EventKind::WorkerRecycled {
+                worker: i,
+                pid: old.pid,
+                reason,
+            });
+            tokio::spawn(retire(shared.clone(), old.clone()));
+            Some(new)
+        }
+        Err(e) => {
+            tracing::warn!(slot = i, error = %e, "the recycled worker's replacement failed to start; keeping the old one");
+            shared
+                .counters
+                .start_failures
+                .fetch_add(1, Ordering::Relaxed);
+            shared.emit(EventKind::WorkerStartFailed {
+                worker: i,
+                cause: &e.cause,
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(shared.config.restart_backoff_max, i as u64)) => {}
+                _ = shutdown.changed() => {}
+            }
+            None
+        }
+    }
+}
+
+/// Lets a recycled worker finish its calls (each bounded by its deadline and
+/// the cancel grace period), then closes its stdin, then signals its group.
+async fn retire(shared: Arc<Shared>, old: Arc<Worker>) {
+    // A call may still be on its way to it (a lease taken just before the
+    // replacement came in): sealing fails such a late registration, and the
+    // call goes to another worker.
+    while !old.seal_if_idle() && !old.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    old.close_stdin();
+    let grace = shared.config.shutdown_grace_period;
+    for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+        if let Some(signal) = signal {
+            old.signal(signal);
+        }
+        if tokio::time::timeout(grace, old.finished()).await.is_ok() {
+            break;
+        }
+    }
+    shared.state().retiring.retain(|w| !Arc::ptr_eq(w, &old));
 }
 
 fn backoff(config: &PoolConfig, failures: u32) -> Duration {
@@ -1005,14 +1193,37 @@ impl PoolBuilder {
             .map_err(|e| Error::Config(format!("cannot start the spawner thread: {e}")))?;
         let size = self.config.pool_size;
         let codec = self.codec.unwrap_or_else(|| self.adapter.codec());
+        static RUNS: AtomicU64 = AtomicU64::new(0);
         let run_id = format!(
-            "{:x}{:x}",
+            "{:x}{:x}{:x}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros())
+                .map_or(0, |d| d.as_micros()),
+            RUNS.fetch_add(1, Ordering::Relaxed)
         );
+        let state_dir = self
+            .config
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::sweep::default_state_dir);
+        let mut swept = 0;
+        if self.config.sweep_on_start {
+            let options = crate::sweep::SweepOptions::new()
+                .instance(&self.name)
+                .state_dir(&state_dir);
+            match crate::sweep::sweep(&options) {
+                Ok(report) => swept = report.killed(),
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %state_dir.display(), "cannot sweep leftovers of earlier runs")
+                }
+            }
+        }
+        let record = crate::sweep::RunRecord::create(&state_dir, &self.name, &run_id)
+            .map_err(|e| tracing::warn!(error = %e, dir = %state_dir.display(), "cannot write the run record; a crashed run's leftovers will not be swept"))
+            .ok();
         let shared = Arc::new(Shared {
+            record,
             launch: self.adapter.launch(),
             supported: self
                 .adapter
@@ -1025,6 +1236,7 @@ impl PoolBuilder {
                     .map(|_| Slot {
                         worker: None,
                         generation: 0,
+                        last_generation: 0,
                         in_flight: 0,
                         capacity: 0,
                         in_free: false,
@@ -1036,6 +1248,7 @@ impl PoolBuilder {
                 strict: (0..size).map(|_| VecDeque::new()).collect(),
                 seq: 0,
                 affinity: HashMap::new(),
+                retiring: Vec::new(),
                 closed: false,
                 last_start_error: None,
             }),
@@ -1055,6 +1268,9 @@ impl PoolBuilder {
                 shared: shared.clone(),
             }),
         };
+        if swept > 0 {
+            shared.emit(EventKind::Swept { killed: swept });
+        }
         let mut firsts = Vec::with_capacity(size);
         for i in 0..size {
             let (tx, rx) = oneshot::channel();
@@ -1100,8 +1316,11 @@ impl Drop for PoolInner {
     /// every worker's process group.
     fn drop(&mut self) {
         self.shared.close();
-        for w in self.shared.workers() {
+        for w in self.shared.every_worker() {
             w.kill();
+        }
+        if let Some(r) = &self.shared.record {
+            r.finish();
         }
     }
 }
@@ -1462,9 +1681,10 @@ impl Pool {
         let (deadline, timeout) = self.deadline(command, options, meta);
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
         let mut chunks = chunks;
-        // A worker can die between handing out its lease and the call
-        // reaching it; the call has not been sent then, so it may go elsewhere.
-        for _ in 0..3 {
+        // A worker can die (or retire) between handing out its lease and the
+        // call reaching it; the call has not been sent then, so it goes
+        // elsewhere, and the dead worker leaves the free list at once.
+        for _ in 0..100 {
             let lease = shared
                 .acquire(
                     session.as_ref(),
@@ -1519,7 +1739,10 @@ impl Pool {
                         done: false,
                     });
                 }
-                Err(pending) => chunks = pending.chunks,
+                Err(pending) => {
+                    shared.worker_gone(&lease.worker);
+                    chunks = pending.chunks;
+                }
             }
         }
         Err(Error::ShutDown)
@@ -1577,10 +1800,10 @@ impl Pool {
         shared.close();
         let grace = shared.config.shutdown_grace_period;
         let until = Instant::now() + grace;
-        while shared.workers().iter().any(|w| w.in_flight() > 0) && Instant::now() < until {
+        while shared.every_worker().iter().any(|w| w.in_flight() > 0) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let workers = shared.workers();
+        let workers = shared.every_worker();
         for w in &workers {
             w.close_stdin();
         }
@@ -1605,6 +1828,9 @@ impl Pool {
         }
         for w in &workers {
             shared.worker_gone(w);
+        }
+        if let Some(r) = &shared.record {
+            r.finish();
         }
         Ok(())
     }

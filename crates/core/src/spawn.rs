@@ -162,7 +162,8 @@ while IFS= read -r line; do
     -*) next=" "; for g in $groups; do [ "$g" = "${line#-}" ] || next="$next$g "; done; groups=$next ;;
   esac
 done
-for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+# dash's kill takes no `--`: "-KILL -PGID" is what every sh accepts.
+for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
 "#;
 
 #[allow(clippy::disallowed_methods)] // the watchdog is spawned here, beside the workers

@@ -148,6 +148,8 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) started: Instant,
     pub(crate) served: AtomicU64,
+    /// When the last final reply arrived, in ms after `started`.
+    last_reply_ms: AtomicU64,
     pool: Weak<Shared>,
     codec: WireCodec,
     stdin: Arc<Stdin>,
@@ -194,6 +196,7 @@ impl Worker {
             pid,
             started: Instant::now(),
             served: AtomicU64::new(0),
+            last_reply_ms: AtomicU64::new(0),
             pool: Arc::downgrade(shared),
             codec: shared.codec,
             stdin: stdin.clone(),
@@ -243,8 +246,27 @@ impl Worker {
         Ok(())
     }
 
+    /// Takes no more calls if none is in flight; `false` if one is.
+    pub(crate) fn seal_if_idle(&self) -> bool {
+        let mut inner = self.inner();
+        if inner.pending.is_empty() {
+            inner.dead = true;
+        }
+        inner.dead
+    }
+
     pub(crate) fn is_pending(&self, id: u64) -> bool {
         self.inner().pending.contains_key(&id)
+    }
+
+    /// How long since the last reply (or the start) with nothing in flight;
+    /// zero while a call runs.
+    pub(crate) fn idle_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -345,6 +367,8 @@ impl Worker {
             });
         };
         self.served.fetch_add(1, Ordering::Relaxed);
+        self.last_reply_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         // Capacity first, so that a caller who sends its next call as
         // soon as it has this reply finds the worker free.
         if pending.holds_unit {
@@ -596,7 +620,7 @@ async fn read_loop(
     if let Some(pool) = worker.pool.upgrade() {
         // Out of the routing tables before anyone hears it died.
         pool.worker_gone(&worker);
-        pool.spawner.forget(worker.pid);
+        pool.process_gone(worker.pid);
     }
     if let Some(done) = stderr_done {
         // Grandchildren may hold stderr open; do not wait on them for long.

@@ -284,12 +284,3 @@ async fn the_timeout_race_never_crosses_replies() {
     assert_eq!(s.call_timeouts, timeouts);
     pool.shutdown().await.unwrap();
 }
-
-/// Kills a process from outside, as an operator or the OOM killer would.
-#[allow(clippy::disallowed_methods)] // `kill`, not a worker
-fn kill_9(pid: u32) {
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-}

@@ -97,6 +97,29 @@ def spawn_child(args, ctx):
     return {"child_pid": child.pid, "pid": os.getpid()}
 
 
+@worker.command("spawn_escaped")
+def spawn_escaped(args, ctx):
+    """A child in a session of its own: out of the worker's process group."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    return {"child_pid": child.pid, "pid": os.getpid()}
+
+
+@worker.command("grow")
+def grow(args, ctx):
+    """Holds on to `mb` MiB more memory (a leak, for recycling tests)."""
+    _hoard.append(bytearray(args.get("mb", 1) * 1024 * 1024))
+    time.sleep(args.get("ms", 0) / 1000.0)
+    return {"pid": os.getpid()}
+
+
+_hoard = []
+
+if os.environ.get("TEST_FAIL_IF_EXISTS") and os.path.exists(os.environ["TEST_FAIL_IF_EXISTS"]):
+    print("refusing to start: " + os.environ["TEST_FAIL_IF_EXISTS"] + " exists", file=sys.stderr)
+    sys.exit(3)
+
 if os.environ.get("TEST_IGNORE_SIGTERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
