@@ -580,3 +580,44 @@ fn host_rss_kib() -> u64 {
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// A worker killed while idle is noticed at once (its pipes close) and
+/// replaced: the listener sees it exit, then its replacement ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_detected_and_replaced() {
+    let log: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let seen = log.clone();
+    let pool = builder(TestWorker::new())
+        .size(2)
+        .on_event(move |e| {
+            let what = match e.kind {
+                EventKind::WorkerExited { pid, .. } => format!("exited {pid}"),
+                EventKind::WorkerReady { pid, .. } => format!("ready {pid}"),
+                _ => return,
+            };
+            seen.lock().unwrap().push((Instant::now(), what));
+        })
+        .start()
+        .await
+        .unwrap();
+    let victim = pool.worker_pids()[0];
+    log.lock().unwrap().clear();
+    let t0 = Instant::now();
+    kill_9(victim);
+    assert!(eventually(10, || log.lock().unwrap().len() >= 2).await);
+    let events = log.lock().unwrap().clone();
+    assert_eq!(events[0].1, format!("exited {victim}"));
+    assert!(events[1].1.starts_with("ready "));
+    assert_ne!(events[1].1, format!("ready {victim}"));
+    eprintln!(
+        "dead worker detected after {:?}, replaced (ready) after {:?}",
+        events[0].0 - t0,
+        events[1].0 - t0
+    );
+    assert_eq!(pool.stats().workers, 2);
+    assert_eq!(
+        pool.execute("echo", json!({})).await.unwrap()["echoed"],
+        json!({})
+    );
+    pool.shutdown().await.unwrap();
+}
