@@ -150,6 +150,9 @@ pub struct Stats {
     pub start_failures: u64,
     /// Workers replaced on purpose (calls, memory, age, idleness).
     pub recycled: u64,
+    /// Sessions with a worker affinity record (at most `max_sessions`;
+    /// each goes after `session_ttl` unused, or with `end_session`).
+    pub sessions: usize,
 }
 
 /// One ready worker, as [`Pool::workers`] reports it.
@@ -669,6 +672,7 @@ impl Shared {
         s.restarts = c.restarts.load(Ordering::Relaxed);
         s.start_failures = c.start_failures.load(Ordering::Relaxed);
         s.recycled = c.recycled.load(Ordering::Relaxed);
+        s.sessions = st.affinity.len();
         s
     }
 
@@ -1062,24 +1066,27 @@ fn backoff(config: &PoolConfig, failures: u32) -> Duration {
 /// not answer, and forgets stale session affinity.
 async fn maintain(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
-    let tick = if shared.config.health_check_interval.is_zero() {
-        Duration::from_secs(30)
-    } else {
-        shared.config.health_check_interval
-    };
+    let health = shared.config.health_check_interval;
+    let ttl = shared.config.session_ttl;
+    // Often enough that affinity records go within half a TTL of expiring.
+    let mut tick = (ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
+    if !health.is_zero() {
+        tick = tick.min(health);
+    }
+    let mut last_health = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
         }
-        {
-            let mut st = shared.state();
-            let ttl = shared.config.session_ttl;
-            st.affinity.retain(|_, rec| rec.last_used.elapsed() < ttl);
-        }
-        if shared.config.health_check_interval.is_zero() {
+        shared
+            .state()
+            .affinity
+            .retain(|_, rec| rec.last_used.elapsed() < ttl);
+        if health.is_zero() || last_health.elapsed() < health {
             continue;
         }
+        last_health = Instant::now();
         let idle: Vec<Lease> = {
             let mut st = shared.state();
             let ids: Vec<usize> = (0..st.slots.len())

@@ -284,3 +284,38 @@ async fn the_timeout_race_never_crosses_replies() {
     assert_eq!(s.call_timeouts, timeouts);
     pool.shutdown().await.unwrap();
 }
+
+/// Workers that keep sending bad frames (broken JSON, replies to nobody, a
+/// 2 GiB length) are replaced again and again; the host's memory does not
+/// grow with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_does_not_grow_host_memory() {
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+    let mut before = 0;
+    for round in 0..3 {
+        for mode in ["garbage", "unknown_id", "oversize"] {
+            let pool = builder(Raw(mode)).size(1).start().await.unwrap();
+            for _ in 0..2 {
+                let err = pool.execute("anything", json!({})).await.unwrap_err();
+                assert!(matches!(err, Error::Protocol { .. }), "{mode}: {err}");
+                assert!(eventually(10, || pool.stats().workers == 1).await);
+            }
+            pool.shutdown().await.unwrap();
+        }
+        if round == 0 {
+            before = rss_kib(); // after the first round's allocations settle
+        }
+    }
+    let after = rss_kib();
+    assert!(
+        after < before + 8 * 1024,
+        "host RSS grew from {before} to {after} KiB"
+    );
+}

@@ -566,3 +566,40 @@ async fn listeners_see_every_call_and_worker_and_the_trace_context_reaches_the_w
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_records_are_capped_expire_and_end_with_their_session() {
+    let pool = builder(TestWorker::new())
+        .size(2)
+        .configure(|c| {
+            c.max_sessions = 10;
+            c.session_ttl = Duration::from_millis(300);
+        })
+        .start()
+        .await
+        .unwrap();
+    for i in 0..50 {
+        pool.execute_in_session(&format!("s{i}"), "echo", json!({}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(pool.stats().sessions, 10, "capped at max_sessions");
+    pool.end_session("s0");
+    assert_eq!(pool.stats().sessions, 9);
+    // Kept alive by use, while the others expire.
+    let until = std::time::Instant::now() + Duration::from_millis(700);
+    while std::time::Instant::now() < until {
+        pool.execute_in_session("s1", "echo", json!({}))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.stats().sessions, 1, "only the session in use is left");
+    assert!(eventually(3, || pool.stats().sessions == 0).await);
+    // Sessions still work after expiry, and get a new record.
+    pool.execute_in_session("s1", "echo", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(pool.stats().sessions, 1);
+    pool.shutdown().await.unwrap();
+}
