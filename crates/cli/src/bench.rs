@@ -1,0 +1,724 @@
+//! `snakepit bench`: the end-to-end benchmark of docs/PERFORMANCE.md.
+//!
+//! The baseline is the raw round trip: one plain loop per worker process
+//! (same interpreter, same script, same handler, same codec, same
+//! arguments), one request in flight per worker, no queue, no supervision;
+//! each reply is decoded into a `Value`, as the pool decodes it for its
+//! caller. The pool serves the same load from many concurrent callers. Both
+//! run in the same process, in the same run, so the ratio means something
+//! on a shared machine where the absolute figures do not.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use snakepit_core::{Adapter, CallOptions, Launch, Pool, PoolConfig, WireCodec};
+use snakepit_protocol::{
+    decode_inbound, decode_response, encode_frame, Codec as _, Inbound, Request,
+};
+
+use crate::config::FileConfig;
+use crate::ui::{Failure, Output};
+use crate::workers::{Lang, Worker, WorkerArgs};
+
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  snakepit bench
+  snakepit bench --workers 2 --requests 20000 --concurrency 64
+  snakepit bench --codec msgpack --payload 102400 --command echo
+  snakepit bench --adapter node --json
+  snakepit bench --script worker.py --command predict --plot latency.svg
+
+The table goes to stdout, progress to stderr (on a terminal only). --json prints
+one JSON object instead; --plot also draws the latency distributions.";
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Worker processes [default: 2, or pool.pool_size in snakepit.toml].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Requests per measurement (the sequential run makes a quarter of them).
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent callers of the pool.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// The command each request runs (with --payload, `echo` sends it back).
+    #[arg(long, default_value = "ping")]
+    command: String,
+    /// Bytes of payload in each request's arguments ({"data": "xxx..."}).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    payload: usize,
+    /// The init delay of the start-up measurement's workers, standing in for loading a model.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    init_ms: u64,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Draw the latency distributions (raw loop against pool) to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// One measurement: throughput and latency quantiles, and the sorted samples.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Run {
+    pub(crate) rps: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    /// Sorted latencies in microseconds.
+    pub(crate) samples: Vec<f64>,
+}
+
+impl Run {
+    fn new(latencies: Vec<Duration>, elapsed: Duration) -> Run {
+        let mut samples: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        samples.sort_unstable_by(f64::total_cmp);
+        let q = |p: f64| {
+            let i = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
+            samples.get(i).copied().unwrap_or(0.0)
+        };
+        Run {
+            rps: samples.len() as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+            p50_us: q(0.50),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            samples,
+        }
+    }
+
+    fn json(&self, payload: usize) -> Value {
+        let mut v = json!({
+            "rps": self.rps.round(),
+            "p50_us": round1(self.p50_us),
+            "p99_us": round1(self.p99_us),
+            "p999_us": round1(self.p999_us),
+        });
+        if payload > 0 {
+            v["mb_s"] = json!(round1(self.rps * payload as f64 / 1e6));
+        }
+        v
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// One worker process driven directly: write a frame, read the reply.
+struct RawWorker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+    codec: WireCodec,
+    buf: BytesMut,
+    frame: Vec<u8>,
+}
+
+impl RawWorker {
+    /// Starts the adapter's program exactly as the pool would (same
+    /// program, arguments and environment) and runs the init handshake.
+    #[allow(clippy::disallowed_methods)] // the baseline deliberately bypasses the pool
+    fn start(launch: &Launch, codec: WireCodec, n: usize) -> anyhow::Result<RawWorker> {
+        let mut cmd = std::process::Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .env("SNAKEPIT_PROTOCOL", "1")
+            .env("SNAKEPIT_CODEC", codec.name())
+            .env("SNAKEPIT_WORKER_ID", format!("raw_{n}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(dir) = &launch.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", launch.program.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("the raw worker has no pipes");
+        };
+        let mut w = RawWorker {
+            child,
+            stdin,
+            stdout,
+            codec,
+            buf: BytesMut::with_capacity(256),
+            frame: Vec::new(),
+        };
+        w.call(
+            1,
+            "ping",
+            &json!({"initialization": true, "worker_id": format!("raw_{n}")}),
+        )?;
+        Ok(w)
+    }
+
+    /// One round trip: encode, write, read frames until the reply, decode it.
+    fn call(&mut self, id: u64, command: &str, args: &Value) -> anyhow::Result<Value> {
+        self.buf.clear();
+        encode_frame(
+            &self.codec,
+            &Request::new(id, command, args),
+            usize::MAX,
+            &mut self.buf,
+        )?;
+        self.stdin.write_all(&self.buf)?;
+        loop {
+            let mut head = [0u8; 4];
+            self.stdout.read_exact(&mut head)?;
+            self.frame.resize(u32::from_be_bytes(head) as usize, 0);
+            self.stdout.read_exact(&mut self.frame)?;
+            // The hello frame comes before the first reply.
+            if let Inbound::Response { .. } = decode_inbound(&self.codec, &self.frame)? {
+                return match decode_response::<_, Value>(&self.codec, &self.frame)? {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(anyhow::anyhow!("`{command}` failed in the raw worker: {e}")),
+                };
+            }
+        }
+    }
+}
+
+impl Drop for RawWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Progress on stderr: one bar per phase, drawn only on a terminal.
+struct Progress {
+    hidden: bool,
+}
+
+impl Progress {
+    fn phase(&self, message: String, len: u64) -> ProgressBar {
+        if self.hidden {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {msg:<48} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(message);
+        bar
+    }
+}
+
+/// Calls between progress updates; the raw loop and the pool update alike.
+const TICK: usize = 256;
+
+fn raw_run(
+    launch: &Launch,
+    codec: WireCodec,
+    a: &BenchArgs,
+    args: &Value,
+    workers: usize,
+    requests: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Run> {
+    let mut raws: Vec<RawWorker> = (0..workers)
+        .map(|n| RawWorker::start(launch, codec, n))
+        .collect::<anyhow::Result<_>>()?;
+    for w in &mut raws {
+        for i in 0..200 {
+            w.call(10 + i, &a.command, args)?; // warm-up
+        }
+    }
+    let per = requests / workers;
+    let start = Instant::now();
+    let lat: anyhow::Result<Vec<Vec<Duration>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = raws
+            .iter_mut()
+            .map(|w| {
+                let command = a.command.as_str();
+                s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let t = Instant::now();
+                        w.call(1000 + i as u64, command, args)?;
+                        lat.push(t.elapsed());
+                        if (i + 1) % TICK == 0 {
+                            bar.inc(TICK as u64);
+                        }
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a raw loop thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    Ok(Run::new(lat?.into_iter().flatten().collect(), elapsed))
+}
+
+async fn pool_run(
+    pool: &Pool,
+    a: &BenchArgs,
+    args: &Value,
+    concurrency: usize,
+    requests: usize,
+    bar: &ProgressBar,
+) -> Result<Run, snakepit_core::Error> {
+    for _ in 0..200 {
+        pool.call::<_, Value>(&a.command, args, CallOptions::new())
+            .await?;
+    }
+    let per = requests / concurrency;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let pool = pool.clone();
+            let command = a.command.clone();
+            let args = args.clone();
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let t = Instant::now();
+                    pool.call::<_, Value>(&command, &args, CallOptions::new())
+                        .await?;
+                    lat.push(t.elapsed());
+                    if (i + 1) % TICK == 0 {
+                        bar.inc(TICK as u64);
+                    }
+                }
+                Ok::<_, snakepit_core::Error>(lat)
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(requests);
+    for t in tasks {
+        lat.extend(t.await.map_err(|_| snakepit_core::Error::Cancelled)??);
+    }
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    Ok(Run::new(lat, elapsed))
+}
+
+/// The interpreter's real binary: a version-manager shim costs about 100 ms
+/// a start, which the start-up figures would otherwise measure.
+#[allow(clippy::disallowed_methods)] // probing the interpreter, not a worker
+fn real_interpreter(lang: Lang) -> PathBuf {
+    let found = lang.language().find_interpreter(None);
+    if std::env::var_os(match lang {
+        Lang::Python => "SNAKEPIT_PYTHON",
+        Lang::Node => "SNAKEPIT_NODE",
+        Lang::Ruby => "SNAKEPIT_RUBY",
+    })
+    .is_some_and(|v| !v.is_empty())
+    {
+        return found;
+    }
+    let args: &[&str] = match lang {
+        Lang::Python => &["-c", "import sys; print(sys.executable)"],
+        Lang::Node => &["-p", "process.execPath"],
+        Lang::Ruby => &["-e", "print RbConfig.ruby"],
+    };
+    std::process::Command::new(&found)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map_or(found, PathBuf::from)
+}
+
+/// A worker in `lang` whose init takes `ms`, then serves the built-in ping.
+fn slow_init_script(lang: Lang, dir: &Path, ms: u64) -> std::io::Result<PathBuf> {
+    let (name, text) = match lang {
+        Lang::Python => (
+            "slow_init.py",
+            format!(
+                "import time\ntime.sleep({})\nimport snakepit_bridge\nsnakepit_bridge.Worker().run()\n",
+                ms as f64 / 1000.0
+            ),
+        ),
+        Lang::Node => (
+            "slow_init.js",
+            format!(
+                "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, {ms});\nconst {{ Worker }} = require('snakepit-bridge');\nnew Worker().run();\n"
+            ),
+        ),
+        Lang::Ruby => (
+            "slow_init.rb",
+            format!(
+                "sleep({})\nrequire \"snakepit_bridge\"\nSnakepitBridge::Worker.new.run\n",
+                ms as f64 / 1000.0
+            ),
+        ),
+    };
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Removes the scratch folder however the benchmark ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
+    if workers == 0 {
+        return Err(Failure::usage("--workers must be at least 1"));
+    }
+    if a.concurrency == 0 {
+        return Err(Failure::usage("--concurrency must be at least 1"));
+    }
+    if a.requests < 4 * a.concurrency.max(workers) {
+        return Err(Failure::usage(format!(
+            "--requests must be at least 4 x max(--workers, --concurrency) = {}",
+            4 * a.concurrency.max(workers)
+        )));
+    }
+    if let Some(plot) = &a.plot {
+        if plot.extension().and_then(|e| e.to_str()) != Some("svg") {
+            return Err(Failure::usage(format!(
+                "--plot draws SVG: give a file ending in .svg, not {}",
+                plot.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
+    let workers = match a.workers {
+        Some(n) => n,
+        None if file.pool_size_set => file.pool.pool_size,
+        None => 2,
+    };
+    check(&a, workers)?;
+    let worker = Worker::choose(&a.worker, &file)?;
+    let interpreter = real_interpreter(worker.lang);
+    let adapter = worker.bridge(Some(&interpreter));
+    let launch = adapter.launch();
+    let codec = worker.codec;
+    let args = if a.payload > 0 {
+        json!({"data": "x".repeat(a.payload)})
+    } else {
+        json!({})
+    };
+    let config = |size: usize| -> PoolConfig {
+        let mut c = file.pool.clone();
+        c.pool_size = size;
+        c
+    };
+    let progress = Progress {
+        hidden: out.quiet || !out.stderr_is_terminal,
+    };
+    let failed = |what: &str, e: anyhow::Error| {
+        Failure::from_bench(what, e).hint(format!(
+            "check the worker by hand: snakepit exec{} {} '{{}}'",
+            match &worker.script {
+                Some(s) => format!(" --script {}", s.display()),
+                None => format!(" --adapter {}", worker.lang.name()),
+            },
+            a.command
+        ))
+    };
+    out.verbose(format!(
+        "{} ({}), {}, `{}`, payload {} B",
+        worker.describe(),
+        interpreter.display(),
+        codec,
+        a.command,
+        a.payload
+    ));
+
+    let bar = progress.phase("raw loop, 1 worker".into(), (a.requests / 2) as u64);
+    let raw1 = raw_run(&launch, codec, &a, &args, 1, a.requests / 2, &bar)
+        .map_err(|e| failed("the raw loop", e))?;
+    let bar = progress.phase(format!("raw loop, {workers} workers"), a.requests as u64);
+    let raw_n = raw_run(&launch, codec, &a, &args, workers, a.requests, &bar)
+        .map_err(|e| failed("the raw loop", e))?;
+
+    let pool = Pool::builder(adapter.clone())
+        .config(config(workers))
+        .start()
+        .await?;
+    let bar = progress.phase(
+        format!("pool, {workers} workers, {} callers", a.concurrency),
+        a.requests as u64,
+    );
+    let pooled = pool_run(&pool, &a, &args, a.concurrency, a.requests, &bar).await?;
+    pool.shutdown().await?;
+
+    let seq_pool = Pool::builder(adapter.clone())
+        .config(config(1))
+        .start()
+        .await?;
+    let bar = progress.phase("pool, 1 worker, 1 caller".into(), (a.requests / 4) as u64);
+    let seq = pool_run(&seq_pool, &a, &args, 1, a.requests / 4, &bar).await?;
+    seq_pool.shutdown().await?;
+
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("snakepit-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0)
+        .map_err(|e| Failure::general(format!("cannot create {}: {e}", scratch.0.display())))?;
+    let script = slow_init_script(worker.lang, &scratch.0, a.init_ms)
+        .map_err(|e| Failure::general(format!("cannot write the start-up script: {e}")))?;
+    let slow = Worker {
+        lang: worker.lang,
+        script: Some(script),
+        codec,
+    }
+    .bridge(Some(&interpreter));
+    let mut slow_config = config(workers);
+    let enough = Duration::from_millis(a.init_ms * 2 + 10_000);
+    slow_config.worker_init_timeout = slow_config.worker_init_timeout.max(enough);
+    slow_config.startup_timeout = slow_config.startup_timeout.max(enough);
+    let bar = progress.phase(
+        format!("start-up, {workers} x {} ms init", a.init_ms),
+        workers as u64 * 2 + 1,
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let t = Instant::now();
+    let p = Pool::builder(slow.clone())
+        .config(slow_config.clone())
+        .start()
+        .await?;
+    let concurrent_ms = t.elapsed().as_secs_f64() * 1e3;
+    p.shutdown().await?;
+    bar.inc(workers as u64);
+    let t = Instant::now();
+    for _ in 0..workers {
+        let mut one = slow_config.clone();
+        one.pool_size = 1;
+        let p = Pool::builder(slow.clone()).config(one).start().await?;
+        p.shutdown().await?;
+        bar.inc(1);
+    }
+    let sequential_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let p = Pool::builder(adapter.clone())
+        .config(config(workers))
+        .start()
+        .await?;
+    let ready_ms = t.elapsed().as_secs_f64() * 1e3;
+    p.shutdown().await?;
+    bar.finish_and_clear();
+    drop(scratch);
+
+    let report = json!({
+        "workers": workers,
+        "adapter": worker.lang.name(),
+        "script": worker.script.as_ref().map(|s| s.display().to_string()),
+        "interpreter": interpreter.display().to_string(),
+        "host_runtime": "tokio current_thread",
+        "codec": codec.name(),
+        "command": a.command,
+        "payload_bytes": a.payload,
+        "requests": a.requests,
+        "concurrency": a.concurrency,
+        "raw_1": raw1.json(a.payload),
+        "raw": raw_n.json(a.payload),
+        "pool": pooled.json(a.payload),
+        "pool_over_raw": (pooled.rps / raw_n.rps * 1000.0).round() / 1000.0,
+        "sequential": {
+            "raw_1": raw1.json(a.payload),
+            "pool_1": seq.json(a.payload),
+            "added_p50_us": round1(seq.p50_us - raw1.p50_us),
+            "added_p99_us": round1(seq.p99_us - raw1.p99_us),
+        },
+        "startup": {
+            "workers": workers,
+            "init_ms": a.init_ms,
+            "concurrent_ms": concurrent_ms.round(),
+            "sequential_ms": sequential_ms.round(),
+            "ratio": (sequential_ms / concurrent_ms * 100.0).round() / 100.0,
+            "ready_ms": ready_ms.round(),
+        },
+    });
+
+    if let Some(path) = &a.plot {
+        let series = [
+            (format!("raw loop, {workers} workers"), &raw_n.samples),
+            (
+                format!("pool, {workers} workers, {} callers", a.concurrency),
+                &pooled.samples,
+            ),
+            ("raw loop, 1 worker".to_owned(), &raw1.samples),
+            ("pool, 1 worker, 1 caller".to_owned(), &seq.samples),
+        ];
+        let title = format!(
+            "{}, {}, `{}`: latency distribution",
+            worker.describe(),
+            codec,
+            a.command
+        );
+        crate::plot::latency_cdf(path, &title, &series)
+            .map_err(|e| Failure::general(format!("cannot draw {}: {e}", path.display())))?;
+        out.note(format!("latency distributions drawn to {}", path.display()));
+    }
+
+    if a.json {
+        println!("{report}");
+    } else {
+        print_table(&report, &raw1, &raw_n, &pooled, &seq, out);
+    }
+    Ok(())
+}
+
+impl Failure {
+    fn from_bench(what: &str, e: anyhow::Error) -> Failure {
+        Failure::new(crate::ui::code::START, format!("{what} failed: {e:#}"))
+    }
+}
+
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn print_table(report: &Value, raw1: &Run, raw_n: &Run, pooled: &Run, seq: &Run, out: &Output) {
+    let workers = &report["workers"];
+    let s = &report["startup"];
+    let mut rows: Vec<[String; 4]> = vec![
+        [
+            String::new(),
+            "raw loop".into(),
+            "pool".into(),
+            "pool vs raw".into(),
+        ],
+        [
+            format!("throughput, {workers} workers"),
+            format!("{} req/s", thousands(raw_n.rps)),
+            format!("{} req/s", thousands(pooled.rps)),
+            format!("{:.2}", pooled.rps / raw_n.rps),
+        ],
+        [
+            format!("latency p50 / p99, {workers} workers"),
+            format!("{:.1} / {:.1} us", raw_n.p50_us, raw_n.p99_us),
+            format!("{:.1} / {:.1} us", pooled.p50_us, pooled.p99_us),
+            format!("{} callers", report["concurrency"]),
+        ],
+        [
+            "sequential p50 / p99, 1 worker".into(),
+            format!("{:.1} / {:.1} us", raw1.p50_us, raw1.p99_us),
+            format!("{:.1} / {:.1} us", seq.p50_us, seq.p99_us),
+            format!(
+                "{:+.1} / {:+.1} us",
+                seq.p50_us - raw1.p50_us,
+                seq.p99_us - raw1.p99_us
+            ),
+        ],
+    ];
+    if let Some(mb) = report["raw"]["mb_s"].as_f64() {
+        rows.push([
+            format!("payload {} B, {workers} workers", report["payload_bytes"]),
+            format!("{mb:.1} MB/s"),
+            format!("{:.1} MB/s", report["pool"]["mb_s"].as_f64().unwrap_or(0.0)),
+            String::new(),
+        ]);
+    }
+    rows.push([
+        format!("start-up, {workers} x {} ms init", s["init_ms"]),
+        format!(
+            "{} ms one by one",
+            thousands(s["sequential_ms"].as_f64().unwrap_or(0.0))
+        ),
+        format!(
+            "{} ms together",
+            thousands(s["concurrent_ms"].as_f64().unwrap_or(0.0))
+        ),
+        format!("{:.2}x", s["ratio"].as_f64().unwrap_or(0.0)),
+    ]);
+    rows.push([
+        format!("{workers} workers ready, no init delay"),
+        String::new(),
+        format!("{} ms", thousands(s["ready_ms"].as_f64().unwrap_or(0.0))),
+        String::new(),
+    ]);
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    println!(
+        "{}",
+        Output::paint(
+            out.color_stdout,
+            "1",
+            &format!(
+                "snakepit bench: {} {}, {}, `{}`, {} requests",
+                report["adapter"].as_str().unwrap_or(""),
+                report["script"].as_str().unwrap_or("generic worker"),
+                report["codec"].as_str().unwrap_or(""),
+                report["command"].as_str().unwrap_or(""),
+                report["requests"]
+            )
+        )
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let line = format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+        if i == 0 {
+            println!("{}", Output::paint(out.color_stdout, "1", line.trim_end()));
+        } else {
+            println!("{}", line.trim_end());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_sorted_samples() {
+        let lat: Vec<Duration> = (1..=1000).rev().map(Duration::from_micros).collect();
+        let r = Run::new(lat, Duration::from_secs(1));
+        assert_eq!(r.rps, 1000.0);
+        assert_eq!(r.p50_us, 501.0);
+        assert_eq!(r.p99_us, 991.0);
+        assert_eq!(r.p999_us, 1000.0);
+        assert!(r.samples.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(47219.4), "47,219");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+    }
+}

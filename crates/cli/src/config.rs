@@ -1,0 +1,136 @@
+//! `snakepit.toml`: the worker to run and the pool's settings, which flags
+//! override.
+//!
+//! ```toml
+//! adapter = "python"          # python | node | ruby
+//! script = "worker.py"        # relative to this file; omit for the generic worker
+//! codec = "json"              # json | msgpack
+//! timeout_ms = 30000          # each call's deadline
+//!
+//! [pool]                      # any field of snakepit_core::PoolConfig
+//! pool_size = 4
+//! queue_timeout_ms = 250
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use snakepit_core::PoolConfig;
+
+use crate::ui::{Failure, Output};
+use crate::workers::{CodecArg, Lang};
+
+/// The file's name in the current directory.
+pub(crate) const FILE_NAME: &str = "snakepit.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    adapter: Option<Lang>,
+    script: Option<PathBuf>,
+    codec: Option<CodecArg>,
+    timeout_ms: Option<u64>,
+    pool: Option<toml::Table>,
+}
+
+/// The settings read from the file (all optional).
+#[derive(Debug, Default)]
+pub(crate) struct FileConfig {
+    pub(crate) adapter: Option<Lang>,
+    /// Resolved against the file's directory.
+    pub(crate) script: Option<PathBuf>,
+    pub(crate) codec: Option<CodecArg>,
+    pub(crate) timeout_ms: Option<u64>,
+    /// The pool's settings; defaults where the file says nothing.
+    pub(crate) pool: PoolConfig,
+    /// Whether the file set `pool.pool_size`.
+    pub(crate) pool_size_set: bool,
+}
+
+/// Reads `explicit`, or `./snakepit.toml` when it exists; defaults otherwise.
+pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, Failure> {
+    let path = match explicit {
+        Some(p) => {
+            if !p.is_file() {
+                return Err(Failure::usage(format!(
+                    "settings file {} not found",
+                    p.display()
+                )));
+            }
+            p.to_path_buf()
+        }
+        None => {
+            let p = PathBuf::from(FILE_NAME);
+            if !p.is_file() {
+                return Ok(FileConfig::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    let config = parse(&text, path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    out.verbose(format!("settings from {}", path.display()));
+    Ok(config)
+}
+
+/// Parses the file's text; `script` is taken relative to `dir`.
+pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
+    let raw: Raw = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    let pool_size_set = raw
+        .pool
+        .as_ref()
+        .is_some_and(|t| t.contains_key("pool_size"));
+    let pool = match raw.pool {
+        Some(table) => toml::Value::Table(table)
+            .try_into::<PoolConfig>()
+            .map_err(|e| format!("[pool]: {}", e.message()))?,
+        None => PoolConfig::default(),
+    };
+    Ok(FileConfig {
+        adapter: raw.adapter,
+        script: raw.script.map(|s| dir.join(s)),
+        codec: raw.codec,
+        timeout_ms: raw.timeout_ms,
+        pool,
+        pool_size_set,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_worker_and_pool_settings() {
+        let c = parse(
+            "adapter = \"node\"\nscript = \"w.js\"\ncodec = \"msgpack\"\ntimeout_ms = 5\n[pool]\npool_size = 3\nqueue_timeout_ms = 250\n",
+            Path::new("/srv"),
+        )
+        .unwrap();
+        assert_eq!(c.adapter, Some(Lang::Node));
+        assert_eq!(c.script, Some(PathBuf::from("/srv/w.js")));
+        assert_eq!(c.codec, Some(CodecArg::Msgpack));
+        assert_eq!(c.timeout_ms, Some(5));
+        assert!(c.pool_size_set);
+        assert_eq!(c.pool.pool_size, 3);
+        assert_eq!(c.pool.queue_timeout.as_millis(), 250);
+        assert_eq!(c.pool.max_queue_size, PoolConfig::default().max_queue_size);
+    }
+
+    #[test]
+    fn names_the_unknown_key() {
+        let e = parse("[pool]\npool_sise = 3\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("pool_sise"), "{e}");
+        let e = parse("adapter = \"perl\"\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("perl"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let c = parse("", Path::new(".")).unwrap();
+        assert!(c.adapter.is_none() && !c.pool_size_set);
+        assert_eq!(c.pool, PoolConfig::default());
+    }
+}

@@ -1,0 +1,127 @@
+//! `snakepit exec`: start a pool, run one call, print the result.
+
+use std::io::Read;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+use snakepit_core::{CallOptions, Pool};
+
+use crate::config::FileConfig;
+use crate::ui::{Failure, Output};
+use crate::workers::{Worker, WorkerArgs};
+
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  snakepit exec ping
+  snakepit exec echo '{\"message\": \"hello\"}'
+  snakepit exec compute '{\"operation\": \"multiply\", \"a\": 10, \"b\": 5}'
+  snakepit exec --adapter ruby --codec msgpack info
+  snakepit exec --script worker.py --session user_123 greet '{\"name\": \"Ada\"}'
+  echo '{\"a\": 1}' | snakepit exec --script worker.js add -
+
+The result goes to stdout as JSON (indented on a terminal); notes and errors go to stderr.";
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Worker processes to start [default: 1, or pool.pool_size in snakepit.toml].
+    #[arg(long, value_name = "N")]
+    pool_size: Option<usize>,
+    /// Run the call in this session (affinity to the worker that served it last).
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// The call's deadline in milliseconds [default: 30000, or timeout_ms in snakepit.toml].
+    #[arg(long, value_name = "MS")]
+    timeout: Option<u64>,
+    /// The command to run in the worker.
+    command: String,
+    /// The arguments: a JSON object, or - to read it from stdin [default: {}].
+    #[arg(value_name = "ARGS_JSON")]
+    args: Option<String>,
+}
+
+/// Parses the call's arguments: a JSON object.
+pub(crate) fn parse_args(text: &str) -> Result<Value, Failure> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Failure::usage(format!("ARGS_JSON is not valid JSON: {e}"))
+            .hint("quote the object for the shell: '{\"a\": 5, \"b\": 3}'")
+    })?;
+    if !value.is_object() {
+        return Err(
+            Failure::usage(format!("ARGS_JSON must be a JSON object, not {value}"))
+                .hint("wrap the value in an object: '{\"value\": ...}'"),
+        );
+    }
+    Ok(value)
+}
+
+pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
+    let args = match a.args.as_deref() {
+        None => Value::Object(Default::default()),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Failure::usage(format!("cannot read ARGS_JSON from stdin: {e}")))?;
+            parse_args(&text)?
+        }
+        Some(text) => parse_args(text)?,
+    };
+    if a.timeout == Some(0) {
+        return Err(Failure::usage("--timeout must be above 0 milliseconds"));
+    }
+    let worker = Worker::choose(&a.worker, &file)?;
+    let mut config = file.pool.clone();
+    config.pool_size = match a.pool_size {
+        Some(n) => n,
+        None if file.pool_size_set => config.pool_size,
+        None => 1,
+    };
+    if config.pool_size == 0 {
+        return Err(Failure::usage("--pool-size must be at least 1"));
+    }
+    out.verbose(format!(
+        "starting {} x {} ({})",
+        config.pool_size,
+        worker.describe(),
+        worker.codec
+    ));
+    let pool = Pool::builder(worker.bridge(None))
+        .config(config)
+        .start()
+        .await?;
+    let mut options = CallOptions::new();
+    if let Some(ms) = a.timeout.or(file.timeout_ms) {
+        options = options.timeout(Duration::from_millis(ms));
+    }
+    if let Some(session) = &a.session {
+        options = options.session(session.clone());
+    }
+    let outcome = pool.execute_with(&a.command, args, options).await;
+    // The call's outcome matters more than a slow shutdown.
+    let _ = pool.shutdown().await;
+    let result = outcome?;
+    let text = if out.stdout_is_terminal {
+        serde_json::to_string_pretty(&result)
+    } else {
+        serde_json::to_string(&result)
+    }
+    .map_err(|e| Failure::general(format!("cannot print the result: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_must_be_a_json_object() {
+        assert_eq!(parse_args(r#"{"a": 1}"#).unwrap()["a"], 1);
+        assert_eq!(parse_args("{a: 1}").unwrap_err().code, 2);
+        assert_eq!(parse_args("[1, 2]").unwrap_err().code, 2);
+        assert_eq!(parse_args("").unwrap_err().code, 2);
+    }
+}

@@ -1,0 +1,120 @@
+//! `snakepit`: the command-line tool of Snakepit for Rust.
+//!
+//! - `snakepit exec COMMAND [ARGS_JSON]` starts a pool, runs one call, prints
+//!   the result as JSON.
+//! - `snakepit bench` measures the pool against the raw round trip, in one run.
+//! - `snakepit doctor` says which interpreters and bridge packages are there.
+//!
+//! See `docs/cli.md` for the exit codes and `snakepit.toml`.
+
+mod bench;
+mod config;
+mod doctor;
+mod exec;
+mod log;
+mod plot;
+mod ui;
+mod workers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ui::Failure;
+
+const EXAMPLES: &str = "\
+Examples:
+  snakepit exec ping
+  snakepit exec compute '{\"operation\": \"add\", \"a\": 5, \"b\": 3}'
+  snakepit exec --adapter node random '{\"type\": \"uniform\", \"min\": 0, \"max\": 100}'
+  snakepit exec --script worker.py greet '{\"name\": \"Ada\"}'
+  snakepit bench --workers 2 --requests 20000
+  snakepit doctor
+
+Exit codes:
+  0 success
+  1 the call failed in the worker, or the adapter refused it
+  2 usage: a bad flag, bad JSON arguments, a missing script, a bad snakepit.toml
+  3 the workers could not start (interpreter missing, import error, slow init)
+  4 timeout or overload: the deadline passed, or no worker came free
+  5 a worker crashed or broke the protocol
+
+Settings are read from ./snakepit.toml (or --config FILE, or $SNAKEPIT_CONFIG);
+flags override them. See docs/cli.md.";
+
+/// Pools of Python, Node.js and Ruby workers, from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "snakepit", version, after_help = EXAMPLES)]
+struct Cli {
+    /// More output on stderr: -v for worker output and pool events, -vv for debugging.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only the result and errors: no progress, no notes.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// The settings file (default: ./snakepit.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE", env = "SNAKEPIT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a pool, run one call, print its result as JSON on stdout.
+    #[command(after_help = exec::EXAMPLES)]
+    Exec(exec::ExecArgs),
+    /// Measure the pool against the raw round trip, in one run.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
+    /// Check the interpreters and bridge packages, and say what to install.
+    #[command(after_help = doctor::EXAMPLES)]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// One JSON object on stdout instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = ui::Output::new(cli.verbose, cli.quiet);
+    log::install(cli.verbose, cli.quiet, out.color_stderr);
+    let outcome = run(cli, &out);
+    match outcome {
+        Ok(code) => code,
+        Err(failure) => {
+            out.failure(&failure);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Doctor(args) => Ok(doctor::run(args.json, out)),
+        Command::Exec(args) => {
+            let file = config::load(cli.config.as_deref(), out)?;
+            runtime()?.block_on(exec::run(args, file, out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let file = config::load(cli.config.as_deref(), out)?;
+            runtime()?.block_on(bench::run(args, file, out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The host side runs on one thread: a CLI call needs no more, and the
+/// benchmark measures the pool as a service on a small machine would run it.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::general(format!("cannot start the Tokio runtime: {e}")))
+}
