@@ -5,8 +5,8 @@
 //! - `cargo xtask setup`: installs what the tests need beyond Rust.
 //! - `cargo xtask bridges`: each bridge's tests and package build.
 //! - `cargo xtask fuzz [--seconds N]`: the frame/codec fuzzer.
-//! - `cargo xtask bench [ARGS]`: the end-to-end benchmark (pool against the
-//!   raw round trip), in release mode.
+//! - `cargo xtask bench [ARGS]`: `snakepit bench [ARGS]` (the pool against
+//!   the raw round trip) built in release mode.
 
 use std::path::Path;
 use std::process::Command;
@@ -281,10 +281,9 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
         "--quiet",
         "--release",
         "-p",
-        "snakepit-adapters",
-        "--example",
-        "bench",
+        "snakepit",
         "--",
+        "bench",
     ];
     all.extend(args.iter().map(String::as_str));
     run(root, "cargo", &all)

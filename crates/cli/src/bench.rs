@@ -451,6 +451,18 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
         a.payload
     ));
 
+    // One call through a pool first: a worker that cannot start or a
+    // command that fails is reported with the pool's typed error.
+    let probe = Pool::builder(adapter.clone())
+        .config(config(1))
+        .start()
+        .await?;
+    let first = probe
+        .call::<_, Value>(&a.command, &args, CallOptions::new())
+        .await;
+    let _ = probe.shutdown().await;
+    first?;
+
     let bar = progress.phase("raw loop, 1 worker".into(), (a.requests / 2) as u64);
     let raw1 = raw_run(&launch, codec, &a, &args, 1, a.requests / 2, &bar)
         .map_err(|e| failed("the raw loop", e))?;
@@ -587,7 +599,7 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
 
 impl Failure {
     fn from_bench(what: &str, e: anyhow::Error) -> Failure {
-        Failure::new(crate::ui::code::START, format!("{what} failed: {e:#}"))
+        Failure::general(format!("{what} failed: {e:#}"))
     }
 }
 
@@ -709,9 +721,9 @@ mod tests {
         let lat: Vec<Duration> = (1..=1000).rev().map(Duration::from_micros).collect();
         let r = Run::new(lat, Duration::from_secs(1));
         assert_eq!(r.rps, 1000.0);
-        assert_eq!(r.p50_us, 501.0);
-        assert_eq!(r.p99_us, 991.0);
-        assert_eq!(r.p999_us, 1000.0);
+        assert_eq!(r.p50_us.round(), 501.0);
+        assert_eq!(r.p99_us.round(), 991.0);
+        assert_eq!(r.p999_us.round(), 1000.0);
         assert!(r.samples.windows(2).all(|w| w[0] <= w[1]));
     }
 

@@ -1,0 +1,541 @@
+//! The `snakepit` binary as a new user would try it: each command against
+//! real workers, and wrong input (clear error, non-zero exit).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_snakepit");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `snakepit ARGS` in `dir` with extra environment variables and stdin.
+#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+fn snakepit_in(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("SNAKEPIT_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the snakepit binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("snakepit ends");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn snakepit(args: &[&str]) -> Run {
+    snakepit_in(&std::env::temp_dir(), args, &[], "")
+}
+
+/// A fresh folder for one test's files, removed at the end.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!(
+            "snakepit-cli-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Dir(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write file");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const PY_WORKER: &str = r#"
+import os, time
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("greet")
+def greet(args, ctx):
+    print("greeting", args.get("name"))
+    return {"greeting": "Hello, %s!" % args.get("name", "world"), "session": ctx.session_id}
+
+@worker.command("nap")
+def nap(args):
+    time.sleep(args.get("seconds", 5))
+    return {"slept": True}
+
+worker.run()
+"#;
+
+#[test]
+fn help_shows_the_commands_examples_and_exit_codes() {
+    let r = snakepit(&["--help"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for text in [
+        "exec",
+        "bench",
+        "doctor",
+        "Examples:",
+        "Exit codes:",
+        "snakepit.toml",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
+    }
+    let r = snakepit(&["exec", "--help"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for text in [
+        "--adapter",
+        "--script",
+        "--pool-size",
+        "--codec",
+        "--session",
+        "--timeout",
+        "ARGS_JSON",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
+    }
+    let r = snakepit(&["--version"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("snakepit "), "{r:?}");
+}
+
+#[test]
+fn exec_prints_the_result_as_json() {
+    let r = snakepit(&["exec", "ping"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["status"], "ok");
+    let r = snakepit(&["exec", "compute", r#"{"operation": "add", "a": 5, "b": 3}"#]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["result"], 8);
+}
+
+#[test]
+fn exec_reads_the_arguments_from_stdin() {
+    let r = snakepit_in(
+        &std::env::temp_dir(),
+        &["exec", "echo", "-"],
+        &[],
+        r#"{"message": "from stdin"}"#,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["echoed"]["message"], "from stdin");
+}
+
+#[test]
+fn exec_runs_each_bundled_language_in_both_codecs() {
+    for adapter in ["python", "node", "ruby"] {
+        let r = snakepit(&[
+            "exec",
+            "--adapter",
+            adapter,
+            "compute",
+            r#"{"operation": "multiply", "a": 10, "b": 5}"#,
+        ]);
+        assert_eq!(r.code, 0, "{adapter}: {r:?}");
+        assert_eq!(r.json()["result"], 50, "{adapter}");
+    }
+    // CI installs the Python and Ruby msgpack packages (`cargo xtask setup`).
+    for adapter in ["python", "ruby"] {
+        let r = snakepit(&[
+            "exec",
+            "--adapter",
+            adapter,
+            "--codec",
+            "msgpack",
+            "echo",
+            r#"{"n": 1}"#,
+        ]);
+        assert_eq!(r.code, 0, "{adapter}: {r:?}");
+        assert_eq!(r.json()["echoed"]["n"], 1, "{adapter}");
+    }
+}
+
+#[test]
+fn bad_json_arguments_are_a_usage_error() {
+    for bad in ["{bad", "[1, 2]", "42", ""] {
+        let r = snakepit(&["exec", "compute", bad]);
+        assert_eq!(r.code, 2, "{bad}: {r:?}");
+        assert!(r.stderr.contains("ARGS_JSON"), "{bad}: {r:?}");
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
+}
+
+#[test]
+fn a_missing_script_is_a_usage_error() {
+    let r = snakepit(&["exec", "--script", "no/such/worker.py", "ping"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("no/such/worker.py") && r.stderr.contains("not found"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn an_unknown_adapter_is_a_usage_error() {
+    let r = snakepit(&["exec", "--adapter", "perl", "ping"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("perl") && r.stderr.contains("python"),
+        "{r:?}"
+    );
+    let dir = Dir::new("ext");
+    let script = dir.file("worker.pl", "print 1;\n");
+    let r = snakepit(&["exec", "--script", &script, "ping"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--adapter"), "{r:?}");
+}
+
+#[test]
+fn a_failing_command_exits_1_with_the_workers_error() {
+    let r = snakepit(&[
+        "exec",
+        "compute",
+        r#"{"operation": "divide", "a": 1, "b": 0}"#,
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("Division by zero"), "{r:?}");
+    assert!(r.stderr.contains("Traceback"), "{r:?}");
+    let r = snakepit(&["exec", "no_such_command"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no_such_command"), "{r:?}");
+}
+
+#[test]
+fn a_users_script_runs_in_each_language_with_a_session() {
+    let dir = Dir::new("scripts");
+    let py = dir.file("worker.py", PY_WORKER);
+    let js = dir.file(
+        "worker.js",
+        "const { Worker } = require('snakepit-bridge');\nnew Worker({ commands: { greet(args, ctx) { return { greeting: `Hello, ${args.name}!`, session: ctx.sessionId }; } } }).run();\n",
+    );
+    let rb = dir.file(
+        "worker.rb",
+        "require \"snakepit_bridge\"\nw = SnakepitBridge::Worker.new\nw.command(\"greet\") { |args, ctx| { \"greeting\" => \"Hello, #{args['name']}!\", \"session\" => ctx.session_id } }\nw.run\n",
+    );
+    for script in [&py, &js, &rb] {
+        let r = snakepit(&[
+            "exec",
+            "--script",
+            script,
+            "--session",
+            "user_123",
+            "greet",
+            r#"{"name": "Ada"}"#,
+        ]);
+        assert_eq!(r.code, 0, "{script}: {r:?}");
+        let v = r.json();
+        assert_eq!(v["greeting"], "Hello, Ada!", "{script}");
+        assert_eq!(v["session"], "user_123", "{script}");
+    }
+}
+
+#[test]
+fn verbose_shows_the_workers_output_and_quiet_shows_nothing() {
+    let dir = Dir::new("verbose");
+    let py = dir.file("worker.py", PY_WORKER);
+    let r = snakepit(&["-v", "exec", "--script", &py, "greet", r#"{"name": "Ada"}"#]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("greeting Ada"), "{r:?}");
+    let r = snakepit(&["-q", "exec", "--script", &py, "greet", r#"{"name": "Ada"}"#]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.is_empty(), "{r:?}");
+}
+
+#[test]
+fn a_call_past_its_deadline_exits_4() {
+    let dir = Dir::new("timeout");
+    let py = dir.file("worker.py", PY_WORKER);
+    let r = snakepit(&[
+        "exec",
+        "--script",
+        &py,
+        "--timeout",
+        "300",
+        "nap",
+        r#"{"seconds": 30}"#,
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("timed out") && r.stderr.contains("--timeout"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_script_that_fails_on_import_exits_3_with_its_stderr() {
+    let dir = Dir::new("import");
+    let py = dir.file("worker.py", "import no_such_module_here\n");
+    let r = snakepit(&["exec", "--script", &py, "ping"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no_such_module_here"), "{r:?}");
+}
+
+#[test]
+fn a_missing_interpreter_exits_3_and_says_what_to_set() {
+    let r = snakepit_in(
+        &std::env::temp_dir(),
+        &["exec", "ping"],
+        &[("SNAKEPIT_PYTHON", "/no/such/python3")],
+        "",
+    );
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("/no/such/python3") && r.stderr.contains("SNAKEPIT_PYTHON"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn snakepit_toml_sets_the_worker_and_flags_override_it() {
+    let dir = Dir::new("toml");
+    dir.file("worker.py", PY_WORKER);
+    dir.file(
+        "snakepit.toml",
+        "script = \"worker.py\"\ntimeout_ms = 300\n\n[pool]\npool_size = 2\nqueue_timeout_ms = 1000\n",
+    );
+    // The script comes from the file, relative to it.
+    let r = snakepit_in(&dir.0, &["exec", "greet", r#"{"name": "Ada"}"#], &[], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["greeting"], "Hello, Ada!");
+    // The file's deadline applies, and the flag overrides it.
+    let nap = r#"{"seconds": 0.6}"#;
+    let r = snakepit_in(&dir.0, &["exec", "nap", nap], &[], "");
+    assert_eq!(r.code, 4, "{r:?}");
+    let r = snakepit_in(&dir.0, &["exec", "--timeout", "20000", "nap", nap], &[], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    // --adapter on the command line replaces the file's script.
+    let r = snakepit_in(
+        &dir.0,
+        &["exec", "--adapter", "node", "random", "{}"],
+        &[],
+        "",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // --config names another file.
+    let other = dir.file("other.toml", "adapter = \"ruby\"\n");
+    let r = snakepit(&["--config", &other, "exec", "ping"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.json()["ruby_version"].is_string(), "{r:?}");
+}
+
+#[test]
+fn a_bad_settings_file_is_a_usage_error_naming_the_key() {
+    let dir = Dir::new("badtoml");
+    dir.file("snakepit.toml", "[pool]\npool_sise = 2\n");
+    let r = snakepit_in(&dir.0, &["exec", "ping"], &[], "");
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("pool_sise") && r.stderr.contains("snakepit.toml"),
+        "{r:?}"
+    );
+    let r = snakepit(&["--config", "/no/such/snakepit.toml", "exec", "ping"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("/no/such/snakepit.toml"), "{r:?}");
+}
+
+#[test]
+fn bench_json_has_the_documented_fields() {
+    let dir = Dir::new("bench");
+    let plot = dir.0.join("latency.svg");
+    let r = snakepit(&[
+        "bench",
+        "--workers",
+        "2",
+        "--requests",
+        "400",
+        "--concurrency",
+        "8",
+        "--init-ms",
+        "100",
+        "--payload",
+        "64",
+        "--command",
+        "echo",
+        "--json",
+        "--plot",
+        plot.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["workers"], 2);
+    assert_eq!(v["codec"], "json");
+    assert_eq!(v["payload_bytes"], 64);
+    for part in ["raw", "pool"] {
+        for field in ["rps", "p50_us", "p99_us", "mb_s"] {
+            assert!(
+                v[part][field].as_f64().is_some_and(|x| x > 0.0),
+                "{part}.{field}: {v}"
+            );
+        }
+    }
+    assert!(v["pool_over_raw"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert_eq!(v["startup"]["workers"], 2);
+    assert_eq!(v["startup"]["init_ms"], 100);
+    for field in ["concurrent_ms", "sequential_ms"] {
+        // Every start waits at least the init delay.
+        assert!(
+            v["startup"][field].as_f64().is_some_and(|x| x >= 100.0),
+            "{field}: {v}"
+        );
+    }
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("raw loop, 2 workers")
+            && svg.contains("pool, 2 workers, 8 callers")
+    );
+}
+
+#[test]
+fn bench_prints_a_table_and_refuses_bad_flags() {
+    let r = snakepit(&[
+        "bench",
+        "--adapter",
+        "ruby",
+        "--requests",
+        "200",
+        "--concurrency",
+        "4",
+        "--init-ms",
+        "50",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for text in [
+        "raw loop",
+        "pool",
+        "throughput, 2 workers",
+        "start-up, 2 x 50 ms init",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
+    }
+    let r = snakepit(&["bench", "--plot", "chart.png"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains(".svg"), "{r:?}");
+    let r = snakepit(&["bench", "--requests", "10"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = snakepit(&[
+        "bench",
+        "--requests",
+        "400",
+        "--command",
+        "no_such_command",
+        "--init-ms",
+        "10",
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("no_such_command"), "{r:?}");
+}
+
+#[test]
+fn doctor_reports_interpreters_and_packages() {
+    let r = snakepit(&["doctor", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["ok"], true);
+    let langs: Vec<&str> = v["interpreters"]
+        .as_array()
+        .expect("interpreters")
+        .iter()
+        .filter_map(|i| i["language"].as_str())
+        .collect();
+    assert_eq!(langs, ["python", "node", "ruby"]);
+    let python = &v["interpreters"][0];
+    assert!(
+        python["version"]
+            .as_str()
+            .is_some_and(|s| s.contains("Python 3")),
+        "{v}"
+    );
+    assert!(python["ping_ms"].is_u64(), "{v}");
+    // CI installs Python's msgpack (`cargo xtask setup`).
+    let msgpack = v["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["language"] == "python" && p["package"] == "msgpack")
+        .expect("python msgpack is checked");
+    assert_eq!(msgpack["present"], true, "{v}");
+
+    let r = snakepit(&["doctor"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for text in [
+        "Interpreters",
+        "Bridge packages",
+        "python",
+        "msgpack",
+        "opentelemetry",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
+    }
+}
+
+#[test]
+fn doctor_says_what_to_install_when_nothing_is_there() {
+    let r = snakepit_in(
+        &std::env::temp_dir(),
+        &["doctor"],
+        &[
+            ("SNAKEPIT_PYTHON", "/no/such/python3"),
+            ("SNAKEPIT_NODE", "/no/such/node"),
+            ("SNAKEPIT_RUBY", "/no/such/ruby"),
+        ],
+        "",
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("apt-get install python3"), "{r:?}");
+    assert!(r.stdout.contains("SNAKEPIT_PYTHON"), "{r:?}");
+}
