@@ -159,6 +159,10 @@ fn ci(root: &Path) -> Result<()> {
 fn examples(root: &Path) -> Result<()> {
     for example in [
         "quickstart",
+        "basic",
+        "errors",
+        "timeouts",
+        "configuration",
         "python",
         "javascript",
         "ruby",
