@@ -590,7 +590,7 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     }
 
     if a.json {
-        println!("{report}");
+        outln!("{report}");
     } else {
         print_table(&report, &raw1, &raw_n, &pooled, &seq, out);
     }
@@ -677,7 +677,7 @@ fn print_table(report: &Value, raw1: &Run, raw_n: &Run, pooled: &Run, seq: &Run,
     let widths: Vec<usize> = (0..4)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
-    println!(
+    outln!(
         "{}",
         Output::paint(
             out.color_stdout,
@@ -705,9 +705,9 @@ fn print_table(report: &Value, raw1: &Run, raw_n: &Run, pooled: &Run, seq: &Run,
             w3 = widths[3]
         );
         if i == 0 {
-            println!("{}", Output::paint(out.color_stdout, "1", line.trim_end()));
+            outln!("{}", Output::paint(out.color_stdout, "1", line.trim_end()));
         } else {
-            println!("{}", line.trim_end());
+            outln!("{}", line.trim_end());
         }
     }
 }

@@ -302,7 +302,7 @@ pub(crate) fn run(as_json: bool, out: &Output) -> ExitCode {
     let (interpreters, packages) = runtime.block_on(examine());
     let ok = interpreters.iter().any(|i| i.ping_ms.is_some());
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"ok": ok, "interpreters": interpreters, "packages": packages})
         );
@@ -321,7 +321,7 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
     let good = |s: &str| Output::paint(c, "32", s);
     let bad = |s: &str| Output::paint(c, "33", s);
     let mut todo = Vec::new();
-    println!("{}", Output::paint(c, "1", "Interpreters"));
+    outln!("{}", Output::paint(c, "1", "Interpreters"));
     for (it, lang) in interpreters.iter().zip(LANGS) {
         let status = match (&it.version, it.ping_ms) {
             (_, Some(_)) => good("ok     "),
@@ -334,23 +334,23 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
         );
         match (&it.version, it.ping_ms) {
             (Some(v), Some(ms)) => {
-                println!("  {status} {:<7} {v} ({path}); bundled worker answered a ping, {ms} ms from start", it.language)
+                outln!("  {status} {:<7} {v} ({path}); bundled worker answered a ping, {ms} ms from start", it.language)
             }
-            (Some(v), None) => println!(
+            (Some(v), None) => outln!(
                 "  {status} {:<7} {v} ({path}); the bundled worker failed: {}",
                 it.language,
                 it.error.as_deref().unwrap_or("")
             ),
             (None, _) => {
-                println!("  {status} {:<7} `{path}` not found", it.language);
+                outln!("  {status} {:<7} `{path}` not found", it.language);
                 todo.push(lang.install.to_owned());
             }
         }
         if let Some(note) = &it.note {
-            println!("          note: {note}");
+            outln!("          note: {note}");
         }
     }
-    println!("{}", Output::paint(c, "1", "Bridge packages"));
+    outln!("{}", Output::paint(c, "1", "Bridge packages"));
     for p in packages {
         let installed = interpreters
             .iter()
@@ -363,20 +363,21 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
             }
             (None, false) => (bad("missing"), format!("{} (no interpreter)", p.package)),
         };
-        println!(
+        outln!(
             "  {status} {:<7} {what:<28} for {}",
-            p.language, p.needed_for
+            p.language,
+            p.needed_for
         );
     }
     if todo.is_empty() {
-        println!("\nEverything is there.");
+        outln!("\nEverything is there.");
     } else {
-        println!("\nTo install what is missing:");
+        outln!("\nTo install what is missing:");
         for t in todo {
-            println!("  {t}");
+            outln!("  {t}");
         }
     }
     if !ok {
-        println!("\nNo language's worker could start: install at least one interpreter.");
+        outln!("\nNo language's worker could start: install at least one interpreter.");
     }
 }

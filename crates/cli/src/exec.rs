@@ -109,7 +109,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         serde_json::to_string(&result)
     }
     .map_err(|e| Failure::general(format!("cannot print the result: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 

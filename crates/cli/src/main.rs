@@ -7,6 +7,14 @@
 //!
 //! See `docs/cli.md` for the exit codes and `snakepit.toml`.
 
+/// `println!` that does not panic when stdout is closed (`snakepit doctor | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod config;
 mod doctor;
