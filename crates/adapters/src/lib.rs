@@ -28,9 +28,11 @@
 //! or `SNAKEPIT_RUBY`; for Python, the active virtualenv (`VIRTUAL_ENV`);
 //! then `python3`, `node` or `ruby` on `PATH`. A missing interpreter or
 //! script fails the pool's start with an error naming it and carrying the
-//! worker's stderr.
+//! worker's stderr. [`Language::inspect`] reports what a machine has: the
+//! interpreter, its version and real binary, and the bridge packages.
 
 mod embedded;
+mod inspect;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -38,6 +40,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use snakepit_core::{Adapter, Launch, WireCodec};
+
+pub use inspect::{BridgePackage, Inspection};
 
 /// A language with a bundled bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //! on a shared machine where the absolute figures do not.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
+use snakepit_adapters::Bridge;
 use snakepit_core::{Adapter, CallOptions, Launch, Pool, PoolConfig, WireCodec};
 use snakepit_protocol::{
     decode_inbound, decode_response, encode_frame, Codec as _, Inbound, Request,
@@ -24,7 +25,7 @@ use snakepit_protocol::{
 
 use crate::config::FileConfig;
 use crate::ui::{Failure, Output};
-use crate::workers::{Lang, Worker, WorkerArgs};
+use crate::workers::{Worker, WorkerArgs};
 
 pub(crate) const EXAMPLES: &str = "\
 Examples:
@@ -314,75 +315,6 @@ async fn pool_run(
     Ok(Run::new(lat, elapsed))
 }
 
-/// The interpreter's real binary: a version-manager shim costs about 100 ms
-/// a start, which the start-up figures would otherwise measure.
-#[allow(clippy::disallowed_methods)] // probing the interpreter, not a worker
-fn real_interpreter(lang: Lang) -> PathBuf {
-    let found = lang.language().find_interpreter(None);
-    if std::env::var_os(match lang {
-        Lang::Python => "SNAKEPIT_PYTHON",
-        Lang::Node => "SNAKEPIT_NODE",
-        Lang::Ruby => "SNAKEPIT_RUBY",
-    })
-    .is_some_and(|v| !v.is_empty())
-    {
-        return found;
-    }
-    let args: &[&str] = match lang {
-        Lang::Python => &["-c", "import sys; print(sys.executable)"],
-        Lang::Node => &["-p", "process.execPath"],
-        Lang::Ruby => &["-e", "print RbConfig.ruby"],
-    };
-    std::process::Command::new(&found)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .map_or(found, PathBuf::from)
-}
-
-/// A worker in `lang` whose init takes `ms`, then serves the built-in ping.
-fn slow_init_script(lang: Lang, dir: &Path, ms: u64) -> std::io::Result<PathBuf> {
-    let (name, text) = match lang {
-        Lang::Python => (
-            "slow_init.py",
-            format!(
-                "import time\ntime.sleep({})\nimport snakepit_bridge\nsnakepit_bridge.Worker().run()\n",
-                ms as f64 / 1000.0
-            ),
-        ),
-        Lang::Node => (
-            "slow_init.js",
-            format!(
-                "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, {ms});\nconst {{ Worker }} = require('snakepit-bridge');\nnew Worker().run();\n"
-            ),
-        ),
-        Lang::Ruby => (
-            "slow_init.rb",
-            format!(
-                "sleep({})\nrequire \"snakepit_bridge\"\nSnakepitBridge::Worker.new.run\n",
-                ms as f64 / 1000.0
-            ),
-        ),
-    };
-    let path = dir.join(name);
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-/// Removes the scratch folder however the benchmark ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
     if workers == 0 {
         return Err(Failure::usage("--workers must be at least 1"));
@@ -415,7 +347,7 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     };
     check(&a, workers)?;
     let worker = Worker::choose(&a.worker, &file)?;
-    let interpreter = real_interpreter(worker.lang);
+    let interpreter = worker.lang.language().real_interpreter();
     let adapter = worker.bridge(Some(&interpreter));
     let launch = adapter.launch();
     let codec = worker.codec;
@@ -489,18 +421,10 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     let seq = pool_run(&seq_pool, &a, &args, 1, a.requests / 4, &bar).await?;
     seq_pool.shutdown().await?;
 
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("snakepit-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0)
-        .map_err(|e| Failure::general(format!("cannot create {}: {e}", scratch.0.display())))?;
-    let script = slow_init_script(worker.lang, &scratch.0, a.init_ms)
-        .map_err(|e| Failure::general(format!("cannot write the start-up script: {e}")))?;
-    let slow = Worker {
-        lang: worker.lang,
-        script: Some(script),
-        codec,
-    }
-    .bridge(Some(&interpreter));
+    let slow = Bridge::with_init_delay(worker.lang.language(), Duration::from_millis(a.init_ms))
+        .map_err(|e| Failure::general(format!("cannot write the start-up worker: {e}")))?
+        .interpreter(&interpreter)
+        .codec(codec);
     let mut slow_config = config(workers);
     let enough = Duration::from_millis(a.init_ms * 2 + 10_000);
     slow_config.worker_init_timeout = slow_config.worker_init_timeout.max(enough);
@@ -535,7 +459,6 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     let ready_ms = t.elapsed().as_secs_f64() * 1e3;
     p.shutdown().await?;
     bar.finish_and_clear();
-    drop(scratch);
 
     let report = json!({
         "workers": workers,

@@ -2,12 +2,12 @@
 //! has, whether each language's bundled worker really answers a ping, and
 //! what to install for what is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use snakepit_adapters::{Bridge, Language};
 use snakepit_core::Pool;
 
@@ -21,136 +21,11 @@ Examples:
 
 Exits 0 when at least one language's worker answers a ping, 1 otherwise.";
 
-/// A package a bridge can use.
-struct Package {
-    name: &'static str,
-    needed_for: &'static str,
-    install: &'static str,
-}
-
-struct Lang {
-    language: Language,
-    name: &'static str,
-    install: &'static str,
-    version_args: &'static [&'static str],
-    /// Prints a JSON object: package name -> version, `"?"`, or null when missing.
-    probe: &'static [&'static str],
-    packages: &'static [Package],
-}
-
-const PY_PROBE: &str = r#"
-import importlib, json
-out = {}
-for dist, module in (("msgpack", "msgpack"), ("opentelemetry-api", "opentelemetry.trace")):
-    try:
-        importlib.import_module(module)
-    except Exception:
-        out[dist] = None
-        continue
-    try:
-        from importlib.metadata import version
-        out[dist] = version(dist)
-    except Exception:
-        out[dist] = "?"
-print(json.dumps(out))
-"#;
-
-const JS_PROBE: &str = r#"
-const fs = require('fs'), path = require('path');
-const out = {};
-for (const name of ['@msgpack/msgpack', '@opentelemetry/api']) {
-  let dir;
-  try { dir = path.dirname(require.resolve(name)); } catch (e) { out[name] = null; continue; }
-  out[name] = '?';
-  for (; dir !== path.dirname(dir); dir = path.dirname(dir)) {
-    const f = path.join(dir, 'package.json');
-    try {
-      const p = JSON.parse(fs.readFileSync(f, 'utf8'));
-      if (p.name === name) { out[name] = p.version; break; }
-    } catch (e) { /* not this folder */ }
-  }
-}
-console.log(JSON.stringify(out));
-"#;
-
-const RB_PROBE: &str = r#"
-require "json"
-out = {}
-[["msgpack", "msgpack"], ["opentelemetry-api", "opentelemetry"]].each do |gem, lib|
-  begin
-    require lib
-    spec = Gem.loaded_specs[gem]
-    out[gem] = spec ? spec.version.to_s : "?"
-  rescue LoadError
-    out[gem] = nil
-  end
-end
-puts JSON.generate(out)
-"#;
-
-const LANGS: &[Lang] = &[
-    Lang {
-        language: Language::Python,
-        name: "python",
-        install: "apt-get install python3 (or set SNAKEPIT_PYTHON to an interpreter)",
-        version_args: &["--version"],
-        probe: &["-c", PY_PROBE],
-        packages: &[
-            Package {
-                name: "msgpack",
-                needed_for: "--codec msgpack",
-                install: "python3 -m pip install msgpack",
-            },
-            Package {
-                name: "opentelemetry-api",
-                needed_for: "trace context in workers (optional)",
-                install: "python3 -m pip install opentelemetry-api",
-            },
-        ],
-    },
-    Lang {
-        language: Language::Node,
-        name: "node",
-        install: "apt-get install nodejs (or set SNAKEPIT_NODE to an interpreter)",
-        version_args: &["--version"],
-        probe: &["-e", JS_PROBE],
-        packages: &[
-            Package {
-                name: "@msgpack/msgpack",
-                needed_for: "--codec msgpack",
-                install: "npm install @msgpack/msgpack (in your worker's project)",
-            },
-            Package {
-                name: "@opentelemetry/api",
-                needed_for: "trace context in workers (optional)",
-                install: "npm install @opentelemetry/api (in your worker's project)",
-            },
-        ],
-    },
-    Lang {
-        language: Language::Ruby,
-        name: "ruby",
-        install: "apt-get install ruby (or set SNAKEPIT_RUBY to an interpreter)",
-        version_args: &["--version"],
-        probe: &["-e", RB_PROBE],
-        packages: &[
-            Package {
-                name: "msgpack",
-                needed_for: "--codec msgpack",
-                install: "gem install msgpack (Debian: apt-get install ruby-msgpack)",
-            },
-            Package {
-                name: "opentelemetry-api",
-                needed_for: "trace context in workers (optional)",
-                install: "gem install opentelemetry-api",
-            },
-        ],
-    },
-];
-
 #[derive(Debug, Serialize)]
 struct Interpreter {
     language: &'static str,
+    /// How to install it.
+    install: &'static str,
     program: PathBuf,
     /// Where `program` is, when it was found on PATH.
     path: Option<PathBuf>,
@@ -170,31 +45,6 @@ struct PackageReport {
     present: bool,
     needed_for: &'static str,
     install: &'static str,
-}
-
-/// Runs a probe of an interpreter: its stdout and stderr, if it ran.
-#[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
-fn probe(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    Some((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    ))
-}
-
-/// `program` on PATH, as the OS would find it.
-fn which(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Starts one bundled generic worker and pings it.
@@ -221,62 +71,46 @@ async fn ping(language: Language) -> Result<u64, String> {
 async fn examine() -> (Vec<Interpreter>, Vec<PackageReport>) {
     let mut interpreters = Vec::new();
     let mut packages = Vec::new();
-    for lang in LANGS {
-        let program = lang.language.find_interpreter(None);
-        let path = which(&program);
-        let version = probe(&program, lang.version_args).map(|(_, out, err)| {
-            // Python 2 printed its version on stderr.
-            let v = if out.is_empty() { err } else { out };
-            v.lines().next().unwrap_or_default().to_owned()
-        });
+    for language in Language::ALL {
+        let found = language.inspect();
         let mut it = Interpreter {
-            language: lang.name,
-            program: program.clone(),
-            path: path.clone(),
-            version,
+            language: language.name(),
+            install: language.install_hint(),
+            program: found.program.clone(),
+            path: found.path.clone(),
+            version: found.version.clone(),
             ping_ms: None,
             error: None,
             note: None,
         };
-        if it.version.is_none() {
-            it.error = Some(format!("`{}` not found", program.display()));
-            interpreters.push(it);
-            for p in lang.packages {
-                packages.push(PackageReport {
-                    language: lang.name,
-                    package: p.name,
-                    version: None,
-                    present: false,
-                    needed_for: p.needed_for,
-                    install: p.install,
-                });
-            }
-            continue;
-        }
-        if lang.language == Language::Python && path.as_ref().is_some_and(|p| is_shim(p)) {
-            if let Some((true, real, _)) =
-                probe(&program, &["-c", "import sys; print(sys.executable)"])
-            {
+        if found.shim {
+            if let Some(real) = &found.real_binary {
                 it.note = Some(format!(
-                    "{} is a version-manager shim (about 100 ms a start); set SNAKEPIT_PYTHON={real}",
-                    program.display()
+                    "{} is a version-manager shim (about 100 ms a start); set {}={}",
+                    found.program.display(),
+                    match language {
+                        Language::Python => "SNAKEPIT_PYTHON",
+                        Language::Node => "SNAKEPIT_NODE",
+                        _ => "SNAKEPIT_RUBY",
+                    },
+                    real.display()
                 ));
             }
         }
-        match ping(lang.language).await {
-            Ok(ms) => it.ping_ms = Some(ms),
-            Err(e) => it.error = Some(e),
+        if found.version.is_some() {
+            match ping(language).await {
+                Ok(ms) => it.ping_ms = Some(ms),
+                Err(e) => it.error = Some(e),
+            }
+        } else {
+            it.error = Some(format!("`{}` not found", found.program.display()));
         }
-        let found: Value = probe(&program, lang.probe)
-            .and_then(|(_, out, _)| serde_json::from_str(out.lines().last()?).ok())
-            .unwrap_or(Value::Null);
-        for p in lang.packages {
-            let version = found[p.name].as_str().map(str::to_owned);
+        for (p, version) in &found.packages {
             packages.push(PackageReport {
-                language: lang.name,
+                language: language.name(),
                 package: p.name,
                 present: version.is_some(),
-                version,
+                version: version.clone(),
                 needed_for: p.needed_for,
                 install: p.install,
             });
@@ -284,11 +118,6 @@ async fn examine() -> (Vec<Interpreter>, Vec<PackageReport>) {
         interpreters.push(it);
     }
     (interpreters, packages)
-}
-
-fn is_shim(path: &Path) -> bool {
-    let s = path.to_string_lossy();
-    s.contains("/shims/") || s.contains("/.asdf/") || s.contains("/mise/")
 }
 
 pub(crate) fn run(as_json: bool, out: &Output) -> ExitCode {
@@ -322,7 +151,7 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
     let bad = |s: &str| Output::paint(c, "33", s);
     let mut todo = Vec::new();
     outln!("{}", Output::paint(c, "1", "Interpreters"));
-    for (it, lang) in interpreters.iter().zip(LANGS) {
+    for it in interpreters {
         let status = match (&it.version, it.ping_ms) {
             (_, Some(_)) => good("ok     "),
             (Some(_), None) => bad("failed "),
@@ -343,7 +172,7 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
             ),
             (None, _) => {
                 outln!("  {status} {:<7} `{path}` not found", it.language);
-                todo.push(lang.install.to_owned());
+                todo.push(it.install.to_owned());
             }
         }
         if let Some(note) = &it.note {

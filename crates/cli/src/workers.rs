@@ -35,11 +35,7 @@ impl Lang {
     }
 
     pub(crate) fn name(self) -> &'static str {
-        match self {
-            Lang::Python => "python",
-            Lang::Node => "node",
-            Lang::Ruby => "ruby",
-        }
+        self.language().name()
     }
 
     /// The language of a script, from its extension.

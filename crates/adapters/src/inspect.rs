@@ -1,0 +1,319 @@
+//! What this machine has for each language: the interpreter the adapters
+//! would run, its version and real binary, and the packages the bridges can
+//! use. This is what `snakepit doctor` reports; it lives here because this
+//! crate is the one that knows the languages.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::{embedded, Bridge, Language};
+
+/// A package a bundled bridge can use when it is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgePackage {
+    /// Its name in the language's registry (`msgpack`, `@msgpack/msgpack`).
+    pub name: &'static str,
+    /// What needs it.
+    pub needed_for: &'static str,
+    /// The command that installs it.
+    pub install: &'static str,
+}
+
+/// What [`Language::inspect`] found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The language.
+    pub language: Language,
+    /// The interpreter the adapters would run (explicit variable,
+    /// virtualenv, or a bare name looked up on `PATH`).
+    pub program: PathBuf,
+    /// Where `program` is on `PATH`, when it was a bare name found there.
+    pub path: Option<PathBuf>,
+    /// Its first line of `--version`; `None` when it could not run.
+    pub version: Option<String>,
+    /// A version-manager shim (pyenv, asdf, rbenv, mise) stands in for the
+    /// real binary: each start costs the shim's time too.
+    pub shim: bool,
+    /// The interpreter's own binary, as it reports it.
+    pub real_binary: Option<PathBuf>,
+    /// Each bridge package with its version (`"?"` when present without
+    /// one to read), `None` when missing.
+    pub packages: Vec<(BridgePackage, Option<String>)>,
+}
+
+const PY_PACKAGES: &str = r#"
+import importlib, json
+out = {}
+for dist, module in (("msgpack", "msgpack"), ("opentelemetry-api", "opentelemetry.trace")):
+    try:
+        importlib.import_module(module)
+    except Exception:
+        out[dist] = None
+        continue
+    try:
+        from importlib.metadata import version
+        out[dist] = version(dist)
+    except Exception:
+        out[dist] = "?"
+print(json.dumps(out))
+"#;
+
+const JS_PACKAGES: &str = r#"
+const fs = require('fs'), path = require('path');
+const out = {};
+for (const name of ['@msgpack/msgpack', '@opentelemetry/api']) {
+  let dir;
+  try { dir = path.dirname(require.resolve(name)); } catch (e) { out[name] = null; continue; }
+  out[name] = '?';
+  for (; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    try {
+      const p = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
+      if (p.name === name) { out[name] = p.version; break; }
+    } catch (e) { /* not this folder */ }
+  }
+}
+console.log(JSON.stringify(out));
+"#;
+
+const RB_PACKAGES: &str = r#"
+require "json"
+out = {}
+[["msgpack", "msgpack"], ["opentelemetry-api", "opentelemetry"]].each do |gem, lib|
+  begin
+    require lib
+    spec = Gem.loaded_specs[gem]
+    out[gem] = spec ? spec.version.to_s : "?"
+  rescue LoadError
+    out[gem] = nil
+  end
+end
+puts JSON.generate(out)
+"#;
+
+impl Language {
+    /// Every language with a bundled bridge.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Node, Language::Ruby];
+
+    /// `python`, `node` or `ruby`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Node => "node",
+            Language::Ruby => "ruby",
+        }
+    }
+
+    /// How to install the interpreter (Debian), or point the adapters at one.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Language::Python => {
+                "apt-get install python3 (or set SNAKEPIT_PYTHON to an interpreter)"
+            }
+            Language::Node => "apt-get install nodejs (or set SNAKEPIT_NODE to an interpreter)",
+            Language::Ruby => "apt-get install ruby (or set SNAKEPIT_RUBY to an interpreter)",
+        }
+    }
+
+    /// The packages the language's bridge can use: MessagePack (needed for
+    /// that codec) and the OpenTelemetry API (optional).
+    pub fn bridge_packages(self) -> &'static [BridgePackage] {
+        const TRACE: &str = "trace context in workers (optional)";
+        match self {
+            Language::Python => &[
+                BridgePackage {
+                    name: "msgpack",
+                    needed_for: "--codec msgpack",
+                    install: "python3 -m pip install msgpack",
+                },
+                BridgePackage {
+                    name: "opentelemetry-api",
+                    needed_for: TRACE,
+                    install: "python3 -m pip install opentelemetry-api",
+                },
+            ],
+            Language::Node => &[
+                BridgePackage {
+                    name: "@msgpack/msgpack",
+                    needed_for: "--codec msgpack",
+                    install: "npm install @msgpack/msgpack (in your worker's project)",
+                },
+                BridgePackage {
+                    name: "@opentelemetry/api",
+                    needed_for: TRACE,
+                    install: "npm install @opentelemetry/api (in your worker's project)",
+                },
+            ],
+            Language::Ruby => &[
+                BridgePackage {
+                    name: "msgpack",
+                    needed_for: "--codec msgpack",
+                    install: "gem install msgpack (Debian: apt-get install ruby-msgpack)",
+                },
+                BridgePackage {
+                    name: "opentelemetry-api",
+                    needed_for: TRACE,
+                    install: "gem install opentelemetry-api",
+                },
+            ],
+        }
+    }
+
+    fn real_binary_probe(self) -> [&'static str; 2] {
+        match self {
+            Language::Python => ["-c", "import sys; print(sys.executable)"],
+            Language::Node => ["-p", "process.execPath"],
+            Language::Ruby => ["-e", "print RbConfig.ruby"],
+        }
+    }
+
+    fn packages_probe(self) -> [&'static str; 2] {
+        match self {
+            Language::Python => ["-c", PY_PACKAGES],
+            Language::Node => ["-e", JS_PACKAGES],
+            Language::Ruby => ["-e", RB_PACKAGES],
+        }
+    }
+
+    /// The interpreter to run for measurements: the `SNAKEPIT_*` variable
+    /// when set, otherwise the real binary behind the discovered program
+    /// (a pyenv shim costs about 100 ms a start), otherwise the program.
+    pub fn real_interpreter(self) -> PathBuf {
+        let program = self.find_interpreter(None);
+        if std::env::var_os(self.env_var()).is_some_and(|v| !v.is_empty()) {
+            return program;
+        }
+        run(&program, &self.real_binary_probe())
+            .filter(|(ok, out, _)| *ok && !out.is_empty())
+            .map_or(program, |(_, out, _)| PathBuf::from(out))
+    }
+
+    /// Runs the interpreter a few times to see what is there. Never fails:
+    /// what could not be found is `None`.
+    pub fn inspect(self) -> Inspection {
+        let program = self.find_interpreter(None);
+        let path = which(&program);
+        let version = run(&program, &["--version"]).map(|(_, out, err)| {
+            let text = if out.is_empty() { err } else { out };
+            text.lines().next().unwrap_or_default().to_owned()
+        });
+        let mut found = Inspection {
+            language: self,
+            shim: path.as_deref().is_some_and(is_shim),
+            program: program.clone(),
+            path,
+            version,
+            real_binary: None,
+            packages: self.bridge_packages().iter().map(|p| (*p, None)).collect(),
+        };
+        if found.version.is_none() {
+            return found;
+        }
+        found.real_binary = run(&program, &self.real_binary_probe())
+            .filter(|(ok, out, _)| *ok && !out.is_empty())
+            .map(|(_, out, _)| PathBuf::from(out));
+        let versions: serde_json::Value = run(&program, &self.packages_probe())
+            .and_then(|(_, out, _)| serde_json::from_str(out.lines().last()?).ok())
+            .unwrap_or_default();
+        for (package, version) in &mut found.packages {
+            *version = versions[package.name].as_str().map(str::to_owned);
+        }
+        found
+    }
+}
+
+impl Bridge {
+    /// A worker of `language` that sleeps `delay` before its handshake, then
+    /// serves the bridge's built-in `ping`: a stand-in for a worker that
+    /// loads a model, for measuring start-up.
+    pub fn with_init_delay(language: Language, delay: Duration) -> std::io::Result<Bridge> {
+        let ms = delay.as_millis();
+        let secs = delay.as_secs_f64();
+        let (ext, text) = match language {
+            Language::Python => (
+                "py",
+                format!("import time\ntime.sleep({secs})\nimport snakepit_bridge\nsnakepit_bridge.Worker().run()\n"),
+            ),
+            Language::Node => (
+                "js",
+                format!("Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, {ms});\nconst {{ Worker }} = require('snakepit-bridge');\nnew Worker().run();\n"),
+            ),
+            Language::Ruby => (
+                "rb",
+                format!("sleep({secs})\nrequire \"snakepit_bridge\"\nSnakepitBridge::Worker.new.run\n"),
+            ),
+        };
+        let dir = embedded::root()?.join("init_delay");
+        std::fs::create_dir_all(&dir)?;
+        let script = dir.join(format!("init_delay_{ms}.{ext}"));
+        if !script.exists() {
+            // Written aside then renamed: a concurrent start never runs half a file.
+            let tmp = dir.join(format!(".{ms}.{ext}.{}", std::process::id()));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &script)?;
+        }
+        Ok(Bridge::new(language, crate::Entry::Script(script)))
+    }
+}
+
+/// Runs a probe of an interpreter: whether it succeeded, stdout, stderr.
+#[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
+fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    ))
+}
+
+/// `program` as the OS would find it on `PATH`.
+fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+fn is_shim(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    ["/shims/", "/.asdf/", "/mise/"]
+        .iter()
+        .any(|part| s.contains(part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_is_inspected_for_real() {
+        let found = Language::Python.inspect();
+        let version = found.version.expect("CI has python3");
+        assert!(version.starts_with("Python 3"), "{version}");
+        assert!(found.real_binary.is_some_and(|p| p.is_absolute()));
+        let msgpack = found
+            .packages
+            .iter()
+            .find(|(p, _)| p.name == "msgpack")
+            .expect("msgpack is checked");
+        assert!(
+            msgpack.1.is_some(),
+            "CI installs msgpack: {:?}",
+            found.packages
+        );
+    }
+
+    #[test]
+    fn shims_are_recognised() {
+        assert!(is_shim(Path::new("/root/.pyenv/shims/python3")));
+        assert!(!is_shim(Path::new("/usr/bin/python3")));
+    }
+}
