@@ -4,6 +4,7 @@
 //!   the result as JSON.
 //! - `snakepit bench` measures the pool against the raw round trip, in one run.
 //! - `snakepit doctor` says which interpreters and bridge packages are there.
+//! - `snakepit sweep` kills what pools of crashed runs left behind.
 //!
 //! See `docs/cli.md` for the exit codes and `snakepit.toml`.
 
@@ -21,6 +22,7 @@ mod doctor;
 mod exec;
 mod log;
 mod plot;
+mod sweep;
 mod ui;
 mod workers;
 
@@ -39,6 +41,7 @@ Examples:
   snakepit exec --script worker.py greet '{\"name\": \"Ada\"}'
   snakepit bench --workers 2 --requests 20000
   snakepit doctor
+  snakepit sweep --dry-run
 
 Exit codes:
   0 success
@@ -79,6 +82,9 @@ enum Command {
     /// Check the interpreters and bridge packages, and say what to install.
     #[command(after_help = doctor::EXAMPLES)]
     Doctor(DoctorArgs),
+    /// Kill what pools of crashed runs left behind (only their processes).
+    #[command(after_help = sweep::EXAMPLES)]
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +111,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Doctor(args) => Ok(doctor::run(args.json, out)),
+        Command::Sweep(args) => {
+            sweep::run(args, out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec(args) => {
             let file = config::load(cli.config.as_deref(), out)?;
             runtime()?.block_on(exec::run(args, file, out))?;

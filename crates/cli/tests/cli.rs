@@ -539,3 +539,110 @@ fn doctor_says_what_to_install_when_nothing_is_there() {
     assert!(r.stdout.contains("apt-get install python3"), "{r:?}");
     assert!(r.stdout.contains("SNAKEPIT_PYTHON"), "{r:?}");
 }
+
+const ESCAPING_WORKER: &str = r#"
+import os, subprocess, time
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("escape")
+def escape(args):
+    # A child in a session of its own: out of reach of the worker's process
+    # group, so only the sweep can find it once the host is gone.
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    with open(args["marker"] + ".tmp", "w") as f:
+        f.write(str(child.pid))
+    os.rename(args["marker"] + ".tmp", args["marker"])
+    time.sleep(300)
+
+worker.run()
+"#;
+
+fn alive(pid: u32) -> bool {
+    // A zombie has ended; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn sweep_kills_what_a_crashed_run_left_and_says_so() {
+    let dir = Dir::new("sweep");
+    let state = dir.0.join("state");
+    let state = state.to_str().expect("utf-8 path");
+    let env = [("SNAKEPIT_STATE_DIR", state)];
+    let script = dir.file("worker.py", ESCAPING_WORKER);
+    let marker = dir.0.join("child.pid");
+    let args = format!(r#"{{"marker": "{}"}}"#, marker.display());
+
+    let r = snakepit_in(&dir.0, &["sweep"], &env, "");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("nothing left behind"), "{r:?}");
+
+    // A host that dies without shutting its pool down.
+    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+    let mut host = Command::new(BIN)
+        .args(["exec", "--script", &script, "escape", &args])
+        .env("SNAKEPIT_STATE_DIR", state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("snakepit runs");
+    let mut child_pid = None;
+    for _ in 0..1500 {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            child_pid = text.trim().parse::<u32>().ok();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    host.kill().expect("SIGKILL the host");
+    host.wait().expect("reap the host");
+    let pid = child_pid.expect("the worker started its escaping child");
+    assert!(alive(pid), "the escaped child outlives its host");
+
+    let r = snakepit_in(&dir.0, &["sweep", "--dry-run", "--json"], &env, "");
+    assert_eq!(r.code, 0, "{r:?}");
+    let listed = |v: &Value| {
+        v["stale_runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|run| run["killed"].as_array().into_iter().flatten())
+            .any(|p| p["pid"] == pid)
+    };
+    assert!(listed(&r.json()), "{r:?}");
+    assert!(alive(pid), "a dry run kills nothing");
+
+    let r = snakepit_in(&dir.0, &["sweep"], &env, "");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("pid {pid}")) && r.stdout.contains("killed"),
+        "{r:?}"
+    );
+    let mut gone = false;
+    for _ in 0..500 {
+        gone = !alive(pid);
+        if gone {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if !gone {
+        #[allow(clippy::disallowed_methods)] // cleaning up after a failed test
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(gone, "the sweep killed pid {pid}");
+
+    // The record is gone: a second sweep finds nothing.
+    let r = snakepit_in(&dir.0, &["sweep"], &env, "");
+    assert!(r.stdout.contains("nothing left behind"), "{r:?}");
+}

@@ -1,0 +1,97 @@
+//! `snakepit sweep`: finds the run records of pools whose host died and
+//! kills what those runs left alive, and only that (see
+//! `snakepit_core::sweep` for how a process is recognised as ours).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use snakepit_core::sweep::{sweep, SweepOptions, SweepReport};
+
+use crate::ui::{Failure, Output};
+
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  snakepit sweep
+  snakepit sweep --dry-run
+  snakepit sweep --instance my_pool --json
+
+Only processes that carry a dead run's SNAKEPIT_RUN_ID and are that run's
+recorded workers or started after it are killed; anything else is left alone.";
+
+#[derive(Debug, Args)]
+pub(crate) struct SweepArgs {
+    /// Say what would be killed; kill nothing, keep the records.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only the runs of pools with this name.
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
+    /// The run records' directory [default: $SNAKEPIT_STATE_DIR, else $XDG_RUNTIME_DIR/snakepit, else /tmp/snakepit-UID].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// One JSON object on stdout instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(a: SweepArgs, out: &Output) -> Result<(), Failure> {
+    let mut options = SweepOptions::new().dry_run(a.dry_run);
+    if let Some(name) = a.instance {
+        options = options.instance(name);
+    }
+    if let Some(dir) = a.state_dir {
+        options = options.state_dir(dir);
+    }
+    let report = sweep(&options).map_err(|e| Failure::general(format!("cannot sweep: {e}")))?;
+    if a.json {
+        let text = serde_json::to_string(&report)
+            .map_err(|e| Failure::general(format!("cannot print the report: {e}")))?;
+        outln!("{text}");
+    } else {
+        print_report(&report, a.dry_run, out);
+    }
+    Ok(())
+}
+
+fn print_report(report: &SweepReport, dry_run: bool, out: &Output) {
+    let kill = if dry_run { "would kill" } else { "killed" };
+    outln!(
+        "run records in {}: {} of running pools (left alone), {} of crashed runs",
+        report.state_dir.display(),
+        report.active_runs,
+        report.stale_runs.len()
+    );
+    if let Some(note) = &report.note {
+        outln!("note: {note}");
+    }
+    for run in &report.stale_runs {
+        outln!(
+            "run {} of pool {} (host pid {} is gone): {kill} {} process(es)",
+            run.run_id,
+            run.instance,
+            run.host_pid,
+            run.killed.len()
+        );
+        for p in &run.killed {
+            let what = if p.worker {
+                "worker"
+            } else {
+                "a worker's child"
+            };
+            outln!(
+                "  {} pid {:<7} {}",
+                what,
+                p.pid,
+                Output::paint(out.color_stdout, "2", &p.command)
+            );
+        }
+    }
+    for path in &report.unreadable {
+        outln!("left alone, not a run record: {}", path.display());
+    }
+    if report.killed() == 0 {
+        outln!("nothing left behind to kill.");
+    } else if dry_run {
+        outln!("dry run: nothing was killed; run `snakepit sweep` to kill them.");
+    }
+}
