@@ -82,6 +82,15 @@ pub enum Error {
     /// The pool is shutting down or was shut down.
     #[error("pool is shut down")]
     ShutDown,
+    /// The pool's session hook (a session store) could not create or touch
+    /// the call's session; the call never ran.
+    #[error("session `{session_id}` is unavailable: {message}")]
+    Session {
+        /// The session.
+        session_id: String,
+        /// What the store said.
+        message: String,
+    },
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -125,6 +134,7 @@ impl Error {
                 | Error::UnsupportedCommand(_)
                 | Error::ShutDown
                 | Error::WorkerBusy { .. }
+                | Error::Session { .. }
         )
     }
 

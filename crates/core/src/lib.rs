@@ -37,6 +37,7 @@ mod config;
 mod error;
 pub mod events;
 mod pool;
+mod session_hook;
 mod spawn;
 pub mod sweep;
 mod worker;
@@ -48,4 +49,5 @@ pub use pool::{
     Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats,
     StreamItem, TraceContext, WorkerInfo,
 };
+pub use session_hook::{SessionEnds, SessionHook};
 pub use snakepit_protocol::WireCodec;

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::adapter::{Adapter, Launch};
 use crate::error::{Error, Result, StartError};
 use crate::events::{Event, EventKind, Listener};
+use crate::session_hook::{SessionEnds, SessionHook};
 use crate::spawn::Spawner;
 use crate::worker::{Pending, Worker};
 use crate::PoolConfig;
@@ -301,6 +302,7 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     counters: Counters,
     pub(crate) host_functions: HashMap<String, HostFunction>,
+    session_hook: Option<Arc<dyn SessionHook>>,
     pub(crate) spawner: Spawner,
     run_id: String,
     name: String,
@@ -534,6 +536,10 @@ impl Shared {
                 },
             );
         }
+    }
+
+    pub(crate) fn forget_session(&self, session_id: &str) {
+        self.state().affinity.remove(session_id);
     }
 
     fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
@@ -1127,6 +1133,7 @@ pub struct PoolBuilder {
     host_functions: HashMap<String, HostFunction>,
     listeners: Vec<Listener>,
     trace_context: Option<TraceContext>,
+    session_hook: Option<Arc<dyn SessionHook>>,
 }
 
 impl PoolBuilder {
@@ -1185,6 +1192,14 @@ impl PoolBuilder {
     /// (`snakepit-telemetry`) can hand the worker that span's context.
     pub fn trace_context(mut self, f: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
         self.trace_context = Some(Arc::new(f));
+        self
+    }
+
+    /// Has `hook` create or touch each session before its calls are routed,
+    /// and drop a session's affinity when the hook reports it ended
+    /// (`snakepit_session::attach` sets one up for a session store).
+    pub fn session_hook(mut self, hook: impl SessionHook) -> Self {
+        self.session_hook = Some(Arc::new(hook));
         self
     }
 
@@ -1262,6 +1277,7 @@ impl PoolBuilder {
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
             host_functions: self.host_functions,
+            session_hook: self.session_hook,
             spawner,
             run_id,
             name: self.name,
@@ -1285,6 +1301,9 @@ impl PoolBuilder {
             tokio::spawn(supervise(shared.clone(), i, Some(tx)));
         }
         tokio::spawn(maintain(shared.clone()));
+        if let Some(hook) = &shared.session_hook {
+            hook.attached(SessionEnds::new(&shared));
+        }
         let all = async {
             for rx in firsts {
                 match rx.await {
@@ -1498,6 +1517,7 @@ impl Pool {
             host_functions: HashMap::new(),
             listeners: Vec::new(),
             trace_context: None,
+            session_hook: None,
         }
     }
 
@@ -1687,6 +1707,12 @@ impl Pool {
         let shared = self.shared();
         let (deadline, timeout) = self.deadline(command, options, meta);
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
+        if let (Some(hook), Some(id)) = (&shared.session_hook, options.session_id.as_deref()) {
+            hook.touch(id).await.map_err(|message| Error::Session {
+                session_id: id.to_owned(),
+                message,
+            })?;
+        }
         let mut chunks = chunks;
         // A worker can die (or retire) between handing out its lease and the
         // call reaching it; the call has not been sent then, so it goes
@@ -1791,7 +1817,7 @@ impl Pool {
 
     /// Forgets a session's worker affinity.
     pub fn end_session(&self, session_id: &str) {
-        self.shared().state().affinity.remove(session_id);
+        self.shared().forget_session(session_id);
     }
 
     /// The id that marks this run's workers (`SNAKEPIT_RUN_ID`).

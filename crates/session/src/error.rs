@@ -1,0 +1,111 @@
+use std::fmt;
+
+/// Everything a session store or a session helper can fail with.
+///
+/// Each variant is something a caller can act on; the `Display` text is for
+/// people.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No session has this id (it never existed, was deleted, or expired and
+    /// was already swept away).
+    #[error("session `{0}` not found")]
+    NotFound(String),
+    /// The session's TTL passed without use; it is gone now.
+    #[error("session `{0}` expired")]
+    Expired(String),
+    /// `create_session` found a live session with this id.
+    #[error("session `{0}` already exists")]
+    AlreadyExists(String),
+    /// The session (or the global table, when `session_id` is `None`) has no
+    /// program with this id.
+    #[error("program `{program_id}` not found in {}", Scope(.session_id))]
+    ProgramNotFound {
+        /// The session, or `None` for global programs.
+        session_id: Option<String>,
+        /// The program.
+        program_id: String,
+    },
+    /// An id or key is empty or longer than [`MAX_ID_LEN`](crate::MAX_ID_LEN) bytes.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid (`session id`, `key`, `program id`).
+        what: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Concurrent writers kept changing the session while an update was
+    /// being applied (Redis store); the update was not applied.
+    #[error("session `{session_id}` kept changing during an update ({attempts} attempts)")]
+    Conflict {
+        /// The session.
+        session_id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Stored data could not be read back (written by something else?).
+    #[error("stored session data is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend failed (Redis unreachable, a command refused).
+    #[error("session store backend failed: {0}")]
+    Backend(String),
+    /// The pool failed the call (session helpers only).
+    #[error(transparent)]
+    Pool(#[from] Box<snakepit_core::Error>),
+}
+
+impl Error {
+    /// The session does not exist (any more): not found or expired.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Error::NotFound(_) | Error::Expired(_))
+    }
+
+    /// The error a worker sees when its host call fails: a short type name
+    /// it can match on, and this error's text.
+    pub fn to_remote(&self) -> snakepit_core::RemoteError {
+        let kind = match self {
+            Error::NotFound(_) => "SessionNotFound",
+            Error::Expired(_) => "SessionExpired",
+            Error::AlreadyExists(_) => "SessionExists",
+            Error::ProgramNotFound { .. } => "ProgramNotFound",
+            Error::Invalid { .. } => "InvalidArgument",
+            Error::Conflict { .. } => "SessionConflict",
+            Error::Corrupt(_) | Error::Backend(_) => "SessionStoreError",
+            Error::Pool(_) => "PoolError",
+        };
+        snakepit_core::RemoteError::new(kind, self.to_string())
+    }
+}
+
+impl From<snakepit_core::Error> for Error {
+    fn from(e: snakepit_core::Error) -> Self {
+        Error::Pool(Box::new(e))
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+struct Scope<'a>(&'a Option<String>);
+
+impl fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "session `{s}`"),
+            None => f.write_str("the global programs"),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

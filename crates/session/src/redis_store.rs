@@ -1,0 +1,646 @@
+//! Sessions in Redis: one hash per session, expiring with the session's TTL;
+//! a sorted set of ids by expiry (for listing and for reporting expiries);
+//! a hash of global programs; a hash of counters. Every operation is one
+//! Lua script, run atomically by the server, with the server's clock.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Script;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::session::{check_id, Session, StoreStats};
+use crate::store::{EndListener, EndReason, SessionStore};
+
+/// Shared by every script: the server's clock in milliseconds, and a touch
+/// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
+/// the expiry index; ARGV[1] the session id.
+const PRELUDE: &str = r#"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function touch(n)
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 't'))
+  redis.call('HSET', KEYS[1], 'a', n)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
+end
+local function create(n, ttl)
+  redis.call('HSET', KEYS[1], 'v', 1, 'c', n, 'a', n, 't', ttl, 'm', '{}')
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
+  redis.call('HINCRBY', KEYS[3], 'created', 1)
+end
+"#;
+
+/// ARGV[2] = ttl ms. Returns the creation time, or -1 if the session exists.
+const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = now()
+create(n, tonumber(ARGV[2]))
+return n
+"#;
+
+/// ARGV[2] = default ttl ms. Creates or touches.
+const ENSURE: &str = r#"
+local n = now()
+if redis.call('EXISTS', KEYS[1]) == 1 then touch(n) return 0 end
+create(n, tonumber(ARGV[2]))
+return 1
+"#;
+
+/// Returns the hash's fields and values after a touch, or nothing.
+const GET: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+touch(now())
+return redis.call('HGETALL', KEYS[1])
+"#;
+
+/// ARGV[2] = field. Returns {1, value}, {1} when the field is not set, or 0.
+const GET_FIELD: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+touch(now())
+local v = redis.call('HGET', KEYS[1], ARGV[2])
+if v then return {1, v} end
+return {1}
+"#;
+
+/// ARGV[2] = field, ARGV[3] = value. Returns 1, or 0 without a session.
+const SET_FIELD: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+touch(now())
+return 1
+"#;
+
+/// ARGV[2] = field. Returns 1 or 0 (was it set), or -1 without a session.
+const DEL_FIELD: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local r = redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+touch(now())
+return r
+"#;
+
+/// ARGV[2] = the version read, ARGV[3..] = field, value pairs of the new
+/// session. Writes it only if nothing changed it since it was read: 1;
+/// 0 on a conflict; -1 without a session.
+const REPLACE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[2] then return 0 end
+local c = redis.call('HGET', KEYS[1], 'c')
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[2]) + 1, 'c', c)
+touch(now())
+return 1
+"#;
+
+/// Returns 1 if the session was there, 0 otherwise.
+const DELETE: &str = r#"
+local r = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if r == 1 then redis.call('HINCRBY', KEYS[3], 'deleted', 1) end
+return r
+"#;
+
+/// ARGV[1] = the key prefix, ARGV[2] = how many at most. Removes expired
+/// ids from the index and returns them; only one host gets each id.
+const CLEANUP: &str = r#"
+local t = redis.call('TIME')
+local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', n, 'LIMIT', 0, tonumber(ARGV[2]))
+local gone = {}
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', ARGV[1] .. 's:' .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+    gone[#gone + 1] = id
+  end
+end
+if #gone > 0 then redis.call('HINCRBY', KEYS[2], 'expired', #gone) end
+return gone
+"#;
+
+/// KEYS[1] = index, KEYS[2] = stats, KEYS[3] = globals. Returns
+/// {active, created, deleted, expired, globals}.
+const STATS: &str = r#"
+local t = redis.call('TIME')
+local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function c(f) return tonumber(redis.call('HGET', KEYS[2], f) or '0') end
+return {redis.call('ZCOUNT', KEYS[1], '(' .. n, '+inf'), c('created'), c('deleted'), c('expired'), redis.call('HLEN', KEYS[3])}
+"#;
+
+/// KEYS[1] = index. The ids that have not expired.
+const LIST: &str = r#"
+local t = redis.call('TIME')
+local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. n, '+inf')
+"#;
+
+/// How often `update_session` retries when other writers keep changing the
+/// session, before it gives up with `Conflict`.
+const MAX_ATTEMPTS: u32 = 1000;
+
+struct Scripts {
+    create: Script,
+    ensure: Script,
+    get: Script,
+    get_field: Script,
+    set_field: Script,
+    del_field: Script,
+    replace: Script,
+    delete: Script,
+    cleanup: Script,
+    stats: Script,
+    list: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Scripts {
+            create: with(CREATE),
+            ensure: with(ENSURE),
+            get: with(GET),
+            get_field: with(GET_FIELD),
+            set_field: with(SET_FIELD),
+            del_field: with(DEL_FIELD),
+            replace: with(REPLACE),
+            delete: with(DELETE),
+            cleanup: Script::new(CLEANUP),
+            stats: Script::new(STATS),
+            list: Script::new(LIST),
+        }
+    }
+}
+
+/// Sessions in a Redis server, shared by every host that connects to it:
+/// a session created on one host is served on another. Expiry is Redis's
+/// own (`PEXPIRE`, slid on each use); every operation is one Lua script, so
+/// writes are atomic, and [`update_session`](SessionStore::update_session)
+/// is a compare-and-swap on the session's version, retried on conflict.
+///
+/// Keys, under the prefix (`snakepit:` by default): `s:<id>` (a hash per
+/// session), `idx` (ids by expiry time), `g` (global programs), `stats`.
+/// A single Redis server (or a primary with replicas); not Redis Cluster.
+///
+/// Listeners ([`on_session_end`](SessionStore::on_session_end)) hear of
+/// deletions made through this handle and of expiries found by this
+/// handle's sweep (each expiry is reported by the one host whose sweep
+/// finds it first).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), snakepit_session::Error> {
+/// use snakepit_session::{RedisStore, SessionStore};
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp:").connect().await?;
+/// store.ensure_session("user_1").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: MultiplexedConnection,
+    scripts: Scripts,
+    prefix: String,
+    default_ttl: Duration,
+    listeners: RwLock<Vec<EndListener>>,
+}
+
+/// Settings of a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    default_ttl: Duration,
+    sweep_interval: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// Keys start with this (`snakepit:` by default).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The TTL of sessions created without one (1 hour by default).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// How often this handle looks for expired sessions to report (30 s by
+    /// default). Redis frees them itself; the sweep only tells listeners.
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Connects (one multiplexed connection) and starts the sweep.
+    pub async fn connect(self) -> Result<RedisStore> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let conn = client.get_multiplexed_async_connection().await?;
+        let inner = Arc::new(Inner {
+            conn,
+            scripts: Scripts::new(),
+            prefix: self.prefix,
+            default_ttl: self.default_ttl,
+            listeners: RwLock::new(Vec::new()),
+        });
+        tokio::spawn(sweep(Arc::downgrade(&inner), self.sweep_interval));
+        Ok(RedisStore { inner })
+    }
+}
+
+async fn sweep(store: std::sync::Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        if let Err(e) = inner.cleanup().await {
+            tracing::warn!(error = %e, "redis session sweep failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("default_ttl", &self.inner.default_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store on the server at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "snakepit:".into(),
+            default_ttl: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// Connects to `url` with the default settings.
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+impl Inner {
+    fn key(&self, id: &str) -> String {
+        format!("{}s:{id}", self.prefix)
+    }
+    fn index(&self) -> String {
+        format!("{}idx", self.prefix)
+    }
+    fn stats_key(&self) -> String {
+        format!("{}stats", self.prefix)
+    }
+    fn globals(&self) -> String {
+        format!("{}g", self.prefix)
+    }
+
+    /// A session script's invocation: KEYS = hash, index, stats; ARGV[1] = id.
+    fn invoke<'a>(&self, script: &'a Script, id: &str) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(id))
+            .key(self.index())
+            .key(self.stats_key())
+            .arg(id);
+        inv
+    }
+
+    fn notify(&self, id: &str, reason: EndReason) {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        for l in listeners.iter() {
+            l(id, reason);
+        }
+    }
+
+    async fn cleanup(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let gone: Vec<String> = self
+                .scripts
+                .cleanup
+                .key(self.index())
+                .key(self.stats_key())
+                .arg(&self.prefix)
+                .arg(1000)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            total += gone.len();
+            for id in &gone {
+                self.notify(id, EndReason::Expired);
+            }
+            if gone.len() < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn read(&self, id: &str) -> Result<(Session, String)> {
+        check_id("session id", id)?;
+        let fields: Vec<String> = self
+            .invoke(&self.scripts.get, id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        if fields.is_empty() {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        parse(id, fields)
+    }
+
+    async fn set_field(&self, id: &str, field: String, value: &Value) -> Result<()> {
+        check_id("session id", id)?;
+        let found: i64 = self
+            .invoke(&self.scripts.set_field, id)
+            .arg(field)
+            .arg(serde_json::to_string(value)?)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        if found == 0 {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn get_field(&self, id: &str, field: String) -> Result<Option<Value>> {
+        check_id("session id", id)?;
+        let r: redis::Value = self
+            .invoke(&self.scripts.get_field, id)
+            .arg(field)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match r {
+            redis::Value::Array(items) => match items.get(1) {
+                Some(v) => {
+                    let s: String = redis::from_redis_value(v)?;
+                    Ok(Some(serde_json::from_str(&s)?))
+                }
+                None => Ok(None),
+            },
+            _ => Err(Error::NotFound(id.to_owned())),
+        }
+    }
+}
+
+/// A session from its hash's fields and values; also its version.
+fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
+    let mut s = Session::new(id, Duration::ZERO, 0);
+    let mut version = String::new();
+    let num = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| Error::Corrupt(format!("session `{id}`: not a number: {v}")))
+    };
+    let mut it = fields.into_iter();
+    while let (Some(f), Some(v)) = (it.next(), it.next()) {
+        match f.as_str() {
+            "v" => version = v,
+            "c" => s.created_at_ms = num(&v)?,
+            "a" => s.last_accessed_ms = num(&v)?,
+            "t" => s.ttl_ms = num(&v)?,
+            "m" => s.metadata = serde_json::from_str(&v)?,
+            _ => {
+                if let Some(k) = f.strip_prefix("d:") {
+                    s.data.insert(k.to_owned(), serde_json::from_str(&v)?);
+                } else if let Some(k) = f.strip_prefix("p:") {
+                    s.programs.insert(k.to_owned(), serde_json::from_str(&v)?);
+                }
+            }
+        }
+    }
+    Ok((s, version))
+}
+
+/// The hash's fields and values of a session (without `v` and `c`, which
+/// the replace script keeps).
+fn fields(s: &Session) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(6 + 2 * (s.data.len() + s.programs.len()));
+    out.extend(["a".into(), s.last_accessed_ms.to_string()]);
+    out.extend(["t".into(), s.ttl_ms.max(1).to_string()]);
+    out.extend(["m".into(), serde_json::to_string(&s.metadata)?]);
+    for (k, v) in &s.data {
+        out.push(format!("d:{k}"));
+        out.push(serde_json::to_string(v)?);
+    }
+    for (k, v) in &s.programs {
+        out.push(format!("p:{k}"));
+        out.push(serde_json::to_string(v)?);
+    }
+    Ok(out)
+}
+
+impl SessionStore for RedisStore {
+    async fn create_session(&self, id: &str, ttl: Option<Duration>) -> Result<Session> {
+        check_id("session id", id)?;
+        let inner = &self.inner;
+        let ttl = ttl.unwrap_or(inner.default_ttl);
+        let created: i64 = inner
+            .invoke(&inner.scripts.create, id)
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut inner.conn.clone())
+            .await?;
+        if created < 0 {
+            return Err(Error::AlreadyExists(id.to_owned()));
+        }
+        Ok(Session::new(id, ttl, created as u64))
+    }
+
+    async fn ensure_session(&self, id: &str) -> Result<()> {
+        check_id("session id", id)?;
+        let inner = &self.inner;
+        let _: i64 = inner
+            .invoke(&inner.scripts.ensure, id)
+            .arg(ttl_ms(inner.default_ttl))
+            .invoke_async(&mut inner.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Session> {
+        Ok(self.inner.read(id).await?.0)
+    }
+
+    async fn update_session<F>(&self, id: &str, mut f: F) -> Result<Session>
+    where
+        F: FnMut(&mut Session) + Send,
+    {
+        let inner = &self.inner;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut s, version) = inner.read(id).await?;
+            let created = s.created_at_ms;
+            f(&mut s);
+            s.id = id.to_owned();
+            s.created_at_ms = created;
+            let written: i64 = inner
+                .invoke(&inner.scripts.replace, id)
+                .arg(&version)
+                .arg(fields(&s)?)
+                .invoke_async(&mut inner.conn.clone())
+                .await?;
+            match written {
+                1 => return Ok(s),
+                -1 => return Err(Error::NotFound(id.to_owned())),
+                _ => tokio::task::yield_now().await,
+            }
+        }
+        Err(Error::Conflict {
+            session_id: id.to_owned(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<bool> {
+        check_id("session id", id)?;
+        let inner = &self.inner;
+        let removed: i64 = inner
+            .invoke(&inner.scripts.delete, id)
+            .invoke_async(&mut inner.conn.clone())
+            .await?;
+        if removed == 1 {
+            inner.notify(id, EndReason::Deleted);
+        }
+        Ok(removed == 1)
+    }
+
+    async fn session_exists(&self, id: &str) -> Result<bool> {
+        check_id("session id", id)?;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.inner.key(id))
+            .query_async(&mut self.inner.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<String>> {
+        let inner = &self.inner;
+        Ok(inner
+            .scripts
+            .list
+            .key(inner.index())
+            .invoke_async(&mut inner.conn.clone())
+            .await?)
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let inner = &self.inner;
+        let v: Vec<u64> = inner
+            .scripts
+            .stats
+            .key(inner.index())
+            .key(inner.stats_key())
+            .key(inner.globals())
+            .invoke_async(&mut inner.conn.clone())
+            .await?;
+        let [active, created, deleted, expired, globals] = v[..] else {
+            return Err(Error::Corrupt(format!("stats script answered {v:?}")));
+        };
+        Ok(StoreStats {
+            active_sessions: active,
+            sessions_created: created,
+            sessions_deleted: deleted,
+            sessions_expired: expired,
+            global_programs: globals,
+        })
+    }
+
+    async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
+        check_id("program id", program_id)?;
+        self.inner
+            .set_field(id, format!("p:{program_id}"), &program)
+            .await
+    }
+
+    async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
+        check_id("program id", program_id)?;
+        self.inner
+            .get_field(id, format!("p:{program_id}"))
+            .await?
+            .ok_or_else(|| Error::ProgramNotFound {
+                session_id: Some(id.to_owned()),
+                program_id: program_id.to_owned(),
+            })
+    }
+
+    async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
+        check_id("program id", program_id)?;
+        let inner = &self.inner;
+        let _: i64 = redis::cmd("HSET")
+            .arg(inner.globals())
+            .arg(program_id)
+            .arg(serde_json::to_string(&program)?)
+            .query_async(&mut inner.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn get_global_program(&self, program_id: &str) -> Result<Value> {
+        check_id("program id", program_id)?;
+        let inner = &self.inner;
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(inner.globals())
+            .arg(program_id)
+            .query_async(&mut inner.conn.clone())
+            .await?;
+        match v {
+            Some(s) => Ok(serde_json::from_str(&s)?),
+            None => Err(Error::ProgramNotFound {
+                session_id: None,
+                program_id: program_id.to_owned(),
+            }),
+        }
+    }
+
+    async fn cleanup_expired(&self) -> Result<usize> {
+        self.inner.cleanup().await
+    }
+
+    async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
+        check_id("key", key)?;
+        self.inner.get_field(id, format!("d:{key}")).await
+    }
+
+    async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {
+        check_id("key", key)?;
+        self.inner.set_field(id, format!("d:{key}"), &value).await
+    }
+
+    async fn delete(&self, id: &str, key: &str) -> Result<bool> {
+        check_id("key", key)?;
+        check_id("session id", id)?;
+        let inner = &self.inner;
+        let r: i64 = inner
+            .invoke(&inner.scripts.del_field, id)
+            .arg(format!("d:{key}"))
+            .invoke_async(&mut inner.conn.clone())
+            .await?;
+        match r {
+            -1 => Err(Error::NotFound(id.to_owned())),
+            r => Ok(r == 1),
+        }
+    }
+
+    fn on_session_end(&self, listener: EndListener) {
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+}

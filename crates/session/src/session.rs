@@ -1,0 +1,89 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The longest session id, data key or program id, in bytes.
+pub const MAX_ID_LEN: usize = 512;
+
+/// One session: its data, programs and metadata, kept on the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Session {
+    /// The session's id.
+    pub id: String,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it was last used, in milliseconds since the Unix epoch.
+    pub last_accessed_ms: u64,
+    /// How long it lives without use; each use starts this again.
+    pub ttl_ms: u64,
+    /// Key/value data (what workers read and write with
+    /// `ctx.session.get/set`).
+    pub data: Map<String, Value>,
+    /// Programs stored for this session (`store_program`).
+    pub programs: Map<String, Value>,
+    /// Free-form metadata, for the application.
+    pub metadata: Map<String, Value>,
+}
+
+impl Session {
+    /// A new empty session created at `now_ms`.
+    pub fn new(id: impl Into<String>, ttl: Duration, now_ms: u64) -> Self {
+        Session {
+            id: id.into(),
+            created_at_ms: now_ms,
+            last_accessed_ms: now_ms,
+            ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
+            data: Map::new(),
+            programs: Map::new(),
+            metadata: Map::new(),
+        }
+    }
+
+    /// How long it lives without use.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+}
+
+/// A store's counters and sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Sessions alive now.
+    pub active_sessions: u64,
+    /// Sessions created (by `create_session` or by first use).
+    pub sessions_created: u64,
+    /// Sessions deleted with `delete_session`.
+    pub sessions_deleted: u64,
+    /// Sessions that expired and were removed.
+    pub sessions_expired: u64,
+    /// Global programs stored.
+    pub global_programs: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::Invalid {
+            what,
+            reason: "empty",
+        });
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::Invalid {
+            what,
+            reason: "longer than 512 bytes",
+        });
+    }
+    Ok(())
+}
