@@ -56,8 +56,8 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs what the tests need beyond Rust, when it is missing: Ruby and
-/// the MessagePack packages (Debian), Python's `msgpack` and `wheel` (PyPI),
+/// Installs what the tests need beyond Rust, when it is missing: Ruby, the
+/// MessagePack packages and `redis-server` (Debian), Python's `msgpack` and `wheel` (PyPI),
 /// the Node bridge's dev dependencies (npm).
 fn setup(root: &Path) -> Result<()> {
     let mut apt = Vec::new();
@@ -66,6 +66,9 @@ fn setup(root: &Path) -> Result<()> {
     }
     if probe("ruby", &["-e", "require 'msgpack'"]).is_none() {
         apt.push("ruby-msgpack");
+    }
+    if probe("redis-server", &["--version"]).is_none() {
+        apt.push("redis-server");
     }
     if !apt.is_empty() {
         let sudo = if probe("id", &["-u"]).is_some_and(|uid| uid.trim() == "0") {
@@ -107,6 +110,10 @@ fn setup(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The session store's Redis backend is built, linted and tested in CI (its
+/// tests start their own `redis-server`).
+const SESSION_REDIS: &str = "snakepit-session/redis";
+
 fn ci(root: &Path) -> Result<()> {
     setup(root)?;
     run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
@@ -117,6 +124,8 @@ fn ci(root: &Path) -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--features",
+            SESSION_REDIS,
             "--",
             "-D",
             "warnings",
@@ -131,6 +140,8 @@ fn ci(root: &Path) -> Result<()> {
                 "run",
                 "--workspace",
                 "--all-targets",
+                "--features",
+                SESSION_REDIS,
                 "--no-fail-fast",
             ],
         )?;
@@ -138,10 +149,21 @@ fn ci(root: &Path) -> Result<()> {
         run(
             root,
             "cargo",
-            &["test", "--workspace", "--all-targets", "--no-fail-fast"],
+            &[
+                "test",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                SESSION_REDIS,
+                "--no-fail-fast",
+            ],
         )?;
     }
-    run(root, "cargo", &["test", "--workspace", "--doc"])?;
+    run(
+        root,
+        "cargo",
+        &["test", "--workspace", "--doc", "--features", SESSION_REDIS],
+    )?;
     examples(root)?;
     bridges(root)?;
     fuzz(
@@ -183,6 +205,28 @@ fn examples(root: &Path) -> Result<()> {
             ],
         )?;
     }
+    let session = ["run", "--quiet", "-p", "snakepit-session"];
+    run(
+        root,
+        "cargo",
+        &[&session[..], &["--example", "ml_workflow"]].concat(),
+    )?;
+    run(
+        root,
+        "cargo",
+        &[
+            &session[..],
+            &[
+                "--features",
+                "redis",
+                "--example",
+                "session_bench",
+                "--",
+                "--quick",
+            ],
+        ]
+        .concat(),
+    )?;
     Ok(())
 }
 
