@@ -114,6 +114,7 @@ impl Error {
             Error::Protocol { .. } => "protocol",
             Error::StartFailed(_) => "start_failed",
             Error::ShutDown => "shut_down",
+            Error::Session { .. } => "session",
             Error::Config(_) => "config",
         }
     }
