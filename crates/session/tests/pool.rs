@@ -212,6 +212,110 @@ async fn expired_sessions_start_empty() {
     pool.shutdown().await.unwrap();
 }
 
+/// One store, three pools (Python, Node.js, Ruby): what one language's
+/// worker writes with `ctx.session.set`, the others read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bridge_shares_the_store() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers");
+    let store = Arc::new(MemoryStore::new());
+    let mut pools = Vec::new();
+    for bridge in [
+        Bridge::python(dir.join("session_worker.py")),
+        Bridge::node(dir.join("session_worker.js")),
+        Bridge::ruby(dir.join("session_worker.rb")),
+    ] {
+        pools.push(
+            attach(Pool::builder(bridge), store.clone())
+                .size(1)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, writer) in pools.iter().enumerate() {
+        let value = json!({"written_by": i, "list": [1, "two", null]});
+        let r = writer
+            .execute_in_session("polyglot", "remember", json!({"key": "k", "value": value}))
+            .await
+            .unwrap();
+        assert_eq!(r["session_id"], "polyglot");
+        for reader in &pools {
+            let r = reader
+                .execute_in_session("polyglot", "recall", json!({"key": "k"}))
+                .await
+                .unwrap();
+            assert_eq!(r["value"], value);
+        }
+    }
+    let r = pools[2]
+        .execute_in_session("polyglot", "forget", json!({"key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(r["deleted"], true);
+    let r = pools[1]
+        .execute_in_session("polyglot", "forget", json!({"key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(r["deleted"], false);
+    assert_eq!(store.stats().await.unwrap().sessions_created, 1);
+    for p in pools {
+        p.shutdown().await.unwrap();
+    }
+}
+
+/// Affinity is observable with `FailFast`: a session call whose worker is
+/// busy fails at once. Once the session ends (deleted, or expired and
+/// swept), the pool has forgotten that worker and the call runs elsewhere.
+async fn affinity_dropped_when_session_ends(store: Arc<MemoryStore>, by_delete: bool) {
+    use snakepit_core::{Affinity, CallOptions, Error};
+    let pool = pool(store.clone(), 2).await;
+    let ends = common::record_ends(&*store);
+    let fail_fast = || CallOptions::new().session("s").affinity(Affinity::FailFast);
+    let busy = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_in_session("s", "sleep", json!({"seconds": 3}))
+                .await
+        })
+    };
+    eventually("the session's worker is busy", || async {
+        pool.stats().busy == 1
+    })
+    .await;
+    let err = pool
+        .execute_with("recall", json!({"key": "k"}), fail_fast())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WorkerBusy { .. }), "{err}");
+    if by_delete {
+        assert!(store.delete_session("s").await.unwrap());
+    } else {
+        eventually("the session expires and is swept", || async {
+            !ends.lock().unwrap().is_empty()
+        })
+        .await;
+    }
+    pool.execute_with("recall", json!({"key": "k"}), fail_fast())
+        .await
+        .unwrap();
+    busy.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_drops_affinity() {
+    affinity_dropped_when_session_ends(Arc::new(MemoryStore::new()), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_drops_affinity() {
+    let store = MemoryStore::builder()
+        .default_ttl(Duration::from_millis(300))
+        .sweep_interval(Duration::from_millis(50))
+        .build();
+    affinity_dropped_when_session_ends(Arc::new(store), false).await;
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;

@@ -29,6 +29,13 @@ def program(args, ctx):
     return ctx.call_host("session.get_program", {"program_id": args["program_id"]})
 
 
+@worker.command("sleep")
+def sleep(args, ctx):
+    import time
+    time.sleep(args["seconds"])
+    return {"pid": os.getpid()}
+
+
 @worker.command("count")
 def count(args, ctx):
     n = (ctx.session.get("n") or 0) + 1
