@@ -56,9 +56,12 @@ pub struct MemoryStoreBuilder {
     sweep_interval: Duration,
 }
 
+/// Small, so that a touch (the pool's per-call `ensure_session`) reads one
+/// cache line of the table and never the session itself.
 struct Entry {
-    session: Session,
     expires_at: Instant,
+    ttl: Duration,
+    session: Box<Session>,
 }
 
 type Shard = HashMap<Box<str>, Entry>;
@@ -175,9 +178,9 @@ impl Inner {
         }
     }
 
-    /// Runs `f` on the live session `id`, extending its TTL. An expired
+    /// Runs `f` on the live entry `id` and extends its TTL. An expired
     /// entry found here is removed (and reported) as the sweep would.
-    fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Session) -> R) -> Result<R> {
+    fn with_entry<R>(&self, id: &str, f: impl FnOnce(&mut Entry, Instant) -> R) -> Result<R> {
         check_id("session id", id)?;
         let now = Instant::now();
         let mut shard = self.shard(id);
@@ -191,10 +194,22 @@ impl Inner {
             self.notify(id, EndReason::Expired);
             return Err(Error::Expired(id.to_owned()));
         }
-        entry.session.last_accessed_ms = self.wall_ms(now);
-        let r = f(&mut entry.session);
-        entry.expires_at = now + entry.session.ttl();
+        let r = f(entry, now);
+        entry.expires_at = now + entry.ttl;
         Ok(r)
+    }
+
+    /// Runs `f` on the live session `id`, extending its TTL (a changed
+    /// `ttl_ms` takes effect).
+    fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Session) -> R) -> Result<R> {
+        self.with_entry(id, |entry, now| {
+            // Only here is the session read, so only here need its last
+            // access be written.
+            entry.session.last_accessed_ms = self.wall_ms(now);
+            let r = f(&mut entry.session);
+            entry.ttl = entry.session.ttl();
+            r
+        })
     }
 
     fn cleanup(&self) -> usize {
@@ -243,8 +258,9 @@ impl SessionStore for MemoryStore {
         shard.insert(
             id.into(),
             Entry {
-                session: session.clone(),
                 expires_at: now + ttl,
+                ttl,
+                session: Box::new(session.clone()),
             },
         );
         drop(shard);
@@ -257,7 +273,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn ensure_session(&self, id: &str) -> Result<()> {
-        match self.inner.with_live(id, |_| ()) {
+        match self.inner.with_entry(id, |_, _| ()) {
             Err(e) if e.is_gone() => match self.create_session(id, None).await {
                 Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
                 Err(e) => Err(e),
@@ -267,7 +283,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn get_session(&self, id: &str) -> Result<Session> {
-        self.inner.with_live(id, |s| s.clone())
+        self.inner.with_live(id, |s| Session::clone(s))
     }
 
     async fn update_session<F>(&self, id: &str, mut f: F) -> Result<Session>
@@ -275,11 +291,13 @@ impl SessionStore for MemoryStore {
         F: FnMut(&mut Session) + Send,
     {
         self.inner.with_live(id, |s| {
-            let (sid, created) = (std::mem::take(&mut s.id), s.created_at_ms);
+            let created = s.created_at_ms;
             f(s);
-            s.id = sid;
+            if s.id != id {
+                s.id = id.to_owned();
+            }
             s.created_at_ms = created;
-            s.clone()
+            Session::clone(s)
         })
     }
 
