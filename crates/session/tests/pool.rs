@@ -287,6 +287,7 @@ async fn affinity_dropped_when_session_ends(store: Arc<MemoryStore>, by_delete: 
         .await
         .unwrap_err();
     assert!(matches!(err, Error::WorkerBusy { .. }), "{err}");
+    assert_eq!(pool.stats().sessions, 1);
     if by_delete {
         assert!(store.delete_session("s").await.unwrap());
     } else {
@@ -295,6 +296,7 @@ async fn affinity_dropped_when_session_ends(store: Arc<MemoryStore>, by_delete: 
         })
         .await;
     }
+    assert_eq!(pool.stats().sessions, 0);
     pool.execute_with("recall", json!({"key": "k"}), fail_fast())
         .await
         .unwrap();
