@@ -1820,6 +1820,11 @@ impl Pool {
         self.shared().forget_session(session_id);
     }
 
+    /// The pool's name ([`PoolBuilder::name`]), as its spans and events carry it.
+    pub fn name(&self) -> &str {
+        &self.shared().name
+    }
+
     /// The id that marks this run's workers (`SNAKEPIT_RUN_ID`).
     pub fn run_id(&self) -> &str {
         &self.shared().run_id

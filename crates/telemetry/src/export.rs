@@ -208,7 +208,8 @@ impl Telemetry {
         };
         let resource = resource(self.service_name.as_deref());
         let runtime = Runtime::new(protocol)?;
-        let span_exporter = runtime.in_context(|| span_exporter(protocol, self.endpoint.as_deref()))?;
+        let span_exporter =
+            runtime.in_context(|| span_exporter(protocol, self.endpoint.as_deref()))?;
         let tracer_provider = SdkTracerProvider::builder()
             .with_batch_exporter(span_exporter)
             .with_resource(resource.clone())
@@ -358,17 +359,17 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn resource(service_name: Option<&str>) -> Resource {
-    let builder = Resource::builder();
     let name = match service_name {
         Some(name) => Some(name.to_owned()),
         None => {
-            let detected = builder.clone().build();
+            let detected = Resource::builder().build();
             let unknown = detected
                 .get(&opentelemetry::Key::from_static_str("service.name"))
                 .map_or(true, |v| v.as_str().starts_with("unknown_service"));
             unknown.then(exe_name)
         }
     };
+    let builder = Resource::builder();
     let builder = match name {
         Some(name) => builder.with_service_name(name),
         None => builder,

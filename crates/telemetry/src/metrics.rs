@@ -5,8 +5,11 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 use opentelemetry::KeyValue;
-use snakepit_core::events::Event;
+use snakepit_core::events::{Event, EventKind};
 use snakepit_core::Pool;
+
+/// Reads one pool's figures for a gauge and hands each to `out`.
+type Reader = fn(&Pool, out: &mut dyn FnMut(u64, &[KeyValue]));
 
 /// Bucket bounds in seconds for call and wait durations: 50 us to 60 s.
 const SECONDS: [f64; 19] = [
@@ -53,7 +56,7 @@ struct Inner {
     swept: Counter<u64>,
     /// Why each worker is going away, learnt before it exits, so that its
     /// restart is counted under that reason.
-    leaving: Mutex<HashMap<(Arc<str>, usize), &'static str>>,
+    leaving: Mutex<HashMap<(String, usize), &'static str>>,
     pools: Arc<Mutex<Vec<Weak<Pool>>>>,
     _gauges: Vec<ObservableGauge<u64>>,
 }
@@ -70,24 +73,22 @@ impl PoolMetrics {
     /// The instruments, made on `meter`.
     pub fn new(meter: &Meter) -> Self {
         let pools: Arc<Mutex<Vec<Weak<Pool>>>> = Arc::default();
-        let gauge = |name: &'static str,
-                     description: &'static str,
-                     unit: &'static str,
-                     read: fn(&Pool, &mut dyn FnMut(u64, &[KeyValue]))| {
-            let pools = pools.clone();
-            let mut b = meter
-                .u64_observable_gauge(name)
-                .with_description(description);
-            if !unit.is_empty() {
-                b = b.with_unit(unit);
-            }
-            b.with_callback(move |obs| {
-                for pool in live(&pools) {
-                    read(&pool, &mut |v, attrs| obs.observe(v, attrs));
+        let gauge =
+            |name: &'static str, description: &'static str, unit: &'static str, read: Reader| {
+                let pools = pools.clone();
+                let mut b = meter
+                    .u64_observable_gauge(name)
+                    .with_description(description);
+                if !unit.is_empty() {
+                    b = b.with_unit(unit);
                 }
-            })
-            .build()
-        };
+                b.with_callback(move |obs| {
+                    for pool in live(&pools) {
+                        read(&pool, &mut |v, attrs| obs.observe(v, attrs));
+                    }
+                })
+                .build()
+            };
         let gauges = vec![
             gauge(
                 "snakepit.queue.depth",
@@ -123,10 +124,7 @@ impl PoolMetrics {
                     let p = pool_attr(pool);
                     for w in pool.workers() {
                         if let Some(rss) = w.rss_bytes {
-                            out(
-                                rss,
-                                &[p.clone(), KeyValue::new("worker", w.worker as i64)],
-                            );
+                            out(rss, &[p.clone(), KeyValue::new("worker", w.slot as i64)]);
                         }
                     }
                 },
@@ -141,7 +139,10 @@ impl PoolMetrics {
                 .build()
         };
         let counter = |name: &'static str, description: &'static str| {
-            meter.u64_counter(name).with_description(description).build()
+            meter
+                .u64_counter(name)
+                .with_description(description)
+                .build()
         };
         PoolMetrics {
             inner: Arc::new(Inner {
@@ -191,19 +192,18 @@ impl PoolMetrics {
     }
 
     /// Records one event: cheap enough for `PoolBuilder::on_event`.
-    pub fn record(&self, event: &Event) {
+    pub fn record(&self, event: &Event<'_>) {
         let m = &*self.inner;
-        match event {
-            Event::CallEnded {
-                pool,
+        let pool = || KeyValue::new("pool", event.pool.to_owned());
+        match &event.kind {
+            EventKind::CallEnded {
                 command,
                 queue_wait,
                 duration,
                 outcome,
                 ..
             } => {
-                let pool = KeyValue::new("pool", pool.clone());
-                let command = KeyValue::new("command", command.to_string());
+                let (pool, command) = (pool(), KeyValue::new("command", command.to_string()));
                 m.queue_wait
                     .record(queue_wait.as_secs_f64(), &[pool.clone(), command.clone()]);
                 m.call_duration.record(
@@ -211,44 +211,38 @@ impl PoolMetrics {
                     &[pool, command, KeyValue::new("outcome", *outcome)],
                 );
             }
-            Event::WorkerReady { pool, init, .. } => {
-                m.init
-                    .record(init.as_secs_f64(), &[KeyValue::new("pool", pool.clone())]);
+            EventKind::WorkerReady { init, .. } => {
+                m.init.record(init.as_secs_f64(), &[pool()]);
             }
-            Event::HealthCheckFailed { pool, worker, .. } => {
-                m.health_failures
-                    .add(1, &[KeyValue::new("pool", pool.clone())]);
-                m.leaving(pool, *worker, "health_check");
+            EventKind::WorkerStartFailed { worker, .. } => {
+                m.leaving(event.pool, *worker, "start_failed");
             }
-            Event::WorkerRecycled {
-                pool,
-                worker,
-                reason,
-                ..
-            } => m.leaving(pool, *worker, reason),
-            Event::WorkerRestarting { pool, worker, .. } => {
+            EventKind::HealthCheckFailed { worker, .. } => {
+                m.health_failures.add(1, &[pool()]);
+                m.leaving(event.pool, *worker, "health_check");
+            }
+            EventKind::WorkerRecycled { reason, .. } => {
+                // Its replacement starts at once, without a restart event.
+                m.restarts.add(
+                    1,
+                    &[
+                        pool(),
+                        KeyValue::new("reason", format!("recycled_{reason}")),
+                    ],
+                );
+            }
+            EventKind::WorkerRestarting { worker, .. } => {
                 let reason = m
                     .leaving
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&(pool.clone(), *worker))
+                    .remove(&(event.pool.to_owned(), *worker))
                     .unwrap_or("exited");
-                m.restarts.add(
-                    1,
-                    &[
-                        KeyValue::new("pool", pool.clone()),
-                        KeyValue::new("reason", reason),
-                    ],
-                );
+                m.restarts
+                    .add(1, &[pool(), KeyValue::new("reason", reason)]);
             }
-            Event::BreakerOpened { pool, .. } => {
-                m.breaker_opened
-                    .add(1, &[KeyValue::new("pool", pool.clone())]);
-            }
-            Event::Swept { pool, killed } => {
-                m.swept
-                    .add(*killed as u64, &[KeyValue::new("pool", pool.clone())]);
-            }
+            EventKind::BreakerOpened { .. } => m.breaker_opened.add(1, &[pool()]),
+            EventKind::Swept { killed } => m.swept.add(*killed as u64, &[pool()]),
             _ => {}
         }
     }
@@ -269,11 +263,11 @@ impl PoolMetrics {
 }
 
 impl Inner {
-    fn leaving(&self, pool: &Arc<str>, worker: usize, reason: &'static str) {
+    fn leaving(&self, pool: &str, worker: usize, reason: &'static str) {
         self.leaving
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert((pool.clone(), worker), reason);
+            .insert((pool.to_owned(), worker), reason);
     }
 }
 

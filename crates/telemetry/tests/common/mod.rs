@@ -13,25 +13,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub struct Rotel {
+pub(crate) struct Rotel {
     child: Child,
     dir: PathBuf,
     out: PathBuf,
-    pub grpc_port: u16,
-    pub http_port: u16,
+    pub(crate) grpc_port: u16,
+    pub(crate) http_port: u16,
 }
 
 /// One span as Rotel's detailed debug log shows it.
 #[derive(Debug, Clone, Default)]
-pub struct SpanRecord {
-    pub trace_id: String,
-    pub parent_id: String,
-    pub id: String,
-    pub name: String,
-    pub attributes: HashMap<String, String>,
+pub(crate) struct SpanRecord {
+    pub(crate) trace_id: String,
+    pub(crate) parent_id: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) attributes: HashMap<String, String>,
 }
 
-pub fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
@@ -64,7 +64,7 @@ fn free_port() -> Result<u16> {
 
 impl Rotel {
     /// Starts Rotel on two free loopback ports, and waits until both accept.
-    pub fn start() -> Result<Rotel> {
+    pub(crate) fn start() -> Result<Rotel> {
         let bin = rotel_binary()?;
         let dir = std::env::temp_dir().join(format!(
             "snakepit-rotel-{}-{}",
@@ -111,16 +111,16 @@ impl Rotel {
         Ok(rotel)
     }
 
-    pub fn http_base(&self) -> String {
+    pub(crate) fn http_base(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
-    pub fn grpc_base(&self) -> String {
+    pub(crate) fn grpc_base(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     /// What the debug log has printed so far.
-    pub fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
@@ -129,13 +129,13 @@ impl Rotel {
     }
 
     /// Every span received so far.
-    pub fn spans(&self) -> Vec<SpanRecord> {
+    pub(crate) fn spans(&self) -> Vec<SpanRecord> {
         parse_spans(&self.output())
     }
 
     /// Waits until `done` holds for what was received, for at most `limit`;
     /// returns the spans either way, and whether it held.
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         limit: Duration,
         done: impl Fn(&[SpanRecord], &str) -> bool,
@@ -174,7 +174,7 @@ impl Drop for Rotel {
 /// Attributes:
 ///      -> command: Str(echo)
 /// ```
-pub fn parse_spans(out: &str) -> Vec<SpanRecord> {
+pub(crate) fn parse_spans(out: &str) -> Vec<SpanRecord> {
     let mut spans = Vec::new();
     let mut current: Option<SpanRecord> = None;
     for line in out.lines() {
@@ -216,7 +216,7 @@ pub fn parse_spans(out: &str) -> Vec<SpanRecord> {
     spans
 }
 
-pub fn worker_script() -> PathBuf {
+pub(crate) fn worker_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/traced_worker.py")
 }
 
@@ -236,7 +236,7 @@ fn parses_rotel_span_blocks() {
 /// bridge's `snakepit.worker traced` and the handler's own `handler.work`,
 /// each the parent of the next, in one trace. Also checks that the
 /// metrics arrived.
-pub async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -> Result<()> {
+pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -> Result<()> {
     use opentelemetry::trace::TraceContextExt;
     use serde_json::json;
     use snakepit_adapters::Bridge;
@@ -270,20 +270,34 @@ pub async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -> Resul
         .await?;
     drop(root);
     // The handler saw a traceparent of our trace, and its own span is in it.
-    let tp = reply["traceparent"].as_str().context("no traceparent reached the handler")?;
-    assert!(tp.starts_with(&format!("00-{root_trace}-")), "{tp} vs {root_trace}");
+    let tp = reply["traceparent"]
+        .as_str()
+        .context("no traceparent reached the handler")?;
+    assert!(
+        tp.starts_with(&format!("00-{root_trace}-")),
+        "{tp} vs {root_trace}"
+    );
     assert_eq!(reply["trace_id"], root_trace.as_str());
     let handler_span = reply["span_id"].as_str().unwrap_or_default().to_owned();
 
+    // Collect while the pool is up, so that its gauges have something to say.
+    telemetry.flush()?;
     drop(gauges);
     pool.shutdown().await?;
     telemetry.shutdown()?;
 
-    let wanted = ["e2e.request", "snakepit.call", "snakepit.worker traced", "handler.work"];
+    let wanted = [
+        "e2e.request",
+        "snakepit.call",
+        "snakepit.worker traced",
+        "handler.work",
+    ];
     let (spans, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, out| {
-        wanted
-            .iter()
-            .all(|w| spans.iter().any(|s| s.name == *w && s.trace_id == root_trace))
+        wanted.iter().all(|w| {
+            spans
+                .iter()
+                .any(|s| s.name == *w && s.trace_id == root_trace)
+        }) && spans.iter().any(|s| s.name == "snakepit.worker.start")
             && out.contains("snakepit.call.duration")
     });
     let find = |name: &str| {
@@ -304,25 +318,63 @@ pub async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -> Resul
         find("snakepit.worker traced").unwrap_or_default(),
         find("handler.work").unwrap_or_default(),
     );
-    assert_eq!(root.parent_id, "", "the caller's span is the root: {root:?}");
-    assert_eq!(call.parent_id, root.id, "snakepit.call under the caller's span");
-    assert_eq!(bridge.parent_id, call.id, "the bridge's span under snakepit.call");
-    assert_eq!(handler.parent_id, bridge.id, "the handler's span under the bridge's");
+    assert_eq!(
+        root.parent_id, "",
+        "the caller's span is the root: {root:?}"
+    );
+    assert_eq!(
+        call.parent_id, root.id,
+        "snakepit.call under the caller's span"
+    );
+    assert_eq!(
+        bridge.parent_id, call.id,
+        "the bridge's span under snakepit.call"
+    );
+    assert_eq!(
+        handler.parent_id, bridge.id,
+        "the handler's span under the bridge's"
+    );
     assert_eq!(handler.id, handler_span);
-    assert_eq!(call.attributes.get("command").map(String::as_str), Some("traced"));
+    assert_eq!(
+        call.attributes.get("command").map(String::as_str),
+        Some("traced")
+    );
     assert_eq!(call.attributes.get("pool").map(String::as_str), Some("e2e"));
-    assert_eq!(call.attributes.get("outcome").map(String::as_str), Some("ok"));
-    assert_eq!(handler.attributes.get("token").map(String::as_str), Some("tok-1"));
+    assert_eq!(
+        call.attributes.get("outcome").map(String::as_str),
+        Some("ok")
+    );
+    assert_eq!(
+        handler.attributes.get("token").map(String::as_str),
+        Some("tok-1")
+    );
+    let start = spans
+        .iter()
+        .find(|s| s.name == "snakepit.worker.start")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        start.attributes.get("pool").map(String::as_str),
+        Some("e2e")
+    );
 
     let out = rotel.output();
+    if let Ok(path) = std::env::var("SNAKEPIT_E2E_DUMP") {
+        std::fs::write(path, &out)?; // what the receiver printed, to read by eye
+    }
     for metric in [
         "snakepit.call.duration",
         "snakepit.call.queue_wait",
         "snakepit.worker.init.duration",
         "snakepit.workers",
         "snakepit.queue.depth",
+        "snakepit.calls.in_flight",
+        "snakepit.worker.memory",
     ] {
-        assert!(out.contains(&format!("Name: {metric}\n")), "metric {metric} missing:\n{out}");
+        assert!(
+            out.contains(&format!("Name: {metric}\n")),
+            "metric {metric} missing:\n{out}"
+        );
     }
     Ok(())
 }
