@@ -57,8 +57,9 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Installs what the tests need beyond Rust, when it is missing: Ruby, the
-/// MessagePack packages and `redis-server` (Debian), Python's `msgpack` and `wheel` (PyPI),
-/// the Node bridge's dev dependencies (npm).
+/// MessagePack packages and `redis-server` (Debian), Python's `msgpack` and
+/// `wheel`, Rotel and `opentelemetry-sdk` (PyPI), the Node bridge's dev
+/// dependencies (npm).
 fn setup(root: &Path) -> Result<()> {
     let mut apt = Vec::new();
     if probe("ruby", &["--version"]).is_none() {
@@ -103,8 +104,29 @@ fn setup(root: &Path) -> Result<()> {
             "setuptools",
         ],
     )?;
+    // The OTLP end-to-end test: Rotel (a collector whose wheel carries its
+    // binary; pinned, since the test reads its debug log) and the Python
+    // OpenTelemetry SDK for the span made inside the handler.
+    if probe(&python, &["-c", "import rotel, opentelemetry.sdk.trace"]).is_none() {
+        run(
+            root,
+            &python,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "rotel==0.0.1a15",
+                "opentelemetry-sdk",
+            ],
+        )?;
+    }
     let node = root.join("bridges/node");
-    if !node.join("node_modules/@msgpack/msgpack").exists() {
+    if ["@msgpack/msgpack", "@opentelemetry/sdk-trace-base"]
+        .iter()
+        .any(|m| !node.join("node_modules").join(m).exists())
+    {
         run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
     }
     Ok(())
@@ -159,6 +181,7 @@ fn ci(root: &Path) -> Result<()> {
             ],
         )?;
     }
+    telemetry_grpc(root)?;
     run(
         root,
         "cargo",
@@ -175,6 +198,20 @@ fn ci(root: &Path) -> Result<()> {
     )?;
     eprintln!("\nci: all green");
     Ok(())
+}
+
+/// The OTLP/gRPC transport is a non-default feature of snakepit-telemetry:
+/// lint it and run its end-to-end test too.
+fn telemetry_grpc(root: &Path) -> Result<()> {
+    let features = ["-p", "snakepit-telemetry", "--features", "grpc"];
+    let mut clippy = vec!["clippy", "--all-targets"];
+    clippy.extend(features);
+    clippy.extend(["--", "-D", "warnings"]);
+    run(root, "cargo", &clippy)?;
+    let mut test = vec!["test"];
+    test.extend(features);
+    test.extend(["--test", "otlp_grpc"]);
+    run(root, "cargo", &test)
 }
 
 /// Every example that CI runs, each against real workers.

@@ -14,6 +14,58 @@ const BRIDGE_VERSION = require('../package.json').version;
 const DEFAULT_MAX_CONCURRENCY = 16;
 
 // ---------------------------------------------------------------------------
+// OpenTelemetry (optional)
+
+// `@opentelemetry/api`, looked up on the first traced request (so workers
+// that never see a traceparent never pay for it) from the worker's own
+// script first, where the application installed it; null when absent.
+let otelApi;
+function otel() {
+  if (otelApi === undefined) {
+    otelApi = null;
+    const from = [require.main && require.main.require.bind(require.main), require];
+    for (const load of from) {
+      if (!load) continue;
+      try {
+        otelApi = load('@opentelemetry/api');
+        break;
+      } catch (_) {
+        // not installed there
+      }
+    }
+  }
+  return otelApi;
+}
+
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+
+// The span `snakepit.worker <command>`, child of the caller's span, and the
+// context to run the handler in; null without the API or with a malformed
+// traceparent.
+function startRequestSpan(ctx) {
+  const api = otel();
+  if (api === null) return null;
+  const m = TRACEPARENT.exec(ctx.traceparent);
+  if (m === null || m[1] === 'ff' || /^0+$/.test(m[2]) || /^0+$/.test(m[3])) return null;
+  const remote = { traceId: m[2], spanId: m[3], traceFlags: parseInt(m[4], 16) & 1, isRemote: true };
+  if (ctx.tracestate && typeof api.createTraceState === 'function') {
+    remote.traceState = api.createTraceState(ctx.tracestate);
+  }
+  const parent = api.trace.setSpanContext(api.ROOT_CONTEXT, remote);
+  const tracer = api.trace.getTracer('snakepit-bridge', BRIDGE_VERSION);
+  const span = tracer.startSpan(`snakepit.worker ${ctx.command}`, { kind: api.SpanKind.SERVER }, parent);
+  return { api, span, context: api.trace.setSpan(parent, span) };
+}
+
+function endRequestSpan(traced, err) {
+  if (err !== undefined) {
+    if (err instanceof Error) traced.span.recordException(err);
+    traced.span.setStatus({ code: traced.api.SpanStatusCode.ERROR, message: String((err && err.message) || err) });
+  }
+  traced.span.end();
+}
+
+// ---------------------------------------------------------------------------
 // Errors
 
 // Thrown into a handler's awaits when its call was cancelled; a handler may
@@ -475,6 +527,11 @@ class Worker {
       this._reply(ctx, failure(ctx.requestId, 'UnknownCommand', `Unknown command: ${ctx.command}`));
       return;
     }
+    const traced = ctx.traceparent === null ? null : startRequestSpan(ctx);
+    if (traced !== null) {
+      this._invokeTraced(ctx, args, handler, traced);
+      return;
+    }
     let result;
     try {
       result = handler(args, ctx);
@@ -488,6 +545,35 @@ class Worker {
         (err) => this._replyError(ctx, err)
       );
     } else {
+      this._reply(ctx, success(ctx.requestId, result));
+    }
+  }
+
+  // The same, inside the request's span: spans the handler makes (also after
+  // its awaits, given a context manager) are its children. The span ends
+  // before the reply goes out.
+  _invokeTraced(ctx, args, handler, traced) {
+    let result;
+    try {
+      result = traced.api.context.with(traced.context, () => handler(args, ctx));
+    } catch (err) {
+      endRequestSpan(traced, err);
+      this._replyError(ctx, err);
+      return;
+    }
+    if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+      result.then(
+        (value) => {
+          endRequestSpan(traced);
+          this._reply(ctx, success(ctx.requestId, value));
+        },
+        (err) => {
+          endRequestSpan(traced, err);
+          this._replyError(ctx, err);
+        }
+      );
+    } else {
+      endRequestSpan(traced);
       this._reply(ctx, success(ctx.requestId, result));
     }
   }

@@ -53,6 +53,9 @@
 //! | `http`  | yes     | OTLP over HTTP/protobuf (port 4318), with a blocking `reqwest` client without TLS |
 //! | `grpc`  | no      | OTLP over gRPC (port 4317), with `tonic` on a one-thread Tokio runtime |
 
+#[cfg(not(any(feature = "http", feature = "grpc")))]
+compile_error!("snakepit-telemetry needs a transport: enable its `http` or `grpc` feature");
+
 mod context;
 mod export;
 mod metrics;
