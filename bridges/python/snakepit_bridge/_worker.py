@@ -158,17 +158,20 @@ def _otel_span(command, traceparent, tracestate):
             from opentelemetry import trace
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-            _otel = (trace, TraceContextTextMapPropagator(), trace.SpanKind.SERVER)
+            # A tracer taken before the application sets its provider
+            # follows it once set (the API's proxy), so one is enough; asking
+            # for it per request would cost more than the span itself.
+            tracer = trace.get_tracer("snakepit_bridge", __version__)
+            _otel = (tracer, TraceContextTextMapPropagator(), trace.SpanKind.SERVER)
         except Exception:  # ImportError, or a broken install: tracing is optional
             _otel = False
     if _otel is False:
         return None
-    trace, propagator, kind = _otel
+    tracer, propagator, kind = _otel
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
     parent = propagator.extract(carrier)
-    tracer = trace.get_tracer("snakepit_bridge", __version__)
     return tracer.start_as_current_span("snakepit.worker " + command, context=parent, kind=kind)
 
 

@@ -10,8 +10,11 @@
 //! cannot be taken back), alternating `off` and `otel` for R rounds; the
 //! median of each mode's per-call means is reported, and their difference.
 //! `otel` exports to a dead endpoint (nothing listens: every export fails,
-//! which is the caller's cost without the receiver's), `--live URL` adds a
-//! mode exporting over OTLP/HTTP to a receiver at URL.
+//! which is the caller's cost without the receiver's); `host` is the same
+//! without handing the trace context to the worker, so the worker's own
+//! tracing (the Python bridge opens a span when `opentelemetry-api` is
+//! installed) is the difference; `--live URL` adds a mode exporting over
+//! OTLP/HTTP to a receiver at URL.
 
 use std::time::{Duration, Instant};
 
@@ -59,8 +62,8 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let per_call = rt.block_on(run_mode(mode, args.endpoint.as_deref(), args.calls))?;
-            println!("{}", per_call.as_nanos());
+            let (wall, cpu) = rt.block_on(run_mode(mode, args.endpoint.as_deref(), args.calls))?;
+            println!("{} {}", wall.as_nanos(), cpu.as_nanos());
             Ok(())
         }
         None => compare(&args),
@@ -68,11 +71,15 @@ fn main() -> Result<()> {
 }
 
 /// Runs `calls` sequential pings in this process, in one mode; the mean
-/// time per call.
-async fn run_mode(mode: &str, endpoint: Option<&str>, calls: usize) -> Result<Duration> {
+/// time per call, and the host's CPU time per call.
+async fn run_mode(
+    mode: &str,
+    endpoint: Option<&str>,
+    calls: usize,
+) -> Result<(Duration, Duration)> {
     let guard = match mode {
         "off" => None,
-        "otel" => Some(
+        "otel" | "host" => Some(
             snakepit_telemetry::Telemetry::new()
                 .endpoint(endpoint.context("--endpoint")?)
                 .protocol(snakepit_telemetry::Protocol::HttpProtobuf)
@@ -83,10 +90,15 @@ async fn run_mode(mode: &str, endpoint: Option<&str>, calls: usize) -> Result<Du
         other => bail!("unknown mode {other}"),
     };
     let builder = Pool::builder(GenericPython).size(1);
-    let builder = if guard.is_some() {
-        snakepit_telemetry::instrument(builder)
-    } else {
-        builder
+    let builder = match mode {
+        "otel" => snakepit_telemetry::instrument(builder),
+        "host" => {
+            // Spans and metrics on the host, but no trace context for the
+            // worker: what the worker's own tracing costs is the difference.
+            let metrics = snakepit_telemetry::PoolMetrics::global();
+            builder.on_event(move |e| metrics.record(e))
+        }
+        _ => builder,
     };
     let pool = builder.start().await?;
     let gauges = guard.is_some().then(|| snakepit_telemetry::observe(&pool));
@@ -98,18 +110,34 @@ async fn run_mode(mode: &str, endpoint: Option<&str>, calls: usize) -> Result<Du
     for _ in 0..calls / 10 {
         one().await?;
     }
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_time());
     for _ in 0..calls {
         one().await?;
     }
     let per_call = started.elapsed() / calls as u32;
+    let cpu_per_call = cpu_time().saturating_sub(cpu) / calls as u32;
     drop(gauges);
     pool.shutdown().await?;
     if let Some(g) = guard {
         // A dead endpoint makes the final export fail: that is expected.
         let _ = g.shutdown();
     }
-    Ok(per_call)
+    Ok((per_call, cpu_per_call))
+}
+
+/// This process's CPU time, user and system (Linux: `/proc/self/stat`, in
+/// clock ticks of 10 ms): the host's own work, whatever the machine's load.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11) // state is field 3; utime and stime are fields 14 and 15
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 fn compare(args: &Args) -> Result<()> {
@@ -119,37 +147,50 @@ fn compare(args: &Args) -> Result<()> {
             .local_addr()?
             .port()
     ); // the listener is closed at once: nothing answers there
-    let mut modes: Vec<(&str, &str, Option<String>)> =
-        vec![("off", "off", None), ("otel, dead endpoint", "otel", Some(dead))];
+    let mut modes: Vec<(&str, &str, Option<String>)> = vec![
+        ("off", "off", None),
+        ("host only, dead endpoint", "host", Some(dead.clone())),
+        ("otel, dead endpoint", "otel", Some(dead)),
+    ];
     if let Some(url) = &args.live {
         modes.push(("otel, live endpoint", "otel", Some(url.clone())));
     }
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for _ in 0..args.rounds {
         for (i, (_, mode, endpoint)) in modes.iter().enumerate() {
-            results[i].push(child(mode, endpoint.as_deref(), args.calls)?);
+            let (w, c) = child(mode, endpoint.as_deref(), args.calls)?;
+            wall[i].push(w);
+            cpu[i].push(c);
         }
     }
     println!(
         "{} sequential ping calls per run, 1 Python worker, {} rounds, median of per-call means:",
         args.calls, args.rounds
     );
-    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
-    for ((label, ..), m) in modes.iter().zip(&medians) {
-        println!("  {label:<22} {m:>8.2} us/call");
-    }
-    for ((label, ..), m) in modes.iter().zip(&medians).skip(1) {
+    let wall: Vec<f64> = wall.iter_mut().map(|r| median(r)).collect();
+    let cpu: Vec<f64> = cpu.iter_mut().map(|r| median(r)).collect();
+    println!("  {:<26} {:>14} {:>14}", "", "latency", "host CPU");
+    for (i, (label, ..)) in modes.iter().enumerate() {
         println!(
-            "  cost of {label}: {:+.2} us/call ({:+.0}%)",
-            m - medians[0],
-            (m / medians[0] - 1.0) * 100.0
+            "  {label:<26} {:>8.2} us/call {:>8.2} us/call",
+            wall[i], cpu[i]
+        );
+    }
+    for (i, (label, ..)) in modes.iter().enumerate().skip(1) {
+        println!(
+            "  cost of {label}: {:+.2} us/call latency ({:+.0}%), {:+.2} us/call host CPU",
+            wall[i] - wall[0],
+            (wall[i] / wall[0] - 1.0) * 100.0,
+            cpu[i] - cpu[0],
         );
     }
     Ok(())
 }
 
-/// Runs one mode in a fresh process of this program; its microseconds per call.
-fn child(mode: &str, endpoint: Option<&str>, calls: usize) -> Result<f64> {
+/// Runs one mode in a fresh process of this program; its microseconds per
+/// call, of latency and of host CPU.
+fn child(mode: &str, endpoint: Option<&str>, calls: usize) -> Result<(f64, f64)> {
     let exe = std::env::current_exe()?;
     #[allow(clippy::disallowed_methods)] // runs this benchmark again, not a worker
     let mut cmd = std::process::Command::new(exe);
@@ -164,8 +205,12 @@ fn child(mode: &str, endpoint: Option<&str>, calls: usize) -> Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let nanos: f64 = String::from_utf8(out.stdout)?.trim().parse()?;
-    Ok(nanos / 1000.0)
+    let text = String::from_utf8(out.stdout)?;
+    let mut nanos = text.split_whitespace().map(str::parse::<f64>);
+    match (nanos.next(), nanos.next()) {
+        (Some(Ok(wall)), Some(Ok(cpu))) => Ok((wall / 1000.0, cpu / 1000.0)),
+        _ => bail!("mode {mode} printed {text:?}"),
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -232,8 +232,13 @@ impl Telemetry {
         };
 
         let tracer = tracer_provider.tracer("snakepit");
+        // Source locations, thread names and busy/idle times would add five
+        // attributes and two clock reads per poll to every span.
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(self.traces);
         let logs = self.stderr_logs.map(|filter| {
             tracing_subscriber::fmt::layer()
