@@ -370,7 +370,7 @@ fn resource(service_name: Option<&str>) -> Resource {
             let detected = Resource::builder().build();
             let unknown = detected
                 .get(&opentelemetry::Key::from_static_str("service.name"))
-                .map_or(true, |v| v.as_str().starts_with("unknown_service"));
+                .is_none_or(|v| v.as_str().starts_with("unknown_service"));
             unknown.then(exe_name)
         }
     };
