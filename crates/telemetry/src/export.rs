@@ -270,8 +270,9 @@ pub fn init() -> Result<Guard, Error> {
 }
 
 /// Installs telemetry only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: the one line a
-/// command-line tool needs to export its traces when asked to.
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is
+/// not `true`: the one line a command-line tool needs to export its traces
+/// when asked to.
 ///
 /// ```
 /// // Nothing is installed unless the variable is set.
@@ -282,6 +283,9 @@ pub fn init() -> Result<Guard, Error> {
 /// ```
 pub fn init_from_env() -> Result<Option<Guard>, Error> {
     if env(ENDPOINT_VAR).is_none() && env(TRACES_ENDPOINT_VAR).is_none() {
+        return Ok(None);
+    }
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
     init().map(Some)
