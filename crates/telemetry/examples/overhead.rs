@@ -10,8 +10,9 @@
 //! cannot be taken back), alternating `off` and `otel` for R rounds; the
 //! median of each mode's per-call means is reported, and their difference.
 //! `otel` exports to a dead endpoint (nothing listens: every export fails,
-//! which is the caller's cost without the receiver's); `host` is the same
-//! without handing the trace context to the worker, so the worker's own
+//! which is the caller's cost without the receiver's); `spans` has the
+//! subscriber and exporter but no pool metrics; `host` is `otel` without
+//! handing the trace context to the worker, so the worker's own
 //! tracing (the Python bridge opens a span when `opentelemetry-api` is
 //! installed) is the difference; `--live URL` adds a mode exporting over
 //! OTLP/HTTP to a receiver at URL.
@@ -79,7 +80,7 @@ async fn run_mode(
 ) -> Result<(Duration, Duration)> {
     let guard = match mode {
         "off" => None,
-        "otel" | "host" => Some(
+        "otel" | "host" | "spans" => Some(
             snakepit_telemetry::Telemetry::new()
                 .endpoint(endpoint.context("--endpoint")?)
                 .protocol(snakepit_telemetry::Protocol::HttpProtobuf)
@@ -149,6 +150,7 @@ fn compare(args: &Args) -> Result<()> {
     ); // the listener is closed at once: nothing answers there
     let mut modes: Vec<(&str, &str, Option<String>)> = vec![
         ("off", "off", None),
+        ("spans only, dead endpoint", "spans", Some(dead.clone())),
         ("host only, dead endpoint", "host", Some(dead.clone())),
         ("otel, dead endpoint", "otel", Some(dead)),
     ];
