@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::time::Duration;
+use tracing::Instrument;
 
 use clap::Args;
 use serde_json::Value;
@@ -88,8 +89,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         worker.describe(),
         worker.codec
     ));
-    let pool = Pool::builder(worker.bridge(None))
-        .config(config)
+    let pool = crate::traced(Pool::builder(worker.bridge(None)).config(config))
         .start()
         .await?;
     let mut options = CallOptions::new();
@@ -99,7 +99,11 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
     if let Some(session) = &a.session {
         options = options.session(session.clone());
     }
-    let outcome = pool.execute_with(&a.command, args, options).await;
+    let span = tracing::info_span!("snakepit exec", command = %a.command);
+    let outcome = pool
+        .execute_with(&a.command, args, options)
+        .instrument(span)
+        .await;
     // The call's outcome matters more than a slow shutdown.
     let _ = pool.shutdown().await;
     let result = outcome?;

@@ -97,14 +97,44 @@ struct DoctorArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = ui::Output::new(cli.verbose, cli.quiet);
-    log::install(cli.verbose, cli.quiet, out.color_stderr);
+    // With OTEL_EXPORTER_OTLP_ENDPOINT set, traces and metrics go there (and
+    // log lines at WARN, or as RUST_LOG says, to stderr); otherwise the
+    // plain line printer that -v/-q control.
+    let telemetry = match snakepit_telemetry::init_from_env() {
+        Ok(guard) => guard,
+        Err(e) => {
+            log::install(cli.verbose, cli.quiet, out.color_stderr);
+            out.note(format!("warning: telemetry is off: {e}"));
+            None
+        }
+    };
+    if telemetry.is_some() {
+        TELEMETRY.store(true, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        log::install(cli.verbose, cli.quiet, out.color_stderr);
+    }
     let outcome = run(cli, &out);
+    // Exports what is still buffered before the process ends.
+    drop(telemetry);
     match outcome {
         Ok(code) => code,
         Err(failure) => {
             out.failure(&failure);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// Whether traces are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` was set).
+pub(crate) static TELEMETRY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A pool builder with tracing and metrics wired in when traces are exported.
+pub(crate) fn traced(builder: snakepit_core::PoolBuilder) -> snakepit_core::PoolBuilder {
+    if TELEMETRY.load(std::sync::atomic::Ordering::Relaxed) {
+        snakepit_telemetry::instrument(builder)
+    } else {
+        builder
     }
 }
 

@@ -1,0 +1,232 @@
+//! A real OTLP receiver for the end-to-end tests: Rotel, the collector
+//! that `pip install rotel` brings (its wheel carries the binary), run with
+//! its debug log, which prints every span and metric it receives.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub(crate) struct Rotel {
+    child: Child,
+    dir: PathBuf,
+    out: PathBuf,
+    pub(crate) grpc_port: u16,
+    pub(crate) http_port: u16,
+}
+
+/// One span as Rotel's detailed debug log shows it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpanRecord {
+    pub(crate) trace_id: String,
+    pub(crate) parent_id: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) attributes: HashMap<String, String>,
+}
+
+pub(crate) fn python() -> String {
+    std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The `rotel-agent` binary: `SNAKEPIT_ROTEL`, else the one inside the
+/// installed `rotel` Python package.
+fn rotel_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("SNAKEPIT_ROTEL") {
+        return Ok(p.into());
+    }
+    #[allow(clippy::disallowed_methods)] // asks Python where a package is; not a worker
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .context("cannot run python3")?;
+    if !out.status.success() {
+        bail!(
+            "the OTLP receiver is missing: `pip install rotel` (or `cargo xtask setup`) installs it\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().into())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Rotel {
+    /// Starts Rotel on two free loopback ports, and waits until both accept.
+    pub(crate) fn start() -> Result<Rotel> {
+        let bin = rotel_binary()?;
+        let dir = std::env::temp_dir().join(format!(
+            "snakepit-rotel-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let out = dir.join("rotel.out");
+        let (grpc_port, http_port) = (free_port()?, free_port()?);
+        #[allow(clippy::disallowed_methods)] // the receiver under test, not a worker
+        let child = std::process::Command::new(&bin)
+            .args(["start", "--exporter", "blackhole"])
+            .args(["--debug-log", "traces", "--debug-log", "metrics"])
+            .args(["--debug-log-verbosity", "detailed"])
+            .arg("--otlp-grpc-endpoint")
+            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg("--otlp-http-endpoint")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(File::create(&out)?)
+            .stderr(File::create(dir.join("rotel.err"))?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut rotel = Rotel {
+            child,
+            dir,
+            out,
+            grpc_port,
+            http_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [grpc_port, http_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = rotel.child.try_wait()? {
+                    bail!("rotel exited ({status}): {}", rotel.stderr());
+                }
+                if Instant::now() > deadline {
+                    bail!("rotel never listened on port {port}: {}", rotel.stderr());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(rotel)
+    }
+
+    pub(crate) fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub(crate) fn grpc_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// What the debug log has printed so far.
+    pub(crate) fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("rotel.err")).unwrap_or_default()
+    }
+
+    /// Every span received so far.
+    pub(crate) fn spans(&self) -> Vec<SpanRecord> {
+        parse_spans(&self.output())
+    }
+
+    /// Waits until `done` holds for what was received, for at most `limit`;
+    /// returns the spans either way, and whether it held.
+    pub(crate) fn wait_for(
+        &self,
+        limit: Duration,
+        done: impl Fn(&[SpanRecord], &str) -> bool,
+    ) -> (Vec<SpanRecord>, bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.output();
+            let spans = parse_spans(&out);
+            if done(&spans, &out) {
+                return (spans, true);
+            }
+            if Instant::now() > deadline {
+                return (spans, false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads the span blocks of Rotel's detailed debug log:
+///
+/// ```text
+/// Span #0
+///     Trace ID       : 5b8efff798038103d269b633813fc60c
+///     Parent ID      : eee19b7ec3c1b173
+///     ID             : eee19b7ec3c1b174
+///     Name           : hello
+/// Attributes:
+///      -> command: Str(echo)
+/// ```
+pub(crate) fn parse_spans(out: &str) -> Vec<SpanRecord> {
+    let mut spans = Vec::new();
+    let mut current: Option<SpanRecord> = None;
+    for line in out.lines() {
+        let t = line.trim();
+        if t.starts_with("Span #") {
+            spans.extend(current.take());
+            current = Some(SpanRecord::default());
+            continue;
+        }
+        if t.starts_with("ResourceSpans #") || t.starts_with("ScopeSpans #") {
+            spans.extend(current.take());
+            continue;
+        }
+        let Some(span) = current.as_mut() else {
+            continue;
+        };
+        if let Some(kv) = t.strip_prefix("-> ") {
+            if let Some((k, v)) = kv.split_once(": ") {
+                let v = v
+                    .split_once('(')
+                    .and_then(|(_, rest)| rest.strip_suffix(')'))
+                    .unwrap_or(v);
+                span.attributes.insert(k.to_owned(), v.to_owned());
+            }
+            continue;
+        }
+        if let Some((k, v)) = t.split_once(':') {
+            let v = v.trim().to_owned();
+            match k.trim() {
+                "Trace ID" => span.trace_id = v,
+                "Parent ID" => span.parent_id = v,
+                "ID" => span.id = v,
+                "Name" => span.name = v,
+                _ => {}
+            }
+        }
+    }
+    spans.extend(current);
+    spans
+}
+
+pub(crate) fn worker_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/traced_worker.py")
+}
+
+#[test]
+fn parses_rotel_span_blocks() {
+    let out = "ResourceSpans #0\nSpan #0\n    Trace ID       : aa\n    Parent ID      : \n    ID             : bb\n    Name           : root\nAttributes:\n     -> pool: Str(p1)\nSpan #1\n    Trace ID       : aa\n    Parent ID      : bb\n    ID             : cc\n    Name           : child\n";
+    let spans = parse_spans(out);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].parent_id, "");
+    assert_eq!(spans[0].attributes["pool"], "p1");
+    assert_eq!(spans[1].parent_id, "bb");
+    assert_eq!(spans[1].name, "child");
+}
