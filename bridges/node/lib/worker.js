@@ -464,7 +464,7 @@ class Worker {
     else if (type === 'host_reply') this._onHostReply(msg);
     else {
       this.log.error(`unknown frame type ${JSON.stringify(type)}`);
-      this._send(failure(0, 'InvalidRequest', `unknown frame type ${JSON.stringify(type)}`));
+      this._send(failure(0, 'ProtocolError', `unknown frame type ${JSON.stringify(type)}`));
     }
   }
 

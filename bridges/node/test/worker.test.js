@@ -138,8 +138,9 @@ test('unknown commands, bad requests and garbage frames get failed replies and s
   h.input.write(Buffer.from('{{{{{'));
   r = await h.reply(0);
   assert.deepStrictEqual(r, { id: 0, success: false, error: { type: 'ProtocolError', message: 'frame is not valid JSON' } });
+  // A frame type the worker does not know: ProtocolError under id 0 (docs/protocol.md).
   h.send({ type: 'gossip', id: 9 });
-  assert.equal((await h.reply(0)).error.type, 'InvalidRequest');
+  assert.equal((await h.reply(0)).error.type, 'ProtocolError');
   // A request without args is taken as empty args, as the original did.
   h.send({ id: 6, command: 'ok' });
   assert.deepStrictEqual(await h.reply(6), { id: 6, success: true, result: 'ok' });

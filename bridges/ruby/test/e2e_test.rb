@@ -118,6 +118,13 @@ module EndToEndTests
     worker.send_message({ "id" => 8, "command" => "ping", "args" => [1] })
     assert_failed(worker.recv, 8, "InvalidRequest")
     assert_ok(worker.call(9, "ping"), 9)
+    # Null arguments are no arguments, as a missing `args` is.
+    worker.send_message({ "id" => 10, "command" => "ping", "args" => nil })
+    assert_ok(worker.recv, 10)
+    # A frame type the worker does not know is a ProtocolError under id 0.
+    worker.send_message({ "type" => "telepathy", "id" => 11 })
+    assert_failed(worker.recv, 0, "ProtocolError")
+    assert_ok(worker.call(12, "ping"), 12)
   end
 
   def test_garbage_frame_gets_protocol_error_and_worker_keeps_serving

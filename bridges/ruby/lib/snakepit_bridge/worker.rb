@@ -267,7 +267,7 @@ module SnakepitBridge
         when nil, "request"
           @pending << message
         else
-          log("ignoring frame of unknown type #{message['type'].inspect}")
+          protocol_error("unknown frame type #{message['type'].inspect}")
         end
       end
     end
@@ -315,14 +315,14 @@ module SnakepitBridge
       when nil, "request" then serve_request(message)
       when "cancel" then nil # nothing is running between requests
       when "host_reply" then log("ignoring host_reply #{message['id'].inspect} outside a host call")
-      else log("ignoring frame of unknown type #{message['type'].inspect}")
+      else protocol_error("unknown frame type #{message['type'].inspect}")
       end
     end
 
     def serve_request(message)
       id = message["id"]
       command = message["command"]
-      args = message.fetch("args") { {} }
+      args = message["args"] || {} # missing or null: no arguments
       unless id.is_a?(Integer) && id.positive?
         return reply_error(id.is_a?(Integer) ? id : 0, "InvalidRequest",
                            id.nil? ? "request has no id" : "request id must be a positive integer")
