@@ -823,6 +823,17 @@ fn jitter(base: Duration, salt: u64) -> Duration {
     base.mul_f64(0.5 + (x % 1000) as f64 / 1000.0)
 }
 
+/// The span a worker's start and handshake run in (its pid is recorded
+/// once spawned).
+fn start_span(shared: &Shared, i: usize) -> tracing::Span {
+    tracing::info_span!(
+        "snakepit.worker.start",
+        pool = %shared.name,
+        worker = i,
+        pid = tracing::field::Empty,
+    )
+}
+
 /// Keeps slot `i` filled: starts its worker, waits for it to end, starts the
 /// next, backing off and opening the breaker when starts keep failing.
 async fn supervise(
@@ -838,12 +849,7 @@ async fn supervise(
             return;
         }
         let generation = shared.next_generation(i);
-        let span = tracing::info_span!(
-            "snakepit.worker.start",
-            pool = %shared.name,
-            worker = i,
-            pid = tracing::field::Empty,
-        );
+        let span = start_span(&shared, i);
         let start = tokio::select! {
             r = start_worker(&shared, i, generation).instrument(span) => r,
             _ = shutdown.changed() => return,
@@ -997,12 +1003,7 @@ async fn recycle(
 ) -> Option<Arc<Worker>> {
     tracing::info!(worker = %old.id, pid = old.pid, reason, "recycling the worker; starting its replacement");
     let generation = shared.spare_generation(i);
-    let span = tracing::info_span!(
-        "snakepit.worker.start",
-        pool = %shared.name,
-        worker = i,
-        pid = tracing::field::Empty,
-    );
+    let span = start_span(shared, i);
     let started = tokio::select! {
         r = start_worker(shared, i, generation).instrument(span) => r,
         _ = shutdown.changed() => return None,

@@ -290,14 +290,6 @@ async fn the_timeout_race_never_crosses_replies() {
 /// grow with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_does_not_grow_host_memory() {
-    fn rss_kib() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    }
     let mut before = 0;
     for round in 0..3 {
         for mode in ["garbage", "unknown_id", "oversize"] {
@@ -310,10 +302,10 @@ async fn bad_input_does_not_grow_host_memory() {
             pool.shutdown().await.unwrap();
         }
         if round == 0 {
-            before = rss_kib(); // after the first round's allocations settle
+            before = host_rss_kib(); // after the first round's allocations settle
         }
     }
-    let after = rss_kib();
+    let after = host_rss_kib();
     assert!(
         after < before + 8 * 1024,
         "host RSS grew from {before} to {after} KiB"
