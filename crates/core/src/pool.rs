@@ -1352,6 +1352,20 @@ impl Drop for PoolInner {
     }
 }
 
+/// A handle that does not keep its pool alive ([`Pool::downgrade`]): for
+/// observers (metrics, dashboards) that must not delay the pool's end.
+#[derive(Clone, Debug)]
+pub struct WeakPool {
+    inner: std::sync::Weak<PoolInner>,
+}
+
+impl WeakPool {
+    /// The pool, while some [`Pool`] handle still keeps it.
+    pub fn upgrade(&self) -> Option<Pool> {
+        self.inner.upgrade().map(|inner| Pool { inner })
+    }
+}
+
 /// A pool of worker processes: a cheap, cloneable handle.
 ///
 /// ```no_run
@@ -1709,10 +1723,23 @@ impl Pool {
         let (deadline, timeout) = self.deadline(command, options, meta);
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
         if let (Some(hook), Some(id)) = (&shared.session_hook, options.session_id.as_deref()) {
-            hook.touch(id).await.map_err(|message| Error::Session {
-                session_id: id.to_owned(),
-                message,
-            })?;
+            // The store's time counts against the call's deadline.
+            match tokio::time::timeout_at(deadline.into(), hook.touch(id)).await {
+                Ok(touched) => touched.map_err(|message| Error::Session {
+                    session_id: id.to_owned(),
+                    message,
+                })?,
+                Err(_) => {
+                    shared
+                        .counters
+                        .call_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::CallTimeout {
+                        command: command.to_owned(),
+                        timeout,
+                    });
+                }
+            }
         }
         let mut chunks = chunks;
         // A worker can die (or retire) between handing out its lease and the
@@ -1790,6 +1817,15 @@ impl Pool {
     /// The process ids of the ready workers.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared().workers().iter().map(|w| w.pid).collect()
+    }
+
+    /// A handle that does not keep the pool alive: when the last `Pool`
+    /// handle goes, the pool ends (its workers are killed) whatever
+    /// `WeakPool`s remain.
+    pub fn downgrade(&self) -> WeakPool {
+        WeakPool {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// The ready workers: ids, pids, load, calls served, age and memory.

@@ -603,3 +603,19 @@ async fn affinity_records_are_capped_expire_and_end_with_their_session() {
     assert_eq!(pool.stats().sessions, 1);
     pool.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_handle_does_not_keep_the_pool_alive() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    let weak = pool.downgrade();
+    let again = weak.upgrade().expect("alive while a handle exists");
+    assert_eq!(again.worker_pids(), vec![pid]);
+    drop(again);
+    drop(pool);
+    assert!(weak.upgrade().is_none());
+    assert!(
+        eventually(5, || !alive(pid)).await,
+        "the last handle's drop killed the worker"
+    );
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 use opentelemetry::KeyValue;
 use snakepit_core::events::{Event, EventKind};
-use snakepit_core::Pool;
+use snakepit_core::{Pool, WeakPool};
 
 /// Reads one pool's figures for a gauge and hands each to `out`.
 type Reader = fn(&Pool, out: &mut dyn FnMut(u64, &[KeyValue]));
@@ -57,22 +57,23 @@ struct Inner {
     /// Why each worker is going away, learnt before it exits, so that its
     /// restart is counted under that reason.
     leaving: Mutex<HashMap<(String, usize), &'static str>>,
-    pools: Arc<Mutex<Vec<Weak<Pool>>>>,
+    pools: Arc<Mutex<Vec<Weak<WeakPool>>>>,
     _gauges: Vec<ObservableGauge<u64>>,
 }
 
-/// Keeps a pool's gauges reported; see [`PoolMetrics::observe`]. It holds
-/// a handle to the pool: drop it before (or with) your last handle.
+/// Keeps a pool's gauges reported; see [`PoolMetrics::observe`]. It does
+/// not keep the pool alive: when your last `Pool` handle goes, the pool
+/// ends and its gauges stop.
 #[must_use = "the pool's gauges are reported only while this is kept"]
 #[derive(Debug)]
 pub struct Observation {
-    _pool: Arc<Pool>,
+    _pool: Arc<WeakPool>,
 }
 
 impl PoolMetrics {
     /// The instruments, made on `meter`.
     pub fn new(meter: &Meter) -> Self {
-        let pools: Arc<Mutex<Vec<Weak<Pool>>>> = Arc::default();
+        let pools: Arc<Mutex<Vec<Weak<WeakPool>>>> = Arc::default();
         let gauge =
             |name: &'static str, description: &'static str, unit: &'static str, read: Reader| {
                 let pools = pools.clone();
@@ -250,7 +251,7 @@ impl PoolMetrics {
     /// Reports `pool`'s gauges (queue depth, idle and busy workers, calls
     /// in flight, each worker's memory) while the returned guard is kept.
     pub fn observe(&self, pool: &Pool) -> Observation {
-        let pool = Arc::new(pool.clone());
+        let pool = Arc::new(pool.downgrade());
         let mut pools = self
             .inner
             .pools
@@ -271,12 +272,12 @@ impl Inner {
     }
 }
 
-fn live(pools: &Mutex<Vec<Weak<Pool>>>) -> Vec<Arc<Pool>> {
+fn live(pools: &Mutex<Vec<Weak<WeakPool>>>) -> Vec<Pool> {
     pools
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
-        .filter_map(Weak::upgrade)
+        .filter_map(|w| w.upgrade()?.upgrade())
         .collect()
 }
 
