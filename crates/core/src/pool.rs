@@ -1566,11 +1566,7 @@ impl Pool {
         options: CallOptions,
     ) -> Result<Value> {
         let shared = self.shared();
-        let session = options.session_id.as_deref().map(Cow::Borrowed);
-        let mut outcome = Outcome::new(&**shared, Cow::Borrowed(command), session);
-        let meta = &mut outcome.meta;
-        let span = meta.span.clone();
-        let r = async {
+        self.counted(command, &options, async |meta| {
             self.check(command, &args)?;
             let args = shared.adapter.prepare_args(command, args);
             let (frame, worker) = self.round_trip(command, &args, &options, meta).await?;
@@ -1582,9 +1578,22 @@ impl Pool {
                     command: command.to_owned(),
                     message,
                 })
-        }
-        .instrument(span)
-        .await;
+        })
+        .await
+    }
+
+    /// Runs a one-shot call's `body` inside its span, counting its outcome
+    /// once (a dropped future counts as cancelled).
+    async fn counted<T>(
+        &self,
+        command: &str,
+        options: &CallOptions,
+        body: impl AsyncFnOnce(&mut CallMeta) -> Result<T>,
+    ) -> Result<T> {
+        let session = options.session_id.as_deref().map(Cow::Borrowed);
+        let mut outcome = Outcome::new(&**self.shared(), Cow::Borrowed(command), session);
+        let span = outcome.meta.span.clone();
+        let r = body(&mut outcome.meta).instrument(span).await;
         outcome.record(r)
     }
 
@@ -1596,19 +1605,12 @@ impl Pool {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let shared = self.shared();
-        let session = options.session_id.as_deref().map(Cow::Borrowed);
-        let mut outcome = Outcome::new(&**shared, Cow::Borrowed(command), session);
-        let meta = &mut outcome.meta;
-        let span = meta.span.clone();
-        let r = async {
+        self.counted(command, &options, async |meta| {
             self.check(command, &Value::Null)?;
             let (frame, worker) = self.round_trip(command, args, &options, meta).await?;
-            decode_result(shared, &worker, command, &frame)
-        }
-        .instrument(span)
-        .await;
-        outcome.record(r)
+            decode_result(self.shared(), &worker, command, &frame)
+        })
+        .await
     }
 
     /// Runs `command` and streams the chunks the worker sends before its

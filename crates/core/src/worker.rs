@@ -148,8 +148,9 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) started: Instant,
     pub(crate) served: AtomicU64,
-    /// When the last final reply arrived, in ms after `started`.
-    last_reply_ms: AtomicU64,
+    /// When the last final reply arrived, in ms after `started`; kept only
+    /// when idle workers are recycled (a clock read per reply otherwise).
+    last_reply_ms: Option<AtomicU64>,
     pool: Weak<Shared>,
     codec: WireCodec,
     stdin: Arc<Stdin>,
@@ -196,7 +197,8 @@ impl Worker {
             pid,
             started: Instant::now(),
             served: AtomicU64::new(0),
-            last_reply_ms: AtomicU64::new(0),
+            last_reply_ms: (!shared.config.worker_idle_timeout.is_zero())
+                .then(|| AtomicU64::new(0)),
             pool: Arc::downgrade(shared),
             codec: shared.codec,
             stdin: stdin.clone(),
@@ -260,12 +262,16 @@ impl Worker {
     }
 
     /// How long since the last reply (or the start) with nothing in flight;
-    /// zero while a call runs.
+    /// zero while a call runs. Meaningful only with `worker_idle_timeout` set.
     pub(crate) fn idle_for(&self) -> Duration {
         if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        let last = Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed));
+        let last = Duration::from_millis(
+            self.last_reply_ms
+                .as_ref()
+                .map_or(0, |l| l.load(Ordering::Relaxed)),
+        );
         self.started.elapsed().saturating_sub(last)
     }
 
@@ -367,8 +373,9 @@ impl Worker {
             });
         };
         self.served.fetch_add(1, Ordering::Relaxed);
-        self.last_reply_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(last) = &self.last_reply_ms {
+            last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         // Capacity first, so that a caller who sends its next call as
         // soon as it has this reply finds the worker free.
         if pending.holds_unit {
