@@ -1,0 +1,1 @@
+//! Snakepit pools on many hosts, over NATS (work in progress).
