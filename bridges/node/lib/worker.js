@@ -21,37 +21,61 @@ const DEFAULT_MAX_CONCURRENCY = 16;
 // script first, where the application installed it; null when absent.
 let otelApi;
 function otel() {
-  if (otelApi === undefined) {
-    otelApi = null;
-    const from = [require.main && require.main.require.bind(require.main), require];
-    for (const load of from) {
-      if (!load) continue;
-      try {
-        otelApi = load('@opentelemetry/api');
-        break;
-      } catch (_) {
-        // not installed there
-      }
-    }
-  }
+  if (otelApi === undefined) otelApi = loadOptional('@opentelemetry/api');
   return otelApi;
 }
 
-const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+function loadOptional(name) {
+  const from = [require.main && require.main.require.bind(require.main), require];
+  for (const load of from) {
+    if (!load) continue;
+    try {
+      return load(name);
+    } catch (_) {
+      // not installed there
+    }
+  }
+  return null;
+}
+
+// W3C trace context and baggage from `@opentelemetry/core`, for when the
+// application registered no propagator; null when that is not installed.
+let fallbackPropagator;
+function w3cPropagator() {
+  if (fallbackPropagator === undefined) {
+    const core = loadOptional('@opentelemetry/core');
+    fallbackPropagator =
+      core === null
+        ? null
+        : new core.CompositePropagator({
+            propagators: [new core.W3CTraceContextPropagator(), new core.W3CBaggagePropagator()],
+          });
+  }
+  return fallbackPropagator;
+}
+
+// The caller's context, read from the request's trace fields by the
+// propagator the application registered (`api.propagation`, as the Node SDK
+// does, honouring OTEL_PROPAGATORS), else by W3C trace context and baggage.
+function extractContext(api, ctx) {
+  const carrier = { traceparent: ctx.traceparent };
+  if (ctx.tracestate) carrier.tracestate = ctx.tracestate;
+  if (api.propagation.fields().length > 0) return api.propagation.extract(api.ROOT_CONTEXT, carrier);
+  const fallback = w3cPropagator();
+  if (fallback === null) return null;
+  return fallback.extract(api.ROOT_CONTEXT, carrier, api.defaultTextMapGetter);
+}
 
 // The span `snakepit.worker <command>`, child of the caller's span, and the
-// context to run the handler in; null without the API or with a malformed
-// traceparent.
+// context to run the handler in; null without the API or without a valid
+// caller's span context.
 function startRequestSpan(ctx) {
   const api = otel();
   if (api === null) return null;
-  const m = TRACEPARENT.exec(ctx.traceparent);
-  if (m === null || m[1] === 'ff' || /^0+$/.test(m[2]) || /^0+$/.test(m[3])) return null;
-  const remote = { traceId: m[2], spanId: m[3], traceFlags: parseInt(m[4], 16) & 1, isRemote: true };
-  if (ctx.tracestate && typeof api.createTraceState === 'function') {
-    remote.traceState = api.createTraceState(ctx.tracestate);
-  }
-  const parent = api.trace.setSpanContext(api.ROOT_CONTEXT, remote);
+  const parent = extractContext(api, ctx);
+  if (parent === null) return null;
+  const remote = api.trace.getSpanContext(parent);
+  if (remote === undefined || !api.trace.isSpanContextValid(remote)) return null;
   const tracer = api.trace.getTracer('snakepit-bridge', BRIDGE_VERSION);
   const span = tracer.startSpan(`snakepit.worker ${ctx.command}`, { kind: api.SpanKind.SERVER }, parent);
   return { api, span, context: api.trace.setSpan(parent, span) };

@@ -123,3 +123,29 @@ test('a failing handler marks its span as an error; no traceparent, no span', as
     ['snakepit.worker boom']
   );
 });
+
+test('the caller context is read by the registered propagator', async () => {
+  exporter.reset();
+  const core = require('@opentelemetry/core');
+  const seen = [];
+  const w3c = new core.W3CTraceContextPropagator();
+  api.propagation.setGlobalPropagator({
+    inject: (context, carrier, setter) => w3c.inject(context, carrier, setter),
+    extract: (context, carrier, getter) => {
+      seen.push({ ...carrier });
+      return w3c.extract(context, carrier, getter);
+    },
+    fields: () => w3c.fields(),
+  });
+  try {
+    const h = harness({ plain: () => 1 });
+    assert.equal((await h.call(1, 'plain', { traceparent: TP, tracestate: 'vendor=x' })).result, 1);
+    await h.close();
+  } finally {
+    api.propagation.disable();
+  }
+  assert.deepStrictEqual(seen, [{ traceparent: TP, tracestate: 'vendor=x' }]);
+  const span = spanNamed('snakepit.worker plain');
+  assert.equal(parentId(span), CALLER);
+  assert.equal(span.spanContext().traceState.get('vendor'), 'x');
+});

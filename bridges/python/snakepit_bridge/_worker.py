@@ -155,23 +155,25 @@ def _otel_span(command, traceparent, tracestate):
     global _otel
     if _otel is None:
         try:
-            from opentelemetry import trace
-            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+            from opentelemetry import propagate, trace
 
             # A tracer taken before the application sets its provider
             # follows it once set (the API's proxy), so one is enough; asking
             # for it per request would cost more than the span itself.
             tracer = trace.get_tracer("snakepit_bridge", __version__)
-            _otel = (tracer, TraceContextTextMapPropagator(), trace.SpanKind.SERVER)
+            _otel = (tracer, propagate, trace.SpanKind.SERVER)
         except Exception:  # ImportError, or a broken install: tracing is optional
             _otel = False
     if _otel is False:
         return None
-    tracer, propagator, kind = _otel
+    tracer, propagate, kind = _otel
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
-    parent = propagator.extract(carrier)
+    # The configured global propagator (OTEL_PROPAGATORS, by default W3C
+    # trace context and baggage), looked up per request: the application
+    # may set its own after the first request.
+    parent = propagate.extract(carrier)
     return tracer.start_as_current_span("snakepit.worker " + command, context=parent, kind=kind)
 
 

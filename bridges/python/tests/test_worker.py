@@ -259,6 +259,32 @@ class OtelTests(unittest.TestCase):
         self.assertEqual(user[0].parent.span_id, worker_span.context.span_id)
         self.assertEqual(len(user), 2)  # request 2 had no traceparent: no worker span
 
+    def test_context_is_extracted_by_the_configured_propagator(self):
+        try:
+            from opentelemetry import propagate
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        except ImportError:
+            self.skipTest("opentelemetry-api not installed")
+
+        seen = []
+
+        class Recording(TraceContextTextMapPropagator):
+            def extract(self, carrier, context=None, getter=None):
+                seen.append(dict(carrier))
+                return super().extract(carrier, context=context)
+
+        before = propagate.get_global_textmap()
+        propagate.set_global_textmap(Recording())
+        try:
+            w = Worker(codec="json")
+            w.command("traced")(lambda args: "ok")
+            tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            run_in_process(w, [req(1, "traced", traceparent=tp, tracestate="vendor=x")],
+                           _wire.get_codec("json"))
+        finally:
+            propagate.set_global_textmap(before)
+        self.assertEqual(seen, [{"traceparent": tp, "tracestate": "vendor=x"}])
+
 
 if __name__ == "__main__":
     unittest.main()

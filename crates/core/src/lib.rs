@@ -47,7 +47,7 @@ pub use config::PoolConfig;
 pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
 pub use pool::{
     Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats,
-    StreamItem, TraceContext, WeakPool, WorkerInfo,
+    StreamItem, TraceContext, TraceHeaders, WeakPool, WorkerInfo,
 };
 pub use session_hook::{SessionEnds, SessionHook};
 pub use snakepit_protocol::WireCodec;

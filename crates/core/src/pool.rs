@@ -38,9 +38,18 @@ pub type HostFunction = Arc<
         + Sync,
 >;
 
-/// Produces the W3C `traceparent` of the current trace context (see
+/// Produces the W3C trace context of the current span (see
 /// [`PoolBuilder::trace_context`]).
-pub type TraceContext = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+pub type TraceContext = Arc<dyn Fn() -> Option<TraceHeaders> + Send + Sync>;
+
+/// The W3C trace context a request frame carries to the worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    /// The `traceparent` header.
+    pub traceparent: String,
+    /// The `tracestate` header, when the trace has one.
+    pub tracestate: Option<String>,
+}
 
 /// A worker's call to a host function.
 #[derive(Debug, Clone)]
@@ -362,16 +371,22 @@ impl Shared {
         }
     }
 
+    /// A CLIENT span (the worker's side is its SERVER span), with
+    /// namespaced attributes; numbers are recorded as `i64`, which
+    /// OpenTelemetry keeps as numbers (a `u64` would arrive as a string).
     fn call_span(&self, command: &str, session: Option<&str>) -> tracing::Span {
         tracing::info_span!(
             "snakepit.call",
-            pool = %self.name,
-            command,
-            session,
-            worker = tracing::field::Empty,
-            pid = tracing::field::Empty,
-            queue_wait_us = tracing::field::Empty,
-            outcome = tracing::field::Empty,
+            otel.kind = "client",
+            snakepit.pool = self.name.as_str(),
+            snakepit.command = command,
+            snakepit.session = session,
+            snakepit.worker = tracing::field::Empty,
+            process.pid = tracing::field::Empty,
+            snakepit.queue_wait_us = tracing::field::Empty,
+            snakepit.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         )
     }
 
@@ -1187,11 +1202,14 @@ impl PoolBuilder {
         self
     }
 
-    /// Sets where a call's W3C `traceparent` comes from when its
-    /// [`CallOptions`] carry none: `f` runs inside the call's
-    /// `snakepit.call` span, so a tracing-to-OpenTelemetry bridge
+    /// Sets where a call's W3C `traceparent` and `tracestate` come from
+    /// when its [`CallOptions`] carry no `traceparent`: `f` runs inside the
+    /// call's `snakepit.call` span, so a tracing-to-OpenTelemetry bridge
     /// (`snakepit-telemetry`) can hand the worker that span's context.
-    pub fn trace_context(mut self, f: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn trace_context(
+        mut self,
+        f: impl Fn() -> Option<TraceHeaders> + Send + Sync + 'static,
+    ) -> Self {
         self.trace_context = Some(Arc::new(f));
         self
     }
@@ -1419,9 +1437,10 @@ impl CallMeta {
         self.queue_wait = Some(wait);
         self.worker = Some((worker.slot, worker.pid));
         if !self.span.is_disabled() {
-            self.span.record("worker", worker.slot);
-            self.span.record("pid", worker.pid);
-            self.span.record("queue_wait_us", wait.as_micros() as u64);
+            self.span.record("snakepit.worker", worker.slot as i64);
+            self.span.record("process.pid", i64::from(worker.pid));
+            self.span
+                .record("snakepit.queue_wait_us", wait.as_micros() as i64);
         }
     }
 }
@@ -1475,7 +1494,11 @@ impl<'c, S: Deref<Target = Shared>> Outcome<'c, S> {
 
     fn report(&self, outcome: &'static str) {
         if !self.meta.span.is_disabled() {
-            self.meta.span.record("outcome", outcome);
+            self.meta.span.record("snakepit.outcome", outcome);
+            if outcome != "ok" {
+                self.meta.span.record("error.type", outcome);
+                self.meta.span.record("otel.status_code", "ERROR");
+            }
         }
         if self.shared.listeners.is_empty() {
             return;
@@ -1771,7 +1794,8 @@ impl Pool {
                 (Some(t), _) => Some(t.as_str()),
                 (None, Some(hook)) => {
                     traced = hook();
-                    traced.as_deref()
+                    request.tracestate = traced.as_ref().and_then(|t| t.tracestate.as_deref());
+                    traced.as_ref().map(|t| t.traceparent.as_str())
                 }
                 (None, None) => None,
             };

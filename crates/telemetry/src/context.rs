@@ -1,12 +1,19 @@
-//! The W3C trace context of the current span, for the request frames.
+//! The trace context of the current span, for the request frames, as the
+//! configured OpenTelemetry propagator writes it.
+
+use std::collections::HashMap;
 
 use opentelemetry::trace::TraceContextExt;
+use snakepit_core::TraceHeaders;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The W3C `traceparent` of the current `tracing` span's OpenTelemetry
-/// context (`00-<trace id>-<span id>-<flags>`), or `None` when there is no
-/// valid one: no subscriber with the OpenTelemetry layer is installed, or
-/// the current span is disabled.
+/// The headers OpenTelemetry's global propagator
+/// (`global::get_text_map_propagator`; [`init`](crate::init) installs W3C
+/// trace context and baggage, or what `OTEL_PROPAGATORS` names) writes for
+/// the current `tracing` span: `traceparent` and, when the trace has one,
+/// `tracestate`. `None` when there is no valid span context (no subscriber
+/// with the OpenTelemetry layer, a disabled span) or the propagator wrote
+/// no `traceparent`.
 ///
 /// [`instrument`](crate::instrument) hands it to
 /// `PoolBuilder::trace_context`, which calls it inside each call's
@@ -15,18 +22,26 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 ///
 /// ```
 /// // No subscriber is installed here, so there is no trace to continue.
+/// assert_eq!(snakepit_telemetry::trace_headers(), None);
+/// ```
+pub fn trace_headers() -> Option<TraceHeaders> {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    Some(TraceHeaders {
+        traceparent: carrier.remove("traceparent")?,
+        tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    })
+}
+
+/// The `traceparent` of [`trace_headers`].
+///
+/// ```
 /// assert_eq!(snakepit_telemetry::traceparent(), None);
 /// ```
 pub fn traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    trace_headers().map(|h| h.traceparent)
 }

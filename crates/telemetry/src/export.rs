@@ -1,11 +1,14 @@
 //! Installing the subscriber and the OTLP exporters, and flushing them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::Level;
@@ -14,12 +17,24 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
+use crate::watch::{ExportState, WatchedMetrics, WatchedSpans};
+
 /// The variable that names where OTLP goes; [`init_from_env`] exports only
 /// when it (or its traces-only form) is set.
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+const TRACES_EXPORTER_VAR: &str = "OTEL_TRACES_EXPORTER";
+const METRICS_EXPORTER_VAR: &str = "OTEL_METRICS_EXPORTER";
+const PROPAGATORS_VAR: &str = "OTEL_PROPAGATORS";
+const DISABLED_VAR: &str = "OTEL_SDK_DISABLED";
+const TIMEOUT_VAR: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+
+/// How long one export may take in a short-lived program
+/// ([`Telemetry::short_lived`]).
+const SHORT_EXPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How spans and metrics travel to the receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +109,21 @@ pub enum Error {
     /// The gRPC exporter's runtime could not start.
     #[error("cannot start the gRPC exporter's runtime: {0}")]
     Runtime(String),
-    /// Flushing or shutting down the exporters failed.
+    /// Flushing or shutting down the exporters failed, or what was
+    /// buffered could not be delivered (what was dropped, where to, why).
     #[error("flushing telemetry failed: {0}")]
     Flush(String),
+    /// `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER` or
+    /// `OTEL_PROPAGATORS` names something this crate does not provide.
+    #[error("{var}={value} is not supported (expected {expected})")]
+    Unsupported {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it may be.
+        expected: &'static str,
+    },
 }
 
 /// Settings for [`Telemetry::init`]; anything left unset comes from the
@@ -118,7 +145,8 @@ pub struct Telemetry {
     service_name: Option<String>,
     endpoint: Option<String>,
     protocol: Option<Protocol>,
-    metrics: bool,
+    metrics: Option<bool>,
+    short_lived: bool,
     metrics_interval: Option<Duration>,
     stderr_logs: Option<Targets>,
     traces: Targets,
@@ -142,7 +170,8 @@ impl Telemetry {
             service_name: None,
             endpoint: None,
             protocol: None,
-            metrics: true,
+            metrics: None,
+            short_lived: false,
             metrics_interval: None,
             stderr_logs: Some(logs),
             traces: Targets::new().with_default(Level::INFO),
@@ -172,9 +201,22 @@ impl Telemetry {
         self
     }
 
-    /// Whether to export metrics too (default: yes).
+    /// Whether to export metrics too (default: yes, unless
+    /// `OTEL_METRICS_EXPORTER=none`). A receiver that does not take metrics
+    /// (HTTP 404 or 405, gRPC `Unimplemented`, as Jaeger answers) is
+    /// reported once as a warning and metrics stop; that is never an error.
     pub fn metrics(mut self, on: bool) -> Self {
-        self.metrics = on;
+        self.metrics = Some(on);
+        self
+    }
+
+    /// For a program that runs briefly, such as a command-line tool: each
+    /// export is tried once, without the retries and their backoff, and
+    /// given at most 1 s (less if `OTEL_EXPORTER_OTLP_TIMEOUT` says so), so
+    /// that a receiver that is down costs the program's exit next to
+    /// nothing; traces and metrics are flushed side by side at the end.
+    pub fn short_lived(mut self, on: bool) -> Self {
+        self.short_lived = on;
         self
     }
 
@@ -199,24 +241,67 @@ impl Telemetry {
 
     /// Installs the global `tracing` subscriber (OpenTelemetry layer, and
     /// stderr logs unless turned off), the global tracer and meter
-    /// providers and the W3C propagator. Keep the guard: dropping it (or
+    /// providers and the global propagator (`OTEL_PROPAGATORS`, by default
+    /// W3C trace context and baggage). Keep the guard: dropping it (or
     /// [`Guard::shutdown`]) exports what is still buffered.
+    ///
+    /// `OTEL_SDK_DISABLED=true` installs the stderr logs only;
+    /// `OTEL_TRACES_EXPORTER=none` and `OTEL_METRICS_EXPORTER=none` leave
+    /// that signal out (`otlp`, the default, is the only other value).
     pub fn init(self) -> Result<Guard, Error> {
+        let disabled = sdk_disabled();
+        let traces_on = !disabled && exporter_wanted(TRACES_EXPORTER_VAR)?;
+        let metrics_on = !disabled
+            && match self.metrics {
+                Some(on) => on,
+                None => exporter_wanted(METRICS_EXPORTER_VAR)?,
+            };
+        let propagator = if disabled { None } else { Some(propagator()?) };
         let protocol = match self.protocol {
             Some(p) => p,
             None => Protocol::from_env()?.unwrap_or_else(Protocol::feature_default),
         };
+        let export = ExportSettings::new(self.short_lived);
         let resource = resource(self.service_name.as_deref());
-        let runtime = Runtime::new(protocol)?;
-        let span_exporter =
-            runtime.in_context(|| span_exporter(protocol, self.endpoint.as_deref()))?;
-        let tracer_provider = SdkTracerProvider::builder()
-            .with_batch_exporter(span_exporter)
-            .with_resource(resource.clone())
-            .build();
-        let meter_provider = if self.metrics {
-            let exporter =
-                runtime.in_context(|| metric_exporter(protocol, self.endpoint.as_deref()))?;
+        let runtime = if traces_on || metrics_on {
+            Runtime::new(protocol)?
+        } else {
+            Runtime::none()
+        };
+        let mut states = Vec::new();
+        let tracer_provider = if traces_on {
+            let state = ExportState::new(
+                "traces",
+                signal_endpoint(protocol, self.endpoint.as_deref(), Signal::Traces),
+            );
+            let inner = runtime
+                .in_context(|| span_exporter(protocol, self.endpoint.as_deref(), &export))?;
+            let exporter = WatchedSpans {
+                inner,
+                state: state.clone(),
+            };
+            states.push(state);
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource.clone())
+                    .build(),
+            )
+        } else {
+            None
+        };
+        let meter_provider = if metrics_on {
+            let state = ExportState::new(
+                "metrics",
+                signal_endpoint(protocol, self.endpoint.as_deref(), Signal::Metrics),
+            );
+            let inner = runtime
+                .in_context(|| metric_exporter(protocol, self.endpoint.as_deref(), &export))?;
+            let exporter = WatchedMetrics {
+                inner,
+                state: state.clone(),
+            };
+            states.push(state);
             let mut reader = PeriodicReader::builder(exporter);
             if let Some(every) = self.metrics_interval {
                 reader = reader.with_interval(every);
@@ -231,15 +316,16 @@ impl Telemetry {
             None
         };
 
-        let tracer = tracer_provider.tracer("snakepit");
         // Source locations, thread names and busy/idle times would add five
         // attributes and two clock reads per poll to every span.
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(self.traces);
+        let otel = tracer_provider.as_ref().map(|provider| {
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("snakepit"))
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(self.traces)
+        });
         let logs = self.stderr_logs.map(|filter| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -250,16 +336,36 @@ impl Telemetry {
             .with(logs)
             .try_init()
             .map_err(|_| Error::SubscriberInstalled)?;
-        opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if let Some(t) = &tracer_provider {
+            opentelemetry::global::set_tracer_provider(t.clone());
+        }
+        if let Some(p) = propagator {
+            opentelemetry::global::set_text_map_propagator(p);
+        }
         if let Some(m) = &meter_provider {
             opentelemetry::global::set_meter_provider(m.clone());
         }
         Ok(Guard {
-            tracer_provider: Some(tracer_provider),
+            tracer_provider,
             meter_provider,
+            states,
+            final_flush: export.timeout,
             _runtime: runtime,
         })
+    }
+
+    /// [`init`](Telemetry::init), but only when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+    /// is set and `OTEL_SDK_DISABLED` is not `true`; otherwise installs
+    /// nothing and returns `None`.
+    pub fn init_if_configured(self) -> Result<Option<Guard>, Error> {
+        if env(ENDPOINT_VAR).is_none() && env(TRACES_ENDPOINT_VAR).is_none() {
+            return Ok(None);
+        }
+        if sdk_disabled() {
+            return Ok(None);
+        }
+        self.init().map(Some)
     }
 }
 
@@ -282,13 +388,105 @@ pub fn init() -> Result<Guard, Error> {
 /// # Ok::<(), snakepit_telemetry::Error>(())
 /// ```
 pub fn init_from_env() -> Result<Option<Guard>, Error> {
-    if env(ENDPOINT_VAR).is_none() && env(TRACES_ENDPOINT_VAR).is_none() {
-        return Ok(None);
+    Telemetry::new().init_if_configured()
+}
+
+fn sdk_disabled() -> bool {
+    env(DISABLED_VAR).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Whether `var` (`OTEL_TRACES_EXPORTER` or `OTEL_METRICS_EXPORTER`) asks
+/// for OTLP export: unset or `otlp` yes, `none` no.
+fn exporter_wanted(var: &'static str) -> Result<bool, Error> {
+    let Some(value) = env(var) else {
+        return Ok(true);
+    };
+    let mut otlp = false;
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "otlp" => otlp = true,
+            "none" => {}
+            _ => {
+                return Err(Error::Unsupported {
+                    var,
+                    value,
+                    expected: "`otlp` or `none`",
+                })
+            }
+        }
     }
-    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-        return Ok(None);
+    Ok(otlp)
+}
+
+/// The propagator `OTEL_PROPAGATORS` names (`tracecontext`, `baggage`,
+/// `none`, comma-separated), by default W3C trace context and baggage.
+fn propagator() -> Result<TextMapCompositePropagator, Error> {
+    let value = env(PROPAGATORS_VAR).unwrap_or_else(|| "tracecontext,baggage".into());
+    let mut parts: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => parts.push(Box::new(TraceContextPropagator::new())),
+            "baggage" => parts.push(Box::new(BaggagePropagator::new())),
+            "none" => parts.clear(),
+            _ => {
+                return Err(Error::Unsupported {
+                    var: PROPAGATORS_VAR,
+                    value,
+                    expected: "`tracecontext`, `baggage` or `none`",
+                })
+            }
+        }
     }
-    init().map(Some)
+    Ok(TextMapCompositePropagator::new(parts))
+}
+
+/// The retry policy and time limit of each export.
+struct ExportSettings {
+    /// `None`: the exporter's own (`OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s)
+    /// and its retries.
+    timeout: Option<Duration>,
+}
+
+impl ExportSettings {
+    fn new(short_lived: bool) -> Self {
+        let timeout = short_lived.then(|| {
+            env(TIMEOUT_VAR)
+                .and_then(|ms| ms.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
+        });
+        ExportSettings { timeout }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Signal {
+    Traces,
+    Metrics,
+}
+
+/// Where a signal's exports go, as the exporter will resolve it.
+fn signal_endpoint(protocol: Protocol, endpoint: Option<&str>, signal: Signal) -> String {
+    let (own_var, path) = match signal {
+        Signal::Traces => (TRACES_ENDPOINT_VAR, "/v1/traces"),
+        Signal::Metrics => (METRICS_ENDPOINT_VAR, "/v1/metrics"),
+    };
+    match protocol {
+        Protocol::HttpProtobuf => match endpoint {
+            Some(e) => signal_url(e, path),
+            None => env(own_var).unwrap_or_else(|| {
+                signal_url(
+                    &env(ENDPOINT_VAR).unwrap_or_else(|| "http://localhost:4318".into()),
+                    path,
+                )
+            }),
+        },
+        Protocol::Grpc => endpoint
+            .map(str::to_owned)
+            .or_else(|| env(own_var))
+            .or_else(|| env(ENDPOINT_VAR))
+            .unwrap_or_else(|| "http://localhost:4317".into()),
+    }
 }
 
 /// Keeps the exporters alive; dropping it (or [`Guard::shutdown`]) exports
@@ -297,12 +495,16 @@ pub fn init_from_env() -> Result<Option<Guard>, Error> {
 pub struct Guard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    states: Vec<Arc<ExportState>>,
+    /// How long the final flush may take, for a short-lived program.
+    final_flush: Option<Duration>,
     _runtime: Runtime,
 }
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guard")
+            .field("traces", &self.tracer_provider.is_some())
             .field("metrics", &self.meter_provider.is_some())
             .finish()
     }
@@ -310,37 +512,57 @@ impl std::fmt::Debug for Guard {
 
 impl Guard {
     /// Exports what is buffered now, without stopping.
+    ///
+    /// A receiver that does not take metrics is not an error (see
+    /// [`Telemetry::metrics`]); spans or metrics it could not deliver are
+    /// (`Error::Flush` says how many, where to, and why).
     pub fn flush(&self) -> Result<(), Error> {
-        let mut errors = Vec::new();
-        if let Some(t) = &self.tracer_provider {
-            if let Err(e) = t.force_flush() {
-                errors.push(format!("traces: {e}"));
-            }
-        }
-        if let Some(m) = &self.meter_provider {
-            if let Err(e) = m.force_flush() {
-                errors.push(format!("metrics: {e}"));
-            }
-        }
-        joined(errors)
+        let traces = self.tracer_provider.as_ref().map(|t| t.force_flush());
+        let metrics = self.meter_provider.as_ref().map(|m| m.force_flush());
+        self.outcome(traces, metrics)
     }
 
     /// Exports what is buffered and stops the exporters; spans ended after
-    /// this are dropped.
+    /// this are dropped. Errors as for [`flush`](Guard::flush).
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop()
     }
 
     fn stop(&mut self) -> Result<(), Error> {
+        let tracer = self.tracer_provider.take();
+        let meter = self.meter_provider.take();
+        let limit = self.final_flush.unwrap_or(Duration::from_secs(5));
+        // Side by side: a receiver that is down costs one export's time,
+        // not one per signal.
+        let (traces, metrics) = std::thread::scope(|s| {
+            let metrics = meter.map(|m| s.spawn(move || m.shutdown_with_timeout(limit)));
+            let traces = tracer.map(|t| t.shutdown_with_timeout(limit));
+            let metrics = metrics.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(OTelSdkError::InternalFailure("panicked".into())))
+            });
+            (traces, metrics)
+        });
+        self.outcome(traces, metrics)
+    }
+
+    /// One error naming what was dropped, or the SDK's own errors when the
+    /// exporters did not fail (a timeout, say).
+    fn outcome(
+        &self,
+        traces: Option<OTelSdkResult>,
+        metrics: Option<OTelSdkResult>,
+    ) -> Result<(), Error> {
         let mut errors = Vec::new();
-        if let Some(t) = self.tracer_provider.take() {
-            if let Err(e) = t.shutdown() {
-                errors.push(format!("traces: {e}"));
-            }
-        }
-        if let Some(m) = self.meter_provider.take() {
-            if let Err(e) = m.shutdown() {
-                errors.push(format!("metrics: {e}"));
+        for (signal, result) in [("traces", traces), ("metrics", metrics)] {
+            let state = self.states.iter().find(|s| s.signal() == signal);
+            if let Some(dropped) = state.and_then(|s| s.dropped()) {
+                errors.push(dropped);
+            } else if let Some(Err(e)) = result {
+                if state.is_some_and(|s| s.refused()) {
+                    continue; // reported once already; not an error
+                }
+                errors.push(format!("{signal}: {e}"));
             }
         }
         joined(errors)
@@ -350,7 +572,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!("snakepit-telemetry: {e}");
+            tracing::warn!(target: "snakepit_telemetry", "{e}");
         }
     }
 }
@@ -404,8 +626,9 @@ fn signal_url(base: &str, path: &str) -> String {
 fn span_exporter(
     protocol: Protocol,
     endpoint: Option<&str>,
+    export: &ExportSettings,
 ) -> Result<opentelemetry_otlp::SpanExporter, Error> {
-    let _ = endpoint;
+    let _ = (endpoint, export);
     match protocol {
         #[cfg(feature = "http")]
         Protocol::HttpProtobuf => {
@@ -415,6 +638,12 @@ fn span_exporter(
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(signal_url(e, "/v1/traces"));
+            }
+            if let Some(t) = export.timeout {
+                use opentelemetry_otlp::WithHttpConfig;
+                b = b
+                    .with_timeout(t)
+                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             b.build().map_err(|e| Error::Exporter(e.to_string()))
         }
@@ -426,6 +655,12 @@ fn span_exporter(
                 .with_protocol(opentelemetry_otlp::Protocol::Grpc);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
+            }
+            if let Some(t) = export.timeout {
+                use opentelemetry_otlp::WithTonicConfig;
+                b = b
+                    .with_timeout(t)
+                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             b.build().map_err(|e| Error::Exporter(e.to_string()))
         }
@@ -437,8 +672,9 @@ fn span_exporter(
 fn metric_exporter(
     protocol: Protocol,
     endpoint: Option<&str>,
+    export: &ExportSettings,
 ) -> Result<opentelemetry_otlp::MetricExporter, Error> {
-    let _ = endpoint;
+    let _ = (endpoint, export);
     match protocol {
         #[cfg(feature = "http")]
         Protocol::HttpProtobuf => {
@@ -448,6 +684,12 @@ fn metric_exporter(
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(signal_url(e, "/v1/metrics"));
+            }
+            if let Some(t) = export.timeout {
+                use opentelemetry_otlp::WithHttpConfig;
+                b = b
+                    .with_timeout(t)
+                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             b.build().map_err(|e| Error::Exporter(e.to_string()))
         }
@@ -459,6 +701,12 @@ fn metric_exporter(
                 .with_protocol(opentelemetry_otlp::Protocol::Grpc);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
+            }
+            if let Some(t) = export.timeout {
+                use opentelemetry_otlp::WithTonicConfig;
+                b = b
+                    .with_timeout(t)
+                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             b.build().map_err(|e| Error::Exporter(e.to_string()))
         }
@@ -490,6 +738,14 @@ struct Runtime {
 }
 
 impl Runtime {
+    /// No runtime: nothing is exported.
+    fn none() -> Self {
+        Runtime {
+            #[cfg(feature = "grpc")]
+            rt: None,
+        }
+    }
+
     fn new(protocol: Protocol) -> Result<Self, Error> {
         #[cfg(feature = "grpc")]
         {

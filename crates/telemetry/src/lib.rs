@@ -59,21 +59,23 @@ compile_error!("snakepit-telemetry needs a transport: enable its `http` or `grpc
 mod context;
 mod export;
 mod metrics;
+mod watch;
 
-pub use context::traceparent;
+pub use context::{trace_headers, traceparent};
 pub use export::{init, init_from_env, Error, Guard, Protocol, Telemetry, ENDPOINT_VAR};
 pub use metrics::{Observation, PoolMetrics};
 
 use snakepit_core::{Pool, PoolBuilder};
 
 /// Wires telemetry into a pool builder: each call's request frame carries
-/// the `traceparent` of its `snakepit.call` span (unless the call's
-/// options carry one already), and every pool event feeds
+/// the trace context of its `snakepit.call` span, as the global propagator
+/// writes it ([`trace_headers`]; unless the call's options carry a
+/// `traceparent` already), and every pool event feeds
 /// [`PoolMetrics::global`].
 pub fn instrument(builder: PoolBuilder) -> PoolBuilder {
     let metrics = PoolMetrics::global();
     builder
-        .trace_context(traceparent)
+        .trace_context(trace_headers)
         .on_event(move |event| metrics.record(event))
 }
 

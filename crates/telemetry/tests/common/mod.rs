@@ -116,12 +116,15 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
     );
     assert_eq!(handler.id, handler_span);
     assert_eq!(
-        call.attributes.get("command").map(String::as_str),
+        call.attributes.get("snakepit.command").map(String::as_str),
         Some("traced")
     );
-    assert_eq!(call.attributes.get("pool").map(String::as_str), Some("e2e"));
     assert_eq!(
-        call.attributes.get("outcome").map(String::as_str),
+        call.attributes.get("snakepit.pool").map(String::as_str),
+        Some("e2e")
+    );
+    assert_eq!(
+        call.attributes.get("snakepit.outcome").map(String::as_str),
         Some("ok")
     );
     assert_eq!(

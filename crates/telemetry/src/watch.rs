@@ -1,0 +1,262 @@
+//! The exporters, watched: a failed export is reported once (with the
+//! receiver's address and the cause) and counted, and a receiver that does
+//! not take metrics at all turns metrics off instead of failing every
+//! export and the final flush.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+
+/// What happened to one signal's exports: shared by its exporter and the
+/// guard, which tells at shutdown what was dropped.
+#[derive(Debug)]
+pub(crate) struct ExportState {
+    /// `traces` or `metrics`.
+    signal: &'static str,
+    /// Where the exports go, as the user would recognise it.
+    url: String,
+    warned: AtomicBool,
+    refused: AtomicBool,
+    /// Spans (traces) or metric exports (metrics) that never arrived.
+    dropped: AtomicU64,
+    cause: Mutex<Option<String>>,
+}
+
+impl ExportState {
+    pub(crate) fn new(signal: &'static str, url: String) -> Arc<Self> {
+        Arc::new(ExportState {
+            signal,
+            url,
+            warned: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            cause: Mutex::new(None),
+        })
+    }
+
+    /// What was lost, for the guard's report: `None` when nothing was.
+    pub(crate) fn dropped(&self) -> Option<String> {
+        let n = self.dropped.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let what = match (self.signal, n) {
+            ("traces", 1) => "1 span".to_owned(),
+            ("traces", n) => format!("{n} spans"),
+            (_, 1) => "1 metrics export".to_owned(),
+            (_, n) => format!("{n} metrics exports"),
+        };
+        let cause = self
+            .cause
+            .lock()
+            .map(|c| c.clone().unwrap_or_default())
+            .unwrap_or_default();
+        Some(format!(
+            "{}: dropped {what} that {} could not take: {cause}",
+            self.signal, self.url
+        ))
+    }
+
+    /// `traces` or `metrics`.
+    pub(crate) fn signal(&self) -> &'static str {
+        self.signal
+    }
+
+    /// Whether the receiver said it does not take this signal at all.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, lost: u64, error: &OTelSdkError) {
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+        if self.warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let cause = self.cause_of(error);
+        tracing::warn!(
+            target: "snakepit_telemetry",
+            "cannot export {} to {}: {cause} (reported once; what fails to export is dropped)",
+            self.signal,
+            self.url,
+        );
+        if let Ok(mut c) = self.cause.lock() {
+            *c = Some(cause);
+        }
+    }
+
+    /// The exporter's message, and for a network error (which the HTTP
+    /// exporter reports without its cause) what connecting says.
+    fn cause_of(&self, error: &OTelSdkError) -> String {
+        let message = sdk_message(error);
+        if message.contains("network error") {
+            if let Some(e) = connect_error(&self.url) {
+                return format!("{message}: {e}");
+            }
+        }
+        message
+    }
+
+    fn refuse(&self, error: &OTelSdkError) {
+        if self.refused.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            target: "snakepit_telemetry",
+            "{} does not take {} ({}): {} export is off from now on",
+            self.url,
+            self.signal,
+            sdk_message(error),
+            self.signal,
+        );
+    }
+}
+
+fn sdk_message(error: &OTelSdkError) -> String {
+    match error {
+        OTelSdkError::InternalFailure(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether an export error says that the receiver does not serve the
+/// signal at all: HTTP 404 or 405, gRPC `Unimplemented`.
+pub(crate) fn is_refusal(error: &OTelSdkError) -> bool {
+    let OTelSdkError::InternalFailure(m) = error else {
+        return false;
+    };
+    m.ends_with("status code: 404")
+        || m.ends_with("status code: 405")
+        || m.contains("gRPC code: Unimplemented")
+}
+
+/// Connects once to `url`'s host and port, for the error the OS gives.
+fn connect_error(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let default_port = if url.starts_with("https") { 443 } else { 80 };
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addrs = match addr.to_socket_addrs() {
+        Ok(a) => a,
+        Err(e) => return Some(format!("cannot resolve {addr}: {e}")),
+    };
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, Duration::from_millis(500)) {
+            Ok(_) => return None,
+            Err(e) => last = Some(e.to_string()),
+        }
+    }
+    last
+}
+
+/// A span exporter that reports its failures.
+#[derive(Debug)]
+pub(crate) struct WatchedSpans<E> {
+    pub(crate) inner: E,
+    pub(crate) state: Arc<ExportState>,
+}
+
+impl<E: SpanExporter> SpanExporter for WatchedSpans<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if let Err(e) = &result {
+            self.state.failed(n, e);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A metric exporter that reports its failures, and stops for good when the
+/// receiver does not take metrics.
+pub(crate) struct WatchedMetrics<E> {
+    pub(crate) inner: E,
+    pub(crate) state: Arc<ExportState>,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for WatchedMetrics<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        if self.state.refused() {
+            return Ok(());
+        }
+        match self.inner.export(metrics).await {
+            Err(e) if is_refusal(&e) => {
+                self.state.refuse(&e);
+                Ok(())
+            }
+            Err(e) => {
+                self.state.failed(1, &e);
+                Err(e)
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_404_405_and_unimplemented_only() {
+        let f = |m: &str| OTelSdkError::InternalFailure(m.into());
+        assert!(is_refusal(&f("HTTP export failed with status code: 405")));
+        assert!(is_refusal(&f("HTTP export failed with status code: 404")));
+        assert!(is_refusal(&f(
+            "TonicMetricsClient export failed with gRPC code: Unimplemented"
+        )));
+        assert!(!is_refusal(&f("HTTP export failed with status code: 503")));
+        assert!(!is_refusal(&f("HTTP export failed: network error")));
+        assert!(!is_refusal(&OTelSdkError::Timeout(Duration::from_secs(1))));
+    }
+
+    #[test]
+    fn a_closed_port_names_its_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        // The listener is gone: nothing listens there now.
+        let e = connect_error(&format!("http://127.0.0.1:{port}/v1/traces"));
+        assert!(e.as_deref().is_some_and(|e| e.contains("refused")), "{e:?}");
+    }
+}
