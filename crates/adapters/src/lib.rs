@@ -241,8 +241,9 @@ impl Adapter for Bridge {
         }
         match &self.entry {
             Entry::Generic => match embedded::generic_worker(lang) {
-                // The bundled workers ignore arguments: show the run in `ps`.
-                Ok(script) => launch = launch.arg(script).with_run_id_arg(),
+                // No `--snakepit-run-id`: `ps` shows command lines to every
+                // user; the run id stays in the environment.
+                Ok(script) => launch = launch.arg(script),
                 Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
             },
             Entry::Script(script) => launch = launch.arg(script),

@@ -16,11 +16,13 @@ pub struct Launch {
     pub env: Vec<(OsString, OsString)>,
     /// The working directory; `None` keeps the host's.
     pub cwd: Option<PathBuf>,
-    /// Append `--snakepit-run-id <id>` to the arguments, so that `ps` shows
-    /// which run a process belongs to. Off by default: a script that parses
-    /// its arguments strictly would refuse it. Every worker gets the run id
-    /// in its environment (`SNAKEPIT_RUN_ID`) either way, and that is what
-    /// the sweep checks.
+    /// Append `--snakepit-run-id <id>` to the arguments. Off by default,
+    /// and the bundled workers do not use it: command lines are readable by
+    /// every user of the machine (`ps`), while the run id the sweep checks
+    /// is in the worker's environment (`SNAKEPIT_RUN_ID`), which only its
+    /// own user and root can read. Turn it on only where seeing the run in
+    /// `ps` is worth showing the id to everybody, and for a script that
+    /// accepts the extra arguments.
     pub run_id_arg: bool,
 }
 
@@ -54,8 +56,8 @@ impl Launch {
         self
     }
 
-    /// Appends `--snakepit-run-id <id>` to the arguments (see
-    /// [`run_id_arg`](Launch::run_id_arg)).
+    /// Appends `--snakepit-run-id <id>` to the arguments, where every user
+    /// can see it (see [`run_id_arg`](Launch::run_id_arg)).
     pub fn with_run_id_arg(mut self) -> Self {
         self.run_id_arg = true;
         self

@@ -2,18 +2,45 @@
 //!
 //! Every pool writes a small record of its run in a per-user runtime
 //! directory (`$SNAKEPIT_STATE_DIR`, else `$XDG_RUNTIME_DIR/snakepit`, else
-//! `/tmp/snakepit-<uid>`, created with mode 0700): the pool's name (its
-//! *instance*), its run id, the host's pid and start time, and each live
-//! worker's pid and start time. A clean shutdown removes the record.
+//! `/tmp/snakepit-<uid>`): the pool's name (its *instance*), its run id, the
+//! host's pid and start time, the host's PID namespace and boot id, and each
+//! live worker's pid and start time. A clean shutdown removes the record.
+//!
+//! The directory is treated as OpenSSH and systemd treat theirs: it is
+//! created with mode 0700, and one that exists already is used only if it
+//! is owned by this user, is not writable by anybody else, and no directory
+//! above it lets another user swap it (each is owned by this user or root
+//! and is writable by others only with the sticky bit). Otherwise the sweep
+//! fails with an [`UnsafeStateDir`] error and a pool starts without its
+//! record. Records are written to a temporary file with a random name
+//! created with `O_EXCL`, then renamed into place, and read with
+//! `O_NOFOLLOW`, only when they are regular files of ours of at most
+//! [`RECORD_MAX_BYTES`]: a symlink, a FIFO or a huge file named like a
+//! record is reported as unreadable and left alone.
 //!
 //! A record whose host is gone (no such pid, or a pid whose start time
-//! differs: a reused pid) belongs to a run that crashed. [`sweep`] then kills
-//! the processes of that run that are still alive: a process is killed only
-//! if it carries the run's id in its environment (`SNAKEPIT_RUN_ID`, which
-//! every worker and, unless they clear their environment, the workers' own
-//! children inherit) *and* either it is a recorded worker with the recorded
-//! start time, or it started after the run did. A reused pid or somebody
-//! else's process, even one with the same command line, is never touched.
+//! differs: a reused pid) belongs to a run that crashed. A record written in
+//! another PID namespace (a container sharing the directory with its host)
+//! is never judged by its pid; one from an earlier boot has nothing left
+//! alive. [`sweep`] kills the processes of a crashed run that are still
+//! alive: a process is killed only if it carries the run's id in its
+//! environment (`SNAKEPIT_RUN_ID`, which every worker and, unless they
+//! clear their environment, the workers' own children inherit) *and* either
+//! it is a recorded worker with the recorded start time, or it started after
+//! the run did. A reused pid or somebody else's process, even one with the
+//! same command line, is never touched.
+//!
+//! A record can lie: a copy of a live run's record under another host pid
+//! makes that run look dead. So a run is spared when anything shows it is
+//! alive: another record of the same run id whose host is alive (or cannot
+//! be judged from here), or a process of the run whose first ancestor
+//! outside the run is alive, is not init and is in the same session as the
+//! run's process below it (a live host; a process adopted by init or a
+//! subreaper has an ancestor in another session).
+//!
+//! Run ids are 128 random bits from the operating system; they are in the workers'
+//! environment, which only their user (and root) can read, and not on their
+//! command lines, which every user can read.
 //!
 //! A pool sweeps the records of its own instance when it starts (see
 //! [`PoolConfig::sweep_on_start`](crate::PoolConfig::sweep_on_start));
@@ -28,12 +55,74 @@
 //! Linux reads processes from `/proc`. Elsewhere the records are still
 //! written, and [`sweep`] reports that it cannot inspect processes.
 
-use std::collections::HashMap;
-use std::io;
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
+
+/// The largest run record [`sweep`] reads; a bigger file is not a record.
+pub const RECORD_MAX_BYTES: u64 = 1 << 20;
+
+/// The state directory is one another user could tamper with: [`sweep`]
+/// refuses it (inside an [`io::Error`] of kind `PermissionDenied`; find it
+/// with `err.get_ref()?.downcast_ref::<UnsafeStateDir>()`), and a pool
+/// starts without its run record.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "unsafe state directory {}: {problem}; remove it, or set SNAKEPIT_STATE_DIR to a directory only you can write",
+    dir.display()
+)]
+#[non_exhaustive]
+pub struct UnsafeStateDir {
+    /// The directory, as it was given.
+    pub dir: PathBuf,
+    /// What is wrong with it.
+    pub problem: StateDirProblem,
+}
+
+/// Why a state directory is unsafe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateDirProblem {
+    /// It is not a directory.
+    #[error("it is not a directory")]
+    NotADirectory,
+    /// It is a symbolic link that another user created.
+    #[error("it is a symbolic link owned by uid {owner}")]
+    ForeignSymlink {
+        /// The link's owner.
+        owner: u32,
+    },
+    /// Another user owns it.
+    #[error("it is owned by uid {owner}, not by this user (uid {uid})")]
+    NotOurs {
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        uid: u32,
+    },
+    /// Others may create and replace files in it.
+    #[error("it is writable by other users (mode {mode:o})")]
+    Writable {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A directory above it lets another user rename it away and put their
+    /// own in its place.
+    #[error("{} can be changed by other users (owner uid {owner}, mode {mode:o})", path.display())]
+    UnsafeParent {
+        /// The directory above.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
 
 /// What [`sweep`] looks at.
 #[derive(Debug, Clone, Default)]
@@ -78,9 +167,16 @@ impl SweepOptions {
 pub struct SweepReport {
     /// The directory it read.
     pub state_dir: PathBuf,
-    /// Records of runs whose host is alive: left alone.
+    /// Records of runs that are alive: left alone. A record whose host pid
+    /// is gone counts here too when the run is seen alive otherwise (a copy
+    /// of a live run's record).
     pub active_runs: usize,
-    /// Records of runs whose host is gone.
+    /// Records written in another PID namespace (a container sharing the
+    /// directory, or its host seen from the container): their host cannot
+    /// be checked from here, so they are left alone.
+    pub foreign_runs: usize,
+    /// Records of runs whose host is gone. One from an earlier boot has
+    /// nothing left to kill.
     pub stale_runs: Vec<StaleRun>,
     /// Record files that could not be read as records: left alone.
     pub unreadable: Vec<PathBuf>,
@@ -123,6 +219,9 @@ pub struct SweptProcess {
 
 /// Finds runs whose host died and kills what is left of them; removes their
 /// records (unless it is a dry run).
+///
+/// A directory that does not exist has nothing to sweep. One that another
+/// user could tamper with is refused with an [`UnsafeStateDir`] error.
 pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
     let dir = match &options.state_dir {
         Some(d) => d.clone(),
@@ -132,50 +231,68 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         state_dir: dir.clone(),
         ..SweepReport::default()
     };
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
+    match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
         Err(e) => return Err(e),
-    };
-    let proc_ok = Path::new("/proc/self/stat").exists();
-    if !proc_ok {
-        report.note = Some("no /proc on this system: processes were not inspected".into());
+        Ok(_) => check_state_dir(&dir)?,
     }
+    let entries = std::fs::read_dir(&dir)?;
+    let here = Here::now();
+    if let Some(why) = &here.no_proc {
+        report.note = Some(format!("{why}: processes were not inspected"));
+    }
+    let uid = effective_uid();
+    // Runs seen alive in any record, whatever its instance.
+    let mut live_runs = HashSet::new();
     let mut stale = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("run") {
             continue;
         }
-        let Some(record) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| Record::parse(&t))
-        else {
+        let Some(record) = read_record(&path, uid) else {
             report.unreadable.push(path);
             continue;
         };
-        if options
+        let ours = options
             .instance
             .as_ref()
-            .is_some_and(|i| *i != record.instance)
-        {
-            continue;
+            .is_none_or(|i| *i == record.instance);
+        match here.judge(&record) {
+            Verdict::Alive => {
+                live_runs.insert(record.run_id.clone());
+                report.active_runs += usize::from(ours);
+            }
+            Verdict::Foreign => {
+                live_runs.insert(record.run_id.clone());
+                report.foreign_runs += usize::from(ours);
+            }
+            Verdict::OtherBoot if ours => stale.push((path, record, false)),
+            Verdict::Dead if ours => stale.push((path, record, true)),
+            Verdict::OtherBoot | Verdict::Dead => {}
         }
-        if !proc_ok || process_start(record.host_pid) == Some(record.host_start) {
-            report.active_runs += 1;
-            continue;
-        }
-        stale.push((path, record));
     }
+    // A record of a dead host for a run alive elsewhere is a copy.
+    stale.retain(|(path, record, _)| {
+        let copy = live_runs.contains(&record.run_id);
+        if copy {
+            tracing::warn!(record = %path.display(), run_id = %record.run_id, "a run record names a dead host, but its run is alive: left alone");
+            report.active_runs += 1;
+        }
+        !copy
+    });
     if stale.is_empty() {
         return Ok(report);
     }
+    // Only runs of this boot can have processes left.
     let by_run: HashMap<&str, usize> = stale
         .iter()
         .enumerate()
-        .map(|(i, (_, r))| (r.run_id.as_str(), i))
+        .filter(|(_, (_, _, this_boot))| *this_boot)
+        .map(|(i, (_, r, _))| (r.run_id.as_str(), i))
         .collect();
-    let mut killed: Vec<Vec<SweptProcess>> = vec![Vec::new(); stale.len()];
+    let mut found: Vec<Vec<(SweptProcess, u64)>> = vec![Vec::new(); stale.len()];
+    let mut hosted = vec![false; stale.len()];
     for pid in all_pids() {
         if pid == std::process::id() {
             continue;
@@ -194,21 +311,39 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         if !worker && start < record.host_start {
             continue; // older than the run: not ours, whatever its environment says
         }
-        let command = command_line(pid);
-        if !options.dry_run {
-            // Our workers lead their own process groups: take the group.
-            if worker {
-                crate::spawn::signal_group(pid, libc::SIGKILL);
-            }
-            crate::spawn::signal_pid(pid, libc::SIGKILL);
+        if has_live_host(pid, &run_id) {
+            hosted[i] = true;
         }
-        killed[i].push(SweptProcess {
-            pid,
-            command,
-            worker,
-        });
+        found[i].push((
+            SweptProcess {
+                pid,
+                command: command_line(pid),
+                worker,
+            },
+            start,
+        ));
     }
-    for ((path, record), killed) in stale.into_iter().zip(killed) {
+    for (((path, record, _), found), hosted) in stale.into_iter().zip(found).zip(hosted) {
+        if hosted {
+            tracing::warn!(record = %path.display(), run_id = %record.run_id, "a run record names a dead host, but the run's processes have a live one: left alone");
+            report.active_runs += 1;
+            continue;
+        }
+        let mut killed = Vec::with_capacity(found.len());
+        for (p, start) in found {
+            if !options.dry_run {
+                // The pid may have been reused since it was read.
+                if process_start(p.pid) != Some(start) {
+                    continue;
+                }
+                // Our workers lead their own process groups: take the group.
+                if p.worker {
+                    crate::spawn::signal_group(p.pid, libc::SIGKILL);
+                }
+                crate::spawn::signal_pid(p.pid, libc::SIGKILL);
+            }
+            killed.push(p);
+        }
         if !options.dry_run {
             let _ = std::fs::remove_file(&path);
         }
@@ -238,16 +373,250 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
         return PathBuf::from(d).join("snakepit");
     }
-    let uid = std::fs::read_to_string("/proc/self/status")
+    std::env::temp_dir().join(format!("snakepit-{}", effective_uid()))
+}
+
+/// A new run id: 128 random bits from the operating system, in lowercase
+/// hex.
+pub(crate) fn new_run_id() -> String {
+    hex(&random_bytes::<16>())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Random bytes from `/dev/urandom`; should it be unreadable (a chroot
+/// without `/dev`), from the standard library's randomly keyed hasher,
+/// which the operating system's generator seeds as well.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut out))
+        .is_ok()
+    {
+        return out;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        h.write_u128(now);
+        h.write_u32(std::process::id());
+        chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// This process's effective uid: the owner of the files it creates.
+fn effective_uid() -> u32 {
+    // `Uid:` real, effective, saved, filesystem.
+    let from_proc = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "user".into());
-    std::env::temp_dir().join(format!("snakepit-{uid}"))
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        });
+    if let Some(uid) = from_proc {
+        return uid;
+    }
+    // No /proc: the owner of a file this process creates.
+    let probe = std::env::temp_dir().join(format!(".snakepit-uid-{}", hex(&random_bytes::<8>())));
+    let uid = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .and_then(|f| f.metadata())
+        .map_or(u32::MAX, |m| m.uid());
+    let _ = std::fs::remove_file(&probe);
+    uid
+}
+
+fn unsafe_dir(dir: &Path, problem: StateDirProblem) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        UnsafeStateDir {
+            dir: dir.to_owned(),
+            problem,
+        },
+    )
+}
+
+/// Creates `dir` (mode 0700) if it does not exist, then checks it.
+fn ensure_state_dir(dir: &Path) -> io::Result<()> {
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        if std::fs::symlink_metadata(dir).is_err() {
+            return Err(e);
+        }
+    }
+    check_state_dir(dir)
+}
+
+/// Refuses a state directory that another user could tamper with: not ours,
+/// writable by others, another user's symlink, or below a directory that
+/// lets another user replace it.
+fn check_state_dir(dir: &Path) -> io::Result<()> {
+    let uid = effective_uid();
+    let link = std::fs::symlink_metadata(dir)?;
+    let is_link = link.file_type().is_symlink();
+    if is_link && link.uid() != uid && link.uid() != 0 {
+        return Err(unsafe_dir(
+            dir,
+            StateDirProblem::ForeignSymlink { owner: link.uid() },
+        ));
+    }
+    let real = std::fs::canonicalize(dir)?;
+    let meta = std::fs::metadata(&real)?;
+    if !meta.is_dir() {
+        return Err(unsafe_dir(dir, StateDirProblem::NotADirectory));
+    }
+    if meta.uid() != uid {
+        return Err(unsafe_dir(
+            dir,
+            StateDirProblem::NotOurs {
+                owner: meta.uid(),
+                uid,
+            },
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(
+            dir,
+            StateDirProblem::Writable {
+                mode: meta.mode() & 0o7777,
+            },
+        ));
+    }
+    let mut above: Vec<PathBuf> = real.ancestors().skip(1).map(Path::to_owned).collect();
+    if is_link {
+        // The link itself could be swapped by whoever may write where it is.
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        above.extend(
+            std::fs::canonicalize(parent)?
+                .ancestors()
+                .map(Path::to_owned),
+        );
+    }
+    for path in above {
+        let m = std::fs::metadata(&path)?;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (m.uid() != uid && m.uid() != 0) || others_write {
+            return Err(unsafe_dir(
+                dir,
+                StateDirProblem::UnsafeParent {
+                    path,
+                    owner: m.uid(),
+                    mode: m.mode() & 0o7777,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a record without following a symlink, and only if it is a regular
+/// file of ours no larger than [`RECORD_MAX_BYTES`] (`O_NONBLOCK`: opening
+/// a FIFO does not wait for a writer).
+fn read_record(path: &Path, uid: u32) -> Option<Record> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != uid || meta.len() > RECORD_MAX_BYTES {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(RECORD_MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() as u64 > RECORD_MAX_BYTES {
+        return None;
+    }
+    Record::parse(&text)
+}
+
+/// Where the sweep runs: what a record's host is judged against.
+struct Here {
+    pid_namespace: Option<(u64, u64)>,
+    boot_id: Option<String>,
+    /// Why processes cannot be inspected, if they cannot.
+    no_proc: Option<&'static str>,
+}
+
+enum Verdict {
+    /// The host is alive (or processes cannot be inspected here).
+    Alive,
+    /// Written in another PID namespace: its pid means nothing here.
+    Foreign,
+    /// Written in an earlier boot: everything it started is gone.
+    OtherBoot,
+    /// Its host is gone.
+    Dead,
+}
+
+impl Here {
+    fn now() -> Here {
+        let no_proc = if !Path::new("/proc/self/stat").exists() {
+            Some("no /proc on this system")
+        } else if std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            != Some(std::process::id())
+        {
+            // /proc shows another PID namespace's pids.
+            Some("the /proc mounted here is not this process's PID namespace")
+        } else {
+            None
+        };
+        Here {
+            pid_namespace: pid_namespace(),
+            boot_id: boot_id(),
+            no_proc,
+        }
+    }
+
+    fn judge(&self, record: &Record) -> Verdict {
+        if record.boot_id != self.boot_id {
+            return match (&record.boot_id, &self.boot_id) {
+                (Some(_), Some(_)) => Verdict::OtherBoot,
+                _ => Verdict::Foreign, // an older record, or no boot id here
+            };
+        }
+        if record.pid_namespace != self.pid_namespace {
+            return Verdict::Foreign;
+        }
+        if self.no_proc.is_some() || process_start(record.host_pid) == Some(record.host_start) {
+            Verdict::Alive
+        } else {
+            Verdict::Dead
+        }
+    }
+}
+
+/// `(device, inode)` of this process's PID namespace: equal for two
+/// processes in the same namespace.
+fn pid_namespace() -> Option<(u64, u64)> {
+    let m = std::fs::metadata("/proc/self/ns/pid").ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
 }
 
 /// One run's record, as written to `<dir>/<instance>.<host pid>.<run id>.run`.
@@ -256,6 +625,8 @@ struct Record {
     run_id: String,
     host_pid: u32,
     host_start: u64,
+    pid_namespace: Option<(u64, u64)>,
+    boot_id: Option<String>,
     /// pid -> start time
     workers: HashMap<u32, u64>,
 }
@@ -269,6 +640,12 @@ impl Record {
             self.host_pid,
             self.host_start
         );
+        if let Some((dev, ino)) = self.pid_namespace {
+            s.push_str(&format!("pidns {dev} {ino}\n"));
+        }
+        if let Some(boot) = &self.boot_id {
+            s.push_str(&format!("boot {boot}\n"));
+        }
         for (pid, start) in &self.workers {
             s.push_str(&format!("worker {pid} {start}\n"));
         }
@@ -285,6 +662,8 @@ impl Record {
             run_id: String::new(),
             host_pid: 0,
             host_start: 0,
+            pid_namespace: None,
+            boot_id: None,
             workers: HashMap::new(),
         };
         for line in lines {
@@ -292,13 +671,15 @@ impl Record {
             match key {
                 "instance" => r.instance = rest.to_owned(),
                 "run_id" => r.run_id = rest.to_owned(),
-                "host" | "worker" => {
-                    let (pid, start) = rest.split_once(' ')?;
-                    let (pid, start) = (pid.parse().ok()?, start.parse().ok()?);
-                    if key == "host" {
-                        (r.host_pid, r.host_start) = (pid, start);
-                    } else {
-                        r.workers.insert(pid, start);
+                "boot" => r.boot_id = Some(rest.to_owned()),
+                "host" | "worker" | "pidns" => {
+                    let (a, b) = rest.split_once(' ')?;
+                    match key {
+                        "host" => (r.host_pid, r.host_start) = (a.parse().ok()?, b.parse().ok()?),
+                        "pidns" => r.pid_namespace = Some((a.parse().ok()?, b.parse().ok()?)),
+                        _ => {
+                            r.workers.insert(a.parse().ok()?, b.parse().ok()?);
+                        }
                     }
                 }
                 _ => {}
@@ -315,13 +696,11 @@ pub(crate) struct RunRecord {
 }
 
 impl RunRecord {
-    /// Writes the record of a new run.
+    /// Writes the record of a new run, creating the state directory
+    /// (mode 0700) if need be; fails with [`UnsafeStateDir`] if the
+    /// directory is not safe to use.
     pub(crate) fn create(dir: &Path, instance: &str, run_id: &str) -> io::Result<RunRecord> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        ensure_state_dir(dir)?;
         let safe: String = instance
             .chars()
             .map(|c| {
@@ -339,48 +718,72 @@ impl RunRecord {
             run_id: run_id.to_owned(),
             host_pid,
             host_start: process_start(host_pid).unwrap_or(0),
+            pid_namespace: pid_namespace(),
+            boot_id: boot_id(),
             workers: HashMap::new(),
         };
         let this = RunRecord {
             path,
             record: Mutex::new(record),
         };
-        this.write()?;
+        this.update(|_| {})?;
         Ok(this)
     }
 
-    fn write(&self) -> io::Result<()> {
-        let text = self
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .render();
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
+    /// Changes the record and writes it: to a new file with a random name
+    /// (`O_EXCL`, so nothing planted is followed or reused), then renamed
+    /// over the record, which replaces whatever is there without following
+    /// it. The lock is held throughout so that writes land in order.
+    fn update(&self, change: impl FnOnce(&mut Record)) -> io::Result<()> {
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut record);
+        let text = record.render();
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut tries = 0;
+        let (tmp, mut file) = loop {
+            let tmp = self
+                .path
+                .with_file_name(format!(".{name}.{}.tmp", hex(&random_bytes::<8>())));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+            {
+                Ok(file) => break (tmp, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let written = file
+            .write_all(text.as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Records a new worker.
     pub(crate) fn add(&self, pid: u32) {
         let start = process_start(pid).unwrap_or(0);
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .workers
-            .insert(pid, start);
-        if let Err(e) = self.write() {
+        if let Err(e) = self.update(|r| {
+            r.workers.insert(pid, start);
+        }) {
             tracing::debug!(error = %e, "cannot update the run record");
         }
     }
 
     /// Forgets a worker that was reaped.
     pub(crate) fn remove(&self, pid: u32) {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .workers
-            .remove(&pid);
-        if let Err(e) = self.write() {
+        if let Err(e) = self.update(|r| {
+            r.workers.remove(&pid);
+        }) {
             tracing::debug!(error = %e, "cannot update the run record");
         }
     }
@@ -391,19 +794,61 @@ impl RunRecord {
     }
 }
 
+/// Whether `pid`, a process of run `run_id`, hangs below a live host: its
+/// first ancestor that is not of the run is alive, is not init (pid 1, or
+/// 0: outside this namespace) and shares the session of the run's process
+/// below it. A process whose host died was adopted by init or a subreaper,
+/// which has a session of its own.
+fn has_live_host(pid: u32, run_id: &str) -> bool {
+    let mut below = pid;
+    for _ in 0..64 {
+        let Some(stat) = Stat::of(below) else {
+            return false;
+        };
+        let parent = stat.ppid;
+        if parent <= 1 {
+            return false;
+        }
+        if run_id_of(parent).as_deref() == Some(run_id) {
+            below = parent;
+            continue;
+        }
+        return Stat::of(parent).is_some_and(|p| p.session == stat.session);
+    }
+    false
+}
+
+/// The fields of `/proc/<pid>/stat` the sweep reads.
+struct Stat {
+    ppid: u32,
+    session: u32,
+    /// Clock ticks after boot.
+    start: u64,
+}
+
+impl Stat {
+    /// `None` if there is no such process, or it is a zombie.
+    fn of(pid: u32) -> Option<Stat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses: skip
+        // to the last ')'. `rest` starts at field 3 (state).
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        if *fields.first()? == "Z" {
+            return None;
+        }
+        Some(Stat {
+            ppid: fields.get(1)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
+            start: fields.get(19)?.parse().ok()?,
+        })
+    }
+}
+
 /// A process's start time, in clock ticks after boot (`/proc/<pid>/stat`,
 /// field 22); `None` if there is no such process (or it is a zombie).
 pub(crate) fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: skip to
-    // the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    if fields.next()? == "Z" {
-        return None;
-    }
-    // `rest` starts at field 3 (state); field 22 is 19 further on.
-    fields.nth(18)?.parse().ok()
+    Stat::of(pid).map(|s| s.start)
 }
 
 fn all_pids() -> Vec<u32> {
@@ -447,10 +892,14 @@ mod tests {
             run_id: "abc123".into(),
             host_pid: 42,
             host_start: 7,
+            pid_namespace: Some((4, 4026531836)),
+            boot_id: Some("42521340-9aa5-440a-be8c-8b848f66718c".into()),
             workers: HashMap::new(),
         };
         r.workers.insert(100, 9);
         let back = Record::parse(&r.render()).unwrap();
+        assert_eq!(back.pid_namespace, r.pid_namespace);
+        assert_eq!(back.boot_id, r.boot_id);
         assert_eq!(back.instance, "my pool");
         assert_eq!(back.run_id, "abc123");
         assert_eq!((back.host_pid, back.host_start), (42, 7));
@@ -459,6 +908,14 @@ mod tests {
         assert!(Record::parse("snakepit-run 2\nrun_id x\nhost 1 1\n").is_none());
         assert!(Record::parse("snakepit-run 1\nhost 1 x\n").is_none());
         assert!(Record::parse("snakepit-run 1\ninstance a\n").is_none());
+    }
+
+    #[test]
+    fn run_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (new_run_id(), new_run_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+        assert_ne!(a, b);
     }
 
     #[test]
