@@ -45,6 +45,13 @@ fn json_error(src: &[u8], e: serde_json::Error) -> Error {
     use serde_json::error::Category;
     let detail = e.to_string();
     match e.classify() {
+        // serde_json has no other way to tell its recursion limit (the
+        // same as `MAX_DEPTH`) from a syntax error.
+        Category::Syntax if detail.starts_with("recursion limit exceeded") => Error::TooDeep {
+            codec: "json",
+            max: crate::MAX_DEPTH,
+            encoding: false,
+        },
         Category::Data => Error::Mismatch {
             codec: "json",
             detail,
@@ -85,9 +92,17 @@ impl Codec for MsgPack {
         // Trailing bytes after the value are not detected: rmp-serde does not
         // expose how much of a borrowed slice it consumed.
         let mut de = rmp_serde::Deserializer::from_read_ref(src);
+        // rmp-serde counts down from this and fails on reaching 0: at most
+        // `MAX_DEPTH` nested arrays, maps and extensions, as serde_json.
+        de.set_max_depth(crate::MAX_DEPTH + 1);
         T::deserialize(&mut de).map_err(|e| {
             let detail = e.to_string();
             match e {
+                E::DepthLimitExceeded => Error::TooDeep {
+                    codec: "msgpack",
+                    max: crate::MAX_DEPTH,
+                    encoding: false,
+                },
                 E::Utf8Error(_) => Error::InvalidUtf8 {
                     codec: "msgpack",
                     detail,

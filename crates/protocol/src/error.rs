@@ -77,6 +77,24 @@ pub enum Error {
         /// What the encoder reported.
         detail: String,
     },
+    /// A payload nests arrays and maps deeper than [`MAX_DEPTH`](crate::MAX_DEPTH).
+    ///
+    /// With `encoding: true`, [`encode_frame`](crate::encode_frame) refused
+    /// the value before anything was written: nothing was sent. With
+    /// `encoding: false`, a decoder stopped at that depth instead of
+    /// recursing further; the routing decoders never fail this way (they
+    /// read a deep frame's routing fields without recursion), so this is the
+    /// error of the one call, chunk or host call whose payload it is.
+    #[error("{codec} payload nests arrays and maps deeper than the maximum of {max} levels{when}", when = refused(.encoding))]
+    TooDeep {
+        /// The codec's name.
+        codec: &'static str,
+        /// The maximum, [`MAX_DEPTH`](crate::MAX_DEPTH).
+        max: usize,
+        /// Whether the payload was being encoded (and so was never sent)
+        /// rather than decoded.
+        encoding: bool,
+    },
     /// Reading or writing the underlying stream failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -85,7 +103,7 @@ pub enum Error {
 impl Error {
     /// A short, stable name for the kind of error, as used by the shared wire
     /// vectors (`truncated`, `too_large`, `invalid_payload`, `invalid_utf8`,
-    /// `missing_field`, `wrong_type`, `encode`, `io`).
+    /// `missing_field`, `wrong_type`, `too_deep`, `encode`, `io`).
     pub fn kind(&self) -> &'static str {
         match self {
             Error::FrameTooLarge { .. } => "too_large",
@@ -96,6 +114,7 @@ impl Error {
             Error::WrongType { .. } | Error::Mismatch { .. } | Error::UnknownFrameType(_) => {
                 "wrong_type"
             }
+            Error::TooDeep { .. } => "too_deep",
             Error::Encode { .. } => "encode",
             Error::Io(_) => "io",
         }
@@ -106,6 +125,14 @@ impl Error {
             codec,
             detail: detail.to_string(),
         }
+    }
+}
+
+fn refused(encoding: &bool) -> &'static str {
+    if *encoding {
+        "; refused before sending"
+    } else {
+        ""
     }
 }
 

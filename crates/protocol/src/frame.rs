@@ -1,6 +1,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::depth::{Limited, Tripped};
 use crate::Error;
 
 /// Bytes in a frame header: a big-endian `u32` payload length.
@@ -108,6 +109,28 @@ impl Encoder<bytes::Bytes> for FrameCodec {
 /// Encodes `value` with `codec` as one frame appended to `dst`: the header is
 /// reserved first and patched afterwards, so the payload is serialised
 /// straight into the frame buffer with no intermediate copy.
+///
+/// A value that nests deeper than [`MAX_DEPTH`](crate::MAX_DEPTH) (counting
+/// the frame's own map) fails with [`Error::TooDeep`] (`encoding: true`), a
+/// payload above `max_frame_size` with [`Error::FrameTooLarge`]; either way
+/// `dst` is left as it was, so nothing of the refused frame can be sent.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use serde_json::{json, Value};
+/// use snakepit_protocol::{encode_frame, Error, Json, Request, MAX_DEPTH};
+///
+/// // A request's own map is one level, so its arguments may nest MAX_DEPTH - 1.
+/// let nest = |depth: usize| (0..depth).fold(Value::Null, |v, _| json!([v]));
+/// let mut buf = BytesMut::new();
+/// let ok = nest(MAX_DEPTH - 1);
+/// encode_frame(&Json, &Request::new(1, "run", &ok), 1 << 20, &mut buf).unwrap();
+/// let deep = nest(MAX_DEPTH);
+/// buf.clear();
+/// let err = encode_frame(&Json, &Request::new(2, "run", &deep), 1 << 20, &mut buf).unwrap_err();
+/// assert!(matches!(err, Error::TooDeep { encoding: true, .. }));
+/// assert!(buf.is_empty());
+/// ```
 pub fn encode_frame<C, T>(
     codec: &C,
     value: &T,
@@ -120,8 +143,19 @@ where
 {
     let start = dst.len();
     dst.put_u32(0);
-    if let Err(e) = codec.encode(value, dst) {
+    let tripped = Tripped::default();
+    // MessagePack writes byte strings as `bin`; JSON (and, to be safe, any
+    // other codec) as arrays, one level deeper.
+    let bytes_nest = codec.name() != "msgpack";
+    if let Err(e) = codec.encode(&Limited::new(value, &tripped, bytes_nest), dst) {
         dst.truncate(start);
+        if tripped.get() {
+            return Err(Error::TooDeep {
+                codec: codec.name(),
+                max: crate::MAX_DEPTH,
+                encoding: true,
+            });
+        }
         return Err(e);
     }
     let len = dst.len() - start - HEADER_LEN;

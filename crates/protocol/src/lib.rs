@@ -40,15 +40,18 @@
 compile_error!("snakepit-protocol needs at least one codec: enable `json` or `msgpack`");
 
 mod codec;
+mod depth;
 mod error;
 mod frame;
 mod message;
+mod skim;
 
 #[cfg(feature = "json")]
 pub use codec::Json;
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPack;
 pub use codec::{Codec, UnknownCodec, WireCodec};
+pub use depth::MAX_DEPTH;
 pub use error::{Error, Result};
 pub use frame::{encode_frame, FrameCodec, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN};
 pub use message::{

@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::skim::Raw;
 use crate::{Codec, Error, Result};
 
 /// The protocol version this crate speaks (see `docs/protocol.md`).
@@ -445,15 +446,49 @@ struct Envelope {
 }
 
 /// Decodes the payload into an envelope, telling "not a map" apart from
-/// "not valid at all".
+/// "not valid at all". A payload too deep for the codec's decoder is read
+/// again without recursion (the built-in codecs), so that a frame is routed
+/// whatever the depth of the values it carries.
 fn envelope<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Envelope> {
-    codec.decode::<Envelope>(payload).map_err(|e| match e {
+    let not_a_map = |e| match e {
         Error::Mismatch { .. } => Error::WrongType {
             field: "payload",
             expected: "a map",
         },
         other => other,
-    })
+    };
+    match codec.decode::<Envelope>(payload) {
+        Err(deep @ Error::TooDeep { .. }) => match skimmed(codec, payload) {
+            Some(env) => env.map_err(not_a_map),
+            None => Err(deep),
+        },
+        other => other.map_err(not_a_map),
+    }
+}
+
+/// The envelope of a payload too deep to decode, read field by field.
+fn skimmed<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<Result<Envelope>> {
+    const NAMES: [&str; 6] = ["type", "id", "success", "command", "request_id", "function"];
+    let raws = match crate::skim::fields(codec.name(), payload, NAMES)? {
+        Ok(raws) => raws,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut values = raws.into_iter().map(|raw| match raw {
+        None => Ok(None),
+        Some(Raw::Container) => Ok(Some(Scalar::Other)),
+        Some(Raw::Scalar(bytes)) => codec.decode::<Scalar>(bytes).map(Some),
+    });
+    let mut next = || values.next().unwrap_or(Ok(None));
+    Some((|| {
+        Ok(Envelope {
+            kind: next()?,
+            id: next()?,
+            success: next()?,
+            command: next()?,
+            request_id: next()?,
+            function: next()?,
+        })
+    })())
 }
 
 fn present(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<Scalar> {

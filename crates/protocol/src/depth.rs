@@ -1,0 +1,461 @@
+//! The nesting limit: one maximum depth for both codecs, checked the same way
+//! when encoding and decoding, and a non-recursive reading of a frame's
+//! routing fields that works whatever the depth of its payload.
+
+use std::cell::Cell;
+use std::fmt::Display;
+
+use serde::ser::{
+    self, Serialize, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant,
+    SerializeTuple, SerializeTupleStruct, SerializeTupleVariant, Serializer,
+};
+
+/// The deepest nesting of arrays and maps a frame may have, counting the
+/// frame's own map: 127.
+///
+/// A scalar has depth 0, `[]` and `{"a": 1}` have depth 1, `[[1]]` depth 2.
+/// A frame is itself a map, so the arguments of a request, the result of a
+/// reply, the data of a chunk and the arguments of a host call may nest
+/// `MAX_DEPTH - 1` = 126 levels.
+///
+/// The limit is the same for both codecs and in both directions:
+/// [`encode_frame`](crate::encode_frame) refuses a deeper payload with
+/// [`Error::TooDeep`](crate::Error::TooDeep) (`encoding: true`) before
+/// anything is written, and every decoder of this crate refuses one with
+/// `Error::TooDeep` (`encoding: false`) instead of recursing further, so
+/// neither side can send what the other will not read and no input can
+/// overflow the stack. The routing decoders ([`decode_inbound`],
+/// [`decode_outbound`]) still read the routing fields of a frame whose
+/// payload is too deep, without recursion, so that the frame reaches the
+/// call it belongs to, which then fails on its own.
+///
+/// 127 is what serde_json reads (its recursion limit of 128); every bundled
+/// bridge reads at least as deep.
+///
+/// On encoding, an enum variant with data counts as the map it is written as
+/// (`{"Variant": ...}`), and a byte string as the array JSON writes it as
+/// (MessagePack writes `bin`, no level).
+///
+/// [`decode_inbound`]: crate::decode_inbound
+/// [`decode_outbound`]: crate::decode_outbound
+pub const MAX_DEPTH: usize = 127;
+
+/// What a refusal by [`Limit`] leaves behind, so that the codec's error can be
+/// told from the depth refusal that caused it.
+#[derive(Default)]
+pub(crate) struct Tripped(Cell<bool>);
+
+impl Tripped {
+    pub(crate) fn get(&self) -> bool {
+        self.0.get()
+    }
+}
+
+/// The depth reached so far on the way down a value being serialised.
+#[derive(Clone, Copy)]
+struct Limit<'a> {
+    depth: usize,
+    tripped: &'a Tripped,
+    bytes_nest: bool,
+}
+
+impl<'a> Limit<'a> {
+    #[inline]
+    fn enter<E: ser::Error>(self, levels: usize) -> Result<Limit<'a>, E> {
+        let depth = self.depth + levels;
+        if depth > MAX_DEPTH {
+            self.tripped.0.set(true);
+            return Err(E::custom(format_args!(
+                "payload nests deeper than the maximum of {MAX_DEPTH} levels"
+            )));
+        }
+        Ok(Limit { depth, ..self })
+    }
+}
+
+/// `value`, serialised through a serializer that counts the nesting depth and
+/// stops past [`MAX_DEPTH`]. `bytes_nest`: byte strings are written as arrays.
+pub(crate) struct Limited<'a, T: ?Sized> {
+    value: &'a T,
+    limit: Limit<'a>,
+}
+
+impl<'a, T: ?Sized> Limited<'a, T> {
+    pub(crate) fn new(value: &'a T, tripped: &'a Tripped, bytes_nest: bool) -> Self {
+        Limited {
+            value,
+            limit: Limit {
+                depth: 0,
+                tripped,
+                bytes_nest,
+            },
+        }
+    }
+}
+
+impl<T: Serialize + ?Sized> Serialize for Limited<'_, T> {
+    #[inline]
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(LimitSer {
+            inner: s,
+            limit: self.limit,
+        })
+    }
+}
+
+struct LimitSer<'a, S> {
+    inner: S,
+    limit: Limit<'a>,
+}
+
+/// A compound (sequence, map, struct...) of the inner serializer whose
+/// elements are serialised one level deeper.
+pub(crate) struct Compound<'a, C> {
+    inner: C,
+    limit: Limit<'a>,
+}
+
+impl<'a, C> Compound<'a, C> {
+    #[inline]
+    fn wrap<'v, T: ?Sized>(&self, value: &'v T) -> Limited<'v, T>
+    where
+        'a: 'v,
+    {
+        Limited {
+            value,
+            limit: self.limit,
+        }
+    }
+}
+
+macro_rules! forward {
+    ($($method:ident($t:ty);)*) => {$(
+        #[inline]
+        fn $method(self, v: $t) -> Result<S::Ok, S::Error> {
+            self.inner.$method(v)
+        }
+    )*};
+}
+
+impl<'a, S: Serializer> Serializer for LimitSer<'a, S> {
+    type Ok = S::Ok;
+    type Error = S::Error;
+    type SerializeSeq = Compound<'a, S::SerializeSeq>;
+    type SerializeTuple = Compound<'a, S::SerializeTuple>;
+    type SerializeTupleStruct = Compound<'a, S::SerializeTupleStruct>;
+    type SerializeTupleVariant = Compound<'a, S::SerializeTupleVariant>;
+    type SerializeMap = Compound<'a, S::SerializeMap>;
+    type SerializeStruct = Compound<'a, S::SerializeStruct>;
+    type SerializeStructVariant = Compound<'a, S::SerializeStructVariant>;
+
+    forward! {
+        serialize_bool(bool);
+        serialize_i8(i8);
+        serialize_i16(i16);
+        serialize_i32(i32);
+        serialize_i64(i64);
+        serialize_i128(i128);
+        serialize_u8(u8);
+        serialize_u16(u16);
+        serialize_u32(u32);
+        serialize_u64(u64);
+        serialize_u128(u128);
+        serialize_f32(f32);
+        serialize_f64(f64);
+        serialize_char(char);
+        serialize_str(&str);
+        serialize_unit_struct(&'static str);
+    }
+
+    #[inline]
+    fn serialize_bytes(self, v: &[u8]) -> Result<S::Ok, S::Error> {
+        if self.limit.bytes_nest {
+            self.limit.enter::<S::Error>(1)?;
+        }
+        self.inner.serialize_bytes(v)
+    }
+
+    #[inline]
+    fn serialize_none(self) -> Result<S::Ok, S::Error> {
+        self.inner.serialize_none()
+    }
+
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
+        self.inner.serialize_some(&Limited {
+            value,
+            limit: self.limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_unit(self) -> Result<S::Ok, S::Error> {
+        self.inner.serialize_unit()
+    }
+
+    #[inline]
+    fn serialize_unit_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+    ) -> Result<S::Ok, S::Error> {
+        self.inner.serialize_unit_variant(name, index, variant)
+    }
+
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<S::Ok, S::Error> {
+        self.inner.serialize_newtype_struct(
+            name,
+            &Limited {
+                value,
+                limit: self.limit,
+            },
+        )
+    }
+
+    #[inline]
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<S::Ok, S::Error> {
+        // Written as `{variant: value}`.
+        let limit = self.limit.enter::<S::Error>(1)?;
+        self.inner
+            .serialize_newtype_variant(name, index, variant, &Limited { value, limit })
+    }
+
+    #[inline]
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
+        let limit = self.limit.enter::<S::Error>(1)?;
+        Ok(Compound {
+            inner: self.inner.serialize_seq(len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
+        let limit = self.limit.enter::<S::Error>(1)?;
+        Ok(Compound {
+            inner: self.inner.serialize_tuple(len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_tuple_struct(
+        self,
+        name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleStruct, S::Error> {
+        let limit = self.limit.enter::<S::Error>(1)?;
+        Ok(Compound {
+            inner: self.inner.serialize_tuple_struct(name, len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_tuple_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, S::Error> {
+        // Written as `{variant: [...]}`.
+        let limit = self.limit.enter::<S::Error>(2)?;
+        Ok(Compound {
+            inner: self
+                .inner
+                .serialize_tuple_variant(name, index, variant, len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
+        let limit = self.limit.enter::<S::Error>(1)?;
+        Ok(Compound {
+            inner: self.inner.serialize_map(len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStruct, S::Error> {
+        let limit = self.limit.enter::<S::Error>(1)?;
+        Ok(Compound {
+            inner: self.inner.serialize_struct(name, len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, S::Error> {
+        // Written as `{variant: {...}}`.
+        let limit = self.limit.enter::<S::Error>(2)?;
+        Ok(Compound {
+            inner: self
+                .inner
+                .serialize_struct_variant(name, index, variant, len)?,
+            limit,
+        })
+    }
+
+    #[inline]
+    fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
+        self.inner.collect_str(value)
+    }
+
+    #[inline]
+    fn is_human_readable(&self) -> bool {
+        self.inner.is_human_readable()
+    }
+}
+
+impl<C: SerializeSeq> SerializeSeq for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_element(&v)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
+
+impl<C: SerializeTuple> SerializeTuple for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_element(&v)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
+
+impl<C: SerializeTupleStruct> SerializeTupleStruct for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_field(&v)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
+
+impl<C: SerializeTupleVariant> SerializeTupleVariant for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_field(&v)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
+
+impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), C::Error> {
+        let k = self.wrap(key);
+        self.inner.serialize_key(&k)
+    }
+    #[inline]
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_value(&v)
+    }
+    #[inline]
+    fn serialize_entry<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+        &mut self,
+        key: &K,
+        value: &V,
+    ) -> Result<(), C::Error> {
+        let (k, v) = (self.wrap(key), self.wrap(value));
+        self.inner.serialize_entry(&k, &v)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
+
+impl<C: SerializeStruct> SerializeStruct for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_field(key, &v)
+    }
+    #[inline]
+    fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
+        self.inner.skip_field(key)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
+
+impl<C: SerializeStructVariant> SerializeStructVariant for Compound<'_, C> {
+    type Ok = C::Ok;
+    type Error = C::Error;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), C::Error> {
+        let v = self.wrap(value);
+        self.inner.serialize_field(key, &v)
+    }
+    #[inline]
+    fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
+        self.inner.skip_field(key)
+    }
+    #[inline]
+    fn end(self) -> Result<C::Ok, C::Error> {
+        self.inner.end()
+    }
+}
