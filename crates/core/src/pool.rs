@@ -1234,15 +1234,7 @@ impl PoolBuilder {
             .map_err(|e| Error::Config(format!("cannot start the spawner thread: {e}")))?;
         let size = self.config.pool_size;
         let codec = self.codec.unwrap_or_else(|| self.adapter.codec());
-        static RUNS: AtomicU64 = AtomicU64::new(0);
-        let run_id = format!(
-            "{:x}{:x}{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros()),
-            RUNS.fetch_add(1, Ordering::Relaxed)
-        );
+        let run_id = crate::sweep::new_run_id();
         let state_dir = self
             .config
             .state_dir
