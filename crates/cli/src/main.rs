@@ -98,9 +98,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = ui::Output::new(cli.verbose, cli.quiet);
     // With OTEL_EXPORTER_OTLP_ENDPOINT set, traces and metrics go there (and
-    // log lines at WARN, or as RUST_LOG says, to stderr); otherwise the
-    // plain line printer that -v/-q control.
-    let telemetry = match snakepit_telemetry::init_from_env() {
+    // log lines at WARN, or as RUST_LOG says, or only errors with -q, to
+    // stderr); otherwise the plain line printer that -v/-q control. A
+    // receiver that is down costs one quick try at exit, not retries.
+    let mut telemetry = snakepit_telemetry::Telemetry::new().short_lived(true);
+    if cli.quiet {
+        telemetry = telemetry.stderr_level(tracing::Level::ERROR);
+    }
+    let telemetry = match telemetry.init_if_configured() {
         Ok(guard) => guard,
         Err(e) => {
             log::install(cli.verbose, cli.quiet, out.color_stderr);

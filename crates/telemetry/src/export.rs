@@ -233,6 +233,12 @@ impl Telemetry {
         self
     }
 
+    /// Log lines at `level` and above to stderr, whatever `RUST_LOG` says
+    /// (a command's `--quiet` is `Level::ERROR`).
+    pub fn stderr_level(self, level: Level) -> Self {
+        self.stderr_logs(Some(Targets::new().with_default(level)))
+    }
+
     /// Which spans and events are exported (default: `INFO` and above).
     pub fn traces(mut self, filter: Targets) -> Self {
         self.traces = filter;
