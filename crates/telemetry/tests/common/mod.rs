@@ -36,7 +36,9 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
         .stderr_logs(None)
         .init()?;
 
-    let adapter = Bridge::python(worker_script()).env("SNAKEPIT_TEST_OTLP_HTTP", rotel.http_base());
+    let adapter = Bridge::python(worker_script())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base())
+        .env("OTEL_SERVICE_NAME", "snakepit-e2e-worker");
     let pool = snakepit_telemetry::instrument(Pool::builder(adapter).size(1).name("e2e"))
         .start()
         .await?;
@@ -115,6 +117,21 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
         "the handler's span under the bridge's"
     );
     assert_eq!(handler.id, handler_span);
+    assert_eq!(call.kind, "SPAN_KIND_CLIENT", "{call:?}");
+    assert_eq!(bridge.kind, "SPAN_KIND_SERVER", "{bridge:?}");
+    assert_eq!(call.service, "snakepit-e2e");
+    assert_eq!(
+        bridge.service, "snakepit-e2e-worker",
+        "the worker reports under its own name"
+    );
+    assert_eq!(handler.service, "snakepit-e2e-worker");
+    for numeric in ["snakepit.worker", "process.pid", "snakepit.queue_wait_us"] {
+        assert_eq!(
+            call.attribute_types.get(numeric).map(String::as_str),
+            Some("Int"),
+            "{numeric} is not a number: {call:?}"
+        );
+    }
     assert_eq!(
         call.attributes.get("snakepit.command").map(String::as_str),
         Some("traced")

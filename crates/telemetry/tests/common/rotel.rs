@@ -28,7 +28,15 @@ pub(crate) struct SpanRecord {
     pub(crate) parent_id: String,
     pub(crate) id: String,
     pub(crate) name: String,
+    /// `SPAN_KIND_CLIENT` and so on.
+    pub(crate) kind: String,
+    /// `STATUS_CODE_ERROR` and so on.
+    pub(crate) status: String,
+    /// The `service.name` of the resource the span came with.
+    pub(crate) service: String,
     pub(crate) attributes: HashMap<String, String>,
+    /// Each attribute's OTLP type as Rotel names it: `Str`, `Int`, ...
+    pub(crate) attribute_types: HashMap<String, String>,
 }
 
 pub(crate) fn python() -> String {
@@ -177,15 +185,37 @@ impl Drop for Rotel {
 pub(crate) fn parse_spans(out: &str) -> Vec<SpanRecord> {
     let mut spans = Vec::new();
     let mut current: Option<SpanRecord> = None;
+    let mut service = String::new();
+    let mut in_resource = false;
     for line in out.lines() {
         let t = line.trim();
         if t.starts_with("Span #") {
             spans.extend(current.take());
-            current = Some(SpanRecord::default());
+            current = Some(SpanRecord {
+                service: service.clone(),
+                ..SpanRecord::default()
+            });
             continue;
         }
-        if t.starts_with("ResourceSpans #") || t.starts_with("ScopeSpans #") {
+        if t.starts_with("ResourceSpans #") || t.starts_with("ResourceMetrics #") {
             spans.extend(current.take());
+            service.clear();
+            in_resource = true;
+            continue;
+        }
+        if t.starts_with("ScopeSpans #") || t.starts_with("ScopeMetrics #") {
+            spans.extend(current.take());
+            in_resource = false;
+            continue;
+        }
+        if in_resource {
+            if let Some(v) = t.strip_prefix("-> service.name: ") {
+                service = v
+                    .strip_prefix("Str(")
+                    .and_then(|v| v.strip_suffix(')'))
+                    .unwrap_or(v)
+                    .to_owned();
+            }
             continue;
         }
         let Some(span) = current.as_mut() else {
@@ -193,11 +223,12 @@ pub(crate) fn parse_spans(out: &str) -> Vec<SpanRecord> {
         };
         if let Some(kv) = t.strip_prefix("-> ") {
             if let Some((k, v)) = kv.split_once(": ") {
-                let v = v
+                let (kind, v) = v
                     .split_once('(')
-                    .and_then(|(_, rest)| rest.strip_suffix(')'))
-                    .unwrap_or(v);
+                    .and_then(|(kind, rest)| Some((kind, rest.strip_suffix(')')?)))
+                    .unwrap_or(("", v));
                 span.attributes.insert(k.to_owned(), v.to_owned());
+                span.attribute_types.insert(k.to_owned(), kind.to_owned());
             }
             continue;
         }
@@ -208,6 +239,8 @@ pub(crate) fn parse_spans(out: &str) -> Vec<SpanRecord> {
                 "Parent ID" => span.parent_id = v,
                 "ID" => span.id = v,
                 "Name" => span.name = v,
+                "Kind" => span.kind = v,
+                "Status code" => span.status = v,
                 _ => {}
             }
         }
@@ -222,11 +255,13 @@ pub(crate) fn worker_script() -> PathBuf {
 
 #[test]
 fn parses_rotel_span_blocks() {
-    let out = "ResourceSpans #0\nSpan #0\n    Trace ID       : aa\n    Parent ID      : \n    ID             : bb\n    Name           : root\nAttributes:\n     -> pool: Str(p1)\nSpan #1\n    Trace ID       : aa\n    Parent ID      : bb\n    ID             : cc\n    Name           : child\n";
+    let out = "ResourceSpans #0\nResource attributes:\n     -> service.name: Str(svc)\nScopeSpans #0\nSpan #0\n    Kind           : SPAN_KIND_CLIENT\n    Trace ID       : aa\n    Parent ID      : \n    ID             : bb\n    Name           : root\nAttributes:\n     -> pool: Str(p1)\nSpan #1\n    Trace ID       : aa\n    Parent ID      : bb\n    ID             : cc\n    Name           : child\n";
     let spans = parse_spans(out);
     assert_eq!(spans.len(), 2);
     assert_eq!(spans[0].parent_id, "");
     assert_eq!(spans[0].attributes["pool"], "p1");
+    assert_eq!(spans[0].kind, "SPAN_KIND_CLIENT");
+    assert_eq!(spans[0].service, "svc");
     assert_eq!(spans[1].parent_id, "bb");
     assert_eq!(spans[1].name, "child");
 }
