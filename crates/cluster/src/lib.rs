@@ -1,1 +1,101 @@
-//! Snakepit pools on many hosts, over NATS (work in progress).
+//! Snakepit pools on many hosts behind one call API, over NATS.
+//!
+//! Each worker host serves its [`Pool`](snakepit_core::Pool) to a named
+//! cluster with [`serve`]; callers anywhere use a [`Client`], which has the
+//! pool's methods (`execute`, `execute_in_session`, `execute_with`, `call`,
+//! `execute_stream`) and its error type, [`snakepit_core::Error`].
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use snakepit_core::Pool;
+//! # struct GenericPython;
+//! # impl snakepit_core::Adapter for GenericPython {
+//! #     fn launch(&self) -> snakepit_core::Launch { snakepit_core::Launch::new("python3") }
+//! # }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+//!
+//! // on each worker host
+//! let pool = Pool::builder(GenericPython).size(8).start().await?;
+//! let node = snakepit_cluster::serve(&nats, "ml", pool).await?; // until node.shutdown()
+//!
+//! // anywhere
+//! let cluster = snakepit_cluster::Client::connect(&nats, "ml").await?;
+//! let r = cluster.execute("compute", json!({"operation": "add", "a": 5, "b": 3})).await?;
+//! let r = cluster.execute_in_session("user_123", "predict", json!({"x": 1})).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Routing by free capacity.** A host subscribes to the cluster's call
+//!   subject (a NATS queue group) only while it has a free worker, so a
+//!   call goes to a host that can start it now; when none can, the call
+//!   waits in the client's queue (`queue_timeout`, `max_queue_size`, as in a
+//!   pool).
+//! - **Sessions** go to the host that served them last, and to another when
+//!   it is full or gone; keep their data in a shared store such as
+//!   [`NatsKvStore`] (JetStream key-value) so any host can serve them.
+//! - **Deadlines, cancellation and trace context** travel with the call:
+//!   the time left, a cancel message when the caller's future is dropped,
+//!   and the `traceparent` NATS header.
+//! - **Failures** are clear and bounded: a host that stops answering fails
+//!   its calls within [`ClientConfig::host_timeout`] ([`is_host_lost`]), a
+//!   call is never sent twice, and while the NATS connection is down calls
+//!   fail at once ([`is_unavailable`]) and work again when it is back.
+//! - **Discovery**: each host registers with the NATS service API as
+//!   `snakepit-<cluster>` ([`Client::status`], `nats micro ls`).
+//!
+//! NATS credentials and TLS are those of the connection you pass in; this
+//! crate enables no TLS backend of `async-nats` itself (enable its `ring` or
+//! `aws-lc-rs` feature in your application for `tls://` servers).
+
+mod client;
+mod host;
+mod kv;
+mod wire;
+
+pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext};
+pub use host::{serve, serve_with, Node, ServeOptions};
+pub use kv::{NatsKvStore, NatsKvStoreBuilder};
+
+use snakepit_core::{Crash, Error, ExitReason, StartError};
+
+/// The prefix of the `worker_id` of a host-lost error.
+const HOST_PREFIX: &str = "host:";
+/// The prefix of the `worker_id` of an unavailable error.
+const CLUSTER_PREFIX: &str = "cluster:";
+
+/// The error of a call whose host was lost (it stopped sending heartbeats
+/// while it ran the call): a [`Error::WorkerCrashed`] whose worker id is
+/// `host:<id>` and whose text says what happened.
+pub(crate) fn host_lost(host: &str, pid: u32, why: String) -> Error {
+    Error::WorkerCrashed(Box::new(Crash {
+        worker_id: format!("{HOST_PREFIX}{host}"),
+        pid,
+        exit: ExitReason::Unknown,
+        stderr_tail: why,
+    }))
+}
+
+/// The error of a call made while the cluster cannot be reached (the NATS
+/// connection is down): a [`Error::StartFailed`] whose worker id is
+/// `cluster:<name>`; the call never ran unless the text says it may have.
+pub(crate) fn unavailable(cluster: &str, why: String) -> Error {
+    Error::StartFailed(Box::new(StartError {
+        worker_id: format!("{CLUSTER_PREFIX}{cluster}"),
+        cause: why,
+        stderr_tail: String::new(),
+    }))
+}
+
+/// Whether `e` says the host running the call was lost (killed, cut off
+/// from NATS) before it answered.
+pub fn is_host_lost(e: &Error) -> bool {
+    matches!(e, Error::WorkerCrashed(c) if c.worker_id.starts_with(HOST_PREFIX))
+}
+
+/// Whether `e` says the cluster could not be reached (the NATS connection
+/// is down).
+pub fn is_unavailable(e: &Error) -> bool {
+    matches!(e, Error::StartFailed(s) if s.worker_id.starts_with(CLUSTER_PREFIX))
+}

