@@ -10,7 +10,6 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -18,9 +17,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
-use snakepit_core::{Adapter, CallOptions, Launch, Pool, PoolConfig, WireCodec};
+use snakepit_core::{Adapter, CallOptions, Launch, Pool, PoolConfig, RawProcess, WireCodec};
 use snakepit_protocol::{
-    decode_inbound, decode_response, encode_frame, Codec as _, Inbound, Request,
+    decode_inbound, decode_response, encode_frame, Codec as _, Error as ProtocolError, Inbound,
+    Request, HEADER_LEN,
 };
 
 use crate::config::FileConfig;
@@ -115,50 +115,65 @@ fn round1(x: f64) -> f64 {
 }
 
 /// One worker process driven directly: write a frame, read the reply.
+///
+/// It bypasses the pool's queue, not its process safety: the process is a
+/// `RawProcess` (own process group, parent-death signal, watchdog, run id),
+/// and a reply longer than the pool's `max_frame_size` is refused from its
+/// header, before anything of that size is allocated.
 struct RawWorker {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::process::ChildStdout,
+    /// Kills and reaps the process group when the worker is dropped.
+    _process: RawProcess,
+    stdin: std::fs::File,
+    stdout: std::fs::File,
     codec: WireCodec,
+    max_frame_size: usize,
     buf: BytesMut,
     frame: Vec<u8>,
 }
 
 impl RawWorker {
     /// Starts the adapter's program exactly as the pool would (same
-    /// program, arguments and environment) and runs the init handshake.
-    #[allow(clippy::disallowed_methods)] // the baseline deliberately bypasses the pool
-    fn start(launch: &Launch, codec: WireCodec, n: usize) -> anyhow::Result<RawWorker> {
-        let mut cmd = std::process::Command::new(&launch.program);
-        cmd.args(&launch.args)
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("SNAKEPIT_PROTOCOL", "1")
-            .env("SNAKEPIT_CODEC", codec.name())
-            .env("SNAKEPIT_WORKER_ID", format!("raw_{n}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if let Some(dir) = &launch.cwd {
-            cmd.current_dir(dir);
-        }
-        let mut child = cmd
-            .spawn()
+    /// program, arguments and environment, same spawn path) and runs the
+    /// init handshake.
+    async fn start(
+        launch: &Launch,
+        codec: WireCodec,
+        max_frame_size: usize,
+        n: usize,
+    ) -> anyhow::Result<RawWorker> {
+        let worker_id = format!("raw_{n}");
+        let launch = launch.clone().env("SNAKEPIT_WORKER_ID", &worker_id);
+        let mut process = RawProcess::spawn(launch.clone(), codec)
+            .await
             .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", launch.program.display()))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            process.take_stdin(),
+            process.take_stdout(),
+            process.take_stderr(),
+        ) else {
             anyhow::bail!("the raw worker has no pipes");
         };
+        // Plain blocking pipes: the loop runs on a thread of its own.
+        let stdin = std::fs::File::from(stdin.into_owned_fd()?);
+        let stdout = std::fs::File::from(stdout.into_owned_fd()?);
+        let mut stderr = std::fs::File::from(stderr.into_owned_fd()?);
+        // Nobody shows a raw worker's stderr, but a full pipe would block it.
+        std::thread::Builder::new()
+            .name(format!("snakepit-{worker_id}-stderr"))
+            .spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()))?;
         let mut w = RawWorker {
-            child,
+            _process: process,
             stdin,
             stdout,
             codec,
+            max_frame_size,
             buf: BytesMut::with_capacity(256),
             frame: Vec::new(),
         };
         w.call(
             1,
             "ping",
-            &json!({"initialization": true, "worker_id": format!("raw_{n}")}),
+            &json!({"initialization": true, "worker_id": worker_id}),
         )?;
         Ok(w)
     }
@@ -169,14 +184,23 @@ impl RawWorker {
         encode_frame(
             &self.codec,
             &Request::new(id, command, args),
-            usize::MAX,
+            self.max_frame_size,
             &mut self.buf,
         )?;
         self.stdin.write_all(&self.buf)?;
         loop {
-            let mut head = [0u8; 4];
+            let mut head = [0u8; HEADER_LEN];
             self.stdout.read_exact(&mut head)?;
-            self.frame.resize(u32::from_be_bytes(head) as usize, 0);
+            let len = u32::from_be_bytes(head) as usize;
+            // The check of `FrameCodec`, from the header alone.
+            if len > self.max_frame_size {
+                return Err(ProtocolError::FrameTooLarge {
+                    len: len as u64,
+                    max: self.max_frame_size,
+                }
+                .into());
+            }
+            self.frame.resize(len, 0);
             self.stdout.read_exact(&mut self.frame)?;
             // The hello frame comes before the first reply.
             if let Inbound::Response { .. } = decode_inbound(&self.codec, &self.frame)? {
@@ -186,13 +210,6 @@ impl RawWorker {
                 };
             }
         }
-    }
-}
-
-impl Drop for RawWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -220,18 +237,23 @@ impl Progress {
 /// Calls between progress updates; the raw loop and the pool update alike.
 const TICK: usize = 256;
 
-fn raw_run(
+/// The raw loop: started through the spawn path on the runtime, then run
+/// on plain threads with blocking pipes (the runtime waits meanwhile).
+#[allow(clippy::too_many_arguments)]
+async fn raw_run(
     launch: &Launch,
     codec: WireCodec,
+    max_frame_size: usize,
     a: &BenchArgs,
     args: &Value,
     workers: usize,
     requests: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<Run> {
-    let mut raws: Vec<RawWorker> = (0..workers)
-        .map(|n| RawWorker::start(launch, codec, n))
-        .collect::<anyhow::Result<_>>()?;
+    let mut raws = Vec::with_capacity(workers);
+    for n in 0..workers {
+        raws.push(RawWorker::start(launch, codec, max_frame_size, n).await?);
+    }
     for w in &mut raws {
         for i in 0..200 {
             w.call(10 + i, &a.command, args)?; // warm-up
@@ -395,12 +417,26 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     let _ = probe.shutdown().await;
     first?;
 
+    let max_frame = file.pool.max_frame_size;
     let bar = progress.phase("raw loop, 1 worker".into(), (a.requests / 2) as u64);
-    let raw1 = raw_run(&launch, codec, &a, &args, 1, a.requests / 2, &bar)
-        .map_err(|e| failed("the raw loop", e))?;
+    let raw1 = raw_run(
+        &launch,
+        codec,
+        max_frame,
+        &a,
+        &args,
+        1,
+        a.requests / 2,
+        &bar,
+    )
+    .await
+    .map_err(|e| failed("the raw loop", e))?;
     let bar = progress.phase(format!("raw loop, {workers} workers"), a.requests as u64);
-    let raw_n = raw_run(&launch, codec, &a, &args, workers, a.requests, &bar)
-        .map_err(|e| failed("the raw loop", e))?;
+    let raw_n = raw_run(
+        &launch, codec, max_frame, &a, &args, workers, a.requests, &bar,
+    )
+    .await
+    .map_err(|e| failed("the raw loop", e))?;
 
     let pool = Pool::builder(adapter.clone())
         .config(config(workers))
@@ -513,16 +549,21 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     }
 
     if a.json {
-        outln!("{report}");
+        outln!("{report}")
     } else {
-        print_table(&report, &raw1, &raw_n, &pooled, &seq, out);
+        print_table(&report, &raw1, &raw_n, &pooled, &seq, out)
     }
-    Ok(())
 }
 
 impl Failure {
     fn from_bench(what: &str, e: anyhow::Error) -> Failure {
-        Failure::general(format!("{what} failed: {e:#}"))
+        // A worker that breaks the protocol fails as it would in a pool.
+        let code = if e.downcast_ref::<ProtocolError>().is_some() {
+            crate::ui::code::CRASH
+        } else {
+            crate::ui::code::FAILED
+        };
+        Failure::new(code, format!("{what} failed: {e:#}"))
     }
 }
 
@@ -538,7 +579,14 @@ fn thousands(x: f64) -> String {
     out
 }
 
-fn print_table(report: &Value, raw1: &Run, raw_n: &Run, pooled: &Run, seq: &Run, out: &Output) {
+fn print_table(
+    report: &Value,
+    raw1: &Run,
+    raw_n: &Run,
+    pooled: &Run,
+    seq: &Run,
+    out: &Output,
+) -> Result<(), Failure> {
     let workers = &report["workers"];
     let s = &report["startup"];
     let mut rows: Vec<[String; 4]> = vec![
@@ -614,7 +662,7 @@ fn print_table(report: &Value, raw1: &Run, raw_n: &Run, pooled: &Run, seq: &Run,
                 report["requests"]
             )
         )
-    );
+    )?;
     for (i, r) in rows.iter().enumerate() {
         let line = format!(
             "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}",
@@ -628,11 +676,12 @@ fn print_table(report: &Value, raw1: &Run, raw_n: &Run, pooled: &Run, seq: &Run,
             w3 = widths[3]
         );
         if i == 0 {
-            outln!("{}", Output::paint(out.color_stdout, "1", line.trim_end()));
+            outln!("{}", Output::paint(out.color_stdout, "1", line.trim_end()))?;
         } else {
-            outln!("{}", line.trim_end());
+            outln!("{}", line.trim_end())?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde_json::json;
 use snakepit_adapters::{Bridge, Language};
 use snakepit_core::Pool;
 
-use crate::ui::Output;
+use crate::ui::{Failure, Output};
 
 pub(crate) const EXAMPLES: &str = "\
 Examples:
@@ -130,13 +130,17 @@ pub(crate) fn run(as_json: bool, out: &Output) -> ExitCode {
     };
     let (interpreters, packages) = runtime.block_on(examine());
     let ok = interpreters.iter().any(|i| i.ping_ms.is_some());
-    if as_json {
+    let printed = if as_json {
         outln!(
             "{}",
             json!({"ok": ok, "interpreters": interpreters, "packages": packages})
-        );
+        )
     } else {
-        print_report(&interpreters, &packages, ok, out);
+        print_report(&interpreters, &packages, ok, out)
+    };
+    if let Err(f) = printed {
+        out.failure(&f);
+        return ExitCode::from(f.code);
     }
     if ok {
         ExitCode::SUCCESS
@@ -145,12 +149,17 @@ pub(crate) fn run(as_json: bool, out: &Output) -> ExitCode {
     }
 }
 
-fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bool, out: &Output) {
+fn print_report(
+    interpreters: &[Interpreter],
+    packages: &[PackageReport],
+    ok: bool,
+    out: &Output,
+) -> Result<(), Failure> {
     let c = out.color_stdout;
     let good = |s: &str| Output::paint(c, "32", s);
     let bad = |s: &str| Output::paint(c, "33", s);
     let mut todo = Vec::new();
-    outln!("{}", Output::paint(c, "1", "Interpreters"));
+    outln!("{}", Output::paint(c, "1", "Interpreters"))?;
     for it in interpreters {
         let status = match (&it.version, it.ping_ms) {
             (_, Some(_)) => good("ok     "),
@@ -162,24 +171,25 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
             |p| p.display().to_string(),
         );
         match (&it.version, it.ping_ms) {
-            (Some(v), Some(ms)) => {
-                outln!("  {status} {:<7} {v} ({path}); bundled worker answered a ping, {ms} ms from start", it.language)
-            }
+            (Some(v), Some(ms)) => outln!(
+                "  {status} {:<7} {v} ({path}); bundled worker answered a ping, {ms} ms from start",
+                it.language
+            )?,
             (Some(v), None) => outln!(
                 "  {status} {:<7} {v} ({path}); the bundled worker failed: {}",
                 it.language,
                 it.error.as_deref().unwrap_or("")
-            ),
+            )?,
             (None, _) => {
-                outln!("  {status} {:<7} `{path}` not found", it.language);
+                outln!("  {status} {:<7} `{path}` not found", it.language)?;
                 todo.push(it.install.to_owned());
             }
         }
         if let Some(note) = &it.note {
-            outln!("          note: {note}");
+            outln!("          note: {note}")?;
         }
     }
-    outln!("{}", Output::paint(c, "1", "Bridge packages"));
+    outln!("{}", Output::paint(c, "1", "Bridge packages"))?;
     for p in packages {
         let installed = interpreters
             .iter()
@@ -196,17 +206,18 @@ fn print_report(interpreters: &[Interpreter], packages: &[PackageReport], ok: bo
             "  {status} {:<7} {what:<28} for {}",
             p.language,
             p.needed_for
-        );
+        )?;
     }
     if todo.is_empty() {
-        outln!("\nEverything is there.");
+        outln!("\nEverything is there.")?;
     } else {
-        outln!("\nTo install what is missing:");
+        outln!("\nTo install what is missing:")?;
         for t in todo {
-            outln!("  {t}");
+            outln!("  {t}")?;
         }
     }
     if !ok {
-        outln!("\nNo language's worker could start: install at least one interpreter.");
+        outln!("\nNo language's worker could start: install at least one interpreter.")?;
     }
+    Ok(())
 }

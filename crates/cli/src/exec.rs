@@ -113,8 +113,13 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         serde_json::to_string(&result)
     }
     .map_err(|e| Failure::general(format!("cannot print the result: {e}")))?;
-    outln!("{text}");
-    Ok(())
+    outln!("{text}").map_err(|f| {
+        if f.silent {
+            return f;
+        }
+        let message = format!("the call succeeded, but its result was lost: {}", f.message);
+        Failure { message, ..f }.hint("the command ran: mind running it again if it has effects")
+    })
 }
 
 #[cfg(test)]

@@ -99,10 +99,11 @@ impl Subscriber for StderrLines {
             };
             format!("{level}: {}{worker}{}", line.message, line.fields)
         };
+        // Never `eprintln!`: it panics when stderr cannot be written.
         if self.color {
-            eprintln!("\x1b[2m{text}\x1b[0m");
+            crate::ui::stderr_line(format_args!("\x1b[2m{text}\x1b[0m"));
         } else {
-            eprintln!("{text}");
+            crate::ui::stderr_line(format_args!("{text}"));
         }
     }
 

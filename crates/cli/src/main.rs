@@ -8,12 +8,15 @@
 //!
 //! See `docs/cli.md` for the exit codes and `snakepit.toml`.
 
-/// `println!` that does not panic when stdout is closed (`snakepit doctor | head`).
+// `println!` and `eprintln!` panic when their stream cannot be written.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+/// A line on stdout, flushed: `Err(Failure)` (exit code 6) when it cannot be
+/// written, quietly when the reader has gone (`snakepit doctor | head -1`).
 macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::ui::stdout_line(format_args!($($arg)*))
+    };
 }
 
 mod bench;
@@ -50,6 +53,7 @@ Exit codes:
   3 the workers could not start (interpreter missing, import error, slow init)
   4 timeout or overload: the deadline passed, or no worker came free
   5 a worker crashed or broke the protocol
+  6 the output could not be written (stdout full or closed)
 
 Settings are read from ./snakepit.toml (or --config FILE, or $SNAKEPIT_CONFIG);
 flags override them. See docs/cli.md.";
@@ -95,7 +99,10 @@ struct DoctorArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
     let out = ui::Output::new(cli.verbose, cli.quiet);
     // With OTEL_EXPORTER_OTLP_ENDPOINT set, traces and metrics go there (and
     // log lines at WARN, or as RUST_LOG says, or only errors with -q, to
@@ -127,6 +134,29 @@ fn main() -> ExitCode {
             out.failure(&failure);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// Prints what clap has to say (help and version on stdout, usage errors on
+/// stderr) and the exit code for it; help that cannot be written is an
+/// output failure, as any other stdout.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    use std::io::Write as _;
+    let printed = e.print().and_then(|()| {
+        if e.use_stderr() {
+            Ok(())
+        } else {
+            std::io::stdout().flush()
+        }
+    });
+    match printed {
+        Err(io) if !e.use_stderr() => {
+            let failure = Failure::stdout(io);
+            ui::Output::new(0, false).failure(&failure);
+            ExitCode::from(failure.code)
+        }
+        // A usage error that cannot be shown still exits as one.
+        _ => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(ui::code::USAGE)),
     }
 }
 

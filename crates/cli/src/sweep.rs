@@ -46,23 +46,22 @@ pub(crate) fn run(a: SweepArgs, out: &Output) -> Result<(), Failure> {
     if a.json {
         let text = serde_json::to_string(&report)
             .map_err(|e| Failure::general(format!("cannot print the report: {e}")))?;
-        outln!("{text}");
+        outln!("{text}")
     } else {
-        print_report(&report, a.dry_run, out);
+        print_report(&report, a.dry_run, out)
     }
-    Ok(())
 }
 
-fn print_report(report: &SweepReport, dry_run: bool, out: &Output) {
+fn print_report(report: &SweepReport, dry_run: bool, out: &Output) -> Result<(), Failure> {
     let kill = if dry_run { "would kill" } else { "killed" };
     outln!(
         "run records in {}: {} of running pools (left alone), {} of crashed runs",
         report.state_dir.display(),
         report.active_runs,
         report.stale_runs.len()
-    );
+    )?;
     if let Some(note) = &report.note {
-        outln!("note: {note}");
+        outln!("note: {note}")?;
     }
     for run in &report.stale_runs {
         outln!(
@@ -71,7 +70,7 @@ fn print_report(report: &SweepReport, dry_run: bool, out: &Output) {
             run.instance,
             run.host_pid,
             run.killed.len()
-        );
+        )?;
         for p in &run.killed {
             let what = if p.worker {
                 "worker"
@@ -83,15 +82,16 @@ fn print_report(report: &SweepReport, dry_run: bool, out: &Output) {
                 what,
                 p.pid,
                 Output::paint(out.color_stdout, "2", &p.command)
-            );
+            )?;
         }
     }
     for path in &report.unreadable {
-        outln!("left alone, not a run record: {}", path.display());
+        outln!("left alone, not a run record: {}", path.display())?;
     }
     if report.killed() == 0 {
-        outln!("nothing left behind to kill.");
+        outln!("nothing left behind to kill.")?;
     } else if dry_run {
-        outln!("dry run: nothing was killed; run `snakepit sweep` to kill them.");
+        outln!("dry run: nothing was killed; run `snakepit sweep` to kill them.")?;
     }
+    Ok(())
 }

@@ -1,7 +1,12 @@
 //! What the tool prints for people: notes, errors with hints, colours only
 //! on a terminal (and never with `NO_COLOR`).
+//!
+//! Nothing here panics on a write error (as `println!` and `eprintln!` do):
+//! stdout that cannot be written is a failure with its own exit code
+//! ([`stdout_line`]); stderr that cannot be written is ignored, since there
+//! is nowhere left to say so, and the exit code still tells what happened.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 
 use snakepit_core::Error;
 
@@ -17,6 +22,27 @@ pub(crate) mod code {
     pub(crate) const TIMEOUT: u8 = 4;
     /// A worker crashed or broke the protocol.
     pub(crate) const CRASH: u8 = 5;
+    /// The output could not be written: stdout full, failing, or closed.
+    pub(crate) const OUTPUT: u8 = 6;
+}
+
+/// Writes one line to stdout and flushes it; a failure (exit code 6) when it
+/// cannot be written. Use it through `outln!`.
+pub(crate) fn stdout_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush())
+        .map_err(Failure::stdout)
+}
+
+/// Writes one line to stderr, or nothing if stderr cannot be written.
+pub(crate) fn stderr_line(line: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(line)
+        .and_then(|()| stderr.write_all(b"\n"));
 }
 
 /// A failure of the tool: what to say, what to suggest, how to exit.
@@ -27,6 +53,9 @@ pub(crate) struct Failure {
     /// More lines: a traceback, a stderr tail.
     pub(crate) detail: Option<String>,
     pub(crate) hint: Option<String>,
+    /// Exit with the code but say nothing: stdout was closed by its reader
+    /// (`| head`), who has all it wanted.
+    pub(crate) silent: bool,
 }
 
 impl Failure {
@@ -36,7 +65,16 @@ impl Failure {
             message: message.into(),
             detail: None,
             hint: None,
+            silent: false,
         }
+    }
+
+    /// Stdout could not be written. A closed pipe (EPIPE, the reader has
+    /// gone) ends the tool quietly; anything else is said on stderr.
+    pub(crate) fn stdout(e: std::io::Error) -> Self {
+        let mut f = Failure::new(code::OUTPUT, format!("cannot write to stdout: {e}"));
+        f.silent = e.kind() == std::io::ErrorKind::BrokenPipe;
+        f
     }
 
     pub(crate) fn usage(message: impl Into<String>) -> Self {
@@ -164,7 +202,10 @@ impl Output {
     /// A note on stderr, unless quiet.
     pub(crate) fn note(&self, text: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", Output::paint(self.color_stderr, "2", text.as_ref()));
+            stderr_line(format_args!(
+                "{}",
+                Output::paint(self.color_stderr, "2", text.as_ref())
+            ));
         }
     }
 
@@ -176,15 +217,22 @@ impl Output {
     }
 
     pub(crate) fn failure(&self, f: &Failure) {
+        if f.silent {
+            return;
+        }
         let c = self.color_stderr;
-        eprintln!("{} {}", Output::paint(c, "1;31", "error:"), f.message);
+        stderr_line(format_args!(
+            "{} {}",
+            Output::paint(c, "1;31", "error:"),
+            f.message
+        ));
         if let Some(detail) = &f.detail {
             for line in detail.trim_end().lines() {
-                eprintln!("  {}", Output::paint(c, "2", line));
+                stderr_line(format_args!("  {}", Output::paint(c, "2", line)));
             }
         }
         if let Some(hint) = &f.hint {
-            eprintln!("{} {hint}", Output::paint(c, "1;33", "hint:"));
+            stderr_line(format_args!("{} {hint}", Output::paint(c, "1;33", "hint:")));
         }
     }
 }

@@ -646,3 +646,238 @@ fn sweep_kills_what_a_crashed_run_left_and_says_so() {
     let r = snakepit_in(&dir.0, &["sweep"], &env, "");
     assert!(r.stdout.contains("nothing left behind"), "{r:?}");
 }
+
+/// Where a run's stdout or stderr goes.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// A pipe the test reads.
+    Piped,
+    /// `/dev/full`: every write fails with ENOSPC.
+    Full,
+    /// A pipe whose read end is closed before the tool starts: EPIPE, as
+    /// behind `| head -c1` once `head` has exited.
+    Closed,
+}
+
+impl Sink {
+    #[allow(clippy::disallowed_methods)] // `true` only holds the pipe's read end
+    fn stdio(self) -> Stdio {
+        match self {
+            Sink::Piped => Stdio::piped(),
+            Sink::Closed => {
+                let mut reader = Command::new("true")
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .expect("true runs");
+                let write_end = reader.stdin.take().expect("a pipe");
+                reader.wait().expect("true ends");
+                write_end.into()
+            }
+            Sink::Full => std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full opens")
+                .into(),
+        }
+    }
+}
+
+/// Runs `snakepit ARGS` with its stdout and stderr sent where told.
+#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+fn snakepit_to(args: &[&str], stdout: Sink, stderr: Sink) -> Run {
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env_remove("SNAKEPIT_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(stdout.stdio())
+        .stderr(stderr.stdio())
+        .spawn()
+        .expect("the snakepit binary runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("snakepit ends");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// The exit code documented for output that could not be written.
+const OUTPUT_FAILED: i32 = 6;
+
+#[test]
+fn a_result_that_cannot_be_written_is_a_failure_with_a_message() {
+    let r = snakepit_to(&["exec", "ping"], Sink::Full, Sink::Piped);
+    assert_eq!(r.code, OUTPUT_FAILED, "{r:?}");
+    assert!(
+        r.stderr.contains("stdout") && r.stderr.contains("No space left"),
+        "{r:?}"
+    );
+    // Help and version are output too.
+    for args in [&["--help"][..], &["--version"], &["exec", "--help"]] {
+        let r = snakepit_to(args, Sink::Full, Sink::Piped);
+        assert_eq!(r.code, OUTPUT_FAILED, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("stdout"), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
+fn an_unwritable_stderr_never_panics_and_keeps_the_exit_code() {
+    // Log lines (-v), a failure's message, and a usage error, all to /dev/full.
+    let r = snakepit_to(&["-v", "exec", "ping"], Sink::Piped, Sink::Full);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["status"], "ok", "{r:?}");
+    let r = snakepit_to(&["exec", "no_such_command"], Sink::Piped, Sink::Full);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = snakepit_to(&["exec", "compute", "{bad"], Sink::Piped, Sink::Full);
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = snakepit_to(&["exec", "--no-such-flag"], Sink::Piped, Sink::Full);
+    assert_eq!(r.code, 2, "{r:?}");
+    // Nothing can be written at all: still a code, not a panic (101).
+    let r = snakepit_to(&["-v", "exec", "ping"], Sink::Full, Sink::Full);
+    assert_eq!(r.code, OUTPUT_FAILED, "{r:?}");
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_a_code() {
+    for args in [&["exec", "ping"][..], &["sweep", "--dry-run"], &["--help"]] {
+        let r = snakepit_to(args, Sink::Closed, Sink::Piped);
+        assert_eq!(r.code, OUTPUT_FAILED, "{args:?}: {r:?}");
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("error"),
+            "{args:?}: {r:?}"
+        );
+    }
+}
+
+/// A worker that answers a pool and misbehaves in the bench's raw loop as
+/// `SNAKEPIT_TEST_RAW` says.
+const BENCH_RAW_WORKER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/workers/bench_raw_worker.py"
+);
+
+/// The smallest bench that reaches the raw loop.
+const SMALL_BENCH: &[&str] = &[
+    "bench",
+    "--script",
+    BENCH_RAW_WORKER,
+    "--workers",
+    "1",
+    "--requests",
+    "8",
+    "--concurrency",
+    "1",
+    "--init-ms",
+    "1",
+];
+
+/// Waits for `ready` to hold, polling, for at most `limit` (a guard against
+/// hanging the suite, not a measurement).
+fn wait_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ready()
+}
+
+#[test]
+fn a_bench_killed_during_its_raw_loop_leaves_no_worker_behind() {
+    let dir = Dir::new("bench-kill");
+    let pids = dir.0.join("raw.pids");
+    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+    let mut bench = Command::new(BIN)
+        .args(SMALL_BENCH)
+        .current_dir(&dir.0)
+        .env_remove("SNAKEPIT_CONFIG")
+        .env("SNAKEPIT_TEST_RAW", "hang")
+        .env("SNAKEPIT_TEST_PIDS", &pids)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("snakepit runs");
+    let mut learned = None;
+    let started = wait_until(std::time::Duration::from_secs(60), || {
+        learned = std::fs::read_to_string(&pids).ok();
+        learned.is_some() || bench.try_wait().ok().flatten().is_some()
+    });
+    let learned = learned.unwrap_or_default();
+    let raw: Vec<u32> = learned
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    // What the raw worker was started with, read while it runs.
+    let environ = raw
+        .first()
+        .and_then(|pid| std::fs::read(format!("/proc/{pid}/environ")).ok())
+        .unwrap_or_default();
+    bench.kill().expect("SIGKILL the bench");
+    bench.wait().expect("reap the bench");
+    assert!(
+        started && raw.len() == 2,
+        "the raw worker and its child started: {learned:?}"
+    );
+
+    let gone = wait_until(std::time::Duration::from_secs(10), || {
+        raw.iter().all(|&pid| !alive(pid))
+    });
+    let left: Vec<u32> = raw.iter().copied().filter(|&pid| alive(pid)).collect();
+    for pid in &left {
+        #[allow(clippy::disallowed_methods)] // cleaning up after a failed test
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(gone, "left running after the bench died: {left:?}");
+    let has = |var: &str| {
+        environ
+            .split(|&b| b == 0)
+            .any(|entry| entry.starts_with(var.as_bytes()) && entry.len() > var.len())
+    };
+    assert!(has("SNAKEPIT_RUN_ID="), "the raw worker carries a run id");
+}
+
+#[test]
+fn a_raw_worker_announcing_a_4_gib_frame_fails_the_bench_without_allocating_it() {
+    // With the address space capped below 4 GiB, allocating the announced
+    // frame would abort the process instead of failing it with a message.
+    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+    let mut bench = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 3145728 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(SMALL_BENCH)
+        .current_dir(std::env::temp_dir())
+        .env_remove("SNAKEPIT_CONFIG")
+        .env("SNAKEPIT_TEST_RAW", "huge_frame")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("snakepit runs");
+    let stderr = bench.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    let ended = wait_until(std::time::Duration::from_secs(120), || {
+        bench.try_wait().ok().flatten().is_some()
+    });
+    if !ended {
+        let _ = bench.kill();
+    }
+    let status = bench.wait().expect("reap the bench");
+    let stderr = reader.join().expect("stderr read");
+    assert!(ended, "the bench hung: {stderr}");
+    assert_eq!(status.code(), Some(5), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("raw loop") && stderr.contains("4294967295 bytes exceeds the maximum"),
+        "{stderr}"
+    );
+}

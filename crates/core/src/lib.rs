@@ -37,6 +37,7 @@ mod config;
 mod error;
 pub mod events;
 mod pool;
+mod raw;
 mod session_hook;
 mod spawn;
 pub mod sweep;
@@ -49,5 +50,6 @@ pub use pool::{
     Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats,
     StreamItem, TraceContext, TraceHeaders, WeakPool, WorkerInfo,
 };
+pub use raw::RawProcess;
 pub use session_hook::{SessionEnds, SessionHook};
 pub use snakepit_protocol::WireCodec;
