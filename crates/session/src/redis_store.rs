@@ -2,11 +2,20 @@
 //! a sorted set of ids by expiry (for listing and for reporting expiries);
 //! a hash of global programs; a hash of counters. Every operation is one
 //! Lua script, run atomically by the server, with the server's clock.
+//!
+//! The connection is the `redis` crate's `ConnectionManager`: one
+//! multiplexed connection, opened again after it drops (each operation
+//! that finds it down makes one attempt, so operations fail fast while the
+//! server is away and succeed as soon as it is back). Every operation is
+//! bounded by the store's timeout; a timeout also opens a fresh connection
+//! in the background, for a connection that hangs without ever dropping.
 
-use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use serde_json::Value;
 
@@ -188,6 +197,14 @@ impl Scripts {
 /// session), `idx` (ids by expiry time), `g` (global programs), `stats`.
 /// A single Redis server (or a primary with replicas); not Redis Cluster.
 ///
+/// The store reconnects by itself: when the server goes away, operations
+/// fail with [`Error::Backend`] naming the operation, and succeed again as
+/// soon as it is back, without a new store. Each operation gives up after
+/// the [timeout](RedisStoreBuilder::timeout) (2 s by default) with an error
+/// naming the operation and the timeout, so a paused or unreachable server
+/// never hangs a caller. A write that timed out may or may not have been
+/// applied.
+///
 /// Listeners ([`on_session_end`](SessionStore::on_session_end)) hear of
 /// deletions made through this handle and of expiries found by this
 /// handle's sweep (each expiry is reported by the one host whose sweep
@@ -195,9 +212,14 @@ impl Scripts {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), snakepit_session::Error> {
+/// use std::time::Duration;
 /// use snakepit_session::{RedisStore, SessionStore};
 ///
-/// let store = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp:").connect().await?;
+/// let store = RedisStore::builder("redis://:secret@127.0.0.1:6379/")
+///     .prefix("tenant_a:")
+///     .timeout(Duration::from_secs(1))
+///     .connect()
+///     .await?;
 /// store.ensure_session("user_1").await?;
 /// # Ok(()) }
 /// ```
@@ -207,11 +229,22 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: MultiplexedConnection,
+    link: Link,
     scripts: Scripts,
     prefix: String,
     default_ttl: Duration,
     listeners: RwLock<Vec<EndListener>>,
+}
+
+/// The connection, and what it takes to open another.
+struct Link {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Bounds each operation, and each attempt to connect.
+    timeout: Duration,
+    current: RwLock<ConnectionManager>,
+    /// A fresh connection is being opened after a timeout.
+    replacing: AtomicBool,
 }
 
 /// Settings of a [`RedisStore`].
@@ -221,10 +254,13 @@ pub struct RedisStoreBuilder {
     prefix: String,
     default_ttl: Duration,
     sweep_interval: Duration,
+    timeout: Duration,
 }
 
 impl RedisStoreBuilder {
-    /// Keys start with this (`snakepit:` by default).
+    /// Keys start with this (`snakepit:` by default). Stores with different
+    /// prefixes on one server do not see each other's sessions, programs or
+    /// statistics: give each tenant or application its own (`tenant_a:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -243,12 +279,33 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects (one multiplexed connection) and starts the sweep.
+    /// How long one store operation may take, reconnecting included, before
+    /// it fails with an error naming the operation and this timeout (2 s by
+    /// default). Connecting is bounded by it too.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Connects and starts the sweep. Fails if the server cannot be reached
+    /// (or does not answer within the timeout), or the URL is not valid.
     pub async fn connect(self) -> Result<RedisStore> {
-        let client = redis::Client::open(self.url.as_str())?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        let client = client(&self.url)?;
+        // One attempt per reconnection: an operation that finds the server
+        // away fails at once, and the next one tries again. (The crate's
+        // retries would wait at least a second between attempts.)
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(self.timeout);
+        let conn = open(&client, config.clone(), self.timeout).await?;
         let inner = Arc::new(Inner {
-            conn,
+            link: Link {
+                client,
+                config,
+                timeout: self.timeout,
+                current: RwLock::new(conn),
+                replacing: AtomicBool::new(false),
+            },
             scripts: Scripts::new(),
             prefix: self.prefix,
             default_ttl: self.default_ttl,
@@ -259,13 +316,64 @@ impl RedisStoreBuilder {
     }
 }
 
-async fn sweep(store: std::sync::Weak<Inner>, every: Duration) {
+/// The client for `url`; `rediss://` needs the `redis-tls` feature.
+fn client(url: &str) -> Result<redis::Client> {
+    let tls = url.starts_with("rediss://");
+    if tls && !cfg!(feature = "redis-tls") {
+        return Err(Error::Backend(
+            "redis `connect`: a `rediss://` URL needs the `redis-tls` feature of snakepit-session"
+                .into(),
+        ));
+    }
+    #[cfg(feature = "redis-tls")]
+    if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Only if the application has not chosen one: installing fails
+        // harmlessly if another thread installed one meanwhile.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    redis::Client::open(url).map_err(|e| backend("connect", e.into()))
+}
+
+/// A new connection, within `timeout`.
+async fn open(
+    client: &redis::Client,
+    config: ConnectionManagerConfig,
+    timeout: Duration,
+) -> Result<ConnectionManager> {
+    match tokio::time::timeout(
+        timeout,
+        ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        // The crate's own connection timeout (the same) may come first.
+        Ok(Err(e)) if e.is_timeout() => Err(timed_out("connect", timeout)),
+        Ok(Err(e)) => Err(backend("connect", e.into())),
+        Err(_) => Err(timed_out("connect", timeout)),
+    }
+}
+
+/// A backend failure of `op`, named.
+fn backend(op: &'static str, e: Error) -> Error {
+    match e {
+        Error::Backend(msg) => Error::Backend(format!("redis `{op}`: {msg}")),
+        other => other,
+    }
+}
+
+/// `op` got no answer within `after`.
+fn timed_out(op: &'static str, after: Duration) -> Error {
+    Error::Backend(format!("redis `{op}` timed out after {after:?}"))
+}
+
+async fn sweep(store: Weak<Inner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(inner) = store.upgrade() else {
             return;
         };
-        if let Err(e) = inner.cleanup().await {
+        if let Err(e) = inner.bounded("sweep", inner.cleanup()).await {
             tracing::warn!(error = %e, "redis session sweep failed");
         }
     }
@@ -276,18 +384,22 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.prefix)
             .field("default_ttl", &self.inner.default_ttl)
+            .field("timeout", &self.inner.link.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// A builder for a store on the server at `url` (`redis://host:port/db`).
+    /// A builder for a store on the server at `url`: `redis://host:port/db`,
+    /// `redis://:password@host/` or `redis://user:password@host/` (ACL),
+    /// `rediss://...` for TLS (feature `redis-tls`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
             prefix: "snakepit:".into(),
             default_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
         }
     }
 
@@ -302,6 +414,62 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 impl Inner {
+    /// The connection to use now (a cheap handle).
+    fn conn(&self) -> ConnectionManager {
+        self.link
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs `op` within the timeout; names it in its backend errors.
+    async fn bounded<T>(
+        self: &Arc<Self>,
+        op: &'static str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.link.timeout, fut).await {
+            Ok(r) => r.map_err(|e| backend(op, e)),
+            Err(_) => {
+                self.replace_connection();
+                Err(timed_out(op, self.link.timeout))
+            }
+        }
+    }
+
+    /// After a timeout: opens a fresh connection in the background and
+    /// uses it from then on. A connection that drops is reopened by the
+    /// `ConnectionManager` itself; this is for one that hangs (a server
+    /// gone silent, a network that drops packets), which TCP would take
+    /// many minutes to give up on. One attempt at a time.
+    fn replace_connection(self: &Arc<Self>) {
+        if self.link.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        let client = self.link.client.clone();
+        let (config, timeout) = (self.link.config.clone(), self.link.timeout);
+        tokio::spawn(async move {
+            let fresh = open(&client, config, timeout).await;
+            let Some(inner) = store.upgrade() else {
+                return;
+            };
+            match fresh {
+                Ok(conn) => {
+                    *inner
+                        .link
+                        .current
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = conn;
+                    tracing::info!("redis session store: new connection after a timeout");
+                }
+                Err(e) => tracing::debug!(error = %e, "redis session store: reconnect failed"),
+            }
+            inner.link.replacing.store(false, Ordering::Release);
+        });
+    }
+
     fn key(&self, id: &str) -> String {
         format!("{}s:{id}", self.prefix)
     }
@@ -334,6 +502,7 @@ impl Inner {
 
     async fn cleanup(&self) -> Result<usize> {
         let mut total = 0;
+        let mut conn = self.conn();
         loop {
             let gone: Vec<String> = self
                 .scripts
@@ -342,7 +511,7 @@ impl Inner {
                 .key(self.stats_key())
                 .arg(&self.prefix)
                 .arg(1000)
-                .invoke_async(&mut self.conn.clone())
+                .invoke_async(&mut conn)
                 .await?;
             total += gone.len();
             for id in &gone {
@@ -358,7 +527,7 @@ impl Inner {
         check_id("session id", id)?;
         let fields: Vec<String> = self
             .invoke(&self.scripts.get, id)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn())
             .await?;
         if fields.is_empty() {
             return Err(Error::NotFound(id.to_owned()));
@@ -372,7 +541,7 @@ impl Inner {
             .invoke(&self.scripts.set_field, id)
             .arg(field)
             .arg(serde_json::to_string(value)?)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn())
             .await?;
         if found == 0 {
             return Err(Error::NotFound(id.to_owned()));
@@ -385,7 +554,7 @@ impl Inner {
         let r: redis::Value = self
             .invoke(&self.scripts.get_field, id)
             .arg(field)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn())
             .await?;
         match r {
             redis::Value::Array(items) => match items.get(1) {
@@ -466,33 +635,44 @@ async fn backoff(attempt: u32) {
 
 impl SessionStore for RedisStore {
     async fn create_session(&self, id: &str, ttl: Option<Duration>) -> Result<Session> {
-        check_id("session id", id)?;
         let inner = &self.inner;
-        let ttl = ttl.unwrap_or(inner.default_ttl);
-        let created: i64 = inner
-            .invoke(&inner.scripts.create, id)
-            .arg(ttl_ms(ttl))
-            .invoke_async(&mut inner.conn.clone())
-            .await?;
-        if created < 0 {
-            return Err(Error::AlreadyExists(id.to_owned()));
-        }
-        Ok(Session::new(id, ttl, created as u64))
+        inner
+            .bounded("create_session", async {
+                check_id("session id", id)?;
+                let ttl = ttl.unwrap_or(inner.default_ttl);
+                let created: i64 = inner
+                    .invoke(&inner.scripts.create, id)
+                    .arg(ttl_ms(ttl))
+                    .invoke_async(&mut inner.conn())
+                    .await?;
+                if created < 0 {
+                    return Err(Error::AlreadyExists(id.to_owned()));
+                }
+                Ok(Session::new(id, ttl, created as u64))
+            })
+            .await
     }
 
     async fn ensure_session(&self, id: &str) -> Result<()> {
-        check_id("session id", id)?;
         let inner = &self.inner;
-        let _: i64 = inner
-            .invoke(&inner.scripts.ensure, id)
-            .arg(ttl_ms(inner.default_ttl))
-            .invoke_async(&mut inner.conn.clone())
-            .await?;
-        Ok(())
+        inner
+            .bounded("ensure_session", async {
+                check_id("session id", id)?;
+                let _: i64 = inner
+                    .invoke(&inner.scripts.ensure, id)
+                    .arg(ttl_ms(inner.default_ttl))
+                    .invoke_async(&mut inner.conn())
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_session(&self, id: &str) -> Result<Session> {
-        Ok(self.inner.read(id).await?.0)
+        let inner = &self.inner;
+        inner
+            .bounded("get_session", async { Ok(inner.read(id).await?.0) })
+            .await
     }
 
     async fn update_session<F>(&self, id: &str, mut f: F) -> Result<Session>
@@ -500,158 +680,212 @@ impl SessionStore for RedisStore {
         F: FnMut(&mut Session) + Send,
     {
         let inner = &self.inner;
-        for attempt in 0..MAX_ATTEMPTS {
-            let (mut s, version) = inner.read(id).await?;
-            let created = s.created_at_ms;
-            f(&mut s);
-            s.id = id.to_owned();
-            s.created_at_ms = created;
-            let written: i64 = inner
-                .invoke(&inner.scripts.replace, id)
-                .arg(&version)
-                .arg(fields(&s)?)
-                .invoke_async(&mut inner.conn.clone())
-                .await?;
-            match written {
-                1 => return Ok(s),
-                -1 => return Err(Error::NotFound(id.to_owned())),
-                _ => backoff(attempt).await,
-            }
-        }
-        Err(Error::Conflict {
-            session_id: id.to_owned(),
-            attempts: MAX_ATTEMPTS,
-        })
+        inner
+            .bounded("update_session", async {
+                for attempt in 0..MAX_ATTEMPTS {
+                    let (mut s, version) = inner.read(id).await?;
+                    let created = s.created_at_ms;
+                    f(&mut s);
+                    s.id = id.to_owned();
+                    s.created_at_ms = created;
+                    let written: i64 = inner
+                        .invoke(&inner.scripts.replace, id)
+                        .arg(&version)
+                        .arg(fields(&s)?)
+                        .invoke_async(&mut inner.conn())
+                        .await?;
+                    match written {
+                        1 => return Ok(s),
+                        -1 => return Err(Error::NotFound(id.to_owned())),
+                        _ => backoff(attempt).await,
+                    }
+                }
+                Err(Error::Conflict {
+                    session_id: id.to_owned(),
+                    attempts: MAX_ATTEMPTS,
+                })
+            })
+            .await
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool> {
-        check_id("session id", id)?;
         let inner = &self.inner;
-        let removed: i64 = inner
-            .invoke(&inner.scripts.delete, id)
-            .invoke_async(&mut inner.conn.clone())
-            .await?;
-        if removed == 1 {
-            inner.notify(id, EndReason::Deleted);
-        }
-        Ok(removed == 1)
+        inner
+            .bounded("delete_session", async {
+                check_id("session id", id)?;
+                let removed: i64 = inner
+                    .invoke(&inner.scripts.delete, id)
+                    .invoke_async(&mut inner.conn())
+                    .await?;
+                if removed == 1 {
+                    inner.notify(id, EndReason::Deleted);
+                }
+                Ok(removed == 1)
+            })
+            .await
     }
 
     async fn session_exists(&self, id: &str) -> Result<bool> {
-        check_id("session id", id)?;
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(self.inner.key(id))
-            .query_async(&mut self.inner.conn.clone())
-            .await?;
-        Ok(n == 1)
+        let inner = &self.inner;
+        inner
+            .bounded("session_exists", async {
+                check_id("session id", id)?;
+                let n: i64 = redis::cmd("EXISTS")
+                    .arg(inner.key(id))
+                    .query_async(&mut inner.conn())
+                    .await?;
+                Ok(n == 1)
+            })
+            .await
     }
 
     async fn list_sessions(&self) -> Result<Vec<String>> {
         let inner = &self.inner;
-        Ok(inner
-            .scripts
-            .list
-            .key(inner.index())
-            .invoke_async(&mut inner.conn.clone())
-            .await?)
+        inner
+            .bounded("list_sessions", async {
+                Ok(inner
+                    .scripts
+                    .list
+                    .key(inner.index())
+                    .invoke_async(&mut inner.conn())
+                    .await?)
+            })
+            .await
     }
 
     async fn stats(&self) -> Result<StoreStats> {
         let inner = &self.inner;
-        let v: Vec<u64> = inner
-            .scripts
-            .stats
-            .key(inner.index())
-            .key(inner.stats_key())
-            .key(inner.globals())
-            .invoke_async(&mut inner.conn.clone())
-            .await?;
-        let [active, created, deleted, expired, globals] = v[..] else {
-            return Err(Error::Corrupt(format!("stats script answered {v:?}")));
-        };
-        Ok(StoreStats {
-            active_sessions: active,
-            sessions_created: created,
-            sessions_deleted: deleted,
-            sessions_expired: expired,
-            global_programs: globals,
-        })
+        inner
+            .bounded("stats", async {
+                let v: Vec<u64> = inner
+                    .scripts
+                    .stats
+                    .key(inner.index())
+                    .key(inner.stats_key())
+                    .key(inner.globals())
+                    .invoke_async(&mut inner.conn())
+                    .await?;
+                let [active, created, deleted, expired, globals] = v[..] else {
+                    return Err(Error::Corrupt(format!("stats script answered {v:?}")));
+                };
+                Ok(StoreStats {
+                    active_sessions: active,
+                    sessions_created: created,
+                    sessions_deleted: deleted,
+                    sessions_expired: expired,
+                    global_programs: globals,
+                })
+            })
+            .await
     }
 
     async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
-        check_id("program id", program_id)?;
-        self.inner
-            .set_field(id, format!("p:{program_id}"), &program)
+        let inner = &self.inner;
+        inner
+            .bounded("store_program", async {
+                check_id("program id", program_id)?;
+                inner
+                    .set_field(id, format!("p:{program_id}"), &program)
+                    .await
+            })
             .await
     }
 
     async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
-        check_id("program id", program_id)?;
-        self.inner
-            .get_field(id, format!("p:{program_id}"))
-            .await?
-            .ok_or_else(|| Error::ProgramNotFound {
-                session_id: Some(id.to_owned()),
-                program_id: program_id.to_owned(),
+        let inner = &self.inner;
+        inner
+            .bounded("get_program", async {
+                check_id("program id", program_id)?;
+                inner
+                    .get_field(id, format!("p:{program_id}"))
+                    .await?
+                    .ok_or_else(|| Error::ProgramNotFound {
+                        session_id: Some(id.to_owned()),
+                        program_id: program_id.to_owned(),
+                    })
             })
+            .await
     }
 
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
-        check_id("program id", program_id)?;
         let inner = &self.inner;
-        let _: i64 = redis::cmd("HSET")
-            .arg(inner.globals())
-            .arg(program_id)
-            .arg(serde_json::to_string(&program)?)
-            .query_async(&mut inner.conn.clone())
-            .await?;
-        Ok(())
+        inner
+            .bounded("store_global_program", async {
+                check_id("program id", program_id)?;
+                let _: i64 = redis::cmd("HSET")
+                    .arg(inner.globals())
+                    .arg(program_id)
+                    .arg(serde_json::to_string(&program)?)
+                    .query_async(&mut inner.conn())
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
-        check_id("program id", program_id)?;
         let inner = &self.inner;
-        let v: Option<String> = redis::cmd("HGET")
-            .arg(inner.globals())
-            .arg(program_id)
-            .query_async(&mut inner.conn.clone())
-            .await?;
-        match v {
-            Some(s) => Ok(serde_json::from_str(&s)?),
-            None => Err(Error::ProgramNotFound {
-                session_id: None,
-                program_id: program_id.to_owned(),
-            }),
-        }
+        inner
+            .bounded("get_global_program", async {
+                check_id("program id", program_id)?;
+                let v: Option<String> = redis::cmd("HGET")
+                    .arg(inner.globals())
+                    .arg(program_id)
+                    .query_async(&mut inner.conn())
+                    .await?;
+                match v {
+                    Some(s) => Ok(serde_json::from_str(&s)?),
+                    None => Err(Error::ProgramNotFound {
+                        session_id: None,
+                        program_id: program_id.to_owned(),
+                    }),
+                }
+            })
+            .await
     }
 
     async fn cleanup_expired(&self) -> Result<usize> {
-        self.inner.cleanup().await
+        let inner = &self.inner;
+        inner.bounded("cleanup_expired", inner.cleanup()).await
     }
 
     async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
-        check_id("key", key)?;
-        self.inner.get_field(id, format!("d:{key}")).await
+        let inner = &self.inner;
+        inner
+            .bounded("get", async {
+                check_id("key", key)?;
+                inner.get_field(id, format!("d:{key}")).await
+            })
+            .await
     }
 
     async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {
-        check_id("key", key)?;
-        self.inner.set_field(id, format!("d:{key}"), &value).await
+        let inner = &self.inner;
+        inner
+            .bounded("set", async {
+                check_id("key", key)?;
+                inner.set_field(id, format!("d:{key}"), &value).await
+            })
+            .await
     }
 
     async fn delete(&self, id: &str, key: &str) -> Result<bool> {
-        check_id("key", key)?;
-        check_id("session id", id)?;
         let inner = &self.inner;
-        let r: i64 = inner
-            .invoke(&inner.scripts.del_field, id)
-            .arg(format!("d:{key}"))
-            .invoke_async(&mut inner.conn.clone())
-            .await?;
-        match r {
-            -1 => Err(Error::NotFound(id.to_owned())),
-            r => Ok(r == 1),
-        }
+        inner
+            .bounded("delete", async {
+                check_id("key", key)?;
+                check_id("session id", id)?;
+                let r: i64 = inner
+                    .invoke(&inner.scripts.del_field, id)
+                    .arg(format!("d:{key}"))
+                    .invoke_async(&mut inner.conn())
+                    .await?;
+                match r {
+                    -1 => Err(Error::NotFound(id.to_owned())),
+                    r => Ok(r == 1),
+                }
+            })
+            .await
     }
 
     fn on_session_end(&self, listener: EndListener) {
