@@ -1,10 +1,13 @@
-//! What the end-to-end tests share: the receiver (`rotel.rs`) and one
+//! What the end-to-end tests share: the receivers (`rotel.rs`, and the
+//! traces-only `phoenix.rs`) and one
 //! traced pool call checked from the caller to the Python handler.
 
 #![allow(dead_code)] // each test binary uses part of it
 
+mod phoenix;
 mod rotel;
 
+pub(crate) use phoenix::*;
 pub(crate) use rotel::*;
 
 use std::time::Duration;
