@@ -216,11 +216,63 @@ struct Slot {
     capacity: u32,
     in_free: bool,
     breaker_open: bool,
+    /// The worker's answers at which its supervisor is woken to start its
+    /// replacement (recycling by calls); 0 once done, or when off.
+    replace_at: u64,
+    /// The worker's answers at which it takes no new call; 0: never.
+    drain_at: u64,
+    /// It reached `drain_at`: it finishes its calls, takes no new one, and
+    /// leaves when its replacement is ready.
+    draining: bool,
+    /// Its health ping is in flight: withheld from callers until answered.
+    checking: bool,
+    /// Wakes the supervisor when the worker reaches `replace_at`.
+    due: Arc<tokio::sync::Notify>,
 }
 
 impl Slot {
+    fn new() -> Self {
+        Slot {
+            worker: None,
+            generation: 0,
+            last_generation: 0,
+            in_flight: 0,
+            capacity: 0,
+            in_free: false,
+            breaker_open: false,
+            replace_at: 0,
+            drain_at: 0,
+            draining: false,
+            checking: false,
+            due: Arc::default(),
+        }
+    }
+
     fn has_room(&self) -> bool {
-        self.worker.is_some() && self.in_flight < self.capacity
+        self.worker.is_some() && self.in_flight < self.capacity && !self.draining && !self.checking
+    }
+
+    /// A new worker takes the slot: nothing of the last one's state stays.
+    fn reset(&mut self, worker: &Arc<Worker>, capacity: u32) {
+        self.worker = Some(worker.clone());
+        self.in_flight = 0;
+        self.capacity = capacity;
+        self.replace_at = 0;
+        self.drain_at = 0;
+        self.draining = false;
+        self.checking = false;
+    }
+
+    /// Acts on the number of calls the worker has answered: wakes its
+    /// supervisor near the limit, stops giving it calls at the limit.
+    fn count_served(&mut self, served: u64) {
+        if self.replace_at > 0 && served >= self.replace_at {
+            self.replace_at = 0;
+            self.due.notify_one();
+        }
+        if self.drain_at > 0 && served >= self.drain_at {
+            self.draining = true;
+        }
     }
 }
 
@@ -399,6 +451,9 @@ impl Shared {
             return;
         }
         slot.in_flight = slot.in_flight.saturating_sub(1);
+        if slot.replace_at > 0 || slot.drain_at > 0 {
+            slot.count_served(worker.served.load(Ordering::Relaxed));
+        }
         self.hand_off(&mut st, worker.slot);
     }
 
@@ -452,8 +507,9 @@ impl Shared {
                 let rec = st.affinity.get_mut(s)?;
                 rec.last_used = Instant::now();
                 let (slot, generation) = (rec.slot, rec.generation);
-                (st.slots[slot].generation == generation && st.slots[slot].worker.is_some())
-                    .then_some(slot)
+                let s = &st.slots[slot];
+                // A draining worker is about to go: the session moves on.
+                (s.generation == generation && s.worker.is_some() && !s.draining).then_some(slot)
             });
             let mut strict_slot = None;
             if let Some(p) = preferred {
@@ -567,9 +623,7 @@ impl Shared {
         if slot.generation != worker.generation {
             return;
         }
-        slot.worker = Some(worker.clone());
-        slot.in_flight = 0;
-        slot.capacity = cap;
+        slot.reset(worker, cap);
         let was_open = std::mem::replace(&mut slot.breaker_open, false);
         self.hand_off(&mut st, worker.slot);
         drop(st);
@@ -619,15 +673,76 @@ impl Shared {
             .clamp(1, self.config.max_concurrency_per_worker);
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
-        let old = slot.worker.replace(worker.clone());
+        let old = slot.worker.clone();
         slot.generation = worker.generation;
-        slot.in_flight = 0;
-        slot.capacity = cap;
+        slot.reset(worker, cap);
         if let Some(old) = &old {
             st.retiring.push(old.clone());
         }
         self.hand_off(&mut st, worker.slot);
         old
+    }
+
+    /// Sets when the slot's `worker` is due for recycling by calls: its
+    /// supervisor is woken (through the returned `Notify`) once it has
+    /// answered `replace_at` calls, and it takes no new call once it has
+    /// answered `drain_at` (0: it keeps serving until replaced).
+    fn watch_calls(
+        &self,
+        worker: &Worker,
+        replace_at: u64,
+        drain_at: u64,
+    ) -> Arc<tokio::sync::Notify> {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() {
+            slot.replace_at = replace_at;
+            slot.drain_at = drain_at;
+            slot.count_served(worker.served.load(Ordering::Relaxed));
+        }
+        slot.due.clone()
+    }
+
+    /// The replacement of a draining `worker` could not start: it takes
+    /// calls again until one can.
+    fn undrain(self: &Arc<Self>, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() {
+            slot.replace_at = 0;
+            slot.drain_at = 0;
+            slot.draining = false;
+            self.hand_off(&mut st, worker.slot);
+        }
+    }
+
+    /// Withholds every idle worker whose ping is due from callers (its ping
+    /// holds one unit of its capacity) and returns them.
+    fn start_health_checks(&self) -> Vec<Arc<Worker>> {
+        let mut st = self.state();
+        let mut due = Vec::new();
+        for slot in &mut st.slots {
+            if slot.in_flight > 0 || slot.draining || slot.checking {
+                continue;
+            }
+            if let Some(w) = &slot.worker {
+                slot.checking = true;
+                slot.in_flight += 1;
+                due.push(w.clone());
+            }
+        }
+        due
+    }
+
+    /// `worker` answered its ping: it takes calls again.
+    fn passed_health_check(self: &Arc<Self>, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() && slot.checking {
+            slot.checking = false;
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            self.hand_off(&mut st, worker.slot);
+        }
     }
 
     /// Every worker process the pool has: ready ones and retiring ones.
@@ -880,15 +995,21 @@ async fn supervise(
                 }
                 started_once = true;
                 let mut worker = worker;
+                // Off once a replacement failed to start: the worker then
+                // serves past its call limit until one is ready.
+                let mut drain = true;
                 let exit = loop {
                     tokio::select! {
                         exit = worker.finished() => break exit,
                         _ = shutdown.changed() => return,
-                        reason = recycle_due(&shared, &worker) => {
+                        reason = recycle_due(&shared, &worker, drain) => {
                             if let Some(new) = recycle(&shared, i, &worker, reason, &mut shutdown).await {
                                 worker = new;
+                                drain = true;
                             } else if *shutdown.borrow() {
                                 return;
+                            } else {
+                                drain = false;
                             }
                         }
                     }
@@ -971,8 +1092,11 @@ async fn supervise(
 }
 
 /// Resolves with the reason once `worker` is due for recycling; never when
-/// no recycling rule is on.
-async fn recycle_due(shared: &Shared, worker: &Worker) -> &'static str {
+/// no recycling rule is on. Recycling by calls follows the replies: the
+/// reply that brings the worker to 90% of its limit wakes this at once (to
+/// start the replacement early), and with `drain` the one that brings it to
+/// its limit stops it taking calls. The other rules are checked every 100 ms.
+async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -> &'static str {
     let c = &shared.config;
     if !c.recycles() {
         return std::future::pending().await;
@@ -983,13 +1107,21 @@ async fn recycle_due(shared: &Shared, worker: &Worker) -> &'static str {
         let j = jitter(Duration::from_micros(1000), salt ^ u64::from(worker.pid)).as_micros();
         0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
     };
-    let calls = (c.recycle_after_calls as f64 * spread(1)) as u64;
+    let calls = match c.recycle_after_calls {
+        0 => 0,
+        n => ((n as f64 * spread(1)).round() as u64).max(1),
+    };
+    let replace_at = calls - calls / 10;
+    let due = shared.watch_calls(worker, replace_at, if drain { calls } else { 0 });
     let ttl = c.worker_ttl.mul_f64(spread(2));
     let check = Duration::from_millis(100);
     loop {
-        tokio::time::sleep(check).await;
-        if calls > 0 && worker.served.load(Ordering::Relaxed) >= calls {
+        if calls > 0 && worker.served.load(Ordering::Relaxed) >= replace_at {
             return "calls";
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = due.notified() => continue,
         }
         if !ttl.is_zero() && worker.started.elapsed() >= ttl {
             return "ttl";
@@ -1037,6 +1169,7 @@ async fn recycle(
         }
         Err(e) => {
             tracing::warn!(slot = i, error = %e, "the recycled worker's replacement failed to start; keeping the old one");
+            shared.undrain(old);
             shared
                 .counters
                 .start_failures
@@ -1109,35 +1242,33 @@ async fn maintain(shared: Arc<Shared>) {
             continue;
         }
         last_health = Instant::now();
-        let idle: Vec<Lease> = {
-            let mut st = shared.state();
-            let ids: Vec<usize> = (0..st.slots.len())
-                .filter(|&i| st.slots[i].in_flight == 0 && st.slots[i].worker.is_some())
-                .collect();
-            ids.into_iter().map(|i| shared.take(&mut st, i)).collect()
-        };
-        for lease in idle {
-            let worker = lease.worker.clone();
-            let args = json!({"health_check": true});
-            let ok = matches!(
-                tokio::time::timeout(
-                    shared.config.health_check_timeout,
-                    internal_call(&shared, &worker, "ping", &args)
-                )
-                .await,
-                Ok(Ok(_))
-            );
-            if !ok {
-                tracing::warn!(worker = %worker.id, pid = worker.pid, "health check failed; replacing the worker");
-                shared.emit(EventKind::HealthCheckFailed {
-                    worker: worker.slot,
-                    pid: worker.pid,
-                });
-                worker.kill();
-            }
-            drop(lease);
+        // Each on its own: a hung worker's ping holds up no other worker.
+        for worker in shared.start_health_checks() {
+            tokio::spawn(check_health(shared.clone(), worker));
         }
     }
+}
+
+/// Pings one worker, withheld from callers meanwhile. One that does not
+/// answer leaves the routing tables before it is killed, so no waiting call
+/// is handed a worker that is dying.
+async fn check_health(shared: Arc<Shared>, worker: Arc<Worker>) {
+    let args = json!({"health_check": true});
+    let ping = internal_call(&shared, &worker, "ping", &args);
+    let answered = tokio::time::timeout(shared.config.health_check_timeout, ping).await;
+    if matches!(answered, Ok(Ok(_))) {
+        shared.passed_health_check(&worker);
+        return;
+    }
+    shared.worker_gone(&worker);
+    if !*shared.shutdown.borrow() {
+        tracing::warn!(worker = %worker.id, pid = worker.pid, "health check failed; replacing the worker");
+        shared.emit(EventKind::HealthCheckFailed {
+            worker: worker.slot,
+            pid: worker.pid,
+        });
+    }
+    worker.kill();
 }
 
 /// Configures and starts a [`Pool`].
@@ -1265,17 +1396,7 @@ impl PoolBuilder {
             adapter: self.adapter,
             codec,
             state: Mutex::new(State {
-                slots: (0..size)
-                    .map(|_| Slot {
-                        worker: None,
-                        generation: 0,
-                        last_generation: 0,
-                        in_flight: 0,
-                        capacity: 0,
-                        in_free: false,
-                        breaker_open: false,
-                    })
-                    .collect(),
+                slots: (0..size).map(|_| Slot::new()).collect(),
                 free: Vec::with_capacity(size),
                 queue: VecDeque::new(),
                 strict: (0..size).map(|_| VecDeque::new()).collect(),
