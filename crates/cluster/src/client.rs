@@ -258,7 +258,12 @@ impl Client {
 
     /// Runs `command` with typed arguments and result (as
     /// [`snakepit_core::Pool::call`]: the adapter's hooks are not applied).
-    pub async fn call<A, R>(&self, command: &str, args: &A, options: CallOptions) -> Result<R, Error>
+    pub async fn call<A, R>(
+        &self,
+        command: &str,
+        args: &A,
+        options: CallOptions,
+    ) -> Result<R, Error>
     where
         A: Serialize + ?Sized,
         R: DeserializeOwned,
@@ -374,7 +379,9 @@ impl Client {
         let deadline = options.timeout.map(|t| submitted + t);
         let queue_deadline = submitted + inner.config.queue_timeout;
         let session = options.session_id.as_deref();
-        let mut target = session.and_then(|s| inner.sessions.lock().unwrap().get(s));
+        let mut target = session
+            .and_then(|s| inner.sessions.lock().unwrap().get(s))
+            .filter(|h| inner.host_alive(h));
         let traceparent = self.traceparent(options);
         let headers = traceparent.map(|t| {
             let mut h = HeaderMap::new();
@@ -390,6 +397,7 @@ impl Client {
             typed,
             stream,
         };
+        let mut declines = 0u32;
         loop {
             if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
                 return Err(unavailable(
@@ -512,7 +520,12 @@ impl Client {
                     self.wait_room(queue_deadline).await?
                 }
                 (Some(_), _) => target = None,
-                (None, _) => self.wait_room(queue_deadline).await?,
+                // Another host may have room now: NATS picks one at random.
+                (None, _) if declines < 3 => declines += 1,
+                (None, _) => {
+                    declines = 0;
+                    self.wait_room(queue_deadline).await?
+                }
             }
         }
     }
@@ -570,18 +583,16 @@ impl Inner {
     /// returns the flag that turns true when it is lost.
     fn host_seen(&self, host: &str, pid: u32) -> watch::Receiver<bool> {
         let mut hosts = self.hosts.lock().unwrap();
-        let entry = hosts
-            .entry(host.to_owned())
-            .or_insert_with(|| HostEntry {
-                info: HostInfo {
-                    id: host.to_owned(),
-                    pid,
-                    capacity: 0,
-                    free: 0,
-                },
-                last_seen: Instant::now(),
-                lost: watch::channel(false).0,
-            });
+        let entry = hosts.entry(host.to_owned()).or_insert_with(|| HostEntry {
+            info: HostInfo {
+                id: host.to_owned(),
+                pid,
+                capacity: 0,
+                free: 0,
+            },
+            last_seen: Instant::now(),
+            lost: watch::channel(false).0,
+        });
         if *entry.lost.borrow() {
             entry.lost = watch::channel(false).0;
         }
@@ -670,7 +681,9 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
         every.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let up = inner.nats.connection_state() == State::Connected;
-        inner.connected.send_if_modified(|c| std::mem::replace(c, up) != up);
+        inner
+            .connected
+            .send_if_modified(|c| std::mem::replace(c, up) != up);
         let now = Instant::now();
         let mut hosts = inner.hosts.lock().unwrap();
         for h in hosts.values_mut() {

@@ -1,10 +1,9 @@
 //! A worker host: serves one pool's calls to a cluster.
 //!
-//! Hosts pull work. A host holds a queue-group subscription on the
-//! cluster's call subject only while it has free capacity, so NATS hands a
-//! call only to hosts that can start it now; a call that reaches a host in
-//! the moment it fills up is declined (it never ran) and the client sends it
-//! again. Each call is acknowledged before it starts, so the client knows
+//! Hosts take work only when they can start it. Every host is in a queue
+//! group on the cluster's call subject; a call that reaches a host with no
+//! free capacity is declined (it never ran) and the client sends it again,
+//! at once a few times, then when a host announces free capacity. Each call is acknowledged before it starts, so the client knows
 //! which host runs it and can tell, from that host's heartbeats, when the
 //! host is gone.
 
@@ -15,7 +14,7 @@ use std::time::Duration;
 use async_nats::service::ServiceExt;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
-use futures_util::stream::{SelectAll, StreamExt};
+use futures_util::stream::StreamExt;
 use serde_json::{json, Value};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem};
 use tokio::sync::{mpsc, oneshot};
@@ -179,7 +178,7 @@ pub async fn serve_with(
         subjects,
         options,
         shared: None,
-        draining: SelectAll::new(),
+        full: false,
         direct,
         cancels,
         running: HashMap::new(),
@@ -276,11 +275,10 @@ struct Serving {
     host: Arc<HostCtx>,
     subjects: Subjects,
     options: ServeOptions,
-    /// The queue-group subscription, held while there is free capacity.
+    /// The queue-group subscription on the shared call subject.
     shared: Option<Subscriber>,
-    /// Subscriptions being drained: what the server sent before it saw the
-    /// unsubscribe still arrives here and is answered (never dropped).
-    draining: SelectAll<Subscriber>,
+    /// The host had no free capacity at the last check.
+    full: bool,
     direct: Subscriber,
     cancels: Subscriber,
     running: HashMap<String, AbortHandle>,
@@ -318,29 +316,30 @@ impl Serving {
             .await;
     }
 
-    /// Holds the shared subscription exactly while there is free capacity.
+    /// Joins the shared call subject, and tells waiting clients at once
+    /// when the host has room again after being full.
+    ///
+    /// The host stays subscribed while full and declines what it cannot
+    /// start: leaving the queue group while full would lose calls, because
+    /// a subscription removed by the client library drops messages the
+    /// server routed before it saw the unsubscribe.
     async fn adjust(&mut self) {
         let free = self.free();
-        if free > 0 && self.shared.is_none() {
+        if self.shared.is_none() {
             match self
                 .host
                 .nats
                 .queue_subscribe(self.subjects.call(), QUEUE_GROUP.to_owned())
                 .await
             {
-                Ok(sub) => {
-                    self.shared = Some(sub);
-                    // Waiting clients learn at once that there is room.
-                    self.heartbeat(false).await;
-                }
+                Ok(sub) => self.shared = Some(sub),
                 Err(e) => tracing::warn!(target: "snakepit::cluster", "cannot subscribe: {e}"),
             }
-        } else if free == 0 {
-            if let Some(mut sub) = self.shared.take() {
-                let _ = sub.drain().await;
-                self.draining.push(sub);
-            }
         }
+        if free > 0 && self.full {
+            self.heartbeat(false).await;
+        }
+        self.full = free == 0;
     }
 
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
@@ -351,9 +350,6 @@ impl Serving {
             self.adjust().await;
             tokio::select! {
                 Some(msg) = next(&mut self.shared) => self.take(msg, &done_tx).await,
-                Some(msg) = self.draining.next(), if !self.draining.is_empty() => {
-                    self.take(msg, &done_tx).await
-                }
                 Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
                 Some(msg) = self.cancels.next() => self.cancel(msg),
                 Some(reply) = done_rx.recv() => {
@@ -370,9 +366,6 @@ impl Serving {
         }
         let _ = self.direct.unsubscribe().await;
         self.heartbeat(true).await;
-        while let Some(mut msg) = self.draining.next().await {
-            self.decline(&mut msg).await;
-        }
         while !self.running.is_empty() {
             match done_rx.recv().await {
                 Some(reply) => {

@@ -216,12 +216,15 @@ impl NatsKvStore {
     async fn swap(&self, key: &str, value: &Session, rev: u64) -> Result<bool> {
         let bytes = Bytes::from(serde_json::to_vec(value)?);
         let r = if rev == 0 {
-            self.inner.kv.create(key, bytes).await.map(|_| ()).map_err(|e| {
-                match e.kind() {
+            self.inner
+                .kv
+                .create(key, bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| match e.kind() {
                     async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => None,
                     _ => Some(backend(e)),
-                }
-            })
+                })
         } else {
             self.inner
                 .kv
@@ -521,7 +524,10 @@ impl SessionStore for NatsKvStore {
 
     async fn delete(&self, id: &str, key: &str) -> Result<bool> {
         check("key", key)?;
-        Ok(self.modify(id, |s| Ok(s.data.remove(key).is_some())).await?.1)
+        Ok(self
+            .modify(id, |s| Ok(s.data.remove(key).is_some()))
+            .await?
+            .1)
     }
 
     fn on_session_end(&self, listener: EndListener) {

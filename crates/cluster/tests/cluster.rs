@@ -10,7 +10,7 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use snakepit_cluster::{is_host_lost, is_unavailable, Client};
-use snakepit_core::{CallOptions, Error, StreamItem};
+use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
 
 /// Not a test of its own: the body of the host processes.
 #[test]
@@ -19,7 +19,9 @@ fn host_process() {
 }
 
 async fn client(nats: &NatsServer) -> Client {
-    Client::connect(&nats.connect().await, "test").await.unwrap()
+    Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap()
 }
 
 async fn served(client: &Client) -> HashMap<String, u64> {
@@ -65,7 +67,10 @@ async fn routes_by_free_capacity() {
     let (small, big) = (served["small"] as f64, served["big"] as f64);
     assert_eq!(small + big, 200.0, "{served:?}");
     let ratio = big / small.max(1.0);
-    assert!((2.5..=6.5).contains(&ratio), "big:small = {ratio} ({served:?})");
+    assert!(
+        (2.5..=6.5).contains(&ratio),
+        "big:small = {ratio} ({served:?})"
+    );
 }
 
 /// A session's calls stay on its host (and worker); when that host is
@@ -103,6 +108,13 @@ async fn session_affinity_and_failover() {
         (&mut b, &a)
     };
     dead.kill();
+    // A call sent in the instant of the kill may get the host-lost error;
+    // once the client has noticed, the session's calls go to the other host.
+    let dead_id = dead.id.clone();
+    eventually(30, "the client notices the dead host", || async {
+        client.hosts().iter().all(|h| h.id != dead_id)
+    })
+    .await;
     let r = client
         .execute_in_session("user_42", "recall", json!({"key": "genre"}))
         .await
@@ -132,7 +144,11 @@ async fn host_killed_under_load() {
             let client = client.clone();
             break tokio::spawn(async move {
                 client
-                    .execute_in_session(&id, "sleep", json!({"ms": 60_000}))
+                    .execute_with(
+                        "sleep",
+                        json!({"ms": 60_000}),
+                        CallOptions::new().session(id).affinity(Affinity::Strict),
+                    )
                     .await
             });
         }
@@ -174,7 +190,10 @@ async fn host_killed_under_load() {
         }
     }
     assert_eq!(ok + lost, 120);
-    assert!(ok > 100, "calls after the kill went to host b: {ok} ok, {lost} lost");
+    assert!(
+        ok > 100,
+        "calls after the kill went to host b: {ok} ok, {lost} lost"
+    );
 }
 
 fn rand_id() -> u64 {
@@ -303,7 +322,12 @@ async fn trace_stream_and_status() {
     let status = client.status(Duration::from_millis(500)).await.unwrap();
     let mut workers: Vec<(String, u64)> = status
         .iter()
-        .map(|s| (s["host"].as_str().unwrap().to_owned(), s["workers"].as_u64().unwrap()))
+        .map(|s| {
+            (
+                s["host"].as_str().unwrap().to_owned(),
+                s["workers"].as_u64().unwrap(),
+            )
+        })
         .collect();
     workers.sort();
     assert_eq!(workers, vec![("a".into(), 1), ("b".into(), 2)]);

