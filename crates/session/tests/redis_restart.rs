@@ -4,99 +4,16 @@
 #![cfg(feature = "redis")]
 
 mod common;
+mod redis_server;
 
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::eventually;
+use redis_server::Redis;
 use serde_json::json;
 use snakepit_session::{Error, RedisStore, RedisStoreBuilder, SessionStore};
-
-/// A `redis-server` on one port of 127.0.0.1 that a test can kill, start
-/// again on the same port, pause and resume. Whatever happens to the test,
-/// the server it started last is killed (SIGKILL ends a stopped process too)
-/// and reaped when this is dropped, and its directory removed.
-struct Redis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "snakepit-redis-restart-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
-            port,
-            dir,
-            child: None,
-        };
-        redis.run().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server (again) on this port and waits until it accepts
-    /// connections.
-    async fn run(&mut self) {
-        assert!(self.child.is_none(), "the server is already running");
-        #[allow(clippy::disallowed_methods)] // a test server, not a worker
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (cargo xtask setup installs it)");
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually("redis-server accepts connections", || async {
-            tokio::net::TcpStream::connect(&addr).await.is_ok()
-        })
-        .await;
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the server.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("the server is running").id();
-        #[allow(clippy::disallowed_methods)] // `kill(1)`, not a worker
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill(1) runs");
-        assert!(status.success(), "kill -{signal} {pid}: {status}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The store under test: a short operation timeout, so that a paused
 /// server is noticed quickly.
