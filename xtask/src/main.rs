@@ -8,7 +8,7 @@
 //! - `cargo xtask bench [ARGS]`: `snakepit bench [ARGS]` (the pool against
 //!   the raw round trip) built in release mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -58,7 +58,8 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
 
 /// Installs what the tests need beyond Rust, when it is missing: Ruby, the
 /// MessagePack packages and `redis-server` (Debian), Python's `msgpack` and
-/// `wheel`, Rotel and `opentelemetry-sdk` (PyPI), the Node bridge's dev
+/// `wheel`, Rotel, `opentelemetry-sdk` and its OTLP/HTTP exporter (PyPI),
+/// Arize Phoenix in its own virtualenv (PyPI), the Node bridge's dev
 /// dependencies (npm).
 fn setup(root: &Path) -> Result<()> {
     let mut apt = Vec::new();
@@ -104,10 +105,12 @@ fn setup(root: &Path) -> Result<()> {
             "setuptools",
         ],
     )?;
-    // The OTLP end-to-end test: Rotel (a collector whose wheel carries its
-    // binary; pinned, since the test reads its debug log) and the Python
-    // OpenTelemetry SDK for the span made inside the handler.
-    if probe(&python, &["-c", "import rotel, opentelemetry.sdk.trace"]).is_none() {
+    // The OTLP end-to-end tests: Rotel (a collector whose wheel carries its
+    // binary; pinned, since the test reads its debug log), and the Python
+    // OpenTelemetry SDK with the OTLP/HTTP exporter users are told to
+    // install, for the spans made inside the handler.
+    let otel_py = "import rotel, opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http";
+    if probe(&python, &["-c", otel_py]).is_none() {
         run(
             root,
             &python,
@@ -119,9 +122,11 @@ fn setup(root: &Path) -> Result<()> {
                 "--disable-pip-version-check",
                 "rotel==0.0.1a15",
                 "opentelemetry-sdk",
+                "opentelemetry-exporter-otlp-proto-http",
             ],
         )?;
     }
+    telemetry_phoenix(root, &python)?;
     let node = root.join("bridges/node");
     if ["@msgpack/msgpack", "@opentelemetry/sdk-trace-base"]
         .iter()
@@ -130,6 +135,34 @@ fn setup(root: &Path) -> Result<()> {
         run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
     }
     Ok(())
+}
+
+/// The traces-only receiver of snakepit-telemetry's `traces_only` test:
+/// Arize Phoenix, in a virtualenv of its own under the per-user cache
+/// directory, where the test looks for it (about 850 MB and 80 s to
+/// install, once per machine; pinned, since the test reads its REST API).
+fn telemetry_phoenix(root: &Path, python: &str) -> Result<()> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    let venv = cache.join("snakepit/phoenix-venv");
+    if venv.join("bin/phoenix").is_file() {
+        return Ok(());
+    }
+    let venv_str = venv.to_str().context("the cache directory is not UTF-8")?;
+    run(root, python, &["-m", "venv", "--clear", venv_str])?;
+    let pip = venv.join("bin/pip");
+    run(
+        root,
+        pip.to_str().context("the cache directory is not UTF-8")?,
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "arize-phoenix==20.26.1",
+        ],
+    )
 }
 
 /// The session store's Redis backend is built, linted and tested in CI (its
