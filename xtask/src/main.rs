@@ -371,26 +371,36 @@ fn path(p: &Path) -> &str {
 }
 
 fn fuzz(root: &Path, args: &[String]) -> Result<()> {
-    let seconds = match args {
-        [flag, n] if flag == "--seconds" => n.clone(),
-        [] => "60".into(),
-        _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
-    };
-    run(
-        root,
-        "cargo",
-        &[
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "snakepit-protocol",
-            "--example",
-            "fuzz",
-            "--",
-            &seconds,
-        ],
-    )
+    // The fuzzer limits its own memory (setrlimit) and reports an abort (out
+    // of memory, stack overflow) with the seed and case to replay; any
+    // failure is a non-zero exit, which fails this step.
+    let mut all = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "snakepit-protocol",
+        "--example",
+        "fuzz",
+        "--",
+    ];
+    let mut rest = args.iter().map(String::as_str).peekable();
+    if rest.peek().is_none() {
+        all.extend(["--seconds", "60"]);
+    }
+    while let Some(flag) = rest.next() {
+        match (flag, rest.next()) {
+            ("--seconds" | "--seed" | "--case" | "--memory-mib", Some(n))
+                if n.parse::<u64>().is_ok() =>
+            {
+                all.extend([flag, n]);
+            }
+            _ => {
+                bail!("usage: cargo xtask fuzz [--seconds N] [--seed S --case N] [--memory-mib M]")
+            }
+        }
+    }
+    run(root, "cargo", &all)
 }
 
 fn bench(root: &Path, args: &[String]) -> Result<()> {
