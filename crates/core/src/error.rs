@@ -42,6 +42,16 @@ pub enum Error {
     /// The worker died while the call was in flight on it.
     #[error("{0}")]
     WorkerCrashed(Box<Crash>),
+    /// The call was running when the pool shut down, and the shutdown's grace
+    /// period ended before it did: the worker was stopped with the call in
+    /// it. It ran (perhaps in part); it was not a crash.
+    #[error("the call was still running on worker {worker_id} (pid {pid}) when the pool shut down, and was stopped")]
+    StoppedByShutdown {
+        /// The worker it ran on.
+        worker_id: String,
+        /// Its process id.
+        pid: u32,
+    },
     /// The worker ran the command and reported a failure.
     #[error("command `{command}` failed in the worker: {error}")]
     Remote {
@@ -107,6 +117,7 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::WorkerBusy { .. } => "worker_busy",
             Error::WorkerCrashed(_) => "worker_crashed",
+            Error::StoppedByShutdown { .. } => "stopped_by_shutdown",
             Error::Remote { .. } => "remote",
             Error::Validation { .. } => "validation",
             Error::UnsupportedCommand(_) => "unsupported_command",
@@ -125,7 +136,8 @@ impl Error {
     }
 
     /// The pool turned the call away without running it (full, timed out in
-    /// the queue, shut down, invalid): retrying later may succeed.
+    /// the queue, shut down, invalid, arguments that could not be encoded):
+    /// retrying later may succeed.
     pub fn never_ran(&self) -> bool {
         matches!(
             self,
@@ -136,10 +148,17 @@ impl Error {
                 | Error::ShutDown
                 | Error::WorkerBusy { .. }
                 | Error::Session { .. }
+        ) || matches!(
+            self,
+            Error::Codec(
+                snakepit_protocol::Error::Encode { .. }
+                    | snakepit_protocol::Error::TooDeep { encoding: true, .. }
+            )
         )
     }
 
-    /// The worker running the call died.
+    /// The worker running the call died (not by the pool's own shutdown:
+    /// that is [`Error::StoppedByShutdown`]).
     pub fn is_crash(&self) -> bool {
         matches!(self, Error::WorkerCrashed(_))
     }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result, StartError};
 use crate::events::{Event, EventKind, Listener};
 use crate::session_hook::{SessionEnds, SessionHook};
 use crate::spawn::Spawner;
-use crate::worker::{Pending, Worker};
+use crate::worker::{Failure, Pending, Reply, Worker};
 use crate::PoolConfig;
 
 /// A function the host offers to its workers (see [`PoolBuilder::host_function`]).
@@ -821,6 +821,10 @@ impl Shared {
     }
 }
 
+/// How many times one call may be routed to a worker that turns out to be
+/// gone before it has reached any (each attempt takes a fresh lease).
+const MAX_SENDS: usize = 100;
+
 /// Starts one worker and runs its init handshake.
 async fn start_worker(
     shared: &Arc<Shared>,
@@ -925,7 +929,7 @@ async fn internal_call(
     {
         return Err(Error::ShutDown);
     }
-    worker.send(buf.freeze());
+    worker.send_request(id, buf.freeze());
     let frame = rx.await.map_err(|_| Error::ShutDown)??;
     match decode_response::<_, Value>(&shared.codec, &frame) {
         Ok(Ok(v)) => Ok(v),
@@ -1645,7 +1649,7 @@ impl<S: Deref<Target = Shared>> Drop for Outcome<'_, S> {
 struct InFlight {
     worker: Arc<Worker>,
     id: u64,
-    reply: oneshot::Receiver<Result<Bytes>>,
+    reply: oneshot::Receiver<Reply>,
     done: bool,
 }
 
@@ -1822,17 +1826,34 @@ impl Pool {
     ) -> Result<(Bytes, Arc<Worker>)> {
         let shared = self.shared();
         let (deadline, timeout) = self.deadline(command, options, meta);
-        let mut flight = self.submit(command, args, options, None, meta).await?;
-        match tokio::time::timeout_at(deadline.into(), &mut flight.reply).await {
-            Ok(Ok(Ok(frame))) => {
+        // A call whose frame never reached its worker (the worker died
+        // before it was written whole) goes to another one; a call that may
+        // have run is never sent again.
+        let mut undelivered = 0;
+        let flight = loop {
+            let mut flight = self.submit(command, args, options, None, meta).await?;
+            match tokio::time::timeout_at(deadline.into(), &mut flight.reply).await {
+                Ok(Ok(Err(Failure::NotSent(e)))) => {
+                    flight.done = true;
+                    undelivered += 1;
+                    if undelivered >= MAX_SENDS {
+                        return Err(e);
+                    }
+                }
+                Ok(r) => break Ok((flight, r)),
+                Err(elapsed) => break Err((flight, elapsed)),
+            }
+        };
+        match flight {
+            Ok((mut flight, Ok(Ok(frame)))) => {
                 flight.done = true;
                 Ok((frame, flight.worker.clone()))
             }
-            Ok(Ok(Err(e))) => {
+            Ok((mut flight, Ok(Err(failure)))) => {
                 flight.done = true;
-                Err(e)
+                Err(failure.into())
             }
-            Ok(Err(_)) => {
+            Ok((mut flight, Err(_))) => {
                 flight.done = true;
                 Err(Error::ShutDown)
             }
@@ -1883,7 +1904,7 @@ impl Pool {
         // A worker can die (or retire) between handing out its lease and the
         // call reaching it; the call has not been sent then, so it goes
         // elsewhere, and the dead worker leaves the free list at once.
-        for _ in 0..100 {
+        for _ in 0..MAX_SENDS {
             let lease = shared
                 .acquire(
                     session.as_ref(),
@@ -1921,6 +1942,9 @@ impl Pool {
             )
             .map_err(Error::Codec)?;
             let (tx, rx) = oneshot::channel();
+            // Kept for a resend: the pending call may be failed by the
+            // reader (and dropped with its sender) before it is taken back.
+            let chunks_again = chunks.clone();
             let pending = Pending {
                 reply: tx,
                 chunks: chunks.take(),
@@ -1930,14 +1954,26 @@ impl Pool {
             match lease.worker.register(id, pending) {
                 Ok(()) => {
                     let worker = lease.disarm();
-                    meta.took(&worker);
-                    worker.send(buf.freeze());
-                    return Ok(InFlight {
-                        worker,
-                        id,
-                        reply: rx,
-                        done: false,
-                    });
+                    if worker.send_request(id, buf.freeze()) {
+                        meta.took(&worker);
+                        return Ok(InFlight {
+                            worker,
+                            id,
+                            reply: rx,
+                            done: false,
+                        });
+                    }
+                    // The worker's stdin is already closed or broken: the
+                    // call never reached it. Take it back (with its unit,
+                    // unless the reader has failed it and freed the slot).
+                    if worker.unregister(id).is_some() {
+                        shared.release(&worker);
+                    }
+                    shared.worker_gone(&worker);
+                    // A worker that cannot be written to can take no call:
+                    // if it still runs (it closed its stdin), it goes.
+                    worker.kill();
+                    chunks = chunks_again;
                 }
                 Err(pending) => {
                     shared.worker_gone(&lease.worker);
@@ -2019,6 +2055,8 @@ impl Pool {
         }
         let workers = shared.every_worker();
         for w in &workers {
+            // What is still running now is cut off by the shutdown.
+            w.stopping();
             w.close_stdin();
         }
         let all_done = |ws: &[Arc<Worker>]| ws.iter().all(|w| w.is_finished());
@@ -2063,7 +2101,13 @@ fn decode_result<R: DeserializeOwned>(
             command: command.to_owned(),
             error,
         }),
-        Err(e @ snakepit_protocol::Error::Mismatch { .. }) => Err(Error::Codec(e)),
+        // A well-formed reply that is not what the caller asked for, or
+        // nested deeper than the host decodes: the call's own error; the
+        // worker is fine.
+        Err(
+            e @ (snakepit_protocol::Error::Mismatch { .. }
+            | snakepit_protocol::Error::TooDeep { .. }),
+        ) => Err(Error::Codec(e)),
         Err(source) => {
             // The reader routed the frame from its first bytes; the rest is
             // broken, so the worker broke the protocol and is replaced.
@@ -2130,7 +2174,7 @@ impl Stream for CallStream {
                             &frame,
                         )
                         .map(StreamItem::Done),
-                        Ok(Err(e)) => Err(e),
+                        Ok(Err(failure)) => Err(failure.into()),
                         Err(_) => Err(Error::ShutDown),
                     }
                 }

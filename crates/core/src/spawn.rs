@@ -201,6 +201,15 @@ pub(crate) fn signal_pid(pid: u32, signal: libc::c_int) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
 }
 
+/// Bytes written to a pipe and not read yet, asked through either end
+/// (`FIONREAD`); `None` where the system does not tell.
+pub(crate) fn unread_in_pipe(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (r == 0 && n >= 0).then_some(n as usize)
+}
+
 /// Resident memory of process `pid` in bytes (Linux: `VmRSS` of
 /// `/proc/<pid>/status`); `None` where the system does not tell.
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,39 +36,130 @@ struct Stdin {
 struct StdinState {
     /// `None` while the writer task holds it, and once closed.
     pipe: Option<ChildStdin>,
-    backlog: VecDeque<Bytes>,
+    /// Frames waiting for the pipe, each with the id of the call it starts
+    /// (0 for cancels and host replies).
+    backlog: VecDeque<(u64, Bytes)>,
     /// Close once the backlog is written: the worker sees EOF and exits.
     close: bool,
     closed: bool,
+    /// Calls whose request frame the writer could not write whole: they
+    /// never reached the worker.
+    lost: Vec<u64>,
+    /// Host replies in the backlog (a worker that does not read them).
+    replies: usize,
+    /// Bytes accepted so far (written or in the backlog), and bytes written
+    /// to the pipe.
+    accepted: u64,
+    written: u64,
+    /// Recent request frames: call id and the stream offset where the frame
+    /// ends. When the worker dies, the bytes it left unread in the pipe tell
+    /// which of these it never read whole, so never ran.
+    recent: VecDeque<(u64, u64)>,
 }
+
+/// Request frames further back than this in the stream are taken as read
+/// (a pipe holds at most `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+const RECENT_WINDOW: u64 = 1 << 20;
+
+impl StdinState {
+    /// The pipe is broken (the worker is gone): the calls whose frames it
+    /// left unread join `lost`, and the pipe is dropped.
+    fn broken(&mut self, pipe: Option<ChildStdin>) {
+        use std::os::fd::AsRawFd;
+        if let Some(unread) = pipe
+            .as_ref()
+            .and_then(|p| spawn::unread_in_pipe(p.as_raw_fd()))
+        {
+            let consumed = self.written.saturating_sub(unread as u64);
+            self.lost.extend(
+                self.recent
+                    .iter()
+                    .filter(|&&(_, end)| end > consumed)
+                    .map(|&(id, _)| id),
+            );
+        }
+        self.recent.clear();
+        self.pipe = None;
+        self.closed = true;
+    }
+}
+
+/// The backlog id of a frame that starts no call (a cancel).
+const NO_CALL: u64 = 0;
+/// The backlog id of a host reply.
+const HOST_REPLY: u64 = u64::MAX;
 
 impl Stdin {
     fn state(&self) -> std::sync::MutexGuard<'_, StdinState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, frame: Bytes) {
+    /// Writes `frame` or queues it for the writer task; `false` when it
+    /// certainly did not reach the worker (the pipe is closed or broken and
+    /// not one byte of it was taken... or only part of it, which the worker
+    /// cannot have acted on).
+    fn send(&self, id: u64, frame: Bytes) -> bool {
         let mut guard = self.state();
         let st = &mut *guard;
         if st.closed || st.close {
-            return;
+            return false;
         }
+        let end = st.accepted + frame.len() as u64;
+        st.accepted = end;
         let frame = match (&mut st.pipe, st.backlog.is_empty()) {
             (Some(pipe), true) => match write_now(pipe, &frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => frame.slice(n..),
+                Ok(n) => {
+                    st.written += n as u64;
+                    frame.slice(n..)
+                }
                 Err(_) => {
                     // The worker is gone; its reader fails what was in flight.
-                    st.pipe = None;
-                    st.closed = true;
-                    return;
+                    let pipe = st.pipe.take();
+                    st.broken(pipe);
+                    return false;
                 }
             },
             _ => frame,
         };
-        st.backlog.push_back(frame);
+        if id != NO_CALL && id != HOST_REPLY {
+            let written = st.written;
+            while st
+                .recent
+                .front()
+                .is_some_and(|&(_, e)| e + RECENT_WINDOW < written)
+            {
+                st.recent.pop_front();
+            }
+            st.recent.push_back((id, end));
+        }
+        if frame.is_empty() {
+            return true;
+        }
+        if id == HOST_REPLY {
+            st.replies += 1;
+        }
+        st.backlog.push_back((id, frame));
         drop(guard);
         self.wake.notify_one();
+        true
+    }
+
+    /// The calls whose frames the worker, now dead, never read whole.
+    fn take_lost(&self) -> Vec<u64> {
+        let mut st = self.state();
+        if st.pipe.is_some() {
+            let pipe = st.pipe.take();
+            st.broken(pipe);
+        }
+        let mut lost = std::mem::take(&mut st.lost);
+        lost.extend(st.backlog.drain(..).map(|(id, _)| id));
+        lost.retain(|&id| id != NO_CALL && id != HOST_REPLY);
+        lost
+    }
+
+    /// Host replies written to the backlog and not yet to the pipe.
+    fn queued_replies(&self) -> usize {
+        self.state().replies
     }
 
     fn close(&self) {
@@ -101,9 +192,37 @@ fn write_now(pipe: &mut ChildStdin, frame: &[u8]) -> std::io::Result<usize> {
     Ok(written)
 }
 
+/// Why a call got no reply frame.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Its request never reached the worker (the pipe was already closed or
+    /// broke before the frame was written whole): it may go to another one.
+    NotSent(Error),
+    /// It reached the worker, or may have: it is never sent again.
+    Failed(Error),
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        match f {
+            Failure::NotSent(e) | Failure::Failed(e) => e,
+        }
+    }
+}
+
+/// What a caller receives: the final reply frame, or why there is none.
+pub(crate) type Reply = Result<Bytes, Failure>;
+
+/// Host calls a worker may have in flight at once; one more is a protocol
+/// error (a worker that floods the host without reading its replies).
+pub(crate) const MAX_HOST_CALLS_IN_FLIGHT: usize = 256;
+
+/// Bytes of one stderr line kept; the rest of the line is dropped.
+const MAX_STDERR_LINE: usize = 2048;
+
 /// A call waiting for its reply.
 pub(crate) struct Pending {
-    pub(crate) reply: oneshot::Sender<Result<Bytes, Error>>,
+    pub(crate) reply: oneshot::Sender<Reply>,
     pub(crate) chunks: Option<mpsc::Sender<Bytes>>,
     pub(crate) session: Option<Arc<str>>,
     /// The call holds one of the worker's capacity units, to be returned when
@@ -157,6 +276,11 @@ pub(crate) struct Worker {
     inner: Mutex<Inner>,
     pub(crate) caps: OnceLock<Capabilities>,
     tail: Mutex<Tail>,
+    /// Host calls received and not yet answered.
+    host_calls: AtomicUsize,
+    /// The pool is stopping this worker (shutdown): calls cut off by it are
+    /// not crashes.
+    stopping: AtomicBool,
     /// `Some` once the process has ended and every call on it was failed.
     finished: watch::Sender<Option<ExitReason>>,
 }
@@ -187,6 +311,11 @@ impl Worker {
                 pipe: stdin,
                 backlog: VecDeque::new(),
                 close: false,
+                lost: Vec::new(),
+                replies: 0,
+                accepted: 0,
+                written: 0,
+                recent: VecDeque::new(),
             }),
             wake: Notify::new(),
         });
@@ -212,6 +341,8 @@ impl Worker {
                 lines: VecDeque::new(),
                 max: shared.config.stderr_tail_lines.max(1),
             }),
+            host_calls: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
             finished: watch::channel(None).0,
         });
         tokio::spawn(write_loop(stdin));
@@ -257,6 +388,12 @@ impl Worker {
         inner.dead
     }
 
+    /// Takes back a call whose frame did not reach the worker; `None` if the
+    /// reader already failed it (the worker died meanwhile).
+    pub(crate) fn unregister(&self, id: u64) -> Option<Pending> {
+        self.inner().pending.remove(&id)
+    }
+
     pub(crate) fn is_pending(&self, id: u64) -> bool {
         self.inner().pending.contains_key(&id)
     }
@@ -279,8 +416,21 @@ impl Worker {
         self.inner().pending.len()
     }
 
-    pub(crate) fn send(&self, frame: Bytes) {
-        self.stdin.send(frame);
+    /// Sends the request frame of call `id`; `false` if it certainly did not
+    /// reach the worker.
+    pub(crate) fn send_request(&self, id: u64, frame: Bytes) -> bool {
+        self.stdin.send(id, frame)
+    }
+
+    /// Sends a frame that starts no call (a cancel).
+    fn send(&self, frame: Bytes) {
+        self.stdin.send(NO_CALL, frame);
+    }
+
+    /// The pool is stopping this worker: calls it cuts off were stopped by
+    /// the shutdown, not by a crash.
+    pub(crate) fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Closes the worker's stdin, asking it to exit.
@@ -430,6 +580,23 @@ impl Worker {
                 request_id,
                 function,
             } => {
+                if !self.caps.get().is_some_and(|c| c.host_calls) {
+                    return Err(snakepit_protocol::Error::InvalidPayload {
+                        codec: self.codec.name(),
+                        detail: format!(
+                            "a host call ({function}) from a worker whose hello did not declare host_calls"
+                        ),
+                    });
+                }
+                let answering = self.host_calls.fetch_add(1, Ordering::Relaxed);
+                if answering + self.stdin.queued_replies() >= MAX_HOST_CALLS_IN_FLIGHT {
+                    return Err(snakepit_protocol::Error::InvalidPayload {
+                        codec: self.codec.name(),
+                        detail: format!(
+                            "more than {MAX_HOST_CALLS_IN_FLIGHT} host calls in flight (the worker does not read their replies)"
+                        ),
+                    });
+                }
                 let session = request_id
                     .and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
                 let args: Value = decode_host_call_args(&self.codec, &frame)?;
@@ -450,6 +617,14 @@ impl Worker {
         session: Option<Arc<str>>,
         args: Value,
     ) {
+        /// One host call fewer in flight, however the answer ends.
+        struct Answered<'w>(&'w AtomicUsize);
+        impl Drop for Answered<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _answered = Answered(&self.host_calls);
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
@@ -495,7 +670,7 @@ impl Worker {
                 return;
             }
         }
-        self.send(buf.freeze());
+        self.stdin.send(HOST_REPLY, buf.freeze());
     }
 }
 
@@ -509,9 +684,16 @@ async fn write_loop(stdin: Arc<Stdin>) {
                 return;
             }
             match st.backlog.pop_front() {
-                Some(frame) => match st.pipe.take() {
-                    Some(pipe) => Some((pipe, frame)),
-                    None => return,
+                Some((id, frame)) => match st.pipe.take() {
+                    Some(pipe) if id == HOST_REPLY => {
+                        st.replies -= 1;
+                        Some((pipe, id, frame))
+                    }
+                    Some(pipe) => Some((pipe, id, frame)),
+                    None => {
+                        st.backlog.push_front((id, frame));
+                        return;
+                    }
                 },
                 None if st.close => {
                     st.pipe = None;
@@ -521,51 +703,92 @@ async fn write_loop(stdin: Arc<Stdin>) {
                 None => None,
             }
         };
-        let Some((mut pipe, frame)) = next else {
+        let Some((mut pipe, id, frame)) = next else {
             stdin.wake.notified().await;
             continue;
         };
-        if pipe.write_all(&frame).await.is_err() {
-            stdin.state().closed = true;
-            return; // the reader sees the worker die
+        let mut done = 0;
+        while done < frame.len() {
+            match pipe.write(&frame[done..]).await {
+                Ok(n) if n > 0 => {
+                    done += n;
+                    stdin.state().written += n as u64;
+                }
+                _ => {
+                    // Not written whole: the worker cannot have started
+                    // that call, nor any it left unread.
+                    let mut st = stdin.state();
+                    st.lost.push(id);
+                    st.broken(Some(pipe));
+                    return; // the reader sees the worker die
+                }
+            }
         }
         stdin.state().pipe = Some(pipe);
     }
 }
 
+/// Forwards the worker's stderr line by line to `tracing` and the tail. A
+/// line ends at `\n` or `\r` (a progress bar redraws with `\r`) and keeps at
+/// most [`MAX_STDERR_LINE`] bytes: memory stays flat whatever the worker
+/// writes.
 async fn stderr_loop(worker: Arc<Worker>, stderr: ChildStderr) {
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
+    let mut reader = BufReader::with_capacity(8 * 1024, stderr);
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut cut = false;
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let mut text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                if text.len() > 2048 {
-                    let mut cut = 2048;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push('…');
-                }
-                tracing::info!(target: "snakepit::worker", worker = %worker.id, pid = worker.pid, "{text}");
-                worker
-                    .tail
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(text);
-            }
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let end = buf.iter().position(|&b| b == b'\n' || b == b'\r');
+        let take = end.unwrap_or(buf.len());
+        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        cut |= take > room;
+        reader.consume(end.map_or(take, |e| e + 1));
+        if end.is_some() {
+            worker.stderr_line(&line, cut);
+            line.clear();
+            cut = false;
         }
+    }
+    if !line.is_empty() {
+        worker.stderr_line(&line, cut);
+    }
+}
+
+impl Worker {
+    fn stderr_line(&self, line: &[u8], cut: bool) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        if text.is_empty() {
+            return; // the `\n` of a `\r\n`, or a blank line
+        }
+        let text = if cut {
+            format!("{text}…")
+        } else {
+            text.to_owned()
+        };
+        tracing::info!(target: "snakepit::worker", worker = %self.id, pid = self.pid, "{text}");
+        self.tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
     }
 }
 
 enum Ending {
+    /// Stdout ended.
     Eof,
+    /// The process exited (its stdout may still be held by a child).
+    Exited,
     Protocol(snakepit_protocol::Error),
 }
 
+/// Reads and routes the worker's frames until its stdout ends or the process
+/// exits, whichever comes first (a child of the worker may hold its stdout
+/// open after the worker died), then fails what was in flight on it.
 async fn read_loop(
     worker: Arc<Worker>,
     stdout: Option<ChildStdout>,
@@ -573,6 +796,14 @@ async fn read_loop(
     stderr_done: Option<tokio::task::JoinHandle<()>>,
     max_frame_size: usize,
 ) {
+    // The exit is watched beside the frame stream, by its own task: the
+    // reader then polls a cheap channel, not the process, per frame.
+    let (exit_tx, mut exit_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let _ = exit_tx.send(status);
+    });
+    let mut exit: Option<ExitReason> = None;
     let ending = match stdout {
         None => Ending::Eof,
         Some(stdout) => {
@@ -581,16 +812,49 @@ async fn read_loop(
                 snakepit_protocol::FrameCodec::new(max_frame_size),
                 64 * 1024,
             );
-            loop {
-                match poll_fn(|cx| Pin::new(&mut frames).poll_next(cx)).await {
-                    Some(Ok(frame)) => {
-                        if let Err(e) = worker.route(frame.freeze()) {
-                            break Ending::Protocol(e);
+            let mut next = async || poll_fn(|cx| Pin::new(&mut frames).poll_next(cx)).await;
+            let ending = loop {
+                tokio::select! {
+                    biased;
+                    frame = next() => match frame {
+                        Some(Ok(frame)) => {
+                            if let Err(e) = worker.route(frame.freeze()) {
+                                break Ending::Protocol(e);
+                            }
                         }
+                        Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
+                        Some(Err(e)) => break Ending::Protocol(e),
+                    },
+                    status = &mut exit_rx => {
+                        exit = Some(exited(status));
+                        break Ending::Exited;
                     }
-                    Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
-                    Some(Err(e)) => break Ending::Protocol(e),
                 }
+            };
+            if matches!(ending, Ending::Exited) {
+                // The process is gone while something (a child of its own)
+                // still holds its stdout: the group goes, which takes that
+                // child with it; what the worker wrote before it died is
+                // still read and routed.
+                if worker.pid != 0 {
+                    spawn::signal_group(worker.pid, libc::SIGKILL);
+                }
+                let drain = Duration::from_millis(200);
+                loop {
+                    match tokio::time::timeout(drain, next()).await {
+                        Ok(Some(Ok(frame))) => {
+                            if let Err(e) = worker.route(frame.freeze()) {
+                                break Ending::Protocol(e);
+                            }
+                        }
+                        Ok(Some(Err(e))) if !matches!(e, snakepit_protocol::Error::Io(_)) => {
+                            break Ending::Protocol(e)
+                        }
+                        _ => break Ending::Exited,
+                    }
+                }
+            } else {
+                ending
             }
         }
     };
@@ -598,19 +862,24 @@ async fn read_loop(
         tracing::warn!(worker = %worker.id, error = %e, "worker broke the protocol; replacing it");
         worker.kill();
     }
-    // Stdout is closed; the process normally exits with it. One that keeps
-    // running without a way to answer is killed.
-    let grace = worker
-        .pool
-        .upgrade()
-        .map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
-    let mut exit = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(Ok(status)) => exit_reason(status),
-        _ => {
-            worker.kill();
-            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(_)) => ExitReason::ClosedStdout,
-                _ => ExitReason::Unknown,
+    let mut exit = match exit {
+        Some(exit) => exit,
+        None => {
+            // Stdout is closed; the process normally exits with it. One that
+            // keeps running without a way to answer is killed.
+            let grace = worker
+                .pool
+                .upgrade()
+                .map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
+            match tokio::time::timeout(grace, &mut exit_rx).await {
+                Ok(status) => exited(status),
+                Err(_) => {
+                    worker.kill();
+                    match tokio::time::timeout(Duration::from_secs(5), &mut exit_rx).await {
+                        Ok(Ok(Ok(_))) => ExitReason::ClosedStdout,
+                        _ => ExitReason::Unknown,
+                    }
+                }
             }
         }
     };
@@ -623,6 +892,8 @@ async fn read_loop(
         }
         inner.reaped = true;
     }
+    // Before the pipe closes: what the worker left unread in it.
+    let lost = worker.stdin.take_lost();
     worker.stdin.close(); // ends the writer task
     if let Some(pool) = worker.pool.upgrade() {
         // Out of the routing tables before anyone hears it died.
@@ -633,27 +904,50 @@ async fn read_loop(
         // Grandchildren may hold stderr open; do not wait on them for long.
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
-    let pending: Vec<Pending> = worker.inner().pending.drain().map(|(_, p)| p).collect();
+    let pending: Vec<(u64, Pending)> = worker.inner().pending.drain().collect();
     if matches!(exit, ExitReason::Unknown) && matches!(ending, Ending::Protocol(_)) {
         exit = ExitReason::Signal(libc::SIGKILL);
     }
-    for p in pending {
+    let stopping = worker.stopping.load(Ordering::Relaxed);
+    for (id, p) in pending {
         let err = match &ending {
             Ending::Protocol(e) => Error::Protocol {
                 worker_id: worker.id.clone(),
                 source: clone_protocol_error(e),
             },
-            Ending::Eof => Error::WorkerCrashed(Box::new(Crash {
+            Ending::Eof | Ending::Exited if stopping => Error::StoppedByShutdown {
+                worker_id: worker.id.clone(),
+                pid: worker.pid,
+            },
+            Ending::Eof | Ending::Exited => Error::WorkerCrashed(Box::new(Crash {
                 worker_id: worker.id.clone(),
                 pid: worker.pid,
                 exit: exit.clone(),
                 stderr_tail: worker.stderr_tail(),
             })),
         };
-        let _ = p.reply.send(Err(err));
+        let failure = if lost.contains(&id) {
+            Failure::NotSent(err)
+        } else {
+            Failure::Failed(err)
+        };
+        let _ = p.reply.send(Err(failure));
     }
     tracing::debug!(worker = %worker.id, %exit, "worker ended");
     worker.finished.send_replace(Some(exit));
+}
+
+/// How the process ended, from its exit watcher.
+fn exited(
+    status: std::result::Result<
+        std::io::Result<std::process::ExitStatus>,
+        oneshot::error::RecvError,
+    >,
+) -> ExitReason {
+    match status {
+        Ok(Ok(status)) => exit_reason(status),
+        _ => ExitReason::Unknown,
+    }
 }
 
 fn exit_reason(status: std::process::ExitStatus) -> ExitReason {

@@ -6,8 +6,26 @@ use std::time::Duration;
 
 use snakepit_core::{Adapter, Launch, Pool, PoolBuilder, WireCodec};
 
+/// The Python interpreter itself (`SNAKEPIT_PYTHON`, else the binary behind
+/// `python3`): a version manager's shim would be the worker's process
+/// instead, with the interpreter as its child.
 pub fn python() -> String {
-    std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into())
+    static REAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REAL.get_or_init(|| {
+        if let Ok(p) = std::env::var("SNAKEPIT_PYTHON") {
+            return p;
+        }
+        #[allow(clippy::disallowed_methods)] // asks python3 where it lives
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output();
+        out.ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "python3".into())
+    })
+    .clone()
 }
 
 fn root() -> PathBuf {

@@ -33,6 +33,11 @@ def write(obj=None, raw=None):
     out.flush()
 
 
+if mode in ("host_flood", "host_flood_declared"):
+    # host_calls declared only in the second mode
+    write({"type": "hello", "protocol": 1, "pid": os.getpid(),
+           "capabilities": {"max_concurrency": 1, "host_calls": mode == "host_flood_declared"}})
+
 calls = 0
 while True:
     req = read()
@@ -65,6 +70,22 @@ while True:
     elif mode == "close_stdout":
         os.close(1)
         time.sleep(30)
+    elif mode in ("host_flood", "host_flood_declared"):
+        # Many host calls, never reading a reply: a worker that floods.
+        n = req["args"].get("n", 100000)
+        frame = json.dumps({"type": "host_call", "id": 1, "request_id": rid,
+                            "function": "echo", "args": {}}).encode()
+        chunk = (struct.pack(">I", len(frame)) + frame) * 1000
+        for _ in range(n // 1000):
+            out.write(chunk)
+        out.flush()
+        time.sleep(30)
+    elif mode == "close_stdin":
+        # Closes its stdin, answers, and lives on: the next frame written
+        # to it breaks the pipe.
+        os.close(0)
+        write({"id": rid, "success": True, "result": {"pid": os.getpid()}})
+        time.sleep(300)
     elif mode == "string_error":
         write({"id": rid, "success": False, "error": "Unknown command: %s" % req["command"]})
     else:

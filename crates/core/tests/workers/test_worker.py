@@ -97,6 +97,17 @@ def spawn_child(args, ctx):
     return {"child_pid": child.pid, "pid": os.getpid()}
 
 
+@worker.command("fork_child")
+def fork_child(args, ctx):
+    """A forked child (as multiprocessing's fork start method makes): it
+    inherits every descriptor, the protocol pipes included."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(300)
+        os._exit(0)
+    return {"child_pid": child, "pid": os.getpid()}
+
+
 @worker.command("spawn_escaped")
 def spawn_escaped(args, ctx):
     """A child in a session of its own: out of the worker's process group."""
@@ -115,6 +126,23 @@ def grow(args, ctx):
 
 
 _hoard = []
+
+
+@worker.command("stderr_flood")
+def stderr_flood(args, ctx):
+    """Writes `mb` MiB to stderr with no newline (or `\\r` progress bars)."""
+    sep = b"\r" if args.get("cr") else b""
+    block = b"x" * (1024 * 1024 - len(sep)) + sep
+    for _ in range(args.get("mb", 1)):
+        sys.stderr.buffer.write(block)
+    sys.stderr.buffer.write(b"\n")
+    sys.stderr.flush()
+    return {"pid": os.getpid()}
+
+
+@worker.command("pid")
+def pid(args, ctx):
+    return {"pid": os.getpid()}
 
 if os.environ.get("TEST_FAIL_IF_EXISTS") and os.path.exists(os.environ["TEST_FAIL_IF_EXISTS"]):
     print("refusing to start: " + os.environ["TEST_FAIL_IF_EXISTS"] + " exists", file=sys.stderr)

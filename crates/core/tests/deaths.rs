@@ -1,0 +1,263 @@
+//! Deaths and shutdowns the reader alone does not see, and workers that
+//! flood the host: each test here reproduces a defect that outside testing
+//! found (issue 12, items 1, 2, 3, 6 and 7; docs/reliability.md lists them).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use snakepit_core::{CallOptions, Error, ExitReason};
+
+#[allow(unsafe_code)] // kill(2), as an operator or the OOM killer would
+fn kill_now(pid: u32) {
+    // SAFETY: kill(2) on a pid we started; no memory involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// A worker SIGKILLed (the worker alone, not its group) while a child of its
+/// own holds its stdout open: the call in flight fails at once as a crash
+/// with the signal, not at its deadline; the child goes with the group, and
+/// a replacement starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let spawned = pool.execute("fork_child", json!({})).await.unwrap();
+    let child = spawned["child_pid"].as_u64().unwrap() as u32;
+    let worker = spawned["pid"].as_u64().unwrap() as u32;
+    let call = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "sleep",
+                json!({"ms": 60_000}),
+                CallOptions::new().timeout(Duration::from_secs(30)),
+            )
+            .await
+        })
+    };
+    assert!(eventually(10, || pool.stats().busy == 1).await);
+    kill_now(worker);
+    let err = call.await.unwrap().unwrap_err();
+    match &err {
+        Error::WorkerCrashed(crash) => {
+            assert_eq!(crash.pid, worker);
+            assert_eq!(crash.exit, ExitReason::Signal(libc::SIGKILL));
+        }
+        other => panic!("expected a crash with SIGKILL, got {other:?}"),
+    }
+    assert!(
+        eventually(10, || !alive(child)).await,
+        "the worker's child went with its group"
+    );
+    assert!(
+        eventually(20, || pool.worker_pids().len() == 1
+            && !pool.worker_pids().contains(&worker))
+        .await,
+        "a replacement started"
+    );
+    let r = pool.execute("pid", json!({})).await.unwrap();
+    assert_ne!(r["pid"].as_u64().unwrap() as u32, worker);
+    pool.shutdown().await.unwrap();
+}
+
+/// The same death while idle: the worker does not stay "ready" until a
+/// health check; it is replaced, and its child is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_killed_while_its_child_holds_stdout_is_replaced() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let spawned = pool.execute("fork_child", json!({})).await.unwrap();
+    let child = spawned["child_pid"].as_u64().unwrap() as u32;
+    let worker = spawned["pid"].as_u64().unwrap() as u32;
+    kill_now(worker);
+    assert!(
+        eventually(20, || !pool.worker_pids().contains(&worker)).await,
+        "the dead worker left the pool"
+    );
+    assert!(eventually(10, || !alive(child)).await);
+    let r = pool.execute("pid", json!({})).await.unwrap();
+    assert_ne!(r["pid"].as_u64().unwrap() as u32, worker);
+    assert_eq!(pool.stats().crashes, 0, "no call was on it");
+    pool.shutdown().await.unwrap();
+}
+
+/// Calls written to a worker that never read them (it was stopped, then
+/// killed): they never reached it, so they go to another worker instead of
+/// failing, and each counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_dead_worker_never_read_go_elsewhere() {
+    let pool = builder(TestWorker::new())
+        .size(2)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let victim = pool.worker_pids()[0];
+    // SAFETY: kill(2) on a worker's group (the interpreter may be a child
+    // of a version-manager shim).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-(victim as libc::pid_t), libc::SIGSTOP);
+    }
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{victim}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.starts_with(" T")))
+    };
+    assert!(eventually(10, stopped).await, "the worker stopped");
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("pid", json!({})).await })
+        })
+        .collect();
+    let on_victim = || {
+        pool.workers()
+            .iter()
+            .any(|w| w.pid == victim && w.in_flight == 1)
+    };
+    assert!(
+        eventually(10, on_victim).await,
+        "a call was written to the stopped worker"
+    );
+    assert!(eventually(10, || pool.stats().completed == 5).await);
+    kill_now(victim);
+    for call in calls {
+        let r = call.await.unwrap().unwrap();
+        assert_ne!(r["pid"].as_u64().unwrap() as u32, victim);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.crashes, 0);
+    assert_eq!((stats.requests, stats.completed, stats.errors), (6, 6, 0));
+    pool.shutdown().await.unwrap();
+}
+
+/// A worker that closed its stdin but lives on: the call written to it
+/// breaks the pipe, never reaches it, and goes to another worker; the
+/// broken worker is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_worker_whose_stdin_is_gone_goes_elsewhere() {
+    let pool = builder(Raw("close_stdin"))
+        .size(2)
+        .configure(|c| {
+            c.health_check_interval = Duration::ZERO;
+            c.breaker_threshold = 1000;
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let r = pool.execute("pid", json!({})).await.unwrap();
+        // Each worker answers once, then its stdin is gone.
+        assert!(pids.insert(r["pid"].as_u64().unwrap()), "{r}");
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.crashes, 0);
+    assert_eq!((stats.requests, stats.completed), (8, 8));
+    pool.shutdown().await.unwrap();
+}
+
+/// A call still running when shutdown's grace period ends ran and was
+/// stopped by the shutdown: its own error, not a crash, and not "never ran".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_off_by_shutdown_is_not_a_crash() {
+    let mut worker = TestWorker::new();
+    worker.env.push(("TEST_IGNORE_SIGTERM".into(), "1".into()));
+    for ignore_sigterm in [false, true] {
+        let adapter = if ignore_sigterm {
+            let mut w = TestWorker::new();
+            w.env = worker.env.clone();
+            w
+        } else {
+            TestWorker::new()
+        };
+        let pool = builder(adapter)
+            .size(1)
+            .configure(|c| c.shutdown_grace_period = Duration::from_millis(200))
+            .start()
+            .await
+            .unwrap();
+        let call = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 30_000})).await })
+        };
+        assert!(eventually(10, || pool.stats().busy == 1).await);
+        pool.shutdown().await.unwrap();
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::StoppedByShutdown { .. }),
+            "ignore SIGTERM {ignore_sigterm}: {err:?}"
+        );
+        assert!(!err.is_crash());
+        assert!(!err.never_ran());
+        assert_eq!(err.kind(), "stopped_by_shutdown");
+        assert_eq!(pool.stats().crashes, 0);
+        assert_eq!(pool.stats().errors, 1);
+    }
+}
+
+/// A worker that writes hundreds of MiB to stderr without a newline (or as a
+/// `\r` progress bar) does not grow the host's memory: a line is capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_without_newlines_keeps_host_memory_flat() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let before = host_rss_kib();
+    for cr in [false, true] {
+        pool.execute_with(
+            "stderr_flood",
+            json!({"mb": 256, "cr": cr}),
+            CallOptions::new().timeout(Duration::from_secs(120)),
+        )
+        .await
+        .unwrap();
+    }
+    let grown = host_rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "the host grew by {grown} KiB");
+    pool.shutdown().await.unwrap();
+}
+
+/// A worker that never declared host calls may not make them: its first
+/// `host_call` frame is a protocol error and it is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_calls_from_a_worker_that_did_not_declare_them_are_refused() {
+    let pool = builder(Raw("host_flood")).size(1).start().await.unwrap();
+    let err = pool.execute("go", json!({"n": 1000})).await.unwrap_err();
+    assert!(matches!(err, Error::Protocol { .. }), "{err:?}");
+    assert!(err.to_string().contains("host call"), "{err}");
+    pool.shutdown().await.unwrap();
+}
+
+/// A worker that sends a million host calls and never reads the replies:
+/// the host calls in flight per worker are bounded, the worker is a
+/// protocol breaker once over the bound, and host memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_host_calls_is_bounded() {
+    let pool = builder(Raw("host_flood_declared"))
+        .size(1)
+        .start()
+        .await
+        .unwrap();
+    let before = host_rss_kib();
+    let err = pool
+        .execute("go", json!({"n": 1_000_000}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Protocol { .. }), "{err:?}");
+    assert!(err.to_string().contains("host calls"), "{err}");
+    let grown = host_rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "the host grew by {grown} KiB");
+    pool.shutdown().await.unwrap();
+}
