@@ -55,9 +55,10 @@ pub(crate) fn run(a: SweepArgs, out: &Output) -> Result<(), Failure> {
 fn print_report(report: &SweepReport, dry_run: bool, out: &Output) -> Result<(), Failure> {
     let kill = if dry_run { "would kill" } else { "killed" };
     outln!(
-        "run records in {}: {} of running pools (left alone), {} of crashed runs",
+        "run records in {}: {} of running pools (left alone), {} from another PID namespace (left alone), {} of crashed runs",
         report.state_dir.display(),
         report.active_runs,
+        report.foreign_runs,
         report.stale_runs.len()
     )?;
     if let Some(note) = &report.note {
