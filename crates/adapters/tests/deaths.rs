@@ -1,0 +1,76 @@
+//! A Node worker killed (alone, not its group) while a child it started with
+//! inherited stdio holds its stdout: the pool sees the death at once, fails
+//! the call in flight as a crash with the signal, kills the child with the
+//! group and starts a replacement (docs/reliability.md, issue 12 item 1).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use snakepit_adapters::Bridge;
+use snakepit_core::{CallOptions, Error, ExitReason, Pool};
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().is_some_and(|r| r.starts_with(" Z")))
+}
+
+async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/workers/inherit_stdio.js"
+    );
+    let pool = Pool::builder(Bridge::node(script))
+        .size(1)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let spawned = pool.execute("spawn_child", json!({})).await.unwrap();
+    let child = spawned["child_pid"].as_u64().unwrap() as u32;
+    let worker = spawned["pid"].as_u64().unwrap() as u32;
+    assert!(alive(child));
+    let call = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "sleep",
+                json!({"ms": 60_000}),
+                CallOptions::new().timeout(Duration::from_secs(30)),
+            )
+            .await
+        })
+    };
+    assert!(eventually(10, || pool.stats().busy == 1).await);
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on the worker we started; no memory involved.
+    unsafe {
+        libc::kill(worker as libc::pid_t, libc::SIGKILL);
+    }
+    match call.await.unwrap() {
+        Err(Error::WorkerCrashed(crash)) => {
+            assert_eq!(crash.pid, worker);
+            assert_eq!(crash.exit, ExitReason::Signal(libc::SIGKILL));
+        }
+        other => panic!("expected a crash with SIGKILL, got {other:?}"),
+    }
+    assert!(
+        eventually(10, || !alive(child)).await,
+        "the child went with the group"
+    );
+    assert!(eventually(20, || pool.worker_pids().len() == 1).await);
+    let r = pool.execute("sleep", json!({"ms": 1})).await.unwrap();
+    assert_ne!(r["pid"].as_u64().unwrap() as u32, worker);
+    pool.shutdown().await.unwrap();
+}
