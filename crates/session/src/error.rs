@@ -46,6 +46,16 @@ pub enum Error {
     /// Stored data could not be read back (written by something else?).
     #[error("stored session data is corrupt: {0}")]
     Corrupt(String),
+    /// A store operation got no answer within the store's timeout (Redis
+    /// paused or unreachable without refusing). A write that timed out may
+    /// or may not have been applied.
+    #[error("session store `{operation}` timed out after {after:?}")]
+    Timeout {
+        /// The operation (`get`, `update_session`, `connect`, ...).
+        operation: &'static str,
+        /// The timeout it had.
+        after: std::time::Duration,
+    },
     /// The backend failed (Redis unreachable, a command refused).
     #[error("session store backend failed: {0}")]
     Backend(String),
@@ -70,7 +80,7 @@ impl Error {
             Error::ProgramNotFound { .. } => "ProgramNotFound",
             Error::Invalid { .. } => "InvalidArgument",
             Error::Conflict { .. } => "SessionConflict",
-            Error::Corrupt(_) | Error::Backend(_) => "SessionStoreError",
+            Error::Corrupt(_) | Error::Backend(_) | Error::Timeout { .. } => "SessionStoreError",
             Error::Pool(_) => "PoolError",
         };
         snakepit_core::RemoteError::new(kind, self.to_string())

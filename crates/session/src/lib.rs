@@ -43,7 +43,8 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | `redis` | no      | `RedisStore`, on the `redis` crate (Tokio, multiplexed connection, Lua scripts) |
+//! | `redis` | no      | `RedisStore`, on the `redis` crate (Tokio, reconnecting connection (`ConnectionManager`), per-operation timeout, Lua scripts) |
+//! | `redis-tls` | no  | `rediss://` URLs: TLS to Redis with rustls (ring) and the system's CA roots (`SSL_CERT_FILE`) |
 
 mod attach;
 mod error;

@@ -364,7 +364,10 @@ fn backend(op: &'static str, e: Error) -> Error {
 
 /// `op` got no answer within `after`.
 fn timed_out(op: &'static str, after: Duration) -> Error {
-    Error::Backend(format!("redis `{op}` timed out after {after:?}"))
+    Error::Timeout {
+        operation: op,
+        after,
+    }
 }
 
 async fn sweep(store: Weak<Inner>, every: Duration) {

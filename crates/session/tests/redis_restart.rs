@@ -24,15 +24,16 @@ fn store(url: &str, timeout: Duration) -> RedisStoreBuilder {
 /// A failure the caller can understand: a backend error that names the
 /// operation.
 fn is_clear(err: &Error, op: &str) -> bool {
-    matches!(err, Error::Backend(msg) if msg.contains(&format!("`{op}`")))
+    match err {
+        Error::Backend(msg) => msg.contains(&format!("`{op}`")),
+        Error::Timeout { operation, .. } => *operation == op,
+        _ => false,
+    }
 }
 
 /// A timeout error: names the operation and the timeout.
 fn is_timeout(err: &Error, op: &str, after: Duration) -> bool {
-    is_clear(err, op)
-        && err
-            .to_string()
-            .contains(&format!("timed out after {after:?}"))
+    matches!(err, Error::Timeout { operation, after: a } if *operation == op && *a == after)
 }
 
 #[derive(Default)]
