@@ -333,8 +333,10 @@ impl Telemetry {
                 .with_filter(self.traces)
         });
         let logs = self.stderr_logs.map(|filter| {
+            use std::io::IsTerminal;
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_filter(filter)
         });
         tracing_subscriber::registry()
@@ -404,7 +406,11 @@ fn sdk_disabled() -> bool {
 /// Whether `var` (`OTEL_TRACES_EXPORTER` or `OTEL_METRICS_EXPORTER`) asks
 /// for OTLP export: unset or `otlp` yes, `none` no.
 fn exporter_wanted(var: &'static str) -> Result<bool, Error> {
-    let Some(value) = env(var) else {
+    exporter_choice(var, env(var))
+}
+
+fn exporter_choice(var: &'static str, value: Option<String>) -> Result<bool, Error> {
+    let Some(value) = value else {
         return Ok(true);
     };
     let mut otlp = false;
@@ -427,7 +433,11 @@ fn exporter_wanted(var: &'static str) -> Result<bool, Error> {
 /// The propagator `OTEL_PROPAGATORS` names (`tracecontext`, `baggage`,
 /// `none`, comma-separated), by default W3C trace context and baggage.
 fn propagator() -> Result<TextMapCompositePropagator, Error> {
-    let value = env(PROPAGATORS_VAR).unwrap_or_else(|| "tracecontext,baggage".into());
+    propagator_named(env(PROPAGATORS_VAR))
+}
+
+fn propagator_named(value: Option<String>) -> Result<TextMapCompositePropagator, Error> {
+    let value = value.unwrap_or_else(|| "tracecontext,baggage".into());
     let mut parts: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
@@ -819,6 +829,61 @@ mod tests {
             Err(Error::UnknownProtocol("http/json".into()))
         );
         assert_eq!(Protocol::parse(" grpc "), Ok(Protocol::Grpc));
+    }
+
+    #[test]
+    fn exporters_are_otlp_or_none() {
+        let v = |s: &str| Some(s.to_owned());
+        assert_eq!(exporter_choice(METRICS_EXPORTER_VAR, None), Ok(true));
+        assert_eq!(exporter_choice(METRICS_EXPORTER_VAR, v("otlp")), Ok(true));
+        assert_eq!(exporter_choice(METRICS_EXPORTER_VAR, v("none")), Ok(false));
+        assert_eq!(exporter_choice(TRACES_EXPORTER_VAR, v(" none ")), Ok(false));
+        assert_eq!(
+            exporter_choice(METRICS_EXPORTER_VAR, v("prometheus")),
+            Err(Error::Unsupported {
+                var: METRICS_EXPORTER_VAR,
+                value: "prometheus".into(),
+                expected: "`otlp` or `none`",
+            })
+        );
+    }
+
+    #[test]
+    fn propagators_default_to_trace_context_and_baggage() {
+        let fields = |p: TextMapCompositePropagator| {
+            let mut f: Vec<String> = p.fields().map(str::to_owned).collect();
+            f.sort();
+            f
+        };
+        assert_eq!(
+            fields(propagator_named(None).unwrap()),
+            ["baggage", "traceparent", "tracestate"]
+        );
+        assert_eq!(
+            fields(propagator_named(Some("tracecontext".into())).unwrap()),
+            ["traceparent", "tracestate"]
+        );
+        assert!(fields(propagator_named(Some("none".into())).unwrap()).is_empty());
+        assert!(matches!(
+            propagator_named(Some("b3".into())),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn signal_endpoints_name_the_url_the_exporter_uses() {
+        assert_eq!(
+            signal_endpoint(
+                Protocol::HttpProtobuf,
+                Some("http://h:4318/"),
+                Signal::Metrics
+            ),
+            "http://h:4318/v1/metrics"
+        );
+        assert_eq!(
+            signal_endpoint(Protocol::Grpc, Some("http://h:4317"), Signal::Traces),
+            "http://h:4317"
+        );
     }
 
     #[test]

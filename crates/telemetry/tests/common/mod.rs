@@ -7,6 +7,7 @@
 mod phoenix;
 mod rotel;
 
+#[allow(unused_imports)] // each test binary uses part of it
 pub(crate) use phoenix::*;
 pub(crate) use rotel::*;
 
