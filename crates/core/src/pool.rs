@@ -51,6 +51,23 @@ pub struct TraceHeaders {
     pub tracestate: Option<String>,
 }
 
+impl From<String> for TraceHeaders {
+    /// A `traceparent` alone.
+    fn from(traceparent: String) -> Self {
+        TraceHeaders {
+            traceparent,
+            tracestate: None,
+        }
+    }
+}
+
+impl From<&str> for TraceHeaders {
+    /// A `traceparent` alone.
+    fn from(traceparent: &str) -> Self {
+        traceparent.to_owned().into()
+    }
+}
+
 /// A worker's call to a host function.
 #[derive(Debug, Clone)]
 pub struct HostCall {
