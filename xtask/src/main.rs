@@ -25,8 +25,11 @@ fn main() -> Result<()> {
         Some("bridges") => bridges(&root),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
+        Some("cost") => cost(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bridges | fuzz [--seconds N] | bench [ARGS...]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N]>"
+            );
             std::process::exit(2)
         }
     }
@@ -431,4 +434,80 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
     ];
     all.extend(args.iter().map(String::as_str));
     run(root, "cargo", &all)
+}
+
+/// `cargo xtask cost`: instructions the host spends per call, counted by
+/// valgrind's callgrind (repeatable on a busy machine, unlike a timing).
+/// The `cost` example runs twice per mode with different call counts; the
+/// difference in instructions over the difference in calls excludes
+/// start-up and shutdown. Only the host is counted: the workers are child
+/// processes callgrind does not follow.
+fn cost(root: &Path, args: &[String]) -> Result<()> {
+    let workers = match args {
+        [flag, n] if flag == "--workers" => n.clone(),
+        [] => "2".into(),
+        _ => bail!("usage: cargo xtask cost [--workers N]"),
+    };
+    if probe("valgrind", &["--version"]).is_none() {
+        bail!("valgrind is not installed (Debian: apt-get install valgrind)");
+    }
+    run(
+        root,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "snakepit-adapters",
+            "--example",
+            "cost",
+        ],
+    )?;
+    let exe = root.join("target/release/examples/cost");
+    // The interpreter itself, not a version manager's shim.
+    let python = std::env::var("SNAKEPIT_PYTHON").ok().or_else(|| {
+        probe("python3", &["-c", "import sys; print(sys.executable)"]).map(|p| p.trim().to_owned())
+    });
+    let (few, many) = (400u64, 2400u64);
+    println!("instructions per call in the host ({workers} workers, 8 callers, ping)");
+    for mode in ["typed", "value"] {
+        let mut counts = Vec::new();
+        for calls in [few, many] {
+            let out = std::env::temp_dir().join(format!(
+                "snakepit-cost-{}-{mode}-{calls}.out",
+                std::process::id()
+            ));
+            #[allow(clippy::disallowed_methods)] // valgrind, not a worker
+            let mut cmd = Command::new("valgrind");
+            cmd.args(["--tool=callgrind", "--quiet"])
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&exe)
+                .args(["--calls", &calls.to_string(), "--mode", mode])
+                .args(["--workers", &workers, "--callers", "8"]);
+            if let Some(p) = &python {
+                cmd.env("SNAKEPIT_PYTHON", p);
+            }
+            let status = cmd.status().context("cannot run valgrind")?;
+            if !status.success() {
+                bail!("the cost example failed under callgrind ({status})");
+            }
+            let text = std::fs::read_to_string(&out)?;
+            let _ = std::fs::remove_file(&out);
+            let total: u64 = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("summary:")
+                        .or_else(|| l.strip_prefix("totals:"))
+                })
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .context("no instruction total in callgrind's output")?;
+            counts.push(total);
+        }
+        let per_call = counts[1].saturating_sub(counts[0]) / (many - few);
+        println!(
+            "  {mode:>5} (`{}`): {per_call} instructions per call",
+            if mode == "typed" { "call" } else { "execute" }
+        );
+    }
+    Ok(())
 }
