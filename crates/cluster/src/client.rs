@@ -90,6 +90,64 @@ struct HostEntry {
     info: HostInfo,
     last_seen: Instant,
     lost: watch::Sender<bool>,
+    /// Calls of this client on the host (reserved, sent or running).
+    mine: usize,
+    /// Calls of other clients on it, at its last heartbeat.
+    others: usize,
+    /// It declined a call since its last heartbeat.
+    full: bool,
+}
+
+impl HostEntry {
+    fn new(id: &str, pid: u32) -> Self {
+        HostEntry {
+            info: HostInfo {
+                id: id.to_owned(),
+                pid,
+                capacity: 0,
+                free: 0,
+            },
+            last_seen: Instant::now(),
+            lost: watch::channel(false).0,
+            mine: 0,
+            others: 0,
+            full: false,
+        }
+    }
+
+    /// Free capacity as this client sees it.
+    fn room(&self) -> usize {
+        if self.full {
+            return 0;
+        }
+        self.info.capacity.saturating_sub(self.others + self.mine)
+    }
+
+    fn reserve(&mut self, inner: &Arc<Inner>) -> Reservation {
+        self.mine += 1;
+        Reservation {
+            inner: inner.clone(),
+            host: self.info.id.clone(),
+            pid: self.info.pid,
+        }
+    }
+}
+
+/// A unit of a host's capacity this client counts as taken, until the
+/// call ends; its release lets the next queued call go.
+struct Reservation {
+    inner: Arc<Inner>,
+    host: String,
+    pid: u32,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(h) = self.inner.hosts.lock().unwrap().get_mut(&self.host) {
+            h.mine = h.mine.saturating_sub(1);
+        }
+        self.inner.wake(1);
+    }
 }
 
 struct Inner {
@@ -364,8 +422,9 @@ impl Client {
             .or_else(|| self.inner.config.trace_context.as_ref().and_then(|f| f()))
     }
 
-    /// Sends the call to a host that takes it: the session's host first,
-    /// then any with free capacity, waiting (queue timeout) while none has.
+    /// Sends the call to a host with free capacity (the session's host
+    /// first), waiting in this client's queue while none has; a host that
+    /// declines (it filled up meanwhile) or has gone is replaced by another.
     async fn start(
         &self,
         command: &str,
@@ -379,11 +438,8 @@ impl Client {
         let deadline = options.timeout.map(|t| submitted + t);
         let queue_deadline = submitted + inner.config.queue_timeout;
         let session = options.session_id.as_deref();
-        let mut target = session
-            .and_then(|s| inner.sessions.lock().unwrap().get(s))
-            .filter(|h| inner.host_alive(h));
-        let traceparent = self.traceparent(options);
-        let headers = traceparent.map(|t| {
+        let mut target = session.and_then(|s| inner.sessions.lock().unwrap().get(s));
+        let headers = self.traceparent(options).map(|t| {
             let mut h = HeaderMap::new();
             h.insert(wire::TRACEPARENT, t.as_str());
             h
@@ -397,7 +453,6 @@ impl Client {
             typed,
             stream,
         };
-        let mut declines = 0u32;
         loop {
             if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
                 return Err(unavailable(
@@ -405,6 +460,9 @@ impl Client {
                     "the NATS connection is down; calls resume when it reconnects".into(),
                 ));
             }
+            let slot = self
+                .pick(&mut target, options.affinity, session, queue_deadline)
+                .await?;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -432,15 +490,15 @@ impl Client {
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, mut rx) = mpsc::unbounded_channel();
             inner.calls.lock().unwrap().insert(id, tx);
+            let reply = format!("{}.{id}", inner.inbox);
             let mut pending = Pending {
                 inner: inner.clone(),
                 id,
+                host: slot.host.clone(),
+                reply: reply.clone(),
+                sent: false,
             };
-            let reply = format!("{}.{id}", inner.inbox);
-            let subject = match &target {
-                Some(host) => inner.subjects.host_call(host),
-                None => inner.subjects.call(),
-            };
+            let subject = inner.subjects.host_call(&slot.host);
             let sent = match &headers {
                 Some(h) => {
                     inner
@@ -456,39 +514,36 @@ impl Client {
                 }
             };
             sent.map_err(|e| unavailable(&inner.cluster, format!("cannot send the call: {e}")))?;
+            pending.sent = true;
             let first = tokio::time::timeout(inner.config.host_timeout, rx.recv()).await;
-            let declined = match first {
-                Ok(Some(m)) if m.status == Some(StatusCode::NO_RESPONDERS) => true,
+            let first = match first {
+                Ok(Some(m)) if m.status == Some(StatusCode::NO_RESPONDERS) => {
+                    // The host is gone (its subscription with it): the call
+                    // reached nobody.
+                    pending.sent = false;
+                    inner.host_gone(&slot.host);
+                    continue;
+                }
                 Ok(Some(m)) => match serde_json::from_slice::<Reply>(&m.payload) {
-                    Ok(Reply::Ack { host, pid }) => {
-                        if let Some(s) = session {
-                            inner.sessions.lock().unwrap().set(
-                                s,
-                                &host,
-                                inner.config.max_sessions,
-                            );
+                    Ok(Reply::Declined { .. }) => {
+                        pending.sent = false;
+                        inner.host_full(&slot.host);
+                        if target.as_deref() == Some(slot.host.as_str()) {
+                            match options.affinity {
+                                Affinity::FailFast => {
+                                    return Err(Error::WorkerBusy {
+                                        session_id: session.unwrap_or_default().to_owned(),
+                                        worker_id: format!("host:{}", slot.host),
+                                    })
+                                }
+                                Affinity::Strict => {}
+                                _ => target = None,
+                            }
                         }
-                        let lost = inner.host_seen(&host, pid);
-                        pending.id = 0;
-                        return Ok(Flight {
-                            inner: inner.clone(),
-                            id,
-                            rx,
-                            host,
-                            pid,
-                            reply,
-                            lost,
-                            connected: inner.connected.subscribe(),
-                            deadline: deadline.map(|d| d + inner.config.host_timeout),
-                            command: command.to_owned(),
-                            timeout: options.timeout.unwrap_or_default(),
-                            session: options.session_id.clone(),
-                            finished: false,
-                        });
+                        continue;
                     }
-                    Ok(Reply::Declined { .. }) => true,
-                    Ok(Reply::Err { e }) => return Err(e.into_error(command)),
-                    Ok(_) | Err(_) => {
+                    Ok(r) => r,
+                    Err(_) => {
                         return Err(unavailable(
                             &inner.cluster,
                             "a host answered out of protocol".into(),
@@ -498,35 +553,83 @@ impl Client {
                 Ok(None) => return Err(unavailable(&inner.cluster, "client closed".into())),
                 Err(_) => {
                     return Err(host_lost(
-                        target.as_deref().unwrap_or("?"),
+                        &slot.host,
                         0,
                         format!(
-                            "no host acknowledged the call within {:?}; it may have reached a host that died",
-                            inner.config.host_timeout
+                            "host {} did not acknowledge the call within {:?}; it may have died with it",
+                            slot.host, inner.config.host_timeout
                         ),
                     ))
                 }
             };
-            debug_assert!(declined);
-            drop(pending);
-            match (&target, options.affinity) {
-                (Some(host), Affinity::FailFast) => {
-                    return Err(Error::WorkerBusy {
-                        session_id: session.unwrap_or_default().to_owned(),
-                        worker_id: format!("host:{host}"),
-                    })
+            if let Some(s) = session {
+                inner
+                    .sessions
+                    .lock()
+                    .unwrap()
+                    .set(s, &slot.host, inner.config.max_sessions);
+            }
+            let lost = inner.host_lost_flag(&slot.host);
+            pending.id = 0;
+            return Ok(Flight {
+                inner: inner.clone(),
+                id,
+                rx,
+                first: Some(first),
+                pid: slot.pid,
+                host: slot.host.clone(),
+                _slot: slot,
+                reply,
+                lost,
+                connected: inner.connected.subscribe(),
+                deadline: deadline.map(|d| d + inner.config.host_timeout),
+                command: command.to_owned(),
+                timeout: options.timeout.unwrap_or_default(),
+                session: options.session_id.clone(),
+                finished: false,
+            });
+        }
+    }
+
+    /// Reserves a unit of a host's free capacity, as this client sees it:
+    /// the session's host when it has room (or, strict, by waiting for it),
+    /// otherwise the host with the most room; waits in this client's FIFO
+    /// (queue timeout, queue size) while no host has any.
+    async fn pick(
+        &self,
+        target: &mut Option<String>,
+        affinity: Affinity,
+        session: Option<&str>,
+        until: Instant,
+    ) -> Result<Reservation, Error> {
+        let inner = &self.inner;
+        loop {
+            {
+                let mut hosts = inner.hosts.lock().unwrap();
+                if let Some(t) = target.as_deref() {
+                    match hosts.get_mut(t).filter(|h| !*h.lost.borrow()) {
+                        Some(h) if h.room() > 0 => return Ok(h.reserve(inner)),
+                        Some(_) if affinity == Affinity::FailFast => {
+                            return Err(Error::WorkerBusy {
+                                session_id: session.unwrap_or_default().to_owned(),
+                                worker_id: format!("host:{t}"),
+                            })
+                        }
+                        Some(_) if affinity == Affinity::Strict => {}
+                        _ => *target = None,
+                    }
                 }
-                (Some(host), Affinity::Strict) if inner.host_alive(host) => {
-                    self.wait_room(queue_deadline).await?
-                }
-                (Some(_), _) => target = None,
-                // Another host may have room now: NATS picks one at random.
-                (None, _) if declines < 3 => declines += 1,
-                (None, _) => {
-                    declines = 0;
-                    self.wait_room(queue_deadline).await?
+                if target.is_none() {
+                    let best = hosts
+                        .values_mut()
+                        .filter(|h| !*h.lost.borrow())
+                        .max_by_key(|h| (h.room(), h.info.capacity));
+                    if let Some(h) = best.filter(|h| h.room() > 0) {
+                        return Ok(h.reserve(inner));
+                    }
                 }
             }
+            self.wait_room(until).await?;
         }
     }
 
@@ -564,48 +667,64 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// Removes a call's reply route unless it was handed to a [`Flight`].
+/// Removes a call's reply route unless it was handed to a [`Flight`]; if
+/// the call was sent and the caller left before the host answered, tells
+/// the host to cancel it.
 struct Pending {
     inner: Arc<Inner>,
     id: u64,
+    host: String,
+    reply: String,
+    sent: bool,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.id != 0 {
-            self.inner.calls.lock().unwrap().remove(&self.id);
+        if self.id == 0 {
+            return;
+        }
+        self.inner.calls.lock().unwrap().remove(&self.id);
+        if self.sent {
+            self.inner
+                .send_cancel(&self.host, std::mem::take(&mut self.reply));
         }
     }
 }
 
 impl Inner {
-    /// Records that `host` is alive (it just acknowledged a call) and
-    /// returns the flag that turns true when it is lost.
-    fn host_seen(&self, host: &str, pid: u32) -> watch::Receiver<bool> {
+    /// The flag that turns true when `host` is lost.
+    fn host_lost_flag(&self, host: &str) -> watch::Receiver<bool> {
         let mut hosts = self.hosts.lock().unwrap();
-        let entry = hosts.entry(host.to_owned()).or_insert_with(|| HostEntry {
-            info: HostInfo {
-                id: host.to_owned(),
-                pid,
-                capacity: 0,
-                free: 0,
-            },
-            last_seen: Instant::now(),
-            lost: watch::channel(false).0,
-        });
-        if *entry.lost.borrow() {
-            entry.lost = watch::channel(false).0;
-        }
+        let entry = hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| HostEntry::new(host, 0));
         entry.last_seen = Instant::now();
         entry.lost.subscribe()
     }
 
-    fn host_alive(&self, host: &str) -> bool {
-        self.hosts
-            .lock()
-            .unwrap()
-            .get(host)
-            .is_some_and(|h| !*h.lost.borrow())
+    /// The host has no subscription any more (NATS said no responders).
+    fn host_gone(&self, host: &str) {
+        if let Some(h) = self.hosts.lock().unwrap().get_mut(host) {
+            h.lost.send_if_modified(|l| !std::mem::replace(l, true));
+        }
+    }
+
+    /// The host declined a call: no more to it until it says it has room.
+    fn host_full(&self, host: &str) {
+        if let Some(h) = self.hosts.lock().unwrap().get_mut(host) {
+            h.full = true;
+        }
+    }
+
+    fn send_cancel(&self, host: &str, reply: String) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let nats = self.nats.clone();
+        let subject = self.subjects.host_cancel(host);
+        rt.spawn(async move {
+            let _ = nats.publish(subject, Bytes::from(reply)).await;
+        });
     }
 
     fn wake(&self, mut n: usize) {
@@ -648,16 +767,13 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
         };
         {
             let mut hosts = inner.hosts.lock().unwrap();
-            let entry = hosts.entry(hb.host.clone()).or_insert_with(|| HostEntry {
-                info: HostInfo {
-                    id: hb.host.clone(),
-                    pid: hb.pid,
-                    capacity: 0,
-                    free: 0,
-                },
-                last_seen: Instant::now(),
-                lost: watch::channel(false).0,
-            });
+            let entry = hosts
+                .entry(hb.host.clone())
+                .or_insert_with(|| HostEntry::new(&hb.host, hb.pid));
+            if hb.bye {
+                entry.lost.send_if_modified(|l| !std::mem::replace(l, true));
+                continue;
+            }
             if *entry.lost.borrow() {
                 entry.lost = watch::channel(false).0;
             }
@@ -665,6 +781,9 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             entry.info.pid = hb.pid;
             entry.info.capacity = hb.capacity;
             entry.info.free = hb.free;
+            // What runs there beyond this client's calls is other clients'.
+            entry.others = (hb.capacity.saturating_sub(hb.free)).saturating_sub(entry.mine);
+            entry.full = false;
         }
         if hb.free > 0 {
             inner.wake(hb.free);
@@ -701,6 +820,9 @@ struct Flight {
     inner: Arc<Inner>,
     id: u64,
     rx: mpsc::UnboundedReceiver<Message>,
+    /// The host's first message (an ack, a chunk or the outcome).
+    first: Option<Reply>,
+    _slot: Reservation,
     host: String,
     pid: u32,
     reply: String,
@@ -735,6 +857,18 @@ impl Flight {
     async fn next(&mut self) -> Result<Reply, Error> {
         if self.finished {
             return Err(Error::Cancelled);
+        }
+        match self.first.take() {
+            Some(Reply::Chunk { v }) => return Ok(Reply::Chunk { v }),
+            Some(Reply::Ok { v }) => {
+                self.finished = true;
+                return Ok(Reply::Ok { v });
+            }
+            Some(Reply::Err { e }) => {
+                self.finished = true;
+                return Err(e.into_error(&self.command));
+            }
+            _ => {}
         }
         let until = self.deadline;
         let deadline = async move {
@@ -782,15 +916,8 @@ impl Drop for Flight {
             return;
         }
         // The caller left (or timed out): tell the host to cancel the call.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let nats = self.inner.nats.clone();
-        let subject = self.inner.subjects.host_cancel(&self.host);
-        let reply = Bytes::from(std::mem::take(&mut self.reply));
-        rt.spawn(async move {
-            let _ = nats.publish(subject, reply).await;
-        });
+        self.inner
+            .send_cancel(&self.host, std::mem::take(&mut self.reply));
     }
 }
 

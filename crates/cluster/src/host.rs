@@ -1,9 +1,11 @@
 //! A worker host: serves one pool's calls to a cluster.
 //!
-//! Hosts take work only when they can start it. Every host is in a queue
-//! group on the cluster's call subject; a call that reaches a host with no
-//! free capacity is declined (it never ran) and the client sends it again,
-//! at once a few times, then when a host announces free capacity. Each call is acknowledged before it starts, so the client knows
+//! Hosts take work only when they can start it. Each host announces its
+//! capacity and free capacity (heartbeats, and at once when it has room
+//! again after being full); clients send a call to a host that has room as
+//! they count it, and queue it while none has. A call that reaches a host
+//! with no free capacity (another client was faster) is declined, never
+//! run, and the client sends it elsewhere. Each call is acknowledged before it starts, so the client knows
 //! which host runs it and can tell, from that host's heartbeats, when the
 //! host is gone.
 
@@ -20,7 +22,7 @@ use snakepit_core::{CallOptions, Error, Pool, StreamItem};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError, QUEUE_GROUP};
+use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 
 /// How a host serves its pool.
 #[derive(Debug, Clone)]
@@ -177,7 +179,6 @@ pub async fn serve_with(
         host: host.clone(),
         subjects,
         options,
-        shared: None,
         full: false,
         direct,
         cancels,
@@ -224,7 +225,7 @@ impl HostCtx {
                     payload.len()
                 ),
             };
-            let e = WireError::from_error(&err);
+            let e = Box::new(WireError::from_error(&err));
             payload = serde_json::to_vec(&Reply::Err { e }).unwrap_or_default();
         }
         if let Err(e) = self.nats.publish(to.clone(), payload.into()).await {
@@ -258,6 +259,9 @@ async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::en
     }
 }
 
+/// How long a call runs before the host acknowledges it on its own.
+const ACK_AFTER: Duration = Duration::from_millis(50);
+
 /// Tells the serving loop a call ended, however it ended (an aborted task
 /// drops its guard too).
 struct Done {
@@ -275,8 +279,6 @@ struct Serving {
     host: Arc<HostCtx>,
     subjects: Subjects,
     options: ServeOptions,
-    /// The queue-group subscription on the shared call subject.
-    shared: Option<Subscriber>,
     /// The host had no free capacity at the last check.
     full: bool,
     direct: Subscriber,
@@ -316,26 +318,11 @@ impl Serving {
             .await;
     }
 
-    /// Joins the shared call subject, and tells waiting clients at once
-    /// when the host has room again after being full.
-    ///
-    /// The host stays subscribed while full and declines what it cannot
-    /// start: leaving the queue group while full would lose calls, because
-    /// a subscription removed by the client library drops messages the
-    /// server routed before it saw the unsubscribe.
+    /// Tells the clients at once when the host has room again after
+    /// being full, so their queued calls come without waiting for the next
+    /// heartbeat.
     async fn adjust(&mut self) {
         let free = self.free();
-        if self.shared.is_none() {
-            match self
-                .host
-                .nats
-                .queue_subscribe(self.subjects.call(), QUEUE_GROUP.to_owned())
-                .await
-            {
-                Ok(sub) => self.shared = Some(sub),
-                Err(e) => tracing::warn!(target: "snakepit::cluster", "cannot subscribe: {e}"),
-            }
-        }
         if free > 0 && self.full {
             self.heartbeat(false).await;
         }
@@ -349,7 +336,6 @@ impl Serving {
         loop {
             self.adjust().await;
             tokio::select! {
-                Some(msg) = next(&mut self.shared) => self.take(msg, &done_tx).await,
                 Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
                 Some(msg) = self.cancels.next() => self.cancel(msg),
                 Some(reply) = done_rx.recv() => {
@@ -361,9 +347,6 @@ impl Serving {
             }
         }
         // Graceful: take nothing more, let what runs finish, say goodbye.
-        if let Some(mut sub) = self.shared.take() {
-            let _ = sub.unsubscribe().await;
-        }
         let _ = self.direct.unsubscribe().await;
         self.heartbeat(true).await;
         while !self.running.is_empty() {
@@ -424,7 +407,7 @@ impl Serving {
                     command: String::new(),
                     message: format!("not a snakepit cluster call: {e}"),
                 };
-                let e = WireError::from_error(&err);
+                let e = Box::new(WireError::from_error(&err));
                 return self.host.send(&reply, &Reply::Err { e }).await;
             }
         };
@@ -434,28 +417,11 @@ impl Serving {
             tx: done.clone(),
         };
         let host = self.host.clone();
-        // The ack goes out before the call starts: a client that sees the
-        // result has seen the ack (one connection keeps its order).
-        host.send(
-            &reply,
-            &Reply::Ack {
-                host: host.id.clone(),
-                pid: host.pid,
-            },
-        )
-        .await;
         let task = tokio::spawn(async move {
             let _guard = guard;
             run_call(&host, &reply, call, traceparent).await;
         });
         self.running.insert(key, task.abort_handle());
-    }
-}
-
-async fn next(sub: &mut Option<Subscriber>) -> Option<Message> {
-    match sub {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -477,20 +443,33 @@ async fn run_call(host: &HostCtx, reply: &Subject, call: CallMsg, traceparent: O
         options = options.traceparent(t);
     }
     let pool = &host.pool;
-    let result = if call.stream {
-        stream_call(host, reply, &call.command, call.args, options).await
-    } else if call.typed {
-        pool.call::<Value, Value>(&call.command, &call.args, options)
-            .await
-    } else {
-        pool.execute_with(&call.command, call.args, options).await
+    let work = async {
+        if call.stream {
+            stream_call(host, reply, &call.command, call.args, options).await
+        } else if call.typed {
+            pool.call::<Value, Value>(&call.command, &call.args, options)
+                .await
+        } else {
+            pool.execute_with(&call.command, call.args, options).await
+        }
+    };
+    tokio::pin!(work);
+    // A quick call's outcome is its own acknowledgement; a longer one is
+    // acknowledged well within the client's host timeout.
+    let result = tokio::select! {
+        biased;
+        r = &mut work => r,
+        _ = tokio::time::sleep(ACK_AFTER) => {
+            host.send(reply, &Reply::Ack { host: host.id.clone(), pid: host.pid }).await;
+            work.await
+        }
     };
     host.served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let msg = match result {
         Ok(v) => Reply::Ok { v },
         Err(e) => Reply::Err {
-            e: WireError::from_error(&e),
+            e: Box::new(WireError::from_error(&e)),
         },
     };
     host.send(reply, &msg).await;

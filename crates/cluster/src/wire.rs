@@ -10,9 +10,6 @@ use snakepit_core::{Affinity, Crash, Error, ExitReason, RemoteError, StartError}
 /// The header that carries the W3C trace context.
 pub(crate) const TRACEPARENT: &str = "traceparent";
 
-/// The queue group every host joins on the shared call subject.
-pub(crate) const QUEUE_GROUP: &str = "hosts";
-
 /// The subjects of one cluster, all under `snakepit.<cluster>.`.
 #[derive(Debug, Clone)]
 pub(crate) struct Subjects {
@@ -27,12 +24,7 @@ impl Subjects {
         })
     }
 
-    /// Calls any host with free capacity may take (queue group).
-    pub(crate) fn call(&self) -> String {
-        format!("{}.call", self.prefix)
-    }
-
-    /// Calls for one host (session affinity).
+    /// Calls for one host.
     pub(crate) fn host_call(&self, host: &str) -> String {
         format!("{}.host.{host}.call", self.prefix)
     }
@@ -132,7 +124,7 @@ pub(crate) enum Reply {
     Declined { host: String },
     Chunk { v: Value },
     Ok { v: Value },
-    Err { e: WireError },
+    Err { e: Box<WireError> },
 }
 
 /// A host's heartbeat: who it is and how much it can take now.
