@@ -182,7 +182,9 @@ function readUint(bytes, pos, size) {
 function createMsgpackCodec() {
   const lib = loadMsgpack();
   // Reused instances keep their scratch buffers between frames.
-  const encoder = new lib.Encoder();
+  // maxDepth: what the host reads (snakepit_protocol::MAX_DEPTH is 127 with
+  // the frame's own map; the library's default stops at 100).
+  const encoder = new lib.Encoder({ maxDepth: 128 });
   const decoder = new lib.Decoder();
   const shared = typeof encoder.encodeSharedRef === 'function';
 

@@ -2173,9 +2173,15 @@ impl Stream for CallStream {
             Poll::Ready(Some(frame)) => {
                 let item = decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame)
                     .map(StreamItem::Chunk)
-                    .map_err(|source| Error::Protocol {
-                        worker_id: flight.worker.id.clone(),
-                        source,
+                    .map_err(|source| match source {
+                        // Well-formed, but not what the caller can take:
+                        // the stream's own error; the worker is fine.
+                        snakepit_protocol::Error::Mismatch { .. }
+                        | snakepit_protocol::Error::TooDeep { .. } => Error::Codec(source),
+                        source => Error::Protocol {
+                            worker_id: flight.worker.id.clone(),
+                            source,
+                        },
                     });
                 return Poll::Ready(Some(item));
             }

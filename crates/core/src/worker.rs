@@ -599,7 +599,28 @@ impl Worker {
                 }
                 let session = request_id
                     .and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
-                let args: Value = decode_host_call_args(&self.codec, &frame)?;
+                let args: Value = match decode_host_call_args(&self.codec, &frame) {
+                    Ok(args) => args,
+                    // Arguments nested deeper than the host reads: that host
+                    // call's own error; the worker is fine.
+                    Err(e @ snakepit_protocol::Error::TooDeep { .. }) => {
+                        self.host_calls.fetch_sub(1, Ordering::Relaxed);
+                        let err = RemoteError::new("TooDeep", e.to_string());
+                        let mut buf = bytes::BytesMut::new();
+                        if encode_frame(
+                            &self.codec,
+                            &HostReply::<()>::err(id, &err),
+                            usize::MAX,
+                            &mut buf,
+                        )
+                        .is_ok()
+                        {
+                            self.stdin.send(HOST_REPLY, buf.freeze());
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
                 let worker = self.clone();
                 tokio::spawn(
                     async move { worker.answer_host_call(id, function, session, args).await },

@@ -150,12 +150,17 @@ module SnakepitBridge
 
     # JSON through the standard library: compact output, non-ASCII kept as
     # UTF-8, key order as the Hash was built.
+    # The nesting limit the host keeps (snakepit_protocol::MAX_DEPTH): arrays
+    # and maps, the frame's own map included. Ruby's JSON stops at 100 by
+    # default, which would refuse what the host sends.
+    MAX_DEPTH = 127
+
     class JsonCodec
       def initialize
         # JSON.generate builds a fresh State per call; reusing one is 2-3x
         # faster on small replies. A State is not safe to share between
         # threads, so only the thread that made the codec reuses it.
-        @state = JSON::State.new
+        @state = JSON::State.new(max_nesting: MAX_DEPTH)
         @owner = Thread.current
       end
 
@@ -170,7 +175,7 @@ module SnakepitBridge
           @state.depth = 0
           @state.generate(value)
         else
-          JSON.generate(value)
+          JSON.generate(value, max_nesting: MAX_DEPTH)
         end
       end
 
@@ -182,7 +187,7 @@ module SnakepitBridge
         raise DecodeError.new(:invalid_utf8, "frame is not valid UTF-8") unless payload.valid_encoding?
 
         begin
-          value = JSON.parse(payload)
+          value = JSON.parse(payload, max_nesting: MAX_DEPTH)
         rescue JSON::ParserError => e
           raise DecodeError.new(:invalid_payload, "frame is not valid JSON: #{e.message[0, 200]}")
         end
