@@ -881,7 +881,7 @@ async fn start_worker(
         r.add(pid);
     }
     let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
-    span.record("pid", worker.pid);
+    span.record("process.pid", i64::from(worker.pid));
     let args = json!({"initialization": true, "worker_id": worker_id});
     let outcome = tokio::time::timeout(
         shared.config.worker_init_timeout,
@@ -979,9 +979,10 @@ fn jitter(base: Duration, salt: u64) -> Duration {
 fn start_span(shared: &Shared, i: usize) -> tracing::Span {
     tracing::info_span!(
         "snakepit.worker.start",
-        pool = %shared.name,
-        worker = i,
-        pid = tracing::field::Empty,
+        snakepit.pool = shared.name.as_str(),
+        // i64: tracing-opentelemetry exports u64 fields as strings.
+        snakepit.worker = i as i64,
+        process.pid = tracing::field::Empty,
     )
 }
 
@@ -1302,9 +1303,23 @@ pub struct PoolBuilder {
     listeners: Vec<Listener>,
     trace_context: Option<TraceContext>,
     session_hook: Option<Arc<dyn SessionHook>>,
+    worker_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl PoolBuilder {
+    /// Sets an environment variable in every worker, unless the adapter's
+    /// own launch sets it (the adapter wins). Libraries use it for defaults,
+    /// such as `snakepit-telemetry` giving workers their own
+    /// `OTEL_SERVICE_NAME`.
+    pub fn worker_env(
+        mut self,
+        key: impl Into<std::ffi::OsString>,
+        value: impl Into<std::ffi::OsString>,
+    ) -> Self {
+        self.worker_env.push((key.into(), value.into()));
+        self
+    }
+
     /// Sets the number of workers.
     pub fn size(mut self, n: usize) -> Self {
         self.config.pool_size = n;
@@ -1409,7 +1424,14 @@ impl PoolBuilder {
             .ok();
         let shared = Arc::new(Shared {
             record,
-            launch: self.adapter.launch(),
+            launch: {
+                let mut launch = self.adapter.launch();
+                // Applied first, so the adapter's own settings win.
+                let mut env = self.worker_env;
+                env.append(&mut launch.env);
+                launch.env = env;
+                launch
+            },
             supported: self
                 .adapter
                 .supported_commands()
@@ -1690,6 +1712,7 @@ impl Pool {
             listeners: Vec::new(),
             trace_context: None,
             session_hook: None,
+            worker_env: Vec::new(),
         }
     }
 

@@ -621,9 +621,26 @@ fn resource(service_name: Option<&str>) -> Resource {
         Some(name) => builder.with_service_name(name),
         None => builder,
     };
-    builder
+    let resource = builder
         .with_attribute(KeyValue::new("telemetry.distro.name", "snakepit-telemetry"))
-        .build()
+        .build();
+    if let Some(name) = resource.get(&opentelemetry::Key::from_static_str("service.name")) {
+        let _ = SERVICE_NAME.set(name.as_str().into_owned());
+    }
+    resource
+}
+
+/// The host's `service.name`, once [`Telemetry::init`] resolved it.
+static SERVICE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The service name workers report under by default: the host's, with
+/// `-worker` after it (`OTEL_SERVICE_NAME`, else the resolved name, else
+/// the executable's name).
+pub(crate) fn worker_service_name() -> String {
+    let host = env("OTEL_SERVICE_NAME")
+        .or_else(|| SERVICE_NAME.get().cloned())
+        .unwrap_or_else(exe_name);
+    format!("{host}-worker")
 }
 
 fn exe_name() -> String {

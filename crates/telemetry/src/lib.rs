@@ -70,11 +70,16 @@ use snakepit_core::{Pool, PoolBuilder};
 /// Wires telemetry into a pool builder: each call's request frame carries
 /// the trace context of its `snakepit.call` span, as the global propagator
 /// writes it ([`trace_headers`]; unless the call's options carry a
-/// `traceparent` already), and every pool event feeds
-/// [`PoolMetrics::global`].
+/// `traceparent` already), every pool event feeds
+/// [`PoolMetrics::global`], and the workers report under a service of their
+/// own (`OTEL_SERVICE_NAME` = the host's name and `-worker`, unless the
+/// adapter sets it).
 pub fn instrument(builder: PoolBuilder) -> PoolBuilder {
     let metrics = PoolMetrics::global();
     builder
+        // The workers' spans land under a service of their own; an adapter
+        // that sets OTEL_SERVICE_NAME itself keeps its name.
+        .worker_env("OTEL_SERVICE_NAME", export::worker_service_name())
         .trace_context(trace_headers)
         .on_event(move |event| metrics.record(event))
 }

@@ -40,9 +40,10 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
         .stderr_logs(None)
         .init()?;
 
+    // No OTEL_SERVICE_NAME on the adapter: `instrument` gives the workers
+    // the host's name with `-worker` after it.
     let adapter = Bridge::python(worker_script())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base())
-        .env("OTEL_SERVICE_NAME", "snakepit-e2e-worker");
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base());
     let pool = snakepit_telemetry::instrument(Pool::builder(adapter).size(1).name("e2e"))
         .start()
         .await?;
@@ -158,9 +159,16 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
         .cloned()
         .unwrap_or_default();
     assert_eq!(
-        start.attributes.get("pool").map(String::as_str),
+        start.attributes.get("snakepit.pool").map(String::as_str),
         Some("e2e")
     );
+    for numeric in ["snakepit.worker", "process.pid"] {
+        assert_eq!(
+            start.attribute_types.get(numeric).map(String::as_str),
+            Some("Int"),
+            "{numeric} of the start span is not a number: {start:?}"
+        );
+    }
 
     let out = rotel.output();
     if let Ok(path) = std::env::var("SNAKEPIT_E2E_DUMP") {
