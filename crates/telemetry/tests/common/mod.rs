@@ -42,8 +42,8 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
 
     // No OTEL_SERVICE_NAME on the adapter: `instrument` gives the workers
     // the host's name with `-worker` after it.
-    let adapter = Bridge::python(worker_script())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base());
+    let adapter =
+        Bridge::python(worker_script()).env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base());
     let pool = snakepit_telemetry::instrument(Pool::builder(adapter).size(1).name("e2e"))
         .start()
         .await?;
