@@ -34,6 +34,12 @@ pub struct ServeOptions {
     /// Calls the host runs at once per ready worker (the Python bridge runs
     /// one call at a time per worker unless it is asynchronous).
     pub calls_per_worker: usize,
+    /// Calls the host accepts per ready worker beyond those it runs, queued
+    /// in its pool (like a message broker's prefetch): they hide the round
+    /// trip to the client between one call and the next, so workers do not
+    /// idle while the next call is on the wire. 0 makes the host take a
+    /// call only when a worker is free.
+    pub prefetch_per_worker: usize,
     /// How often the host announces itself and its free capacity. Clients
     /// count a host as lost after a few missed heartbeats
     /// ([`ClientConfig::host_timeout`](crate::ClientConfig::host_timeout)).
@@ -45,6 +51,7 @@ impl Default for ServeOptions {
         ServeOptions {
             host_id: None,
             calls_per_worker: 1,
+            prefetch_per_worker: 1,
             heartbeat: Duration::from_millis(250),
         }
     }
@@ -65,6 +72,12 @@ impl ServeOptions {
     /// Sets the calls run at once per worker.
     pub fn calls_per_worker(mut self, n: usize) -> Self {
         self.calls_per_worker = n.max(1);
+        self
+    }
+
+    /// Sets the calls accepted per worker beyond those it runs.
+    pub fn prefetch_per_worker(mut self, n: usize) -> Self {
+        self.prefetch_per_worker = n;
         self
     }
 
@@ -175,16 +188,18 @@ pub async fn serve_with(
         served: Default::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
-    let state = Serving {
+    let mut state = Serving {
         host: host.clone(),
         subjects,
         options,
         full: false,
+        capacity: 0,
         direct,
         cancels,
         running: HashMap::new(),
         cancelled: HashSet::new(),
     };
+    state.measure();
     let task = tokio::spawn(async move {
         let status_task = tokio::spawn(answer_status(host, status));
         state.run(stop_rx).await;
@@ -281,6 +296,8 @@ struct Serving {
     options: ServeOptions,
     /// The host had no free capacity at the last check.
     full: bool,
+    /// Calls it takes at once, as of its last heartbeat.
+    capacity: usize,
     direct: Subscriber,
     cancels: Subscriber,
     running: HashMap<String, AbortHandle>,
@@ -289,16 +306,20 @@ struct Serving {
 }
 
 impl Serving {
-    fn capacity(&self) -> usize {
-        self.host.pool.stats().workers * self.options.calls_per_worker
+    /// Reads the pool's ready workers (at each heartbeat: workers come and
+    /// go with restarts, and the call path need not take the pool's lock).
+    fn measure(&mut self) -> usize {
+        self.capacity = self.host.pool.stats().workers
+            * (self.options.calls_per_worker + self.options.prefetch_per_worker);
+        self.capacity
     }
 
     fn free(&self) -> usize {
-        self.capacity().saturating_sub(self.running.len())
+        self.capacity.saturating_sub(self.running.len())
     }
 
-    async fn heartbeat(&self, bye: bool) {
-        let capacity = self.capacity();
+    async fn heartbeat(&mut self, bye: bool) {
+        let capacity = self.measure();
         let hb = Heartbeat {
             host: self.host.id.clone(),
             pid: self.host.pid,
