@@ -10,11 +10,13 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
 use snakepit_core::{Adapter, CallOptions, Launch, Pool, PoolConfig, RawProcess, WireCodec};
@@ -225,17 +227,86 @@ impl Progress {
         }
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} {msg:<48} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            "{spinner} {msg:<48} [{bar:30}] {pos}/{len} {rate} eta {eta}",
         ) {
-            bar.set_style(style.progress_chars("=> "));
+            // The calls done over the phase's time, as the table reports
+            // the throughput (not a moving average that trails it).
+            let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let secs = state.elapsed().as_secs_f64();
+                let rate = if secs > 0.0 {
+                    state.pos() as f64 / secs
+                } else {
+                    0.0
+                };
+                let _ = write!(w, "{rate:.0}/s");
+            };
+            bar.set_style(style.progress_chars("=> ").with_key("rate", rate));
         }
         bar.set_message(message);
         bar
     }
 }
 
-/// Calls between progress updates; the raw loop and the pool update alike.
-const TICK: usize = 256;
+/// How often a phase's bar is redrawn from its counter.
+const REDRAW: Duration = Duration::from_millis(100);
+
+/// The calls a measured phase has completed. Each caller adds one per call
+/// to an atomic counter (no lock, no drawing on the callers' path); a ticker
+/// thread moves the bar to the count every [`REDRAW`], so the position and
+/// the rate follow the calls from the first one instead of jumping when a
+/// batch of callers reports at once.
+struct Counter {
+    done: Arc<AtomicU64>,
+    bar: ProgressBar,
+    stop: Option<mpsc::Sender<()>>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Counter {
+    /// Starts counting at zero; the bar's elapsed time and rate start now,
+    /// after the warm-up.
+    fn start(bar: &ProgressBar) -> Counter {
+        let done = Arc::new(AtomicU64::new(0));
+        bar.reset();
+        let (stop, ticker) = if bar.is_hidden() {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::channel::<()>();
+            let (bar, done) = (bar.clone(), done.clone());
+            let ticker = std::thread::Builder::new()
+                .name("snakepit-bench-progress".into())
+                .spawn(move || {
+                    // Redraws until the phase drops its sender.
+                    while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REDRAW) {
+                        bar.set_position(done.load(Ordering::Relaxed));
+                    }
+                })
+                .ok();
+            (Some(tx), ticker)
+        };
+        Counter {
+            done,
+            bar: bar.clone(),
+            stop,
+            ticker,
+        }
+    }
+
+    /// The handle the callers add to.
+    fn handle(&self) -> Arc<AtomicU64> {
+        self.done.clone()
+    }
+
+    /// Stops the ticker and clears the bar.
+    fn finish(mut self) {
+        self.stop.take();
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+        self.bar.set_position(self.done.load(Ordering::Relaxed));
+        self.bar.finish_and_clear();
+    }
+}
 
 /// The raw loop: started through the spawn path on the runtime, then run
 /// on plain threads with blocking pipes (the runtime waits meanwhile).
@@ -260,21 +331,21 @@ async fn raw_run(
         }
     }
     let per = requests / workers;
+    let counter = Counter::start(bar);
     let start = Instant::now();
     let lat: anyhow::Result<Vec<Vec<Duration>>> = std::thread::scope(|s| {
         let handles: Vec<_> = raws
             .iter_mut()
             .map(|w| {
                 let command = a.command.as_str();
+                let done = counter.handle();
                 s.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let mut lat = Vec::with_capacity(per);
                     for i in 0..per {
                         let t = Instant::now();
                         w.call(1000 + i as u64, command, args)?;
                         lat.push(t.elapsed());
-                        if (i + 1) % TICK == 0 {
-                            bar.inc(TICK as u64);
-                        }
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(lat)
                 })
@@ -289,7 +360,7 @@ async fn raw_run(
             .collect()
     });
     let elapsed = start.elapsed();
-    bar.finish_and_clear();
+    counter.finish();
     Ok(Run::new(lat?.into_iter().flatten().collect(), elapsed))
 }
 
@@ -306,23 +377,22 @@ async fn pool_run(
             .await?;
     }
     let per = requests / concurrency;
+    let counter = Counter::start(bar);
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let pool = pool.clone();
             let command = a.command.clone();
             let args = args.clone();
-            let bar = bar.clone();
+            let done = counter.handle();
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per);
-                for i in 0..per {
+                for _ in 0..per {
                     let t = Instant::now();
                     pool.call::<_, Value>(&command, &args, CallOptions::new())
                         .await?;
                     lat.push(t.elapsed());
-                    if (i + 1) % TICK == 0 {
-                        bar.inc(TICK as u64);
-                    }
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<_, snakepit_core::Error>(lat)
             })
@@ -333,7 +403,7 @@ async fn pool_run(
         lat.extend(t.await.map_err(|_| snakepit_core::Error::Cancelled)??);
     }
     let elapsed = start.elapsed();
-    bar.finish_and_clear();
+    counter.finish();
     Ok(Run::new(lat, elapsed))
 }
 
