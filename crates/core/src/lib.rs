@@ -32,6 +32,14 @@
 //! | `json`    | yes     | the JSON wire codec |
 //! | `msgpack` | yes     | the MessagePack wire codec |
 
+// Without a codec a pool could not talk to any worker: one error that says
+// so, instead of the errors of the code that needs one.
+#[cfg(not(any(feature = "json", feature = "msgpack")))]
+compile_error!(
+    "snakepit-core needs at least one wire codec: enable its `json` or `msgpack` feature \
+     (both are default features)"
+);
+
 mod adapter;
 mod config;
 mod error;
