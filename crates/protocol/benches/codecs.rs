@@ -18,19 +18,7 @@ const SIZES: &[usize] = &[0, 1024, 100 * 1024, 1024 * 1024];
 fn reply_frame<C: Codec>(codec: &C, size: usize) -> BytesMut {
     let result = json!({"status": "ok", "data": "x".repeat(size)});
     let mut buf = BytesMut::new();
-    encode_frame(
-        codec,
-        &Response {
-            id: 1,
-            success: true,
-            result: Some(&result),
-            error: None,
-            timestamp: None,
-        },
-        usize::MAX,
-        &mut buf,
-    )
-    .unwrap();
+    encode_frame(codec, &Response::ok(1, &result), usize::MAX, &mut buf).unwrap();
     buf
 }
 

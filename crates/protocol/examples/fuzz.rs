@@ -527,13 +527,7 @@ fn value_case(rng: &mut Rng) -> Case {
     for _ in depth_of(&value)..depth {
         value = json!([value]);
     }
-    let response = Response {
-        id: 1,
-        success: true,
-        result: Some(&value),
-        error: None,
-        timestamp: None,
-    };
+    let response = Response::ok(1, &value);
     let mut unchecked = BytesMut::new();
     codec
         .encode(&response, &mut unchecked)
@@ -629,13 +623,7 @@ fn large_case(rng: &mut Rng) -> Case {
         json!({"text": "\u{1F40D}".repeat(rng.below(250_000)), "n": 1})
     };
     let mut buf = BytesMut::new();
-    let response = Response {
-        id: 9,
-        success: true,
-        result: Some(&value),
-        error: None,
-        timestamp: None,
-    };
+    let response = Response::ok(9, &value);
     encode_frame(&codec, &response, MAX_FRAME, &mut buf).expect("a large frame encodes");
     let back: Value = decode_response(&codec, &buf[4..]).unwrap().unwrap();
     assert_eq!(back, value, "large frame round trip");

@@ -1,7 +1,11 @@
-use bytes::{BufMut, BytesMut};
+#[cfg(any(feature = "json", feature = "msgpack"))]
+use bytes::BufMut;
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+#[cfg(any(feature = "json", feature = "msgpack"))]
+use crate::Error;
+use crate::Result;
 
 /// A wire codec: how one payload becomes bytes and back.
 ///
@@ -18,6 +22,16 @@ pub trait Codec: Send + Sync + 'static {
 
     /// Deserialises one value from the whole of `src`.
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T>;
+
+    /// A reply's id and outcome read from its first bytes alone, when the
+    /// payload begins the way this codec writes a reply; `None` when not
+    /// sure, which is always right (the default: the reader then decodes
+    /// the routing part in full). The reader's fast path, behind
+    /// [`peek_response`](crate::peek_response).
+    fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {
+        let _ = payload;
+        None
+    }
 }
 
 /// JSON payloads: UTF-8 text, written compact.
@@ -37,6 +51,10 @@ impl Codec for Json {
 
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
         serde_json::from_slice(src).map_err(|e| json_error(src, e))
+    }
+
+    fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {
+        crate::message::peek::json(payload)
     }
 }
 
@@ -125,6 +143,10 @@ impl Codec for MsgPack {
             }
         })
     }
+
+    fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {
+        crate::message::peek::msgpack(payload)
+    }
 }
 
 /// The built-in codecs as a closed enum, for choosing one at start-up (from
@@ -167,7 +189,9 @@ impl Default for WireCodec {
 
 impl Codec for WireCodec {
     fn name(&self) -> &'static str {
-        match self {
+        // `*self`: without any codec the enum is empty, and this match
+        // compiles to nothing instead of a second error after lib.rs's.
+        match *self {
             #[cfg(feature = "json")]
             WireCodec::Json => Json.name(),
             #[cfg(feature = "msgpack")]
@@ -176,7 +200,7 @@ impl Codec for WireCodec {
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()> {
-        match self {
+        match *self {
             #[cfg(feature = "json")]
             WireCodec::Json => Json.encode(value, dst),
             #[cfg(feature = "msgpack")]
@@ -185,11 +209,20 @@ impl Codec for WireCodec {
     }
 
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
-        match self {
+        match *self {
             #[cfg(feature = "json")]
             WireCodec::Json => Json.decode(src),
             #[cfg(feature = "msgpack")]
             WireCodec::MsgPack => MsgPack.decode(src),
+        }
+    }
+
+    fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {
+        match *self {
+            #[cfg(feature = "json")]
+            WireCodec::Json => Json.peek_response(payload),
+            #[cfg(feature = "msgpack")]
+            WireCodec::MsgPack => MsgPack.peek_response(payload),
         }
     }
 }

@@ -1,11 +1,13 @@
 use std::fmt;
+use std::sync::Arc;
 
 /// Everything that can go wrong between bytes on a pipe and a typed message.
 ///
 /// Each variant names one thing that was wrong, so that a pool can say
 /// precisely why it gave up on a worker. The `Display` text is for people;
-/// match on the variant, not on the text.
-#[derive(Debug, thiserror::Error)]
+/// match on the variant, not on the text. It is `Clone` (an I/O error is
+/// shared), so that every call a broken worker had in flight gets its own.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A frame's length prefix is above the configured maximum. Raised from
@@ -66,6 +68,16 @@ pub enum Error {
         /// What the decoder reported.
         detail: String,
     },
+    /// A reply or chunk names an id with no call (or host call) in flight:
+    /// never sent, or already answered. Raised by whoever routes frames by
+    /// id (the pool's reader); the decoders cannot know.
+    #[error("{kind} frame for id {id}, which no call in flight has")]
+    UnknownId {
+        /// The message kind (`response`, `chunk`, `host_reply`).
+        kind: &'static str,
+        /// The id the frame named.
+        id: u64,
+    },
     /// The `type` field names no known frame kind.
     #[error("unknown frame type {0:?}")]
     UnknownFrameType(String),
@@ -97,13 +109,21 @@ pub enum Error {
     },
     /// Reading or writing the underlying stream failed.
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[source] Arc<std::io::Error>),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
 }
 
 impl Error {
     /// A short, stable name for the kind of error, as used by the shared wire
     /// vectors (`truncated`, `too_large`, `invalid_payload`, `invalid_utf8`,
-    /// `missing_field`, `wrong_type`, `too_deep`, `encode`, `io`).
+    /// `missing_field`, `wrong_type`, `too_deep`, `encode`, `io`). A frame
+    /// for an unknown id is `wrong_type`, as it was before it had a variant
+    /// of its own.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::FrameTooLarge { .. } => "too_large",
@@ -111,9 +131,10 @@ impl Error {
             Error::InvalidPayload { .. } => "invalid_payload",
             Error::InvalidUtf8 { .. } => "invalid_utf8",
             Error::MissingField { .. } => "missing_field",
-            Error::WrongType { .. } | Error::Mismatch { .. } | Error::UnknownFrameType(_) => {
-                "wrong_type"
-            }
+            Error::WrongType { .. }
+            | Error::Mismatch { .. }
+            | Error::UnknownFrameType(_)
+            | Error::UnknownId { .. } => "wrong_type",
             Error::TooDeep { .. } => "too_deep",
             Error::Encode { .. } => "encode",
             Error::Io(_) => "io",
@@ -138,3 +159,30 @@ fn refused(encoding: &bool) -> &'static str {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_clone_an_io_error_shares_it() {
+        let e = Error::from(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
+        let copy = e.clone();
+        assert_eq!(copy.kind(), "io");
+        assert_eq!(copy.to_string(), e.to_string());
+        assert!(std::error::Error::source(&copy).is_some());
+    }
+
+    #[test]
+    fn a_frame_for_an_unknown_id_is_its_own_variant() {
+        let e = Error::UnknownId {
+            kind: "response",
+            id: 42,
+        };
+        assert_eq!(e.kind(), "wrong_type");
+        assert_eq!(
+            e.to_string(),
+            "response frame for id 42, which no call in flight has"
+        );
+    }
+}

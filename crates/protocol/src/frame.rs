@@ -13,6 +13,8 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024 * 1024;
 /// Length-prefixed framing for `FramedRead`/`FramedWrite`: a 4-byte
 /// big-endian length, then that many bytes of payload.
 ///
+/// Encoding writes the header before each payload it is given, so what
+/// one side's `FramedWrite` sends, the other side's `FramedRead` yields.
 /// Decoding yields each payload as a `BytesMut` split off the read buffer
 /// (no copy). A length above `max_frame_size` fails with
 /// [`Error::FrameTooLarge`] as soon as the header has arrived, before any
@@ -96,12 +98,33 @@ impl Decoder for FrameCodec {
     }
 }
 
-/// Writes an already framed buffer (as made by [`encode_frame`]) unchanged.
+/// Frames a payload: its 4-byte length, then the payload. A payload above
+/// `max_frame_size` fails with [`Error::FrameTooLarge`] and writes nothing.
+/// (To serialise a value straight into a frame, use [`encode_frame`].)
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use snakepit_protocol::FrameCodec;
+/// use tokio_util::codec::Encoder;
+///
+/// let mut buf = BytesMut::new();
+/// FrameCodec::default().encode(Bytes::from_static(b"hi"), &mut buf).unwrap();
+/// assert_eq!(&buf[..], b"\x00\x00\x00\x02hi");
+/// ```
 impl Encoder<bytes::Bytes> for FrameCodec {
     type Error = Error;
 
-    fn encode(&mut self, frame: bytes::Bytes, dst: &mut BytesMut) -> Result<(), Error> {
-        dst.extend_from_slice(&frame);
+    fn encode(&mut self, payload: bytes::Bytes, dst: &mut BytesMut) -> Result<(), Error> {
+        let len = payload.len();
+        if len > self.max_frame_size || len > u32::MAX as usize {
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max: self.max_frame_size,
+            });
+        }
+        dst.reserve(HEADER_LEN + len);
+        dst.put_u32(len as u32);
+        dst.extend_from_slice(&payload);
         Ok(())
     }
 }

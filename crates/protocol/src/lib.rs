@@ -56,6 +56,6 @@ pub use error::{Error, Result};
 pub use frame::{encode_frame, FrameCodec, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN};
 pub use message::{
     decode_chunk, decode_host_call_args, decode_inbound, decode_outbound, decode_response,
-    peek_response, Cancel, Capabilities, Hello, HostReply, Inbound, Outbound, RemoteError, Request,
-    Response, Timestamp, PROTOCOL_VERSION,
+    peek_response, Cancel, Capabilities, ForHostCall, ForRequest, Hello, HostReply, Inbound,
+    Outbound, RemoteError, Reply, ReplyTo, Request, Response, Timestamp, PROTOCOL_VERSION,
 };

@@ -37,18 +37,7 @@ fn mixed(depth: usize) -> Value {
 
 fn response<C: Codec>(codec: &C, result: &Value) -> Result<BytesMut, Error> {
     let mut buf = BytesMut::new();
-    encode_frame(
-        codec,
-        &Response {
-            id: 7,
-            success: true,
-            result: Some(result),
-            error: None,
-            timestamp: None,
-        },
-        usize::MAX,
-        &mut buf,
-    )?;
+    encode_frame(codec, &Response::ok(7, result), usize::MAX, &mut buf)?;
     Ok(buf.split_off(4))
 }
 

@@ -40,7 +40,7 @@ proptest! {
     ) {
         let mut wire = BytesMut::new();
         for (i, r) in results.iter().enumerate() {
-            let reply = Response { id: i as u64 + 1, success: true, result: Some(r), error: None, timestamp: None };
+            let reply = Response::ok(i as u64 + 1, r);
             encode_frame(&codec, &reply, 1 << 20, &mut wire).unwrap();
         }
         // Feed the stream in pieces cut at arbitrary points.
@@ -85,9 +85,9 @@ proptest! {
     ) {
         let err = snakepit_protocol::RemoteError::new("E", "m");
         let reply = if success {
-            Response { id, success, result: Some(&result), error: None, timestamp: None }
+            Response::ok(id, &result)
         } else {
-            Response { id, success, result: None, error: Some(&err), timestamp: None }
+            Response::err(id, &err)
         };
         let mut buf = BytesMut::new();
         encode_frame(&codec, &reply, usize::MAX, &mut buf).unwrap();

@@ -143,12 +143,10 @@ fn encode(case: &Value) -> Option<Vec<u8>> {
         None if v.get("timestamp").is_none() => {
             let e = v.get("error").map(error);
             let result = Wire(&v["result"]);
-            let r = Response {
-                id: v["id"].as_u64()?,
-                success: e.is_none(),
-                result: e.is_none().then_some(&result),
-                error: e.as_ref(),
-                timestamp: None,
+            let id = v["id"].as_u64()?;
+            let r = match &e {
+                None => Response::ok(id, &result),
+                Some(e) => Response::err(id, e),
             };
             encode_frame(&codec, &r, max, &mut buf).unwrap();
         }
@@ -332,19 +330,7 @@ fn typed_results_decode_straight_from_the_frame() {
     for codec in [WireCodec::Json, WireCodec::MsgPack] {
         let mut buf = BytesMut::new();
         let result = json!({"status": "ok", "operation": "add", "result": 8});
-        encode_frame(
-            &codec,
-            &Response {
-                id: 1,
-                success: true,
-                result: Some(&result),
-                error: None,
-                timestamp: None,
-            },
-            1024,
-            &mut buf,
-        )
-        .unwrap();
+        encode_frame(&codec, &Response::ok(1, &result), 1024, &mut buf).unwrap();
         let sum: Sum = decode_response(&codec, &buf[4..]).unwrap().unwrap();
         assert_eq!(
             sum,

@@ -1,0 +1,92 @@
+//! The payload decoders: a reply's outcome, a chunk's data, a host call's
+//! arguments, each straight into the receiver's type.
+
+use serde::de::{self, DeserializeOwned};
+use serde::Deserialize;
+
+use super::RemoteError;
+use crate::{Codec, Error, Result};
+
+#[derive(Deserialize)]
+#[serde(bound = "T: Deserialize<'de>")]
+struct Body<T> {
+    success: Option<bool>,
+    #[serde(default = "Option::default")]
+    result: Option<T>,
+    #[serde(default)]
+    error: Option<RemoteError>,
+}
+
+/// Decodes the outcome of a `response` (or `host_reply`) frame straight into
+/// `T`: `Ok(Ok(result))` on success, `Ok(Err(remote))` when the peer reported
+/// a failure, `Err` when the frame is malformed.
+///
+/// A successful reply with no `result` (or `null`) decodes as `T` from unit,
+/// so `serde_json::Value::Null`, `()` and `Option::None` all work.
+pub fn decode_response<C, T>(
+    codec: &C,
+    payload: &[u8],
+) -> Result<std::result::Result<T, RemoteError>>
+where
+    C: Codec + ?Sized,
+    T: DeserializeOwned,
+{
+    let body: Body<T> = codec.decode(payload)?;
+    match body.success {
+        None => Err(Error::MissingField {
+            kind: "response",
+            field: "success",
+        }),
+        Some(true) => match body.result {
+            Some(v) => Ok(Ok(v)),
+            None => T::deserialize(de::value::UnitDeserializer::<de::value::Error>::new())
+                .map(Ok)
+                .map_err(|_| Error::MissingField {
+                    kind: "response",
+                    field: "result",
+                }),
+        },
+        Some(false) => Ok(Err(body.error.unwrap_or_else(|| RemoteError {
+            kind: None,
+            message: "the worker reported a failure without an error".into(),
+            traceback: None,
+        }))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: Deserialize<'de>")]
+struct Field<T> {
+    #[serde(default = "Option::default", alias = "args")]
+    data: Option<T>,
+}
+
+/// Decodes the `data` of a `chunk` frame into `T`.
+pub fn decode_chunk<C: Codec + ?Sized, T: DeserializeOwned>(
+    codec: &C,
+    payload: &[u8],
+) -> Result<T> {
+    decode_field(codec, payload, "chunk", "data")
+}
+
+/// Decodes the `args` of a `host_call` frame (or a `request` frame) into `T`.
+pub fn decode_host_call_args<C: Codec + ?Sized, T: DeserializeOwned>(
+    codec: &C,
+    payload: &[u8],
+) -> Result<T> {
+    decode_field(codec, payload, "host_call", "args")
+}
+
+fn decode_field<C: Codec + ?Sized, T: DeserializeOwned>(
+    codec: &C,
+    payload: &[u8],
+    kind: &'static str,
+    field: &'static str,
+) -> Result<T> {
+    let f: Field<T> = codec.decode(payload)?;
+    match f.data {
+        Some(v) => Ok(v),
+        None => T::deserialize(de::value::UnitDeserializer::<de::value::Error>::new())
+            .map_err(|_| Error::MissingField { kind, field }),
+    }
+}

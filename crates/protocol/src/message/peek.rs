@@ -1,0 +1,82 @@
+//! The reader's fast path: a reply's id and outcome from its first bytes,
+//! for the shapes in which the built-in codecs write replies
+//! ([`Codec::peek_response`] of [`Json`](crate::Json) and
+//! [`MsgPack`](crate::MsgPack)).
+
+use crate::Codec;
+
+/// The routing part of a reply, read from its first bytes only, when the
+/// frame begins the way every bundled bridge writes replies: a map whose
+/// first key is `id` (an unsigned integer) and whose second is `success` (a
+/// boolean). `None` means "not sure": call [`decode_inbound`](crate::decode_inbound).
+///
+/// This is the reader's fast path: it costs tens of instructions instead of
+/// a scan of the whole payload. It does not validate the rest of the frame,
+/// so whoever receives the frame must decode it with
+/// [`decode_response`](crate::decode_response),
+/// which does. A frame from a worker that has a `success` key is a reply by
+/// the protocol's definition (chunks, hellos and host calls have none).
+///
+/// ```
+/// use snakepit_protocol::{peek_response, WireCodec};
+/// let frame = br#"{"id":42,"success":true,"result":{"status":"ok"}}"#;
+/// assert_eq!(peek_response(&WireCodec::Json, frame), Some((42, true)));
+/// assert_eq!(peek_response(&WireCodec::Json, br#"{"type":"chunk","id":1}"#), None);
+/// ```
+pub fn peek_response<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<(u64, bool)> {
+    codec.peek_response(payload)
+}
+
+/// A reply as serde_json writes it: `{"id":<digits>,"success":<bool>` then
+/// `,` or `}`.
+#[cfg(feature = "json")]
+pub(crate) fn json(p: &[u8]) -> Option<(u64, bool)> {
+    let rest = p.strip_prefix(b"{\"id\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"success\":")?;
+    let (success, rest) = if let Some(r) = rest.strip_prefix(b"true") {
+        (true, r)
+    } else {
+        (false, rest.strip_prefix(b"false")?)
+    };
+    matches!(rest.first(), Some(b',' | b'}')).then_some((id, success))
+}
+
+/// A reply as rmp-serde writes it with struct maps: a fixmap whose first
+/// key is `id` (a positive integer) and whose second is `success`.
+#[cfg(feature = "msgpack")]
+pub(crate) fn msgpack(p: &[u8]) -> Option<(u64, bool)> {
+    let (&map, rest) = p.split_first()?;
+    if !(0x82..=0x8f).contains(&map) {
+        return None;
+    }
+    let rest = rest.strip_prefix(b"\xa2id")?;
+    let (&marker, rest) = rest.split_first()?;
+    let (id, rest) = match marker {
+        0x00..=0x7f => (u64::from(marker), rest),
+        0xcc => (u64::from(*rest.first()?), rest.get(1..)?),
+        0xcd => (
+            u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            rest.get(2..)?,
+        ),
+        0xce => (
+            u64::from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)),
+            rest.get(4..)?,
+        ),
+        0xcf => (
+            u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+            rest.get(8..)?,
+        ),
+        _ => return None,
+    };
+    let rest = rest.strip_prefix(b"\xa7success")?;
+    match rest.first()? {
+        0xc3 => Some((id, true)),
+        0xc2 => Some((id, false)),
+        _ => None,
+    }
+}

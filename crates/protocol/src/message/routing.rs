@@ -1,0 +1,286 @@
+//! The routing part of a frame: its kind and ids, read without touching
+//! its payload, which the receiver decodes later straight into its own type.
+
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::Hello;
+use crate::skim::Raw;
+use crate::{Codec, Error, Result};
+
+/// The routing part of a frame from a worker, decoded without touching its
+/// payload (`result`, `data`, `args`), which the receiver decodes later
+/// straight into its own type with [`decode_response`](crate::decode_response),
+/// [`decode_chunk`](crate::decode_chunk) or
+/// [`decode_host_call_args`](crate::decode_host_call_args).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// A final reply to request `id`; `id` 0 is a worker's report that it
+    /// could not decode a frame.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// Whether it succeeded.
+        success: bool,
+    },
+    /// A partial result of request `id`.
+    Chunk {
+        /// The request's id.
+        id: u64,
+    },
+    /// The worker's hello.
+    Hello(Hello),
+    /// The worker calls a host function.
+    HostCall {
+        /// The worker's id for this call.
+        id: u64,
+        /// The request the worker is serving, if it said.
+        request_id: Option<u64>,
+        /// The function's name.
+        function: String,
+    },
+}
+
+/// The routing part of a frame from the pool, as a worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outbound {
+    /// Run `command`; the arguments stay in the payload.
+    Request {
+        /// The request's id.
+        id: u64,
+        /// The command.
+        command: String,
+    },
+    /// Stop request `id`.
+    Cancel {
+        /// The request's id.
+        id: u64,
+    },
+    /// The answer to host call `id`.
+    HostReply {
+        /// The worker's id for its host call.
+        id: u64,
+        /// Whether it succeeded.
+        success: bool,
+    },
+}
+
+/// A field's value when only its kind matters, so that a frame with a field
+/// of the wrong type is reported as such rather than as a parse failure.
+#[derive(Debug)]
+enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Str(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Scalar, D::Error> {
+                Scalar::deserialize(d)
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Scalar, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: Option<Scalar>,
+    id: Option<Scalar>,
+    success: Option<Scalar>,
+    command: Option<Scalar>,
+    request_id: Option<Scalar>,
+    function: Option<Scalar>,
+}
+
+/// Decodes the payload into an envelope, telling "not a map" apart from
+/// "not valid at all". A payload too deep for the codec's decoder is read
+/// again without recursion (the built-in codecs), so that a frame is routed
+/// whatever the depth of the values it carries.
+fn envelope<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Envelope> {
+    let not_a_map = |e| match e {
+        Error::Mismatch { .. } => Error::WrongType {
+            field: "payload",
+            expected: "a map",
+        },
+        other => other,
+    };
+    match codec.decode::<Envelope>(payload) {
+        Err(deep @ Error::TooDeep { .. }) => match skimmed(codec, payload) {
+            Some(env) => env.map_err(not_a_map),
+            None => Err(deep),
+        },
+        other => other.map_err(not_a_map),
+    }
+}
+
+/// The envelope of a payload too deep to decode, read field by field.
+fn skimmed<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<Result<Envelope>> {
+    const NAMES: [&str; 6] = ["type", "id", "success", "command", "request_id", "function"];
+    let raws = match crate::skim::fields(codec.name(), payload, NAMES)? {
+        Ok(raws) => raws,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut values = raws.into_iter().map(|raw| match raw {
+        None => Ok(None),
+        Some(Raw::Container) => Ok(Some(Scalar::Other)),
+        Some(Raw::Scalar(bytes)) => codec.decode::<Scalar>(bytes).map(Some),
+    });
+    let mut next = || values.next().unwrap_or(Ok(None));
+    Some((|| {
+        Ok(Envelope {
+            kind: next()?,
+            id: next()?,
+            success: next()?,
+            command: next()?,
+            request_id: next()?,
+            function: next()?,
+        })
+    })())
+}
+
+fn present(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<Scalar> {
+    match v {
+        None | Some(Scalar::Null) => Err(Error::MissingField { kind, field }),
+        Some(s) => Ok(s),
+    }
+}
+
+fn id_of(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<u64> {
+    match present(kind, field, v)? {
+        Scalar::Int(n) if (0..=u64::MAX as i128).contains(&n) => Ok(n as u64),
+        _ => Err(Error::WrongType {
+            field,
+            expected: "a non-negative integer",
+        }),
+    }
+}
+
+fn bool_of(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<bool> {
+    match present(kind, field, v)? {
+        Scalar::Bool(b) => Ok(b),
+        _ => Err(Error::WrongType {
+            field,
+            expected: "a boolean",
+        }),
+    }
+}
+
+fn str_of(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<String> {
+    match present(kind, field, v)? {
+        Scalar::Str(s) => Ok(s),
+        _ => Err(Error::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+fn type_of(v: Option<Scalar>) -> Result<Option<String>> {
+    match v {
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::WrongType {
+            field: "type",
+            expected: "a string",
+        }),
+    }
+}
+
+/// Reads the routing part of a frame from a worker.
+pub fn decode_inbound<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Inbound> {
+    let env = envelope(codec, payload)?;
+    match type_of(env.kind)?.as_deref() {
+        None | Some("response") => Ok(Inbound::Response {
+            id: id_of("response", "id", env.id)?,
+            success: bool_of("response", "success", env.success)?,
+        }),
+        Some("chunk") => Ok(Inbound::Chunk {
+            id: id_of("chunk", "id", env.id)?,
+        }),
+        Some("hello") => codec.decode::<Hello>(payload).map(Inbound::Hello),
+        Some("host_call") => Ok(Inbound::HostCall {
+            id: id_of("host_call", "id", env.id)?,
+            request_id: match env.request_id {
+                None | Some(Scalar::Null) => None,
+                v => Some(id_of("host_call", "request_id", v)?),
+            },
+            function: str_of("host_call", "function", env.function)?,
+        }),
+        Some(other) => Err(Error::UnknownFrameType(other.to_owned())),
+    }
+}
+
+/// Reads the routing part of a frame from the pool (the worker's side).
+pub fn decode_outbound<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Outbound> {
+    let env = envelope(codec, payload)?;
+    match type_of(env.kind)?.as_deref() {
+        None | Some("request") => Ok(Outbound::Request {
+            id: id_of("request", "id", env.id)?,
+            command: str_of("request", "command", env.command)?,
+        }),
+        Some("cancel") => Ok(Outbound::Cancel {
+            id: id_of("cancel", "id", env.id)?,
+        }),
+        Some("host_reply") => Ok(Outbound::HostReply {
+            id: id_of("host_reply", "id", env.id)?,
+            success: bool_of("host_reply", "success", env.success)?,
+        }),
+        Some(other) => Err(Error::UnknownFrameType(other.to_owned())),
+    }
+}

@@ -1,0 +1,96 @@
+//! The timestamps frames carry.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+/// A UTC instant written as ISO-8601 with microseconds, e.g.
+/// `2026-11-27T12:24:04.051023Z`, without a date-time dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Timestamp(SystemTime::now())
+    }
+
+    fn write(&self, out: &mut [u8; 27]) {
+        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+        let (y, m, day) = civil_from_days(days);
+        let micros = d.subsec_micros();
+        let mut put = |at: usize, v: u64, width: usize| {
+            let mut v = v;
+            for i in (0..width).rev() {
+                out[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y as u64, 4);
+        put(5, m as u64, 2);
+        put(8, day as u64, 2);
+        put(11, rem / 3600, 2);
+        put(14, rem / 60 % 60, 2);
+        put(17, rem % 60, 2);
+        put(20, micros as u64, 6);
+        out[4] = b'-';
+        out[7] = b'-';
+        out[10] = b'T';
+        out[13] = b':';
+        out[16] = b':';
+        out[19] = b'.';
+        out[26] = b'Z';
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// algorithm, `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 27];
+        self.write(&mut buf);
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 27];
+        self.write(&mut buf);
+        s.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_iso_8601_utc() {
+        let t = Timestamp(UNIX_EPOCH + Duration::from_micros(1_795_782_244_051_023));
+        assert_eq!(t.to_string(), "2026-11-27T12:24:04.051023Z");
+        assert_eq!(
+            Timestamp(UNIX_EPOCH).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        let leap = Timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)); // 2000-02-29
+        assert_eq!(leap.to_string(), "2000-02-29T00:00:00.000000Z");
+    }
+}
