@@ -1,0 +1,197 @@
+//! Taking and giving back a unit of a worker's capacity: the free list,
+//! the queue, session affinity, and the `Lease` that returns itself on drop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::options::Affinity;
+use super::shared::Shared;
+use super::slots::{AffinityRecord, State};
+use crate::error::{Error, Result};
+use crate::worker::Worker;
+
+/// A claim on one unit of a worker's capacity. Dropped unused, it gives the
+/// unit back (so a lease lost in a cancelled queue wait leaks nothing).
+pub(crate) struct Lease {
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) armed: bool,
+}
+
+impl Lease {
+    pub(crate) fn disarm(mut self) -> Arc<Worker> {
+        self.armed = false;
+        self.worker.clone()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.release(&self.worker);
+        }
+    }
+}
+
+impl Shared {
+    /// Gives back one unit of `worker`'s capacity: to the oldest waiter it
+    /// may serve, or to the free list.
+    pub(crate) fn release(self: &Arc<Self>, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation != worker.generation || slot.worker.is_none() {
+            return;
+        }
+        slot.in_flight = slot.in_flight.saturating_sub(1);
+        if slot.replace_at > 0 || slot.drain_at > 0 {
+            slot.count_served(worker.served.load(Ordering::Relaxed));
+        }
+        self.hand_off(&mut st, worker.slot);
+    }
+
+    pub(crate) fn hand_off(self: &Arc<Self>, st: &mut State, i: usize) {
+        while st.slots[i].has_room() {
+            let Some(waiter) = st.pop_waiter(i) else {
+                st.make_free(i);
+                return;
+            };
+            let slot = &mut st.slots[i];
+            slot.in_flight += 1;
+            let lease = Lease {
+                worker: slot.worker.clone().expect("has_room checked"),
+                shared: self.clone(),
+                armed: true,
+            };
+            if let Err(Ok(lease)) = waiter.tx.send(Ok(lease)) {
+                // The waiter left between the check and the send.
+                lease.disarm();
+                st.slots[i].in_flight -= 1;
+            }
+        }
+    }
+
+    pub(crate) fn take(self: &Arc<Self>, st: &mut State, i: usize) -> Lease {
+        let slot = &mut st.slots[i];
+        slot.in_flight += 1;
+        let worker = slot.worker.clone().expect("taken slots have a worker");
+        st.make_free(i);
+        Lease {
+            worker,
+            shared: self.clone(),
+            armed: true,
+        }
+    }
+
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        session: Option<&Arc<str>>,
+        affinity: Affinity,
+        deadline: Instant,
+        timeout: Duration,
+        command: &str,
+    ) -> Result<Lease> {
+        let rx = {
+            let mut st = self.state();
+            if st.closed {
+                return Err(Error::ShutDown);
+            }
+            let preferred = session.and_then(|s| {
+                let rec = st.affinity.get_mut(s)?;
+                rec.last_used = Instant::now();
+                let (slot, generation) = (rec.slot, rec.generation);
+                let s = &st.slots[slot];
+                // A draining worker is about to go: the session moves on.
+                (s.generation == generation && s.worker.is_some() && !s.draining).then_some(slot)
+            });
+            let mut strict_slot = None;
+            if let Some(p) = preferred {
+                if st.slots[p].has_room() {
+                    return Ok(self.take(&mut st, p));
+                }
+                match affinity {
+                    Affinity::Prefer => {}
+                    Affinity::Strict => strict_slot = Some(p),
+                    Affinity::FailFast => {
+                        let worker_id = st.slots[p]
+                            .worker
+                            .as_ref()
+                            .map_or_else(String::new, |w| w.id.clone());
+                        return Err(Error::WorkerBusy {
+                            session_id: session.map(|s| s.to_string()).unwrap_or_default(),
+                            worker_id,
+                        });
+                    }
+                }
+            }
+            if strict_slot.is_none() {
+                if let Some(i) = st.pop_free() {
+                    let lease = self.take(&mut st, i);
+                    if let Some(s) = session {
+                        self.remember(&mut st, s, i);
+                    }
+                    return Ok(lease);
+                }
+                let none_ready = st.slots.iter().all(|s| s.worker.is_none());
+                if none_ready && st.slots.iter().all(|s| s.breaker_open) {
+                    if let Some(e) = &st.last_start_error {
+                        return Err(Error::StartFailed(Box::new(e.clone())));
+                    }
+                }
+            }
+            if st.queued_entries() >= self.config.max_queue_size {
+                st.purge_abandoned();
+                let queued = st.queued_entries();
+                if queued >= self.config.max_queue_size {
+                    self.counters.pool_saturated.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::PoolSaturated { queued });
+                }
+            }
+            st.push_waiter(strict_slot)
+        };
+        let queue_deadline = deadline.min(Instant::now() + self.config.queue_timeout);
+        match tokio::time::timeout_at(queue_deadline.into(), rx).await {
+            Ok(Ok(Ok(lease))) => {
+                if let Some(s) = session {
+                    let mut st = self.state();
+                    self.remember(&mut st, s, lease.worker.slot);
+                }
+                Ok(lease)
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::ShutDown),
+            Err(_) if queue_deadline >= deadline => {
+                self.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::CallTimeout {
+                    command: command.to_owned(),
+                    timeout,
+                })
+            }
+            Err(_) => {
+                self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::QueueTimeout(self.config.queue_timeout))
+            }
+        }
+    }
+
+    pub(crate) fn remember(&self, st: &mut State, session: &Arc<str>, slot: usize) {
+        let generation = st.slots[slot].generation;
+        let now = Instant::now();
+        if let Some(rec) = st.affinity.get_mut(session) {
+            *rec = AffinityRecord {
+                slot,
+                generation,
+                last_used: now,
+            };
+        } else if st.affinity.len() < self.config.max_sessions {
+            st.affinity.insert(
+                session.clone(),
+                AffinityRecord {
+                    slot,
+                    generation,
+                    last_used: now,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The part of a pool every task shares, and its bookkeeping of workers
+//! coming, going, draining and being checked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use snakepit_protocol::WireCodec;
+use tokio::sync::watch;
+
+use super::options::{HostFunction, TraceContext};
+use super::slots::State;
+use super::stats::Counters;
+use crate::adapter::{Adapter, Launch};
+use crate::error::Error;
+use crate::events::{Event, EventKind, Listener};
+use crate::session_hook::SessionHook;
+use crate::spawn::Spawner;
+use crate::worker::Worker;
+use crate::PoolConfig;
+
+/// The part of a pool every task shares.
+pub(crate) struct Shared {
+    pub(crate) config: PoolConfig,
+    pub(crate) adapter: Box<dyn Adapter>,
+    pub(crate) codec: WireCodec,
+    pub(crate) launch: Launch,
+    pub(crate) supported: Option<HashSet<String>>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) counters: Counters,
+    pub(crate) host_functions: HashMap<String, HostFunction>,
+    pub(crate) session_hook: Option<Arc<dyn SessionHook>>,
+    pub(crate) spawner: Spawner,
+    pub(crate) run_id: String,
+    pub(crate) name: String,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) trace_context: Option<TraceContext>,
+    pub(crate) record: Option<crate::sweep::RunRecord>,
+}
+
+impl Shared {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every listener; free when there is none.
+    pub(crate) fn emit(&self, kind: EventKind<'_>) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let event = Event {
+            pool: &self.name,
+            kind,
+        };
+        for listener in &self.listeners {
+            listener(&event);
+        }
+    }
+
+    /// A worker's process was reaped: no watchdog or run record needs it.
+    pub(crate) fn process_gone(&self, pid: u32) {
+        self.spawner.forget(pid);
+        if let Some(r) = &self.record {
+            r.remove(pid);
+        }
+    }
+
+    /// A CLIENT span (the worker's side is its SERVER span), with
+    /// namespaced attributes; numbers are recorded as `i64`, which
+    /// OpenTelemetry keeps as numbers (a `u64` would arrive as a string).
+    pub(crate) fn call_span(&self, command: &str, session: Option<&str>) -> tracing::Span {
+        tracing::info_span!(
+            "snakepit.call",
+            otel.kind = "client",
+            snakepit.pool = self.name.as_str(),
+            snakepit.command = command,
+            snakepit.session = session,
+            snakepit.worker = tracing::field::Empty,
+            process.pid = tracing::field::Empty,
+            snakepit.queue_wait_us = tracing::field::Empty,
+            snakepit.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    }
+
+    pub(crate) fn forget_session(&self, session_id: &str) {
+        self.state().affinity.remove(session_id);
+    }
+
+    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
+        let cap = worker
+            .capabilities()
+            .max_concurrency
+            .clamp(1, self.config.max_concurrency_per_worker);
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation != worker.generation {
+            return;
+        }
+        slot.reset(worker, cap);
+        let was_open = std::mem::replace(&mut slot.breaker_open, false);
+        self.hand_off(&mut st, worker.slot);
+        drop(st);
+        if was_open {
+            tracing::info!(
+                slot = worker.slot,
+                "breaker closed: the worker started again"
+            );
+            self.emit(EventKind::BreakerClosed {
+                worker: worker.slot,
+            });
+        }
+    }
+
+    pub(crate) fn worker_gone(&self, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation {
+            slot.worker = None;
+            slot.in_flight = 0;
+        }
+    }
+
+    pub(crate) fn next_generation(&self, i: usize) -> u64 {
+        let mut st = self.state();
+        let slot = &mut st.slots[i];
+        slot.last_generation += 1;
+        slot.generation = slot.last_generation;
+        slot.worker = None;
+        slot.generation
+    }
+
+    /// A generation for a replacement that starts while the slot's worker
+    /// still serves.
+    pub(crate) fn spare_generation(&self, i: usize) -> u64 {
+        let mut st = self.state();
+        st.slots[i].last_generation += 1;
+        st.slots[i].last_generation
+    }
+
+    /// Puts a recycled worker's replacement in its slot; the old worker's
+    /// calls finish on it, outside the slot's accounting.
+    pub(crate) fn install(self: &Arc<Self>, worker: &Arc<Worker>) -> Option<Arc<Worker>> {
+        let cap = worker
+            .capabilities()
+            .max_concurrency
+            .clamp(1, self.config.max_concurrency_per_worker);
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        let old = slot.worker.clone();
+        slot.generation = worker.generation;
+        slot.reset(worker, cap);
+        if let Some(old) = &old {
+            st.retiring.push(old.clone());
+        }
+        self.hand_off(&mut st, worker.slot);
+        old
+    }
+
+    /// Sets when the slot's `worker` is due for recycling by calls: its
+    /// supervisor is woken (through the returned `Notify`) once it has
+    /// answered `replace_at` calls, and it takes no new call once it has
+    /// answered `drain_at` (0: it keeps serving until replaced).
+    pub(crate) fn watch_calls(
+        &self,
+        worker: &Worker,
+        replace_at: u64,
+        drain_at: u64,
+    ) -> Arc<tokio::sync::Notify> {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() {
+            slot.replace_at = replace_at;
+            slot.drain_at = drain_at;
+            slot.count_served(worker.served.load(Ordering::Relaxed));
+        }
+        slot.due.clone()
+    }
+
+    /// The replacement of a draining `worker` could not start: it takes
+    /// calls again until one can.
+    pub(crate) fn undrain(self: &Arc<Self>, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() {
+            slot.replace_at = 0;
+            slot.drain_at = 0;
+            slot.draining = false;
+            self.hand_off(&mut st, worker.slot);
+        }
+    }
+
+    /// Withholds every idle worker whose ping is due from callers (its ping
+    /// holds one unit of its capacity) and returns them.
+    pub(crate) fn start_health_checks(&self) -> Vec<Arc<Worker>> {
+        let mut st = self.state();
+        let mut due = Vec::new();
+        for slot in &mut st.slots {
+            if slot.in_flight > 0 || slot.draining || slot.checking {
+                continue;
+            }
+            if let Some(w) = &slot.worker {
+                slot.checking = true;
+                slot.in_flight += 1;
+                due.push(w.clone());
+            }
+        }
+        due
+    }
+
+    /// `worker` answered its ping: it takes calls again.
+    pub(crate) fn passed_health_check(self: &Arc<Self>, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() && slot.checking {
+            slot.checking = false;
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            self.hand_off(&mut st, worker.slot);
+        }
+    }
+
+    /// Every worker process the pool has: ready ones and retiring ones.
+    pub(crate) fn every_worker(&self) -> Vec<Arc<Worker>> {
+        let st = self.state();
+        st.slots
+            .iter()
+            .filter_map(|s| s.worker.clone())
+            .chain(st.retiring.iter().cloned())
+            .collect()
+    }
+
+    /// Fails every queued call with `err()` (shutdown, or no worker left and
+    /// every breaker open).
+    pub(crate) fn fail_waiters(&self, st: &mut State, err: impl Fn() -> Error) {
+        for w in st
+            .queue
+            .drain(..)
+            .chain(st.strict.iter_mut().flat_map(|q| q.drain(..)))
+        {
+            let _ = w.tx.send(Err(err()));
+        }
+    }
+
+    /// Stops admitting calls, fails the queued ones and stops the
+    /// supervisors; the first step of every way a pool ends.
+    pub(crate) fn close(&self) {
+        {
+            let mut st = self.state();
+            st.closed = true;
+            self.fail_waiters(&mut st, || Error::ShutDown);
+        }
+        self.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn workers(&self) -> Vec<Arc<Worker>> {
+        self.state()
+            .slots
+            .iter()
+            .filter_map(|s| s.worker.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,240 @@
+//! The slot table and the queues, as plain data: which worker may take a
+//! call, who waits, which session went where. No processes, no async.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::lease::Lease;
+use crate::error::{Result, StartError};
+use crate::worker::Worker;
+
+pub(crate) struct Slot {
+    pub(crate) worker: Option<Arc<Worker>>,
+    /// The generation of the worker the slot holds (or is starting).
+    pub(crate) generation: u64,
+    /// The last generation handed out (a recycled worker's replacement
+    /// starts under a new one while the old still serves).
+    pub(crate) last_generation: u64,
+    pub(crate) in_flight: u32,
+    pub(crate) capacity: u32,
+    pub(crate) in_free: bool,
+    pub(crate) breaker_open: bool,
+    /// The worker's answers at which its supervisor is woken to start its
+    /// replacement (recycling by calls); 0 once done, or when off.
+    pub(crate) replace_at: u64,
+    /// The worker's answers at which it takes no new call; 0: never.
+    pub(crate) drain_at: u64,
+    /// It reached `drain_at`: it finishes its calls, takes no new one, and
+    /// leaves when its replacement is ready.
+    pub(crate) draining: bool,
+    /// Its health ping is in flight: withheld from callers until answered.
+    pub(crate) checking: bool,
+    /// Wakes the supervisor when the worker reaches `replace_at`.
+    pub(crate) due: Arc<tokio::sync::Notify>,
+}
+
+impl Slot {
+    pub(crate) fn new() -> Self {
+        Slot {
+            worker: None,
+            generation: 0,
+            last_generation: 0,
+            in_flight: 0,
+            capacity: 0,
+            in_free: false,
+            breaker_open: false,
+            replace_at: 0,
+            drain_at: 0,
+            draining: false,
+            checking: false,
+            due: Arc::default(),
+        }
+    }
+
+    pub(crate) fn has_room(&self) -> bool {
+        self.worker.is_some() && self.in_flight < self.capacity && !self.draining && !self.checking
+    }
+
+    /// A new worker takes the slot: nothing of the last one's state stays.
+    pub(crate) fn reset(&mut self, worker: &Arc<Worker>, capacity: u32) {
+        self.worker = Some(worker.clone());
+        self.in_flight = 0;
+        self.capacity = capacity;
+        self.replace_at = 0;
+        self.drain_at = 0;
+        self.draining = false;
+        self.checking = false;
+    }
+
+    /// Acts on the number of calls the worker has answered: wakes its
+    /// supervisor near the limit, stops giving it calls at the limit.
+    pub(crate) fn count_served(&mut self, served: u64) {
+        if self.replace_at > 0 && served >= self.replace_at {
+            self.replace_at = 0;
+            self.due.notify_one();
+        }
+        if self.drain_at > 0 && served >= self.drain_at {
+            self.draining = true;
+        }
+    }
+}
+
+pub(crate) type LeaseTx = oneshot::Sender<Result<Lease>>;
+
+pub(crate) struct Waiter {
+    pub(crate) seq: u64,
+    pub(crate) tx: LeaseTx,
+}
+
+pub(crate) struct AffinityRecord {
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
+    pub(crate) last_used: Instant,
+}
+
+pub(crate) struct State {
+    pub(crate) slots: Vec<Slot>,
+    /// Slots that may have room, most recently freed last (reused first).
+    pub(crate) free: Vec<usize>,
+    pub(crate) queue: VecDeque<Waiter>,
+    /// Waiters for one slot only (strict session affinity).
+    pub(crate) strict: Vec<VecDeque<Waiter>>,
+    pub(crate) seq: u64,
+    pub(crate) affinity: HashMap<Arc<str>, AffinityRecord>,
+    /// Recycled workers finishing their last calls.
+    pub(crate) retiring: Vec<Arc<Worker>>,
+    pub(crate) closed: bool,
+    pub(crate) last_start_error: Option<StartError>,
+}
+
+impl State {
+    /// The table of a pool of `size` slots, none filled yet.
+    pub(crate) fn new(size: usize) -> Self {
+        State {
+            slots: (0..size).map(|_| Slot::new()).collect(),
+            free: Vec::with_capacity(size),
+            queue: VecDeque::new(),
+            strict: (0..size).map(|_| VecDeque::new()).collect(),
+            seq: 0,
+            affinity: HashMap::new(),
+            retiring: Vec::new(),
+            closed: false,
+            last_start_error: None,
+        }
+    }
+
+    /// Queues a waiter for any slot, or for slot `only`; its receiver.
+    pub(crate) fn push_waiter(&mut self, only: Option<usize>) -> oneshot::Receiver<Result<Lease>> {
+        let (tx, rx) = oneshot::channel();
+        self.seq += 1;
+        let waiter = Waiter { seq: self.seq, tx };
+        match only {
+            Some(i) => self.strict[i].push_back(waiter),
+            None => self.queue.push_back(waiter),
+        }
+        rx
+    }
+    pub(crate) fn queued_entries(&self) -> usize {
+        self.queue.len() + self.strict.iter().map(VecDeque::len).sum::<usize>()
+    }
+
+    pub(crate) fn purge_abandoned(&mut self) {
+        self.queue.retain(|w| !w.tx.is_closed());
+        for q in &mut self.strict {
+            q.retain(|w| !w.tx.is_closed());
+        }
+    }
+
+    pub(crate) fn make_free(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if !slot.in_free && slot.has_room() {
+            slot.in_free = true;
+            self.free.push(i);
+        }
+    }
+
+    pub(crate) fn pop_free(&mut self) -> Option<usize> {
+        while let Some(i) = self.free.pop() {
+            self.slots[i].in_free = false;
+            if self.slots[i].has_room() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The oldest live waiter that slot `i` may serve.
+    pub(crate) fn pop_waiter(&mut self, i: usize) -> Option<Waiter> {
+        loop {
+            let strict_seq = self.strict[i].front().map(|w| w.seq);
+            let any_seq = self.queue.front().map(|w| w.seq);
+            let w = match (strict_seq, any_seq) {
+                (None, None) => return None,
+                (Some(s), Some(a)) if a < s => self.queue.pop_front(),
+                (Some(_), _) => self.strict[i].pop_front(),
+                (None, Some(_)) => self.queue.pop_front(),
+            }?;
+            if !w.tx.is_closed() {
+                return Some(w);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_waiter_a_slot_may_serve_goes_first_and_abandoned_ones_are_skipped() {
+        let mut st = State::new(2);
+        let any1 = st.push_waiter(None);
+        let only0 = st.push_waiter(Some(0));
+        let any2 = st.push_waiter(None);
+        let only1 = st.push_waiter(Some(1));
+        assert_eq!(st.queued_entries(), 4);
+        // Slot 1: the oldest it may serve is the first general waiter.
+        assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(1));
+        // Slot 0: its strict waiter (seq 2) is older than general seq 3.
+        assert_eq!(st.pop_waiter(0).map(|w| w.seq), Some(2));
+        drop(any2); // gave up waiting
+        assert_eq!(
+            st.pop_waiter(0).map(|w| w.seq),
+            None,
+            "slot 0 has nobody left"
+        );
+        assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(4));
+        drop((any1, only0, only1));
+        assert_eq!(st.queued_entries(), 0);
+    }
+
+    #[test]
+    fn purging_keeps_only_live_waiters() {
+        let mut st = State::new(1);
+        let keep = st.push_waiter(None);
+        drop(st.push_waiter(None));
+        drop(st.push_waiter(Some(0)));
+        st.purge_abandoned();
+        assert_eq!(st.queued_entries(), 1);
+        drop(keep);
+    }
+
+    #[test]
+    fn a_slot_drains_at_its_limit_and_wakes_its_supervisor_before() {
+        let mut slot = Slot::new();
+        slot.replace_at = 45;
+        slot.drain_at = 50;
+        slot.count_served(44);
+        assert!(!slot.draining);
+        assert_eq!(slot.replace_at, 45);
+        slot.count_served(45);
+        assert_eq!(slot.replace_at, 0, "the supervisor was woken once");
+        assert!(!slot.draining);
+        slot.count_served(50);
+        assert!(slot.draining);
+        assert!(!slot.has_room());
+    }
+}

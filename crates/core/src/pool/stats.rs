@@ -1,0 +1,129 @@
+//! The pool's counters and the snapshots `stats()` and `workers()` return.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::shared::Shared;
+
+/// A snapshot of a pool, every figure consistent with what callers saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Workers ready to take calls.
+    pub workers: usize,
+    /// Ready workers with no call in flight.
+    pub available: usize,
+    /// Ready workers with at least one call in flight.
+    pub busy: usize,
+    /// Calls in flight on workers (including timed-out calls whose late
+    /// reply is still awaited).
+    pub in_flight: usize,
+    /// Calls waiting in the queue.
+    pub queued: usize,
+    /// Calls submitted.
+    pub requests: u64,
+    /// Calls that succeeded.
+    pub completed: u64,
+    /// Calls that failed, whatever the reason (the counters below included).
+    pub errors: u64,
+    /// Calls whose future was dropped before they ended.
+    pub cancelled: u64,
+    /// Calls that timed out in the queue.
+    pub queue_timeouts: u64,
+    /// Calls rejected because the queue was full.
+    pub pool_saturated: u64,
+    /// Calls whose deadline passed.
+    pub call_timeouts: u64,
+    /// Calls failed because their worker died.
+    pub crashes: u64,
+    /// Workers started to replace one that ended.
+    pub restarts: u64,
+    /// Worker starts that failed.
+    pub start_failures: u64,
+    /// Workers replaced on purpose (calls, memory, age, idleness).
+    pub recycled: u64,
+    /// Sessions with a worker affinity record (at most `max_sessions`;
+    /// each goes after `session_ttl` unused, or with `end_session`).
+    pub sessions: usize,
+}
+
+/// One ready worker, as [`Pool::workers`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its id (`SNAKEPIT_WORKER_ID`).
+    pub id: String,
+    /// Its slot in the pool (0-based).
+    pub slot: usize,
+    /// Its process id (also its process group id).
+    pub pid: u32,
+    /// Calls in flight on it.
+    pub in_flight: usize,
+    /// Calls it has answered.
+    pub served: u64,
+    /// Time since it was spawned.
+    #[serde(serialize_with = "as_millis")]
+    pub age: Duration,
+    /// Its resident memory, when the system tells (Linux: `/proc`).
+    pub rss_bytes: Option<u64>,
+}
+
+pub(crate) fn as_millis<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) queue_timeouts: AtomicU64,
+    pub(crate) pool_saturated: AtomicU64,
+    pub(crate) call_timeouts: AtomicU64,
+    pub(crate) crashes: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) start_failures: AtomicU64,
+    pub(crate) recycled: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> Stats {
+        let st = self.state();
+        let c = &self.counters;
+        let mut s = Stats::default();
+        for slot in st.slots.iter().filter(|s| s.worker.is_some()) {
+            s.workers += 1;
+            s.in_flight += slot.in_flight as usize;
+            if slot.in_flight == 0 {
+                s.available += 1;
+            } else {
+                s.busy += 1;
+            }
+        }
+        s.queued = st
+            .queue
+            .iter()
+            .chain(st.strict.iter().flatten())
+            .filter(|w| !w.tx.is_closed())
+            .count();
+        s.requests = c.requests.load(Ordering::Relaxed);
+        s.completed = c.completed.load(Ordering::Relaxed);
+        s.errors = c.errors.load(Ordering::Relaxed);
+        s.cancelled = c.cancelled.load(Ordering::Relaxed);
+        s.queue_timeouts = c.queue_timeouts.load(Ordering::Relaxed);
+        s.pool_saturated = c.pool_saturated.load(Ordering::Relaxed);
+        s.call_timeouts = c.call_timeouts.load(Ordering::Relaxed);
+        s.crashes = c.crashes.load(Ordering::Relaxed);
+        s.restarts = c.restarts.load(Ordering::Relaxed);
+        s.start_failures = c.start_failures.load(Ordering::Relaxed);
+        s.recycled = c.recycled.load(Ordering::Relaxed);
+        s.sessions = st.affinity.len();
+        s
+    }
+}

@@ -1,0 +1,149 @@
+//! Streaming calls: the chunks a worker sends before its final reply.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use serde_json::Value;
+use snakepit_protocol::decode_chunk;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::call::{decode_result, InFlight, Outcome};
+use super::options::CallOptions;
+use super::shared::Shared;
+use super::Pool;
+use crate::error::{Error, Result};
+
+impl Pool {
+    /// Runs `command` and streams the chunks the worker sends before its
+    /// final reply. Dropping the stream cancels the call.
+    pub async fn execute_stream(
+        &self,
+        command: &str,
+        args: Value,
+        options: CallOptions,
+    ) -> Result<CallStream> {
+        let shared = self.shared();
+        let session = options.session_id.clone().map(Cow::Owned);
+        let mut outcome = Outcome::new(shared.clone(), Cow::Owned(command.to_owned()), session);
+        let (deadline, timeout) = self.deadline(command, &options, &outcome.meta);
+        let (tx, rx) = mpsc::channel(256);
+        let meta = &mut outcome.meta;
+        let span = meta.span.clone();
+        let submitted = async {
+            self.check(command, &args)?;
+            let args = shared.adapter.prepare_args(command, args);
+            self.submit(command, &args, &options, Some(tx), meta).await
+        }
+        .instrument(span)
+        .await;
+        let flight = match submitted {
+            Ok(f) => f,
+            Err(e) => return outcome.record(Err(e)),
+        };
+        Ok(CallStream {
+            outcome,
+            chunks: rx,
+            flight: Some(flight),
+            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timeout,
+        })
+    }
+}
+
+/// What a streaming call yields.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StreamItem {
+    /// A partial result.
+    Chunk(Value),
+    /// The final result; nothing follows it.
+    Done(Value),
+}
+
+/// The chunks of a streaming call, then its final result
+/// (see [`Pool::execute_stream`]). Dropping it cancels the call.
+pub struct CallStream {
+    pub(crate) outcome: Outcome<'static, Arc<Shared>>,
+    pub(crate) chunks: mpsc::Receiver<Bytes>,
+    pub(crate) flight: Option<InFlight>,
+    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
+    pub(crate) timeout: Duration,
+}
+
+impl Stream for CallStream {
+    type Item = Result<StreamItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(flight) = this.flight.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The reader drops the chunk sender before it delivers the final
+        // reply, so every chunk is read before the channel reports closed,
+        // and the reply can only be ready once it has.
+        let outcome = match this.chunks.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => {
+                let item = decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame)
+                    .map(StreamItem::Chunk)
+                    .map_err(|source| match source {
+                        // Well-formed, but not what the caller can take:
+                        // the stream's own error; the worker is fine.
+                        snakepit_protocol::Error::Mismatch { .. }
+                        | snakepit_protocol::Error::TooDeep { .. } => Error::Codec(source),
+                        source => Error::Protocol {
+                            worker_id: flight.worker.id.clone(),
+                            source,
+                        },
+                    });
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
+                Poll::Ready(r) => {
+                    let mut flight = this.flight.take().expect("checked");
+                    flight.done = true;
+                    match r {
+                        Ok(Ok(frame)) => decode_result::<Value>(
+                            &this.outcome.shared,
+                            &flight.worker,
+                            &this.outcome.command,
+                            &frame,
+                        )
+                        .map(StreamItem::Done),
+                        Ok(Err(failure)) => Err(failure.into()),
+                        Err(_) => Err(Error::ShutDown),
+                    }
+                }
+                Poll::Pending => return this.poll_deadline(cx),
+            },
+            Poll::Pending => return this.poll_deadline(cx),
+        };
+        Poll::Ready(Some(this.outcome.record(outcome)))
+    }
+}
+
+impl CallStream {
+    pub(crate) fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<StreamItem>>> {
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.flight = None; // dropping it cancels the call
+        let counters = &self.outcome.shared.counters;
+        counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
+        let outcome = Err(Error::CallTimeout {
+            command: self.outcome.command.to_string(),
+            timeout: self.timeout,
+        });
+        Poll::Ready(Some(self.outcome.record(outcome)))
+    }
+}

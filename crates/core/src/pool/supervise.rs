@@ -1,0 +1,469 @@
+//! Keeping every slot filled: start and handshake, backoff and breaker,
+//! recycling, retiring and health checks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use serde_json::{json, Value};
+use snakepit_protocol::{decode_response, encode_frame, Codec, Request};
+use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
+
+use super::shared::Shared;
+use crate::error::{Error, Result, StartError};
+use crate::events::EventKind;
+use crate::worker::{Pending, Worker};
+use crate::PoolConfig;
+
+/// Starts one worker and runs its init handshake.
+pub(crate) async fn start_worker(
+    shared: &Arc<Shared>,
+    slot: usize,
+    generation: u64,
+) -> std::result::Result<Arc<Worker>, StartError> {
+    let worker_id = format!("{}_worker_{}_{}", shared.name, slot + 1, generation);
+    let fail = |cause: String, stderr_tail: String| StartError {
+        worker_id: worker_id.clone(),
+        cause,
+        stderr_tail,
+    };
+    let launch = shared
+        .launch
+        .clone()
+        .env("SNAKEPIT_PROTOCOL", "1")
+        .env("SNAKEPIT_CODEC", shared.codec.name())
+        .env("SNAKEPIT_WORKER_ID", &worker_id)
+        .env("SNAKEPIT_RUN_ID", &shared.run_id);
+    let launch = if launch.run_id_arg {
+        launch.arg("--snakepit-run-id").arg(&shared.run_id)
+    } else {
+        launch
+    };
+    let program = launch.program.display().to_string();
+    let span = tracing::Span::current();
+    let child = shared.spawner.spawn(launch).await.map_err(|e| {
+        let cause = if e.kind() == std::io::ErrorKind::NotFound {
+            format!("cannot run `{program}`: not found (is it installed and on PATH?)")
+        } else {
+            format!("cannot run `{program}`: {e}")
+        };
+        fail(cause, String::new())
+    })?;
+    let started = Instant::now();
+    if let (Some(r), Some(pid)) = (&shared.record, child.id()) {
+        r.add(pid);
+    }
+    let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
+    span.record("process.pid", i64::from(worker.pid));
+    let args = json!({"initialization": true, "worker_id": worker_id});
+    let outcome = tokio::time::timeout(
+        shared.config.worker_init_timeout,
+        internal_call(shared, &worker, "ping", &args),
+    )
+    .await;
+    let failure = match outcome {
+        Ok(Ok(result)) if result.get("status").and_then(Value::as_str) == Some("ok") => {
+            let _ = worker.caps.set(Default::default());
+            let init = started.elapsed();
+            tracing::info!(worker = %worker.id, pid = worker.pid, init_ms = init.as_millis() as u64, "worker ready");
+            shared.emit(EventKind::WorkerReady {
+                worker: slot,
+                pid: worker.pid,
+                init,
+            });
+            return Ok(worker);
+        }
+        Ok(Ok(result)) => format!("init handshake answered without status \"ok\": {result}"),
+        Ok(Err(Error::WorkerCrashed(crash))) => {
+            format!("exited during the init handshake ({})", crash.exit)
+        }
+        Ok(Err(e)) => format!("init handshake failed: {e}"),
+        Err(_) => format!(
+            "no answer to the init handshake within {:?}",
+            shared.config.worker_init_timeout
+        ),
+    };
+    worker.kill();
+    worker.finished().await;
+    Err(fail(failure, worker.stderr_tail()))
+}
+
+/// A call the pool makes itself (handshake, health ping), outside the queue.
+pub(crate) async fn internal_call(
+    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
+    command: &str,
+    args: &Value,
+) -> Result<Value> {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut buf = BytesMut::new();
+    encode_frame(
+        &shared.codec,
+        &Request::new(id, command, args),
+        usize::MAX,
+        &mut buf,
+    )
+    .map_err(Error::Codec)?;
+    let (tx, rx) = oneshot::channel();
+    if worker
+        .register(
+            id,
+            Pending {
+                reply: tx,
+                chunks: None,
+                session: None,
+                holds_unit: false,
+            },
+        )
+        .is_err()
+    {
+        return Err(Error::ShutDown);
+    }
+    worker.send_request(id, buf.freeze());
+    let frame = rx.await.map_err(|_| Error::ShutDown)??;
+    match decode_response::<_, Value>(&shared.codec, &frame) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(error)) => Err(Error::Remote {
+            command: command.to_owned(),
+            error,
+        }),
+        Err(source) => Err(Error::Protocol {
+            worker_id: worker.id.clone(),
+            source,
+        }),
+    }
+}
+
+/// Small, fast, good-enough randomness for jitter.
+pub(crate) fn jitter(base: Duration, salt: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    // 50% .. 150% of base
+    base.mul_f64(0.5 + (x % 1000) as f64 / 1000.0)
+}
+
+/// The span a worker's start and handshake run in (its pid is recorded
+/// once spawned).
+pub(crate) fn start_span(shared: &Shared, i: usize) -> tracing::Span {
+    tracing::info_span!(
+        "snakepit.worker.start",
+        snakepit.pool = shared.name.as_str(),
+        // i64: tracing-opentelemetry exports u64 fields as strings.
+        snakepit.worker = i as i64,
+        process.pid = tracing::field::Empty,
+    )
+}
+
+/// Keeps slot `i` filled: starts its worker, waits for it to end, starts the
+/// next, backing off and opening the breaker when starts keep failing.
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    i: usize,
+    mut first: Option<oneshot::Sender<std::result::Result<(), StartError>>>,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut failures: u32 = 0;
+    let mut started_once = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let generation = shared.next_generation(i);
+        let span = start_span(&shared, i);
+        let start = tokio::select! {
+            r = start_worker(&shared, i, generation).instrument(span) => r,
+            _ = shutdown.changed() => return,
+        };
+        let delay = match start {
+            Ok(worker) => {
+                shared.worker_ready(&worker);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                if started_once {
+                    shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                started_once = true;
+                let mut worker = worker;
+                // Off once a replacement failed to start: the worker then
+                // serves past its call limit until one is ready.
+                let mut drain = true;
+                let exit = loop {
+                    tokio::select! {
+                        exit = worker.finished() => break exit,
+                        _ = shutdown.changed() => return,
+                        reason = recycle_due(&shared, &worker, drain) => {
+                            if let Some(new) = recycle(&shared, i, &worker, reason, &mut shutdown).await {
+                                worker = new;
+                                drain = true;
+                            } else if *shutdown.borrow() {
+                                return;
+                            } else {
+                                drain = false;
+                            }
+                        }
+                    }
+                };
+                shared.worker_gone(&worker);
+                let lived = worker.started.elapsed();
+                tracing::warn!(worker = %worker.id, pid = worker.pid, %exit, lived_ms = lived.as_millis() as u64, "worker ended; replacing it");
+                if !shared.listeners.is_empty() {
+                    shared.emit(EventKind::WorkerExited {
+                        worker: i,
+                        pid: worker.pid,
+                        reason: &exit.to_string(),
+                    });
+                }
+                // A worker that dies right after starting counts as a failed
+                // start, so that a crash loop backs off instead of fork-storming.
+                if lived < Duration::from_secs(1) {
+                    failures += 1;
+                    jitter(backoff(&shared.config, failures), i as u64)
+                } else {
+                    failures = 0;
+                    Duration::ZERO
+                }
+            }
+            Err(e) => {
+                tracing::warn!(slot = i, error = %e, "worker failed to start");
+                shared.emit(EventKind::WorkerStartFailed {
+                    worker: i,
+                    cause: &e.cause,
+                });
+                shared
+                    .counters
+                    .start_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e.clone()));
+                    return; // start() fails and shuts the pool down
+                }
+                failures += 1;
+                let mut st = shared.state();
+                st.last_start_error = Some(e.clone());
+                if failures >= shared.config.breaker_threshold {
+                    st.slots[i].breaker_open = true;
+                    let none_ready = st.slots.iter().all(|s| s.worker.is_none());
+                    if none_ready && st.slots.iter().all(|s| s.breaker_open) {
+                        shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
+                    }
+                    drop(st);
+                    shared.emit(EventKind::BreakerOpened {
+                        worker: i,
+                        failures,
+                    });
+                    tracing::error!(
+                        slot = i,
+                        failures,
+                        cooldown_ms = shared.config.breaker_cooldown.as_millis() as u64,
+                        "breaker open: not restarting this worker for a while"
+                    );
+                    // Half-open after the cool-down: one more failure re-opens.
+                    failures = shared.config.breaker_threshold - 1;
+                    shared.config.breaker_cooldown
+                } else {
+                    drop(st);
+                    jitter(backoff(&shared.config, failures), i as u64)
+                }
+            }
+        };
+        shared.emit(EventKind::WorkerRestarting {
+            worker: i,
+            attempt: failures,
+            delay,
+        });
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Resolves with the reason once `worker` is due for recycling; never when
+/// no recycling rule is on. Recycling by calls follows the replies: the
+/// reply that brings the worker to 90% of its limit wakes this at once (to
+/// start the replacement early), and with `drain` the one that brings it to
+/// its limit stops it taking calls. The other rules are checked every 100 ms.
+pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -> &'static str {
+    let c = &shared.config;
+    if !c.recycles() {
+        return std::future::pending().await;
+    }
+    // Each worker's limits are drawn within 10% of the configured ones, so
+    // workers started together do not all go together.
+    let spread = |salt: u64| {
+        let j = jitter(Duration::from_micros(1000), salt ^ u64::from(worker.pid)).as_micros();
+        0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
+    };
+    let calls = match c.recycle_after_calls {
+        0 => 0,
+        n => ((n as f64 * spread(1)).round() as u64).max(1),
+    };
+    let replace_at = calls - calls / 10;
+    let due = shared.watch_calls(worker, replace_at, if drain { calls } else { 0 });
+    let ttl = c.worker_ttl.mul_f64(spread(2));
+    let check = Duration::from_millis(100);
+    loop {
+        if calls > 0 && worker.served.load(Ordering::Relaxed) >= replace_at {
+            return "calls";
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = due.notified() => continue,
+        }
+        if !ttl.is_zero() && worker.started.elapsed() >= ttl {
+            return "ttl";
+        }
+        if !c.worker_idle_timeout.is_zero() && worker.idle_for() >= c.worker_idle_timeout {
+            return "idle";
+        }
+        if c.recycle_above_rss_mb > 0
+            && crate::spawn::rss_bytes(worker.pid)
+                .is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
+        {
+            return "memory";
+        }
+    }
+}
+
+/// Replaces `old` with a fresh worker, started before `old` stops taking
+/// calls so that capacity does not dip; `old` finishes its calls, then goes.
+/// `None` when the replacement could not start (`old` keeps serving).
+pub(crate) async fn recycle(
+    shared: &Arc<Shared>,
+    i: usize,
+    old: &Arc<Worker>,
+    reason: &'static str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Arc<Worker>> {
+    tracing::info!(worker = %old.id, pid = old.pid, reason, "recycling the worker; starting its replacement");
+    let generation = shared.spare_generation(i);
+    let span = start_span(shared, i);
+    let started = tokio::select! {
+        r = start_worker(shared, i, generation).instrument(span) => r,
+        _ = shutdown.changed() => return None,
+    };
+    match started {
+        Ok(new) => {
+            shared.install(&new);
+            shared.counters.recycled.fetch_add(1, Ordering::Relaxed);
+            shared.emit(EventKind::WorkerRecycled {
+                worker: i,
+                pid: old.pid,
+                reason,
+            });
+            tokio::spawn(retire(shared.clone(), old.clone()));
+            Some(new)
+        }
+        Err(e) => {
+            tracing::warn!(slot = i, error = %e, "the recycled worker's replacement failed to start; keeping the old one");
+            shared.undrain(old);
+            shared
+                .counters
+                .start_failures
+                .fetch_add(1, Ordering::Relaxed);
+            shared.emit(EventKind::WorkerStartFailed {
+                worker: i,
+                cause: &e.cause,
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(shared.config.restart_backoff_max, i as u64)) => {}
+                _ = shutdown.changed() => {}
+            }
+            None
+        }
+    }
+}
+
+/// Lets a recycled worker finish its calls (each bounded by its deadline and
+/// the cancel grace period), then closes its stdin, then signals its group.
+pub(crate) async fn retire(shared: Arc<Shared>, old: Arc<Worker>) {
+    // A call may still be on its way to it (a lease taken just before the
+    // replacement came in): sealing fails such a late registration, and the
+    // call goes to another worker.
+    while !old.seal_if_idle() && !old.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    old.close_stdin();
+    let grace = shared.config.shutdown_grace_period;
+    for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+        if let Some(signal) = signal {
+            old.signal(signal);
+        }
+        if tokio::time::timeout(grace, old.finished()).await.is_ok() {
+            break;
+        }
+    }
+    shared.state().retiring.retain(|w| !Arc::ptr_eq(w, &old));
+}
+
+pub(crate) fn backoff(config: &PoolConfig, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    config
+        .restart_backoff
+        .saturating_mul(1 << exp)
+        .min(config.restart_backoff_max)
+}
+
+/// Pings idle workers at the health-check interval, replaces those that do
+/// not answer, and forgets stale session affinity.
+pub(crate) async fn maintain(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let health = shared.config.health_check_interval;
+    let ttl = shared.config.session_ttl;
+    // Often enough that affinity records go within half a TTL of expiring.
+    let mut tick = (ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
+    if !health.is_zero() {
+        tick = tick.min(health);
+    }
+    let mut last_health = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+        shared
+            .state()
+            .affinity
+            .retain(|_, rec| rec.last_used.elapsed() < ttl);
+        if health.is_zero() || last_health.elapsed() < health {
+            continue;
+        }
+        last_health = Instant::now();
+        // Each on its own: a hung worker's ping holds up no other worker.
+        for worker in shared.start_health_checks() {
+            tokio::spawn(check_health(shared.clone(), worker));
+        }
+    }
+}
+
+/// Pings one worker, withheld from callers meanwhile. One that does not
+/// answer leaves the routing tables before it is killed, so no waiting call
+/// is handed a worker that is dying.
+pub(crate) async fn check_health(shared: Arc<Shared>, worker: Arc<Worker>) {
+    let args = json!({"health_check": true});
+    let ping = internal_call(&shared, &worker, "ping", &args);
+    let answered = tokio::time::timeout(shared.config.health_check_timeout, ping).await;
+    if matches!(answered, Ok(Ok(_))) {
+        shared.passed_health_check(&worker);
+        return;
+    }
+    shared.worker_gone(&worker);
+    if !*shared.shutdown.borrow() {
+        tracing::warn!(worker = %worker.id, pid = worker.pid, "health check failed; replacing the worker");
+        shared.emit(EventKind::HealthCheckFailed {
+            worker: worker.slot,
+            pid: worker.pid,
+        });
+    }
+    worker.kill();
+}
