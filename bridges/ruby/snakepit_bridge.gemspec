@@ -13,12 +13,16 @@ Gem::Specification.new do |spec|
     optional msgpack gem (Debian: ruby-msgpack).
   TEXT
   spec.authors = ["Snakepit contributors"]
+  # Dual-licensed: the user picks either (SPDX: MIT OR Apache-2.0).
+  spec.licenses = ["MIT", "Apache-2.0"]
+  spec.homepage = "https://github.com/snakepit-rs/snakepit"
   spec.required_ruby_version = ">= 3.0"
   spec.files = Dir.chdir(__dir__) do
-    Dir["lib/**/*.rb"] + %w[generic_worker.rb snakepit_bridge.rb README.md]
+    Dir["lib/**/*.rb"] + %w[generic_worker.rb snakepit_bridge.rb README.md LICENSE-MIT LICENSE-APACHE]
   end
   spec.require_paths = ["lib"]
   spec.metadata["rubygems_mfa_required"] = "true"
+  spec.metadata["source_code_uri"] = "https://github.com/snakepit-rs/snakepit/tree/main/bridges/ruby"
   # No runtime dependencies: msgpack is optional and loaded only when the
   # msgpack codec is chosen (SNAKEPIT_CODEC=msgpack).
 end
