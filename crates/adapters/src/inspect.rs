@@ -253,7 +253,7 @@ impl Bridge {
             std::fs::write(&tmp, text)?;
             std::fs::rename(&tmp, &script)?;
         }
-        Ok(Bridge::new(language, crate::Entry::Script(script)))
+        Ok(Bridge::script(language, script))
     }
 }
 

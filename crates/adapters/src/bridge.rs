@@ -1,0 +1,277 @@
+//! [`Bridge`]: a worker of the user's own on top of a bundled bridge, and
+//! the generic workers ([`GenericPython`], [`GenericJavaScript`],
+//! [`GenericRuby`]) built from it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use snakepit_core::{Adapter, Launch, WireCodec};
+
+use crate::policy::Policy;
+use crate::{embedded, Language};
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Generic,
+    Script(PathBuf),
+    Module(String),
+}
+
+/// A worker in Python, Node.js or Ruby on top of the bundled bridge.
+///
+/// ```
+/// use snakepit_adapters::Bridge;
+/// let adapter = Bridge::python("workers/model.py")
+///     .arg("--model=small")
+///     .env("OMP_NUM_THREADS", "1")
+///     .command_timeout(std::time::Duration::from_secs(120));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    language: Language,
+    entry: Entry,
+    interpreter: Option<PathBuf>,
+    /// The user's arguments, environment and directory; the interpreter,
+    /// the entry and the module path are added at launch. Its program is
+    /// not used.
+    user: Launch,
+    policy: Policy,
+}
+
+impl Bridge {
+    fn new(language: Language, entry: Entry) -> Self {
+        Bridge {
+            language,
+            entry,
+            interpreter: None,
+            user: Launch::new(PathBuf::new()),
+            policy: Policy::default(),
+        }
+    }
+
+    /// The bundled generic worker of `language`.
+    pub fn generic(language: Language) -> Self {
+        Bridge::new(language, Entry::Generic)
+    }
+
+    /// A script of yours in `language`.
+    pub(crate) fn script(language: Language, script: impl Into<PathBuf>) -> Self {
+        Bridge::new(language, Entry::Script(script.into()))
+    }
+
+    /// A Python script of yours.
+    pub fn python(script: impl Into<PathBuf>) -> Self {
+        Bridge::script(Language::Python, script)
+    }
+
+    /// A Python module of yours, run as `python -m MODULE`.
+    pub fn python_module(module: impl Into<String>) -> Self {
+        Bridge::new(Language::Python, Entry::Module(module.into()))
+    }
+
+    /// A Node.js script of yours.
+    pub fn node(script: impl Into<PathBuf>) -> Self {
+        Bridge::script(Language::Node, script)
+    }
+
+    /// A Ruby script of yours.
+    pub fn ruby(script: impl Into<PathBuf>) -> Self {
+        Bridge::script(Language::Ruby, script)
+    }
+
+    /// Runs this interpreter instead of discovering one.
+    pub fn interpreter(mut self, path: impl Into<PathBuf>) -> Self {
+        self.interpreter = Some(path.into());
+        self
+    }
+
+    /// Adds an argument after the script.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.user = self.user.arg(arg);
+        self
+    }
+
+    /// Adds arguments after the script.
+    pub fn args(self, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+        args.into_iter().fold(self, Bridge::arg)
+    }
+
+    /// Adds an environment variable. Setting the language's module path
+    /// (`PYTHONPATH`, `NODE_PATH`, `RUBYLIB`) adds to it, after the bridge.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.user = self.user.env(key, value);
+        self
+    }
+
+    /// Runs the workers in this directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.user = self.user.cwd(dir);
+        self
+    }
+
+    /// Picks the wire codec (MessagePack needs the language's package:
+    /// `msgpack` on PyPI, `@msgpack/msgpack` on npm, the `msgpack` gem).
+    pub fn codec(mut self, codec: WireCodec) -> Self {
+        self.policy.codec = codec;
+        self
+    }
+
+    /// The deadline of calls that do not set their own (default 30 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.default_timeout = timeout;
+        self
+    }
+
+    /// The deadline of `command` when a call does not set its own.
+    pub fn timeout_for(mut self, command: impl Into<String>, timeout: Duration) -> Self {
+        self.policy.timeouts.push((command.into(), timeout));
+        self
+    }
+
+    /// Lets only these commands through to the workers.
+    pub fn supported_commands(
+        mut self,
+        commands: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.policy.only(commands);
+        self
+    }
+
+    /// The interpreter's arguments up to the user's own: unbuffered Python,
+    /// the entry, the pool-worker mode.
+    fn bridge_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        if self.language == Language::Python {
+            // Unbuffered, and no .pyc files written next to user scripts.
+            args.push("-u".into());
+        }
+        match &self.entry {
+            Entry::Generic => match embedded::generic_worker(self.language) {
+                // No `--snakepit-run-id`: `ps` shows command lines to every
+                // user; the run id stays in the environment.
+                Ok(script) => args.push(script.into()),
+                Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
+            },
+            Entry::Script(script) => args.push(script.into()),
+            Entry::Module(module) => args.extend(["-m".into(), module.into()]),
+        }
+        args.extend(["--mode".into(), "pool-worker".into()]);
+        args
+    }
+}
+
+/// Prepends `dir` to a path-list variable, keeping what the user set.
+fn prepend_path(var: &str, dir: PathBuf, extra: &[(OsString, OsString)]) -> OsString {
+    let existing = extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == var)
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var_os(var));
+    let mut parts = vec![dir];
+    if let Some(existing) = existing {
+        parts.extend(std::env::split_paths(&existing));
+    }
+    std::env::join_paths(parts).unwrap_or_default()
+}
+
+impl Adapter for Bridge {
+    fn launch(&self) -> Launch {
+        let lang = self.language;
+        let path_var = lang.path_var();
+        let mut launch = self.user.clone();
+        launch.program = lang.find_interpreter(self.interpreter.as_ref());
+        launch.args = self.bridge_args();
+        launch.args.extend(self.user.args.iter().cloned());
+        launch.env.clear();
+        if let Ok(dir) = embedded::module_dir(lang) {
+            let paths = prepend_path(path_var, dir, &self.user.env);
+            launch.env.push((path_var.into(), paths));
+        }
+        let user_env = self.user.env.iter().filter(|(k, _)| k != path_var);
+        launch.env.extend(user_env.cloned());
+        launch
+    }
+
+    fn codec(&self) -> WireCodec {
+        self.policy.codec
+    }
+
+    fn supported_commands(&self) -> Option<Vec<String>> {
+        self.policy.commands.clone()
+    }
+
+    fn command_timeout(&self, command: &str) -> Duration {
+        self.policy.command_timeout(command)
+    }
+}
+
+macro_rules! generic_adapter {
+    ($(#[$doc:meta])* $name:ident, $lang:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $name;
+
+        impl Adapter for $name {
+            fn launch(&self) -> Launch {
+                Bridge::generic($lang).launch()
+            }
+        }
+    };
+}
+
+generic_adapter!(
+    /// The bundled Python bridge with the generic commands (JSON codec).
+    GenericPython,
+    Language::Python
+);
+generic_adapter!(
+    /// The bundled Node.js bridge with the generic commands, `random` too (JSON codec).
+    GenericJavaScript,
+    Language::Node
+);
+generic_adapter!(
+    /// The bundled Ruby bridge with the generic commands (JSON codec).
+    GenericRuby,
+    Language::Ruby
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_is_the_interpreter_the_bridge_and_then_the_users_settings() {
+        let adapter = Bridge::python("w.py")
+            .interpreter("/opt/py")
+            .args(["--a", "--b"])
+            .env("PYTHONPATH", "/mine")
+            .env("A", "1")
+            .cwd("/work")
+            .timeout_for("slow", Duration::from_secs(120))
+            .command_timeout(Duration::from_secs(5));
+        let launch = adapter.launch();
+        assert_eq!(launch.program, PathBuf::from("/opt/py"));
+        assert_eq!(
+            launch.args,
+            ["-u", "w.py", "--mode", "pool-worker", "--a", "--b"].map(OsString::from)
+        );
+        let (var, paths) = &launch.env[0];
+        assert_eq!(var, "PYTHONPATH");
+        let paths: Vec<PathBuf> = std::env::split_paths(paths).collect();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert_eq!(paths[0], embedded::module_dir(Language::Python).unwrap());
+        assert_eq!(paths[1], PathBuf::from("/mine"));
+        assert_eq!(launch.env[1..], [("A".into(), "1".into())]);
+        assert_eq!(launch.cwd, Some(PathBuf::from("/work")));
+        assert_eq!(
+            Adapter::command_timeout(&adapter, "slow"),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            Adapter::command_timeout(&adapter, "other"),
+            Duration::from_secs(5)
+        );
+    }
+}

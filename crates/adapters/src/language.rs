@@ -1,0 +1,63 @@
+//! The languages with a bundled bridge, and where each one's interpreter is
+//! found.
+
+use std::path::PathBuf;
+
+/// A language with a bundled bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Language {
+    /// Python 3.8+.
+    Python,
+    /// Node.js 16+.
+    Node,
+    /// Ruby 3.0+.
+    Ruby,
+}
+
+impl Language {
+    /// The variable that names the interpreter (`SNAKEPIT_PYTHON`, ...).
+    pub(crate) fn env_var(self) -> &'static str {
+        match self {
+            Language::Python => "SNAKEPIT_PYTHON",
+            Language::Node => "SNAKEPIT_NODE",
+            Language::Ruby => "SNAKEPIT_RUBY",
+        }
+    }
+
+    fn default_program(self) -> &'static str {
+        match self {
+            Language::Python => "python3",
+            Language::Node => "node",
+            Language::Ruby => "ruby",
+        }
+    }
+
+    /// The path-list variable the language finds its modules through.
+    pub(crate) fn path_var(self) -> &'static str {
+        match self {
+            Language::Python => "PYTHONPATH",
+            Language::Node => "NODE_PATH",
+            Language::Ruby => "RUBYLIB",
+        }
+    }
+
+    /// The interpreter to run: explicit, environment, virtualenv, `PATH`.
+    pub fn find_interpreter(self, explicit: Option<&PathBuf>) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os(self.env_var()).filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        if self == Language::Python {
+            if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+                let candidate = PathBuf::from(venv).join("bin/python");
+                if candidate.exists() {
+                    return candidate;
+                }
+            }
+        }
+        PathBuf::from(self.default_program())
+    }
+}
