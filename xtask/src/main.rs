@@ -319,9 +319,26 @@ fn examples(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bridges' own suites, then their packages built as users get them:
+/// each carries the licence texts (the same as the workspace's), the Python
+/// sdist and wheel are built from a copy (no `build/` or `*.egg-info` left in
+/// the tree) and the wheel's console script answers a ping, npm's tarball has
+/// the types, the gem its licence files.
 fn bridges(root: &Path) -> Result<()> {
+    for bridge in ["python", "node", "ruby"] {
+        for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            let copy = root.join("bridges").join(bridge).join(licence);
+            let same = std::fs::read(&copy).ok() == Some(std::fs::read(root.join(licence))?);
+            if !same {
+                bail!(
+                    "{} differs from /{licence}: copy the workspace's licence into the package",
+                    copy.display()
+                );
+            }
+        }
+    }
+
     let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let py = root.join("bridges/python");
     run(
         root,
         &python,
@@ -335,29 +352,27 @@ fn bridges(root: &Path) -> Result<()> {
             "bridges/python",
         ],
     )?;
-    let wheel_dir = std::env::temp_dir().join(format!("snakepit-wheel-{}", std::process::id()));
     run(
-        &py,
+        root,
         &python,
-        &[
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            path(&wheel_dir),
-            ".",
-        ],
+        &["xtask/src/python_package.py", "bridges/python"],
     )?;
-    let _ = std::fs::remove_dir_all(&wheel_dir);
-    let _ = std::fs::remove_dir_all(py.join("build"));
-    let _ = std::fs::remove_dir_all(py.join("snakepit_bridge.egg-info"));
 
     let node = root.join("bridges/node");
     run(&node, "npm", &["test"])?;
     run(&node, "npm", &["pack", "--dry-run"])?;
+    let packed = probe_in(&node, "npm", &["pack", "--dry-run", "--json"])
+        .context("`npm pack --dry-run --json` failed")?;
+    for file in [
+        "\"types/index.d.ts\"",
+        "\"types/wire.d.ts\"",
+        "\"LICENSE-MIT\"",
+        "\"LICENSE-APACHE\"",
+    ] {
+        if !packed.contains(&format!("\"path\": {file}")) {
+            bail!("the npm package lacks {file}");
+        }
+    }
 
     let ruby = root.join("bridges/ruby");
     run(
@@ -371,18 +386,40 @@ fn bridges(root: &Path) -> Result<()> {
     )?;
     let gem_dir = std::env::temp_dir().join(format!("snakepit-gem-{}", std::process::id()));
     std::fs::create_dir_all(&gem_dir)?;
-    run(
+    let gem = gem_dir.join("snakepit_bridge.gem");
+    let built = run(
         &ruby,
         "gem",
-        &[
-            "build",
-            "snakepit_bridge.gemspec",
-            "--output",
-            path(&gem_dir.join("snakepit_bridge.gem")),
-        ],
-    )?;
+        &["build", "snakepit_bridge.gemspec", "--output", path(&gem)],
+    )
+    .and_then(|()| {
+        probe_in(&ruby, "gem", &["specification", path(&gem), "files"])
+            .context("`gem specification` failed")
+    });
     let _ = std::fs::remove_dir_all(&gem_dir);
+    let files = built?;
+    for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        if !files
+            .lines()
+            .any(|l| l.trim_start_matches("- ").trim() == licence)
+        {
+            bail!("the gem lacks {licence}");
+        }
+    }
     Ok(())
+}
+
+/// Runs a command in `dir` quietly; its stdout if it succeeded.
+fn probe_in(dir: &Path, program: &str, args: &[&str]) -> Option<String> {
+    #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn path(p: &Path) -> &str {
