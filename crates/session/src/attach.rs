@@ -39,77 +39,69 @@ use crate::store::SessionStore;
 /// # Ok(()) }
 /// ```
 pub fn attach<S: SessionStore>(builder: PoolBuilder, store: Arc<S>) -> PoolBuilder {
-    let s = store.clone();
-    builder
-        .host_function("session.get", {
-            let s = s.clone();
-            move |call| {
-                let s = s.clone();
-                async move {
-                    let (id, key) = session_and(&call, "key")?;
-                    let v = s.get(&id, &key).await.map_err(|e| e.to_remote())?;
-                    Ok(v.unwrap_or(Value::Null))
-                }
-            }
+    let functions = StoreFunctions {
+        builder,
+        store: store.clone(),
+    };
+    functions
+        .add("session.get", |s, call| async move {
+            let (id, key) = session_and(&call, "key")?;
+            let v = s.get(&id, &key).await.map_err(|e| e.to_remote())?;
+            Ok(v.unwrap_or(Value::Null))
         })
-        .host_function("session.set", {
-            let s = s.clone();
-            move |call| {
-                let s = s.clone();
-                async move {
-                    let (id, key) = session_and(&call, "key")?;
-                    let value = call.args.get("value").cloned().unwrap_or(Value::Null);
-                    s.set(&id, &key, value).await.map_err(|e| e.to_remote())?;
-                    Ok(Value::Null)
-                }
-            }
+        .add("session.set", |s, call| async move {
+            let (id, key) = session_and(&call, "key")?;
+            let value = call.args.get("value").cloned().unwrap_or(Value::Null);
+            s.set(&id, &key, value).await.map_err(|e| e.to_remote())?;
+            Ok(Value::Null)
         })
-        .host_function("session.delete", {
-            let s = s.clone();
-            move |call| {
-                let s = s.clone();
-                async move {
-                    let (id, key) = session_and(&call, "key")?;
-                    let gone = s.delete(&id, &key).await.map_err(|e| e.to_remote())?;
-                    Ok(Value::Bool(gone))
-                }
-            }
+        .add("session.delete", |s, call| async move {
+            let (id, key) = session_and(&call, "key")?;
+            let gone = s.delete(&id, &key).await.map_err(|e| e.to_remote())?;
+            Ok(Value::Bool(gone))
         })
-        .host_function("session.get_program", {
-            let s = s.clone();
-            move |call| {
-                let s = s.clone();
-                async move {
-                    let (id, pid) = session_and(&call, "program_id")?;
-                    s.get_program(&id, &pid).await.map_err(|e| e.to_remote())
-                }
-            }
+        .add("session.get_program", |s, call| async move {
+            let (id, pid) = session_and(&call, "program_id")?;
+            s.get_program(&id, &pid).await.map_err(|e| e.to_remote())
         })
-        .host_function("session.store_program", {
-            let s = s.clone();
-            move |call| {
-                let s = s.clone();
-                async move {
-                    let (id, pid) = session_and(&call, "program_id")?;
-                    let program = call.args.get("program").cloned().unwrap_or(Value::Null);
-                    s.store_program(&id, &pid, program)
-                        .await
-                        .map_err(|e| e.to_remote())?;
-                    Ok(Value::Null)
-                }
-            }
+        .add("session.store_program", |s, call| async move {
+            let (id, pid) = session_and(&call, "program_id")?;
+            let program = call.args.get("program").cloned().unwrap_or(Value::Null);
+            s.store_program(&id, &pid, program)
+                .await
+                .map_err(|e| e.to_remote())?;
+            Ok(Value::Null)
         })
-        .host_function("session.get_global_program", {
-            let s = s.clone();
-            move |call| {
-                let s = s.clone();
-                async move {
-                    let pid = string_arg(&call, "program_id")?;
-                    s.get_global_program(&pid).await.map_err(|e| e.to_remote())
-                }
-            }
+        .add("session.get_global_program", |s, call| async move {
+            let pid = string_arg(&call, "program_id")?;
+            s.get_global_program(&pid).await.map_err(|e| e.to_remote())
         })
+        .builder
         .session_hook(StoreHook { store })
+}
+
+/// A pool builder being given host functions that run against one store.
+struct StoreFunctions<S> {
+    builder: PoolBuilder,
+    store: Arc<S>,
+}
+
+impl<S: SessionStore> StoreFunctions<S> {
+    /// Registers host function `name`: each call runs `f` with its own
+    /// handle on the store.
+    fn add<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(Arc<S>, HostCall) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, RemoteError>> + Send + 'static,
+    {
+        let store = self.store.clone();
+        StoreFunctions {
+            builder: self
+                .builder
+                .host_function(name, move |call| f(store.clone(), call)),
+            store: self.store,
+        }
+    }
 }
 
 /// The session of a host call and one string argument.
