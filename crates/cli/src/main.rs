@@ -32,7 +32,7 @@ mod workers;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::ui::Failure;
 
@@ -45,6 +45,7 @@ Examples:
   snakepit bench --workers 2 --requests 20000
   snakepit doctor
   snakepit sweep --dry-run
+  snakepit completions bash > ~/.local/share/bash-completion/completions/snakepit
 
 Exit codes:
   0 success
@@ -89,6 +90,25 @@ enum Command {
     /// Kill what pools of crashed runs left behind (only their processes).
     #[command(after_help = sweep::EXAMPLES)]
     Sweep(sweep::SweepArgs),
+    /// Print the shell completion script for snakepit on stdout.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+}
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  snakepit completions bash > ~/.local/share/bash-completion/completions/snakepit
+  snakepit completions zsh > ~/.zfunc/_snakepit    # with fpath+=(~/.zfunc) before compinit
+  snakepit completions fish > ~/.config/fish/completions/snakepit.fish
+  snakepit completions powershell >> $PROFILE
+
+Open a new shell (or source the file) for the completions to take effect.";
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +200,10 @@ fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
             sweep::run(args, out)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions(args) => {
+            completions(args.shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec(args) => {
             let file = config::load(cli.config.as_deref(), out)?;
             runtime()?.block_on(exec::run(args, file, out))?;
@@ -191,6 +215,19 @@ fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes the completion script for `shell` to stdout (built in memory
+/// first: clap_complete panics on a write error, the tool must not).
+fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "snakepit", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&script)
+        .and_then(|()| stdout.flush())
+        .map_err(Failure::stdout)
 }
 
 /// The host side runs on one thread: a CLI call needs no more, and the

@@ -154,6 +154,69 @@ fn help_shows_the_commands_examples_and_exit_codes() {
 }
 
 #[test]
+fn completions_prints_a_script_for_bash_that_bash_accepts() {
+    let r = snakepit(&["completions", "bash"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The completion function, registered for the command, offering every
+    // subcommand and their flags.
+    for text in [
+        "_snakepit()",
+        "complete -F _snakepit",
+        "exec",
+        "bench",
+        "doctor",
+        "sweep",
+        "completions",
+        "--requests",
+        "--adapter",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
+    }
+    assert!(r.stderr.is_empty(), "{r:?}");
+    // Bash parses it, and after sourcing it `snakepit` completes.
+    #[allow(clippy::disallowed_methods)] // runs bash on the script, not a worker
+    let check = Command::new("bash")
+        .args(["-c", "source /dev/stdin && complete -p snakepit"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut bash| {
+            bash.stdin
+                .take()
+                .expect("stdin")
+                .write_all(r.stdout.as_bytes())?;
+            bash.wait_with_output()
+        })
+        .expect("bash runs");
+    assert!(
+        check.status.success() && String::from_utf8_lossy(&check.stdout).contains("_snakepit"),
+        "bash did not take the script: {check:?}"
+    );
+}
+
+#[test]
+fn completions_for_other_shells_and_an_unknown_shell_is_a_usage_error() {
+    for (shell, text) in [
+        ("zsh", "#compdef snakepit"),
+        ("fish", "complete -c snakepit"),
+        ("elvish", "snakepit"),
+        ("powershell", "snakepit"),
+    ] {
+        let r = snakepit(&["completions", shell]);
+        assert_eq!(r.code, 0, "{shell}: {r:?}");
+        assert!(r.stdout.contains(text), "{shell}: missing {text}: {r:?}");
+    }
+    let r = snakepit(&["completions", "tcsh"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("bash"),
+        "the error lists the shells: {r:?}"
+    );
+    assert!(r.stdout.is_empty(), "{r:?}");
+}
+
+#[test]
 fn exec_prints_the_result_as_json() {
     let r = snakepit(&["exec", "ping"]);
     assert_eq!(r.code, 0, "{r:?}");
