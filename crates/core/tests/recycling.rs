@@ -122,7 +122,9 @@ async fn the_health_check_never_hands_the_worker_it_killed_to_a_queued_call() {
         .size(1)
         .configure(|c| {
             c.health_check_interval = Duration::from_millis(100);
-            c.health_check_timeout = Duration::from_secs(1);
+            // Long enough that the call below is queued before the ping
+            // gives up, even on a loaded machine.
+            c.health_check_timeout = Duration::from_secs(3);
             c.queue_timeout = Duration::from_secs(20);
         })
         .on_event(move |e| {

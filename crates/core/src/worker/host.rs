@@ -1,0 +1,135 @@
+//! Answering a worker's host calls with the pool's host functions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+use snakepit_protocol::{decode_host_call_args, encode_frame, Codec, HostReply, RemoteError};
+
+use super::stdin::HOST_REPLY;
+use super::Worker;
+
+/// Host calls a worker may have in flight at once; one more is a protocol
+/// error (a worker that floods the host without reading its replies).
+pub(crate) const MAX_HOST_CALLS_IN_FLIGHT: usize = 256;
+
+impl Worker {
+    /// Takes a `host_call` frame: checks that the worker declared host calls
+    /// and is within the bound, decodes its arguments, and answers it on a
+    /// task of its own. An error means the worker broke the protocol.
+    pub(super) fn take_host_call(
+        self: &Arc<Self>,
+        id: u64,
+        request_id: Option<u64>,
+        function: String,
+        frame: &[u8],
+    ) -> Result<(), snakepit_protocol::Error> {
+        if !self.caps.get().is_some_and(|c| c.host_calls) {
+            return Err(snakepit_protocol::Error::InvalidPayload {
+                codec: self.codec.name(),
+                detail: format!(
+                    "a host call ({function}) from a worker whose hello did not declare host_calls"
+                ),
+            });
+        }
+        let answering = self.host_calls.fetch_add(1, Ordering::Relaxed);
+        if answering + self.stdin.queued_replies() >= MAX_HOST_CALLS_IN_FLIGHT {
+            return Err(snakepit_protocol::Error::InvalidPayload {
+                codec: self.codec.name(),
+                detail: format!(
+                    "more than {MAX_HOST_CALLS_IN_FLIGHT} host calls in flight (the worker does not read their replies)"
+                ),
+            });
+        }
+        let session =
+            request_id.and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
+        let args: Value = match decode_host_call_args(&self.codec, frame) {
+            Ok(args) => args,
+            // Arguments nested deeper than the host reads: that host
+            // call's own error; the worker is fine.
+            Err(e @ snakepit_protocol::Error::TooDeep { .. }) => {
+                self.host_calls.fetch_sub(1, Ordering::Relaxed);
+                let err = RemoteError::new("TooDeep", e.to_string());
+                let mut buf = bytes::BytesMut::new();
+                if encode_frame(
+                    &self.codec,
+                    &HostReply::<()>::err(id, &err),
+                    usize::MAX,
+                    &mut buf,
+                )
+                .is_ok()
+                {
+                    self.stdin.send(HOST_REPLY, buf.freeze());
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let worker = self.clone();
+        tokio::spawn(async move { worker.answer_host_call(id, function, session, args).await });
+        Ok(())
+    }
+
+    pub(super) async fn answer_host_call(
+        self: Arc<Self>,
+        id: u64,
+        function: String,
+        session: Option<Arc<str>>,
+        args: Value,
+    ) {
+        /// One host call fewer in flight, however the answer ends.
+        struct Answered<'w>(&'w AtomicUsize);
+        impl Drop for Answered<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _answered = Answered(&self.host_calls);
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let call = crate::HostCall {
+            function: function.clone(),
+            session_id: session.map(|s| s.to_string()),
+            worker_id: self.id.clone(),
+            args,
+        };
+        let outcome = match pool.host_functions.get(function.as_str()) {
+            Some(f) => f(call).await,
+            None => Err(RemoteError::new(
+                "UnknownFunction",
+                format!("no host function named {function}"),
+            )),
+        };
+        let mut buf = bytes::BytesMut::new();
+        let encoded = match &outcome {
+            Ok(v) => encode_frame(
+                &self.codec,
+                &HostReply::ok(id, v),
+                pool.config.max_frame_size,
+                &mut buf,
+            ),
+            Err(e) => encode_frame(
+                &self.codec,
+                &HostReply::<()>::err(id, e),
+                pool.config.max_frame_size,
+                &mut buf,
+            ),
+        };
+        if let Err(e) = encoded {
+            let err = RemoteError::new("EncodeError", e.to_string());
+            buf.clear();
+            if encode_frame(
+                &self.codec,
+                &HostReply::<()>::err(id, &err),
+                usize::MAX,
+                &mut buf,
+            )
+            .is_err()
+            {
+                return;
+            }
+        }
+        self.stdin.send(HOST_REPLY, buf.freeze());
+    }
+}

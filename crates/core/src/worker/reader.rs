@@ -1,0 +1,337 @@
+//! What comes from a worker: frames routed by id, stderr lines, and the end
+//! of the process (stdout closed or the process gone, whichever is first).
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use serde_json::Value;
+use snakepit_protocol::{decode_inbound, peek_response, Codec, Inbound};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
+
+use super::{Failure, Pending, Worker, MAX_STDERR_LINE};
+use crate::error::{Crash, Error, ExitReason};
+use crate::spawn;
+
+impl Worker {
+    /// Hands a final reply to its caller.
+    pub(super) fn reply(
+        &self,
+        id: u64,
+        success: bool,
+        frame: Bytes,
+    ) -> Result<(), snakepit_protocol::Error> {
+        let pending = self.inner().pending.remove(&id);
+        let Some(pending) = pending else {
+            if id == 0 && !success {
+                let what = snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
+                    .ok()
+                    .and_then(|r| r.err())
+                    .map_or_else(|| "no detail".to_owned(), |e| e.to_string());
+                return Err(snakepit_protocol::Error::InvalidPayload {
+                    codec: self.codec.name(),
+                    detail: format!("the worker could not read a frame from the pool: {what}"),
+                });
+            }
+            return Err(snakepit_protocol::Error::UnknownId {
+                kind: "response",
+                id,
+            });
+        };
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if let Some(last) = &self.last_reply_ms {
+            last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        // Capacity first, so that a caller who sends its next call as
+        // soon as it has this reply finds the worker free.
+        if pending.holds_unit {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.release(self);
+            }
+        }
+        // The stream's chunk channel closes before its final reply.
+        drop(pending.chunks);
+        let _ = pending.reply.send(Ok(frame));
+        Ok(())
+    }
+
+    /// Routes one frame from the worker; an error means the worker broke the
+    /// protocol and must go.
+    pub(super) fn route(self: &Arc<Self>, frame: Bytes) -> Result<(), snakepit_protocol::Error> {
+        // Most frames are replies in the bridges' usual shape: route those
+        // from their first bytes; the caller decodes (and checks) the rest.
+        if let Some((id, success)) = peek_response(&self.codec, &frame) {
+            return self.reply(id, success, frame);
+        }
+        match decode_inbound(&self.codec, &frame)? {
+            Inbound::Response { id, success } => self.reply(id, success, frame),
+            Inbound::Chunk { id } => {
+                let inner = self.inner();
+                match inner.pending.get(&id) {
+                    None => Err(snakepit_protocol::Error::UnknownId { kind: "chunk", id }),
+                    Some(p) => {
+                        if let Some(tx) = &p.chunks {
+                            // A consumer that falls behind loses chunks rather
+                            // than stalling every other call on this worker.
+                            if tx.try_send(frame).is_err() && !tx.is_closed() {
+                                tracing::warn!(worker = %self.id, id, "stream consumer is behind; chunk dropped");
+                            }
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Inbound::Hello(hello) => {
+                if self.caps.set(hello.capabilities).is_err() {
+                    tracing::debug!(worker = %self.id, "second hello ignored");
+                }
+                tracing::debug!(worker = %self.id, bridge = ?hello.bridge, runtime = ?hello.runtime, "worker said hello");
+                Ok(())
+            }
+            Inbound::HostCall {
+                id,
+                request_id,
+                function,
+            } => self.take_host_call(id, request_id, function, &frame),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Forwards the worker's stderr line by line to `tracing` and the tail. A
+/// line ends at `\n` or `\r` (a progress bar redraws with `\r`) and keeps at
+/// most [`MAX_STDERR_LINE`] bytes: memory stays flat whatever the worker
+/// writes.
+pub(super) async fn stderr_loop(worker: Arc<Worker>, stderr: ChildStderr) {
+    let mut reader = BufReader::with_capacity(8 * 1024, stderr);
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut cut = false;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let end = buf.iter().position(|&b| b == b'\n' || b == b'\r');
+        let take = end.unwrap_or(buf.len());
+        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        cut |= take > room;
+        reader.consume(end.map_or(take, |e| e + 1));
+        if end.is_some() {
+            worker.stderr_line(&line, cut);
+            line.clear();
+            cut = false;
+        }
+    }
+    if !line.is_empty() {
+        worker.stderr_line(&line, cut);
+    }
+}
+
+impl Worker {
+    pub(super) fn stderr_line(&self, line: &[u8], cut: bool) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        if text.is_empty() {
+            return; // the `\n` of a `\r\n`, or a blank line
+        }
+        let text = if cut {
+            format!("{text}…")
+        } else {
+            text.to_owned()
+        };
+        tracing::info!(target: "snakepit::worker", worker = %self.id, pid = self.pid, "{text}");
+        self.tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
+    }
+}
+
+pub(super) enum Ending {
+    /// Stdout ended.
+    Eof,
+    /// The process exited (its stdout may still be held by a child).
+    Exited,
+    Protocol(snakepit_protocol::Error),
+}
+
+/// Reads and routes the worker's frames until its stdout ends or the process
+/// exits, whichever comes first (a child of the worker may hold its stdout
+/// open after the worker died), then fails what was in flight on it.
+pub(super) async fn read_loop(
+    worker: Arc<Worker>,
+    stdout: Option<ChildStdout>,
+    mut child: Child,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
+    max_frame_size: usize,
+) {
+    // The exit is watched beside the frame stream, by its own task: the
+    // reader then polls a cheap channel, not the process, per frame.
+    let (exit_tx, mut exit_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let _ = exit_tx.send(status);
+    });
+    let mut exit: Option<ExitReason> = None;
+    let ending = match stdout {
+        None => Ending::Eof,
+        Some(stdout) => {
+            let mut frames = FramedRead::with_capacity(
+                stdout,
+                snakepit_protocol::FrameCodec::new(max_frame_size),
+                64 * 1024,
+            );
+            let mut next = async || poll_fn(|cx| Pin::new(&mut frames).poll_next(cx)).await;
+            let ending = loop {
+                tokio::select! {
+                    biased;
+                    frame = next() => match frame {
+                        Some(Ok(frame)) => {
+                            if let Err(e) = worker.route(frame.freeze()) {
+                                break Ending::Protocol(e);
+                            }
+                        }
+                        Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
+                        Some(Err(e)) => break Ending::Protocol(e),
+                    },
+                    status = &mut exit_rx => {
+                        exit = Some(exited(status));
+                        break Ending::Exited;
+                    }
+                }
+            };
+            if matches!(ending, Ending::Exited) {
+                // The process is gone while something (a child of its own)
+                // still holds its stdout: the group goes, which takes that
+                // child with it; what the worker wrote before it died is
+                // still read and routed.
+                if worker.pid != 0 {
+                    spawn::signal_group(worker.pid, libc::SIGKILL);
+                }
+                let drain = Duration::from_millis(200);
+                loop {
+                    match tokio::time::timeout(drain, next()).await {
+                        Ok(Some(Ok(frame))) => {
+                            if let Err(e) = worker.route(frame.freeze()) {
+                                break Ending::Protocol(e);
+                            }
+                        }
+                        Ok(Some(Err(e))) if !matches!(e, snakepit_protocol::Error::Io(_)) => {
+                            break Ending::Protocol(e)
+                        }
+                        _ => break Ending::Exited,
+                    }
+                }
+            } else {
+                ending
+            }
+        }
+    };
+    if let Ending::Protocol(e) = &ending {
+        tracing::warn!(worker = %worker.id, error = %e, "worker broke the protocol; replacing it");
+        worker.kill();
+    }
+    let mut exit = match exit {
+        Some(exit) => exit,
+        None => {
+            // Stdout is closed; the process normally exits with it. One that
+            // keeps running without a way to answer is killed.
+            let grace = worker
+                .pool
+                .upgrade()
+                .map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
+            match tokio::time::timeout(grace, &mut exit_rx).await {
+                Ok(status) => exited(status),
+                Err(_) => {
+                    worker.kill();
+                    match tokio::time::timeout(Duration::from_secs(5), &mut exit_rx).await {
+                        Ok(Ok(Ok(_))) => ExitReason::ClosedStdout,
+                        _ => ExitReason::Unknown,
+                    }
+                }
+            }
+        }
+    };
+    {
+        let mut inner = worker.inner();
+        inner.dead = true;
+        // The worker's own children die with it: the group goes too.
+        if worker.pid != 0 {
+            spawn::signal_group(worker.pid, libc::SIGKILL);
+        }
+        inner.reaped = true;
+    }
+    // Before the pipe closes: what the worker left unread in it.
+    let lost = worker.stdin.take_lost();
+    worker.stdin.close(); // ends the writer task
+    if let Some(pool) = worker.pool.upgrade() {
+        // Out of the routing tables before anyone hears it died.
+        pool.worker_gone(&worker);
+        pool.process_gone(worker.pid);
+    }
+    if let Some(done) = stderr_done {
+        // Grandchildren may hold stderr open; do not wait on them for long.
+        let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
+    }
+    let pending: Vec<(u64, Pending)> = worker.inner().pending.drain().collect();
+    if matches!(exit, ExitReason::Unknown) && matches!(ending, Ending::Protocol(_)) {
+        exit = ExitReason::Signal(libc::SIGKILL);
+    }
+    let stopping = worker.stopping.load(Ordering::Relaxed);
+    for (id, p) in pending {
+        let err = match &ending {
+            Ending::Protocol(e) => Error::Protocol {
+                worker_id: worker.id.clone(),
+                source: e.clone(),
+            },
+            Ending::Eof | Ending::Exited if stopping => Error::StoppedByShutdown {
+                worker_id: worker.id.clone(),
+                pid: worker.pid,
+            },
+            Ending::Eof | Ending::Exited => Error::WorkerCrashed(Box::new(Crash {
+                worker_id: worker.id.clone(),
+                pid: worker.pid,
+                exit: exit.clone(),
+                stderr_tail: worker.stderr_tail(),
+            })),
+        };
+        let failure = if lost.contains(&id) {
+            Failure::NotSent(err)
+        } else {
+            Failure::Failed(err)
+        };
+        let _ = p.reply.send(Err(failure));
+    }
+    tracing::debug!(worker = %worker.id, %exit, "worker ended");
+    worker.finished.send_replace(Some(exit));
+}
+
+/// How the process ended, from its exit watcher.
+pub(super) fn exited(
+    status: std::result::Result<
+        std::io::Result<std::process::ExitStatus>,
+        oneshot::error::RecvError,
+    >,
+) -> ExitReason {
+    match status {
+        Ok(Ok(status)) => exit_reason(status),
+        _ => ExitReason::Unknown,
+    }
+}
+
+pub(super) fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitReason::Code(code),
+        (_, Some(sig)) => ExitReason::Signal(sig),
+        _ => ExitReason::Unknown,
+    }
+}
