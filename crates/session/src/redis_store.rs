@@ -294,9 +294,13 @@ impl RedisStoreBuilder {
         // One attempt per reconnection: an operation that finds the server
         // away fails at once, and the next one tries again. (The crate's
         // retries would wait at least a second between attempts.)
+        // No response timeout of the crate's (500 ms by default): the
+        // store's own timeout bounds every operation, and replaces a
+        // connection that hangs.
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
-            .set_connection_timeout(self.timeout);
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None);
         let conn = open(&client, config.clone(), self.timeout).await?;
         let inner = Arc::new(Inner {
             link: Link {
@@ -331,7 +335,11 @@ fn client(url: &str) -> Result<redis::Client> {
         // harmlessly if another thread installed one meanwhile.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    redis::Client::open(url).map_err(|e| backend("connect", e.into()))
+    // Requests are small and answered at once: no Nagle delay.
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| backend("connect", e.into()))?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(|e| backend("connect", e.into()))
 }
 
 /// A new connection, within `timeout`.
@@ -562,7 +570,8 @@ impl Inner {
         match r {
             redis::Value::Array(items) => match items.get(1) {
                 Some(v) => {
-                    let s: String = redis::from_redis_value(v)?;
+                    let s: String = redis::from_redis_value_ref(v)
+                        .map_err(|e| Error::Corrupt(format!("session `{id}`: {e}")))?;
                     Ok(Some(serde_json::from_str(&s)?))
                 }
                 None => Ok(None),
