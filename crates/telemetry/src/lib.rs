@@ -56,13 +56,20 @@
 #[cfg(not(any(feature = "http", feature = "grpc")))]
 compile_error!("snakepit-telemetry needs a transport: enable its `http` or `grpc` feature");
 
+mod config;
 mod context;
-mod export;
+mod error;
+mod exporters;
+mod guard;
+mod install;
 mod metrics;
 mod watch;
 
+pub use config::{Protocol, Telemetry, ENDPOINT_VAR};
 pub use context::{trace_headers, traceparent};
-pub use export::{init, init_from_env, Error, Guard, Protocol, Telemetry, ENDPOINT_VAR};
+pub use error::Error;
+pub use guard::Guard;
+pub use install::{init, init_from_env};
 pub use metrics::{Observation, PoolMetrics};
 
 use snakepit_core::{Pool, PoolBuilder};
@@ -79,7 +86,7 @@ pub fn instrument(builder: PoolBuilder) -> PoolBuilder {
     builder
         // The workers' spans land under a service of their own; an adapter
         // that sets OTEL_SERVICE_NAME itself keeps its name.
-        .worker_env("OTEL_SERVICE_NAME", export::worker_service_name())
+        .worker_env("OTEL_SERVICE_NAME", config::worker_service_name())
         .trace_context(trace_headers)
         .on_event(move |event| metrics.record(event))
 }

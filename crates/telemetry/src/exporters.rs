@@ -1,0 +1,332 @@
+//! The OTLP exporters, one builder for both signals over either transport,
+//! and the runtime the gRPC transport needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_otlp::{ExporterBuildError, MetricExporter, SpanExporter, WithExportConfig};
+
+use crate::config::{env, ENDPOINT_VAR, METRICS_ENDPOINT_VAR, TIMEOUT_VAR, TRACES_ENDPOINT_VAR};
+use crate::watch::ExportState;
+use crate::{Error, Protocol};
+
+/// How long one export may take in a short-lived program
+/// ([`Telemetry::short_lived`](crate::Telemetry::short_lived)).
+const SHORT_EXPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What an exporter carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// Its name in messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+        }
+    }
+
+    /// Its path below an HTTP receiver's base address.
+    fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The variable that gives its own endpoint.
+    fn endpoint_var(self) -> &'static str {
+        match self {
+            Signal::Traces => TRACES_ENDPOINT_VAR,
+            Signal::Metrics => METRICS_ENDPOINT_VAR,
+        }
+    }
+}
+
+/// Where a signal's exports go, as the exporter will resolve it.
+fn signal_endpoint(protocol: Protocol, endpoint: Option<&str>, signal: Signal) -> String {
+    let (own_var, path) = (signal.endpoint_var(), signal.http_path());
+    match protocol {
+        Protocol::HttpProtobuf => match endpoint {
+            Some(e) => signal_url(e, path),
+            None => env(own_var).unwrap_or_else(|| {
+                signal_url(
+                    &env(ENDPOINT_VAR).unwrap_or_else(|| "http://localhost:4318".into()),
+                    path,
+                )
+            }),
+        },
+        Protocol::Grpc => endpoint
+            .map(str::to_owned)
+            .or_else(|| env(own_var))
+            .or_else(|| env(ENDPOINT_VAR))
+            .unwrap_or_else(|| "http://localhost:4317".into()),
+    }
+}
+
+/// A base address with a signal's path appended, for HTTP.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+fn signal_url(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+/// The retry policy and time limit of each export.
+pub(crate) struct ExportSettings {
+    /// `None`: the exporter's own (`OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s)
+    /// and its retries.
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl ExportSettings {
+    pub(crate) fn new(short_lived: bool) -> Self {
+        let timeout = short_lived.then(|| {
+            env(TIMEOUT_VAR)
+                .and_then(|ms| ms.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
+        });
+        ExportSettings { timeout }
+    }
+}
+
+/// The OTLP exporter of one signal: its signal and its builder for each
+/// transport, so that [`exporter`] builds either signal the same way.
+pub(crate) trait Exporter: Sized {
+    const SIGNAL: Signal;
+
+    #[cfg(feature = "http")]
+    type Http: WithExportConfig + opentelemetry_otlp::WithHttpConfig;
+    #[cfg(feature = "http")]
+    fn http() -> Self::Http;
+    #[cfg(feature = "http")]
+    fn build_http(builder: Self::Http) -> Result<Self, ExporterBuildError>;
+
+    #[cfg(feature = "grpc")]
+    type Grpc: WithExportConfig + opentelemetry_otlp::WithTonicConfig;
+    #[cfg(feature = "grpc")]
+    fn grpc() -> Self::Grpc;
+    #[cfg(feature = "grpc")]
+    fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError>;
+}
+
+impl Exporter for SpanExporter {
+    const SIGNAL: Signal = Signal::Traces;
+
+    #[cfg(feature = "http")]
+    type Http = opentelemetry_otlp::SpanExporterBuilder<opentelemetry_otlp::HttpExporterBuilderSet>;
+    #[cfg(feature = "http")]
+    fn http() -> Self::Http {
+        SpanExporter::builder().with_http()
+    }
+    #[cfg(feature = "http")]
+    fn build_http(builder: Self::Http) -> Result<Self, ExporterBuildError> {
+        builder.build()
+    }
+
+    #[cfg(feature = "grpc")]
+    type Grpc =
+        opentelemetry_otlp::SpanExporterBuilder<opentelemetry_otlp::TonicExporterBuilderSet>;
+    #[cfg(feature = "grpc")]
+    fn grpc() -> Self::Grpc {
+        SpanExporter::builder().with_tonic()
+    }
+    #[cfg(feature = "grpc")]
+    fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError> {
+        builder.build()
+    }
+}
+
+impl Exporter for MetricExporter {
+    const SIGNAL: Signal = Signal::Metrics;
+
+    #[cfg(feature = "http")]
+    type Http =
+        opentelemetry_otlp::MetricExporterBuilder<opentelemetry_otlp::HttpExporterBuilderSet>;
+    #[cfg(feature = "http")]
+    fn http() -> Self::Http {
+        MetricExporter::builder().with_http()
+    }
+    #[cfg(feature = "http")]
+    fn build_http(builder: Self::Http) -> Result<Self, ExporterBuildError> {
+        builder.build()
+    }
+
+    #[cfg(feature = "grpc")]
+    type Grpc =
+        opentelemetry_otlp::MetricExporterBuilder<opentelemetry_otlp::TonicExporterBuilderSet>;
+    #[cfg(feature = "grpc")]
+    fn grpc() -> Self::Grpc {
+        MetricExporter::builder().with_tonic()
+    }
+    #[cfg(feature = "grpc")]
+    fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError> {
+        builder.build()
+    }
+}
+
+/// The exporter of `E`'s signal over `protocol` (built inside `runtime`,
+/// which gRPC needs), and the state its watcher reports to.
+pub(crate) fn exporter<E: Exporter>(
+    protocol: Protocol,
+    endpoint: Option<&str>,
+    export: &ExportSettings,
+    runtime: &Runtime,
+) -> Result<(E, Arc<ExportState>), Error> {
+    let url = signal_endpoint(protocol, endpoint, E::SIGNAL);
+    let state = ExportState::new(E::SIGNAL.name(), url);
+    let exporter = runtime.in_context(|| build::<E>(protocol, endpoint, export))?;
+    Ok((exporter, state))
+}
+
+fn build<E: Exporter>(
+    protocol: Protocol,
+    endpoint: Option<&str>,
+    export: &ExportSettings,
+) -> Result<E, Error> {
+    let _ = (endpoint, export);
+    let built = match protocol {
+        #[cfg(feature = "http")]
+        Protocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig;
+            let mut b = E::http().with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(signal_url(e, E::SIGNAL.http_path()));
+            }
+            if let Some(t) = export.timeout {
+                b = b
+                    .with_timeout(t)
+                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+            }
+            E::build_http(b)
+        }
+        #[cfg(feature = "grpc")]
+        Protocol::Grpc => {
+            use opentelemetry_otlp::WithTonicConfig;
+            let mut b = E::grpc().with_protocol(opentelemetry_otlp::Protocol::Grpc);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let Some(t) = export.timeout {
+                b = b
+                    .with_timeout(t)
+                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+            }
+            E::build_grpc(b)
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(missing(other)),
+    };
+    built.map_err(|e| Error::Exporter(e.to_string()))
+}
+
+#[allow(dead_code)] // unused when both transports are built in
+fn missing(protocol: Protocol) -> Error {
+    match protocol {
+        Protocol::Grpc => Error::FeatureMissing {
+            protocol: "gRPC",
+            feature: "grpc",
+        },
+        Protocol::HttpProtobuf => Error::FeatureMissing {
+            protocol: "HTTP",
+            feature: "http",
+        },
+    }
+}
+
+/// The Tokio runtime the gRPC exporter's connection lives on: one worker
+/// thread, owned by the guard, so `init` works from plain `main` and from
+/// inside any runtime alike. HTTP needs none (its client has its own).
+pub(crate) struct Runtime {
+    #[cfg(feature = "grpc")]
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Runtime {
+    /// No runtime: nothing is exported.
+    pub(crate) fn none() -> Self {
+        Runtime {
+            #[cfg(feature = "grpc")]
+            rt: None,
+        }
+    }
+
+    pub(crate) fn new(protocol: Protocol) -> Result<Self, Error> {
+        #[cfg(feature = "grpc")]
+        {
+            let rt = match protocol {
+                Protocol::Grpc => Some(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("snakepit-otlp")
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::Runtime(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            Ok(Runtime { rt })
+        }
+        #[cfg(not(feature = "grpc"))]
+        {
+            let _ = protocol;
+            Ok(Runtime {})
+        }
+    }
+
+    fn in_context<T>(&self, f: impl FnOnce() -> T) -> T {
+        #[cfg(feature = "grpc")]
+        if let Some(rt) = &self.rt {
+            let _enter = rt.enter();
+            return f();
+        }
+        f()
+    }
+}
+
+#[cfg(feature = "grpc")]
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's context panics; the guard
+        // may well be dropped at the end of an async main.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_signal_paths_are_appended_once() {
+        assert_eq!(
+            signal_url("http://127.0.0.1:4318/", "/v1/traces"),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            signal_url("http://collector:4318", "/v1/metrics"),
+            "http://collector:4318/v1/metrics"
+        );
+    }
+
+    #[test]
+    fn signal_endpoints_name_the_url_the_exporter_uses() {
+        assert_eq!(
+            signal_endpoint(
+                Protocol::HttpProtobuf,
+                Some("http://h:4318/"),
+                Signal::Metrics
+            ),
+            "http://h:4318/v1/metrics"
+        );
+        assert_eq!(
+            signal_endpoint(Protocol::Grpc, Some("http://h:4317"), Signal::Traces),
+            "http://h:4317"
+        );
+    }
+}

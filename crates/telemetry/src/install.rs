@@ -1,0 +1,164 @@
+//! Installing the subscriber, the exporters and the global providers.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{MetricExporter, SpanExporter};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::{
+    env, exporter_wanted, propagator, resource, sdk_disabled, ENDPOINT_VAR, METRICS_EXPORTER_VAR,
+    TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
+};
+use crate::exporters::{exporter, ExportSettings, Runtime};
+use crate::watch::{WatchedMetrics, WatchedSpans};
+use crate::{Error, Guard, Protocol, Telemetry};
+
+impl Telemetry {
+    /// Installs the global `tracing` subscriber (OpenTelemetry layer, and
+    /// stderr logs unless turned off), the global tracer and meter
+    /// providers and the global propagator (`OTEL_PROPAGATORS`, by default
+    /// W3C trace context and baggage). Keep the guard: dropping it (or
+    /// [`Guard::shutdown`]) exports what is still buffered.
+    ///
+    /// `OTEL_SDK_DISABLED=true` installs the stderr logs only;
+    /// `OTEL_TRACES_EXPORTER=none` and `OTEL_METRICS_EXPORTER=none` leave
+    /// that signal out (`otlp`, the default, is the only other value).
+    pub fn init(self) -> Result<Guard, Error> {
+        let disabled = sdk_disabled();
+        let traces_on = !disabled && exporter_wanted(TRACES_EXPORTER_VAR)?;
+        let metrics_on = !disabled
+            && match self.metrics {
+                Some(on) => on,
+                None => exporter_wanted(METRICS_EXPORTER_VAR)?,
+            };
+        let propagator = if disabled { None } else { Some(propagator()?) };
+        let protocol = match self.protocol {
+            Some(p) => p,
+            None => Protocol::from_env()?.unwrap_or_else(Protocol::feature_default),
+        };
+        let export = ExportSettings::new(self.short_lived);
+        let resource = resource(self.service_name.as_deref());
+        let runtime = if traces_on || metrics_on {
+            Runtime::new(protocol)?
+        } else {
+            Runtime::none()
+        };
+        let mut states = Vec::new();
+        let tracer_provider = if traces_on {
+            let (inner, state) =
+                exporter::<SpanExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
+            let exporter = WatchedSpans {
+                inner,
+                state: state.clone(),
+            };
+            states.push(state);
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource.clone())
+                    .build(),
+            )
+        } else {
+            None
+        };
+        let meter_provider = if metrics_on {
+            let (inner, state) =
+                exporter::<MetricExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
+            let exporter = WatchedMetrics {
+                inner,
+                state: state.clone(),
+            };
+            states.push(state);
+            let mut reader = PeriodicReader::builder(exporter);
+            if let Some(every) = self.metrics_interval {
+                reader = reader.with_interval(every);
+            }
+            Some(
+                SdkMeterProvider::builder()
+                    .with_reader(reader.build())
+                    .with_resource(resource)
+                    .build(),
+            )
+        } else {
+            None
+        };
+
+        // Source locations, thread names and busy/idle times would add five
+        // attributes and two clock reads per poll to every span.
+        let otel = tracer_provider.as_ref().map(|provider| {
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("snakepit"))
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(self.traces)
+        });
+        let logs = self.stderr_logs.map(|filter| {
+            use std::io::IsTerminal;
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter)
+        });
+        tracing_subscriber::registry()
+            .with(otel)
+            .with(logs)
+            .try_init()
+            .map_err(|_| Error::SubscriberInstalled)?;
+        if let Some(t) = &tracer_provider {
+            opentelemetry::global::set_tracer_provider(t.clone());
+        }
+        if let Some(p) = propagator {
+            opentelemetry::global::set_text_map_propagator(p);
+        }
+        if let Some(m) = &meter_provider {
+            opentelemetry::global::set_meter_provider(m.clone());
+        }
+        Ok(Guard::new(
+            tracer_provider,
+            meter_provider,
+            states,
+            export.timeout,
+            runtime,
+        ))
+    }
+
+    /// [`init`](Telemetry::init), but only when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+    /// is set and `OTEL_SDK_DISABLED` is not `true`; otherwise installs
+    /// nothing and returns `None`.
+    pub fn init_if_configured(self) -> Result<Option<Guard>, Error> {
+        if env(ENDPOINT_VAR).is_none() && env(TRACES_ENDPOINT_VAR).is_none() {
+            return Ok(None);
+        }
+        if sdk_disabled() {
+            return Ok(None);
+        }
+        self.init().map(Some)
+    }
+}
+
+/// Installs telemetry with every setting from the environment; see
+/// [`Telemetry::new`].
+pub fn init() -> Result<Guard, Error> {
+    Telemetry::new().init()
+}
+
+/// Installs telemetry only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is
+/// not `true`: the one line a command-line tool needs to export its traces
+/// when asked to.
+///
+/// ```
+/// // Nothing is installed unless the variable is set.
+/// std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
+/// std::env::remove_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+/// assert!(snakepit_telemetry::init_from_env()?.is_none());
+/// # Ok::<(), snakepit_telemetry::Error>(())
+/// ```
+pub fn init_from_env() -> Result<Option<Guard>, Error> {
+    Telemetry::new().init_if_configured()
+}
