@@ -3,7 +3,9 @@
 // The built-in commands of the generic Node bridge (protocol.md section 7).
 // Their result shapes are those of the original Snakepit's JavaScript bridge,
 // plus `pid` in ping; errors are thrown, so they become failed replies of
-// type Error.
+// type Error. Everything about the worker comes from `ctx.worker`: this file
+// imports nothing of the bridge, so worker.js can take its default `ping`
+// from here.
 
 const os = require('os');
 
@@ -79,7 +81,7 @@ function info(args, ctx) {
     status: 'ok',
     bridge_info: {
       name: worker.bridgeName,
-      version: require('./worker').BRIDGE_VERSION,
+      version: worker.bridgeVersion,
       supported_commands: worker.commandNames(),
       uptime: worker.uptime,
       total_requests: worker.requestsHandled,
@@ -141,4 +143,4 @@ function genericCommands() {
   return { ping, echo, compute, info, random };
 }
 
-module.exports = { BRIDGE_TYPE, genericCommands };
+module.exports = { BRIDGE_TYPE, genericCommands, ping };

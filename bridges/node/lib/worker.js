@@ -8,6 +8,7 @@ const util = require('util');
 const { Console } = require('console');
 
 const wire = require('./wire');
+const generic = require('./generic');
 
 const BRIDGE_NAME = 'snakepit-node';
 const BRIDGE_VERSION = require('../package.json').version;
@@ -326,6 +327,7 @@ class Worker {
     this.sigint = options.sigint === true;
     this.maxFrameSize = options.maxFrameSize || wire.DEFAULT_MAX_FRAME_SIZE;
     this.bridgeName = options.name || BRIDGE_NAME;
+    this.bridgeVersion = BRIDGE_VERSION;
     this.workerId = process.env.SNAKEPIT_WORKER_ID || null;
     this._workerIdFromEnv = Boolean(this.workerId);
     this.startedAt = Date.now();
@@ -336,7 +338,7 @@ class Worker {
     for (const name of Object.keys(commands)) this.command(name, commands[name]);
     // The pool's init handshake and health checks are pings, so every worker
     // answers them; a `ping` of the user's own replaces this one.
-    if (!this._commands.has('ping')) this.command('ping', require('./generic').genericCommands().ping);
+    if (!this._commands.has('ping')) this.command('ping', generic.ping);
     this._codec = null;
     this._write = null;
     this._running = new Map(); // request id -> Context, queued ones included
