@@ -360,6 +360,11 @@ fn bridges(root: &Path) -> Result<()> {
 
     let node = root.join("bridges/node");
     run(&node, "npm", &["test"])?;
+    // The types: they compile, and declare exactly what the package exports.
+    if !node.join("node_modules/typescript").exists() {
+        run(&node, "npm", &["ci", "--no-audit", "--no-fund"])?;
+    }
+    run(&node, "npm", &["run", "--silent", "test:types"])?;
     run(&node, "npm", &["pack", "--dry-run"])?;
     let packed = probe_in(&node, "npm", &["pack", "--dry-run", "--json"])
         .context("`npm pack --dry-run --json` failed")?;
