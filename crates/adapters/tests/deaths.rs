@@ -3,27 +3,12 @@
 //! the call in flight as a crash with the signal, kills the child with the
 //! group and starts a replacement (docs/reliability.md, issue 12 item 1).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::{CallOptions, Error, ExitReason, Pool};
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().is_some_and(|r| r.starts_with(" Z")))
-}
-
-async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
-}
+use snakepit_tests::{alive, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {

@@ -699,22 +699,9 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, seeds: &[Vec<u8>]) {
 }
 
 fn seeds() -> Vec<Vec<u8>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/vectors/frames.json"
-    );
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("vectors"))
-        .expect("vectors are JSON");
-    doc["cases"]
-        .as_array()
-        .expect("cases")
+    snakepit_tests::vector_cases()
         .iter()
-        .map(|c| {
-            let h = c["frame_hex"].as_str().unwrap_or("");
-            (0..h.len() / 2)
-                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0))
-                .collect()
-        })
+        .map(|c| snakepit_tests::unhex(c["frame_hex"].as_str().unwrap_or("")))
         .collect()
 }
 

@@ -12,23 +12,8 @@ use snakepit_protocol::{
     FrameCodec, HostReply, Inbound, Json, MsgPack, Outbound, RemoteError, Request, Response,
     Timestamp, WireCodec,
 };
+use snakepit_tests::{unhex, vector_cases as vectors};
 use tokio_util::codec::Decoder;
-
-fn vectors() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/vectors/frames.json"
-    );
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    doc["cases"].as_array().unwrap().clone()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::eventually;
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
 use snakepit_session::{attach, MemoryStore, SessionStore};
+use snakepit_tests::until;
 
 fn worker() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/session_worker.py")
@@ -60,7 +60,7 @@ async fn survives_worker_death<S: SessionStore>(store: Arc<S>) {
     );
 
     kill9(pid);
-    eventually("the pool notices the death", || async {
+    until(15, "the pool notices the death", || async {
         !pool.worker_pids().contains(&(pid as u32))
     })
     .await;
@@ -200,7 +200,7 @@ async fn expired_sessions_start_empty() {
     pool.execute_in_session("e", "remember", json!({"key": "k", "value": 1}))
         .await
         .unwrap();
-    eventually("the session expires and is swept", || async {
+    until(15, "the session expires and is swept", || async {
         !ends.lock().unwrap().is_empty()
     })
     .await;
@@ -278,7 +278,7 @@ async fn affinity_dropped_when_session_ends(store: Arc<MemoryStore>, by_delete: 
                 .await
         })
     };
-    eventually("the session's worker is busy", || async {
+    until(15, "the session's worker is busy", || async {
         pool.stats().busy == 1
     })
     .await;
@@ -291,7 +291,7 @@ async fn affinity_dropped_when_session_ends(store: Arc<MemoryStore>, by_delete: 
     if by_delete {
         assert!(store.delete_session("s").await.unwrap());
     } else {
-        eventually("the session expires and is swept", || async {
+        until(15, "the session expires and is swept", || async {
             !ends.lock().unwrap().is_empty()
         })
         .await;

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::eventually;
 use redis_server::Redis;
 use serde_json::json;
 use snakepit_session::{Error, RedisStore, RedisStoreBuilder, SessionStore};
+use snakepit_tests::until;
 
 /// The store under test: a short operation timeout, so that a paused
 /// server is noticed quickly.
@@ -95,14 +95,15 @@ async fn restart_under_load_fails_clearly_then_recovers() {
     }
     let ok = |t: &Tally| t.ok.load(Ordering::Relaxed);
     let failed = |t: &Tally| t.failed.load(Ordering::Relaxed);
-    eventually("every task's operations succeed", || async {
+    until(15, "every task's operations succeed", || async {
         tallies.iter().all(|t| ok(t) > 10)
     })
     .await;
 
     redis.kill();
     let failed_before: Vec<usize> = tallies.iter().map(|t| failed(t)).collect();
-    eventually(
+    until(
+        15,
         "every task's operations fail while Redis is down",
         || async {
             tallies
@@ -119,11 +120,11 @@ async fn restart_under_load_fails_clearly_then_recovers() {
 
     redis.run().await;
     let ok_at_return: Vec<usize> = tallies.iter().map(|t| ok(t)).collect();
-    eventually("a new call succeeds once Redis is back", || async {
+    until(15, "a new call succeeds once Redis is back", || async {
         store.ensure_session("probe").await.is_ok()
     })
     .await;
-    eventually("every task's operations succeed again", || async {
+    until(15, "every task's operations succeed again", || async {
         tallies
             .iter()
             .zip(&ok_at_return)
@@ -186,7 +187,7 @@ async fn paused_server_times_out_then_recovers() {
     assert!(is_timeout(&c.unwrap_err(), "stats", timeout));
 
     redis.signal("CONT");
-    eventually("the store works again after SIGCONT", || async {
+    until(15, "the store works again after SIGCONT", || async {
         matches!(store.get("s", "k").await, Ok(Some(v)) if v == json!("kept"))
     })
     .await;

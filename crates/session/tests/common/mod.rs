@@ -7,19 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use snakepit_session::{EndReason, Error, SessionStore};
-
-/// Waits for `cond` (checked every 20 ms), failing after 15 s.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + Duration::from_secs(15);
-    while !cond().await {
-        assert!(Instant::now() < until, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use snakepit_tests::until;
 
 /// The ids (and reasons) a store reported ended.
 pub fn record_ends<S: SessionStore>(store: &S) -> Arc<Mutex<Vec<(String, EndReason)>>> {
@@ -202,7 +190,7 @@ pub async fn ttl_expiry<S: SessionStore>(store: &S) {
         .create_session("long", Some(Duration::from_secs(3600)))
         .await
         .unwrap();
-    eventually("the short session expires", || async {
+    until(15, "the short session expires", || async {
         !store.session_exists("short").await.unwrap()
     })
     .await;
@@ -244,7 +232,7 @@ pub async fn sliding_ttl<S: SessionStore>(store: &S) {
         uses += 1;
     }
     assert!(store.session_exists("slide").await.unwrap());
-    eventually("the idle session expires", || async {
+    until(15, "the idle session expires", || async {
         !store.session_exists("slide").await.unwrap()
     })
     .await;
@@ -288,7 +276,7 @@ pub async fn background_sweep<S: SessionStore>(store: &S) {
         .create_session("swept", Some(Duration::from_millis(100)))
         .await
         .unwrap();
-    eventually("the sweep reports the expired session", || async {
+    until(15, "the sweep reports the expired session", || async {
         !ends.lock().unwrap().is_empty()
     })
     .await;
@@ -399,7 +387,7 @@ impl RedisServer {
             url: format!("redis://127.0.0.1:{port}/"),
         };
         let addr = format!("127.0.0.1:{port}");
-        eventually("redis-server accepts connections", || async {
+        until(15, "redis-server accepts connections", || async {
             tokio::net::TcpStream::connect(&addr).await.is_ok()
         })
         .await;

@@ -76,7 +76,7 @@ impl Redis {
             .expect("redis-server is installed (cargo xtask setup installs it)");
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
-        crate::common::eventually("redis-server accepts connections", || async {
+        snakepit_tests::until(15, "redis-server accepts connections", || async {
             tokio::net::TcpStream::connect(&addr).await.is_ok()
         })
         .await;

@@ -39,10 +39,6 @@ pub(crate) struct SpanRecord {
     pub(crate) attribute_types: HashMap<String, String>,
 }
 
-pub(crate) fn python() -> String {
-    std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// The `rotel-agent` binary: `SNAKEPIT_ROTEL`, else the one inside the
 /// installed `rotel` Python package.
 fn rotel_binary() -> Result<PathBuf> {
@@ -50,7 +46,7 @@ fn rotel_binary() -> Result<PathBuf> {
         return Ok(p.into());
     }
     #[allow(clippy::disallowed_methods)] // asks Python where a package is; not a worker
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(snakepit_tests::python())
         .args([
             "-c",
             "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
