@@ -268,12 +268,10 @@ impl Counter {
     fn start(bar: &ProgressBar) -> Counter {
         let done = Arc::new(AtomicU64::new(0));
         bar.reset();
-        let (stop, ticker) = if bar.is_hidden() {
-            (None, None)
-        } else {
-            let (tx, rx) = mpsc::channel::<()>();
+        let (stop, rx) = mpsc::channel::<()>();
+        let ticker = {
             let (bar, done) = (bar.clone(), done.clone());
-            let ticker = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name("snakepit-bench-progress".into())
                 .spawn(move || {
                     // Redraws until the phase drops its sender.
@@ -281,13 +279,12 @@ impl Counter {
                         bar.set_position(done.load(Ordering::Relaxed));
                     }
                 })
-                .ok();
-            (Some(tx), ticker)
+                .ok()
         };
         Counter {
             done,
             bar: bar.clone(),
-            stop,
+            stop: Some(stop),
             ticker,
         }
     }
@@ -757,6 +754,28 @@ fn print_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bar_follows_each_call_from_the_first() {
+        let bar = ProgressBar::hidden();
+        bar.set_length(10_000);
+        let counter = Counter::start(&bar);
+        let done = counter.handle();
+        for _ in 0..3 {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        // Three calls move the bar by three: no batch of calls is awaited.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while bar.position() != 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the bar stays at {} after 3 calls",
+                bar.position()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        counter.finish();
+    }
 
     #[test]
     fn quantiles_come_from_the_sorted_samples() {
