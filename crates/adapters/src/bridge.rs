@@ -6,9 +6,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use snakepit_core::{Adapter, Launch, WireCodec};
+use snakepit_core::{Adapter, Launch};
 
-use crate::policy::Policy;
+use crate::policy::{policy_adapter_methods, shared_builder_methods, Policy};
 use crate::{embedded, Language};
 
 #[derive(Debug, Clone)]
@@ -80,61 +80,17 @@ impl Bridge {
         Bridge::script(Language::Ruby, script)
     }
 
+    shared_builder_methods!(user);
+
     /// Runs this interpreter instead of discovering one.
     pub fn interpreter(mut self, path: impl Into<PathBuf>) -> Self {
         self.interpreter = Some(path.into());
         self
     }
 
-    /// Adds an argument after the script.
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.user = self.user.arg(arg);
-        self
-    }
-
-    /// Adds arguments after the script.
-    pub fn args(self, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
-        args.into_iter().fold(self, Bridge::arg)
-    }
-
-    /// Adds an environment variable. Setting the language's module path
-    /// (`PYTHONPATH`, `NODE_PATH`, `RUBYLIB`) adds to it, after the bridge.
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.user = self.user.env(key, value);
-        self
-    }
-
-    /// Runs the workers in this directory.
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.user = self.user.cwd(dir);
-        self
-    }
-
-    /// Picks the wire codec (MessagePack needs the language's package:
-    /// `msgpack` on PyPI, `@msgpack/msgpack` on npm, the `msgpack` gem).
-    pub fn codec(mut self, codec: WireCodec) -> Self {
-        self.policy.codec = codec;
-        self
-    }
-
     /// The deadline of calls that do not set their own (default 30 s).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.policy.default_timeout = timeout;
-        self
-    }
-
-    /// The deadline of `command` when a call does not set its own.
-    pub fn timeout_for(mut self, command: impl Into<String>, timeout: Duration) -> Self {
-        self.policy.timeouts.push((command.into(), timeout));
-        self
-    }
-
-    /// Lets only these commands through to the workers.
-    pub fn supported_commands(
-        mut self,
-        commands: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        self.policy.only(commands);
         self
     }
 
@@ -194,17 +150,7 @@ impl Adapter for Bridge {
         launch
     }
 
-    fn codec(&self) -> WireCodec {
-        self.policy.codec
-    }
-
-    fn supported_commands(&self) -> Option<Vec<String>> {
-        self.policy.commands.clone()
-    }
-
-    fn command_timeout(&self, command: &str) -> Duration {
-        self.policy.command_timeout(command)
-    }
+    policy_adapter_methods!();
 }
 
 macro_rules! generic_adapter {

@@ -1,14 +1,13 @@
 //! [`Custom`]: any executable that speaks the protocol, with the original
 //! Snakepit's adapter hooks as closures.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use snakepit_core::{Adapter, Launch, WireCodec};
+use snakepit_core::{Adapter, Launch};
 
-use crate::policy::Policy;
+use crate::policy::{policy_adapter_methods, shared_builder_methods, Policy};
 
 /// Any executable that speaks the protocol, like the original Snakepit's
 /// custom adapters: a program, its arguments, and the optional hooks.
@@ -49,43 +48,7 @@ impl Custom {
         }
     }
 
-    /// Adds an argument.
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.launch = self.launch.arg(arg);
-        self
-    }
-
-    /// Adds arguments.
-    pub fn args(self, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
-        args.into_iter().fold(self, Custom::arg)
-    }
-
-    /// Adds an environment variable.
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.launch = self.launch.env(key, value);
-        self
-    }
-
-    /// Runs the workers in this directory.
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.launch = self.launch.cwd(dir);
-        self
-    }
-
-    /// Picks the wire codec.
-    pub fn codec(mut self, codec: WireCodec) -> Self {
-        self.policy.codec = codec;
-        self
-    }
-
-    /// Lets only these commands through.
-    pub fn supported_commands(
-        mut self,
-        commands: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        self.policy.only(commands);
-        self
-    }
+    shared_builder_methods!(launch);
 
     /// Checks each call before it is queued.
     pub fn validate(
@@ -114,12 +77,6 @@ impl Custom {
         self
     }
 
-    /// The deadline of `command` when a call does not set its own.
-    pub fn timeout_for(mut self, command: impl Into<String>, timeout: Duration) -> Self {
-        self.policy.timeouts.push((command.into(), timeout));
-        self
-    }
-
     /// The deadline of every other command (default 30 s).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.policy.default_timeout = timeout;
@@ -130,12 +87,6 @@ impl Custom {
 impl Adapter for Custom {
     fn launch(&self) -> Launch {
         self.launch.clone()
-    }
-    fn codec(&self) -> WireCodec {
-        self.policy.codec
-    }
-    fn supported_commands(&self) -> Option<Vec<String>> {
-        self.policy.commands.clone()
     }
     fn validate_command(&self, command: &str, args: &Value) -> Result<(), String> {
         self.validate.as_ref().map_or(Ok(()), |f| f(command, args))
@@ -152,7 +103,6 @@ impl Adapter for Custom {
             None => Ok(result),
         }
     }
-    fn command_timeout(&self, command: &str) -> Duration {
-        self.policy.command_timeout(command)
-    }
+
+    policy_adapter_methods!();
 }
