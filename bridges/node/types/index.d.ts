@@ -88,6 +88,8 @@ export declare class Worker {
   readonly sigint: boolean;
   readonly maxFrameSize: number;
   readonly bridgeName: string;
+  /** The package's version, as `hello` reports it. */
+  readonly bridgeVersion: string;
   /** From `SNAKEPIT_WORKER_ID`, or from the pool's init ping; `null` before either. */
   readonly workerId: string | null;
   /** When the worker was made, in milliseconds since the epoch. */

@@ -44,6 +44,62 @@ const declaredWire: Record<keyof typeof wire, true> = {
   decodeFrames: true,
 };
 
+// The public members of a worker and of a context, likewise.
+const workerMembers: Record<keyof Worker, true> = {
+  codecName: true,
+  maxConcurrency: true,
+  sigint: true,
+  maxFrameSize: true,
+  bridgeName: true,
+  bridgeVersion: true,
+  workerId: true,
+  startedAt: true,
+  requestsHandled: true,
+  uptime: true,
+  codec: true,
+  log: true,
+  command: true,
+  commandNames: true,
+  hello: true,
+  run: true,
+  serve: true,
+};
+
+const contextMembers: Record<keyof Context, true> = {
+  worker: true,
+  requestId: true,
+  command: true,
+  sessionId: true,
+  workerId: true,
+  traceparent: true,
+  tracestate: true,
+  timeoutMs: true,
+  streamRequested: true,
+  cancelled: true,
+  signal: true,
+  log: true,
+  session: true,
+  throwIfCancelled: true,
+  sendChunk: true,
+  callHost: true,
+  request_id: true,
+  session_id: true,
+  worker_id: true,
+  call_host: true,
+};
+
+// What an object offers at run time: its own and inherited properties,
+// fields, getters and methods, except the private `_` ones.
+function members(obj: object): Record<string, true> {
+  const names: Record<string, true> = {};
+  for (let o: object | null = obj; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+    for (const name of Object.getOwnPropertyNames(o)) {
+      if (!name.startsWith('_') && name !== 'constructor') names[name] = true;
+    }
+  }
+  return names;
+}
+
 // A worker as the README writes one; compiled, never run.
 export function readmeWorker(): Worker {
   const greet: Handler = async (args, ctx: Context) => {
@@ -96,4 +152,7 @@ if (!(new WireError('truncated', 'x') instanceof Error)) throw new Error('WireEr
 const runtime = require('snakepit-bridge');
 same('snakepit-bridge', Object.keys(declared), runtime);
 same('snakepit-bridge wire', Object.keys(declaredWire), runtime.wire);
+const worker = new runtime.Worker();
+same('Worker', Object.keys(workerMembers), members(worker));
+same('Context', Object.keys(contextMembers), members(new runtime.Context(worker, { id: 1, command: 'ping' })));
 console.log('types match the exports of snakepit-bridge');
