@@ -96,6 +96,8 @@ struct HostEntry {
     others: usize,
     /// It declined a call since its last heartbeat.
     full: bool,
+    /// The sequence number of its last heartbeat.
+    seq: u64,
 }
 
 impl HostEntry {
@@ -112,6 +114,7 @@ impl HostEntry {
             mine: 0,
             others: 0,
             full: false,
+            seq: 0,
         }
     }
 
@@ -157,6 +160,7 @@ struct Inner {
     config: ClientConfig,
     inbox: String,
     next_id: AtomicU64,
+    turn: AtomicU64,
     calls: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
     hosts: Mutex<HashMap<String, HostEntry>>,
     sessions: Mutex<SessionHosts>,
@@ -272,6 +276,7 @@ impl Client {
                 config,
                 inbox,
                 next_id: AtomicU64::new(1),
+                turn: AtomicU64::new(0),
                 calls: Mutex::new(HashMap::new()),
                 hosts: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(SessionHosts::default()),
@@ -477,7 +482,7 @@ impl Client {
                 command: command.to_owned(),
                 message: format!("cannot encode the call: {e}"),
             })?);
-            let max = inner.nats.server_info().max_payload;
+            let max = inner.nats.max_payload();
             if payload.len() > max {
                 return Err(Error::Validation {
                     command: command.to_owned(),
@@ -525,9 +530,9 @@ impl Client {
                     continue;
                 }
                 Ok(Some(m)) => match serde_json::from_slice::<Reply>(&m.payload) {
-                    Ok(Reply::Declined { .. }) => {
+                    Ok(Reply::Declined { seq, .. }) => {
                         pending.sent = false;
-                        inner.host_full(&slot.host);
+                        inner.host_full(&slot.host, seq);
                         if target.as_deref() == Some(slot.host.as_str()) {
                             match options.affinity {
                                 Affinity::FailFast => {
@@ -604,7 +609,7 @@ impl Client {
     ) -> Result<Reservation, Error> {
         let inner = &self.inner;
         loop {
-            {
+            let woken = {
                 let mut hosts = inner.hosts.lock().unwrap();
                 if let Some(t) = target.as_deref() {
                     match hosts.get_mut(t).filter(|h| !*h.lost.borrow()) {
@@ -620,21 +625,36 @@ impl Client {
                     }
                 }
                 if target.is_none() {
-                    let best = hosts
-                        .values_mut()
+                    let most = hosts
+                        .values()
                         .filter(|h| !*h.lost.borrow())
-                        .max_by_key(|h| (h.room(), h.info.capacity));
-                    if let Some(h) = best.filter(|h| h.room() > 0) {
-                        return Ok(h.reserve(inner));
+                        .map(HostEntry::room)
+                        .max()
+                        .unwrap_or(0);
+                    if most > 0 {
+                        // Hosts with equal room take turns.
+                        let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
+                        let mut best: Vec<&mut HostEntry> = hosts
+                            .values_mut()
+                            .filter(|h| !*h.lost.borrow() && h.room() == most)
+                            .collect();
+                        let n = best.len();
+                        return Ok(best[(turn % n as u64) as usize].reserve(inner));
                     }
                 }
-            }
-            self.wait_room(until).await?;
+                // Queued while the hosts' lock is held: a release or an
+                // announcement of room (both update the hosts under this
+                // lock, then wake) cannot slip between the look and the wait.
+                let (tx, rx) = oneshot::channel();
+                inner.waiters.lock().unwrap().push_back(tx);
+                rx
+            };
+            self.wait_room(woken, until).await?;
         }
     }
 
-    /// Waits (in this client's FIFO) until a host announces free capacity.
-    async fn wait_room(&self, until: Instant) -> Result<(), Error> {
+    /// Waits (in this client's FIFO) until a host has room again.
+    async fn wait_room(&self, woken: oneshot::Receiver<()>, until: Instant) -> Result<(), Error> {
         let inner = &self.inner;
         let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
         let _left = Queued(&inner.queued);
@@ -644,13 +664,12 @@ impl Client {
         if Instant::now() >= until {
             return Err(Error::QueueTimeout(inner.config.queue_timeout));
         }
-        let (tx, rx) = oneshot::channel();
-        inner.waiters.lock().unwrap().push_back(tx);
-        // A wake-up may be lost to a race with another client; the poll
-        // interval bounds how long that can delay a retry.
+        // The poll bounds the wait when room appears unannounced (a host
+        // heard of for the first time, a reservation of another task
+        // returned without a wake-up reaching this one).
         let poll = (inner.config.host_timeout / 6).max(Duration::from_millis(10));
         tokio::select! {
-            _ = rx => Ok(()),
+            _ = woken => Ok(()),
             _ = tokio::time::sleep(poll) => Ok(()),
             _ = tokio::time::sleep_until(until.into()) => {
                 Err(Error::QueueTimeout(inner.config.queue_timeout))
@@ -709,10 +728,13 @@ impl Inner {
         }
     }
 
-    /// The host declined a call: no more to it until it says it has room.
-    fn host_full(&self, host: &str) {
+    /// The host declined a call: no more to it until it says it has room
+    /// (unless it already has, in a heartbeat sent after the decline).
+    fn host_full(&self, host: &str, seq: u64) {
         if let Some(h) = self.hosts.lock().unwrap().get_mut(host) {
-            h.full = true;
+            if h.seq <= seq {
+                h.full = true;
+            }
         }
     }
 
@@ -784,6 +806,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             // What runs there beyond this client's calls is other clients'.
             entry.others = (hb.capacity.saturating_sub(hb.free)).saturating_sub(entry.mine);
             entry.full = false;
+            entry.seq = entry.seq.max(hb.seq);
         }
         if hb.free > 0 {
             inner.wake(hb.free);

@@ -194,6 +194,7 @@ pub async fn serve_with(
         options,
         full: false,
         capacity: 0,
+        beats: 0,
         direct,
         cancels,
         running: HashMap::new(),
@@ -231,7 +232,7 @@ struct HostCtx {
 impl HostCtx {
     async fn send(&self, to: &Subject, reply: &Reply) {
         let mut payload = serde_json::to_vec(reply).unwrap_or_default();
-        let max = self.nats.server_info().max_payload;
+        let max = self.nats.max_payload();
         if payload.len() > max {
             let err = Error::Validation {
                 command: String::new(),
@@ -298,6 +299,8 @@ struct Serving {
     full: bool,
     /// Calls it takes at once, as of its last heartbeat.
     capacity: usize,
+    /// Heartbeats sent.
+    beats: u64,
     direct: Subscriber,
     cancels: Subscriber,
     running: HashMap<String, AbortHandle>,
@@ -320,7 +323,9 @@ impl Serving {
 
     async fn heartbeat(&mut self, bye: bool) {
         let capacity = self.measure();
+        self.beats += 1;
         let hb = Heartbeat {
+            seq: self.beats,
             host: self.host.id.clone(),
             pid: self.host.pid,
             capacity,
@@ -357,12 +362,13 @@ impl Serving {
         loop {
             self.adjust().await;
             tokio::select! {
-                Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
-                Some(msg) = self.cancels.next() => self.cancel(msg),
+                biased;
                 Some(reply) = done_rx.recv() => {
                     self.running.remove(&reply);
                     self.cancelled.remove(&reply);
                 }
+                Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
+                Some(msg) = self.cancels.next() => self.cancel(msg),
                 _ = beat.tick() => self.heartbeat(false).await,
                 _ = &mut stop => break,
             }
@@ -403,6 +409,7 @@ impl Serving {
                     &reply,
                     &Reply::Declined {
                         host: self.host.id.clone(),
+                        seq: self.beats,
                     },
                 )
                 .await;
@@ -439,8 +446,7 @@ impl Serving {
         };
         let host = self.host.clone();
         let task = tokio::spawn(async move {
-            let _guard = guard;
-            run_call(&host, &reply, call, traceparent).await;
+            run_call(&host, &reply, call, traceparent, guard).await;
         });
         self.running.insert(key, task.abort_handle());
     }
@@ -452,7 +458,13 @@ fn traceparent(headers: Option<&HeaderMap>) -> Option<String> {
         .map(|v| v.as_str().to_owned())
 }
 
-async fn run_call(host: &HostCtx, reply: &Subject, call: CallMsg, traceparent: Option<String>) {
+async fn run_call(
+    host: &HostCtx,
+    reply: &Subject,
+    call: CallMsg,
+    traceparent: Option<String>,
+    done: Done,
+) {
     let mut options = CallOptions::new().affinity(call.affinity.into());
     if let Some(ms) = call.timeout_ms {
         options = options.timeout(Duration::from_millis(ms));
@@ -487,6 +499,9 @@ async fn run_call(host: &HostCtx, reply: &Subject, call: CallMsg, traceparent: O
     };
     host.served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The unit is free before the caller hears of it: the serving loop
+    // (which reads ends first) cannot decline the caller's next call.
+    drop(done);
     let msg = match result {
         Ok(v) => Reply::Ok { v },
         Err(e) => Reply::Err {

@@ -120,16 +120,32 @@ impl From<WireAffinity> for Affinity {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub(crate) enum Reply {
-    Ack { host: String, pid: u32 },
-    Declined { host: String },
-    Chunk { v: Value },
-    Ok { v: Value },
-    Err { e: Box<WireError> },
+    Ack {
+        host: String,
+        pid: u32,
+    },
+    /// `seq`: the host's heartbeats sent so far (a later one supersedes).
+    Declined {
+        host: String,
+        seq: u64,
+    },
+    Chunk {
+        v: Value,
+    },
+    Ok {
+        v: Value,
+    },
+    Err {
+        e: Box<WireError>,
+    },
 }
 
 /// A host's heartbeat: who it is and how much it can take now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
+    /// Counts the host's heartbeats.
+    #[serde(default)]
+    pub(crate) seq: u64,
     pub(crate) host: String,
     pub(crate) pid: u32,
     pub(crate) capacity: usize,
