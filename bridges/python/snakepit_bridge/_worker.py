@@ -437,9 +437,11 @@ class Worker(object):
             return {"max_concurrency": conc, "cancel": True, "sigint": False,
                     "streaming": True, "host_calls": True}
         # The main thread only sees cancel frames between requests (or while
-        # waiting for a host reply), so only SIGINT is promised.
+        # waiting for a host reply), so only SIGINT is promised for a running
+        # request. A request written ahead (pipeline) that is cancelled
+        # before it starts is dropped (see _read_ahead).
         return {"max_concurrency": 1, "cancel": False, "sigint": True,
-                "streaming": True, "host_calls": True}
+                "streaming": True, "host_calls": True, "pipeline": True}
 
     def hello(self):
         impl = sys.implementation.name
@@ -552,7 +554,47 @@ class Worker(object):
                     continue
                 if payload is None:
                     return 0
+            if reader._buf:
+                # More frames arrived with this one (calls written ahead):
+                # a cancel among them drops its request before it starts.
+                backlog.insert(0, payload)
+                self._read_ahead()
+                if not backlog:
+                    continue
+                payload = backlog.pop(0)
             dispatch(payload)
+
+    def _read_ahead(self):
+        """Move the complete frames already read into the backlog; a request
+        whose cancel frame is among them is answered Cancelled, never run."""
+        reader = self._reader
+        backlog = self._backlog
+        while True:
+            try:
+                payload = reader.next_frame()
+            except FrameError as exc:
+                self._send_frame_error(exc)
+                continue
+            if payload is None:
+                return
+            try:
+                kind, msg = self._parse(payload)
+            except FrameError:
+                backlog.append(payload)  # reported when dispatched
+                continue
+            if kind != "cancel":
+                backlog.append(payload)
+                continue
+            rid = msg.get("id")
+            for i, waiting in enumerate(backlog):
+                try:
+                    wkind, wmsg = self._parse(waiting)
+                except FrameError:
+                    continue
+                if wkind == "request" and wmsg.get("id") == rid:
+                    del backlog[i]
+                    self._send(_error(rid, "Cancelled", "request %s was cancelled before it started" % rid))
+                    break
 
     def _parse(self, payload):
         """(kind, msg) of a payload; FrameError when it is unusable."""

@@ -34,13 +34,36 @@ class _Base(unittest.TestCase):
 
 
 class GenericWorkerTests(_Base):
+    def test_a_request_written_ahead_and_cancelled_before_it_starts_never_runs(self):
+        from snakepit_bridge import _wire
+        for codec in self.each_codec():
+            w, _ = self.spawn(codec)
+            w.call(1, "ping", {"initialization": True, "worker_id": "w"})
+            frames = b"".join(_wire.encode_frame(w.codec, f) for f in [
+                {"id": 7, "command": "echo", "args": {"n": 7}},
+                {"id": 8, "command": "echo", "args": {"n": 8}},
+                {"type": "cancel", "id": 8},
+                {"id": 9, "command": "ping", "args": {}},
+            ])
+            w.send_raw(frames)  # one write: the worker reads them together
+            replies = {}
+            while len(replies) < 3:
+                msg = w.recv()
+                replies[msg["id"]] = msg
+            self.assertTrue(replies[7]["success"])
+            self.assertFalse(replies[8]["success"])
+            self.assertEqual(replies[8]["error"]["type"], "Cancelled")
+            self.assertTrue(replies[9]["success"])
+            # The cancelled request never ran: init, 7 and 9 were handled.
+            self.assertEqual(replies[9]["result"]["requests_handled"], 3)
+
     def test_handshake_and_generic_commands(self):
         for codec in self.each_codec():
             w, hello = self.spawn(codec)
             self.assertEqual(hello["bridge"], "snakepit-python/0.1.0")
             self.assertTrue(hello["runtime"].startswith("CPython 3."))
             self.assertEqual(hello["capabilities"], {"max_concurrency": 1, "cancel": False, "sigint": True,
-                                                     "streaming": True, "host_calls": True})
+                                                     "streaming": True, "host_calls": True, "pipeline": True})
             init = w.call(1, "ping", {"initialization": True, "worker_id": "pool_worker_1_210"})
             self.assertTrue(init["success"])
             r = init["result"]

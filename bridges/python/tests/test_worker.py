@@ -52,7 +52,7 @@ class HandlerShapeTests(unittest.TestCase):
         w = Worker(codec="json")
         self.assertFalse(w.is_async)
         self.assertEqual(w.capabilities(), {"max_concurrency": 1, "cancel": False, "sigint": True,
-                                            "streaming": True, "host_calls": True})
+                                            "streaming": True, "host_calls": True, "pipeline": True})
 
         @w.command("x")
         async def x(args):

@@ -50,6 +50,18 @@ pub struct PoolConfig {
     pub max_frame_size: usize,
     /// Upper bound on the calls one worker runs at once, whatever it declares.
     pub max_concurrency_per_worker: u32,
+    /// Calls written ahead to a worker that runs one call at a time, so it
+    /// goes from one reply straight to the next request instead of idling
+    /// until the host sends it (0: off). Only for workers whose hello
+    /// declares `pipeline` (they drop a cancelled call they have not
+    /// started), and only while the worker's recent calls are shorter than
+    /// `pipeline_max_call`: long calls never wait behind each other.
+    pub pipeline_depth: u32,
+    /// A worker's recent calls (a moving average of how long it took to
+    /// answer each) must be shorter than this for calls to be written ahead
+    /// to it.
+    #[serde(rename = "pipeline_max_call_us", with = "micros")]
+    pub pipeline_max_call: Duration,
     /// Lines of each worker's stderr kept for error reports.
     pub stderr_tail_lines: usize,
     /// Session affinity records kept at most; beyond this, new sessions are
@@ -108,6 +120,8 @@ impl Default for PoolConfig {
             cleanup_max_retries: 10,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_concurrency_per_worker: 64,
+            pipeline_depth: 1,
+            pipeline_max_call: Duration::from_millis(1),
             stderr_tail_lines: 40,
             max_sessions: 100_000,
             session_ttl: Duration::from_secs(3600),
@@ -166,5 +180,19 @@ mod millis {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+mod micros {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_micros() as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_micros)
     }
 }

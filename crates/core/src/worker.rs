@@ -4,7 +4,7 @@
 //! `host` answers its host calls.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,9 @@ pub(crate) struct Pending {
 
 struct Inner {
     pending: HashMap<u64, Pending>,
+    /// When the call now running started (kept only while calls are
+    /// written ahead to this worker, to learn how long its calls take).
+    running_since: Option<Instant>,
     /// Set once the worker is dying; no call is registered after that.
     dead: bool,
     reaped: bool,
@@ -106,6 +109,13 @@ pub(crate) struct Worker {
     tail: Mutex<Tail>,
     /// Host calls received and not yet answered.
     host_calls: AtomicUsize,
+    /// Calls are written ahead to it (see [`Worker::set_pipelining`]).
+    pipelining: AtomicBool,
+    /// The moving average of its calls' run time, in µs (`u32::MAX`: none
+    /// measured yet, so no call is written ahead until one is).
+    call_us: AtomicU32,
+    /// `PoolConfig::pipeline_max_call`, in µs.
+    max_call_us: AtomicU32,
     /// The pool is stopping this worker (shutdown): calls cut off by it are
     /// not crashes.
     stopping: AtomicBool,
@@ -161,6 +171,7 @@ impl Worker {
             stdin: stdin.clone(),
             inner: Mutex::new(Inner {
                 pending: HashMap::new(),
+                running_since: None,
                 dead: false,
                 reaped: false,
             }),
@@ -170,6 +181,9 @@ impl Worker {
                 max: shared.config.stderr_tail_lines.max(1),
             }),
             host_calls: AtomicUsize::new(0),
+            pipelining: AtomicBool::new(false),
+            call_us: AtomicU32::new(u32::MAX),
+            max_call_us: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             finished: watch::channel(None).0,
         });
@@ -203,8 +217,56 @@ impl Worker {
         if inner.dead {
             return Err(pending);
         }
+        if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
+            inner.running_since = Some(Instant::now());
+        }
         inner.pending.insert(id, pending);
         Ok(())
+    }
+
+    /// Calls are written ahead to this worker (it runs one call at a time,
+    /// declared `pipeline`, and the pool's `pipeline_depth` is on).
+    /// `max_call`: how short its recent calls must be for that.
+    pub(crate) fn set_pipelining(&self, on: bool, max_call: Duration) {
+        let us = max_call.as_micros().min(u128::from(u32::MAX - 1)) as u32;
+        self.max_call_us.store(us, Ordering::Relaxed);
+        self.pipelining.store(on, Ordering::Relaxed);
+    }
+
+    /// Its recent calls were shorter than the pool's `pipeline_max_call`.
+    fn calls_are_short(&self) -> bool {
+        self.call_us.load(Ordering::Relaxed) < self.max_call_us.load(Ordering::Relaxed)
+    }
+
+    /// How many calls may wait in this worker's stdin behind the running
+    /// one: `depth` while its recent calls were short, otherwise none (a
+    /// long call never has another waiting behind it).
+    pub(crate) fn pipeline_room(&self, depth: u32) -> u32 {
+        if self.pipelining.load(Ordering::Relaxed) && self.calls_are_short() {
+            depth
+        } else {
+            0
+        }
+    }
+
+    /// Learns how long the call that just ended took (a moving average
+    /// over the last eight or so); the next call, if one waits, starts now.
+    fn timed(&self, inner: &mut Inner) {
+        let now = Instant::now();
+        if let Some(since) = inner.running_since {
+            let took = now
+                .duration_since(since)
+                .as_micros()
+                .min(u128::from(u32::MAX - 1)) as u32;
+            let avg = self.call_us.load(Ordering::Relaxed);
+            let avg = if avg == u32::MAX {
+                took
+            } else {
+                avg - avg / 8 + took / 8
+            };
+            self.call_us.store(avg, Ordering::Relaxed);
+        }
+        inner.running_since = (!inner.pending.is_empty()).then_some(now);
     }
 
     /// Takes no more calls if none is in flight; `false` if one is.
@@ -220,6 +282,35 @@ impl Worker {
     /// reader already failed it (the worker died meanwhile).
     pub(crate) fn unregister(&self, id: u64) -> Option<Pending> {
         self.inner().pending.remove(&id)
+    }
+
+    /// SIGINT can only reach the call it is meant for: the worker is alive,
+    /// and no call is or can be written ahead behind it (with calls written
+    /// ahead, the signal could land in the next call; the timed-out one
+    /// then runs to its end, or the worker is replaced after the grace
+    /// period).
+    fn may_interrupt(&self) -> bool {
+        if self.inner().reaped {
+            return false;
+        }
+        if !self.pipelining.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.pool
+            .upgrade()
+            .is_some_and(|pool| pool.hold_for_interrupt(self))
+    }
+
+    /// Call `id` was written ahead and waits behind the one this worker
+    /// runs (only with pipelining).
+    fn is_waiting(&self, id: u64) -> bool {
+        if !self.pipelining.load(Ordering::Relaxed) {
+            return false;
+        }
+        let pending: Vec<u64> = self.inner().pending.keys().copied().collect();
+        self.stdin
+            .first_written(&pending)
+            .is_some_and(|first| first != id)
     }
 
     pub(crate) fn is_pending(&self, id: u64) -> bool {
@@ -304,12 +395,15 @@ impl Worker {
             return;
         }
         let caps = self.capabilities();
-        if caps.cancel {
+        // A call written ahead and not started is dropped by the worker on a
+        // cancel frame (it declared `pipeline`); never a signal, which would
+        // hit the call it is running.
+        if caps.cancel || self.is_waiting(id) {
             let mut buf = bytes::BytesMut::new();
             if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
                 self.send(buf.freeze());
             }
-        } else if caps.sigint && caps.max_concurrency <= 1 && !self.inner().reaped {
+        } else if caps.sigint && caps.max_concurrency <= 1 && self.may_interrupt() {
             spawn::signal_pid(self.pid, libc::SIGINT);
         }
         let grace = self
@@ -321,6 +415,11 @@ impl Worker {
             Ok(rt) => {
                 rt.spawn(async move {
                     tokio::time::sleep(grace).await;
+                    // Still waiting behind a running call: its turn has not
+                    // come; the worker is not stuck on it.
+                    while worker.is_pending(id) && worker.is_waiting(id) && !worker.is_finished() {
+                        tokio::time::sleep(grace).await;
+                    }
                     if worker.is_pending(id) && !worker.is_finished() {
                         tracing::warn!(worker = %worker.id, id, "no reply to a cancelled call within the grace period; replacing the worker");
                         worker.kill();

@@ -44,10 +44,25 @@ impl Shared {
             return;
         }
         slot.in_flight = slot.in_flight.saturating_sub(1);
+        slot.interrupting = false;
+        slot.ahead = worker.pipeline_room(self.config.pipeline_depth);
         if slot.replace_at > 0 || slot.drain_at > 0 {
             slot.count_served(worker.served.load(Ordering::Relaxed));
         }
         self.hand_off(&mut st, worker.slot);
+    }
+
+    /// Whether a SIGINT for the one call `worker` runs can reach only that
+    /// call: no other is in flight or leased on it. If so, nothing is
+    /// written ahead to it until that call's reply.
+    pub(crate) fn hold_for_interrupt(&self, worker: &Worker) -> bool {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation != worker.generation || slot.worker.is_none() || slot.in_flight > 1 {
+            return false;
+        }
+        slot.interrupting = true;
+        true
     }
 
     pub(crate) fn hand_off(self: &Arc<Self>, st: &mut State, i: usize) {
@@ -106,7 +121,13 @@ impl Shared {
             });
             let mut strict_slot = None;
             if let Some(p) = preferred {
-                if st.slots[p].has_room() {
+                // Its worker is free: idle, or (strict affinity, which waits
+                // for it anyway) with room to have the call written ahead.
+                let free = match affinity {
+                    Affinity::Strict => st.slots[p].has_room(),
+                    _ => st.slots[p].has_idle_room(),
+                };
+                if free {
                     return Ok(self.take(&mut st, p));
                 }
                 match affinity {

@@ -90,11 +90,22 @@ impl Shared {
         self.state().affinity.remove(session_id);
     }
 
-    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
-        let cap = worker
-            .capabilities()
+    /// The calls `worker` runs at once (what it declared, within the
+    /// pool's bound), and whether calls are written ahead to it.
+    fn capacity_of(&self, worker: &Worker) -> u32 {
+        let caps = worker.capabilities();
+        let cap = caps
             .max_concurrency
             .clamp(1, self.config.max_concurrency_per_worker);
+        worker.set_pipelining(
+            self.config.pipeline_depth > 0 && caps.pipeline && cap == 1,
+            self.config.pipeline_max_call,
+        );
+        cap
+    }
+
+    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
+        let cap = self.capacity_of(worker);
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
         if slot.generation != worker.generation {
@@ -144,10 +155,7 @@ impl Shared {
     /// Puts a recycled worker's replacement in its slot; the old worker's
     /// calls finish on it, outside the slot's accounting.
     pub(crate) fn install(self: &Arc<Self>, worker: &Arc<Worker>) -> Option<Arc<Worker>> {
-        let cap = worker
-            .capabilities()
-            .max_concurrency
-            .clamp(1, self.config.max_concurrency_per_worker);
+        let cap = self.capacity_of(worker);
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
         let old = slot.worker.clone();

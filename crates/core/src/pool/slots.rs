@@ -20,7 +20,16 @@ pub(crate) struct Slot {
     pub(crate) last_generation: u64,
     pub(crate) in_flight: u32,
     pub(crate) capacity: u32,
+    /// Calls it may take beyond `capacity` now, written ahead to wait in its
+    /// stdin (pipelining; 0 while its calls are long, or when off).
+    pub(crate) ahead: u32,
+    /// In `State::free` (it has idle capacity) or in `State::ahead` (only
+    /// room to be written ahead).
     pub(crate) in_free: bool,
+    pub(crate) in_ahead: bool,
+    /// A SIGINT is on its way to the call it runs: nothing is written ahead
+    /// (the signal must not land in a next call) until that call's reply.
+    pub(crate) interrupting: bool,
     pub(crate) breaker_open: bool,
     /// The worker's answers at which its supervisor is woken to start its
     /// replacement (recycling by calls); 0 once done, or when off.
@@ -44,7 +53,10 @@ impl Slot {
             last_generation: 0,
             in_flight: 0,
             capacity: 0,
+            ahead: 0,
             in_free: false,
+            in_ahead: false,
+            interrupting: false,
             breaker_open: false,
             replace_at: 0,
             drain_at: 0,
@@ -54,8 +66,19 @@ impl Slot {
         }
     }
 
+    /// It may take a call now: into idle capacity, or written ahead.
     pub(crate) fn has_room(&self) -> bool {
-        self.worker.is_some() && self.in_flight < self.capacity && !self.draining && !self.checking
+        let ahead = if self.interrupting { 0 } else { self.ahead };
+        self.takes_calls() && self.in_flight < self.capacity + ahead
+    }
+
+    /// It may take a call that starts at once.
+    pub(crate) fn has_idle_room(&self) -> bool {
+        self.takes_calls() && self.in_flight < self.capacity
+    }
+
+    fn takes_calls(&self) -> bool {
+        self.worker.is_some() && !self.draining && !self.checking
     }
 
     /// A new worker takes the slot: nothing of the last one's state stays.
@@ -63,6 +86,8 @@ impl Slot {
         self.worker = Some(worker.clone());
         self.in_flight = 0;
         self.capacity = capacity;
+        self.ahead = 0;
+        self.interrupting = false;
         self.replace_at = 0;
         self.drain_at = 0;
         self.draining = false;
@@ -97,8 +122,12 @@ pub(crate) struct AffinityRecord {
 
 pub(crate) struct State {
     pub(crate) slots: Vec<Slot>,
-    /// Slots that may have room, most recently freed last (reused first).
+    /// Slots that may have idle capacity, most recently freed last (reused
+    /// first).
     pub(crate) free: Vec<usize>,
+    /// Slots whose workers are busy but may have a call written ahead:
+    /// used only when no worker is idle.
+    pub(crate) ahead: Vec<usize>,
     pub(crate) queue: VecDeque<Waiter>,
     /// Waiters for one slot only (strict session affinity).
     pub(crate) strict: Vec<VecDeque<Waiter>>,
@@ -116,6 +145,7 @@ impl State {
         State {
             slots: (0..size).map(|_| Slot::new()).collect(),
             free: Vec::with_capacity(size),
+            ahead: Vec::with_capacity(size),
             queue: VecDeque::new(),
             strict: (0..size).map(|_| VecDeque::new()).collect(),
             seq: 0,
@@ -148,17 +178,37 @@ impl State {
         }
     }
 
+    /// Lists slot `i` where a call can find it: with the idle workers, or
+    /// with those that may only have a call written ahead.
     pub(crate) fn make_free(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        if !slot.in_free && slot.has_room() {
-            slot.in_free = true;
-            self.free.push(i);
+        if slot.has_idle_room() {
+            if !slot.in_free {
+                slot.in_free = true;
+                self.free.push(i);
+            }
+        } else if slot.has_room() && !slot.in_ahead {
+            slot.in_ahead = true;
+            self.ahead.push(i);
         }
     }
 
+    /// A slot for a new call: an idle worker if there is one, else one
+    /// that may have the call written ahead.
     pub(crate) fn pop_free(&mut self) -> Option<usize> {
         while let Some(i) = self.free.pop() {
             self.slots[i].in_free = false;
+            if self.slots[i].has_idle_room() {
+                return Some(i);
+            }
+            self.make_free(i);
+        }
+        while let Some(i) = self.ahead.pop() {
+            self.slots[i].in_ahead = false;
+            if self.slots[i].has_idle_room() {
+                // Freed meanwhile: it is idle now.
+                return Some(i);
+            }
             if self.slots[i].has_room() {
                 return Some(i);
             }

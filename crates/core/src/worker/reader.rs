@@ -28,7 +28,14 @@ impl Worker {
         success: bool,
         frame: Bytes,
     ) -> Result<(), snakepit_protocol::Error> {
-        let pending = self.inner().pending.remove(&id);
+        let pending = {
+            let mut inner = self.inner();
+            let pending = inner.pending.remove(&id);
+            if pending.is_some() && self.pipelining.load(Ordering::Relaxed) {
+                self.timed(&mut inner);
+            }
+            pending
+        };
         let Some(pending) = pending else {
             if id == 0 && !success {
                 let what = snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)
@@ -270,7 +277,7 @@ pub(super) async fn read_loop(
         inner.reaped = true;
     }
     // Before the pipe closes: what the worker left unread in it.
-    let lost = worker.stdin.take_lost();
+    let (mut lost, order) = worker.stdin.take_lost();
     worker.stdin.close(); // ends the writer task
     if let Some(pool) = worker.pool.upgrade() {
         // Out of the routing tables before anyone hears it died.
@@ -284,6 +291,16 @@ pub(super) async fn read_loop(
     let pending: Vec<(u64, Pending)> = worker.inner().pending.drain().collect();
     if matches!(exit, ExitReason::Unknown) && matches!(ending, Ending::Protocol(_)) {
         exit = ExitReason::Signal(libc::SIGKILL);
+    }
+    if worker.pipelining.load(Ordering::Relaxed) {
+        // It ran one call at a time, in the order they were written: only
+        // the first of those in flight can have started; the ones written
+        // ahead behind it never ran, whatever it had read.
+        let mut behind = order
+            .iter()
+            .filter(|id| pending.iter().any(|(p, _)| p == *id));
+        behind.next();
+        lost.extend(behind);
     }
     let stopping = worker.stopping.load(Ordering::Relaxed);
     for (id, p) in pending {

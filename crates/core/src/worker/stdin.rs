@@ -135,8 +135,10 @@ impl Stdin {
     }
 
     /// The calls whose frames the worker, now dead, never read whole.
-    pub(super) fn take_lost(&self) -> Vec<u64> {
+    /// Also returns the recent calls in the order they were written.
+    pub(super) fn take_lost(&self) -> (Vec<u64>, Vec<u64>) {
         let mut st = self.state();
+        let order = st.recent.iter().map(|&(id, _)| id).collect();
         if st.pipe.is_some() {
             let pipe = st.pipe.take();
             st.broken(pipe);
@@ -144,7 +146,17 @@ impl Stdin {
         let mut lost = std::mem::take(&mut st.lost);
         lost.extend(st.backlog.drain(..).map(|(id, _)| id));
         lost.retain(|&id| id != NO_CALL && id != HOST_REPLY);
-        lost
+        (lost, order)
+    }
+
+    /// Of the calls `pending`, the one written first (for a worker that runs
+    /// one call at a time, the one it is running).
+    pub(super) fn first_written(&self, pending: &[u64]) -> Option<u64> {
+        let st = self.state();
+        st.recent
+            .iter()
+            .map(|&(id, _)| id)
+            .find(|id| pending.contains(id))
     }
 
     /// Host replies written to the backlog and not yet to the pipe.

@@ -20,6 +20,12 @@ pub struct Capabilities {
     pub streaming: bool,
     /// The worker may send `host_call` frames.
     pub host_calls: bool,
+    /// The worker reads ahead: a request written while another runs waits
+    /// in its stdin, and a `cancel` frame for a request it has not started
+    /// makes it drop that request (answering `Cancelled`) without running
+    /// it. Only then does the pool write calls ahead to a worker that runs
+    /// one at a time (`PoolConfig::pipeline_depth`).
+    pub pipeline: bool,
 }
 
 impl Default for Capabilities {
@@ -30,6 +36,7 @@ impl Default for Capabilities {
             sigint: false,
             streaming: false,
             host_calls: false,
+            pipeline: false,
         }
     }
 }

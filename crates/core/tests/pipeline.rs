@@ -1,0 +1,200 @@
+//! Pipelined dispatch against real Python workers (they declare `pipeline`):
+//! calls written ahead to a worker that runs one at a time keep every
+//! promise of the pool (docs/reliability.md).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use snakepit_core::{CallOptions, Error, Pool};
+
+/// Short calls, so that the worker's moving average allows writing ahead.
+async fn warm_up(pool: &Pool) -> u64 {
+    let mut served = 0;
+    for _ in 0..20 {
+        let r = pool.execute("echo", json!({})).await.unwrap();
+        served = r["served"].as_u64().unwrap();
+    }
+    served
+}
+
+fn in_flight_on_first(pool: &Pool) -> usize {
+    pool.workers().first().map_or(0, |w| w.in_flight)
+}
+
+/// A call written ahead whose caller gives up before it starts never runs:
+/// the worker drops it on the cancel frame, and no signal is sent (the call
+/// running in front of it completes normally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_call_that_is_cancelled_never_runs() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let served = warm_up(&pool).await;
+    let running = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 3000})).await })
+    };
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "echo",
+                json!({}),
+                CallOptions::new().timeout(Duration::from_millis(300)),
+            )
+            .await
+        })
+    };
+    assert!(
+        eventually(10, || in_flight_on_first(&pool) == 2).await,
+        "the second call was written ahead: {:?}",
+        pool.workers()
+    );
+    assert!(matches!(
+        waiting.await.unwrap(),
+        Err(Error::CallTimeout { .. })
+    ));
+    // The running call was not interrupted (no SIGINT for a waiting call).
+    running.await.unwrap().unwrap();
+    let r = pool.execute("echo", json!({})).await.unwrap();
+    assert_eq!(
+        r["served"].as_u64().unwrap(),
+        served + 1,
+        "the cancelled echo never ran"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.crashes, 0);
+    assert_eq!(stats.restarts, 0, "the worker was not replaced");
+    pool.shutdown().await.unwrap();
+}
+
+/// A worker that dies with a call waiting in its pipe: the running call
+/// fails as a crash, the waiting one never ran and is served by the
+/// replacement, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_on_a_worker_that_dies_go_to_another() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    warm_up(&pool).await;
+    let victim = pool.worker_pids()[0];
+    let running = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 30_000})).await })
+    };
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("pid", json!({})).await })
+    };
+    assert!(eventually(10, || in_flight_on_first(&pool) == 2).await);
+    kill_9(victim);
+    assert!(running.await.unwrap().unwrap_err().is_crash());
+    let r = waiting.await.unwrap().unwrap();
+    assert_ne!(r["pid"].as_u64().unwrap() as u32, victim);
+    let stats = pool.stats();
+    assert_eq!(stats.crashes, 1);
+    assert_eq!(stats.requests, 20 + 2);
+    assert_eq!(stats.completed, 20 + 1);
+    pool.shutdown().await.unwrap();
+}
+
+/// Once a worker's calls are long, nothing is written ahead to it: the next
+/// call waits in the pool's queue for whichever worker frees first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_calls_never_wait_behind_each_other() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    for _ in 0..3 {
+        pool.execute("sleep", json!({"ms": 30})).await.unwrap();
+    }
+    let first = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 500})).await })
+    };
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let second = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 10})).await })
+    };
+    assert!(eventually(10, || pool.stats().queued == 1).await);
+    assert_eq!(in_flight_on_first(&pool), 1, "nothing was written ahead");
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+/// Many callers, short calls written ahead, deadlines expiring all the time:
+/// every reply a caller gets is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_caller_gets_another_calls_reply() {
+    let pool = builder(TestWorker::new()).size(2).start().await.unwrap();
+    warm_up(&pool).await;
+    let tasks: Vec<_> = (0..16u64)
+        .map(|c| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut ok = 0;
+                for n in 0..40u64 {
+                    let token = format!("{c}-{n}");
+                    let timeout = Duration::from_micros(500 + (c * 37 + n * 101) % 4000);
+                    let r = pool
+                        .execute_with(
+                            "sleep",
+                            json!({"ms": (n % 3) as f64 * 0.5, "token": token}),
+                            CallOptions::new().timeout(timeout),
+                        )
+                        .await;
+                    match r {
+                        Ok(v) => {
+                            assert_eq!(v["token"], token.as_str());
+                            ok += 1;
+                        }
+                        Err(Error::CallTimeout { .. } | Error::QueueTimeout(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert!(ok > 0);
+    let s = pool.stats();
+    assert_eq!(s.crashes, 0);
+    assert!(
+        eventually(20, || pool.stats().in_flight == 0).await,
+        "every late reply came back: {:?}",
+        pool.stats()
+    );
+    assert_eq!(s.requests, s.completed + s.errors + s.cancelled);
+    pool.shutdown().await.unwrap();
+}
+
+/// With `pipeline_depth = 0` nothing is ever written ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_off_writes_nothing_ahead() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| c.pipeline_depth = 0)
+        .start()
+        .await
+        .unwrap();
+    warm_up(&pool).await;
+    let first = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 300})).await })
+    };
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let second = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("echo", json!({})).await })
+    };
+    assert!(eventually(10, || pool.stats().queued == 1).await);
+    assert_eq!(in_flight_on_first(&pool), 1);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
