@@ -1,13 +1,12 @@
 //! The OTLP exporters, one builder for both signals over either transport,
 //! and the runtime the gRPC transport needs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_otlp::{ExporterBuildError, MetricExporter, SpanExporter, WithExportConfig};
 
 use crate::config::{env, ENDPOINT_VAR, METRICS_ENDPOINT_VAR, TIMEOUT_VAR, TRACES_ENDPOINT_VAR};
-use crate::watch::ExportState;
+use crate::watch::{ExportState, Watched};
 use crate::{Error, Protocol};
 
 /// How long one export may take in a short-lived program
@@ -113,73 +112,53 @@ pub(crate) trait Exporter: Sized {
     fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError>;
 }
 
-impl Exporter for SpanExporter {
-    const SIGNAL: Signal = Signal::Traces;
+/// Implements [`Exporter`] for one of opentelemetry-otlp's exporters, whose
+/// builder types differ only in name.
+macro_rules! otlp_exporter {
+    ($exporter:ident, $builder:ident, $signal:expr) => {
+        impl Exporter for $exporter {
+            const SIGNAL: Signal = $signal;
 
-    #[cfg(feature = "http")]
-    type Http = opentelemetry_otlp::SpanExporterBuilder<opentelemetry_otlp::HttpExporterBuilderSet>;
-    #[cfg(feature = "http")]
-    fn http() -> Self::Http {
-        SpanExporter::builder().with_http()
-    }
-    #[cfg(feature = "http")]
-    fn build_http(builder: Self::Http) -> Result<Self, ExporterBuildError> {
-        builder.build()
-    }
+            #[cfg(feature = "http")]
+            type Http = opentelemetry_otlp::$builder<opentelemetry_otlp::HttpExporterBuilderSet>;
+            #[cfg(feature = "http")]
+            fn http() -> Self::Http {
+                $exporter::builder().with_http()
+            }
+            #[cfg(feature = "http")]
+            fn build_http(builder: Self::Http) -> Result<Self, ExporterBuildError> {
+                builder.build()
+            }
 
-    #[cfg(feature = "grpc")]
-    type Grpc =
-        opentelemetry_otlp::SpanExporterBuilder<opentelemetry_otlp::TonicExporterBuilderSet>;
-    #[cfg(feature = "grpc")]
-    fn grpc() -> Self::Grpc {
-        SpanExporter::builder().with_tonic()
-    }
-    #[cfg(feature = "grpc")]
-    fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError> {
-        builder.build()
-    }
+            #[cfg(feature = "grpc")]
+            type Grpc = opentelemetry_otlp::$builder<opentelemetry_otlp::TonicExporterBuilderSet>;
+            #[cfg(feature = "grpc")]
+            fn grpc() -> Self::Grpc {
+                $exporter::builder().with_tonic()
+            }
+            #[cfg(feature = "grpc")]
+            fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError> {
+                builder.build()
+            }
+        }
+    };
 }
 
-impl Exporter for MetricExporter {
-    const SIGNAL: Signal = Signal::Metrics;
-
-    #[cfg(feature = "http")]
-    type Http =
-        opentelemetry_otlp::MetricExporterBuilder<opentelemetry_otlp::HttpExporterBuilderSet>;
-    #[cfg(feature = "http")]
-    fn http() -> Self::Http {
-        MetricExporter::builder().with_http()
-    }
-    #[cfg(feature = "http")]
-    fn build_http(builder: Self::Http) -> Result<Self, ExporterBuildError> {
-        builder.build()
-    }
-
-    #[cfg(feature = "grpc")]
-    type Grpc =
-        opentelemetry_otlp::MetricExporterBuilder<opentelemetry_otlp::TonicExporterBuilderSet>;
-    #[cfg(feature = "grpc")]
-    fn grpc() -> Self::Grpc {
-        MetricExporter::builder().with_tonic()
-    }
-    #[cfg(feature = "grpc")]
-    fn build_grpc(builder: Self::Grpc) -> Result<Self, ExporterBuildError> {
-        builder.build()
-    }
-}
+otlp_exporter!(SpanExporter, SpanExporterBuilder, Signal::Traces);
+otlp_exporter!(MetricExporter, MetricExporterBuilder, Signal::Metrics);
 
 /// The exporter of `E`'s signal over `protocol` (built inside `runtime`,
-/// which gRPC needs), and the state its watcher reports to.
-pub(crate) fn exporter<E: Exporter>(
+/// which gRPC needs), watched: its `state` says what it failed to deliver.
+pub(crate) fn watched<E: Exporter>(
     protocol: Protocol,
     endpoint: Option<&str>,
     export: &ExportSettings,
     runtime: &Runtime,
-) -> Result<(E, Arc<ExportState>), Error> {
+) -> Result<Watched<E>, Error> {
     let url = signal_endpoint(protocol, endpoint, E::SIGNAL);
     let state = ExportState::new(E::SIGNAL.name(), url);
-    let exporter = runtime.in_context(|| build::<E>(protocol, endpoint, export))?;
-    Ok((exporter, state))
+    let inner = runtime.in_context(|| build::<E>(protocol, endpoint, export))?;
+    Ok(Watched { inner, state })
 }
 
 fn build<E: Exporter>(

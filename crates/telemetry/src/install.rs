@@ -12,8 +12,7 @@ use crate::config::{
     env, exporter_wanted, propagator, resource, sdk_disabled, ENDPOINT_VAR, METRICS_EXPORTER_VAR,
     TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
 };
-use crate::exporters::{exporter, ExportSettings, Runtime};
-use crate::watch::{WatchedMetrics, WatchedSpans};
+use crate::exporters::{watched, ExportSettings, Runtime};
 use crate::{Error, Guard, Protocol, Telemetry};
 
 impl Telemetry {
@@ -48,16 +47,12 @@ impl Telemetry {
         };
         let mut states = Vec::new();
         let tracer_provider = if traces_on {
-            let (inner, state) =
-                exporter::<SpanExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
-            let exporter = WatchedSpans {
-                inner,
-                state: state.clone(),
-            };
-            states.push(state);
+            let spans =
+                watched::<SpanExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
+            states.push(spans.state.clone());
             Some(
                 SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
+                    .with_batch_exporter(spans)
                     .with_resource(resource.clone())
                     .build(),
             )
@@ -65,14 +60,10 @@ impl Telemetry {
             None
         };
         let meter_provider = if metrics_on {
-            let (inner, state) =
-                exporter::<MetricExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
-            let exporter = WatchedMetrics {
-                inner,
-                state: state.clone(),
-            };
-            states.push(state);
-            let mut reader = PeriodicReader::builder(exporter);
+            let metrics =
+                watched::<MetricExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
+            states.push(metrics.state.clone());
+            let mut reader = PeriodicReader::builder(metrics);
             if let Some(every) = self.metrics_interval {
                 reader = reader.with_interval(every);
             }

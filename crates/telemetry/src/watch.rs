@@ -164,14 +164,16 @@ fn connect_error(url: &str) -> Option<String> {
     last
 }
 
-/// A span exporter that reports its failures.
+/// An exporter that reports its failures to `state`: as a span exporter,
+/// each failure; as a metric exporter, also a refusal, after which it stops
+/// for good (the receiver does not take metrics).
 #[derive(Debug)]
-pub(crate) struct WatchedSpans<E> {
+pub(crate) struct Watched<E> {
     pub(crate) inner: E,
     pub(crate) state: Arc<ExportState>,
 }
 
-impl<E: SpanExporter> SpanExporter for WatchedSpans<E> {
+impl<E: SpanExporter> SpanExporter for Watched<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
         let result = self.inner.export(batch).await;
@@ -194,14 +196,7 @@ impl<E: SpanExporter> SpanExporter for WatchedSpans<E> {
     }
 }
 
-/// A metric exporter that reports its failures, and stops for good when the
-/// receiver does not take metrics.
-pub(crate) struct WatchedMetrics<E> {
-    pub(crate) inner: E,
-    pub(crate) state: Arc<ExportState>,
-}
-
-impl<E: PushMetricExporter> PushMetricExporter for WatchedMetrics<E> {
+impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         if self.state.refused() {
             return Ok(());
