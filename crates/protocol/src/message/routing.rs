@@ -194,41 +194,39 @@ fn skimmed<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<Result<Envelo
     })())
 }
 
-fn present(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<Scalar> {
+/// The value of a field the frame kind requires, if it is what `pick` takes.
+fn required<T>(
+    kind: &'static str,
+    field: &'static str,
+    v: Option<Scalar>,
+    expected: &'static str,
+    pick: impl FnOnce(Scalar) -> Option<T>,
+) -> Result<T> {
     match v {
         None | Some(Scalar::Null) => Err(Error::MissingField { kind, field }),
-        Some(s) => Ok(s),
+        Some(s) => pick(s).ok_or(Error::WrongType { field, expected }),
     }
 }
 
 fn id_of(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<u64> {
-    match present(kind, field, v)? {
-        Scalar::Int(n) if (0..=u64::MAX as i128).contains(&n) => Ok(n as u64),
-        _ => Err(Error::WrongType {
-            field,
-            expected: "a non-negative integer",
-        }),
-    }
+    required(kind, field, v, "a non-negative integer", |s| match s {
+        Scalar::Int(n) => u64::try_from(n).ok(),
+        _ => None,
+    })
 }
 
 fn bool_of(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<bool> {
-    match present(kind, field, v)? {
-        Scalar::Bool(b) => Ok(b),
-        _ => Err(Error::WrongType {
-            field,
-            expected: "a boolean",
-        }),
-    }
+    required(kind, field, v, "a boolean", |s| match s {
+        Scalar::Bool(b) => Some(b),
+        _ => None,
+    })
 }
 
 fn str_of(kind: &'static str, field: &'static str, v: Option<Scalar>) -> Result<String> {
-    match present(kind, field, v)? {
-        Scalar::Str(s) => Ok(s),
-        _ => Err(Error::WrongType {
-            field,
-            expected: "a string",
-        }),
-    }
+    required(kind, field, v, "a string", |s| match s {
+        Scalar::Str(s) => Some(s),
+        _ => None,
+    })
 }
 
 fn type_of(v: Option<Scalar>) -> Result<Option<String>> {
