@@ -181,6 +181,7 @@ impl Default for WireCodec {
 }
 
 #[cfg(all(not(feature = "json"), feature = "msgpack"))]
+#[allow(clippy::derivable_impls)]
 impl Default for WireCodec {
     fn default() -> Self {
         WireCodec::MsgPack
