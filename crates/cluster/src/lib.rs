@@ -27,11 +27,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - **Routing by free capacity.** A host subscribes to the cluster's call
-//!   subject (a NATS queue group) only while it has a free worker, so a
-//!   call goes to a host that can start it now; when none can, the call
-//!   waits in the client's queue (`queue_timeout`, `max_queue_size`, as in a
-//!   pool).
+//! - **Routing by free capacity.** Hosts announce their capacity and free
+//!   capacity; a client sends a call to the host with the most room and
+//!   queues it while none has (`queue_timeout`, `max_queue_size`, as in a
+//!   pool). A host that filled up meanwhile declines the call (it never
+//!   ran) and it goes elsewhere.
 //! - **Sessions** go to the host that served them last, and to another when
 //!   it is full or gone; keep their data in a shared store such as
 //!   [`NatsKvStore`] (JetStream key-value) so any host can serve them.
@@ -44,6 +44,9 @@
 //!   fail at once ([`is_unavailable`]) and work again when it is back.
 //! - **Discovery**: each host registers with the NATS service API as
 //!   `snakepit-<cluster>` ([`Client::status`], `nats micro ls`).
+//!
+//! `docs/cluster.md` has the deployment, the subjects, the permissions a
+//! host needs, failure behaviour and measured figures.
 //!
 //! NATS credentials and TLS are those of the connection you pass in; this
 //! crate enables no TLS backend of `async-nats` itself (enable its `ring` or
