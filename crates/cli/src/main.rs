@@ -20,6 +20,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod cluster;
 mod config;
 mod doctor;
 mod exec;
@@ -93,6 +94,9 @@ enum Command {
     /// Print the shell completion script for snakepit on stdout.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
+    /// See the hosts of a cluster of pools over NATS (snakepit-cluster).
+    #[command(after_help = cluster::EXAMPLES)]
+    Cluster(cluster::ClusterArgs),
 }
 
 const COMPLETIONS_EXAMPLES: &str = "\
@@ -202,6 +206,10 @@ fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
         }
         Command::Completions(args) => {
             completions(args.shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster(args) => {
+            runtime()?.block_on(cluster::run(args, out))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
