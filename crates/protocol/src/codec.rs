@@ -1,3 +1,6 @@
+//! The wire codecs: the `Codec` trait, JSON and MessagePack (one cargo
+//! feature each), and `WireCodec`, the closed enum of those compiled in.
+
 #[cfg(any(feature = "json", feature = "msgpack"))]
 use bytes::BufMut;
 use bytes::BytesMut;

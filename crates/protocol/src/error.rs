@@ -1,3 +1,6 @@
+//! The one error type of this crate: a variant for each thing that can be
+//! wrong with bytes on a pipe.
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -1,3 +1,7 @@
+//! Frames: a 4-byte big-endian length, then the payload. `FrameCodec` for
+//! tokio-util's framed streams, `encode_frame` to serialise straight into
+//! one.
+
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 

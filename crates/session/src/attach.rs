@@ -1,3 +1,6 @@
+//! Connecting a pool to a session store: the `session.*` host functions
+//! the bridges call, and the pool's `SessionHook`.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
