@@ -199,7 +199,7 @@ impl Worker {
             codec: shared.codec,
             stdin: stdin.clone(),
             inner: Mutex::new(Inner {
-                pending: HashMap::with_capacity_and_hasher(4, CallIds::default()),
+                pending: HashMap::with_capacity_and_hasher(4, CallIds),
                 running_since: None,
                 dead: false,
                 reaped: false,
