@@ -63,10 +63,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let pool = Pool::builder(GenericPython)
-            .size(a.workers)
-            .start()
-            .await?;
+        let pool = Pool::builder(GenericPython).size(a.workers).start().await?;
         let started = Instant::now();
         let per_caller = a.calls / a.callers.max(1);
         let tasks: Vec<_> = (0..a.callers.max(1))
