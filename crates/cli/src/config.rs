@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use snakepit_core::PoolConfig;
 
+use crate::args::{CodecArg, Lang};
 use crate::ui::{Failure, Output};
-use crate::workers::{CodecArg, Lang};
 
 /// The file's name in the current directory.
 pub(crate) const FILE_NAME: &str = "snakepit.toml";
@@ -117,6 +117,19 @@ mod tests {
         assert_eq!(c.pool.pool_size, 3);
         assert_eq!(c.pool.queue_timeout.as_millis(), 250);
         assert_eq!(c.pool.max_queue_size, PoolConfig::default().max_queue_size);
+    }
+
+    #[test]
+    fn reads_the_pipelining_settings() {
+        let c = parse(
+            "[pool]\npipeline_depth = 0\npipeline_max_call_us = 250\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.pool.pipeline_depth, 0);
+        assert_eq!(c.pool.pipeline_max_call.as_micros(), 250);
+        let c = parse("", Path::new(".")).unwrap();
+        assert_eq!(c.pool.pipeline_depth, PoolConfig::default().pipeline_depth);
     }
 
     #[test]

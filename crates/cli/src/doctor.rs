@@ -11,7 +11,7 @@ use serde_json::json;
 use snakepit_adapters::{Bridge, Language};
 use snakepit_core::Pool;
 
-use crate::ui::{Failure, Output};
+use crate::ui::{style, Failure, Output};
 
 pub(crate) const EXAMPLES: &str = "\
 Examples:
@@ -156,10 +156,10 @@ fn print_report(
     out: &Output,
 ) -> Result<(), Failure> {
     let c = out.color_stdout;
-    let good = |s: &str| Output::paint(c, "32", s);
-    let bad = |s: &str| Output::paint(c, "33", s);
+    let good = |s: &str| Output::paint(c, style::GOOD, s);
+    let bad = |s: &str| Output::paint(c, style::BAD, s);
     let mut todo = Vec::new();
-    outln!("{}", Output::paint(c, "1", "Interpreters"))?;
+    outln!("{}", Output::paint(c, style::BOLD, "Interpreters"))?;
     for it in interpreters {
         let status = match (&it.version, it.ping_ms) {
             (_, Some(_)) => good("ok     "),
@@ -189,7 +189,7 @@ fn print_report(
             outln!("          note: {note}")?;
         }
     }
-    outln!("{}", Output::paint(c, "1", "Bridge packages"))?;
+    outln!("{}", Output::paint(c, style::BOLD, "Bridge packages"))?;
     for p in packages {
         let installed = interpreters
             .iter()

@@ -8,9 +8,10 @@ use clap::Args;
 use serde_json::Value;
 use snakepit_core::{CallOptions, Pool};
 
+use crate::args::WorkerArgs;
 use crate::config::FileConfig;
 use crate::ui::{Failure, Output};
-use crate::workers::{Worker, WorkerArgs};
+use crate::workers::Worker;
 
 pub(crate) const EXAMPLES: &str = "\
 Examples:
@@ -30,6 +31,10 @@ pub(crate) struct ExecArgs {
     /// Worker processes to start [default: 1, or pool.pool_size in snakepit.toml].
     #[arg(long, value_name = "N")]
     pool_size: Option<usize>,
+    /// Calls written ahead to a worker that runs one at a time; 0: off
+    /// [default: 1, or pool.pipeline_depth in snakepit.toml].
+    #[arg(long, value_name = "N")]
+    pipeline_depth: Option<u32>,
     /// Run the call in this session (affinity to the worker that served it last).
     #[arg(long, value_name = "ID")]
     session: Option<String>,
@@ -83,11 +88,15 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
     if config.pool_size == 0 {
         return Err(Failure::usage("--pool-size must be at least 1"));
     }
+    if let Some(depth) = a.pipeline_depth {
+        config.pipeline_depth = depth;
+    }
     out.verbose(format!(
-        "starting {} x {} ({})",
+        "starting {} x {} ({}, pipeline depth {})",
         config.pool_size,
         worker.describe(),
-        worker.codec
+        worker.codec,
+        config.pipeline_depth
     ));
     let pool = crate::traced(Pool::builder(worker.bridge(None)).config(config))
         .start()

@@ -1,20 +1,25 @@
-//! A small `tracing` subscriber that writes the pool's events to stderr:
-//! `-v` shows worker output and pool events, `-vv` debugging detail.
-//! (The project keeps `tracing-subscriber` to its telemetry crate; a line
-//! printer is all a command-line call needs.)
+//! The pool's events on stderr, through `tracing-subscriber`'s fmt layer:
+//! `-v` shows worker output and pool events, `-vv` debugging detail; the
+//! default and `-q` only errors.
+//!
+//! One line per event: a line a worker wrote to its stderr reads `[worker
+//! id] line`, dimmed on a terminal; any other event `level: message
+//! field=value ...`, its fields as the fmt layer writes them. A line that
+//! cannot be written is dropped: the fmt layer is told not to report it
+//! with `eprintln!`, which would panic.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
 
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
-struct StderrLines {
-    max: Level,
-    color: bool,
-    next_span: AtomicU64,
-}
+use crate::ui::style;
+
+/// The target of core's events for the lines a worker writes to its stderr.
+const WORKER_TARGET: &str = "snakepit::worker";
 
 /// Installs the printer for this verbosity; quiet or default print errors only.
 pub(crate) fn install(verbose: u8, quiet: bool, color: bool) {
@@ -24,66 +29,39 @@ pub(crate) fn install(verbose: u8, quiet: bool, color: bool) {
         (false, 2) => Level::DEBUG,
         _ => Level::TRACE,
     };
-    let _ = tracing::subscriber::set_global_default(StderrLines {
-        max,
-        color,
-        next_span: AtomicU64::new(1),
-    });
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(max)
+        .with_ansi(color)
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr)
+        .event_format(Lines)
+        .try_init();
 }
 
-#[derive(Default)]
-struct Line {
-    message: String,
-    worker: String,
-    fields: String,
-}
+/// The line format (see the module doc).
+struct Lines;
 
-impl Visit for Line {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message.push_str(value),
-            "worker" => self.worker.push_str(value),
-            name => {
-                let _ = write!(self.fields, " {name}={value}");
-            }
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "message" => {
-                let _ = write!(self.message, "{value:?}");
-            }
-            "worker" => {
-                let _ = write!(self.worker, "{value:?}");
-            }
-            name => {
-                let _ = write!(self.fields, " {name}={value:?}");
-            }
-        }
-    }
-}
-
-impl Subscriber for StderrLines {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= self.max
-    }
-
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let mut line = Line::default();
-        event.record(&mut line);
+impl<S, N> FormatEvent<S, N> for Lines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let dim = if writer.has_ansi_escapes() {
+            style::DIM
+        } else {
+            anstyle::Style::new()
+        };
         let meta = event.metadata();
-        let text = if meta.target() == "snakepit::worker" {
-            // A line the worker wrote to its stderr.
-            format!("[{}] {}", line.worker, line.message)
+        if meta.target() == WORKER_TARGET {
+            let mut line = WorkerLine::default();
+            event.record(&mut line);
+            writeln!(writer, "{dim}[{}] {}{dim:#}", line.worker, line.text)
         } else {
             let level = match *meta.level() {
                 Level::ERROR => "error",
@@ -92,22 +70,41 @@ impl Subscriber for StderrLines {
                 Level::DEBUG => "debug",
                 Level::TRACE => "trace",
             };
-            let worker = if line.worker.is_empty() {
-                String::new()
-            } else {
-                format!(" worker={}", line.worker)
-            };
-            format!("{level}: {}{worker}{}", line.message, line.fields)
-        };
-        // Never `eprintln!`: it panics when stderr cannot be written.
-        if self.color {
-            crate::ui::stderr_line(format_args!("\x1b[2m{text}\x1b[0m"));
-        } else {
-            crate::ui::stderr_line(format_args!("{text}"));
+            write!(writer, "{dim}{level}:{dim:#} ")?;
+            ctx.format_fields(writer.by_ref(), event)?;
+            writeln!(writer)
+        }
+    }
+}
+
+/// The two fields of a worker's stderr line that are shown.
+#[derive(Default)]
+struct WorkerLine {
+    worker: String,
+    text: String,
+}
+
+impl WorkerLine {
+    fn field(&mut self, field: &Field) -> Option<&mut String> {
+        match field.name() {
+            "worker" => Some(&mut self.worker),
+            "message" => Some(&mut self.text),
+            _ => None,
+        }
+    }
+}
+
+impl Visit for WorkerLine {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if let Some(to) = self.field(field) {
+            to.push_str(value);
         }
     }
 
-    fn enter(&self, _: &Id) {}
-
-    fn exit(&self, _: &Id) {}
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        use fmt::Write as _;
+        if let Some(to) = self.field(field) {
+            let _ = write!(to, "{value:?}");
+        }
+    }
 }

@@ -19,6 +19,7 @@ macro_rules! outln {
     };
 }
 
+mod args;
 mod bench;
 mod cluster;
 mod config;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use snakepit_core::sweep::{sweep, SweepOptions, SweepReport};
 
-use crate::ui::{Failure, Output};
+use crate::ui::{style, Failure, Output};
 
 pub(crate) const EXAMPLES: &str = "\
 Examples:
@@ -82,7 +82,7 @@ fn print_report(report: &SweepReport, dry_run: bool, out: &Output) -> Result<(),
                 "  {} pid {:<7} {}",
                 what,
                 p.pid,
-                Output::paint(out.color_stdout, "2", &p.command)
+                Output::paint(out.color_stdout, style::DIM, &p.command)
             )?;
         }
     }

@@ -26,6 +26,24 @@ pub(crate) mod code {
     pub(crate) const OUTPUT: u8 = 6;
 }
 
+/// The styles the tool paints with (on a terminal only, see [`Output::paint`]).
+pub(crate) mod style {
+    use anstyle::{AnsiColor, Style};
+
+    /// Headings.
+    pub(crate) const BOLD: Style = Style::new().bold();
+    /// Notes, log lines, a failure's detail.
+    pub(crate) const DIM: Style = Style::new().dimmed();
+    /// `error:`.
+    pub(crate) const ERROR: Style = AnsiColor::Red.on_default().bold();
+    /// `hint:`.
+    pub(crate) const HINT: Style = AnsiColor::Yellow.on_default().bold();
+    /// Something that is there and works.
+    pub(crate) const GOOD: Style = AnsiColor::Green.on_default();
+    /// Something missing.
+    pub(crate) const BAD: Style = AnsiColor::Yellow.on_default();
+}
+
 /// Writes one line to stdout and flushes it; a failure (exit code 6) when it
 /// cannot be written. Use it through `outln!`.
 pub(crate) fn stdout_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
@@ -190,10 +208,10 @@ impl Output {
         }
     }
 
-    /// Paints `text` when `on`.
-    pub(crate) fn paint(on: bool, style: &str, text: &str) -> String {
+    /// Paints `text` in `style` when `on`.
+    pub(crate) fn paint(on: bool, style: anstyle::Style, text: &str) -> String {
         if on {
-            format!("\x1b[{style}m{text}\x1b[0m")
+            format!("{style}{text}{style:#}")
         } else {
             text.to_owned()
         }
@@ -204,7 +222,7 @@ impl Output {
         if !self.quiet {
             stderr_line(format_args!(
                 "{}",
-                Output::paint(self.color_stderr, "2", text.as_ref())
+                Output::paint(self.color_stderr, style::DIM, text.as_ref())
             ));
         }
     }
@@ -223,16 +241,19 @@ impl Output {
         let c = self.color_stderr;
         stderr_line(format_args!(
             "{} {}",
-            Output::paint(c, "1;31", "error:"),
+            Output::paint(c, style::ERROR, "error:"),
             f.message
         ));
         if let Some(detail) = &f.detail {
             for line in detail.trim_end().lines() {
-                stderr_line(format_args!("  {}", Output::paint(c, "2", line)));
+                stderr_line(format_args!("  {}", Output::paint(c, style::DIM, line)));
             }
         }
         if let Some(hint) = &f.hint {
-            stderr_line(format_args!("{} {hint}", Output::paint(c, "1;33", "hint:")));
+            stderr_line(format_args!(
+                "{} {hint}",
+                Output::paint(c, style::HINT, "hint:")
+            ));
         }
     }
 }

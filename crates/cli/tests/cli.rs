@@ -486,6 +486,34 @@ fn bench_json_has_the_documented_fields() {
         }
     }
     assert!(v["pool_over_raw"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    // Pipelining as set (the default), and the same pool with it off.
+    assert_eq!(v["pipeline_depth"], 1, "{v}");
+    assert_eq!(v["pipeline_max_call_us"], 1000, "{v}");
+    for field in ["rps", "p50_us", "p99_us", "mb_s", "cpu_us_per_call"] {
+        assert!(
+            v["pool_no_pipeline"][field]
+                .as_f64()
+                .is_some_and(|x| x > 0.0),
+            "pool_no_pipeline.{field}: {v}"
+        );
+    }
+    assert!(
+        v["pool_no_pipeline_over_raw"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    // The host's CPU per call in every measurement.
+    for part in ["raw_1", "raw", "pool"] {
+        assert!(
+            v[part]["cpu_us_per_call"].as_f64().is_some_and(|x| x > 0.0),
+            "{part}.cpu_us_per_call: {v}"
+        );
+    }
+    assert!(v["memory"]["host_kib_per_idle_worker"].is_f64(), "{v}");
+    assert!(v["memory"]["host_rss_growth_kib"].is_i64(), "{v}");
+    assert_eq!(v["args"], serde_json::json!({}), "{v}");
+    assert!(v["sessions"].is_null(), "{v}");
     assert_eq!(v["startup"]["workers"], 2);
     assert_eq!(v["startup"]["init_ms"], 100);
     for field in ["concurrent_ms", "sequential_ms"] {
@@ -499,8 +527,154 @@ fn bench_json_has_the_documented_fields() {
     assert!(
         svg.starts_with("<svg")
             && svg.contains("raw loop, 2 workers")
-            && svg.contains("pool, 2 workers, 8 callers")
+            && svg.contains("pool, 2 workers, 8 callers, pipeline depth 1")
+            && svg.contains("pool, 2 workers, 8 callers, no pipelining")
     );
+}
+
+/// A worker that appends each `record` call's session and arguments to
+/// $SNAKEPIT_TEST_LOG, one JSON line per call.
+const RECORDING_WORKER: &str = r#"
+import json, os
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+log = open(os.environ["SNAKEPIT_TEST_LOG"], "a")
+
+@worker.command("record")
+def record(args, ctx):
+    log.write(json.dumps({"session": ctx.session_id, "args": args}) + "\n")
+    log.flush()
+    return {"ok": True}
+
+worker.run()
+"#;
+
+#[test]
+fn bench_sends_the_given_arguments_and_spreads_the_calls_over_the_sessions() {
+    let dir = Dir::new("bench-sessions");
+    let script = dir.file("recording.py", RECORDING_WORKER);
+    let log = dir.0.join("calls.log");
+    let args = r#"{"operation": "add", "a": 5, "b": 3}"#;
+    let r = snakepit_in(
+        &dir.0,
+        &[
+            "bench",
+            "--script",
+            &script,
+            "--command",
+            "record",
+            "--args",
+            args,
+            "--sessions",
+            "3",
+            "--workers",
+            "2",
+            "--requests",
+            "200",
+            "--concurrency",
+            "4",
+            "--init-ms",
+            "1",
+            "--json",
+        ],
+        &[("SNAKEPIT_TEST_LOG", log.to_str().expect("utf-8 path"))],
+        "",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["sessions"], 3, "{v}");
+    assert_eq!(v["args"]["operation"], "add", "{v}");
+    let text = std::fs::read_to_string(&log).expect("the worker wrote its log");
+    let calls: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let expected: Value = serde_json::from_str(args).expect("JSON");
+    assert!(
+        calls.iter().all(|c| c["args"] == expected),
+        "a call with other arguments: {text}"
+    );
+    // The raw loop has no sessions; the pool's session calls (both pool
+    // measurements and the sequential one, 200 + 200 + 50 at least) are
+    // spread over exactly the three sessions.
+    let mut sessions: Vec<&str> = calls.iter().filter_map(|c| c["session"].as_str()).collect();
+    assert!(sessions.len() >= 450, "{} session calls", sessions.len());
+    sessions.sort_unstable();
+    sessions.dedup();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert!(calls.iter().any(|c| c["session"].is_null()), "no raw call");
+}
+
+#[test]
+fn bench_pipelining_comes_from_the_flag_or_the_settings_file() {
+    let dir = Dir::new("bench-pipeline");
+    dir.file(
+        "snakepit.toml",
+        "[pool]\npipeline_depth = 3\npipeline_max_call_us = 250\n",
+    );
+    let small = [
+        "bench",
+        "--workers",
+        "1",
+        "--requests",
+        "16",
+        "--concurrency",
+        "2",
+        "--init-ms",
+        "1",
+        "--json",
+    ];
+    let r = snakepit_in(&dir.0, &small, &[], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["pipeline_depth"], 3, "{v}");
+    assert_eq!(v["pipeline_max_call_us"], 250, "{v}");
+    assert!(v["pool_no_pipeline"]["rps"].as_f64().is_some(), "{v}");
+    // Off: the pool is measured once, without pipelining.
+    let off = [&small[..], &["--pipeline-depth", "0"]].concat();
+    let r = snakepit_in(&dir.0, &off, &[], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["pipeline_depth"], 0, "{v}");
+    assert!(v["pool"]["rps"].as_f64().is_some(), "{v}");
+    assert!(v["pool_no_pipeline"].is_null(), "{v}");
+    assert!(v["pool_no_pipeline_over_raw"].is_null(), "{v}");
+    // The table names each measurement's pipelining.
+    let r = snakepit_in(&dir.0, &small[..small.len() - 1], &[], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    for text in [
+        "throughput, 1 worker, pipeline depth 3",
+        "throughput, 1 worker, no pipelining",
+        "host CPU per call, pipeline depth 3",
+        "host memory per idle worker",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
+    }
+}
+
+#[test]
+fn bench_refuses_bad_arguments_sessions_and_a_payload_over_data() {
+    for (flags, says) in [
+        (&["--args", "[1]"][..], "--args"),
+        (&["--args", "{"][..], "--args"),
+        (&["--sessions", "0"][..], "--sessions"),
+        (&["--args", r#"{"data": 1}"#, "--payload", "8"][..], "data"),
+        (&["--pipeline-depth", "x"][..], "--pipeline-depth"),
+    ] {
+        let r = snakepit(&[&["bench"][..], flags].concat());
+        assert_eq!(r.code, 2, "{flags:?}: {r:?}");
+        assert!(r.stderr.contains(says), "{flags:?}: {r:?}");
+    }
+}
+
+#[test]
+fn exec_takes_the_pipeline_depth() {
+    let r = snakepit(&["-v", "exec", "--pipeline-depth", "2", "ping"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("pipeline depth 2"), "{r:?}");
+    let r = snakepit(&["-v", "exec", "ping"]);
+    assert!(r.stderr.contains("pipeline depth 1"), "{r:?}");
 }
 
 #[test]
@@ -521,6 +695,8 @@ fn bench_prints_a_table_and_refuses_bad_flags() {
         "raw loop",
         "pool",
         "throughput, 2 workers",
+        "host CPU per call",
+        "host memory per idle worker",
         "start-up, 2 x 50 ms init",
     ] {
         assert!(r.stdout.contains(text), "missing {text}: {r:?}");

@@ -1,0 +1,180 @@
+//! The bench's baseline: worker processes driven directly, one plain loop
+//! per worker on a thread of its own, one request in flight each.
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use indicatif::ProgressBar;
+use serde_json::{json, Value};
+use snakepit_core::{Launch, RawProcess, WireCodec};
+use snakepit_protocol::{
+    decode_inbound, decode_response, encode_frame, Error as ProtocolError, Inbound, Request,
+    HEADER_LEN,
+};
+
+use super::measure::{Meter, Run};
+use super::progress::Counter;
+use super::Load;
+
+/// How the raw workers are started: as the pool would start them.
+pub(crate) struct Raw<'a> {
+    pub(crate) launch: &'a Launch,
+    pub(crate) codec: WireCodec,
+    /// The pool's limit, checked from each reply's header.
+    pub(crate) max_frame_size: usize,
+}
+
+impl Raw<'_> {
+    /// Starts `workers` processes through the spawn path on the runtime,
+    /// warms each up, then runs `requests` calls spread over them on plain
+    /// threads with blocking pipes (the runtime waits meanwhile).
+    pub(crate) async fn run(
+        &self,
+        load: &Load,
+        workers: usize,
+        requests: usize,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<Run> {
+        let mut raws = Vec::with_capacity(workers);
+        for n in 0..workers {
+            raws.push(RawWorker::start(self.launch, self.codec, self.max_frame_size, n).await?);
+        }
+        for w in &mut raws {
+            for i in 0..200 {
+                w.call(10 + i, &load.command, &load.args)?; // warm-up
+            }
+        }
+        let per = requests / workers;
+        let counter = Counter::start(bar);
+        let meter = Meter::start();
+        let lat: anyhow::Result<Vec<Vec<Duration>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = raws
+                .iter_mut()
+                .map(|w| {
+                    let done = counter.handle();
+                    s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                        let mut lat = Vec::with_capacity(per);
+                        for i in 0..per {
+                            let t = Instant::now();
+                            w.call(1000 + i as u64, &load.command, &load.args)?;
+                            lat.push(t.elapsed());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a raw loop thread panicked")))
+                })
+                .collect()
+        });
+        let spent = meter.stop();
+        counter.finish();
+        Ok(Run::new(lat?.into_iter().flatten().collect(), spent))
+    }
+}
+
+/// One worker process driven directly: write a frame, read the reply.
+///
+/// It bypasses the pool's queue, not its process safety: the process is a
+/// `RawProcess` (own process group, parent-death signal, watchdog, run id),
+/// and a reply longer than the pool's `max_frame_size` is refused from its
+/// header, before anything of that size is allocated.
+struct RawWorker {
+    /// Kills and reaps the process group when the worker is dropped.
+    _process: RawProcess,
+    stdin: std::fs::File,
+    stdout: std::fs::File,
+    codec: WireCodec,
+    max_frame_size: usize,
+    buf: BytesMut,
+    frame: Vec<u8>,
+}
+
+impl RawWorker {
+    /// Starts the adapter's program exactly as the pool would (same
+    /// program, arguments and environment, same spawn path) and runs the
+    /// init handshake.
+    async fn start(
+        launch: &Launch,
+        codec: WireCodec,
+        max_frame_size: usize,
+        n: usize,
+    ) -> anyhow::Result<RawWorker> {
+        let worker_id = format!("raw_{n}");
+        let launch = launch.clone().env("SNAKEPIT_WORKER_ID", &worker_id);
+        let mut process = RawProcess::spawn(launch.clone(), codec)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", launch.program.display()))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            process.take_stdin(),
+            process.take_stdout(),
+            process.take_stderr(),
+        ) else {
+            anyhow::bail!("the raw worker has no pipes");
+        };
+        // Plain blocking pipes: the loop runs on a thread of its own.
+        let stdin = std::fs::File::from(stdin.into_owned_fd()?);
+        let stdout = std::fs::File::from(stdout.into_owned_fd()?);
+        let mut stderr = std::fs::File::from(stderr.into_owned_fd()?);
+        // Nobody shows a raw worker's stderr, but a full pipe would block it.
+        std::thread::Builder::new()
+            .name(format!("snakepit-{worker_id}-stderr"))
+            .spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()))?;
+        let mut w = RawWorker {
+            _process: process,
+            stdin,
+            stdout,
+            codec,
+            max_frame_size,
+            buf: BytesMut::with_capacity(256),
+            frame: Vec::new(),
+        };
+        w.call(
+            1,
+            "ping",
+            &json!({"initialization": true, "worker_id": worker_id}),
+        )?;
+        Ok(w)
+    }
+
+    /// One round trip: encode, write, read frames until the reply, decode it.
+    fn call(&mut self, id: u64, command: &str, args: &Value) -> anyhow::Result<Value> {
+        self.buf.clear();
+        encode_frame(
+            &self.codec,
+            &Request::new(id, command, args),
+            self.max_frame_size,
+            &mut self.buf,
+        )?;
+        self.stdin.write_all(&self.buf)?;
+        loop {
+            let mut head = [0u8; HEADER_LEN];
+            self.stdout.read_exact(&mut head)?;
+            let len = u32::from_be_bytes(head) as usize;
+            // The check of `FrameCodec`, from the header alone.
+            if len > self.max_frame_size {
+                return Err(ProtocolError::FrameTooLarge {
+                    len: len as u64,
+                    max: self.max_frame_size,
+                }
+                .into());
+            }
+            self.frame.resize(len, 0);
+            self.stdout.read_exact(&mut self.frame)?;
+            // The hello frame comes before the first reply.
+            if let Inbound::Response { .. } = decode_inbound(&self.codec, &self.frame)? {
+                return match decode_response::<_, Value>(&self.codec, &self.frame)? {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(anyhow::anyhow!("`{command}` failed in the raw worker: {e}")),
+                };
+            }
+        }
+    }
+}
