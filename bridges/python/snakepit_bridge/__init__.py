@@ -11,16 +11,11 @@
     worker.run()
 """
 
+from ._context import Cancelled, Context, HostCallError, Session
+from ._server import protect_stdout
+from ._version import __version__
 from ._wire import FrameError, get_codec
-from ._worker import (
-    Cancelled,
-    Context,
-    HostCallError,
-    Session,
-    Worker,
-    __version__,
-    protect_stdout,
-)
+from ._worker import Worker
 
 __all__ = [
     "Worker",

@@ -10,23 +10,10 @@ import os
 import sys
 import time
 
-BRIDGE_TYPE = "generic"
-_PYTHON_VERSION = "%d.%d.%d" % sys.version_info[:3]
+from ._ping import BRIDGE_TYPE, PYTHON_VERSION, ping
+from ._worker import Worker
 
-
-def ping(args, ctx):
-    worker = ctx.worker
-    return {
-        "status": "ok",
-        "bridge_type": BRIDGE_TYPE,
-        "uptime": worker.uptime,
-        "requests_handled": worker.requests_handled,
-        "timestamp": time.time(),
-        "worker_id": worker.worker_id or "unknown",
-        "echo": args,
-        "python_version": _PYTHON_VERSION,
-        "pid": worker.pid,
-    }
+__all__ = ["BRIDGE_TYPE", "ping", "echo", "compute", "info", "register", "main"]
 
 
 def echo(args):
@@ -48,7 +35,7 @@ def compute(args):
             raise ValueError("Division by zero")
         result = a / b
     else:
-        raise ValueError("Unsupported operation: %s" % operation)
+        raise ValueError(f"Unsupported operation: {operation}")
     return {
         "status": "ok",
         "operation": operation,
@@ -72,7 +59,7 @@ def info(args, ctx):
             "total_requests": worker.requests_handled,
         },
         "system_info": {
-            "python_version": _PYTHON_VERSION,
+            "python_version": PYTHON_VERSION,
             "platform": platform.platform(),
             "pid": os.getpid(),
         },
@@ -95,8 +82,6 @@ def main(argv=None):
     Arguments such as ``--mode pool-worker`` or ``--snakepit-run-id X`` are
     accepted and ignored: the pool passes them for the original's sake.
     """
-    from ._worker import Worker
-
     worker = register(Worker())
     return worker.run()
 

@@ -7,7 +7,7 @@ import unittest
 
 from ._helpers import CODECS, run_in_process
 from snakepit_bridge import Cancelled, Worker, _wire, generic
-from snakepit_bridge._worker import _describe_handler
+from snakepit_bridge._handler import describe
 
 TS = "2026-11-27T12:24:04.051023Z"
 
@@ -32,21 +32,21 @@ class HandlerShapeTests(unittest.TestCase):
         async def coro(args, ctx):
             pass
 
-        class Obj(object):
+        class Obj:
             def method(self, args):
                 pass
 
             def __call__(self, args, ctx):
                 pass
 
-        self.assertEqual(_describe_handler(two), (True, False))
-        self.assertEqual(_describe_handler(one), (False, False))
-        self.assertEqual(_describe_handler(star), (True, False))
-        self.assertEqual(_describe_handler(coro), (True, True))
-        self.assertEqual(_describe_handler(Obj().method), (False, False))
-        self.assertEqual(_describe_handler(Obj()), (True, False))
-        self.assertEqual(_describe_handler(functools.partial(two, {})), (False, False))
-        self.assertEqual(_describe_handler(lambda args: args), (False, False))
+        self.assertEqual(describe(two), (True, False))
+        self.assertEqual(describe(one), (False, False))
+        self.assertEqual(describe(star), (True, False))
+        self.assertEqual(describe(coro), (True, True))
+        self.assertEqual(describe(Obj().method), (False, False))
+        self.assertEqual(describe(Obj()), (True, False))
+        self.assertEqual(describe(functools.partial(two, {})), (False, False))
+        self.assertEqual(describe(lambda args: args), (False, False))
 
     def test_mode_and_capabilities(self):
         w = Worker(codec="json")
@@ -210,6 +210,30 @@ class DispatchTests(unittest.TestCase):
         for codec_name in CODECS:
             with self.subTest(codec_name):
                 self.check_common(codec_name, True)
+
+    def test_a_failed_replys_traceback_starts_at_the_handler(self):
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        for async_mode in (False, True):
+            with self.subTest(async_mode=async_mode):
+                w = self.make("json", async_mode)
+                # A plain handler runs on the main thread (sync) or on a
+                # thread (async); each with and without a span.
+                frames = [req(1, "fail"), req(2, "fail", traceparent=tp)]
+                if async_mode:
+                    @w.command("afail")
+                    async def afail(args):
+                        raise KeyError("nope")
+
+                    frames += [req(3, "afail"), req(4, "afail", traceparent=tp)]
+                _, out = run_in_process(w, frames, _wire.get_codec("json"))
+                replies = out[1:]
+                self.assertEqual(len(replies), len(frames))
+                for reply in replies:
+                    frames_shown = [line for line in reply["error"]["traceback"].splitlines()
+                                    if line.lstrip().startswith("File ")]
+                    self.assertEqual(len(frames_shown), 1, reply)
+                    self.assertIn("test_worker.py", frames_shown[0])
+                    self.assertRegex(frames_shown[0], r"in a?fail$")
 
     def test_async_runs_concurrently_and_cancels(self):
         codec = _wire.get_codec("json")

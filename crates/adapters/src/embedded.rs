@@ -16,6 +16,13 @@ macro_rules! bridge_files {
 static FILES: &[(&str, &str)] = bridge_files![
     "python/generic_worker.py",
     "python/snakepit_bridge/__init__.py",
+    "python/snakepit_bridge/_async.py",
+    "python/snakepit_bridge/_context.py",
+    "python/snakepit_bridge/_handler.py",
+    "python/snakepit_bridge/_ping.py",
+    "python/snakepit_bridge/_server.py",
+    "python/snakepit_bridge/_sync.py",
+    "python/snakepit_bridge/_version.py",
     "python/snakepit_bridge/_wire.py",
     "python/snakepit_bridge/_worker.py",
     "python/snakepit_bridge/generic.py",

@@ -1,0 +1,280 @@
+"""The asyncio serve loop: any ``async def`` handler, or max_concurrency > 1.
+
+The loop reads frames as they arrive, runs up to max_concurrency requests at
+once, and acts on ``cancel`` frames by cancelling the request's task. Plain
+functions run on a small pool of daemon threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import queue
+import signal
+import threading
+from typing import Any
+
+from ._context import Cancelled, Context
+from ._handler import invoke
+from ._server import Server, cancelled_reply, failed_reply, host_outcome, log
+from ._wire import FrameError
+
+
+class AsyncServer(Server):
+    def __init__(self, worker, read_fd, write_fd):
+        super().__init__(worker, read_fd, write_fd)
+        self._size = worker.max_concurrency or 8
+        self._tasks = {}  # request id -> (task, ctx)
+        self._host_pending = {}  # host call id -> (ctx, resolve(ok, value))
+        self._terminated = False
+
+    def serve(self, install_signals: bool) -> int:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(self._main(install_signals))
+        finally:
+            loop.close()
+
+    async def _main(self, install_signals: bool) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._limit = asyncio.Semaphore(self._size)
+        self._pool = _DaemonPool(self._size)
+        self._eof = asyncio.Event()
+        if install_signals:
+            # sigint is not declared in this mode; a stray Ctrl-C must not kill us.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        self.send(self.worker.hello())
+        fd = self.reader.fd
+        try:
+            loop.add_reader(fd, self._on_readable)
+            threaded = False
+        except (OSError, ValueError, NotImplementedError):
+            # Not pollable (a regular file, say): read on a thread instead.
+            threaded = True
+            threading.Thread(target=self._read_thread, name="snakepit-reader", daemon=True).start()
+        await self._eof.wait()
+        if not threaded:
+            loop.remove_reader(fd)
+        # Host replies can no longer arrive.
+        for hid, (ctx, resolve) in list(self._host_pending.items()):
+            self._host_pending.pop(hid, None)
+            resolve(False, ConnectionError(f"stdin closed while waiting for host call {hid}"))
+        tasks = [task for task, _ in self._tasks.values()]
+        if tasks:
+            if self._terminated:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks, timeout=1.0)
+            else:
+                # EOF: finish what was asked, then exit.
+                await asyncio.wait(tasks)
+        return 0
+
+    def _on_sigterm(self):
+        self._terminated = True
+        self._eof.set()
+
+    # --- reading -----------------------------------------------------------------
+
+    def _on_readable(self):
+        try:
+            data = os.read(self.reader.fd, 65536)
+        except InterruptedError:
+            return
+        except OSError as exc:
+            log(f"reading stdin failed: {exc}")
+            data = b""
+        if not data:
+            if self.reader.pending():
+                log("stdin ended inside a frame")
+            self._eof.set()
+            return
+        self.reader.feed(data)
+        for payload in self.buffered_frames():
+            self.dispatch(payload)
+
+    def _read_thread(self):
+        loop = self._loop
+        reader = self.reader
+        try:
+            while True:
+                try:
+                    payload = reader.read_frame()
+                except FrameError as exc:
+                    if exc.kind == "truncated":
+                        break
+                    loop.call_soon_threadsafe(self.send_frame_error, exc)
+                    continue
+                if payload is None:
+                    break
+                loop.call_soon_threadsafe(self.dispatch, payload)
+        finally:
+            try:
+                loop.call_soon_threadsafe(self._eof.set)
+            except RuntimeError:
+                pass  # loop already closed
+
+    # --- requests ------------------------------------------------------------------
+
+    def on_request(self, msg):
+        rid = msg["id"]
+        if rid in self._tasks:
+            log(f"request id {rid} is already running; duplicate dropped")
+            return
+        begun = self.begin(msg)
+        if begun is None:
+            return
+        handler, ctx = begun
+        task = self._loop.create_task(self._serve(handler, msg["args"], ctx))
+        self._tasks[rid] = (task, ctx)
+        task.add_done_callback(lambda _task, rid=rid: self._task_done(rid))
+
+    def _task_done(self, rid):
+        # A task cancelled before its first step never runs its body (whose
+        # finally removes it from _tasks), so it never replied; the pool
+        # still needs exactly one reply.
+        if self._tasks.pop(rid, None) is not None:
+            self.send(cancelled_reply(rid))
+
+    def on_cancel(self, rid):
+        entry = self._tasks.get(rid)
+        if entry is None:
+            return  # finished already; its reply is on the way or sent
+        task, ctx = entry
+        ctx.cancelled = True
+        # Unblock a plain handler stuck in a host call of this request.
+        for hid, (owner, resolve) in list(self._host_pending.items()):
+            if owner is ctx:
+                self._host_pending.pop(hid, None)
+                resolve(False, Cancelled(f"request {rid} was cancelled"))
+        handler = self._handlers.get(ctx.command)
+        if handler is not None and handler.is_async:
+            task.cancel()
+        # A plain function on a thread cannot be stopped; it sees
+        # ctx.cancelled and its reply will say Cancelled.
+
+    async def _serve(self, handler, args, ctx):
+        rid = ctx.request_id
+        try:
+            async with self._limit:
+                if handler.is_async:
+                    result = await invoke(handler, args, ctx)
+                else:
+                    result = await self._in_thread(handler, args, ctx)
+            if ctx.cancelled:
+                raise Cancelled
+            reply = {"id": rid, "success": True, "result": result}
+        except (asyncio.CancelledError, Cancelled):
+            reply = cancelled_reply(rid)
+        except Exception as exc:
+            reply = failed_reply(rid, exc)
+        finally:
+            self._tasks.pop(rid, None)
+        self.send(reply)
+
+    def _in_thread(self, handler, args, ctx):
+        loop = self._loop
+        fut = loop.create_future()
+        # Run in a copy of the task's context so contextvars (and the OTel
+        # span) are visible to the handler on its thread.
+        context = contextvars.copy_context()
+
+        def job():
+            try:
+                outcome = (True, context.run(invoke, handler, args, ctx))
+            except BaseException as exc:  # delivered to the awaiting task
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, *outcome)
+            except RuntimeError:
+                pass  # loop closed: shutting down
+
+        self._pool.submit(job)
+        return fut
+
+    # --- host calls --------------------------------------------------------------
+
+    def on_host_reply(self, msg):
+        pending = self._host_pending.pop(msg["id"], None)
+        if pending is None:
+            super().on_host_reply(msg)
+        else:
+            ok, value = host_outcome(msg)
+            pending[1](ok, value)
+
+    def call_host(self, ctx: Context, function: str, args: Any) -> Any:
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("call_host would block the event loop: use 'await ctx.acall_host(...)'")
+        hid = next(self._host_ids)
+        waiter = _ThreadWaiter()
+        self._host_pending[hid] = (ctx, waiter.resolve)
+        self.send_host_call(hid, ctx, function, args)
+        waiter.event.wait()
+        if waiter.ok:
+            return waiter.value
+        raise waiter.value
+
+    async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
+        fut = self._loop.create_future()
+        hid = next(self._host_ids)
+        self._host_pending[hid] = (ctx, lambda ok, value: _settle(fut, ok, value))
+        try:
+            self.send_host_call(hid, ctx, function, args)
+            return await fut
+        finally:
+            self._host_pending.pop(hid, None)
+
+
+def _settle(fut, ok, value):
+    if not fut.done():
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+class _ThreadWaiter:
+    """A host call awaited by a thread (a plain handler)."""
+
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.ok = False
+        self.value = None
+
+    def resolve(self, ok, value):
+        self.ok = ok
+        self.value = value
+        self.event.set()
+
+
+class _DaemonPool:
+    """Threads for plain handlers.
+
+    Daemon threads, unlike concurrent.futures' workers, are not joined at
+    exit, so SIGTERM ends the process even while a handler is stuck.
+    """
+
+    def __init__(self, size):
+        self._queue = queue.SimpleQueue()
+        self._size = size
+        self._threads = 0
+
+    def submit(self, job):
+        # The semaphore caps concurrent jobs at `size`, so one thread per
+        # slot, started on demand, is enough.
+        if self._threads < self._size:
+            self._threads += 1
+            threading.Thread(target=self._work, name=f"snakepit-handler-{self._threads}",
+                             daemon=True).start()
+        self._queue.put(job)
+
+    def _work(self):
+        get = self._queue.get
+        while True:
+            get()()

@@ -1,0 +1,172 @@
+"""What a handler gets: the request's Context and its Session helpers, and
+the two exceptions a handler meets (Cancelled, HostCallError)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import logging
+
+    from ._server import Server
+    from ._worker import Worker
+
+
+class Cancelled(Exception):
+    """The request was cancelled (``cancel`` frame or SIGINT).
+
+    Handlers may raise it themselves after seeing ``ctx.cancelled``; the
+    reply is then a failed reply of type ``Cancelled``.
+    """
+
+
+class HostCallError(Exception):
+    """A ``host_call`` that the pool answered with a failure.
+
+    ``type`` is the error type the host gave (e.g. ``UnknownFunction``).
+    """
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+
+
+class Session:
+    """Session store helpers, built on host calls (``session.get`` & co)."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def get(self, key: str) -> Any:
+        return self._ctx.call_host("session.get", {"key": key})
+
+    def set(self, key: str, value: Any) -> Any:
+        return self._ctx.call_host("session.set", {"key": key, "value": value})
+
+    def delete(self, key: str) -> Any:
+        return self._ctx.call_host("session.delete", {"key": key})
+
+    async def aget(self, key: str) -> Any:
+        return await self._ctx.acall_host("session.get", {"key": key})
+
+    async def aset(self, key: str, value: Any) -> Any:
+        return await self._ctx.acall_host("session.set", {"key": key, "value": value})
+
+    async def adelete(self, key: str) -> Any:
+        return await self._ctx.acall_host("session.delete", {"key": key})
+
+
+class Context:
+    """What a handler knows about the request it serves.
+
+    Attributes: ``request_id``, ``command``, ``session_id`` (or None),
+    ``worker_id`` (or None), ``traceparent``/``tracestate`` (or None),
+    ``stream`` (the caller consumes chunks), ``timeout_ms`` (or None),
+    ``cancelled`` (set by a cancel frame or SIGINT), ``worker``.
+    """
+
+    __slots__ = (
+        "worker", "request_id", "command", "session_id", "traceparent", "tracestate",
+        "stream", "timeout_ms", "cancelled", "_server", "_logger",
+    )
+
+    worker: Worker
+    request_id: int
+    command: str
+    session_id: Optional[str]
+    traceparent: Optional[str]
+    tracestate: Optional[str]
+    stream: bool
+    timeout_ms: Optional[int]
+    cancelled: bool
+
+    def __init__(self, server: Server, rid: int, command: str, msg: dict[str, Any]) -> None:
+        self._server = server
+        self.worker = server.worker
+        self.request_id = rid
+        self.command = command
+        get = msg.get
+        self.session_id = get("session_id")
+        self.traceparent = get("traceparent")
+        self.tracestate = get("tracestate")
+        self.stream = get("stream") is True
+        self.timeout_ms = get("timeout_ms")
+        self.cancelled = False
+        self._logger: Optional[logging.LoggerAdapter[logging.Logger]] = None
+
+    @property
+    def worker_id(self) -> Optional[str]:
+        return self.worker.worker_id
+
+    @property
+    def session(self) -> Session:
+        return Session(self)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A ``logging`` logger writing to stderr, tagged with the request id."""
+        if self._logger is None:
+            self._logger = _request_logger(self.request_id)
+        return self._logger
+
+    def check_cancelled(self) -> None:
+        """Raise Cancelled if the request was cancelled."""
+        if self.cancelled:
+            raise Cancelled(f"request {self.request_id} was cancelled")
+
+    def emit(self, data: Any) -> bool:
+        """Send a partial result as a ``chunk`` frame.
+
+        Returns False (and sends nothing) when the caller did not ask for a
+        stream: the pool would drop the chunk anyway.
+        """
+        if not self.stream:
+            return False
+        self._server.send({"type": "chunk", "id": self.request_id, "data": data})
+        return True
+
+    send_chunk = emit
+
+    def call_host(self, function: str, args: Optional[dict[str, Any]] = None) -> Any:
+        """Run a function the host registered and return its result.
+
+        Blocks until the matching ``host_reply``; a failed reply raises
+        HostCallError. In an ``async def`` handler use ``await acall_host``.
+        """
+        return self._server.call_host(self, function, {} if args is None else args)
+
+    async def acall_host(self, function: str, args: Optional[dict[str, Any]] = None) -> Any:
+        """``call_host`` for async handlers."""
+        return await self._server.acall_host(self, function, {} if args is None else args)
+
+
+_adapter_class: Optional[type[logging.LoggerAdapter[logging.Logger]]] = None
+
+
+def _request_logger(request_id: int) -> logging.LoggerAdapter[logging.Logger]:
+    """A LoggerAdapter that prefixes messages with the request id.
+
+    ``logging`` is imported on first use only: it costs start-up time and
+    memory that a worker which never logs should not pay.
+    """
+    global _adapter_class
+    import logging
+
+    if _adapter_class is None:
+        logger = logging.getLogger("snakepit_bridge")
+        if not logging.getLogger().handlers and not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+        class _RequestAdapter(logging.LoggerAdapter):
+            def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+                return f"[req {self.extra['request_id']}] {msg}", kwargs  # type: ignore[index]
+
+        _adapter_class = _RequestAdapter
+    return _adapter_class(logging.getLogger("snakepit_bridge"), {"request_id": request_id})

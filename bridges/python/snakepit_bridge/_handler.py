@@ -1,0 +1,140 @@
+"""Calling a handler.
+
+How a handler wants to be called (with ``ctx`` or not, ``async def`` or not)
+is read once, at registration. ``invoke`` is the one place that calls it:
+with ``ctx`` when it takes one, inside the request's OpenTelemetry span when
+the request carries a ``traceparent`` and OpenTelemetry is installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+_CO_VARARGS = 0x04
+_CO_COROUTINE = 0x80
+
+
+class Handler:
+    """A registered command's function and how it is called: ``call(args,
+    ctx)`` calls it with or without ``ctx``."""
+
+    __slots__ = ("fn", "takes_ctx", "is_async", "call")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.takes_ctx, self.is_async = describe(fn)
+        self.call: Callable[[Any, Context], Any] = fn if self.takes_ctx else (lambda args, ctx: fn(args))
+
+
+def describe(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """(takes_ctx, is_async) for a handler."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        argc = code.co_argcount
+        if getattr(fn, "__self__", None) is not None:
+            argc -= 1  # bound method: self is already supplied
+        takes_ctx = argc >= 2 or bool(code.co_flags & _CO_VARARGS)
+        return takes_ctx, bool(code.co_flags & _CO_COROUTINE)
+    # partials, callable objects, builtins: pay for inspect once, here.
+    import inspect
+
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True, is_async
+    positional = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return True, is_async
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2, is_async
+
+
+def invoke(handler: Handler, args: Any, ctx: Context) -> Any:
+    """The handler's result for one request.
+
+    For an ``async def`` handler it is an awaitable, which runs the handler
+    (inside the span, when there is one) when awaited.
+    """
+    if ctx.traceparent:
+        span = _otel_span(ctx.command, ctx.traceparent, ctx.tracestate)
+        if span is not None:
+            return _in_span(span, handler, args, ctx)
+    return handler.call(args, ctx)
+
+
+def _in_span(span, handler, args, ctx):
+    if handler.is_async:
+        return _await_in(span, handler, args, ctx)
+    with span:
+        return handler.call(args, ctx)
+
+
+async def _await_in(span, handler, args, ctx):
+    with span:
+        return await handler.call(args, ctx)
+
+
+# The modules whose frames lead to a handler's: a failed reply's traceback
+# starts at the handler.
+_DISPATCH_MODULES = frozenset(
+    f"{__package__}.{name}" for name in ("_handler", "_server", "_sync", "_async")
+)
+
+
+def format_traceback(exc: BaseException) -> str:
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and _is_dispatch(tb.tb_frame.f_globals.get("__name__")):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _is_dispatch(module):
+    return module in _DISPATCH_MODULES or module == "asyncio" or str(module).startswith("asyncio.")
+
+
+# --- OpenTelemetry (optional) ------------------------------------------------
+
+_otel: Any = None  # None: not looked for yet; False: not installed; else a tuple
+
+
+def _otel_span(command, traceparent, tracestate):
+    """A context manager for the request's span, or None without OTel.
+
+    The lookup happens on the first traced request, so workers that never
+    see a traceparent never pay for it.
+    """
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import propagate, trace
+
+            # A tracer taken before the application sets its provider
+            # follows it once set (the API's proxy), so one is enough; asking
+            # for it per request would cost more than the span itself.
+            tracer = trace.get_tracer("snakepit_bridge", __version__)
+            _otel = (tracer, propagate, trace.SpanKind.SERVER)
+        except Exception:  # ImportError, or a broken install: tracing is optional
+            _otel = False
+    if _otel is False:
+        return None
+    tracer, propagate, kind = _otel
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    # The configured global propagator (OTEL_PROPAGATORS, by default W3C
+    # trace context and baggage), looked up per request: the application
+    # may set its own after the first request.
+    parent = propagate.extract(carrier)
+    return tracer.start_as_current_span(f"snakepit.worker {command}", context=parent, kind=kind)

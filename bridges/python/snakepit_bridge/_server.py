@@ -1,0 +1,227 @@
+"""What both serve loops share: the descriptor frames go to, writing a
+frame, reading a payload as a frame, the replies the bridge writes itself,
+and starting a request."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Optional
+
+from ._context import Context, HostCallError
+from ._handler import Handler, format_traceback
+from ._wire import _HEADER, FrameError, FrameReader, validate, write_all
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+_FRAME_HEADER = _HEADER.pack
+
+# The descriptor frames are written to, once stdout has been protected.
+_frame_fd: Optional[int] = None
+
+
+def protect_stdout() -> int:
+    """Keep the real stdout for frames and send everything else to stderr.
+
+    Returns the descriptor frames must be written to. After this, ``print``
+    and any C library writing to fd 1 end up in the worker's log instead of
+    corrupting the frame stream. Idempotent.
+    """
+    global _frame_fd
+    if _frame_fd is not None:
+        return _frame_fd
+    fd = os.dup(1)  # not inheritable: user subprocesses won't get the pipe
+    os.dup2(2, 1)
+    # Whatever print() buffered before now goes to fd 1, which is stderr.
+    for stream in (sys.stdout, sys.__stdout__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    sys.stdout = sys.stderr
+    _frame_fd = fd
+    return fd
+
+
+def log(message):
+    try:
+        sys.stderr.write(f"[snakepit_bridge] {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def error_reply(rid, type_, message, traceback=None):
+    err = {"type": type_, "message": message}
+    if traceback:
+        err["traceback"] = traceback
+    return {"id": rid, "success": False, "error": err}
+
+
+def cancelled_reply(rid):
+    return error_reply(rid, "Cancelled", f"request {rid} was cancelled")
+
+
+def failed_reply(rid, exc):
+    """The reply to a request whose handler raised ``exc``."""
+    return error_reply(rid, type(exc).__name__, str(exc), format_traceback(exc))
+
+
+def host_outcome(msg):
+    """(ok, result-or-exception) of a host_reply frame."""
+    if msg.get("success"):
+        return True, msg.get("result")
+    err = msg.get("error")
+    if isinstance(err, dict):
+        return False, HostCallError(str(err.get("type") or "HostError"), str(err.get("message", "")))
+    return False, HostCallError("HostError", str(err))
+
+
+class Server:
+    """One run of a worker: its frame reader and writer, and its requests.
+
+    The sync and async serve loops subclass it; both serve the worker's
+    handlers and keep its counters.
+    """
+
+    def __init__(self, worker: Worker, read_fd: int, write_fd: int) -> None:
+        self.worker = worker
+        self.reader = FrameReader(read_fd)
+        self._handlers: dict[str, Handler] = worker._handlers
+        self._encode = worker.codec.encode
+        self._decode = worker.codec.decode
+        self._out_fd = write_fd
+        self._write_lock = threading.Lock()
+        self._host_ids = itertools.count(1)
+
+    # --- what the handlers' Context asks of the loop ---------------------------
+
+    def call_host(self, ctx: Context, function: str, args: Any) -> Any:
+        raise NotImplementedError
+
+    async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
+        raise NotImplementedError
+
+    # --- output ----------------------------------------------------------------
+
+    def send(self, value: dict[str, Any]) -> None:
+        data = self._frame(value)
+        with self._write_lock:
+            self._write(data)
+
+    def _frame(self, value):
+        try:
+            payload = self._encode(value)
+        except Exception as exc:
+            if value.get("type") is None and "result" in value:
+                # A result the codec cannot carry is the handler's failure.
+                payload = self._encode(error_reply(value["id"], type(exc).__name__,
+                                                   f"result could not be encoded: {exc}"))
+            else:
+                raise
+        return _FRAME_HEADER(len(payload)) + payload
+
+    def _write(self, data):
+        """Write one whole frame; the caller holds the write lock."""
+        try:
+            fd = self._out_fd
+            written = os.write(fd, data)
+            if written != len(data):  # a pipe may take less at once
+                write_all(fd, memoryview(data)[written:])
+        except BrokenPipeError:
+            # The pool is gone; nobody is left to answer.
+            log("stdout closed by the pool; exiting")
+            raise SystemExit(0)
+
+    def send_frame_error(self, exc):
+        # A request that decoded but is malformed is answered under its own
+        # id when it has one; anything else is a stream-level ProtocolError.
+        if exc.request:
+            self.send(error_reply(exc.frame_id or 0, "InvalidRequest", exc.message))
+        else:
+            self.send(error_reply(0, "ProtocolError", exc.message))
+
+    def send_host_call(self, hid, ctx, function, args):
+        self.send({"type": "host_call", "id": hid, "request_id": ctx.request_id,
+                   "function": function, "args": args})
+
+    # --- input -----------------------------------------------------------------
+
+    def buffered_frames(self):
+        """The payloads of the complete frames the reader holds, in order;
+        an unusable frame is answered as it comes."""
+        next_frame = self.reader.next_frame
+        while True:
+            try:
+                payload = next_frame()
+            except FrameError as exc:
+                self.send_frame_error(exc)
+                continue
+            if payload is None:
+                return
+            yield payload
+
+    def parse(self, payload):
+        """(kind, msg) of a payload; FrameError when it is unusable."""
+        if not payload:
+            raise FrameError("invalid_payload", "frame is empty")
+        msg = self._decode(payload)
+        # The common case, a well-formed request, skips validate().
+        if type(msg) is dict and "type" not in msg:
+            rid = msg.get("id")
+            if type(rid) is int and rid > 0 and type(msg.get("command")) is str:
+                args = msg.get("args")
+                if args is None:
+                    msg["args"] = {}
+                    return "request", msg
+                if type(args) is dict:
+                    return "request", msg
+        kind = validate(msg, "to_worker")
+        if kind == "request" and msg.get("args") is None:
+            msg["args"] = {}
+        return kind, msg
+
+    def dispatch(self, payload):
+        """Act on one frame from the pool."""
+        try:
+            kind, msg = self.parse(payload)
+        except FrameError as exc:
+            self.send_frame_error(exc)
+            return
+        if kind == "request":
+            self.on_request(msg)
+        elif kind == "cancel":
+            self.on_cancel(msg["id"])
+        else:
+            self.on_host_reply(msg)
+
+    def on_request(self, msg):
+        raise NotImplementedError
+
+    def on_cancel(self, rid):
+        raise NotImplementedError
+
+    def on_host_reply(self, msg):
+        log(f"host_reply {msg['id']} matches no pending host call; dropped")
+
+    def begin(self, msg):
+        """(handler, ctx) of a request, or None once it is answered
+        UnknownCommand. Counts the request; the first ping tells the worker
+        its pool id when the environment did not."""
+        worker = self.worker
+        worker.requests_handled += 1
+        rid = msg["id"]
+        command = msg["command"]
+        handler = self._handlers.get(command)
+        if handler is None:
+            self.send(error_reply(rid, "UnknownCommand", f"Unknown command: {command}"))
+            return None
+        if command == "ping" and worker.worker_id is None:
+            wid = msg["args"].get("worker_id")
+            if isinstance(wid, str) and wid:
+                worker.worker_id = wid
+        return handler, Context(self, rid, command, msg)
