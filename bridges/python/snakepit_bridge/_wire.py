@@ -51,7 +51,7 @@ class FrameError(Exception):
         self.request = False
 
 
-class Codec(object):
+class Codec:
     """Turns one payload into one value and back."""
 
     name = "?"
@@ -94,7 +94,7 @@ class JsonCodec(Codec):
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FrameError("invalid_utf8", "frame is not valid UTF-8: %s" % exc)
+            raise FrameError("invalid_utf8", f"frame is not valid UTF-8: {exc}")
         try:
             # scan_once skips the two regex whitespace matches of decode();
             # anything unusual (leading/trailing whitespace, errors) goes
@@ -107,13 +107,13 @@ class JsonCodec(Codec):
                 return self._decode(text)
             return value
         except ValueError as exc:
-            raise FrameError("invalid_payload", "frame is not valid JSON: %s" % exc)
+            raise FrameError("invalid_payload", f"frame is not valid JSON: {exc}")
         except RecursionError:
             raise FrameError("invalid_payload", "frame is not valid JSON: nested too deeply")
 
 
 def _json_default(value):
-    raise TypeError("Object of type %s is not JSON serializable" % type(value).__name__)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 class MsgpackCodec(Codec):
@@ -138,11 +138,11 @@ class MsgpackCodec(Codec):
         try:
             return self._unpackb(payload, raw=False)
         except UnicodeDecodeError as exc:
-            raise FrameError("invalid_utf8", "frame has a string that is not valid UTF-8: %s" % exc)
+            raise FrameError("invalid_utf8", f"frame has a string that is not valid UTF-8: {exc}")
         except (ValueError, TypeError, self._msgpack.UnpackException) as exc:
             # ExtraData, FormatError, StackError and "incomplete input" are
             # all ValueError subclasses in msgpack >= 1.0.
-            raise FrameError("invalid_payload", "frame is not valid MessagePack: %s" % exc)
+            raise FrameError("invalid_payload", f"frame is not valid MessagePack: {exc}")
         except RecursionError:
             raise FrameError("invalid_payload", "frame is not valid MessagePack: nested too deeply")
 
@@ -158,7 +158,7 @@ def get_codec(name=None):
         return JsonCodec()
     if name in ("msgpack", "messagepack"):
         return MsgpackCodec()
-    raise ValueError("unknown codec %r (expected json or msgpack)" % name)
+    raise ValueError(f"unknown codec {name!r} (expected json or msgpack)")
 
 
 def encode_frame(codec, value):
@@ -176,9 +176,9 @@ def _is_int(value):
 
 def _require(msg, field, check, what, frame_id=None):
     if field not in msg:
-        raise FrameError("missing_field", "frame lacks field %r" % field, frame_id)
+        raise FrameError("missing_field", f"frame lacks field {field!r}", frame_id)
     if not check(msg[field]):
-        raise FrameError("wrong_type", "field %r must be %s" % (field, what), frame_id)
+        raise FrameError("wrong_type", f"field {field!r} must be {what}", frame_id)
 
 
 def _int_id(msg):
@@ -239,12 +239,12 @@ def validate(msg, direction="to_worker"):
     Raises FrameError with kind ``wrong_type``/``missing_field``.
     """
     if not isinstance(msg, dict):
-        raise FrameError("wrong_type", "frame payload must be a map, not %s" % type(msg).__name__)
+        raise FrameError("wrong_type", f"frame payload must be a map, not {type(msg).__name__}")
     kind = msg.get("type")
     table = _TO_WORKER if direction == "to_worker" else _TO_POOL
     check = table.get(kind) if (kind is None or isinstance(kind, str)) else None
     if check is None:
-        raise FrameError("wrong_type", "unknown frame type %r" % (kind,), _int_id(msg))
+        raise FrameError("wrong_type", f"unknown frame type {kind!r}", _int_id(msg))
     if check is _check_request:
         try:
             check(msg)
@@ -267,7 +267,7 @@ def decode_payload(codec, payload, direction="to_worker"):
 
 # --- reading and writing --------------------------------------------------
 
-class FrameReader(object):
+class FrameReader:
     """Splits a byte stream into frame payloads.
 
     It owns its buffer, so bytes already read survive an exception raised in
@@ -307,7 +307,7 @@ class FrameReader(object):
             del buf[:4 + min(have, size)]
             self._skip = size - min(have, size)
             raise FrameError(
-                "too_large", "frame of %d bytes is larger than the limit of %d" % (size, self.max_size)
+                "too_large", f"frame of {size} bytes is larger than the limit of {self.max_size}"
             )
         end = 4 + size
         if len(buf) < end:
@@ -371,7 +371,7 @@ def read_frame_from(stream, max_size=MAX_FRAME_SIZE):
         raise FrameError("truncated", "stream ended inside a frame header")
     (size,) = _unpack_header(header)
     if size > max_size:
-        raise FrameError("too_large", "frame of %d bytes is larger than the limit of %d" % (size, max_size))
+        raise FrameError("too_large", f"frame of {size} bytes is larger than the limit of {max_size}")
     payload = _read_exactly(stream, size)
     if len(payload) < size:
         raise FrameError("truncated", "stream ended inside a frame")

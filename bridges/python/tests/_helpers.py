@@ -29,7 +29,7 @@ except ImportError:
 CODECS = ["json", "msgpack"] if HAVE_MSGPACK else ["json"]
 
 
-class WorkerProcess(object):
+class WorkerProcess:
     """A worker child process driven like the pool drives it."""
 
     def __init__(self, script, codec="json", env=None, args=("--mode", "pool-worker")):

@@ -71,7 +71,7 @@ class GenericWorkerTests(_Base):
             self.assertEqual(r["bridge_type"], "generic")
             self.assertEqual(r["worker_id"], "pool_worker_1_210")
             self.assertEqual(r["pid"], w.proc.pid)
-            self.assertEqual(r["python_version"], "%d.%d.%d" % sys.version_info[:3])
+            self.assertEqual(r["python_version"], ".".join(str(n) for n in sys.version_info[:3]))
             self.assertEqual(r["echo"], {"initialization": True, "worker_id": "pool_worker_1_210"})
             self.assertIsInstance(r["timestamp"], float)
             health = w.call(2, "ping", {"health_check": True})["result"]
@@ -171,7 +171,7 @@ class ExampleWorkerTests(_Base):
                     reply = {"success": True, "result": store.pop(args["key"], None) is not None}
                 else:
                     reply = {"success": False, "error": {"type": "UnknownFunction",
-                                                         "message": "no host function named %s" % fn}}
+                                                         "message": f"no host function named {fn}"}}
                 frame = {"type": "host_reply", "id": msg["id"]}
                 frame.update(reply)
                 w.send(frame)
