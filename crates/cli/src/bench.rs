@@ -1,12 +1,15 @@
-//! `snakepit bench`: the end-to-end benchmark of docs/PERFORMANCE.md.
+//! `snakepit bench`: the pool against the raw round trip, in one run (see
+//! docs/cli.md).
 //!
-//! The baseline is the raw round trip: one plain loop per worker process
-//! (same interpreter, same script, same handler, same codec, same
+//! The baseline is the raw round trip ([`raw`]): one plain loop per worker
+//! process (same interpreter, same script, same handler, same codec, same
 //! arguments), one request in flight per worker, no queue, no supervision;
 //! each reply is decoded into a `Value`, as the pool decodes it for its
-//! caller. The pool serves the same load from many concurrent callers. Both
-//! run in the same process, in the same run, so the ratio means something
-//! on a shared machine where the absolute figures do not.
+//! caller. The pool ([`pool`]) serves the same load from many concurrent
+//! callers, with pipelining as set and with it off. Every measurement
+//! ([`measure`]) runs in the same process, in the same run, so the ratios
+//! mean something on a shared machine where the absolute figures do not;
+//! [`report`] holds what `--json` and the table print.
 
 mod measure;
 mod pool;
@@ -99,16 +102,19 @@ pub(crate) struct Load {
     pub(crate) sessions: Vec<String>,
 }
 
-/// The call's arguments: `--args` (an object), with `--payload` bytes in
-/// its `data` field.
-fn call_args(a: &BenchArgs) -> Result<Value, Failure> {
-    let mut args = match &a.args {
+/// The call's arguments as given: `--args`, an object, or `{}`.
+fn given_args(a: &BenchArgs) -> Result<Value, Failure> {
+    match &a.args {
         Some(text) => crate::exec::parse_args(text).map_err(|f| Failure {
             message: f.message.replace("ARGS_JSON", "--args"),
             ..f
-        })?,
-        None => json!({}),
-    };
+        }),
+        None => Ok(json!({})),
+    }
+}
+
+/// The call's arguments with `--payload` bytes in their `data` field.
+fn with_payload(mut args: Value, a: &BenchArgs) -> Result<Value, Failure> {
     if a.payload > 0 {
         match args.as_object_mut() {
             Some(object) if !object.contains_key("data") => {
@@ -156,6 +162,8 @@ fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
 struct Bench {
     a: BenchArgs,
     workers: usize,
+    /// `--args`, without the payload.
+    given_args: Value,
     worker: Worker,
     interpreter: PathBuf,
     adapter: Bridge,
@@ -173,7 +181,8 @@ impl Bench {
             None => 2,
         };
         check(&a, workers)?;
-        let args = call_args(&a)?;
+        let given_args = given_args(&a)?;
+        let args = with_payload(given_args.clone(), &a)?;
         let worker = Worker::choose(&a.worker, file)?;
         let interpreter = worker.lang.language().real_interpreter();
         let adapter = worker.bridge(Some(&interpreter));
@@ -195,6 +204,7 @@ impl Bench {
         Ok(Bench {
             a,
             workers,
+            given_args,
             worker,
             interpreter,
             adapter,
@@ -403,10 +413,7 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
         host_runtime: "tokio current_thread",
         codec: b.worker.codec.name(),
         command: b.a.command.clone(),
-        args: match &b.a.args {
-            Some(text) => crate::exec::parse_args(text)?,
-            None => json!({}),
-        },
+        args: b.given_args.clone(),
         payload_bytes: payload,
         requests,
         concurrency: callers,
