@@ -106,6 +106,7 @@ fn setup(root: &Path) -> Result<()> {
             "msgpack",
             "wheel",
             "setuptools",
+            "mypy",
         ],
     )?;
     // The OTLP end-to-end tests: Rotel (a collector whose wheel carries its
@@ -319,7 +320,8 @@ fn examples(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The bridges' own suites, then their packages built as users get them:
+/// The bridges' own suites (and mypy on the Python bridge's typed API), then
+/// their packages built as users get them:
 /// each carries the licence texts (the same as the workspace's), the Python
 /// sdist and wheel are built from a copy (no `build/` or `*.egg-info` left in
 /// the tree) and the wheel's console script answers a ping, npm's tarball has
@@ -350,6 +352,19 @@ fn bridges(root: &Path) -> Result<()> {
             "bridges/python/tests",
             "-t",
             "bridges/python",
+        ],
+    )?;
+    run(
+        root,
+        &python,
+        &[
+            "-m",
+            "mypy",
+            "--config-file",
+            "bridges/python/pyproject.toml",
+            "--cache-dir",
+            "target/mypy",
+            "bridges/python/snakepit_bridge",
         ],
     )?;
     run(
