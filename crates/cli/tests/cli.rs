@@ -24,6 +24,14 @@ impl Run {
             )
         })
     }
+
+    /// Asserts that stdout has each of `texts`.
+    #[track_caller]
+    fn stdout_has(&self, texts: &[&str]) {
+        for text in texts {
+            assert!(self.stdout.contains(text), "missing {text}: {self:?}");
+        }
+    }
 }
 
 impl std::fmt::Debug for Run {
@@ -125,19 +133,17 @@ worker.run()
 fn help_shows_the_commands_examples_and_exit_codes() {
     let r = snakepit(&["--help"]);
     assert_eq!(r.code, 0, "{r:?}");
-    for text in [
+    r.stdout_has(&[
         "exec",
         "bench",
         "doctor",
         "Examples:",
         "Exit codes:",
         "snakepit.toml",
-    ] {
-        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
-    }
+    ]);
     let r = snakepit(&["exec", "--help"]);
     assert_eq!(r.code, 0, "{r:?}");
-    for text in [
+    r.stdout_has(&[
         "--adapter",
         "--script",
         "--pool-size",
@@ -145,9 +151,7 @@ fn help_shows_the_commands_examples_and_exit_codes() {
         "--session",
         "--timeout",
         "ARGS_JSON",
-    ] {
-        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
-    }
+    ]);
     let r = snakepit(&["--version"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with("snakepit "), "{r:?}");
@@ -159,7 +163,7 @@ fn completions_prints_a_script_for_bash_that_bash_accepts() {
     assert_eq!(r.code, 0, "{r:?}");
     // The completion function, registered for the command, offering every
     // subcommand and their flags.
-    for text in [
+    r.stdout_has(&[
         "_snakepit()",
         "complete -F _snakepit",
         "exec",
@@ -169,9 +173,7 @@ fn completions_prints_a_script_for_bash_that_bash_accepts() {
         "completions",
         "--requests",
         "--adapter",
-    ] {
-        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
-    }
+    ]);
     assert!(r.stderr.is_empty(), "{r:?}");
     // Bash parses it, and after sourcing it `snakepit` completes.
     #[allow(clippy::disallowed_methods)] // runs bash on the script, not a worker
@@ -643,14 +645,12 @@ fn bench_pipelining_comes_from_the_flag_or_the_settings_file() {
     // The table names each measurement's pipelining.
     let r = snakepit_in(&dir.0, &small[..small.len() - 1], &[], "");
     assert_eq!(r.code, 0, "{r:?}");
-    for text in [
+    r.stdout_has(&[
         "throughput, 1 worker, pipeline depth 3",
         "throughput, 1 worker, no pipelining",
         "host CPU per call, pipeline depth 3",
         "host memory per idle worker",
-    ] {
-        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
-    }
+    ]);
 }
 
 #[test]
@@ -691,16 +691,14 @@ fn bench_prints_a_table_and_refuses_bad_flags() {
         "50",
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    for text in [
+    r.stdout_has(&[
         "raw loop",
         "pool",
         "throughput, 2 workers",
         "host CPU per call",
         "host memory per idle worker",
         "start-up, 2 x 50 ms init",
-    ] {
-        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
-    }
+    ]);
     let r = snakepit(&["bench", "--plot", "chart.png"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains(".svg"), "{r:?}");
@@ -751,15 +749,13 @@ fn doctor_reports_interpreters_and_packages() {
 
     let r = snakepit(&["doctor"]);
     assert_eq!(r.code, 0, "{r:?}");
-    for text in [
+    r.stdout_has(&[
         "Interpreters",
         "Bridge packages",
         "python",
         "msgpack",
         "opentelemetry",
-    ] {
-        assert!(r.stdout.contains(text), "missing {text}: {r:?}");
-    }
+    ]);
 }
 
 #[test]
