@@ -549,9 +549,11 @@ impl Client {
                     }
                     Ok(r) => r,
                     Err(_) => {
-                        return Err(unavailable(
-                            &inner.cluster,
-                            "a host answered out of protocol".into(),
+                        return Err(host_lost(
+                            &slot.host,
+                            0,
+                            "the host answered out of protocol; the call may or may not have run"
+                                .into(),
                         ))
                     }
                 },
@@ -867,9 +869,10 @@ impl Flight {
                 Reply::Ok { v } => return Ok(v),
                 Reply::Chunk { .. } => continue,
                 _ => {
-                    return Err(unavailable(
-                        &self.inner.cluster,
-                        "a host answered out of protocol".into(),
+                    return Err(host_lost(
+                        &self.host,
+                        self.pid,
+                        "the host answered out of protocol".into(),
                     ))
                 }
             }
@@ -907,7 +910,7 @@ impl Flight {
                     Ok(Reply::Chunk { v }) => return Ok(Reply::Chunk { v }),
                     Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
                     Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),
-                    Ok(_) | Err(_) => Err(unavailable(&self.inner.cluster, "a host answered out of protocol".into())),
+                    Ok(_) | Err(_) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
                 },
                 None => Err(unavailable(&self.inner.cluster, "client closed".into())),
             },
@@ -920,8 +923,9 @@ impl Flight {
                     self.host, self.inner.config.host_timeout
                 )))
             }
-            _ = self.connected.wait_for(|c| !*c) => Err(unavailable(
-                &self.inner.cluster,
+            _ = self.connected.wait_for(|c| !*c) => Err(host_lost(
+                &self.host,
+                self.pid,
                 "the NATS connection was lost while the call ran; it may or may not have run".into(),
             )),
             _ = deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout }),

@@ -31,8 +31,9 @@ pub struct ServeOptions {
     /// This host's id in the cluster (subject token: `A-Z a-z 0-9 - _`);
     /// a random one when `None`.
     pub host_id: Option<String>,
-    /// Calls the host runs at once per ready worker (the Python bridge runs
-    /// one call at a time per worker unless it is asynchronous).
+    /// Calls the host runs at once per ready worker; 0 (the default): what
+    /// each worker declared in its hello (`Stats::capacity`: one for the
+    /// Python bridge's synchronous worker, more for asynchronous ones).
     pub calls_per_worker: usize,
     /// Calls the host accepts per ready worker beyond those it runs, queued
     /// in its pool (like a message broker's prefetch): they hide the round
@@ -50,7 +51,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             host_id: None,
-            calls_per_worker: 1,
+            calls_per_worker: 0,
             prefetch_per_worker: 1,
             heartbeat: Duration::from_millis(250),
         }
@@ -69,9 +70,9 @@ impl ServeOptions {
         self
     }
 
-    /// Sets the calls run at once per worker.
+    /// Sets the calls run at once per worker (0: what each worker declared).
     pub fn calls_per_worker(mut self, n: usize) -> Self {
-        self.calls_per_worker = n.max(1);
+        self.calls_per_worker = n;
         self
     }
 
@@ -312,8 +313,12 @@ impl Serving {
     /// Reads the pool's ready workers (at each heartbeat: workers come and
     /// go with restarts, and the call path need not take the pool's lock).
     fn measure(&mut self) -> usize {
-        self.capacity = self.host.pool.stats().workers
-            * (self.options.calls_per_worker + self.options.prefetch_per_worker);
+        let stats = self.host.pool.stats();
+        let running = match self.options.calls_per_worker {
+            0 => stats.capacity,
+            n => stats.workers * n,
+        };
+        self.capacity = running + stats.workers * self.options.prefetch_per_worker;
         self.capacity
     }
 

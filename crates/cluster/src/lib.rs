@@ -61,44 +61,35 @@ pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext};
 pub use host::{serve, serve_with, Node, ServeOptions};
 pub use kv::{NatsKvStore, NatsKvStoreBuilder};
 
-use snakepit_core::{Crash, Error, ExitReason, StartError};
+use snakepit_core::Error;
 
-/// The prefix of the `worker_id` of a host-lost error.
-const HOST_PREFIX: &str = "host:";
-/// The prefix of the `worker_id` of an unavailable error.
-const CLUSTER_PREFIX: &str = "cluster:";
-
-/// The error of a call whose host was lost (it stopped sending heartbeats
-/// while it ran the call): a [`Error::WorkerCrashed`] whose worker id is
-/// `host:<id>` and whose text says what happened.
-pub(crate) fn host_lost(host: &str, pid: u32, why: String) -> Error {
-    Error::WorkerCrashed(Box::new(Crash {
-        worker_id: format!("{HOST_PREFIX}{host}"),
-        pid,
-        exit: ExitReason::Unknown,
-        stderr_tail: why,
-    }))
+/// The error of a call whose host was lost before it answered (it stopped
+/// sending heartbeats, or the connection broke while the call ran): it may
+/// or may not have run.
+pub(crate) fn host_lost(host: &str, _pid: u32, why: String) -> Error {
+    Error::HostLost {
+        host: host.to_owned(),
+        message: why,
+    }
 }
 
 /// The error of a call made while the cluster cannot be reached (the NATS
-/// connection is down): a [`Error::StartFailed`] whose worker id is
-/// `cluster:<name>`; the call never ran unless the text says it may have.
+/// connection is down): it was not sent and never ran.
 pub(crate) fn unavailable(cluster: &str, why: String) -> Error {
-    Error::StartFailed(Box::new(StartError {
-        worker_id: format!("{CLUSTER_PREFIX}{cluster}"),
-        cause: why,
-        stderr_tail: String::new(),
-    }))
+    Error::Unavailable {
+        target: format!("cluster {cluster}"),
+        message: why,
+    }
 }
 
 /// Whether `e` says the host running the call was lost (killed, cut off
-/// from NATS) before it answered.
+/// from NATS) before it answered: [`Error::HostLost`].
 pub fn is_host_lost(e: &Error) -> bool {
-    matches!(e, Error::WorkerCrashed(c) if c.worker_id.starts_with(HOST_PREFIX))
+    matches!(e, Error::HostLost { .. })
 }
 
 /// Whether `e` says the cluster could not be reached (the NATS connection
-/// is down).
+/// is down): [`Error::Unavailable`].
 pub fn is_unavailable(e: &Error) -> bool {
-    matches!(e, Error::StartFailed(s) if s.worker_id.starts_with(CLUSTER_PREFIX))
+    matches!(e, Error::Unavailable { .. })
 }

@@ -239,6 +239,14 @@ impl WireError {
                 w.detail = Some(message.clone());
             }
             Error::Config(m) => w.detail = Some(m.clone()),
+            Error::HostLost { host, message } => {
+                w.worker_id = Some(host.clone());
+                w.detail = Some(message.clone());
+            }
+            Error::Unavailable { target, message } => {
+                w.worker_id = Some(target.clone());
+                w.detail = Some(message.clone());
+            }
             _ => {}
         }
         w
@@ -304,6 +312,14 @@ impl WireError {
                 message: self.detail.unwrap_or(self.message),
             },
             "config" => Error::Config(self.detail.unwrap_or(self.message)),
+            "host_lost" => Error::HostLost {
+                host: self.worker_id.unwrap_or_default(),
+                message: self.detail.unwrap_or(self.message),
+            },
+            "unavailable" => Error::Unavailable {
+                target: self.worker_id.unwrap_or_default(),
+                message: self.detail.unwrap_or(self.message),
+            },
             _ => Error::Remote {
                 command: command.to_owned(),
                 error: RemoteError::new("ClusterError", self.message),

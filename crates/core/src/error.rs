@@ -52,6 +52,27 @@ pub enum Error {
         /// Its process id.
         pid: u32,
     },
+    /// The host a call was sent to (a pool on another machine, behind
+    /// `snakepit-cluster`) was lost before it answered: it stopped sending
+    /// heartbeats, or the connection to it broke. The call may or may not
+    /// have run.
+    #[error("host {host} was lost before it answered: {message}")]
+    HostLost {
+        /// The host's id.
+        host: String,
+        /// What happened.
+        message: String,
+    },
+    /// The pools behind this handle cannot be reached (a cluster whose
+    /// messaging connection is down, or that has no host): the call was not
+    /// sent and never ran.
+    #[error("{target} is unavailable: {message}")]
+    Unavailable {
+        /// What could not be reached (a cluster's name).
+        target: String,
+        /// Why.
+        message: String,
+    },
     /// The worker ran the command and reported a failure.
     #[error("command `{command}` failed in the worker: {error}")]
     Remote {
@@ -118,6 +139,8 @@ impl Error {
             Error::WorkerBusy { .. } => "worker_busy",
             Error::WorkerCrashed(_) => "worker_crashed",
             Error::StoppedByShutdown { .. } => "stopped_by_shutdown",
+            Error::HostLost { .. } => "host_lost",
+            Error::Unavailable { .. } => "unavailable",
             Error::Remote { .. } => "remote",
             Error::Validation { .. } => "validation",
             Error::UnsupportedCommand(_) => "unsupported_command",
@@ -148,6 +171,7 @@ impl Error {
                 | Error::ShutDown
                 | Error::WorkerBusy { .. }
                 | Error::Session { .. }
+                | Error::Unavailable { .. }
         ) || matches!(
             self,
             Error::Codec(

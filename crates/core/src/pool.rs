@@ -361,6 +361,7 @@ impl Pool {
                     slot: w.slot,
                     pid: w.pid,
                     in_flight: s.in_flight as usize,
+                    capacity: s.capacity,
                     served: w.served.load(Ordering::Relaxed),
                     age: w.started.elapsed(),
                     rss_bytes: None,

@@ -13,6 +13,10 @@ use super::shared::Shared;
 pub struct Stats {
     /// Workers ready to take calls.
     pub workers: usize,
+    /// Calls the ready workers run at once, together (what each declared in
+    /// its hello, within `max_concurrency_per_worker`; calls written ahead
+    /// not included).
+    pub capacity: usize,
     /// Ready workers with no call in flight.
     pub available: usize,
     /// Ready workers with at least one call in flight.
@@ -61,6 +65,8 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// Calls in flight on it.
     pub in_flight: usize,
+    /// Calls it runs at once (what it declared, within the pool's bound).
+    pub capacity: u32,
     /// Calls it has answered.
     pub served: u64,
     /// Time since it was spawned.
@@ -99,6 +105,7 @@ impl Shared {
         let mut s = Stats::default();
         for slot in st.slots.iter().filter(|s| s.worker.is_some()) {
             s.workers += 1;
+            s.capacity += slot.capacity as usize;
             s.in_flight += slot.in_flight as usize;
             if slot.in_flight == 0 {
                 s.available += 1;
