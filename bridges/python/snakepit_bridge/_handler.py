@@ -1,9 +1,10 @@
 """Calling a handler.
 
 How a handler wants to be called (with ``ctx`` or not, ``async def`` or not)
-is read once, at registration. ``invoke`` is the one place that calls it:
-with ``ctx`` when it takes one, inside the request's OpenTelemetry span when
-the request carries a ``traceparent`` and OpenTelemetry is installed.
+is read once, at registration, into a ``Handler``. ``invoke`` is the one
+place that calls it, inside the request's OpenTelemetry span when the
+request carries a ``traceparent`` and OpenTelemetry is installed; both serve
+loops, and the threads the async loop runs plain handlers on, go through it.
 """
 
 from __future__ import annotations
