@@ -1,35 +1,9 @@
 //! `RawProcess`: a worker process outside a pool, with every protection of
 //! one, tested against real processes.
 
-use std::time::Duration;
-
 use snakepit_core::{Launch, RawProcess, WireCodec};
+use snakepit_tests::{alive, eventually};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// Alive and not a zombie (a zombie has ended; only its parent's wait is missing).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
-/// Waits for `done`, polling, for at most 10 s (a guard, not a measurement).
-async fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..1000 {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
-}
 
 /// A process that starts a child of its own and reports what it was given.
 fn reporter() -> Launch {
@@ -59,7 +33,7 @@ async fn a_raw_process_has_a_run_id_and_its_whole_group_dies_when_it_is_dropped(
     assert!(alive(pid) && alive(child));
 
     drop(p);
-    let gone = eventually(|| !alive(pid) && !alive(child)).await;
+    let gone = eventually(10, || !alive(pid) && !alive(child)).await;
     if alive(child) {
         #[allow(clippy::disallowed_methods)] // cleaning up after a failed test
         let _ = std::process::Command::new("kill")
@@ -86,7 +60,7 @@ async fn kill_reaps_the_process_and_its_children() {
     assert!(!status.success());
     assert_eq!(p.try_wait().expect("try_wait"), Some(status));
     assert!(
-        eventually(|| !alive(child)).await,
+        eventually(10, || !alive(child)).await,
         "the child died with its group"
     );
 }

@@ -1,32 +1,12 @@
 //! Adapters that run the test workers in `tests/workers/`.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use snakepit_core::{Adapter, Launch, Pool, PoolBuilder, WireCodec};
 
-/// The Python interpreter itself (`SNAKEPIT_PYTHON`, else the binary behind
-/// `python3`): a version manager's shim would be the worker's process
-/// instead, with the interpreter as its child.
-pub fn python() -> String {
-    static REAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    REAL.get_or_init(|| {
-        if let Ok(p) = std::env::var("SNAKEPIT_PYTHON") {
-            return p;
-        }
-        #[allow(clippy::disallowed_methods)] // asks python3 where it lives
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output();
-        out.ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "python3".into())
-    })
-    .clone()
-}
+pub use snakepit_tests::{alive, eventually, python};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -89,24 +69,6 @@ pub fn builder(adapter: impl Adapter) -> PoolBuilder {
         c.worker_init_timeout = Duration::from_secs(10);
         c.restart_backoff = Duration::from_millis(20);
     })
-}
-
-pub fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.contains(") Z "))
-}
-
-/// Waits up to `secs` for `f` to hold.
-pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < until {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
 }
 
 /// Kills a process from outside, as an operator or the OOM killer would.
