@@ -352,10 +352,104 @@ fn phase_label(size: usize, callers: usize, depth: u32) -> String {
     )
 }
 
+/// What one bench measured, before it is reported.
+struct Measured {
+    memory: Memory,
+    raw_1: Run,
+    raw: Run,
+    /// The pool with pipelining as set.
+    pool: Run,
+    /// The pool with pipelining off, when `pool` had it on.
+    pool_no_pipeline: Option<Run>,
+    /// One worker, one caller.
+    pool_1: Run,
+    startup: Startup,
+}
+
+impl Bench {
+    /// Every measurement, in turn.
+    async fn measure(&self) -> Result<Measured, Failure> {
+        let (workers, requests, callers) = (self.workers, self.a.requests, self.a.concurrency);
+        let depth = self.pool.pipeline_depth;
+        Ok(Measured {
+            memory: self.probe().await?,
+            raw_1: self.raw(1, requests / 2).await?,
+            raw: self.raw(workers, requests).await?,
+            pool: self.pool(workers, depth, callers, requests).await?,
+            pool_no_pipeline: match depth {
+                0 => None,
+                _ => Some(self.pool(workers, 0, callers, requests).await?),
+            },
+            pool_1: self.pool(1, depth, 1, requests / 4).await?,
+            startup: self.startup().await?,
+        })
+    }
+
+    /// Draws the latency distributions to `path`.
+    fn plot(&self, path: &std::path::Path, m: &Measured) -> Result<(), Failure> {
+        let (workers, callers) = (self.workers, self.a.concurrency);
+        let depth = self.pool.pipeline_depth;
+        let mut series = vec![
+            (
+                format!("raw loop, {}", count(workers, "worker")),
+                &m.raw.samples,
+            ),
+            (phase_label(workers, callers, depth), &m.pool.samples),
+        ];
+        if let Some(off) = &m.pool_no_pipeline {
+            series.push((phase_label(workers, callers, 0), &off.samples));
+        }
+        series.push(("raw loop, 1 worker".to_owned(), &m.raw_1.samples));
+        series.push((phase_label(1, 1, depth), &m.pool_1.samples));
+        let title = format!(
+            "{}, {}, `{}`: latency distribution",
+            self.worker.describe(),
+            self.worker.codec,
+            self.a.command
+        );
+        crate::plot::latency_cdf(path, &title, &series)
+            .map_err(|e| Failure::general(format!("cannot draw {}: {e}", path.display())))
+    }
+
+    /// The report of what was measured, with the settings it ran with.
+    fn report(&self, m: Measured) -> Report {
+        let payload = self.a.payload;
+        let raw = Figures::of(&m.raw, payload);
+        let pool = Figures::of(&m.pool, payload);
+        let pool_no_pipeline = m.pool_no_pipeline.as_ref().map(|r| Figures::of(r, payload));
+        Report {
+            workers: self.workers,
+            adapter: self.worker.lang.name(),
+            script: self.worker.script.as_ref().map(|s| s.display().to_string()),
+            interpreter: self.interpreter.display().to_string(),
+            host_runtime: "tokio current_thread",
+            codec: self.worker.codec.name(),
+            command: self.a.command.clone(),
+            args: self.given_args.clone(),
+            payload_bytes: payload,
+            requests: self.a.requests,
+            concurrency: self.a.concurrency,
+            sessions: self.a.sessions,
+            pipeline_depth: self.pool.pipeline_depth,
+            pipeline_max_call_us: self.pool.pipeline_max_call.as_micros() as u64,
+            raw_1: Figures::of(&m.raw_1, payload),
+            pool_over_raw: pool.over(&raw),
+            pool_no_pipeline_over_raw: pool_no_pipeline.as_ref().map(|f| f.over(&raw)),
+            raw,
+            pool,
+            pool_no_pipeline,
+            sequential: Sequential::new(
+                Figures::of(&m.raw_1, payload),
+                Figures::of(&m.pool_1, payload),
+            ),
+            startup: m.startup,
+            memory: m.memory,
+        }
+    }
+}
+
 pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
     let b = Bench::new(a, &file, out)?;
-    let (workers, requests, callers) = (b.workers, b.a.requests, b.a.concurrency);
-    let depth = b.pool.pipeline_depth;
     out.verbose(format!(
         "{} ({}), {}, `{}`, payload {} B, {}",
         b.worker.describe(),
@@ -363,73 +457,14 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
         b.worker.codec,
         b.a.command,
         b.a.payload,
-        pipelining(depth)
+        pipelining(b.pool.pipeline_depth)
     ));
-
-    let memory = b.probe().await?;
-    let raw_1 = b.raw(1, requests / 2).await?;
-    let raw = b.raw(workers, requests).await?;
-    let pooled = b.pool(workers, depth, callers, requests).await?;
-    let unpipelined = match depth {
-        0 => None,
-        _ => Some(b.pool(workers, 0, callers, requests).await?),
-    };
-    let seq = b.pool(1, depth, 1, requests / 4).await?;
-    let startup = b.startup().await?;
-
+    let measured = b.measure().await?;
     if let Some(path) = &b.a.plot {
-        let mut series = vec![
-            (
-                format!("raw loop, {}", count(workers, "worker")),
-                &raw.samples,
-            ),
-            (phase_label(workers, callers, depth), &pooled.samples),
-        ];
-        if let Some(off) = &unpipelined {
-            series.push((phase_label(workers, callers, 0), &off.samples));
-        }
-        series.push(("raw loop, 1 worker".to_owned(), &raw_1.samples));
-        series.push((phase_label(1, 1, depth), &seq.samples));
-        let title = format!(
-            "{}, {}, `{}`: latency distribution",
-            b.worker.describe(),
-            b.worker.codec,
-            b.a.command
-        );
-        crate::plot::latency_cdf(path, &title, &series)
-            .map_err(|e| Failure::general(format!("cannot draw {}: {e}", path.display())))?;
+        b.plot(path, &measured)?;
         out.note(format!("latency distributions drawn to {}", path.display()));
     }
-
-    let payload = b.a.payload;
-    let raw_figures = Figures::of(&raw, payload);
-    let pool = Figures::of(&pooled, payload);
-    let pool_no_pipeline = unpipelined.as_ref().map(|r| Figures::of(r, payload));
-    let report = Report {
-        workers,
-        adapter: b.worker.lang.name(),
-        script: b.worker.script.as_ref().map(|s| s.display().to_string()),
-        interpreter: b.interpreter.display().to_string(),
-        host_runtime: "tokio current_thread",
-        codec: b.worker.codec.name(),
-        command: b.a.command.clone(),
-        args: b.given_args.clone(),
-        payload_bytes: payload,
-        requests,
-        concurrency: callers,
-        sessions: b.a.sessions,
-        pipeline_depth: depth,
-        pipeline_max_call_us: b.pool.pipeline_max_call.as_micros() as u64,
-        raw_1: Figures::of(&raw_1, payload),
-        pool_over_raw: pool.over(&raw_figures),
-        pool_no_pipeline_over_raw: pool_no_pipeline.as_ref().map(|f| f.over(&raw_figures)),
-        raw: raw_figures,
-        pool,
-        pool_no_pipeline,
-        sequential: Sequential::new(Figures::of(&raw_1, payload), Figures::of(&seq, payload)),
-        startup,
-        memory,
-    };
+    let report = b.report(measured);
     if b.a.json {
         let text = serde_json::to_string(&report)
             .map_err(|e| Failure::general(format!("cannot print the report: {e}")))?;
