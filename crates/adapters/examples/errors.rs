@@ -77,14 +77,16 @@ async fn main() -> anyhow::Result<()> {
     let script = dir.join("worker.py");
     std::fs::write(&script, WORKER)?;
 
-    // One worker, one call at a time, one queued call at most: overload is
-    // easy to show.
+    // One worker, one call at a time, one queued call at most, and nothing
+    // written ahead to the worker (pipelining off), so that the second call
+    // waits in the pool's queue: overload is easy to show.
     let adapter = Bridge::python(&script).supported_commands(["risky_operation"]);
     let pool = Pool::builder(adapter)
         .size(1)
         .configure(|c| {
             c.max_concurrency_per_worker = 1;
             c.max_queue_size = 1;
+            c.pipeline_depth = 0;
         })
         .start()
         .await?;
