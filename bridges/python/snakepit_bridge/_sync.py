@@ -10,6 +10,8 @@ frame is already there is answered Cancelled and never run.
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import threading
 from typing import Any
@@ -47,6 +49,14 @@ class SyncServer(Server):
         while True:
             if backlog:
                 payload = backlog.pop(0)
+                # A request written ahead, about to start: a cancel for it
+                # may have arrived in the pipe while the one before it ran.
+                if self._poll_pipe():
+                    backlog.insert(0, payload)
+                    self._read_ahead()
+                    if not backlog:
+                        continue
+                    payload = backlog.pop(0)
             else:
                 if reader.eof:
                     return 0
@@ -69,6 +79,25 @@ class SyncServer(Server):
                     continue
                 payload = backlog.pop(0)
             dispatch(payload)
+
+    def _poll_pipe(self):
+        """Read what is already waiting in stdin, without blocking; True if
+        anything was read."""
+        reader = self.reader
+        if reader.fd is None or reader.eof:
+            return False
+        try:
+            ready, _, _ = select.select([reader.fd], [], [], 0)
+            if not ready:
+                return False
+            data = os.read(reader.fd, 65536)
+        except (OSError, ValueError):
+            return False
+        if not data:
+            reader.eof = True
+            return False
+        reader.feed(data)
+        return True
 
     def _read_ahead(self):
         """Move the complete frames already read into the backlog; a request

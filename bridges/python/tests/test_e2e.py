@@ -152,6 +152,30 @@ class GenericWorkerTests(_Base):
         self.assertEqual(w.wait(), 0)
 
 
+class SyncReadAheadTests(_Base):
+    """A one-at-a-time worker with requests written ahead (pipelining)."""
+    script = EXAMPLE_WORKER
+
+    def test_a_cancel_arriving_while_the_request_before_runs_drops_the_waiting_one(self):
+        from snakepit_bridge import _wire
+        for codec in self.each_codec():
+            w, _ = self.spawn(codec)
+            # Both requests arrive together: the second waits in the backlog.
+            w.send_raw(b"".join(_wire.encode_frame(w.codec, f) for f in [
+                {"id": 1, "command": "sleep", "args": {"seconds": 0.5}},
+                {"id": 2, "command": "shout", "args": {"text": "late"}},
+            ]))
+            time.sleep(0.15)
+            w.send({"type": "cancel", "id": 2})  # while request 1 runs
+            replies = {}
+            while len(replies) < 2:
+                msg = w.recv()
+                replies[msg["id"]] = msg
+            self.assertTrue(replies[1]["success"], replies[1])
+            self.assertFalse(replies[2]["success"], replies[2])
+            self.assertEqual(replies[2]["error"]["type"], "Cancelled")
+
+
 class ExampleWorkerTests(_Base):
     script = EXAMPLE_WORKER
 
