@@ -1,3 +1,6 @@
+//! What a pool starts and how it talks to it: `Launch` (program, arguments,
+//! environment) and the `Adapter` trait (codec, timeouts, validation).
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;

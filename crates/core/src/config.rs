@@ -1,3 +1,6 @@
+//! `PoolConfig`: every setting of a pool, with its default, readable from
+//! any serde format.
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

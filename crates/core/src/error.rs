@@ -1,3 +1,6 @@
+//! The errors a call can end in (`Error`), how a worker died (`Crash`,
+//! `ExitReason`) and why one could not start (`StartError`).
+
 use std::fmt;
 use std::time::Duration;
 

@@ -49,6 +49,7 @@ mod raw;
 mod session_hook;
 mod spawn;
 pub mod sweep;
+mod sync;
 mod worker;
 
 pub use adapter::{Adapter, Launch};

@@ -26,6 +26,7 @@ use std::sync::{mpsc, Mutex};
 use tokio::process::{Child, Command};
 
 use crate::adapter::Launch;
+use crate::sync::Unpoisoned;
 
 type Reply = tokio::sync::oneshot::Sender<io::Result<Child>>;
 
@@ -59,8 +60,7 @@ impl Spawner {
     pub(crate) async fn spawn(&self, launch: Launch) -> io::Result<Child> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .send((launch, tx))
             .map_err(|_| io::Error::other("the spawner thread is gone"))?;
         let child = rx
@@ -78,7 +78,7 @@ impl Spawner {
     }
 
     fn tell_watchdog(&self, line: &str) {
-        let mut guard = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.watchdog.locked();
         if let Some(stdin) = guard.as_mut() {
             if stdin.write_all(line.as_bytes()).is_err() {
                 tracing::warn!(

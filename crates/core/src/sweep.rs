@@ -62,6 +62,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::sync::Unpoisoned;
 use serde::Serialize;
 
 /// The largest run record [`sweep`] reads; a bigger file is not a record.
@@ -735,7 +736,7 @@ impl RunRecord {
     /// over the record, which replaces whatever is there without following
     /// it. The lock is held throughout so that writes land in order.
     fn update(&self, change: impl FnOnce(&mut Record)) -> io::Result<()> {
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = self.record.locked();
         change(&mut record);
         let text = record.render();
         let name = self

@@ -21,6 +21,7 @@ mod host;
 mod reader;
 mod stdin;
 
+use crate::sync::Unpoisoned;
 use reader::{read_loop, stderr_loop};
 use stdin::{write_loop, Stdin, StdinState, NO_CALL};
 
@@ -229,7 +230,7 @@ impl Worker {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     pub(crate) fn capabilities(&self) -> Capabilities {
@@ -237,7 +238,7 @@ impl Worker {
     }
 
     pub(crate) fn stderr_tail(&self) -> String {
-        self.tail.lock().unwrap_or_else(|e| e.into_inner()).text()
+        self.tail.locked().text()
     }
 
     /// Registers a call; fails if the worker is already dying.

@@ -1,3 +1,5 @@
+//! The errors of session stores and session helpers.
+
 use std::fmt;
 
 /// Everything a session store or a session helper can fail with.

@@ -54,6 +54,7 @@ mod programs;
 mod redis_store;
 mod session;
 mod store;
+mod sync;
 
 pub use attach::attach;
 pub use error::{Error, Result};

@@ -1,3 +1,6 @@
+//! `MemoryStore`: sessions in this process, in 64 locked shards, swept in
+//! the background.
+
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +12,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::session::{check_id, unix_ms, Session, StoreStats};
 use crate::store::{EndListener, EndReason, SessionStore};
+use crate::sync::{Unpoisoned, UnpoisonedRw};
 
 const SHARDS: usize = 64;
 
@@ -164,7 +168,7 @@ impl MemoryStore {
 impl Inner {
     fn shard(&self, id: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(id) as usize % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].locked()
     }
 
     fn wall_ms(&self, at: Instant) -> u64 {
@@ -172,7 +176,7 @@ impl Inner {
     }
 
     fn notify(&self, id: &str, reason: EndReason) {
-        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        let listeners = self.listeners.read_locked();
         for l in listeners.iter() {
             l(id, reason);
         }
@@ -218,7 +222,7 @@ impl Inner {
         for shard in self.shards.iter() {
             let now = Instant::now();
             {
-                let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                let mut shard = shard.locked();
                 shard.retain(|id, e| {
                     let live = e.expires_at > now;
                     if !live {
@@ -334,7 +338,7 @@ impl SessionStore for MemoryStore {
         let now = Instant::now();
         let mut ids = Vec::new();
         for shard in self.inner.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.locked();
             ids.extend(
                 shard
                     .iter()
@@ -352,11 +356,11 @@ impl SessionStore for MemoryStore {
             .shards
             .iter()
             .map(|s| {
-                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                let s = s.locked();
                 s.values().filter(|e| e.expires_at > now).count() as u64
             })
             .sum();
-        let globals = inner.globals.read().unwrap_or_else(|e| e.into_inner());
+        let globals = inner.globals.read_locked();
         Ok(StoreStats {
             active_sessions: active,
             sessions_created: inner.created.load(Ordering::Relaxed),
@@ -386,8 +390,7 @@ impl SessionStore for MemoryStore {
         check_id("program id", program_id)?;
         self.inner
             .globals
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_locked()
             .insert(program_id.to_owned(), program);
         Ok(())
     }
@@ -395,8 +398,7 @@ impl SessionStore for MemoryStore {
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
         self.inner
             .globals
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_locked()
             .get(program_id)
             .cloned()
             .ok_or_else(|| Error::ProgramNotFound {
@@ -427,10 +429,6 @@ impl SessionStore for MemoryStore {
     }
 
     fn on_session_end(&self, listener: EndListener) {
-        self.inner
-            .listeners
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(listener);
+        self.inner.listeners.write_locked().push(listener);
     }
 }

@@ -1,3 +1,6 @@
+//! The original's program helpers: programs a worker creates in a session
+//! and runs later.
+
 use serde_json::{json, Map, Value};
 use snakepit_core::Pool;
 

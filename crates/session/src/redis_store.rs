@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::session::{check_id, Session, StoreStats};
 use crate::store::{EndListener, EndReason, SessionStore};
+use crate::sync::UnpoisonedRw;
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
 /// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
@@ -427,11 +428,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 impl Inner {
     /// The connection to use now (a cheap handle).
     fn conn(&self) -> ConnectionManager {
-        self.link
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.link.current.read_locked().clone()
     }
 
     /// Runs `op` within the timeout; names it in its backend errors.
@@ -468,11 +465,7 @@ impl Inner {
             };
             match fresh {
                 Ok(conn) => {
-                    *inner
-                        .link
-                        .current
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner()) = conn;
+                    *inner.link.current.write_locked() = conn;
                     tracing::info!("redis session store: new connection after a timeout");
                 }
                 Err(e) => tracing::debug!(error = %e, "redis session store: reconnect failed"),
@@ -505,7 +498,7 @@ impl Inner {
     }
 
     fn notify(&self, id: &str, reason: EndReason) {
-        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        let listeners = self.listeners.read_locked();
         for l in listeners.iter() {
             l(id, reason);
         }
@@ -901,10 +894,6 @@ impl SessionStore for RedisStore {
     }
 
     fn on_session_end(&self, listener: EndListener) {
-        self.inner
-            .listeners
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(listener);
+        self.inner.listeners.write_locked().push(listener);
     }
 }

@@ -1,3 +1,6 @@
+//! One session as a store keeps it: data, programs, metadata, and the limits
+//! on ids and keys.
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,5 @@
+//! The `SessionStore` trait that every store implements.
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::events::{Event, EventKind, Listener};
 use crate::session_hook::SessionHook;
 use crate::spawn::Spawner;
+use crate::sync::Unpoisoned;
 use crate::worker::Worker;
 use crate::PoolConfig;
 
@@ -42,7 +43,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Tells every listener; free when there is none.

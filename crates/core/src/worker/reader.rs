@@ -19,6 +19,7 @@ use tokio_util::codec::FramedRead;
 use super::{Failure, Pending, Worker, MAX_STDERR_LINE};
 use crate::error::{Crash, Error, ExitReason};
 use crate::spawn;
+use crate::sync::Unpoisoned;
 
 impl Worker {
     /// Hands a final reply to its caller.
@@ -155,10 +156,7 @@ impl Worker {
             text.to_owned()
         };
         tracing::info!(target: "snakepit::worker", worker = %self.id, pid = self.pid, "{text}");
-        self.tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(text);
+        self.tail.locked().push(text);
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::Notify;
 
 use crate::spawn;
+use crate::sync::Unpoisoned;
 
 /// A worker's stdin. A frame is written straight from the sending task when
 /// the pipe takes it whole (the usual case: one `write` call, no task hop);
@@ -81,7 +82,7 @@ pub(super) const HOST_REPLY: u64 = u64::MAX;
 
 impl Stdin {
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StdinState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Writes `frame` or queues it for the writer task; `false` when it
