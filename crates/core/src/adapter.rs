@@ -30,6 +30,26 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// What a pool gives every worker it starts, in one place: the protocol
+    /// version, the codec, the worker's id and the run id in its
+    /// environment (`SNAKEPIT_PROTOCOL`, `SNAKEPIT_CODEC`,
+    /// `SNAKEPIT_WORKER_ID`, `SNAKEPIT_RUN_ID`), and the run id on its
+    /// command line too when [`Launch::with_run_id_arg`] asked for it.
+    /// `RawProcess` starts its process the same way.
+    pub fn for_worker(self, codec: crate::WireCodec, worker_id: &str, run_id: &str) -> Self {
+        use snakepit_protocol::Codec;
+        let launch = self
+            .env("SNAKEPIT_PROTOCOL", "1")
+            .env("SNAKEPIT_CODEC", codec.name())
+            .env("SNAKEPIT_WORKER_ID", worker_id)
+            .env("SNAKEPIT_RUN_ID", run_id);
+        if launch.run_id_arg {
+            launch.arg("--snakepit-run-id").arg(run_id)
+        } else {
+            launch
+        }
+    }
+
     /// Runs `program` with no arguments.
     pub fn new(program: impl Into<PathBuf>) -> Self {
         Launch {

@@ -3,7 +3,7 @@
 use std::io;
 use std::process::ExitStatus;
 
-use snakepit_protocol::{Codec as _, WireCodec};
+use snakepit_protocol::WireCodec;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use crate::adapter::Launch;
@@ -70,20 +70,17 @@ impl RawProcess {
             .map_err(|_| io::Error::other("RawProcess::spawn needs a Tokio runtime"))?;
         let spawner = Spawner::new(runtime)?;
         let run_id = crate::sweep::new_run_id();
-        let mut launch = launch;
-        // Before the caller's variables, so that theirs wins.
-        launch
+        // The caller's worker id if the launch sets one, else `raw`.
+        let worker_id = launch
             .env
-            .insert(0, ("SNAKEPIT_WORKER_ID".into(), "raw".into()));
-        let launch = launch
-            .env("SNAKEPIT_PROTOCOL", "1")
-            .env("SNAKEPIT_CODEC", codec.name())
-            .env("SNAKEPIT_RUN_ID", &run_id);
-        let launch = if launch.run_id_arg {
-            launch.arg("--snakepit-run-id").arg(&run_id)
-        } else {
-            launch
-        };
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "SNAKEPIT_WORKER_ID")
+            .map_or_else(
+                || "raw".to_owned(),
+                |(_, v)| v.to_string_lossy().into_owned(),
+            );
+        let launch = launch.for_worker(codec, &worker_id, &run_id);
         let child = spawner.spawn(launch).await?;
         let Some(pid) = child.id() else {
             return Err(io::Error::other("the process ended before it was seen"));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use serde_json::{json, Value};
-use snakepit_protocol::{decode_response, encode_frame, Codec, Request};
+use snakepit_protocol::{decode_response, encode_frame, Request};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -32,15 +32,7 @@ pub(crate) async fn start_worker(
     let launch = shared
         .launch
         .clone()
-        .env("SNAKEPIT_PROTOCOL", "1")
-        .env("SNAKEPIT_CODEC", shared.codec.name())
-        .env("SNAKEPIT_WORKER_ID", &worker_id)
-        .env("SNAKEPIT_RUN_ID", &shared.run_id);
-    let launch = if launch.run_id_arg {
-        launch.arg("--snakepit-run-id").arg(&shared.run_id)
-    } else {
-        launch
-    };
+        .for_worker(shared.codec, &worker_id, &shared.run_id);
     let program = launch.program.display().to_string();
     let span = tracing::Span::current();
     let child = shared.spawner.spawn(launch).await.map_err(|e| {
