@@ -61,6 +61,7 @@ function w3cPropagator() {
 function extractContext(api, ctx) {
   const carrier = { traceparent: ctx.traceparent };
   if (ctx.tracestate) carrier.tracestate = ctx.tracestate;
+  if (ctx.baggage) carrier.baggage = ctx.baggage;
   if (api.propagation.fields().length > 0) return api.propagation.extract(api.ROOT_CONTEXT, carrier);
   const fallback = w3cPropagator();
   if (fallback === null) return null;
@@ -157,6 +158,7 @@ class Context {
     this.sessionId = typeof request.session_id === 'string' ? request.session_id : null;
     this.traceparent = typeof request.traceparent === 'string' ? request.traceparent : null;
     this.tracestate = typeof request.tracestate === 'string' ? request.tracestate : null;
+    this.baggage = typeof request.baggage === 'string' ? request.baggage : null;
     this.timeoutMs = Number.isFinite(request.timeout_ms) ? request.timeout_ms : null;
     this.streamRequested = request.stream === true;
     this._cancelled = false;

@@ -130,6 +130,8 @@ export declare class Context {
   /** W3C trace context of the caller, or `null`. */
   readonly traceparent: string | null;
   readonly tracestate: string | null;
+  /** W3C baggage of the caller (`k1=v1,k2=v2`), or null. */
+  readonly baggage: string | null;
   /** Milliseconds the caller had left when it sent the request, or `null`. */
   readonly timeoutMs: number | null;
   /** Whether the caller consumes chunks. */

@@ -64,13 +64,13 @@ class Context:
     """What a handler knows about the request it serves.
 
     Attributes: ``request_id``, ``command``, ``session_id`` (or None),
-    ``worker_id`` (or None), ``traceparent``/``tracestate`` (or None),
+    ``worker_id`` (or None), ``traceparent``/``tracestate``/``baggage`` (or None),
     ``stream`` (the caller consumes chunks), ``timeout_ms`` (or None),
     ``cancelled`` (set by a cancel frame or SIGINT), ``worker``.
     """
 
     __slots__ = (
-        "worker", "request_id", "command", "session_id", "traceparent", "tracestate",
+        "worker", "request_id", "command", "session_id", "traceparent", "tracestate", "baggage",
         "stream", "timeout_ms", "cancelled", "_server", "_logger",
     )
 
@@ -80,6 +80,7 @@ class Context:
     session_id: Optional[str]
     traceparent: Optional[str]
     tracestate: Optional[str]
+    baggage: Optional[str]
     stream: bool
     timeout_ms: Optional[int]
     cancelled: bool
@@ -93,6 +94,7 @@ class Context:
         self.session_id = get("session_id")
         self.traceparent = get("traceparent")
         self.tracestate = get("tracestate")
+        self.baggage = get("baggage")
         self.stream = get("stream") is True
         self.timeout_ms = get("timeout_ms")
         self.cancelled = False

@@ -9,6 +9,7 @@ loops, and the threads the async loop runs plain handlers on, go through it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._version import __version__
@@ -67,7 +68,7 @@ def invoke(handler: Handler, args: Any, ctx: Context) -> Any:
     (inside the span, when there is one) when awaited.
     """
     if ctx.traceparent:
-        span = _otel_span(ctx.command, ctx.traceparent, ctx.tracestate)
+        span = _otel_span(ctx.command, ctx.traceparent, ctx.tracestate, ctx.baggage)
         if span is not None:
             return _in_span(span, handler, args, ctx)
     return handler.call(args, ctx)
@@ -110,7 +111,7 @@ def _is_dispatch(module):
 _otel: Any = None  # None: not looked for yet; False: not installed; else a tuple
 
 
-def _otel_span(command, traceparent, tracestate):
+def _otel_span(command, traceparent, tracestate, baggage=None):
     """A context manager for the request's span, or None without OTel.
 
     The lookup happens on the first traced request, so workers that never
@@ -119,23 +120,38 @@ def _otel_span(command, traceparent, tracestate):
     global _otel
     if _otel is None:
         try:
+            from opentelemetry import context as otel_context
             from opentelemetry import propagate, trace
 
             # A tracer taken before the application sets its provider
             # follows it once set (the API's proxy), so one is enough; asking
             # for it per request would cost more than the span itself.
             tracer = trace.get_tracer("snakepit_bridge", __version__)
-            _otel = (tracer, propagate, trace.SpanKind.SERVER)
+            _otel = (tracer, propagate, trace.SpanKind.SERVER, otel_context)
         except Exception:  # ImportError, or a broken install: tracing is optional
             _otel = False
     if _otel is False:
         return None
-    tracer, propagate, kind = _otel
+    tracer, propagate, kind, otel_context = _otel
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
+    if baggage:
+        carrier["baggage"] = baggage
     # The configured global propagator (OTEL_PROPAGATORS, by default W3C
     # trace context and baggage), looked up per request: the application
     # may set its own after the first request.
     parent = propagate.extract(carrier)
-    return tracer.start_as_current_span(f"snakepit.worker {command}", context=parent, kind=kind)
+    return _current(otel_context, parent, tracer.start_as_current_span(f"snakepit.worker {command}", kind=kind))
+
+
+@contextlib.contextmanager
+def _current(otel_context, parent, span):
+    """The caller's context (its baggage included) made current, then the
+    request's span inside it, for the handler's whole run."""
+    token = otel_context.attach(parent)
+    try:
+        with span:
+            yield
+    finally:
+        otel_context.detach(token)

@@ -34,6 +34,7 @@ pub fn trace_headers() -> Option<TraceHeaders> {
     Some(TraceHeaders {
         traceparent: carrier.remove("traceparent")?,
         tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        baggage: carrier.remove("baggage").filter(|s| !s.is_empty()),
     })
 }
 

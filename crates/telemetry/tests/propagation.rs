@@ -1,13 +1,16 @@
 //! The trace context reaches the worker as OpenTelemetry's configured
-//! propagator writes it: `traceparent` and `tracestate` of the call's span.
+//! propagator writes it: `traceparent`, `tracestate` and `baggage` of the
+//! call's span.
 
 use std::path::Path;
 
 use anyhow::Result;
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::json;
@@ -42,7 +45,11 @@ async fn the_worker_gets_traceparent_and_tracestate_from_the_propagator() -> Res
     );
     let caller = tracing::info_span!("caller");
     caller
-        .set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+        .set_parent(
+            opentelemetry::Context::new()
+                .with_remote_span_context(remote)
+                .with_baggage([KeyValue::new("tenant", "acme")]),
+        )
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/context_worker.py");
@@ -62,5 +69,9 @@ async fn the_worker_gets_traceparent_and_tracestate_from_the_propagator() -> Res
         "the parent is snakepit.call, not the caller: {tp}"
     );
     assert_eq!(reply["tracestate"], "vendor=x", "{reply}");
+    // Baggage crosses too, through the same propagator, and the worker's
+    // OpenTelemetry context carries it.
+    assert_eq!(reply["baggage"], "tenant=acme", "{reply}");
+    assert_eq!(reply["tenant"], "acme", "{reply}");
     Ok(())
 }

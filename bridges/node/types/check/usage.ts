@@ -73,6 +73,7 @@ const contextMembers: Record<keyof Context, true> = {
   workerId: true,
   traceparent: true,
   tracestate: true,
+  baggage: true,
   timeoutMs: true,
   streamRequested: true,
   cancelled: true,

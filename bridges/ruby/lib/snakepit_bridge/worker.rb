@@ -6,7 +6,7 @@ module SnakepitBridge
   #
   # Use it from the handler's own thread; only #chunk is safe from others.
   class Context
-    attr_reader :request_id, :command, :session_id, :traceparent, :tracestate, :timeout_ms
+    attr_reader :request_id, :command, :session_id, :traceparent, :tracestate, :baggage, :timeout_ms
 
     def initialize(worker, request_id, command, message)
       @worker = worker
@@ -15,6 +15,7 @@ module SnakepitBridge
       @session_id = message["session_id"]
       @traceparent = message["traceparent"]
       @tracestate = message["tracestate"]
+      @baggage = message["baggage"]
       @timeout_ms = message["timeout_ms"]
       @stream = message["stream"] == true
       @cancelled = false

@@ -372,6 +372,7 @@ impl Pool {
                 (None, Some(hook)) => {
                     traced = hook();
                     request.tracestate = traced.as_ref().and_then(|t| t.tracestate.as_deref());
+                    request.baggage = traced.as_ref().and_then(|t| t.baggage.as_deref());
                     traced.as_ref().map(|t| t.traceparent.as_str())
                 }
                 (None, None) => None,

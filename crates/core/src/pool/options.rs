@@ -29,6 +29,8 @@ pub struct TraceHeaders {
     pub traceparent: String,
     /// The `tracestate` header, when the trace has one.
     pub tracestate: Option<String>,
+    /// The `baggage` header, when the caller's context carries baggage.
+    pub baggage: Option<String>,
 }
 
 impl From<String> for TraceHeaders {
@@ -37,6 +39,7 @@ impl From<String> for TraceHeaders {
         TraceHeaders {
             traceparent,
             tracestate: None,
+            baggage: None,
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct Request<'a, A: ?Sized> {
     /// W3C trace state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<&'a str>,
+    /// W3C baggage: the caller's key/value pairs (`k1=v1,k2=v2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<&'a str>,
 }
 
 impl<'a, A: ?Sized> Request<'a, A> {
@@ -53,6 +56,7 @@ impl<'a, A: ?Sized> Request<'a, A> {
             stream: false,
             traceparent: None,
             tracestate: None,
+            baggage: None,
         }
     }
 }
