@@ -75,6 +75,11 @@ fn setup(root: &Path) -> Result<()> {
     if probe("redis-server", &["--version"]).is_none() {
         apt.push("redis-server");
     }
+    // The traces-only receiver test runs Phoenix in its own network
+    // namespace: `unshare` (util-linux, always there) and `ip`.
+    if probe("ip", &["-V"]).is_none() {
+        apt.push("iproute2");
+    }
     if !apt.is_empty() {
         let sudo = if probe("id", &["-u"]).is_some_and(|uid| uid.trim() == "0") {
             vec![]
