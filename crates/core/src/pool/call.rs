@@ -300,16 +300,7 @@ impl Pool {
                 flight.done = true;
                 Err(Error::ShutDown)
             }
-            Err(_) => {
-                shared
-                    .counters
-                    .call_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(Error::CallTimeout {
-                    command: command.to_owned(),
-                    timeout,
-                })
-            }
+            Err(_) => Err(shared.timed_out(command, timeout)),
         }
     }
 
@@ -331,16 +322,7 @@ impl Pool {
                     session_id: id.to_owned(),
                     message,
                 })?,
-                Err(_) => {
-                    shared
-                        .counters
-                        .call_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(Error::CallTimeout {
-                        command: command.to_owned(),
-                        timeout,
-                    });
-                }
+                Err(_) => return Err(shared.timed_out(command, timeout)),
             }
         }
         let mut chunks = chunks;

@@ -181,13 +181,7 @@ impl Shared {
             }
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(Error::ShutDown),
-            Err(_) if queue_deadline >= deadline => {
-                self.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Error::CallTimeout {
-                    command: command.to_owned(),
-                    timeout,
-                })
-            }
+            Err(_) if queue_deadline >= deadline => Err(self.timed_out(command, timeout)),
             Err(_) => {
                 self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(Error::QueueTimeout(self.config.queue_timeout))

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::shared::Shared;
+use crate::error::Error;
 
 /// A snapshot of a pool, every figure consistent with what callers saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -99,6 +100,15 @@ pub(crate) struct Counters {
 }
 
 impl Shared {
+    /// A call's deadline passed: counted, and its error.
+    pub(crate) fn timed_out(&self, command: &str, timeout: Duration) -> Error {
+        self.counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
+        Error::CallTimeout {
+            command: command.to_owned(),
+            timeout,
+        }
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let st = self.state();
         let c = &self.counters;

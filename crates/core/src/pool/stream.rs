@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -138,12 +137,10 @@ impl CallStream {
             return Poll::Pending;
         }
         self.flight = None; // dropping it cancels the call
-        let counters = &self.outcome.shared.counters;
-        counters.call_timeouts.fetch_add(1, Ordering::Relaxed);
-        let outcome = Err(Error::CallTimeout {
-            command: self.outcome.command.to_string(),
-            timeout: self.timeout,
-        });
+        let outcome = Err(self
+            .outcome
+            .shared
+            .timed_out(&self.outcome.command, self.timeout));
         Poll::Ready(Some(self.outcome.record(outcome)))
     }
 }
