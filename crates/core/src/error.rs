@@ -294,3 +294,55 @@ impl fmt::Display for StartError {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_error_claims_about_the_call() {
+        let stopped = Error::StoppedByShutdown {
+            worker_id: "w".into(),
+            pid: 1,
+        };
+        assert_eq!(stopped.kind(), "stopped_by_shutdown");
+        assert!(!stopped.is_crash() && !stopped.never_ran());
+
+        let lost = Error::HostLost {
+            host: "h".into(),
+            message: "no heartbeat".into(),
+        };
+        assert_eq!(lost.kind(), "host_lost");
+        assert!(!lost.never_ran(), "it may have run");
+
+        let down = Error::Unavailable {
+            target: "cluster ml".into(),
+            message: "NATS is down".into(),
+        };
+        assert_eq!(down.kind(), "unavailable");
+        assert!(down.never_ran());
+
+        let refused = Error::Codec(snakepit_protocol::Error::TooDeep {
+            codec: "json",
+            max: 127,
+            encoding: true,
+        });
+        assert!(refused.never_ran(), "refused before sending");
+        let deep_reply = Error::Codec(snakepit_protocol::Error::TooDeep {
+            codec: "json",
+            max: 127,
+            encoding: false,
+        });
+        assert!(!deep_reply.never_ran(), "the call ran; its reply was too deep");
+
+        let crash = Error::WorkerCrashed(Box::new(Crash {
+            worker_id: "w".into(),
+            pid: 1,
+            exit: ExitReason::Signal(9),
+            stderr_tail: String::new(),
+        }));
+        assert!(crash.is_crash() && !crash.never_ran());
+        assert!(crash.to_string().contains("SIGKILL"));
+    }
+}
+

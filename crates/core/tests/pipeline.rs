@@ -60,6 +60,12 @@ async fn a_waiting_call_that_is_cancelled_never_runs() {
         "the second call was written ahead: {:?}",
         pool.workers()
     );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.in_flight, stats.queued),
+        (2, 0),
+        "a call written ahead is in flight, not queued"
+    );
     assert!(matches!(
         waiting.await.unwrap(),
         Err(Error::CallTimeout { .. })
