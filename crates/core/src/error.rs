@@ -333,7 +333,10 @@ mod tests {
             max: 127,
             encoding: false,
         });
-        assert!(!deep_reply.never_ran(), "the call ran; its reply was too deep");
+        assert!(
+            !deep_reply.never_ran(),
+            "the call ran; its reply was too deep"
+        );
 
         let crash = Error::WorkerCrashed(Box::new(Crash {
             worker_id: "w".into(),
@@ -345,4 +348,3 @@ mod tests {
         assert!(crash.to_string().contains("SIGKILL"));
     }
 }
-
