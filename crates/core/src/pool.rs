@@ -218,7 +218,8 @@ impl PoolBuilder {
         }
         tokio::spawn(maintain(shared.clone()));
         if let Some(hook) = &shared.session_hook {
-            hook.attached(SessionEnds::new(&shared));
+            let pool: std::sync::Weak<Shared> = Arc::downgrade(&shared);
+            hook.attached(SessionEnds::new(pool));
         }
         let all = async {
             for rx in firsts {

@@ -4,9 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
-
-use crate::pool::Shared;
+use std::sync::Weak;
 
 /// What a pool calls before it routes a session's call (see
 /// [`PoolBuilder::session_hook`](crate::PoolBuilder::session_hook)).
@@ -22,17 +20,21 @@ pub trait SessionHook: Send + Sync + 'static {
     }
 }
 
+/// What a session's end does in the pool: its worker affinity goes.
+pub(crate) trait Affinities: Send + Sync {
+    /// Forgets which worker served `session_id`.
+    fn forget_session(&self, session_id: &str);
+}
+
 /// A handle to a pool's affinity records that does not keep the pool alive.
 #[derive(Clone)]
 pub struct SessionEnds {
-    shared: Weak<Shared>,
+    shared: Weak<dyn Affinities>,
 }
 
 impl SessionEnds {
-    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-        SessionEnds {
-            shared: Arc::downgrade(shared),
-        }
+    pub(crate) fn new(pool: Weak<dyn Affinities>) -> Self {
+        SessionEnds { shared: pool }
     }
 
     /// Forgets the session's worker affinity; `false` once the pool is gone.

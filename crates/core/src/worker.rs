@@ -14,7 +14,6 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::error::{Error, ExitReason};
-use crate::pool::Shared;
 use crate::spawn;
 
 mod host;
@@ -24,6 +23,31 @@ mod stdin;
 use crate::sync::Unpoisoned;
 use reader::{read_loop, stderr_loop};
 use stdin::{write_loop, Stdin, StdinState, NO_CALL};
+
+/// What a worker tells the pool that owns it, and asks of it: the worker
+/// knows its owner only through this, so the pool's types stay the pool's.
+pub(crate) trait Owner: Send + Sync {
+    /// A final reply arrived: one unit of `worker`'s capacity is free.
+    fn released(self: Arc<Self>, worker: &Worker);
+    /// `worker`'s process ended: out of the routing tables, and out of the
+    /// watchdog and the run record, before anyone hears it died.
+    fn gone(&self, worker: &Worker);
+    /// Whether a SIGINT now reaches only the call `worker` runs; if so,
+    /// nothing is written ahead to it until that call's reply.
+    fn hold_for_interrupt(&self, worker: &Worker) -> bool;
+    /// The host function named `name`, if the pool offers one.
+    fn host_function(&self, name: &str) -> Option<crate::HostFunction>;
+}
+
+/// What a worker needs to know of its pool's configuration.
+pub(crate) struct Settings {
+    pub(crate) codec: WireCodec,
+    pub(crate) grace: Duration,
+    pub(crate) max_frame_size: usize,
+    pub(crate) stderr_tail_lines: usize,
+    /// Keep the time of the last reply (idle recycling is on).
+    pub(crate) track_idle: bool,
+}
 
 /// Why a call got no reply frame.
 #[derive(Debug)]
@@ -131,7 +155,13 @@ pub(crate) struct Worker {
     /// When the last final reply arrived, in ms after `started`; kept only
     /// when idle workers are recycled (a clock read per reply otherwise).
     last_reply_ms: Option<AtomicU64>,
-    pool: Weak<Shared>,
+    /// The pool that owns it, known only through [`Owner`].
+    pool: Weak<dyn Owner>,
+    /// How long a timed-out call's late reply, or a process with its
+    /// stdout closed, is waited for.
+    grace: Duration,
+    /// The largest frame accepted from it (and host reply sent to it).
+    max_frame_size: usize,
     codec: WireCodec,
     stdin: Arc<Stdin>,
     inner: Mutex<Inner>,
@@ -163,7 +193,8 @@ impl Worker {
     /// Takes over a freshly spawned child: starts its writer, stderr and
     /// reader tasks.
     pub(crate) fn start(
-        shared: &Arc<Shared>,
+        owner: Weak<dyn Owner>,
+        settings: &Settings,
         mut child: Child,
         id: String,
         slot: usize,
@@ -194,10 +225,11 @@ impl Worker {
             pid,
             started: Instant::now(),
             served: AtomicU64::new(0),
-            last_reply_ms: (!shared.config.worker_idle_timeout.is_zero())
-                .then(|| AtomicU64::new(0)),
-            pool: Arc::downgrade(shared),
-            codec: shared.codec,
+            last_reply_ms: settings.track_idle.then(|| AtomicU64::new(0)),
+            pool: owner,
+            grace: settings.grace,
+            max_frame_size: settings.max_frame_size,
+            codec: settings.codec,
             stdin: stdin.clone(),
             inner: Mutex::new(Inner {
                 pending: HashMap::with_capacity_and_hasher(4, CallIds),
@@ -208,7 +240,7 @@ impl Worker {
             caps: OnceLock::new(),
             tail: Mutex::new(Tail {
                 lines: VecDeque::new(),
-                max: shared.config.stderr_tail_lines.max(1),
+                max: settings.stderr_tail_lines.max(1),
             }),
             host_calls: AtomicUsize::new(0),
             pipelining: AtomicBool::new(false),
@@ -224,7 +256,7 @@ impl Worker {
             stdout,
             child,
             stderr_done,
-            shared.config.max_frame_size,
+            settings.max_frame_size,
         ));
         worker
     }
@@ -436,10 +468,7 @@ impl Worker {
         } else if caps.sigint && caps.max_concurrency <= 1 && self.may_interrupt() {
             spawn::signal_pid(self.pid, libc::SIGINT);
         }
-        let grace = self
-            .pool
-            .upgrade()
-            .map_or(Duration::ZERO, |p| p.config.shutdown_grace_period);
+        let grace = self.grace;
         let worker = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {

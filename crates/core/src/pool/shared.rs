@@ -14,10 +14,10 @@ use super::stats::Counters;
 use crate::adapter::{Adapter, Launch};
 use crate::error::Error;
 use crate::events::{Event, EventKind, Listener};
-use crate::session_hook::SessionHook;
+use crate::session_hook::{Affinities, SessionHook};
 use crate::spawn::Spawner;
 use crate::sync::Unpoisoned;
-use crate::worker::Worker;
+use crate::worker::{Owner, Settings, Worker};
 use crate::PoolConfig;
 
 /// The part of a pool every task shares.
@@ -270,5 +270,44 @@ impl Shared {
             .iter()
             .filter_map(|s| s.worker.clone())
             .collect()
+    }
+}
+
+/// How the pool's workers reach it (they know it only through this).
+impl Owner for Shared {
+    fn released(self: Arc<Self>, worker: &Worker) {
+        self.release(worker);
+    }
+
+    fn gone(&self, worker: &Worker) {
+        self.worker_gone(worker);
+        self.process_gone(worker.pid);
+    }
+
+    fn hold_for_interrupt(&self, worker: &Worker) -> bool {
+        Shared::hold_for_interrupt(self, worker)
+    }
+
+    fn host_function(&self, name: &str) -> Option<HostFunction> {
+        self.host_functions.get(name).cloned()
+    }
+}
+
+impl Shared {
+    /// What a worker it starts needs to know of its configuration.
+    pub(crate) fn worker_settings(&self) -> Settings {
+        Settings {
+            codec: self.codec,
+            grace: self.config.shutdown_grace_period,
+            max_frame_size: self.config.max_frame_size,
+            stderr_tail_lines: self.config.stderr_tail_lines,
+            track_idle: !self.config.worker_idle_timeout.is_zero(),
+        }
+    }
+}
+
+impl Affinities for Shared {
+    fn forget_session(&self, session_id: &str) {
+        Shared::forget_session(self, session_id);
     }
 }

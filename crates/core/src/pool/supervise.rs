@@ -2,7 +2,7 @@
 //! recycling, retiring and health checks.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::shared::Shared;
 use crate::error::{Error, Result, StartError};
 use crate::events::EventKind;
-use crate::worker::{Pending, Worker};
+use crate::worker::{Owner, Pending, Worker};
 use crate::PoolConfig;
 
 /// Starts one worker and runs its init handshake.
@@ -47,7 +47,16 @@ pub(crate) async fn start_worker(
     if let (Some(r), Some(pid)) = (&shared.record, child.id()) {
         r.add(pid);
     }
-    let worker = Worker::start(shared, child, worker_id.clone(), slot, generation);
+    let owner: Weak<Shared> = Arc::downgrade(shared);
+    let owner: Weak<dyn Owner> = owner;
+    let worker = Worker::start(
+        owner,
+        &shared.worker_settings(),
+        child,
+        worker_id.clone(),
+        slot,
+        generation,
+    );
     span.record("process.pid", i64::from(worker.pid));
     let args = json!({"initialization": true, "worker_id": worker_id});
     let outcome = tokio::time::timeout(

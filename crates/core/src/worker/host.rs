@@ -94,7 +94,7 @@ impl Worker {
             worker_id: self.id.clone(),
             args,
         };
-        let outcome = match pool.host_functions.get(function.as_str()) {
+        let outcome = match pool.host_function(function.as_str()) {
             Some(f) => f(call).await,
             None => Err(RemoteError::new(
                 "UnknownFunction",
@@ -106,13 +106,13 @@ impl Worker {
             Ok(v) => encode_frame(
                 &self.codec,
                 &HostReply::ok(id, v),
-                pool.config.max_frame_size,
+                self.max_frame_size,
                 &mut buf,
             ),
             Err(e) => encode_frame(
                 &self.codec,
                 &HostReply::<()>::err(id, e),
-                pool.config.max_frame_size,
+                self.max_frame_size,
                 &mut buf,
             ),
         };

@@ -61,7 +61,7 @@ impl Worker {
         // soon as it has this reply finds the worker free.
         if pending.holds_unit {
             if let Some(pool) = self.pool.upgrade() {
-                pool.release(self);
+                pool.released(self);
             }
         }
         // The stream's chunk channel closes before its final reply.
@@ -249,10 +249,7 @@ pub(super) async fn read_loop(
         None => {
             // Stdout is closed; the process normally exits with it. One that
             // keeps running without a way to answer is killed.
-            let grace = worker
-                .pool
-                .upgrade()
-                .map_or(Duration::from_secs(1), |p| p.config.shutdown_grace_period);
+            let grace = worker.grace;
             match tokio::time::timeout(grace, &mut exit_rx).await {
                 Ok(status) => exited(status),
                 Err(_) => {
@@ -279,8 +276,7 @@ pub(super) async fn read_loop(
     worker.stdin.close(); // ends the writer task
     if let Some(pool) = worker.pool.upgrade() {
         // Out of the routing tables before anyone hears it died.
-        pool.worker_gone(&worker);
-        pool.process_gone(worker.pid);
+        pool.gone(&worker);
     }
     if let Some(done) = stderr_done {
         // Grandchildren may hold stderr open; do not wait on them for long.
