@@ -44,6 +44,7 @@ mod adapter;
 mod config;
 mod error;
 pub mod events;
+mod os;
 mod pool;
 mod raw;
 mod session_hook;

@@ -370,7 +370,7 @@ impl Pool {
                 .collect()
         };
         for info in &mut infos {
-            info.rss_bytes = crate::spawn::rss_bytes(info.pid);
+            info.rss_bytes = crate::os::rss_bytes(info.pid);
         }
         infos
     }

@@ -7,7 +7,8 @@ use snakepit_protocol::WireCodec;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use crate::adapter::Launch;
-use crate::spawn::{signal_group, Spawner};
+use crate::os::signal_group;
+use crate::spawn::Spawner;
 
 /// A worker process outside a pool, with every protection of one.
 ///

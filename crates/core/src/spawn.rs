@@ -14,8 +14,9 @@
 //!   pipe closes and the watchdog kills every group, so the workers' own
 //!   children die too.
 //!
-//! This module holds the workspace's only `unsafe` code: `pre_exec` and the
-//! `prctl`/`kill` calls, each a direct libc call with no memory involved.
+//! This module and `os.rs` (signals, `FIONREAD`) hold the workspace's only
+//! `unsafe` code: `pre_exec` and the `prctl`/`close_range` calls here, each
+//! a direct libc call with no memory involved.
 #![allow(unsafe_code)]
 
 use std::io::{self, Write};
@@ -187,34 +188,4 @@ fn start_watchdog() -> io::Result<std::process::ChildStdin> {
             let _ = child.wait();
         })?;
     Ok(stdin)
-}
-
-/// Sends `signal` to a whole process group.
-pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
-    // SAFETY: kill(2) with a negative pid signals a group; no memory involved.
-    unsafe { libc::kill(-(pgid as libc::pid_t), signal) == 0 }
-}
-
-/// Sends `signal` to one process.
-pub(crate) fn signal_pid(pid: u32, signal: libc::c_int) -> bool {
-    // SAFETY: as above, for one process.
-    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
-}
-
-/// Bytes written to a pipe and not read yet, asked through either end
-/// (`FIONREAD`); `None` where the system does not tell.
-pub(crate) fn unread_in_pipe(fd: std::os::fd::RawFd) -> Option<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which is valid.
-    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    (r == 0 && n >= 0).then_some(n as usize)
-}
-
-/// Resident memory of process `pid` in bytes (Linux: `VmRSS` of
-/// `/proc/<pid>/status`); `None` where the system does not tell.
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

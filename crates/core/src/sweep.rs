@@ -294,7 +294,7 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         .collect();
     let mut found: Vec<Vec<(SweptProcess, u64)>> = vec![Vec::new(); stale.len()];
     let mut hosted = vec![false; stale.len()];
-    for pid in all_pids() {
+    for pid in crate::os::all_pids() {
         if pid == std::process::id() {
             continue;
         }
@@ -318,7 +318,7 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         found[i].push((
             SweptProcess {
                 pid,
-                command: command_line(pid),
+                command: crate::os::command_line(pid),
                 worker,
             },
             start,
@@ -339,9 +339,9 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
                 }
                 // Our workers lead their own process groups: take the group.
                 if p.worker {
-                    crate::spawn::signal_group(p.pid, libc::SIGKILL);
+                    crate::os::signal_group(p.pid, libc::SIGKILL);
                 }
-                crate::spawn::signal_pid(p.pid, libc::SIGKILL);
+                crate::os::signal_pid(p.pid, libc::SIGKILL);
             }
             killed.push(p);
         }
@@ -852,34 +852,12 @@ pub(crate) fn process_start(pid: u32) -> Option<u64> {
     Stat::of(pid).map(|s| s.start)
 }
 
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn run_id_of(pid: u32) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|b| *b == 0)
         .find_map(|kv| kv.strip_prefix(b"SNAKEPIT_RUN_ID="))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_owned)
-}
-
-fn command_line(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

