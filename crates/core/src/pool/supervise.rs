@@ -289,12 +289,37 @@ pub(crate) async fn supervise(
     }
 }
 
+/// Why a worker is recycled (its events and logs say it as `as_str`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recycle {
+    /// It answered `recycle_after_calls` calls.
+    Calls,
+    /// It is older than `worker_ttl`.
+    Age,
+    /// It had no call for `worker_idle_timeout`.
+    Idle,
+    /// Its resident memory is above `recycle_above_rss_mb`.
+    Memory,
+}
+
+impl Recycle {
+    /// The name events and logs carry (`calls`, `ttl`, `idle`, `memory`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Recycle::Calls => "calls",
+            Recycle::Age => "ttl",
+            Recycle::Idle => "idle",
+            Recycle::Memory => "memory",
+        }
+    }
+}
+
 /// Resolves with the reason once `worker` is due for recycling; never when
 /// no recycling rule is on. Recycling by calls follows the replies: the
 /// reply that brings the worker to 90% of its limit wakes this at once (to
 /// start the replacement early), and with `drain` the one that brings it to
 /// its limit stops it taking calls. The other rules are checked every 100 ms.
-pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -> &'static str {
+pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -> Recycle {
     let c = &shared.config;
     if !c.recycles() {
         return std::future::pending().await;
@@ -315,23 +340,23 @@ pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -
     let check = Duration::from_millis(100);
     loop {
         if calls > 0 && worker.served.load(Ordering::Relaxed) >= replace_at {
-            return "calls";
+            return Recycle::Calls;
         }
         tokio::select! {
             _ = tokio::time::sleep(check) => {}
             _ = due.notified() => continue,
         }
         if !ttl.is_zero() && worker.started.elapsed() >= ttl {
-            return "ttl";
+            return Recycle::Age;
         }
         if !c.worker_idle_timeout.is_zero() && worker.idle_for() >= c.worker_idle_timeout {
-            return "idle";
+            return Recycle::Idle;
         }
         if c.recycle_above_rss_mb > 0
             && crate::os::rss_bytes(worker.pid)
                 .is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
         {
-            return "memory";
+            return Recycle::Memory;
         }
     }
 }
@@ -343,10 +368,10 @@ pub(crate) async fn recycle(
     shared: &Arc<Shared>,
     i: usize,
     old: &Arc<Worker>,
-    reason: &'static str,
+    reason: Recycle,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Arc<Worker>> {
-    tracing::info!(worker = %old.id, pid = old.pid, reason, "recycling the worker; starting its replacement");
+    tracing::info!(worker = %old.id, pid = old.pid, reason = reason.as_str(), "recycling the worker; starting its replacement");
     let generation = shared.spare_generation(i);
     let span = start_span(shared, i);
     let started = tokio::select! {
@@ -360,7 +385,7 @@ pub(crate) async fn recycle(
             shared.emit(EventKind::WorkerRecycled {
                 worker: i,
                 pid: old.pid,
-                reason,
+                reason: reason.as_str(),
             });
             tokio::spawn(retire(shared.clone(), old.clone()));
             Some(new)
