@@ -26,18 +26,24 @@ async fn a_node_worker_killed_while_its_child_holds_stdout_fails_its_call_at_onc
     let child = spawned["child_pid"].as_u64().unwrap() as u32;
     let worker = spawned["pid"].as_u64().unwrap() as u32;
     assert!(alive(child));
+    let marker = std::env::temp_dir().join(format!("snakepit-node-started-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
     let call = {
         let pool = pool.clone();
+        let marker = marker.display().to_string();
         tokio::spawn(async move {
             pool.execute_with(
                 "sleep",
-                json!({"ms": 60_000}),
+                json!({"ms": 60_000, "marker": marker}),
                 CallOptions::new().timeout(Duration::from_secs(30)),
             )
             .await
         })
     };
-    assert!(eventually(10, || pool.stats().busy == 1).await);
+    // Killed once the call runs in it (killed before, the call never
+    // reached it and would rightly go to the replacement).
+    assert!(eventually(10, || marker.exists()).await, "the call started");
+    let _ = std::fs::remove_file(&marker);
     #[allow(unsafe_code)]
     // SAFETY: kill(2) on the worker we started; no memory involved.
     unsafe {

@@ -33,18 +33,22 @@ async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
     let spawned = pool.execute("fork_child", json!({})).await.unwrap();
     let child = spawned["child_pid"].as_u64().unwrap() as u32;
     let worker = spawned["pid"].as_u64().unwrap() as u32;
+    let marker = temp_dir("started").join("marker");
     let call = {
         let pool = pool.clone();
+        let marker = marker.display().to_string();
         tokio::spawn(async move {
             pool.execute_with(
                 "sleep",
-                json!({"ms": 60_000}),
+                json!({"ms": 60_000, "marker": marker}),
                 CallOptions::new().timeout(Duration::from_secs(30)),
             )
             .await
         })
     };
-    assert!(eventually(10, || pool.stats().busy == 1).await);
+    // Killed once the call runs in it (killed before, the call never
+    // reached it and would rightly go to the replacement).
+    assert!(eventually(10, || marker.exists()).await, "the call started");
     kill_now(worker);
     let err = call.await.unwrap().unwrap_err();
     match &err {

@@ -92,15 +92,22 @@ async fn calls_waiting_on_a_worker_that_dies_go_to_another() {
     let pool = pipelined(1).start().await.unwrap();
     warm_up(&pool).await;
     let victim = pool.worker_pids()[0];
+    let marker = temp_dir("running").join("marker");
     let running = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 30_000})).await })
+        let marker = marker.display().to_string();
+        tokio::spawn(async move {
+            pool.execute("sleep", json!({"ms": 30_000, "marker": marker}))
+                .await
+        })
     };
-    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    // The first call runs in the worker (not merely written to it)...
+    assert!(eventually(10, || marker.exists()).await, "the call started");
     let waiting = {
         let pool = pool.clone();
         tokio::spawn(async move { pool.execute("pid", json!({})).await })
     };
+    // ... and the second waits behind it in its stdin.
     assert!(eventually(10, || in_flight_on_first(&pool) == 2).await);
     kill_9(victim);
     assert!(running.await.unwrap().unwrap_err().is_crash());

@@ -11,6 +11,9 @@ new Worker({
       return { child_pid: child.pid, pid: process.pid };
     },
     sleep(args) {
+      // A marker file says the call has started (the test kills the worker
+      // only then: before, the call would rightly go to another worker).
+      if (args.marker) require('fs').writeFileSync(args.marker, 'started');
       return new Promise((resolve) => setTimeout(() => resolve({ pid: process.pid }), args.ms || 0));
     },
   },

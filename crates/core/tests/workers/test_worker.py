@@ -29,6 +29,10 @@ def context(args, ctx):
 
 @worker.command("sleep")
 def sleep(args, ctx):
+    if args.get("marker"):
+        # Says the call has started (for tests that kill the worker then).
+        with open(args["marker"], "w") as f:
+            f.write("started")
     time.sleep(args.get("ms", 0) / 1000.0)
     return {"token": args.get("token"), "pid": os.getpid()}
 
