@@ -36,14 +36,8 @@ enum ClusterCommand {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The NATS server(s), comma-separated.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// The cluster's name.
     #[arg(long, value_name = "NAME")]
     cluster: String,
@@ -61,6 +55,19 @@ pub(crate) async fn run(args: ClusterArgs, out: &Output) -> Result<(), Failure> 
     }
 }
 
+/// Where NATS is: `--nats`, else `NATS_URL`, else the local default.
+#[derive(Debug, Args)]
+pub(crate) struct NatsArgs {
+    /// The NATS server(s), comma-separated.
+    #[arg(
+        long = "nats",
+        env = "NATS_URL",
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub(crate) url: String,
+}
+
 /// A NATS connection, or a failure that says where NATS was looked for.
 pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
     let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(3));
@@ -72,14 +79,14 @@ pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
 }
 
 async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
-    let nats = connect(&a.nats).await?;
+    let nats = connect(&a.nats.url).await?;
     let client = snakepit_cluster::Client::connect(&nats, &a.cluster)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
     let hosts = client
         .status(Duration::from_millis(a.wait_ms))
         .await
-        .map_err(|e| unreachable(&a.nats, &e.to_string()))?;
+        .map_err(|e| unreachable(&a.nats.url, &e.to_string()))?;
     if a.json {
         return ui::stdout_line(format_args!("{}", serde_json::Value::Array(hosts)));
     }
@@ -136,14 +143,8 @@ pub(crate) struct ServeArgs {
     /// [default: 1, or pool.pipeline_depth in snakepit.toml].
     #[arg(long, value_name = "N")]
     pipeline_depth: Option<u32>,
-    /// The NATS server(s), comma-separated.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// The cluster's name.
     #[arg(long, value_name = "NAME")]
     cluster: String,
@@ -155,7 +156,7 @@ pub(crate) struct ServeArgs {
 /// Serves a pool to the cluster until Ctrl-C or SIGTERM, then leaves it:
 /// no new call, the calls in flight finish, the pool shuts down.
 pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
-    let nats = connect(&a.nats).await?;
+    let nats = connect(&a.nats.url).await?;
     let worker = Worker::choose(&a.worker, &file)?;
     let mut config = file.pool.clone();
     if let Some(n) = a.pool_size {
@@ -191,7 +192,7 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
         node.id(),
         a.cluster,
         worker.describe(),
-        a.nats
+        a.nats.url
     ));
     stop_requested().await;
     out.note("leaving the cluster: finishing the calls in flight");

@@ -45,14 +45,9 @@ pub(crate) struct ExecArgs {
     /// instead of starting a pool here.
     #[arg(long, value_name = "NAME")]
     cluster: Option<String>,
-    /// The NATS server(s) of `--cluster`, comma-separated.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats: String,
+    /// The NATS server(s) of `--cluster`.
+    #[command(flatten)]
+    nats: crate::cluster::NatsArgs,
     /// The command to run in the worker.
     command: String,
     /// The arguments: a JSON object, or - to read it from stdin [default: {}].
@@ -98,7 +93,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         options = options.session(session.clone());
     }
     if let Some(cluster) = &a.cluster {
-        let nats = crate::cluster::connect(&a.nats).await?;
+        let nats = crate::cluster::connect(&a.nats.url).await?;
         let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
         let span = tracing::info_span!("snakepit exec", command = %a.command);
         let outcome = client
