@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use snakepit_core::{CallOptions, Error, ExitReason};
+use snakepit_core::{CallOptions, Error, ExitReason, Pool};
 
 #[allow(unsafe_code)] // kill(2), as an operator or the OOM killer would
 fn kill_now(pid: u32) {
@@ -18,12 +18,11 @@ fn kill_now(pid: u32) {
     }
 }
 
-/// A worker SIGKILLed (the worker alone, not its group) while a child of its
-/// own holds its stdout open: the call in flight fails at once as a crash
-/// with the signal, not at its deadline; the child goes with the group, and
-/// a replacement starts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
+/// A pool of one worker (no health checks) that has forked a child of its
+/// own, as multiprocessing's fork start method does: the child inherits
+/// every descriptor, the protocol pipes included. The worker's and the
+/// child's pids.
+async fn one_worker_with_a_forked_child() -> (Pool, u32, u32) {
     let pool = builder(TestWorker::new())
         .size(1)
         .configure(|c| c.health_check_interval = Duration::ZERO)
@@ -33,6 +32,16 @@ async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
     let spawned = pool.execute("fork_child", json!({})).await.unwrap();
     let child = spawned["child_pid"].as_u64().unwrap() as u32;
     let worker = spawned["pid"].as_u64().unwrap() as u32;
+    (pool, worker, child)
+}
+
+/// A worker SIGKILLed (the worker alone, not its group) while a child of its
+/// own holds its stdout open: the call in flight fails at once as a crash
+/// with the signal, not at its deadline; the child goes with the group, and
+/// a replacement starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
+    let (pool, worker, child) = one_worker_with_a_forked_child().await;
     let marker = temp_dir("started").join("marker");
     let call = {
         let pool = pool.clone();
@@ -77,15 +86,7 @@ async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
 /// health check; it is replaced, and its child is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_killed_while_its_child_holds_stdout_is_replaced() {
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
-    let spawned = pool.execute("fork_child", json!({})).await.unwrap();
-    let child = spawned["child_pid"].as_u64().unwrap() as u32;
-    let worker = spawned["pid"].as_u64().unwrap() as u32;
+    let (pool, worker, child) = one_worker_with_a_forked_child().await;
     kill_now(worker);
     assert!(
         eventually(20, || !pool.worker_pids().contains(&worker)).await,
