@@ -1173,3 +1173,21 @@ fn serve_and_exec_through_a_cluster() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(stderr.contains("leaving the cluster"), "{stderr}");
 }
+
+/// With no NATS where `--nats` points, `exec --cluster` and `cluster status`
+/// fail with exit code 1 and say where they looked, as docs/cli.md says.
+#[test]
+fn an_unreachable_nats_is_exit_1_naming_the_address() {
+    let url = format!("nats://127.0.0.1:{}", snakepit_tests::free_port());
+    for args in [
+        vec!["exec", "--nats", &url, "--cluster", "nowhere", "ping"],
+        vec!["cluster", "status", "--nats", &url, "--cluster", "nowhere"],
+    ] {
+        let run = snakepit(&args);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stderr.contains(&format!("cannot reach NATS at {url}")),
+            "{run:?}"
+        );
+    }
+}

@@ -215,7 +215,8 @@ async fn a_call_cut_off_by_shutdown_is_not_a_crash() {
 }
 
 /// A worker that writes hundreds of MiB to stderr without a newline (or as a
-/// `\r` progress bar) does not grow the host's memory: a line is capped.
+/// `\r` progress bar) does not grow the host's memory: a line is capped at
+/// 2,048 bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stderr_without_newlines_keeps_host_memory_flat() {
     let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
@@ -231,6 +232,18 @@ async fn stderr_without_newlines_keeps_host_memory_flat() {
     }
     let grown = host_rss_kib().saturating_sub(before);
     assert!(grown < 64 * 1024, "the host grew by {grown} KiB");
+    // What the tail kept of those lines: at most 2,048 bytes each, marked
+    // as cut (the tail is seen in the crash that follows).
+    let Err(Error::WorkerCrashed(crash)) = pool.execute("exit", json!({"code": 3})).await else {
+        panic!("the worker was to exit");
+    };
+    let cut: Vec<&str> = crash
+        .stderr_tail
+        .lines()
+        .filter(|l| l.ends_with('…'))
+        .collect();
+    assert!(!cut.is_empty(), "{}", crash.stderr_tail.len());
+    assert!(cut.iter().all(|l| l.len() <= 2048 + '…'.len_utf8()));
     pool.shutdown().await.unwrap();
 }
 
