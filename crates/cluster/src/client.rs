@@ -420,11 +420,25 @@ impl Client {
         Ok(out)
     }
 
-    fn traceparent(&self, options: &CallOptions) -> Option<String> {
-        options
+    /// The trace context the call carries: its options' `traceparent`, else
+    /// the configured [`ClientConfig::trace_context`], else (with the
+    /// `opentelemetry` feature) the context of the caller's current span.
+    fn trace_headers(&self, options: &CallOptions) -> Option<HeaderMap> {
+        let given = options
             .traceparent
             .clone()
-            .or_else(|| self.inner.config.trace_context.as_ref().and_then(|f| f()))
+            .or_else(|| self.inner.config.trace_context.as_ref().and_then(|f| f()));
+        match given {
+            Some(t) => {
+                let mut h = HeaderMap::new();
+                h.insert(wire::TRACEPARENT, t.as_str());
+                Some(h)
+            }
+            #[cfg(feature = "opentelemetry")]
+            None => crate::otel::current_headers(),
+            #[cfg(not(feature = "opentelemetry"))]
+            None => None,
+        }
     }
 
     /// Sends the call to a host with free capacity (the session's host
@@ -444,11 +458,7 @@ impl Client {
         let queue_deadline = submitted + inner.config.queue_timeout;
         let session = options.session_id.as_deref();
         let mut target = session.and_then(|s| inner.sessions.lock().unwrap().get(s));
-        let headers = self.traceparent(options).map(|t| {
-            let mut h = HeaderMap::new();
-            h.insert(wire::TRACEPARENT, t.as_str());
-            h
-        });
+        let headers = self.trace_headers(options);
         let mut msg = CallMsg {
             command: command.to_owned(),
             args,

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 
 use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 
@@ -444,15 +445,35 @@ impl Serving {
                 return self.host.send(&reply, &Reply::Err { e }).await;
             }
         };
-        let traceparent = traceparent(msg.headers.as_ref());
+        let span = tracing::info_span!(
+            target: "snakepit::cluster",
+            "snakepit.cluster.serve",
+            otel.kind = "server",
+            snakepit.host = %self.host.id,
+            snakepit.command = %call.command,
+        );
+        // With the caller's context as the span's parent, the pool's calls
+        // continue the trace from this span; otherwise the caller's
+        // traceparent goes to the worker as it came.
+        #[cfg(feature = "opentelemetry")]
+        let continued = crate::otel::continue_trace(&span, msg.headers.as_ref());
+        #[cfg(not(feature = "opentelemetry"))]
+        let continued = false;
+        let traceparent = match continued {
+            true => None,
+            false => traceparent(msg.headers.as_ref()),
+        };
         let guard = Done {
             reply: key.clone(),
             tx: done.clone(),
         };
         let host = self.host.clone();
-        let task = tokio::spawn(async move {
-            run_call(&host, &reply, call, traceparent, guard).await;
-        });
+        let task = tokio::spawn(
+            async move {
+                run_call(&host, &reply, call, traceparent, guard).await;
+            }
+            .instrument(span),
+        );
         self.running.insert(key, task.abort_handle());
     }
 }

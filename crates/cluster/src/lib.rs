@@ -37,7 +37,9 @@
 //!   [`NatsKvStore`] (JetStream key-value) so any host can serve them.
 //! - **Deadlines, cancellation and trace context** travel with the call:
 //!   the time left, a cancel message when the caller's future is dropped,
-//!   and the `traceparent` NATS header.
+//!   and the `traceparent` NATS header (with the `opentelemetry` feature:
+//!   the W3C context of the caller's current span, continued on the host
+//!   in a `snakepit.cluster.serve` span).
 //! - **Failures** are clear and bounded: a host that stops answering fails
 //!   its calls within [`ClientConfig::host_timeout`] ([`is_host_lost`]), a
 //!   call is never sent twice, and while the NATS connection is down calls
@@ -55,6 +57,8 @@
 mod client;
 mod host;
 mod kv;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod wire;
 
 pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext};
