@@ -401,6 +401,12 @@ class Worker {
       process.stderr.write(`${BRIDGE_NAME}: ${err.message}\n`);
       process.exit(1);
     }
+    if (process.env.SNAKEPIT_PRELOAD === '1') {
+      // The pool asked for a preload template (docs/preload.md): Node.js
+      // cannot fork, so say so instead of serving on the template socket.
+      process.stderr.write(`${BRIDGE_NAME}: preloading is not supported: Node.js cannot fork; start the pool without preload\n`);
+      process.exit(1);
+    }
     const fd = protectStdout();
     process.on('SIGTERM', () => process.exit(0));
     process.on('SIGINT', () => this._onSigint());

@@ -88,6 +88,21 @@ impl Bridge {
         self
     }
 
+    /// Loads the script once, in a template process, and forks every worker
+    /// from it: workers share what the script loaded at module level
+    /// (copy-on-write) and a replacement starts in milliseconds. Python and
+    /// Ruby; a Node.js pool fails to start with a clear error, as Node
+    /// cannot fork. See docs/preload.md for what does not survive a fork.
+    ///
+    /// ```
+    /// use snakepit_adapters::Bridge;
+    /// let adapter = Bridge::python("workers/model.py").preload();
+    /// ```
+    pub fn preload(mut self) -> Self {
+        self.user.preload = true;
+        self
+    }
+
     /// The deadline of calls that do not set their own (default 30 s).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.policy.default_timeout = timeout;

@@ -20,6 +20,7 @@ static FILES: &[(&str, &str)] = bridge_files![
     "python/snakepit_bridge/_context.py",
     "python/snakepit_bridge/_handler.py",
     "python/snakepit_bridge/_ping.py",
+    "python/snakepit_bridge/_preload.py",
     "python/snakepit_bridge/_server.py",
     "python/snakepit_bridge/_sync.py",
     "python/snakepit_bridge/_version.py",
@@ -35,6 +36,7 @@ static FILES: &[(&str, &str)] = bridge_files![
     "ruby/generic_worker.rb",
     "ruby/lib/snakepit_bridge.rb",
     "ruby/lib/snakepit_bridge/generic.rb",
+    "ruby/lib/snakepit_bridge/preload.rb",
     "ruby/lib/snakepit_bridge/wire.rb",
     "ruby/lib/snakepit_bridge/worker.rb",
 ];

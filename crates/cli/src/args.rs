@@ -82,4 +82,8 @@ pub(crate) struct WorkerArgs {
     /// The wire codec [default: json].
     #[arg(long, value_enum)]
     pub(crate) codec: Option<CodecArg>,
+    /// Load the script once in a template process and fork the workers from
+    /// it (Python and Ruby; see docs/preload.md).
+    #[arg(long)]
+    pub(crate) preload: bool,
 }

@@ -30,6 +30,7 @@ struct Raw {
     script: Option<PathBuf>,
     codec: Option<CodecArg>,
     timeout_ms: Option<u64>,
+    preload: Option<bool>,
     pool: Option<toml::Table>,
 }
 
@@ -41,6 +42,8 @@ pub(crate) struct FileConfig {
     pub(crate) script: Option<PathBuf>,
     pub(crate) codec: Option<CodecArg>,
     pub(crate) timeout_ms: Option<u64>,
+    /// Fork the workers from a template that loaded the script once.
+    pub(crate) preload: bool,
     /// The pool's settings; defaults where the file says nothing.
     pub(crate) pool: PoolConfig,
     /// Whether the file set `pool.pool_size`.
@@ -93,6 +96,7 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
         script: raw.script.map(|s| dir.join(s)),
         codec: raw.codec,
         timeout_ms: raw.timeout_ms,
+        preload: raw.preload.unwrap_or(false),
         pool,
         pool_size_set,
     })
@@ -113,10 +117,19 @@ mod tests {
         assert_eq!(c.script, Some(PathBuf::from("/srv/w.js")));
         assert_eq!(c.codec, Some(CodecArg::Msgpack));
         assert_eq!(c.timeout_ms, Some(5));
+        assert!(!c.preload);
         assert!(c.pool_size_set);
         assert_eq!(c.pool.pool_size, 3);
         assert_eq!(c.pool.queue_timeout.as_millis(), 250);
         assert_eq!(c.pool.max_queue_size, PoolConfig::default().max_queue_size);
+    }
+
+    #[test]
+    fn reads_preload() {
+        let c = parse("adapter = \"ruby\"\npreload = true\n", Path::new(".")).unwrap();
+        assert!(c.preload);
+        let e = parse("preload = \"yes\"\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("preload"), "{e}");
     }
 
     #[test]

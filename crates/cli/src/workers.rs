@@ -10,6 +10,17 @@ use crate::args::{CodecArg, Lang, WorkerArgs};
 use crate::config::FileConfig;
 use crate::ui::Failure;
 
+/// Preloading forks workers from a template: Node.js cannot fork.
+fn check_preload(lang: Lang, preload: bool) -> Result<(), Failure> {
+    if preload && lang == Lang::Node {
+        return Err(
+            Failure::usage("--preload needs a Python or Ruby worker: Node.js cannot fork")
+                .hint("drop --preload (or `preload = true` in snakepit.toml) for Node.js workers"),
+        );
+    }
+    Ok(())
+}
+
 /// The worker to run.
 #[derive(Debug, Clone)]
 pub(crate) struct Worker {
@@ -17,6 +28,8 @@ pub(crate) struct Worker {
     /// `None`: the bundled generic worker.
     pub(crate) script: Option<PathBuf>,
     pub(crate) codec: WireCodec,
+    /// Workers are forks of a template that loaded the script once.
+    pub(crate) preload: bool,
 }
 
 impl Worker {
@@ -28,11 +41,15 @@ impl Worker {
             (file.adapter, file.script.clone())
         };
         let codec = args.codec.or(file.codec).unwrap_or(CodecArg::Json).wire();
+        let preload = args.preload || file.preload;
         let Some(script) = script else {
+            let lang = adapter.unwrap_or(Lang::Python);
+            check_preload(lang, preload)?;
             return Ok(Worker {
-                lang: adapter.unwrap_or(Lang::Python),
+                lang,
                 script: None,
                 codec,
+                preload,
             });
         };
         if !script.is_file() {
@@ -52,11 +69,13 @@ impl Worker {
                 .hint("pass --adapter python, node or ruby"))
             }
         };
+        check_preload(lang, preload)?;
         let script = std::fs::canonicalize(&script).unwrap_or(script);
         Ok(Worker {
             lang,
             script: Some(script),
             codec,
+            preload,
         })
     }
 
@@ -69,6 +88,11 @@ impl Worker {
             (Some(s), Lang::Ruby) => Bridge::ruby(s),
         };
         let bridge = bridge.codec(self.codec);
+        let bridge = if self.preload {
+            bridge.preload()
+        } else {
+            bridge
+        };
         match interpreter {
             Some(i) => bridge.interpreter(i),
             None => bridge,

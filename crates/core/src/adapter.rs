@@ -27,6 +27,10 @@ pub struct Launch {
     /// `ps` is worth showing the id to everybody, and for a script that
     /// accepts the extra arguments.
     pub run_id_arg: bool,
+    /// Start one template process that runs the script's module-level code
+    /// once, and fork every worker from it (docs/preload.md). Only for
+    /// bridges that implement the template protocol (Python and Ruby).
+    pub preload: bool,
 }
 
 impl Launch {
@@ -58,6 +62,7 @@ impl Launch {
             env: Vec::new(),
             cwd: None,
             run_id_arg: false,
+            preload: false,
         }
     }
 
@@ -76,6 +81,13 @@ impl Launch {
     /// Sets the working directory.
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Loads the script once in a template process and forks every worker
+    /// from it (see [`preload`](Launch::preload)).
+    pub fn preloaded(mut self) -> Self {
+        self.preload = true;
         self
     }
 

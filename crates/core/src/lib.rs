@@ -51,6 +51,7 @@ mod session_hook;
 mod spawn;
 pub mod sweep;
 mod sync;
+mod template;
 mod worker;
 
 pub use adapter::{Adapter, Launch};

@@ -1,8 +1,11 @@
-//! Signals and `/proc`: the small system calls the pool makes on its
-//! processes. With `spawn.rs`, the only `unsafe` code in the workspace
-//! (`kill`, `ioctl`), each a direct libc call with no memory involved but
-//! the one integer `FIONREAD` writes.
+//! Signals, `/proc`, sockets and pidfds: the small system calls the pool
+//! makes on its processes. With `spawn.rs`, the only `unsafe` code in the
+//! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
+//! builds a control message, for passing a preloaded worker's pipes to its
+//! template), `recv` and `pidfd_open`, each a direct libc call.
 #![allow(unsafe_code)]
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// Sends `signal` to a whole process group.
 pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
@@ -56,4 +59,136 @@ pub(crate) fn command_line(pid: u32) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+/// Proportional set size of process `pid` in bytes (Linux: `Pss` of
+/// `/proc/<pid>/smaps_rollup`): its private pages plus its share of the
+/// pages it shares, which is what a forked worker really costs.
+pub(crate) fn pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The parent of process `pid` (field 4 of `/proc/<pid>/stat`).
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec: one
+/// message per send, kept whole.
+pub(crate) fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: socketpair writes two descriptors into the array, which is valid.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`), without blocking
+/// and without `SIGPIPE`.
+pub(crate) fn send_with_fds(socket: RawFd, message: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as libc::c_uint) } as usize;
+    // u64 words keep the control buffer aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr() as *mut libc::c_void,
+        iov_len: message.len(),
+    };
+    // SAFETY: every pointer in `msg` points into `iov`, `control` or
+    // `message`, which outlive the call; the control message is written
+    // within `control`'s `space` bytes, as CMSG_SPACE computed.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as libc::c_uint) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
+        }
+        libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if sent as usize != message.len() {
+        return Err(std::io::Error::other("message cut short"));
+    }
+    Ok(())
+}
+
+/// Receives one message without blocking; `Ok(0)` is end of file.
+pub(crate) fn recv(socket: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::recv(
+            socket,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A pidfd for process `pid` (Linux 5.3+): readable once the process has
+/// exited, whoever its parent is.
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Registers `fd` with the Tokio reactor for `interest`.
+pub(crate) fn watch(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` stays open, and names the same descriptor, for
+    // as long as the `AsyncFd` owns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(std::io::Error::from)
+}
+
+/// A pipe, close-on-exec: `(read end, write end)`.
+pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array, which is valid.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

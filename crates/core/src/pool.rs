@@ -201,6 +201,8 @@ impl PoolBuilder {
             listeners: self.listeners,
             trace_context: self.trace_context,
             config: self.config,
+            template: Mutex::new(None),
+            template_start: tokio::sync::Mutex::new(()),
         });
         let pool = Pool {
             inner: Arc::new(PoolInner {
@@ -262,6 +264,7 @@ impl Drop for PoolInner {
         for w in self.shared.every_worker() {
             w.kill();
         }
+        self.shared.stop_template();
         if let Some(r) = &self.shared.record {
             r.finish();
         }
@@ -429,6 +432,7 @@ impl Pool {
         for w in &workers {
             shared.worker_gone(w);
         }
+        shared.stop_template();
         if let Some(r) = &shared.record {
             r.finish();
         }

@@ -20,6 +20,7 @@
 #![allow(unsafe_code)]
 
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::{mpsc, Mutex};
@@ -31,15 +32,19 @@ use crate::sync::Unpoisoned;
 
 type Reply = tokio::sync::oneshot::Sender<io::Result<Child>>;
 
+/// A start request: what to run, and a descriptor for its stdin instead of
+/// a pipe (a preload template's socket).
+type Request = (Launch, Option<OwnedFd>, Reply);
+
 /// Forks workers from one long-lived thread and keeps the watchdog informed.
 pub(crate) struct Spawner {
-    requests: Mutex<mpsc::Sender<(Launch, Reply)>>,
+    requests: Mutex<mpsc::Sender<Request>>,
     watchdog: Mutex<Option<std::process::ChildStdin>>,
 }
 
 impl Spawner {
     pub(crate) fn new(runtime: tokio::runtime::Handle) -> io::Result<Spawner> {
-        let (tx, rx) = mpsc::channel::<(Launch, Reply)>();
+        let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("snakepit-spawner".into())
             .spawn(move || {
@@ -47,8 +52,8 @@ impl Spawner {
                 let parent = std::process::id();
                 // Lives until the pool drops its sender: workers' parent-death
                 // signal is tied to this thread.
-                for (launch, reply) in rx {
-                    let _ = reply.send(spawn_worker(&launch, parent));
+                for (launch, stdin, reply) in rx {
+                    let _ = reply.send(spawn_worker(&launch, stdin, parent));
                 }
             })?;
         Ok(Spawner {
@@ -59,10 +64,30 @@ impl Spawner {
 
     /// Starts a worker with piped stdin, stdout and stderr.
     pub(crate) async fn spawn(&self, launch: Launch) -> io::Result<Child> {
+        self.start(launch, None).await
+    }
+
+    /// Starts a process with `stdin` as its standard input and piped stdout
+    /// and stderr.
+    pub(crate) async fn spawn_with_stdin(
+        &self,
+        launch: Launch,
+        stdin: OwnedFd,
+    ) -> io::Result<Child> {
+        self.start(launch, Some(stdin)).await
+    }
+
+    /// Tells the watchdog about a process group started elsewhere (a worker
+    /// forked by a preload template).
+    pub(crate) fn watch(&self, pgid: u32) {
+        self.tell_watchdog(&format!("+{pgid}\n"));
+    }
+
+    async fn start(&self, launch: Launch, stdin: Option<OwnedFd>) -> io::Result<Child> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.requests
             .locked()
-            .send((launch, tx))
+            .send((launch, stdin, tx))
             .map_err(|_| io::Error::other("the spawner thread is gone"))?;
         let child = rx
             .await
@@ -92,11 +117,11 @@ impl Spawner {
 }
 
 #[allow(clippy::disallowed_methods)] // the one place that spawns processes
-fn spawn_worker(launch: &Launch, parent: u32) -> io::Result<Child> {
+fn spawn_worker(launch: &Launch, stdin: Option<OwnedFd>, parent: u32) -> io::Result<Child> {
     let mut cmd = Command::new(&launch.program);
     cmd.args(&launch.args)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
+        .stdin(stdin.map_or_else(Stdio::piped, Stdio::from))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)

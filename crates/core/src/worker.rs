@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use snakepit_protocol::{encode_frame, Cancel, Capabilities, WireCodec};
-use tokio::process::Child;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::error::{Error, ExitReason};
@@ -71,7 +71,7 @@ impl From<Failure> for Error {
 pub(crate) type Reply = Result<Bytes, Failure>;
 
 /// Bytes of one stderr line kept; the rest of the line is dropped.
-const MAX_STDERR_LINE: usize = 2048;
+pub(crate) const MAX_STDERR_LINE: usize = 2048;
 
 /// A call waiting for its reply.
 pub(crate) struct Pending {
@@ -145,6 +145,37 @@ impl Tail {
     }
 }
 
+/// How a process ends, as the worker's exit watcher awaits it: the
+/// child's own `wait`, or for a forked worker its pidfd and its template's
+/// report (`template.rs`).
+pub(crate) type ExitFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::io::Result<std::process::ExitStatus>> + Send>,
+>;
+
+/// A worker process, however it was started: its pid (and process group),
+/// its three pipes and how it ends.
+pub(crate) struct Process {
+    pub(crate) pid: u32,
+    pub(crate) stdin: Option<ChildStdin>,
+    pub(crate) stdout: Option<ChildStdout>,
+    pub(crate) stderr: Option<ChildStderr>,
+    pub(crate) exit: ExitFuture,
+}
+
+impl From<Child> for Process {
+    fn from(mut child: Child) -> Process {
+        Process {
+            pid: child.id().unwrap_or(0),
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            // The child moves into the future: killed if it is dropped
+            // unfinished (`kill_on_drop`), reaped when it ends.
+            exit: Box::pin(async move { child.wait().await }),
+        }
+    }
+}
+
 pub(crate) struct Worker {
     pub(crate) id: String,
     pub(crate) slot: usize,
@@ -190,20 +221,23 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    /// Takes over a freshly spawned child: starts its writer, stderr and
+    /// Takes over a freshly started process: starts its writer, stderr and
     /// reader tasks.
     pub(crate) fn start(
         owner: Weak<dyn Owner>,
         settings: &Settings,
-        mut child: Child,
+        process: Process,
         id: String,
         slot: usize,
         generation: u64,
     ) -> Arc<Worker> {
-        let pid = child.id().unwrap_or(0);
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let Process {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            exit,
+        } = process;
         let stdin = Arc::new(Stdin {
             state: Mutex::new(StdinState {
                 closed: stdin.is_none(),
@@ -254,7 +288,7 @@ impl Worker {
         tokio::spawn(read_loop(
             worker.clone(),
             stdout,
-            child,
+            exit,
             stderr_done,
             settings.max_frame_size,
         ));

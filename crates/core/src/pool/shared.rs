@@ -17,6 +17,7 @@ use crate::events::{Event, EventKind, Listener};
 use crate::session_hook::{Affinities, SessionHook};
 use crate::spawn::Spawner;
 use crate::sync::Unpoisoned;
+use crate::template::{Template, TemplateError};
 use crate::worker::{Owner, Settings, Worker};
 use crate::PoolConfig;
 
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) trace_context: Option<TraceContext>,
     pub(crate) record: Option<crate::sweep::RunRecord>,
+    /// The preload template, once started (`launch.preload`).
+    pub(crate) template: Mutex<Option<Arc<Template>>>,
+    /// Held while a template starts, so that workers wait for one template.
+    pub(crate) template_start: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -57,6 +62,57 @@ impl Shared {
         };
         for listener in &self.listeners {
             listener(&event);
+        }
+    }
+
+    /// The running preload template, started first if there is none or it
+    /// died (running workers do not need it; new ones do).
+    pub(crate) async fn template(self: &Arc<Self>) -> Result<Arc<Template>, TemplateError> {
+        let _starting = self.template_start.lock().await;
+        if let Some(t) = self.template.locked().as_ref().filter(|t| t.is_alive()) {
+            return Ok(t.clone());
+        }
+        if *self.shutdown.borrow() {
+            return Err(TemplateError {
+                cause: "the pool is shutting down".into(),
+                tail: String::new(),
+            });
+        }
+        let launch = self.launch.clone().for_worker(
+            self.codec,
+            &format!("{}_template", self.name),
+            &self.run_id,
+        );
+        let owner = Arc::downgrade(self);
+        let template = Template::start(
+            &self.spawner,
+            launch,
+            self.config.worker_init_timeout,
+            move |pid| {
+                if let Some(shared) = owner.upgrade() {
+                    shared.process_gone(pid);
+                }
+            },
+        )
+        .await?;
+        if let Some(r) = &self.record {
+            r.add(template.pid);
+        }
+        let old = self.template.locked().replace(template.clone());
+        if let Some(old) = old {
+            old.kill();
+        }
+        if *self.shutdown.borrow() {
+            // Closed while it started: it would outlive the pool.
+            template.kill();
+        }
+        Ok(template)
+    }
+
+    /// Kills the preload template, if any (its workers are stopped apart).
+    pub(crate) fn stop_template(&self) {
+        if let Some(t) = self.template.locked().take() {
+            t.kill();
         }
     }
 

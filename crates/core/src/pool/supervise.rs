@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::shared::Shared;
 use crate::error::{Error, Result, StartError};
 use crate::events::EventKind;
-use crate::worker::{Owner, Pending, Worker};
+use crate::worker::{Owner, Pending, Process, Worker};
 use crate::PoolConfig;
 
 /// Starts one worker and runs its init handshake.
@@ -35,17 +35,28 @@ pub(crate) async fn start_worker(
         .for_worker(shared.codec, &worker_id, &shared.run_id);
     let program = launch.program.display().to_string();
     let span = tracing::Span::current();
-    let child = shared.spawner.spawn(launch).await.map_err(|e| {
-        let cause = if e.kind() == std::io::ErrorKind::NotFound {
-            format!("cannot run `{program}`: not found (is it installed and on PATH?)")
-        } else {
-            format!("cannot run `{program}`: {e}")
-        };
-        fail(cause, String::new())
-    })?;
+    let child = if shared.launch.preload {
+        let template = shared.template().await.map_err(|e| fail(e.cause, e.tail))?;
+        let process = template
+            .fork(&launch.env)
+            .await
+            .map_err(|e| fail(e.to_string(), template.tail()))?;
+        shared.spawner.watch(process.pid);
+        process
+    } else {
+        let child = shared.spawner.spawn(launch).await.map_err(|e| {
+            let cause = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("cannot run `{program}`: not found (is it installed and on PATH?)")
+            } else {
+                format!("cannot run `{program}`: {e}")
+            };
+            fail(cause, String::new())
+        })?;
+        Process::from(child)
+    };
     let started = Instant::now();
-    if let (Some(r), Some(pid)) = (&shared.record, child.id()) {
-        r.add(pid);
+    if let Some(r) = &shared.record {
+        r.add(child.pid);
     }
     let owner: Weak<Shared> = Arc::downgrade(shared);
     let owner: Weak<dyn Owner> = owner;
@@ -324,6 +335,7 @@ pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -
     if !c.recycles() {
         return std::future::pending().await;
     }
+    let preload = shared.launch.preload;
     // Each worker's limits are drawn within 10% of the configured ones, so
     // workers started together do not all go together.
     let spread = |salt: u64| {
@@ -352,9 +364,15 @@ pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -
         if !c.worker_idle_timeout.is_zero() && worker.idle_for() >= c.worker_idle_timeout {
             return Recycle::Idle;
         }
+        // A forked worker shares its template's pages: its fair share
+        // (PSS) is what it costs, not every shared page (RSS).
+        let size = if preload {
+            crate::os::pss_bytes
+        } else {
+            crate::os::rss_bytes
+        };
         if c.recycle_above_rss_mb > 0
-            && crate::os::rss_bytes(worker.pid)
-                .is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
+            && size(worker.pid).is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
         {
             return Recycle::Memory;
         }

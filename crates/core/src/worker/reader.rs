@@ -12,7 +12,7 @@ use futures_core::Stream;
 use serde_json::Value;
 use snakepit_protocol::{decode_inbound, peek_response, Codec, Inbound};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
@@ -174,7 +174,7 @@ pub(super) enum Ending {
 pub(super) async fn read_loop(
     worker: Arc<Worker>,
     stdout: Option<ChildStdout>,
-    mut child: Child,
+    exit: super::ExitFuture,
     stderr_done: Option<tokio::task::JoinHandle<()>>,
     max_frame_size: usize,
 ) {
@@ -182,7 +182,7 @@ pub(super) async fn read_loop(
     // reader then polls a cheap channel, not the process, per frame.
     let (exit_tx, mut exit_rx) = oneshot::channel();
     tokio::spawn(async move {
-        let status = child.wait().await;
+        let status = exit.await;
         let _ = exit_tx.send(status);
     });
     let mut exit: Option<ExitReason> = None;
