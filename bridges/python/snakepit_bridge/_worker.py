@@ -1,14 +1,16 @@
-"""The Worker: its command registry, what it declares in ``hello``, and
-``run()``, which serves with the sync loop (``_sync``: only plain functions,
-max_concurrency 1) or the asyncio loop (``_async``: any ``async def``
-handler, or max_concurrency > 1)."""
+"""The Worker: its command registry, its after-fork hooks, what it declares
+in ``hello``, and ``run()``, which serves with the sync loop (``_sync``: only
+plain functions, max_concurrency 1) or the asyncio loop (``_async``: any
+``async def`` handler, or max_concurrency > 1), or, with
+``SNAKEPIT_PRELOAD=1``, becomes the template that forks workers
+(``_preload``, docs/preload.md)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Any, Callable, Optional, TypeVar, overload
+from typing import Any, Callable, NoReturn, Optional, TypeVar, overload
 
 from . import _wire
 from ._handler import Handler
@@ -18,6 +20,7 @@ from ._sync import SyncServer
 from ._version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", bound=Callable[..., Any])
 
 _RUNTIMES = {"cpython": "CPython", "pypy": "PyPy"}
 
@@ -37,6 +40,7 @@ class Worker:
         name: str = "snakepit-python",
         version: str = __version__,
     ) -> None:
+        self._codec_name = codec
         self.codec = _wire.get_codec(codec)
         self.max_concurrency = max_concurrency
         self.name = name
@@ -47,7 +51,22 @@ class Worker:
         self.requests_handled = 0
         self.pid = os.getpid()
         self._handlers: dict[str, Handler] = {}
+        # (hook, takes_worker) in registration order, and the process they
+        # last ran in: they run once per process.
+        self._after_fork: list[tuple[Callable[..., Any], bool]] = []
+        self._hooks_ran_in: Optional[int] = None
         self.register("ping", ping)
+
+    def _refresh_process(self) -> None:
+        """Re-read what the constructor took from the process and its
+        environment: a forked worker is a new process with its own
+        environment (SNAKEPIT_WORKER_ID, SNAKEPIT_CODEC...)."""
+        self.codec = _wire.get_codec(self._codec_name)
+        self.worker_id = os.environ.get("SNAKEPIT_WORKER_ID") or None
+        self.started_at = time.time()
+        self._t0 = time.monotonic()
+        self.requests_handled = 0
+        self.pid = os.getpid()
 
     # --- registry ------------------------------------------------------------
 
@@ -73,6 +92,48 @@ class Worker:
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         self._handlers[name] = Handler(fn)
+
+    def after_fork(self, fn: H) -> H:
+        """Decorator (or plain call) registering ``fn`` to run once in each
+        worker process before it serves its first call.
+
+        ``fn`` takes no argument, or the worker. Hooks run in registration
+        order: in a worker forked from a preloaded template (docs/preload.md)
+        and in a directly started worker alike, so a script works either
+        way. Put there what must not be shared between processes: threads,
+        sockets and connections, GPU contexts, random generators other than
+        ``random``. A hook that raises ends the worker (traceback on stderr,
+        exit status 1).
+        """
+        if not callable(fn):
+            raise TypeError(f"after_fork takes a function, not {type(fn).__name__}")
+        self._after_fork.append((fn, _takes_worker(fn)))
+        return fn
+
+    def _run_after_fork(self) -> None:
+        """Run the after-fork hooks, once per process; a hook that raises
+        writes its traceback to stderr and exits with status 1."""
+        pid = os.getpid()
+        if self._hooks_ran_in == pid:
+            return
+        self._hooks_ran_in = pid
+        for fn, takes_worker in self._after_fork:
+            try:
+                if takes_worker:
+                    fn(self)
+                else:
+                    fn()
+            except Exception:
+                import traceback
+
+                name = getattr(fn, "__qualname__", repr(fn))
+                try:
+                    sys.stderr.write(f"snakepit: the after_fork hook {name} raised; the worker exits\n")
+                    traceback.print_exc()
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                raise SystemExit(1) from None
 
     @property
     def commands(self) -> list[str]:
@@ -114,13 +175,48 @@ class Worker:
         """Serve requests until stdin reaches EOF; returns the exit code (0).
 
         By default stdout is protected first (see protect_stdout) and frames
-        go to the saved descriptor.
+        go to the saved descriptor. The after-fork hooks run before the
+        first request.
+
+        With ``SNAKEPIT_PRELOAD=1`` in the environment (a pool started with
+        preloading) this process is the template instead: it never serves
+        and never returns; it forks the pool's workers, which serve from
+        here and exit when done (docs/preload.md).
         """
+        if os.environ.get("SNAKEPIT_PRELOAD") == "1":
+            self._become_template(install_signals)
         self.pid = os.getpid()
         out_fd = protect_stdout() if write_fd is None else write_fd
+        self._run_after_fork()
+        return self._serve(read_fd, out_fd, install_signals)
+
+    def _become_template(self, install_signals: bool) -> NoReturn:
+        from ._preload import serve_template
+
+        serve_template(self, install_signals)
+
+    def _serve(self, read_fd: int, out_fd: int, install_signals: bool) -> int:
         if self.is_async:
             # Imported here: asyncio costs start-up time a sync worker need not pay.
             from ._async import AsyncServer
 
             return AsyncServer(self, read_fd, out_fd).serve(install_signals)
         return SyncServer(self, read_fd, out_fd).serve(install_signals)
+
+
+def _takes_worker(fn: Callable[..., Any]) -> bool:
+    """Whether an after-fork hook is called with the worker."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        argc = code.co_argcount - len(getattr(fn, "__defaults__", None) or ())
+        if getattr(fn, "__self__", None) is not None:
+            argc -= 1  # bound method: self is already supplied
+        return bool(argc >= 1)
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+               for p in params)

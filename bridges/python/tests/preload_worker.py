@@ -1,0 +1,92 @@
+"""A worker for the preload tests (test_preload.py), run as a template with
+SNAKEPIT_PRELOAD=1 or directly.
+
+PRELOAD_LOG: a file each process appends lines to: "import <pid>" from the
+module-level code, "hook <pid>" from the after-fork hooks, "after-run <pid>"
+if run() ever returns into the script. Optional, from the environment:
+PRELOAD_THREAD=1 starts a thread at import, PRELOAD_SOCKET=1 opens a socket
+pair at import, PRELOAD_FAKE_TORCH=1 installs a `torch` module whose CUDA
+reports initialised, PRELOAD_HOOK_RAISE=1 makes a hook raise.
+"""
+
+import os
+import random
+import socket
+import sys
+import threading
+import types
+
+import snakepit_bridge
+from snakepit_bridge import generic
+
+LOG = os.environ["PRELOAD_LOG"]
+
+
+def note(what):
+    with open(LOG, "a") as f:
+        f.write(f"{what} {os.getpid()}\n")
+
+
+note("import")
+
+if os.environ.get("PRELOAD_THREAD") == "1":
+    _stop = threading.Event()
+    threading.Thread(target=_stop.wait, name="background-loader", daemon=True).start()
+
+if os.environ.get("PRELOAD_SOCKET") == "1":
+    HELD = socket.socketpair()
+
+if os.environ.get("PRELOAD_FAKE_TORCH") == "1":
+    torch = types.ModuleType("torch")
+    torch.cuda = types.SimpleNamespace(is_initialized=lambda: True)  # type: ignore[attr-defined]
+    sys.modules["torch"] = torch
+
+worker = snakepit_bridge.Worker()
+generic.register(worker)
+STATE = {"hooks": []}
+
+
+@worker.after_fork
+def first():
+    STATE["hooks"].append(["first", os.getpid()])
+    note("hook")
+
+
+def second(w):
+    STATE["hooks"].append(["second", os.getpid(), w is worker])
+    if os.environ.get("PRELOAD_HOOK_RAISE") == "1":
+        raise RuntimeError("the database is down")
+
+
+worker.after_fork(second)
+
+
+@worker.command("state")
+def state(args, ctx):
+    return {
+        "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+        "hooks": STATE["hooks"],
+        "worker_pid": ctx.worker.pid,
+        "worker_id": ctx.worker_id,
+        "uptime": ctx.worker.uptime,
+        "env": {name: os.environ.get(name) for name in args.get("env", [])},
+        "random": random.random(),
+        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    }
+
+
+@worker.command("wait_for_host")
+def wait_for_host(args, ctx):
+    # Blocks until the test answers the host call.
+    return ctx.call_host("release", {})
+
+
+@worker.command("say")
+def say(args):
+    print("printed by a worker:", args["text"])
+    return "said"
+
+
+worker.run()
+note("after-run")
