@@ -12,6 +12,7 @@
 //! [`report`] holds what `--json` and the table print.
 
 mod measure;
+mod nats;
 mod pool;
 mod progress;
 mod raw;
@@ -46,6 +47,7 @@ Examples:
   snakepit bench --workers 64 --init-ms 10
   snakepit bench --adapter node --json
   snakepit bench --script worker.py --command predict --plot latency.svg
+  snakepit bench --nats nats://127.0.0.1:4222 --command ping   # a cluster against the local pool
 
 The pool is measured with pipelining as set (--pipeline-depth, or
 pool.pipeline_depth in snakepit.toml, default 1) and with it off, both against
@@ -91,6 +93,8 @@ pub(crate) struct BenchArgs {
     /// Draw the latency distributions (raw loop against pool) to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: nats::ClusterBenchArgs,
 }
 
 /// What every call of every measurement sends.
@@ -450,6 +454,9 @@ impl Bench {
 
 pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
     let b = Bench::new(a, &file, out)?;
+    if let Some(url) = b.a.cluster.nats.clone() {
+        return nats::run(&b, &url, out).await;
+    }
     out.verbose(format!(
         "{} ({}), {}, `{}`, payload {} B, {}",
         b.worker.describe(),
