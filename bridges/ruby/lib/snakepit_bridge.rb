@@ -42,3 +42,4 @@ end
 require_relative "snakepit_bridge/wire"
 require_relative "snakepit_bridge/worker"
 require_relative "snakepit_bridge/generic"
+require_relative "snakepit_bridge/preload"

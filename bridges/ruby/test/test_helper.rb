@@ -27,6 +27,14 @@ class WorkerProcess
                          "--snakepit-run-id", "test",
                          in: child_in, out: child_out, err: child_err)
     [child_in, child_out, child_err].each(&:close)
+    attach(err_r, expect_hello: expect_hello)
+  end
+
+  private
+
+  # Starts reading the worker's stderr (+err_r+) and, unless told not to,
+  # receives its hello. @to_worker and @from_worker are the frame pipes.
+  def attach(err_r, expect_hello: true)
     @to_worker.binmode
     @from_worker.binmode
     @stderr = +""
@@ -38,6 +46,8 @@ class WorkerProcess
     end
     @hello = recv if expect_hello
   end
+
+  public
 
   def stderr
     @stderr_lock.synchronize { @stderr.dup }

@@ -115,28 +115,31 @@ module SnakepitBridge
     # input/output: IOs to speak frames on. When omitted the worker takes
     # over the process's stdin/stdout (see #take_over_stdio) so that nothing
     # user code prints can corrupt a frame.
+    #
+    # Started by a pool as a preload template (SNAKEPIT_PRELOAD=1, see
+    # docs/preload.md), a worker that owns the process leaves stdout alone
+    # (it is the template's log) and moves the pool's socket off fd 0; the
+    # frame streams are taken over in each forked worker instead.
     def initialize(codec: nil, input: nil, output: nil)
+      @codec_name = codec
       @codec = Wire.codec(codec)
       # Signal traps are process-wide, so only a worker that owns the
       # process's stdio installs them.
       @owns_process = input.nil? && output.nil?
-      if @owns_process
+      if @owns_process && Preload.requested?
+        Preload.socket # fd 0 now reads /dev/null
+        @input = @output = nil
+      elsif @owns_process
         @input, @output = self.class.take_over_stdio
       else
         @input = input || self.class.take_over_stdio[0]
         @output = output || self.class.take_over_stdio[1]
       end
       @handlers = {}
+      @after_fork = []
+      @hooks_ran_in = nil
       @write_lock = Mutex.new
-      @pending = []
-      @current = nil
-      @host_call_seq = 0
-      @requests_handled = 0
-      @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      @worker_id = ENV["SNAKEPIT_WORKER_ID"]
-      @worker_id = nil if @worker_id&.empty?
-      @logger = nil
-      @timestamp_second = nil
+      reset_process_state
       command("ping") { |args, _ctx| Generic.ping(self, args) }
     end
 
@@ -161,6 +164,11 @@ module SnakepitBridge
       end
     end
 
+    # @api private (Preload): a forked worker takes over its own stdio.
+    def self.forget_stdio
+      @stdio = nil
+    end
+
     # Registers a handler: a block, or any object answering #call (a Method,
     # a lambda). It is called with (args, ctx); a callable taking a single
     # argument gets just args.
@@ -176,6 +184,22 @@ module SnakepitBridge
         handler = ->(args, _ctx) { single.call(args) }
       end
       @handlers[name.to_s] = handler
+      self
+    end
+
+    # Registers a hook (a block, or any object answering #call) that runs
+    # once in each worker process before it serves its first call: in every
+    # worker forked from a preload template, and in a worker started
+    # directly, so a script works either way. Hooks run in registration
+    # order and get the worker if they take an argument. A hook that raises
+    # is logged to stderr and the process exits with status 1.
+    #
+    #   worker.after_fork { srand; DB.reconnect }
+    def after_fork(callable = nil, &block)
+      hook = callable || block
+      raise ArgumentError, "after_fork needs a block or a callable" unless hook.respond_to?(:call)
+
+      @after_fork << hook
       self
     end
 
@@ -216,9 +240,61 @@ module SnakepitBridge
       }
     end
 
-    # Serves requests until stdin reaches EOF (or the pool goes away), then
-    # returns. SIGTERM exits the process with status 0.
+    # Runs the after_fork hooks, then serves requests until stdin reaches
+    # EOF (or the pool goes away), then returns. SIGTERM exits the process
+    # with status 0.
+    #
+    # With SNAKEPIT_PRELOAD=1 (the pool preloads, docs/preload.md) it
+    # becomes the template instead: it forks a worker for each request of
+    # the pool, and each of those serves and exits without returning here.
+    # The template itself exits when the pool closes its socket.
     def run
+      if Preload.requested?
+        unless @owns_process
+          raise Error, "SNAKEPIT_PRELOAD=1: a preloaded worker must own the process's stdin and stdout " \
+                       "(create it with Worker.new, without input:/output:)"
+        end
+        Preload.run_template(self) # never returns
+      end
+      run_after_fork_hooks
+      serve
+    end
+
+    # @api private (Preload): the after_fork hooks, once per process.
+    def run_after_fork_hooks
+      return if @hooks_ran_in == Process.pid
+
+      @hooks_ran_in = Process.pid
+      @after_fork.each do |hook|
+        takes_worker = !hook.respond_to?(:arity) || !hook.arity.zero?
+        takes_worker ? hook.call(self) : hook.call
+      rescue SystemExit
+        raise
+      rescue Exception => e # rubocop:disable Lint/RescueException -- any hook failure stops the worker
+        $stderr.write("#{BRIDGE_NAME}: an after_fork hook failed; exiting with status 1\n" \
+                      "#{e.full_message(highlight: false, order: :top)}")
+        $stderr.flush
+        exit(1)
+      end
+    end
+
+    # @api private (Preload): in a worker just forked from the template,
+    # with the pool's pipes on fds 0-2 and its environment applied, takes
+    # over the new stdio and forgets what was read at construction.
+    def prepare_forked_child
+      self.class.forget_stdio
+      @input, @output = self.class.take_over_stdio
+      @codec = Wire.codec(@codec_name)
+      reset_process_state
+    end
+
+    # @api private (Preload): the fds carrying frames, once stdio is taken over.
+    def frame_fds
+      [@input, @output].compact.map(&:fileno)
+    end
+
+    # @api private (run, Preload): the serve loop of #run, without the hooks.
+    def serve
       @serving_thread = Thread.current
       install_signal_handlers if @owns_process
       write_message(hello)
@@ -274,6 +350,20 @@ module SnakepitBridge
     end
 
     private
+
+    # What belongs to one worker process: read at construction, and again
+    # in each worker forked from a preload template.
+    def reset_process_state
+      @pending = []
+      @current = nil
+      @host_call_seq = 0
+      @requests_handled = 0
+      @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      @worker_id = ENV["SNAKEPIT_WORKER_ID"]
+      @worker_id = nil if @worker_id&.empty?
+      @logger = nil
+      @timestamp_second = nil
+    end
 
     def install_signal_handlers
       # Trap handlers run on the main thread; Thread#raise queues Cancelled
