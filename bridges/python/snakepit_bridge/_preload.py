@@ -13,8 +13,9 @@ a ``SOCK_SEQPACKET`` Unix socket to the pool: one JSON object per datagram.
 A forked worker takes those three descriptors as 0, 1 and 2, applies the
 environment, refreshes the Worker, writes what did not survive the fork
 (threads, sockets, a CUDA context) to its stderr, runs the after-fork hooks
-and serves exactly as a directly started worker does; then it exits, never
-returning into the script. The template reaps its workers as they exit
+and serves exactly as a directly started worker does; then it runs the exit
+handlers registered in it (not the template's) and exits, never returning
+into the script. The template reaps its workers as they exit
 (``SIGCHLD`` wakes its loop) and exits 0 when the socket reaches end of
 file, leaving its workers to the pool.
 """
@@ -249,9 +250,10 @@ class _Template:
             except OSError:
                 pass  # the template does it too
             self.leave_template(fds)
-            os.environ.pop("SNAKEPIT_PRELOAD", None)
             for name, value in env.items():
                 os.environ[name] = value
+            # Last: a worker is never a template, nor are its subprocesses.
+            os.environ.pop("SNAKEPIT_PRELOAD", None)
             stale = _server._frame_fd
             if stale is not None:
                 # The script protected stdout in the template: that was the
@@ -262,6 +264,11 @@ class _Template:
             worker = self.worker
             worker._refresh_process()
             random.seed()
+            # The template's exit handlers are not this worker's: a handler
+            # removing a file the template made would run in every worker.
+            # Those registered from here on (by the hooks, the handlers) run
+            # when this worker exits.
+            _atexit_call("_clear")
             notes.extend(_socket_warnings())
             for note in notes:
                 sys.stderr.write(note + "\n")
@@ -279,6 +286,7 @@ class _Template:
                 pass
             status = 1
         finally:
+            _atexit_call("_run_exitfuncs")
             _flush_stdio()
             os._exit(status)
 
@@ -385,6 +393,17 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def _atexit_call(name: str) -> None:
+    import atexit
+
+    fn = getattr(atexit, name, None)  # CPython and PyPy have both
+    if fn is not None:
+        try:
+            fn()
+        except Exception:
+            pass
 
 
 def _flush_stdio() -> None:

@@ -3,12 +3,17 @@ SNAKEPIT_PRELOAD=1 or directly.
 
 PRELOAD_LOG: a file each process appends lines to: "import <pid>" from the
 module-level code, "hook <pid>" from the after-fork hooks, "after-run <pid>"
-if run() ever returns into the script. Optional, from the environment:
+if run() ever returns into the script, "atexit-template <pid>" and
+"atexit-worker <pid>" from exit handlers registered at import and in a hook. Optional, from the environment:
 PRELOAD_THREAD=1 starts a thread at import, PRELOAD_SOCKET=1 opens a socket
 pair at import, PRELOAD_FAKE_TORCH=1 installs a `torch` module whose CUDA
-reports initialised, PRELOAD_HOOK_RAISE=1 makes a hook raise.
+reports initialised, PRELOAD_HOOK_RAISE=1 makes a hook raise,
+PRELOAD_ASYNC=1 adds an async handler (the asyncio serve loop).
 """
 
+import asyncio
+import atexit
+import gc
 import os
 import random
 import socket
@@ -28,6 +33,7 @@ def note(what):
 
 
 note("import")
+atexit.register(note, "atexit-template")
 
 if os.environ.get("PRELOAD_THREAD") == "1":
     _stop = threading.Event()
@@ -50,6 +56,7 @@ STATE = {"hooks": []}
 def first():
     STATE["hooks"].append(["first", os.getpid()])
     note("hook")
+    atexit.register(note, "atexit-worker")
 
 
 def second(w):
@@ -72,8 +79,16 @@ def state(args, ctx):
         "uptime": ctx.worker.uptime,
         "env": {name: os.environ.get(name) for name in args.get("env", [])},
         "random": random.random(),
-        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "frozen": gc.get_freeze_count(),
     }
+
+
+if os.environ.get("PRELOAD_ASYNC") == "1":
+
+    @worker.command("apid")
+    async def apid(args):
+        await asyncio.sleep(0)
+        return os.getpid()
 
 
 @worker.command("wait_for_host")

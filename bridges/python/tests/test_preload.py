@@ -32,7 +32,7 @@ class Template:
         self.template_inode = os.fstat(theirs.fileno()).st_ino
         child_env = dict(os.environ)
         for name in ("SNAKEPIT_WORKER_ID", "PRELOAD_THREAD", "PRELOAD_SOCKET", "PRELOAD_FAKE_TORCH",
-                     "PRELOAD_HOOK_RAISE"):
+                     "PRELOAD_HOOK_RAISE", "PRELOAD_ASYNC"):
             child_env.pop(name, None)
         child_env.update({"SNAKEPIT_PRELOAD": "1", "SNAKEPIT_CODEC": codec, "SNAKEPIT_PROTOCOL": "1",
                           "PYTHONPATH": BRIDGE_DIR, "PRELOAD_LOG": test.log_path})
@@ -253,6 +253,8 @@ class ForkedWorker:
         self.stderr.join()
 
 
+@unittest.skipUnless(hasattr(socket, "send_fds") and hasattr(os, "pidfd_open") and sys.platform == "linux",
+                     "the pool's side needs socket.send_fds and os.pidfd_open (Linux, Python 3.9+)")
 class PreloadTests(unittest.TestCase):
     def setUp(self):
         fd, self.log_path = tempfile.mkstemp(prefix="snakepit-preload-", suffix=".log")
@@ -291,6 +293,7 @@ class PreloadTests(unittest.TestCase):
                 self.assertEqual(os.getpgid(w.pid), w.pid)
                 self.assertEqual(state["env"], {"SNAKEPIT_PRELOAD": None, "EXTRA": "x", "SNAKEPIT_CODEC": codec})
                 self.assertEqual(state["hooks"], [["first", w.pid], ["second", w.pid, True]])
+                self.assertGreater(state["frozen"], 0)  # gc.freeze() ran before the fork
                 # print() in a forked worker goes to its stderr, not its frames.
                 self.assertEqual(w.result(4, "say", {"text": "hi"}), "said")
                 self.assertIn("printed by a worker: hi", w.stderr.wait_for("printed by a worker"))
@@ -343,6 +346,27 @@ class PreloadTests(unittest.TestCase):
         self.assertEqual(w.recv()["type"], "hello")
         self.assertEqual(w.result(1, "echo", {"b": "x"})["echoed"], {"b": "x"})
 
+    def test_an_asyncio_worker_is_forked_too_and_sigterm_ends_it_with_0(self):
+        template, _ = self.start(env={"PRELOAD_ASYNC": "1"})
+        w = template.fork()
+        hello = w.recv()
+        self.assertEqual(hello["capabilities"]["max_concurrency"], 8)
+        self.assertEqual(w.result(1, "apid"), w.pid)
+        self.assertEqual(w.result(2, "state")["hooks"][0], ["first", w.pid])
+        os.kill(w.pid, signal.SIGTERM)  # not reaped before the template reports it
+        status = template.expect("exited", pid=w.pid)["status"]
+        self.assertTrue(os.WIFEXITED(status), status)
+        self.assertEqual(os.WEXITSTATUS(status), 0)
+
+    def test_sigterm_ends_a_sync_worker_with_0(self):
+        template, _ = self.start()
+        w = template.fork()
+        w.recv()
+        os.kill(w.pid, signal.SIGTERM)
+        status = template.expect("exited", pid=w.pid)["status"]
+        self.assertTrue(os.WIFEXITED(status), status)
+        self.assertEqual(os.WEXITSTATUS(status), 0)
+
     def test_a_killed_worker_is_reported_exited_with_its_signal(self):
         template, _ = self.start()
         w = template.fork()
@@ -362,7 +386,10 @@ class PreloadTests(unittest.TestCase):
         self.assertTrue(os.WIFEXITED(status), status)
         self.assertEqual(os.WEXITSTATUS(status), 0)
         # The script's code after run() ran in no worker (nor the template).
-        self.assertEqual([line for line in self.log_lines() if line[0] == "after-run"], [])
+        lines = self.log_lines()
+        self.assertEqual([line for line in lines if line[0] == "after-run"], [])
+        # Exit handlers: the worker's own ran, the template's did not.
+        self.assertEqual([line for line in lines if line[0].startswith("atexit")], [["atexit-worker", str(w.pid)]])
         # A clean template: no fork warnings.
         self.assertNotIn("snakepit:", w.stderr.wait_eof())
 
@@ -520,6 +547,7 @@ class DirectWorkerTests(unittest.TestCase):
         state = w.call(1, "state")["result"]
         pid = w.proc.pid
         self.assertEqual(state["hooks"], [["first", pid], ["second", pid, True]])
+        self.assertEqual(state["frozen"], 0)
         w.close_stdin()
         self.assertEqual(w.wait(), 0)
 
