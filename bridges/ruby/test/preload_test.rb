@@ -316,6 +316,16 @@ class PreloadTemplateTest < Minitest::Test
     assert_empty template.unclaimed
   end
 
+  def test_sigterm_stops_a_forked_worker_with_status_zero
+    template = start_template
+    worker = fork_worker(template, 1)
+    worker.receive_hello
+    assert_equal "ok", worker.call(1, "ping")["result"]["status"]
+    Process.kill("TERM", worker.pid)
+    assert_equal 0, WaitStatus.exited_with(worker.exit_status)
+    refute_includes worker.final_stderr, "run returned"
+  end
+
   def test_template_exits_zero_on_socket_close_and_workers_keep_serving
     template = start_template
     worker = fork_worker(template, 1)

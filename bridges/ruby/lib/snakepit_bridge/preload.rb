@@ -85,6 +85,16 @@ module SnakepitBridge
         ios = controls.select { |c| c.cmsg_is?(:SOCKET, :RIGHTS) }.flat_map(&:unix_rights)
         return false if data.empty? && ios.empty?
 
+        handle(data, flags, ios)
+        true
+      rescue Errno::ECONNRESET
+        false
+      rescue SystemCallError => e
+        log("reading the pool's socket failed (#{e.message}); exiting")
+        false
+      end
+
+      def handle(data, flags, ios)
         message = parse(data, flags)
         if message.nil?
           close_all(ios)
@@ -94,9 +104,10 @@ module SnakepitBridge
           log("ignoring a message with unknown op #{message['op'].inspect}")
           close_all(ios)
         end
-        true
-      rescue Errno::ECONNRESET
-        false
+      rescue StandardError => e
+        # Bad input never ends the template.
+        close_all(ios)
+        log("a message from the pool failed: #{e.full_message(highlight: false, order: :top)}")
       end
 
       # The message as a Hash, or nil (logged) when it is not a JSON object.
