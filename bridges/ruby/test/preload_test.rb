@@ -346,8 +346,9 @@ class PreloadTemplateTest < Minitest::Test
     worker = fork_worker(template, 1)
     worker.receive_hello
     assert_equal 1, worker.call(1, "state")["result"]["threads"]
-    worker.close_stdin
-    assert_equal 0, WaitStatus.exited_with(worker.exit_status)
+    # A worker that dies without flushing (a crash) has still written them.
+    worker.request(2, "crash")
+    assert_equal 3, WaitStatus.exited_with(worker.exit_status)
     stderr = worker.final_stderr
     assert_includes stderr, "snakepit: the template had 2 threads when it forked; threads do not survive " \
                             "a fork (start them in a worker.after_fork hook)"

@@ -45,5 +45,9 @@ worker.command("state") do |_args, ctx|
   }
 end
 
+# Dies without flushing anything: what the worker wrote before must already
+# be in its stderr pipe.
+worker.command("crash") { |_args, _ctx| exit!(3) }
+
 worker.run
 $stderr.puts "preload_worker: run returned in pid #{Process.pid}"

@@ -192,6 +192,10 @@ module SnakepitBridge
           STDIN.reopen(ios[0])
           STDOUT.reopen(ios[1])
           STDERR.reopen(ios[2])
+          # reopen takes the mode of the IO it copies: stderr must stay
+          # unbuffered, or a worker that dies loses its last words.
+          STDOUT.sync = true
+          STDERR.sync = true
           close_all(ios)
           ENV.delete(ENV_VAR)
           env.each { |name, value| ENV[name] = value }
