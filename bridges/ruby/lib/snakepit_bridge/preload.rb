@@ -65,6 +65,9 @@ module SnakepitBridge
       def run
         @wake_r, @wake_w = IO.pipe
         Signal.trap("CHLD") { @wake_w.write_nonblock("!", exception: false) }
+        # Ruby 3.3+: a full GC and compaction now, so the workers share the
+        # loaded heap instead of each copying the pages a later GC touches.
+        Process.warmup if Process.respond_to?(:warmup)
         send_message({ "op" => "ready", "pid" => Process.pid, "threads" => Thread.list.size })
         loop do
           readable, = IO.select([@socket, @wake_r])
