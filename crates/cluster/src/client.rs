@@ -620,49 +620,89 @@ impl Client {
         until: Instant,
     ) -> Result<Reservation, Error> {
         let inner = &self.inner;
+        // A call that has not waited yet goes behind the calls that wait
+        // (no overtaking); one that waited and found no room when woken
+        // goes back to the front.
+        let mut fresh = true;
         loop {
-            let woken = {
+            let (woken, room_left) = {
                 let mut hosts = inner.hosts.lock().unwrap();
-                if let Some(t) = target.as_deref() {
-                    match hosts.get_mut(t).filter(|h| !*h.lost.borrow()) {
-                        Some(h) if h.room() > 0 => return Ok(h.reserve(inner)),
-                        Some(_) if affinity == Affinity::FailFast => {
-                            return Err(Error::WorkerBusy {
-                                session_id: session.unwrap_or_default().to_owned(),
-                                worker_id: format!("host:{t}"),
-                            })
+                if fresh && inner.queued.load(Ordering::Acquire) > 0 {
+                    let room = hosts.values().any(|h| !*h.lost.borrow() && h.room() > 0);
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.lock().unwrap().push_back(tx);
+                    (rx, room)
+                } else {
+                    if let Some(t) = target.as_deref() {
+                        match hosts.get_mut(t).filter(|h| !*h.lost.borrow()) {
+                            Some(h) if h.room() > 0 => {
+                                let r = h.reserve(inner);
+                                return Ok(self.pass_on(&hosts, fresh, r));
+                            }
+                            Some(_) if affinity == Affinity::FailFast => {
+                                return Err(Error::WorkerBusy {
+                                    session_id: session.unwrap_or_default().to_owned(),
+                                    worker_id: format!("host:{t}"),
+                                })
+                            }
+                            Some(_) if affinity == Affinity::Strict => {}
+                            _ => *target = None,
                         }
-                        Some(_) if affinity == Affinity::Strict => {}
-                        _ => *target = None,
                     }
-                }
-                if target.is_none() {
-                    let most = hosts
-                        .values()
-                        .filter(|h| !*h.lost.borrow())
-                        .map(HostEntry::room)
-                        .max()
-                        .unwrap_or(0);
-                    if most > 0 {
-                        // Hosts with equal room take turns.
-                        let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
-                        let mut best: Vec<&mut HostEntry> = hosts
-                            .values_mut()
-                            .filter(|h| !*h.lost.borrow() && h.room() == most)
-                            .collect();
-                        let n = best.len();
-                        return Ok(best[(turn % n as u64) as usize].reserve(inner));
+                    if target.is_none() {
+                        let most = hosts
+                            .values()
+                            .filter(|h| !*h.lost.borrow())
+                            .map(HostEntry::room)
+                            .max()
+                            .unwrap_or(0);
+                        if most > 0 {
+                            // Hosts with equal room take turns.
+                            let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
+                            let mut best: Vec<&mut HostEntry> = hosts
+                                .values_mut()
+                                .filter(|h| !*h.lost.borrow() && h.room() == most)
+                                .collect();
+                            let n = best.len();
+                            let r = best[(turn % n as u64) as usize].reserve(inner);
+                            return Ok(self.pass_on(&hosts, fresh, r));
+                        }
                     }
+                    // Queued while the hosts' lock is held: a release or an
+                    // announcement of room (both update the hosts under this
+                    // lock, then wake) cannot slip between the look and the wait.
+                    let (tx, rx) = oneshot::channel();
+                    let mut waiters = inner.waiters.lock().unwrap();
+                    match fresh {
+                        true => waiters.push_back(tx),
+                        false => waiters.push_front(tx),
+                    }
+                    (rx, false)
                 }
-                // Queued while the hosts' lock is held: a release or an
-                // announcement of room (both update the hosts under this
-                // lock, then wake) cannot slip between the look and the wait.
-                let (tx, rx) = oneshot::channel();
-                inner.waiters.lock().unwrap().push_back(tx);
-                rx
             };
+            // There is room, but calls wait ahead of this one: the first
+            // of them takes it.
+            if room_left {
+                inner.wake(1);
+            }
+            fresh = false;
             self.wait_room(woken, until).await?;
         }
+    }
+
+    /// A call that waited took its unit: if room is left, the next
+    /// waiting call is woken for it (calls that have not waited queue
+    /// behind those that do, so the turn must be passed on).
+    fn pass_on(
+        &self,
+        hosts: &HashMap<String, HostEntry>,
+        fresh: bool,
+        r: Reservation,
+    ) -> Reservation {
+        if !fresh && hosts.values().any(|h| !*h.lost.borrow() && h.room() > 0) {
+            self.inner.wake(1);
+        }
+        r
     }
 
     /// Waits (in this client's FIFO) until a host has room again.

@@ -328,3 +328,33 @@ async fn trace_stream_and_status() {
     workers.sort();
     assert_eq!(workers, vec![("a".into(), 1), ("b".into(), 2)]);
 }
+
+/// Calls waiting for room are served in the order they came: a caller that
+/// ends a call and makes the next at once does not overtake those already
+/// waiting. 16 callers share a host of 1 worker (2 calls at once with its
+/// prefetch); in turn each waits about 8 calls of 10 ms, well within the
+/// 3 s queue timeout, which a caller overtaken again and again would reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_calls_are_not_overtaken() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let mut config = snakepit_cluster::ClientConfig::default();
+    config.queue_timeout = Duration::from_secs(3);
+    let client = Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap();
+    wait_hosts(&client, 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                client.execute("sleep", json!({"ms": 10})).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
