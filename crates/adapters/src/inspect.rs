@@ -228,28 +228,38 @@ impl Bridge {
     /// serves the bridge's built-in `ping`: a stand-in for a worker that
     /// loads a model, for measuring start-up.
     pub fn with_init_delay(language: Language, delay: Duration) -> std::io::Result<Bridge> {
+        Bridge::with_init(language, delay, 0)
+    }
+
+    /// As [`with_init_delay`](Bridge::with_init_delay), and the worker's
+    /// module-level code also fills `hold_mb` MiB of memory it keeps and
+    /// only reads: a stand-in for a loaded model, for measuring what
+    /// preloading shares.
+    pub fn with_init(language: Language, delay: Duration, hold_mb: u64) -> std::io::Result<Bridge> {
         let ms = delay.as_millis();
         let secs = delay.as_secs_f64();
+        // Filled with a byte that is not zero, so that the pages are really
+        // there (a zeroed allocation may stay unmapped).
         let (ext, text) = match language {
             Language::Python => (
                 "py",
-                format!("import time\ntime.sleep({secs})\nimport snakepit_bridge\nsnakepit_bridge.Worker().run()\n"),
+                format!("import time\nMODEL = b\"m\" * ({hold_mb} << 20)\ntime.sleep({secs})\nimport snakepit_bridge\nsnakepit_bridge.Worker().run()\n"),
             ),
             Language::Node => (
                 "js",
-                format!("Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, {ms});\nconst {{ Worker }} = require('snakepit-bridge');\nnew Worker().run();\n"),
+                format!("const MODEL = Buffer.alloc({hold_mb} * 1048576, 109);\nAtomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, {ms});\nconst {{ Worker }} = require('snakepit-bridge');\nnew Worker().run();\n"),
             ),
             Language::Ruby => (
                 "rb",
-                format!("sleep({secs})\nrequire \"snakepit_bridge\"\nSnakepitBridge::Worker.new.run\n"),
+                format!("MODEL = \"m\" * ({hold_mb} << 20)\nsleep({secs})\nrequire \"snakepit_bridge\"\nSnakepitBridge::Worker.new.run\n"),
             ),
         };
         let dir = embedded::root()?.join("init_delay");
         std::fs::create_dir_all(&dir)?;
-        let script = dir.join(format!("init_delay_{ms}.{ext}"));
+        let script = dir.join(format!("init_delay_{ms}_{hold_mb}.{ext}"));
         if !script.exists() {
             // Written aside then renamed: a concurrent start never runs half a file.
-            let tmp = dir.join(format!(".{ms}.{ext}.{}", std::process::id()));
+            let tmp = dir.join(format!(".{ms}_{hold_mb}.{ext}.{}", std::process::id()));
             std::fs::write(&tmp, text)?;
             std::fs::rename(&tmp, &script)?;
         }

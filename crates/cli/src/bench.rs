@@ -14,6 +14,7 @@
 mod measure;
 mod nats;
 mod pool;
+mod preload;
 mod progress;
 mod raw;
 mod report;
@@ -87,6 +88,9 @@ pub(crate) struct BenchArgs {
     /// The init delay of the start-up measurement's workers, standing in for loading a model.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     init_ms: u64,
+    /// With --preload: MiB each worker's script holds in the memory measurement.
+    #[arg(long, value_name = "MIB", default_value_t = 200)]
+    init_mb: u64,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -368,6 +372,8 @@ struct Measured {
     /// One worker, one caller.
     pool_1: Run,
     startup: Startup,
+    /// With `--preload`: preloaded against not.
+    preload: Option<preload::Preload>,
 }
 
 impl Bench {
@@ -386,6 +392,10 @@ impl Bench {
             },
             pool_1: self.pool(1, depth, 1, requests / 4).await?,
             startup: self.startup().await?,
+            preload: match self.worker.preload {
+                true => Some(self.preload().await?),
+                false => None,
+            },
         })
     }
 
@@ -447,6 +457,7 @@ impl Bench {
                 Figures::of(&m.pool_1, payload),
             ),
             startup: m.startup,
+            preload: m.preload,
             memory: m.memory,
         }
     }

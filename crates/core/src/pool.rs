@@ -369,13 +369,23 @@ impl Pool {
                     served: w.served.load(Ordering::Relaxed),
                     age: w.started.elapsed(),
                     rss_bytes: None,
+                    pss_bytes: None,
                 })
                 .collect()
         };
         for info in &mut infos {
             info.rss_bytes = crate::os::rss_bytes(info.pid);
+            info.pss_bytes = crate::os::pss_bytes(info.pid);
         }
         infos
+    }
+
+    /// The process id of the preload template, while one runs (a pool
+    /// whose adapter preloads, docs/preload.md).
+    pub fn template_pid(&self) -> Option<u32> {
+        use crate::sync::Unpoisoned as _;
+        let template = self.shared().template.locked();
+        template.as_ref().filter(|t| t.is_alive()).map(|t| t.pid)
     }
 
     /// Forgets a session's worker affinity.

@@ -40,6 +40,9 @@ pub(crate) struct Report {
     pub(crate) pool_no_pipeline_over_raw: Option<f64>,
     pub(crate) sequential: Sequential,
     pub(crate) startup: Startup,
+    /// With `--preload`: start-up, replacement and memory, preloaded or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) preload: Option<super::preload::Preload>,
     pub(crate) memory: Memory,
 }
 
@@ -250,6 +253,28 @@ impl Report {
             format!("{} ms", thousands(s.ready_ms)),
             String::new(),
         ]);
+        if let Some(p) = &self.preload {
+            rows.push([
+                format!("preload, {} x {} ms init", p.workers, p.init_ms),
+                format!("{} ms not preloaded", thousands(p.started_ms)),
+                format!("{} ms preloaded", thousands(p.preloaded_ms)),
+                format!("{:.2}x", p.started_ms / p.preloaded_ms.max(0.1)),
+            ]);
+            rows.push([
+                "replacement after SIGKILL".into(),
+                format!("{:.1} ms not preloaded", p.replacement_ms),
+                format!("{:.1} ms preloaded", p.preloaded_replacement_ms),
+                String::new(),
+            ]);
+            let mib = |v: Option<f64>| v.map_or("unknown".to_owned(), |v| format!("{v:.0} MiB"));
+            rows.push([
+                format!("PSS of {} workers holding {} MiB", p.workers, p.hold_mb),
+                format!("{} not preloaded", mib(p.pss_mb)),
+                format!("{} preloaded", mib(p.preloaded_pss_mb)),
+                p.preloaded_over_one
+                    .map_or(String::new(), |r| format!("{r:.2}x one worker")),
+            ]);
+        }
         rows.push([
             "host memory per idle worker".into(),
             String::new(),

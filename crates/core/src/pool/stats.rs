@@ -75,6 +75,11 @@ pub struct WorkerInfo {
     pub age: Duration,
     /// Its resident memory, when the system tells (Linux: `/proc`).
     pub rss_bytes: Option<u64>,
+    /// Its proportional set size: its own pages plus its share of pages
+    /// it shares with other processes (Linux: `/proc/PID/smaps_rollup`).
+    /// What a preloaded worker really costs, where `rss_bytes` counts
+    /// everything it shares with its template in full.
+    pub pss_bytes: Option<u64>,
 }
 
 pub(crate) fn as_millis<S: serde::Serializer>(
