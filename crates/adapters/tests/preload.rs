@@ -265,6 +265,47 @@ async fn ruby_template_killed_while_workers_serve() {
     template_killed_while_workers_serve(Language::Ruby).await;
 }
 
+/// Recycling forks the replacement from the same template: no second load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_workers_are_forked_from_the_same_template() {
+    for lang in [Language::Python, Language::Ruby] {
+        let marker = marker(&format!("recycle-{lang:?}"));
+        let pool = Pool::builder(bridge(lang, &marker))
+            .size(1)
+            .configure(|c| {
+                c.recycle_after_calls = 5;
+                c.health_check_interval = Duration::ZERO;
+            })
+            .start()
+            .await
+            .unwrap();
+        let mut seen: Vec<Value> = Vec::new();
+        for _ in 0..40 {
+            let who = pool.execute("whoami", json!({})).await.unwrap();
+            if !seen.iter().any(|s| s["pid"] == who["pid"]) {
+                seen.push(who);
+            }
+        }
+        assert!(
+            seen.len() >= 3,
+            "{lang:?}: recycled at least twice: {seen:?}"
+        );
+        let template = num(&seen[0], "loaded_in");
+        for w in &seen {
+            assert_eq!(
+                num(w, "ppid"),
+                template,
+                "{lang:?}: forked from the template"
+            );
+            assert_eq!(num(w, "hook_pid"), num(w, "pid"), "{lang:?}");
+        }
+        assert_eq!(loads(&marker), vec![template], "{lang:?}: loaded once");
+        assert!(pool.stats().recycled >= 2, "{lang:?}");
+        pool.shutdown().await.unwrap();
+        let _ = std::fs::remove_file(marker);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_fails_to_load_names_the_error() {
     for lang in [Language::Python, Language::Ruby] {

@@ -1191,3 +1191,104 @@ fn an_unreachable_nats_is_exit_1_naming_the_address() {
         );
     }
 }
+
+const PRELOAD_PY: &str = r#"
+import os
+import snakepit_bridge
+
+LOADED_IN = os.getpid()
+worker = snakepit_bridge.Worker()
+
+@worker.command("where")
+def where(args):
+    return {"pid": os.getpid(), "ppid": os.getppid(), "loaded_in": LOADED_IN}
+
+worker.run()
+"#;
+
+/// Asserts that `where` ran in a worker forked from the process that ran
+/// the script's module-level code, or in that very process.
+#[track_caller]
+fn forked(r: &Run, expected: bool) {
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    let forked = v["pid"] != v["loaded_in"] && v["ppid"] == v["loaded_in"];
+    assert_eq!(forked, expected, "{v}");
+}
+
+#[test]
+fn preload_comes_from_the_flag_or_the_settings_file() {
+    let dir = Dir::new("preload");
+    let py = dir.file("worker.py", PRELOAD_PY);
+    forked(&snakepit(&["exec", "--script", &py, "where", "{}"]), false);
+    forked(
+        &snakepit(&["exec", "--preload", "--script", &py, "where", "{}"]),
+        true,
+    );
+    dir.file("snakepit.toml", "script = \"worker.py\"\npreload = true\n");
+    forked(
+        &snakepit_in(&dir.0, &["exec", "where", "{}"], &[], ""),
+        true,
+    );
+    // Node.js cannot fork: a usage error before anything starts.
+    let r = snakepit(&["exec", "--preload", "--adapter", "node", "ping"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("cannot fork"), "{r:?}");
+}
+
+#[test]
+fn bench_preload_reports_start_up_replacement_and_memory_both_ways() {
+    let r = snakepit(&[
+        "bench",
+        "--preload",
+        "--workers",
+        "2",
+        "--requests",
+        "400",
+        "--concurrency",
+        "8",
+        "--init-ms",
+        "100",
+        "--init-mb",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let p = &r.json()["preload"];
+    for key in [
+        "started_ms",
+        "preloaded_ms",
+        "replacement_ms",
+        "preloaded_replacement_ms",
+        "pss_mb",
+        "preloaded_pss_mb",
+        "preloaded_over_one",
+    ] {
+        assert!(p[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {p}");
+    }
+    assert_eq!(p["workers"], 2);
+    assert_eq!(p["hold_mb"], 20);
+    // Without preloading each worker holds its own 20 MiB.
+    assert!(p["pss_mb"].as_f64().unwrap() > 2.0 * 20.0, "{p}");
+    // The human table names the rows.
+    let r = snakepit(&[
+        "bench",
+        "--preload",
+        "--workers",
+        "2",
+        "--requests",
+        "400",
+        "--concurrency",
+        "8",
+        "--init-ms",
+        "100",
+        "--init-mb",
+        "20",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout_has(&[
+        "preload, 2 x 100 ms init",
+        "replacement after SIGKILL",
+        "PSS of 2 workers",
+    ]);
+}
