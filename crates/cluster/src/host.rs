@@ -195,6 +195,7 @@ pub async fn serve_with(
         subjects,
         options,
         full: false,
+        declined: false,
         capacity: 0,
         beats: 0,
         direct,
@@ -299,6 +300,9 @@ struct Serving {
     options: ServeOptions,
     /// The host had no free capacity at the last check.
     full: bool,
+    /// It declined a call since its last heartbeat: a client counts it as
+    /// full until it hears otherwise.
+    declined: bool,
     /// Calls it takes at once, as of its last heartbeat.
     capacity: usize,
     /// Heartbeats sent.
@@ -330,6 +334,7 @@ impl Serving {
     async fn heartbeat(&mut self, bye: bool) {
         let capacity = self.measure();
         self.beats += 1;
+        self.declined = false;
         let hb = Heartbeat {
             seq: self.beats,
             host: self.host.id.clone(),
@@ -350,12 +355,15 @@ impl Serving {
             .await;
     }
 
-    /// Tells the clients at once when the host has room again after
-    /// being full, so their queued calls come without waiting for the next
-    /// heartbeat.
+    /// Tells the clients at once when the host has room again after it
+    /// declined a call (the client it declined counts it as full until
+    /// then), so their queued calls come without waiting for the next
+    /// heartbeat. Without a decline the clients count their own calls
+    /// ending; a heartbeat for each call that ends on a busy host would
+    /// double the messages per call.
     async fn adjust(&mut self) {
         let free = self.free();
-        if free > 0 && self.full {
+        if free > 0 && self.full && self.declined {
             self.heartbeat(false).await;
         }
         self.full = free == 0;
@@ -408,7 +416,8 @@ impl Serving {
         }
     }
 
-    async fn decline(&self, msg: &mut Message) {
+    async fn decline(&mut self, msg: &mut Message) {
+        self.declined = true;
         if let Some(reply) = msg.reply.take() {
             self.host
                 .send(

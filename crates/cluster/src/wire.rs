@@ -116,9 +116,10 @@ impl From<WireAffinity> for Affinity {
 
 /// What a host sends to a call's reply subject: `Ack` (taken, running),
 /// then chunks, then one `Ok` or `Err`; or only `Declined` (not taken, never
-/// ran: the host is full or closing).
+/// ran: the host is full or closing). Externally tagged (`{"ok": {"v":
+/// ...}}`): decoded in one pass, without buffering the value first.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Reply {
     Ack {
         host: String,
