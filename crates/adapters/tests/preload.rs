@@ -89,6 +89,7 @@ async fn serves_in_both_codecs(lang: Language) {
             .unwrap();
         let workers = every_worker(&pool).await;
         let template = num(&workers[0], "loaded_in");
+        assert_eq!(pool.template_pid(), Some(template));
         assert_eq!(
             loads(&marker),
             vec![template],
@@ -130,6 +131,7 @@ async fn serves_in_both_codecs(lang: Language) {
             eventually(5, || !alive(template)).await,
             "shutdown stops the template"
         );
+        assert_eq!(pool.template_pid(), None);
         let _ = std::fs::remove_file(marker);
     }
 }
@@ -304,6 +306,63 @@ async fn recycled_workers_are_forked_from_the_same_template() {
         pool.shutdown().await.unwrap();
         let _ = std::fs::remove_file(marker);
     }
+}
+
+/// `recycle_above_rss_mb` weighs a preloaded worker by its share of the
+/// pages it shares with the template (PSS), not by every shared page (RSS):
+/// workers sharing 120 MiB stay under an 80 MiB limit that recycles workers
+/// holding their own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_weighs_what_a_preloaded_worker_shares_by_its_share() {
+    let held = |preload: bool| {
+        let bridge = Bridge::with_init(Language::Python, Duration::ZERO, 120)
+            .unwrap()
+            .interpreter(python());
+        if preload {
+            bridge.preload()
+        } else {
+            bridge
+        }
+    };
+    let config = |c: &mut snakepit_core::PoolConfig| {
+        c.recycle_above_rss_mb = 80;
+        c.health_check_interval = Duration::ZERO;
+    };
+    // The limit is checked every 100 ms: a worker with its own copy goes.
+    let own = Pool::builder(held(false))
+        .size(2)
+        .configure(config)
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        eventually(20, || own.stats().recycled >= 1).await,
+        "a worker holding 120 MiB of its own is over 80 MiB"
+    );
+    own.shutdown().await.unwrap();
+    let shared = Pool::builder(held(true))
+        .size(2)
+        .configure(config)
+        .start()
+        .await
+        .unwrap();
+    let pss: Vec<u64> = shared
+        .workers()
+        .iter()
+        .filter_map(|w| w.pss_bytes)
+        .collect();
+    let rss: Vec<u64> = shared
+        .workers()
+        .iter()
+        .filter_map(|w| w.rss_bytes)
+        .collect();
+    assert_eq!(pss.len(), 2);
+    assert!(pss.iter().all(|&b| b < 80 << 20), "PSS {pss:?}");
+    assert!(rss.iter().all(|&b| b > 80 << 20), "RSS {rss:?}");
+    // Ten checks of the limit later, nothing was recycled.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(shared.stats().recycled, 0);
+    shared.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
