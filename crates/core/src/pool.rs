@@ -23,7 +23,6 @@ use crate::error::{Error, Result, StartError};
 use crate::events::{Event, EventKind, Listener};
 use crate::session_hook::{SessionEnds, SessionHook};
 use crate::spawn::Spawner;
-use crate::worker::Worker;
 use crate::PoolConfig;
 
 mod call;
@@ -418,27 +417,8 @@ impl Pool {
         for w in &workers {
             // What is still running now is cut off by the shutdown.
             w.stopping();
-            w.close_stdin();
         }
-        let all_done = |ws: &[Arc<Worker>]| ws.iter().all(|w| w.is_finished());
-        let until = Instant::now() + grace;
-        while !all_done(&workers) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for signal in [libc::SIGTERM, libc::SIGKILL] {
-            if all_done(&workers) {
-                break;
-            }
-            for w in workers.iter().filter(|w| !w.is_finished()) {
-                w.signal(signal);
-            }
-            for _ in 0..shared.config.cleanup_max_retries {
-                if all_done(&workers) {
-                    break;
-                }
-                tokio::time::sleep(shared.config.cleanup_retry_interval).await;
-            }
-        }
+        supervise::stop(&shared.config, &workers).await;
         for w in &workers {
             shared.worker_gone(w);
         }

@@ -437,17 +437,39 @@ pub(crate) async fn retire(shared: Arc<Shared>, old: Arc<Worker>) {
     while !old.seal_if_idle() && !old.is_finished() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    old.close_stdin();
-    let grace = shared.config.shutdown_grace_period;
-    for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
-        if let Some(signal) = signal {
-            old.signal(signal);
+    stop(&shared.config, std::slice::from_ref(&old)).await;
+    shared.state().retiring.retain(|w| !Arc::ptr_eq(w, &old));
+}
+
+/// The one way the pool stops worker processes, whether it retires one or
+/// shuts down: their stdin closes (a worker exits at end of input) and they
+/// get the grace period to exit; then their process groups get SIGTERM,
+/// then SIGKILL, each followed by up to `cleanup_max_retries` checks
+/// `cleanup_retry_interval` apart. Returns once all have ended or the
+/// checks after SIGKILL ran out.
+pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
+    for w in workers {
+        w.close_stdin();
+    }
+    let all_done = || workers.iter().all(|w| w.is_finished());
+    let until = Instant::now() + config.shutdown_grace_period;
+    while !all_done() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        if all_done() {
+            return;
         }
-        if tokio::time::timeout(grace, old.finished()).await.is_ok() {
-            break;
+        for w in workers.iter().filter(|w| !w.is_finished()) {
+            w.signal(signal);
+        }
+        for _ in 0..config.cleanup_max_retries {
+            if all_done() {
+                return;
+            }
+            tokio::time::sleep(config.cleanup_retry_interval).await;
         }
     }
-    shared.state().retiring.retain(|w| !Arc::ptr_eq(w, &old));
 }
 
 pub(crate) fn backoff(config: &PoolConfig, failures: u32) -> Duration {
