@@ -269,6 +269,7 @@ fn examples(root: &Path) -> Result<()> {
         "custom_adapter",
         "sessions",
         "parallel",
+        "preload",
     ] {
         run(
             root,
