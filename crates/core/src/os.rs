@@ -71,6 +71,18 @@ pub(crate) fn pss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Process `pid` is gone or a zombie (state `Z` or `X` in
+/// `/proc/<pid>/stat`).
+pub(crate) fn has_exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X") | None)
+}
+
 /// The parent of process `pid` (field 4 of `/proc/<pid>/stat`).
 pub(crate) fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -191,4 +203,43 @@ pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a bystander process, not a worker
+    fn a_zombie_or_missing_process_has_exited_and_a_live_one_has_not() {
+        assert!(!has_exited(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it ends.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !has_exited(pid) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(has_exited(pid), "a zombie has exited");
+        assert_eq!(parent_of(pid), Some(std::process::id()));
+        child.wait().unwrap();
+        assert!(has_exited(pid), "a reaped process has exited");
+    }
+
+    #[test]
+    fn a_seqpacket_pair_keeps_messages_whole_and_carries_descriptors() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (r, w) = pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        send_with_fds(a.as_raw_fd(), b"one", &[r.as_raw_fd()]).unwrap();
+        send_with_fds(a.as_raw_fd(), b"two", &[]).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"two");
+        drop(a);
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 0, "end of file");
+        drop((r, w));
+    }
 }

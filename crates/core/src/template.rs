@@ -299,10 +299,23 @@ impl Template {
         Box::pin(async move {
             let unknown = || io::Error::other("exited; status unknown (its template is gone)");
             let Some(pidfd) = pidfd else {
-                return match tokio::time::timeout(REPORT_WAIT * 2, report).await {
-                    Ok(Ok(status)) => Ok(ExitStatus::from_raw(status)),
-                    _ => Err(unknown()),
-                };
+                // No pidfd (a kernel before 5.3, or the worker already gone
+                // and reaped): the template's report, else `/proc`, asked
+                // every 100 ms.
+                let mut reporting = true;
+                loop {
+                    tokio::select! {
+                        status = &mut report, if reporting => match status {
+                            Ok(status) => return Ok(ExitStatus::from_raw(status)),
+                            Err(_) => reporting = false,
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                            if os::has_exited(pid) {
+                                return Err(unknown());
+                            }
+                        }
+                    }
+                }
             };
             let mut reporting = true;
             loop {
