@@ -6,8 +6,11 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use std::future::poll_fn;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
 use tokio::process::ChildStdin;
 use tokio::sync::Notify;
 
@@ -181,7 +184,6 @@ impl Stdin {
 
 /// Writes what the pipe takes without waiting.
 pub(super) fn write_now(pipe: &mut ChildStdin, frame: &[u8]) -> std::io::Result<usize> {
-    use tokio::io::AsyncWrite;
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut written = 0;
     while written < frame.len() {
@@ -195,56 +197,249 @@ pub(super) fn write_now(pipe: &mut ChildStdin, frame: &[u8]) -> std::io::Result<
     Ok(written)
 }
 
-/// Finishes what [`Stdin::send`] could not write at once, and closes the
-/// pipe when asked.
+/// Frames the writer task takes from the backlog for one write: a
+/// `writev` of up to this many (far under any system's `IOV_MAX`).
+pub(super) const BATCH: usize = 64;
+
+impl StdinState {
+    /// Moves the frames at the front of the backlog, up to [`BATCH`], into
+    /// `batch`, to go out in one write; `false` if the backlog is empty.
+    pub(super) fn take_batch(&mut self, batch: &mut Vec<(u64, Bytes)>) -> bool {
+        let n = self.backlog.len().min(BATCH);
+        batch.extend(self.backlog.drain(..n));
+        self.replies -= batch.iter().filter(|(id, _)| *id == HOST_REPLY).count();
+        n > 0
+    }
+}
+
+/// Writes `frames` to `pipe` in order, as many at once as the pipe takes
+/// (one `writev` for the lot when it has room), telling `wrote` each time
+/// how many bytes went out. On error, `frames` keeps only the frames not
+/// written whole.
+pub(super) async fn write_frames<W: AsyncWrite + Unpin>(
+    pipe: &mut W,
+    frames: &mut Vec<(u64, Bytes)>,
+    mut wrote: impl FnMut(u64),
+) -> std::io::Result<()> {
+    let mut first = 0;
+    let result = loop {
+        if first == frames.len() {
+            break Ok(());
+        }
+        let written = {
+            let slices: Vec<IoSlice<'_>> = frames[first..]
+                .iter()
+                .map(|(_, f)| IoSlice::new(f))
+                .collect();
+            poll_fn(|cx| Pin::new(&mut *pipe).poll_write_vectored(cx, &slices)).await
+        };
+        let mut n = match written {
+            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        wrote(n as u64);
+        while n > 0 {
+            let frame = &mut frames[first].1;
+            if n >= frame.len() {
+                n -= frame.len();
+                first += 1;
+            } else {
+                frame.advance(n);
+                n = 0;
+            }
+        }
+    };
+    frames.drain(..first);
+    result
+}
+
+/// Finishes what [`Stdin::send`] could not write at once, several frames
+/// per write, and closes the pipe when asked.
 pub(super) async fn write_loop(stdin: Arc<Stdin>) {
+    let mut batch: Vec<(u64, Bytes)> = Vec::new();
     loop {
         let next = {
             let mut st = stdin.state();
             if st.closed {
                 return;
             }
-            match st.backlog.pop_front() {
-                Some((id, frame)) => match st.pipe.take() {
-                    Some(pipe) if id == HOST_REPLY => {
-                        st.replies -= 1;
-                        Some((pipe, id, frame))
-                    }
-                    Some(pipe) => Some((pipe, id, frame)),
-                    None => {
-                        st.backlog.push_front((id, frame));
-                        return;
-                    }
-                },
-                None if st.close => {
+            if st.backlog.is_empty() {
+                if st.close {
                     st.pipe = None;
                     st.closed = true;
                     return;
                 }
-                None => None,
+                None
+            } else {
+                match st.pipe.take() {
+                    Some(pipe) => {
+                        st.take_batch(&mut batch);
+                        Some(pipe)
+                    }
+                    None => return,
+                }
             }
         };
-        let Some((mut pipe, id, frame)) = next else {
+        let Some(mut pipe) = next else {
             stdin.wake.notified().await;
             continue;
         };
-        let mut done = 0;
-        while done < frame.len() {
-            match pipe.write(&frame[done..]).await {
-                Ok(n) if n > 0 => {
-                    done += n;
-                    stdin.state().written += n as u64;
+        let written = write_frames(&mut pipe, &mut batch, |n| stdin.state().written += n).await;
+        let mut st = stdin.state();
+        if written.is_err() {
+            // The frames not written whole: the worker cannot have started
+            // those calls, nor any it left unread.
+            st.lost.extend(batch.drain(..).map(|(id, _)| id));
+            st.broken(Some(pipe));
+            return; // the reader sees the worker die
+        }
+        st.pipe = Some(pipe);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll};
+
+    /// A pipe that takes at most `room` bytes per call and counts its calls.
+    struct Counting {
+        out: Vec<u8>,
+        room: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames(n: u64) -> Vec<(u64, Bytes)> {
+        (1..=n)
+            .map(|id| (id, Bytes::from(format!("frame {id};"))))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn waiting_frames_go_out_in_one_write() {
+        let mut pipe = Counting {
+            out: Vec::new(),
+            room: usize::MAX,
+            calls: 0,
+        };
+        let mut batch = frames(5);
+        let mut total = 0;
+        write_frames(&mut pipe, &mut batch, |n| total += n)
+            .await
+            .unwrap();
+        assert_eq!(pipe.calls, 1, "five frames, one write");
+        assert_eq!(pipe.out, b"frame 1;frame 2;frame 3;frame 4;frame 5;");
+        assert_eq!(total, pipe.out.len() as u64);
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_short_write_goes_on_where_it_stopped() {
+        let mut pipe = Counting {
+            out: Vec::new(),
+            room: 11,
+            calls: 0,
+        };
+        let mut batch = frames(4);
+        let mut total = 0;
+        write_frames(&mut pipe, &mut batch, |n| total += n)
+            .await
+            .unwrap();
+        assert_eq!(pipe.out, b"frame 1;frame 2;frame 3;frame 4;");
+        assert_eq!(total, 32);
+        assert_eq!(pipe.calls, 3, "11 bytes a write");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_the_frames_not_written_whole() {
+        /// Takes `room` bytes, then fails.
+        struct Breaks(usize);
+        impl AsyncWrite for Breaks {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                if self.0 == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
                 }
-                _ => {
-                    // Not written whole: the worker cannot have started
-                    // that call, nor any it left unread.
-                    let mut st = stdin.state();
-                    st.lost.push(id);
-                    st.broken(Some(pipe));
-                    return; // the reader sees the worker die
-                }
+                let n = buf.len().min(self.0);
+                self.0 -= n;
+                Poll::Ready(Ok(n))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
             }
         }
-        stdin.state().pipe = Some(pipe);
+        let mut batch = frames(3);
+        // The first frame whole and half of the second.
+        let r = write_frames(&mut Breaks(12), &mut batch, |_| {}).await;
+        assert!(r.is_err());
+        assert_eq!(batch.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn the_writer_takes_the_whole_backlog_at_once() {
+        let mut st = StdinState {
+            pipe: None,
+            backlog: VecDeque::new(),
+            close: false,
+            closed: false,
+            lost: Vec::new(),
+            replies: 1,
+            accepted: 0,
+            written: 0,
+            recent: VecDeque::new(),
+        };
+        let mut batch = Vec::new();
+        assert!(!st.take_batch(&mut batch));
+        st.backlog.extend(frames(3));
+        st.backlog
+            .push_back((HOST_REPLY, Bytes::from_static(b"reply")));
+        st.backlog.extend(frames(BATCH as u64));
+        assert!(st.take_batch(&mut batch));
+        assert_eq!(batch.len(), BATCH);
+        assert_eq!(st.backlog.len(), 4);
+        assert_eq!(st.replies, 0, "the host reply left the backlog");
     }
 }
