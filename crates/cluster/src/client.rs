@@ -94,6 +94,9 @@ struct HostEntry {
     mine: usize,
     /// Calls of other clients on it, at its last heartbeat.
     others: usize,
+    /// Of its capacity, the calls its workers run at once (the rest waits
+    /// in its pool); as its capacity when the host does not say.
+    running: usize,
     /// It declined a call since its last heartbeat.
     full: bool,
     /// The sequence number of its last heartbeat.
@@ -113,6 +116,7 @@ impl HostEntry {
             lost: watch::channel(false).0,
             mine: 0,
             others: 0,
+            running: 0,
             full: false,
             seq: 0,
         }
@@ -124,6 +128,20 @@ impl HostEntry {
             return 0;
         }
         self.info.capacity.saturating_sub(self.others + self.mine)
+    }
+
+    /// Workers free to start a call now, as this client sees it: a host
+    /// with an idle worker is preferred to one whose free capacity is
+    /// prefetch (a call queued behind another).
+    fn idle(&self) -> usize {
+        if self.full {
+            return 0;
+        }
+        let running = match self.running {
+            0 => self.info.capacity,
+            n => n.min(self.info.capacity),
+        };
+        running.saturating_sub(self.others + self.mine)
     }
 
     fn reserve(&mut self, inner: &Arc<Inner>) -> Reservation {
@@ -650,18 +668,20 @@ impl Client {
                         }
                     }
                     if target.is_none() {
+                        // Idle workers first, then the most room.
+                        let key = |h: &HostEntry| (h.idle(), h.room());
                         let most = hosts
                             .values()
                             .filter(|h| !*h.lost.borrow())
-                            .map(HostEntry::room)
+                            .map(key)
                             .max()
-                            .unwrap_or(0);
-                        if most > 0 {
+                            .unwrap_or((0, 0));
+                        if most.1 > 0 {
                             // Hosts with equal room take turns.
                             let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
                             let mut best: Vec<&mut HostEntry> = hosts
                                 .values_mut()
-                                .filter(|h| !*h.lost.borrow() && h.room() == most)
+                                .filter(|h| !*h.lost.borrow() && key(h) == most)
                                 .collect();
                             let n = best.len();
                             let r = best[(turn % n as u64) as usize].reserve(inner);
@@ -854,6 +874,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             entry.last_seen = Instant::now();
             entry.info.pid = hb.pid;
             entry.info.capacity = hb.capacity;
+            entry.running = hb.running;
             entry.info.free = hb.free;
             // What runs there beyond this client's calls is other clients'.
             entry.others = (hb.capacity.saturating_sub(hb.free)).saturating_sub(entry.mine);

@@ -39,8 +39,11 @@ pub struct ServeOptions {
     /// Calls the host accepts per ready worker beyond those it runs, queued
     /// in its pool (like a message broker's prefetch): they hide the round
     /// trip to the client between one call and the next, so workers do not
-    /// idle while the next call is on the wire. 0 makes the host take a
-    /// call only when a worker is free.
+    /// idle while the next call is on the wire, and let the messages of
+    /// many calls share a write. 4 by default. Clients send a call to a
+    /// host with an idle worker first and to prefetch only when no host
+    /// has one, so prefetch does not skew the routing by capacity. 0 makes
+    /// the host take a call only when a worker is free.
     pub prefetch_per_worker: usize,
     /// How often the host announces itself and its free capacity. Clients
     /// count a host as lost after a few missed heartbeats
@@ -53,7 +56,7 @@ impl Default for ServeOptions {
         ServeOptions {
             host_id: None,
             calls_per_worker: 0,
-            prefetch_per_worker: 1,
+            prefetch_per_worker: 4,
             heartbeat: Duration::from_millis(250),
         }
     }
@@ -197,6 +200,7 @@ pub async fn serve_with(
         full: false,
         declined: false,
         capacity: 0,
+        workers_run: 0,
         beats: 0,
         direct,
         cancels,
@@ -305,6 +309,8 @@ struct Serving {
     declined: bool,
     /// Calls it takes at once, as of its last heartbeat.
     capacity: usize,
+    /// Of those, the calls its workers run at once (the rest is prefetch).
+    workers_run: usize,
     /// Heartbeats sent.
     beats: u64,
     direct: Subscriber,
@@ -323,6 +329,7 @@ impl Serving {
             0 => stats.capacity,
             n => stats.workers * n,
         };
+        self.workers_run = running;
         self.capacity = running + stats.workers * self.options.prefetch_per_worker;
         self.capacity
     }
@@ -340,6 +347,7 @@ impl Serving {
             host: self.host.id.clone(),
             pid: self.host.pid,
             capacity,
+            running: self.workers_run,
             free: if bye {
                 0
             } else {

@@ -150,6 +150,10 @@ pub(crate) struct Heartbeat {
     pub(crate) host: String,
     pub(crate) pid: u32,
     pub(crate) capacity: usize,
+    /// Of the capacity, the calls its workers run at once (the rest is
+    /// prefetch, queued in its pool); 0 from a host that does not say.
+    #[serde(default)]
+    pub(crate) running: usize,
     pub(crate) free: usize,
     /// The host is shutting down: take nothing more to it.
     #[serde(default)]
