@@ -151,6 +151,11 @@ pub(crate) struct ServeArgs {
     /// This host's id in the cluster [default: a random one].
     #[arg(long, value_name = "ID")]
     host_id: Option<String>,
+    /// Calls the host accepts per worker beyond those it runs (queued in its
+    /// pool, so that workers do not idle while the next call is on the wire)
+    /// [default: 4].
+    #[arg(long, value_name = "N")]
+    prefetch: Option<usize>,
 }
 
 /// Serves a pool to the cluster until Ctrl-C or SIGTERM, then leaves it:
@@ -179,6 +184,9 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
     let mut options = ServeOptions::default();
     if let Some(id) = a.host_id {
         options = options.host_id(id);
+    }
+    if let Some(n) = a.prefetch {
+        options = options.prefetch_per_worker(n);
     }
     let node = match snakepit_cluster::serve_with(&nats, &a.cluster, pool.clone(), options).await {
         Ok(node) => node,

@@ -44,6 +44,10 @@ pub(crate) struct ClusterBenchArgs {
     /// with --nats.
     #[arg(long = "hosts", value_name = "N", default_value_t = 2)]
     hosts: usize,
+    /// The hosts' --prefetch (calls accepted per worker beyond those it
+    /// runs), with --nats [default: as snakepit serve].
+    #[arg(long = "prefetch", value_name = "N")]
+    prefetch: Option<usize>,
     /// Rounds of the comparison, with --nats: each figure is their median.
     #[arg(long = "rounds", value_name = "N", default_value_t = 3)]
     rounds: usize,
@@ -72,6 +76,11 @@ struct ClusterReport {
     cluster_rps: Spread,
     /// Cluster throughput over the local pool's, round by round.
     throughput_ratio: Spread,
+    /// CPU time per call under `--concurrency` callers, all processes of
+    /// the run (this one, the local pool's workers, the hosts and their
+    /// workers; the NATS server not counted), in µs.
+    local_cpu_us_per_call: Spread,
+    cluster_cpu_us_per_call: Spread,
     /// The machine's load average (1 min) before and after.
     load_average: (Option<f64>, Option<f64>),
 }
@@ -226,6 +235,9 @@ impl Host {
             .arg(b.pool.pipeline_depth.to_string())
             .arg("--codec")
             .arg(b.worker.codec.name());
+        if let Some(n) = b.a.cluster.prefetch {
+            launch = launch.arg("--prefetch").arg(n.to_string());
+        }
         if let Some(script) = &b.worker.script {
             launch = launch.arg("--script").arg(script);
         }
@@ -370,6 +382,8 @@ pub(crate) async fn run(b: &Bench, url: &str, out: &Output) -> Result<(), Failur
             rounds.iter().map(|r| r.cluster.rps / r.local.rps).collect(),
             2,
         ),
+        local_cpu_us_per_call: Spread::of(rounds.iter().map(|r| r.local_cpu_us).collect(), 1),
+        cluster_cpu_us_per_call: Spread::of(rounds.iter().map(|r| r.cluster_cpu_us).collect(), 1),
         load_average: (load_before, load_average()),
     };
     if b.a.json {
@@ -414,6 +428,11 @@ pub(crate) async fn run(b: &Bench, url: &str, out: &Output) -> Result<(), Failur
             report.throughput_ratio.show("")
         ),
         format!(
+            "CPU per call:               local {}, cluster {} (all processes but the NATS server)",
+            report.local_cpu_us_per_call.show(" us"),
+            report.cluster_cpu_us_per_call.show(" us")
+        ),
+        format!(
             "medians of {} rounds (range in brackets); load average {} before, {} after",
             report.rounds,
             report.load_average.0.map_or("?".into(), |l| l.to_string()),
@@ -431,6 +450,49 @@ struct Round {
     cluster_1: Run,
     local: Run,
     cluster: Run,
+    local_cpu_us: f64,
+    cluster_cpu_us: f64,
+}
+
+/// The CPU time (user and system) used so far by this process and every
+/// process below it (the local pool's workers, the hosts and theirs), in
+/// µs, from /proc (clock ticks of 10 ms: measure thousands of calls).
+fn tree_cpu_us() -> f64 {
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The fields after the command name, which may hold spaces.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            procs.push((pid, num(1) as u32, num(11) + num(12)));
+        }
+    }
+    let mut tree = vec![std::process::id()];
+    let mut ticks = 0;
+    while let Some(p) = tree.pop() {
+        for &(pid, ppid, t) in &procs {
+            if pid == p {
+                ticks += t;
+            }
+            if ppid == p {
+                tree.push(pid);
+            }
+        }
+    }
+    ticks as f64 * 10_000.0
 }
 
 /// Waits for every host, then runs the rounds against a local pool of all
@@ -490,6 +552,7 @@ async fn compare(
         let phase = |what: &str, n: usize, len: usize| b.progress.phase(label(what, n), len as u64);
         let local_1 = measure(&local, &b.load, 1, seq, &phase("local pool", 1, seq)).await?;
         let cluster_1 = measure(client, &b.load, 1, seq, &phase("cluster", 1, seq)).await?;
+        let cpu = tree_cpu_us();
         let local_n = measure(
             &local,
             &b.load,
@@ -498,6 +561,8 @@ async fn compare(
             &phase("local pool", callers, requests),
         )
         .await?;
+        let local_cpu_us = (tree_cpu_us() - cpu) / local_n.samples.len().max(1) as f64;
+        let cpu = tree_cpu_us();
         let cluster_n = measure(
             client,
             &b.load,
@@ -506,6 +571,7 @@ async fn compare(
             &phase("cluster", callers, requests),
         )
         .await?;
+        let cluster_cpu_us = (tree_cpu_us() - cpu) / cluster_n.samples.len().max(1) as f64;
         out.verbose(format!(
             "round {round}: p50 local {:.0} us, cluster {:.0} us; {callers} callers: local {:.0}/s, cluster {:.0}/s",
             local_1.p50_us, cluster_1.p50_us, local_n.rps, cluster_n.rps
@@ -515,6 +581,8 @@ async fn compare(
             cluster_1,
             local: local_n,
             cluster: cluster_n,
+            local_cpu_us,
+            cluster_cpu_us,
         });
     }
     Ok((done, local))
