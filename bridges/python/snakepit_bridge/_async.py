@@ -28,13 +28,40 @@ class AsyncServer(Server):
         self._tasks = {}  # request id -> (task, ctx)
         self._host_pending = {}  # host call id -> (ctx, resolve(ok, value))
         self._terminated = False
+        self._loop_thread = None
+        # Frames the loop thread has sent in this turn of the loop: written
+        # together, in one write, when the turn ends.
+        self._out = []
 
     def serve(self, install_signals: bool) -> int:
         loop = asyncio.new_event_loop()
         try:
             return loop.run_until_complete(self._main(install_signals))
         finally:
+            self._flush()
             loop.close()
+
+    # --- writing -------------------------------------------------------------------
+
+    def send(self, value: dict[str, Any]) -> None:
+        if threading.get_ident() != self._loop_thread:
+            return super().send(value)  # a handler's thread: written at once
+        # Replies (and chunks, host calls) made in the same turn of the loop,
+        # such as those of requests that arrived together, go out in one
+        # write; in order, so a call's chunks still precede its reply.
+        out = self._out
+        out.append(self._frame(value))
+        if len(out) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self):
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        with self._write_lock:
+            self._write(data)
 
     async def _main(self, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()

@@ -104,6 +104,11 @@ class SyncServer(Server):
         whose cancel frame is among them is answered Cancelled, never run."""
         backlog = self._backlog
         for payload in self.buffered_frames():
+            if b"cancel" not in payload:
+                # Not a cancel frame (whose type is the string "cancel" in
+                # either codec): decoded once, when it is dispatched.
+                backlog.append(payload)
+                continue
             try:
                 kind, msg = self.parse(payload)
             except FrameError:

@@ -1,0 +1,101 @@
+"""Several frames per system call: requests that arrive together are read
+together, and replies ready together leave in one write."""
+
+import os
+import unittest
+from unittest import mock
+
+from ._helpers import CODECS, run_in_process
+from snakepit_bridge import Worker, _server, _sync, _wire, generic
+
+
+def request(rid, command="echo", args=None):
+    return {"id": rid, "command": command, "args": args or {"n": rid}}
+
+
+class CountingWrites:
+    """Wraps os.write, counting the writes to one descriptor."""
+
+    def __init__(self):
+        self.fd = None
+        self.writes = 0
+        self._write = os.write
+
+    def __call__(self, fd, data):
+        if fd == self.fd:
+            self.writes += 1
+        return self._write(fd, data)
+
+
+def run_counting(worker, frames, codec):
+    """run_in_process, counting the worker's writes of frames."""
+    counting = CountingWrites()
+    real_run = worker.run
+
+    def run(read_fd, write_fd, install_signals):
+        counting.fd = write_fd
+        return real_run(read_fd=read_fd, write_fd=write_fd, install_signals=install_signals)
+
+    with mock.patch.object(worker, "run", run), mock.patch.object(_server.os, "write", counting):
+        code, out = run_in_process(worker, frames, codec)
+    return code, out, counting.writes
+
+
+class AsyncBatchingTests(unittest.TestCase):
+    def test_replies_ready_in_the_same_turn_of_the_loop_go_out_in_one_write(self):
+        for name in CODECS:
+            codec = _wire.get_codec(name)
+            w = Worker(codec=name)
+
+            @w.command("aecho")
+            async def aecho(args):
+                return args
+
+            frames = [request(rid, "aecho") for rid in range(1, 9)]
+            code, out, writes = run_counting(w, frames, codec)
+            self.assertEqual(code, 0)
+            self.assertEqual(out[0]["type"], "hello")
+            replies = {m["id"]: m["result"] for m in out[1:]}
+            self.assertEqual(replies, {rid: {"n": rid} for rid in range(1, 9)})
+            # The eight requests arrive in one read and finish in the same
+            # turn of the loop: their replies leave together (with the
+            # hello, or at most in a few writes), not in eight.
+            self.assertLessEqual(writes, 3, f"{name}: {writes} writes for hello and 8 replies")
+
+
+class SyncReadAheadTests(unittest.TestCase):
+    def test_requests_read_together_are_decoded_once_each(self):
+        for name in CODECS:
+            codec = _wire.get_codec(name)
+            w = Worker(codec=name)
+            generic.register(w)
+            decoded = []
+            real_parse = _server.Server.parse
+
+            def parse(self, payload):
+                decoded.append(payload)
+                return real_parse(self, payload)
+
+            frames = [request(rid) for rid in range(1, 6)]
+            with mock.patch.object(_sync.SyncServer, "parse", parse):
+                code, out = run_in_process(w, frames, codec)
+            self.assertEqual(code, 0)
+            self.assertEqual([m["id"] for m in out[1:]], [1, 2, 3, 4, 5])
+            self.assertEqual(len(decoded), 5, f"{name}: requests decoded {len(decoded)} times")
+
+    def test_a_cancel_read_with_its_request_still_drops_it(self):
+        for name in CODECS:
+            codec = _wire.get_codec(name)
+            w = Worker(codec=name)
+            generic.register(w)
+            frames = [request(1), request(2), {"type": "cancel", "id": 2}, request(3)]
+            code, out = run_in_process(w, frames, codec)
+            self.assertEqual(code, 0)
+            replies = {m["id"]: m for m in out[1:]}
+            self.assertTrue(replies[1]["success"])
+            self.assertEqual(replies[2]["error"]["type"], "Cancelled")
+            self.assertTrue(replies[3]["success"])
+
+
+if __name__ == "__main__":
+    unittest.main()
