@@ -50,12 +50,21 @@ fn bench_nats_reports_added_latency_and_the_throughput_ratio() {
     assert_eq!(r["workers"], 2);
     assert_eq!(r["rounds"], 1);
     assert!(r["added_p50_us"]["median"].is_number(), "{r}");
-    for key in ["local_p50_us", "cluster_p50_us", "local_rps", "cluster_rps"] {
+    for key in [
+        "local_p50_us",
+        "cluster_p50_us",
+        "local_rps",
+        "cluster_rps",
+        "nats_round_trip_p50_us",
+    ] {
         assert!(r[key]["median"].as_f64().unwrap() > 0.0, "{key}: {r}");
     }
     let ratio = r["throughput_ratio"]["median"].as_f64().unwrap();
     assert!(ratio > 0.0, "{r}");
     assert!(r["cluster"].as_str().unwrap().starts_with("bench-"), "{r}");
+    for key in ["local_cpu_us_per_call", "cluster_cpu_us_per_call"] {
+        assert!(r[key]["median"].is_number(), "{key}: {r}");
+    }
 
     let (code, stdout, stderr) = snakepit(&small);
     assert_eq!(code, 0, "{stdout}\n{stderr}");

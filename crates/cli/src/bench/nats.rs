@@ -69,6 +69,10 @@ struct ClusterReport {
     rounds: usize,
     /// One caller: the cluster's p50 minus the local pool's, in µs.
     added_p50_us: Spread,
+    /// One caller: the p50 of a bare NATS request and reply (a responder on
+    /// a connection and thread of its own in this process), in µs: what
+    /// the network path costs before any of snakepit's work.
+    nats_round_trip_p50_us: Spread,
     local_p50_us: Spread,
     cluster_p50_us: Spread,
     /// `--concurrency` callers: calls per second.
@@ -350,7 +354,8 @@ pub(crate) async fn run(b: &Bench, url: &str, out: &Output) -> Result<(), Failur
     for (i, &n) in sizes.iter().enumerate() {
         hosts.push(Host::start(b, url, &cluster, format!("bench-{i}"), n).await?);
     }
-    let outcome = compare(b, &client, &mut hosts, &sizes, out).await;
+    let _echo = start_echo(url.to_owned(), &cluster)?;
+    let outcome = compare(b, (&nats, &cluster), &client, &mut hosts, &sizes, out).await;
     for host in hosts {
         host.stop().await;
     }
@@ -374,6 +379,7 @@ pub(crate) async fn run(b: &Bench, url: &str, out: &Output) -> Result<(), Failur
                 .collect(),
             0,
         ),
+        nats_round_trip_p50_us: Spread::of(rounds.iter().map(|r| r.nats_p50_us).collect(), 0),
         local_p50_us: Spread::of(rounds.iter().map(|r| r.local_1.p50_us).collect(), 0),
         cluster_p50_us: Spread::of(rounds.iter().map(|r| r.cluster_1.p50_us).collect(), 0),
         local_rps: Spread::of(rounds.iter().map(|r| r.local.rps).collect(), 0),
@@ -414,8 +420,9 @@ pub(crate) async fn run(b: &Bench, url: &str, out: &Output) -> Result<(), Failur
             report.cluster_p50_us.show(" us")
         ),
         format!(
-            "added p50 latency:          {}",
-            report.added_p50_us.show(" us")
+            "added p50 latency:          {}; a bare NATS request/reply: {}",
+            report.added_p50_us.show(" us"),
+            report.nats_round_trip_p50_us.show(" us")
         ),
         format!(
             "{} callers, throughput:     local {}, cluster {}",
@@ -452,6 +459,70 @@ struct Round {
     cluster: Run,
     local_cpu_us: f64,
     cluster_cpu_us: f64,
+    nats_p50_us: f64,
+}
+
+/// The subject of the bare round trip, under the bench's cluster.
+fn echo_subject(cluster: &str) -> String {
+    format!("snakepit.{cluster}.bench.echo")
+}
+
+/// Answers each request on the echo subject with its payload, on a
+/// connection and a one-thread runtime of its own, as a host would.
+fn start_echo(url: String, cluster: &str) -> Result<std::thread::JoinHandle<()>, Failure> {
+    let subject = echo_subject(cluster);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("bench-nats-echo".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(nats) = crate::cluster::connect(&url).await else {
+                    return;
+                };
+                let Ok(mut sub) = nats.subscribe(subject).await else {
+                    return;
+                };
+                let _ = nats.flush().await;
+                let _ = ready_tx.send(nats.clone());
+                use futures_util::StreamExt as _;
+                while let Some(m) = sub.next().await {
+                    match m.reply {
+                        Some(r) => {
+                            let _ = nats.publish(r, m.payload).await;
+                        }
+                        None => break,
+                    }
+                }
+            });
+        })
+        .map_err(|e| Failure::general(format!("cannot start a thread: {e}")))?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| Failure::general("the NATS echo for the bare round trip did not start"))?;
+    Ok(thread)
+}
+
+/// The p50 of `n` bare requests to the echo, in µs.
+async fn nats_p50(nats: &async_nats::Client, cluster: &str, n: usize) -> Result<f64, Failure> {
+    let subject = echo_subject(cluster);
+    let mut t = Vec::with_capacity(n);
+    for i in 0..WARM_UP + n {
+        let s = Instant::now();
+        nats.request(subject.clone(), bytes::Bytes::from_static(b"{}"))
+            .await
+            .map_err(|e| Failure::general(format!("a bare NATS request failed: {e}")))?;
+        if i >= WARM_UP {
+            t.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    t.sort_unstable_by(f64::total_cmp);
+    Ok(t.get(t.len() / 2).copied().unwrap_or(0.0))
 }
 
 /// The CPU time (user and system) used so far by this process and every
@@ -499,6 +570,7 @@ fn tree_cpu_us() -> f64 {
 /// the workers.
 async fn compare(
     b: &Bench,
+    (nats, cluster): (&async_nats::Client, &str),
     client: &snakepit_cluster::Client,
     hosts: &mut [Host],
     sizes: &[usize],
@@ -552,6 +624,7 @@ async fn compare(
         let phase = |what: &str, n: usize, len: usize| b.progress.phase(label(what, n), len as u64);
         let local_1 = measure(&local, &b.load, 1, seq, &phase("local pool", 1, seq)).await?;
         let cluster_1 = measure(client, &b.load, 1, seq, &phase("cluster", 1, seq)).await?;
+        let nats_p50_us = nats_p50(nats, cluster, seq).await?;
         let cpu = tree_cpu_us();
         let local_n = measure(
             &local,
@@ -583,6 +656,7 @@ async fn compare(
             cluster: cluster_n,
             local_cpu_us,
             cluster_cpu_us,
+            nats_p50_us,
         });
     }
     Ok((done, local))
