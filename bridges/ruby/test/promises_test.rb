@@ -1,0 +1,94 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "fileutils"
+require "tmpdir"
+
+# What docs/protocol.md and docs/bridges.md promise of the Ruby bridge that
+# the other suites do not already show, against real worker processes.
+class PromisesTest < Minitest::Test
+  SCRIPT = <<~RUBY
+    require "snakepit_bridge"
+    worker = SnakepitBridge::Worker.new
+    worker.command("chunk") { |_args, ctx| { "sent" => ctx.chunk({ "part" => 1 }), "stream" => ctx.stream? } }
+    worker.command("only_args", ->(args) { { "got" => args } })
+    worker.command("keys") { |args, _ctx| args.keys.map(&:class).map(&:name).uniq }
+    worker.run
+  RUBY
+
+  def setup
+    @dir = Dir.mktmpdir("snakepit-ruby-promises-")
+    @script = File.join(@dir, "worker.rb")
+    File.write(@script, SCRIPT)
+    @workers = []
+  end
+
+  def teardown
+    @workers.each(&:stop)
+    FileUtils.remove_entry(@dir)
+  end
+
+  def spawn_worker(codec: "json")
+    WorkerProcess.new(@script, codec: codec).tap { |w| @workers << w }
+  end
+
+  # protocol.md section 4: "The stream ends inside a frame ...: the worker
+  # treats it as the end of stdin and exits 0; it sends nothing".
+  def test_eof_inside_a_frame_exits_0_and_sends_nothing
+    ["\x00\x00".b, "\x00\x00\x00\x20{\"id\":1,".b].each do |cut|
+      worker = spawn_worker
+      worker.send_raw(cut)
+      worker.close_stdin
+      status = worker.wait
+      refute_nil status, "the worker exits"
+      assert_equal 0, status.exitstatus, worker.stderr
+      assert_equal "", worker.drain_stdout(0.1), "nothing after the hello"
+    end
+  end
+
+  # protocol.md section 5: "The Python and Node bridges omit it, the Ruby
+  # bridge sends it" (a response's `timestamp`, UTC ISO-8601).
+  def test_replies_carry_an_iso_8601_utc_timestamp
+    worker = spawn_worker
+    reply = worker.call(1, "ping")
+    assert_match(/\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\z/, reply["timestamp"], reply.inspect)
+  end
+
+  # bridges.md: "`ctx.chunk` always writes the frame"; `ctx.stream?` says
+  # whether the caller streams.
+  def test_chunk_always_writes_the_frame
+    worker = spawn_worker
+    worker.request(1, "chunk")
+    chunk = worker.recv
+    assert_equal({ "type" => "chunk", "id" => 1, "data" => { "part" => 1 } }, chunk)
+    reply = worker.recv
+    assert_equal 1, reply["id"]
+    assert_equal false, reply["result"]["stream"], reply.inspect
+    worker.request(2, "chunk", {}, stream: true)
+    assert_equal "chunk", worker.recv["type"]
+    assert_equal true, worker.recv["result"]["stream"]
+  end
+
+  # bridges.md: "a lambda or `Method` taking one parameter gets only
+  # `args`. `args` is a Hash with string keys."
+  def test_a_one_parameter_callable_gets_only_args_with_string_keys
+    %w[json msgpack].each do |codec|
+      next if codec == "msgpack" && !msgpack?
+
+      worker = spawn_worker(codec: codec)
+      reply = worker.call(1, "only_args", { "a" => 1 })
+      assert_equal({ "got" => { "a" => 1 } }, reply["result"], reply.inspect)
+      reply = worker.call(2, "keys", { "a" => 1, "b" => { "c" => 2 } })
+      assert_equal ["String"], reply["result"], reply.inspect
+    end
+  end
+
+  private
+
+  def msgpack?
+    require "msgpack"
+    true
+  rescue LoadError
+    false
+  end
+end
