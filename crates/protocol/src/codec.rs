@@ -4,6 +4,7 @@
 #[cfg(any(feature = "json", feature = "msgpack"))]
 use bytes::BufMut;
 use bytes::BytesMut;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(feature = "json", feature = "msgpack"))]
@@ -35,6 +36,17 @@ pub trait Codec: Send + Sync + 'static {
         let _ = payload;
         None
     }
+
+    /// The result of a successful reply, decoded straight from where it
+    /// lies in the payload when the reply has the usual shape (`id`,
+    /// `success`, `result` and nothing else); `None` when not, or when the
+    /// result does not decode as `T` (the default: always `None`). The
+    /// fast path of [`decode_response`](crate::decode_response), which then
+    /// decodes the whole reply and reports what is wrong with it.
+    fn decode_success<T: DeserializeOwned>(&self, payload: &[u8]) -> Option<T> {
+        let _ = payload;
+        None
+    }
 }
 
 /// JSON payloads: UTF-8 text, written compact.
@@ -58,6 +70,12 @@ impl Codec for Json {
 
     fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {
         crate::message::peek::json(payload)
+    }
+
+    fn decode_success<T: DeserializeOwned>(&self, payload: &[u8]) -> Option<T> {
+        // `from_slice` checks that the value fills the slice: a reply with
+        // more after its result is not this shape.
+        serde_json::from_slice(crate::message::peek::json_result(payload)?).ok()
     }
 }
 
@@ -227,6 +245,15 @@ impl Codec for WireCodec {
             WireCodec::Json => Json.peek_response(payload),
             #[cfg(feature = "msgpack")]
             WireCodec::MsgPack => MsgPack.peek_response(payload),
+        }
+    }
+
+    fn decode_success<T: DeserializeOwned>(&self, payload: &[u8]) -> Option<T> {
+        match *self {
+            #[cfg(feature = "json")]
+            WireCodec::Json => Json.decode_success(payload),
+            #[cfg(feature = "msgpack")]
+            WireCodec::MsgPack => MsgPack.decode_success(payload),
         }
     }
 }

@@ -31,6 +31,12 @@ where
     C: Codec + ?Sized,
     T: DeserializeOwned,
 {
+    // The usual reply: its result decoded where it lies, the envelope only
+    // matched. Anything else (a failure, another shape, a result that is
+    // not a `T`) is decoded in full below, which says what is wrong.
+    if let Some(v) = codec.decode_success::<T>(payload) {
+        return Ok(Ok(v));
+    }
     let body: Body<T> = codec.decode(payload)?;
     match body.success {
         None => Err(Error::MissingField {

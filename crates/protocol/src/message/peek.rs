@@ -46,6 +46,46 @@ pub(crate) fn json(p: &[u8]) -> Option<(u64, bool)> {
     matches!(rest.first(), Some(b',' | b'}')).then_some((id, success))
 }
 
+/// The bytes of the result of a successful reply written as
+/// `{"id":<digits>,"success":true,"result":<value>}` and nothing after:
+/// `<value>`, not yet checked (the caller decodes it).
+#[cfg(feature = "json")]
+pub(crate) fn json_result(p: &[u8]) -> Option<&[u8]> {
+    const RESULT: &[u8] = b",\"success\":true,\"result\":";
+    let rest = p.strip_prefix(b"{\"id\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return None;
+    }
+    let value = rest[digits..].strip_prefix(RESULT)?.strip_suffix(b"}")?;
+    // The whole reply's nesting limit counts the reply's own map: a result
+    // that may nest near it is decoded in full, so that both paths agree on
+    // what is too deep. Each level takes two bytes; a longer value has its
+    // opening brackets counted (strings included: a bound from above).
+    let limit = crate::MAX_DEPTH - 2;
+    if value.len() >= 2 * limit && opens_at_least(value, limit) {
+        return None;
+    }
+    Some(value)
+}
+
+/// Whether `bytes` holds at least `n` of `{` and `[`, counted in runs of
+/// 255 with byte-wide sums the compiler vectorises.
+#[cfg(feature = "json")]
+fn opens_at_least(bytes: &[u8], n: usize) -> bool {
+    let mut count = 0;
+    for run in bytes.chunks(255) {
+        let opens = run
+            .iter()
+            .fold(0u8, |c, &b| c + u8::from(b == b'{' || b == b'['));
+        count += usize::from(opens);
+        if count >= n {
+            return true;
+        }
+    }
+    false
+}
+
 /// A reply as rmp-serde writes it with struct maps: a fixmap whose first
 /// key is `id` (a positive integer) and whose second is `success`.
 #[cfg(feature = "msgpack")]
@@ -78,5 +118,48 @@ pub(crate) fn msgpack(p: &[u8]) -> Option<(u64, bool)> {
         0xc3 => Some((id, true)),
         0xc2 => Some((id, false)),
         _ => None,
+    }
+}
+
+#[cfg(all(test, feature = "json"))]
+mod tests {
+    use super::json_result;
+
+    #[test]
+    fn the_result_of_a_usual_reply_is_found_where_it_lies() {
+        let frame = br#"{"id":7,"success":true,"result":{"status":"ok","n":[1,2]}}"#;
+        assert_eq!(
+            json_result(frame),
+            Some(&br#"{"status":"ok","n":[1,2]}"#[..])
+        );
+        assert_eq!(
+            json_result(br#"{"id":7,"success":true,"result":null}"#),
+            Some(&b"null"[..])
+        );
+        // Not that shape: the full decode handles them.
+        for other in [
+            &br#"{"id":7,"success":false,"error":{"message":"x"}}"#[..],
+            br#"{"success":true,"id":7,"result":1}"#,
+            br#"{"id":7,"success":true}"#,
+            br#"{"id":,"success":true,"result":1}"#,
+            br#"{"id":7,"success":true,"result":1"#,
+        ] {
+            assert_eq!(
+                json_result(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        let deep = format!(
+            r#"{{"id":1,"success":true,"result":{}{}}}"#,
+            "[".repeat(crate::MAX_DEPTH),
+            "]".repeat(crate::MAX_DEPTH)
+        );
+        assert_eq!(
+            json_result(deep.as_bytes()),
+            None,
+            "a deep result takes the full path"
+        );
     }
 }
