@@ -245,6 +245,10 @@ impl Host {
         if let Some(script) = &b.worker.script {
             launch = launch.arg("--script").arg(script);
         }
+        if b.worker.preload {
+            // The same workers as the local pool: forked from a template.
+            launch = launch.arg("--preload");
+        }
         if let Some(lang) = b.worker.lang.to_possible_value() {
             launch = launch.arg("--adapter").arg(lang.get_name());
         }
