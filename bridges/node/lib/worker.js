@@ -294,6 +294,22 @@ function protectStdout() {
 // something made the descriptor non-blocking after all; then wait briefly
 // rather than drop part of a frame.
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+// Frames sent while one callback runs (the replies to the requests that
+// came in one read, say) leave together, in order, in one write once it
+// returns: `write` is called once per batch, not once per frame.
+function batched(write) {
+  let frames = [];
+  const flush = () => {
+    const out = frames;
+    frames = [];
+    write(out.length === 1 ? out[0] : Buffer.concat(out));
+  };
+  return (frame) => {
+    frames.push(frame);
+    if (frames.length === 1) queueMicrotask(flush);
+  };
+}
+
 function writeAllSync(fd, buf) {
   let off = 0;
   while (off < buf.length) {
@@ -430,8 +446,10 @@ class Worker {
   // `write(buffer)`. Resolves once the input ended and every call it started
   // has replied. No process-wide side effects, so tests can drive it.
   serve({ input, write }) {
+    // The hello goes out at once: it is the whole answer to the start.
     this._write = write;
     this._send(this.hello());
+    this._write = batched(write);
     const reader = new wire.FrameReader({
       maxFrameSize: this.maxFrameSize,
       onFrame: (payload) => this._onPayload(payload),

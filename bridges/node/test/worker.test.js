@@ -520,3 +520,32 @@ test('every worker answers the pool\'s init ping, and a ping of its own replaces
   const w = new Worker({ commands: { ping: () => ({ status: 'ok', mine: true }) } });
   assert.deepStrictEqual(w.commandNames(), ['ping']);
 });
+
+test('replies to requests read together leave in one write', async () => {
+  const worker = new Worker({ codec: 'json', commands: genericCommands() });
+  const codec = wire.getCodec('json');
+  const input = new PassThrough();
+  const writes = [];
+  const done = worker.serve({ input, write: (frame) => writes.push(Buffer.from(frame)) });
+  assert.equal(writes.length, 1, 'the hello, written at once');
+  const before = writes.length;
+  const requests = [1, 2, 3, 4, 5].map((id) =>
+    codec.encodeFrame({ id, command: 'echo', args: { n: id }, timestamp: '2026-11-27T12:24:04.051023Z' })
+  );
+  input.write(Buffer.concat(requests)); // one chunk, as one read brings them
+  input.end();
+  await done;
+  const replies = [];
+  const reader = new wire.FrameReader({
+    onFrame: (payload) => replies.push(codec.decodePayload(payload)),
+    onError: (err) => {
+      throw err;
+    },
+  });
+  for (const w of writes) reader.push(w);
+  assert.deepEqual(
+    replies.filter((r) => r.type === undefined).map((r) => [r.id, r.result.echoed.n]),
+    [[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]
+  );
+  assert.equal(writes.length - before, 1, `${writes.length - before} writes for five replies`);
+});
