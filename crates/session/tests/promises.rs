@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_core::Stream;
+
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
 use snakepit_core::{CallOptions, Pool};
@@ -48,8 +50,29 @@ async fn typed_session_calls_create_their_session_too() {
         "`call` created it"
     );
 
-    // (`execute_stream` is not shown here: this crate's tests have no
-    // `Stream` trait to read a `CallStream` with.)
+    let mut stream = pool
+        .execute_stream(
+            "recall",
+            json!({"key": "k"}),
+            CallOptions::new().session("streamed"),
+        )
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(item) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+    {
+        last = Some(item.unwrap());
+    }
+    assert!(
+        matches!(last, Some(snakepit_core::StreamItem::Done(_))),
+        "{last:?}"
+    );
+    assert!(
+        store.session_exists("streamed").await.unwrap(),
+        "`execute_stream` created it"
+    );
+
     pool.execute_with(
         "remember",
         json!({"key": "k", "value": 1}),
