@@ -68,6 +68,75 @@ module SnakepitBridge
       payload
     end
 
+    # Splits a stream into frame payloads, reading up to 64 KiB at a time:
+    # frames that arrive together (a request and the cancel behind it, a
+    # host reply and the next request) take one read(2), not two per frame.
+    class FrameReader
+      CHUNK = 65_536
+
+      attr_reader :io
+
+      def initialize(io, max_frame_size = MAX_FRAME_SIZE)
+        @io = io
+        @max_frame_size = max_frame_size
+        @buf = "".b
+        @skip = 0 # bytes still to drop of an oversized frame
+      end
+
+      # A whole frame is read already: IO.select would not see it.
+      def buffered?
+        @skip.zero? && @buf.bytesize >= 4 && @buf.bytesize >= 4 + @buf.unpack1("N")
+      end
+
+      # The next payload, or nil at the end of the stream (before a frame,
+      # or while skipping an oversized one). Raises FrameTooLarge once per
+      # oversized frame (the frame is then skipped as it arrives) and
+      # DecodeError(:truncated) when the stream ends inside a frame.
+      def read_frame
+        loop do
+          payload = next_frame
+          return payload if payload
+
+          chunk = read_chunk
+          if chunk.nil?
+            return nil if @buf.empty?
+
+            @buf = "".b
+            raise DecodeError.new(:truncated, "stream ended inside a frame")
+          end
+          chunk.force_encoding(Encoding::BINARY)
+          drop = [@skip, chunk.bytesize].min
+          @skip -= drop
+          @buf << (drop.zero? ? chunk : chunk.byteslice(drop..))
+        end
+      end
+
+      private
+
+      def next_frame
+        return nil if @buf.bytesize < 4
+
+        size = @buf.unpack1("N")
+        if size > @max_frame_size
+          have = [@buf.bytesize - 4, size].min
+          @buf = @buf.byteslice((4 + have)..)
+          @skip = size - have
+          raise FrameTooLarge.new(size, @max_frame_size)
+        end
+        return nil if @buf.bytesize < 4 + size
+
+        payload = @buf.byteslice(4, size)
+        @buf = @buf.byteslice((4 + size)..)
+        payload
+      end
+
+      def read_chunk
+        @io.readpartial(CHUNK)
+      rescue EOFError
+        nil
+      end
+    end
+
     # Discards +size+ bytes, used after FrameTooLarge to resynchronise.
     def skip(io, size)
       buffer = +""

@@ -324,7 +324,7 @@ module SnakepitBridge
         # SIGINT may cancel the handler while it waits here: nothing of the
         # next frame has been consumed yet. The read itself is shielded so
         # a cancellation can never leave half a frame behind.
-        IO.select([@input])
+        IO.select([@input]) unless frame_reader.buffered?
         message = Thread.handle_interrupt(Cancelled => :never) { next_message }
         raise HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") if message.nil?
 
@@ -385,13 +385,12 @@ module SnakepitBridge
     # answered with a ProtocolError (id 0) and skipped.
     def next_message
       loop do
-        payload = Wire.read_frame(@input)
+        payload = frame_reader.read_frame
         return nil if payload.nil?
 
         return @codec.decode(payload)
       rescue FrameTooLarge => e
-        protocol_error(e.message)
-        return nil unless Wire.skip(@input, e.size)
+        protocol_error(e.message) # the reader skips the frame as it arrives
       rescue DecodeError => e
         if e.kind == :truncated
           log("#{e.message}; treating it as end of input")
@@ -399,6 +398,13 @@ module SnakepitBridge
         end
         protocol_error(e.message)
       end
+    end
+
+    # Frames are read from @input through one reader (a forked worker's
+    # @input is new, and so is its reader).
+    def frame_reader
+      @frame_reader = Wire::FrameReader.new(@input) unless @frame_reader&.io.equal?(@input)
+      @frame_reader
     end
 
     def dispatch(message)
