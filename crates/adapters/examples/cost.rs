@@ -7,6 +7,10 @@
 //! ```sh
 //! cargo run --release -p snakepit-adapters --example cost -- --calls 1000 --mode typed --workers 2 --callers 8
 //! ```
+//!
+//! Outside callgrind it also prints the calls per second: `--runtime current`
+//! runs the host on one thread as `snakepit bench` does, `--pipeline-depth N`
+//! sets `PoolConfig::pipeline_depth`.
 
 use std::time::Instant;
 
@@ -27,6 +31,10 @@ struct Args {
     workers: usize,
     callers: usize,
     typed: bool,
+    /// Calls written ahead to each worker (`PoolConfig::pipeline_depth`).
+    depth: Option<u32>,
+    /// The host on one thread (`current_thread`), as the bench runs it.
+    one_thread: bool,
 }
 
 fn args() -> Result<Args> {
@@ -35,6 +43,8 @@ fn args() -> Result<Args> {
         workers: 2,
         callers: 8,
         typed: true,
+        depth: None,
+        one_thread: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +53,14 @@ fn args() -> Result<Args> {
             "--calls" => a.calls = value.parse()?,
             "--workers" => a.workers = value.parse()?,
             "--callers" => a.callers = value.parse()?,
+            "--pipeline-depth" => a.depth = Some(value.parse()?),
+            "--runtime" => {
+                a.one_thread = match value.as_str() {
+                    "current" => true,
+                    "multi" => false,
+                    other => bail!("--runtime is current or multi, not {other}"),
+                }
+            }
             "--mode" => {
                 a.typed = match value.as_str() {
                     "typed" => true,
@@ -58,12 +76,26 @@ fn args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let a = args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = if a.one_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
-        let pool = Pool::builder(GenericPython).size(a.workers).start().await?;
+        let pool = Pool::builder(GenericPython)
+            .size(a.workers)
+            .configure(|c| {
+                if let Some(depth) = a.depth {
+                    c.pipeline_depth = depth;
+                }
+            })
+            .start()
+            .await?;
         let started = Instant::now();
         let per_caller = a.calls / a.callers.max(1);
         let tasks: Vec<_> = (0..a.callers.max(1))
@@ -86,10 +118,11 @@ fn main() -> Result<()> {
             t.await??;
         }
         let took = started.elapsed();
+        let calls = per_caller * a.callers.max(1);
         eprintln!(
-            "{} calls ({} mode) in {took:?}",
-            per_caller * a.callers.max(1),
-            if a.typed { "typed" } else { "value" }
+            "{calls} calls ({} mode) in {took:?}: {:.0} calls/s",
+            if a.typed { "typed" } else { "value" },
+            calls as f64 / took.as_secs_f64()
         );
         pool.shutdown().await?;
         Ok(())
