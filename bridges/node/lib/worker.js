@@ -531,7 +531,11 @@ class Worker {
       (typeof msg.args !== 'object' || Array.isArray(msg.args) || ArrayBuffer.isView(msg.args))) {
       problem = 'field args must be a map';
     } else if (this._running.has(id)) {
-      problem = `request id ${id} is already running`;
+      // Answering it would give the pool two final replies for one id (and
+      // the running call's would then look stale): dropped, with a line on
+      // stderr, as docs/protocol.md section 4 allows.
+      this.log.warn(`request id ${id} is already running; dropped`);
+      return;
     }
     if (problem !== null) {
       this._send(failure(hasId ? id : 0, 'InvalidRequest', problem));
