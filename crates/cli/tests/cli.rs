@@ -489,7 +489,7 @@ fn bench_json_has_the_documented_fields() {
     }
     assert!(v["pool_over_raw"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     // Pipelining as set (the default), and the same pool with it off.
-    assert_eq!(v["pipeline_depth"], 1, "{v}");
+    assert_eq!(v["pipeline_depth"], 4, "{v}");
     assert_eq!(v["pipeline_max_call_us"], 1000, "{v}");
     for field in ["rps", "p50_us", "p99_us", "mb_s", "cpu_us_per_call"] {
         assert!(

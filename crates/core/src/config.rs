@@ -58,7 +58,11 @@ pub struct PoolConfig {
     /// until the host sends it (0: off). Only for workers whose hello
     /// declares `pipeline` (they drop a cancelled call they have not
     /// started), and only while the worker's recent calls are shorter than
-    /// `pipeline_max_call`: long calls never wait behind each other.
+    /// `pipeline_max_call`: long calls never wait behind each other. The
+    /// default, 4, is what Celery prefetches by default; the difference is
+    /// that here it applies only to short calls. What it costs: a call that
+    /// turns out long, on a worker whose calls were short, holds up to this
+    /// many calls written ahead behind it. Set 1 to bound that to one.
     pub pipeline_depth: u32,
     /// A worker's recent calls (a moving average of how long it took to
     /// answer each) must be shorter than this for calls to be written ahead
@@ -123,7 +127,7 @@ impl Default for PoolConfig {
             cleanup_max_retries: 10,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_concurrency_per_worker: 64,
-            pipeline_depth: 1,
+            pipeline_depth: 4,
             pipeline_max_call: Duration::from_millis(1),
             stderr_tail_lines: 40,
             max_sessions: 100_000,
