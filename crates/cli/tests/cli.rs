@@ -529,7 +529,7 @@ fn bench_json_has_the_documented_fields() {
     assert!(
         svg.starts_with("<svg")
             && svg.contains("raw loop, 2 workers")
-            && svg.contains("pool, 2 workers, 8 callers, pipeline depth 1")
+            && svg.contains("pool, 2 workers, 8 callers, pipeline depth 4")
             && svg.contains("pool, 2 workers, 8 callers, no pipelining")
     );
 }
@@ -674,7 +674,7 @@ fn exec_takes_the_pipeline_depth() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("pipeline depth 2"), "{r:?}");
     let r = snakepit(&["-v", "exec", "ping"]);
-    assert!(r.stderr.contains("pipeline depth 1"), "{r:?}");
+    assert!(r.stderr.contains("pipeline depth 4"), "{r:?}");
 }
 
 #[test]
