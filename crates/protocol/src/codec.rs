@@ -65,7 +65,7 @@ impl Codec for Json {
     }
 
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
-        serde_json::from_slice(src).map_err(|e| json_error(src, e))
+        json_from(src).map_err(|e| json_error(src, e))
     }
 
     fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {
@@ -75,7 +75,19 @@ impl Codec for Json {
     fn decode_success<T: DeserializeOwned>(&self, payload: &[u8]) -> Option<T> {
         // `from_slice` checks that the value fills the slice: a reply with
         // more after its result is not this shape.
-        serde_json::from_slice(crate::message::peek::json_result(payload)?).ok()
+        json_from(crate::message::peek::json_result(payload)?).ok()
+    }
+}
+
+/// Parses JSON text from bytes. Bytes that are UTF-8 (nearly always) are
+/// checked once, in bulk, and parsed as a `str`, so serde_json does not check
+/// each string again as it meets it (a tenth of a small reply's decoding);
+/// other bytes are parsed as bytes, which reports where the encoding breaks.
+#[cfg(feature = "json")]
+fn json_from<'de, T: Deserialize<'de>>(src: &'de [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(src) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(src),
     }
 }
 
