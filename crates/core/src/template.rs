@@ -52,6 +52,8 @@ pub(crate) struct Template {
     state: Mutex<State>,
     /// `true` once the template process has ended or its socket closed.
     ended: watch::Sender<bool>,
+    /// The process has been reaped: its pid may name another process now.
+    reaped: std::sync::atomic::AtomicBool,
     tail: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -123,14 +125,20 @@ impl Template {
             next_id: AtomicU64::new(1),
             state: Mutex::new(State::default()),
             ended: watch::channel(false).0,
+            reaped: std::sync::atomic::AtomicBool::new(false),
             tail,
         });
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(read_loop(template.clone(), ready_tx));
+        // Resolves once the process is reaped and its output read.
+        let (gone_tx, gone_rx) = oneshot::channel::<()>();
         {
             let template = Arc::downgrade(&template);
             tokio::spawn(async move {
                 let status = child.wait().await;
+                if let Some(t) = template.upgrade() {
+                    t.reaped.store(true, Ordering::Relaxed);
+                }
                 // What it wrote last is in the tail before anyone reads it.
                 for log in logs {
                     let _ = tokio::time::timeout(Duration::from_millis(200), log).await;
@@ -146,6 +154,7 @@ impl Template {
                 if let Some(t) = template.upgrade() {
                     t.ended.send_replace(true);
                 }
+                let _ = gone_tx.send(());
                 on_exit(pid);
             });
         }
@@ -165,8 +174,10 @@ impl Template {
             }
             Err(cause) => {
                 template.kill();
-                // Its last words explain most failures (an exception at import).
-                let _ = tokio::time::timeout(Duration::from_secs(2), ended.wait_for(|e| *e)).await;
+                // Its last words explain most failures (an exception at
+                // import): wait for the process and its output, not only
+                // for its socket to close, which comes first.
+                let _ = tokio::time::timeout(Duration::from_secs(2), gone_rx).await;
                 Err(TemplateError {
                     cause: format!("the preload template {cause}"),
                     tail: template.tail(),
@@ -188,10 +199,11 @@ impl Template {
         !*self.ended.borrow()
     }
 
-    /// Kills the template's process group. Its workers are in groups of
-    /// their own and keep running.
+    /// Kills the template's process group (unless it was reaped already:
+    /// its pid could be another's now). Its workers are in groups of their
+    /// own and keep running.
     pub(crate) fn kill(&self) {
-        if self.pid != 0 && self.is_alive() {
+        if self.pid != 0 && !self.reaped.load(Ordering::Relaxed) {
             os::signal_group(self.pid, libc::SIGKILL);
         }
     }
