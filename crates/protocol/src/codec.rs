@@ -2,7 +2,6 @@
 //! feature each), and `WireCodec`, the closed enum of those compiled in.
 
 #[cfg(any(feature = "json", feature = "msgpack"))]
-use bytes::BufMut;
 use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -49,6 +48,33 @@ pub trait Codec: Send + Sync + 'static {
     }
 }
 
+/// An encoder's output appended to a `BytesMut`. Serializers write a
+/// value in many small pieces (a quote, a key, a comma); each piece is one
+/// inlined append here, where `BufMut::writer`'s generic `put` costs several
+/// calls.
+#[cfg(any(feature = "json", feature = "msgpack"))]
+pub(crate) struct Appender<'a>(pub(crate) &'a mut BytesMut);
+
+#[cfg(any(feature = "json", feature = "msgpack"))]
+impl std::io::Write for Appender<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
+
+    #[inline]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// JSON payloads: UTF-8 text, written compact.
 #[cfg(feature = "json")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,7 +87,7 @@ impl Codec for Json {
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()> {
-        serde_json::to_writer(dst.writer(), value).map_err(|e| Error::encode("json", e))
+        serde_json::to_writer(Appender(dst), value).map_err(|e| Error::encode("json", e))
     }
 
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
@@ -132,7 +158,7 @@ impl Codec for MsgPack {
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T, dst: &mut BytesMut) -> Result<()> {
-        let mut ser = rmp_serde::Serializer::new(dst.writer()).with_struct_map();
+        let mut ser = rmp_serde::Serializer::new(Appender(dst)).with_struct_map();
         value
             .serialize(&mut ser)
             .map_err(|e| Error::encode("msgpack", e))
