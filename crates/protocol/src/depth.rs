@@ -91,6 +91,20 @@ impl<'a, T: ?Sized> Limited<'a, T> {
             },
         }
     }
+
+    #[cfg(feature = "json")]
+    /// `value` found `depth` levels down (a field of a struct at depth 0
+    /// is at depth 1).
+    pub(crate) fn at(value: &'a T, tripped: &'a Tripped, bytes_nest: bool, depth: usize) -> Self {
+        Limited {
+            value,
+            limit: Limit {
+                depth,
+                tripped,
+                bytes_nest,
+            },
+        }
+    }
 }
 
 impl<T: Serialize + ?Sized> Serialize for Limited<'_, T> {

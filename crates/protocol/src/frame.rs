@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::depth::{Limited, Tripped};
-use crate::Error;
+use crate::{Error, Request, WireCodec};
 
 /// Bytes in a frame header: a big-endian `u32` payload length.
 pub const HEADER_LEN: usize = 4;
@@ -195,4 +195,195 @@ where
     }
     dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// Frames a request as [`encode_frame`] does, byte for byte, and faster
+/// with [`WireCodec::Json`]: the envelope (id, command, timestamp, options)
+/// is written directly and only the arguments go through the serializer.
+/// The same errors: [`Error::TooDeep`] for arguments that nest too deep,
+/// [`Error::FrameTooLarge`], the codec's error; nothing written on error.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use snakepit_protocol::{encode_frame, encode_request, Request, WireCodec};
+///
+/// let request = Request::new(7, "add", &[1, 2]);
+/// let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+/// encode_request(&WireCodec::Json, &request, 1024, &mut a).unwrap();
+/// encode_frame(&WireCodec::Json, &request, 1024, &mut b).unwrap();
+/// assert_eq!(a, b);
+/// ```
+pub fn encode_request<A: serde::Serialize + ?Sized>(
+    codec: &WireCodec,
+    request: &Request<'_, A>,
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), Error> {
+    match codec {
+        #[cfg(feature = "json")]
+        WireCodec::Json => json_request(request, max_frame_size, dst),
+        #[allow(unreachable_patterns)] // with JSON alone
+        _ => encode_frame(codec, request, max_frame_size, dst),
+    }
+}
+
+/// A request as serde_json writes `Request`'s derived `Serialize`: the same
+/// fields in the same order, the same skipped ones.
+#[cfg(feature = "json")]
+fn json_request<A: serde::Serialize + ?Sized>(
+    r: &Request<'_, A>,
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), Error> {
+    use crate::codec::Appender;
+    fn string(dst: &mut BytesMut, s: &str) -> Result<(), Error> {
+        serde_json::to_writer(Appender(dst), s).map_err(|e| Error::encode("json", e))
+    }
+    let start = dst.len();
+    dst.put_u32(0);
+    let mut digits = [0u8; 20];
+    dst.extend_from_slice(b"{\"id\":");
+    dst.extend_from_slice(format_u64(&mut digits, r.id));
+    dst.extend_from_slice(b",\"command\":");
+    let mut written = string(dst, r.command);
+    if written.is_ok() {
+        dst.extend_from_slice(b",\"args\":");
+        // The request's own map is the first level.
+        let tripped = Tripped::default();
+        written = serde_json::to_writer(Appender(dst), &Limited::at(r.args, &tripped, true, 1))
+            .map_err(|e| {
+                if tripped.get() {
+                    Error::TooDeep {
+                        codec: "json",
+                        max: crate::MAX_DEPTH,
+                        encoding: true,
+                    }
+                } else {
+                    Error::encode("json", e)
+                }
+            });
+    }
+    if let Err(e) = written {
+        dst.truncate(start);
+        return Err(e);
+    }
+    let mut stamp = [0u8; 27];
+    r.timestamp.write(&mut stamp);
+    dst.extend_from_slice(b",\"timestamp\":\"");
+    dst.extend_from_slice(&stamp);
+    dst.extend_from_slice(b"\"");
+    fn optional(dst: &mut BytesMut, key: &[u8], v: Option<&str>) -> Result<(), Error> {
+        match v {
+            Some(v) => {
+                dst.extend_from_slice(key);
+                string(dst, v)
+            }
+            None => Ok(()),
+        }
+    }
+    let mut rest = optional(dst, b",\"session_id\":", r.session_id);
+    if let (Ok(()), Some(ms)) = (&rest, r.timeout_ms) {
+        dst.extend_from_slice(b",\"timeout_ms\":");
+        dst.extend_from_slice(format_u64(&mut digits, ms));
+    }
+    if r.stream {
+        dst.extend_from_slice(b",\"stream\":true");
+    }
+    for (key, v) in [
+        (&b",\"traceparent\":"[..], r.traceparent),
+        (b",\"tracestate\":", r.tracestate),
+        (b",\"baggage\":", r.baggage),
+    ] {
+        rest = rest.and_then(|()| optional(dst, key, v));
+    }
+    if let Err(e) = rest {
+        dst.truncate(start);
+        return Err(e);
+    }
+    dst.extend_from_slice(b"}");
+    let len = dst.len() - start - HEADER_LEN;
+    if len > max_frame_size || len > u32::MAX as usize {
+        dst.truncate(start);
+        return Err(Error::FrameTooLarge {
+            len: len as u64,
+            max: max_frame_size,
+        });
+    }
+    dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// `n` in decimal, in the tail of `buf`.
+#[cfg(feature = "json")]
+fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+#[cfg(all(test, feature = "json", feature = "msgpack"))]
+mod tests {
+    use super::*;
+    use crate::{Timestamp, MAX_DEPTH};
+    use serde_json::{json, Value};
+
+    fn both(r: &Request<'_, Value>, codec: WireCodec, max: usize) -> [Result<BytesMut, String>; 2] {
+        let run = |direct: bool| {
+            let mut buf = BytesMut::from(&b"before"[..]);
+            let r = if direct {
+                encode_request(&codec, r, max, &mut buf)
+            } else {
+                encode_frame(&codec, r, max, &mut buf)
+            };
+            match r {
+                Ok(()) => Ok(buf),
+                Err(e) => {
+                    assert_eq!(&buf[..], b"before", "nothing written on error");
+                    Err(format!("{e:?}"))
+                }
+            }
+        };
+        [run(true), run(false)]
+    }
+
+    #[test]
+    fn a_request_is_written_as_its_derived_serialization_writes_it() {
+        let nest = |depth: usize| (0..depth).fold(Value::Null, |v, _| json!([v]));
+        let args = [
+            Value::Null,
+            json!({}),
+            json!({"a": [1, 2.5, "x\"\\\n\u{1}é"], "b": {"c": null, "d": true}}),
+            json!("\u{2028} \u{7f}"),
+            nest(MAX_DEPTH - 1),
+            nest(MAX_DEPTH),
+        ];
+        for (i, args) in args.iter().enumerate() {
+            for full in [false, true] {
+                let mut r = Request::new(u64::MAX - i as u64, "run \"it\"\t", args);
+                r.timestamp = Timestamp(std::time::UNIX_EPOCH);
+                if full {
+                    r.session_id = Some("s\u{0}1");
+                    r.timeout_ms = Some(0);
+                    r.stream = true;
+                    r.traceparent = Some("00-ab-cd-01");
+                    r.tracestate = Some("k=v");
+                    r.baggage = Some("a=1,b=\"2\"");
+                }
+                for codec in [WireCodec::Json, WireCodec::MsgPack] {
+                    let [direct, derived] = both(&r, codec, 1 << 20);
+                    assert_eq!(direct, derived, "{codec:?} {args} full={full}");
+                }
+            }
+        }
+        let r = Request::new(0, "ping", &Value::Null);
+        let [direct, derived] = both(&r, WireCodec::Json, 20);
+        assert!(direct.as_ref().unwrap_err().contains("FrameTooLarge"));
+        assert_eq!(direct, derived);
+    }
 }

@@ -53,7 +53,7 @@ pub use codec::MsgPack;
 pub use codec::{Codec, UnknownCodec, WireCodec};
 pub use depth::MAX_DEPTH;
 pub use error::{Error, Result};
-pub use frame::{encode_frame, FrameCodec, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN};
+pub use frame::{encode_frame, encode_request, FrameCodec, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN};
 pub use message::{
     decode_chunk, decode_host_call_args, decode_inbound, decode_outbound, decode_response,
     peek_response, Cancel, Capabilities, ForHostCall, ForRequest, Hello, HostReply, Inbound,

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use snakepit_protocol::{decode_response, encode_frame, Request};
+use snakepit_protocol::{decode_response, encode_request, Request};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -360,7 +360,7 @@ impl Pool {
                 (None, None) => None,
             };
             let mut buf = BytesMut::with_capacity(256);
-            encode_frame(
+            encode_request(
                 &shared.codec,
                 &request,
                 shared.config.max_frame_size,

@@ -16,7 +16,7 @@ impl Timestamp {
         Timestamp(SystemTime::now())
     }
 
-    fn write(&self, out: &mut [u8; 27]) {
+    pub(crate) fn write(&self, out: &mut [u8; 27]) {
         let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = d.as_secs();
         let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
