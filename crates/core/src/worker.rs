@@ -57,12 +57,21 @@ pub(crate) enum Failure {
     NotSent(Error),
     /// It reached the worker, or may have: it is never sent again.
     Failed(Error),
+    /// Its deadline passed before its reply, seen by the worker's reader
+    /// (for a call registered with [`Worker::register_until`]). The call
+    /// stays pending: its caller abandons it as on its own timeout.
+    Expired,
 }
 
 impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
             Failure::NotSent(e) | Failure::Failed(e) => e,
+            // Callers that register a deadline handle this themselves.
+            Failure::Expired => Error::CallTimeout {
+                command: String::new(),
+                timeout: Duration::ZERO,
+            },
         }
     }
 }
@@ -88,6 +97,15 @@ struct Inner {
     /// When the call now running started (kept only while calls are
     /// written ahead to this worker, to learn how long its calls take).
     running_since: Option<Instant>,
+    /// The deadlines of the calls registered with one, which the reader
+    /// watches in place of a timer per call.
+    deadlines: HashMap<u64, Instant, CallIds>,
+    /// No later than the earliest of `deadlines` (it is not raised when a
+    /// call ends, only when the reader looks through them).
+    earliest: Option<Instant>,
+    /// When the reader's timer fires, if it is set; it then expires the
+    /// calls whose deadline passed and sets it again for the rest.
+    armed: Option<Instant>,
     /// Set once the worker is dying; no call is registered after that.
     dead: bool,
     reaped: bool,
@@ -210,6 +228,9 @@ pub(crate) struct Worker {
     /// The pool is stopping this worker (shutdown): calls cut off by it are
     /// not crashes.
     stopping: AtomicBool,
+    /// A call registered a deadline while the reader's timer was unset:
+    /// the reader sets it after its next frame.
+    rearm: AtomicBool,
     /// `Some` once the process has ended and every call on it was failed.
     finished: watch::Sender<Option<ExitReason>>,
 }
@@ -267,6 +288,9 @@ impl Worker {
             stdin: stdin.clone(),
             inner: Mutex::new(Inner {
                 pending: HashMap::with_capacity_and_hasher(4, CallIds),
+                deadlines: HashMap::with_capacity_and_hasher(4, CallIds),
+                earliest: None,
+                armed: None,
                 running_since: None,
                 dead: false,
                 reaped: false,
@@ -281,6 +305,7 @@ impl Worker {
             call_us: AtomicU32::new(u32::MAX),
             max_call_us: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            rearm: AtomicBool::new(false),
             finished: watch::channel(None).0,
         });
         tokio::spawn(write_loop(stdin));
@@ -318,6 +343,75 @@ impl Worker {
         }
         inner.pending.insert(id, pending);
         Ok(())
+    }
+
+    /// Registers a call that times out at `deadline`: the reader expires it
+    /// then ([`Failure::Expired`]). `Ok(true)` when the reader's timer is
+    /// set for `deadline` or earlier, so that the caller needs no timer of
+    /// its own; `Ok(false)` when the caller must keep its own (the reader
+    /// sets its timer at its next frame, and in the meantime the worker
+    /// may never answer). Fails if the worker is already dying.
+    pub(crate) fn register_until(
+        &self,
+        id: u64,
+        pending: Pending,
+        deadline: Instant,
+    ) -> Result<bool, Pending> {
+        let mut inner = self.inner();
+        if inner.dead {
+            return Err(pending);
+        }
+        if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
+            inner.running_since = Some(Instant::now());
+        }
+        inner.pending.insert(id, pending);
+        inner.deadlines.insert(id, deadline);
+        if inner.earliest.is_none_or(|e| deadline < e) {
+            inner.earliest = Some(deadline);
+            if inner.armed.is_none() {
+                self.rearm.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(inner.armed.is_some_and(|a| a <= deadline))
+    }
+
+    /// The reader's timer fired (or is unset): expires the calls whose
+    /// deadline has passed, and says when to fire next (`None`: no call
+    /// has a deadline).
+    fn expire(&self) -> Option<Instant> {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let pending = &mut inner.pending;
+        inner.deadlines.retain(|id, &mut deadline| {
+            if deadline > now {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                return true;
+            }
+            if let Some(p) = pending.get_mut(id) {
+                // The call stays pending (its caller abandons it, and its
+                // unit comes back with its reply); only its caller hears.
+                let (tx, _) = oneshot::channel();
+                let _ = std::mem::replace(&mut p.reply, tx).send(Err(Failure::Expired));
+            }
+            false
+        });
+        // With no call left to watch, the timer stays set for the earliest
+        // deadline it was set for, so that the next calls (their deadlines
+        // later) need no timer of their own either.
+        let next = next.or(inner.earliest.filter(|&e| e > now));
+        inner.earliest = next;
+        inner.armed = next;
+        self.rearm.store(false, Ordering::Relaxed);
+        next
+    }
+
+    /// Call `id` has ended: its deadline no longer counts.
+    fn forget_deadline(inner: &mut Inner, id: u64) {
+        if !inner.deadlines.is_empty() {
+            inner.deadlines.remove(&id);
+        }
     }
 
     /// Calls are written ahead to this worker (it runs one call at a time,
@@ -377,7 +471,9 @@ impl Worker {
     /// Takes back a call whose frame did not reach the worker; `None` if the
     /// reader already failed it (the worker died meanwhile).
     pub(crate) fn unregister(&self, id: u64) -> Option<Pending> {
-        self.inner().pending.remove(&id)
+        let mut inner = self.inner();
+        Self::forget_deadline(&mut inner, id);
+        inner.pending.remove(&id)
     }
 
     /// SIGINT can only reach the call it is meant for: the worker is alive,

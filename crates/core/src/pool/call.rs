@@ -147,6 +147,9 @@ pub(crate) struct InFlight {
     pub(crate) id: u64,
     pub(crate) reply: oneshot::Receiver<Reply>,
     pub(crate) done: bool,
+    /// The worker's reader expires it at its deadline
+    /// ([`Failure::Expired`]): it needs no timer of its own.
+    pub(crate) expires: bool,
 }
 
 impl Drop for InFlight {
@@ -275,16 +278,25 @@ impl Pool {
         let mut undelivered = 0;
         let flight = loop {
             let mut flight = self.submit(command, args, options, None, meta).await?;
-            match tokio::time::timeout_at(deadline.into(), &mut flight.reply).await {
-                Ok(Ok(Err(Failure::NotSent(e)))) => {
+            let reply = if flight.expires {
+                Some((&mut flight.reply).await)
+            } else {
+                tokio::time::timeout_at(deadline.into(), &mut flight.reply)
+                    .await
+                    .ok()
+            };
+            match reply {
+                Some(Ok(Err(Failure::NotSent(e)))) => {
                     flight.done = true;
                     undelivered += 1;
                     if undelivered >= MAX_SENDS {
                         return Err(e);
                     }
                 }
-                Ok(r) => break Ok((flight, r)),
-                Err(elapsed) => break Err((flight, elapsed)),
+                // Timed out: `flight` is dropped undone, which abandons the
+                // call (cancel, or SIGINT, and the grace period).
+                Some(Ok(Err(Failure::Expired))) | None => break Err(flight),
+                Some(r) => break Ok((flight, r)),
             }
         };
         match flight {
@@ -371,14 +383,22 @@ impl Pool {
             // Kept for a resend: the pending call may be failed by the
             // reader (and dropped with its sender) before it is taken back.
             let chunks_again = chunks.clone();
+            let streams = chunks.is_some();
             let pending = Pending {
                 reply: tx,
                 chunks: chunks.take(),
                 session: session.clone(),
                 holds_unit: true,
             };
-            match lease.worker.register(id, pending) {
-                Ok(()) => {
+            // A one-shot call's deadline is watched by the worker's reader,
+            // with one timer for all its calls; a stream keeps its own.
+            let registered = if streams {
+                lease.worker.register(id, pending).map(|()| false)
+            } else {
+                lease.worker.register_until(id, pending, deadline)
+            };
+            match registered {
+                Ok(expires) => {
                     let worker = lease.disarm();
                     if worker.send_request(id, buf.freeze()) {
                         meta.took(&worker);
@@ -387,6 +407,7 @@ impl Pool {
                             id,
                             reply: rx,
                             done: false,
+                            expires,
                         });
                     }
                     // The worker's stdin is already closed or broken: the

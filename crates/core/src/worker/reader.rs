@@ -32,6 +32,7 @@ impl Worker {
         let pending = {
             let mut inner = self.inner();
             let pending = inner.pending.remove(&id);
+            Worker::forget_deadline(&mut inner, id);
             if pending.is_some() && self.pipelining.load(Ordering::Relaxed) {
                 self.timed(&mut inner);
             }
@@ -195,6 +196,11 @@ pub(super) async fn read_loop(
                 64 * 1024,
             );
             let mut next = async || poll_fn(|cx| Pin::new(&mut frames).poll_next(cx)).await;
+            // One timer for the deadlines of all the calls in flight (see
+            // `Worker::register_until`), set for the earliest.
+            let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+            tokio::pin!(timer);
+            let (mut armed, mut fired) = (false, false);
             let ending = loop {
                 tokio::select! {
                     biased;
@@ -210,6 +216,17 @@ pub(super) async fn read_loop(
                     status = &mut exit_rx => {
                         exit = Some(exited(status));
                         break Ending::Exited;
+                    }
+                    () = &mut timer, if armed => fired = true,
+                }
+                // The timer fired, or a call set a deadline while it was off.
+                if fired || worker.rearm.load(Ordering::Relaxed) {
+                    fired = false;
+                    if let Some(at) = worker.expire() {
+                        timer.as_mut().reset(at.into());
+                        armed = true;
+                    } else {
+                        armed = false;
                     }
                 }
             };
