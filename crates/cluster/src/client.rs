@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::{HeaderMap, Message, StatusCode};
+use async_nats::{HeaderMap, Message, StatusCode, Subject};
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -101,11 +101,14 @@ struct HostEntry {
     full: bool,
     /// The sequence number of its last heartbeat.
     seq: u64,
+    /// The subject its calls go to (built once, not per call).
+    call: Subject,
 }
 
 impl HostEntry {
-    fn new(id: &str, pid: u32) -> Self {
+    fn new(subjects: &Subjects, id: &str, pid: u32) -> Self {
         HostEntry {
+            call: Subject::from(subjects.host_call(id)),
             info: HostInfo {
                 id: id.to_owned(),
                 pid,
@@ -150,6 +153,7 @@ impl HostEntry {
             inner: inner.clone(),
             host: self.info.id.clone(),
             pid: self.info.pid,
+            call: self.call.clone(),
         }
     }
 }
@@ -160,6 +164,8 @@ struct Reservation {
     inner: Arc<Inner>,
     host: String,
     pid: u32,
+    /// The host's call subject.
+    call: Subject,
 }
 
 impl Drop for Reservation {
@@ -531,7 +537,7 @@ impl Client {
                 reply: reply.clone(),
                 sent: false,
             };
-            let subject = inner.subjects.host_call(&slot.host);
+            let subject = slot.call.clone();
             let sent = match &headers {
                 Some(h) => {
                     inner
@@ -740,12 +746,14 @@ impl Client {
         // heard of for the first time, a reservation of another task
         // returned without a wake-up reaching this one).
         let poll = (inner.config.host_timeout / 6).max(Duration::from_millis(10));
+        // One timer: the poll, or the queue deadline when it comes first.
+        let wake_at = until.min(Instant::now() + poll);
         tokio::select! {
             _ = woken => Ok(()),
-            _ = tokio::time::sleep(poll) => Ok(()),
-            _ = tokio::time::sleep_until(until.into()) => {
-                Err(Error::QueueTimeout(inner.config.queue_timeout))
-            }
+            _ = tokio::time::sleep_until(wake_at.into()) => match Instant::now() >= until {
+                true => Err(Error::QueueTimeout(inner.config.queue_timeout)),
+                false => Ok(()),
+            },
         }
     }
 }
@@ -786,9 +794,12 @@ impl Inner {
     /// The flag that turns true when `host` is lost.
     fn host_lost_flag(&self, host: &str) -> watch::Receiver<bool> {
         let mut hosts = self.hosts.lock().unwrap();
-        let entry = hosts
-            .entry(host.to_owned())
-            .or_insert_with(|| HostEntry::new(host, 0));
+        let entry = match hosts.get_mut(host) {
+            Some(entry) => entry,
+            None => hosts
+                .entry(host.to_owned())
+                .or_insert_with(|| HostEntry::new(&self.subjects, host, 0)),
+        };
         entry.last_seen = Instant::now();
         entry.lost.subscribe()
     }
@@ -863,7 +874,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             let mut hosts = inner.hosts.lock().unwrap();
             let entry = hosts
                 .entry(hb.host.clone())
-                .or_insert_with(|| HostEntry::new(&hb.host, hb.pid));
+                .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
             if hb.bye {
                 entry.lost.send_if_modified(|l| !std::mem::replace(l, true));
                 continue;
@@ -974,13 +985,19 @@ impl Flight {
                 None => std::future::pending().await,
             }
         };
-        let outcome = tokio::select! {
+        tokio::pin!(deadline);
+        let outcome = loop {
+            break tokio::select! {
             biased;
             m = self.rx.recv() => match m {
                 Some(m) => match serde_json::from_slice::<Reply>(&m.payload) {
                     Ok(Reply::Chunk { v }) => return Ok(Reply::Chunk { v }),
                     Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
                     Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),
+                    // The host acknowledges a call that runs for a while
+                    // whatever it has sent already (chunks, even its
+                    // outcome): nothing to act on.
+                    Ok(Reply::Ack { .. }) => continue,
                     Ok(_) | Err(_) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
                 },
                 None => Err(unavailable(&self.inner.cluster, "client closed".into())),
@@ -999,7 +1016,8 @@ impl Flight {
                 self.pid,
                 "the NATS connection was lost while the call ran; it may or may not have run".into(),
             )),
-            _ = deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout }),
+            _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout }),
+            };
         };
         let timed_out = matches!(outcome, Err(Error::CallTimeout { .. }));
         self.finished = !timed_out;

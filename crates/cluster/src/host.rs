@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
@@ -205,6 +205,7 @@ pub async fn serve_with(
         direct,
         cancels,
         running: HashMap::new(),
+        ack_due: None,
         cancelled: HashSet::new(),
     };
     state.measure();
@@ -285,6 +286,18 @@ async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::en
 /// How long a call runs before the host acknowledges it on its own.
 const ACK_AFTER: Duration = Duration::from_millis(50);
 
+/// A call the host runs.
+struct Running {
+    task: AbortHandle,
+    /// Where its replies go.
+    reply: Subject,
+    /// When the serving loop acknowledges it if it is still running (the
+    /// loop's one timer covers every call: no timer per call, which would
+    /// also wake the runtime's driver once per idle period); `None` once
+    /// acknowledged.
+    ack_at: Option<Instant>,
+}
+
 /// Tells the serving loop a call ended, however it ended (an aborted task
 /// drops its guard too).
 struct Done {
@@ -294,7 +307,7 @@ struct Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let _ = self.tx.send(self.reply.clone());
+        let _ = self.tx.send(std::mem::take(&mut self.reply));
     }
 }
 
@@ -315,7 +328,9 @@ struct Serving {
     beats: u64,
     direct: Subscriber,
     cancels: Subscriber,
-    running: HashMap<String, AbortHandle>,
+    running: HashMap<String, Running>,
+    /// When the next call is due for its acknowledgement, if any is.
+    ack_due: Option<Instant>,
     /// Cancels that arrived before their call (another path, same host).
     cancelled: HashSet<String>,
 }
@@ -381,8 +396,19 @@ impl Serving {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
         let mut beat = tokio::time::interval(self.options.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let ack = tokio::time::sleep_until(far());
+        tokio::pin!(ack);
+        let mut armed: Option<Instant> = None;
         loop {
             self.adjust().await;
+            // The timer moves only when the earliest acknowledgement due
+            // changes: about once per ACK_AFTER under load, not per call.
+            if armed != self.ack_due {
+                armed = self.ack_due;
+                let at = armed.map_or_else(far, tokio::time::Instant::from_std);
+                ack.as_mut().reset(at);
+            }
             tokio::select! {
                 biased;
                 Some(reply) = done_rx.recv() => {
@@ -391,6 +417,7 @@ impl Serving {
                 }
                 Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
                 Some(msg) = self.cancels.next() => self.cancel(msg),
+                _ = &mut ack, if armed.is_some() => self.acknowledge().await,
                 _ = beat.tick() => self.heartbeat(false).await,
                 _ = &mut stop => break,
             }
@@ -399,11 +426,20 @@ impl Serving {
         let _ = self.direct.unsubscribe().await;
         self.heartbeat(true).await;
         while !self.running.is_empty() {
-            match done_rx.recv().await {
-                Some(reply) => {
-                    self.running.remove(&reply);
-                }
-                None => break,
+            if armed != self.ack_due {
+                armed = self.ack_due;
+                let at = armed.map_or_else(far, tokio::time::Instant::from_std);
+                ack.as_mut().reset(at);
+            }
+            tokio::select! {
+                biased;
+                done = done_rx.recv() => match done {
+                    Some(reply) => {
+                        self.running.remove(&reply);
+                    }
+                    None => break,
+                },
+                _ = &mut ack, if armed.is_some() => self.acknowledge().await,
             }
         }
         self.heartbeat(true).await;
@@ -416,7 +452,7 @@ impl Serving {
         };
         let reply = reply.to_owned();
         match self.running.get(&reply) {
-            Some(task) => task.abort(),
+            Some(call) => call.task.abort(),
             None if self.cancelled.len() < 10_000 => {
                 self.cancelled.insert(reply);
             }
@@ -436,6 +472,38 @@ impl Serving {
                     },
                 )
                 .await;
+        }
+    }
+
+    /// Acknowledges the calls that have run for [`ACK_AFTER`] (a quick
+    /// call's outcome is its own acknowledgement; a longer one is
+    /// acknowledged well within the client's host timeout), and sets when
+    /// the next is due.
+    async fn acknowledge(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for call in self.running.values_mut() {
+            match call.ack_at {
+                Some(at) if at <= now => {
+                    call.ack_at = None;
+                    due.push(call.reply.clone());
+                }
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
+            }
+        }
+        self.ack_due = next;
+        let host = &self.host;
+        for reply in due {
+            host.send(
+                &reply,
+                &Reply::Ack {
+                    host: host.id.clone(),
+                    pid: host.pid,
+                },
+            )
+            .await;
         }
     }
 
@@ -485,13 +553,25 @@ impl Serving {
             tx: done.clone(),
         };
         let host = self.host.clone();
+        let ack_at = Instant::now() + ACK_AFTER;
+        if self.ack_due.is_none() {
+            self.ack_due = Some(ack_at);
+        }
+        let to = reply.clone();
         let task = tokio::spawn(
             async move {
-                run_call(&host, &reply, call, traceparent, guard).await;
+                run_call(&host, &to, call, traceparent, guard).await;
             }
             .instrument(span),
         );
-        self.running.insert(key, task.abort_handle());
+        self.running.insert(
+            key,
+            Running {
+                task: task.abort_handle(),
+                reply,
+                ack_at: Some(ack_at),
+            },
+        );
     }
 }
 
@@ -529,17 +609,8 @@ async fn run_call(
             pool.execute_with(&call.command, call.args, options).await
         }
     };
-    tokio::pin!(work);
-    // A quick call's outcome is its own acknowledgement; a longer one is
-    // acknowledged well within the client's host timeout.
-    let result = tokio::select! {
-        biased;
-        r = &mut work => r,
-        _ = tokio::time::sleep(ACK_AFTER) => {
-            host.send(reply, &Reply::Ack { host: host.id.clone(), pid: host.pid }).await;
-            work.await
-        }
-    };
+    // Acknowledged by the serving loop if it runs for ACK_AFTER.
+    let result = work.await;
     host.served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The unit is free before the caller hears of it: the serving loop
