@@ -17,31 +17,44 @@ impl Timestamp {
     }
 
     pub(crate) fn write(&self, out: &mut [u8; 27]) {
+        use std::cell::Cell;
+        thread_local! {
+            // The date and time to the second last written on this thread:
+            // frames written within one second share them.
+            static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+        }
         let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = d.as_secs();
-        let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-        let (y, m, day) = civil_from_days(days);
-        let micros = d.subsec_micros();
-        let mut put = |at: usize, v: u64, width: usize| {
+        let put = |out: &mut [u8], at: usize, v: u64, width: usize| {
             let mut v = v;
             for i in (0..width).rev() {
                 out[at + i] = b'0' + (v % 10) as u8;
                 v /= 10;
             }
         };
-        put(0, y as u64, 4);
-        put(5, m as u64, 2);
-        put(8, day as u64, 2);
-        put(11, rem / 3600, 2);
-        put(14, rem / 60 % 60, 2);
-        put(17, rem % 60, 2);
-        put(20, micros as u64, 6);
-        out[4] = b'-';
-        out[7] = b'-';
-        out[10] = b'T';
-        out[13] = b':';
-        out[16] = b':';
-        out[19] = b'.';
+        let (last, prefix) = LAST.get();
+        if last == secs {
+            out[..20].copy_from_slice(&prefix);
+        } else {
+            let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+            let (y, m, day) = civil_from_days(days);
+            put(out, 0, y as u64, 4);
+            put(out, 5, m as u64, 2);
+            put(out, 8, day as u64, 2);
+            put(out, 11, rem / 3600, 2);
+            put(out, 14, rem / 60 % 60, 2);
+            put(out, 17, rem % 60, 2);
+            out[4] = b'-';
+            out[7] = b'-';
+            out[10] = b'T';
+            out[13] = b':';
+            out[16] = b':';
+            out[19] = b'.';
+            let mut prefix = [0; 20];
+            prefix.copy_from_slice(&out[..20]);
+            LAST.set((secs, prefix));
+        }
+        put(out, 20, u64::from(d.subsec_micros()), 6);
         out[26] = b'Z';
     }
 }
@@ -92,5 +105,14 @@ mod tests {
         );
         let leap = Timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)); // 2000-02-29
         assert_eq!(leap.to_string(), "2000-02-29T00:00:00.000000Z");
+        // The same second again (its date and time are reused), then the next.
+        let t = Timestamp(UNIX_EPOCH + Duration::from_micros(951_782_400_999_999));
+        assert_eq!(t.to_string(), "2000-02-29T00:00:00.999999Z");
+        let t = Timestamp(UNIX_EPOCH + Duration::from_micros(951_782_401_000_001));
+        assert_eq!(t.to_string(), "2000-02-29T00:00:01.000001Z");
+        assert_eq!(
+            Timestamp(UNIX_EPOCH).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
     }
 }
