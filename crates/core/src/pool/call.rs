@@ -44,9 +44,9 @@ impl CallMeta {
         }
     }
 
-    /// The call has reached `worker`.
-    pub(crate) fn took(&mut self, worker: &Worker) {
-        let wait = self.submitted.elapsed();
+    /// The call has reached `worker`; its frame was made at `sent`.
+    pub(crate) fn took(&mut self, worker: &Worker, sent: Instant) {
+        let wait = sent.saturating_duration_since(self.submitted);
         self.queue_wait = Some(wait);
         self.worker = Some((worker.slot, worker.pid));
         if !self.span.is_disabled() {
@@ -354,11 +354,9 @@ impl Pool {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let mut request = Request::new(id, command, args);
             request.session_id = options.session_id.as_deref();
-            request.timeout_ms = Some(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64,
-            );
+            // One clock reading for the time left and the queue wait.
+            let sent = Instant::now();
+            request.timeout_ms = Some(deadline.saturating_duration_since(sent).as_millis() as u64);
             request.stream = chunks.is_some();
             let traced;
             request.traceparent = match (&options.traceparent, &shared.trace_context) {
@@ -401,7 +399,7 @@ impl Pool {
                 Ok(expires) => {
                     let worker = lease.disarm();
                     if worker.send_request(id, buf.freeze()) {
-                        meta.took(&worker);
+                        meta.took(&worker, sent);
                         return Ok(InFlight {
                             worker,
                             id,
