@@ -153,7 +153,7 @@ pub(crate) struct ServeArgs {
     host_id: Option<String>,
     /// Calls the host accepts per worker beyond those it runs (queued in its
     /// pool, so that workers do not idle while the next call is on the wire)
-    /// [default: 4].
+    /// [default: 8].
     #[arg(long, value_name = "N")]
     prefetch: Option<usize>,
 }

@@ -40,10 +40,13 @@ pub struct ServeOptions {
     /// in its pool (like a message broker's prefetch): they hide the round
     /// trip to the client between one call and the next, so workers do not
     /// idle while the next call is on the wire, and let the messages of
-    /// many calls share a write. 4 by default. Clients send a call to a
-    /// host with an idle worker first and to prefetch only when no host
-    /// has one, so prefetch does not skew the routing by capacity. 0 makes
-    /// the host take a call only when a worker is free.
+    /// many calls share a write. 8 by default: a call that waits on a host
+    /// costs less than one that waits in a client's queue (the host's pool
+    /// writes it to its worker ahead, and workers read several calls per
+    /// wake-up). Clients send a call to a host with an idle worker first
+    /// and to prefetch only when no host has one, so prefetch does not
+    /// skew the routing by capacity. 0 makes the host take a call only
+    /// when a worker is free.
     pub prefetch_per_worker: usize,
     /// How often the host announces itself and its free capacity. Clients
     /// count a host as lost after a few missed heartbeats
@@ -56,7 +59,7 @@ impl Default for ServeOptions {
         ServeOptions {
             host_id: None,
             calls_per_worker: 0,
-            prefetch_per_worker: 4,
+            prefetch_per_worker: 8,
             heartbeat: Duration::from_millis(250),
         }
     }

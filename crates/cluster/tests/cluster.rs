@@ -331,7 +331,7 @@ async fn trace_stream_and_status() {
 
 /// Calls waiting for room are served in the order they came: a caller that
 /// ends a call and makes the next at once does not overtake those already
-/// waiting. 16 callers share a host of 1 worker (5 calls at once with its
+/// waiting. 16 callers share a host of 1 worker (9 calls at once with its
 /// prefetch); in turn each waits about 16 calls of 10 ms, well within the
 /// 3 s queue timeout, which a caller overtaken again and again would reach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
