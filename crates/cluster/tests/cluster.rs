@@ -358,3 +358,23 @@ async fn waiting_calls_are_not_overtaken() {
         t.await.unwrap().unwrap();
     }
 }
+
+/// A call that runs longer than the client's host timeout completes: the
+/// host acknowledges it while it runs (the client would otherwise take the
+/// host for dead when no first message came within the timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_the_host_timeout_is_acknowledged() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let mut config = snakepit_cluster::ClientConfig::default();
+    config.host_timeout = Duration::from_millis(300);
+    let client = Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap();
+    wait_hosts(&client, 1).await;
+    let r = client
+        .execute("sleep", json!({"ms": 900, "token": 7}))
+        .await
+        .unwrap();
+    assert_eq!(r["token"], 7);
+}
