@@ -9,7 +9,7 @@
 //! `cargo run --release -p snakepit-cluster --example cluster_bench`
 //! (`WORK_MS=1` makes each call sleep 1 ms in the worker instead of echoing;
 //! `ROUNDS` sets the rounds, 5 by default; `PREFETCH` the hosts'
-//! `prefetch_per_worker`, 1 by default.)
+//! `prefetch_per_worker`, `ServeOptions`' default when unset.)
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -128,11 +128,10 @@ async fn main() -> anyhow::Result<()> {
     let local = Pool::builder(Echo).size(4).start().await?;
     let a = Pool::builder(Echo).size(2).name("bench-a").start().await?;
     let b = Pool::builder(Echo).size(2).name("bench-b").start().await?;
-    let prefetch: usize = std::env::var("PREFETCH")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(1);
-    let options = snakepit_cluster::ServeOptions::new().prefetch_per_worker(prefetch);
+    let mut options = snakepit_cluster::ServeOptions::new();
+    if let Some(prefetch) = std::env::var("PREFETCH").ok().and_then(|p| p.parse().ok()) {
+        options = options.prefetch_per_worker(prefetch);
+    }
     let node_a = snakepit_cluster::serve_with(&nats, "bench", a.clone(), options.clone()).await?;
     let node_b = snakepit_cluster::serve_with(&nats, "bench", b.clone(), options).await?;
     let client_nats = async_nats::connect(&url).await?;
