@@ -317,14 +317,23 @@ fn json_request<A: serde::Serialize + ?Sized>(
 #[cfg(feature = "json")]
 fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
+    // Two digits per division.
+    while n >= 100 {
+        let two = (n % 100) as u8;
+        n /= 100;
+        at -= 2;
+        buf[at] = b'0' + two / 10;
+        buf[at + 1] = b'0' + two % 10;
     }
+    if n >= 10 {
+        at -= 2;
+        buf[at] = b'0' + n as u8 / 10;
+        buf[at + 1] = b'0' + n as u8 % 10;
+    } else {
+        at -= 1;
+        buf[at] = b'0' + n as u8;
+    }
+    &buf[at..]
 }
 
 #[cfg(all(test, feature = "json", feature = "msgpack"))]
@@ -365,11 +374,12 @@ mod tests {
         ];
         for (i, args) in args.iter().enumerate() {
             for full in [false, true] {
-                let mut r = Request::new(u64::MAX - i as u64, "run \"it\"\t", args);
+                let id = [u64::MAX, 0, 9, 10, 100, 1_000_000_007][i];
+                let mut r = Request::new(id, "run \"it\"\t", args);
                 r.timestamp = Timestamp(std::time::UNIX_EPOCH);
                 if full {
                     r.session_id = Some("s\u{0}1");
-                    r.timeout_ms = Some(0);
+                    r.timeout_ms = Some([0, 7, 10, 100, 59_999, u64::MAX][i]);
                     r.stream = true;
                     r.traceparent = Some("00-ab-cd-01");
                     r.tracestate = Some("k=v");

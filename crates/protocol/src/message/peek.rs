@@ -36,7 +36,10 @@ pub(crate) fn json(p: &[u8]) -> Option<(u64, bool)> {
     if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
         return None;
     }
-    let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    // At most 20 digits: folded with overflow checks, as `u64::from_str`.
+    let id = rest[..digits].iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
     let rest = rest[digits..].strip_prefix(b",\"success\":")?;
     let (success, rest) = if let Some(r) = rest.strip_prefix(b"true") {
         (true, r)
@@ -123,7 +126,19 @@ pub(crate) fn msgpack(p: &[u8]) -> Option<(u64, bool)> {
 
 #[cfg(all(test, feature = "json"))]
 mod tests {
-    use super::json_result;
+    use super::{json, json_result};
+
+    #[test]
+    fn a_reply_id_is_read_as_u64_reads_it() {
+        let id = |digits: &str| json(format!(r#"{{"id":{digits},"success":true}}"#).as_bytes());
+        assert_eq!(id("0"), Some((0, true)));
+        assert_eq!(id("42"), Some((42, true)));
+        assert_eq!(id("18446744073709551615"), Some((u64::MAX, true)));
+        // Past u64, a leading zero: not the usual shape.
+        assert_eq!(id("18446744073709551616"), None);
+        assert_eq!(id("99999999999999999999"), None);
+        assert_eq!(id("07"), None);
+    }
 
     #[test]
     fn the_result_of_a_usual_reply_is_found_where_it_lies() {
