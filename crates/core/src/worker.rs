@@ -93,14 +93,13 @@ pub(crate) struct Pending {
 }
 
 struct Inner {
-    pending: HashMap<u64, Pending, CallIds>,
+    /// The calls in flight, each with its deadline if it was registered
+    /// with one (the reader watches those in place of a timer per call).
+    pending: HashMap<u64, (Pending, Option<Instant>), CallIds>,
     /// When the call now running started (kept only while calls are
     /// written ahead to this worker, to learn how long its calls take).
     running_since: Option<Instant>,
-    /// The deadlines of the calls registered with one, which the reader
-    /// watches in place of a timer per call.
-    deadlines: HashMap<u64, Instant, CallIds>,
-    /// No later than the earliest of `deadlines` (it is not raised when a
+    /// No later than the earliest deadline in `pending` (it is not raised when a
     /// call ends, only when the reader looks through them).
     earliest: Option<Instant>,
     /// When the reader's timer fires, if it is set; it then expires the
@@ -288,7 +287,6 @@ impl Worker {
             stdin: stdin.clone(),
             inner: Mutex::new(Inner {
                 pending: HashMap::with_capacity_and_hasher(4, CallIds),
-                deadlines: HashMap::with_capacity_and_hasher(4, CallIds),
                 earliest: None,
                 armed: None,
                 running_since: None,
@@ -341,7 +339,7 @@ impl Worker {
         if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
             inner.running_since = Some(Instant::now());
         }
-        inner.pending.insert(id, pending);
+        inner.pending.insert(id, (pending, None));
         Ok(())
     }
 
@@ -364,8 +362,7 @@ impl Worker {
         if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
             inner.running_since = Some(Instant::now());
         }
-        inner.pending.insert(id, pending);
-        inner.deadlines.insert(id, deadline);
+        inner.pending.insert(id, (pending, Some(deadline)));
         if inner.earliest.is_none_or(|e| deadline < e) {
             inner.earliest = Some(deadline);
             if inner.armed.is_none() {
@@ -383,20 +380,18 @@ impl Worker {
         let inner = &mut *inner;
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        let pending = &mut inner.pending;
-        inner.deadlines.retain(|id, &mut deadline| {
+        for (p, watched) in inner.pending.values_mut() {
+            let Some(deadline) = *watched else { continue };
             if deadline > now {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                return true;
+                continue;
             }
-            if let Some(p) = pending.get_mut(id) {
-                // The call stays pending (its caller abandons it, and its
-                // unit comes back with its reply); only its caller hears.
-                let (tx, _) = oneshot::channel();
-                let _ = std::mem::replace(&mut p.reply, tx).send(Err(Failure::Expired));
-            }
-            false
-        });
+            // The call stays pending (its caller abandons it, and its unit
+            // comes back with its reply); only its caller hears.
+            *watched = None;
+            let (tx, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut p.reply, tx).send(Err(Failure::Expired));
+        }
         // With no call left to watch, the timer stays set for the earliest
         // deadline it was set for, so that the next calls (their deadlines
         // later) need no timer of their own either.
@@ -405,13 +400,6 @@ impl Worker {
         inner.armed = next;
         self.rearm.store(false, Ordering::Relaxed);
         next
-    }
-
-    /// Call `id` has ended: its deadline no longer counts.
-    fn forget_deadline(inner: &mut Inner, id: u64) {
-        if !inner.deadlines.is_empty() {
-            inner.deadlines.remove(&id);
-        }
     }
 
     /// Calls are written ahead to this worker (it runs one call at a time,
@@ -471,9 +459,7 @@ impl Worker {
     /// Takes back a call whose frame did not reach the worker; `None` if the
     /// reader already failed it (the worker died meanwhile).
     pub(crate) fn unregister(&self, id: u64) -> Option<Pending> {
-        let mut inner = self.inner();
-        Self::forget_deadline(&mut inner, id);
-        inner.pending.remove(&id)
+        self.inner().pending.remove(&id).map(|(p, _)| p)
     }
 
     /// SIGINT can only reach the call it is meant for: the worker is alive,

@@ -41,8 +41,12 @@ impl Worker {
                 ),
             });
         }
-        let session =
-            request_id.and_then(|r| self.inner().pending.get(&r).and_then(|p| p.session.clone()));
+        let session = request_id.and_then(|r| {
+            self.inner()
+                .pending
+                .get(&r)
+                .and_then(|(p, _)| p.session.clone())
+        });
         let args: Value = match decode_host_call_args(&self.codec, frame) {
             Ok(args) => args,
             // Arguments nested deeper than the host reads: that host

@@ -31,8 +31,7 @@ impl Worker {
     ) -> Result<(), snakepit_protocol::Error> {
         let pending = {
             let mut inner = self.inner();
-            let pending = inner.pending.remove(&id);
-            Worker::forget_deadline(&mut inner, id);
+            let pending = inner.pending.remove(&id).map(|(p, _)| p);
             if pending.is_some() && self.pipelining.load(Ordering::Relaxed) {
                 self.timed(&mut inner);
             }
@@ -85,7 +84,7 @@ impl Worker {
                 let inner = self.inner();
                 match inner.pending.get(&id) {
                     None => Err(snakepit_protocol::Error::UnknownId { kind: "chunk", id }),
-                    Some(p) => {
+                    Some((p, _)) => {
                         if let Some(tx) = &p.chunks {
                             // A consumer that falls behind loses chunks rather
                             // than stalling every other call on this worker.
@@ -299,7 +298,12 @@ pub(super) async fn read_loop(
         // Grandchildren may hold stderr open; do not wait on them for long.
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
-    let pending: Vec<(u64, Pending)> = worker.inner().pending.drain().collect();
+    let pending: Vec<(u64, Pending)> = worker
+        .inner()
+        .pending
+        .drain()
+        .map(|(id, (p, _))| (id, p))
+        .collect();
     if matches!(exit, ExitReason::Unknown) && matches!(ending, Ending::Protocol(_)) {
         exit = ExitReason::Signal(libc::SIGKILL);
     }
