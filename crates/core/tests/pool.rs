@@ -328,6 +328,36 @@ async fn streams_deliver_chunks_then_the_result() {
     pool.shutdown().await.unwrap();
 }
 
+/// docs/bridges.md: a stream keeps up to 256 chunks its reader has not
+/// taken; past that chunks are dropped rather than holding up the other
+/// calls on the worker, and the final result still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_keeps_256_chunks_and_holds_up_no_other_call() {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let mut stream = pool
+        .execute_stream("stream", json!({"n": 1000}), CallOptions::new())
+        .await
+        .unwrap();
+    // Behind the stream on the same one-at-a-time worker: it completes while
+    // nobody reads the stream, so every chunk has been routed by then.
+    let echoed = pool.execute("echo", json!({"after": true})).await.unwrap();
+    assert_eq!(echoed["echoed"]["after"], true, "{echoed}");
+    let mut items = Vec::new();
+    while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+        items.push(item.unwrap());
+    }
+    let expected: Vec<StreamItem> = (0..256)
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .chain([StreamItem::Done(json!({"done": 1000}))])
+        .collect();
+    assert_eq!(items, expected);
+    pool.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_call_host_functions() {
     let pool = builder(TestWorker::new())
