@@ -12,21 +12,18 @@
 //! on the machine falls on both; each figure is the median of the rounds,
 //! with their range.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum as _};
-use indicatif::ProgressBar;
 use serde::Serialize;
-use serde_json::Value;
-use snakepit_core::{CallOptions, Error, Launch, Pool, RawProcess};
+use snakepit_core::{Launch, Pool, RawProcess};
 use snakepit_protocol::Codec as _;
 use tokio::io::AsyncReadExt;
 
-use super::measure::{Meter, Run};
-use super::progress::Counter;
-use super::{Bench, Load};
+use super::measure::Run;
+use super::pool::{run as measure, WARM_UP};
+use super::Bench;
 use crate::ui::{code, Failure, Output};
 
 /// The flags of the cluster comparison.
@@ -114,92 +111,6 @@ impl Spread {
     fn show(&self, unit: &str) -> String {
         format!("{}{unit} ({} to {})", self.median, self.min, self.max)
     }
-}
-
-/// Something the bench calls: the local pool or the cluster.
-trait Target: Clone + Send + Sync + 'static {
-    fn call(
-        &self,
-        load: &Load,
-        caller: usize,
-        n: usize,
-    ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
-}
-
-impl Target for Pool {
-    async fn call(&self, load: &Load, caller: usize, n: usize) -> Result<(), Error> {
-        match load.sessions.len() {
-            0 => self
-                .call::<_, Value>(&load.command, &load.args, CallOptions::new())
-                .await
-                .map(drop),
-            sessions => {
-                let session = &load.sessions[(caller + n) % sessions];
-                self.execute_in_session(session, &load.command, load.args.clone())
-                    .await
-                    .map(drop)
-            }
-        }
-    }
-}
-
-impl Target for snakepit_cluster::Client {
-    async fn call(&self, load: &Load, caller: usize, n: usize) -> Result<(), Error> {
-        match load.sessions.len() {
-            0 => self
-                .call::<_, Value>(&load.command, &load.args, CallOptions::new())
-                .await
-                .map(drop),
-            sessions => {
-                let session = &load.sessions[(caller + n) % sessions];
-                self.execute_in_session(session, &load.command, load.args.clone())
-                    .await
-                    .map(drop)
-            }
-        }
-    }
-}
-
-/// Calls before each measurement, not counted.
-const WARM_UP: usize = 200;
-
-/// `requests` calls from `callers` concurrent callers.
-async fn measure<T: Target>(
-    target: &T,
-    load: &Arc<Load>,
-    callers: usize,
-    requests: usize,
-    bar: &ProgressBar,
-) -> Result<Run, Error> {
-    for n in 0..WARM_UP {
-        target.call(load, 0, n).await?;
-    }
-    let per = (requests / callers).max(1);
-    let counter = Counter::start(bar);
-    let meter = Meter::start();
-    let tasks: Vec<_> = (0..callers)
-        .map(|caller| {
-            let (target, load) = (target.clone(), load.clone());
-            let done: Arc<AtomicU64> = counter.handle();
-            tokio::spawn(async move {
-                let mut lat: Vec<Duration> = Vec::with_capacity(per);
-                for n in 0..per {
-                    let t = Instant::now();
-                    target.call(&load, caller, n).await?;
-                    lat.push(t.elapsed());
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<_, Error>(lat)
-            })
-        })
-        .collect();
-    let mut lat = Vec::with_capacity(requests);
-    for t in tasks {
-        lat.extend(t.await.map_err(|_| Error::Cancelled)??);
-    }
-    let spent = meter.stop();
-    counter.finish();
-    Ok(Run::new(lat, spent))
 }
 
 /// A `snakepit serve` process of the bench, and what it printed.

@@ -14,51 +14,71 @@ use super::progress::Counter;
 use super::Load;
 
 /// Calls before each measurement, not counted.
-const WARM_UP: usize = 200;
+pub(super) const WARM_UP: usize = 200;
 
-/// One call of the load: caller `caller`'s `n`th. Session calls go through
-/// `execute_in_session` (as a service's would), spread over the sessions
-/// so that callers at the same moment are in different sessions; the others
-/// through the typed `call`.
-async fn call(pool: &Pool, load: &Load, caller: usize, n: usize) -> Result<(), Error> {
-    match load.sessions.len() {
-        0 => pool
-            .call::<_, Value>(&load.command, &load.args, CallOptions::new())
-            .await
-            .map(drop),
-        sessions => {
-            let session = &load.sessions[(caller + n) % sessions];
-            pool.execute_in_session(session, &load.command, load.args.clone())
-                .await
-                .map(drop)
-        }
-    }
+/// Something the bench calls: a local pool, or a cluster client (`--nats`).
+pub(super) trait Target: Clone + Send + Sync + 'static {
+    /// One call of the load: caller `caller`'s `n`th.
+    fn call(
+        &self,
+        load: &Load,
+        caller: usize,
+        n: usize,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
 }
 
-/// Warms `pool` up, then runs `requests` calls from `callers` concurrent
+/// Session calls go through `execute_in_session` (as a service's would),
+/// spread over the sessions so that callers at the same moment are in
+/// different sessions; the others through the typed `call`. A pool and a
+/// cluster client offer the same methods.
+macro_rules! target {
+    ($ty:ty) => {
+        impl Target for $ty {
+            async fn call(&self, load: &Load, caller: usize, n: usize) -> Result<(), Error> {
+                match load.sessions.len() {
+                    0 => self
+                        .call::<_, Value>(&load.command, &load.args, CallOptions::new())
+                        .await
+                        .map(drop),
+                    sessions => {
+                        let session = &load.sessions[(caller + n) % sessions];
+                        self.execute_in_session(session, &load.command, load.args.clone())
+                            .await
+                            .map(drop)
+                    }
+                }
+            }
+        }
+    };
+}
+
+target!(Pool);
+target!(snakepit_cluster::Client);
+
+/// Warms `target` up, then runs `requests` calls from `callers` concurrent
 /// callers, each adding to the progress counter as its calls complete.
-pub(crate) async fn run(
-    pool: &Pool,
+pub(crate) async fn run<T: Target>(
+    target: &T,
     load: &Arc<Load>,
     callers: usize,
     requests: usize,
     bar: &ProgressBar,
 ) -> Result<Run, Error> {
     for n in 0..WARM_UP {
-        call(pool, load, 0, n).await?;
+        target.call(load, 0, n).await?;
     }
-    let per = requests / callers;
+    let per = (requests / callers).max(1);
     let counter = Counter::start(bar);
     let meter = Meter::start();
     let tasks: Vec<_> = (0..callers)
         .map(|caller| {
-            let (pool, load) = (pool.clone(), load.clone());
+            let (target, load) = (target.clone(), load.clone());
             let done: Arc<AtomicU64> = counter.handle();
             tokio::spawn(async move {
                 let mut lat: Vec<Duration> = Vec::with_capacity(per);
                 for n in 0..per {
                     let t = Instant::now();
-                    call(&pool, &load, caller, n).await?;
+                    target.call(&load, caller, n).await?;
                     lat.push(t.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
                 }
