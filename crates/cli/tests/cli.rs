@@ -2,113 +2,13 @@
 //! real workers, and wrong input (clear error, non-zero exit).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_snakepit");
+mod common;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    /// Asserts that stdout has each of `texts`.
-    #[track_caller]
-    fn stdout_has(&self, texts: &[&str]) {
-        for text in texts {
-            assert!(self.stdout.contains(text), "missing {text}: {self:?}");
-        }
-    }
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `snakepit ARGS` in `dir` with extra environment variables and stdin.
-#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
-fn snakepit_in(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("SNAKEPIT_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("the snakepit binary runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("snakepit ends");
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-fn snakepit(args: &[&str]) -> Run {
-    snakepit_in(&std::env::temp_dir(), args, &[], "")
-}
-
-/// A fresh folder for one test's files, removed at the end.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!(
-            "snakepit-cli-{name}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Dir(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write file");
-        path.display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::*;
 
 const PY_WORKER: &str = r#"
 import os, time
@@ -1238,7 +1138,7 @@ fn preload_comes_from_the_flag_or_the_settings_file() {
 
 #[test]
 fn bench_preload_reports_start_up_replacement_and_memory_both_ways() {
-    let r = snakepit(&[
+    let args = [
         "bench",
         "--preload",
         "--workers",
@@ -1251,8 +1151,8 @@ fn bench_preload_reports_start_up_replacement_and_memory_both_ways() {
         "100",
         "--init-mb",
         "20",
-        "--json",
-    ]);
+    ];
+    let r = snakepit(&[&args[..], &["--json"]].concat());
     assert_eq!(r.code, 0, "{r:?}");
     let p = &r.json()["preload"];
     for key in [
@@ -1271,20 +1171,7 @@ fn bench_preload_reports_start_up_replacement_and_memory_both_ways() {
     // Without preloading each worker holds its own 20 MiB.
     assert!(p["pss_mb"].as_f64().unwrap() > 2.0 * 20.0, "{p}");
     // The human table names the rows.
-    let r = snakepit(&[
-        "bench",
-        "--preload",
-        "--workers",
-        "2",
-        "--requests",
-        "400",
-        "--concurrency",
-        "8",
-        "--init-ms",
-        "100",
-        "--init-mb",
-        "20",
-    ]);
+    let r = snakepit(&args);
     assert_eq!(r.code, 0, "{r:?}");
     r.stdout_has(&[
         "preload, 2 x 100 ms init",

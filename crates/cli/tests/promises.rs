@@ -3,93 +3,9 @@
 //! workers.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_snakepit");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `snakepit ARGS` in `dir` with extra environment variables, stdin
-/// empty, stdout and stderr pipes (not terminals).
-#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
-fn snakepit_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("SNAKEPIT_CONFIG")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().expect("the snakepit binary runs");
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-/// A fresh folder for one test's files, removed at the end.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!(
-            "snakepit-cli-promises-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Dir(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write file");
-        path.display().to_string()
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        snakepit_in(&self.0, args, &[])
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::*;
 
 /// A Python worker that notes each process that imports it in `starts.log`
 /// (beside the script), and can die mid-call.
@@ -237,6 +153,7 @@ fn a_script_flag_replaces_the_files_adapter_and_snakepit_config_names_the_file()
         &std::env::temp_dir(),
         &["exec", "ping"],
         &[("SNAKEPIT_CONFIG", &config)],
+        "",
     );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.json()["node_version"].is_string(), "{r:?}");
@@ -251,7 +168,7 @@ fn sweep_refuses_a_state_directory_others_can_write_with_exit_1() {
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
     let state = state.to_str().unwrap();
-    let r = snakepit_in(&dir.0, &["sweep"], &[("SNAKEPIT_STATE_DIR", state)]);
+    let r = snakepit_in(&dir.0, &["sweep"], &[("SNAKEPIT_STATE_DIR", state)], "");
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains(state), "names the directory: {r:?}");
     assert!(
@@ -295,6 +212,7 @@ fn doctor_exits_0_when_one_language_answers() {
             ("SNAKEPIT_NODE", "/no/such/node"),
             ("SNAKEPIT_RUBY", "/no/such/ruby"),
         ],
+        "",
     );
     assert_eq!(r.code, 0, "{r:?}");
     let v = r.json();
