@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The running test binary, set to run only the test `name`, alone, its
+/// output not captured: for a test that needs a process of its own (a host
+/// to kill, an environment of its own). Add environment and stdio, then
+/// spawn it.
+#[allow(clippy::disallowed_methods)] // the test binary itself, not a worker
+pub fn this_test(name: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([name, "--exact", "--nocapture", "--test-threads", "1"]);
+    cmd
+}
+
 /// How often a condition is checked again.
 const POLL: Duration = Duration::from_millis(10);
 

@@ -456,19 +456,11 @@ fn host_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::disallowed_methods)] // the host under test, not a worker
 async fn a_host_killed_with_sigkill_leaves_no_preloaded_process() {
     let out =
         std::env::temp_dir().join(format!("snakepit-preload-host-{}.pids", std::process::id()));
     let _ = std::fs::remove_file(&out);
-    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "host_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+    let mut host = snakepit_tests::this_test("host_process")
         .env("SNAKEPIT_TEST_PIDS", &out)
         .spawn()
         .unwrap();

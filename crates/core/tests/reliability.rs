@@ -72,17 +72,9 @@ struct Host {
 
 /// Runs [`host_process`] as a child of the test, waits for its pids, then
 /// kills it with SIGKILL.
-#[allow(clippy::disallowed_methods)] // the host under test, not a worker
 fn run_and_kill_host(mode: &str, state_dir: &std::path::Path) -> Host {
     let out = state_dir.with_extension("pids");
-    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "host_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+    let mut host = snakepit_tests::this_test("host_process")
         .env("SNAKEPIT_TEST_HOST", mode)
         .env("SNAKEPIT_TEST_STATE_DIR", state_dir)
         .env("SNAKEPIT_TEST_PIDS", &out)

@@ -32,13 +32,12 @@ const OTEL_VARS: &[&str] = &[
 
 /// Runs test `name` again in a process of its own with `env`; whether this
 /// call is that process (then the caller runs the body).
-#[allow(clippy::disallowed_methods)] // this test binary, not a worker
 fn in_own_process(name: &str, env: &[(&str, &str)]) -> bool {
     if std::env::var_os(CHILD).is_some() {
         return true;
     }
-    let mut cmd = std::process::Command::new(std::env::current_exe().expect("the test binary"));
-    cmd.args([name, "--exact", "--nocapture"]).env(CHILD, "1");
+    let mut cmd = snakepit_tests::this_test(name);
+    cmd.env(CHILD, "1");
     for var in OTEL_VARS {
         cmd.env_remove(var);
     }

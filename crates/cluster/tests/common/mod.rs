@@ -129,15 +129,13 @@ pub struct HostProcess {
 impl HostProcess {
     /// Runs `test_name` of this binary as the host `id` with `workers`
     /// workers, and waits until it serves.
-    #[allow(clippy::disallowed_methods)] // the host under test, not a worker
     pub async fn start(test_name: &str, url: &str, id: &str, workers: usize) -> HostProcess {
         let ready = std::env::temp_dir().join(format!(
             "snakepit-cluster-{}-{id}-{}.ready",
             std::process::id(),
             free_port()
         ));
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([test_name, "--exact", "--nocapture", "--test-threads", "1"])
+        let child = snakepit_tests::this_test(test_name)
             .env("SNAKEPIT_CLUSTER_HOST", id)
             .env("SNAKEPIT_CLUSTER_NATS", url)
             .env("SNAKEPIT_CLUSTER_WORKERS", workers.to_string())
