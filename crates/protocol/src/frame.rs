@@ -185,16 +185,7 @@ where
         }
         return Err(e);
     }
-    let len = dst.len() - start - HEADER_LEN;
-    if len > max_frame_size || len > u32::MAX as usize {
-        dst.truncate(start);
-        return Err(Error::FrameTooLarge {
-            len: len as u64,
-            max: max_frame_size,
-        });
-    }
-    dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
+    finish_frame(dst, start, max_frame_size)
 }
 
 /// Frames a request as [`encode_frame`] does, byte for byte, and faster
@@ -301,6 +292,13 @@ fn json_request<A: serde::Serialize + ?Sized>(
         return Err(e);
     }
     dst.extend_from_slice(b"}");
+    finish_frame(dst, start, max_frame_size)
+}
+
+/// Writes the length prefix of the frame that starts at `start` (its
+/// payload written after the header's room), or takes the frame back out if
+/// the payload is over `max_frame_size`.
+fn finish_frame(dst: &mut BytesMut, start: usize, max_frame_size: usize) -> Result<(), Error> {
     let len = dst.len() - start - HEADER_LEN;
     if len > max_frame_size || len > u32::MAX as usize {
         dst.truncate(start);
