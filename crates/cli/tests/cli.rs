@@ -2,7 +2,7 @@
 //! real workers, and wrong input (clear error, non-zero exit).
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -829,16 +829,7 @@ fn snakepit_to(args: &[&str], stdout: Sink, stderr: Sink) -> Run {
         .stderr(stderr.stdio())
         .spawn()
         .expect("the snakepit binary runs");
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("snakepit ends");
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    Run::from(child.wait_with_output().expect("snakepit ends"))
 }
 
 /// The exit code documented for output that could not be written.

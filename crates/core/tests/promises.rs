@@ -81,6 +81,22 @@ fn requests(frames: &[(String, Value)], command: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The one worker of `pool`, `before`, is gone and another serves.
+async fn replaced(pool: &snakepit_core::Pool, before: u32) {
+    assert!(
+        eventually(10, || !alive(before)).await,
+        "the worker is gone"
+    );
+    assert!(
+        eventually(10, || pool
+            .worker_pids()
+            .first()
+            .is_some_and(|p| *p != before))
+        .await,
+        "a replacement serves"
+    );
+}
+
 /// `2026-11-27T12:24:04.051023Z`: date, `T`, time with optional fraction, `Z`.
 fn is_iso_8601_utc(s: &str) -> bool {
     let b = s.as_bytes();
@@ -296,18 +312,7 @@ async fn a_failed_reply_with_id_0_gets_the_worker_replaced() {
         matches!(err, Error::Protocol { .. } | Error::WorkerCrashed(_)),
         "the call fails with the worker: {err}"
     );
-    assert!(
-        eventually(10, || !alive(before)).await,
-        "the worker is gone"
-    );
-    assert!(
-        eventually(10, || pool
-            .worker_pids()
-            .first()
-            .is_some_and(|p| *p != before))
-        .await,
-        "a replacement serves"
-    );
+    replaced(&pool, before).await;
     pool.execute("no_result", json!({})).await.unwrap();
     pool.shutdown().await.unwrap();
 }
@@ -321,18 +326,7 @@ async fn a_chunk_after_the_final_response_gets_the_worker_replaced() {
     let pool = builder(rec.adapter()).size(1).start().await.unwrap();
     let before = pool.worker_pids()[0];
     assert_eq!(pool.execute("late_chunk", json!({})).await.unwrap(), "done");
-    assert!(
-        eventually(10, || !alive(before)).await,
-        "the worker is replaced"
-    );
-    assert!(
-        eventually(10, || pool
-            .worker_pids()
-            .first()
-            .is_some_and(|p| *p != before))
-        .await,
-        "a replacement serves"
-    );
+    replaced(&pool, before).await;
     pool.shutdown().await.unwrap();
 }
 

@@ -16,6 +16,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     pub fn json(&self) -> Value {
         serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
@@ -66,16 +76,7 @@ pub fn snakepit_in(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str)
         .expect("stdin")
         .write_all(stdin.as_bytes())
         .expect("write stdin");
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("snakepit ends");
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    Run::from(child.wait_with_output().expect("snakepit ends"))
 }
 
 pub fn snakepit(args: &[&str]) -> Run {
