@@ -139,6 +139,8 @@ impl From<Error> for Failure {
                 Failure::new(code::FAILED, e.to_string()).hint("the call never reached a worker; fix the command or its arguments")
             }
             Error::Cancelled | Error::Codec(_) => Failure::new(code::FAILED, e.to_string()),
+            Error::StreamBehind { .. } => Failure::new(code::FAILED, e.to_string())
+                .hint("read the stream as fast as the worker writes, or send fewer, larger chunks"),
             Error::CallTimeout { .. } => Failure::new(code::TIMEOUT, e.to_string())
                 .hint("raise --timeout (milliseconds), or make the handler faster"),
             Error::QueueTimeout(_) | Error::PoolSaturated { .. } | Error::WorkerBusy { .. } => {

@@ -232,6 +232,10 @@ impl WireError {
             }
             Error::UnsupportedCommand(c) => w.command = Some(c.clone()),
             Error::Protocol { worker_id, .. } => w.worker_id = Some(worker_id.clone()),
+            Error::StreamBehind { worker_id, kept } => {
+                w.worker_id = Some(worker_id.clone());
+                w.n = Some(*kept);
+            }
             Error::StartFailed(s) => {
                 w.worker_id = Some(s.worker_id.clone());
                 w.detail = Some(s.cause.clone());
@@ -305,6 +309,10 @@ impl WireError {
             "codec" | "protocol" => Error::Protocol {
                 worker_id: self.worker_id.unwrap_or_default(),
                 source: snakepit_core_protocol_error(self.message),
+            },
+            "stream_behind" => Error::StreamBehind {
+                worker_id: self.worker_id.unwrap_or_default(),
+                kept: self.n.unwrap_or(0),
             },
             "start_failed" => Error::StartFailed(Box::new(StartError {
                 worker_id: self.worker_id.unwrap_or_default(),

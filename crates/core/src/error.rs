@@ -99,6 +99,18 @@ pub enum Error {
     /// into the type asked for.
     #[error("cannot encode or decode the call's payload: {0}")]
     Codec(#[source] snakepit_protocol::Error),
+    /// A streaming call's reader fell `kept` chunks behind a worker that
+    /// runs several calls at once; waiting for it would hold up the worker's
+    /// other calls, so the call was cancelled instead. Every chunk before
+    /// the error was delivered, in order; none after. (A worker that runs one
+    /// call at a time waits for its reader instead: nothing is lost.)
+    #[error("the stream's reader fell {kept} chunks behind worker {worker_id}, which runs other calls too; the call was cancelled")]
+    StreamBehind {
+        /// The worker.
+        worker_id: String,
+        /// The chunks waiting unread when it gave up.
+        kept: usize,
+    },
     /// The worker broke the protocol (a bad frame, stray output on stdout, a
     /// reply nobody asked for); it was replaced.
     #[error("worker {worker_id} broke the protocol: {source}")]
@@ -148,6 +160,7 @@ impl Error {
             Error::Validation { .. } => "validation",
             Error::UnsupportedCommand(_) => "unsupported_command",
             Error::Codec(_) => "codec",
+            Error::StreamBehind { .. } => "stream_behind",
             Error::Protocol { .. } => "protocol",
             Error::StartFailed(_) => "start_failed",
             Error::ShutDown => "shut_down",

@@ -219,6 +219,13 @@ pub(crate) struct Worker {
     host_calls: AtomicUsize,
     /// Calls are written ahead to it (see [`Worker::set_pipelining`]).
     pipelining: AtomicBool,
+    /// It runs one call at a time: a stream's reader that falls behind is
+    /// waited for (the worker has nothing else to do meanwhile) instead of
+    /// failing the stream (see `reader.rs`).
+    one_at_a_time: AtomicBool,
+    /// Streaming calls in flight on it: no call is written ahead behind
+    /// one, as a stream may wait on its reader for any time.
+    streams: AtomicU32,
     /// The moving average of its calls' run time, in µs (`u32::MAX`: none
     /// measured yet, so no call is written ahead until one is).
     call_us: AtomicU32,
@@ -300,6 +307,8 @@ impl Worker {
             }),
             host_calls: AtomicUsize::new(0),
             pipelining: AtomicBool::new(false),
+            one_at_a_time: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
             call_us: AtomicU32::new(u32::MAX),
             max_call_us: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
@@ -338,6 +347,9 @@ impl Worker {
         }
         if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
             inner.running_since = Some(Instant::now());
+        }
+        if pending.chunks.is_some() {
+            self.streams.fetch_add(1, Ordering::Relaxed);
         }
         inner.pending.insert(id, (pending, None));
         Ok(())
@@ -402,6 +414,20 @@ impl Worker {
         next
     }
 
+    /// The calls it runs at once, as the pool settled them.
+    pub(crate) fn set_capacity(&self, capacity: u32) {
+        self.one_at_a_time.store(capacity <= 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn runs_one_at_a_time(&self) -> bool {
+        self.one_at_a_time.load(Ordering::Relaxed)
+    }
+
+    /// A streaming call ended, or stopped taking chunks.
+    pub(crate) fn stream_ended(&self) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Calls are written ahead to this worker (it runs one call at a time,
     /// declared `pipeline`, and the pool's `pipeline_depth` is on).
     /// `max_call`: how short its recent calls must be for that.
@@ -417,10 +443,14 @@ impl Worker {
     }
 
     /// How many calls may wait in this worker's stdin behind the running
-    /// one: `depth` while its recent calls were short, otherwise none (a
-    /// long call never has another waiting behind it).
+    /// one: `depth` while its recent calls were short and no stream runs,
+    /// otherwise none (a long call never has another waiting behind it, nor
+    /// does a stream, which may wait on its reader).
     pub(crate) fn pipeline_room(&self, depth: u32) -> u32 {
-        if self.pipelining.load(Ordering::Relaxed) && self.calls_are_short() {
+        if self.pipelining.load(Ordering::Relaxed)
+            && self.calls_are_short()
+            && self.streams.load(Ordering::Relaxed) == 0
+        {
             depth
         } else {
             0
@@ -459,7 +489,11 @@ impl Worker {
     /// Takes back a call whose frame did not reach the worker; `None` if the
     /// reader already failed it (the worker died meanwhile).
     pub(crate) fn unregister(&self, id: u64) -> Option<Pending> {
-        self.inner().pending.remove(&id).map(|(p, _)| p)
+        let pending = self.inner().pending.remove(&id).map(|(p, _)| p);
+        if pending.as_ref().is_some_and(|p| p.chunks.is_some()) {
+            self.stream_ended();
+        }
+        pending
     }
 
     /// SIGINT can only reach the call it is meant for: the worker is alive,

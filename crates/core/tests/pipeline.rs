@@ -219,3 +219,51 @@ async fn pipelining_off_writes_nothing_ahead() {
     second.await.unwrap().unwrap();
     pool.shutdown().await.unwrap();
 }
+
+/// No call is written ahead behind a stream: a stream may wait on its reader
+/// for any time (its worker blocks on a full pipe meanwhile), so the calls
+/// that come while one runs go to the pool's other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_waits_behind_a_stream() {
+    let pool = pipelined(1).start().await.unwrap();
+    warm_up(&pool).await;
+    let mut stream = pool
+        .execute_stream("stream", json!({"n": 3000}), CallOptions::new())
+        .await
+        .unwrap();
+    // The worker runs the stream and waits on its unread chunks.
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "echo",
+                json!({}),
+                CallOptions::new().timeout(Duration::from_millis(300)),
+            )
+            .await
+        })
+    };
+    // The second call stays in the pool's queue, not in the worker's pipe,
+    // and times out there, never having run.
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::QueueTimeout(_) | Error::CallTimeout { .. }),
+        "{err}"
+    );
+    assert_eq!(in_flight_on_first(&pool), 1, "{:?}", pool.workers());
+    let mut chunks = 0;
+    {
+        use std::future::poll_fn;
+        use std::pin::Pin;
+
+        use futures_core::Stream;
+        while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            if let snakepit_core::StreamItem::Chunk(_) = item.unwrap() {
+                chunks += 1;
+            }
+        }
+    }
+    assert_eq!(chunks, 3000);
+    pool.shutdown().await.unwrap();
+}

@@ -328,33 +328,120 @@ async fn streams_deliver_chunks_then_the_result() {
     pool.shutdown().await.unwrap();
 }
 
-/// docs/bridges.md: a stream keeps up to 256 chunks its reader has not
-/// taken; past that chunks are dropped rather than holding up the other
-/// calls on the worker, and the final result still arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_nobody_reads_keeps_256_chunks_and_holds_up_no_other_call() {
+/// Reads a stream to its end: its items, then the error it ended with.
+async fn read_all(stream: &mut snakepit_core::CallStream) -> (Vec<StreamItem>, Option<Error>) {
     use std::future::poll_fn;
     use std::pin::Pin;
 
     use futures_core::Stream;
-    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await {
+        match item {
+            Ok(item) => items.push(item),
+            Err(e) => return (items, Some(e)),
+        }
+    }
+    (items, None)
+}
+
+/// docs/bridges.md: a worker that runs one call at a time waits for its
+/// stream's reader (its pipe fills, it blocks on its next chunk) instead of
+/// dropping chunks; the pool's other workers keep serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_reader_loses_no_chunk_and_holds_up_only_its_worker() {
+    let pool = builder(TestWorker::new()).size(2).start().await.unwrap();
+    let n = 3000;
     let mut stream = pool
-        .execute_stream("stream", json!({"n": 1000}), CallOptions::new())
+        .execute_stream("stream", json!({"n": n}), CallOptions::new())
         .await
         .unwrap();
-    // Behind the stream on the same one-at-a-time worker: it completes while
-    // nobody reads the stream, so every chunk has been routed by then.
-    let echoed = pool.execute("echo", json!({"after": true})).await.unwrap();
-    assert_eq!(echoed["echoed"]["after"], true, "{echoed}");
-    let mut items = Vec::new();
-    while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
-        items.push(item.unwrap());
+    // Nobody reads the stream while these run: they go to the other worker.
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..20 {
+        let r = pool.execute("echo", json!({"i": i})).await.unwrap();
+        pids.insert(r["pid"].as_u64().unwrap());
     }
-    let expected: Vec<StreamItem> = (0..256)
+    assert_eq!(pids.len(), 1, "the streaming worker took no other call");
+    let (items, error) = read_all(&mut stream).await;
+    assert!(error.is_none(), "{error:?}");
+    let expected: Vec<StreamItem> = (0..n)
         .map(|i| StreamItem::Chunk(json!({"i": i})))
-        .chain([StreamItem::Done(json!({"done": 1000}))])
+        .chain([StreamItem::Done(json!({"done": n}))])
         .collect();
-    assert_eq!(items, expected);
+    assert_eq!(items.len(), expected.len());
+    assert!(items == expected, "chunks lost or out of order");
+    let s = pool.stats();
+    assert_eq!((s.completed, s.errors), (21, 0));
+    pool.shutdown().await.unwrap();
+}
+
+/// A stream past its deadline releases its worker even if the caller keeps
+/// the stream and never reads it again: the worker is not left blocked on
+/// a full pipe until the pool gives up on it and replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_stream_kept_unread_frees_its_worker() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    let mut stream = pool
+        .execute_stream(
+            "stream",
+            json!({"n": 200_000}),
+            CallOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    // A slow reader: one chunk a millisecond, until the deadline.
+    let error = loop {
+        use std::future::poll_fn;
+        use std::pin::Pin;
+
+        use futures_core::Stream;
+        match poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended before its deadline"),
+        }
+    };
+    assert!(error.is_timeout(), "{error}");
+    // The stream is kept, unread; the same worker serves the next call.
+    let r = pool.execute("echo", json!({"after": true})).await.unwrap();
+    assert_eq!(r["pid"], pid, "the worker was replaced: {r}");
+    drop(stream);
+    pool.shutdown().await.unwrap();
+}
+
+/// A worker that runs several calls at once is not held up by one stream's
+/// slow reader: that stream ends with `Error::StreamBehind` once 256 chunks
+/// wait unread (every chunk before it delivered, in order), the call is
+/// cancelled in the worker, and the worker's other calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_behind_a_worker_that_runs_other_calls_ends_with_a_clear_error() {
+    let mut adapter = TestWorker::new();
+    adapter.extra_args = vec!["--async".into()];
+    let pool = builder(adapter).size(1).start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    let mut stream = pool
+        .execute_stream("stream", json!({"n": 5000}), CallOptions::new())
+        .await
+        .unwrap();
+    // Nobody reads the stream; another call on the same worker completes.
+    let r = pool.execute("echo", json!({"beside": true})).await.unwrap();
+    assert_eq!(r["pid"], pid);
+    let (items, error) = read_all(&mut stream).await;
+    // The chunks before the error, each once and in order: at least the
+    // 256 kept (more if the worker was still writing when reading began).
+    let expected: Vec<StreamItem> = (0..items.len())
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .collect();
+    assert!(items == expected, "chunks lost or out of order");
+    assert!((256..5000).contains(&items.len()), "{} chunks", items.len());
+    match error {
+        Some(Error::StreamBehind { kept, .. }) => assert_eq!(kept, 256),
+        other => panic!("expected StreamBehind, got {other:?}"),
+    }
+    assert_eq!(pool.execute("echo", json!({})).await.unwrap()["pid"], pid);
+    let s = pool.stats();
+    assert_eq!((s.completed, s.errors), (2, 1), "{s:?}");
     pool.shutdown().await.unwrap();
 }
 

@@ -349,6 +349,7 @@ impl Pool {
                     deadline,
                     timeout,
                     command,
+                    chunks.is_some(),
                 )
                 .await?;
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);

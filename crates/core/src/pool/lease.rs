@@ -73,6 +73,9 @@ impl Shared {
             };
             let slot = &mut st.slots[i];
             slot.in_flight += 1;
+            if waiter.stream {
+                slot.ahead = 0; // until its worker's next release
+            }
             let lease = Lease {
                 worker: slot.worker.clone().expect("has_room checked"),
                 shared: self.clone(),
@@ -86,9 +89,15 @@ impl Shared {
         }
     }
 
-    pub(crate) fn take(self: &Arc<Self>, st: &mut State, i: usize) -> Lease {
+    /// Leases slot `i`'s worker. `stream`: for a streaming call, which may
+    /// wait on its reader for any time, so nothing is written ahead behind
+    /// it until the worker's next release.
+    pub(crate) fn take(self: &Arc<Self>, st: &mut State, i: usize, stream: bool) -> Lease {
         let slot = &mut st.slots[i];
         slot.in_flight += 1;
+        if stream {
+            slot.ahead = 0;
+        }
         let worker = slot.worker.clone().expect("taken slots have a worker");
         st.make_free(i);
         Lease {
@@ -105,6 +114,7 @@ impl Shared {
         deadline: Instant,
         timeout: Duration,
         command: &str,
+        stream: bool,
     ) -> Result<Lease> {
         let rx = {
             let mut st = self.state();
@@ -128,7 +138,7 @@ impl Shared {
                     _ => st.slots[p].has_idle_room(),
                 };
                 if free {
-                    return Ok(self.take(&mut st, p));
+                    return Ok(self.take(&mut st, p, stream));
                 }
                 match affinity {
                     Affinity::Prefer => {}
@@ -147,7 +157,7 @@ impl Shared {
             }
             if strict_slot.is_none() {
                 if let Some(i) = st.pop_free() {
-                    let lease = self.take(&mut st, i);
+                    let lease = self.take(&mut st, i, stream);
                     if let Some(s) = session {
                         self.remember(&mut st, s, i);
                     }
@@ -168,7 +178,7 @@ impl Shared {
                     return Err(Error::PoolSaturated { queued });
                 }
             }
-            st.push_waiter(strict_slot)
+            st.push_waiter(strict_slot, stream)
         };
         let queue_deadline = deadline.min(Instant::now() + self.config.queue_timeout);
         match tokio::time::timeout_at(queue_deadline.into(), rx).await {

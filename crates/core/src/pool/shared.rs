@@ -154,6 +154,7 @@ impl Shared {
         let cap = caps
             .max_concurrency
             .clamp(1, self.config.max_concurrency_per_worker);
+        worker.set_capacity(cap);
         worker.set_pipelining(
             self.config.pipeline_depth > 0 && caps.pipeline && cap == 1,
             self.config.pipeline_max_call,

@@ -112,6 +112,8 @@ pub(crate) type LeaseTx = oneshot::Sender<Result<Lease>>;
 pub(crate) struct Waiter {
     pub(crate) seq: u64,
     pub(crate) tx: LeaseTx,
+    /// A streaming call: nothing is written ahead behind it.
+    pub(crate) stream: bool,
 }
 
 pub(crate) struct AffinityRecord {
@@ -157,10 +159,18 @@ impl State {
     }
 
     /// Queues a waiter for any slot, or for slot `only`; its receiver.
-    pub(crate) fn push_waiter(&mut self, only: Option<usize>) -> oneshot::Receiver<Result<Lease>> {
+    pub(crate) fn push_waiter(
+        &mut self,
+        only: Option<usize>,
+        stream: bool,
+    ) -> oneshot::Receiver<Result<Lease>> {
         let (tx, rx) = oneshot::channel();
         self.seq += 1;
-        let waiter = Waiter { seq: self.seq, tx };
+        let waiter = Waiter {
+            seq: self.seq,
+            tx,
+            stream,
+        };
         match only {
             Some(i) => self.strict[i].push_back(waiter),
             None => self.queue.push_back(waiter),
@@ -241,10 +251,10 @@ mod tests {
     #[test]
     fn the_oldest_waiter_a_slot_may_serve_goes_first_and_abandoned_ones_are_skipped() {
         let mut st = State::new(2);
-        let any1 = st.push_waiter(None);
-        let only0 = st.push_waiter(Some(0));
-        let any2 = st.push_waiter(None);
-        let only1 = st.push_waiter(Some(1));
+        let any1 = st.push_waiter(None, false);
+        let only0 = st.push_waiter(Some(0), false);
+        let any2 = st.push_waiter(None, false);
+        let only1 = st.push_waiter(Some(1), false);
         assert_eq!(st.queued_entries(), 4);
         // Slot 1: the oldest it may serve is the first general waiter.
         assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(1));
@@ -264,9 +274,9 @@ mod tests {
     #[test]
     fn purging_keeps_only_live_waiters() {
         let mut st = State::new(1);
-        let keep = st.push_waiter(None);
-        drop(st.push_waiter(None));
-        drop(st.push_waiter(Some(0)));
+        let keep = st.push_waiter(None, false);
+        drop(st.push_waiter(None, false));
+        drop(st.push_waiter(Some(0), false));
         st.purge_abandoned();
         assert_eq!(st.queued_entries(), 1);
         drop(keep);

@@ -89,6 +89,10 @@ impl Stream for CallStream {
         // reply, so every chunk is read before the channel reports closed,
         // and the reply can only be ready once it has.
         let outcome = match this.chunks.poll_recv(cx) {
+            // The deadline holds while chunks keep coming too.
+            Poll::Ready(Some(_)) if this.sleep.deadline() <= tokio::time::Instant::now() => {
+                return Poll::Ready(Some(this.time_out()));
+            }
             Poll::Ready(Some(frame)) => {
                 let item = decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame)
                     .map(StreamItem::Chunk)
@@ -107,7 +111,14 @@ impl Stream for CallStream {
             Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
                 Poll::Ready(r) => {
                     let mut flight = this.flight.take().expect("checked");
-                    flight.done = true;
+                    // A stream that fell behind is still running in the
+                    // worker: dropping the flight undone cancels it there.
+                    flight.done = !matches!(
+                        r,
+                        Ok(Err(crate::worker::Failure::Failed(
+                            Error::StreamBehind { .. }
+                        )))
+                    );
                     match r {
                         Ok(Ok(frame)) => decode_result::<Value>(
                             &this.outcome.shared,
@@ -136,11 +147,19 @@ impl CallStream {
         if self.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
+        Poll::Ready(Some(self.time_out()))
+    }
+
+    /// Ends the stream with its deadline passed.
+    fn time_out(&mut self) -> Result<StreamItem> {
         self.flight = None; // dropping it cancels the call
+                            // A worker waiting to hand over a chunk goes on (and hears the
+                            // cancel) even if this stream is kept unread.
+        self.chunks.close();
         let outcome = Err(self
             .outcome
             .shared
             .timed_out(&self.outcome.command, self.timeout));
-        Poll::Ready(Some(self.outcome.record(outcome)))
+        self.outcome.record(outcome)
     }
 }

@@ -13,7 +13,8 @@ use serde_json::Value;
 use snakepit_protocol::{decode_inbound, peek_response, Codec, Inbound};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
 use super::{Failure, Pending, Worker, MAX_STDERR_LINE};
@@ -65,50 +66,79 @@ impl Worker {
             }
         }
         // The stream's chunk channel closes before its final reply.
+        if pending.chunks.is_some() {
+            self.stream_ended();
+        }
         drop(pending.chunks);
         let _ = pending.reply.send(Ok(frame));
         Ok(())
     }
 
     /// Routes one frame from the worker; an error means the worker broke the
-    /// protocol and must go.
-    pub(super) fn route(self: &Arc<Self>, frame: Bytes) -> Result<(), snakepit_protocol::Error> {
+    /// protocol and must go. `Ok(Some(stall))`: a chunk whose reader has no
+    /// room for it yet, to be handed over before anything else is read.
+    pub(super) fn route(
+        self: &Arc<Self>,
+        frame: Bytes,
+    ) -> Result<Option<Stall>, snakepit_protocol::Error> {
         // Most frames are replies in the bridges' usual shape: route those
         // from their first bytes; the caller decodes (and checks) the rest.
         if let Some((id, success)) = peek_response(&self.codec, &frame) {
-            return self.reply(id, success, frame);
+            return self.reply(id, success, frame).map(|()| None);
         }
         match decode_inbound(&self.codec, &frame)? {
-            Inbound::Response { id, success } => self.reply(id, success, frame),
+            Inbound::Response { id, success } => self.reply(id, success, frame).map(|()| None),
             Inbound::Chunk { id } => {
-                let inner = self.inner();
-                match inner.pending.get(&id) {
-                    None => Err(snakepit_protocol::Error::UnknownId { kind: "chunk", id }),
-                    Some((p, _)) => {
-                        if let Some(tx) = &p.chunks {
-                            // A consumer that falls behind loses chunks rather
-                            // than stalling every other call on this worker.
-                            if tx.try_send(frame).is_err() && !tx.is_closed() {
-                                tracing::warn!(worker = %self.id, id, "stream consumer is behind; chunk dropped");
-                            }
-                        }
-                        Ok(())
-                    }
+                let mut inner = self.inner();
+                let Some((p, _)) = inner.pending.get_mut(&id) else {
+                    return Err(snakepit_protocol::Error::UnknownId { kind: "chunk", id });
+                };
+                let Some(tx) = &p.chunks else {
+                    return Ok(None); // not a stream, or one that gave up
+                };
+                let frame = match tx.try_send(frame) {
+                    Ok(()) | Err(TrySendError::Closed(_)) => return Ok(None),
+                    Err(TrySendError::Full(frame)) => frame,
+                };
+                if self.runs_one_at_a_time() {
+                    // Nothing else runs on this worker: wait for the reader,
+                    // and the worker waits on its full pipe meanwhile.
+                    return Ok(Some(Stall {
+                        tx: tx.clone(),
+                        frame,
+                    }));
                 }
+                // Waiting would hold up the worker's other calls: this one
+                // ends, with every chunk before this one delivered.
+                let kept = tx.max_capacity();
+                p.chunks = None;
+                let (dead, _) = oneshot::channel();
+                let _ = std::mem::replace(&mut p.reply, dead).send(Err(Failure::Failed(
+                    Error::StreamBehind {
+                        worker_id: self.id.clone(),
+                        kept,
+                    },
+                )));
+                drop(inner);
+                self.stream_ended();
+                tracing::warn!(worker = %self.id, id, kept, "a stream's reader fell behind a worker that runs other calls too; the call is cancelled");
+                Ok(None)
             }
             Inbound::Hello(hello) => {
                 if self.caps.set(hello.capabilities).is_err() {
                     tracing::debug!(worker = %self.id, "second hello ignored");
                 }
                 tracing::debug!(worker = %self.id, bridge = ?hello.bridge, runtime = ?hello.runtime, "worker said hello");
-                Ok(())
+                Ok(None)
             }
             Inbound::HostCall {
                 id,
                 request_id,
                 function,
-            } => self.take_host_call(id, request_id, function, &frame),
-            _ => Ok(()),
+            } => self
+                .take_host_call(id, request_id, function, &frame)
+                .map(|()| None),
+            _ => Ok(None),
         }
     }
 }
@@ -160,6 +190,24 @@ impl Worker {
     }
 }
 
+/// A chunk waiting for room in its stream's channel (a worker that runs
+/// one call at a time): the reader reads nothing more from the worker until
+/// it is handed over or its reader is gone.
+pub(super) struct Stall {
+    tx: mpsc::Sender<Bytes>,
+    frame: Bytes,
+}
+
+impl Stall {
+    /// Hands the chunk over once there is room; drops it if the stream's
+    /// reader is gone (the call was abandoned).
+    async fn hand_over(self) {
+        if let Ok(permit) = self.tx.reserve_owned().await {
+            permit.send(self.frame);
+        }
+    }
+}
+
 pub(super) enum Ending {
     /// Stdout ended.
     Eof,
@@ -200,15 +248,21 @@ pub(super) async fn read_loop(
             let timer = tokio::time::sleep_until(tokio::time::Instant::now());
             tokio::pin!(timer);
             let (mut armed, mut fired) = (false, false);
+            // A chunk waiting for its stream's reader; nothing more is read
+            // until it is handed over.
+            let mut stalled: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
             let ending = loop {
                 tokio::select! {
                     biased;
-                    frame = next() => match frame {
-                        Some(Ok(frame)) => {
-                            if let Err(e) = worker.route(frame.freeze()) {
-                                break Ending::Protocol(e);
-                            }
-                        }
+                    () = async { stalled.as_mut().expect("guarded").await }, if stalled.is_some() => {
+                        stalled = None;
+                    }
+                    frame = next(), if stalled.is_none() => match frame {
+                        Some(Ok(frame)) => match worker.route(frame.freeze()) {
+                            Ok(None) => {}
+                            Ok(Some(stall)) => stalled = Some(Box::pin(stall.hand_over())),
+                            Err(e) => break Ending::Protocol(e),
+                        },
                         Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
                         Some(Err(e)) => break Ending::Protocol(e),
                     },
@@ -238,13 +292,18 @@ pub(super) async fn read_loop(
                     os::signal_group(worker.pid, libc::SIGKILL);
                 }
                 let drain = Duration::from_millis(200);
+                if let Some(stall) = stalled.take() {
+                    let _ = tokio::time::timeout(drain, stall).await;
+                }
                 loop {
                     match tokio::time::timeout(drain, next()).await {
-                        Ok(Some(Ok(frame))) => {
-                            if let Err(e) = worker.route(frame.freeze()) {
-                                break Ending::Protocol(e);
+                        Ok(Some(Ok(frame))) => match worker.route(frame.freeze()) {
+                            Ok(None) => {}
+                            Ok(Some(stall)) => {
+                                let _ = tokio::time::timeout(drain, stall.hand_over()).await;
                             }
-                        }
+                            Err(e) => break Ending::Protocol(e),
+                        },
                         Ok(Some(Err(e))) if !matches!(e, snakepit_protocol::Error::Io(_)) => {
                             break Ending::Protocol(e)
                         }
