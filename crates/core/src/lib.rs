@@ -57,6 +57,7 @@ mod worker;
 pub use adapter::{Adapter, Launch};
 pub use config::PoolConfig;
 pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
+pub use os::{PipeSize, PIPE_GROWTH_BUDGET};
 pub use pool::{
     Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats,
     StreamItem, TraceContext, TraceHeaders, WeakPool, WorkerInfo,

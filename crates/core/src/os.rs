@@ -2,7 +2,8 @@
 //! makes on its processes. With `spawn.rs`, the only `unsafe` code in the
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
-//! template), `recv` and `pidfd_open`, each a direct libc call.
+//! template), `recv`, `pidfd_open` and `fcntl` (a pipe's size), each a
+//! direct libc call.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -26,6 +27,97 @@ pub(crate) fn unread_in_pipe(fd: std::os::fd::RawFd) -> Option<usize> {
     // SAFETY: FIONREAD writes one int through the pointer, which is valid.
     let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
     (r == 0 && n >= 0).then_some(n as usize)
+}
+
+/// A pipe's capacity as this process set it. A frame that does not fit in
+/// a pipe is written in pieces, each waiting for the other side to read the
+/// last; for large frames (a tensor, an image) the worker and the pool then
+/// take turns at a 64 KiB pipe instead of each working on a whole frame.
+/// [`PipeSize::fit`] grows the pipe to hold a frame whole, up to 1 MiB, once
+/// such a frame is seen.
+///
+/// Growth is bounded for the whole process ([`PIPE_GROWTH_BUDGET`]): Linux
+/// counts pipe capacity per user, and a user over
+/// `/proc/sys/fs/pipe-user-pages-soft` (64 MiB by default) gets small pipes
+/// everywhere, in every program. What a pipe added is given back when its
+/// `PipeSize` is dropped with the pipe.
+#[derive(Debug)]
+pub struct PipeSize {
+    capacity: usize,
+    added: usize,
+    /// The system refused once: not asked again for this pipe.
+    refused: bool,
+}
+
+/// A new pipe's capacity on Linux.
+const PIPE_DEFAULT: usize = 64 << 10;
+/// The largest capacity asked for (Linux's default `pipe-max-size`, the
+/// most an unprivileged process may set).
+const PIPE_MAX: usize = 1 << 20;
+/// The most capacity this process adds to pipes, all pipes together: a
+/// quarter of Linux's default per-user soft limit.
+pub const PIPE_GROWTH_BUDGET: usize = 16 << 20;
+
+static PIPE_GROWTH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Default for PipeSize {
+    fn default() -> Self {
+        PipeSize::new()
+    }
+}
+
+impl PipeSize {
+    /// A pipe as created: 64 KiB.
+    pub const fn new() -> PipeSize {
+        PipeSize {
+            capacity: PIPE_DEFAULT,
+            added: 0,
+            refused: false,
+        }
+    }
+
+    /// The capacity as set (or as created).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Grows the pipe behind `fd` (either end) so that `frame_len` bytes fit
+    /// in it whole, rounded up to a power of two and at most 1 MiB, if the
+    /// process's budget allows; otherwise leaves it as it is. Cheap when the
+    /// frame fits already.
+    pub fn fit(&mut self, fd: &impl std::os::fd::AsRawFd, frame_len: usize) {
+        use std::sync::atomic::Ordering;
+        if frame_len <= self.capacity || self.capacity >= PIPE_MAX || self.refused {
+            return;
+        }
+        let want = frame_len.next_power_of_two().clamp(PIPE_DEFAULT, PIPE_MAX);
+        let extra = want - self.capacity;
+        if PIPE_GROWTH.fetch_add(extra, Ordering::Relaxed) + extra > PIPE_GROWTH_BUDGET {
+            PIPE_GROWTH.fetch_sub(extra, Ordering::Relaxed);
+            return; // perhaps later, when other pipes have given theirs back
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours.
+        let set = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
+        #[cfg(not(target_os = "linux"))]
+        let set = {
+            let _ = fd;
+            -1
+        };
+        if set < want as libc::c_int {
+            PIPE_GROWTH.fetch_sub(extra, Ordering::Relaxed);
+            self.refused = true;
+            return;
+        }
+        self.added += extra;
+        self.capacity = want;
+    }
+}
+
+impl Drop for PipeSize {
+    fn drop(&mut self) {
+        PIPE_GROWTH.fetch_sub(self.added, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Resident memory of process `pid` in bytes (Linux: `VmRSS` of
@@ -208,6 +300,7 @@ pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     #[allow(clippy::disallowed_methods)] // a bystander process, not a worker
@@ -224,6 +317,47 @@ mod tests {
         assert_eq!(parent_of(pid), Some(std::process::id()));
         child.wait().unwrap();
         assert!(has_exited(pid), "a reaped process has exited");
+    }
+
+    fn pipe_capacity(fd: &OwnedFd) -> usize {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETPIPE_SZ only reads the pipe's size.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) as usize }
+    }
+
+    /// A pipe grows to hold a large frame whole (a power of two, at most
+    /// 1 MiB), not for a frame that fits; all pipes together grow by at most
+    /// `PIPE_GROWTH_BUDGET`, and a pipe's growth comes back when it goes.
+    #[test]
+    fn pipes_grow_to_fit_large_frames_within_the_budget() {
+        let (r, _w) = pipe().unwrap();
+        let mut size = PipeSize::new();
+        size.fit(&r.as_raw_fd(), 1000);
+        assert_eq!(pipe_capacity(&r), 64 << 10);
+        size.fit(&r.as_raw_fd(), 300_000);
+        assert_eq!((size.capacity(), pipe_capacity(&r)), (512 << 10, 512 << 10));
+        size.fit(&r.as_raw_fd(), 5 << 20);
+        assert_eq!(pipe_capacity(&r), 1 << 20);
+        drop(size);
+        // The budget: 16 MiB of growth is 17 pipes grown to 1 MiB.
+        let mut grown = Vec::new();
+        loop {
+            let (r, w) = pipe().unwrap();
+            let mut size = PipeSize::new();
+            size.fit(&r.as_raw_fd(), 1 << 20);
+            let full = pipe_capacity(&r) == 1 << 20;
+            grown.push((r, w, size));
+            if !full {
+                break;
+            }
+            assert!(grown.len() <= 17, "grew past the budget");
+        }
+        assert_eq!(grown.len(), 18);
+        // One pipe goes, and its growth is there for the next.
+        grown.swap_remove(0);
+        let (r, _w, size) = grown.last_mut().unwrap();
+        size.fit(&r.as_raw_fd(), 1 << 20);
+        assert_eq!(pipe_capacity(r), 1 << 20);
     }
 
     #[test]

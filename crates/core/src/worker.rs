@@ -276,6 +276,7 @@ impl Worker {
                 accepted: 0,
                 written: 0,
                 recent: VecDeque::new(),
+                size: os::PipeSize::new(),
             }),
             wake: Notify::new(),
         });

@@ -445,6 +445,39 @@ async fn a_stream_behind_a_worker_that_runs_other_calls_ends_with_a_clear_error(
     pool.shutdown().await.unwrap();
 }
 
+/// Frames far larger than a pipe (which the pool grows, up to 1 MiB, for
+/// large frames) cross whole both ways, several at once, in both codecs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_cross_whole_in_both_codecs() {
+    for codec in [WireCodec::Json, WireCodec::MsgPack] {
+        let mut adapter = TestWorker::new();
+        adapter.codec = codec;
+        let pool = builder(adapter).size(2).start().await.unwrap();
+        let calls: Vec<_> = [100_000usize, 700_000, 3 << 20, 1 << 20, 5]
+            .into_iter()
+            .enumerate()
+            .map(|(i, len)| {
+                let pool = pool.clone();
+                // Different bytes per call: a frame mixed with another's
+                // would not echo back equal.
+                let data: String = (0..len)
+                    .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+                    .collect();
+                tokio::spawn(async move {
+                    let r = pool.execute("echo", json!({"data": data})).await.unwrap();
+                    (r["echoed"]["data"] == data, len)
+                })
+            })
+            .collect();
+        for c in calls {
+            let (same, len) = c.await.unwrap();
+            assert!(same, "{codec}: {len} bytes came back changed");
+        }
+        assert_eq!(pool.stats().errors, 0);
+        pool.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_call_host_functions() {
     let pool = builder(TestWorker::new())

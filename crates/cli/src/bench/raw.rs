@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
-use snakepit_core::{Launch, RawProcess, WireCodec};
+use snakepit_core::{Launch, PipeSize, RawProcess, WireCodec};
 use snakepit_protocol::{
     decode_inbound, decode_response, encode_frame, Error as ProtocolError, Inbound, Request,
     HEADER_LEN,
@@ -95,6 +95,9 @@ struct RawWorker {
     max_frame_size: usize,
     buf: BytesMut,
     frame: Vec<u8>,
+    /// The pipes grown for large frames as the pool grows its workers'.
+    stdin_size: PipeSize,
+    stdout_size: PipeSize,
 }
 
 impl RawWorker {
@@ -135,6 +138,8 @@ impl RawWorker {
             max_frame_size,
             buf: BytesMut::with_capacity(256),
             frame: Vec::new(),
+            stdin_size: PipeSize::new(),
+            stdout_size: PipeSize::new(),
         };
         w.call(
             1,
@@ -153,6 +158,7 @@ impl RawWorker {
             self.max_frame_size,
             &mut self.buf,
         )?;
+        self.stdin_size.fit(&self.stdin, self.buf.len());
         self.stdin.write_all(&self.buf)?;
         loop {
             let mut head = [0u8; HEADER_LEN];
@@ -168,6 +174,7 @@ impl RawWorker {
             }
             self.frame.resize(len, 0);
             self.stdout.read_exact(&mut self.frame)?;
+            self.stdout_size.fit(&self.stdout, HEADER_LEN + len);
             // The hello frame comes before the first reply.
             if let Inbound::Response { .. } = decode_inbound(&self.codec, &self.frame)? {
                 return match decode_response::<_, Value>(&self.codec, &self.frame)? {

@@ -237,6 +237,8 @@ pub(super) async fn read_loop(
     let ending = match stdout {
         None => Ending::Eof,
         Some(stdout) => {
+            use std::os::fd::AsRawFd;
+            let (fd, mut size) = (stdout.as_raw_fd(), os::PipeSize::new());
             let mut frames = FramedRead::with_capacity(
                 stdout,
                 snakepit_protocol::FrameCodec::new(max_frame_size),
@@ -258,11 +260,15 @@ pub(super) async fn read_loop(
                         stalled = None;
                     }
                     frame = next(), if stalled.is_none() => match frame {
-                        Some(Ok(frame)) => match worker.route(frame.freeze()) {
-                            Ok(None) => {}
-                            Ok(Some(stall)) => stalled = Some(Box::pin(stall.hand_over())),
-                            Err(e) => break Ending::Protocol(e),
-                        },
+                        Some(Ok(frame)) => {
+                            // The next large reply goes into the pipe whole.
+                            size.fit(&fd, frame.len() + snakepit_protocol::HEADER_LEN);
+                            match worker.route(frame.freeze()) {
+                                Ok(None) => {}
+                                Ok(Some(stall)) => stalled = Some(Box::pin(stall.hand_over())),
+                                Err(e) => break Ending::Protocol(e),
+                            }
+                        }
                         Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
                         Some(Err(e)) => break Ending::Protocol(e),
                     },

@@ -49,6 +49,8 @@ pub(super) struct StdinState {
     /// ends. When the worker dies, the bytes it left unread in the pipe tell
     /// which of these it never read whole, so never ran.
     pub(super) recent: VecDeque<(u64, u64)>,
+    /// The pipe's capacity, grown to hold a large frame whole.
+    pub(super) size: os::PipeSize,
 }
 
 /// Request frames further back than this in the stream are taken as read
@@ -101,18 +103,21 @@ impl Stdin {
         let end = st.accepted + frame.len() as u64;
         st.accepted = end;
         let frame = match (&mut st.pipe, st.backlog.is_empty()) {
-            (Some(pipe), true) => match write_now(pipe, &frame) {
-                Ok(n) => {
-                    st.written += n as u64;
-                    frame.slice(n..)
+            (Some(pipe), true) => {
+                st.size.fit(pipe, frame.len());
+                match write_now(pipe, &frame) {
+                    Ok(n) => {
+                        st.written += n as u64;
+                        frame.slice(n..)
+                    }
+                    Err(_) => {
+                        // The worker is gone; its reader fails what was in flight.
+                        let pipe = st.pipe.take();
+                        st.broken(pipe);
+                        return false;
+                    }
                 }
-                Err(_) => {
-                    // The worker is gone; its reader fails what was in flight.
-                    let pipe = st.pipe.take();
-                    st.broken(pipe);
-                    return false;
-                }
-            },
+            }
             _ => frame,
         };
         if id != NO_CALL && id != HOST_REPLY {
@@ -275,6 +280,8 @@ pub(super) async fn write_loop(stdin: Arc<Stdin>) {
                 match st.pipe.take() {
                     Some(pipe) => {
                         st.take_batch(&mut batch);
+                        let largest = batch.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+                        st.size.fit(&pipe, largest);
                         Some(pipe)
                     }
                     None => return,
@@ -430,6 +437,7 @@ mod tests {
             accepted: 0,
             written: 0,
             recent: VecDeque::new(),
+            size: os::PipeSize::new(),
         };
         let mut batch = Vec::new();
         assert!(!st.take_batch(&mut batch));
