@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -190,6 +190,7 @@ impl PoolBuilder {
             codec,
             state: Mutex::new(State::new(size)),
             next_id: AtomicU64::new(1),
+            large_request: AtomicUsize::new(0),
             counters: Counters::default(),
             host_functions: self.host_functions,
             session_hook: self.session_hook,

@@ -26,6 +26,10 @@ use crate::worker::{Failure, Pending, Reply, Worker};
 /// gone before it has reached any (each attempt takes a fresh lease).
 pub(crate) const MAX_SENDS: usize = 100;
 
+/// A request frame above this is large: the next request's buffer starts
+/// at its size (`Shared::large_request`).
+const LARGE_REQUEST: usize = 64 << 10;
+
 /// Where a call went and when: for its span and its `CallEnded` event.
 pub(crate) struct CallMeta {
     pub(crate) submitted: Instant,
@@ -370,7 +374,8 @@ impl Pool {
                 }
                 (None, None) => None,
             };
-            let mut buf = BytesMut::with_capacity(256);
+            let large = shared.large_request.load(Ordering::Relaxed);
+            let mut buf = BytesMut::with_capacity((large + large / 8).max(256));
             encode_request(
                 &shared.codec,
                 &request,
@@ -378,6 +383,16 @@ impl Pool {
                 &mut buf,
             )
             .map_err(Error::Codec)?;
+            // Written only while large frames come and go: pools of small
+            // calls never touch it.
+            let now_large = if buf.len() > LARGE_REQUEST {
+                buf.len()
+            } else {
+                0
+            };
+            if now_large != large {
+                shared.large_request.store(now_large, Ordering::Relaxed);
+            }
             let (tx, rx) = oneshot::channel();
             // Kept for a resend: the pending call may be failed by the
             // reader (and dropped with its sender) before it is taken back.

@@ -2,7 +2,7 @@
 //! coming, going, draining and being checked.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use snakepit_protocol::WireCodec;
@@ -30,6 +30,10 @@ pub(crate) struct Shared {
     pub(crate) supported: Option<HashSet<String>>,
     pub(crate) state: Mutex<State>,
     pub(crate) next_id: AtomicU64,
+    /// The size of the last large request frame (0 after a small one): the
+    /// next request's buffer starts at it, so that a large frame is encoded
+    /// without regrowing (and copying) its buffer step by step.
+    pub(crate) large_request: AtomicUsize,
     pub(crate) counters: Counters,
     pub(crate) host_functions: HashMap<String, HostFunction>,
     pub(crate) session_hook: Option<Arc<dyn SessionHook>>,
