@@ -491,6 +491,7 @@ impl Client {
             timeout_ms: None,
             typed,
             stream,
+            window: stream.then_some(wire::STREAM_WINDOW),
         };
         loop {
             if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
@@ -628,6 +629,7 @@ impl Client {
                 timeout: options.timeout.unwrap_or_default(),
                 session: options.session_id.clone(),
                 finished: false,
+                taken: 0,
             });
         }
     }
@@ -942,6 +944,8 @@ struct Flight {
     timeout: Duration,
     session: Option<String>,
     finished: bool,
+    /// Chunks the reader took since the host was last granted more.
+    taken: u32,
 }
 
 impl Flight {
@@ -961,13 +965,31 @@ impl Flight {
         }
     }
 
+    /// The reader took a chunk: every `STREAM_GRANT` of them, the host may
+    /// send as many more (it sends at most `STREAM_WINDOW` ahead of the
+    /// reader, so a slow reader holds up its worker, not this process's
+    /// memory).
+    async fn took_chunk(&mut self) {
+        self.taken += 1;
+        if self.taken < wire::STREAM_GRANT {
+            return;
+        }
+        self.taken = 0;
+        let subject = self.inner.subjects.host_cancel(&self.host);
+        let grant = wire::credit(wire::STREAM_GRANT, &self.reply);
+        let _ = self.inner.nats.publish(subject, Bytes::from(grant)).await;
+    }
+
     /// The next chunk or the final result.
     async fn next(&mut self) -> Result<Reply, Error> {
         if self.finished {
             return Err(Error::Cancelled);
         }
         match self.first.take() {
-            Some(Reply::Chunk { v }) => return Ok(Reply::Chunk { v }),
+            Some(Reply::Chunk { v }) => {
+                self.took_chunk().await;
+                return Ok(Reply::Chunk { v });
+            }
             Some(Reply::Ok { v }) => {
                 self.finished = true;
                 return Ok(Reply::Ok { v });
@@ -991,7 +1013,7 @@ impl Flight {
             biased;
             m = self.rx.recv() => match m {
                 Some(m) => match serde_json::from_slice::<Reply>(&m.payload) {
-                    Ok(Reply::Chunk { v }) => return Ok(Reply::Chunk { v }),
+                    Ok(Reply::Chunk { v }) => Ok(Reply::Chunk { v }),
                     Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
                     Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),
                     // The host acknowledges a call that runs for a while
@@ -1019,6 +1041,10 @@ impl Flight {
             _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout }),
             };
         };
+        if let Ok(Reply::Chunk { .. }) = outcome {
+            self.took_chunk().await;
+            return outcome;
+        }
         let timed_out = matches!(outcome, Err(Error::CallTimeout { .. }));
         self.finished = !timed_out;
         outcome

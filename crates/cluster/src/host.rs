@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::StreamExt;
 use serde_json::{json, Value};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
@@ -292,6 +292,9 @@ const ACK_AFTER: Duration = Duration::from_millis(50);
 /// A call the host runs.
 struct Running {
     task: AbortHandle,
+    /// A stream's chunks it may still send; the client grants more as its
+    /// reader takes them.
+    credit: Option<Arc<Semaphore>>,
     /// Where its replies go.
     reply: Subject,
     /// When the serving loop acknowledges it if it is still running (the
@@ -453,6 +456,13 @@ impl Serving {
         let Ok(reply) = std::str::from_utf8(&msg.payload) else {
             return;
         };
+        if let Some((n, reply)) = wire::parse_credit(reply) {
+            if let Some(credit) = self.running.get(reply).and_then(|c| c.credit.as_ref()) {
+                // A client never grants more than its window at a time.
+                credit.add_permits(n.min(wire::STREAM_WINDOW) as usize);
+            }
+            return;
+        }
         let reply = reply.to_owned();
         match self.running.get(&reply) {
             Some(call) => call.task.abort(),
@@ -561,9 +571,14 @@ impl Serving {
             self.ack_due = Some(ack_at);
         }
         let to = reply.clone();
+        let credit = match (call.stream, call.window) {
+            (true, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
+            _ => None,
+        };
+        let granted = credit.clone();
         let task = tokio::spawn(
             async move {
-                run_call(&host, &to, call, traceparent, guard).await;
+                run_call(&host, &to, call, traceparent, granted, guard).await;
             }
             .instrument(span),
         );
@@ -571,6 +586,7 @@ impl Serving {
             key,
             Running {
                 task: task.abort_handle(),
+                credit,
                 reply,
                 ack_at: Some(ack_at),
             },
@@ -589,6 +605,7 @@ async fn run_call(
     reply: &Subject,
     call: CallMsg,
     traceparent: Option<String>,
+    credit: Option<Arc<Semaphore>>,
     done: Done,
 ) {
     let mut options = CallOptions::new().affinity(call.affinity.into());
@@ -604,7 +621,7 @@ async fn run_call(
     let pool = &host.pool;
     let work = async {
         if call.stream {
-            stream_call(host, reply, &call.command, call.args, options).await
+            stream_call(host, reply, &call.command, call.args, options, credit).await
         } else if call.typed {
             pool.call::<Value, Value>(&call.command, &call.args, options)
                 .await
@@ -634,11 +651,26 @@ async fn stream_call(
     command: &str,
     args: Value,
     options: CallOptions,
+    credit: Option<Arc<Semaphore>>,
 ) -> Result<Value, Error> {
     let mut stream = host.pool.execute_stream(command, args, options).await?;
     while let Some(item) = stream.next().await {
         match item? {
-            StreamItem::Chunk(v) => host.send(reply, &Reply::Chunk { v }).await,
+            StreamItem::Chunk(v) => {
+                if let Some(credit) = &credit {
+                    // The client's reader is a window behind: wait for it
+                    // (the worker waits meanwhile), up to the deadline.
+                    let wait = credit.acquire();
+                    match tokio::time::timeout_at(stream.deadline().into(), wait).await {
+                        Ok(Ok(permit)) => permit.forget(),
+                        Ok(Err(_)) => return Err(Error::Cancelled),
+                        // The deadline passed: the stream's next item is
+                        // its timeout.
+                        Err(_) => continue,
+                    }
+                }
+                host.send(reply, &Reply::Chunk { v }).await
+            }
             StreamItem::Done(v) => return Ok(v),
             _ => {}
         }

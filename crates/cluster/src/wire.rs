@@ -29,7 +29,8 @@ impl Subjects {
         format!("{}.host.{host}.call", self.prefix)
     }
 
-    /// Cancellations of one host's calls.
+    /// Cancellations of one host's calls (the call's reply subject), and
+    /// credits for its streams ([`credit`]).
     pub(crate) fn host_cancel(&self, host: &str) -> String {
         format!("{}.host.{host}.cancel", self.prefix)
     }
@@ -79,6 +80,31 @@ pub(crate) struct CallMsg {
     /// `execute_stream`: chunks are sent as they come.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) stream: bool,
+    /// With `stream`: the chunks the host may send before the client has
+    /// granted more ([`credit`]). Absent: no limit (a client that grants
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) window: Option<u32>,
+}
+
+/// Chunks a client lets a host send ahead of its reader.
+pub(crate) const STREAM_WINDOW: u32 = 256;
+
+/// A client grants more chunks after its reader has taken this many.
+pub(crate) const STREAM_GRANT: u32 = 64;
+
+/// The message that grants a stream `n` more chunks, sent to the host's
+/// cancel subject: `+<n> <reply subject>` (a reply subject, which a cancel
+/// carries alone, never starts with `+`).
+pub(crate) fn credit(n: u32, reply: &str) -> String {
+    format!("+{n} {reply}")
+}
+
+/// Reads a [`credit`] message: the chunks granted and the call's reply
+/// subject.
+pub(crate) fn parse_credit(payload: &str) -> Option<(u32, &str)> {
+    let (n, reply) = payload.strip_prefix('+')?.split_once(' ')?;
+    Some((n.parse().ok()?, reply))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +426,15 @@ mod tests {
             error: RemoteError::new("ValueError", "bad"),
         });
         assert_eq!(back.remote().unwrap().kind.as_deref(), Some("ValueError"));
+    }
+
+    #[test]
+    fn credits_are_told_from_cancels() {
+        let reply = "_INBOX.abc.7";
+        assert_eq!(parse_credit(&credit(64, reply)), Some((64, reply)));
+        assert_eq!(parse_credit(reply), None, "a cancel is not a credit");
+        assert_eq!(parse_credit("+x _INBOX.a"), None);
+        assert_eq!(parse_credit("+64"), None);
     }
 
     #[test]

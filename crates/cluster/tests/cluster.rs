@@ -378,3 +378,49 @@ async fn a_call_longer_than_the_host_timeout_is_acknowledged() {
         .unwrap();
     assert_eq!(r["token"], 7);
 }
+
+/// A stream whose reader is slow holds up its worker on the host, not the
+/// client's memory: the host sends at most a window of chunks ahead of the
+/// reader and waits for the client to grant more, so the call does not end
+/// while unread (another call to that host waits meanwhile), and every chunk
+/// arrives once the reader goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_reader_holds_up_its_worker_not_the_clients_memory() {
+    let nats = NatsServer::start().await;
+    let _a = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let n = 20_000;
+    let mut s = client
+        .execute_stream("stream", json!({"n": n}), CallOptions::new())
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(first, StreamItem::Chunk(json!({"i": 0})));
+    // The one worker is still on the stream, which waits for its reader:
+    // this call waits behind it and times out (without the window the
+    // stream would have ended, its chunks buffered in this process).
+    let err = client
+        .execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().timeout(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let mut chunks = 1;
+    let mut done = None;
+    while let Some(item) = s.next().await {
+        match item.unwrap() {
+            StreamItem::Chunk(v) => {
+                assert_eq!(v, json!({"i": chunks}));
+                chunks += 1;
+            }
+            StreamItem::Done(v) => done = Some(v),
+            _ => {}
+        }
+    }
+    assert_eq!((chunks, done), (n, Some(json!({"done": n}))));
+    client.execute("echo", json!({})).await.unwrap();
+}

@@ -140,6 +140,12 @@ impl Stream for CallStream {
 }
 
 impl CallStream {
+    /// When the call's deadline passes: the stream then ends with
+    /// `Error::CallTimeout` (whether chunks are still coming or not).
+    pub fn deadline(&self) -> std::time::Instant {
+        self.sleep.deadline().into_std()
+    }
+
     pub(crate) fn poll_deadline(
         &mut self,
         cx: &mut Context<'_>,
