@@ -188,7 +188,12 @@ class ForkedWorker:
     def __init__(self, pid, stdin_w, stdout_r, stderr_r, codec):
         self.pid = pid
         # Held from the start, so cleanup never signals a recycled pid.
-        self.pidfd = os.pidfd_open(pid)
+        # None: it has already exited and its template reaped it (a worker
+        # whose after_fork hook raises can be gone before `forked` is read).
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.pidfd = None
         self.codec = _wire.get_codec(codec)
         self.stdin = os.fdopen(stdin_w, "wb", buffering=0)
         self.stdout = os.fdopen(stdout_r, "rb", buffering=0)
@@ -238,16 +243,19 @@ class ForkedWorker:
 
     def wait_gone(self):
         """True once the process has exited (whoever its parent is now)."""
+        if self.pidfd is None:
+            return True
         ready, _, _ = select.select([self.pidfd], [], [], TIMEOUT)
         return bool(ready)
 
     def stop(self):
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.wait_gone()
-        os.close(self.pidfd)
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.wait_gone()
+            os.close(self.pidfd)
         self.close_stdin()
         self.stdout.close()
         self.stderr.join()
