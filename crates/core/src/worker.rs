@@ -90,6 +90,9 @@ pub(crate) struct Pending {
     /// The call holds one of the worker's capacity units, to be returned when
     /// the final reply arrives (internal handshake pings hold none).
     pub(crate) holds_unit: bool,
+    /// A stream's deadline: past it, its chunks no longer wait for its
+    /// reader (who is told of the timeout on its next poll) and are dropped.
+    pub(crate) until: Option<Instant>,
 }
 
 struct Inner {

@@ -410,6 +410,42 @@ async fn a_timed_out_stream_kept_unread_frees_its_worker() {
     pool.shutdown().await.unwrap();
 }
 
+/// A stream that is never read at all still ends at its deadline: its
+/// worker stops waiting for the reader then (and is told to cancel), so it
+/// serves the next call; the stream, read late, gives the chunks it was
+/// handed and then `CallTimeout`, never its final result after lost chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_never_read_frees_its_worker_at_its_deadline() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    let mut stream = pool
+        .execute_stream(
+            "stream",
+            json!({"n": 200_000}),
+            CallOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    // Nobody polls the stream; the one worker serves this call once the
+    // stream's deadline has passed.
+    let r = pool
+        .execute_with(
+            "echo",
+            json!({"after": true}),
+            CallOptions::new().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["pid"], pid, "the worker was replaced: {r}");
+    let (items, error) = read_all(&mut stream).await;
+    let expected: Vec<StreamItem> = (0..items.len())
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .collect();
+    assert!(items == expected, "chunks out of order, or a final result");
+    assert!(error.as_ref().is_some_and(Error::is_timeout), "{error:?}");
+    pool.shutdown().await.unwrap();
+}
+
 /// A worker that runs several calls at once is not held up by one stream's
 /// slow reader: that stream ends with `Error::StreamBehind` once 256 chunks
 /// wait unread (every chunk before it delivered, in order), the call is

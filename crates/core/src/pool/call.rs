@@ -403,6 +403,7 @@ impl Pool {
                 chunks: chunks.take(),
                 session: session.clone(),
                 holds_unit: true,
+                until: streams.then_some(deadline),
             };
             // A one-shot call's deadline is watched by the worker's reader,
             // with one timer for all its calls; a stream keeps its own.

@@ -109,6 +109,10 @@ impl Stream for CallStream {
                 return Poll::Ready(Some(item));
             }
             Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
+                // Its deadline passed while the worker waited on this reader.
+                Poll::Ready(Ok(Err(crate::worker::Failure::Expired))) => {
+                    return Poll::Ready(Some(this.time_out()));
+                }
                 Poll::Ready(r) => {
                     let mut flight = this.flight.take().expect("checked");
                     // A stream that fell behind is still running in the

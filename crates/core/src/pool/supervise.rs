@@ -127,6 +127,7 @@ pub(crate) async fn internal_call(
                 chunks: None,
                 session: None,
                 holds_unit: false,
+                until: None,
             },
         )
         .is_err()

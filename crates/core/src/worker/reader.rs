@@ -5,7 +5,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -104,8 +104,11 @@ impl Worker {
                     // Nothing else runs on this worker: wait for the reader,
                     // and the worker waits on its full pipe meanwhile.
                     return Ok(Some(Stall {
+                        worker: self.clone(),
+                        id,
                         tx: tx.clone(),
                         frame,
+                        until: p.until,
                     }));
                 }
                 // Waiting would hold up the worker's other calls: this one
@@ -194,16 +197,63 @@ impl Worker {
 /// one call at a time): the reader reads nothing more from the worker until
 /// it is handed over or its reader is gone.
 pub(super) struct Stall {
+    worker: Arc<Worker>,
+    id: u64,
     tx: mpsc::Sender<Bytes>,
     frame: Bytes,
+    /// The stream's deadline.
+    until: Option<Instant>,
 }
 
 impl Stall {
     /// Hands the chunk over once there is room; drops it if the stream's
-    /// reader is gone (the call was abandoned).
+    /// reader is gone (the call was abandoned). At the stream's deadline the
+    /// stream takes no more chunks, read or not: its reader hears of the
+    /// timeout at its next poll, and the worker goes on (then hears the
+    /// cancel), so an unread stream never holds its worker past it.
     async fn hand_over(self) {
-        if let Ok(permit) = self.tx.reserve_owned().await {
-            permit.send(self.frame);
+        let Stall {
+            worker,
+            id,
+            tx,
+            frame,
+            until,
+        } = self;
+        let deadline = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            room = tx.reserve_owned() => {
+                if let Ok(permit) = room {
+                    permit.send(frame);
+                }
+            }
+            () = deadline => worker.stop_streaming(id),
+        }
+    }
+}
+
+impl Worker {
+    /// Call `id`'s stream passed its deadline: it takes no more chunks, and
+    /// its reader hears of the timeout after the chunks it was given.
+    fn stop_streaming(&self, id: u64) {
+        let stopped = {
+            let mut inner = self.inner();
+            match inner.pending.get_mut(&id) {
+                Some((p, _)) if p.chunks.is_some() => {
+                    p.chunks = None;
+                    let (dead, _) = oneshot::channel();
+                    let _ = std::mem::replace(&mut p.reply, dead).send(Err(Failure::Expired));
+                    true
+                }
+                _ => false,
+            }
+        };
+        if stopped {
+            self.stream_ended();
         }
     }
 }
