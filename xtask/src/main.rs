@@ -516,11 +516,18 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
     });
     let (few, many) = (400u64, 2400u64);
     println!("instructions per call in the host ({workers} workers, 8 callers, ping)");
-    for mode in ["typed", "value"] {
+    // The host on two runtime threads (callers on both: the locks they
+    // share are sometimes contended), and on one, as `snakepit bench` runs it.
+    for (mode, runtime) in [
+        ("typed", "multi"),
+        ("value", "multi"),
+        ("typed", "current"),
+        ("value", "current"),
+    ] {
         let mut counts = Vec::new();
         for calls in [few, many] {
             let out = std::env::temp_dir().join(format!(
-                "snakepit-cost-{}-{mode}-{calls}.out",
+                "snakepit-cost-{}-{mode}-{runtime}-{calls}.out",
                 std::process::id()
             ));
             #[allow(clippy::disallowed_methods)] // valgrind, not a worker
@@ -529,6 +536,7 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
                 .arg(format!("--callgrind-out-file={}", out.display()))
                 .arg(&exe)
                 .args(["--calls", &calls.to_string(), "--mode", mode])
+                .args(["--runtime", runtime])
                 .args(["--workers", &workers, "--callers", "8"]);
             if let Some(p) = &python {
                 cmd.env("SNAKEPIT_PYTHON", p);
@@ -551,8 +559,13 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
         }
         let per_call = counts[1].saturating_sub(counts[0]) / (many - few);
         println!(
-            "  {mode:>5} (`{}`): {per_call} instructions per call",
-            if mode == "typed" { "call" } else { "execute" }
+            "  {mode:>5} (`{}`), {}: {per_call} instructions per call",
+            if mode == "typed" { "call" } else { "execute" },
+            if runtime == "multi" {
+                "two runtime threads"
+            } else {
+                "one runtime thread"
+            }
         );
     }
     Ok(())

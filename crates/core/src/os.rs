@@ -2,8 +2,8 @@
 //! makes on its processes. With `spawn.rs`, the only `unsafe` code in the
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
-//! template), `recv`, `pidfd_open` and `fcntl` (a pipe's size), each a
-//! direct libc call.
+//! template), `recv`, `pidfd_open`, `fcntl` (a pipe's size) and `write`
+//! (a frame to a worker's pipe), each a direct libc call.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -18,6 +18,33 @@ pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
 pub(crate) fn signal_pid(pid: u32, signal: libc::c_int) -> bool {
     // SAFETY: as above, for one process.
     unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+}
+
+/// Writes what the non-blocking descriptor `fd` takes now, straight with
+/// `write(2)` (a call's frame usually goes whole in one): the bytes
+/// written, fewer than `buf` when it is full. The runtime's own write path
+/// costs several hundred instructions more per call; its readiness cache
+/// is not told, so its next write after a full pipe finds it full itself.
+pub(crate) fn write_now(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    let mut written = 0;
+    while written < buf.len() {
+        let rest = &buf[written..];
+        // SAFETY: write(2) reads at most `rest.len()` bytes from `rest`.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        match n {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n if n > 0 => written += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => break,
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// Bytes written to a pipe and not read yet, asked through either end

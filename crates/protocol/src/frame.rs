@@ -228,6 +228,15 @@ fn json_request<A: serde::Serialize + ?Sized>(
 ) -> Result<(), Error> {
     use crate::codec::Appender;
     fn string(dst: &mut BytesMut, s: &str) -> Result<(), Error> {
+        // Nearly always (a command, a session id): nothing to escape, and
+        // serde_json would write the same bytes.
+        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            dst.reserve(s.len() + 2);
+            dst.put_u8(b'"');
+            dst.extend_from_slice(s.as_bytes());
+            dst.put_u8(b'"');
+            return Ok(());
+        }
         serde_json::to_writer(Appender(dst), s).map_err(|e| Error::encode("json", e))
     }
     let start = dst.len();
@@ -370,10 +379,12 @@ mod tests {
             nest(MAX_DEPTH - 1),
             nest(MAX_DEPTH),
         ];
+        // Strings with bytes to escape, and without (written directly).
+        let commands = ["run \"it\"\t", "ping", "é\u{7f}~ /"];
         for (i, args) in args.iter().enumerate() {
             for full in [false, true] {
                 let id = [u64::MAX, 0, 9, 10, 100, 1_000_000_007][i];
-                let mut r = Request::new(id, "run \"it\"\t", args);
+                let mut r = Request::new(id, commands[i % 3], args);
                 r.timestamp = Timestamp(std::time::UNIX_EPOCH);
                 if full {
                     r.session_id = Some("s\u{0}1");

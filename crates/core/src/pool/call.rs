@@ -281,7 +281,9 @@ impl Pool {
         // have run is never sent again.
         let mut undelivered = 0;
         let flight = loop {
-            let mut flight = self.submit(command, args, options, None, meta).await?;
+            let mut flight = self
+                .submit(command, args, options, None, meta, (deadline, timeout))
+                .await?;
             let reply = if flight.expires {
                 Some((&mut flight.reply).await)
             } else {
@@ -327,9 +329,9 @@ impl Pool {
         options: &CallOptions,
         chunks: Option<mpsc::Sender<Bytes>>,
         meta: &mut CallMeta,
+        (deadline, timeout): (Instant, Duration),
     ) -> Result<InFlight> {
         let shared = self.shared();
-        let (deadline, timeout) = self.deadline(command, options, meta);
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
         if let (Some(hook), Some(id)) = (&shared.session_hook, options.session_id.as_deref()) {
             // The store's time counts against the call's deadline.

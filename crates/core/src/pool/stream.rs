@@ -39,7 +39,15 @@ impl Pool {
         let submitted = async {
             self.check(command, &args)?;
             let args = shared.adapter.prepare_args(command, args);
-            self.submit(command, &args, &options, Some(tx), meta).await
+            self.submit(
+                command,
+                &args,
+                &options,
+                Some(tx),
+                meta,
+                (deadline, timeout),
+            )
+            .await
         }
         .instrument(span)
         .await;

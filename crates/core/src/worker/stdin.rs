@@ -187,19 +187,11 @@ impl Stdin {
     }
 }
 
-/// Writes what the pipe takes without waiting.
+/// Writes what the pipe takes without waiting (a tokio `ChildStdin` is
+/// always non-blocking).
 pub(super) fn write_now(pipe: &mut ChildStdin, frame: &[u8]) -> std::io::Result<usize> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let mut written = 0;
-    while written < frame.len() {
-        match Pin::new(&mut *pipe).poll_write(&mut cx, &frame[written..]) {
-            std::task::Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            std::task::Poll::Ready(Ok(n)) => written += n,
-            std::task::Poll::Ready(Err(e)) => return Err(e),
-            std::task::Poll::Pending => break,
-        }
-    }
-    Ok(written)
+    use std::os::fd::AsRawFd;
+    os::write_now(pipe.as_raw_fd(), frame)
 }
 
 /// Frames the writer task takes from the backlog for one write: a
