@@ -28,6 +28,21 @@ async fn warm_up(pool: &Pool) -> u64 {
     served
 }
 
+/// An `echo` call with a deadline of 300 ms, on a task of its own.
+fn echo_within_300_ms(
+    pool: &Pool,
+) -> tokio::task::JoinHandle<snakepit_core::Result<serde_json::Value>> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        pool.execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .await
+    })
+}
+
 fn in_flight_on_first(pool: &Pool) -> usize {
     pool.workers().first().map_or(0, |w| w.in_flight)
 }
@@ -44,17 +59,7 @@ async fn a_waiting_call_that_is_cancelled_never_runs() {
         tokio::spawn(async move { pool.execute("sleep", json!({"ms": 3000})).await })
     };
     assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
-    let waiting = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_with(
-                "echo",
-                json!({}),
-                CallOptions::new().timeout(Duration::from_millis(300)),
-            )
-            .await
-        })
-    };
+    let waiting = echo_within_300_ms(&pool);
     assert!(
         eventually(10, || in_flight_on_first(&pool) == 2).await,
         "the second call was written ahead: {:?}",
@@ -233,17 +238,7 @@ async fn no_call_waits_behind_a_stream() {
         .unwrap();
     // The worker runs the stream and waits on its unread chunks.
     assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
-    let waiting = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_with(
-                "echo",
-                json!({}),
-                CallOptions::new().timeout(Duration::from_millis(300)),
-            )
-            .await
-        })
-    };
+    let waiting = echo_within_300_ms(&pool);
     // The second call stays in the pool's queue, not in the worker's pipe,
     // and times out there, never having run.
     let err = waiting.await.unwrap().unwrap_err();

@@ -328,14 +328,19 @@ async fn streams_deliver_chunks_then_the_result() {
     pool.shutdown().await.unwrap();
 }
 
-/// Reads a stream to its end: its items, then the error it ended with.
-async fn read_all(stream: &mut snakepit_core::CallStream) -> (Vec<StreamItem>, Option<Error>) {
+/// A stream's next item.
+async fn next(stream: &mut snakepit_core::CallStream) -> Option<snakepit_core::Result<StreamItem>> {
     use std::future::poll_fn;
     use std::pin::Pin;
 
     use futures_core::Stream;
+    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Reads a stream to its end: its items, then the error it ended with.
+async fn read_all(stream: &mut snakepit_core::CallStream) -> (Vec<StreamItem>, Option<Error>) {
     let mut items = Vec::new();
-    while let Some(item) = poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await {
+    while let Some(item) = next(stream).await {
         match item {
             Ok(item) => items.push(item),
             Err(e) => return (items, Some(e)),
@@ -375,14 +380,12 @@ async fn a_slow_stream_reader_loses_no_chunk_and_holds_up_only_its_worker() {
     pool.shutdown().await.unwrap();
 }
 
-/// A stream past its deadline releases its worker even if the caller keeps
-/// the stream and never reads it again: the worker is not left blocked on
-/// a full pipe until the pool gives up on it and replaces it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timed_out_stream_kept_unread_frees_its_worker() {
+/// A pool of one worker (and its pid), running a stream of 200,000 chunks
+/// with a deadline of 300 ms.
+async fn one_worker_on_a_long_stream() -> (snakepit_core::Pool, u64, snakepit_core::CallStream) {
     let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
     let pid = pool.worker_pids()[0];
-    let mut stream = pool
+    let stream = pool
         .execute_stream(
             "stream",
             json!({"n": 200_000}),
@@ -390,13 +393,18 @@ async fn a_timed_out_stream_kept_unread_frees_its_worker() {
         )
         .await
         .unwrap();
+    (pool, u64::from(pid), stream)
+}
+
+/// A stream past its deadline releases its worker even if the caller keeps
+/// the stream and never reads it again: the worker is not left blocked on
+/// a full pipe until the pool gives up on it and replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_stream_kept_unread_frees_its_worker() {
+    let (pool, pid, mut stream) = one_worker_on_a_long_stream().await;
     // A slow reader: one chunk a millisecond, until the deadline.
     let error = loop {
-        use std::future::poll_fn;
-        use std::pin::Pin;
-
-        use futures_core::Stream;
-        match poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+        match next(&mut stream).await {
             Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
             Some(Err(e)) => break e,
             None => panic!("the stream ended before its deadline"),
@@ -416,16 +424,7 @@ async fn a_timed_out_stream_kept_unread_frees_its_worker() {
 /// handed and then `CallTimeout`, never its final result after lost chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_never_read_frees_its_worker_at_its_deadline() {
-    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
-    let pid = pool.worker_pids()[0];
-    let mut stream = pool
-        .execute_stream(
-            "stream",
-            json!({"n": 200_000}),
-            CallOptions::new().timeout(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap();
+    let (pool, pid, mut stream) = one_worker_on_a_long_stream().await;
     // Nobody polls the stream; the one worker serves this call once the
     // stream's deadline has passed.
     let r = pool
