@@ -95,6 +95,15 @@ pub(crate) struct Pending {
     pub(crate) until: Option<Instant>,
 }
 
+impl Pending {
+    /// Tells the caller now how the call ended for it; the call stays in
+    /// flight (its unit comes back with the worker's reply, if any).
+    pub(crate) fn tell(&mut self, failure: Failure) {
+        let (dead, _) = oneshot::channel();
+        let _ = std::mem::replace(&mut self.reply, dead).send(Err(failure));
+    }
+}
+
 struct Inner {
     /// The calls in flight, each with its deadline if it was registered
     /// with one (the reader watches those in place of a timer per call).
@@ -405,8 +414,7 @@ impl Worker {
             // The call stays pending (its caller abandons it, and its unit
             // comes back with its reply); only its caller hears.
             *watched = None;
-            let (tx, _) = oneshot::channel();
-            let _ = std::mem::replace(&mut p.reply, tx).send(Err(Failure::Expired));
+            p.tell(Failure::Expired);
         }
         // With no call left to watch, the timer stays set for the earliest
         // deadline it was set for, so that the next calls (their deadlines

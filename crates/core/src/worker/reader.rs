@@ -114,16 +114,9 @@ impl Worker {
                 // Waiting would hold up the worker's other calls: this one
                 // ends, with every chunk before this one delivered.
                 let kept = tx.max_capacity();
-                p.chunks = None;
-                let (dead, _) = oneshot::channel();
-                let _ = std::mem::replace(&mut p.reply, dead).send(Err(Failure::Failed(
-                    Error::StreamBehind {
-                        worker_id: self.id.clone(),
-                        kept,
-                    },
-                )));
+                let worker_id = self.id.clone();
+                self.cut_stream(p, Failure::Failed(Error::StreamBehind { worker_id, kept }));
                 drop(inner);
-                self.stream_ended();
                 tracing::warn!(worker = %self.id, id, kept, "a stream's reader fell behind a worker that runs other calls too; the call is cancelled");
                 Ok(None)
             }
@@ -240,21 +233,21 @@ impl Worker {
     /// Call `id`'s stream passed its deadline: it takes no more chunks, and
     /// its reader hears of the timeout after the chunks it was given.
     fn stop_streaming(&self, id: u64) {
-        let stopped = {
-            let mut inner = self.inner();
-            match inner.pending.get_mut(&id) {
-                Some((p, _)) if p.chunks.is_some() => {
-                    p.chunks = None;
-                    let (dead, _) = oneshot::channel();
-                    let _ = std::mem::replace(&mut p.reply, dead).send(Err(Failure::Expired));
-                    true
-                }
-                _ => false,
+        let mut inner = self.inner();
+        if let Some((p, _)) = inner.pending.get_mut(&id) {
+            if p.chunks.is_some() {
+                self.cut_stream(p, Failure::Expired);
             }
-        };
-        if stopped {
+        }
+    }
+
+    /// Ends `p`'s stream early: it takes no more chunks, and its reader
+    /// hears `failure` after the chunks it was given.
+    fn cut_stream(&self, p: &mut Pending, failure: Failure) {
+        if p.chunks.take().is_some() {
             self.stream_ended();
         }
+        p.tell(failure);
     }
 }
 
