@@ -17,13 +17,14 @@ use async_nats::service::ServiceExt;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::stream::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use snakepit_core::{CallOptions, Error, Pool, StreamItem};
+use snakepit_core::{CallOptions, Error, Pool, StreamItem, WireCodec};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
+use crate::wire::{self, CallMsg, Heartbeat, RawReply, Reply, Subjects, WireError};
 
 /// How a host serves its pool.
 #[derive(Debug, Clone)]
@@ -241,7 +242,7 @@ struct HostCtx {
 }
 
 impl HostCtx {
-    async fn send(&self, to: &Subject, reply: &Reply) {
+    async fn send(&self, to: &Subject, reply: &impl serde::Serialize) {
         let mut payload = serde_json::to_vec(reply).unwrap_or_default();
         let max = self.nats.max_payload();
         if payload.len() > max {
@@ -621,12 +622,21 @@ async fn run_call(
     let pool = &host.pool;
     let work = async {
         if call.stream {
-            stream_call(host, reply, &call.command, call.args, options, credit).await
+            stream_call(host, reply, &call.command, call.args, options, credit)
+                .await
+                .map(Outcome::Value)
+        } else if call.typed && pool.codec() == WireCodec::Json {
+            pool.call::<Value, Box<RawValue>>(&call.command, &call.args, options)
+                .await
+                .map(Outcome::Raw)
         } else if call.typed {
             pool.call::<Value, Value>(&call.command, &call.args, options)
                 .await
+                .map(Outcome::Value)
         } else {
-            pool.execute_with(&call.command, call.args, options).await
+            pool.execute_with(&call.command, call.args, options)
+                .await
+                .map(Outcome::Value)
         }
     };
     // Acknowledged by the serving loop if it runs for ACK_AFTER.
@@ -636,13 +646,20 @@ async fn run_call(
     // The unit is free before the caller hears of it: the serving loop
     // (which reads ends first) cannot decline the caller's next call.
     drop(done);
-    let msg = match result {
-        Ok(v) => Reply::Ok { v },
-        Err(e) => Reply::Err {
-            e: Box::new(WireError::from_error(&e)),
-        },
-    };
-    host.send(reply, &msg).await;
+    match result {
+        Ok(Outcome::Value(v)) => host.send(reply, &Reply::Ok { v }).await,
+        Ok(Outcome::Raw(v)) => host.send(reply, &RawReply::Ok { v: &v }).await,
+        Err(e) => {
+            let e = Box::new(WireError::from_error(&e));
+            host.send(reply, &Reply::Err { e }).await;
+        }
+    }
+}
+
+/// A call's result: a `Value`, or a typed call's JSON passed through.
+enum Outcome {
+    Value(Value),
+    Raw(Box<RawValue>),
 }
 
 async fn stream_call(

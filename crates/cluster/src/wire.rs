@@ -167,6 +167,15 @@ pub(crate) enum Reply {
     },
 }
 
+/// [`Reply::Ok`] as a host sends a typed call's result when its workers
+/// speak JSON: the worker's result as it came, never parsed into a `Value`
+/// and written again. The same bytes on the wire.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawReply<'a> {
+    Ok { v: &'a serde_json::value::RawValue },
+}
+
 /// A host's heartbeat: who it is and how much it can take now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
@@ -426,6 +435,20 @@ mod tests {
             error: RemoteError::new("ValueError", "bad"),
         });
         assert_eq!(back.remote().unwrap().kind.as_deref(), Some("ValueError"));
+    }
+
+    #[test]
+    fn a_result_passed_through_is_the_same_reply_on_the_wire() {
+        let text = r#"{"n":[1,2.5,null,"é"],"status":"ok"}"#;
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).unwrap();
+        let passed = serde_json::to_vec(&RawReply::Ok { v: &raw }).unwrap();
+        let value: Value = serde_json::from_str(text).unwrap();
+        let parsed = serde_json::to_vec(&Reply::Ok { v: value.clone() }).unwrap();
+        assert_eq!(passed, parsed);
+        match serde_json::from_slice::<Reply>(&passed).unwrap() {
+            Reply::Ok { v } => assert_eq!(v, value),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

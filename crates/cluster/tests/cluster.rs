@@ -424,3 +424,47 @@ async fn a_slow_stream_reader_holds_up_its_worker_not_the_clients_memory() {
     assert_eq!((chunks, done), (n, Some(json!({"done": n}))));
     client.execute("echo", json!({})).await.unwrap();
 }
+
+/// A typed `call` across the wire: arguments from any `Serialize`, the
+/// result (which the host passes through as the worker's JSON) into any
+/// `Deserialize`, and a result of the wrong shape is the caller's
+/// `Error::Codec`, as with a local pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_cross_the_wire() {
+    #[derive(serde::Serialize)]
+    struct Args {
+        text: &'static str,
+        n: u32,
+    }
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Echoed {
+        text: String,
+        n: u32,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Reply {
+        echoed: Echoed,
+    }
+    let nats = NatsServer::start().await;
+    let _a = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let args = Args {
+        text: "héllo \"world\"",
+        n: 7,
+    };
+    let r: Reply = client
+        .call("echo", &args, CallOptions::new())
+        .await
+        .unwrap();
+    let expected = Echoed {
+        text: "héllo \"world\"".into(),
+        n: 7,
+    };
+    assert_eq!(r.echoed, expected);
+    let err = client
+        .call::<_, u64>("echo", &args, CallOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err}");
+}

@@ -393,6 +393,12 @@ impl Pool {
         self.shared().forget_session(session_id);
     }
 
+    /// The wire codec its workers speak ([`PoolBuilder::codec`], or the
+    /// adapter's).
+    pub fn codec(&self) -> WireCodec {
+        self.shared().codec
+    }
+
     /// The pool's name ([`PoolBuilder::name`]), as its spans and events carry it.
     pub fn name(&self) -> &str {
         &self.shared().name
