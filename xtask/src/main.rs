@@ -484,7 +484,8 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
 
 /// `cargo xtask cost`: instructions the host spends per call, counted by
 /// valgrind's callgrind (repeatable on a busy machine, unlike a timing).
-/// The `cost` example runs twice per mode with different call counts; the
+/// The `cost` example runs twice per mode and runtime flavour (the host on
+/// two runtime threads, and on one) with different call counts; the
 /// difference in instructions over the difference in calls excludes
 /// start-up and shutdown. Only the host is counted: the workers are child
 /// processes callgrind does not follow.
