@@ -14,12 +14,28 @@ use futures_core::Stream;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects};
 use crate::{host_lost, unavailable};
+
+/// A host's message as the client reads it: results and chunks kept as
+/// their JSON text, decoded once into what the caller asked for.
+type Incoming = Reply<Box<RawValue>>;
+
+/// A result or chunk, into what the caller asked for (a result that does
+/// not fit is the caller's `Error::Codec`, as with a local pool).
+fn decode<R: DeserializeOwned>(v: &RawValue) -> Result<R, Error> {
+    serde_json::from_str(v.get()).map_err(|e| {
+        Error::Codec(snakepit_protocol::Error::InvalidPayload {
+            codec: "json",
+            detail: e.to_string(),
+        })
+    })
+}
 
 /// How a [`Client`] queues and routes calls; the names and defaults are the
 /// pool's ([`snakepit_core::PoolConfig`]), and they mean the same across the
@@ -340,7 +356,7 @@ impl Client {
         options: CallOptions,
     ) -> Result<Value, Error> {
         let mut flight = self.start(command, args, &options, false, false).await?;
-        flight.result().await
+        decode(&flight.result().await?)
     }
 
     /// Runs `command` with typed arguments and result (as
@@ -360,13 +376,7 @@ impl Client {
             message: format!("cannot encode the arguments: {e}"),
         })?;
         let mut flight = self.start(command, args, &options, true, false).await?;
-        let value = flight.result().await?;
-        serde_json::from_value(value).map_err(|e| {
-            Error::Codec(snakepit_protocol::Error::InvalidPayload {
-                codec: "json",
-                detail: e.to_string(),
-            })
-        })
+        decode(&flight.result().await?)
     }
 
     /// Runs `command` and streams the chunks the worker sends before its
@@ -381,8 +391,8 @@ impl Client {
         let items = futures_util::stream::unfold(Some(flight), |flight| async move {
             let mut flight = flight?;
             match flight.next().await {
-                Ok(Reply::Chunk { v }) => Some((Ok(StreamItem::Chunk(v)), Some(flight))),
-                Ok(Reply::Ok { v }) => Some((Ok(StreamItem::Done(v)), None)),
+                Ok(Reply::Chunk { v }) => Some((decode(&v).map(StreamItem::Chunk), Some(flight))),
+                Ok(Reply::Ok { v }) => Some((decode(&v).map(StreamItem::Done), None)),
                 Ok(_) => None,
                 Err(e) => Some((Err(e), None)),
             }
@@ -564,7 +574,7 @@ impl Client {
                     inner.host_gone(&slot.host);
                     continue;
                 }
-                Ok(Some(m)) => match serde_json::from_slice::<Reply>(&m.payload) {
+                Ok(Some(m)) => match serde_json::from_slice::<Incoming>(&m.payload) {
                     Ok(Reply::Declined { seq, .. }) => {
                         pending.sent = false;
                         inner.host_full(&slot.host, seq);
@@ -930,7 +940,7 @@ struct Flight {
     id: u64,
     rx: mpsc::UnboundedReceiver<Message>,
     /// The host's first message (an ack, a chunk or the outcome).
-    first: Option<Reply>,
+    first: Option<Incoming>,
     _slot: Reservation,
     host: String,
     pid: u32,
@@ -949,7 +959,7 @@ struct Flight {
 }
 
 impl Flight {
-    async fn result(&mut self) -> Result<Value, Error> {
+    async fn result(&mut self) -> Result<Box<RawValue>, Error> {
         loop {
             match self.next().await? {
                 Reply::Ok { v } => return Ok(v),
@@ -981,7 +991,7 @@ impl Flight {
     }
 
     /// The next chunk or the final result.
-    async fn next(&mut self) -> Result<Reply, Error> {
+    async fn next(&mut self) -> Result<Incoming, Error> {
         if self.finished {
             return Err(Error::Cancelled);
         }
@@ -1012,7 +1022,7 @@ impl Flight {
             break tokio::select! {
             biased;
             m = self.rx.recv() => match m {
-                Some(m) => match serde_json::from_slice::<Reply>(&m.payload) {
+                Some(m) => match serde_json::from_slice::<Incoming>(&m.payload) {
                     Ok(Reply::Chunk { v }) => Ok(Reply::Chunk { v }),
                     Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
                     Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use crate::wire::{self, CallMsg, Heartbeat, RawReply, Reply, Subjects, WireError};
+use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 
 /// How a host serves its pool.
 #[derive(Debug, Clone)]
@@ -254,7 +254,7 @@ impl HostCtx {
                 ),
             };
             let e = Box::new(WireError::from_error(&err));
-            payload = serde_json::to_vec(&Reply::Err { e }).unwrap_or_default();
+            payload = serde_json::to_vec(&Reply::<Value>::Err { e }).unwrap_or_default();
         }
         if let Err(e) = self.nats.publish(to.clone(), payload.into()).await {
             tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
@@ -480,7 +480,7 @@ impl Serving {
             self.host
                 .send(
                     &reply,
-                    &Reply::Declined {
+                    &Reply::<Value>::Declined {
                         host: self.host.id.clone(),
                         seq: self.beats,
                     },
@@ -512,7 +512,7 @@ impl Serving {
         for reply in due {
             host.send(
                 &reply,
-                &Reply::Ack {
+                &Reply::<Value>::Ack {
                     host: host.id.clone(),
                     pid: host.pid,
                 },
@@ -541,7 +541,7 @@ impl Serving {
                     message: format!("not a snakepit cluster call: {e}"),
                 };
                 let e = Box::new(WireError::from_error(&err));
-                return self.host.send(&reply, &Reply::Err { e }).await;
+                return self.host.send(&reply, &Reply::<Value>::Err { e }).await;
             }
         };
         let span = tracing::info_span!(
@@ -648,10 +648,10 @@ async fn run_call(
     drop(done);
     match result {
         Ok(Outcome::Value(v)) => host.send(reply, &Reply::Ok { v }).await,
-        Ok(Outcome::Raw(v)) => host.send(reply, &RawReply::Ok { v: &v }).await,
+        Ok(Outcome::Raw(v)) => host.send(reply, &Reply::Ok { v: &*v }).await,
         Err(e) => {
             let e = Box::new(WireError::from_error(&e));
-            host.send(reply, &Reply::Err { e }).await;
+            host.send(reply, &Reply::<Value>::Err { e }).await;
         }
     }
 }

@@ -144,9 +144,13 @@ impl From<WireAffinity> for Affinity {
 /// then chunks, then one `Ok` or `Err`; or only `Declined` (not taken, never
 /// ran: the host is full or closing). Externally tagged (`{"ok": {"v":
 /// ...}}`): decoded in one pass, without buffering the value first.
+///
+/// `V`, the result and chunks: a `Value`; or the JSON text as it is
+/// (`&RawValue` as a host passes a typed result through, `Box<RawValue>` as
+/// a client reads it, to decode once into what its caller asked for).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Reply {
+pub(crate) enum Reply<V = Value> {
     Ack {
         host: String,
         pid: u32,
@@ -157,23 +161,14 @@ pub(crate) enum Reply {
         seq: u64,
     },
     Chunk {
-        v: Value,
+        v: V,
     },
     Ok {
-        v: Value,
+        v: V,
     },
     Err {
         e: Box<WireError>,
     },
-}
-
-/// [`Reply::Ok`] as a host sends a typed call's result when its workers
-/// speak JSON: the worker's result as it came, never parsed into a `Value`
-/// and written again. The same bytes on the wire.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum RawReply<'a> {
-    Ok { v: &'a serde_json::value::RawValue },
 }
 
 /// A host's heartbeat: who it is and how much it can take now.
@@ -441,12 +436,17 @@ mod tests {
     fn a_result_passed_through_is_the_same_reply_on_the_wire() {
         let text = r#"{"n":[1,2.5,null,"é"],"status":"ok"}"#;
         let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).unwrap();
-        let passed = serde_json::to_vec(&RawReply::Ok { v: &raw }).unwrap();
+        let passed = serde_json::to_vec(&Reply::Ok { v: &*raw }).unwrap();
         let value: Value = serde_json::from_str(text).unwrap();
         let parsed = serde_json::to_vec(&Reply::Ok { v: value.clone() }).unwrap();
         assert_eq!(passed, parsed);
         match serde_json::from_slice::<Reply>(&passed).unwrap() {
             Reply::Ok { v } => assert_eq!(v, value),
+            other => panic!("{other:?}"),
+        }
+        // As a client reads it: the text, decoded once into what is asked.
+        match serde_json::from_slice::<Reply<Box<serde_json::value::RawValue>>>(&passed).unwrap() {
+            Reply::Ok { v } => assert_eq!(v.get(), text),
             other => panic!("{other:?}"),
         }
     }
