@@ -380,7 +380,9 @@ impl Client {
     }
 
     /// Runs `command` and streams the chunks the worker sends before its
-    /// final reply. Dropping the stream cancels the call.
+    /// final reply. Dropping the stream cancels the call. The host sends at
+    /// most 256 chunks ahead of this stream's reader, so a reader that stops
+    /// holds up the worker, not this process's memory.
     pub async fn execute_stream(
         &self,
         command: &str,

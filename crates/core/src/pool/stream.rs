@@ -23,6 +23,11 @@ use crate::error::{Error, Result};
 impl Pool {
     /// Runs `command` and streams the chunks the worker sends before its
     /// final reply. Dropping the stream cancels the call.
+    ///
+    /// No chunk is lost: when 256 wait unread, a worker that runs one call
+    /// at a time waits for the reader; one that runs several ends the
+    /// stream with [`Error::StreamBehind`] rather than hold up its other
+    /// calls. The call's deadline covers the whole stream.
     pub async fn execute_stream(
         &self,
         command: &str,
