@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use snakepit_protocol::RemoteError;
 
-/// A function the host offers to its workers (see [`PoolBuilder::host_function`]).
+/// A function the host offers to its workers (see [`PoolBuilder::host_function`](crate::PoolBuilder::host_function)).
 pub type HostFunction = Arc<
     dyn Fn(
             HostCall,
@@ -19,7 +19,7 @@ pub type HostFunction = Arc<
 >;
 
 /// Produces the W3C trace context of the current span (see
-/// [`PoolBuilder::trace_context`]).
+/// [`PoolBuilder::trace_context`](crate::PoolBuilder::trace_context)).
 pub type TraceContext = Arc<dyn Fn() -> Option<TraceHeaders> + Send + Sync>;
 
 /// The W3C trace context a request frame carries to the worker.

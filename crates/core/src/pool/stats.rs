@@ -54,7 +54,7 @@ pub struct Stats {
     pub sessions: usize,
 }
 
-/// One ready worker, as [`Pool::workers`] reports it.
+/// One ready worker, as [`Pool::workers`](crate::Pool::workers) reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct WorkerInfo {
