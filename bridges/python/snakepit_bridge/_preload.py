@@ -286,9 +286,14 @@ class _Template:
                 pass
             status = 1
         finally:
-            _atexit_call("_run_exitfuncs")
-            _flush_stdio()
-            os._exit(status)
+            try:
+                _atexit_call("_run_exitfuncs")
+                _flush_stdio()
+            finally:
+                # Whatever those raise (a second signal, a flush re-entering
+                # a write a signal interrupted), the worker never goes back
+                # into the template's code.
+                os._exit(status)
 
     def leave_template(self, fds: list[int]) -> None:
         """Take the pool's three descriptors as 0, 1 and 2 and drop what
@@ -411,8 +416,8 @@ def _flush_stdio() -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError, RuntimeError):
+            pass  # closed, or re-entered from a signal handler
 
 
 def _exit_status(code: Any) -> int:
