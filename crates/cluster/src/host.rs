@@ -403,19 +403,12 @@ impl Serving {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
         let mut beat = tokio::time::interval(self.options.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let ack = tokio::time::sleep_until(far());
         tokio::pin!(ack);
         let mut armed: Option<Instant> = None;
         loop {
             self.adjust().await;
-            // The timer moves only when the earliest acknowledgement due
-            // changes: about once per ACK_AFTER under load, not per call.
-            if armed != self.ack_due {
-                armed = self.ack_due;
-                let at = armed.map_or_else(far, tokio::time::Instant::from_std);
-                ack.as_mut().reset(at);
-            }
+            rearm(&mut armed, self.ack_due, ack.as_mut());
             tokio::select! {
                 biased;
                 Some(reply) = done_rx.recv() => {
@@ -433,11 +426,7 @@ impl Serving {
         let _ = self.direct.unsubscribe().await;
         self.heartbeat(true).await;
         while !self.running.is_empty() {
-            if armed != self.ack_due {
-                armed = self.ack_due;
-                let at = armed.map_or_else(far, tokio::time::Instant::from_std);
-                ack.as_mut().reset(at);
-            }
+            rearm(&mut armed, self.ack_due, ack.as_mut());
             tokio::select! {
                 biased;
                 done = done_rx.recv() => match done {
@@ -593,6 +582,25 @@ impl Serving {
             },
         );
     }
+}
+
+/// Sets the serving loop's acknowledgement timer for `due`. It moves only
+/// when the earliest acknowledgement due changes: about once per
+/// [`ACK_AFTER`] under load, not per call.
+fn rearm(
+    armed: &mut Option<Instant>,
+    due: Option<Instant>,
+    ack: std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    if *armed != due {
+        *armed = due;
+        ack.reset(due.map_or_else(far, tokio::time::Instant::from_std));
+    }
+}
+
+/// When an unset timer fires: not before something sets it.
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3600)
 }
 
 fn traceparent(headers: Option<&HeaderMap>) -> Option<String> {
