@@ -31,12 +31,7 @@ async fn a_call_times_out_when_its_worker_stays_silent() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
-    let r = pool
-        .execute("sleep", json!({"ms": 0, "token": "next"}))
-        .await
-        .unwrap();
-    assert_eq!(r["token"], "next");
-    assert_eq!(r["pid"].as_u64().unwrap() as u32, pid);
+    the_same_worker_answers_next(&pool, pid).await;
     assert!(eventually(5, || pool.stats().in_flight == 0).await);
     let s = pool.stats();
     assert_eq!((s.completed, s.call_timeouts, s.errors), (6, 1, 1));

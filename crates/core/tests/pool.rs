@@ -269,12 +269,7 @@ async fn a_timed_out_call_is_cancelled_and_its_worker_recovers() {
     assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
     // SIGINT cancelled the handler: the same worker answers the next call,
     // with its own token, long before the sleep would have ended.
-    let r = pool
-        .execute("sleep", json!({"ms": 0, "token": "next"}))
-        .await
-        .unwrap();
-    assert_eq!(r["token"], "next");
-    assert_eq!(r["pid"].as_u64().unwrap() as u32, pid);
+    the_same_worker_answers_next(&pool, pid).await;
     assert!(eventually(2, || pool.stats().in_flight == 0).await);
     pool.shutdown().await.unwrap();
 }

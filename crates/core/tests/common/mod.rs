@@ -103,3 +103,14 @@ pub fn host_rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// After a call that timed out on it, worker `pid` answers the next call,
+/// with that call's own token (not a late reply of the one before).
+pub async fn the_same_worker_answers_next(pool: &Pool, pid: u32) {
+    let r = pool
+        .execute("sleep", serde_json::json!({"ms": 0, "token": "next"}))
+        .await
+        .unwrap();
+    assert_eq!(r["token"], "next");
+    assert_eq!(r["pid"].as_u64().unwrap() as u32, pid);
+}
