@@ -175,9 +175,10 @@ impl CallStream {
 
     /// Ends the stream with its deadline passed.
     fn time_out(&mut self) -> Result<StreamItem> {
-        self.flight = None; // dropping it cancels the call
-                            // A worker waiting to hand over a chunk goes on (and hears the
-                            // cancel) even if this stream is kept unread.
+        // Dropping the flight cancels the call; closing the channel lets a
+        // worker waiting to hand over a chunk go on (and hear the cancel)
+        // even if this stream is kept unread.
+        self.flight = None;
         self.chunks.close();
         let outcome = Err(self
             .outcome
