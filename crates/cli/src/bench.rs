@@ -242,22 +242,33 @@ impl Bench {
         ))
     }
 
-    /// The first pool, of all the workers: what it adds to the host's
-    /// resident memory once they are ready and idle; then one call, so that a
-    /// worker that cannot start or a command that fails is reported with the
-    /// pool's typed error before anything is measured.
+    /// One call through a pool of all the workers, so that a worker that
+    /// cannot start or a command that fails is reported with the pool's typed
+    /// error before anything is measured; then, while that pool still runs,
+    /// what a second pool of as many workers adds to the host's resident
+    /// memory once they are ready and idle. The first pool has paid what is
+    /// paid once per process (the code's pages, the runtime's threads, the
+    /// allocator's arenas) and frees nothing the second could reuse, so the
+    /// growth is what the workers cost.
     async fn probe(&self) -> Result<Memory, Failure> {
-        let before = measure::rss_kib();
-        let probe = Pool::builder(self.adapter.clone())
-            .config(self.config(self.workers, self.pool.pipeline_depth))
-            .start()
-            .await?;
-        let after = measure::rss_kib();
+        let start = || {
+            Pool::builder(self.adapter.clone())
+                .config(self.config(self.workers, self.pool.pipeline_depth))
+                .start()
+        };
+        let probe = start().await?;
         let first = probe
             .call::<_, Value>(&self.load.command, &self.load.args, CallOptions::new())
             .await;
+        if let Err(e) = first {
+            let _ = probe.shutdown().await;
+            return Err(e.into());
+        }
+        let before = measure::rss_kib();
+        let second = start().await;
+        let after = measure::rss_kib();
         let _ = probe.shutdown().await;
-        first?;
+        let _ = second?.shutdown().await;
         Ok(Memory::new(before, after, self.workers))
     }
 

@@ -115,8 +115,8 @@ pub(crate) struct Startup {
 /// What idle workers cost the host.
 #[derive(Debug, Serialize)]
 pub(crate) struct Memory {
-    /// This process's resident memory after the first pool's workers are
-    /// ready, less before it started (`None` where it cannot be read).
+    /// This process's resident memory after a second pool's workers are
+    /// ready, less before it started (beside the first, already running) (`None` where it cannot be read).
     pub(crate) host_rss_growth_kib: Option<i64>,
     /// That growth over the workers.
     pub(crate) host_kib_per_idle_worker: Option<f64>,
