@@ -25,35 +25,50 @@ pub(super) trait Target: Clone + Send + Sync + 'static {
         caller: usize,
         n: usize,
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+
+    /// The pids of the worker processes on this machine that serve it.
+    fn pids(&self) -> Vec<u32>;
 }
 
 /// Session calls go through `execute_in_session` (as a service's would),
 /// spread over the sessions so that callers at the same moment are in
 /// different sessions; the others through the typed `call`. A pool and a
 /// cluster client offer the same methods.
-macro_rules! target {
-    ($ty:ty) => {
-        impl Target for $ty {
-            async fn call(&self, load: &Load, caller: usize, n: usize) -> Result<(), Error> {
-                match load.sessions.len() {
-                    0 => self
-                        .call::<_, Value>(&load.command, &load.args, CallOptions::new())
+macro_rules! call {
+    () => {
+        async fn call(&self, load: &Load, caller: usize, n: usize) -> Result<(), Error> {
+            match load.sessions.len() {
+                0 => self
+                    .call::<_, Value>(&load.command, &load.args, CallOptions::new())
+                    .await
+                    .map(drop),
+                sessions => {
+                    let session = &load.sessions[(caller + n) % sessions];
+                    self.execute_in_session(session, &load.command, load.args.clone())
                         .await
-                        .map(drop),
-                    sessions => {
-                        let session = &load.sessions[(caller + n) % sessions];
-                        self.execute_in_session(session, &load.command, load.args.clone())
-                            .await
-                            .map(drop)
-                    }
+                        .map(drop)
                 }
             }
         }
     };
 }
 
-target!(Pool);
-target!(snakepit_cluster::Client);
+impl Target for Pool {
+    call!();
+
+    fn pids(&self) -> Vec<u32> {
+        self.workers().iter().map(|w| w.pid).collect()
+    }
+}
+
+impl Target for snakepit_cluster::Client {
+    call!();
+
+    /// The hosts' workers are other processes' children.
+    fn pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+}
 
 /// Warms `target` up, then runs `requests` calls from `callers` concurrent
 /// callers, each adding to the progress counter as its calls complete.
@@ -69,7 +84,7 @@ pub(crate) async fn run<T: Target>(
     }
     let per = (requests / callers).max(1);
     let counter = Counter::start(bar);
-    let meter = Meter::start();
+    let meter = Meter::start(&target.pids());
     let tasks: Vec<_> = (0..callers)
         .map(|caller| {
             let (target, load) = (target.clone(), load.clone());

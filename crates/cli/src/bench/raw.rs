@@ -48,7 +48,8 @@ impl Raw<'_> {
         }
         let per = requests / workers;
         let counter = Counter::start(bar);
-        let meter = Meter::start();
+        let pids: Vec<u32> = raws.iter().map(|w| w.process.pid()).collect();
+        let meter = Meter::start(&pids);
         let lat: anyhow::Result<Vec<Vec<Duration>>> = std::thread::scope(|s| {
             let handles: Vec<_> = raws
                 .iter_mut()
@@ -88,7 +89,7 @@ impl Raw<'_> {
 /// header, before anything of that size is allocated.
 struct RawWorker {
     /// Kills and reaps the process group when the worker is dropped.
-    _process: RawProcess,
+    process: RawProcess,
     stdin: std::fs::File,
     stdout: std::fs::File,
     codec: WireCodec,
@@ -131,7 +132,7 @@ impl RawWorker {
             .name(format!("snakepit-{worker_id}-stderr"))
             .spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()))?;
         let mut w = RawWorker {
-            _process: process,
+            process,
             stdin,
             stdout,
             codec,

@@ -59,6 +59,10 @@ pub(crate) struct Figures {
     /// This process's CPU time (user + system, all threads) over the
     /// measurement, divided by its calls.
     pub(crate) cpu_us_per_call: f64,
+    /// The workers' CPU time (as the scheduler counts it) over the
+    /// measurement, divided by its calls; `None` where they are not on this
+    /// machine.
+    pub(crate) workers_cpu_us_per_call: Option<f64>,
 }
 
 impl Figures {
@@ -70,6 +74,7 @@ impl Figures {
             p999_us: round1(run.p999_us),
             mb_s: (payload > 0).then(|| round1(run.rps * payload as f64 / 1e6)),
             cpu_us_per_call: round1(run.cpu_us_per_call),
+            workers_cpu_us_per_call: run.workers_cpu_us_per_call.map(round1),
         }
     }
 
@@ -219,6 +224,17 @@ impl Report {
                     pool.cpu_us_per_call / raw.cpu_us_per_call.max(f64::MIN_POSITIVE)
                 ),
             ]);
+        }
+        for (pipelining, pool, _) in &phases {
+            if let (Some(r), Some(p)) = (raw.workers_cpu_us_per_call, pool.workers_cpu_us_per_call)
+            {
+                rows.push([
+                    format!("workers' CPU per call, {pipelining}"),
+                    format!("{r:.1} us"),
+                    format!("{p:.1} us"),
+                    format!("{:.2}x", p / r.max(f64::MIN_POSITIVE)),
+                ]);
+            }
         }
         let (raw_1, pool_1) = (&self.sequential.raw_1, &self.sequential.pool_1);
         rows.push([
