@@ -32,7 +32,7 @@ use snakepit_protocol::{Codec as _, Error as ProtocolError};
 use self::measure::Run;
 use self::progress::Progress;
 use self::raw::Raw;
-use self::report::{count, pipelining, Figures, Memory, Report, Sequential, Startup};
+use self::report::{count, pipelining, Figures, Memory, Ratios, Report, Sequential, Startup};
 use crate::args::WorkerArgs;
 use crate::config::FileConfig;
 use crate::ui::{Failure, Output};
@@ -85,6 +85,10 @@ pub(crate) struct BenchArgs {
     /// the pool without pipelining only [default: 4, or pool.pipeline_depth in snakepit.toml].
     #[arg(long, value_name = "N")]
     pipeline_depth: Option<u32>,
+    /// Rounds of the throughput comparison, the raw loop and the pool taking
+    /// turns: each ratio is the median of the rounds' [default: 1; with --nats, 3].
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
     /// The init delay of the start-up measurement's workers, standing in for loading a model.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     init_ms: u64,
@@ -145,6 +149,9 @@ fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
     }
     if a.concurrency == 0 {
         return Err(Failure::usage("--concurrency must be at least 1"));
+    }
+    if a.rounds == Some(0) {
+        return Err(Failure::usage("--rounds must be at least 1"));
     }
     if a.sessions == Some(0) {
         return Err(Failure::usage("--sessions must be at least 1"));
@@ -375,11 +382,8 @@ fn phase_label(size: usize, callers: usize, depth: u32) -> String {
 struct Measured {
     memory: Memory,
     raw_1: Run,
-    raw: Run,
-    /// The pool with pipelining as set.
-    pool: Run,
-    /// The pool with pipelining off, when `pool` had it on.
-    pool_no_pipeline: Option<Run>,
+    /// The throughput comparison, round by round (at least one).
+    rounds: Vec<Round>,
     /// One worker, one caller.
     pool_1: Run,
     startup: Startup,
@@ -387,21 +391,48 @@ struct Measured {
     preload: Option<preload::Preload>,
 }
 
+/// One round of the throughput comparison on all the workers.
+struct Round {
+    raw: Run,
+    /// The pool with pipelining as set.
+    pool: Run,
+    /// The pool with pipelining off, when `pool` had it on.
+    pool_no_pipeline: Option<Run>,
+}
+
+impl Round {
+    /// The pipelined pool's throughput over the raw loop's.
+    fn ratio(&self) -> f64 {
+        self.pool.rps / self.raw.rps.max(f64::MIN_POSITIVE)
+    }
+}
+
+impl Measured {
+    /// The round whose pipelined ratio is the median (the lower of the two
+    /// middle ones for an even count): the one whose figures are reported.
+    fn median_round(&self) -> &Round {
+        let mut order: Vec<&Round> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        order[(order.len() - 1) / 2]
+    }
+}
+
 impl Bench {
     /// Every measurement, in turn.
     async fn measure(&self) -> Result<Measured, Failure> {
-        let (workers, requests, callers) = (self.workers, self.a.requests, self.a.concurrency);
-        let depth = self.pool.pipeline_depth;
+        let memory = self.probe().await?;
+        let raw_1 = self.raw(1, self.a.requests / 2).await?;
+        let mut rounds = Vec::new();
+        for round in 0..self.rounds(1) {
+            rounds.push(self.round(round).await?);
+        }
         Ok(Measured {
-            memory: self.probe().await?,
-            raw_1: self.raw(1, requests / 2).await?,
-            raw: self.raw(workers, requests).await?,
-            pool: self.pool(workers, depth, callers, requests).await?,
-            pool_no_pipeline: match depth {
-                0 => None,
-                _ => Some(self.pool(workers, 0, callers, requests).await?),
-            },
-            pool_1: self.pool(1, depth, 1, requests / 4).await?,
+            memory,
+            raw_1,
+            rounds,
+            pool_1: self
+                .pool(1, self.pool.pipeline_depth, 1, self.a.requests / 4)
+                .await?,
             startup: self.startup().await?,
             preload: match self.worker.preload {
                 true => Some(self.preload().await?),
@@ -410,18 +441,53 @@ impl Bench {
         })
     }
 
+    /// `--rounds`, or `default`.
+    fn rounds(&self, default: usize) -> usize {
+        self.a.rounds.unwrap_or(default)
+    }
+
+    /// One round of the throughput comparison: the raw loop, the pool with
+    /// pipelining and without. Every other round the pool goes first, so
+    /// that a machine slowing down or speeding up over the run favours
+    /// neither.
+    async fn round(&self, round: usize) -> Result<Round, Failure> {
+        let (workers, requests, callers) = (self.workers, self.a.requests, self.a.concurrency);
+        let depth = self.pool.pipeline_depth;
+        let pools = async {
+            let pool = self.pool(workers, depth, callers, requests).await?;
+            let pool_no_pipeline = match depth {
+                0 => None,
+                _ => Some(self.pool(workers, 0, callers, requests).await?),
+            };
+            Ok::<_, Failure>((pool, pool_no_pipeline))
+        };
+        let (raw, (pool, pool_no_pipeline)) = if round % 2 == 0 {
+            let raw = self.raw(workers, requests).await?;
+            (raw, pools.await?)
+        } else {
+            let pools = pools.await?;
+            (self.raw(workers, requests).await?, pools)
+        };
+        Ok(Round {
+            raw,
+            pool,
+            pool_no_pipeline,
+        })
+    }
+
     /// Draws the latency distributions to `path`.
     fn plot(&self, path: &std::path::Path, m: &Measured) -> Result<(), Failure> {
         let (workers, callers) = (self.workers, self.a.concurrency);
         let depth = self.pool.pipeline_depth;
+        let round = m.median_round();
         let mut series = vec![
             (
                 format!("raw loop, {}", count(workers, "worker")),
-                &m.raw.samples,
+                &round.raw.samples,
             ),
-            (phase_label(workers, callers, depth), &m.pool.samples),
+            (phase_label(workers, callers, depth), &round.pool.samples),
         ];
-        if let Some(off) = &m.pool_no_pipeline {
+        if let Some(off) = &round.pool_no_pipeline {
             series.push((phase_label(workers, callers, 0), &off.samples));
         }
         series.push(("raw loop, 1 worker".to_owned(), &m.raw_1.samples));
@@ -439,9 +505,19 @@ impl Bench {
     /// The report of what was measured, with the settings it ran with.
     fn report(&self, m: Measured) -> Report {
         let payload = self.a.payload;
-        let raw = Figures::of(&m.raw, payload);
-        let pool = Figures::of(&m.pool, payload);
-        let pool_no_pipeline = m.pool_no_pipeline.as_ref().map(|r| Figures::of(r, payload));
+        let round = m.median_round();
+        let raw = Figures::of(&round.raw, payload);
+        let pool = Figures::of(&round.pool, payload);
+        let pool_no_pipeline = round
+            .pool_no_pipeline
+            .as_ref()
+            .map(|r| Figures::of(r, payload));
+        let ratios = |pool: fn(&Round) -> Option<&Run>| -> Option<Vec<f64>> {
+            m.rounds
+                .iter()
+                .map(|r| Some(Figures::of(pool(r)?, 0).over(&Figures::of(&r.raw, 0))))
+                .collect()
+        };
         Report {
             workers: self.workers,
             adapter: self.worker.lang.name(),
@@ -458,8 +534,9 @@ impl Bench {
             pipeline_depth: self.pool.pipeline_depth,
             pipeline_max_call_us: self.pool.pipeline_max_call.as_micros() as u64,
             raw_1: Figures::of(&m.raw_1, payload),
-            pool_over_raw: pool.over(&raw),
-            pool_no_pipeline_over_raw: pool_no_pipeline.as_ref().map(|f| f.over(&raw)),
+            rounds: m.rounds.len(),
+            pool_over_raw: Ratios::of(ratios(|r| Some(&r.pool)).unwrap_or_default()),
+            pool_no_pipeline_over_raw: ratios(|r| r.pool_no_pipeline.as_ref()).map(Ratios::of),
             raw,
             pool,
             pool_no_pipeline,

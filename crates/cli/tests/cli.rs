@@ -387,7 +387,15 @@ fn bench_json_has_the_documented_fields() {
             );
         }
     }
-    assert!(v["pool_over_raw"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    // One round unless asked: its ratio is the median.
+    assert_eq!(v["rounds"], 1, "{v}");
+    let ratio = v["pool_over_raw"]["median"].as_f64();
+    assert!(ratio.is_some_and(|x| x > 0.0), "{v}");
+    assert_eq!(
+        v["pool_over_raw"]["rounds"],
+        serde_json::json!([ratio]),
+        "{v}"
+    );
     // Pipelining as set (the default), and the same pool with it off.
     assert_eq!(v["pipeline_depth"], 4, "{v}");
     assert_eq!(v["pipeline_max_call_us"], 1000, "{v}");
@@ -400,17 +408,19 @@ fn bench_json_has_the_documented_fields() {
         );
     }
     assert!(
-        v["pool_no_pipeline_over_raw"]
+        v["pool_no_pipeline_over_raw"]["median"]
             .as_f64()
             .is_some_and(|x| x > 0.0),
         "{v}"
     );
-    // The host's CPU per call in every measurement.
+    // The host's and the workers' CPU per call in every measurement.
     for part in ["raw_1", "raw", "pool"] {
-        assert!(
-            v[part]["cpu_us_per_call"].as_f64().is_some_and(|x| x > 0.0),
-            "{part}.cpu_us_per_call: {v}"
-        );
+        for field in ["cpu_us_per_call", "workers_cpu_us_per_call"] {
+            assert!(
+                v[part][field].as_f64().is_some_and(|x| x > 0.0),
+                "{part}.{field}: {v}"
+            );
+        }
     }
     assert!(v["memory"]["host_kib_per_idle_worker"].is_f64(), "{v}");
     assert!(v["memory"]["host_rss_growth_kib"].is_i64(), "{v}");
@@ -542,6 +552,26 @@ fn bench_pipelining_comes_from_the_flag_or_the_settings_file() {
     assert!(v["pool"]["rps"].as_f64().is_some(), "{v}");
     assert!(v["pool_no_pipeline"].is_null(), "{v}");
     assert!(v["pool_no_pipeline_over_raw"].is_null(), "{v}");
+    // Rounds: each has its ratios, the median lies between them.
+    let three = [&small[..], &["--rounds", "3"]].concat();
+    let r = snakepit_in(&dir.0, &three, &[], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["rounds"], 3, "{v}");
+    for ratio in ["pool_over_raw", "pool_no_pipeline_over_raw"] {
+        let each: Vec<f64> = v[ratio]["rounds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        assert_eq!(each.len(), 3, "{ratio}: {v}");
+        let mut sorted = each.clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(v[ratio]["median"].as_f64(), Some(sorted[1]), "{ratio}: {v}");
+    }
+    let zero = [&small[..], &["--rounds", "0"]].concat();
+    let r = snakepit_in(&dir.0, &zero, &[], "");
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--rounds must be at least 1"), "{r:?}");
     // The table names each measurement's pipelining.
     let r = snakepit_in(&dir.0, &small[..small.len() - 1], &[], "");
     assert_eq!(r.code, 0, "{r:?}");

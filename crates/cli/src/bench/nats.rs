@@ -45,9 +45,6 @@ pub(crate) struct ClusterBenchArgs {
     /// runs), with --nats [default: as snakepit serve].
     #[arg(long = "prefetch", value_name = "N")]
     prefetch: Option<usize>,
-    /// Rounds of the comparison, with --nats: each figure is their median.
-    #[arg(long = "rounds", value_name = "N", default_value_t = 3)]
-    rounds: usize,
 }
 
 /// What the cluster comparison reports (`--json`: this object).
@@ -253,9 +250,6 @@ pub(crate) async fn run(b: &Bench, url: &str, out: &Output) -> Result<(), Failur
     let c = &b.a.cluster;
     if c.hosts == 0 {
         return Err(Failure::usage("--hosts must be at least 1"));
-    }
-    if c.rounds == 0 {
-        return Err(Failure::usage("--rounds must be at least 1"));
     }
     let nats = crate::cluster::connect(url).await?;
     let cluster = c
@@ -526,7 +520,7 @@ async fn compare(
         .start()
         .await?;
     let (requests, callers) = (b.a.requests, b.a.concurrency);
-    let rounds = b.a.cluster.rounds;
+    let rounds = b.rounds(3);
     let mut done = Vec::new();
     for round in 1..=rounds {
         let label = |what: &str, n: usize| {

@@ -30,14 +30,17 @@ pub(crate) struct Report {
     pub(crate) pipeline_max_call_us: u64,
     /// The raw loop on one worker.
     pub(crate) raw_1: Figures,
-    /// The raw loop on `workers` workers.
+    /// Rounds of the throughput comparison (`--rounds`).
+    pub(crate) rounds: usize,
+    /// The raw loop on `workers` workers (of the round whose pipelined
+    /// ratio is the median).
     pub(crate) raw: Figures,
-    /// The pool with the pipelining setting above.
+    /// The pool with the pipelining setting above (same round).
     pub(crate) pool: Figures,
-    pub(crate) pool_over_raw: f64,
+    pub(crate) pool_over_raw: Ratios,
     /// The same pool with pipelining off (`None` when `pool` was).
     pub(crate) pool_no_pipeline: Option<Figures>,
-    pub(crate) pool_no_pipeline_over_raw: Option<f64>,
+    pub(crate) pool_no_pipeline_over_raw: Option<Ratios>,
     pub(crate) sequential: Sequential,
     pub(crate) startup: Startup,
     /// With `--preload`: start-up, replacement and memory, preloaded or not.
@@ -81,6 +84,38 @@ impl Figures {
     /// This throughput over `base`'s, to three decimals.
     pub(crate) fn over(&self, base: &Figures) -> f64 {
         (self.rps / base.rps.max(f64::MIN_POSITIVE) * 1000.0).round() / 1000.0
+    }
+}
+
+/// A throughput ratio over the rounds: their median, and each round's.
+#[derive(Debug, Serialize)]
+pub(crate) struct Ratios {
+    pub(crate) median: f64,
+    pub(crate) rounds: Vec<f64>,
+}
+
+impl Ratios {
+    pub(crate) fn of(rounds: Vec<f64>) -> Ratios {
+        let mut sorted = rounds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = match sorted.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => ((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 * 1000.0).round() / 1000.0,
+        };
+        Ratios { median, rounds }
+    }
+
+    /// The median, and the range over more than one round.
+    fn show(&self) -> String {
+        let (lo, hi) = self
+            .rounds
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        match self.rounds.len() {
+            0 | 1 => format!("{:.2}", self.median),
+            n => format!("{:.2} ({n} rounds: {lo:.2} to {hi:.2})", self.median),
+        }
     }
 }
 
@@ -176,13 +211,14 @@ fn thousands(x: f64) -> String {
 impl Report {
     /// The pool's measurements on `workers` workers: (pipelining, figures,
     /// throughput over the raw loop's).
-    fn pool_phases(&self) -> Vec<(String, &Figures, f64)> {
+    fn pool_phases(&self) -> Vec<(String, &Figures, &Ratios)> {
         let mut phases = vec![(
             pipelining(self.pipeline_depth),
             &self.pool,
-            self.pool_over_raw,
+            &self.pool_over_raw,
         )];
-        if let (Some(off), Some(ratio)) = (&self.pool_no_pipeline, self.pool_no_pipeline_over_raw) {
+        if let (Some(off), Some(ratio)) = (&self.pool_no_pipeline, &self.pool_no_pipeline_over_raw)
+        {
             phases.push((pipelining(0), off, ratio));
         }
         phases
@@ -203,7 +239,7 @@ impl Report {
                 format!("throughput, {workers}, {pipelining}"),
                 format!("{} req/s", thousands(raw.rps)),
                 format!("{} req/s", thousands(pool.rps)),
-                format!("{ratio:.2}"),
+                ratio.show(),
             ]);
         }
         for (pipelining, pool, _) in &phases {
