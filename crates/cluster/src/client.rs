@@ -105,7 +105,13 @@ pub struct HostInfo {
 struct HostEntry {
     info: HostInfo,
     last_seen: Instant,
+    /// Unheard of for `host_timeout`: its calls in flight fail.
     lost: watch::Sender<bool>,
+    /// It said goodbye (a graceful shutdown: it finishes what it runs and
+    /// keeps announcing itself until then), or it takes no calls (NATS
+    /// found no subscriber): no call goes to it, and its calls in flight
+    /// wait for their outcome, or for it to be lost.
+    leaving: bool,
     /// Calls of this client on the host (reserved, sent or running).
     mine: usize,
     /// Calls of other clients on it, at its last heartbeat.
@@ -133,12 +139,18 @@ impl HostEntry {
             },
             last_seen: Instant::now(),
             lost: watch::channel(false).0,
+            leaving: false,
             mine: 0,
             others: 0,
             running: 0,
             full: false,
             seq: 0,
         }
+    }
+
+    /// It takes no call: lost, or leaving.
+    fn gone(&self) -> bool {
+        self.leaving || *self.lost.borrow()
     }
 
     /// Free capacity as this client sees it.
@@ -410,7 +422,7 @@ impl Client {
         let hosts = self.inner.hosts.lock().unwrap();
         let mut v: Vec<HostInfo> = hosts
             .values()
-            .filter(|h| !*h.lost.borrow())
+            .filter(|h| !h.gone())
             .map(|h| h.info.clone())
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
@@ -666,13 +678,13 @@ impl Client {
             let (woken, room_left) = {
                 let mut hosts = inner.hosts.lock().unwrap();
                 if fresh && inner.queued.load(Ordering::Acquire) > 0 {
-                    let room = hosts.values().any(|h| !*h.lost.borrow() && h.room() > 0);
+                    let room = hosts.values().any(|h| !h.gone() && h.room() > 0);
                     let (tx, rx) = oneshot::channel();
                     inner.waiters.lock().unwrap().push_back(tx);
                     (rx, room)
                 } else {
                     if let Some(t) = target.as_deref() {
-                        match hosts.get_mut(t).filter(|h| !*h.lost.borrow()) {
+                        match hosts.get_mut(t).filter(|h| !h.gone()) {
                             Some(h) if h.room() > 0 => {
                                 let r = h.reserve(inner);
                                 return Ok(self.pass_on(&hosts, fresh, r));
@@ -692,7 +704,7 @@ impl Client {
                         let key = |h: &HostEntry| (h.idle(), h.room());
                         let most = hosts
                             .values()
-                            .filter(|h| !*h.lost.borrow())
+                            .filter(|h| !h.gone())
                             .map(key)
                             .max()
                             .unwrap_or((0, 0));
@@ -701,7 +713,7 @@ impl Client {
                             let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
                             let mut best: Vec<&mut HostEntry> = hosts
                                 .values_mut()
-                                .filter(|h| !*h.lost.borrow() && key(h) == most)
+                                .filter(|h| !h.gone() && key(h) == most)
                                 .collect();
                             let n = best.len();
                             let r = best[(turn % n as u64) as usize].reserve(inner);
@@ -739,7 +751,7 @@ impl Client {
         fresh: bool,
         r: Reservation,
     ) -> Reservation {
-        if !fresh && hosts.values().any(|h| !*h.lost.borrow() && h.room() > 0) {
+        if !fresh && hosts.values().any(|h| !h.gone() && h.room() > 0) {
             self.inner.wake(1);
         }
         r
@@ -818,10 +830,13 @@ impl Inner {
         entry.lost.subscribe()
     }
 
-    /// The host has no subscription any more (NATS said no responders).
+    /// The host has no subscription for calls any more (NATS said no
+    /// responders): it is leaving, or dead. No call goes to it; its calls
+    /// in flight end with their outcome if it is leaving, or fail once it
+    /// has been unheard of for `host_timeout` if it is dead.
     fn host_gone(&self, host: &str) {
         if let Some(h) = self.hosts.lock().unwrap().get_mut(host) {
-            h.lost.send_if_modified(|l| !std::mem::replace(l, true));
+            h.leaving = true;
         }
     }
 
@@ -889,14 +904,17 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             let entry = hosts
                 .entry(hb.host.clone())
                 .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
+            entry.last_seen = Instant::now();
             if hb.bye {
-                entry.lost.send_if_modified(|l| !std::mem::replace(l, true));
+                // Leaving, not lost: the calls it runs still end with their
+                // outcome, and it goes on saying goodbye until they have.
+                entry.leaving = true;
                 continue;
             }
+            entry.leaving = false;
             if *entry.lost.borrow() {
                 entry.lost = watch::channel(false).0;
             }
-            entry.last_seen = Instant::now();
             entry.info.pid = hb.pid;
             entry.info.capacity = hb.capacity;
             entry.running = hb.running;

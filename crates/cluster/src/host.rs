@@ -435,7 +435,12 @@ impl Serving {
                     }
                     None => break,
                 },
+                // Cancels and stream credits still reach the calls that run.
+                Some(msg) = self.cancels.next() => self.cancel(msg),
                 _ = &mut ack, if armed.is_some() => self.acknowledge().await,
+                // Still alive: clients wait for these calls' outcomes as
+                // long as the goodbyes keep coming.
+                _ = beat.tick() => self.heartbeat(true).await,
             }
         }
         self.heartbeat(true).await;

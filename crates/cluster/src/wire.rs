@@ -214,6 +214,13 @@ pub(crate) struct WireError {
     exit: Option<(String, i32)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// A start failure's stderr tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tail: Option<String>,
+    /// A codec error that stopped the call before it was sent (so it never
+    /// ran), rather than one decoding its outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    unsent: bool,
 }
 
 fn ms(d: Duration) -> Option<u64> {
@@ -269,6 +276,15 @@ impl WireError {
             Error::StartFailed(s) => {
                 w.worker_id = Some(s.worker_id.clone());
                 w.detail = Some(s.cause.clone());
+                w.tail = Some(s.stderr_tail.clone());
+            }
+            Error::StoppedByShutdown { worker_id, pid } => {
+                w.worker_id = Some(worker_id.clone());
+                w.pid = Some(*pid);
+            }
+            Error::Codec(c) => {
+                w.detail = Some(c.to_string());
+                w.unsent = e.never_ran();
             }
             Error::Session {
                 session_id,
@@ -336,7 +352,21 @@ impl WireError {
                 message: self.detail.unwrap_or(self.message),
             },
             "unsupported_command" => Error::UnsupportedCommand(command_of(self.command)),
-            "codec" | "protocol" => Error::Protocol {
+            "codec" => {
+                let detail = self.detail.unwrap_or(self.message);
+                Error::Codec(match self.unsent {
+                    true => snakepit_protocol::Error::Encode {
+                        codec: "json",
+                        detail,
+                    },
+                    false => snakepit_core_protocol_error(detail),
+                })
+            }
+            "stopped_by_shutdown" => Error::StoppedByShutdown {
+                worker_id: self.worker_id.unwrap_or_default(),
+                pid: self.pid.unwrap_or(0),
+            },
+            "protocol" => Error::Protocol {
                 worker_id: self.worker_id.unwrap_or_default(),
                 source: snakepit_core_protocol_error(self.message),
             },
@@ -347,7 +377,7 @@ impl WireError {
             "start_failed" => Error::StartFailed(Box::new(StartError {
                 worker_id: self.worker_id.unwrap_or_default(),
                 cause: self.detail.unwrap_or(self.message),
-                stderr_tail: String::new(),
+                stderr_tail: self.tail.unwrap_or_default(),
             })),
             "shut_down" => Error::ShutDown,
             "session" => Error::Session {
@@ -430,6 +460,52 @@ mod tests {
             error: RemoteError::new("ValueError", "bad"),
         });
         assert_eq!(back.remote().unwrap().kind.as_deref(), Some("ValueError"));
+        let back = round(Error::StoppedByShutdown {
+            worker_id: "w1".into(),
+            pid: 42,
+        });
+        assert!(
+            matches!(&back, Error::StoppedByShutdown { worker_id, pid } if worker_id == "w1" && *pid == 42),
+            "{back:?}"
+        );
+        let back = round(Error::StartFailed(Box::new(StartError {
+            worker_id: "w2".into(),
+            cause: "no such file".into(),
+            stderr_tail: "Traceback ...".into(),
+        })));
+        assert!(
+            matches!(&back, Error::StartFailed(s) if s.worker_id == "w2" && s.cause == "no such file" && s.stderr_tail == "Traceback ..."),
+            "{back:?}"
+        );
+        let back = round(Error::WorkerCrashed(Box::new(Crash {
+            worker_id: "w3".into(),
+            pid: 7,
+            exit: ExitReason::Signal(11),
+            stderr_tail: "segfault".into(),
+        })));
+        assert!(
+            matches!(&back, Error::WorkerCrashed(c) if c.worker_id == "w3" && c.pid == 7 && c.exit == ExitReason::Signal(11) && c.stderr_tail == "segfault"),
+            "{back:?}"
+        );
+        // A codec error keeps its variant, and whether the call never ran.
+        let unsent = Error::Codec(snakepit_protocol::Error::Encode {
+            codec: "json",
+            detail: "key must be a string".into(),
+        });
+        assert!(unsent.never_ran());
+        let back = round(unsent);
+        assert!(
+            matches!(back, Error::Codec(_)) && back.never_ran(),
+            "{back:?}"
+        );
+        let back = round(Error::Codec(snakepit_protocol::Error::InvalidPayload {
+            codec: "json",
+            detail: "expected a map".into(),
+        }));
+        assert!(
+            matches!(back, Error::Codec(_)) && !back.never_ran(),
+            "{back:?}"
+        );
     }
 
     #[test]

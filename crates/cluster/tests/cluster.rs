@@ -199,6 +199,73 @@ async fn host_killed_under_load() {
     );
 }
 
+/// A host shut down gracefully (`Node::shutdown`, on SIGTERM here) takes no
+/// new call, finishes the ones it runs, however long they take (longer than
+/// the host timeout here: it keeps announcing itself), and their callers get
+/// their results; then it ends, and new calls go to the other host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_shut_down_gracefully_finishes_its_calls() {
+    let nats = NatsServer::start().await;
+    let mut a = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let b = HostProcess::start("host_process", &nats.url, "b", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 2).await;
+    // A call of 3 s (twice the host timeout) pinned on `a` by its session.
+    let mut tries = 0;
+    let long = loop {
+        tries += 1;
+        assert!(tries < 100, "no session call reached host a");
+        let id = format!("s{tries}");
+        let r = client
+            .execute_in_session(&id, "pid", json!({}))
+            .await
+            .unwrap();
+        if a.workers.contains(&(r["pid"].as_u64().unwrap() as u32)) {
+            let client = client.clone();
+            break tokio::spawn(async move {
+                client
+                    .execute_with(
+                        "sleep",
+                        json!({"ms": 3000, "token": "long"}),
+                        CallOptions::new().session(id).affinity(Affinity::Strict),
+                    )
+                    .await
+            });
+        }
+    };
+    eventually(30, "the long call runs on host a", || async {
+        client
+            .status(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s["host"] == "a" && s["in_flight"].as_u64() == Some(1))
+    })
+    .await;
+    a.terminate();
+    eventually(30, "host a is leaving", || async {
+        client.hosts().iter().all(|h| h.id != "a")
+    })
+    .await;
+    // Meanwhile new calls go to b, every one of them.
+    for _ in 0..20 {
+        let r = client.execute("pid", json!({})).await.unwrap();
+        let pid = r["pid"].as_u64().unwrap() as u32;
+        assert!(b.workers.contains(&pid), "a call went to {pid}, not host b");
+    }
+    let r = tokio::time::timeout(Duration::from_secs(30), long)
+        .await
+        .expect("the call ends")
+        .unwrap();
+    let r = r.expect("the call the host finished");
+    assert_eq!(r["token"], "long", "{r}");
+    assert!(
+        a.workers.contains(&(r["pid"].as_u64().unwrap() as u32)),
+        "{r}"
+    );
+    assert!(a.ended(30).await.success(), "host a ends with status 0");
+}
+
 /// NATS killed: calls fail with the unavailable error; NATS restarted on
 /// the same port: calls work again, nothing restarted by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

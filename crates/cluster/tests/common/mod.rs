@@ -167,6 +167,31 @@ impl HostProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM: a graceful shutdown.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to end, up to `secs`; its exit status.
+    pub async fn ended(&mut self, secs: u64) -> std::process::ExitStatus {
+        let until = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "host {} did not end in {secs} s",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for HostProcess {
@@ -176,7 +201,9 @@ impl Drop for HostProcess {
 }
 
 /// The body of a host process: when `SNAKEPIT_CLUSTER_HOST` is set, serves
-/// a pool of test workers (sessions in the NATS KV store) until killed.
+/// a pool of test workers (sessions in the NATS KV store) until killed, or
+/// until SIGTERM, which shuts it down gracefully (`Node::shutdown`, then the
+/// pool) and ends it with status 0.
 pub fn host_main() {
     let Ok(id) = std::env::var("SNAKEPIT_CLUSTER_HOST") else {
         return;
@@ -221,7 +248,10 @@ pub fn host_main() {
         let line = serde_json::json!({"workers": pool.worker_pids()});
         std::fs::write(ready.with_extension("tmp"), line.to_string()).unwrap();
         std::fs::rename(ready.with_extension("tmp"), &ready).unwrap();
-        std::future::pending::<()>().await;
-        drop(node);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        term.recv().await;
+        node.shutdown().await.unwrap();
+        pool.shutdown().await.unwrap();
     });
 }
