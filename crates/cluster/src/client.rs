@@ -737,8 +737,8 @@ impl Client {
             if room_left {
                 inner.wake(1);
             }
+            self.wait_room(woken, until, fresh).await?;
             fresh = false;
-            self.wait_room(woken, until).await?;
         }
     }
 
@@ -757,12 +757,20 @@ impl Client {
         r
     }
 
-    /// Waits (in this client's FIFO) until a host has room again.
-    async fn wait_room(&self, woken: oneshot::Receiver<()>, until: Instant) -> Result<(), Error> {
+    /// Waits (in this client's FIFO) until a host has room again. A call
+    /// new to the queue (`fresh`) is refused when `max_queue_size` calls
+    /// wait already; one that waited and looks again after a wake-up keeps
+    /// its place.
+    async fn wait_room(
+        &self,
+        woken: oneshot::Receiver<()>,
+        until: Instant,
+        fresh: bool,
+    ) -> Result<(), Error> {
         let inner = &self.inner;
         let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
         let _left = Queued(&inner.queued);
-        if queued >= inner.config.max_queue_size {
+        if fresh && queued >= inner.config.max_queue_size {
             return Err(Error::PoolSaturated { queued });
         }
         if Instant::now() >= until {

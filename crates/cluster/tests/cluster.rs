@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use snakepit_cluster::{is_host_lost, is_unavailable, Client};
+use snakepit_cluster::{is_host_lost, is_unavailable, Client, ClientConfig, ServeOptions};
 use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
 
 /// Not a test of its own: the body of the host processes.
@@ -275,12 +275,34 @@ async fn nats_killed_and_restarted() {
     let client = client(&nats).await;
     wait_hosts(&client, 1).await;
     client.execute("echo", json!({"x": 1})).await.unwrap();
+    let running = {
+        let client = client.clone();
+        tokio::spawn(async move { client.execute("sleep", json!({"ms": 30_000})).await })
+    };
+    eventually(30, "the call runs on the host", || async {
+        client
+            .status(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s["in_flight"].as_u64() == Some(1))
+    })
+    .await;
     nats.kill();
+    // The call in flight ends with the host-lost error (it may have run),
+    // long before its 30 s.
+    let e = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the call in flight ends with the connection")
+        .unwrap()
+        .unwrap_err();
+    assert!(is_host_lost(&e), "{e}");
+    // New calls fail with the unavailable error, never sent.
     eventually(15, "calls fail as unavailable", || {
         let client = client.clone();
         async move {
             let e = client.execute("echo", json!({})).await.unwrap_err();
-            is_unavailable(&e)
+            is_unavailable(&e) && e.never_ran()
         }
     })
     .await;
@@ -289,6 +311,102 @@ async fn nats_killed_and_restarted() {
         client.execute("echo", json!({"x": 2})).await.is_ok()
     })
     .await;
+}
+
+/// A cluster with no host has no room: calls wait for one up to the queue
+/// timeout (they never ran); beyond `max_queue_size` waiting calls, a new
+/// call fails at once with `PoolSaturated`, and the waiting ones wait on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_host_calls_wait_then_time_out_and_saturate() {
+    let nats = NatsServer::start().await;
+    let mut config = ClientConfig::default();
+    config.queue_timeout = Duration::from_millis(300);
+    let client = Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap();
+    let e = client.execute("echo", json!({})).await.unwrap_err();
+    assert!(matches!(e, Error::QueueTimeout(_)), "{e:?}");
+    assert!(e.never_ran(), "{e:?}");
+    let mut config = ClientConfig::default();
+    config.queue_timeout = Duration::from_secs(60);
+    config.max_queue_size = 2;
+    let client = Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap();
+    // Two calls, each polled until it waits in the client's queue.
+    let mut waiting: Vec<_> = (0..2)
+        .map(|_| Box::pin(client.execute("echo", json!({}))))
+        .collect();
+    for w in &mut waiting {
+        assert!(poll_once(w.as_mut()).await.is_none(), "the call waits");
+    }
+    let e = client.execute("echo", json!({})).await.unwrap_err();
+    assert!(matches!(e, Error::PoolSaturated { queued: 2 }), "{e:?}");
+    assert!(e.never_ran(), "{e:?}");
+    // The calls that wait keep waiting: the refused one took no place of
+    // theirs.
+    for w in &mut waiting {
+        assert!(
+            poll_once(w.as_mut()).await.is_none(),
+            "the call still waits"
+        );
+    }
+}
+
+/// One poll of `f`: its output if it is ready.
+async fn poll_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// Two clusters on one NATS do not see each other: a client of one hears
+/// of no host of the other, and its calls are not served there. A host id
+/// that is not a subject token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_on_one_nats_are_apart() {
+    let nats = NatsServer::start().await;
+    let conn = nats.connect().await;
+    let pool = snakepit_core::Pool::builder(TestWorker)
+        .size(1)
+        .configure(|c| c.sweep_on_start = false)
+        .start()
+        .await
+        .unwrap();
+    let node =
+        snakepit_cluster::serve_with(&conn, "one", pool.clone(), ServeOptions::new().host_id("x"))
+            .await
+            .unwrap();
+    let one = Client::connect(&conn, "one").await.unwrap();
+    eventually(30, "cluster one hears of its host", || async {
+        one.hosts().len() == 1
+    })
+    .await;
+    one.execute("echo", json!({})).await.unwrap();
+    let mut config = ClientConfig::default();
+    config.queue_timeout = Duration::from_millis(300);
+    let two = Client::connect_with(&conn, "two", config).await.unwrap();
+    let e = two.execute("echo", json!({})).await.unwrap_err();
+    assert!(matches!(e, Error::QueueTimeout(_)), "{e:?}");
+    assert!(two.hosts().is_empty());
+    assert!(two
+        .status(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+    let e = snakepit_cluster::serve_with(
+        &conn,
+        "one",
+        pool.clone(),
+        ServeOptions::new().host_id("a.b"),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    node.shutdown().await.unwrap();
+    pool.shutdown().await.unwrap();
 }
 
 /// The deadline crosses the wire (the host times the call out), and
