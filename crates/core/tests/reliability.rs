@@ -344,6 +344,55 @@ async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A worker that starts, then dies within a second, again and again, is a
+/// failed start each time: the slot's breaker opens, callers fail fast with
+/// `StartFailed` naming the early end and carrying the worker's stderr, and
+/// no more workers are started until the cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_right_after_starting_opens_the_breaker() {
+    let dir = temp_dir("breaker-quick");
+    let marker = dir.join("die-soon");
+    let mut worker = TestWorker::new();
+    worker.env.push((
+        "TEST_DIE_SOON_IF_EXISTS".into(),
+        marker.display().to_string(),
+    ));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let pool = builder(worker)
+        .size(1)
+        .configure(|c| {
+            c.breaker_threshold = 3;
+            c.breaker_cooldown = Duration::from_secs(60);
+            c.restart_backoff = Duration::from_millis(20);
+            c.queue_timeout = Duration::from_secs(30);
+        })
+        .on_event(move |e| {
+            if let EventKind::BreakerOpened { .. } = e.kind {
+                log.lock().unwrap().push("opened");
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    std::fs::write(&marker, "").unwrap();
+    kill_9(pool.worker_pids()[0]);
+    assert!(eventually(20, || events.lock().unwrap().contains(&"opened")).await);
+    let restarts = pool.stats().restarts;
+    let err = pool.execute("echo", json!({})).await.unwrap_err();
+    let Error::StartFailed(cause) = &err else {
+        panic!("{err}")
+    };
+    assert!(cause.cause.contains("after it started"), "{err}");
+    assert!(cause.stderr_tail.contains("dying on purpose"), "{err}");
+    // The cool-down holds: no worker is started meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.stats().restarts, restarts);
+    assert!(pool.worker_pids().is_empty());
+    pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Calls keep running while workers are recycled after a number of calls,
 /// a time to live, a memory limit and an idle time: none fails, and the
 /// replacement starts before the old worker goes.

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use snakepit_adapters::Bridge;
@@ -159,10 +159,10 @@ mod redis {
                     .spawn()?;
                 let server = Server(child, dir);
                 let addr = format!("127.0.0.1:{port}");
-                let until = Instant::now() + Duration::from_secs(10);
+                let until = Instant::now() + std::time::Duration::from_secs(10);
                 while tokio::net::TcpStream::connect(&addr).await.is_err() {
                     anyhow::ensure!(Instant::now() < until, "redis-server did not start");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
                 (format!("redis://{addr}/"), Some(server))
             }

@@ -248,8 +248,9 @@ struct Link {
     replacing: AtomicBool,
 }
 
-/// Settings of a [`RedisStore`].
-#[derive(Debug, Clone)]
+/// Settings of a [`RedisStore`]. Its `Debug` leaves the URL out (it may
+/// hold a password), as the store's does.
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
@@ -388,6 +389,17 @@ async fn sweep(store: Weak<Inner>, every: Duration) {
         if let Err(e) = inner.bounded("sweep", inner.cleanup()).await {
             tracing::warn!(error = %e, "redis session sweep failed");
         }
+    }
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("default_ttl", &self.default_ttl)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 

@@ -20,7 +20,11 @@ fn names(err: &Error, op: &str) -> bool {
 async fn password_in_url() {
     let redis = Redis::start_with(&["--requirepass", "s3cr:t@pw"], false).await;
     let url = format!("redis://:s3cr%3At%40pw@127.0.0.1:{}/", redis.port);
-    let store = RedisStore::connect(&url).await.unwrap();
+    // Neither the builder nor the store shows the URL (nor its password).
+    let builder = RedisStore::builder(&url);
+    assert!(!format!("{builder:?}").contains("s3cr"), "{builder:?}");
+    let store = builder.connect().await.unwrap();
+    assert!(!format!("{store:?}").contains("s3cr"), "{store:?}");
     common::lifecycle(&store).await;
 
     let wrong = format!("redis://:hunter2@127.0.0.1:{}/", redis.port);
@@ -111,7 +115,11 @@ async fn tls_with_a_private_ca() {
     assert!(names(&err, "connect"), "{err:?}");
 
     std::env::set_var("SSL_CERT_FILE", path("ca.pem"));
-    let store = RedisStore::connect(&url).await.unwrap();
+    // Neither the builder nor the store shows the URL (nor its password).
+    let builder = RedisStore::builder(&url);
+    assert!(!format!("{builder:?}").contains("s3cr"), "{builder:?}");
+    let store = builder.connect().await.unwrap();
+    assert!(!format!("{store:?}").contains("s3cr"), "{store:?}");
     common::lifecycle(&store).await;
     // The same port does not speak plain text.
     let plain = format!("redis://:pw@127.0.0.1:{}/", redis.port);

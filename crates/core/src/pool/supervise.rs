@@ -174,6 +174,40 @@ pub(crate) fn start_span(shared: &Shared, i: usize) -> tracing::Span {
     )
 }
 
+/// One more failed start of slot `i` in a row (a start that failed, or a
+/// worker that died within a second of starting): the delay before the
+/// next. At `breaker_threshold` in a row the slot's breaker opens for
+/// `breaker_cooldown`; when every slot's is open and no worker is left, the
+/// calls waiting fail with `e`.
+fn failed_start(shared: &Shared, i: usize, failures: &mut u32, e: &StartError) -> Duration {
+    *failures += 1;
+    let mut st = shared.state();
+    st.last_start_error = Some(e.clone());
+    if *failures < shared.config.breaker_threshold {
+        drop(st);
+        return jitter(backoff(&shared.config, *failures), i as u64);
+    }
+    st.slots[i].breaker_open = true;
+    let none_ready = st.slots.iter().all(|s| s.worker.is_none());
+    if none_ready && st.slots.iter().all(|s| s.breaker_open) {
+        shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
+    }
+    drop(st);
+    shared.emit(EventKind::BreakerOpened {
+        worker: i,
+        failures: *failures,
+    });
+    tracing::error!(
+        slot = i,
+        failures = *failures,
+        cooldown_ms = shared.config.breaker_cooldown.as_millis() as u64,
+        "breaker open: not restarting this worker for a while"
+    );
+    // Half-open after the cool-down: one more failure re-opens.
+    *failures = shared.config.breaker_threshold - 1;
+    shared.config.breaker_cooldown
+}
+
 /// Keeps slot `i` filled: starts its worker, waits for it to end, starts the
 /// next, backing off and opening the breaker when starts keep failing.
 pub(crate) async fn supervise(
@@ -235,10 +269,18 @@ pub(crate) async fn supervise(
                     });
                 }
                 // A worker that dies right after starting counts as a failed
-                // start, so that a crash loop backs off instead of fork-storming.
+                // start, so that a crash loop backs off instead of
+                // fork-storming, and opens the breaker as failed starts do.
                 if lived < Duration::from_secs(1) {
-                    failures += 1;
-                    jitter(backoff(&shared.config, failures), i as u64)
+                    let e = StartError {
+                        worker_id: worker.id.clone(),
+                        cause: format!(
+                            "the worker ended {} ms after it started ({exit})",
+                            lived.as_millis()
+                        ),
+                        stderr_tail: worker.stderr_tail(),
+                    };
+                    failed_start(&shared, i, &mut failures, &e)
                 } else {
                     failures = 0;
                     Duration::ZERO
@@ -258,33 +300,7 @@ pub(crate) async fn supervise(
                     let _ = tx.send(Err(e.clone()));
                     return; // start() fails and shuts the pool down
                 }
-                failures += 1;
-                let mut st = shared.state();
-                st.last_start_error = Some(e.clone());
-                if failures >= shared.config.breaker_threshold {
-                    st.slots[i].breaker_open = true;
-                    let none_ready = st.slots.iter().all(|s| s.worker.is_none());
-                    if none_ready && st.slots.iter().all(|s| s.breaker_open) {
-                        shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
-                    }
-                    drop(st);
-                    shared.emit(EventKind::BreakerOpened {
-                        worker: i,
-                        failures,
-                    });
-                    tracing::error!(
-                        slot = i,
-                        failures,
-                        cooldown_ms = shared.config.breaker_cooldown.as_millis() as u64,
-                        "breaker open: not restarting this worker for a while"
-                    );
-                    // Half-open after the cool-down: one more failure re-opens.
-                    failures = shared.config.breaker_threshold - 1;
-                    shared.config.breaker_cooldown
-                } else {
-                    drop(st);
-                    jitter(backoff(&shared.config, failures), i as u64)
-                }
+                failed_start(&shared, i, &mut failures, &e)
             }
         };
         shared.emit(EventKind::WorkerRestarting {

@@ -4,6 +4,7 @@ Each command does one thing a test needs to observe: who served it (pid),
 how long it took, how it failed, how it died.
 """
 import os
+import threading
 import signal
 import sys
 import time
@@ -151,6 +152,14 @@ def pid(args, ctx):
 if os.environ.get("TEST_FAIL_IF_EXISTS") and os.path.exists(os.environ["TEST_FAIL_IF_EXISTS"]):
     print("refusing to start: " + os.environ["TEST_FAIL_IF_EXISTS"] + " exists", file=sys.stderr)
     sys.exit(3)
+
+if os.environ.get("TEST_DIE_SOON_IF_EXISTS") and os.path.exists(os.environ["TEST_DIE_SOON_IF_EXISTS"]):
+    # Starts (the handshake succeeds), then dies 200 ms later: a crash loop.
+    def _die():
+        print("dying on purpose", file=sys.stderr, flush=True)
+        os._exit(7)
+
+    threading.Timer(0.2, _die).start()
 
 if os.environ.get("TEST_IGNORE_SIGTERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
