@@ -26,7 +26,7 @@ pub(crate) struct SweepArgs {
     /// Only the runs of pools with this name.
     #[arg(long, value_name = "NAME")]
     instance: Option<String>,
-    /// The run records' directory [default: $SNAKEPIT_STATE_DIR, else $XDG_RUNTIME_DIR/snakepit, else /tmp/snakepit-UID].
+    /// The run records' directory [default: $SNAKEPIT_STATE_DIR, else $XDG_RUNTIME_DIR/snakepit, else $TMPDIR (or /tmp)/snakepit-UID].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// One JSON object on stdout instead of the report.
