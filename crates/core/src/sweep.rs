@@ -4,7 +4,8 @@
 //! directory (`$SNAKEPIT_STATE_DIR`, else `$XDG_RUNTIME_DIR/snakepit`, else
 //! `$TMPDIR/snakepit-<uid>`, `/tmp` for an unset `TMPDIR`): the pool's name
 //! (its *instance*), its run id, the host's pid and start time, the host's
-//! PID namespace and boot id, and each live worker's pid and start time. A clean shutdown removes the record.
+//! PID namespace and boot id, and each live worker's pid and start time. A
+//! clean shutdown removes the record.
 //!
 //! The directory is treated as OpenSSH and systemd treat theirs: it is
 //! created with mode 0700, and one that exists already is used only if it
