@@ -269,3 +269,153 @@ fn quiet_leaves_only_errors_on_stderr() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("error: "), "errors still show: {r:?}");
 }
+
+/// cluster.md, command line: `snakepit cluster status` "lists each host
+/// that answers the service PING: its id, pid, pool, workers, free and busy
+/// workers, queued calls and calls served"; "a bad cluster name is exit
+/// code 2".
+#[test]
+fn cluster_status_lists_each_host_under_its_header_and_refuses_a_bad_name() {
+    use std::process::{Command, Stdio};
+    let nats = snakepit_tests::NatsServer::start();
+    #[allow(clippy::disallowed_methods)] // the tool under test, not a worker
+    let host = Command::new(BIN)
+        .args(["serve", "--nats", &nats.url, "--cluster", "promises"])
+        .args(["--pool-size", "1", "--host-id", "status-host"])
+        .env_remove("SNAKEPIT_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("snakepit serve runs");
+    /// SIGKILLs the host at the end, whatever happened.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let host = Kill(host);
+    let status = [
+        "cluster",
+        "status",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "promises",
+    ];
+    // The host answers once its worker has started: ask until it does.
+    let mut run = snakepit(&status);
+    for _ in 0..300 {
+        if run.code == 0 && run.stdout.contains("status-host") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        run = snakepit(&status);
+    }
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one host: {run:?}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["HOST", "PID", "POOL", "WORKERS", "FREE", "BUSY", "QUEUED", "SERVED"],
+        "{run:?}"
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row.len(), header.len(), "a value per column: {run:?}");
+    assert_eq!(row[0], "status-host", "{run:?}");
+    assert_eq!(row[1], host.0.id().to_string(), "the host's pid: {run:?}");
+    assert!(!row[2].is_empty() && row[2] != "?", "the pool: {run:?}");
+    assert_eq!(row[3], "1", "one worker: {run:?}");
+    assert_eq!(
+        &row[4..],
+        ["1", "0", "0", "0"],
+        "idle, nothing served: {run:?}"
+    );
+
+    let bad = snakepit(&["cluster", "status", "--nats", &nats.url, "--cluster", "a.b"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.starts_with("error: "), "{bad:?}");
+    assert!(bad.stderr.contains("a.b"), "names the bad name: {bad:?}");
+}
+
+/// A worker that tells on stderr it is loading, then takes far longer to
+/// import than its init timeout allows.
+const SLOW_INIT_WORKER: &str = r#"
+import sys, time
+sys.stderr.write("loading the model\n")
+sys.stderr.flush()
+time.sleep(120)
+import snakepit_bridge
+worker = snakepit_bridge.Worker()
+worker.run()
+"#;
+
+/// cli.md, exit codes: 3 when "the workers could not start (`StartFailed`):
+/// ... init slower than its timeout", "the worker's stderr is printed", and
+/// errors end with a `hint:` line.
+#[test]
+fn an_init_slower_than_its_timeout_exits_3_with_the_stderr_and_a_hint() {
+    let dir = Dir::new("slow-init");
+    let script = dir.file("worker.py", SLOW_INIT_WORKER);
+    dir.file("snakepit.toml", "[pool]\nworker_init_timeout_ms = 300\n");
+    let r = dir.run(&["exec", "--script", &script, "ping"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(r.stderr.starts_with("error: "), "{r:?}");
+    assert!(
+        r.stderr.contains("loading the model"),
+        "the worker's stderr is printed: {r:?}"
+    );
+    let hint = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("hint:"))
+        .unwrap_or_else(|| panic!("no `hint:` line: {r:?}"));
+    assert!(
+        hint.contains("worker_init_timeout_ms"),
+        "the hint names the setting to raise: {r:?}"
+    );
+}
+
+/// A worker whose `garbage` handler writes stray bytes to its frame stream
+/// (the descriptor the bridge keeps for frames) and then does not answer.
+const GARBAGE_WORKER: &str = r#"
+import os, time
+import snakepit_bridge
+from snakepit_bridge import _server
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("garbage")
+def garbage(args):
+    fd = _server._frame_fd if _server._frame_fd is not None else 1
+    os.write(fd, b"this is not a frame, just stray bytes\n")
+    time.sleep(120)
+    return 1
+
+worker.run()
+"#;
+
+/// cli.md, exit codes: 5 when a worker "broke the protocol (`Protocol`)";
+/// reliability.md: stray bytes on stdout are a broken protocol and the call
+/// it was serving gets `Error::Protocol`.
+#[test]
+fn a_worker_that_breaks_the_protocol_exits_5_with_a_hint() {
+    let dir = Dir::new("protocol");
+    let script = dir.file("worker.py", GARBAGE_WORKER);
+    let r = dir.run(&["exec", "--script", &script, "garbage"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.contains("broke the protocol"),
+        "a protocol error, not a crash: {r:?}"
+    );
+    assert!(r.stderr.starts_with("error: "), "{r:?}");
+    assert!(
+        r.stderr.lines().any(|l| l.starts_with("hint:")),
+        "no `hint:` line: {r:?}"
+    );
+}
