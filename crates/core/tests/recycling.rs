@@ -226,3 +226,54 @@ async fn one_hung_worker_does_not_hold_up_the_others() {
     assert!(eventually(10, || pool.stats().workers == 3).await);
     pool.shutdown().await.unwrap();
 }
+
+/// docs/reliability.md: "If the replacement cannot start, the old worker
+/// takes calls again, past its limit, until a later attempt (after a
+/// back-off) gives it a replacement."
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_replacement_cannot_start_serves_past_its_limit() {
+    const LIMIT: u64 = 5;
+    let refuse = temp_dir("recycle-refused").join("refuse");
+    let mut adapter = TestWorker::new();
+    adapter
+        .env
+        .push(("TEST_FAIL_IF_EXISTS".into(), refuse.display().to_string()));
+    let pool = builder(adapter)
+        .size(1)
+        .configure(|c| {
+            c.recycle_after_calls = LIMIT;
+            c.restart_backoff_max = Duration::from_millis(200);
+            c.queue_timeout = Duration::from_secs(20);
+        })
+        .start()
+        .await
+        .unwrap();
+    let old = pool.worker_pids()[0];
+    // From now on no new worker can start.
+    std::fs::write(&refuse, "").unwrap();
+    // Eight times the limit: every call succeeds, on the old worker.
+    for n in 0..LIMIT * 8 {
+        let r = pool
+            .execute("pid", json!({}))
+            .await
+            .unwrap_or_else(|e| panic!("call {n} failed: {e}"));
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(old)), "call {n}");
+    }
+    let s = pool.stats();
+    assert!(s.start_failures >= 1, "a replacement was tried: {s:?}");
+    assert_eq!((s.recycled, s.errors, s.crashes), (0, 0, 0), "{s:?}");
+    // Once a replacement can start, a later attempt recycles the worker.
+    std::fs::remove_file(&refuse).unwrap();
+    assert!(
+        eventually(30, || pool.stats().recycled >= 1).await,
+        "{:?}",
+        pool.stats()
+    );
+    let r = pool.execute("pid", json!({})).await.unwrap();
+    assert_ne!(r["pid"].as_u64(), Some(u64::from(old)));
+    assert!(
+        eventually(10, || !alive(old)).await,
+        "the old worker is gone"
+    );
+    pool.shutdown().await.unwrap();
+}
