@@ -262,3 +262,86 @@ async fn no_call_waits_behind_a_stream() {
     assert_eq!(chunks, 3000);
     pool.shutdown().await.unwrap();
 }
+
+/// docs/reliability.md: "SIGINT, for a worker that declares it, is sent only
+/// when it can reach nothing but the call it is meant for". A call that
+/// times out while another is written ahead behind it is not signalled (the
+/// signal could land in the next call): it runs to its end, and the call
+/// behind it gets its own reply. Alone on its worker, it is signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
+    let pool = builder(BridgeScript("signal_worker.py"))
+        .size(1)
+        .configure(|c| {
+            c.pipeline_depth = 1;
+            c.pipeline_max_call = Duration::from_millis(50);
+            // The late reply is awaited, not cut off by a kill.
+            c.shutdown_grace_period = Duration::from_secs(30);
+        })
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    for _ in 0..20 {
+        pool.execute("echo", json!({})).await.unwrap();
+    }
+    let dir = temp_dir("no-sigint");
+    let nap = |record: &std::path::Path, ms: u64, timeout: Duration| {
+        let pool = pool.clone();
+        let args = json!({"ms": ms, "record": record.display().to_string()});
+        tokio::spawn(async move {
+            pool.execute_with("nap", args, CallOptions::new().timeout(timeout))
+                .await
+        })
+    };
+    let record = dir.join("front");
+    let front = nap(&record, 4000, Duration::from_secs(2));
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let behind = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "echo",
+                json!({"token": "behind"}),
+                CallOptions::new().timeout(Duration::from_secs(60)),
+            )
+            .await
+        })
+    };
+    // Written ahead before the front call's deadline (which would have
+    // held everything back, had it been signalled alone).
+    assert!(
+        eventually(10, || in_flight_on_first(&pool) == 2).await,
+        "the echo was written ahead: {:?}",
+        pool.workers()
+    );
+    let err = front.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
+    let r = behind.await.unwrap().unwrap();
+    assert_eq!(r["echoed"], json!({"token": "behind"}));
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)));
+    // The echo ran after the nap's handler returned: it was never signalled.
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "finished");
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
+
+    // Alone on its worker, a timed-out call is signalled.
+    let record = dir.join("alone");
+    let alone = nap(&record, 60_000, Duration::from_millis(300));
+    let err = alone.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
+    assert!(
+        eventually(10, || std::fs::read_to_string(&record)
+            .is_ok_and(|s| s == "interrupted"))
+        .await,
+        "the call alone was signalled"
+    );
+    let r = pool
+        .execute("echo", json!({"token": "next"}))
+        .await
+        .unwrap();
+    assert_eq!(r["echoed"], json!({"token": "next"}));
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)));
+    assert_eq!(pool.stats().crashes, 0);
+    pool.shutdown().await.unwrap();
+}

@@ -114,3 +114,16 @@ pub async fn the_same_worker_answers_next(pool: &Pool, pid: u32) {
     assert_eq!(r["token"], "next");
     assert_eq!(r["pid"].as_u64().unwrap() as u32, pid);
 }
+
+/// A bridge-based worker script of `tests/workers/` other than the test
+/// worker (e.g. `signal_worker.py`).
+pub struct BridgeScript(pub &'static str);
+
+impl Adapter for BridgeScript {
+    fn launch(&self) -> Launch {
+        Launch::new(python())
+            .arg(root().join("crates/core/tests/workers").join(self.0))
+            .env("PYTHONPATH", root().join("bridges/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+    }
+}
