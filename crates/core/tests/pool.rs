@@ -799,3 +799,22 @@ async fn a_weak_handle_does_not_keep_the_pool_alive() {
         "the last handle's drop killed the worker"
     );
 }
+
+/// README, errors: `Cancelled` is "the worker reports the call cancelled"
+/// (a bridge handler raising `snakepit_bridge.Cancelled`); the worker stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_worker_reports_cancelled_is_cancelled() {
+    let pool = builder(BridgeScript("signal_worker.py"))
+        .size(1)
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    let err = pool.execute("give_up", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    let r = pool.execute("echo", json!({})).await.unwrap();
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)));
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
+    pool.shutdown().await.unwrap();
+}
