@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{alive, builder, eventually, python, temp_dir};
+use common::{alive, builder, eventually, python, temp_dir, Raw};
 use serde_json::{json, Value};
 use snakepit_core::{Adapter, CallOptions, Error, Launch, PoolConfig, WireCodec};
 
@@ -474,4 +474,74 @@ fn pool_config_reads_the_documented_field_names_with_durations_in_milliseconds()
 
     let c: PoolConfig = serde_json::from_str(r#"{"pool_size": 8}"#).unwrap();
     assert_eq!(c.queue_timeout, PoolConfig::default().queue_timeout);
+}
+
+/// README, Configuration: `health_check_interval` 0 turns health checks off.
+/// The pool's maintenance still runs often (a short session TTL makes it
+/// tick every 50 ms); a pool beside it with checks on gets several pings
+/// while this one gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_interval_of_0_sends_no_health_check() {
+    let off = Recorder::new("health-off", "none");
+    let on = Recorder::new("health-on", "none");
+    let pool_off = builder(off.adapter())
+        .size(1)
+        .configure(|c| {
+            c.health_check_interval = Duration::ZERO;
+            c.session_ttl = Duration::from_millis(100);
+        })
+        .start()
+        .await
+        .unwrap();
+    let pool_on = builder(on.adapter())
+        .size(1)
+        .configure(|c| {
+            c.health_check_interval = Duration::from_millis(50);
+            c.session_ttl = Duration::from_millis(100);
+        })
+        .start()
+        .await
+        .unwrap();
+    let health_pings = |rec: &Recorder| {
+        requests(&rec.frames(), "ping")
+            .iter()
+            .filter(|(_, v)| v["args"] == json!({"health_check": true}))
+            .count()
+    };
+    assert!(
+        eventually(10, || health_pings(&on) >= 5).await,
+        "the pool with checks on was pinged: {:?}",
+        on.frames()
+    );
+    assert_eq!(health_pings(&off), 0, "{:?}", off.frames());
+    // Its only ping was the init handshake.
+    assert_eq!(
+        requests(&off.frames(), "ping").len(),
+        1,
+        "{:?}",
+        off.frames()
+    );
+    pool_on.shutdown().await.unwrap();
+    pool_off.shutdown().await.unwrap();
+}
+
+/// README, Configuration: `start()` gives up after `startup_timeout` when a
+/// worker is not ready by then (its init is slower; the init timeout alone
+/// would still wait), with `StartFailed` naming the startup timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_gives_up_after_the_startup_timeout() {
+    // The worker sleeps 30 s before it reads its init ping.
+    let err = builder(Raw("slow_init"))
+        .size(1)
+        .configure(|c| {
+            c.startup_timeout = Duration::from_secs(1);
+            c.worker_init_timeout = Duration::from_secs(120);
+        })
+        .start()
+        .await
+        .unwrap_err();
+    let Error::StartFailed(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(e.cause.contains("startup timeout"), "{err}");
 }
