@@ -653,3 +653,67 @@ async fn typed_calls_cross_the_wire() {
         .unwrap_err();
     assert!(matches!(err, Error::Codec(_)), "{err}");
 }
+
+/// cluster.md, cancellation: "dropping ... the `ClusterStream` sends a
+/// cancel message to the host, which drops the call in its pool". A stream
+/// of ten million chunks with a 10-minute deadline, dropped after its
+/// first: the host has nothing in flight long before the stream could have
+/// ended (unread, it waits for its reader until its deadline), and its one
+/// worker serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_cancels_the_call_on_the_host() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let in_flight = |client: Client| async move {
+        client.status(Duration::from_millis(300)).await.unwrap()[0]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    // A deadline far beyond the wait below: unread, the stream ends only
+    // at its deadline (the default, 30 s, would end it as the wait does).
+    let mut s = client
+        .execute_stream(
+            "stream",
+            json!({"n": 10_000_000}),
+            CallOptions::new().timeout(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(first, StreamItem::Chunk(json!({"i": 0})));
+    assert_eq!(in_flight(client.clone()).await, 1, "the stream runs");
+    drop(s);
+    eventually(30, "dropping the stream cancelled the remote call", || {
+        in_flight(client.clone()).then_some_zero()
+    })
+    .await;
+    let r = client
+        .execute_with(
+            "echo",
+            json!({"after": "the stream"}),
+            CallOptions::new().timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["echoed"]["after"], "the stream", "{r}");
+}
+
+/// cluster.md, capacity: "the host's ready workers times
+/// `ServeOptions::calls_per_worker` (by default what each worker says it
+/// runs at once: 1 for the Python ... bridges' plain handlers ...) plus
+/// `prefetch_per_worker` (8)": a host of one Python test worker, idle, has
+/// a capacity of 1 x 1 + 1 x 8 = 9, all of it free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_worker_hosts_capacity_is_its_worker_plus_eight_prefetch() {
+    let nats = NatsServer::start().await;
+    let host = HostProcess::start("host_process", &nats.url, "one", 1).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let hosts = client.hosts();
+    assert_eq!(hosts[0].id, "one", "{hosts:?}");
+    assert_eq!(hosts[0].pid, host.pid, "{hosts:?}");
+    assert_eq!(hosts[0].capacity, 9, "1 x calls_per_worker + 8: {hosts:?}");
+    assert_eq!(hosts[0].free, 9, "an idle host: {hosts:?}");
+}
