@@ -96,7 +96,9 @@ pub struct HostInfo {
     pub id: String,
     /// The host's process id.
     pub pid: u32,
-    /// Calls it runs at once (ready workers times calls per worker).
+    /// Calls it accepts at once: ready workers times calls per worker, plus
+    /// `prefetch_per_worker` per worker (calls queued in its pool, taken so
+    /// that no worker waits for its next call to cross the network).
     pub capacity: usize,
     /// Of those, free at its last heartbeat.
     pub free: usize,
