@@ -282,3 +282,68 @@ async fn a_flood_of_host_calls_is_bounded() {
     assert!(grown < 64 * 1024, "the host grew by {grown} KiB");
     pool.shutdown().await.unwrap();
 }
+
+/// The links in `/proc/<pid>/fd` of process `pid` that point to `path`.
+fn fds_pointing_to(pid: u32, path: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            (target == path).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Workers do not inherit the host's descriptors (docs/reliability.md,
+/// "close-on-exec"), not even one whose `FD_CLOEXEC` the host cleared: a
+/// plain child of the host inherits it (the control), a worker does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_do_not_inherit_the_hosts_descriptors() {
+    use std::os::fd::AsRawFd;
+
+    let path = temp_dir("cloexec").join("held-open");
+    let file = std::fs::File::create(&path).unwrap();
+    let path = path.canonicalize().unwrap();
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor this test owns and keeps open; it
+    // changes only the descriptor's flags.
+    #[allow(unsafe_code)]
+    let flags = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        assert!(flags >= 0);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC), 0);
+        libc::fcntl(fd, libc::F_GETFD)
+    };
+    assert_eq!(flags & libc::FD_CLOEXEC, 0, "the descriptor is inheritable");
+    assert_eq!(fds_pointing_to(std::process::id(), &path).len(), 1);
+
+    // The control: a child started without the pool's spawner inherits it.
+    #[allow(clippy::disallowed_methods)] // the control, not a worker
+    let mut control = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let inherited = fds_pointing_to(control.id(), &path);
+    control.kill().unwrap();
+    control.wait().unwrap();
+    assert_eq!(inherited, vec![fd.to_string()], "the control inherits it");
+
+    let pool = builder(TestWorker::new())
+        .size(2)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    // `start` returns once every worker said it is ready: each runs the
+    // interpreter, past fork and exec.
+    for pid in pids {
+        let held = fds_pointing_to(pid, &path);
+        assert!(held.is_empty(), "worker {pid} inherited fds {held:?}");
+    }
+    pool.shutdown().await.unwrap();
+    drop(file);
+}
