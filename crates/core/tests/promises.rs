@@ -545,3 +545,56 @@ async fn start_gives_up_after_the_startup_timeout() {
     };
     assert!(e.cause.contains("startup timeout"), "{err}");
 }
+
+/// protocol.md, `chunk`: "the pool delivers them to callers that asked for
+/// a stream and drops any others." A worker (`workers/chunks_worker.py`)
+/// that sends 1000 chunks (more than the 256 a stream's reader may fall
+/// behind) for a plain `execute`: the call gets its result, nothing
+/// crashes, the same worker serves on; a streamed call to it gets every
+/// chunk (so the chunks of the plain call were sent, and dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_for_a_call_that_asked_for_no_stream_are_dropped() {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+    use snakepit_core::StreamItem;
+
+    let pool = builder(common::BridgeScript("chunks_worker.py"))
+        .size(1)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let worker = pool.worker_pids()[0];
+    let generous = CallOptions::new().timeout(Duration::from_secs(30));
+    let r = pool
+        .execute_with("chunks", json!({"n": 1000}), generous.clone())
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"n": 1000, "stream": false, "pid": worker}));
+    let r = pool.execute("pid", json!({})).await.unwrap();
+    assert_eq!(r["pid"], worker, "the same worker serves on");
+
+    let mut stream = pool
+        .execute_stream("chunks", json!({"n": 3}), generous)
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+        items.push(item.unwrap());
+    }
+    let expected: Vec<StreamItem> = (0..3)
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .chain([StreamItem::Done(
+            json!({"n": 3, "stream": true, "pid": worker}),
+        )])
+        .collect();
+    assert_eq!(items, expected);
+
+    let s = pool.stats();
+    assert_eq!(s.crashes, 0);
+    assert_eq!((s.requests, s.completed, s.errors), (3, 3, 0));
+    assert_eq!(pool.worker_pids(), vec![worker]);
+    pool.shutdown().await.unwrap();
+}
