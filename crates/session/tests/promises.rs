@@ -302,3 +302,95 @@ async fn program_helpers_store_send_and_count_programs() {
     pool.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pool of one `session_wait_worker.py` (in crates/core/tests/workers)
+/// over `store`.
+async fn waiting_pool(store: Arc<MemoryStore>) -> Pool {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/tests/workers/session_wait_worker.py");
+    attach(Pool::builder(Bridge::python(script)), store)
+        .size(1)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Runs `wait_then_get` in `session`; once the handler has started (its
+/// session exists), runs `meanwhile`, then lets the handler call
+/// `session.get`. What the handler answered.
+async fn get_after<F, Fut>(pool: &Pool, session: &str, meanwhile: F) -> Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = std::env::temp_dir().join(format!(
+        "snakepit-session-wait-{}-{session}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (started, go) = (dir.join("started"), dir.join("go"));
+    let call = {
+        let pool = pool.clone();
+        let session = session.to_owned();
+        let args = json!({"key": "k", "started": started, "go": go});
+        tokio::spawn(async move {
+            pool.execute_in_session(&session, "wait_then_get", args)
+                .await
+        })
+    };
+    until(30, "the handler started", || {
+        let started = started.clone();
+        async move { started.exists() }
+    })
+    .await;
+    meanwhile().await;
+    std::fs::write(&go, b"").unwrap();
+    let r = call.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// sessions.md: "Failures reach the worker as a host-call error with a type
+/// it can match: ... `SessionNotFound`, `SessionExpired` ...": a session
+/// deleted, or expired, while its call runs; the handler's `session.get`
+/// raises `HostCallError` with that `type`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_not_found_and_session_expired_reach_the_handler() {
+    // Sessions created by a call live 300 ms; the sweep never runs during
+    // the test, so an expired session is still there to be found expired.
+    let store = Arc::new(
+        MemoryStore::builder()
+            .default_ttl(Duration::from_millis(300))
+            .sweep_interval(Duration::from_secs(3600))
+            .build(),
+    );
+    let pool = waiting_pool(store.clone()).await;
+    // These two live an hour: only the one left to the default expires.
+    for id in ["deleted", "alive"] {
+        store
+            .create_session(id, Some(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+    }
+
+    let r = get_after(&pool, "deleted", || async {
+        assert!(store.delete_session("deleted").await.unwrap());
+    })
+    .await;
+    assert_eq!(r["caught"], "SessionNotFound", "{r}");
+
+    let r = get_after(&pool, "expired", || async {
+        until(30, "the session expires", || async {
+            !store.session_exists("expired").await.unwrap()
+        })
+        .await;
+    })
+    .await;
+    assert_eq!(r["caught"], "SessionExpired", "{r}");
+
+    // The control: a session left alone answers.
+    let r = get_after(&pool, "alive", || async {}).await;
+    assert_eq!(r, json!({"value": null}));
+    pool.shutdown().await.unwrap();
+}
