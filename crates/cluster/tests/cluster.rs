@@ -717,3 +717,159 @@ async fn a_one_worker_hosts_capacity_is_its_worker_plus_eight_prefetch() {
     assert_eq!(hosts[0].capacity, 9, "1 x calls_per_worker + 8: {hosts:?}");
     assert_eq!(hosts[0].free, 9, "an idle host: {hosts:?}");
 }
+
+/// The in-flight count of host `id`, from the NATS service API.
+async fn in_flight_on(client: &Client, id: &str) -> Option<u64> {
+    client
+        .status(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == id)
+        .and_then(|s| s["in_flight"].as_u64())
+}
+
+/// cluster.md, sessions across hosts: with `Affinity::FailFast`, when the
+/// session's host has no room the call "fails at once with
+/// `Error::WorkerBusy` (worker id `host:<id>`)", though another host has
+/// room (where `Prefer` goes). Two hosts of one worker each, prefetch 0:
+/// the session's host is full while its one worker runs a long call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_session_call_to_a_full_host_is_worker_busy() {
+    let nats = NatsServer::start().await;
+    let a = HostProcess::start_with_prefetch("host_process", &nats.url, "a", 1, 0).await;
+    let b = HostProcess::start_with_prefetch("host_process", &nats.url, "b", 1, 0).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 2).await;
+    let r = client
+        .execute_in_session("s1", "pid", json!({}))
+        .await
+        .unwrap();
+    let pid = r["pid"].as_u64().unwrap() as u32;
+    let (home, other) = if a.workers.contains(&pid) {
+        (&a, &b)
+    } else {
+        assert!(b.workers.contains(&pid), "{r}");
+        (&b, &a)
+    };
+    // The session's host busy with a call far longer than this test.
+    let long = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .execute_with(
+                    "sleep",
+                    json!({"ms": 60_000}),
+                    CallOptions::new().session("s1"),
+                )
+                .await
+        })
+    };
+    eventually(30, "the long call runs on the session's host", || async {
+        in_flight_on(&client, &home.id).await == Some(1)
+    })
+    .await;
+    eventually(30, "the session's host announces no room", || async {
+        client
+            .hosts()
+            .iter()
+            .any(|h| h.id == home.id && h.free == 0)
+    })
+    .await;
+    assert!(
+        client
+            .hosts()
+            .iter()
+            .any(|h| h.id == other.id && h.free == 1),
+        "the other host has room: {:?}",
+        client.hosts()
+    );
+    let e = client
+        .execute_with(
+            "pid",
+            json!({}),
+            CallOptions::new()
+                .session("s1")
+                .affinity(Affinity::FailFast),
+        )
+        .await
+        .unwrap_err();
+    match &e {
+        Error::WorkerBusy {
+            session_id,
+            worker_id,
+        } => {
+            assert_eq!(session_id, "s1", "{e:?}");
+            assert_eq!(*worker_id, format!("host:{}", home.id), "{e:?}");
+        }
+        _ => panic!("expected WorkerBusy, got {e:?}"),
+    }
+    assert!(!long.is_finished(), "it failed while the long call runs");
+    // `Prefer` (the default), the same session: the host with room runs it.
+    let r = client
+        .execute_with("pid", json!({}), CallOptions::new().session("s1"))
+        .await
+        .unwrap();
+    let pid = r["pid"].as_u64().unwrap() as u32;
+    assert!(other.workers.contains(&pid), "Prefer went elsewhere: {r}");
+    long.abort();
+}
+
+/// cluster.md, discovery: each host registers with the NATS service API as
+/// `snakepit-<cluster>` (metadata: host id, cluster, pool name) with a
+/// `status` endpoint on `snakepit.<cluster>.host.<id>.status` answering the
+/// pool's figures. Asked with raw NATS requests, as `nats micro` asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_register_with_the_nats_service_api() {
+    let nats = NatsServer::start().await;
+    let _a = HostProcess::start("host_process", &nats.url, "a", 1).await;
+    let _b = HostProcess::start("host_process", &nats.url, "b", 2).await;
+    let conn = nats.connect().await;
+    let inbox = conn.new_inbox();
+    let mut replies = conn.subscribe(inbox.clone()).await.unwrap();
+    conn.publish_with_reply("$SRV.INFO.snakepit-test", inbox, "".into())
+        .await
+        .unwrap();
+    let mut infos = Vec::new();
+    while infos.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(15), replies.next())
+            .await
+            .expect("every host answers $SRV.INFO")
+            .unwrap();
+        infos.push(serde_json::from_slice::<Value>(&msg.payload).unwrap());
+    }
+    infos.sort_by_key(|i| i["metadata"]["host"].as_str().unwrap_or("").to_owned());
+    for (info, id) in infos.iter().zip(["a", "b"]) {
+        assert_eq!(info["name"], "snakepit-test", "{info}");
+        assert_eq!(info["metadata"]["host"], id, "{info}");
+        assert_eq!(info["metadata"]["cluster"], "test", "{info}");
+        assert_eq!(
+            info["metadata"]["pool"],
+            format!("cluster-test-{id}"),
+            "{info}"
+        );
+        let endpoints = info["endpoints"].as_array().unwrap();
+        let status = endpoints
+            .iter()
+            .find(|e| e["name"] == "status")
+            .unwrap_or_else(|| panic!("a status endpoint: {info}"));
+        assert_eq!(
+            status["subject"],
+            format!("snakepit.test.host.{id}.status"),
+            "{info}"
+        );
+    }
+    for (id, workers) in [("a", 1), ("b", 2)] {
+        let msg = conn
+            .request(format!("snakepit.test.host.{id}.status"), "".into())
+            .await
+            .unwrap();
+        let s: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(s["host"], id, "{s}");
+        assert_eq!(s["pool"], format!("cluster-test-{id}"), "{s}");
+        assert_eq!(s["workers"], workers, "{s}");
+        assert_eq!(s["available"], workers, "an idle pool: {s}");
+        assert_eq!(s["in_flight"], 0, "{s}");
+        assert_eq!(s["stats"]["workers"], workers, "the pool's Stats: {s}");
+    }
+}

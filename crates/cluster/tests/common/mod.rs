@@ -130,19 +130,45 @@ impl HostProcess {
     /// Runs `test_name` of this binary as the host `id` with `workers`
     /// workers, and waits until it serves.
     pub async fn start(test_name: &str, url: &str, id: &str, workers: usize) -> HostProcess {
+        HostProcess::spawn(test_name, url, id, workers, None).await
+    }
+
+    /// As [`HostProcess::start`], the host serving with
+    /// `ServeOptions::prefetch_per_worker(prefetch)` (0: it takes a call
+    /// only when a worker is free).
+    pub async fn start_with_prefetch(
+        test_name: &str,
+        url: &str,
+        id: &str,
+        workers: usize,
+        prefetch: usize,
+    ) -> HostProcess {
+        HostProcess::spawn(test_name, url, id, workers, Some(prefetch)).await
+    }
+
+    async fn spawn(
+        test_name: &str,
+        url: &str,
+        id: &str,
+        workers: usize,
+        prefetch: Option<usize>,
+    ) -> HostProcess {
         let ready = std::env::temp_dir().join(format!(
             "snakepit-cluster-{}-{id}-{}.ready",
             std::process::id(),
             free_port()
         ));
-        let child = snakepit_tests::this_test(test_name)
+        let mut command = snakepit_tests::this_test(test_name);
+        command
             .env("SNAKEPIT_CLUSTER_HOST", id)
             .env("SNAKEPIT_CLUSTER_NATS", url)
             .env("SNAKEPIT_CLUSTER_WORKERS", workers.to_string())
             .env("SNAKEPIT_CLUSTER_READY", &ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        if let Some(p) = prefetch {
+            command.env("SNAKEPIT_CLUSTER_PREFETCH", p.to_string());
+        }
+        let child = command.spawn().unwrap();
         let mut host = HostProcess {
             child,
             id: id.to_owned(),
@@ -203,7 +229,8 @@ impl Drop for HostProcess {
 /// The body of a host process: when `SNAKEPIT_CLUSTER_HOST` is set, serves
 /// a pool of test workers (sessions in the NATS KV store) until killed, or
 /// until SIGTERM, which shuts it down gracefully (`Node::shutdown`, then the
-/// pool) and ends it with status 0.
+/// pool) and ends it with status 0. `SNAKEPIT_CLUSTER_PREFETCH`, when set,
+/// is its `ServeOptions::prefetch_per_worker`.
 pub fn host_main() {
     let Ok(id) = std::env::var("SNAKEPIT_CLUSTER_HOST") else {
         return;
@@ -214,6 +241,9 @@ pub fn host_main() {
         .parse()
         .unwrap();
     let ready = PathBuf::from(std::env::var("SNAKEPIT_CLUSTER_READY").unwrap());
+    let prefetch: Option<usize> = std::env::var("SNAKEPIT_CLUSTER_PREFETCH")
+        .ok()
+        .map(|p| p.parse().unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -237,14 +267,13 @@ pub fn host_main() {
             .start()
             .await
             .unwrap();
-        let node = snakepit_cluster::serve_with(
-            &nats,
-            "test",
-            pool.clone(),
-            snakepit_cluster::ServeOptions::new().host_id(&id),
-        )
-        .await
-        .unwrap();
+        let mut options = snakepit_cluster::ServeOptions::new().host_id(&id);
+        if let Some(p) = prefetch {
+            options = options.prefetch_per_worker(p);
+        }
+        let node = snakepit_cluster::serve_with(&nats, "test", pool.clone(), options)
+            .await
+            .unwrap();
         let line = serde_json::json!({"workers": pool.worker_pids()});
         std::fs::write(ready.with_extension("tmp"), line.to_string()).unwrap();
         std::fs::rename(ready.with_extension("tmp"), &ready).unwrap();
