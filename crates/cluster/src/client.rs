@@ -526,9 +526,21 @@ impl Client {
                     "the NATS connection is down; calls resume when it reconnects".into(),
                 ));
             }
-            let slot = self
-                .pick(&mut target, options.affinity, session, queue_deadline)
-                .await?;
+            // The wait for room ends at the call's deadline too, whichever
+            // comes first: a deadline counts the queue wait.
+            let wait_until = deadline.map_or(queue_deadline, |d| d.min(queue_deadline));
+            let slot = match self
+                .pick(&mut target, options.affinity, session, wait_until)
+                .await
+            {
+                Err(Error::QueueTimeout(_)) if deadline.is_some_and(|d| d < queue_deadline) => {
+                    return Err(Error::CallTimeout {
+                        command: command.to_owned(),
+                        timeout: options.timeout.unwrap_or_default(),
+                    })
+                }
+                r => r?,
+            };
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {

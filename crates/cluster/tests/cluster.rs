@@ -199,6 +199,45 @@ async fn host_killed_under_load() {
     );
 }
 
+/// cluster.md, deadlines: the call's timeout is "counted from submission,
+/// queue wait included". A host of one worker and no prefetch runs a call
+/// far longer than this test; a second call with a 1 s timeout waits in
+/// the client's queue (queue timeout 60 s) and fails with `CallTimeout` at
+/// its deadline, while the first still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_deadline_counts_its_wait_in_the_clients_queue() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start_with_prefetch("host_process", &nats.url, "a", 1, 0).await;
+    let mut config = ClientConfig::default();
+    config.queue_timeout = Duration::from_secs(60);
+    let client = Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap();
+    wait_hosts(&client, 1).await;
+    let long = {
+        let client = client.clone();
+        tokio::spawn(async move { client.execute("sleep", json!({"ms": 60_000})).await })
+    };
+    eventually(30, "the long call runs on the host", || async {
+        in_flight_on(&client, "a").await == Some(1)
+    })
+    .await;
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().timeout(Duration::from_secs(1)),
+        ),
+    )
+    .await
+    .expect("the 1 s deadline ends the waiting call, not the queue timeout")
+    .unwrap_err();
+    assert!(matches!(e, Error::CallTimeout { .. }), "{e:?}");
+    assert!(!long.is_finished(), "the long call still runs");
+    long.abort();
+}
+
 /// A host shut down gracefully (`Node::shutdown`, on SIGTERM here) takes no
 /// new call, finishes the ones it runs, however long they take (longer than
 /// the host timeout here: it keeps announcing itself), and their callers get
