@@ -35,6 +35,30 @@ async fn served(client: &Client) -> HashMap<String, u64> {
     out
 }
 
+/// Starts a `sleep` with `args` in a session whose host is `host` (sessions
+/// are tried until one lands there), held there by strict affinity.
+async fn long_call_on(
+    client: &Client,
+    host: &HostProcess,
+    args: Value,
+) -> tokio::task::JoinHandle<Result<Value, Error>> {
+    for tries in 1..100 {
+        let id = format!("s{tries}");
+        let r = client
+            .execute_in_session(&id, "pid", json!({}))
+            .await
+            .unwrap();
+        if host.workers.contains(&(r["pid"].as_u64().unwrap() as u32)) {
+            let client = client.clone();
+            return tokio::spawn(async move {
+                let options = CallOptions::new().session(id).affinity(Affinity::Strict);
+                client.execute_with("sleep", args, options).await
+            });
+        }
+    }
+    panic!("no session call reached host {}", host.id);
+}
+
 async fn wait_hosts(client: &Client, n: usize) {
     eventually(30, "every host is heard from", || async {
         client.hosts().len() == n
@@ -134,28 +158,7 @@ async fn host_killed_under_load() {
     let client = client(&nats).await;
     wait_hosts(&client, 2).await;
     // A long call pinned on `a` through a session.
-    let mut tries = 0;
-    let long = loop {
-        tries += 1;
-        assert!(tries < 100, "no session call reached host a");
-        let id = format!("s{tries}");
-        let r = client
-            .execute_in_session(&id, "pid", json!({}))
-            .await
-            .unwrap();
-        if a.workers.contains(&(r["pid"].as_u64().unwrap() as u32)) {
-            let client = client.clone();
-            break tokio::spawn(async move {
-                client
-                    .execute_with(
-                        "sleep",
-                        json!({"ms": 60_000}),
-                        CallOptions::new().session(id).affinity(Affinity::Strict),
-                    )
-                    .await
-            });
-        }
-    };
+    let long = long_call_on(&client, &a, json!({"ms": 60_000})).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let client = client.clone();
@@ -250,28 +253,7 @@ async fn a_host_shut_down_gracefully_finishes_its_calls() {
     let client = client(&nats).await;
     wait_hosts(&client, 2).await;
     // A call of 3 s (twice the host timeout) pinned on `a` by its session.
-    let mut tries = 0;
-    let long = loop {
-        tries += 1;
-        assert!(tries < 100, "no session call reached host a");
-        let id = format!("s{tries}");
-        let r = client
-            .execute_in_session(&id, "pid", json!({}))
-            .await
-            .unwrap();
-        if a.workers.contains(&(r["pid"].as_u64().unwrap() as u32)) {
-            let client = client.clone();
-            break tokio::spawn(async move {
-                client
-                    .execute_with(
-                        "sleep",
-                        json!({"ms": 3000, "token": "long"}),
-                        CallOptions::new().session(id).affinity(Affinity::Strict),
-                    )
-                    .await
-            });
-        }
-    };
+    let long = long_call_on(&client, &a, json!({"ms": 3000, "token": "long"})).await;
     eventually(30, "the long call runs on host a", || async {
         client
             .status(Duration::from_millis(300))
