@@ -435,6 +435,45 @@ fn bench_json_has_the_documented_fields() {
             "{field}: {v}"
         );
     }
+    for field in ["ratio", "ready_ms"] {
+        assert!(
+            v["startup"][field].as_f64().is_some_and(|x| x > 0.0),
+            "{field}: {v}"
+        );
+    }
+    // What ran, and under which load, as the docs list them.
+    assert_eq!(v["adapter"], "python", "{v}");
+    assert!(v["script"].is_null(), "{v}");
+    assert!(
+        v["interpreter"].as_str().is_some_and(|i| !i.is_empty()),
+        "{v}"
+    );
+    assert_eq!(v["host_runtime"], "tokio current_thread", "{v}");
+    assert_eq!(v["command"], "echo", "{v}");
+    assert_eq!(v["requests"], 400, "{v}");
+    assert_eq!(v["concurrency"], 8, "{v}");
+    for part in ["raw", "pool"] {
+        let (p50, p999) = (v[part]["p50_us"].as_f64(), v[part]["p999_us"].as_f64());
+        assert!(p50.zip(p999).is_some_and(|(a, b)| b >= a), "{part}: {v}");
+    }
+    // One caller, one worker: both sides and what the pool adds.
+    for part in ["raw_1", "pool_1"] {
+        assert!(
+            v["sequential"][part]["p50_us"]
+                .as_f64()
+                .is_some_and(|x| x > 0.0),
+            "sequential.{part}: {v}"
+        );
+    }
+    let added = v["sequential"]["added_p50_us"]
+        .as_f64()
+        .expect("added_p50_us");
+    let (raw_1, pool_1) = (
+        v["sequential"]["raw_1"]["p50_us"].as_f64().unwrap_or(0.0),
+        v["sequential"]["pool_1"]["p50_us"].as_f64().unwrap_or(0.0),
+    );
+    assert!((added - (pool_1 - raw_1)).abs() < 0.11, "{v}");
+    assert!(v["sequential"]["added_p99_us"].is_f64(), "{v}");
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");
     assert!(
         svg.starts_with("<svg")
