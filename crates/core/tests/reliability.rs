@@ -287,26 +287,25 @@ async fn a_crash_storm_loses_no_call_and_the_pool_recovers() {
     pool.shutdown().await.unwrap();
 }
 
-/// A slot whose worker keeps failing to start opens its breaker: callers
-/// fail fast with the start-up error, starts are bounded, and once the
-/// cause is gone the breaker closes and calls run again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
-    let dir = temp_dir("breaker");
-    let marker = dir.join("broken");
+/// A one-worker pool whose test worker misbehaves as `env` says once
+/// `marker` exists, with a breaker of three failures and `cooldown`, and
+/// the breaker's events as they come ("opened", "closed").
+async fn breaker_pool(
+    env: &str,
+    marker: &std::path::Path,
+    cooldown: Duration,
+) -> (Pool, Arc<Mutex<Vec<&'static str>>>) {
     let mut worker = TestWorker::new();
-    worker
-        .env
-        .push(("TEST_FAIL_IF_EXISTS".into(), marker.display().to_string()));
+    worker.env.push((env.into(), marker.display().to_string()));
     let events = Arc::new(Mutex::new(Vec::new()));
     let log = events.clone();
     let pool = builder(worker)
         .size(1)
         .configure(|c| {
             c.breaker_threshold = 3;
-            c.breaker_cooldown = Duration::from_millis(800);
+            c.breaker_cooldown = cooldown;
             c.restart_backoff = Duration::from_millis(20);
-            c.queue_timeout = Duration::from_secs(10);
+            c.queue_timeout = Duration::from_secs(30);
         })
         .on_event(move |e| match e.kind {
             EventKind::BreakerOpened { .. } => log.lock().unwrap().push("opened"),
@@ -316,6 +315,18 @@ async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
         .start()
         .await
         .unwrap();
+    (pool, events)
+}
+
+/// A slot whose worker keeps failing to start opens its breaker: callers
+/// fail fast with the start-up error, starts are bounded, and once the
+/// cause is gone the breaker closes and calls run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
+    let dir = temp_dir("breaker");
+    let marker = dir.join("broken");
+    let (pool, events) =
+        breaker_pool("TEST_FAIL_IF_EXISTS", &marker, Duration::from_millis(800)).await;
     std::fs::write(&marker, "").unwrap();
     kill_9(pool.worker_pids()[0]);
     assert!(eventually(5, || events.lock().unwrap().contains(&"opened")).await);
@@ -352,29 +363,8 @@ async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
 async fn a_worker_that_dies_right_after_starting_opens_the_breaker() {
     let dir = temp_dir("breaker-quick");
     let marker = dir.join("die-soon");
-    let mut worker = TestWorker::new();
-    worker.env.push((
-        "TEST_DIE_SOON_IF_EXISTS".into(),
-        marker.display().to_string(),
-    ));
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let log = events.clone();
-    let pool = builder(worker)
-        .size(1)
-        .configure(|c| {
-            c.breaker_threshold = 3;
-            c.breaker_cooldown = Duration::from_secs(60);
-            c.restart_backoff = Duration::from_millis(20);
-            c.queue_timeout = Duration::from_secs(30);
-        })
-        .on_event(move |e| {
-            if let EventKind::BreakerOpened { .. } = e.kind {
-                log.lock().unwrap().push("opened");
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (pool, events) =
+        breaker_pool("TEST_DIE_SOON_IF_EXISTS", &marker, Duration::from_secs(60)).await;
     std::fs::write(&marker, "").unwrap();
     kill_9(pool.worker_pids()[0]);
     assert!(eventually(20, || events.lock().unwrap().contains(&"opened")).await);
