@@ -88,7 +88,7 @@ async fn get_after(pool: &Pool, session: &str, meanwhile: impl FnOnce()) -> Valu
 async fn a_paused_redis_fails_session_calls_with_the_session_error_then_recovers() {
     let redis = Redis::start().await;
     let store = Arc::new(
-        RedisStore::builder(&redis.url())
+        RedisStore::builder(redis.url())
             .timeout(TIMEOUT)
             .connect()
             .await
