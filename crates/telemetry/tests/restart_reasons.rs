@@ -3,7 +3,8 @@
 //! `start_failed`; `recycled_<why>` on `WorkerRecycled`", and
 //! `snakepit.worker.health_check.failures`, `snakepit.breaker.opened` and
 //! `snakepit.sweep.killed` count their events. Each is brought about for
-//! real (a worker recycled after its calls, one frozen with SIGSTOP, one
+//! real (workers recycled after their calls, by age, idleness and
+//! memory, one frozen with SIGSTOP, one
 //! that stops starting, leftovers of a SIGKILLed host) in pools of real
 //! Python workers, and read back from a real OTLP receiver (Rotel). (The
 //! `exited` reason has its own test, worker_restarts.rs.)
@@ -212,6 +213,36 @@ async fn each_restart_reason_and_the_breaker_and_sweep_counters_are_exported() -
     .await;
     pool.shutdown().await?;
 
+    // The other reasons a worker is recycled: its age, its idleness, its
+    // memory (any Python worker is above 1 MiB): `recycled_<why>`.
+    type Setting = fn(&mut snakepit_core::PoolConfig);
+    let others: [(&str, Setting); 3] = [
+        ("ttl", |c| c.worker_ttl = Duration::from_millis(300)),
+        ("idle", |c| {
+            c.worker_idle_timeout = Duration::from_millis(300)
+        }),
+        ("memory", |c| c.recycle_above_rss_mb = 1),
+    ];
+    for (why, setting) in others {
+        let recycled = flag();
+        let seen = recycled.clone();
+        let pool = builder(&format!("recycled-{why}"))
+            .configure(setting)
+            .on_event(move |e| {
+                if matches!(e.kind, EventKind::WorkerRecycled { reason, .. } if reason == why) {
+                    seen.store(true, Ordering::SeqCst);
+                }
+            })
+            .start()
+            .await?;
+        pool.execute("ping", json!({})).await?;
+        until(30, &format!("the worker is recycled for {why}"), || async {
+            recycled.load(Ordering::SeqCst)
+        })
+        .await;
+        pool.shutdown().await?;
+    }
+
     // Frozen (SIGSTOP): health checks fail, it is replaced: `health_check`.
     let restarted = flag();
     let seen = restarted.clone();
@@ -284,6 +315,18 @@ async fn each_restart_reason_and_the_breaker_and_sweep_counters_are_exported() -
     telemetry.shutdown()?;
 
     let wanted: &[(&str, &[(&str, &str)])] = &[
+        (
+            "snakepit.worker.restarts",
+            &[("pool", "recycled-ttl"), ("reason", "recycled_ttl")],
+        ),
+        (
+            "snakepit.worker.restarts",
+            &[("pool", "recycled-idle"), ("reason", "recycled_idle")],
+        ),
+        (
+            "snakepit.worker.restarts",
+            &[("pool", "recycled-memory"), ("reason", "recycled_memory")],
+        ),
         (
             "snakepit.worker.restarts",
             &[("pool", "recycled"), ("reason", "recycled_calls")],
