@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::{HeaderMap, Message, StatusCode, Subject};
+use async_nats::{HeaderMap, StatusCode, Subject};
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -19,12 +19,39 @@ use serde_json::Value;
 use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::outbox::{self, Outbox};
 use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects};
 use crate::{host_lost, unavailable};
 
 /// A host's message as the client reads it: results and chunks kept as
 /// their JSON text, decoded once into what the caller asked for.
 type Incoming = Reply<Box<RawValue>>;
+
+/// What reaches a call's route: a host's message, or word that it reached
+/// no host or could not be sent.
+enum Arrival {
+    Reply(Bytes),
+    /// NATS found no subscriber for the call's subject.
+    NoResponders,
+    /// The NATS client refused the message; the call was not sent.
+    Unsent(String),
+}
+
+/// Where a call's messages go, and the batch it was sent in (0: alone, or
+/// not yet sent).
+struct Route {
+    tx: mpsc::UnboundedSender<Arrival>,
+    batch: u64,
+}
+
+/// A call waiting in the client's outbox for its host.
+struct Outgoing {
+    id: u64,
+    subject: Subject,
+    reply: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+}
 
 /// A result or chunk, into what the caller asked for (a result that does
 /// not fit is the caller's `Error::Codec`, as with a local pool).
@@ -214,8 +241,10 @@ struct Inner {
     config: ClientConfig,
     inbox: String,
     next_id: AtomicU64,
+    next_batch: AtomicU64,
     turn: AtomicU64,
-    calls: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    calls: Mutex<HashMap<u64, Route>>,
+    outbox: Arc<Outbox<Outgoing>>,
     hosts: Mutex<HashMap<String, HostEntry>>,
     sessions: Mutex<SessionHosts>,
     waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
@@ -317,8 +346,10 @@ impl Client {
             .map_err(|e| unavailable(cluster, format!("cannot subscribe: {e}")))?;
         let connected = nats.connection_state() == State::Connected;
         let tick = (config.host_timeout / 6).max(Duration::from_millis(10));
+        let outbox = Arc::new(Outbox::default());
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let tasks = vec![
+                tokio::spawn(send_calls(weak.clone(), outbox.clone())).abort_handle(),
                 tokio::spawn(route_replies(weak.clone(), replies)).abort_handle(),
                 tokio::spawn(watch_hosts(weak.clone(), beats)).abort_handle(),
                 tokio::spawn(monitor(weak.clone(), tick)).abort_handle(),
@@ -330,6 +361,8 @@ impl Client {
                 config,
                 inbox,
                 next_id: AtomicU64::new(1),
+                next_batch: AtomicU64::new(1),
+                outbox,
                 turn: AtomicU64::new(0),
                 calls: Mutex::new(HashMap::new()),
                 hosts: Mutex::new(HashMap::new()),
@@ -518,6 +551,8 @@ impl Client {
             typed,
             stream,
             window: stream.then_some(wire::STREAM_WINDOW),
+            reply: None,
+            headers: None,
         };
         loop {
             if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
@@ -551,6 +586,9 @@ impl Client {
                 }
                 msg.timeout_ms = Some(left.as_millis().max(1) as u64);
             }
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let reply = format!("{}.{id}", inner.inbox);
+            msg.reply = Some(reply.clone());
             let payload = Bytes::from(serde_json::to_vec(&msg).map_err(|e| Error::Validation {
                 command: command.to_owned(),
                 message: format!("cannot encode the call: {e}"),
@@ -565,10 +603,12 @@ impl Client {
                     ),
                 });
             }
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, mut rx) = mpsc::unbounded_channel();
-            inner.calls.lock().unwrap().insert(id, tx);
-            let reply = format!("{}.{id}", inner.inbox);
+            inner
+                .calls
+                .lock()
+                .unwrap()
+                .insert(id, Route { tx, batch: 0 });
             let mut pending = Pending {
                 inner: inner.clone(),
                 id,
@@ -576,33 +616,31 @@ impl Client {
                 reply: reply.clone(),
                 sent: false,
             };
-            let subject = slot.call.clone();
-            let sent = match &headers {
-                Some(h) => {
-                    inner
-                        .nats
-                        .publish_with_reply_and_headers(subject, reply.clone(), h.clone(), payload)
-                        .await
-                }
-                None => {
-                    inner
-                        .nats
-                        .publish_with_reply(subject, reply.clone(), payload)
-                        .await
-                }
-            };
-            sent.map_err(|e| unavailable(&inner.cluster, format!("cannot send the call: {e}")))?;
+            inner.outbox.push(Outgoing {
+                id,
+                subject: slot.call.clone(),
+                reply: reply.clone(),
+                headers: headers.clone(),
+                payload,
+            });
             pending.sent = true;
             let first = tokio::time::timeout(inner.config.host_timeout, rx.recv()).await;
             let first = match first {
-                Ok(Some(m)) if m.status == Some(StatusCode::NO_RESPONDERS) => {
+                Ok(Some(Arrival::NoResponders)) => {
                     // The host is gone (its subscription with it): the call
                     // reached nobody.
                     pending.sent = false;
                     inner.host_gone(&slot.host);
                     continue;
                 }
-                Ok(Some(m)) => match serde_json::from_slice::<Incoming>(&m.payload) {
+                Ok(Some(Arrival::Unsent(e))) => {
+                    pending.sent = false;
+                    return Err(unavailable(
+                        &inner.cluster,
+                        format!("cannot send the call: {e}"),
+                    ));
+                }
+                Ok(Some(Arrival::Reply(m))) => match serde_json::from_slice::<Incoming>(&m) {
                     Ok(Reply::Declined { seq, .. }) => {
                         pending.sent = false;
                         inner.host_full(&slot.host, seq);
@@ -839,6 +877,46 @@ impl Drop for Pending {
 }
 
 impl Inner {
+    /// Sends calls to one host: alone as they were encoded, or several in
+    /// one message ([`wire::batch`]) whose reply subject stands for all of
+    /// them. A call that cannot be sent hears so from its route.
+    async fn send_run(&self, subject: Subject, run: Vec<Outgoing>) {
+        let sent = if let [one] = run.as_slice() {
+            let (reply, payload) = (one.reply.clone(), one.payload.clone());
+            match &one.headers {
+                Some(h) => {
+                    self.nats
+                        .publish_with_reply_and_headers(subject, reply, h.clone(), payload)
+                        .await
+                }
+                None => self.nats.publish_with_reply(subject, reply, payload).await,
+            }
+        } else {
+            let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut calls = self.calls.lock().unwrap();
+                for o in &run {
+                    if let Some(route) = calls.get_mut(&o.id) {
+                        route.batch = batch;
+                    }
+                }
+            }
+            let payload = wire::batch(run.iter().map(|o| (&o.payload[..], o.headers.as_ref())));
+            let reply = wire::batch_reply(&self.inbox, batch);
+            self.nats
+                .publish_with_reply(subject, reply, payload.into())
+                .await
+        };
+        if let Err(e) = sent {
+            let calls = self.calls.lock().unwrap();
+            for o in &run {
+                if let Some(route) = calls.get(&o.id) {
+                    let _ = route.tx.send(Arrival::Unsent(e.to_string()));
+                }
+            }
+        }
+    }
+
     /// The flag that turns true when `host` is lost.
     fn host_lost_flag(&self, host: &str) -> watch::Receiver<bool> {
         let mut hosts = self.hosts.lock().unwrap();
@@ -898,18 +976,65 @@ impl Inner {
     }
 }
 
+/// Sends the calls in the outbox: those to one host together, in one
+/// message when there are several.
+async fn send_calls(inner: Weak<Inner>, outbox: Arc<Outbox<Outgoing>>) {
+    loop {
+        outbox.ready().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut items = outbox.take();
+        while !items.is_empty() {
+            let subject = items[0].subject.clone();
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                items.into_iter().partition(|o| o.subject == subject);
+            items = rest;
+            // A batch's own overhead, with each call's headers, stays well
+            // within the room left below the server's limit.
+            let max = inner.nats.max_payload().saturating_sub(4096).max(1);
+            for run in outbox::runs(mine, max, |o| o.payload.len(), 256) {
+                inner.send_run(subject.clone(), run).await;
+            }
+        }
+    }
+}
+
+/// Hands each host's message to the calls it is for.
 async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) {
     while let Some(msg) = replies.next().await {
         let Some(inner) = inner.upgrade() else { return };
-        let id = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|t| t.parse::<u64>().ok());
-        if let Some(id) = id {
+        let Some(token) = msg.subject.rsplit('.').next() else {
+            continue;
+        };
+        let no_responders = msg.status == Some(StatusCode::NO_RESPONDERS);
+        if let Ok(id) = token.parse::<u64>() {
+            let arrival = match no_responders {
+                true => Arrival::NoResponders,
+                false => Arrival::Reply(msg.payload),
+            };
+            if let Some(route) = inner.calls.lock().unwrap().get(&id) {
+                let _ = route.tx.send(arrival);
+            }
+        } else if token == wire::REPLIES {
+            let Ok(replies) = wire::parse_replies(&msg.payload) else {
+                continue;
+            };
             let calls = inner.calls.lock().unwrap();
-            if let Some(tx) = calls.get(&id) {
-                let _ = tx.send(msg);
+            for (token, reply) in replies {
+                let route = token.parse::<u64>().ok().and_then(|id| calls.get(&id));
+                if let Some(route) = route {
+                    let bytes = msg.payload.slice_ref(reply.get().as_bytes());
+                    let _ = route.tx.send(Arrival::Reply(bytes));
+                }
+            }
+        } else if let Some(batch) = token.strip_prefix('b') {
+            // A batch of calls reached no host: each of its calls hears so.
+            let batch = batch.parse::<u64>().unwrap_or(0);
+            if no_responders && batch > 0 {
+                for route in inner.calls.lock().unwrap().values() {
+                    if route.batch == batch {
+                        let _ = route.tx.send(Arrival::NoResponders);
+                    }
+                }
             }
         }
     }
@@ -980,7 +1105,7 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
 struct Flight {
     inner: Arc<Inner>,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Message>,
+    rx: mpsc::UnboundedReceiver<Arrival>,
     /// The host's first message (an ack, a chunk or the outcome).
     first: Option<Incoming>,
     _slot: Reservation,
@@ -1064,7 +1189,7 @@ impl Flight {
             break tokio::select! {
             biased;
             m = self.rx.recv() => match m {
-                Some(m) => match serde_json::from_slice::<Incoming>(&m.payload) {
+                Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
                     Ok(Reply::Chunk { v }) => Ok(Reply::Chunk { v }),
                     Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
                     Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),
@@ -1074,6 +1199,8 @@ impl Flight {
                     Ok(Reply::Ack { .. }) => continue,
                     Ok(_) | Err(_) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
                 },
+                // After the host acknowledged the call: not from NATS.
+                Some(Arrival::NoResponders | Arrival::Unsent(_)) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
                 None => Err(unavailable(&self.inner.cluster, "client closed".into())),
             },
             _ = self.lost.wait_for(|l| *l) => {

@@ -5,9 +5,14 @@
 //! again after being full); clients send a call to a host that has room as
 //! they count it, and queue it while none has. A call that reaches a host
 //! with no free capacity (another client was faster) is declined, never
-//! run, and the client sends it elsewhere. Each call is acknowledged before it starts, so the client knows
-//! which host runs it and can tell, from that host's heartbeats, when the
-//! host is gone.
+//! run, and the client sends it elsewhere. A call's outcome tells the client
+//! which host ran it; one that runs for longer is acknowledged (after
+//! 50 ms), so the client knows which host runs it and can tell, from that
+//! host's heartbeats, when the host is gone.
+//!
+//! Calls arrive alone or several in one message (a client sends together
+//! the calls that were ready together); replies to one client that are
+//! ready together go in one message too ([`crate::outbox`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::outbox::{self, Outbox};
 use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 
 /// How a host serves its pool.
@@ -195,6 +201,7 @@ pub async fn serve_with(
         pid: std::process::id(),
         pool,
         served: Default::default(),
+        replies: Outbox::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut state = Serving {
@@ -214,9 +221,11 @@ pub async fn serve_with(
     };
     state.measure();
     let task = tokio::spawn(async move {
-        let status_task = tokio::spawn(answer_status(host, status));
+        let status_task = tokio::spawn(answer_status(host.clone(), status));
+        let replies_task = tokio::spawn(send_replies(host));
         state.run(stop_rx).await;
         status_task.abort();
+        replies_task.abort();
         let _ = service.stop().await;
     });
     Ok(Node {
@@ -239,10 +248,28 @@ struct HostCtx {
     pid: u32,
     pool: Pool,
     served: std::sync::atomic::AtomicU64,
+    /// Chunks and outcomes on their way to the clients.
+    replies: Outbox<(Subject, Bytes)>,
 }
 
 impl HostCtx {
+    /// Sends a message to a call's reply subject now.
     async fn send(&self, to: &Subject, reply: &impl serde::Serialize) {
+        let payload = self.encode(reply);
+        if let Err(e) = self.nats.publish(to.clone(), payload).await {
+            tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
+        }
+    }
+
+    /// Queues a chunk or an outcome for its call's client, after those
+    /// queued before it.
+    fn queue(&self, to: &Subject, reply: &impl serde::Serialize) {
+        self.replies.push((to.clone(), self.encode(reply)));
+    }
+
+    /// A reply's JSON; one over the server's `max_payload` becomes the
+    /// error saying so.
+    fn encode(&self, reply: &impl serde::Serialize) -> Bytes {
         let mut payload = serde_json::to_vec(reply).unwrap_or_default();
         let max = self.nats.max_payload();
         if payload.len() > max {
@@ -256,8 +283,34 @@ impl HostCtx {
             let e = Box::new(WireError::from_error(&err));
             payload = serde_json::to_vec(&Reply::<Value>::Err { e }).unwrap_or_default();
         }
-        if let Err(e) = self.nats.publish(to.clone(), payload.into()).await {
-            tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
+        payload.into()
+    }
+
+    /// Sends the queued replies: each alone, or those to one client (one
+    /// reply subject prefix) that are ready together in one message.
+    async fn send_queued(&self) {
+        let mut items = self.replies.take();
+        while !items.is_empty() {
+            let prefix = client_of(&items[0].0).to_owned();
+            let (mine, rest): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|(to, _)| client_of(to) == prefix);
+            items = rest;
+            let max = self.nats.max_payload().saturating_sub(1024).max(1);
+            for run in outbox::runs(mine, max, |(to, p)| to.len() + p.len(), 8) {
+                let sent = match run.as_slice() {
+                    [(to, payload)] => self.nats.publish(to.clone(), payload.clone()).await,
+                    _ => {
+                        let tokens = run.iter().map(|(to, p)| (call_of(to), &p[..]));
+                        let payload = wire::replies(tokens);
+                        let to = format!("{prefix}.{}", wire::REPLIES);
+                        self.nats.publish(to, payload.into()).await
+                    }
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(target: "snakepit::cluster", "replies to {prefix} lost: {e}");
+                }
+            }
         }
     }
 
@@ -277,6 +330,25 @@ impl HostCtx {
             "served": self.served.load(std::sync::atomic::Ordering::Relaxed),
             "stats": stats,
         })
+    }
+}
+
+/// The client a reply subject belongs to: all but its last token.
+fn client_of(reply: &str) -> &str {
+    reply.rsplit_once('.').map_or(reply, |(c, _)| c)
+}
+
+/// The call a reply subject stands for within its client: its last token.
+fn call_of(reply: &str) -> &str {
+    reply.rsplit_once('.').map_or(reply, |(_, t)| t)
+}
+
+/// Sends the host's queued replies as they come.
+async fn send_replies(host: Arc<HostCtx>) {
+    loop {
+        host.replies.ready().await;
+        let _sending = host.replies.sending().await;
+        host.send_queued().await;
     }
 }
 
@@ -444,6 +516,11 @@ impl Serving {
             }
         }
         self.heartbeat(true).await;
+        // Every call has queued its outcome: send what is left.
+        {
+            let _sending = self.host.replies.sending().await;
+            self.host.send_queued().await;
+        }
         let _ = self.host.nats.flush().await;
     }
 
@@ -468,19 +545,17 @@ impl Serving {
         }
     }
 
-    async fn decline(&mut self, msg: &mut Message) {
+    async fn decline(&mut self, reply: &Subject) {
         self.declined = true;
-        if let Some(reply) = msg.reply.take() {
-            self.host
-                .send(
-                    &reply,
-                    &Reply::<Value>::Declined {
-                        host: self.host.id.clone(),
-                        seq: self.beats,
-                    },
-                )
-                .await;
-        }
+        self.host
+            .send(
+                reply,
+                &Reply::<Value>::Declined {
+                    host: self.host.id.clone(),
+                    seq: self.beats,
+                },
+            )
+            .await;
     }
 
     /// Acknowledges the calls that have run for [`ACK_AFTER`] (a quick
@@ -515,19 +590,56 @@ impl Serving {
         }
     }
 
-    /// Takes a call if there is room, or declines it.
-    async fn take(&mut self, mut msg: Message, done: &mpsc::UnboundedSender<String>) {
-        let Some(reply) = msg.reply.clone() else {
-            return;
+    /// Takes the calls of a message: one, or a batch ([`wire::batch`]).
+    async fn take(&mut self, msg: Message, done: &mpsc::UnboundedSender<String>) {
+        if msg.payload.first() != Some(&b'[') {
+            let Some(reply) = msg.reply else {
+                return;
+            };
+            let call = serde_json::from_slice::<CallMsg>(&msg.payload);
+            return self.take_one(reply, call, msg.headers.as_ref(), done).await;
+        }
+        let calls = match serde_json::from_slice::<Vec<CallMsg>>(&msg.payload) {
+            Ok(calls) => calls,
+            Err(e) => {
+                // No call's reply subject is known: the clients' calls end
+                // with the host timeout.
+                tracing::debug!(target: "snakepit::cluster", "not a batch of calls: {e}");
+                return;
+            }
         };
+        for mut call in calls {
+            let Some(reply) = call.reply.take() else {
+                continue;
+            };
+            let headers = call.headers.take().map(|pairs| {
+                let mut h = HeaderMap::new();
+                for (k, v) in pairs {
+                    h.append(k.as_str(), v.as_str());
+                }
+                h
+            });
+            self.take_one(Subject::from(reply), Ok(call), headers.as_ref(), done)
+                .await;
+        }
+    }
+
+    /// Takes a call if there is room, or declines it.
+    async fn take_one(
+        &mut self,
+        reply: Subject,
+        call: Result<CallMsg, serde_json::Error>,
+        headers: Option<&HeaderMap>,
+        done: &mpsc::UnboundedSender<String>,
+    ) {
         let key = reply.to_string();
         if self.free() == 0 || self.running.contains_key(&key) {
-            return self.decline(&mut msg).await;
+            return self.decline(&reply).await;
         }
         if self.cancelled.remove(&key) {
             return;
         }
-        let call: CallMsg = match serde_json::from_slice(&msg.payload) {
+        let call: CallMsg = match call {
             Ok(c) => c,
             Err(e) => {
                 let err = Error::Validation {
@@ -549,12 +661,12 @@ impl Serving {
         // continue the trace from this span; otherwise the caller's
         // traceparent goes to the worker as it came.
         #[cfg(feature = "opentelemetry")]
-        let continued = crate::otel::continue_trace(&span, msg.headers.as_ref());
+        let continued = crate::otel::continue_trace(&span, headers);
         #[cfg(not(feature = "opentelemetry"))]
         let continued = false;
         let traceparent = match continued {
             true => None,
-            false => traceparent(msg.headers.as_ref()),
+            false => traceparent(headers),
         };
         let guard = Done {
             reply: key.clone(),
@@ -656,17 +768,19 @@ async fn run_call(
     let result = work.await;
     host.served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The unit is free before the caller hears of it: the serving loop
-    // (which reads ends first) cannot decline the caller's next call.
-    drop(done);
     match result {
-        Ok(Outcome::Value(v)) => host.send(reply, &Reply::Ok { v }).await,
-        Ok(Outcome::Raw(v)) => host.send(reply, &Reply::Ok { v: &*v }).await,
+        Ok(Outcome::Value(v)) => host.queue(reply, &Reply::Ok { v }),
+        Ok(Outcome::Raw(v)) => host.queue(reply, &Reply::Ok { v: &*v }),
         Err(e) => {
             let e = Box::new(WireError::from_error(&e));
-            host.send(reply, &Reply::<Value>::Err { e }).await;
+            host.queue(reply, &Reply::<Value>::Err { e });
         }
     }
+    // In the same step as queueing the outcome, before the sender can send
+    // it: the unit is free before the caller hears (the serving loop, which
+    // reads ends first, cannot decline the caller's next call), and once
+    // no call runs, every outcome is queued.
+    drop(done);
 }
 
 /// A call's result: a `Value`, or a typed call's JSON passed through.
@@ -699,7 +813,7 @@ async fn stream_call(
                         Err(_) => continue,
                     }
                 }
-                host.send(reply, &Reply::Chunk { v }).await
+                host.queue(reply, &Reply::Chunk { v })
             }
             StreamItem::Done(v) => return Ok(v),
             _ => {}

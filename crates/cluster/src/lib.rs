@@ -59,6 +59,7 @@ mod host;
 mod kv;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+mod outbox;
 mod wire;
 
 pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext};

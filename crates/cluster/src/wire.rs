@@ -85,6 +85,84 @@ pub(crate) struct CallMsg {
     /// none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) window: Option<u32>,
+    /// Where the call's replies go: in a [`batch`] of calls, whose NATS
+    /// message has one reply subject for all; a call sent alone has it
+    /// there too, and the message's own reply subject wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reply: Option<String>,
+    /// In a batch: the call's NATS headers (trace context), as name and
+    /// value pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) headers: Option<Vec<(String, String)>>,
+}
+
+/// The last subject token of a message that carries several replies to
+/// one client: `[["<call token>", <reply>], ...]` ([`replies`]).
+pub(crate) const REPLIES: &str = "m";
+
+/// The reply subject of a batch of calls (`<client inbox>.b<n>`): NATS
+/// answers there when no host subscribes, and the client then knows every
+/// call of the batch reached nobody.
+pub(crate) fn batch_reply(inbox: &str, n: u64) -> String {
+    format!("{inbox}.b{n}")
+}
+
+/// The NATS message of several calls to one host: a JSON array of the
+/// calls as each was encoded alone (with its `reply`), each with its
+/// headers spliced in. Every call must be a JSON object.
+pub(crate) fn batch<'a>(
+    calls: impl Iterator<Item = (&'a [u8], Option<&'a async_nats::HeaderMap>)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'[');
+    for (i, (call, headers)) in calls.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match headers {
+            Some(h) if call.len() > 2 => {
+                let pairs: Vec<(&str, &str)> = h
+                    .iter()
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_ref(), v.as_str())))
+                    .collect();
+                out.extend_from_slice(b"{\"headers\":");
+                // Strings only: cannot fail.
+                let _ = serde_json::to_writer(&mut out, &pairs);
+                out.push(b',');
+                out.extend_from_slice(&call[1..]);
+            }
+            _ => out.extend_from_slice(call),
+        }
+    }
+    out.push(b']');
+    out
+}
+
+/// The NATS message of several replies to one client: each reply's call
+/// token (the last token of its reply subject) and its JSON.
+pub(crate) fn replies<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'[');
+    for (i, (token, reply)) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        // A string: cannot fail (and escapes what a subject token may hold).
+        let _ = serde_json::to_writer(&mut out, token);
+        out.push(b',');
+        out.extend_from_slice(reply);
+        out.push(b']');
+    }
+    out.push(b']');
+    out
+}
+
+/// Reads a message of [`replies`]: each call token and its reply's JSON.
+pub(crate) fn parse_replies(
+    payload: &[u8],
+) -> Result<Vec<(&str, &serde_json::value::RawValue)>, serde_json::Error> {
+    serde_json::from_slice(payload)
 }
 
 /// Chunks a client lets a host send ahead of its reader.

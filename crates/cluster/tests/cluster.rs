@@ -894,3 +894,117 @@ async fn hosts_register_with_the_nats_service_api() {
         assert_eq!(s["stats"]["workers"], workers, "the pool's Stats: {s}");
     }
 }
+
+/// A spy on the cluster's traffic: every call message to `host` and every
+/// message to a client inbox, from a NATS connection of its own.
+async fn spy(nats: &NatsServer, host: &str) -> (async_nats::Subscriber, async_nats::Subscriber) {
+    let spy = nats.connect().await;
+    let calls = spy
+        .subscribe(format!("snakepit.test.host.{host}.call"))
+        .await
+        .unwrap();
+    let replies = spy.subscribe("_INBOX.>").await.unwrap();
+    spy.flush().await.unwrap();
+    (calls, replies)
+}
+
+/// The messages a spy's subscription has received so far.
+async fn received(sub: &mut async_nats::Subscriber) -> Vec<async_nats::Message> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        out.push(m);
+    }
+    out
+}
+
+/// Calls made together go to their host in one NATS message (a JSON array
+/// of calls, each with its own reply subject and trace context), and each
+/// caller gets its own outcome. The client runs on one thread here, so the
+/// 100 calls below are all ready before its sender runs: one message.
+#[tokio::test]
+async fn calls_ready_together_go_in_one_message_each_with_its_own_reply() {
+    let nats = NatsServer::start().await;
+    let _a = HostProcess::start_with_prefetch("host_process", &nats.url, "a", 2, 100).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let (mut calls, mut replies) = spy(&nats, "a").await;
+    let tp = |i: usize| format!("00-{:032x}-{:016x}-01", i + 1, i + 1);
+    let outcomes = futures_util::future::join_all((0..100).map(|i| {
+        let client = client.clone();
+        async move {
+            let options = CallOptions::new().traceparent(tp(i));
+            let echoed = client.execute("echo", json!({"i": i})).await;
+            let seen = client.execute_with("context", json!({}), options).await;
+            (i, echoed, seen)
+        }
+    }))
+    .await;
+    for (i, echoed, seen) in outcomes {
+        assert_eq!(
+            echoed.unwrap()["echoed"]["i"],
+            i,
+            "call {i} got its own reply"
+        );
+        assert_eq!(
+            seen.unwrap()["traceparent"],
+            tp(i),
+            "call {i}'s trace context"
+        );
+    }
+    let sent = received(&mut calls).await;
+    let batched: Vec<usize> = sent
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Vec<Value>>(&m.payload).ok())
+        .map(|calls| calls.len())
+        .collect();
+    assert!(
+        sent.len() < 200 && batched.iter().any(|&n| n >= 50),
+        "200 calls in {} messages, batches of {batched:?}",
+        sent.len()
+    );
+    // The replies: each a message of its own, or several to this client in
+    // one (`<inbox>.m`); every call had exactly one outcome above.
+    let back = received(&mut replies).await;
+    assert!(
+        !back.is_empty() && back.len() <= 200,
+        "{} replies",
+        back.len()
+    );
+}
+
+/// A batch of calls sent to a host that has just left NATS (killed: the
+/// client has not yet missed its heartbeats) reaches nobody; NATS says so
+/// for the whole batch, and every call goes to the other host: none fails,
+/// none waits for the host timeout.
+#[tokio::test]
+async fn a_batch_sent_to_a_host_gone_from_nats_goes_to_another() {
+    let nats = NatsServer::start().await;
+    let mut a = HostProcess::start_with_prefetch("host_process", &nats.url, "a", 1, 100).await;
+    let b = HostProcess::start_with_prefetch("host_process", &nats.url, "b", 1, 100).await;
+    let mut config = ClientConfig::default();
+    config.host_timeout = Duration::from_secs(30);
+    let client = Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap();
+    wait_hosts(&client, 2).await;
+    a.kill();
+    // Until NATS has dropped the host's subscription.
+    let probe = nats.connect().await;
+    eventually(10, "host a's subscription is gone", || async {
+        let r = probe
+            .request("snakepit.test.host.a.call", "{}".into())
+            .await;
+        matches!(&r, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders)
+    })
+    .await;
+    assert_eq!(client.hosts().len(), 2, "the client still counts on host a");
+    // A call that waited for its host would fail with `HostLost` after the
+    // host timeout: each must succeed.
+    let outcomes =
+        futures_util::future::join_all((0..40).map(|_| client.execute("pid", json!({})))).await;
+    for r in outcomes {
+        let pid = r.unwrap()["pid"].as_u64().unwrap() as u32;
+        assert!(b.workers.contains(&pid), "served by host b");
+    }
+    assert_eq!(client.hosts().len(), 1, "host a is no longer counted on");
+}

@@ -1,0 +1,121 @@
+//! Messages waiting to go out on NATS, sent together.
+//!
+//! A client's calls and a host's replies are pushed here by the tasks that
+//! make them, without waiting; one sender task takes everything pushed
+//! since it last ran and sends it, several calls to one host (or several
+//! replies to one client) in one NATS message. Under load the callers woken
+//! together push together, so a message carries as many calls as were
+//! ready, and the NATS server, the network and both ends handle one message
+//! instead of many; a lone call goes out alone, as soon as the sender runs.
+
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+pub(crate) struct Outbox<T> {
+    items: Mutex<Vec<T>>,
+    wake: Notify,
+    /// Held while a sender sends what it took, so that a last drain can
+    /// wait for it ([`Outbox::sending`]).
+    sending: tokio::sync::Mutex<()>,
+}
+
+impl<T> Default for Outbox<T> {
+    fn default() -> Self {
+        Outbox {
+            items: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            sending: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl<T> Outbox<T> {
+    /// Adds an item; the sender runs if it was idle.
+    pub(crate) fn push(&self, item: T) {
+        let mut items = self.items.lock().unwrap();
+        let first = items.is_empty();
+        items.push(item);
+        drop(items);
+        if first {
+            // Stores a permit if the sender is busy: it looks again after.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Returns once something is waiting to be sent.
+    pub(crate) async fn ready(&self) {
+        while self.items.lock().unwrap().is_empty() {
+            self.wake.notified().await;
+        }
+    }
+
+    /// Everything pushed so far, to send (holding [`sending`](Self::sending)).
+    pub(crate) fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.items.lock().unwrap())
+    }
+
+    /// The sending lock: a sender holds it from [`take`](Self::take) to the
+    /// end of its sends; whoever else holds it knows that nothing taken is
+    /// still unsent.
+    pub(crate) async fn sending(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.sending.lock().await
+    }
+}
+
+/// Splits `items` into runs of at most `max` bytes (as `size` counts them,
+/// with `overhead` for each item), keeping their order; an item larger than
+/// `max` is a run of its own.
+pub(crate) fn runs<T>(
+    items: Vec<T>,
+    max: usize,
+    size: impl Fn(&T) -> usize,
+    overhead: usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let n = size(&item) + overhead;
+        match out.last_mut() {
+            Some(run) if used + n <= max => {
+                used += n;
+                run.push(item);
+            }
+            _ => {
+                used = n;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_keep_order_and_size() {
+        let items = vec![3usize, 3, 3, 10, 1, 1];
+        let r = runs(items, 8, |n| *n, 1);
+        assert_eq!(r, vec![vec![3, 3], vec![3], vec![10], vec![1, 1]]);
+        assert!(runs(Vec::<usize>::new(), 8, |n| *n, 1).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_while_the_sender_is_busy_is_not_lost() {
+        let outbox = Outbox::default();
+        outbox.push(1);
+        outbox.ready().await;
+        assert_eq!(outbox.take(), vec![1]);
+        // The sender is "sending" now; two more arrive meanwhile.
+        outbox.push(2);
+        outbox.push(3);
+        outbox.ready().await;
+        assert_eq!(outbox.take(), vec![2, 3]);
+        assert!(outbox.take().is_empty());
+        let ready =
+            tokio::time::timeout(std::time::Duration::from_millis(20), outbox.ready()).await;
+        assert!(ready.is_err(), "nothing pushed: ready waits");
+    }
+}
