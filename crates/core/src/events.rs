@@ -87,7 +87,9 @@ pub enum EventKind<'a> {
         /// Why.
         cause: &'a str,
     },
-    /// A ready worker ended (crash, kill, recycling or shutdown).
+    /// A ready worker ended on its own or was killed (a crash, a kill, a
+    /// failed health check). A worker the pool retires (recycling, shutdown)
+    /// is not reported here; recycling is [`EventKind::WorkerRecycled`].
     WorkerExited {
         /// Its slot.
         worker: usize,
