@@ -988,10 +988,23 @@ async fn send_calls(inner: Weak<Inner>, outbox: Arc<Outbox<Outgoing>>) {
             let (mine, rest): (Vec<_>, Vec<_>) =
                 items.into_iter().partition(|o| o.subject == subject);
             items = rest;
-            // A batch's own overhead, with each call's headers, stays well
-            // within the room left below the server's limit.
-            let max = inner.nats.max_payload().saturating_sub(4096).max(1);
-            for run in outbox::runs(mine, max, |o| o.payload.len(), 256) {
+            // Each call as it goes in a batch: its JSON, its headers (as
+            // JSON pairs, quoted), a separator.
+            let size = |o: &Outgoing| {
+                let headers = o.headers.as_ref().map_or(0, |h| {
+                    h.iter()
+                        .flat_map(|(k, vs)| {
+                            let k: &str = k.as_ref();
+                            vs.iter().map(move |v| k.len() + v.as_str().len())
+                        })
+                        .map(|n| 2 * n + 16)
+                        .sum::<usize>()
+                        + 16
+                });
+                o.payload.len() + headers
+            };
+            let max = inner.nats.max_payload().saturating_sub(64).max(1);
+            for run in outbox::runs(mine, max, size, 1) {
                 inner.send_run(subject.clone(), run).await;
             }
         }

@@ -268,18 +268,19 @@ impl HostCtx {
     }
 
     /// A reply's JSON; one over the server's `max_payload` becomes the
-    /// error saying so.
+    /// error saying so: a codec error of the outcome (the call ran; only
+    /// its result cannot be carried), never one that says it never ran.
     fn encode(&self, reply: &impl serde::Serialize) -> Bytes {
         let mut payload = serde_json::to_vec(reply).unwrap_or_default();
         let max = self.nats.max_payload();
         if payload.len() > max {
-            let err = Error::Validation {
-                command: String::new(),
-                message: format!(
-                    "the reply of {} bytes exceeds the NATS server's max_payload of {max} bytes",
+            let err = Error::Codec(snakepit_protocol::Error::InvalidPayload {
+                codec: "json",
+                detail: format!(
+                    "the reply of {} bytes exceeds the NATS server's max_payload of {max} bytes; the call ran",
                     payload.len()
                 ),
-            };
+            });
             let e = Box::new(WireError::from_error(&err));
             payload = serde_json::to_vec(&Reply::<Value>::Err { e }).unwrap_or_default();
         }

@@ -37,13 +37,18 @@
 //!   [`NatsKvStore`] (JetStream key-value) so any host can serve them.
 //! - **Deadlines, cancellation and trace context** travel with the call:
 //!   the time left, a cancel message when the caller's future is dropped,
-//!   and the `traceparent` NATS header (with the `opentelemetry` feature:
+//!   and the `traceparent` NATS header (a batch of calls carries each
+//!   call's headers in its JSON instead; with the `opentelemetry` feature:
 //!   the W3C context of the caller's current span, continued on the host
 //!   in a `snakepit.cluster.serve` span).
 //! - **Failures** are clear and bounded: a host that stops answering fails
 //!   its calls within [`ClientConfig::host_timeout`] ([`is_host_lost`]), a
 //!   call is never sent twice, and while the NATS connection is down calls
 //!   fail at once ([`is_unavailable`]) and work again when it is back.
+//! - **Batching**: calls made together to one host go in one NATS message,
+//!   and a host's replies ready together for one client in one; a lone
+//!   call goes alone, at once. Under load this cuts the messages through
+//!   the NATS server by about four fifths.
 //! - **Discovery**: each host registers with the NATS service API as
 //!   `snakepit-<cluster>` ([`Client::status`], `nats micro ls`).
 //!

@@ -919,8 +919,10 @@ async fn received(sub: &mut async_nats::Subscriber) -> Vec<async_nats::Message> 
 
 /// Calls made together go to their host in one NATS message (a JSON array
 /// of calls, each with its own reply subject and trace context), and each
-/// caller gets its own outcome. The client runs on one thread here, so the
-/// 100 calls below are all ready before its sender runs: one message.
+/// caller gets its own outcome. The client runs on one thread here, so
+/// the calls below that get ready before its sender runs go together (how
+/// many depends on Tokio's cooperative budget, which makes a task yield
+/// after so many operations).
 #[tokio::test]
 async fn calls_ready_together_go_in_one_message_each_with_its_own_reply() {
     let nats = NatsServer::start().await;
@@ -958,18 +960,35 @@ async fn calls_ready_together_go_in_one_message_each_with_its_own_reply() {
         .map(|calls| calls.len())
         .collect();
     assert!(
-        sent.len() < 200 && batched.iter().any(|&n| n >= 50),
+        sent.len() < 200 && batched.iter().any(|&n| n >= 2),
         "200 calls in {} messages, batches of {batched:?}",
         sent.len()
     );
-    // The replies: each a message of its own, or several to this client in
-    // one (`<inbox>.m`); every call had exactly one outcome above.
-    let back = received(&mut replies).await;
-    assert!(
-        !back.is_empty() && back.len() <= 200,
-        "{} replies",
-        back.len()
-    );
+    // The replies: each a message of its own, or several ready together
+    // for this client in one (`<inbox>.m`, `[["<call>", <reply>], ...]`).
+    // Whether two are ready together depends on the host's timing: more
+    // rounds of calls until some are (batching that never happens fails).
+    let mut back = received(&mut replies).await;
+    for _ in 0..20 {
+        let batched: Vec<Vec<(String, Value)>> = back
+            .iter()
+            .filter(|m| m.subject.ends_with(".m"))
+            .map(|m| serde_json::from_slice(&m.payload).expect("[[call, reply], ...]"))
+            .collect();
+        if let Some(replies) = batched.iter().find(|r| r.len() >= 2) {
+            for (call, reply) in replies {
+                assert!(call.parse::<u64>().is_ok(), "{call}");
+                assert!(reply["ok"]["v"]["echoed"]["i"].is_u64(), "{reply}");
+            }
+            return;
+        }
+        let calls = (0..100).map(|i| client.execute("echo", json!({"i": i})));
+        for r in futures_util::future::join_all(calls).await {
+            r.unwrap();
+        }
+        back = received(&mut replies).await;
+    }
+    panic!("no two replies were ever sent together");
 }
 
 /// A batch of calls sent to a host that has just left NATS (killed: the
