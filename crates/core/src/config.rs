@@ -81,7 +81,7 @@ pub struct PoolConfig {
     /// failure in a row, with jitter.
     #[serde(rename = "restart_backoff_ms", with = "millis")]
     pub restart_backoff: Duration,
-    /// The longest delay between restarts.
+    /// The longest delay between restarts (jitter included).
     #[serde(rename = "restart_backoff_max_ms", with = "millis")]
     pub restart_backoff_max: Duration,
     /// Start failures in a row after which a slot's breaker opens: callers

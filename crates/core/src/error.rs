@@ -67,8 +67,9 @@ pub enum Error {
         message: String,
     },
     /// The pools behind this handle cannot be reached (a cluster whose
-    /// messaging connection is down, or that has no host): the call was not
-    /// sent and never ran.
+    /// messaging connection is down): the call was not sent and never ran.
+    /// A cluster that is reachable but has no host is not unavailable: its
+    /// calls wait for room and end with [`Error::QueueTimeout`].
     #[error("{target} is unavailable: {message}")]
     Unavailable {
         /// What could not be reached (a cluster's name).

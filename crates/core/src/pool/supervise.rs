@@ -185,7 +185,7 @@ fn failed_start(shared: &Shared, i: usize, failures: &mut u32, e: &StartError) -
     st.last_start_error = Some(e.clone());
     if *failures < shared.config.breaker_threshold {
         drop(st);
-        return jitter(backoff(&shared.config, *failures), i as u64);
+        return restart_delay(&shared.config, backoff(&shared.config, *failures), i as u64);
     }
     st.slots[i].breaker_open = true;
     let none_ready = st.slots.iter().all(|s| s.worker.is_none());
@@ -437,7 +437,7 @@ pub(crate) async fn recycle(
                 cause: &e.cause,
             });
             tokio::select! {
-                _ = tokio::time::sleep(jitter(shared.config.restart_backoff_max, i as u64)) => {}
+                _ = tokio::time::sleep(restart_delay(&shared.config, shared.config.restart_backoff_max, i as u64)) => {}
                 _ = shutdown.changed() => {}
             }
             None
@@ -487,6 +487,13 @@ pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
             tokio::time::sleep(config.cleanup_retry_interval).await;
         }
     }
+}
+
+/// A restart's delay: `base` with jitter, never past
+/// `restart_backoff_max` (the longest delay between restarts, as
+/// documented).
+fn restart_delay(config: &PoolConfig, base: Duration, salt: u64) -> Duration {
+    jitter(base, salt).min(config.restart_backoff_max)
 }
 
 pub(crate) fn backoff(config: &PoolConfig, failures: u32) -> Duration {
@@ -549,4 +556,28 @@ pub(crate) async fn check_health(shared: Arc<Shared>, worker: Arc<Worker>) {
         });
     }
     worker.kill();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README and reliability.md: restart delays start at
+    /// `restart_backoff`, double with each failure in a row, carry ±50%
+    /// jitter, and never pass `restart_backoff_max`.
+    #[test]
+    fn restart_delays_double_with_jitter_up_to_the_maximum() {
+        let config = PoolConfig::default();
+        let (first, max) = (config.restart_backoff, config.restart_backoff_max);
+        assert_eq!(backoff(&config, 1), first);
+        assert_eq!(backoff(&config, 2), first * 2);
+        assert_eq!(backoff(&config, 3), first * 4);
+        assert_eq!(backoff(&config, 40), max);
+        for salt in 0..2_000u64 {
+            let d = restart_delay(&config, backoff(&config, 3), salt);
+            assert!(d >= first * 2 && d <= first * 6, "{d:?}");
+            let d = restart_delay(&config, backoff(&config, 40), salt);
+            assert!(d >= max / 2 && d <= max, "{d:?}");
+        }
+    }
 }
