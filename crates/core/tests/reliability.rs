@@ -383,6 +383,55 @@ async fn a_worker_that_dies_right_after_starting_opens_the_breaker() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// reliability.md: after the cool-down one start is tried (half-open); a
+/// worker that then dies within the second re-opens the breaker, and once
+/// the cause is gone the next trial closes it and calls run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_cool_down_one_start_is_tried_and_a_quick_death_reopens_the_breaker() {
+    let dir = temp_dir("breaker-half-open");
+    let marker = dir.join("die-soon");
+    let (pool, events) = breaker_pool(
+        "TEST_DIE_SOON_IF_EXISTS",
+        &marker,
+        Duration::from_millis(1500),
+    )
+    .await;
+    std::fs::write(&marker, "").unwrap();
+    kill_9(pool.worker_pids()[0]);
+    let opened = |n: usize| {
+        let events = events.clone();
+        move || {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| **e == "opened")
+                .count()
+                >= n
+        }
+    };
+    assert!(eventually(20, opened(1)).await);
+    let starts = pool.stats().restarts;
+    assert!(
+        eventually(20, opened(2)).await,
+        "the half-open trial's quick death re-opens it"
+    );
+    assert_eq!(
+        pool.stats().restarts - starts,
+        1,
+        "one start was tried after the cool-down"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    assert!(eventually(20, || pool.stats().workers == 1).await);
+    assert!(eventually(5, || events.lock().unwrap().contains(&"closed")).await);
+    assert_eq!(
+        pool.execute("echo", json!({"x": 1})).await.unwrap()["echoed"]["x"],
+        1
+    );
+    pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Calls keep running while workers are recycled after a number of calls,
 /// a time to live, a memory limit and an idle time: none fails, and the
 /// replacement starts before the old worker goes.
