@@ -432,3 +432,77 @@ impl SessionStore for MemoryStore {
         self.inner.listeners.write_locked().push(listener);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many entries the shards have room for: what the table holds on
+    /// to. Not visible through the public API, hence a unit test.
+    fn capacity(store: &MemoryStore) -> usize {
+        store
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.locked().capacity())
+            .sum()
+    }
+
+    /// sessions.md: the sweep "shrinks shards that have become mostly empty
+    /// so that memory is returned". 20,000 sessions, all but 64 deleted:
+    /// the sweep (every 5 ms here) gives most of the room back; it keeps
+    /// enough for what is left.
+    #[tokio::test]
+    async fn the_sweep_shrinks_shards_that_became_mostly_empty() {
+        let store = MemoryStore::builder()
+            .sweep_interval(Duration::from_millis(5))
+            .build();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("s{i}")).collect();
+        for id in &ids {
+            store.create_session(id, None).await.unwrap();
+        }
+        let full = capacity(&store);
+        assert!(full >= 20_000, "{full}");
+        for id in &ids[64..] {
+            assert!(store.delete_session(id).await.unwrap());
+        }
+        // Deleting alone keeps the room; the sweep gives it back.
+        snakepit_tests::until(30, "the sweep shrank the shards", || {
+            let store = store.clone();
+            async move { capacity(&store) * 8 < full }
+        })
+        .await;
+        let after = capacity(&store);
+        for id in &ids[..64] {
+            assert!(store.session_exists(id).await.unwrap(), "{id} survived");
+        }
+        assert!(after >= 64, "room for the sessions left: {after}");
+    }
+
+    /// The same through `cleanup_expired`, without a runtime's sweep:
+    /// deleting alone keeps the room; the cleanup gives it back.
+    #[test]
+    fn cleanup_shrinks_mostly_empty_shards() {
+        let store = MemoryStore::new(); // built outside a runtime: no sweep
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..20_000 {
+                store.create_session(&format!("s{i}"), None).await.unwrap();
+            }
+            let full = capacity(&store);
+            for i in 64..20_000 {
+                store.delete_session(&format!("s{i}")).await.unwrap();
+            }
+            let deleted = capacity(&store);
+            store.cleanup_expired().await.unwrap();
+            let after = capacity(&store);
+            assert!(
+                deleted * 2 > full,
+                "deleting alone keeps the room: {deleted} of {full}"
+            );
+            assert!(after * 8 < full, "{after} of {full}");
+        });
+    }
+}
