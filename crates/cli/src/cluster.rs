@@ -151,9 +151,10 @@ pub(crate) struct ServeArgs {
     /// This host's id in the cluster [default: a random one].
     #[arg(long, value_name = "ID")]
     host_id: Option<String>,
-    /// Calls the host accepts per worker beyond those it runs (queued in its
-    /// pool, so that workers do not idle while the next call is on the wire)
-    /// [default: 8].
+    /// The most calls the host accepts per worker beyond those it runs
+    /// (queued in its pool, so that workers do not idle while the next call
+    /// is on the wire; fewer for longer calls: enough for 4 ms of them, at
+    /// least 1) [default: 32].
     #[arg(long, value_name = "N")]
     prefetch: Option<usize>,
 }

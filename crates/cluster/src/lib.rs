@@ -68,7 +68,7 @@ mod outbox;
 mod wire;
 
 pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext};
-pub use host::{serve, serve_with, Node, ServeOptions};
+pub use host::{serve, serve_with, Node, ServeOptions, PREFETCH_WINDOW};
 pub use kv::{NatsKvStore, NatsKvStoreBuilder};
 
 use snakepit_core::Error;

@@ -723,11 +723,13 @@ async fn dropping_a_stream_cancels_the_call_on_the_host() {
 
 /// cluster.md, capacity: "the host's ready workers times
 /// `ServeOptions::calls_per_worker` (by default what each worker says it
-/// runs at once: 1 for the Python ... bridges' plain handlers ...) plus
-/// `prefetch_per_worker` (8)": a host of one Python test worker, idle, has
-/// a capacity of 1 x 1 + 1 x 8 = 9, all of it free.
+/// runs at once: 1 for the Python ... bridges' plain handlers ...) plus a
+/// prefetch per worker" that follows the calls: at most
+/// `prefetch_per_worker` (32), which it takes before any call is timed;
+/// enough for 4 ms of recent calls after (1 for calls of 50 ms); more
+/// again once the calls are short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_worker_hosts_capacity_is_its_worker_plus_eight_prefetch() {
+async fn a_hosts_capacity_is_its_worker_plus_a_prefetch_that_follows_the_calls() {
     let nats = NatsServer::start().await;
     let host = HostProcess::start("host_process", &nats.url, "one", 1).await;
     let client = client(&nats).await;
@@ -735,8 +737,25 @@ async fn a_one_worker_hosts_capacity_is_its_worker_plus_eight_prefetch() {
     let hosts = client.hosts();
     assert_eq!(hosts[0].id, "one", "{hosts:?}");
     assert_eq!(hosts[0].pid, host.pid, "{hosts:?}");
-    assert_eq!(hosts[0].capacity, 9, "1 x calls_per_worker + 8: {hosts:?}");
-    assert_eq!(hosts[0].free, 9, "an idle host: {hosts:?}");
+    assert_eq!(
+        hosts[0].capacity, 33,
+        "1 x calls_per_worker + 32: {hosts:?}"
+    );
+    assert_eq!(hosts[0].free, 33, "an idle host: {hosts:?}");
+    for _ in 0..3 {
+        client.execute("sleep", json!({"ms": 50})).await.unwrap();
+    }
+    eventually(10, "50 ms calls: a prefetch of 1", || async {
+        client.hosts()[0].capacity == 2
+    })
+    .await;
+    for _ in 0..100 {
+        client.execute("echo", json!({})).await.unwrap();
+    }
+    eventually(10, "short calls: a larger prefetch again", || async {
+        client.hosts()[0].capacity >= 10
+    })
+    .await;
 }
 
 /// The in-flight count of host `id`, from the NATS service API.

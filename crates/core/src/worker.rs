@@ -358,7 +358,7 @@ impl Worker {
         if inner.dead {
             return Err(pending);
         }
-        if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
+        if inner.pending.is_empty() && self.runs_one_at_a_time() {
             inner.running_since = Some(Instant::now());
         }
         if pending.chunks.is_some() {
@@ -384,7 +384,7 @@ impl Worker {
         if inner.dead {
             return Err(pending);
         }
-        if inner.pending.is_empty() && self.pipelining.load(Ordering::Relaxed) {
+        if inner.pending.is_empty() && self.runs_one_at_a_time() {
             inner.running_since = Some(Instant::now());
         }
         inner.pending.insert(id, (pending, Some(deadline)));
@@ -447,6 +447,16 @@ impl Worker {
         let us = max_call.as_micros().min(u128::from(u32::MAX - 1)) as u32;
         self.max_call_us.store(us, Ordering::Relaxed);
         self.pipelining.store(on, Ordering::Relaxed);
+    }
+
+    /// The moving average of its recent calls' run time (a worker that
+    /// runs one call at a time: from the moment it could start a call to its
+    /// reply), if one has ended.
+    pub(crate) fn call_time(&self) -> Option<Duration> {
+        match self.call_us.load(Ordering::Relaxed) {
+            u32::MAX => None,
+            us => Some(Duration::from_micros(u64::from(us))),
+        }
     }
 
     /// Its recent calls were shorter than the pool's `pipeline_max_call`.

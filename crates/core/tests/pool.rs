@@ -818,3 +818,31 @@ async fn a_call_the_worker_reports_cancelled_is_cancelled() {
     assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
     pool.shutdown().await.unwrap();
 }
+
+/// `Stats::call_time`: `None` before any call has ended; then the workers'
+/// recent calls' run time (a 40 ms sleep runs at least 40 ms; the wait in
+/// the queue is not counted: two callers on one worker, each call waiting
+/// behind the other, still average about one call's time, not two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_call_time_is_the_workers_recent_run_time() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    assert_eq!(pool.stats().call_time, None);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 40})).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    let t = pool.stats().call_time.expect("timed");
+    assert!(t >= Duration::from_millis(40), "{t:?}");
+    assert!(
+        t < Duration::from_millis(40 * 4),
+        "{t:?}: the run time, not the time since submission (up to 320 ms)"
+    );
+    let json = serde_json::to_value(pool.stats()).unwrap();
+    assert!(json["call_time_us"].as_u64().unwrap() >= 40_000, "{json}");
+    pool.shutdown().await.unwrap();
+}

@@ -52,6 +52,13 @@ pub struct Stats {
     /// Sessions with a worker affinity record (at most `max_sessions`;
     /// each goes after `session_ttl` unused, or with `end_session`).
     pub sessions: usize,
+    /// How long the ready workers' recent calls ran, on average (each
+    /// worker's moving average over about its last eight calls, from the
+    /// moment it could start a call to its reply: time in the queue not
+    /// counted). Measured for workers that run one call at a time; `None`
+    /// until one of them has answered a call. In JSON: `call_time_us`.
+    #[serde(rename = "call_time_us", serialize_with = "as_micros")]
+    pub call_time: Option<Duration>,
 }
 
 /// One ready worker, as [`Pool::workers`](crate::Pool::workers) reports it.
@@ -80,6 +87,16 @@ pub struct WorkerInfo {
     /// What a preloaded worker really costs, where `rss_bytes` counts
     /// everything it shares with its template in full.
     pub pss_bytes: Option<u64>,
+}
+
+fn as_micros<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_micros() as u64)),
+        None => s.serialize_none(),
+    }
 }
 
 pub(crate) fn as_millis<S: serde::Serializer>(
@@ -118,7 +135,12 @@ impl Shared {
         let st = self.state();
         let c = &self.counters;
         let mut s = Stats::default();
+        let (mut timed, mut total) = (0u32, Duration::ZERO);
         for slot in st.slots.iter().filter(|s| s.worker.is_some()) {
+            if let Some(t) = slot.worker.as_ref().and_then(|w| w.call_time()) {
+                timed += 1;
+                total += t;
+            }
             s.workers += 1;
             s.capacity += slot.capacity as usize;
             s.in_flight += slot.in_flight as usize;
@@ -146,6 +168,7 @@ impl Shared {
         s.start_failures = c.start_failures.load(Ordering::Relaxed);
         s.recycled = c.recycled.load(Ordering::Relaxed);
         s.sessions = st.affinity.len();
+        s.call_time = (timed > 0).then(|| total / timed);
         s
     }
 }

@@ -33,7 +33,7 @@ impl Worker {
         let pending = {
             let mut inner = self.inner();
             let pending = inner.pending.remove(&id).map(|(p, _)| p);
-            if pending.is_some() && self.pipelining.load(Ordering::Relaxed) {
+            if pending.is_some() && self.runs_one_at_a_time() {
                 self.timed(&mut inner);
             }
             pending
