@@ -28,6 +28,8 @@ pub use snakepit_tests::{free_port, nats_server_bin};
 pub struct NatsServer {
     child: Option<Child>,
     dir: PathBuf,
+    /// A configuration file the server reads (`-c`), if any.
+    config: Option<PathBuf>,
     pub port: u16,
     pub url: String,
 }
@@ -40,6 +42,26 @@ impl NatsServer {
         let mut server = NatsServer {
             child: None,
             dir,
+            config: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        server.up().await;
+        server
+    }
+
+    /// As [`NatsServer::start`], the server also reading `config` (the text
+    /// of a nats-server configuration file, e.g. `max_payload: 65536`).
+    pub async fn start_with_config(config: &str) -> NatsServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("nats.conf");
+        std::fs::write(&file, config).unwrap();
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            config: Some(file),
             port,
             url: format!("nats://127.0.0.1:{port}"),
         };
@@ -49,7 +71,11 @@ impl NatsServer {
 
     async fn up(&mut self) {
         #[allow(clippy::disallowed_methods)] // a test server, not a worker
-        let child = std::process::Command::new(nats_server_bin())
+        let mut command = std::process::Command::new(nats_server_bin());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -232,6 +258,27 @@ impl Drop for HostProcess {
 /// pool) and ends it with status 0. `SNAKEPIT_CLUSTER_PREFETCH`, when set,
 /// is its `ServeOptions::prefetch_per_worker`.
 pub fn host_main() {
+    host_main_with(TestWorker);
+}
+
+/// A worker script run with the Python bridge on its path.
+pub struct ScriptWorker(pub PathBuf);
+
+impl Adapter for ScriptWorker {
+    fn launch(&self) -> Launch {
+        let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
+        Launch::new(python)
+            .arg(&self.0)
+            .env("PYTHONPATH", root().join("bridges/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+    }
+    fn codec(&self) -> WireCodec {
+        WireCodec::Json
+    }
+}
+
+/// [`host_main`] with the workers of `adapter`.
+pub fn host_main_with<A: Adapter + 'static>(adapter: A) {
     let Ok(id) = std::env::var("SNAKEPIT_CLUSTER_HOST") else {
         return;
     };
@@ -257,7 +304,7 @@ pub fn host_main() {
                 .await
                 .unwrap(),
         );
-        let pool = snakepit_session::attach(snakepit_core::Pool::builder(TestWorker), store)
+        let pool = snakepit_session::attach(snakepit_core::Pool::builder(adapter), store)
             .size(workers)
             .name(format!("cluster-test-{id}"))
             .configure(|c| {

@@ -1,0 +1,292 @@
+//! Promises of docs/cli.md and docs/cluster.md about `snakepit serve` and
+//! `snakepit exec --cluster`, against a real nats-server, `snakepit serve`
+//! processes and their Python workers: Ctrl-C leaves as SIGTERM does,
+//! `--prefetch 0` makes capacity equal to the workers, a call through the
+//! cluster exits with the codes of a local `exec`, and `NATS_URL` stands in
+//! for `--nats`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+mod common;
+
+use common::*;
+
+const WORKER: &str = r#"
+import os, sys, time
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("echo")
+def echo(args, ctx):
+    return {"echoed": args, "pid": os.getpid()}
+
+@worker.command("fail")
+def fail(args, ctx):
+    raise ValueError("bad value from the worker")
+
+@worker.command("nap")
+def nap(args, ctx):
+    time.sleep(args.get("ms", 0) / 1000.0)
+    return {"slept": True}
+
+@worker.command("die")
+def die(args, ctx):
+    sys.stderr.write("dying on purpose\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+worker.run()
+"#;
+
+/// A `snakepit serve` process; SIGKILLed on drop unless it ended.
+struct Serve {
+    child: Child,
+    /// Its stderr, whole, once it has ended.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Serve {
+    /// Starts `snakepit serve ARGS` with `env` and waits until it says it
+    /// serves.
+    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args(args)
+            .env_remove("SNAKEPIT_CONFIG")
+            .env_remove("NATS_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("snakepit serve runs");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("serves cluster") {
+                    let _ = ready_tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let mut serve = Serve {
+            child,
+            stderr: Some(reader),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = serve.child.kill();
+            let (status, stderr) = serve.wait();
+            panic!("snakepit serve never served ({status:?}): {stderr}");
+        }
+        serve
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for it to end: its exit status and its whole stderr.
+    fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("snakepit serve ends");
+        let stderr = self.stderr.take().map(|r| r.join().unwrap());
+        (status, stderr.unwrap_or_default())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `snakepit serve` on Ctrl-C (SIGINT) leaves the cluster as on SIGTERM: it
+/// finishes the call in flight for its caller, then exits 0.
+#[test]
+fn serve_leaves_on_ctrl_c_with_exit_0_finishing_its_call() {
+    let nats = snakepit_tests::NatsServer::start();
+    let dir = Dir::new("serve-int");
+    let script = dir.file("worker.py", WORKER);
+    let mut host = Serve::start(
+        &[
+            "--nats",
+            &nats.url,
+            "--cluster",
+            "inttest",
+            "--pool-size",
+            "1",
+            "--host-id",
+            "h1",
+            "--script",
+            &script,
+        ],
+        &[],
+    );
+    let url = nats.url.clone();
+    let call = std::thread::spawn(move || {
+        snakepit(&[
+            "exec",
+            "--nats",
+            &url,
+            "--cluster",
+            "inttest",
+            "nap",
+            r#"{"ms": 1500}"#,
+        ])
+    });
+    // SIGINT once the call runs on the host (its status says so).
+    let status_args = [
+        "cluster",
+        "status",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "inttest",
+        "--json",
+    ];
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = snakepit(&status_args);
+        if s.code == 0 && s.json()[0]["busy"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the call never ran: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.signal(libc::SIGINT);
+    let (status, stderr) = host.wait();
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    assert!(stderr.contains("leaving the cluster"), "{stderr}");
+    let call = call.join().unwrap();
+    assert_eq!(call.code, 0, "the call in flight finished: {call:?}");
+    assert_eq!(call.json()["slept"], true, "{call:?}");
+}
+
+/// `snakepit serve --prefetch 0`: the host takes a call only when a worker
+/// is free, so the capacity it announces is its workers; by default the
+/// prefetch adds calls per worker beyond those it runs.
+#[test]
+fn serve_prefetch_0_announces_a_capacity_of_its_workers() {
+    let nats = snakepit_tests::NatsServer::start();
+    let base = [
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "pftest",
+        "--pool-size",
+        "2",
+    ];
+    let _strict = Serve::start(
+        &[&base[..], &["--host-id", "p0", "--prefetch", "0"]].concat(),
+        &[],
+    );
+    let _default = Serve::start(&[&base[..], &["--host-id", "pd"]].concat(), &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hosts = rt.block_on(async {
+        let nc = async_nats::connect(&nats.url).await.unwrap();
+        let client = snakepit_cluster::Client::connect(&nc, "pftest")
+            .await
+            .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while client.hosts().len() < 2 {
+            assert!(std::time::Instant::now() < until, "{:?}", client.hosts());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        client.hosts()
+    });
+    let capacity = |id: &str| hosts.iter().find(|h| h.id == id).unwrap().capacity;
+    assert_eq!(capacity("p0"), 2, "{hosts:?}");
+    assert!(capacity("pd") > 2, "{hosts:?}");
+    // `cluster status` lists both with their workers.
+    let status = snakepit(&[
+        "cluster",
+        "status",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "pftest",
+        "--json",
+    ]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let listed = status.json();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    for h in listed.as_array().unwrap() {
+        assert_eq!(h["workers"], 2, "{h}");
+    }
+}
+
+/// `exec --cluster` exits with the codes of a local `exec` (docs/cli.md,
+/// "Exit codes"): a handler's error is 1 with its traceback, a call past
+/// `--timeout` is 4, a worker that dies during the call is 5. `NATS_URL`
+/// stands in for `--nats`, for `serve` and for `exec`.
+#[test]
+fn exec_through_the_cluster_exits_as_a_local_exec() {
+    let nats = snakepit_tests::NatsServer::start();
+    let dir = Dir::new("cluster-exec");
+    let script = dir.file("worker.py", WORKER);
+    let env = [("NATS_URL", nats.url.as_str())];
+    let _host = Serve::start(
+        &[
+            "--cluster",
+            "codes",
+            "--pool-size",
+            "2",
+            "--script",
+            &script,
+        ],
+        &env,
+    );
+    let cases: [(&[&str], i32, &[&str]); 4] = [
+        (&["echo", r#"{"x": 1}"#], 0, &[]),
+        (
+            &["fail", "{}"],
+            1,
+            &["bad value from the worker", "Traceback", "ValueError"],
+        ),
+        (
+            &["--timeout", "100", "nap", r#"{"ms": 3000}"#],
+            4,
+            &["timed out"],
+        ),
+        (&["die", "{}"], 5, &["dying on purpose"]),
+    ];
+    for (args, code, says) in cases {
+        let local = dir.run(&[&["exec", "--script", &script][..], args].concat());
+        let remote = snakepit_in(
+            &dir.0,
+            &[&["exec", "--cluster", "codes"][..], args].concat(),
+            &env,
+            "",
+        );
+        assert_eq!(local.code, code, "local {args:?}: {local:?}");
+        assert_eq!(remote.code, code, "cluster {args:?}: {remote:?}");
+        for text in says {
+            assert!(local.stderr.contains(text), "local {args:?}: {local:?}");
+            assert!(remote.stderr.contains(text), "cluster {args:?}: {remote:?}");
+        }
+        if code == 0 {
+            assert_eq!(local.json()["echoed"], remote.json()["echoed"]);
+        }
+    }
+}
