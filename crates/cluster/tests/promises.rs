@@ -294,7 +294,7 @@ fn the_documented_defaults() {
     assert!(c.trace_context.is_none());
     assert_eq!(
         c.host_timeout.as_secs_f64(),
-        documented("cluster.md", "within `host_timeout` (")
+        documented("cluster.md", "one `host_timeout` (")
     );
     let s = ServeOptions::new();
     assert_eq!(
