@@ -81,6 +81,24 @@ pub(crate) struct ExportSettings {
 }
 
 impl ExportSettings {
+    /// How long one export of `signal` may take: the short-lived limit,
+    /// else what the exporter reads itself
+    /// (`OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
+    /// else 10 s).
+    pub(crate) fn timeout_of(&self, signal: Signal) -> Duration {
+        let own = match signal {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        };
+        let ms = |var: &str| env(var).and_then(|ms| ms.trim().parse::<u64>().ok());
+        self.timeout.unwrap_or_else(|| {
+            ms(own).or_else(|| ms(TIMEOUT_VAR)).map_or(
+                opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
+                Duration::from_millis,
+            )
+        })
+    }
+
     pub(crate) fn new(short_lived: bool) -> Self {
         let timeout = short_lived.then(|| {
             env(TIMEOUT_VAR)
@@ -156,7 +174,7 @@ pub(crate) fn watched<E: Exporter>(
     runtime: &Runtime,
 ) -> Result<Watched<E>, Error> {
     let url = signal_endpoint(protocol, endpoint, E::SIGNAL);
-    let state = ExportState::new(E::SIGNAL.name(), url);
+    let state = ExportState::new(E::SIGNAL.name(), url, export.timeout_of(E::SIGNAL));
     let inner = runtime.in_context(|| build::<E>(protocol, endpoint, export))?;
     Ok(Watched { inner, state })
 }
@@ -280,6 +298,37 @@ impl Drop for Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// telemetry.md: `OTEL_EXPORTER_OTLP_TIMEOUT`, "milliseconds per
+    /// export", 10000 by default. This crate leaves the timeout to the
+    /// exporter unless the program is short-lived; the exporter's default
+    /// is 10 s, and so is what the crate reports. (The variable itself is
+    /// shown read by tests/env_promises.rs.)
+    #[test]
+    fn the_export_timeout_is_10_s_by_default() {
+        if env(TIMEOUT_VAR).is_some()
+            || env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some()
+            || env("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT").is_some()
+        {
+            return; // the environment of this run sets one
+        }
+        let settings = ExportSettings::new(false);
+        assert_eq!(settings.timeout, None, "the exporter's own timeout");
+        assert_eq!(
+            opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
+            Duration::from_millis(10_000)
+        );
+        assert_eq!(settings.timeout_of(Signal::Traces), Duration::from_secs(10));
+        assert_eq!(
+            settings.timeout_of(Signal::Metrics),
+            Duration::from_secs(10)
+        );
+        // A short-lived program: 1 s at most.
+        assert_eq!(
+            ExportSettings::new(true).timeout_of(Signal::Traces),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn http_signal_paths_are_appended_once() {

@@ -6,7 +6,7 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -23,6 +23,8 @@ pub(crate) struct ExportState {
     signal: &'static str,
     /// Where the exports go, as the user would recognise it.
     url: String,
+    /// How long one export may take.
+    timeout: Duration,
     warned: AtomicBool,
     refused: AtomicBool,
     /// Spans (traces) or metric exports (metrics) that never arrived.
@@ -31,10 +33,11 @@ pub(crate) struct ExportState {
 }
 
 impl ExportState {
-    pub(crate) fn new(signal: &'static str, url: String) -> Arc<Self> {
+    pub(crate) fn new(signal: &'static str, url: String, timeout: Duration) -> Arc<Self> {
         Arc::new(ExportState {
             signal,
             url,
+            timeout,
             warned: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -75,12 +78,14 @@ impl ExportState {
         self.refused.load(Ordering::Relaxed)
     }
 
-    fn failed(&self, lost: u64, error: &OTelSdkError) {
+    /// An export that failed after `took`, losing `lost` spans (or one
+    /// metrics export).
+    fn failed(&self, lost: u64, error: &OTelSdkError, took: Duration) {
         self.dropped.fetch_add(lost, Ordering::Relaxed);
         if self.warned.swap(true, Ordering::Relaxed) {
             return;
         }
-        let cause = self.cause_of(error);
+        let cause = self.cause_of(error, took);
         tracing::warn!(
             target: "snakepit_telemetry",
             "cannot export {} to {}: {cause} (reported once; what fails to export is dropped)",
@@ -93,12 +98,20 @@ impl ExportState {
     }
 
     /// The exporter's message, and for a network error (which the HTTP
-    /// exporter reports without its cause) what connecting says.
-    fn cause_of(&self, error: &OTelSdkError) -> String {
+    /// exporter reports without its cause) what connecting says, or, when
+    /// the receiver takes connections and the export lasted its whole
+    /// timeout, that no answer came in time.
+    fn cause_of(&self, error: &OTelSdkError, took: Duration) -> String {
         let message = sdk_message(error);
         if message.contains("network error") {
             if let Some(e) = connect_error(&self.url) {
                 return format!("{message}: {e}");
+            }
+            if took >= self.timeout {
+                return format!(
+                    "{message}: no answer within the export timeout ({:?}, OTEL_EXPORTER_OTLP_TIMEOUT)",
+                    self.timeout
+                );
             }
         }
         message
@@ -176,9 +189,10 @@ pub(crate) struct Watched<E> {
 impl<E: SpanExporter> SpanExporter for Watched<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
+        let start = Instant::now();
         let result = self.inner.export(batch).await;
         if let Err(e) = &result {
-            self.state.failed(n, e);
+            self.state.failed(n, e, start.elapsed());
         }
         result
     }
@@ -201,13 +215,14 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
         if self.state.refused() {
             return Ok(());
         }
+        let start = Instant::now();
         match self.inner.export(metrics).await {
             Err(e) if is_refusal(&e) => {
                 self.state.refuse(&e);
                 Ok(())
             }
             Err(e) => {
-                self.state.failed(1, &e);
+                self.state.failed(1, &e, start.elapsed());
                 Err(e)
             }
             Ok(()) => Ok(()),

@@ -1,0 +1,595 @@
+//! More of what docs/telemetry.md promises, each shown against real
+//! processes: what `Guard::shutdown` says when the receiver is down, the
+//! `OTEL_*` variables of the environment table (headers, resource
+//! attributes, sampling, metric export interval), the buckets of
+//! `snakepit.call.duration` and the `RUST_LOG` filter of the stderr logs.
+//!
+//! `init` installs process-wide state and reads the environment, so each
+//! test runs in a process of its own (this test binary, started again for
+//! that one test, with its variables set there).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Rotel;
+use serde_json::json;
+use snakepit_adapters::Bridge;
+use snakepit_core::{CallOptions, Pool};
+use snakepit_telemetry::{Error, Telemetry};
+
+const CHILD: &str = "SNAKEPIT_TELEMETRY_ENV_PROMISES_CHILD";
+
+/// Variables that would change what a test sees, removed from the child
+/// before its own are set.
+const OTEL_VARS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_PROPAGATORS",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "RUST_LOG",
+];
+
+/// Runs test `name` again in a process of its own with `env`: `None` when
+/// this call is that process (then the caller runs the body), else the
+/// child's stderr once it passed.
+fn in_own_process(name: &str, env: &[(&str, &str)]) -> Option<String> {
+    if std::env::var_os(CHILD).is_some() {
+        return None;
+    }
+    let mut cmd = snakepit_tests::this_test(name);
+    cmd.env(CHILD, "1");
+    for var in OTEL_VARS {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("1 passed"), "{name} did not run: {stdout}");
+    Some(stderr)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A loopback port where nothing listens.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn traced_worker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/traced_worker.py")
+}
+
+/// telemetry.md: "what could not be delivered is dropped, and
+/// `Guard::flush` and `Guard::shutdown` return `Error::Flush` saying how
+/// many spans (or metrics exports) were dropped, where to, and why".
+#[test]
+fn shutdown_against_a_dead_receiver_says_what_was_dropped_where_and_why() {
+    let port = closed_port().to_string();
+    if in_own_process(
+        "shutdown_against_a_dead_receiver_says_what_was_dropped_where_and_why",
+        &[("DEAD_PORT", &port)],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let port = std::env::var("DEAD_PORT").unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let guard = Telemetry::new()
+        .service_name("dead-receiver")
+        .endpoint(&base)
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    for i in 0..3 {
+        let span = tracing::info_span!("doomed", i);
+        drop(span.entered());
+    }
+    opentelemetry::global::meter("probe")
+        .u64_counter("probe.count")
+        .build()
+        .add(1, &[]);
+    match guard.shutdown() {
+        Err(Error::Flush(msg)) => {
+            let traces = format!("traces: dropped 3 spans that {base}/v1/traces could not take");
+            let metrics =
+                format!("metrics: dropped 1 metrics export that {base}/v1/metrics could not take");
+            assert!(msg.contains(&traces), "{msg}");
+            assert!(msg.contains(&metrics), "{msg}");
+            assert!(msg.contains("Connection refused"), "the cause: {msg}");
+        }
+        other => panic!("expected Error::Flush, got {other:?}"),
+    }
+}
+
+/// An OTLP/HTTP receiver that takes everything and keeps the request heads
+/// (what Rotel's debug log does not print).
+struct HeadReceiver {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl HeadReceiver {
+    fn start() -> HeadReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let sink = heads.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let sink = sink.clone();
+                std::thread::spawn(move || serve(conn, &sink));
+            }
+        });
+        HeadReceiver { port, heads }
+    }
+}
+
+/// Answers each request on `conn` with an empty 200, keeping its head.
+fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        heads.lock().unwrap().push(head);
+        let reply =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        if reader.get_mut().write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// telemetry.md: "`OTEL_EXPORTER_OTLP_HEADERS`: `key=value,...` sent with
+/// every export (API keys)". Rotel does not print request headers, so the
+/// receiver here is a plain HTTP listener that keeps them: both signals'
+/// exports carry both headers.
+#[test]
+fn otlp_headers_from_the_environment_reach_the_receiver() {
+    if in_own_process(
+        "otlp_headers_from_the_environment_reach_the_receiver",
+        &[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-api-key=s3cret-key,x-tenant=acme",
+        )],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = HeadReceiver::start();
+    let guard = Telemetry::new()
+        .endpoint(format!("http://127.0.0.1:{}", receiver.port))
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("with.headers").entered());
+    opentelemetry::global::meter("probe")
+        .u64_counter("probe.count")
+        .build()
+        .add(1, &[]);
+    guard.shutdown().expect("the receiver took everything");
+    let heads = receiver.heads.lock().unwrap().clone();
+    for path in ["/v1/traces", "/v1/metrics"] {
+        let head = heads
+            .iter()
+            .find(|h| h.starts_with(&format!("POST {path} ")))
+            .unwrap_or_else(|| panic!("no export to {path}: {heads:?}"));
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("\r\nx-api-key: s3cret-key\r\n"), "{head}");
+        assert!(lower.contains("\r\nx-tenant: acme\r\n"), "{head}");
+    }
+}
+
+/// telemetry.md: "`OTEL_RESOURCE_ATTRIBUTES`: more resource attributes,
+/// `key=value,...`". Both arrive at Rotel with the spans and the metrics,
+/// next to the service name set in code.
+#[test]
+fn resource_attributes_from_the_environment_arrive() {
+    if in_own_process(
+        "resource_attributes_from_the_environment_arrive",
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=staging,team=snakes",
+        )],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let rotel = Rotel::start().unwrap();
+    let guard = Telemetry::new()
+        .service_name("resourceful")
+        .endpoint(rotel.http_base())
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("with.resource").entered());
+    opentelemetry::global::meter("probe")
+        .u64_counter("probe.count")
+        .build()
+        .add(1, &[]);
+    guard.shutdown().unwrap();
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, out| {
+        spans.iter().any(|s| s.name == "with.resource") && out.contains("Name: probe.count\n")
+    });
+    let out = rotel.output();
+    assert!(arrived, "nothing arrived:\n{out}");
+    let resources: Vec<&str> = out
+        .split("Resource attributes:")
+        .skip(1)
+        .map(|r| r.split("Scope").next().unwrap_or(r))
+        .collect();
+    assert!(resources.len() >= 2, "traces and metrics: {out}");
+    for r in resources {
+        assert!(r.contains("-> service.name: Str(resourceful)"), "{r}");
+        assert!(r.contains("-> deployment.environment: Str(staging)"), "{r}");
+        assert!(r.contains("-> team: Str(snakes)"), "{r}");
+    }
+}
+
+/// telemetry.md, "Cost": with `OTEL_TRACES_SAMPLER=parentbased_traceidratio`
+/// "spans left out are still opened, but never exported, and the worker's
+/// spans follow the sampling flag"; "the metrics stay exact either way".
+/// With a ratio of 0.0 a call through an instrumented pool exports no span
+/// from the host and none from the Python worker (which inherits the
+/// variables); its metrics arrive. The control, in the same processes: a
+/// call whose `CallOptions::traceparent` is sampled gets the worker's spans
+/// through.
+#[test]
+fn ratio_zero_exports_no_span_from_the_host_nor_the_worker() {
+    if in_own_process(
+        "ratio_zero_exports_no_span_from_the_host_nor_the_worker",
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.0"),
+        ],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let rotel = Rotel::start().unwrap();
+    let guard = Telemetry::new()
+        .service_name("sampled-out")
+        .endpoint(rotel.http_base())
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    let sampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    runtime().block_on(async {
+        let adapter =
+            Bridge::python(traced_worker()).env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base());
+        let pool = snakepit_telemetry::instrument(Pool::builder(adapter).size(1).name("sampling"))
+            .start()
+            .await
+            .unwrap();
+        let root = tracing::info_span!("sampled.out.request");
+        let reply =
+            tracing::Instrument::instrument(pool.execute("traced", json!({"token": "t"})), root)
+                .await
+                .unwrap();
+        // The worker was told: the trace context it got is not sampled.
+        let tp = reply["traceparent"]
+            .as_str()
+            .expect("a traceparent reached the handler");
+        assert!(tp.ends_with("-00"), "not sampled: {tp}");
+        let unsampled_trace = tp.split('-').nth(1).unwrap().to_owned();
+
+        // The control: a sampled parent from outside.
+        let sampled = format!("00-{sampled_trace}-00f067aa0ba902b7-01");
+        pool.execute_with(
+            "traced",
+            json!({"token": "control"}),
+            CallOptions::new().traceparent(sampled),
+        )
+        .await
+        .unwrap();
+        guard.flush().unwrap();
+        pool.shutdown().await.unwrap();
+        guard.shutdown().unwrap();
+
+        let (spans, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, out| {
+            spans
+                .iter()
+                .any(|s| s.name == "handler.work" && s.trace_id == sampled_trace)
+                && out.contains("Name: snakepit.call.duration\n")
+        });
+        assert!(
+            arrived,
+            "the control did not arrive: {spans:#?}\n{}",
+            rotel.output()
+        );
+        let host: Vec<_> = spans
+            .iter()
+            .filter(|s| s.service == "sampled-out")
+            .collect();
+        assert!(host.is_empty(), "the host exported spans: {host:#?}");
+        let unsampled: Vec<_> = spans
+            .iter()
+            .filter(|s| s.trace_id == unsampled_trace)
+            .collect();
+        assert!(
+            unsampled.is_empty(),
+            "the worker exported spans of the sampled-out trace: {unsampled:#?}"
+        );
+        assert!(spans
+            .iter()
+            .any(|s| s.name == "snakepit.worker traced" && s.trace_id == sampled_trace));
+    });
+}
+
+/// telemetry.md: "`OTEL_METRIC_EXPORT_INTERVAL`: milliseconds between
+/// metric exports" (60000 by default). With 200 ms, several exports reach
+/// Rotel while the program runs, before any flush or shutdown; with the
+/// default none would within the wait.
+#[test]
+fn the_metric_export_interval_comes_from_the_environment() {
+    if in_own_process(
+        "the_metric_export_interval_comes_from_the_environment",
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let rotel = Rotel::start().unwrap();
+    let guard = Telemetry::new()
+        .endpoint(rotel.http_base())
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    opentelemetry::global::meter("probe")
+        .u64_counter("probe.ticks")
+        .build()
+        .add(1, &[]);
+    let exports = |out: &str| out.matches("Name: probe.ticks\n").count();
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |_, out| exports(out) >= 5);
+    assert!(
+        arrived,
+        "{} exports:\n{}",
+        exports(&rotel.output()),
+        rotel.output()
+    );
+    guard.shutdown().unwrap();
+}
+
+/// The explicit bounds printed in the last export of histogram `name`.
+fn bucket_bounds(out: &str, name: &str) -> Vec<f64> {
+    let Some(start) = out.rfind(&format!("Name: {name}\n")) else {
+        return Vec::new();
+    };
+    let block = &out[start..];
+    let end = block[1..].find("Name: ").map_or(block.len(), |i| i + 1);
+    block[..end]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ExplicitBounds #"))
+        .filter_map(|l| l.split_once(':').and_then(|(_, v)| v.trim().parse().ok()))
+        .collect()
+}
+
+/// telemetry.md: "Histogram buckets run from 50 us to 60 s", read back
+/// from what Rotel received of a real call's `snakepit.call.duration`
+/// (and `snakepit.call.queue_wait`).
+#[test]
+fn call_duration_buckets_run_from_50_us_to_60_s() {
+    if in_own_process("call_duration_buckets_run_from_50_us_to_60_s", &[]).is_some() {
+        return;
+    }
+    let rotel = Rotel::start().unwrap();
+    let guard = Telemetry::new()
+        .endpoint(rotel.http_base())
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    runtime().block_on(async {
+        let adapter =
+            Bridge::python(traced_worker()).env("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_base());
+        let pool = snakepit_telemetry::instrument(Pool::builder(adapter).size(1))
+            .start()
+            .await
+            .unwrap();
+        pool.execute("traced", json!({})).await.unwrap();
+        pool.shutdown().await.unwrap();
+    });
+    guard.shutdown().unwrap();
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |_, out| {
+        !bucket_bounds(out, "snakepit.call.queue_wait").is_empty()
+    });
+    let out = rotel.output();
+    assert!(arrived, "no histogram with bounds arrived:\n{out}");
+    for name in ["snakepit.call.duration", "snakepit.call.queue_wait"] {
+        let bounds = bucket_bounds(&out, name);
+        assert_eq!(bounds.first(), Some(&0.00005), "{name}: {bounds:?}");
+        assert_eq!(bounds.last(), Some(&60.0), "{name}: {bounds:?}");
+        assert!(
+            bounds.windows(2).all(|w| w[0] < w[1]),
+            "{name}: increasing {bounds:?}"
+        );
+    }
+}
+
+/// Log lines at several levels and targets, then the stderr the child
+/// printed: which of the lines it holds.
+fn log_lines_shown(env: &[(&str, &str)], name: &str) -> Option<HashMap<&'static str, bool>> {
+    let stderr = in_own_process(name, env)?;
+    Some(
+        [
+            "probe_a info line",
+            "probe_a debug line",
+            "probe_b info line",
+            "probe_b warn line",
+        ]
+        .into_iter()
+        .map(|line| (line, stderr.contains(line)))
+        .collect(),
+    )
+}
+
+/// In the child: installs telemetry as `init` does (`RUST_LOG` read by
+/// `Telemetry::new`), exporting nothing, and logs the probe lines.
+fn log_probe_lines() {
+    let guard = Telemetry::new()
+        .endpoint(format!("http://127.0.0.1:{}", closed_port()))
+        .init()
+        .unwrap();
+    tracing::info!(target: "probe_a", "probe_a info line");
+    tracing::debug!(target: "probe_a", "probe_a debug line");
+    tracing::info!(target: "probe_b", "probe_b info line");
+    tracing::warn!(target: "probe_b", "probe_b warn line");
+    drop(guard);
+}
+
+/// telemetry.md: "log lines at `WARN` and above, or as `RUST_LOG` says in
+/// `target=level` form, on stderr"; the table: `RUST_LOG` default `warn`.
+#[test]
+fn without_rust_log_stderr_shows_warnings_only() {
+    let name = "without_rust_log_stderr_shows_warnings_only";
+    let Some(shown) = log_lines_shown(
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ],
+        name,
+    ) else {
+        return log_probe_lines();
+    };
+    assert_eq!(
+        shown,
+        HashMap::from([
+            ("probe_a info line", false),
+            ("probe_a debug line", false),
+            ("probe_b info line", false),
+            ("probe_b warn line", true),
+        ])
+    );
+}
+
+/// The same with `RUST_LOG=warn,probe_a=debug`: one target down to debug,
+/// the rest at warn.
+#[test]
+fn rust_log_in_target_level_form_decides_the_stderr_lines() {
+    let name = "rust_log_in_target_level_form_decides_the_stderr_lines";
+    let Some(shown) = log_lines_shown(
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("RUST_LOG", "warn,probe_a=debug"),
+        ],
+        name,
+    ) else {
+        return log_probe_lines();
+    };
+    assert_eq!(
+        shown,
+        HashMap::from([
+            ("probe_a info line", true),
+            ("probe_a debug line", true),
+            ("probe_b info line", false),
+            ("probe_b warn line", true),
+        ])
+    );
+}
+
+/// telemetry.md: "`OTEL_EXPORTER_OTLP_TIMEOUT`: milliseconds per export"
+/// (the 10000 default is checked in `exporters.rs`'s unit tests). A
+/// receiver that accepts connections and never answers: with 300 ms, the
+/// span is given up and `shutdown` says it was dropped, well before the
+/// guard's own 5 s limit.
+#[test]
+fn the_export_timeout_comes_from_the_environment() {
+    if in_own_process(
+        "the_export_timeout_comes_from_the_environment",
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "300")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn); // accepted, never answered
+        }
+    });
+    let guard = Telemetry::new()
+        .endpoint(&base)
+        .metrics(false)
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("never.answered").entered());
+    match guard.shutdown() {
+        Err(Error::Flush(msg)) => {
+            assert!(
+                msg.contains(&format!("traces: dropped 1 span that {base}/v1/traces")),
+                "{msg}"
+            );
+            assert!(
+                msg.to_ascii_lowercase().contains("time"),
+                "the cause: {msg}"
+            );
+        }
+        other => panic!("expected Error::Flush, got {other:?}"),
+    }
+}
