@@ -171,7 +171,9 @@ async fn a_call_over_max_payload_fails_validation_and_is_never_sent() {
 
 /// Fifty calls of 10 KiB each made at once (one task on a current-thread
 /// runtime, so the client batches them) all succeed under a 64 KiB
-/// `max_payload`: batches of calls, and of replies, are split to fit.
+/// `max_payload`: batches of calls, and of replies, are split to fit. A
+/// listener on the host's call subject sees the calls go in fewer than 50
+/// messages, several of them batches.
 #[test]
 fn fifty_10_kib_calls_made_at_once_fit_a_64_kib_max_payload() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -183,6 +185,24 @@ fn fifty_10_kib_calls_made_at_once_fit_a_64_kib_max_payload() {
         let _host = HostProcess::start("big_host_process", &nats.url, "big", 2).await;
         let client = client_with(&nats, ClientConfig::default()).await;
         wait_hosts(&client, 1).await;
+        // (calls in the message, whether it was a batch) for each message.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(usize, bool)>::new()));
+        let listener = nats.connect().await;
+        let mut sub = listener
+            .subscribe("snakepit.test.host.big.call")
+            .await
+            .unwrap();
+        listener.flush().await.unwrap();
+        let listening = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                    let n = v.as_array().map_or(1, Vec::len);
+                    seen.lock().unwrap().push((n, v.is_array()));
+                }
+            })
+        };
         let calls = (0..50).map(|i| {
             let client = client.clone();
             async move {
@@ -197,6 +217,18 @@ fn fifty_10_kib_calls_made_at_once_fit_a_64_kib_max_payload() {
             assert_eq!(r["echoed"]["s"], text);
         }
         assert_eq!(served_by(&client, "big").await, 50);
+        eventually(30, "the listener saw every call", || async {
+            seen.lock().unwrap().iter().map(|(n, _)| n).sum::<usize>() == 50
+        })
+        .await;
+        listening.abort();
+        let seen = seen.lock().unwrap().clone();
+        let batches = seen.iter().filter(|(_, batch)| *batch).count();
+        eprintln!(
+            "50 calls in {} messages, {batches} of them batches",
+            seen.len()
+        );
+        assert!(seen.len() < 50 && batches >= 2, "{seen:?}");
     });
 }
 
