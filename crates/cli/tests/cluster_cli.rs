@@ -239,7 +239,8 @@ fn serve_prefetch_0_announces_a_capacity_of_its_workers() {
 /// `exec --cluster` exits with the codes of a local `exec` (docs/cli.md,
 /// "Exit codes"): a handler's error is 1 with its traceback, a call past
 /// `--timeout` is 4, a worker that dies during the call is 5. `NATS_URL`
-/// stands in for `--nats`, for `serve` and for `exec`.
+/// stands in for `--nats`, for `serve`, `exec` and `cluster status`, and
+/// `--nats` wins over it.
 #[test]
 fn exec_through_the_cluster_exits_as_a_local_exec() {
     let nats = snakepit_tests::NatsServer::start();
@@ -289,4 +290,41 @@ fn exec_through_the_cluster_exits_as_a_local_exec() {
             assert_eq!(local.json()["echoed"], remote.json()["echoed"]);
         }
     }
+    // `cluster status` reads NATS_URL too; `--nats` wins over it.
+    let status = snakepit_in(
+        &dir.0,
+        &["cluster", "status", "--cluster", "codes", "--json"],
+        &env,
+        "",
+    );
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json().as_array().unwrap().len(), 1, "{status:?}");
+    let nowhere = format!("nats://127.0.0.1:{}", snakepit_tests::free_port());
+    let run = snakepit_in(
+        &dir.0,
+        &[
+            "exec",
+            "--nats",
+            &nats.url,
+            "--cluster",
+            "codes",
+            "echo",
+            "{}",
+        ],
+        &[("NATS_URL", &nowhere)],
+        "",
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = snakepit_in(
+        &dir.0,
+        &["exec", "--cluster", "codes", "echo", "{}"],
+        &[("NATS_URL", &nowhere)],
+        "",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("cannot reach NATS at {nowhere}")),
+        "{run:?}"
+    );
 }
