@@ -17,61 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Rotel;
+use common::{in_own_process, Rotel};
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::{CallOptions, Pool};
 use snakepit_telemetry::{Error, Telemetry};
-
-const CHILD: &str = "SNAKEPIT_TELEMETRY_ENV_PROMISES_CHILD";
-
-/// Variables that would change what a test sees, removed from the child
-/// before its own are set.
-const OTEL_VARS: &[&str] = &[
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_TRACES_EXPORTER",
-    "OTEL_METRICS_EXPORTER",
-    "OTEL_PROPAGATORS",
-    "OTEL_SDK_DISABLED",
-    "OTEL_SERVICE_NAME",
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_METRIC_EXPORT_INTERVAL",
-    "RUST_LOG",
-];
-
-/// Runs test `name` again in a process of its own with `env`: `None` when
-/// this call is that process (then the caller runs the body), else the
-/// child's stderr once it passed.
-fn in_own_process(name: &str, env: &[(&str, &str)]) -> Option<String> {
-    if std::env::var_os(CHILD).is_some() {
-        return None;
-    }
-    let mut cmd = snakepit_tests::this_test(name);
-    cmd.env(CHILD, "1");
-    for var in OTEL_VARS {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("the test binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{name} failed in its own process:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("1 passed"), "{name} did not run: {stdout}");
-    Some(stderr)
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

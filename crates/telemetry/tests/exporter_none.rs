@@ -23,20 +23,6 @@ use tracing::Instrument;
 
 const MODE: &str = "SNAKEPIT_EXPORTER_NONE_MODE";
 
-/// The variables the runs set themselves, removed first.
-const OTEL_VARS: &[&str] = &[
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_TRACES_EXPORTER",
-    "OTEL_METRICS_EXPORTER",
-    "OTEL_PROPAGATORS",
-    "OTEL_SDK_DISABLED",
-    "OTEL_SERVICE_NAME",
-];
-
 /// The names of this process's OpenTelemetry exporter threads (the SDK's
 /// `OpenTelemetry.Traces.BatchProcessor` and
 /// `OpenTelemetry.Metrics.PeriodicReader`, cut to 15 bytes by Linux).
@@ -141,7 +127,7 @@ fn program() {
 /// Runs [`program`] in `mode` with the receiver's endpoint and `env`.
 fn run(mode: &str, endpoint: &str, env: &[(&str, &str)]) {
     let mut cmd = snakepit_tests::this_test("program");
-    for var in OTEL_VARS {
+    for var in common::OTEL_VARS {
         cmd.env_remove(var);
     }
     cmd.env(MODE, mode)

@@ -7,6 +7,8 @@
 //! test runs in a process of its own (this test binary, started again for
 //! that one test, with its variables set there).
 
+mod common;
+
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -14,45 +16,10 @@ use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
 use snakepit_telemetry::{Error, Telemetry};
 
-const CHILD: &str = "SNAKEPIT_TELEMETRY_PROMISES_CHILD";
-
-/// Variables the tests set themselves, removed from the child first.
-const OTEL_VARS: &[&str] = &[
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_TRACES_EXPORTER",
-    "OTEL_METRICS_EXPORTER",
-    "OTEL_PROPAGATORS",
-    "OTEL_SDK_DISABLED",
-    "OTEL_SERVICE_NAME",
-];
-
-/// Runs test `name` again in a process of its own with `env`; whether this
-/// call is that process (then the caller runs the body).
+/// Whether this call is test `name`'s own process (then the caller runs
+/// the body; otherwise it has run there and passed).
 fn in_own_process(name: &str, env: &[(&str, &str)]) -> bool {
-    if std::env::var_os(CHILD).is_some() {
-        return true;
-    }
-    let mut cmd = snakepit_tests::this_test(name);
-    cmd.env(CHILD, "1");
-    for var in OTEL_VARS {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("the test binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{name} failed in its own process:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "{name} did not run: {stdout}");
-    false
+    common::in_own_process(name, env).is_none()
 }
 
 /// telemetry.md: "`OTEL_EXPORTER_OTLP_PROTOCOL` ... anything else is

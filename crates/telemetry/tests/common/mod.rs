@@ -15,6 +15,58 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+/// Set in a test's own process ([`in_own_process`]).
+const CHILD: &str = "SNAKEPIT_TELEMETRY_TEST_CHILD";
+
+/// Variables that would change what a test sees, removed from a child
+/// process before its own are set.
+pub(crate) const OTEL_VARS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_PROPAGATORS",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "RUST_LOG",
+];
+
+/// Runs test `name` of this binary again in a process of its own with
+/// `env` (`init` reads the environment and installs process-wide state):
+/// `None` when this call is that process (then the caller runs the body),
+/// else the child's stderr once it passed.
+pub(crate) fn in_own_process(name: &str, env: &[(&str, &str)]) -> Option<String> {
+    if std::env::var_os(CHILD).is_some() {
+        return None;
+    }
+    let mut cmd = snakepit_tests::this_test(name);
+    cmd.env(CHILD, "1");
+    for var in OTEL_VARS {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("1 passed"), "{name} did not run: {stdout}");
+    Some(stderr)
+}
+
 /// Exports a trace from a real pool call to a real receiver and checks the
 /// spans' links: the caller's span, the pool's `snakepit.call`, the Python
 /// bridge's `snakepit.worker traced` and the handler's own `handler.work`,
