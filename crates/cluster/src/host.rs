@@ -210,6 +210,7 @@ pub async fn serve_with(
         pid: std::process::id(),
         pool,
         served: Default::default(),
+        capacity: Default::default(),
         replies: Outbox::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -257,6 +258,8 @@ struct HostCtx {
     pid: u32,
     pool: Pool,
     served: std::sync::atomic::AtomicU64,
+    /// The calls it takes at once, as of its last heartbeat.
+    capacity: std::sync::atomic::AtomicUsize,
     /// Chunks and outcomes on their way to the clients.
     replies: Outbox<(Subject, Bytes)>,
 }
@@ -325,7 +328,8 @@ impl HostCtx {
     }
 
     /// Pool figures for `snakepit cluster status`.
-    fn status(&self, capacity: Option<usize>) -> Value {
+    fn status(&self) -> Value {
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
         let stats = self.pool.stats();
         json!({
             "host": self.id,
@@ -364,7 +368,7 @@ async fn send_replies(host: Arc<HostCtx>) {
 
 async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::endpoint::Endpoint) {
     while let Some(request) = endpoint.next().await {
-        let body = serde_json::to_vec(&host.status(None)).unwrap_or_default();
+        let body = serde_json::to_vec(&host.status()).unwrap_or_default();
         let _ = request.respond(Ok(Bytes::from(body))).await;
     }
 }
@@ -456,6 +460,9 @@ impl Serving {
         self.workers_run = running;
         let per_worker = prefetch(self.options.prefetch_per_worker, stats.call_time);
         self.capacity = running + stats.workers * per_worker;
+        self.host
+            .capacity
+            .store(self.capacity, std::sync::atomic::Ordering::Relaxed);
         self.capacity
     }
 

@@ -908,6 +908,11 @@ async fn hosts_register_with_the_nats_service_api() {
         assert_eq!(s["host"], id, "{s}");
         assert_eq!(s["pool"], format!("cluster-test-{id}"), "{s}");
         assert_eq!(s["workers"], workers, "{s}");
+        assert_eq!(
+            s["capacity"],
+            workers * 33,
+            "each worker's call and its prefetch of 32: {s}"
+        );
         assert_eq!(s["available"], workers, "an idle pool: {s}");
         assert_eq!(s["in_flight"], 0, "{s}");
         assert_eq!(s["stats"]["workers"], workers, "the pool's Stats: {s}");
