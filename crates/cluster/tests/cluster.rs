@@ -97,6 +97,51 @@ async fn routes_by_free_capacity() {
     );
 }
 
+/// cluster.md, routing: "a host with an idle worker first": a host whose
+/// workers are all busy has more room (its prefetch) than an idle
+/// one-worker host, yet each new call goes to the idle host, where it runs
+/// at once, not into the busy host's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_goes_to_an_idle_worker_before_a_busy_hosts_prefetch() {
+    let nats = NatsServer::start().await;
+    let busy = HostProcess::start("host_process", &nats.url, "busy", 2).await;
+    let client = client(&nats).await;
+    wait_hosts(&client, 1).await;
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.execute("sleep", json!({"ms": 4000})).await })
+        })
+        .collect();
+    eventually(
+        20,
+        "both of the busy host's workers run a long call",
+        || async { in_flight_on(&client, "busy").await == Some(2) },
+    )
+    .await;
+    let idle = HostProcess::start("host_process", &nats.url, "idle", 1).await;
+    wait_hosts(&client, 2).await;
+    let room = |id: &str| {
+        let h = client.hosts().into_iter().find(|h| h.id == id).unwrap();
+        h.free
+    };
+    eventually(
+        10,
+        "the busy host has more room than the idle one",
+        || async { room("busy") > room("idle") },
+    )
+    .await;
+    for _ in 0..5 {
+        let r = client.execute("pid", json!({})).await.unwrap();
+        let pid = r["pid"].as_u64().unwrap() as u32;
+        assert!(idle.workers.contains(&pid), "ran on the idle host");
+    }
+    for call in long {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(busy.workers.len(), 2);
+}
+
 /// A session's calls stay on its host (and worker); when that host is
 /// killed, the next call goes to the other host, which reads the session's
 /// data from the NATS KV store.
