@@ -421,7 +421,8 @@ module SnakepitBridge
       command = message["command"]
       args = message["args"] || {} # missing or null: no arguments
       unless id.is_a?(Integer) && id.positive?
-        return reply_error(id.is_a?(Integer) ? id : 0, "InvalidRequest",
+        # No usable id: the reply goes under id 0 (protocol.md, section 4).
+        return reply_error(0, "InvalidRequest",
                            id.nil? ? "request has no id" : "request id must be a positive integer")
       end
       return reply_error(id, "InvalidRequest", "request has no command") if command.nil?
