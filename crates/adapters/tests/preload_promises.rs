@@ -117,18 +117,31 @@ async fn a_worker_runs_its_own_exit_handlers_and_not_the_templates() {
     let _ = std::fs::remove_file(log);
 }
 
-/// "a hook that raises is logged to stderr and the child exits with status
-/// 1": the pool cannot start, and its error carries the hook's exception.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_after_fork_hook_that_raises_fails_the_start_with_its_error() {
-    let err = Pool::builder(bridge().env("PRELOAD_HOOK_RAISES", "1"))
+/// Starts a one-worker pool of `bridge` configured by `configure`, which
+/// must fail with `StartFailed`; the error as text.
+async fn start_failure(
+    bridge: Bridge,
+    configure: impl FnOnce(&mut snakepit_core::PoolConfig),
+) -> String {
+    let err = Pool::builder(bridge)
         .size(1)
-        .configure(|c| c.startup_timeout = Duration::from_secs(20))
+        .configure(configure)
         .start()
         .await
         .unwrap_err();
     let detail = format!("{err:?}");
     assert!(matches!(err, Error::StartFailed(_)), "{detail}");
+    detail
+}
+
+/// "a hook that raises is logged to stderr and the child exits with status
+/// 1": the pool cannot start, and its error carries the hook's exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_after_fork_hook_that_raises_fails_the_start_with_its_error() {
+    let detail = start_failure(bridge().env("PRELOAD_HOOK_RAISES", "1"), |c| {
+        c.startup_timeout = Duration::from_secs(20)
+    })
+    .await;
     assert!(
         detail.contains("cannot reach the feature store"),
         "the hook's exception: {detail}"
@@ -140,14 +153,10 @@ async fn an_after_fork_hook_that_raises_fails_the_start_with_its_error() {
 /// lets the same load start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_templates_load_counts_against_worker_init_timeout() {
-    let err = Pool::builder(bridge().env("PRELOAD_SLEEP_MS", "3000"))
-        .size(1)
-        .configure(|c| c.worker_init_timeout = Duration::from_millis(1000))
-        .start()
-        .await
-        .unwrap_err();
-    let detail = format!("{err:?}");
-    assert!(matches!(err, Error::StartFailed(_)), "{detail}");
+    let detail = start_failure(bridge().env("PRELOAD_SLEEP_MS", "3000"), |c| {
+        c.worker_init_timeout = Duration::from_millis(1000)
+    })
+    .await;
     assert!(
         detail.contains("template") && detail.contains("not ready within 1s"),
         "the cause names the template and the timeout: {detail}"

@@ -982,29 +982,11 @@ async fn send_calls(inner: Weak<Inner>, outbox: Arc<Outbox<Outgoing>>) {
     loop {
         outbox.ready().await;
         let Some(inner) = inner.upgrade() else { return };
-        let mut items = outbox.take();
-        while !items.is_empty() {
-            let subject = items[0].subject.clone();
-            let (mine, rest): (Vec<_>, Vec<_>) =
-                items.into_iter().partition(|o| o.subject == subject);
-            items = rest;
-            // Each call as it goes in a batch: its JSON, its headers (as
-            // JSON pairs, quoted), a separator.
-            let size = |o: &Outgoing| {
-                let headers = o.headers.as_ref().map_or(0, |h| {
-                    h.iter()
-                        .flat_map(|(k, vs)| {
-                            let k: &str = k.as_ref();
-                            vs.iter().map(move |v| k.len() + v.as_str().len())
-                        })
-                        .map(|n| 2 * n + 16)
-                        .sum::<usize>()
-                        + 16
-                });
-                o.payload.len() + headers
-            };
-            let max = inner.nats.max_payload().saturating_sub(64).max(1);
-            for run in outbox::runs(mine, max, size, 1) {
+        let max = inner.nats.max_payload().saturating_sub(64).max(1);
+        for mine in outbox::groups(outbox.take(), |a, b| a.subject == b.subject) {
+            let subject = mine[0].subject.clone();
+            let size = |o: &Outgoing| wire::batched_len(&o.payload, o.headers.as_ref());
+            for run in outbox::runs(mine, max, size, 0) {
                 inner.send_run(subject.clone(), run).await;
             }
         }

@@ -220,7 +220,6 @@ pub async fn serve_with(
         options,
         full: false,
         declined: false,
-        capacity: 0,
         workers_run: 0,
         beats: 0,
         direct,
@@ -258,7 +257,8 @@ struct HostCtx {
     pid: u32,
     pool: Pool,
     served: std::sync::atomic::AtomicU64,
-    /// The calls it takes at once, as of its last heartbeat.
+    /// The calls it takes at once, as of its last heartbeat (the serving
+    /// loop's and the status endpoint's one figure).
     capacity: std::sync::atomic::AtomicUsize,
     /// Chunks and outcomes on their way to the clients.
     replies: Outbox<(Subject, Bytes)>,
@@ -302,14 +302,11 @@ impl HostCtx {
     /// Sends the queued replies: each alone, or those to one client (one
     /// reply subject prefix) that are ready together in one message.
     async fn send_queued(&self) {
-        let mut items = self.replies.take();
-        while !items.is_empty() {
-            let prefix = client_of(&items[0].0).to_owned();
-            let (mine, rest): (Vec<_>, Vec<_>) = items
-                .into_iter()
-                .partition(|(to, _)| client_of(to) == prefix);
-            items = rest;
-            let max = self.nats.max_payload().saturating_sub(1024).max(1);
+        let max = self.nats.max_payload().saturating_sub(1024).max(1);
+        let same_client =
+            |a: &(Subject, Bytes), b: &(Subject, Bytes)| client_of(&a.0) == client_of(&b.0);
+        for mine in outbox::groups(self.replies.take(), same_client) {
+            let prefix = client_of(&mine[0].0).to_owned();
             for run in outbox::runs(mine, max, |(to, p)| to.len() + p.len(), 8) {
                 let sent = match run.as_slice() {
                     [(to, payload)] => self.nats.publish(to.clone(), payload.clone()).await,
@@ -433,8 +430,6 @@ struct Serving {
     /// It declined a call since its last heartbeat: a client counts it as
     /// full until it hears otherwise.
     declined: bool,
-    /// Calls it takes at once, as of its last heartbeat.
-    capacity: usize,
     /// Of those, the calls its workers run at once (the rest is prefetch).
     workers_run: usize,
     /// Heartbeats sent.
@@ -459,15 +454,19 @@ impl Serving {
         };
         self.workers_run = running;
         let per_worker = prefetch(self.options.prefetch_per_worker, stats.call_time);
-        self.capacity = running + stats.workers * per_worker;
+        let capacity = running + stats.workers * per_worker;
         self.host
             .capacity
-            .store(self.capacity, std::sync::atomic::Ordering::Relaxed);
-        self.capacity
+            .store(capacity, std::sync::atomic::Ordering::Relaxed);
+        capacity
     }
 
     fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.running.len())
+        let capacity = self
+            .host
+            .capacity
+            .load(std::sync::atomic::Ordering::Relaxed);
+        capacity.saturating_sub(self.running.len())
     }
 
     async fn heartbeat(&mut self, bye: bool) {
@@ -670,7 +669,7 @@ impl Serving {
         headers: Option<&HeaderMap>,
         done: &mpsc::UnboundedSender<String>,
     ) {
-        let key = reply.to_string();
+        let key = reply.as_str().to_owned();
         if self.free() == 0 || self.running.contains_key(&key) {
             return self.decline(&reply).await;
         }

@@ -63,6 +63,21 @@ impl<T> Outbox<T> {
     }
 }
 
+/// Splits `items` into groups of those `same` says go together (a
+/// client's calls by host, a host's replies by client), each group in the
+/// order its items were pushed, the groups in the order of their first
+/// items.
+pub(crate) fn groups<T>(items: Vec<T>, same: impl Fn(&T, &T) -> bool) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        match out.iter_mut().find(|g| same(&g[0], &item)) {
+            Some(group) => group.push(item),
+            None => out.push(vec![item]),
+        }
+    }
+    out
+}
+
 /// Splits `items` into runs of at most `max` bytes (as `size` counts them,
 /// with `overhead` for each item), keeping their order; an item larger than
 /// `max` is a run of its own.
@@ -100,6 +115,20 @@ mod tests {
         let r = runs(items, 8, |n| *n, 1);
         assert_eq!(r, vec![vec![3, 3], vec![3], vec![10], vec![1, 1]]);
         assert!(runs(Vec::<usize>::new(), 8, |n| *n, 1).is_empty());
+    }
+
+    #[test]
+    fn groups_keep_the_order_of_their_items() {
+        let items = vec![(1, 'a'), (2, 'b'), (1, 'c'), (3, 'd'), (2, 'e')];
+        let g = groups(items, |a, b| a.0 == b.0);
+        assert_eq!(
+            g,
+            vec![
+                vec![(1, 'a'), (1, 'c')],
+                vec![(2, 'b'), (2, 'e')],
+                vec![(3, 'd')]
+            ]
+        );
     }
 
     #[tokio::test]

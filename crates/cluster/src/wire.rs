@@ -121,13 +121,9 @@ pub(crate) fn batch<'a>(
         }
         match headers {
             Some(h) if call.len() > 2 => {
-                let pairs: Vec<(&str, &str)> = h
-                    .iter()
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_ref(), v.as_str())))
-                    .collect();
                 out.extend_from_slice(b"{\"headers\":");
                 // Strings only: cannot fail.
-                let _ = serde_json::to_writer(&mut out, &pairs);
+                let _ = serde_json::to_writer(&mut out, &header_pairs(h));
                 out.push(b',');
                 out.extend_from_slice(&call[1..]);
             }
@@ -136,6 +132,27 @@ pub(crate) fn batch<'a>(
     }
     out.push(b']');
     out
+}
+
+/// A call's headers as the name and value pairs a batch carries.
+fn header_pairs(h: &async_nats::HeaderMap) -> Vec<(&str, &str)> {
+    h.iter()
+        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_ref(), v.as_str())))
+        .collect()
+}
+
+/// At most how many bytes a call takes in a [`batch`]: its JSON, its
+/// headers as JSON pairs (each character escaped at worst), a separator.
+pub(crate) fn batched_len(call: &[u8], headers: Option<&async_nats::HeaderMap>) -> usize {
+    let headers = headers.map_or(0, |h| {
+        let pairs = header_pairs(h);
+        pairs
+            .iter()
+            .map(|(k, v)| 2 * (k.len() + v.len()) + 8)
+            .sum::<usize>()
+            + 16
+    });
+    call.len() + headers + 1
 }
 
 /// The NATS message of several replies to one client: each reply's call
@@ -603,6 +620,27 @@ mod tests {
             Reply::Ok { v } => assert_eq!(v.get(), text),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_batch_is_no_longer_than_its_calls_counted_alone() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        h.insert("baggage", "user=\"é\\x\"");
+        let calls: [(&[u8], Option<&async_nats::HeaderMap>); 3] = [
+            (br#"{"command":"a","args":{}}"#, Some(&h)),
+            (br#"{"command":"b","args":{"x":1}}"#, None),
+            (br#"{"command":"c","args":{}}"#, Some(&h)),
+        ];
+        let counted: usize = calls.iter().map(|(c, h)| batched_len(c, *h)).sum();
+        let sent = batch(calls.into_iter());
+        assert!(sent.len() <= counted + 2, "{} > {counted} + 2", sent.len());
+        let parsed: Vec<CallMsg> = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(parsed[0].headers.as_ref().unwrap().len(), 2);
+        assert!(parsed[1].headers.is_none());
     }
 
     #[test]

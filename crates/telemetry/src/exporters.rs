@@ -90,24 +90,26 @@ impl ExportSettings {
             Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
         };
-        let ms = |var: &str| env(var).and_then(|ms| ms.trim().parse::<u64>().ok());
         self.timeout.unwrap_or_else(|| {
-            ms(own).or_else(|| ms(TIMEOUT_VAR)).map_or(
-                opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
-                Duration::from_millis,
-            )
+            env_millis(own)
+                .or_else(|| env_millis(TIMEOUT_VAR))
+                .unwrap_or(opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT)
         })
     }
 
     pub(crate) fn new(short_lived: bool) -> Self {
         let timeout = short_lived.then(|| {
-            env(TIMEOUT_VAR)
-                .and_then(|ms| ms.trim().parse::<u64>().ok())
-                .map(Duration::from_millis)
-                .map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
+            env_millis(TIMEOUT_VAR).map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
         });
         ExportSettings { timeout }
     }
+}
+
+/// A variable's value read as milliseconds, if it is a whole number.
+fn env_millis(var: &str) -> Option<Duration> {
+    env(var)
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
 }
 
 /// The OTLP exporter of one signal: its signal and its builder for each
