@@ -5,27 +5,12 @@ It declares `streaming` in its hello. `chunks` sends `n` chunk frames
 `{"i": i}` for its request, then the response `{"n": n, "stream": <the
 request's stream field>, "pid": <pid>}`. `pid` answers its pid.
 """
-import json
 import os
-import struct
 import sys
 
-inp = sys.stdin.buffer
-out = sys.stdout.buffer
+from raw_frames import read, write
 
 
-def read():
-    head = inp.read(4)
-    if len(head) < 4:
-        return None
-    (n,) = struct.unpack(">I", head)
-    return json.loads(inp.read(n))
-
-
-def write(obj):
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    out.write(struct.pack(">I", len(data)) + data)
-    out.flush()
 
 
 if os.environ.get("SNAKEPIT_CODEC", "json") != "json":

@@ -11,20 +11,18 @@ argv[4], when `clear-pdeathsig`, clears the parent-death signal the pool set
 Commands: `ping` (`status` ok and its pid; any other command too), `spawn_child` (starts `sleep 300`, which stays
 in the worker's process group, and returns the child's pid).
 """
-import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
+
+from raw_frames import read, write
 
 log_path = sys.argv[1]
 on_eof = sys.argv[2]
 on_term = sys.argv[3]
 extra = sys.argv[4] if len(sys.argv) > 4 else ""
-inp = sys.stdin.buffer
-out = sys.stdout.buffer
 
 
 def log(what):
@@ -52,19 +50,6 @@ if extra == "clear-pdeathsig":
         sys.exit("prctl failed")
 log("start")
 
-
-def read():
-    head = inp.read(4)
-    if len(head) < 4:
-        return None
-    (n,) = struct.unpack(">I", head)
-    return json.loads(inp.read(n))
-
-
-def write(obj):
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    out.write(struct.pack(">I", len(data)) + data)
-    out.flush()
 
 
 write({"type": "hello", "protocol": 1, "pid": os.getpid(), "capabilities": {"max_concurrency": 1}})
