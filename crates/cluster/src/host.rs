@@ -56,8 +56,8 @@ pub struct ServeOptions {
     /// enough to cover [`PREFETCH_WINDOW`] (4 ms) of its workers' recent
     /// calls, at least one and at most this many (32 by default): about
     /// 32 for calls of a few dozen microseconds, 4 for 1 ms calls, 1 for
-    /// calls of 4 ms or more, so that a long call never waits on one host
-    /// behind a queue of others while another host frees up. Until a call
+    /// calls of 4 ms or more, so that a long call waits on a host behind at
+    /// most one other per worker while another host may free up. Until a call
     /// has been timed (and for workers that run several calls at once,
     /// which are not timed) the host takes this many. Clients send a call
     /// to a host with an idle worker first and to prefetch only when no
@@ -372,8 +372,10 @@ async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::en
 
 /// The recent calls' run time a host's prefetch covers, per worker
 /// ([`ServeOptions::prefetch_per_worker`]): longer than the round trip from
-/// a worker's reply to the next call reaching the host, measured here at
-/// 0.5 to 2 ms under load with everything on one machine.
+/// a worker's reply to the next call reaching the host, which
+/// `snakepit bench --nats` gives here, with everything on one machine, as
+/// about 1.5 ms with 32 callers and 2.3 ms with 64 (callers over calls per
+/// second).
 pub const PREFETCH_WINDOW: Duration = Duration::from_millis(4);
 
 /// The prefetch per worker for calls that recently ran `call_time` each:

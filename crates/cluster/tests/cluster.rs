@@ -986,9 +986,10 @@ async fn received(sub: &mut async_nats::Subscriber) -> Vec<async_nats::Message> 
     out
 }
 
-/// Calls made together go to their host in one NATS message (a JSON array
-/// of calls, each with its own reply subject and trace context), and each
-/// caller gets its own outcome. The client runs on one thread here, so
+/// A lone call goes to its host alone, as it always did; calls made
+/// together go in one NATS message (a JSON array of calls, each with its
+/// own reply subject and trace context), and each caller gets its own
+/// outcome. The client runs on one thread here, so
 /// the calls below that get ready before its sender runs go together (how
 /// many depends on Tokio's cooperative budget, which makes a task yield
 /// after so many operations).
@@ -999,6 +1000,16 @@ async fn calls_ready_together_go_in_one_message_each_with_its_own_reply() {
     let client = client(&nats).await;
     wait_hosts(&client, 1).await;
     let (mut calls, mut replies) = spy(&nats, "a").await;
+    // A lone call goes alone, as one JSON object, its reply likewise.
+    client.execute("echo", json!({"i": -1})).await.unwrap();
+    let alone = received(&mut calls).await;
+    assert_eq!(alone.len(), 1);
+    let call: Value = serde_json::from_slice(&alone[0].payload).unwrap();
+    assert_eq!(call["command"], "echo", "one call, not a batch: {call}");
+    assert!(received(&mut replies)
+        .await
+        .iter()
+        .all(|m| !m.subject.ends_with(".m")));
     let tp = |i: usize| format!("00-{:032x}-{:016x}-01", i + 1, i + 1);
     let outcomes = futures_util::future::join_all((0..100).map(|i| {
         let client = client.clone();
