@@ -87,14 +87,7 @@ fn run_and_kill_host(mode: &str, state_dir: &std::path::Path) -> Host {
     let text = std::fs::read_to_string(&out).expect("the host wrote its pids");
     let _ = std::fs::remove_file(&out);
     let pids: Value = serde_json::from_str(&text).unwrap();
-    let list = |k: &str| -> Vec<u32> {
-        pids[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let list = |k: &str| pid_list(&pids, k);
     let h = Host {
         workers: list("workers"),
         children: list("children"),

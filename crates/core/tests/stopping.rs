@@ -272,14 +272,7 @@ async fn a_host_killed_with_sigkill_leaves_no_worker_by_the_parent_death_signal_
     );
     assert!(out.exists(), "the host ended: {:?}", host.try_wait());
     let pids: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let list = |k: &str| -> Vec<u32> {
-        pids[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let list = |k: &str| pid_list(&pids, k);
     let workers = list("workers");
     let control = list("control")[0];
     let child = pids["child"].as_u64().unwrap() as u32;

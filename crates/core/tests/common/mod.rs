@@ -127,3 +127,13 @@ impl Adapter for BridgeScript {
             .env("PYTHONDONTWRITEBYTECODE", "1")
     }
 }
+
+/// The pids listed under `key` in a host process's JSON report.
+pub fn pid_list(report: &serde_json::Value, key: &str) -> Vec<u32> {
+    report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `{key}` in {report}"))
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect()
+}

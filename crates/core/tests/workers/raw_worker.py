@@ -6,8 +6,9 @@ import struct
 import sys
 import time
 
+from raw_frames import read
+
 mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
-inp = sys.stdin.buffer
 out = sys.stdout.buffer
 
 if mode == "exit_at_once":
@@ -18,13 +19,6 @@ if mode == "bad_import":
 if mode == "slow_init":
     time.sleep(30)
 
-
-def read():
-    head = inp.read(4)
-    if len(head) < 4:
-        return None
-    (n,) = struct.unpack(">I", head)
-    return json.loads(inp.read(n))
 
 
 def write(obj=None, raw=None):
