@@ -26,14 +26,20 @@ use crate::sync::UnpoisonedRw;
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
 /// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
-/// the expiry index; ARGV[1] the session id.
+/// the expiry index; ARGV[1] the session id. A TTL field that is not a
+/// number fails the script with a `CORRUPT` error before anything is
+/// written (`script_error` turns it into `Error::Corrupt`).
 const PRELUDE: &str = r#"
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function touch(n)
-  local ttl = tonumber(redis.call('HGET', KEYS[1], 't'))
+  local raw = redis.call('HGET', KEYS[1], 't')
+  local ttl = tonumber(raw)
+  if not ttl or ttl < 1 or ttl > 9007199254740991 or ttl % 1 ~= 0 then
+    error({err = 'CORRUPT session `' .. ARGV[1] .. '`: ttl not a number of milliseconds: ' .. tostring(raw)})
+  end
   redis.call('HSET', KEYS[1], 'a', n)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
@@ -81,18 +87,18 @@ return {1}
 /// ARGV[2] = field, ARGV[3] = value. Returns 1, or 0 without a session.
 const SET_FIELD: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+touch(now())
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'v', 1)
-touch(now())
 return 1
 "#;
 
 /// ARGV[2] = field. Returns 1 or 0 (was it set), or -1 without a session.
 const DEL_FIELD: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+touch(now())
 local r = redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'v', 1)
-touch(now())
 return r
 "#;
 
@@ -372,6 +378,18 @@ fn backend(op: &'static str, e: Error) -> Error {
     }
 }
 
+/// A session script's error: the `CORRUPT` ones it raises itself are
+/// [`Error::Corrupt`] (without the server's note of where in the script).
+fn script_error(e: redis::RedisError) -> Error {
+    match (e.code(), e.detail()) {
+        (Some("CORRUPT"), Some(detail)) => {
+            let what = detail.split(" script: ").next().unwrap_or(detail);
+            Error::Corrupt(what.to_owned())
+        }
+        _ => e.into(),
+    }
+}
+
 /// `op` got no answer within `after`.
 fn timed_out(op: &'static str, after: Duration) -> Error {
     Error::Timeout {
@@ -544,7 +562,8 @@ impl Inner {
         let fields: Vec<String> = self
             .invoke(&self.scripts.get, id)
             .invoke_async(&mut self.conn())
-            .await?;
+            .await
+            .map_err(script_error)?;
         if fields.is_empty() {
             return Err(Error::NotFound(id.to_owned()));
         }
@@ -558,7 +577,8 @@ impl Inner {
             .arg(field)
             .arg(serde_json::to_string(value)?)
             .invoke_async(&mut self.conn())
-            .await?;
+            .await
+            .map_err(script_error)?;
         if found == 0 {
             return Err(Error::NotFound(id.to_owned()));
         }
@@ -571,7 +591,8 @@ impl Inner {
             .invoke(&self.scripts.get_field, id)
             .arg(field)
             .invoke_async(&mut self.conn())
-            .await?;
+            .await
+            .map_err(script_error)?;
         match r {
             redis::Value::Array(items) => match items.get(1) {
                 Some(v) => {
@@ -679,7 +700,8 @@ impl SessionStore for RedisStore {
                     .invoke(&inner.scripts.ensure, id)
                     .arg(ttl_ms(inner.default_ttl))
                     .invoke_async(&mut inner.conn())
-                    .await?;
+                    .await
+                    .map_err(script_error)?;
                 Ok(())
             })
             .await
@@ -710,7 +732,8 @@ impl SessionStore for RedisStore {
                         .arg(&version)
                         .arg(fields(&s)?)
                         .invoke_async(&mut inner.conn())
-                        .await?;
+                        .await
+                        .map_err(script_error)?;
                     match written {
                         1 => return Ok(s),
                         -1 => return Err(Error::NotFound(id.to_owned())),
@@ -896,7 +919,8 @@ impl SessionStore for RedisStore {
                     .invoke(&inner.scripts.del_field, id)
                     .arg(format!("d:{key}"))
                     .invoke_async(&mut inner.conn())
-                    .await?;
+                    .await
+                    .map_err(script_error)?;
                 match r {
                     -1 => Err(Error::NotFound(id.to_owned())),
                     r => Ok(r == 1),
