@@ -53,20 +53,23 @@ pub struct PoolConfig {
     pub max_frame_size: usize,
     /// Upper bound on the calls one worker runs at once, whatever it declares.
     pub max_concurrency_per_worker: u32,
-    /// Calls written ahead to a worker that runs one call at a time, so it
-    /// goes from one reply straight to the next request instead of idling
-    /// until the host sends it (0: off). Only for workers whose hello
-    /// declares `pipeline` (they drop a cancelled call they have not
-    /// started), and only while the worker's recent calls are shorter than
-    /// `pipeline_max_call`: long calls never wait behind each other. The
-    /// default, 4, is what Celery prefetches by default; the difference is
-    /// that here it applies only to short calls. What it costs: a call that
-    /// turns out long, on a worker whose calls were short, holds up to this
-    /// many calls written ahead behind it. Set 1 to bound that to one.
+    /// Calls written ahead to a worker that runs one call at a time, at
+    /// most, so it goes from one reply straight to the next request instead
+    /// of idling until the host sends it (0: off). Only for workers whose
+    /// hello declares `pipeline` (they drop a cancelled call they have not
+    /// started). How many are written ahead follows the worker's recent
+    /// calls: as many as it runs in `pipeline_max_call` (at least 1, at most
+    /// this), so a call written ahead waits about `pipeline_max_call` at
+    /// most; none once its calls take longer than that, so long calls never
+    /// wait behind each other. Busy workers take calls written ahead in
+    /// turn. What it costs: a call that turns out long, on a worker whose
+    /// calls were short, holds the calls written ahead behind it. Set 1 to
+    /// bound that to one.
     pub pipeline_depth: u32,
-    /// A worker's recent calls (a moving average of how long it took to
-    /// answer each) must be shorter than this for calls to be written ahead
-    /// to it.
+    /// The run time that calls written ahead to a worker may cover (see
+    /// `pipeline_depth`): a worker's recent calls (a moving average of how
+    /// long it took to answer each) must be shorter than this for any call
+    /// to be written ahead to it.
     #[serde(rename = "pipeline_max_call_us", with = "micros")]
     pub pipeline_max_call: Duration,
     /// Lines of each worker's stderr kept for error reports.

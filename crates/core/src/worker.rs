@@ -459,24 +459,21 @@ impl Worker {
         }
     }
 
-    /// Its recent calls were shorter than the pool's `pipeline_max_call`.
-    fn calls_are_short(&self) -> bool {
-        self.call_us.load(Ordering::Relaxed) < self.max_call_us.load(Ordering::Relaxed)
-    }
-
     /// How many calls may wait in this worker's stdin behind the running
-    /// one: `depth` while its recent calls were short and no stream runs,
-    /// otherwise none (a long call never has another waiting behind it, nor
-    /// does a stream, which may wait on its reader).
+    /// one: as many as its recent calls take `pipeline_max_call` to run (so
+    /// a call written ahead waits about that long at most), at least 1 and
+    /// at most `depth`, while its recent calls were shorter than that and
+    /// no stream runs; otherwise none (a long call never has another
+    /// waiting behind it, nor does a stream, which may wait on its reader).
     pub(crate) fn pipeline_room(&self, depth: u32) -> u32 {
-        if self.pipelining.load(Ordering::Relaxed)
-            && self.calls_are_short()
-            && self.streams.load(Ordering::Relaxed) == 0
-        {
-            depth
-        } else {
-            0
+        if !self.pipelining.load(Ordering::Relaxed) || self.streams.load(Ordering::Relaxed) > 0 {
+            return 0;
         }
+        ahead_for(
+            self.call_us.load(Ordering::Relaxed),
+            self.max_call_us.load(Ordering::Relaxed),
+            depth,
+        )
     }
 
     /// Learns how long the call that just ended took (a moving average
@@ -659,5 +656,34 @@ impl Worker {
             }
             Err(_) => worker.kill(),
         }
+    }
+}
+
+/// Calls written ahead to a worker whose recent calls took `call_us` on
+/// average (`u32::MAX`: none has ended yet): enough to cover `window_us` of
+/// its work, at least 1 and at most `depth`; none once its calls take
+/// `window_us` or more.
+fn ahead_for(call_us: u32, window_us: u32, depth: u32) -> u32 {
+    if call_us >= window_us || depth == 0 {
+        return 0;
+    }
+    (window_us / call_us.max(1)).clamp(1, depth)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn calls_written_ahead_cover_the_window_of_recent_calls() {
+        use super::ahead_for;
+        // No call has ended yet: nothing is known to be short.
+        assert_eq!(ahead_for(u32::MAX, 1000, 16), 0);
+        assert_eq!(ahead_for(7, 1000, 16), 16, "short calls: the whole depth");
+        assert_eq!(ahead_for(0, 1000, 16), 16);
+        assert_eq!(ahead_for(100, 1000, 16), 10);
+        assert_eq!(ahead_for(400, 1000, 16), 2);
+        assert_eq!(ahead_for(999, 1000, 16), 1, "just under the window: one");
+        assert_eq!(ahead_for(1000, 1000, 16), 0, "at the window: none");
+        assert_eq!(ahead_for(7, 1000, 0), 0, "pipelining off");
+        assert_eq!(ahead_for(7, 0, 16), 0);
     }
 }

@@ -345,3 +345,83 @@ async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
     assert_eq!(pool.stats().crashes, 0);
     pool.shutdown().await.unwrap();
 }
+
+/// Calls written ahead cover about `pipeline_max_call` of the worker's
+/// recent run time, not the whole `pipeline_depth`: with calls of about
+/// 200 ms and a window of one second, 4 or 5 wait in the worker's stdin
+/// (each waits about a second at most) and the rest in the pool's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_written_ahead_cover_the_window_not_the_whole_depth() {
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| {
+            c.pipeline_depth = 16;
+            c.pipeline_max_call = Duration::from_secs(1);
+        })
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        pool.execute("sleep", json!({"ms": 200})).await.unwrap();
+    }
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 200})).await })
+        })
+        .collect();
+    assert!(eventually(10, || pool.stats().queued + in_flight_on_first(&pool) == 12).await);
+    let (in_flight, queued) = (in_flight_on_first(&pool), pool.stats().queued);
+    // 1 running and 1_000 / ~200..250 written ahead; the old rule (the whole
+    // depth for any call under the threshold) would have written 11.
+    assert!(
+        (3..=6).contains(&in_flight),
+        "{in_flight} calls on the worker, {queued} queued"
+    );
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    pool.shutdown().await.unwrap();
+}
+
+/// Calls written ahead go to the busy workers in turn, not all to one of
+/// them while the other's stdin stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_written_ahead_spread_over_the_busy_workers() {
+    let pool = pipelined(2)
+        .configure(|c| c.pipeline_depth = 16)
+        .start()
+        .await
+        .unwrap();
+    // Both workers learn that their calls are short.
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(
+            pool.execute("echo", json!({})),
+            pool.execute("echo", json!({}))
+        );
+        a.unwrap();
+        b.unwrap();
+    }
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 500})).await })
+        })
+        .collect();
+    let busy = || pool.workers().iter().filter(|w| w.in_flight == 1).count() == 2;
+    assert!(eventually(10, busy).await);
+    let short: Vec<_> = (0..10)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("echo", json!({})).await })
+        })
+        .collect();
+    let all_in = || pool.workers().iter().map(|w| w.in_flight).sum::<usize>() == 12;
+    assert!(eventually(10, all_in).await);
+    let spread: Vec<usize> = pool.workers().iter().map(|w| w.in_flight).collect();
+    assert_eq!(spread, vec![6, 6], "1 running and 5 written ahead on each");
+    for call in long.into_iter().chain(short) {
+        call.await.unwrap().unwrap();
+    }
+    pool.shutdown().await.unwrap();
+}

@@ -128,8 +128,10 @@ pub(crate) struct State {
     /// first).
     pub(crate) free: Vec<usize>,
     /// Slots whose workers are busy but may have a call written ahead:
-    /// used only when no worker is idle.
-    pub(crate) ahead: Vec<usize>,
+    /// used only when no worker is idle, in turn (a slot given a call goes
+    /// to the back), so that calls written ahead spread over the workers
+    /// instead of filling one worker's pipe while another's is empty.
+    pub(crate) ahead: VecDeque<usize>,
     pub(crate) queue: VecDeque<Waiter>,
     /// Waiters for one slot only (strict session affinity).
     pub(crate) strict: Vec<VecDeque<Waiter>>,
@@ -147,7 +149,7 @@ impl State {
         State {
             slots: (0..size).map(|_| Slot::new()).collect(),
             free: Vec::with_capacity(size),
-            ahead: Vec::with_capacity(size),
+            ahead: VecDeque::with_capacity(size),
             queue: VecDeque::new(),
             strict: (0..size).map(|_| VecDeque::new()).collect(),
             seq: 0,
@@ -199,7 +201,7 @@ impl State {
             }
         } else if slot.has_room() && !slot.in_ahead {
             slot.in_ahead = true;
-            self.ahead.push(i);
+            self.ahead.push_back(i);
         }
     }
 
@@ -213,7 +215,7 @@ impl State {
             }
             self.make_free(i);
         }
-        while let Some(i) = self.ahead.pop() {
+        while let Some(i) = self.ahead.pop_front() {
             self.slots[i].in_ahead = false;
             if self.slots[i].has_idle_room() {
                 // Freed meanwhile: it is idle now.
