@@ -51,7 +51,7 @@ Examples:
   snakepit bench --nats nats://127.0.0.1:4222 --command ping   # a cluster against the local pool
 
 The pool is measured with pipelining as set (--pipeline-depth, or
-pool.pipeline_depth in snakepit.toml, default 4) and with it off, both against
+pool.pipeline_depth in snakepit.toml, default 16) and with it off, both against
 the same raw loop. The table goes to stdout, progress to stderr (on a terminal
 only). --json prints one JSON object instead; --plot also draws the latency
 distributions. Instructions per call: cargo xtask cost.";
@@ -82,7 +82,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N")]
     sessions: Option<usize>,
     /// Calls written ahead to each worker in the pipelined measurement; 0 measures
-    /// the pool without pipelining only [default: 4, or pool.pipeline_depth in snakepit.toml].
+    /// the pool without pipelining only [default: 16, or pool.pipeline_depth in snakepit.toml].
     #[arg(long, value_name = "N")]
     pipeline_depth: Option<u32>,
     /// Rounds of the throughput comparison, the raw loop and the pool taking

@@ -32,7 +32,7 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "N")]
     pool_size: Option<usize>,
     /// Calls written ahead to a worker that runs one at a time; 0: off
-    /// [default: 4, or pool.pipeline_depth in snakepit.toml].
+    /// [default: 16, or pool.pipeline_depth in snakepit.toml].
     #[arg(long, value_name = "N")]
     pipeline_depth: Option<u32>,
     /// Run the call in this session (affinity to the worker that served it last).

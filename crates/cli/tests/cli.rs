@@ -397,7 +397,7 @@ fn bench_json_has_the_documented_fields() {
         "{v}"
     );
     // Pipelining as set (the default), and the same pool with it off.
-    assert_eq!(v["pipeline_depth"], 4, "{v}");
+    assert_eq!(v["pipeline_depth"], 16, "{v}");
     assert_eq!(v["pipeline_max_call_us"], 1000, "{v}");
     for field in ["rps", "p50_us", "p99_us", "mb_s", "cpu_us_per_call"] {
         assert!(
@@ -478,7 +478,7 @@ fn bench_json_has_the_documented_fields() {
     assert!(
         svg.starts_with("<svg")
             && svg.contains("raw loop, 2 workers")
-            && svg.contains("pool, 2 workers, 8 callers, pipeline depth 4")
+            && svg.contains("pool, 2 workers, 8 callers, pipeline depth 16")
             && svg.contains("pool, 2 workers, 8 callers, no pipelining")
     );
 }
@@ -643,7 +643,7 @@ fn exec_takes_the_pipeline_depth() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("pipeline depth 2"), "{r:?}");
     let r = snakepit(&["-v", "exec", "ping"]);
-    assert!(r.stderr.contains("pipeline depth 4"), "{r:?}");
+    assert!(r.stderr.contains("pipeline depth 16"), "{r:?}");
 }
 
 #[test]

@@ -406,7 +406,7 @@ fn verbose_lines_have_the_documented_shapes_and_no_colour_into_a_pipe() {
     assert!(
         v.stderr
             .lines()
-            .any(|l| l.starts_with("starting 1 x python") && l.contains("pipeline depth 4")),
+            .any(|l| l.starts_with("starting 1 x python") && l.contains("pipeline depth 16")),
         "{v:?}"
     );
 }

@@ -64,7 +64,10 @@ pub struct PoolConfig {
     /// wait behind each other. Busy workers take calls written ahead in
     /// turn. What it costs: a call that turns out long, on a worker whose
     /// calls were short, holds the calls written ahead behind it. Set 1 to
-    /// bound that to one.
+    /// bound that to one. The default, 16: with 4, two Python workers
+    /// answering pings from 64 callers served a fifth fewer calls (72,000
+    /// to 80,000 calls/s against 80,000 to 105,000, alternated); beyond 16,
+    /// no clear gain.
     pub pipeline_depth: u32,
     /// The run time that calls written ahead to a worker may cover (see
     /// `pipeline_depth`): a worker's recent calls (a moving average of how
@@ -130,7 +133,7 @@ impl Default for PoolConfig {
             cleanup_max_retries: 10,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_concurrency_per_worker: 64,
-            pipeline_depth: 4,
+            pipeline_depth: 16,
             pipeline_max_call: Duration::from_millis(1),
             stderr_tail_lines: 40,
             max_sessions: 100_000,

@@ -194,6 +194,9 @@ impl Error {
             Error::Codec(
                 snakepit_protocol::Error::Encode { .. }
                     | snakepit_protocol::Error::TooDeep { encoding: true, .. }
+                    // Only a request's own frame is checked against the
+                    // limit as a codec error (a reply's is a protocol one).
+                    | snakepit_protocol::Error::FrameTooLarge { .. }
             )
         )
     }

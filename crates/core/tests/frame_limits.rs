@@ -96,6 +96,7 @@ async fn a_request_above_max_frame_size_is_refused_before_it_is_sent() {
         }
         other => panic!("expected a codec error, got {other:?}"),
     }
+    assert!(err.never_ran(), "a refused request never ran: {err}");
 
     // The same worker answers next, and it received one call before this
     // one: the refused request never reached it.

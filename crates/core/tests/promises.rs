@@ -412,7 +412,7 @@ fn pool_config_defaults_are_the_documented_ones() {
     assert_eq!(c.cleanup_retry_interval, Duration::from_millis(100));
     assert_eq!(c.cleanup_max_retries, 10);
     assert_eq!(c.max_frame_size, 64 << 20);
-    assert_eq!(c.pipeline_depth, 4);
+    assert_eq!(c.pipeline_depth, 16);
     assert_eq!(c.pipeline_max_call, Duration::from_micros(1000));
     assert_eq!(c.restart_backoff, Duration::from_millis(50));
     assert_eq!(c.restart_backoff_max, Duration::from_millis(5_000));
