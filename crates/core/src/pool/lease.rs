@@ -45,9 +45,10 @@ impl Shared {
         }
         slot.in_flight = slot.in_flight.saturating_sub(1);
         slot.interrupting = false;
-        slot.ahead = worker.pipeline_room(self.config.pipeline_depth);
+        let served = worker.served.load(Ordering::Relaxed);
+        slot.allow_ahead(worker.pipeline_room(self.config.pipeline_depth), served);
         if slot.replace_at > 0 || slot.drain_at > 0 {
-            slot.count_served(worker.served.load(Ordering::Relaxed));
+            slot.count_served(served);
         }
         self.hand_off(&mut st, worker.slot);
     }

@@ -94,6 +94,21 @@ impl Slot {
         self.checking = false;
     }
 
+    /// Lets `room` calls be written ahead, but never so many that a worker
+    /// recycled by calls would be given calls past its limit (`served`:
+    /// the calls it has answered).
+    pub(crate) fn allow_ahead(&mut self, room: u32, served: u64) {
+        self.ahead = match self.drain_at {
+            0 => room,
+            at => {
+                let left = at
+                    .saturating_sub(served)
+                    .saturating_sub(u64::from(self.capacity));
+                room.min(u32::try_from(left).unwrap_or(u32::MAX))
+            }
+        };
+    }
+
     /// Acts on the number of calls the worker has answered: wakes its
     /// supervisor near the limit, stops giving it calls at the limit.
     pub(crate) fn count_served(&mut self, served: u64) {
@@ -282,6 +297,23 @@ mod tests {
         st.purge_abandoned();
         assert_eq!(st.queued_entries(), 1);
         drop(keep);
+    }
+
+    #[test]
+    fn calls_written_ahead_never_take_a_worker_past_its_limit() {
+        let mut slot = Slot::new();
+        slot.capacity = 1;
+        slot.allow_ahead(16, 10);
+        assert_eq!(slot.ahead, 16, "no limit");
+        slot.drain_at = 50;
+        slot.allow_ahead(16, 10);
+        assert_eq!(slot.ahead, 16, "far from it");
+        slot.allow_ahead(16, 45);
+        assert_eq!(slot.ahead, 4, "45 answered, 1 running, 4 ahead: 50");
+        slot.allow_ahead(16, 49);
+        assert_eq!(slot.ahead, 0);
+        slot.allow_ahead(16, 60);
+        assert_eq!(slot.ahead, 0, "past it (a replacement that failed)");
     }
 
     #[test]
