@@ -53,7 +53,7 @@ impl Adapter for Api {
         self.supported.clone()
     }
     fn process_response(&self, _: &str, result: Value) -> Result<Value, String> {
-        if self.reject_results {
+        if self.reject_results && result["echoed"]["reject"] == true {
             Err("the result has no `answer`".into())
         } else {
             Ok(result)
@@ -361,7 +361,10 @@ async fn a_call_without_a_timeout_has_the_adapters_command_timeout() {
 async fn a_queue_timeout_carries_the_configured_timeout_and_never_ran() {
     let pool = builder(Api::default())
         .size(1)
-        .configure(|c| c.queue_timeout = Duration::from_millis(200))
+        .configure(|c| {
+            c.queue_timeout = Duration::from_millis(200);
+            c.pipeline_depth = 0;
+        })
         .start()
         .await
         .unwrap();
@@ -501,12 +504,14 @@ async fn a_result_refused_by_process_response_is_validation_of_a_call_that_ran()
         ..Api::default()
     };
     let pool = start(adapter, 1).await;
-    let err = pool.execute("echo", json!({})).await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Validation { command, message } if command == "echo" && message.contains("answer")),
-        "{err}"
-    );
+    let err = pool
+        .execute("echo", json!({"reject": true}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no `answer`"), "{err}");
     assert!(!err.never_ran(), "the worker ran it: {err}");
+    // It did run: the worker's next echo is its second.
+    assert_eq!(pool.execute("echo", json!({})).await.unwrap()["served"], 2);
     pool.shutdown().await.unwrap();
 }
 
@@ -625,4 +630,241 @@ fn pool_config_refuses_unknown_fields_and_reads_pipeline_max_call_in_microsecond
     assert_eq!(v["queue_timeout_ms"], 5000);
     let back: PoolConfig = serde_json::from_value(v).unwrap();
     assert_eq!(back, PoolConfig::default());
+}
+
+/// One line per event, for comparing what listeners saw.
+fn event_line(event: &snakepit_core::events::Event<'_>) -> String {
+    use snakepit_core::events::EventKind;
+    match &event.kind {
+        EventKind::CallEnded {
+            command,
+            worker,
+            pid,
+            outcome,
+            queue_wait,
+            duration,
+            ..
+        } => {
+            assert!(queue_wait <= duration, "{event:?}");
+            format!("call {command} {worker:?} {} {outcome}", pid.is_some())
+        }
+        EventKind::WorkerReady { worker, .. } => format!("ready {worker}"),
+        EventKind::WorkerExited {
+            worker,
+            pid,
+            reason,
+        } => format!("exited {worker} {pid} {reason}"),
+        EventKind::WorkerRestarting { worker, .. } => format!("restart {worker}"),
+        other => format!("{other:?}"),
+    }
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// `EventKind::CallEnded`: "A call ended, whatever the outcome (also a
+/// call that never ran)": its `outcome` is `"ok"`, `"cancelled"` (the
+/// caller dropped the call) or the error's `kind`, and `worker`/`pid` are
+/// set only if it reached one. `PoolBuilder::on_event`: "Any number may be
+/// registered": each sees every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_sees_every_call_end_including_those_that_never_ran() {
+    let (first, second): (Log, Log) = Default::default();
+    let (a, b) = (first.clone(), second.clone());
+    let adapter = Api {
+        supported: Some(vec!["echo".into(), "hold".into()]),
+        ..Api::default()
+    };
+    let pool = builder(adapter)
+        .size(1)
+        // Nothing written ahead to the busy worker: the echo waits in the
+        // pool's queue (see the report: a call written ahead behind a long
+        // one waits for it, past the queue timeout).
+        .configure(|c| {
+            c.queue_timeout = Duration::from_millis(200);
+            c.pipeline_depth = 0;
+        })
+        .on_event(move |e| a.lock().unwrap().push(event_line(e)))
+        .on_event(move |e| b.lock().unwrap().push(event_line(e)))
+        .start()
+        .await
+        .unwrap();
+    pool.execute("echo", json!({})).await.unwrap();
+    pool.execute("nope", json!({})).await.unwrap_err();
+    let hold = Hold::new("events");
+    let held = {
+        let pool = pool.clone();
+        let args = hold.args("a");
+        tokio::spawn(async move { pool.execute("hold", args).await })
+    };
+    hold.started("a").await;
+    let err = pool.execute("echo", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::QueueTimeout(_)), "{err}");
+    held.abort();
+    assert!(held.await.unwrap_err().is_cancelled());
+    hold.release();
+    pool.execute("echo", json!({})).await.unwrap();
+    pool.shutdown().await.unwrap();
+    pool.execute("echo", json!({})).await.unwrap_err();
+    let seen = first.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "ready 0",
+            "call echo Some(0) true ok",
+            "call nope None false unsupported_command",
+            "call echo None false queue_timeout",
+            "call hold Some(0) true cancelled",
+            "call echo Some(0) true ok",
+            "call echo None false shut_down",
+        ]
+    );
+    assert_eq!(*second.lock().unwrap(), seen, "both listeners see the same");
+}
+
+/// `EventKind::WorkerExited`: a ready worker that "was killed" is reported
+/// with its slot, pid and how it ended ("killed by signal 9 (SIGKILL)");
+/// "A worker the pool retires (recycling, shutdown) is not reported here".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_reported_exited_and_a_shut_down_one_is_not() {
+    let log: Log = Default::default();
+    let l = log.clone();
+    let pool = builder(Api::default())
+        .size(1)
+        .on_event(move |e| {
+            if !matches!(e.kind, snakepit_core::events::EventKind::CallEnded { .. }) {
+                l.lock().unwrap().push(event_line(e));
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    kill_9(pid);
+    assert!(
+        eventually(20, || log.lock().unwrap().len() >= 4).await,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    let replacement = pool.worker_pids()[0];
+    pool.shutdown().await.unwrap();
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "ready 0".to_string(),
+            format!("exited 0 {pid} killed by signal 9 (SIGKILL)"),
+            "restart 0".to_string(),
+            "ready 0".to_string(),
+        ],
+        "nothing for {replacement}, stopped by shutdown"
+    );
+}
+
+/// `Affinity::FailFast`: "fail at once with `WorkerBusy`", naming the
+/// session and its worker, a call that never ran; `Affinity::Strict`:
+/// "Wait for it (in the queue, subject to the queue timeout)", even while
+/// another worker is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_names_the_busy_worker_and_strict_waits_only_the_queue_timeout() {
+    use snakepit_core::Affinity;
+    let pool = builder(Api::default())
+        .size(2)
+        .configure(|c| {
+            c.queue_timeout = Duration::from_millis(300);
+            c.pipeline_depth = 0;
+        })
+        .start()
+        .await
+        .unwrap();
+    let hold = Hold::new("affinity");
+    let held = {
+        let pool = pool.clone();
+        let args = hold.args("a");
+        tokio::spawn(async move {
+            pool.execute_with("hold", args, CallOptions::new().session("s"))
+                .await
+        })
+    };
+    let pid = hold.started("a").await;
+    let id = pool
+        .workers()
+        .into_iter()
+        .find(|w| w.pid == pid)
+        .unwrap()
+        .id;
+    let err = pool
+        .execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().session("s").affinity(Affinity::FailFast),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        Error::WorkerBusy {
+            session_id,
+            worker_id,
+        } => assert_eq!(
+            (session_id.as_str(), worker_id.as_str()),
+            ("s", id.as_str())
+        ),
+        other => panic!("not WorkerBusy: {other}"),
+    }
+    assert_eq!(err.kind(), "worker_busy");
+    assert!(err.never_ran() && !err.is_timeout());
+    let err = pool
+        .execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().session("s").affinity(Affinity::Strict),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::QueueTimeout(d) if d == Duration::from_millis(300)),
+        "{err}"
+    );
+    // Neither ran anywhere: the free worker has served no echo.
+    let r = pool.execute("echo", json!({})).await.unwrap();
+    assert_ne!(r["pid"], pid);
+    assert_eq!(r["served"], 1);
+    hold.release();
+    held.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+/// `Adapter`: "Typed calls (`Pool::call`) are validated too": a call
+/// `validate_command` refuses fails with `Error::Validation` and never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_are_validated_too() {
+    struct NoEcho;
+    impl Adapter for NoEcho {
+        fn launch(&self) -> Launch {
+            Api::default().launch()
+        }
+        fn validate_command(&self, command: &str, _: &Value) -> Result<(), String> {
+            if command == "echo" {
+                Err("echo is switched off".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let pool = builder(NoEcho).size(1).start().await.unwrap();
+    let err = pool
+        .call::<_, Value>("echo", &json!({"x": 1}), CallOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation { command, message } if command == "echo" && message == "echo is switched off"),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "validation");
+    assert!(err.never_ran());
+    let r: Value = pool
+        .call("env", &json!({"keys": []}), CallOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(r["pid"], pool.worker_pids()[0]);
+    pool.shutdown().await.unwrap();
 }
