@@ -868,3 +868,52 @@ async fn typed_calls_are_validated_too() {
     assert_eq!(r["pid"], pool.worker_pids()[0]);
     pool.shutdown().await.unwrap();
 }
+
+/// `Pool::shutdown`: "Stops admitting calls, lets calls in flight finish
+/// within the grace period", then the workers go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_admits_no_new_call_and_lets_the_running_one_finish() {
+    let pool = builder(Api::default())
+        .size(1)
+        .configure(|c| {
+            c.shutdown_grace_period = Duration::from_secs(30);
+            c.pipeline_depth = 0;
+        })
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    let hold = Hold::new("shutdown");
+    let held = {
+        let pool = pool.clone();
+        let args = hold.args("a");
+        tokio::spawn(async move { pool.execute("hold", args).await })
+    };
+    hold.started("a").await;
+    let stopping = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown().await })
+    };
+    // Once shutdown has begun, a new call is turned away (until then it
+    // would queue behind the running call: give each try a short while).
+    let mut refused = None;
+    for _ in 0..400 {
+        let attempt = pool.execute("echo", json!({}));
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), attempt).await {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("a call was admitted during shutdown");
+    assert!(matches!(refused, Err(Error::ShutDown)), "{refused:?}");
+    assert!(alive(pid), "the worker stays while its call runs");
+    assert!(
+        !stopping.is_finished(),
+        "shutdown waits for the running call"
+    );
+    hold.release();
+    let r = held.await.unwrap().expect("the running call finished");
+    assert_eq!(r["token"], "a");
+    stopping.await.unwrap().unwrap();
+    assert!(eventually(10, || !alive(pid)).await, "the worker is gone");
+}
