@@ -589,7 +589,8 @@ async fn a_streams_deadline_counts_from_submission_and_nothing_follows_its_final
 /// worker starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_unusable_setting_is_a_config_error_at_start() {
-    let cases: Vec<(&str, fn(&mut PoolConfig))> = vec![
+    type Change = fn(&mut PoolConfig);
+    let cases: Vec<(&str, Change)> = vec![
         ("pool_size 0", |c| c.pool_size = 0),
         ("max_concurrency_per_worker 0", |c| {
             c.max_concurrency_per_worker = 0
