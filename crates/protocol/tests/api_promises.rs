@@ -289,3 +289,24 @@ fn a_workers_report_of_an_unreadable_frame_is_a_failed_response_with_id_0() {
         );
     }
 }
+
+/// `Codec::decode`: "Deserialises one value from the whole of `src`":
+/// bytes after the value are an error, not silently dropped.
+#[test]
+fn json_decodes_the_whole_payload_and_refuses_trailing_bytes() {
+    let err = Json.decode::<Value>(b"{\"id\":1} {\"id\":2}").unwrap_err();
+    assert_eq!(err.kind(), "invalid_payload", "{err:?}");
+    assert_eq!(Json.decode::<Value>(b" {\"id\":1} ").unwrap()["id"], 1);
+}
+
+/// The same promise for MessagePack.
+#[test]
+#[ignore = "fails: MsgPack::decode does not detect bytes after the value (codec.rs says so in \
+            a comment; the doc of Codec::decode promises the whole of src; see the report of \
+            helper H)"]
+fn msgpack_decodes_the_whole_payload_and_refuses_trailing_bytes() {
+    let mut payload = BytesMut::new();
+    MsgPack.encode(&json!({"id": 1}), &mut payload).unwrap();
+    payload.extend_from_slice(&[0x01, 0x02]);
+    assert!(MsgPack.decode::<Value>(&payload).is_err());
+}
