@@ -182,6 +182,7 @@ async fn the_pool_name_prefixes_worker_ids_and_the_builders_codec_overrides_the_
     let me = info.iter().find(|w| w.pid == pid).expect("listed");
     assert_eq!(me.id, id, "WorkerInfo::id is SNAKEPIT_WORKER_ID");
     assert!(info.iter().all(|w| w.id.starts_with("alpha")), "{info:?}");
+    assert_eq!(pool.template_pid(), None, "no template without preload");
     pool.shutdown().await.unwrap();
 }
 
@@ -971,5 +972,74 @@ async fn strict_affinity_is_bounded_by_the_queue_timeout_with_the_default_pipeli
     );
     hold.release();
     held.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+/// `PoolConfig::stderr_tail_lines`: "Lines of each worker's stderr kept
+/// for error reports": a crash's `stderr_tail` is the last that many
+/// lines; `ExitReason::Code` is the worker's exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_reports_the_last_stderr_tail_lines_and_the_exit_code() {
+    let pool = builder(Api::default())
+        .size(1)
+        .configure(|c| c.stderr_tail_lines = 5)
+        .start()
+        .await
+        .unwrap();
+    let err = pool
+        .execute("die_noisily", json!({"lines": 100, "code": 7}))
+        .await
+        .unwrap_err();
+    let Error::WorkerCrashed(crash) = &err else {
+        panic!("not a crash: {err}");
+    };
+    assert_eq!(crash.exit, ExitReason::Code(7));
+    let lines: Vec<&str> = crash.stderr_tail.lines().collect();
+    assert_eq!(
+        lines,
+        [95, 96, 97, 98, 99].map(|i| format!("noise line {i}")),
+        "{crash:?}"
+    );
+    pool.shutdown().await.unwrap();
+}
+
+/// `PoolConfig::max_concurrency_per_worker`: "Upper bound on the calls one
+/// worker runs at once, whatever it declares": a worker that declares 4,
+/// under a bound of 2, has capacity 2 and never more than 2 calls in
+/// flight; the next call waits in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_per_worker_bounds_what_a_worker_declares() {
+    let mut adapter = TestWorker::new();
+    adapter.extra_args.push("--async".into());
+    let pool = builder(adapter)
+        .size(1)
+        .configure(|c| c.max_concurrency_per_worker = 2)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(pool.workers()[0].capacity, 2);
+    assert_eq!(pool.stats().capacity, 2);
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.execute("asleep", json!({"ms": 1500, "token": i}))
+                    .await
+            })
+        })
+        .collect();
+    assert!(
+        eventually(10, || {
+            let s = pool.stats();
+            s.in_flight == 2 && s.queued == 1
+        })
+        .await,
+        "{:?}",
+        pool.stats()
+    );
+    assert_eq!(pool.workers()[0].in_flight, 2);
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
     pool.shutdown().await.unwrap();
 }

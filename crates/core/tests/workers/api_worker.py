@@ -49,5 +49,14 @@ def stream(args, ctx):
     return {"done": args.get("n", 3)}
 
 
+@worker.command("die_noisily")
+def die_noisily(args, ctx):
+    """Writes `lines` numbered lines to stderr, then exits with `code`."""
+    for i in range(args.get("lines", 100)):
+        sys.stderr.write("noise line %d\n" % i)
+    sys.stderr.flush()
+    os._exit(args.get("code", 3))
+
+
 if __name__ == "__main__":
     worker.run()
