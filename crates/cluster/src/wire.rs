@@ -358,7 +358,7 @@ impl WireError {
                 w.command = Some(command.clone());
                 w.remote = Some(error.clone());
             }
-            Error::Validation { command, message } => {
+            Error::Validation { command, message } | Error::ResultRefused { command, message } => {
                 w.command = Some(command.clone());
                 w.detail = Some(message.clone());
             }
@@ -443,6 +443,10 @@ impl WireError {
                     .unwrap_or_else(|| RemoteError::new("ClusterError", self.message)),
             },
             "validation" => Error::Validation {
+                command: command_of(self.command),
+                message: self.detail.unwrap_or(self.message),
+            },
+            "result_refused" => Error::ResultRefused {
                 command: command_of(self.command),
                 message: self.detail.unwrap_or(self.message),
             },
@@ -555,6 +559,15 @@ mod tests {
             error: RemoteError::new("ValueError", "bad"),
         });
         assert_eq!(back.remote().unwrap().kind.as_deref(), Some("ValueError"));
+        let back = round(Error::ResultRefused {
+            command: "echo".into(),
+            message: "no answer".into(),
+        });
+        assert!(
+            matches!(&back, Error::ResultRefused { command, message } if command == "echo" && message == "no answer")
+                && !back.never_ran(),
+            "{back:?}"
+        );
         let back = round(Error::StoppedByShutdown {
             worker_id: "w1".into(),
             pid: 42,

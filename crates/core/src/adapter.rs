@@ -109,8 +109,9 @@ impl Launch {
 /// [`validate_command`](Adapter::validate_command) before the call is queued,
 /// [`prepare_args`](Adapter::prepare_args) before it is encoded, and
 /// [`process_response`](Adapter::process_response) on the result. Typed calls
-/// ([`Pool::call`](crate::Pool::call)) are validated too but skip the two
-/// value hooks, since their arguments and results are not `Value`s.
+/// ([`Pool::call`](crate::Pool::call)) are validated too, with `args` =
+/// `Value::Null` (their arguments are not a `Value`), and skip the two value
+/// hooks.
 ///
 /// ```
 /// use snakepit_core::{Adapter, Launch};
@@ -159,7 +160,8 @@ pub trait Adapter: Send + Sync + 'static {
     }
 
     /// Reshapes a successful result before the caller sees it; an `Err`
-    /// message fails the call with [`Error::Validation`](crate::Error::Validation).
+    /// message fails the call with
+    /// [`Error::ResultRefused`](crate::Error::ResultRefused) (the call ran).
     fn process_response(&self, command: &str, result: Value) -> Result<Value, String> {
         let _ = command;
         Ok(result)

@@ -25,7 +25,10 @@ pub struct PoolConfig {
     /// How long `start()` may take for every worker to be ready.
     #[serde(rename = "startup_timeout_ms", with = "millis")]
     pub startup_timeout: Duration,
-    /// How long a call may wait in the queue for a free worker.
+    /// How long a call may wait in the queue for a free worker. A call
+    /// written ahead to a busy worker (`pipeline_depth`) has left the queue:
+    /// it waits for the calls before it on that worker, which were short
+    /// until then.
     #[serde(rename = "queue_timeout_ms", with = "millis")]
     pub queue_timeout: Duration,
     /// Calls that may wait at once; one more is rejected with `PoolSaturated`.
@@ -49,7 +52,9 @@ pub struct PoolConfig {
     pub cleanup_retry_interval: Duration,
     /// Attempts to confirm a worker's process group is gone before giving up.
     pub cleanup_max_retries: u32,
-    /// The largest frame accepted from a worker, in bytes.
+    /// The largest frame accepted from a worker, in bytes, and the largest
+    /// request frame sent to one. The bundled bridges' hello frames take a
+    /// few hundred bytes: a limit below that fails every start.
     pub max_frame_size: usize,
     /// Upper bound on the calls one worker runs at once, whatever it declares.
     pub max_concurrency_per_worker: u32,

@@ -19,7 +19,9 @@ pub enum Error {
         /// How many calls were waiting.
         queued: usize,
     },
-    /// The call waited in the queue longer than the queue timeout and never ran.
+    /// The call waited in the queue longer than the queue timeout and never
+    /// ran (a call written ahead to a worker has left the queue: see
+    /// `PoolConfig::queue_timeout`).
     #[error("no worker became free within the queue timeout of {0:?}")]
     QueueTimeout(Duration),
     /// The call's deadline passed. If it had reached a worker, the worker was
@@ -93,6 +95,15 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The adapter's `process_response` refused the result of a call that
+    /// ran (unlike [`Error::Validation`], the worker did the work).
+    #[error("the result of `{command}` was refused: {message}")]
+    ResultRefused {
+        /// The command.
+        command: String,
+        /// Why.
+        message: String,
+    },
     /// The adapter does not support the command; it never ran.
     #[error("unsupported command `{0}`")]
     UnsupportedCommand(String),
@@ -159,6 +170,7 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::Remote { .. } => "remote",
             Error::Validation { .. } => "validation",
+            Error::ResultRefused { .. } => "result_refused",
             Error::UnsupportedCommand(_) => "unsupported_command",
             Error::Codec(_) => "codec",
             Error::StreamBehind { .. } => "stream_behind",

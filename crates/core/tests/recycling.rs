@@ -84,8 +84,7 @@ async fn a_worker_recycled_by_calls_serves_about_its_limit() {
         "calls served per worker: {counts:?}; recycled during the run: {}",
         recycled_during_run.load(Ordering::SeqCst)
     );
-    // The drawn limit is at most 10% above the setting; the handshake ping
-    // counts as one call, and calls written ahead never take a worker past
+    // The drawn limit is at most 10% above the setting, and calls written ahead never take a worker past
     // its limit (up to 16 are written ahead to these workers otherwise). A
     // few calls of margin all the same.
     let most = LIMIT * 11 / 10 + 5;

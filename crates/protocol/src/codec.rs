@@ -166,13 +166,11 @@ impl Codec for MsgPack {
 
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
         use rmp_serde::decode::Error as E;
-        // Trailing bytes after the value are not detected: rmp-serde does not
-        // expose how much of a borrowed slice it consumed.
         let mut de = rmp_serde::Deserializer::from_read_ref(src);
         // rmp-serde counts down from this and fails on reaching 0: at most
         // `MAX_DEPTH` nested arrays, maps and extensions, as serde_json.
         de.set_max_depth(crate::MAX_DEPTH + 1);
-        T::deserialize(&mut de).map_err(|e| {
+        let value = T::deserialize(&mut de).map_err(|e| {
             let detail = e.to_string();
             match e {
                 E::DepthLimitExceeded => Error::TooDeep {
@@ -200,7 +198,19 @@ impl Codec for MsgPack {
                     detail,
                 },
             }
-        })
+        })?;
+        // Bytes after the value make the payload something else than one
+        // value, as serde_json says of JSON. rmp-serde does not tell how
+        // much of a borrowed slice it read, so the value's end is found by
+        // skipping it (lengths, no allocation).
+        let end = crate::skim::msgpack::value(src, 0)?;
+        if end != src.len() {
+            return Err(Error::InvalidPayload {
+                codec: "msgpack",
+                detail: format!("{} bytes after the value", src.len() - end),
+            });
+        }
+        Ok(value)
     }
 
     fn peek_response(&self, payload: &[u8]) -> Option<(u64, bool)> {

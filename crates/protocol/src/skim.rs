@@ -52,7 +52,7 @@ fn not_a_map() -> Error {
     }
 }
 
-mod msgpack {
+pub(crate) mod msgpack {
     use super::{not_a_map, Raw};
     use crate::{Error, Result};
 
@@ -111,7 +111,7 @@ mod msgpack {
     /// The end of the value at `i`, without recursion: a count of the values
     /// still to skip, each of which needs at least a byte, so that a huge
     /// declared length fails as soon as it cannot fit.
-    fn value(p: &[u8], mut i: usize) -> Result<usize> {
+    pub(crate) fn value(p: &[u8], mut i: usize) -> Result<usize> {
         let mut pending: u64 = 1;
         while pending > 0 {
             pending -= 1;

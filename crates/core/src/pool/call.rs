@@ -199,7 +199,7 @@ impl Pool {
             shared
                 .adapter
                 .process_response(command, value)
-                .map_err(|message| Error::Validation {
+                .map_err(|message| Error::ResultRefused {
                     command: command.to_owned(),
                     message,
                 })

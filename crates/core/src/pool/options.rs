@@ -71,7 +71,10 @@ pub enum Affinity {
     /// Use it when it is free, otherwise any free worker.
     #[default]
     Prefer,
-    /// Wait for it (in the queue, subject to the queue timeout).
+    /// Wait for it: in the queue, subject to the queue timeout, or, while
+    /// its recent calls are short (pipelining, `PoolConfig::pipeline_depth`),
+    /// written ahead to it, where the call waits for the calls before it
+    /// (with no queue timeout: it has left the queue).
     Strict,
     /// Use it when it is free, otherwise fail at once with `WorkerBusy`.
     FailFast,

@@ -54,7 +54,10 @@ impl Worker {
                 id,
             });
         };
-        self.served.fetch_add(1, Ordering::Relaxed);
+        // The pool's own pings (init, health) hold no unit: only calls count.
+        if pending.holds_unit {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(last) = &self.last_reply_ms {
             last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
