@@ -11,10 +11,13 @@
 //! have a grace period far longer than [`GUARD`], so a worker that waited
 //! for something would still be alive (unsignalled) when the guard fires.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use common::on_every_worker;
+use serde_json::json;
 use snakepit_adapters::{Bridge, Language};
 use snakepit_core::Pool;
 use snakepit_tests::{alive, eventually, python};
@@ -76,27 +79,6 @@ async fn start(bridge: Bridge, size: usize) -> Pool {
         .unwrap()
 }
 
-/// `threads` on every worker at once (each call held long enough that
-/// every worker gets one).
-async fn threads_of_every_worker(pool: &Pool) -> Vec<Value> {
-    let n = pool.worker_pids().len();
-    let calls: Vec<_> = (0..n)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.execute("threads", json!({"ms": 300})).await })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for call in calls {
-        out.push(call.await.unwrap().unwrap());
-    }
-    let mut pids: Vec<u64> = out.iter().map(|v| v["pid"].as_u64().unwrap()).collect();
-    pids.sort();
-    pids.dedup();
-    assert_eq!(pids.len(), n, "every worker answered: {out:?}");
-    out
-}
-
 /// Shuts the pool down and waits until every one of its processes is gone;
 /// a worker still alive at [`GUARD`] was waiting for something.
 async fn shut_down(pool: Pool, workers: &[u32], template: u32) {
@@ -134,7 +116,7 @@ async fn a_thread_the_template_started_is_absent_in_every_worker(lang: Language)
         task_count(template) >= 2,
         "{lang:?}: the template runs its thread"
     );
-    for v in threads_of_every_worker(&pool).await {
+    for v in on_every_worker(&pool, "threads").await {
         let names: Vec<&str> = v["names"]
             .as_array()
             .unwrap()
@@ -179,7 +161,7 @@ async fn a_forked_python_worker_ends_without_waiting_for_its_non_daemon_threads(
         2,
     )
     .await;
-    for v in threads_of_every_worker(&pool).await {
+    for v in on_every_worker(&pool, "threads").await {
         assert_eq!(
             v["non_daemon"],
             json!(["MainThread", "worker-poller"]),
@@ -212,7 +194,7 @@ async fn a_forked_ruby_worker_runs_no_at_exit_handler() {
     let mut workers = pool.worker_pids();
     workers.sort();
     // Served, so that each worker has run its hook and is past start-up.
-    threads_of_every_worker(&pool).await;
+    on_every_worker(&pool, "threads").await;
     shut_down(pool, &workers, template).await;
     let seen = notes(&log);
     assert_eq!(
@@ -234,7 +216,7 @@ async fn a_forked_ruby_worker_runs_no_at_exit_handler() {
     .env("PRELOAD_EXITS_LOG", &log);
     let pool = start(direct, 1).await;
     let worker = pool.worker_pids()[0];
-    threads_of_every_worker(&pool).await;
+    on_every_worker(&pool, "threads").await;
     tokio::time::timeout(GUARD, pool.shutdown())
         .await
         .expect("the worker ended on its own when its stdin closed")

@@ -7,10 +7,13 @@
 //! carrying its error, and the template's load counts against
 //! `worker_init_timeout`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use common::on_every_worker;
+use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::{Error, Pool};
 use snakepit_tests::{alive, eventually, python};
@@ -30,34 +33,13 @@ fn temp(name: &str) -> PathBuf {
     path
 }
 
-/// One call per worker at once, each held long enough that every worker
-/// gets one.
-async fn draw_on_every_worker(pool: &Pool) -> Vec<Value> {
-    let n = pool.worker_pids().len();
-    let calls: Vec<_> = (0..n)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.execute("draw", json!({"ms": 300})).await })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for call in calls {
-        out.push(call.await.unwrap().unwrap());
-    }
-    let mut pids: Vec<u64> = out.iter().map(|v| v["pid"].as_u64().unwrap()).collect();
-    pids.sort();
-    pids.dedup();
-    assert_eq!(pids.len(), n, "every worker answered: {out:?}");
-    out
-}
-
 /// "Random generators are copied ... Python's `random` is reseeded by the
 /// bridge after the fork": four forks of one template draw four different
 /// numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forked_workers_draw_different_random_numbers() {
     let pool = Pool::builder(bridge()).size(4).start().await.unwrap();
-    let draws = draw_on_every_worker(&pool).await;
+    let draws = on_every_worker(&pool, "draw").await;
     let mut numbers: Vec<String> = draws.iter().map(|v| v["random"].to_string()).collect();
     numbers.sort();
     numbers.dedup();
@@ -70,7 +52,7 @@ async fn forked_workers_draw_different_random_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_templates_objects_are_frozen_in_every_worker() {
     let pool = Pool::builder(bridge()).size(2).start().await.unwrap();
-    for v in draw_on_every_worker(&pool).await {
+    for v in on_every_worker(&pool, "draw").await {
         assert!(v["frozen"].as_u64().unwrap() > 0, "gc.freeze() ran: {v}");
     }
     pool.shutdown().await.unwrap();

@@ -1,0 +1,26 @@
+//! What the adapters' test files share.
+
+use serde_json::{json, Value};
+use snakepit_core::Pool;
+
+/// `command` (with `{"ms": 300}`) on every worker at once: each call is held
+/// long enough that every worker gets one. Returns the replies, after
+/// checking that each came from a different worker.
+pub(crate) async fn on_every_worker(pool: &Pool, command: &str) -> Vec<Value> {
+    let n = pool.worker_pids().len();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (pool, command) = (pool.clone(), command.to_owned());
+            tokio::spawn(async move { pool.execute(&command, json!({"ms": 300})).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for call in calls {
+        out.push(call.await.unwrap().unwrap());
+    }
+    let mut pids: Vec<u64> = out.iter().map(|v| v["pid"].as_u64().unwrap()).collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), n, "every worker answered: {out:?}");
+    out
+}
