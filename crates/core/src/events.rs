@@ -102,7 +102,8 @@ pub enum EventKind<'a> {
     WorkerRestarting {
         /// The slot.
         worker: usize,
-        /// Consecutive failed starts (0 after a worker that ran a while).
+        /// Consecutive failed starts (0 after a worker that ran a second or more;
+        /// a worker that dies within a second of starting counts as one).
         attempt: u32,
         /// The back-off before the start.
         delay: Duration,
