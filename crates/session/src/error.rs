@@ -28,7 +28,8 @@ pub enum Error {
         /// The program.
         program_id: String,
     },
-    /// An id or key is empty or longer than [`MAX_ID_LEN`](crate::MAX_ID_LEN) bytes.
+    /// An id or key is empty or longer than [`MAX_ID_LEN`](crate::MAX_ID_LEN)
+    /// bytes, or a TTL is longer than [`MAX_TTL`](crate::MAX_TTL).
     #[error("invalid {what}: {reason}")]
     Invalid {
         /// What was invalid (`session id`, `key`, `program id`).

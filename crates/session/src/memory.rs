@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, unix_ms, Session, StoreStats};
+use crate::session::{check_id, check_ttl, millis, unix_ms, Session, StoreStats};
 use crate::store::{EndListener, EndReason, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
 
@@ -251,6 +251,7 @@ impl SessionStore for MemoryStore {
         check_id("session id", id)?;
         let inner = &self.inner;
         let ttl = ttl.unwrap_or(inner.default_ttl);
+        check_ttl(millis(ttl))?;
         let now = Instant::now();
         let session = Session::new(id, ttl, inner.wall_ms(now));
         let mut shard = inner.shard(id);
@@ -295,14 +296,15 @@ impl SessionStore for MemoryStore {
         F: FnMut(&mut Session) + Send,
     {
         self.inner.with_live(id, |s| {
-            let created = s.created_at_ms;
-            f(s);
-            if s.id != id {
-                s.id = id.to_owned();
-            }
-            s.created_at_ms = created;
-            Session::clone(s)
-        })
+            // On a copy: a TTL the update makes invalid changes nothing.
+            let mut next = Session::clone(s);
+            f(&mut next);
+            next.id = id.to_owned();
+            next.created_at_ms = s.created_at_ms;
+            check_ttl(next.ttl_ms)?;
+            *s = next.clone();
+            Ok(next)
+        })?
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool> {

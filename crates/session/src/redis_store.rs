@@ -20,7 +20,7 @@ use redis::Script;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, Session, StoreStats};
+use crate::session::{check_id, check_ttl, millis, Session, StoreStats};
 use crate::store::{EndListener, EndReason, SessionStore};
 use crate::sync::UnpoisonedRw;
 
@@ -678,6 +678,7 @@ impl SessionStore for RedisStore {
             .bounded("create_session", async {
                 check_id("session id", id)?;
                 let ttl = ttl.unwrap_or(inner.default_ttl);
+                check_ttl(millis(ttl))?;
                 let created: i64 = inner
                     .invoke(&inner.scripts.create, id)
                     .arg(ttl_ms(ttl))
@@ -696,6 +697,7 @@ impl SessionStore for RedisStore {
         inner
             .bounded("ensure_session", async {
                 check_id("session id", id)?;
+                check_ttl(millis(inner.default_ttl))?;
                 let _: i64 = inner
                     .invoke(&inner.scripts.ensure, id)
                     .arg(ttl_ms(inner.default_ttl))
@@ -727,6 +729,8 @@ impl SessionStore for RedisStore {
                     f(&mut s);
                     s.id = id.to_owned();
                     s.created_at_ms = created;
+                    // Before anything is written.
+                    check_ttl(s.ttl_ms)?;
                     let written: i64 = inner
                         .invoke(&inner.scripts.replace, id)
                         .arg(&version)

@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 /// The longest session id, data key or program id, in bytes.
 pub const MAX_ID_LEN: usize = 512;
 
+/// The longest TTL a session may have: 2^53 - 1 milliseconds (about
+/// 285,000 years), the most a Redis script's numbers (doubles) hold
+/// exactly. A
+/// longer one, at creation or set by an update, is [`Error::Invalid`].
+pub const MAX_TTL: Duration = Duration::from_millis(MAX_TTL_MS);
+const MAX_TTL_MS: u64 = (1 << 53) - 1;
+
 /// One session: its data, programs and metadata, kept on the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -73,6 +80,22 @@ pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `ttl_ms` is at most [`MAX_TTL`].
+pub(crate) fn check_ttl(ttl_ms: u64) -> Result<()> {
+    match ttl_ms > MAX_TTL_MS {
+        true => Err(Error::Invalid {
+            what: "ttl",
+            reason: "longer than MAX_TTL (2^53 - 1 ms)",
+        }),
+        false => Ok(()),
+    }
+}
+
+/// A TTL's milliseconds, for [`check_ttl`].
+pub(crate) fn millis(ttl: Duration) -> u64 {
+    ttl.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {

@@ -98,6 +98,40 @@ pub async fn bad_input<S: SessionStore>(store: &S) {
     ] {
         assert!(matches!(r, Err(Error::Invalid { .. })), "{r:?}");
     }
+    // A TTL beyond `MAX_TTL` is refused, whether given at creation or set
+    // by an update, and the update changes nothing.
+    let too_long = snakepit_session::MAX_TTL + Duration::from_millis(1);
+    let r = store.create_session("t", Some(too_long)).await;
+    assert!(
+        matches!(r, Err(Error::Invalid { what: "ttl", .. })),
+        "{r:?}"
+    );
+    store
+        .create_session("t", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    for ttl_ms in [u64::MAX, snakepit_session::MAX_TTL.as_millis() as u64 + 1] {
+        let r = store
+            .update_session("t", |s| {
+                s.ttl_ms = ttl_ms;
+                s.metadata.insert("changed".into(), json!(true));
+            })
+            .await;
+        assert!(
+            matches!(r, Err(Error::Invalid { what: "ttl", .. })),
+            "{r:?}"
+        );
+    }
+    let t = store.get_session("t").await.unwrap();
+    assert_eq!((t.ttl_ms, t.metadata.len()), (60_000, 0), "{t:?}");
+    let longest = store
+        .update_session("t", |s| {
+            s.ttl_ms = snakepit_session::MAX_TTL.as_millis() as u64
+        })
+        .await
+        .unwrap();
+    assert_eq!(longest.ttl(), snakepit_session::MAX_TTL);
+    assert_eq!(store.get("t", "nothing").await.unwrap(), None, "still live");
     store.ensure_session("s").await.unwrap();
     // Any text is a fine id or key, separators and unicode included.
     store.set("s", "d:p:ü {}", json!("v")).await.unwrap();
