@@ -537,8 +537,8 @@ impl Client {
     ) -> Result<Flight, Error> {
         let inner = &self.inner;
         let submitted = Instant::now();
-        let deadline = options.timeout.map(|t| submitted + t);
-        let queue_deadline = submitted + inner.config.queue_timeout;
+        let deadline = options.timeout.map(|t| later(submitted, t));
+        let queue_deadline = later(submitted, inner.config.queue_timeout);
         let session = options.session_id.as_deref();
         let mut target = session.and_then(|s| inner.sessions.lock().unwrap().get(s));
         let headers = self.trace_headers(options);
@@ -1255,4 +1255,11 @@ impl Stream for ClusterStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.items.as_mut().poll_next(cx)
     }
+}
+
+/// `at + d`, or a hundred years after `at` when `d` is longer: a duration of
+/// `Duration::MAX` (a usual way to say "no limit") never overflows the
+/// clock, which would panic.
+fn later(at: Instant, d: Duration) -> Instant {
+    at + d.min(Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -559,3 +559,25 @@ async fn a_killed_hosts_calls_fail_with_host_lost_soon_after() {
     assert!(is_host_lost(&just_started), "{just_started:?}");
     assert!(a_took < bound && b_took < bound, "{a_took:?}, {b_took:?}");
 }
+
+/// A call's timeout and the client's queue timeout as long as
+/// `Duration::MAX` (a usual way to say "no limit") are far deadlines, not a
+/// panic on the clock's overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_durations_mean_no_limit_and_never_panic() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("big_host_process", &nats.url, "big", 1).await;
+    let mut config = ClientConfig::default();
+    config.queue_timeout = Duration::MAX;
+    let client = client_with(&nats, config).await;
+    wait_hosts(&client, 1).await;
+    let r = client
+        .execute_with(
+            "big",
+            json!({"bytes": 3}),
+            CallOptions::new().timeout(Duration::MAX),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["data"], "xxx");
+}

@@ -41,6 +41,7 @@ compile_error!(
 );
 
 mod adapter;
+mod clock;
 mod config;
 mod error;
 pub mod events;

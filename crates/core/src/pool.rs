@@ -416,7 +416,7 @@ impl Pool {
         let shared = self.shared();
         shared.close();
         let grace = shared.config.shutdown_grace_period;
-        let until = Instant::now() + grace;
+        let until = crate::clock::later(Instant::now(), grace);
         while shared.every_worker().iter().any(|w| w.in_flight() > 0) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

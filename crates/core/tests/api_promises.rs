@@ -1054,3 +1054,39 @@ async fn max_concurrency_per_worker_bounds_what_a_worker_declares() {
     }
     pool.shutdown().await.unwrap();
 }
+
+/// Durations as long as `Duration::MAX` (a common way to say "no limit")
+/// are taken as "far in the future", never a panic on the clock's overflow:
+/// a call's timeout, and the pool's queue timeout and grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_durations_mean_no_limit_and_never_panic() {
+    let pool = builder(Api::default())
+        .size(1)
+        .configure(|c| {
+            c.queue_timeout = Duration::MAX;
+            c.shutdown_grace_period = Duration::MAX;
+        })
+        .start()
+        .await
+        .unwrap();
+    let r = pool
+        .execute_with(
+            "echo",
+            json!({"n": 1}),
+            CallOptions::new().timeout(Duration::MAX),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["echoed"]["n"], 1);
+    let typed: Value = pool
+        .call(
+            "echo",
+            &json!({"n": 2}),
+            CallOptions::new().timeout(Duration::MAX),
+        )
+        .await
+        .unwrap();
+    assert_eq!(typed["echoed"]["n"], 2);
+    // Nothing in flight: the longest grace period ends at once.
+    pool.shutdown().await.unwrap();
+}

@@ -248,7 +248,7 @@ impl Pool {
         let timeout = options
             .timeout
             .unwrap_or_else(|| self.shared().adapter.command_timeout(command));
-        (meta.submitted + timeout, timeout)
+        (crate::clock::later(meta.submitted, timeout), timeout)
     }
 
     pub(crate) fn check(&self, command: &str, args: &Value) -> Result<()> {

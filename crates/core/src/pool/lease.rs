@@ -181,7 +181,10 @@ impl Shared {
             }
             st.push_waiter(strict_slot, stream)
         };
-        let queue_deadline = deadline.min(Instant::now() + self.config.queue_timeout);
+        let queue_deadline = deadline.min(crate::clock::later(
+            Instant::now(),
+            self.config.queue_timeout,
+        ));
         match tokio::time::timeout_at(queue_deadline.into(), rx).await {
             Ok(Ok(Ok(lease))) => {
                 if let Some(s) = session {

@@ -469,7 +469,7 @@ pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
         w.close_stdin();
     }
     let all_done = || workers.iter().all(|w| w.is_finished());
-    let until = Instant::now() + config.shutdown_grace_period;
+    let until = crate::clock::later(Instant::now(), config.shutdown_grace_period);
     while !all_done() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
