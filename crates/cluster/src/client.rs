@@ -479,7 +479,7 @@ impl Client {
             .await
             .map_err(|e| unavailable(cluster, e.to_string()))?;
         let mut hosts = Vec::new();
-        let until = tokio::time::Instant::now() + window;
+        let until = later(Instant::now(), window).into();
         while let Ok(Some(msg)) = tokio::time::timeout_at(until, sub.next()).await {
             let Ok(ping) = serde_json::from_slice::<Value>(&msg.payload) else {
                 continue;
@@ -700,7 +700,7 @@ impl Client {
                 reply,
                 lost,
                 connected: inner.connected.subscribe(),
-                deadline: deadline.map(|d| d + inner.config.host_timeout),
+                deadline: deadline.map(|d| later(d, inner.config.host_timeout)),
                 command: command.to_owned(),
                 timeout: options.timeout.unwrap_or_default(),
                 session: options.session_id.clone(),
@@ -833,7 +833,7 @@ impl Client {
         // returned without a wake-up reaching this one).
         let poll = (inner.config.host_timeout / 6).max(Duration::from_millis(10));
         // One timer: the poll, or the queue deadline when it comes first.
-        let wake_at = until.min(Instant::now() + poll);
+        let wake_at = until.min(later(Instant::now(), poll));
         tokio::select! {
             _ = woken => Ok(()),
             _ = tokio::time::sleep_until(wake_at.into()) => match Instant::now() >= until {
