@@ -13,6 +13,12 @@ pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at + d.min(FAR)
 }
 
+/// `d` times `k` (a jitter factor), at most `Duration::MAX`: `mul_f64`
+/// panics on a result too large for a `Duration`.
+pub(crate) fn scale(d: Duration, k: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * k).unwrap_or(Duration::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,5 +32,12 @@ mod tests {
         );
         assert_eq!(later(now, Duration::MAX), now + FAR);
         assert_eq!(later(now, FAR + Duration::from_secs(1)), now + FAR);
+    }
+
+    #[test]
+    fn a_scaled_duration_stops_at_the_longest() {
+        assert_eq!(scale(Duration::from_secs(2), 1.5), Duration::from_secs(3));
+        assert_eq!(scale(Duration::MAX, 1.5), Duration::MAX);
+        assert_eq!(scale(Duration::MAX, 0.5).as_secs(), u64::MAX / 2 + 1);
     }
 }

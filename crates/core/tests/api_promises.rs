@@ -1089,4 +1089,30 @@ async fn the_longest_durations_mean_no_limit_and_never_panic() {
     assert_eq!(typed["echoed"]["n"], 2);
     // Nothing in flight: the longest grace period ends at once.
     pool.shutdown().await.unwrap();
+
+    // Recycling and restart settings as long too: workers start, serve,
+    // and a worker that dies is replaced with its first restart's delay.
+    let pool = builder(Api::default())
+        .size(1)
+        .configure(|c| {
+            c.worker_ttl = Duration::MAX;
+            c.restart_backoff_max = Duration::MAX;
+        })
+        .start()
+        .await
+        .unwrap();
+    let first = pool.worker_pids()[0];
+    pool.execute("die_noisily", json!({"lines": 1, "code": 3}))
+        .await
+        .unwrap_err();
+    assert!(
+        eventually(30, || pool
+            .worker_pids()
+            .first()
+            .is_some_and(|p| *p != first))
+        .await,
+        "the worker was replaced"
+    );
+    pool.execute("echo", json!({})).await.unwrap();
+    pool.shutdown().await.unwrap();
 }

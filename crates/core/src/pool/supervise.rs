@@ -159,7 +159,7 @@ pub(crate) fn jitter(base: Duration, salt: u64) -> Duration {
     x ^= x >> 7;
     x ^= x << 17;
     // 50% .. 150% of base
-    base.mul_f64(0.5 + (x % 1000) as f64 / 1000.0)
+    crate::clock::scale(base, 0.5 + (x % 1000) as f64 / 1000.0)
 }
 
 /// The span a worker's start and handshake run in (its pid is recorded
@@ -365,7 +365,7 @@ pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -
     };
     let replace_at = calls - calls / 10;
     let due = shared.watch_calls(worker, replace_at, if drain { calls } else { 0 });
-    let ttl = c.worker_ttl.mul_f64(spread(2));
+    let ttl = crate::clock::scale(c.worker_ttl, spread(2));
     let check = Duration::from_millis(100);
     loop {
         if calls > 0 && worker.served.load(Ordering::Relaxed) >= replace_at {
