@@ -1063,8 +1063,19 @@ async fn the_longest_durations_mean_no_limit_and_never_panic() {
     let pool = builder(Api::default())
         .size(1)
         .configure(|c| {
+            // Every duration but the restart back-off and the cleanup
+            // retries (a hundred years between attempts).
+            c.startup_timeout = Duration::MAX;
             c.queue_timeout = Duration::MAX;
+            c.worker_init_timeout = Duration::MAX;
+            c.health_check_interval = Duration::MAX;
+            c.health_check_timeout = Duration::MAX;
             c.shutdown_grace_period = Duration::MAX;
+            c.pipeline_max_call = Duration::MAX;
+            c.session_ttl = Duration::MAX;
+            c.breaker_cooldown = Duration::MAX;
+            c.worker_ttl = Duration::MAX;
+            c.worker_idle_timeout = Duration::MAX;
         })
         .start()
         .await
@@ -1087,6 +1098,7 @@ async fn the_longest_durations_mean_no_limit_and_never_panic() {
         .await
         .unwrap();
     assert_eq!(typed["echoed"]["n"], 2);
+    pool.execute_in_session("s", "echo", json!({})).await.unwrap();
     // Nothing in flight: the longest grace period ends at once.
     pool.shutdown().await.unwrap();
 
