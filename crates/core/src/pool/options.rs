@@ -101,7 +101,9 @@ impl CallOptions {
         Self::default()
     }
 
-    /// Sets the deadline.
+    /// Sets the deadline, counted from submission. A timeout longer than a
+    /// hundred years (`Duration::MAX`, say) is a hundred years: in practice
+    /// no deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
