@@ -1098,7 +1098,9 @@ async fn the_longest_durations_mean_no_limit_and_never_panic() {
         .await
         .unwrap();
     assert_eq!(typed["echoed"]["n"], 2);
-    pool.execute_in_session("s", "echo", json!({})).await.unwrap();
+    pool.execute_in_session("s", "echo", json!({}))
+        .await
+        .unwrap();
     // Nothing in flight: the longest grace period ends at once.
     pool.shutdown().await.unwrap();
 
