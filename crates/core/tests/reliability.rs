@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use snakepit_core::events::EventKind;
 use snakepit_core::{Error, Pool};
 
@@ -73,20 +73,7 @@ struct Host {
 /// Runs [`host_process`] as a child of the test, waits for its pids, then
 /// kills it with SIGKILL.
 fn run_and_kill_host(mode: &str, state_dir: &std::path::Path) -> Host {
-    let out = state_dir.with_extension("pids");
-    let mut host = snakepit_tests::this_test("host_process")
-        .env("SNAKEPIT_TEST_HOST", mode)
-        .env("SNAKEPIT_TEST_STATE_DIR", state_dir)
-        .env("SNAKEPIT_TEST_PIDS", &out)
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !out.exists() && Instant::now() < until && host.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let text = std::fs::read_to_string(&out).expect("the host wrote its pids");
-    let _ = std::fs::remove_file(&out);
-    let pids: Value = serde_json::from_str(&text).unwrap();
+    let (mut host, pids) = host_with_report(mode, state_dir);
     let list = |k: &str| pid_list(&pids, k);
     let h = Host {
         workers: list("workers"),

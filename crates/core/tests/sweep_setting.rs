@@ -7,10 +7,10 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use snakepit_core::events::EventKind;
 use snakepit_core::{Pool, PoolBuilder};
 
@@ -55,20 +55,7 @@ fn host_process() {
 /// Runs [`host_process`], kills it with SIGKILL once it has written its
 /// pids, and returns them: (workers, the escaped child).
 fn crashed_run(state_dir: &std::path::Path) -> (Vec<u32>, u32) {
-    let out = state_dir.with_extension("pids");
-    let mut host = snakepit_tests::this_test("host_process")
-        .env("SNAKEPIT_TEST_HOST", "1")
-        .env("SNAKEPIT_TEST_STATE_DIR", state_dir)
-        .env("SNAKEPIT_TEST_PIDS", &out)
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !out.exists() && Instant::now() < until && host.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let text = std::fs::read_to_string(&out).expect("the host wrote its pids");
-    let _ = std::fs::remove_file(&out);
-    let pids: Value = serde_json::from_str(&text).unwrap();
+    let (mut host, pids) = host_with_report("1", state_dir);
     kill_9(host.id());
     host.wait().unwrap();
     (pid_list(&pids, "workers"), pid_list(&pids, "children")[0])

@@ -137,3 +137,27 @@ pub fn pid_list(report: &serde_json::Value, key: &str) -> Vec<u32> {
         .map(|p| p.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// Runs this test binary's `host_process` test as a host of its own
+/// (`SNAKEPIT_TEST_HOST` = `mode`, its pool's state in `state_dir`) and
+/// waits for the JSON report of pids it writes once its workers run.
+/// Returns the host, still running, and its report.
+pub fn host_with_report(
+    mode: &str,
+    state_dir: &std::path::Path,
+) -> (std::process::Child, serde_json::Value) {
+    let out = state_dir.with_extension("pids");
+    let mut host = snakepit_tests::this_test("host_process")
+        .env("SNAKEPIT_TEST_HOST", mode)
+        .env("SNAKEPIT_TEST_STATE_DIR", state_dir)
+        .env("SNAKEPIT_TEST_PIDS", &out)
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !out.exists() && std::time::Instant::now() < until && host.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&out).expect("the host wrote its pids");
+    let _ = std::fs::remove_file(&out);
+    (host, serde_json::from_str(&text).unwrap())
+}
