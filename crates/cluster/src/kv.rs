@@ -15,7 +15,9 @@ use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
-use snakepit_session::{EndListener, EndReason, Error, Result, Session, SessionStore, StoreStats};
+use snakepit_session::{
+    check_ttl, EndListener, EndReason, Error, Result, Session, SessionStore, StoreStats,
+};
 
 const ATTEMPTS: u32 = 200;
 
@@ -303,6 +305,7 @@ impl NatsKvStore {
     /// Creates the session; `Ok(None)` if a live one exists.
     async fn create(&self, id: &str, ttl: Duration) -> Result<Option<Session>> {
         check("session id", id)?;
+        check_ttl(ttl.as_millis().min(u128::from(u64::MAX)) as u64)?;
         let key = hex("s.", id);
         for _ in 0..ATTEMPTS {
             let rev = match self.load(&key).await? {
@@ -385,7 +388,8 @@ impl SessionStore for NatsKvStore {
         Ok(self
             .modify(id, |s| {
                 f(s);
-                Ok(())
+                // Before anything is written.
+                check_ttl(s.ttl_ms)
             })
             .await?
             .0)

@@ -62,5 +62,5 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use programs::execute_program_command;
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisStore, RedisStoreBuilder};
-pub use session::{Session, StoreStats, MAX_ID_LEN, MAX_TTL};
+pub use session::{check_ttl, Session, StoreStats, MAX_ID_LEN, MAX_TTL};
 pub use store::{EndListener, EndReason, SessionStore};

@@ -82,8 +82,10 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `ttl_ms` is at most [`MAX_TTL`].
-pub(crate) fn check_ttl(ttl_ms: u64) -> Result<()> {
+/// `Ok` if `ttl_ms` is at most [`MAX_TTL`], else the [`Error::Invalid`]
+/// every store gives: for stores outside this crate to refuse the same
+/// TTLs.
+pub fn check_ttl(ttl_ms: u64) -> Result<()> {
     match ttl_ms > MAX_TTL_MS {
         true => Err(Error::Invalid {
             what: "ttl",
