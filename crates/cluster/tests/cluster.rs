@@ -968,13 +968,10 @@ async fn hosts_register_with_the_nats_service_api() {
 /// message to a client inbox, from a NATS connection of its own.
 async fn spy(nats: &NatsServer, host: &str) -> (async_nats::Subscriber, async_nats::Subscriber) {
     let spy = nats.connect().await;
-    let calls = spy
-        .subscribe(format!("snakepit.test.host.{host}.call"))
-        .await
-        .unwrap();
-    let replies = spy.subscribe("_INBOX.>").await.unwrap();
-    spy.flush().await.unwrap();
-    (calls, replies)
+    let calls = format!("snakepit.test.host.{host}.call");
+    let mut subs = subscribed(&spy, &[&calls, "_INBOX.>"]).await;
+    let replies = subs.pop().unwrap();
+    (subs.pop().unwrap(), replies)
 }
 
 /// The messages a spy's subscription has received so far.

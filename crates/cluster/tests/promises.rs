@@ -188,11 +188,9 @@ fn fifty_10_kib_calls_made_at_once_fit_a_64_kib_max_payload() {
         // (calls in the message, whether it was a batch) for each message.
         let seen = Arc::new(std::sync::Mutex::new(Vec::<(usize, bool)>::new()));
         let listener = nats.connect().await;
-        let mut sub = listener
-            .subscribe("snakepit.test.host.big.call")
+        let mut sub = subscribed(&listener, &["snakepit.test.host.big.call"])
             .await
-            .unwrap();
-        listener.flush().await.unwrap();
+            .remove(0);
         let listening = {
             let seen = seen.clone();
             tokio::spawn(async move {

@@ -331,3 +331,26 @@ pub fn host_main_with<A: Adapter + 'static>(adapter: A) {
         pool.shutdown().await.unwrap();
     });
 }
+
+/// Subscribes `nats` to each of `subjects` and returns once the server has
+/// the subscriptions: it takes a connection's commands in order, so a
+/// message published after them that comes back proves them in place. (A
+/// flush only empties the socket's buffer; under load a message published
+/// on another connection could otherwise pass before them.)
+pub async fn subscribed(
+    nats: &async_nats::Client,
+    subjects: &[&str],
+) -> Vec<async_nats::Subscriber> {
+    use futures_util::StreamExt;
+    let mut subs = Vec::new();
+    for s in subjects {
+        subs.push(nats.subscribe(s.to_string()).await.unwrap());
+    }
+    let marker = format!("spy.ready.{}", free_port());
+    let mut ready = nats.subscribe(marker.clone()).await.unwrap();
+    nats.publish(marker, "".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), ready.next())
+        .await
+        .expect("the subscriptions are in place");
+    subs
+}
