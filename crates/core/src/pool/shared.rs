@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::options::{HostFunction, TraceContext};
 use super::slots::State;
 use super::stats::Counters;
+use super::supervise::CallLimits;
 use crate::adapter::{Adapter, Launch};
 use crate::error::Error;
 use crate::events::{Event, EventKind, Listener};
@@ -166,7 +167,7 @@ impl Shared {
         cap
     }
 
-    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>) {
+    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>, limits: CallLimits) {
         let cap = self.capacity_of(worker);
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
@@ -174,6 +175,7 @@ impl Shared {
             return;
         }
         slot.reset(worker, cap);
+        slot.limit_calls(limits);
         let was_open = std::mem::replace(&mut slot.breaker_open, false);
         self.hand_off(&mut st, worker.slot);
         drop(st);
@@ -216,13 +218,18 @@ impl Shared {
 
     /// Puts a recycled worker's replacement in its slot; the old worker's
     /// calls finish on it, outside the slot's accounting.
-    pub(crate) fn install(self: &Arc<Self>, worker: &Arc<Worker>) -> Option<Arc<Worker>> {
+    pub(crate) fn install(
+        self: &Arc<Self>,
+        worker: &Arc<Worker>,
+        limits: CallLimits,
+    ) -> Option<Arc<Worker>> {
         let cap = self.capacity_of(worker);
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
         let old = slot.worker.clone();
         slot.generation = worker.generation;
         slot.reset(worker, cap);
+        slot.limit_calls(limits);
         if let Some(old) = &old {
             st.retiring.push(old.clone());
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::lease::Lease;
+use super::supervise::CallLimits;
 use crate::error::{Result, StartError};
 use crate::worker::Worker;
 
@@ -92,6 +93,13 @@ impl Slot {
         self.drain_at = 0;
         self.draining = false;
         self.checking = false;
+    }
+
+    /// The worker's limits of recycling by calls, set with the worker, before
+    /// it takes any call.
+    pub(crate) fn limit_calls(&mut self, limits: CallLimits) {
+        self.replace_at = limits.replace_at;
+        self.drain_at = limits.calls;
     }
 
     /// Lets `room` calls be written ahead, but never so many that a worker

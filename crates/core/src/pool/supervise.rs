@@ -230,7 +230,8 @@ pub(crate) async fn supervise(
         };
         let delay = match start {
             Ok(worker) => {
-                shared.worker_ready(&worker);
+                let mut limits = call_limits(&shared.config, &worker);
+                shared.worker_ready(&worker, limits);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -246,9 +247,10 @@ pub(crate) async fn supervise(
                     tokio::select! {
                         exit = worker.finished() => break exit,
                         _ = shutdown.changed() => return,
-                        reason = recycle_due(&shared, &worker, drain) => {
-                            if let Some(new) = recycle(&shared, i, &worker, reason, &mut shutdown).await {
+                        reason = recycle_due(&shared, &worker, drain, limits) => {
+                            if let Some((new, new_limits)) = recycle(&shared, i, &worker, reason, &mut shutdown).await {
                                 worker = new;
+                                limits = new_limits;
                                 drain = true;
                             } else if *shutdown.borrow() {
                                 return;
@@ -342,30 +344,54 @@ impl Recycle {
     }
 }
 
+/// A worker's limits of recycling by calls (0: off): the answered calls at
+/// which its replacement starts, and at which it takes no new call.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct CallLimits {
+    pub(crate) replace_at: u64,
+    pub(crate) calls: u64,
+}
+
+/// Each worker's limits (and TTL) are drawn within 10% of the configured
+/// ones, so workers started together do not all go together.
+fn spread(worker: &Worker, salt: u64) -> f64 {
+    let j = jitter(Duration::from_micros(1000), salt ^ u64::from(worker.pid)).as_micros();
+    0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
+}
+
+/// `worker`'s limits of recycling by calls, drawn once: they are in its
+/// slot from the moment it takes calls (`Shared::worker_ready`,
+/// `Shared::install`), so that no call is written ahead past them.
+pub(crate) fn call_limits(config: &PoolConfig, worker: &Worker) -> CallLimits {
+    let calls = match config.recycle_after_calls {
+        0 => 0,
+        n => ((n as f64 * spread(worker, 1)).round() as u64).max(1),
+    };
+    CallLimits {
+        replace_at: calls - calls / 10,
+        calls,
+    }
+}
+
 /// Resolves with the reason once `worker` is due for recycling; never when
 /// no recycling rule is on. Recycling by calls follows the replies: the
 /// reply that brings the worker to 90% of its limit wakes this at once (to
 /// start the replacement early), and with `drain` the one that brings it to
 /// its limit stops it taking calls. The other rules are checked every 100 ms.
-pub(crate) async fn recycle_due(shared: &Shared, worker: &Worker, drain: bool) -> Recycle {
+pub(crate) async fn recycle_due(
+    shared: &Shared,
+    worker: &Worker,
+    drain: bool,
+    limits: CallLimits,
+) -> Recycle {
     let c = &shared.config;
     if !c.recycles() {
         return std::future::pending().await;
     }
     let preload = shared.launch.preload;
-    // Each worker's limits are drawn within 10% of the configured ones, so
-    // workers started together do not all go together.
-    let spread = |salt: u64| {
-        let j = jitter(Duration::from_micros(1000), salt ^ u64::from(worker.pid)).as_micros();
-        0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
-    };
-    let calls = match c.recycle_after_calls {
-        0 => 0,
-        n => ((n as f64 * spread(1)).round() as u64).max(1),
-    };
-    let replace_at = calls - calls / 10;
+    let CallLimits { replace_at, calls } = limits;
     let due = shared.watch_calls(worker, replace_at, if drain { calls } else { 0 });
-    let ttl = crate::clock::scale(c.worker_ttl, spread(2));
+    let ttl = crate::clock::scale(c.worker_ttl, spread(worker, 2));
     let check = Duration::from_millis(100);
     loop {
         if calls > 0 && worker.served.load(Ordering::Relaxed) >= replace_at {
@@ -405,7 +431,7 @@ pub(crate) async fn recycle(
     old: &Arc<Worker>,
     reason: Recycle,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<Arc<Worker>> {
+) -> Option<(Arc<Worker>, CallLimits)> {
     tracing::info!(worker = %old.id, pid = old.pid, reason = reason.as_str(), "recycling the worker; starting its replacement");
     let generation = shared.spare_generation(i);
     let span = start_span(shared, i);
@@ -415,7 +441,8 @@ pub(crate) async fn recycle(
     };
     match started {
         Ok(new) => {
-            shared.install(&new);
+            let limits = call_limits(&shared.config, &new);
+            shared.install(&new, limits);
             shared.counters.recycled.fetch_add(1, Ordering::Relaxed);
             shared.emit(EventKind::WorkerRecycled {
                 worker: i,
@@ -423,7 +450,7 @@ pub(crate) async fn recycle(
                 reason: reason.as_str(),
             });
             tokio::spawn(retire(shared.clone(), old.clone()));
-            Some(new)
+            Some((new, limits))
         }
         Err(e) => {
             tracing::warn!(slot = i, error = %e, "the recycled worker's replacement failed to start; keeping the old one");
