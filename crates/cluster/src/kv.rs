@@ -305,7 +305,7 @@ impl NatsKvStore {
     /// Creates the session; `Ok(None)` if a live one exists.
     async fn create(&self, id: &str, ttl: Duration) -> Result<Option<Session>> {
         check("session id", id)?;
-        check_ttl(ttl.as_millis().min(u128::from(u64::MAX)) as u64)?;
+        check_ttl(ttl)?;
         let key = hex("s.", id);
         for _ in 0..ATTEMPTS {
             let rev = match self.load(&key).await? {
@@ -389,7 +389,7 @@ impl SessionStore for NatsKvStore {
             .modify(id, |s| {
                 f(s);
                 // Before anything is written.
-                check_ttl(s.ttl_ms)
+                check_ttl(s.ttl())
             })
             .await?
             .0)

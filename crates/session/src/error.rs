@@ -98,8 +98,17 @@ impl From<snakepit_core::Error> for Error {
 
 #[cfg(feature = "redis")]
 impl From<redis::RedisError> for Error {
+    /// The `CORRUPT` errors the store's own scripts raise (a session's
+    /// stored data does not parse) are [`Error::Corrupt`], without the
+    /// server's note of where in the script; the rest are backend errors.
     fn from(e: redis::RedisError) -> Self {
-        Error::Backend(e.to_string())
+        match (e.code(), e.detail()) {
+            (Some("CORRUPT"), Some(detail)) => {
+                let what = detail.split(" script: ").next().unwrap_or(detail);
+                Error::Corrupt(what.to_owned())
+            }
+            _ => Error::Backend(e.to_string()),
+        }
     }
 }
 

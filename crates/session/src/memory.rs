@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, check_ttl, millis, unix_ms, Session, StoreStats};
+use crate::session::{check_id, check_ttl, unix_ms, Session, StoreStats};
 use crate::store::{EndListener, EndReason, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
 
@@ -251,7 +251,7 @@ impl SessionStore for MemoryStore {
         check_id("session id", id)?;
         let inner = &self.inner;
         let ttl = ttl.unwrap_or(inner.default_ttl);
-        check_ttl(millis(ttl))?;
+        check_ttl(ttl)?;
         let now = Instant::now();
         let session = Session::new(id, ttl, inner.wall_ms(now));
         let mut shard = inner.shard(id);
@@ -301,7 +301,7 @@ impl SessionStore for MemoryStore {
             f(&mut next);
             next.id = id.to_owned();
             next.created_at_ms = s.created_at_ms;
-            check_ttl(next.ttl_ms)?;
+            check_ttl(next.ttl())?;
             *s = next.clone();
             Ok(next)
         })?

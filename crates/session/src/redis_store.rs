@@ -20,7 +20,7 @@ use redis::Script;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, check_ttl, millis, Session, StoreStats};
+use crate::session::{check_id, check_ttl, Session, StoreStats};
 use crate::store::{EndListener, EndReason, SessionStore};
 use crate::sync::UnpoisonedRw;
 
@@ -28,7 +28,7 @@ use crate::sync::UnpoisonedRw;
 /// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
 /// the expiry index; ARGV[1] the session id. A TTL field that is not a
 /// number fails the script with a `CORRUPT` error before anything is
-/// written (`script_error` turns it into `Error::Corrupt`).
+/// written (the store's errors take it for `Error::Corrupt`).
 const PRELUDE: &str = r#"
 local function now()
   local t = redis.call('TIME')
@@ -378,18 +378,6 @@ fn backend(op: &'static str, e: Error) -> Error {
     }
 }
 
-/// A session script's error: the `CORRUPT` ones it raises itself are
-/// [`Error::Corrupt`] (without the server's note of where in the script).
-fn script_error(e: redis::RedisError) -> Error {
-    match (e.code(), e.detail()) {
-        (Some("CORRUPT"), Some(detail)) => {
-            let what = detail.split(" script: ").next().unwrap_or(detail);
-            Error::Corrupt(what.to_owned())
-        }
-        _ => e.into(),
-    }
-}
-
 /// `op` got no answer within `after`.
 fn timed_out(op: &'static str, after: Duration) -> Error {
     Error::Timeout {
@@ -562,8 +550,7 @@ impl Inner {
         let fields: Vec<String> = self
             .invoke(&self.scripts.get, id)
             .invoke_async(&mut self.conn())
-            .await
-            .map_err(script_error)?;
+            .await?;
         if fields.is_empty() {
             return Err(Error::NotFound(id.to_owned()));
         }
@@ -577,8 +564,7 @@ impl Inner {
             .arg(field)
             .arg(serde_json::to_string(value)?)
             .invoke_async(&mut self.conn())
-            .await
-            .map_err(script_error)?;
+            .await?;
         if found == 0 {
             return Err(Error::NotFound(id.to_owned()));
         }
@@ -591,8 +577,7 @@ impl Inner {
             .invoke(&self.scripts.get_field, id)
             .arg(field)
             .invoke_async(&mut self.conn())
-            .await
-            .map_err(script_error)?;
+            .await?;
         match r {
             redis::Value::Array(items) => match items.get(1) {
                 Some(v) => {
@@ -678,7 +663,7 @@ impl SessionStore for RedisStore {
             .bounded("create_session", async {
                 check_id("session id", id)?;
                 let ttl = ttl.unwrap_or(inner.default_ttl);
-                check_ttl(millis(ttl))?;
+                check_ttl(ttl)?;
                 let created: i64 = inner
                     .invoke(&inner.scripts.create, id)
                     .arg(ttl_ms(ttl))
@@ -697,13 +682,12 @@ impl SessionStore for RedisStore {
         inner
             .bounded("ensure_session", async {
                 check_id("session id", id)?;
-                check_ttl(millis(inner.default_ttl))?;
+                check_ttl(inner.default_ttl)?;
                 let _: i64 = inner
                     .invoke(&inner.scripts.ensure, id)
                     .arg(ttl_ms(inner.default_ttl))
                     .invoke_async(&mut inner.conn())
-                    .await
-                    .map_err(script_error)?;
+                    .await?;
                 Ok(())
             })
             .await
@@ -730,14 +714,13 @@ impl SessionStore for RedisStore {
                     s.id = id.to_owned();
                     s.created_at_ms = created;
                     // Before anything is written.
-                    check_ttl(s.ttl_ms)?;
+                    check_ttl(s.ttl())?;
                     let written: i64 = inner
                         .invoke(&inner.scripts.replace, id)
                         .arg(&version)
                         .arg(fields(&s)?)
                         .invoke_async(&mut inner.conn())
-                        .await
-                        .map_err(script_error)?;
+                        .await?;
                     match written {
                         1 => return Ok(s),
                         -1 => return Err(Error::NotFound(id.to_owned())),
@@ -923,8 +906,7 @@ impl SessionStore for RedisStore {
                     .invoke(&inner.scripts.del_field, id)
                     .arg(format!("d:{key}"))
                     .invoke_async(&mut inner.conn())
-                    .await
-                    .map_err(script_error)?;
+                    .await?;
                 match r {
                     -1 => Err(Error::NotFound(id.to_owned())),
                     r => Ok(r == 1),

@@ -82,22 +82,17 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `Ok` if `ttl_ms` is at most [`MAX_TTL`], else the [`Error::Invalid`]
-/// every store gives: for stores outside this crate to refuse the same
-/// TTLs.
-pub fn check_ttl(ttl_ms: u64) -> Result<()> {
-    match ttl_ms > MAX_TTL_MS {
+/// `Ok` if `ttl` is at most [`MAX_TTL`] (in whole milliseconds, as stores
+/// keep it), else the [`Error::Invalid`] every store gives: for stores
+/// outside this crate to refuse the same TTLs.
+pub fn check_ttl(ttl: Duration) -> Result<()> {
+    match ttl.as_millis() > u128::from(MAX_TTL_MS) {
         true => Err(Error::Invalid {
             what: "ttl",
             reason: "longer than MAX_TTL (2^53 - 1 ms)",
         }),
         false => Ok(()),
     }
-}
-
-/// A TTL's milliseconds, for [`check_ttl`].
-pub(crate) fn millis(ttl: Duration) -> u64 {
-    ttl.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {
