@@ -1,0 +1,735 @@
+//! The promises of snakepit-telemetry's API docs (rustdoc) that no other
+//! test shows: the errors of `init` (a second subscriber, a malformed
+//! endpoint, a transport left out of the build), which setting wins over
+//! which variable, what the guard exports when dropped or flushed, the
+//! default span filter and service name, a receiver that refuses metrics
+//! with 404, the short-lived mode's single try and 1 s cap, the propagator
+//! `none`, the stderr filter, and an observation that does not keep its
+//! pool alive.
+//!
+//! `init` installs process-wide state and reads the environment, so each
+//! test that calls it runs in a process of its own (this test binary,
+//! started again for that one test, with its variables set there). The
+//! receiver is a plain OTLP/HTTP listener in that process that keeps every
+//! request (its path, head and protobuf body, where span names and
+//! resource attributes are plain UTF-8) and answers as the test says.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use snakepit_adapters::Bridge;
+use snakepit_core::Pool;
+use snakepit_telemetry::{Error, Protocol, Telemetry};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+
+/// Set in a test's own process.
+const CHILD: &str = "SNAKEPIT_TELEMETRY_API_PROMISES_CHILD";
+
+/// `None` in test `name`'s own process (then the caller runs the body),
+/// else the stderr of that process, which ran the body and passed. As
+/// `common::in_own_process`, and the test runs there though it is ignored
+/// (run with `--run-ignored`, a defect's test is run in its own process).
+fn own_process(name: &str, env: &[(&str, &str)]) -> Option<String> {
+    if std::env::var_os(CHILD).is_some() {
+        return None;
+    }
+    let mut cmd = snakepit_tests::this_test(name);
+    cmd.arg("--include-ignored").env(CHILD, "1");
+    for var in common::OTEL_VARS {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("1 passed"), "{name} did not run: {stdout}");
+    Some(stderr)
+}
+
+/// How the receiver answers a request for a path.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// An empty reply with this HTTP status.
+    Status(u16),
+    /// No reply at all: the connection is held open.
+    Silent,
+}
+
+/// One request as the receiver read it.
+#[derive(Clone, Debug)]
+struct Request {
+    path: String,
+    body: Vec<u8>,
+}
+
+/// An OTLP/HTTP receiver on a free loopback port: each request is kept
+/// before it is answered, so once an export returned, its request is here.
+struct Receiver {
+    port: u16,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Receiver {
+    fn start(answer: fn(&str) -> Answer) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let sink = sink.clone();
+                std::thread::spawn(move || serve(conn, &sink, answer));
+            }
+        });
+        Receiver { port, seen }
+    }
+
+    /// Answers 200 to everything.
+    fn ok() -> Receiver {
+        Receiver::start(|_| Answer::Status(200))
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self, path: &str) -> Vec<Request> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Whether a request to `path` carried `text` (a span name, an
+    /// attribute's value: protobuf keeps strings as they are).
+    fn got(&self, path: &str, text: &str) -> bool {
+        self.requests(path)
+            .iter()
+            .any(|r| r.body.windows(text.len()).any(|w| w == text.as_bytes()))
+    }
+}
+
+/// Reads each request on `conn`, keeps it, and answers it as `answer` says.
+fn serve(conn: TcpStream, seen: &Mutex<Vec<Request>>, answer: fn(&str) -> Answer) {
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = answer(&path);
+        seen.lock().unwrap().push(Request { path, body });
+        match reply {
+            Answer::Status(code) => {
+                let reply = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+                );
+                if reader.get_mut().write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Answer::Silent => {
+                // Held until the client gives up and closes it.
+                let _ = reader.read(&mut [0; 1]);
+                return;
+            }
+        }
+    }
+}
+
+/// Settings that export to `receiver` and print nothing on stderr.
+fn to(receiver: &Receiver) -> Telemetry {
+    Telemetry::new().endpoint(receiver.base()).stderr_logs(None)
+}
+
+/// One metric point on the global meter provider, for an export to carry.
+fn count_one() {
+    opentelemetry::global::meter("api-promises")
+        .u64_counter("api.promises.count")
+        .build()
+        .add(1, &[]);
+}
+
+/// `Error::SubscriberInstalled`: "Another global `tracing` subscriber is
+/// already installed". A program that calls `init` twice gets it the
+/// second time (the first guard goes on exporting), and so does one that
+/// installed a subscriber of its own first.
+#[test]
+fn a_second_init_is_subscriber_installed() {
+    if own_process("a_second_init_is_subscriber_installed", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().expect("the first init");
+    match to(&receiver).metrics(false).init() {
+        Err(Error::SubscriberInstalled) => {}
+        Err(other) => panic!("expected SubscriberInstalled, got {other}"),
+        Ok(_) => panic!("expected SubscriberInstalled, got a second guard"),
+    }
+    drop(tracing::info_span!("after.the.second.init").entered());
+    guard.shutdown().expect("the first guard still exports");
+    assert!(receiver.got("/v1/traces", "after.the.second.init"));
+}
+
+/// The same error when the program's own subscriber came first.
+#[test]
+fn init_after_the_programs_own_subscriber_is_subscriber_installed() {
+    if own_process(
+        "init_after_the_programs_own_subscriber_is_subscriber_installed",
+        &[],
+    )
+    .is_some()
+    {
+        return;
+    }
+    tracing::subscriber::set_global_default(tracing_subscriber::registry()).unwrap();
+    let receiver = Receiver::ok();
+    match to(&receiver).init() {
+        Err(Error::SubscriberInstalled) => {}
+        Err(other) => panic!("expected SubscriberInstalled, got {other}"),
+        Ok(_) => panic!("expected SubscriberInstalled, got a guard"),
+    }
+}
+
+/// `Error::Exporter`: "The exporter could not be built (a malformed
+/// endpoint, say)". An endpoint that is no URL is that error at `init`,
+/// not a panic and not a guard exporting nowhere.
+#[test]
+fn a_malformed_endpoint_is_an_exporter_error() {
+    if own_process("a_malformed_endpoint_is_an_exporter_error", &[]).is_some() {
+        return;
+    }
+    for endpoint in ["http://bad host:4318", "http://[::1:4318"] {
+        match Telemetry::new().endpoint(endpoint).stderr_logs(None).init() {
+            Err(Error::Exporter(_)) => {}
+            Err(other) => panic!("{endpoint}: expected Error::Exporter, got {other}"),
+            Ok(_) => panic!("{endpoint}: expected Error::Exporter, got a guard"),
+        }
+    }
+}
+
+/// `Error::FeatureMissing`: "The protocol asked for was left out of this
+/// build" (gRPC is the `grpc` feature, off by default), whether asked for
+/// in code or by `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[cfg(not(feature = "grpc"))]
+#[test]
+fn grpc_without_its_feature_is_feature_missing() {
+    if own_process("grpc_without_its_feature_is_feature_missing", &[]).is_some() {
+        return;
+    }
+    let missing = || Error::FeatureMissing {
+        protocol: "gRPC",
+        feature: "grpc",
+    };
+    let r = Telemetry::new()
+        .endpoint("http://127.0.0.1:4317")
+        .protocol(Protocol::Grpc)
+        .stderr_logs(None)
+        .init();
+    assert_eq!(r.err(), Some(missing()), "asked for in code");
+    std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+    let r = Telemetry::new()
+        .endpoint("http://127.0.0.1:4317")
+        .stderr_logs(None)
+        .init();
+    assert_eq!(r.err(), Some(missing()), "asked for by the environment");
+}
+
+/// `Protocol::from_env`: "`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, or `None` when neither is set"; a value
+/// it does not know is `Error::UnknownProtocol`.
+#[test]
+fn the_traces_protocol_variable_wins_and_none_is_set_by_default() {
+    if own_process(
+        "the_traces_protocol_variable_wins_and_none_is_set_by_default",
+        &[],
+    )
+    .is_some()
+    {
+        return;
+    }
+    assert_eq!(Protocol::from_env(), Ok(None));
+    std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+    assert_eq!(Protocol::from_env(), Ok(Some(Protocol::Grpc)));
+    std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf");
+    assert_eq!(Protocol::from_env(), Ok(Some(Protocol::HttpProtobuf)));
+    std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json");
+    assert_eq!(
+        Protocol::from_env(),
+        Err(Error::UnknownProtocol("http/json".into()))
+    );
+}
+
+/// `init_from_env`: installs "only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is
+/// not `true`". The traces-only variable alone installs, and the spans go
+/// to the URL it names (used as it is, no `/v1/traces` added); with
+/// `OTEL_SDK_DISABLED=true` nothing is installed though it is set.
+#[test]
+fn init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled() {
+    if own_process(
+        "init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled",
+        &[("OTEL_METRICS_EXPORTER", "none")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let url = format!("{}/custom/traces", receiver.base());
+    std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url);
+    std::env::set_var("OTEL_SDK_DISABLED", "true");
+    assert!(snakepit_telemetry::init_from_env().unwrap().is_none());
+    assert!(Telemetry::new()
+        .stderr_logs(None)
+        .init_if_configured()
+        .unwrap()
+        .is_none());
+    std::env::remove_var("OTEL_SDK_DISABLED");
+    let guard = Telemetry::new()
+        .stderr_logs(None)
+        .init_if_configured()
+        .unwrap()
+        .expect("the traces endpoint alone installs");
+    drop(tracing::info_span!("to.the.traces.endpoint").entered());
+    guard.shutdown().unwrap();
+    assert!(
+        receiver.got("/custom/traces", "to.the.traces.endpoint"),
+        "{:?}",
+        receiver.seen.lock().unwrap()
+    );
+}
+
+/// `Telemetry::new`: "spans at `INFO` and above exported". A `DEBUG` span
+/// is not; an `INFO` and a `WARN` span are.
+#[test]
+fn spans_below_info_are_not_exported_by_default() {
+    if own_process("spans_below_info_are_not_exported_by_default", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().unwrap();
+    drop(tracing::debug_span!("span.at.debug").entered());
+    drop(tracing::info_span!("span.at.info").entered());
+    drop(tracing::warn_span!("span.at.warn").entered());
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/traces", "span.at.info"));
+    assert!(receiver.got("/v1/traces", "span.at.warn"));
+    assert!(!receiver.got("/v1/traces", "span.at.debug"));
+}
+
+/// `Telemetry::traces`: "Which spans and events are exported". With a
+/// `DEBUG` filter the debug span goes too, a `TRACE` one still not.
+#[test]
+fn the_traces_filter_decides_which_spans_are_exported() {
+    if own_process("the_traces_filter_decides_which_spans_are_exported", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver)
+        .metrics(false)
+        .traces(Targets::new().with_default(Level::DEBUG))
+        .init()
+        .unwrap();
+    drop(tracing::trace_span!("span.at.trace").entered());
+    drop(tracing::debug_span!("span.at.debug").entered());
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/traces", "span.at.debug"));
+    assert!(!receiver.got("/v1/traces", "span.at.trace"));
+}
+
+/// `Telemetry::service_name`: "default: `OTEL_SERVICE_NAME`, else the
+/// executable's name". Without either, the spans come with this test
+/// binary's name as `service.name`.
+#[test]
+fn without_a_service_name_the_executables_name_is_used() {
+    if own_process("without_a_service_name_the_executables_name_is_used", &[]).is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().unwrap();
+    drop(tracing::info_span!("named.after.the.exe").entered());
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/traces", "named.after.the.exe"));
+    assert!(receiver.got("/v1/traces", &name), "service.name {name}");
+    assert!(!receiver.got("/v1/traces", "unknown_service"));
+}
+
+/// The same with `OTEL_SERVICE_NAME` set: it is the name.
+#[test]
+fn otel_service_name_names_the_service() {
+    if own_process(
+        "otel_service_name_names_the_service",
+        &[("OTEL_SERVICE_NAME", "svc-from-the-env")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().unwrap();
+    drop(tracing::info_span!("named.by.the.env").entered());
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/traces", "svc-from-the-env"));
+}
+
+/// `Telemetry::metrics` and the struct's docs ("anything left unset comes
+/// from the standard `OTEL_*` variables"): `metrics(true)` exports metrics
+/// though `OTEL_METRICS_EXPORTER=none`.
+#[test]
+fn metrics_true_wins_over_otel_metrics_exporter_none() {
+    if own_process(
+        "metrics_true_wins_over_otel_metrics_exporter_none",
+        &[("OTEL_METRICS_EXPORTER", "none")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(true).init().unwrap();
+    count_one();
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/metrics", "api.promises.count"));
+}
+
+/// And `metrics(false)` exports none though the variable says `otlp`;
+/// the spans still go.
+#[test]
+fn metrics_false_exports_no_metrics() {
+    if own_process(
+        "metrics_false_exports_no_metrics",
+        &[("OTEL_METRICS_EXPORTER", "otlp")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().unwrap();
+    count_one();
+    drop(tracing::info_span!("spans.still.go").entered());
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/traces", "spans.still.go"));
+    assert!(receiver.requests("/v1/metrics").is_empty());
+}
+
+/// `Telemetry::metrics`: "A receiver that does not take metrics (HTTP 404
+/// or 405 ...) is reported once as a warning and metrics stop; that is
+/// never an error." Against a receiver that answers 404 to metrics and
+/// takes traces: three flushes and the shutdown are `Ok`, one metrics
+/// export was tried and no other, one warning says so, and the spans
+/// arrive.
+#[test]
+fn a_receiver_that_answers_404_to_metrics_is_warned_of_once_and_no_error() {
+    if let Some(stderr) = own_process(
+        "a_receiver_that_answers_404_to_metrics_is_warned_of_once_and_no_error",
+        &[],
+    ) {
+        let warnings = stderr.matches("does not take metrics").count();
+        assert_eq!(warnings, 1, "one warning: {stderr}");
+        return;
+    }
+    let receiver = Receiver::start(|path| match path {
+        "/v1/metrics" => Answer::Status(404),
+        _ => Answer::Status(200),
+    });
+    let guard = Telemetry::new()
+        .endpoint(receiver.base())
+        .stderr_level(Level::WARN)
+        .init()
+        .unwrap();
+    for i in 0..3 {
+        count_one();
+        drop(tracing::info_span!("with.metrics.refused", i).entered());
+        guard.flush().expect("a refusal of metrics is not an error");
+    }
+    count_one();
+    guard.shutdown().expect("nor at shutdown");
+    assert_eq!(receiver.requests("/v1/metrics").len(), 1, "metrics stop");
+    assert!(receiver.got("/v1/traces", "with.metrics.refused"));
+}
+
+/// `Telemetry::short_lived`: "each export is tried once, without the
+/// retries". A receiver answering 503 (which the exporter retries
+/// otherwise) gets one request for the one span, and `shutdown` says the
+/// span was dropped.
+#[test]
+fn a_short_lived_program_tries_each_export_once() {
+    if own_process("a_short_lived_program_tries_each_export_once", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::start(|_| Answer::Status(503));
+    let guard = to(&receiver)
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("tried.once").entered());
+    match guard.shutdown() {
+        Err(Error::Flush(msg)) => assert!(msg.contains("dropped 1 span"), "{msg}"),
+        other => panic!("expected Error::Flush, got {other:?}"),
+    }
+    assert_eq!(receiver.requests("/v1/traces").len(), 1, "no retry");
+}
+
+/// `Telemetry::short_lived`: each export "given at most 1 s (less if
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` says so)": with the variable at 5000 ms, a
+/// receiver that never answers is given up at 1 s, and `flush` says what
+/// was dropped, where to and why (`Guard::flush`).
+#[test]
+fn a_short_lived_export_is_given_at_most_1_s() {
+    if own_process(
+        "a_short_lived_export_is_given_at_most_1_s",
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "5000")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::start(|_| Answer::Silent);
+    let guard = to(&receiver)
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("never.answered").entered());
+    match guard.flush() {
+        Err(Error::Flush(msg)) => {
+            let what = format!("dropped 1 span that {}/v1/traces", receiver.base());
+            assert!(msg.contains(&what), "{msg}");
+            assert!(msg.contains("export timeout (1s"), "{msg}");
+        }
+        other => panic!("expected Error::Flush, got {other:?}"),
+    }
+    let _ = guard.shutdown();
+}
+
+/// The same through `Guard::shutdown` alone, which a short-lived program
+/// calls at its end: it "exports what is buffered" with "errors as for
+/// `flush`" (how many were dropped, where to, and why). It gives up at the
+/// same 1 s as the export it waits for, and says only
+/// `traces: Operation failed: Shutdown errors: [Timeout(1s)]`.
+#[test]
+#[ignore = "defect: in short-lived mode Guard::shutdown waits exactly the export's own 1 s, so against a receiver that does not answer it returns the SDK's Timeout(1s) instead of what was dropped, where to and why"]
+fn a_short_lived_shutdown_says_what_a_silent_receiver_dropped() {
+    if own_process(
+        "a_short_lived_shutdown_says_what_a_silent_receiver_dropped",
+        &[],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::start(|_| Answer::Silent);
+    let guard = to(&receiver)
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("never.answered").entered());
+    match guard.shutdown() {
+        Err(Error::Flush(msg)) => {
+            let what = format!("dropped 1 span that {}/v1/traces", receiver.base());
+            assert!(msg.contains(&what), "{msg}");
+        }
+        other => panic!("expected Error::Flush, got {other:?}"),
+    }
+}
+
+/// `Guard`: "dropping it (or `Guard::shutdown`) exports what is still
+/// buffered". A span ended just before the guard is dropped (not shut
+/// down) has reached the receiver when the drop returns.
+#[test]
+fn dropping_the_guard_exports_what_is_buffered() {
+    if own_process("dropping_the_guard_exports_what_is_buffered", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).init().unwrap();
+    drop(tracing::info_span!("buffered.at.drop").entered());
+    count_one();
+    drop(guard);
+    assert!(receiver.got("/v1/traces", "buffered.at.drop"));
+    assert!(receiver.got("/v1/metrics", "api.promises.count"));
+}
+
+/// `Guard::flush`: "Exports what is buffered now, without stopping": the
+/// span ended before the flush has arrived when it returns, and a span
+/// ended after it is exported at shutdown.
+#[test]
+fn flush_exports_now_and_the_exporters_go_on() {
+    if own_process("flush_exports_now_and_the_exporters_go_on", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).init().unwrap();
+    drop(tracing::info_span!("before.the.flush").entered());
+    count_one();
+    guard.flush().unwrap();
+    assert!(receiver.got("/v1/traces", "before.the.flush"));
+    assert!(receiver.got("/v1/metrics", "api.promises.count"));
+    assert!(!receiver.got("/v1/traces", "after.the.flush"));
+    drop(tracing::info_span!("after.the.flush").entered());
+    guard.shutdown().unwrap();
+    assert!(receiver.got("/v1/traces", "after.the.flush"));
+}
+
+/// `trace_headers`: `None` when "the propagator wrote no `traceparent`":
+/// with `OTEL_PROPAGATORS=none`, inside an exported span, there is no
+/// trace context to send; with W3C trace context set as the propagator
+/// (the default's), the same span gives its `traceparent`.
+#[test]
+fn with_the_propagator_none_no_trace_context_is_sent() {
+    if own_process(
+        "with_the_propagator_none_no_trace_context_is_sent",
+        &[("OTEL_PROPAGATORS", "none")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().unwrap();
+    let span = tracing::info_span!("with.no.propagator");
+    let entered = span.enter();
+    assert_eq!(snakepit_telemetry::trace_headers(), None);
+    assert_eq!(snakepit_telemetry::traceparent(), None);
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tp = snakepit_telemetry::traceparent().expect("the control writes one");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16));
+    drop(entered);
+    drop(span);
+    guard.shutdown().unwrap();
+}
+
+/// Probe lines at each level, for the stderr filter.
+fn log_probe_lines() {
+    tracing::debug!("probe-debug-line");
+    tracing::warn!("probe-warn-line");
+    tracing::error!("probe-error-line");
+}
+
+/// `Telemetry::stderr_level`: "Log lines at `level` and above to stderr,
+/// whatever `RUST_LOG` says". With `RUST_LOG=debug` and `Level::ERROR`,
+/// only the error line is printed.
+#[test]
+fn stderr_level_wins_over_rust_log() {
+    if let Some(stderr) = own_process("stderr_level_wins_over_rust_log", &[("RUST_LOG", "debug")]) {
+        assert!(stderr.contains("probe-error-line"), "{stderr}");
+        assert!(!stderr.contains("probe-warn-line"), "{stderr}");
+        assert!(!stderr.contains("probe-debug-line"), "{stderr}");
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = Telemetry::new()
+        .endpoint(receiver.base())
+        .metrics(false)
+        .stderr_level(Level::ERROR)
+        .init()
+        .unwrap();
+    log_probe_lines();
+    guard.shutdown().unwrap();
+}
+
+/// `Telemetry::stderr_logs`: "`None` for none": not even an error line.
+#[test]
+fn stderr_logs_none_prints_no_line() {
+    if let Some(stderr) = own_process("stderr_logs_none_prints_no_line", &[("RUST_LOG", "debug")]) {
+        assert!(!stderr.contains("probe-"), "{stderr}");
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).metrics(false).init().unwrap();
+    log_probe_lines();
+    guard.shutdown().unwrap();
+}
+
+fn traced_worker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/traced_worker.py")
+}
+
+/// Whether process `pid` still exists (a zombie does not count).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or_default().trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// `Observation`: "It does not keep the pool alive: when your last `Pool`
+/// handle goes, the pool ends and its gauges stop." With the observation
+/// of an instrumented pool kept, dropping the pool's last handle ends its
+/// worker process.
+#[test]
+fn an_observation_does_not_keep_its_pool_alive() {
+    if own_process("an_observation_does_not_keep_its_pool_alive", &[]).is_some() {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver).init().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = snakepit_telemetry::instrument(
+            Pool::builder(Bridge::python(traced_worker()))
+                .size(1)
+                .name("observed"),
+        )
+        .start()
+        .await
+        .unwrap();
+        let observation = snakepit_telemetry::observe(&pool);
+        pool.execute("traced", json!({"token": "t"})).await.unwrap();
+        let pid = pool.worker_pids()[0];
+        assert!(alive(pid));
+        drop(pool);
+        let gone = snakepit_tests::eventually(30, || !alive(pid)).await;
+        assert!(gone, "worker {pid} outlived its pool's last handle");
+        drop(observation);
+    });
+    guard.shutdown().unwrap();
+}
