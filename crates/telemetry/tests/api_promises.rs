@@ -484,6 +484,62 @@ fn a_receiver_that_answers_404_to_metrics_is_warned_of_once_and_no_error() {
     assert!(receiver.got("/v1/traces", "with.metrics.refused"));
 }
 
+/// `Telemetry::metrics_interval`: "How often metrics are exported
+/// (default: `OTEL_METRIC_EXPORT_INTERVAL` in milliseconds, else 60 s)".
+/// Set to 100 ms in code, metrics reach the receiver while the program
+/// runs, with no flush, long before the 60 s default would.
+#[test]
+fn metrics_interval_exports_metrics_while_the_program_runs() {
+    if own_process(
+        "metrics_interval_exports_metrics_while_the_program_runs",
+        &[],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = to(&receiver)
+        .metrics_interval(std::time::Duration::from_millis(100))
+        .init()
+        .unwrap();
+    count_one();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !receiver.got("/v1/metrics", "api.promises.count") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics export came before the flush"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    guard.shutdown().unwrap();
+}
+
+/// `Telemetry::init`: "`OTEL_SDK_DISABLED=true` installs the stderr logs
+/// only": the warning logged reaches stderr, and the receiver named by
+/// the endpoint hears nothing, of spans or metrics.
+#[test]
+fn with_the_sdk_disabled_init_installs_the_stderr_logs_only() {
+    if let Some(stderr) = own_process(
+        "with_the_sdk_disabled_init_installs_the_stderr_logs_only",
+        &[("OTEL_SDK_DISABLED", "true")],
+    ) {
+        assert!(stderr.contains("probe-warn-line"), "{stderr}");
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = Telemetry::new()
+        .endpoint(receiver.base())
+        .stderr_level(Level::WARN)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("not.exported").entered());
+    count_one();
+    log_probe_lines();
+    guard.shutdown().unwrap();
+    assert!(receiver.seen.lock().unwrap().is_empty());
+}
+
 /// `Telemetry::short_lived`: "each export is tried once, without the
 /// retries". A receiver answering 503 (which the exporter retries
 /// otherwise) gets one request for the one span, and `shutdown` says the
@@ -715,9 +771,11 @@ fn an_observation_does_not_keep_its_pool_alive() {
         .unwrap();
     rt.block_on(async {
         let pool = snakepit_telemetry::instrument(
-            Pool::builder(Bridge::python(traced_worker()))
-                .size(1)
-                .name("observed"),
+            Pool::builder(
+                Bridge::python(traced_worker()).env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base()),
+            )
+            .size(1)
+            .name("observed"),
         )
         .start()
         .await
