@@ -431,42 +431,52 @@ async fn with_init_holds_the_memory_asked_for_in_each_language() {
 // Interpreters
 // ---------------------------------------------------------------------
 
-fn symlink_to_python(at: &Path) -> PathBuf {
+/// A stand-in for a version manager's shim: a shell script that runs the
+/// real interpreter (which then reports itself, not the script, as
+/// `sys.executable`).
+fn shim_to_python(at: &Path) -> PathBuf {
     std::fs::create_dir_all(at.parent().unwrap()).unwrap();
     let real = std::fs::canonicalize(python()).expect("the real interpreter");
-    std::os::unix::fs::symlink(real, at).unwrap();
+    std::fs::write(at, format!("#!/bin/sh\nexec '{}' \"$@\"\n", real.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o755)).unwrap();
     at.to_owned()
 }
 
 /// `Language::real_interpreter`: "the `SNAKEPIT_*` variable when set,
-/// otherwise the real binary behind the discovered program ..., otherwise
-/// the program". With `SNAKEPIT_PYTHON` naming a link, the link itself;
-/// without it, an absolute path to a binary that runs, not the bare
-/// `python3`.
+/// otherwise the real binary behind the discovered program (a pyenv shim
+/// costs about 100 ms a start), otherwise the program". With
+/// `SNAKEPIT_PYTHON` naming a shim, the shim itself; without it, the
+/// discovered program being a virtualenv's shim, the real binary behind
+/// it.
 #[test]
 fn real_interpreter_is_the_variable_when_set_else_the_real_binary() {
     let dir = Dir::new("real-interpreter");
-    let link = dir.0.join("env/python-link");
+    let shim = dir.0.join("env/python-shim");
+    let venv = dir.0.join("venv");
     if std::env::var_os(CHILD).is_none() {
-        // Made here: in the test's own process `python()` is the link.
-        symlink_to_python(&link);
+        // Made here: in the test's own process `python()` is the shim.
+        shim_to_python(&shim);
+        shim_to_python(&venv.join("bin/python"));
     }
     if !in_own_process(
         "real_interpreter_is_the_variable_when_set_else_the_real_binary",
-        &[("SNAKEPIT_PYTHON", link.to_str().unwrap())],
-        &["VIRTUAL_ENV"],
+        &[
+            ("SNAKEPIT_PYTHON", shim.to_str().unwrap()),
+            ("VIRTUAL_ENV", venv.to_str().unwrap()),
+        ],
+        &[],
     ) {
         return;
     }
-    let link = PathBuf::from(std::env::var_os("SNAKEPIT_PYTHON").unwrap());
-    assert_eq!(Language::Python.real_interpreter(), link);
+    let shim = PathBuf::from(std::env::var_os("SNAKEPIT_PYTHON").unwrap());
+    assert_eq!(Language::Python.real_interpreter(), shim);
 
     std::env::remove_var("SNAKEPIT_PYTHON");
-    assert_eq!(
-        Language::Python.find_interpreter(None),
-        PathBuf::from("python3")
-    );
+    let venv_python = PathBuf::from(std::env::var_os("VIRTUAL_ENV").unwrap()).join("bin/python");
+    assert_eq!(Language::Python.find_interpreter(None), venv_python);
     let real = Language::Python.real_interpreter();
+    assert_ne!(real, venv_python, "not the shim");
     assert!(real.is_absolute() && real.is_file(), "{real:?}");
     #[allow(clippy::disallowed_methods)] // probing the interpreter, not a worker
     let out = std::process::Command::new(&real)
@@ -474,6 +484,11 @@ fn real_interpreter_is_the_variable_when_set_else_the_real_binary() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{real:?} runs: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        real.to_str().unwrap(),
+        "the binary the interpreter reports as itself"
+    );
 }
 
 /// `Language::inspect`: "Never fails: what could not be found is `None`";
