@@ -745,6 +745,30 @@ mod redis {
         assert_eq!(a.stats().await.unwrap().sessions_expired, 20);
     }
 
+    /// `RedisStoreBuilder::prefix`: "Stores with different prefixes on one
+    /// server do not see each other's sessions, programs or statistics".
+    /// Two different prefixes, one the start of the other (`t` and `ts:`):
+    /// the session `idx` of the first is the key of the second's index
+    /// (`ts:idx`), and the second store can no longer list its sessions.
+    #[tokio::test]
+    #[ignore = "defect: with prefixes `t` and `ts:`, store `t`'s session `idx` is the key `ts:idx`, store `ts:`'s index (WRONGTYPE); the docs do not say that no prefix may start another"]
+    async fn redis_stores_with_different_prefixes_do_not_see_each_other() {
+        let redis = Redis::start().await;
+        let prefixed = |p: &'static str| RedisStore::builder(redis.url()).prefix(p).connect();
+        let (t, ts) = (prefixed("t").await.unwrap(), prefixed("ts:").await.unwrap());
+        ts.ensure_session("mine").await.unwrap();
+        t.ensure_session("idx").await.unwrap();
+        t.set("idx", "k", json!(1)).await.unwrap();
+        assert_eq!(
+            ts.list_sessions().await.unwrap(),
+            vec!["mine".to_string()],
+            "ts: lists its own sessions"
+        );
+        assert_eq!(ts.stats().await.unwrap().active_sessions, 1);
+        assert!(!ts.session_exists("idx").await.unwrap());
+        assert_eq!(t.list_sessions().await.unwrap(), vec!["idx".to_string()]);
+    }
+
     /// `RedisStoreBuilder`: "Its `Debug` leaves the URL out (it may hold a
     /// password), as the store's does."
     #[tokio::test]
