@@ -371,6 +371,118 @@ async fn a_cluster_call_timeout_carries_the_callers_timeout() {
     pool.shutdown().await.unwrap();
 }
 
+/// `ServeOptions::heartbeat`: "How often the host announces itself". No
+/// input through the public API may panic: a heartbeat of zero is either
+/// refused by `serve_with` as `Error::Config` or served (as often as the
+/// host can). The host's serving task panics instead (`tokio::time::interval`
+/// with a zero period), after `serve_with` returned `Ok`: the host is never
+/// heard of and serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: ServeOptions::heartbeat(Duration::ZERO) panics in the host's serving task (tokio interval of period 0) after serve_with returned Ok"]
+async fn a_zero_heartbeat_is_refused_or_served_never_a_panic() {
+    let nats = NatsServer::start().await;
+    let conn = nats.connect().await;
+    let pool = pool(1).await;
+    let options = ServeOptions::new().heartbeat(Duration::ZERO);
+    match snakepit_cluster::serve_with(&conn, "test", pool.clone(), options).await {
+        Err(Error::Config(_)) => {}
+        Err(other) => panic!("expected Error::Config or a host, got {other:?}"),
+        Ok(node) => {
+            let client = client(&nats, ClientConfig::default()).await;
+            wait_hosts(&client, 1).await;
+            client.execute("echo", json!({})).await.unwrap();
+            node.shutdown().await.unwrap();
+        }
+    }
+    pool.shutdown().await.unwrap();
+}
+
+/// The crate's docs: "while the NATS connection is down calls fail at
+/// once (`is_unavailable`)", and a call in flight when the connection
+/// breaks fails with the host-lost error ("the connection broke while the
+/// call ran"); `ClientConfig::host_timeout` is only how long a silent
+/// host is waited for. With a host timeout of an hour, NATS killed: the
+/// call in flight and the next calls still fail at once. The client
+/// follows the connection's state only every sixth of the host timeout
+/// (its monitor's tick), here every ten minutes: both wait that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: the client checks the NATS connection's state every host_timeout / 6; with a long host timeout a lost connection goes unnoticed for that long, and calls wait instead of failing at once"]
+async fn with_a_long_host_timeout_a_lost_connection_still_fails_calls_at_once() {
+    let mut nats = NatsServer::start().await;
+    let conn = nats.connect().await;
+    let pool = pool(1).await;
+    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
+        .await
+        .unwrap();
+    let mut config = ClientConfig::default();
+    config.host_timeout = Duration::from_secs(3600);
+    let client = client(&nats, config).await;
+    wait_hosts(&client, 1).await;
+    client.execute("echo", json!({})).await.unwrap();
+    let marker = std::env::temp_dir().join(format!(
+        "snakepit-cluster-api-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let running = {
+        let client = client.clone();
+        let args = json!({"ms": 30_000, "marker": marker});
+        tokio::spawn(async move { client.execute("sleep", args).await })
+    };
+    eventually(30, "the call runs in the worker", || async {
+        marker.exists()
+    })
+    .await;
+    let _ = std::fs::remove_file(&marker);
+    nats.kill();
+    let e = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the call in flight ends with the connection")
+        .unwrap()
+        .unwrap_err();
+    assert!(snakepit_cluster::is_host_lost(&e), "{e:?}");
+    let e = tokio::time::timeout(Duration::from_secs(15), client.execute("echo", json!({})))
+        .await
+        .expect("a call made while NATS is down fails")
+        .unwrap_err();
+    assert!(
+        snakepit_cluster::is_unavailable(&e) && e.never_ran(),
+        "{e:?}"
+    );
+    drop(node);
+    pool.shutdown().await.unwrap();
+}
+
+/// `NatsKvStoreBuilder::connect`: "Creates the bucket if it does not
+/// exist". On a NATS server without JetStream there is no bucket to make:
+/// `Error::Backend` saying so, not a panic or a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_store_on_a_nats_without_jetstream_is_a_backend_error() {
+    let port = free_port();
+    #[allow(clippy::disallowed_methods)] // a test server, not a worker
+    let mut server = std::process::Command::new(nats_server_bin())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server is installed");
+    let addr = format!("127.0.0.1:{port}");
+    eventually(15, "nats-server accepts connections", || async {
+        tokio::net::TcpStream::connect(&addr).await.is_ok()
+    })
+    .await;
+    let conn = async_nats::connect(format!("nats://{addr}")).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), NatsKvStore::connect(&conn))
+        .await
+        .expect("connect answers");
+    let _ = server.kill();
+    let _ = server.wait();
+    match r {
+        Err(snakepit_session::Error::Backend(_)) => {}
+        other => panic!("expected Error::Backend, got {other:?}"),
+    }
+}
+
 /// One HTTP GET to the server's monitoring port: the JSON body.
 async fn monitor(port: u16, path: &str) -> Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
