@@ -303,6 +303,99 @@ async fn an_empty_supported_commands_lets_no_command_through() {
     pool.shutdown().await.unwrap();
 }
 
+/// lib.rs: the generic workers answer "the generic commands (`ping`,
+/// `echo`, `compute`, `info`, and in Node `random`)": Node's `random`
+/// draws in the range asked for; Python's and Ruby's workers do not know
+/// it (`UnknownCommand`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_is_a_generic_command_in_node_only() {
+    let pool = pool_of(GenericJavaScript).await.unwrap();
+    for _ in 0..5 {
+        let r = pool
+            .execute("random", json!({"type": "integer", "min": 3, "max": 5}))
+            .await
+            .unwrap();
+        let v = r["value"].as_i64().expect("an integer");
+        assert!((3..=5).contains(&v), "{r}");
+    }
+    pool.shutdown().await.unwrap();
+    for (name, pool) in [
+        ("python", pool_of(GenericPython).await),
+        ("ruby", pool_of(GenericRuby).await),
+    ] {
+        let pool = pool.unwrap();
+        let err = pool
+            .execute("random", json!({"type": "integer", "min": 3, "max": 5}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.remote().and_then(|r| r.kind.as_deref()),
+            Some("UnknownCommand"),
+            "{name}: {err}"
+        );
+        pool.shutdown().await.unwrap();
+    }
+}
+
+/// `codec`: "MessagePack needs the worker's package: `msgpack` on PyPI,
+/// `@msgpack/msgpack` on npm". A Python interpreter that cannot see its
+/// site-packages (`-S`, behind a shim) fails the start with an error that
+/// names the package and how to install it; so does Node.js without the
+/// package on its module path (when the machine has none globally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messagepack_without_the_workers_package_is_a_start_error_naming_it() {
+    let dir = Dir::new("no-msgpack");
+    let real = std::fs::canonicalize(python()).expect("the real interpreter");
+    let shim = dir.file(
+        "python-without-site",
+        &format!("#!/bin/sh\nexec '{}' -S \"$@\"\n", real.display()),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = pool_of(
+        Bridge::generic(Language::Python)
+            .interpreter(&shim)
+            .codec(WireCodec::MsgPack),
+    )
+    .await
+    .unwrap_err();
+    let Error::StartFailed(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        e.stderr_tail.contains("pip install msgpack"),
+        "python: {err}"
+    );
+
+    let empty = dir.0.join("empty_node_path");
+    std::fs::create_dir_all(&empty).unwrap();
+    #[allow(clippy::disallowed_methods)] // a probe of node, not a worker
+    let global = std::process::Command::new("node")
+        .args(["-e", "require.resolve('@msgpack/msgpack')"])
+        .current_dir(&dir.0)
+        .env("NODE_PATH", &empty)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if global {
+        eprintln!("node: @msgpack/msgpack is installed globally here; its half is not shown");
+        return;
+    }
+    let err = pool_of(
+        Bridge::generic(Language::Node)
+            .env("NODE_PATH", &empty)
+            .codec(WireCodec::MsgPack),
+    )
+    .await
+    .unwrap_err();
+    let Error::StartFailed(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        e.stderr_tail.contains("npm install @msgpack/msgpack"),
+        "node: {err}"
+    );
+}
+
 // ---------------------------------------------------------------------
 // Module paths of the Node.js and Ruby bridges
 // ---------------------------------------------------------------------

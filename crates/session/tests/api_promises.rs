@@ -317,6 +317,36 @@ async fn memory_the_first_touch_after_the_ttl_is_expired_and_frees_the_session()
     assert_eq!(ends.lock().unwrap().len(), 1, "reported once");
 }
 
+/// `delete_session`: "Removes the session; `false` if there was none": a
+/// session whose TTL has passed (not yet swept) is none; its removal is
+/// reported to listeners as an expiry, not a deletion, and counted so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_deleting_an_expired_session_is_false_and_an_expiry() {
+    let store = unswept_memory_store();
+    let ends = record_ends(&store);
+    store
+        .create_session("old", Some(Duration::from_millis(30)))
+        .await
+        .unwrap();
+    until(15, "the session's TTL passes", || async {
+        !store.session_exists("old").await.unwrap()
+    })
+    .await;
+    assert!(!store.delete_session("old").await.unwrap());
+    assert_eq!(
+        *ends.lock().unwrap(),
+        vec![("old".to_string(), EndReason::Expired)]
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.sessions_deleted, stats.sessions_expired),
+        (0, 1),
+        "{stats:?}"
+    );
+    assert!(!store.delete_session("old").await.unwrap());
+    assert_eq!(ends.lock().unwrap().len(), 1, "reported once");
+}
+
 /// `MemoryStore`: "Cloning gives another handle to the same store."
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_a_clone_is_another_handle_to_the_same_store() {
@@ -625,6 +655,63 @@ mod redis {
         })
         .await;
         assert!(store.get_session("watched").await.unwrap_err().is_gone());
+    }
+
+    /// The session's expiry in Redis, in milliseconds (`PTTL`).
+    fn pttl(port: u16, key: &str) -> i64 {
+        redis_cli(port, &["PTTL", key]).parse().unwrap()
+    }
+
+    /// `SessionStore`: "every operation that reads or writes a session
+    /// (`get_session`, `update_session`, `ensure_session`, programs, data)
+    /// extends its life by its TTL. `session_exists`, `list_sessions` and
+    /// `stats` do not". Seen in Redis itself: the session's expiry, cut to
+    /// 100 s of its 600 s TTL with `redis-cli`, is back above 100 s after
+    /// each of the first, and still at most 100 s after each of the others.
+    #[tokio::test]
+    async fn redis_every_use_slides_the_expiry_and_looking_does_not() {
+        let redis = Redis::start().await;
+        let store = store(&redis).await;
+        store
+            .create_session("s", Some(Duration::from_secs(600)))
+            .await
+            .unwrap();
+        store.store_program("s", "p", json!(1)).await.unwrap();
+        let key = "snakepit:s:s";
+        let cut = || {
+            redis_cli(redis.port, &["PEXPIRE", key, "100000"]);
+        };
+        macro_rules! slides {
+            ($what:literal, $op:expr) => {{
+                cut();
+                $op.await.unwrap();
+                let left = pttl(redis.port, key);
+                assert!(left > 100_000, "{} slid the expiry: {left} ms left", $what);
+            }};
+        }
+        slides!("get_session", store.get_session("s"));
+        slides!("update_session", store.update_session("s", |_| {}));
+        slides!("ensure_session", store.ensure_session("s"));
+        slides!("store_program", store.store_program("s", "p", json!(2)));
+        slides!("get_program", store.get_program("s", "p"));
+        slides!("set", store.set("s", "k", json!(1)));
+        slides!("get", store.get("s", "k"));
+        slides!("delete", store.delete("s", "k"));
+        macro_rules! leaves {
+            ($what:literal, $op:expr) => {{
+                cut();
+                $op.await.unwrap();
+                let left = pttl(redis.port, key);
+                assert!(
+                    (0..=100_000).contains(&left),
+                    "{} left the expiry alone: {left} ms left",
+                    $what
+                );
+            }};
+        }
+        leaves!("session_exists", store.session_exists("s"));
+        leaves!("list_sessions", store.list_sessions());
+        leaves!("stats", store.stats());
     }
 
     /// `RedisStore`: "Keys, under the prefix (`snakepit:` by default):
