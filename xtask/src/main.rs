@@ -73,7 +73,7 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Installs what the tests need beyond Rust, when it is missing: Ruby, the
-/// MessagePack packages and `redis-server` (Debian), Python's `msgpack` and
+/// MessagePack packages, `redis-server` and valgrind (Debian), Python's `msgpack` and
 /// `wheel`, Rotel, `opentelemetry-sdk` and its OTLP/HTTP exporter (PyPI),
 /// Arize Phoenix in its own virtualenv (PyPI), the Node bridge's dev
 /// dependencies (npm).
@@ -87,6 +87,11 @@ fn setup(root: &Path) -> Result<()> {
     }
     if probe("redis-server", &["--version"]).is_none() {
         apt.push("redis-server");
+    }
+    // `snakepit bench --instructions` and `cargo xtask cost` count with
+    // callgrind.
+    if probe("valgrind", &["--version"]).is_none() {
+        apt.push("valgrind");
     }
     // The traces-only receiver test runs Phoenix in its own network
     // namespace: `unshare` (util-linux, always there) and `ip`.

@@ -11,6 +11,7 @@
 //! mean something on a shared machine where the absolute figures do not;
 //! [`report`] holds what `--json` and the table print.
 
+mod instructions;
 mod measure;
 mod nats;
 mod pool;
@@ -54,7 +55,8 @@ The pool is measured with pipelining as set (--pipeline-depth, or
 pool.pipeline_depth in snakepit.toml, default 16) and with it off, both against
 the same raw loop. The table goes to stdout, progress to stderr (on a terminal
 only). --json prints one JSON object instead; --plot also draws the latency
-distributions. Instructions per call: cargo xtask cost.";
+distributions. --instructions also counts the host's instructions per call
+with valgrind's callgrind.";
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -101,6 +103,16 @@ pub(crate) struct BenchArgs {
     /// Draw the latency distributions (raw loop against pool) to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Also count the instructions the host spends per call, raw loop and pool, with
+    /// valgrind's callgrind (Debian: valgrind): repeatable on a busy machine, unlike a timing.
+    #[arg(long, conflicts_with = "nats")]
+    instructions: bool,
+    /// The child that --instructions counts: only this measurement, then exit.
+    #[arg(long, hide = true, value_name = "PHASE", requires = "count_calls")]
+    count_only: Option<instructions::Phase>,
+    /// The calls the counted child makes after its warm-up.
+    #[arg(long, hide = true, value_name = "N", requires = "count_only")]
+    count_calls: Option<usize>,
     #[command(flatten)]
     cluster: nats::ClusterBenchArgs,
 }
@@ -389,6 +401,8 @@ struct Measured {
     startup: Startup,
     /// With `--preload`: preloaded against not.
     preload: Option<preload::Preload>,
+    /// With `--instructions`: the host's instructions per call.
+    instructions: Option<instructions::Instructions>,
 }
 
 /// One round of the throughput comparison on all the workers.
@@ -436,6 +450,11 @@ impl Bench {
             startup: self.startup().await?,
             preload: match self.worker.preload {
                 true => Some(self.preload().await?),
+                false => None,
+            },
+            // Last: valgrind's runs must not share the machine with a timing.
+            instructions: match self.a.instructions {
+                true => Some(instructions::count(self).await?),
                 false => None,
             },
         })
@@ -547,12 +566,19 @@ impl Bench {
             startup: m.startup,
             preload: m.preload,
             memory: m.memory,
+            instructions_per_call: m.instructions,
         }
     }
 }
 
 pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
     let b = Bench::new(a, &file, out)?;
+    if let (Some(phase), Some(calls)) = (b.a.count_only, b.a.count_calls) {
+        return instructions::run_counted(&b, phase, calls).await;
+    }
+    if b.a.instructions {
+        instructions::check_valgrind().await?;
+    }
     if let Some(url) = b.a.cluster.nats.clone() {
         return nats::run(&b, &url, out).await;
     }

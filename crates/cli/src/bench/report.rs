@@ -47,6 +47,9 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) preload: Option<super::preload::Preload>,
     pub(crate) memory: Memory,
+    /// With `--instructions`: what the host spends per call, counted by
+    /// callgrind (`None`, `null` in JSON, without it).
+    pub(crate) instructions_per_call: Option<super::instructions::Instructions>,
 }
 
 /// One measurement, rounded as reported.
@@ -259,6 +262,17 @@ impl Report {
                     "{:.2}x",
                     pool.cpu_us_per_call / raw.cpu_us_per_call.max(f64::MIN_POSITIVE)
                 ),
+            ]);
+        }
+        if let Some(i) = &self.instructions_per_call {
+            rows.push([
+                format!(
+                    "host instructions per call, {} (callgrind)",
+                    pipelining(self.pipeline_depth)
+                ),
+                thousands(i.raw as f64),
+                thousands(i.pool as f64),
+                format!("{:.2}x", i.pool_over_raw),
             ]);
         }
         for (pipelining, pool, _) in &phases {
