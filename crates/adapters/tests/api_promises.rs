@@ -584,6 +584,94 @@ fn real_interpreter_is_the_variable_when_set_else_the_real_binary() {
     );
 }
 
+/// A shim for `program` (found on `PATH`) that notes each start in
+/// `marker`, then runs it.
+fn marking_shim(at: &Path, program: &str, marker: &Path) -> PathBuf {
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::fs::write(
+        at,
+        format!(
+            "#!/bin/sh\necho started >> '{}'\nexec {program} \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o755)).unwrap();
+    at.to_owned()
+}
+
+/// lib.rs: "Interpreters are found in this order: the path given to
+/// `Bridge::interpreter`; the variable `SNAKEPIT_PYTHON`, `SNAKEPIT_NODE`
+/// or `SNAKEPIT_RUBY` ...; then `python3`, `node` or `ruby` on `PATH`"
+/// (promises.rs shows Python's). Node.js and Ruby workers, generic and
+/// the user's own, run through the interpreter their variable names
+/// (a shim that notes each start); without the variable, `node` and
+/// `ruby` are looked up on `PATH`.
+#[test]
+fn snakepit_node_and_snakepit_ruby_name_the_interpreters() {
+    let dir = Dir::new("node-ruby-variables");
+    let node = dir.0.join("node-shim");
+    let ruby = dir.0.join("ruby-shim");
+    if !in_own_process(
+        "snakepit_node_and_snakepit_ruby_name_the_interpreters",
+        &[
+            ("SNAKEPIT_NODE", node.to_str().unwrap()),
+            ("SNAKEPIT_RUBY", ruby.to_str().unwrap()),
+        ],
+        &[],
+    ) {
+        return;
+    }
+    let dir = Dir::new("node-ruby-variables-child");
+    let node_marker = dir.0.join("node-started");
+    let ruby_marker = dir.0.join("ruby-started");
+    let node = PathBuf::from(std::env::var_os("SNAKEPIT_NODE").unwrap());
+    let ruby = PathBuf::from(std::env::var_os("SNAKEPIT_RUBY").unwrap());
+    marking_shim(&node, "node", &node_marker);
+    marking_shim(&ruby, "ruby", &ruby_marker);
+    assert_eq!(Language::Node.find_interpreter(None), node);
+    assert_eq!(Language::Ruby.find_interpreter(None), ruby);
+    let js = dir.file(
+        "w.js",
+        "const { Worker } = require('snakepit-bridge');\n\
+         new Worker({ commands: { async hi() { return { lang: 'node' }; } } }).run();\n",
+    );
+    let rb = dir.file(
+        "w.rb",
+        "require 'snakepit_bridge'\nw = SnakepitBridge::Worker.new\n\
+         w.command('hi') { |_args, _ctx| { 'lang' => 'ruby' } }\nw.run\n",
+    );
+    let starts = |marker: &Path| {
+        std::fs::read_to_string(marker)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    async fn serve_once(name: &str, adapter: impl Adapter, command: &str) {
+        let pool = pool_of(adapter)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        pool.execute(command, json!({})).await.unwrap();
+        pool.shutdown().await.unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        serve_once("GenericJavaScript", GenericJavaScript, "ping").await;
+        assert_eq!(starts(&node_marker), 1, "GenericJavaScript");
+        serve_once("GenericRuby", GenericRuby, "ping").await;
+        assert_eq!(starts(&ruby_marker), 1, "GenericRuby");
+        serve_once("Bridge::node", Bridge::node(&js), "hi").await;
+        assert_eq!(starts(&node_marker), 2, "Bridge::node");
+        serve_once("Bridge::ruby", Bridge::ruby(&rb), "hi").await;
+        assert_eq!(starts(&ruby_marker), 2, "Bridge::ruby");
+    });
+
+    std::env::remove_var("SNAKEPIT_NODE");
+    std::env::remove_var("SNAKEPIT_RUBY");
+    assert_eq!(Language::Node.find_interpreter(None), PathBuf::from("node"));
+    assert_eq!(Language::Ruby.find_interpreter(None), PathBuf::from("ruby"));
+}
+
 /// `Language::inspect`: "Never fails: what could not be found is `None`";
 /// `Inspection::program`: "The interpreter the adapters would run";
 /// `path`: "Where `program` is on `PATH`, when it was a bare name found

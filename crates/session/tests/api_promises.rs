@@ -347,6 +347,58 @@ async fn memory_deleting_an_expired_session_is_false_and_an_expiry() {
     assert_eq!(ends.lock().unwrap().len(), 1, "reported once");
 }
 
+/// `SessionStore`: "every operation that reads or writes a session
+/// (`get_session`, `update_session`, `ensure_session`, programs, data)
+/// extends its life by its TTL", each of them alone. A session of a 1.5 s
+/// TTL is used by one operation every 0.9 s, each kind in turn: had any
+/// of them not extended it, the next would come 1.8 s after the last
+/// extension and find it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_every_kind_of_use_slides_the_ttl_on_its_own() {
+    let store = unswept_memory_store();
+    let ttl = Duration::from_millis(1500);
+    let step = Duration::from_millis(900);
+    store.create_session("s", Some(ttl)).await.unwrap();
+    store.store_program("s", "p", json!(1)).await.unwrap();
+    let mut last = "create_session";
+    for kind in [
+        "get_session",
+        "update_session",
+        "ensure_session",
+        "store_program",
+        "get_program",
+        "set",
+        "get",
+        "delete",
+        "session_exists",
+    ] {
+        tokio::time::sleep(step).await;
+        let alive = match kind {
+            "get_session" => store.get_session("s").await.map(drop),
+            "update_session" => store.update_session("s", |_| {}).await.map(drop),
+            "ensure_session" => {
+                // It would create the session again: only a live one counts.
+                assert!(store.session_exists("s").await.unwrap(), "after {last}");
+                store.ensure_session("s").await
+            }
+            "store_program" => store.store_program("s", "p", json!(2)).await,
+            "get_program" => store.get_program("s", "p").await.map(drop),
+            "set" => store.set("s", "k", json!(1)).await,
+            "get" => store.get("s", "k").await.map(drop),
+            "delete" => store.delete("s", "k").await.map(drop),
+            _ => match store.session_exists("s").await.unwrap() {
+                true => Ok(()),
+                false => Err(Error::NotFound("s".into())),
+            },
+        };
+        assert!(
+            alive.is_ok(),
+            "{last} did not extend the session: {alive:?}"
+        );
+        last = kind;
+    }
+}
+
 /// `MemoryStore`: "Cloning gives another handle to the same store."
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_a_clone_is_another_handle_to_the_same_store() {
