@@ -20,7 +20,7 @@ use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::outbox::{self, Outbox};
-use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects};
+use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 use crate::{host_lost, unavailable};
 
 /// A host's message as the client reads it: results and chunks kept as
@@ -345,7 +345,7 @@ impl Client {
             .await
             .map_err(|e| unavailable(cluster, format!("cannot subscribe: {e}")))?;
         let connected = nats.connection_state() == State::Connected;
-        let tick = (config.host_timeout / 6).max(Duration::from_millis(10));
+        let tick = check_every(config.host_timeout);
         let outbox = Arc::new(Outbox::default());
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let tasks = vec![
@@ -624,7 +624,20 @@ impl Client {
                 payload,
             });
             pending.sent = true;
-            let first = tokio::time::timeout(inner.config.host_timeout, rx.recv()).await;
+            // The host's first message, as long as the connection holds: a
+            // lost connection fails the call at once, not a host timeout
+            // later.
+            let mut connected = inner.connected.subscribe();
+            let first = tokio::select! {
+                first = tokio::time::timeout(inner.config.host_timeout, rx.recv()) => first,
+                _ = connected.wait_for(|c| !*c) => {
+                    return Err(host_lost(
+                        &slot.host,
+                        slot.pid,
+                        "the NATS connection was lost before the host acknowledged the call; it may or may not have run".into(),
+                    ));
+                }
+            };
             let first = match first {
                 Ok(Some(Arrival::NoResponders)) => {
                     // The host is gone (its subscription with it): the call
@@ -831,7 +844,7 @@ impl Client {
         // The poll bounds the wait when room appears unannounced (a host
         // heard of for the first time, a reservation of another task
         // returned without a wake-up reaching this one).
-        let poll = (inner.config.host_timeout / 6).max(Duration::from_millis(10));
+        let poll = check_every(inner.config.host_timeout);
         // One timer: the poll, or the queue deadline when it comes first.
         let wake_at = until.min(later(Instant::now(), poll));
         tokio::select! {
@@ -1091,7 +1104,27 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
                 h.lost.send_if_modified(|l| !std::mem::replace(l, true));
             }
         }
-        hosts.retain(|_, h| now.duration_since(h.last_seen) < inner.config.host_timeout * 20);
+        hosts.retain(|_, h| {
+            now.duration_since(h.last_seen) < inner.config.host_timeout.saturating_mul(20)
+        });
+    }
+}
+
+/// How often the client checks what it is not told of (its connection's
+/// state, the hosts' heartbeats, room for a queued call): a sixth of the
+/// host timeout, and at least every quarter second, so that a lost
+/// connection fails calls at once however long the host timeout.
+fn check_every(host_timeout: Duration) -> Duration {
+    (host_timeout / 6).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+/// A host's error as the caller's: a call timeout carries the caller's own
+/// `timeout`, counted from submission, not the time left when the call was
+/// sent, which is the one the host was given.
+fn host_error(e: Box<WireError>, command: &str, timeout: Duration) -> Error {
+    match e.into_error(command) {
+        Error::CallTimeout { command, .. } => Error::CallTimeout { command, timeout },
+        other => other,
     }
 }
 
@@ -1168,7 +1201,7 @@ impl Flight {
             }
             Some(Reply::Err { e }) => {
                 self.finished = true;
-                return Err(e.into_error(&self.command));
+                return Err(host_error(e, &self.command, self.timeout));
             }
             _ => {}
         }
@@ -1187,7 +1220,7 @@ impl Flight {
                 Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
                     Ok(Reply::Chunk { v }) => Ok(Reply::Chunk { v }),
                     Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
-                    Ok(Reply::Err { e }) => Err(e.into_error(&self.command)),
+                    Ok(Reply::Err { e }) => Err(host_error(e, &self.command, self.timeout)),
                     // The host acknowledges a call that runs for a while
                     // whatever it has sent already (chunks, even its
                     // outcome): nothing to act on.

@@ -105,7 +105,8 @@ impl ServeOptions {
         self
     }
 
-    /// Sets the heartbeat interval.
+    /// Sets the heartbeat interval; zero is refused by [`serve_with`]
+    /// (`Error::Config`).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
         self
@@ -176,6 +177,11 @@ pub async fn serve_with(
         None => random_id(),
     };
     wire::check_name("host id", &id)?;
+    if options.heartbeat.is_zero() {
+        return Err(Error::Config(
+            "the heartbeat interval must be longer than zero".into(),
+        ));
+    }
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
         crate::unavailable(cluster, format!("cannot {what}: {e}"))
     };
@@ -230,11 +236,10 @@ pub async fn serve_with(
     };
     state.measure();
     let task = tokio::spawn(async move {
-        let status_task = tokio::spawn(answer_status(host.clone(), status));
-        let replies_task = tokio::spawn(send_replies(host));
+        // Aborted when this task ends or is aborted (a `Node` dropped).
+        let _status = AbortOnDrop(tokio::spawn(answer_status(host.clone(), status)).abort_handle());
+        let _replies = AbortOnDrop(tokio::spawn(send_replies(host)).abort_handle());
         state.run(stop_rx).await;
-        status_task.abort();
-        replies_task.abort();
         let _ = service.stop().await;
     });
     Ok(Node {
@@ -443,6 +448,27 @@ struct Serving {
     ack_due: Option<Instant>,
     /// Cancels that arrived before their call (another path, same host).
     cancelled: HashSet<String>,
+}
+
+/// A task that ends with its holder.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Serving {
+    /// The calls still running when serving stops without a shutdown (a
+    /// `Node` dropped) are cancelled: each is a task of its own, which an
+    /// abort of the serving task would not reach. A shutdown has let them
+    /// finish by then.
+    fn drop(&mut self) {
+        for call in self.running.values() {
+            call.task.abort();
+        }
+    }
 }
 
 impl Serving {

@@ -43,7 +43,8 @@
 //!   in a `snakepit.cluster.serve` span).
 //! - **Failures** are clear and bounded: a host that stops answering fails
 //!   its calls about one [`ClientConfig::host_timeout`] after it last spoke
-//!   (clients check every sixth of it; [`is_host_lost`]), a
+//!   (clients check every sixth of it, at least every quarter second;
+//!   [`is_host_lost`]), a
 //!   call is never sent twice, and while the NATS connection is down calls
 //!   fail at once ([`is_unavailable`]) and work again when it is back.
 //! - **Batching**: calls made together to one host go in one NATS message,

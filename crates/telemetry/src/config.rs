@@ -162,7 +162,10 @@ impl Telemetry {
     /// export is tried once, without the retries and their backoff, and
     /// given at most 1 s (less if `OTEL_EXPORTER_OTLP_TIMEOUT` says so), so
     /// that a receiver that is down costs the program's exit next to
-    /// nothing; traces and metrics are flushed side by side at the end.
+    /// nothing; traces and metrics are flushed side by side at the end. A
+    /// receiver that takes the connection and never answers costs the exit
+    /// at most half as long again as the export (1.5 s), the time for the
+    /// shutdown to hear what the export dropped and say so.
     pub fn short_lived(mut self, on: bool) -> Self {
         self.short_lived = on;
         self

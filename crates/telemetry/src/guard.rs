@@ -69,7 +69,13 @@ impl Guard {
     fn stop(&mut self) -> Result<(), Error> {
         let tracer = self.tracer_provider.take();
         let meter = self.meter_provider.take();
-        let limit = self.final_flush.unwrap_or(Duration::from_secs(5));
+        // A short-lived program's export gives up after `final_flush`; the
+        // shutdown waits half as long again, so that the exporter has
+        // recorded what it dropped (and the error can say so) before the
+        // shutdown's own timeout would.
+        let limit = self
+            .final_flush
+            .map_or(Duration::from_secs(5), |t| t.saturating_add(t / 2));
         // Side by side: a receiver that is down costs one export's time,
         // not one per signal.
         let (traces, metrics) = std::thread::scope(|s| {
