@@ -142,7 +142,9 @@ fn prepend_path(var: &str, dir: PathBuf, extra: &[(OsString, OsString)]) -> OsSt
         .or_else(|| std::env::var_os(var));
     let mut parts = vec![dir];
     if let Some(existing) = existing {
-        parts.extend(std::env::split_paths(&existing));
+        // An empty entry means the current directory to Python, Node and
+        // Ruby alike: an empty variable adds none.
+        parts.extend(std::env::split_paths(&existing).filter(|p| !p.as_os_str().is_empty()));
     }
     std::env::join_paths(parts).unwrap_or_default()
 }

@@ -39,6 +39,7 @@ impl Policy {
     pub(crate) fn command_timeout(&self, command: &str) -> Duration {
         self.timeouts
             .iter()
+            .rev()
             .find(|(c, _)| c == command)
             .map_or(self.default_timeout, |(_, t)| *t)
     }
@@ -98,7 +99,8 @@ macro_rules! shared_builder_methods {
             self
         }
 
-        /// The deadline of `command` when a call does not set its own.
+        /// The deadline of `command` when a call does not set its own; set
+        /// twice for one command, the last one counts.
         pub fn timeout_for(
             mut self,
             command: impl Into<String>,

@@ -95,7 +95,8 @@ fn pool_of(adapter: impl Adapter) -> impl std::future::Future<Output = Result<Po
 /// do not set their own (default 30 s)"; `Custom::default_timeout`: "The
 /// deadline of every other command (default 30 s)"; `timeout_for`: "The
 /// deadline of `command` when a call does not set its own", whichever
-/// order the two are set in; `supported_commands`: none set lets every
+/// order the two are set in, and "set twice for one command, the last one
+/// counts"; `supported_commands`: none set lets every
 /// command through.
 #[test]
 fn every_adapter_defaults_to_json_30_s_and_every_command() {
@@ -154,6 +155,15 @@ fn every_adapter_defaults_to_json_30_s_and_every_command() {
         assert_eq!(c.command_timeout("slow"), minute);
         assert_eq!(c.command_timeout("other"), five);
     }
+    // Set twice for one command, the last one counts.
+    let twice = Bridge::python("w.py")
+        .timeout_for("slow", five)
+        .timeout_for("slow", minute);
+    assert_eq!(Adapter::command_timeout(&twice, "slow"), minute);
+    let twice = Custom::new("prog")
+        .timeout_for("slow", minute)
+        .timeout_for("slow", five);
+    assert_eq!(Adapter::command_timeout(&twice, "slow"), five);
     let only = Custom::new("prog").supported_commands(["a", "b"]);
     assert_eq!(
         Adapter::supported_commands(&only),
@@ -749,7 +759,6 @@ async fn a_missing_node_or_ruby_interpreter_or_script_is_a_clear_start_error() {
 /// not exist fails the start with an error that names it; the
 /// interpreter, which is there, is not blamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a missing working directory fails the start with `cannot run `python3`: not found (is it installed and on PATH?)`, naming the interpreter and not the directory (snakepit-core's spawn error)"]
 async fn a_missing_working_directory_is_a_start_error_naming_it() {
     let missing = "/no/such/working/dir";
     let err = pool_of(Bridge::generic(Language::Python).cwd(missing))
@@ -789,5 +798,29 @@ fn languages_name_their_bridge_packages_and_how_to_install_them() {
         assert!(packages[1].name.contains("opentelemetry"), "{lang:?}");
         assert!(packages[1].needed_for.contains("optional"), "{lang:?}");
         assert!(packages[1].install.contains(packages[1].name), "{lang:?}");
+    }
+}
+
+/// `Bridge::env`: a path variable given empty (`PYTHONPATH=""`, and the
+/// like for Node and Ruby) adds no empty entry after the bridge's
+/// directory: an empty entry would put the current directory on the
+/// interpreter's import path.
+#[test]
+fn an_empty_path_variable_adds_no_empty_entry() {
+    for (lang, var) in [
+        (Language::Python, "PYTHONPATH"),
+        (Language::Node, "NODE_PATH"),
+        (Language::Ruby, "RUBYLIB"),
+    ] {
+        let launch = Bridge::generic(lang).env(var, "").launch();
+        let value = launch
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+            .unwrap_or_else(|| panic!("{var} is set"));
+        assert!(!value.is_empty(), "{var}");
+        assert!(value.split(':').all(|p| !p.is_empty()), "{var}={value:?}");
     }
 }

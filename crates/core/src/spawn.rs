@@ -214,3 +214,20 @@ fn start_watchdog() -> io::Result<std::process::ChildStdin> {
         })?;
     Ok(stdin)
 }
+
+/// Why `launch` could not start, for the worker's (or template's) start
+/// error: a missing program or a missing working directory, named as such
+/// (both are `NotFound` from the spawn), or the system's error.
+pub(crate) fn cannot_start(launch: &Launch, e: &io::Error) -> String {
+    let program = launch.program.display();
+    match &launch.cwd {
+        Some(dir) if e.kind() == io::ErrorKind::NotFound && !dir.is_dir() => format!(
+            "cannot run `{program}`: its working directory `{}` does not exist",
+            dir.display()
+        ),
+        _ if e.kind() == io::ErrorKind::NotFound => {
+            format!("cannot run `{program}`: not found (is it installed and on PATH?)")
+        }
+        _ => format!("cannot run `{program}`: {e}"),
+    }
+}

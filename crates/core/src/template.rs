@@ -90,21 +90,12 @@ impl Template {
             cause,
             tail: String::new(),
         };
-        let program = launch.program.display().to_string();
         let (ours, theirs) = os::seqpacket_pair().map_err(|e| fail(format!("socketpair: {e}")))?;
         let launch = launch.env("SNAKEPIT_PRELOAD", "1");
         let mut child = spawner
-            .spawn_with_stdin(launch, theirs)
+            .spawn_with_stdin(launch.clone(), theirs)
             .await
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    fail(format!(
-                        "cannot run `{program}`: not found (is it installed and on PATH?)"
-                    ))
-                } else {
-                    fail(format!("cannot run `{program}`: {e}"))
-                }
-            })?;
+            .map_err(|e| fail(crate::spawn::cannot_start(&launch, &e)))?;
         let pid = child.id().unwrap_or(0);
         let socket = os::watch(
             ours,

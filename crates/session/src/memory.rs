@@ -380,6 +380,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
+        check_id("program id", program_id)?;
         self.inner
             .with_live(id, |s| s.programs.get(program_id).cloned())?
             .ok_or_else(|| Error::ProgramNotFound {
@@ -398,6 +399,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
+        check_id("program id", program_id)?;
         self.inner
             .globals
             .read_locked()

@@ -266,9 +266,12 @@ pub struct RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
-    /// Keys start with this (`snakepit:` by default). Stores with different
-    /// prefixes on one server do not see each other's sessions, programs or
-    /// statistics: give each tenant or application its own (`tenant_a:`).
+    /// Keys start with this (`snakepit:` by default). Stores whose prefixes
+    /// differ, none being the start of another, do not see each other's
+    /// sessions, programs or statistics on one server: give each tenant or
+    /// application its own, ended by a separator (`tenant_a:`,
+    /// `tenant_b:`). Not `t` and `ts:`: the session `idx` of the first would
+    /// be the key `ts:idx`, the second's index.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self

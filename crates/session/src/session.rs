@@ -13,8 +13,8 @@ pub const MAX_ID_LEN: usize = 512;
 
 /// The longest TTL a session may have: 2^53 - 1 milliseconds (about
 /// 285,000 years), the most a Redis script's numbers (doubles) hold
-/// exactly. A
-/// longer one, at creation or set by an update, is [`Error::Invalid`].
+/// exactly. A longer one, or one under 1 ms, at creation or set by an
+/// update, is [`Error::Invalid`].
 pub const MAX_TTL: Duration = Duration::from_millis(MAX_TTL_MS);
 const MAX_TTL_MS: u64 = (1 << 53) - 1;
 
@@ -82,17 +82,25 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `Ok` if `ttl` is at most [`MAX_TTL`] (in whole milliseconds, as stores
+/// `Ok` if `ttl` is 1 ms to [`MAX_TTL`] (in whole milliseconds, as stores
 /// keep it), else the [`Error::Invalid`] every store gives: for stores
-/// outside this crate to refuse the same TTLs.
+/// outside this crate to refuse the same TTLs. A TTL under 1 ms would end
+/// the session as it is made (Redis cannot keep one at all).
 pub fn check_ttl(ttl: Duration) -> Result<()> {
-    match ttl.as_millis() > u128::from(MAX_TTL_MS) {
-        true => Err(Error::Invalid {
+    let ms = ttl.as_millis();
+    if ms > u128::from(MAX_TTL_MS) {
+        return Err(Error::Invalid {
             what: "ttl",
             reason: "longer than MAX_TTL (2^53 - 1 ms)",
-        }),
-        false => Ok(()),
+        });
     }
+    if ms == 0 {
+        return Err(Error::Invalid {
+            what: "ttl",
+            reason: "shorter than 1 ms",
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {

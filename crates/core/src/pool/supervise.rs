@@ -33,7 +33,6 @@ pub(crate) async fn start_worker(
         .launch
         .clone()
         .for_worker(shared.codec, &worker_id, &shared.run_id);
-    let program = launch.program.display().to_string();
     let span = tracing::Span::current();
     let child = if shared.launch.preload {
         let template = shared.template().await.map_err(|e| fail(e.cause, e.tail))?;
@@ -44,14 +43,11 @@ pub(crate) async fn start_worker(
         shared.spawner.watch(process.pid);
         process
     } else {
-        let child = shared.spawner.spawn(launch).await.map_err(|e| {
-            let cause = if e.kind() == std::io::ErrorKind::NotFound {
-                format!("cannot run `{program}`: not found (is it installed and on PATH?)")
-            } else {
-                format!("cannot run `{program}`: {e}")
-            };
-            fail(cause, String::new())
-        })?;
+        let child = shared
+            .spawner
+            .spawn(launch.clone())
+            .await
+            .map_err(|e| fail(crate::spawn::cannot_start(&launch, &e), String::new()))?;
         Process::from(child)
     };
     let started = Instant::now();

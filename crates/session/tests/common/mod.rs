@@ -98,19 +98,25 @@ pub async fn bad_input<S: SessionStore>(store: &S) {
     ] {
         assert!(matches!(r, Err(Error::Invalid { .. })), "{r:?}");
     }
-    // A TTL beyond `MAX_TTL` is refused, whether given at creation or set
-    // by an update, and the update changes nothing.
+    // A TTL beyond `MAX_TTL` or under 1 ms is refused, whether given at
+    // creation or set by an update, and the update changes nothing.
     let too_long = snakepit_session::MAX_TTL + Duration::from_millis(1);
-    let r = store.create_session("t", Some(too_long)).await;
-    assert!(
-        matches!(r, Err(Error::Invalid { what: "ttl", .. })),
-        "{r:?}"
-    );
+    for ttl in [too_long, Duration::ZERO, Duration::from_micros(999)] {
+        let r = store.create_session("t", Some(ttl)).await;
+        assert!(
+            matches!(r, Err(Error::Invalid { what: "ttl", .. })),
+            "{ttl:?}: {r:?}"
+        );
+    }
     store
         .create_session("t", Some(Duration::from_secs(60)))
         .await
         .unwrap();
-    for ttl_ms in [u64::MAX, snakepit_session::MAX_TTL.as_millis() as u64 + 1] {
+    for ttl_ms in [
+        u64::MAX,
+        snakepit_session::MAX_TTL.as_millis() as u64 + 1,
+        0,
+    ] {
         let r = store
             .update_session("t", |s| {
                 s.ttl_ms = ttl_ms;
