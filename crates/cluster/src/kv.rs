@@ -88,7 +88,10 @@ impl NatsKvStoreBuilder {
     }
 
     /// Creates the bucket if it does not exist, and starts the sweep.
+    /// Fails with `Error::Invalid` first if the default TTL is one no
+    /// session may have (see [`check_ttl`]).
     pub async fn connect(self) -> Result<NatsKvStore> {
+        check_ttl(self.default_ttl)?;
         let js = async_nats::jetstream::new(self.nats);
         let kv = match js.get_key_value(&self.bucket).await {
             Ok(kv) => kv,

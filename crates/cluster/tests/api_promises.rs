@@ -649,3 +649,23 @@ async fn two_hosts_cleaning_up_at_once_report_each_expiry_once() {
     assert_eq!(reported, expected);
     assert_eq!(a.list_sessions().await.unwrap(), vec!["long".to_string()]);
 }
+
+/// `NatsKvStoreBuilder::connect`: "Fails with `Error::Invalid` first if
+/// the default TTL is one no session may have": zero, or beyond `MAX_TTL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_default_ttl_no_session_may_have_fails_connect() {
+    let nats = NatsServer::start().await;
+    let conn = nats.connect().await;
+    let too_long = snakepit_session::MAX_TTL + Duration::from_millis(1);
+    for ttl in [Duration::ZERO, too_long] {
+        let got = NatsKvStore::builder(&conn).default_ttl(ttl).connect().await;
+        assert!(
+            matches!(
+                got,
+                Err(snakepit_session::Error::Invalid { what: "ttl", .. })
+            ),
+            "{ttl:?}: {:?}",
+            got.err().map(|e| e.to_string())
+        );
+    }
+}

@@ -299,8 +299,11 @@ impl RedisStoreBuilder {
     }
 
     /// Connects and starts the sweep. Fails if the server cannot be reached
-    /// (or does not answer within the timeout), or the URL is not valid.
+    /// (or does not answer within the timeout), or the URL is not valid;
+    /// and, before trying, with `Error::Invalid` if the default TTL is one
+    /// no session may have (see [`check_ttl`](crate::check_ttl)).
     pub async fn connect(self) -> Result<RedisStore> {
+        check_ttl(self.default_ttl)?;
         let client = client(&self.url)?;
         // One attempt per reconnection: an operation that finds the server
         // away fails at once, and the next one tries again. (The crate's

@@ -950,4 +950,29 @@ mod redis {
             }
         }
     }
+
+    /// `RedisStoreBuilder::connect`: "before trying, with `Error::Invalid`
+    /// if the default TTL is one no session may have": a default TTL of
+    /// zero or beyond `MAX_TTL` fails the connect, not every later use.
+    #[tokio::test]
+    async fn redis_a_default_ttl_no_session_may_have_fails_connect() {
+        let redis = Redis::start().await;
+        for ttl in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
+            let got = RedisStore::builder(redis.url())
+                .default_ttl(ttl)
+                .connect()
+                .await;
+            assert!(
+                matches!(got, Err(Error::Invalid { what: "ttl", .. })),
+                "{ttl:?}: {:?}",
+                got.err()
+            );
+        }
+        let store = RedisStore::builder(redis.url())
+            .default_ttl(MAX_TTL)
+            .connect()
+            .await
+            .unwrap();
+        store.ensure_session("s").await.unwrap();
+    }
 }

@@ -136,9 +136,11 @@ impl Telemetry {
     /// The receiver's base address, such as `http://127.0.0.1:4318` (HTTP,
     /// `/v1/traces` and `/v1/metrics` are appended) or
     /// `http://127.0.0.1:4317` (gRPC). Default: `OTEL_EXPORTER_OTLP_ENDPOINT`,
-    /// else the protocol's localhost port.
+    /// else the protocol's localhost port. An empty (or blank) one is no
+    /// endpoint, as an empty variable is.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoint = Some(endpoint.into());
+        let endpoint = endpoint.into();
+        self.endpoint = (!endpoint.trim().is_empty()).then_some(endpoint);
         self
     }
 

@@ -9,8 +9,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::{
-    env, exporter_wanted, propagator, resource, sdk_disabled, ENDPOINT_VAR, METRICS_EXPORTER_VAR,
-    TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
+    env, exporter_wanted, propagator, resource, sdk_disabled, ENDPOINT_VAR, METRICS_ENDPOINT_VAR,
+    METRICS_EXPORTER_VAR, TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
 };
 use crate::exporters::{watched, ExportSettings, Runtime};
 use crate::{Error, Guard, Protocol, Telemetry};
@@ -120,13 +120,24 @@ impl Telemetry {
     /// [`init`](Telemetry::init), but only when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
     /// is set and `OTEL_SDK_DISABLED` is not `true`; otherwise installs
-    /// nothing and returns `None`.
-    pub fn init_if_configured(self) -> Result<Option<Guard>, Error> {
+    /// nothing and returns `None`. When only the traces endpoint is set
+    /// (neither `OTEL_EXPORTER_OTLP_ENDPOINT` nor
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, nor [`endpoint`](Telemetry::endpoint)),
+    /// only traces are exported unless [`metrics`](Telemetry::metrics) or
+    /// `OTEL_METRICS_EXPORTER` says otherwise: metrics would go to the
+    /// default localhost receiver, which nobody asked for.
+    pub fn init_if_configured(mut self) -> Result<Option<Guard>, Error> {
         if env(ENDPOINT_VAR).is_none() && env(TRACES_ENDPOINT_VAR).is_none() {
             return Ok(None);
         }
         if sdk_disabled() {
             return Ok(None);
+        }
+        let metrics_endpoint = self.endpoint.is_some()
+            || env(ENDPOINT_VAR).is_some()
+            || env(METRICS_ENDPOINT_VAR).is_some();
+        if !metrics_endpoint && self.metrics.is_none() && env(METRICS_EXPORTER_VAR).is_none() {
+            self.metrics = Some(false);
         }
         self.init().map(Some)
     }

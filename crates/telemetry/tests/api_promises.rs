@@ -296,12 +296,14 @@ fn the_traces_protocol_variable_wins_and_none_is_set_by_default() {
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is
 /// not `true`". The traces-only variable alone installs, and the spans go
 /// to the URL it names (used as it is, no `/v1/traces` added); with
-/// `OTEL_SDK_DISABLED=true` nothing is installed though it is set.
+/// `OTEL_SDK_DISABLED=true` nothing is installed though it is set. With no
+/// endpoint for metrics, "only traces are exported": no metrics go to the
+/// default localhost receiver.
 #[test]
 fn init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled() {
     if own_process(
         "init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled",
-        &[("OTEL_METRICS_EXPORTER", "none")],
+        &[],
     )
     .is_some()
     {
@@ -323,6 +325,11 @@ fn init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled(
         .init_if_configured()
         .unwrap()
         .expect("the traces endpoint alone installs");
+    assert_eq!(
+        format!("{guard:?}"),
+        "Guard { traces: true, metrics: false }",
+        "traces only"
+    );
     drop(tracing::info_span!("to.the.traces.endpoint").entered());
     guard.shutdown().unwrap();
     assert!(
@@ -789,5 +796,39 @@ fn an_observation_does_not_keep_its_pool_alive() {
         assert!(gone, "worker {pid} outlived its pool's last handle");
         drop(observation);
     });
+    guard.shutdown().unwrap();
+}
+
+/// `Telemetry::endpoint`: "An empty (or blank) one is no endpoint, as an
+/// empty variable is": the exports go to `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// not to an address made of nothing.
+#[test]
+fn an_empty_endpoint_is_no_endpoint() {
+    let receiver_base = std::env::var("SNAKEPIT_TEST_RECEIVER").ok();
+    if receiver_base.is_none() {
+        let receiver = Receiver::ok();
+        let stderr = own_process(
+            "an_empty_endpoint_is_no_endpoint",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.base()),
+                ("OTEL_METRICS_EXPORTER", "none"),
+                ("SNAKEPIT_TEST_RECEIVER", &receiver.base()),
+            ],
+        );
+        if stderr.is_some() {
+            assert!(
+                receiver.got("/v1/traces", "to.the.variables.endpoint"),
+                "{:?}",
+                receiver.seen.lock().unwrap()
+            );
+            return;
+        }
+    }
+    let guard = Telemetry::new()
+        .endpoint(" ")
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    drop(tracing::info_span!("to.the.variables.endpoint").entered());
     guard.shutdown().unwrap();
 }
