@@ -28,36 +28,6 @@ use snakepit_telemetry::{Error, Protocol, Telemetry};
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 
-/// Set in a test's own process.
-const CHILD: &str = "SNAKEPIT_TELEMETRY_API_PROMISES_CHILD";
-
-/// `None` in test `name`'s own process (then the caller runs the body),
-/// else the stderr of that process, which ran the body and passed. As
-/// `common::in_own_process`, and the test runs there though it is ignored
-/// (run with `--run-ignored`, a defect's test is run in its own process).
-fn own_process(name: &str, env: &[(&str, &str)]) -> Option<String> {
-    if std::env::var_os(CHILD).is_some() {
-        return None;
-    }
-    let mut cmd = snakepit_tests::this_test(name);
-    cmd.arg("--include-ignored").env(CHILD, "1");
-    for var in common::OTEL_VARS {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("the test binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{name} failed in its own process:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("1 passed"), "{name} did not run: {stdout}");
-    Some(stderr)
-}
-
 /// How the receiver answers a request for a path.
 #[derive(Clone, Copy)]
 enum Answer {
@@ -188,7 +158,7 @@ fn count_one() {
 /// installed a subscriber of its own first.
 #[test]
 fn a_second_init_is_subscriber_installed() {
-    if own_process("a_second_init_is_subscriber_installed", &[]).is_some() {
+    if common::in_own_process("a_second_init_is_subscriber_installed", &[]).is_some() {
         return;
     }
     let receiver = Receiver::ok();
@@ -206,7 +176,7 @@ fn a_second_init_is_subscriber_installed() {
 /// The same error when the program's own subscriber came first.
 #[test]
 fn init_after_the_programs_own_subscriber_is_subscriber_installed() {
-    if own_process(
+    if common::in_own_process(
         "init_after_the_programs_own_subscriber_is_subscriber_installed",
         &[],
     )
@@ -228,7 +198,7 @@ fn init_after_the_programs_own_subscriber_is_subscriber_installed() {
 /// not a panic and not a guard exporting nowhere.
 #[test]
 fn a_malformed_endpoint_is_an_exporter_error() {
-    if own_process("a_malformed_endpoint_is_an_exporter_error", &[]).is_some() {
+    if common::in_own_process("a_malformed_endpoint_is_an_exporter_error", &[]).is_some() {
         return;
     }
     for endpoint in ["http://bad host:4318", "http://[::1:4318"] {
@@ -246,7 +216,7 @@ fn a_malformed_endpoint_is_an_exporter_error() {
 #[cfg(not(feature = "grpc"))]
 #[test]
 fn grpc_without_its_feature_is_feature_missing() {
-    if own_process("grpc_without_its_feature_is_feature_missing", &[]).is_some() {
+    if common::in_own_process("grpc_without_its_feature_is_feature_missing", &[]).is_some() {
         return;
     }
     let missing = || Error::FeatureMissing {
@@ -272,7 +242,7 @@ fn grpc_without_its_feature_is_feature_missing() {
 /// it does not know is `Error::UnknownProtocol`.
 #[test]
 fn the_traces_protocol_variable_wins_and_none_is_set_by_default() {
-    if own_process(
+    if common::in_own_process(
         "the_traces_protocol_variable_wins_and_none_is_set_by_default",
         &[],
     )
@@ -301,7 +271,7 @@ fn the_traces_protocol_variable_wins_and_none_is_set_by_default() {
 /// default localhost receiver.
 #[test]
 fn init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled() {
-    if own_process(
+    if common::in_own_process(
         "init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled",
         &[],
     )
@@ -343,7 +313,7 @@ fn init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled(
 /// is not; an `INFO` and a `WARN` span are.
 #[test]
 fn spans_below_info_are_not_exported_by_default() {
-    if own_process("spans_below_info_are_not_exported_by_default", &[]).is_some() {
+    if common::in_own_process("spans_below_info_are_not_exported_by_default", &[]).is_some() {
         return;
     }
     let receiver = Receiver::ok();
@@ -361,7 +331,7 @@ fn spans_below_info_are_not_exported_by_default() {
 /// `DEBUG` filter the debug span goes too, a `TRACE` one still not.
 #[test]
 fn the_traces_filter_decides_which_spans_are_exported() {
-    if own_process("the_traces_filter_decides_which_spans_are_exported", &[]).is_some() {
+    if common::in_own_process("the_traces_filter_decides_which_spans_are_exported", &[]).is_some() {
         return;
     }
     let receiver = Receiver::ok();
@@ -382,7 +352,7 @@ fn the_traces_filter_decides_which_spans_are_exported() {
 /// binary's name as `service.name`.
 #[test]
 fn without_a_service_name_the_executables_name_is_used() {
-    if own_process("without_a_service_name_the_executables_name_is_used", &[]).is_some() {
+    if common::in_own_process("without_a_service_name_the_executables_name_is_used", &[]).is_some() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -399,7 +369,7 @@ fn without_a_service_name_the_executables_name_is_used() {
 /// The same with `OTEL_SERVICE_NAME` set: it is the name.
 #[test]
 fn otel_service_name_names_the_service() {
-    if own_process(
+    if common::in_own_process(
         "otel_service_name_names_the_service",
         &[("OTEL_SERVICE_NAME", "svc-from-the-env")],
     )
@@ -419,7 +389,7 @@ fn otel_service_name_names_the_service() {
 /// though `OTEL_METRICS_EXPORTER=none`.
 #[test]
 fn metrics_true_wins_over_otel_metrics_exporter_none() {
-    if own_process(
+    if common::in_own_process(
         "metrics_true_wins_over_otel_metrics_exporter_none",
         &[("OTEL_METRICS_EXPORTER", "none")],
     )
@@ -438,7 +408,7 @@ fn metrics_true_wins_over_otel_metrics_exporter_none() {
 /// the spans still go.
 #[test]
 fn metrics_false_exports_no_metrics() {
-    if own_process(
+    if common::in_own_process(
         "metrics_false_exports_no_metrics",
         &[("OTEL_METRICS_EXPORTER", "otlp")],
     )
@@ -463,7 +433,7 @@ fn metrics_false_exports_no_metrics() {
 /// arrive.
 #[test]
 fn a_receiver_that_answers_404_to_metrics_is_warned_of_once_and_no_error() {
-    if let Some(stderr) = own_process(
+    if let Some(stderr) = common::in_own_process(
         "a_receiver_that_answers_404_to_metrics_is_warned_of_once_and_no_error",
         &[],
     ) {
@@ -497,7 +467,7 @@ fn a_receiver_that_answers_404_to_metrics_is_warned_of_once_and_no_error() {
 /// runs, with no flush, long before the 60 s default would.
 #[test]
 fn metrics_interval_exports_metrics_while_the_program_runs() {
-    if own_process(
+    if common::in_own_process(
         "metrics_interval_exports_metrics_while_the_program_runs",
         &[],
     )
@@ -527,7 +497,7 @@ fn metrics_interval_exports_metrics_while_the_program_runs() {
 /// the endpoint hears nothing, of spans or metrics.
 #[test]
 fn with_the_sdk_disabled_init_installs_the_stderr_logs_only() {
-    if let Some(stderr) = own_process(
+    if let Some(stderr) = common::in_own_process(
         "with_the_sdk_disabled_init_installs_the_stderr_logs_only",
         &[("OTEL_SDK_DISABLED", "true")],
     ) {
@@ -553,7 +523,7 @@ fn with_the_sdk_disabled_init_installs_the_stderr_logs_only() {
 /// span was dropped.
 #[test]
 fn a_short_lived_program_tries_each_export_once() {
-    if own_process("a_short_lived_program_tries_each_export_once", &[]).is_some() {
+    if common::in_own_process("a_short_lived_program_tries_each_export_once", &[]).is_some() {
         return;
     }
     let receiver = Receiver::start(|_| Answer::Status(503));
@@ -576,7 +546,7 @@ fn a_short_lived_program_tries_each_export_once() {
 /// was dropped, where to and why (`Guard::flush`).
 #[test]
 fn a_short_lived_export_is_given_at_most_1_s() {
-    if own_process(
+    if common::in_own_process(
         "a_short_lived_export_is_given_at_most_1_s",
         &[("OTEL_EXPORTER_OTLP_TIMEOUT", "5000")],
     )
@@ -610,7 +580,7 @@ fn a_short_lived_export_is_given_at_most_1_s() {
 /// `traces: Operation failed: Shutdown errors: [Timeout(1s)]`.
 #[test]
 fn a_short_lived_shutdown_says_what_a_silent_receiver_dropped() {
-    if own_process(
+    if common::in_own_process(
         "a_short_lived_shutdown_says_what_a_silent_receiver_dropped",
         &[],
     )
@@ -639,7 +609,7 @@ fn a_short_lived_shutdown_says_what_a_silent_receiver_dropped() {
 /// down) has reached the receiver when the drop returns.
 #[test]
 fn dropping_the_guard_exports_what_is_buffered() {
-    if own_process("dropping_the_guard_exports_what_is_buffered", &[]).is_some() {
+    if common::in_own_process("dropping_the_guard_exports_what_is_buffered", &[]).is_some() {
         return;
     }
     let receiver = Receiver::ok();
@@ -656,7 +626,7 @@ fn dropping_the_guard_exports_what_is_buffered() {
 /// ended after it is exported at shutdown.
 #[test]
 fn flush_exports_now_and_the_exporters_go_on() {
-    if own_process("flush_exports_now_and_the_exporters_go_on", &[]).is_some() {
+    if common::in_own_process("flush_exports_now_and_the_exporters_go_on", &[]).is_some() {
         return;
     }
     let receiver = Receiver::ok();
@@ -678,7 +648,7 @@ fn flush_exports_now_and_the_exporters_go_on() {
 /// (the default's), the same span gives its `traceparent`.
 #[test]
 fn with_the_propagator_none_no_trace_context_is_sent() {
-    if own_process(
+    if common::in_own_process(
         "with_the_propagator_none_no_trace_context_is_sent",
         &[("OTEL_PROPAGATORS", "none")],
     )
@@ -716,7 +686,7 @@ fn log_probe_lines() {
 /// only the error line is printed.
 #[test]
 fn stderr_level_wins_over_rust_log() {
-    if let Some(stderr) = own_process("stderr_level_wins_over_rust_log", &[("RUST_LOG", "debug")]) {
+    if let Some(stderr) = common::in_own_process("stderr_level_wins_over_rust_log", &[("RUST_LOG", "debug")]) {
         assert!(stderr.contains("probe-error-line"), "{stderr}");
         assert!(!stderr.contains("probe-warn-line"), "{stderr}");
         assert!(!stderr.contains("probe-debug-line"), "{stderr}");
@@ -736,7 +706,7 @@ fn stderr_level_wins_over_rust_log() {
 /// `Telemetry::stderr_logs`: "`None` for none": not even an error line.
 #[test]
 fn stderr_logs_none_prints_no_line() {
-    if let Some(stderr) = own_process("stderr_logs_none_prints_no_line", &[("RUST_LOG", "debug")]) {
+    if let Some(stderr) = common::in_own_process("stderr_logs_none_prints_no_line", &[("RUST_LOG", "debug")]) {
         assert!(!stderr.contains("probe-"), "{stderr}");
         return;
     }
@@ -766,7 +736,7 @@ fn alive(pid: u32) -> bool {
 /// worker process.
 #[test]
 fn an_observation_does_not_keep_its_pool_alive() {
-    if own_process("an_observation_does_not_keep_its_pool_alive", &[]).is_some() {
+    if common::in_own_process("an_observation_does_not_keep_its_pool_alive", &[]).is_some() {
         return;
     }
     let receiver = Receiver::ok();
@@ -807,7 +777,7 @@ fn an_empty_endpoint_is_no_endpoint() {
     let receiver_base = std::env::var("SNAKEPIT_TEST_RECEIVER").ok();
     if receiver_base.is_none() {
         let receiver = Receiver::ok();
-        let stderr = own_process(
+        let stderr = common::in_own_process(
             "an_empty_endpoint_is_no_endpoint",
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.base()),
