@@ -1,0 +1,503 @@
+//! Promises of ARCHITECTURE.md's invariants, docs/reliability.md,
+//! docs/protocol.md and docs/bridges.md that no other test showed, each
+//! checked against real worker processes: `workers/doc_promises_worker.py`
+//! (no bridge; it records every frame it receives) and
+//! `workers/doc_promises_bridge.py` (on the Python bridge).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{builder, eventually, python, temp_dir};
+use serde_json::{json, Value};
+use snakepit_core::{
+    events::EventKind, Adapter, CallOptions, CallStream, Error, Launch, Pool, StreamItem, WireCodec,
+};
+
+fn workers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers")
+}
+
+/// The recording worker, declaring `hello` in its hello (`none`: no hello).
+struct Doc {
+    log: PathBuf,
+    hello: &'static str,
+}
+
+impl Doc {
+    fn new(tag: &str, hello: &'static str) -> Doc {
+        Doc {
+            log: temp_dir(tag).join("frames.log"),
+            hello,
+        }
+    }
+
+    fn adapter(&self) -> Doc {
+        Doc {
+            log: self.log.clone(),
+            hello: self.hello,
+        }
+    }
+
+    /// Every line of the log, parsed: the frames received, and the
+    /// worker's own notes (`sleep_done`).
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Adapter for Doc {
+    fn launch(&self) -> Launch {
+        Launch::new(python())
+            .arg(workers_dir().join("doc_promises_worker.py"))
+            .arg(&self.log)
+            .arg(self.hello)
+    }
+}
+
+/// The bridge-based worker, in `codec`.
+struct OnBridge(WireCodec);
+
+impl Adapter for OnBridge {
+    fn launch(&self) -> Launch {
+        Launch::new(python())
+            .arg(workers_dir().join("doc_promises_bridge.py"))
+            .env(
+                "PYTHONPATH",
+                workers_dir().join("../../../../bridges/python"),
+            )
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+    }
+    fn codec(&self) -> WireCodec {
+        self.0
+    }
+}
+
+async fn next(stream: &mut CallStream) -> Option<snakepit_core::Result<StreamItem>> {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+async fn pid(pool: &Pool) -> u64 {
+    pool.execute("pid", json!({}))
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap()
+}
+
+/// Calls that may overlap on one worker: does any see another frame
+/// written while it runs?
+async fn any_overlap(pool: &Pool, calls: usize) -> bool {
+    let tasks: Vec<_> = (0..calls)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("overlap", json!({"watch_ms": 300})).await })
+        })
+        .collect();
+    let mut any = false;
+    for t in tasks {
+        any |= t.await.unwrap().unwrap()["overlap"] == true;
+    }
+    any
+}
+
+/// reliability.md, Pipelined dispatch: calls are written ahead "only for
+/// workers whose hello declares `pipeline`". A worker whose hello declares
+/// other capabilities (here `cancel`), but not `pipeline`, never has a
+/// call written while another runs, however long the window; the same
+/// worker declaring `pipeline` does (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_hello_lacks_pipeline_gets_nothing_written_ahead() {
+    for (hello, written_ahead) in [("cancel", false), ("cancel,pipeline", true)] {
+        let doc = Doc::new("nopipeline", hello);
+        let pool = builder(doc.adapter())
+            .size(1)
+            .configure(|c| c.pipeline_max_call = Duration::from_secs(10))
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(
+            any_overlap(&pool, 4).await,
+            written_ahead,
+            "hello {hello}: calls written ahead"
+        );
+        pool.shutdown().await.unwrap();
+    }
+}
+
+/// reliability.md, Pipelined dispatch: "A call written ahead is in flight
+/// in `stats()`, not queued." With `pipeline_depth = 0` (the control) the
+/// same call waits in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_written_ahead_is_in_flight_not_queued() {
+    for depth in [16, 0] {
+        let doc = Doc::new("ahead-stats", "pipeline");
+        let pool = builder(doc.adapter())
+            .size(1)
+            .configure(|c| {
+                c.pipeline_max_call = Duration::from_secs(10);
+                c.pipeline_depth = depth;
+            })
+            .start()
+            .await
+            .unwrap();
+        // Recent calls, and short: what the pool writes ahead by.
+        for _ in 0..3 {
+            pid(&pool).await;
+        }
+        let long = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 1500})).await })
+        };
+        assert!(eventually(10, || pool.stats().in_flight == 1).await);
+        let behind = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("pid", json!({})).await })
+        };
+        let (in_flight, queued) = if depth > 0 { (2, 0) } else { (1, 1) };
+        assert!(
+            eventually(10, || {
+                let s = pool.stats();
+                s.in_flight == in_flight && s.queued == queued
+            })
+            .await,
+            "depth {depth}: expected {in_flight} in flight and {queued} queued, got {:?}",
+            pool.stats()
+        );
+        long.await.unwrap().unwrap();
+        behind.await.unwrap().unwrap();
+        pool.shutdown().await.unwrap();
+    }
+}
+
+/// ARCHITECTURE.md, core invariants: "A queued call that times out or is
+/// dropped never runs", and a future dropped before its end counts once,
+/// as `cancelled` (`requests = completed + errors + cancelled`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_that_is_dropped_never_runs_and_counts_as_cancelled() {
+    let doc = Doc::new("dropped-queued", "none");
+    let pool = builder(doc.adapter()).size(1).start().await.unwrap();
+    let long = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("hold", json!({"ms": 800})).await })
+    };
+    assert!(eventually(10, || pool.stats().in_flight == 1).await);
+    let queued = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("dropped_while_queued", json!({})).await })
+    };
+    assert!(eventually(10, || pool.stats().queued == 1).await);
+    queued.abort();
+    assert!(queued.await.unwrap_err().is_cancelled());
+    assert_eq!(long.await.unwrap().unwrap(), "held");
+    // The next call runs on the worker the dropped one waited for.
+    pid(&pool).await;
+    let commands: Vec<Value> = doc.lines().iter().map(|l| l["command"].clone()).collect();
+    assert!(
+        !commands.contains(&json!("dropped_while_queued")),
+        "the dropped call reached the worker: {commands:?}"
+    );
+    let s = pool.stats();
+    assert_eq!(s.cancelled, 1, "{s:?}");
+    assert_eq!(s.requests, s.completed + s.errors + s.cancelled, "{s:?}");
+    pool.shutdown().await.unwrap();
+}
+
+/// protocol.md section 2: "`n` may be 0 only in error"; reliability.md: "A
+/// worker that breaks the protocol (a bad frame ...) is replaced; the call
+/// it was serving gets `Error::Protocol`."
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_frame_from_a_worker_is_a_protocol_error_and_the_worker_is_replaced() {
+    let doc = Doc::new("zero", "none");
+    let pool = builder(doc.adapter()).size(1).start().await.unwrap();
+    let before = pid(&pool).await;
+    let err = pool.execute("zero_frame", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::Protocol { .. }), "{err:?}");
+    assert!(
+        eventually(10, || pool
+            .workers()
+            .first()
+            .is_some_and(|w| w.pid as u64 != before))
+        .await
+    );
+    assert_ne!(pid(&pool).await, before, "a new worker serves");
+    pool.shutdown().await.unwrap();
+}
+
+/// protocol.md section 2: "a deeper reply, chunk or host-call argument
+/// fails only its own call, and the worker is not blamed": a chunk nested
+/// deeper than `MAX_DEPTH` is that stream's `Error::Codec`, and the same
+/// worker serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_nested_too_deep_fails_its_stream_and_the_worker_stays() {
+    let doc = Doc::new("deep-chunk", "streaming");
+    let pool = builder(doc.adapter()).size(1).start().await.unwrap();
+    let before = pid(&pool).await;
+    let mut stream = pool
+        .execute_stream("deep_chunk", json!({"depth": 200}), CallOptions::new())
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), next(&mut stream))
+        .await
+        .expect("the stream answers")
+        .expect("an item");
+    assert!(
+        matches!(
+            first,
+            Err(Error::Codec(snakepit_protocol::Error::TooDeep { .. }))
+        ),
+        "{first:?}"
+    );
+    drop(stream);
+    assert_eq!(pid(&pool).await, before, "the same worker serves");
+    assert_eq!(pool.stats().crashes, 0);
+    assert_eq!(pool.stats().restarts, 0);
+    pool.shutdown().await.unwrap();
+}
+
+/// protocol.md section 2, the host-call argument: a host call nested
+/// deeper than `MAX_DEPTH` gets a failed `host_reply` (type `TooDeep`),
+/// the host function is not run, and the worker stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_call_nested_too_deep_gets_a_failed_host_reply_and_the_worker_stays() {
+    let doc = Doc::new("deep-host", "host_calls");
+    let ran = Arc::new(AtomicU64::new(0));
+    let counted = ran.clone();
+    let pool = builder(doc.adapter())
+        .size(1)
+        .host_function("echo", move |call| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<Value, snakepit_core::RemoteError>(call.args) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let before = pid(&pool).await;
+    let reply = pool
+        .execute("deep_host_call", json!({"depth": 200}))
+        .await
+        .unwrap();
+    assert_eq!(reply["type"], "host_reply", "{reply}");
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(reply["success"], false, "{reply}");
+    assert_eq!(reply["error"]["type"], "TooDeep", "{reply}");
+    assert_eq!(ran.load(Ordering::Relaxed), 0, "the host function ran");
+    assert_eq!(pid(&pool).await, before, "the same worker serves");
+    assert_eq!(pool.stats().crashes, 0);
+    pool.shutdown().await.unwrap();
+}
+
+/// bridges.md, Concurrency and cancellation: "A worker that declares
+/// neither `cancel` nor `sigint` is replaced this way unless the call
+/// happens to finish within the grace period", during which "the worker
+/// gets no new call": the caller gets `CallTimeout` at once, nothing (no
+/// cancel frame, no signal, no other call) reaches the worker until its
+/// late reply, and then the same worker serves the call that waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reply_within_the_grace_period_keeps_a_worker_without_cancel_or_sigint() {
+    let doc = Doc::new("late", "none");
+    let pool = builder(doc.adapter())
+        .size(1)
+        .configure(|c| c.shutdown_grace_period = Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    let before = pid(&pool).await;
+    let err = pool
+        .execute_with(
+            "sleep",
+            json!({"ms": 700}),
+            CallOptions::new().timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err:?}");
+    // Submitted while the timed-out call still runs on the only worker.
+    assert_eq!(pid(&pool).await, before, "the same worker serves");
+    let notes: Vec<Value> = doc
+        .lines()
+        .into_iter()
+        .filter(|l| l.get("sleep_done").is_some())
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(
+        notes[0]["written_meanwhile"], false,
+        "a frame reached the worker while its timed-out call ran"
+    );
+    assert!(
+        !doc.lines().iter().any(|l| l["type"] == "cancel"),
+        "a cancel frame was sent to a worker that did not declare cancel"
+    );
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
+    pool.shutdown().await.unwrap();
+}
+
+/// protocol.md sections 4 and 6.5: a call that times out on a worker that
+/// declared `cancel` gets `{"type":"cancel","id":<its id>}`, nothing else;
+/// the worker's `Cancelled` reply frees it and it serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_sends_a_cancel_frame_naming_it_and_the_worker_serves_on() {
+    let doc = Doc::new("cancel-frame", "cancel");
+    let pool = builder(doc.adapter())
+        .size(1)
+        .configure(|c| c.shutdown_grace_period = Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    let before = pid(&pool).await;
+    let err = pool
+        .execute_with(
+            "wait_cancel",
+            json!({}),
+            CallOptions::new().timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err:?}");
+    assert_eq!(pid(&pool).await, before, "the same worker serves");
+    let lines = doc.lines();
+    let id = lines
+        .iter()
+        .find(|l| l["command"] == "wait_cancel")
+        .expect("the call reached the worker")["id"]
+        .clone();
+    let cancels: Vec<&Value> = lines.iter().filter(|l| l["type"] == "cancel").collect();
+    assert_eq!(cancels, [&json!({"type": "cancel", "id": id})]);
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
+    pool.shutdown().await.unwrap();
+}
+
+/// reliability.md, Recycling: `recycle_after_calls` replaces a worker
+/// "after this many calls", and `PoolConfig::recycle_after_calls` "after it
+/// has answered about this many calls": the callers' calls. The pool's own
+/// pings (init, health) do not count (`WorkerInfo::served` counts calls
+/// only): a worker answers far more health pings than its limit and stays;
+/// then about its limit of calls recycles it, for reason `calls`.
+/// (reliability.md's sentence "the init handshake and health pings count as
+/// calls" is stale since the commit that made `served` count calls only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_calls_count_toward_recycle_after_calls_not_health_pings() {
+    let doc = Doc::new("pings-recycle", "none");
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let seen = reasons.clone();
+    let pool = builder(doc.adapter())
+        .size(1)
+        .configure(|c| {
+            c.recycle_after_calls = 10;
+            c.health_check_interval = Duration::from_millis(20);
+        })
+        .on_event(move |e| {
+            if let EventKind::WorkerRecycled { reason, .. } = e.kind {
+                seen.lock().unwrap().push(reason);
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let first = pool.workers()[0].pid;
+    let pings = || {
+        doc.lines()
+            .iter()
+            .filter(|l| l["args"]["health_check"] == true)
+            .count()
+    };
+    assert!(
+        eventually(20, || pings() >= 30).await,
+        "{} health pings",
+        pings()
+    );
+    assert_eq!(pool.stats().recycled, 0, "recycled by pings alone");
+    assert_eq!(pool.workers()[0].pid, first);
+    for _ in 0..12 {
+        pool.execute("ping", json!({})).await.unwrap();
+    }
+    assert!(
+        eventually(20, || pool.stats().recycled >= 1).await,
+        "never recycled: {:?}",
+        pool.stats()
+    );
+    assert_eq!(reasons.lock().unwrap().first(), Some(&"calls"));
+    assert!(
+        eventually(10, || pool
+            .workers()
+            .first()
+            .is_some_and(|w| w.pid != first))
+        .await
+    );
+    pool.shutdown().await.unwrap();
+}
+
+/// bridges.md, Codecs: "a result holding `bin` fails `execute` with
+/// `Error::Codec`; decode it with `Pool::call` into a type that accepts
+/// bytes". Through the Python bridge, which sends `bytes` as `bin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_result_fails_execute_as_codec_and_decodes_through_call() {
+    struct Bytes(Vec<u8>);
+    impl<'de> serde::Deserialize<'de> for Bytes {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, b: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(b.to_vec()))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+    let pool = builder(OnBridge(WireCodec::MsgPack))
+        .size(1)
+        .start()
+        .await
+        .unwrap();
+    let before = pid(&pool).await;
+    let err = pool.execute("bytes", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err:?}");
+    let bytes: Bytes = pool
+        .call("bytes", &json!({}), CallOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(bytes.0, [0x00, 0x01, 0xfe, 0xff]);
+    assert_eq!(pid(&pool).await, before, "the same worker serves");
+    pool.shutdown().await.unwrap();
+}
+
+/// bridges.md, Standard output belongs to the protocol: the Python bridge
+/// "points descriptor 1 and `sys.stdout` at stderr, so `print`, C
+/// libraries and subprocesses write to the log": a child process writing
+/// to its stdout and `os.write(1, ...)` break nothing, in either codec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_process_or_os_write_on_descriptor_1_does_not_reach_the_frames() {
+    for codec in [WireCodec::Json, WireCodec::MsgPack] {
+        let pool = builder(OnBridge(codec)).size(1).start().await.unwrap();
+        let before = pid(&pool).await;
+        for _ in 0..3 {
+            let r = pool.execute("outside_output", json!({})).await.unwrap();
+            assert_eq!(r["pid"].as_u64(), Some(before), "{codec:?}");
+        }
+        assert_eq!(pid(&pool).await, before, "{codec:?}");
+        let s = pool.stats();
+        assert_eq!(
+            (s.errors, s.crashes, s.restarts),
+            (0, 0, 0),
+            "{codec:?}: {s:?}"
+        );
+        pool.shutdown().await.unwrap();
+    }
+}

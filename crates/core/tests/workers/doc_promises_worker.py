@@ -1,0 +1,114 @@
+"""A worker without the bridge for `tests/doc_promises.rs`: what the docs
+promise the pool does with frames a worker may send, and what it sends.
+
+argv[1] is a file where every frame received is appended as one line, its
+payload exactly as it came. argv[2] is what the hello declares: `none` (no
+hello: an original-protocol worker) or a comma-separated list of
+capabilities (`max_concurrency` is always 1).
+"""
+import json
+import os
+import select
+import struct
+import sys
+import time
+
+log_path = sys.argv[1]
+declared = sys.argv[2] if len(sys.argv) > 2 else "none"
+inp = sys.stdin.buffer
+out = sys.stdout.buffer
+
+
+def read():
+    head = inp.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = struct.unpack(">I", head)
+    payload = inp.read(n)
+    with open(log_path, "a") as f:
+        f.write(payload.decode() + "\n")
+    return json.loads(payload)
+
+
+def write_raw(data):
+    out.write(struct.pack(">I", len(data)) + data)
+    out.flush()
+
+
+def write(obj):
+    write_raw(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def nested(depth):
+    # `depth` arrays, one inside the other.
+    return json.loads("[" * depth + "]" * depth)
+
+
+def waiting(seconds):
+    """Whether a frame arrived on stdin within `seconds` (left unread)."""
+    ready, _, _ = select.select([inp], [], [], seconds)
+    return bool(ready)
+
+
+if declared != "none":
+    caps = {"max_concurrency": 1}
+    for c in declared.split(","):
+        caps[c] = True
+    write({"type": "hello", "protocol": 1, "pid": os.getpid(), "capabilities": caps})
+
+while True:
+    req = read()
+    if req is None:
+        break
+    if req.get("type") not in (None, "request"):
+        continue
+    rid, command, args = req["id"], req["command"], req.get("args", {})
+    if command == "ping":
+        write({"id": rid, "success": True, "result": {"status": "ok", "pid": os.getpid()}})
+    elif command == "overlap":
+        # Was another frame written while this call runs?
+        write({"id": rid, "success": True,
+               "result": {"overlap": waiting(args.get("watch_ms", 200) / 1000.0)}})
+    elif command == "sleep":
+        # Sleeps, watching stdin without reading it: did the pool write
+        # anything (a cancel, another call) meanwhile?
+        time.sleep(args["ms"] / 1000.0)
+        seen = waiting(0)
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"sleep_done": rid, "written_meanwhile": seen}) + "\n")
+        write({"id": rid, "success": True,
+               "result": {"pid": os.getpid(), "written_meanwhile": seen}})
+    elif command == "wait_cancel":
+        # Blocks until the pool sends a frame: a cancel, answered `Cancelled`.
+        frame = read()
+        if frame is None:
+            sys.exit(0)
+        if frame.get("type") == "cancel" and frame.get("id") == rid:
+            write({"id": rid, "success": False,
+                   "error": {"type": "Cancelled", "message": "cancelled"}})
+        else:
+            write({"id": rid, "success": False,
+                   "error": {"type": "Unexpected", "message": json.dumps(frame)}})
+    elif command == "zero_frame":
+        write_raw(b"")
+    elif command == "deep_chunk":
+        write({"type": "chunk", "id": rid, "data": nested(args["depth"])})
+        write({"id": rid, "success": True, "result": "done"})
+    elif command == "deep_host_call":
+        write({"type": "host_call", "id": 1, "request_id": rid,
+               "function": "echo", "args": {"deep": nested(args["depth"])}})
+        while True:
+            reply = read()
+            if reply is None:
+                sys.exit(0)
+            if reply.get("type") == "host_reply" and reply.get("id") == 1:
+                break
+        write({"id": rid, "success": True, "result": reply})
+    elif command == "pid":
+        write({"id": rid, "success": True, "result": os.getpid()})
+    elif command == "hold":
+        time.sleep(args["ms"] / 1000.0)
+        write({"id": rid, "success": True, "result": "held"})
+    else:
+        write({"id": rid, "success": False,
+               "error": {"type": "UnknownCommand", "message": "Unknown command: " + command}})
