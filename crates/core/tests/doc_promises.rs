@@ -501,3 +501,122 @@ async fn a_child_process_or_os_write_on_descriptor_1_does_not_reach_the_frames()
         pool.shutdown().await.unwrap();
     }
 }
+
+/// protocol.md section 6.5 and `sigint` in section 5: on timeout the pool
+/// sends SIGINT only to a worker that declared `sigint` and runs one call
+/// at a time. A worker declaring `sigint` with `max_concurrency` 2 gets no
+/// signal (it would die of it: this worker leaves Python's default
+/// handler, `KeyboardInterrupt`) and keeps serving after its late reply;
+/// the same worker with `max_concurrency` 1 is signalled (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_goes_only_to_a_worker_that_runs_one_call_at_a_time() {
+    for (hello, signalled) in [("sigint,max2", false), ("sigint", true)] {
+        let doc = Doc::new("sigint-multi", hello);
+        let pool = builder(doc.adapter())
+            .size(1)
+            .configure(|c| c.shutdown_grace_period = Duration::from_secs(5))
+            .start()
+            .await
+            .unwrap();
+        let before = pid(&pool).await;
+        let err = pool
+            .execute_with(
+                "sleep",
+                json!({"ms": 700}),
+                CallOptions::new().timeout(Duration::from_millis(100)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::CallTimeout { .. }), "{err:?}");
+        assert_eq!(
+            pid(&pool).await != before,
+            signalled,
+            "hello {hello}: the worker was signalled"
+        );
+        pool.shutdown().await.unwrap();
+    }
+}
+
+/// What a `tracing` subscriber is handed: target, level and fields of
+/// each event.
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::Mutex<Vec<(String, tracing::Level, Vec<(String, String)>)>>>);
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(Vec<(String, String)>);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push((field.name().to_owned(), format!("{value:?}")));
+            }
+        }
+        let mut fields = Fields(Vec::new());
+        event.record(&mut fields);
+        let meta = event.metadata();
+        self.0
+            .lock()
+            .unwrap()
+            .push((meta.target().to_owned(), *meta.level(), fields.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// bridges.md, Standard output belongs to the protocol: the pool forwards
+/// each line of a worker's stderr "to `tracing` (target
+/// `snakepit::worker`, level info)"; reliability.md: "a line ends at `\n`
+/// or `\r` (progress bars)". Each line is one event naming the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stderr_line_is_an_info_event_of_target_snakepit_worker() {
+    let events = Events::default();
+    // nextest runs each test in a process of its own.
+    tracing::subscriber::set_global_default(events.clone()).unwrap();
+    let doc = Doc::new("stderr-lines", "none");
+    let pool = builder(doc.adapter()).size(1).start().await.unwrap();
+    let worker = pool.workers()[0].clone();
+    pool.execute(
+        "stderr",
+        json!({"text": "first line\nprogress 1\rprogress 2\rlast line\n"}),
+    )
+    .await
+    .unwrap();
+    let lines = || -> Vec<(tracing::Level, Vec<(String, String)>)> {
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(target, _, _)| target == "snakepit::worker")
+            .map(|(_, level, fields)| (*level, fields.clone()))
+            .collect()
+    };
+    let message = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert!(eventually(10, || lines().len() >= 4).await, "{:?}", lines());
+    let lines = lines();
+    let texts: Vec<String> = lines.iter().map(|(_, f)| message(f, "message")).collect();
+    assert_eq!(
+        texts,
+        ["first line", "progress 1", "progress 2", "last line"],
+        "{lines:?}"
+    );
+    for (level, fields) in &lines {
+        assert_eq!(*level, tracing::Level::INFO, "{fields:?}");
+        assert_eq!(message(fields, "worker"), worker.id, "{fields:?}");
+        assert_eq!(message(fields, "pid"), worker.pid.to_string(), "{fields:?}");
+    }
+    pool.shutdown().await.unwrap();
+}

@@ -4,7 +4,7 @@ promise the pool does with frames a worker may send, and what it sends.
 argv[1] is a file where every frame received is appended as one line, its
 payload exactly as it came. argv[2] is what the hello declares: `none` (no
 hello: an original-protocol worker) or a comma-separated list of
-capabilities (`max_concurrency` is always 1).
+capabilities; `maxN` declares `max_concurrency` N (1 without it).
 """
 import json
 import os
@@ -53,7 +53,10 @@ def waiting(seconds):
 if declared != "none":
     caps = {"max_concurrency": 1}
     for c in declared.split(","):
-        caps[c] = True
+        if c.startswith("max"):
+            caps["max_concurrency"] = int(c[3:])
+        else:
+            caps[c] = True
     write({"type": "hello", "protocol": 1, "pid": os.getpid(), "capabilities": caps})
 
 while True:
@@ -104,6 +107,12 @@ while True:
             if reply.get("type") == "host_reply" and reply.get("id") == 1:
                 break
         write({"id": rid, "success": True, "result": reply})
+    elif command == "stderr":
+        # Lines as a worker writes them: ended by \n, and by \r (a
+        # progress bar).
+        sys.stderr.write(args["text"])
+        sys.stderr.flush()
+        write({"id": rid, "success": True, "result": None})
     elif command == "pid":
         write({"id": rid, "success": True, "result": os.getpid()})
     elif command == "hold":
