@@ -25,6 +25,7 @@ fn workers_dir() -> PathBuf {
 struct Doc {
     log: PathBuf,
     hello: &'static str,
+    codec: WireCodec,
 }
 
 impl Doc {
@@ -32,13 +33,20 @@ impl Doc {
         Doc {
             log: temp_dir(tag).join("frames.log"),
             hello,
+            codec: WireCodec::Json,
         }
+    }
+
+    fn codec(mut self, codec: WireCodec) -> Doc {
+        self.codec = codec;
+        self
     }
 
     fn adapter(&self) -> Doc {
         Doc {
             log: self.log.clone(),
             hello: self.hello,
+            codec: self.codec,
         }
     }
 
@@ -59,6 +67,9 @@ impl Adapter for Doc {
             .arg(workers_dir().join("doc_promises_worker.py"))
             .arg(&self.log)
             .arg(self.hello)
+    }
+    fn codec(&self) -> WireCodec {
+        self.codec
     }
 }
 
@@ -127,6 +138,10 @@ async fn a_worker_whose_hello_lacks_pipeline_gets_nothing_written_ahead() {
             .start()
             .await
             .unwrap();
+        // Recent calls, and short: what the pool writes ahead by.
+        for _ in 0..3 {
+            pid(&pool).await;
+        }
         assert_eq!(
             any_overlap(&pool, 4).await,
             written_ahead,
@@ -618,5 +633,159 @@ async fn each_stderr_line_is_an_info_event_of_target_snakepit_worker() {
         assert_eq!(message(fields, "worker"), worker.id, "{fields:?}");
         assert_eq!(message(fields, "pid"), worker.pid.to_string(), "{fields:?}");
     }
+    pool.shutdown().await.unwrap();
+}
+
+/// protocol.md section 3: "one value per frame"; reliability.md: "A worker
+/// that breaks the protocol (a bad frame ...) is replaced; the call it was
+/// serving gets `Error::Protocol`". A reply followed by another value in
+/// the same frame is such a bad frame, in JSON and in MessagePack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_bytes_after_its_value_is_a_protocol_error_in_both_codecs() {
+    for codec in [WireCodec::Json, WireCodec::MsgPack] {
+        let doc = Doc::new("trailing", "none").codec(codec);
+        let pool = builder(doc.adapter()).size(1).start().await.unwrap();
+        let before = pid(&pool).await;
+        let err = pool.execute("trailing", json!({})).await.unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{codec:?}: {err:?}");
+        assert!(
+            eventually(10, || pool
+                .workers()
+                .first()
+                .is_some_and(|w| w.pid as u64 != before))
+            .await,
+            "{codec:?}: the worker was not replaced"
+        );
+        pool.shutdown().await.unwrap();
+    }
+}
+
+/// bridges.md, Writing a bridge, step 10: while a worker that runs one
+/// call at a time waits for its `host_reply`, it "receives nothing else in
+/// the meantime, apart from `cancel` if it declared it": a call submitted
+/// meanwhile is not written to it before the host call's answer. (A worker
+/// that declared `pipeline` does get calls written ahead meanwhile, as it
+/// would during any call: this worker, which drops what it reads before its
+/// `host_reply`, then loses that call.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_call_worker_receives_nothing_else_while_its_host_call_runs() {
+    let doc = Doc::new("host-wait", "host_calls");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (s, r) = (started.clone(), release.clone());
+    let pool = builder(doc.adapter())
+        .size(1)
+        .host_function("slow", move |_| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                s.notify_one();
+                r.notified().await;
+                Ok::<Value, snakepit_core::RemoteError>(json!("answered"))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        pid(&pool).await;
+    }
+    let host = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("host", json!({"function": "slow"})).await })
+    };
+    started.notified().await;
+    let other = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("pid", json!({})).await })
+    };
+    assert!(
+        eventually(10, || {
+            let s = pool.stats();
+            s.in_flight + s.queued == 2
+        })
+        .await
+    );
+    release.notify_one();
+    assert_eq!(host.await.unwrap().unwrap()["result"], "answered");
+    other.await.unwrap().unwrap();
+    let lines = doc.lines();
+    let from = lines.iter().position(|l| l["command"] == "host").unwrap();
+    let to = lines
+        .iter()
+        .position(|l| l["type"] == "host_reply")
+        .unwrap();
+    assert!(
+        lines[from + 1..to].is_empty(),
+        "frames written during the host call: {:?}",
+        &lines[from + 1..to]
+    );
+    pool.shutdown().await.unwrap();
+}
+
+/// reliability.md, Pipelined dispatch: calls are written ahead "only when
+/// no worker is idle (idle workers are always used first)": with one of two
+/// workers busy, the next call goes to the idle one, and nothing is written
+/// to the busy one while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_used_before_a_call_is_written_ahead() {
+    let doc = Doc::new("idle-first", "pipeline");
+    let pool = builder(doc.adapter())
+        .size(2)
+        .configure(|c| c.pipeline_max_call = Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    // Recent calls on both workers, and short.
+    for _ in 0..4 {
+        let (a, b) = tokio::join!(pid(&pool), pid(&pool));
+        let _ = (a, b);
+    }
+    let long = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 1000})).await })
+    };
+    assert!(eventually(10, || pool.stats().in_flight == 1).await);
+    let other = pid(&pool).await;
+    let long = long.await.unwrap().unwrap();
+    assert_ne!(
+        long["pid"].as_u64(),
+        Some(other),
+        "the idle worker took the call"
+    );
+    assert_eq!(
+        long["written_meanwhile"], false,
+        "a call was written ahead to the busy worker"
+    );
+    pool.shutdown().await.unwrap();
+}
+
+/// protocol.md section 4: a request's `id` is "unique per pool at any
+/// moment", across all its workers, not per worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_unique_across_the_pools_workers() {
+    let doc = Doc::new("ids", "none");
+    let pool = builder(doc.adapter()).size(3).start().await.unwrap();
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("overlap", json!({"watch_ms": 20})).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    let ids: Vec<u64> = doc
+        .lines()
+        .iter()
+        .filter(|l| l["command"] == "overlap")
+        .map(|l| l["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 30);
+    let distinct: std::collections::HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "ids reused across workers: {ids:?}"
+    );
     pool.shutdown().await.unwrap();
 }

@@ -17,6 +17,26 @@ log_path = sys.argv[1]
 declared = sys.argv[2] if len(sys.argv) > 2 else "none"
 inp = sys.stdin.buffer
 out = sys.stdout.buffer
+if os.environ.get("SNAKEPIT_CODEC", "json") == "msgpack":
+    import msgpack
+
+    def encode(obj):
+        return msgpack.packb(obj, use_bin_type=True)
+
+    def decode(payload):
+        return msgpack.unpackb(payload, raw=False)
+
+    def logged(payload):
+        return json.dumps(decode(payload))
+else:
+    def encode(obj):
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def decode(payload):
+        return json.loads(payload)
+
+    def logged(payload):
+        return payload.decode()
 
 
 def read():
@@ -26,8 +46,8 @@ def read():
     (n,) = struct.unpack(">I", head)
     payload = inp.read(n)
     with open(log_path, "a") as f:
-        f.write(payload.decode() + "\n")
-    return json.loads(payload)
+        f.write(logged(payload) + "\n")
+    return decode(payload)
 
 
 def write_raw(data):
@@ -36,7 +56,7 @@ def write_raw(data):
 
 
 def write(obj):
-    write_raw(json.dumps(obj, separators=(",", ":")).encode())
+    write_raw(encode(obj))
 
 
 def nested(depth):
@@ -92,6 +112,9 @@ while True:
         else:
             write({"id": rid, "success": False,
                    "error": {"type": "Unexpected", "message": json.dumps(frame)}})
+    elif command == "trailing":
+        # A whole reply, then one more value in the same frame.
+        write_raw(encode({"id": rid, "success": True, "result": 1}) + encode(None))
     elif command == "zero_frame":
         write_raw(b"")
     elif command == "deep_chunk":
@@ -113,6 +136,16 @@ while True:
         sys.stderr.write(args["text"])
         sys.stderr.flush()
         write({"id": rid, "success": True, "result": None})
+    elif command == "host":
+        write({"type": "host_call", "id": 1, "request_id": rid,
+               "function": args["function"], "args": {}})
+        while True:
+            reply = read()
+            if reply is None:
+                sys.exit(0)
+            if reply.get("type") == "host_reply" and reply.get("id") == 1:
+                break
+        write({"id": rid, "success": True, "result": reply})
     elif command == "pid":
         write({"id": rid, "success": True, "result": os.getpid()})
     elif command == "hold":
