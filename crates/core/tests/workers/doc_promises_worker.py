@@ -15,7 +15,6 @@ import time
 
 log_path = sys.argv[1]
 declared = sys.argv[2] if len(sys.argv) > 2 else "none"
-inp = sys.stdin.buffer
 out = sys.stdout.buffer
 if os.environ.get("SNAKEPIT_CODEC", "json") == "msgpack":
     import msgpack
@@ -39,12 +38,26 @@ else:
         return payload.decode()
 
 
+def read_exact(n):
+    # Unbuffered: a frame not read yet stays in the pipe, where `waiting`
+    # sees it (a buffered reader could take it in with the frame before).
+    data = b""
+    while len(data) < n:
+        part = os.read(0, n - len(data))
+        if not part:
+            return None
+        data += part
+    return data
+
+
 def read():
-    head = inp.read(4)
-    if len(head) < 4:
+    head = read_exact(4)
+    if head is None:
         return None
     (n,) = struct.unpack(">I", head)
-    payload = inp.read(n)
+    payload = read_exact(n)
+    if payload is None:
+        return None
     with open(log_path, "a") as f:
         f.write(logged(payload) + "\n")
     return decode(payload)
@@ -66,7 +79,7 @@ def nested(depth):
 
 def waiting(seconds):
     """Whether a frame arrived on stdin within `seconds` (left unread)."""
-    ready, _, _ = select.select([inp], [], [], seconds)
+    ready, _, _ = select.select([0], [], [], seconds)
     return bool(ready)
 
 
