@@ -258,7 +258,7 @@ async fn an_empty_frame_from_a_worker_is_a_protocol_error_and_the_worker_is_repl
 /// protocol.md section 2: "a deeper reply, chunk or host-call argument
 /// fails only its own call, and the worker is not blamed": a chunk nested
 /// deeper than `MAX_DEPTH` is that stream's `Error::Codec`, and the same
-/// worker serves the next call.
+/// worker serves the next call. (The request carried `"stream": true`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_nested_too_deep_fails_its_stream_and_the_worker_stays() {
     let doc = Doc::new("deep-chunk", "streaming");
@@ -280,6 +280,14 @@ async fn a_chunk_nested_too_deep_fails_its_stream_and_the_worker_stays() {
         "{first:?}"
     );
     drop(stream);
+    // protocol.md section 4: `stream` is `true` when the caller consumes
+    // chunks (other requests leave it out: `promises.rs`).
+    let request = doc
+        .lines()
+        .into_iter()
+        .find(|l| l["command"] == "deep_chunk")
+        .expect("the request reached the worker");
+    assert_eq!(request["stream"], true, "{request}");
     assert_eq!(pid(&pool).await, before, "the same worker serves");
     assert_eq!(pool.stats().crashes, 0);
     assert_eq!(pool.stats().restarts, 0);
@@ -560,7 +568,10 @@ async fn sigint_goes_only_to_a_worker_that_runs_one_call_at_a_time() {
 /// What a `tracing` subscriber is handed: target, level and fields of
 /// each event.
 #[derive(Clone, Default)]
-struct Events(Arc<std::sync::Mutex<Vec<(String, tracing::Level, Vec<(String, String)>)>>>);
+struct Events(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+/// One event: its target, level, and fields (name, value).
+type Seen = (String, tracing::Level, Vec<(String, String)>);
 
 impl tracing::Subscriber for Events {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
