@@ -1,13 +1,13 @@
-//! Promises of docs/bridges.md about every bridge that no other test
-//! showed, each through a real pool: what user code writes to standard
-//! output, in Node.js and Ruby (Python's is in
-//! `crates/core/tests/doc_promises.rs`).
+//! Promises of docs/bridges.md and docs/protocol.md about every bridge
+//! that no other test showed, each through a real pool: what user code
+//! writes to standard output, in Node.js and Ruby (Python's is in
+//! `crates/core/tests/doc_promises.rs`); payloads at the depth limit.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use snakepit_adapters::Bridge;
+use snakepit_adapters::{Bridge, Language};
 use snakepit_core::{Pool, WireCodec};
 
 fn worker(name: &str) -> PathBuf {
@@ -90,5 +90,48 @@ async fn ruby_output_goes_to_the_log_and_stdin_is_dev_null_for_handlers_and_chil
         assert_eq!(r["read"], "", "{r}");
         assert_eq!(r["child_read"], "", "{r}");
         pool.shutdown().await.unwrap();
+    }
+}
+
+/// `depth` arrays, one inside the other, around `1`.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |v, _| json!([v]))
+}
+
+/// protocol.md section 2: "a call's arguments or result may nest 126
+/// levels ... The bundled bridges read and write up to that limit in both
+/// codecs." Each generic worker reads arguments 126 levels deep (`compute`
+/// ignores the deep field) and writes a result 126 levels deep (`echo`
+/// returns `{"echoed": <arguments>}`, the arguments 125 deep), in JSON and
+/// MessagePack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bridge_reads_and_writes_payloads_at_the_depth_limit_in_both_codecs() {
+    for lang in [Language::Python, Language::Node, Language::Ruby] {
+        for codec in [WireCodec::Json, WireCodec::MsgPack] {
+            let what = format!("{lang:?} {codec:?}");
+            let pool = start(
+                Bridge::generic(lang)
+                    .codec(codec)
+                    .env("NODE_PATH", node_modules()),
+            )
+            .await;
+            // The arguments' map and 125 arrays in it: 126 levels.
+            let deep_args = json!({"a": 2, "b": 3, "deep": nested(125)});
+            let r = pool
+                .execute("compute", deep_args)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: reading 126 levels: {e}"));
+            assert_eq!(r["result"], 5, "{what}: {r}");
+            // The result's map, the arguments' map and 124 arrays: 126.
+            let args = json!({"deep": nested(124)});
+            let r = pool
+                .execute("echo", args.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{what}: writing 126 levels: {e}"));
+            assert_eq!(r["echoed"], args, "{what}");
+            let s = pool.stats();
+            assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
+            pool.shutdown().await.unwrap();
+        }
     }
 }
