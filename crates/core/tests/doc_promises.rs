@@ -625,7 +625,11 @@ async fn each_stderr_line_is_an_info_event_of_target_snakepit_worker() {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(target, _, _)| target == "snakepit::worker")
+            // This pool's worker only (`cargo test` runs tests side by side).
+            .filter(|(target, _, fields)| {
+                target == "snakepit::worker"
+                    && fields.iter().any(|(n, v)| n == "worker" && *v == worker.id)
+            })
             .map(|(_, level, fields)| (*level, fields.clone()))
             .collect()
     };
