@@ -814,3 +814,45 @@ async fn request_ids_are_unique_across_the_pools_workers_at_any_moment() {
     }
     pool.shutdown().await.unwrap();
 }
+
+/// ARCHITECTURE.md, Processes and orphans: "Dropping the last `Pool`
+/// handle without `shutdown()` kills every group at once": workers that
+/// ignore the end of their stdin and SIGTERM die, with a child of their
+/// own, although the grace period (which a stop sequence would wait out)
+/// is an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_kills_every_group_at_once() {
+    let doc = Doc::new("drop-kills", "none");
+    let pool = builder(doc.adapter())
+        .size(2)
+        .configure(|c| c.shutdown_grace_period = Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute("stubborn", json!({})).await })
+        })
+        .collect();
+    let mut pids = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        pids.push(r["pid"].as_u64().unwrap() as u32);
+        pids.push(r["child"].as_u64().unwrap() as u32);
+    }
+    assert_eq!(
+        pids.iter().collect::<std::collections::HashSet<_>>().len(),
+        4,
+        "two workers and their children: {pids:?}"
+    );
+    assert!(pids.iter().all(|&p| common::alive(p)));
+    drop(pool);
+    assert!(
+        eventually(10, || pids.iter().all(|&p| !common::alive(p))).await,
+        "still alive: {:?}",
+        pids.iter()
+            .filter(|&&p| common::alive(p))
+            .collect::<Vec<_>>()
+    );
+}

@@ -9,7 +9,9 @@ capabilities; `maxN` declares `max_concurrency` N (1 without it).
 import json
 import os
 import select
+import signal
 import struct
+import subprocess
 import sys
 import time
 
@@ -92,9 +94,13 @@ if declared != "none":
             caps[c] = True
     write({"type": "hello", "protocol": 1, "pid": os.getpid(), "capabilities": caps})
 
+stubborn = False  # ignores SIGTERM and the end of its stdin
+
 while True:
     req = read()
     if req is None:
+        while stubborn:
+            time.sleep(1000)
         break
     if req.get("type") not in (None, "request"):
         continue
@@ -159,6 +165,13 @@ while True:
             if reply.get("type") == "host_reply" and reply.get("id") == 1:
                 break
         write({"id": rid, "success": True, "result": reply})
+    elif command == "stubborn":
+        # From now on: SIGTERM ignored, the end of stdin too, and a child
+        # of its own in its process group.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen(["sleep", "1000"])
+        stubborn = True
+        write({"id": rid, "success": True, "result": {"pid": os.getpid(), "child": child.pid}})
     elif command == "pid":
         write({"id": rid, "success": True, "result": os.getpid()})
     elif command == "hold":
