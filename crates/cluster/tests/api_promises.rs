@@ -52,10 +52,37 @@ fn config_error<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) -> String {
     }
 }
 
+/// One host serving a pool of one worker to the cluster `test`, and a
+/// client with `config` that has heard of it.
+struct OneHost {
+    nats: NatsServer,
+    pool: Pool,
+    node: snakepit_cluster::Node,
+    client: Client,
+}
+
+async fn one_host(config: ClientConfig) -> OneHost {
+    let nats = NatsServer::start().await;
+    let conn = nats.connect().await;
+    let pool = pool(1).await;
+    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
+        .await
+        .unwrap();
+    let client = client(&nats, config).await;
+    wait_hosts(&client, 1).await;
+    OneHost {
+        nats,
+        pool,
+        node,
+        client,
+    }
+}
+
 /// A cluster's name and a host's id are subject tokens: "1 to 64 of A-Z
 /// a-z 0-9 - _" (`ServeOptions::host_id`: "subject token"). Each other name
 /// is `Error::Config` from `Client::connect` and from `serve`, before
 /// anything is subscribed; a name of 64 is fine, one of 65 is not.
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_are_not_subject_tokens_are_config_errors() {
     let nats = NatsServer::start().await;
@@ -179,16 +206,14 @@ async fn calls_per_worker_sets_the_capacity_and_hosts_are_sorted_by_id() {
 /// answers calls made to it directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shut_down_leaves_its_pool_running_and_takes_no_call() {
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
     let mut config = ClientConfig::default();
     config.queue_timeout = Duration::from_millis(300);
-    let client = client(&nats, config).await;
-    wait_hosts(&client, 1).await;
+    let OneHost {
+        nats: _nats,
+        pool,
+        node,
+        client,
+    } = one_host(config).await;
     client.execute("echo", json!({})).await.unwrap();
     node.shutdown().await.unwrap();
     eventually(30, "the client hears the host is gone", || async {
@@ -212,14 +237,12 @@ async fn a_node_shut_down_leaves_its_pool_running_and_takes_no_call() {
 /// silent, gets the host-lost error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_node_cancels_its_calls_in_flight() {
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    wait_hosts(&client, 1).await;
+    let OneHost {
+        nats: _nats,
+        pool,
+        node,
+        client,
+    } = one_host(ClientConfig::default()).await;
     let marker = std::env::temp_dir().join(format!(
         "snakepit-cluster-api-{}-{}",
         std::process::id(),
@@ -252,14 +275,12 @@ async fn dropping_a_node_cancels_its_calls_in_flight() {
 /// was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_typed_call_whose_arguments_cannot_be_encoded_is_never_sent() {
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    wait_hosts(&client, 1).await;
+    let OneHost {
+        nats: _nats,
+        pool,
+        node,
+        client,
+    } = one_host(ClientConfig::default()).await;
     let args: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
     let r: Result<Value, Error> = client.call("echo", &args, CallOptions::new()).await;
     match r {
@@ -280,14 +301,12 @@ async fn a_typed_call_whose_arguments_cannot_be_encoded_is_never_sent() {
 /// the pool itself, with the same `never_ran`, command and remote type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pools_errors_are_the_clients_errors() {
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    wait_hosts(&client, 1).await;
+    let OneHost {
+        nats: _nats,
+        pool,
+        node,
+        client,
+    } = one_host(ClientConfig::default()).await;
     let timeout = CallOptions::new().timeout(Duration::from_millis(200));
     let calls = [
         ("fail", json!({}), CallOptions::new()),
@@ -343,14 +362,12 @@ async fn the_pools_errors_are_the_clients_errors() {
 /// was left when the call was sent (199 ms here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_call_timeout_carries_the_callers_timeout() {
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    wait_hosts(&client, 1).await;
+    let OneHost {
+        nats: _nats,
+        pool,
+        node,
+        client,
+    } = one_host(ClientConfig::default()).await;
     let options = CallOptions::new().timeout(Duration::from_millis(200));
     let e = client
         .execute_with("sleep", json!({"ms": 3000}), options)
@@ -405,16 +422,14 @@ async fn a_zero_heartbeat_is_refused_or_served_never_a_panic() {
 /// acknowledgement watched only the host timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_long_host_timeout_a_lost_connection_still_fails_calls_at_once() {
-    let mut nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
     let mut config = ClientConfig::default();
     config.host_timeout = Duration::from_secs(3600);
-    let client = client(&nats, config).await;
-    wait_hosts(&client, 1).await;
+    let OneHost {
+        mut nats,
+        pool,
+        node,
+        client,
+    } = one_host(config).await;
     client.execute("echo", json!({})).await.unwrap();
     let marker = std::env::temp_dir().join(format!(
         "snakepit-cluster-api-{}-{}",

@@ -856,3 +856,40 @@ async fn dropping_the_last_handle_kills_every_group_at_once() {
             .collect::<Vec<_>>()
     );
 }
+
+/// protocol.md section 6, step 4: "An idle worker gets `ping` with
+/// `{"health_check": true}`": a busy one does not (for a worker that runs
+/// one call at a time, a ping written behind its call would wait there).
+/// Pings every 20 ms, and none reaches the worker during a 1 s call; they
+/// go on once it is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_gets_no_health_ping() {
+    let doc = Doc::new("busy-no-ping", "none");
+    let pool = builder(doc.adapter())
+        .size(1)
+        .configure(|c| c.health_check_interval = Duration::from_millis(20))
+        .start()
+        .await
+        .unwrap();
+    let pings = || {
+        doc.lines()
+            .iter()
+            .filter(|l| l["args"]["health_check"] == true)
+            .count()
+    };
+    assert!(
+        eventually(10, || pings() >= 2).await,
+        "idle workers are pinged"
+    );
+    let r = pool.execute("sleep", json!({"ms": 1000})).await.unwrap();
+    assert_eq!(
+        r["written_meanwhile"], false,
+        "a frame (a health ping) was written to the busy worker"
+    );
+    let after = pings();
+    assert!(
+        eventually(10, || pings() > after).await,
+        "pings go on once idle"
+    );
+    pool.shutdown().await.unwrap();
+}
