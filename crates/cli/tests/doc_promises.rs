@@ -610,3 +610,162 @@ fn doctor_and_exec_take_the_virtualenvs_python_unless_snakepit_python_is_set() {
     );
     assert!(!venv_log.exists(), "not the virtualenv's");
 }
+
+/// A Python worker whose `big` answers `n` bytes of data and notes each
+/// call it runs in `calls.log` beside the script.
+const BIG_WORKER: &str = r#"
+import os
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("big")
+def big(args):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "calls.log"), "a") as f:
+        f.write("big\n")
+    return {"data": "x" * args["n"]}
+
+worker.run()
+"#;
+
+/// README, configuration: `max_frame_size` (read from `[pool]` of
+/// `snakepit.toml`): "a larger request is refused with `Codec` and never
+/// sent" (exit 1, "another failure"), and "larger frames from a worker are a
+/// protocol error" (exit 5); troubleshooting: the message says "frame of N
+/// bytes exceeds the maximum".
+#[test]
+fn the_files_max_frame_size_refuses_a_larger_request_unsent_and_a_larger_reply_is_exit_5() {
+    let dir = Dir::new("frame-size");
+    let script = dir.file("big.py", BIG_WORKER);
+    dir.file("snakepit.toml", "[pool]\nmax_frame_size = 2000\n");
+    let calls = dir.0.join("calls.log");
+    let args = json!({"n": 10, "pad": "y".repeat(3000)}).to_string();
+    let r = dir.run(&["exec", "--script", &script, "big", &args]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.starts_with("error: ") && r.stderr.contains("exceeds the maximum of 2000"),
+        "{r:?}"
+    );
+    assert!(!calls.exists(), "the request was never sent");
+
+    let r = dir.run(&["exec", "--script", &script, "big", r#"{"n": 10}"#]);
+    assert_eq!(r.code, 0, "a small call goes through: {r:?}");
+    let r = dir.run(&["exec", "--script", &script, "big", r#"{"n": 5000}"#]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(
+        r.stderr.contains("broke the protocol") && r.stderr.contains("exceeds the maximum"),
+        "{r:?}"
+    );
+}
+
+/// cli.md, exit codes: "Errors go to stderr as `error: ...`, then the
+/// worker's traceback or stderr tail when there is one, then a `hint:`
+/// line." A request refused for its size (`Codec`) says what to do too.
+#[test]
+#[ignore = "defect: Error::Codec (and Cancelled) map to a Failure without a hint in crates/cli/src/ui.rs; see the report"]
+fn a_request_refused_for_its_size_ends_with_a_hint() {
+    let dir = Dir::new("frame-size-hint");
+    dir.file("snakepit.toml", "[pool]\nmax_frame_size = 2000\n");
+    let args = json!({"pad": "y".repeat(3000)}).to_string();
+    let r = dir.run(&["exec", "echo", &args]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("hint: "), "{r:?}");
+}
+
+/// cli.md, `snakepit.toml`: `bench` reads the file's worker, codec and
+/// `[pool]`, and "`--workers` (bench) override[s] `pool.pool_size`"; `--json`
+/// gives them as `adapter`, `codec`, `workers`, with `concurrency` 64 by
+/// default and `sessions` null without `--sessions`.
+#[test]
+fn bench_takes_the_worker_and_pool_size_from_the_file_and_workers_overrides_it() {
+    let dir = Dir::new("bench-toml");
+    dir.file(
+        "snakepit.toml",
+        "adapter = \"ruby\"\ncodec = \"msgpack\"\n\n[pool]\npool_size = 3\n",
+    );
+    let bench = ["bench", "--requests", "256", "--init-ms", "1", "--json"];
+    let r = dir.run(&bench);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["adapter"], "ruby", "{v}");
+    assert_eq!(v["codec"], "msgpack", "{v}");
+    assert_eq!(v["workers"], 3, "{v}");
+    assert_eq!(v["concurrency"], 64, "{v}");
+    assert!(v["sessions"].is_null(), "{v}");
+    let r = dir.run(&[&bench[..], &["--workers", "1", "--concurrency", "2"]].concat());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["workers"], 1, "{r:?}");
+}
+
+/// A Python interpreter without its site-packages (`-S`), where `msgpack`
+/// and the OpenTelemetry API are not found.
+fn python_without_packages(dir: &Dir) -> String {
+    let python = dir.0.join("python-without-packages");
+    std::fs::write(
+        &python,
+        format!("#!/bin/sh\nexec '{}' -S \"$@\"\n", real_python()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    python.display().to_string()
+}
+
+/// cli.md, `doctor`: it checks "the MessagePack package (needed for
+/// `--codec msgpack`)" and "ends with the commands that install what is
+/// missing".
+#[test]
+fn doctor_ends_with_the_command_that_installs_a_missing_package() {
+    let dir = Dir::new("doctor-missing");
+    let python = python_without_packages(&dir);
+    let r = snakepit_in(&dir.0, &["doctor"], &[("SNAKEPIT_PYTHON", &python)], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains("missing") && l.contains("python") && l.contains("msgpack")),
+        "{r:?}"
+    );
+    let (_, todo) = r
+        .stdout
+        .split_once("To install what is missing:")
+        .unwrap_or_else(|| panic!("no install section: {r:?}"));
+    assert!(
+        todo.lines().any(|l| l.contains("pip install msgpack")),
+        "{r:?}"
+    );
+    let r = snakepit_in(
+        &dir.0,
+        &["doctor", "--json"],
+        &[("SNAKEPIT_PYTHON", &python)],
+        "",
+    );
+    let v = r.json();
+    let msgpack = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["language"] == "python" && p["package"] == "msgpack")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(msgpack["present"], false, "{v}");
+}
+
+/// cli.md, `doctor`: the commands at the end install what is missing for
+/// the interpreter the adapters would run: with `SNAKEPIT_PYTHON` naming
+/// one, its own `-m pip`, not whatever `python3` is on `PATH`.
+#[test]
+#[ignore = "defect: doctor's install line is always `python3 -m pip install ...` (crates/adapters/src/inspect.rs), whatever interpreter lacks the package; see the report"]
+fn doctors_install_command_names_the_interpreter_that_lacks_the_package() {
+    let dir = Dir::new("doctor-missing-which");
+    let python = python_without_packages(&dir);
+    let r = snakepit_in(&dir.0, &["doctor"], &[("SNAKEPIT_PYTHON", &python)], "");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.trim() == format!("{python} -m pip install msgpack")),
+        "{r:?}"
+    );
+}
