@@ -769,3 +769,76 @@ fn doctors_install_command_names_the_interpreter_that_lacks_the_package() {
         "{r:?}"
     );
 }
+
+/// cli.md, `exec`: "The result is indented on a terminal and on one line
+/// otherwise". util-linux `script` gives the command a terminal of its own.
+#[test]
+#[allow(clippy::disallowed_methods)] // `script` runs the tool under test
+fn exec_indents_the_result_on_a_terminal() {
+    let line = format!("'{BIN}' exec echo '{{\"a\": 1}}'");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(std::env::temp_dir())
+        .env_remove("SNAKEPIT_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux `script` runs");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let value: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    assert_eq!(value["echoed"], json!({"a": 1}), "{text:?}");
+    assert!(
+        text.lines().count() > 3 && text.lines().any(|l| l.starts_with("  \"echoed\": {")),
+        "indented: {text:?}"
+    );
+}
+
+/// cli.md, traces: "While traces are exported, log lines go to stderr at
+/// `WARN` (or as `RUST_LOG` says) instead of through `-v`/`-q`": with the
+/// OTLP endpoint set (here where nothing listens), `-v` prints no `info:`
+/// event, and `RUST_LOG=info` brings the pool's info lines back.
+#[test]
+#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+fn while_traces_are_exported_logs_follow_rust_log_not_verbose() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let exec = |rust_log: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["-v", "exec", "ping"])
+            .current_dir(std::env::temp_dir())
+            .env_remove("SNAKEPIT_CONFIG")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .env_remove("RUST_LOG")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .stdin(Stdio::null());
+        if let Some(level) = rust_log {
+            cmd.env("RUST_LOG", level);
+        }
+        Run::from(cmd.output().expect("snakepit runs"))
+    };
+    let plain = snakepit(&["-v", "exec", "ping"]);
+    assert!(
+        plain.stderr.lines().any(|l| l.starts_with("info: ")),
+        "without an endpoint -v shows the events: {plain:?}"
+    );
+    let r = exec(None);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        !r.stderr
+            .lines()
+            .any(|l| l.starts_with("info: ") || l.contains(" INFO ")),
+        "-v does not bring info lines: {r:?}"
+    );
+    assert!(r.stderr.contains(" WARN "), "warnings still show: {r:?}");
+    let r = exec(Some("info"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.lines().any(|l| l.contains(" INFO ")),
+        "RUST_LOG=info shows them: {r:?}"
+    );
+}
