@@ -842,3 +842,114 @@ fn while_traces_are_exported_logs_follow_rust_log_not_verbose() {
         "RUST_LOG=info shows them: {r:?}"
     );
 }
+
+/// cli.md, `serve` and `exec --cluster`: "NATS unreachable is exit code 1
+/// with a hint": `serve` too, not only the calls, naming the address and
+/// ending with the `hint:` line.
+#[test]
+fn an_unreachable_nats_is_exit_1_with_a_hint_for_serve_and_exec() {
+    let url = format!("nats://127.0.0.1:{}", snakepit_tests::free_port());
+    let dir = Dir::new("nats-down");
+    for args in [
+        &[
+            "serve",
+            "--nats",
+            &url,
+            "--cluster",
+            "nowhere",
+            "--pool-size",
+            "1",
+        ][..],
+        &["exec", "--nats", &url, "--cluster", "nowhere", "ping"],
+    ] {
+        let r = dir.run(args);
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.starts_with("error: ") && r.stderr.contains(&url),
+            "{args:?}: {r:?}"
+        );
+        let last = r.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("hint: ") && last.contains("NATS"),
+            "{args:?}: {r:?}"
+        );
+    }
+}
+
+/// Whether `line` of a command's help is the line that lists option
+/// `flag` (`      --flag <N>`, `  -v, --verbose...`), not an example.
+fn option_line_of(line: &str, flag: &str) -> bool {
+    let line = line.trim_start();
+    let line = match line.split_once(", ") {
+        Some((short, rest)) if short.len() == 2 && short.starts_with('-') => rest,
+        _ => line,
+    };
+    line.strip_prefix(flag)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' ') || rest.starts_with("..."))
+}
+
+/// cli.md: "`snakepit --help` and `snakepit help COMMAND` list every flag":
+/// each flag of each command's synopsis in docs/cli.md (the blocks that
+/// start with `snakepit COMMAND`) is in `snakepit help COMMAND`.
+#[test]
+fn every_flag_of_cli_mds_synopses_is_in_the_commands_help() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cli.md"))
+        .expect("docs/cli.md");
+    // The fenced blocks without a language: the synopses.
+    let mut blocks: Vec<String> = Vec::new();
+    let mut open: Option<(bool, String)> = None;
+    for line in doc.lines() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(info)) => open = Some((info.is_empty(), String::new())),
+            (Some(_), Some(_)) => {
+                if let Some((true, text)) = open.take() {
+                    blocks.push(text);
+                }
+            }
+            (Some((_, text)), None) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    let mut checked = Vec::new();
+    for block in &blocks {
+        // Each statement of a synopsis starts with `snakepit COMMAND`.
+        let mut statements: Vec<String> = Vec::new();
+        for line in block.lines() {
+            if line.starts_with("snakepit ") {
+                statements.push(line.to_owned());
+            } else if let Some(last) = statements.last_mut() {
+                last.push(' ');
+                last.push_str(line);
+            }
+        }
+        for statement in statements {
+            let command = statement.split_whitespace().nth(1).unwrap().to_owned();
+            let help = snakepit(&["help", &command]);
+            assert_eq!(help.code, 0, "{command}: {help:?}");
+            let flags = statement
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .filter(|w| w.starts_with("--") && w.len() > 2);
+            for flag in flags {
+                assert!(
+                    help.stdout.lines().any(|l| option_line_of(l, flag)),
+                    "`snakepit help {command}` lists no option {flag}: {help:?}"
+                );
+                checked.push(format!("{command} {flag}"));
+            }
+        }
+    }
+    for expected in [
+        "exec --preload",
+        "bench --rounds",
+        "serve --prefetch",
+        "sweep --state-dir",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == expected),
+            "the synopses were read: {checked:?}"
+        );
+    }
+}
