@@ -953,3 +953,41 @@ fn every_flag_of_cli_mds_synopses_is_in_the_commands_help() {
         );
     }
 }
+
+/// What `snakepit ARGS` writes to a terminal of its own (util-linux
+/// `script`), its stdout sent to /dev/null: what it wrote to stderr.
+#[allow(clippy::disallowed_methods)] // `script` runs the tool under test
+fn stderr_on_a_terminal(args: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", &format!("'{BIN}' {args} > /dev/null"), "/dev/null"])
+        .current_dir(std::env::temp_dir())
+        .env_remove("SNAKEPIT_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux `script` runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// cli.md, `bench`: "A progress bar runs on stderr when it is a terminal:
+/// it counts each call as it completes"; global flags: "`-q`: ... no
+/// progress bar"; into a pipe there is none either.
+#[test]
+fn bench_shows_a_progress_bar_on_a_terminal_only_and_not_with_q() {
+    let bench = "bench --workers 1 --concurrency 2 --requests 100 --init-ms 1";
+    let shown = stderr_on_a_terminal(bench);
+    assert!(
+        shown.contains("raw loop") && shown.contains("/s") && shown.contains("eta"),
+        "a bar counting the calls: {shown:?}"
+    );
+    let quiet = stderr_on_a_terminal(&format!("-q {bench}"));
+    assert_eq!(quiet, "", "-q: no progress bar");
+    let args: Vec<&str> = bench.split(' ').collect();
+    let piped = snakepit(&args);
+    assert_eq!(piped.code, 0, "{piped:?}");
+    assert!(
+        !piped.stderr.contains("eta") && !piped.stderr.contains('\r'),
+        "no bar into a pipe: {piped:?}"
+    );
+}
