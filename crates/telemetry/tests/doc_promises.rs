@@ -284,11 +284,11 @@ fn value(out: &str, name: &str, attrs: &[(&str, &str)]) -> Option<f64> {
 /// `Pool::stats().queued`; `snakepit.workers` gauge `pool`, `state` =
 /// `idle` / `busy`; `snakepit.calls.in_flight` gauge `pool`;
 /// `snakepit.worker.memory` gauge, unit By, `pool`, `worker` (slot),
-/// resident memory". A pool of two workers observed with one call running
-/// and one waiting behind it in a session of that worker (strict
-/// affinity): the receiver gets busy 1, idle 1, in flight 1 (calls on
-/// workers; the waiting one is queued), queued 1,
-/// and a non-zero memory for each worker slot.
+/// resident memory". A pool of three workers observed with a call of a
+/// session and a plain call running and three more calls of the session
+/// waiting for its worker (strict affinity): the receiver gets busy 2,
+/// idle 1, in flight 2 (calls on workers; the waiting ones are queued),
+/// queued 3, and a non-zero memory for each worker slot.
 #[test]
 fn observe_exports_queue_depth_workers_in_flight_and_memory() {
     let rotel = if std::env::var_os("DOC_PROMISES_ROTEL").is_none() {
@@ -306,7 +306,7 @@ fn observe_exports_queue_depth_workers_in_flight_and_memory() {
         let pool = [("pool", "observed")];
         assert_eq!(
             value(&out, "snakepit.workers", &[pool[0], ("state", "busy")]),
-            Some(1.0),
+            Some(2.0),
             "{out}"
         );
         assert_eq!(
@@ -314,10 +314,10 @@ fn observe_exports_queue_depth_workers_in_flight_and_memory() {
             Some(1.0),
             "{out}"
         );
-        assert_eq!(value(&out, "snakepit.calls.in_flight", &pool), Some(1.0));
-        assert_eq!(value(&out, "snakepit.queue.depth", &pool), Some(1.0));
+        assert_eq!(value(&out, "snakepit.calls.in_flight", &pool), Some(2.0));
+        assert_eq!(value(&out, "snakepit.queue.depth", &pool), Some(3.0));
         // The slot is an integer attribute (Rotel prints `Int(0)`).
-        for slot in ["Int(0)", "Int(1)"] {
+        for slot in ["Int(0)", "Int(1)", "Int(2)"] {
             let rss = value(&out, "snakepit.worker.memory", &[pool[0], ("worker", slot)]);
             assert!(
                 rss.is_some_and(|b| b > 1_000_000.0),
@@ -344,7 +344,7 @@ fn observe_exports_queue_depth_workers_in_flight_and_memory() {
     runtime().block_on(async {
         let pool = snakepit_telemetry::instrument(
             Pool::builder(Bridge::python(test_worker()))
-                .size(2)
+                .size(3)
                 .name("observed"),
         )
         .start()
@@ -373,21 +373,37 @@ fn observe_exports_queue_depth_workers_in_flight_and_memory() {
             async move { s.busy == 1 }
         })
         .await;
-        let second = {
+        // A plain call takes a second worker; three more calls of the
+        // session wait for theirs.
+        let plain = {
             let pool = pool.clone();
-            tokio::spawn(
-                async move { pool.execute_with("sleep", json!({"ms": 0}), strict()).await },
-            )
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 3000})).await })
         };
-        snakepit_tests::until(10, "the second call waits", || {
+        snakepit_tests::until(10, "the plain call runs", || {
             let s = pool.stats();
-            async move { s.queued == 1 }
+            async move { s.busy == 2 }
+        })
+        .await;
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(
+                    async move { pool.execute_with("sleep", json!({"ms": 0}), strict()).await },
+                )
+            })
+            .collect();
+        snakepit_tests::until(10, "three calls wait", || {
+            let s = pool.stats();
+            async move { s.queued == 3 }
         })
         .await;
         guard.flush().unwrap();
         drop(observation);
         first.await.unwrap().unwrap();
-        second.await.unwrap().unwrap();
+        plain.await.unwrap().unwrap();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
         pool.shutdown().await.unwrap();
     });
     guard.shutdown().unwrap();
