@@ -33,8 +33,11 @@ use snakepit_telemetry::{Protocol, Telemetry};
 /// strings as they are, so metric names can be found in it).
 struct Receiver {
     port: u16,
-    seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: Arc<Seen>,
 }
+
+/// Each request's path and body.
+type Seen = Mutex<Vec<(String, Vec<u8>)>>;
 
 impl Receiver {
     fn start() -> Receiver {
@@ -72,7 +75,7 @@ impl Receiver {
     }
 }
 
-fn serve(conn: TcpStream, seen: &Mutex<Vec<(String, Vec<u8>)>>) {
+fn serve(conn: TcpStream, seen: &Seen) {
     let mut reader = BufReader::new(conn);
     loop {
         let mut head = String::new();
