@@ -6,7 +6,10 @@
 //! - the gauges `observe` reads from a pool: `snakepit.queue.depth`,
 //!   `snakepit.workers` (`state` = `idle` / `busy`),
 //!   `snakepit.calls.in_flight` and `snakepit.worker.memory` (unit `By`,
-//!   attribute `worker`), with the values the pool had;
+//!   attribute `worker`), with the values the pool had; and the
+//!   histograms `snakepit.call.duration` (`pool`, `command`, `outcome`),
+//!   `snakepit.call.queue_wait` (`pool`, `command`) and
+//!   `snakepit.worker.init.duration` (`pool`), in seconds;
 //! - a failed call's `snakepit.call` span: status ERROR, `error.type` the
 //!   error's kind (`call_timeout` here), `snakepit.outcome` the same, and
 //!   `snakepit.session` "when the call has one".
@@ -247,7 +250,8 @@ fn points(out: &str, name: &str) -> Vec<(HashMap<String, String>, String)> {
         .min()
         .unwrap_or(rest.len());
     rest[..end]
-        .split("NumberDataPoints #")
+        // `NumberDataPoints #n` and `HistogramDataPoints #n`.
+        .split("DataPoints #")
         .skip(1)
         .map(|point| {
             let mut attrs = HashMap::new();
@@ -334,6 +338,36 @@ fn observe_exports_queue_depth_workers_in_flight_and_memory() {
             "{}",
             &memory[..memory.len().min(300)]
         );
+        // The histograms made from the events carry the documented
+        // attributes, no more, and are in seconds.
+        for (name, keys) in [
+            (
+                "snakepit.call.duration",
+                &["command", "outcome", "pool"][..],
+            ),
+            ("snakepit.call.queue_wait", &["command", "pool"][..]),
+            ("snakepit.worker.init.duration", &["pool"][..]),
+        ] {
+            let points = points(&out, name);
+            assert!(!points.is_empty(), "{name}: no point in\n{out}");
+            for (attrs, _) in &points {
+                let mut got: Vec<&str> = attrs.keys().map(String::as_str).collect();
+                got.sort();
+                assert_eq!(got, keys, "{name}: {attrs:?}");
+                assert_eq!(attrs["pool"], "observed", "{name}: {attrs:?}");
+            }
+            let block = &out[out.rfind(&format!("Name: {name}\n")).unwrap()..];
+            assert!(
+                block.lines().take(4).any(|l| l.trim() == "-> Unit: s"),
+                "{name}: {}",
+                &block[..block.len().min(300)]
+            );
+        }
+        let sleeps = points(&out, "snakepit.call.duration")
+            .into_iter()
+            .filter(|(a, _)| a["command"] == "sleep" && a["outcome"] == "ok")
+            .count();
+        assert_eq!(sleeps, 1, "the ended sleep calls, outcome ok");
         return;
     }
     let base = std::env::var("DOC_PROMISES_ROTEL").unwrap();
