@@ -7,7 +7,10 @@
 //!   served, and the pool's full `Stats`", and `Client::hosts()` "with
 //!   capacity and free capacity at their last heartbeat";
 //! - `NatsKvStore`: "`stats()` and `list_sessions()` read every key ... Its
-//!   counters (`sessions_created`, ...) count what this store handle did".
+//!   counters (`sessions_created`, ...) count what this store handle did";
+//! - "Errors from the host's pool (... crashes of the worker with exit
+//!   status and stderr tail, calls stopped by the pool's shutdown, ...)
+//!   reach the caller as the same variant with the same fields".
 
 mod common;
 
@@ -16,7 +19,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use snakepit_cluster::{Client, NatsKvStore, ServeOptions};
-use snakepit_core::Pool;
+use snakepit_core::{Error, ExitReason, Pool};
 use snakepit_session::SessionStore;
 
 async fn pool(size: usize, name: &str) -> Pool {
@@ -147,4 +150,67 @@ async fn kv_counters_count_what_this_handle_did_and_active_reads_every_key() {
         ids.sort();
         assert_eq!(ids, ["three", "two"]);
     }
+}
+
+async fn one_host(name: &str) -> (NatsServer, Pool, snakepit_cluster::Node, Client) {
+    let nats = NatsServer::start().await;
+    let pool = pool(1, name).await;
+    let node = snakepit_cluster::serve(&nats.connect().await, "test", pool.clone())
+        .await
+        .unwrap();
+    let client = Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap();
+    eventually(30, "the host is heard from", || async {
+        client.hosts().len() == 1
+    })
+    .await;
+    (nats, pool, node, client)
+}
+
+/// A worker that writes a line to its stderr and exits with status 5 in a
+/// call made through the cluster: the caller gets `Error::WorkerCrashed`
+/// with the worker's id and pid, `ExitReason::Code(5)` and that line in the
+/// stderr tail, as a caller of the pool itself does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_crash_reaches_the_caller_with_its_exit_status_and_stderr_tail() {
+    let (_nats, pool, node, client) = one_host("crash").await;
+    let (pid, worker_id) = (pool.worker_pids()[0], pool.workers()[0].id.clone());
+    match client.execute("exit", json!({"code": 5})).await {
+        Err(Error::WorkerCrashed(crash)) => {
+            assert_eq!(crash.pid, pid, "{crash:?}");
+            assert_eq!(crash.worker_id, worker_id, "{crash:?}");
+            assert_eq!(crash.exit, ExitReason::Code(5), "{crash:?}");
+            assert!(
+                crash.stderr_tail.contains("exiting with 5 on purpose"),
+                "{crash:?}"
+            );
+        }
+        other => panic!("expected Error::WorkerCrashed, got {other:?}"),
+    }
+    node.shutdown().await.unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+/// A call still running when the host's pool shuts down (grace period 300
+/// ms): the caller gets `Error::StoppedByShutdown` naming the worker and
+/// its pid, not a lost host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stopped_by_the_hosts_pool_shutdown_is_stopped_by_shutdown() {
+    let (_nats, pool, node, client) = one_host("stopping").await;
+    let (pid, worker_id) = (pool.worker_pids()[0], pool.workers()[0].id.clone());
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.execute("sleep", json!({"ms": 30_000})).await })
+    };
+    eventually(10, "the call runs", || async { pool.stats().busy == 1 }).await;
+    pool.shutdown().await.unwrap();
+    match call.await.unwrap() {
+        Err(Error::StoppedByShutdown {
+            worker_id: w,
+            pid: p,
+        }) => assert_eq!((w, p), (worker_id, pid)),
+        other => panic!("expected Error::StoppedByShutdown, got {other:?}"),
+    }
+    node.shutdown().await.unwrap();
 }
