@@ -12,7 +12,8 @@
 //!   `snakepit.worker.init.duration` (`pool`), in seconds;
 //! - a failed call's `snakepit.call` span: status ERROR, `error.type` the
 //!   error's kind (`call_timeout` here), `snakepit.outcome` the same, and
-//!   `snakepit.session` "when the call has one".
+//!   `snakepit.session` "when the call has one"; `snakepit.worker.start`:
+//!   "one trace per start, with its "worker ready" event (init_ms)".
 //!
 //! `init` installs process-wide state and reads the environment, so each
 //! test runs in a process of its own (`common::in_own_process`).
@@ -489,6 +490,39 @@ fn a_timed_out_session_calls_span_is_an_error_with_its_kind_and_session() {
         assert!(!ok.attributes.contains_key("snakepit.session"), "{ok:#?}");
         assert!(!ok.attributes.contains_key("error.type"), "{ok:#?}");
         assert!(!ok.status.contains("ERROR"), "{ok:#?}");
+        // "snakepit.worker.start ... one trace per start, with its "worker
+        // ready" event (init_ms=...)": two workers, two traces of their own.
+        let (spans, done) = rotel.wait_for(Duration::from_secs(10), |spans, _| {
+            spans
+                .iter()
+                .filter(|s| s.name == "snakepit.worker.start")
+                .count()
+                >= 2
+        });
+        assert!(done, "{spans:#?}");
+        let starts: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "snakepit.worker.start")
+            .collect();
+        let mut traces: Vec<&str> = starts.iter().map(|s| s.trace_id.as_str()).collect();
+        traces.sort();
+        traces.dedup();
+        assert_eq!(
+            traces.len(),
+            starts.len(),
+            "one trace per start: {starts:#?}"
+        );
+        for s in &starts {
+            assert_eq!(s.parent_id, "", "a root span: {s:#?}");
+            assert_eq!(s.attributes["snakepit.pool"], "spans", "{s:#?}");
+        }
+        let out = rotel.output();
+        let ready = out.matches("worker ready").count();
+        let init_ms = out.matches("init_ms").count();
+        assert!(
+            ready >= 2 && init_ms >= 2,
+            "a worker ready event with init_ms per start:\n{out}"
+        );
         return;
     }
     let base = std::env::var("DOC_PROMISES_ROTEL").unwrap();
@@ -503,7 +537,7 @@ fn a_timed_out_session_calls_span_is_an_error_with_its_kind_and_session() {
     runtime().block_on(async {
         let pool = snakepit_telemetry::instrument(
             Pool::builder(Bridge::python(test_worker()))
-                .size(1)
+                .size(2)
                 .name("spans"),
         )
         .start()
