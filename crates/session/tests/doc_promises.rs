@@ -9,7 +9,12 @@
 //!   (one at a time), so a connection that hangs without ever dropping (a
 //!   server gone silent behind a dead network path) is replaced as soon as
 //!   a new one can be made": through a TCP relay that stops passing the
-//!   store's first connection on without closing it.
+//!   store's first connection on without closing it;
+//! - Redis: "Each operation that finds the connection down makes one attempt
+//!   to reconnect, so operations fail fast while Redis is down": with a
+//!   store timeout of a minute, operations on a stopped server are
+//!   `Backend` errors naming the operation and the cause, not timeouts;
+//! - "`Debug` of a store shows its prefix, TTL and timeout only".
 
 mod common;
 
@@ -186,6 +191,57 @@ mod redis {
             }
         }
         let _ = to.shutdown(Shutdown::Both);
+    }
+
+    /// A store with a one-minute timeout whose server has stopped: each
+    /// operation fails with `Error::Backend` naming it and its cause (a
+    /// refused connection once it tried to reconnect), not with `Timeout`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_on_a_stopped_server_fail_with_backend_errors_not_timeouts() {
+        let redis = RedisServer::start().await;
+        let store = RedisStore::builder(&redis.url)
+            .timeout(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap();
+        store.ensure_session("s").await.unwrap();
+        drop(redis);
+        // The first finds the connection broken; the next ones try once to
+        // reconnect, and are refused.
+        let mut causes = Vec::new();
+        for (op, got) in [
+            ("get", store.get("s", "k").await.map(drop)),
+            ("set", store.set("s", "k", json!(1)).await.map(drop)),
+            ("ensure_session", store.ensure_session("s").await.map(drop)),
+        ] {
+            match got {
+                Err(Error::Backend(m)) => {
+                    let cause = m.split(&format!("`{op}`: ")).nth(1);
+                    assert!(cause.is_some_and(|c| !c.is_empty()), "{op}: {m}");
+                    causes.push(m);
+                }
+                other => panic!("{op}: expected Error::Backend, got {other:?}"),
+            }
+        }
+        assert!(causes[2].to_lowercase().contains("refused"), "{causes:?}");
+    }
+
+    /// `Debug` of a store and of its builder shows the prefix, the default
+    /// TTL and the timeout.
+    #[tokio::test]
+    async fn debug_shows_the_prefix_the_ttl_and_the_timeout() {
+        let redis = RedisServer::start().await;
+        let builder = RedisStore::builder(&redis.url)
+            .prefix("tenant_q:")
+            .default_ttl(Duration::from_secs(90))
+            .timeout(Duration::from_millis(750));
+        let before = format!("{builder:?}");
+        let store = builder.connect().await.unwrap();
+        for text in [before, format!("{store:?}")] {
+            for shown in ["tenant_q:", "90s", "750ms"] {
+                assert!(text.contains(shown), "{shown} in {text}");
+            }
+        }
     }
 
     /// The store's only connection goes silent without dropping: the next
