@@ -143,7 +143,6 @@ async fn an_env_naming_snakepit_preload_does_not_make_a_python_worker_a_template
 /// (and a Ruby subprocess of it that uses the bridge would become a
 /// template).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: bridges/ruby/lib/snakepit_bridge/preload.rb deletes SNAKEPIT_PRELOAD before setting the fork request's env, not after"]
 async fn an_env_naming_snakepit_preload_does_not_make_a_ruby_worker_a_template() {
     env_cannot_make_a_template(ruby_bridge("rb-env")).await;
 }

@@ -138,7 +138,11 @@ impl From<Error> for Failure {
             Error::Validation { .. } | Error::UnsupportedCommand(_) => {
                 Failure::new(code::FAILED, e.to_string()).hint("the call never reached a worker; fix the command or its arguments")
             }
-            Error::Cancelled | Error::Codec(_) => Failure::new(code::FAILED, e.to_string()),
+            Error::Codec(_) => Failure::new(code::FAILED, e.to_string()).hint(
+                "the arguments were not sent: raise max_frame_size under [pool] in snakepit.toml if they are too large, or fix what cannot be encoded",
+            ),
+            Error::Cancelled => Failure::new(code::FAILED, e.to_string())
+                .hint("the call was cancelled before it finished; run it again"),
             Error::StreamBehind { .. } => Failure::new(code::FAILED, e.to_string())
                 .hint("read the stream as fast as the worker writes, or send fewer, larger chunks"),
             Error::CallTimeout { .. } => Failure::new(code::TIMEOUT, e.to_string())

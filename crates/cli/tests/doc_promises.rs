@@ -663,7 +663,6 @@ fn the_files_max_frame_size_refuses_a_larger_request_unsent_and_a_larger_reply_i
 /// worker's traceback or stderr tail when there is one, then a `hint:`
 /// line." A request refused for its size (`Codec`) says what to do too.
 #[test]
-#[ignore = "defect: Error::Codec (and Cancelled) map to a Failure without a hint in crates/cli/src/ui.rs; see the report"]
 fn a_request_refused_for_its_size_ends_with_a_hint() {
     let dir = Dir::new("frame-size-hint");
     dir.file("snakepit.toml", "[pool]\nmax_frame_size = 2000\n");

@@ -200,8 +200,9 @@ module SnakepitBridge
           STDOUT.sync = true
           STDERR.sync = true
           close_all(ios)
-          ENV.delete(ENV_VAR)
           env.each { |name, value| ENV[name] = value }
+          # Last: no env of the request can make this worker a template.
+          ENV.delete(ENV_VAR)
           @worker.prepare_forked_child
           srand
           fork_warnings(threads)
