@@ -352,7 +352,8 @@ fn the_traces_filter_decides_which_spans_are_exported() {
 /// binary's name as `service.name`.
 #[test]
 fn without_a_service_name_the_executables_name_is_used() {
-    if common::in_own_process("without_a_service_name_the_executables_name_is_used", &[]).is_some() {
+    if common::in_own_process("without_a_service_name_the_executables_name_is_used", &[]).is_some()
+    {
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -686,7 +687,9 @@ fn log_probe_lines() {
 /// only the error line is printed.
 #[test]
 fn stderr_level_wins_over_rust_log() {
-    if let Some(stderr) = common::in_own_process("stderr_level_wins_over_rust_log", &[("RUST_LOG", "debug")]) {
+    if let Some(stderr) =
+        common::in_own_process("stderr_level_wins_over_rust_log", &[("RUST_LOG", "debug")])
+    {
         assert!(stderr.contains("probe-error-line"), "{stderr}");
         assert!(!stderr.contains("probe-warn-line"), "{stderr}");
         assert!(!stderr.contains("probe-debug-line"), "{stderr}");
@@ -706,7 +709,9 @@ fn stderr_level_wins_over_rust_log() {
 /// `Telemetry::stderr_logs`: "`None` for none": not even an error line.
 #[test]
 fn stderr_logs_none_prints_no_line() {
-    if let Some(stderr) = common::in_own_process("stderr_logs_none_prints_no_line", &[("RUST_LOG", "debug")]) {
+    if let Some(stderr) =
+        common::in_own_process("stderr_logs_none_prints_no_line", &[("RUST_LOG", "debug")])
+    {
         assert!(!stderr.contains("probe-"), "{stderr}");
         return;
     }
