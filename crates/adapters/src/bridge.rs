@@ -124,6 +124,18 @@ impl Bridge {
                 Ok(script) => args.push(script.into()),
                 Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
             },
+            // An ES module worker runs through the launcher that lets its
+            // `import` find the bridge.
+            Entry::Script(script)
+                if self.language == Language::Node
+                    && script.extension().is_some_and(|e| e == "mjs") =>
+            {
+                match embedded::node_esm_main() {
+                    Ok(main) => args.push(main.into()),
+                    Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
+                }
+                args.push(script.into());
+            }
             Entry::Script(script) => args.push(script.into()),
             Entry::Module(module) => args.extend(["-m".into(), module.into()]),
         }

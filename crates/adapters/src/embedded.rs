@@ -28,6 +28,8 @@ static FILES: &[(&str, &str)] = bridge_files![
     "python/snakepit_bridge/_worker.py",
     "python/snakepit_bridge/generic.py",
     "node/generic_worker.js",
+    "node/esm_main.mjs",
+    "node/esm_hooks.mjs",
     "node/package.json",
     "node/lib/index.js",
     "node/lib/wire.js",
@@ -108,6 +110,13 @@ pub(crate) fn generic_worker(lang: Language) -> std::io::Result<PathBuf> {
         Language::Node => root.join("node/snakepit-bridge/generic_worker.js"),
         Language::Ruby => root.join("ruby/generic_worker.rb"),
     })
+}
+
+/// The launcher of an ES module Node worker (`.mjs`): it makes
+/// `import ... from 'snakepit-bridge'` find the bundled bridge, which
+/// `NODE_PATH` does for `require` only.
+pub(crate) fn node_esm_main() -> std::io::Result<PathBuf> {
+    Ok(root()?.join("node/snakepit-bridge/esm_main.mjs"))
 }
 
 /// The directory to put on the language's module path.

@@ -16,7 +16,8 @@ pub struct BridgePackage {
     pub name: &'static str,
     /// What needs it.
     pub needed_for: &'static str,
-    /// The command that installs it.
+    /// The command that installs it, for the language's usual interpreter
+    /// (`python3`); [`Inspection::install_command`] names the one found.
     pub install: &'static str,
 }
 
@@ -41,6 +42,22 @@ pub struct Inspection {
     /// Each bridge package with its version (`"?"` when present without
     /// one to read), `None` when missing.
     pub packages: Vec<(BridgePackage, Option<String>)>,
+}
+
+impl Inspection {
+    /// The command that installs `package` for the interpreter inspected:
+    /// for Python, that interpreter's own `-m pip` (a `SNAKEPIT_PYTHON` or a
+    /// virtualenv may not be `python3`); for the others, `package.install`.
+    pub fn install_command(&self, package: &BridgePackage) -> String {
+        match self.language {
+            Language::Python => format!(
+                "{} -m pip install {}",
+                self.program.display(),
+                package.name
+            ),
+            Language::Node | Language::Ruby => package.install.to_owned(),
+        }
+    }
 }
 
 const PY_PACKAGES: &str = r#"

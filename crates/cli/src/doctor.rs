@@ -44,7 +44,7 @@ struct PackageReport {
     version: Option<String>,
     present: bool,
     needed_for: &'static str,
-    install: &'static str,
+    install: String,
 }
 
 /// Starts one bundled generic worker and pings it.
@@ -112,7 +112,7 @@ async fn examine() -> (Vec<Interpreter>, Vec<PackageReport>) {
                 present: version.is_some(),
                 version: version.clone(),
                 needed_for: p.needed_for,
-                install: p.install,
+                install: found.install_command(p),
             });
         }
         interpreters.push(it);
@@ -197,7 +197,7 @@ fn print_report(
         let (status, what) = match (&p.version, installed) {
             (Some(v), _) => (good("ok     "), format!("{} {v}", p.package)),
             (None, true) => {
-                todo.push(p.install.to_owned());
+                todo.push(p.install.clone());
                 (bad("missing"), p.package.to_owned())
             }
             (None, false) => (bad("missing"), format!("{} (no interpreter)", p.package)),

@@ -466,7 +466,6 @@ fn an_mjs_script_runs_on_node() {
 /// worker with the ES module import of the bridge (`import { Worker } from
 /// 'snakepit-bridge'`) should run as the `require` form does in a `.js`.
 #[test]
-#[ignore = "defect: ES modules ignore NODE_PATH, so `import ... from 'snakepit-bridge'` in a .mjs worker fails with ERR_MODULE_NOT_FOUND (exit 3); see the report"]
 fn an_mjs_script_can_import_the_bridge() {
     let dir = Dir::new("mjs-import");
     let script = dir.file(
@@ -755,7 +754,6 @@ fn doctor_ends_with_the_command_that_installs_a_missing_package() {
 /// the interpreter the adapters would run: with `SNAKEPIT_PYTHON` naming
 /// one, its own `-m pip`, not whatever `python3` is on `PATH`.
 #[test]
-#[ignore = "defect: doctor's install line is always `python3 -m pip install ...` (crates/adapters/src/inspect.rs), whatever interpreter lacks the package; see the report"]
 fn doctors_install_command_names_the_interpreter_that_lacks_the_package() {
     let dir = Dir::new("doctor-missing-which");
     let python = python_without_packages(&dir);
