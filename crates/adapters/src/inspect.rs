@@ -50,11 +50,9 @@ impl Inspection {
     /// virtualenv may not be `python3`); for the others, `package.install`.
     pub fn install_command(&self, package: &BridgePackage) -> String {
         match self.language {
-            Language::Python => format!(
-                "{} -m pip install {}",
-                self.program.display(),
-                package.name
-            ),
+            Language::Python => {
+                format!("{} -m pip install {}", self.program.display(), package.name)
+            }
             Language::Node | Language::Ruby => package.install.to_owned(),
         }
     }

@@ -16,128 +16,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
+use common::{Answer, Receiver};
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
 use snakepit_telemetry::{Error, Protocol, Telemetry};
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
-
-/// How the receiver answers a request for a path.
-#[derive(Clone, Copy)]
-enum Answer {
-    /// An empty reply with this HTTP status.
-    Status(u16),
-    /// No reply at all: the connection is held open.
-    Silent,
-}
-
-/// One request as the receiver read it.
-#[derive(Clone, Debug)]
-struct Request {
-    path: String,
-    body: Vec<u8>,
-}
-
-/// An OTLP/HTTP receiver on a free loopback port: each request is kept
-/// before it is answered, so once an export returned, its request is here.
-struct Receiver {
-    port: u16,
-    seen: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Receiver {
-    fn start(answer: fn(&str) -> Answer) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let sink = sink.clone();
-                std::thread::spawn(move || serve(conn, &sink, answer));
-            }
-        });
-        Receiver { port, seen }
-    }
-
-    /// Answers 200 to everything.
-    fn ok() -> Receiver {
-        Receiver::start(|_| Answer::Status(200))
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn requests(&self, path: &str) -> Vec<Request> {
-        let seen = self.seen.lock().unwrap();
-        seen.iter().filter(|r| r.path == path).cloned().collect()
-    }
-
-    /// Whether a request to `path` carried `text` (a span name, an
-    /// attribute's value: protobuf keeps strings as they are).
-    fn got(&self, path: &str, text: &str) -> bool {
-        self.requests(path)
-            .iter()
-            .any(|r| r.body.windows(text.len()).any(|w| w == text.as_bytes()))
-    }
-}
-
-/// Reads each request on `conn`, keeps it, and answers it as `answer` says.
-fn serve(conn: TcpStream, seen: &Mutex<Vec<Request>>, answer: fn(&str) -> Answer) {
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-        let len = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let reply = answer(&path);
-        seen.lock().unwrap().push(Request { path, body });
-        match reply {
-            Answer::Status(code) => {
-                let reply = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
-                );
-                if reader.get_mut().write_all(reply.as_bytes()).is_err() {
-                    return;
-                }
-            }
-            Answer::Silent => {
-                // Held until the client gives up and closes it.
-                let _ = reader.read(&mut [0; 1]);
-                return;
-            }
-        }
-    }
-}
 
 /// Settings that export to `receiver` and print nothing on stderr.
 fn to(receiver: &Receiver) -> Telemetry {
@@ -305,7 +192,7 @@ fn init_from_env_installs_for_a_traces_only_endpoint_unless_the_sdk_is_disabled(
     assert!(
         receiver.got("/custom/traces", "to.the.traces.endpoint"),
         "{:?}",
-        receiver.seen.lock().unwrap()
+        receiver.all()
     );
 }
 
@@ -515,7 +402,7 @@ fn with_the_sdk_disabled_init_installs_the_stderr_logs_only() {
     count_one();
     log_probe_lines();
     guard.shutdown().unwrap();
-    assert!(receiver.seen.lock().unwrap().is_empty());
+    assert!(receiver.all().is_empty());
 }
 
 /// `Telemetry::short_lived`: "each export is tried once, without the
@@ -794,7 +681,7 @@ fn an_empty_endpoint_is_no_endpoint() {
             assert!(
                 receiver.got("/v1/traces", "to.the.variables.endpoint"),
                 "{:?}",
-                receiver.seen.lock().unwrap()
+                receiver.all()
             );
             return;
         }

@@ -21,100 +21,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
+use common::Receiver;
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::{CallOptions, Pool};
 use snakepit_telemetry::{Protocol, Telemetry};
-
-/// An OTLP/HTTP receiver on a free loopback port that answers 200 to
-/// everything and keeps each request's path and body (protobuf keeps
-/// strings as they are, so metric names can be found in it).
-struct Receiver {
-    port: u16,
-    seen: Arc<Seen>,
-}
-
-/// Each request's path and body.
-type Seen = Mutex<Vec<(String, Vec<u8>)>>;
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let sink = sink.clone();
-                std::thread::spawn(move || serve(conn, &sink));
-            }
-        });
-        Receiver { port, seen }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Whether a request to `path` carried `text`.
-    fn got(&self, path: &str, text: &str) -> bool {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .any(|(_, body)| body.windows(text.len()).any(|w| w == text.as_bytes()))
-    }
-
-    fn paths(&self) -> Vec<String> {
-        let seen = self.seen.lock().unwrap();
-        seen.iter().map(|(p, _)| p.clone()).collect()
-    }
-}
-
-fn serve(conn: TcpStream, seen: &Seen) {
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-        let len = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        seen.lock().unwrap().push((path, body));
-        let reply =
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
-        if reader.get_mut().write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
 
 /// One metric point on the global meter provider, for an export to carry.
 fn count_one() {
@@ -131,7 +46,7 @@ fn count_one() {
 #[test]
 fn beside_a_traces_endpoint_a_metrics_endpoint_turns_metrics_back_on() {
     let Ok(base) = std::env::var("DOC_PROMISES_RECEIVER") else {
-        let receiver = Receiver::start();
+        let receiver = Receiver::ok();
         let traces = format!("{}/t/traces", receiver.base());
         let metrics = format!("{}/m/metrics", receiver.base());
         let base = receiver.base();
@@ -172,7 +87,7 @@ fn beside_a_traces_endpoint_a_metrics_endpoint_turns_metrics_back_on() {
 /// metrics are on (they then go to the default receiver, as asked).
 #[test]
 fn beside_a_traces_endpoint_otel_metrics_exporter_turns_metrics_back_on() {
-    let receiver = Receiver::start();
+    let receiver = Receiver::ok();
     let traces = format!("{}/t/traces", receiver.base());
     if common::in_own_process(
         "beside_a_traces_endpoint_otel_metrics_exporter_turns_metrics_back_on",
@@ -202,7 +117,7 @@ fn beside_a_traces_endpoint_otel_metrics_exporter_turns_metrics_back_on() {
 /// The same with `Telemetry::metrics(true)` beside the traces endpoint.
 #[test]
 fn beside_a_traces_endpoint_telemetry_metrics_true_turns_metrics_back_on() {
-    let receiver = Receiver::start();
+    let receiver = Receiver::ok();
     let traces = format!("{}/t/traces", receiver.base());
     if common::in_own_process(
         "beside_a_traces_endpoint_telemetry_metrics_true_turns_metrics_back_on",

@@ -11,13 +11,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{in_own_process, Rotel};
+use common::{in_own_process, Receiver, Rotel};
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::{CallOptions, Pool};
@@ -87,67 +85,6 @@ fn shutdown_against_a_dead_receiver_says_what_was_dropped_where_and_why() {
     }
 }
 
-/// An OTLP/HTTP receiver that takes everything and keeps the request heads
-/// (what Rotel's debug log does not print).
-struct HeadReceiver {
-    port: u16,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl HeadReceiver {
-    fn start() -> HeadReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let sink = heads.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let sink = sink.clone();
-                std::thread::spawn(move || serve(conn, &sink));
-            }
-        });
-        HeadReceiver { port, heads }
-    }
-}
-
-/// Answers each request on `conn` with an empty 200, keeping its head.
-fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let len = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        heads.lock().unwrap().push(head);
-        let reply =
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
-        if reader.get_mut().write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 /// telemetry.md: "`OTEL_EXPORTER_OTLP_HEADERS`: `key=value,...` sent with
 /// every export (API keys)". Rotel does not print request headers, so the
 /// receiver here is a plain HTTP listener that keeps them: both signals'
@@ -165,9 +102,9 @@ fn otlp_headers_from_the_environment_reach_the_receiver() {
     {
         return;
     }
-    let receiver = HeadReceiver::start();
+    let receiver = Receiver::ok();
     let guard = Telemetry::new()
-        .endpoint(format!("http://127.0.0.1:{}", receiver.port))
+        .endpoint(receiver.base())
         .stderr_logs(None)
         .init()
         .unwrap();
@@ -177,7 +114,7 @@ fn otlp_headers_from_the_environment_reach_the_receiver() {
         .build()
         .add(1, &[]);
     guard.shutdown().expect("the receiver took everything");
-    let heads = receiver.heads.lock().unwrap().clone();
+    let heads: Vec<String> = receiver.all().into_iter().map(|r| r.head).collect();
     for path in ["/v1/traces", "/v1/metrics"] {
         let head = heads
             .iter()

@@ -1,12 +1,15 @@
-//! What the end-to-end tests share: the receivers (`rotel.rs`, and the
-//! traces-only `phoenix.rs`) and one
+//! What the end-to-end tests share: the receivers (`rotel.rs`, the
+//! traces-only `phoenix.rs`, and a plain one in `http.rs`) and one
 //! traced pool call checked from the caller to the Python handler.
 
 #![allow(dead_code)] // each test binary uses part of it
 
+mod http;
 mod phoenix;
 mod rotel;
 
+#[allow(unused_imports)] // each test binary uses part of it
+pub(crate) use http::*;
 #[allow(unused_imports)] // each test binary uses part of it
 pub(crate) use phoenix::*;
 pub(crate) use rotel::*;
