@@ -712,7 +712,7 @@ impl Client {
                 _slot: slot,
                 reply,
                 lost,
-                connected: inner.connected.subscribe(),
+                connected,
                 deadline: deadline.map(|d| later(d, inner.config.host_timeout)),
                 command: command.to_owned(),
                 timeout: options.timeout.unwrap_or_default(),

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem, WireCodec};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::outbox::{self, Outbox};
@@ -237,8 +238,8 @@ pub async fn serve_with(
     state.measure();
     let task = tokio::spawn(async move {
         // Aborted when this task ends or is aborted (a `Node` dropped).
-        let _status = AbortOnDrop(tokio::spawn(answer_status(host.clone(), status)).abort_handle());
-        let _replies = AbortOnDrop(tokio::spawn(send_replies(host)).abort_handle());
+        let _status = AbortOnDropHandle::new(tokio::spawn(answer_status(host.clone(), status)));
+        let _replies = AbortOnDropHandle::new(tokio::spawn(send_replies(host)));
         state.run(stop_rx).await;
         let _ = service.stop().await;
     });
@@ -448,15 +449,6 @@ struct Serving {
     ack_due: Option<Instant>,
     /// Cancels that arrived before their call (another path, same host).
     cancelled: HashSet<String>,
-}
-
-/// A task that ends with its holder.
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Drop for Serving {

@@ -445,8 +445,10 @@ impl RedisStore {
     }
 }
 
+/// A TTL in the milliseconds the scripts take; `check_ttl` has made it at
+/// least 1 and at most 2^53 - 1.
 fn ttl_ms(ttl: Duration) -> u64 {
-    (ttl.as_millis() as u64).max(1)
+    ttl.as_millis() as u64
 }
 
 impl Inner {
@@ -688,7 +690,7 @@ impl SessionStore for RedisStore {
         inner
             .bounded("ensure_session", async {
                 check_id("session id", id)?;
-                check_ttl(inner.default_ttl)?;
+                // The default TTL was checked by `connect`.
                 let _: i64 = inner
                     .invoke(&inner.scripts.ensure, id)
                     .arg(ttl_ms(inner.default_ttl))
