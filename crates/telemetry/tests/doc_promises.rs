@@ -160,11 +160,20 @@ fn points(out: &str, name: &str) -> Vec<(HashMap<String, String>, String)> {
         return Vec::new();
     };
     let rest = &out[start..];
-    let end = ["Metric #", "ResourceMetrics #", "ScopeMetrics #"]
-        .iter()
-        .filter_map(|m| rest.find(m))
-        .min()
-        .unwrap_or(rest.len());
+    // The metric's block ends at the next metric, or at a batch of spans
+    // that Rotel printed after it.
+    let end = [
+        "Metric #",
+        "ResourceMetrics #",
+        "ScopeMetrics #",
+        "ResourceSpans #",
+        "ScopeSpans #",
+        "Span #",
+    ]
+    .iter()
+    .filter_map(|m| rest.find(m))
+    .min()
+    .unwrap_or(rest.len());
     rest[..end]
         // `NumberDataPoints #n` and `HistogramDataPoints #n`.
         .split("DataPoints #")
