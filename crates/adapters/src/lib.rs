@@ -42,3 +42,9 @@ pub use bridge::{Bridge, GenericJavaScript, GenericPython, GenericRuby};
 pub use custom::Custom;
 pub use inspect::{BridgePackage, Inspection};
 pub use language::Language;
+
+/// The README's Rust examples, compiled (and the quick start run) as this
+/// crate's doc-tests, so the first code a user copies keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -34,6 +34,12 @@ struct Raw {
     pool: Option<toml::Table>,
 }
 
+/// The file's `[pool]` table alone; the other keys were checked by [`Raw`].
+#[derive(Deserialize)]
+struct PoolOnly {
+    pool: Option<PoolConfig>,
+}
+
 /// The settings read from the file (all optional).
 #[derive(Debug, Default)]
 pub(crate) struct FileConfig {
@@ -85,10 +91,13 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
         .pool
         .as_ref()
         .is_some_and(|t| t.contains_key("pool_size"));
+    // Read `[pool]` from the text again, not from the table above: the
+    // text's deserializer names the key and line of a wrong value.
     let pool = match raw.pool {
-        Some(table) => toml::Value::Table(table)
-            .try_into::<PoolConfig>()
-            .map_err(|e| format!("[pool]: {}", e.message()))?,
+        Some(_) => toml::from_str::<PoolOnly>(text)
+            .map_err(|e| e.to_string().trim_end().to_owned())?
+            .pool
+            .unwrap_or_default(),
         None => PoolConfig::default(),
     };
     Ok(FileConfig {
@@ -143,6 +152,14 @@ mod tests {
         assert_eq!(c.pool.pipeline_max_call.as_micros(), 250);
         let c = parse("", Path::new(".")).unwrap();
         assert_eq!(c.pool.pipeline_depth, PoolConfig::default().pipeline_depth);
+    }
+
+    #[test]
+    fn names_the_key_whose_value_has_the_wrong_type() {
+        let e = parse("[pool]\npool_size = \"two\"\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("pool_size") && e.contains("line 2"), "{e}");
+        let e = parse("[pool]\nqueue_timeout_ms = -1\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("queue_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -156,8 +156,10 @@ impl From<Error> for Failure {
             )
             .detail(crash.stderr_tail.clone())
             .hint("the worker's stderr ends as shown; run with -v to see all of it"),
-            Error::Protocol { .. } => Failure::new(code::CRASH, e.to_string())
-                .hint("something wrote to the worker's stdout; write logs to stderr, or use a bundled bridge"),
+            Error::Protocol { source, .. } => {
+                let hint = protocol_hint(source);
+                Failure::new(code::CRASH, e.to_string()).hint(hint)
+            }
             Error::StartFailed(start) => {
                 let hint = start_hint(&start.cause, &start.stderr_tail);
                 Failure::new(code::START, format!("the workers could not start: {}", start.cause))
@@ -167,6 +169,18 @@ impl From<Error> for Failure {
             Error::Config(m) => Failure::usage(format!("invalid pool settings: {m}")),
             _ => Failure::general(e.to_string()),
         }
+    }
+}
+
+/// What to do about a worker that broke the protocol, by what it broke.
+fn protocol_hint(source: &snakepit_protocol::Error) -> &'static str {
+    use snakepit_protocol::Error as P;
+    match source {
+        P::FrameTooLarge { .. } => {
+            "the worker's reply is larger than the pool accepts: raise max_frame_size under [pool] in snakepit.toml, or return less"
+        }
+        P::Mismatch { .. } => "the worker's result does not have the shape the caller asked for",
+        _ => "something wrote to the worker's stdout; write logs to stderr, or use a bundled bridge",
     }
 }
 

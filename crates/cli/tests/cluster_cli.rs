@@ -299,6 +299,28 @@ fn exec_through_the_cluster_exits_as_a_local_exec() {
     );
     assert_eq!(status.code, 0, "{status:?}");
     assert_eq!(status.json().as_array().unwrap().len(), 1, "{status:?}");
+    // `--wait-ms` is how long it waits; a cluster nobody serves is an
+    // empty list, not an error.
+    let empty = [
+        "cluster",
+        "status",
+        "--cluster",
+        "nobody",
+        "--wait-ms",
+        "50",
+    ];
+    let status = snakepit_in(&dir.0, &empty, &env, "");
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(status.stdout.is_empty(), "{status:?}");
+    assert!(
+        status
+            .stderr
+            .contains("no host of cluster `nobody` answered within 50 ms"),
+        "{status:?}"
+    );
+    let status = snakepit_in(&dir.0, &[&empty[..], &["--json"]].concat(), &env, "");
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json(), serde_json::json!([]), "{status:?}");
     let nowhere = format!("nats://127.0.0.1:{}", snakepit_tests::free_port());
     let run = snakepit_in(
         &dir.0,

@@ -631,7 +631,7 @@ worker.run()
 /// `snakepit.toml`): "a larger request is refused with `Codec` and never
 /// sent" (exit 1, "another failure"), and "larger frames from a worker are a
 /// protocol error" (exit 5); troubleshooting: the message says "frame of N
-/// bytes exceeds the maximum".
+/// bytes exceeds the maximum". The hint names the setting, not stray output.
 #[test]
 fn the_files_max_frame_size_refuses_a_larger_request_unsent_and_a_larger_reply_is_exit_5() {
     let dir = Dir::new("frame-size");
@@ -655,6 +655,11 @@ fn the_files_max_frame_size_refuses_a_larger_request_unsent_and_a_larger_reply_i
     assert!(
         r.stderr.contains("broke the protocol") && r.stderr.contains("exceeds the maximum"),
         "{r:?}"
+    );
+    let hint = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        hint.starts_with("hint: ") && hint.contains("max_frame_size") && !hint.contains("stdout"),
+        "an oversized reply is not blamed on stray output: {r:?}"
     );
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -250,6 +250,9 @@ struct Inner {
     waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
     queued: AtomicUsize,
     connected: watch::Sender<bool>,
+    /// The connection was drained or closed for good (the client's reply
+    /// subscription ended): no call can be sent or answered any more.
+    closed: AtomicBool,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -370,6 +373,7 @@ impl Client {
                 waiters: Mutex::new(VecDeque::new()),
                 queued: AtomicUsize::new(0),
                 connected: watch::channel(connected).0,
+                closed: AtomicBool::new(false),
                 tasks,
             }
         });
@@ -555,6 +559,12 @@ impl Client {
             headers: None,
         };
         loop {
+            if inner.closed.load(Ordering::Relaxed) {
+                return Err(unavailable(
+                    &inner.cluster,
+                    "the NATS connection was drained or closed; connect a new client".into(),
+                ));
+            }
             if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
                 return Err(unavailable(
                     &inner.cluster,
@@ -1046,6 +1056,14 @@ async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) 
             }
         }
     }
+    // The subscription ends only when the connection was drained or closed
+    // for good (it outlives reconnects). async-nats still reports the state
+    // `Connected` then, so the client says it itself: calls in flight fail
+    // now, not a host timeout later, and new calls fail at once.
+    if let Some(inner) = inner.upgrade() {
+        inner.closed.store(true, Ordering::Relaxed);
+        inner.connected.send_replace(false);
+    }
 }
 
 async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
@@ -1093,7 +1111,8 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
     loop {
         every.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let up = inner.nats.connection_state() == State::Connected;
+        let up = !inner.closed.load(Ordering::Relaxed)
+            && inner.nats.connection_state() == State::Connected;
         inner
             .connected
             .send_if_modified(|c| std::mem::replace(c, up) != up);

@@ -46,7 +46,9 @@
 //!   (clients check every sixth of it, at least every quarter second;
 //!   [`is_host_lost`]), a
 //!   call is never sent twice, and while the NATS connection is down calls
-//!   fail at once ([`is_unavailable`]) and work again when it is back.
+//!   fail at once ([`is_unavailable`]) and work again when it is back. A
+//!   connection drained (`async_nats::Client::drain`) or closed for good
+//!   fails the client's calls in flight at once, and every later call.
 //! - **Batching**: calls made together to one host go in one NATS message,
 //!   and a host's replies ready together for one client in one; a lone
 //!   call goes alone, at once. Under load this cuts the messages through

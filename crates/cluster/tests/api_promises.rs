@@ -465,6 +465,49 @@ async fn with_a_long_host_timeout_a_lost_connection_still_fails_calls_at_once() 
     pool.shutdown().await.unwrap();
 }
 
+/// The crate's docs: "A connection drained or closed for good fails the
+/// client's calls in flight at once, and every later call." async-nats
+/// still reports `Connected` after a drain; before the fix a call in flight
+/// waited out its host timeout (here an hour) and a later one was sent to
+/// a connection that no longer delivered anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_connection_fails_the_clients_calls_at_once() {
+    let OneHost {
+        nats, pool, node, ..
+    } = one_host(ClientConfig::default()).await;
+    let mut config = ClientConfig::default();
+    config.host_timeout = Duration::from_secs(3600);
+    let conn = nats.connect().await;
+    let client = Client::connect_with(&conn, "test", config).await.unwrap();
+    wait_hosts(&client, 1).await;
+    client.execute("echo", json!({})).await.unwrap();
+    let running = {
+        let client = client.clone();
+        tokio::spawn(async move { client.execute("sleep", json!({"ms": 30_000})).await })
+    };
+    eventually(30, "the call runs on the host", || async {
+        pool.stats().busy == 1
+    })
+    .await;
+    conn.drain().await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the call in flight ends with the drain")
+        .unwrap()
+        .unwrap_err();
+    assert!(snakepit_cluster::is_host_lost(&e), "{e:?}");
+    let e = tokio::time::timeout(Duration::from_secs(15), client.execute("echo", json!({})))
+        .await
+        .expect("a call after the drain fails")
+        .unwrap_err();
+    assert!(
+        snakepit_cluster::is_unavailable(&e) && e.never_ran() && e.to_string().contains("drained"),
+        "{e:?}"
+    );
+    drop(node);
+    pool.shutdown().await.unwrap();
+}
+
 /// `NatsKvStoreBuilder::connect`: "Creates the bucket if it does not
 /// exist". On a NATS server without JetStream there is no bucket to make:
 /// `Error::Backend` saying so, not a panic or a wait.
