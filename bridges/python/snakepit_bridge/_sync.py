@@ -14,12 +14,13 @@ import os
 import select
 import signal
 import threading
+from collections import deque
 from typing import Any
 
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import Server, cancelled_reply, error_reply, failed_reply, host_outcome, log
-from ._wire import FrameError
+from ._wire import FrameError, _unpack_header
 
 _MAIN_THREAD = threading.main_thread().ident
 
@@ -33,7 +34,7 @@ class SyncServer(Server):
         self._writing = False
         self._sigint_held = False
         self._current = None
-        self._backlog = []
+        self._backlog = deque()
         self._poller = None
 
     def serve(self, install_signals: bool) -> int:
@@ -46,18 +47,19 @@ class SyncServer(Server):
         reader = self.reader
         read_frame = reader.read_frame
         backlog = self._backlog
+        next_waiting = backlog.popleft
         dispatch = self.dispatch
+        poll_pipe = self._poll_pipe
+        read_ahead = self._read_ahead
         while True:
             if backlog:
-                payload = backlog.pop(0)
                 # A request written ahead, about to start: a cancel for it
                 # may have arrived in the pipe while the one before it ran.
-                if self._poll_pipe():
-                    backlog.insert(0, payload)
-                    self._read_ahead()
+                if poll_pipe():
+                    read_ahead()
                     if not backlog:
                         continue
-                    payload = backlog.pop(0)
+                payload = next_waiting()
             else:
                 if reader.eof:
                     return 0
@@ -71,30 +73,35 @@ class SyncServer(Server):
                     continue
                 if payload is None:
                     return 0
-            if reader._buf:
-                # More frames arrived with this one (calls written ahead):
-                # a cancel among them drops its request before it starts.
-                backlog.insert(0, payload)
-                self._read_ahead()
-                if not backlog:
-                    continue
-                payload = backlog.pop(0)
+                if reader._buf:
+                    # More frames arrived with this one (calls written
+                    # ahead): a cancel among them drops its request before
+                    # it starts.
+                    backlog.append(payload)
+                    read_ahead()
+                    if not backlog:
+                        continue
+                    payload = next_waiting()
             dispatch(payload)
 
     def _poll_pipe(self):
-        """Read what is already waiting in stdin, without blocking; True if
-        anything was read."""
+        """Read what is already waiting in stdin, without blocking. True when
+        the backlog needs another look: frames read and not yet split, or a
+        cancel that took a waiting request out."""
         reader = self.reader
-        if reader.fd is None or reader.eof:
+        poll = self._poller
+        if poll is None:
+            if reader.fd is None or reader.eof:
+                return False
+            # A poll object registered once: half the cost of a select()
+            # per call, which builds its lists every time.
+            poller = select.poll()
+            poller.register(reader.fd, select.POLLIN)
+            poll = self._poller = poller.poll
+        elif reader.eof:
             return False
         try:
-            poller = self._poller
-            if poller is None:
-                # A poll object registered once: half the cost of a
-                # select() per call, which builds its lists every time.
-                poller = self._poller = select.poll()
-                poller.register(reader.fd, select.POLLIN)
-            if not poller.poll(0):
+            if not poll(0):
                 return False
             data = os.read(reader.fd, 65536)
         except (OSError, ValueError):
@@ -102,35 +109,84 @@ class SyncServer(Server):
         if not data:
             reader.eof = True
             return False
-        reader.feed(data)
+        buf = reader._buf
+        if not buf and not reader._skip:
+            # Usually one whole frame (the call the pool wrote when the last
+            # reply reached it): into the backlog without buffering it.
+            n = len(data)
+            if n >= 4 and _unpack_header(data)[0] + 4 == n <= reader.max_size + 4:
+                payload = data[4:]
+                self._backlog.append(payload)
+                if b"cancel" in payload:
+                    self._drop_cancelled()
+                    return True  # the backlog may be empty now
+                return False
+            buf += data
+        else:
+            reader.feed(data)
         return True
 
     def _read_ahead(self):
         """Move the complete frames already read into the backlog; a request
-        whose cancel frame is among them is answered Cancelled, never run."""
+        whose cancel frame is among them is answered Cancelled, never run.
+
+        The frames are split here, in one pass over the buffer, rather than
+        one ``next_frame`` call each: with calls written ahead this runs
+        before every call, so it is part of the bridge's cost per call."""
+        reader = self.reader
+        buf = reader._buf
         backlog = self._backlog
-        for payload in self.buffered_frames():
-            if b"cancel" not in payload:
-                # Not a cancel frame (whose type is the string "cancel" in
-                # either codec): decoded once, when it is dispatched.
+        if not reader._skip:
+            limit = reader.max_size
+            n = len(buf)
+            pos = 0
+            cancels = False
+            while n - pos >= 4:
+                (size,) = _unpack_header(buf, pos)
+                end = pos + 4 + size
+                if size > limit or end > n:
+                    break
+                payload = bytes(buf[pos + 4 : end])
+                pos = end
+                # A cancel frame's type is the string "cancel" in either
+                # codec; other frames are decoded once, when dispatched.
+                if b"cancel" in payload:
+                    cancels = True
                 backlog.append(payload)
-                continue
+            del buf[:pos]
+            if cancels:
+                self._drop_cancelled()
+            if n - pos < 4 or size <= limit:
+                return
+        # An oversized frame (answered as it comes, then skipped), or what
+        # follows one.
+        for payload in self.buffered_frames():
+            backlog.append(payload)
+        self._drop_cancelled()
+
+    def _drop_cancelled(self):
+        """Each cancel frame in the backlog takes out the request it names,
+        answered Cancelled; a cancel for a request not waiting stays (it
+        comes too late, and is dropped when dispatched)."""
+        backlog = self._backlog
+        for payload in [p for p in backlog if b"cancel" in p]:
             try:
                 kind, msg = self.parse(payload)
             except FrameError:
-                backlog.append(payload)  # reported when dispatched
-                continue
+                continue  # reported when dispatched
             if kind != "cancel":
-                backlog.append(payload)
                 continue
             rid = msg.get("id")
-            for i, waiting in enumerate(backlog):
+            for waiting in backlog:
+                if waiting is payload:
+                    break  # a request behind its cancel was not cancelled
                 try:
                     wkind, wmsg = self.parse(waiting)
                 except FrameError:
                     continue
                 if wkind == "request" and wmsg.get("id") == rid:
-                    del backlog[i]
+                    backlog.remove(waiting)
+                    backlog.remove(payload)
                     self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                     break
 
@@ -223,12 +279,15 @@ class SyncServer(Server):
                         return value
                     raise value
                 log(f"host_reply {msg['id']} matches no pending host call; dropped")
-            elif kind == "cancel":
-                if msg["id"] == ctx.request_id:
-                    ctx.cancelled = True
-                    raise Cancelled(f"request {ctx.request_id} was cancelled")
+            elif kind == "cancel" and msg["id"] == ctx.request_id:
+                ctx.cancelled = True
+                raise Cancelled(f"request {ctx.request_id} was cancelled")
             else:
+                # Calls written ahead, and cancels for them: a request whose
+                # cancel came too drops out before it starts.
                 self._backlog.append(payload)
+                if kind == "cancel":
+                    self._drop_cancelled()
 
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.

@@ -175,6 +175,53 @@ class SyncReadAheadTests(_Base):
             self.assertFalse(replies[2]["success"], replies[2])
             self.assertEqual(replies[2]["error"]["type"], "Cancelled")
 
+    def test_requests_and_cancels_read_together_keep_their_order(self):
+        from snakepit_bridge import _wire
+        for codec in self.each_codec():
+            w, _ = self.spawn(codec)
+            # One write, so one read: 2 is cancelled while it waits; the
+            # cancel of 4 comes before 4 itself, so 4 runs; 9 waits nowhere.
+            w.send_raw(b"".join(_wire.encode_frame(w.codec, f) for f in [
+                {"id": 1, "command": "sleep", "args": {"seconds": 0.2}},
+                {"id": 2, "command": "shout", "args": {"text": "two"}},
+                {"id": 3, "command": "shout", "args": {"text": "three"}},
+                {"type": "cancel", "id": 2},
+                {"type": "cancel", "id": 4},
+                {"id": 4, "command": "shout", "args": {"text": "four"}},
+                {"type": "cancel", "id": 9},
+                {"id": 5, "command": "shout", "args": {"text": "five"}},
+            ]))
+            replies = [w.recv() for _ in range(5)]
+            ran = [m["id"] for m in replies if m["success"]]
+            self.assertEqual(ran, [1, 3, 4, 5], replies)
+            cancelled = [m for m in replies if not m["success"]]
+            self.assertEqual([m["id"] for m in cancelled], [2], replies)
+            self.assertEqual(cancelled[0]["error"]["type"], "Cancelled")
+            self.assertEqual(w.call(6, "shout", {"text": "six"})["result"], "SIX")
+
+    def test_a_cancel_arriving_during_a_host_call_drops_the_waiting_request(self):
+        for codec in self.each_codec():
+            w, _ = self.spawn(codec)
+            w.request(1, "session_roundtrip", {"value": 7}, session_id="s")
+            call = w.recv()
+            self.assertEqual(call["type"], "host_call", call)
+            # Written ahead while the host call waits for its reply.
+            w.request(2, "shout", {"text": "never"})
+            w.send({"type": "cancel", "id": 2})
+            time.sleep(0.1)
+            w.send({"type": "host_reply", "id": call["id"], "success": True, "result": None})
+            replies = {}
+            while len(replies) < 2:
+                msg = w.recv()
+                if msg.get("type") == "host_call":
+                    w.send({"type": "host_reply", "id": msg["id"], "success": True,
+                            "result": 7 if msg["function"] == "session.get" else True})
+                    continue
+                replies[msg["id"]] = msg
+            self.assertTrue(replies[1]["success"], replies[1])
+            self.assertFalse(replies[2]["success"], replies[2])
+            self.assertEqual(replies[2]["error"]["type"], "Cancelled")
+
 
 class ExampleWorkerTests(_Base):
     script = EXAMPLE_WORKER
