@@ -176,7 +176,9 @@ impl From<Error> for Failure {
 fn protocol_hint(source: &snakepit_protocol::Error) -> &'static str {
     use snakepit_protocol::Error as P;
     match source {
-        P::FrameTooLarge { .. } => {
+        // Four bytes of text read as a length are at least 0x20202020
+        // (four spaces): a "frame" that large is stray output.
+        P::FrameTooLarge { len, .. } if *len < 0x2020_2020 => {
             "the worker's reply is larger than the pool accepts: raise max_frame_size under [pool] in snakepit.toml, or return less"
         }
         P::Mismatch { .. } => "the worker's result does not have the shape the caller asked for",
