@@ -305,6 +305,20 @@ impl Bench {
             .map_err(|e| self.failed("the raw loop", e))
     }
 
+    /// The raw loop on `workers` workers from one thread.
+    async fn raw_one_thread(&self, workers: usize, requests: usize) -> Result<Run, Failure> {
+        let label = format!("raw loop, {}, one thread", count(workers, "worker"));
+        let bar = self.progress.phase(label, requests as u64);
+        let raw = Raw {
+            launch: &self.adapter.launch(),
+            codec: self.worker.codec,
+            max_frame_size: self.pool.max_frame_size,
+        };
+        raw.run_one_thread(&self.load, workers, requests, &bar)
+            .await
+            .map_err(|e| self.failed("the raw loop on one thread", e))
+    }
+
     /// A fresh pool of `size` workers with pipelining `depth`, called by
     /// `callers` at once.
     async fn pool(
@@ -412,12 +426,19 @@ struct Round {
     pool: Run,
     /// The pool with pipelining off, when `pool` had it on.
     pool_no_pipeline: Option<Run>,
+    /// The raw loop from one thread for all the workers.
+    raw_one_thread: Run,
 }
 
 impl Round {
     /// The pipelined pool's throughput over the raw loop's.
     fn ratio(&self) -> f64 {
         self.pool.rps / self.raw.rps.max(f64::MIN_POSITIVE)
+    }
+
+    /// The pool with pipelining off (`pool` itself when it had it off).
+    fn no_pipeline(&self) -> &Run {
+        self.pool_no_pipeline.as_ref().unwrap_or(&self.pool)
     }
 }
 
@@ -480,17 +501,23 @@ impl Bench {
             };
             Ok::<_, Failure>((pool, pool_no_pipeline))
         };
-        let (raw, (pool, pool_no_pipeline)) = if round % 2 == 0 {
+        let raws = async {
             let raw = self.raw(workers, requests).await?;
-            (raw, pools.await?)
+            let one = self.raw_one_thread(workers, requests).await?;
+            Ok::<_, Failure>((raw, one))
+        };
+        let ((raw, raw_one_thread), (pool, pool_no_pipeline)) = if round % 2 == 0 {
+            let raws = raws.await?;
+            (raws, pools.await?)
         } else {
             let pools = pools.await?;
-            (self.raw(workers, requests).await?, pools)
+            (raws.await?, pools)
         };
         Ok(Round {
             raw,
             pool,
             pool_no_pipeline,
+            raw_one_thread,
         })
     }
 
@@ -556,6 +583,15 @@ impl Bench {
             rounds: m.rounds.len(),
             pool_over_raw: Ratios::of(ratios(|r| Some(&r.pool)).unwrap_or_default()),
             pool_no_pipeline_over_raw: ratios(|r| r.pool_no_pipeline.as_ref()).map(Ratios::of),
+            raw_one_thread: Figures::of(&round.raw_one_thread, payload),
+            no_pipeline_over_raw_one_thread: Ratios::of(
+                m.rounds
+                    .iter()
+                    .map(|r| {
+                        Figures::of(r.no_pipeline(), 0).over(&Figures::of(&r.raw_one_thread, 0))
+                    })
+                    .collect(),
+            ),
             raw,
             pool,
             pool_no_pipeline,

@@ -413,8 +413,15 @@ fn bench_json_has_the_documented_fields() {
             .is_some_and(|x| x > 0.0),
         "{v}"
     );
+    // The raw loop from one thread, and the pool without pipelining over it.
+    let one = v["raw_one_thread"]["rps"].as_f64().unwrap_or(0.0);
+    assert!(one > 0.0, "{v}");
+    assert!(v["raw_one_thread"]["mb_s"].as_f64().is_some(), "{v}");
+    let off = v["pool_no_pipeline"]["rps"].as_f64().unwrap_or(0.0);
+    let ratio = v["no_pipeline_over_raw_one_thread"]["median"].as_f64();
+    assert!(ratio.is_some_and(|r| (r - off / one).abs() < 0.01), "{v}");
     // The host's and the workers' CPU per call in every measurement.
-    for part in ["raw_1", "raw", "pool"] {
+    for part in ["raw_1", "raw", "pool", "raw_one_thread"] {
         for field in ["cpu_us_per_call", "workers_cpu_us_per_call"] {
             assert!(
                 v[part][field].as_f64().is_some_and(|x| x > 0.0),
@@ -591,13 +598,27 @@ fn bench_pipelining_comes_from_the_flag_or_the_settings_file() {
     assert!(v["pool"]["rps"].as_f64().is_some(), "{v}");
     assert!(v["pool_no_pipeline"].is_null(), "{v}");
     assert!(v["pool_no_pipeline_over_raw"].is_null(), "{v}");
+    // The one-thread loop is compared with `pool`, which has it off.
+    let (one, pool) = (&v["raw_one_thread"]["rps"], &v["pool"]["rps"]);
+    let ratio = v["no_pipeline_over_raw_one_thread"]["median"].as_f64();
+    assert!(
+        ratio.is_some_and(|r| {
+            let want = pool.as_f64().unwrap_or(0.0) / one.as_f64().unwrap_or(1.0);
+            (r - want).abs() < 0.01
+        }),
+        "{v}"
+    );
     // Rounds: each has its ratios, the median lies between them.
     let three = [&small[..], &["--rounds", "3"]].concat();
     let r = snakepit_in(&dir.0, &three, &[], "");
     assert_eq!(r.code, 0, "{r:?}");
     let v = r.json();
     assert_eq!(v["rounds"], 3, "{v}");
-    for ratio in ["pool_over_raw", "pool_no_pipeline_over_raw"] {
+    for ratio in [
+        "pool_over_raw",
+        "pool_no_pipeline_over_raw",
+        "no_pipeline_over_raw_one_thread",
+    ] {
         let each: Vec<f64> = v[ratio]["rounds"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
@@ -617,6 +638,7 @@ fn bench_pipelining_comes_from_the_flag_or_the_settings_file() {
     r.stdout_has(&[
         "throughput, 1 worker, pipeline depth 3",
         "throughput, 1 worker, no pipelining",
+        "throughput, 1 worker, one thread, no pipelining",
         "host CPU per call, pipeline depth 3",
         "host memory per idle worker",
     ]);

@@ -1,5 +1,7 @@
 //! The bench's baseline: worker processes driven directly, one plain loop
-//! per worker on a thread of its own, one request in flight each.
+//! per worker on a thread of its own, one request in flight each; and the
+//! same workers driven by one thread for them all, the best a host with a
+//! single thread can do without writing calls ahead.
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
@@ -79,6 +81,94 @@ impl Raw<'_> {
         counter.finish();
         Ok(Run::new(lat?.into_iter().flatten().collect(), spent))
     }
+
+    /// The same calls from one thread for all the workers, as a host with
+    /// one thread must make them: one request in flight per worker, the
+    /// next written as soon as the worker's reply is read, and `poll(2)` to
+    /// wait for whichever worker answers first. Nothing else runs on the
+    /// thread (no queue, no callers, no runtime), so this is the bound for
+    /// the pool with pipelining off on its one runtime thread.
+    pub(crate) async fn run_one_thread(
+        &self,
+        load: &Load,
+        workers: usize,
+        requests: usize,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<Run> {
+        let mut raws = Vec::with_capacity(workers);
+        for n in 0..workers {
+            raws.push(RawWorker::start(self.launch, self.codec, self.max_frame_size, n).await?);
+        }
+        for w in &mut raws {
+            for i in 0..200 {
+                w.call(10 + i, &load.command, &load.args)?; // warm-up
+            }
+        }
+        let per = requests / workers;
+        let counter = Counter::start(bar);
+        let pids: Vec<u32> = raws.iter().map(|w| w.process.pid()).collect();
+        let meter = Meter::start(&pids);
+        let done = counter.handle();
+        let lat = std::thread::scope(|s| {
+            s.spawn(|| one_thread(&mut raws, per, load, &done))
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the raw loop's thread panicked")))
+        });
+        let spent = meter.stop();
+        counter.finish();
+        Ok(Run::new(lat?, spent))
+    }
+}
+
+/// `per` calls on each of `raws` from this one thread (see
+/// [`Raw::run_one_thread`]); their latencies.
+fn one_thread(
+    raws: &mut [RawWorker],
+    per: usize,
+    load: &Load,
+    done: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<Vec<Duration>> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut lat = Vec::with_capacity(per * raws.len());
+    let mut left = vec![per; raws.len()];
+    let mut sent = vec![Instant::now(); raws.len()];
+    for (i, w) in raws.iter_mut().enumerate() {
+        if per > 0 {
+            w.send(1000, &load.command, &load.args)?;
+            sent[i] = Instant::now();
+        }
+    }
+    let mut ready = vec![false; raws.len()];
+    while left.iter().any(|&n| n > 0) {
+        {
+            let mut fds: Vec<PollFd<'_>> = raws
+                .iter()
+                .map(|w| PollFd::new(&w.stdout, PollFlags::IN))
+                .collect();
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            for (r, fd) in ready.iter_mut().zip(&fds) {
+                *r = !fd.revents().is_empty();
+            }
+        }
+        for (i, w) in raws.iter_mut().enumerate() {
+            if !ready[i] || left[i] == 0 {
+                continue;
+            }
+            // The reply is read whole once its first bytes are in.
+            w.receive(&load.command)?;
+            lat.push(sent[i].elapsed());
+            done.fetch_add(1, Ordering::Relaxed);
+            left[i] -= 1;
+            if left[i] > 0 {
+                w.send(1000 + (per - left[i]) as u64, &load.command, &load.args)?;
+                sent[i] = Instant::now();
+            }
+        }
+    }
+    Ok(lat)
 }
 
 /// One worker process driven directly: write a frame, read the reply.
@@ -152,6 +242,12 @@ impl RawWorker {
 
     /// One round trip: encode, write, read frames until the reply, decode it.
     fn call(&mut self, id: u64, command: &str, args: &Value) -> anyhow::Result<Value> {
+        self.send(id, command, args)?;
+        self.receive(command)
+    }
+
+    /// Encodes and writes one request.
+    fn send(&mut self, id: u64, command: &str, args: &Value) -> anyhow::Result<()> {
         self.buf.clear();
         encode_frame(
             &self.codec,
@@ -161,6 +257,11 @@ impl RawWorker {
         )?;
         self.stdin_size.fit(&self.stdin, self.buf.len());
         self.stdin.write_all(&self.buf)?;
+        Ok(())
+    }
+
+    /// Reads frames until the reply, and decodes it.
+    fn receive(&mut self, command: &str) -> anyhow::Result<Value> {
         loop {
             let mut head = [0u8; HEADER_LEN];
             self.stdout.read_exact(&mut head)?;

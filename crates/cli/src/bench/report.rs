@@ -41,6 +41,11 @@ pub(crate) struct Report {
     /// The same pool with pipelining off (`None` when `pool` was).
     pub(crate) pool_no_pipeline: Option<Figures>,
     pub(crate) pool_no_pipeline_over_raw: Option<Ratios>,
+    /// The raw loop from one thread for all the workers (same round): the
+    /// bound for a host with one thread that writes no call ahead.
+    pub(crate) raw_one_thread: Figures,
+    /// The pool with pipelining off over `raw_one_thread`, round by round.
+    pub(crate) no_pipeline_over_raw_one_thread: Ratios,
     pub(crate) sequential: Sequential,
     pub(crate) startup: Startup,
     /// With `--preload`: start-up, replacement and memory, preloaded or not.
@@ -245,6 +250,16 @@ impl Report {
                 ratio.show(),
             ]);
         }
+        let (one, off) = (
+            &self.raw_one_thread,
+            phases.last().map_or(&self.pool, |p| p.1),
+        );
+        rows.push([
+            format!("throughput, {workers}, one thread, no pipelining"),
+            format!("{} req/s", thousands(one.rps)),
+            format!("{} req/s", thousands(off.rps)),
+            self.no_pipeline_over_raw_one_thread.show(),
+        ]);
         for (pipelining, pool, _) in &phases {
             rows.push([
                 format!("latency p50 / p99, {pipelining}"),
