@@ -81,11 +81,38 @@ module SnakepitBridge
         @max_frame_size = max_frame_size
         @buf = "".b
         @skip = 0 # bytes still to drop of an oversized frame
+        @eof = false
       end
 
       # A whole frame is read already: IO.select would not see it.
       def buffered?
         @skip.zero? && @buf.bytesize >= 4 && @buf.bytesize >= 4 + @buf.unpack1("N")
+      end
+
+      # Bytes were read past the last frame returned (more frames, or part
+      # of one): the one test the lockstep path pays, no system call.
+      def leftover?
+        !@buf.empty?
+      end
+
+      # The next whole frame already read, or nil; never reads. Raises
+      # FrameTooLarge as #read_frame does.
+      def take_buffered
+        next_frame
+      end
+
+      # Reads what the stream holds already, without waiting: one poll, and
+      # one read if something is there. True when bytes (or the end of the
+      # stream) were read; the end is remembered, so the next #read_frame
+      # returns at once.
+      def read_waiting
+        return false if @eof || IO.select([@io], nil, nil, 0).nil?
+
+        chunk = read_chunk
+        return true if chunk.nil?
+
+        append(chunk)
+        true
       end
 
       # The next payload, or nil at the end of the stream (before a frame,
@@ -104,14 +131,18 @@ module SnakepitBridge
             @buf = "".b
             raise DecodeError.new(:truncated, "stream ended inside a frame")
           end
-          chunk.force_encoding(Encoding::BINARY)
-          drop = [@skip, chunk.bytesize].min
-          @skip -= drop
-          @buf << (drop.zero? ? chunk : chunk.byteslice(drop..))
+          append(chunk)
         end
       end
 
       private
+
+      def append(chunk)
+        chunk.force_encoding(Encoding::BINARY)
+        drop = [@skip, chunk.bytesize].min
+        @skip -= drop
+        @buf << (drop.zero? ? chunk : chunk.byteslice(drop..))
+      end
 
       def next_frame
         return nil if @buf.bytesize < 4
@@ -131,8 +162,11 @@ module SnakepitBridge
       end
 
       def read_chunk
+        return nil if @eof
+
         @io.readpartial(CHUNK)
       rescue EOFError
+        @eof = true
         nil
       end
     end

@@ -98,13 +98,17 @@ module SnakepitBridge
 
   # Registry of commands plus the serve loop. One request runs at a time on
   # the thread that called #run; SIGINT during a handler cancels it.
+  # Requests the pool writes ahead (pipeline) wait in stdin and then in
+  # @pending; a cancel frame for one of them answers it Cancelled before it
+  # starts.
   class Worker
     CAPABILITIES = {
       "max_concurrency" => 1,
       "cancel" => false,
       "sigint" => true,
       "streaming" => true,
-      "host_calls" => true
+      "host_calls" => true,
+      "pipeline" => true
     }.freeze
 
     TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%6NZ"
@@ -298,7 +302,7 @@ module SnakepitBridge
       @serving_thread = Thread.current
       install_signal_handlers if @owns_process
       write_message(hello)
-      while (message = @pending.shift || next_message)
+      while (message = next_to_run)
         dispatch(message)
       end
       nil
@@ -322,34 +326,45 @@ module SnakepitBridge
                       "function" => function.to_s, "args" => args })
       loop do
         # SIGINT may cancel the handler while it waits here: nothing of the
-        # next frame has been consumed yet. The read itself is shielded so
-        # a cancellation can never leave half a frame behind.
+        # next frame has been consumed yet. A frame is read and dealt with
+        # shielded, so a cancellation never leaves half a frame behind, nor
+        # loses a request read but not yet queued.
         IO.select([@input]) unless frame_reader.buffered?
-        message = Thread.handle_interrupt(Cancelled => :never) { next_message }
-        raise HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") if message.nil?
-
-        case message["type"]
-        when "host_reply"
-          if message["id"] == id
-            return message["result"] if message["success"] == true
-
-            raise host_error(message["error"])
-          end
-          log("ignoring host_reply for unknown host call #{message['id'].inspect}")
-        when "cancel"
-          if message["id"] == ctx.request_id
-            ctx.mark_cancelled
-            ctx.check_cancelled!
-          end
-        when nil, "request"
-          @pending << message
-        else
-          protocol_error("unknown frame type #{message['type'].inspect}")
-        end
+        answer = Thread.handle_interrupt(Cancelled => :never) { host_frame(ctx, id) }
+        return answer.first if answer
       end
     end
 
     private
+
+    # One frame read while host call +id+ of +ctx+ waits: [result] for its
+    # reply, nil for any other frame (requests wait in @pending; a cancel
+    # takes out the request it names if it waits there).
+    def host_frame(ctx, id)
+      message = next_message
+      raise HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") if message.nil?
+
+      case message["type"]
+      when "host_reply"
+        if message["id"] == id
+          return [message["result"]] if message["success"] == true
+
+          raise host_error(message["error"])
+        end
+        log("ignoring host_reply for unknown host call #{message['id'].inspect}")
+      when "cancel"
+        if message["id"] == ctx.request_id
+          ctx.mark_cancelled
+          ctx.check_cancelled!
+        end
+        cancel_waiting(message["id"])
+      when nil, "request"
+        @pending << message
+      else
+        protocol_error("unknown frame type #{message['type'].inspect}")
+      end
+      nil
+    end
 
     # What belongs to one worker process: read at construction, and again
     # in each worker forked from a preload template.
@@ -400,6 +415,66 @@ module SnakepitBridge
       end
     end
 
+    # The next message to dispatch, or nil at the end of input. Requests the
+    # pool wrote ahead wait in @pending. Before one of them starts, what
+    # stdin holds already is read without waiting, so that a cancel sent
+    # while the call before it ran takes it out. When a frame arrives alone
+    # (lockstep) this costs nothing beyond the read that brought it.
+    def next_to_run
+      reader = frame_reader
+      loop do
+        if @pending.empty?
+          message = next_message
+          return message if message.nil? || !reader.leftover?
+
+          # More came with it: split what is whole, cancels applied.
+          enqueue(message)
+        elsif !reader.read_waiting && !reader.leftover?
+          return @pending.shift
+        end
+        read_ahead(reader)
+        message = @pending.shift
+        return message if message
+      end
+    end
+
+    # Moves every whole frame already read into @pending. Undecodable ones
+    # are answered with a ProtocolError (id 0) and skipped, as by
+    # #next_message.
+    def read_ahead(reader)
+      loop do
+        payload = reader.take_buffered
+        return if payload.nil?
+
+        enqueue(@codec.decode(payload))
+      rescue DecodeError => e # FrameTooLarge too: the reader skips it as it arrives
+        protocol_error(e.message)
+      end
+    end
+
+    # Queues a frame read ahead; a cancel frame is applied at once.
+    def enqueue(message)
+      if message["type"] == "cancel"
+        cancel_waiting(message["id"])
+      else
+        @pending << message
+      end
+    end
+
+    # The request +id+, if it waits in @pending, is answered Cancelled and
+    # never runs. A cancel for anything else comes too late (the call ran or
+    # runs: SIGINT is how the pool stops a running call) or before its
+    # request, and is dropped.
+    def cancel_waiting(id)
+      return unless id.is_a?(Integer) && id.positive?
+
+      index = @pending.index { |m| m["id"] == id && (m["type"].nil? || m["type"] == "request") }
+      return if index.nil?
+
+      @pending.delete_at(index)
+      reply_error(id, "Cancelled", "request #{id} was cancelled before it started")
+    end
+
     # Frames are read from @input through one reader (a forked worker's
     # @input is new, and so is its reader).
     def frame_reader
@@ -410,7 +485,7 @@ module SnakepitBridge
     def dispatch(message)
       case message["type"]
       when nil, "request" then serve_request(message)
-      when "cancel" then nil # nothing is running between requests
+      when "cancel" then nil # for nothing waiting: too late, or before its request
       when "host_reply" then log("ignoring host_reply #{message['id'].inspect} outside a host call")
       else protocol_error("unknown frame type #{message['type'].inspect}")
       end

@@ -1,0 +1,314 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "tmpdir"
+
+# Requests written ahead (the capability `pipeline`): the worker runs one at
+# a time, the ones behind it wait, and a cancel frame for a request that has
+# not started answers it Cancelled without running it. Every test runs once
+# per codec (see the subclasses at the bottom).
+module PipelineTests
+  WORKER = File.join(__dir__, "pipeline_worker.rb")
+
+  def setup
+    @workers = []
+    @dir = Dir.mktmpdir("snakepit-pipeline")
+  end
+
+  def teardown
+    @workers.each(&:stop)
+    FileUtils.remove_entry(@dir)
+  end
+
+  def spawn_worker
+    WorkerProcess.new(WORKER, codec: codec).tap { |w| @workers << w }
+  end
+
+  def wire(message)
+    SnakepitBridge::Wire.frame(SnakepitBridge::Wire.codec(codec).encode(message))
+  end
+
+  def request(id, command, args = {})
+    wire({ "id" => id, "command" => command, "args" => args })
+  end
+
+  def cancel(id)
+    wire({ "type" => "cancel", "id" => id })
+  end
+
+  # A FIFO for a `gate` request to wait on.
+  def fifo
+    path = File.join(@dir, "gate-#{@workers.size}")
+    File.mkfifo(path)
+    path
+  end
+
+  def open_gate(path, text = "open")
+    File.write(path, text) # blocks until the handler opens its end
+  end
+
+  def expect_started(worker, id)
+    chunk = worker.recv
+    assert_equal({ "type" => "chunk", "id" => id, "data" => "started" }, chunk.slice("type", "id", "data"))
+  end
+
+  # The next +n+ replies (chunks skipped), in the order they came.
+  def replies(worker, count)
+    got = []
+    while got.size < count
+      message = worker.recv
+      got << message if message["type"].nil?
+    end
+    got
+  end
+
+  def assert_cancelled_before_start(reply, id)
+    assert_equal id, reply["id"]
+    assert_equal false, reply["success"], reply.inspect
+    assert_equal({ "type" => "Cancelled", "message" => "request #{id} was cancelled before it started" },
+                 reply["error"])
+  end
+
+  def ran(worker, id)
+    reply = worker.call(id, "ran")
+    assert_equal true, reply["success"], reply.inspect
+    reply["result"]
+  end
+
+  def test_hello_declares_pipeline_and_sigint_not_cancel
+    caps = spawn_worker.hello["capabilities"]
+    assert_equal true, caps["pipeline"], caps.inspect
+    assert_equal true, caps["sigint"], caps.inspect
+    assert_equal false, caps["cancel"], caps.inspect
+    assert_equal 1, caps["max_concurrency"], caps.inspect
+  end
+
+  def test_a_cancel_arriving_while_the_request_before_runs_drops_the_waiting_one
+    worker = spawn_worker
+    gate = fifo
+    # Written together: 2 waits while 1 runs.
+    worker.send_raw(request(1, "gate", { "fifo" => gate }) + request(2, "shout", { "text" => "never" }))
+    expect_started(worker, 1)
+    worker.send_raw(cancel(2))
+    open_gate(gate)
+    first, second = replies(worker, 2)
+    assert_equal [1, true, "open"], [first["id"], first["success"], first["result"]], first.inspect
+    assert_cancelled_before_start(second, 2)
+    assert_equal [1], ran(worker, 3)
+  end
+
+  def test_requests_and_cancels_read_together_keep_their_order
+    worker = spawn_worker
+    # One write, so one read: 2 is cancelled while it waits; the cancel of
+    # 4 comes before 4 itself, so 4 runs; 9 waits nowhere.
+    worker.send_raw([
+      request(1, "shout", { "text" => "one" }),
+      request(2, "shout", { "text" => "two" }),
+      request(3, "shout", { "text" => "three" }),
+      cancel(2),
+      cancel(4),
+      request(4, "shout", { "text" => "four" }),
+      cancel(9),
+      request(5, "shout", { "text" => "five" })
+    ].join)
+    got = replies(worker, 5)
+    assert_cancelled_before_start(got.find { |m| m["id"] == 2 }, 2)
+    done = got.reject { |m| m["id"] == 2 }
+    assert_equal [[1, "ONE"], [3, "THREE"], [4, "FOUR"], [5, "FIVE"]],
+                 done.map { |m| [m["id"], m["result"]] }, got.inspect
+    assert_equal [1, 3, 4, 5], ran(worker, 6)
+    assert_equal "SIX", worker.call(7, "shout", { "text" => "six" })["result"]
+  end
+
+  def test_calls_written_one_by_one_while_one_runs_run_in_order
+    worker = spawn_worker
+    gate = fifo
+    worker.send_raw(request(1, "gate", { "fifo" => gate }))
+    expect_started(worker, 1)
+    # Separate writes: they reach the worker's stdin as separate frames.
+    (2..6).each { |id| worker.send_raw(request(id, "shout", { "text" => "n#{id}" })) }
+    worker.send_raw(cancel(4))
+    open_gate(gate)
+    got = replies(worker, 6)
+    assert_cancelled_before_start(got.find { |m| m["id"] == 4 }, 4)
+    assert_equal [[1, "open"], [2, "N2"], [3, "N3"], [5, "N5"], [6, "N6"]],
+                 got.reject { |m| m["id"] == 4 }.map { |m| [m["id"], m["result"]] }
+  end
+
+  def test_a_cancel_during_a_host_call_drops_the_waiting_request
+    worker = spawn_worker
+    worker.request(1, "host", { "function" => "slow.thing" })
+    call = worker.recv
+    assert_equal "host_call", call["type"], call.inspect
+    # Written ahead while the host call waits for its reply: the worker
+    # reads them before the reply, so during the host call.
+    worker.send_raw(request(2, "shout", { "text" => "never" }) + request(3, "shout", { "text" => "three" }))
+    worker.send_raw(cancel(2))
+    worker.send_message({ "type" => "host_reply", "id" => call["id"], "success" => true, "result" => 42 })
+    got = replies(worker, 3)
+    assert_cancelled_before_start(got.find { |m| m["id"] == 2 }, 2)
+    assert_equal [[1, 42], [3, "THREE"]], got.reject { |m| m["id"] == 2 }.map { |m| [m["id"], m["result"]] }
+    assert_equal [1, 3], ran(worker, 4)
+  end
+
+  def test_a_cancel_during_a_host_call_for_a_request_behind_its_cancel_does_nothing
+    worker = spawn_worker
+    worker.request(1, "host")
+    call = worker.recv
+    assert_equal "host_call", call["type"], call.inspect
+    worker.send_raw(cancel(2) + request(2, "shout", { "text" => "two" }))
+    worker.send_message({ "type" => "host_reply", "id" => call["id"], "success" => true, "result" => 1 })
+    assert_equal [[1, 1], [2, "TWO"]], replies(worker, 2).map { |m| [m["id"], m["result"]] }
+  end
+
+  def test_sigint_cancels_the_running_call_and_the_waiting_one_still_runs
+    worker = spawn_worker
+    worker.send_raw(request(1, "sleep") + request(2, "shout", { "text" => "after" }))
+    expect_started(worker, 1)
+    worker.signal("INT")
+    first, second = replies(worker, 2)
+    assert_equal [1, false, "Cancelled"], [first["id"], first["success"], first.dig("error", "type")]
+    assert_equal "request 1 was cancelled", first["error"]["message"]
+    assert_equal [2, true, "AFTER"], [second["id"], second["success"], second["result"]]
+    assert_equal [1, 2], ran(worker, 3)
+  end
+
+  # SIGINT lands only in a running handler: never in the reading ahead
+  # between calls, whatever it interrupts there.
+  def test_a_sigint_storm_with_calls_written_ahead_answers_each_call_once_in_order
+    worker = spawn_worker
+    stop = false
+    pinger = Thread.new do
+      until stop
+        worker.signal("INT")
+        sleep 0.0005
+      end
+    end
+    ids = (1..200).to_a
+    ids.each_slice(10) do |slice|
+      worker.send_raw(slice.map do |id|
+        id.even? ? request(id, "shout", { "text" => "x" }) : request(id, "sleep", { "seconds" => 0.002 })
+      end.join)
+    end
+    got = replies(worker, ids.size)
+    stop = true
+    pinger.join
+    assert_equal ids, got.map { |m| m["id"] }
+    outcomes = got.map { |m| m["success"] ? :ok : m.dig("error", "type") }
+    assert_empty(outcomes.reject { |o| [:ok, "Cancelled"].include?(o) })
+    assert_equal "SIX", worker.call(1000, "shout", { "text" => "six" })["result"]
+  end
+end
+
+class PipelineJsonTest < Minitest::Test
+  include PipelineTests
+
+  def codec
+    "json"
+  end
+end
+
+class PipelineMsgpackTest < Minitest::Test
+  include PipelineTests
+
+  def codec
+    "msgpack"
+  end
+end
+
+# What reading ahead costs the worker: nothing when calls come one at a
+# time; one poll of stdin per call that was written ahead.
+class PipelineCostTest < Minitest::Test
+  Wire = SnakepitBridge::Wire
+
+  # An input pipe that counts the reads made of it (once they return: the
+  # worker waits in the next one meanwhile).
+  class CountingInput
+    attr_reader :reads
+
+    def initialize(io)
+      @io = io
+      @reads = 0
+    end
+
+    def readpartial(*args)
+      @io.readpartial(*args).tap { @reads += 1 }
+    end
+
+    def fileno
+      @io.fileno
+    end
+
+    def to_io
+      @io
+    end
+  end
+
+  # Counts the IO.select calls made on one IO (the worker's only way to look
+  # at stdin without blocking).
+  module SelectCounter
+    @counts = Hash.new(0)
+    @lock = Mutex.new
+
+    class << self
+      def count(io)
+        @lock.synchronize { @counts[io] }
+      end
+
+      def note(readers)
+        @lock.synchronize { readers.each { |io| @counts[io] += 1 if io.is_a?(CountingInput) } }
+      end
+    end
+
+    def select(readers, *rest)
+      SelectCounter.note(readers) if readers
+      super
+    end
+  end
+  IO.singleton_class.prepend(SelectCounter)
+
+  def setup
+    @codec = Wire.codec("json")
+    in_r, @to_worker = IO.pipe
+    @from_worker, out_w = IO.pipe
+    @input = CountingInput.new(in_r)
+    worker = SnakepitBridge::Worker.new(codec: "json", input: @input, output: out_w)
+    worker.command("echo") { |args| args }
+    @thread = Thread.new do
+      worker.run
+      out_w.close
+    end
+    assert_equal "hello", recv["type"]
+  end
+
+  def teardown
+    @to_worker.close unless @to_worker.closed?
+    @thread.join
+  end
+
+  def frame(id)
+    Wire.frame(@codec.encode({ "id" => id, "command" => "echo", "args" => { "n" => id } }))
+  end
+
+  def recv
+    @codec.decode(Wire.read_frame(@from_worker))
+  end
+
+  def test_calls_one_at_a_time_cost_one_read_each_and_no_poll
+    (1..20).each do |id|
+      @to_worker.write(frame(id))
+      assert_equal [id, { "n" => id }], recv.values_at("id", "result")
+    end
+    assert_equal 20, @input.reads
+    assert_equal 0, SelectCounter.count(@input)
+  end
+
+  def test_each_call_written_ahead_costs_one_poll
+    @to_worker.write((1..5).map { |id| frame(id) }.join)
+    assert_equal (1..5).to_a, (1..5).map { recv["id"] }
+    # One read brought the five; each of the four that waited was preceded
+    # by one look at stdin (nothing there), and no read.
+    assert_equal 1, @input.reads
+    assert_equal 4, SelectCounter.count(@input)
+  end
+end
