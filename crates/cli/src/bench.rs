@@ -32,7 +32,7 @@ use snakepit_protocol::{Codec as _, Error as ProtocolError};
 
 use self::measure::Run;
 use self::progress::Progress;
-use self::raw::Raw;
+use self::raw::{Raw, Threads};
 use self::report::{count, pipelining, Figures, Memory, Ratios, Report, Sequential, Startup};
 use crate::args::WorkerArgs;
 use crate::config::FileConfig;
@@ -291,32 +291,24 @@ impl Bench {
         Ok(Memory::new(before, after, self.workers))
     }
 
-    /// The raw loop on `workers` workers.
-    async fn raw(&self, workers: usize, requests: usize) -> Result<Run, Failure> {
-        let label = format!("raw loop, {}", count(workers, "worker"));
+    /// The raw loop on `workers` workers, a thread per worker or one for all.
+    async fn raw(&self, workers: usize, requests: usize, threads: Threads) -> Result<Run, Failure> {
+        let mut label = format!("raw loop, {}", count(workers, "worker"));
+        if threads == Threads::One {
+            label.push_str(", one thread");
+        }
         let bar = self.progress.phase(label, requests as u64);
         let raw = Raw {
             launch: &self.adapter.launch(),
             codec: self.worker.codec,
             max_frame_size: self.pool.max_frame_size,
         };
-        raw.run(&self.load, workers, requests, &bar)
+        raw.run(&self.load, workers, requests, &bar, threads)
             .await
-            .map_err(|e| self.failed("the raw loop", e))
-    }
-
-    /// The raw loop on `workers` workers from one thread.
-    async fn raw_one_thread(&self, workers: usize, requests: usize) -> Result<Run, Failure> {
-        let label = format!("raw loop, {}, one thread", count(workers, "worker"));
-        let bar = self.progress.phase(label, requests as u64);
-        let raw = Raw {
-            launch: &self.adapter.launch(),
-            codec: self.worker.codec,
-            max_frame_size: self.pool.max_frame_size,
-        };
-        raw.run_one_thread(&self.load, workers, requests, &bar)
-            .await
-            .map_err(|e| self.failed("the raw loop on one thread", e))
+            .map_err(|e| match threads {
+                Threads::PerWorker => self.failed("the raw loop", e),
+                Threads::One => self.failed("the raw loop on one thread", e),
+            })
     }
 
     /// A fresh pool of `size` workers with pipelining `depth`, called by
@@ -456,7 +448,7 @@ impl Bench {
     /// Every measurement, in turn.
     async fn measure(&self) -> Result<Measured, Failure> {
         let memory = self.probe().await?;
-        let raw_1 = self.raw(1, self.a.requests / 2).await?;
+        let raw_1 = self.raw(1, self.a.requests / 2, Threads::PerWorker).await?;
         let mut rounds = Vec::new();
         for round in 0..self.rounds(1) {
             rounds.push(self.round(round).await?);
@@ -502,8 +494,8 @@ impl Bench {
             Ok::<_, Failure>((pool, pool_no_pipeline))
         };
         let raws = async {
-            let raw = self.raw(workers, requests).await?;
-            let one = self.raw_one_thread(workers, requests).await?;
+            let raw = self.raw(workers, requests, Threads::PerWorker).await?;
+            let one = self.raw(workers, requests, Threads::One).await?;
             Ok::<_, Failure>((raw, one))
         };
         let ((raw, raw_one_thread), (pool, pool_no_pipeline)) = if round % 2 == 0 {

@@ -18,6 +18,7 @@ use serde::Serialize;
 use snakepit_core::{Launch, RawProcess};
 use tokio::io::AsyncReadExt;
 
+use super::raw::Threads;
 use super::Bench;
 use crate::ui::Failure;
 
@@ -199,7 +200,7 @@ fn last_lines(text: &str, n: usize) -> String {
 /// calls run, then `n` calls; nothing is printed.
 pub(crate) async fn run_counted(b: &Bench, phase: Phase, n: usize) -> Result<(), Failure> {
     match phase {
-        Phase::Raw => b.raw(b.workers, n).await.map(drop),
+        Phase::Raw => b.raw(b.workers, n, Threads::PerWorker).await.map(drop),
         Phase::Pool => b
             .pool(b.workers, b.pool.pipeline_depth, b.a.concurrency, n)
             .await

@@ -28,6 +28,16 @@ pub(crate) struct Raw<'a> {
     pub(crate) max_frame_size: usize,
 }
 
+/// How the raw loop's calls are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// A plain loop per worker on a thread of its own.
+    PerWorker,
+    /// One thread for all the workers (see [`one_thread`]): the bound for
+    /// the pool with pipelining off on its one runtime thread.
+    One,
+}
+
 impl Raw<'_> {
     /// Starts `workers` processes through the spawn path on the runtime,
     /// warms each up, then runs `requests` calls spread over them on plain
@@ -38,62 +48,7 @@ impl Raw<'_> {
         workers: usize,
         requests: usize,
         bar: &ProgressBar,
-    ) -> anyhow::Result<Run> {
-        let mut raws = Vec::with_capacity(workers);
-        for n in 0..workers {
-            raws.push(RawWorker::start(self.launch, self.codec, self.max_frame_size, n).await?);
-        }
-        for w in &mut raws {
-            for i in 0..200 {
-                w.call(10 + i, &load.command, &load.args)?; // warm-up
-            }
-        }
-        let per = requests / workers;
-        let counter = Counter::start(bar);
-        let pids: Vec<u32> = raws.iter().map(|w| w.process.pid()).collect();
-        let meter = Meter::start(&pids);
-        let lat: anyhow::Result<Vec<Vec<Duration>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = raws
-                .iter_mut()
-                .map(|w| {
-                    let done = counter.handle();
-                    s.spawn(move || -> anyhow::Result<Vec<Duration>> {
-                        let mut lat = Vec::with_capacity(per);
-                        for i in 0..per {
-                            let t = Instant::now();
-                            w.call(1000 + i as u64, &load.command, &load.args)?;
-                            lat.push(t.elapsed());
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(lat)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a raw loop thread panicked")))
-                })
-                .collect()
-        });
-        let spent = meter.stop();
-        counter.finish();
-        Ok(Run::new(lat?.into_iter().flatten().collect(), spent))
-    }
-
-    /// The same calls from one thread for all the workers, as a host with
-    /// one thread must make them: one request in flight per worker, the
-    /// next written as soon as the worker's reply is read, and `poll(2)` to
-    /// wait for whichever worker answers first. Nothing else runs on the
-    /// thread (no queue, no callers, no runtime), so this is the bound for
-    /// the pool with pipelining off on its one runtime thread.
-    pub(crate) async fn run_one_thread(
-        &self,
-        load: &Load,
-        workers: usize,
-        requests: usize,
-        bar: &ProgressBar,
+        threads: Threads,
     ) -> anyhow::Result<Run> {
         let mut raws = Vec::with_capacity(workers);
         for n in 0..workers {
@@ -109,10 +64,31 @@ impl Raw<'_> {
         let pids: Vec<u32> = raws.iter().map(|w| w.process.pid()).collect();
         let meter = Meter::start(&pids);
         let done = counter.handle();
-        let lat = std::thread::scope(|s| {
-            s.spawn(|| one_thread(&mut raws, per, load, &done))
+        let lat = std::thread::scope(|s| match threads {
+            Threads::PerWorker => raws
+                .iter_mut()
+                .map(|w| {
+                    let done = &done;
+                    s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                        let mut lat = Vec::with_capacity(per);
+                        for i in 0..per {
+                            let t = Instant::now();
+                            w.call(1000 + i as u64, &load.command, &load.args)?;
+                            lat.push(t.elapsed());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+                .collect::<anyhow::Result<Vec<Vec<Duration>>>>()
+                .map(|each| each.into_iter().flatten().collect()),
+            Threads::One => s
+                .spawn(|| one_thread(&mut raws, per, load, &done))
                 .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the raw loop's thread panicked")))
+                .unwrap_or_else(|_| Err(panicked())),
         });
         let spent = meter.stop();
         counter.finish();
@@ -120,8 +96,15 @@ impl Raw<'_> {
     }
 }
 
-/// `per` calls on each of `raws` from this one thread (see
-/// [`Raw::run_one_thread`]); their latencies.
+fn panicked() -> anyhow::Error {
+    anyhow::anyhow!("a raw loop thread panicked")
+}
+
+/// `per` calls on each of `raws` from this one thread, as a host with one
+/// thread must make them: one request in flight per worker, the next
+/// written as soon as the worker's reply is read, and `poll(2)` to wait for
+/// whichever worker answers first. Nothing else runs on the thread (no
+/// queue, no callers, no runtime). Their latencies.
 fn one_thread(
     raws: &mut [RawWorker],
     per: usize,
