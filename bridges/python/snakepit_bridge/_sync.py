@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import stat
 import threading
 from collections import deque
 from typing import Any
@@ -35,7 +36,7 @@ class SyncServer(Server):
         self._sigint_held = False
         self._current = None
         self._backlog = deque()
-        self._poller = None
+        self._peek = None
 
     def serve(self, install_signals: bool) -> int:
         # Handlers go in before hello: once the pool has seen hello it may
@@ -89,22 +90,18 @@ class SyncServer(Server):
         the backlog needs another look: frames read and not yet split, or a
         cancel that took a waiting request out."""
         reader = self.reader
-        poll = self._poller
-        if poll is None:
+        peek = self._peek
+        if peek is None:
             if reader.fd is None or reader.eof:
                 return False
-            # A poll object registered once: half the cost of a select()
-            # per call, which builds its lists every time.
-            poller = select.poll()
-            poller.register(reader.fd, select.POLLIN)
-            poll = self._poller = poller.poll
+            peek = self._peek = _peeker(reader.fd)
         elif reader.eof:
             return False
         try:
-            if not poll(0):
-                return False
-            data = os.read(reader.fd, 65536)
+            data = peek()
         except (OSError, ValueError):
+            return False
+        if data is None:
             return False
         if not data:
             reader.eof = True
@@ -292,6 +289,41 @@ class SyncServer(Server):
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.
         return self.call_host(ctx, function, args)
+
+
+def _peeker(fd):
+    """A function that returns what stdin (``fd``) holds now, without
+    waiting: None when nothing, b"" at its end.
+
+    For a pipe, a second open file description of it that does not block:
+    one ``read`` per look (the blocking reads keep the first). Anything
+    else (or no /proc), a ``poll`` and then a ``read``."""
+    read = os.read
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            # Opening /proc/self/fd/N opens the pipe itself, not a copy of
+            # the descriptor: O_NONBLOCK here leaves fd blocking.
+            nb = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+            def peek():
+                try:
+                    return read(nb, 65536)
+                except BlockingIOError:
+                    return None
+
+            return peek
+    except OSError:
+        pass
+    # A poll object registered once: half the cost of a select() per look,
+    # which builds its lists every time.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poll = poller.poll
+
+    def peek():
+        return read(fd, 65536) if poll(0) else None
+
+    return peek
 
 
 def _on_sigterm(signum, frame):

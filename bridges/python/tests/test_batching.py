@@ -99,3 +99,36 @@ class SyncReadAheadTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PeekTests(unittest.TestCase):
+    """The look into stdin before a call written ahead: without waiting,
+    through a second, non-blocking description of a pipe, or poll and read
+    for anything else; the blocking reads of the serve loop stay blocking."""
+
+    def check(self, r, w):
+        peek = _sync._peeker(r)
+        self.assertIsNone(peek(), "nothing waiting: no wait either")
+        os.write(w, b"abc")
+        self.assertEqual(peek(), b"abc")
+        self.assertIsNone(peek())
+        os.write(w, b"de")
+        self.assertEqual(os.read(r, 10), b"de", "the descriptor itself still reads")
+        self.assertTrue(os.get_blocking(r), "and still blocks")
+        os.close(w)
+        self.assertEqual(peek(), b"", "the end of the stream")
+
+    def test_a_pipe(self):
+        r, w = os.pipe()
+        try:
+            self.check(r, w)
+        finally:
+            os.close(r)
+
+    def test_a_socket(self):
+        import socket
+        a, b = socket.socketpair()
+        try:
+            self.check(a.fileno(), b.detach())
+        finally:
+            a.close()
