@@ -198,6 +198,44 @@ module PipelineTests
     assert_empty(outcomes.reject { |o| [:ok, "Cancelled"].include?(o) })
     assert_equal "SIX", worker.call(1000, "shout", { "text" => "six" })["result"]
   end
+
+  # A request read while a host call waits is queued whole even when SIGINT
+  # cancels that handler at the same moment: none is lost.
+  def test_a_sigint_storm_during_host_calls_loses_no_request_written_ahead
+    worker = spawn_worker
+    stop = false
+    pinger = Thread.new do
+      until stop
+        worker.signal("INT")
+        sleep 0.0002
+      end
+    end
+    last = 300
+    worker.send_raw(request(1, "host"))
+    next_id = 2
+    answered = []
+    while answered.size < last
+      message = worker.recv
+      if message["type"] == "host_call"
+        # The next request, written ahead while this host call waits.
+        if next_id <= last
+          worker.send_raw(request(next_id, "host"))
+          next_id += 1
+        end
+        worker.send_message({ "type" => "host_reply", "id" => message["id"], "success" => true, "result" => 1 })
+      elsif message["type"].nil?
+        answered << message["id"]
+        # A cancelled handler may not have reached its host call.
+        if next_id <= last && answered.size == next_id - 1
+          worker.send_raw(request(next_id, "host"))
+          next_id += 1
+        end
+      end
+    end
+    stop = true
+    pinger.join
+    assert_equal (1..last).to_a, answered
+  end
 end
 
 class PipelineJsonTest < Minitest::Test
