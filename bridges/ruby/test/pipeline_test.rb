@@ -254,13 +254,14 @@ class PipelineMsgpackTest < Minitest::Test
   end
 end
 
-# What reading ahead costs the worker: nothing when calls come one at a
-# time; one poll of stdin per call that was written ahead.
-class PipelineCostTest < Minitest::Test
+# What reading ahead costs the worker (nothing when calls come one at a
+# time; one look into stdin per call that was written ahead), and reading
+# ahead from an input that is not a pipe. The worker runs in this process.
+class PipelineInProcessTest < Minitest::Test
   Wire = SnakepitBridge::Wire
 
-  # An input pipe that counts the reads made of it (once they return: the
-  # worker waits in the next one meanwhile).
+  # An input that counts the reads that returned (the worker waits in the
+  # next one meanwhile).
   class CountingInput
     attr_reader :reads
 
@@ -282,36 +283,64 @@ class PipelineCostTest < Minitest::Test
     end
   end
 
-  # Counts the IO.select calls made on one IO (the worker's only way to look
-  # at stdin without blocking).
-  module SelectCounter
+  # Counts the worker's looks into a CountingInput without waiting: a
+  # non-blocking read of the pipe's second description (/proc/self/fd/N),
+  # or IO.select for an input that is not a pipe.
+  module Looks
     @counts = Hash.new(0)
     @lock = Mutex.new
 
     class << self
-      def count(io)
-        @lock.synchronize { @counts[io] }
+      def count(input)
+        @lock.synchronize { @counts["/proc/self/fd/#{input.fileno}"] + @counts[input] }
       end
 
-      def note(readers)
-        @lock.synchronize { readers.each { |io| @counts[io] += 1 if io.is_a?(CountingInput) } }
+      def note(key)
+        @lock.synchronize { @counts[key] += 1 }
       end
     end
 
-    def select(readers, *rest)
-      SelectCounter.note(readers) if readers
-      super
+    # Prepended to IO's singleton class.
+    module Select
+      def select(readers, *rest)
+        readers&.each { |io| Looks.note(io) if io.is_a?(CountingInput) }
+        super
+      end
+    end
+
+    # Prepended to File.
+    module ReadNonblock
+      def read_nonblock(*args, **options)
+        Looks.note(path) if path&.start_with?("/proc/self/fd/")
+        super
+      end
     end
   end
-  IO.singleton_class.prepend(SelectCounter)
+  IO.singleton_class.prepend(Looks::Select)
+  File.prepend(Looks::ReadNonblock)
 
   def setup
     @codec = Wire.codec("json")
-    in_r, @to_worker = IO.pipe
+    @started = Queue.new
+    @gate = Queue.new
+  end
+
+  def teardown
+    @to_worker&.close unless @to_worker&.closed?
+    @thread&.join
+  end
+
+  # Starts a worker reading +input+ (the read end of +to_worker+).
+  def start(input, to_worker)
+    @to_worker = to_worker
+    @input = CountingInput.new(input)
     @from_worker, out_w = IO.pipe
-    @input = CountingInput.new(in_r)
     worker = SnakepitBridge::Worker.new(codec: "json", input: @input, output: out_w)
     worker.command("echo") { |args| args }
+    worker.command("gate") do |_args, _ctx|
+      @started << true
+      @gate.pop
+    end
     @thread = Thread.new do
       worker.run
       out_w.close
@@ -319,34 +348,50 @@ class PipelineCostTest < Minitest::Test
     assert_equal "hello", recv["type"]
   end
 
-  def teardown
-    @to_worker.close unless @to_worker.closed?
-    @thread.join
+  def frame(message)
+    Wire.frame(@codec.encode(message))
   end
 
-  def frame(id)
-    Wire.frame(@codec.encode({ "id" => id, "command" => "echo", "args" => { "n" => id } }))
+  def echo(id)
+    frame({ "id" => id, "command" => "echo", "args" => { "n" => id } })
   end
 
   def recv
     @codec.decode(Wire.read_frame(@from_worker))
   end
 
-  def test_calls_one_at_a_time_cost_one_read_each_and_no_poll
+  def test_calls_one_at_a_time_cost_one_read_each_and_no_look
+    start(*IO.pipe)
     (1..20).each do |id|
-      @to_worker.write(frame(id))
+      @to_worker.write(echo(id))
       assert_equal [id, { "n" => id }], recv.values_at("id", "result")
     end
     assert_equal 20, @input.reads
-    assert_equal 0, SelectCounter.count(@input)
+    assert_equal 0, Looks.count(@input)
   end
 
-  def test_each_call_written_ahead_costs_one_poll
-    @to_worker.write((1..5).map { |id| frame(id) }.join)
+  def test_each_call_written_ahead_costs_one_look
+    start(*IO.pipe)
+    @to_worker.write((1..5).map { |id| echo(id) }.join)
     assert_equal (1..5).to_a, (1..5).map { recv["id"] }
     # One read brought the five; each of the four that waited was preceded
-    # by one look at stdin (nothing there), and no read.
+    # by one look at stdin (nothing there).
     assert_equal 1, @input.reads
-    assert_equal 4, SelectCounter.count(@input)
+    assert_equal 4, Looks.count(@input)
+  end
+
+  def test_a_socket_input_reads_ahead_too
+    require "socket"
+    start(*UNIXSocket.pair)
+    @to_worker.write(frame({ "id" => 1, "command" => "gate", "args" => {} }) + echo(2) + echo(3))
+    @started.pop
+    @to_worker.write(frame({ "type" => "cancel", "id" => 2 }))
+    # The cancel is in the socket before the gate opens.
+    @gate << "open"
+    got = [recv, recv, recv]
+    assert_equal [[1, "open"], [3, { "n" => 3 }]], got.select { |m| m["success"] }.map { |m| [m["id"], m["result"]] }
+    assert_equal([{ "type" => "Cancelled", "message" => "request 2 was cancelled before it started" }],
+                 got.reject { |m| m["success"] }.map { |m| m["error"] })
+    assert_operator Looks.count(@input), :>=, 1, "IO.select looked into the socket"
   end
 end

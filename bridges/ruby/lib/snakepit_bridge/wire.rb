@@ -82,6 +82,7 @@ module SnakepitBridge
         @buf = "".b
         @skip = 0 # bytes still to drop of an oversized frame
         @eof = false
+        @nonblocking = nil # the second description of a pipe, or false
       end
 
       # A whole frame is read already: IO.select would not see it.
@@ -101,17 +102,20 @@ module SnakepitBridge
         next_frame
       end
 
-      # Reads what the stream holds already, without waiting: one poll, and
-      # one read if something is there. True when bytes (or the end of the
-      # stream) were read; the end is remembered, so the next #read_frame
-      # returns at once.
+      # Reads what the stream holds already, without waiting. True when bytes
+      # (or the end of the stream) were read; the end is remembered, so the
+      # next #read_frame returns at once.
       def read_waiting
-        return false if @eof || IO.select([@io], nil, nil, 0).nil?
+        return false if @eof
 
-        chunk = read_chunk
-        return true if chunk.nil?
+        chunk = waiting_chunk
+        return false if chunk == :wait_readable
 
-        append(chunk)
+        if chunk.nil?
+          @eof = true
+        else
+          append(chunk)
+        end
         true
       end
 
@@ -159,6 +163,29 @@ module SnakepitBridge
         payload = @buf.byteslice(4, size)
         @buf = @buf.byteslice((4 + size)..)
         payload
+      end
+
+      # From a pipe, one non-blocking read of a second description of it
+      # (opened through /proc, so the reads that wait stay blocking): no
+      # poll first, and nothing that releases the GVL. From anything else,
+      # IO.select, then a read if it is readable.
+      def waiting_chunk
+        look = nonblocking
+        return look.read_nonblock(CHUNK, exception: false) if look
+        return :wait_readable unless IO.select([@io], nil, nil, 0)
+
+        read_chunk
+      end
+
+      def nonblocking
+        return @nonblocking unless @nonblocking.nil?
+
+        @nonblocking = begin
+          io = @io.to_io
+          io.stat.pipe? && File.open("/proc/self/fd/#{io.fileno}", File::RDONLY | File::NONBLOCK | File::BINARY)
+        rescue SystemCallError, IOError, NoMethodError, TypeError
+          false # no /proc, or not an IO: IO.select
+        end
       end
 
       def read_chunk
