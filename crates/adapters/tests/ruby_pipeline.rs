@@ -160,6 +160,7 @@ async fn calls_waiting_on_a_worker_that_dies_go_to_another() {
     assert_eq!(stats.requests, 20 + 2);
     assert_eq!(stats.completed, 20 + 1);
     pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(marker.parent().unwrap());
 }
 
 /// Once a worker's calls are long, nothing is written ahead to it: the next
