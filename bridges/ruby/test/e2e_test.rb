@@ -42,7 +42,7 @@ module EndToEndTests
     assert_equal "snakepit-ruby/#{SnakepitBridge::VERSION}", hello["bridge"]
     assert_match(/\ACRuby \d/, hello["runtime"])
     assert_equal({ "max_concurrency" => 1, "cancel" => false, "sigint" => true,
-                   "streaming" => true, "host_calls" => true }, hello["capabilities"])
+                   "streaming" => true, "host_calls" => true, "pipeline" => true }, hello["capabilities"])
   end
 
   def test_init_ping_health_ping_and_worker_id
