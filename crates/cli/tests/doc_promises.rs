@@ -928,8 +928,18 @@ fn every_flag_of_cli_mds_synopses_is_in_the_commands_help() {
             }
         }
         for statement in statements {
-            let command = statement.split_whitespace().nth(1).unwrap().to_owned();
-            let help = snakepit(&["help", &command]);
+            // `snakepit COMMAND` or `snakepit COMMAND SUBCOMMAND` (a word
+            // that is not a flag nor an upper-case placeholder).
+            let words: Vec<&str> = statement
+                .split_whitespace()
+                .skip(1)
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+                .take(2)
+                .collect();
+            let command = words.join(" ");
+            let mut args = vec!["help"];
+            args.extend(&words);
+            let help = snakepit(&args);
             assert_eq!(help.code, 0, "{command}: {help:?}");
             let flags = statement
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))

@@ -259,8 +259,18 @@ async fn a_worker_whose_replacement_cannot_start_serves_past_its_limit() {
             .unwrap_or_else(|e| panic!("call {n} failed: {e}"));
         assert_eq!(r["pid"].as_u64(), Some(u64::from(old)), "call {n}");
     }
+    // The replacement is tried beside the calls, not before them: wait
+    // for its failure, then the old worker still serves.
+    assert!(
+        eventually(30, || pool.stats().start_failures >= 1).await,
+        "a replacement was tried: {:?}",
+        pool.stats()
+    );
+    for n in 0..LIMIT * 2 {
+        let r = pool.execute("pid", json!({})).await.unwrap();
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(old)), "call {n} after");
+    }
     let s = pool.stats();
-    assert!(s.start_failures >= 1, "a replacement was tried: {s:?}");
     assert_eq!((s.recycled, s.errors, s.crashes), (0, 0, 0), "{s:?}");
     // Once a replacement can start, a later attempt recycles the worker.
     std::fs::remove_file(&refuse).unwrap();
