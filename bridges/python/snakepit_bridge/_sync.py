@@ -37,6 +37,7 @@ class SyncServer(Server):
         self._current = None
         self._backlog = deque()
         self._peek = None
+        self._peek_fd = None
 
     def serve(self, install_signals: bool) -> int:
         # Handlers go in before hello: once the pool has seen hello it may
@@ -45,6 +46,15 @@ class SyncServer(Server):
             signal.signal(signal.SIGINT, self._on_sigint)
             signal.signal(signal.SIGTERM, _on_sigterm)
         self.send(self.worker.hello())
+        try:
+            return self._serve()
+        finally:
+            # The second description of the pipe, if the loop opened one.
+            if self._peek_fd is not None:
+                os.close(self._peek_fd)
+                self._peek = self._peek_fd = None
+
+    def _serve(self) -> int:
         reader = self.reader
         read_frame = reader.read_frame
         backlog = self._backlog
@@ -94,7 +104,8 @@ class SyncServer(Server):
         if peek is None:
             if reader.fd is None or reader.eof:
                 return False
-            peek = self._peek = _peeker(reader.fd)
+            peek, self._peek_fd = _peeker(reader.fd)
+            self._peek = peek
         elif reader.eof:
             return False
         try:
@@ -293,7 +304,8 @@ class SyncServer(Server):
 
 def _peeker(fd):
     """A function that returns what stdin (``fd``) holds now, without
-    waiting: None when nothing, b"" at its end.
+    waiting: None when nothing, b"" at its end; and the descriptor it opened
+    for that (the caller closes it), or None.
 
     For a pipe, a second open file description of it that does not block:
     one ``read`` per look (the blocking reads keep the first). Anything
@@ -311,7 +323,7 @@ def _peeker(fd):
                 except BlockingIOError:
                     return None
 
-            return peek
+            return peek, nb
     except OSError:
         pass
     # A poll object registered once: half the cost of a select() per look,
@@ -323,7 +335,7 @@ def _peeker(fd):
     def peek():
         return read(fd, 65536) if poll(0) else None
 
-    return peek
+    return peek, None
 
 
 def _on_sigterm(signum, frame):

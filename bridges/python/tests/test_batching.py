@@ -107,7 +107,8 @@ class PeekTests(unittest.TestCase):
     for anything else; the blocking reads of the serve loop stay blocking."""
 
     def check(self, r, w):
-        peek = _sync._peeker(r)
+        peek, opened = _sync._peeker(r)
+        self.addCleanup(lambda: opened is None or os.close(opened))
         self.assertIsNone(peek(), "nothing waiting: no wait either")
         os.write(w, b"abc")
         self.assertEqual(peek(), b"abc")
@@ -124,6 +125,21 @@ class PeekTests(unittest.TestCase):
             self.check(r, w)
         finally:
             os.close(r)
+
+    def test_the_serve_loop_closes_what_it_opened(self):
+        before = set(os.listdir("/proc/self/fd"))
+        w = Worker()
+
+        @w.command("echo")
+        def echo(args):
+            return args
+
+        # Two calls in one write: the second is written ahead, so the loop
+        # looks into its stdin before it.
+        code, out = run_in_process(w, [request(1), request(2)], _wire.get_codec("json"))
+        self.assertEqual(code, 0)
+        self.assertEqual([m.get("id") for m in out[1:]], [1, 2])
+        self.assertEqual(set(os.listdir("/proc/self/fd")), before)
 
     def test_a_socket(self):
         import socket
