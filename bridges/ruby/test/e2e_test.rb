@@ -281,22 +281,15 @@ module EndToEndTests
 
   def test_sigint_storm_never_kills_the_worker
     worker = example_worker
-    stop = false
-    pinger = Thread.new do
-      until stop
-        worker.signal("INT")
-        sleep 0.0005
-      end
-    end
     # Fast handlers and ones that sleep, so signals land both inside
     # handlers and in the gaps around them.
-    outcomes = (1..300).map do |id|
-      reply = id.even? ? worker.call(id, "ping") : worker.call(id, "sleep", { "seconds" => 0.002 })
-      assert_equal id, reply["id"]
-      reply["success"] ? :ok : reply["error"]["type"]
+    outcomes = worker.during_sigint_storm do
+      (1..300).map do |id|
+        reply = id.even? ? worker.call(id, "ping") : worker.call(id, "sleep", { "seconds" => 0.002 })
+        assert_equal id, reply["id"]
+        reply["success"] ? :ok : reply["error"]["type"]
+      end
     end
-    stop = true
-    pinger.join
     assert_empty(outcomes.reject { |o| [:ok, "Cancelled"].include?(o) })
     assert_ok(worker.call(1000, "ping"), 1000)
   end

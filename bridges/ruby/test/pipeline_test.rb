@@ -177,22 +177,15 @@ module PipelineTests
   # between calls, whatever it interrupts there.
   def test_a_sigint_storm_with_calls_written_ahead_answers_each_call_once_in_order
     worker = spawn_worker
-    stop = false
-    pinger = Thread.new do
-      until stop
-        worker.signal("INT")
-        sleep 0.0005
-      end
-    end
     ids = (1..200).to_a
-    ids.each_slice(10) do |slice|
-      worker.send_raw(slice.map do |id|
-        id.even? ? request(id, "shout", { "text" => "x" }) : request(id, "sleep", { "seconds" => 0.002 })
-      end.join)
+    got = worker.during_sigint_storm do
+      ids.each_slice(10) do |slice|
+        worker.send_raw(slice.map do |id|
+          id.even? ? request(id, "shout", { "text" => "x" }) : request(id, "sleep", { "seconds" => 0.002 })
+        end.join)
+      end
+      replies(worker, ids.size)
     end
-    got = replies(worker, ids.size)
-    stop = true
-    pinger.join
     assert_equal ids, got.map { |m| m["id"] }
     outcomes = got.map { |m| m["success"] ? :ok : m.dig("error", "type") }
     assert_empty(outcomes.reject { |o| [:ok, "Cancelled"].include?(o) })
@@ -203,37 +196,30 @@ module PipelineTests
   # cancels that handler at the same moment: none is lost.
   def test_a_sigint_storm_during_host_calls_loses_no_request_written_ahead
     worker = spawn_worker
-    stop = false
-    pinger = Thread.new do
-      until stop
-        worker.signal("INT")
-        sleep 0.0002
-      end
-    end
     last = 300
-    worker.send_raw(request(1, "host"))
-    next_id = 2
     answered = []
-    while answered.size < last
-      message = worker.recv
-      if message["type"] == "host_call"
-        # The next request, written ahead while this host call waits.
-        if next_id <= last
-          worker.send_raw(request(next_id, "host"))
-          next_id += 1
-        end
-        worker.send_message({ "type" => "host_reply", "id" => message["id"], "success" => true, "result" => 1 })
-      elsif message["type"].nil?
-        answered << message["id"]
-        # A cancelled handler may not have reached its host call.
-        if next_id <= last && answered.size == next_id - 1
-          worker.send_raw(request(next_id, "host"))
-          next_id += 1
+    worker.during_sigint_storm(every: 0.0002) do
+      worker.send_raw(request(1, "host"))
+      next_id = 2
+      while answered.size < last
+        message = worker.recv
+        if message["type"] == "host_call"
+          # The next request, written ahead while this host call waits.
+          if next_id <= last
+            worker.send_raw(request(next_id, "host"))
+            next_id += 1
+          end
+          worker.send_message({ "type" => "host_reply", "id" => message["id"], "success" => true, "result" => 1 })
+        elsif message["type"].nil?
+          answered << message["id"]
+          # A cancelled handler may not have reached its host call.
+          if next_id <= last && answered.size == next_id - 1
+            worker.send_raw(request(next_id, "host"))
+            next_id += 1
+          end
         end
       end
     end
-    stop = true
-    pinger.join
     assert_equal (1..last).to_a, answered
   end
 end

@@ -116,6 +116,22 @@ class WorkerProcess
     nil
   end
 
+  # Runs the block while another thread sends the worker SIGINT every
+  # +every+ seconds; the block's value.
+  def during_sigint_storm(every: 0.0005)
+    stop = false
+    pinger = Thread.new do
+      until stop
+        signal("INT")
+        sleep every
+      end
+    end
+    yield
+  ensure
+    stop = true
+    pinger&.join
+  end
+
   def close_stdin
     @to_worker.close unless @to_worker.closed?
   end
