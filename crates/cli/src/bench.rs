@@ -293,10 +293,11 @@ impl Bench {
 
     /// The raw loop on `workers` workers, a thread per worker or one for all.
     async fn raw(&self, workers: usize, requests: usize, threads: Threads) -> Result<Run, Failure> {
-        let mut label = format!("raw loop, {}", count(workers, "worker"));
-        if threads == Threads::One {
-            label.push_str(", one thread");
-        }
+        let (what, suffix) = match threads {
+            Threads::PerWorker => ("the raw loop", ""),
+            Threads::One => ("the raw loop on one thread", ", one thread"),
+        };
+        let label = format!("raw loop, {}{suffix}", count(workers, "worker"));
         let bar = self.progress.phase(label, requests as u64);
         let raw = Raw {
             launch: &self.adapter.launch(),
@@ -305,10 +306,7 @@ impl Bench {
         };
         raw.run(&self.load, workers, requests, &bar, threads)
             .await
-            .map_err(|e| match threads {
-                Threads::PerWorker => self.failed("the raw loop", e),
-                Threads::One => self.failed("the raw loop on one thread", e),
-            })
+            .map_err(|e| self.failed(what, e))
     }
 
     /// A fresh pool of `size` workers with pipelining `depth`, called by

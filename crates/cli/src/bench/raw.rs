@@ -29,7 +29,7 @@ pub(crate) struct Raw<'a> {
 }
 
 /// How the raw loop's calls are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Threads {
     /// A plain loop per worker on a thread of its own.
     PerWorker,

@@ -250,9 +250,10 @@ impl Report {
                 ratio.show(),
             ]);
         }
+        // The pool with pipelining off: `pool` itself when it had it off.
         let (one, off) = (
             &self.raw_one_thread,
-            phases.last().map_or(&self.pool, |p| p.1),
+            self.pool_no_pipeline.as_ref().unwrap_or(&self.pool),
         );
         rows.push([
             format!("throughput, {workers}, one thread, no pipelining"),
