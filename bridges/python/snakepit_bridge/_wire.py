@@ -338,7 +338,7 @@ class FrameReader:
             n = len(data)
             if n >= 4:
                 (size,) = _unpack_header(data)
-                if n == size + 4:
+                if n == size + 4 and size <= self.max_size:
                     return data[4:]
             self.feed(data)
         while True:

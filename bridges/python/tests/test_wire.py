@@ -199,6 +199,28 @@ class ReaderTests(unittest.TestCase):
         reader.feed(b"y" * 7 + b"\x00\x00\x00\x02{}")
         self.assertEqual(reader.next_frame(), b"{}")
 
+    def test_a_too_large_frame_read_whole_in_one_read_is_refused_too(self):
+        r, w = os.pipe()
+        os.write(w, b"\x00\x00\x00\x14" + b"x" * 20 + b"\x00\x00\x00\x02{}")
+        os.close(w)
+        reader = FrameReader(r, max_size=10)
+        try:
+            with self.assertRaises(FrameError) as cm:
+                reader.read_frame()
+            self.assertEqual(cm.exception.kind, "too_large")
+            self.assertEqual(reader.read_frame(), b"{}")
+            # Alone in its read (the fast path), too.
+            r2, w2 = os.pipe()
+            os.write(w2, b"\x00\x00\x00\x14" + b"x" * 20)
+            os.close(w2)
+            alone = FrameReader(r2, max_size=10)
+            with self.assertRaises(FrameError) as cm:
+                alone.read_frame()
+            self.assertEqual(cm.exception.kind, "too_large")
+            os.close(r2)
+        finally:
+            os.close(r)
+
     def test_zero_length_frame_is_invalid(self):
         with self.assertRaises(FrameError) as cm:
             _wire.decode_payload(_wire.get_codec("json"), b"")
