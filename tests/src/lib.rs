@@ -151,8 +151,64 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A nats-server on 127.0.0.1 on a free port, JetStream on, its store in a
-/// temporary directory; killed, reaped and removed on drop.
+/// Spawns `command` (a nats-server command line, without an address or
+/// port) listening on 127.0.0.1 at `port`, or at a port the server picks
+/// itself when `port` is `None`, and waits (up to 15 s) until it listens.
+/// Returns the child and its port.
+///
+/// The server writes the port it listens on to a file in `dir` once it
+/// listens; reading that file, rather than picking a free port beforehand
+/// and probing it, leaves no window in which another process (a test
+/// running alongside, a connection's ephemeral port) takes the port and
+/// answers in the server's place. A server that cannot listen (its `port`
+/// taken) exits, and this panics saying so.
+pub fn spawn_nats_server(
+    mut command: std::process::Command,
+    port: Option<u16>,
+    dir: &std::path::Path,
+) -> (std::process::Child, u16) {
+    let ports = dir.join("ports");
+    let _ = std::fs::remove_dir_all(&ports);
+    std::fs::create_dir_all(&ports).expect("a directory for the ports file");
+    let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    let mut child = command
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
+        .arg(&ports)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server is installed (cargo xtask setup installs it)");
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(port) = listening_port(&ports) {
+            return (child, port);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("nats-server exited at start ({status}); was port {port_arg} taken?");
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not listen within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The client port in the ports file nats-server wrote to `dir`
+/// (`{"nats":["nats://127.0.0.1:PORT"]}`), once it is there whole.
+fn listening_port(dir: &std::path::Path) -> Option<u16> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let text = std::fs::read_to_string(file.path()).ok()?;
+    let ports: Value = serde_json::from_str(&text).ok()?;
+    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+}
+
+/// A nats-server on 127.0.0.1 on a port of its choosing, JetStream on, its
+/// store in a temporary directory; killed, reaped and removed on drop.
 pub struct NatsServer {
     child: Option<std::process::Child>,
     dir: PathBuf,
@@ -163,34 +219,22 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one and waits (up to 15 s) until it accepts connections.
+    /// Starts one and waits (up to 15 s) until it listens.
     pub fn start() -> NatsServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{port}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         #[allow(clippy::disallowed_methods)] // a test server, not a worker
-        let child = std::process::Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (cargo xtask setup installs it)");
-        let server = NatsServer {
+        let mut command = std::process::Command::new(nats_server_bin());
+        command.arg("-js").arg("-sd").arg(dir.join("store"));
+        let (child, port) = spawn_nats_server(command, None, &dir);
+        NatsServer {
             child: Some(child),
             dir,
             port,
             url: format!("nats://127.0.0.1:{port}"),
-        };
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < until,
-                "nats-server never accepted connections"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        server
     }
 }
 

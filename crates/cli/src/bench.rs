@@ -44,6 +44,7 @@ Examples:
   snakepit bench
   snakepit bench --workers 2 --requests 20000 --concurrency 64
   snakepit bench --codec msgpack --payload 102400 --command echo
+  snakepit bench --payload 1048576 --command echo --host-threads 2
   snakepit bench --command compute --args '{\"operation\": \"add\", \"a\": 5, \"b\": 3}'
   snakepit bench --sessions 1000 --pipeline-depth 0
   snakepit bench --workers 64 --init-ms 10
@@ -87,6 +88,13 @@ pub(crate) struct BenchArgs {
     /// the pool without pipelining only [default: 16, or pool.pipeline_depth in snakepit.toml].
     #[arg(long, value_name = "N")]
     pipeline_depth: Option<u32>,
+    /// Threads of the host's runtime in the pool's measurements: 1 runs them on a
+    /// one-thread Tokio runtime (`current_thread`, as the rest of this tool), more
+    /// on a `multi_thread` runtime of that many threads, where the callers encode
+    /// their requests and decode their replies in parallel.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "nats",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    host_threads: u16,
     /// Rounds of the throughput comparison, the raw loop and the pool taking
     /// turns: each ratio is the median of the rounds' [default: 1; with --nats, 3].
     #[arg(long, value_name = "N")]
@@ -198,6 +206,35 @@ struct Bench {
     pool: PoolConfig,
     load: Arc<Load>,
     progress: Progress,
+    /// The runtime of the pool's measurements with `--host-threads` above 1.
+    host: Option<HostRuntime>,
+}
+
+/// A `multi_thread` runtime, shut down without waiting when dropped (a
+/// runtime dropped in an asynchronous context would panic).
+struct HostRuntime(Option<tokio::runtime::Runtime>);
+
+impl HostRuntime {
+    fn new(threads: usize) -> Result<HostRuntime, Failure> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .map(|rt| HostRuntime(Some(rt)))
+            .map_err(|e| Failure::general(format!("cannot start the host's runtime: {e}")))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for HostRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Bench {
@@ -228,6 +265,10 @@ impl Bench {
         let progress = Progress {
             hidden: out.quiet || !out.stderr_is_terminal,
         };
+        let host = match a.host_threads {
+            1 => None,
+            n => Some(HostRuntime::new(n.into())?),
+        };
         Ok(Bench {
             a,
             workers,
@@ -238,6 +279,7 @@ impl Bench {
             pool,
             load,
             progress,
+            host,
         })
     }
 
@@ -318,16 +360,28 @@ impl Bench {
         callers: usize,
         requests: usize,
     ) -> Result<Run, Failure> {
-        let pool = Pool::builder(self.adapter.clone())
-            .config(self.config(size, depth))
-            .start()
-            .await?;
         let bar = self
             .progress
             .phase(phase_label(size, callers, depth), requests as u64);
-        let run = pool::run(&pool, &self.load, callers, requests, &bar).await?;
-        pool.shutdown().await?;
-        Ok(run)
+        let (adapter, config, load) = (
+            self.adapter.clone(),
+            self.config(size, depth),
+            self.load.clone(),
+        );
+        let measure = async move {
+            let pool = Pool::builder(adapter).config(config).start().await?;
+            let run = pool::run(&pool, &load, callers, requests, &bar).await?;
+            pool.shutdown().await?;
+            Ok::<_, snakepit_core::Error>(run)
+        };
+        match self.host.as_ref().and_then(HostRuntime::handle) {
+            None => Ok(measure.await?),
+            // The pool, its workers' tasks and its callers all on that runtime.
+            Some(host) => Ok(host
+                .spawn(measure)
+                .await
+                .map_err(|e| Failure::general(format!("the pool's measurement failed: {e}")))??),
+        }
     }
 
     /// Workers whose init sleeps `--init-ms`, started together and one by
@@ -559,7 +613,10 @@ impl Bench {
             adapter: self.worker.lang.name(),
             script: self.worker.script.as_ref().map(|s| s.display().to_string()),
             interpreter: self.interpreter.display().to_string(),
-            host_runtime: "tokio current_thread",
+            host_runtime: match self.a.host_threads {
+                1 => "tokio current_thread".to_owned(),
+                n => format!("tokio multi_thread, {n} threads"),
+            },
             codec: self.worker.codec.name(),
             command: self.a.command.clone(),
             args: self.given_args.clone(),

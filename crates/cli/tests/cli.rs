@@ -659,6 +659,42 @@ fn bench_refuses_bad_arguments_sessions_and_a_payload_over_data() {
     }
 }
 
+/// `--host-threads N`: the pool's measurements on a `multi_thread` runtime
+/// of N threads, said in the report and the table's title; 0 threads, or
+/// with `--nats`, is a usage error.
+#[test]
+fn bench_runs_the_pool_on_the_host_threads_asked_for() {
+    let load = [
+        "bench",
+        "--requests",
+        "400",
+        "--concurrency",
+        "8",
+        "--init-ms",
+        "10",
+        "--host-threads",
+        "2",
+    ];
+    let r = snakepit(&[&load[..], &["--json"]].concat());
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["host_runtime"], "tokio multi_thread, 2 threads", "{v}");
+    for part in ["pool", "pool_no_pipeline"] {
+        assert!(v[part]["rps"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    }
+    let r = snakepit(&load);
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout_has(&["host on tokio multi_thread, 2 threads"]);
+    for flags in [
+        &["--host-threads", "0"][..],
+        &["--host-threads", "2", "--nats", "nats://127.0.0.1:1"][..],
+    ] {
+        let r = snakepit(&[&["bench"][..], flags].concat());
+        assert_eq!(r.code, 2, "{flags:?}: {r:?}");
+        assert!(r.stderr.contains("--host-threads"), "{flags:?}: {r:?}");
+    }
+}
+
 #[test]
 fn exec_takes_the_pipeline_depth() {
     let r = snakepit(&["-v", "exec", "--pipeline-depth", "2", "ping"]);

@@ -248,6 +248,8 @@ struct Inner {
     hosts: Mutex<HashMap<String, HostEntry>>,
     sessions: Mutex<SessionHosts>,
     waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
+    /// Calls woken for room that have not looked for it yet.
+    woken: AtomicUsize,
     queued: AtomicUsize,
     connected: watch::Sender<bool>,
     /// The connection was drained or closed for good (the client's reply
@@ -371,6 +373,7 @@ impl Client {
                 hosts: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(SessionHosts::default()),
                 waiters: Mutex::new(VecDeque::new()),
+                woken: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 connected: watch::channel(connected).0,
                 closed: AtomicBool::new(false),
@@ -558,6 +561,9 @@ impl Client {
             reply: None,
             headers: None,
         };
+        // Until a reservation of this call came to nothing (a decline, a
+        // host gone): then it keeps its place at the front of the queue.
+        let mut fresh = true;
         loop {
             if inner.closed.load(Ordering::Relaxed) {
                 return Err(unavailable(
@@ -575,7 +581,7 @@ impl Client {
             // comes first: a deadline counts the queue wait.
             let wait_until = deadline.map_or(queue_deadline, |d| d.min(queue_deadline));
             let slot = match self
-                .pick(&mut target, options.affinity, session, wait_until)
+                .pick(&mut target, options.affinity, session, wait_until, fresh)
                 .await
             {
                 Err(Error::QueueTimeout(_)) if deadline.is_some_and(|d| d < queue_deadline) => {
@@ -654,6 +660,7 @@ impl Client {
                     // reached nobody.
                     pending.sent = false;
                     inner.host_gone(&slot.host);
+                    fresh = false;
                     continue;
                 }
                 Ok(Some(Arrival::Unsent(e))) => {
@@ -679,6 +686,7 @@ impl Client {
                                 _ => target = None,
                             }
                         }
+                        fresh = false;
                         continue;
                     }
                     Ok(r) => r,
@@ -737,23 +745,30 @@ impl Client {
     /// the session's host when it has room (or, strict, by waiting for it),
     /// otherwise the host with the most room; waits in this client's FIFO
     /// (queue timeout, queue size) while no host has any.
+    ///
+    /// A call new to the client (`fresh`) goes behind the calls that wait
+    /// (no overtaking); one that waited and found no room when woken, or
+    /// whose reservation came to nothing (its host declined it or was
+    /// gone), goes back to the front: it had its turn already.
     async fn pick(
         &self,
         target: &mut Option<String>,
         affinity: Affinity,
         session: Option<&str>,
         until: Instant,
+        mut fresh: bool,
     ) -> Result<Reservation, Error> {
         let inner = &self.inner;
-        // A call that has not waited yet goes behind the calls that wait
-        // (no overtaking); one that waited and found no room when woken
-        // goes back to the front.
-        let mut fresh = true;
+        // Woken for room: it looks now, and is no longer counted as woken.
+        let mut was_woken = false;
         loop {
             let (woken, room_left) = {
                 let mut hosts = inner.hosts.lock().unwrap();
+                if std::mem::take(&mut was_woken) {
+                    inner.woken.fetch_sub(1, Ordering::AcqRel);
+                }
                 if fresh && inner.queued.load(Ordering::Acquire) > 0 {
-                    let room = hosts.values().any(|h| !h.gone() && h.room() > 0);
+                    let room = total_room(&hosts);
                     let (tx, rx) = oneshot::channel();
                     inner.waiters.lock().unwrap().push_back(tx);
                     (rx, room)
@@ -804,15 +819,15 @@ impl Client {
                         true => waiters.push_back(tx),
                         false => waiters.push_front(tx),
                     }
-                    (rx, false)
+                    (rx, 0)
                 }
             };
             // There is room, but calls wait ahead of this one: the first
-            // of them takes it.
-            if room_left {
-                inner.wake(1);
+            // of them takes it (unless woken for it already).
+            if room_left > 0 {
+                inner.wake_for(room_left);
             }
-            self.wait_room(woken, until, fresh).await?;
+            was_woken = self.wait_room(woken, until, fresh).await?;
             fresh = false;
         }
     }
@@ -826,13 +841,14 @@ impl Client {
         fresh: bool,
         r: Reservation,
     ) -> Reservation {
-        if !fresh && hosts.values().any(|h| !h.gone() && h.room() > 0) {
-            self.inner.wake(1);
+        if !fresh {
+            self.inner.wake_for(total_room(hosts));
         }
         r
     }
 
-    /// Waits (in this client's FIFO) until a host has room again. A call
+    /// Waits (in this client's FIFO) until a host has room again: true
+    /// when woken for it, false when it should look again unwoken. A call
     /// new to the queue (`fresh`) is refused when `max_queue_size` calls
     /// wait already; one that waited and looks again after a wake-up keeps
     /// its place.
@@ -841,8 +857,12 @@ impl Client {
         woken: oneshot::Receiver<()>,
         until: Instant,
         fresh: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let inner = &self.inner;
+        let mut woken = Waiting {
+            rx: woken,
+            woken: &inner.woken,
+        };
         let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
         let _left = Queued(&inner.queued);
         if fresh && queued >= inner.config.max_queue_size {
@@ -858,11 +878,35 @@ impl Client {
         // One timer: the poll, or the queue deadline when it comes first.
         let wake_at = until.min(later(Instant::now(), poll));
         tokio::select! {
-            _ = woken => Ok(()),
+            r = &mut woken.rx => Ok(r.is_ok()),
             _ = tokio::time::sleep_until(wake_at.into()) => match Instant::now() >= until {
                 true => Err(Error::QueueTimeout(inner.config.queue_timeout)),
-                false => Ok(()),
+                false => Ok(false),
             },
+        }
+    }
+}
+
+/// The room of the hosts that take calls, as this client sees it.
+fn total_room(hosts: &HashMap<String, HostEntry>) -> usize {
+    hosts
+        .values()
+        .filter(|h| !h.gone())
+        .map(HostEntry::room)
+        .sum()
+}
+
+/// A waiting call's wake-up. Woken but leaving without looking (its timer
+/// came at the same time, its caller went): no longer counted as woken.
+struct Waiting<'a> {
+    rx: oneshot::Receiver<()>,
+    woken: &'a AtomicUsize,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.rx.try_recv().is_ok() {
+            self.woken.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -984,17 +1028,35 @@ impl Inner {
         });
     }
 
+    /// Wakes the first `n` waiting calls, for `n` units of room that
+    /// came free.
     fn wake(&self, mut n: usize) {
         let mut waiters = self.waiters.lock().unwrap();
         while n > 0 {
             match waiters.pop_front() {
                 Some(w) => {
+                    // Counted before the send: the call may look at once.
+                    self.woken.fetch_add(1, Ordering::AcqRel);
                     if w.send(()).is_ok() {
                         n -= 1;
+                    } else {
+                        self.woken.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
                 None => break,
             }
+        }
+    }
+
+    /// Wakes waiting calls for `room` units of room, less the calls woken
+    /// already that have not looked yet. Waking one more than there is
+    /// room for would let it overtake the one woken first: the call woken
+    /// last often runs first (a runtime runs the task it just woke next),
+    /// and the first, finding no room, would wait again.
+    fn wake_for(&self, room: usize) {
+        let n = room.saturating_sub(self.woken.load(Ordering::Acquire));
+        if n > 0 {
+            self.wake(n);
         }
     }
 }
@@ -1098,7 +1160,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             entry.seq = entry.seq.max(hb.seq);
         }
         if hb.free > 0 {
-            inner.wake(hb.free);
+            inner.wake_for(hb.free);
         }
     }
 }

@@ -513,25 +513,18 @@ async fn a_drained_connection_fails_the_clients_calls_at_once() {
 /// `Error::Backend` saying so, not a panic or a wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_store_on_a_nats_without_jetstream_is_a_backend_error() {
-    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("snakepit-nats-nojs-{}", std::process::id()));
     #[allow(clippy::disallowed_methods)] // a test server, not a worker
-    let mut server = std::process::Command::new(nats_server_bin())
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nats-server is installed");
+    let command = std::process::Command::new(nats_server_bin());
+    let (mut server, port) = snakepit_tests::spawn_nats_server(command, None, &dir);
     let addr = format!("127.0.0.1:{port}");
-    eventually(15, "nats-server accepts connections", || async {
-        tokio::net::TcpStream::connect(&addr).await.is_ok()
-    })
-    .await;
     let conn = async_nats::connect(format!("nats://{addr}")).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(30), NatsKvStore::connect(&conn))
         .await
         .expect("connect answers");
     let _ = server.kill();
     let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
     match r {
         Err(snakepit_session::Error::Backend(_)) => {}
         other => panic!("expected Error::Backend, got {other:?}"),

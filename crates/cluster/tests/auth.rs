@@ -7,12 +7,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerError};
-use common::{eventually, free_port, nats_server_bin, TestWorker};
+use common::{eventually, nats_server_bin, TestWorker};
 use serde_json::json;
 use snakepit_cluster::{Client, ServeOptions};
 use snakepit_core::Pool;
@@ -51,37 +51,26 @@ struct AuthServer {
 
 impl AuthServer {
     async fn start() -> AuthServer {
-        let port = free_port();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =
-            std::env::temp_dir().join(format!("snakepit-nats-auth-{}-{port}", std::process::id()));
+            std::env::temp_dir().join(format!("snakepit-nats-auth-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("nats.conf");
-        std::fs::write(
-            &conf,
-            format!("listen: 127.0.0.1:{port}\n{}\n", documented_block()),
-        )
-        .unwrap();
+        std::fs::write(&conf, format!("{}\n", documented_block())).unwrap();
         #[allow(clippy::disallowed_methods)] // a test server, not a worker
-        let child = std::process::Command::new(nats_server_bin())
+        let mut command = std::process::Command::new(nats_server_bin());
+        command
             .arg("-c")
             .arg(&conf)
             .env("HOST_A_PASSWORD", HOST_PASSWORD)
-            .env("CALLER_PASSWORD", CALLER_PASSWORD)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (cargo xtask setup installs it)");
-        let server = AuthServer {
+            .env("CALLER_PASSWORD", CALLER_PASSWORD);
+        let (child, port) = snakepit_tests::spawn_nats_server(command, None, &dir);
+        AuthServer {
             child,
             dir,
             url: format!("nats://127.0.0.1:{port}"),
-        };
-        let addr = format!("127.0.0.1:{port}");
-        eventually(15, "nats-server accepts connections", || async {
-            tokio::net::TcpStream::connect(&addr).await.is_ok()
-        })
-        .await;
-        server
+        }
     }
 
     /// A connection as `user`, and the errors the server sent it.

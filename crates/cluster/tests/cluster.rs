@@ -582,9 +582,11 @@ async fn trace_stream_and_status() {
 
 /// Calls waiting for room are served in the order they came: a caller that
 /// ends a call and makes the next at once does not overtake those already
-/// waiting. 16 callers share a host of 1 worker (9 calls at once with its
-/// prefetch); in turn each waits about 16 calls of 10 ms, well within the
-/// 3 s queue timeout, which a caller overtaken again and again would reach.
+/// waiting. 16 callers share a host of 1 worker (taking 2 calls at once
+/// with its prefetch for 10 ms calls); in turn each waits about 16 calls of
+/// 10 ms, well within the 3 s queue timeout, which a caller overtaken again
+/// and again would reach (one woken for room that another call, woken
+/// after it but run first, took each time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_calls_are_not_overtaken() {
     let nats = NatsServer::start().await;

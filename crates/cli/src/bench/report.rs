@@ -14,7 +14,7 @@ pub(crate) struct Report {
     pub(crate) adapter: &'static str,
     pub(crate) script: Option<String>,
     pub(crate) interpreter: String,
-    pub(crate) host_runtime: &'static str,
+    pub(crate) host_runtime: String,
     pub(crate) codec: &'static str,
     pub(crate) command: String,
     /// The call's arguments as given with `--args` (the payload not included).
@@ -381,6 +381,9 @@ impl Report {
         );
         if let Some(n) = self.sessions {
             title.push_str(&format!(", {n} sessions"));
+        }
+        if self.host_runtime != "tokio current_thread" {
+            title.push_str(&format!(", host on {}", self.host_runtime));
         }
         if self.pipeline_depth > 0 {
             title.push_str(&format!(

@@ -23,8 +23,9 @@ where
 
 pub use snakepit_tests::{free_port, nats_server_bin};
 
-/// A nats-server on 127.0.0.1 on a free port, JetStream on, its store in a
-/// temporary directory; killed and removed on drop.
+/// A nats-server on 127.0.0.1 on a port of its choosing (kept across a
+/// restart), JetStream on, its store in a temporary directory; killed and
+/// removed on drop.
 pub struct NatsServer {
     child: Option<Child>,
     dir: PathBuf,
@@ -36,65 +37,48 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = NatsServer {
-            child: None,
-            dir,
-            config: None,
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-        };
-        server.up().await;
-        server
+        Self::start_in(None)
     }
 
     /// As [`NatsServer::start`], the server also reading `config` (the text
     /// of a nats-server configuration file, e.g. `max_payload: 65536`).
     pub async fn start_with_config(config: &str) -> NatsServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{port}", std::process::id()));
+        Self::start_in(Some(config))
+    }
+
+    fn start_in(config: Option<&str>) -> NatsServer {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("nats.conf");
-        std::fs::write(&file, config).unwrap();
+        let config = config.map(|text| {
+            let file = dir.join("nats.conf");
+            std::fs::write(&file, text).unwrap();
+            file
+        });
         let mut server = NatsServer {
             child: None,
             dir,
-            config: Some(file),
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
+            config,
+            port: 0,
+            url: String::new(),
         };
-        server.up().await;
+        server.up(None);
         server
     }
 
-    async fn up(&mut self) {
+    /// Starts the server at `port`, or at one it picks when `None`.
+    fn up(&mut self, port: Option<u16>) {
         #[allow(clippy::disallowed_methods)] // a test server, not a worker
         let mut command = std::process::Command::new(nats_server_bin());
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }
-        let child = command
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (cargo xtask setup installs it)");
+        command.arg("-js").arg("-sd").arg(self.dir.join("store"));
+        let (child, port) = snakepit_tests::spawn_nats_server(command, port, &self.dir);
         self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually(15, "nats-server accepts connections", || async {
-            tokio::net::TcpStream::connect(&addr).await.is_ok()
-        })
-        .await;
+        self.port = port;
+        self.url = format!("nats://127.0.0.1:{port}");
     }
 
     /// Kills the server (SIGKILL).
@@ -108,7 +92,7 @@ impl NatsServer {
     /// Starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill();
-        self.up().await;
+        self.up(Some(self.port));
     }
 
     pub async fn connect(&self) -> async_nats::Client {
