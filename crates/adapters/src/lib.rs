@@ -48,3 +48,9 @@ pub use language::Language;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust examples of `docs/bridges.md`, compiled (and run unless marked
+/// `no_run`) as the README's are.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/bridges.md")]
+pub struct BridgesDocDoctests;

@@ -107,3 +107,9 @@ pub fn is_host_lost(e: &Error) -> bool {
 pub fn is_unavailable(e: &Error) -> bool {
     matches!(e, Error::Unavailable { .. })
 }
+
+/// The Rust examples of `docs/cluster.md`, compiled as this crate's
+/// doc-tests so that the code a user copies from it keeps building.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/cluster.md")]
+pub struct ClusterDocDoctests;

@@ -29,7 +29,7 @@ fn documented_block() -> String {
         .find("Restrict a host to its own subjects")
         .expect("docs/cluster.md says how to restrict a host");
     let rest = &text[at..];
-    let start = rest.find("```\n").expect("a code block follows") + 4;
+    let start = rest.find("```text\n").expect("a code block follows") + 8;
     let end = rest[start..].find("```").expect("a closed code block") + start;
     let block: Vec<&str> = rest[start..end]
         .lines()
