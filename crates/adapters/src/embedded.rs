@@ -65,15 +65,63 @@ fn fingerprint() -> u64 {
     h
 }
 
-fn cache_base() -> PathBuf {
+/// `$SNAKEPIT_BRIDGE_DIR`, else `$XDG_CACHE_HOME/snakepit`, else
+/// `~/.cache/snakepit`, else (a process with neither, such as a service)
+/// `$TMPDIR/snakepit-<uid>`, made private to this user. Should that one be
+/// unsafe (another user's, or writable by others: another user could have
+/// planted bridge code there that every worker would import), a new
+/// private directory of this process's own instead, with a warning.
+fn cache_base() -> std::io::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("SNAKEPIT_BRIDGE_DIR") {
-        return PathBuf::from(dir);
+        return Ok(PathBuf::from(dir));
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    let home = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("snakepit")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(base) = home {
+        return Ok(base.join("snakepit"));
+    }
+    snakepit_core::sweep::private_temp_dir().or_else(|e| {
+        let dir = new_private_dir()?;
+        tracing::warn!(
+            error = %e,
+            dir = %dir.display(),
+            "the bundled bridges are written to a new private directory instead"
+        );
+        Ok(dir)
+    })
+}
+
+/// A directory of this process's own under `$TMPDIR`, made new (mode
+/// 0700), so that nobody else can have put anything in it.
+fn new_private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut last = None;
+    for n in 0..100u32 {
+        let dir = std::env::temp_dir().join(format!(
+            "snakepit-bridges-{}-{:08x}",
+            std::process::id(),
+            nanos.wrapping_add(n)
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no private directory")))
+}
+
+/// Whether the tree at `root` holds every bundled file as embedded: a tree
+/// changed since it was written (edited, truncated, half-removed) is
+/// written again rather than run.
+fn intact(root: &Path) -> bool {
+    root.join(".complete").exists()
+        && FILES.iter().all(|(path, text)| {
+            std::fs::read(target(root, path)).is_ok_and(|have| have == text.as_bytes())
+        })
 }
 
 /// The directory holding the bridges, written on first use.
@@ -82,11 +130,12 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
     if let Some(root) = ROOT.get() {
         return Ok(root);
     }
-    let root = cache_base().join(format!("bridges-{:016x}", fingerprint()));
-    if !root.join(".complete").exists() {
+    let root = cache_base()?.join(format!("bridges-{:016x}", fingerprint()));
+    if !intact(&root) {
         // Write to a private directory, then rename: concurrent first uses
         // never see half a tree.
         let tmp = root.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         for (path, text) in FILES {
             let dest = target(&tmp, path);
             if let Some(parent) = dest.parent() {
@@ -95,8 +144,18 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
             std::fs::write(dest, text)?;
         }
         std::fs::write(tmp.join(".complete"), b"")?;
+        if std::fs::symlink_metadata(&root).is_ok() && !intact(&root) {
+            // Changed since it was written: replaced whole.
+            let _ = std::fs::remove_dir_all(&root).or_else(|_| std::fs::remove_file(&root));
+        }
         if std::fs::rename(&tmp, &root).is_err() {
             let _ = std::fs::remove_dir_all(&tmp); // another process won the race
+        }
+        if !intact(&root) {
+            return Err(std::io::Error::other(format!(
+                "cannot write the bundled bridges to {}",
+                root.display()
+            )));
         }
     }
     Ok(ROOT.get_or_init(|| root))

@@ -215,6 +215,151 @@ fn the_bridge_is_written_to_snakepit_bridge_dir_in_front_of_the_users_pythonpath
     assert_eq!(path[1], "/mine", "the user's value after it: {r}");
 }
 
+/// Runs test `name` again in a process of its own with `TMPDIR` at `tmp`,
+/// `extra` set, and neither `HOME`, `XDG_CACHE_HOME` nor
+/// `SNAKEPIT_BRIDGE_DIR`; it must pass.
+fn in_own_process_without_home(name: &str, tmp: &Path, extra: &[(&str, &str)]) {
+    let mut cmd = snakepit_tests::this_test(name);
+    cmd.env(CHILD, "1")
+        .env("TMPDIR", tmp)
+        .env_remove("HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("SNAKEPIT_BRIDGE_DIR");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed in its own process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// This user's uid: the owner of a file it creates in `dir`.
+fn own_uid(dir: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let probe = dir.join(format!("uid-probe-{}", std::process::id()));
+    std::fs::write(&probe, "").expect("the probe file");
+    let uid = std::fs::metadata(&probe).expect("the probe file").uid();
+    let _ = std::fs::remove_file(&probe);
+    uid
+}
+
+/// `text` written to `dir/name` (a directory the test does not remove).
+fn script_in(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("the script");
+    path
+}
+
+/// docs/bridges.md: with neither `XDG_CACHE_HOME` nor `HOME` (a service,
+/// say), the bridges are written to `$TMPDIR/snakepit-<uid>`, made private
+/// (0700) to this user. One that other users can write (planted, it could
+/// hold their code for every worker to import) is not used: the bridges go
+/// to a new private directory of the process's own, and the planted one
+/// gets nothing.
+#[test]
+fn without_home_the_bridges_go_to_a_private_directory_never_one_others_can_write() {
+    const NAME: &str =
+        "without_home_the_bridges_go_to_a_private_directory_never_one_others_can_write";
+    if std::env::var_os(CHILD).is_none() {
+        for planted in [false, true] {
+            let dir = Dir::new(if planted { "planted" } else { "nohome" });
+            let uid = own_uid(&dir.0);
+            let tmp = dir.0.join("tmp");
+            let user_dir = tmp.join(format!("snakepit-{uid}"));
+            std::fs::create_dir_all(&tmp).expect("tmp");
+            if planted {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::create_dir(&user_dir).expect("the planted directory");
+                std::fs::set_permissions(&user_dir, std::fs::Permissions::from_mode(0o777))
+                    .expect("mode 0777");
+            }
+            let expect = if planted { "planted" } else { "private" };
+            in_own_process_without_home(NAME, &tmp, &[("EXPECT", expect)]);
+            if planted {
+                let entries: Vec<_> = std::fs::read_dir(&user_dir)
+                    .expect("the planted directory")
+                    .collect();
+                assert!(
+                    entries.is_empty(),
+                    "nothing written to the planted directory"
+                );
+            }
+        }
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = std::env::temp_dir();
+    let uid = own_uid(&tmp);
+    let user_dir = tmp.join(format!("snakepit-{uid}"));
+    let script = script_in(&tmp, "worker.py", REPORTING_WORKER);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(report(Bridge::python(&script)));
+    let bridge_file = Path::new(r["bridge_file"].as_str().unwrap());
+    match std::env::var("EXPECT").as_deref() {
+        Ok("private") => {
+            assert!(bridge_file.starts_with(&user_dir), "{r}");
+            let mode = std::fs::metadata(&user_dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        }
+        _ => {
+            assert!(!bridge_file.starts_with(&user_dir), "{r}");
+            let own = bridge_file
+                .strip_prefix(&tmp)
+                .ok()
+                .and_then(|rest| rest.iter().next())
+                .map(|first| first.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            assert!(own.starts_with("snakepit-bridges-"), "{r}");
+            let mode = std::fs::metadata(tmp.join(&own))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        }
+    }
+}
+
+/// A bridge tree changed since it was written (here a bundled file edited
+/// to fail on import) is written again before a worker runs it: what runs
+/// is the bridge this build embeds.
+#[test]
+fn a_changed_bridge_file_is_written_again_before_a_worker_runs_it() {
+    const NAME: &str = "a_changed_bridge_file_is_written_again_before_a_worker_runs_it";
+    if std::env::var_os(CHILD).is_some() {
+        let work = PathBuf::from(std::env::var_os("WORK").unwrap());
+        let script = script_in(&work, "worker.py", REPORTING_WORKER);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(report(Bridge::python(&script)));
+        assert!(r["bridge_file"].is_string(), "{r}");
+        return;
+    }
+    let dir = Dir::new("changed");
+    let cache = dir.0.join("cache");
+    let env = [
+        ("SNAKEPIT_BRIDGE_DIR", cache.to_str().unwrap()),
+        ("WORK", dir.0.to_str().unwrap()),
+    ];
+    assert!(!in_own_process(NAME, &env));
+    let tree = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("bridges-"))
+        })
+        .expect("the bridges were written");
+    let wire = tree.join("python/snakepit_bridge/_wire.py");
+    let original = std::fs::read(&wire).unwrap();
+    std::fs::write(&wire, "raise SystemExit('planted')\n").unwrap();
+    assert!(!in_own_process(NAME, &env));
+    assert!(std::fs::read(&wire).unwrap() == original, "written again");
+}
+
 /// bridges.md: "The worker runs as `INTERPRETER SCRIPT --mode pool-worker
 /// [ARGS...]` (Python gets `-u` before the script). A relative script path
 /// is resolved in the worker's working directory: the host's, unless

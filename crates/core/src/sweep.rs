@@ -375,7 +375,27 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
         return PathBuf::from(d).join("snakepit");
     }
+    temp_dir_of_user()
+}
+
+/// `$TMPDIR/snakepit-<uid>` (`/tmp` when `TMPDIR` is unset).
+fn temp_dir_of_user() -> PathBuf {
     std::env::temp_dir().join(format!("snakepit-{}", effective_uid()))
+}
+
+/// `$TMPDIR/snakepit-<uid>` (`/tmp` when `TMPDIR` is unset), the default
+/// state directory of a process without `XDG_RUNTIME_DIR`: made (mode
+/// 0700) when missing, then checked as the state directory is. A directory
+/// another user could have planted or could change (not this user's,
+/// writable by others, another user's symbolic link, below a directory
+/// another user may write) is refused with an `io::Error` of kind
+/// `PermissionDenied` that says which and why. For files of this user that
+/// no other may plant, such as the bundled bridges' cache of a process
+/// without `HOME` (`snakepit-adapters`).
+pub fn private_temp_dir() -> io::Result<PathBuf> {
+    let dir = temp_dir_of_user();
+    ensure_state_dir(&dir)?;
+    Ok(dir)
 }
 
 /// A new run id: 128 random bits from the operating system, in lowercase

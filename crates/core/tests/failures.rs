@@ -200,8 +200,11 @@ async fn start_up_failures_name_their_cause() {
         }
     }
     let err = builder(Missing).size(1).start().await.unwrap_err();
+    // The README's troubleshooting entry quotes this text.
     assert!(
-        err.to_string().contains("/nonexistent/python9") && err.to_string().contains("not found"),
+        err.to_string().contains(
+            "failed to start: cannot run `/nonexistent/python9`: not found (is it installed and on PATH?)"
+        ),
         "{err}"
     );
 
