@@ -1,6 +1,6 @@
 //! The caller's side: the pool's call surface over every host of a cluster.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -81,7 +81,8 @@ pub struct ClientConfig {
     /// ([`is_host_lost`](crate::is_host_lost)).
     pub host_timeout: Duration,
     /// Sessions whose last host this client remembers (affinity); beyond
-    /// it the oldest records are forgotten (their next call goes anywhere).
+    /// it the record used least recently is forgotten, one for each new
+    /// session (its next call goes anywhere).
     pub max_sessions: usize,
     /// Supplies the W3C `traceparent` sent with a call that has none in its
     /// [`CallOptions`] (for example `snakepit_telemetry::traceparent`).
@@ -266,11 +267,14 @@ impl Drop for Inner {
     }
 }
 
-/// Session → the host that served it last, bounded; the oldest half is
-/// forgotten when full.
+/// Session → the host that served it last, at most `cap` of them: a new
+/// session beyond it takes the place of the one used least recently.
 #[derive(Default)]
 struct SessionHosts {
+    /// Session → (host, the tick it was last set at).
     map: HashMap<String, (String, u64)>,
+    /// Tick → session, oldest first.
+    by_age: BTreeMap<u64, String>,
     tick: u64,
 }
 
@@ -281,19 +285,23 @@ impl SessionHosts {
 
     fn set(&mut self, session: &str, host: &str, cap: usize) {
         self.tick += 1;
-        if self.map.len() >= cap.max(1) && !self.map.contains_key(session) {
-            let mut ticks: Vec<u64> = self.map.values().map(|(_, t)| *t).collect();
-            ticks.sort_unstable();
-            let cut = ticks[ticks.len() / 2];
-            self.map.retain(|_, (_, t)| *t > cut);
+        if let Some((_, at)) = self.map.get(session) {
+            self.by_age.remove(at);
+        } else if self.map.len() >= cap.max(1) {
+            if let Some((_, oldest)) = self.by_age.pop_first() {
+                self.map.remove(&oldest);
+            }
         }
         self.map
             .insert(session.to_owned(), (host.to_owned(), self.tick));
+        self.by_age.insert(self.tick, session.to_owned());
     }
 
     fn forget(&mut self, session: &str, host: &str) {
         if self.map.get(session).is_some_and(|(h, _)| h == host) {
-            self.map.remove(session);
+            if let Some((_, at)) = self.map.remove(session) {
+                self.by_age.remove(&at);
+            }
         }
     }
 }
@@ -1376,4 +1384,34 @@ impl Stream for ClusterStream {
 /// clock, which would panic.
 fn later(at: Instant, d: Duration) -> Instant {
     at + d.min(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionHosts;
+
+    /// `ClientConfig::max_sessions`: at most that many records; a new
+    /// session beyond it forgets the one used least recently, and only it.
+    #[test]
+    fn session_records_keep_the_cap_forgetting_the_least_recently_used() {
+        let mut s = SessionHosts::default();
+        for n in 0..10 {
+            s.set(&format!("s{n}"), "a", 10);
+        }
+        s.set("s0", "b", 10); // used again: now the most recent
+        s.set("s10", "a", 10);
+        assert_eq!(s.map.len(), 10);
+        assert_eq!(s.get("s1"), None, "the least recently used is forgotten");
+        assert_eq!(s.get("s0").as_deref(), Some("b"));
+        for n in 2..=10 {
+            assert_eq!(s.get(&format!("s{n}")).as_deref(), Some("a"), "s{n}");
+        }
+        s.forget("s0", "a"); // another host's record: kept
+        assert_eq!(s.get("s0").as_deref(), Some("b"));
+        s.forget("s0", "b");
+        assert_eq!(s.get("s0"), None);
+        assert_eq!((s.map.len(), s.by_age.len()), (9, 9));
+        s.set("s11", "a", 10);
+        assert_eq!(s.map.len(), 10, "room again after a record was forgotten");
+    }
 }
