@@ -470,7 +470,9 @@ async fn only_calls_count_toward_recycle_after_calls_not_health_pings() {
 
 /// bridges.md, Codecs: "a result holding `bin` fails `execute` with
 /// `Error::Codec`; decode it with `Pool::call` into a type that accepts
-/// bytes". Through the Python bridge, which sends `bytes` as `bin`.
+/// bytes". Through the Python bridge, which sends `bytes` as `bin`. The
+/// error is not one of those where "the call never reached a worker"
+/// (`never_ran()`, bridges.md), nor a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_result_fails_execute_as_codec_and_decodes_through_call() {
     struct Bytes(Vec<u8>);
@@ -497,6 +499,7 @@ async fn a_binary_result_fails_execute_as_codec_and_decodes_through_call() {
     let before = pid(&pool).await;
     let err = pool.execute("bytes", json!({})).await.unwrap_err();
     assert!(matches!(err, Error::Codec(_)), "{err:?}");
+    assert!(!err.never_ran() && !err.is_crash(), "{err:?}");
     let bytes: Bytes = pool
         .call("bytes", &json!({}), CallOptions::new())
         .await

@@ -54,11 +54,44 @@ struct Inner {
     health_failures: Counter<u64>,
     breaker_opened: Counter<u64>,
     swept: Counter<u64>,
-    /// Why each worker is going away, learnt before it exits, so that its
+    /// Why each slot's worker went, learnt before its restart, so that the
     /// restart is counted under that reason.
-    leaving: Mutex<HashMap<(String, usize), &'static str>>,
+    leaving: Mutex<HashMap<(String, usize), Leaving>>,
     pools: Arc<Mutex<Vec<Weak<WeakPool>>>>,
     _gauges: Vec<ObservableGauge<u64>>,
+}
+
+/// What is known, for one slot, of why its worker went; see
+/// [`Leaving::reason`].
+#[derive(Default)]
+struct Leaving {
+    /// A start failed. A restart follows at once, unless it was a recycled
+    /// worker's replacement: that worker keeps serving, and whatever ends
+    /// it later is the reason of its restart.
+    start_failed: bool,
+    /// The process whose health check failed: it is killed, and goes.
+    health_check: Option<u32>,
+}
+
+impl Leaving {
+    /// A ready worker ended (`WorkerExited`): a start failure before it was
+    /// its replacement's, and a health check failure counts only if it was
+    /// this process's.
+    fn exited(&mut self, pid: u32) {
+        self.start_failed = false;
+        self.health_check = self.health_check.filter(|&p| p == pid);
+    }
+
+    /// The reason of the restart that follows.
+    fn reason(&self) -> &'static str {
+        if self.start_failed {
+            "start_failed"
+        } else if self.health_check.is_some() {
+            "health_check"
+        } else {
+            "exited"
+        }
+    }
 }
 
 /// Keeps a pool's gauges reported; see [`PoolMetrics::observe`]. It does
@@ -216,11 +249,14 @@ impl PoolMetrics {
                 m.init.record(init.as_secs_f64(), &[pool()]);
             }
             EventKind::WorkerStartFailed { worker, .. } => {
-                m.leaving(event.pool, *worker, "start_failed");
+                m.leaving(event.pool, *worker, |l| l.start_failed = true);
             }
-            EventKind::HealthCheckFailed { worker, .. } => {
+            EventKind::HealthCheckFailed { worker, pid } => {
                 m.health_failures.add(1, &[pool()]);
-                m.leaving(event.pool, *worker, "health_check");
+                m.leaving(event.pool, *worker, |l| l.health_check = Some(*pid));
+            }
+            EventKind::WorkerExited { worker, pid, .. } => {
+                m.leaving(event.pool, *worker, |l| l.exited(*pid));
             }
             EventKind::WorkerRecycled { reason, .. } => {
                 // Its replacement starts at once, without a restart event.
@@ -238,7 +274,8 @@ impl PoolMetrics {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&(event.pool.to_owned(), *worker))
-                    .unwrap_or("exited");
+                    .unwrap_or_default()
+                    .reason();
                 m.restarts
                     .add(1, &[pool(), KeyValue::new("reason", reason)]);
             }
@@ -264,11 +301,14 @@ impl PoolMetrics {
 }
 
 impl Inner {
-    fn leaving(&self, pool: &str, worker: usize, reason: &'static str) {
-        self.leaving
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((pool.to_owned(), worker), reason);
+    fn leaving(&self, pool: &str, worker: usize, learn: impl FnOnce(&mut Leaving)) {
+        learn(
+            self.leaving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((pool.to_owned(), worker))
+                .or_default(),
+        );
     }
 }
 
