@@ -100,7 +100,19 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
             .execute_with(&a.command, args, options)
             .instrument(span)
             .await;
-        return print_result(outcome?, out);
+        return match outcome {
+            Ok(v) => print_result(v, out),
+            // No host took the call in time: a matter of hosts, not of
+            // this command's pool size.
+            Err(
+                e @ (snakepit_core::Error::QueueTimeout(_)
+                | snakepit_core::Error::PoolSaturated { .. }
+                | snakepit_core::Error::WorkerBusy { .. }),
+            ) => Err(Failure::from(e).hint(format!(
+                "no host of cluster `{cluster}` had room: start one (snakepit serve --cluster {cluster}), or more, or check `snakepit cluster status --cluster {cluster}`"
+            ))),
+            Err(e) => Err(e.into()),
+        };
     }
     let worker = Worker::choose(&a.worker, &file)?;
     let mut config = file.pool.clone();

@@ -350,3 +350,51 @@ fn exec_through_the_cluster_exits_as_a_local_exec() {
         "{run:?}"
     );
 }
+
+/// docs/cli.md's exit codes: "4: timeout or overload (CallTimeout,
+/// QueueTimeout, PoolSaturated, WorkerBusy)". Through a cluster with no
+/// host, a call waits for one up to the queue timeout (cluster.md), then
+/// `exec` exits 4, its hint about the cluster's hosts, not a pool size.
+#[test]
+fn exec_through_a_cluster_without_hosts_exits_4_after_the_queue_timeout() {
+    let nats = snakepit_tests::NatsServer::start();
+    let run = snakepit(&["exec", "--nats", &nats.url, "--cluster", "nobody", "ping"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("queue timeout"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("hint: no host of cluster `nobody` had room: start one (snakepit serve --cluster nobody)"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("--pool-size"), "{run:?}");
+}
+
+/// docs/cli.md: "`--nats`, or `NATS_URL`, default `nats://127.0.0.1:4222`":
+/// with neither, the cluster commands go to that address (here nothing
+/// answers there, and the error names it).
+#[test]
+fn without_nats_or_nats_url_the_cluster_commands_use_the_local_default() {
+    if std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
+        // Something serves the default port on this machine: the error
+        // this test looks for cannot happen here.
+        eprintln!("127.0.0.1:4222 is taken on this machine; skipped");
+        return;
+    }
+    for args in [
+        &["cluster", "status", "--cluster", "ml"][..],
+        &["exec", "--cluster", "ml", "ping"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("NATS_URL")
+            .env_remove("SNAKEPIT_CONFIG")
+            .output()
+            .expect("the snakepit binary runs");
+        let run = Run::from(out);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("nats://127.0.0.1:4222"),
+            "{args:?}: {run:?}"
+        );
+    }
+}
