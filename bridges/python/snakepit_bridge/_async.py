@@ -235,7 +235,10 @@ class AsyncServer(Server):
 
     def call_host(self, ctx: Context, function: str, args: Any) -> Any:
         if threading.get_ident() == self._loop_thread:
-            raise RuntimeError("call_host would block the event loop: use 'await ctx.acall_host(...)'")
+            raise RuntimeError(
+                "call_host would block the event loop: use 'await ctx.acall_host(...)'"
+                " (for the session: 'await ctx.session.aget/aset/adelete(...)')"
+            )
         hid = next(self._host_ids)
         waiter = _ThreadWaiter()
         self._host_pending[hid] = (ctx, waiter.resolve)

@@ -130,6 +130,7 @@ class BlockingFormsInAsyncHandlers(_Base):
             self.assertFalse(reply["success"], reply)
             self.assertEqual(reply["error"]["type"], "RuntimeError", reply)
             self.assertIn("would block the event loop", reply["error"]["message"])
+            self.assertIn("ctx.session.aget", reply["error"]["message"])
             # The awaited form works in the same worker: its host call goes
             # out, and its answer is the result.
             w.request(2, "awaited_session_get")
