@@ -4,6 +4,7 @@ import io
 import json
 import os
 import sys
+import threading
 import unittest
 
 from ._helpers import HAVE_MSGPACK, VECTORS
@@ -220,6 +221,122 @@ class ReaderTests(unittest.TestCase):
             os.close(r2)
         finally:
             os.close(r)
+
+    def _large_stream(self):
+        """A 3 MiB frame, then a small one, as (frames, big payload)."""
+        big = b"\x00\x00\x00\x00"[:0] + bytes(range(256)) * (3 * 4096)
+        frames = (
+            len(big).to_bytes(4, "big") + big + b"\x00\x00\x00\x02{}"
+        )
+        return frames, big
+
+    def test_a_large_frame_is_read_as_the_pipe_holds_it_and_the_next_follows(self):
+        frames, big = self._large_stream()
+        r, w = os.pipe()
+        grown = False
+        try:
+            import fcntl
+
+            # As a pool grows a worker's pipe for a large frame.
+            grown = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20) >= 1 << 20
+        except (ImportError, AttributeError, OSError):
+            pass
+        reads = []
+        real = os.readv
+
+        def counting(fd, buffers):
+            n = real(fd, buffers)
+            reads.append(n)
+            return n
+
+        def write():
+            try:
+                os.write(w, frames)
+            except BrokenPipeError:
+                pass
+            os.close(w)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        reader = FrameReader(r)
+        os.readv = counting
+        try:
+            first = reader.read_frame()
+            second = reader.read_frame()
+            third = reader.read_frame()
+        finally:
+            os.readv = real
+            os.close(r)  # a writer left blocked (a failed test) ends too
+            writer.join()
+        self.assertEqual(bytes(first), big)
+        self.assertEqual(second, b"{}")
+        self.assertIsNone(third)
+        # Read to the frame's end and no further (the first 64 KiB came
+        # with the length prefix) ...
+        self.assertEqual(sum(reads) + 65536, len(big) + 4)
+        if grown:
+            # ... as much per read as the pipe held, not 64 KiB at a time.
+            self.assertGreater(max(reads), 65536)
+
+    def test_a_large_frame_interrupted_mid_read_keeps_what_was_read(self):
+        frames, big = self._large_stream()
+        r, w = os.pipe()
+        real = os.readv
+        calls = []
+
+        def interrupted(fd, buffers):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # a SIGINT while the frame arrives
+            return real(fd, buffers)
+
+        def write():
+            try:
+                for at in range(0, len(frames), 100_000):
+                    os.write(w, frames[at:at + 100_000])
+            except BrokenPipeError:
+                pass
+            os.close(w)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        reader = FrameReader(r)
+        os.readv = interrupted
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                reader.read_frame()
+            self.assertTrue(reader.pending())
+            first = reader.read_frame()
+            second = reader.read_frame()
+        finally:
+            os.readv = real
+            os.close(r)  # a writer left blocked (a failed test) ends too
+            writer.join()
+        self.assertEqual(bytes(first), big)
+        self.assertEqual(second, b"{}")
+
+    def test_a_large_frame_cut_short_is_truncated(self):
+        frames, _ = self._large_stream()
+        r, w = os.pipe()
+
+        def write():
+            try:
+                os.write(w, frames[:2_000_000])
+            except BrokenPipeError:
+                pass
+            os.close(w)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        reader = FrameReader(r)
+        try:
+            with self.assertRaises(FrameError) as cm:
+                reader.read_frame()
+            self.assertEqual(cm.exception.kind, "truncated")
+            self.assertFalse(reader.pending())
+        finally:
+            os.close(r)
+            writer.join()
 
     def test_zero_length_frame_is_invalid(self):
         with self.assertRaises(FrameError) as cm:

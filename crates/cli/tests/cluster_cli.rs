@@ -384,6 +384,7 @@ fn without_nats_or_nats_url_the_cluster_commands_use_the_local_default() {
         &["cluster", "status", "--cluster", "ml"][..],
         &["exec", "--cluster", "ml", "ping"][..],
     ] {
+        #[allow(clippy::disallowed_methods)] // the binary under test, not a worker
         let out = Command::new(BIN)
             .args(args)
             .env_remove("NATS_URL")
