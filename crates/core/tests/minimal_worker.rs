@@ -117,3 +117,109 @@ async fn the_documented_minimal_worker_serves_a_pool() {
     pool.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The fenced Python block of docs/bridges.md that starts with `start`.
+fn documented_block(start: &str) -> String {
+    let doc = snakepit_tests::workspace_root().join("docs/bridges.md");
+    let text = std::fs::read_to_string(&doc).expect("docs/bridges.md");
+    let code = text
+        .split("```python\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(code, _)| code))
+        .find(|code| code.starts_with(start))
+        .unwrap_or_else(|| panic!("docs/bridges.md has a block starting {start:?}"));
+    format!("{code}\n")
+}
+
+/// `text` with the one occurrence of `from` replaced by `to`.
+fn once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from:?} once in the worker");
+    text.replacen(from, to, 1)
+}
+
+/// `text` without the function that starts at `from`, up to `until`.
+fn without(text: &str, from: &str, until: &str) -> String {
+    let start = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{from:?} in the worker"));
+    let end = start + text[start..].find(until).expect("the next definition");
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+/// The minimal worker changed as docs/bridges.md says "to let SIGINT cancel
+/// the running handler instead", put together from the page's blocks, plus
+/// a `nap` command that sleeps.
+fn documented_sigint_worker() -> String {
+    let defs = documented_block("import contextlib\n");
+    let io = documented_block("def send(msg):\n    data = json.dumps(msg, separators=(\",\", \":\"), allow_nan=False).encode()\n    with sigint_held():");
+    let serve_end = documented_block("    try:\n        try:\n            armed = True");
+    let mut w = documented_worker();
+    w = without(&w, "def send(msg):\n", "\ndef fail(");
+    w = without(&w, "def call_host(req, function, args):\n", "\ndef ping(");
+    w = once(&w, "def fail(", &format!("{defs}\n{io}\ndef fail("));
+    w = once(
+        &w,
+        "def serve(req):\n",
+        "def serve(req):\n    global armed\n",
+    );
+    let old_end = "    try:\n        send({\"id\": rid, \"success\": True, \"result\": COMMANDS[command](args, req)})\n    except Exception as exc:       # the handler failed, or JSON cannot carry its result\n        fail(rid, type(exc).__name__, str(exc))\n";
+    w = once(&w, old_end, &serve_end);
+    w = once(
+        &w,
+        "send({\"type\": \"hello\"",
+        "signal.signal(signal.SIGINT, on_sigint)\nsend({\"type\": \"hello\"",
+    );
+    w = once(
+        &w,
+        "\"host_calls\": True}",
+        "\"host_calls\": True, \"sigint\": True}",
+    );
+    once(
+        &w,
+        "COMMANDS = {",
+        "import time\n\ndef nap(args, req):\n    time.sleep(args[\"ms\"] / 1000)\n    return {\"napped\": args[\"ms\"]}\n\nCOMMANDS = {\"nap\": nap, ",
+    )
+}
+
+/// docs/bridges.md: "To let SIGINT cancel the running handler instead,
+/// change the worker as follows." Changed so, the minimal worker declares
+/// `sigint`, and a call past its deadline is interrupted, not its worker
+/// killed: the caller gets `CallTimeout`, the same process serves the next
+/// calls (a host call among them, so its frames stayed in step), and no
+/// worker was replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_sigint_worker_is_interrupted_not_killed_past_a_deadline() {
+    let dir = std::env::temp_dir().join(format!("snakepit-sigint-worker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("sigint_worker.py");
+    std::fs::write(&script, documented_sigint_worker()).unwrap();
+    let pool = Pool::builder(Minimal(script))
+        .size(1)
+        .host_function("session.set", |_call| async {
+            Ok::<Value, RemoteError>(Value::Null)
+        })
+        .start()
+        .await
+        .expect("the changed worker passes the handshake");
+    let pids = pool.worker_pids();
+    for _ in 0..3 {
+        let err = pool
+            .execute_with(
+                "nap",
+                json!({"ms": 30_000}),
+                CallOptions::new().timeout(std::time::Duration::from_millis(200)),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        let r = pool.execute("ping", json!({})).await.unwrap();
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(pids[0])), "{r}");
+        let r = pool.execute("remember", json!({"value": 1})).await.unwrap();
+        assert_eq!(r, Value::Null);
+    }
+    assert_eq!(pool.worker_pids(), pids, "no worker was replaced");
+    let stats = pool.stats();
+    assert_eq!((stats.restarts, stats.crashes), (0, 0), "{stats:?}");
+    pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
