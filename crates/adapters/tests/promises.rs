@@ -323,6 +323,47 @@ fn without_home_the_bridges_go_to_a_private_directory_never_one_others_can_write
     }
 }
 
+/// docs/bridges.md: the bridges are written to "`$XDG_CACHE_HOME/snakepit`
+/// or `~/.cache/snakepit`" when `SNAKEPIT_BRIDGE_DIR` is not set.
+#[test]
+fn the_bridges_go_to_xdg_cache_home_else_home_dot_cache() {
+    const NAME: &str = "the_bridges_go_to_xdg_cache_home_else_home_dot_cache";
+    if std::env::var_os(CHILD).is_none() {
+        let dir = Dir::new("cachehome");
+        let tmp = dir.0.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let xdg = dir.0.join("xdg");
+        let home = dir.0.join("home");
+        for (env, expect) in [
+            (
+                [
+                    ("XDG_CACHE_HOME", xdg.to_str().unwrap()),
+                    ("HOME", home.to_str().unwrap()),
+                ],
+                xdg.join("snakepit"),
+            ),
+            (
+                [
+                    ("HOME", home.to_str().unwrap()),
+                    ("HOME", home.to_str().unwrap()),
+                ],
+                home.join(".cache/snakepit"),
+            ),
+        ] {
+            let expect = expect.to_str().unwrap().to_owned();
+            in_own_process_without_home(NAME, &tmp, &[env[0], env[1], ("EXPECT", expect.as_str())]);
+        }
+        return;
+    }
+    let tmp = std::env::temp_dir();
+    let script = script_in(&tmp, "worker.py", REPORTING_WORKER);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(report(Bridge::python(&script)));
+    let expect = PathBuf::from(std::env::var_os("EXPECT").unwrap());
+    let bridge_file = Path::new(r["bridge_file"].as_str().unwrap());
+    assert!(bridge_file.starts_with(&expect), "{expect:?}: {r}");
+}
+
 /// A bridge tree changed since it was written (here a bundled file edited
 /// to fail on import) is written again before a worker runs it: what runs
 /// is the bridge this build embeds.
