@@ -54,3 +54,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/bridges.md")]
 pub struct BridgesDocDoctests;
+
+/// The Rust example of `docs/preload.md`, compiled.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/preload.md")]
+pub struct PreloadDocDoctests;

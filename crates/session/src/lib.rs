@@ -64,3 +64,9 @@ pub use programs::execute_program_command;
 pub use redis_store::{RedisStore, RedisStoreBuilder};
 pub use session::{check_ttl, Session, StoreStats, MAX_ID_LEN, MAX_TTL};
 pub use store::{EndListener, EndReason, SessionStore};
+
+/// The Rust examples of `docs/sessions.md`, compiled as this crate's
+/// doc-tests (its Redis example needs the `redis` feature).
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../../../docs/sessions.md")]
+pub struct SessionsDocDoctests;

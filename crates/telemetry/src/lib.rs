@@ -96,3 +96,9 @@ pub fn instrument(builder: PoolBuilder) -> PoolBuilder {
 pub fn observe(pool: &Pool) -> Observation {
     PoolMetrics::global().observe(pool)
 }
+
+/// The Rust examples of `docs/telemetry.md`, compiled as this crate's
+/// doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/telemetry.md")]
+pub struct TelemetryDocDoctests;
