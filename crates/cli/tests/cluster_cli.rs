@@ -52,10 +52,16 @@ struct Serve {
 impl Serve {
     /// Starts `snakepit serve ARGS` with `env` and waits until it says it
     /// serves.
-    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
     fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        Serve::start_in(&std::env::temp_dir(), args, env)
+    }
+
+    /// As [`Serve::start`], in the directory `dir` (its `snakepit.toml`).
+    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+    fn start_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
+        cmd.current_dir(dir)
+            .arg("serve")
             .args(args)
             .env_remove("SNAKEPIT_CONFIG")
             .env_remove("NATS_URL")
@@ -398,4 +404,95 @@ fn without_nats_or_nats_url_the_cluster_commands_use_the_local_default() {
             "{args:?}: {run:?}"
         );
     }
+}
+
+/// A worker whose `where` tells the process that ran its module-level code.
+const PRELOAD_PY: &str = r#"
+import os
+import snakepit_bridge
+
+LOADED_IN = os.getpid()
+worker = snakepit_bridge.Worker()
+
+@worker.command("where")
+def where(args):
+    return {"pid": os.getpid(), "ppid": os.getppid(), "loaded_in": LOADED_IN}
+
+worker.run()
+"#;
+
+/// Whether `where`'s answer came from a worker forked from the process
+/// that ran the script's module-level code.
+fn forked_from_template(r: &Run) -> bool {
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    v["pid"] != v["loaded_in"] && v["ppid"] == v["loaded_in"]
+}
+
+/// docs/cli.md: "`exec`, `bench` and `serve` read `./snakepit.toml`", and
+/// `--preload`: "`serve` and `bench` take it too". A host started in a
+/// directory with a settings file runs the file's script, preloaded, with
+/// the file's pool size; `--preload` does the same from the command line;
+/// a Node.js host cannot preload (a usage error, exit 2).
+#[test]
+fn serve_reads_the_settings_file_and_takes_preload() {
+    let nats = snakepit_tests::NatsServer::start();
+    let dir = Dir::new("serve-settings");
+    let script = dir.file("worker.py", PRELOAD_PY);
+    dir.file(
+        "snakepit.toml",
+        "script = \"worker.py\"\npreload = true\n\n[pool]\npool_size = 3\n",
+    );
+    let url = nats.url.clone();
+    let serve_in = |dir: &std::path::Path, cluster: &str, more: &[&str]| {
+        let args: Vec<&str> = ["--nats", url.as_str(), "--cluster", cluster]
+            .into_iter()
+            .chain(more.iter().copied())
+            .collect();
+        Serve::start_in(dir, &args, &[])
+    };
+    let exec = |cluster: &str| {
+        snakepit(&[
+            "exec",
+            "--nats",
+            &nats.url,
+            "--cluster",
+            cluster,
+            "where",
+            "{}",
+        ])
+    };
+    let _from_file = serve_in(&dir.0, "settings", &[]);
+    let status = snakepit(&[
+        "cluster",
+        "status",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "settings",
+        "--json",
+    ]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json()[0]["workers"], 3, "{status:?}");
+    assert!(forked_from_template(&exec("settings")));
+
+    let elsewhere = std::env::temp_dir();
+    let one = ["--script", script.as_str(), "--pool-size", "1"];
+    let _from_flag = serve_in(&elsewhere, "flag", &[&one[..], &["--preload"]].concat());
+    assert!(forked_from_template(&exec("flag")));
+    let _plain = serve_in(&elsewhere, "plain", &one);
+    assert!(!forked_from_template(&exec("plain")));
+
+    let node = snakepit(&[
+        "serve",
+        "--nats",
+        &nats.url,
+        "--cluster",
+        "node",
+        "--preload",
+        "--adapter",
+        "node",
+    ]);
+    assert_eq!(node.code, 2, "{node:?}");
+    assert!(node.stderr.contains("cannot fork"), "{node:?}");
 }
