@@ -316,44 +316,6 @@ class FrameReader:
         del buf[:end]
         return payload
 
-    def _read_rest(self, size):
-        """The rest of a large frame whose start is buffered, read straight
-        into a buffer of the frame's size, as much per read as the pipe
-        holds: one copy out of the pipe, where 64 KiB reads each copied into
-        the buffer, then the frame copied out of it, cost three. Returned
-        without a copy (a bytearray, which the codecs decode as bytes).
-
-        That buffer is the reader's while it fills, and what was read stays
-        in it should an exception (a KeyboardInterrupt) stop the read: the
-        stream stays in step."""
-        end = 4 + size
-        got = len(self._buf)
-        frame = bytearray(end)
-        frame[:got] = self._buf
-        self._buf = frame
-        readv = os.readv
-        fd = self.fd
-        try:
-            with memoryview(frame) as view:
-                while got < end:
-                    # Released here whatever happens: a view left alive
-                    # (in an exception's traceback) would pin the size.
-                    with view[got:] as rest:
-                        n = readv(fd, [rest])
-                    if not n:
-                        break
-                    got += n
-        finally:
-            if got < end:
-                del frame[got:]
-        if got < end:
-            self.eof = True
-            frame.clear()
-            raise FrameError("truncated", "stream ended inside a frame")
-        self._buf = bytearray()
-        del frame[:4]
-        return frame
-
     def pending(self):
         """True when a partial frame is buffered (EOF now means truncation)."""
         return bool(self._buf) or bool(self._skip)
@@ -386,11 +348,6 @@ class FrameReader:
             want = 65536
             if self._skip:
                 want = min(self._skip, 1 << 20)
-            elif len(self._buf) >= 4:
-                # next_frame refused an oversized frame: this one fits.
-                (size,) = _unpack_header(self._buf)
-                if size + 4 - len(self._buf) > 65536:
-                    return self._read_rest(size)
             data = read(fd, want)
             if not data:
                 self.eof = True
