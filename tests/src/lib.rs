@@ -247,3 +247,84 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One `tracing` event as [`Events`] keeps it: target, level, and fields
+/// (name, value as `Debug` prints it).
+pub type Seen = (String, tracing::Level, Vec<(String, String)>);
+
+/// A `tracing` subscriber that keeps every event it is handed: for tests
+/// of what the pool logs (a worker's stderr lines, a template's).
+#[derive(Clone, Default)]
+pub struct Events(std::sync::Arc<std::sync::Mutex<Vec<Seen>>>);
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(Vec<(String, String)>);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push((field.name().to_owned(), format!("{value:?}")));
+            }
+        }
+        let mut fields = Fields(Vec::new());
+        event.record(&mut fields);
+        let meta = event.metadata();
+        self.0
+            .lock()
+            .unwrap()
+            .push((meta.target().to_owned(), *meta.level(), fields.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+impl Events {
+    /// The process-wide one, installed by the first test that asks
+    /// (nextest runs each test in a process of its own; under `cargo test`
+    /// the tests of a binary share it and tell their events apart by
+    /// worker or pid).
+    pub fn global() -> &'static Events {
+        static EVENTS: OnceLock<Events> = OnceLock::new();
+        EVENTS.get_or_init(|| {
+            let events = Events::default();
+            tracing::subscriber::set_global_default(events.clone())
+                .expect("no other global subscriber in this test binary");
+            events
+        })
+    }
+
+    /// Every event so far.
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The messages of the info events of `target` whose `pid` field is
+    /// `pid`.
+    pub fn lines(&self, target: &str, pid: u32) -> Vec<String> {
+        let pid = pid.to_string();
+        let field = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, level, fields)| {
+                t == target
+                    && *level == tracing::Level::INFO
+                    && field(fields, "pid").as_ref() == Some(&pid)
+            })
+            .filter_map(|(_, _, fields)| field(fields, "message"))
+            .collect()
+    }
+}

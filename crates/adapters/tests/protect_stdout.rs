@@ -17,12 +17,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use common::on_every_worker;
 use snakepit_adapters::Bridge;
 use snakepit_core::{events::EventKind, Error, Pool, WireCodec};
-use snakepit_tests::{eventually, python};
+use snakepit_tests::{eventually, python, Events};
 
 /// The lines the script writes to stdout at import.
 const IMPORT_LINES: [&str; 3] = [
@@ -39,91 +39,18 @@ fn bridge(codec: WireCodec) -> Bridge {
     Bridge::python(script).interpreter(python()).codec(codec)
 }
 
-/// What a `tracing` subscriber is handed: target, level and fields of
-/// each event.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Seen>>>);
-
-/// One event: its target, level, and fields (name, value).
-type Seen = (String, tracing::Level, Vec<(String, String)>);
-
-impl tracing::Subscriber for Events {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Fields(Vec<(String, String)>);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push((field.name().to_owned(), format!("{value:?}")));
-            }
-        }
-        let mut fields = Fields(Vec::new());
-        event.record(&mut fields);
-        let meta = event.metadata();
-        self.0
-            .lock()
-            .unwrap()
-            .push((meta.target().to_owned(), *meta.level(), fields.0));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-impl Events {
-    /// The process-wide subscriber, installed by the first test that asks
-    /// (nextest runs each test in a process of its own; under `cargo test`
-    /// the tests share it and tell their processes apart by pid).
-    fn global() -> &'static Events {
-        static EVENTS: OnceLock<Events> = OnceLock::new();
-        EVENTS.get_or_init(|| {
-            let events = Events::default();
-            tracing::subscriber::set_global_default(events.clone())
-                .expect("no other global subscriber in this test binary");
-            events
-        })
-    }
-
-    /// The messages of the info events of `target` whose `pid` is `pid`.
-    fn lines(&self, target: &str, pid: u32) -> Vec<String> {
-        let pid = pid.to_string();
-        let field = |fields: &[(String, String)], name: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, level, fields)| {
-                t == target
-                    && *level == tracing::Level::INFO
-                    && field(fields, "pid").as_ref() == Some(&pid)
-            })
-            .filter_map(|(_, _, fields)| field(fields, "message"))
-            .collect()
-    }
-
-    /// Waits until `target`'s lines of process `pid` include every one of
-    /// `expected`; panics naming what is missing if they never do.
-    async fn expect_lines(&self, target: &str, pid: u32, expected: &[&str], what: &str) {
-        let has_all = || {
-            let lines = self.lines(target, pid);
-            expected.iter().all(|e| lines.iter().any(|l| l == e))
-        };
-        assert!(
-            eventually(10, has_all).await,
-            "{what}: {target} of pid {pid} lacks some of {expected:?}; it logged {:?}",
-            self.lines(target, pid)
-        );
-    }
+/// Waits until `target`'s lines of process `pid` in `events` include every
+/// one of `expected`; panics naming what is missing if they never do.
+async fn expect_lines(events: &Events, target: &str, pid: u32, expected: &[&str], what: &str) {
+    let has_all = || {
+        let lines = events.lines(target, pid);
+        expected.iter().all(|e| lines.iter().any(|l| l == e))
+    };
+    assert!(
+        eventually(10, has_all).await,
+        "{what}: {target} of pid {pid} lacks some of {expected:?}; it logged {:?}",
+        events.lines(target, pid)
+    );
 }
 
 /// What would show a worker breaking the protocol: a call that did not end
@@ -193,21 +120,15 @@ async fn serve_and_check(preload: bool, codec: WireCodec) {
         let template = pool
             .template_pid()
             .expect("a preloaded pool has a template");
-        events
-            .expect_lines("snakepit::template", template, &IMPORT_LINES, &what)
-            .await;
+        expect_lines(events, "snakepit::template", template, &IMPORT_LINES, &what).await;
     }
     for &pid in &pids {
         if !preload {
-            events
-                .expect_lines("snakepit::worker", pid, &IMPORT_LINES, &what)
-                .await;
+            expect_lines(events, "snakepit::worker", pid, &IMPORT_LINES, &what).await;
         }
         // run() (in a fork of a template that protected stdout, too) keeps
         // what handlers write to stdout in the log.
-        events
-            .expect_lines("snakepit::worker", pid, &CALL_LINES, &what)
-            .await;
+        expect_lines(events, "snakepit::worker", pid, &CALL_LINES, &what).await;
     }
     pool.shutdown().await.unwrap();
 }

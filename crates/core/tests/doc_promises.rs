@@ -568,51 +568,13 @@ async fn sigint_goes_only_to_a_worker_that_runs_one_call_at_a_time() {
     }
 }
 
-/// What a `tracing` subscriber is handed: target, level and fields of
-/// each event.
-#[derive(Clone, Default)]
-struct Events(Arc<std::sync::Mutex<Vec<Seen>>>);
-
-/// One event: its target, level, and fields (name, value).
-type Seen = (String, tracing::Level, Vec<(String, String)>);
-
-impl tracing::Subscriber for Events {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Fields(Vec<(String, String)>);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push((field.name().to_owned(), format!("{value:?}")));
-            }
-        }
-        let mut fields = Fields(Vec::new());
-        event.record(&mut fields);
-        let meta = event.metadata();
-        self.0
-            .lock()
-            .unwrap()
-            .push((meta.target().to_owned(), *meta.level(), fields.0));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// bridges.md, Standard output belongs to the protocol: the pool forwards
 /// each line of a worker's stderr "to `tracing` (target
 /// `snakepit::worker`, level info)"; reliability.md: "a line ends at `\n`
 /// or `\r` (progress bars)". Each line is one event naming the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stderr_line_is_an_info_event_of_target_snakepit_worker() {
-    let events = Events::default();
-    // nextest runs each test in a process of its own.
-    tracing::subscriber::set_global_default(events.clone()).unwrap();
+    let events = snakepit_tests::Events::global();
     let doc = Doc::new("stderr-lines", "none");
     let pool = builder(doc.adapter()).size(1).start().await.unwrap();
     let worker = pool.workers()[0].clone();
@@ -624,16 +586,14 @@ async fn each_stderr_line_is_an_info_event_of_target_snakepit_worker() {
     .unwrap();
     let lines = || -> Vec<(tracing::Level, Vec<(String, String)>)> {
         events
-            .0
-            .lock()
-            .unwrap()
-            .iter()
+            .all()
+            .into_iter()
             // This pool's worker only (`cargo test` runs tests side by side).
             .filter(|(target, _, fields)| {
                 target == "snakepit::worker"
                     && fields.iter().any(|(n, v)| n == "worker" && *v == worker.id)
             })
-            .map(|(_, level, fields)| (*level, fields.clone()))
+            .map(|(_, level, fields)| (level, fields))
             .collect()
     };
     let message = |fields: &[(String, String)], name: &str| {
