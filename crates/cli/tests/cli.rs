@@ -1210,20 +1210,6 @@ fn an_unreachable_nats_is_exit_1_naming_the_address() {
     }
 }
 
-const PRELOAD_PY: &str = r#"
-import os
-import snakepit_bridge
-
-LOADED_IN = os.getpid()
-worker = snakepit_bridge.Worker()
-
-@worker.command("where")
-def where(args):
-    return {"pid": os.getpid(), "ppid": os.getppid(), "loaded_in": LOADED_IN}
-
-worker.run()
-"#;
-
 /// Asserts that `where` ran in a worker forked from the process that ran
 /// the script's module-level code, or in that very process.
 #[track_caller]

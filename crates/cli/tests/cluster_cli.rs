@@ -406,21 +406,6 @@ fn without_nats_or_nats_url_the_cluster_commands_use_the_local_default() {
     }
 }
 
-/// A worker whose `where` tells the process that ran its module-level code.
-const PRELOAD_PY: &str = r#"
-import os
-import snakepit_bridge
-
-LOADED_IN = os.getpid()
-worker = snakepit_bridge.Worker()
-
-@worker.command("where")
-def where(args):
-    return {"pid": os.getpid(), "ppid": os.getppid(), "loaded_in": LOADED_IN}
-
-worker.run()
-"#;
-
 /// Whether `where`'s answer came from a worker forked from the process
 /// that ran the script's module-level code.
 fn forked_from_template(r: &Run) -> bool {

@@ -3,11 +3,14 @@
 //! whose exporter keeps what it is given, flushed on demand: no OTLP, no
 //! receiver), fed by pools of real Python workers.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{kill, restart_worker, temp_dir};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
@@ -19,29 +22,6 @@ use snakepit_core::events::EventKind;
 use snakepit_core::Pool;
 use snakepit_telemetry::PoolMetrics;
 use snakepit_tests::until;
-
-fn worker() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/restart_worker.py")
-}
-
-fn kill(signal: &str, pid: u32) {
-    #[allow(clippy::disallowed_methods)] // kill(1), not a worker
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "snakepit-metrics-promises-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// What kind of instrument a metric came from, as telemetry.md's table
 /// names them.
@@ -273,7 +253,7 @@ async fn a_worker_killed_after_its_replacement_failed_to_start_restarts_as_exite
     let marker = dir.join("fail");
     let log = Log::default();
     let m = metrics.clone();
-    let pool = Pool::builder(Bridge::python(worker()).env("FAIL_START_IF_EXISTS", &marker))
+    let pool = Pool::builder(Bridge::python(restart_worker()).env("FAIL_START_IF_EXISTS", &marker))
         .size(1)
         .name("recycle-failed")
         .configure(|c| {
@@ -434,7 +414,7 @@ async fn pool_metrics_new_makes_the_documented_instruments_on_your_meter_beside_
     // them frozen (SIGSTOP) until its health check fails and it is
     // replaced.
     let m = metrics.clone();
-    let frozen = Pool::builder(Bridge::python(worker()))
+    let frozen = Pool::builder(Bridge::python(restart_worker()))
         .size(1)
         .name("frozen")
         .configure(|c| {
@@ -457,7 +437,7 @@ async fn pool_metrics_new_makes_the_documented_instruments_on_your_meter_beside_
     // worker killed whose slot then fails to start until its breaker
     // opens, then a worker again.
     let m = metrics.clone();
-    let pool = Pool::builder(Bridge::python(worker()).env("FAIL_START_IF_EXISTS", &marker))
+    let pool = Pool::builder(Bridge::python(restart_worker()).env("FAIL_START_IF_EXISTS", &marker))
         .size(1)
         .name("beside")
         .configure(|c| {

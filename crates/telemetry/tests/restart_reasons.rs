@@ -17,34 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{kill, restart_worker, temp_dir};
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::events::EventKind;
 use snakepit_core::{Pool, PoolBuilder};
 use snakepit_tests::until;
-
-fn worker() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/restart_worker.py")
-}
-
-fn kill(signal: &str, pid: u32) {
-    #[allow(clippy::disallowed_methods)] // kill(1), not a worker
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "snakepit-restart-reasons-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A flag set by the pool's first event of a kind.
 fn flag() -> Arc<AtomicBool> {
@@ -117,7 +95,7 @@ fn host_process() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let pool = Pool::builder(Bridge::python(worker()))
+        let pool = Pool::builder(Bridge::python(restart_worker()))
             .size(1)
             .name("swept")
             .configure(|c| c.state_dir = Some(PathBuf::from(&state_dir)))
@@ -183,7 +161,11 @@ async fn each_restart_reason_and_the_breaker_and_sweep_counters_are_exported() -
         .stderr_logs(None)
         .init()?;
     let builder = |name: &str| -> PoolBuilder {
-        snakepit_telemetry::instrument(Pool::builder(Bridge::python(worker())).size(1).name(name))
+        snakepit_telemetry::instrument(
+            Pool::builder(Bridge::python(restart_worker()))
+                .size(1)
+                .name(name),
+        )
     };
 
     // Recycled after two calls: `recycled_calls`.
@@ -273,7 +255,7 @@ async fn each_restart_reason_and_the_breaker_and_sweep_counters_are_exported() -
     let opened = flag();
     let seen = opened.clone();
     let pool = snakepit_telemetry::instrument(
-        Pool::builder(Bridge::python(worker()).env("FAIL_START_IF_EXISTS", &marker))
+        Pool::builder(Bridge::python(restart_worker()).env("FAIL_START_IF_EXISTS", &marker))
             .size(1)
             .name("breaker"),
     )

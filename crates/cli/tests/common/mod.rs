@@ -117,3 +117,19 @@ impl Drop for Dir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A worker whose `where` tells the process that ran its module-level code
+/// (with preloading, the template it was forked from).
+pub const PRELOAD_PY: &str = r#"
+import os
+import snakepit_bridge
+
+LOADED_IN = os.getpid()
+worker = snakepit_bridge.Worker()
+
+@worker.command("where")
+def where(args):
+    return {"pid": os.getpid(), "ppid": os.getppid(), "loaded_in": LOADED_IN}
+
+worker.run()
+"#;

@@ -245,3 +245,30 @@ pub(crate) async fn trace_through_pool(protocol: snakepit_telemetry::Protocol) -
     }
     Ok(())
 }
+
+/// The test worker whose start fails while a flag file exists
+/// (`tests/workers/restart_worker.py`).
+pub(crate) fn restart_worker() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/restart_worker.py")
+}
+
+/// Sends `signal` (a name: `KILL`, `STOP`, `CONT`) to `pid` with kill(1).
+pub(crate) fn kill(signal: &str, pid: u32) {
+    #[allow(clippy::disallowed_methods)] // kill(1), not a worker
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// An empty directory of this test process's own, named `name`.
+pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "snakepit-telemetry-tests-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
