@@ -164,8 +164,28 @@ class WorkerProcess {
   }
 }
 
+/** A temporary directory holding `source` as worker.js, removed after test `t`. */
+function scriptDir(t, source, prefix = 'snakepit-node-test-') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const script = path.join(dir, 'worker.js');
+  fs.writeFileSync(script, source);
+  return { dir, script };
+}
+
+/** Resolves once `cond()` holds, checking every 10 ms; rejects after 10 s. */
+async function until(cond, what) {
+  const deadline = Date.now() + 10000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 module.exports = {
   BRIDGE_DIR,
+  scriptDir,
+  until,
   GENERIC_WORKER,
   EXAMPLE_WORKER,
   loadVectors,

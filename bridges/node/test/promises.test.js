@@ -9,7 +9,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const { WorkerProcess } = require('./helpers');
+const { WorkerProcess, scriptDir, until } = require('./helpers');
 
 const SCRIPT = `
 const fs = require('node:fs');
@@ -40,26 +40,11 @@ const worker = new Worker({
 worker.run();
 `;
 
-function scriptDir(t) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'snakepit-node-promises-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const script = path.join(dir, 'worker.js');
-  fs.writeFileSync(script, SCRIPT);
-  return { dir, script };
-}
-
-async function until(cond, what) {
-  const deadline = Date.now() + 10000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 // protocol.md section 4: "The stream ends inside a frame ...: the worker
 // treats it as the end of stdin and exits 0; it sends nothing".
 test('EOF inside a frame: the worker exits 0 and sends nothing', async (t) => {
-  const { script } = scriptDir(t);
+  const { script } = scriptDir(t, SCRIPT, 'snakepit-node-promises-');
   for (const cut of [Buffer.from([0, 0]), Buffer.concat([Buffer.from([0, 0, 0, 32]), Buffer.from('{"id":1,')])]) {
     const w = new WorkerProcess(script);
     t.after(() => w.kill());
@@ -75,7 +60,7 @@ test('EOF inside a frame: the worker exits 0 and sends nothing', async (t) => {
 // without a stream"; protocol.md: the Node bridge omits a response's
 // `timestamp`.
 test('sendChunk sends only when the caller streams; replies carry no timestamp', async (t) => {
-  const { script } = scriptDir(t);
+  const { script } = scriptDir(t, SCRIPT, 'snakepit-node-promises-');
   for (const codec of ['json', 'msgpack']) {
     const w = new WorkerProcess(script, { codec });
     t.after(() => w.kill());
@@ -97,7 +82,7 @@ test('sendChunk sends only when the caller streams; replies carry no timestamp',
 // set one; `traceback` is `err.stack`. A result that cannot be encoded fails
 // with `EncodeError`."
 test('error types: the name, else the class name; unencodable results are EncodeError', async (t) => {
-  const { script } = scriptDir(t);
+  const { script } = scriptDir(t, SCRIPT, 'snakepit-node-promises-');
   const w = new WorkerProcess(script);
   t.after(() => w.kill());
   await w.hello();
@@ -119,7 +104,7 @@ test('error types: the name, else the class name; unencodable results are Encode
 // bridges.md: `maxConcurrency` "default 16; the variable
 // `SNAKEPIT_MAX_CONCURRENCY` overrides it".
 test('max_concurrency is 16 unless SNAKEPIT_MAX_CONCURRENCY says otherwise', async (t) => {
-  const { script } = scriptDir(t);
+  const { script } = scriptDir(t, SCRIPT, 'snakepit-node-promises-');
   let w = new WorkerProcess(script);
   t.after(() => w.kill());
   assert.equal((await w.hello()).capabilities.max_concurrency, 16);
@@ -133,7 +118,7 @@ test('max_concurrency is 16 unless SNAKEPIT_MAX_CONCURRENCY says otherwise', asy
 // protocol.md section 4: a request whose `id` is already running: the worker
 // "must not start a second handler under the same id".
 test('a second request under a running id never starts a handler', async (t) => {
-  const { dir, script } = scriptDir(t);
+  const { dir, script } = scriptDir(t, SCRIPT, 'snakepit-node-promises-');
   const w = new WorkerProcess(script);
   t.after(() => w.kill());
   await w.hello();

@@ -11,7 +11,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const { WorkerProcess } = require('./helpers');
+const { WorkerProcess, scriptDir, until } = require('./helpers');
 
 // RUN_OPTIONS (JSON) is what run() is given, if set. After run() resolves
 // the script writes 'after' to stderr and sets its exit code to 7.
@@ -41,27 +41,12 @@ process.stdin.on('end', () => process.stderr.write('stdin: end\\n'));
 })();
 `;
 
-function scriptDir(t) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'snakepit-node-run-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const script = path.join(dir, 'worker.js');
-  fs.writeFileSync(script, SCRIPT);
-  return { dir, script };
-}
-
-async function until(cond, what) {
-  const deadline = Date.now() + 10000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 // Starts the script with `options` for run(), has a call running when
 // the worker reads the end of stdin, lets it finish only then, and returns the call's reply
 // and how the process ended.
 async function closeWhileACallRuns(t, codec, options) {
-  const { dir, script } = scriptDir(t);
+  const { dir, script } = scriptDir(t, SCRIPT, 'snakepit-node-run-');
   const env = options === undefined ? {} : { RUN_OPTIONS: JSON.stringify(options) };
   const w = new WorkerProcess(script, { codec, env });
   t.after(() => w.kill());

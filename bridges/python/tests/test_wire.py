@@ -222,6 +222,22 @@ class ReaderTests(unittest.TestCase):
         finally:
             os.close(r)
 
+    def _writer(self, w, data):
+        """A thread writing `data` to `w` in pieces of 100,000 bytes (as a
+        pool into a pipe that fills), then closing it; started."""
+
+        def write():
+            try:
+                for at in range(0, len(data), 100_000):
+                    os.write(w, data[at:at + 100_000])
+            except BrokenPipeError:
+                pass  # the test closed its end: it failed, or is done
+            os.close(w)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        return writer
+
     def _large_stream(self):
         """A 3 MiB frame, then a small one, as (frames, big payload)."""
         big = b"\x00\x00\x00\x00"[:0] + bytes(range(256)) * (3 * 4096)
@@ -242,16 +258,7 @@ class ReaderTests(unittest.TestCase):
                 raise KeyboardInterrupt  # a SIGINT while the frame arrives
             return real(fd, n)
 
-        def write():
-            try:
-                for at in range(0, len(frames), 100_000):
-                    os.write(w, frames[at:at + 100_000])
-            except BrokenPipeError:
-                pass
-            os.close(w)
-
-        writer = threading.Thread(target=write)
-        writer.start()
+        writer = self._writer(w, frames)
         reader = FrameReader(r)
         os.read = interrupted
         try:
@@ -272,15 +279,7 @@ class ReaderTests(unittest.TestCase):
         frames, _ = self._large_stream()
         r, w = os.pipe()
 
-        def write():
-            try:
-                os.write(w, frames[:2_000_000])
-            except BrokenPipeError:
-                pass
-            os.close(w)
-
-        writer = threading.Thread(target=write)
-        writer.start()
+        writer = self._writer(w, frames[:2_000_000])
         reader = FrameReader(r)
         try:
             with self.assertRaises(FrameError) as cm:
