@@ -299,6 +299,40 @@ fn the_metric_export_interval_comes_from_the_environment() {
     guard.shutdown().unwrap();
 }
 
+/// telemetry.md: `OTEL_BSP_SCHEDULE_DELAY`, span batching (5000 ms by
+/// default). With 200 ms, spans made one every 100 ms go out in five
+/// exports or more before any flush or shutdown, well within 20 s; with the
+/// default it would take 25 s.
+#[test]
+fn the_span_batching_delay_comes_from_the_environment() {
+    if in_own_process(
+        "the_span_batching_delay_comes_from_the_environment",
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let receiver = Receiver::ok();
+    let guard = Telemetry::new()
+        .endpoint(receiver.base())
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests("/v1/traces").len() < 5 {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} span exports: {:?}",
+            receiver.requests("/v1/traces").len(),
+            receiver.paths()
+        );
+        drop(tracing::info_span!("batched").entered());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    guard.shutdown().unwrap();
+}
+
 /// The explicit bounds printed in the last export of histogram `name`.
 fn bucket_bounds(out: &str, name: &str) -> Vec<f64> {
     let Some(start) = out.rfind(&format!("Name: {name}\n")) else {
