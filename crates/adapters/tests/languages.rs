@@ -116,3 +116,41 @@ async fn user_scripts_import_the_bundled_bridge_in_each_language() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// bridges/node/README.md and docs/bridges.md: MessagePack needs
+/// `@msgpack/msgpack`, found in a `node_modules` next to the script. So it
+/// is for a CommonJS script and for an ES module (`.mjs`, which has no
+/// `require.main` to look from), with nothing on `NODE_PATH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_worker_finds_msgpack_next_to_its_script_commonjs_or_es_module() {
+    let dir = std::env::temp_dir().join(format!("snakepit-node-beside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(node_modules(), dir.join("node_modules")).unwrap();
+    for (name, source) in [
+        (
+            "w.cjs",
+            "const { Worker } = require('snakepit-bridge');\nnew Worker({ commands: { hi: () => 'cjs' } }).run();\n",
+        ),
+        (
+            "w.mjs",
+            "import { Worker } from 'snakepit-bridge';\nnew Worker({ commands: { hi: () => 'mjs' } }).run();\n",
+        ),
+    ] {
+        let script = dir.join(name);
+        std::fs::write(&script, source).unwrap();
+        let pool = Pool::builder(
+            Bridge::node(&script)
+                .codec(WireCodec::MsgPack)
+                .env("NODE_PATH", ""),
+        )
+        .size(1)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = pool.execute("hi", json!({})).await.unwrap();
+        assert_eq!(r, json!(&name[2..]), "{name}");
+        pool.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
