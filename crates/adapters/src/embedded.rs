@@ -83,10 +83,18 @@ fn cache_base() -> std::io::Result<PathBuf> {
     }
     snakepit_core::sweep::private_temp_dir().or_else(|e| {
         let dir = new_private_dir()?;
+        // The problem alone: the state directory's own advice names its
+        // variable, not this one.
+        let problem = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<snakepit_core::sweep::UnsafeStateDir>())
+            .map_or_else(
+                || e.to_string(),
+                |u| format!("{} is unsafe: {}", u.dir.display(), u.problem),
+            );
         tracing::warn!(
-            error = %e,
-            dir = %dir.display(),
-            "the bundled bridges are written to a new private directory instead"
+            "{problem}; the bundled bridges are written to {} instead (set SNAKEPIT_BRIDGE_DIR, or HOME, to choose where)",
+            dir.display()
         );
         Ok(dir)
     })

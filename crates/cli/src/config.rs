@@ -100,6 +100,13 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
             .unwrap_or_default(),
         None => PoolConfig::default(),
     };
+    // As their flags are refused (`--timeout 0`, `--pool-size 0`).
+    if raw.timeout_ms == Some(0) {
+        return Err("timeout_ms must be above 0 milliseconds".into());
+    }
+    if pool_size_set && pool.pool_size == 0 {
+        return Err("pool_size under [pool] must be at least 1".into());
+    }
     Ok(FileConfig {
         adapter: raw.adapter,
         script: raw.script.map(|s| dir.join(s)),
@@ -160,6 +167,15 @@ mod tests {
         assert!(e.contains("pool_size") && e.contains("line 2"), "{e}");
         let e = parse("[pool]\nqueue_timeout_ms = -1\n", Path::new(".")).unwrap_err();
         assert!(e.contains("queue_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_timeout_or_pool_size_is_refused_naming_the_key() {
+        let e = parse("timeout_ms = 0\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("timeout_ms must be above 0"), "{e}");
+        let e = parse("[pool]\npool_size = 0\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("pool_size under [pool]"), "{e}");
+        assert!(parse("timeout_ms = 1\n[pool]\npool_size = 1\n", Path::new(".")).is_ok());
     }
 
     #[test]

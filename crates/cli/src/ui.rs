@@ -138,8 +138,12 @@ impl From<Error> for Failure {
             Error::Validation { .. } | Error::UnsupportedCommand(_) => {
                 Failure::new(code::FAILED, e.to_string()).hint("the call never reached a worker; fix the command or its arguments")
             }
-            Error::Codec(_) => Failure::new(code::FAILED, e.to_string()).hint(
+            Error::Codec(_) if e.never_ran() => Failure::new(code::FAILED, e.to_string()).hint(
                 "the arguments were not sent: raise max_frame_size under [pool] in snakepit.toml if they are too large, or fix what cannot be encoded",
+            ),
+            // The reply came back and could not be decoded: the call ran.
+            Error::Codec(_) => Failure::new(code::FAILED, e.to_string()).hint(
+                "the call ran, but its result could not be decoded (binary data in a JSON result, say): return JSON values, or base64-encode bytes",
             ),
             Error::Cancelled => Failure::new(code::FAILED, e.to_string())
                 .hint("the call was cancelled before it finished; run it again"),

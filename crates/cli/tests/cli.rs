@@ -1283,3 +1283,38 @@ fn bench_preload_reports_start_up_replacement_and_memory_both_ways() {
         "PSS of 2 workers",
     ]);
 }
+
+/// A payload the codec cannot carry says whether the call ran: arguments
+/// over `max_frame_size` were never sent (docs/cli.md's hint says so), while
+/// a result the host cannot decode (bytes, with MessagePack) came from a
+/// call that ran, and the hint must not say otherwise.
+#[test]
+fn a_codec_error_says_whether_the_call_ran() {
+    let dir = Dir::new("codec-hint");
+    dir.file(
+        "worker.py",
+        "import snakepit_bridge\nworker = snakepit_bridge.Worker()\n\n@worker.command\ndef raw(args):\n    return b\"\\x00\\x01\"\n\n@worker.command\ndef echo(args):\n    return args\n\nworker.run()\n",
+    );
+    let ran = snakepit_in(
+        &dir.0,
+        &["exec", "--codec", "msgpack", "--script", "worker.py", "raw"],
+        &[],
+        "",
+    );
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("hint: the call ran"), "{ran:?}");
+    assert!(!ran.stderr.contains("not sent"), "{ran:?}");
+    dir.file("snakepit.toml", "[pool]\nmax_frame_size = 1024\n");
+    let big = format!(r#"{{"data": "{}"}}"#, "x".repeat(4096));
+    let unsent = snakepit_in(
+        &dir.0,
+        &["exec", "--script", "worker.py", "echo", &big],
+        &[],
+        "",
+    );
+    assert_eq!(unsent.code, 1, "{unsent:?}");
+    assert!(
+        unsent.stderr.contains("hint: the arguments were not sent"),
+        "{unsent:?}"
+    );
+}
