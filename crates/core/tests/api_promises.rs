@@ -932,7 +932,12 @@ async fn a_strict_call_written_ahead_waits_for_the_call_before_it_past_the_queue
     use snakepit_core::Affinity;
     let pool = builder(Api::default())
         .size(2)
-        .configure(|c| c.queue_timeout = Duration::from_millis(300))
+        .configure(|c| {
+            c.queue_timeout = Duration::from_millis(300);
+            // "Short" with room to spare: on a loaded machine a debug
+            // build's echo can take over the default 1 ms.
+            c.pipeline_max_call = Duration::from_millis(200);
+        })
         .start()
         .await
         .unwrap();
