@@ -160,7 +160,17 @@ async fn the_documented_permissions_let_a_host_serve_and_a_caller_call_and_nothi
     .unwrap();
 
     // What a cluster does, under these permissions: calls, sessions, status.
-    let client = Client::connect(&caller_nats, "ml").await.unwrap();
+    // (Generous waits: the subject here is what the permissions allow, and
+    // a loaded machine may take seconds to bring the host's heartbeat.)
+    let mut config = snakepit_cluster::ClientConfig::default();
+    config.queue_timeout = Duration::from_secs(30);
+    let client = Client::connect_with(&caller_nats, "ml", config)
+        .await
+        .unwrap();
+    eventually(30, "the caller hears of the host", || async {
+        client.hosts().len() == 1
+    })
+    .await;
     let r = client
         .execute("echo", json!({"hello": "auth"}))
         .await
