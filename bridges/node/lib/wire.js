@@ -365,7 +365,7 @@ function validateError(error) {
 // output.
 function validateToPool(msg) {
   requireMap(msg);
-  const type = msg.type === undefined ? 'response' : msg.type;
+  const type = msg.type === undefined || msg.type === null ? 'response' : msg.type;
   switch (type) {
     case 'response':
       requireField(msg, 'id', isInteger, 'an integer');
@@ -403,7 +403,7 @@ function validateToPool(msg) {
 // the worker itself, since a bad request gets a reply naming its id.
 function validateToWorker(msg) {
   requireMap(msg);
-  const type = msg.type === undefined ? 'request' : msg.type;
+  const type = msg.type === undefined || msg.type === null ? 'request' : msg.type;
   switch (type) {
     case 'request':
       requireField(msg, 'id', (v) => isInteger(v) && v > 0, 'a positive integer');

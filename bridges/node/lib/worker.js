@@ -511,7 +511,7 @@ class Worker {
       return;
     }
     const type = msg.type;
-    if (type === undefined || type === 'request') this._onRequest(msg);
+    if (type === undefined || type === null || type === 'request') this._onRequest(msg);
     else if (type === 'cancel') this._onCancel(msg);
     else if (type === 'host_reply') this._onHostReply(msg);
     else {

@@ -344,10 +344,14 @@ async fn every_bridge_answers_frames_it_cannot_use_as_protocol_md_says_and_serve
         }
 
         // A missing (or null) `args` means `{}`; unknown fields are ignored;
-        // `type: "request"` is a request.
+        // `type: "request"` is a request, and so is a null `type` (absent).
         for (id, frame) in [
             (8, json!({"id": 8, "command": "echo"})),
             (18, json!({"id": 18, "command": "echo", "args": null})),
+            (
+                21,
+                json!({"type": null, "id": 21, "command": "echo", "args": {}}),
+            ),
             (
                 19,
                 json!({"type": "request", "id": 19, "command": "echo", "args": {}, "zzz": [1]}),
