@@ -207,11 +207,14 @@ fn listening_port(dir: &std::path::Path) -> Option<u16> {
     ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
-/// A nats-server on 127.0.0.1 on a port of its choosing, JetStream on, its
-/// store in a temporary directory; killed, reaped and removed on drop.
+/// A nats-server on 127.0.0.1 on a port of its choosing (kept across a
+/// [`restart`](NatsServer::restart)), JetStream on, its store in a
+/// temporary directory; killed, reaped and removed on drop.
 pub struct NatsServer {
     child: Option<std::process::Child>,
     dir: PathBuf,
+    /// A configuration file the server reads (`-c`), if any.
+    config: Option<PathBuf>,
     /// Its port.
     pub port: u16,
     /// `nats://127.0.0.1:<port>`.
@@ -221,29 +224,68 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one and waits (up to 15 s) until it listens.
     pub fn start() -> NatsServer {
+        Self::start_in(None)
+    }
+
+    /// As [`NatsServer::start`], the server also reading `config` (the text
+    /// of a nats-server configuration file, e.g. `max_payload: 65536`).
+    pub fn start_with_config(config: &str) -> NatsServer {
+        Self::start_in(Some(config))
+    }
+
+    fn start_in(config: Option<&str>) -> NatsServer {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let config = config.map(|text| {
+            let file = dir.join("nats.conf");
+            std::fs::write(&file, text).expect("the configuration file");
+            file
+        });
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            config,
+            port: 0,
+            url: String::new(),
+        };
+        server.up(None);
+        server
+    }
+
+    /// Starts the server at `port`, or at one it picks when `None`.
+    fn up(&mut self, port: Option<u16>) {
         #[allow(clippy::disallowed_methods)] // a test server, not a worker
         let mut command = std::process::Command::new(nats_server_bin());
-        command.arg("-js").arg("-sd").arg(dir.join("store"));
-        let (child, port) = spawn_nats_server(command, None, &dir);
-        NatsServer {
-            child: Some(child),
-            dir,
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
         }
+        command.arg("-js").arg("-sd").arg(self.dir.join("store"));
+        let (child, port) = spawn_nats_server(command, port, &self.dir);
+        self.child = Some(child);
+        self.port = port;
+        self.url = format!("nats://127.0.0.1:{port}");
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.up(Some(self.port));
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -21,89 +21,44 @@ where
     }
 }
 
+#[allow(unused_imports)] // each test binary uses part of it
 pub use snakepit_tests::{free_port, nats_server_bin};
 
-/// A nats-server on 127.0.0.1 on a port of its choosing (kept across a
-/// restart), JetStream on, its store in a temporary directory; killed and
-/// removed on drop.
-pub struct NatsServer {
-    child: Option<Child>,
-    dir: PathBuf,
-    /// A configuration file the server reads (`-c`), if any.
-    config: Option<PathBuf>,
-    pub port: u16,
-    pub url: String,
+/// [`snakepit_tests::NatsServer`] with the async calls the cluster tests
+/// make: start, restart, connect.
+pub struct NatsServer(snakepit_tests::NatsServer);
+
+impl std::ops::Deref for NatsServer {
+    type Target = snakepit_tests::NatsServer;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NatsServer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        Self::start_in(None)
+        NatsServer(snakepit_tests::NatsServer::start())
     }
 
     /// As [`NatsServer::start`], the server also reading `config` (the text
     /// of a nats-server configuration file, e.g. `max_payload: 65536`).
     pub async fn start_with_config(config: &str) -> NatsServer {
-        Self::start_in(Some(config))
-    }
-
-    fn start_in(config: Option<&str>) -> NatsServer {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("snakepit-nats-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = config.map(|text| {
-            let file = dir.join("nats.conf");
-            std::fs::write(&file, text).unwrap();
-            file
-        });
-        let mut server = NatsServer {
-            child: None,
-            dir,
-            config,
-            port: 0,
-            url: String::new(),
-        };
-        server.up(None);
-        server
-    }
-
-    /// Starts the server at `port`, or at one it picks when `None`.
-    fn up(&mut self, port: Option<u16>) {
-        #[allow(clippy::disallowed_methods)] // a test server, not a worker
-        let mut command = std::process::Command::new(nats_server_bin());
-        if let Some(config) = &self.config {
-            command.arg("-c").arg(config);
-        }
-        command.arg("-js").arg("-sd").arg(self.dir.join("store"));
-        let (child, port) = snakepit_tests::spawn_nats_server(command, port, &self.dir);
-        self.child = Some(child);
-        self.port = port;
-        self.url = format!("nats://127.0.0.1:{port}");
-    }
-
-    /// Kills the server (SIGKILL).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        NatsServer(snakepit_tests::NatsServer::start_with_config(config))
     }
 
     /// Starts it again on the same port and store.
     pub async fn restart(&mut self) {
-        self.kill();
-        self.up(Some(self.port));
+        self.0.restart();
     }
 
     pub async fn connect(&self) -> async_nats::Client {
         async_nats::connect(&self.url).await.unwrap()
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
