@@ -225,15 +225,7 @@ fn serve_prefetch_0_announces_a_capacity_of_its_workers() {
     assert_eq!(capacity("p0"), 2, "{hosts:?}");
     assert!(capacity("pd") > 2, "{hosts:?}");
     // `cluster status` lists both with their workers.
-    let status = snakepit(&[
-        "cluster",
-        "status",
-        "--nats",
-        &nats.url,
-        "--cluster",
-        "pftest",
-        "--json",
-    ]);
+    let status = status_json(&nats.url, "pftest");
     assert_eq!(status.code, 0, "{status:?}");
     let listed = status.json();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
@@ -448,15 +440,7 @@ fn serve_reads_the_settings_file_and_takes_preload() {
         ])
     };
     let _from_file = serve_in(&dir.0, "settings", &[]);
-    let status = snakepit(&[
-        "cluster",
-        "status",
-        "--nats",
-        &nats.url,
-        "--cluster",
-        "settings",
-        "--json",
-    ]);
+    let status = status_json(&nats.url, "settings");
     assert_eq!(status.code, 0, "{status:?}");
     assert_eq!(status.json()[0]["workers"], 3, "{status:?}");
     assert!(forked_from_template(&exec("settings")));
@@ -480,4 +464,17 @@ fn serve_reads_the_settings_file_and_takes_preload() {
     ]);
     assert_eq!(node.code, 2, "{node:?}");
     assert!(node.stderr.contains("cannot fork"), "{node:?}");
+}
+
+/// `snakepit cluster status --nats URL --cluster CLUSTER --json`.
+fn status_json(url: &str, cluster: &str) -> Run {
+    snakepit(&[
+        "cluster",
+        "status",
+        "--nats",
+        url,
+        "--cluster",
+        cluster,
+        "--json",
+    ])
 }
