@@ -409,7 +409,8 @@ fn forked_from_template(r: &Run) -> bool {
 /// docs/cli.md: "`exec`, `bench` and `serve` read `./snakepit.toml`", and
 /// `--preload`: "`serve` and `bench` take it too". A host started in a
 /// directory with a settings file runs the file's script, preloaded, with
-/// the file's pool size; `--preload` does the same from the command line;
+/// the file's pool size (without one, twice the cores); `--preload` does the
+/// same from the command line;
 /// a Node.js host cannot preload (a usage error, exit 2).
 #[test]
 fn serve_reads_the_settings_file_and_takes_preload() {
@@ -451,6 +452,11 @@ fn serve_reads_the_settings_file_and_takes_preload() {
     assert!(forked_from_template(&exec("flag")));
     let _plain = serve_in(&elsewhere, "plain", &one);
     assert!(!forked_from_template(&exec("plain")));
+    // Without `--pool-size` or a file's: twice the cores.
+    let _cores = serve_in(&elsewhere, "cores", &["--script", script.as_str()]);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let status = status_json(&nats.url, "cores");
+    assert_eq!(status.json()[0]["workers"], 2 * cores, "{status:?}");
 
     let node = snakepit(&[
         "serve",
