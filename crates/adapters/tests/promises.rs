@@ -297,6 +297,7 @@ fn without_home_the_bridges_go_to_a_private_directory_never_one_others_can_write
     let user_dir = tmp.join(format!("snakepit-{uid}"));
     let script = script_in(&tmp, "worker.py", REPORTING_WORKER);
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = snakepit_tests::Events::global();
     let r = rt.block_on(report(Bridge::python(&script)));
     let bridge_file = Path::new(r["bridge_file"].as_str().unwrap());
     match std::env::var("EXPECT").as_deref() {
@@ -319,6 +320,18 @@ fn without_home_the_bridges_go_to_a_private_directory_never_one_others_can_write
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+            // The warning says which directory was unsafe, why, and what
+            // chooses where the bridges go.
+            let warned = events.all().into_iter().any(|(_, level, fields)| {
+                level == tracing::Level::WARN
+                    && fields.iter().any(|(name, text)| {
+                        name == "message"
+                            && text.contains(&format!("{} is unsafe", user_dir.display()))
+                            && text.contains("writable by other users")
+                            && text.contains("SNAKEPIT_BRIDGE_DIR")
+                    })
+            });
+            assert!(warned, "{:?}", events.all());
         }
     }
 }
