@@ -584,12 +584,19 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
             ));
             #[allow(clippy::disallowed_methods)] // valgrind, not a worker
             let mut cmd = Command::new("valgrind");
+            // Under callgrind the host runs tens of times slower, so from
+            // its side a ping looks like a call of several hundred
+            // microseconds and fewer calls would be written ahead than at
+            // full speed (the count then moves by a thousand from run to
+            // run with the load). A wide `pipeline_max_call` writes ahead
+            // as many as a ping gets at full speed: the pipeline's depth.
             cmd.args(["--tool=callgrind", "--quiet"])
                 .arg(format!("--callgrind-out-file={}", out.display()))
                 .arg(&exe)
                 .args(["--calls", &calls.to_string(), "--mode", mode])
                 .args(["--runtime", runtime])
-                .args(["--workers", &workers, "--callers", "8"]);
+                .args(["--workers", &workers, "--callers", "8"])
+                .args(["--pipeline-max-call-us", "1000000"]);
             if let Some(p) = &python {
                 cmd.env("SNAKEPIT_PYTHON", p);
             }

@@ -10,7 +10,8 @@
 //!
 //! Outside callgrind it also prints the calls per second: `--runtime current`
 //! runs the host on one thread as `snakepit bench` does, `--pipeline-depth N`
-//! sets `PoolConfig::pipeline_depth`.
+//! sets `PoolConfig::pipeline_depth` and `--pipeline-max-call-us N`
+//! `PoolConfig::pipeline_max_call`.
 
 use std::time::Instant;
 
@@ -33,6 +34,8 @@ struct Args {
     typed: bool,
     /// Calls written ahead to each worker (`PoolConfig::pipeline_depth`).
     depth: Option<u32>,
+    /// `PoolConfig::pipeline_max_call`, in microseconds.
+    max_call_us: Option<u64>,
     /// The host on one thread (`current_thread`), as the bench runs it.
     one_thread: bool,
 }
@@ -44,6 +47,7 @@ fn args() -> Result<Args> {
         callers: 8,
         typed: true,
         depth: None,
+        max_call_us: None,
         one_thread: false,
     };
     let mut it = std::env::args().skip(1);
@@ -54,6 +58,7 @@ fn args() -> Result<Args> {
             "--workers" => a.workers = value.parse()?,
             "--callers" => a.callers = value.parse()?,
             "--pipeline-depth" => a.depth = Some(value.parse()?),
+            "--pipeline-max-call-us" => a.max_call_us = Some(value.parse()?),
             "--runtime" => {
                 a.one_thread = match value.as_str() {
                     "current" => true,
@@ -92,6 +97,9 @@ fn main() -> Result<()> {
             .configure(|c| {
                 if let Some(depth) = a.depth {
                     c.pipeline_depth = depth;
+                }
+                if let Some(us) = a.max_call_us {
+                    c.pipeline_max_call = std::time::Duration::from_micros(us);
                 }
             })
             .start()

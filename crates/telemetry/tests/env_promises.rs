@@ -1,7 +1,7 @@
 //! More of what docs/telemetry.md promises, each shown against real
 //! processes: what `Guard::shutdown` says when the receiver is down, the
 //! `OTEL_*` variables of the environment table (headers, resource
-//! attributes, sampling, metric export interval), the buckets of
+//! attributes, sampling, metric export interval, span batching), the buckets of
 //! `snakepit.call.duration` and the `RUST_LOG` filter of the stderr logs.
 //!
 //! `init` installs process-wide state and reads the environment, so each
@@ -331,6 +331,62 @@ fn the_span_batching_delay_comes_from_the_environment() {
         std::thread::sleep(Duration::from_millis(100));
     }
     guard.shutdown().unwrap();
+}
+
+/// Spans named `name` in every trace export the receiver got (OTLP/HTTP
+/// protobuf, uncompressed: a span's name is in its bytes as it is).
+fn spans_named(receiver: &Receiver, name: &[u8]) -> usize {
+    receiver
+        .requests("/v1/traces")
+        .iter()
+        .map(|r| r.body.windows(name.len()).filter(|w| *w == name).count())
+        .sum()
+}
+
+/// telemetry.md: `OTEL_BSP_MAX_QUEUE_SIZE`, span batching (2048 by
+/// default). 2,000 spans made at once, with the batching delay a minute
+/// away: all of them arrive at shutdown with the default queue; with a
+/// queue of 8 many are dropped (the exporter takes at most 8 at a time,
+/// each in an HTTP request, while the spans are made: 150 to 300 of the
+/// 2,000 arrived in three runs here).
+#[test]
+fn the_span_queue_size_comes_from_the_environment() {
+    const SPANS: usize = 2000;
+    let name = "the_span_queue_size_comes_from_the_environment";
+    if std::env::var_os(common::CHILD).is_some() {
+        let receiver = Receiver::ok();
+        let guard = Telemetry::new()
+            .endpoint(receiver.base())
+            .stderr_logs(None)
+            .init()
+            .unwrap();
+        for _ in 0..SPANS {
+            drop(tracing::info_span!("queue_probe").entered());
+        }
+        guard.shutdown().unwrap();
+        eprintln!(
+            "probe spans arrived: {}",
+            spans_named(&receiver, b"queue_probe")
+        );
+        return;
+    }
+    let arrived = |env: &[(&str, &str)]| -> usize {
+        let out = in_own_process(name, env).expect("the parent process");
+        out.lines()
+            .find_map(|l| l.strip_prefix("probe spans arrived: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no count in the child's output:\n{out}"))
+    };
+    let all = arrived(&[("OTEL_BSP_SCHEDULE_DELAY", "60000")]);
+    assert_eq!(all, SPANS, "the default queue (2048) holds them all");
+    let few = arrived(&[
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "8"),
+    ]);
+    assert!(
+        few > 0 && few < SPANS * 3 / 4,
+        "a queue of 8 drops many of {SPANS} spans made at once: {few} arrived"
+    );
 }
 
 /// The explicit bounds printed in the last export of histogram `name`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 /// Set in a test's own process ([`in_own_process`]).
-const CHILD: &str = "SNAKEPIT_TELEMETRY_TEST_CHILD";
+pub(crate) const CHILD: &str = "SNAKEPIT_TELEMETRY_TEST_CHILD";
 
 /// Variables that would change what a test sees, removed from a child
 /// process before its own are set.
@@ -40,6 +40,8 @@ pub(crate) const OTEL_VARS: &[&str] = &[
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
     "RUST_LOG",
 ];
 
