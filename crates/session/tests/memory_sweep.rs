@@ -88,3 +88,40 @@ fn outside_a_runtime_there_is_no_sweep() {
         assert_eq!(tasks(), 0, "no sweep was started");
     });
 }
+
+/// `MemoryStoreBuilder::sweep_interval`: "30 s by default". On a runtime
+/// whose clock is paused (the sweep sleeps on Tokio's clock; sessions
+/// expire on the real one): an expired session is still unreported 29.9 s
+/// in, and reported by the sweep just after 30 s.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_sweep_runs_every_30_seconds_by_default() {
+    let store = MemoryStore::new();
+    let ended: Arc<Mutex<Vec<(String, EndReason)>>> = Arc::default();
+    let log = ended.clone();
+    store.on_session_end(Arc::new(move |id, why| {
+        log.lock().unwrap().push((id.to_owned(), why));
+    }));
+    // The sweep's first sleep starts when its task first runs.
+    tokio::task::yield_now().await;
+    store
+        .create_session("short", Some(Duration::from_millis(1)))
+        .await
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // expired on the real clock
+
+    tokio::time::advance(Duration::from_millis(29_900)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(ended.lock().unwrap().is_empty(), "no sweep before 30 s");
+
+    tokio::time::advance(Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        *ended.lock().unwrap(),
+        [("short".to_owned(), EndReason::Expired)],
+        "the sweep at 30 s reports the expired session"
+    );
+}
