@@ -111,7 +111,8 @@ pub struct PoolConfig {
     /// Replace a worker this long after it started; zero: never.
     #[serde(rename = "worker_ttl_ms", with = "millis")]
     pub worker_ttl: Duration,
-    /// Replace a worker that has had no call for this long; zero: never.
+    /// Replace a worker that has had no call for this long (the pool's own
+    /// health checks are not calls); zero: never.
     #[serde(rename = "worker_idle_timeout_ms", with = "millis")]
     pub worker_idle_timeout: Duration,
     /// Kill the leftovers of this pool name's crashed runs when the pool

@@ -212,7 +212,8 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) started: Instant,
     pub(crate) served: AtomicU64,
-    /// When the last final reply arrived, in ms after `started`; kept only
+    /// When the last call's final reply arrived (the pool's pings do not
+    /// count), in ms after `started`; kept only
     /// when idle workers are recycled (a clock read per reply otherwise).
     last_reply_ms: Option<AtomicU64>,
     /// The pool that owns it, known only through [`Owner`].

@@ -513,6 +513,27 @@ async fn recycling_under_load_fails_no_call() {
         "the idle worker went"
     );
     pool.shutdown().await.unwrap();
+
+    // Health checks answered meanwhile are not calls: a worker pinged more
+    // often than its idle timeout is still idle (with the defaults, a 30 s
+    // health check kept any idle timeout above 30 s from ever firing).
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .configure(|c| {
+            c.health_check_interval = Duration::from_millis(100);
+            c.worker_idle_timeout = Duration::from_millis(600);
+        })
+        .start()
+        .await
+        .unwrap();
+    let first = pool.worker_pids()[0];
+    assert!(
+        eventually(10, || pool.stats().recycled >= 1).await,
+        "idle but answering health checks: {:?}",
+        pool.stats()
+    );
+    assert_ne!(pool.worker_pids(), vec![first]);
+    pool.shutdown().await.unwrap();
 }
 
 /// Mixed load with random worker kills for `SNAKEPIT_SOAK_SECONDS` (5 by

@@ -54,12 +54,14 @@ impl Worker {
                 id,
             });
         };
-        // The pool's own pings (init, health) hold no unit: only calls count.
+        // The pool's own pings (init, health) hold no unit: only calls count,
+        // for `served` and for the idle time (a worker answering health
+        // checks every 30 s is still idle).
         if pending.holds_unit {
             self.served.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(last) = &self.last_reply_ms {
-            last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Some(last) = &self.last_reply_ms {
+                last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
         // Capacity first, so that a caller who sends its next call as
         // soon as it has this reply finds the worker free.
