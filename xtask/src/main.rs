@@ -5,6 +5,8 @@
 //! - `cargo xtask setup`: installs what the tests need beyond Rust.
 //! - `cargo xtask bridges`: each bridge's tests and package build.
 //! - `cargo xtask fuzz [--seconds N]`: the frame/codec fuzzer.
+//! - `cargo xtask codecs`: each library crate built with one wire codec,
+//!   and nothing of the other compiled in.
 //! - `cargo xtask bench [ARGS]`: `snakepit bench [ARGS]` (the pool against
 //!   the raw round trip) built in release mode.
 
@@ -26,9 +28,10 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
         Some("cost") => cost(&root, &args[1..]),
+        Some("codecs") => codecs(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N]>"
+                "usage: cargo xtask <ci | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N] | codecs>"
             );
             std::process::exit(2)
         }
@@ -228,6 +231,7 @@ fn ci(root: &Path) -> Result<()> {
         )?;
     }
     telemetry_grpc(root)?;
+    codecs(root)?;
     run(
         root,
         "cargo",
@@ -243,6 +247,56 @@ fn ci(root: &Path) -> Result<()> {
         ],
     )?;
     eprintln!("\nci: all green");
+    Ok(())
+}
+
+/// ARCHITECTURE.md: every library crate forwards its `json` and `msgpack`
+/// features, so a user who picks one codec builds only that one. For each
+/// crate and codec: the protocol crate gets that codec's feature alone
+/// (`cargo tree`, dev-dependencies left out), and the crate builds with it.
+fn codecs(root: &Path) -> Result<()> {
+    let crates = [
+        "snakepit-core",
+        "snakepit-session",
+        "snakepit-adapters",
+        "snakepit-telemetry",
+        "snakepit-cluster",
+    ];
+    for codec in ["json", "msgpack"] {
+        for krate in crates {
+            // Telemetry needs one OTLP transport; `http` is its default.
+            let features = if krate == "snakepit-telemetry" {
+                format!("{codec},http")
+            } else {
+                codec.to_owned()
+            };
+            let select = [
+                "-p",
+                krate,
+                "--no-default-features",
+                "--features",
+                &features,
+            ];
+            let mut tree = vec!["tree", "-e", "normal", "-f", "{p} [{f}]"];
+            tree.extend(select);
+            eprintln!("\n$ (cd {}) cargo {}", root.display(), tree.join(" "));
+            let out = probe_in(root, "cargo", &tree)
+                .with_context(|| format!("`cargo tree` failed for {krate}"))?;
+            let protocol: Vec<&str> = out
+                .lines()
+                .filter_map(|l| l.split_once("snakepit-protocol v").map(|(_, rest)| rest))
+                // A package printed before is marked ` (*)`.
+                .map(|rest| rest.trim_end_matches(" (*)"))
+                .filter_map(|rest| rest.rsplit_once('[').map(|(_, f)| f.trim_end_matches(']')))
+                .collect();
+            if protocol.is_empty() || protocol.iter().any(|f| *f != codec) {
+                bail!("{krate} with only `{codec}` builds snakepit-protocol with {protocol:?}");
+            }
+            let mut check = vec!["check", "--quiet"];
+            check.extend(select);
+            run(root, "cargo", &check)?;
+        }
+    }
     Ok(())
 }
 

@@ -807,7 +807,7 @@ async fn run_call(
             stream_call(host, reply, &call.command, call.args, options, credit)
                 .await
                 .map(Outcome::Value)
-        } else if call.typed && pool.codec() == WireCodec::Json {
+        } else if call.typed && passes_json_through(pool.codec()) {
             pool.call::<Value, Box<RawValue>>(&call.command, &call.args, options)
                 .await
                 .map(Outcome::Raw)
@@ -877,6 +877,20 @@ async fn stream_call(
         }
     }
     Err(Error::Cancelled)
+}
+
+/// Whether a typed call's result can pass through unparsed: only a JSON
+/// worker's result is already the JSON a client reads.
+fn passes_json_through(codec: WireCodec) -> bool {
+    #[cfg(feature = "json")]
+    {
+        codec == WireCodec::Json
+    }
+    #[cfg(not(feature = "json"))]
+    {
+        let _ = codec;
+        false
+    }
 }
 
 #[cfg(test)]
