@@ -1318,3 +1318,43 @@ fn a_codec_error_says_whether_the_call_ran() {
         "{unsent:?}"
     );
 }
+
+/// ARCHITECTURE.md: the binary keeps the worker's key order in the results
+/// it prints (serde_json's `preserve_order`), in both codecs; and docs/cli.md:
+/// `exec --timeout` defaults to the adapter's 30 s, which the worker sees as
+/// the call's time left.
+#[test]
+fn exec_keeps_the_workers_key_order_and_gives_the_call_30_seconds() {
+    let dir = Dir::new("order");
+    let py = dir.file(
+        "worker.py",
+        r#"
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("ordered")
+def ordered(args, ctx):
+    return {"zebra": 1, "apple": {"z": 2, "a": 3}, "mango": [3, 1], "deadline": ctx.timeout_ms}
+
+worker.run()
+"#,
+    );
+    for codec in ["json", "msgpack"] {
+        let r = snakepit(&["exec", "--script", &py, "--codec", codec, "ordered"]);
+        assert_eq!(r.code, 0, "{codec}: {r:?}");
+        let out = r.stdout.trim();
+        let (head, tail) = out
+            .split_once(r#","deadline":"#)
+            .unwrap_or_else(|| panic!("{codec}: {out}"));
+        assert_eq!(
+            head, r#"{"zebra":1,"apple":{"z":2,"a":3},"mango":[3,1]"#,
+            "{codec}: the worker's key order"
+        );
+        let deadline: u64 = tail.trim_end_matches('}').parse().expect("timeout_ms");
+        assert!(
+            (25_000..=30_000).contains(&deadline),
+            "{codec}: a 30 s deadline by default, {deadline} ms left"
+        );
+    }
+}
