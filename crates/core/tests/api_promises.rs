@@ -763,6 +763,74 @@ async fn a_killed_worker_is_reported_exited_and_a_shut_down_one_is_not() {
     );
 }
 
+/// `PoolConfig::max_sessions`: "beyond this, new sessions are served
+/// without affinity until old ones expire" (docs/cluster.md: a pool keeps
+/// its old records). With room for one record: new sessions run but get
+/// none, and the first session still has its worker after them (FailFast
+/// finds it busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_affinity_table_keeps_its_records_and_serves_new_sessions_without() {
+    use snakepit_core::Affinity;
+    let pool = builder(Api::default())
+        .size(2)
+        .configure(|c| {
+            c.max_sessions = 1;
+            c.pipeline_depth = 0;
+        })
+        .start()
+        .await
+        .unwrap();
+    pool.execute_in_session("old", "echo", json!({}))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        pool.execute_in_session(&format!("new{i}"), "echo", json!({}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(pool.stats().sessions, 1, "only the first session's record");
+
+    let hold = Hold::new("full_table");
+    let held = {
+        let pool = pool.clone();
+        let args = hold.args("a");
+        tokio::spawn(async move {
+            pool.execute_with("hold", args, CallOptions::new().session("old"))
+                .await
+        })
+    };
+    let pid = hold.started("a").await;
+    let busy = pool
+        .execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new().session("old").affinity(Affinity::FailFast),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&busy, Error::WorkerBusy { session_id, .. } if session_id == "old"),
+        "the old record is kept: {busy}"
+    );
+    // A session without a record is never busy: it runs on the free worker.
+    for i in 0..5 {
+        pool.execute_with(
+            "echo",
+            json!({}),
+            CallOptions::new()
+                .session(format!("new{i}"))
+                .affinity(Affinity::FailFast),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(pool.worker_pids().contains(&pid));
+    hold.release();
+    held.await.unwrap().unwrap();
+    assert_eq!(pool.stats().sessions, 1);
+    pool.shutdown().await.unwrap();
+}
+
 /// `Affinity::FailFast`: "fail at once with `WorkerBusy`", naming the
 /// session and its worker, a call that never ran; `Affinity::Strict`:
 /// "Wait for it (in the queue, subject to the queue timeout)", even while
