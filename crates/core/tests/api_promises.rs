@@ -804,7 +804,9 @@ async fn a_full_affinity_table_keeps_its_records_and_serves_new_sessions_without
         .execute_with(
             "echo",
             json!({}),
-            CallOptions::new().session("old").affinity(Affinity::FailFast),
+            CallOptions::new()
+                .session("old")
+                .affinity(Affinity::FailFast),
         )
         .await
         .unwrap_err();

@@ -536,6 +536,53 @@ async fn recycling_under_load_fails_no_call() {
     pool.shutdown().await.unwrap();
 }
 
+/// reliability.md: `worker_ttl_ms` replaces a worker "this long after it
+/// started (±10%)". With 1 s: each worker recycled for `ttl` had been ready
+/// for about that long (from 0.4 s, its start before it was ready not
+/// counted, to 2 s, the rule being checked every 100 ms on a busy machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_ttl_recycles_each_worker_about_that_long_after_its_start() {
+    let events: Arc<Mutex<Vec<(Instant, &'static str, u32)>>> = Arc::default();
+    let log = events.clone();
+    let pool = builder(TestWorker::new())
+        .size(3)
+        .configure(|c| c.worker_ttl = Duration::from_secs(1))
+        .on_event(move |e| match e.kind {
+            EventKind::WorkerReady { pid, .. } => {
+                log.lock().unwrap().push((Instant::now(), "ready", pid))
+            }
+            EventKind::WorkerRecycled { pid, reason, .. } => {
+                log.lock().unwrap().push((Instant::now(), reason, pid))
+            }
+            _ => {}
+        })
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        eventually(15, || pool.stats().recycled >= 4).await,
+        "{:?}",
+        pool.stats()
+    );
+    pool.shutdown().await.unwrap();
+    let events = events.lock().unwrap().clone();
+    let ready: HashMap<u32, Instant> = events
+        .iter()
+        .filter(|e| e.1 == "ready")
+        .map(|e| (e.2, e.0))
+        .collect();
+    let recycled: Vec<_> = events.iter().filter(|e| e.1 != "ready").collect();
+    assert!(recycled.len() >= 4, "{events:?}");
+    for (at, reason, pid) in recycled {
+        assert_eq!(*reason, "ttl");
+        let age = at.duration_since(ready[pid]);
+        assert!(
+            age >= Duration::from_millis(400) && age <= Duration::from_secs(2),
+            "worker {pid} recycled {age:?} after it was ready"
+        );
+    }
+}
+
 /// Mixed load with random worker kills for `SNAKEPIT_SOAK_SECONDS` (5 by
 /// default): host memory does not grow, and the pool holds no descriptor it
 /// should not. Descriptors are counted per pool, not per test process, so

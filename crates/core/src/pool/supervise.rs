@@ -351,7 +351,11 @@ pub(crate) struct CallLimits {
 /// Each worker's limits (and TTL) are drawn within 10% of the configured
 /// ones, so workers started together do not all go together.
 fn spread(worker: &Worker, salt: u64) -> f64 {
-    let j = jitter(Duration::from_micros(1000), salt ^ u64::from(worker.pid)).as_micros();
+    spread_for(worker.pid, salt)
+}
+
+fn spread_for(pid: u32, salt: u64) -> f64 {
+    let j = jitter(Duration::from_micros(1000), salt ^ u64::from(pid)).as_micros();
     0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
 }
 
@@ -601,6 +605,20 @@ mod tests {
             assert!(d >= first * 2 && d <= first * 6, "{d:?}");
             let d = restart_delay(&config, backoff(&config, 40), salt);
             assert!(d >= max / 2 && d <= max, "{d:?}");
+        }
+    }
+
+    /// reliability.md: a worker's limit of calls and its age (`worker_ttl`)
+    /// are each drawn within ±10%, so that workers started together do not
+    /// all go together: within 0.9 to 1.1, and spread over that range.
+    #[test]
+    fn recycling_limits_are_drawn_within_ten_percent() {
+        for salt in [1, 2] {
+            let drawn: Vec<f64> = (1..4_000u32).map(|pid| spread_for(pid, salt)).collect();
+            assert!(drawn.iter().all(|f| (0.9..=1.1).contains(f)), "{drawn:?}");
+            let lowest = drawn.iter().copied().fold(f64::MAX, f64::min);
+            let highest = drawn.iter().copied().fold(f64::MIN, f64::max);
+            assert!(lowest < 0.92 && highest > 1.08, "{lowest} .. {highest}");
         }
     }
 }
