@@ -99,8 +99,11 @@ class _Template:
             self.saved_sigchld = signal.signal(signal.SIGCHLD, _on_sigchld)
             signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         except ValueError:
+            # Signals can only be set from the main thread. SystemExit would
+            # end only this thread (the script's main thread going on), so
+            # the process ends here.
             _server.log("worker.run() must be called from the main thread in a preloaded pool")
-            raise SystemExit(1) from None
+            self.exit(1)
         if self.install_signals:
             # Like a worker between requests: a stray Ctrl-C does not kill it.
             self.saved_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -523,6 +523,34 @@ class PreloadTests(unittest.TestCase):
         self.assertIn(b"docs/preload.md", proc.stderr)
 
 
+    def test_run_from_another_thread_exits_1_with_a_clear_message(self):
+        # README: "`run()` must be called from the main thread in a preloaded
+        # pool". The script's main thread would go on (and exit 0) after the
+        # thread ends: the template must end the process itself.
+        script = self.log_path + ".py"
+        with open(script, "w") as f:
+            f.write("import threading\n"
+                    "import snakepit_bridge\n"
+                    "worker = snakepit_bridge.Worker()\n"
+                    "thread = threading.Thread(target=worker.run)\n"
+                    "thread.start()\n"
+                    "thread.join()\n"
+                    "print('the main thread went on', flush=True)\n")
+        self.addCleanup(os.unlink, script)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(ours.close)
+        env = dict(os.environ, SNAKEPIT_PRELOAD="1", PYTHONPATH=BRIDGE_DIR)
+        with theirs:
+            proc = subprocess.run([sys.executable, script], stdin=theirs, capture_output=True, env=env,
+                                  timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertIn(b"worker.run() must be called from the main thread in a preloaded pool", proc.stderr)
+        self.assertEqual(proc.stdout, b"")
+        # No ready: the pool is told nothing but the end of the socket.
+        ours.setblocking(False)
+        self.assertEqual(ours.recv(65536), b"")
+
+
 def kill_quietly(pidfd):
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)

@@ -24,8 +24,9 @@ class WorkerTest < Minitest::Test
     @thread&.join(5)
   end
 
-  def send_request(id, command, args = {})
-    @to_worker.write(Wire.frame(@codec.encode({ "id" => id, "command" => command, "args" => args })))
+  def send_request(id, command, args = {}, **extra)
+    message = { "id" => id, "command" => command, "args" => args }.merge(extra.transform_keys(&:to_s))
+    @to_worker.write(Wire.frame(@codec.encode(message)))
   end
 
   def recv
@@ -88,6 +89,20 @@ class WorkerTest < Minitest::Test
                                                 "success" => true, "result" => "answer" })))
     assert_equal({ "id" => 1, "result" => "answer" }, recv.slice("id", "result"))
     assert_equal 2, recv["id"]
+  end
+
+  # README: "`ctx.traceparent`, `ctx.tracestate`, `ctx.baggage` | W3C trace
+  # context and baggage of the caller, or `nil`"; the request's `baggage`
+  # field is the W3C baggage string (docs/protocol.md).
+  def test_baggage_is_the_request_field_or_nil
+    @worker.command("baggage") { |_args, ctx| { "baggage" => ctx.baggage, "tracestate" => ctx.tracestate } }
+    start
+    baggage = "userId=alice,serverNode=DF%2028;q=0.5"
+    send_request(1, "baggage", {}, baggage: baggage, tracestate: "congo=t61rcWkgMzE",
+                                   traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert_equal({ "baggage" => baggage, "tracestate" => "congo=t61rcWkgMzE" }, recv["result"])
+    send_request(2, "baggage")
+    assert_equal({ "baggage" => nil, "tracestate" => nil }, recv["result"])
   end
 
   def test_run_returns_on_eof
