@@ -301,7 +301,8 @@ fn codecs(root: &Path) -> Result<()> {
 }
 
 /// The OTLP/gRPC transport is a non-default feature of snakepit-telemetry:
-/// lint it and run its end-to-end test too.
+/// lint it and run its end-to-end test too, and the default transport of a
+/// build without HTTP.
 fn telemetry_grpc(root: &Path) -> Result<()> {
     let features = ["-p", "snakepit-telemetry", "--features", "grpc"];
     let mut clippy = vec!["clippy", "--all-targets"];
@@ -311,7 +312,22 @@ fn telemetry_grpc(root: &Path) -> Result<()> {
     let mut test = vec!["test"];
     test.extend(features);
     test.extend(["--test", "otlp_grpc"]);
-    run(root, "cargo", &test)
+    run(root, "cargo", &test)?;
+    // Without the `http` feature, gRPC is the default transport.
+    run(
+        root,
+        "cargo",
+        &[
+            "test",
+            "-p",
+            "snakepit-telemetry",
+            "--no-default-features",
+            "--features",
+            "grpc,json",
+            "--test",
+            "default_grpc",
+        ],
+    )
 }
 
 /// Every example that CI runs, each against real workers.
