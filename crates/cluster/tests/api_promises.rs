@@ -600,7 +600,7 @@ async fn a_clients_subscriptions_end_with_its_last_clone() {
 
 /// `NatsKvStore::builder`: "The bucket (default `snakepit_sessions`)",
 /// "The TTL of sessions created without one (default one hour)";
-/// `default_ttl` sets it.
+/// `default_ttl` sets it; one replica by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_stores_default_bucket_and_ttl() {
     let nats = NatsServer::start().await;
@@ -625,6 +625,9 @@ async fn the_kv_stores_default_bucket_and_ttl() {
         keys
     };
     assert_eq!(keys.len(), 2, "the two sessions: {keys:?}");
+    // `replicas`: "Replicas of the bucket in a clustered NATS (default 1)".
+    let status = bucket.status().await.unwrap();
+    assert_eq!(status.info.config.num_replicas, 1);
     let short = NatsKvStore::builder(&conn)
         .bucket("short_ttl")
         .default_ttl(Duration::from_secs(90))
