@@ -58,16 +58,34 @@ pub(crate) struct ExecArgs {
 /// Parses the call's arguments: a JSON object.
 pub(crate) fn parse_args(text: &str) -> Result<Value, Failure> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        Failure::usage(format!("ARGS_JSON is not valid JSON: {e}"))
-            .hint("quote the object for the shell: '{\"a\": 5, \"b\": 3}'")
+        let failure = Failure::usage(format!("ARGS_JSON is not valid JSON: {e}"));
+        // No quote left at all: most likely the shell took them (not so
+        // for a nesting too deep to read).
+        if text.contains('"') || e.to_string().starts_with("recursion limit") {
+            failure
+        } else {
+            failure.hint("quote the object for the shell: '{\"a\": 5, \"b\": 3}'")
+        }
     })?;
-    if !value.is_object() {
-        return Err(
-            Failure::usage(format!("ARGS_JSON must be a JSON object, not {value}"))
-                .hint("wrap the value in an object: '{\"value\": ...}'"),
-        );
-    }
-    Ok(value)
+    let kind = match &value {
+        Value::Object(_) => return Ok(value),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    // The value itself only when short: it may be megabytes read from stdin.
+    let shown = value.to_string();
+    let shown = if shown.len() <= 60 {
+        format!(" ({shown})")
+    } else {
+        String::new()
+    };
+    Err(Failure::usage(format!(
+        "ARGS_JSON must be a JSON object, not {kind}{shown}"
+    ))
+    .hint("wrap the value in an object: '{\"value\": ...}'"))
 }
 
 pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {

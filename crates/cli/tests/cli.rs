@@ -177,6 +177,27 @@ fn bad_json_arguments_are_a_usage_error() {
         assert!(r.stderr.contains("ARGS_JSON"), "{bad}: {r:?}");
         assert!(r.stdout.is_empty(), "{r:?}");
     }
+    // Quotes the shell took: the hint says to quote the object.
+    let r = snakepit(&["exec", "compute", "{a: 5}"]);
+    assert!(r.stderr.contains("quote the object for the shell"), "{r:?}");
+    // Quotes were there: the error is elsewhere, and no such hint.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for bad in [r#"{"a": 5,}"#, deep.as_str()] {
+        let r = snakepit(&["exec", "compute", bad]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(!r.stderr.contains("quote the object"), "{r:?}");
+    }
+    // Not an object: its kind is named, and a large value is not printed.
+    let r = snakepit(&["exec", "compute", "[1, 2]"]);
+    assert!(
+        r.stderr
+            .contains("must be a JSON object, not an array ([1,2])"),
+        "{r:?}"
+    );
+    let big = format!("[{}1]", "1,".repeat(30_000));
+    let r = snakepit(&["exec", "compute", &big]);
+    assert!(r.stderr.contains("not an array"), "{r:?}");
+    assert!(r.stderr.len() < 1_000, "{} bytes of stderr", r.stderr.len());
 }
 
 #[test]
