@@ -600,7 +600,7 @@ async fn a_clients_subscriptions_end_with_its_last_clone() {
 
 /// `NatsKvStore::builder`: "The bucket (default `snakepit_sessions`)",
 /// "The TTL of sessions created without one (default one hour)";
-/// `default_ttl` sets it; one replica by default.
+/// `default_ttl` sets it; one replica and a sweep every 60 s by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_stores_default_bucket_and_ttl() {
     let nats = NatsServer::start().await;
@@ -628,6 +628,10 @@ async fn the_kv_stores_default_bucket_and_ttl() {
     // `replicas`: "Replicas of the bucket in a clustered NATS (default 1)".
     let status = bucket.status().await.unwrap();
     assert_eq!(status.info.config.num_replicas, 1);
+    // "How often expired sessions are removed and reported (default 60 s)",
+    // as the builder's `Debug` shows it (it has no getters).
+    let builder = format!("{:?}", NatsKvStore::builder(&conn));
+    assert!(builder.contains("sweep_interval: 60s"), "{builder}");
     let short = NatsKvStore::builder(&conn)
         .bucket("short_ttl")
         .default_ttl(Duration::from_secs(90))

@@ -271,3 +271,21 @@ async fn with_the_default_timeout_lasting_contention_times_out() {
         other => panic!("expected a timeout, got {other:?}"),
     }
 }
+
+/// `RedisStoreBuilder`'s documented defaults, as its `Debug` shows them
+/// (the builder has no getters): prefix `snakepit:`, a TTL of one hour, a
+/// sweep every 30 s and a 2 s timeout; and the URL, which may carry a
+/// password, is left out.
+#[test]
+fn the_redis_builders_defaults_are_the_documented_ones() {
+    let shown = format!("{:?}", RedisStore::builder("redis://:secret@127.0.0.1:1/"));
+    for part in [
+        r#"prefix: "snakepit:""#,
+        "default_ttl: 3600s",
+        "sweep_interval: 30s",
+        "timeout: 2s",
+    ] {
+        assert!(shown.contains(part), "{part} in {shown}");
+    }
+    assert!(!shown.contains("secret"), "{shown}");
+}
