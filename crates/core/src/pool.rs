@@ -411,7 +411,9 @@ impl Pool {
 
     /// Stops admitting calls, lets calls in flight finish within the grace
     /// period, closes the workers' stdin, then signals their process groups
-    /// (SIGTERM, then SIGKILL) and reaps them.
+    /// (SIGTERM, then SIGKILL) and reaps them. A call still running when the
+    /// grace period ends fails with [`Error::StoppedByShutdown`] then, and
+    /// its worker gets SIGTERM at once.
     pub async fn shutdown(&self) -> Result<()> {
         let shared = self.shared();
         shared.close();
@@ -422,8 +424,13 @@ impl Pool {
         }
         let workers = shared.every_worker();
         for w in &workers {
-            // What is still running now is cut off by the shutdown.
-            w.stopping();
+            // What is still running now is cut off by the shutdown: its
+            // caller hears it at once, and its worker gets no more time to
+            // finish it (a bridge finishes its running call at end of input).
+            if w.cut_off() {
+                w.close_stdin();
+                w.signal(libc::SIGTERM);
+            }
         }
         supervise::stop(&shared.config, &workers).await;
         for w in &workers {

@@ -584,6 +584,24 @@ impl Worker {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Shutdown's grace period is over: the calls this worker still runs
+    /// are stopped by the shutdown. Their callers hear it now (a reply that
+    /// still comes goes nowhere); `true` if there were any.
+    pub(crate) fn cut_off(&self) -> bool {
+        self.stopping();
+        let mut inner = self.inner();
+        let mut any = false;
+        for (p, watched) in inner.pending.values_mut() {
+            *watched = None;
+            p.tell(Failure::Failed(Error::StoppedByShutdown {
+                worker_id: self.id.clone(),
+                pid: self.pid,
+            }));
+            any = true;
+        }
+        any
+    }
+
     /// Closes the worker's stdin, asking it to exit.
     pub(crate) fn close_stdin(&self) {
         self.stdin.close();

@@ -180,11 +180,20 @@ async fn a_call_to_a_worker_whose_stdin_is_gone_goes_elsewhere() {
 
 /// A call still running when shutdown's grace period ends ran and was
 /// stopped by the shutdown: its own error, not a crash, and not "never ran".
+/// Also a call that would end soon after (1.5 s with a grace period of 1 s):
+/// its worker gets no second grace period to finish it (it had one when the
+/// pool closed its stdin, and a bridge finishes its running call at end of
+/// input), whether or not it ignores SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cut_off_by_shutdown_is_not_a_crash() {
     let mut worker = TestWorker::new();
     worker.env.push(("TEST_IGNORE_SIGTERM".into(), "1".into()));
-    for ignore_sigterm in [false, true] {
+    for (ignore_sigterm, ms, grace) in [
+        (false, 30_000, 200),
+        (true, 30_000, 200),
+        (false, 1_500, 1_000),
+        (true, 1_500, 1_000),
+    ] {
         let adapter = if ignore_sigterm {
             let mut w = TestWorker::new();
             w.env = worker.env.clone();
@@ -194,20 +203,20 @@ async fn a_call_cut_off_by_shutdown_is_not_a_crash() {
         };
         let pool = builder(adapter)
             .size(1)
-            .configure(|c| c.shutdown_grace_period = Duration::from_millis(200))
+            .configure(|c| c.shutdown_grace_period = Duration::from_millis(grace))
             .start()
             .await
             .unwrap();
         let call = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 30_000})).await })
+            tokio::spawn(async move { pool.execute("sleep", json!({ "ms": ms })).await })
         };
         assert!(eventually(10, || pool.stats().busy == 1).await);
         pool.shutdown().await.unwrap();
         let err = call.await.unwrap().unwrap_err();
         assert!(
             matches!(err, Error::StoppedByShutdown { .. }),
-            "ignore SIGTERM {ignore_sigterm}: {err:?}"
+            "ignore SIGTERM {ignore_sigterm}, {ms} ms: {err:?}"
         );
         assert!(!err.is_crash());
         assert!(!err.never_ran());

@@ -542,7 +542,9 @@ async fn recycling_under_load_fails_no_call() {
 /// counted, to 2 s, the rule being checked every 100 ms on a busy machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_ttl_recycles_each_worker_about_that_long_after_its_start() {
-    let events: Arc<Mutex<Vec<(Instant, &'static str, u32)>>> = Arc::default();
+    /// When, what (`ready` or the recycling reason), which pid.
+    type Log = Vec<(Instant, &'static str, u32)>;
+    let events: Arc<Mutex<Log>> = Arc::default();
     let log = events.clone();
     let pool = builder(TestWorker::new())
         .size(3)
