@@ -384,12 +384,10 @@ fn examples(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The Python bridge's suite again under the oldest Python the docs
-/// promise (3.8, docs/bridges.md), when this machine has one:
-/// `SNAKEPIT_PYTHON_MIN`, else a pyenv-installed 3.8. Its `msgpack` is
-/// installed from PyPI if missing.
-fn oldest_python(root: &Path) -> Result<()> {
-    let found = std::env::var("SNAKEPIT_PYTHON_MIN").ok().or_else(|| {
+/// The oldest Python the docs promise (3.8, docs/bridges.md), when this
+/// machine has one: `SNAKEPIT_PYTHON_MIN`, else a pyenv-installed 3.8.
+fn find_oldest_python() -> Option<String> {
+    std::env::var("SNAKEPIT_PYTHON_MIN").ok().or_else(|| {
         let pyenv = probe("pyenv", &["root"])?;
         let versions = PathBuf::from(pyenv.trim()).join("versions");
         let mut olds: Vec<PathBuf> = std::fs::read_dir(versions)
@@ -405,8 +403,14 @@ fn oldest_python(root: &Path) -> Result<()> {
             .collect();
         olds.sort();
         olds.pop().map(|p| p.display().to_string())
-    });
-    let Some(python) = found else {
+    })
+}
+
+/// The Python bridge's suite again under the oldest Python the docs
+/// promise (`find_oldest_python`). Its `msgpack` is installed from PyPI if
+/// missing.
+fn oldest_python(root: &Path) -> Result<()> {
+    let Some(python) = find_oldest_python() else {
         eprintln!("no Python 3.8 here (SNAKEPIT_PYTHON_MIN, or pyenv's): the bridge's minimum is not checked");
         return Ok(());
     };
@@ -477,11 +481,14 @@ fn bridges(root: &Path) -> Result<()> {
             "bridges/python/snakepit_bridge",
         ],
     )?;
-    run(
-        root,
-        &python,
-        &["xtask/src/python_package.py", "bridges/python"],
-    )?;
+    // The wheel installs and runs under the oldest Python too (building
+    // it takes 3.9 or later: setuptools 77).
+    let oldest = find_oldest_python();
+    let mut package = vec!["xtask/src/python_package.py", "bridges/python"];
+    if let Some(old) = &oldest {
+        package.push(old);
+    }
+    run(root, &python, &package)?;
 
     let node = root.join("bridges/node");
     run(&node, "npm", &["test"])?;

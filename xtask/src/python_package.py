@@ -3,7 +3,9 @@ a copy of bridges/python (nothing is written into the source tree), and
 checks what a user installs: the licence texts and the SPDX licence in both
 archives, and the `snakepit-python-worker` console script answering a ping.
 
-Usage: python3 python_package.py BRIDGES_PYTHON_DIR
+Usage: python3 python_package.py BRIDGES_PYTHON_DIR [OLDER_PYTHON ...]
+
+Each OLDER_PYTHON installs the wheel built here and runs its script too.
 """
 
 import json
@@ -25,9 +27,9 @@ def fail(message):
     sys.exit(f"python package: {message}")
 
 
-def pip(*args):
+def pip(*args, python=sys.executable):
     subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *args],
+        [python, "-m", "pip", "--disable-pip-version-check", "--quiet", *args],
         check=True,
     )
 
@@ -68,9 +70,11 @@ def frames(data):
     return out
 
 
-def check_script(wheel, tmp):
-    site = os.path.join(tmp, "site")
-    pip("install", "--no-deps", "--target", site, wheel)
+def check_script(wheel, tmp, python=sys.executable):
+    """The wheel installed by `python`'s pip: its console script (run by
+    that interpreter) answers a ping."""
+    site = os.path.join(tmp, "site-" + os.path.basename(os.path.dirname(os.path.dirname(python))))
+    pip("install", "--no-deps", "--target", site, wheel, python=python)
     script = os.path.join(site, "bin", "snakepit-python-worker")
     request = json.dumps({"id": 1, "command": "ping", "args": {}}).encode()
     env = dict(os.environ, PYTHONPATH=site, SNAKEPIT_CODEC="json")
@@ -122,8 +126,13 @@ def main():
         check_sdist(os.path.join(dist, sdists[0]))
         check_wheel(os.path.join(dist, wheels[0]))
         check_script(os.path.join(dist, wheels[0]), tmp)
+        # Older interpreters given after the source: the wheel built here
+        # installs and runs under them (requires-python says 3.8).
+        for older in sys.argv[2:]:
+            check_script(os.path.join(dist, wheels[0]), tmp, python=older)
+        also = "".join(f" and under {older}" for older in sys.argv[2:])
         print(f"python package: {sdists[0]} and {wheels[0]} carry {', '.join(LICENCE_FILES)}; "
-              f"snakepit-python-worker answers")
+              f"snakepit-python-worker answers{also}")
 
 
 if __name__ == "__main__":
