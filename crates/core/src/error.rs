@@ -189,7 +189,9 @@ impl Error {
 
     /// The pool turned the call away without running it (full, timed out in
     /// the queue, shut down, invalid, arguments that could not be encoded):
-    /// retrying later may succeed.
+    /// retrying later may succeed. [`Error::CallTimeout`] is never among
+    /// them, even for a call whose deadline passed while it was queued: it
+    /// counts as a call that may have run.
     pub fn never_ran(&self) -> bool {
         matches!(
             self,

@@ -1,8 +1,9 @@
 //! sessions.md, "When Redis goes away", seen through a pool: with
 //! `redis-server` paused (SIGSTOP: alive, silent), a session call fails with
 //! `snakepit_core::Error::Session` naming the store's timeout and never
-//! runs; a handler already running gets `SessionStoreError` from its
-//! `ctx.session`; after SIGCONT the same pool and store work again.
+//! runs; a call whose deadline ends first gets `CallTimeout`; a handler
+//! already running gets `SessionStoreError` from its `ctx.session`; after
+//! SIGCONT the same pool and store work again.
 #![cfg(feature = "redis")]
 
 mod redis_server;
@@ -129,6 +130,30 @@ async fn a_paused_redis_fails_session_calls_with_the_session_error_then_recovers
         "names the operation and the timeout: {text}"
     );
     // It never reached the worker.
+    assert_eq!(pool.stats().in_flight, 0);
+
+    // "The session touch ... counts against the call's deadline": a call
+    // whose deadline (100 ms) ends before the store's timeout (300 ms) ends
+    // with `CallTimeout` at its deadline, not with the store's error.
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        GUARD,
+        pool.execute_with(
+            "wait_then_get",
+            json!({}),
+            snakepit_core::CallOptions::new()
+                .session("user")
+                .timeout(Duration::from_millis(100)),
+        ),
+    )
+    .await
+    .expect("a session call with Redis paused returns")
+    .unwrap_err();
+    assert!(
+        matches!(&err, snakepit_core::Error::CallTimeout { timeout, .. } if *timeout == Duration::from_millis(100)),
+        "{err:?} after {:?}",
+        started.elapsed()
+    );
     assert_eq!(pool.stats().in_flight, 0);
 
     redis.signal("CONT");
