@@ -181,7 +181,10 @@ async fn the_pool_name_prefixes_worker_ids_and_the_builders_codec_overrides_the_
     let info = pool.workers();
     let me = info.iter().find(|w| w.pid == pid).expect("listed");
     assert_eq!(me.id, id, "WorkerInfo::id is SNAKEPIT_WORKER_ID");
-    assert!(info.iter().all(|w| w.id.starts_with("alpha")), "{info:?}");
+    // protocol.md: `<pool name>_worker_<slot, from 1>_<start of that slot>`.
+    let mut ids: Vec<&str> = info.iter().map(|w| w.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["alpha_worker_1_1", "alpha_worker_2_1"], "{info:?}");
     assert_eq!(pool.template_pid(), None, "no template without preload");
     pool.shutdown().await.unwrap();
 }
