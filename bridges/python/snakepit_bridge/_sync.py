@@ -33,11 +33,13 @@ class SyncServer(Server):
         # writes a frame, and delivered once it is out.
         self._armed = False
         self._writing = False
+        self._reading = False  # call_host: bytes read, not yet buffered
         self._sigint_held = False
         self._current = None
         self._backlog = deque()
         self._peek = None
         self._peek_fd = None
+        self._poller = None
 
     def serve(self, install_signals: bool) -> int:
         # Handlers go in before hello: once the pool has seen hello it may
@@ -231,7 +233,7 @@ class SyncServer(Server):
         # raises at most once, even if it lands just after the handler
         # returned (then the reply is Cancelled, still exactly one reply).
         if self._armed:
-            if self._writing:
+            if self._writing or self._reading:
                 self._sigint_held = True
                 return
             self._armed = False
@@ -263,10 +265,9 @@ class SyncServer(Server):
         # comes; requests arriving meanwhile wait in the backlog.
         hid = next(self._host_ids)
         self.send_host_call(hid, ctx, function, args)
-        reader = self.reader
         while True:
             try:
-                payload = reader.read_frame()
+                payload = self._read_frame_armed()
             except FrameError as exc:
                 if exc.kind == "truncated":
                     payload = None
@@ -296,6 +297,39 @@ class SyncServer(Server):
                 self._backlog.append(payload)
                 if kind == "cancel":
                     self._drop_cancelled()
+
+    def _read_frame_armed(self):
+        """``reader.read_frame()`` for call_host, where SIGINT may raise.
+        A KeyboardInterrupt raised after ``os.read`` returned but before its
+        bytes reached the buffer would lose them and cut the stream. So the
+        wait for input (poll) may be interrupted, and the read itself is
+        made with SIGINT held, as ``send`` holds it while writing."""
+        reader = self.reader
+        while True:
+            payload = reader.next_frame()
+            if payload is not None:
+                return payload
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(reader.fd, select.POLLIN)
+            self._poller.poll()  # SIGINT raises here, nothing lost
+            self._reading = True
+            try:
+                data = os.read(reader.fd, 65536)
+                if data:
+                    reader.feed(data)
+            finally:
+                self._reading = False
+            if not data:
+                reader.eof = True
+                if reader.pending():
+                    reader._buf.clear()
+                    reader._skip = 0
+                    raise FrameError("truncated", "stream ended inside a frame")
+                return None
+            if self._sigint_held:
+                self._sigint_held = False
+                self._on_sigint(signal.SIGINT, None)
 
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.

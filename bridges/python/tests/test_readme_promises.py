@@ -2,12 +2,16 @@
 the other suites do not already show, against real worker processes."""
 
 import os
+import queue
+import random
 import shutil
 import signal
 import tempfile
+import threading
+import time
 import unittest
 
-from ._helpers import CODECS, WorkerProcess, wait_until
+from ._helpers import CODECS, WorkerProcess, _wire, wait_until
 
 SWALLOW_SCRIPT = r'''
 import sys, time
@@ -50,6 +54,24 @@ async def blocking_session_get(args, ctx):
 @worker.command("awaited_session_get")
 async def awaited_session_get(args, ctx):
     return await ctx.session.aget("k")
+
+worker.run()
+'''
+
+
+HOST_CALL_SCRIPT = r'''
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+@worker.command("ask")
+def ask(args, ctx):
+    # Plain function (sync mode): blocks in call_host until the host answers.
+    return [len(ctx.call_host("lookup", {"i": i})) for i in range(args.get("calls", 1))]
+
+@worker.command("echo")
+def echo(args):
+    return args
 
 worker.run()
 '''
@@ -140,6 +162,95 @@ class BlockingFormsInAsyncHandlers(_Base):
             w.send({"type": "host_reply", "id": call["id"], "success": True, "result": "v"})
             reply = w.recv()
             self.assertEqual((reply["id"], reply.get("result")), (2, "v"), reply)
+
+
+
+class SigintDuringASyncHostCall(_Base):
+    """README, Cancellation (and docs/bridges.md, Concurrency and
+    cancellation): in the default mode SIGINT gives the running handler
+    `KeyboardInterrupt` at once, "also inside [...] a host call", and the
+    reply is a failed reply of type `Cancelled`; the worker serves on."""
+
+    script_text = HOST_CALL_SCRIPT
+
+    def test_sigint_cancels_a_sync_handler_blocked_in_call_host_and_the_worker_serves_on(self):
+        for codec in CODECS:
+            w = self.spawn(codec)
+            w.request(1, "ask")
+            call = w.recv()
+            self.assertEqual((call.get("type"), call.get("request_id"), call.get("function")),
+                             ("host_call", 1, "lookup"), call)
+            time.sleep(0.2)  # the handler now waits in call_host for the reply
+            started = time.monotonic()
+            w.signal(signal.SIGINT)
+            reply = w.recv()
+            self.assertLess(time.monotonic() - started, 5)
+            self.assertEqual(reply.get("id"), 1, reply)
+            self.assertFalse(reply["success"], reply)
+            self.assertEqual(reply["error"]["type"], "Cancelled", reply)
+            # The host's answer, too late now, is dropped; the same process
+            # answers the next requests, host calls included.
+            w.send({"type": "host_reply", "id": call["id"], "success": True, "result": "late"})
+            self.assertEqual(w.call(2, "echo", {"n": 2})["result"], {"n": 2})
+            w.request(3, "ask")
+            call = w.recv()
+            self.assertEqual((call.get("type"), call.get("request_id")), ("host_call", 3), call)
+            w.send({"type": "host_reply", "id": call["id"], "success": True, "result": "four"})
+            reply = w.recv()
+            self.assertEqual((reply.get("id"), reply.get("result")), (3, [4]), reply)
+            self.assertIsNone(w.proc.poll())
+
+    def test_a_sigint_storm_during_host_calls_loses_no_frame(self):
+        # Each round: a handler waits in call_host; its (large) host_reply is
+        # written while SIGINTs arrive in a row, so some land while the
+        # worker is part way through reading the frame. Every request must
+        # get exactly one reply (the result, or Cancelled), and the frames
+        # after it must still be read whole.
+        rng = random.Random(7)
+        big = "x" * (1 << 20)
+        w = self.spawn("json")
+        pid = w.proc.pid
+        outcomes = {"ok": 0, "Cancelled": 0}
+        for rid in range(1, 41):
+            w.request(rid, "ask", {"calls": 2})
+            first = True
+            while True:
+                try:
+                    msg = w.recv()
+                except queue.Empty:
+                    self.fail("request %d got no reply: a frame lost or cut? stderr:\n%s" % (rid, w.stderr))
+                self.assertIsNotNone(msg, w.stderr)
+                if msg.get("type") == "host_call":
+                    self.assertEqual(msg["request_id"], rid, msg)
+                    data = _wire.encode_frame(w.codec, {"type": "host_reply", "id": msg["id"],
+                                                        "success": True, "result": big})
+                    if not first:
+                        w.send_raw(data)
+                        continue
+                    first = False
+                    writer = threading.Thread(target=w.send_raw, args=(data,))
+                    writer.start()
+                    time.sleep(rng.uniform(0, 0.004))
+                    for _ in range(rng.randint(2, 5)):
+                        w.signal(signal.SIGINT)
+                        time.sleep(rng.uniform(0, 0.001))
+                    writer.join(10)
+                    self.assertFalse(writer.is_alive(), "the worker stopped reading; stderr:\n" + w.stderr)
+                    continue
+                self.assertEqual(msg.get("id"), rid, msg)
+                if msg["success"]:
+                    self.assertEqual(msg["result"], [len(big), len(big)], rid)
+                    outcomes["ok"] += 1
+                else:
+                    self.assertEqual(msg["error"]["type"], "Cancelled", msg)
+                    outcomes["Cancelled"] += 1
+                break
+        # Some SIGINTs did cancel (and late ones were ignored between
+        # requests); the worker still answers, the same process.
+        self.assertGreater(outcomes["Cancelled"], 0, outcomes)
+        self.assertEqual(w.call(100, "echo", {"n": 100})["result"], {"n": 100})
+        self.assertEqual(w.proc.pid, pid)
+        self.assertIsNone(w.proc.poll())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,25 @@ class PromisesTest < Minitest::Test
     worker.command("chunk") { |_args, ctx| { "sent" => ctx.chunk({ "part" => 1 }), "stream" => ctx.stream? } }
     worker.command("only_args", ->(args) { { "got" => args } })
     worker.command("keys") { |args, _ctx| args.keys.map(&:class).map(&:name).uniq }
+    worker.command("swallow") do |_args, _ctx|
+      begin
+        $stderr.puts "swallow: sleeping"
+        $stderr.flush
+        sleep 30
+      rescue => e # rubocop:disable Style/RescueStandardError
+        $stderr.puts "swallow: rescued \#{e.class}"
+        "swallowed"
+      end
+    end
+    worker.command("threaded_chunks") do |args, ctx|
+      threads = args.fetch("threads")
+      each = args.fetch("each")
+      pad = "p" * args.fetch("pad")
+      (0...threads).map do |t|
+        Thread.new { each.times { |i| ctx.chunk({ "t" => t, "i" => i, "pad" => pad }) } }
+      end.each(&:join)
+      { "threads" => threads, "each" => each }
+    end
     worker.run
   RUBY
 
@@ -80,6 +99,60 @@ class PromisesTest < Minitest::Test
       assert_equal({ "got" => { "a" => 1 } }, reply["result"], reply.inspect)
       reply = worker.call(2, "keys", { "a" => 1, "b" => { "c" => 2 } })
       assert_equal ["String"], reply["result"], reply.inspect
+    end
+  end
+
+  # bridges.md (Concurrency and cancellation) and README: "`Cancelled` is an
+  # `Interrupt`, not a `StandardError`, so a plain `rescue => e` does not
+  # swallow it": SIGINT still ends the handler with a failed reply of type
+  # `Cancelled`, never the rescue's "swallowed".
+  def test_sigint_is_not_swallowed_by_a_plain_rescue
+    worker = spawn_worker
+    worker.request(1, "swallow")
+    assert_includes worker.stderr_until("swallow: sleeping"), "swallow: sleeping"
+    worker.signal("INT")
+    reply = worker.recv
+    assert_equal 1, reply["id"], reply.inspect
+    assert_equal false, reply["success"], "the rescue swallowed it: #{reply.inspect}"
+    assert_equal "Cancelled", reply["error"]["type"], reply.inspect
+    refute reply.key?("result"), reply.inspect
+    refute_includes worker.stderr_until("swallow: rescued", timeout: 0.5), "swallow: rescued", "a plain rescue caught the cancellation"
+    assert_equal({ "got" => { "n" => 2 } }, worker.call(2, "only_args", { "n" => 2 })["result"])
+  end
+
+  # README (Context): "`chunk` alone is also safe from other threads": 8
+  # threads sending 500 chunks each in one call; every frame arrives whole
+  # (each decodes, nothing interleaved), every chunk of every thread in its
+  # thread's order, then the final reply.
+  def test_chunk_from_many_threads_keeps_every_frame_whole
+    %w[json msgpack].each do |codec|
+      next if codec == "msgpack" && !msgpack?
+
+      worker = spawn_worker(codec: codec)
+      threads = 8
+      each = 500
+      pad = 700
+      worker.request(1, "threaded_chunks", { "threads" => threads, "each" => each, "pad" => pad }, stream: true)
+      seen = Array.new(threads) { [] }
+      reply = nil
+      loop do
+        message = worker.recv # raises if a frame is cut or mixed with another
+        if message["type"] == "chunk"
+          assert_equal 1, message["id"], message.inspect
+          data = message["data"]
+          assert_equal %w[i pad t], data.keys.sort, data.inspect
+          assert_equal "p" * pad, data["pad"]
+          seen.fetch(data["t"]) << data["i"]
+        else
+          reply = message
+          break
+        end
+      end
+      assert_equal 1, reply["id"], reply.inspect
+      assert_equal({ "threads" => threads, "each" => each }, reply["result"], reply.inspect)
+      seen.each_with_index { |got, t| assert_equal (0...each).to_a, got, "thread #{t}'s chunks" }
+      assert_equal "", worker.drain_stdout(0.1), "nothing after the final reply"
+      assert_equal({ "got" => {} }, worker.call(2, "only_args")["result"])
     end
   end
 
