@@ -1,0 +1,208 @@
+//! docs/cluster.md, how a call travels and failures: "A call that reaches a
+//! host that filled up meanwhile (another client was faster) is declined,
+//! never run, and sent elsewhere"; "a host is full ... before a call
+//! reaches it: nothing: the call never ran there and goes to another
+//! host"; "No call is sent twice". ARCHITECTURE.md says the same.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use snakepit_cluster::Client;
+
+/// A worker whose one command appends its token and pid to a log file, one
+/// line per run (an `O_APPEND` write of a short line is never interleaved),
+/// then sleeps `ms`.
+const ONCE_WORKER: &str = r#"
+import os
+import time
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+
+@worker.command("once")
+def once(args, ctx):
+    with open(args["log"], "a") as f:
+        f.write("%s %d\n" % (args["token"], os.getpid()))
+    time.sleep(args.get("ms", 0) / 1000.0)
+    return {"token": args["token"], "pid": os.getpid()}
+
+
+worker.run()
+"#;
+
+/// Not a test of its own: the body of the host processes, serving
+/// `ONCE_WORKER`.
+#[test]
+fn once_host_process() {
+    if std::env::var("SNAKEPIT_CLUSTER_HOST").is_err() {
+        return;
+    }
+    let script = std::env::temp_dir().join(format!(
+        "snakepit-cluster-once-worker-{}.py",
+        std::process::id()
+    ));
+    std::fs::write(&script, ONCE_WORKER).unwrap();
+    host_main_with(ScriptWorker(script));
+}
+
+async fn served(client: &Client) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for s in client.status(Duration::from_millis(300)).await.unwrap() {
+        out.insert(
+            s["host"].as_str().unwrap().to_owned(),
+            s["served"].as_u64().unwrap(),
+        );
+    }
+    out
+}
+
+/// Two clients, each unaware of the other's calls (each counts the hosts'
+/// room from their announcements minus its own calls), fire 6 calls each
+/// at once at a host of one worker and no prefetch ("small": room for 1)
+/// and a host of two ("big": room for 2): each sends as many as it thinks
+/// there is room for, so the hosts get more calls than they hold and
+/// decline some. Rounds go on until small has declined a call. Every call
+/// succeeds and ran exactly once (the worker logs each run); the hosts
+/// served as many calls as were made; each declined call has one outcome
+/// on its reply subject. (Where a declined call runs is the routing's
+/// choice: with both hosts full it goes to the first with room again,
+/// often the host that declined it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_declines_calls_and_each_runs_once() {
+    let nats = NatsServer::start().await;
+    let small =
+        HostProcess::start_with_prefetch("once_host_process", &nats.url, "small", 1, 0).await;
+    let big = HostProcess::start_with_prefetch("once_host_process", &nats.url, "big", 2, 0).await;
+    // A spy on every reply to a client: `{"declined": {"host": ..}}`,
+    // `{"ok": {"v": ..}}`, ...
+    let spy = nats.connect().await;
+    let mut replies = subscribed(&spy, &["_INBOX.>"]).await.pop().unwrap();
+    // Two clients on connections of their own.
+    let a = Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap();
+    let b = Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap();
+    let log = std::env::temp_dir().join(format!(
+        "snakepit-cluster-once-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_file(&log);
+
+    let mut tokens = Vec::new();
+    // Declined reply subjects, and by which host.
+    let mut declined: Vec<(String, String)> = Vec::new();
+    // The `ok` outcomes seen on each reply subject.
+    let mut oks: HashMap<String, Vec<Value>> = HashMap::new();
+    // Calls declined by small that then ran on big.
+    let mut elsewhere = 0;
+    let mut rounds = 0;
+    while !declined.iter().any(|(_, h)| h == &small.id) && rounds < 20 {
+        rounds += 1;
+        // Both clients see both hosts idle, with their full room.
+        for c in [&a, &b] {
+            eventually(30, "the client sees both hosts idle", || async {
+                let hosts = c.hosts();
+                hosts.len() == 2 && hosts.iter().all(|h| h.free == h.capacity)
+            })
+            .await;
+        }
+        let hosts = a.hosts();
+        let room = |id: &str| hosts.iter().find(|h| h.id == id).unwrap().capacity;
+        assert_eq!(room(&small.id), 1, "{hosts:?}");
+        assert_eq!(room(&big.id), 2, "{hosts:?}");
+        let mut tasks = Vec::new();
+        for (c, client) in [&a, &b].into_iter().enumerate() {
+            for i in 0..6 {
+                let token = format!("r{rounds}-c{c}-{i}");
+                tokens.push(token.clone());
+                let client = client.clone();
+                let args = json!({"log": log, "token": token, "ms": 100});
+                tasks.push(tokio::spawn(async move {
+                    (token, client.execute("once", args).await)
+                }));
+            }
+        }
+        for t in tasks {
+            let (token, r) = t.await.unwrap();
+            let r = r.unwrap_or_else(|e| panic!("call {token} failed: {e:?}"));
+            assert_eq!(r["token"], token.as_str(), "{r}");
+        }
+        let mut round_declined = Vec::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(300), replies.next()).await
+        {
+            let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
+                continue;
+            };
+            let subject = m.subject.to_string();
+            if let Some(d) = v.get("declined") {
+                round_declined.push((subject, d["host"].as_str().unwrap_or("").to_owned()));
+            } else if let Some(ok) = v.get("ok") {
+                oks.entry(subject).or_default().push(ok["v"].clone());
+            }
+        }
+        for (subject, host) in &round_declined {
+            let ran_on = oks.get(subject).and_then(|o| o.first()?["pid"].as_u64());
+            if host == &small.id && ran_on.is_some_and(|p| big.workers.contains(&(p as u32))) {
+                elsewhere += 1;
+            }
+        }
+        declined.extend(round_declined);
+    }
+    assert!(
+        declined.iter().any(|(_, h)| h == &small.id),
+        "the small host never declined a call in {rounds} rounds; declines: {declined:?}"
+    );
+
+    // Each call ran exactly once.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut runs: HashMap<&str, Vec<u32>> = HashMap::new();
+    for line in text.lines() {
+        let (token, pid) = line.split_once(' ').unwrap();
+        runs.entry(token).or_default().push(pid.parse().unwrap());
+    }
+    for token in &tokens {
+        let pids = runs.get(token.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        assert_eq!(
+            pids.len(),
+            1,
+            "call {token} ran {} times: {pids:?}",
+            pids.len()
+        );
+    }
+    assert_eq!(runs.len(), tokens.len(), "no run of an unknown call");
+    let served = served(&a).await;
+    assert_eq!(
+        served.values().sum::<u64>(),
+        tokens.len() as u64,
+        "the hosts served each call once: {served:?}"
+    );
+
+    // Each declined call has one outcome on its reply subject, from its one
+    // run.
+    for (subject, _) in &declined {
+        let Some(outcomes) = oks.get(subject) else {
+            continue; // the spy missed it; the checks above cover the call
+        };
+        assert_eq!(outcomes.len(), 1, "one outcome for {subject}: {outcomes:?}");
+        let token = outcomes[0]["token"].as_str().unwrap();
+        let pid = outcomes[0]["pid"].as_u64().unwrap() as u32;
+        assert_eq!(runs[token], vec![pid], "{token}");
+    }
+    eprintln!(
+        "{rounds} rounds, {} calls, {} declined ({} of them by the small host), {elsewhere} declined by small then ran on big; served {served:?}",
+        tokens.len(),
+        declined.len(),
+        declined.iter().filter(|(_, h)| h == &small.id).count()
+    );
+    let _ = std::fs::remove_file(&log);
+}
