@@ -30,7 +30,8 @@ class SyncServer(Server):
     def __init__(self, worker, read_fd, write_fd):
         super().__init__(worker, read_fd, write_fd)
         # SIGINT: armed while a handler runs; held while the main thread
-        # writes a frame, and delivered once it is out.
+        # writes a frame, or reads one in call_host, and delivered once the
+        # frame is out (or its bytes are buffered).
         self._armed = False
         self._writing = False
         self._reading = False  # call_host: bytes read, not yet buffered
@@ -321,12 +322,7 @@ class SyncServer(Server):
             finally:
                 self._reading = False
             if not data:
-                reader.eof = True
-                if reader.pending():
-                    reader._buf.clear()
-                    reader._skip = 0
-                    raise FrameError("truncated", "stream ended inside a frame")
-                return None
+                return reader.ended()
             if self._sigint_held:
                 self._sigint_held = False
                 self._on_sigint(signal.SIGINT, None)

@@ -350,13 +350,18 @@ class FrameReader:
                 want = min(self._skip, 1 << 20)
             data = read(fd, want)
             if not data:
-                self.eof = True
-                if self.pending():
-                    self._buf.clear()
-                    self._skip = 0
-                    raise FrameError("truncated", "stream ended inside a frame")
-                return None
+                return self.ended()
             self.feed(data)
+
+    def ended(self):
+        """The input ended: ``None``, or FrameError("truncated") if it ended
+        inside a frame (whose bytes are dropped)."""
+        self.eof = True
+        if self.pending():
+            self._buf.clear()
+            self._skip = 0
+            raise FrameError("truncated", "stream ended inside a frame")
+        return None
 
 
 def read_frame_from(stream, max_size=MAX_FRAME_SIZE):

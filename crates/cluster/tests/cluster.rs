@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -22,17 +21,6 @@ async fn client(nats: &NatsServer) -> Client {
     Client::connect(&nats.connect().await, "test")
         .await
         .unwrap()
-}
-
-async fn served(client: &Client) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for s in client.status(Duration::from_millis(300)).await.unwrap() {
-        out.insert(
-            s["host"].as_str().unwrap().to_owned(),
-            s["served"].as_u64().unwrap(),
-        );
-    }
-    out
 }
 
 /// Starts a `sleep` with `args` in a session whose host is `host` (sessions

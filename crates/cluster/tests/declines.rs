@@ -51,17 +51,6 @@ fn once_host_process() {
     host_main_with(ScriptWorker(script));
 }
 
-async fn served(client: &Client) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for s in client.status(Duration::from_millis(300)).await.unwrap() {
-        out.insert(
-            s["host"].as_str().unwrap().to_owned(),
-            s["served"].as_u64().unwrap(),
-        );
-    }
-    out
-}
-
 /// Two clients, each unaware of the other's calls (each counts the hosts'
 /// room from their announcements minus its own calls), fire 6 calls each
 /// at once at a host of one worker and no prefetch ("small": room for 1)

@@ -293,3 +293,15 @@ pub async fn subscribed(
         .expect("the subscriptions are in place");
     subs
 }
+
+/// Calls served by each host (by id), from the NATS service API.
+pub async fn served(client: &snakepit_cluster::Client) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for s in client.status(Duration::from_millis(300)).await.unwrap() {
+        out.insert(
+            s["host"].as_str().unwrap().to_owned(),
+            s["served"].as_u64().unwrap(),
+        );
+    }
+    out
+}
