@@ -29,6 +29,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A plain OTLP/HTTP receiver, and telemetry set up from the environment
+/// to export to it (no stderr logs).
+fn exporting_to_a_receiver() -> (Receiver, snakepit_telemetry::Guard) {
+    let receiver = Receiver::ok();
+    let guard = Telemetry::new()
+        .endpoint(receiver.base())
+        .stderr_logs(None)
+        .init()
+        .unwrap();
+    (receiver, guard)
+}
+
 /// A loopback port where nothing listens.
 fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -102,12 +114,7 @@ fn otlp_headers_from_the_environment_reach_the_receiver() {
     {
         return;
     }
-    let receiver = Receiver::ok();
-    let guard = Telemetry::new()
-        .endpoint(receiver.base())
-        .stderr_logs(None)
-        .init()
-        .unwrap();
+    let (receiver, guard) = exporting_to_a_receiver();
     drop(tracing::info_span!("with.headers").entered());
     opentelemetry::global::meter("probe")
         .u64_counter("probe.count")
@@ -313,12 +320,7 @@ fn the_span_batching_delay_comes_from_the_environment() {
     {
         return;
     }
-    let receiver = Receiver::ok();
-    let guard = Telemetry::new()
-        .endpoint(receiver.base())
-        .stderr_logs(None)
-        .init()
-        .unwrap();
+    let (receiver, guard) = exporting_to_a_receiver();
     let until = std::time::Instant::now() + Duration::from_secs(20);
     while receiver.requests("/v1/traces").len() < 5 {
         assert!(
@@ -354,12 +356,7 @@ fn the_span_queue_size_comes_from_the_environment() {
     const SPANS: usize = 2000;
     let name = "the_span_queue_size_comes_from_the_environment";
     if std::env::var_os(common::CHILD).is_some() {
-        let receiver = Receiver::ok();
-        let guard = Telemetry::new()
-            .endpoint(receiver.base())
-            .stderr_logs(None)
-            .init()
-            .unwrap();
+        let (receiver, guard) = exporting_to_a_receiver();
         for _ in 0..SPANS {
             drop(tracing::info_span!("queue_probe").entered());
         }
