@@ -255,6 +255,11 @@ class SyncServer(Server):
                 self._write(data)
             finally:
                 self._writing = False
+        self._deliver_held_sigint()
+
+    def _deliver_held_sigint(self) -> None:
+        """Raises the SIGINT held back while a frame was written or read,
+        now that the frame is out (or its bytes are buffered)."""
         if self._sigint_held:
             self._sigint_held = False
             self._on_sigint(signal.SIGINT, None)
@@ -266,9 +271,12 @@ class SyncServer(Server):
         # comes; requests arriving meanwhile wait in the backlog.
         hid = next(self._host_ids)
         self.send_host_call(hid, ctx, function, args)
+        reader = self.reader
         while True:
+            # What was read before is handled or buffered: nothing is lost.
+            self._deliver_held_sigint()
             try:
-                payload = self._read_frame_armed()
+                payload = reader.read_frame(self._read_holding_sigint)
             except FrameError as exc:
                 if exc.kind == "truncated":
                     payload = None
@@ -284,6 +292,7 @@ class SyncServer(Server):
                 continue
             if kind == "host_reply":
                 if msg["id"] == hid:
+                    self._deliver_held_sigint()
                     ok, value = host_outcome(msg)
                     if ok:
                         return value
@@ -299,33 +308,23 @@ class SyncServer(Server):
                 if kind == "cancel":
                     self._drop_cancelled()
 
-    def _read_frame_armed(self):
-        """``reader.read_frame()`` for call_host, where SIGINT may raise.
-        A KeyboardInterrupt raised after ``os.read`` returned but before its
-        bytes reached the buffer would lose them and cut the stream. So the
-        wait for input (poll) may be interrupted, and the read itself is
-        made with SIGINT held, as ``send`` holds it while writing."""
-        reader = self.reader
-        while True:
-            payload = reader.next_frame()
-            if payload is not None:
-                return payload
-            if self._poller is None:
-                self._poller = select.poll()
-                self._poller.register(reader.fd, select.POLLIN)
-            self._poller.poll()  # SIGINT raises here, nothing lost
-            self._reading = True
-            try:
-                data = os.read(reader.fd, 65536)
-                if data:
-                    reader.feed(data)
-            finally:
-                self._reading = False
-            if not data:
-                return reader.ended()
-            if self._sigint_held:
-                self._sigint_held = False
-                self._on_sigint(signal.SIGINT, None)
+    def _read_holding_sigint(self, fd: int, n: int) -> bytes:
+        """``os.read`` for call_host, where SIGINT may raise. A
+        KeyboardInterrupt raised after the read returned, but before its
+        bytes reached the reader's buffer, would lose them and cut the
+        stream. So the wait for input (poll) may be interrupted, and the read
+        itself holds SIGINT, as ``send`` does while writing; call_host
+        delivers it once the bytes are buffered or handled."""
+        self._deliver_held_sigint()  # the bytes read before are buffered
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+        self._poller.poll()  # SIGINT raises here, nothing lost
+        self._reading = True
+        try:
+            return os.read(fd, n)
+        finally:
+            self._reading = False
 
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.

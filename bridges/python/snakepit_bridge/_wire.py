@@ -320,14 +320,17 @@ class FrameReader:
         """True when a partial frame is buffered (EOF now means truncation)."""
         return bool(self._buf) or bool(self._skip)
 
-    def read_frame(self):
+    def read_frame(self, read=None):
         """Block until one payload is read; None on a clean EOF.
 
         Raises FrameError(truncated) when the stream ends inside a frame and
-        FrameError(too_large) for an oversized length prefix.
+        FrameError(too_large) for an oversized length prefix. ``read`` is
+        ``os.read`` (looked up at each call) or one with its signature
+        (call_host's holds SIGINT).
         """
+        if read is None:
+            read = os.read
         fd = self.fd
-        read = os.read
         buf = self._buf
         if not buf and not self._skip:
             # Fast path: the whole frame usually arrives in one read.
@@ -350,18 +353,13 @@ class FrameReader:
                 want = min(self._skip, 1 << 20)
             data = read(fd, want)
             if not data:
-                return self.ended()
+                self.eof = True
+                if self.pending():
+                    self._buf.clear()
+                    self._skip = 0
+                    raise FrameError("truncated", "stream ended inside a frame")
+                return None
             self.feed(data)
-
-    def ended(self):
-        """The input ended: ``None``, or FrameError("truncated") if it ended
-        inside a frame (whose bytes are dropped)."""
-        self.eof = True
-        if self.pending():
-            self._buf.clear()
-            self._skip = 0
-            raise FrameError("truncated", "stream ended inside a frame")
-        return None
 
 
 def read_frame_from(stream, max_size=MAX_FRAME_SIZE):
