@@ -578,17 +578,13 @@ impl Worker {
         self.stdin.send(NO_CALL, frame);
     }
 
-    /// The pool is stopping this worker: calls it cuts off were stopped by
-    /// the shutdown, not by a crash.
-    pub(crate) fn stopping(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-    }
-
     /// Shutdown's grace period is over: the calls this worker still runs
     /// are stopped by the shutdown. Their callers hear it now (a reply that
     /// still comes goes nowhere); `true` if there were any.
     pub(crate) fn cut_off(&self) -> bool {
-        self.stopping();
+        // Calls it cuts off, now or when it ends, were stopped by the
+        // shutdown, not by a crash.
+        self.stopping.store(true, Ordering::Relaxed);
         let mut inner = self.inner();
         let mut any = false;
         for (p, watched) in inner.pending.values_mut() {

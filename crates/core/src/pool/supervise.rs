@@ -350,11 +350,7 @@ pub(crate) struct CallLimits {
 
 /// Each worker's limits (and TTL) are drawn within 10% of the configured
 /// ones, so workers started together do not all go together.
-fn spread(worker: &Worker, salt: u64) -> f64 {
-    spread_for(worker.pid, salt)
-}
-
-fn spread_for(pid: u32, salt: u64) -> f64 {
+fn spread(pid: u32, salt: u64) -> f64 {
     let j = jitter(Duration::from_micros(1000), salt ^ u64::from(pid)).as_micros();
     0.9 + (j.clamp(500, 1500) - 500) as f64 / 5000.0
 }
@@ -365,7 +361,7 @@ fn spread_for(pid: u32, salt: u64) -> f64 {
 pub(crate) fn call_limits(config: &PoolConfig, worker: &Worker) -> CallLimits {
     let calls = match config.recycle_after_calls {
         0 => 0,
-        n => ((n as f64 * spread(worker, 1)).round() as u64).max(1),
+        n => ((n as f64 * spread(worker.pid, 1)).round() as u64).max(1),
     };
     CallLimits {
         replace_at: calls - calls / 10,
@@ -391,7 +387,7 @@ pub(crate) async fn recycle_due(
     let preload = shared.launch.preload;
     let CallLimits { replace_at, calls } = limits;
     let due = shared.watch_calls(worker, replace_at, if drain { calls } else { 0 });
-    let ttl = crate::clock::scale(c.worker_ttl, spread(worker, 2));
+    let ttl = crate::clock::scale(c.worker_ttl, spread(worker.pid, 2));
     let check = Duration::from_millis(100);
     loop {
         if calls > 0 && worker.served.load(Ordering::Relaxed) >= replace_at {
@@ -614,7 +610,7 @@ mod tests {
     #[test]
     fn recycling_limits_are_drawn_within_ten_percent() {
         for salt in [1, 2] {
-            let drawn: Vec<f64> = (1..4_000u32).map(|pid| spread_for(pid, salt)).collect();
+            let drawn: Vec<f64> = (1..4_000u32).map(|pid| spread(pid, salt)).collect();
             assert!(drawn.iter().all(|f| (0.9..=1.1).contains(f)), "{drawn:?}");
             let lowest = drawn.iter().copied().fold(f64::MAX, f64::min);
             let highest = drawn.iter().copied().fold(f64::MIN, f64::max);
