@@ -16,7 +16,7 @@ import signal
 import stat
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Optional
 
 from ._context import Cancelled, Context
 from ._handler import invoke
@@ -40,24 +40,42 @@ class SyncServer(Server):
         self._backlog = deque()
         self._peek = None
         self._peek_fd = None
-        self._poller = None
+        self._poller = None  # stdin (and the wakeup pipe, with our handlers)
+        self._wake_r = None
+        self._wake_w = None
 
     def serve(self, install_signals: bool) -> int:
         # Handlers go in before hello: once the pool has seen hello it may
         # signal us, and Python's default SIGINT would kill the process.
+        old_wakeup = None
         if install_signals:
+            # A signal's byte in this pipe wakes the waits for input (see
+            # _read_idle); set before the handlers, so none goes unseen.
+            self._wake_r, wake_w = os.pipe()
+            self._wake_w = wake_w
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(wake_w, False)
+            old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+            self._poller = select.poll()
+            self._poller.register(self.reader.fd, select.POLLIN)
+            self._poller.register(self._wake_r, select.POLLIN)
             signal.signal(signal.SIGINT, self._on_sigint)
             signal.signal(signal.SIGTERM, _on_sigterm)
         self.send(self.worker.hello())
         try:
-            return self._serve()
+            return self._serve(self._read_idle if install_signals else None)
         finally:
             # The second description of the pipe, if the loop opened one.
             if self._peek_fd is not None:
                 os.close(self._peek_fd)
                 self._peek = self._peek_fd = None
+            if self._wake_r is not None:
+                signal.set_wakeup_fd(-1 if old_wakeup is None else old_wakeup)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = None
 
-    def _serve(self) -> int:
+    def _serve(self, read=None) -> int:
         reader = self.reader
         read_frame = reader.read_frame
         backlog = self._backlog
@@ -78,7 +96,7 @@ class SyncServer(Server):
                 if reader.eof:
                     return 0
                 try:
-                    payload = read_frame()
+                    payload = read_frame(read)
                 except FrameError as exc:
                     if exc.kind == "truncated":
                         log("stdin ended inside a frame; exiting")
@@ -107,8 +125,7 @@ class SyncServer(Server):
         if peek is None:
             if reader.fd is None or reader.eof:
                 return False
-            peek, self._peek_fd = _peeker(reader.fd)
-            self._peek = peek
+            peek = self._open_peek()
         elif reader.eof:
             return False
         try:
@@ -136,6 +153,45 @@ class SyncServer(Server):
         else:
             reader.feed(data)
         return True
+
+    def _open_peek(self):
+        peek, self._peek_fd = _peeker(self.reader.fd)
+        self._peek = peek
+        return peek
+
+    def _read_idle(self, fd: int, n: int) -> bytes:
+        """``os.read`` for the wait for the next frame, when the SIGTERM
+        handler is ours. CPython runs a signal's handler between bytecodes,
+        and a blocking read() entered just after a SIGTERM landed would
+        hold it until the next frame: forever, for an idle worker. So the
+        wait is a poll() that the signal's byte in the wakeup pipe ends too,
+        and the read never blocks. When the next frame is already there (calls
+        written ahead) this is one read(), as before."""
+        peek = self._peek or self._open_peek()
+        while True:
+            data: Optional[bytes] = peek()
+            if data is not None:
+                return data
+            self._wait_readable(fd)
+
+    def _wait_readable(self, fd: int) -> bool:
+        """Waits until fd has input (True) or a signal came (False; its
+        handler runs once back in Python code). With our handlers, the
+        poller watches the wakeup pipe too."""
+        readable = False
+        for ready, _ in self._poller.poll():
+            if ready == fd:
+                readable = True
+            elif ready == self._wake_r:
+                self._drain_wakeups()
+        return readable
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def _read_ahead(self):
         """Move the complete frames already read into the backlog; a request
@@ -319,7 +375,10 @@ class SyncServer(Server):
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
-        self._poller.poll()  # SIGINT raises here, nothing lost
+        # SIGINT raises here, nothing lost (one that landed just before the
+        # poll ends it through the wakeup pipe, and raises in this loop).
+        while not self._wait_readable(fd):
+            pass
         self._reading = True
         try:
             return os.read(fd, n)
