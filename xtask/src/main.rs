@@ -409,13 +409,13 @@ fn find_oldest_python() -> Option<String> {
 /// The Python bridge's suite again under the oldest Python the docs
 /// promise (`find_oldest_python`). Its `msgpack` is installed from PyPI if
 /// missing.
-fn oldest_python(root: &Path) -> Result<()> {
-    let Some(python) = find_oldest_python() else {
+fn oldest_python(root: &Path, oldest: Option<&str>) -> Result<()> {
+    let Some(python) = oldest else {
         eprintln!("no Python 3.8 here (SNAKEPIT_PYTHON_MIN, or pyenv's): the bridge's minimum is not checked");
         return Ok(());
     };
-    if probe(&python, &["-c", "import msgpack"]).is_none() {
-        if let Err(e) = pip_install(root, &python, &["msgpack"]) {
+    if probe(python, &["-c", "import msgpack"]).is_none() {
+        if let Err(e) = pip_install(root, python, &["msgpack"]) {
             // The suite skips its MessagePack tests without the package;
             // the JSON half still checks the minimum.
             eprintln!(
@@ -423,7 +423,7 @@ fn oldest_python(root: &Path) -> Result<()> {
             );
         }
     }
-    python_suite(root, &python)
+    python_suite(root, python)
 }
 
 /// The Python bridge's own unittest suite under `python` (no `.pyc` left
@@ -467,7 +467,8 @@ fn bridges(root: &Path) -> Result<()> {
 
     let python = std::env::var("SNAKEPIT_PYTHON").unwrap_or_else(|_| "python3".into());
     python_suite(root, &python)?;
-    oldest_python(root)?;
+    let oldest = find_oldest_python();
+    oldest_python(root, oldest.as_deref())?;
     run(
         root,
         &python,
@@ -483,7 +484,6 @@ fn bridges(root: &Path) -> Result<()> {
     )?;
     // The wheel installs and runs under the oldest Python too (building
     // it takes 3.9 or later: setuptools 77).
-    let oldest = find_oldest_python();
     let mut package = vec!["xtask/src/python_package.py", "bridges/python"];
     if let Some(old) = &oldest {
         package.push(old);
