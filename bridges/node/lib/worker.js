@@ -114,14 +114,31 @@ class HostCallError extends Error {
   }
 }
 
+// A handler's result, or a promise of it: a thenable is adopted as `await`
+// would adopt it (one whose then() throws, or calls back twice, settles
+// once), and a plain value is passed on at once.
+function settle(result, onValue, onError) {
+  let thenable;
+  try {
+    thenable = result !== null && typeof result === 'object' && typeof result.then === 'function';
+  } catch (err) {
+    onError(err); // a `then` getter that throws
+    return;
+  }
+  if (thenable) Promise.resolve(result).then(onValue, onError);
+  else onValue(result);
+}
+
 // The wire form of a thrown value: {type, message, traceback}.
 function errorToWire(err) {
   if (err instanceof Error) {
-    // A subclass that does not set `name` inherits "Error"; its constructor
-    // name says more.
+    // A subclass that does not set `name` inherits its parent's ("Error",
+    // "TypeError"); its constructor name says more.
     let type = err.name;
-    if (!type || (type === 'Error' && err.constructor && err.constructor.name)) {
-      type = (err.constructor && err.constructor.name) || 'Error';
+    const ctor = err.constructor;
+    const own = (o) => o !== null && o !== undefined && Object.prototype.hasOwnProperty.call(o, 'name');
+    if (!type || (typeof ctor === 'function' && ctor.name && !own(err) && !own(ctor.prototype))) {
+      type = (typeof ctor === 'function' && ctor.name) || 'Error';
     }
     const error = { type: String(type), message: String(err.message) };
     if (typeof err.stack === 'string') error.traceback = err.stack;
@@ -595,14 +612,11 @@ class Worker {
       this._replyError(ctx, err);
       return;
     }
-    if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
-      result.then(
-        (value) => this._reply(ctx, success(ctx.requestId, value)),
-        (err) => this._replyError(ctx, err)
-      );
-    } else {
-      this._reply(ctx, success(ctx.requestId, result));
-    }
+    settle(
+      result,
+      (value) => this._reply(ctx, success(ctx.requestId, value)),
+      (err) => this._replyError(ctx, err)
+    );
   }
 
   // The same, inside the request's span: spans the handler makes (also after
@@ -617,21 +631,17 @@ class Worker {
       this._replyError(ctx, err);
       return;
     }
-    if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
-      result.then(
-        (value) => {
-          endRequestSpan(traced);
-          this._reply(ctx, success(ctx.requestId, value));
-        },
-        (err) => {
-          endRequestSpan(traced, err);
-          this._replyError(ctx, err);
-        }
-      );
-    } else {
-      endRequestSpan(traced);
-      this._reply(ctx, success(ctx.requestId, result));
-    }
+    settle(
+      result,
+      (value) => {
+        endRequestSpan(traced);
+        this._reply(ctx, success(ctx.requestId, value));
+      },
+      (err) => {
+        endRequestSpan(traced, err);
+        this._replyError(ctx, err);
+      }
+    );
   }
 
   _replyError(ctx, err) {

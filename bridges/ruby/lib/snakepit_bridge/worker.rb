@@ -378,6 +378,7 @@ module SnakepitBridge
       @worker_id = nil if @worker_id&.empty?
       @logger = nil
       @timestamp_second = nil
+      @int_trapped = false
     end
 
     def install_signal_handlers
@@ -385,6 +386,7 @@ module SnakepitBridge
       # for the serving thread, where Thread.handle_interrupt decides when it
       # may land (only while a handler runs).
       Signal.trap("INT") { interrupt_current }
+      @int_trapped = true
       Signal.trap("TERM") { exit(0) }
     end
 
@@ -522,8 +524,15 @@ module SnakepitBridge
           ctx.cancelled? ? cancelled_error(ctx) : [true, result]
         rescue Cancelled
           cancelled_error(ctx)
-        rescue SystemExit, SignalException
+        rescue SystemExit
           raise
+        rescue SignalException => e
+          # With our INT trap, a SIGINT never raises Interrupt: this one was
+          # raised by the handler's code, and is its failure. Other signals'
+          # exceptions end the worker, as the signal would.
+          raise unless e.instance_of?(Interrupt) && @int_trapped
+
+          [false, error_map(e)]
         rescue Exception => e # rubocop:disable Lint/RescueException -- any handler failure becomes a reply
           [false, error_map(e)]
         ensure
