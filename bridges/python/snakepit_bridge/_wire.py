@@ -67,7 +67,9 @@ class JsonCodec(Codec):
     name = "json"
 
     def __init__(self):
-        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+        # No NaN or infinities: JSON has none, and the pool would take
+        # `NaN` for a broken frame (ValueError: a failed reply instead).
+        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         self._encode_slow = encoder.encode
         decoder = json.JSONDecoder()
         self._decode = decoder.decode
@@ -81,7 +83,7 @@ class JsonCodec(Codec):
         self._c_encode = None
         if c_make_encoder is not None and c_encode_str is not None:
             self._c_encode = c_make_encoder(
-                None, _json_default, c_encode_str, None, ":", ",", False, False, True
+                None, _json_default, c_encode_str, None, ":", ",", False, False, False
             )
 
     def encode(self, value):

@@ -1,6 +1,7 @@
 """What bridges/python/README.md (Concurrency, Cancellation) promises that
 the other suites do not already show, against real worker processes."""
 
+import math
 import os
 import queue
 import random
@@ -255,3 +256,55 @@ class SigintDuringASyncHostCall(_Base):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+NAN_SCRIPT = '''
+import snakepit_bridge
+
+worker = snakepit_bridge.Worker()
+
+
+@worker.command("float")
+def float_(args):
+    return {"value": float(args["text"])}
+
+
+@worker.command("chunk")
+def chunk(args, ctx):
+    try:
+        ctx.send_chunk(float("nan"))
+    except ValueError as exc:
+        return "refused: " + str(exc)
+    return "sent"
+
+
+worker.run()
+'''
+
+
+class NonFiniteFloats(_Base):
+    """README: a result "must be encodable by the codec ... A result that
+    cannot be encoded is a failed reply". JSON has no NaN or infinities: the
+    bridge once wrote `NaN`/`Infinity` anyway, which the pool took for a
+    broken protocol and replaced the worker."""
+
+    script_text = NAN_SCRIPT
+
+    def test_a_nan_or_infinite_result_under_json_is_a_failed_reply_and_the_worker_serves_on(self):
+        w = self.spawn("json")
+        for rid, text in enumerate(["nan", "inf", "-inf"], start=1):
+            reply = w.call(rid, "float", {"text": text})
+            self.assertFalse(reply["success"], reply)
+            self.assertEqual(reply["error"]["type"], "ValueError", reply)
+            self.assertIn("could not be encoded", reply["error"]["message"])
+        self.assertEqual(w.call(4, "float", {"text": "1.5"})["result"], {"value": 1.5})
+        # A chunk is refused to the handler, which goes on.
+        self.assertTrue(w.call(5, "chunk", stream=True)["result"].startswith("refused: "))
+        self.assertIsNone(w.proc.poll())
+
+    def test_msgpack_carries_them(self):
+        if "msgpack" not in CODECS:
+            self.skipTest("msgpack is not installed")
+        w = self.spawn("msgpack")
+        self.assertTrue(math.isnan(w.call(1, "float", {"text": "nan"})["result"]["value"]))
+        self.assertEqual(w.call(2, "float", {"text": "inf"})["result"]["value"], float("inf"))

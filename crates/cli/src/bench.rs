@@ -163,12 +163,22 @@ fn with_payload(mut args: Value, a: &BenchArgs) -> Result<Value, Failure> {
     Ok(args)
 }
 
+/// Limits that keep the bench's own memory bounded.
+const MAX_CONCURRENCY: usize = 100_000;
+const MAX_REQUESTS: usize = 100_000_000;
+
 fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
-    if workers == 0 {
-        return Err(Failure::usage("--workers must be at least 1"));
+    crate::config::check_pool_size(workers, "--workers").map_err(Failure::usage)?;
+    // Each call's latency is kept (16 bytes), and each caller is a task.
+    if a.concurrency == 0 || a.concurrency > MAX_CONCURRENCY {
+        return Err(Failure::usage(format!(
+            "--concurrency must be between 1 and {MAX_CONCURRENCY}"
+        )));
     }
-    if a.concurrency == 0 {
-        return Err(Failure::usage("--concurrency must be at least 1"));
+    if a.requests > MAX_REQUESTS {
+        return Err(Failure::usage(format!(
+            "--requests must be at most {MAX_REQUESTS}"
+        )));
     }
     if a.rounds == Some(0) {
         return Err(Failure::usage("--rounds must be at least 1"));
@@ -176,10 +186,10 @@ fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
     if a.sessions == Some(0) {
         return Err(Failure::usage("--sessions must be at least 1"));
     }
-    if a.requests < 4 * a.concurrency.max(workers) {
+    let least = a.concurrency.max(workers).saturating_mul(4);
+    if a.requests < least {
         return Err(Failure::usage(format!(
-            "--requests must be at least 4 x max(--workers, --concurrency) = {}",
-            4 * a.concurrency.max(workers)
+            "--requests must be at least 4 x max(--workers, --concurrency) = {least}"
         )));
     }
     if let Some(plot) = &a.plot {

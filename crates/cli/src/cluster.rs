@@ -168,9 +168,7 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
     if let Some(n) = a.pool_size {
         config.pool_size = n;
     }
-    if config.pool_size == 0 {
-        return Err(Failure::usage("--pool-size must be at least 1"));
-    }
+    crate::config::check_pool_size(config.pool_size, "--pool-size").map_err(Failure::usage)?;
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }

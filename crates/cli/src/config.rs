@@ -84,6 +84,16 @@ pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, 
     Ok(config)
 }
 
+/// A number of workers, from the flag or key `what`: 1 to
+/// [`MAX_POOL_SIZE`](snakepit_core::MAX_POOL_SIZE).
+pub(crate) fn check_pool_size(n: usize, what: &str) -> Result<(), String> {
+    let max = snakepit_core::MAX_POOL_SIZE;
+    if n == 0 || n > max {
+        return Err(format!("{what} must be between 1 and {max}"));
+    }
+    Ok(())
+}
+
 /// Parses the file's text; `script` is taken relative to `dir`.
 pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
     let raw: Raw = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
@@ -104,8 +114,8 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
     if raw.timeout_ms == Some(0) {
         return Err("timeout_ms must be above 0 milliseconds".into());
     }
-    if pool_size_set && pool.pool_size == 0 {
-        return Err("pool_size under [pool] must be at least 1".into());
+    if pool_size_set {
+        check_pool_size(pool.pool_size, "pool_size under [pool]")?;
     }
     Ok(FileConfig {
         adapter: raw.adapter,

@@ -92,10 +92,20 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
     let args = match a.args.as_deref() {
         None => Value::Object(Default::default()),
         Some("-") => {
+            // No more than a request frame may carry: the rest is not read
+            // (stdin may never end: /dev/zero).
+            let limit = file.pool.max_frame_size;
             let mut text = String::new();
             std::io::stdin()
+                .take(limit as u64 + 1)
                 .read_to_string(&mut text)
                 .map_err(|e| Failure::usage(format!("cannot read ARGS_JSON from stdin: {e}")))?;
+            if text.len() > limit {
+                return Err(Failure::usage(format!(
+                    "ARGS_JSON on stdin is larger than max_frame_size ({limit} bytes): no request may carry it"
+                ))
+                .hint("raise max_frame_size under [pool] in snakepit.toml, or send less"));
+            }
             parse_args(&text)?
         }
         Some(text) => parse_args(text)?,
@@ -139,9 +149,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         None if file.pool_size_set => config.pool_size,
         None => 1,
     };
-    if config.pool_size == 0 {
-        return Err(Failure::usage("--pool-size must be at least 1"));
-    }
+    crate::config::check_pool_size(config.pool_size, "--pool-size").map_err(Failure::usage)?;
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }

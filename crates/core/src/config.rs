@@ -20,7 +20,8 @@ use snakepit_protocol::DEFAULT_MAX_FRAME_SIZE;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// Number of worker processes. Default: twice the number of cores.
+    /// Number of worker processes, 1 to [`MAX_POOL_SIZE`]. Default: twice
+    /// the number of cores.
     pub pool_size: usize,
     /// How long `start()` may take for every worker to be ready.
     #[serde(rename = "startup_timeout_ms", with = "millis")]
@@ -158,6 +159,11 @@ impl Default for PoolConfig {
     }
 }
 
+/// The most worker processes one pool starts: more than a machine runs
+/// (a larger `pool_size` is refused with [`Error::Config`](crate::Error::Config),
+/// rather than tried).
+pub const MAX_POOL_SIZE: usize = 10_000;
+
 impl PoolConfig {
     /// Whether any recycling rule is on.
     pub(crate) fn recycles(&self) -> bool {
@@ -169,8 +175,8 @@ impl PoolConfig {
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::Config(m.to_owned()));
-        if self.pool_size == 0 {
-            return bad("pool_size must be at least 1");
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return bad(&format!("pool_size must be between 1 and {MAX_POOL_SIZE}"));
         }
         if self.max_concurrency_per_worker == 0 {
             return bad("max_concurrency_per_worker must be at least 1");

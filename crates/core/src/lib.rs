@@ -56,7 +56,7 @@ mod template;
 mod worker;
 
 pub use adapter::{Adapter, Launch};
-pub use config::PoolConfig;
+pub use config::{PoolConfig, MAX_POOL_SIZE};
 pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
 pub use os::{PipeSize, PIPE_GROWTH_BUDGET};
 pub use pool::{
