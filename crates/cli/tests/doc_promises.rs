@@ -1003,3 +1003,71 @@ fn bench_shows_a_progress_bar_on_a_terminal_only_and_not_with_q() {
         "no bar into a pipe: {piped:?}"
     );
 }
+
+/// cli.md, exit codes: 2 for a bad flag or a bad `snakepit.toml`, never a
+/// crash. A pool of more than `MAX_POOL_SIZE` (10,000) workers is refused by
+/// each way of asking for one (a huge one panicked allocating the slot
+/// table, and `bench --workers 2^62` wrapped its own check of `--requests`).
+#[test]
+fn a_pool_size_past_the_limit_is_a_usage_error_however_it_is_asked_for() {
+    let dir = Dir::new("huge-pool");
+    let huge = "9223372036854775807";
+    for args in [
+        &["exec", "--pool-size", huge, "ping"][..],
+        &["exec", "--pool-size", "10001", "ping"],
+        &[
+            "bench",
+            "--workers",
+            "4611686018427387904",
+            "--requests",
+            "300",
+        ],
+        &["bench", "--concurrency", "100001"],
+        &["bench", "--requests", "100000001"],
+    ] {
+        let r = dir.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {r:?}");
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {r:?}");
+    }
+    let r = dir.run(&["exec", "--pool-size", huge, "ping"]);
+    assert!(r.stderr.contains("between 1 and 10000"), "{r:?}");
+    dir.file("snakepit.toml", &format!("[pool]\npool_size = {huge}\n"));
+    let r = dir.run(&["exec", "ping"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("pool_size under [pool] must be between 1 and 10000"),
+        "{r:?}"
+    );
+}
+
+/// README: "a larger request is refused with `Codec` and never sent"
+/// (`max_frame_size`). `exec COMMAND -` reads no more of stdin than a
+/// request could carry: it read all of it, and /dev/zero until memory ran
+/// out. Arguments over the limit are a usage error, exit 2.
+#[test]
+fn exec_reads_no_more_arguments_from_stdin_than_a_request_carries() {
+    let dir = Dir::new("stdin-limit");
+    dir.file("snakepit.toml", "[pool]\nmax_frame_size = 4096\n");
+    let big = format!("{{\"text\": \"{}\"}}", "x".repeat(5000));
+    let r = snakepit_in(&dir.0, &["exec", "echo", "-"], &[], &big);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("larger than max_frame_size (4096 bytes)"),
+        "{r:?}"
+    );
+    let zero = std::fs::File::open("/dev/zero").expect("/dev/zero");
+    #[allow(clippy::disallowed_methods)] // the tool itself, not a worker
+    let out = Command::new(BIN)
+        .current_dir(&dir.0)
+        .args(["exec", "echo", "-"])
+        .stdin(zero)
+        .output()
+        .expect("run snakepit");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let small = format!("{{\"text\": \"{}\"}}", "x".repeat(100));
+    let r = snakepit_in(&dir.0, &["exec", "echo", "-"], &[], &small);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["echoed"]["text"].as_str().map(str::len), Some(100));
+}

@@ -597,6 +597,11 @@ async fn every_unusable_setting_is_a_config_error_at_start() {
     type Change = fn(&mut PoolConfig);
     let cases: Vec<(&str, Change)> = vec![
         ("pool_size 0", |c| c.pool_size = 0),
+        // Past the limit; usize::MAX panicked allocating the slot table.
+        ("pool_size 10,001", |c| {
+            c.pool_size = snakepit_core::MAX_POOL_SIZE + 1
+        }),
+        ("pool_size usize::MAX", |c| c.pool_size = usize::MAX),
         ("max_concurrency_per_worker 0", |c| {
             c.max_concurrency_per_worker = 0
         }),
