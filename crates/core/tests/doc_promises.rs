@@ -795,7 +795,8 @@ async fn dropping_the_last_handle_kills_every_group_at_once() {
     let calls: Vec<_> = (0..2)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.execute("stubborn", json!({})).await })
+            // Held, so that both run at once: one on each worker.
+            tokio::spawn(async move { pool.execute("stubborn", json!({"hold_ms": 300})).await })
         })
         .collect();
     let mut pids = Vec::new();

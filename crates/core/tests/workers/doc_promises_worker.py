@@ -171,6 +171,7 @@ while True:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         child = subprocess.Popen(["sleep", "1000"])
         stubborn = True
+        time.sleep(args.get("hold_ms", 0) / 1000.0)  # long enough to be running at once
         write({"id": rid, "success": True, "result": {"pid": os.getpid(), "child": child.pid}})
     elif command == "pid":
         write({"id": rid, "success": True, "result": os.getpid()})
