@@ -265,6 +265,7 @@ impl Drop for PoolInner {
             w.kill();
         }
         self.shared.stop_template();
+        crate::sweep::kill_leftovers(&self.shared.run_id);
         if let Some(r) = &self.shared.record {
             r.finish();
         }
@@ -437,6 +438,7 @@ impl Pool {
             shared.worker_gone(w);
         }
         shared.stop_template();
+        crate::sweep::kill_leftovers(&shared.run_id);
         if let Some(r) = &shared.record {
             r.finish();
         }

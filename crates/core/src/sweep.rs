@@ -840,9 +840,49 @@ fn has_live_host(pid: u32, run_id: &str) -> bool {
     false
 }
 
+/// Kills what is left of a run once its workers are stopped or killed:
+/// processes that carry its run id (`SNAKEPIT_RUN_ID`) but left every
+/// process group the pool signals, such as a worker's child that called
+/// `setsid`, or a worker its template reported under another pid. The
+/// pool's own children (its workers, its template) are left to their stop
+/// sequence. A clean end leaves no run record for a later sweep, so this is
+/// the last chance. How many it killed.
+pub(crate) fn kill_leftovers(run_id: &str) -> usize {
+    let me = std::process::id();
+    let Some(since) = process_start(me) else {
+        return 0; // no /proc: nothing to go by
+    };
+    let mut killed = 0;
+    for pid in crate::os::all_pids() {
+        if pid == me || run_id_of(pid).as_deref() != Some(run_id) {
+            continue;
+        }
+        let Some(stat) = Stat::of(pid) else {
+            continue;
+        };
+        if stat.ppid == me || stat.start < since {
+            continue;
+        }
+        if stat.pgrp == pid {
+            crate::os::signal_group(pid, libc::SIGKILL);
+        }
+        crate::os::signal_pid(pid, libc::SIGKILL);
+        killed += 1;
+    }
+    if killed > 0 {
+        tracing::warn!(
+            run_id,
+            killed,
+            "killed processes of the pool's workers that had left their process groups"
+        );
+    }
+    killed
+}
+
 /// The fields of `/proc/<pid>/stat` the sweep reads.
 struct Stat {
     ppid: u32,
+    pgrp: u32,
     session: u32,
     /// Clock ticks after boot.
     start: u64,
@@ -861,6 +901,7 @@ impl Stat {
         }
         Some(Stat {
             ppid: fields.get(1)?.parse().ok()?,
+            pgrp: fields.get(2)?.parse().ok()?,
             session: fields.get(3)?.parse().ok()?,
             start: fields.get(19)?.parse().ok()?,
         })

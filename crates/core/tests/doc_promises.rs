@@ -857,3 +857,28 @@ async fn a_busy_worker_gets_no_health_ping() {
     );
     pool.shutdown().await.unwrap();
 }
+
+/// docs/reliability.md, "No orphan, on any path": a worker's child that
+/// called `setsid` left every process group the pool kills, and after a
+/// clean end no run record is left for a later sweep. The pool kills what
+/// carries its run id at its end: after `shutdown()`, and when the last
+/// handle is dropped. (Such a child outlived both.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_left_its_workers_group_dies_with_the_pool() {
+    for shutdown in [true, false] {
+        let doc = Doc::new("escape", "none");
+        let pool = builder(doc.adapter()).size(1).start().await.unwrap();
+        let child = pool.execute("escape", json!({})).await.unwrap();
+        let child = child.as_u64().unwrap() as u32;
+        assert!(common::alive(child));
+        if shutdown {
+            pool.shutdown().await.unwrap();
+        } else {
+            drop(pool);
+        }
+        assert!(
+            eventually(10, || !common::alive(child)).await,
+            "the escaped child {child} outlived the pool (shutdown: {shutdown})"
+        );
+    }
+}

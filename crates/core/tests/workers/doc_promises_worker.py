@@ -173,6 +173,10 @@ while True:
         stubborn = True
         time.sleep(args.get("hold_ms", 0) / 1000.0)  # long enough to be running at once
         write({"id": rid, "success": True, "result": {"pid": os.getpid(), "child": child.pid}})
+    elif command == "escape":
+        # A child in a session of its own: out of every group the pool kills.
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        write({"id": rid, "success": True, "result": child.pid})
     elif command == "pid":
         write({"id": rid, "success": True, "result": os.getpid()})
     elif command == "hold":
