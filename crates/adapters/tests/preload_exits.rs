@@ -235,3 +235,60 @@ async fn a_forked_ruby_worker_runs_no_at_exit_handler() {
     );
     let _ = std::fs::remove_file(log);
 }
+
+/// docs/reliability.md: "a reused pid, somebody else's process ... is never
+/// touched"; docs/preload.md: every promise holds for a forked worker. A
+/// template that reports another process's pid as its worker's (here a
+/// bystander in a group of its own, and 0) is refused: the start fails
+/// naming it, the bystander lives (it was killed as the "worker"), and the
+/// real worker the template forked dies with the pool (it was left running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_reports_a_pid_it_did_not_fork_is_refused() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers");
+    #[allow(clippy::disallowed_methods)] // a bystander, not a worker
+    let mut bystander = std::process::Command::new("setsid")
+        .args(["sleep", "300"])
+        .spawn()
+        .unwrap();
+    let by = bystander.id();
+    assert!(eventually(10, || snakepit_tests::alive(by)).await);
+    for lie in [by, 0] {
+        let log = log_file(&format!("lying-{lie}"));
+        let bridge = Bridge::python(dir.join("lying_template.py"))
+            .interpreter(python())
+            .env("LYING_PID", lie.to_string())
+            .env("LYING_LOG", &log)
+            .preload();
+        let err = Pool::builder(bridge)
+            .size(1)
+            .configure(|c| {
+                c.startup_timeout = Duration::from_secs(10);
+                c.health_check_interval = Duration::ZERO;
+            })
+            .start()
+            .await
+            .err()
+            .expect("a lying template's pool does not start");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!(
+                "reported pid {lie}, which is not a process it forked"
+            )),
+            "{text}"
+        );
+        let forked: Vec<u32> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert!(!forked.is_empty(), "the template forked a worker");
+        assert!(
+            eventually(10, || forked.iter().all(|&p| !alive(p))).await,
+            "the real workers {forked:?} outlived the pool"
+        );
+        assert!(alive(by), "the bystander was touched (lie {lie})");
+        let _ = std::fs::remove_file(&log);
+    }
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}

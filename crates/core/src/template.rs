@@ -362,8 +362,22 @@ impl Template {
                 else {
                     return;
                 };
+                // The pool signals this pid's group from now on: it must be
+                // a process the template forked. One that is gone already
+                // (exited and reaped: its report follows) passes.
+                let forked = pid > 1
+                    && pid != self.pid
+                    && os::parent_of(pid).is_none_or(|parent| parent == self.pid);
+                let answer = if forked {
+                    Ok(pid)
+                } else {
+                    tracing::warn!(target: "snakepit::template", pid = self.pid, reported = pid, "the template reported a worker pid that is not its child; refused");
+                    Err(format!(
+                        "it reported pid {pid}, which is not a process it forked"
+                    ))
+                };
                 if let Some(tx) = self.state.locked().forks.remove(&id) {
-                    let _ = tx.send(Ok(pid));
+                    let _ = tx.send(answer);
                 }
             }
             Some("fork_failed") => {
