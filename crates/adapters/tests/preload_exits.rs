@@ -267,8 +267,7 @@ async fn a_template_that_reports_a_pid_it_did_not_fork_is_refused() {
             })
             .start()
             .await
-            .err()
-            .expect("a lying template's pool does not start");
+            .expect_err("a lying template's pool does not start");
         let text = format!("{err:#}");
         assert!(
             text.contains(&format!(
