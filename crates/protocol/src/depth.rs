@@ -57,6 +57,9 @@ struct Limit<'a> {
     depth: usize,
     tripped: &'a Tripped,
     bytes_nest: bool,
+    /// The serializer is serde_json's: a long string that needs no escape
+    /// may be written as it is (`raw::RawString`).
+    raw_json: bool,
 }
 
 impl<'a> Limit<'a> {
@@ -88,20 +91,22 @@ impl<'a, T: ?Sized> Limited<'a, T> {
                 depth: 0,
                 tripped,
                 bytes_nest,
+                raw_json: false,
             },
         }
     }
 
     #[cfg(feature = "json")]
     /// `value` found `depth` levels down (a field of a struct at depth 0
-    /// is at depth 1).
-    pub(crate) fn at(value: &'a T, tripped: &'a Tripped, bytes_nest: bool, depth: usize) -> Self {
+    /// is at depth 1), for serde_json's serializer only.
+    pub(crate) fn json_at(value: &'a T, tripped: &'a Tripped, depth: usize) -> Self {
         Limited {
             value,
             limit: Limit {
                 depth,
                 tripped,
-                bytes_nest,
+                bytes_nest: true,
+                raw_json: raw::works(),
             },
         }
     }
@@ -138,6 +143,21 @@ impl<'a, C> Compound<'a, C> {
         Limited {
             value,
             limit: self.limit,
+        }
+    }
+
+    /// A map's key: always through the serializer (a raw string is no key).
+    #[inline]
+    fn wrap_key<'v, T: ?Sized>(&self, key: &'v T) -> Limited<'v, T>
+    where
+        'a: 'v,
+    {
+        Limited {
+            value: key,
+            limit: Limit {
+                raw_json: false,
+                ..self.limit
+            },
         }
     }
 }
@@ -177,8 +197,16 @@ impl<'a, S: Serializer> Serializer for LimitSer<'a, S> {
         serialize_f32(f32);
         serialize_f64(f64);
         serialize_char(char);
-        serialize_str(&str);
         serialize_unit_struct(&'static str);
+    }
+
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<S::Ok, S::Error> {
+        #[cfg(feature = "json")]
+        if self.limit.raw_json && v.len() >= raw::MIN_LEN && !raw::needs_escape(v.as_bytes()) {
+            return raw::RawString::quote(v).serialize(self.inner);
+        }
+        self.inner.serialize_str(v)
     }
 
     #[inline]
@@ -311,6 +339,12 @@ impl<'a, S: Serializer> Serializer for LimitSer<'a, S> {
         len: usize,
     ) -> Result<Self::SerializeStruct, S::Error> {
         let limit = self.limit.enter::<S::Error>(1)?;
+        // A `RawValue` of the caller's: its text is written as it is.
+        #[cfg(feature = "json")]
+        let limit = Limit {
+            raw_json: limit.raw_json && name != raw::TOKEN,
+            ..limit
+        };
         Ok(Compound {
             inner: self.inner.serialize_struct(name, len)?,
             limit,
@@ -407,7 +441,7 @@ impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
     type Error = C::Error;
     #[inline]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), C::Error> {
-        let k = self.wrap(key);
+        let k = self.wrap_key(key);
         self.inner.serialize_key(&k)
     }
     #[inline]
@@ -421,7 +455,7 @@ impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
         key: &K,
         value: &V,
     ) -> Result<(), C::Error> {
-        let (k, v) = (self.wrap(key), self.wrap(value));
+        let (k, v) = (self.wrap_key(key), self.wrap(value));
         self.inner.serialize_entry(&k, &v)
     }
     #[inline]
@@ -471,5 +505,92 @@ impl<C: SerializeStructVariant> SerializeStructVariant for Compound<'_, C> {
     #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
+    }
+}
+
+/// Long strings written to JSON without serde_json's escaping, which looks
+/// at each byte in turn (about ten instructions a byte: a megabyte argument
+/// cost the host more than the worker's whole call). A string with nothing
+/// to escape (no control character, `"` or `\\`) is checked a block at a
+/// time, quoted, and handed to serde_json as a raw value, written as it is.
+#[cfg(feature = "json")]
+mod raw {
+    use std::sync::OnceLock;
+
+    use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+    /// How serde_json's serializer recognises a raw value (the name its own
+    /// `RawValue` serialises under, with the `raw_value` feature). Private
+    /// to serde_json: [`works`] checks, once, that it is still understood.
+    pub(super) const TOKEN: &str = "$serde_json::private::RawValue";
+
+    /// Shorter strings go through serde_json: the check and the copy would
+    /// cost more than they save.
+    pub(super) const MIN_LEN: usize = 1024;
+
+    /// A JSON string literal, quotes included, to be written as it is.
+    pub(super) struct RawString(String);
+
+    impl RawString {
+        pub(super) fn quote(s: &str) -> Self {
+            let mut quoted = String::with_capacity(s.len() + 2);
+            quoted.push('"');
+            quoted.push_str(s);
+            quoted.push('"');
+            RawString(quoted)
+        }
+    }
+
+    impl Serialize for RawString {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut raw = s.serialize_struct(TOKEN, 1)?;
+            raw.serialize_field(TOKEN, self.0.as_str())?;
+            raw.end()
+        }
+    }
+
+    /// Whether JSON must escape any of these bytes. Whole blocks are
+    /// looked at without a branch per byte, which the compiler turns into
+    /// vector compares.
+    pub(super) fn needs_escape(bytes: &[u8]) -> bool {
+        bytes.chunks(4096).any(|block| {
+            block.iter().fold(false, |any, &b| {
+                any | (b < 0x20) | (b == b'"') | (b == b'\\')
+            })
+        })
+    }
+
+    /// Whether this serde_json writes a [`RawString`] as it is (and not as
+    /// a map named [`TOKEN`]).
+    pub(super) fn works() -> bool {
+        static WORKS: OnceLock<bool> = OnceLock::new();
+        *WORKS.get_or_init(|| {
+            serde_json::to_string(&RawString::quote("ab"))
+                .ok()
+                .as_deref()
+                == Some("\"ab\"")
+        })
+    }
+}
+
+#[cfg(all(test, feature = "json"))]
+mod tests {
+    #[test]
+    fn this_serde_json_writes_raw_strings_as_they_are() {
+        // Else every long string silently takes the slow path.
+        assert!(super::raw::works());
+    }
+
+    #[test]
+    fn the_escape_check_finds_each_byte_that_needs_one() {
+        use super::raw::needs_escape;
+        assert!(!needs_escape("plain text, é漢字🎉 and \u{7f}".as_bytes()));
+        for b in (0u8..0x20).chain([b'"', b'\\']) {
+            for at in [0, 7, 4095, 4096, 5000] {
+                let mut s = vec![b'a'; 5001];
+                s[at] = b;
+                assert!(needs_escape(&s), "byte {b:#x} at {at}");
+            }
+        }
     }
 }

@@ -250,7 +250,7 @@ fn json_request<A: serde::Serialize + ?Sized>(
         dst.extend_from_slice(b",\"args\":");
         // The request's own map is the first level.
         let tripped = Tripped::default();
-        written = serde_json::to_writer(Appender(dst), &Limited::at(r.args, &tripped, true, 1))
+        written = serde_json::to_writer(Appender(dst), &Limited::json_at(r.args, &tripped, 1))
             .map_err(|e| {
                 if tripped.get() {
                     Error::TooDeep {
