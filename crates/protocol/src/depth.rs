@@ -59,6 +59,7 @@ struct Limit<'a> {
     bytes_nest: bool,
     /// The serializer is serde_json's: a long string that needs no escape
     /// may be written as it is (`raw::RawString`).
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     raw_json: bool,
 }
 
