@@ -475,6 +475,35 @@ async fn a_stream_behind_a_worker_that_runs_other_calls_ends_with_a_clear_error(
     pool.shutdown().await.unwrap();
 }
 
+/// README, `StreamBehind`: "the call was cancelled". Not only the caller's
+/// side ends: the worker is told (a cancel frame) and stops, instead of
+/// producing two million chunks nobody reads; its capacity comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fell_behind_is_cancelled_in_the_worker_too() {
+    let mut adapter = TestWorker::new();
+    adapter.extra_args = vec!["--async".into()];
+    let pool = builder(adapter).size(1).start().await.unwrap();
+    let mut stream = pool
+        .execute_stream("stream", json!({"n": 2_000_000}), CallOptions::new())
+        .await
+        .unwrap();
+    // Unread until the worker has run far ahead of it.
+    assert!(eventually(30, || pool.stats().in_flight == 1).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, error) = read_all(&mut stream).await;
+    assert!(
+        matches!(error, Some(Error::StreamBehind { .. })),
+        "{error:?}"
+    );
+    drop(stream);
+    assert!(
+        eventually(10, || pool.stats().in_flight == 0).await,
+        "the worker still runs the stream: {:?}",
+        pool.stats()
+    );
+    pool.shutdown().await.unwrap();
+}
+
 /// Frames far larger than a pipe (which the pool grows, up to 1 MiB, for
 /// large frames) cross whole both ways, several at once, in both codecs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
