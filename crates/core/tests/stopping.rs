@@ -307,3 +307,48 @@ async fn a_host_killed_with_sigkill_leaves_no_worker_by_the_parent_death_signal_
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// README and docs/reliability.md: the parent-death signal is "set before
+/// `exec` from a spawner thread that lives as long as the pool". Linux sends
+/// it when the *thread* that forked a process ends, so a pool started from
+/// a thread that then ends must keep its workers: they are alive and serve
+/// after that thread is gone, and so does a worker started after it (a
+/// replacement).
+#[test]
+fn a_pool_started_from_a_thread_that_ends_keeps_its_workers() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let pool =
+        std::thread::spawn(move || handle.block_on(builder(TestWorker::new()).size(2).start()))
+            .join()
+            .expect("the starting thread")
+            .unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pids = pool.worker_pids();
+        assert_eq!(pids.len(), 2);
+        assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
+        let r = pool.execute("echo", json!({})).await.unwrap();
+        assert!(pids.contains(&(r["pid"].as_u64().unwrap() as u32)));
+        // A replacement, started after that thread ended, lives too.
+        kill_9(pids[0]);
+        assert!(
+            eventually(10, || {
+                let now = pool.worker_pids();
+                now.len() == 2 && !now.contains(&pids[0])
+            })
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = pool.worker_pids();
+        assert!(now.iter().all(|&p| alive(p)), "{now:?}");
+        for _ in 0..4 {
+            pool.execute("echo", json!({})).await.unwrap();
+        }
+        pool.shutdown().await.unwrap();
+    });
+}
