@@ -674,15 +674,3 @@ async fn the_run_record_is_named_for_the_run_and_lists_each_live_worker() {
     assert!(!path.exists(), "a clean shutdown deletes the record");
     let _ = std::fs::remove_dir_all(dir);
 }
-
-#[test]
-#[allow(clippy::disallowed_methods)]
-fn zz_sanity_unreaped_sees_a_zombie() {
-    let child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    std::thread::sleep(Duration::from_millis(500));
-    let set: BTreeSet<u32> = [pid].into();
-    assert_eq!(unreaped(&set), vec![pid]);
-    assert!(!alive(pid));
-    std::mem::forget(child);
-}

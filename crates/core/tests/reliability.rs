@@ -799,3 +799,46 @@ async fn a_killed_worker_is_detected_and_replaced() {
     );
     pool.shutdown().await.unwrap();
 }
+
+/// README and docs/reliability.md: `recycle_above_rss_mb` replaces a worker
+/// "above this resident memory". The grown worker is recycled for memory
+/// (the event's reason), and only it: the worker left under the limit
+/// keeps serving, through many checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_worker_above_the_memory_limit_is_recycled_for_memory() {
+    let recycled = Arc::new(Mutex::new(Vec::new()));
+    let log = recycled.clone();
+    let pool = builder(TestWorker::new())
+        .size(2)
+        .configure(|c| {
+            c.recycle_above_rss_mb = 60;
+            c.health_check_interval = Duration::from_millis(50);
+        })
+        .on_event(move |e| {
+            if let EventKind::WorkerRecycled { pid, reason, .. } = e.kind {
+                log.lock().unwrap().push((pid, reason));
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let pids = pool.worker_pids();
+    // Grow one worker past the limit (80 MiB held).
+    let r = pool.execute("grow", json!({"mb": 80})).await.unwrap();
+    let grown = r["pid"].as_u64().unwrap() as u32;
+    let kept = *pids.iter().find(|&&p| p != grown).unwrap();
+    assert!(
+        eventually(10, || !recycled.lock().unwrap().is_empty()).await,
+        "the grown worker was not recycled"
+    );
+    // Many memory checks later, the small worker is still there.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(*recycled.lock().unwrap(), vec![(grown, "memory")]);
+    assert!(
+        pool.worker_pids().contains(&kept),
+        "{:?}",
+        pool.worker_pids()
+    );
+    assert!(!pool.worker_pids().contains(&grown));
+    pool.shutdown().await.unwrap();
+}
