@@ -545,7 +545,8 @@ async fn a_killed_hosts_calls_fail_with_host_lost_soon_after() {
     let nats = NatsServer::start().await;
     let mut host = HostProcess::start("big_host_process", &nats.url, "a", 2).await;
     let config = ClientConfig::default();
-    let bound = config.host_timeout + Duration::from_secs(3);
+    let host_timeout = config.host_timeout;
+    let bound = host_timeout + Duration::from_secs(3);
     let client = client_with(&nats, config).await;
     wait_hosts(&client, 1).await;
     let calls = two_calls(&client, CallOptions::new()).await;
@@ -556,6 +557,10 @@ async fn a_killed_hosts_calls_fail_with_host_lost_soon_after() {
     assert!(is_host_lost(&answered), "{answered:?}");
     assert!(is_host_lost(&just_started), "{just_started:?}");
     assert!(a_took < bound && b_took < bound, "{a_took:?}, {b_took:?}");
+    // README: "about 1.5 s after it last spoke", not sooner: the host spoke
+    // at most a heartbeat (250 ms) before it was killed.
+    let least = host_timeout - Duration::from_millis(250);
+    assert!(a_took >= least && b_took >= least, "{a_took:?}, {b_took:?}");
 }
 
 /// A call's timeout and the client's queue timeout as long as
