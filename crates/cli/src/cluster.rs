@@ -71,7 +71,13 @@ pub(crate) struct NatsArgs {
 /// A NATS connection, or a failure that says where NATS was looked for.
 pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
     let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(3));
-    match tokio::time::timeout(Duration::from_secs(3), options.connect(url)).await {
+    // `nats://a:4222,nats://b:4222`: async-nats reads one string as one URL.
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    match tokio::time::timeout(Duration::from_secs(3), options.connect(servers)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(unreachable(url, &e.to_string())),
         Err(_) => Err(unreachable(url, "no answer within 3 s")),

@@ -484,3 +484,55 @@ fn status_json(url: &str, cluster: &str) -> Run {
         "--json",
     ])
 }
+
+/// docs/cli.md: NATS unreachable is exit 1 with a hint, never a crash. A
+/// server that requires TLS (here one that only says so in its INFO line)
+/// made every NATS command panic: no TLS backend was built in.
+#[test]
+fn a_nats_server_that_requires_tls_is_an_error_not_a_crash() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.write_all(
+                b"INFO {\"server_id\":\"x\",\"version\":\"2.10.0\",\"proto\":1,\"max_payload\":1048576,\"tls_required\":true}\r\n",
+            );
+            // Whatever the client sends (a TLS hello) goes unanswered.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let url = format!("nats://127.0.0.1:{port}");
+    for args in [
+        &["exec", "--nats", url.as_str(), "--cluster", "ml", "ping"][..],
+        &[
+            "cluster",
+            "status",
+            "--nats",
+            url.as_str(),
+            "--cluster",
+            "ml",
+        ],
+    ] {
+        let r = snakepit(args);
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {r:?}");
+        assert!(r.stderr.contains("cannot reach NATS"), "{args:?}: {r:?}");
+    }
+}
+
+/// `--nats`: "The NATS server(s), comma-separated" (docs/cluster.md's
+/// example passes two). async-nats reads one string as one URL: a list
+/// was always refused as an invalid port.
+#[test]
+fn a_comma_separated_list_of_nats_servers_is_accepted() {
+    let nats = snakepit_tests::NatsServer::start();
+    let list = format!("{}, {}", nats.url, nats.url);
+    let r = snakepit(&["cluster", "status", "--nats", &list, "--cluster", "ml"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("no host of cluster `ml` answered"),
+        "{r:?}"
+    );
+}
