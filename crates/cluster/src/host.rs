@@ -234,6 +234,7 @@ pub async fn serve_with(
         running: HashMap::new(),
         ack_due: None,
         cancelled: HashSet::new(),
+        ended: Recent::default(),
     };
     state.measure();
     let task = tokio::spawn(async move {
@@ -449,6 +450,35 @@ struct Serving {
     ack_due: Option<Instant>,
     /// Cancels that arrived before their call (another path, same host).
     cancelled: HashSet<String>,
+    /// The reply subjects of the calls that ended last: a call that comes
+    /// again (a replay on the bus) is not run twice.
+    ended: Recent,
+}
+
+/// The last [`Recent::KEPT`] reply subjects, to tell a call that comes again.
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Recent {
+    const KEPT: usize = 4096;
+
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > Self::KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.set.contains(key)
+    }
 }
 
 impl Drop for Serving {
@@ -474,7 +504,7 @@ impl Serving {
         };
         self.workers_run = running;
         let per_worker = prefetch(self.options.prefetch_per_worker, stats.call_time);
-        let capacity = running + stats.workers * per_worker;
+        let capacity = running.saturating_add(stats.workers.saturating_mul(per_worker));
         self.host
             .capacity
             .store(capacity, std::sync::atomic::Ordering::Relaxed);
@@ -543,6 +573,7 @@ impl Serving {
                 Some(reply) = done_rx.recv() => {
                     self.running.remove(&reply);
                     self.cancelled.remove(&reply);
+                    self.ended.insert(reply);
                 }
                 Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
                 Some(msg) = self.cancels.next() => self.cancel(msg),
@@ -690,7 +721,14 @@ impl Serving {
         done: &mpsc::UnboundedSender<String>,
     ) {
         let key = reply.as_str().to_owned();
-        if self.free() == 0 || self.running.contains_key(&key) {
+        // The same call again (its reply subject is the call's own): a
+        // replay on the bus, or a duplicate. It is not run twice, and not
+        // declined either, which would tell its caller that it never ran.
+        if self.running.contains_key(&key) || self.ended.contains(&key) {
+            tracing::warn!(target: "snakepit::cluster", host = %self.host.id, reply = %key, "a call came again; ignored");
+            return;
+        }
+        if self.free() == 0 {
             return self.decline(&reply).await;
         }
         if self.cancelled.remove(&key) {

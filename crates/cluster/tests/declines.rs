@@ -195,3 +195,79 @@ async fn a_full_host_declines_calls_and_each_runs_once() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+/// docs/cluster.md: "No call is sent twice". A call that comes to its host
+/// again (replayed on the bus by another connection, with the caller's own
+/// reply subject), while it runs and after it ended, runs once, and its
+/// caller gets its result: the host declined the copy that came while the
+/// call ran, which told the caller it never ran, and the caller sent it
+/// again and again (12 to 20 runs, then `QueueTimeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_comes_again_on_the_bus_runs_once() {
+    let nats = NatsServer::start().await;
+    let _host =
+        HostProcess::start_with_prefetch("once_host_process", &nats.url, "solo", 2, 0).await;
+    let bus = nats.connect().await;
+    let mut calls = subscribed(&bus, &["snakepit.test.host.*.call"])
+        .await
+        .pop()
+        .unwrap();
+    let client = Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap();
+    eventually(30, "the client sees the host", || async {
+        client.hosts().len() == 1
+    })
+    .await;
+    let log = std::env::temp_dir().join(format!(
+        "snakepit-cluster-replay-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_file(&log);
+    // Each call is published once more as it comes (a copy is seen too,
+    // and not copied again).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<async_nats::Message>::new()));
+    let replayer = {
+        let (bus, seen) = (bus.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Some(m) = calls.next().await {
+                if seen.lock().unwrap().iter().any(|s| s.reply == m.reply) {
+                    continue;
+                }
+                replay(&bus, &m).await;
+                seen.lock().unwrap().push(m);
+            }
+        })
+    };
+    let r = client
+        .execute("once", json!({"log": log, "token": "t1", "ms": 500}))
+        .await
+        .unwrap();
+    assert_eq!(r["token"], "t1");
+    replayer.abort();
+    // The same call again, after it ended.
+    let first = seen
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("the call was seen");
+    replay(&bus, &first).await;
+    bus.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+    let _ = std::fs::remove_file(&log);
+}
+
+async fn replay(bus: &async_nats::Client, m: &async_nats::Message) {
+    bus.publish_with_reply_and_headers(
+        m.subject.clone(),
+        m.reply.clone().unwrap(),
+        m.headers.clone().unwrap_or_default(),
+        m.payload.clone(),
+    )
+    .await
+    .unwrap();
+}
