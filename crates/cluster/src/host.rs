@@ -186,8 +186,10 @@ pub async fn serve_with(
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
         crate::unavailable(cluster, format!("cannot {what}: {e}"))
     };
+    // A queue group: two hosts started with one id by mistake share its
+    // calls; neither runs a call the other runs too.
     let direct = nats
-        .subscribe(subjects.host_call(&id))
+        .queue_subscribe(subjects.host_call(&id), subjects.host_call(&id))
         .await
         .map_err(|e| unavailable("subscribe", &e))?;
     let cancels = nats

@@ -271,3 +271,37 @@ async fn replay(bus: &async_nats::Client, m: &async_nats::Message) {
     .await
     .unwrap();
 }
+
+/// "No call is sent twice", even to two hosts started with one host id by
+/// mistake: both took every call sent to that id, and each ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_with_one_id_never_both_run_a_call() {
+    let nats = NatsServer::start().await;
+    let _a = HostProcess::start_with_prefetch("once_host_process", &nats.url, "twin", 1, 0).await;
+    let _b = HostProcess::start_with_prefetch("once_host_process", &nats.url, "twin", 1, 0).await;
+    let client = Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap();
+    eventually(30, "the client sees the host", || async {
+        client.hosts().len() == 1
+    })
+    .await;
+    let log = std::env::temp_dir().join(format!(
+        "snakepit-cluster-twin-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_file(&log);
+    for i in 0..6 {
+        let token = format!("t{i}");
+        let r = client
+            .execute("once", json!({"log": log, "token": token}))
+            .await
+            .unwrap();
+        assert_eq!(r["token"], token.as_str());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().count(), 6, "{runs}");
+    let _ = std::fs::remove_file(&log);
+}
