@@ -88,6 +88,10 @@ pub(crate) fn parse_args(text: &str) -> Result<Value, Failure> {
     .hint("wrap the value in an object: '{\"value\": ...}'"))
 }
 
+/// `exec --cluster`'s deadline without `--timeout` or `timeout_ms`: the
+/// adapters' default, which a local `exec` gets from its pool.
+const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
     let args = match a.args.as_deref() {
         None => Value::Object(Default::default()),
@@ -121,6 +125,12 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         options = options.session(session.clone());
     }
     if let Some(cluster) = &a.cluster {
+        // The documented default deadline, sent with the call: without one
+        // the client would wait for as long as the host lives, and a host
+        // that never answers would hold this command forever.
+        if a.timeout.or(file.timeout_ms).is_none() {
+            options = options.timeout(DEFAULT_CLUSTER_TIMEOUT);
+        }
         let nats = crate::cluster::connect(&a.nats.url).await?;
         let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
         let span = tracing::info_span!("snakepit exec", command = %a.command);

@@ -536,3 +536,59 @@ fn a_comma_separated_list_of_nats_servers_is_accepted() {
         "{r:?}"
     );
 }
+
+/// docs/cli.md: `--timeout MS` "sets its deadline (default: the adapter's,
+/// 30 s)", through a cluster too. Without the flag no deadline went with
+/// the call, and a host that answers heartbeats but never the call held
+/// the command forever. The call now carries the 30 s (as what is left of
+/// it), and the command ends at its deadline.
+#[test]
+fn exec_through_a_cluster_sends_the_default_deadline() {
+    let nats = snakepit_tests::NatsServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let url = nats.url.clone();
+    rt.spawn(async move {
+        use futures_util::StreamExt;
+        let raw = async_nats::connect(&url).await.unwrap();
+        let mut calls = raw.subscribe("snakepit.mute.host.*.call").await.unwrap();
+        raw.flush().await.unwrap();
+        let beats = raw.clone();
+        tokio::spawn(async move {
+            for seq in 1u64.. {
+                let hb = serde_json::json!({"seq": seq, "host": "mute", "pid": 1,
+                                            "capacity": 4, "running": 4, "free": 4});
+                let _ = beats
+                    .publish("snakepit.mute.hb", hb.to_string().into())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        // Acknowledged, never answered.
+        while let Some(m) = calls.next().await {
+            let call: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let _ = seen_tx.send(call["timeout_ms"].as_u64());
+            let to = m.reply.clone().unwrap();
+            let ack = serde_json::json!({"ack": {"host": "mute", "pid": 1}});
+            raw.publish(to, ack.to_string().into()).await.unwrap();
+        }
+    });
+    #[allow(clippy::disallowed_methods)] // the tool itself, not a worker
+    let mut child = Command::new(BIN)
+        .args(["exec", "--nats", &nats.url, "--cluster", "mute", "ping"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sent = seen_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call reached the host");
+    let _ = child.kill();
+    let _ = child.wait();
+    let ms = sent.expect("the call carries a deadline");
+    assert!((25_000..=30_000).contains(&ms), "{ms} ms");
+}
