@@ -1142,6 +1142,11 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
         let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
             continue;
         };
+        // A host id no host may have (hosts check theirs) names no subject
+        // a call can go to: not a host, whoever sent it.
+        if wire::check_name("host id", &hb.host).is_err() {
+            continue;
+        }
         {
             let mut hosts = inner.hosts.lock().unwrap();
             let entry = hosts

@@ -584,3 +584,38 @@ async fn the_longest_durations_mean_no_limit_and_never_panic() {
         .unwrap();
     assert_eq!(r["data"], "xxx");
 }
+
+/// docs/cluster.md: host ids are "`A-Z a-z 0-9 - _`, at most 64 bytes".
+/// A heartbeat naming a host id no host may have (sent by anyone on the
+/// bus) is no host: clients sent calls to it, and every call failed at
+/// once ("invalid subject"), or a 5,000-byte id got the client's
+/// connection dropped by the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_with_impossible_host_ids_are_not_hosts() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("big_host_process", &nats.url, "real", 1).await;
+    let raw = nats.connect().await;
+    let spoofer = {
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            for seq in 1.. {
+                for id in ["a b", "x\r\ny", "dotted.id", "*", &"l".repeat(5000), ""] {
+                    let hb = json!({"seq": seq, "host": id, "pid": 1, "capacity": 1000,
+                                    "running": 1000, "free": 1000});
+                    let _ = raw.publish("snakepit.test.hb", hb.to_string().into()).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let client = client_with(&nats, ClientConfig::default()).await;
+    wait_hosts(&client, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        let r = client.execute("big", json!({"bytes": 3})).await.unwrap();
+        assert_eq!(r["data"], "xxx");
+    }
+    let ids: Vec<String> = client.hosts().into_iter().map(|h| h.id).collect();
+    assert_eq!(ids, vec!["real".to_owned()]);
+    spoofer.abort();
+}
