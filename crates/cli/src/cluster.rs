@@ -208,11 +208,20 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
         a.nats.url
     ));
     stop_requested().await;
-    out.note("leaving the cluster: finishing the calls in flight");
-    let left = node.shutdown().await;
-    pool.shutdown().await?;
-    left?;
-    Ok(())
+    out.note("leaving the cluster: finishing the calls in flight (a second Ctrl-C or SIGTERM stops at once)");
+    let leave = async {
+        let left = node.shutdown().await;
+        pool.shutdown().await?;
+        left?;
+        Ok(())
+    };
+    tokio::select! {
+        left = leave => left,
+        // The node and the pool are dropped: its workers' groups are killed.
+        () = stop_requested() => Err(Failure::general(
+            "stopped at once by a second signal: calls still running were cut off",
+        )),
+    }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, as a service manager stops one.

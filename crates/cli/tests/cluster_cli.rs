@@ -592,3 +592,44 @@ fn exec_through_a_cluster_sends_the_default_deadline() {
     let ms = sent.expect("the call carries a deadline");
     assert!((25_000..=30_000).contains(&ms), "{ms} ms");
 }
+
+/// docs/cli.md: on SIGTERM `serve` "takes no new call, lets the running
+/// ones finish, shuts the pool down and exits 0", NATS or not: with the
+/// server gone it waited for its return (27 s here, forever if it never
+/// came back) and ignored further signals. It leaves within its bounded
+/// goodbye now; and a second signal stops it at once.
+#[test]
+fn serve_leaves_on_sigterm_while_nats_is_down() {
+    for second_signal in [false, true] {
+        let mut nats = snakepit_tests::NatsServer::start();
+        let mut serve = Serve::start(
+            &["--nats", &nats.url, "--cluster", "gone", "--pool-size", "1"],
+            &[],
+        );
+        nats.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        serve.signal(libc::SIGTERM);
+        if second_signal {
+            std::thread::sleep(Duration::from_millis(100));
+            serve.signal(libc::SIGINT);
+        }
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let ended = serve.wait();
+            let _ = tx.send(());
+            ended
+        });
+        // A hang check, not a timing: the goodbye waits 2 s at most.
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("serve did not leave with NATS down (second signal: {second_signal})");
+        }
+        let (status, stderr) = waiter.join().unwrap();
+        match second_signal {
+            false => assert_eq!(status.code(), Some(0), "{stderr}"),
+            true => assert!(
+                status.code() == Some(0) || stderr.contains("stopped at once"),
+                "{status:?}: {stderr}"
+            ),
+        }
+    }
+}

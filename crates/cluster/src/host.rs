@@ -150,6 +150,10 @@ impl Drop for Node {
     }
 }
 
+/// The longest a leaving host waits on the NATS server for each of its last
+/// steps (its unsubscription, its last outcomes and goodbye).
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+
 /// Serves `pool` to the cluster `cluster` on the NATS connection `nats`,
 /// with default [`ServeOptions`], until [`Node::shutdown`].
 ///
@@ -585,7 +589,9 @@ impl Serving {
             }
         }
         // Graceful: take nothing more, let what runs finish, say goodbye.
-        let _ = self.direct.unsubscribe().await;
+        // What waits on the server is bounded: with NATS gone it would wait
+        // for its return (and hold the host's exit with it).
+        let _ = tokio::time::timeout(LEAVE_WAIT, self.direct.unsubscribe()).await;
         self.heartbeat(true).await;
         while !self.running.is_empty() {
             rearm(&mut armed, self.ack_due, ack.as_mut());
@@ -607,11 +613,12 @@ impl Serving {
         }
         self.heartbeat(true).await;
         // Every call has queued its outcome: send what is left.
-        {
+        let last = async {
             let _sending = self.host.replies.sending().await;
             self.host.send_queued().await;
-        }
-        let _ = self.host.nats.flush().await;
+            let _ = self.host.nats.flush().await;
+        };
+        let _ = tokio::time::timeout(LEAVE_WAIT, last).await;
     }
 
     fn cancel(&mut self, msg: Message) {
