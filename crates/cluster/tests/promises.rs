@@ -619,3 +619,47 @@ async fn heartbeats_with_impossible_host_ids_are_not_hosts() {
     assert_eq!(ids, vec!["real".to_owned()]);
     spoofer.abort();
 }
+
+/// docs/cluster.md: `status` waits the window for the PING's answers, then
+/// as long again for all statuses at once: hosts that answer the PING but
+/// never their status (20 of them here) cost one window, not one each (it
+/// took 10 s for 20 with a window of 500 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_asks_every_host_at_once_within_its_window() {
+    let nats = NatsServer::start().await;
+    let _host = HostProcess::start("big_host_process", &nats.url, "real", 1).await;
+    let raw = nats.connect().await;
+    let mut subs = subscribed(
+        &raw,
+        &["$SRV.PING.snakepit-test", "snakepit.test.host.*.status"],
+    )
+    .await;
+    let _silent = subs.pop().unwrap(); // statuses asked of the ghosts: never answered
+    let mut pings = subs.pop().unwrap();
+    let ghosts = {
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            while let Some(m) = pings.next().await {
+                let Some(reply) = m.reply.clone() else {
+                    continue;
+                };
+                for i in 0..20 {
+                    let ping = json!({"name": "snakepit-test", "id": format!("g{i}"),
+                                      "metadata": {"host": format!("ghost-{i}")}});
+                    let _ = raw.publish(reply.clone(), ping.to_string().into()).await;
+                }
+            }
+        })
+    };
+    let client = client_with(&nats, ClientConfig::default()).await;
+    wait_hosts(&client, 1).await;
+    let window = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let hosts = client.status(window).await.unwrap();
+    let took = t0.elapsed();
+    let ids: Vec<&str> = hosts.iter().filter_map(|h| h["host"].as_str()).collect();
+    assert_eq!(ids, vec!["real"], "{hosts:?}");
+    // A bound against one window per host (10 s), with room for a slow machine.
+    assert!(took < window * 2 + Duration::from_millis(1500), "{took:?}");
+    ghosts.abort();
+}
