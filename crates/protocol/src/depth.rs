@@ -107,7 +107,7 @@ impl<'a, T: ?Sized> Limited<'a, T> {
                 depth,
                 tripped,
                 bytes_nest: true,
-                raw_json: raw::works(),
+                raw_json: true,
             },
         }
     }
@@ -204,7 +204,11 @@ impl<'a, S: Serializer> Serializer for LimitSer<'a, S> {
     #[inline]
     fn serialize_str(self, v: &str) -> Result<S::Ok, S::Error> {
         #[cfg(feature = "json")]
-        if self.limit.raw_json && v.len() >= raw::MIN_LEN && !raw::needs_escape(v.as_bytes()) {
+        if self.limit.raw_json
+            && v.len() >= raw::MIN_LEN
+            && !raw::needs_escape(v.as_bytes())
+            && raw::works()
+        {
             return raw::RawString::quote(v).serialize(self.inner);
         }
         self.inner.serialize_str(v)
@@ -516,8 +520,6 @@ impl<C: SerializeStructVariant> SerializeStructVariant for Compound<'_, C> {
 /// time, quoted, and handed to serde_json as a raw value, written as it is.
 #[cfg(feature = "json")]
 mod raw {
-    use std::sync::OnceLock;
-
     use serde::ser::{Serialize, SerializeStruct, Serializer};
 
     /// How serde_json's serializer recognises a raw value (the name its own
@@ -562,15 +564,15 @@ mod raw {
     }
 
     /// Whether this serde_json writes a [`RawString`] as it is (and not as
-    /// a map named [`TOKEN`]).
+    /// a map named [`TOKEN`]). Asked for each long string (a few hundred
+    /// instructions against its thousand bytes or more): the crate keeps
+    /// no global state.
     pub(super) fn works() -> bool {
-        static WORKS: OnceLock<bool> = OnceLock::new();
-        *WORKS.get_or_init(|| {
-            serde_json::to_string(&RawString::quote("ab"))
-                .ok()
-                .as_deref()
-                == Some("\"ab\"")
-        })
+        let mut out = [0u8; 8];
+        let mut w = &mut out[..];
+        serde_json::to_writer(&mut w, &RawString::quote("ab")).is_ok()
+            && w.len() == 4
+            && out[..4] == *b"\"ab\""
     }
 }
 
