@@ -84,6 +84,11 @@ pub enum Error {
     /// The `type` field names no known frame kind.
     #[error("unknown frame type {0:?}")]
     UnknownFrameType(String),
+    /// A well-formed frame the worker may not send: a host call from a
+    /// worker whose hello did not declare `host_calls`, or one host call
+    /// more than may be in flight. Raised by the pool, which knows.
+    #[error("{0}")]
+    NotAllowed(String),
     /// A value could not be encoded.
     #[error("cannot encode {codec} payload: {detail}")]
     Encode {
@@ -124,7 +129,8 @@ impl From<std::io::Error> for Error {
 impl Error {
     /// A short, stable name for the kind of error, as used by the shared wire
     /// vectors (`truncated`, `too_large`, `invalid_payload`, `invalid_utf8`,
-    /// `missing_field`, `wrong_type`, `too_deep`, `encode`, `io`). A frame
+    /// `missing_field`, `wrong_type`, `too_deep`, `encode`, `io`), and
+    /// `not_allowed`. A frame
     /// for an unknown id is `wrong_type`, as it was before it had a variant
     /// of its own.
     pub fn kind(&self) -> &'static str {
@@ -140,6 +146,7 @@ impl Error {
             | Error::UnknownId { .. } => "wrong_type",
             Error::TooDeep { .. } => "too_deep",
             Error::Encode { .. } => "encode",
+            Error::NotAllowed(_) => "not_allowed",
             Error::Io(_) => "io",
         }
     }

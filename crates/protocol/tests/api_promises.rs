@@ -307,3 +307,14 @@ fn msgpack_decodes_the_whole_payload_and_refuses_trailing_bytes() {
     payload.extend_from_slice(&[0x01, 0x02]);
     assert!(MsgPack.decode::<Value>(&payload).is_err());
 }
+
+/// A frame that names a field twice is told as such, in both codecs (it was
+/// "expected a map", of a map).
+#[test]
+fn a_frame_with_a_field_given_twice_says_so() {
+    use snakepit_protocol::decode_inbound;
+    let json = br#"{"id":2,"id":999,"success":true,"result":1}"#;
+    let e = decode_inbound(&WireCodec::Json, json).unwrap_err();
+    assert_eq!(e.kind(), "wrong_type");
+    assert!(e.to_string().contains("without duplicate fields"), "{e}");
+}

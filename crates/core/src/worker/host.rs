@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
-use snakepit_protocol::{decode_host_call_args, encode_frame, Codec, HostReply, RemoteError};
+use snakepit_protocol::{decode_host_call_args, encode_frame, HostReply, RemoteError};
 
 use super::stdin::HOST_REPLY;
 use super::Worker;
@@ -25,21 +25,15 @@ impl Worker {
         frame: &[u8],
     ) -> Result<(), snakepit_protocol::Error> {
         if !self.caps.get().is_some_and(|c| c.host_calls) {
-            return Err(snakepit_protocol::Error::InvalidPayload {
-                codec: self.codec.name(),
-                detail: format!(
-                    "a host call ({function}) from a worker whose hello did not declare host_calls"
-                ),
-            });
+            return Err(snakepit_protocol::Error::NotAllowed(format!(
+                "a host call ({function}) from a worker whose hello did not declare host_calls"
+            )));
         }
         let answering = self.host_calls.fetch_add(1, Ordering::Relaxed);
         if answering + self.stdin.queued_replies() >= MAX_HOST_CALLS_IN_FLIGHT {
-            return Err(snakepit_protocol::Error::InvalidPayload {
-                codec: self.codec.name(),
-                detail: format!(
-                    "more than {MAX_HOST_CALLS_IN_FLIGHT} host calls in flight (the worker does not read their replies)"
-                ),
-            });
+            return Err(snakepit_protocol::Error::NotAllowed(format!(
+                "more than {MAX_HOST_CALLS_IN_FLIGHT} host calls in flight (the worker does not read their replies)"
+            )));
         }
         let session = request_id.and_then(|r| {
             self.inner()

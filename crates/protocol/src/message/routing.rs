@@ -154,6 +154,13 @@ struct Envelope {
 /// whatever the depth of the values it carries.
 fn envelope<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Envelope> {
     let not_a_map = |e| match e {
+        // serde's words for a field given twice (`{"id":1,"id":2}`).
+        Error::Mismatch { detail, .. } if detail.starts_with("duplicate field") => {
+            Error::WrongType {
+                field: "payload",
+                expected: "a map without duplicate fields",
+            }
+        }
         Error::Mismatch { .. } => Error::WrongType {
             field: "payload",
             expected: "a map",
