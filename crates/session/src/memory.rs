@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::session::{check_id, check_ttl, unix_ms, Session, StoreStats};
-use crate::store::{EndListener, EndReason, SessionStore};
+use crate::store::{EndListener, EndReason, Listeners, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
 
 const SHARDS: usize = 64;
@@ -78,7 +78,7 @@ struct Inner {
     created: AtomicU64,
     deleted: AtomicU64,
     expired: AtomicU64,
-    listeners: RwLock<Vec<EndListener>>,
+    listeners: Listeners,
     /// `Instant` and wall clock at the same moment: the wall clock of an
     /// `Instant` without a second clock read.
     epoch: (Instant, u64),
@@ -116,7 +116,7 @@ impl MemoryStoreBuilder {
             created: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
-            listeners: RwLock::new(Vec::new()),
+            listeners: Listeners::default(),
             epoch: (Instant::now(), unix_ms()),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -176,10 +176,7 @@ impl Inner {
     }
 
     fn notify(&self, id: &str, reason: EndReason) {
-        let listeners = self.listeners.read_locked();
-        for l in listeners.iter() {
-            l(id, reason);
-        }
+        self.listeners.notify(id, reason);
     }
 
     /// Runs `f` on the live entry `id` and extends its TTL. An expired
@@ -433,7 +430,7 @@ impl SessionStore for MemoryStore {
     }
 
     fn on_session_end(&self, listener: EndListener) {
-        self.inner.listeners.write_locked().push(listener);
+        self.inner.listeners.add(listener);
     }
 }
 

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::session::{check_id, check_ttl, Session, StoreStats};
-use crate::store::{EndListener, EndReason, SessionStore};
+use crate::store::{EndListener, EndReason, Listeners, SessionStore};
 use crate::sync::UnpoisonedRw;
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
@@ -240,7 +240,7 @@ struct Inner {
     scripts: Scripts,
     prefix: String,
     default_ttl: Duration,
-    listeners: RwLock<Vec<EndListener>>,
+    listeners: Listeners,
 }
 
 /// The connection, and what it takes to open another.
@@ -327,7 +327,7 @@ impl RedisStoreBuilder {
             scripts: Scripts::new(),
             prefix: self.prefix,
             default_ttl: self.default_ttl,
-            listeners: RwLock::new(Vec::new()),
+            listeners: Listeners::default(),
         });
         tokio::spawn(sweep(Arc::downgrade(&inner), self.sweep_interval));
         Ok(RedisStore { inner })
@@ -524,10 +524,7 @@ impl Inner {
     }
 
     fn notify(&self, id: &str, reason: EndReason) {
-        let listeners = self.listeners.read_locked();
-        for l in listeners.iter() {
-            l(id, reason);
-        }
+        self.listeners.notify(id, reason);
     }
 
     async fn cleanup(&self) -> Result<usize> {
@@ -924,6 +921,6 @@ impl SessionStore for RedisStore {
     }
 
     fn on_session_end(&self, listener: EndListener) {
-        self.inner.listeners.write_locked().push(listener);
+        self.inner.listeners.add(listener);
     }
 }

@@ -22,6 +22,27 @@ pub enum EndReason {
 /// Called with a session's id when it ends (see [`SessionStore::on_session_end`]).
 pub type EndListener = Arc<dyn Fn(&str, EndReason) + Send + Sync>;
 
+/// A store's session-end listeners.
+#[derive(Default)]
+pub(crate) struct Listeners(std::sync::RwLock<Vec<EndListener>>);
+
+impl Listeners {
+    pub(crate) fn add(&self, listener: EndListener) {
+        use crate::sync::UnpoisonedRw;
+        self.0.write_locked().push(listener);
+    }
+
+    /// Calls each listener, outside the list's lock too: a listener may
+    /// register another (it deadlocked, the call holding the lock).
+    pub(crate) fn notify(&self, id: &str, reason: EndReason) {
+        use crate::sync::UnpoisonedRw;
+        let listeners = self.0.read_locked().clone();
+        for l in &listeners {
+            l(id, reason);
+        }
+    }
+}
+
 /// Where sessions live: the original's Session Store API, plus per-session
 /// key/value data.
 ///
