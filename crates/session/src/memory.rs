@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, check_ttl, unix_ms, Session, StoreStats};
+use crate::session::{check_id, check_ttl, check_value, unix_ms, Session, StoreStats};
 use crate::store::{EndListener, EndReason, Listeners, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
 
@@ -299,6 +299,7 @@ impl SessionStore for MemoryStore {
             next.id = id.to_owned();
             next.created_at_ms = s.created_at_ms;
             check_ttl(next.ttl())?;
+            next.check_values()?;
             *s = next.clone();
             Ok(next)
         })?
@@ -371,6 +372,7 @@ impl SessionStore for MemoryStore {
 
     async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
         check_id("program id", program_id)?;
+        check_value("program", &program, 0)?;
         self.inner.with_live(id, |s| {
             s.programs.insert(program_id.to_owned(), program);
         })
@@ -388,6 +390,7 @@ impl SessionStore for MemoryStore {
 
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
         check_id("program id", program_id)?;
+        check_value("program", &program, 0)?;
         self.inner
             .globals
             .write_locked()
@@ -419,6 +422,7 @@ impl SessionStore for MemoryStore {
 
     async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {
         check_id("key", key)?;
+        check_value("value", &value, 0)?;
         self.inner.with_live(id, |s| {
             s.data.insert(key.to_owned(), value);
         })

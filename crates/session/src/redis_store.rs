@@ -20,7 +20,7 @@ use redis::Script;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, check_ttl, Session, StoreStats};
+use crate::session::{check_id, check_ttl, stored_json, Session, StoreStats};
 use crate::store::{EndListener, EndReason, Listeners, SessionStore};
 use crate::sync::UnpoisonedRw;
 
@@ -562,12 +562,18 @@ impl Inner {
         parse(id, fields)
     }
 
-    async fn set_field(&self, id: &str, field: String, value: &Value) -> Result<()> {
+    async fn set_field(
+        &self,
+        id: &str,
+        field: String,
+        what: &'static str,
+        value: &Value,
+    ) -> Result<()> {
         check_id("session id", id)?;
         let found: i64 = self
             .invoke(&self.scripts.set_field, id)
             .arg(field)
-            .arg(serde_json::to_string(value)?)
+            .arg(stored_json(what, value)?)
             .invoke_async(&mut self.conn())
             .await?;
         if found == 0 {
@@ -628,6 +634,7 @@ fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
 /// The hash's fields and values of a session (without `v` and `c`, which
 /// the replace script keeps).
 fn fields(s: &Session) -> Result<Vec<String>> {
+    s.check_values()?;
     let mut out = Vec::with_capacity(6 + 2 * (s.data.len() + s.programs.len()));
     out.extend(["a".into(), s.last_accessed_ms.to_string()]);
     out.extend(["t".into(), s.ttl_ms.max(1).to_string()]);
@@ -817,7 +824,7 @@ impl SessionStore for RedisStore {
             .bounded("store_program", async {
                 check_id("program id", program_id)?;
                 inner
-                    .set_field(id, format!("p:{program_id}"), &program)
+                    .set_field(id, format!("p:{program_id}"), "program", &program)
                     .await
             })
             .await
@@ -847,7 +854,7 @@ impl SessionStore for RedisStore {
                 let _: i64 = redis::cmd("HSET")
                     .arg(inner.globals())
                     .arg(program_id)
-                    .arg(serde_json::to_string(&program)?)
+                    .arg(stored_json("program", &program)?)
                     .query_async(&mut inner.conn())
                     .await?;
                 Ok(())
@@ -896,7 +903,9 @@ impl SessionStore for RedisStore {
         inner
             .bounded("set", async {
                 check_id("key", key)?;
-                inner.set_field(id, format!("d:{key}"), &value).await
+                inner
+                    .set_field(id, format!("d:{key}"), "value", &value)
+                    .await
             })
             .await
     }

@@ -118,3 +118,53 @@ pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The deepest nesting of arrays and maps a stored value may have: what
+/// `RedisStore` can read back (serde_json reads 127 levels). Both stores
+/// refuse a deeper value alike, with `Error::Invalid`, before storing it.
+pub const MAX_VALUE_DEPTH: usize = 127;
+
+/// Refuses `value` if it nests deeper than [`MAX_VALUE_DEPTH`] (`depth`:
+/// the levels it sits below already). Walked without recursion: a value
+/// built in code may nest deeper than any stack.
+pub(crate) fn check_value(what: &'static str, value: &Value, depth: usize) -> Result<()> {
+    let mut stack = vec![(value, depth)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(m) => Box::new(m.values()),
+            _ => continue,
+        };
+        if d + 1 > MAX_VALUE_DEPTH {
+            return Err(Error::Invalid {
+                what,
+                reason: "nests arrays and maps deeper than 127 levels",
+            });
+        }
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    Ok(())
+}
+
+/// `value` as the JSON text a store keeps, once [`check_value`] passed.
+pub(crate) fn stored_json(what: &'static str, value: &Value) -> Result<String> {
+    check_value(what, value, 0)?;
+    Ok(serde_json::to_string(value)?)
+}
+
+impl Session {
+    /// Every value the session holds passes [`check_value`] (its metadata
+    /// is stored as one map: a level itself).
+    pub(crate) fn check_values(&self) -> Result<()> {
+        for v in self.data.values() {
+            check_value("value", v, 0)?;
+        }
+        for v in self.programs.values() {
+            check_value("program", v, 0)?;
+        }
+        for v in self.metadata.values() {
+            check_value("metadata", v, 1)?;
+        }
+        Ok(())
+    }
+}

@@ -129,39 +129,53 @@ fn nested(depth: usize) -> Value {
 
 /// sessions.md:130: the Redis store has "The same behaviour" as the memory
 /// store; sessions.md:97: `Corrupt` is for "stored data that does not
-/// parse". `set` accepts a value nested 200 deep (as `MemoryStore` does,
-/// which gives it back), but the Redis store reads its own JSON back with
-/// serde_json's default recursion limit of 128: the value can never be
-/// read again, and neither can the session (`get_session`,
-/// `update_session`: `Corrupt` for good). The same for a global program.
+/// parse". The Redis store reads its JSON back with serde_json, which reads
+/// 127 levels: a value nested 200 deep was accepted and then could never be
+/// read again, nor its whole session (`Corrupt` for good). Both stores now
+/// refuse a value deeper than `MAX_VALUE_DEPTH` with `Invalid`, however it
+/// comes (`set`, programs, `update_session`), store nothing, and take one
+/// 127 deep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: RedisStore accepts JSON nested >128 deep, then every read of it (and of its whole session) is Corrupt forever"]
-async fn redis_a_value_nested_200_deep_is_accepted_then_its_session_is_unreadable() {
+async fn a_value_nested_deeper_than_the_stores_read_is_refused_by_both() {
+    use snakepit_session::{Error, MAX_VALUE_DEPTH};
     let redis = Redis::start().await;
-    let store = redis_store(redis.url()).await;
+    let redis_store = redis_store(redis.url()).await;
     let memory = unswept_memory_store();
     let deep = nested(200);
-    memory.ensure_session("s").await.unwrap();
-    memory.set("s", "deep", deep.clone()).await.unwrap();
-    assert_eq!(memory.get("s", "deep").await.unwrap(), Some(deep.clone()));
-
-    store.ensure_session("s").await.unwrap();
-    store.set("s", "deep", deep.clone()).await.unwrap();
-    store.store_global_program("g", deep.clone()).await.unwrap();
-    let got = store.get("s", "deep").await;
-    let session = store.get_session("s").await.map(drop);
-    let update = store.update_session("s", |_| {}).await.map(drop);
-    let global = store.get_global_program("g").await;
-    assert!(
-        matches!(&got, Ok(Some(v)) if *v == deep)
-            && session.is_ok()
-            && update.is_ok()
-            && matches!(&global, Ok(v) if *v == deep),
-        "get: {:?}, get_session: {session:?}, update_session: {update:?}, \
-         get_global_program: {:?}",
-        got.map(drop),
-        global.map(drop)
-    );
+    let deepest = nested(MAX_VALUE_DEPTH);
+    async fn check<S: SessionStore>(store: &S, deep: &Value, deepest: &Value) {
+        store.ensure_session("s").await.unwrap();
+        let refused = |r: Result<(), Error>| matches!(r, Err(Error::Invalid { .. }));
+        assert!(refused(store.set("s", "deep", deep.clone()).await));
+        assert!(refused(store.store_program("s", "p", deep.clone()).await));
+        assert!(refused(store.store_global_program("g", deep.clone()).await));
+        let d = deep.clone();
+        assert!(refused(
+            store
+                .update_session("s", move |s| {
+                    s.data.insert("deep".into(), d.clone());
+                })
+                .await
+                .map(drop)
+        ));
+        // Nothing was stored, and the session reads whole.
+        assert_eq!(store.get("s", "deep").await.unwrap(), None);
+        assert!(store.get_session("s").await.unwrap().data.is_empty());
+        // The deepest allowed comes back.
+        store.set("s", "deepest", deepest.clone()).await.unwrap();
+        assert_eq!(
+            store.get("s", "deepest").await.unwrap().as_ref(),
+            Some(deepest)
+        );
+        store
+            .store_global_program("g", deepest.clone())
+            .await
+            .unwrap();
+        assert_eq!(&store.get_global_program("g").await.unwrap(), deepest);
+        assert!(store.update_session("s", |_| {}).await.is_ok());
+    }
+    check(&memory, &deep, &deepest).await;
+    check(&redis_store, &deep, &deepest).await;
 }
 
 /// store.rs:111: listeners are called "whenever this store removes a
