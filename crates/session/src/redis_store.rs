@@ -45,7 +45,10 @@ local function touch(n)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
 end
 local function create(n, ttl)
-  redis.call('HSET', KEYS[1], 'v', 1, 'c', n, 'a', n, 't', ttl, 'm', '{}')
+  -- 'i': this incarnation of the id, never given twice (an update that
+  -- read a session deleted and created again since must not land).
+  local i = redis.call('HINCRBY', KEYS[3], 'incarnations', 1)
+  redis.call('HSET', KEYS[1], 'v', 1, 'i', i, 'c', n, 'a', n, 't', ttl, 'm', '{}')
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
   redis.call('HINCRBY', KEYS[3], 'created', 1)
@@ -102,16 +105,20 @@ redis.call('HINCRBY', KEYS[1], 'v', 1)
 return r
 "#;
 
-/// ARGV[2] = the version read, ARGV[3..] = field, value pairs of the new
-/// session. Writes it only if nothing changed it since it was read: 1;
-/// 0 on a conflict; -1 without a session.
+/// ARGV[2] = the version read (`<v>:<i>`: the writes and the incarnation),
+/// ARGV[3..] = field, value pairs of the new session. Writes it only if
+/// nothing changed it, or deleted and created it again, since it was read:
+/// 1; 0 on a conflict; -1 without a session.
 const REPLACE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'v') ~= ARGV[2] then return 0 end
+local v = redis.call('HGET', KEYS[1], 'v')
+local inc = redis.call('HGET', KEYS[1], 'i') or ''
+if v .. ':' .. inc ~= ARGV[2] then return 0 end
 local c = redis.call('HGET', KEYS[1], 'c')
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[2]) + 1, 'c', c)
+redis.call('HSET', KEYS[1], 'v', tonumber(v) + 1, 'c', c)
+if inc ~= '' then redis.call('HSET', KEYS[1], 'i', inc) end
 touch(now())
 return 1
 "#;
@@ -603,10 +610,12 @@ impl Inner {
     }
 }
 
-/// A session from its hash's fields and values; also its version.
+/// A session from its hash's fields and values; also its version
+/// (`<v>:<i>`, as the replace script compares it).
 fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
     let mut s = Session::new(id, Duration::ZERO, 0);
     let mut version = String::new();
+    let mut incarnation = String::new();
     let num = |v: &str| {
         v.parse::<u64>()
             .map_err(|_| Error::Corrupt(format!("session `{id}`: not a number: {v}")))
@@ -615,6 +624,7 @@ fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
     while let (Some(f), Some(v)) = (it.next(), it.next()) {
         match f.as_str() {
             "v" => version = v,
+            "i" => incarnation = v,
             "c" => s.created_at_ms = num(&v)?,
             "a" => s.last_accessed_ms = num(&v)?,
             "t" => s.ttl_ms = num(&v)?,
@@ -628,7 +638,7 @@ fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
             }
         }
     }
-    Ok((s, version))
+    Ok((s, format!("{version}:{incarnation}")))
 }
 
 /// The hash's fields and values of a session (without `v` and `c`, which

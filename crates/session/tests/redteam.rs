@@ -68,15 +68,15 @@ fn raw_command(port: u16, parts: &[&[u8]]) -> String {
 /// version, so an update never erases a concurrent `set`".
 ///
 /// The version restarts at 1 when a session is created again, so the
-/// compare-and-swap cannot tell a new session from the one it read (ABA).
-/// While an update is between its read and its write, another host
+/// compare-and-swap could not tell a new session from the one it read
+/// (ABA). While an update is between its read and its write, another host
 /// deletes the session, creates it again (what the pool's
 /// `ensure_session` does after a delete or an expiry) and sets `b`: the
-/// versions match again, and the update writes the deleted session's data
-/// (`a`) over the new session, erasing the concurrent `set` of `b`.
+/// versions matched again, and the update wrote the deleted session's data
+/// (`a`) over the new session, erasing the concurrent `set` of `b`. Each
+/// creation now has an incarnation of its own, which the swap compares too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: RedisStore update_session's version CAS is fooled by delete+recreate (ABA): writes the deleted session's data over the new one, erasing a concurrent set"]
-async fn redis_update_across_a_delete_and_recreate_resurrects_old_data_and_erases_a_set() {
+async fn redis_an_update_never_lands_on_a_session_deleted_and_created_again() {
     let redis = Redis::start().await;
     let store = redis_store(redis.url()).await;
     store.create_session("s", None).await.unwrap();
