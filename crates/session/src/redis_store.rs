@@ -44,6 +44,16 @@ local function touch(n)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
 end
+-- The id is still in the index, its hash gone: it expired and no sweep
+-- has reported it yet. It is taken out and counted here, and reported by
+-- the caller (1), before the id is used again.
+local function expired_unseen()
+  if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+    redis.call('HINCRBY', KEYS[3], 'expired', 1)
+    return 1
+  end
+  return 0
+end
 local function create(n, ttl)
   -- 'i': this incarnation of the id, never given twice (an update that
   -- read a session deleted and created again since must not land).
@@ -55,20 +65,24 @@ local function create(n, ttl)
 end
 "#;
 
-/// ARGV[2] = ttl ms. Returns the creation time, or -1 if the session exists.
+/// ARGV[2] = ttl ms. Returns {the creation time, or -1 if the session
+/// exists; 1 if an expiry of the id no sweep had reported was found}.
 const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0} end
+local e = expired_unseen()
 local n = now()
 create(n, tonumber(ARGV[2]))
-return n
+return {n, e}
 "#;
 
-/// ARGV[2] = default ttl ms. Creates or touches.
+/// ARGV[2] = default ttl ms. Creates or touches: {1 if created, and the
+/// unreported expiry as for CREATE}.
 const ENSURE: &str = r#"
 local n = now()
-if redis.call('EXISTS', KEYS[1]) == 1 then touch(n) return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then touch(n) return {0, 0} end
+local e = expired_unseen()
 create(n, tonumber(ARGV[2]))
-return 1
+return {1, e}
 "#;
 
 /// Returns the hash's fields and values after a touch, or nothing.
@@ -123,12 +137,13 @@ touch(now())
 return 1
 "#;
 
-/// Returns 1 if the session was there, 0 otherwise.
+/// Returns 1 if the session was there, 2 if it had expired unreported
+/// (now counted), 0 otherwise.
 const DELETE: &str = r#"
-local r = redis.call('DEL', KEYS[1])
+if redis.call('DEL', KEYS[1]) == 0 then return 2 * expired_unseen() end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if r == 1 then redis.call('HINCRBY', KEYS[3], 'deleted', 1) end
-return r
+redis.call('HINCRBY', KEYS[3], 'deleted', 1)
+return 1
 "#;
 
 /// ARGV[1] = the key prefix, ARGV[2] = how many at most. Removes expired
@@ -686,11 +701,14 @@ impl SessionStore for RedisStore {
                 check_id("session id", id)?;
                 let ttl = ttl.unwrap_or(inner.default_ttl);
                 check_ttl(ttl)?;
-                let created: i64 = inner
+                let (created, expired): (i64, i64) = inner
                     .invoke(&inner.scripts.create, id)
                     .arg(ttl_ms(ttl))
                     .invoke_async(&mut inner.conn())
                     .await?;
+                if expired == 1 {
+                    inner.notify(id, EndReason::Expired);
+                }
                 if created < 0 {
                     return Err(Error::AlreadyExists(id.to_owned()));
                 }
@@ -705,11 +723,14 @@ impl SessionStore for RedisStore {
             .bounded("ensure_session", async {
                 check_id("session id", id)?;
                 // The default TTL was checked by `connect`.
-                let _: i64 = inner
+                let (_, expired): (i64, i64) = inner
                     .invoke(&inner.scripts.ensure, id)
                     .arg(ttl_ms(inner.default_ttl))
                     .invoke_async(&mut inner.conn())
                     .await?;
+                if expired == 1 {
+                    inner.notify(id, EndReason::Expired);
+                }
                 Ok(())
             })
             .await
@@ -766,8 +787,10 @@ impl SessionStore for RedisStore {
                     .invoke(&inner.scripts.delete, id)
                     .invoke_async(&mut inner.conn())
                     .await?;
-                if removed == 1 {
-                    inner.notify(id, EndReason::Deleted);
+                match removed {
+                    1 => inner.notify(id, EndReason::Deleted),
+                    2 => inner.notify(id, EndReason::Expired),
+                    _ => {}
                 }
                 Ok(removed == 1)
             })

@@ -187,14 +187,12 @@ async fn a_value_nested_deeper_than_the_stores_read_is_refused_by_both() {
 ///
 /// Three sessions expire (nothing swept yet); then one is created again
 /// (`create_session`), one touched by `ensure_session` (the pool's next
-/// call) and one deleted. `MemoryStore` reports and counts all three
-/// expiries. The Redis store overwrites (or removes) the ids' entries in
-/// `idx` and never reports or counts any of them, even after
-/// `cleanup_expired`: a pool keeps the old affinity for a session whose
-/// data is gone.
+/// call) and one deleted. Both stores report and count all three expiries
+/// (the Redis store overwrote or removed the ids' entries in `idx` and
+/// never reported any of them: a pool kept the old affinity for a session
+/// whose data was gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: RedisStore never reports or counts an expiry when the id is re-created, ensured or deleted before its sweep"]
-async fn redis_expiries_of_sessions_recreated_or_deleted_before_the_sweep_are_lost() {
+async fn expiries_of_sessions_recreated_or_deleted_before_the_sweep_are_reported() {
     let redis = Redis::start().await;
     let store = redis_store(redis.url()).await;
     let memory = unswept_memory_store();
