@@ -100,12 +100,21 @@ impl From<snakepit_core::Error> for Error {
 impl From<redis::RedisError> for Error {
     /// The `CORRUPT` errors the store's own scripts raise (a session's
     /// stored data does not parse) are [`Error::Corrupt`], without the
-    /// server's note of where in the script; the rest are backend errors.
+    /// server's note of where in the script; so is a reply the client
+    /// cannot take as the text the store wrote (bytes that are not UTF-8,
+    /// put there by something else). The rest are backend errors.
     fn from(e: redis::RedisError) -> Self {
         match (e.code(), e.detail()) {
             (Some("CORRUPT"), Some(detail)) => {
                 let what = detail.split(" script: ").next().unwrap_or(detail);
                 Error::Corrupt(what.to_owned())
+            }
+            // redis-rs's words for a reply it cannot read as text; a reply
+            // that is not RESP at all is a backend error, and is retried.
+            _ if e.kind() == redis::ErrorKind::Parse
+                && e.to_string().contains("Cannot convert from UTF-8") =>
+            {
+                Error::Corrupt(e.to_string())
             }
             _ => Error::Backend(e.to_string()),
         }

@@ -1,7 +1,6 @@
-//! Red-team findings against snakepit-session's stores. Each test marked
-//! `#[ignore = "DEFECT: ..."]` shows a defect (it fails without the
-//! ignore); the others show promised behaviour no other test shows. The
-//! Redis tests start their own `redis-server` (or a fake one) on a free
+//! Attacks on snakepit-session's stores, as a user or a hostile neighbour
+//! would make them: the defects they found (each test says what it was)
+//! and promised behaviour no other test showed. The Redis tests start their own `redis-server` (or a fake one) on a free
 //! 127.0.0.1 port and stop it.
 #![cfg(feature = "redis")]
 
@@ -400,13 +399,12 @@ async fn redis_a_garbled_reply_is_a_backend_error_then_the_store_recovers() {
 
 /// sessions.md:97: "`Corrupt` (stored data that does not parse), `Backend`
 /// (Redis unreachable or refusing...)". A session value that is not UTF-8
-/// (written by something else) is `Corrupt` from `get` but `Backend`
-/// ("Incompatible type") from `get_session` and `update_session`, and the
-/// same for a global program: the error says the server failed when the
-/// data did.
+/// (written by something else) is `Corrupt` from every read, global
+/// programs too (it was `Backend`, "Incompatible type", from `get_session`
+/// and `update_session`: the error said the server failed when the data
+/// did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: RedisStore reports non-UTF-8 stored data as Backend (server failed) from get_session/update_session/get_global_program, not Corrupt"]
-async fn redis_stored_bytes_that_are_not_utf8_are_backend_errors_not_corrupt() {
+async fn redis_stored_bytes_that_are_not_utf8_are_corrupt() {
     let redis = Redis::start().await;
     let store = redis_store(redis.url()).await;
     store.ensure_session("s").await.unwrap();
