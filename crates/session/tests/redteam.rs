@@ -58,7 +58,7 @@ fn raw_command(port: u16, parts: &[&[u8]]) -> String {
 }
 
 // ---------------------------------------------------------------------
-// Defects
+// Defects found, and fixed
 // ---------------------------------------------------------------------
 
 /// store.rs:55: `update_session` "Applies `f` to the session atomically:
