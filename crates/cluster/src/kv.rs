@@ -219,6 +219,7 @@ impl NatsKvStore {
     /// Writes `value` at `key` if its revision is still `rev` (0: absent);
     /// `Ok(false)` on a conflict.
     async fn swap(&self, key: &str, value: &Session, rev: u64) -> Result<bool> {
+        value.check_values()?;
         let bytes = Bytes::from(serde_json::to_vec(value)?);
         let r = if rev == 0 {
             self.inner
@@ -477,6 +478,7 @@ impl SessionStore for NatsKvStore {
 
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
         check("program id", program_id)?;
+        snakepit_session::check_value("program", &program)?;
         let bytes = Bytes::from(serde_json::to_vec(&program)?);
         self.inner
             .kv

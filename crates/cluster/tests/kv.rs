@@ -45,3 +45,42 @@ async fn shared_between_hosts() {
         .unwrap();
     assert!(!c.session_exists("u1").await.unwrap());
 }
+
+/// docs/sessions.md: a value nested deeper than `MAX_VALUE_DEPTH` is
+/// refused (`Invalid`) and nothing stored; one that deep comes back. The
+/// KV store keeps a whole session as one JSON document, the value two
+/// levels down: a deeper one could be written and then never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_nested_past_the_limit_are_refused_and_the_session_stays_readable() {
+    use snakepit_session::{Error, MAX_VALUE_DEPTH};
+    let (store, _server) = make(Duration::from_secs(60), Duration::from_secs(60)).await;
+    let nested = |n: usize| {
+        let mut v = serde_json::json!(1);
+        for _ in 0..n {
+            v = serde_json::json!([v]);
+        }
+        v
+    };
+    store.ensure_session("s").await.unwrap();
+    let deep = nested(MAX_VALUE_DEPTH + 1);
+    assert!(matches!(
+        store.set("s", "deep", deep.clone()).await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        store.store_global_program("g", deep).await,
+        Err(Error::Invalid { .. })
+    ));
+    let deepest = nested(MAX_VALUE_DEPTH);
+    store.set("s", "deepest", deepest.clone()).await.unwrap();
+    assert_eq!(
+        store.get("s", "deepest").await.unwrap(),
+        Some(deepest.clone())
+    );
+    assert!(store.get_session("s").await.is_ok());
+    store
+        .store_global_program("g", deepest.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.get_global_program("g").await.unwrap(), deepest);
+}

@@ -62,7 +62,9 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use programs::execute_program_command;
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisStore, RedisStoreBuilder};
-pub use session::{check_ttl, Session, StoreStats, MAX_ID_LEN, MAX_TTL, MAX_VALUE_DEPTH};
+pub use session::{
+    check_ttl, check_value, Session, StoreStats, MAX_ID_LEN, MAX_TTL, MAX_VALUE_DEPTH,
+};
 pub use store::{EndListener, EndReason, SessionStore};
 
 /// The Rust examples of `docs/sessions.md`, compiled as this crate's

@@ -372,7 +372,7 @@ impl SessionStore for MemoryStore {
 
     async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
         check_id("program id", program_id)?;
-        check_value("program", &program, 0)?;
+        check_value("program", &program)?;
         self.inner.with_live(id, |s| {
             s.programs.insert(program_id.to_owned(), program);
         })
@@ -390,7 +390,7 @@ impl SessionStore for MemoryStore {
 
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
         check_id("program id", program_id)?;
-        check_value("program", &program, 0)?;
+        check_value("program", &program)?;
         self.inner
             .globals
             .write_locked()
@@ -422,7 +422,7 @@ impl SessionStore for MemoryStore {
 
     async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {
         check_id("key", key)?;
-        check_value("value", &value, 0)?;
+        check_value("value", &value)?;
         self.inner.with_live(id, |s| {
             s.data.insert(key.to_owned(), value);
         })

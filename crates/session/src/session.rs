@@ -119,16 +119,19 @@ pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The deepest nesting of arrays and maps a stored value may have: what
-/// `RedisStore` can read back (serde_json reads 127 levels). Both stores
-/// refuse a deeper value alike, with `Error::Invalid`, before storing it.
-pub const MAX_VALUE_DEPTH: usize = 127;
+/// The deepest nesting of arrays and maps a stored value (a data value, a
+/// program, a metadata value) may have: what a store that keeps a whole
+/// session as one JSON document (`{"data": {"key": value}}`, two levels
+/// above the value) can read back, serde_json reading 127 levels. Every
+/// store refuses a deeper value alike, with `Error::Invalid`, before
+/// storing anything ([`check_value`]).
+pub const MAX_VALUE_DEPTH: usize = 125;
 
-/// Refuses `value` if it nests deeper than [`MAX_VALUE_DEPTH`] (`depth`:
-/// the levels it sits below already). Walked without recursion: a value
-/// built in code may nest deeper than any stack.
-pub(crate) fn check_value(what: &'static str, value: &Value, depth: usize) -> Result<()> {
-    let mut stack = vec![(value, depth)];
+/// `Error::Invalid` if `value` nests deeper than [`MAX_VALUE_DEPTH`]: for
+/// a store of your own, as the bundled ones check. Walked without
+/// recursion: a value built in code may nest deeper than any stack.
+pub fn check_value(what: &'static str, value: &Value) -> Result<()> {
+    let mut stack = vec![(value, 0)];
     while let Some((v, d)) = stack.pop() {
         let children: Box<dyn Iterator<Item = &Value>> = match v {
             Value::Array(a) => Box::new(a.iter()),
@@ -138,7 +141,7 @@ pub(crate) fn check_value(what: &'static str, value: &Value, depth: usize) -> Re
         if d + 1 > MAX_VALUE_DEPTH {
             return Err(Error::Invalid {
                 what,
-                reason: "nests arrays and maps deeper than 127 levels",
+                reason: "nests arrays and maps deeper than MAX_VALUE_DEPTH (125 levels)",
             });
         }
         stack.extend(children.map(|c| (c, d + 1)));
@@ -148,22 +151,22 @@ pub(crate) fn check_value(what: &'static str, value: &Value, depth: usize) -> Re
 
 /// `value` as the JSON text a store keeps, once [`check_value`] passed.
 pub(crate) fn stored_json(what: &'static str, value: &Value) -> Result<String> {
-    check_value(what, value, 0)?;
+    check_value(what, value)?;
     Ok(serde_json::to_string(value)?)
 }
 
 impl Session {
-    /// Every value the session holds passes [`check_value`] (its metadata
-    /// is stored as one map: a level itself).
-    pub(crate) fn check_values(&self) -> Result<()> {
+    /// [`check_value`] on every value the session holds: its data, its
+    /// programs and its metadata's values.
+    pub fn check_values(&self) -> Result<()> {
         for v in self.data.values() {
-            check_value("value", v, 0)?;
+            check_value("value", v)?;
         }
         for v in self.programs.values() {
-            check_value("program", v, 0)?;
+            check_value("program", v)?;
         }
         for v in self.metadata.values() {
-            check_value("metadata", v, 1)?;
+            check_value("metadata", v)?;
         }
         Ok(())
     }
