@@ -212,19 +212,7 @@ async fn a_call_that_comes_again_on_the_bus_runs_once() {
         .await
         .pop()
         .unwrap();
-    let client = Client::connect(&nats.connect().await, "test")
-        .await
-        .unwrap();
-    eventually(30, "the client sees the host", || async {
-        client.hosts().len() == 1
-    })
-    .await;
-    let log = std::env::temp_dir().join(format!(
-        "snakepit-cluster-replay-{}-{}.log",
-        std::process::id(),
-        free_port()
-    ));
-    let _ = std::fs::remove_file(&log);
+    let (client, log) = client_and_log(&nats, "replay").await;
     // Each call is published once more as it comes (a copy is seen too,
     // and not copied again).
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<async_nats::Message>::new()));
@@ -261,6 +249,25 @@ async fn a_call_that_comes_again_on_the_bus_runs_once() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// A client that sees the one host (by id) of cluster `test`, and a fresh
+/// path for `ONCE_WORKER`'s log.
+async fn client_and_log(nats: &NatsServer, tag: &str) -> (Client, std::path::PathBuf) {
+    let client = Client::connect(&nats.connect().await, "test")
+        .await
+        .unwrap();
+    eventually(30, "the client sees the host", || async {
+        client.hosts().len() == 1
+    })
+    .await;
+    let log = std::env::temp_dir().join(format!(
+        "snakepit-cluster-{tag}-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_file(&log);
+    (client, log)
+}
+
 async fn replay(bus: &async_nats::Client, m: &async_nats::Message) {
     bus.publish_with_reply_and_headers(
         m.subject.clone(),
@@ -279,19 +286,7 @@ async fn two_hosts_with_one_id_never_both_run_a_call() {
     let nats = NatsServer::start().await;
     let _a = HostProcess::start_with_prefetch("once_host_process", &nats.url, "twin", 1, 0).await;
     let _b = HostProcess::start_with_prefetch("once_host_process", &nats.url, "twin", 1, 0).await;
-    let client = Client::connect(&nats.connect().await, "test")
-        .await
-        .unwrap();
-    eventually(30, "the client sees the host", || async {
-        client.hosts().len() == 1
-    })
-    .await;
-    let log = std::env::temp_dir().join(format!(
-        "snakepit-cluster-twin-{}-{}.log",
-        std::process::id(),
-        free_port()
-    ));
-    let _ = std::fs::remove_file(&log);
+    let (client, log) = client_and_log(&nats, "twin").await;
     for i in 0..6 {
         let token = format!("t{i}");
         let r = client

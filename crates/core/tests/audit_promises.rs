@@ -494,37 +494,6 @@ fn forged_record(run_id: &str, host_pid: u32, here: Option<((u64, u64), &str)>) 
     text
 }
 
-/// A pid that was just used by a process that is gone now.
-#[allow(clippy::disallowed_methods)] // a short-lived bystander, not a worker
-fn a_dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
-
-/// A process carrying `run_id` in its environment, in a session of its own,
-/// whose parent has exited: what an escaped child of a crashed run looks
-/// like.
-#[allow(clippy::disallowed_methods)] // a stand-in leftover, not a worker
-fn a_leftover(run_id: &str) -> u32 {
-    let out = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!",
-        ])
-        .env("SNAKEPIT_RUN_ID", run_id)
-        .output()
-        .unwrap();
-    let pid: u32 = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(alive(pid));
-    pid
-}
-
 /// docs/reliability.md:77: a record "written in another PID namespace ...,
 /// or without a namespace and boot id" — "its pid means nothing here: left
 /// alone, counted in `foreign_runs`". A record of a run with a live

@@ -232,37 +232,6 @@ fn forged_record(run_id: &str, host_pid: u32, pidns: (u64, u64), boot: &str) -> 
     )
 }
 
-/// A pid that was just used by a process that is gone now.
-#[allow(clippy::disallowed_methods)] // a short-lived bystander, not a worker
-fn a_dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
-
-/// A process carrying `run_id` in its environment, in a session of its own,
-/// whose parent has exited: what an escaped child of a crashed run looks
-/// like.
-#[allow(clippy::disallowed_methods)] // a stand-in leftover, not a worker
-fn a_leftover(run_id: &str) -> u32 {
-    let out = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!",
-        ])
-        .env("SNAKEPIT_RUN_ID", run_id)
-        .output()
-        .unwrap();
-    let pid: u32 = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(alive(pid));
-    pid
-}
-
 /// Record files that are not regular files, or are too big to be records,
 /// are reported as unreadable without being followed or read whole: a
 /// symlink (to a real record, and to `/dev/zero`), a FIFO, a huge file.
