@@ -20,7 +20,7 @@ use redis::Script;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::session::{check_id, check_ttl, stored_json, Session, StoreStats};
+use crate::session::{check_id, check_ttl, check_value, Session, StoreStats};
 use crate::store::{EndListener, EndReason, Listeners, SessionStore};
 use crate::sync::UnpoisonedRw;
 
@@ -965,4 +965,10 @@ impl SessionStore for RedisStore {
     fn on_session_end(&self, listener: EndListener) {
         self.inner.listeners.add(listener);
     }
+}
+
+/// `value` as the JSON text the store keeps, once [`check_value`] passed.
+fn stored_json(what: &'static str, value: &Value) -> Result<String> {
+    check_value(what, value)?;
+    Ok(serde_json::to_string(value)?)
 }

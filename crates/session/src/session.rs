@@ -149,12 +149,6 @@ pub fn check_value(what: &'static str, value: &Value) -> Result<()> {
     Ok(())
 }
 
-/// `value` as the JSON text a store keeps, once [`check_value`] passed.
-pub(crate) fn stored_json(what: &'static str, value: &Value) -> Result<String> {
-    check_value(what, value)?;
-    Ok(serde_json::to_string(value)?)
-}
-
 impl Session {
     /// [`check_value`] on every value the session holds: its data, its
     /// programs and its metadata's values.
