@@ -35,21 +35,7 @@ class PromisesTest < Minitest::Test
     worker.run
   RUBY
 
-  def setup
-    @dir = Dir.mktmpdir("snakepit-ruby-promises-")
-    @script = File.join(@dir, "worker.rb")
-    File.write(@script, SCRIPT)
-    @workers = []
-  end
-
-  def teardown
-    @workers.each(&:stop)
-    FileUtils.remove_entry(@dir)
-  end
-
-  def spawn_worker(codec: "json")
-    WorkerProcess.new(@script, codec: codec).tap { |w| @workers << w }
-  end
+  include ScriptWorkers
 
   # protocol.md section 4: "The stream ends inside a frame ...: the worker
   # treats it as the end of stdin and exits 0; it sends nothing".

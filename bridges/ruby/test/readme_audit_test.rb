@@ -80,21 +80,7 @@ class ReadmeAuditTest < Minitest::Test
     worker.run
   RUBY
 
-  def setup
-    @dir = Dir.mktmpdir("snakepit-ruby-audit-")
-    @script = File.join(@dir, "worker.rb")
-    File.write(@script, SCRIPT)
-    @workers = []
-  end
-
-  def teardown
-    @workers.each(&:stop)
-    FileUtils.remove_entry(@dir)
-  end
-
-  def spawn_worker(codec: "json", **options)
-    WorkerProcess.new(@script, codec: codec, **options).tap { |w| @workers << w }
-  end
+  include ScriptWorkers
 
   def codecs
     msgpack? ? %w[json msgpack] : %w[json]

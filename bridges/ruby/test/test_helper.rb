@@ -167,3 +167,24 @@ class WorkerProcess
     nil
   end
 end
+
+# A test class whose workers run its own SCRIPT (a constant of the class),
+# written to a fresh directory; every worker it spawned is stopped after
+# each test.
+module ScriptWorkers
+  def setup
+    @dir = Dir.mktmpdir("snakepit-ruby-#{self.class.name.downcase}-")
+    @script = File.join(@dir, "worker.rb")
+    File.write(@script, self.class::SCRIPT)
+    @workers = []
+  end
+
+  def teardown
+    @workers.each(&:stop)
+    FileUtils.remove_entry(@dir)
+  end
+
+  def spawn_worker(codec: "json", **options)
+    WorkerProcess.new(@script, codec: codec, **options).tap { |w| @workers << w }
+  end
+end
