@@ -262,6 +262,9 @@ impl Drop for PoolInner {
     fn drop(&mut self) {
         self.shared.close();
         for w in self.shared.every_worker() {
+            // Its calls (a stream outliving the last handle) are stopped by
+            // the pool, not by a crash of their worker.
+            w.cut_off();
             w.kill();
         }
         self.shared.stop_template();

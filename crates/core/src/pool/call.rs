@@ -363,6 +363,11 @@ impl Pool {
             request.session_id = options.session_id.as_deref();
             // One clock reading for the time left and the queue wait.
             let sent = Instant::now();
+            if sent >= deadline {
+                // No time left to give the worker (a zero timeout, or a
+                // wait that took it all): not sent; the lease goes back.
+                return Err(shared.timed_out(command, timeout));
+            }
             request.timeout_ms = Some(deadline.saturating_duration_since(sent).as_millis() as u64);
             request.stream = chunks.is_some();
             let traced;

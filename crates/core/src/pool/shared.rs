@@ -66,7 +66,13 @@ impl Shared {
             kind,
         };
         for listener in &self.listeners {
-            listener(&event);
+            // A listener that panics loses its event, not the pool's task
+            // that reported it (a supervisor: its slot stayed empty).
+            let called =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(&event)));
+            if called.is_err() {
+                tracing::error!(pool = %self.name, "an event listener panicked; the pool goes on");
+            }
         }
     }
 
