@@ -2,8 +2,9 @@
 //!
 //! Register a listener with [`PoolBuilder::on_event`](crate::PoolBuilder::on_event).
 //! Listeners run synchronously on the task where the event happened, so they
-//! must be quick (count, record into a histogram, send on a channel). The
-//! events borrow from the pool: nothing is allocated for them, and nothing
+//! must be quick (count, record into a histogram, send on a channel). A
+//! listener that panics loses that event (logged at error level); the pool
+//! goes on, its other listeners too. The events borrow from the pool: nothing is allocated for them, and nothing
 //! at all is done when no listener is registered.
 //!
 //! They are the counterparts of the original library's telemetry events:
