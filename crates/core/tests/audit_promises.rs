@@ -326,53 +326,40 @@ async fn recycled_workers_are_reaped() {
 }
 
 /// docs/reliability.md:19: "shutdown, replacement and dropping the last
-/// `Pool` handle kill the whole group and reap it". After `shutdown()`:
-/// every worker's group is gone (their children too) and no worker is left
-/// a zombie child of the host.
+/// `Pool` handle kill the whole group and reap it". After `shutdown()`, and
+/// after dropping the last handle (no `shutdown()`, the runtime running
+/// on): every worker's group is gone (their children too) and no worker is
+/// left a zombie child of the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_kills_and_reaps_every_group() {
-    let (pool, seen) = recording_pool(3, |b| b).await;
-    let children: Vec<u32> = a_child_per_worker(&pool, 3).await.into_values().collect();
-    let workers: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
-    assert_eq!(workers.len(), 3);
-    pool.shutdown().await.unwrap();
-    for &w in &workers {
-        assert!(eventually(10, || !alive(w)).await, "worker {w} still runs");
+async fn shutdown_and_dropping_the_last_handle_kill_and_reap_every_group() {
+    for shutdown in [true, false] {
+        let (pool, seen) = recording_pool(3, |b| b).await;
+        let children: Vec<u32> = a_child_per_worker(&pool, 3).await.into_values().collect();
+        let workers: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
+        assert_eq!(workers.len(), 3);
+        let how = if shutdown {
+            pool.shutdown().await.unwrap();
+            "after shutdown()"
+        } else {
+            drop(pool);
+            "after dropping the last Pool handle"
+        };
+        for &w in &workers {
+            assert!(
+                eventually(10, || !alive(w)).await,
+                "worker {w} still runs {how}"
+            );
+        }
+        for &c in &children {
+            assert!(
+                eventually(10, || !alive(c)).await,
+                "child {c} of a worker outlived the pool {how}"
+            );
+        }
+        let seen_now = seen.lock().unwrap().clone();
+        assert_eq!(seen_now, workers);
+        assert_reaped(&seen_now, how).await;
     }
-    for &c in &children {
-        assert!(
-            eventually(10, || !alive(c)).await,
-            "child {c} of a worker outlived the shutdown"
-        );
-    }
-    let seen_now = seen.lock().unwrap().clone();
-    assert_eq!(seen_now, workers);
-    assert_reaped(&seen_now, "after shutdown()").await;
-}
-
-/// docs/reliability.md:19: "shutdown, replacement and dropping the last
-/// `Pool` handle kill the whole group and reap it". Dropping the last
-/// handle (no `shutdown()`): every worker's group is killed and no worker
-/// is left a zombie child of the host, the runtime running on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_last_handle_kills_and_reaps_every_group() {
-    let (pool, seen) = recording_pool(3, |b| b).await;
-    let children: Vec<u32> = a_child_per_worker(&pool, 3).await.into_values().collect();
-    let workers: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
-    assert_eq!(workers.len(), 3);
-    drop(pool);
-    for &w in &workers {
-        assert!(eventually(10, || !alive(w)).await, "worker {w} still runs");
-    }
-    for &c in &children {
-        assert!(
-            eventually(10, || !alive(c)).await,
-            "child {c} of a worker outlived the pool"
-        );
-    }
-    let seen_now = seen.lock().unwrap().clone();
-    assert_eq!(seen_now, workers);
-    assert_reaped(&seen_now, "after dropping the last Pool handle").await;
 }
 
 // ---------------------------------------------------------------------------
