@@ -113,7 +113,7 @@ class _Template:
         while True:
             for key, _ in self.selector.select():
                 if key.fd == self.wake_r:
-                    self.drain_wakeups()
+                    _server.drain(self.wake_r)
                     self.reap()
                 elif not self.receive():
                     self.exit(0)
@@ -132,14 +132,6 @@ class _Template:
             # The pool is gone: nobody is left to fork for.
             _server.log(f"template: the pool's socket failed ({exc}); exiting")
             self.exit(0)
-
-    def drain_wakeups(self) -> None:
-        while True:
-            try:
-                if not os.read(self.wake_r, 4096):
-                    return
-            except (BlockingIOError, InterruptedError):
-                return
 
     def reap(self) -> None:
         for pid in sorted(self.children):

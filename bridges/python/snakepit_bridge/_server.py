@@ -47,6 +47,15 @@ def protect_stdout() -> int:
     return fd
 
 
+def drain(fd):
+    """Reads a non-blocking signal wakeup pipe empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
 def log(message):
     try:
         sys.stderr.write(f"[snakepit_bridge] {message}\n")

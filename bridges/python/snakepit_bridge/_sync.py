@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from ._context import Cancelled, Context
 from ._handler import invoke
-from ._server import Server, cancelled_reply, error_reply, failed_reply, host_outcome, log
+from ._server import Server, cancelled_reply, drain, error_reply, failed_reply, host_outcome, log
 from ._wire import FrameError, _unpack_header
 
 _MAIN_THREAD = threading.main_thread().ident
@@ -183,15 +183,8 @@ class SyncServer(Server):
             if ready == fd:
                 readable = True
             elif ready == self._wake_r:
-                self._drain_wakeups()
+                drain(self._wake_r)
         return readable
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     def _read_ahead(self):
         """Move the complete frames already read into the backlog; a request

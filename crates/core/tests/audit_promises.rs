@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -400,20 +399,7 @@ async fn a_worker_busy_longer_than_the_idle_timeout_is_not_recycled_during_its_c
         .start()
         .await
         .unwrap();
-    let marker = temp_dir("idle-busy").join("marker");
-    let call = {
-        let pool = pool.clone();
-        let marker = marker.display().to_string();
-        tokio::spawn(async move {
-            pool.execute_with(
-                "sleep",
-                json!({"ms": 6_000, "marker": marker}),
-                CallOptions::new().timeout(Duration::from_secs(60)),
-            )
-            .await
-        })
-    };
-    assert!(eventually(20, || marker.exists()).await, "the call started");
+    let call = a_running_sleep(&pool, 6_000, Duration::from_secs(60)).await;
     let busy = pool
         .workers()
         .iter()
@@ -457,29 +443,6 @@ async fn a_worker_busy_longer_than_the_idle_timeout_is_not_recycled_during_its_c
 // ---------------------------------------------------------------------------
 // Run records and the sweep
 // ---------------------------------------------------------------------------
-
-/// `(dev, ino)` of this process's PID namespace, as a record states it.
-fn our_pid_namespace() -> (u64, u64) {
-    let m = std::fs::metadata("/proc/self/ns/pid").unwrap();
-    (m.dev(), m.ino())
-}
-
-fn our_boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// A record of a run whose host is `host_pid` (dead), written by hand,
-/// with the PID namespace and boot id lines only when `here` is given.
-fn forged_record(run_id: &str, host_pid: u32, here: Option<((u64, u64), &str)>) -> String {
-    let mut text = format!("snakepit-run 1\ninstance forged\nrun_id {run_id}\nhost {host_pid} 1\n");
-    if let Some(((dev, ino), boot)) = here {
-        text.push_str(&format!("pidns {dev} {ino}\nboot {boot}\n"));
-    }
-    text
-}
 
 /// docs/reliability.md:77: a record "written in another PID namespace ...,
 /// or without a namespace and boot id" — "its pid means nothing here: left

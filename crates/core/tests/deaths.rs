@@ -42,22 +42,9 @@ async fn one_worker_with_a_forked_child() -> (Pool, u32, u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_while_its_child_holds_stdout_fails_its_call_at_once() {
     let (pool, worker, child) = one_worker_with_a_forked_child().await;
-    let marker = temp_dir("started").join("marker");
-    let call = {
-        let pool = pool.clone();
-        let marker = marker.display().to_string();
-        tokio::spawn(async move {
-            pool.execute_with(
-                "sleep",
-                json!({"ms": 60_000, "marker": marker}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-        })
-    };
     // Killed once the call runs in it (killed before, the call never
     // reached it and would rightly go to the replacement).
-    assert!(eventually(10, || marker.exists()).await, "the call started");
+    let call = a_running_sleep(&pool, 60_000, Duration::from_secs(30)).await;
     kill_now(worker);
     let err = call.await.unwrap().unwrap_err();
     match &err {

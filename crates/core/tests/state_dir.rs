@@ -211,27 +211,6 @@ async fn record_writes_do_not_follow_a_planted_symlink() {
     let _ = std::fs::remove_dir_all(outside);
 }
 
-/// `(dev, ino)` of this process's PID namespace, as a record states it.
-fn our_pid_namespace() -> (u64, u64) {
-    let m = std::fs::metadata("/proc/self/ns/pid").unwrap();
-    (m.dev(), m.ino())
-}
-
-fn our_boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// A record of a run whose host is `host_pid` (dead), written by hand.
-fn forged_record(run_id: &str, host_pid: u32, pidns: (u64, u64), boot: &str) -> String {
-    format!(
-        "snakepit-run 1\ninstance forged\nrun_id {run_id}\nhost {host_pid} 1\npidns {} {}\nboot {boot}\n",
-        pidns.0, pidns.1
-    )
-}
-
 /// Record files that are not regular files, or are too big to be records,
 /// are reported as unreadable without being followed or read whole: a
 /// symlink (to a real record, and to `/dev/zero`), a FIFO, a huge file.
@@ -244,7 +223,11 @@ async fn record_reads_take_only_small_regular_files() {
     let target = outside.join("record");
     std::fs::write(
         &target,
-        forged_record(run_id, a_dead_pid(), our_pid_namespace(), &our_boot_id()),
+        forged_record(
+            run_id,
+            a_dead_pid(),
+            Some((our_pid_namespace(), &our_boot_id())),
+        ),
     )
     .unwrap();
     let link = dir.join("forged.1.x.run");
@@ -385,7 +368,7 @@ async fn records_from_another_pid_namespace_or_boot_are_not_judged_by_pid() {
 
     std::fs::write(
         &record,
-        forged_record(run_id, a_dead_pid(), (dev, ino + 1), &boot),
+        forged_record(run_id, a_dead_pid(), Some(((dev, ino + 1), &boot))),
     )
     .unwrap();
     let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
@@ -397,7 +380,7 @@ async fn records_from_another_pid_namespace_or_boot_are_not_judged_by_pid() {
     let other_boot = "00000000-0000-4000-8000-000000000000";
     std::fs::write(
         &record,
-        forged_record(run_id, a_dead_pid(), (dev, ino), other_boot),
+        forged_record(run_id, a_dead_pid(), Some(((dev, ino), other_boot))),
     )
     .unwrap();
     let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
@@ -411,7 +394,7 @@ async fn records_from_another_pid_namespace_or_boot_are_not_judged_by_pid() {
 
     std::fs::write(
         &record,
-        forged_record(run_id, a_dead_pid(), (dev, ino), &boot),
+        forged_record(run_id, a_dead_pid(), Some(((dev, ino), &boot))),
     )
     .unwrap();
     let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();

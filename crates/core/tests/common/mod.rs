@@ -192,3 +192,52 @@ pub fn a_leftover(run_id: &str) -> u32 {
     assert!(alive(pid));
     pid
 }
+
+/// `(dev, ino)` of this process's PID namespace, as a run record states it.
+pub fn our_pid_namespace() -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self/ns/pid").unwrap();
+    (m.dev(), m.ino())
+}
+
+pub fn our_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A record of a run whose host is `host_pid` (dead), written by hand,
+/// with the PID namespace and boot id lines only when `here` is given.
+pub fn forged_record(run_id: &str, host_pid: u32, here: Option<((u64, u64), &str)>) -> String {
+    let mut text = format!("snakepit-run 1\ninstance forged\nrun_id {run_id}\nhost {host_pid} 1\n");
+    if let Some(((dev, ino), boot)) = here {
+        text.push_str(&format!("pidns {dev} {ino}\nboot {boot}\n"));
+    }
+    text
+}
+
+/// A `sleep` call of `ms` with a deadline of `timeout`, spawned, once the
+/// worker has begun it (its marker file exists: it reached the worker and
+/// runs there).
+pub async fn a_running_sleep(
+    pool: &Pool,
+    ms: u64,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<snakepit_core::Result<serde_json::Value>> {
+    let marker = temp_dir("started").join("marker");
+    let call = {
+        let pool = pool.clone();
+        let marker = marker.display().to_string();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "sleep",
+                serde_json::json!({"ms": ms, "marker": marker}),
+                snakepit_core::CallOptions::new().timeout(timeout),
+            )
+            .await
+        })
+    };
+    assert!(eventually(20, || marker.exists()).await, "the call started");
+    call
+}
