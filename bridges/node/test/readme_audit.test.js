@@ -80,6 +80,7 @@ const options = {
     },
     badInput() { throw new BadInput('not a number'); },
     ok() { return 'ok'; },
+    notFinite() { return { nan: NaN, inf: Infinity }; },
   },
 };
 if (process.env.AUDIT_MAX_FRAME) options.maxFrameSize = Number(process.env.AUDIT_MAX_FRAME);
@@ -450,5 +451,16 @@ test('a subclass of a built-in Error subclass that sets no name reports its clas
   const r = await w.call(1, 'badInput');
   assert.equal(r.success, false);
   assert.equal(r.error.type, 'BadInput');
+  await w.close();
+});
+
+// docs/protocol.md section 3: JSON has no NaN or infinities; "the Node.js
+// bridge writes `null` in its place, as `JSON.stringify` does" (the pool
+// would take `NaN` for a broken frame).
+test('NaN and infinities in a JSON result are written as null', async (t) => {
+  const { w } = start(t);
+  await w.hello();
+  const r = await w.call(1, 'notFinite');
+  assert.deepStrictEqual(r, { id: 1, success: true, result: { nan: null, inf: null } });
   await w.close();
 });

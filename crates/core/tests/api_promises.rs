@@ -1213,3 +1213,40 @@ async fn the_longest_durations_mean_no_limit_and_never_panic() {
     pool.execute("echo", json!({})).await.unwrap();
     pool.shutdown().await.unwrap();
 }
+
+/// docs/protocol.md section 3: MessagePack carries NaN and infinities; "a
+/// typed call reads them as `f64`, and `execute`, whose result is a JSON
+/// `Value`, gets `null` in their place". With JSON the bundled Python bridge
+/// answers such a result with a failed reply, and the worker serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_floats_in_both_codecs() {
+    let mut adapter = TestWorker::new();
+    adapter.codec = WireCodec::MsgPack;
+    let pool = builder(adapter).size(1).start().await.unwrap();
+    let nan: f64 = pool
+        .call("float", &json!({"text": "nan"}), CallOptions::new())
+        .await
+        .unwrap();
+    assert!(nan.is_nan());
+    let inf: f64 = pool
+        .call("float", &json!({"text": "inf"}), CallOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(inf, f64::INFINITY);
+    let v = pool.execute("float", json!({"text": "nan"})).await.unwrap();
+    assert_eq!(v, Value::Null);
+    pool.shutdown().await.unwrap();
+
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    match pool.execute("float", json!({"text": "inf"})).await {
+        Err(Error::Remote { error, .. }) => assert_eq!(error.kind.as_deref(), Some("ValueError")),
+        other => panic!("expected a failed reply, got {other:?}"),
+    }
+    assert_eq!(
+        pool.execute("float", json!({"text": "1.5"})).await.unwrap(),
+        1.5
+    );
+    assert_eq!(pool.worker_pids(), vec![pid], "the worker served on");
+    pool.shutdown().await.unwrap();
+}

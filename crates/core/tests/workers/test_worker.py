@@ -28,6 +28,11 @@ def context(args, ctx):
     return {"traceparent": ctx.traceparent, "worker_id": ctx.worker_id, "pid": os.getpid()}
 
 
+@worker.command("float")
+def float_(args, ctx):
+    return float(args["text"])
+
+
 @worker.command("sleep")
 def sleep(args, ctx):
     if args.get("marker"):
