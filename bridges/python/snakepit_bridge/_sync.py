@@ -30,11 +30,11 @@ class SyncServer(Server):
     def __init__(self, worker, read_fd, write_fd):
         super().__init__(worker, read_fd, write_fd)
         # SIGINT: armed while a handler runs; held while the main thread
-        # writes a frame, or reads one in call_host, and delivered once the
-        # frame is out (or its bytes are buffered).
+        # writes a frame, and in call_host but for its waits for input, and
+        # delivered once the frame is out (or call_host waits again).
         self._armed = False
         self._writing = False
-        self._reading = False  # call_host: bytes read, not yet buffered
+        self._reading = False  # in call_host, and not waiting for input
         self._sigint_held = False
         self._current = None
         self._backlog = deque()
@@ -320,12 +320,29 @@ class SyncServer(Server):
         # comes; requests arriving meanwhile wait in the backlog.
         hid = next(self._host_ids)
         self.send_host_call(hid, ctx, function, args)
+        # SIGINT is held from here on, except while _read_holding_sigint
+        # waits for input: a KeyboardInterrupt raised anywhere else could
+        # fall between a read and the buffering of its bytes, or between
+        # taking a frame out of the buffer and acting on it, and lose them.
+        # CPython runs a signal's handler late (at the next bytecode it
+        # checks), so "anywhere else" is more than it looks.
+        self._reading = True
+        try:
+            ok, value = self._await_host_reply(ctx, hid)
+        finally:
+            self._reading = False
+        self._deliver_held_sigint()
+        if ok:
+            return value
+        raise value
+
+    def _await_host_reply(self, ctx: Context, hid: int):
+        """Reads frames until host call ``hid``'s reply: (ok, value)."""
         reader = self.reader
+        read = self._read_holding_sigint
         while True:
-            # What was read before is handled or buffered: nothing is lost.
-            self._deliver_held_sigint()
             try:
-                payload = reader.read_frame(self._read_holding_sigint)
+                payload = reader.read_frame(read)
             except FrameError as exc:
                 if exc.kind == "truncated":
                     payload = None
@@ -341,11 +358,7 @@ class SyncServer(Server):
                 continue
             if kind == "host_reply":
                 if msg["id"] == hid:
-                    self._deliver_held_sigint()
-                    ok, value = host_outcome(msg)
-                    if ok:
-                        return value
-                    raise value
+                    return host_outcome(msg)
                 log(f"host_reply {msg['id']} matches no pending host call; dropped")
             elif kind == "cancel" and msg["id"] == ctx.request_id:
                 ctx.cancelled = True
@@ -358,25 +371,23 @@ class SyncServer(Server):
                     self._drop_cancelled()
 
     def _read_holding_sigint(self, fd: int, n: int) -> bytes:
-        """``os.read`` for call_host, where SIGINT may raise. A
-        KeyboardInterrupt raised after the read returned, but before its
-        bytes reached the reader's buffer, would lose them and cut the
-        stream. So the wait for input (poll) may be interrupted, and the read
-        itself holds SIGINT, as ``send`` does while writing; call_host
-        delivers it once the bytes are buffered or handled."""
-        self._deliver_held_sigint()  # the bytes read before are buffered
+        """``os.read`` for call_host, which holds SIGINT. Only the wait for
+        input lets it through: a SIGINT held since the last read raises
+        here, and one that comes during the wait ends it (poll, or the
+        wakeup pipe for one that landed just before). Nothing is in flight
+        then: every byte read so far is in the reader's buffer, and every
+        frame taken out of it has been acted on."""
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
-        # SIGINT raises here, nothing lost (one that landed just before the
-        # poll ends it through the wakeup pipe, and raises in this loop).
-        while not self._wait_readable(fd):
-            pass
-        self._reading = True
+        self._reading = False
         try:
-            return os.read(fd, n)
+            self._deliver_held_sigint()
+            while not self._wait_readable(fd):
+                pass
         finally:
-            self._reading = False
+            self._reading = True
+        return os.read(fd, n)
 
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.
