@@ -6,17 +6,27 @@
 //! Expiry is the session's own `last_accessed_ms + ttl_ms`: a session past
 //! it reads as gone at once, and the sweep (or `cleanup_expired`) removes it
 //! with a revision-checked delete, so one host reports each expiry once.
+//!
+//! A session is one NATS message: its data, programs and metadata together
+//! must fit the server's `max_payload` (1 MiB unless the server sets
+//! another). A bucket that disappears (deleted, or NATS back without its
+//! JetStream storage) is created again by the next operation that finds
+//! it gone.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::ErrorCode;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 use snakepit_session::{
-    check_ttl, EndListener, EndReason, Error, Result, Session, SessionStore, StoreStats,
+    check_ttl, conflict_backoff, EndListener, EndReason, Error, Result, Session, SessionStore,
+    StoreStats,
 };
 
 const ATTEMPTS: u32 = 200;
@@ -34,7 +44,10 @@ impl std::fmt::Debug for NatsKvStore {
 }
 
 struct KvInner {
-    kv: Store,
+    /// The bucket; replaced when it had to be created again.
+    kv: Mutex<Arc<Store>>,
+    js: async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
     default_ttl: Duration,
     created: AtomicU64,
     deleted: AtomicU64,
@@ -93,21 +106,21 @@ impl NatsKvStoreBuilder {
     pub async fn connect(self) -> Result<NatsKvStore> {
         check_ttl(self.default_ttl)?;
         let js = async_nats::jetstream::new(self.nats);
+        let config = async_nats::jetstream::kv::Config {
+            bucket: self.bucket.clone(),
+            description: "snakepit sessions".into(),
+            history: 1,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
         let kv = match js.get_key_value(&self.bucket).await {
             Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: self.bucket.clone(),
-                    description: "snakepit sessions".into(),
-                    history: 1,
-                    num_replicas: self.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(backend)?,
+            Err(_) => js.create_key_value(config.clone()).await.map_err(backend)?,
         };
         let inner = Arc::new(KvInner {
-            kv,
+            kv: Mutex::new(Arc::new(kv)),
+            js,
+            config,
             default_ttl: self.default_ttl,
             created: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
@@ -168,17 +181,47 @@ fn hex(prefix: &str, id: &str) -> String {
     s
 }
 
+/// The session id of a session key; `None` for a key that is not one this
+/// store writes (upper-case hex, say: `hex` would not give it back).
 fn unhex(key: &str) -> Option<String> {
     let h = key.strip_prefix("s.")?;
     let bytes: Option<Vec<u8>> = (0..h.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok()
+    let id = String::from_utf8(bytes?).ok()?;
+    (!id.is_empty() && hex("s.", &id) == key).then_some(id)
+}
+
+/// Whether an operation on the bucket, failed with `e`, may have failed
+/// because the bucket is gone (rather than refused, or timed out).
+fn maybe_gone(e: &Error) -> bool {
+    matches!(e, Error::Backend(_))
 }
 
 fn expired(s: &Session, now: u64) -> bool {
     now >= s.last_accessed_ms.saturating_add(s.ttl_ms)
+}
+
+/// Runs `$body` (an expression, awaited in it) with `$kv` the bucket; when
+/// it fails as it would on a bucket that is gone and the bucket is gone,
+/// creates the bucket again and runs `$body` once more.
+macro_rules! on_bucket {
+    ($store:expr, |$kv:ident| $body:expr) => {{
+        let bucket = $store.kv();
+        let r = {
+            let $kv: &Store = &bucket;
+            $body
+        };
+        match r {
+            Err(e) if maybe_gone(&e) && $store.recreate_if_gone(&bucket).await => {
+                let bucket = $store.kv();
+                let $kv: &Store = &bucket;
+                $body
+            }
+            r => r,
+        }
+    }};
 }
 
 /// A key's state: absent (with the revision of its tombstone, 0 if none),
@@ -205,8 +248,41 @@ impl NatsKvStore {
         Self::builder(nats).connect().await
     }
 
+    /// The bucket as it is now.
+    fn kv(&self) -> Arc<Store> {
+        self.inner.kv.lock().unwrap().clone()
+    }
+
+    /// Creates the bucket again if its stream is gone; true if it did (or
+    /// another operation did meanwhile).
+    async fn recreate_if_gone(&self, failed_on: &Arc<Store>) -> bool {
+        let inner = &self.inner;
+        if !Arc::ptr_eq(failed_on, &self.kv()) {
+            return true; // created again since this operation began
+        }
+        match inner.js.get_stream(&failed_on.stream_name).await {
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {}
+            _ => return false,
+        }
+        match inner.js.create_key_value(inner.config.clone()).await {
+            Ok(kv) => {
+                tracing::warn!(target: "snakepit::session", bucket = %inner.config.bucket,
+                    "the sessions' bucket was gone (its sessions with it); created again");
+                *inner.kv.lock().unwrap() = Arc::new(kv);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(target: "snakepit::session", "cannot create the bucket again: {e}");
+                false
+            }
+        }
+    }
+
     async fn load(&self, key: &str) -> Result<Slot> {
-        match self.inner.kv.entry(key).await.map_err(backend)? {
+        let entry = on_bucket!(self, |kv| kv.entry(key).await.map_err(backend))?;
+        match entry {
             None => Ok(Slot::Absent(0)),
             Some(e) if e.operation != Operation::Put => Ok(Slot::Absent(e.revision)),
             Some(e) => {
@@ -221,44 +297,63 @@ impl NatsKvStore {
     async fn swap(&self, key: &str, value: &Session, rev: u64) -> Result<bool> {
         value.check_values()?;
         let bytes = Bytes::from(serde_json::to_vec(value)?);
-        let r = if rev == 0 {
-            self.inner
-                .kv
-                .create(key, bytes)
-                .await
-                .map(|_| ())
-                .map_err(|e| match e.kind() {
-                    async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => None,
-                    _ => Some(backend(e)),
-                })
-        } else {
-            self.inner
-                .kv
-                .update(key, bytes, rev)
-                .await
-                .map(|_| ())
-                .map_err(|e| match e.kind() {
-                    UpdateErrorKind::WrongLastRevision => None,
-                    _ => Some(backend(e)),
-                })
-        };
-        match r {
-            Ok(()) => Ok(true),
-            Err(None) => Ok(false),
-            Err(Some(e)) => Err(e),
+        self.fits(&format!("session `{}`", value.id), bytes.len() + key.len())?;
+        on_bucket!(self, |kv| {
+            let r = if rev == 0 {
+                kv.create(key, bytes.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e.kind() {
+                        async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => None,
+                        _ => Some(write_failed(&value.id, e)),
+                    })
+            } else {
+                kv.update(key, bytes.clone(), rev)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e.kind() {
+                        UpdateErrorKind::WrongLastRevision => None,
+                        _ => Some(write_failed(&value.id, e)),
+                    })
+            };
+            match r {
+                Ok(()) => Ok(true),
+                Err(None) => Ok(false),
+                Err(Some(e)) => Err(e),
+            }
+        })
+    }
+
+    /// An error unless a message of `len` bytes fits the server's
+    /// `max_payload`: a session (or a global program) is one message.
+    fn fits(&self, what: &str, len: usize) -> Result<()> {
+        let max = self.inner.js.client().max_payload();
+        if len <= max {
+            return Ok(());
         }
+        Err(Error::Backend(format!(
+            "{what} is {len} bytes as JSON, over the NATS server's max_payload of {max} \
+             (NatsKvStore keeps each in one message)"
+        )))
+    }
+
+    /// Deletes `key` if its revision is still `rev`; `Ok(false)` when it is
+    /// not (another host changed or removed it), an error when the delete
+    /// failed otherwise (refused, timed out).
+    async fn delete_at(&self, id: &str, key: &str, rev: u64) -> Result<bool> {
+        on_bucket!(self, |kv| {
+            match kv.delete_expect_revision(key, Some(rev)).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(write_failed(id, e)),
+            }
+        })
     }
 
     /// Removes an expired session found at `rev`; reports it if this call
     /// removed it.
     async fn reap(&self, id: &str, key: &str, rev: u64) -> Result<bool> {
-        if self
-            .inner
-            .kv
-            .delete_expect_revision(key, Some(rev))
-            .await
-            .is_err()
-        {
+        if !self.delete_at(id, key, rev).await? {
             return Ok(false);
         }
         self.inner.expired.fetch_add(1, Ordering::Relaxed);
@@ -277,11 +372,34 @@ impl NatsKvStore {
     async fn modify<T>(
         &self,
         id: &str,
+        f: impl FnMut(&mut Session) -> Result<T> + Send,
+    ) -> Result<(Session, T)> {
+        self.change(id, false, f).await
+    }
+
+    /// Reads the live session `id` and restarts its TTL; `f` only reads.
+    /// A read that loses its compare-and-swap to another writer is done:
+    /// that writer restarted the TTL too, so the session it wrote is
+    /// returned as it is (reads of one session by many callers at once
+    /// never fail with `Conflict`).
+    async fn read<T>(
+        &self,
+        id: &str,
+        f: impl FnMut(&mut Session) -> Result<T> + Send,
+    ) -> Result<(Session, T)> {
+        self.change(id, true, f).await
+    }
+
+    async fn change<T>(
+        &self,
+        id: &str,
+        read_only: bool,
         mut f: impl FnMut(&mut Session) -> Result<T> + Send,
     ) -> Result<(Session, T)> {
         check("session id", id)?;
         let key = hex("s.", id);
-        for _ in 0..ATTEMPTS {
+        let mut lost = false;
+        for attempt in 0..ATTEMPTS {
             let (mut s, rev) = match self.load(&key).await? {
                 Slot::Absent(_) => return Err(Error::NotFound(id.to_owned())),
                 Slot::Present(s, rev) => (*s, rev),
@@ -289,6 +407,11 @@ impl NatsKvStore {
             let now = now_ms();
             if expired(&s, now) {
                 return Err(Error::Expired(id.to_owned()));
+            }
+            if lost {
+                // A read's swap was lost: this is the winner's session.
+                let out = f(&mut s)?;
+                return Ok((s, out));
             }
             let (sid, created) = (s.id.clone(), s.created_at_ms);
             let out = f(&mut s)?;
@@ -298,7 +421,8 @@ impl NatsKvStore {
             if self.swap(&key, &s, rev).await? {
                 return Ok((s, out));
             }
-            tokio::task::yield_now().await;
+            lost = read_only;
+            conflict_backoff(attempt).await;
         }
         Err(Error::Conflict {
             session_id: id.to_owned(),
@@ -311,7 +435,7 @@ impl NatsKvStore {
         check("session id", id)?;
         check_ttl(ttl)?;
         let key = hex("s.", id);
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             let rev = match self.load(&key).await? {
                 Slot::Absent(rev) => rev,
                 Slot::Present(s, rev) => {
@@ -327,6 +451,7 @@ impl NatsKvStore {
                 self.inner.created.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(s));
             }
+            conflict_backoff(attempt).await;
         }
         Err(Error::Conflict {
             session_id: id.to_owned(),
@@ -334,30 +459,59 @@ impl NatsKvStore {
         })
     }
 
-    /// The live sessions' ids (and keys with revisions of expired ones).
+    /// The keys under `prefix` (`s.` or `g.`) that hold a value or held
+    /// one, each once, as the server had them at one moment: the stream's
+    /// subjects, not a consumer over its messages, which misses or repeats
+    /// the keys written while it reads.
+    async fn keys_under(&self, prefix: &str) -> Result<BTreeSet<String>> {
+        on_bucket!(self, |kv| {
+            let mut subjects = kv
+                .stream
+                .info_with_subjects(format!("{}{prefix}>", kv.prefix))
+                .await
+                .map_err(backend)?;
+            let mut keys = BTreeSet::new();
+            while let Some(subject) = subjects.next().await {
+                let (subject, _) = subject.map_err(backend)?;
+                if let Some(key) = subject.strip_prefix(kv.prefix.as_str()) {
+                    keys.insert(key.to_owned());
+                }
+            }
+            Ok(keys)
+        })
+    }
+
+    /// The live sessions' ids (and keys with revisions of expired ones). A
+    /// session whose stored data does not parse is left out (and logged):
+    /// one bad key must not stop listings and the sweep for every other.
     async fn scan(&self) -> Result<(Vec<String>, Vec<(String, String, u64)>)> {
-        let mut keys = match self.inner.kv.keys().await {
-            Ok(k) => k,
-            Err(e) => return Err(backend(e)),
-        };
-        let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
-            names.push(k.map_err(backend)?);
-        }
         let (mut live, mut dead) = (Vec::new(), Vec::new());
         let now = now_ms();
-        for key in names {
+        for key in self.keys_under("s.").await? {
             let Some(id) = unhex(&key) else { continue };
-            if let Slot::Present(s, rev) = self.load(&key).await? {
-                if expired(&s, now) {
-                    dead.push((id, key, rev));
-                } else {
-                    live.push(id);
+            match self.load(&key).await {
+                Ok(Slot::Present(s, rev)) => {
+                    if expired(&s, now) {
+                        dead.push((id, key, rev));
+                    } else {
+                        live.push(id);
+                    }
                 }
+                Ok(Slot::Absent(_)) => {}
+                Err(Error::Corrupt(e)) => {
+                    tracing::warn!(target: "snakepit::session", session = %id,
+                        "a session's stored data does not parse; left out: {e}");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok((live, dead))
     }
+}
+
+/// A failed write of session `id`, as an error that says so.
+fn write_failed(id: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend(format!("writing session `{id}`: {e}"))
 }
 
 impl SessionStore for NatsKvStore {
@@ -369,7 +523,7 @@ impl SessionStore for NatsKvStore {
 
     async fn ensure_session(&self, id: &str) -> Result<()> {
         loop {
-            match self.modify(id, |_| Ok(())).await {
+            match self.read(id, |_| Ok(())).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_gone() => {
                     if self.create(id, self.inner.default_ttl).await?.is_some() {
@@ -382,7 +536,7 @@ impl SessionStore for NatsKvStore {
     }
 
     async fn get_session(&self, id: &str) -> Result<Session> {
-        Ok(self.modify(id, |_| Ok(())).await?.0)
+        Ok(self.read(id, |_| Ok(())).await?.0)
     }
 
     async fn update_session<F>(&self, id: &str, mut f: F) -> Result<Session>
@@ -402,22 +556,26 @@ impl SessionStore for NatsKvStore {
     async fn delete_session(&self, id: &str) -> Result<bool> {
         check("session id", id)?;
         let key = hex("s.", id);
-        for _ in 0..ATTEMPTS {
-            let rev = match self.load(&key).await? {
-                Slot::Present(s, rev) if !expired(&s, now_ms()) => rev,
-                _ => return Ok(false),
+        for attempt in 0..ATTEMPTS {
+            let rev = match self.load(&key).await {
+                Ok(Slot::Present(s, rev)) if !expired(&s, now_ms()) => rev,
+                Ok(_) => return Ok(false),
+                // Data that does not parse is still removed: otherwise
+                // its id could never be used again.
+                Err(Error::Corrupt(_)) => {
+                    match on_bucket!(self, |kv| kv.entry(&key).await.map_err(backend))? {
+                        Some(e) if e.operation == Operation::Put => e.revision,
+                        _ => continue,
+                    }
+                }
+                Err(e) => return Err(e),
             };
-            if self
-                .inner
-                .kv
-                .delete_expect_revision(&key, Some(rev))
-                .await
-                .is_ok()
-            {
+            if self.delete_at(id, &key, rev).await? {
                 self.inner.deleted.fetch_add(1, Ordering::Relaxed);
                 self.ended(id, EndReason::Deleted);
                 return Ok(true);
             }
+            conflict_backoff(attempt).await;
         }
         Err(Error::Conflict {
             session_id: id.to_owned(),
@@ -439,10 +597,10 @@ impl SessionStore for NatsKvStore {
 
     async fn stats(&self) -> Result<StoreStats> {
         let (live, _) = self.scan().await?;
-        let mut keys = self.inner.kv.keys().await.map_err(backend)?;
         let mut globals = 0;
-        while let Some(k) = keys.next().await {
-            if k.map_err(backend)?.starts_with("g.") {
+        for key in self.keys_under("g.").await? {
+            let entry = on_bucket!(self, |kv| kv.entry(&key).await.map_err(backend))?;
+            if entry.is_some_and(|e| e.operation == Operation::Put) {
                 globals += 1;
             }
         }
@@ -466,7 +624,7 @@ impl SessionStore for NatsKvStore {
     }
 
     async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
-        let (s, ()) = self.modify(id, |_| Ok(())).await?;
+        let (s, ()) = self.read(id, |_| Ok(())).await?;
         s.programs
             .get(program_id)
             .cloned()
@@ -480,23 +638,23 @@ impl SessionStore for NatsKvStore {
         check("program id", program_id)?;
         snakepit_session::check_value("program", &program)?;
         let bytes = Bytes::from(serde_json::to_vec(&program)?);
-        self.inner
-            .kv
-            .put(hex("g.", program_id), bytes)
-            .await
-            .map_err(backend)?;
+        let key = hex("g.", program_id);
+        self.fits(
+            &format!("global program `{program_id}`"),
+            bytes.len() + key.len(),
+        )?;
+        on_bucket!(self, |kv| {
+            kv.put(&key, bytes.clone())
+                .await
+                .map_err(|e| Error::Backend(format!("writing global program `{program_id}`: {e}")))
+        })?;
         Ok(())
     }
 
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
         check("program id", program_id)?;
-        match self
-            .inner
-            .kv
-            .get(hex("g.", program_id))
-            .await
-            .map_err(backend)?
-        {
+        let key = hex("g.", program_id);
+        match on_bucket!(self, |kv| kv.get(&key).await.map_err(backend))? {
             Some(b) => Ok(serde_json::from_slice(&b)?),
             None => Err(Error::ProgramNotFound {
                 session_id: None,
@@ -507,18 +665,21 @@ impl SessionStore for NatsKvStore {
 
     async fn cleanup_expired(&self) -> Result<usize> {
         let (_, dead) = self.scan().await?;
-        let mut n = 0;
+        let (mut n, mut failed) = (0, None);
         for (id, key, rev) in dead {
-            if self.reap(&id, &key, rev).await? {
-                n += 1;
+            match self.reap(&id, &key, rev).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
             }
         }
-        Ok(n)
+        // The others were tried first; the failure is not hidden.
+        failed.map_or(Ok(n), Err)
     }
 
     async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
         check("key", key)?;
-        Ok(self.modify(id, |s| Ok(s.data.get(key).cloned())).await?.1)
+        Ok(self.read(id, |s| Ok(s.data.get(key).cloned())).await?.1)
     }
 
     async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {

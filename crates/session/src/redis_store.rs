@@ -675,24 +675,6 @@ fn fields(s: &Session) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// After a lost compare-and-swap: retry at once the first time, then after
-/// a random pause that grows with the attempts, so that writers contending
-/// for one session spread out instead of colliding again.
-async fn backoff(attempt: u32) {
-    if attempt == 0 {
-        return tokio::task::yield_now().await;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let mut x = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    let max_us = 200u64 << attempt.min(6);
-    tokio::time::sleep(Duration::from_micros(x % max_us)).await;
-}
-
 impl SessionStore for RedisStore {
     async fn create_session(&self, id: &str, ttl: Option<Duration>) -> Result<Session> {
         let inner = &self.inner;
@@ -767,7 +749,7 @@ impl SessionStore for RedisStore {
                     match written {
                         1 => return Ok(s),
                         -1 => return Err(Error::NotFound(id.to_owned())),
-                        _ => backoff(attempt).await,
+                        _ => crate::conflict_backoff(attempt).await,
                     }
                 }
                 Err(Error::Conflict {

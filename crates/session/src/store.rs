@@ -133,3 +133,23 @@ pub trait SessionStore: Send + Sync + 'static {
     /// deletion), after the removal, outside any lock.
     fn on_session_end(&self, listener: EndListener);
 }
+
+/// The pause after a lost compare-and-swap, for stores that retry one:
+/// none the first time (`attempt` 0, a yield), then a random one that grows
+/// with the attempts (up to 12.8 ms), so that writers contending for one
+/// session spread out instead of colliding again. The Redis store and
+/// `snakepit_cluster::NatsKvStore` retry with it.
+pub async fn conflict_backoff(attempt: u32) {
+    if attempt == 0 {
+        return tokio::task::yield_now().await;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    let max_us = 200u64 << attempt.min(6);
+    tokio::time::sleep(Duration::from_micros(x % max_us)).await;
+}
