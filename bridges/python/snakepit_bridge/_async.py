@@ -17,7 +17,7 @@ from typing import Any
 
 from ._context import Cancelled, Context
 from ._handler import invoke
-from ._server import Server, cancelled_reply, failed_reply, host_outcome, log
+from ._server import Server, cancelled_reply, failed_reply, fatal, host_outcome, log
 from ._wire import FrameError
 
 
@@ -197,7 +197,9 @@ class AsyncServer(Server):
             reply = {"id": rid, "success": True, "result": result}
         except (asyncio.CancelledError, Cancelled):
             reply = cancelled_reply(rid)
-        except Exception as exc:
+        except BaseException as exc:
+            if fatal(exc):
+                raise
             reply = failed_reply(rid, exc)
         finally:
             self._tasks.pop(rid, None)

@@ -109,7 +109,7 @@ class _Template:
             self.saved_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector.register(self.sock, selectors.EVENT_READ)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
-        self.send({"op": "ready", "pid": os.getpid(), "threads": threading.active_count()})
+        self.send({"op": "ready", "pid": os.getpid(), "threads": _thread_count()})
         while True:
             for key, _ in self.selector.select():
                 if key.fd == self.wake_r:
@@ -320,15 +320,28 @@ def _restorable(handler: _Handler) -> Any:
     return signal.SIG_DFL if handler is None else handler
 
 
+def _thread_count() -> int:
+    """The threads alive in this process: the kernel's count, which holds
+    the threads native libraries start (numerical and ML libraries' pools)
+    as well as Python's; Python's own count where there is no /proc."""
+    try:
+        return max(len(os.listdir("/proc/self/task")), threading.active_count())
+    except OSError:
+        return threading.active_count()
+
+
 def _template_warnings() -> list[str]:
     """What the template holds that its workers will not have: its other
     threads and a CUDA context. Looked at before the fork (in a child,
     torch already reports CUDA as uninitialised)."""
     notes = []
-    count = threading.active_count()
+    count = _thread_count()
     if count > 1:
         me = threading.current_thread()
         names = ", ".join(t.name for t in threading.enumerate() if t is not me)
+        native = count - threading.active_count()
+        if native > 0:
+            names = (names + ", " if names else "") + f"{native} started outside Python (native libraries' pools)"
         notes.append(
             f"snakepit: the template had {count} threads when it forked (other than the main thread: "
             f"{names}); threads do not survive a fork: this worker has only the main thread, and a "

@@ -65,10 +65,23 @@ def log(message):
 
 
 def error_reply(rid, type_, message, traceback=None):
-    err = {"type": type_, "message": message}
+    err = {"type": _utf8(type_), "message": _utf8(message)}
     if traceback:
-        err["traceback"] = traceback
+        err["traceback"] = _utf8(traceback)
     return {"id": rid, "success": False, "error": err}
+
+
+def _utf8(text):
+    """``text`` as a string both codecs can carry: a lone surrogate (a
+    non-UTF-8 file name through ``os.fsdecode``, say) is written as its
+    escape instead of making the reply impossible to encode."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    except AttributeError:
+        return _utf8(str(text))
 
 
 def cancelled_reply(rid):
@@ -77,7 +90,19 @@ def cancelled_reply(rid):
 
 def failed_reply(rid, exc):
     """The reply to a request whose handler raised ``exc``."""
-    return error_reply(rid, type(exc).__name__, str(exc), format_traceback(exc))
+    try:
+        message = str(exc)
+    except Exception as inner:  # a __str__ that raises
+        message = f"<{type(exc).__name__} whose message could not be read: {inner!r}>"
+    return error_reply(rid, type(exc).__name__, message, format_traceback(exc))
+
+
+def fatal(exc):
+    """Whether a handler's exception ends the worker rather than its call:
+    ``SystemExit`` (``sys.exit()`` in a handler). Any other exception,
+    ``BaseException`` subclasses of other libraries (timeouts of gevent or
+    trio) included, is the call's failed reply."""
+    return isinstance(exc, SystemExit)
 
 
 def host_outcome(msg):

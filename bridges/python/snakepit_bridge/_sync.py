@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from ._context import Cancelled, Context
 from ._handler import invoke
-from ._server import Server, cancelled_reply, drain, error_reply, failed_reply, host_outcome, log
+from ._server import Server, cancelled_reply, drain, error_reply, failed_reply, fatal, host_outcome, log
 from ._wire import FrameError, _unpack_header
 
 _MAIN_THREAD = threading.main_thread().ident
@@ -270,8 +270,10 @@ class SyncServer(Server):
         except (KeyboardInterrupt, Cancelled):
             self._armed = False
             reply = cancelled_reply(rid)
-        except Exception as exc:
+        except BaseException as exc:
             self._armed = False
+            if fatal(exc):
+                raise
             reply = failed_reply(rid, exc)
         self._current = None
         self.send(reply)

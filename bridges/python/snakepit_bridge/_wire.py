@@ -71,7 +71,9 @@ class JsonCodec(Codec):
         # `NaN` for a broken frame (ValueError: a failed reply instead).
         encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         self._encode_slow = encoder.encode
-        decoder = json.JSONDecoder()
+        # NaN, Infinity and -Infinity are not JSON either: a frame holding
+        # one is not JSON, as the other bridges read it.
+        decoder = json.JSONDecoder(parse_constant=_not_json)
         self._decode = decoder.decode
         self._scan = decoder.scan_once
         # JSONEncoder.encode builds a new C encoder on every call; on the
@@ -112,6 +114,10 @@ class JsonCodec(Codec):
             raise FrameError("invalid_payload", f"frame is not valid JSON: {exc}")
         except RecursionError:
             raise FrameError("invalid_payload", "frame is not valid JSON: nested too deeply")
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _json_default(value):

@@ -357,24 +357,27 @@ impl Template {
                 }
             }
             Some("forked") => {
-                let (Some(id), Some(pid)) =
-                    (num("id"), num("pid").and_then(|p| u32::try_from(p).ok()))
-                else {
-                    return;
-                };
+                let Some(id) = num("id") else { return };
                 // The pool signals this pid's group from now on: it must be
                 // a process the template forked. One that is gone already
-                // (exited and reaped: its report follows) passes.
-                let forked = pid > 1
-                    && pid != self.pid
-                    && os::parent_of(pid).is_none_or(|parent| parent == self.pid);
-                let answer = if forked {
-                    Ok(pid)
-                } else {
-                    tracing::warn!(target: "snakepit::template", pid = self.pid, reported = pid, "the template reported a worker pid that is not its child; refused");
-                    Err(format!(
-                        "it reported pid {pid}, which is not a process it forked"
-                    ))
+                // (exited and reaped: its report follows) passes. Anything
+                // that is no pid at all fails the fork at once, named.
+                let reported = message.get("pid");
+                let answer = match reported.and_then(Value::as_u64).map(u32::try_from) {
+                    Some(Ok(pid))
+                        if pid > 1
+                            && pid != self.pid
+                            && os::parent_of(pid).is_none_or(|parent| parent == self.pid) =>
+                    {
+                        Ok(pid)
+                    }
+                    _ => {
+                        let shown = reported.map_or_else(|| "none".to_owned(), Value::to_string);
+                        tracing::warn!(target: "snakepit::template", pid = self.pid, reported = %shown, "the template reported a worker pid that is not its child; refused");
+                        Err(format!(
+                            "it reported pid {shown}, which is not a process it forked"
+                        ))
+                    }
                 };
                 if let Some(tx) = self.state.locked().forks.remove(&id) {
                     let _ = tx.send(answer);
