@@ -313,6 +313,13 @@ fn telemetry_grpc(root: &Path) -> Result<()> {
     test.extend(features);
     test.extend(["--test", "otlp_grpc"]);
     run(root, "cargo", &test)?;
+    // The workspace's run builds it with `grpc` (the command-line tool has
+    // both transports): its tests of a build without gRPC run here.
+    run(
+        root,
+        "cargo",
+        &["test", "-p", "snakepit-telemetry", "--test", "api_promises"],
+    )?;
     // Without the `http` feature, gRPC is the default transport.
     run(
         root,

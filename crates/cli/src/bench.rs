@@ -323,9 +323,11 @@ impl Bench {
     /// growth is what the workers cost.
     async fn probe(&self) -> Result<Memory, Failure> {
         let start = || {
-            Pool::builder(self.adapter.clone())
-                .config(self.config(self.workers, self.pool.pipeline_depth))
-                .start()
+            crate::traced(
+                Pool::builder(self.adapter.clone())
+                    .config(self.config(self.workers, self.pool.pipeline_depth)),
+            )
+            .start()
         };
         let probe = start().await?;
         let first = probe
@@ -379,7 +381,9 @@ impl Bench {
             self.load.clone(),
         );
         let measure = async move {
-            let pool = Pool::builder(adapter).config(config).start().await?;
+            let pool = crate::traced(Pool::builder(adapter).config(config))
+                .start()
+                .await?;
             let run = pool::run(&pool, &load, callers, requests, &bar).await?;
             pool.shutdown().await?;
             Ok::<_, snakepit_core::Error>(run)
@@ -413,8 +417,7 @@ impl Bench {
         );
         bar.enable_steady_tick(Duration::from_millis(100));
         let t = Instant::now();
-        let p = Pool::builder(slow.clone())
-            .config(slow_config.clone())
+        let p = crate::traced(Pool::builder(slow.clone()).config(slow_config.clone()))
             .start()
             .await?;
         let concurrent_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -424,16 +427,20 @@ impl Bench {
         for _ in 0..workers {
             let mut one = slow_config.clone();
             one.pool_size = 1;
-            let p = Pool::builder(slow.clone()).config(one).start().await?;
+            let p = crate::traced(Pool::builder(slow.clone()).config(one))
+                .start()
+                .await?;
             p.shutdown().await?;
             bar.inc(1);
         }
         let sequential_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        let p = Pool::builder(self.adapter.clone())
-            .config(self.config(workers, self.pool.pipeline_depth))
-            .start()
-            .await?;
+        let p = crate::traced(
+            Pool::builder(self.adapter.clone())
+                .config(self.config(workers, self.pool.pipeline_depth)),
+        )
+        .start()
+        .await?;
         let ready_ms = t.elapsed().as_secs_f64() * 1e3;
         p.shutdown().await?;
         bar.finish_and_clear();

@@ -22,6 +22,13 @@ Examples:
 
 Hosts join a cluster with snakepit_cluster::serve (see docs/cluster.md).";
 
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  snakepit cluster status --nats nats://127.0.0.1:4222 --cluster ml
+  snakepit cluster status --cluster ml --wait-ms 2000 --json   # NATS_URL, or nats://127.0.0.1:4222
+
+Each host answers within --wait-ms; a host that does not is left out.";
+
 #[derive(Debug, Args)]
 pub(crate) struct ClusterArgs {
     #[command(subcommand)]
@@ -31,6 +38,7 @@ pub(crate) struct ClusterArgs {
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
     /// List each host of the cluster: its pool, workers free and busy, calls served.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
 }
 
@@ -168,13 +176,14 @@ pub(crate) struct ServeArgs {
 /// Serves a pool to the cluster until Ctrl-C or SIGTERM, then leaves it:
 /// no new call, the calls in flight finish, the pool shuts down.
 pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
-    let nats = connect(&a.nats.url).await?;
+    // Usage errors first: they are exit 2 whether NATS is up or not.
     let worker = Worker::choose(&a.worker, &file)?;
     let mut config = file.pool.clone();
     if let Some(n) = a.pool_size {
         config.pool_size = n;
     }
     crate::config::check_pool_size(config.pool_size, "--pool-size").map_err(Failure::usage)?;
+    let nats = connect(&a.nats.url).await?;
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }

@@ -18,6 +18,14 @@ pub enum Error {
     /// The exporter could not be built (a malformed endpoint, say).
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
+    /// The endpoint is `https://`: this crate exports over plain HTTP and
+    /// gRPC only (no TLS stack is built in).
+    #[error(
+        "the OTLP endpoint {0} is https, and snakepit-telemetry exports over plain http only: \
+         send to a collector on plain http (the OpenTelemetry Collector, Rotel, Jaeger) \
+         that forwards over TLS"
+    )]
+    TlsUnsupported(String),
     /// Another global `tracing` subscriber is already installed.
     #[error("a global tracing subscriber is already installed")]
     SubscriberInstalled,

@@ -176,6 +176,12 @@ pub(crate) fn watched<E: Exporter>(
     runtime: &Runtime,
 ) -> Result<Watched<E>, Error> {
     let url = signal_endpoint(protocol, endpoint, E::SIGNAL);
+    if url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
+        return Err(Error::TlsUnsupported(url));
+    }
     let state = ExportState::new(E::SIGNAL.name(), url, export.timeout_of(E::SIGNAL));
     let inner = runtime.in_context(|| build::<E>(protocol, endpoint, export))?;
     Ok(Watched { inner, state })

@@ -91,7 +91,11 @@ impl Telemetry {
             use std::io::IsTerminal;
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
+                // https://no-color.org: set and not empty means no colour.
+                .with_ansi(
+                    std::io::stderr().is_terminal()
+                        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                )
                 .with_filter(filter)
         });
         tracing_subscriber::registry()

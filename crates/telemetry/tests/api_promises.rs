@@ -124,6 +124,44 @@ fn grpc_without_its_feature_is_feature_missing() {
     assert_eq!(r.err(), Some(missing()), "asked for by the environment");
 }
 
+/// `Error::TlsUnsupported`: an `https://` endpoint, which this crate
+/// cannot reach (no TLS stack is built in), is refused at `init` with an
+/// error that says so, whichever transport and however it is given; it
+/// once went on to fail every export with "network error".
+#[test]
+fn an_https_endpoint_is_refused_at_init_saying_why() {
+    if common::in_own_process("an_https_endpoint_is_refused_at_init_saying_why", &[]).is_some() {
+        return;
+    }
+    let r = Telemetry::new()
+        .endpoint("https://collector.example:4318")
+        .stderr_logs(None)
+        .init();
+    match r {
+        Err(e @ Error::TlsUnsupported(_)) => {
+            assert!(
+                e.to_string()
+                    .contains("https://collector.example:4318/v1/traces"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("plain http"), "{e}");
+        }
+        Err(e) => panic!("expected TlsUnsupported, got {e}"),
+        Ok(_) => panic!("expected TlsUnsupported, got a guard"),
+    }
+    std::env::set_var(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "HTTPS://collector.example/v1/traces",
+    );
+    assert!(
+        matches!(
+            Telemetry::new().stderr_logs(None).init(),
+            Err(Error::TlsUnsupported(_))
+        ),
+        "from the environment, any case"
+    );
+}
+
 /// `Protocol::from_env`: "`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`, or `None` when neither is set"; a value
 /// it does not know is `Error::UnknownProtocol`.

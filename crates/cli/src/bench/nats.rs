@@ -39,11 +39,16 @@ pub(crate) struct ClusterBenchArgs {
     cluster: Option<String>,
     /// Hosts (`snakepit serve` processes) the workers are split between,
     /// with --nats.
-    #[arg(long = "hosts", value_name = "N", default_value_t = 2)]
+    #[arg(
+        long = "hosts",
+        value_name = "N",
+        default_value_t = 2,
+        requires = "nats"
+    )]
     hosts: usize,
     /// The hosts' --prefetch (calls accepted per worker beyond those it
     /// runs), with --nats [default: as snakepit serve].
-    #[arg(long = "prefetch", value_name = "N")]
+    #[arg(long = "prefetch", value_name = "N", requires = "nats")]
     prefetch: Option<usize>,
 }
 
@@ -515,10 +520,11 @@ async fn compare(
     }
     bar.finish_and_clear();
     out.verbose(format!("hosts ready: {sizes:?} workers"));
-    let local = Pool::builder(b.adapter.clone())
-        .config(b.config(b.workers, b.pool.pipeline_depth))
-        .start()
-        .await?;
+    let local = crate::traced(
+        Pool::builder(b.adapter.clone()).config(b.config(b.workers, b.pool.pipeline_depth)),
+    )
+    .start()
+    .await?;
     let (requests, callers) = (b.a.requests, b.a.concurrency);
     let rounds = b.rounds(3);
     let mut done = Vec::new();

@@ -97,8 +97,7 @@ fn round(x: f64) -> f64 {
 async fn start_and_replace(bridge: Bridge, config: PoolConfig) -> Result<(f64, f64), Failure> {
     let (tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
     let t = Instant::now();
-    let pool = Pool::builder(bridge)
-        .config(config)
+    let pool = crate::traced(Pool::builder(bridge).config(config))
         .on_event(move |e| {
             if let EventKind::WorkerReady { .. } = e.kind {
                 let _ = tx.send(Instant::now());
@@ -128,7 +127,9 @@ async fn start_and_replace(bridge: Bridge, config: PoolConfig) -> Result<(f64, f
 
 /// Starts a pool and sums its workers' proportional set size, in MiB.
 async fn memory(bridge: Bridge, config: PoolConfig) -> Result<Option<f64>, Failure> {
-    let pool = Pool::builder(bridge).config(config).start().await?;
+    let pool = crate::traced(Pool::builder(bridge).config(config))
+        .start()
+        .await?;
     // What the workers hold is in place once they are ready.
     let bytes: Option<u64> = pool.workers().iter().map(|w| w.pss_bytes).sum();
     pool.shutdown().await?;
