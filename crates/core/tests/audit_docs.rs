@@ -328,3 +328,32 @@ async fn a_ruby_result_with_invalid_utf8_is_a_failed_reply_in_both_codecs() {
         pool.shutdown().await.unwrap();
     }
 }
+
+// --- docs/bridges.md: "registering your own `ping` replaces it" ----------------
+
+const OWN_PING_WORKER: &str = r#"
+import snakepit_bridge
+w = snakepit_bridge.Worker()
+@w.command("ping")
+def ping(args):
+    return "pong"
+w.run()
+"#;
+
+/// docs/bridges.md: a worker "that cannot answer [ping] with
+/// `{"status": "ok", ...}` never gets calls", and "registering your own
+/// `ping` replaces" the bridge's. A script that does, and answers
+/// something else, fails the start with an error that says where to look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_of_the_workers_own_that_is_not_ok_fails_the_start_saying_so() {
+    let r = builder(Inline::new(Lang::Python, OWN_PING_WORKER, WireCodec::Json))
+        .size(1)
+        .start()
+        .await;
+    let err = r.err().expect("the start fails");
+    assert!(matches!(err, Error::StartFailed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("without status \"ok\""), "{text}");
+    assert!(text.contains("a ping registered by the worker"), "{text}");
+    assert!(text.contains("pong"), "{text}");
+}

@@ -83,7 +83,9 @@ pub(crate) async fn start_worker(
             });
             return Ok(worker);
         }
-        Ok(Ok(result)) => format!("init handshake answered without status \"ok\": {result}"),
+        Ok(Ok(result)) => format!(
+            "init handshake answered without status \"ok\" (a ping registered by the worker replaces the bridge's, and must answer {{\"status\": \"ok\", ...}}): {result}"
+        ),
         Ok(Err(Error::WorkerCrashed(crash))) => {
             format!("exited during the init handshake ({})", crash.exit)
         }
