@@ -42,12 +42,59 @@ const isUtf8 =
       };
 
 // ---------------------------------------------------------------------------
+// Strings without a UTF-8 form
+
+// Protocol strings are UTF-8 (docs/protocol.md section 3). A JavaScript
+// string is UTF-16 and may hold half a surrogate pair (what cutting text in
+// the middle of an emoji gives), which has no UTF-8 form: JSON.stringify
+// writes it as an escape such as "\ud83d", which decodes to no UTF-8 text,
+// and the MessagePack encoder writes bytes that are not UTF-8. Either way the
+// pool would refuse the frame and replace the worker, so both encoders throw
+// an EncodeError instead (a reply then fails, a chunk or host call throws).
+class EncodeError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'EncodeError';
+  }
+}
+
+// A lone surrogate, matched as one code point in a `u` regex: a pair is one
+// supplementary code point, never a surrogate.
+const LONE_SURROGATE = /\p{Surrogate}/u;
+// String.prototype.isWellFormed is native from Node 20.
+const isWellFormed =
+  typeof String.prototype.isWellFormed === 'function'
+    ? (s) => s.isWellFormed()
+    : (s) => !LONE_SURROGATE.test(s);
+
+function loneSurrogateError(codeUnit) {
+  return new EncodeError(
+    `a string holds a lone surrogate (\\u${codeUnit.toString(16)}, half of a surrogate pair), which has no UTF-8 form`
+  );
+}
+
+function checkWellFormed(s) {
+  if (!isWellFormed(s)) throw loneSurrogateError(s.charCodeAt(LONE_SURROGATE.exec(s).index));
+}
+
+// ---------------------------------------------------------------------------
 // JSON
+
+// JSON.stringify (Node 12 and later) writes a lone surrogate as an escape
+// "\udXXX" and nothing else as one: a pair goes out as UTF-8 and other
+// escapes are below U+0020. So an escaped backslash aside ("\\ud83d" is a
+// backslash then text), such an escape in the output is a lone surrogate.
+const JSON_LONE_SURROGATE = /[^\\](?:\\\\)*\\u(d[89a-f][0-9a-f]{2})/;
 
 function encodeJsonFrame(value) {
   // JSON.stringify is already compact and leaves non-ASCII as UTF-8. Writing
   // the text straight after the header builds the frame in one allocation.
   const text = JSON.stringify(value);
+  // One native scan; the regex only runs when the text holds "\ud".
+  if (text !== undefined && text.indexOf('\\ud') !== -1) {
+    const found = JSON_LONE_SURROGATE.exec(text);
+    if (found !== null) throw loneSurrogateError(parseInt(found[1], 16));
+  }
   const length = Buffer.byteLength(text, 'utf8');
   const frame = Buffer.allocUnsafe(HEADER_SIZE + length);
   frame.writeUInt32BE(length, 0);
@@ -188,16 +235,60 @@ function readUint(bytes, pos, size) {
   return value;
 }
 
+// An Encoder that refuses strings without a UTF-8 form. Every string, map
+// keys included, goes through encodeString (in 2.x and 3.x alike), so the
+// check costs one native scan per string and no walk of its own. (Short
+// strings would go out as invalid UTF-8, long ones, through TextEncoder, with
+// U+FFFD in place of the surrogate.)
+function checkedEncoderClass(lib) {
+  if (typeof lib.Encoder.prototype.encodeString !== 'function') {
+    return class extends lib.Encoder {
+      get checksStrings() {
+        return false;
+      }
+    };
+  }
+  return class CheckedEncoder extends lib.Encoder {
+    get checksStrings() {
+      return true;
+    }
+
+    encodeString(s) {
+      checkWellFormed(s);
+      return super.encodeString(s);
+    }
+  };
+}
+
+// The same check as a walk of the value, for an encoder without
+// encodeString. Too deep a value is left to the encoder, which refuses it.
+function checkStrings(value, depth) {
+  if (typeof value === 'string') {
+    checkWellFormed(value);
+    return;
+  }
+  if (value === null || typeof value !== 'object' || ArrayBuffer.isView(value) || depth > 128) return;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) checkStrings(value[i], depth + 1);
+    return;
+  }
+  for (const key of Object.keys(value)) {
+    checkWellFormed(key);
+    checkStrings(value[key], depth + 1);
+  }
+}
+
 function createMsgpackCodec() {
   const lib = loadMsgpack();
   // Reused instances keep their scratch buffers between frames.
   // maxDepth: what the host reads (snakepit_protocol::MAX_DEPTH is 127 with
   // the frame's own map; the library's default stops at 100).
-  const encoder = new lib.Encoder({ maxDepth: 128 });
+  const encoder = new (checkedEncoderClass(lib))({ maxDepth: 128 });
   const decoder = new lib.Decoder();
   const shared = typeof encoder.encodeSharedRef === 'function';
 
   function encodeFrame(value) {
+    if (!encoder.checksStrings) checkStrings(value, 0);
     // encodeSharedRef (v3) returns a view of the encoder's own buffer, so the
     // only copy is into the frame; with v2's encode() there is one more.
     const body = shared ? encoder.encodeSharedRef(value) : encoder.encode(value);

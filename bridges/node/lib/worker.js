@@ -129,6 +129,15 @@ function settle(result, onValue, onError) {
   else onValue(result);
 }
 
+// Text as the protocol can carry it: a lone surrogate (half of a surrogate
+// pair, say from a message built from text cut mid-emoji) has no UTF-8 form
+// and becomes U+FFFD. Error fields are made so rather than refused, since
+// the failed reply is the only way the caller learns what went wrong.
+const wellFormed =
+  typeof String.prototype.toWellFormed === 'function'
+    ? (s) => s.toWellFormed()
+    : (s) => s.replace(/\p{Surrogate}/gu, '\ufffd');
+
 // The wire form of a thrown value: {type, message, traceback}.
 function errorToWire(err) {
   if (err instanceof Error) {
@@ -140,11 +149,11 @@ function errorToWire(err) {
     if (!type || (typeof ctor === 'function' && ctor.name && !own(err) && !own(ctor.prototype))) {
       type = (typeof ctor === 'function' && ctor.name) || 'Error';
     }
-    const error = { type: String(type), message: String(err.message) };
-    if (typeof err.stack === 'string') error.traceback = err.stack;
+    const error = { type: wellFormed(String(type)), message: wellFormed(String(err.message)) };
+    if (typeof err.stack === 'string') error.traceback = wellFormed(err.stack);
     return error;
   }
-  return { type: 'Error', message: typeof err === 'string' ? err : util.inspect(err) };
+  return { type: 'Error', message: wellFormed(typeof err === 'string' ? err : util.inspect(err)) };
 }
 
 // ---------------------------------------------------------------------------
@@ -499,9 +508,11 @@ class Worker {
       frame = this.codec.encodeFrame(message);
     } catch (err) {
       // The result could not be encoded (a cycle, a BigInt in JSON, a
-      // function in MessagePack...): the caller still gets its one reply.
+      // function in MessagePack, a string with a lone surrogate...): the
+      // caller still gets its one reply. The message may quote a key of the
+      // result (a cycle's), so it is made well-formed too.
       frame = this.codec.encodeFrame(
-        failure(ctx.requestId, 'EncodeError', `the result could not be encoded: ${err && err.message}`)
+        failure(ctx.requestId, 'EncodeError', wellFormed(`the result could not be encoded: ${err && err.message}`))
       );
     }
     this._write(frame);

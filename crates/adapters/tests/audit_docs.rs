@@ -8,44 +8,6 @@ use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
 use snakepit_tests::{alive, eventually, python};
 
-/// A template that forks real (generic) workers but reports `LYING_PID` (a
-/// JSON value, or `self` for its own pid) as each one's; the real pids go
-/// to `LYING_LOG`. Started without `SNAKEPIT_PRELOAD`, a generic worker.
-const LYING_TEMPLATE: &str = r#"
-import array, json, os, socket, sys
-from snakepit_bridge import generic
-
-if os.environ.get("SNAKEPIT_PRELOAD") != "1":
-    generic.main()
-    sys.exit(0)
-
-lie = os.environ["LYING_PID"]
-lie = os.getpid() if lie == "self" else json.loads(lie)
-pool = socket.socket(fileno=0)
-pool.send(json.dumps({"op": "ready", "pid": os.getpid(), "threads": 1}).encode())
-while True:
-    fds = array.array("i")
-    msg, ancdata, _, _ = pool.recvmsg(65536, socket.CMSG_SPACE(3 * fds.itemsize))
-    if not msg:
-        sys.exit(0)
-    for _, _, data in ancdata:
-        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    request = json.loads(msg)
-    pid = os.fork()
-    if pid == 0:
-        os.setpgid(0, 0)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        os.environ.update(request.get("env", {}))
-        del os.environ["SNAKEPIT_PRELOAD"]
-        os.execv(sys.executable, [sys.executable, "-c", "from snakepit_bridge import generic; generic.main()"])
-    for fd in fds:
-        os.close(fd)
-    with open(os.environ["LYING_LOG"], "a") as log:
-        log.write(f"{pid}\n")
-    pool.send(json.dumps({"op": "forked", "id": request["id"], "pid": lie}).encode())
-"#;
-
 fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("snakepit-audit-{name}-{}", std::process::id()))
 }
@@ -53,9 +15,10 @@ fn scratch(name: &str) -> PathBuf {
 /// Starts a one-worker preloaded pool on the lying template; the start must
 /// fail. Returns its error's text and the pids the template really forked.
 async fn lying_start(lie: &str) -> (String, Vec<u32>) {
-    let script = scratch(&format!("lying-{lie}.py"));
+    // tests/workers/lying_template.py: a template that forks real workers
+    // but reports LYING_PID (JSON, or `self`) as each one's pid.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/lying_template.py");
     let log = scratch(&format!("lying-{lie}.log"));
-    std::fs::write(&script, LYING_TEMPLATE).unwrap();
     let _ = std::fs::remove_file(&log);
     let bridge = Bridge::python(&script)
         .interpreter(python())
@@ -88,7 +51,6 @@ async fn lying_start(lie: &str) -> (String, Vec<u32>) {
         .map(|l| l.parse().unwrap())
         .collect();
     let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&script);
     (err, forked)
 }
 

@@ -1,7 +1,8 @@
 //! Audit of docs/protocol.md (and the bridges' READMEs, docs/bridges.md)
 //! against real worker processes: worker ids, and what each bundled bridge
-//! writes for a result or error it cannot represent. Tests marked DEFECT
-//! show a documented promise the code does not keep.
+//! writes for a result or error it cannot represent (a lone surrogate from
+//! Node.js or Python, invalid UTF-8 from Ruby under MessagePack: each once
+//! got the worker replaced, or killed it).
 
 mod common;
 
@@ -212,7 +213,6 @@ new Worker({ commands: {
 /// writes `"\ud83d"`, which the pool refuses, and MessagePack gets invalid
 /// UTF-8; either way the worker is replaced, with every call it was running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a Node result or error message holding a lone surrogate is written as a frame the pool refuses; the worker is replaced"]
 async fn a_node_result_or_error_with_a_lone_surrogate_is_a_failed_reply_and_the_worker_serves_on() {
     for codec in CODECS {
         let pool = start(Inline::new(Lang::Node, NODE_LONE_SURROGATES, codec), 1).await;
@@ -308,7 +308,6 @@ async fn a_ruby_nan_result_under_json_is_a_failed_reply_and_the_worker_serves_on
 /// that is not UTF-8 (protocol.md section 3: strings are UTF-8), a broken
 /// frame for which the pool replaces the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: under MessagePack a Ruby result string with invalid UTF-8 is written as a broken frame; the worker is replaced"]
 async fn a_ruby_result_with_invalid_utf8_is_a_failed_reply_in_both_codecs() {
     for codec in CODECS {
         let pool = start(Inline::new(Lang::Ruby, RUBY_ENCODINGS, codec), 1).await;

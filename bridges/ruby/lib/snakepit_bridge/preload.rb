@@ -68,7 +68,7 @@ module SnakepitBridge
         # Ruby 3.3+: a full GC and compaction now, so the workers share the
         # loaded heap instead of each copying the pages a later GC touches.
         Process.warmup if Process.respond_to?(:warmup)
-        send_message({ "op" => "ready", "pid" => Process.pid, "threads" => Thread.list.size })
+        send_message({ "op" => "ready", "pid" => Process.pid, "threads" => thread_count })
         loop do
           readable, = IO.select([@socket, @wake_r])
           reap if readable.include?(@wake_r)
@@ -140,7 +140,7 @@ module SnakepitBridge
         error = fork_request_error(env, ios, flags)
         return refuse(id, error, ios) if error
 
-        threads = Thread.list.size
+        threads = thread_count
         $stdout.flush
         $stderr.flush
         begin
@@ -225,6 +225,15 @@ module SnakepitBridge
       end
 
       # Warnings about what did not survive the fork, to the worker's log.
+      # The threads alive in this process as the kernel counts them, so that
+      # the threads a native extension starts count too; Ruby's own count
+      # where there is no /proc.
+      def thread_count
+        [Dir.children("/proc/self/task").size, Thread.list.size].max
+      rescue SystemCallError
+        Thread.list.size
+      end
+
       def fork_warnings(threads)
         if threads > 1
           $stderr.write("snakepit: the template had #{threads} threads when it forked; threads do not " \

@@ -30,6 +30,11 @@ module SnakepitBridge
   # Raised when the msgpack codec is requested but the gem cannot be loaded.
   class CodecUnavailable < Error; end
 
+  # A value the codec cannot write as the protocol asks: a string whose bytes
+  # are not valid in its encoding (protocol strings are UTF-8). Raised before
+  # anything is written, so a reply fails instead of a broken frame going out.
+  class EncodeError < Error; end
+
   # Framing (4-byte big-endian length + payload) and the two codecs.
   module Wire
     MAX_FRAME_SIZE = 64 * 1024 * 1024
@@ -347,7 +352,14 @@ module SnakepitBridge
         "msgpack"
       end
 
+      # The gem writes a UTF-8 or US-ASCII string's bytes as they are, valid
+      # or not (and transcodes other encodings), so a string tagged UTF-8
+      # whose bytes are not ("caf\xff" read from a file, say) would go out
+      # as a str that is not UTF-8, a frame the pool refuses. Such strings,
+      # values and keys, raise EncodeError instead. Binary (ASCII-8BIT)
+      # strings are always valid: they go out as bin, as before.
       def encode(value)
+        check_encodable(value)
         MessagePack.pack(value)
       end
 
@@ -365,6 +377,30 @@ module SnakepitBridge
       end
 
       private
+
+      # A walk in Ruby, as #check_utf8 is on the way in: an element that is
+      # an Integer or Float is passed over without a call, and
+      # String#valid_encoding? is a C scan whose answer Ruby caches on the
+      # string. MessagePack.pack offers no hook on strings to do it there.
+      def check_encodable(value)
+        case value
+        when Hash
+          value.each_pair do |k, v|
+            invalid_string(k, "a map key") if k.is_a?(String) && !k.valid_encoding?
+            check_encodable(v) unless v.is_a?(Integer) || v.is_a?(Float)
+          end
+        when Array
+          value.each { |v| check_encodable(v) unless v.is_a?(Integer) || v.is_a?(Float) }
+        when String
+          invalid_string(value, "a string") unless value.valid_encoding?
+        end
+      end
+
+      def invalid_string(string, what)
+        start = string.byteslice(0, 40)
+        start << "..." if string.bytesize > 40
+        raise EncodeError, "#{what} is not valid #{string.encoding}: #{start.inspect}"
+      end
 
       def check_utf8(value)
         case value

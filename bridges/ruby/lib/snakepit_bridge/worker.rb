@@ -565,10 +565,28 @@ module SnakepitBridge
 
     def error_map(exception)
       {
-        "type" => exception.class.name || exception.class.to_s,
-        "message" => exception.message,
-        "traceback" => (exception.backtrace || []).join("\n")
+        "type" => utf8_text(exception.class.name || exception.class.to_s),
+        "message" => utf8_text(exception.message),
+        "traceback" => (exception.backtrace || []).map { |line| utf8_text(line) }.join("\n")
       }
+    end
+
+    # +text+ as a valid UTF-8 string, which either codec can write: an error's
+    # message may hold bytes that are not ("caf\xff" from a file, or a binary
+    # string), and the failed reply is the only way the caller learns of the
+    # error, so bad bytes become U+FFFD instead of the reply failing too.
+    def utf8_text(text)
+      text = text.to_s
+      return text if text.encoding == Encoding::UTF_8 && text.valid_encoding?
+
+      text = if text.encoding == Encoding::BINARY || text.encoding == Encoding::US_ASCII || text.encoding.dummy?
+               text.dup.force_encoding(Encoding::UTF_8)
+             else
+               text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace)
+             end
+      text.valid_encoding? ? text : text.scrub
+    rescue EncodingError
+      text.dup.force_encoding(Encoding::UTF_8).scrub
     end
 
     def write_reply(id, outcome)
@@ -582,9 +600,10 @@ module SnakepitBridge
         @codec.encode(reply)
       rescue StandardError => e
         # A result the codec cannot represent (NaN, an arbitrary object
-        # under msgpack, invalid UTF-8 under JSON) still gets an answer.
+        # under msgpack, a string whose bytes are not valid UTF-8) still
+        # gets an answer.
         error = error_map(e)
-        error["message"] = "result cannot be encoded as #{@codec.name}: #{e.message}"
+        error["message"] = "result cannot be encoded as #{@codec.name}: #{error['message']}"
         @codec.encode({ "id" => id, "success" => false, "error" => error, "timestamp" => timestamp })
       end
       write_payload(payload)

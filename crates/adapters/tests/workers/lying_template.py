@@ -1,5 +1,6 @@
 """A preload template that forks real workers but reports another pid as
-each one's (LYING_PID): what a buggy third-party bridge might do. The real
+each one's (LYING_PID, as JSON, or "self" for the template's own pid):
+what a buggy third-party bridge might do. The real
 pid goes to LYING_LOG. Not a template (no SNAKEPIT_PRELOAD): a generic
 worker."""
 
@@ -15,6 +16,8 @@ if os.environ.get("SNAKEPIT_PRELOAD") != "1":
     generic.main()
     sys.exit(0)
 
+lie = os.environ["LYING_PID"]
+lie = os.getpid() if lie == "self" else json.loads(lie)
 pool = socket.socket(fileno=0)
 pool.send(json.dumps({"op": "ready", "pid": os.getpid(), "threads": 1}).encode())
 while True:
@@ -37,4 +40,4 @@ while True:
         os.close(fd)
     with open(os.environ["LYING_LOG"], "a") as log:
         log.write(f"{pid}\n")
-    pool.send(json.dumps({"op": "forked", "id": request["id"], "pid": int(os.environ["LYING_PID"])}).encode())
+    pool.send(json.dumps({"op": "forked", "id": request["id"], "pid": lie}).encode())
