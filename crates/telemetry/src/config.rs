@@ -174,7 +174,8 @@ impl Telemetry {
     }
 
     /// How often metrics are exported (default: `OTEL_METRIC_EXPORT_INTERVAL`
-    /// in milliseconds, else 60 s). The guard exports once more on shutdown.
+    /// in milliseconds, else 60 s; zero, here or there, means 60 s). The
+    /// guard exports once more on shutdown.
     pub fn metrics_interval(mut self, every: Duration) -> Self {
         self.metrics_interval = Some(every);
         self

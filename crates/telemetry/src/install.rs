@@ -64,7 +64,7 @@ impl Telemetry {
                 watched::<MetricExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
             states.push(metrics.state.clone());
             let mut reader = PeriodicReader::builder(metrics);
-            if let Some(every) = self.metrics_interval {
+            if let Some(every) = metrics_interval(self.metrics_interval) {
                 reader = reader.with_interval(every);
             }
             Some(
@@ -167,4 +167,20 @@ pub fn init() -> Result<Guard, Error> {
 /// ```
 pub fn init_from_env() -> Result<Option<Guard>, Error> {
     Telemetry::new().init_if_configured()
+}
+
+/// The metrics' export interval to set, if any: the one given in code, else
+/// none (the SDK reads `OTEL_METRIC_EXPORT_INTERVAL`). Zero, in code or in
+/// the variable, would export in a tight loop: it means the default, 60 s.
+fn metrics_interval(given: Option<std::time::Duration>) -> Option<std::time::Duration> {
+    const DEFAULT: std::time::Duration = std::time::Duration::from_secs(60);
+    match given {
+        Some(every) if every.is_zero() => Some(DEFAULT),
+        Some(every) => Some(every),
+        None => std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&ms| ms == 0)
+            .map(|_| DEFAULT),
+    }
 }

@@ -418,6 +418,48 @@ fn metrics_interval_exports_metrics_while_the_program_runs() {
     guard.shutdown().unwrap();
 }
 
+/// `Telemetry::metrics_interval`: "zero, here or there, means 60 s". A zero
+/// interval once exported in a tight loop (about 200 exports in 1.5 s);
+/// with zero in code or in `OTEL_METRIC_EXPORT_INTERVAL`, a second of
+/// running brings no export at all before the shutdown's one.
+#[test]
+fn a_zero_metrics_interval_means_the_default_not_a_tight_loop() {
+    for (name, env) in [
+        ("in code", &[][..]),
+        (
+            "in the environment",
+            &[("OTEL_METRIC_EXPORT_INTERVAL", "0")][..],
+        ),
+    ] {
+        if common::in_own_process(
+            "a_zero_metrics_interval_means_the_default_not_a_tight_loop",
+            &[("ZERO_INTERVAL", name)]
+                .iter()
+                .chain(env)
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+        .is_some()
+        {
+            continue;
+        }
+        // The child, run once per case: ZERO_INTERVAL names it.
+        let receiver = Receiver::ok();
+        let mut telemetry = to(&receiver);
+        if std::env::var("ZERO_INTERVAL").as_deref() == Ok("in code") {
+            telemetry = telemetry.metrics_interval(std::time::Duration::ZERO);
+        }
+        let guard = telemetry.init().unwrap();
+        count_one();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let before = receiver.requests("/v1/metrics").len();
+        guard.shutdown().unwrap();
+        assert_eq!(before, 0, "exports in the first second");
+        assert_eq!(receiver.requests("/v1/metrics").len(), 1, "the shutdown's");
+        return;
+    }
+}
+
 /// `Telemetry::init`: "`OTEL_SDK_DISABLED=true` installs the stderr logs
 /// only": the warning logged reaches stderr, and the receiver named by
 /// the endpoint hears nothing, of spans or metrics.
