@@ -349,7 +349,9 @@ async fn a_ping_of_the_workers_own_that_is_not_ok_fails_the_start_saying_so() {
         .size(1)
         .start()
         .await;
-    let err = r.err().expect("the start fails");
+    let Err(err) = r else {
+        panic!("the start succeeded")
+    };
     assert!(matches!(err, Error::StartFailed(_)), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("without status \"ok\""), "{text}");
