@@ -3,7 +3,7 @@
 //! [`GenericRuby`]) built from it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use snakepit_core::{Adapter, Launch};
@@ -110,7 +110,8 @@ impl Bridge {
     }
 
     /// The interpreter's arguments up to the user's own: unbuffered Python,
-    /// the entry, the pool-worker mode.
+    /// the entry, the pool-worker mode. (What cannot be written here, the
+    /// bundled files, fails the start in [`Adapter::check`].)
     fn bridge_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         if self.language == Language::Python {
@@ -118,29 +119,67 @@ impl Bridge {
             args.push("-u".into());
         }
         match &self.entry {
-            Entry::Generic => match embedded::generic_worker(self.language) {
+            Entry::Generic => {
                 // No `--snakepit-run-id`: `ps` shows command lines to every
                 // user; the run id stays in the environment.
-                Ok(script) => args.push(script.into()),
-                Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
-            },
-            // An ES module worker runs through the launcher that lets its
-            // `import` find the bridge.
-            Entry::Script(script)
-                if self.language == Language::Node
-                    && script.extension().is_some_and(|e| e == "mjs") =>
-            {
-                match embedded::node_esm_main() {
-                    Ok(main) => args.push(main.into()),
-                    Err(e) => tracing::error!(error = %e, "cannot write the bundled bridge files"),
+                if let Ok(script) = embedded::generic_worker(self.language) {
+                    args.push(script.into());
                 }
-                args.push(script.into());
             }
-            Entry::Script(script) => args.push(script.into()),
+            Entry::Script(script) => {
+                // An ES module worker runs through the launcher that lets
+                // its `import` find the bridge.
+                if self.language == Language::Node && self.is_es_module(script) {
+                    if let Ok(main) = embedded::node_esm_main() {
+                        args.push(main.into());
+                    }
+                }
+                args.push(not_an_option(script));
+            }
             Entry::Module(module) => args.extend(["-m".into(), module.into()]),
         }
         args.extend(["--mode".into(), "pool-worker".into()]);
         args
+    }
+
+    /// Whether Node.js loads `script` as an ES module: `.mjs`, or `.js` in
+    /// a package whose nearest `package.json` says `"type": "module"`.
+    fn is_es_module(&self, script: &Path) -> bool {
+        match script.extension().and_then(|e| e.to_str()) {
+            Some("mjs") => true,
+            Some("js") => {
+                let full = match &self.user.cwd {
+                    Some(cwd) if script.is_relative() => cwd.join(script),
+                    _ => script.to_path_buf(),
+                };
+                let Ok(full) = std::path::absolute(full) else {
+                    return false;
+                };
+                let Some(package) = full
+                    .ancestors()
+                    .skip(1)
+                    .map(|dir| dir.join("package.json"))
+                    .find(|p| p.is_file())
+                else {
+                    return false;
+                };
+                std::fs::read(package)
+                    .ok()
+                    .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+                    .is_some_and(|p| p["type"] == "module")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `script` as an argument no interpreter takes for an option of its own:
+/// a relative path starting with `-` gets `./` in front.
+fn not_an_option(script: &Path) -> OsString {
+    if script.is_relative() && script.as_os_str().as_encoded_bytes().starts_with(b"-") {
+        Path::new(".").join(script).into()
+    } else {
+        script.into()
     }
 }
 
@@ -158,10 +197,28 @@ fn prepend_path(var: &str, dir: PathBuf, extra: &[(OsString, OsString)]) -> OsSt
         // Ruby alike: an empty variable adds none.
         parts.extend(std::env::split_paths(&existing).filter(|p| !p.as_os_str().is_empty()));
     }
+    // `check` refused a directory `join_paths` cannot take (one holding `:`).
     std::env::join_paths(parts).unwrap_or_default()
 }
 
 impl Adapter for Bridge {
+    /// The bundled bridge's files written, in a directory its module path
+    /// can name: otherwise no worker could start, and the interpreter's own
+    /// error ("No module named snakepit_bridge") would not say why.
+    fn check(&self) -> Result<(), String> {
+        // Its error names the directory it could not write to.
+        let dir = embedded::module_dir(self.language).map_err(|e| e.to_string())?;
+        if std::env::join_paths([&dir]).is_err() {
+            return Err(format!(
+                "the bundled bridge files are in {}, which {} cannot name: a path list \
+                 cannot hold `:` (set SNAKEPIT_BRIDGE_DIR to a directory without one)",
+                dir.display(),
+                self.language.path_var()
+            ));
+        }
+        Ok(())
+    }
+
     fn launch(&self) -> Launch {
         let lang = self.language;
         let path_var = lang.path_var();
@@ -191,6 +248,9 @@ macro_rules! generic_adapter {
         impl Adapter for $name {
             fn launch(&self) -> Launch {
                 Bridge::generic($lang).launch()
+            }
+            fn check(&self) -> Result<(), String> {
+                Bridge::generic($lang).check()
             }
         }
     };

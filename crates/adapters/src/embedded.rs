@@ -144,14 +144,15 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
         // never see half a tree.
         let tmp = root.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        for (path, text) in FILES {
-            let dest = target(&tmp, path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(dest, text)?;
-        }
-        std::fs::write(tmp.join(".complete"), b"")?;
+        write_tree(&tmp).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot write the bundled bridges to {}: {e}",
+                    root.display()
+                ),
+            )
+        })?;
         if std::fs::symlink_metadata(&root).is_ok() && !intact(&root) {
             // Changed since it was written: replaced whole.
             let _ = std::fs::remove_dir_all(&root).or_else(|_| std::fs::remove_file(&root));
@@ -167,6 +168,18 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
         }
     }
     Ok(ROOT.get_or_init(|| root))
+}
+
+/// Every bundled file under `dir`, then the `.complete` mark.
+fn write_tree(dir: &Path) -> std::io::Result<()> {
+    for (path, text) in FILES {
+        let dest = target(dir, path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(dest, text)?;
+    }
+    std::fs::write(dir.join(".complete"), b"")
 }
 
 /// The generic worker script of `lang`.

@@ -51,9 +51,11 @@ impl Language {
             return PathBuf::from(p);
         }
         if self == Language::Python {
-            if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-                let candidate = PathBuf::from(venv).join("bin/python");
-                if candidate.exists() {
+            // The host's virtualenv, as an absolute path: a worker may run
+            // in another directory. An empty variable names none.
+            if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+                let candidate = std::path::absolute(PathBuf::from(venv).join("bin/python"));
+                if let Some(candidate) = candidate.ok().filter(|c| c.exists()) {
                     return candidate;
                 }
             }

@@ -135,6 +135,15 @@ pub trait Adapter: Send + Sync + 'static {
     /// The process to start for each worker.
     fn launch(&self) -> Launch;
 
+    /// What must hold before any worker can start (the files a bridge
+    /// writes for its interpreter to read, say), checked once by
+    /// [`PoolBuilder::start`](crate::PoolBuilder::start) before the first
+    /// spawn. An `Err` message fails the start with
+    /// [`Error::StartFailed`](crate::Error::StartFailed), whose cause it is.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The wire codec; JSON unless the adapter says otherwise.
     fn codec(&self) -> WireCodec {
         WireCodec::default()
@@ -177,6 +186,9 @@ pub trait Adapter: Send + Sync + 'static {
 impl<A: Adapter + ?Sized> Adapter for std::sync::Arc<A> {
     fn launch(&self) -> Launch {
         (**self).launch()
+    }
+    fn check(&self) -> Result<(), String> {
+        (**self).check()
     }
     fn codec(&self) -> WireCodec {
         (**self).codec()

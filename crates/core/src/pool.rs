@@ -145,6 +145,13 @@ impl PoolBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<Pool> {
         self.config.validate()?;
+        if let Err(cause) = self.adapter.check() {
+            return Err(Error::StartFailed(Box::new(StartError {
+                worker_id: format!("{}_worker_1_1", self.name),
+                cause,
+                stderr_tail: String::new(),
+            })));
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("Pool::start needs a Tokio runtime".into()))?;
         let spawner = Spawner::new(runtime)
