@@ -81,7 +81,7 @@ pub struct PoolConfig {
     /// to be written ahead to it.
     #[serde(rename = "pipeline_max_call_us", with = "micros")]
     pub pipeline_max_call: Duration,
-    /// Lines of each worker's stderr kept for error reports.
+    /// Lines of each worker's stderr kept for error reports (0: none).
     pub stderr_tail_lines: usize,
     /// Session affinity records kept at most; beyond this, new sessions are
     /// served without affinity until old ones expire.
@@ -89,8 +89,9 @@ pub struct PoolConfig {
     /// An affinity record unused for this long is dropped.
     #[serde(rename = "session_ttl_ms", with = "millis")]
     pub session_ttl: Duration,
-    /// First delay before restarting a worker that died; doubles with each
-    /// failure in a row, with jitter.
+    /// First delay before restarting a slot whose worker failed to start or
+    /// died within a second of starting; doubles with each such failure in
+    /// a row, with jitter. A worker that lived longer is replaced at once.
     #[serde(rename = "restart_backoff_ms", with = "millis")]
     pub restart_backoff: Duration,
     /// The longest delay between restarts (jitter included).
@@ -200,7 +201,8 @@ mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        // Longer than u64::MAX ms ("forever"): written as the longest.
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -214,7 +216,7 @@ mod micros {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_micros() as u64)
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

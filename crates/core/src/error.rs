@@ -188,8 +188,9 @@ impl Error {
     }
 
     /// The pool turned the call away without running it (full, timed out in
-    /// the queue, shut down, invalid, arguments that could not be encoded):
-    /// retrying later may succeed. [`Error::CallTimeout`] is never among
+    /// the queue, shut down, invalid, arguments that could not be encoded,
+    /// no worker able to start with every breaker open): retrying later may
+    /// succeed. [`Error::CallTimeout`] is never among
     /// them, even for a call whose deadline passed while it was queued: it
     /// counts as a call that may have run.
     pub fn never_ran(&self) -> bool {
@@ -203,6 +204,8 @@ impl Error {
                 | Error::WorkerBusy { .. }
                 | Error::Session { .. }
                 | Error::Unavailable { .. }
+                // A call's StartFailed is given before it is sent.
+                | Error::StartFailed(_)
         ) || matches!(
             self,
             Error::Codec(

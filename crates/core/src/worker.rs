@@ -159,7 +159,10 @@ pub(crate) struct Tail {
 
 impl Tail {
     fn push(&mut self, line: String) {
-        if self.lines.len() == self.max {
+        if self.max == 0 {
+            return; // none kept (`stderr_tail_lines = 0`)
+        }
+        if self.lines.len() >= self.max {
             self.lines.pop_front();
         }
         self.lines.push_back(line);
@@ -317,7 +320,7 @@ impl Worker {
             caps: OnceLock::new(),
             tail: Mutex::new(Tail {
                 lines: VecDeque::new(),
-                max: settings.stderr_tail_lines.max(1),
+                max: settings.stderr_tail_lines,
             }),
             host_calls: AtomicUsize::new(0),
             pipelining: AtomicBool::new(false),
@@ -580,19 +583,32 @@ impl Worker {
 
     /// Shutdown's grace period is over: the calls this worker still runs
     /// are stopped by the shutdown. Their callers hear it now (a reply that
-    /// still comes goes nowhere); `true` if there were any.
+    /// still comes goes nowhere); `true` if there were any. A call written
+    /// ahead that waits behind the one running never started: its caller
+    /// hears [`Error::ShutDown`], a call that never ran.
     pub(crate) fn cut_off(&self) -> bool {
         // Calls it cuts off, now or when it ends, were stopped by the
         // shutdown, not by a crash.
         self.stopping.store(true, Ordering::Relaxed);
+        let waiting = if self.pipelining.load(Ordering::Relaxed) {
+            let pending: Vec<u64> = self.inner().pending.keys().copied().collect();
+            self.stdin.written_behind(&pending)
+        } else {
+            Vec::new() // every call in flight may have started
+        };
         let mut inner = self.inner();
         let mut any = false;
-        for (p, watched) in inner.pending.values_mut() {
+        for (id, (p, watched)) in inner.pending.iter_mut() {
             *watched = None;
-            p.tell(Failure::Failed(Error::StoppedByShutdown {
-                worker_id: self.id.clone(),
-                pid: self.pid,
-            }));
+            let err = if waiting.contains(id) {
+                Error::ShutDown
+            } else {
+                Error::StoppedByShutdown {
+                    worker_id: self.id.clone(),
+                    pid: self.pid,
+                }
+            };
+            p.tell(Failure::Failed(err));
             any = true;
         }
         any

@@ -166,8 +166,11 @@ impl Shared {
             .max_concurrency
             .clamp(1, self.config.max_concurrency_per_worker);
         worker.set_capacity(cap);
+        // Only a worker that itself runs one call at a time takes calls
+        // written ahead: one that runs several would start them at once,
+        // past a `max_concurrency_per_worker` of 1.
         worker.set_pipelining(
-            self.config.pipeline_depth > 0 && caps.pipeline && cap == 1,
+            self.config.pipeline_depth > 0 && caps.pipeline && caps.max_concurrency <= 1,
             self.config.pipeline_max_call,
         );
         cap

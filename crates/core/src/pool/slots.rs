@@ -47,6 +47,12 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Calls in flight on it: its units in use, less the one its health
+    /// ping holds (a ping is not a call).
+    pub(crate) fn calls(&self) -> u32 {
+        self.in_flight.saturating_sub(u32::from(self.checking))
+    }
+
     pub(crate) fn new() -> Self {
         Slot {
             worker: None,

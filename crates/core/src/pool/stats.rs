@@ -71,8 +71,10 @@ pub struct WorkerInfo {
     pub slot: usize,
     /// Its process id (also its process group id).
     pub pid: u32,
-    /// Calls in flight on it.
+    /// Calls in flight on it (its health ping is not one).
     pub in_flight: usize,
+    /// Its health ping is in flight: it takes no call until it answers.
+    pub health_check: bool,
     /// Calls it runs at once (what it declared, within the pool's bound).
     pub capacity: u32,
     /// Calls it has answered.
@@ -143,8 +145,9 @@ impl Shared {
             }
             s.workers += 1;
             s.capacity += slot.capacity as usize;
-            s.in_flight += slot.in_flight as usize;
-            if slot.in_flight == 0 {
+            let calls = slot.calls();
+            s.in_flight += calls as usize;
+            if calls == 0 {
                 s.available += 1;
             } else {
                 s.busy += 1;

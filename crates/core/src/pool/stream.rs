@@ -107,19 +107,28 @@ impl Stream for CallStream {
                 return Poll::Ready(Some(this.time_out()));
             }
             Poll::Ready(Some(frame)) => {
-                let item = decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame)
-                    .map(StreamItem::Chunk)
-                    .map_err(|source| match source {
-                        // Well-formed, but not what the caller can take:
-                        // the stream's own error; the worker is fine.
-                        snakepit_protocol::Error::Mismatch { .. }
-                        | snakepit_protocol::Error::TooDeep { .. } => Error::Codec(source),
-                        source => Error::Protocol {
+                match decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame) {
+                    Ok(chunk) => return Poll::Ready(Some(Ok(StreamItem::Chunk(chunk)))),
+                    // Well-formed, but not what the caller can take: the
+                    // stream's own error; the worker is fine.
+                    Err(
+                        source @ (snakepit_protocol::Error::Mismatch { .. }
+                        | snakepit_protocol::Error::TooDeep { .. }),
+                    ) => return Poll::Ready(Some(Err(Error::Codec(source)))),
+                    // A chunk routed from its first bytes whose rest is
+                    // broken: the worker broke the protocol. It is
+                    // replaced, and the stream ends with the error.
+                    Err(source) => {
+                        let mut flight = this.flight.take().expect("checked");
+                        tracing::warn!(worker = %flight.worker.id, pid = flight.worker.pid, error = %source, "malformed chunk; replacing the worker");
+                        flight.worker.kill();
+                        flight.done = true;
+                        Err(Error::Protocol {
                             worker_id: flight.worker.id.clone(),
                             source,
-                        },
-                    });
-                return Poll::Ready(Some(item));
+                        })
+                    }
+                }
             }
             Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
                 // Its deadline passed while the worker waited on this reader.

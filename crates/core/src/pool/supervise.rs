@@ -413,7 +413,7 @@ pub(crate) async fn recycle_due(
             crate::os::rss_bytes
         };
         if c.recycle_above_rss_mb > 0
-            && size(worker.pid).is_some_and(|b| b > c.recycle_above_rss_mb * 1024 * 1024)
+            && size(worker.pid).is_some_and(|b| b > c.recycle_above_rss_mb.saturating_mul(1 << 20))
         {
             return Recycle::Memory;
         }

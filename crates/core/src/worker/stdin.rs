@@ -168,6 +168,22 @@ impl Stdin {
             .find(|id| pending.contains(id))
     }
 
+    /// Of the calls `pending`, those written behind another of them (for a
+    /// worker that runs one call at a time, those waiting: never started).
+    /// Only the recent record counts: a call written too far back to be in
+    /// it is taken as started, so the first one found may be waiting too,
+    /// but none of those returned is running.
+    pub(super) fn written_behind(&self, pending: &[u64]) -> Vec<u64> {
+        let st = self.state();
+        let mut ids = st
+            .recent
+            .iter()
+            .map(|&(id, _)| id)
+            .filter(|id| pending.contains(id));
+        ids.next();
+        ids.collect()
+    }
+
     /// Host replies written to the backlog and not yet to the pipe.
     pub(super) fn queued_replies(&self) -> usize {
         self.state().replies
