@@ -53,10 +53,11 @@ impl Pool {
                 (deadline, timeout),
             )
             .await
+            .map(|flight| (flight, args))
         }
         .instrument(span)
         .await;
-        let flight = match submitted {
+        let (flight, args) = match submitted {
             Ok(f) => f,
             Err(e) => return outcome.record(Err(e)),
         };
@@ -66,7 +67,53 @@ impl Pool {
             flight: Some(flight),
             sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
             timeout,
+            resend: Resend {
+                pool: self.downgrade(),
+                args,
+                options,
+                deadline,
+                sends: 1,
+                under_way: None,
+            },
         })
+    }
+}
+
+/// What a stream needs to be sent again when its frame never reached its
+/// worker (written ahead to a worker that died before reading it): a
+/// one-shot call goes to another worker then, and so does a stream.
+pub(crate) struct Resend {
+    pool: super::WeakPool,
+    args: Value,
+    options: CallOptions,
+    deadline: std::time::Instant,
+    sends: usize,
+    under_way: Option<Pin<Box<dyn Future<Output = Resent> + Send>>>,
+}
+
+type Resent = Result<(InFlight, mpsc::Receiver<Bytes>, super::call::CallMeta)>;
+
+impl CallStream {
+    /// Starts sending the stream again, as it was first sent.
+    fn send_again(&mut self) {
+        let Some(pool) = self.resend.pool.upgrade() else {
+            self.resend.under_way = Some(Box::pin(async { Err(Error::ShutDown) }));
+            return;
+        };
+        self.resend.sends += 1;
+        let command = self.outcome.command.to_string();
+        let args = self.resend.args.clone();
+        let options = self.resend.options.clone();
+        let at = (self.resend.deadline, self.timeout);
+        let mut meta = super::call::CallMeta::new(self.outcome.meta.span.clone());
+        meta.submitted = self.outcome.meta.submitted;
+        self.resend.under_way = Some(Box::pin(async move {
+            let (tx, rx) = mpsc::channel(256);
+            let flight = pool
+                .submit(&command, &args, &options, Some(tx), &mut meta, at)
+                .await?;
+            Ok((flight, rx, meta))
+        }));
     }
 }
 
@@ -88,6 +135,7 @@ pub struct CallStream {
     pub(crate) flight: Option<InFlight>,
     pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
     pub(crate) timeout: Duration,
+    pub(crate) resend: Resend,
 }
 
 impl Stream for CallStream {
@@ -95,6 +143,22 @@ impl Stream for CallStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(resending) = this.resend.under_way.as_mut() {
+            match resending.as_mut().poll(cx) {
+                Poll::Pending => return this.poll_deadline(cx),
+                Poll::Ready(Ok((flight, chunks, meta))) => {
+                    this.resend.under_way = None;
+                    this.flight = Some(flight);
+                    this.chunks = chunks;
+                    this.outcome.meta.queue_wait = meta.queue_wait;
+                    this.outcome.meta.worker = meta.worker;
+                }
+                Poll::Ready(Err(e)) => {
+                    this.resend.under_way = None;
+                    return Poll::Ready(Some(this.outcome.record(Err(e))));
+                }
+            }
+        }
         let Some(flight) = this.flight.as_mut() else {
             return Poll::Ready(None);
         };
@@ -134,6 +198,17 @@ impl Stream for CallStream {
                 // Its deadline passed while the worker waited on this reader.
                 Poll::Ready(Ok(Err(crate::worker::Failure::Expired))) => {
                     return Poll::Ready(Some(this.time_out()));
+                }
+                // Written ahead, never read by a worker that died: it goes
+                // to another one (no chunk can have come).
+                Poll::Ready(Ok(Err(crate::worker::Failure::NotSent(_))))
+                    if this.resend.sends < super::call::MAX_SENDS =>
+                {
+                    let mut flight = this.flight.take().expect("checked");
+                    flight.done = true;
+                    this.send_again();
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 Poll::Ready(r) => {
                     let mut flight = this.flight.take().expect("checked");
@@ -188,6 +263,7 @@ impl CallStream {
         // worker waiting to hand over a chunk go on (and hear the cancel)
         // even if this stream is kept unread.
         self.flight = None;
+        self.resend.under_way = None;
         self.chunks.close();
         let outcome = Err(self
             .outcome

@@ -65,6 +65,10 @@ pub(crate) async fn start_worker(
         generation,
     );
     span.record("process.pid", i64::from(worker.pid));
+    // A start abandoned before its handshake ends (the pool shuts down, or
+    // its start is dropped) takes the process with it: it is in no slot
+    // yet, so nothing else would stop it.
+    let mut starting = Starting(Some(worker.clone()));
     let args = json!({"initialization": true, "worker_id": worker_id});
     let outcome = tokio::time::timeout(
         shared.config.worker_init_timeout,
@@ -81,6 +85,7 @@ pub(crate) async fn start_worker(
                 pid: worker.pid,
                 init,
             });
+            starting.0 = None;
             return Ok(worker);
         }
         Ok(Ok(result)) => format!(
@@ -98,6 +103,17 @@ pub(crate) async fn start_worker(
     worker.kill();
     worker.finished().await;
     Err(fail(failure, worker.stderr_tail()))
+}
+
+/// A worker whose start is under way: killed (its group) if dropped armed.
+struct Starting(Option<Arc<Worker>>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(worker) = self.0.take() {
+            worker.kill();
+        }
+    }
 }
 
 /// A call the pool makes itself (handshake, health ping), outside the queue.
