@@ -25,8 +25,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 use snakepit_session::{
-    check_ttl, conflict_backoff, EndListener, EndReason, Error, Result, Session, SessionStore,
-    StoreStats,
+    check_ttl, conflict_backoff, EndListener, EndListenerWhile, EndReason, Error, Listeners,
+    Result, Session, SessionStore, StoreStats,
 };
 
 const ATTEMPTS: u32 = 200;
@@ -52,7 +52,7 @@ struct KvInner {
     created: AtomicU64,
     deleted: AtomicU64,
     expired: AtomicU64,
-    listeners: Mutex<Vec<EndListener>>,
+    listeners: Listeners,
     sweep: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -125,7 +125,7 @@ impl NatsKvStoreBuilder {
             created: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Listeners::default(),
             sweep: Mutex::new(None),
         });
         let weak: Weak<KvInner> = Arc::downgrade(&inner);
@@ -362,10 +362,7 @@ impl NatsKvStore {
     }
 
     fn ended(&self, id: &str, why: EndReason) {
-        let listeners = self.inner.listeners.lock().unwrap().clone();
-        for l in listeners {
-            l(id, why);
-        }
+        self.inner.listeners.notify(id, why);
     }
 
     /// Applies `f` to the live session `id` (its TTL restarted), atomically.
@@ -701,6 +698,10 @@ impl SessionStore for NatsKvStore {
     }
 
     fn on_session_end(&self, listener: EndListener) {
-        self.inner.listeners.lock().unwrap().push(listener);
+        self.inner.listeners.add(listener);
+    }
+
+    fn on_session_end_while(&self, listener: EndListenerWhile) {
+        self.inner.listeners.add_while(listener);
     }
 }

@@ -15,3 +15,34 @@ impl<T: ?Sized> Unpoisoned<T> for Mutex<T> {
         self.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A future of the application's (a host function, a session hook) whose
+/// panic is caught and given as its message: it must not unwind into the
+/// pool's tasks, where it would leave a caller or a worker waiting for an
+/// answer that never comes.
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = std::pin::Pin::new(&mut self.0);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic_message(&*panic))),
+        }
+    }
+}
+
+/// What a panic said, when it said it with a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}

@@ -150,8 +150,9 @@ impl<S: SessionStore> SessionHook for StoreHook<S> {
     }
 
     fn attached(&self, ends: SessionEnds) {
-        self.store.on_session_end(Arc::new(move |id, _| {
-            ends.end(id);
-        }));
+        // Dropped by the store at the first session end after the pool is
+        // gone: a store that outlives many pools keeps no listener of theirs.
+        self.store
+            .on_session_end_while(Arc::new(move |id, _| ends.end(id)));
     }
 }

@@ -65,7 +65,9 @@ pub use redis_store::{RedisStore, RedisStoreBuilder};
 pub use session::{
     check_ttl, check_value, Session, StoreStats, MAX_ID_LEN, MAX_TTL, MAX_VALUE_DEPTH,
 };
-pub use store::{conflict_backoff, EndListener, EndReason, SessionStore};
+pub use store::{
+    conflict_backoff, EndListener, EndListenerWhile, EndReason, Listeners, SessionStore,
+};
 
 /// The Rust examples of `docs/sessions.md`, compiled as this crate's
 /// doc-tests (its Redis example needs the `redis` feature).

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::session::{check_id, check_ttl, check_value, unix_ms, Session, StoreStats};
-use crate::store::{EndListener, EndReason, Listeners, SessionStore};
+use crate::store::{EndListener, EndListenerWhile, EndReason, Listeners, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
 
 const SHARDS: usize = 64;
@@ -435,6 +435,10 @@ impl SessionStore for MemoryStore {
 
     fn on_session_end(&self, listener: EndListener) {
         self.inner.listeners.add(listener);
+    }
+
+    fn on_session_end_while(&self, listener: EndListenerWhile) {
+        self.inner.listeners.add_while(listener);
     }
 }
 

@@ -23,6 +23,12 @@ use crate::store::SessionStore;
 ///   created with) are stored in the session.
 /// - Any other command runs in the session unchanged.
 ///
+/// Once the worker has answered, its result is returned whatever the
+/// bookkeeping after it meets (a session deleted or expired meanwhile, a
+/// store that fails, a program id the store refuses): the program ran, and
+/// a caller that took an error for "it did not" would run it again. What
+/// could not be recorded is logged (`snakepit::session`, warn).
+///
 /// The session is created if it does not exist yet (by the pool, when it was
 /// built with [`attach`](crate::attach), or here).
 ///
@@ -93,24 +99,36 @@ pub async fn execute_program_command<S: SessionStore>(
                 "execution_count": 0,
                 "last_executed_ms": null,
             });
-            store.store_program(session_id, pid, program).await?;
+            if let Err(e) = store.store_program(session_id, pid, program).await {
+                not_recorded(session_id, command, pid, &e);
+            }
         }
     } else if command == "execute_program" {
         if let Some(pid) = program_id {
             let now = unix_ms();
-            store
+            let counted = store
                 .update_session(session_id, |s| {
                     if let Some(Value::Object(p)) = s.programs.get_mut(&pid) {
                         let n = p
                             .get("execution_count")
                             .and_then(Value::as_u64)
                             .unwrap_or(0);
-                        p.insert("execution_count".into(), json!(n + 1));
+                        p.insert("execution_count".into(), json!(n.saturating_add(1)));
                         p.insert("last_executed_ms".into(), json!(now));
                     }
                 })
-                .await?;
+                .await;
+            if let Err(e) = counted {
+                not_recorded(session_id, command, &pid, &e);
+            }
         }
     }
     Ok(response)
+}
+
+/// The worker answered, but what its answer changes in the session could
+/// not be stored: said, not failed.
+fn not_recorded(session_id: &str, command: &str, program_id: &str, e: &Error) {
+    tracing::warn!(target: "snakepit::session", session = session_id, command, program = program_id,
+        "the program call succeeded, but the session could not record it: {e}");
 }

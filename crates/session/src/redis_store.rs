@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::session::{check_id, check_ttl, check_value, Session, StoreStats};
-use crate::store::{EndListener, EndReason, Listeners, SessionStore};
+use crate::store::{EndListener, EndListenerWhile, EndReason, Listeners, SessionStore};
 use crate::sync::UnpoisonedRw;
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
@@ -946,6 +946,10 @@ impl SessionStore for RedisStore {
 
     fn on_session_end(&self, listener: EndListener) {
         self.inner.listeners.add(listener);
+    }
+
+    fn on_session_end_while(&self, listener: EndListenerWhile) {
+        self.inner.listeners.add_while(listener);
     }
 }
 

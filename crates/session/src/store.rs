@@ -22,23 +22,74 @@ pub enum EndReason {
 /// Called with a session's id when it ends (see [`SessionStore::on_session_end`]).
 pub type EndListener = Arc<dyn Fn(&str, EndReason) + Send + Sync>;
 
-/// A store's session-end listeners.
+/// Called with a session's id when it ends, for as long as it returns
+/// `true` (see [`SessionStore::on_session_end_while`]).
+pub type EndListenerWhile = Arc<dyn Fn(&str, EndReason) -> bool + Send + Sync>;
+
+/// A store's session-end listeners, for a [`SessionStore`] of your own:
+/// what the bundled stores use to keep the trait's promises. Each listener
+/// is called outside the list's lock (a listener may register another),
+/// and under `catch_unwind`: one that panics is logged and the others
+/// still hear of the end, as does the store's sweep of later ends.
 #[derive(Default)]
-pub(crate) struct Listeners(std::sync::RwLock<Vec<EndListener>>);
+pub struct Listeners(std::sync::RwLock<Vec<EndListenerWhile>>);
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::sync::UnpoisonedRw;
+        f.debug_struct("Listeners")
+            .field("len", &self.0.read_locked().len())
+            .finish()
+    }
+}
 
 impl Listeners {
-    pub(crate) fn add(&self, listener: EndListener) {
+    /// Adds a listener kept for good.
+    pub fn add(&self, listener: EndListener) {
+        self.add_while(Arc::new(move |id, why| {
+            listener(id, why);
+            true
+        }));
+    }
+
+    /// Adds a listener kept until it returns `false`.
+    pub fn add_while(&self, listener: EndListenerWhile) {
         use crate::sync::UnpoisonedRw;
         self.0.write_locked().push(listener);
     }
 
-    /// Calls each listener, outside the list's lock too: a listener may
-    /// register another (it deadlocked, the call holding the lock).
-    pub(crate) fn notify(&self, id: &str, reason: EndReason) {
+    /// How many listeners there are.
+    pub fn len(&self) -> usize {
+        use crate::sync::UnpoisonedRw;
+        self.0.read_locked().len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tells each listener that session `id` ended; drops those that say
+    /// they are done.
+    pub fn notify(&self, id: &str, reason: EndReason) {
         use crate::sync::UnpoisonedRw;
         let listeners = self.0.read_locked().clone();
+        let mut done = Vec::new();
         for l in &listeners {
-            l(id, reason);
+            let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(id, reason)));
+            match kept {
+                Ok(true) => {}
+                Ok(false) => done.push(l.clone()),
+                Err(_) => {
+                    tracing::error!(target: "snakepit::session", session = id,
+                        "a session-end listener panicked; the others are told all the same");
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.0
+                .write_locked()
+                .retain(|l| !done.iter().any(|d| Arc::ptr_eq(d, l)));
         }
     }
 }
@@ -132,6 +183,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Calls `listener` whenever this store removes a session (expiry or
     /// deletion), after the removal, outside any lock.
     fn on_session_end(&self, listener: EndListener);
+
+    /// As [`on_session_end`](Self::on_session_end), for a listener that can
+    /// tell when it is done (the pool it tells is gone): it is dropped the
+    /// first time it returns `false`. The bundled stores drop it; this
+    /// default, for a store of your own, keeps calling it.
+    fn on_session_end_while(&self, listener: EndListenerWhile) {
+        self.on_session_end(Arc::new(move |id, why| {
+            let _ = listener(id, why);
+        }));
+    }
 }
 
 /// The pause after a lost compare-and-swap, for stores that retry one:

@@ -335,11 +335,15 @@ impl Pool {
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
         if let (Some(hook), Some(id)) = (&shared.session_hook, options.session_id.as_deref()) {
             // The store's time counts against the call's deadline.
-            match tokio::time::timeout_at(deadline.into(), hook.touch(id)).await {
-                Ok(touched) => touched.map_err(|message| Error::Session {
-                    session_id: id.to_owned(),
-                    message,
-                })?,
+            // A hook that panics fails the call, not the caller's task.
+            let touch = crate::sync::CatchUnwind(hook.touch(id));
+            match tokio::time::timeout_at(deadline.into(), touch).await {
+                Ok(touched) => touched
+                    .unwrap_or_else(|panic| Err(format!("the session store panicked: {panic}")))
+                    .map_err(|message| Error::Session {
+                        session_id: id.to_owned(),
+                        message,
+                    })?,
                 Err(_) => return Err(shared.timed_out(command, timeout)),
             }
         }

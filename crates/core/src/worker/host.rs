@@ -93,7 +93,16 @@ impl Worker {
             args,
         };
         let outcome = match pool.host_function(function.as_str()) {
-            Some(f) => f(call).await,
+            // A host function that panics answers the worker all the same.
+            Some(f) => crate::sync::CatchUnwind(Box::pin(async move { f(call).await }))
+                .await
+                .unwrap_or_else(|panic| {
+                    tracing::error!(worker = %self.id, function = %function, "a host function panicked: {panic}");
+                    Err(RemoteError::new(
+                        "HostPanic",
+                        format!("host function {function} panicked: {panic}"),
+                    ))
+                }),
             None => Err(RemoteError::new(
                 "UnknownFunction",
                 format!("no host function named {function}"),
