@@ -85,8 +85,18 @@ function startRequestSpan(ctx) {
 
 function endRequestSpan(traced, err) {
   if (err !== undefined) {
-    if (err instanceof Error) traced.span.recordException(err);
-    traced.span.setStatus({ code: traced.api.SpanStatusCode.ERROR, message: String((err && err.message) || err) });
+    try {
+      if (err instanceof Error) traced.span.recordException(err);
+    } catch (_) {
+      // a thrown value that cannot be read (a throwing getter, a revoked proxy)
+    }
+    let message;
+    try {
+      message = String((err && err.message) || err);
+    } catch (_) {
+      message = UNREADABLE;
+    }
+    traced.span.setStatus({ code: traced.api.SpanStatusCode.ERROR, message });
   }
   traced.span.end();
 }
@@ -138,22 +148,82 @@ const wellFormed =
     ? (s) => s.toWellFormed()
     : (s) => s.replace(/\p{Surrogate}/gu, '\ufffd');
 
-// The wire form of a thrown value: {type, message, traceback}.
+const UNREADABLE = '<unreadable thrown value>';
+
+// Whether a thrown value is an Error; false for one that cannot be asked (a
+// revoked proxy, whose prototype cannot be read).
+function isError(err) {
+  try {
+    return err instanceof Error;
+  } catch (_) {
+    return false;
+  }
+}
+
+// A thrown value as text for the log: its stack, else util.inspect; never
+// throws.
+function describeThrown(err) {
+  try {
+    if (err instanceof Error && typeof err.stack === 'string') return err.stack;
+  } catch (_) {
+    // fall back to util.inspect
+  }
+  try {
+    return util.inspect(err);
+  } catch (_) {
+    return UNREADABLE;
+  }
+}
+
+// The wire form of a thrown value: {type, message, traceback}. Never throws:
+// a value whose properties cannot be read (a getter that throws, a revoked
+// proxy) gives {type: 'Error', message: '<unreadable thrown value>'}.
 function errorToWire(err) {
+  try {
+    return readError(err);
+  } catch (_) {
+    return { type: 'Error', message: UNREADABLE };
+  }
+}
+
+function readError(err) {
   if (err instanceof Error) {
-    // A subclass that does not set `name` inherits its parent's ("Error",
-    // "TypeError"); its constructor name says more.
-    let type = err.name;
-    const ctor = err.constructor;
-    const own = (o) => o !== null && o !== undefined && Object.prototype.hasOwnProperty.call(o, 'name');
-    if (!type || (typeof ctor === 'function' && ctor.name && !own(err) && !own(ctor.prototype))) {
-      type = (typeof ctor === 'function' && ctor.name) || 'Error';
+    // Each field on its own: an Error whose stack getter throws still
+    // reports its type and message.
+    let type;
+    try {
+      type = wellFormed(String(errorType(err)));
+    } catch (_) {
+      type = 'Error';
     }
-    const error = { type: wellFormed(String(type)), message: wellFormed(String(err.message)) };
-    if (typeof err.stack === 'string') error.traceback = wellFormed(err.stack);
+    let message;
+    try {
+      message = wellFormed(String(err.message));
+    } catch (_) {
+      message = UNREADABLE;
+    }
+    const error = { type, message };
+    try {
+      const stack = err.stack;
+      if (typeof stack === 'string') error.traceback = wellFormed(stack);
+    } catch (_) {
+      // no traceback then
+    }
     return error;
   }
   return { type: 'Error', message: wellFormed(typeof err === 'string' ? err : util.inspect(err)) };
+}
+
+function errorType(err) {
+  // A subclass that does not set `name` inherits its parent's ("Error",
+  // "TypeError"); its constructor name says more.
+  let type = err.name;
+  const ctor = err.constructor;
+  const own = (o) => o !== null && o !== undefined && Object.prototype.hasOwnProperty.call(o, 'name');
+  if (!type || (typeof ctor === 'function' && ctor.name && !own(err) && !own(ctor.prototype))) {
+    type = (typeof ctor === 'function' && ctor.name) || 'Error';
+  }
+  return type;
 }
 
 // ---------------------------------------------------------------------------
@@ -327,13 +397,16 @@ function batched(write) {
   let frames = [];
   const flush = () => {
     const out = frames;
+    if (out.length === 0) return; // flushed early (see _exitOnUncaught)
     frames = [];
     write(out.length === 1 ? out[0] : Buffer.concat(out));
   };
-  return (frame) => {
+  const send = (frame) => {
     frames.push(frame);
     if (frames.length === 1) queueMicrotask(flush);
   };
+  send.flush = flush;
+  return send;
 }
 
 function writeAllSync(fd, buf) {
@@ -346,6 +419,32 @@ function writeAllSync(fd, buf) {
       Atomics.wait(sleepCell, 0, 0, 1);
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// Process-wide hooks
+
+// The worker run() serves with: what happens outside its handlers is
+// reported (and acted on) by it. The hooks go in once per process.
+let processWorker = null;
+
+function hookProcess(worker) {
+  const first = processWorker === null;
+  processWorker = worker;
+  if (!first) return;
+  // A promise a handler made and nobody awaits must not end the worker
+  // (Node's default): logged, as Python logs a forgotten task's failure.
+  process.on('unhandledRejection', (reason) => {
+    processWorker.log.error(`unhandled promise rejection (a promise nobody awaited): ${describeThrown(reason)}`);
+  });
+  // After an uncaught exception (a throw in a timer's callback, say) Node
+  // says resuming is unsafe: the worker still exits, but says why and
+  // writes the frames already made first.
+  process.on('uncaughtException', onUncaughtException);
+}
+
+function onUncaughtException(err) {
+  processWorker._exitOnUncaught(err);
 }
 
 // ---------------------------------------------------------------------------
@@ -393,6 +492,7 @@ class Worker {
     this._nextHostCallId = 1;
     this._inputEnded = false;
     this._drained = null; // resolves serve() once input ended and all is done
+    this._writingFrames = () => false; // run() knows: a write to stdout is under way
   }
 
   command(name, handler) {
@@ -452,9 +552,14 @@ class Worker {
     const fd = protectStdout();
     process.on('SIGTERM', () => process.exit(0));
     process.on('SIGINT', () => this._onSigint());
+    hookProcess(this);
+    let writing = false;
+    this._writingFrames = () => writing;
     const write = (frame) => {
+      writing = true;
       try {
         writeAllSync(fd, frame);
+        writing = false;
       } catch (err) {
         if (err.code === 'EPIPE') {
           // The pool has gone away; nobody is left to answer.
@@ -512,7 +617,7 @@ class Worker {
       // caller still gets its one reply. The message may quote a key of the
       // result (a cycle's), so it is made well-formed too.
       frame = this.codec.encodeFrame(
-        failure(ctx.requestId, 'EncodeError', wellFormed(`the result could not be encoded: ${err && err.message}`))
+        failure(ctx.requestId, 'EncodeError', wellFormed(`the result could not be encoded: ${errorToWire(err).message}`))
       );
     }
     this._write(frame);
@@ -657,7 +762,7 @@ class Worker {
 
   _replyError(ctx, err) {
     if (ctx._done) return;
-    if (!(err instanceof Error)) this.log.error(`handler ${ctx.command} threw ${util.inspect(err)}`);
+    if (!isError(err)) this.log.error(`handler ${ctx.command} threw ${describeThrown(err)}`);
     const error = errorToWire(err);
     this._reply(ctx, { id: ctx.requestId, success: false, error });
   }
@@ -739,6 +844,26 @@ class Worker {
   }
 
   // -- shutdown -------------------------------------------------------------
+
+  // An uncaught exception ends the worker (exit 1; the pool replaces it), as
+  // Node's default does, unless the application has its own handler for it:
+  // then that handler decides. Frames already made go out first, unless
+  // the exception came from writing one (half a frame may be out).
+  _exitOnUncaught(err) {
+    if (process.listeners('uncaughtException').some((l) => l !== onUncaughtException)) return;
+    try {
+      const write = this._write;
+      if (write !== null && typeof write.flush === 'function' && !this._writingFrames()) write.flush();
+    } catch (_) {
+      // stdout is gone: nothing more can be written there
+    }
+    try {
+      this.log.error(`uncaught exception; the worker exits: ${describeThrown(err)}`);
+    } catch (_) {
+      // stderr is gone
+    }
+    process.exit(1);
+  }
 
   _onInputEnd() {
     this._inputEnded = true;

@@ -7,17 +7,21 @@ functions run on a small pool of daemon threads.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextvars
 import os
 import queue
 import signal
 import threading
+import time
 from typing import Any
 
 from ._context import Cancelled, Context
 from ._handler import invoke
-from ._server import Server, cancelled_reply, failed_reply, fatal, host_outcome, log
+from ._server import (
+    Server, cancelled_reply, error_reply, failed_reply, fatal, host_outcome, log, unreadable_reply,
+)
 from ._wire import FrameError
 
 
@@ -28,6 +32,9 @@ class AsyncServer(Server):
         self._tasks = {}  # request id -> (task, ctx)
         self._host_pending = {}  # host call id -> (ctx, resolve(ok, value))
         self._terminated = False
+        self._input_ended = False  # EOF or SIGTERM: no host reply can come
+        self._serving = False
+        self._old_sigterm = None  # (handler,) once ours is installed
         self._loop_thread = None
         # Frames the loop thread has sent in this turn of the loop: written
         # together, in one write, when the turn ends.
@@ -35,11 +42,17 @@ class AsyncServer(Server):
 
     def serve(self, install_signals: bool) -> int:
         loop = asyncio.new_event_loop()
+        self._serving = True
         try:
             return loop.run_until_complete(self._main(install_signals))
         finally:
+            self._serving = False
             self._flush()
             loop.close()
+            if self._old_sigterm is not None:
+                old = self._old_sigterm[0]
+                self._old_sigterm = None
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
     # --- writing -------------------------------------------------------------------
 
@@ -53,6 +66,15 @@ class AsyncServer(Server):
         out.append(self._frame(value))
         if len(out) == 1:
             self._loop.call_soon(self._flush)
+
+    def send_chunk(self, ctx, data):
+        if threading.get_ident() != self._loop_thread:
+            return super().send_chunk(ctx, data)  # a plain handler's thread
+        out = self._out
+        out.append(self._frame({"type": "chunk", "id": ctx.request_id, "data": data}))
+        if len(out) == 1:
+            self._loop.call_soon(self._flush)
+        return True
 
     def _flush(self):
         out = self._out
@@ -73,7 +95,10 @@ class AsyncServer(Server):
         if install_signals:
             # sigint is not declared in this mode; a stray Ctrl-C must not kill us.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            # A handler of our own rather than loop.add_signal_handler, whose
+            # handler runs only once the loop turns: this one also runs while
+            # a handler blocks the loop (see _on_sigterm).
+            self._old_sigterm = (signal.signal(signal.SIGTERM, self._on_sigterm),)
         self.send(self.worker.hello())
         fd = self.reader.fd
         try:
@@ -86,7 +111,9 @@ class AsyncServer(Server):
         await self._eof.wait()
         if not threaded:
             loop.remove_reader(fd)
-        # Host replies can no longer arrive.
+        # Host replies can no longer arrive: host calls made from now on fail
+        # at once (see call_host), and those waiting fail here.
+        self._input_ended = True
         for hid, (ctx, resolve) in list(self._host_pending.items()):
             self._host_pending.pop(hid, None)
             resolve(False, ConnectionError(f"stdin closed while waiting for host call {hid}"))
@@ -101,9 +128,31 @@ class AsyncServer(Server):
                 await asyncio.wait(tasks)
         return 0
 
-    def _on_sigterm(self):
+    def _on_sigterm(self, signum, frame):
+        # Runs on the main thread (the loop's) between two bytecodes: also
+        # while a handler blocks the loop (time.sleep in an async def), when
+        # the loop cannot act on it. So besides waking the loop it starts a
+        # watchdog that ends the process if the loop has not finished in
+        # time. _thread, not threading: the code interrupted here may hold
+        # one of threading's locks (starting a handler thread, say).
+        if self._terminated:
+            return
         self._terminated = True
-        self._eof.set()
+        try:
+            self._loop.call_soon_threadsafe(self._eof.set)
+        except RuntimeError:
+            pass  # the loop is closed: serve() is returning anyway
+        _thread.start_new_thread(self._exit_if_stuck, ())
+
+    def _exit_if_stuck(self):
+        time.sleep(_SIGTERM_GRACE)
+        # Under the write lock: no frame is half written, and none begins.
+        with self._write_lock:
+            if not self._serving:
+                return
+            log(f"SIGTERM: the event loop did not stop within {_SIGTERM_GRACE:g} s"
+                " (a handler blocks it); exiting")
+            os._exit(0)
 
     # --- reading -----------------------------------------------------------------
 
@@ -164,7 +213,9 @@ class AsyncServer(Server):
         # A task cancelled before its first step never runs its body (whose
         # finally removes it from _tasks), so it never replied; the pool
         # still needs exactly one reply.
-        if self._tasks.pop(rid, None) is not None:
+        entry = self._tasks.pop(rid, None)
+        if entry is not None:
+            entry[1]._done = True
             self.send(cancelled_reply(rid))
 
     def on_cancel(self, rid):
@@ -173,24 +224,30 @@ class AsyncServer(Server):
             return  # finished already; its reply is on the way or sent
         task, ctx = entry
         ctx.cancelled = True
+        ctx._done = True  # its reply says Cancelled: no more chunks
         # Unblock a plain handler stuck in a host call of this request.
         for hid, (owner, resolve) in list(self._host_pending.items()):
             if owner is ctx:
                 self._host_pending.pop(hid, None)
                 resolve(False, Cancelled(f"request {rid} was cancelled"))
         handler = self._handlers.get(ctx.command)
-        if handler is not None and handler.is_async:
+        if handler is not None and (handler.is_async or not ctx._started):
+            # An async handler, or a plain one still waiting for a slot:
+            # answered Cancelled at once, and the plain one never runs.
             task.cancel()
-        # A plain function on a thread cannot be stopped; it sees
+        # A plain function running on a thread cannot be stopped; it sees
         # ctx.cancelled and its reply will say Cancelled.
 
     async def _serve(self, handler, args, ctx):
         rid = ctx.request_id
         try:
             async with self._limit:
+                if ctx.cancelled:
+                    raise Cancelled  # while it waited for the slot
                 if handler.is_async:
                     result = await invoke(handler, args, ctx)
                 else:
+                    ctx._started = True
                     result = await self._in_thread(handler, args, ctx)
             if ctx.cancelled:
                 raise Cancelled
@@ -200,10 +257,24 @@ class AsyncServer(Server):
         except BaseException as exc:
             if fatal(exc):
                 raise
-            reply = failed_reply(rid, exc)
+            if type(exc) is _Carried:
+                exc = exc.exc
+            try:
+                reply = failed_reply(rid, exc)
+            except BaseException:  # exactly one reply, whatever happens
+                reply = unreadable_reply(rid)
         finally:
             self._tasks.pop(rid, None)
-        self.send(reply)
+        # From here on a task or thread the handler left behind emits nothing.
+        ctx._done = True
+        try:
+            self.send(reply)
+        except BaseException as exc:
+            if fatal(exc):
+                raise
+            # Encoding a result raised a BaseException (the codec turns an
+            # Exception into a failed reply itself).
+            self.send(error_reply(rid, type(exc).__name__, "the result could not be encoded"))
 
     def _in_thread(self, handler, args, ctx):
         loop = self._loop
@@ -244,6 +315,12 @@ class AsyncServer(Server):
         hid = next(self._host_ids)
         waiter = _ThreadWaiter()
         self._host_pending[hid] = (ctx, waiter.resolve)
+        # Checked after registering: the loop sets _input_ended before it
+        # fails the pending host calls, so either it fails this one or this
+        # sees the flag.
+        if self._input_ended:
+            self._host_pending.pop(hid, None)
+            raise _input_closed(hid)
         self.send_host_call(hid, ctx, function, args)
         waiter.event.wait()
         if waiter.ok:
@@ -251,8 +328,10 @@ class AsyncServer(Server):
         raise waiter.value
 
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
-        fut = self._loop.create_future()
         hid = next(self._host_ids)
+        if self._input_ended:
+            raise _input_closed(hid)
+        fut = self._loop.create_future()
         self._host_pending[hid] = (ctx, lambda ok, value: _settle(fut, ok, value))
         try:
             self.send_host_call(hid, ctx, function, args)
@@ -261,10 +340,30 @@ class AsyncServer(Server):
             self._host_pending.pop(hid, None)
 
 
+# How long the loop has after SIGTERM (it waits up to 1 s for the tasks it
+# cancels) before the watchdog ends the process.
+_SIGTERM_GRACE = 2.0
+
+
+def _input_closed(hid):
+    return ConnectionError(f"stdin is closed: the pool cannot answer host call {hid}")
+
+
+class _Carried(Exception):
+    """Carries through a Future what a Future refuses to hold: a
+    StopIteration a plain handler raised. _serve replies with the original."""
+
+    def __init__(self, exc):
+        super().__init__(exc)
+        self.exc = exc
+
+
 def _settle(fut, ok, value):
     if not fut.done():
         if ok:
             fut.set_result(value)
+        elif isinstance(value, StopIteration):
+            fut.set_exception(_Carried(value))
         else:
             fut.set_exception(value)
 

@@ -71,7 +71,7 @@ class Context:
 
     __slots__ = (
         "worker", "request_id", "command", "session_id", "traceparent", "tracestate", "baggage",
-        "stream", "timeout_ms", "cancelled", "_server", "_logger",
+        "stream", "timeout_ms", "cancelled", "_server", "_logger", "_done", "_started",
     )
 
     worker: Worker
@@ -98,6 +98,11 @@ class Context:
         self.stream = get("stream") is True
         self.timeout_ms = get("timeout_ms")
         self.cancelled = False
+        # Set just before the final reply is sent, and on cancel: from then
+        # on emit() sends nothing (no chunk may follow the final reply).
+        self._done = False
+        # A plain function of the asyncio loop began on its thread.
+        self._started = False
         self._logger: Optional[logging.LoggerAdapter[logging.Logger]] = None
 
     @property
@@ -124,12 +129,13 @@ class Context:
         """Send a partial result as a ``chunk`` frame.
 
         Returns False (and sends nothing) when the caller did not ask for a
-        stream: the pool would drop the chunk anyway.
+        stream (the pool would drop the chunk anyway), and once the call is
+        over: its final reply was sent, or it was cancelled (a task or thread
+        the handler left behind may still be emitting).
         """
-        if not self.stream:
+        if self._done or not self.stream:
             return False
-        self._server.send({"type": "chunk", "id": self.request_id, "data": data})
-        return True
+        return self._server.send_chunk(self, data)
 
     send_chunk = emit
 

@@ -89,12 +89,31 @@ def cancelled_reply(rid):
 
 
 def failed_reply(rid, exc):
-    """The reply to a request whose handler raised ``exc``."""
+    """The reply to a request whose handler raised ``exc``. Never raises: a
+    ``__str__`` that raises (even a BaseException) leaves a placeholder
+    message, and a traceback that cannot be formatted is left out."""
+    name = type(exc).__name__
     try:
         message = str(exc)
-    except Exception as inner:  # a __str__ that raises
-        message = f"<{type(exc).__name__} whose message could not be read: {inner!r}>"
-    return error_reply(rid, type(exc).__name__, message, format_traceback(exc))
+    except BaseException as inner:  # a __str__ that raises
+        message = f"<{name} whose message could not be read: {_describe(inner)}>"
+    try:
+        traceback = format_traceback(exc)
+    except BaseException:  # the traceback module calls __str__ too
+        traceback = None
+    return error_reply(rid, name, message, traceback)
+
+
+def _describe(exc):
+    try:
+        return repr(exc)
+    except BaseException:
+        return type(exc).__name__
+
+
+def unreadable_reply(rid):
+    """The reply when not even failed_reply could build one."""
+    return error_reply(rid, "Error", "the handler failed and its exception could not be read")
 
 
 def fatal(exc):
@@ -146,6 +165,17 @@ class Server:
         data = self._frame(value)
         with self._write_lock:
             self._write(data)
+
+    def send_chunk(self, ctx: Context, data: Any) -> bool:
+        """A chunk of ``ctx``'s call from a thread other than the serve
+        loop's: checked against ``ctx._done`` under the write lock, which
+        the final reply is written under too, so it cannot follow it."""
+        frame = self._frame({"type": "chunk", "id": ctx.request_id, "data": data})
+        with self._write_lock:
+            if ctx._done:
+                return False
+            self._write(frame)
+        return True
 
     def _frame(self, value):
         try:

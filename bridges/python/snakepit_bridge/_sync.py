@@ -276,6 +276,7 @@ class SyncServer(Server):
                 raise
             reply = failed_reply(rid, exc)
         self._current = None
+        ctx._done = True  # a thread the handler left behind emits nothing now
         self.send(reply)
 
     # --- SIGINT ----------------------------------------------------------------
@@ -307,6 +308,20 @@ class SyncServer(Server):
             finally:
                 self._writing = False
         self._deliver_held_sigint()
+
+    def send_chunk(self, ctx: Context, data: Any) -> bool:
+        if threading.get_ident() != _MAIN_THREAD:
+            return super().send_chunk(ctx, data)  # a thread the handler started
+        # send()'s main-thread half, inline: chunks can be many.
+        data = self._frame({"type": "chunk", "id": ctx.request_id, "data": data})
+        with self._write_lock:
+            self._writing = True
+            try:
+                self._write(data)
+            finally:
+                self._writing = False
+        self._deliver_held_sigint()
+        return True
 
     def _deliver_held_sigint(self) -> None:
         """Raises the SIGINT held back while a frame was written or read,
