@@ -298,7 +298,15 @@ class SyncServer(Server):
     def send(self, value: dict[str, Any]) -> None:
         if threading.get_ident() != _MAIN_THREAD:
             return super().send(value)  # signal handlers run on the main thread only
-        data = self._frame(value)
+        self._send_holding_sigint(self._frame(value))
+
+    def send_chunk(self, ctx: Context, data: Any) -> bool:
+        if threading.get_ident() != _MAIN_THREAD:
+            return super().send_chunk(ctx, data)  # a thread the handler started
+        self._send_holding_sigint(self._frame({"type": "chunk", "id": ctx.request_id, "data": data}))
+        return True
+
+    def _send_holding_sigint(self, data: bytes) -> None:
         with self._write_lock:
             # A SIGINT must not interrupt a half-written frame (a chunk sent
             # by a handler): it is held back until the frame is out.
@@ -308,20 +316,6 @@ class SyncServer(Server):
             finally:
                 self._writing = False
         self._deliver_held_sigint()
-
-    def send_chunk(self, ctx: Context, data: Any) -> bool:
-        if threading.get_ident() != _MAIN_THREAD:
-            return super().send_chunk(ctx, data)  # a thread the handler started
-        # send()'s main-thread half, inline: chunks can be many.
-        data = self._frame({"type": "chunk", "id": ctx.request_id, "data": data})
-        with self._write_lock:
-            self._writing = True
-            try:
-                self._write(data)
-            finally:
-                self._writing = False
-        self._deliver_held_sigint()
-        return True
 
     def _deliver_held_sigint(self) -> None:
         """Raises the SIGINT held back while a frame was written or read,

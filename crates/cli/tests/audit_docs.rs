@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -357,85 +357,9 @@ fn a_receiver_that_never_answers_costs_exec_little_and_is_reported() {
 
 // ------------------------------------------------------------------ cluster
 
-/// A `snakepit serve` process; SIGKILLed on drop unless it ended.
-struct Serve {
-    child: Child,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Serve {
-    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
-    fn start(args: &[&str]) -> Serve {
-        let mut cmd = Command::new(BIN);
-        cmd.current_dir(std::env::temp_dir())
-            .arg("serve")
-            .args(args)
-            .env_remove("SNAKEPIT_CONFIG")
-            .env_remove("NATS_URL")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("snakepit serve runs");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("serves cluster") {
-                    let _ = ready_tx.send(line.clone());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let mut serve = Serve {
-            child,
-            stderr: Some(reader),
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = serve.child.kill();
-            let (status, stderr) = serve.wait();
-            panic!("snakepit serve never served ({status:?}): {stderr}");
-        }
-        serve
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on the child this test started and has not reaped.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
-    }
-
-    /// Waits at most `limit` for it to end.
-    fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self) -> (std::process::ExitStatus, String) {
-        let status = self.child.wait().expect("snakepit serve ends");
-        let stderr = self.stderr.take().map(|r| r.join().unwrap());
-        (status, stderr.unwrap_or_default())
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `snakepit serve ARGS`, once it says it serves.
+fn serve(args: &[&str]) -> Serve {
+    Serve::start(args, &[])
 }
 
 fn status_json(url: &str, cluster: &str) -> Value {
@@ -487,7 +411,7 @@ fn serve_prefetch_defaults_to_32_per_worker_and_falls_to_1_for_long_calls() {
     let nats = snakepit_tests::NatsServer::start();
     let dir = Dir::new("audit-prefetch");
     let script = dir.file("worker.py", WORKER);
-    let _host = Serve::start(&[
+    let _host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -527,7 +451,7 @@ fn a_second_sigterm_cuts_off_the_running_call_and_exits_1() {
     let dir = Dir::new("audit-second");
     let script = dir.file("worker.py", WORKER);
     let pidfile = dir.0.join("pid");
-    let mut host = Serve::start(&[
+    let mut host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -645,7 +569,7 @@ fn exec_through_a_cluster_keeps_a_session_on_its_worker_and_reads_stdin() {
     let nats = snakepit_tests::NatsServer::start();
     let dir = Dir::new("audit-session");
     let script = dir.file("worker.py", WORKER);
-    let _host = Serve::start(&[
+    let _host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -693,7 +617,7 @@ fn serve_announces_what_it_serves_as_documented() {
     let nats = snakepit_tests::NatsServer::start();
     let dir = Dir::new("audit-banner");
     let script = dir.file("model_worker.py", WORKER);
-    let mut host = Serve::start(&[
+    let mut host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -949,7 +873,7 @@ fn serve_traces_each_call_in_a_server_span_naming_host_and_command() {
 #[test]
 fn serve_heartbeats_four_times_a_second_and_says_goodbye_when_it_leaves() {
     let nats = snakepit_tests::NatsServer::start();
-    let mut host = Serve::start(&[
+    let mut host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -1163,7 +1087,7 @@ fn serve_serves_again_once_nats_is_back() {
     let mut nats = snakepit_tests::NatsServer::start();
     let dir = Dir::new("audit-nats-back");
     let script = dir.file("worker.py", WORKER);
-    let mut host = Serve::start(&[
+    let mut host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -1271,7 +1195,7 @@ fn a_leaving_host_takes_no_call_from_a_caller_that_starts_meanwhile() {
     let script = dir.file("worker.py", WORKER);
     let first = dir.0.join("first");
     let second = dir.0.join("second");
-    let mut host = Serve::start(&[
+    let mut host = serve(&[
         "--nats",
         &nats.url,
         "--cluster",
@@ -1344,7 +1268,7 @@ fn serve_announces_each_bridges_own_concurrency_as_its_capacity() {
             worker,
         ]
         .concat();
-        let mut host = Serve::start(&args);
+        let mut host = serve(&args);
         let s = wait_status(&nats.url, cluster, |h| h["capacity"].as_u64().is_some());
         let capacity = s[0]["capacity"].as_u64().unwrap();
         if many {

@@ -569,6 +569,10 @@ struct Faulty {
     inner: MemoryStore,
     ensure: AtomicU8,
     data: AtomicU8,
+    /// A handle on each listener given with `on_session_end_while` (and
+    /// passed on): a handle that is the last one left means the store
+    /// dropped that listener.
+    whiles: std::sync::Mutex<Vec<EndListenerWhile>>,
 }
 
 impl Faulty {
@@ -642,6 +646,7 @@ impl SessionStore for Faulty {
         self.inner.on_session_end(listener)
     }
     fn on_session_end_while(&self, listener: EndListenerWhile) {
+        self.whiles.lock().unwrap().push(listener.clone());
         self.inner.on_session_end_while(listener)
     }
 }
@@ -1340,76 +1345,6 @@ async fn host_calls_keep_a_long_calls_session_alive() {
     pool.shutdown().await.unwrap();
 }
 
-/// A store that keeps a handle on each listener it is given (and passes
-/// it on to a `MemoryStore`): a handle that is the last one left means the
-/// store dropped that listener.
-#[derive(Default)]
-struct Counting {
-    inner: Faulty,
-    listeners: std::sync::Mutex<Vec<EndListenerWhile>>,
-}
-
-impl SessionStore for Counting {
-    async fn create_session(&self, id: &str, ttl: Option<Duration>) -> Result<Session, Error> {
-        self.inner.create_session(id, ttl).await
-    }
-    async fn ensure_session(&self, id: &str) -> Result<(), Error> {
-        self.inner.ensure_session(id).await
-    }
-    async fn get_session(&self, id: &str) -> Result<Session, Error> {
-        self.inner.get_session(id).await
-    }
-    async fn update_session<F>(&self, id: &str, f: F) -> Result<Session, Error>
-    where
-        F: FnMut(&mut Session) + Send,
-    {
-        self.inner.update_session(id, f).await
-    }
-    async fn delete_session(&self, id: &str) -> Result<bool, Error> {
-        self.inner.delete_session(id).await
-    }
-    async fn session_exists(&self, id: &str) -> Result<bool, Error> {
-        self.inner.session_exists(id).await
-    }
-    async fn list_sessions(&self) -> Result<Vec<String>, Error> {
-        self.inner.list_sessions().await
-    }
-    async fn stats(&self) -> Result<StoreStats, Error> {
-        self.inner.stats().await
-    }
-    async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<(), Error> {
-        self.inner.store_program(id, program_id, program).await
-    }
-    async fn get_program(&self, id: &str, program_id: &str) -> Result<Value, Error> {
-        self.inner.get_program(id, program_id).await
-    }
-    async fn store_global_program(&self, program_id: &str, program: Value) -> Result<(), Error> {
-        self.inner.store_global_program(program_id, program).await
-    }
-    async fn get_global_program(&self, program_id: &str) -> Result<Value, Error> {
-        self.inner.get_global_program(program_id).await
-    }
-    async fn cleanup_expired(&self) -> Result<usize, Error> {
-        self.inner.cleanup_expired().await
-    }
-    async fn get(&self, id: &str, key: &str) -> Result<Option<Value>, Error> {
-        self.inner.get(id, key).await
-    }
-    async fn set(&self, id: &str, key: &str, value: Value) -> Result<(), Error> {
-        self.inner.set(id, key, value).await
-    }
-    async fn delete(&self, id: &str, key: &str) -> Result<bool, Error> {
-        self.inner.delete(id, key).await
-    }
-    fn on_session_end(&self, listener: EndListener) {
-        self.inner.on_session_end(listener)
-    }
-    fn on_session_end_while(&self, listener: EndListenerWhile) {
-        self.listeners.lock().unwrap().push(listener.clone());
-        self.inner.on_session_end_while(listener)
-    }
-}
-
 /// Pools that come and go over one long-lived store (a pool per tenant,
 /// restarted pools): each `attach`ed pool registers an end listener with
 /// the store. It once stayed for good (a store outliving its pools kept one
@@ -1419,20 +1354,20 @@ impl SessionStore for Counting {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_that_are_gone_leave_no_listener_behind() {
     let dir = Dir::new("listeners");
-    let store = Arc::new(Counting::default());
+    let store = Arc::new(Faulty::default());
     for _ in 0..4 {
         let pool = pool_of(&dir, store.clone(), 1).await;
         steps(&pool, "s", json!([])).await;
         pool.shutdown().await.unwrap();
         drop(pool);
     }
-    let given = store.listeners.lock().unwrap().len();
+    let given = store.whiles.lock().unwrap().len();
     assert_eq!(given, 4, "one listener per pool");
     // A session ends: each listener hears its pool is gone, and goes.
     store.inner.create_session("end", None).await.unwrap();
     assert!(store.inner.delete_session("end").await.unwrap());
     let kept = store
-        .listeners
+        .whiles
         .lock()
         .unwrap()
         .iter()

@@ -2,9 +2,11 @@
 //! and a folder for a test's files.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -133,3 +135,96 @@ def where(args):
 
 worker.run()
 "#;
+
+/// A `snakepit serve` process; SIGKILLed on drop unless it ended.
+pub struct Serve {
+    pub child: Child,
+    /// Its stderr, whole, once it has ended.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Serve {
+    /// Starts `snakepit serve ARGS` with `env` and waits until it says it
+    /// serves.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        Serve::start_in(&std::env::temp_dir(), args, env)
+    }
+
+    /// As [`Serve::start`], in the directory `dir` (its `snakepit.toml`).
+    #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+    pub fn start_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir)
+            .arg("serve")
+            .args(args)
+            .env_remove("SNAKEPIT_CONFIG")
+            .env_remove("NATS_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("snakepit serve runs");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("serves cluster") {
+                    let _ = ready_tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let mut serve = Serve {
+            child,
+            stderr: Some(reader),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = serve.child.kill();
+            let (status, stderr) = serve.wait();
+            panic!("snakepit serve never served ({status:?}): {stderr}");
+        }
+        serve
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits at most `limit` for it to end.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for it to end: its exit status and its whole stderr.
+    pub fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("snakepit serve ends");
+        let stderr = self.stderr.take().map(|r| r.join().unwrap());
+        (status, stderr.unwrap_or_default())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
