@@ -209,6 +209,9 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
             return Err(e.into());
         }
     };
+    // Listening before the banner says to signal: a SIGTERM sent as soon
+    // as it is read leaves gracefully rather than kill the process.
+    let mut stop = StopSignals::new();
     out.note(format!(
         "host {} serves cluster `{}` with {workers} x {} at {}; Ctrl-C or SIGTERM to leave",
         node.id(),
@@ -216,7 +219,7 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
         worker.describe(),
         a.nats.url
     ));
-    stop_requested().await;
+    stop.next().await;
     out.note("leaving the cluster: finishing the calls in flight (a second Ctrl-C or SIGTERM stops at once)");
     let leave = async {
         let left = node.shutdown().await;
@@ -227,24 +230,41 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
     tokio::select! {
         left = leave => left,
         // The node and the pool are dropped: its workers' groups are killed.
-        () = stop_requested() => Err(Failure::general(
+        () = stop.next() => Err(Failure::general(
             "stopped at once by a second signal: calls still running were cut off",
         )),
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, as a service manager stops one.
-async fn stop_requested() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// Ctrl-C (SIGINT) and SIGTERM, as a service manager stops one: listened
+/// for from `new` on, so one that comes before `next` is awaited counts.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves at the next of either.
+    async fn next(&mut self) {
+        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            () = recv(self.term.as_mut()) => {}
+            () = recv(self.int.as_mut()) => {}
         }
     }
 }
