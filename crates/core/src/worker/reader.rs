@@ -424,11 +424,8 @@ pub(super) async fn read_loop(
         // It ran one call at a time, in the order they were written: only
         // the first of those in flight can have started; the ones written
         // ahead behind it never ran, whatever it had read.
-        let mut behind = order
-            .iter()
-            .filter(|id| pending.iter().any(|(p, _)| p == *id));
-        behind.next();
-        lost.extend(behind);
+        let ids: Vec<u64> = pending.iter().map(|&(id, _)| id).collect();
+        lost.extend(super::stdin::behind_first(order, &ids));
     }
     let stopping = worker.stopping.load(Ordering::Relaxed);
     for (id, p) in pending {

@@ -53,6 +53,17 @@ pub(super) struct StdinState {
     pub(super) size: os::PipeSize,
 }
 
+/// Of the calls `pending`, those written (in `order`, oldest first) behind
+/// another of them: for a worker that runs one call at a time, those
+/// waiting, never started. Only the order given counts: a call written too
+/// far back to be in the recent record is taken as started, so the first
+/// one found may be waiting too, but none of those returned is running.
+pub(super) fn behind_first(order: impl IntoIterator<Item = u64>, pending: &[u64]) -> Vec<u64> {
+    let mut ids = order.into_iter().filter(|id| pending.contains(id));
+    ids.next();
+    ids.collect()
+}
+
 /// Request frames further back than this in the stream are taken as read
 /// (a pipe holds at most `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
 pub(super) const RECENT_WINDOW: u64 = 1 << 20;
@@ -159,7 +170,10 @@ impl Stdin {
     }
 
     /// Of the calls `pending`, the one written first (for a worker that runs
-    /// one call at a time, the one it is running).
+    /// one call at a time, the one it is running). A call not written yet
+    /// (registered, its frame on the way) is never it: `is_waiting` relies
+    /// on that, and so must not use [`written_behind`](Self::written_behind),
+    /// which leaves such a call out.
     pub(super) fn first_written(&self, pending: &[u64]) -> Option<u64> {
         let st = self.state();
         st.recent
@@ -168,20 +182,11 @@ impl Stdin {
             .find(|id| pending.contains(id))
     }
 
-    /// Of the calls `pending`, those written behind another of them (for a
-    /// worker that runs one call at a time, those waiting: never started).
-    /// Only the recent record counts: a call written too far back to be in
-    /// it is taken as started, so the first one found may be waiting too,
-    /// but none of those returned is running.
+    /// Of the calls `pending`, those written behind another of them: see
+    /// [`behind_first`], over the recent record.
     pub(super) fn written_behind(&self, pending: &[u64]) -> Vec<u64> {
         let st = self.state();
-        let mut ids = st
-            .recent
-            .iter()
-            .map(|&(id, _)| id)
-            .filter(|id| pending.contains(id));
-        ids.next();
-        ids.collect()
+        behind_first(st.recent.iter().map(|&(id, _)| id), pending)
     }
 
     /// Host replies written to the backlog and not yet to the pipe.
