@@ -141,6 +141,12 @@ impl Phoenix {
             .env("PHOENIX_PORT", http_port.to_string())
             .env("PHOENIX_GRPC_PORT", grpc_port.to_string())
             .env("PHOENIX_TELEMETRY_ENABLED", "false")
+            // Phoenix 20 connects to its docs server on the internet as it
+            // starts; in the test's network namespace that fails, and now
+            // and then the failure ends Phoenix (exit 3) instead of being
+            // logged. It is not needed here.
+            .env("PHOENIX_ALLOW_EXTERNAL_RESOURCES", "false")
+            .env("PHOENIX_DISABLE_AGENT_ASSISTANT", "true")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("phoenix.out"))?)
