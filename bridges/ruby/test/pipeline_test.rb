@@ -264,6 +264,10 @@ class PipelineInProcessTest < Minitest::Test
       @io.fileno
     end
 
+    def stat
+      @io.stat
+    end
+
     def to_io
       @io
     end
@@ -277,8 +281,16 @@ class PipelineInProcessTest < Minitest::Test
     @lock = Mutex.new
 
     class << self
+      # Keyed by the pipe or socket itself (its inode), not by a descriptor
+      # number: numbers are reused, and workers of other tests in this
+      # process look into their own pipes through the same File methods.
       def count(input)
-        @lock.synchronize { @counts["/proc/self/fd/#{input.fileno}"] + @counts[input] }
+        @lock.synchronize { @counts[key(input)] }
+      end
+
+      def key(io)
+        stat = io.stat
+        [stat.dev, stat.ino]
       end
 
       def note(key)
@@ -289,7 +301,7 @@ class PipelineInProcessTest < Minitest::Test
     # Prepended to IO's singleton class.
     module Select
       def select(readers, *rest)
-        readers&.each { |io| Looks.note(io) if io.is_a?(CountingInput) }
+        readers&.each { |io| Looks.note(Looks.key(io)) if io.is_a?(CountingInput) }
         super
       end
     end
@@ -297,7 +309,7 @@ class PipelineInProcessTest < Minitest::Test
     # Prepended to File.
     module ReadNonblock
       def read_nonblock(*args, **options)
-        Looks.note(path) if path&.start_with?("/proc/self/fd/")
+        Looks.note(Looks.key(self)) if path&.start_with?("/proc/self/fd/")
         super
       end
     end
