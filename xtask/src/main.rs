@@ -31,7 +31,7 @@ fn main() -> Result<()> {
         Some("codecs") => codecs(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N] | codecs>"
+                "usage: cargo xtask <ci | setup | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N] | codecs>"
             );
             std::process::exit(2)
         }

@@ -109,7 +109,7 @@ fn new_private_dir() -> std::io::Result<PathBuf> {
         .map_or(0, |d| d.subsec_nanos());
     let mut last = None;
     for n in 0..100u32 {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = snakepit_core::sweep::temp_root().join(format!(
             "snakepit-bridges-{}-{:08x}",
             std::process::id(),
             nanos.wrapping_add(n)

@@ -20,7 +20,7 @@ mod progress;
 mod raw;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,9 +166,11 @@ fn with_payload(mut args: Value, a: &BenchArgs) -> Result<Value, Failure> {
 /// Limits that keep the bench's own memory bounded.
 const MAX_CONCURRENCY: usize = 100_000;
 const MAX_REQUESTS: usize = 100_000_000;
+/// The longest start-up `--init-ms` may ask for of each worker.
+const MAX_INIT_MS: u64 = 600_000;
 
 fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
-    crate::config::check_pool_size(workers, "--workers").map_err(Failure::usage)?;
+    crate::config::check_pool_size_flag(workers, "--workers")?;
     // Each call's latency is kept (16 bytes), and each caller is a task.
     if a.concurrency == 0 || a.concurrency > MAX_CONCURRENCY {
         return Err(Failure::usage(format!(
@@ -190,6 +192,14 @@ fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
     if a.requests < least {
         return Err(Failure::usage(format!(
             "--requests must be at least 4 x max(--workers, --concurrency) = {least}"
+        ))
+        .hint(format!(
+            "give --requests {least} or more, or fewer --concurrency callers"
+        )));
+    }
+    if a.init_ms > MAX_INIT_MS {
+        return Err(Failure::usage(format!(
+            "--init-ms must be at most {MAX_INIT_MS} (10 minutes)"
         )));
     }
     if let Some(plot) = &a.plot {
@@ -197,6 +207,18 @@ fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
             return Err(Failure::usage(format!(
                 "--plot draws SVG: give a file ending in .svg, not {}",
                 plot.display()
+            )));
+        }
+        // Found out now, not after minutes of measuring.
+        let parent = match plot.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(Failure::usage(format!(
+                "--plot {}: the directory {} does not exist",
+                plot.display(),
+                parent.display()
             )));
         }
     }
@@ -408,7 +430,7 @@ impl Bench {
                 .interpreter(&self.interpreter)
                 .codec(self.worker.codec);
         let mut slow_config = self.config(workers, self.pool.pipeline_depth);
-        let enough = Duration::from_millis(init_ms * 2 + 10_000);
+        let enough = Duration::from_millis(init_ms.saturating_mul(2).saturating_add(10_000));
         slow_config.worker_init_timeout = slow_config.worker_init_timeout.max(enough);
         slow_config.startup_timeout = slow_config.startup_timeout.max(enough);
         let bar = self.progress.phase(
@@ -692,18 +714,22 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
         pipelining(b.pool.pipeline_depth)
     ));
     let measured = b.measure().await?;
-    if let Some(path) = &b.a.plot {
-        b.plot(path, &measured)?;
-        out.note(format!("latency distributions drawn to {}", path.display()));
-    }
+    // A plot that cannot be written fails the command, after the report:
+    // minutes of measuring are not lost to it.
+    let drawn = b.a.plot.as_ref().map(|path| b.plot(path, &measured));
     let report = b.report(measured);
     if b.a.json {
         let text = serde_json::to_string(&report)
             .map_err(|e| Failure::general(format!("cannot print the report: {e}")))?;
-        outln!("{text}")
+        outln!("{text}")?;
     } else {
-        report.print_table(out)
+        report.print_table(out)?;
     }
+    if let (Some(drawn), Some(path)) = (drawn, &b.a.plot) {
+        drawn?;
+        out.note(format!("latency distributions drawn to {}", path.display()));
+    }
+    Ok(())
 }
 
 impl Failure {

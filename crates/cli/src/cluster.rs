@@ -66,14 +66,23 @@ pub(crate) async fn run(args: ClusterArgs, out: &Output) -> Result<(), Failure> 
 /// Where NATS is: `--nats`, else `NATS_URL`, else the local default.
 #[derive(Debug, Args)]
 pub(crate) struct NatsArgs {
-    /// The NATS server(s), comma-separated.
-    #[arg(
-        long = "nats",
-        env = "NATS_URL",
-        value_name = "URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub(crate) url: String,
+    /// The NATS server(s), comma-separated [default: $NATS_URL when set and
+    /// not empty, else nats://127.0.0.1:4222].
+    #[arg(long = "nats", value_name = "URL")]
+    flag: Option<String>,
+}
+
+impl NatsArgs {
+    /// The local NATS server's address.
+    pub(crate) const DEFAULT: &'static str = "nats://127.0.0.1:4222";
+
+    /// `--nats`, else `NATS_URL` unless it is empty, else [`Self::DEFAULT`].
+    pub(crate) fn url(&self) -> String {
+        self.flag
+            .clone()
+            .or_else(|| std::env::var("NATS_URL").ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| Self::DEFAULT.to_owned())
+    }
 }
 
 /// A NATS connection, or a failure that says where NATS was looked for.
@@ -93,14 +102,14 @@ pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
 }
 
 async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
-    let nats = connect(&a.nats.url).await?;
+    let nats = connect(&a.nats.url()).await?;
     let client = snakepit_cluster::Client::connect(&nats, &a.cluster)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
     let hosts = client
         .status(Duration::from_millis(a.wait_ms))
         .await
-        .map_err(|e| unreachable(&a.nats.url, &e.to_string()))?;
+        .map_err(|e| unreachable(&a.nats.url(), &e.to_string()))?;
     if a.json {
         return ui::stdout_line(format_args!("{}", serde_json::Value::Array(hosts)));
     }
@@ -182,8 +191,8 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
     if let Some(n) = a.pool_size {
         config.pool_size = n;
     }
-    crate::config::check_pool_size(config.pool_size, "--pool-size").map_err(Failure::usage)?;
-    let nats = connect(&a.nats.url).await?;
+    crate::config::check_pool_size_flag(config.pool_size, "--pool-size")?;
+    let nats = connect(&a.nats.url()).await?;
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }
@@ -217,7 +226,7 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
         node.id(),
         a.cluster,
         worker.describe(),
-        a.nats.url
+        a.nats.url()
     ));
     stop.next().await;
     out.note("leaving the cluster: finishing the calls in flight (a second Ctrl-C or SIGTERM stops at once)");

@@ -64,7 +64,8 @@ pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, 
                 return Err(Failure::usage(format!(
                     "settings file {} not found",
                     p.display()
-                )));
+                ))
+                .hint("check the path given by --config or SNAKEPIT_CONFIG; without either, ./snakepit.toml is read when it exists"));
             }
             p.to_path_buf()
         }
@@ -92,6 +93,15 @@ pub(crate) fn check_pool_size(n: usize, what: &str) -> Result<(), String> {
         return Err(format!("{what} must be between 1 and {max}"));
     }
     Ok(())
+}
+
+/// [`check_pool_size`] for a flag: a usage failure with a hint.
+pub(crate) fn check_pool_size_flag(n: usize, flag: &str) -> Result<(), Failure> {
+    check_pool_size(n, flag).map_err(|m| {
+        Failure::usage(m).hint(format!(
+            "give the number of worker processes, for example {flag} 2"
+        ))
+    })
 }
 
 /// Parses the file's text; `script` is taken relative to `dir`.

@@ -42,8 +42,13 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "MS")]
     timeout: Option<u64>,
     /// Send the call to this cluster of hosts (`snakepit serve`) over NATS
-    /// instead of starting a pool here.
-    #[arg(long, value_name = "NAME")]
+    /// instead of starting a pool here (the hosts choose the workers: the
+    /// worker and pool flags are refused with it).
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["adapter", "script", "codec", "preload", "pool_size", "pipeline_depth"]
+    )]
     cluster: Option<String>,
     /// The NATS server(s) of `--cluster`.
     #[command(flatten)]
@@ -115,7 +120,8 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         Some(text) => parse_args(text)?,
     };
     if a.timeout == Some(0) {
-        return Err(Failure::usage("--timeout must be above 0 milliseconds"));
+        return Err(Failure::usage("--timeout must be above 0 milliseconds")
+            .hint("give the call's deadline in milliseconds: --timeout 30000"));
     }
     let mut options = CallOptions::new();
     if let Some(ms) = a.timeout.or(file.timeout_ms) {
@@ -131,7 +137,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         if a.timeout.or(file.timeout_ms).is_none() {
             options = options.timeout(DEFAULT_CLUSTER_TIMEOUT);
         }
-        let nats = crate::cluster::connect(&a.nats.url).await?;
+        let nats = crate::cluster::connect(&a.nats.url()).await?;
         let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
         let span = tracing::info_span!("snakepit exec", command = %a.command);
         let outcome = client
@@ -159,7 +165,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         None if file.pool_size_set => config.pool_size,
         None => 1,
     };
-    crate::config::check_pool_size(config.pool_size, "--pool-size").map_err(Failure::usage)?;
+    crate::config::check_pool_size_flag(config.pool_size, "--pool-size")?;
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }

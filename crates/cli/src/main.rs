@@ -71,11 +71,24 @@ struct Cli {
     /// Only the result and errors: no progress, no notes.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
-    /// The settings file (default: ./snakepit.toml when it exists).
-    #[arg(long, global = true, value_name = "FILE", env = "SNAKEPIT_CONFIG")]
+    /// The settings file [default: $SNAKEPIT_CONFIG when set and not empty,
+    /// else ./snakepit.toml when it exists].
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// `--config`, else `$SNAKEPIT_CONFIG` unless it is empty (a variable
+    /// set to nothing is no file).
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            std::env::var_os("SNAKEPIT_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,10 +215,16 @@ pub(crate) fn traced(builder: snakepit_core::PoolBuilder) -> snakepit_core::Pool
 }
 
 fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
+    let config_file = cli.config_file();
     match cli.command {
         Command::Doctor(args) => Ok(doctor::run(args.json, out)),
         Command::Sweep(args) => {
-            sweep::run(args, out)?;
+            // The settings file's `state_dir`, unless the flag gives one.
+            let configured = match args.state_dir {
+                Some(_) => None,
+                None => config::load(config_file.as_deref(), out)?.pool.state_dir,
+            };
+            sweep::run(args, configured, out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions(args) => {
@@ -217,17 +236,17 @@ fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
-            let file = config::load(cli.config.as_deref(), out)?;
+            let file = config::load(config_file.as_deref(), out)?;
             runtime()?.block_on(cluster::serve(args, file, out))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
-            let file = config::load(cli.config.as_deref(), out)?;
+            let file = config::load(config_file.as_deref(), out)?;
             runtime()?.block_on(exec::run(args, file, out))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            let file = config::load(cli.config.as_deref(), out)?;
+            let file = config::load(config_file.as_deref(), out)?;
             runtime()?.block_on(bench::run(args, file, out))?;
             Ok(ExitCode::SUCCESS)
         }

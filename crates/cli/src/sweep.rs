@@ -26,20 +26,22 @@ pub(crate) struct SweepArgs {
     /// Only the runs of pools with this name.
     #[arg(long, value_name = "NAME")]
     instance: Option<String>,
-    /// The run records' directory [default: $SNAKEPIT_STATE_DIR, else $XDG_RUNTIME_DIR/snakepit, else $TMPDIR (or /tmp)/snakepit-UID].
+    /// The run records' directory [default: state_dir under [pool] in snakepit.toml, else $SNAKEPIT_STATE_DIR, else $XDG_RUNTIME_DIR/snakepit, else $TMPDIR (or /tmp)/snakepit-UID].
     #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// One JSON object on stdout instead of the report.
     #[arg(long)]
     json: bool,
 }
 
-pub(crate) fn run(a: SweepArgs, out: &Output) -> Result<(), Failure> {
+/// Sweeps `--state-dir`, else `configured` (the settings file's), else the
+/// default directory.
+pub(crate) fn run(a: SweepArgs, configured: Option<PathBuf>, out: &Output) -> Result<(), Failure> {
     let mut options = SweepOptions::new().dry_run(a.dry_run);
     if let Some(name) = a.instance {
         options = options.instance(name);
     }
-    if let Some(dir) = a.state_dir {
+    if let Some(dir) = a.state_dir.or(configured) {
         options = options.state_dir(dir);
     }
     let report = sweep(&options).map_err(|e| Failure::general(format!("cannot sweep: {e}")))?;

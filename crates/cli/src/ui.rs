@@ -123,7 +123,7 @@ impl From<Error> for Failure {
             Error::Remote { command, error } => {
                 let hint = match error.kind.as_deref() {
                     Some("UnknownCommand") => format!(
-                        "the worker has no command `{command}`; the generic workers know ping, echo, compute and info (and random in Node.js)"
+                        "the worker has no command `{command}`: check its name among the script's commands (the generic workers, without --script, know ping, echo, compute and info, and random in Node.js)"
                     ),
                     _ => "the worker's handler raised this; fix the arguments or the handler".into(),
                 };

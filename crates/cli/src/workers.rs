@@ -53,10 +53,12 @@ impl Worker {
             });
         };
         if !script.is_file() {
-            return Err(Failure::usage(format!(
-                "script {} not found",
-                script.display()
-            ))
+            let what = if script.is_dir() {
+                "is a directory, not a file"
+            } else {
+                "not found"
+            };
+            return Err(Failure::usage(format!("script {} {what}", script.display()))
             .hint("give the path of a worker script; without --script the bundled generic worker runs"));
         }
         let lang = match adapter.or_else(|| Lang::of_script(&script)) {

@@ -367,24 +367,46 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
     Ok(report)
 }
 
-/// The default directory of run records.
+/// The default directory of run records: `$SNAKEPIT_STATE_DIR` (a
+/// relative one is taken from the working directory), else
+/// `$XDG_RUNTIME_DIR/snakepit`, else `$TMPDIR/snakepit-<uid>`. A variable
+/// set to nothing counts as unset, and so does a relative
+/// `XDG_RUNTIME_DIR` or `TMPDIR` (the XDG specification says to ignore
+/// one): the directory is always absolute, so that a sweep run elsewhere
+/// finds the records.
 pub fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SNAKEPIT_STATE_DIR") {
-        return PathBuf::from(d);
+    if let Some(d) = env_path("SNAKEPIT_STATE_DIR") {
+        return std::path::absolute(&d).unwrap_or(d);
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(d).join("snakepit");
+    if let Some(d) = env_path("XDG_RUNTIME_DIR").filter(|d| d.is_absolute()) {
+        return d.join("snakepit");
     }
     temp_dir_of_user()
 }
 
-/// `$TMPDIR/snakepit-<uid>` (`/tmp` when `TMPDIR` is unset).
-fn temp_dir_of_user() -> PathBuf {
-    std::env::temp_dir().join(format!("snakepit-{}", effective_uid()))
+/// The variable's value as a path; `None` when unset or empty.
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
-/// `$TMPDIR/snakepit-<uid>` (`/tmp` when `TMPDIR` is unset), the default
-/// state directory of a process without `XDG_RUNTIME_DIR`: made (mode
+/// The directory for temporary files: `$TMPDIR`, or `/tmp` when it is
+/// unset, empty or relative (`std::env::temp_dir` would give `""` or a
+/// path below the working directory).
+pub fn temp_root() -> PathBuf {
+    env_path("TMPDIR")
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// `$TMPDIR/snakepit-<uid>` ([`temp_root`]).
+fn temp_dir_of_user() -> PathBuf {
+    temp_root().join(format!("snakepit-{}", effective_uid()))
+}
+
+/// `$TMPDIR/snakepit-<uid>` (`/tmp` when `TMPDIR` is unset, empty or
+/// relative), the default state directory of a process without `XDG_RUNTIME_DIR`: made (mode
 /// 0700) when missing, then checked as the state directory is. A directory
 /// another user could have planted or could change (not this user's,
 /// writable by others, another user's symbolic link, below a directory
@@ -447,7 +469,7 @@ fn effective_uid() -> u32 {
         return uid;
     }
     // No /proc: the owner of a file this process creates.
-    let probe = std::env::temp_dir().join(format!(".snakepit-uid-{}", hex(&random_bytes::<8>())));
+    let probe = temp_root().join(format!(".snakepit-uid-{}", hex(&random_bytes::<8>())));
     let uid = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -51,7 +51,7 @@ impl Bench {
                 .interpreter(&self.interpreter)
                 .codec(self.worker.codec);
         let mut config = self.config(workers, self.pool.pipeline_depth);
-        let enough = Duration::from_millis(init_ms * 2 + 10_000);
+        let enough = Duration::from_millis(init_ms.saturating_mul(2).saturating_add(10_000));
         config.worker_init_timeout = config.worker_init_timeout.max(enough);
         config.startup_timeout = config.startup_timeout.max(enough);
         // Nothing else replaces or checks workers while this measures.
