@@ -162,8 +162,9 @@ function loadMsgpack() {
 // @msgpack/msgpack decodes str bytes without checking them, so a pass over
 // the payload finds every str and checks its UTF-8 itself. It walks the
 // structure without building anything; truncation is left to the decoder,
-// which reports it more precisely.
-function checkMsgpackStrings(bytes) {
+// which reports it more precisely. `onString(start, stop)`, when given, is
+// told where each non-empty str's bytes lie.
+function checkMsgpackStrings(bytes, onString) {
   const end = bytes.length;
   let pos = 0;
   let pending = 1; // values still to read at this point of the walk
@@ -213,6 +214,7 @@ function checkMsgpackStrings(bytes) {
     if (strLength > 0) {
       const stop = pos + strLength;
       if (stop > end || Number.isNaN(stop)) return;
+      if (onString) onString(pos, stop);
       // Plain ASCII needs no native call; most keys and values are ASCII.
       for (let i = pos; i < stop; i++) {
         if (bytes[i] >= 0x80) {
@@ -303,13 +305,66 @@ function createMsgpackCodec() {
     let value;
     try {
       value = decoder.decode(payload);
-    } catch (_) {
-      throw new WireError('invalid_payload', 'frame is not valid MessagePack');
+    } catch (err) {
+      if (!(err && /__proto__/.test(err.message))) {
+        throw new WireError('invalid_payload', 'frame is not valid MessagePack');
+      }
+      value = decodeWithProtoKeys(decoder, payload);
     }
     return requireMap(value);
   }
 
   return { name: 'msgpack', encodeFrame, decodePayload };
+}
+
+const PROTO = Buffer.from('__proto__');
+
+// The library refuses a map key `__proto__` (its maps are plain objects,
+// where assigning that key would set the prototype). JSON.parse makes it an
+// own property, and so does this slower way, taken only for such a frame:
+// every str `__proto__` in a copy of the payload becomes a stand-in of the
+// same length found nowhere in the payload, and after decoding the stand-in
+// becomes `__proto__` again, as a key (an own property, in its place) or
+// as a value.
+function decodeWithProtoKeys(decoder, payload) {
+  let standIn = null;
+  for (let n = 0; standIn === null; n++) {
+    const candidate = Buffer.from(`\x01sp${n.toString(36).padStart(6, '0')}`);
+    if (Buffer.from(payload.buffer, payload.byteOffset, payload.length).indexOf(candidate) < 0) {
+      standIn = candidate;
+    }
+  }
+  const copy = Buffer.from(payload);
+  checkMsgpackStrings(copy, (start, stop) => {
+    if (stop - start === PROTO.length && PROTO.equals(copy.subarray(start, stop))) {
+      standIn.copy(copy, start);
+    }
+  });
+  let value;
+  try {
+    value = decoder.decode(copy);
+  } catch (_) {
+    throw new WireError('invalid_payload', 'frame is not valid MessagePack');
+  }
+  return restoreProtoKeys(value, standIn.toString(), 0);
+}
+
+function restoreProtoKeys(value, standIn, depth) {
+  if (typeof value === 'string') return value === standIn ? '__proto__' : value;
+  if (value === null || typeof value !== 'object' || ArrayBuffer.isView(value) || depth > 128) {
+    return value;
+  }
+  if (Array.isArray(value)) return value.map((v) => restoreProtoKeys(v, standIn, depth + 1));
+  const out = {};
+  for (const key of Object.keys(value)) {
+    Object.defineProperty(out, key === standIn ? '__proto__' : key, {
+      value: restoreProtoKeys(value[key], standIn, depth + 1),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return out;
 }
 
 const jsonCodec = Object.freeze({

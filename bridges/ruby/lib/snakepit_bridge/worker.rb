@@ -19,6 +19,7 @@ module SnakepitBridge
       @timeout_ms = message["timeout_ms"]
       @stream = message["stream"] == true
       @cancelled = false
+      @answered = false
     end
 
     # The worker's id in its pool (SNAKEPIT_WORKER_ID or the init ping's), or nil.
@@ -38,10 +39,15 @@ module SnakepitBridge
 
     # Sends a partial result as a chunk frame, before the handler's return
     # value. The pool drops chunks for callers that did not ask for a stream.
+    # True when sent; false once the call is answered (a thread of the
+    # handler's that goes on after it returned): a chunk after the reply
+    # would break the protocol, so it is not sent.
     def chunk(data)
-      @worker.send_chunk(@request_id, data)
-      nil
+      @worker.send_chunk(self, data)
     end
+
+    # @api private: true once the reply is written (under the write lock).
+    attr_accessor :answered
 
     # True once the request was cancelled (SIGINT or a cancel frame).
     def cancelled?
@@ -312,8 +318,10 @@ module SnakepitBridge
     end
 
     # @api private (Context#chunk)
-    def send_chunk(request_id, data)
-      write_message({ "type" => "chunk", "id" => request_id, "data" => data })
+    def send_chunk(ctx, data)
+      payload = @codec.encode({ "type" => "chunk", "id" => ctx.request_id, "data" => data })
+      write_payload(payload) { return false if ctx.answered }
+      true
     end
 
     # @api private (Context#call_host). Only one request runs at a time, so
@@ -322,8 +330,14 @@ module SnakepitBridge
     def call_host(ctx, function, args)
       ctx.check_cancelled!
       id = (@host_call_seq += 1)
-      write_message({ "type" => "host_call", "id" => id, "request_id" => ctx.request_id,
-                      "function" => function.to_s, "args" => args })
+      begin
+        write_message({ "type" => "host_call", "id" => id, "request_id" => ctx.request_id,
+                        "function" => function.to_s, "args" => args })
+      rescue JSON::NestingError => e
+        # Nothing was sent. The host would refuse such a frame as TooDeep
+        # (as it does from the Python and Node.js bridges, which send it).
+        raise HostCallError.new("TooDeep", "the arguments of host call #{function} are nested too deep: #{e.message}")
+      end
       loop do
         # SIGINT may cancel the handler while it waits here: nothing of the
         # next frame has been consumed yet. A frame is read and dealt with
@@ -511,7 +525,8 @@ module SnakepitBridge
       handler = @handlers[command]
       return reply_error(id, "UnknownCommand", "Unknown command: #{command}") unless handler
 
-      write_reply(id, run_handler(handler, args, Context.new(self, id, command, message)))
+      ctx = Context.new(self, id, command, message)
+      write_reply(id, run_handler(handler, args, ctx), ctx)
     end
 
     # Runs the handler with Cancelled deliverable only inside it, and makes
@@ -589,7 +604,10 @@ module SnakepitBridge
       text.dup.force_encoding(Encoding::UTF_8).scrub
     end
 
-    def write_reply(id, outcome)
+    # Writes the reply of request +id+; +ctx+, when given, is marked
+    # answered in the same hold of the write lock, so none of its chunks can
+    # follow the reply.
+    def write_reply(id, outcome, ctx = nil)
       success, value = outcome
       reply = if success
                 { "id" => id, "success" => true, "result" => value, "timestamp" => timestamp }
@@ -606,7 +624,7 @@ module SnakepitBridge
         error["message"] = "result cannot be encoded as #{@codec.name}: #{error['message']}"
         @codec.encode({ "id" => id, "success" => false, "error" => error, "timestamp" => timestamp })
       end
-      write_payload(payload)
+      write_payload(payload, after: ctx)
     end
 
     def reply_error(id, type, message)
@@ -637,15 +655,23 @@ module SnakepitBridge
       write_payload(@codec.encode(message))
     end
 
-    def write_payload(payload)
+    # Writes one frame under the write lock. A block given is run first,
+    # under the lock (it may return from the caller to write nothing); the
+    # context +after+ is marked answered once the frame is written.
+    def write_payload(payload, after: nil)
       frame = Wire.frame(payload)
+      locked = proc do
+        @write_lock.synchronize do
+          yield if block_given?
+          @output.write(frame)
+          after.answered = true if after
+        end
+      end
       if @current
         # Inside a handler: never let a cancellation cut a frame in half.
-        Thread.handle_interrupt(Cancelled => :never) do
-          @write_lock.synchronize { @output.write(frame) }
-        end
+        Thread.handle_interrupt(Cancelled => :never, &locked)
       else
-        @write_lock.synchronize { @output.write(frame) }
+        locked.call
       end
     end
 
