@@ -464,16 +464,37 @@ pub(crate) fn decode_result<R: DeserializeOwned>(
     command: &str,
     frame: &[u8],
 ) -> Result<R> {
-    match decode_response::<_, R>(&shared.codec, frame) {
+    let decoded = match decode_response::<_, R>(&shared.codec, frame) {
+        // Whether the mismatch is in the result (the caller's type) or in
+        // the reply's own fields (one given twice, an `error` that is no
+        // error): read again taking any result. Only on this error path.
+        Err(e @ snakepit_protocol::Error::Mismatch { .. }) => {
+            match decode_response::<_, serde::de::IgnoredAny>(&shared.codec, frame) {
+                Err(snakepit_protocol::Error::Mismatch { detail, .. }) => {
+                    Err(snakepit_protocol::Error::WrongType {
+                        field: "payload",
+                        expected: if detail.starts_with("duplicate field") {
+                            "a map without duplicate fields"
+                        } else {
+                            "a response: `success` a bool, `error` a string or map"
+                        },
+                    })
+                }
+                _ => Err(e),
+            }
+        }
+        other => other,
+    };
+    match decoded {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) if e.is_cancelled() => Err(Error::Cancelled),
         Ok(Err(error)) => Err(Error::Remote {
             command: command.to_owned(),
             error,
         }),
-        // A well-formed reply that is not what the caller asked for, or
-        // nested deeper than the host decodes: the call's own error; the
-        // worker is fine.
+        // A well-formed reply whose result is not what the caller asked
+        // for, or nested deeper than the host decodes: the call's own
+        // error; the worker is fine.
         Err(
             e @ (snakepit_protocol::Error::Mismatch { .. }
             | snakepit_protocol::Error::TooDeep { .. }),

@@ -27,7 +27,9 @@ impl Pool {
     /// No chunk is lost: when 256 wait unread, a worker that runs one call
     /// at a time waits for the reader; one that runs several ends the
     /// stream with [`Error::StreamBehind`] rather than hold up its other
-    /// calls. The call's deadline covers the whole stream.
+    /// calls. The call's deadline covers the whole stream. An error item
+    /// ends the stream: a chunk nested deeper than the host decodes is
+    /// [`Error::Codec`], and the call is cancelled in the worker.
     pub async fn execute_stream(
         &self,
         command: &str,
@@ -173,12 +175,18 @@ impl Stream for CallStream {
             Poll::Ready(Some(frame)) => {
                 match decode_chunk::<_, Value>(&this.outcome.shared.codec, &frame) {
                     Ok(chunk) => return Poll::Ready(Some(Ok(StreamItem::Chunk(chunk)))),
-                    // Well-formed, but not what the caller can take: the
-                    // stream's own error; the worker is fine.
+                    // Well-formed, but not what the caller can take (nested
+                    // too deep): the stream ends with its own error and the
+                    // call is cancelled in the worker, which is fine.
                     Err(
                         source @ (snakepit_protocol::Error::Mismatch { .. }
                         | snakepit_protocol::Error::TooDeep { .. }),
-                    ) => return Poll::Ready(Some(Err(Error::Codec(source)))),
+                    ) => {
+                        this.flight = None;
+                        this.resend.under_way = None;
+                        this.chunks.close();
+                        Err(Error::Codec(source))
+                    }
                     // A chunk routed from its first bytes whose rest is
                     // broken: the worker broke the protocol. It is
                     // replaced, and the stream ends with the error.

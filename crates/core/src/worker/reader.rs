@@ -75,7 +75,19 @@ impl Worker {
             self.stream_ended();
         }
         drop(pending.chunks);
-        let _ = pending.reply.send(Ok(frame));
+        if let Err(Ok(frame)) = pending.reply.send(Ok(frame)) {
+            // Its caller is gone (timed out, cancelled): nobody will decode
+            // the rest, which was routed from its first bytes. It is checked
+            // here, so that a worker that broke the protocol is replaced
+            // whoever waits.
+            match snakepit_protocol::decode_response::<_, serde::de::IgnoredAny>(
+                &self.codec,
+                &frame,
+            ) {
+                Ok(_) | Err(snakepit_protocol::Error::TooDeep { .. }) => {}
+                Err(broken) => return Err(broken),
+            }
+        }
         Ok(())
     }
 
