@@ -29,6 +29,9 @@ use stdin::{write_loop, Stdin, StdinState, NO_CALL};
 pub(crate) trait Owner: Send + Sync {
     /// A final reply arrived: one unit of `worker`'s capacity is free.
     fn released(self: Arc<Self>, worker: &Worker);
+    /// `worker`'s stdout ended or its process exited: out of the routing
+    /// tables (its end is then awaited).
+    fn unrouted(&self, worker: &Worker);
     /// `worker`'s process ended: out of the routing tables, and out of the
     /// watchdog and the run record, before anyone hears it died.
     fn gone(&self, worker: &Worker);
@@ -284,6 +287,7 @@ impl Worker {
         let stdin = Arc::new(Stdin {
             state: Mutex::new(StdinState {
                 closed: stdin.is_none(),
+                fd: stdin.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
                 pipe: stdin,
                 backlog: VecDeque::new(),
                 close: false,

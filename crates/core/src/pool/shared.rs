@@ -356,6 +356,10 @@ impl Owner for Shared {
         self.release(worker);
     }
 
+    fn unrouted(&self, worker: &Worker) {
+        self.worker_gone(worker);
+    }
+
     fn gone(&self, worker: &Worker) {
         self.worker_gone(worker);
         self.process_gone(worker.pid);

@@ -295,7 +295,10 @@ pub(super) async fn read_loop(
     });
     let mut exit: Option<ExitReason> = None;
     let ending = match stdout {
-        None => Ending::Eof,
+        None => {
+            leave_routing(&worker);
+            Ending::Eof
+        }
         Some(stdout) => {
             use std::os::fd::AsRawFd;
             let (fd, mut size) = (stdout.as_raw_fd(), os::PipeSize::new());
@@ -329,7 +332,13 @@ pub(super) async fn read_loop(
                                 Err(e) => break Ending::Protocol(e),
                             }
                         }
-                        Some(Err(snakepit_protocol::Error::Io(_))) | None => break Ending::Eof,
+                        // Stdout ended, mid-frame or not: the worker died
+                        // or closed it (a crash, with its exit status).
+                        Some(Err(
+                            snakepit_protocol::Error::Io(_)
+                            | snakepit_protocol::Error::Truncated { .. },
+                        ))
+                        | None => break Ending::Eof,
                         Some(Err(e)) => break Ending::Protocol(e),
                     },
                     status = &mut exit_rx => {
@@ -349,28 +358,36 @@ pub(super) async fn read_loop(
                     }
                 }
             };
+            leave_routing(&worker);
             if matches!(ending, Ending::Exited) {
                 // The process is gone while something (a child of its own)
                 // still holds its stdout: the group goes, which takes that
                 // child with it; what the worker wrote before it died is
-                // still read and routed.
+                // still read and routed, for at most 200 ms in all (a child
+                // that left the group may write on forever).
                 if worker.pid != 0 {
                     os::signal_group(worker.pid, libc::SIGKILL);
                 }
-                let drain = Duration::from_millis(200);
+                let until = tokio::time::Instant::now() + Duration::from_millis(200);
                 if let Some(stall) = stalled.take() {
-                    let _ = tokio::time::timeout(drain, stall).await;
+                    let _ = tokio::time::timeout_at(until, stall).await;
                 }
                 loop {
-                    match tokio::time::timeout(drain, next()).await {
+                    match tokio::time::timeout_at(until, next()).await {
                         Ok(Some(Ok(frame))) => match worker.route(frame.freeze()) {
                             Ok(None) => {}
                             Ok(Some(stall)) => {
-                                let _ = tokio::time::timeout(drain, stall.hand_over()).await;
+                                let _ = tokio::time::timeout_at(until, stall.hand_over()).await;
                             }
                             Err(e) => break Ending::Protocol(e),
                         },
-                        Ok(Some(Err(e))) if !matches!(e, snakepit_protocol::Error::Io(_)) => {
+                        Ok(Some(Err(e)))
+                            if !matches!(
+                                e,
+                                snakepit_protocol::Error::Io(_)
+                                    | snakepit_protocol::Error::Truncated { .. }
+                            ) =>
+                        {
                             break Ending::Protocol(e)
                         }
                         _ => break Ending::Exited,
@@ -466,6 +483,16 @@ pub(super) async fn read_loop(
     }
     tracing::debug!(worker = %worker.id, %exit, "worker ended");
     worker.finished.send_replace(Some(exit));
+}
+
+/// The worker takes no more calls and leaves the routing tables: its
+/// stdout ended or its process exited. The calls in flight stay until their
+/// replies are read or the end is known.
+fn leave_routing(worker: &Worker) {
+    worker.inner().dead = true;
+    if let Some(pool) = worker.pool.upgrade() {
+        pool.unrouted(worker);
+    }
 }
 
 /// How the process ended, from its exit watcher.

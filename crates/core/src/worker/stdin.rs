@@ -30,6 +30,10 @@ pub(super) struct Stdin {
 pub(super) struct StdinState {
     /// `None` while the writer task holds it, and once closed.
     pub(super) pipe: Option<ChildStdin>,
+    /// The pipe's descriptor (-1 for none), to ask how much of it the
+    /// worker left unread also while the writer task holds the pipe (it
+    /// gives it up only under this state's lock).
+    pub(super) fd: std::os::fd::RawFd,
     /// Frames waiting for the pipe, each with the id of the call it starts
     /// (0 for cancels and host replies).
     pub(super) backlog: VecDeque<(u64, Bytes)>,
@@ -73,10 +77,14 @@ impl StdinState {
     /// left unread join `lost`, and the pipe is dropped.
     pub(super) fn broken(&mut self, pipe: Option<ChildStdin>) {
         use std::os::fd::AsRawFd;
-        if let Some(unread) = pipe
-            .as_ref()
-            .and_then(|p| os::unread_in_pipe(p.as_raw_fd()))
-        {
+        self.count_unread(pipe.as_ref().map(|p| p.as_raw_fd()));
+        self.pipe = None;
+        self.closed = true;
+    }
+
+    /// The calls whose frames lie unread in the pipe `fd` join `lost`.
+    fn count_unread(&mut self, fd: Option<std::os::fd::RawFd>) {
+        if let Some(unread) = fd.and_then(os::unread_in_pipe) {
             let consumed = self.written.saturating_sub(unread as u64);
             self.lost.extend(
                 self.recent
@@ -86,8 +94,6 @@ impl StdinState {
             );
         }
         self.recent.clear();
-        self.pipe = None;
-        self.closed = true;
     }
 }
 
@@ -162,6 +168,14 @@ impl Stdin {
         if st.pipe.is_some() {
             let pipe = st.pipe.take();
             st.broken(pipe);
+        } else if !st.closed && st.fd >= 0 {
+            // The writer task holds the pipe (a full one, with a worker
+            // that stopped reading): its descriptor is open while this lock
+            // is held. The frames of its batch count too; it drops the pipe
+            // when its write ends.
+            let fd = st.fd;
+            st.count_unread(Some(fd));
+            st.closed = true;
         }
         let mut lost = std::mem::take(&mut st.lost);
         lost.extend(st.backlog.drain(..).map(|(id, _)| id));
@@ -314,6 +328,11 @@ pub(super) async fn write_loop(stdin: Arc<Stdin>) {
             st.broken(Some(pipe));
             return; // the reader sees the worker die
         }
+        if st.closed {
+            // The worker's end was settled meanwhile (`take_lost`).
+            batch.clear();
+            return;
+        }
         st.pipe = Some(pipe);
     }
 }
@@ -442,6 +461,7 @@ mod tests {
     fn the_writer_takes_the_whole_backlog_at_once() {
         let mut st = StdinState {
             pipe: None,
+            fd: -1,
             backlog: VecDeque::new(),
             close: false,
             closed: false,
