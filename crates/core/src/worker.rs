@@ -253,6 +253,9 @@ pub(crate) struct Worker {
     /// The pool is stopping this worker (shutdown): calls cut off by it are
     /// not crashes.
     stopping: AtomicBool,
+    /// The pool killed this worker because a call it had cancelled did not
+    /// end within the grace period: its end says nothing of how it starts.
+    stuck: AtomicBool,
     /// A call registered a deadline while the reader's timer was unset:
     /// the reader sets it after its next frame.
     rearm: AtomicBool,
@@ -333,6 +336,7 @@ impl Worker {
             call_us: AtomicU32::new(u32::MAX),
             max_call_us: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             rearm: AtomicBool::new(false),
             finished: watch::channel(None).0,
         });
@@ -635,6 +639,18 @@ impl Worker {
         self.signal(libc::SIGKILL);
     }
 
+    /// Kills the worker for a cancelled call that did not end in time.
+    fn kill_stuck(&self) {
+        self.stuck.store(true, Ordering::Relaxed);
+        self.kill();
+    }
+
+    /// Whether the pool killed it for a call that would not end (rather
+    /// than the worker ending, or breaking the protocol).
+    pub(crate) fn was_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
     /// Waits until the process has ended and its calls were failed.
     pub(crate) async fn finished(&self) -> ExitReason {
         let mut rx = self.finished.subscribe();
@@ -685,11 +701,11 @@ impl Worker {
                     }
                     if worker.is_pending(id) && !worker.is_finished() {
                         tracing::warn!(worker = %worker.id, id, "no reply to a cancelled call within the grace period; replacing the worker");
-                        worker.kill();
+                        worker.kill_stuck();
                     }
                 });
             }
-            Err(_) => worker.kill(),
+            Err(_) => worker.kill_stuck(),
         }
     }
 }

@@ -1607,3 +1607,69 @@ async fn chaos_keeps_every_promise_callers_can_check() {
         tagged(&tag)
     );
 }
+
+/// reliability.md: "A worker that dies within a second of starting counts
+/// as a failed start (not one the pool killed because a call it cancelled
+/// did not end within the grace period ...)". Four calls in a row that
+/// ignore their cancel each get their fresh worker killed well within a
+/// second of its start; the breaker (threshold 2) stays closed and the
+/// next call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_for_stuck_calls_right_after_starting_open_no_breaker() {
+    use snakepit_core::events::EventKind;
+    use std::sync::{Arc, Mutex};
+    let tag = new_tag("stuck");
+    let opened = Arc::new(Mutex::new(0u32));
+    let seen = opened.clone();
+    let pool = faults_builder(Faults::bridge(&tag))
+        .size(1)
+        .configure(|c| {
+            c.breaker_threshold = 2;
+            c.breaker_cooldown = Duration::from_secs(60);
+            c.restart_backoff = Duration::from_millis(20);
+            c.shutdown_grace_period = Duration::from_millis(100);
+        })
+        .on_event(move |e| {
+            if let EventKind::BreakerOpened { .. } = e.kind {
+                *seen.lock().unwrap() += 1;
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut pids = Vec::new();
+    for round in 0..4 {
+        let started = Instant::now();
+        let r = pool
+            .execute_with(
+                "stuck",
+                json!({"ms": 30_000}),
+                CallOptions::default().timeout(Duration::from_millis(150)),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(Error::CallTimeout { .. })),
+            "round {round}: {r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "round {round}");
+        // The next call waits for the replacement, which starts at once.
+        let r = pool
+            .execute_with(
+                "pid",
+                json!({}),
+                CallOptions::default().timeout(Duration::from_secs(20)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        pids.push(r["pid"].as_u64().unwrap());
+    }
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        4,
+        "each stuck call's worker was replaced: {pids:?}"
+    );
+    assert_eq!(*opened.lock().unwrap(), 0, "the breaker opened");
+    pool.shutdown().await.unwrap();
+    assert!(tagged(&tag).is_empty());
+}

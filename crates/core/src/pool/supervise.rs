@@ -287,7 +287,10 @@ pub(crate) async fn supervise(
                 // A worker that dies right after starting counts as a failed
                 // start, so that a crash loop backs off instead of
                 // fork-storming, and opens the breaker as failed starts do.
-                if lived < Duration::from_secs(1) {
+                // Not one the pool killed for a call that outlived its
+                // deadline and the grace period: it started well, and the
+                // call's deadline already spaces such ends out.
+                if lived < Duration::from_secs(1) && !worker.was_stuck() {
                     let e = StartError {
                         worker_id: worker.id.clone(),
                         cause: format!(

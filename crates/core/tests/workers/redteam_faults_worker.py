@@ -3,6 +3,7 @@ workers whose children hold their pipes, that fork and exit, and that die
 soon after starting (for the restart back-off).
 """
 import os
+import signal
 import sys
 import time
 
@@ -85,6 +86,14 @@ def sleep(args, ctx):
             f.write("started")
     time.sleep(args.get("ms", 0) / 1000.0)
     return {"pid": os.getpid(), "token": args.get("token")}
+
+
+@worker.command("stuck")
+def stuck(args, ctx):
+    """Blocks SIGINT, then sleeps: a call that will not end when cancelled."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    time.sleep(args.get("ms", 60000) / 1000.0)
+    return {"pid": os.getpid()}
 
 
 @worker.command("hold_pipes")
