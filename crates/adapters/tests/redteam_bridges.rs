@@ -757,3 +757,44 @@ async fn a_host_reply_arriving_after_its_call_was_cancelled_is_not_taken_for_the
         pool.shutdown().await.unwrap();
     }
 }
+
+/// bridges/node/README.md, Codecs: "A `Date` becomes an ISO string under
+/// JSON ..., but a MessagePack timestamp extension under MessagePack, which
+/// the pool cannot read (the caller gets `Error::Codec`) ... A `Map` or
+/// `Set` becomes `{}` in both codecs." The worker stays either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_dates_maps_and_sets_go_out_as_the_readme_says() {
+    for codec in [WireCodec::Json, WireCodec::MsgPack] {
+        let pool = start(Pool::builder(node().codec(codec)).size(1)).await;
+        let pid = pool.worker_pids()[0];
+        let date = call_with(&pool, "date", json!({}), Duration::from_secs(20)).await;
+        match codec {
+            WireCodec::Json => {
+                assert_eq!(date.unwrap(), json!({"when": "1970-01-01T00:00:00.000Z"}))
+            }
+            _ => assert!(matches!(date, Err(Error::Codec(_))), "{codec}: {date:?}"),
+        }
+        let r = call_with(&pool, "collections", json!({}), Duration::from_secs(20)).await;
+        assert_eq!(r.unwrap(), json!({"map": {}, "set": {}}), "{codec}");
+        assert_eq!(pool.worker_pids(), vec![pid], "{codec}: replaced");
+        pool.shutdown().await.unwrap();
+    }
+}
+
+/// bridges/ruby/README.md, Codecs: "a Hash with Integer keys, which JSON
+/// would turn into strings, reaches the caller as `Error::Codec`" under
+/// MessagePack; the worker stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ruby_integer_hash_keys_are_strings_in_json_and_a_codec_error_in_msgpack() {
+    for codec in [WireCodec::Json, WireCodec::MsgPack] {
+        let pool = start(Pool::builder(ruby().codec(codec)).size(1)).await;
+        let pid = pool.worker_pids()[0];
+        let r = call_with(&pool, "int_keys", json!({}), Duration::from_secs(20)).await;
+        match codec {
+            WireCodec::Json => assert_eq!(r.unwrap(), json!({"1": "one"})),
+            _ => assert!(matches!(r, Err(Error::Codec(_))), "{codec}: {r:?}"),
+        }
+        assert_eq!(pool.worker_pids(), vec![pid], "{codec}: replaced");
+        pool.shutdown().await.unwrap();
+    }
+}

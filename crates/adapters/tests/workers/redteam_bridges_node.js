@@ -81,6 +81,13 @@ const worker = new Worker({
       const deletedAgain = await ctx.session.delete('k');
       return { before, after, deleted, deleted_again: deletedAgain };
     },
+    // README, Codecs: "Return plain data."
+    date() {
+      return { when: new Date(0) };
+    },
+    collections() {
+      return { map: new Map([['a', 1]]), set: new Set([1, 2]) };
+    },
   },
 });
 

@@ -7,6 +7,8 @@ worker = SnakepitBridge::Worker.new
 worker.command("pid") { |_args, _ctx| { "pid" => Process.pid } }
 
 worker.command("echo") { |args, _ctx| args }
+# README, Codecs: Hash keys under MessagePack.
+worker.command("int_keys") { |_args, _ctx| { 1 => "one" } }
 
 # Sleeps; SIGINT at the deadline raises Cancelled in it, and its ensure runs.
 worker.command("sleepy") do |args, _ctx|
