@@ -257,7 +257,11 @@ async fn original_style_workers_in_python_and_node_are_served_unchanged() {
 /// crashes on its first reply, and `start()` says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_readmes_ruby_bridge_is_served_and_its_missing_require_is_a_start_error() {
-    let script = worker("redteam_bridges_original.rb");
+    // The copy among the examples (with the line the README lacks).
+    let script = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/ruby/bridge.rb"
+    ));
     let ruby = || {
         Custom::new("ruby")
             .arg(&script)
@@ -298,7 +302,8 @@ async fn the_original_readmes_ruby_bridge_is_served_and_its_missing_require_is_a
     std::fs::create_dir_all(&dir).unwrap();
     let verbatim = dir.join("bridge.rb");
     let text = std::fs::read_to_string(&script).unwrap();
-    std::fs::write(&verbatim, text.replace("require 'time' # added\n", "")).unwrap();
+    assert!(text.contains("\nrequire 'time'\n"), "the example changed");
+    std::fs::write(&verbatim, text.replace("\nrequire 'time'\n", "\n")).unwrap();
     let builder = roomy(Pool::builder(
         Custom::new("ruby")
             .arg(&verbatim)

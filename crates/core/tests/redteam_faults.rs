@@ -83,6 +83,59 @@ fn faults_builder(adapter: Faults) -> PoolBuilder {
     })
 }
 
+/// The pool's call counters: requests, completed, errors, call timeouts,
+/// crashes.
+fn counts(pool: &Pool) -> (u64, u64, u64, u64, u64) {
+    let s = pool.stats();
+    (
+        s.requests,
+        s.completed,
+        s.errors,
+        s.call_timeouts,
+        s.crashes,
+    )
+}
+
+/// Shuts `pool` down; then no process carrying `tag` is left alive.
+async fn shut_down_leaving_nothing(pool: Pool, tag: &str) {
+    pool.shutdown().await.unwrap();
+    none_left(tag).await;
+}
+
+/// No process carrying `tag` is alive, within 10 s.
+async fn none_left(tag: &str) {
+    assert!(
+        eventually(10, || tagged(tag).is_empty()).await,
+        "{:?}",
+        tagged(tag)
+    );
+}
+
+/// `n` calls of `command`, each with 600 KiB of arguments (more than the
+/// pipe holds) and `timeout`, each on a task of its own.
+fn big_calls(
+    pool: &Pool,
+    command: &'static str,
+    n: u64,
+    timeout: Duration,
+) -> Vec<tokio::task::JoinHandle<snakepit_core::Result<serde_json::Value>>> {
+    let big = "x".repeat(600 * 1024);
+    (0..n)
+        .map(|i| {
+            let pool = pool.clone();
+            let big = big.clone();
+            tokio::spawn(async move {
+                pool.execute_with(
+                    command,
+                    json!({"i": i, "pad": big}),
+                    CallOptions::new().timeout(timeout),
+                )
+                .await
+            })
+        })
+        .collect()
+}
+
 /// The live (not zombie) processes carrying `tag` in their environment.
 fn tagged(tag: &str) -> Vec<u32> {
     let needle = format!("REDTEAM_FAULTS_TAG={tag}");
@@ -200,12 +253,7 @@ async fn a_worker_that_exits_while_its_child_holds_its_pipes_fails_its_call_with
     replaced_and_serving(&pool, worker).await;
     let s = pool.stats();
     assert_eq!((s.requests, s.completed, s.errors, s.crashes), (3, 2, 1, 1));
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// The same death with the pipes held by something else than a direct
@@ -269,11 +317,7 @@ async fn a_worker_killed_while_an_escaped_child_holds_its_stdout_fails_at_once()
         eventually(10, || !alive(holder)).await,
         "the escaped child outlived the pool"
     );
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// A worker that forks mid-call and exits (its child would go on and
@@ -303,12 +347,7 @@ async fn a_worker_that_forks_and_exits_mid_call_fails_its_call_and_the_fork_dies
         "the fork went with the group"
     );
     replaced_and_serving(&pool, worker).await;
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// A worker that daemonizes itself at start (forks, the parent exits, the
@@ -345,11 +384,7 @@ async fn a_worker_that_forks_and_exits_at_start_leaves_nothing() {
             pool.shutdown().await.unwrap();
         }
     }
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// reliability.md: a worker that "closes its stdout" (here while idle,
@@ -368,12 +403,7 @@ async fn an_idle_worker_that_closes_its_stdout_and_lives_on_is_killed_and_replac
     replaced_and_serving(&pool, worker).await;
     let s = pool.stats();
     assert_eq!((s.requests, s.completed, s.errors, s.crashes), (2, 2, 0, 0));
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// Half a frame, then silence (the worker lives on, reads nothing): the
@@ -402,23 +432,8 @@ async fn half_a_frame_then_silence_is_a_call_timeout_and_the_worker_is_replaced(
     );
     replaced_and_serving(&pool, worker).await;
     assert!(eventually(10, || pool.stats().in_flight == 0).await);
-    let s = pool.stats();
-    assert_eq!(
-        (
-            s.requests,
-            s.completed,
-            s.errors,
-            s.call_timeouts,
-            s.crashes
-        ),
-        (2, 1, 1, 1, 0)
-    );
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    assert_eq!(counts(&pool), (2, 1, 1, 1, 0));
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// Half a frame, then the worker exits with status 5 while a child of its
@@ -443,12 +458,7 @@ async fn half_a_frame_then_exit_with_a_child_holding_stdout_fails_at_once() {
         pool.worker_pids()
     );
     replaced_and_serving(&pool, worker).await;
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// A worker that dies half-way through writing a reply (it exits with
@@ -498,21 +508,7 @@ async fn a_worker_that_stops_reading_times_out_its_calls_and_the_queued_one_reac
     let tag = new_tag("stall");
     let (pool, worker) = one_worker(Faults::raw("stall", &tag)).await;
     assert_eq!(pool.stats().capacity, 4, "the hello's max_concurrency");
-    let big = "x".repeat(600 * 1024);
-    let stalled: Vec<_> = (0..4)
-        .map(|i| {
-            let pool = pool.clone();
-            let big = big.clone();
-            tokio::spawn(async move {
-                pool.execute_with(
-                    "stall",
-                    json!({"i": i, "pad": big}),
-                    CallOptions::new().timeout(Duration::from_secs(2)),
-                )
-                .await
-            })
-        })
-        .collect();
+    let stalled = big_calls(&pool, "stall", 4, Duration::from_secs(2));
     assert!(
         eventually(10, || pool.stats().in_flight == 4).await,
         "{:?}",
@@ -555,12 +551,7 @@ async fn a_worker_that_stops_reading_times_out_its_calls_and_the_queued_one_reac
         ),
         (5, 1, 4, 4, 0, 0)
     );
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// A SIGSTOPped worker (after quick calls, so that calls are written ahead
@@ -613,23 +604,8 @@ async fn a_stopped_worker_times_out_its_call_and_the_call_behind_reaches_the_rep
         eventually(20, || !alive(worker)).await,
         "the stopped worker was killed"
     );
-    let s = pool.stats();
-    assert_eq!(
-        (
-            s.requests,
-            s.completed,
-            s.errors,
-            s.call_timeouts,
-            s.crashes
-        ),
-        (22, 21, 1, 1, 0)
-    );
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    assert_eq!(counts(&pool), (22, 21, 1, 1, 0));
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// A worker killed from outside during `shutdown()`'s grace period (its
@@ -668,11 +644,7 @@ async fn a_worker_killed_during_shutdown_is_not_replaced_and_nothing_is_left() {
         "{err:?}"
     );
     within(30, "shutdown", stopping).await.unwrap().unwrap();
-    assert!(
-        eventually(5, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
     // Nothing is started later either.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = tagged(&tag);
@@ -755,11 +727,7 @@ async fn a_worker_still_starting_when_shutdown_returns_is_gone() {
         eventually(2, || !alive(starting)).await,
         "the starting worker outlived shutdown"
     );
-    assert!(
-        eventually(5, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// The lines of a start log: (time in s, pid), one per worker start.
@@ -891,11 +859,7 @@ async fn dropping_the_last_handle_while_a_worker_starts_leaves_nothing() {
         eventually(10, || !alive(starting)).await,
         "the starting worker outlived the pool"
     );
-    assert!(
-        eventually(5, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// A SIGSTOPped worker with a call running on it when the pool shuts down:
@@ -911,11 +875,7 @@ async fn a_stopped_worker_is_stopped_by_shutdown() {
     let err = within(10, "the call", call).await.unwrap().unwrap_err();
     assert!(matches!(err, Error::StoppedByShutdown { .. }), "{err:?}");
     assert_eq!(pool.stats().crashes, 0);
-    assert!(
-        eventually(5, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// A worker killed during shutdown's grace period with calls written ahead
@@ -985,11 +945,7 @@ async fn a_worker_killed_during_shutdown_with_calls_written_ahead_fails_them_as_
         (s.requests, s.completed, s.errors, s.crashes),
         (24, 20, 4, 1)
     );
-    assert!(
-        eventually(5, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// A worker that writes its reply whole and exits at once (alone, and with
@@ -1030,11 +986,7 @@ async fn a_reply_written_just_before_the_worker_exits_reaches_its_caller() {
             "child {child}"
         );
         pool.shutdown().await.unwrap();
-        assert!(
-            eventually(10, || tagged(&tag).is_empty()).await,
-            "{:?}",
-            tagged(&tag)
-        );
+        none_left(&tag).await;
     }
 }
 
@@ -1052,11 +1004,7 @@ async fn a_reply_written_just_before_the_worker_exits_reaches_its_caller() {
 async fn calls_a_stalled_worker_never_read_go_to_its_replacement() {
     let tag = new_tag("stall-behind");
     calls_behind_a_stall(Faults::raw("stall", &tag), None).await;
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// The same, when the stalled worker had forked a child that left its
@@ -1110,21 +1058,7 @@ async fn calls_behind_a_stall(adapter: Faults, pid_file: Option<PathBuf>) {
     if let Some(p) = &pid_file {
         assert!(eventually(10, || p.exists()).await, "the stall began");
     }
-    let big = "x".repeat(600 * 1024);
-    let behind: Vec<_> = (0..3)
-        .map(|i| {
-            let pool = pool.clone();
-            let big = big.clone();
-            tokio::spawn(async move {
-                pool.execute_with(
-                    "echo",
-                    json!({"i": i, "pad": big}),
-                    CallOptions::new().timeout(Duration::from_secs(60)),
-                )
-                .await
-            })
-        })
-        .collect();
+    let behind = big_calls(&pool, "echo", 3, Duration::from_secs(60));
     assert!(
         eventually(10, || pool.stats().in_flight == 4).await,
         "{:?}",
@@ -1141,17 +1075,7 @@ async fn calls_behind_a_stall(adapter: Faults, pid_file: Option<PathBuf>) {
         assert_ne!(r["pid"].as_u64().unwrap() as u32, worker);
     }
     assert!(eventually(10, || pool.stats().in_flight == 0).await);
-    let s = pool.stats();
-    assert_eq!(
-        (
-            s.requests,
-            s.completed,
-            s.errors,
-            s.call_timeouts,
-            s.crashes
-        ),
-        (4, 3, 1, 1, 0)
-    );
+    assert_eq!(counts(&pool), (4, 3, 1, 1, 0));
     pool.shutdown().await.unwrap();
 }
 
@@ -1210,11 +1134,7 @@ async fn a_worker_that_dies_while_an_escaped_child_keeps_writing_frames_is_repla
     }
     pool.shutdown().await.unwrap();
     assert!(wrong.is_empty(), "{wrong:#?}");
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// A worker that daemonizes mid-run (fork, `setsid`, the parent exits; the
@@ -1266,11 +1186,7 @@ async fn a_worker_that_daemonizes_is_replaced_while_calls_keep_coming() {
         "the dead worker {worker} still in the pool after 15 s of calls; the daemonize call \
          ended as {first:?}; calls were served by {served_by:?}; processes {leftovers:?}"
     );
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    none_left(&tag).await;
 }
 
 /// A worker that starts a helper process at import (inheriting its stdout
@@ -1423,12 +1339,7 @@ async fn a_worker_killed_during_a_slow_host_call_fails_its_call_at_once() {
     .await
     .unwrap();
     assert_eq!(r["slept"], 10);
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// Chaos: 400 calls with random sleeps and deadlines on two workers (calls
@@ -1600,12 +1511,7 @@ async fn chaos_keeps_every_promise_callers_can_check() {
             "killed worker {pid} still alive"
         );
     }
-    pool.shutdown().await.unwrap();
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "{:?}",
-        tagged(&tag)
-    );
+    shut_down_leaving_nothing(pool, &tag).await;
 }
 
 /// reliability.md: "A worker that dies within a second of starting counts
