@@ -38,13 +38,6 @@ async fn client(nats: &NatsServer, config: ClientConfig) -> Client {
         .unwrap()
 }
 
-async fn wait_hosts(client: &Client, n: usize) {
-    eventually(30, "every host is heard from", || async {
-        client.hosts().len() == n
-    })
-    .await;
-}
-
 fn config_error<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) -> String {
     match r {
         Err(Error::Config(m)) => m,

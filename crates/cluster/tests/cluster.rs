@@ -47,13 +47,6 @@ async fn long_call_on(
     panic!("no session call reached host {}", host.id);
 }
 
-async fn wait_hosts(client: &Client, n: usize) {
-    eventually(30, "every host is heard from", || async {
-        client.hosts().len() == n
-    })
-    .await;
-}
-
 /// A 1-worker host and a 4-worker host under load serve about 1:4: a host
 /// takes a call only when it has a free worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

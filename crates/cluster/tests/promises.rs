@@ -38,13 +38,6 @@ async fn client_with(nats: &NatsServer, config: ClientConfig) -> Client {
         .unwrap()
 }
 
-async fn wait_hosts(client: &Client, n: usize) {
-    eventually(30, "every host is heard from", || async {
-        client.hosts().len() == n
-    })
-    .await;
-}
-
 /// Calls `host` has served, from the service API.
 async fn served_by(client: &Client, host: &str) -> u64 {
     for s in client.status(Duration::from_millis(300)).await.unwrap() {
@@ -105,10 +98,6 @@ async fn hold(
     started(&m).await;
     let _ = std::fs::remove_file(&m);
     task
-}
-
-fn pid_of(r: &Value) -> u32 {
-    r["pid"].as_u64().unwrap() as u32
 }
 
 const SMALL_PAYLOAD: &str = "max_payload: 65536\n";

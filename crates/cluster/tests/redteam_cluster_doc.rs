@@ -44,17 +44,6 @@ async fn client(nats: &NatsServer, config: ClientConfig) -> Client {
         .unwrap()
 }
 
-async fn wait_hosts(client: &Client, n: usize) {
-    eventually(30, "every host is heard from", || async {
-        client.hosts().len() == n
-    })
-    .await;
-}
-
-fn pid_of(r: &Value) -> u32 {
-    r["pid"].as_u64().expect("a pid in the reply") as u32
-}
-
 /// Two hosts `a` and `b` of one worker each, served from this process.
 struct TwoHosts {
     nats: NatsServer,

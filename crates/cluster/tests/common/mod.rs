@@ -305,3 +305,16 @@ pub async fn served(client: &snakepit_cluster::Client) -> std::collections::Hash
     }
     out
 }
+
+/// Waits until `client` has heard from `n` hosts.
+pub async fn wait_hosts(client: &snakepit_cluster::Client, n: usize) {
+    eventually(30, "every host is heard from", || async {
+        client.hosts().len() == n
+    })
+    .await;
+}
+
+/// The `pid` a test worker put in its reply.
+pub fn pid_of(r: &serde_json::Value) -> u32 {
+    r["pid"].as_u64().expect("a pid in the reply") as u32
+}
