@@ -303,18 +303,6 @@ async fn program_helpers_store_send_and_count_programs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A pool of one `session_wait_worker.py` (in crates/core/tests/workers)
-/// over `store`.
-async fn waiting_pool(store: Arc<MemoryStore>) -> Pool {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../core/tests/workers/session_wait_worker.py");
-    attach(Pool::builder(Bridge::python(script)), store)
-        .size(1)
-        .start()
-        .await
-        .unwrap()
-}
-
 /// Runs `wait_then_get` in `session`; once the handler has started (its
 /// session exists), runs `meanwhile`, then lets the handler call
 /// `session.get`. What the handler answered.
@@ -365,7 +353,7 @@ async fn session_not_found_and_session_expired_reach_the_handler() {
             .sweep_interval(Duration::from_secs(3600))
             .build(),
     );
-    let pool = waiting_pool(store.clone()).await;
+    let pool = common::waiting_pool(store.clone()).await;
     // These two live an hour: only the one left to the default expires.
     for id in ["deleted", "alive"] {
         store

@@ -6,6 +6,7 @@
 //! SIGCONT the same pool and store work again.
 #![cfg(feature = "redis")]
 
+mod common;
 mod redis_server;
 
 use std::path::PathBuf;
@@ -14,9 +15,8 @@ use std::time::Duration;
 
 use redis_server::Redis;
 use serde_json::{json, Value};
-use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
-use snakepit_session::{attach, RedisStore, SessionStore};
+use snakepit_session::{RedisStore, SessionStore};
 use snakepit_tests::until;
 
 /// The store's timeout: short, so that the test is quick.
@@ -24,20 +24,6 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Only turns a hang into a failure of this test.
 const GUARD: Duration = Duration::from_secs(30);
-
-/// A pool of one `session_wait_worker.py` (in crates/core/tests/workers):
-/// `wait_then_get` creates the file `started`, waits for the file `go`,
-/// then calls `ctx.session.get` and reports the `HostCallError` type it
-/// caught.
-async fn pool(store: Arc<RedisStore>) -> Pool {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../core/tests/workers/session_wait_worker.py");
-    attach(Pool::builder(Bridge::python(script)), store)
-        .size(1)
-        .start()
-        .await
-        .unwrap()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -95,7 +81,7 @@ async fn a_paused_redis_fails_session_calls_with_the_session_error_then_recovers
             .await
             .unwrap(),
     );
-    let pool = pool(store.clone()).await;
+    let pool = common::waiting_pool(store.clone()).await;
     store.ensure_session("user").await.unwrap();
     store.set("user", "k", json!("kept")).await.unwrap();
     let r = get_after(&pool, "user", || {}).await;

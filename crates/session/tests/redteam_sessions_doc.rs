@@ -28,21 +28,6 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 /// Only turns a hang into a failure of this test.
 const GUARD: Duration = Duration::from_secs(30);
 
-/// A pool of one `session_wait_worker.py` (crates/core/tests/workers):
-/// `wait_then_get` creates `started`, waits for `go`, then calls
-/// `ctx.session.get(key)` and answers the value or the caught host-call
-/// error's type and message.
-async fn pool(store: Arc<RedisStore>) -> Pool {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../core/tests/workers/session_wait_worker.py");
-    attach(Pool::builder(Bridge::python(script)), store)
-        .size(1)
-        .configure(|c| c.sweep_on_start = false)
-        .start()
-        .await
-        .unwrap()
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "snakepit-redteam-sessions-{}-{name}",
@@ -115,7 +100,7 @@ async fn a_persisting_redis_killed_and_restarted_loses_nothing_and_the_pool_reco
             .unwrap(),
     );
     let ends = common::record_ends(&*store);
-    let pool = pool(store.clone()).await;
+    let pool = common::waiting_pool(store.clone()).await;
 
     // Written before the kill.
     store.create_session("user", None).await.unwrap();

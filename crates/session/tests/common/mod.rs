@@ -442,3 +442,21 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A pool of one `session_wait_worker.py` (crates/core/tests/workers) over
+/// `store`: `wait_then_get` creates the file `started`, waits for the file
+/// `go`, then calls `ctx.session.get(key)` and answers the value, or the
+/// type and message of the host-call error it caught.
+pub async fn waiting_pool<S: SessionStore + 'static>(store: Arc<S>) -> snakepit_core::Pool {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/tests/workers/session_wait_worker.py");
+    snakepit_session::attach(
+        snakepit_core::Pool::builder(snakepit_adapters::Bridge::python(script)),
+        store,
+    )
+    .size(1)
+    .configure(|c| c.sweep_on_start = false)
+    .start()
+    .await
+    .unwrap()
+}
