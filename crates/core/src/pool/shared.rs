@@ -308,13 +308,15 @@ impl Shared {
         }
     }
 
-    /// Every worker process the pool has: ready ones and retiring ones.
+    /// Every worker process the pool has: ready ones, retiring ones, and
+    /// those out of routing whose end is awaited.
     pub(crate) fn every_worker(&self) -> Vec<Arc<Worker>> {
         let st = self.state();
         st.slots
             .iter()
             .filter_map(|s| s.worker.clone())
             .chain(st.retiring.iter().cloned())
+            .chain(st.dying.iter().cloned())
             .collect()
     }
 
@@ -357,11 +359,21 @@ impl Owner for Shared {
     }
 
     fn unrouted(&self, worker: &Worker) {
-        self.worker_gone(worker);
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation {
+            slot.in_flight = 0;
+            if let Some(w) = slot.worker.take() {
+                st.dying.push(w);
+            }
+        }
     }
 
     fn gone(&self, worker: &Worker) {
         self.worker_gone(worker);
+        self.state()
+            .dying
+            .retain(|w| !std::ptr::eq(Arc::as_ptr(w), worker));
         self.process_gone(worker.pid);
     }
 

@@ -168,6 +168,9 @@ pub(crate) struct State {
     pub(crate) affinity: HashMap<Arc<str>, AffinityRecord>,
     /// Recycled workers finishing their last calls.
     pub(crate) retiring: Vec<Arc<Worker>>,
+    /// Workers out of routing (stdout ended, or the process exited) whose
+    /// end their reader still awaits: shutdown must stop them too.
+    pub(crate) dying: Vec<Arc<Worker>>,
     pub(crate) closed: bool,
     pub(crate) last_start_error: Option<StartError>,
 }
@@ -184,6 +187,7 @@ impl State {
             seq: 0,
             affinity: HashMap::new(),
             retiring: Vec::new(),
+            dying: Vec::new(),
             closed: false,
             last_start_error: None,
         }

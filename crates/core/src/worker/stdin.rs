@@ -49,6 +49,9 @@ pub(super) struct StdinState {
     /// to the pipe.
     pub(super) accepted: u64,
     pub(super) written: u64,
+    /// Bytes of the writer task's batch not yet counted in `written` (some
+    /// may be in the pipe already: the count follows each write).
+    pub(super) writing: u64,
     /// Recent request frames: call id and the stream offset where the frame
     /// ends. When the worker dies, the bytes it left unread in the pipe tell
     /// which of these it never read whole, so never ran.
@@ -83,9 +86,13 @@ impl StdinState {
     }
 
     /// The calls whose frames lie unread in the pipe `fd` join `lost`.
+    /// While the writer task writes, `written` may lag what the pipe took
+    /// by up to `writing`: the most it can have taken counts, so that a
+    /// frame the worker may have read is never taken as unread.
     fn count_unread(&mut self, fd: Option<std::os::fd::RawFd>) {
         if let Some(unread) = fd.and_then(os::unread_in_pipe) {
-            let consumed = self.written.saturating_sub(unread as u64);
+            let most = self.written.saturating_add(self.writing);
+            let consumed = most.saturating_sub(unread as u64);
             self.lost.extend(
                 self.recent
                     .iter()
@@ -307,6 +314,7 @@ pub(super) async fn write_loop(stdin: Arc<Stdin>) {
                 match st.pipe.take() {
                     Some(pipe) => {
                         st.take_batch(&mut batch);
+                        st.writing = batch.iter().map(|(_, f)| f.len() as u64).sum();
                         let largest = batch.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
                         st.size.fit(&pipe, largest);
                         Some(pipe)
@@ -319,8 +327,14 @@ pub(super) async fn write_loop(stdin: Arc<Stdin>) {
             stdin.wake.notified().await;
             continue;
         };
-        let written = write_frames(&mut pipe, &mut batch, |n| stdin.state().written += n).await;
+        let written = write_frames(&mut pipe, &mut batch, |n| {
+            let mut st = stdin.state();
+            st.written += n;
+            st.writing = st.writing.saturating_sub(n);
+        })
+        .await;
         let mut st = stdin.state();
+        st.writing = 0;
         if written.is_err() {
             // The frames not written whole: the worker cannot have started
             // those calls, nor any it left unread.
@@ -469,6 +483,7 @@ mod tests {
             replies: 1,
             accepted: 0,
             written: 0,
+            writing: 0,
             recent: VecDeque::new(),
             size: os::PipeSize::new(),
         };
