@@ -205,6 +205,7 @@ impl PoolBuilder {
             run_id,
             name: self.name,
             shutdown: watch::channel(false).0,
+            retry: watch::channel(0).0,
             listeners: self.listeners,
             trace_context: self.trace_context,
             config: self.config,
@@ -398,6 +399,16 @@ impl Pool {
         use crate::sync::Unpoisoned as _;
         let template = self.shared().template.locked();
         template.as_ref().filter(|t| t.is_alive()).map(|t| t.pid)
+    }
+
+    /// Starts a worker at once in every slot that is waiting to restart
+    /// one: in its back-off after failed starts, or with its breaker open
+    /// (the breaker is then half-open: one more failed start opens it
+    /// again). For when the cause of the failures is gone (a module
+    /// installed, a model file restored) and the cool-down should not be
+    /// waited out. Slots with a worker are left alone.
+    pub fn retry_starts(&self) {
+        self.shared().retry.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Forgets a session's worker affinity.

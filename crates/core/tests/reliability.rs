@@ -335,6 +335,41 @@ async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// FAILURES.md, start-up: the breaker holds "until the pool is told to
+/// retry". With a ten-minute cool-down and the cause gone,
+/// `Pool::retry_starts` starts the slot's worker at once, and calls run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_starts_ends_an_open_breakers_cool_down() {
+    let dir = temp_dir("breaker-retry");
+    let marker = dir.join("broken");
+    let (pool, events) =
+        breaker_pool("TEST_FAIL_IF_EXISTS", &marker, Duration::from_secs(600)).await;
+    std::fs::write(&marker, "").unwrap();
+    kill_9(pool.worker_pids()[0]);
+    assert!(eventually(10, || events.lock().unwrap().contains(&"opened")).await);
+    // Asking while the cause remains: one more failed start re-opens it.
+    let failed = pool.stats().start_failures;
+    pool.retry_starts();
+    assert!(eventually(20, || pool.stats().start_failures > failed).await);
+    assert!(matches!(
+        pool.execute("echo", json!({})).await,
+        Err(Error::StartFailed(_))
+    ));
+    std::fs::remove_file(&marker).unwrap();
+    pool.retry_starts();
+    assert!(
+        eventually(20, || pool.stats().workers == 1).await,
+        "the worker started long before the ten-minute cool-down"
+    );
+    assert!(events.lock().unwrap().contains(&"closed"));
+    assert_eq!(
+        pool.execute("echo", json!({"x": 1})).await.unwrap()["echoed"]["x"],
+        1
+    );
+    pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A worker that starts, then dies within a second, again and again, is a
 /// failed start each time: the slot's breaker opens, callers fail fast with
 /// `StartFailed` naming the early end and carrying the worker's stderr, and

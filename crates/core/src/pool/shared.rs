@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     pub(crate) run_id: String,
     pub(crate) name: String,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Bumped by [`Pool::retry_starts`](crate::Pool::retry_starts): slots
+    /// waiting out a back-off or an open breaker start a worker at once.
+    pub(crate) retry: watch::Sender<u64>,
     pub(crate) listeners: Vec<Listener>,
     pub(crate) trace_context: Option<TraceContext>,
     pub(crate) record: Option<crate::sweep::RunRecord>,

@@ -230,6 +230,7 @@ pub(crate) async fn supervise(
     mut first: Option<oneshot::Sender<std::result::Result<(), StartError>>>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut retry = shared.retry.subscribe();
     let mut failures: u32 = 0;
     let mut started_once = false;
     loop {
@@ -328,8 +329,12 @@ pub(crate) async fn supervise(
             delay,
         });
         if !delay.is_zero() {
+            retry.mark_unchanged();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
+                _ = retry.changed() => {
+                    tracing::info!(slot = i, "retrying the start now, as asked");
+                }
                 _ = shutdown.changed() => return,
             }
         }
