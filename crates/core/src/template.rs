@@ -77,6 +77,17 @@ pub(crate) struct TemplateError {
     pub(crate) tail: String,
 }
 
+/// Kills the template it holds when dropped.
+struct KillOnDrop(Option<Arc<Template>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.kill();
+        }
+    }
+}
+
 impl Template {
     /// Starts the template and waits for its `ready` (the script's
     /// module-level code has run) for at most `ready_timeout`.
@@ -119,6 +130,9 @@ impl Template {
             reaped: std::sync::atomic::AtomicBool::new(false),
             tail,
         });
+        // A start abandoned while the template loads (the pool shut down
+        // meanwhile) kills it: nothing else knows of it yet.
+        let mut abandoned = KillOnDrop(Some(template.clone()));
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(read_loop(template.clone(), ready_tx));
         // Resolves once the process is reaped and its output read.
@@ -161,6 +175,7 @@ impl Template {
                     tracing::warn!(target: "snakepit::template", pid, threads, "the template runs {threads} threads; they do not survive a fork (start them in an after-fork hook, docs/preload.md)");
                 }
                 tracing::info!(target: "snakepit::template", pid, "template ready");
+                abandoned.0 = None;
                 Ok(template)
             }
             Err(cause) => {
@@ -259,7 +274,12 @@ impl Template {
             _ = ended.wait_for(|e| *e) => return Err(io::Error::other("the preload template ended")),
             _ = tokio::time::sleep(FORK_TIMEOUT) => {
                 self.state.locked().forks.remove(&id);
-                return Err(io::Error::other(format!("the preload template did not fork within {FORK_TIMEOUT:?}")));
+                // A template that does not fork is stuck (stopped, or
+                // blocked in its script): it goes, so that the next start
+                // begins a new one instead of asking it again.
+                tracing::warn!(target: "snakepit::template", pid = self.pid, "the template did not fork within {FORK_TIMEOUT:?}; killing it");
+                self.kill();
+                return Err(io::Error::other(format!("the preload template did not fork within {FORK_TIMEOUT:?}; it was killed, and the next start begins a new one")));
             }
         };
         let exit = self.exit_of(pid);
