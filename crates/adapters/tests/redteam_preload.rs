@@ -95,19 +95,22 @@ fn environ(pid: u32) -> Vec<(String, String)> {
 /// copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forked_workers_share_the_loaded_model_as_proc_measures_it() {
-    let pool = Pool::builder(
-        bridge()
-            .env("RT_MODEL_MB", "96")
-            .env("RT_OBJECTS", "300000"),
-    )
-    .size(3)
-    .configure(|c| {
-        c.health_check_interval = Duration::ZERO;
-        c.worker_init_timeout = Duration::from_secs(60);
-    })
-    .start()
-    .await
-    .unwrap();
+    model_shared_by_forks(bridge()).await;
+}
+
+/// Three forked workers of `bridge` (its script holding a 96 MiB model and
+/// 300,000 objects) each read the whole model twice and collect; /proc then
+/// shows the model shared, as the two tests that call it say.
+async fn model_shared_by_forks(bridge: Bridge) {
+    let pool = Pool::builder(bridge.env("RT_MODEL_MB", "96").env("RT_OBJECTS", "300000"))
+        .size(3)
+        .configure(|c| {
+            c.health_check_interval = Duration::ZERO;
+            c.worker_init_timeout = Duration::from_secs(60);
+        })
+        .start()
+        .await
+        .unwrap();
     let template = pool.template_pid().unwrap();
     // Twice round every worker: reading and collecting again changes
     // nothing more.
@@ -869,59 +872,7 @@ async fn a_ruby_template_that_raises_while_loading_is_start_failed_with_the_back
 /// fraction of the 96 MiB model, which each worker's resident set holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forked_ruby_workers_share_the_loaded_model_as_proc_measures_it() {
-    let pool = Pool::builder(
-        ruby_bridge()
-            .env("RT_MODEL_MB", "96")
-            .env("RT_OBJECTS", "300000"),
-    )
-    .size(3)
-    .configure(|c| {
-        c.health_check_interval = Duration::ZERO;
-        c.worker_init_timeout = Duration::from_secs(60);
-    })
-    .start()
-    .await
-    .unwrap();
-    let template = pool.template_pid().unwrap();
-    for _ in 0..2 {
-        let calls: Vec<_> = (0..6)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.execute("touch", json!({})).await })
-            })
-            .collect();
-        for call in calls {
-            let v = call.await.unwrap().unwrap();
-            assert_eq!(v["objects"], json!(300_000));
-        }
-    }
-    for w in pool.workers() {
-        assert!(w.served >= 1, "worker {} served no touch", w.pid);
-    }
-    let model_kib: u64 = 96 * 1024;
-    let template_rss = rollup_kib(template, "Rss");
-    let mut pss_sum = rollup_kib(template, "Pss");
-    let mut report = format!("template {template}: rss {template_rss} KiB\n");
-    for pid in pool.worker_pids() {
-        let (rss, pss, uss) = (rollup_kib(pid, "Rss"), rollup_kib(pid, "Pss"), uss_kib(pid));
-        report += &format!("worker {pid}: rss {rss} pss {pss} uss {uss} KiB\n");
-        assert!(
-            rss > model_kib,
-            "the worker reads the shared model: {report}"
-        );
-        pss_sum += pss;
-    }
-    for pid in pool.worker_pids() {
-        assert!(
-            uss_kib(pid) < model_kib / 4,
-            "a forked worker's own pages are a fraction of the model: {report}"
-        );
-    }
-    assert!(
-        pss_sum < template_rss * 2,
-        "PSS summed over the template and its workers is under two copies: {pss_sum} KiB\n{report}"
-    );
-    pool.shutdown().await.unwrap();
+    model_shared_by_forks(ruby_bridge()).await;
 }
 
 /// Ruby: a line printed to stdout at import (no flush) by a preloaded
