@@ -119,15 +119,13 @@ fn with_dir_vars(dir: &Path, args: &[&str], vars: [Option<&str>; 3]) -> Run {
 }
 
 /// cli.md, `snakepit sweep`: the records live in "`$SNAKEPIT_STATE_DIR`,
-/// else `$XDG_RUNTIME_DIR/snakepit`, else `$TMPDIR/snakepit-UID` with
-/// `/tmp` for an unset `TMPDIR`". A variable that is set but empty names no
-/// directory (and the XDG spec says a relative `XDG_RUNTIME_DIR` is to be
-/// ignored). Instead `snakepit_core::sweep::default_state_dir` joins onto
-/// whatever is there: with `XDG_RUNTIME_DIR=` every pool writes its run
-/// records to `./snakepit` in the directory the command runs in (so `sweep`
-/// from anywhere else never finds a crashed run's record); with
-/// `SNAKEPIT_STATE_DIR=` no record is written at all; with `TMPDIR=` the
-/// directory is `./snakepit-UID`.
+/// else `$XDG_RUNTIME_DIR/snakepit`, else `$TMPDIR/snakepit-UID` ...; a
+/// variable set to nothing counts as unset, and a relative
+/// `XDG_RUNTIME_DIR` or `TMPDIR` is ignored". The directory is absolute
+/// whatever the variables say, and a pool writes nothing into the
+/// directory it runs in (before, `XDG_RUNTIME_DIR=` put run records in
+/// `./snakepit`, `TMPDIR=` in `./snakepit-UID`, and `SNAKEPIT_STATE_DIR=`
+/// wrote none).
 #[test]
 fn empty_or_relative_state_dir_variables_never_put_records_in_the_cwd() {
     let dir = Dir::new("redteam-state-vars");
@@ -164,6 +162,49 @@ fn empty_or_relative_state_dir_variables_never_put_records_in_the_cwd() {
         left.is_empty(),
         "exec wrote {left:?} into its working directory"
     );
+}
+
+/// cli.md, `snakepit.toml`: "`sweep` reads only `state_dir` under
+/// `[pool]` from it ... unless `--state-dir` is given"; reliability.md: "a
+/// relative `SNAKEPIT_STATE_DIR` is taken from the working directory".
+#[test]
+fn sweep_finds_the_state_dir_of_the_settings_file_and_of_a_relative_variable() {
+    let dir = Dir::new("redteam-sweep-toml");
+    let records = dir.0.join("records");
+    dir.file(
+        "snakepit.toml",
+        &format!("[pool]\nstate_dir = {:?}\n", records.display().to_string()),
+    );
+    let state_dir = |r: Run| {
+        assert_eq!(r.code, 0, "{r:?}");
+        r.json()["state_dir"].as_str().unwrap_or("").to_owned()
+    };
+    let from_file = state_dir(with_dir_vars(
+        &dir.0,
+        &["sweep", "--dry-run", "--json"],
+        [None, None, None],
+    ));
+    assert_eq!(Path::new(&from_file), records);
+    let flag = dir.0.join("flag");
+    let from_flag = state_dir(with_dir_vars(
+        &dir.0,
+        &[
+            "sweep",
+            "--dry-run",
+            "--json",
+            "--state-dir",
+            flag.to_str().unwrap(),
+        ],
+        [None, None, None],
+    ));
+    assert_eq!(Path::new(&from_flag), flag);
+    std::fs::remove_file(dir.0.join("snakepit.toml")).unwrap();
+    let relative = state_dir(with_dir_vars(
+        &dir.0,
+        &["sweep", "--dry-run", "--json"],
+        [Some("rel/state"), None, None],
+    ));
+    assert_eq!(Path::new(&relative), dir.0.join("rel/state"));
 }
 
 /// cli.md, `exec`'s exit codes: 3 "the workers could not start
