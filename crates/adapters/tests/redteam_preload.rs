@@ -752,9 +752,9 @@ async fn a_pool_dropped_while_its_second_template_loads_leaves_no_process() {
 }
 
 /// `shutdown()` while the second template loads, the `Pool` handle kept
-/// (as an application keeps its state): the loading template stays alive,
-/// loads, and waits forever on a socket the pool never closes (40 s after
-/// shutdown returned it still ran).
+/// (as an application keeps its state): the loading template is killed
+/// (it used to load on and wait forever on a socket the pool never closed;
+/// 40 s after shutdown returned it still ran).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_shut_down_while_its_second_template_loads_leaves_no_process() {
     ended_while_a_second_template_loads(false).await;

@@ -48,9 +48,9 @@ fn nowhere() -> String {
 /// named by `--config FILE` or `SNAKEPIT_CONFIG`". An empty
 /// `SNAKEPIT_CONFIG` (`export SNAKEPIT_CONFIG=` in a profile, a CI variable
 /// left blank) names no file: the commands should behave as without it.
-/// Instead clap takes it as an empty `--config` and every command, even
-/// `completions` and `sweep` that read no settings, is a usage error about
-/// a flag the user never typed.
+/// (Before, clap took it as an empty `--config` and every command, even
+/// `completions` and `sweep`, was a usage error about a flag the user never
+/// typed.)
 #[test]
 fn an_empty_snakepit_config_is_no_settings_file() {
     let dir = Dir::new("redteam-empty-config");
@@ -71,8 +71,8 @@ fn an_empty_snakepit_config_is_no_settings_file() {
 
 /// cli.md, `serve` and `exec --cluster`: NATS is "`--nats`, or `NATS_URL`,
 /// default `nats://127.0.0.1:4222`". An empty `NATS_URL` names no server,
-/// so the default applies; instead the command looks for NATS at the empty
-/// address (`cannot reach NATS at : ...`) and never tries the default.
+/// so the default applies (before, the command looked for NATS at the
+/// empty address, `cannot reach NATS at : ...`).
 #[test]
 fn an_empty_nats_url_means_the_default_address() {
     let r = snakepit_in(
@@ -235,10 +235,9 @@ fn exec_with_a_missing_node_or_ruby_interpreter_exits_3_naming_it() {
 // ------------------------------------------------------------- bad input
 
 /// cli.md, exit codes: 2 is "usage: a bad flag"; a value a flag cannot take
-/// should be refused as one. `bench --init-ms` near `u64::MAX` passes the
-/// parser, the whole bench runs, and then `init_ms * 2 + 10_000`
-/// (crates/cli/src/bench.rs, `Bench::startup`) overflows: a panic and exit
-/// code 101 in a debug build (a wrapped, tiny timeout in release).
+/// should be refused as one. `bench --init-ms` near `u64::MAX` used to pass
+/// the parser, run the whole bench, and then overflow `init_ms * 2 +
+/// 10_000` (a panic, exit 101, in a debug build).
 #[test]
 fn bench_init_ms_out_of_range_is_a_usage_error_not_a_panic() {
     let r = snakepit(&[
@@ -258,11 +257,10 @@ fn bench_init_ms_out_of_range_is_a_usage_error_not_a_panic() {
 
 /// `--plot FILE.svg` "also draws the latency distributions" (the bench's
 /// help); the table or `--json` object still goes to stdout. A plot path
-/// in a directory that does not exist is found out only after every
-/// measurement: the command then exits 1 with nothing on stdout, so the
-/// run's figures (minutes with the default load) are lost. Either the path
-/// is refused before measuring (as a name not ending in `.svg` is, exit 2),
-/// or the report is printed all the same.
+/// in a directory that does not exist used to be found out only after
+/// every measurement, with nothing on stdout: the run's figures were lost.
+/// Either the path is refused before measuring (as a name not ending in
+/// `.svg` is, exit 2), or the report is printed all the same.
 #[test]
 fn an_unwritable_plot_is_refused_up_front_or_the_report_still_prints() {
     let dir = Dir::new("redteam-plot");
@@ -289,9 +287,9 @@ fn an_unwritable_plot_is_refused_up_front_or_the_report_still_prints() {
 /// [--nats URL] COMMAND [ARGS_JSON]`, and "the result and the exit codes
 /// are those of a local `exec`". The worker flags (`--script`, `--adapter`,
 /// `--preload`, `--pool-size`, `--codec`, `--pipeline-depth`) mean nothing
-/// there and are silently dropped: a missing script (exit 2 locally) is not
-/// even looked at, the call goes to whatever the hosts run. `bench` refuses
-/// its cluster-only flags without `--nats` for the same reason.
+/// there (the hosts choose the workers): they are refused, exit 2, rather
+/// than silently dropped, as `bench` refuses its cluster-only flags without
+/// `--nats`.
 #[test]
 fn worker_flags_with_exec_cluster_are_usage_errors() {
     let url = nowhere();
@@ -315,9 +313,9 @@ fn worker_flags_with_exec_cluster_are_usage_errors() {
 
 /// cli.md, exit codes: "Errors go to stderr as `error: ...`, then the
 /// worker's traceback or stderr tail when there is one, then a `hint:`
-/// line." The tool's own usage errors end at the `error:` line: a settings
-/// file that is not there, `--timeout 0`, `--pool-size 0`, a `bench` load
-/// below its minimum.
+/// line." So do the tool's own usage errors (they used to end at the
+/// `error:` line): a settings file that is not there, `--timeout 0`,
+/// `--pool-size 0`, a `bench` load below its minimum.
 #[test]
 fn the_tools_own_usage_errors_end_with_a_hint() {
     for args in [

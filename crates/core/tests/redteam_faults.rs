@@ -996,10 +996,10 @@ async fn a_reply_written_just_before_the_worker_exits_reaches_its_caller() {
 /// written). reliability.md: "A call that provably never reached its worker
 /// goes to another one and counts once: ... the worker died leaving the
 /// frame unread in its stdin". When the stalled worker is killed (after its
-/// call's deadline and the grace period), the three run on the replacement.
-///
-/// Fails about once in ten runs: see the deterministic
-/// `calls_never_read_by_a_worker_whose_escaped_child_holds_its_stdin_go_elsewhere`.
+/// call's deadline and the grace period), the three run on the replacement
+/// (this failed about once in ten runs while the writer task's pipe was
+/// out of `take_lost`'s reach; see
+/// `calls_never_read_by_a_worker_whose_escaped_child_holds_its_stdin_go_elsewhere`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_a_stalled_worker_never_read_go_to_its_replacement() {
     let tag = new_tag("stall-behind");

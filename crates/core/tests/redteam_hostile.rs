@@ -173,8 +173,9 @@ async fn each_malformed_frame_is_that_calls_protocol_error_and_the_worker_is_rep
 /// routed: decode_inbound calls `{"id":2,"id":999,...}` `wrong_type`
 /// ("a map without duplicate fields") and the pool replaces the worker.
 /// Given in the order the reader's fast path takes (`{"id":N,"success":..`
-/// first), with `result` or `success` repeated, the same fault is only the
-/// call's `Error::Codec` and the worker that sent it stays.
+/// first), with `result` or `success` repeated, the same fault is a
+/// protocol error too (it used to be only the call's `Error::Codec`, and
+/// the worker stayed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_field_given_twice_is_a_protocol_error_whichever_way_the_reply_is_routed() {
     let pool = hostile_pool(Hostile::all(), 1).start().await.unwrap();
@@ -376,8 +377,9 @@ async fn a_reply_broken_past_its_first_bytes_takes_no_queued_call_down_with_it()
 /// frame, stray bytes on stdout, a reply nobody asked for) is replaced".
 /// Broken where the reader looks (`dup_id_slow`: a field given twice, read
 /// by the full decoder) it is; broken past the first bytes the reader's
-/// fast path routes by (`fast_path_garbage`), the frame is handed to a
-/// caller who is gone, nobody decodes it, and the worker serves on.
+/// fast path routes by (`fast_path_garbage`), it is too: the reader checks
+/// a reply whose caller is gone (before, nobody decoded it and the worker
+/// served on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_late_reply_to_a_timed_out_call_gets_the_worker_replaced() {
     let pool = hostile_pool(Hostile::all(), 1)
