@@ -13,6 +13,7 @@ import contextvars
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -35,6 +36,8 @@ class AsyncServer(Server):
         self._input_ended = False  # EOF or SIGTERM: no host reply can come
         self._serving = False
         self._old_sigterm = None  # (handler,) once ours is installed
+        self._wake = None  # (read, write) sockets of the signal wakeup fd
+        self._old_wakeup_fd = -1
         self._loop_thread = None
         # Frames the loop thread has sent in this turn of the loop: written
         # together, in one write, when the turn ends.
@@ -53,6 +56,18 @@ class AsyncServer(Server):
                 old = self._old_sigterm[0]
                 self._old_sigterm = None
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+            if self._wake is not None:
+                signal.set_wakeup_fd(self._old_wakeup_fd)
+                for end in self._wake:
+                    end.close()
+                self._wake = None
+
+    def _drain_wake(self):
+        try:
+            while self._wake[0].recv(512):
+                pass
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
 
     # --- writing -------------------------------------------------------------------
 
@@ -99,6 +114,18 @@ class AsyncServer(Server):
             # handler runs only once the loop turns: this one also runs while
             # a handler blocks the loop (see _on_sigterm).
             self._old_sigterm = (signal.signal(signal.SIGTERM, self._on_sigterm),)
+            # The kernel may deliver SIGTERM to a handler's thread: Python
+            # then runs _on_sigterm only once the main thread next runs
+            # bytecode, and the loop may be asleep in epoll for good (a
+            # handler's thread waiting for a host reply). A byte on this
+            # socket wakes it.
+            self._wake = socket.socketpair()
+            for end in self._wake:
+                end.setblocking(False)
+            self._old_wakeup_fd = signal.set_wakeup_fd(
+                self._wake[1].fileno(), warn_on_full_buffer=False
+            )
+            loop.add_reader(self._wake[0].fileno(), self._drain_wake)
         self.send(self.worker.hello())
         fd = self.reader.fd
         try:
