@@ -19,3 +19,26 @@ pub use peek::peek_response;
 pub use remote_error::RemoteError;
 pub use routing::{decode_inbound, decode_outbound, Inbound, Outbound};
 pub use timestamp::Timestamp;
+
+use crate::Error;
+
+/// A payload whose own fields do not have the protocol's shape, as the
+/// protocol error it is: a [`Error::Mismatch`] becomes [`Error::WrongType`]
+/// of the `payload` (a map without duplicate fields, or `expected`); any
+/// other error is returned as it is.
+fn malformed(e: Error, expected: &'static str) -> Error {
+    match e {
+        // serde's words for a field given twice (`{"id":1,"id":2}`).
+        Error::Mismatch { detail, .. } if detail.starts_with("duplicate field") => {
+            Error::WrongType {
+                field: "payload",
+                expected: "a map without duplicate fields",
+            }
+        }
+        Error::Mismatch { .. } => Error::WrongType {
+            field: "payload",
+            expected,
+        },
+        other => other,
+    }
+}

@@ -318,3 +318,64 @@ fn a_frame_with_a_field_given_twice_says_so() {
     assert_eq!(e.kind(), "wrong_type");
     assert!(e.to_string().contains("without duplicate fields"), "{e}");
 }
+
+/// `decode_response`: a well-formed reply whose result is not a `T` is
+/// `Error::Mismatch` (the reader's fault); a broken reply (a field given
+/// twice, a `success` that is no bool, an `error` that is neither string
+/// nor map) is `Error::WrongType` of the `payload` (the peer's fault),
+/// whatever type the reader asked for.
+#[test]
+fn a_broken_reply_is_told_apart_from_a_result_of_another_type() {
+    let json = WireCodec::Json;
+    let wrong_result = br#"{"type":"response","id":1,"success":true,"result":"text"}"#;
+    assert!(matches!(
+        decode_response::<_, u32>(&json, wrong_result),
+        Err(Error::Mismatch { .. })
+    ));
+    for (broken, expected) in [
+        (
+            &br#"{"type":"response","id":1,"success":true,"result":7,"success":true}"#[..],
+            "a map without duplicate fields",
+        ),
+        (
+            br#"{"type":"response","id":1,"success":false,"error":42}"#,
+            "a response: `success` a bool, `error` a string or map",
+        ),
+        (
+            br#"{"type":"response","id":1,"success":"yes","result":7}"#,
+            "a response: `success` a bool, `error` a string or map",
+        ),
+    ] {
+        for result in [
+            decode_response::<_, u32>(&json, broken).map(|_| ()),
+            decode_response::<_, String>(&json, broken).map(|_| ()),
+            decode_response::<_, Value>(&json, broken).map(|_| ()),
+        ] {
+            match result {
+                Err(Error::WrongType { field, expected: e }) => {
+                    assert_eq!(
+                        (field, e),
+                        ("payload", expected),
+                        "{}",
+                        String::from_utf8_lossy(broken)
+                    )
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(broken)),
+            }
+        }
+    }
+    // The same in MessagePack: a map with `success` twice.
+    let mut payload = Vec::new();
+    rmp::encode::write_map_len(&mut payload, 3).unwrap();
+    for (k, v) in [("id", true), ("success", true), ("success", true)] {
+        rmp::encode::write_str(&mut payload, k).unwrap();
+        rmp::encode::write_bool(&mut payload, v).unwrap();
+    }
+    assert!(matches!(
+        decode_response::<_, Value>(&WireCodec::MsgPack, &payload),
+        Err(Error::WrongType {
+            field: "payload",
+            ..
+        })
+    ));
+}

@@ -188,6 +188,13 @@ impl HostProcess {
 impl Drop for HostProcess {
     fn drop(&mut self) {
         self.kill();
+        // A host killed outright leaves its run record (and, if it was
+        // killed before its workers noticed, its workers): sweep them, as a
+        // restarted service would, so that test runs leave nothing behind.
+        let _ = snakepit_core::sweep::sweep(
+            &snakepit_core::sweep::SweepOptions::new()
+                .instance(format!("cluster-test-{}", self.id)),
+        );
     }
 }
 

@@ -464,27 +464,7 @@ pub(crate) fn decode_result<R: DeserializeOwned>(
     command: &str,
     frame: &[u8],
 ) -> Result<R> {
-    let decoded = match decode_response::<_, R>(&shared.codec, frame) {
-        // Whether the mismatch is in the result (the caller's type) or in
-        // the reply's own fields (one given twice, an `error` that is no
-        // error): read again taking any result. Only on this error path.
-        Err(e @ snakepit_protocol::Error::Mismatch { .. }) => {
-            match decode_response::<_, serde::de::IgnoredAny>(&shared.codec, frame) {
-                Err(snakepit_protocol::Error::Mismatch { detail, .. }) => {
-                    Err(snakepit_protocol::Error::WrongType {
-                        field: "payload",
-                        expected: if detail.starts_with("duplicate field") {
-                            "a map without duplicate fields"
-                        } else {
-                            "a response: `success` a bool, `error` a string or map"
-                        },
-                    })
-                }
-                _ => Err(e),
-            }
-        }
-        other => other,
-    };
+    let decoded = decode_response::<_, R>(&shared.codec, frame);
     match decoded {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) if e.is_cancelled() => Err(Error::Cancelled),

@@ -203,12 +203,8 @@ impl Shared {
     }
 
     pub(crate) fn worker_gone(&self, worker: &Worker) {
-        let mut st = self.state();
-        let slot = &mut st.slots[worker.slot];
-        if slot.generation == worker.generation {
-            slot.worker = None;
-            slot.in_flight = 0;
-        }
+        let gone = self.state().slots[worker.slot].vacate(worker.generation);
+        drop(gone);
     }
 
     pub(crate) fn next_generation(&self, i: usize) -> u64 {
@@ -363,12 +359,8 @@ impl Owner for Shared {
 
     fn unrouted(&self, worker: &Worker) {
         let mut st = self.state();
-        let slot = &mut st.slots[worker.slot];
-        if slot.generation == worker.generation {
-            slot.in_flight = 0;
-            if let Some(w) = slot.worker.take() {
-                st.dying.push(w);
-            }
+        if let Some(w) = st.slots[worker.slot].vacate(worker.generation) {
+            st.dying.push(w);
         }
     }
 

@@ -47,6 +47,17 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Empties the slot of its worker of `generation`, and of that worker's
+    /// calls; the worker, if the slot still held it. A slot already given
+    /// to a later generation is left as it is.
+    pub(crate) fn vacate(&mut self, generation: u64) -> Option<Arc<Worker>> {
+        if self.generation != generation {
+            return None;
+        }
+        self.in_flight = 0;
+        self.worker.take()
+    }
+
     /// Calls in flight on it: its units in use, less the one its health
     /// ping holds (a ping is not a call).
     pub(crate) fn calls(&self) -> u32 {
@@ -304,6 +315,17 @@ mod tests {
         assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(4));
         drop((any1, only0, only1));
         assert_eq!(st.queued_entries(), 0);
+    }
+
+    #[test]
+    fn vacating_an_old_generation_leaves_the_slots_new_worker_and_calls() {
+        let mut slot = Slot::new();
+        slot.generation = 3;
+        slot.in_flight = 2;
+        assert!(slot.vacate(2).is_none());
+        assert_eq!(slot.in_flight, 2, "generation 3's calls stay");
+        assert!(slot.vacate(3).is_none(), "no worker was in it");
+        assert_eq!(slot.in_flight, 0, "generation 3's calls went with it");
     }
 
     #[test]

@@ -21,6 +21,12 @@ struct Body<T> {
 /// `T`: `Ok(Ok(result))` on success, `Ok(Err(remote))` when the peer reported
 /// a failure, `Err` when the frame is malformed.
 ///
+/// The errors tell the reader's fault from the peer's: [`Error::Mismatch`]
+/// when the reply is well formed but its result is not a `T` (the reader
+/// asked for the wrong type); [`Error::WrongType`] of the `payload` when the
+/// reply itself is broken (a field given twice, a `success` that is not a
+/// bool, an `error` that is neither a string nor a map).
+///
 /// A successful reply with no `result` (or `null`) decodes as `T` from unit,
 /// so `serde_json::Value::Null`, `()` and `Option::None` all work.
 pub fn decode_response<C, T>(
@@ -37,7 +43,22 @@ where
     if let Some(v) = codec.decode_success::<T>(payload) {
         return Ok(Ok(v));
     }
-    let body: Body<T> = codec.decode(payload)?;
+    let body: Body<T> = match codec.decode(payload) {
+        Ok(body) => body,
+        // Whether the mismatch is in the result (the reader's type) or in
+        // the reply's own fields (one given twice, an `error` that is no
+        // error): read again taking any result. Only on this error path.
+        Err(e @ Error::Mismatch { .. }) => {
+            return Err(match codec.decode::<Body<de::IgnoredAny>>(payload) {
+                Err(broken @ Error::Mismatch { .. }) => super::malformed(
+                    broken,
+                    "a response: `success` a bool, `error` a string or map",
+                ),
+                _ => e,
+            })
+        }
+        Err(e) => return Err(e),
+    };
     match body.success {
         None => Err(Error::MissingField {
             kind: "response",

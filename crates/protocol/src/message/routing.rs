@@ -153,20 +153,7 @@ struct Envelope {
 /// again without recursion (the built-in codecs), so that a frame is routed
 /// whatever the depth of the values it carries.
 fn envelope<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Envelope> {
-    let not_a_map = |e| match e {
-        // serde's words for a field given twice (`{"id":1,"id":2}`).
-        Error::Mismatch { detail, .. } if detail.starts_with("duplicate field") => {
-            Error::WrongType {
-                field: "payload",
-                expected: "a map without duplicate fields",
-            }
-        }
-        Error::Mismatch { .. } => Error::WrongType {
-            field: "payload",
-            expected: "a map",
-        },
-        other => other,
-    };
+    let not_a_map = |e| super::malformed(e, "a map");
     match codec.decode::<Envelope>(payload) {
         Err(deep @ Error::TooDeep { .. }) => match skimmed(codec, payload) {
             Some(env) => env.map_err(not_a_map),
