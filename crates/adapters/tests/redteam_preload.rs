@@ -412,9 +412,17 @@ async fn a_host_killed_after_its_template_died_leaves_no_worker_or_child() {
 /// `snakepit::template`, and never reaches a worker's frame stream or log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unflushed_print_at_import_is_the_templates_log_once_and_never_a_workers() {
+    print_at_import_is_the_templates_log_once(bridge, "redteam unflushed import line").await;
+}
+
+/// A pool of `bridge` whose preloaded script prints a line at import
+/// (`RT_PRINT`, no flush), in both codecs: the workers are the template's
+/// forks and serve; the line is the template's log, once, and never a
+/// worker's, not even from a worker that ends and flushes what it holds.
+async fn print_at_import_is_the_templates_log_once(bridge: fn() -> Bridge, prefix: &str) {
     let events = Events::global();
     for codec in [WireCodec::Json, WireCodec::MsgPack] {
-        let line = format!("redteam unflushed import line {codec:?}");
+        let line = format!("{prefix} {codec:?}");
         let pool = Pool::builder(bridge().env("RT_PRINT", &line).codec(codec))
             .size(2)
             .configure(|c| c.health_check_interval = Duration::ZERO)
@@ -424,10 +432,9 @@ async fn an_unflushed_print_at_import_is_the_templates_log_once_and_never_a_work
         let template = pool.template_pid().unwrap();
         let workers = pool.worker_pids();
         for _ in 0..6 {
-            pool.execute("whoami", json!({})).await.unwrap();
+            let v = pool.execute("whoami", json!({})).await.unwrap();
+            assert_eq!(num(&v, "ppid"), template, "{codec:?}: a fork serves");
         }
-        // A worker that ends flushes what it holds: one recycled by a crash
-        // must not write the template's buffer into its pipe either.
         let stats = pool.stats();
         assert_eq!(
             (stats.crashes, stats.restarts),
@@ -880,50 +887,7 @@ async fn forked_ruby_workers_share_the_loaded_model_as_proc_measures_it() {
 /// serve in both codecs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ruby_print_at_import_is_the_templates_log_once_and_never_a_workers() {
-    let events = Events::global();
-    for codec in [WireCodec::Json, WireCodec::MsgPack] {
-        let line = format!("redteam ruby import line {codec:?}");
-        let pool = Pool::builder(ruby_bridge().env("RT_PRINT", &line).codec(codec))
-            .size(2)
-            .configure(|c| c.health_check_interval = Duration::ZERO)
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("{codec:?}: {e:?}"));
-        let template = pool.template_pid().unwrap();
-        let workers = pool.worker_pids();
-        for _ in 0..6 {
-            let v = pool.execute("whoami", json!({})).await.unwrap();
-            assert_eq!(num(&v, "ppid"), template);
-        }
-        let stats = pool.stats();
-        assert_eq!(
-            (stats.crashes, stats.restarts),
-            (0, 0),
-            "{codec:?}: {stats:?}"
-        );
-        assert!(
-            eventually(10, || events
-                .lines("snakepit::template", template)
-                .iter()
-                .any(|l| l == &line))
-            .await,
-            "{codec:?}: the template logged its line: {:?}",
-            events.lines("snakepit::template", template)
-        );
-        pool.shutdown().await.unwrap();
-        let in_template = events
-            .lines("snakepit::template", template)
-            .iter()
-            .filter(|l| **l == line)
-            .count();
-        assert_eq!(in_template, 1, "{codec:?}: logged once");
-        for pid in workers {
-            assert!(
-                !events.lines("snakepit::worker", pid).contains(&line),
-                "{codec:?}: worker {pid} repeated the template's output"
-            );
-        }
-    }
+    print_at_import_is_the_templates_log_once(ruby_bridge, "redteam ruby import line").await;
 }
 
 /// A `start()` abandoned while the template loads (the caller's own

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -12,17 +12,6 @@ use snakepit_core::{
     Adapter, CallOptions, HostCall, Launch, Pool, RawProcess, RemoteError, WireCodec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Lang {
-    Python,
-    Node,
-    Ruby,
-}
 
 /// A worker of a bundled bridge whose script is given inline.
 struct Inline {
@@ -33,25 +22,11 @@ struct Inline {
 
 impl Inline {
     fn launch_of(&self) -> Launch {
-        match self.lang {
-            Lang::Python => Launch::new(python())
-                .arg("-u")
-                .arg("-c")
-                .arg(self.script)
-                .env("PYTHONPATH", root().join("bridges/python"))
-                .env("PYTHONDONTWRITEBYTECODE", "1"),
-            Lang::Node => Launch::new("node")
-                .arg("-e")
-                .arg(self.script)
-                .env(
-                    "SNAKEPIT_NODE_BRIDGE",
-                    root().join("bridges/node/lib/index.js"),
-                )
-                .env("NODE_PATH", root().join("bridges/node/node_modules")),
-            Lang::Ruby => Launch::new("ruby")
-                .arg("-e")
-                .arg(self.script)
-                .env("RUBYLIB", root().join("bridges/ruby/lib")),
+        let launch = inline_launch(self.lang, self.script);
+        if self.lang == Lang::Python {
+            launch.env("PYTHONUNBUFFERED", "1")
+        } else {
+            launch
         }
     }
 }

@@ -14,17 +14,6 @@ use snakepit_core::{Adapter, CallOptions, Error, Launch, Pool, WireCodec};
 
 const CODECS: [WireCodec; 2] = [WireCodec::Json, WireCodec::MsgPack];
 
-fn root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-#[derive(Clone, Copy)]
-enum Lang {
-    Python,
-    Node,
-    Ruby,
-}
-
 /// A worker of one of the bundled bridges whose script is given inline
 /// (`-c` / `-e`), with `env` added to its environment.
 struct Inline {
@@ -47,25 +36,7 @@ impl Inline {
 
 impl Adapter for Inline {
     fn launch(&self) -> Launch {
-        let mut l = match self.lang {
-            Lang::Python => Launch::new(python())
-                .arg("-c")
-                .arg(self.script)
-                .env("PYTHONPATH", root().join("bridges/python"))
-                .env("PYTHONDONTWRITEBYTECODE", "1"),
-            Lang::Node => Launch::new("node")
-                .arg("-e")
-                .arg(self.script)
-                .env(
-                    "SNAKEPIT_NODE_BRIDGE",
-                    root().join("bridges/node/lib/index.js"),
-                )
-                .env("NODE_PATH", root().join("bridges/node/node_modules")),
-            Lang::Ruby => Launch::new("ruby")
-                .arg("-e")
-                .arg(self.script)
-                .env("RUBYLIB", root().join("bridges/ruby/lib")),
-        };
+        let mut l = inline_launch(self.lang, self.script);
         for (k, v) in &self.env {
             l = l.env(k, v);
         }

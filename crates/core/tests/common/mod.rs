@@ -8,8 +8,41 @@ use snakepit_core::{Adapter, Launch, Pool, PoolBuilder, WireCodec};
 
 pub use snakepit_tests::{alive, eventually, python};
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The languages of the bundled bridges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    Python,
+    Node,
+    Ruby,
+}
+
+/// `script`, given inline (`-c` / `-e`), run by `lang`'s interpreter with
+/// its bridge on the path; a Node.js script finds the bridge at
+/// `process.env.SNAKEPIT_NODE_BRIDGE`.
+pub fn inline_launch(lang: Lang, script: &str) -> Launch {
+    match lang {
+        Lang::Python => Launch::new(python())
+            .arg("-c")
+            .arg(script)
+            .env("PYTHONPATH", root().join("bridges/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        Lang::Node => Launch::new("node")
+            .arg("-e")
+            .arg(script)
+            .env(
+                "SNAKEPIT_NODE_BRIDGE",
+                root().join("bridges/node/lib/index.js"),
+            )
+            .env("NODE_PATH", root().join("bridges/node/node_modules")),
+        Lang::Ruby => Launch::new("ruby")
+            .arg("-e")
+            .arg(script)
+            .env("RUBYLIB", root().join("bridges/ruby/lib")),
+    }
 }
 
 /// The bridge-based test worker.
