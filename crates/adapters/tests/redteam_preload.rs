@@ -169,7 +169,28 @@ async fn model_shared_by_forks(bridge: Bridge) {
 /// function, the exception type and message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_raises_while_loading_is_start_failed_with_the_traceback() {
-    let fail = temp("fail-at-start");
+    let err = template_failing_to_load(
+        bridge,
+        "fail-at-start",
+        &[
+            "Traceback (most recent call last)",
+            "redteam_preload_worker.py",
+            "in load_weights",
+            "FileNotFoundError: redteam weights unreadable",
+        ],
+    )
+    .await;
+    assert!(
+        err.to_string().contains("redteam weights unreadable"),
+        "{err}"
+    );
+}
+
+/// A pool of `bridge` whose template raises while loading (`RT_FAIL_IF`
+/// names a file that exists): its start is `StartFailed`, whose cause names
+/// the template and whose stderr tail holds each of `needles`.
+async fn template_failing_to_load(bridge: fn() -> Bridge, tag: &str, needles: &[&str]) -> Error {
+    let fail = temp(tag);
     std::fs::write(&fail, "").unwrap();
     let err = Pool::builder(bridge().env("RT_FAIL_IF", &fail))
         .size(2)
@@ -182,22 +203,14 @@ async fn a_template_that_raises_while_loading_is_start_failed_with_the_traceback
         panic!("expected StartFailed, got {err:?}");
     };
     assert!(start.cause.contains("template"), "{err:?}");
-    for needle in [
-        "Traceback (most recent call last)",
-        "redteam_preload_worker.py",
-        "in load_weights",
-        "FileNotFoundError: redteam weights unreadable",
-    ] {
+    for needle in needles {
         assert!(
             start.stderr_tail.contains(needle),
             "the stderr tail has {needle:?}: {}",
             start.stderr_tail
         );
     }
-    assert!(
-        err.to_string().contains("redteam weights unreadable"),
-        "{err}"
-    );
+    err
 }
 
 /// "If the template dies, running workers keep serving; the next worker the
@@ -847,31 +860,17 @@ fn ruby_bridge() -> Bridge {
 /// message) in its stderr tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ruby_template_that_raises_while_loading_is_start_failed_with_the_backtrace() {
-    let fail = temp("ruby-fail-at-start");
-    std::fs::write(&fail, "").unwrap();
-    let err = Pool::builder(ruby_bridge().env("RT_FAIL_IF", &fail))
-        .size(2)
-        .configure(|c| c.worker_init_timeout = Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap_err();
-    let _ = std::fs::remove_file(&fail);
-    let Error::StartFailed(start) = &err else {
-        panic!("expected StartFailed, got {err:?}");
-    };
-    assert!(start.cause.contains("template"), "{err:?}");
-    for needle in [
-        "redteam_preload_worker.rb",
-        "load_weights",
-        "IOError",
-        "redteam weights unreadable",
-    ] {
-        assert!(
-            start.stderr_tail.contains(needle),
-            "the stderr tail has {needle:?}: {}",
-            start.stderr_tail
-        );
-    }
+    template_failing_to_load(
+        ruby_bridge,
+        "ruby-fail-at-start",
+        &[
+            "redteam_preload_worker.rb",
+            "load_weights",
+            "IOError",
+            "redteam weights unreadable",
+        ],
+    )
+    .await;
 }
 
 /// Ruby: forked workers share the template's model as /proc measures it,
