@@ -49,8 +49,12 @@ class WorkerProcess:
         self.frames = queue.Queue()
         self.stderr_chunks = []
         self.raw_stdout = bytearray()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = [
+            (threading.Thread(target=self._read_stdout, daemon=True), self.proc.stdout),
+            (threading.Thread(target=self._read_stderr, daemon=True), self.proc.stderr),
+        ]
+        for thread, _ in self._readers:
+            thread.start()
 
     def _read_stdout(self):
         stream = self.proc.stdout
@@ -131,7 +135,15 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
+        # A stream is closed only once its reader thread has seen its end.
+        # Closed under a reader that is about to read again, its descriptor
+        # number could be reused by the next test's pipe, and the old
+        # thread would steal that pipe's first bytes. A stream still held
+        # open (by a child the worker left) is left open instead.
+        for thread, stream in self._readers:
+            thread.join(10)
+            if thread.is_alive():
+                continue
             try:
                 stream.close()
             except OSError:

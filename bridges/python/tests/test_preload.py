@@ -199,7 +199,8 @@ class ForkedWorker:
         self.stdout = os.fdopen(stdout_r, "rb", buffering=0)
         self.stderr = Stream(stderr_r)
         self.frames = queue.Queue()
-        threading.Thread(target=self._read_frames, daemon=True).start()
+        self.reader = threading.Thread(target=self._read_frames, daemon=True)
+        self.reader.start()
 
     def _read_frames(self):
         while True:
@@ -257,7 +258,11 @@ class ForkedWorker:
             self.wait_gone()
             os.close(self.pidfd)
         self.close_stdin()
-        self.stdout.close()
+        # Closed under its reader, the descriptor's number could go to the
+        # next test's pipe, and the reader would steal from it.
+        self.reader.join(TIMEOUT)
+        if not self.reader.is_alive():
+            self.stdout.close()
         self.stderr.join()
 
 
