@@ -41,14 +41,20 @@ fn main() -> Result<()> {
 /// Runs a command in `dir`, echoing it; fails if it fails.
 fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
     eprintln!("\n$ (cd {}) {program} {}", dir.display(), args.join(" "));
+    let started = std::time::Instant::now();
     #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
     let status = Command::new(program)
         .args(args)
         .current_dir(dir)
         .status()
         .with_context(|| format!("cannot run {program}"))?;
+    let took = started.elapsed().as_secs_f64();
     if !status.success() {
-        bail!("`{program} {}` failed ({status})", args.join(" "));
+        bail!("`{program} {}` failed ({status}) after {took:.0} s", args.join(" "));
+    }
+    // Where a CI run's time goes, step by step.
+    if took >= 1.0 {
+        eprintln!("({took:.0} s)");
     }
     Ok(())
 }
