@@ -56,8 +56,11 @@ local function expired_unseen()
 end
 local function create(n, ttl)
   -- 'i': this incarnation of the id, never given twice (an update that
-  -- read a session deleted and created again since must not land).
-  local i = redis.call('HINCRBY', KEYS[3], 'incarnations', 1)
+  -- read a session deleted and created again since must not land): the
+  -- server's clock in microseconds and a counter, since a server that
+  -- restarts without persistence starts its counters at 0 again.
+  local t = redis.call('TIME')
+  local i = t[1] .. '.' .. t[2] .. '.' .. redis.call('HINCRBY', KEYS[3], 'incarnations', 1)
   redis.call('HSET', KEYS[1], 'v', 1, 'i', i, 'c', n, 'a', n, 't', ttl, 'm', '{}')
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
