@@ -154,6 +154,12 @@ impl Drop for Node {
 /// steps (its unsubscription, its last outcomes and goodbye).
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a leaving host keeps its subscription after its goodbye, so
+/// that what the clients sent before they heard it is declined, not lost:
+/// many times the time a message takes from one client to the server and
+/// on, which is under a millisecond on one network.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// Serves `pool` to the cluster `cluster` on the NATS connection `nats`,
 /// with default [`ServeOptions`], until [`Node::shutdown`].
 ///
@@ -461,11 +467,18 @@ struct Serving {
     ended: Recent,
 }
 
-/// The last [`Recent::KEPT`] reply subjects, to tell a call that comes again.
+/// The reply subjects of the calls that ended, to tell a call that comes
+/// again: the last [`Recent::KEPT`] of them, and for older ones, per
+/// client, the highest call number forgotten. A client numbers its calls
+/// in the order it makes them and sends them to a host in that order, so a
+/// call of a client at or below that number is one that came before.
 #[derive(Default)]
 struct Recent {
     order: std::collections::VecDeque<String>,
     set: HashSet<String>,
+    /// Per client (its reply subjects' prefix), the highest call number
+    /// among its forgotten calls; at most [`Recent::KEPT`] clients.
+    forgotten: HashMap<String, u64>,
 }
 
 impl Recent {
@@ -477,13 +490,37 @@ impl Recent {
             if self.order.len() > Self::KEPT {
                 if let Some(old) = self.order.pop_front() {
                     self.set.remove(&old);
+                    self.forget(&old);
                 }
             }
         }
     }
 
+    fn forget(&mut self, key: &str) {
+        let Ok(n) = call_of(key).parse::<u64>() else {
+            return;
+        };
+        let client = client_of(key);
+        if let Some(high) = self.forgotten.get_mut(client) {
+            *high = (*high).max(n);
+            return;
+        }
+        if self.forgotten.len() >= Self::KEPT {
+            // A client gone long ago, most likely: make room.
+            if let Some(other) = self.forgotten.keys().next().cloned() {
+                self.forgotten.remove(&other);
+            }
+        }
+        self.forgotten.insert(client.to_owned(), n);
+    }
+
     fn contains(&self, key: &str) -> bool {
         self.set.contains(key)
+            || call_of(key).parse::<u64>().is_ok_and(|n| {
+                self.forgotten
+                    .get(client_of(key))
+                    .is_some_and(|&high| n <= high)
+            })
     }
 }
 
@@ -589,11 +626,19 @@ impl Serving {
             }
         }
         // Graceful: take nothing more, let what runs finish, say goodbye.
-        // What waits on the server is bounded: with NATS gone it would wait
-        // for its return (and hold the host's exit with it).
-        let _ = tokio::time::timeout(LEAVE_WAIT, self.direct.unsubscribe()).await;
+        // The goodbye goes first, and the subscription stays while the
+        // clients hear it: a call sent before a client heard it is
+        // declined (its client routes it again), never lost. (A call that
+        // reaches the server once it has the unsubscription finds nobody,
+        // which its client hears too; but one the server delivered just
+        // before is dropped by async-nats, which forgets the subscription
+        // without waiting for the server's word that it is gone.)
         self.heartbeat(true).await;
-        while !self.running.is_empty() {
+        let lingered = tokio::time::sleep(LINGER);
+        tokio::pin!(lingered);
+        let mut lingering = true;
+        let mut subscribed = true;
+        while lingering || !self.running.is_empty() {
             rearm(&mut armed, self.ack_due, ack.as_mut());
             tokio::select! {
                 biased;
@@ -603,6 +648,11 @@ impl Serving {
                     }
                     None => break,
                 },
+                msg = self.direct.next(), if subscribed => match msg {
+                    Some(msg) => self.decline_all(msg).await,
+                    None => subscribed = false,
+                },
+                _ = &mut lingered, if lingering => lingering = false,
                 // Cancels and stream credits still reach the calls that run.
                 Some(msg) = self.cancels.next() => self.cancel(msg),
                 _ = &mut ack, if armed.is_some() => self.acknowledge().await,
@@ -611,6 +661,9 @@ impl Serving {
                 _ = beat.tick() => self.heartbeat(true).await,
             }
         }
+        // What waits on the server is bounded: with NATS gone it would wait
+        // for its return (and hold the host's exit with it).
+        let _ = tokio::time::timeout(LEAVE_WAIT, self.direct.unsubscribe()).await;
         self.heartbeat(true).await;
         // Every call has queued its outcome: send what is left.
         let last = async {
@@ -718,6 +771,30 @@ impl Serving {
             });
             self.take_one(Subject::from(reply), Ok(call), headers.as_ref(), done)
                 .await;
+        }
+    }
+
+    /// While the host leaves: declines each call of `msg` (one, or a
+    /// batch), so that its client routes it again; a call that came again
+    /// is ignored, as when serving.
+    async fn decline_all(&mut self, msg: Message) {
+        let replies: Vec<Subject> = if msg.payload.first() != Some(&b'[') {
+            msg.reply.into_iter().collect()
+        } else {
+            serde_json::from_slice::<Vec<CallMsg>>(&msg.payload)
+                .map(|calls| {
+                    calls
+                        .into_iter()
+                        .filter_map(|c| c.reply.map(Subject::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for reply in replies {
+            let key = reply.as_str();
+            if !self.running.contains_key(key) && !self.ended.contains(key) {
+                self.decline(&reply).await;
+            }
         }
     }
 
