@@ -50,7 +50,10 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
         .with_context(|| format!("cannot run {program}"))?;
     let took = started.elapsed().as_secs_f64();
     if !status.success() {
-        bail!("`{program} {}` failed ({status}) after {took:.0} s", args.join(" "));
+        bail!(
+            "`{program} {}` failed ({status}) after {took:.0} s",
+            args.join(" ")
+        );
     }
     // Where a CI run's time goes, step by step.
     if took >= 1.0 {

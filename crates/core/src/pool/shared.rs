@@ -179,12 +179,19 @@ impl Shared {
         cap
     }
 
-    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>, limits: CallLimits) {
+    /// Puts a worker that started in its slot; false when the pool is
+    /// shutting down, and its caller must stop it: shutdown may have taken
+    /// its list of workers already.
+    #[must_use]
+    pub(crate) fn worker_ready(self: &Arc<Self>, worker: &Arc<Worker>, limits: CallLimits) -> bool {
         let cap = self.capacity_of(worker);
         let mut st = self.state();
+        if st.closed {
+            return false;
+        }
         let slot = &mut st.slots[worker.slot];
         if slot.generation != worker.generation {
-            return;
+            return true;
         }
         slot.reset(worker, cap);
         slot.limit_calls(limits);
@@ -200,6 +207,7 @@ impl Shared {
                 worker: worker.slot,
             });
         }
+        true
     }
 
     pub(crate) fn worker_gone(&self, worker: &Worker) {
@@ -225,24 +233,25 @@ impl Shared {
     }
 
     /// Puts a recycled worker's replacement in its slot; the old worker's
-    /// calls finish on it, outside the slot's accounting.
-    pub(crate) fn install(
-        self: &Arc<Self>,
-        worker: &Arc<Worker>,
-        limits: CallLimits,
-    ) -> Option<Arc<Worker>> {
+    /// calls finish on it, outside the slot's accounting. False when the
+    /// pool is shutting down, as for [`Shared::worker_ready`].
+    #[must_use]
+    pub(crate) fn install(self: &Arc<Self>, worker: &Arc<Worker>, limits: CallLimits) -> bool {
         let cap = self.capacity_of(worker);
         let mut st = self.state();
+        if st.closed {
+            return false;
+        }
         let slot = &mut st.slots[worker.slot];
         let old = slot.worker.clone();
         slot.generation = worker.generation;
         slot.reset(worker, cap);
         slot.limit_calls(limits);
-        if let Some(old) = &old {
-            st.retiring.push(old.clone());
+        if let Some(old) = old {
+            st.retiring.push(old);
         }
         self.hand_off(&mut st, worker.slot);
-        old
+        true
     }
 
     /// Sets when the slot's `worker` is due for recycling by calls: its

@@ -239,6 +239,9 @@ pub(crate) async fn supervise(
         }
         let generation = shared.next_generation(i);
         let span = start_span(&shared, i);
+        // A retry asked from now on (during the attempt, or by a listener
+        // of its failure) ends the back-off that may follow it.
+        retry.mark_unchanged();
         let start = tokio::select! {
             r = start_worker(&shared, i, generation).instrument(span) => r,
             _ = shutdown.changed() => return,
@@ -246,7 +249,14 @@ pub(crate) async fn supervise(
         let delay = match start {
             Ok(worker) => {
                 let mut limits = call_limits(&shared.config, &worker);
-                shared.worker_ready(&worker, limits);
+                if !shared.worker_ready(&worker, limits) {
+                    // Ready as the pool shuts down: it never serves.
+                    stop_unused(&shared, &worker).await;
+                    return;
+                }
+                // Its life counts from here: a worker slow to start that
+                // dies right after its handshake is a failed start too.
+                let mut ready_at = Instant::now();
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -267,6 +277,7 @@ pub(crate) async fn supervise(
                                 worker = new;
                                 limits = new_limits;
                                 drain = true;
+                                ready_at = Instant::now();
                             } else if *shutdown.borrow() {
                                 return;
                             } else {
@@ -276,7 +287,7 @@ pub(crate) async fn supervise(
                     }
                 };
                 shared.worker_gone(&worker);
-                let lived = worker.started.elapsed();
+                let lived = ready_at.elapsed();
                 tracing::warn!(worker = %worker.id, pid = worker.pid, %exit, lived_ms = lived.as_millis() as u64, "worker ended; replacing it");
                 if !shared.listeners.is_empty() {
                     shared.emit(EventKind::WorkerExited {
@@ -295,7 +306,7 @@ pub(crate) async fn supervise(
                     let e = StartError {
                         worker_id: worker.id.clone(),
                         cause: format!(
-                            "the worker ended {} ms after it started ({exit})",
+                            "the worker ended {} ms after it started serving ({exit})",
                             lived.as_millis()
                         ),
                         stderr_tail: worker.stderr_tail(),
@@ -329,7 +340,6 @@ pub(crate) async fn supervise(
             delay,
         });
         if !delay.is_zero() {
-            retry.mark_unchanged();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = retry.changed() => {
@@ -464,7 +474,10 @@ pub(crate) async fn recycle(
     match started {
         Ok(new) => {
             let limits = call_limits(&shared.config, &new);
-            shared.install(&new, limits);
+            if !shared.install(&new, limits) {
+                stop_unused(shared, &new).await;
+                return None;
+            }
             shared.counters.recycled.fetch_add(1, Ordering::Relaxed);
             shared.emit(EventKind::WorkerRecycled {
                 worker: i,
@@ -492,6 +505,13 @@ pub(crate) async fn recycle(
             None
         }
     }
+}
+
+/// Stops a worker that started as the pool shut down and never took a
+/// call: shutdown may not know of it.
+async fn stop_unused(shared: &Shared, worker: &Arc<Worker>) {
+    tracing::debug!(worker = %worker.id, pid = worker.pid, "started as the pool shut down; stopping it");
+    stop(&shared.config, std::slice::from_ref(worker)).await;
 }
 
 /// Lets a recycled worker finish its calls (each bounded by its deadline and
