@@ -522,6 +522,7 @@ impl Worker {
     /// reader already failed it (the worker died meanwhile).
     pub(crate) fn unregister(&self, id: u64) -> Option<Pending> {
         let pending = self.inner().pending.remove(&id).map(|(p, _)| p);
+        self.stdin.ended(id);
         if pending.as_ref().is_some_and(|p| p.chunks.is_some()) {
             self.stream_ended();
         }

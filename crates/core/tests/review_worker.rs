@@ -122,17 +122,14 @@ async fn a_call_with_its_own_timer_times_out_at_its_deadline_when_stdout_closes(
 /// call A, which takes a host reply of more than 1 MiB, then works on;
 /// call B is written ahead behind it and times out. B never started: the
 /// pool must treat it as waiting (a `cancel` frame, and the grace loop in
-/// `Worker::abandon` waits while B waits behind A). But the record of
-/// recent request frames (`StdinState::recent`) drops frames more than
-/// `RECENT_WINDOW` (1 MiB) behind what was written, host replies included:
-/// A's frame is gone from it, `Stdin::first_written` names B as the call
-/// running, `Worker::is_waiting(B)` is false, no cancel is sent, and after
-/// the grace period the worker is killed as stuck on B, failing A, which
-/// was running well (docs/protocol.md, "Timeouts": the pool waits for the
-/// late reply; docs/reliability.md: a call written ahead that waits never
-/// started).
+/// `Worker::abandon` waits while B waits behind A). The record of recent
+/// request frames (`StdinState::recent`) once dropped frames more than
+/// 1 MiB behind what was written, host replies included: A's frame was
+/// gone from it, `Stdin::first_written` named B as the call running, no
+/// cancel was sent, and after the grace period the worker was killed as
+/// stuck on B, failing A, which was running well. Calls now leave the
+/// record only as they end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: after >1 MiB of host replies, a call written ahead is taken for the running one; its timeout kills the worker and fails the call that was running"]
 async fn a_timed_out_call_written_ahead_behind_a_call_with_large_host_replies_does_not_kill_it() {
     call_written_ahead_times_out_behind_a_host_call(1_200_000).await;
 }
@@ -203,7 +200,6 @@ async fn call_written_ahead_times_out_behind_a_host_call(reply_len: usize) {
 /// the call written ahead before it works on, as a bridge with a reader
 /// thread does, so the pipe's unread bytes do not tell.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: after >1 MiB of host replies, a call written ahead that never ran fails with WorkerCrashed when its worker dies instead of going to the replacement"]
 async fn a_call_written_ahead_behind_large_host_replies_goes_to_the_replacement_when_the_worker_dies(
 ) {
     call_written_ahead_when_the_worker_dies(1_200_000).await;
@@ -352,7 +348,6 @@ w.run()
 /// call's frame, `Worker::cut_off` (through `Stdin::written_behind`) takes
 /// the call written ahead for the running one: `StoppedByShutdown`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: after >1 MiB of host replies, a call written ahead that never started gets StoppedByShutdown at shutdown instead of ShutDown"]
 async fn a_call_written_ahead_behind_large_host_replies_never_ran_when_shutdown_cuts_it_off() {
     call_written_ahead_at_shutdown(1_200_000).await;
 }
@@ -504,7 +499,6 @@ async fn a_host_call_naming_another_workers_request_gets_no_session() {
 /// ahead whose caller gives up before it starts never runs, "the call in
 /// front is not disturbed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: through the Python bridge: after >1 MiB of host replies, a timed-out call written ahead kills the worker and fails the call in front"]
 async fn the_python_bridge_call_in_front_of_a_timed_out_call_written_ahead_is_not_disturbed() {
     bridge_call_in_front(1_200_000).await;
 }

@@ -38,6 +38,8 @@ impl Worker {
             }
             pending
         };
+        // Whether its caller waits or gave up, the call is over.
+        self.stdin.ended(id);
         let Some(pending) = pending else {
             if id == 0 && !success {
                 let what = snakepit_protocol::decode_response::<_, Value>(&self.codec, &frame)

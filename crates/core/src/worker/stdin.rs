@@ -71,9 +71,10 @@ pub(super) fn behind_first(order: impl IntoIterator<Item = u64>, pending: &[u64]
     ids.collect()
 }
 
-/// Request frames further back than this in the stream are taken as read
-/// (a pipe holds at most `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
-pub(super) const RECENT_WINDOW: u64 = 1 << 20;
+/// The most calls the record of recent request frames keeps. It holds the
+/// calls in flight, bounded by the worker's capacity and the calls written
+/// ahead; more means calls that never heard back.
+pub(super) const RECENT_MAX: usize = 1 << 16;
 
 impl StdinState {
     /// The pipe is broken (the worker is gone): the calls whose frames it
@@ -145,12 +146,10 @@ impl Stdin {
             _ => frame,
         };
         if id != NO_CALL && id != HOST_REPLY {
-            let written = st.written;
-            while st
-                .recent
-                .front()
-                .is_some_and(|&(_, e)| e + RECENT_WINDOW < written)
-            {
+            // Calls leave the record as they end ([`Stdin::ended`]); only a
+            // call that never hears back, on a worker that never dies,
+            // could stay, and the record keeps at most RECENT_MAX of those.
+            if st.recent.len() >= RECENT_MAX {
                 st.recent.pop_front();
             }
             st.recent.push_back((id, end));
@@ -165,6 +164,20 @@ impl Stdin {
         drop(guard);
         self.wake.notify_one();
         true
+    }
+
+    /// Call `id` ended (its final reply came, or it was taken back): it
+    /// leaves the record of recent frames, which so holds the calls in
+    /// flight in the order they were written, however much was written
+    /// after them (host replies, calls written ahead). Calls end mostly in
+    /// the order they were written: the first is usually it.
+    pub(super) fn ended(&self, id: u64) {
+        let mut st = self.state();
+        if st.recent.front().is_some_and(|&(first, _)| first == id) {
+            st.recent.pop_front();
+        } else if let Some(i) = st.recent.iter().position(|&(c, _)| c == id) {
+            st.recent.remove(i);
+        }
     }
 
     /// The calls whose frames the worker, now dead, never read whole.
