@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::sync::{oneshot, watch};
 
 use crate::adapter::Launch;
@@ -474,26 +474,16 @@ async fn read_loop(t: Arc<Template>, ready: oneshot::Sender<u64>) {
 /// Logs the template's output line by line under `snakepit::template` and
 /// keeps the last lines.
 async fn log_lines(out: impl AsyncRead + Unpin, pid: u32, tail: Arc<Mutex<VecDeque<String>>>) {
-    let mut lines = BufReader::new(out).split(b'\n');
-    while let Ok(Some(line)) = lines.next_segment().await {
-        let mut line = String::from_utf8_lossy(&line).into_owned();
-        if line.len() > crate::worker::MAX_STDERR_LINE {
-            let mut cut = crate::worker::MAX_STDERR_LINE;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
-        let line = line.trim_end().to_owned();
-        if line.is_empty() {
-            continue;
-        }
+    crate::worker::for_each_line(out, |line, cut| {
+        let Some(line) = crate::worker::line_text(line, cut) else {
+            return;
+        };
         tracing::info!(target: "snakepit::template", pid, "{line}");
         let mut tail = tail.locked();
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
         tail.push_back(line);
-    }
+    })
+    .await;
 }

@@ -21,6 +21,7 @@ mod reader;
 mod stdin;
 
 use crate::sync::Unpoisoned;
+pub(crate) use reader::{for_each_line, line_text};
 use reader::{read_loop, stderr_loop};
 use stdin::{write_loop, Stdin, StdinState, NO_CALL};
 

@@ -293,7 +293,6 @@ fn host_peak_kib() -> u64 {
 /// newline (a progress bar redrawn with `\r` while a model loads, or a
 /// hostile script) grows the host by as much.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a preload template's output line is held whole in host memory (template.rs log_lines), 256 MiB without a newline grows the host by 256 MiB+"]
 async fn a_templates_endless_output_line_keeps_host_memory_flat() {
     template_writes_256_mib(r"\r").await;
 }

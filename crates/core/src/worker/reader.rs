@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use serde_json::Value;
 use snakepit_protocol::{decode_inbound, peek_response, Codec, Inbound};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -163,7 +163,15 @@ impl Worker {
 /// most [`MAX_STDERR_LINE`] bytes: memory stays flat whatever the worker
 /// writes.
 pub(super) async fn stderr_loop(worker: Arc<Worker>, stderr: ChildStderr) {
-    let mut reader = BufReader::with_capacity(8 * 1024, stderr);
+    for_each_line(stderr, |line, cut| worker.stderr_line(line, cut)).await;
+}
+
+/// Reads `out` to its end, line by line (a line ends at `\n` or `\r`, so
+/// a progress bar's updates are lines), and hands each to `each` with
+/// whether it was cut: a line keeps its first [`MAX_STDERR_LINE`] bytes, and
+/// no more is ever held, whatever the process writes.
+pub(crate) async fn for_each_line(out: impl AsyncRead + Unpin, mut each: impl FnMut(&[u8], bool)) {
+    let mut reader = BufReader::with_capacity(8 * 1024, out);
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut cut = false;
     loop {
@@ -178,27 +186,36 @@ pub(super) async fn stderr_loop(worker: Arc<Worker>, stderr: ChildStderr) {
         cut |= take > room;
         reader.consume(end.map_or(take, |e| e + 1));
         if end.is_some() {
-            worker.stderr_line(&line, cut);
+            each(&line, cut);
             line.clear();
             cut = false;
         }
     }
     if !line.is_empty() {
-        worker.stderr_line(&line, cut);
+        each(&line, cut);
     }
+}
+
+/// A line of a process's output as it is logged: lossy UTF-8, without
+/// trailing blanks, marked `…` if it was cut; `None` for a blank line (or
+/// the `\n` of a `\r\n`).
+pub(crate) fn line_text(line: &[u8], cut: bool) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    if text.is_empty() {
+        return None;
+    }
+    Some(if cut {
+        format!("{text}…")
+    } else {
+        text.to_owned()
+    })
 }
 
 impl Worker {
     pub(super) fn stderr_line(&self, line: &[u8], cut: bool) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end();
-        if text.is_empty() {
-            return; // the `\n` of a `\r\n`, or a blank line
-        }
-        let text = if cut {
-            format!("{text}…")
-        } else {
-            text.to_owned()
+        let Some(text) = line_text(line, cut) else {
+            return;
         };
         tracing::info!(target: "snakepit::worker", worker = %self.id, pid = self.pid, "{text}");
         self.tail.locked().push(text);
