@@ -57,7 +57,6 @@ fn timeout(d: Duration) -> CallOptions {
 /// period for the exit, with no timer running: the caller hears nothing at
 /// its deadline, only when the grace period (here 15 s) is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a call watched by the reader's timer waits out the whole grace period, not its deadline, when its worker closes stdout"]
 async fn a_call_watched_by_the_readers_timer_times_out_at_its_deadline_when_stdout_closes() {
     let pool = hostile(json!({"max_concurrency": 1}))
         .configure(|c| c.shutdown_grace_period = Duration::from_secs(15))

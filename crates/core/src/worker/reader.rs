@@ -426,8 +426,18 @@ pub(super) async fn read_loop(
         None => {
             // Stdout is closed; the process normally exits with it. One that
             // keeps running without a way to answer is killed.
-            let grace = worker.grace;
-            match tokio::time::timeout(grace, &mut exit_rx).await {
+            // The reader's timer is gone with its loop: the deadlines of
+            // the calls it watched are kept here meanwhile.
+            let until = Instant::now() + worker.grace;
+            let status = loop {
+                let wake = worker.expire().map_or(until, |next| next.min(until));
+                match tokio::time::timeout_at(wake.into(), &mut exit_rx).await {
+                    Ok(status) => break Ok(status),
+                    Err(e) if Instant::now() >= until => break Err(e),
+                    Err(_) => {}
+                }
+            };
+            match status {
                 Ok(status) => exited(status),
                 Err(_) => {
                     worker.kill();
