@@ -757,7 +757,6 @@ async fn a_slow_starting_worker_that_dies_right_after_its_handshake_opens_the_br
 /// timeout, while another worker idles, and while the same call made a
 /// moment later would go to that other worker at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a strict call queued for a worker that dies stays queued for its empty slot (restart failing) until the queue timeout, though other workers are idle"]
 async fn a_strict_call_waiting_for_a_dead_worker_whose_slot_cannot_restart_goes_elsewhere() {
     let dir = temp_dir("strict-dead-slot");
     let marker = dir.join("broken");

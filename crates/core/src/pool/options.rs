@@ -74,7 +74,8 @@ pub enum Affinity {
     /// Wait for it: in the queue, subject to the queue timeout, or, while
     /// its recent calls are short (pipelining, `PoolConfig::pipeline_depth`),
     /// written ahead to it, where the call waits for the calls before it
-    /// (with no queue timeout: it has left the queue).
+    /// (with no queue timeout: it has left the queue). If that worker dies
+    /// meanwhile, the call goes to whichever worker is free first.
     Strict,
     /// Use it when it is free, otherwise fail at once with `WorkerBusy`.
     FailFast,

@@ -215,6 +215,21 @@ impl Shared {
         drop(gone);
     }
 
+    /// Slot `i`'s worker is gone: the calls that waited for it alone
+    /// (strict affinity) go to whichever worker is free first.
+    pub(crate) fn requeue_strict(self: &Arc<Self>, i: usize) {
+        let mut st = self.state();
+        if st.strict[i].is_empty() {
+            return;
+        }
+        st.unstrict(i);
+        for j in 0..st.slots.len() {
+            if j != i && st.slots[j].has_room() {
+                self.hand_off(&mut st, j);
+            }
+        }
+    }
+
     pub(crate) fn next_generation(&self, i: usize) -> u64 {
         let mut st = self.state();
         let slot = &mut st.slots[i];

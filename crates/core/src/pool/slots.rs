@@ -227,6 +227,16 @@ impl State {
         self.queue.len() + self.strict.iter().map(VecDeque::len).sum::<usize>()
     }
 
+    /// The calls waiting for slot `i` alone join the general queue, in
+    /// the order they came: its worker is gone.
+    pub(crate) fn unstrict(&mut self, i: usize) {
+        let moved: Vec<Waiter> = self.strict[i].drain(..).collect();
+        for w in moved {
+            let at = self.queue.partition_point(|q| q.seq < w.seq);
+            self.queue.insert(at, w);
+        }
+    }
+
     pub(crate) fn purge_abandoned(&mut self) {
         self.queue.retain(|w| !w.tx.is_closed());
         for q in &mut self.strict {
@@ -315,6 +325,26 @@ mod tests {
         assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(4));
         drop((any1, only0, only1));
         assert_eq!(st.queued_entries(), 0);
+    }
+
+    #[test]
+    fn waiters_for_a_slot_whose_worker_is_gone_join_the_queue_in_order() {
+        let mut st = State::new(2);
+        let a = st.push_waiter(None, false);
+        let b = st.push_waiter(Some(0), false);
+        let c = st.push_waiter(None, false);
+        let d = st.push_waiter(Some(0), false);
+        st.unstrict(0);
+        assert!(st.strict[0].is_empty());
+        let order: Vec<u64> = st.queue.iter().map(|w| w.seq).collect();
+        assert_eq!(order, [1, 2, 3, 4]);
+        assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(1));
+        assert_eq!(
+            st.pop_waiter(1).map(|w| w.seq),
+            Some(2),
+            "slot 1 may serve it now"
+        );
+        drop((a, b, c, d));
     }
 
     #[test]

@@ -287,6 +287,7 @@ pub(crate) async fn supervise(
                     }
                 };
                 shared.worker_gone(&worker);
+                shared.requeue_strict(i);
                 let lived = ready_at.elapsed();
                 tracing::warn!(worker = %worker.id, pid = worker.pid, %exit, lived_ms = lived.as_millis() as u64, "worker ended; replacing it");
                 if !shared.listeners.is_empty() {
