@@ -97,7 +97,6 @@ fn processes_of_run(run_id: &str) -> Vec<u32> {
 /// flight on a worker, and nothing else accounts for it (submitted 1,
 /// ended 0, queued 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a call still running on a recycled (retiring) worker vanishes from Stats::in_flight/busy"]
 async fn a_call_on_a_recycled_worker_is_still_in_flight_in_stats() {
     let pool = builder(TestWorker::new())
         .size(1)

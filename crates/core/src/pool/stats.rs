@@ -23,7 +23,8 @@ pub struct Stats {
     /// Ready workers with at least one call in flight.
     pub busy: usize,
     /// Calls in flight on workers (including timed-out calls whose late
-    /// reply is still awaited).
+    /// reply is still awaited, and the calls a recycled worker finishes
+    /// after its replacement took its place).
     pub in_flight: usize,
     /// Calls waiting in the queue.
     pub queued: usize,
@@ -153,6 +154,9 @@ impl Shared {
                 s.busy += 1;
             }
         }
+        // Workers out of their slots (recycled, or dying) still finish the
+        // calls they had: those are in flight too.
+        let leaving: Vec<_> = st.retiring.iter().chain(&st.dying).cloned().collect();
         s.queued = st
             .queue
             .iter()
@@ -171,6 +175,10 @@ impl Shared {
         s.start_failures = c.start_failures.load(Ordering::Relaxed);
         s.recycled = c.recycled.load(Ordering::Relaxed);
         s.sessions = st.affinity.len();
+        drop(st);
+        for w in leaving {
+            s.in_flight += w.in_flight();
+        }
         s.call_time = (timed > 0).then(|| total / timed);
         s
     }
