@@ -428,7 +428,7 @@ pub(super) async fn read_loop(
             // keeps running without a way to answer is killed.
             // The reader's timer is gone with its loop: the deadlines of
             // the calls it watched are kept here meanwhile.
-            let until = Instant::now() + worker.grace;
+            let until = crate::clock::later(Instant::now(), worker.grace);
             let status = loop {
                 let wake = worker.expire().map_or(until, |next| next.min(until));
                 match tokio::time::timeout_at(wake.into(), &mut exit_rx).await {
