@@ -155,6 +155,11 @@ struct HostEntry {
     seq: u64,
     /// The subject its calls go to (built once, not per call).
     call: Subject,
+    /// Its instances heard of (a host restarted under the same id, or two
+    /// hosts given one id): when each last spoke, and whether it said
+    /// goodbye. One that falls silent without a goodbye while the id lives
+    /// on died with the calls it ran.
+    instances: HashMap<String, (Instant, bool)>,
 }
 
 impl HostEntry {
@@ -175,6 +180,7 @@ impl HostEntry {
             running: 0,
             full: false,
             seq: 0,
+            instances: HashMap::new(),
         }
     }
 
@@ -1163,6 +1169,12 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                 .entry(hb.host.clone())
                 .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
             entry.last_seen = Instant::now();
+            if let Some(instance) = hb.instance {
+                if entry.instances.len() < MAX_INSTANCES || entry.instances.contains_key(&instance)
+                {
+                    entry.instances.insert(instance, (entry.last_seen, hb.bye));
+                }
+            }
             if hb.bye {
                 // Leaving, not lost: the calls it runs still end with their
                 // outcome, and it goes on saying goodbye until they have.
@@ -1188,6 +1200,9 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
     }
 }
 
+/// The most instances of one host id a client keeps track of.
+const MAX_INSTANCES: usize = 16;
+
 /// Marks hosts unheard of for `host_timeout` as lost, and follows the NATS
 /// connection's state.
 async fn monitor(inner: Weak<Inner>, tick: Duration) {
@@ -1206,6 +1221,21 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
         for h in hosts.values_mut() {
             if now.duration_since(h.last_seen) > inner.config.host_timeout {
                 h.lost.send_if_modified(|l| !std::mem::replace(l, true));
+            }
+            // An instance silent for the host timeout while its id lives on
+            // (restarted after a crash): the calls it ran are lost. The
+            // client cannot tell which instance runs a call, so every call
+            // in flight on the id hears so; the next ones go to the living.
+            let timeout = inner.config.host_timeout;
+            let mut died = false;
+            h.instances.retain(|_, &mut (seen, bye)| {
+                let silent = now.duration_since(seen) > timeout;
+                died |= silent && !bye;
+                !silent
+            });
+            if died && !*h.lost.borrow() {
+                h.lost.send_replace(true);
+                h.lost = watch::channel(false).0;
             }
         }
         hosts.retain(|_, h| {

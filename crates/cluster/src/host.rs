@@ -247,6 +247,7 @@ pub async fn serve_with(
         ack_due: None,
         cancelled: HashSet::new(),
         ended: Recent::default(),
+        instance: random_id(),
     };
     state.measure();
     let task = tokio::spawn(async move {
@@ -444,6 +445,8 @@ impl Drop for Done {
 
 struct Serving {
     host: Arc<HostCtx>,
+    /// This run's token in its heartbeats.
+    instance: String,
     subjects: Subjects,
     options: ServeOptions,
     /// The host had no free capacity at the last check.
@@ -578,6 +581,7 @@ impl Serving {
                 capacity.saturating_sub(self.running.len())
             },
             bye,
+            instance: Some(self.instance.clone()),
         };
         let payload = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = self

@@ -283,6 +283,11 @@ pub(crate) struct Heartbeat {
     /// The host is shutting down: take nothing more to it.
     #[serde(default)]
     pub(crate) bye: bool,
+    /// This run of the host (one per `serve`): a host restarted under the
+    /// same id is another instance, and the calls the one before ran are
+    /// lost when it falls silent. Absent from hosts that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) instance: Option<String>,
 }
 
 /// `snakepit_core::Error` on the wire: its kind, its text, and the fields

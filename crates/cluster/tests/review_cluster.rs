@@ -50,11 +50,11 @@ async fn client(nats: &NatsServer, config: ClientConfig) -> Client {
 /// started again under the same id (as a service manager restarts
 /// `snakepit serve --host-id a`) before the client's host timeout has
 /// passed. The new process never heard of the call; the old one is dead.
-/// The call must fail with the host-lost error; the client instead takes
-/// the new process's heartbeats (another pid) for the old host's, so the
-/// call's host is never "lost" and the caller waits forever.
+/// The call must fail with the host-lost error. The client once took the
+/// new process's heartbeats for the old host's, so the call's host was
+/// never "lost" and the caller waited forever; each run of a host now
+/// names itself (`instance` in its heartbeats).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a call on a killed host hangs forever once a host of the same id (another pid) heartbeats again"]
 async fn a_call_on_a_killed_host_fails_when_a_host_of_the_same_id_comes_back() {
     let nats = NatsServer::start().await;
     let mut first = HostProcess::start("host_process", &nats.url, "a", 1).await;
