@@ -341,13 +341,42 @@ impl NatsKvStore {
     /// not (another host changed or removed it), an error when the delete
     /// failed otherwise (refused, timed out).
     async fn delete_at(&self, id: &str, key: &str, rev: u64) -> Result<bool> {
-        on_bucket!(self, |kv| {
+        let deleted = on_bucket!(self, |kv| {
             match kv.delete_expect_revision(key, Some(rev)).await {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
                 Err(e) => Err(write_failed(id, e)),
             }
-        })
+        })?;
+        if deleted {
+            self.purge_tombstone(key).await;
+        }
+        Ok(deleted)
+    }
+
+    /// Removes the delete marker a removal left at `key` (the bucket keeps
+    /// one message per key, the last: without this, one per session ever
+    /// ended, which every listing and sweep would read). Only the marker
+    /// and what came before it go: a session created at `key` since stays.
+    /// Best effort: a marker left behind costs a little room, nothing else.
+    async fn purge_tombstone(&self, key: &str) {
+        let kv = self.kv();
+        let Ok(Some(entry)) = kv.entry(key).await else {
+            return;
+        };
+        if entry.operation == Operation::Put {
+            return;
+        }
+        let subject = format!("{}{key}", kv.prefix);
+        if let Err(e) = kv
+            .stream
+            .purge()
+            .filter(subject)
+            .sequence(entry.revision + 1)
+            .await
+        {
+            tracing::debug!(target: "snakepit::session", key, "cannot purge a removed session's marker: {e}");
+        }
     }
 
     /// Removes an expired session found at `rev`; reports it if this call

@@ -193,14 +193,13 @@ async fn bucket_contents(nats: &NatsServer, bucket: &str) -> (u64, u64) {
 }
 
 /// kv.rs: sessions that ended (deleted, or expired and swept) are
-/// "removed". With `history: 1` each removal leaves a delete marker (one
-/// message, one subject) in the bucket's stream for good: the bucket holds
+/// "removed". With `history: 1` each removal once left a delete marker (one
+/// message, one subject) in the bucket's stream for good: the bucket held
 /// one message per session id ever used, and `list_sessions`, `stats` and
 /// every sweep read each of them (`keys_under` + `load` per key), so their
-/// cost and the server's storage grow with every session ever created,
-/// not with the live ones.
+/// cost and the server's storage grew with every session ever created,
+/// not with the live ones. The marker is now purged after the removal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: NatsKvStore leaves a delete marker per ended session in its bucket forever (unbounded growth; listings/sweeps read them all)"]
 async fn kv_sessions_that_ended_leave_nothing_in_the_bucket() {
     let nats = NatsServer::start().await;
     let store = NatsKvStore::builder(&nats.connect().await)
