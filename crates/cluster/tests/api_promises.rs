@@ -19,25 +19,6 @@ use snakepit_cluster::{Client, ClientConfig, NatsKvStore, ServeOptions};
 use snakepit_core::{CallOptions, Error, Pool};
 use snakepit_session::{EndReason, SessionStore};
 
-/// A pool of `size` test workers, quick to shut down.
-async fn pool(size: usize) -> Pool {
-    Pool::builder(TestWorker)
-        .size(size)
-        .configure(|c| {
-            c.sweep_on_start = false;
-            c.shutdown_grace_period = Duration::from_millis(300);
-        })
-        .start()
-        .await
-        .unwrap()
-}
-
-async fn client(nats: &NatsServer, config: ClientConfig) -> Client {
-    Client::connect_with(&nats.connect().await, "test", config)
-        .await
-        .unwrap()
-}
-
 fn config_error<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) -> String {
     match r {
         Err(Error::Config(m)) => m,

@@ -38,12 +38,6 @@ async fn pool_of<A: snakepit_core::Adapter + 'static>(adapter: A, size: usize) -
         .unwrap()
 }
 
-async fn client(nats: &NatsServer, config: ClientConfig) -> Client {
-    Client::connect_with(&nats.connect().await, "test", config)
-        .await
-        .unwrap()
-}
-
 /// Two hosts `a` and `b` of one worker each, served from this process.
 struct TwoHosts {
     nats: NatsServer,

@@ -23,25 +23,6 @@ fn host_process() {
     host_main();
 }
 
-/// A pool of `size` test workers, quick to shut down.
-async fn pool(size: usize) -> Pool {
-    Pool::builder(TestWorker)
-        .size(size)
-        .configure(|c| {
-            c.sweep_on_start = false;
-            c.shutdown_grace_period = Duration::from_millis(300);
-        })
-        .start()
-        .await
-        .unwrap()
-}
-
-async fn client(nats: &NatsServer, config: ClientConfig) -> Client {
-    Client::connect_with(&nats.connect().await, "test", config)
-        .await
-        .unwrap()
-}
-
 /// cluster.md, deadlines: "A host that cannot answer at all (killed,
 /// stopped, cut off) stops its heartbeats too: its calls fail with the
 /// host-lost error one host timeout after it last spoke, deadline or not."

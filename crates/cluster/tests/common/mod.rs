@@ -325,3 +325,26 @@ pub async fn wait_hosts(client: &snakepit_cluster::Client, n: usize) {
 pub fn pid_of(r: &serde_json::Value) -> u32 {
     r["pid"].as_u64().expect("a pid in the reply") as u32
 }
+
+/// A pool of `size` test workers, quick to shut down.
+pub async fn pool(size: usize) -> snakepit_core::Pool {
+    snakepit_core::Pool::builder(TestWorker)
+        .size(size)
+        .configure(|c| {
+            c.sweep_on_start = false;
+            c.shutdown_grace_period = Duration::from_millis(300);
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A client of the cluster `test` on `nats`.
+pub async fn client(
+    nats: &NatsServer,
+    config: snakepit_cluster::ClientConfig,
+) -> snakepit_cluster::Client {
+    snakepit_cluster::Client::connect_with(&nats.connect().await, "test", config)
+        .await
+        .unwrap()
+}
