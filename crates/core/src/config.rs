@@ -185,6 +185,10 @@ impl PoolConfig {
         if self.worker_init_timeout.is_zero() || self.startup_timeout.is_zero() {
             return bad("worker_init_timeout and startup_timeout must be above zero");
         }
+        if !self.health_check_interval.is_zero() && self.health_check_timeout.is_zero() {
+            // Every ping would be late: every idle worker replaced at each check.
+            return bad("health_check_timeout must be above zero while health checks are on (health_check_interval above zero)");
+        }
         if self.max_frame_size < 64 || self.max_frame_size > u32::MAX as usize {
             return bad("max_frame_size must be between 64 bytes and 4 GiB");
         }

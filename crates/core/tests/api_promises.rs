@@ -609,6 +609,10 @@ async fn every_unusable_setting_is_a_config_error_at_start() {
             c.worker_init_timeout = Duration::ZERO
         }),
         ("startup_timeout 0", |c| c.startup_timeout = Duration::ZERO),
+        // Every ping would be late, every idle worker replaced at each check.
+        ("health_check_timeout 0 with health checks on", |c| {
+            c.health_check_timeout = Duration::ZERO
+        }),
         ("max_frame_size 63", |c| c.max_frame_size = 63),
         ("breaker_threshold 0", |c| c.breaker_threshold = 0),
     ];
@@ -625,6 +629,17 @@ async fn every_unusable_setting_is_a_config_error_at_start() {
         assert!(matches!(err, Error::Config(_)), "{what}: {err}");
         assert_eq!(err.kind(), "config", "{what}");
     }
+    // With health checks off, their timeout is not used: 0 is fine.
+    let mut config = PoolConfig::default();
+    config.pool_size = 1;
+    config.health_check_interval = Duration::ZERO;
+    config.health_check_timeout = Duration::ZERO;
+    let pool = Pool::builder(Api::default())
+        .config(config)
+        .start()
+        .await
+        .unwrap();
+    pool.shutdown().await.unwrap();
 }
 
 /// `PoolConfig` reads "from any serde format": a field it does not know is
