@@ -248,6 +248,7 @@ pub async fn serve_with(
         cancelled: HashSet::new(),
         ended: Recent::default(),
         instance: random_id(),
+        leaving: false,
     };
     state.measure();
     let task = tokio::spawn(async move {
@@ -447,6 +448,8 @@ struct Serving {
     host: Arc<HostCtx>,
     /// This run's token in its heartbeats.
     instance: String,
+    /// It is shutting down: it declines every call that still comes.
+    leaving: bool,
     subjects: Subjects,
     options: ServeOptions,
     /// The host had no free capacity at the last check.
@@ -640,6 +643,7 @@ impl Serving {
         self.heartbeat(true).await;
         let lingered = tokio::time::sleep(LINGER);
         tokio::pin!(lingered);
+        self.leaving = true;
         let mut lingering = true;
         let mut subscribed = true;
         while lingering || !self.running.is_empty() {
@@ -653,7 +657,7 @@ impl Serving {
                     None => break,
                 },
                 msg = self.direct.next(), if subscribed => match msg {
-                    Some(msg) => self.decline_all(msg).await,
+                    Some(msg) => self.take(msg, &done_tx).await,
                     None => subscribed = false,
                 },
                 _ = &mut lingered, if lingering => lingering = false,
@@ -778,30 +782,6 @@ impl Serving {
         }
     }
 
-    /// While the host leaves: declines each call of `msg` (one, or a
-    /// batch), so that its client routes it again; a call that came again
-    /// is ignored, as when serving.
-    async fn decline_all(&mut self, msg: Message) {
-        let replies: Vec<Subject> = if msg.payload.first() != Some(&b'[') {
-            msg.reply.into_iter().collect()
-        } else {
-            serde_json::from_slice::<Vec<CallMsg>>(&msg.payload)
-                .map(|calls| {
-                    calls
-                        .into_iter()
-                        .filter_map(|c| c.reply.map(Subject::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for reply in replies {
-            let key = reply.as_str();
-            if !self.running.contains_key(key) && !self.ended.contains(key) {
-                self.decline(&reply).await;
-            }
-        }
-    }
-
     /// Takes a call if there is room, or declines it.
     async fn take_one(
         &mut self,
@@ -818,7 +798,8 @@ impl Serving {
             tracing::warn!(target: "snakepit::cluster", host = %self.host.id, reply = %key, "a call came again; ignored");
             return;
         }
-        if self.free() == 0 {
+        // Leaving, it takes nothing more: its client routes the call again.
+        if self.leaving || self.free() == 0 {
             return self.decline(&reply).await;
         }
         if self.cancelled.remove(&key) {
