@@ -331,8 +331,8 @@ impl Shared {
         }
     }
 
-    /// Every worker process the pool has: ready ones, retiring ones, and
-    /// those out of routing whose end is awaited.
+    /// Every worker process the pool has: ready ones, retiring ones, those
+    /// out of routing whose end is awaited, and those in their handshake.
     pub(crate) fn every_worker(&self) -> Vec<Arc<Worker>> {
         let st = self.state();
         st.slots
@@ -340,6 +340,7 @@ impl Shared {
             .filter_map(|s| s.worker.clone())
             .chain(st.retiring.iter().cloned())
             .chain(st.dying.iter().cloned())
+            .chain(st.starting.iter().cloned())
             .collect()
     }
 

@@ -182,6 +182,9 @@ pub(crate) struct State {
     /// Workers out of routing (stdout ended, or the process exited) whose
     /// end their reader still awaits: shutdown must stop them too.
     pub(crate) dying: Vec<Arc<Worker>>,
+    /// Workers in their handshake, in no slot yet: shutdown must stop them
+    /// too.
+    pub(crate) starting: Vec<Arc<Worker>>,
     pub(crate) closed: bool,
     pub(crate) last_start_error: Option<StartError>,
 }
@@ -199,6 +202,7 @@ impl State {
             affinity: HashMap::new(),
             retiring: Vec::new(),
             dying: Vec::new(),
+            starting: Vec::new(),
             closed: false,
             last_start_error: None,
         }

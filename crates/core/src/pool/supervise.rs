@@ -68,7 +68,15 @@ pub(crate) async fn start_worker(
     // A start abandoned before its handshake ends (the pool shuts down, or
     // its start is dropped) takes the process with it: it is in no slot
     // yet, so nothing else would stop it.
-    let mut starting = Starting(Some(worker.clone()));
+    let mut starting = Starting::new(shared, &worker);
+    if starting.0.is_none() {
+        // The pool closed as this process was spawned.
+        worker.finished().await;
+        return Err(fail(
+            "the pool shut down during the start".to_owned(),
+            String::new(),
+        ));
+    }
     let args = json!({"initialization": true, "worker_id": worker_id});
     let outcome = tokio::time::timeout(
         shared.config.worker_init_timeout,
@@ -85,7 +93,7 @@ pub(crate) async fn start_worker(
                 pid: worker.pid,
                 init,
             });
-            starting.0 = None;
+            starting.disarm();
             return Ok(worker);
         }
         Ok(Ok(result)) => format!(
@@ -105,13 +113,42 @@ pub(crate) async fn start_worker(
     Err(fail(failure, worker.stderr_tail()))
 }
 
-/// A worker whose start is under way: killed (its group) if dropped armed.
-struct Starting(Option<Arc<Worker>>);
+/// A worker whose start is under way: listed in the pool's state so that
+/// `shutdown()` stops it too, and killed (its group) if dropped armed.
+struct Starting<'a>(Option<Arc<Worker>>, &'a Shared);
 
-impl Drop for Starting {
+impl<'a> Starting<'a> {
+    /// Lists `worker` as starting; if the pool has closed already, kills it
+    /// instead and holds nothing.
+    fn new(shared: &'a Shared, worker: &Arc<Worker>) -> Self {
+        let mut st = shared.state();
+        if st.closed {
+            drop(st);
+            worker.kill();
+            return Starting(None, shared);
+        }
+        st.starting.push(worker.clone());
+        Starting(Some(worker.clone()), shared)
+    }
+
+    /// Its handshake is done: the caller takes it from here.
+    fn disarm(&mut self) {
+        if let Some(worker) = self.0.take() {
+            self.1.state().starting.retain(|w| !Arc::ptr_eq(w, &worker));
+        }
+    }
+}
+
+impl Drop for Starting<'_> {
     fn drop(&mut self) {
         if let Some(worker) = self.0.take() {
             worker.kill();
+            // Once the pool is closed it stays listed: `shutdown()` waits
+            // for its end.
+            let mut st = self.1.state();
+            if !st.closed {
+                st.starting.retain(|w| !Arc::ptr_eq(w, &worker));
+            }
         }
     }
 }
