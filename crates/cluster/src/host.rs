@@ -696,6 +696,9 @@ impl Serving {
         let reply = reply.to_owned();
         match self.running.get(&reply) {
             Some(call) => call.task.abort(),
+            // It ended before its cancel came: nothing to remember.
+            None if self.ended.contains(&reply) => {}
+            // Its call has not come yet (the cancel overtook it).
             None if self.cancelled.len() < 10_000 => {
                 self.cancelled.insert(reply);
             }
