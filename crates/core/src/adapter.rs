@@ -35,10 +35,11 @@ pub struct Launch {
 
 impl Launch {
     /// What a pool gives every worker it starts, in one place: the protocol
-    /// version, the codec, the worker's id and the run id in its
+    /// version, the codec, the worker's id, the run id and its host in its
     /// environment (`SNAKEPIT_PROTOCOL`, `SNAKEPIT_CODEC`,
-    /// `SNAKEPIT_WORKER_ID`, `SNAKEPIT_RUN_ID`), and the run id on its
-    /// command line too when [`Launch::with_run_id_arg`] asked for it.
+    /// `SNAKEPIT_WORKER_ID`, `SNAKEPIT_RUN_ID`, `SNAKEPIT_HOST`: the host
+    /// process, for the sweep to tell whether it lives), and the run id on
+    /// its command line too when [`Launch::with_run_id_arg`] asked for it.
     /// `RawProcess` starts its process the same way.
     pub fn for_worker(self, codec: crate::WireCodec, worker_id: &str, run_id: &str) -> Self {
         use snakepit_protocol::Codec;
@@ -46,7 +47,8 @@ impl Launch {
             .env("SNAKEPIT_PROTOCOL", "1")
             .env("SNAKEPIT_CODEC", codec.name())
             .env("SNAKEPIT_WORKER_ID", worker_id)
-            .env("SNAKEPIT_RUN_ID", run_id);
+            .env("SNAKEPIT_RUN_ID", run_id)
+            .env("SNAKEPIT_HOST", crate::sweep::host_token());
         if launch.run_id_arg {
             launch.arg("--snakepit-run-id").arg(run_id)
         } else {

@@ -269,14 +269,16 @@ impl Drop for PoolInner {
     /// every worker's process group.
     fn drop(&mut self) {
         self.shared.close();
-        for w in self.shared.every_worker() {
+        let workers = self.shared.every_worker();
+        for w in &workers {
             // Its calls (a stream outliving the last handle) are stopped by
             // the pool, not by a crash of their worker.
             w.cut_off();
             w.kill();
         }
-        self.shared.stop_template();
-        crate::sweep::kill_leftovers(&self.shared.run_id);
+        let mut own: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+        own.extend(self.shared.stop_template());
+        crate::sweep::kill_leftovers(&self.shared.run_id, &own);
         if let Some(r) = &self.shared.record {
             r.finish();
         }
@@ -459,8 +461,9 @@ impl Pool {
         for w in &workers {
             shared.worker_gone(w);
         }
-        shared.stop_template();
-        crate::sweep::kill_leftovers(&shared.run_id);
+        let mut own: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+        own.extend(shared.stop_template());
+        crate::sweep::kill_leftovers(&shared.run_id, &own);
         if let Some(r) = &shared.record {
             r.finish();
         }

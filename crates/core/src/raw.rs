@@ -24,7 +24,10 @@ use crate::spawn::Spawner;
 /// does; `SNAKEPIT_WORKER_ID` is `raw` unless the [`Launch`] sets it.
 /// Dropping it kills its whole process group (SIGKILL) and reaps the
 /// process, at once when it has already died, else in the background;
-/// [`kill`](RawProcess::kill) waits for the reaping.
+/// [`kill`](RawProcess::kill) waits for the reaping. Reaping it
+/// ([`wait`](RawProcess::wait), [`try_wait`](RawProcess::try_wait)) kills
+/// what is left of its group at that moment, and nothing is signalled
+/// after: its pid may then be another process's.
 ///
 /// Nothing else of a pool is there: no handshake, no queue, no restarts, no
 /// run record. Reading the worker's replies is up to the caller, and so is
@@ -137,24 +140,30 @@ impl RawProcess {
     /// ends.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         let status = self.child.wait().await?;
-        self.reaped = true;
-        signal_group(self.pid, libc::SIGKILL);
+        if !self.reaped {
+            // Once only: later, its pid (and group id) may be another's.
+            self.reaped = true;
+            signal_group(self.pid, libc::SIGKILL);
+        }
         Ok(status)
     }
 
     /// Kills its whole process group (SIGKILL) and waits for it to be reaped.
     pub async fn kill(&mut self) -> io::Result<ExitStatus> {
-        signal_group(self.pid, libc::SIGKILL);
+        if !self.reaped {
+            signal_group(self.pid, libc::SIGKILL);
+        }
         self.wait().await
     }
 }
 
 impl Drop for RawProcess {
     fn drop(&mut self) {
-        // The whole group, even when the leader has ended on its own: its
-        // children may still run.
-        signal_group(self.pid, libc::SIGKILL);
+        // Reaped, its group was killed then; its pid may be another's now.
         if !self.reaped {
+            // The whole group, even when the leader has ended on its own:
+            // its children may still run.
+            signal_group(self.pid, libc::SIGKILL);
             // Reaped here when it has already gone (the usual case right
             // after SIGKILL); otherwise Tokio reaps it in the background.
             let _ = self.child.start_kill();

@@ -34,10 +34,10 @@
 //! A record can lie: a copy of a live run's record under another host pid
 //! makes that run look dead. So a run is spared when anything shows it is
 //! alive: another record of the same run id whose host is alive (or cannot
-//! be judged from here), or a process of the run whose first ancestor
-//! outside the run is alive, is not init and is in the same session as the
-//! run's process below it (a live host; a process adopted by init or a
-//! subreaper has an ancestor in another session).
+//! be judged from here), or a process of the run whose host is alive: the
+//! host its environment names (`SNAKEPIT_HOST`: pid, start time, PID
+//! namespace), or for a process without one, its first ancestor outside
+//! the run if that is alive, is not init and is in the same session.
 //!
 //! Run ids are 128 random bits from the operating system; they are in the workers'
 //! environment, which only their user (and root) can read, and not on their
@@ -93,9 +93,12 @@ pub enum StateDirProblem {
     /// It is not a directory.
     #[error("it is not a directory")]
     NotADirectory,
-    /// It is a symbolic link that another user created.
-    #[error("it is a symbolic link owned by uid {owner}")]
+    /// It, or a directory on its path, is a symbolic link that another
+    /// user created (who may point it elsewhere at any time).
+    #[error("{} is a symbolic link owned by uid {owner}", path.display())]
     ForeignSymlink {
+        /// The link: the state directory itself or one above it, as given.
+        path: PathBuf,
         /// The link's owner.
         owner: u32,
     },
@@ -510,13 +513,41 @@ fn ensure_state_dir(dir: &Path) -> io::Result<()> {
 /// lets another user replace it.
 fn check_state_dir(dir: &Path) -> io::Result<()> {
     let uid = effective_uid();
-    let link = std::fs::symlink_metadata(dir)?;
-    let is_link = link.file_type().is_symlink();
-    if is_link && link.uid() != uid && link.uid() != 0 {
-        return Err(unsafe_dir(
-            dir,
-            StateDirProblem::ForeignSymlink { owner: link.uid() },
-        ));
+    let absolute = if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    // Each symbolic link on the path as given, not only the last one: any
+    // of them, swapped, would send the records elsewhere.
+    let mut above: Vec<PathBuf> = Vec::new();
+    let mut prefix = PathBuf::new();
+    for part in absolute.components() {
+        prefix.push(part);
+        if !matches!(part, std::path::Component::Normal(_)) {
+            continue;
+        }
+        let link = std::fs::symlink_metadata(&prefix)?;
+        if !link.file_type().is_symlink() {
+            continue;
+        }
+        if link.uid() != uid && link.uid() != 0 {
+            return Err(unsafe_dir(
+                dir,
+                StateDirProblem::ForeignSymlink {
+                    path: prefix,
+                    owner: link.uid(),
+                },
+            ));
+        }
+        // The link itself could be swapped by whoever may write where it is.
+        if let Some(parent) = prefix.parent() {
+            above.extend(
+                std::fs::canonicalize(parent)?
+                    .ancestors()
+                    .map(Path::to_owned),
+            );
+        }
     }
     let real = std::fs::canonicalize(dir)?;
     let meta = std::fs::metadata(&real)?;
@@ -540,19 +571,9 @@ fn check_state_dir(dir: &Path) -> io::Result<()> {
             },
         ));
     }
-    let mut above: Vec<PathBuf> = real.ancestors().skip(1).map(Path::to_owned).collect();
-    if is_link {
-        // The link itself could be swapped by whoever may write where it is.
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        above.extend(
-            std::fs::canonicalize(parent)?
-                .ancestors()
-                .map(Path::to_owned),
-        );
-    }
+    above.extend(real.ancestors().skip(1).map(Path::to_owned));
+    above.sort();
+    above.dedup();
     for path in above {
         let m = std::fs::metadata(&path)?;
         let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
@@ -737,6 +758,9 @@ impl Record {
 pub(crate) struct RunRecord {
     path: PathBuf,
     record: Mutex<Record>,
+    /// The run ended cleanly and its file is gone: a worker or template
+    /// reaped after that must not write it again.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl RunRecord {
@@ -769,6 +793,7 @@ impl RunRecord {
         let this = RunRecord {
             path,
             record: Mutex::new(record),
+            finished: std::sync::atomic::AtomicBool::new(false),
         };
         this.update(|_| {})?;
         Ok(this)
@@ -780,6 +805,9 @@ impl RunRecord {
     /// it. The lock is held throughout so that writes land in order.
     fn update(&self, change: impl FnOnce(&mut Record)) -> io::Result<()> {
         let mut record = self.record.locked();
+        if self.finished.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         change(&mut record);
         let text = record.render();
         let name = self
@@ -834,16 +862,30 @@ impl RunRecord {
 
     /// The run ended cleanly: no record remains.
     pub(crate) fn finish(&self) {
+        let _record = self.record.locked();
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Whether `pid`, a process of run `run_id`, hangs below a live host: its
-/// first ancestor that is not of the run is alive, is not init (pid 1, or
-/// 0: outside this namespace) and shares the session of the run's process
-/// below it. A process whose host died was adopted by init or a subreaper,
-/// which has a session of its own.
+/// Whether `pid`, a process of run `run_id`, has a live host: the one its
+/// environment names (`SNAKEPIT_HOST`), or, without one, its first
+/// ancestor that is not of the run, if that is alive, is not init (pid 1,
+/// or 0: outside this namespace) and shares the session of the run's
+/// process below it.
 fn has_live_host(pid: u32, run_id: &str) -> bool {
+    // The host named in its environment: alive if a process of that pid
+    // with that start time runs in this PID namespace (in another, it
+    // cannot be judged from here, and is taken as alive).
+    if let Some((host, start, ns)) = host_of(pid) {
+        if pid_namespace() != Some(ns) {
+            return true;
+        }
+        return process_start(host) == Some(start);
+    }
+    // No host in its environment (started by an older version): its
+    // ancestry.
     let mut below = pid;
     for _ in 0..64 {
         let Some(stat) = Stat::of(below) else {
@@ -866,23 +908,26 @@ fn has_live_host(pid: u32, run_id: &str) -> bool {
 /// processes that carry its run id (`SNAKEPIT_RUN_ID`) but left every
 /// process group the pool signals, such as a worker's child that called
 /// `setsid`, or a worker its template reported under another pid. The
-/// pool's own children (its workers, its template) are left to their stop
-/// sequence. A clean end leaves no run record for a later sweep, so this is
+/// pool's own processes (`own`: its workers, its template) are left to
+/// their stop sequence; any other process of the run goes, a child of this
+/// host included (a host that adopts orphans, as a container's first
+/// process does, becomes the parent of such a child once its worker has
+/// gone). A clean end leaves no run record for a later sweep, so this is
 /// the last chance. How many it killed.
-pub(crate) fn kill_leftovers(run_id: &str) -> usize {
+pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> usize {
     let me = std::process::id();
     let Some(since) = process_start(me) else {
         return 0; // no /proc: nothing to go by
     };
     let mut killed = 0;
     for pid in crate::os::all_pids() {
-        if pid == me || run_id_of(pid).as_deref() != Some(run_id) {
+        if pid == me || own.contains(&pid) || run_id_of(pid).as_deref() != Some(run_id) {
             continue;
         }
         let Some(stat) = Stat::of(pid) else {
             continue;
         };
-        if stat.ppid == me || stat.start < since {
+        if stat.start < since {
             continue;
         }
         if stat.pgrp == pid {
@@ -934,6 +979,36 @@ impl Stat {
 /// field 22); `None` if there is no such process (or it is a zombie).
 pub(crate) fn process_start(pid: u32) -> Option<u64> {
     Stat::of(pid).map(|s| s.start)
+}
+
+/// `SNAKEPIT_HOST` for this process's workers: its pid, its start time
+/// and its PID namespace (`pid:start:dev:inode`).
+pub(crate) fn host_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let me = std::process::id();
+        let start = process_start(me).unwrap_or(0);
+        let (dev, ino) = pid_namespace().unwrap_or((0, 0));
+        format!("{me}:{start}:{dev}:{ino}")
+    })
+}
+
+/// The host in `pid`'s environment (`SNAKEPIT_HOST`, see [`host_token`]):
+/// its pid, start time and PID namespace.
+fn host_of(pid: u32) -> Option<(u32, u64, (u64, u64))> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let value = env
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"SNAKEPIT_HOST="))?;
+    let mut parts = std::str::from_utf8(value).ok()?.split(':');
+    let host = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    let dev = parts.next()?.parse().ok()?;
+    let ino = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || start == 0 {
+        return None;
+    }
+    Some((host, start, (dev, ino)))
 }
 
 fn run_id_of(pid: u32) -> Option<String> {

@@ -315,10 +315,15 @@ pub async fn served(client: &snakepit_cluster::Client) -> std::collections::Hash
 
 /// Waits until `client` has heard from `n` hosts.
 pub async fn wait_hosts(client: &snakepit_cluster::Client, n: usize) {
-    eventually(30, "every host is heard from", || async {
-        client.hosts().len() == n
-    })
-    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while client.hosts().len() != n {
+        assert!(
+            Instant::now() < until,
+            "never happened: every host is heard from (want {n}, hear {:?})",
+            client.hosts()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The `pid` a test worker put in its reply.

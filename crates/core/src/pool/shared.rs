@@ -124,10 +124,11 @@ impl Shared {
     }
 
     /// Kills the preload template, if any (its workers are stopped apart).
-    pub(crate) fn stop_template(&self) {
-        if let Some(t) = self.template.locked().take() {
-            t.kill();
-        }
+    /// Kills the template, if there is one; its pid.
+    pub(crate) fn stop_template(&self) -> Option<u32> {
+        let t = self.template.locked().take()?;
+        t.kill();
+        Some(t.pid)
     }
 
     /// A worker's process was reaped: no watchdog or run record needs it.
