@@ -94,7 +94,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Names the pool (it prefixes worker ids and labels telemetry).
+    /// Names the pool (it prefixes worker ids, labels telemetry, and is the
+    /// instance its run records carry). An empty name, or one with a
+    /// control character (a newline, a NUL), is `Error::Config` at
+    /// [`start`](Self::start).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -145,6 +148,12 @@ impl PoolBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<Pool> {
         self.config.validate()?;
+        if self.name.is_empty() || self.name.chars().any(char::is_control) {
+            return Err(Error::Config(format!(
+                "the pool's name must be non-empty, without control characters: {:?}",
+                self.name
+            )));
+        }
         if let Err(cause) = self.adapter.check() {
             return Err(Error::StartFailed(Box::new(StartError {
                 worker_id: format!("{}_worker_1_1", self.name),

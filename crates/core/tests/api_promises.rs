@@ -629,6 +629,18 @@ async fn every_unusable_setting_is_a_config_error_at_start() {
         assert!(matches!(err, Error::Config(_)), "{what}: {err}");
         assert_eq!(err.kind(), "config", "{what}");
     }
+    // `PoolBuilder::name`: an empty name, or one with a control character
+    // (which no run record could carry whole), is refused too.
+    for name in ["", "a\nb", "a\rb", "nul\0", "tab\t"] {
+        let err = Pool::builder(Api::default())
+            .size(1)
+            .name(name)
+            .start()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("name {name:?} was accepted"));
+        assert!(matches!(err, Error::Config(_)), "{name:?}: {err}");
+    }
     // With health checks off, their timeout is not used: 0 is fine.
     let mut config = PoolConfig::default();
     config.pool_size = 1;
