@@ -12,6 +12,7 @@ use snakepit_core::Pool;
 
 use crate::args::WorkerArgs;
 use crate::config::FileConfig;
+use crate::stop::{Stop, StopSignals};
 use crate::ui::{self, code, Failure, Output};
 use crate::workers::Worker;
 
@@ -192,18 +193,41 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
         config.pool_size = n;
     }
     crate::config::check_pool_size_flag(config.pool_size, "--pool-size")?;
-    let nats = connect(&a.nats.url()).await?;
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }
+    // Listening from here on: a stop while NATS is reached or the workers
+    // start (a model loading) ends the pool cleanly and exits 0, as later.
+    let mut stop = StopSignals::new();
+    let stopped = |s: Stop| {
+        out.note(format!(
+            "stopped by {} before serving the cluster",
+            s.name()
+        ))
+    };
+    let nats = match stop.race(connect(&a.nats.url())).await {
+        Ok(nats) => nats?,
+        Err(s) => {
+            stopped(s);
+            return Ok(());
+        }
+    };
     let workers = config.pool_size;
-    let pool = crate::traced(
+    let start = crate::traced(
         Pool::builder(worker.bridge(None))
             .config(config)
             .name(a.cluster.as_str()),
     )
-    .start()
-    .await?;
+    .start();
+    // On a stop, the start is dropped: the pool it made is stopped at once
+    // (its workers are killed, its run record removed).
+    let pool = match stop.race(start).await {
+        Ok(pool) => pool?,
+        Err(s) => {
+            stopped(s);
+            return Ok(());
+        }
+    };
     let mut options = ServeOptions::default();
     if let Some(id) = a.host_id {
         options = options.host_id(id);
@@ -218,9 +242,6 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
             return Err(e.into());
         }
     };
-    // Listening before the banner says to signal: a SIGTERM sent as soon
-    // as it is read leaves gracefully rather than kill the process.
-    let mut stop = StopSignals::new();
     out.note(format!(
         "host {} serves cluster `{}` with {workers} x {} at {}; Ctrl-C or SIGTERM to leave",
         node.id(),
@@ -239,41 +260,8 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
     tokio::select! {
         left = leave => left,
         // The node and the pool are dropped: its workers' groups are killed.
-        () = stop.next() => Err(Failure::general(
+        _ = stop.next() => Err(Failure::general(
             "stopped at once by a second signal: calls still running were cut off",
         )),
-    }
-}
-
-/// Ctrl-C (SIGINT) and SIGTERM, as a service manager stops one: listened
-/// for from `new` on, so one that comes before `next` is awaited counts.
-struct StopSignals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    fn new() -> Self {
-        use tokio::signal::unix::{signal, SignalKind};
-        StopSignals {
-            term: signal(SignalKind::terminate()).ok(),
-            int: signal(SignalKind::interrupt()).ok(),
-        }
-    }
-
-    /// Resolves at the next of either.
-    async fn next(&mut self) {
-        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            () = recv(self.term.as_mut()) => {}
-            () = recv(self.int.as_mut()) => {}
-        }
     }
 }

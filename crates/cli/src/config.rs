@@ -60,11 +60,8 @@ pub(crate) struct FileConfig {
 pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, Failure> {
     let path = match explicit {
         Some(p) => {
-            if !p.is_file() {
-                return Err(Failure::usage(format!(
-                    "settings file {} not found",
-                    p.display()
-                ))
+            if let Some(what) = not_a_file(p) {
+                return Err(Failure::usage(format!("settings file {} {what}", p.display()))
                 .hint("check the path given by --config or SNAKEPIT_CONFIG; without either, ./snakepit.toml is read when it exists"));
             }
             p.to_path_buf()
@@ -83,6 +80,31 @@ pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, 
         .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     out.verbose(format!("settings from {}", path.display()));
     Ok(config)
+}
+
+/// Why `path` cannot be read as the settings file (`not found`, `is a
+/// directory`, ...), or `None` when it is a regular file.
+fn not_a_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::metadata(path) {
+        Ok(m) => m.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("not found"),
+        // Read it anyway: the error says why it cannot be.
+        Err(_) => return None,
+    };
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("is a directory, not a file")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("is a device, not a file")
+    } else if kind.is_fifo() {
+        Some("is a named pipe, not a file")
+    } else if kind.is_socket() {
+        Some("is a socket, not a file")
+    } else {
+        Some("is not a regular file")
+    }
 }
 
 /// A number of workers, from the flag or key `what`: 1 to
@@ -126,6 +148,17 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
     }
     if pool_size_set {
         check_pool_size(pool.pool_size, "pool_size under [pool]")?;
+    }
+    // An empty path is no directory: the pool would keep no run record.
+    if pool
+        .state_dir
+        .as_ref()
+        .is_some_and(|d| d.to_string_lossy().trim().is_empty())
+    {
+        return Err(
+            "state_dir under [pool] must not be empty (leave it out for the default directory)"
+                .into(),
+        );
     }
     Ok(FileConfig {
         adapter: raw.adapter,
@@ -196,6 +229,35 @@ mod tests {
         let e = parse("[pool]\npool_size = 0\n", Path::new(".")).unwrap_err();
         assert!(e.contains("pool_size under [pool]"), "{e}");
         assert!(parse("timeout_ms = 1\n[pool]\npool_size = 1\n", Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn an_empty_state_dir_is_refused_naming_the_key() {
+        for text in ["[pool]\nstate_dir = \"\"\n", "[pool]\nstate_dir = \"  \"\n"] {
+            let e = parse(text, Path::new(".")).unwrap_err();
+            assert!(
+                e.contains("state_dir under [pool] must not be empty"),
+                "{e}"
+            );
+        }
+        let c = parse("[pool]\nstate_dir = \"/run/x\"\n", Path::new(".")).unwrap();
+        assert_eq!(c.pool.state_dir, Some(PathBuf::from("/run/x")));
+    }
+
+    #[test]
+    fn a_settings_file_that_is_not_a_file_says_what_it_is() {
+        assert_eq!(
+            not_a_file(Path::new("/")),
+            Some("is a directory, not a file")
+        );
+        assert_eq!(
+            not_a_file(Path::new("/dev/null")),
+            Some("is a device, not a file")
+        );
+        assert_eq!(
+            not_a_file(Path::new("/no/such/snakepit.toml")),
+            Some("not found")
+        );
     }
 
     #[test]

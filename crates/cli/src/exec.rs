@@ -176,17 +176,21 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         worker.codec,
         config.pipeline_depth
     ));
-    let pool = crate::traced(Pool::builder(worker.bridge(None)).config(config))
-        .start()
-        .await?;
-    let span = tracing::info_span!("snakepit exec", command = %a.command);
-    let outcome = pool
-        .execute_with(&a.command, args, options)
-        .instrument(span)
-        .await;
-    // The call's outcome matters more than a slow shutdown.
-    let _ = pool.shutdown().await;
-    print_result(outcome?, out)
+    let call = async {
+        let pool = crate::traced(Pool::builder(worker.bridge(None)).config(config))
+            .start()
+            .await?;
+        let span = tracing::info_span!("snakepit exec", command = %a.command);
+        let outcome = pool
+            .execute_with(&a.command, args, options)
+            .instrument(span)
+            .await;
+        // The call's outcome matters more than a slow shutdown.
+        let _ = pool.shutdown().await;
+        Ok::<_, Failure>(outcome?)
+    };
+    // After stdin is read: a stop while it is read ends the tool at once.
+    print_result(crate::stop::or_stopped(call).await?, out)
 }
 
 /// Prints a call's result on stdout: JSON, indented on a terminal.

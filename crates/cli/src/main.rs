@@ -27,6 +27,7 @@ mod doctor;
 mod exec;
 mod log;
 mod plot;
+mod stop;
 mod sweep;
 mod ui;
 mod workers;
@@ -57,6 +58,7 @@ Exit codes:
   4 timeout or overload: the deadline passed, or no worker came free
   5 a worker crashed or broke the protocol
   6 the output could not be written (stdout full or closed)
+  130, 143 stopped by Ctrl-C or SIGTERM (exec): the workers were stopped
 
 Settings are read from ./snakepit.toml (or --config FILE, or $SNAKEPIT_CONFIG);
 flags override them. See docs/cli.md.";

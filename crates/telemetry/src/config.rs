@@ -290,11 +290,14 @@ pub(crate) fn resource(service_name: Option<&str>) -> Resource {
 static SERVICE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The service name workers report under by default: the host's, with
-/// `-worker` after it (`OTEL_SERVICE_NAME`, else the resolved name, else
-/// the executable's name).
+/// `-worker` after it: the name `init` resolved (a name given in code
+/// wins over `OTEL_SERVICE_NAME` there), else `OTEL_SERVICE_NAME`, else
+/// the executable's name.
 pub(crate) fn worker_service_name() -> String {
-    let host = env("OTEL_SERVICE_NAME")
-        .or_else(|| SERVICE_NAME.get().cloned())
+    let host = SERVICE_NAME
+        .get()
+        .cloned()
+        .or_else(|| env("OTEL_SERVICE_NAME"))
         .unwrap_or_else(exe_name);
     format!("{host}-worker")
 }

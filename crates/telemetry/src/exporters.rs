@@ -68,7 +68,6 @@ fn signal_endpoint(protocol: Protocol, endpoint: Option<&str>, signal: Signal) -
 }
 
 /// A base address with a signal's path appended, for HTTP.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
 fn signal_url(base: &str, path: &str) -> String {
     format!("{}{path}", base.trim_end_matches('/'))
 }
@@ -182,25 +181,25 @@ pub(crate) fn watched<E: Exporter>(
     {
         return Err(Error::TlsUnsupported(url));
     }
+    // The exporter is given the address resolved here, so that it never
+    // reads the variables itself: one it would read differently (a blank
+    // one, say) cannot make it disagree with what this crate reports.
+    let inner = runtime.in_context(|| build::<E>(protocol, &url, export))?;
     let state = ExportState::new(E::SIGNAL.name(), url, export.timeout_of(E::SIGNAL));
-    let inner = runtime.in_context(|| build::<E>(protocol, endpoint, export))?;
     Ok(Watched { inner, state })
 }
 
-fn build<E: Exporter>(
-    protocol: Protocol,
-    endpoint: Option<&str>,
-    export: &ExportSettings,
-) -> Result<E, Error> {
-    let _ = (endpoint, export);
+/// The exporter of `E`'s signal, sending to `url` (for HTTP, the signal's
+/// full URL).
+fn build<E: Exporter>(protocol: Protocol, url: &str, export: &ExportSettings) -> Result<E, Error> {
+    let _ = (url, export);
     let built = match protocol {
         #[cfg(feature = "http")]
         Protocol::HttpProtobuf => {
             use opentelemetry_otlp::WithHttpConfig;
-            let mut b = E::http().with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(signal_url(e, E::SIGNAL.http_path()));
-            }
+            let mut b = E::http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(url);
             if let Some(t) = export.timeout {
                 b = b
                     .with_timeout(t)
@@ -211,10 +210,9 @@ fn build<E: Exporter>(
         #[cfg(feature = "grpc")]
         Protocol::Grpc => {
             use opentelemetry_otlp::WithTonicConfig;
-            let mut b = E::grpc().with_protocol(opentelemetry_otlp::Protocol::Grpc);
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(e);
-            }
+            let mut b = E::grpc()
+                .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+                .with_endpoint(url);
             if let Some(t) = export.timeout {
                 b = b
                     .with_timeout(t)

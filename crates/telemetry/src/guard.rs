@@ -18,8 +18,6 @@ pub struct Guard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
     states: Vec<Arc<ExportState>>,
-    /// How long the final flush may take, for a short-lived program.
-    final_flush: Option<Duration>,
     _runtime: Runtime,
 }
 
@@ -37,14 +35,12 @@ impl Guard {
         tracer_provider: Option<SdkTracerProvider>,
         meter_provider: Option<SdkMeterProvider>,
         states: Vec<Arc<ExportState>>,
-        final_flush: Option<Duration>,
         runtime: Runtime,
     ) -> Self {
         Guard {
             tracer_provider,
             meter_provider,
             states,
-            final_flush,
             _runtime: runtime,
         }
     }
@@ -53,15 +49,19 @@ impl Guard {
     ///
     /// A receiver that does not take metrics is not an error (see
     /// [`Telemetry::metrics`](crate::Telemetry::metrics)); spans or metrics it could not deliver are
-    /// (`Error::Flush` says how many, where to, and why).
+    /// (`Error::Flush` says how many were dropped since the last flush,
+    /// where to, and why).
     pub fn flush(&self) -> Result<(), Error> {
+        let ended = self.spans_ended();
         let traces = self.tracer_provider.as_ref().map(|t| t.force_flush());
         let metrics = self.meter_provider.as_ref().map(|m| m.force_flush());
-        self.outcome(traces, metrics)
+        self.outcome(traces, metrics, ended)
     }
 
     /// Exports what is buffered and stops the exporters; spans ended after
-    /// this are dropped. Errors as for [`flush`](Guard::flush).
+    /// this are dropped. Errors as for [`flush`](Guard::flush). It waits
+    /// at most half as long again as the longest export (15 s with the
+    /// default 10 s export timeout).
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop()
     }
@@ -69,12 +69,18 @@ impl Guard {
     fn stop(&mut self) -> Result<(), Error> {
         let tracer = self.tracer_provider.take();
         let meter = self.meter_provider.take();
-        // A short-lived program's export gives up after `final_flush`; the
-        // shutdown waits half as long again, so that the exporter has
-        // recorded what it dropped (and the error can say so) before the
-        // shutdown's own timeout would.
+        if tracer.is_none() && meter.is_none() {
+            return Ok(()); // stopped already, or nothing to stop
+        }
+        let ended = self.spans_ended();
+        // The shutdown waits half as long again as the longest export, so
+        // that the exporter has recorded what it dropped (and the error can
+        // say so) before the shutdown's own timeout would.
         let limit = self
-            .final_flush
+            .states
+            .iter()
+            .map(|s| s.timeout())
+            .max()
             .map_or(Duration::from_secs(5), |t| t.saturating_add(t / 2));
         // Side by side: a receiver that is down costs one export's time,
         // not one per signal.
@@ -87,20 +93,35 @@ impl Guard {
             });
             (traces, metrics)
         });
-        self.outcome(traces, metrics)
+        self.outcome(traces, metrics, ended)
     }
 
-    /// One error naming what was dropped, or the SDK's own errors when the
-    /// exporters did not fail (a timeout, say).
+    /// How many spans have ended so far, read before a flush.
+    fn spans_ended(&self) -> Option<u64> {
+        self.states
+            .iter()
+            .find(|s| s.signal() == "traces")
+            .map(|s| s.ended())
+    }
+
+    /// One error naming what was dropped since the last flush, or the
+    /// SDK's own errors when the exporters did not fail (a timeout, say).
+    /// `ended`: the spans ended before the flush began.
     fn outcome(
         &self,
         traces: Option<OTelSdkResult>,
         metrics: Option<OTelSdkResult>,
+        ended: Option<u64>,
     ) -> Result<(), Error> {
+        // A flush that timed out has not settled what happened to the
+        // spans it was given: none of them counts as dropped at the queue.
+        let settled = !matches!(traces, Some(Err(OTelSdkError::Timeout(_))));
+        let ended = ended.filter(|_| settled);
         let mut errors = Vec::new();
         for (signal, result) in [("traces", traces), ("metrics", metrics)] {
             let state = self.states.iter().find(|s| s.signal() == signal);
-            if let Some(dropped) = state.and_then(|s| s.dropped()) {
+            let ended = if signal == "traces" { ended } else { None };
+            if let Some(dropped) = state.and_then(|s| s.take_dropped(ended)) {
                 errors.push(dropped);
             } else if let Some(Err(e)) = result {
                 if state.is_some_and(|s| s.refused()) {

@@ -3,7 +3,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{MetricExporter, SpanExporter};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -13,6 +13,7 @@ use crate::config::{
     METRICS_EXPORTER_VAR, TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
 };
 use crate::exporters::{watched, ExportSettings, Runtime};
+use crate::watch::Counted;
 use crate::{Error, Guard, Protocol, Telemetry};
 
 impl Telemetry {
@@ -49,10 +50,15 @@ impl Telemetry {
         let tracer_provider = if traces_on {
             let spans =
                 watched::<SpanExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
-            states.push(spans.state.clone());
+            let state = spans.state.clone();
+            states.push(state.clone());
+            let batch = BatchSpanProcessor::builder(spans).build();
             Some(
                 SdkTracerProvider::builder()
-                    .with_batch_exporter(spans)
+                    .with_span_processor(Counted {
+                        inner: batch,
+                        state,
+                    })
                     .with_resource(resource.clone())
                     .build(),
             )
@@ -112,13 +118,7 @@ impl Telemetry {
         if let Some(m) = &meter_provider {
             opentelemetry::global::set_meter_provider(m.clone());
         }
-        Ok(Guard::new(
-            tracer_provider,
-            meter_provider,
-            states,
-            export.timeout,
-            runtime,
-        ))
+        Ok(Guard::new(tracer_provider, meter_provider, states, runtime))
     }
 
     /// [`init`](Telemetry::init), but only when

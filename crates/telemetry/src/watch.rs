@@ -1,7 +1,9 @@
 //! The exporters, watched: a failed export is reported once (with the
 //! receiver's address and the cause) and counted, and a receiver that does
 //! not take metrics at all turns metrics off instead of failing every
-//! export and the final flush.
+//! export and the final flush. The span processor is counted too, so that
+//! spans dropped at a full queue, which never reach the exporter, are told
+//! as well.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::Temporality;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 /// What happened to one signal's exports: shared by its exporter and the
@@ -27,9 +29,17 @@ pub(crate) struct ExportState {
     timeout: Duration,
     warned: AtomicBool,
     refused: AtomicBool,
-    /// Spans (traces) or metric exports (metrics) that never arrived.
+    /// Spans (traces) or metric exports (metrics) that never arrived, since
+    /// the guard last said so.
     dropped: AtomicU64,
+    /// Why, since the guard last said so.
     cause: Mutex<Option<String>>,
+    /// Spans ended, as the span processor was given them.
+    ended: AtomicU64,
+    /// Spans handed to the exporter, delivered or not.
+    handed: AtomicU64,
+    /// Spans dropped at the full queue that the guard has told already.
+    queue_told: AtomicU64,
 }
 
 impl ExportState {
@@ -42,30 +52,65 @@ impl ExportState {
             refused: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             cause: Mutex::new(None),
+            ended: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            queue_told: AtomicU64::new(0),
         })
     }
 
-    /// What was lost, for the guard's report: `None` when nothing was.
-    pub(crate) fn dropped(&self) -> Option<String> {
-        let n = self.dropped.load(Ordering::Relaxed);
-        if n == 0 {
-            return None;
+    /// How many spans have ended so far.
+    pub(crate) fn ended(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// How long one export may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// What was lost since the last call, for the guard's report: `None`
+    /// when nothing was. `ended` is [`ended`](Self::ended) read before the
+    /// flush, once the flush has settled what happened to those spans (it
+    /// did not time out); the spans among them that never reached the
+    /// exporter were dropped at the full queue. Spans ended during the
+    /// flush may have been exported by it, so this never counts too many.
+    pub(crate) fn take_dropped(&self, ended: Option<u64>) -> Option<String> {
+        let failed = self.dropped.swap(0, Ordering::SeqCst);
+        let cause = self
+            .cause
+            .lock()
+            .map(|mut c| c.take().unwrap_or_default())
+            .unwrap_or_default();
+        let at_queue = ended.map_or(0, |ended| {
+            let lost = ended.saturating_sub(self.handed.load(Ordering::SeqCst));
+            lost.saturating_sub(self.queue_told.fetch_max(lost, Ordering::SeqCst))
+        });
+        let (signal, url) = (self.signal, &self.url);
+        match (failed, at_queue) {
+            (0, 0) => None,
+            (n, 0) => Some(format!(
+                "{signal}: dropped {} that {url} could not take: {cause}",
+                self.count(n)
+            )),
+            (0, q) => Some(format!(
+                "{signal}: dropped {} at the full span queue ({QUEUE_HINT}) before they could go to {url}",
+                self.count(q)
+            )),
+            (n, q) => Some(format!(
+                "{signal}: dropped {} for {url}: {n} that it could not take ({cause}) and {q} at the full span queue ({QUEUE_HINT})",
+                self.count(n + q)
+            )),
         }
-        let what = match (self.signal, n) {
+    }
+
+    /// `n` spans or metrics exports, in words.
+    fn count(&self, n: u64) -> String {
+        match (self.signal, n) {
             ("traces", 1) => "1 span".to_owned(),
             ("traces", n) => format!("{n} spans"),
             (_, 1) => "1 metrics export".to_owned(),
             (_, n) => format!("{n} metrics exports"),
-        };
-        let cause = self
-            .cause
-            .lock()
-            .map(|c| c.clone().unwrap_or_default())
-            .unwrap_or_default();
-        Some(format!(
-            "{}: dropped {what} that {} could not take: {cause}",
-            self.signal, self.url
-        ))
+        }
     }
 
     /// `traces` or `metrics`.
@@ -81,20 +126,24 @@ impl ExportState {
     /// An export that failed after `took`, losing `lost` spans (or one
     /// metrics export).
     fn failed(&self, lost: u64, error: &OTelSdkError, took: Duration) {
-        self.dropped.fetch_add(lost, Ordering::Relaxed);
-        if self.warned.swap(true, Ordering::Relaxed) {
-            return;
+        // The first failure since the guard last reported gives the cause.
+        let first = self.cause.lock().map(|c| c.is_none()).unwrap_or(false);
+        let warn = !self.warned.swap(true, Ordering::Relaxed);
+        if first || warn {
+            let cause = self.cause_of(error, took);
+            if warn {
+                tracing::warn!(
+                    target: "snakepit_telemetry",
+                    "cannot export {} to {}: {cause} (reported once; what fails to export is dropped)",
+                    self.signal,
+                    self.url,
+                );
+            }
+            if let Ok(mut c) = self.cause.lock() {
+                c.get_or_insert(cause);
+            }
         }
-        let cause = self.cause_of(error, took);
-        tracing::warn!(
-            target: "snakepit_telemetry",
-            "cannot export {} to {}: {cause} (reported once; what fails to export is dropped)",
-            self.signal,
-            self.url,
-        );
-        if let Ok(mut c) = self.cause.lock() {
-            *c = Some(cause);
-        }
+        self.dropped.fetch_add(lost, Ordering::SeqCst);
     }
 
     /// The exporter's message, and for a network error (which the HTTP
@@ -189,6 +238,7 @@ pub(crate) struct Watched<E> {
 impl<E: SpanExporter> SpanExporter for Watched<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
+        self.state.handed.fetch_add(n, Ordering::SeqCst);
         let start = Instant::now();
         let result = self.inner.export(batch).await;
         if let Err(e) = &result {
@@ -239,6 +289,42 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
+    }
+}
+
+/// Where the span queue's size is set, for messages.
+const QUEUE_HINT: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+
+/// A span processor that counts the spans it is given, for
+/// [`ExportState::take_dropped`].
+#[derive(Debug)]
+pub(crate) struct Counted<P> {
+    pub(crate) inner: P,
+    pub(crate) state: Arc<ExportState>,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Counted<P> {
+    fn on_start(&self, span: &mut Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.inner.on_end(span);
+        // After the queue has it: a flush that starts after this count
+        // finds the span in the queue, unless it was dropped there.
+        self.state.ended.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

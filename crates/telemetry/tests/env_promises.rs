@@ -350,7 +350,8 @@ fn spans_named(receiver: &Receiver, name: &[u8]) -> usize {
 /// away: all of them arrive at shutdown with the default queue; with a
 /// queue of 8 many are dropped (the exporter takes at most 8 at a time,
 /// each in an HTTP request, while the spans are made: 150 to 300 of the
-/// 2,000 arrived in three runs here).
+/// 2,000 arrived in three runs here), and the shutdown's `Error::Flush`
+/// says how many.
 #[test]
 fn the_span_queue_size_comes_from_the_environment() {
     const SPANS: usize = 2000;
@@ -360,23 +361,32 @@ fn the_span_queue_size_comes_from_the_environment() {
         for _ in 0..SPANS {
             drop(tracing::info_span!("queue_probe").entered());
         }
-        guard.shutdown().unwrap();
+        let outcome = guard.shutdown();
+        eprintln!("shutdown: {outcome:?}");
         eprintln!(
             "probe spans arrived: {}",
             spans_named(&receiver, b"queue_probe")
         );
         return;
     }
-    let arrived = |env: &[(&str, &str)]| -> usize {
+    let arrived = |env: &[(&str, &str)]| -> (usize, String) {
         let out = in_own_process(name, env).expect("the parent process");
-        out.lines()
+        let n = out
+            .lines()
             .find_map(|l| l.strip_prefix("probe spans arrived: "))
             .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no count in the child's output:\n{out}"))
+            .unwrap_or_else(|| panic!("no count in the child's output:\n{out}"));
+        let shutdown = out
+            .lines()
+            .find_map(|l| l.strip_prefix("shutdown: "))
+            .unwrap_or_default()
+            .to_owned();
+        (n, shutdown)
     };
-    let all = arrived(&[("OTEL_BSP_SCHEDULE_DELAY", "60000")]);
+    let (all, shutdown) = arrived(&[("OTEL_BSP_SCHEDULE_DELAY", "60000")]);
     assert_eq!(all, SPANS, "the default queue (2048) holds them all");
-    let few = arrived(&[
+    assert_eq!(shutdown, "Ok(())");
+    let (few, shutdown) = arrived(&[
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "8"),
     ]);
@@ -384,6 +394,8 @@ fn the_span_queue_size_comes_from_the_environment() {
         few > 0 && few < SPANS * 3 / 4,
         "a queue of 8 drops many of {SPANS} spans made at once: {few} arrived"
     );
+    let dropped = format!("dropped {} spans at the full span queue", SPANS - few);
+    assert!(shutdown.contains(&dropped), "{dropped}: {shutdown}");
 }
 
 /// The explicit bounds printed in the last export of histogram `name`.
