@@ -280,13 +280,35 @@ function checkStrings(value, depth) {
   }
 }
 
+// A map decodes to a plain object, whose keys are strings. MessagePack
+// keys of other types become strings too: a bin key its bytes as Latin-1
+// (one character per byte, so Buffer.from(key, 'latin1') gives the bytes
+// back), nil and booleans their names. (Numbers stay as they are: the
+// object turns them into strings itself.) A map or array as a key stays
+// refused. Versions 2.x of the library ignore this option and refuse
+// every key that is not a string or a number.
+function objectKey(key) {
+  switch (typeof key) {
+    case 'string':
+    case 'number':
+      return key;
+    case 'boolean':
+    case 'bigint':
+      return String(key);
+    default:
+      if (key === null) return 'null';
+      if (key instanceof Uint8Array) return Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1');
+      throw new WireError('invalid_payload', 'a map key is a map or an array');
+  }
+}
+
 function createMsgpackCodec() {
   const lib = loadMsgpack();
   // Reused instances keep their scratch buffers between frames.
   // maxDepth: what the host reads (snakepit_protocol::MAX_DEPTH is 127 with
   // the frame's own map; the library's default stops at 100).
   const encoder = new (checkedEncoderClass(lib))({ maxDepth: 128 });
-  const decoder = new lib.Decoder();
+  const decoder = new lib.Decoder({ mapKeyConverter: objectKey });
   const shared = typeof encoder.encodeSharedRef === 'function';
 
   function encodeFrame(value) {

@@ -144,7 +144,9 @@ class MsgpackCodec(Codec):
 
     def decode(self, payload):
         try:
-            return self._unpackb(payload, raw=False)
+            # A map's keys may be integers (what the host writes for a typed
+            # map such as HashMap<u32, _>) or other hashable values.
+            return self._unpackb(payload, raw=False, strict_map_key=False)
         except UnicodeDecodeError as exc:
             raise FrameError("invalid_utf8", f"frame has a string that is not valid UTF-8: {exc}")
         except (ValueError, TypeError, self._msgpack.UnpackException) as exc:

@@ -20,10 +20,19 @@ def echo(args):
     return {"status": "ok", "echoed": args, "timestamp": time.time()}
 
 
+def _is_number(value):
+    # bool is an int subclass, but True + True is not arithmetic a caller meant.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def compute(args):
     operation = args.get("operation", "add")
     a = args.get("a", 0)
     b = args.get("b", 0)
+    if not (_is_number(a) and _is_number(b)):
+        raise ValueError(
+            f"Operands a and b must be numbers, got {type(a).__name__} and {type(b).__name__}"
+        )
     if operation == "add":
         result = a + b
     elif operation == "subtract":

@@ -8,6 +8,8 @@ mod hello;
 mod outgoing;
 mod payload;
 pub(crate) mod peek;
+#[cfg(all(feature = "json", feature = "msgpack"))]
+mod rekey;
 mod remote_error;
 mod routing;
 mod timestamp;

@@ -357,15 +357,18 @@ module SnakepitBridge
       # whose bytes are not ("caf\xff" read from a file, say) would go out
       # as a str that is not UTF-8, a frame the pool refuses. Such strings,
       # values and keys, raise EncodeError instead. Binary (ASCII-8BIT)
-      # strings are always valid: they go out as bin, as before.
+      # strings are always valid: they go out as bin, as before. A value
+      # nested deeper than MAX_DEPTH raises EncodeError too, as JSON does.
       def encode(value)
-        check_encodable(value)
+        check_encodable(value, 1)
         MessagePack.pack(value)
       end
 
       def decode(payload)
         begin
-          value = MessagePack.unpack(payload)
+          # Ext values reach the handler as MessagePack::ExtensionValue and
+          # are written back as the same ext.
+          value = MessagePack.unpack(payload, allow_unknown_ext: true)
         rescue StandardError => e # EOFError for a cut payload, MalformedFormatError, ...
           raise DecodeError.new(:invalid_payload, "frame is not valid MessagePack: #{e.class}: #{e.message[0, 200]}")
         end
@@ -382,18 +385,29 @@ module SnakepitBridge
       # an Integer or Float is passed over without a call, and
       # String#valid_encoding? is a C scan whose answer Ruby caches on the
       # string. MessagePack.pack offers no hook on strings to do it there.
-      def check_encodable(value)
+      # +depth+ counts the maps and arrays down to +value+, itself included.
+      def check_encodable(value, depth)
         case value
         when Hash
+          too_deep if depth > MAX_DEPTH
           value.each_pair do |k, v|
-            invalid_string(k, "a map key") if k.is_a?(String) && !k.valid_encoding?
-            check_encodable(v) unless v.is_a?(Integer) || v.is_a?(Float)
+            if k.is_a?(String)
+              invalid_string(k, "a map key") unless k.valid_encoding?
+            elsif k.is_a?(Hash) || k.is_a?(Array)
+              check_encodable(k, depth + 1)
+            end
+            check_encodable(v, depth + 1) unless v.is_a?(Integer) || v.is_a?(Float)
           end
         when Array
-          value.each { |v| check_encodable(v) unless v.is_a?(Integer) || v.is_a?(Float) }
+          too_deep if depth > MAX_DEPTH
+          value.each { |v| check_encodable(v, depth + 1) unless v.is_a?(Integer) || v.is_a?(Float) }
         when String
           invalid_string(value, "a string") unless value.valid_encoding?
         end
+      end
+
+      def too_deep
+        raise EncodeError, "value is nested deeper than #{MAX_DEPTH} levels"
       end
 
       def invalid_string(string, what)

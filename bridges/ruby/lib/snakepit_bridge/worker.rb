@@ -510,7 +510,8 @@ module SnakepitBridge
     def serve_request(message)
       id = message["id"]
       command = message["command"]
-      args = message["args"] || {} # missing or null: no arguments
+      args = message["args"]
+      args = {} if args.nil? # missing or null: no arguments
       unless id.is_a?(Integer) && id.positive?
         # No usable id: the reply goes under id 0 (protocol.md, section 4).
         return reply_error(0, "InvalidRequest",
@@ -616,10 +617,10 @@ module SnakepitBridge
               end
       payload = begin
         @codec.encode(reply)
-      rescue StandardError => e
+      rescue StandardError, SystemStackError => e
         # A result the codec cannot represent (NaN, an arbitrary object
-        # under msgpack, a string whose bytes are not valid UTF-8) still
-        # gets an answer.
+        # under msgpack, a string whose bytes are not valid UTF-8, a value
+        # nested too deep) still gets an answer, and the worker lives on.
         error = error_map(e)
         error["message"] = "result cannot be encoded as #{@codec.name}: #{error['message']}"
         @codec.encode({ "id" => id, "success" => false, "error" => error, "timestamp" => timestamp })

@@ -29,6 +29,11 @@ struct Body<T> {
 ///
 /// A successful reply with no `result` (or `null`) decodes as `T` from unit,
 /// so `serde_json::Value::Null`, `()` and `Option::None` all work.
+///
+/// MessagePack map keys may be of any type (a worker's `{1: "a"}` is keyed
+/// by the integer 1): a `T` that takes only string keys
+/// (`serde_json::Value`) fails on them with [`Error::Mismatch`], and a typed
+/// map such as `HashMap<u32, _>` reads them.
 pub fn decode_response<C, T>(
     codec: &C,
     payload: &[u8],
@@ -45,18 +50,7 @@ where
     }
     let body: Body<T> = match codec.decode(payload) {
         Ok(body) => body,
-        // Whether the mismatch is in the result (the reader's type) or in
-        // the reply's own fields (one given twice, an `error` that is no
-        // error): read again taking any result. Only on this error path.
-        Err(e @ Error::Mismatch { .. }) => {
-            return Err(match codec.decode::<Body<de::IgnoredAny>>(payload) {
-                Err(broken @ Error::Mismatch { .. }) => super::malformed(
-                    broken,
-                    "a response: `success` a bool, `error` a string or map",
-                ),
-                _ => e,
-            })
-        }
+        Err(e @ Error::Mismatch { .. }) => return Err(mismatch(codec, payload, e)),
         Err(e) => return Err(e),
     };
     match body.success {
@@ -81,6 +75,31 @@ where
     }
 }
 
+/// Whether a reply that is not a `T` is broken itself (a field given twice,
+/// an `error` that is no error) or only not what the reader asked for (the
+/// result): read again taking any result. Only on this error path.
+fn mismatch<C: Codec + ?Sized>(codec: &C, payload: &[u8], e: Error) -> Error {
+    match codec.decode::<Body<de::IgnoredAny>>(payload) {
+        Err(broken @ Error::Mismatch { .. }) => super::malformed(
+            broken,
+            "a response: `success` a bool, `error` a string or map",
+        ),
+        _ => e,
+    }
+}
+
+/// `payload` read again with its map keys made strings, for a `T` that
+/// takes only those (MessagePack only).
+#[cfg(all(feature = "json", feature = "msgpack"))]
+fn rekeyed<C: Codec + ?Sized, T: DeserializeOwned>(codec: &C, payload: &[u8]) -> Option<T> {
+    super::rekey::decode(codec, payload)
+}
+
+#[cfg(not(all(feature = "json", feature = "msgpack")))]
+fn rekeyed<C: Codec + ?Sized, T: DeserializeOwned>(_: &C, _: &[u8]) -> Option<T> {
+    None
+}
+
 #[derive(Deserialize)]
 #[serde(bound = "T: Deserialize<'de>")]
 struct Field<T> {
@@ -88,20 +107,28 @@ struct Field<T> {
     data: Option<T>,
 }
 
-/// Decodes the `data` of a `chunk` frame into `T`.
+/// Decodes the `data` of a `chunk` frame into `T`. Map keys are read as
+/// [`decode_response`] reads them.
 pub fn decode_chunk<C: Codec + ?Sized, T: DeserializeOwned>(
     codec: &C,
     payload: &[u8],
 ) -> Result<T> {
-    decode_field(codec, payload, "chunk", "data")
+    decode_field(codec, payload, "chunk", "data", false)
 }
 
 /// Decodes the `args` of a `host_call` frame (or a `request` frame) into `T`.
+///
+/// MessagePack map keys may be of any type (a worker's `{1: "a"}` is keyed
+/// by the integer 1). When `T` takes only string keys (`serde_json::Value`,
+/// as the pool reads host-call arguments), such keys are read as the
+/// strings JSON writes for them: `"1"`, `"true"`, `"null"`, the text of
+/// `bin` that is UTF-8. A typed map such as `HashMap<u32, _>` reads them as
+/// they are.
 pub fn decode_host_call_args<C: Codec + ?Sized, T: DeserializeOwned>(
     codec: &C,
     payload: &[u8],
 ) -> Result<T> {
-    decode_field(codec, payload, "host_call", "args")
+    decode_field(codec, payload, "host_call", "args", true)
 }
 
 fn decode_field<C: Codec + ?Sized, T: DeserializeOwned>(
@@ -109,8 +136,13 @@ fn decode_field<C: Codec + ?Sized, T: DeserializeOwned>(
     payload: &[u8],
     kind: &'static str,
     field: &'static str,
+    rekey: bool,
 ) -> Result<T> {
-    let f: Field<T> = codec.decode(payload)?;
+    let f: Field<T> = match codec.decode(payload) {
+        Ok(f) => f,
+        Err(e @ Error::Mismatch { .. }) if rekey => rekeyed(codec, payload).ok_or(e)?,
+        Err(e) => return Err(e),
+    };
     match f.data {
         Some(v) => Ok(v),
         None => T::deserialize(de::value::UnitDeserializer::<de::value::Error>::new())

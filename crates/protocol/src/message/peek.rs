@@ -14,8 +14,10 @@ use crate::Codec;
 /// a scan of the whole payload. It does not validate the rest of the frame,
 /// so whoever receives the frame must decode it with
 /// [`decode_response`](crate::decode_response),
-/// which does. A frame from a worker that has a `success` key is a reply by
-/// the protocol's definition (chunks, hellos and host calls have none).
+/// which does. A frame from a worker that has a `success` key is a reply
+/// whatever else it holds, its `type` included (docs/protocol.md, section
+/// 5; chunks, hellos and host calls have no `success`), and
+/// [`decode_inbound`](crate::decode_inbound) says so too.
 ///
 /// ```
 /// use snakepit_protocol::{peek_response, WireCodec};

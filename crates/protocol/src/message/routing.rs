@@ -235,8 +235,18 @@ fn type_of(v: Option<Scalar>) -> Result<Option<String>> {
 }
 
 /// Reads the routing part of a frame from a worker.
+///
+/// A frame with a `success` field is a `response`, whatever its `type`
+/// says: the reader's fast path ([`peek_response`](crate::peek_response))
+/// routes replies by their first keys, and both must agree.
 pub fn decode_inbound<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Inbound> {
     let env = envelope(codec, payload)?;
+    if !matches!(env.success, None | Some(Scalar::Null)) {
+        return Ok(Inbound::Response {
+            id: id_of("response", "id", env.id)?,
+            success: bool_of("response", "success", env.success)?,
+        });
+    }
     match type_of(env.kind)?.as_deref() {
         None | Some("response") => Ok(Inbound::Response {
             id: id_of("response", "id", env.id)?,
