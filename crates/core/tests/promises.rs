@@ -119,9 +119,26 @@ fn is_iso_8601_utc(s: &str) -> bool {
 }
 
 /// protocol.md section 1: `SNAKEPIT_PROTOCOL`, `SNAKEPIT_CODEC`,
-/// `SNAKEPIT_WORKER_ID` (one per worker) and `SNAKEPIT_RUN_ID` (one per run).
+/// `SNAKEPIT_WORKER_ID` (one per worker), `SNAKEPIT_RUN_ID` (one per run)
+/// and `SNAKEPIT_HOST` (the host process: `pid:start time:PID namespace
+/// device:inode`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_worker_gets_the_protocol_codec_worker_id_and_run_id_variables() {
+async fn every_worker_gets_the_protocol_codec_worker_id_run_id_and_host_variables() {
+    let me = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Field 22 (start time), counted after the command's closing parenthesis.
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ns = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata("/proc/self/ns/pid").unwrap();
+        (m.dev(), m.ino())
+    };
+    let host = format!("{me}:{start}:{}:{}", ns.0, ns.1);
     let rec = Recorder::new("env", "none");
     let pool = builder(rec.adapter()).size(2).start().await.unwrap();
     let envs = rec.envs();
@@ -137,6 +154,7 @@ async fn every_worker_gets_the_protocol_codec_worker_id_and_run_id_variables() {
         assert_eq!(env["SNAKEPIT_CODEC"], "json", "{env}");
         assert_eq!(env["SNAKEPIT_WORKER_ID"], info.id.as_str(), "{env}");
         assert_eq!(env["SNAKEPIT_RUN_ID"], pool.run_id(), "{env}");
+        assert_eq!(env["SNAKEPIT_HOST"], host.as_str(), "{env}");
     }
     pool.shutdown().await.unwrap();
 

@@ -228,3 +228,121 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// The run records in `dir` (`*.run`).
+pub fn records(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".run"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pids of processes whose command line names `needle`.
+pub fn processes_running(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// A worker whose start takes 30 s (a model that loads slowly).
+pub const SLOW_START_PY: &str = r#"
+import time
+import snakepit_bridge
+time.sleep(30)
+worker = snakepit_bridge.Worker()
+
+@worker.command("ping")
+def ping(args):
+    return {"ok": True}
+
+worker.run()
+"#;
+
+/// What a stop signal sent while the pool of `snakepit ARGS` starts its
+/// worker (`script`, which must start slowly) leaves behind.
+pub struct Stopped {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+    /// Run records left in the state directory.
+    pub records: Vec<String>,
+    /// Processes still running `script`.
+    pub workers: Vec<u32>,
+}
+
+/// Runs `snakepit ARGS` in `dir` with its state directory in `dir/state`,
+/// waits until its pool has written its run record and its worker runs
+/// `script`, sends `signal`, and waits (up to 30 s) for the tool to end and
+/// (up to 10 s) for the worker to go.
+#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+pub fn stop_while_starting(dir: &Dir, args: &[&str], script: &str, signal: i32) -> Stopped {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+    let state = dir.0.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(&dir.0)
+        .args(args)
+        .env_remove("SNAKEPIT_CONFIG")
+        .env_remove("NATS_URL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("SNAKEPIT_STATE_DIR", &state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("snakepit runs");
+    let until = Instant::now() + Duration::from_secs(30);
+    while records(&state).is_empty() || processes_running(script).is_empty() {
+        assert!(Instant::now() < until, "the pool never began to start");
+        assert!(child.try_wait().unwrap().is_none(), "snakepit ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("snakepit did not end within 30 s of signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = s.read_to_string(&mut stderr);
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while !processes_running(script).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Stopped {
+        status,
+        stderr,
+        records: records(&state),
+        workers: processes_running(script),
+    }
+}
