@@ -1,7 +1,8 @@
 'use strict';
 
-// Review: MessagePack frames the pool may send that the three bridges do
-// not handle alike (real worker processes, driven over pipes).
+// MessagePack frames the pool may send that the three bridges must handle
+// alike: maps whose keys are not strings (real worker processes, driven
+// over pipes).
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -45,8 +46,10 @@ async function spawn(t) {
 }
 
 // What the host's MessagePack encoder writes for a typed map argument with
-// integer keys (a Rust HashMap<u32, _>). This bridge serves it, as Ruby
-// does; the Python bridge refuses the whole frame (test_review.py).
+// integer keys (a Rust HashMap<u32, _>). docs/protocol.md section 3: "Every
+// bridge accepts such keys ... Node.js objects have only string keys, so a
+// number becomes its decimal text". The test checks that echo answers under
+// the request id with the key as "1", and the worker exits 0 at the end.
 test('an integer map key in the args is served under the request id', async (t) => {
   const w = await spawn(t);
   w.sendRaw(echoWithKey(8, Buffer.from([0x01])));
@@ -57,12 +60,12 @@ test('an integer map key in the args is served under the request id', async (t) 
   assert.equal(code, 0);
 });
 
-// docs/protocol.md section 4: only a payload that does not decode is a
-// ProtocolError with id 0 (the pool then replaces the worker). A map keyed
-// by `bin` is valid MessagePack, and what the host's encoder writes for a
-// typed map argument keyed by bytes (serde_bytes::ByteBuf). The Python and
-// Ruby bridges serve it; this bridge's decoder throws ("The type of key
-// must be string or number") and the request is never answered.
+// A map keyed by `bin` is valid MessagePack, and what the host's encoder
+// writes for a typed map argument keyed by bytes (serde_bytes::ByteBuf).
+// docs/protocol.md section 3: every bridge accepts such keys, and in
+// Node.js a `bin` key becomes "its bytes as a Latin-1 string". The test
+// checks that echo answers under the request id with the key as "k". The
+// decoder once threw on such a key and the request was never answered.
 test(
   'a bin map key in the args is answered under the request id',
   async (t) => {

@@ -1,5 +1,6 @@
-"""Review: frames the pool may send that this bridge handles unlike the
-Node.js and Ruby bridges (real worker processes, driven over pipes)."""
+"""Frames the pool may send that all three bridges must handle alike, and
+the generic compute command's operands (real worker processes, driven over
+pipes)."""
 
 import struct
 import unittest
@@ -23,10 +24,11 @@ class MsgpackMapsTests(unittest.TestCase):
         return w
 
     def test_integer_map_keys_are_answered_under_the_request_id(self):
-        # docs/protocol.md section 4: only a payload that does not decode is
-        # a ProtocolError (id 0, and the pool then replaces the worker).
-        # This one is valid MessagePack; the Node.js bridge answers it with
-        # {"1": "a"} and the Ruby bridge with {1 => "a"}.
+        # docs/protocol.md section 3: under MessagePack a map's keys are
+        # what the caller's data has, and "Every bridge accepts such keys".
+        # The test sends a map keyed by the integer 1 and checks that the
+        # reply comes under the request's id and the worker serves the next
+        # call. This bridge once refused the whole frame.
         w = self.spawn()
         payload = msgpack.packb(
             {"id": 7, "command": "echo", "args": {"m": {1: "a"}},
@@ -41,8 +43,9 @@ class MsgpackMapsTests(unittest.TestCase):
         self.assertTrue(w.call(8, "ping")["success"])
 
     def test_an_ext_value_reaches_the_handler_and_is_answered_under_the_request_id(self):
-        # MessagePack ext types are valid MessagePack; this bridge (like the
-        # Node.js one) serves the request and echoes the value back.
+        # docs/protocol.md section 3: "MessagePack `ext` values reach
+        # handlers as the library's own type and are written back as the
+        # same `ext`". The test checks that echo returns the value as it came.
         w = self.spawn()
         payload = msgpack.packb(
             {"id": 9, "command": "echo", "args": {"x": msgpack.ExtType(5, b"ab")},
@@ -64,10 +67,11 @@ class GenericComputeTests(unittest.TestCase):
         return w
 
     def test_compute_refuses_operands_that_are_not_numbers(self):
-        # docs/protocol.md section 7: compute runs the arithmetic operations
-        # add, subtract, multiply, divide on a and b; errors are failed
-        # replies of type ValueError. Node.js answers "Invalid number for a",
-        # Ruby "Operands a and b must be numbers".
+        # docs/protocol.md section 7, compute: "`a` and `b` must be numbers
+        # ... anything else fails too. Errors are failed replies of type
+        # `ValueError` (Python)". The test checks that a string times a
+        # number fails with ValueError, and so do strings and lists. "x"
+        # times a million once came back as a long string.
         w = self.spawn()
         n = 1_000_000
         reply = w.call(1, "compute", {"operation": "multiply", "a": "x", "b": n})

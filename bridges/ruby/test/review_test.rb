@@ -4,8 +4,9 @@ require_relative "test_helper"
 require "fileutils"
 require "tmpdir"
 
-# Review: frames the pool may send that this bridge handles unlike the
-# Python and Node.js bridges (real worker processes, driven over pipes).
+# Frames the pool may send that all three bridges must handle alike: wrong
+# `args` and MessagePack ext values (real worker processes, driven over
+# pipes).
 class ReviewTest < Minitest::Test
   def setup
     @workers = []
@@ -29,8 +30,8 @@ class ReviewTest < Minitest::Test
   # docs/protocol.md section 4: "A request missing a field or with a wrong
   # type (... `args` that are not a map): a failed reply of type
   # InvalidRequest under the request's id". Only a missing (or null) `args`
-  # means {}. The Python and Node.js bridges answer `"args": false` with
-  # InvalidRequest; this one runs the command with {}.
+  # means {}. The test checks that `"args": false` gets InvalidRequest under
+  # id 5. This bridge once ran the command with {}.
   def test_args_false_is_an_invalid_request
     worker = spawn_worker
     worker.send_message({ "id" => 5, "command" => "echo", "args" => false })
@@ -40,7 +41,8 @@ class ReviewTest < Minitest::Test
     assert_equal "InvalidRequest", reply["error"]["type"], reply.inspect
   end
 
-  # Other wrong types of `args` already fail; `false` must fail the same way.
+  # The same promise for other wrong types of `args`: 0, "x" and true each
+  # get InvalidRequest under their own id.
   def test_args_of_other_wrong_types_are_invalid_requests
     worker = spawn_worker
     [0, "x", true].each_with_index do |args, i|
@@ -51,13 +53,12 @@ class ReviewTest < Minitest::Test
     end
   end
 
-  # docs/protocol.md section 4: only a payload that does not decode is a
-  # ProtocolError with id 0 (after which the pool replaces the worker). A
-  # MessagePack ext value is valid MessagePack: the Python and Node.js
-  # bridges serve the request and echo the value back; this bridge's
-  # decoder raises MessagePack::UnknownExtTypeError, answers
-  # "frame is not valid MessagePack" under id 0, and request 6 never gets
-  # a reply of its own.
+  # docs/protocol.md section 3: "MessagePack `ext` values reach handlers as
+  # the library's own type and are written back as the same `ext`"
+  # (`MessagePack::ExtensionValue` in Ruby). The test checks that request 6
+  # gets a successful reply under its own id and the worker serves the next
+  # call. The decoder once raised MessagePack::UnknownExtTypeError and
+  # answered "frame is not valid MessagePack" under id 0.
   def test_an_ext_value_in_the_args_is_answered_under_the_request_id
     skip "needs the msgpack gem" unless msgpack?
     worker = spawn_worker(codec: "msgpack")
@@ -87,14 +88,11 @@ class ReviewDeepResultTest < Minitest::Test
   RUBY
 
   # docs/protocol.md section 2: "a deeper reply, chunk or host-call
-  # argument fails only its own call, and the worker is not blamed"; the
-  # Ruby README: "An exception becomes a failed reply". Under JSON this
-  # bridge answers JSON::NestingError, and the Python and Node.js bridges
-  # answer such a result with a failed reply in both codecs. Under
-  # MessagePack, Wire::MsgpackCodec#check_encodable walks the result by
-  # recursion with no depth limit: a SystemStackError, which
-  # Worker#write_reply does not rescue (StandardError only), ends the
-  # worker with status 1 and the call gets no reply.
+  # argument fails only its own call, and the worker is not blamed. The
+  # bundled bridges read and write up to that limit in both codecs." Under
+  # MessagePack, the test checks that a result nested 100,000 deep gets a
+  # failed reply and the worker serves the next call. Such a result once
+  # overflowed the stack and ended the worker with no reply.
   def test_a_result_too_deep_for_msgpack_is_a_failed_reply_and_the_worker_lives_on
     worker = spawn_worker(codec: "msgpack")
     reply = worker.call(1, "deep", { "n" => 100_000 })
@@ -103,8 +101,8 @@ class ReviewDeepResultTest < Minitest::Test
     assert worker.alive?, "the worker died: #{worker.stderr[-400..]}"
   end
 
-  # The same result under JSON is already a failed reply (kept as the
-  # reference behaviour the msgpack case should match).
+  # The same promise under JSON: the same result gets a failed reply and the
+  # worker serves the next call.
   def test_a_result_too_deep_for_json_is_a_failed_reply_and_the_worker_lives_on
     worker = spawn_worker(codec: "json")
     reply = worker.call(1, "deep", { "n" => 100_000 })

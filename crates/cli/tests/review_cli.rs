@@ -1,78 +1,30 @@
-//! Review of the `snakepit` command against docs/cli.md: what `serve` does
-//! with a stop signal that comes while its pool is still starting.
+//! The `snakepit` command against docs/cli.md: `serve` and a stop signal
+//! that comes while its pool starts or once it serves, and an empty
+//! `state_dir` in `snakepit.toml`.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{Dir, BIN};
-
-/// A worker whose start takes 30 s (a model that loads slowly).
-const SLOW_START_PY: &str = r#"
-import time
-import snakepit_bridge
-time.sleep(30)
-worker = snakepit_bridge.Worker()
-
-@worker.command("ping")
-def ping(args):
-    return {"ok": True}
-
-worker.run()
-"#;
-
-/// The run records in `dir` (`*.run`).
-fn records(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".run"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The pids of processes whose command line names `needle`.
-fn processes_running(needle: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(needle) {
-                found.push(pid);
-            }
-        }
-    }
-    found
-}
+use common::{records, stop_while_starting, Dir, SLOW_START_PY};
 
 /// docs/cli.md: "`serve` starts a pool on this machine and serves it to
 /// the cluster `NAME` ... until Ctrl-C or SIGTERM: then it takes no new
-/// call, lets the running ones finish, shuts the pool down and exits 0".
-/// A service manager's SIGTERM can come while the workers still start (a
-/// model loading): `serve` listens for it only once the pool is up, so the
-/// signal's default action kills it (exit by signal), its pool is never
-/// shut down and its run record stays behind in the state directory for a
-/// later sweep, as a crashed run's would.
+/// call, lets the running ones finish, shuts the pool down and exits 0 (a
+/// stop that comes while NATS is reached or the workers still start stops
+/// them and exits 0 as well ...)". A service manager's SIGTERM can come
+/// while a worker still starts (a model loading). The test sends SIGTERM
+/// then and checks that `serve` exits 0, no worker is left running and its
+/// run record is gone. `serve` once listened for the signal only once the
+/// pool was up, so the signal killed it and left its run record behind.
 #[test]
 fn sigterm_while_serve_starts_its_workers_leaves_cleanly() {
     let nats = snakepit_tests::NatsServer::start();
     let dir = Dir::new("review-serve-sigterm");
     let script = dir.file("review_slow_start.py", SLOW_START_PY);
-    let state = dir.0.join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    #[allow(clippy::disallowed_methods)] // runs the tool under test
-    let mut serve = Command::new(BIN)
-        .current_dir(&dir.0)
-        .args([
+    let stopped = stop_while_starting(
+        &dir,
+        &[
             "serve",
             "--nats",
             &nats.url,
@@ -82,65 +34,22 @@ fn sigterm_while_serve_starts_its_workers_leaves_cleanly() {
             &script,
             "--pool-size",
             "1",
-        ])
-        .env_remove("SNAKEPIT_CONFIG")
-        .env_remove("NATS_URL")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env("SNAKEPIT_STATE_DIR", &state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("snakepit serve runs");
-    // The pool is starting: its run record is written and its worker runs
-    // the slow module code.
-    let until = Instant::now() + Duration::from_secs(30);
-    while records(&state).is_empty() || processes_running(&script).is_empty() {
-        assert!(Instant::now() < until, "the pool never began to start");
-        assert!(serve.try_wait().unwrap().is_none(), "serve ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill(2) on the child this test started and has not reaped.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(serve.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let until = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = serve.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > until {
-            let _ = serve.kill();
-            let _ = serve.wait();
-            panic!("serve did not end within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut s) = serve.stderr.take() {
-        use std::io::Read as _;
-        let _ = s.read_to_string(&mut stderr);
-    }
-    // The worker is gone either way (the pool's watchdog kills it).
-    let until = Instant::now() + Duration::from_secs(10);
-    while !processes_running(&script).is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left = records(&state);
-    assert!(
-        processes_running(&script).is_empty(),
-        "a worker was left running"
+        ],
+        &script,
+        libc::SIGTERM,
     );
+    assert!(stopped.workers.is_empty(), "a worker was left running");
     assert_eq!(
-        status.code(),
+        stopped.status.code(),
         Some(0),
-        "serve should leave as on any SIGTERM: {status:?}\n{stderr}"
+        "serve leaves as on any SIGTERM: {:?}\n{}",
+        stopped.status,
+        stopped.stderr
     );
     assert!(
-        left.is_empty(),
-        "its run record should be removed by the pool's shutdown: {left:?}"
+        stopped.records.is_empty(),
+        "its run record is removed by the pool's shutdown: {:?}",
+        stopped.records
     );
 }
 
@@ -158,15 +67,13 @@ def records(args):
 worker.run()
 "#;
 
-/// docs/cli.md, `snakepit.toml`: `state_dir` under `[pool]` is where the
-/// pools "keep their run records (snakepit sweep)", "default: see
-/// `snakepit sweep`", where "a variable set to nothing counts as unset".
-/// `state_dir = ""` in the file is accepted without a word (exit 0), yet
-/// the pool then writes no run record anywhere (with `-v`: "cannot write
-/// the run record; a crashed run's leftovers will not be swept"), so a
-/// crash of this run could never be swept. Either the key is refused as a
-/// bad `snakepit.toml` (exit 2), or nothing counts as unset and the record
-/// goes to the default directory (here `$SNAKEPIT_STATE_DIR`).
+/// docs/cli.md, `snakepit.toml`: "An unknown key is an error that names
+/// it, and so is an empty `state_dir` (leave it out for the default
+/// directory)". With `state_dir = ""` in the file, the test takes either
+/// answer that keeps a crash of the run sweepable: exit 2 naming the key
+/// (what `snakepit` does), or a run record in the default directory (here
+/// `$SNAKEPIT_STATE_DIR`). The empty value was once accepted, and the pool
+/// then wrote no run record anywhere.
 #[test]
 fn an_empty_state_dir_in_the_file_is_refused_or_means_the_default() {
     let dir = Dir::new("review-empty-state-dir");

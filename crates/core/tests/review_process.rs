@@ -1,7 +1,8 @@
-//! Code review of the process side (spawn.rs, sweep.rs, template.rs, os.rs,
-//! raw.rs, and how the pool uses them): run records after a clean end,
-//! signals to process groups whose leader was reaped, and the sweep's idea
-//! of a live host. Each with real processes.
+//! The process side (spawn.rs, sweep.rs, template.rs, os.rs, raw.rs, and
+//! how the pool uses them) against docs/reliability.md and the rustdoc: no
+//! run record after a clean end, no signal to a process group whose leader
+//! was reaped, a state directory no other user can redirect, and the
+//! sweep's idea of a live host. Each with real processes.
 #![allow(unsafe_code)] // prctl and waitpid, to make this test process a subreaper
 
 mod common;
@@ -41,11 +42,11 @@ fn run_records(dir: &Path) -> Vec<PathBuf> {
 /// docs/reliability.md, "Run records and the sweep": "A clean shutdown
 /// deletes it." (and `sweep::kill_leftovers`: "A clean end leaves no run
 /// record for a later sweep"). A preloaded pool records its template as a
-/// worker (`Shared::template`: `r.add(template.pid)`); `shutdown()` kills
-/// the template and removes the record at once, and the template's reaping,
-/// which comes after, calls `process_gone`, whose `RunRecord::remove`
-/// writes the whole record again. The record of a run that ended cleanly is
-/// back in the state directory, with the host still alive.
+/// worker, and the template is reaped after `shutdown()` removed the
+/// record; `RunRecord` says "a worker or template reaped after that must
+/// not write it again" (this once wrote the record back). The test shuts a
+/// preloaded pool down, waits 2 s with the host alive, and checks that no
+/// run record is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preloaded_pools_clean_shutdown_leaves_no_run_record() {
     let dir = temp_dir("review-preload-record");
@@ -118,14 +119,14 @@ fn ended_by(mut child: std::process::Child) -> Option<std::process::ExitStatus> 
     None
 }
 
-/// `RawProcess` (raw.rs): `wait` "waits for it to end and reaps it, then
-/// kills what is left of its process group"; dropping it "kills its whole
-/// process group". Once reaped, its pid is free, and the pool itself never
-/// signals a reaped worker's group (`Worker::signal`: "unless it was
-/// reaped"; `Template::kill`: "its pid could be another's now"). `Drop`
-/// signals `-pid` whether or not the process was reaped: a process group
-/// that has since been given that pid (pid_max is 32768 here) is
-/// SIGKILLed.
+/// `RawProcess` (raw.rs): "Reaping it (`wait`, `try_wait`) kills what is
+/// left of its group at that moment, and nothing is signalled after: its
+/// pid may then be another process's." The pool treats its own workers the
+/// same way (`Worker::signal`: "unless it was reaped"; `Template::kill`:
+/// "its pid could be another's now"). The test waits for a raw process,
+/// gives its pid to a bystander that leads a process group of its own,
+/// drops the raw process and checks that the bystander still runs (a drop
+/// once sent SIGKILL to `-pid` even after the reaping).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_waited_raw_process_signals_no_group_that_reused_its_pid() {
     let mut raw = RawProcess::spawn(Launch::new("true"), WireCodec::Json)
@@ -222,21 +223,20 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// docs/reliability.md, "When a run counts as dead": a crashed run's
-/// processes are spared only if one has a live host, "the first ancestor
-/// that is not of the run is a live process other than init in the same
-/// session as the run's process below it. That is what a pool's host
-/// looks like to its workers; a process whose host died was adopted by
-/// init or a subreaper, in another session." (sweep.rs says the same.)
+/// docs/reliability.md, "When a run counts as dead": a crashed run is
+/// spared only if a process of it has a live host. "Each worker's
+/// environment names its host (`SNAKEPIT_HOST`: pid, start time and PID
+/// namespace), and so does that of every child that kept it ... Who
+/// adopted a process once its host died (init, a subreaper, a container's
+/// first process) does not matter."
 ///
-/// A subreaper need not be in another session: a supervisor that sets
-/// `PR_SET_CHILD_SUBREAPER` and starts the host without `setsid` (`tini
-/// -s`, a service manager's helper, here the test process itself) adopts
-/// the crashed run's leftover in the host's own session. The host is
-/// SIGKILLed; its worker dies (parent-death signal, watchdog); the
-/// worker's child that left the worker's group survives and is adopted by
-/// the subreaper. The sweep takes the subreaper for a live host and spares
-/// the run: the leftover is never swept, by this sweep or the next pool's.
+/// Here a subreaper in the host's own session adopts the leftover, as
+/// `tini -s` or a service manager's helper would (the test process plays
+/// that part). The host is SIGKILLed; its worker dies (parent-death signal,
+/// watchdog); the worker's child that left the worker's group survives and
+/// is adopted by the subreaper. The test checks that the sweep kills that
+/// leftover. The sweep once judged a host by ancestry alone, took the
+/// subreaper for a live host and spared the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_runs_leftover_adopted_by_a_subreaper_in_its_session_is_swept() {
     become_subreaper();
@@ -277,15 +277,14 @@ const NOBODY: u32 = 65534;
 
 /// docs/reliability.md, "The directory is private": an existing state
 /// directory is used only if it "is not a symbolic link made by another
-/// user, and sits below directories that no other user can rename it out
-/// of" (sweep.rs: "no directory above it lets another user swap it").
-/// `check_state_dir` looks at the last component's symlink and at the
-/// ancestors of the resolved path, never at the components of the path as
-/// given: `base/link/state`, where `link` is another user's symbolic link
-/// to a directory of ours, passes, though that user can point `link`
-/// elsewhere at any time, exactly as with a symlink in last place (which is
-/// refused). After the pool's start checked it, the other user repoints
-/// `link` to a directory of theirs: the pool's next record writes go there.
+/// user (nor is any directory on the path as given)" (sweep.rs: "no
+/// directory above it lets another user swap it"). The state directory is
+/// `base/link/state`, where `link` is another user's symbolic link to a
+/// directory of ours: that user could point it elsewhere at any time, as
+/// with a symlink in last place. The test checks that the sweep refuses it
+/// with `PermissionDenied`, and that after the other user repoints `link`
+/// no run record is written into their directory. This once passed,
+/// because only the last component's symlink was checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_below_another_users_symlink_is_refused() {
     use std::os::unix::fs::{chown, lchown, symlink, PermissionsExt};
@@ -357,12 +356,14 @@ async fn a_state_dir_below_another_users_symlink_is_refused() {
 
 /// `PoolInner::drop` ("The last handle is gone without `shutdown()`: stop at
 /// once") kills every worker and removes the run record
-/// (`RunRecord::finish`, "The run ended cleanly: no record remains"); the
-/// workers' reaping comes after, and each `process_gone` writes the record
-/// again unless the pool's shared state is gone by then.
+/// (`RunRecord::finish`, "The run ended cleanly: no record remains"). The
+/// workers are reaped after that, and a reaping once wrote the record back.
+/// The test drops the last handle of a pool, with and without preload,
+/// and checks that no run record is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_leaves_no_run_record() {
-    // The race is the pool's: three rounds of each make it show reliably.
+    // The reaping races the drop: three rounds of each catch a record
+    // written back.
     for preload in [false, true, false, true, false, true] {
         let dir = temp_dir("review-drop-record");
         let builder = if preload {
@@ -416,12 +417,13 @@ fn reap_adopted() {
 /// (`shutdown()`, or the last handle dropped) the pool kills every process
 /// of the run that is not its own child ... when a process escaped the
 /// process groups (for instance a worker's child that called `setsid`)
-/// while the host lives". `kill_leftovers` skips every process whose parent
-/// is the host, meaning the workers and the template. A host that adopts
-/// orphans (PID 1 of a container, the usual place of a service; or any
-/// subreaper) is the parent of the escaped child as soon as its worker
-/// exits at the end of its stdin: the child is taken for one of the pool's
-/// own and survives the shutdown.
+/// while the host lives". `kill_leftovers` spares only the pool's own
+/// workers and template, "a child of this host included (a host that
+/// adopts orphans, as a container's first process does, becomes the parent
+/// of such a child once its worker has gone)". The test makes the host a
+/// subreaper, has a worker start a child that calls `setsid`, shuts the
+/// pool down and checks that the child dies. Such a child was once taken
+/// for one of the pool's own, because its parent was the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_escaped_child_dies_with_the_pool_in_a_host_that_adopts_orphans() {
     become_subreaper();

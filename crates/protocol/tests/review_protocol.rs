@@ -1,5 +1,5 @@
-//! Review of the protocol crate against docs/protocol.md: what the host
-//! writes and how the routing decoders read what a worker writes.
+//! The protocol crate against docs/protocol.md: what the host writes, and
+//! how the routing decoders read what a worker writes.
 #![cfg(all(feature = "json", feature = "msgpack"))]
 
 use std::collections::BTreeMap;
@@ -73,7 +73,10 @@ fn a_result_keyed_by_integers_is_read_by_a_typed_reader_and_a_mismatch_for_value
     );
 }
 
-/// Host-call arguments keyed by integers, or given a field twice.
+/// docs/protocol.md section 3: "a host call's arguments are read with the
+/// keys JSON would have (`"1"`, `"true"`, `"null"`, ...)". The test reads
+/// host-call arguments keyed by integers and booleans into a `Value`, and
+/// checks that a frame with the `args` field twice still fails.
 #[test]
 fn host_call_args_keyed_by_integers_read_as_json_keys_and_a_field_twice_still_fails() {
     // {"type":"host_call","id":1,"request_id":2,"function":"f","args":{1:{true:[nil]}}}

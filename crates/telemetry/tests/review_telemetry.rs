@@ -1,6 +1,6 @@
-//! Review of snakepit-telemetry against docs/telemetry.md and its rustdoc:
-//! the workers' service name, what `Guard::flush` and `Guard::shutdown`
-//! say about dropped spans, and the environment's variables.
+//! snakepit-telemetry against docs/telemetry.md and its rustdoc: the
+//! workers' service name, what `Guard::flush` and `Guard::shutdown` say
+//! about dropped spans, and the environment's variables.
 //!
 //! `init` installs process-wide state, so each test runs in a process of
 //! its own (`common::in_own_process`).
@@ -43,9 +43,10 @@ worker.run()
 /// service of their own, the host's name with `-worker` after it
 /// (`my-service-worker`)"; `Telemetry::service_name` sets the host's
 /// `service.name`. With `.service_name("code-service")` in code and
-/// `OTEL_SERVICE_NAME=env-service` in the environment, the host's spans
-/// are `code-service` (the code wins, as documented), so its workers should
-/// be `code-service-worker`.
+/// `OTEL_SERVICE_NAME=env-service` in the environment, the test checks
+/// that the host's spans are `code-service` (the code wins) and its
+/// workers are `code-service-worker`. The workers once took their name
+/// from the variable instead.
 #[test]
 fn workers_are_named_after_the_hosts_service_even_when_the_code_names_it() {
     const NAME: &str = "workers_are_named_after_the_hosts_service_even_when_the_code_names_it";
@@ -88,11 +89,13 @@ fn workers_are_named_after_the_hosts_service_even_when_the_code_names_it() {
 /// answer in time: `no answer within the export timeout (10s,
 /// OTEL_EXPORTER_OTLP_TIMEOUT)`; what could not be delivered is dropped,
 /// and `Guard::flush` and `Guard::shutdown` return `Error::Flush` saying
-/// how many spans ... were dropped, where to, and why". A program that is
-/// not short-lived, with the default 10 s export timeout: its shutdown
-/// gives up after 5 s, before the export does, and says only that it timed
-/// out (the short-lived case was fixed the same way: the shutdown waits
-/// half as long again as the export).
+/// how many spans ... were dropped ... where to, and why", and
+/// "`Guard::shutdown` waits half as long again as the longest export (15 s
+/// with the default 10 s)". The test runs a program that is not
+/// short-lived, with the default export timeout, against a receiver that
+/// never answers, and checks that the shutdown's error names the dropped
+/// span, the receiver and the cause. Such a shutdown once gave up after
+/// 5 s and said only that it timed out.
 #[test]
 fn a_default_shutdown_says_what_a_silent_receiver_dropped() {
     const NAME: &str = "a_default_shutdown_says_what_a_silent_receiver_dropped";
@@ -121,10 +124,12 @@ fn a_default_shutdown_says_what_a_silent_receiver_dropped() {
 }
 
 /// telemetry.md: "`Guard::flush` and `Guard::shutdown` return
-/// `Error::Flush` saying how many spans ... were dropped". With the
-/// receiver down, 400 spans made at once (a span queue of 8,
-/// `OTEL_BSP_MAX_QUEUE_SIZE`): none arrives, and the error should say 400
-/// were dropped, not only those the exporter was handed.
+/// `Error::Flush` saying how many spans ... were dropped" and "Spans
+/// dropped because the span queue was full (`OTEL_BSP_MAX_QUEUE_SIZE`)
+/// while the exports could not keep up are counted too". With the receiver
+/// down and a span queue of 8, the test makes 400 spans at once and checks
+/// that the error says all 400 were dropped, not only those the exporter
+/// was handed (once the only ones counted).
 #[test]
 fn shutdown_counts_every_span_a_dead_receiver_lost() {
     const NAME: &str = "shutdown_counts_every_span_a_dead_receiver_lost";
@@ -205,10 +210,12 @@ fn answer_ok(conn: TcpStream, count: &std::sync::atomic::AtomicUsize) {
 }
 
 /// `Guard::flush`: "Exports what is buffered now, without stopping. ...
-/// spans or metrics it could not deliver are [an error]". A flush while
-/// the receiver is down fails, rightly; once the receiver is back, a flush
-/// that delivers everything it was given should be `Ok`, not the first
-/// failure again (the count of dropped spans is never reset).
+/// spans or metrics it could not deliver are (`Error::Flush` says how many
+/// were dropped since the last flush, where to, and why)". The test
+/// flushes while the receiver is down (an error), brings the receiver up,
+/// and checks that a flush that delivers everything it was given is `Ok`.
+/// Such a flush once repeated the first failure, as the count of dropped
+/// spans was never reset.
 #[test]
 fn a_flush_that_delivers_everything_is_ok_after_an_earlier_failure() {
     const NAME: &str = "a_flush_that_delivers_everything_is_ok_after_an_earlier_failure";
@@ -250,8 +257,9 @@ fn a_flush_that_delivers_everything_is_ok_after_an_earlier_failure() {
 /// `http://localhost:4318`; the crate reads a variable that is blank as
 /// unset (`init_from_env` installs nothing for `"  "`), and
 /// `Telemetry::endpoint` says "An empty (or blank) one is no endpoint, as
-/// an empty variable is". `init` with the variable blank should then be
-/// the default endpoint, not a build error.
+/// an empty variable is". With the variable blank, the test checks that
+/// `init_from_env` gives `None` and `init` succeeds with the default
+/// endpoint (it was once a build error).
 #[test]
 fn a_blank_endpoint_variable_is_no_endpoint_for_init() {
     const NAME: &str = "a_blank_endpoint_variable_is_no_endpoint_for_init";
