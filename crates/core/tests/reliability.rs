@@ -19,23 +19,14 @@ use snakepit_core::{Error, Pool};
 /// and waits to be killed.
 #[test]
 fn host_process() {
-    let Ok(mode) = std::env::var("SNAKEPIT_TEST_HOST") else {
-        return;
-    };
-    let state_dir = std::env::var("SNAKEPIT_TEST_STATE_DIR").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    run_as_host(|mode, state_dir| async move {
         let mut worker = TestWorker::new();
         // Every worker ignores SIGTERM: only SIGKILL works on them.
         worker.env.push(("TEST_IGNORE_SIGTERM".into(), "1".into()));
         let pool = builder(worker)
             .size(3)
             .name("hostkill")
-            .configure(|c| c.state_dir = Some(state_dir.into()))
+            .configure(|c| c.state_dir = Some(state_dir))
             .start()
             .await
             .unwrap();
@@ -52,15 +43,12 @@ fn host_process() {
         while pool.stats().available > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let line = json!({
+        let report = json!({
             "workers": pool.worker_pids(),
             "children": [child["child_pid"]],
             "run_id": pool.run_id(),
         });
-        let out = std::path::PathBuf::from(std::env::var("SNAKEPIT_TEST_PIDS").unwrap());
-        std::fs::write(out.with_extension("tmp"), line.to_string()).unwrap();
-        std::fs::rename(out.with_extension("tmp"), &out).unwrap();
-        tokio::time::sleep(Duration::from_secs(120)).await;
+        (report, pool)
     });
 }
 

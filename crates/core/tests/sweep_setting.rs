@@ -7,7 +7,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -23,32 +22,20 @@ const NAME: &str = "sweepsetting";
 /// the pids and waits to be killed.
 #[test]
 fn host_process() {
-    if std::env::var("SNAKEPIT_TEST_HOST").is_err() {
-        return;
-    }
-    let state_dir = std::env::var("SNAKEPIT_TEST_STATE_DIR").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    run_as_host(|_, state_dir| async move {
         let pool = builder(TestWorker::new())
             .size(1)
             .name(NAME)
-            .configure(|c| c.state_dir = Some(state_dir.into()))
+            .configure(|c| c.state_dir = Some(state_dir))
             .start()
             .await
             .unwrap();
         let child = pool.execute("spawn_escaped", json!({})).await.unwrap();
-        let line = json!({
+        let report = json!({
             "workers": pool.worker_pids(),
             "children": [child["child_pid"]],
         });
-        let out = std::path::PathBuf::from(std::env::var("SNAKEPIT_TEST_PIDS").unwrap());
-        std::fs::write(out.with_extension("tmp"), line.to_string()).unwrap();
-        std::fs::rename(out.with_extension("tmp"), &out).unwrap();
-        tokio::time::sleep(Duration::from_secs(120)).await;
+        (report, pool)
     });
 }
 

@@ -195,6 +195,34 @@ pub fn host_with_report(
     (host, serde_json::from_str(&text).unwrap())
 }
 
+/// The host side of [`host_with_report`]: when this test binary runs as a
+/// test host (`SNAKEPIT_TEST_HOST` set), runs `start(mode, state_dir)` on
+/// a runtime of two threads, writes the report it returns where
+/// [`host_with_report`] waits for it, and waits to be killed, holding the
+/// pool it returned. Otherwise returns at once.
+pub fn run_as_host<F, Fut>(start: F)
+where
+    F: FnOnce(String, std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = (serde_json::Value, snakepit_core::Pool)>,
+{
+    let Ok(mode) = std::env::var("SNAKEPIT_TEST_HOST") else {
+        return;
+    };
+    let state_dir = std::env::var("SNAKEPIT_TEST_STATE_DIR").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (report, _pool) = start(mode, state_dir.into()).await;
+        let out = std::path::PathBuf::from(std::env::var("SNAKEPIT_TEST_PIDS").unwrap());
+        std::fs::write(out.with_extension("tmp"), report.to_string()).unwrap();
+        std::fs::rename(out.with_extension("tmp"), &out).unwrap();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+}
+
 /// A pid that was just used by a process that is gone now.
 #[allow(clippy::disallowed_methods)] // a short-lived bystander, not a worker
 pub fn a_dead_pid() -> u32 {
