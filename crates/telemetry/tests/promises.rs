@@ -114,19 +114,6 @@ fn nothing_is_installed_without_an_endpoint() {
     drop(guard);
 }
 
-/// A worker that reports the service name it was given.
-const SERVICE_WORKER: &str = r#"
-import os
-import snakepit_bridge
-worker = snakepit_bridge.Worker()
-
-@worker.command("service")
-def service(args):
-    return os.environ.get("OTEL_SERVICE_NAME")
-
-worker.run()
-"#;
-
 /// telemetry.md: "A pool wired with `instrument` gives its workers a
 /// service of their own, the host's name with `-worker` after it
 /// (`my-service-worker`) ...; an adapter that sets `OTEL_SERVICE_NAME`
@@ -145,7 +132,7 @@ fn instrumented_workers_report_as_the_hosts_service_with_worker_unless_the_adapt
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let script: PathBuf = dir.join("service.py");
-    std::fs::write(&script, SERVICE_WORKER).unwrap();
+    std::fs::write(&script, common::SERVICE_WORKER).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let pool = snakepit_telemetry::instrument(Pool::builder(Bridge::python(&script)).size(1))

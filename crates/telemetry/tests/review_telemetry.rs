@@ -12,7 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{in_own_process, Answer, Receiver};
+use common::{in_own_process, Answer, Receiver, SERVICE_WORKER};
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
@@ -26,18 +26,6 @@ fn closed_port() -> u16 {
         .unwrap()
         .port()
 }
-
-const SERVICE_WORKER: &str = r#"
-import os
-import snakepit_bridge
-worker = snakepit_bridge.Worker()
-
-@worker.command("service")
-def service(args):
-    return os.environ.get("OTEL_SERVICE_NAME")
-
-worker.run()
-"#;
 
 /// telemetry.md: "A pool wired with `instrument` gives its workers a
 /// service of their own, the host's name with `-worker` after it

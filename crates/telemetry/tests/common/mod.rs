@@ -274,3 +274,16 @@ pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A worker that reports the service name it was given.
+pub(crate) const SERVICE_WORKER: &str = r#"
+import os
+import snakepit_bridge
+worker = snakepit_bridge.Worker()
+
+@worker.command("service")
+def service(args):
+    return os.environ.get("OTEL_SERVICE_NAME")
+
+worker.run()
+"#;
