@@ -152,7 +152,10 @@ impl Bridge {
                     Some(cwd) if script.is_relative() => cwd.join(script),
                     _ => script.to_path_buf(),
                 };
-                let Ok(full) = std::path::absolute(full) else {
+                // Node decides by the real file's place: a link's target
+                // is looked up from where it lies.
+                let Ok(full) = std::fs::canonicalize(&full).or_else(|_| std::path::absolute(full))
+                else {
                     return false;
                 };
                 let Some(package) = full

@@ -122,29 +122,90 @@ fn new_private_dir() -> std::io::Result<PathBuf> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no private directory")))
 }
 
-/// Whether the tree at `root` holds every bundled file as embedded: a tree
-/// changed since it was written (edited, truncated, half-removed) is
-/// written again rather than run.
+/// Whether the tree at `root` holds every bundled file as embedded, and
+/// nothing else (but the bytecode Python writes beside its sources): a
+/// tree changed since it was written (edited, truncated, half-removed, a
+/// module added that would shadow another) is written again rather than
+/// run.
 fn intact(root: &Path) -> bool {
     root.join(".complete").exists()
         && FILES.iter().all(|(path, text)| {
             std::fs::read(target(root, path)).is_ok_and(|have| have == text.as_bytes())
         })
+        && nothing_else(root)
 }
 
-/// The directory holding the bridges, written on first use.
+/// Whether every file under `root` is a bundled one, the `.complete` mark,
+/// in a `__pycache__` directory, or in `init_delay/` (the scripts
+/// `Bridge::with_init` writes there).
+fn nothing_else(root: &Path) -> bool {
+    let expected: std::collections::HashSet<PathBuf> = FILES
+        .iter()
+        .map(|(path, _)| target(root, path))
+        .chain([root.join(".complete")])
+        .collect();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { return false };
+            let Ok(kind) = entry.file_type() else {
+                return false;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                let ours = entry.file_name() == "__pycache__"
+                    || (dir == root && entry.file_name() == "init_delay");
+                if !ours {
+                    dirs.push(path);
+                }
+            } else if !expected.contains(&path) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Whether the tree checked whole earlier is still there: its mark and
+/// each language's entry script (a cleaner of old files in `$TMPDIR`, or
+/// `rm -rf ~/.cache`, may have removed it since).
+fn still_there(root: &Path) -> bool {
+    root.join(".complete").exists()
+        && [
+            "python/generic_worker.py",
+            "node/generic_worker.js",
+            "ruby/lib/snakepit_bridge.rb",
+        ]
+        .iter()
+        .all(|path| target(root, path).exists())
+}
+
+/// The directory holding the bridges, written on first use. Checked whole
+/// once per process; after that, only that it is still there, and written
+/// again if not. One thread of the process writes it at a time.
 pub(crate) fn root() -> std::io::Result<&'static Path> {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(root) = ROOT.get() {
-        return Ok(root);
+        if still_there(root) {
+            return Ok(root);
+        }
     }
-    let root = cache_base()?.join(format!("bridges-{:016x}", fingerprint()));
+    let _writing = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let root = match ROOT.get() {
+        Some(root) if still_there(root) => return Ok(root),
+        Some(root) => root.clone(),
+        None => cache_base()?.join(format!("bridges-{:016x}", fingerprint())),
+    };
     if !intact(&root) {
-        // Write to a private directory, then rename: concurrent first uses
-        // never see half a tree.
-        let tmp = root.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        write_tree(&tmp).map_err(|e| {
+        // Write to a directory of this write's own, then rename: concurrent
+        // first uses (other processes) never see half a tree.
+        let cannot = |e: std::io::Error| {
             std::io::Error::new(
                 e.kind(),
                 format!(
@@ -152,6 +213,11 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
                     root.display()
                 ),
             )
+        };
+        let tmp = new_dir_beside(&root).map_err(cannot)?;
+        write_tree(&tmp).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            cannot(e)
         })?;
         if std::fs::symlink_metadata(&root).is_ok() && !intact(&root) {
             // Changed since it was written: replaced whole.
@@ -168,6 +234,28 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
         }
     }
     Ok(ROOT.get_or_init(|| root))
+}
+
+/// A new, empty directory next to `root` (mode 0700) that no other write
+/// uses: named after this process and a count.
+fn new_dir_beside(root: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut last = None;
+    for _ in 0..100 {
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = root.with_extension(format!("tmp{}-{n}", std::process::id()));
+        // Left by a crashed process of the same pid, or another container's.
+        let _ = std::fs::remove_dir_all(&tmp);
+        match std::fs::DirBuilder::new().mode(0o700).create(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no directory for the bridges")))
 }
 
 /// Every bundled file under `dir`, then the `.complete` mark.

@@ -205,7 +205,8 @@ impl Language {
     }
 
     /// Runs the interpreter a few times to see what is there. Never fails:
-    /// what could not be found is `None`.
+    /// what could not be found is `None`, and so is what a run that did not
+    /// end within 10 s would have said (that run is killed).
     pub fn inspect(self) -> Inspection {
         let program = self.find_interpreter(None);
         let path = which(&program);
@@ -274,7 +275,9 @@ impl Bridge {
         let script = dir.join(format!("init_delay_{ms}_{hold_mb}.{ext}"));
         if !script.exists() {
             // Written aside then renamed: a concurrent start never runs half a file.
-            let tmp = dir.join(format!(".{ms}_{hold_mb}.{ext}.{}", std::process::id()));
+            static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!(".{ms}_{hold_mb}.{ext}.{}-{n}", std::process::id()));
             std::fs::write(&tmp, text)?;
             std::fs::rename(&tmp, &script)?;
         }
@@ -282,18 +285,77 @@ impl Bridge {
     }
 }
 
-/// Runs a probe of an interpreter: whether it succeeded, stdout, stderr.
+/// How long one probe of an interpreter may take: one that hangs (a
+/// broken shim, a stub waiting for input it never gets) counts as absent.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a probe of an interpreter: whether it succeeded, stdout, stderr;
+/// `None` if it could not run or did not end within [`PROBE_TIMEOUT`]
+/// (it is then killed).
 #[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
 fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
-    let out = std::process::Command::new(program)
+    use std::io::Read;
+    let mut child = std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .ok()?;
+    // Both pipes are read while it runs, so that a full one cannot stall it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (n, pipe) in [
+        (
+            0,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            1,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            let _ = tx.send((n, bytes));
+        });
+    }
+    let until = std::time::Instant::now() + PROBE_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    // A child it left behind may hold the pipes open: not waited for long.
+    let mut outputs = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok((n, bytes)) => outputs[n] = bytes,
+            Err(_) => break,
+        }
+    }
+    let [stdout, stderr] = outputs;
     Some((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        status.success(),
+        String::from_utf8_lossy(&stdout).trim().to_owned(),
+        String::from_utf8_lossy(&stderr).trim().to_owned(),
     ))
 }
 

@@ -138,10 +138,14 @@ pub trait Adapter: Send + Sync + 'static {
     fn launch(&self) -> Launch;
 
     /// What must hold before any worker can start (the files a bridge
-    /// writes for its interpreter to read, say), checked once by
+    /// writes for its interpreter to read, say), checked by
     /// [`PoolBuilder::start`](crate::PoolBuilder::start) before the first
-    /// spawn. An `Err` message fails the start with
-    /// [`Error::StartFailed`](crate::Error::StartFailed), whose cause it is.
+    /// spawn, where an `Err` message fails the start with
+    /// [`Error::StartFailed`](crate::Error::StartFailed), whose cause it is;
+    /// and again before each later start (a replacement, a recycled
+    /// worker's successor), where an `Err` is that start's failure (backed
+    /// off, counted by the breaker). Keep it cheap: it may put back what
+    /// went missing since (the bundled bridges do).
     fn check(&self) -> Result<(), String> {
         Ok(())
     }

@@ -29,6 +29,12 @@ pub(crate) async fn start_worker(
         cause,
         stderr_tail,
     };
+    // What its files need, again: they may have gone since the pool
+    // started (a cleaner of old files in $TMPDIR).
+    shared
+        .adapter
+        .check()
+        .map_err(|cause| fail(cause, String::new()))?;
     let launch = shared
         .launch
         .clone()
