@@ -151,8 +151,11 @@ struct HostEntry {
     running: usize,
     /// It declined a call since its last heartbeat.
     full: bool,
-    /// The sequence number of its last heartbeat.
+    /// The sequence number of its last heartbeat (of its current instance:
+    /// each run of a host counts from 1 again).
     seq: u64,
+    /// The instance its last heartbeat came from.
+    instance: Option<String>,
     /// The subject its calls go to (built once, not per call).
     call: Subject,
     /// Its instances heard of (a host restarted under the same id, or two
@@ -180,6 +183,7 @@ impl HostEntry {
             running: 0,
             full: false,
             seq: 0,
+            instance: None,
             instances: HashMap::new(),
         }
     }
@@ -236,6 +240,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(h) = self.inner.hosts.lock().unwrap().get_mut(&self.host) {
             h.mine = h.mine.saturating_sub(1);
+            self.inner.room_epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.inner.wake(1);
     }
@@ -254,7 +259,11 @@ struct Inner {
     outbox: Arc<Outbox<Outgoing>>,
     hosts: Mutex<HashMap<String, HostEntry>>,
     sessions: Mutex<SessionHosts>,
-    waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
+    waiters: Mutex<VecDeque<Waiter>>,
+    /// Counts the times room came free (a release, a heartbeat with room):
+    /// a waiting call that could not use the room there was is passed over
+    /// until it changes.
+    room_epoch: AtomicU64,
     /// Calls woken for room that have not looked for it yet.
     woken: AtomicUsize,
     queued: AtomicUsize,
@@ -387,6 +396,7 @@ impl Client {
                 hosts: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(SessionHosts::default()),
                 waiters: Mutex::new(VecDeque::new()),
+                room_epoch: AtomicU64::new(0),
                 woken: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 connected: watch::channel(connected).0,
@@ -589,18 +599,7 @@ impl Client {
         // host gone): then it keeps its place at the front of the queue.
         let mut fresh = true;
         loop {
-            if inner.closed.load(Ordering::Relaxed) {
-                return Err(unavailable(
-                    &inner.cluster,
-                    "the NATS connection was drained or closed; connect a new client".into(),
-                ));
-            }
-            if !*inner.connected.borrow() || inner.nats.connection_state() != State::Connected {
-                return Err(unavailable(
-                    &inner.cluster,
-                    "the NATS connection is down; calls resume when it reconnects".into(),
-                ));
-            }
+            inner.check_connection()?;
             // The wait for room ends at the call's deadline too, whichever
             // comes first: a deadline counts the queue wait.
             let wait_until = deadline.map_or(queue_deadline, |d| d.min(queue_deadline));
@@ -616,6 +615,9 @@ impl Client {
                 }
                 r => r?,
             };
+            // The wait for room may have outlived the connection: the call
+            // is not sent then (dropping `slot` passes its unit on).
+            inner.check_connection()?;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -633,13 +635,14 @@ impl Client {
                 command: command.to_owned(),
                 message: format!("cannot encode the call: {e}"),
             })?);
+            // NATS counts the headers (the trace context) in the size.
             let max = inner.nats.max_payload();
-            if payload.len() > max {
+            let size = payload.len() + headers.as_ref().map_or(0, wire::headers_len);
+            if size > max {
                 return Err(Error::Validation {
                     command: command.to_owned(),
                     message: format!(
-                        "the call of {} bytes exceeds the NATS server's max_payload of {max} bytes",
-                        payload.len()
+                        "the call of {size} bytes exceeds the NATS server's max_payload of {max} bytes"
                     ),
                 });
             }
@@ -757,7 +760,7 @@ impl Client {
                 connected,
                 deadline: deadline.map(|d| later(d, inner.config.host_timeout)),
                 command: command.to_owned(),
-                timeout: options.timeout.unwrap_or_default(),
+                timeout: options.timeout,
                 session: options.session_id.clone(),
                 finished: false,
                 taken: 0,
@@ -773,7 +776,9 @@ impl Client {
     /// A call new to the client (`fresh`) goes behind the calls that wait
     /// (no overtaking); one that waited and found no room when woken, or
     /// whose reservation came to nothing (its host declined it or was
-    /// gone), goes back to the front: it had its turn already.
+    /// gone), goes back to the front: it had its turn already. A call that
+    /// was not woken keeps its place (one place in the queue for each
+    /// waiting call, however often it looks).
     async fn pick(
         &self,
         target: &mut Option<String>,
@@ -783,19 +788,19 @@ impl Client {
         mut fresh: bool,
     ) -> Result<Reservation, Error> {
         let inner = &self.inner;
+        // Its place in the queue, until it is woken.
+        let mut waiting: Option<Waiting<'_>> = None;
         // Woken for room: it looks now, and is no longer counted as woken.
         let mut was_woken = false;
         loop {
-            let (woken, room_left) = {
+            let room_left = {
                 let mut hosts = inner.hosts.lock().unwrap();
                 if std::mem::take(&mut was_woken) {
                     inner.woken.fetch_sub(1, Ordering::AcqRel);
                 }
                 if fresh && inner.queued.load(Ordering::Acquire) > 0 {
-                    let room = total_room(&hosts);
-                    let (tx, rx) = oneshot::channel();
-                    inner.waiters.lock().unwrap().push_back(tx);
-                    (rx, room)
+                    waiting = Some(inner.enqueue(true, None));
+                    total_room(&hosts)
                 } else {
                     if let Some(t) = target.as_deref() {
                         match hosts.get_mut(t).filter(|h| !h.gone()) {
@@ -813,6 +818,7 @@ impl Client {
                             _ => *target = None,
                         }
                     }
+                    let mut declined = None;
                     if target.is_none() {
                         // Idle workers first, then the most room.
                         let key = |h: &HostEntry| (h.idle(), h.room());
@@ -833,17 +839,23 @@ impl Client {
                             let r = best[(turn % n as u64) as usize].reserve(inner);
                             return Ok(self.pass_on(&hosts, fresh, r));
                         }
+                    } else {
+                        // Strict, its host full, while other hosts have
+                        // room: the calls behind it are woken for that room,
+                        // and it is passed over until room comes free again.
+                        let room = total_room(&hosts);
+                        if room > 0 {
+                            declined = Some(inner.room_epoch.load(Ordering::Acquire));
+                            inner.wake_for(room);
+                        }
                     }
                     // Queued while the hosts' lock is held: a release or an
                     // announcement of room (both update the hosts under this
                     // lock, then wake) cannot slip between the look and the wait.
-                    let (tx, rx) = oneshot::channel();
-                    let mut waiters = inner.waiters.lock().unwrap();
-                    match fresh {
-                        true => waiters.push_back(tx),
-                        false => waiters.push_front(tx),
+                    if waiting.is_none() {
+                        waiting = Some(inner.enqueue(fresh, declined));
                     }
-                    (rx, 0)
+                    0
                 }
             };
             // There is room, but calls wait ahead of this one: the first
@@ -851,7 +863,7 @@ impl Client {
             if room_left > 0 {
                 inner.wake_for(room_left);
             }
-            was_woken = self.wait_room(woken, until, fresh).await?;
+            was_woken = self.wait_room(&mut waiting, until, fresh).await?;
             fresh = false;
         }
     }
@@ -871,22 +883,19 @@ impl Client {
         r
     }
 
-    /// Waits (in this client's FIFO) until a host has room again: true
-    /// when woken for it, false when it should look again unwoken. A call
-    /// new to the queue (`fresh`) is refused when `max_queue_size` calls
-    /// wait already; one that waited and looks again after a wake-up keeps
-    /// its place.
+    /// Waits (in this client's FIFO, at the place `waiting`) until a host
+    /// has room again: true when woken for it (`waiting` is then taken),
+    /// false when it should look again unwoken. A call new to the queue
+    /// (`fresh`) is refused when `max_queue_size` calls wait already; one
+    /// that waited and looks again keeps its place. The wait ends with the
+    /// unavailable error when the connection goes down or is closed.
     async fn wait_room(
         &self,
-        woken: oneshot::Receiver<()>,
+        waiting: &mut Option<Waiting<'_>>,
         until: Instant,
         fresh: bool,
     ) -> Result<bool, Error> {
         let inner = &self.inner;
-        let mut woken = Waiting {
-            rx: woken,
-            woken: &inner.woken,
-        };
         let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
         let _left = Queued(&inner.queued);
         if fresh && queued >= inner.config.max_queue_size {
@@ -895,14 +904,27 @@ impl Client {
         if Instant::now() >= until {
             return Err(Error::QueueTimeout(inner.config.queue_timeout));
         }
+        let Some(w) = waiting.as_mut() else {
+            return Ok(false);
+        };
         // The poll bounds the wait when room appears unannounced (a host
         // heard of for the first time, a reservation of another task
         // returned without a wake-up reaching this one).
         let poll = check_every(inner.config.host_timeout);
         // One timer: the poll, or the queue deadline when it comes first.
         let wake_at = until.min(later(Instant::now(), poll));
+        let mut connected = inner.connected.subscribe();
         tokio::select! {
-            r = &mut woken.rx => Ok(r.is_ok()),
+            r = &mut w.rx => {
+                *waiting = None;
+                Ok(r.is_ok())
+            }
+            _ = connected.wait_for(|c| !*c) => Err(inner.check_connection().err().unwrap_or_else(|| {
+                unavailable(
+                    &inner.cluster,
+                    "the NATS connection is down; calls resume when it reconnects".into(),
+                )
+            })),
             _ = tokio::time::sleep_until(wake_at.into()) => match Instant::now() >= until {
                 true => Err(Error::QueueTimeout(inner.config.queue_timeout)),
                 false => Ok(false),
@@ -918,6 +940,14 @@ fn total_room(hosts: &HashMap<String, HostEntry>) -> usize {
         .filter(|h| !h.gone())
         .map(HostEntry::room)
         .sum()
+}
+
+/// A waiting call's place in the client's queue.
+struct Waiter {
+    tx: oneshot::Sender<()>,
+    /// The room epoch at which it found room it could not use (a `Strict`
+    /// call whose host is full): no wake-up goes to it until the epoch moves.
+    declined: Option<u64>,
 }
 
 /// A waiting call's wake-up. Woken but leaving without looking (its timer
@@ -968,6 +998,28 @@ impl Drop for Pending {
 }
 
 impl Inner {
+    /// The unavailable error when no call can be sent: the connection is
+    /// down, or was drained or closed for good.
+    fn check_connection(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(self.closed_error());
+        }
+        if !*self.connected.borrow() || self.nats.connection_state() != State::Connected {
+            return Err(unavailable(
+                &self.cluster,
+                "the NATS connection is down; calls resume when it reconnects".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> Error {
+        unavailable(
+            &self.cluster,
+            "the NATS connection was drained or closed; connect a new client".into(),
+        )
+    }
+
     /// Sends calls to one host: alone as they were encoded, or several in
     /// one message ([`wire::batch`]) whose reply subject stands for all of
     /// them. A call that cannot be sent hears so from its route.
@@ -1052,22 +1104,44 @@ impl Inner {
         });
     }
 
-    /// Wakes the first `n` waiting calls, for `n` units of room that
-    /// came free.
-    fn wake(&self, mut n: usize) {
+    /// A place at the back of the queue (a call new to it), or at the
+    /// front (one that had its turn).
+    fn enqueue(&self, back: bool, declined: Option<u64>) -> Waiting<'_> {
+        let (tx, rx) = oneshot::channel();
         let mut waiters = self.waiters.lock().unwrap();
-        while n > 0 {
-            match waiters.pop_front() {
-                Some(w) => {
-                    // Counted before the send: the call may look at once.
-                    self.woken.fetch_add(1, Ordering::AcqRel);
-                    if w.send(()).is_ok() {
-                        n -= 1;
-                    } else {
-                        self.woken.fetch_sub(1, Ordering::AcqRel);
-                    }
+        let w = Waiter { tx, declined };
+        match back {
+            true => waiters.push_back(w),
+            false => waiters.push_front(w),
+        }
+        Waiting {
+            rx,
+            woken: &self.woken,
+        }
+    }
+
+    /// Wakes the first `n` waiting calls, for `n` units of room that
+    /// came free, passing over those that could not use the room as it is.
+    fn wake(&self, mut n: usize) {
+        let epoch = self.room_epoch.load(Ordering::Acquire);
+        let mut waiters = self.waiters.lock().unwrap();
+        let mut i = 0;
+        while n > 0 && i < waiters.len() {
+            if waiters[i].declined == Some(epoch) {
+                if waiters[i].tx.is_closed() {
+                    waiters.remove(i);
+                } else {
+                    i += 1;
                 }
-                None => break,
+                continue;
+            }
+            let Some(w) = waiters.remove(i) else { break };
+            // Counted before the send: the call may look at once.
+            self.woken.fetch_add(1, Ordering::AcqRel);
+            if w.tx.send(()).is_ok() {
+                n -= 1;
+            } else {
+                self.woken.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -1169,10 +1243,11 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                 .entry(hb.host.clone())
                 .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
             entry.last_seen = Instant::now();
-            if let Some(instance) = hb.instance {
-                if entry.instances.len() < MAX_INSTANCES || entry.instances.contains_key(&instance)
-                {
-                    entry.instances.insert(instance, (entry.last_seen, hb.bye));
+            if let Some(instance) = &hb.instance {
+                if entry.instances.len() < MAX_INSTANCES || entry.instances.contains_key(instance) {
+                    entry
+                        .instances
+                        .insert(instance.clone(), (entry.last_seen, hb.bye));
                 }
             }
             if hb.bye {
@@ -1192,7 +1267,17 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             // What runs there beyond this client's calls is other clients'.
             entry.others = (hb.capacity.saturating_sub(hb.free)).saturating_sub(entry.mine);
             entry.full = false;
-            entry.seq = entry.seq.max(hb.seq);
+            if hb.free > 0 {
+                inner.room_epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            // A new run of the host counts its heartbeats (and the
+            // sequence numbers of its declines) from 1 again.
+            if hb.instance.is_some() && entry.instance != hb.instance {
+                entry.instance = hb.instance.clone();
+                entry.seq = hb.seq;
+            } else {
+                entry.seq = entry.seq.max(hb.seq);
+            }
         }
         if hb.free > 0 {
             inner.wake_for(hb.free);
@@ -1254,11 +1339,14 @@ fn check_every(host_timeout: Duration) -> Duration {
 
 /// A host's error as the caller's: a call timeout carries the caller's own
 /// `timeout`, counted from submission, not the time left when the call was
-/// sent, which is the one the host was given.
-fn host_error(e: Box<WireError>, command: &str, timeout: Duration) -> Error {
-    match e.into_error(command) {
-        Error::CallTimeout { command, .. } => Error::CallTimeout { command, timeout },
-        other => other,
+/// sent, which is the one the host was given. A call sent without one keeps
+/// the host's: the default deadline of its pool.
+fn host_error(e: Box<WireError>, command: &str, timeout: Option<Duration>) -> Error {
+    match (e.into_error(command), timeout) {
+        (Error::CallTimeout { command, .. }, Some(timeout)) => {
+            Error::CallTimeout { command, timeout }
+        }
+        (other, _) => other,
     }
 }
 
@@ -1280,7 +1368,8 @@ struct Flight {
     /// timeout itself; this only bounds a host that cannot.
     deadline: Option<Instant>,
     command: String,
-    timeout: Duration,
+    /// The caller's deadline, if it gave one.
+    timeout: Option<Duration>,
     session: Option<String>,
     finished: bool,
     /// Chunks the reader took since the host was last granted more.
@@ -1379,7 +1468,7 @@ impl Flight {
                 self.pid,
                 "the NATS connection was lost while the call ran; it may or may not have run".into(),
             )),
-            _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout }),
+            _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() }),
             };
         };
         if let Ok(Reply::Chunk { .. }) = outcome {

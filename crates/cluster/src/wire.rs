@@ -141,6 +141,18 @@ fn header_pairs(h: &async_nats::HeaderMap) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// The bytes NATS counts for a message's headers: `NATS/1.0\r\n`, each
+/// `key: value\r\n`, and a blank line. None when the map is empty (NATS
+/// sends no headers then).
+pub(crate) fn headers_len(h: &async_nats::HeaderMap) -> usize {
+    let pairs = header_pairs(h);
+    if pairs.is_empty() {
+        return 0;
+    }
+    let lines: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    b"NATS/1.0\r\n".len() + lines + 2
+}
+
 /// At most how many bytes a call takes in a [`batch`]: its JSON, its
 /// headers as JSON pairs (each character escaped at worst), a separator.
 pub(crate) fn batched_len(call: &[u8], headers: Option<&async_nats::HeaderMap>) -> usize {
