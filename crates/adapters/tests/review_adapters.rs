@@ -1,11 +1,11 @@
-//! Review of the adapters: the bundled bridges' cache directory
+//! Tests of the adapters: the bundled bridges' cache directory
 //! (`embedded.rs`) as docs/bridges.md and ARCHITECTURE.md describe it, the
 //! Node.js ES module launcher's detection, `Language::inspect`, and the
 //! oldest Python the docs name.
 //!
 //! Each test that needs a process of its own (the bridges' directory is
 //! decided once per process) runs itself again as a child of the test
-//! binary, with `REVIEW_ADAPTERS_CHILD` set.
+//! binary, with the variable that `CHILD` names set.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
@@ -65,15 +65,16 @@ fn tree(cache: &Path) -> PathBuf {
         .expect("the bridges were written")
 }
 
-/// lib.rs: the bridges "work from any project", written once to a cache
-/// directory; docs/bridges.md: "When they cannot be written ... `start()`
-/// fails with `Error::StartFailed`". Several pools of one process starting
-/// at once on a new cache (a service starting its Python and Ruby pools
-/// together, say) each make the first use of the cache. They all use one
-/// private directory name (`bridges-<hash>.tmp<pid>`), and one thread's
-/// `remove_dir_all` of it pulls the tree from under another's writes or
-/// rename: that start fails with "cannot write the bundled bridges"
-/// although the directory is writable.
+/// lib.rs: the bridge files are "written once to a cache directory, so
+/// they work from any project"; docs/bridges.md: "When they cannot be
+/// written ... `start()` fails with `Error::StartFailed`"; ARCHITECTURE.md:
+/// the process "writes a changed tree again (one thread at a time, to a
+/// directory of that write's own, renamed into place)". Several pools of
+/// one process may start at once on a new cache (a service starting its
+/// Python and Ruby pools together, say). Here eight threads of one process
+/// make the first use of a new, writable cache at once, in ten processes;
+/// every first use must succeed. This once failed now and then with
+/// "cannot write the bundled bridges".
 #[test]
 fn concurrent_first_uses_in_one_process_all_find_the_bridges() {
     const NAME: &str = "concurrent_first_uses_in_one_process_all_find_the_bridges";
@@ -114,12 +115,14 @@ fn concurrent_first_uses_in_one_process_all_find_the_bridges() {
 
 /// docs/bridges.md: "Each process checks the files against the ones it
 /// embeds before its first worker starts, and writes a tree that was
-/// changed since again"; ARCHITECTURE.md: "Invariant: a worker runs the
-/// bridge this build embeds." A file added to the tree is a change too, and
-/// the tree is on every worker's module path, in front of the language's
-/// own library: a `sitecustomize.py` (or a `json.py`, a `json.rb` in
-/// `ruby/lib`) planted there runs in every worker, while the check, which
-/// only compares the embedded files, finds the tree intact.
+/// changed since again (a file added to it counts as a change, but for
+/// Python's `__pycache__`)"; ARCHITECTURE.md: "Invariant: a worker runs the
+/// bridge this build embeds." The tree is on every worker's module path, in
+/// front of the language's own library, so a file planted there (a
+/// `sitecustomize.py`, a `json.py`, a `json.rb` in `ruby/lib`) would run in
+/// every worker. The test plants `python/sitecustomize.py` in a tree an
+/// earlier process wrote, and checks that the next process's worker does
+/// not run it. This once ran the planted file.
 #[test]
 fn a_file_added_to_the_bridge_tree_does_not_run_in_workers() {
     const NAME: &str = "a_file_added_to_the_bridge_tree_does_not_run_in_workers";
@@ -154,14 +157,15 @@ fn a_file_added_to_the_bridge_tree_does_not_run_in_workers() {
     );
 }
 
-/// lib.rs: the bridges are "written once to a cache directory, so they
-/// work from any project"; ARCHITECTURE.md: "Invariant: a worker runs the
-/// bridge this build embeds." The process decides on its first use that the
-/// tree is there (`embedded::root`'s `OnceLock`) and never looks again: a
-/// tree removed while the pool runs (a `$TMPDIR` cleaner on the
-/// `$TMPDIR/snakepit-<uid>` fallback, `rm -rf ~/.cache`) makes every
-/// replacement worker fail with "can't open file", for the life of the
-/// pool, although the host could write the tree again as it does at start.
+/// lib.rs: the bridge files are "written once to a cache directory, so
+/// they work from any project"; docs/bridges.md: "before each later worker
+/// start it checks that the tree is still there, and writes it again if it
+/// went"; ARCHITECTURE.md: "the pool calls `Adapter::check` before every
+/// later start too, which writes the tree again if it went." The test
+/// removes the tree while a pool of one worker runs (as a `$TMPDIR` cleaner
+/// or `rm -rf ~/.cache` would), kills the worker, and checks that a
+/// replacement worker serves within 30 s. This once made every replacement
+/// fail with "can't open file" for the life of the pool.
 #[test]
 fn a_worker_replaced_after_the_bridge_tree_was_removed_starts() {
     const NAME: &str = "a_worker_replaced_after_the_bridge_tree_was_removed_starts";
@@ -265,11 +269,11 @@ async fn the_bundled_python_bridge_serves_on_python_3_8() {
 /// whose nearest `package.json` says `"type": "module"`) runs through a
 /// small launcher that lets its `import ... from 'snakepit-bridge'` find
 /// the bridge." Node decides a main script's module type from its real
-/// path (it resolves symlinks of the main script): a `worker.js` linked
-/// from another directory into an ES module package is an ES module to
-/// Node, but `Bridge::is_es_module` looks for `package.json` above the
-/// link, finds none saying `module`, and runs the script without the
-/// launcher: its `import` of the bridge fails.
+/// path (it resolves symlinks of the main script), so a `worker.js` of an
+/// ES module package is an ES module to Node even when it is linked from a
+/// directory with no `package.json`. The test runs such a link and checks
+/// that the worker starts and its `import` of the bridge works. This once
+/// ran the linked script without the launcher, and its `import` failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlinked_es_module_worker_imports_the_bridge() {
     let dir = Dir::new("esm-link");
@@ -295,14 +299,15 @@ async fn a_symlinked_es_module_worker_imports_the_bridge() {
     pool.shutdown().await.unwrap();
 }
 
-/// `Language::inspect`: "Runs the interpreter a few times to see what is
-/// there. Never fails: what could not be found is `None`"; docs/cli.md:
-/// `snakepit doctor` reports, for each language, the interpreter and
-/// whether the generic worker starts (that start has its timeouts). The
-/// probes (`inspect.rs`: `run`) wait for the interpreter without any
-/// deadline: an interpreter that hangs (a wrapper waiting on a lock, a
-/// broken shim) hangs `inspect`, and `snakepit doctor` with it, forever,
-/// instead of reporting it as not answering.
+/// `Language::inspect` (inspect.rs): "Runs the interpreter a few times to
+/// see what is there. Never fails: what could not be found is `None`, and
+/// so is what a run that did not end within 10 s would have said (that run
+/// is killed)." docs/cli.md: `snakepit doctor` reports, for each language,
+/// "the interpreter the adapters would run ..., its version". The test sets
+/// `SNAKEPIT_NODE` to a stub that never ends (as a wrapper waiting on a
+/// lock, or a broken shim, might) and checks that `inspect` returns within
+/// 30 s with no version. This once hung forever, and `snakepit doctor`
+/// with it.
 #[test]
 fn inspect_of_an_interpreter_that_hangs_returns() {
     const NAME: &str = "inspect_of_an_interpreter_that_hangs_returns";

@@ -1,4 +1,4 @@
-//! Code review of the client side of snakepit-cluster (crates/cluster/src/
+//! Tests of the client side of snakepit-cluster (crates/cluster/src/
 //! client.rs, wire.rs, outbox.rs): what a call without a deadline hears
 //! when the host's own deadline ends it, calls waiting for room when the
 //! connection is drained, the queue's memory while calls wait, a host
@@ -24,30 +24,17 @@ fn test_worker() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../core/tests/workers/test_worker.py")
 }
 
-async fn pool_of<A: snakepit_core::Adapter + 'static>(adapter: A, size: usize) -> Pool {
-    Pool::builder(adapter)
-        .size(size)
-        .configure(|c| {
-            c.sweep_on_start = false;
-            c.shutdown_grace_period = Duration::from_millis(300);
-        })
-        .start()
-        .await
-        .unwrap()
-}
-
 /// cluster.md: "Errors from the host's pool (... timeouts ...) reach the
 /// caller as the same variant with the same fields"; core's
 /// `Error::CallTimeout::timeout`: "The deadline it had, counted from
 /// submission"; cluster.md: "Without a `CallOptions::timeout` the host's
-/// pool applies its own default".
+/// pool applies its own default (a call it ends reports
+/// `Error::CallTimeout` with that default's duration)".
 ///
-/// The host's pool (adapter `command_timeout` 400 ms) fails the call with
-/// `CallTimeout { timeout: 400ms }`. The client rewrites every host call
-/// timeout with the caller's own `CallOptions::timeout`
-/// (`client.rs: host_error`), which for a call sent without one is
-/// `unwrap_or_default()`: the caller hears `timeout: 0ns` ("timed out
-/// after 0ns"), a deadline the call never had.
+/// The host's pool (adapter `command_timeout` 400 ms) ends a call sent
+/// without a timeout. The test checks that the cluster caller hears
+/// `CallTimeout { timeout: 400ms }`, as a local caller of the same pool
+/// does. This once reported `timeout: 0ns`, a deadline the call never had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hosts_default_deadline_reaches_the_caller_with_its_duration() {
     let nats = NatsServer::start().await;
@@ -119,21 +106,18 @@ async fn one_full_host(
 
 /// lib.rs: "A connection drained (`async_nats::Client::drain`) or closed
 /// for good fails the client's calls in flight at once, and every later
-/// call"; cluster.md, failures: "as when it is down, for good: ... every
-/// later call with the unavailable error"; `Error::Unavailable`: "the
-/// call was not sent (`e.never_ran()` is true)".
+/// call"; cluster.md, failures: "as when it is down, for good: calls in
+/// flight fail with the host-lost error at once, and every later call with
+/// the unavailable error"; `Error::Unavailable`: "the call was not sent
+/// (`e.never_ran()` is true)".
 ///
 /// A call waits in the client's queue (the host's one worker runs a call
-/// of 30 s) when the client's connection is drained. The call in flight
-/// fails with the host-lost error (right) and frees its unit; the queued
-/// call, woken for it, reserves it, is handed to the outbox of a closed
-/// connection (nothing reaches the host), and then fails with
-/// `Error::HostLost` "it may or may not have run": a call that was never
-/// sent, told as one that may have run (`never_ran()` false), so a caller
-/// that retries what never ran does not retry it. Cause:
-/// `client.rs: Client::start` checks `Inner::closed` and the connection
-/// only before `pick`, not after the wait for room; a closed connection
-/// found when the call is about to be sent should be `unavailable`.
+/// of 30 s) when the client's connection is drained. The test checks that
+/// the call in flight fails with the host-lost error, and the queued call,
+/// which never reached the host, with the unavailable error and
+/// `never_ran()` true. This once told the queued call as host-lost ("it may
+/// or may not have run"), so a caller that retries what never ran would
+/// not have retried it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_woken_from_the_queue_after_a_drain_is_unavailable_not_host_lost() {
     let nats = NatsServer::start().await;
@@ -176,13 +160,12 @@ async fn a_call_woken_from_the_queue_after_a_drain_is_unavailable_not_host_lost(
 }
 
 /// The same promise with no host at all: a call waiting for one (queue
-/// timeout 20 s) when the connection is drained can never be sent. It
-/// waits out its whole queue timeout and fails with `Error::QueueTimeout`,
-/// as if the cluster were merely busy, instead of ending at once as
-/// unavailable: the queue's wait (`client.rs: Client::pick` /
-/// `Client::wait_room`) looks at neither `Inner::closed` nor
-/// `Inner::connected` (it should also wait on `connected` turning false,
-/// as `Flight::next` does, and `start` check again after `pick`).
+/// timeout 20 s) when the connection is drained can never be sent.
+/// cluster.md, failures: while the connection is down, "calls waiting in
+/// the client's queue, fail at once with the unavailable error (never
+/// sent)". The test checks that the call ends as unavailable within 10 s
+/// of the drain. This once waited out its whole queue timeout and failed
+/// with `Error::QueueTimeout`, as if the cluster were merely busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waiting_for_a_host_ends_at_once_when_the_connection_is_drained() {
     let nats = NatsServer::start().await;
@@ -217,18 +200,16 @@ fn rss() -> u64 {
     pages * 4096
 }
 
-/// `ClientConfig::max_queue_size`: "Calls of this client waiting for free
-/// capacity at most": the queue is bounded by the number of waiting calls.
+/// `ClientConfig::max_queue_size` (client.rs): "Calls of this client
+/// waiting for free capacity at most; more fail at once with
+/// [`Error::PoolSaturated`]": the queue is bounded by the number of waiting
+/// calls, so its memory follows that number, not how long the calls wait.
 ///
 /// While no host has room, each waiting call looks again every sixth of
-/// the host timeout (`check_every`), and each time it queues a fresh
-/// wake-up sender (`client.rs: Client::pick`, `waiters.push_front(tx)`)
-/// while the one it dropped stays in `Inner::waiters`: only `Inner::wake`
-/// removes senders, and nothing wakes while there is no room. So the
-/// queue's memory grows with waiting calls times time, not with waiting
-/// calls: at the defaults (4 looks a second) 1,000 calls waiting for an
-/// hour leave 14.4 million dead senders (about 1.4 GB). Here 500 calls
-/// wait 20 s with a host timeout of 60 ms (a look every 10 ms).
+/// the host timeout. Here 500 calls wait 20 s with a host timeout of 60 ms
+/// (a look every 10 ms), and the test checks that the process grows by
+/// less than 16 MiB meanwhile. This once grew with every look: at the
+/// defaults, 1,000 calls waiting an hour would have held about 1.4 GB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_waiting_for_room_do_not_grow_the_clients_memory() {
     let nats = NatsServer::start().await;
@@ -275,24 +256,17 @@ async fn count(sub: &mut async_nats::Subscriber, quiet: Duration) -> usize {
 /// meanwhile (another client was faster) is declined, never run, and
 /// routed again"; `host_full`: "The host declined a call: no more to it
 /// until it says it has room"; failures: a host "started again under its
-/// id".
-///
-/// A host declines with the sequence number of its heartbeats
-/// (`Reply::Declined { seq }`), which starts again at 1 in each run of the
-/// host. The client keeps the highest `seq` it ever heard of the id
-/// (`client.rs: watch_hosts`, `entry.seq.max(hb.seq)`, never reset for a
-/// new instance) and ignores a decline older than it (`Inner::host_full`:
-/// `h.seq <= seq`). After a host is restarted under its id (a rolling
-/// restart: `Node::shutdown`, `serve` again), every decline is ignored
-/// until the new run has sent as many heartbeats as the old one (days for
-/// a host that ran for days), and a declined call is sent straight back to
-/// the same full host, over and over, until the next heartbeat.
+/// id": "each run of a host names itself in its heartbeats, and clients
+/// count a new run's heartbeats and declines afresh".
 ///
 /// Here the first run of host `h` (one worker, no prefetch) heartbeats
-/// every 2 ms for 2 s, then shuts down gracefully; the second run
-/// heartbeats at the default 250 ms. Two clients each send a call of
-/// 1.5 s at once: one is declined and must wait for room, so `h`'s call
-/// subject should carry a few messages, not hundreds.
+/// every 2 ms for 2 s, then shuts down gracefully (a rolling restart); the
+/// second run heartbeats at the default 250 ms. Two clients each send a
+/// call of 1.5 s at once: one is declined and must wait for room, so the
+/// test checks that `h`'s call subject carries a few messages (at most
+/// 20), not hundreds. This once ignored the new run's declines until it
+/// had sent as many heartbeats as the old run, and sent a declined call
+/// straight back to the full host, over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_restarted_under_its_id_is_not_flooded_with_declined_calls() {
     let nats = NatsServer::start().await;
@@ -390,19 +364,19 @@ async fn a_declined_call_waits_for_room_rather_than_coming_back_at_once() {
 
 /// `promises.rs: a_call_over_max_payload_fails_validation_and_is_never_sent`
 /// ("A call bigger than `max_payload` fails with `Error::Validation` before
-/// it is sent"); cluster.md: `Error::Unavailable`: "the NATS connection is
-/// down (or the client was closed)".
+/// it is sent"); cluster.md, trace context: "NATS counts the header in the
+/// message's size, so a call whose JSON and headers together exceed the
+/// server's `max_payload` fails with `Error::Validation` before it is
+/// sent"; `Error::Unavailable`: "the NATS connection is down (or the client
+/// was closed)".
 ///
-/// The client checks a call's JSON alone against `max_payload`
-/// (`client.rs: Client::start`), but a call with a trace context goes out
-/// with a `traceparent` NATS header, which the server (and async-nats,
-/// `check_payload_size`) counts in the message's size. A call whose JSON
-/// fits but whose JSON and header do not passes the check, is refused by
-/// async-nats (`MaxPayloadExceeded`), and reaches its caller as
-/// `Error::Unavailable` ("cannot send the call: max payload size
-/// exceeded"): a connection problem, to be retried when NATS is back,
-/// for a call that can never be sent. The check should count the headers
-/// (`async_nats::HeaderMap` serialized, as in `wire::batched_len`).
+/// The server's `max_payload` is 64 KiB. Calls whose JSON falls 10 to 80
+/// bytes short of it run without a header; the test sends each again with
+/// a `traceparent` header and checks that it runs or fails with
+/// `Error::Validation`. This once reached the caller as
+/// `Error::Unavailable` ("max payload size exceeded"): a connection
+/// problem, to be retried when NATS is back, for a call that can never be
+/// sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_too_big_with_its_trace_header_is_a_validation_error() {
     let nats = NatsServer::start_with_config("max_payload: 65536\n").await;
@@ -438,22 +412,18 @@ async fn a_call_too_big_with_its_trace_header_is_a_validation_error() {
     }
 }
 
-/// cluster.md, sessions: "`Strict` waits for it (queue timeout)"; routing:
-/// "a host with an idle worker first ... while no host has room the call
-/// waits in the client's queue", "a busy host takes no call that an idle
-/// one could run now".
+/// cluster.md, sessions: "`Strict` waits for it (queue timeout)", and "A
+/// `Strict` call waiting for its host does not hold up the calls behind it
+/// that another host can run now"; routing: "a host with an idle worker
+/// first ... while no host has room the call waits in the client's queue",
+/// "a busy host takes no call that an idle one could run now".
 ///
 /// A `Strict` call of session `s1` waits for its host `x` (busy with a
-/// call of 60 s), at the front of the client's queue. Host `y` is idle.
-/// Every later call of the client, queued behind it (a new call does not
-/// overtake), is woken for `y`'s room only by its own poll: each wake-up
-/// for room (`Inner::wake`, from a release or a heartbeat) goes to the
-/// first waiter, the `Strict` call, which finds `x` full and queues again
-/// at the front (`Client::pick`: `push_front`) without passing the wake-up
-/// on (`pass_on` runs only for a call that took a unit). So while one
-/// `Strict` call waits, every other call of the client waits a full poll
-/// interval (a sixth of the host timeout, 250 ms by default) for an idle
-/// host: 40 quick calls in a row take over 10 s instead of well under one.
+/// call of 60 s), at the front of the client's queue. The other host is
+/// idle. The test checks that 40 quick calls in a row take under 5 s while
+/// the `Strict` call waits, and that the `Strict` call then succeeds. This
+/// once took over 10 s: each later call waited a full poll interval (a
+/// sixth of the host timeout, 250 ms by default) for the idle host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_strict_call_waiting_for_its_host_does_not_hold_up_calls_an_idle_host_can_run() {
     let nats = NatsServer::start().await;

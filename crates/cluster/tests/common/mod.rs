@@ -333,7 +333,12 @@ pub fn pid_of(r: &serde_json::Value) -> u32 {
 
 /// A pool of `size` test workers, quick to shut down.
 pub async fn pool(size: usize) -> snakepit_core::Pool {
-    snakepit_core::Pool::builder(TestWorker)
+    pool_of(TestWorker, size).await
+}
+
+/// A pool of `size` workers of `adapter`, quick to shut down.
+pub async fn pool_of<A: Adapter>(adapter: A, size: usize) -> snakepit_core::Pool {
+    snakepit_core::Pool::builder(adapter)
         .size(size)
         .configure(|c| {
             c.sweep_on_start = false;
