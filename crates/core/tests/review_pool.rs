@@ -960,3 +960,78 @@ async fn a_worker_ready_just_as_shutdown_begins_does_not_outlive_it() {
         "worker {late} (ready as shutdown began) still runs after shutdown() returned; processes of the run: {left:?}"
     );
 }
+
+/// A `TestWorker` whose `check` fails while `broken` is set.
+struct Checked {
+    broken: Arc<AtomicBool>,
+    checks: Arc<AtomicU64>,
+}
+
+impl Adapter for Checked {
+    fn launch(&self) -> Launch {
+        TestWorker::new().launch()
+    }
+    fn check(&self) -> Result<(), String> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        if self.broken.load(Ordering::Relaxed) {
+            return Err("the test broke what workers need".into());
+        }
+        Ok(())
+    }
+}
+
+/// `Adapter::check`: checked before the first spawn "and again before each
+/// later start (a replacement, ...), where an `Err` is that start's failure
+/// (backed off, counted by the breaker)". A worker killed while `check`
+/// fails is not replaced: each attempt is a failed start whose cause is the
+/// check's message, and no process is spawned for it; once `check` passes
+/// again, the next attempt starts a worker that serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_check_fails_later_starts_until_it_passes() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let checks = Arc::new(AtomicU64::new(0));
+    let causes = Arc::new(Mutex::new(Vec::new()));
+    let log = causes.clone();
+    let pool = builder(Checked {
+        broken: broken.clone(),
+        checks: checks.clone(),
+    })
+    .size(1)
+    .configure(|c| {
+        c.restart_backoff = Duration::from_millis(20);
+        c.restart_backoff_max = Duration::from_millis(50);
+        c.breaker_threshold = 1_000;
+    })
+    .on_event(move |e| {
+        if let EventKind::WorkerStartFailed { cause, .. } = e.kind {
+            log.lock().unwrap().push(cause.to_owned());
+        }
+    })
+    .start()
+    .await
+    .unwrap();
+    let first = pool.worker_pids()[0];
+    let run_id = pool.run_id().to_owned();
+    broken.store(true, Ordering::Relaxed);
+    kill_9(first);
+    assert!(eventually(20, || pool.stats().start_failures >= 3).await);
+    assert_eq!(pool.stats().workers, 0);
+    assert!(
+        processes_of_run(&run_id).is_empty(),
+        "a worker was spawned although the check failed"
+    );
+    assert!(causes
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| c.contains("the test broke what workers need")));
+    let before = checks.load(Ordering::Relaxed);
+    broken.store(false, Ordering::Relaxed);
+    assert!(eventually(20, || pool.stats().workers == 1).await);
+    assert!(checks.load(Ordering::Relaxed) > before);
+    assert_eq!(
+        pool.execute("echo", json!({"x": 3})).await.unwrap()["echoed"]["x"],
+        3
+    );
+    pool.shutdown().await.unwrap();
+}
