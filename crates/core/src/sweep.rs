@@ -996,11 +996,8 @@ pub(crate) fn host_token() -> &'static str {
 /// The host in `pid`'s environment (`SNAKEPIT_HOST`, see [`host_token`]):
 /// its pid, start time and PID namespace.
 fn host_of(pid: u32) -> Option<(u32, u64, (u64, u64))> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let value = env
-        .split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"SNAKEPIT_HOST="))?;
-    let mut parts = std::str::from_utf8(value).ok()?.split(':');
+    let value = env_var(pid, b"SNAKEPIT_HOST=")?;
+    let mut parts = value.split(':');
     let host = parts.next()?.parse().ok()?;
     let start = parts.next()?.parse().ok()?;
     let dev = parts.next()?.parse().ok()?;
@@ -1012,9 +1009,15 @@ fn host_of(pid: u32) -> Option<(u32, u64, (u64, u64))> {
 }
 
 fn run_id_of(pid: u32) -> Option<String> {
+    env_var(pid, b"SNAKEPIT_RUN_ID=")
+}
+
+/// The value of the variable `key` (its name and `=`) in `pid`'s
+/// environment, if it is there and UTF-8.
+fn env_var(pid: u32, key: &[u8]) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"SNAKEPIT_RUN_ID="))
+        .find_map(|kv| kv.strip_prefix(key))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_owned)
 }
