@@ -915,13 +915,53 @@ fn has_live_host(pid: u32, run_id: &str) -> bool {
 /// gone). A clean end leaves no run record for a later sweep, so this is
 /// the last chance. How many it killed.
 pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> usize {
+    let killed = kill_run_processes(run_id, None, own);
+    if killed > 0 {
+        tracing::warn!(
+            run_id,
+            killed,
+            "killed processes of the pool's workers that had left their process groups"
+        );
+    }
+    killed
+}
+
+/// Kills what one ended worker left outside its process group: processes
+/// of run `run_id` whose `SNAKEPIT_WORKER_ID` is `worker_id` (its children
+/// that called `setsid`, and theirs), but `worker_pid` itself. A worker's
+/// id names one process of the run (its slot and generation), so its
+/// replacement and the other workers are never hit. How many it killed.
+pub(crate) fn kill_escaped(run_id: &str, worker_id: &str, worker_pid: u32) -> usize {
+    let killed = kill_run_processes(run_id, Some(worker_id), &[worker_pid]);
+    if killed > 0 {
+        tracing::warn!(
+            worker = worker_id,
+            killed,
+            "killed processes the ended worker had left outside its process group"
+        );
+    }
+    killed
+}
+
+/// Kills (SIGKILL, with its group when it leads one) every process started
+/// after this host whose environment carries run id `run_id` and, if
+/// given, worker id `worker`; but this process and `own`.
+fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize {
     let me = std::process::id();
     let Some(since) = process_start(me) else {
         return 0; // no /proc: nothing to go by
     };
     let mut killed = 0;
     for pid in crate::os::all_pids() {
-        if pid == me || own.contains(&pid) || run_id_of(pid).as_deref() != Some(run_id) {
+        if pid == me || own.contains(&pid) {
+            continue;
+        }
+        let Some(env) = environ(pid) else {
+            continue;
+        };
+        if var_in(&env, b"SNAKEPIT_RUN_ID=") != Some(run_id)
+            || worker.is_some_and(|w| var_in(&env, b"SNAKEPIT_WORKER_ID=") != Some(w))
+        {
             continue;
         }
         let Some(stat) = Stat::of(pid) else {
@@ -935,13 +975,6 @@ pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> usize {
         }
         crate::os::signal_pid(pid, libc::SIGKILL);
         killed += 1;
-    }
-    if killed > 0 {
-        tracing::warn!(
-            run_id,
-            killed,
-            "killed processes of the pool's workers that had left their process groups"
-        );
     }
     killed
 }
@@ -1015,11 +1048,20 @@ fn run_id_of(pid: u32) -> Option<String> {
 /// The value of the variable `key` (its name and `=`) in `pid`'s
 /// environment, if it is there and UTF-8.
 fn env_var(pid: u32, key: &[u8]) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    var_in(&environ(pid)?, key).map(str::to_owned)
+}
+
+/// `pid`'s environment as it was given to it: `NAME=value` entries, each
+/// ended by a NUL.
+fn environ(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+/// The value of `key` (a name and `=`) in `env`, if it is there and UTF-8.
+fn var_in<'e>(env: &'e [u8], key: &[u8]) -> Option<&'e str> {
     env.split(|b| *b == 0)
         .find_map(|kv| kv.strip_prefix(key))
         .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -859,6 +859,67 @@ async fn a_busy_worker_gets_no_health_ping() {
 }
 
 /// docs/reliability.md, "No orphan, on any path": a worker's child that
+/// called `setsid` dies when its worker ends, while the pool goes on: its
+/// worker killed (SIGKILL), and its worker recycled. The other worker's
+/// escaped child, and the other worker, are left alone. (Such a child lived
+/// until the pool's end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_left_its_workers_group_dies_with_its_worker() {
+    let doc = Doc::new("escape-worker", "none");
+    let pool = builder(doc.adapter())
+        .size(2)
+        .configure(|c| c.recycle_after_calls = 3)
+        .start()
+        .await
+        .unwrap();
+    // Two calls at once, each held: one on each worker.
+    let held = json!({"hold_ms": 300});
+    let (a, b) = tokio::join!(
+        pool.execute("escape_held", held.clone()),
+        pool.execute("escape_held", held.clone())
+    );
+    let pid = |v: &Value, k: &str| v[k].as_u64().unwrap() as u32;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(pid(&a, "worker"), pid(&b, "worker"), "one call per worker");
+    for v in [&a, &b] {
+        assert!(common::alive(pid(v, "child")));
+    }
+    // Killed: its escaped child goes; the other worker's stays.
+    common::kill_9(pid(&a, "worker"));
+    assert!(
+        eventually(10, || !common::alive(pid(&a, "child"))).await,
+        "the escaped child of a killed worker outlived it"
+    );
+    assert!(common::alive(pid(&b, "child")), "another worker's child was killed");
+    assert!(common::alive(pid(&b, "worker")), "another worker was killed");
+    // Recycled after its third call: its escaped child goes with it.
+    let mut recycled = None;
+    for _ in 0..20 {
+        let v = pool.execute("escape_held", json!({})).await.unwrap();
+        if pid(&v, "worker") == pid(&b, "worker") {
+            recycled = Some(v);
+            break;
+        }
+    }
+    let c = recycled.expect("a second call on the surviving worker");
+    // Its third call retires it.
+    while common::alive(pid(&b, "worker")) {
+        let _ = pool.execute("pid", json!({})).await.unwrap();
+        if eventually(1, || !common::alive(pid(&b, "worker"))).await {
+            break;
+        }
+    }
+    for child in [pid(&b, "child"), pid(&c, "child")] {
+        assert!(
+            eventually(10, || !common::alive(child)).await,
+            "the escaped child {child} of a recycled worker outlived it"
+        );
+    }
+    assert!(pool.execute("pid", json!({})).await.is_ok(), "the pool serves on");
+    pool.shutdown().await.unwrap();
+}
+
+/// docs/reliability.md, "No orphan, on any path": a worker's child that
 /// called `setsid` left every process group the pool kills, and after a
 /// clean end no run record is left for a later sweep. The pool kills what
 /// carries its run id at its end: after `shutdown()`, and when the last

@@ -396,6 +396,14 @@ impl Owner for Shared {
             .dying
             .retain(|w| !std::ptr::eq(Arc::as_ptr(w), worker));
         self.process_gone(worker.pid);
+        // Its children that left its process group (`setsid`) go with it,
+        // not only at the pool's end; the look through `/proc` blocks.
+        if worker.pid != 0 {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (run_id, id, pid) = (self.run_id.clone(), worker.id.clone(), worker.pid);
+                rt.spawn_blocking(move || crate::sweep::kill_escaped(&run_id, &id, pid));
+            }
+        }
     }
 
     fn hold_for_interrupt(&self, worker: &Worker) -> bool {

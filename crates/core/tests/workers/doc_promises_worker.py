@@ -177,6 +177,12 @@ while True:
         # A child in a session of its own: out of every group the pool kills.
         child = subprocess.Popen(["sleep", "300"], start_new_session=True)
         write({"id": rid, "success": True, "result": child.pid})
+    elif command == "escape_held":
+        # The same, then held for `hold_ms`, so that calls at once go to
+        # different workers; names the worker too.
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        time.sleep(args.get("hold_ms", 0) / 1000.0)
+        write({"id": rid, "success": True, "result": {"child": child.pid, "worker": os.getpid()}})
     elif command == "pid":
         write({"id": rid, "success": True, "result": os.getpid()})
     elif command == "hold":
