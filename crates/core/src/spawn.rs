@@ -39,7 +39,9 @@ type Request = (Launch, Option<OwnedFd>, Reply);
 /// Forks workers from one long-lived thread and keeps the watchdog informed.
 pub(crate) struct Spawner {
     requests: Mutex<mpsc::Sender<Request>>,
-    watchdog: Mutex<Option<std::process::ChildStdin>>,
+    /// Lines for the watchdog, written by a thread of its own: a watchdog
+    /// that stops reading (stopped, or starved) never blocks the pool.
+    watchdog: Option<mpsc::Sender<String>>,
 }
 
 impl Spawner {
@@ -58,7 +60,7 @@ impl Spawner {
             })?;
         Ok(Spawner {
             requests: Mutex::new(tx),
-            watchdog: Mutex::new(start_watchdog().ok()),
+            watchdog: start_watchdog().ok(),
         })
     }
 
@@ -104,14 +106,9 @@ impl Spawner {
     }
 
     fn tell_watchdog(&self, line: &str) {
-        let mut guard = self.watchdog.locked();
-        if let Some(stdin) = guard.as_mut() {
-            if stdin.write_all(line.as_bytes()).is_err() {
-                tracing::warn!(
-                    "the orphan watchdog is gone; workers' children may outlive a crashed host"
-                );
-                *guard = None;
-            }
+        if let Some(watchdog) = &self.watchdog {
+            // Gone only after its pipe broke, which was reported then.
+            let _ = watchdog.send(line.to_owned());
         }
     }
 }
@@ -193,7 +190,7 @@ for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
 "#;
 
 #[allow(clippy::disallowed_methods)] // the watchdog is spawned here, beside the workers
-fn start_watchdog() -> io::Result<std::process::ChildStdin> {
+fn start_watchdog() -> io::Result<mpsc::Sender<String>> {
     let mut child = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(WATCHDOG)
@@ -202,17 +199,29 @@ fn start_watchdog() -> io::Result<std::process::ChildStdin> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()?;
-    let stdin = child
+    let mut stdin = child
         .stdin
         .take()
         .ok_or_else(|| io::Error::other("watchdog has no stdin"))?;
-    // Reap it whenever it ends, without holding anything up.
+    let (tx, rx) = mpsc::channel::<String>();
+    // Writes the lines in order, however long the watchdog takes to read
+    // them; closes the pipe once the spawner is gone (the watchdog then
+    // kills the groups still listed), and reaps the watchdog.
     std::thread::Builder::new()
         .name("snakepit-watchdog".into())
         .spawn(move || {
+            for line in rx {
+                if stdin.write_all(line.as_bytes()).is_err() {
+                    tracing::warn!(
+                        "the orphan watchdog is gone; workers' children may outlive a crashed host"
+                    );
+                    break;
+                }
+            }
+            drop(stdin);
             let _ = child.wait();
         })?;
-    Ok(stdin)
+    Ok(tx)
 }
 
 /// Why `launch` could not start, for the worker's (or template's) start

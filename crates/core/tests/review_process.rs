@@ -439,3 +439,66 @@ async fn an_escaped_child_dies_with_the_pool_in_a_host_that_adopts_orphans() {
         std::process::id()
     );
 }
+
+/// The watchdog (docs/reliability.md, "No orphan, on any path") reads a
+/// line from the pool for each process group started and ended. One that
+/// stops reading (SIGSTOP, or starved of CPU) never holds up the pool: with
+/// its pipe full, workers still start and calls are still served. (The
+/// pool wrote to it under a lock, blocking a runtime thread, and stalled
+/// once the pipe was full.) Its pipe is shrunk to one page so that a few
+/// hundred restarts fill it; every call recycles its worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchdog_that_stops_reading_never_holds_up_the_pool() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pool = builder(Preloaded)
+        .size(2)
+        .configure(|c| c.recycle_after_calls = 1)
+        .start()
+        .await
+        .unwrap();
+    let me = std::process::id();
+    let watchdogs: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| parent_of(p) == Some(me))
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("trap '' INT TERM HUP"))
+        })
+        .collect();
+    assert_eq!(watchdogs.len(), 1, "one watchdog: {watchdogs:?}");
+    let watchdog = watchdogs[0];
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{watchdog}/fd/0"))
+        .unwrap();
+    // SAFETY: F_SETPIPE_SZ on a descriptor this test owns.
+    let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    signal(watchdog, libc::SIGSTOP);
+    // About 16 bytes a call (a fork's `+pid`, a retired worker's `-pid`):
+    // 600 calls are more than twice the page.
+    for i in 0..600 {
+        let call = pool.execute("ping", json!({}));
+        let r = tokio::time::timeout(Duration::from_secs(20), call).await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "call {i} with the watchdog stopped: {r:?}"
+        );
+    }
+    signal(watchdog, libc::SIGCONT);
+    drop(pipe);
+    let workers = pool.worker_pids();
+    pool.shutdown().await.unwrap();
+    for w in workers {
+        assert!(eventually(10, || !alive(w)).await, "worker {w} outlived shutdown");
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a process this test started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+}
