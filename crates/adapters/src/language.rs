@@ -43,12 +43,16 @@ impl Language {
     }
 
     /// The interpreter to run: explicit, environment, virtualenv, `PATH`.
+    /// A relative path with a directory in it (`.venv/bin/python`) is made
+    /// absolute from the host's working directory, as a shell would read
+    /// it: a worker may run in another directory (`cwd`). A bare name is
+    /// looked up on `PATH`.
     pub fn find_interpreter(self, explicit: Option<&PathBuf>) -> PathBuf {
         if let Some(p) = explicit {
-            return p.clone();
+            return from_here(p.clone());
         }
         if let Some(p) = std::env::var_os(self.env_var()).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
+            return from_here(PathBuf::from(p));
         }
         if self == Language::Python {
             // The host's virtualenv, as an absolute path: a worker may run
@@ -61,5 +65,15 @@ impl Language {
             }
         }
         PathBuf::from(self.default_program())
+    }
+}
+
+/// `path` made absolute from this process's working directory if it is
+/// relative and names a directory (more than a bare program name).
+fn from_here(path: PathBuf) -> PathBuf {
+    if path.is_relative() && path.components().count() > 1 {
+        std::path::absolute(&path).unwrap_or(path)
+    } else {
+        path
     }
 }

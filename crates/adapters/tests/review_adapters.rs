@@ -335,3 +335,49 @@ fn inspect_of_an_interpreter_that_hangs_returns() {
     let (ok, out) = run_child(NAME, &[("SNAKEPIT_NODE", &stub)]);
     assert!(ok, "{out}");
 }
+
+/// docs/bridges.md: "A relative interpreter path with a directory in it
+/// (`.venv/bin/python`, given either way) is taken from the host's working
+/// directory, not the worker's". A pool whose workers run in another
+/// directory (`.cwd`) starts with `.interpreter("venv/bin/python")` and
+/// with `SNAKEPIT_PYTHON=venv/bin/python`, the venv beside the host only.
+/// (Both were looked up from the worker's directory and failed to start.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_interpreter_path_is_taken_from_the_hosts_directory() {
+    if std::env::var_os(CHILD).is_none() {
+        let dir = Dir::new("relative-interpreter");
+        let bin = dir.0.join("host/venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(dir.0.join("work")).unwrap();
+        std::os::unix::fs::symlink(snakepit_tests::python(), bin.join("python")).unwrap();
+        let out = snakepit_tests::this_test(
+            "a_relative_interpreter_path_is_taken_from_the_hosts_directory",
+        )
+        .env(CHILD, "1")
+        .env("SNAKEPIT_PYTHON", "venv/bin/python")
+        .current_dir(dir.0.join("host"))
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let work = std::env::current_dir().unwrap().join("../work");
+    let given = Bridge::generic(Language::Python)
+        .interpreter("venv/bin/python")
+        .cwd(&work);
+    let from_env = Bridge::generic(Language::Python).cwd(&work);
+    for (how, bridge) in [("interpreter()", given), ("SNAKEPIT_PYTHON", from_env)] {
+        let pool = Pool::builder(bridge)
+            .size(1)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{how}: the pool did not start: {e}"));
+        pool.execute("ping", json!({})).await.unwrap();
+        pool.shutdown().await.unwrap();
+    }
+}

@@ -890,8 +890,14 @@ async fn a_child_that_left_its_workers_group_dies_with_its_worker() {
         eventually(10, || !common::alive(pid(&a, "child"))).await,
         "the escaped child of a killed worker outlived it"
     );
-    assert!(common::alive(pid(&b, "child")), "another worker's child was killed");
-    assert!(common::alive(pid(&b, "worker")), "another worker was killed");
+    assert!(
+        common::alive(pid(&b, "child")),
+        "another worker's child was killed"
+    );
+    assert!(
+        common::alive(pid(&b, "worker")),
+        "another worker was killed"
+    );
     // Recycled after its third call: its escaped child goes with it.
     let mut recycled = None;
     for _ in 0..20 {
@@ -915,7 +921,10 @@ async fn a_child_that_left_its_workers_group_dies_with_its_worker() {
             "the escaped child {child} of a recycled worker outlived it"
         );
     }
-    assert!(pool.execute("pid", json!({})).await.is_ok(), "the pool serves on");
+    assert!(
+        pool.execute("pid", json!({})).await.is_ok(),
+        "the pool serves on"
+    );
     pool.shutdown().await.unwrap();
 }
 

@@ -477,7 +477,11 @@ async fn a_watchdog_that_stops_reading_never_holds_up_the_pool() {
         .unwrap();
     // SAFETY: F_SETPIPE_SZ on a descriptor this test owns.
     let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    assert!(
+        size >= 4096,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
     signal(watchdog, libc::SIGSTOP);
     // About 16 bytes a call (a fork's `+pid`, a retired worker's `-pid`):
     // 600 calls are more than twice the page.
@@ -494,7 +498,10 @@ async fn a_watchdog_that_stops_reading_never_holds_up_the_pool() {
     let workers = pool.worker_pids();
     pool.shutdown().await.unwrap();
     for w in workers {
-        assert!(eventually(10, || !alive(w)).await, "worker {w} outlived shutdown");
+        assert!(
+            eventually(10, || !alive(w)).await,
+            "worker {w} outlived shutdown"
+        );
     }
 }
 
