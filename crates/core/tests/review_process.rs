@@ -509,3 +509,118 @@ fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) on a process this test started.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
 }
+
+/// A leftover of run `run_id` whose environment names `host` as its host
+/// (`SNAKEPIT_HOST`), in a session of its own: what an escaped child of a
+/// run looks like.
+#[allow(clippy::disallowed_methods)] // a stand-in leftover, not a worker
+fn a_leftover_hosted_by(run_id: &str, host: &str) -> u32 {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
+        .env("SNAKEPIT_RUN_ID", run_id)
+        .env("SNAKEPIT_HOST", host)
+        .output()
+        .unwrap();
+    let pid = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(pid));
+    pid
+}
+
+/// docs/reliability.md, "When a run counts as dead": a run's process whose
+/// `SNAKEPIT_HOST` names a host in another PID namespace "cannot be judged
+/// from here, and is taken as alive". A record of a dead host in this
+/// namespace lists a run whose leftover names, as its host, a real process
+/// in a PID namespace of its own (`unshare -p`, as a container's host
+/// would be): the sweep spares the leftover and keeps the record. The
+/// control, the same leftover naming a dead host of this namespace, is
+/// swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_whose_host_is_in_another_pid_namespace_is_spared() {
+    use std::os::unix::fs::MetadataExt;
+    #[allow(clippy::disallowed_methods)] // the stand-in host, not a worker
+    let unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "300"])
+        .spawn()
+        .expect("unshare runs");
+    // Killed however the test ends (`--kill-child` takes the sleep along).
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let unshare = Killed(unshare);
+    let outer = unshare.0.id();
+    let inner = {
+        let mut found = None;
+        for _ in 0..100 {
+            found = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .find(|&p| parent_of(p) == Some(outer));
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        found.expect("the process in its own PID namespace")
+    };
+    let ns = std::fs::metadata(format!("/proc/{inner}/ns/pid")).unwrap();
+    assert_ne!(
+        (ns.dev(), ns.ino()),
+        our_pid_namespace(),
+        "a namespace of its own"
+    );
+    // Inside its namespace the host is pid 1; its start time is the same
+    // number of clock ticks from either side.
+    let stat = std::fs::read_to_string(format!("/proc/{inner}/stat")).unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    let (dev, ino) = our_pid_namespace();
+    let boot = our_boot_id();
+    for (other_namespace, host) in [
+        (true, format!("1:{start}:{}:{}", ns.dev(), ns.ino())),
+        (false, format!("{}:{start}:{dev}:{ino}", a_dead_pid())),
+    ] {
+        let dir = temp_dir("host-elsewhere");
+        let run_id = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let leftover = a_leftover_hosted_by(run_id, &host);
+        let record = dir.join(format!("forged.{}.{run_id}.run", a_dead_pid()));
+        let text = forged_record(run_id, a_dead_pid(), Some(((dev, ino), &boot)));
+        std::fs::write(&record, text).unwrap();
+        let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+        if other_namespace {
+            assert_eq!(report.killed(), 0, "{report:?}");
+            assert_eq!(report.active_runs, 1, "{report:?}");
+            assert!(
+                record.exists(),
+                "the record of a run with a live host stays"
+            );
+            assert!(
+                alive(leftover),
+                "a process whose host may be alive was killed"
+            );
+            signal(leftover, libc::SIGKILL);
+        } else {
+            assert_eq!(report.killed(), 1, "{report:?}");
+            assert!(
+                eventually(5, || !alive(leftover)).await,
+                "the control was not swept"
+            );
+            assert!(!record.exists());
+        }
+    }
+    drop(unshare);
+}
