@@ -309,7 +309,14 @@ pub fn stop_while_starting(dir: &Dir, args: &[&str], script: &str, signal: i32) 
     let until = Instant::now() + Duration::from_secs(30);
     while records(&state).is_empty() || processes_running(script).is_empty() {
         assert!(Instant::now() < until, "the pool never began to start");
-        assert!(child.try_wait().unwrap().is_none(), "snakepit ended early");
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                use std::io::Read as _;
+                let _ = s.read_to_string(&mut stderr);
+            }
+            panic!("snakepit ended early ({status}): {stderr}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
