@@ -457,6 +457,17 @@ function envInt(name) {
   return Number.isInteger(n) && n > 0 ? n : null;
 }
 
+// The hello declares max_concurrency as an unsigned 32-bit number: more is
+// taken as that many (no pool runs more calls at once on one worker).
+const MAX_CONCURRENCY = 0xffffffff;
+
+function concurrency(n) {
+  if (typeof n !== 'number' || !(n >= 1) || (Number.isFinite(n) && !Number.isInteger(n))) {
+    throw new RangeError(`maxConcurrency must be a whole number of at least 1, not ${n}`);
+  }
+  return Math.min(n, MAX_CONCURRENCY);
+}
+
 class Worker {
   // options: commands ({name: handler}), codec ('json' | 'msgpack'; default
   // SNAKEPIT_CODEC, else json), maxConcurrency (SNAKEPIT_MAX_CONCURRENCY
@@ -465,8 +476,9 @@ class Worker {
   constructor(options = {}) {
     const commands = options.commands || {};
     this.codecName = options.codec || process.env.SNAKEPIT_CODEC || 'json';
-    this.maxConcurrency =
-      envInt('SNAKEPIT_MAX_CONCURRENCY') || options.maxConcurrency || DEFAULT_MAX_CONCURRENCY;
+    this.maxConcurrency = concurrency(
+      envInt('SNAKEPIT_MAX_CONCURRENCY') || options.maxConcurrency || DEFAULT_MAX_CONCURRENCY
+    );
     this.sigint = options.sigint === true;
     this.maxFrameSize = options.maxFrameSize || wire.DEFAULT_MAX_FRAME_SIZE;
     this.bridgeName = options.name || BRIDGE_NAME;

@@ -81,6 +81,19 @@ test('SNAKEPIT_MAX_CONCURRENCY wins over the option; the default is 16', () => {
   assert.equal(new Worker({ maxConcurrency: 2 }).maxConcurrency, 2);
 });
 
+test('maxConcurrency above 2^32-1 is declared as 2^32-1; a bad one is a RangeError', () => {
+  process.env.SNAKEPIT_MAX_CONCURRENCY = '99999999999';
+  try {
+    assert.equal(new Worker().maxConcurrency, 4294967295);
+  } finally {
+    delete process.env.SNAKEPIT_MAX_CONCURRENCY;
+  }
+  assert.equal(new Worker({ maxConcurrency: Infinity }).maxConcurrency, 4294967295);
+  for (const bad of [-1, 2.5, -Infinity, '3']) {
+    assert.throws(() => new Worker({ maxConcurrency: bad }), RangeError, String(bad));
+  }
+});
+
 test('the codec comes from the option, else SNAKEPIT_CODEC, else json', () => {
   process.env.SNAKEPIT_CODEC = 'msgpack';
   try {
