@@ -102,9 +102,10 @@ pub(crate) struct BenchArgs {
     /// The init delay of the start-up measurement's workers, standing in for loading a model.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     init_ms: u64,
-    /// With --preload: MiB each worker's script holds in the memory measurement.
-    #[arg(long, value_name = "MIB", default_value_t = 200)]
-    init_mb: u64,
+    /// With --preload (or `preload = true` in snakepit.toml): MiB each worker's
+    /// script holds in the memory measurement [default: 200].
+    #[arg(long, value_name = "MIB")]
+    init_mb: Option<u64>,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -280,6 +281,12 @@ impl Bench {
         let given_args = given_args(&a)?;
         let args = with_payload(given_args.clone(), &a)?;
         let worker = Worker::choose(&a.worker, file)?;
+        if a.init_mb.is_some() && !worker.preload {
+            return Err(Failure::usage(
+                "--init-mb sizes the preload measurement: it needs --preload",
+            )
+            .hint("add --preload (or preload = true in snakepit.toml), or leave --init-mb out"));
+        }
         let interpreter = worker.lang.language().real_interpreter();
         let adapter = worker.bridge(Some(&interpreter));
         let mut pool = file.pool.clone();

@@ -58,6 +58,35 @@ pub(crate) struct FileConfig {
 
 /// Reads `explicit`, or `./snakepit.toml` when it exists; defaults otherwise.
 pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, Failure> {
+    let Some((path, text)) = read(explicit)? else {
+        return Ok(FileConfig::default());
+    };
+    let config = parse(&text, path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    out.verbose(format!("settings from {}", path.display()));
+    Ok(config)
+}
+
+/// Only `state_dir` under `[pool]` from the settings file (`explicit`, or
+/// `./snakepit.toml` when it exists), for `snakepit sweep`: a recovery tool
+/// must not be stopped by a setting it does not use (an unknown adapter, a
+/// misspelt key). The file must still be TOML.
+pub(crate) fn load_state_dir(
+    explicit: Option<&Path>,
+    out: &Output,
+) -> Result<Option<PathBuf>, Failure> {
+    let Some((path, text)) = read(explicit)? else {
+        return Ok(None);
+    };
+    let dir =
+        state_dir_of(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    out.verbose(format!("state_dir from {}", path.display()));
+    Ok(dir)
+}
+
+/// The settings file's path and text: `explicit`, or `./snakepit.toml`
+/// when it exists (else `None`).
+fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
     let path = match explicit {
         Some(p) => {
             if let Some(what) = not_a_file(p) {
@@ -69,17 +98,34 @@ pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, 
         None => {
             let p = PathBuf::from(FILE_NAME);
             if !p.is_file() {
-                return Ok(FileConfig::default());
+                return Ok(None);
             }
             p
         }
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-    let config = parse(&text, path.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    out.verbose(format!("settings from {}", path.display()));
-    Ok(config)
+    Ok(Some((path, text)))
+}
+
+/// `state_dir` under `[pool]` in `text`, read alone.
+pub(crate) fn state_dir_of(text: &str) -> Result<Option<PathBuf>, String> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    let Some(value) = table.get("pool").and_then(|p| p.get("state_dir")) else {
+        return Ok(None);
+    };
+    match value.as_str() {
+        Some(d) if d.trim().is_empty() => Err(
+            "state_dir under [pool] must not be empty (leave it out for the default directory)"
+                .into(),
+        ),
+        Some(d) => Ok(Some(PathBuf::from(d))),
+        None => Err(format!(
+            "state_dir under [pool] must be a path (a string), not {}",
+            value.type_str()
+        )),
+    }
 }
 
 /// Why `path` cannot be read as the settings file (`not found`, `is a
@@ -229,6 +275,26 @@ mod tests {
         let e = parse("[pool]\npool_size = 0\n", Path::new(".")).unwrap_err();
         assert!(e.contains("pool_size under [pool]"), "{e}");
         assert!(parse("timeout_ms = 1\n[pool]\npool_size = 1\n", Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn sweep_reads_state_dir_alone() {
+        let text =
+            "adapter = \"cobol\"\nmisspelt = 1\n[pool]\npool_sise = 3\nstate_dir = \"/run/x\"\n";
+        assert!(parse(text, Path::new(".")).is_err());
+        assert_eq!(state_dir_of(text).unwrap(), Some(PathBuf::from("/run/x")));
+        assert_eq!(state_dir_of("adapter = \"cobol\"\n").unwrap(), None);
+        for (bad, says) in [
+            ("[pool]\nstate_dir = \"\"\n", "must not be empty"),
+            ("[pool]\nstate_dir = 3\n", "must be a path"),
+            ("[pool\n", "TOML"),
+        ] {
+            let e = state_dir_of(bad).unwrap_err();
+            assert!(
+                e.contains(says) || !e.is_empty() && says == "TOML",
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn run(cli: Cli, out: &ui::Output) -> Result<ExitCode, Failure> {
             // The settings file's `state_dir`, unless the flag gives one.
             let configured = match args.state_dir {
                 Some(_) => None,
-                None => config::load(config_file.as_deref(), out)?.pool.state_dir,
+                None => config::load_state_dir(config_file.as_deref(), out)?,
             };
             sweep::run(args, configured, out)?;
             Ok(ExitCode::SUCCESS)

@@ -193,3 +193,58 @@ fn doctor_exits_1_when_interpreters_are_found_but_no_worker_answers() {
     let r = run_env(&dir.0, &["doctor"], &env, &["VIRTUAL_ENV"]);
     assert_eq!(r.code, 1, "{r:?}");
 }
+
+/// docs/cli.md, `snakepit sweep`: it "reads only `state_dir` under
+/// `[pool]`" from snakepit.toml. A settings file that other commands refuse
+/// (an unknown adapter, a misspelt key) does not stop a sweep: it sweeps
+/// the file's `state_dir` and exits 0. A file that is not TOML at all, or
+/// whose `state_dir` is not a path, is still a usage error (exit 2). (A
+/// broken file made every sweep exit 2.)
+#[test]
+fn sweep_reads_only_state_dir_from_a_settings_file_others_refuse() {
+    let dir = Dir::new("sweep-broken-file");
+    let state = dir.0.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir.file(
+        "snakepit.toml",
+        &format!(
+            "adapter = \"cobol\"\nmisspelt = 1\n[pool]\npool_sise = 3\nstate_dir = \"{}\"\n",
+            state.display()
+        ),
+    );
+    let exec = dir.run(&["exec", "ping"]);
+    assert_eq!(exec.code, 2, "exec reads the whole file: {}", exec.stderr);
+    let swept = dir.run(&["sweep", "--json"]);
+    assert_eq!(swept.code, 0, "{}", swept.stderr);
+    assert_eq!(
+        swept.json()["state_dir"],
+        state.display().to_string(),
+        "{}",
+        swept.stdout
+    );
+    for (text, says) in [
+        ("[pool\n", "snakepit.toml"),
+        ("[pool]\nstate_dir = 3\n", "must be a path"),
+    ] {
+        dir.file("snakepit.toml", text);
+        let swept = dir.run(&["sweep"]);
+        assert_eq!(swept.code, 2, "{text}: {}", swept.stderr);
+        assert!(swept.stderr.contains(says), "{text}: {}", swept.stderr);
+    }
+}
+
+/// docs/cli.md, the synopsis: `[--preload [--init-mb MIB]]`. `--init-mb`
+/// without preloading (no `--preload`, no `preload = true` in the file) is
+/// a usage error that names the flag, not a flag silently ignored.
+#[test]
+fn init_mb_without_preload_is_a_usage_error() {
+    let dir = Dir::new("init-mb-alone");
+    let run = dir.run(&["bench", "--init-mb", "20"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--init-mb") && run.stderr.contains("--preload"),
+        "{}",
+        run.stderr
+    );
+}

@@ -39,7 +39,8 @@ pub(crate) struct Preload {
 impl Bench {
     /// Each measurement once without preloading and once with it.
     pub(super) async fn preload(&self) -> Result<Preload, Failure> {
-        let (workers, init_ms, hold_mb) = (self.workers, self.a.init_ms, self.a.init_mb);
+        let (workers, init_ms, hold_mb) =
+            (self.workers, self.a.init_ms, self.a.init_mb.unwrap_or(200));
         let bar = self.progress.phase(
             format!("preload, {workers} x {init_ms} ms init, {hold_mb} MiB each"),
             4,
