@@ -397,8 +397,9 @@ impl Owner for Shared {
             .retain(|w| !std::ptr::eq(Arc::as_ptr(w), worker));
         self.process_gone(worker.pid);
         // Its children that left its process group (`setsid`) go with it,
-        // not only at the pool's end; the look through `/proc` blocks.
-        if worker.pid != 0 {
+        // not only at the pool's end; the look through `/proc` blocks. A
+        // pool that is ending looks once for all its workers, at its end.
+        if worker.pid != 0 && !*self.shutdown.borrow() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let (run_id, id, pid) = (self.run_id.clone(), worker.id.clone(), worker.pid);
                 rt.spawn_blocking(move || crate::sweep::kill_escaped(&run_id, &id, pid));
