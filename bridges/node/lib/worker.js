@@ -477,7 +477,7 @@ class Worker {
     const commands = options.commands || {};
     this.codecName = options.codec || process.env.SNAKEPIT_CODEC || 'json';
     this.maxConcurrency = concurrency(
-      envInt('SNAKEPIT_MAX_CONCURRENCY') || options.maxConcurrency || DEFAULT_MAX_CONCURRENCY
+      envInt('SNAKEPIT_MAX_CONCURRENCY') ?? options.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY
     );
     this.sigint = options.sigint === true;
     this.maxFrameSize = options.maxFrameSize || wire.DEFAULT_MAX_FRAME_SIZE;

@@ -89,7 +89,7 @@ test('maxConcurrency above 2^32-1 is declared as 2^32-1; a bad one is a RangeErr
     delete process.env.SNAKEPIT_MAX_CONCURRENCY;
   }
   assert.equal(new Worker({ maxConcurrency: Infinity }).maxConcurrency, 4294967295);
-  for (const bad of [-1, 2.5, -Infinity, '3']) {
+  for (const bad of [0, -1, 2.5, NaN, -Infinity, false, '3']) {
     assert.throws(() => new Worker({ maxConcurrency: bad }), RangeError, String(bad));
   }
 });
