@@ -2,8 +2,9 @@
 //! makes on its processes. With `spawn.rs`, the only `unsafe` code in the
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
-//! template), `recv`, `pidfd_open`, `fcntl` (a pipe's size) and `write`
-//! (a frame to a worker's pipe), each a direct libc call.
+//! template), `recv`, `pidfd_open`, `fcntl` (a pipe's size, a
+//! descriptor's flags), `poll` (the watchdog's pipe) and `write` (a frame
+//! to a worker's pipe), each a direct libc call.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -45,6 +46,34 @@ pub(crate) fn write_now(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
         }
     }
     Ok(written)
+}
+
+/// Makes `fd` non-blocking (`O_NONBLOCK`).
+pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl(2) reads and sets a descriptor's flags; no memory involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until `fd` can be written to, or `timeout_ms` has passed (or a
+/// signal came): `poll(2)` on one descriptor.
+pub(crate) fn wait_writable(fd: RawFd, timeout_ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd that lives across the call.
+    unsafe {
+        libc::poll(&mut pfd, 1, timeout_ms);
+    }
 }
 
 /// Bytes written to a pipe and not read yet, asked through either end

@@ -23,7 +23,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use tokio::process::{Child, Command};
 
@@ -39,9 +39,16 @@ type Request = (Launch, Option<OwnedFd>, Reply);
 /// Forks workers from one long-lived thread and keeps the watchdog informed.
 pub(crate) struct Spawner {
     requests: Mutex<mpsc::Sender<Request>>,
-    /// Lines for the watchdog, written by a thread of its own: a watchdog
-    /// that stops reading (stopped, or starved) never blocks the pool.
-    watchdog: Option<mpsc::Sender<String>>,
+    /// The watchdog's pipe: never blocks the pool (see [`Watchdog`]).
+    watchdog: Option<Arc<Watchdog>>,
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watchdog {
+            w.close();
+        }
+    }
 }
 
 impl Spawner {
@@ -107,9 +114,120 @@ impl Spawner {
 
     fn tell_watchdog(&self, line: &str) {
         if let Some(watchdog) = &self.watchdog {
-            // Gone only after its pipe broke, which was reported then.
-            let _ = watchdog.send(line.to_owned());
+            watchdog.tell(line.as_bytes());
         }
+    }
+}
+
+/// The watchdog's pipe, made non-blocking. A line is written at once when
+/// nothing waits before it (the usual case: it is in the pipe when `tell`
+/// returns); otherwise it joins `pending`, which a thread of its own writes
+/// in order as the watchdog reads. So a watchdog that stops reading
+/// (SIGSTOP, or starved of CPU) never blocks the pool.
+struct Watchdog {
+    state: Mutex<WatchdogState>,
+    wake: Condvar,
+}
+
+struct WatchdogState {
+    /// Dropped only by the writer thread (a descriptor it may be polling).
+    pipe: Option<std::process::ChildStdin>,
+    /// Bytes of lines not yet in the pipe, oldest first.
+    pending: Vec<u8>,
+    /// The pipe broke: the watchdog is gone.
+    broken: bool,
+    /// The spawner is gone: close the pipe once `pending` is written.
+    closing: bool,
+}
+
+/// How long a closing pool waits for a watchdog that does not read its
+/// last lines before it closes the pipe anyway.
+const WATCHDOG_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Watchdog {
+    fn tell(&self, line: &[u8]) {
+        let mut st = self.state.locked();
+        if st.broken {
+            return;
+        }
+        if st.pending.is_empty() {
+            let Some(pipe) = st.pipe.as_mut() else {
+                return;
+            };
+            match pipe.write(line) {
+                Ok(n) if n == line.len() => return,
+                Ok(n) => st.pending.extend_from_slice(&line[n..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.pending.extend_from_slice(line);
+                }
+                Err(_) => st.broken = true,
+            }
+        } else {
+            st.pending.extend_from_slice(line);
+        }
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.state.locked().closing = true;
+        self.wake.notify_one();
+    }
+
+    /// The writer thread: writes `pending` as the pipe takes it; drops the
+    /// pipe (the watchdog then reads its end of input and kills the groups
+    /// still listed) once closing with nothing left, or after
+    /// [`WATCHDOG_CLOSE_WAIT`] without progress.
+    fn write_pending(&self) {
+        use std::os::fd::AsRawFd;
+        let mut stalled_since: Option<std::time::Instant> = None;
+        let mut st = self.state.locked();
+        loop {
+            while st.pending.is_empty() && !st.closing && !st.broken {
+                st = self
+                    .wake
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if st.broken {
+                tracing::warn!(
+                    "the orphan watchdog is gone; workers' children may outlive a crashed host"
+                );
+                break;
+            }
+            if st.pending.is_empty() {
+                break; // closing, all written
+            }
+            let state = &mut *st;
+            let Some(pipe) = state.pipe.as_mut() else {
+                break;
+            };
+            let full = match pipe.write(&state.pending) {
+                Ok(n) => {
+                    state.pending.drain(..n);
+                    stalled_since = None;
+                    None
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(pipe.as_raw_fd()),
+                Err(_) => {
+                    state.broken = true;
+                    None
+                }
+            };
+            if let Some(fd) = full {
+                let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+                if st.closing && since.elapsed() >= WATCHDOG_CLOSE_WAIT {
+                    break;
+                }
+                drop(st);
+                // Until the pipe has room (or a second passes, to see whether
+                // the pool is closing meanwhile). Only this thread drops the
+                // pipe, so `fd` stays open.
+                crate::os::wait_writable(fd, 1000);
+                st = self.state.locked();
+            }
+        }
+        st.pipe = None;
+        st.pending = Vec::new();
     }
 }
 
@@ -190,7 +308,8 @@ for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
 "#;
 
 #[allow(clippy::disallowed_methods)] // the watchdog is spawned here, beside the workers
-fn start_watchdog() -> io::Result<mpsc::Sender<String>> {
+fn start_watchdog() -> io::Result<Arc<Watchdog>> {
+    use std::os::fd::AsRawFd;
     let mut child = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(WATCHDOG)
@@ -199,29 +318,30 @@ fn start_watchdog() -> io::Result<mpsc::Sender<String>> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()?;
-    let mut stdin = child
+    let stdin = child
         .stdin
         .take()
         .ok_or_else(|| io::Error::other("watchdog has no stdin"))?;
-    let (tx, rx) = mpsc::channel::<String>();
-    // Writes the lines in order, however long the watchdog takes to read
-    // them; closes the pipe once the spawner is gone (the watchdog then
-    // kills the groups still listed), and reaps the watchdog.
+    crate::os::set_nonblocking(stdin.as_raw_fd())?;
+    let watchdog = Arc::new(Watchdog {
+        state: Mutex::new(WatchdogState {
+            pipe: Some(stdin),
+            pending: Vec::new(),
+            broken: false,
+            closing: false,
+        }),
+        wake: Condvar::new(),
+    });
+    // Writes what the pipe did not take at once, closes it once the
+    // spawner is gone, and reaps the watchdog.
+    let writer = Arc::clone(&watchdog);
     std::thread::Builder::new()
         .name("snakepit-watchdog".into())
         .spawn(move || {
-            for line in rx {
-                if stdin.write_all(line.as_bytes()).is_err() {
-                    tracing::warn!(
-                        "the orphan watchdog is gone; workers' children may outlive a crashed host"
-                    );
-                    break;
-                }
-            }
-            drop(stdin);
+            writer.write_pending();
             let _ = child.wait();
         })?;
-    Ok(tx)
+    Ok(watchdog)
 }
 
 /// Why `launch` could not start, for the worker's (or template's) start
