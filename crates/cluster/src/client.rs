@@ -271,6 +271,8 @@ struct Inner {
     /// The connection was drained or closed for good (the client's reply
     /// subscription ended): no call can be sent or answered any more.
     closed: AtomicBool,
+    /// The host table was found full once (warned of once).
+    hosts_full_warned: AtomicBool,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -401,6 +403,7 @@ impl Client {
                 queued: AtomicUsize::new(0),
                 connected: watch::channel(connected).0,
                 closed: AtomicBool::new(false),
+                hosts_full_warned: AtomicBool::new(false),
                 tasks,
             }
         });
@@ -1239,6 +1242,18 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
         }
         {
             let mut hosts = inner.hosts.lock().unwrap();
+            // Heartbeats under endless new ids (a hostile or broken
+            // publisher) must not grow the table without bound: an id not
+            // yet known waits until some entry has been forgotten.
+            if hosts.len() >= MAX_HOSTS && !hosts.contains_key(&hb.host) {
+                if !inner.hosts_full_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        cluster = %inner.cluster,
+                        "heartbeats from more than {MAX_HOSTS} host ids: new ids are ignored until known ones fall silent"
+                    );
+                }
+                continue;
+            }
             let entry = hosts
                 .entry(hb.host.clone())
                 .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
@@ -1287,6 +1302,10 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
 
 /// The most instances of one host id a client keeps track of.
 const MAX_INSTANCES: usize = 16;
+
+/// The most host ids a client keeps track of (a host it has not heard of
+/// for 20 host timeouts is forgotten).
+pub const MAX_HOSTS: usize = 4096;
 
 /// Marks hosts unheard of for `host_timeout` as lost, and follows the NATS
 /// connection's state.

@@ -71,7 +71,7 @@ mod otel;
 mod outbox;
 mod wire;
 
-pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext};
+pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext, MAX_HOSTS};
 pub use host::{serve, serve_with, Node, ServeOptions, PREFETCH_WINDOW};
 pub use kv::{NatsKvStore, NatsKvStoreBuilder};
 

@@ -501,3 +501,53 @@ async fn a_strict_call_waiting_for_its_host_does_not_hold_up_calls_an_idle_host_
         "40 quick calls, with an idle host, took {took:?} while a Strict call waited"
     );
 }
+
+/// docs/cluster.md: "A client keeps track of at most
+/// `snakepit_cluster::MAX_HOSTS` (4,096) host ids". Heartbeats under 5,000
+/// new ids on the cluster's heartbeat subject (a broken or hostile
+/// publisher) leave the client's table at that many, and a known id's next
+/// heartbeat still counts. (Each new id took a new entry, kept for 20 host
+/// timeouts, however many came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_under_endless_new_ids_stop_at_the_host_table_cap() {
+    let nats = NatsServer::start().await;
+    let mut config = ClientConfig::default();
+    config.host_timeout = Duration::from_secs(60);
+    let client = client(&nats, config).await;
+    let publisher = nats.connect().await;
+    let beat = |host: &str, capacity: usize| {
+        json!({"seq": 1, "host": host, "pid": 1, "capacity": capacity, "free": 0})
+            .to_string()
+            .into_bytes()
+    };
+    for n in 0..5_000 {
+        publisher
+            .publish("snakepit.test.hb", beat(&format!("h{n}"), 1).into())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let cap = snakepit_cluster::MAX_HOSTS;
+    eventually(30, "the table is full", || {
+        let n = client.hosts().len();
+        async move { n == cap }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.hosts().len(), cap, "past the cap");
+    // A known id: its next heartbeat counts.
+    let known = client.hosts()[0].id.clone();
+    publisher
+        .publish("snakepit.test.hb", beat(&known, 7).into())
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    eventually(10, "a known host's heartbeat counts", || {
+        let seen = client
+            .hosts()
+            .iter()
+            .any(|h| h.id == known && h.capacity == 7);
+        async move { seen }
+    })
+    .await;
+}
