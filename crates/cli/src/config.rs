@@ -108,6 +108,17 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
     Ok(Some((path, text)))
 }
 
+/// An empty `state_dir` is no directory: the pool would keep no run record.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    if dir.to_string_lossy().trim().is_empty() {
+        return Err(
+            "state_dir under [pool] must not be empty (leave it out for the default directory)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// `state_dir` under `[pool]` in `text`, read alone.
 pub(crate) fn state_dir_of(text: &str) -> Result<Option<PathBuf>, String> {
     let table: toml::Table =
@@ -116,11 +127,11 @@ pub(crate) fn state_dir_of(text: &str) -> Result<Option<PathBuf>, String> {
         return Ok(None);
     };
     match value.as_str() {
-        Some(d) if d.trim().is_empty() => Err(
-            "state_dir under [pool] must not be empty (leave it out for the default directory)"
-                .into(),
-        ),
-        Some(d) => Ok(Some(PathBuf::from(d))),
+        Some(d) => {
+            let dir = PathBuf::from(d);
+            check_state_dir(&dir)?;
+            Ok(Some(dir))
+        }
         None => Err(format!(
             "state_dir under [pool] must be a path (a string), not {}",
             value.type_str()
@@ -195,16 +206,8 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
     if pool_size_set {
         check_pool_size(pool.pool_size, "pool_size under [pool]")?;
     }
-    // An empty path is no directory: the pool would keep no run record.
-    if pool
-        .state_dir
-        .as_ref()
-        .is_some_and(|d| d.to_string_lossy().trim().is_empty())
-    {
-        return Err(
-            "state_dir under [pool] must not be empty (leave it out for the default directory)"
-                .into(),
-        );
+    if let Some(dir) = &pool.state_dir {
+        check_state_dir(dir)?;
     }
     Ok(FileConfig {
         adapter: raw.adapter,

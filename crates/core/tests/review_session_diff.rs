@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{builder, eventually, inline_launch, Lang};
 use serde_json::{json, Value};
-use snakepit_core::{Adapter, Launch};
+use snakepit_core::{Adapter, Launch, Pool};
 
 /// An inline Python script on the bridge, preloaded.
 struct Preloaded(&'static str);
@@ -50,6 +50,16 @@ def popen_escape(args, ctx):
 w.run()
 "#;
 
+/// A pool of one worker of [`SCRIPT`], forked from its template.
+async fn one_preloaded_worker() -> Pool {
+    builder(Preloaded(SCRIPT))
+        .configure(|c| c.startup_timeout = Duration::from_secs(60))
+        .size(1)
+        .start()
+        .await
+        .unwrap()
+}
+
 fn pid(v: &Value, k: &str) -> u32 {
     v[k].as_u64().unwrap() as u32
 }
@@ -66,12 +76,7 @@ fn worker_id_in_environ(pid: u32) -> Option<String> {
 /// and the template is spared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preloaded_popen_child_dies_with_its_worker_and_template_survives() {
-    let pool = builder(Preloaded(SCRIPT))
-        .configure(|c| c.startup_timeout = Duration::from_secs(60))
-        .size(1)
-        .start()
-        .await
-        .unwrap();
+    let pool = one_preloaded_worker().await;
     let template = pool.template_pid().expect("preloaded");
     let v = pool.execute("popen_escape", json!({})).await.unwrap();
     let (child, worker) = (pid(&v, "child"), pid(&v, "worker"));
@@ -96,12 +101,7 @@ async fn preloaded_popen_child_dies_with_its_worker_and_template_survives() {
 /// on the replacement; it is dead after `shutdown()`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preloaded_workers_child_forked_without_exec_dies_at_the_pools_end() {
-    let pool = builder(Preloaded(SCRIPT))
-        .configure(|c| c.startup_timeout = Duration::from_secs(60))
-        .size(1)
-        .start()
-        .await
-        .unwrap();
+    let pool = one_preloaded_worker().await;
     let v = pool.execute("fork_escape", json!({})).await.unwrap();
     let (child, worker) = (pid(&v, "child"), pid(&v, "worker"));
     let seen = worker_id_in_environ(child);
