@@ -40,8 +40,25 @@ enum Arrival {
 /// Where a call's messages go, and the batch it was sent in (0: alone, or
 /// not yet sent).
 struct Route {
-    tx: mpsc::UnboundedSender<Arrival>,
+    tx: mpsc::Sender<Arrival>,
     batch: u64,
+    /// Set when a message found the call's channel full: the host sent
+    /// more than the protocol lets it (its stream window, one
+    /// acknowledgement, one outcome), and the call fails rather than this
+    /// process's memory growing with it.
+    overrun: Arc<AtomicBool>,
+}
+
+/// Messages a one-shot call's host may send: an acknowledgement and the
+/// outcome (or a decline), with room to spare.
+const CALL_MESSAGES: usize = 8;
+
+impl Route {
+    fn deliver(&self, arrival: Arrival) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(arrival) {
+            self.overrun.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A call waiting in the client's outbox for its host.
@@ -649,12 +666,24 @@ impl Client {
                     ),
                 });
             }
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            inner
-                .calls
-                .lock()
-                .unwrap()
-                .insert(id, Route { tx, batch: 0 });
+            // Bounded by what the protocol lets the host send: a stream's
+            // window of chunks ahead of its reader, plus the rest.
+            let room = CALL_MESSAGES
+                + if stream {
+                    wire::STREAM_WINDOW as usize
+                } else {
+                    0
+                };
+            let (tx, mut rx) = mpsc::channel(room);
+            let overrun = Arc::new(AtomicBool::new(false));
+            inner.calls.lock().unwrap().insert(
+                id,
+                Route {
+                    tx,
+                    batch: 0,
+                    overrun: overrun.clone(),
+                },
+            );
             let mut pending = Pending {
                 inner: inner.clone(),
                 id,
@@ -754,6 +783,7 @@ impl Client {
                 inner: inner.clone(),
                 id,
                 rx,
+                overrun,
                 first: Some(first),
                 pid: slot.pid,
                 host: slot.host.clone(),
@@ -1057,7 +1087,7 @@ impl Inner {
             let calls = self.calls.lock().unwrap();
             for o in &run {
                 if let Some(route) = calls.get(&o.id) {
-                    let _ = route.tx.send(Arrival::Unsent(e.to_string()));
+                    route.deliver(Arrival::Unsent(e.to_string()));
                 }
             }
         }
@@ -1193,7 +1223,7 @@ async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) 
                 false => Arrival::Reply(msg.payload),
             };
             if let Some(route) = inner.calls.lock().unwrap().get(&id) {
-                let _ = route.tx.send(arrival);
+                route.deliver(arrival);
             }
         } else if token == wire::REPLIES {
             let Ok(replies) = wire::parse_replies(&msg.payload) else {
@@ -1204,7 +1234,7 @@ async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) 
                 let route = token.parse::<u64>().ok().and_then(|id| calls.get(&id));
                 if let Some(route) = route {
                     let bytes = msg.payload.slice_ref(reply.get().as_bytes());
-                    let _ = route.tx.send(Arrival::Reply(bytes));
+                    route.deliver(Arrival::Reply(bytes));
                 }
             }
         } else if let Some(batch) = token.strip_prefix('b') {
@@ -1213,7 +1243,7 @@ async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) 
             if no_responders && batch > 0 {
                 for route in inner.calls.lock().unwrap().values() {
                     if route.batch == batch {
-                        let _ = route.tx.send(Arrival::NoResponders);
+                        route.deliver(Arrival::NoResponders);
                     }
                 }
             }
@@ -1374,7 +1404,9 @@ fn host_error(e: Box<WireError>, command: &str, timeout: Option<Duration>) -> Er
 struct Flight {
     inner: Arc<Inner>,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Arrival>,
+    rx: mpsc::Receiver<Arrival>,
+    /// The host sent more than the protocol lets it ([`Route::overrun`]).
+    overrun: Arc<AtomicBool>,
     /// The host's first message (an ack, a chunk or the outcome).
     first: Option<Incoming>,
     _slot: Reservation,
@@ -1446,6 +1478,18 @@ impl Flight {
                 return Err(host_error(e, &self.command, self.timeout));
             }
             _ => {}
+        }
+        if self.overrun.load(Ordering::Relaxed) {
+            // Past what its window lets it send: a broken or hostile host.
+            // The call fails (and is cancelled on the host when dropped).
+            return Err(host_lost(
+                &self.host,
+                self.pid,
+                format!(
+                    "the host sent more than the protocol lets it (over {} chunks ahead of the reader); the call may or may not have run",
+                    wire::STREAM_WINDOW
+                ),
+            ));
         }
         let until = self.deadline;
         let deadline = async move {

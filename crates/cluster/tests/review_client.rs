@@ -551,3 +551,129 @@ async fn heartbeats_under_endless_new_ids_stop_at_the_host_table_cap() {
     })
     .await;
 }
+
+/// A fake host on raw NATS that answers each call with `flood` chunks at
+/// once, ignoring the stream window, and never an outcome; it reports the
+/// cancels it is sent. Returns the cancels seen and the task to abort.
+async fn flooding_host(
+    nats: &NatsServer,
+    flood: usize,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let raw = nats.connect().await;
+    let mut calls = raw
+        .subscribe("snakepit.test.host.flood.call")
+        .await
+        .unwrap();
+    let mut cancels = raw
+        .subscribe("snakepit.test.host.flood.cancel")
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let beats = {
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            for seq in 1.. {
+                let hb = json!({"seq": seq, "host": "flood", "pid": 1, "capacity": 4,
+                                "running": 4, "free": 4});
+                raw.publish("snakepit.test.hb", hb.to_string().into())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let answers = {
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            while let Some(m) = calls.next().await {
+                let call: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                let to = call["reply"].as_str().unwrap().to_owned();
+                for n in 0..flood {
+                    let chunk = json!({"chunk": {"v": n}});
+                    raw.publish(to.clone(), chunk.to_string().into())
+                        .await
+                        .unwrap();
+                }
+                raw.flush().await.unwrap();
+            }
+        })
+    };
+    let listen = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(m) = cancels.next().await {
+                let text = String::from_utf8_lossy(&m.payload).into_owned();
+                // Credits start with `+`; a cancel is the reply subject.
+                if !text.starts_with('+') {
+                    seen.lock().unwrap().push(text);
+                }
+            }
+        })
+    };
+    (seen, vec![beats, answers, listen])
+}
+
+/// cluster.md, "Streams": a host sends at most 256 chunks ahead of the
+/// reader. A host that ignores that window (broken or hostile) does not
+/// grow the client's memory with its flood: the chunks within the window
+/// reach the reader, then the stream fails with `Error::HostLost` naming
+/// the overrun, and the call is cancelled on the host. A one-shot call to
+/// such a host fails the same way instead of queueing every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_floods_past_the_stream_window_fails_the_call_instead_of_growing_memory() {
+    let nats = NatsServer::start().await;
+    let (cancels, tasks) = flooding_host(&nats, 20_000).await;
+    let mut config = ClientConfig::default();
+    config.host_timeout = Duration::from_secs(30);
+    let client = client(&nats, config).await;
+    wait_hosts(&client, 1).await;
+    let mut stream = client
+        .execute_stream("numbers", json!({}), CallOptions::new())
+        .await
+        .unwrap();
+    // The reader is slow: the whole flood has been sent before it reads.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut chunks = 0;
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the stream goes on or ends")
+        {
+            Some(Ok(_)) => chunks += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error after {chunks} chunks"),
+        }
+    };
+    eprintln!("flooded stream: {chunks} chunks, then {error}");
+    assert!(
+        matches!(&error, Error::HostLost { host, message } if host == "flood" && message.contains("more than the protocol lets it")),
+        "{error:?}"
+    );
+    assert!(chunks <= 257, "{chunks} chunks reached the reader");
+    drop(stream);
+    eventually(10, "the call is cancelled on the host", || {
+        let n = cancels.lock().unwrap().len();
+        async move { n == 1 }
+    })
+    .await;
+
+    let e = client
+        .execute_with(
+            "ping",
+            json!({}),
+            CallOptions::new().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::HostLost { message, .. } if message.contains("more than the protocol lets it")),
+        "{e:?}"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
