@@ -2,7 +2,7 @@
 //! makes on its processes. With `spawn.rs`, the only `unsafe` code in the
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
-//! template), `recv`, `pidfd_open`, `fcntl` (a pipe's size, a
+//! template), `recv`, `pidfd_open`, `pidfd_send_signal`, `fcntl` (a pipe's size, a
 //! descriptor's flags), `poll` (the watchdog's pipe) and `write` (a frame
 //! to a worker's pipe), each a direct libc call.
 #![allow(unsafe_code)]
@@ -331,6 +331,50 @@ pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// A process found by its pid, held so that a signal reaches it or nobody:
+/// through a pidfd opened before the process is checked, a signal never
+/// lands in a process that took its pid after it ended. Without pidfds
+/// (a kernel before 5.3, or a sandbox that refuses them) it falls back to
+/// the pid itself.
+pub(crate) enum Held {
+    Fd(OwnedFd),
+    Pid(u32),
+}
+
+impl Held {
+    /// `None` when there is no process `pid`.
+    pub(crate) fn open(pid: u32) -> Option<Held> {
+        match pidfd_open(pid) {
+            Ok(fd) => Some(Held::Fd(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
+            Err(_) => Some(Held::Pid(pid)),
+        }
+    }
+
+    /// Sends `signal` to the held process; false if it has ended (or the
+    /// signal was refused).
+    pub(crate) fn signal(&self, signal: libc::c_int) -> bool {
+        match self {
+            Held::Fd(fd) => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: pidfd_send_signal takes a descriptor we own, a
+                // signal number and a null siginfo (as kill(2) would send).
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        signal,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0 as libc::c_uint,
+                    )
+                };
+                r == 0
+            }
+            Held::Pid(pid) => signal_pid(*pid, signal),
+        }
+    }
+}
+
 /// Registers `fd` with the Tokio reactor for `interest`.
 pub(crate) fn watch(
     fd: OwnedFd,
@@ -373,6 +417,28 @@ mod tests {
         assert_eq!(parent_of(pid), Some(std::process::id()));
         child.wait().unwrap();
         assert!(has_exited(pid), "a reaped process has exited");
+    }
+
+    /// A held process is signalled while it lives; once it has ended and
+    /// been reaped, a signal through its handle reaches nobody, while its
+    /// pid alone would reach whichever process takes that pid next.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a bystander process, not a worker
+    fn a_held_process_is_signalled_and_once_reaped_nothing_is() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let held = Held::open(pid).expect("a live process is held");
+        assert!(matches!(held, Held::Fd(_)), "this kernel has pidfds (5.3+)");
+        assert!(held.signal(0), "alive");
+        assert!(held.signal(libc::SIGKILL));
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!held.signal(0), "reaped: the handle reaches nobody");
+        assert!(!held.signal(libc::SIGKILL));
     }
 
     fn pipe_capacity(fd: &OwnedFd) -> usize {

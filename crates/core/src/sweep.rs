@@ -337,15 +337,20 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         let mut killed = Vec::with_capacity(found.len());
         for (p, start) in found {
             if !options.dry_run {
-                // The pid may have been reused since it was read.
+                // The pid may have been reused since it was read: held
+                // first, then checked again, it is killed only if it is
+                // still the process found.
+                let Some(held) = crate::os::Held::open(p.pid) else {
+                    continue;
+                };
                 if process_start(p.pid) != Some(start) {
                     continue;
                 }
                 // Our workers lead their own process groups: take the group.
-                if p.worker {
+                if p.worker && held.signal(0) {
                     crate::os::signal_group(p.pid, libc::SIGKILL);
                 }
-                crate::os::signal_pid(p.pid, libc::SIGKILL);
+                held.signal(libc::SIGKILL);
             }
             killed.push(p);
         }
@@ -956,6 +961,11 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize 
         if pid == me || own.contains(&pid) {
             continue;
         }
+        // Held before it is checked: the kill reaches the process checked,
+        // or nobody (its pid may be another's by then).
+        let Some(held) = crate::os::Held::open(pid) else {
+            continue;
+        };
         let Some(env) = environ(pid) else {
             continue;
         };
@@ -970,11 +980,13 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize 
         if stat.start < since {
             continue;
         }
-        if stat.pgrp == pid {
-            crate::os::signal_group(pid, libc::SIGKILL);
+        // Its group only while it is still there to lead it (a live
+        // leader's pid, and so its group's id, is nobody else's).
+        let group =
+            stat.pgrp == pid && held.signal(0) && crate::os::signal_group(pid, libc::SIGKILL);
+        if held.signal(libc::SIGKILL) || group {
+            killed += 1;
         }
-        crate::os::signal_pid(pid, libc::SIGKILL);
-        killed += 1;
     }
     killed
 }
