@@ -91,6 +91,13 @@ fn print_report(report: &SweepReport, dry_run: bool, out: &Output) -> Result<(),
     for path in &report.unreadable {
         outln!("left alone, not a run record: {}", path.display())?;
     }
+    let removed = if dry_run { "would remove" } else { "removed" };
+    for path in &report.removed_temporary {
+        outln!(
+            "{removed} a crashed run's unfinished record: {}",
+            path.display()
+        )?;
+    }
     if report.killed() == 0 {
         outln!("nothing left behind to kill.")?;
     } else if dry_run {

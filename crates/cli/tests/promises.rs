@@ -426,3 +426,55 @@ fn a_worker_that_breaks_the_protocol_exits_5_with_a_hint() {
         "no `hint:` line naming stray output: {r:?}"
     );
 }
+
+/// cli.md, `snakepit sweep`: the temporary file of a record that a crashed
+/// host never renamed is removed with a line saying so (`--dry-run` says
+/// it would be, and keeps it), and is listed under `removed_temporary` in
+/// `--json`.
+#[test]
+fn sweep_removes_a_crashed_runs_unfinished_record_and_says_so() {
+    let dir = Dir::new("sweep-tmp");
+    let state = dir.0.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dead = {
+        // A pid no process has: past the kernel's maximum.
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        max + 1
+    };
+    let run = "f".repeat(32);
+    let tmp = state.join(format!(".gone.{dead}.{run}.run.0123456789abcdef.tmp"));
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let record = format!(
+        "snakepit-run 1\ninstance gone\nrun_id {run}\nhost {dead} 1\npidns {} {}\nboot {}\n",
+        std::os::unix::fs::MetadataExt::dev(&ns),
+        std::os::unix::fs::MetadataExt::ino(&ns),
+        boot.trim()
+    );
+    std::fs::write(&tmp, record).unwrap();
+    let state = state.to_str().unwrap();
+    let r = dir.run(&["sweep", "--dry-run", "--state-dir", state]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "would remove a crashed run's unfinished record: {}",
+            tmp.display()
+        )),
+        "{r:?}"
+    );
+    assert!(tmp.exists(), "a dry run removed it");
+    let r = dir.run(&["sweep", "--state-dir", state, "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(
+        v["removed_temporary"],
+        serde_json::json!([tmp.display().to_string()]),
+        "{v}"
+    );
+    assert!(!tmp.exists(), "it was kept");
+}

@@ -62,6 +62,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::sync::Unpoisoned;
 use serde::Serialize;
@@ -185,6 +186,12 @@ pub struct SweepReport {
     pub stale_runs: Vec<StaleRun>,
     /// Record files that could not be read as records: left alone.
     pub unreadable: Vec<PathBuf>,
+    /// Temporary files of records (`.<record>.<random>.tmp`) that a host
+    /// died writing: removed (in a dry run, would be). One is removed with
+    /// its crashed run's record; one without a record beside it when it
+    /// reads as the record of a crashed run, or, cut short, when it is
+    /// over a minute old (a live host renames its own within microseconds).
+    pub removed_temporary: Vec<PathBuf>,
     /// Why processes were not inspected, when they were not (no `/proc`).
     pub note: Option<String>,
 }
@@ -250,8 +257,14 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
     // Runs seen alive in any record, whatever its instance.
     let mut live_runs = HashSet::new();
     let mut stale = Vec::new();
+    // Temporary files of records, with the record each is for.
+    let mut temporary = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
+        if let Some(record) = temporary_of(&path) {
+            temporary.push((path, record));
+            continue;
+        }
         if path.extension().and_then(|e| e.to_str()) != Some("run") {
             continue;
         }
@@ -286,7 +299,26 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         }
         !copy
     });
+    // Decided once the records to remove are known (on every way out).
+    let temporaries = |report: &mut SweepReport, removed: &HashSet<PathBuf>| {
+        for (tmp, record) in &temporary {
+            let gone = if removed.contains(record) {
+                true
+            } else if std::fs::symlink_metadata(record).is_ok() {
+                false // a record that stays: its host may still rename it
+            } else {
+                abandoned_temporary(tmp, uid, &here, &live_runs, options.instance.as_deref())
+            };
+            if gone {
+                if !options.dry_run {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                report.removed_temporary.push(tmp.clone());
+            }
+        }
+    };
     if stale.is_empty() {
+        temporaries(&mut report, &HashSet::new());
         return Ok(report);
     }
     // Only runs of this boot can have processes left.
@@ -328,6 +360,7 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
             start,
         ));
     }
+    let mut removed = HashSet::new();
     for (((path, record, _), found), hosted) in stale.into_iter().zip(found).zip(hosted) {
         if hosted {
             tracing::warn!(record = %path.display(), run_id = %record.run_id, "a run record names a dead host, but the run's processes have a live one: left alone");
@@ -357,6 +390,7 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         if !options.dry_run {
             let _ = std::fs::remove_file(&path);
         }
+        removed.insert(path.clone());
         if !killed.is_empty() {
             tracing::warn!(
                 instance = %record.instance,
@@ -372,6 +406,7 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
             killed,
         });
     }
+    temporaries(&mut report, &removed);
     Ok(report)
 }
 
@@ -594,6 +629,45 @@ fn check_state_dir(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The record a temporary file of [`RunRecord::update`] is for
+/// (`<dir>/.<record>.<16 hex digits>.tmp`); `None` for any other name.
+fn temporary_of(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (record, random) = inner.rsplit_once('.')?;
+    let hex = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex && record.ends_with(".run") && !record.starts_with('.'))
+        .then(|| path.with_file_name(record))
+}
+
+/// Whether a temporary record file with no record beside it was left by a
+/// crashed write: it reads as the record of a run whose host is gone (and
+/// whose run is not alive elsewhere), or, cut short, it is a regular file
+/// of ours over a minute old. Anything else is left alone.
+fn abandoned_temporary(
+    tmp: &Path,
+    uid: u32,
+    here: &Here,
+    live_runs: &HashSet<String>,
+    instance: Option<&str>,
+) -> bool {
+    if let Some(record) = read_record(tmp, uid) {
+        let dead = matches!(here.judge(&record), Verdict::Dead | Verdict::OtherBoot);
+        return dead
+            && !live_runs.contains(&record.run_id)
+            && instance.is_none_or(|i| i == record.instance);
+    }
+    let Ok(meta) = std::fs::symlink_metadata(tmp) else {
+        return false;
+    };
+    let old = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age >= Duration::from_secs(60));
+    meta.is_file() && meta.uid() == uid && old && instance.is_none()
 }
 
 /// Reads a record without following a symlink, and only if it is a regular

@@ -438,3 +438,119 @@ async fn run_ids_are_128_random_bits() {
     // No two ids share a long prefix, as pid- or clock-based ids would.
     assert!(ids.windows(2).all(|w| w[0][..8] != w[1][..8]), "{ids:?}");
 }
+
+/// A host killed between writing a record's temporary file and renaming it
+/// leaves `.<record>.<random>.tmp` behind. The sweep removes those of
+/// crashed runs: beside the crashed run's record, alone with a crashed
+/// run's record in it, or alone and cut short when over a minute old. It
+/// keeps those of a live pool (beside its record, or alone holding a live
+/// run's record), a fresh cut-short one, and a symlink named like one
+/// (whose target is untouched). A dry run reports the same and removes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_record_files_of_crashed_runs_are_swept_and_live_ones_kept() {
+    let dir = temp_dir("tmp-records");
+    let pool = builder(TestWorker::new())
+        .size(1)
+        .name("live")
+        .configure(|c| c.state_dir = Some(dir.clone()))
+        .start()
+        .await
+        .unwrap();
+    let live_record = record_path(&dir);
+    let live_name = live_record
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let live_text = std::fs::read_to_string(&live_record).unwrap();
+    let here = Some((our_pid_namespace(), our_boot_id()));
+    let here = here.as_ref().map(|(ns, b)| (*ns, b.as_str()));
+    let dead = a_dead_pid();
+    let (run_a, run_b) = (
+        "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0",
+        "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0",
+    );
+    let tmp = |record: &str, random: &str| dir.join(format!(".{record}.{random}.tmp"));
+    // A crashed run: its record and a temporary file of it.
+    let crashed = format!("forged.{dead}.{run_a}.run");
+    std::fs::write(dir.join(&crashed), forged_record(run_a, dead, here)).unwrap();
+    let beside_crashed = tmp(&crashed, "0123456789abcdef");
+    std::fs::write(&beside_crashed, "snakepit-run 1\ninst").unwrap();
+    // A crashed run whose first write never got renamed.
+    let alone_crashed = tmp(&format!("forged.{dead}.{run_b}.run"), "1111222233334444");
+    std::fs::write(&alone_crashed, forged_record(run_b, dead, here)).unwrap();
+    // Cut short, no record: one over a minute old, one fresh.
+    let old_cut = tmp(
+        &format!("forged.{dead}.{}.run", "c".repeat(32)),
+        "aaaabbbbccccdddd",
+    );
+    std::fs::write(&old_cut, "snakepit-ru").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old_cut)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    let fresh_cut = tmp(
+        &format!("forged.{dead}.{}.run", "d".repeat(32)),
+        "eeeeffff00001111",
+    );
+    std::fs::write(&fresh_cut, "snakepit-ru").unwrap();
+    // The live pool's: beside its record, and alone with its text.
+    let beside_live = tmp(&live_name, "fedcba9876543210");
+    std::fs::write(&beside_live, &live_text).unwrap();
+    let alone_live = tmp(&live_name.replace(".run", "x.run"), "2222333344445555");
+    std::fs::write(&alone_live, &live_text).unwrap();
+    // A symlink named like one, to a file that must survive.
+    let target = temp_dir("tmp-records-target").join("precious");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = tmp(
+        &format!("forged.{dead}.{}.run", "e".repeat(32)),
+        "9999888877776666",
+    );
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+
+    let mut expected = vec![
+        beside_crashed.clone(),
+        alone_crashed.clone(),
+        old_cut.clone(),
+    ];
+    expected.sort();
+    let swept = |dry_run: bool| {
+        let report = sweep_bounded(SweepOptions::new().state_dir(&dir).dry_run(dry_run)).unwrap();
+        let mut removed = report.removed_temporary.clone();
+        removed.sort();
+        (report, removed)
+    };
+    let (report, removed) = swept(true);
+    assert_eq!(removed, expected, "dry run: {report:?}");
+    assert!(
+        expected.iter().all(|p| p.exists()),
+        "a dry run removed a file"
+    );
+
+    let (report, removed) = swept(false);
+    assert_eq!(removed, expected, "{report:?}");
+    for gone in &expected {
+        assert!(!gone.exists(), "{} was kept", gone.display());
+    }
+    for kept in [&fresh_cut, &beside_live, &alone_live, &live_record] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "the symlink was removed"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert_eq!(report.stale_runs.len(), 1, "{report:?}");
+    assert_eq!(report.active_runs, 1, "{report:?}");
+    pool.shutdown().await.unwrap();
+}
