@@ -36,9 +36,10 @@ pub(crate) trait Owner: Send + Sync {
     /// `worker`'s process ended: out of the routing tables, and out of the
     /// watchdog and the run record, before anyone hears it died.
     fn gone(&self, worker: &Worker);
-    /// Whether a SIGINT now reaches only the call `worker` runs; if so,
-    /// nothing is written ahead to it until that call's reply.
-    fn hold_for_interrupt(&self, worker: &Worker) -> bool;
+    /// Sends SIGINT to `worker` for call `id` if it can reach only that
+    /// call (see [`Worker::interrupt`]); nothing is then written ahead to
+    /// it until that call's reply. Whether it was sent.
+    fn interrupt(&self, worker: &Worker, id: u64) -> bool;
     /// The host function named `name`, if the pool offers one.
     fn host_function(&self, name: &str) -> Option<crate::HostFunction>;
 }
@@ -531,20 +532,39 @@ impl Worker {
     }
 
     /// SIGINT can only reach the call it is meant for: the worker is alive,
-    /// and no call is or can be written ahead behind it (with calls written
-    /// ahead, the signal could land in the next call; the timed-out one
-    /// then runs to its end, or the worker is replaced after the grace
-    /// period).
+    /// and (checked by the pool, under its lock) no call is or can be
+    /// written ahead behind it (with calls written ahead, the signal could
+    /// land in the next call; the timed-out one then runs to its end, or
+    /// the worker is replaced after the grace period).
     fn may_interrupt(&self) -> bool {
-        if self.inner().reaped {
+        !self.inner().reaped
+    }
+
+    /// Sends SIGINT for call `id`, only while that call is still in flight
+    /// on this worker's live process; whether it was sent. The pool calls
+    /// it under its lock ([`Owner::interrupt`]), so that no next call can
+    /// be handed to this worker between the check and the signal: a reply
+    /// that comes meanwhile waits for the lock to free the worker, and the
+    /// signal lands between calls, which the bridges ignore.
+    pub(crate) fn signal_call(&self, id: u64) -> bool {
+        let inner = self.inner();
+        if inner.reaped || !inner.pending.contains_key(&id) {
             return false;
         }
-        if !self.pipelining.load(Ordering::Relaxed) {
-            return true;
+        os::signal_pid(self.pid, libc::SIGINT)
+    }
+
+    /// Interrupts call `id` with SIGINT when the signal can reach only it.
+    fn interrupt(&self, id: u64) {
+        match self.pool.upgrade() {
+            Some(pool) => {
+                pool.interrupt(self, id);
+            }
+            // No pool, no next call.
+            None => {
+                self.signal_call(id);
+            }
         }
-        self.pool
-            .upgrade()
-            .is_some_and(|pool| pool.hold_for_interrupt(self))
     }
 
     /// Call `id` was written ahead and waits behind the one this worker
@@ -689,7 +709,7 @@ impl Worker {
                 self.send(buf.freeze());
             }
         } else if caps.sigint && caps.max_concurrency <= 1 && self.may_interrupt() {
-            os::signal_pid(self.pid, libc::SIGINT);
+            self.interrupt(id);
         }
         let grace = self.grace;
         let worker = self.clone();

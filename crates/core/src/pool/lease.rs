@@ -53,16 +53,26 @@ impl Shared {
         self.hand_off(&mut st, worker.slot);
     }
 
-    /// Whether a SIGINT for the one call `worker` runs can reach only that
-    /// call: no other is in flight or leased on it. If so, nothing is
-    /// written ahead to it until that call's reply.
-    pub(crate) fn hold_for_interrupt(&self, worker: &Worker) -> bool {
+    /// Sends SIGINT for call `id`, the one `worker` runs, if the signal can
+    /// reach only that call; whether it did. Under the pool's lock, so that
+    /// no call is handed to the worker between the check and the signal; a
+    /// worker that runs calls written ahead (or has another leased) is not
+    /// signalled. Once signalled, nothing is written ahead to it until that
+    /// call's reply. A retiring worker takes no new call: it is signalled
+    /// while the call is in flight.
+    pub(crate) fn interrupt(&self, worker: &Worker, id: u64) -> bool {
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
-        if slot.generation != worker.generation || slot.worker.is_none() || slot.in_flight > 1 {
+        let routed = slot.generation == worker.generation && slot.worker.is_some();
+        if routed && slot.in_flight > 1 {
             return false;
         }
-        slot.interrupting = true;
+        if !worker.signal_call(id) {
+            return false;
+        }
+        if routed {
+            slot.interrupting = true;
+        }
         true
     }
 

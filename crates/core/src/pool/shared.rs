@@ -407,8 +407,8 @@ impl Owner for Shared {
         }
     }
 
-    fn hold_for_interrupt(&self, worker: &Worker) -> bool {
-        Shared::hold_for_interrupt(self, worker)
+    fn interrupt(&self, worker: &Worker, id: u64) -> bool {
+        Shared::interrupt(self, worker, id)
     }
 
     fn host_function(&self, name: &str) -> Option<HostFunction> {
