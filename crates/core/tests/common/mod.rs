@@ -113,10 +113,24 @@ pub fn kill_9(pid: u32) {
         .status();
 }
 
-/// A directory of its own under the system's temporary directory.
+/// The directories [`temp_dir`] made, removed when the test process exits.
+static MADE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_temp_dirs() {
+    let made = std::mem::take(&mut *MADE.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in made {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A directory of its own under the system's temporary directory, removed
+/// with its contents when the test process exits (`atexit`: a test that
+/// passes or fails leaves nothing in `/tmp`; one killed by a signal does).
+#[allow(unsafe_code)]
 pub fn temp_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
     let dir = std::env::temp_dir().join(format!(
         "snakepit-test-{tag}-{}-{}",
         std::process::id(),
@@ -124,6 +138,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a plain function with no arguments to run at exit.
+        unsafe { libc::atexit(remove_temp_dirs) };
+    });
+    MADE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.clone());
     dir
 }
 
