@@ -1035,6 +1035,11 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize 
         if pid == me || own.contains(&pid) {
             continue;
         }
+        // Most processes started before this host: one read of their
+        // `stat` rules them out, without opening them or their environment.
+        if Stat::of(pid).is_none_or(|s| s.start < since) {
+            continue;
+        }
         // Held before it is checked: the kill reaches the process checked,
         // or nobody (its pid may be another's by then).
         let Some(held) = crate::os::Held::open(pid) else {
