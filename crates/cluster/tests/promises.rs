@@ -475,19 +475,7 @@ async fn a_live_host_that_never_answers_times_out_one_host_timeout_after_the_dea
     let nats = NatsServer::start().await;
     let raw = nats.connect().await;
     let mut calls = raw.subscribe("snakepit.test.host.mute.call").await.unwrap();
-    let beats = {
-        let raw = raw.clone();
-        tokio::spawn(async move {
-            for seq in 1.. {
-                let hb = json!({"seq": seq, "host": "mute", "pid": 1, "capacity": 4,
-                                "running": 4, "free": 4});
-                raw.publish("snakepit.test.hb", hb.to_string().into())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beats = fake_heartbeats(&raw, "mute");
     let acks = {
         let raw = raw.clone();
         tokio::spawn(async move {

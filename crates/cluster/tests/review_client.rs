@@ -573,19 +573,7 @@ async fn flooding_host(
         .unwrap();
     raw.flush().await.unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let beats = {
-        let raw = raw.clone();
-        tokio::spawn(async move {
-            for seq in 1.. {
-                let hb = json!({"seq": seq, "host": "flood", "pid": 1, "capacity": 4,
-                                "running": 4, "free": 4});
-                raw.publish("snakepit.test.hb", hb.to_string().into())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beats = fake_heartbeats(&raw, "flood");
     let answers = {
         let raw = raw.clone();
         tokio::spawn(async move {

@@ -301,6 +301,23 @@ pub async fn subscribed(
     subs
 }
 
+/// Heartbeats of a fake host `host` on the `test` cluster (capacity 4, all
+/// free), every 100 ms until the task is aborted: a host made of raw NATS
+/// that a test answers calls for itself.
+pub fn fake_heartbeats(raw: &async_nats::Client, host: &str) -> tokio::task::JoinHandle<()> {
+    let (raw, host) = (raw.clone(), host.to_owned());
+    tokio::spawn(async move {
+        for seq in 1.. {
+            let hb = serde_json::json!({"seq": seq, "host": host, "pid": 1, "capacity": 4,
+                                        "running": 4, "free": 4});
+            raw.publish("snakepit.test.hb", hb.to_string().into())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// Calls served by each host (by id), from the NATS service API.
 pub async fn served(client: &snakepit_cluster::Client) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
