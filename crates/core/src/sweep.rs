@@ -309,10 +309,9 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
             } else {
                 abandoned_temporary(tmp, uid, &here, &live_runs, options.instance.as_deref())
             };
-            if gone {
-                if !options.dry_run {
-                    let _ = std::fs::remove_file(tmp);
-                }
+            // A symlink goes as a link (its target is not touched); a
+            // directory named like one is not removed, nor reported.
+            if gone && (options.dry_run || std::fs::remove_file(tmp).is_ok()) {
                 report.removed_temporary.push(tmp.clone());
             }
         }
