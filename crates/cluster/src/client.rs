@@ -1479,9 +1479,10 @@ impl Flight {
             }
             _ => {}
         }
-        if self.overrun.load(Ordering::Relaxed) {
+        if self.overrun.load(Ordering::Relaxed) && self.rx.is_empty() {
             // Past what its window lets it send: a broken or hostile host.
-            // The call fails (and is cancelled on the host when dropped).
+            // The reader had what came within the window; now the call
+            // fails (and is cancelled on the host when dropped).
             return Err(host_lost(
                 &self.host,
                 self.pid,

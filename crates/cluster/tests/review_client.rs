@@ -608,8 +608,9 @@ async fn flooding_host(
 /// cluster.md, "Streams": a host sends at most 256 chunks ahead of the
 /// reader. A host that ignores that window (broken or hostile) does not
 /// grow the client's memory with its flood: the chunks within the window
-/// reach the reader, then the stream fails with `Error::HostLost` naming
-/// the overrun, and the call is cancelled on the host. A one-shot call to
+/// (all of them, however slow the reader) reach the reader, then the
+/// stream fails with `Error::HostLost` naming the overrun, and the call is
+/// cancelled on the host. A one-shot call to
 /// such a host fails the same way instead of queueing every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_floods_past_the_stream_window_fails_the_call_instead_of_growing_memory() {
@@ -641,7 +642,12 @@ async fn a_host_that_floods_past_the_stream_window_fails_the_call_instead_of_gro
         matches!(&error, Error::HostLost { host, message } if host == "flood" && message.contains("more than the protocol lets it")),
         "{error:?}"
     );
-    assert!(chunks <= 257, "{chunks} chunks reached the reader");
+    // What came within the window (and the few messages the protocol
+    // allows beside it), and no more.
+    assert!(
+        (256..=265).contains(&chunks),
+        "{chunks} chunks reached the reader"
+    );
     drop(stream);
     eventually(10, "the call is cancelled on the host", || {
         let n = cancels.lock().unwrap().len();

@@ -546,9 +546,14 @@ impl Worker {
     /// be handed to this worker between the check and the signal: a reply
     /// that comes meanwhile waits for the lock to free the worker, and the
     /// signal lands between calls, which the bridges ignore.
+    ///
+    /// Not sent while another call is registered on the worker: one
+    /// written ahead behind `id` would start the moment `id`'s handler
+    /// returns, and the signal could land in it (a recycled worker, out of
+    /// its slot, still has the calls written ahead to it before).
     pub(crate) fn signal_call(&self, id: u64) -> bool {
         let inner = self.inner();
-        if inner.reaped || !inner.pending.contains_key(&id) {
+        if inner.reaped || !inner.pending.contains_key(&id) || inner.pending.len() > 1 {
             return false;
         }
         os::signal_pid(self.pid, libc::SIGINT)

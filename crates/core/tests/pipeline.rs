@@ -425,3 +425,97 @@ async fn calls_written_ahead_spread_over_the_busy_workers() {
     }
     pool.shutdown().await.unwrap();
 }
+
+/// docs/reliability.md: "SIGINT, for a worker that declares it, is sent
+/// only when it can reach nothing but the call it is meant for: no other
+/// call is in flight or leased on that worker". `Shared::interrupt` checks
+/// the calls in flight only while the worker is in its slot: once it is
+/// recycled (its replacement installed, it finishes its calls as a retiring
+/// worker), a call that times out is signalled even with a call written
+/// ahead behind it, which the worker may start the moment the timed-out
+/// call's handler returns, and the signal then lands in it. Before this
+/// change (`hold_for_interrupt`) a pipelining worker out of its slot was
+/// never signalled. The same scene in the slot is
+/// `pipeline.rs::a_call_that_times_out_with_another_behind_it_gets_no_sigint`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retiring_worker_with_a_call_written_ahead_gets_no_sigint() {
+    let pool = builder(BridgeScript("signal_worker.py"))
+        .size(1)
+        .configure(|c| {
+            c.pipeline_depth = 1;
+            c.pipeline_max_call = Duration::from_millis(50);
+            // The late reply is awaited, not cut off by a kill.
+            c.shutdown_grace_period = Duration::from_secs(30);
+            // Recycled (by age) while its two calls are in flight.
+            c.worker_ttl = Duration::from_secs(2);
+        })
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    for _ in 0..20 {
+        pool.execute("echo", json!({})).await.unwrap();
+    }
+    let in_flight = |pool: &snakepit_core::Pool| {
+        pool.workers()
+            .first()
+            .filter(|w| w.pid == pid)
+            .map_or(0, |w| w.in_flight)
+    };
+    let dir = temp_dir("retiring-ahead");
+    let record = dir.join("front");
+    let front = {
+        let pool = pool.clone();
+        let args = json!({"ms": 8000, "record": record.display().to_string()});
+        tokio::spawn(async move {
+            pool.execute_with(
+                "nap",
+                args,
+                CallOptions::new().timeout(Duration::from_secs(5)),
+            )
+            .await
+        })
+    };
+    assert!(eventually(10, || in_flight(&pool) == 1).await);
+    let behind = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_with(
+                "echo",
+                json!({"token": "behind"}),
+                CallOptions::new().timeout(Duration::from_secs(60)),
+            )
+            .await
+        })
+    };
+    assert!(
+        eventually(10, || in_flight(&pool) == 2).await,
+        "the echo was written ahead to worker {pid}: {:?}",
+        pool.workers()
+    );
+    // The worker is recycled: its replacement takes the slot, and it keeps
+    // the nap and the echo written ahead behind it.
+    assert!(
+        eventually(10, || pool.worker_pids().first() != Some(&pid)).await,
+        "worker {pid} was recycled by age"
+    );
+    assert!(
+        !front.is_finished(),
+        "the nap times out after the recycling (the scene under test)"
+    );
+    let err = front.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
+    let r = behind.await.unwrap().unwrap();
+    assert_eq!(r["echoed"], json!({"token": "behind"}));
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)));
+    assert!(
+        eventually(15, || record.exists()).await,
+        "the nap's handler ended"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "finished",
+        "SIGINT was sent to worker {pid} while a call was written ahead behind the nap"
+    );
+    pool.shutdown().await.unwrap();
+}

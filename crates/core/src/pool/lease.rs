@@ -56,10 +56,9 @@ impl Shared {
     /// Sends SIGINT for call `id`, the one `worker` runs, if the signal can
     /// reach only that call; whether it did. Under the pool's lock, so that
     /// no call is handed to the worker between the check and the signal; a
-    /// worker that runs calls written ahead (or has another leased) is not
-    /// signalled. Once signalled, nothing is written ahead to it until that
-    /// call's reply. A retiring worker takes no new call: it is signalled
-    /// while the call is in flight.
+    /// worker with another call leased or registered (written ahead, even
+    /// to a recycled worker out of its slot) is not signalled. Once
+    /// signalled, nothing is written ahead to it until that call's reply.
     pub(crate) fn interrupt(&self, worker: &Worker, id: u64) -> bool {
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
