@@ -972,7 +972,7 @@ fn total_room(hosts: &HashMap<String, HostEntry>) -> usize {
         .values()
         .filter(|h| !h.gone())
         .map(HostEntry::room)
-        .sum()
+        .fold(0, usize::saturating_add)
 }
 
 /// A waiting call's place in the client's queue.
@@ -1284,6 +1284,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                 }
                 continue;
             }
+            let known = hosts.contains_key(&hb.host);
             let entry = hosts
                 .entry(hb.host.clone())
                 .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
@@ -1306,29 +1307,45 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                 entry.lost = watch::channel(false).0;
             }
             entry.info.pid = hb.pid;
-            entry.info.capacity = hb.capacity;
-            entry.running = hb.running;
-            entry.info.free = hb.free;
+            // No host has more room than this: a heartbeat claiming more
+            // (broken or hostile) cannot make the sums overflow.
+            entry.info.capacity = hb.capacity.min(MAX_CAPACITY);
+            entry.running = hb.running.min(MAX_CAPACITY);
+            entry.info.free = hb.free.min(MAX_CAPACITY);
             // What runs there beyond this client's calls is other clients'.
-            entry.others = (hb.capacity.saturating_sub(hb.free)).saturating_sub(entry.mine);
+            entry.others = (entry.info.capacity.saturating_sub(entry.info.free))
+                .saturating_sub(entry.mine);
             entry.full = false;
             if hb.free > 0 {
                 inner.room_epoch.fetch_add(1, Ordering::AcqRel);
             }
             // A new run of the host counts its heartbeats (and the
             // sequence numbers of its declines) from 1 again.
-            if hb.instance.is_some() && entry.instance != hb.instance {
+            // Within a run, the count moves forward one heartbeat at a time:
+            // a jump past MAX_SEQ_STEP is no heartbeat of that run (a forged
+            // one would make every later decline look stale), and is not
+            // taken. A count kept too low only makes declines count.
+            if !known || (hb.instance.is_some() && entry.instance != hb.instance) {
                 entry.instance = hb.instance.clone();
                 entry.seq = hb.seq;
-            } else {
-                entry.seq = entry.seq.max(hb.seq);
+            } else if hb.seq > entry.seq && hb.seq - entry.seq <= MAX_SEQ_STEP {
+                entry.seq = hb.seq;
             }
         }
         if hb.free > 0 {
-            inner.wake_for(hb.free);
+            inner.wake_for(hb.free.min(MAX_CAPACITY));
         }
     }
 }
+
+/// The most room a client believes one host has (calls it runs at once
+/// plus prefetch): more than any real host, and small enough that the sums
+/// over thousands of hosts cannot overflow.
+const MAX_CAPACITY: usize = 1 << 20;
+
+/// The most a host's heartbeat count may move forward at once (a host
+/// silent for longer is forgotten, and starts again from its next one).
+const MAX_SEQ_STEP: u64 = 10_000;
 
 /// The most instances of one host id a client keeps track of.
 const MAX_INSTANCES: usize = 16;

@@ -245,7 +245,7 @@ pub async fn serve_with(
         cancels,
         running: HashMap::new(),
         ack_due: None,
-        cancelled: HashSet::new(),
+        cancelled: EarlyCancels::default(),
         ended: Recent::default(),
         instance: random_id(),
         leaving: false,
@@ -466,11 +466,43 @@ struct Serving {
     running: HashMap<String, Running>,
     /// When the next call is due for its acknowledgement, if any is.
     ack_due: Option<Instant>,
-    /// Cancels that arrived before their call (another path, same host).
-    cancelled: HashSet<String>,
+    /// Cancels that arrived before their call (another path, same host):
+    /// the last [`EARLY_CANCELS`] of them.
+    cancelled: EarlyCancels,
     /// The reply subjects of the calls that ended last: a call that comes
     /// again (a replay on the bus) is not run twice.
     ended: Recent,
+}
+
+/// How many cancels that came before their call a host keeps.
+const EARLY_CANCELS: usize = 10_000;
+
+/// Cancels that came before their call, the oldest forgotten first: a
+/// flood of cancels for calls that never come costs a bounded set, and a
+/// real one that overtook its call (by milliseconds) is among the last.
+#[derive(Default)]
+struct EarlyCancels {
+    order: std::collections::VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl EarlyCancels {
+    fn insert(&mut self, reply: String) {
+        if self.set.insert(reply.clone()) {
+            self.order.push_back(reply);
+            if self.order.len() > EARLY_CANCELS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether `reply` was cancelled early; it is forgotten then (its
+    /// place in the order goes when it comes round).
+    fn remove(&mut self, reply: &str) -> bool {
+        self.set.remove(reply)
+    }
 }
 
 /// The reply subjects of the calls that ended, to tell a call that comes
@@ -693,16 +725,17 @@ impl Serving {
             }
             return;
         }
+        // No call of ours has such a reply subject.
+        if !wire::answerable(reply) {
+            return;
+        }
         let reply = reply.to_owned();
         match self.running.get(&reply) {
             Some(call) => call.task.abort(),
             // It ended before its cancel came: nothing to remember.
             None if self.ended.contains(&reply) => {}
             // Its call has not come yet (the cancel overtook it).
-            None if self.cancelled.len() < 10_000 => {
-                self.cancelled.insert(reply);
-            }
-            None => {}
+            None => self.cancelled.insert(reply),
         }
     }
 
@@ -793,6 +826,14 @@ impl Serving {
         headers: Option<&HeaderMap>,
         done: &mpsc::UnboundedSender<String>,
     ) {
+        // A reply subject no client has: answering there could write where
+        // the caller may not (a system subject, with this host's
+        // permissions), or cost the host its connection. Not run, and not
+        // answered.
+        if !wire::answerable(reply.as_str()) {
+            tracing::debug!(target: "snakepit::cluster", host = %self.host.id, "a call with a reply subject no client has; ignored");
+            return;
+        }
         let key = reply.as_str().to_owned();
         // The same call again (its reply subject is the call's own): a
         // replay on the bus, or a duplicate. It is not run twice, and not

@@ -62,6 +62,26 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Error> {
     }
 }
 
+/// The longest reply subject a host answers (a client's is its inbox and
+/// a call number: some 40 bytes, more with a custom inbox prefix).
+pub(crate) const MAX_REPLY_SUBJECT: usize = 512;
+
+/// Whether a host answers to `subject`, a call's reply subject (or the
+/// subject a cancel names): at most [`MAX_REPLY_SUBJECT`] bytes of tokens
+/// without spaces, control characters or wildcards, and not a system
+/// subject (`$JS...`, `$KV...`, `$SYS...`): a call cannot make a host
+/// write where its caller may not, with the host's own permissions, nor
+/// cost it its connection with a subject the server refuses.
+pub(crate) fn answerable(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= MAX_REPLY_SUBJECT
+        && !subject.starts_with('$')
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">")
+        && subject.bytes().all(|b| b > b' ' && b != 0x7f)
+}
+
 /// One call, as a client sends it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CallMsg {

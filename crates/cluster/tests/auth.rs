@@ -77,7 +77,12 @@ impl AuthServer {
     async fn connect(&self, user: &str, password: &str) -> (async_nats::Client, Errors) {
         let errors = Errors::default();
         let log = errors.clone();
-        let nats = ConnectOptions::with_user_and_password(user.into(), password.into())
+        let mut options = ConnectOptions::with_user_and_password(user.into(), password.into());
+        if user == "caller" {
+            // As docs/cluster.md says: the inbox prefix its block lets it read.
+            options = options.custom_inbox_prefix("_INBOX.caller");
+        }
+        let nats = options
             .event_callback(move |event| {
                 let log = log.clone();
                 async move {
@@ -233,6 +238,9 @@ async fn the_documented_permissions_let_a_host_serve_and_a_caller_call_and_nothi
     caller_errors
         .refused("publish", "snakepit.other.host.host-a.call")
         .await;
+    // Nor read the replies meant for other callers (their inboxes).
+    let _others = caller_nats.subscribe("_INBOX.>").await.unwrap();
+    caller_errors.refused("subscription", "_INBOX.>").await;
 
     // The cluster still works after the refusals.
     let r = client
