@@ -1313,8 +1313,8 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             entry.running = hb.running.min(MAX_CAPACITY);
             entry.info.free = hb.free.min(MAX_CAPACITY);
             // What runs there beyond this client's calls is other clients'.
-            entry.others = (entry.info.capacity.saturating_sub(entry.info.free))
-                .saturating_sub(entry.mine);
+            entry.others =
+                (entry.info.capacity.saturating_sub(entry.info.free)).saturating_sub(entry.mine);
             entry.full = false;
             if hb.free > 0 {
                 inner.room_epoch.fetch_add(1, Ordering::AcqRel);
