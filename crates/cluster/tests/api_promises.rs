@@ -505,22 +505,6 @@ async fn the_kv_store_on_a_nats_without_jetstream_is_a_backend_error() {
     }
 }
 
-/// One HTTP GET to the server's monitoring port: the JSON body.
-async fn monitor(port: u16, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// The subscriptions of the connection named `name`, as the server has
 /// them.
 async fn subscriptions_of(port: u16, name: &str) -> usize {

@@ -330,22 +330,6 @@ async fn garbage_batches_and_a_batch_of_thousands_of_calls_leave_the_host_servin
     pool.shutdown().await.unwrap();
 }
 
-/// One HTTP GET to the server's monitoring port: the JSON body.
-async fn monitor(port: u16, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// Attack: a batch of calls carries each call's reply subject inside its
 /// JSON, so it may be far longer than any NATS control line (the server's
 /// `max_control_line`, 4,096 bytes by default); the attacker sends one call
@@ -1119,15 +1103,6 @@ async fn heartbeats_with_ill_typed_or_absurd_fields_are_ignored_or_harmless() {
     }
     beats.abort();
     answers.abort();
-}
-
-/// Messages received on `sub` until none comes for `quiet`.
-async fn count(sub: &mut async_nats::Subscriber, quiet: Duration) -> usize {
-    let mut n = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(quiet, sub.next()).await {
-        n += 1;
-    }
-    n
 }
 
 /// Attack: one forged heartbeat under a real host's id (`h`, one worker,

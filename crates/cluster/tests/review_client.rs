@@ -243,15 +243,6 @@ async fn calls_waiting_for_room_do_not_grow_the_clients_memory() {
     );
 }
 
-/// Messages received on `sub` until none comes for `quiet`.
-async fn count(sub: &mut async_nats::Subscriber, quiet: Duration) -> usize {
-    let mut n = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(quiet, sub.next()).await {
-        n += 1;
-    }
-    n
-}
-
 /// cluster.md, routing: "A call that reaches a host that filled up
 /// meanwhile (another client was faster) is declined, never run, and
 /// routed again"; `host_full`: "The host declined a call: no more to it

@@ -318,6 +318,32 @@ pub fn fake_heartbeats(raw: &async_nats::Client, host: &str) -> tokio::task::Joi
     })
 }
 
+/// One HTTP GET to the server's monitoring port: the JSON body.
+pub async fn monitor(port: u16, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Messages received on `sub` until none comes for `quiet`.
+pub async fn count(sub: &mut async_nats::Subscriber, quiet: Duration) -> usize {
+    let mut n = 0;
+    use futures_util::StreamExt;
+    while let Ok(Some(_)) = tokio::time::timeout(quiet, sub.next()).await {
+        n += 1;
+    }
+    n
+}
+
 /// Calls served by each host (by id), from the NATS service API.
 pub async fn served(client: &snakepit_cluster::Client) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
