@@ -966,16 +966,20 @@ fn heartbeats_announcing_endless_room_do_not_break_the_client() {
             config.host_timeout = Duration::from_secs(60);
             let client = Client::connect_with(&conn, "test", config).await.unwrap();
             let half = (1u64 << 63) + 1;
-            for (h, room) in [("x1", u64::MAX), ("x2", half), ("x3", half)] {
-                let hb = json!({"seq": 1, "host": h, "pid": 0, "capacity": room,
-                                "running": room, "free": room});
-                raw.publish("snakepit.test.hb", hb.to_string().into())
-                    .await
-                    .unwrap();
-            }
-            raw.flush().await.unwrap();
+            // Sent again until the client has all three: a heartbeat that
+            // reaches the server before the client's subscription does is
+            // lost. Then no more, so that `x1`, once it has declined, stays
+            // full as far as the client knows.
             while client.hosts().len() < 3 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                for (h, room) in [("x1", u64::MAX), ("x2", half), ("x3", half)] {
+                    let hb = json!({"seq": 1, "host": h, "pid": 0, "capacity": room,
+                                    "running": room, "free": room});
+                    raw.publish("snakepit.test.hb", hb.to_string().into())
+                        .await
+                        .unwrap();
+                }
+                raw.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let call = {
                 let client = client.clone();
