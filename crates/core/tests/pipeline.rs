@@ -263,20 +263,21 @@ async fn no_call_waits_behind_a_stream() {
     pool.shutdown().await.unwrap();
 }
 
-/// docs/reliability.md: "SIGINT, for a worker that declares it, is sent only
-/// when it can reach nothing but the call it is meant for". A call that
-/// times out while another is written ahead behind it is not signalled (the
-/// signal could land in the next call): it runs to its end, and the call
-/// behind it gets its own reply. Alone on its worker, it is signalled.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
+/// One `signal_worker.py` worker that has a call written ahead behind a
+/// running one (at most one, for calls under 50 ms, which its 20 first
+/// echoes show it runs), whose late replies are awaited rather than cut off
+/// by a kill; `more` sets the rest of the pool's configuration. The pool
+/// and the worker's pid.
+async fn one_signal_worker_writing_one_ahead(
+    more: impl FnOnce(&mut snakepit_core::PoolConfig),
+) -> (Pool, u32) {
     let pool = builder(BridgeScript("signal_worker.py"))
         .size(1)
         .configure(|c| {
             c.pipeline_depth = 1;
             c.pipeline_max_call = Duration::from_millis(50);
-            // The late reply is awaited, not cut off by a kill.
             c.shutdown_grace_period = Duration::from_secs(30);
+            more(c);
         })
         .start()
         .await
@@ -285,6 +286,17 @@ async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
     for _ in 0..20 {
         pool.execute("echo", json!({})).await.unwrap();
     }
+    (pool, pid)
+}
+
+/// docs/reliability.md: "SIGINT, for a worker that declares it, is sent only
+/// when it can reach nothing but the call it is meant for". A call that
+/// times out while another is written ahead behind it is not signalled (the
+/// signal could land in the next call): it runs to its end, and the call
+/// behind it gets its own reply. Alone on its worker, it is signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
+    let (pool, pid) = one_signal_worker_writing_one_ahead(|_| {}).await;
     let dir = temp_dir("no-sigint");
     let nap = |record: &std::path::Path, ms: u64, timeout: Duration| {
         let pool = pool.clone();
@@ -439,23 +451,9 @@ async fn calls_written_ahead_spread_over_the_busy_workers() {
 /// `pipeline.rs::a_call_that_times_out_with_another_behind_it_gets_no_sigint`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retiring_worker_with_a_call_written_ahead_gets_no_sigint() {
-    let pool = builder(BridgeScript("signal_worker.py"))
-        .size(1)
-        .configure(|c| {
-            c.pipeline_depth = 1;
-            c.pipeline_max_call = Duration::from_millis(50);
-            // The late reply is awaited, not cut off by a kill.
-            c.shutdown_grace_period = Duration::from_secs(30);
-            // Recycled (by age) while its two calls are in flight.
-            c.worker_ttl = Duration::from_secs(2);
-        })
-        .start()
-        .await
-        .unwrap();
-    let pid = pool.worker_pids()[0];
-    for _ in 0..20 {
-        pool.execute("echo", json!({})).await.unwrap();
-    }
+    // Recycled (by age) while its two calls are in flight.
+    let (pool, pid) =
+        one_signal_worker_writing_one_ahead(|c| c.worker_ttl = Duration::from_secs(2)).await;
     let in_flight = |pool: &snakepit_core::Pool| {
         pool.workers()
             .first()
