@@ -498,10 +498,14 @@ impl EarlyCancels {
         }
     }
 
-    /// Whether `reply` was cancelled early; it is forgotten then (its
-    /// place in the order goes when it comes round).
+    /// Whether `reply` was cancelled early; it is forgotten then, place
+    /// and all (a hit is rare: most calls were never cancelled).
     fn remove(&mut self, reply: &str) -> bool {
-        self.set.remove(reply)
+        let hit = self.set.remove(reply);
+        if hit {
+            self.order.retain(|r| r != reply);
+        }
+        hit
     }
 }
 

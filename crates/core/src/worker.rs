@@ -531,15 +531,6 @@ impl Worker {
         pending
     }
 
-    /// SIGINT can only reach the call it is meant for: the worker is alive,
-    /// and (checked by the pool, under its lock) no call is or can be
-    /// written ahead behind it (with calls written ahead, the signal could
-    /// land in the next call; the timed-out one then runs to its end, or
-    /// the worker is replaced after the grace period).
-    fn may_interrupt(&self) -> bool {
-        !self.inner().reaped
-    }
-
     /// Sends SIGINT for call `id`, only while that call is still in flight
     /// on this worker's live process; whether it was sent. The pool calls
     /// it under its lock ([`Owner::interrupt`]), so that no next call can
@@ -713,7 +704,7 @@ impl Worker {
             if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
                 self.send(buf.freeze());
             }
-        } else if caps.sigint && caps.max_concurrency <= 1 && self.may_interrupt() {
+        } else if caps.sigint && caps.max_concurrency <= 1 {
             self.interrupt(id);
         }
         let grace = self.grace;
