@@ -440,15 +440,13 @@ async fn calls_written_ahead_spread_over_the_busy_workers() {
 
 /// docs/reliability.md: "SIGINT, for a worker that declares it, is sent
 /// only when it can reach nothing but the call it is meant for: no other
-/// call is in flight or leased on that worker". `Shared::interrupt` checks
-/// the calls in flight only while the worker is in its slot: once it is
-/// recycled (its replacement installed, it finishes its calls as a retiring
-/// worker), a call that times out is signalled even with a call written
-/// ahead behind it, which the worker may start the moment the timed-out
-/// call's handler returns, and the signal then lands in it. Before this
-/// change (`hold_for_interrupt`) a pipelining worker out of its slot was
-/// never signalled. The same scene in the slot is
-/// `pipeline.rs::a_call_that_times_out_with_another_behind_it_gets_no_sigint`.
+/// call is in flight or leased on that worker". A worker recycled (by
+/// age) while a call runs on it with another written ahead behind it
+/// finishes both out of its slot; the call that times out there is not
+/// signalled either (the call behind would start the moment its handler
+/// returned, and the signal could land in it): it runs to its end, and the
+/// call behind gets its own reply. The same scene in the slot is
+/// `a_call_that_times_out_with_another_behind_it_gets_no_sigint`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retiring_worker_with_a_call_written_ahead_gets_no_sigint() {
     // Recycled (by age) while its two calls are in flight.
