@@ -293,6 +293,11 @@ impl Bench {
         if let Some(depth) = a.pipeline_depth {
             pool.pipeline_depth = depth;
         }
+        // A refused setting is a usage error before anything is measured
+        // (or any NATS server reached).
+        let mut sized = pool.clone();
+        sized.pool_size = workers;
+        sized.validate()?;
         let sessions = (0..a.sessions.unwrap_or(0))
             .map(|n| format!("bench-session-{n}"))
             .collect();

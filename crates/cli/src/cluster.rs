@@ -196,6 +196,7 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
     if let Some(depth) = a.pipeline_depth {
         config.pipeline_depth = depth;
     }
+    config.validate()?;
     // Listening from here on: a stop while NATS is reached or the workers
     // start (a model loading) ends the pool cleanly and exits 0, as later.
     let mut stop = StopSignals::new();

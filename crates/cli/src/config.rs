@@ -97,10 +97,16 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
         }
         None => {
             let p = PathBuf::from(FILE_NAME);
-            if !p.is_file() {
-                return Ok(None);
+            match not_a_file(&p) {
+                None => p,
+                Some("not found") => return Ok(None),
+                // Something is there under the name: ignoring it would run
+                // with settings other than the ones the user meant.
+                Some(what) => {
+                    return Err(Failure::usage(format!("./{FILE_NAME} {what}"))
+                        .hint(format!("remove or rename ./{FILE_NAME}, or give the settings file with --config")));
+                }
             }
-            p
         }
     };
     let text = std::fs::read_to_string(&path)

@@ -230,6 +230,7 @@ pub async fn serve_with(
         pool,
         served: Default::default(),
         capacity: Default::default(),
+        taken: Default::default(),
         replies: Outbox::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -281,6 +282,10 @@ struct HostCtx {
     /// The calls it takes at once, as of its last heartbeat (the serving
     /// loop's and the status endpoint's one figure).
     capacity: std::sync::atomic::AtomicUsize,
+    /// The calls taken whose units are not yet free: one less as a call's
+    /// outcome is queued (before its caller can hear it), or as a call
+    /// ends otherwise. What the serving loop counts room by.
+    taken: std::sync::atomic::AtomicUsize,
     /// Chunks and outcomes on their way to the clients.
     replies: Outbox<(Subject, Bytes)>,
 }
@@ -433,13 +438,29 @@ struct Running {
 
 /// Tells the serving loop a call ended, however it ended (an aborted task
 /// drops its guard too).
+/// A taken call's place: its unit of room (`HostCtx::taken`) and its entry
+/// in the serving loop's `running`. The unit is freed by
+/// [`free_unit`](Done::free_unit) or on drop; the entry is dropped on drop.
 struct Done {
     reply: String,
     tx: mpsc::UnboundedSender<String>,
+    host: Arc<HostCtx>,
+    unit: bool,
+}
+
+impl Done {
+    fn free_unit(&mut self) {
+        if std::mem::replace(&mut self.unit, false) {
+            self.host
+                .taken
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
+        self.free_unit();
         let _ = self.tx.send(std::mem::take(&mut self.reply));
     }
 }
@@ -601,7 +622,14 @@ impl Serving {
             .host
             .capacity
             .load(std::sync::atomic::Ordering::Relaxed);
-        capacity.saturating_sub(self.running.len())
+        capacity.saturating_sub(self.taken())
+    }
+
+    /// The units of the calls that run: those of `running`, but a call
+    /// frees its unit as it queues its outcome, before its caller hears it
+    /// and before the serving loop hears that it ended.
+    fn taken(&self) -> usize {
+        self.host.taken.load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn heartbeat(&mut self, bye: bool) {
@@ -617,7 +645,7 @@ impl Serving {
             free: if bye {
                 0
             } else {
-                capacity.saturating_sub(self.running.len())
+                capacity.saturating_sub(self.taken())
             },
             bye,
             instance: Some(self.instance.clone()),
@@ -882,9 +910,14 @@ impl Serving {
             true => None,
             false => traceparent(headers),
         };
+        self.host
+            .taken
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let guard = Done {
             reply: key.clone(),
             tx: done.clone(),
+            host: self.host.clone(),
+            unit: true,
         };
         let host = self.host.clone();
         let ack_at = Instant::now() + ACK_AFTER;
@@ -946,7 +979,7 @@ async fn run_call(
     call: CallMsg,
     traceparent: Option<String>,
     credit: Option<Arc<Semaphore>>,
-    done: Done,
+    mut done: Done,
 ) {
     let mut options = CallOptions::new().affinity(call.affinity.into());
     if let Some(ms) = call.timeout_ms {
@@ -982,6 +1015,10 @@ async fn run_call(
     let result = work.await;
     host.served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The unit is free before the outcome is queued, so before the caller
+    // can hear it: the serving loop cannot decline the caller's next call
+    // for it, whenever it hears that this call ended.
+    done.free_unit();
     match result {
         Ok(Outcome::Value(v)) => host.queue(reply, &Reply::Ok { v }),
         Ok(Outcome::Raw(v)) => host.queue(reply, &Reply::Ok { v: &*v }),
@@ -990,10 +1027,8 @@ async fn run_call(
             host.queue(reply, &Reply::<Value>::Err { e });
         }
     }
-    // In the same step as queueing the outcome, before the sender can send
-    // it: the unit is free before the caller hears (the serving loop, which
-    // reads ends first, cannot decline the caller's next call), and once
-    // no call runs, every outcome is queued.
+    // After the outcome is queued: once no call runs, every outcome is
+    // queued (what the leaving host waits for before its last send).
     drop(done);
 }
 

@@ -174,7 +174,19 @@ impl PoolConfig {
             || !self.worker_idle_timeout.is_zero()
     }
 
-    pub(crate) fn validate(&self) -> crate::Result<()> {
+    /// Checks the settings as [`PoolBuilder::start`](crate::PoolBuilder::start)
+    /// does first: `Err(Error::Config)` naming the first setting no pool
+    /// may have (a pool size of 0, a zero timeout, a frame limit under 64
+    /// bytes, ...). For a program that reads settings from a file and
+    /// wants to report a mistake before it does anything else.
+    ///
+    /// ```
+    /// let mut config = snakepit_core::PoolConfig::default();
+    /// assert!(config.validate().is_ok());
+    /// config.breaker_threshold = 0;
+    /// assert!(matches!(config.validate(), Err(snakepit_core::Error::Config(_))));
+    /// ```
+    pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::Config(m.to_owned()));
         if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
             return bad(&format!("pool_size must be between 1 and {MAX_POOL_SIZE}"));

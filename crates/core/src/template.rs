@@ -214,24 +214,26 @@ impl Template {
         }
     }
 
-    /// Forks a worker with `env` added to its environment.
+    /// Forks a worker with `env` added to the template's environment. The
+    /// message is JSON, so each name and value must be UTF-8.
     pub(crate) async fn fork(
         self: &Arc<Self>,
         env: &[(OsString, OsString)],
     ) -> io::Result<Process> {
+        let env = env
+            .iter()
+            .map(|(k, v)| match (k.to_str(), v.to_str()) {
+                (Some(k), Some(v)) => Ok((k.to_owned(), Value::String(v.to_owned()))),
+                _ => Err(io::Error::other(format!(
+                    "the worker's variable {} is not UTF-8: a fork request cannot carry it",
+                    k.to_string_lossy()
+                ))),
+            })
+            .collect::<io::Result<serde_json::Map<String, Value>>>()?;
         let (stdin_r, stdin_w) = os::pipe()?;
         let (stdout_r, stdout_w) = os::pipe()?;
         let (stderr_r, stderr_w) = os::pipe()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let env: serde_json::Map<String, Value> = env
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    Value::String(v.to_string_lossy().into_owned()),
-                )
-            })
-            .collect();
         let message = serde_json::to_vec(&json!({"op": "fork", "id": id, "env": env}))
             .map_err(io::Error::other)?;
         if message.len() > MAX_MESSAGE {

@@ -102,8 +102,17 @@ impl From<redis::RedisError> for Error {
     /// stored data does not parse) are [`Error::Corrupt`], without the
     /// server's note of where in the script; so is a reply the client
     /// cannot take as the text the store wrote (bytes that are not UTF-8,
-    /// put there by something else). The rest are backend errors.
+    /// put there by something else). A timeout of the client's own (a
+    /// reconnection the operation waited for got no answer) is
+    /// [`Error::Timeout`]; the store names the operation and its timeout.
+    /// The rest are backend errors.
     fn from(e: redis::RedisError) -> Self {
+        if e.is_timeout() {
+            return Error::Timeout {
+                operation: "redis",
+                after: std::time::Duration::ZERO,
+            };
+        }
         match (e.code(), e.detail()) {
             (Some("CORRUPT"), Some(detail)) => {
                 let what = detail.split(" script: ").next().unwrap_or(detail);

@@ -489,7 +489,12 @@ impl Inner {
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.link.timeout, fut).await {
-            Ok(r) => r.map_err(|e| backend(op, e)),
+            Ok(r) => r.map_err(|e| match e {
+                // A reconnection the operation waited for timed out: the
+                // crate's connection timeout is the store's own.
+                Error::Timeout { .. } => timed_out(op, self.link.timeout),
+                e => backend(op, e),
+            }),
             Err(_) => {
                 self.replace_connection();
                 Err(timed_out(op, self.link.timeout))

@@ -42,8 +42,12 @@ pub(crate) async fn start_worker(
     let span = tracing::Span::current();
     let child = if shared.launch.preload {
         let template = shared.template().await.map_err(|e| fail(e.cause, e.tail))?;
+        // The template has the bridge's own environment already, byte for
+        // byte: the fork request carries only what `for_worker` added
+        // (this worker's id among them).
+        let own = &launch.env[shared.launch.env.len()..];
         let process = template
-            .fork(&launch.env)
+            .fork(own)
             .await
             .map_err(|e| fail(e.to_string(), template.tail()))?;
         shared.spawner.watch(process.pid);
