@@ -173,6 +173,9 @@ struct HostEntry {
     seq: u64,
     /// The instance its last heartbeat came from.
     instance: Option<String>,
+    /// No worker of it can start: the error its pool gives calls at once
+    /// (from its last heartbeat).
+    broken: Option<WireError>,
     /// The subject its calls go to (built once, not per call).
     call: Subject,
     /// Its instances heard of (a host restarted under the same id, or two
@@ -202,6 +205,7 @@ impl HostEntry {
             seq: 0,
             instance: None,
             instances: HashMap::new(),
+            broken: None,
         }
     }
 
@@ -872,6 +876,11 @@ impl Client {
                             let r = best[(turn % n as u64) as usize].reserve(inner);
                             return Ok(self.pass_on(&hosts, fresh, r));
                         }
+                        // Every host there is says none of its workers can
+                        // start: the call fails at once, as a pool's would.
+                        if let Some(e) = all_broken(&hosts) {
+                            return Err(e);
+                        }
                     } else {
                         // Strict, its host full, while other hosts have
                         // room: the calls behind it are woken for that room,
@@ -964,6 +973,23 @@ impl Client {
             },
         }
     }
+}
+
+/// The start failure of the hosts that take calls, when there is at least
+/// one and each of them says none of its workers can start (the error of
+/// the first by id, so that it does not change from call to call).
+fn all_broken(hosts: &HashMap<String, HostEntry>) -> Option<Error> {
+    let mut live = hosts.iter().filter(|(_, h)| !h.gone()).peekable();
+    live.peek()?;
+    let mut first: Option<(&String, &WireError)> = None;
+    for (id, h) in live {
+        let e = h.broken.as_ref()?;
+        if first.is_none_or(|(f, _)| id < f) {
+            first = Some((id, e));
+        }
+    }
+    // A start failure names no command.
+    first.map(|(_, e)| e.clone().into_error(""))
 }
 
 /// The room of the hosts that take calls, as this client sees it.
@@ -1262,9 +1288,14 @@ async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) 
 async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
     while let Some(msg) = beats.next().await {
         let Some(inner) = inner.upgrade() else { return };
-        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
+        let Ok(mut hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
             continue;
         };
+        // A start failure is a few lines of text: one in a heartbeat over
+        // 64 KiB (a hostile publisher) is not kept for every host id.
+        if msg.payload.len() > 64 << 10 {
+            hb.broken = None;
+        }
         // A host id no host may have (hosts check theirs) names no subject
         // a call can go to: not a host, whoever sent it.
         if wire::check_name("host id", &hb.host).is_err() {
@@ -1307,6 +1338,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                 entry.lost = watch::channel(false).0;
             }
             entry.info.pid = hb.pid;
+            entry.broken = hb.broken.take();
             // No host has more room than this: a heartbeat claiming more
             // (broken or hostile) cannot make the sums overflow.
             entry.info.capacity = hb.capacity.min(MAX_CAPACITY);

@@ -649,6 +649,11 @@ impl Serving {
             },
             bye,
             instance: Some(self.instance.clone()),
+            broken: self
+                .host
+                .pool
+                .start_failure()
+                .map(|e| WireError::from_error(&e)),
         };
         let payload = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = self
@@ -875,7 +880,11 @@ impl Serving {
             return;
         }
         // Leaving, it takes nothing more: its client routes the call again.
-        if self.leaving || self.free() == 0 {
+        // So does a host none of whose workers can start (its heartbeats
+        // say so; its room may not be announced as gone yet): another host
+        // may run the call, and when none can, the client fails it with
+        // the start failure.
+        if self.leaving || self.free() == 0 || self.host.pool.start_failure().is_some() {
             return self.decline(&reply).await;
         }
         if self.cancelled.remove(&key) {

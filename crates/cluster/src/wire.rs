@@ -320,11 +320,16 @@ pub(crate) struct Heartbeat {
     /// lost when it falls silent. Absent from hosts that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) instance: Option<String>,
+    /// No worker of the host can start (none ready, every breaker open):
+    /// the error its pool gives a call at once. Absent otherwise, and from
+    /// hosts that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) broken: Option<WireError>,
 }
 
 /// `snakepit_core::Error` on the wire: its kind, its text, and the fields
 /// needed to rebuild the same variant on the client.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct WireError {
     kind: String,
     message: String,

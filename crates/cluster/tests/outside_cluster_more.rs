@@ -220,14 +220,12 @@ async fn a_start_failure_on_the_host_reaches_the_caller_with_its_stderr_tail() {
 /// workers cannot start: a caller of the host's pool then gets
 /// `Error::StartFailed` at once (core `Error::never_ran`: "no worker able
 /// to start with every breaker open"), with the worker's stderr tail.
-/// The cluster's caller should get the same variant with the same fields.
-///
-/// What happens: the host announces a capacity of 0 (it has no ready
-/// worker), so the client never sends it the call; the call waits in the
-/// client's queue and ends with `Error::QueueTimeout` after the queue
-/// timeout (3 s here), the worker's stderr tail lost.
+/// The cluster's caller gets the same variant with the same fields
+/// (cluster.md: "When every host there is says none of its workers can
+/// start ..."), well before its queue timeout of 3 s. (The host announces
+/// no room then; before its heartbeats said why, the call waited and ended
+/// with `Error::QueueTimeout`, the worker's stderr tail lost.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a call to a host whose workers cannot start waits for the queue timeout (QueueTimeout), never StartFailed with the stderr tail"]
 async fn a_call_made_after_the_hosts_workers_broke_gets_their_start_failure() {
     let host = broken_host(Duration::from_secs(3)).await;
     let local = guarded(
@@ -245,6 +243,42 @@ async fn a_call_made_after_the_hosts_workers_broke_gets_their_start_failure() {
     host.node.shutdown().await.unwrap();
     host.pool.shutdown().await.unwrap();
     same_start_failure(&local, &remote);
+}
+
+/// docs/cluster.md: "When every host there is says none of its workers
+/// can start, a call fails at once with that `Error::StartFailed`"; while
+/// another host can run it, it goes there. The broken host of the test
+/// above, and a healthy host beside it: every call succeeds, on the
+/// healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_host_beside_a_healthy_one_fails_no_call() {
+    let host = broken_host(Duration::from_secs(3)).await;
+    let healthy = pool(1).await;
+    let node = snakepit_cluster::serve_with(
+        &host._nats.connect().await,
+        "test",
+        healthy.clone(),
+        ServeOptions::new().host_id("healthy"),
+    )
+    .await
+    .unwrap();
+    wait_hosts(&host.client, 2).await;
+    for i in 0..10 {
+        let r = guarded("a call", host.client.execute("echo", json!({"i": i})))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "call {i} with a healthy host there: {e:?} {:?}",
+                    host.client.hosts()
+                )
+            });
+        assert_eq!(r["echoed"]["i"], i, "{r}");
+    }
+    assert_eq!(healthy.stats().completed, 10, "all ran on the healthy host");
+    node.shutdown().await.unwrap();
+    healthy.shutdown().await.unwrap();
+    host.node.shutdown().await.unwrap();
+    host.pool.shutdown().await.unwrap();
 }
 
 // ------------------------------------------------------- adapter hooks

@@ -362,6 +362,17 @@ impl Pool {
         self.shared().stats()
     }
 
+    /// The error a call gets at once because no worker can start: when no
+    /// worker is ready and every slot's circuit breaker is open,
+    /// `Some(Error::StartFailed)` with the last start's cause and stderr
+    /// tail (the same a call would get); `None` otherwise, also while
+    /// workers are still starting. A cluster host announces it, so that
+    /// callers fail the same way when every host is in that state.
+    pub fn start_failure(&self) -> Option<Error> {
+        let st = self.shared().state();
+        st.broken().map(|e| Error::StartFailed(Box::new(e.clone())))
+    }
+
     /// The process ids of the ready workers.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared().workers().iter().map(|w| w.pid).collect()

@@ -173,11 +173,8 @@ impl Shared {
                     }
                     return Ok(lease);
                 }
-                let none_ready = st.slots.iter().all(|s| s.worker.is_none());
-                if none_ready && st.slots.iter().all(|s| s.breaker_open) {
-                    if let Some(e) = &st.last_start_error {
-                        return Err(Error::StartFailed(Box::new(e.clone())));
-                    }
+                if let Some(e) = st.broken() {
+                    return Err(Error::StartFailed(Box::new(e.clone())));
                 }
             }
             if st.queued_entries() >= self.config.max_queue_size {

@@ -190,6 +190,16 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The last start error, when no worker is ready and every slot's
+    /// breaker is open: a call then fails at once with it rather than wait.
+    pub(crate) fn broken(&self) -> Option<&StartError> {
+        let none_ready = self.slots.iter().all(|s| s.worker.is_none());
+        let all_open = self.slots.iter().all(|s| s.breaker_open);
+        (none_ready && all_open)
+            .then_some(self.last_start_error.as_ref())
+            .flatten()
+    }
+
     /// The table of a pool of `size` slots, none filled yet.
     pub(crate) fn new(size: usize) -> Self {
         State {
