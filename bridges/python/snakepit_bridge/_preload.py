@@ -182,9 +182,15 @@ class _Template:
             op = msg.get("op")
             if op != "fork":
                 raise _BadMessage(f"unknown op {op!r} (the pool sends only \"fork\")")
-            if "id" not in msg:
-                raise _BadMessage("fork request without an id")
-            env = msg.get("env", {})
+            rid = msg.get("id")
+            if not isinstance(rid, int) or isinstance(rid, bool):
+                # No id to answer under: logged and dropped, as in Ruby.
+                msg = None
+                raise _BadMessage(f"fork request without an integer id: {data[:200]!r}")
+            # A missing or null env is {}.
+            env = msg.get("env")
+            if env is None:
+                env = {}
             if not isinstance(env, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
                     for k, v in env.items()):

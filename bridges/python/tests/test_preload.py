@@ -496,13 +496,16 @@ class PreloadTests(unittest.TestCase):
         template.send({"op": "fork", "id": 12, "env": {"A": 1}}, [r, w, w2])
         template.send({"op": "fork", "id": 13, "env": {}}, [r, w, w2, w2])
         template.send({"op": "fork", "id": 16, "env": {}}, [w2] * 20)
-        template.send({"op": "fork", "env": {}}, [r, w, w2])
+        # Without an integer id there is nothing to answer under: logged,
+        # no reply (as in the Ruby template).
+        for bad_id in ({}, {"id": "7"}, {"id": 1.5}, {"id": True}, {"id": None}):
+            template.send({"op": "fork", "env": {}, **bad_id}, [r, w, w2])
         template.send({"op": "fork", "id": 14, "env": {}})
         # Served: stdin from r, stdout and stderr to w2.
         template.send({"op": "fork", "id": 15, "env": {}}, [r, w2, w2])
         template.send(b"{" + b" " * 70000 + b"}", [r, w, w2])
         for rid, needle in ((10, "2 descriptors"), (11, "env"), (12, "env"), (13, "with 4 descriptors"), (16, "more than 16"),
-                            (None, "without an id"), (14, "0 descriptors")):
+                            (14, "0 descriptors")):
             msg = template.next_message()
             self.assertEqual(msg["op"], "fork_failed", msg)
             self.assertEqual(msg["id"], rid, msg)
@@ -521,11 +524,28 @@ class PreloadTests(unittest.TestCase):
         os.close(r)
         os.close(r2)
         output = template.output.wait_for("longer than")
+        self.assertEqual(output.count("without an integer id"), 5, output)
         for needle in ("not JSON", "not a JSON object", "unknown op 'dance'", "longer than 65536 bytes"):
             self.assertIn(needle, output)
         # Still serving.
         fresh = template.fork()
         self.assertEqual(fresh.recv()["pid"], fresh.pid)
+
+    def test_a_null_env_is_an_empty_one(self):
+        # docs/preload.md: "a missing `env` is `{}`"; a null one too, as in
+        # the Ruby template.
+        template, _ = self.start()
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        template.send({"op": "fork", "id": 99, "env": None}, [stdin_r, stdout_w, stderr_w])
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+        msg = template.expect("forked", id=99)
+        worker = ForkedWorker(msg["pid"], stdin_w, stdout_r, stderr_r, template.codec)
+        template.workers.append(worker)
+        self.addCleanup(worker.stop)
+        self.assertEqual(worker.recv()["pid"], msg["pid"])
 
     def test_stdin_not_a_socket_with_preload_set_is_a_clear_error(self):
         env = dict(os.environ, SNAKEPIT_PRELOAD="1", PYTHONPATH=BRIDGE_DIR, PRELOAD_LOG=self.log_path)

@@ -681,7 +681,7 @@ fn exited_with(code: i64) -> i64 {
 
 /// preload.md:177-180, "Pool to template": "`{"op": "fork", "id": I,
 /// "env": {"NAME": "value", ...}}` ... `env` values are strings (a missing
-/// `env` is `{}`)". A fork request with no `env` member is served: the
+/// or null `env` is `{}`)". A fork request with no `env` member is served: the
 /// worker has the template's environment without `SNAKEPIT_PRELOAD`, runs
 /// its hooks and serves. (The bridges' own suites always send an `env`.)
 fn a_fork_request_without_env_is_served(lang: Lang) {
@@ -700,9 +700,12 @@ fn a_fork_request_without_env_is_served(lang: Lang) {
     );
     assert_eq!(state["hook"]["pid"], worker.pid, "the hooks ran: {state}");
     // A second request without env is served the same (no state was left
-    // behind by the first).
+    // behind by the first), and so is one whose env is null ("a missing or
+    // null `env` is `{}`").
     let second = template.fork(2, None);
     second.hello();
+    let third = template.fork(3, Some(Value::Null));
+    third.hello();
     assert_eq!(
         template
             .seen
@@ -960,7 +963,10 @@ fn ruby_hooks_see_the_request_env_and_its_own_worker_id() {
 /// writes. And :217-219, "End": "When its socket reaches end of file ...,
 /// the template exits with status 0": here with a thread of the script's
 /// still running (a non-daemon one in Python, which a normal interpreter
-/// exit would wait for forever).
+/// exit would wait for forever); and, "runs none of the script's exit
+/// handlers", the `at_exit`/`atexit` handler the script registered at load
+/// does not run in the template (Ruby's template once ended with `exit`,
+/// which ran it).
 fn warnings_before_hooks_and_exit_0_with_a_thread(lang: Lang) {
     let mut template = Template::start(lang, &[("OUTSIDE_TEMPLATE_THREAD", "1")], false);
     assert_eq!(template.seen[0]["threads"], 2, "{}", template.seen[0]);
@@ -993,6 +999,14 @@ fn warnings_before_hooks_and_exit_0_with_a_thread(lang: Lang) {
         status.code(),
         Some(0),
         "{status}; log:\n{}",
+        template.log.text()
+    );
+    assert!(
+        !template
+            .log
+            .text()
+            .contains("outside_template: at_exit ran"),
+        "the template ran the script's exit handler:\n{}",
         template.log.text()
     );
 }

@@ -137,11 +137,10 @@ async fn an_env_naming_snakepit_preload_does_not_make_a_python_worker_a_template
     env_cannot_make_a_template(python_bridge("py-env")).await;
 }
 
-/// The same for Ruby. The Ruby bridge's forked child deletes
-/// `SNAKEPIT_PRELOAD` before it sets the fork request's `env`, which
-/// carries the bridge's variables, so the worker keeps `SNAKEPIT_PRELOAD=1`
-/// (and a Ruby subprocess of it that uses the bridge would become a
-/// template).
+/// The same for Ruby. (The order inside the template, `SNAKEPIT_PRELOAD`
+/// removed after the fork request's `env` is set, is shown by driving the
+/// templates directly: `outside_template_protocol.rs`; the pool itself
+/// sends only the variables it adds per worker.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_env_naming_snakepit_preload_does_not_make_a_ruby_worker_a_template() {
     env_cannot_make_a_template(ruby_bridge("rb-env")).await;

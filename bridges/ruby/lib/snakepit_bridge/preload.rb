@@ -74,10 +74,12 @@ module SnakepitBridge
           reap if readable.include?(@wake_r)
           break if readable.include?(@socket) && !serve_message
         end
-        # End of the socket: the pool stops the workers itself.
+        # End of the socket: the pool stops the workers itself. `exit!`:
+        # the script's at_exit handlers were meant for one process, not for
+        # the template of many (and `exit` would run them here).
         $stdout.flush
         $stderr.flush
-        exit(0)
+        exit!(0)
       end
 
       private

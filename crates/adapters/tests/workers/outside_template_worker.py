@@ -17,6 +17,7 @@ OUTSIDE_TEMPLATE_VAR, SNAKEPIT_PRELOAD) and writes
 named variables of the environment as they are when it is called.
 """
 
+import atexit
 import os
 import subprocess
 import sys
@@ -26,6 +27,9 @@ import snakepit_bridge
 
 if os.environ.get("OUTSIDE_TEMPLATE_THREAD") == "1":
     threading.Thread(target=threading.Event().wait, name="outside-template-thread").start()
+
+# Registered at load, so in the template: it must never run there.
+atexit.register(lambda: print(f"outside_template: at_exit ran in {os.getpid()}", flush=True))
 
 if os.environ.get("OUTSIDE_TEMPLATE_SPAWN") == "1":
     HELPER = subprocess.Popen(["sleep", "0.3"])

@@ -22,6 +22,12 @@ require "snakepit_bridge"
 
 OUTSIDE_THREAD = Thread.new { sleep } if ENV["OUTSIDE_TEMPLATE_THREAD"] == "1"
 
+# Registered at load, so in the template: it must never run there.
+at_exit do
+  $stdout.puts "outside_template: at_exit ran in #{Process.pid}"
+  $stdout.flush
+end
+
 if ENV["OUTSIDE_TEMPLATE_SPAWN"] == "1"
   helper = Process.spawn("sleep", "0.3")
   $stdout.puts "outside_template: spawned #{helper}"
