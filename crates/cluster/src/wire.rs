@@ -365,6 +365,11 @@ fn ms(d: Duration) -> Option<u64> {
 }
 
 impl WireError {
+    /// Whether it is `Error::StartFailed` on the wire.
+    pub(crate) fn is_start_failure(&self) -> bool {
+        self.kind == "start_failed"
+    }
+
     pub(crate) fn from_error(e: &Error) -> Self {
         let mut w = WireError {
             kind: e.kind().to_owned(),

@@ -281,6 +281,70 @@ async fn a_broken_host_beside_a_healthy_one_fails_no_call() {
     host.pool.shutdown().await.unwrap();
 }
 
+/// The heartbeat's word that a host's workers cannot start is taken only
+/// as what it says: a start failure. A host made of raw NATS announces no
+/// room and, as why, an error of another kind (`call_timeout`): a call
+/// waits and ends with its queue timeout, never with that error. The same
+/// host announcing a `start_failed` error: the call fails at once with
+/// `StartFailed`, its fields as sent, and `never_ran()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_can_only_announce_a_start_failure() {
+    let nats = NatsServer::start().await;
+    let raw = nats.connect().await;
+    let mut config = ClientConfig::default();
+    config.queue_timeout = Duration::from_millis(800);
+    let client = client(&nats, config).await;
+    for (broken, start_failure) in [
+        (
+            json!({"kind": "call_timeout", "message": "forged", "ms": 1}),
+            false,
+        ),
+        (
+            json!({"kind": "start_failed", "message": "cannot start",
+                   "worker_id": "w_1_1", "detail": "exit 7", "tail": "no model"}),
+            true,
+        ),
+    ] {
+        let beats = {
+            let raw = raw.clone();
+            tokio::spawn(async move {
+                for seq in 1.. {
+                    let hb = json!({"seq": seq, "host": "ghost", "pid": 1, "capacity": 0,
+                                    "running": 0, "free": 0, "broken": broken});
+                    raw.publish("snakepit.test.hb", hb.to_string().into())
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        wait_hosts(&client, 1).await;
+        let e = guarded("a call", client.execute("echo", json!({})))
+            .await
+            .expect_err("no host can run it");
+        beats.abort();
+        if start_failure {
+            match &e {
+                Error::StartFailed(s) => {
+                    assert_eq!(
+                        (
+                            s.worker_id.as_str(),
+                            s.cause.as_str(),
+                            s.stderr_tail.as_str()
+                        ),
+                        ("w_1_1", "exit 7", "no model"),
+                        "{e:?}"
+                    );
+                    assert!(e.never_ran(), "{e:?}");
+                }
+                _ => panic!("announced a start failure: {e:?}"),
+            }
+        } else {
+            assert!(matches!(e, Error::QueueTimeout(_)), "{e:?}");
+        }
+    }
+}
+
 // ------------------------------------------------------- adapter hooks
 
 /// The worker of this file with every adapter hook in use: `nap` longer
