@@ -459,8 +459,8 @@ mod tests {
 
     /// sessions.md: the sweep "shrinks shards that have become mostly empty
     /// so that memory is returned". 20,000 sessions, all but 64 deleted:
-    /// the sweep (every 5 ms here) gives most of the room back; it keeps
-    /// enough for what is left.
+    /// the sweep (every 5 ms here) gives all but about 1% of the room back
+    /// (under 2% is left); it keeps enough for what is left.
     #[tokio::test]
     async fn the_sweep_shrinks_shards_that_became_mostly_empty() {
         let store = MemoryStore::builder()
@@ -478,7 +478,8 @@ mod tests {
         // Deleting alone keeps the room; the sweep gives it back.
         snakepit_tests::until(30, "the sweep shrank the shards", || {
             let store = store.clone();
-            async move { capacity(&store) * 8 < full }
+            // "all but about 1%" (sessions.md): under 2% of it is left.
+            async move { capacity(&store) * 50 < full }
         })
         .await;
         let after = capacity(&store);
@@ -511,7 +512,8 @@ mod tests {
                 deleted * 2 > full,
                 "deleting alone keeps the room: {deleted} of {full}"
             );
-            assert!(after * 8 < full, "{after} of {full}");
+            // "all but about 1%" (sessions.md): under 2% of it is left.
+            assert!(after * 50 < full, "{after} of {full}");
         });
     }
 }
