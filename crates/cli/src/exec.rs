@@ -137,13 +137,34 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         if a.timeout.or(file.timeout_ms).is_none() {
             options = options.timeout(DEFAULT_CLUSTER_TIMEOUT);
         }
-        let nats = crate::cluster::connect(&a.nats.url()).await?;
-        let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
+        // A stop while NATS is reached or the call runs: the call is
+        // dropped, which cancels it on its host, and the cancel leaves
+        // before the tool does (exit 130 or 143, as a local exec).
+        let mut stop = crate::stop::StopSignals::new();
+        let nats_url = a.nats.url();
+        let connected = stop.race(async {
+            let nats = crate::cluster::connect(&nats_url).await?;
+            let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
+            Ok::<_, Failure>((nats, client))
+        });
+        let (nats, client) = match connected.await {
+            Ok(c) => c?,
+            Err(s) => return Err(s.failure("nothing was sent")),
+        };
         let span = tracing::info_span!("snakepit exec", command = %a.command);
-        let outcome = client
+        let call = client
             .execute_with(&a.command, args, options)
-            .instrument(span)
-            .await;
+            .instrument(span);
+        let outcome = match stop.race(call).await {
+            Ok(outcome) => outcome,
+            Err(s) => {
+                // The dropped call's cancel is published by a task of the
+                // client's: let it run, then wait for the server to have it.
+                tokio::task::yield_now().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+                return Err(s.failure("the call was cancelled on its host"));
+            }
+        };
         return match outcome {
             Ok(v) => print_result(v, out),
             // No host took the call in time: a matter of hosts, not of

@@ -33,6 +33,15 @@ impl Stop {
             Stop::Terminate => 143,
         }
     }
+
+    /// The command's failure for this stop: its exit code, and `what`
+    /// became of the work.
+    pub(crate) fn failure(self, what: &str) -> Failure {
+        Failure::new(
+            self.exit_code(),
+            format!("stopped by {}: {what}", self.name()),
+        )
+    }
 }
 
 /// Ctrl-C and SIGTERM: listened for from `new` on, so one that comes before
@@ -85,9 +94,6 @@ pub(crate) async fn or_stopped<T>(
 ) -> Result<T, Failure> {
     match StopSignals::new().race(work).await {
         Ok(done) => done,
-        Err(stop) => Err(Failure::new(
-            stop.exit_code(),
-            format!("stopped by {}: the workers were stopped", stop.name()),
-        )),
+        Err(stop) => Err(stop.failure("the workers were stopped")),
     }
 }

@@ -106,6 +106,91 @@ fn serve_leaves_on_ctrl_c_with_exit_0_finishing_its_call() {
     assert_eq!(call.json()["slept"], true, "{call:?}");
 }
 
+/// docs/cli.md, exit codes: "`exec` stopped by Ctrl-C (130) or SIGTERM
+/// (143)"; through a cluster, the call is cancelled on its host. An `exec
+/// --cluster` of a 20 s call, stopped once the call runs: it exits 130 or
+/// 143 saying so, and the host's one worker is free again long before the
+/// call would have ended (the host heard the cancel). (Before, the tool died
+/// by the signal's default action and the call ran on.)
+#[test]
+fn exec_through_the_cluster_stopped_cancels_its_call_on_the_host() {
+    let nats = snakepit_tests::NatsServer::start();
+    let dir = Dir::new("cluster-exec-stop");
+    let script = dir.file("worker.py", WORKER);
+    let _host = Serve::start(
+        &[
+            "--nats",
+            &nats.url,
+            "--cluster",
+            "stoptest",
+            "--pool-size",
+            "1",
+            "--script",
+            &script,
+        ],
+        &[],
+    );
+    let busy = || {
+        let s = snakepit(&[
+            "cluster",
+            "status",
+            "--nats",
+            &nats.url,
+            "--cluster",
+            "stoptest",
+            "--json",
+        ]);
+        (s.code == 0)
+            .then(|| s.json()[0]["busy"].as_u64())
+            .flatten()
+    };
+    let wait_busy = |want: u64, secs: u64, what: &str| {
+        let until = std::time::Instant::now() + Duration::from_secs(secs);
+        while busy() != Some(want) {
+            assert!(std::time::Instant::now() < until, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "Ctrl-C"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        wait_busy(0, 30, "the host's worker is free");
+        #[allow(clippy::disallowed_methods)] // the tool itself, not a worker
+        let child = Command::new(BIN)
+            .args(["exec", "--nats", &nats.url, "--cluster", "stoptest"])
+            .args(["nap", r#"{"ms": 20000}"#])
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_busy(1, 30, "the call never ran on the host");
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, sig);
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        let out = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("exec ends once stopped")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "stopped by {name}: the call was cancelled on its host"
+            )),
+            "{name}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{name}: {out:?}");
+        wait_busy(0, 10, "the call ran on after its exec was stopped");
+    }
+}
+
 /// `snakepit serve --prefetch 0`: the host takes a call only when a worker
 /// is free, so the capacity it announces is its workers; by default the
 /// prefetch adds calls per worker beyond those it runs.

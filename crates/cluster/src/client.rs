@@ -1294,8 +1294,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
         // A start failure is a few lines of text: one in a heartbeat over
         // 64 KiB (a hostile publisher) is not kept for every host id; and
         // it is a start failure, never another error that calls would get.
-        if msg.payload.len() > 64 << 10
-            || hb.broken.as_ref().is_some_and(|e| !e.is_start_failure())
+        if msg.payload.len() > 64 << 10 || hb.broken.as_ref().is_some_and(|e| !e.is_start_failure())
         {
             hb.broken = None;
         }
