@@ -820,7 +820,8 @@ fn a_ruby_worker_that_exits_at_once_is_reported_forked_before_exited() {
 /// template forked has exited and been reaped", and :202-203 "The template
 /// reaps its children ... and sends `exited` for each". A helper process
 /// the script started at import (the template's child, but no worker) that
-/// exits is not reported: the pool would take its pid for a worker's.
+/// exits is not reported: the pool would take its pid for a worker's; and
+/// it is not reaped either: the script waits for it itself.
 fn a_helper_of_the_script_is_not_reported(lang: Lang) {
     let mut template = Template::start(lang, &[("OUTSIDE_TEMPLATE_SPAWN", "1")], false);
     assert!(
@@ -861,6 +862,24 @@ fn a_helper_of_the_script_is_not_reported(lang: Lang) {
     assert!(
         stray.is_empty(),
         "`exited` for a process that is no worker (the helper is {helper}): {stray:?}"
+    );
+    // And the template left the helper to the script: the script's own
+    // wait for it, a second after it ended, finds it (Ruby's template
+    // once reaped any child, and the script's wait found none).
+    assert!(
+        template
+            .log
+            .wait_for(|t| t.contains("outside_template: the script")),
+        "{}",
+        template.log.text()
+    );
+    assert!(
+        template
+            .log
+            .text()
+            .contains("outside_template: the script reaped its helper, status 0"),
+        "{}",
+        template.log.text()
     );
 }
 

@@ -270,16 +270,22 @@ module SnakepitBridge
       # Reaps every worker that has exited and tells the pool.
       def reap
         loop { break unless @wake_r.read_nonblock(512, exception: false).is_a?(String) }
-        loop do
-          pid, status = Process.wait2(-1, Process::WNOHANG)
-          break if pid.nil?
-          # A process the script started itself is reaped but not reported.
-          next unless @children.delete(pid)
+        # Only its workers: a process the script started itself is the
+        # script's to wait for (waiting for any child would take it away).
+        @children.keys.sort.each do |pid|
+          begin
+            done, status = Process.wait2(pid, Process::WNOHANG)
+          rescue Errno::ECHILD
+            # Reaped by someone else (a thread of the script): the pool
+            # learns of the exit from its pidfd.
+            @children.delete(pid)
+            next
+          end
+          next if done.nil?
 
+          @children.delete(pid)
           send_message({ "op" => "exited", "pid" => pid, "status" => status.to_i })
         end
-      rescue Errno::ECHILD
-        nil
       end
 
       def send_message(message)

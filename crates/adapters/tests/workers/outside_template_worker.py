@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import snakepit_bridge
 
@@ -34,6 +35,19 @@ atexit.register(lambda: print(f"outside_template: at_exit ran in {os.getpid()}",
 if os.environ.get("OUTSIDE_TEMPLATE_SPAWN") == "1":
     HELPER = subprocess.Popen(["sleep", "0.3"])
     print(f"outside_template: spawned {HELPER.pid}", flush=True)
+
+    def _wait_for_helper():
+        # The script waits for its helper itself, once it has surely ended
+        # (the template must have left it to the script).
+        time.sleep(1)
+        try:
+            _, status = os.waitpid(HELPER.pid, 0)
+            print(f"outside_template: the script reaped its helper, status {os.WEXITSTATUS(status)}",
+                  flush=True)
+        except ChildProcessError:
+            print("outside_template: the script's helper was reaped by someone else", flush=True)
+
+    threading.Thread(target=_wait_for_helper, name="outside-template-waiter", daemon=True).start()
 
 worker = snakepit_bridge.Worker()
 SEEN = {}

@@ -32,6 +32,18 @@ if ENV["OUTSIDE_TEMPLATE_SPAWN"] == "1"
   helper = Process.spawn("sleep", "0.3")
   $stdout.puts "outside_template: spawned #{helper}"
   $stdout.flush
+  # The script waits for its helper itself, once it has surely ended (the
+  # template must have left it to the script).
+  OUTSIDE_WAITER = Thread.new do
+    sleep 1
+    begin
+      _, status = Process.wait2(helper)
+      $stdout.puts "outside_template: the script reaped its helper, status #{status.exitstatus}"
+    rescue Errno::ECHILD
+      $stdout.puts "outside_template: the script's helper was reaped by someone else"
+    end
+    $stdout.flush
+  end
 end
 
 worker = SnakepitBridge::Worker.new
