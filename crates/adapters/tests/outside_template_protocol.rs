@@ -851,7 +851,9 @@ fn a_helper_of_the_script_is_not_reported(lang: Lang) {
             .to_string()
             .as_bytes(),
     );
-    drop(ends);
+    // Kept open until it has exited: the template has the script's waiting
+    // thread, so the worker writes the fork warning to its stderr first.
+    let _ends = ends;
     let pid = template.reply_to(1)["pid"].as_u64().unwrap() as u32;
     assert_eq!(template.exit_status(pid), exited_with(0));
     let stray: Vec<&Value> = template
