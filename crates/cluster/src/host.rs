@@ -622,14 +622,11 @@ impl Serving {
             .host
             .capacity
             .load(std::sync::atomic::Ordering::Relaxed);
-        capacity.saturating_sub(self.taken())
-    }
-
-    /// The units of the calls that run: those of `running`, but a call
-    /// frees its unit as it queues its outcome, before its caller hears it
-    /// and before the serving loop hears that it ended.
-    fn taken(&self) -> usize {
-        self.host.taken.load(std::sync::atomic::Ordering::Acquire)
+        // The units of the calls that run: those of `running`, but a call
+        // frees its unit as it queues its outcome, before its caller hears
+        // it and before the serving loop hears that it ended.
+        let taken = self.host.taken.load(std::sync::atomic::Ordering::Acquire);
+        capacity.saturating_sub(taken)
     }
 
     async fn heartbeat(&mut self, bye: bool) {
@@ -642,11 +639,8 @@ impl Serving {
             pid: self.host.pid,
             capacity,
             running: self.workers_run,
-            free: if bye {
-                0
-            } else {
-                capacity.saturating_sub(self.taken())
-            },
+            // `measure` has just stored `capacity`.
+            free: if bye { 0 } else { self.free() },
             bye,
             instance: Some(self.instance.clone()),
             broken: self
