@@ -300,7 +300,6 @@ impl Worker {
                 replies: 0,
                 accepted: 0,
                 written: 0,
-                writing: 0,
                 recent: VecDeque::new(),
                 size: os::PipeSize::new(),
             }),

@@ -46,12 +46,10 @@ pub(super) struct StdinState {
     /// Host replies in the backlog (a worker that does not read them).
     pub(super) replies: usize,
     /// Bytes accepted so far (written or in the backlog), and bytes written
-    /// to the pipe.
+    /// to the pipe. Every write to the pipe and its count happen under this
+    /// state's lock, so `written` is exact whenever the lock is held.
     pub(super) accepted: u64,
     pub(super) written: u64,
-    /// Bytes of the writer task's batch not yet counted in `written` (some
-    /// may be in the pipe already: the count follows each write).
-    pub(super) writing: u64,
     /// Recent request frames: call id and the stream offset where the frame
     /// ends. When the worker dies, the bytes it left unread in the pipe tell
     /// which of these it never read whole, so never ran.
@@ -86,14 +84,12 @@ impl StdinState {
         self.closed = true;
     }
 
-    /// The calls whose frames lie unread in the pipe `fd` join `lost`.
-    /// While the writer task writes, `written` may lag what the pipe took
-    /// by up to `writing`: the most it can have taken counts, so that a
-    /// frame the worker may have read is never taken as unread.
+    /// The calls whose frames lie unread in the pipe `fd` join `lost`: of
+    /// the `written` bytes (exact under the lock: no write is under way),
+    /// the worker consumed all but the `unread` ones.
     fn count_unread(&mut self, fd: Option<std::os::fd::RawFd>) {
         if let Some(unread) = fd.and_then(os::unread_in_pipe) {
-            let most = self.written.saturating_add(self.writing);
-            let consumed = most.saturating_sub(unread as u64);
+            let consumed = self.written.saturating_sub(unread as u64);
             self.lost.extend(
                 self.recent
                     .iter()
@@ -265,13 +261,16 @@ impl StdinState {
 }
 
 /// Writes `frames` to `pipe` in order, as many at once as the pipe takes
-/// (one `writev` for the lot when it has room), telling `wrote` each time
-/// how many bytes went out. On error, `frames` keeps only the frames not
-/// written whole.
-pub(super) async fn write_frames<W: AsyncWrite + Unpin>(
+/// (one `writev` for the lot when it has room). Each write is made holding
+/// what `hold` returns, and `wrote` is told how many bytes went out before
+/// that is let go: the writer task holds the stdin state's lock so, and so
+/// the count is never behind the pipe for anyone who takes the lock. On
+/// error, `frames` keeps only the frames not written whole.
+pub(super) async fn write_frames<W: AsyncWrite + Unpin, G>(
     pipe: &mut W,
     frames: &mut Vec<(u64, Bytes)>,
-    mut wrote: impl FnMut(u64),
+    mut hold: impl FnMut() -> G,
+    mut wrote: impl FnMut(&mut G, u64),
 ) -> std::io::Result<()> {
     let mut first = 0;
     let result = loop {
@@ -283,14 +282,21 @@ pub(super) async fn write_frames<W: AsyncWrite + Unpin>(
                 .iter()
                 .map(|(_, f)| IoSlice::new(f))
                 .collect();
-            poll_fn(|cx| Pin::new(&mut *pipe).poll_write_vectored(cx, &slices)).await
+            poll_fn(|cx| {
+                let mut held = hold();
+                let r = Pin::new(&mut *pipe).poll_write_vectored(cx, &slices);
+                if let std::task::Poll::Ready(Ok(n)) = r {
+                    wrote(&mut held, n as u64);
+                }
+                r
+            })
+            .await
         };
         let mut n = match written {
             Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(e) => break Err(e),
         };
-        wrote(n as u64);
         while n > 0 {
             let frame = &mut frames[first].1;
             if n >= frame.len() {
@@ -327,7 +333,6 @@ pub(super) async fn write_loop(stdin: Arc<Stdin>) {
                 match st.pipe.take() {
                     Some(pipe) => {
                         st.take_batch(&mut batch);
-                        st.writing = batch.iter().map(|(_, f)| f.len() as u64).sum();
                         let largest = batch.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
                         st.size.fit(&pipe, largest);
                         Some(pipe)
@@ -340,14 +345,32 @@ pub(super) async fn write_loop(stdin: Arc<Stdin>) {
             stdin.wake.notified().await;
             continue;
         };
-        let written = write_frames(&mut pipe, &mut batch, |n| {
-            let mut st = stdin.state();
-            st.written += n;
-            st.writing = st.writing.saturating_sub(n);
-        })
-        .await;
+        let written = {
+            let write = write_frames(
+                &mut pipe,
+                &mut batch,
+                || stdin.state(),
+                |st, n| st.written += n,
+            );
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    r = &mut write => break Some(r),
+                    () = stdin.wake.notified() => {
+                        if stdin.state().closed {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(written) = written else {
+            // The worker's end was settled (`take_lost`) while its pipe,
+            // held by some other process that reads nothing, stayed full:
+            // the pipe and the frames are let go, not waited on for ever.
+            return;
+        };
         let mut st = stdin.state();
-        st.writing = 0;
         if written.is_err() {
             // The frames not written whole: the worker cannot have started
             // those calls, nor any it left unread.
@@ -424,7 +447,7 @@ mod tests {
         };
         let mut batch = frames(5);
         let mut total = 0;
-        write_frames(&mut pipe, &mut batch, |n| total += n)
+        write_frames(&mut pipe, &mut batch, || (), |_, n| total += n)
             .await
             .unwrap();
         assert_eq!(pipe.calls, 1, "five frames, one write");
@@ -442,7 +465,7 @@ mod tests {
         };
         let mut batch = frames(4);
         let mut total = 0;
-        write_frames(&mut pipe, &mut batch, |n| total += n)
+        write_frames(&mut pipe, &mut batch, || (), |_, n| total += n)
             .await
             .unwrap();
         assert_eq!(pipe.out, b"frame 1;frame 2;frame 3;frame 4;");
@@ -479,7 +502,7 @@ mod tests {
         }
         let mut batch = frames(3);
         // The first frame whole and half of the second.
-        let r = write_frames(&mut Breaks(12), &mut batch, |_| {}).await;
+        let r = write_frames(&mut Breaks(12), &mut batch, || (), |_, _| {}).await;
         assert!(r.is_err());
         assert_eq!(batch.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 3]);
     }
@@ -496,7 +519,6 @@ mod tests {
             replies: 1,
             accepted: 0,
             written: 0,
-            writing: 0,
             recent: VecDeque::new(),
             size: os::PipeSize::new(),
         };
@@ -510,5 +532,71 @@ mod tests {
         assert_eq!(batch.len(), BATCH);
         assert_eq!(st.backlog.len(), 4);
         assert_eq!(st.replies, 0, "the host reply left the backlog");
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod unread {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    /// A pipe whose write end is a worker's stdin: (stdin, read end).
+    fn stdin_pipe() -> (Arc<Stdin>, std::io::PipeReader) {
+        let (read, write) = std::io::pipe().unwrap();
+        let pipe =
+            ChildStdin::from_std(std::process::ChildStdin::from(OwnedFd::from(write))).unwrap();
+        let stdin = Arc::new(Stdin {
+            state: Mutex::new(StdinState {
+                closed: false,
+                fd: std::os::fd::AsRawFd::as_raw_fd(&pipe),
+                pipe: Some(pipe),
+                backlog: VecDeque::new(),
+                close: false,
+                lost: Vec::new(),
+                replies: 0,
+                accepted: 0,
+                written: 0,
+                recent: VecDeque::new(),
+                size: os::PipeSize::new(),
+            }),
+            wake: Notify::new(),
+        });
+        (stdin, read)
+    }
+
+    /// Three frames of 600 KiB to a worker that reads nothing: the first
+    /// fills most of the (grown) pipe, the rest of the second and all of
+    /// the third go to the writer task in one batch, which waits on the
+    /// full pipe. None of the three was read: all three are lost, however
+    /// much the writer's batch holds.
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_in_a_blocked_writers_batch_leave_the_first_frame_unread() {
+        let (stdin, mut read) = stdin_pipe();
+        let writer = tokio::spawn(write_loop(stdin.clone()));
+        let frame = Bytes::from(vec![7u8; 600 << 10]);
+        for id in 1..=3 {
+            assert!(stdin.send(id, frame.clone()));
+        }
+        // The writer takes its batch (the rest of 2, and 3) and blocks.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            stdin.state().backlog.is_empty(),
+            "the writer took the batch"
+        );
+        let (mut lost, order) = stdin.take_lost();
+        lost.sort_unstable();
+        assert_eq!(order, [1, 2, 3]);
+        assert_eq!(lost, [1, 2, 3], "nothing was read");
+        // The writer gives up the full pipe once the worker's end is known.
+        stdin.close();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(writer.is_finished(), "the writer still waits on the pipe");
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut read, &mut rest).unwrap();
+        assert!(rest.len() < 3 * frame.len(), "the pipe was closed");
     }
 }
