@@ -538,13 +538,11 @@ mod tests {
 #[cfg(all(test, target_os = "linux"))]
 mod unread {
     use super::*;
-    use std::os::fd::OwnedFd;
 
     /// A pipe whose write end is a worker's stdin: (stdin, read end).
-    fn stdin_pipe() -> (Arc<Stdin>, std::io::PipeReader) {
-        let (read, write) = std::io::pipe().unwrap();
-        let pipe =
-            ChildStdin::from_std(std::process::ChildStdin::from(OwnedFd::from(write))).unwrap();
+    fn stdin_pipe() -> (Arc<Stdin>, std::fs::File) {
+        let (read, write) = os::pipe().unwrap();
+        let pipe = ChildStdin::from_std(std::process::ChildStdin::from(write)).unwrap();
         let stdin = Arc::new(Stdin {
             state: Mutex::new(StdinState {
                 closed: false,
@@ -561,7 +559,7 @@ mod unread {
             }),
             wake: Notify::new(),
         });
-        (stdin, read)
+        (stdin, std::fs::File::from(read))
     }
 
     /// Three frames of 600 KiB to a worker that reads nothing: the first
