@@ -323,6 +323,41 @@ async fn the_breaker_opens_on_repeated_start_failures_and_closes_after() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `Pool::start_failure`: "when no worker is ready and every slot's
+/// circuit breaker is open, `Some(Error::StartFailed)` with the last
+/// start's cause and stderr tail (the same a call would get); `None`
+/// otherwise". None on a serving pool, the call's own error once the
+/// breaker is open, None again once a worker has started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_failure_is_the_error_a_call_gets_while_no_worker_can_start() {
+    let dir = temp_dir("start-failure");
+    let marker = dir.join("broken");
+    let (pool, events) =
+        breaker_pool("TEST_FAIL_IF_EXISTS", &marker, Duration::from_secs(600)).await;
+    assert!(pool.start_failure().is_none(), "a serving pool");
+    std::fs::write(&marker, "").unwrap();
+    kill_9(pool.worker_pids()[0]);
+    assert!(eventually(10, || events.lock().unwrap().contains(&"opened")).await);
+    let Some(Error::StartFailed(announced)) = pool.start_failure() else {
+        panic!("{:?}", pool.start_failure())
+    };
+    assert!(
+        announced.stderr_tail.contains("refusing to start"),
+        "{announced:?}"
+    );
+    let Err(Error::StartFailed(got)) = pool.execute("echo", json!({})).await else {
+        panic!("a call while the breaker is open")
+    };
+    assert_eq!(got.to_string(), announced.to_string());
+    assert_eq!(got.stderr_tail, announced.stderr_tail);
+    std::fs::remove_file(&marker).unwrap();
+    pool.retry_starts();
+    assert!(eventually(20, || pool.stats().workers == 1).await);
+    assert!(pool.start_failure().is_none(), "a worker started again");
+    pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// FAILURES.md, start-up: the breaker holds "until the pool is told to
 /// retry". With a ten-minute cool-down and the cause gone,
 /// `Pool::retry_starts` starts the slot's worker at once, and calls run.
