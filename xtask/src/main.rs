@@ -660,19 +660,13 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
         probe("python3", &["-c", "import sys; print(sys.executable)"]).map(|p| p.trim().to_owned())
     });
     let (few, many) = (400u64, 2400u64);
-    println!("instructions per call in the host ({workers} workers, 8 callers, ping)");
-    // The host on two runtime threads (callers on both: the locks they
-    // share are sometimes contended), and on one, as `snakepit bench` runs it.
-    for (mode, runtime) in [
-        ("typed", "multi"),
-        ("value", "multi"),
-        ("typed", "current"),
-        ("value", "current"),
-    ] {
+    // Instructions per call: the difference between a run of `many` calls
+    // and one of `few`, over the difference in calls.
+    let per_call = |mode: &str, runtime: &str, decode_only: bool| -> Result<u64> {
         let mut counts = Vec::new();
         for calls in [few, many] {
             let out = std::env::temp_dir().join(format!(
-                "snakepit-cost-{}-{mode}-{runtime}-{calls}.out",
+                "snakepit-cost-{}-{mode}-{runtime}-{decode_only}-{calls}.out",
                 std::process::id()
             ));
             #[allow(clippy::disallowed_methods)] // valgrind, not a worker
@@ -690,6 +684,9 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
                 .args(["--runtime", runtime])
                 .args(["--workers", &workers, "--callers", "8"])
                 .args(["--pipeline-max-call-us", "1000000"]);
+            if decode_only {
+                cmd.arg("--decode-only");
+            }
             if let Some(p) = &python {
                 cmd.env("SNAKEPIT_PYTHON", p);
             }
@@ -709,15 +706,36 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
                 .context("no instruction total in callgrind's output")?;
             counts.push(total);
         }
-        let per_call = counts[1].saturating_sub(counts[0]) / (many - few);
+        Ok(counts[1].saturating_sub(counts[0]) / (many - few))
+    };
+    println!("instructions per call in the host ({workers} workers, 8 callers, ping)");
+    // Decoding the reply (and dropping it) is the same work with or
+    // without a pool, and depends on the reply: it is counted alone, on
+    // the same reply, so that the pool's own part shows.
+    let mut decoding = std::collections::HashMap::new();
+    for mode in ["typed", "value"] {
+        decoding.insert(mode, per_call(mode, "current", true)?);
+    }
+    // The host on two runtime threads (callers on both: the locks they
+    // share are sometimes contended), and on one, as `snakepit bench` runs it.
+    for (mode, runtime) in [
+        ("typed", "multi"),
+        ("value", "multi"),
+        ("typed", "current"),
+        ("value", "current"),
+    ] {
+        let total = per_call(mode, runtime, false)?;
+        let decode = decoding[mode];
         println!(
-            "  {mode:>5} (`{}`), {}: {per_call} instructions per call",
+            "  {mode:>5} (`{}`), {}: {total} instructions per call \
+             (decoding the reply alone {decode}, the pool {})",
             if mode == "typed" { "call" } else { "execute" },
             if runtime == "multi" {
                 "two runtime threads"
             } else {
                 "one runtime thread"
-            }
+            },
+            total.saturating_sub(decode)
         );
     }
     Ok(())

@@ -8,6 +8,11 @@
 //! cargo run --release -p snakepit-adapters --example cost -- --calls 1000 --mode typed --workers 2 --callers 8
 //! ```
 //!
+//! `--decode-only` counts the part of a call that is not the pool's: it
+//! makes one real `ping` call, then decodes that reply's result `--calls`
+//! times (as `Pong`, or as a `Value` with `--mode value`) and drops it, as
+//! the pool and its caller do for each call, without a pool.
+//!
 //! Outside callgrind it also prints the calls per second: `--runtime current`
 //! runs the host on one thread as `snakepit bench` does, `--pipeline-depth N`
 //! sets `PoolConfig::pipeline_depth` and `--pipeline-max-call-us N`
@@ -38,6 +43,8 @@ struct Args {
     max_call_us: Option<u64>,
     /// The host on one thread (`current_thread`), as the bench runs it.
     one_thread: bool,
+    /// Only decode one real reply, `calls` times.
+    decode_only: bool,
 }
 
 fn args() -> Result<Args> {
@@ -49,9 +56,14 @@ fn args() -> Result<Args> {
         depth: None,
         max_call_us: None,
         one_thread: false,
+        decode_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--decode-only" {
+            a.decode_only = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--calls" => a.calls = value.parse()?,
@@ -104,6 +116,12 @@ fn main() -> Result<()> {
             })
             .start()
             .await?;
+        if a.decode_only {
+            let reply = serde_json::to_string(&pool.execute("ping", json!({})).await?)?;
+            pool.shutdown().await?;
+            decode(&a, reply.as_bytes())?;
+            return Ok(());
+        }
         let started = Instant::now();
         let per_caller = a.calls / a.callers.max(1);
         let tasks: Vec<_> = (0..a.callers.max(1))
@@ -135,4 +153,27 @@ fn main() -> Result<()> {
         pool.shutdown().await?;
         Ok(())
     })
+}
+
+/// Decodes the result `reply` `a.calls` times as the pool does (its bytes
+/// checked as UTF-8 once, then parsed as a `str`), and drops it.
+fn decode(a: &Args, reply: &[u8]) -> Result<()> {
+    let started = Instant::now();
+    for _ in 0..a.calls {
+        let text = std::str::from_utf8(std::hint::black_box(reply))?;
+        if a.typed {
+            let pong: Pong = serde_json::from_str(text)?;
+            drop(std::hint::black_box(pong));
+        } else {
+            let value: serde_json::Value = serde_json::from_str(text)?;
+            drop(std::hint::black_box(value));
+        }
+    }
+    eprintln!(
+        "{} decodes ({} mode) in {:?}",
+        a.calls,
+        if a.typed { "typed" } else { "value" },
+        started.elapsed()
+    );
+    Ok(())
 }
