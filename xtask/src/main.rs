@@ -375,6 +375,24 @@ fn examples(root: &Path) -> Result<()> {
             ],
         )?;
     }
+    // `cargo xtask cost`'s example, natively and briefly (the cost itself
+    // wants valgrind and a release build): each mode, with a pool and
+    // decoding alone.
+    let cost = [
+        "run",
+        "--quiet",
+        "-p",
+        "snakepit-adapters",
+        "--example",
+        "cost",
+        "--",
+    ];
+    for mode in ["typed", "value"] {
+        for extra in [&[][..], &["--decode-only"][..]] {
+            let args = [&cost[..], &["--calls", "200", "--mode", mode], extra].concat();
+            run(root, "cargo", &args)?;
+        }
+    }
     let session = ["run", "--quiet", "-p", "snakepit-session"];
     run(
         root,
