@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
-use snakepit_core::{CallOptions, Error, ExitReason, Pool};
+use snakepit_core::{CallOptions, Error, ExitReason, Pool, PoolBuilder};
 use snakepit_tests::{alive, eventually, python, Events};
 
 /// Only turns a hang into a failure of a test.
@@ -102,17 +102,40 @@ fn kill_9(pid: u32) {
     }
 }
 
-/// A one-worker pool of `bridge` whose start must fail: its start error.
-async fn failed_start(bridge: Bridge) -> snakepit_core::StartError {
-    let started = tokio::time::timeout(
-        GUARD,
-        Pool::builder(bridge)
-            .size(1)
-            .configure(|c| c.health_check_interval = Duration::ZERO)
-            .start(),
+/// A pool of `size` workers of `bridge`, with health checks off.
+fn unchecked(bridge: Bridge, size: usize) -> PoolBuilder {
+    Pool::builder(bridge)
+        .size(size)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+}
+
+/// A one-worker pool of `bridge`, started as it is configured by default.
+async fn one_worker(bridge: Bridge) -> Pool {
+    Pool::builder(bridge).size(1).start().await.unwrap()
+}
+
+/// What the worker that serves `whoami` says of itself.
+async fn whoami(pool: &Pool) -> Value {
+    pool.execute("whoami", json!({})).await.unwrap()
+}
+
+/// The same, with a deadline of 30 s (the call may wait for a worker's
+/// replacement).
+async fn whoami_within_30_s(pool: &Pool) -> Value {
+    pool.execute_with(
+        "whoami",
+        json!({}),
+        CallOptions::new().timeout(Duration::from_secs(30)),
     )
     .await
-    .expect("the start returns");
+    .unwrap()
+}
+
+/// A one-worker pool of `bridge` whose start must fail: its start error.
+async fn failed_start(bridge: Bridge) -> snakepit_core::StartError {
+    let started = tokio::time::timeout(GUARD, unchecked(bridge, 1).start())
+        .await
+        .expect("the start returns");
     match started {
         Err(Error::StartFailed(e)) => *e,
         Err(other) => panic!("expected StartFailed, got {other:?}"),
@@ -149,9 +172,7 @@ fn environ_value(pid: u32, name: &str) -> Option<Vec<u8>> {
 async fn the_pool_starts_the_template_and_asks_for_forks_as_the_protocol_says() {
     let events = Events::global();
     let log = temp("protocol");
-    let pool = Pool::builder(raw("serve", &log).env("OUTSIDE_MARK", "mark ü"))
-        .size(2)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
+    let pool = unchecked(raw("serve", &log).env("OUTSIDE_MARK", "mark ü"), 2)
         .start()
         .await
         .unwrap();
@@ -221,12 +242,8 @@ async fn the_pool_starts_the_template_and_asks_for_forks_as_the_protocol_says() 
     }
 
     // The same bridge started directly: the same command line.
-    let direct = Pool::builder(bridge().env("OUTSIDE_MARK", "mark ü"))
-        .size(1)
-        .start()
-        .await
-        .unwrap();
-    let d = direct.execute("whoami", json!({})).await.unwrap();
+    let direct = one_worker(bridge().env("OUTSIDE_MARK", "mark ü")).await;
+    let d = whoami(&direct).await;
     assert_eq!(start["argv"], d["argv"], "the worker's command line");
     direct.shutdown().await.unwrap();
 
@@ -293,9 +310,7 @@ async fn a_worker_the_template_reaped_before_reporting_it_is_taken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_blocked_in_its_script_is_killed_and_the_next_start_begins_a_new_one() {
     let log = temp("blocked");
-    let pool = Pool::builder(raw("serve", &log).env("OUTSIDE_MUTE_AFTER", "2"))
-        .size(2)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
+    let pool = unchecked(raw("serve", &log).env("OUTSIDE_MUTE_AFTER", "2"), 2)
         .start()
         .await
         .unwrap();
@@ -304,14 +319,7 @@ async fn a_template_blocked_in_its_script_is_killed_and_the_next_start_begins_a_
     let (killed, survivor) = (pids[0], pids[1]);
     kill_9(killed);
     for _ in 0..3 {
-        let v = pool
-            .execute_with(
-                "whoami",
-                json!({}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap();
+        let v = whoami_within_30_s(&pool).await;
         assert_eq!(num(&v, "pid"), survivor);
     }
     let refilled = eventually(60, || {
@@ -339,12 +347,7 @@ async fn a_template_blocked_in_its_script_is_killed_and_the_next_start_begins_a_
 /// next call is served by a fork of a new template.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_template_is_gone_is_seen_to_die_with_its_status_unknown() {
-    let pool = Pool::builder(bridge().preload())
-        .size(1)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
+    let pool = unchecked(bridge().preload(), 1).start().await.unwrap();
     let template = pool.template_pid().unwrap();
     let worker = pool.worker_pids()[0];
     kill_9(template);
@@ -378,14 +381,7 @@ async fn a_worker_whose_template_is_gone_is_seen_to_die_with_its_status_unknown(
         }
         other => panic!("expected a crash, got {other:?}"),
     }
-    let again = pool
-        .execute_with(
-            "whoami",
-            json!({}),
-            CallOptions::new().timeout(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap();
+    let again = whoami_within_30_s(&pool).await;
     assert_ne!(num(&again, "pid"), worker);
     assert_ne!(num(&again, "loaded_in"), template, "a new template");
     pool.shutdown().await.unwrap();
@@ -396,7 +392,7 @@ async fn a_worker_whose_template_is_gone_is_seen_to_die_with_its_status_unknown(
 /// `os.environb`: `/proc/<pid>/environ` shows a forked process the
 /// environment its template was started with, not its own).
 async fn worker_bytes(pool: &Pool) -> Option<Vec<u8>> {
-    let who = pool.execute("whoami", json!({})).await.unwrap();
+    let who = whoami(pool).await;
     who["bytes"].as_str().map(unhex)
 }
 
@@ -416,15 +412,11 @@ fn unhex(s: &str) -> Vec<u8> {
 async fn a_forked_worker_has_a_non_utf8_variable_of_the_bridge_byte_for_byte() {
     let bytes = b"caf\xe9 \xff/d\xfcr".to_vec();
     let with = |b: Bridge| b.env("OUTSIDE_BYTES", OsString::from_vec(bytes.clone()));
-    let direct = Pool::builder(with(bridge())).size(1).start().await.unwrap();
+    let direct = one_worker(with(bridge())).await;
     let got_direct = worker_bytes(&direct).await;
     direct.shutdown().await.unwrap();
     assert_eq!(got_direct.as_deref(), Some(&bytes[..]), "the control");
-    let forked = Pool::builder(with(bridge()).preload())
-        .size(1)
-        .start()
-        .await
-        .unwrap();
+    let forked = one_worker(with(bridge()).preload()).await;
     let template = forked.template_pid().unwrap();
     let in_template = environ_value(template, "OUTSIDE_BYTES");
     let got_forked = worker_bytes(&forked).await;
@@ -451,12 +443,8 @@ async fn a_forked_worker_has_a_non_utf8_variable_of_the_bridge_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preloaded_pool_takes_a_bridge_environment_a_direct_one_takes() {
     let big = "x".repeat(70_000);
-    let direct = Pool::builder(bridge().env("OUTSIDE_BIG", &big))
-        .size(1)
-        .start()
-        .await
-        .unwrap();
-    let d = direct.execute("whoami", json!({})).await.unwrap();
+    let direct = one_worker(bridge().env("OUTSIDE_BIG", &big)).await;
+    let d = whoami(&direct).await;
     direct.shutdown().await.unwrap();
     assert_eq!(d["big"], 70_000, "the control: {d}");
     let started = tokio::time::timeout(
@@ -468,7 +456,7 @@ async fn a_preloaded_pool_takes_a_bridge_environment_a_direct_one_takes() {
     .await
     .expect("the start returns");
     let pool = started.unwrap_or_else(|e| panic!("the preloaded pool did not start: {e:?}"));
-    let f = pool.execute("whoami", json!({})).await.unwrap();
+    let f = whoami(&pool).await;
     pool.shutdown().await.unwrap();
     assert_eq!(f["big"], 70_000, "{f}");
 }

@@ -71,6 +71,45 @@ fn have(lang: Lang) -> bool {
     found
 }
 
+/// The two tests of `check`: one of the Python template, named `python`,
+/// and one of the Ruby template, named `ruby` (which passes, saying it was
+/// skipped, where `ruby` is not installed).
+macro_rules! tests_of_both_templates {
+    (check: $check:ident, python: $python:ident, ruby: $ruby:ident $(,)?) => {
+        #[test]
+        fn $python() {
+            $check(Lang::Python);
+        }
+
+        #[test]
+        fn $ruby() {
+            if have(Lang::Ruby) {
+                $check(Lang::Ruby);
+            }
+        }
+    };
+}
+
+/// Whether `cond` holds within `timeout` (tried every 10 ms).
+fn holds_within(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    within(timeout, || cond().then_some(())).is_some()
+}
+
+/// Tries `probe` every 10 ms until it gives a value or `timeout` has passed
+/// (with a last try then).
+fn within<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 // --- the operating system ---------------------------------------------------------
 
 fn check(r: libc::c_int, what: &str) {
@@ -284,16 +323,12 @@ impl Output {
 
     /// Whether `cond` holds of the text within WAIT.
     fn wait_for(&self, cond: impl Fn(&str) -> bool) -> bool {
-        let until = Instant::now() + WAIT;
-        loop {
-            if cond(&self.text()) {
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        holds_within(WAIT, || cond(&self.text()))
+    }
+
+    /// Fails the test unless the text holds `needle` within WAIT.
+    fn expect_text(&self, needle: &str) {
+        assert!(self.wait_for(|t| t.contains(needle)), "{}", self.text());
     }
 }
 
@@ -463,6 +498,15 @@ impl Template {
         msg["status"].as_i64().unwrap_or_else(|| panic!("{msg}"))
     }
 
+    /// Sends `message` (raw bytes) with the write ends of three [`probes`]
+    /// attached, and closes this test's copies of them: the read ends.
+    fn send_probed(&self, message: &[u8]) -> [File; 3] {
+        let (read_ends, write_ends) = probes();
+        let fds: Vec<RawFd> = write_ends.iter().map(|fd| fd.as_raw_fd()).collect();
+        self.send(message, &fds);
+        read_ends
+    }
+
     /// Sends `message` (raw bytes) with three fresh pipes attached, as the
     /// pool does, and closes this test's copies of the worker's ends.
     fn send_fork(&self, message: &[u8]) -> Ends {
@@ -512,16 +556,7 @@ impl Template {
 
     /// The template's exit status once it has exited, within WAIT.
     fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        within(WAIT, || self.child.try_wait().unwrap())
     }
 
     fn running(&mut self) -> bool {
@@ -535,15 +570,13 @@ impl Drop for Template {
             pidfd_kill(pidfd);
         }
         self.sock = None; // end of file for the template
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let exited = within(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -623,15 +656,20 @@ impl Worker {
         }
     }
 
-    /// Its hello: it serves.
-    fn hello(&self) -> Value {
-        let hello = self.frame().unwrap_or_else(|| {
+    /// The next frame; fails the test at end of file, saying `when`.
+    fn frame_before_eof(&self, when: &str) -> Value {
+        self.frame().unwrap_or_else(|| {
             panic!(
-                "worker {} closed its stdout before its hello; its stderr:\n{}",
+                "worker {} closed its stdout{when}; its stderr:\n{}",
                 self.pid,
                 self.stderr.text()
             )
-        });
+        })
+    }
+
+    /// Its hello: it serves.
+    fn hello(&self) -> Value {
+        let hello = self.frame_before_eof(" before its hello");
         assert_eq!(hello["type"], "hello", "{hello}");
         assert_eq!(hello["pid"], self.pid, "{hello}");
         hello
@@ -650,13 +688,7 @@ impl Worker {
             .write_all(&frame)
             .unwrap();
         loop {
-            let reply = self.frame().unwrap_or_else(|| {
-                panic!(
-                    "worker {} closed its stdout; its stderr:\n{}",
-                    self.pid,
-                    self.stderr.text()
-                )
-            });
+            let reply = self.frame_before_eof("");
             if reply["id"] == id {
                 assert_eq!(reply["success"], true, "{reply}");
                 return reply["result"].clone();
@@ -670,6 +702,11 @@ impl Worker {
         assert_eq!(state["pid"], self.pid, "{state}");
         state
     }
+}
+
+/// `message` as it goes over the socket.
+fn message_bytes(message: Value) -> Vec<u8> {
+    message.to_string().into_bytes()
 }
 
 /// A raw wait status of a normal exit with `code`.
@@ -718,16 +755,10 @@ fn a_fork_request_without_env_is_served(lang: Lang) {
     );
 }
 
-#[test]
-fn a_fork_request_without_env_is_served_by_the_python_template() {
-    a_fork_request_without_env_is_served(Lang::Python);
-}
-
-#[test]
-fn a_fork_request_without_env_is_served_by_the_ruby_template() {
-    if have(Lang::Ruby) {
-        a_fork_request_without_env_is_served(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: a_fork_request_without_env_is_served,
+    python: a_fork_request_without_env_is_served_by_the_python_template,
+    ruby: a_fork_request_without_env_is_served_by_the_ruby_template,
 }
 
 // --- 2. forked before exited ------------------------------------------------------------
@@ -752,8 +783,7 @@ fn forked_comes_before_exited(lang: Lang) {
     let mut stdins = Vec::new();
     let mut outputs = Vec::new();
     for id in 1..=WORKERS {
-        let message = json!({"op": "fork", "id": id, "env": {}});
-        let ends = template.send_fork(message.to_string().as_bytes());
+        let ends = template.send_fork(&message_bytes(json!({"op": "fork", "id": id, "env": {}})));
         stdins.push(ends.stdin);
         // Kept open: a hello written into a closed pipe would change the
         // worker's exit status.
@@ -804,16 +834,10 @@ fn forked_comes_before_exited(lang: Lang) {
     drop(outputs);
 }
 
-#[test]
-fn a_python_worker_that_exits_at_once_is_reported_forked_before_exited() {
-    forked_comes_before_exited(Lang::Python);
-}
-
-#[test]
-fn a_ruby_worker_that_exits_at_once_is_reported_forked_before_exited() {
-    if have(Lang::Ruby) {
-        forked_comes_before_exited(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: forked_comes_before_exited,
+    python: a_python_worker_that_exits_at_once_is_reported_forked_before_exited,
+    ruby: a_ruby_worker_that_exits_at_once_is_reported_forked_before_exited,
 }
 
 /// preload.md:175, "Template to pool": `exited` is sent when "a worker the
@@ -824,13 +848,7 @@ fn a_ruby_worker_that_exits_at_once_is_reported_forked_before_exited() {
 /// it is not reaped either: the script waits for it itself.
 fn a_helper_of_the_script_is_not_reported(lang: Lang) {
     let mut template = Template::start(lang, &[("OUTSIDE_TEMPLATE_SPAWN", "1")], false);
-    assert!(
-        template
-            .log
-            .wait_for(|t| t.contains("outside_template: spawned ")),
-        "{}",
-        template.log.text()
-    );
+    template.log.expect_text("outside_template: spawned ");
     let text = template.log.text();
     let helper: u32 = text
         .split("outside_template: spawned ")
@@ -839,18 +857,15 @@ fn a_helper_of_the_script_is_not_reported(lang: Lang) {
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("{text}"));
     // The helper (`sleep 0.3`) ends.
-    let until = Instant::now() + WAIT;
-    while alive(helper) {
-        assert!(Instant::now() < until, "the helper {helper} still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        holds_within(WAIT, || !alive(helper)),
+        "the helper {helper} still runs"
+    );
     // A worker that exits at once: its `exited` comes from a reap after the
     // helper's end, by which any report of the helper would have come.
-    let ends = template.send_fork(
-        json!({"op": "fork", "id": 1, "env": {"OUTSIDE_TEMPLATE_EXIT": "0"}})
-            .to_string()
-            .as_bytes(),
-    );
+    let ends = template.send_fork(&message_bytes(
+        json!({"op": "fork", "id": 1, "env": {"OUTSIDE_TEMPLATE_EXIT": "0"}}),
+    ));
     // Kept open until it has exited: the template has the script's waiting
     // thread, so the worker writes the fork warning to its stderr first.
     let _ends = ends;
@@ -868,13 +883,7 @@ fn a_helper_of_the_script_is_not_reported(lang: Lang) {
     // And the template left the helper to the script: the script's own
     // wait for it, a second after it ended, finds it (Ruby's template
     // once reaped any child, and the script's wait found none).
-    assert!(
-        template
-            .log
-            .wait_for(|t| t.contains("outside_template: the script")),
-        "{}",
-        template.log.text()
-    );
+    template.log.expect_text("outside_template: the script");
     assert!(
         template
             .log
@@ -885,16 +894,10 @@ fn a_helper_of_the_script_is_not_reported(lang: Lang) {
     );
 }
 
-#[test]
-fn a_helper_process_of_the_python_script_is_not_reported_exited() {
-    a_helper_of_the_script_is_not_reported(Lang::Python);
-}
-
-#[test]
-fn a_helper_process_of_the_ruby_script_is_not_reported_exited() {
-    if have(Lang::Ruby) {
-        a_helper_of_the_script_is_not_reported(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: a_helper_of_the_script_is_not_reported,
+    python: a_helper_process_of_the_python_script_is_not_reported_exited,
+    ruby: a_helper_process_of_the_ruby_script_is_not_reported_exited,
 }
 
 // --- 3. the order of steps in the child ------------------------------------------------
@@ -928,16 +931,10 @@ fn an_env_setting_snakepit_preload_makes_no_template(lang: Lang) {
     }
 }
 
-#[test]
-fn an_env_setting_snakepit_preload_does_not_make_a_python_worker_a_template() {
-    an_env_setting_snakepit_preload_makes_no_template(Lang::Python);
-}
-
-#[test]
-fn an_env_setting_snakepit_preload_does_not_make_a_ruby_worker_a_template() {
-    if have(Lang::Ruby) {
-        an_env_setting_snakepit_preload_makes_no_template(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: an_env_setting_snakepit_preload_makes_no_template,
+    python: an_env_setting_snakepit_preload_does_not_make_a_python_worker_a_template,
+    ruby: an_env_setting_snakepit_preload_does_not_make_a_ruby_worker_a_template,
 }
 
 /// preload.md:188-194, the order of the child's steps: "set every variable
@@ -967,16 +964,10 @@ fn hooks_run_after_env_and_refresh(lang: Lang) {
     }
 }
 
-#[test]
-fn python_hooks_see_the_request_env_and_its_own_worker_id() {
-    hooks_run_after_env_and_refresh(Lang::Python);
-}
-
-#[test]
-fn ruby_hooks_see_the_request_env_and_its_own_worker_id() {
-    if have(Lang::Ruby) {
-        hooks_run_after_env_and_refresh(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: hooks_run_after_env_and_refresh,
+    python: python_hooks_see_the_request_env_and_its_own_worker_id,
+    ruby: ruby_hooks_see_the_request_env_and_its_own_worker_id,
 }
 
 /// preload.md:193-194: "write the fork warnings (threads, sockets, GPU) to
@@ -993,13 +984,7 @@ fn warnings_before_hooks_and_exit_0_with_a_thread(lang: Lang) {
     assert_eq!(template.seen[0]["threads"], 2, "{}", template.seen[0]);
     let worker = template.fork(1, Some(json!({})));
     worker.hello();
-    assert!(
-        worker
-            .stderr
-            .wait_for(|t| t.contains("outside_template: hook ran")),
-        "{}",
-        worker.stderr.text()
-    );
+    worker.stderr.expect_text("outside_template: hook ran");
     let stderr = worker.stderr.text();
     let warning = stderr
         .find("snakepit: the template had 2 threads")
@@ -1032,16 +1017,10 @@ fn warnings_before_hooks_and_exit_0_with_a_thread(lang: Lang) {
     );
 }
 
-#[test]
-fn a_python_template_with_a_thread_warns_before_the_hooks_and_exits_0_at_eof() {
-    warnings_before_hooks_and_exit_0_with_a_thread(Lang::Python);
-}
-
-#[test]
-fn a_ruby_template_with_a_thread_warns_before_the_hooks_and_exits_0_at_eof() {
-    if have(Lang::Ruby) {
-        warnings_before_hooks_and_exit_0_with_a_thread(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: warnings_before_hooks_and_exit_0_with_a_thread,
+    python: a_python_template_with_a_thread_warns_before_the_hooks_and_exits_0_at_eof,
+    ruby: a_ruby_template_with_a_thread_warns_before_the_hooks_and_exits_0_at_eof,
 }
 
 /// preload.md:187-188 and 198-200: in the child, "`dup2` the three
@@ -1089,16 +1068,10 @@ fn descriptors_end_where_the_protocol_puts_them(lang: Lang) {
     assert_eq!(second.state(&[])["hook"]["pid"], second.pid);
 }
 
-#[test]
-fn python_descriptors_end_where_the_protocol_puts_them() {
-    descriptors_end_where_the_protocol_puts_them(Lang::Python);
-}
-
-#[test]
-fn ruby_descriptors_end_where_the_protocol_puts_them() {
-    if have(Lang::Ruby) {
-        descriptors_end_where_the_protocol_puts_them(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: descriptors_end_where_the_protocol_puts_them,
+    python: python_descriptors_end_where_the_protocol_puts_them,
+    ruby: ruby_descriptors_end_where_the_protocol_puts_them,
 }
 
 // --- bad input ---------------------------------------------------------------------------
@@ -1113,6 +1086,11 @@ fn probes() -> ([File; 3], [OwnedFd; 3]) {
         [File::from(r1), File::from(r2), File::from(r3)],
         [w1, w2, w3],
     )
+}
+
+/// How many bad messages the template's log `t` reports.
+fn reported(t: &str) -> usize {
+    t.lines().filter(|l| l.contains("template: ")).count()
 }
 
 /// preload.md:212-215, "Bad input": "A message the template cannot use
@@ -1134,9 +1112,7 @@ fn bad_input_with_descriptors(lang: Lang) {
         (b"not json at all".to_vec(), None),
         (b"[1, 2, 3]".to_vec(), None),
         (
-            json!({"op": "spawn", "id": 20, "env": {}})
-                .to_string()
-                .into_bytes(),
+            message_bytes(json!({"op": "spawn", "id": 20, "env": {}})),
             None,
         ),
         (
@@ -1144,38 +1120,26 @@ fn bad_input_with_descriptors(lang: Lang) {
             None,
         ),
         (
-            json!({"op": "fork", "id": 22, "env": {"": "x"}})
-                .to_string()
-                .into_bytes(),
+            message_bytes(json!({"op": "fork", "id": 22, "env": {"": "x"}})),
             Some(22),
         ),
         (
-            json!({"op": "fork", "id": 23, "env": {"A=B": "x"}})
-                .to_string()
-                .into_bytes(),
+            message_bytes(json!({"op": "fork", "id": 23, "env": {"A=B": "x"}})),
             Some(23),
         ),
         (
-            json!({"op": "fork", "id": 24, "env": {"A": "a\u{0}b"}})
-                .to_string()
-                .into_bytes(),
+            message_bytes(json!({"op": "fork", "id": 24, "env": {"A": "a\u{0}b"}})),
             Some(24),
         ),
         (
-            json!({"op": "fork", "id": 25, "env": {"A\u{0}B": "x"}})
-                .to_string()
-                .into_bytes(),
+            message_bytes(json!({"op": "fork", "id": 25, "env": {"A\u{0}B": "x"}})),
             Some(25),
         ),
     ];
-    let mut readers = Vec::new();
-    for (message, _) in &bad {
-        let (read_ends, write_ends) = probes();
-        let fds: Vec<RawFd> = write_ends.iter().map(|fd| fd.as_raw_fd()).collect();
-        template.send(message, &fds);
-        drop(write_ends);
-        readers.push(read_ends);
-    }
+    let readers: Vec<[File; 3]> = bad
+        .iter()
+        .map(|(message, _)| template.send_probed(message))
+        .collect();
     let good = template.fork(30, Some(json!({})));
     good.hello();
 
@@ -1219,7 +1183,6 @@ fn bad_input_with_descriptors(lang: Lang) {
         }
     }
     // Reported: a line of the template's per bad message.
-    let reported = |t: &str| t.lines().filter(|l| l.contains("template: ")).count();
     assert!(
         template.log.wait_for(|t| reported(t) >= bad.len()),
         "{} bad messages, reported:\n{}",
@@ -1229,21 +1192,20 @@ fn bad_input_with_descriptors(lang: Lang) {
     assert!(template.running());
 }
 
-#[test]
-fn the_python_template_closes_the_descriptors_of_every_bad_message() {
-    bad_input_with_descriptors(Lang::Python);
+tests_of_both_templates! {
+    check: bad_input_with_descriptors,
+    python: the_python_template_closes_the_descriptors_of_every_bad_message,
+    ruby: the_ruby_template_closes_the_descriptors_of_every_bad_message,
 }
 
-#[test]
-fn the_ruby_template_closes_the_descriptors_of_every_bad_message() {
-    if have(Lang::Ruby) {
-        bad_input_with_descriptors(Lang::Ruby);
-    }
+/// Fork request `id` whose `env` is `OUTSIDE_TEMPLATE_VAR` empty.
+fn bare_fork_request(id: i64) -> String {
+    json!({"op": "fork", "id": id, "env": {"OUTSIDE_TEMPLATE_VAR": ""}}).to_string()
 }
 
 /// A fork request of exactly `size` bytes: `OUTSIDE_TEMPLATE_VAR` padded.
 fn fork_request_of(id: i64, size: usize) -> Vec<u8> {
-    let bare = json!({"op": "fork", "id": id, "env": {"OUTSIDE_TEMPLATE_VAR": ""}}).to_string();
+    let bare = bare_fork_request(id);
     let pad = "x".repeat(size - bare.len());
     let message = json!({"op": "fork", "id": id, "env": {"OUTSIDE_TEMPLATE_VAR": pad}}).to_string();
     assert_eq!(message.len(), size);
@@ -1264,15 +1226,10 @@ fn the_64_kib_limit(lang: Lang) {
     let state = worker.state(&["OUTSIDE_TEMPLATE_VAR"]);
     let value = state["env"]["OUTSIDE_TEMPLATE_VAR"].as_str().unwrap();
     assert!(value.bytes().all(|b| b == b'x'), "{value}");
-    let bare = json!({"op": "fork", "id": 1, "env": {"OUTSIDE_TEMPLATE_VAR": ""}}).to_string();
-    assert_eq!(value.len(), MAX_MESSAGE - bare.len());
+    assert_eq!(value.len(), MAX_MESSAGE - bare_fork_request(1).len());
 
-    let reported = |t: &str| t.lines().filter(|l| l.contains("template: ")).count();
     let before = reported(&template.log.text());
-    let (read_ends, write_ends) = probes();
-    let fds: Vec<RawFd> = write_ends.iter().map(|fd| fd.as_raw_fd()).collect();
-    template.send(&fork_request_of(2, MAX_MESSAGE + 1), &fds);
-    drop(write_ends);
+    let read_ends = template.send_probed(&fork_request_of(2, MAX_MESSAGE + 1));
     let next = template.fork(3, Some(json!({})));
     next.hello();
     let answered: Vec<&Value> = template.seen.iter().filter(|m| m["id"] == 2).collect();
@@ -1293,14 +1250,8 @@ fn the_64_kib_limit(lang: Lang) {
     );
 }
 
-#[test]
-fn the_python_template_serves_a_request_of_64_kib_and_refuses_one_byte_more() {
-    the_64_kib_limit(Lang::Python);
-}
-
-#[test]
-fn the_ruby_template_serves_a_request_of_64_kib_and_refuses_one_byte_more() {
-    if have(Lang::Ruby) {
-        the_64_kib_limit(Lang::Ruby);
-    }
+tests_of_both_templates! {
+    check: the_64_kib_limit,
+    python: the_python_template_serves_a_request_of_64_kib_and_refuses_one_byte_more,
+    ruby: the_ruby_template_serves_a_request_of_64_kib_and_refuses_one_byte_more,
 }

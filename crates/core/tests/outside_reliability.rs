@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use snakepit_core::sweep::{sweep, SweepOptions, UnsafeStateDir};
-use snakepit_core::{Adapter, CallOptions, Error, ExitReason, Launch, RawProcess, WireCodec};
+use snakepit_core::sweep::{sweep, SweepOptions, SweepReport, UnsafeStateDir};
+use snakepit_core::{
+    Adapter, CallOptions, Error, ExitReason, Launch, Pool, PoolBuilder, RawProcess, WireCodec,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NOBODY: u32 = 65534;
@@ -54,6 +56,51 @@ impl Adapter for Outside {
     fn command_timeout(&self, _: &str) -> Duration {
         Duration::from_secs(20)
     }
+}
+
+/// A one-worker pool of `adapter`, with health checks off.
+fn one_worker(adapter: impl Adapter) -> PoolBuilder {
+    builder(adapter)
+        .size(1)
+        .configure(|c| c.health_check_interval = Duration::ZERO)
+}
+
+/// The pool of `builder`, started.
+async fn start(builder: PoolBuilder) -> Pool {
+    builder.start().await.unwrap()
+}
+
+/// A one-worker pool of the test worker named `name` (its instance), whose
+/// state directory is `dir`.
+fn one_test_worker_in(dir: &Path, name: &str) -> PoolBuilder {
+    let dir = dir.to_owned();
+    one_worker(TestWorker::new())
+        .name(name)
+        .configure(|c| c.state_dir = Some(dir))
+}
+
+/// Whether `pid` is gone within `secs` seconds; if not, it is killed, so
+/// that a failing test leaves no process behind.
+async fn gone_or_killed(pid: u32, secs: u64) -> bool {
+    let gone = eventually(secs, || !alive(pid)).await;
+    if !gone {
+        kill_9(pid);
+    }
+    gone
+}
+
+/// What a sweep of state directory `dir` did.
+fn sweep_of(dir: &Path) -> SweepReport {
+    sweep(&SweepOptions::new().state_dir(dir)).unwrap()
+}
+
+/// The control of a test that spared `orphan`: a sweep of `dir` now kills
+/// it, and nothing else.
+async fn the_next_sweep_takes(dir: &Path, orphan: u32) {
+    let report = sweep_of(dir);
+    let gone = gone_or_killed(orphan, 5).await;
+    assert_eq!(report.killed(), 1, "{report:?}");
+    assert!(gone, "the control orphan was not swept");
 }
 
 /// The lines of `log`, split on spaces.
@@ -154,7 +201,7 @@ async fn a_process_older_than_the_runs_host_is_spared_unless_recorded_as_its_wor
             record_text(run_id, a_dead_pid(), host_start, &workers),
         )
         .unwrap();
-        let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+        let report = sweep_of(&dir);
         assert_eq!(report.killed(), 0, "{what}: {report:?}");
         assert_eq!(report.stale_runs.len(), 1, "{what}: {report:?}");
         assert!(
@@ -168,14 +215,13 @@ async fn a_process_older_than_the_runs_host_is_spared_unless_recorded_as_its_wor
         record_text(run_id, a_dead_pid(), host_start, &[(leftover, born)]),
     )
     .unwrap();
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+    let report = sweep_of(&dir);
     assert_eq!(report.killed(), 1, "{report:?}");
     assert!(report.stale_runs[0].killed[0].worker, "{report:?}");
-    let gone = eventually(5, || !alive(leftover)).await;
-    if !gone {
-        kill_9(leftover);
-    }
-    assert!(gone, "the recorded worker was not swept");
+    assert!(
+        gone_or_killed(leftover, 5).await,
+        "the recorded worker was not swept"
+    );
     assert!(!record.exists(), "the crashed run's record is removed");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -195,20 +241,19 @@ async fn a_host_pid_reused_by_another_process_is_a_dead_host() {
     let record = dir.join(format!("outside.{me}.{run_id}.run"));
 
     std::fs::write(&record, record_text(run_id, me, start_of(me), &[])).unwrap();
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+    let report = sweep_of(&dir);
     assert_eq!((report.active_runs, report.killed()), (1, 0), "{report:?}");
     assert!(record.exists() && alive(leftover));
 
     // The same pid, but the start time of an earlier process.
     std::fs::write(&record, record_text(run_id, me, 1, &[])).unwrap();
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+    let report = sweep_of(&dir);
     assert_eq!(report.active_runs, 0, "{report:?}");
     assert_eq!(report.killed(), 1, "{report:?}");
-    let gone = eventually(5, || !alive(leftover)).await;
-    if !gone {
-        kill_9(leftover);
-    }
-    assert!(gone, "the leftover of a host whose pid was reused lives");
+    assert!(
+        gone_or_killed(leftover, 5).await,
+        "the leftover of a host whose pid was reused lives"
+    );
     assert!(!record.exists());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -231,7 +276,7 @@ async fn one_process_with_a_live_host_spares_every_process_of_the_run() {
     let record = dir.join(format!("outside.{}.{run_id}.run", a_dead_pid()));
     std::fs::write(&record, record_text(run_id, a_dead_pid(), 1, &[])).unwrap();
 
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+    let report = sweep_of(&dir);
     let spared = (alive(orphan), alive(hosted));
     kill_9(hosted);
     assert_eq!(report.killed(), 0, "{report:?}");
@@ -243,13 +288,7 @@ async fn one_process_with_a_live_host_spares_every_process_of_the_run() {
     );
 
     assert!(eventually(5, || !alive(hosted)).await);
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
-    let gone = eventually(5, || !alive(orphan)).await;
-    if !gone {
-        kill_9(orphan);
-    }
-    assert_eq!(report.killed(), 1, "{report:?}");
-    assert!(gone, "the control orphan was not swept");
+    the_next_sweep_takes(&dir, orphan).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -276,7 +315,7 @@ async fn a_dead_hosts_record_of_a_run_also_recorded_in_another_namespace_is_a_co
     let copy = dir.join(format!("outside.{}.{run_id}.run", a_dead_pid()));
     std::fs::write(&copy, record_text(run_id, a_dead_pid(), 1, &[])).unwrap();
 
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+    let report = sweep_of(&dir);
     assert_eq!(report.killed(), 0, "{report:?}");
     assert_eq!(
         (report.foreign_runs, report.active_runs),
@@ -291,13 +330,7 @@ async fn a_dead_hosts_record_of_a_run_also_recorded_in_another_namespace_is_a_co
     );
 
     std::fs::remove_file(&foreign).unwrap();
-    let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
-    let gone = eventually(5, || !alive(orphan)).await;
-    if !gone {
-        kill_9(orphan);
-    }
-    assert_eq!(report.killed(), 1, "{report:?}");
-    assert!(gone, "the control orphan was not swept");
+    the_next_sweep_takes(&dir, orphan).await;
     assert!(!copy.exists());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -335,13 +368,7 @@ async fn a_pools_start_up_sweep_takes_only_its_own_instances_runs() {
 
     let swept = Arc::new(Mutex::new(None));
     let seen = swept.clone();
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .name("outsidemine")
-        .configure(|c| {
-            c.state_dir = Some(dir.clone());
-            c.health_check_interval = Duration::ZERO;
-        })
+    let pool = one_test_worker_in(&dir, "outsidemine")
         .on_event(move |e| {
             if let EventKind::Swept { killed } = e.kind {
                 *seen.lock().unwrap().get_or_insert(0) += killed;
@@ -395,13 +422,7 @@ async fn a_state_dir_below_another_users_directory_is_refused() {
         std::os::unix::fs::chown(&parent, Some(owner), Some(owner)).unwrap();
 
         let verdict = sweep(&SweepOptions::new().state_dir(&dir));
-        let pool = builder(TestWorker::new())
-            .size(1)
-            .name("outsideparent")
-            .configure(|c| {
-                c.state_dir = Some(dir.clone());
-                c.health_check_interval = Duration::ZERO;
-            })
+        let pool = one_test_worker_in(&dir, "outsideparent")
             .start()
             .await
             .unwrap_or_else(|e| panic!("{name}: a pool starts: {e}"));
@@ -447,12 +468,7 @@ async fn a_state_dir_below_another_users_directory_is_refused() {
 /// end), and the replacement serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_crashes_by_itself_takes_its_escaped_child_with_it() {
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
+    let pool = start(one_worker(TestWorker::new())).await;
     let r = pool.execute("spawn_escaped", json!({})).await.unwrap();
     let child = r["child_pid"].as_u64().unwrap() as u32;
     let worker = r["pid"].as_u64().unwrap() as u32;
@@ -466,11 +482,10 @@ async fn a_worker_that_crashes_by_itself_takes_its_escaped_child_with_it() {
         other => panic!("not a crash: {other:?}"),
     }
     assert!(err.is_crash(), "{err}");
-    let gone = eventually(10, || !alive(child)).await;
-    if !gone {
-        kill_9(child);
-    }
-    assert!(gone, "the escaped child of a crashed worker outlived it");
+    assert!(
+        gone_or_killed(child, 10).await,
+        "the escaped child of a crashed worker outlived it"
+    );
     let next = pool.execute("pid", json!({})).await.unwrap();
     assert_ne!(next["pid"].as_u64().unwrap() as u32, worker);
     pool.shutdown().await.unwrap();
@@ -487,12 +502,7 @@ async fn a_worker_that_crashes_by_itself_takes_its_escaped_child_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_signals_the_workers_whole_process_group() {
     let log = temp_dir("outside-group").join("log");
-    let pool = builder(Outside::logging("group", &log))
-        .size(1)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
+    let pool = start(one_worker(Outside::logging("group", &log))).await;
     let r = pool.execute("child", json!({})).await.unwrap();
     let child = r["child_pid"].as_u64().unwrap() as u32;
     let ready = format!("child-ready {child}");
@@ -504,10 +514,7 @@ async fn shutdown_signals_the_workers_whole_process_group() {
         "the child installed its handler"
     );
     pool.shutdown().await.unwrap();
-    let dead = eventually(10, || !alive(child)).await;
-    if !dead {
-        kill_9(child);
-    }
+    let dead = gone_or_killed(child, 10).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("worker-term"),
@@ -539,16 +546,11 @@ async fn shutdown_signals_the_workers_whole_process_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_call_keeps_its_place_on_the_worker_until_its_late_reply() {
     let log = temp_dir("outside-late").join("log");
-    let pool = builder(Outside::logging("late", &log))
-        .size(1)
-        .configure(|c| {
-            c.health_check_interval = Duration::ZERO;
-            c.shutdown_grace_period = Duration::from_secs(10);
-            c.queue_timeout = Duration::from_secs(30);
-        })
-        .start()
-        .await
-        .unwrap();
+    let pool = start(one_worker(Outside::logging("late", &log)).configure(|c| {
+        c.shutdown_grace_period = Duration::from_secs(10);
+        c.queue_timeout = Duration::from_secs(30);
+    }))
+    .await;
     let worker = pool.worker_pids()[0];
     let err = pool
         .execute_with(
@@ -603,15 +605,10 @@ async fn a_timed_out_call_keeps_its_place_on_the_worker_until_its_late_reply() {
 /// never starts it: its marker file is never written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_passed_in_the_queue_is_a_call_timeout_that_may_have_run() {
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| {
-            c.health_check_interval = Duration::ZERO;
-            c.queue_timeout = Duration::from_secs(30);
-        })
-        .start()
-        .await
-        .unwrap();
+    let pool = start(
+        one_worker(TestWorker::new()).configure(|c| c.queue_timeout = Duration::from_secs(30)),
+    )
+    .await;
     let first = a_running_sleep(&pool, 1500, Duration::from_secs(20)).await;
     let marker = temp_dir("outside-queued").join("marker");
     let err = pool
@@ -649,12 +646,7 @@ async fn a_deadline_passed_in_the_queue_is_a_call_timeout_that_may_have_run() {
 /// worker is replaced, and the next call is served by its replacement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nan_in_a_json_reply_is_a_protocol_error_and_the_worker_is_replaced() {
-    let pool = builder(Outside::new("nan"))
-        .size(1)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
+    let pool = start(one_worker(Outside::new("nan"))).await;
     let first = pool.worker_pids()[0];
     let err = pool.execute("x", json!({"nan": true})).await.unwrap_err();
     assert!(matches!(err, Error::Protocol { .. }), "{err:?}");
@@ -680,12 +672,7 @@ async fn a_nan_in_a_json_reply_is_a_protocol_error_and_the_worker_is_replaced() 
 /// its own result, the worker stays, nothing counts as an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_with_success_is_the_calls_response_whatever_its_type_says() {
-    let pool = builder(Outside::new("chunk_typed"))
-        .size(1)
-        .configure(|c| c.health_check_interval = Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
+    let pool = start(one_worker(Outside::new("chunk_typed"))).await;
     let worker = pool.worker_pids()[0];
     for token in 0..3 {
         let r = pool

@@ -29,7 +29,7 @@ use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
 use snakepit_core::events::EventKind;
-use snakepit_core::{CallOptions, Pool};
+use snakepit_core::{CallOptions, Pool, PoolBuilder};
 use snakepit_telemetry::Telemetry;
 use tracing::{Instrument, Level};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -95,6 +95,53 @@ fn have_ruby() -> bool {
         .stderr(std::process::Stdio::null())
         .status();
     ran.is_ok_and(|s| s.success())
+}
+
+/// A one-worker pool of [`python_worker`], to be instrumented.
+fn one_python_worker() -> PoolBuilder {
+    Pool::builder(Bridge::python(python_worker())).size(1)
+}
+
+/// `builder` instrumented (`snakepit_telemetry::instrument`), started.
+async fn instrumented(builder: PoolBuilder) -> Pool {
+    snakepit_telemetry::instrument(builder)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Telemetry that exports spans to `endpoint`, without metrics or logs on
+/// stderr.
+fn spans_to(endpoint: String) -> Telemetry {
+    Telemetry::new()
+        .endpoint(endpoint)
+        .metrics(false)
+        .stderr_logs(None)
+}
+
+/// What the handler got of a `context` call made inside `span`.
+async fn context_within(pool: &Pool, span: tracing::Span) -> Value {
+    pool.execute("context", json!({}))
+        .instrument(span)
+        .await
+        .unwrap()
+}
+
+/// What the Python handler got of a `context` call made inside
+/// [`caller_of_a_remote_trace`]`(caller)`, through an instrumented pool
+/// whose spans go to a plain receiver (the propagators those of this
+/// process's environment).
+fn context_of_a_remote_callers_call(caller: &'static str) -> Value {
+    let receiver = Receiver::ok();
+    let guard = spans_to(receiver.base()).init().unwrap();
+    let r = runtime().block_on(async {
+        let pool = instrumented(one_python_worker()).await;
+        let r = context_within(&pool, caller_of_a_remote_trace(caller)).await;
+        pool.shutdown().await.unwrap();
+        r
+    });
+    guard.shutdown().unwrap();
+    r
 }
 
 /// A caller's span that continues a remote, sampled trace ([`TRACE`]) whose
@@ -202,6 +249,19 @@ fn point(out: &str, name: &str, attrs: &[(&str, &str)]) -> Option<HistogramPoint
     })
 }
 
+/// Whether two sums of seconds are the same but for rounding.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 + 1e-9 * b.abs()
+}
+
+/// Checks that the point of histogram `name` whose attributes are exactly
+/// `attrs` counts `count` values whose sum is `sum`.
+fn assert_point(out: &str, name: &str, attrs: &[(&str, &str)], count: u64, sum: f64) {
+    let p = point(out, name, attrs).unwrap_or_else(|| panic!("no {name} of {attrs:?}:\n{out}"));
+    assert_eq!(p.count, count, "{name}: {p:?}");
+    assert!(close(p.sum, sum), "{name}: {p:?}, events say {sum}");
+}
+
 /// What each call's `CallEnded` said: command, outcome, duration and queue
 /// wait in seconds.
 type Ended = Arc<Mutex<Vec<(String, &'static str, f64, f64)>>>;
@@ -255,32 +315,28 @@ fn a_trace_filter_narrowed_to_your_targets_drops_the_pools_spans_and_keeps_the_m
     let inits: Arc<Mutex<Vec<f64>>> = Arc::default();
     let (root_trace, root_id) = runtime().block_on(async {
         let (log, init_log) = (ended.clone(), inits.clone());
-        let pool = snakepit_telemetry::instrument(
-            Pool::builder(Bridge::python(python_worker()))
-                .size(1)
-                .name("narrowed"),
-        )
-        .on_event(move |event| match &event.kind {
-            EventKind::CallEnded {
-                command,
-                duration,
-                queue_wait,
-                outcome,
-                ..
-            } => log.lock().unwrap().push((
-                command.to_string(),
-                *outcome,
-                duration.as_secs_f64(),
-                queue_wait.as_secs_f64(),
-            )),
-            EventKind::WorkerReady { init, .. } => {
-                init_log.lock().unwrap().push(init.as_secs_f64())
-            }
-            _ => {}
-        })
-        .start()
-        .await
-        .unwrap();
+        let pool = snakepit_telemetry::instrument(one_python_worker().name("narrowed"))
+            .on_event(move |event| match &event.kind {
+                EventKind::CallEnded {
+                    command,
+                    duration,
+                    queue_wait,
+                    outcome,
+                    ..
+                } => log.lock().unwrap().push((
+                    command.to_string(),
+                    *outcome,
+                    duration.as_secs_f64(),
+                    queue_wait.as_secs_f64(),
+                )),
+                EventKind::WorkerReady { init, .. } => {
+                    init_log.lock().unwrap().push(init.as_secs_f64())
+                }
+                _ => {}
+            })
+            .start()
+            .await
+            .unwrap();
 
         let root = tracing::info_span!(target: "outside_app", "outside.request");
         let (root_trace, root_id) = ids(&root);
@@ -346,35 +402,19 @@ fn a_trace_filter_narrowed_to_your_targets_drops_the_pools_spans_and_keeps_the_m
 
     // Exact: every call counted, under its outcome, with the durations the
     // pool measured.
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 + 1e-9 * b.abs();
     for (command, outcome, calls) in [("context", "ok", 4), ("fail", "remote", 2)] {
         let (n, sum) = seen_sum(&ended, command, Some(outcome), false);
         assert_eq!(n, calls, "the listener saw each {command} call");
-        let p = point(
-            &out,
-            "snakepit.call.duration",
-            &[
-                ("pool", "narrowed"),
-                ("command", command),
-                ("outcome", outcome),
-            ],
-        )
-        .unwrap_or_else(|| panic!("no snakepit.call.duration of {command}/{outcome}:\n{out}"));
-        assert_eq!(p.count, calls, "{command}/{outcome}: {p:?}");
-        assert!(
-            close(p.sum, sum),
-            "{command}/{outcome}: {p:?}, events say {sum}"
-        );
+        let attrs = [
+            ("pool", "narrowed"),
+            ("command", command),
+            ("outcome", outcome),
+        ];
+        assert_point(&out, "snakepit.call.duration", &attrs, calls, sum);
 
         let (n, sum) = seen_sum(&ended, command, None, true);
-        let p = point(
-            &out,
-            "snakepit.call.queue_wait",
-            &[("pool", "narrowed"), ("command", command)],
-        )
-        .unwrap_or_else(|| panic!("no snakepit.call.queue_wait of {command}:\n{out}"));
-        assert_eq!(p.count, n, "{command}: {p:?}");
-        assert!(close(p.sum, sum), "{command}: {p:?}, events say {sum}");
+        let attrs = [("pool", "narrowed"), ("command", command)];
+        assert_point(&out, "snakepit.call.queue_wait", &attrs, n, sum);
     }
     let durations = histogram(&out, "snakepit.call.duration");
     assert_eq!(
@@ -383,14 +423,13 @@ fn a_trace_filter_narrowed_to_your_targets_drops_the_pools_spans_and_keeps_the_m
         "no other call is counted: {durations:?}"
     );
     let inits = inits.lock().unwrap().clone();
-    let p = point(
+    assert_point(
         &out,
         "snakepit.worker.init.duration",
         &[("pool", "narrowed")],
-    )
-    .unwrap_or_else(|| panic!("no snakepit.worker.init.duration:\n{out}"));
-    assert_eq!(p.count, inits.len() as u64, "{p:?}");
-    assert!(close(p.sum, inits.iter().sum()), "{p:?} vs {inits:?}");
+        inits.len() as u64,
+        inits.iter().sum(),
+    );
 }
 
 /// docs/telemetry.md:10-13 (OpenTelemetry: "the trace context handed to
@@ -413,19 +452,12 @@ fn with_the_pools_spans_filtered_out_the_worker_still_joins_the_callers_trace() 
         return;
     }
     let receiver = Receiver::ok();
-    let guard = Telemetry::new()
-        .endpoint(receiver.base())
-        .metrics(false)
-        .stderr_logs(None)
+    let guard = spans_to(receiver.base())
         .traces(Targets::new().with_target("outside_app", Level::INFO))
         .init()
         .unwrap();
     runtime().block_on(async {
-        let pool =
-            snakepit_telemetry::instrument(Pool::builder(Bridge::python(python_worker())).size(1))
-                .start()
-                .await
-                .unwrap();
+        let pool = instrumented(one_python_worker()).await;
         let root = tracing::info_span!(target: "outside_app", "outside.request");
         let (root_trace, root_id) = ids(&root);
         let own = root.in_scope(snakepit_telemetry::traceparent);
@@ -434,11 +466,7 @@ fn with_the_pools_spans_filtered_out_the_worker_still_joins_the_callers_trace() 
             Some(format!("00-{root_trace}-{root_id}-01")),
             "the control: the caller's span has a context to hand on"
         );
-        let r = pool
-            .execute("context", json!({}))
-            .instrument(root)
-            .await
-            .unwrap();
+        let r = context_within(&pool, root).await;
         pool.shutdown().await.unwrap();
         assert_eq!(
             r["traceparent"],
@@ -473,31 +501,17 @@ fn a_calls_own_traceparent_is_sent_instead_of_the_current_spans_context() {
     const MINE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     const MINE_UNSAMPLED: &str = "00-11111111111111111111111111111111-2222222222222222-00";
     let receiver = Receiver::ok();
-    let guard = Telemetry::new()
+    let guard = spans_to(receiver.base())
         .service_name("explicit")
-        .endpoint(receiver.base())
-        .metrics(false)
-        .stderr_logs(None)
         .init()
         .unwrap();
     runtime().block_on(async {
-        let pool = snakepit_telemetry::instrument(
-            Pool::builder(Bridge::python(python_worker()))
-                .size(1)
-                .name("explicit"),
-        )
-        .start()
-        .await
-        .unwrap();
+        let pool = instrumented(one_python_worker().name("explicit")).await;
         let caller = caller_of_a_remote_trace("explicit.caller");
         let (_, caller_id) = ids(&caller);
 
         // The control: the span's context, all of it.
-        let r = pool
-            .execute("context", json!({}))
-            .instrument(caller.clone())
-            .await
-            .unwrap();
+        let r = context_within(&pool, caller.clone()).await;
         let (trace, parent, flags) = parts(&r["traceparent"]);
         assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "01"), "{r}");
         assert_ne!(parent, caller_id, "the parent is snakepit.call: {r}");
@@ -556,32 +570,12 @@ fn with_otel_propagators_tracecontext_no_baggage_reaches_the_worker() {
     if own_process(NAME, &[("OTEL_PROPAGATORS", "tracecontext")]).is_some() {
         return;
     }
-    let receiver = Receiver::ok();
-    let guard = Telemetry::new()
-        .endpoint(receiver.base())
-        .metrics(false)
-        .stderr_logs(None)
-        .init()
-        .unwrap();
-    runtime().block_on(async {
-        let pool =
-            snakepit_telemetry::instrument(Pool::builder(Bridge::python(python_worker())).size(1))
-                .start()
-                .await
-                .unwrap();
-        let r = pool
-            .execute("context", json!({}))
-            .instrument(caller_of_a_remote_trace("tracecontext.caller"))
-            .await
-            .unwrap();
-        pool.shutdown().await.unwrap();
-        let (trace, _, _) = parts(&r["traceparent"]);
-        assert_eq!(trace, TRACE, "{r}");
-        assert_eq!(r["tracestate"], "vendor=x", "{r}");
-        assert_eq!(r["baggage"], Value::Null, "{r}");
-        assert_eq!(r["tenant"], Value::Null, "{r}");
-    });
-    guard.shutdown().unwrap();
+    let r = context_of_a_remote_callers_call("tracecontext.caller");
+    let (trace, _, _) = parts(&r["traceparent"]);
+    assert_eq!(trace, TRACE, "{r}");
+    assert_eq!(r["tracestate"], "vendor=x", "{r}");
+    assert_eq!(r["baggage"], Value::Null, "{r}");
+    assert_eq!(r["tenant"], Value::Null, "{r}");
 }
 
 /// docs/telemetry.md: "The context travels with a traceparent only: with
@@ -603,34 +597,14 @@ fn with_otel_propagators_baggage_alone_no_context_reaches_the_worker() {
         return;
     }
     let sent = std::env::var("OUTSIDE_SENT").as_deref() == Ok("1");
-    let receiver = Receiver::ok();
-    let guard = Telemetry::new()
-        .endpoint(receiver.base())
-        .metrics(false)
-        .stderr_logs(None)
-        .init()
-        .unwrap();
-    runtime().block_on(async {
-        let pool =
-            snakepit_telemetry::instrument(Pool::builder(Bridge::python(python_worker())).size(1))
-                .start()
-                .await
-                .unwrap();
-        let r = pool
-            .execute("context", json!({}))
-            .instrument(caller_of_a_remote_trace("baggage.caller"))
-            .await
-            .unwrap();
-        pool.shutdown().await.unwrap();
-        if sent {
-            assert_eq!(parts(&r["traceparent"]).0, TRACE, "{r}");
-            assert_eq!(r["baggage"], "tenant=acme", "{r}");
-        } else {
-            assert_eq!(r["traceparent"], Value::Null, "{r}");
-            assert_eq!(r["baggage"], Value::Null, "{r}");
-        }
-    });
-    guard.shutdown().unwrap();
+    let r = context_of_a_remote_callers_call("baggage.caller");
+    if sent {
+        assert_eq!(parts(&r["traceparent"]).0, TRACE, "{r}");
+        assert_eq!(r["baggage"], "tenant=acme", "{r}");
+    } else {
+        assert_eq!(r["traceparent"], Value::Null, "{r}");
+        assert_eq!(r["baggage"], Value::Null, "{r}");
+    }
 }
 
 /// docs/telemetry.md:194-196 ("The bridges hand them to the handler as
@@ -658,36 +632,23 @@ fn a_ruby_handler_gets_the_calls_trace_context() {
     }
     const MINE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let rotel = Rotel::start().unwrap();
-    let guard = Telemetry::new()
+    let guard = spans_to(rotel.http_base())
         .service_name("ruby-host")
-        .endpoint(rotel.http_base())
-        .metrics(false)
-        .stderr_logs(None)
         .init()
         .unwrap();
     let (remote, plain, plain_ids, bare, explicit, caller_id) = runtime().block_on(async {
-        let pool = snakepit_telemetry::instrument(
+        let pool = instrumented(
             Pool::builder(Bridge::ruby(ruby_worker()))
                 .size(1)
                 .name("ruby"),
         )
-        .start()
-        .await
-        .unwrap();
+        .await;
         let caller = caller_of_a_remote_trace("ruby.caller");
         let (_, caller_id) = ids(&caller);
-        let remote = pool
-            .execute("context", json!({}))
-            .instrument(caller)
-            .await
-            .unwrap();
+        let remote = context_within(&pool, caller).await;
         let own = tracing::info_span!("ruby.plain.caller");
         let plain_ids = ids(&own);
-        let plain = pool
-            .execute("context", json!({}))
-            .instrument(own)
-            .await
-            .unwrap();
+        let plain = context_within(&pool, own).await;
         let bare = pool.execute("context", json!({})).await.unwrap();
         let explicit = pool
             .execute_with("context", json!({}), CallOptions::new().traceparent(MINE))
