@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use snakepit_protocol::{encode_frame, Cancel, Capabilities, WireCodec};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, ExitReason};
 use crate::os;
@@ -23,7 +23,7 @@ mod stdin;
 use crate::sync::Unpoisoned;
 pub(crate) use reader::{for_each_line, line_text};
 use reader::{read_loop, stderr_loop};
-use stdin::{write_loop, Stdin, StdinState, NO_CALL};
+use stdin::{write_loop, Stdin, NO_CALL};
 
 /// What a worker tells the pool that owns it, and asks of it: the worker
 /// knows its owner only through this, so the pool's types stay the pool's.
@@ -289,22 +289,7 @@ impl Worker {
             stderr,
             exit,
         } = process;
-        let stdin = Arc::new(Stdin {
-            state: Mutex::new(StdinState {
-                closed: stdin.is_none(),
-                fd: stdin.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
-                pipe: stdin,
-                backlog: VecDeque::new(),
-                close: false,
-                lost: Vec::new(),
-                replies: 0,
-                accepted: 0,
-                written: 0,
-                recent: VecDeque::new(),
-                size: os::PipeSize::new(),
-            }),
-            wake: Notify::new(),
-        });
+        let stdin = Arc::new(Stdin::new(stdin));
         let worker = Arc::new(Worker {
             id,
             slot,

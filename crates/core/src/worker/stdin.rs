@@ -107,6 +107,27 @@ pub(super) const NO_CALL: u64 = 0;
 pub(super) const HOST_REPLY: u64 = u64::MAX;
 
 impl Stdin {
+    /// A worker's stdin over `pipe` (`None`: a worker without one, closed).
+    pub(super) fn new(pipe: Option<ChildStdin>) -> Stdin {
+        use std::os::fd::AsRawFd;
+        Stdin {
+            state: Mutex::new(StdinState {
+                closed: pipe.is_none(),
+                fd: pipe.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+                pipe,
+                backlog: VecDeque::new(),
+                close: false,
+                lost: Vec::new(),
+                replies: 0,
+                accepted: 0,
+                written: 0,
+                recent: VecDeque::new(),
+                size: os::PipeSize::new(),
+            }),
+            wake: Notify::new(),
+        }
+    }
+
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StdinState> {
         self.state.locked()
     }
@@ -543,22 +564,7 @@ mod unread {
     fn stdin_pipe() -> (Arc<Stdin>, std::fs::File) {
         let (read, write) = os::pipe().unwrap();
         let pipe = ChildStdin::from_std(std::process::ChildStdin::from(write)).unwrap();
-        let stdin = Arc::new(Stdin {
-            state: Mutex::new(StdinState {
-                closed: false,
-                fd: std::os::fd::AsRawFd::as_raw_fd(&pipe),
-                pipe: Some(pipe),
-                backlog: VecDeque::new(),
-                close: false,
-                lost: Vec::new(),
-                replies: 0,
-                accepted: 0,
-                written: 0,
-                recent: VecDeque::new(),
-                size: os::PipeSize::new(),
-            }),
-            wake: Notify::new(),
-        });
+        let stdin = Arc::new(Stdin::new(Some(pipe)));
         (stdin, std::fs::File::from(read))
     }
 
