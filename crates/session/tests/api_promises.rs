@@ -647,18 +647,6 @@ mod redis {
     use crate::redis_server::Redis;
     use snakepit_session::RedisStore;
 
-    /// `redis-cli -p <port> args...`: its output, trimmed.
-    fn redis_cli(port: u16, args: &[&str]) -> String {
-        #[allow(clippy::disallowed_methods)] // the Redis command-line client, not a worker
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli is installed with redis-server");
-        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
     async fn store(redis: &Redis) -> RedisStore {
         RedisStore::builder(redis.url())
             .sweep_interval(Duration::from_secs(3600))
@@ -712,7 +700,9 @@ mod redis {
 
     /// The session's expiry in Redis, in milliseconds (`PTTL`).
     fn pttl(port: u16, key: &str) -> i64 {
-        redis_cli(port, &["PTTL", key]).parse().unwrap()
+        redis_server::redis_cli(port, &["PTTL", key])
+            .parse()
+            .unwrap()
     }
 
     /// `SessionStore`: "every operation that reads or writes a session
@@ -732,7 +722,7 @@ mod redis {
         store.store_program("s", "p", json!(1)).await.unwrap();
         let key = "snakepit:s:s";
         let cut = || {
-            redis_cli(redis.port, &["PEXPIRE", key, "100000"]);
+            redis_server::redis_cli(redis.port, &["PEXPIRE", key, "100000"]);
         };
         macro_rules! slides {
             ($what:literal, $op:expr) => {{
@@ -789,7 +779,7 @@ mod redis {
         tenant.ensure_session("b").await.unwrap();
         tenant.set("b", "k", json!(1)).await.unwrap();
         tenant.store_global_program("g2", json!(2)).await.unwrap();
-        let mut keys: Vec<String> = redis_cli(redis.port, &["KEYS", "*"])
+        let mut keys: Vec<String> = redis_server::redis_cli(redis.port, &["KEYS", "*"])
             .lines()
             .map(str::to_owned)
             .collect();
@@ -807,14 +797,23 @@ mod redis {
                 "tenant_a:stats",
             ]
         );
-        assert_eq!(redis_cli(redis.port, &["TYPE", "snakepit:s:a"]), "hash");
-        assert_eq!(redis_cli(redis.port, &["TYPE", "snakepit:idx"]), "zset");
-        assert_eq!(redis_cli(redis.port, &["TYPE", "snakepit:g"]), "hash");
-        let pttl: i64 = redis_cli(redis.port, &["PTTL", "snakepit:s:a"])
+        assert_eq!(
+            redis_server::redis_cli(redis.port, &["TYPE", "snakepit:s:a"]),
+            "hash"
+        );
+        assert_eq!(
+            redis_server::redis_cli(redis.port, &["TYPE", "snakepit:idx"]),
+            "zset"
+        );
+        assert_eq!(
+            redis_server::redis_cli(redis.port, &["TYPE", "snakepit:g"]),
+            "hash"
+        );
+        let pttl: i64 = redis_server::redis_cli(redis.port, &["PTTL", "snakepit:s:a"])
             .parse()
             .unwrap();
         assert!(pttl > 0 && pttl <= 600_000, "PEXPIRE of the TTL: {pttl}");
-        let pttl: i64 = redis_cli(redis.port, &["PTTL", "tenant_a:s:b"])
+        let pttl: i64 = redis_server::redis_cli(redis.port, &["PTTL", "tenant_a:s:b"])
             .parse()
             .unwrap();
         assert!(
@@ -822,9 +821,9 @@ mod redis {
             "the default TTL, an hour: {pttl}"
         );
         // Slid on use: the expiry grows back to the TTL.
-        redis_cli(redis.port, &["PEXPIRE", "snakepit:s:a", "5000"]);
+        redis_server::redis_cli(redis.port, &["PEXPIRE", "snakepit:s:a", "5000"]);
         default.get("a", "k").await.unwrap();
-        let pttl: i64 = redis_cli(redis.port, &["PTTL", "snakepit:s:a"])
+        let pttl: i64 = redis_server::redis_cli(redis.port, &["PTTL", "snakepit:s:a"])
             .parse()
             .unwrap();
         assert!(pttl > 5_000, "the use slid it back to 600 s: {pttl}");

@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redis_server::redis_cli;
 use redis_server::Redis;
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
@@ -63,18 +64,6 @@ const OFTEN: Duration = Duration::from_millis(100);
 
 /// A sweep that does not run during a test.
 const NEVER: Duration = Duration::from_secs(3600);
-
-/// `redis-cli -p <port> args...`: its output, trimmed.
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    #[allow(clippy::disallowed_methods)] // the Redis command-line client, not a worker
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli is installed with redis-server");
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// One field of `INFO <section>`.
 fn info(port: u16, section: &str, field: &str) -> String {

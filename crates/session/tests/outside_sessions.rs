@@ -192,18 +192,6 @@ mod redis {
         .interpreter(python())
     }
 
-    /// `redis-cli -p <port> args...`: its output, trimmed.
-    fn redis_cli(port: u16, args: &[&str]) -> String {
-        #[allow(clippy::disallowed_methods)] // the Redis command-line client, not a worker
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli is installed with redis-server");
-        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
     /// sessions.md: "The default TTL is one hour (`default_ttl` on either
     /// builder)." A `RedisStore` built with the defaults gives a session
     /// made by `create_session(id, None)` or by `ensure_session` a TTL of
@@ -217,9 +205,10 @@ mod redis {
         store.ensure_session("ensured").await.unwrap();
         for id in ["made", "ensured"] {
             assert_eq!(store.get_session(id).await.unwrap().ttl_ms, 3_600_000);
-            let pttl: i64 = redis_cli(redis.port, &["PTTL", &format!("snakepit:s:{id}")])
-                .parse()
-                .unwrap();
+            let pttl: i64 =
+                redis_server::redis_cli(redis.port, &["PTTL", &format!("snakepit:s:{id}")])
+                    .parse()
+                    .unwrap();
             assert!(
                 pttl > 3_500_000 && pttl <= 3_600_000,
                 "{id}: Redis expires it in {pttl} ms"
@@ -448,7 +437,7 @@ mod redis {
         store.ensure_session("w").await.unwrap();
         store.set("w", "k", json!(0)).await.unwrap();
         let version = || -> u64 {
-            redis_cli(redis.port, &["HGET", "snakepit:s:w", "v"])
+            redis_server::redis_cli(redis.port, &["HGET", "snakepit:s:w", "v"])
                 .parse()
                 .unwrap()
         };

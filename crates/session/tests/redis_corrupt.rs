@@ -9,21 +9,10 @@
 mod common;
 mod redis_server;
 
+use redis_server::redis_cli;
 use redis_server::Redis;
 use serde_json::json;
 use snakepit_session::{Error, RedisStore, SessionStore};
-
-/// `redis-cli -p <port> args...`: its output, trimmed.
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    #[allow(clippy::disallowed_methods)] // the Redis command-line client, not a worker
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli is installed with redis-server");
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn corrupt<T: std::fmt::Debug>(op: &str, got: Result<T, Error>) {
     match got {

@@ -109,3 +109,15 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `redis-cli -p <port> args...`: its output, trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    #[allow(clippy::disallowed_methods)] // the Redis command-line client, not a worker
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed with redis-server");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
