@@ -193,6 +193,65 @@ fn unhex(key: &str) -> Option<String> {
     (!id.is_empty() && hex("s.", &id) == key).then_some(id)
 }
 
+/// A key's last message: its value, revision and operation.
+struct Last {
+    value: Bytes,
+    revision: u64,
+    operation: Operation,
+}
+
+/// The last message at `key`, `None` if there is none, read from the
+/// bucket's stream leader (`STREAM.MSG.GET`). `Store::entry` asks for a
+/// direct get, which any replica of a replicated bucket may answer, one
+/// that has not applied the last acknowledged write among them: a session
+/// just created on one host would read as absent on another, and a
+/// deleted one as present. The leader has every acknowledged write.
+async fn last(kv: &Store, key: &str) -> Result<Option<Last>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", kv.prefix);
+    let m = match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(backend(format!("reading `{key}`: {e}"))),
+    };
+    // As `Store::entry` reads it: the operation's header, else the
+    // server's marker of why the message went, else a put.
+    let operation = match m.headers.get("KV-Operation") {
+        Some(op) => op.as_str().parse().unwrap_or(Operation::Put),
+        None => match m.headers.get("Nats-Marker-Reason").map(|r| r.as_str()) {
+            Some("MaxAge" | "Purge") => Operation::Purge,
+            Some("Remove") => Operation::Delete,
+            _ => Operation::Put,
+        },
+    };
+    Ok(Some(Last {
+        value: m.payload,
+        revision: m.sequence,
+        operation,
+    }))
+}
+
+/// Whether a write that expected a revision failed because another write
+/// to the key came first: a lost compare-and-swap, to be retried. A
+/// replicated stream's leader refuses an expected-revision publish while
+/// another one to the same key is being replicated with its own code
+/// (10164), which async-nats reports as an unnamed error, not as
+/// `WrongLastRevision` (10071).
+fn lost_race(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(j) = c.downcast_ref::<async_nats::jetstream::Error>() {
+            return matches!(
+                j.error_code(),
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Whether an operation on the bucket, failed with `e`, may have failed
 /// because the bucket is gone (rather than refused, or timed out).
 fn maybe_gone(e: &Error) -> bool {
@@ -281,7 +340,7 @@ impl NatsKvStore {
     }
 
     async fn load(&self, key: &str) -> Result<Slot> {
-        let entry = on_bucket!(self, |kv| kv.entry(key).await.map_err(backend))?;
+        let entry = on_bucket!(self, |kv| last(kv, key).await)?;
         match entry {
             None => Ok(Slot::Absent(0)),
             Some(e) if e.operation != Operation::Put => Ok(Slot::Absent(e.revision)),
@@ -299,23 +358,18 @@ impl NatsKvStore {
         let bytes = Bytes::from(serde_json::to_vec(value)?);
         self.fits(&format!("session `{}`", value.id), bytes.len() + key.len())?;
         on_bucket!(self, |kv| {
-            let r = if rev == 0 {
-                kv.create(key, bytes.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| match e.kind() {
-                        async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => None,
-                        _ => Some(write_failed(&value.id, e)),
-                    })
-            } else {
-                kv.update(key, bytes.clone(), rev)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| match e.kind() {
-                        UpdateErrorKind::WrongLastRevision => None,
-                        _ => Some(write_failed(&value.id, e)),
-                    })
-            };
+            // Revision 0 expects no message at all at `key`: a key with a
+            // removal's marker was loaded as absent at the marker's
+            // revision, which is expected instead.
+            let r = kv
+                .update(key, bytes.clone(), rev)
+                .await
+                .map(|_| ())
+                .map_err(|e| match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => None,
+                    _ if lost_race(&e) => None,
+                    _ => Some(write_failed(&value.id, e)),
+                });
             match r {
                 Ok(()) => Ok(true),
                 Err(None) => Ok(false),
@@ -344,7 +398,9 @@ impl NatsKvStore {
         let deleted = on_bucket!(self, |kv| {
             match kv.delete_expect_revision(key, Some(rev)).await {
                 Ok(()) => Ok(true),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision || lost_race(&e) => {
+                    Ok(false)
+                }
                 Err(e) => Err(write_failed(id, e)),
             }
         })?;
@@ -361,7 +417,7 @@ impl NatsKvStore {
     /// Best effort: a marker left behind costs a little room, nothing else.
     async fn purge_tombstone(&self, key: &str) {
         let kv = self.kv();
-        let Ok(Some(entry)) = kv.entry(key).await else {
+        let Ok(Some(entry)) = last(&kv, key).await else {
             return;
         };
         if entry.operation == Operation::Put {
@@ -588,12 +644,10 @@ impl SessionStore for NatsKvStore {
                 Ok(_) => return Ok(false),
                 // Data that does not parse is still removed: otherwise
                 // its id could never be used again.
-                Err(Error::Corrupt(_)) => {
-                    match on_bucket!(self, |kv| kv.entry(&key).await.map_err(backend))? {
-                        Some(e) if e.operation == Operation::Put => e.revision,
-                        _ => continue,
-                    }
-                }
+                Err(Error::Corrupt(_)) => match on_bucket!(self, |kv| last(kv, &key).await)? {
+                    Some(e) if e.operation == Operation::Put => e.revision,
+                    _ => continue,
+                },
                 Err(e) => return Err(e),
             };
             if self.delete_at(id, &key, rev).await? {
@@ -625,7 +679,7 @@ impl SessionStore for NatsKvStore {
         let (live, _) = self.scan().await?;
         let mut globals = 0;
         for key in self.keys_under("g.").await? {
-            let entry = on_bucket!(self, |kv| kv.entry(&key).await.map_err(backend))?;
+            let entry = on_bucket!(self, |kv| last(kv, &key).await)?;
             if entry.is_some_and(|e| e.operation == Operation::Put) {
                 globals += 1;
             }
@@ -680,9 +734,9 @@ impl SessionStore for NatsKvStore {
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
         check("program id", program_id)?;
         let key = hex("g.", program_id);
-        match on_bucket!(self, |kv| kv.get(&key).await.map_err(backend))? {
-            Some(b) => Ok(serde_json::from_slice(&b)?),
-            None => Err(Error::ProgramNotFound {
+        match on_bucket!(self, |kv| last(kv, &key).await)? {
+            Some(e) if e.operation == Operation::Put => Ok(serde_json::from_slice(&e.value)?),
+            _ => Err(Error::ProgramNotFound {
                 session_id: None,
                 program_id: program_id.to_owned(),
             }),
