@@ -1063,12 +1063,18 @@ impl Inner {
         if self.closed.load(Ordering::Relaxed) {
             return Err(self.closed_error());
         }
-        if !*self.connected.borrow() || self.nats.connection_state() != State::Connected {
+        if self.nats.connection_state() != State::Connected {
             return Err(unavailable(
                 &self.cluster,
                 "the NATS connection is down; calls resume when it reconnects".into(),
             ));
         }
+        // The connection is what counts: the `connected` flag, which wakes
+        // the calls in flight when the connection goes, follows it only
+        // once a monitor tick; a call made as the connection comes back
+        // sets it now rather than fail for up to a tick.
+        self.connected
+            .send_if_modified(|c| !std::mem::replace(c, true));
         Ok(())
     }
 

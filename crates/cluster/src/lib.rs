@@ -46,7 +46,8 @@
 //!   (clients check every sixth of it, at least every quarter second;
 //!   [`is_host_lost`]), a
 //!   call is never sent twice, and while the NATS connection is down calls
-//!   fail at once ([`is_unavailable`]) and work again when it is back. A
+//!   fail at once ([`is_unavailable`]) and work again as soon as it is back
+//!   (async-nats reconnects after a delay that doubles up to 4 s). A
 //!   connection drained (`async_nats::Client::drain`) or closed for good
 //!   fails the client's calls in flight at once, and every later call.
 //! - **Batching**: calls made together to one host go in one NATS message,
