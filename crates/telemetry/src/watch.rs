@@ -134,7 +134,7 @@ impl ExportState {
             if warn {
                 tracing::warn!(
                     target: "snakepit_telemetry",
-                    "cannot export {} to {}: {cause} (reported once; what fails to export is dropped)",
+                    "cannot export {} to {}: {cause} (reported once until an export succeeds again; what fails to export is dropped)",
                     self.signal,
                     self.url,
                 );
@@ -144,6 +144,21 @@ impl ExportState {
             }
         }
         self.dropped.fetch_add(lost, Ordering::SeqCst);
+    }
+
+    /// An export that succeeded: after failures that were warned of, the
+    /// log says exports work again, and the next failure (another outage)
+    /// is warned of again. What was dropped meanwhile is still counted for
+    /// the next flush.
+    fn succeeded(&self) {
+        if self.warned.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                target: "snakepit_telemetry",
+                "exporting {} to {} again (what failed before was dropped; the next flush or shutdown says how much)",
+                self.signal,
+                self.url,
+            );
+        }
     }
 
     /// The exporter's message, and for a network error (which the HTTP
@@ -241,8 +256,9 @@ impl<E: SpanExporter> SpanExporter for Watched<E> {
         self.state.handed.fetch_add(n, Ordering::SeqCst);
         let start = Instant::now();
         let result = self.inner.export(batch).await;
-        if let Err(e) = &result {
-            self.state.failed(n, e, start.elapsed());
+        match &result {
+            Err(e) => self.state.failed(n, e, start.elapsed()),
+            Ok(()) => self.state.succeeded(),
         }
         result
     }
@@ -275,7 +291,10 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
                 self.state.failed(1, &e, start.elapsed());
                 Err(e)
             }
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.state.succeeded();
+                Ok(())
+            }
         }
     }
 
