@@ -401,18 +401,19 @@ async fn open(
     }
 }
 
-/// An operation's body, as a future for [`Inner::bounded`], run once more
-/// if one of its commands was refused a connection (within the same
-/// timeout): a refused command was never sent, so this repeats no write.
+/// Runs an operation's body with [`Inner::bounded`] (within the store's
+/// timeout, named `$op` in its errors), once more if one of its commands
+/// was refused a connection: a refused command was never sent, so this
+/// repeats no write.
 /// The `ConnectionManager` answers the first command after an outage with
 /// the error of the reconnection it last tried, while Redis was down, and
 /// only then tries again: without this, the first operation after Redis is
 /// back would fail, however long after. A body of several commands runs
 /// again from its start; each such body is safe to repeat once its commands
 /// that were sent have had their answers (reads, compare-and-swap, cleanup).
-macro_rules! once_more_if_refused {
-    ($body:block) => {
-        async {
+macro_rules! bounded {
+    ($inner:expr, $op:literal, $body:block) => {
+        $inner.bounded($op, async {
             let (first, refused) = REFUSED
                 .scope(Cell::new(false), async {
                     let r: Result<_> = async $body.await;
@@ -423,13 +424,13 @@ macro_rules! once_more_if_refused {
                 Err(_) if refused => async $body.await,
                 r => r,
             }
-        }
+        })
     };
 }
 
 tokio::task_local! {
     /// Set while an operation runs when one of its commands was refused a
-    /// connection ([`Inner::bounded`]).
+    /// connection ([`bounded!`]).
     static REFUSED: Cell<bool>;
 }
 
@@ -463,10 +464,7 @@ async fn sweep(store: Weak<Inner>, every: Duration) {
         let Some(inner) = store.upgrade() else {
             return;
         };
-        if let Err(e) = inner
-            .bounded("sweep", once_more_if_refused!({ inner.cleanup().await }))
-            .await
-        {
+        if let Err(e) = bounded!(inner, "sweep", { inner.cleanup().await }).await {
             tracing::warn!(error = %e, "redis session sweep failed");
         }
     }
@@ -525,8 +523,9 @@ impl Inner {
         self.link.current.read_locked().clone()
     }
 
-    /// Runs `op` within the timeout; names it in its backend errors. Its
-    /// body is made with [`once_more_if_refused!`].
+    /// Runs `op` within the timeout; names it in its backend errors. The
+    /// operations call it through [`bounded!`], which adds the retry of a
+    /// refused command.
     async fn bounded<T>(
         self: &Arc<Self>,
         op: &'static str,
@@ -730,60 +729,47 @@ fn fields(s: &Session) -> Result<Vec<String>> {
 impl SessionStore for RedisStore {
     async fn create_session(&self, id: &str, ttl: Option<Duration>) -> Result<Session> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "create_session",
-                once_more_if_refused!({
-                    check_id("session id", id)?;
-                    let ttl = ttl.unwrap_or(inner.default_ttl);
-                    check_ttl(ttl)?;
-                    let (created, expired): (i64, i64) = inner
-                        .invoke(&inner.scripts.create, id)
-                        .arg(ttl_ms(ttl))
-                        .invoke_async(&mut inner.conn())
-                        .await?;
-                    if expired == 1 {
-                        inner.notify(id, EndReason::Expired);
-                    }
-                    if created < 0 {
-                        return Err(Error::AlreadyExists(id.to_owned()));
-                    }
-                    Ok(Session::new(id, ttl, created as u64))
-                }),
-            )
-            .await
+        bounded!(inner, "create_session", {
+            check_id("session id", id)?;
+            let ttl = ttl.unwrap_or(inner.default_ttl);
+            check_ttl(ttl)?;
+            let (created, expired): (i64, i64) = inner
+                .invoke(&inner.scripts.create, id)
+                .arg(ttl_ms(ttl))
+                .invoke_async(&mut inner.conn())
+                .await?;
+            if expired == 1 {
+                inner.notify(id, EndReason::Expired);
+            }
+            if created < 0 {
+                return Err(Error::AlreadyExists(id.to_owned()));
+            }
+            Ok(Session::new(id, ttl, created as u64))
+        })
+        .await
     }
 
     async fn ensure_session(&self, id: &str) -> Result<()> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "ensure_session",
-                once_more_if_refused!({
-                    check_id("session id", id)?;
-                    // The default TTL was checked by `connect`.
-                    let (_, expired): (i64, i64) = inner
-                        .invoke(&inner.scripts.ensure, id)
-                        .arg(ttl_ms(inner.default_ttl))
-                        .invoke_async(&mut inner.conn())
-                        .await?;
-                    if expired == 1 {
-                        inner.notify(id, EndReason::Expired);
-                    }
-                    Ok(())
-                }),
-            )
-            .await
+        bounded!(inner, "ensure_session", {
+            check_id("session id", id)?;
+            // The default TTL was checked by `connect`.
+            let (_, expired): (i64, i64) = inner
+                .invoke(&inner.scripts.ensure, id)
+                .arg(ttl_ms(inner.default_ttl))
+                .invoke_async(&mut inner.conn())
+                .await?;
+            if expired == 1 {
+                inner.notify(id, EndReason::Expired);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn get_session(&self, id: &str) -> Result<Session> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "get_session",
-                once_more_if_refused!({ Ok(inner.read(id).await?.0) }),
-            )
-            .await
+        bounded!(inner, "get_session", { Ok(inner.read(id).await?.0) }).await
     }
 
     async fn update_session<F>(&self, id: &str, mut f: F) -> Result<Session>
@@ -791,259 +777,206 @@ impl SessionStore for RedisStore {
         F: FnMut(&mut Session) + Send,
     {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "update_session",
-                once_more_if_refused!({
-                    for attempt in 0..MAX_ATTEMPTS {
-                        let (mut s, version) = inner.read(id).await?;
-                        let created = s.created_at_ms;
-                        f(&mut s);
-                        s.id = id.to_owned();
-                        s.created_at_ms = created;
-                        // Before anything is written.
-                        check_ttl(s.ttl())?;
-                        let written: i64 = inner
-                            .invoke(&inner.scripts.replace, id)
-                            .arg(&version)
-                            .arg(fields(&s)?)
-                            .invoke_async(&mut inner.conn())
-                            .await?;
-                        match written {
-                            1 => return Ok(s),
-                            -1 => return Err(Error::NotFound(id.to_owned())),
-                            _ => crate::conflict_backoff(attempt).await,
-                        }
-                    }
-                    Err(Error::Conflict {
-                        session_id: id.to_owned(),
-                        attempts: MAX_ATTEMPTS,
-                    })
-                }),
-            )
-            .await
+        bounded!(inner, "update_session", {
+            for attempt in 0..MAX_ATTEMPTS {
+                let (mut s, version) = inner.read(id).await?;
+                let created = s.created_at_ms;
+                f(&mut s);
+                s.id = id.to_owned();
+                s.created_at_ms = created;
+                // Before anything is written.
+                check_ttl(s.ttl())?;
+                let written: i64 = inner
+                    .invoke(&inner.scripts.replace, id)
+                    .arg(&version)
+                    .arg(fields(&s)?)
+                    .invoke_async(&mut inner.conn())
+                    .await?;
+                match written {
+                    1 => return Ok(s),
+                    -1 => return Err(Error::NotFound(id.to_owned())),
+                    _ => crate::conflict_backoff(attempt).await,
+                }
+            }
+            Err(Error::Conflict {
+                session_id: id.to_owned(),
+                attempts: MAX_ATTEMPTS,
+            })
+        })
+        .await
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "delete_session",
-                once_more_if_refused!({
-                    check_id("session id", id)?;
-                    let removed: i64 = inner
-                        .invoke(&inner.scripts.delete, id)
-                        .invoke_async(&mut inner.conn())
-                        .await?;
-                    match removed {
-                        1 => inner.notify(id, EndReason::Deleted),
-                        2 => inner.notify(id, EndReason::Expired),
-                        _ => {}
-                    }
-                    Ok(removed == 1)
-                }),
-            )
-            .await
+        bounded!(inner, "delete_session", {
+            check_id("session id", id)?;
+            let removed: i64 = inner
+                .invoke(&inner.scripts.delete, id)
+                .invoke_async(&mut inner.conn())
+                .await?;
+            match removed {
+                1 => inner.notify(id, EndReason::Deleted),
+                2 => inner.notify(id, EndReason::Expired),
+                _ => {}
+            }
+            Ok(removed == 1)
+        })
+        .await
     }
 
     async fn session_exists(&self, id: &str) -> Result<bool> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "session_exists",
-                once_more_if_refused!({
-                    check_id("session id", id)?;
-                    let n: i64 = redis::cmd("EXISTS")
-                        .arg(inner.key(id))
-                        .query_async(&mut inner.conn())
-                        .await?;
-                    Ok(n == 1)
-                }),
-            )
-            .await
+        bounded!(inner, "session_exists", {
+            check_id("session id", id)?;
+            let n: i64 = redis::cmd("EXISTS")
+                .arg(inner.key(id))
+                .query_async(&mut inner.conn())
+                .await?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     async fn list_sessions(&self) -> Result<Vec<String>> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "list_sessions",
-                once_more_if_refused!({
-                    Ok(inner
-                        .scripts
-                        .list
-                        .key(inner.index())
-                        .invoke_async(&mut inner.conn())
-                        .await?)
-                }),
-            )
-            .await
+        bounded!(inner, "list_sessions", {
+            Ok(inner
+                .scripts
+                .list
+                .key(inner.index())
+                .invoke_async(&mut inner.conn())
+                .await?)
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "stats",
-                once_more_if_refused!({
-                    let v: Vec<u64> = inner
-                        .scripts
-                        .stats
-                        .key(inner.index())
-                        .key(inner.stats_key())
-                        .key(inner.globals())
-                        .invoke_async(&mut inner.conn())
-                        .await?;
-                    let [active, created, deleted, expired, globals] = v[..] else {
-                        return Err(Error::Corrupt(format!("stats script answered {v:?}")));
-                    };
-                    Ok(StoreStats {
-                        active_sessions: active,
-                        sessions_created: created,
-                        sessions_deleted: deleted,
-                        sessions_expired: expired,
-                        global_programs: globals,
-                    })
-                }),
-            )
-            .await
+        bounded!(inner, "stats", {
+            let v: Vec<u64> = inner
+                .scripts
+                .stats
+                .key(inner.index())
+                .key(inner.stats_key())
+                .key(inner.globals())
+                .invoke_async(&mut inner.conn())
+                .await?;
+            let [active, created, deleted, expired, globals] = v[..] else {
+                return Err(Error::Corrupt(format!("stats script answered {v:?}")));
+            };
+            Ok(StoreStats {
+                active_sessions: active,
+                sessions_created: created,
+                sessions_deleted: deleted,
+                sessions_expired: expired,
+                global_programs: globals,
+            })
+        })
+        .await
     }
 
     async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "store_program",
-                once_more_if_refused!({
-                    check_id("program id", program_id)?;
-                    inner
-                        .set_field(id, format!("p:{program_id}"), "program", &program)
-                        .await
-                }),
-            )
-            .await
+        bounded!(inner, "store_program", {
+            check_id("program id", program_id)?;
+            inner
+                .set_field(id, format!("p:{program_id}"), "program", &program)
+                .await
+        })
+        .await
     }
 
     async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "get_program",
-                once_more_if_refused!({
-                    check_id("program id", program_id)?;
-                    inner
-                        .get_field(id, format!("p:{program_id}"))
-                        .await?
-                        .ok_or_else(|| Error::ProgramNotFound {
-                            session_id: Some(id.to_owned()),
-                            program_id: program_id.to_owned(),
-                        })
-                }),
-            )
-            .await
+        bounded!(inner, "get_program", {
+            check_id("program id", program_id)?;
+            inner
+                .get_field(id, format!("p:{program_id}"))
+                .await?
+                .ok_or_else(|| Error::ProgramNotFound {
+                    session_id: Some(id.to_owned()),
+                    program_id: program_id.to_owned(),
+                })
+        })
+        .await
     }
 
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "store_global_program",
-                once_more_if_refused!({
-                    check_id("program id", program_id)?;
-                    let _: i64 = redis::cmd("HSET")
-                        .arg(inner.globals())
-                        .arg(program_id)
-                        .arg(stored_json("program", &program)?)
-                        .query_async(&mut inner.conn())
-                        .await?;
-                    Ok(())
-                }),
-            )
-            .await
+        bounded!(inner, "store_global_program", {
+            check_id("program id", program_id)?;
+            let _: i64 = redis::cmd("HSET")
+                .arg(inner.globals())
+                .arg(program_id)
+                .arg(stored_json("program", &program)?)
+                .query_async(&mut inner.conn())
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "get_global_program",
-                once_more_if_refused!({
-                    check_id("program id", program_id)?;
-                    let v: Option<String> = redis::cmd("HGET")
-                        .arg(inner.globals())
-                        .arg(program_id)
-                        .query_async(&mut inner.conn())
-                        .await?;
-                    match v {
-                        Some(s) => Ok(serde_json::from_str(&s)?),
-                        None => Err(Error::ProgramNotFound {
-                            session_id: None,
-                            program_id: program_id.to_owned(),
-                        }),
-                    }
+        bounded!(inner, "get_global_program", {
+            check_id("program id", program_id)?;
+            let v: Option<String> = redis::cmd("HGET")
+                .arg(inner.globals())
+                .arg(program_id)
+                .query_async(&mut inner.conn())
+                .await?;
+            match v {
+                Some(s) => Ok(serde_json::from_str(&s)?),
+                None => Err(Error::ProgramNotFound {
+                    session_id: None,
+                    program_id: program_id.to_owned(),
                 }),
-            )
-            .await
+            }
+        })
+        .await
     }
 
     async fn cleanup_expired(&self) -> Result<usize> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "cleanup_expired",
-                once_more_if_refused!({ inner.cleanup().await }),
-            )
-            .await
+        bounded!(inner, "cleanup_expired", { inner.cleanup().await }).await
     }
 
     async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "get",
-                once_more_if_refused!({
-                    check_id("key", key)?;
-                    inner.get_field(id, format!("d:{key}")).await
-                }),
-            )
-            .await
+        bounded!(inner, "get", {
+            check_id("key", key)?;
+            inner.get_field(id, format!("d:{key}")).await
+        })
+        .await
     }
 
     async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "set",
-                once_more_if_refused!({
-                    check_id("key", key)?;
-                    inner
-                        .set_field(id, format!("d:{key}"), "value", &value)
-                        .await
-                }),
-            )
-            .await
+        bounded!(inner, "set", {
+            check_id("key", key)?;
+            inner
+                .set_field(id, format!("d:{key}"), "value", &value)
+                .await
+        })
+        .await
     }
 
     async fn delete(&self, id: &str, key: &str) -> Result<bool> {
         let inner = &self.inner;
-        inner
-            .bounded(
-                "delete",
-                once_more_if_refused!({
-                    check_id("key", key)?;
-                    check_id("session id", id)?;
-                    let r: i64 = inner
-                        .invoke(&inner.scripts.del_field, id)
-                        .arg(format!("d:{key}"))
-                        .invoke_async(&mut inner.conn())
-                        .await?;
-                    match r {
-                        -1 => Err(Error::NotFound(id.to_owned())),
-                        r => Ok(r == 1),
-                    }
-                }),
-            )
-            .await
+        bounded!(inner, "delete", {
+            check_id("key", key)?;
+            check_id("session id", id)?;
+            let r: i64 = inner
+                .invoke(&inner.scripts.del_field, id)
+                .arg(format!("d:{key}"))
+                .invoke_async(&mut inner.conn())
+                .await?;
+            match r {
+                -1 => Err(Error::NotFound(id.to_owned())),
+                r => Ok(r == 1),
+            }
+        })
+        .await
     }
 
     fn on_session_end(&self, listener: EndListener) {
