@@ -1073,8 +1073,10 @@ impl Inner {
         // the calls in flight when the connection goes, follows it only
         // once a monitor tick; a call made as the connection comes back
         // sets it now rather than fail for up to a tick.
-        self.connected
-            .send_if_modified(|c| !std::mem::replace(c, true));
+        if !*self.connected.borrow() {
+            self.connected
+                .send_if_modified(|c| !std::mem::replace(c, true));
+        }
         Ok(())
     }
 
