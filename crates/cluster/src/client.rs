@@ -288,7 +288,7 @@ struct Inner {
     /// Calls woken for room that have not looked for it yet.
     woken: AtomicUsize,
     queued: AtomicUsize,
-    connected: watch::Sender<bool>,
+    connected: watch::Sender<Link>,
     /// The connection was drained or closed for good (the client's reply
     /// subscription ended): no call can be sent or answered any more.
     closed: AtomicBool,
@@ -395,7 +395,10 @@ impl Client {
             .subscribe(subjects.heartbeat())
             .await
             .map_err(|e| unavailable(cluster, format!("cannot subscribe: {e}")))?;
-        let connected = nats.connection_state() == State::Connected;
+        let connected = Link {
+            up: nats.connection_state() == State::Connected,
+            epoch: connects(nats),
+        };
         let tick = check_every(config.host_timeout);
         let outbox = Arc::new(Outbox::default());
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
@@ -642,6 +645,10 @@ impl Client {
             // The wait for room may have outlived the connection: the call
             // is not sent then (dropping `slot` passes its unit on).
             inner.check_connection()?;
+            // Calls in flight fail when the connection goes, or comes back
+            // as another: what was published to the client meanwhile is
+            // lost.
+            let epoch = connects(&inner.nats);
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -709,7 +716,7 @@ impl Client {
             let mut connected = inner.connected.subscribe();
             let first = tokio::select! {
                 first = tokio::time::timeout(inner.config.host_timeout, rx.recv()) => first,
-                _ = connected.wait_for(|c| !*c) => {
+                _ = connected.wait_for(|l| l.lost_since(epoch)) => {
                     return Err(host_lost(
                         &slot.host,
                         slot.pid,
@@ -795,6 +802,7 @@ impl Client {
                 reply,
                 lost,
                 connected,
+                epoch,
                 deadline: deadline.map(|d| later(d, inner.config.host_timeout)),
                 command: command.to_owned(),
                 timeout: options.timeout,
@@ -961,7 +969,7 @@ impl Client {
                 *waiting = None;
                 Ok(r.is_ok())
             }
-            _ = connected.wait_for(|c| !*c) => Err(inner.check_connection().err().unwrap_or_else(|| {
+            _ = connected.wait_for(|l| !l.up) => Err(inner.check_connection().err().unwrap_or_else(|| {
                 unavailable(
                     &inner.cluster,
                     "the NATS connection is down; calls resume when it reconnects".into(),
@@ -1073,9 +1081,13 @@ impl Inner {
         // the calls in flight when the connection goes, follows it only
         // once a monitor tick; a call made as the connection comes back
         // sets it now rather than fail for up to a tick.
-        if !*self.connected.borrow() {
+        let now = Link {
+            up: true,
+            epoch: connects(&self.nats),
+        };
+        if *self.connected.borrow() != now {
             self.connected
-                .send_if_modified(|c| !std::mem::replace(c, true));
+                .send_if_modified(|c| std::mem::replace(c, now) != now);
         }
         Ok(())
     }
@@ -1289,7 +1301,7 @@ async fn route_replies(inner: Weak<Inner>, mut replies: async_nats::Subscriber) 
     // now, not a host timeout later, and new calls fail at once.
     if let Some(inner) = inner.upgrade() {
         inner.closed.store(true, Ordering::Relaxed);
-        inner.connected.send_replace(false);
+        inner.connected.send_modify(|l| l.up = false);
     }
 }
 
@@ -1404,11 +1416,14 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
     loop {
         every.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let up = !inner.closed.load(Ordering::Relaxed)
-            && inner.nats.connection_state() == State::Connected;
+        let link = Link {
+            up: !inner.closed.load(Ordering::Relaxed)
+                && inner.nats.connection_state() == State::Connected,
+            epoch: connects(&inner.nats),
+        };
         inner
             .connected
-            .send_if_modified(|c| std::mem::replace(c, up) != up);
+            .send_if_modified(|c| std::mem::replace(c, link) != link);
         let now = Instant::now();
         let mut hosts = inner.hosts.lock().unwrap();
         for h in hosts.values_mut() {
@@ -1435,6 +1450,30 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
             now.duration_since(h.last_seen) < inner.config.host_timeout.saturating_mul(20)
         });
     }
+}
+
+/// The client's NATS connection as the calls in flight watch it: up or
+/// not, and how many times it has connected, so that a reconnect quicker
+/// than the monitor's check (async-nats tries the first one at once) still
+/// fails the calls whose replies it may have lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    up: bool,
+    /// async-nats's count of connections made (`Statistics::connects`).
+    epoch: u64,
+}
+
+impl Link {
+    /// Whether a call sent over connection `epoch` may have lost what was
+    /// sent to it: the connection is down, or another one has been made.
+    fn lost_since(&self, epoch: u64) -> bool {
+        !self.up || self.epoch > epoch
+    }
+}
+
+/// The connections `nats` has made, the first one included.
+fn connects(nats: &async_nats::Client) -> u64 {
+    nats.statistics().connects.load(Ordering::Relaxed)
 }
 
 /// How often the client checks what it is not told of (its connection's
@@ -1473,7 +1512,9 @@ struct Flight {
     pid: u32,
     reply: String,
     lost: watch::Receiver<bool>,
-    connected: watch::Receiver<bool>,
+    connected: watch::Receiver<Link>,
+    /// The connection's [`Link::epoch`] when the call was sent.
+    epoch: u64,
     /// The caller's deadline plus the host timeout: the host reports the
     /// timeout itself; this only bounds a host that cannot.
     deadline: Option<Instant>,
@@ -1552,6 +1593,7 @@ impl Flight {
             ));
         }
         let until = self.deadline;
+        let epoch = self.epoch;
         let deadline = async move {
             match until {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -1586,7 +1628,7 @@ impl Flight {
                     self.host, self.inner.config.host_timeout
                 )))
             }
-            _ = self.connected.wait_for(|c| !*c) => Err(host_lost(
+            _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Err(host_lost(
                 &self.host,
                 self.pid,
                 "the NATS connection was lost while the call ran; it may or may not have run".into(),

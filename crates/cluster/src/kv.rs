@@ -71,7 +71,8 @@ pub struct NatsKvStoreBuilder {
     bucket: String,
     default_ttl: Duration,
     sweep_interval: Duration,
-    replicas: usize,
+    /// `None` unless set: a bucket that exists is then taken as it is.
+    replicas: Option<usize>,
 }
 
 impl NatsKvStoreBuilder {
@@ -94,15 +95,22 @@ impl NatsKvStoreBuilder {
         self
     }
 
-    /// Replicas of the bucket in a clustered NATS (default 1).
+    /// Replicas of the bucket in a clustered NATS (default 1; 0 is taken
+    /// as 1). A bucket is created with them; when the bucket exists
+    /// already, [`connect`](Self::connect) fails if it has another number
+    /// of replicas than the one set here, rather than run with fewer copies
+    /// than asked for (or more). Left unset, an existing bucket is used as
+    /// it is.
     pub fn replicas(mut self, n: usize) -> Self {
-        self.replicas = n.max(1);
+        self.replicas = Some(n.max(1));
         self
     }
 
     /// Creates the bucket if it does not exist, and starts the sweep.
     /// Fails with `Error::Invalid` first if the default TTL is one no
-    /// session may have (see [`check_ttl`]).
+    /// session may have (see [`check_ttl`]), and with `Error::Backend` if
+    /// the bucket exists with another number of replicas than
+    /// [`replicas`](Self::replicas) set.
     pub async fn connect(self) -> Result<NatsKvStore> {
         check_ttl(self.default_ttl)?;
         let js = async_nats::jetstream::new(self.nats);
@@ -110,13 +118,22 @@ impl NatsKvStoreBuilder {
             bucket: self.bucket.clone(),
             description: "snakepit sessions".into(),
             history: 1,
-            num_replicas: self.replicas,
+            num_replicas: self.replicas.unwrap_or(1),
             ..Default::default()
         };
         let kv = match js.get_key_value(&self.bucket).await {
             Ok(kv) => kv,
             Err(_) => js.create_key_value(config.clone()).await.map_err(backend)?,
         };
+        let has = kv.stream.cached_info().config.num_replicas.max(1);
+        if let Some(want) = self.replicas.filter(|want| *want != has) {
+            return Err(Error::Backend(format!(
+                "the sessions' bucket `{bucket}` has {has} replica(s), and `replicas({want})` \
+                 asks for {want}: change the bucket's stream (`nats stream edit KV_{bucket} \
+                 --replicas {want}`) or ask for {has}",
+                bucket = self.bucket
+            )));
+        }
         let inner = Arc::new(KvInner {
             kv: Mutex::new(Arc::new(kv)),
             js,
@@ -298,7 +315,7 @@ impl NatsKvStore {
             bucket: "snakepit_sessions".into(),
             default_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(60),
-            replicas: 1,
+            replicas: None,
         }
     }
 

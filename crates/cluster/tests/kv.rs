@@ -84,3 +84,42 @@ async fn values_nested_past_the_limit_are_refused_and_the_session_stays_readable
         .unwrap();
     assert_eq!(store.get_global_program("g").await.unwrap(), deepest);
 }
+
+/// `NatsKvStoreBuilder::replicas`: a bucket that exists with another
+/// number of replicas is not taken silently with fewer (or more) copies
+/// than asked for; `connect` fails with `Backend` naming both numbers and
+/// leaves the bucket and its sessions as they were. The same number, or
+/// none set, connects.
+#[tokio::test]
+async fn replicas_other_than_an_existing_buckets_are_refused_at_connect() {
+    use snakepit_session::Error;
+    let (a, server) = make(Duration::from_secs(60), Duration::from_secs(60)).await;
+    a.ensure_session("kept").await.unwrap();
+    let nats = server.connect().await;
+    let e = NatsKvStore::builder(&nats)
+        .replicas(3)
+        .connect()
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Backend(m) => assert!(
+            m.contains("has 1 replica")
+                && m.contains("replicas(3)")
+                && m.contains("snakepit_sessions"),
+            "{m}"
+        ),
+        other => panic!("expected Backend, got {other:?}"),
+    }
+    let b = NatsKvStore::builder(&nats)
+        .replicas(1)
+        .connect()
+        .await
+        .unwrap();
+    assert!(b.session_exists("kept").await.unwrap());
+    let c = NatsKvStore::builder(&nats)
+        .replicas(0)
+        .connect()
+        .await
+        .unwrap();
+    assert!(c.session_exists("kept").await.unwrap());
+}

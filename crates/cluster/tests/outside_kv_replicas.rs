@@ -397,6 +397,17 @@ async fn replicas_3_puts_the_bucket_on_all_three_servers_and_every_server_reads_
     }
     // Still three replicas after all that.
     assert_eq!(stream_info(&c0, "rep3").await.config.num_replicas, 3);
+    // A store that sets no replicas takes the bucket as it is; one that
+    // asks for another number is refused and changes nothing.
+    let b = |c| NatsKvStore::builder(c).bucket("rep3");
+    let unset = b(&c1).connect().await.unwrap();
+    assert!(unset.session_exists("alice").await.unwrap());
+    let e = b(&c2).replicas(1).connect().await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Backend(m) if m.contains("has 3 replica") && m.contains("replicas(1)")),
+        "{e:?}"
+    );
+    assert_eq!(stream_info(&c0, "rep3").await.config.num_replicas, 3);
 }
 
 /// docs/cluster.md:192-194 ("The session's *data* must outlive its host,
@@ -829,15 +840,19 @@ async fn replicas_3_on_one_server_is_a_backend_error_and_replicas_0_is_1() {
     assert_eq!(replicas_of(&NatsKvStore::builder(&nats).replicas(5)), 5);
 }
 
-/// The `replicas` a builder holds, as its `Debug` shows it (it has no
-/// getters).
+/// The `replicas` a bucket created by a builder gets, as its `Debug` shows
+/// them (it has no getters): `None` (unset) creates one.
 fn replicas_of(builder: &snakepit_cluster::NatsKvStoreBuilder) -> usize {
     let shown = format!("{builder:?}");
     let at = shown
         .find("replicas: ")
         .expect("the builder shows its replicas")
         + 10;
-    shown[at..]
+    let set = &shown[at..];
+    if set.starts_with("None") {
+        return 1;
+    }
+    set.trim_start_matches("Some(")
         .chars()
         .take_while(char::is_ascii_digit)
         .collect::<String>()

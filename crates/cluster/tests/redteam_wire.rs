@@ -296,6 +296,10 @@ async fn garbage_batches_and_a_batch_of_thousands_of_calls_leave_the_host_servin
     .unwrap();
     raw.flush().await.unwrap();
     let mut outcome: HashMap<String, String> = HashMap::new();
+    // Whether a decline came after the first call's outcome: the host was
+    // still going through the batch when the worker came free (a loaded
+    // machine), and calls it took from then on ran after the others.
+    let (mut first_done, mut declined_after) = (false, false);
     let until = Instant::now() + Duration::from_secs(30);
     while outcome.len() < N {
         let Ok(Some(m)) = tokio::time::timeout_at(until.into(), many.next()).await else {
@@ -313,16 +317,23 @@ async fn garbage_batches_and_a_batch_of_thousands_of_calls_leave_the_host_servin
                 k == "ok" || k == "declined",
                 "call {token} of the batch: {v}"
             );
+            first_done |= token == "0";
+            declined_after |= first_done && k == "declined";
             let before = outcome.insert(token.clone(), k);
             assert!(before.is_none(), "call {token} has two outcomes");
         }
     }
     let ran = outcome.values().filter(|k| *k == "ok").count();
     eprintln!("a batch of {N} calls: {ran} ran, {} declined", N - ran);
-    assert!(
-        (1..=33).contains(&ran),
-        "{ran} of {N} ran at once on a 1-worker host"
-    );
+    assert!(ran >= 1, "none of {N} ran");
+    if declined_after {
+        eprintln!(
+            "the worker came free before the host had gone through the batch: \
+             the bound on calls run at once does not apply to this run"
+        );
+    } else {
+        assert!(ran <= 33, "{ran} of {N} ran at once on a 1-worker host");
+    }
 
     let mut dups = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), dup.next()).await {
