@@ -6,7 +6,9 @@
 //! The connection is the `redis` crate's `ConnectionManager`: one
 //! multiplexed connection, opened again after it drops (each operation
 //! that finds it down makes one attempt, so operations fail fast while the
-//! server is away and succeed as soon as it is back). Every operation is
+//! server is away and succeed as soon as it is back). It speaks RESP3 to
+//! servers that have it (Redis 6 and later), so a connection the server
+//! closes while idle is opened again before the next operation. Every operation is
 //! bounded by the store's timeout; a timeout also opens a fresh connection
 //! in the background, for a connection that hangs without ever dropping.
 
@@ -240,7 +242,8 @@ impl Scripts {
 /// Listeners ([`on_session_end`](SessionStore::on_session_end)) hear of
 /// deletions made through this handle and of expiries found by this
 /// handle's sweep (each expiry is reported by the one host whose sweep
-/// finds it first).
+/// finds it first). A `delete_session` that failed is not reported, even
+/// if Redis applied it before its answer was lost.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), snakepit_session::Error> {
@@ -340,7 +343,16 @@ impl RedisStoreBuilder {
             .set_number_of_retries(0)
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(None);
-        let conn = open(&client, config.clone(), self.timeout).await?;
+        let (client, conn) = match try_open(&client, config.clone(), self.timeout).await {
+            // A server older than Redis 6 has no RESP3 (`client` asks for
+            // it unless the URL chose): RESP2 then.
+            Err(Some(e)) if no_resp3(&e) => {
+                let client = resp2(client)?;
+                let conn = open(&client, config.clone(), self.timeout).await?;
+                (client, conn)
+            }
+            r => (client, opened(r, self.timeout)?),
+        };
         let inner = Arc::new(Inner {
             link: Link {
                 client,
@@ -375,10 +387,54 @@ fn client(url: &str) -> Result<redis::Client> {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     // Requests are small and answered at once: no Nagle delay.
-    let info = redis::IntoConnectionInfo::into_connection_info(url)
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| backend("connect", e.into()))?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    // RESP3, unless the URL says which (`?protocol=resp2`): over RESP3 the
+    // server's closing of a connection reaches the `ConnectionManager` at
+    // once, which opens another before the next operation. Over RESP2 the
+    // next operation learns of it by failing, and only the one after it
+    // succeeds: the first operation after every idle period that outlived
+    // the connection (the server's `timeout`, a NAT or load balancer
+    // dropping idle connections, a restart while nothing happened) failed.
+    if !url_sets_protocol(url) {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        info = info.set_redis_settings(settings);
+    }
     redis::Client::open(info).map_err(|e| backend("connect", e.into()))
+}
+
+/// Whether `url` has a `protocol` in its query.
+fn url_sets_protocol(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("protocol"))
+    })
+}
+
+/// Whether connecting failed because the server has no RESP3: no `HELLO`
+/// (Redis 5; the crate knows its words, but not those of later servers
+/// where `HELLO` was renamed away), or no version 3 of it (`NOPROTO`).
+fn no_resp3(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::RESP3NotSupported
+        || e.code() == Some("NOPROTO")
+        || e.detail().is_some_and(|d| {
+            d.starts_with("unknown command") && d.to_ascii_uppercase().contains("HELLO")
+        })
+}
+
+/// `client` speaking RESP2.
+fn resp2(client: redis::Client) -> Result<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP2);
+    redis::Client::open(info.set_redis_settings(settings)).map_err(|e| backend("connect", e.into()))
 }
 
 /// A new connection, within `timeout`.
@@ -387,17 +443,38 @@ async fn open(
     config: ConnectionManagerConfig,
     timeout: Duration,
 ) -> Result<ConnectionManager> {
+    opened(try_open(client, config, timeout).await, timeout)
+}
+
+/// A new connection, or the error that stopped it (`None`: `timeout`
+/// passed).
+async fn try_open(
+    client: &redis::Client,
+    config: ConnectionManagerConfig,
+    timeout: Duration,
+) -> std::result::Result<ConnectionManager, Option<redis::RedisError>> {
     match tokio::time::timeout(
         timeout,
         ConnectionManager::new_with_config(client.clone(), config),
     )
     .await
     {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(r) => r.map_err(Some),
+        Err(_) => Err(None),
+    }
+}
+
+/// [`try_open`]'s outcome as the store's.
+fn opened(
+    r: std::result::Result<ConnectionManager, Option<redis::RedisError>>,
+    timeout: Duration,
+) -> Result<ConnectionManager> {
+    match r {
+        Ok(conn) => Ok(conn),
         // The crate's own connection timeout (the same) may come first.
-        Ok(Err(e)) if e.is_timeout() => Err(timed_out("connect", timeout)),
-        Ok(Err(e)) => Err(backend("connect", e.into())),
-        Err(_) => Err(timed_out("connect", timeout)),
+        Err(Some(e)) if e.is_timeout() => Err(timed_out("connect", timeout)),
+        Err(Some(e)) => Err(backend("connect", e.into())),
+        Err(None) => Err(timed_out("connect", timeout)),
     }
 }
 
