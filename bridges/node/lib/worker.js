@@ -667,10 +667,16 @@ class Worker {
 
   _onRequest(msg) {
     const id = msg.id;
-    const hasId = Number.isInteger(id) && id > 0;
+    // A JavaScript number holds every integer only up to 2^53 - 1: a larger
+    // id would be answered under another one (2^53 + 1 reads as 2^53), so
+    // it is refused instead. The pool's ids never get near it.
+    const hasId = Number.isSafeInteger(id) && id > 0;
     let problem = null;
-    if (!hasId) problem = 'id' in msg ? 'field id must be a positive integer' : 'request lacks the field id';
-    else if (typeof msg.command !== 'string') {
+    if (!hasId) {
+      if (!('id' in msg)) problem = 'request lacks the field id';
+      else if (Number.isInteger(id) && id > 0) problem = 'field id is past 2^53 - 1, the largest integer this bridge holds exactly';
+      else problem = 'field id must be a positive integer';
+    } else if (typeof msg.command !== 'string') {
       problem = 'command' in msg ? 'field command must be a string' : 'request lacks the field command';
     } else if (msg.args !== undefined && msg.args !== null &&
       (typeof msg.args !== 'object' || Array.isArray(msg.args) || ArrayBuffer.isView(msg.args))) {
@@ -725,7 +731,7 @@ class Worker {
   _invoke(ctx, args) {
     const handler = this._commands.get(ctx.command);
     if (handler === undefined) {
-      this._reply(ctx, failure(ctx.requestId, 'UnknownCommand', `Unknown command: ${ctx.command}`));
+      this._reply(ctx, failure(ctx.requestId, 'UnknownCommand', `Unknown command: ${wellFormed(ctx.command)}`));
       return;
     }
     const traced = ctx.traceparent === null ? null : startRequestSpan(ctx);
