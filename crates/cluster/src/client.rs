@@ -808,6 +808,7 @@ impl Client {
                 timeout: options.timeout,
                 session: options.session_id.clone(),
                 finished: false,
+                answered: false,
                 taken: 0,
             });
         }
@@ -1522,7 +1523,10 @@ struct Flight {
     /// The caller's deadline, if it gave one.
     timeout: Option<Duration>,
     session: Option<String>,
+    /// The call has no more to give its caller.
     finished: bool,
+    /// The host sent the call's outcome: nothing is left to cancel there.
+    answered: bool,
     /// Chunks the reader took since the host was last granted more.
     taken: u32,
 }
@@ -1570,11 +1574,11 @@ impl Flight {
                 return Ok(Reply::Chunk { v });
             }
             Some(Reply::Ok { v }) => {
-                self.finished = true;
+                (self.finished, self.answered) = (true, true);
                 return Ok(Reply::Ok { v });
             }
             Some(Reply::Err { e }) => {
-                self.finished = true;
+                (self.finished, self.answered) = (true, true);
                 return Err(host_error(e, &self.command, self.timeout));
             }
             _ => {}
@@ -1607,8 +1611,14 @@ impl Flight {
             m = self.rx.recv() => match m {
                 Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
                     Ok(Reply::Chunk { v }) => Ok(Reply::Chunk { v }),
-                    Ok(Reply::Ok { v }) => Ok(Reply::Ok { v }),
-                    Ok(Reply::Err { e }) => Err(host_error(e, &self.command, self.timeout)),
+                    Ok(Reply::Ok { v }) => {
+                        self.answered = true;
+                        Ok(Reply::Ok { v })
+                    }
+                    Ok(Reply::Err { e }) => {
+                        self.answered = true;
+                        Err(host_error(e, &self.command, self.timeout))
+                    }
                     // The host acknowledges a call that runs for a while
                     // whatever it has sent already (chunks, even its
                     // outcome): nothing to act on.
@@ -1649,10 +1659,13 @@ impl Flight {
 impl Drop for Flight {
     fn drop(&mut self) {
         self.inner.calls.lock().unwrap().remove(&self.id);
-        if self.finished {
+        if self.answered {
             return;
         }
-        // The caller left (or timed out): tell the host to cancel the call.
+        // The caller left, timed out, or stopped hearing from the host
+        // (lost, or the connection dropped: a host cut off may still run
+        // the call, and hears the cancel once its path is back): tell the
+        // host to cancel the call.
         self.inner
             .send_cancel(&self.host, std::mem::take(&mut self.reply));
     }
