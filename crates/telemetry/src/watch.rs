@@ -172,13 +172,20 @@ impl ExportState {
                 return format!("{message}: {e}");
             }
             if took >= self.timeout {
-                return format!(
-                    "{message}: no answer within the export timeout ({:?}, OTEL_EXPORTER_OTLP_TIMEOUT)",
-                    self.timeout
-                );
+                return self.no_answer(&message);
             }
+        } else if took >= self.timeout && grpc_timed_out(&message) {
+            return self.no_answer(&message);
         }
         message
+    }
+
+    /// `message`, saying that the export lasted its whole timeout.
+    fn no_answer(&self, message: &str) -> String {
+        format!(
+            "{message}: no answer within the export timeout ({:?}, OTEL_EXPORTER_OTLP_TIMEOUT)",
+            self.timeout
+        )
     }
 
     fn refuse(&self, error: &OTelSdkError) {
@@ -194,6 +201,13 @@ impl ExportState {
             self.signal,
         );
     }
+}
+
+/// Whether a gRPC export's error is its deadline passing: tonic's
+/// `Timeout expired` (as `Cancelled`), or `DeadlineExceeded`. (The HTTP
+/// exporter says only `network error`.)
+fn grpc_timed_out(message: &str) -> bool {
+    message.contains("Timeout expired") || message.contains("DeadlineExceeded")
 }
 
 fn sdk_message(error: &OTelSdkError) -> String {

@@ -54,7 +54,8 @@ pub(crate) fn in_own_process(name: &str, env: &[(&str, &str)]) -> Option<String>
         return None;
     }
     let mut cmd = snakepit_tests::this_test(name);
-    cmd.env(CHILD, "1");
+    // So that a test marked ignored runs its body when asked for.
+    cmd.arg("--include-ignored").env(CHILD, "1");
     for var in OTEL_VARS {
         cmd.env_remove(var);
     }
