@@ -154,6 +154,12 @@ struct HostEntry {
     last_seen: Instant,
     /// Unheard of for `host_timeout`: its calls in flight fail.
     lost: watch::Sender<bool>,
+    /// Counts the times its heartbeats showed its connection to NATS made
+    /// again ([`Heartbeat::conn`] grew within a run): its calls in flight
+    /// then, whose messages NATS may have dropped, fail.
+    remade: watch::Sender<u64>,
+    /// Its run's connections to NATS, at its last heartbeat.
+    conn: u64,
     /// It said goodbye (a graceful shutdown: it finishes what it runs and
     /// keeps announcing itself until then), or it takes no calls (NATS
     /// found no subscriber): no call goes to it, and its calls in flight
@@ -197,6 +203,8 @@ impl HostEntry {
             },
             last_seen: Instant::now(),
             lost: watch::channel(false).0,
+            remade: watch::channel(0).0,
+            conn: 0,
             leaving: false,
             mine: 0,
             others: 0,
@@ -292,6 +300,11 @@ struct Inner {
     /// The connection was drained or closed for good (the client's reply
     /// subscription ended): no call can be sent or answered any more.
     closed: AtomicBool,
+    /// The last cancels sent, each with the connection it went out on
+    /// ([`Link::epoch`]): a cancel written into a connection that then
+    /// drops (its path silent first) is lost with it, so the cancels of a
+    /// connection before the current one are sent again.
+    cancels: Mutex<VecDeque<(u64, Subject, String)>>,
     /// The host table was found full once (warned of once).
     hosts_full_warned: AtomicBool,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -427,6 +440,7 @@ impl Client {
                 queued: AtomicUsize::new(0),
                 connected: watch::channel(connected).0,
                 closed: AtomicBool::new(false),
+                cancels: Mutex::new(VecDeque::new()),
                 hosts_full_warned: AtomicBool::new(false),
                 tasks,
             }
@@ -498,8 +512,10 @@ impl Client {
         let items = futures_util::stream::unfold(Some(flight), |flight| async move {
             let mut flight = flight?;
             match flight.next().await {
-                Ok(Reply::Chunk { v }) => Some((decode(&v).map(StreamItem::Chunk), Some(flight))),
-                Ok(Reply::Ok { v }) => Some((decode(&v).map(StreamItem::Done), None)),
+                Ok(Reply::Chunk { v, .. }) => {
+                    Some((decode(&v).map(StreamItem::Chunk), Some(flight)))
+                }
+                Ok(Reply::Ok { v, .. }) => Some((decode(&v).map(StreamItem::Done), None)),
                 Ok(_) => None,
                 Err(e) => Some((Err(e), None)),
             }
@@ -649,6 +665,8 @@ impl Client {
             // as another: what was published to the client meanwhile is
             // lost.
             let epoch = connects(&inner.nats);
+            let remade = inner.host_remade(&slot.host);
+            let remade_at = *remade.borrow();
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -803,6 +821,10 @@ impl Client {
                 lost,
                 connected,
                 epoch,
+                remade,
+                remade_at,
+                stream,
+                chunks: 0,
                 deadline: deadline.map(|d| later(d, inner.config.host_timeout)),
                 command: command.to_owned(),
                 timeout: options.timeout,
@@ -1140,6 +1162,16 @@ impl Inner {
         }
     }
 
+    /// What tells when `host` made its connection to NATS again
+    /// (`HostEntry::remade`), as it is now.
+    fn host_remade(&self, host: &str) -> watch::Receiver<u64> {
+        let hosts = self.hosts.lock().unwrap();
+        match hosts.get(host) {
+            Some(entry) => entry.remade.subscribe(),
+            None => watch::channel(0).1,
+        }
+    }
+
     /// The flag that turns true when `host` is lost.
     fn host_lost_flag(&self, host: &str) -> watch::Receiver<bool> {
         let mut hosts = self.hosts.lock().unwrap();
@@ -1177,10 +1209,43 @@ impl Inner {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let subject = Subject::from(self.subjects.host_cancel(host));
+        {
+            let mut cancels = self.cancels.lock().unwrap();
+            if cancels.len() == RECENT_CANCELS {
+                cancels.pop_front();
+            }
+            cancels.push_back((connects(&self.nats), subject.clone(), reply.clone()));
+        }
         let nats = self.nats.clone();
-        let subject = self.subjects.host_cancel(host);
         rt.spawn(async move {
             let _ = nats.publish(subject, Bytes::from(reply)).await;
+        });
+    }
+
+    /// Sends again the cancels sent over connections before `epoch` (the
+    /// client's connection was made again: they may have gone down with
+    /// the one they were written into). A host ignores a cancel for a call
+    /// it no longer runs.
+    fn resend_cancels(&self, epoch: u64) {
+        let again: Vec<(Subject, String)> = {
+            let mut cancels = self.cancels.lock().unwrap();
+            if cancels.front().is_none_or(|(at, _, _)| *at >= epoch) {
+                return;
+            }
+            let (old, current): (VecDeque<_>, VecDeque<_>) =
+                cancels.drain(..).partition(|(at, _, _)| *at < epoch);
+            *cancels = current;
+            old.into_iter().map(|(_, s, r)| (s, r)).collect()
+        };
+        if again.is_empty() {
+            return;
+        }
+        let nats = self.nats.clone();
+        tokio::spawn(async move {
+            for (subject, reply) in again {
+                let _ = nats.publish(subject, Bytes::from(reply)).await;
+            }
         });
     }
 
@@ -1350,6 +1415,16 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                         .insert(instance.clone(), (entry.last_seen, hb.bye));
                 }
             }
+            // The same run's connection made again: what NATS had for the
+            // host and from it meanwhile may be lost with the calls then
+            // in flight there.
+            let same_run = known && hb.instance.is_some() && entry.instance == hb.instance;
+            if same_run && entry.conn != 0 && hb.conn > entry.conn {
+                entry.remade.send_modify(|n| *n += 1);
+            }
+            if !same_run || hb.conn > entry.conn {
+                entry.conn = hb.conn;
+            }
             if hb.bye {
                 // Leaving, not lost: the calls it runs still end with their
                 // outcome, and it goes on saying goodbye until they have.
@@ -1402,6 +1477,10 @@ const MAX_CAPACITY: usize = 1 << 20;
 /// silent for longer is forgotten, and starts again from its next one).
 const MAX_SEQ_STEP: u64 = 10_000;
 
+/// The most cancels a client keeps to send again after its connection was
+/// made again.
+const RECENT_CANCELS: usize = 4096;
+
 /// The most instances of one host id a client keeps track of.
 const MAX_INSTANCES: usize = 16;
 
@@ -1425,6 +1504,9 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
         inner
             .connected
             .send_if_modified(|c| std::mem::replace(c, link) != link);
+        if link.up {
+            inner.resend_cancels(link.epoch);
+        }
         let now = Instant::now();
         let mut hosts = inner.hosts.lock().unwrap();
         for h in hosts.values_mut() {
@@ -1451,6 +1533,16 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
             now.duration_since(h.last_seen) < inner.config.host_timeout.saturating_mul(20)
         });
     }
+}
+
+/// A call's failure when the client's connection to NATS went, or was
+/// made again, while the call ran.
+fn connection_lost(host: &str, pid: u32) -> Error {
+    host_lost(
+        host,
+        pid,
+        "the NATS connection was lost while the call ran; it may or may not have run".into(),
+    )
 }
 
 /// The client's NATS connection as the calls in flight watch it: up or
@@ -1513,6 +1605,15 @@ struct Flight {
     pid: u32,
     reply: String,
     lost: watch::Receiver<bool>,
+    /// The host's [`HostEntry::remade`], and its count when the call was
+    /// sent.
+    remade: watch::Receiver<u64>,
+    remade_at: u64,
+    /// A stream (`execute_stream`), which the host sends chunks of against
+    /// the client's credit.
+    stream: bool,
+    /// The stream's chunks handed to the reader.
+    chunks: u64,
     connected: watch::Receiver<Link>,
     /// The connection's [`Link::epoch`] when the call was sent.
     epoch: u64,
@@ -1535,7 +1636,7 @@ impl Flight {
     async fn result(&mut self) -> Result<Box<RawValue>, Error> {
         loop {
             match self.next().await? {
-                Reply::Ok { v } => return Ok(v),
+                Reply::Ok { v, .. } => return Ok(v),
                 Reply::Chunk { .. } => continue,
                 _ => {
                     return Err(host_lost(
@@ -1563,19 +1664,67 @@ impl Flight {
         let _ = self.inner.nats.publish(subject, Bytes::from(grant)).await;
     }
 
+    /// `r`, a chunk or a stream's result, if it comes in its place: each
+    /// chunk numbered one past the last, the result after as many as the
+    /// host sent. `None` for a chunk the reader had already (a host sends
+    /// again what it sent before its connection to NATS was made again).
+    /// Otherwise chunks were lost on the way (NATS drops what it has for a
+    /// connection that is made again), and the call fails rather than hand
+    /// its reader a stream with a hole in it. (A host that does not number
+    /// its chunks is taken at its word.)
+    fn in_order(&mut self, r: Incoming) -> Result<Option<Incoming>, Error> {
+        let (n, want) = match &r {
+            Reply::Chunk { n: Some(n), .. } if *n <= self.chunks => return Ok(None),
+            Reply::Chunk { n, .. } => {
+                self.chunks += 1;
+                (*n, self.chunks)
+            }
+            Reply::Ok { n, .. } => (*n, self.chunks),
+            _ => (None, 0),
+        };
+        match n {
+            Some(n) if n != want => Err(host_lost(
+                &self.host,
+                self.pid,
+                format!(
+                    "chunks of the stream were lost on the way (chunk {n} came where {want} was due; a connection to NATS made again drops what NATS had for it); the call may or may not have run"
+                ),
+            )),
+            _ => Ok(Some(r)),
+        }
+    }
+
+    fn out_of_protocol(&self) -> Error {
+        host_lost(
+            &self.host,
+            self.pid,
+            "the host answered out of protocol; the call may or may not have run".into(),
+        )
+    }
+
     /// The next chunk or the final result.
     async fn next(&mut self) -> Result<Incoming, Error> {
         if self.finished {
             return Err(Error::Cancelled);
         }
         match self.first.take() {
-            Some(Reply::Chunk { v }) => {
-                self.took_chunk().await;
-                return Ok(Reply::Chunk { v });
+            // The first message cannot be one sent again: it came first.
+            Some(r @ Reply::Chunk { .. }) => {
+                let r = self
+                    .in_order(r)
+                    .and_then(|r| r.ok_or_else(|| self.out_of_protocol()));
+                if r.is_ok() {
+                    self.took_chunk().await;
+                } else {
+                    self.finished = true;
+                }
+                return r;
             }
-            Some(Reply::Ok { v }) => {
+            Some(r @ Reply::Ok { .. }) => {
                 (self.finished, self.answered) = (true, true);
-                return Ok(Reply::Ok { v });
+                return self
+                    .in_order(r)
+                    .and_then(|r| r.ok_or_else(|| self.out_of_protocol()));
             }
             Some(Reply::Err { e }) => {
                 (self.finished, self.answered) = (true, true);
@@ -1597,7 +1746,7 @@ impl Flight {
             ));
         }
         let until = self.deadline;
-        let epoch = self.epoch;
+        let (epoch, remade_at, stream) = (self.epoch, self.remade_at, self.stream);
         let deadline = async move {
             match until {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -1606,45 +1755,59 @@ impl Flight {
         };
         tokio::pin!(deadline);
         let outcome = loop {
-            break tokio::select! {
-            biased;
-            m = self.rx.recv() => match m {
-                Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
-                    Ok(Reply::Chunk { v }) => Ok(Reply::Chunk { v }),
-                    Ok(Reply::Ok { v }) => {
-                        self.answered = true;
-                        Ok(Reply::Ok { v })
-                    }
-                    Ok(Reply::Err { e }) => {
-                        self.answered = true;
-                        Err(host_error(e, &self.command, self.timeout))
-                    }
-                    // The host acknowledges a call that runs for a while
-                    // whatever it has sent already (chunks, even its
-                    // outcome): nothing to act on.
-                    Ok(Reply::Ack { .. }) => continue,
-                    Ok(_) | Err(_) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
+            let outcome = loop {
+                break tokio::select! {
+                biased;
+                m = self.rx.recv() => match m {
+                    // Come after the client's connection was made again (the
+                    // monitor may not have said so yet): what NATS had for the
+                    // call in between is lost, this may follow a gap.
+                    Some(Arrival::Reply(_)) if connects(&self.inner.nats) > epoch => Err(connection_lost(&self.host, self.pid)),
+                    Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
+                        Ok(r @ Reply::Chunk { .. }) => Ok(r),
+                        Ok(r @ Reply::Ok { .. }) => {
+                            self.answered = true;
+                            Ok(r)
+                        }
+                        Ok(Reply::Err { e }) => {
+                            self.answered = true;
+                            Err(host_error(e, &self.command, self.timeout))
+                        }
+                        // The host acknowledges a call that runs for a while
+                        // whatever it has sent already (chunks, even its
+                        // outcome): nothing to act on.
+                        Ok(Reply::Ack { .. }) => continue,
+                        Ok(_) | Err(_) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
+                    },
+                    // After the host acknowledged the call: not from NATS.
+                    Some(Arrival::NoResponders | Arrival::Unsent(_)) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
+                    None => Err(unavailable(&self.inner.cluster, "client closed".into())),
                 },
-                // After the host acknowledged the call: not from NATS.
-                Some(Arrival::NoResponders | Arrival::Unsent(_)) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
-                None => Err(unavailable(&self.inner.cluster, "client closed".into())),
-            },
-            _ = self.lost.wait_for(|l| *l) => {
-                if let Some(s) = &self.session {
-                    self.inner.sessions.lock().unwrap().forget(s, &self.host);
+                _ = self.lost.wait_for(|l| *l) => {
+                    if let Some(s) = &self.session {
+                        self.inner.sessions.lock().unwrap().forget(s, &self.host);
+                    }
+                    Err(host_lost(&self.host, self.pid, format!(
+                        "host {} stopped answering (no heartbeat for {:?}) while it ran the call; it may or may not have run",
+                        self.host, self.inner.config.host_timeout
+                    )))
                 }
-                Err(host_lost(&self.host, self.pid, format!(
-                    "host {} stopped answering (no heartbeat for {:?}) while it ran the call; it may or may not have run",
-                    self.host, self.inner.config.host_timeout
-                )))
-            }
-            _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Err(host_lost(
-                &self.host,
-                self.pid,
-                "the NATS connection was lost while the call ran; it may or may not have run".into(),
-            )),
-            _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() }),
+                _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Err(connection_lost(&self.host, self.pid)),
+                // A stream's credit sent meanwhile may be lost too: it would
+                // wait for ever. (A call's outcome lost so is sent again by
+                // the host.)
+                _ = self.remade.wait_for(|n| *n > remade_at), if stream => Err(host_lost(&self.host, self.pid, format!(
+                    "host {} made its connection to NATS again while it ran the call: what NATS had for the call meanwhile may be lost; it may or may not have run",
+                    self.host
+                ))),
+                _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() }),
+                };
             };
+            match outcome.and_then(|r| self.in_order(r)) {
+                Ok(None) => continue,
+                Ok(Some(r)) => break Ok(r),
+                Err(e) => break Err(e),
+            }
         };
         if let Ok(Reply::Chunk { .. }) = outcome {
             self.took_chunk().await;

@@ -232,6 +232,7 @@ pub async fn serve_with(
         capacity: Default::default(),
         taken: Default::default(),
         replies: Outbox::default(),
+        sent: Default::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut state = Serving {
@@ -242,6 +243,7 @@ pub async fn serve_with(
         declined: false,
         workers_run: 0,
         beats: 0,
+        conn: 0,
         direct,
         cancels,
         running: HashMap::new(),
@@ -287,7 +289,35 @@ struct HostCtx {
     /// ends otherwise. What the serving loop counts room by.
     taken: std::sync::atomic::AtomicUsize,
     /// Chunks and outcomes on their way to the clients.
-    replies: Outbox<(Subject, Bytes)>,
+    replies: Outbox<Queued>,
+    /// The last outcomes sent, each with the connection it went out on, to
+    /// send again once the connection is made again ([`HostCtx::resend`]).
+    sent: std::sync::Mutex<Sent>,
+}
+
+/// A reply waiting to go out: its subject, its JSON, and whether it is a
+/// call's outcome (kept to send again after a reconnect) or a chunk.
+type Queued = (Subject, Bytes, bool);
+
+/// Outcomes sent lately (the last [`SENT_MESSAGES`], at most [`SENT_BYTES`]
+/// of them), each with the count of connections the host had made when it
+/// went out (async-nats's `connects`).
+#[derive(Default)]
+struct Sent {
+    messages: std::collections::VecDeque<(u64, String, Bytes)>,
+    bytes: usize,
+}
+
+/// The most outcomes a host keeps to send again after a reconnect.
+const SENT_MESSAGES: usize = 4096;
+/// The most bytes of them.
+const SENT_BYTES: usize = 16 << 20;
+
+/// The connections `nats` has made, the first one included.
+fn connects(nats: &async_nats::Client) -> u64 {
+    nats.statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl HostCtx {
@@ -299,10 +329,17 @@ impl HostCtx {
         }
     }
 
-    /// Queues a chunk or an outcome for its call's client, after those
-    /// queued before it.
+    /// Queues a call's outcome for its client, after what was queued
+    /// before it.
     fn queue(&self, to: &Subject, reply: &impl serde::Serialize) {
-        self.replies.push((to.clone(), self.encode(reply)));
+        self.replies.push((to.clone(), self.encode(reply), true));
+    }
+
+    /// Queues a stream's chunk for its client, after what was queued
+    /// before it. (Chunks are not sent again after a reconnect: the
+    /// client fails a stream whose host reconnected.)
+    fn queue_chunk(&self, to: &Subject, reply: &impl serde::Serialize) {
+        self.replies.push((to.clone(), self.encode(reply), false));
     }
 
     /// A reply's JSON; one over the server's `max_payload` becomes the
@@ -328,25 +365,70 @@ impl HostCtx {
     /// Sends the queued replies: each alone, or those to one client (one
     /// reply subject prefix) that are ready together in one message.
     async fn send_queued(&self) {
+        let epoch = connects(&self.nats);
         let max = self.nats.max_payload().saturating_sub(1024).max(1);
-        let same_client =
-            |a: &(Subject, Bytes), b: &(Subject, Bytes)| client_of(&a.0) == client_of(&b.0);
+        let same_client = |a: &Queued, b: &Queued| client_of(&a.0) == client_of(&b.0);
         for mine in outbox::groups(self.replies.take(), same_client) {
             let prefix = client_of(&mine[0].0).to_owned();
-            for run in outbox::runs(mine, max, |(to, p)| to.len() + p.len(), 8) {
-                let sent = match run.as_slice() {
-                    [(to, payload)] => self.nats.publish(to.clone(), payload.clone()).await,
+            for run in outbox::runs(mine, max, |(to, p, _)| to.len() + p.len(), 8) {
+                for (to, payload, _) in run.iter().filter(|(_, _, outcome)| *outcome) {
+                    self.keep(epoch, to, payload);
+                }
+                let (to, payload) = match run.as_slice() {
+                    [(to, payload, _)] => (to.to_string(), payload.clone()),
                     _ => {
-                        let tokens = run.iter().map(|(to, p)| (call_of(to), &p[..]));
+                        let tokens = run.iter().map(|(to, p, _)| (call_of(to), &p[..]));
                         let payload = wire::replies(tokens);
-                        let to = format!("{prefix}.{}", wire::REPLIES);
-                        self.nats.publish(to, payload.into()).await
+                        (format!("{prefix}.{}", wire::REPLIES), payload.into())
                     }
                 };
+                let sent = self.nats.publish(to, payload).await;
                 if let Err(e) = sent {
                     tracing::debug!(target: "snakepit::cluster", "replies to {prefix} lost: {e}");
                 }
             }
+        }
+    }
+
+    /// Keeps an outcome sent over connection `epoch`, dropping the oldest
+    /// past the bounds.
+    fn keep(&self, epoch: u64, to: &str, payload: &Bytes) {
+        let mut sent = self.sent.lock().unwrap();
+        sent.bytes += payload.len();
+        sent.messages
+            .push_back((epoch, to.to_owned(), payload.clone()));
+        while sent.messages.len() > SENT_MESSAGES || sent.bytes > SENT_BYTES {
+            let Some((_, _, p)) = sent.messages.pop_front() else {
+                break;
+            };
+            sent.bytes -= p.len();
+        }
+    }
+
+    /// Sends again the outcomes sent over connections before `epoch`: the
+    /// host's connection was made again, and what NATS had not delivered
+    /// of them went with the old one (an outcome lost so would leave its
+    /// caller waiting as long as the host lives). A client takes a call's
+    /// outcome once; one it has had already is dropped.
+    async fn resend(&self, epoch: u64) {
+        let again: Vec<(String, Bytes)> = {
+            let mut sent = self.sent.lock().unwrap();
+            let mut again = Vec::new();
+            while sent.messages.front().is_some_and(|(at, _, _)| *at < epoch) {
+                if let Some((_, to, p)) = sent.messages.pop_front() {
+                    sent.bytes -= p.len();
+                    again.push((to, p));
+                }
+            }
+            again
+        };
+        if again.is_empty() {
+            return;
+        }
+        tracing::debug!(target: "snakepit::cluster", host = %self.id,
+            "connection to NATS made again: sending {} replies again", again.len());
+        for (to, payload) in again {
+            let _ = self.nats.publish(to, payload).await;
         }
     }
 
@@ -482,6 +564,8 @@ struct Serving {
     workers_run: usize,
     /// Heartbeats sent.
     beats: u64,
+    /// The connections to NATS made, at the last heartbeat.
+    conn: u64,
     direct: Subscriber,
     cancels: Subscriber,
     running: HashMap<String, Running>,
@@ -630,6 +714,13 @@ impl Serving {
     }
 
     async fn heartbeat(&mut self, bye: bool) {
+        let conn = connects(&self.host.nats);
+        if conn > self.conn {
+            if self.conn != 0 {
+                self.host.resend(conn).await;
+            }
+            self.conn = conn;
+        }
         let capacity = self.measure();
         self.beats += 1;
         self.declined = false;
@@ -643,6 +734,7 @@ impl Serving {
             free: if bye { 0 } else { self.free() },
             bye,
             instance: Some(self.instance.clone()),
+            conn,
             broken: self
                 .host
                 .pool
@@ -999,7 +1091,7 @@ async fn run_call(
         if call.stream {
             stream_call(host, reply, &call.command, call.args, options, credit)
                 .await
-                .map(Outcome::Value)
+                .map(|(v, n)| Outcome::Stream(v, n))
         } else if call.typed && passes_json_through(pool.codec()) {
             pool.call::<Value, Box<RawValue>>(&call.command, &call.args, options)
                 .await
@@ -1023,8 +1115,9 @@ async fn run_call(
     // for it, whenever it hears that this call ended.
     done.free_unit();
     match result {
-        Ok(Outcome::Value(v)) => host.queue(reply, &Reply::Ok { v }),
-        Ok(Outcome::Raw(v)) => host.queue(reply, &Reply::Ok { v: &*v }),
+        Ok(Outcome::Value(v)) => host.queue(reply, &Reply::Ok { v, n: None }),
+        Ok(Outcome::Stream(v, n)) => host.queue(reply, &Reply::Ok { v, n: Some(n) }),
+        Ok(Outcome::Raw(v)) => host.queue(reply, &Reply::Ok { v: &*v, n: None }),
         Err(e) => {
             let e = Box::new(WireError::from_error(&e));
             host.queue(reply, &Reply::<Value>::Err { e });
@@ -1035,9 +1128,11 @@ async fn run_call(
     drop(done);
 }
 
-/// A call's result: a `Value`, or a typed call's JSON passed through.
+/// A call's result: a `Value`, a stream's with the chunks sent before it,
+/// or a typed call's JSON passed through.
 enum Outcome {
     Value(Value),
+    Stream(Value, u64),
     Raw(Box<RawValue>),
 }
 
@@ -1048,8 +1143,9 @@ async fn stream_call(
     args: Value,
     options: CallOptions,
     credit: Option<Arc<Semaphore>>,
-) -> Result<Value, Error> {
+) -> Result<(Value, u64), Error> {
     let mut stream = host.pool.execute_stream(command, args, options).await?;
+    let mut sent = 0;
     while let Some(item) = stream.next().await {
         match item? {
             StreamItem::Chunk(v) => {
@@ -1065,9 +1161,10 @@ async fn stream_call(
                         Err(_) => continue,
                     }
                 }
-                host.queue(reply, &Reply::Chunk { v })
+                sent += 1;
+                host.queue_chunk(reply, &Reply::Chunk { v, n: Some(sent) })
             }
-            StreamItem::Done(v) => return Ok(v),
+            StreamItem::Done(v) => return Ok((v, sent)),
             _ => {}
         }
     }

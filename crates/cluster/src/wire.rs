@@ -287,11 +287,19 @@ pub(crate) enum Reply<V = Value> {
         host: String,
         seq: u64,
     },
+    /// `n`: the chunk's place in its stream, from 1, so that a client can
+    /// tell when chunks were lost on the way (a connection reset drops
+    /// what NATS had for it); absent from hosts that do not say.
     Chunk {
         v: V,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<u64>,
     },
+    /// `n`: for a stream, the chunks sent before it.
     Ok {
         v: V,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<u64>,
     },
     Err {
         e: Box<WireError>,
@@ -325,6 +333,17 @@ pub(crate) struct Heartbeat {
     /// hosts that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) broken: Option<WireError>,
+    /// The connections this run of the host has made to NATS (async-nats's
+    /// count): when it grows, the connection was made again, and what NATS
+    /// had for the host meanwhile (calls, cancels, stream credit) and what
+    /// it had sent (outcomes, chunks) may be lost. 0 from hosts that do
+    /// not say.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) conn: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `snakepit_core::Error` on the wire: its kind, its text, and the fields
@@ -667,17 +686,21 @@ mod tests {
     fn a_result_passed_through_is_the_same_reply_on_the_wire() {
         let text = r#"{"n":[1,2.5,null,"é"],"status":"ok"}"#;
         let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).unwrap();
-        let passed = serde_json::to_vec(&Reply::Ok { v: &*raw }).unwrap();
+        let passed = serde_json::to_vec(&Reply::Ok { v: &*raw, n: None }).unwrap();
         let value: Value = serde_json::from_str(text).unwrap();
-        let parsed = serde_json::to_vec(&Reply::Ok { v: value.clone() }).unwrap();
+        let parsed = serde_json::to_vec(&Reply::Ok {
+            v: value.clone(),
+            n: None,
+        })
+        .unwrap();
         assert_eq!(passed, parsed);
         match serde_json::from_slice::<Reply>(&passed).unwrap() {
-            Reply::Ok { v } => assert_eq!(v, value),
+            Reply::Ok { v, .. } => assert_eq!(v, value),
             other => panic!("{other:?}"),
         }
         // As a client reads it: the text, decoded once into what is asked.
         match serde_json::from_slice::<Reply<Box<serde_json::value::RawValue>>>(&passed).unwrap() {
-            Reply::Ok { v } => assert_eq!(v.get(), text),
+            Reply::Ok { v, .. } => assert_eq!(v.get(), text),
             other => panic!("{other:?}"),
         }
     }

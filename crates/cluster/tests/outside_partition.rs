@@ -611,8 +611,8 @@ async fn a_black_holed_host_loses_its_calls_and_the_other_host_serves_until_it_i
         listed(&client, "a")
     })
     .await;
-    // The calls given up on still run on a (the client sends no cancel
-    // for a call it counts as lost); once they end, a has room again.
+    // The calls given up on end on a (cancelled once its path is back, or
+    // run to their end); then a has room again.
     eventually(30, "host a's calls end", || async {
         pool_a.stats().busy == 0
     })
