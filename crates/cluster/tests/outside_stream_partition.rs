@@ -57,15 +57,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use common::proxy::{connect_quick, Link, Proxy};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use snakepit_cluster::{is_host_lost, Client, ClientConfig, ClusterStream, Node, ServeOptions};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The hosts' heartbeat interval.
@@ -156,125 +153,7 @@ fn worker_script() -> PathBuf {
         .clone()
 }
 
-// ---------------------------------------------------------------- the proxy
-// (as in outside_partition.rs)
-
-/// What the proxy does with the bytes of its connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    Forward,
-    /// Connections stay open; nothing is read or written until it forwards
-    /// again (what was sent waits in the sockets' buffers meanwhile).
-    BlackHole,
-    /// Every connection is closed (what waited in it is lost); new ones are
-    /// accepted and closed at once.
-    Cut,
-}
-
-/// A TCP proxy on 127.0.0.1 in front of the nats-server at `upstream`;
-/// stops with its connections when dropped.
-struct Proxy {
-    url: String,
-    link: watch::Sender<Link>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (link, rx) = watch::channel(Link::Forward);
-        let accept = tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
-                if *rx.borrow() == Link::Cut {
-                    continue; // dropped: closed at once
-                }
-                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    continue;
-                };
-                let (down_r, down_w) = down.into_split();
-                let (up_r, up_w) = up.into_split();
-                tokio::spawn(pump(down_r, up_w, rx.clone()));
-                tokio::spawn(pump(up_r, down_w, rx.clone()));
-            }
-        });
-        Proxy {
-            url: format!("nats://127.0.0.1:{port}"),
-            link,
-            accept,
-        }
-    }
-
-    fn set(&self, link: Link) {
-        self.link.send_replace(link);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // The pumps end as the link's sender goes.
-        self.accept.abort();
-    }
-}
-
-/// Copies `from` to `to` while the link forwards; holds still while it is
-/// black-holed; ends (closing its halves) when it is cut.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if !open(&mut link).await {
-            return;
-        }
-        let n = tokio::select! {
-            r = from.read(&mut buf) => match r {
-                Ok(0) | Err(_) => {
-                    let _ = to.shutdown().await;
-                    return;
-                }
-                Ok(n) => n,
-            },
-            changed = link.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        if !open(&mut link).await {
-            return;
-        }
-        tokio::select! {
-            r = to.write_all(&buf[..n]) => if r.is_err() { return },
-            _ = link.wait_for(|l| *l == Link::Cut) => return,
-        }
-    }
-}
-
-/// Waits while the link is black-holed: true once it forwards, false once
-/// it is cut (or the proxy is gone).
-async fn open(link: &mut watch::Receiver<Link>) -> bool {
-    loop {
-        match *link.borrow_and_update() {
-            Link::Forward => return true,
-            Link::Cut => return false,
-            Link::BlackHole => {}
-        }
-        if link.changed().await.is_err() {
-            return false;
-        }
-    }
-}
-
 // ---------------------------------------------------------------- helpers
-
-/// A NATS connection that tries to reconnect every 50 ms.
-async fn connect_quick(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
-        .reconnect_delay_callback(|_| Duration::from_millis(50))
-        .connect(url)
-        .await
-        .unwrap()
-}
 
 /// A pool of `workers` `WORKER`s served from this process as host `id` on
 /// `conn`, beating every [`HEARTBEAT`], without prefetch (each call goes to

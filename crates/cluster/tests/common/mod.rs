@@ -2,6 +2,8 @@
 //! their own (this test binary, run again as a host).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
