@@ -304,7 +304,7 @@ type Queued = (Subject, Bytes, bool);
 /// went out (async-nats's `connects`).
 #[derive(Default)]
 struct Sent {
-    messages: std::collections::VecDeque<(u64, String, Bytes)>,
+    messages: std::collections::VecDeque<(u64, Subject, Bytes)>,
     bytes: usize,
 }
 
@@ -392,11 +392,11 @@ impl HostCtx {
 
     /// Keeps an outcome sent over connection `epoch`, dropping the oldest
     /// past the bounds.
-    fn keep(&self, epoch: u64, to: &str, payload: &Bytes) {
+    fn keep(&self, epoch: u64, to: &Subject, payload: &Bytes) {
         let mut sent = self.sent.lock().unwrap();
         sent.bytes += payload.len();
         sent.messages
-            .push_back((epoch, to.to_owned(), payload.clone()));
+            .push_back((epoch, to.clone(), payload.clone()));
         while sent.messages.len() > SENT_MESSAGES || sent.bytes > SENT_BYTES {
             let Some((_, _, p)) = sent.messages.pop_front() else {
                 break;
@@ -411,7 +411,7 @@ impl HostCtx {
     /// caller waiting as long as the host lives). A client takes a call's
     /// outcome once; one it has had already is dropped.
     async fn resend(&self, epoch: u64) {
-        let again: Vec<(String, Bytes)> = {
+        let again: Vec<(Subject, Bytes)> = {
             let mut sent = self.sent.lock().unwrap();
             let mut again = Vec::new();
             while sent.messages.front().is_some_and(|(at, _, _)| *at < epoch) {
