@@ -251,11 +251,13 @@ class Context {
     this.worker = worker;
     this.requestId = request.id;
     this.command = request.command;
+    // An optional field of another type than the protocol's is absent; a
+    // timeout past 2^53 - 1 is no integer a number holds exactly.
     this.sessionId = typeof request.session_id === 'string' ? request.session_id : null;
     this.traceparent = typeof request.traceparent === 'string' ? request.traceparent : null;
     this.tracestate = typeof request.tracestate === 'string' ? request.tracestate : null;
     this.baggage = typeof request.baggage === 'string' ? request.baggage : null;
-    this.timeoutMs = Number.isFinite(request.timeout_ms) ? request.timeout_ms : null;
+    this.timeoutMs = Number.isSafeInteger(request.timeout_ms) && request.timeout_ms >= 0 ? request.timeout_ms : null;
     this.streamRequested = request.stream === true;
     this._cancelled = false;
     this._done = false; // the final response was written
@@ -843,11 +845,15 @@ class Worker {
       pending.resolve(msg.result === undefined ? null : msg.result);
       return;
     }
+    // Anything but success: true fails the host call, with the error's type
+    // and message, or HostError and a message of its own where it has none.
     const error = msg.error;
+    const hasMessage = (m) => m !== undefined && m !== null && m !== '';
     if (error !== null && typeof error === 'object') {
-      pending.reject(new HostCallError(String(error.type || 'HostError'), String(error.message || ''), error.traceback));
+      const message = hasMessage(error.message) ? String(error.message) : 'host call failed';
+      pending.reject(new HostCallError(String(error.type || 'HostError'), message, error.traceback));
     } else {
-      pending.reject(new HostCallError('HostError', String(error === undefined ? 'host call failed' : error)));
+      pending.reject(new HostCallError('HostError', hasMessage(error) ? String(error) : 'host call failed'));
     }
   }
 

@@ -262,6 +262,26 @@ test('ctx carries the request fields, the worker id and a logger', async () => {
   await h.close();
 });
 
+test('optional request fields of the wrong type read as null; timeout_ms is an integer >= 0', async () => {
+  const h = new Harness({
+    commands: {
+      ctx: (args, ctx) => [ctx.sessionId, ctx.traceparent, ctx.tracestate, ctx.baggage, ctx.timeoutMs],
+    },
+  });
+  let r = await h.call(1, 'ctx', {}, { session_id: 5, traceparent: true, tracestate: {}, baggage: ['k=v'], timeout_ms: '100' });
+  assert.deepStrictEqual(r.result, [null, null, null, null, null]);
+  let id = 2;
+  for (const timeout of [1.5, -0.5, 1e300, -5, 2 ** 53, true]) {
+    r = await h.call(id++, 'ctx', {}, { timeout_ms: timeout });
+    assert.equal(r.result[4], null, `timeout_ms ${timeout}`);
+  }
+  for (const timeout of [0, 1500, 2 ** 53 - 1]) {
+    r = await h.call(id++, 'ctx', {}, { timeout_ms: timeout });
+    assert.equal(r.result[4], timeout);
+  }
+  await h.close();
+});
+
 test('chunks go out in order before the reply, only when a stream was asked for', async () => {
   const h = new Harness({
     commands: {
@@ -343,6 +363,39 @@ test('host calls: results, failures, session helpers, own id counter', async () 
   assert.deepStrictEqual([r.error.type, r.error.message], ['HostError', 'plain string error']);
   // A reply nobody waits for is dropped quietly.
   h.send({ type: 'host_reply', id: 999, success: true, result: 1 });
+  await h.close();
+});
+
+test('a host_reply without success: true fails the host call, with HostError and a message where it gives none', async () => {
+  const h = new Harness({
+    commands: {
+      ask: async (args, ctx) => {
+        try {
+          return { ok: await ctx.callHost('f') };
+        } catch (err) {
+          return { type: err.type, message: err.message };
+        }
+      },
+    },
+  });
+  const cases = [
+    [{}, { type: 'HostError', message: 'host call failed' }],
+    [{ success: 'yes', result: 'r' }, { type: 'HostError', message: 'host call failed' }],
+    [{ success: false }, { type: 'HostError', message: 'host call failed' }],
+    [{ success: false, error: null }, { type: 'HostError', message: 'host call failed' }],
+    [{ success: false, error: { message: 'm' } }, { type: 'HostError', message: 'm' }],
+    [{ success: false, error: { type: 'T' } }, { type: 'T', message: 'host call failed' }],
+    [{ success: false, error: { type: 'T', message: 5 } }, { type: 'T', message: '5' }],
+    [{ success: true }, { ok: null }],
+  ];
+  let id = 1;
+  for (const [fields, expected] of cases) {
+    h.send({ id, command: 'ask', args: {} });
+    const call = await h.next((f) => f.type === 'host_call');
+    h.send({ type: 'host_reply', id: call.id, ...fields });
+    assert.deepStrictEqual((await h.reply(id)).result, expected, JSON.stringify(fields));
+    id += 1;
+  }
   await h.close();
 });
 

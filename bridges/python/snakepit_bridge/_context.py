@@ -65,8 +65,9 @@ class Context:
 
     Attributes: ``request_id``, ``command``, ``session_id`` (or None),
     ``worker_id`` (or None), ``traceparent``/``tracestate``/``baggage`` (or None),
-    ``stream`` (the caller consumes chunks), ``timeout_ms`` (or None),
-    ``cancelled`` (set by a cancel frame or SIGINT), ``worker``.
+    ``stream`` (the caller consumes chunks), ``timeout_ms`` (an int >= 0, or None),
+    ``cancelled`` (set by a cancel frame or SIGINT), ``worker``. A request
+    field of the wrong type (a ``session_id`` that is no string) reads as None.
     """
 
     __slots__ = (
@@ -91,12 +92,19 @@ class Context:
         self.request_id = rid
         self.command = command
         get = msg.get
-        self.session_id = get("session_id")
-        self.traceparent = get("traceparent")
-        self.tracestate = get("tracestate")
-        self.baggage = get("baggage")
+        # An optional field of another type than the protocol's is absent
+        # (a bool is no timeout, a MessagePack bin no string).
+        value = get("session_id")
+        self.session_id = value if type(value) is str else None
+        value = get("traceparent")
+        self.traceparent = value if type(value) is str else None
+        value = get("tracestate")
+        self.tracestate = value if type(value) is str else None
+        value = get("baggage")
+        self.baggage = value if type(value) is str else None
         self.stream = get("stream") is True
-        self.timeout_ms = get("timeout_ms")
+        value = get("timeout_ms")
+        self.timeout_ms = value if type(value) is int and value >= 0 else None
         self.cancelled = False
         # Set just before the final reply is sent, and on cancel: from then
         # on emit() sends nothing (no chunk may follow the final reply).

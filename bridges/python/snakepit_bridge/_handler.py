@@ -140,8 +140,15 @@ def _otel_span(command, traceparent, tracestate, baggage=None):
         carrier["baggage"] = baggage
     # The configured global propagator (OTEL_PROPAGATORS, by default W3C
     # trace context and baggage), looked up per request: the application
-    # may set its own after the first request.
-    parent = propagate.extract(carrier)
+    # may set its own after the first request. One that raises leaves the
+    # call untraced rather than failing it.
+    try:
+        parent = propagate.extract(carrier)
+    except Exception as exc:
+        from ._server import log
+
+        log(f"trace context not extracted ({type(exc).__name__}: {exc}); the call runs untraced")
+        return None
     return _current(otel_context, parent, tracer.start_as_current_span(f"snakepit.worker {command}", kind=kind))
 
 

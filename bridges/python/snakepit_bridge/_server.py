@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ._context import Context, HostCallError
 from ._handler import Handler, format_traceback
-from ._wire import _HEADER, FrameError, FrameReader, validate, write_all
+from ._wire import _HEADER, FrameError, FrameReader, _is_int, validate, write_all
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -125,13 +125,27 @@ def fatal(exc):
 
 
 def host_outcome(msg):
-    """(ok, result-or-exception) of a host_reply frame."""
-    if msg.get("success"):
+    """(ok, result-or-exception) of a host_reply frame. Anything but
+    ``success: true`` is a failed host call; without a usable ``error`` it
+    is of type ``HostError`` with a message of its own."""
+    if msg.get("success") is True:
         return True, msg.get("result")
     err = msg.get("error")
-    if isinstance(err, dict):
-        return False, HostCallError(str(err.get("type") or "HostError"), str(err.get("message", "")))
-    return False, HostCallError("HostError", str(err))
+    type_, message = (err.get("type"), err.get("message")) if isinstance(err, dict) else (None, err)
+    if message is None or message == "":
+        message = "host call failed"
+    return False, HostCallError(str(type_ or "HostError"), str(message))
+
+
+def stray(kind, msg):
+    """True, after a line on stderr, when a cancel or host_reply has no
+    integer id: it names nothing running, and is ignored."""
+    rid = msg.get("id")
+    if _is_int(rid):
+        return False
+    what = "no id" if rid is None else f"an id of type {type(rid).__name__}"
+    log(f"{kind} with {what} names nothing; ignored")
+    return True
 
 
 class Server:
@@ -258,6 +272,8 @@ class Server:
             return
         if kind == "request":
             self.on_request(msg)
+        elif stray(kind, msg):
+            return
         elif kind == "cancel":
             self.on_cancel(msg["id"])
         else:

@@ -20,8 +20,10 @@ from typing import Any, Optional
 
 from ._context import Cancelled, Context
 from ._handler import invoke
-from ._server import Server, cancelled_reply, drain, error_reply, failed_reply, fatal, host_outcome, log
-from ._wire import FrameError, _unpack_header
+from ._server import (
+    Server, cancelled_reply, drain, error_reply, failed_reply, fatal, host_outcome, log, stray,
+)
+from ._wire import FrameError, _is_int, _unpack_header
 
 _MAIN_THREAD = threading.main_thread().ident
 
@@ -234,9 +236,9 @@ class SyncServer(Server):
                 kind, msg = self.parse(payload)
             except FrameError:
                 continue  # reported when dispatched
-            if kind != "cancel":
-                continue
             rid = msg.get("id")
+            if kind != "cancel" or not _is_int(rid):
+                continue  # one without an integer id is ignored when dispatched
             for waiting in backlog:
                 if waiting is payload:
                     break  # a request behind its cancel was not cancelled
@@ -366,6 +368,8 @@ class SyncServer(Server):
                 kind, msg = self.parse(payload)
             except FrameError as exc:
                 self.send_frame_error(exc)
+                continue
+            if kind != "request" and stray(kind, msg):
                 continue
             if kind == "host_reply":
                 if msg["id"] == hid:

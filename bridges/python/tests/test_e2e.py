@@ -292,6 +292,52 @@ class ExampleWorkerTests(_Base):
             reply = self.fake_host(w, store, 8)
             self.assertEqual(reply["result"], {"type": "UnknownFunction", "message": "no host function named nope"})
 
+    def test_host_replies_without_success_true_fail_the_host_call(self):
+        # docs/protocol.md, host_reply: without success: true the host call
+        # fails, with the error's type and message or HostError and a
+        # message of its own; never a ProtocolError under id 0.
+        failed = {"type": "HostError", "message": "host call failed"}
+        cases = [
+            ({}, failed),
+            ({"success": "yes", "result": "r"}, failed),
+            ({"success": 1, "result": "r"}, failed),
+            ({"success": None, "result": "r"}, failed),
+            ({"success": False}, failed),
+            ({"success": False, "error": None}, failed),
+            ({"success": False, "error": {"message": "m"}}, {"type": "HostError", "message": "m"}),
+            ({"success": False, "error": {"type": "T"}}, {"type": "T", "message": "host call failed"}),
+            ({"success": False, "error": {"type": "T", "message": 5}}, {"type": "T", "message": "5"}),
+            ({"success": False, "error": 5}, {"type": "HostError", "message": "5"}),
+            ({"success": True}, "no error?"),
+        ]
+        for codec in self.each_codec():
+            w, _ = self.spawn(codec)
+            for rid, (fields, expected) in enumerate(cases, 1):
+                w.request(rid, "host_fail")
+                call = w.recv()
+                self.assertEqual(call["type"], "host_call", call)
+                frame = {"type": "host_reply", "id": call["id"]}
+                frame.update(fields)
+                w.send(frame)
+                reply = w.recv()
+                self.assertEqual((reply["id"], reply.get("result")), (rid, expected), fields)
+
+    def test_frames_without_an_integer_id_are_ignored_in_a_host_call(self):
+        for codec in self.each_codec():
+            w, _ = self.spawn(codec)
+            w.request(8, "host_fail")
+            call = w.recv()
+            hid = call["id"]
+            for rid in ("8", None, 8.0, [8], True):
+                w.send({"type": "cancel", "id": rid})
+            w.send({"type": "cancel"})
+            for rid in (str(hid), None, float(hid), [hid], True):
+                w.send({"type": "host_reply", "id": rid, "success": True, "result": "wrong"})
+            w.send({"type": "host_reply", "success": True, "result": "wrong"})
+            w.send({"type": "host_reply", "id": hid, "success": False, "error": {"type": "T", "message": "m"}})
+            self.assertEqual(w.recv(), {"id": 8, "success": True, "result": {"type": "T", "message": "m"}})
+            self.assertEqual(w.call(9, "shout", {"text": "next"})["result"], "NEXT")
+
     def test_context(self):
         for codec in self.each_codec():
             w, _ = self.spawn(codec)

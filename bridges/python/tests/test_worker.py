@@ -250,6 +250,71 @@ class DispatchTests(unittest.TestCase):
         self.assertLess(elapsed, 2.0)
 
 
+class FieldTypeTests(unittest.TestCase):
+    """docs/protocol.md, section 4: an optional request field whose type is
+    not the table's is absent; ``timeout_ms`` is an integer >= 0. A cancel
+    or host_reply without an integer id names nothing and is ignored."""
+
+    def make(self, codec_name, async_mode):
+        w = Worker(codec=codec_name)
+
+        @w.command("fields")
+        def fields(args, ctx):
+            return [ctx.session_id, ctx.traceparent, ctx.tracestate, ctx.baggage, ctx.timeout_ms]
+
+        if async_mode:
+            @w.command("anap")
+            async def anap(args):
+                return None
+
+        return w
+
+    def test_optional_fields_of_the_wrong_type_read_as_none(self):
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        frames = [
+            req(1, "fields", session_id="s1", traceparent=tp, tracestate="v=1", baggage="k=v", timeout_ms=0),
+            req(2, "fields", session_id=5, traceparent=True, tracestate={"a": 1}, baggage=["k=v"],
+                timeout_ms="100"),
+            req(3, "fields", traceparent=tp, tracestate=5, baggage=5, timeout_ms=2**64 - 1),
+        ]
+        bad_timeouts = [1.5, -0.5, 1e300, -5, True]
+        frames += [req(10 + n, "fields", timeout_ms=t) for n, t in enumerate(bad_timeouts)]
+        for codec_name in CODECS:
+            codec = _wire.get_codec(codec_name)
+            expected = {
+                1: ["s1", tp, "v=1", "k=v", 0],
+                2: [None] * 5,
+                3: [None, tp, None, None, 2**64 - 1],
+            }
+            expected.update({10 + n: [None] * 5 for n in range(len(bad_timeouts))})
+            sent = list(frames)
+            if codec_name == "msgpack":
+                # A MessagePack bin where a str belongs is no string.
+                sent.append(req(20, "fields", session_id=b"s1", traceparent=tp.encode(), baggage=b"k=v"))
+                expected[20] = [None] * 5
+            for async_mode in (False, True):
+                with self.subTest(codec=codec_name, async_mode=async_mode):
+                    code, out = run_in_process(self.make(codec_name, async_mode), sent, codec)
+                    self.assertEqual(code, 0)
+                    replies = {m["id"]: m for m in out[1:]}
+                    self.assertEqual({rid: m.get("result") for rid, m in replies.items()}, expected)
+
+    def test_cancels_and_host_replies_without_an_integer_id_are_ignored(self):
+        frames = []
+        for kind in ("cancel", "host_reply"):
+            for rid in ("1", None, 1.0, 1.5, [1], True):
+                frames.append({"type": kind, "id": rid, "success": True, "result": None})
+            frames.append({"type": kind})
+        frames.append(req(1, "fields"))
+        for codec_name in CODECS:
+            for async_mode in (False, True):
+                with self.subTest(codec=codec_name, async_mode=async_mode):
+                    codec = _wire.get_codec(codec_name)
+                    code, out = run_in_process(self.make(codec_name, async_mode), frames, codec)
+                    self.assertEqual(code, 0)
+                    self.assertEqual(out[1:], [{"id": 1, "success": True, "result": [None] * 5}])
+
+
 class OtelTests(unittest.TestCase):
     def test_span_joins_the_callers_trace(self):
         try:
@@ -308,6 +373,37 @@ class OtelTests(unittest.TestCase):
         finally:
             propagate.set_global_textmap(before)
         self.assertEqual(seen, [{"traceparent": tp, "tracestate": "vendor=x"}])
+
+    def test_a_propagator_that_raises_leaves_the_call_untraced(self):
+        try:
+            from opentelemetry import propagate
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        except ImportError:
+            self.skipTest("opentelemetry-api not installed")
+
+        class Raising(TraceContextTextMapPropagator):
+            def extract(self, carrier, context=None, getter=None):
+                raise TypeError("a propagator that fails")
+
+        before = propagate.get_global_textmap()
+        propagate.set_global_textmap(Raising())
+        try:
+            for async_mode in (False, True):
+                w = Worker(codec="json")
+                w.command("traced")(lambda args: "ok")
+                if async_mode:
+                    w.command("atraced")(_async_ok)
+                frames = [req(1, "traced", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+                if async_mode:
+                    frames.append(req(2, "atraced", traceparent="garbage"))
+                _, out = run_in_process(w, frames, _wire.get_codec("json"))
+                self.assertEqual([m.get("result") for m in out[1:]], ["ok"] * len(frames), out)
+        finally:
+            propagate.set_global_textmap(before)
+
+
+async def _async_ok(args):
+    return "ok"
 
 
 if __name__ == "__main__":

@@ -105,6 +105,72 @@ class WorkerTest < Minitest::Test
     assert_equal({ "baggage" => nil, "tracestate" => nil }, recv["result"])
   end
 
+  # docs/protocol.md, section 4: an optional field whose type is not the
+  # table's is absent; timeout_ms is an integer >= 0.
+  def test_optional_fields_of_the_wrong_type_read_as_nil
+    @worker.command("ctx") do |_args, ctx|
+      [ctx.session_id, ctx.traceparent, ctx.tracestate, ctx.baggage, ctx.timeout_ms]
+    end
+    start
+    send_request(1, "ctx", {}, session_id: 5, traceparent: true, tracestate: { "a" => 1 }, baggage: ["k=v"],
+                               timeout_ms: "100")
+    assert_equal [nil] * 5, recv["result"]
+    [1.5, -0.5, 1e300, -5, true].each_with_index do |timeout, n|
+      send_request(10 + n, "ctx", {}, timeout_ms: timeout)
+      assert_nil recv["result"][4], "timeout_ms #{timeout}"
+    end
+    [0, 1500, 2**64 - 1].each_with_index do |timeout, n|
+      send_request(20 + n, "ctx", {}, timeout_ms: timeout)
+      assert_equal timeout, recv["result"][4]
+    end
+    # A MessagePack bin arrives as a binary String: no text.
+    ctx = SnakepitBridge::Context.new(@worker, 1, "ctx", { "session_id" => "s1".b, "baggage" => "k=v" })
+    assert_nil ctx.session_id
+    assert_equal "k=v", ctx.baggage
+  end
+
+  # A host_reply for the waiting host call without success: true fails it:
+  # the error's type and message, else HostError and a message of its own.
+  def test_host_reply_without_success_true_fails_the_host_call
+    @worker.command("ask") do |_args, ctx|
+      { "ok" => ctx.call_host("f", {}) }
+    rescue SnakepitBridge::HostCallError => e
+      { "type" => e.error_type, "message" => e.message }
+    end
+    start
+    failed = { "type" => "HostError", "message" => "host call failed" }
+    [
+      [{}, failed],
+      [{ "success" => "yes", "result" => "r" }, failed],
+      [{ "success" => false }, failed],
+      [{ "success" => false, "error" => { "message" => "m" } }, { "type" => "HostError", "message" => "m" }],
+      [{ "success" => false, "error" => { "type" => "T" } }, { "type" => "T", "message" => "host call failed" }],
+      [{ "success" => false, "error" => 5 }, { "type" => "HostError", "message" => "5" }],
+      [{ "success" => true }, { "ok" => nil }],
+    ].each_with_index do |(fields, expected), n|
+      send_request(n + 1, "ask")
+      call = recv
+      assert_equal "host_call", call["type"]
+      @to_worker.write(Wire.frame(@codec.encode({ "type" => "host_reply", "id" => call["id"] }.merge(fields))))
+      assert_equal expected, recv["result"], fields.inspect
+    end
+  end
+
+  # A host_reply or cancel whose id is not an Integer names nothing, not
+  # even the host call or request whose number it holds as a float.
+  def test_host_reply_and_cancel_ids_that_are_not_integers_name_nothing
+    @worker.command("ask") { |_args, ctx| ctx.call_host("f", {}) }
+    start
+    send_request(1, "ask")
+    call = recv
+    [{ "type" => "cancel", "id" => 1.0 },
+     { "type" => "host_reply", "id" => call["id"].to_f, "success" => true, "result" => "float" },
+     { "type" => "host_reply", "id" => call["id"], "success" => true, "result" => "answer" }].each do |frame|
+      @to_worker.write(Wire.frame(@codec.encode(frame)))
+    end
+    assert_equal({ "id" => 1, "success" => true, "result" => "answer" }, recv.slice("id", "success", "result"))
+  end
+
   def test_run_returns_on_eof
     start
     @to_worker.close

@@ -20,6 +20,9 @@
 //! of stdin inside a frame with a call running, the 64 MiB boundary, and a
 //! frame dribbled in one byte at a time.
 
+mod raw_frames;
+
+use raw_frames::{decode, encode, frame};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,40 +114,6 @@ fn launch(lang: Lang) -> Launch {
     let mut launch = bridge.launch();
     launch.args = inline.into_iter().map(Into::into).collect();
     launch
-}
-
-/// A frame: the 4-byte big-endian length, then the payload.
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(payload.len())
-        .expect("a frame below 4 GiB")
-        .to_be_bytes()
-        .to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-fn encode(codec: WireCodec, value: &Value) -> Vec<u8> {
-    match codec {
-        WireCodec::MsgPack => {
-            let mut out = Vec::new();
-            mp::encode(value, &mut out);
-            out
-        }
-        _ => serde_json::to_vec(value).expect("JSON"),
-    }
-}
-
-fn decode(codec: WireCodec, payload: &[u8]) -> Value {
-    match codec {
-        WireCodec::MsgPack => {
-            let mut pos = 0;
-            let value = mp::decode(payload, &mut pos);
-            assert_eq!(pos, payload.len(), "one MessagePack value: {payload:02x?}");
-            value
-        }
-        _ => serde_json::from_slice(payload)
-            .unwrap_or_else(|e| panic!("a JSON frame: {e}: {}", String::from_utf8_lossy(payload))),
-    }
 }
 
 /// A request map whose `id` is given as its encoded bytes (JSON text or a
@@ -1013,172 +982,5 @@ async fn frames_dribbled_in_one_byte_at_a_time_are_read_whole() {
             (&json!(2), &json!(true)),
             "{w}"
         );
-    }
-}
-
-/// Just enough MessagePack for the test's side: every value the bridges
-/// write, read without losing whether a number was an integer or a float.
-mod mp {
-    use serde_json::{json, Map, Number, Value};
-
-    pub(crate) fn encode(v: &Value, out: &mut Vec<u8>) {
-        match v {
-            Value::Null => out.push(0xc0),
-            Value::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
-            Value::Number(n) => {
-                if let Some(u) = n.as_u64() {
-                    match u {
-                        0..=0x7f => out.push(u as u8),
-                        0x80..=0xff => out.extend([0xcc, u as u8]),
-                        0x100..=0xffff => {
-                            out.push(0xcd);
-                            out.extend((u as u16).to_be_bytes());
-                        }
-                        0x1_0000..=0xffff_ffff => {
-                            out.push(0xce);
-                            out.extend((u as u32).to_be_bytes());
-                        }
-                        _ => {
-                            out.push(0xcf);
-                            out.extend(u.to_be_bytes());
-                        }
-                    }
-                } else if let Some(i) = n.as_i64() {
-                    if i >= -32 {
-                        out.push(i as u8);
-                    } else {
-                        out.push(0xd3);
-                        out.extend(i.to_be_bytes());
-                    }
-                } else {
-                    out.push(0xcb);
-                    out.extend(n.as_f64().unwrap().to_be_bytes());
-                }
-            }
-            Value::String(s) => {
-                head(out, s.len(), (0xa0, 31), [0xd9, 0xda, 0xdb]);
-                out.extend(s.as_bytes());
-            }
-            Value::Array(a) => {
-                head(out, a.len(), (0x90, 15), [0xdc, 0xdc, 0xdd]);
-                for x in a {
-                    encode(x, out);
-                }
-            }
-            Value::Object(m) => {
-                head(out, m.len(), (0x80, 15), [0xde, 0xde, 0xdf]);
-                for (k, x) in m {
-                    encode(&Value::String(k.clone()), out);
-                    encode(x, out);
-                }
-            }
-        }
-    }
-
-    /// The smallest header of a string, array or map of `len` items: the
-    /// fix form up to its maximum, else the 8-, 16- or 32-bit length form
-    /// (`wide`; an array or map has no 8-bit form, so it names its 16-bit one).
-    fn head(out: &mut Vec<u8>, len: usize, (fix, fix_max): (u8, usize), wide: [u8; 3]) {
-        if len <= fix_max {
-            out.push(fix | len as u8);
-        } else if len <= 0xff && wide[0] != wide[1] {
-            out.extend([wide[0], len as u8]);
-        } else if len <= 0xffff {
-            out.push(wide[1]);
-            out.extend((len as u16).to_be_bytes());
-        } else {
-            out.push(wide[2]);
-            out.extend((len as u32).to_be_bytes());
-        }
-    }
-
-    fn take<'a>(b: &'a [u8], pos: &mut usize, n: usize) -> &'a [u8] {
-        let s = b
-            .get(*pos..*pos + n)
-            .unwrap_or_else(|| panic!("MessagePack cut short: {b:02x?}"));
-        *pos += n;
-        s
-    }
-
-    fn be(b: &[u8], pos: &mut usize, n: usize) -> u64 {
-        take(b, pos, n)
-            .iter()
-            .fold(0, |acc, x| (acc << 8) | u64::from(*x))
-    }
-
-    fn float(f: f64) -> Value {
-        Number::from_f64(f).map_or(Value::Null, Value::Number)
-    }
-
-    fn str_of(b: &[u8], pos: &mut usize, n: usize) -> Value {
-        let s = take(b, pos, n);
-        Value::String(String::from_utf8(s.to_vec()).expect("a UTF-8 str"))
-    }
-
-    fn seq(b: &[u8], pos: &mut usize, n: usize) -> Value {
-        Value::Array((0..n).map(|_| decode(b, pos)).collect())
-    }
-
-    fn map(b: &[u8], pos: &mut usize, n: usize) -> Value {
-        let mut m = Map::new();
-        for _ in 0..n {
-            let k = match decode(b, pos) {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            m.insert(k, decode(b, pos));
-        }
-        Value::Object(m)
-    }
-
-    /// One value from `b` at `pos`; `bin` becomes `{"$bin": [bytes]}`,
-    /// `ext` becomes `{"$ext": type}`.
-    pub(crate) fn decode(b: &[u8], pos: &mut usize) -> Value {
-        let t = take(b, pos, 1)[0];
-        match t {
-            0x00..=0x7f => json!(t),
-            0x80..=0x8f => map(b, pos, usize::from(t & 0x0f)),
-            0x90..=0x9f => seq(b, pos, usize::from(t & 0x0f)),
-            0xa0..=0xbf => str_of(b, pos, usize::from(t & 0x1f)),
-            0xc0 => Value::Null,
-            0xc2 => json!(false),
-            0xc3 => json!(true),
-            0xc4..=0xc6 => {
-                let n = be(b, pos, 1 << (t - 0xc4)) as usize;
-                json!({"$bin": take(b, pos, n)})
-            }
-            0xc7..=0xc9 => {
-                let n = be(b, pos, 1 << (t - 0xc7)) as usize;
-                let kind = take(b, pos, 1)[0] as i8;
-                take(b, pos, n);
-                json!({"$ext": kind})
-            }
-            0xca => float(f64::from(f32::from_bits(be(b, pos, 4) as u32))),
-            0xcb => float(f64::from_bits(be(b, pos, 8))),
-            0xcc..=0xcf => json!(be(b, pos, 1 << (t - 0xcc))),
-            0xd0 => json!(be(b, pos, 1) as u8 as i8),
-            0xd1 => json!(be(b, pos, 2) as u16 as i16),
-            0xd2 => json!(be(b, pos, 4) as u32 as i32),
-            0xd3 => json!(be(b, pos, 8) as i64),
-            0xd4..=0xd8 => {
-                let kind = take(b, pos, 1)[0] as i8;
-                take(b, pos, 1 << (t - 0xd4));
-                json!({"$ext": kind})
-            }
-            0xd9..=0xdb => {
-                let n = be(b, pos, 1 << (t - 0xd9)) as usize;
-                str_of(b, pos, n)
-            }
-            0xdc | 0xdd => {
-                let n = be(b, pos, 2 << (t - 0xdc)) as usize;
-                seq(b, pos, n)
-            }
-            0xde | 0xdf => {
-                let n = be(b, pos, 2 << (t - 0xde)) as usize;
-                map(b, pos, n)
-            }
-            0xe0..=0xff => json!(t as i8),
-            0xc1 => panic!("0xc1 is never used in MessagePack"),
-        }
     }
 }

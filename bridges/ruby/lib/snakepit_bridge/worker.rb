@@ -12,11 +12,13 @@ module SnakepitBridge
       @worker = worker
       @request_id = request_id
       @command = command
-      @session_id = message["session_id"]
-      @traceparent = message["traceparent"]
-      @tracestate = message["tracestate"]
-      @baggage = message["baggage"]
-      @timeout_ms = message["timeout_ms"]
+      # An optional field of another type than the protocol's is absent.
+      @session_id = text(message["session_id"])
+      @traceparent = text(message["traceparent"])
+      @tracestate = text(message["tracestate"])
+      @baggage = text(message["baggage"])
+      timeout_ms = message["timeout_ms"]
+      @timeout_ms = timeout_ms.is_a?(Integer) && timeout_ms >= 0 ? timeout_ms : nil
       @stream = message["stream"] == true
       @cancelled = false
       @answered = false
@@ -74,6 +76,14 @@ module SnakepitBridge
     # @api private
     def mark_cancelled
       @cancelled = true
+    end
+
+    private
+
+    # +value+ when it is a text string, else nil: a MessagePack bin arrives
+    # as a binary (ASCII-8BIT) String.
+    def text(value)
+      value if value.is_a?(String) && value.encoding == Encoding::UTF_8
     end
   end
 
@@ -358,16 +368,17 @@ module SnakepitBridge
       message = next_message
       raise HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") if message.nil?
 
+      # An id that is not an Integer names nothing (eql?: 4.0 is not 4).
       case message["type"]
       when "host_reply"
-        if message["id"] == id
+        if id.eql?(message["id"])
           return [message["result"]] if message["success"] == true
 
           raise host_error(message["error"])
         end
         log("ignoring host_reply for unknown host call #{message['id'].inspect}")
       when "cancel"
-        if message["id"] == ctx.request_id
+        if ctx.request_id.eql?(message["id"])
           ctx.mark_cancelled
           ctx.check_cancelled!
         end
@@ -637,12 +648,17 @@ module SnakepitBridge
       reply_error(0, "ProtocolError", message)
     end
 
+    # The HostCallError of a host_reply without success: true: the error's
+    # type and message, "HostError" and a message of its own where it has none.
     def host_error(error)
       if error.is_a?(Hash)
-        HostCallError.new(error["type"].to_s, error["message"].to_s)
+        type = error["type"].to_s
+        message = error["message"].to_s
       else
-        HostCallError.new("HostError", error.to_s)
+        type = ""
+        message = error.to_s
       end
+      HostCallError.new(type.empty? ? "HostError" : type, message.empty? ? "host call failed" : message)
     end
 
     def note_worker_id(command, args)
