@@ -332,7 +332,10 @@ async fn garbage_batches_and_a_batch_of_thousands_of_calls_leave_the_host_servin
              the bound on calls run at once does not apply to this run"
         );
     } else {
-        assert!(ran <= 33, "{ran} of {N} ran at once on a 1-worker host");
+        // 33: one worker and a prefetch of 32; one more for the unit the
+        // repeated call above frees when it ends (200 ms), which may come
+        // while the host goes through this batch.
+        assert!(ran <= 34, "{ran} of {N} ran at once on a 1-worker host");
     }
 
     let mut dups = Vec::new();
