@@ -19,7 +19,7 @@ use serde_json::Value;
 use snakepit_core::{Affinity, CallOptions, Error, StreamItem};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Connects, Outbox, Resend};
 use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 use crate::{host_lost, unavailable};
 
@@ -300,11 +300,12 @@ struct Inner {
     /// The connection was drained or closed for good (the client's reply
     /// subscription ended): no call can be sent or answered any more.
     closed: AtomicBool,
-    /// The last cancels sent, each with the connection it went out on
-    /// ([`Link::epoch`]): a cancel written into a connection that then
+    /// The client's connection count ([`Link::epoch`]).
+    connects: Connects,
+    /// The last cancels sent: a cancel written into a connection that then
     /// drops (its path silent first) is lost with it, so the cancels of a
     /// connection before the current one are sent again.
-    cancels: Mutex<VecDeque<(u64, Subject, String)>>,
+    cancels: Mutex<Resend>,
     /// The host table was found full once (warned of once).
     hosts_full_warned: AtomicBool,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -408,9 +409,10 @@ impl Client {
             .subscribe(subjects.heartbeat())
             .await
             .map_err(|e| unavailable(cluster, format!("cannot subscribe: {e}")))?;
+        let connects = Connects::of(nats);
         let connected = Link {
             up: nats.connection_state() == State::Connected,
-            epoch: connects(nats),
+            epoch: connects.now(),
         };
         let tick = check_every(config.host_timeout);
         let outbox = Arc::new(Outbox::default());
@@ -440,7 +442,8 @@ impl Client {
                 queued: AtomicUsize::new(0),
                 connected: watch::channel(connected).0,
                 closed: AtomicBool::new(false),
-                cancels: Mutex::new(VecDeque::new()),
+                connects,
+                cancels: Mutex::default(),
                 hosts_full_warned: AtomicBool::new(false),
                 tasks,
             }
@@ -664,7 +667,7 @@ impl Client {
             // Calls in flight fail when the connection goes, or comes back
             // as another: what was published to the client meanwhile is
             // lost.
-            let epoch = connects(&inner.nats);
+            let epoch = inner.connects.now();
             let remade = inner.host_remade(&slot.host);
             let remade_at = *remade.borrow();
             if let Some(d) = deadline {
@@ -778,14 +781,7 @@ impl Client {
                         continue;
                     }
                     Ok(r) => r,
-                    Err(_) => {
-                        return Err(host_lost(
-                            &slot.host,
-                            0,
-                            "the host answered out of protocol; the call may or may not have run"
-                                .into(),
-                        ))
-                    }
+                    Err(_) => return Err(out_of_protocol(&slot.host, 0)),
                 },
                 Ok(None) => return Err(unavailable(&inner.cluster, "client closed".into())),
                 Err(_) => {
@@ -1106,7 +1102,7 @@ impl Inner {
         // sets it now rather than fail for up to a tick.
         let now = Link {
             up: true,
-            epoch: connects(&self.nats),
+            epoch: self.connects.now(),
         };
         if *self.connected.borrow() != now {
             self.connected
@@ -1210,16 +1206,14 @@ impl Inner {
             return;
         };
         let subject = Subject::from(self.subjects.host_cancel(host));
-        {
-            let mut cancels = self.cancels.lock().unwrap();
-            if cancels.len() == RECENT_CANCELS {
-                cancels.pop_front();
-            }
-            cancels.push_back((connects(&self.nats), subject.clone(), reply.clone()));
-        }
+        let reply = Bytes::from(reply);
+        self.cancels
+            .lock()
+            .unwrap()
+            .keep(self.connects.now(), subject.clone(), reply.clone());
         let nats = self.nats.clone();
         rt.spawn(async move {
-            let _ = nats.publish(subject, Bytes::from(reply)).await;
+            let _ = nats.publish(subject, reply).await;
         });
     }
 
@@ -1228,23 +1222,14 @@ impl Inner {
     /// the one they were written into). A host ignores a cancel for a call
     /// it no longer runs.
     fn resend_cancels(&self, epoch: u64) {
-        let again: Vec<(Subject, String)> = {
-            let mut cancels = self.cancels.lock().unwrap();
-            if cancels.front().is_none_or(|(at, _, _)| *at >= epoch) {
-                return;
-            }
-            let (old, current): (VecDeque<_>, VecDeque<_>) =
-                cancels.drain(..).partition(|(at, _, _)| *at < epoch);
-            *cancels = current;
-            old.into_iter().map(|(_, s, r)| (s, r)).collect()
-        };
+        let again = self.cancels.lock().unwrap().before(epoch);
         if again.is_empty() {
             return;
         }
         let nats = self.nats.clone();
         tokio::spawn(async move {
             for (subject, reply) in again {
-                let _ = nats.publish(subject, Bytes::from(reply)).await;
+                let _ = nats.publish(subject, reply).await;
             }
         });
     }
@@ -1477,10 +1462,6 @@ const MAX_CAPACITY: usize = 1 << 20;
 /// silent for longer is forgotten, and starts again from its next one).
 const MAX_SEQ_STEP: u64 = 10_000;
 
-/// The most cancels a client keeps to send again after its connection was
-/// made again.
-const RECENT_CANCELS: usize = 4096;
-
 /// The most instances of one host id a client keeps track of.
 const MAX_INSTANCES: usize = 16;
 
@@ -1499,7 +1480,7 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
         let link = Link {
             up: !inner.closed.load(Ordering::Relaxed)
                 && inner.nats.connection_state() == State::Connected,
-            epoch: connects(&inner.nats),
+            epoch: inner.connects.now(),
         };
         inner
             .connected
@@ -1535,6 +1516,16 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
     }
 }
 
+/// A call's failure when its host sent what the protocol does not have it
+/// send.
+fn out_of_protocol(host: &str, pid: u32) -> Error {
+    host_lost(
+        host,
+        pid,
+        "the host answered out of protocol; the call may or may not have run".into(),
+    )
+}
+
 /// A call's failure when the client's connection to NATS went, or was
 /// made again, while the call ran.
 fn connection_lost(host: &str, pid: u32) -> Error {
@@ -1552,7 +1543,7 @@ fn connection_lost(host: &str, pid: u32) -> Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Link {
     up: bool,
-    /// async-nats's count of connections made (`Statistics::connects`).
+    /// The connections made ([`Connects`]).
     epoch: u64,
 }
 
@@ -1562,11 +1553,6 @@ impl Link {
     fn lost_since(&self, epoch: u64) -> bool {
         !self.up || self.epoch > epoch
     }
-}
-
-/// The connections `nats` has made, the first one included.
-fn connects(nats: &async_nats::Client) -> u64 {
-    nats.statistics().connects.load(Ordering::Relaxed)
 }
 
 /// How often the client checks what it is not told of (its connection's
@@ -1666,15 +1652,12 @@ impl Flight {
 
     /// `r`, a chunk or a stream's result, if it comes in its place: each
     /// chunk numbered one past the last, the result after as many as the
-    /// host sent. `None` for a chunk the reader had already (a host sends
-    /// again what it sent before its connection to NATS was made again).
-    /// Otherwise chunks were lost on the way (NATS drops what it has for a
-    /// connection that is made again), and the call fails rather than hand
-    /// its reader a stream with a hole in it. (A host that does not number
-    /// its chunks is taken at its word.)
-    fn in_order(&mut self, r: Incoming) -> Result<Option<Incoming>, Error> {
+    /// host sent. Otherwise chunks were lost on the way (NATS drops what it
+    /// has for a connection that is made again), and the call fails rather
+    /// than hand its reader a stream with a hole in it. (A host that does
+    /// not number its chunks is taken at its word.)
+    fn in_order(&mut self, r: Incoming) -> Result<Incoming, Error> {
         let (n, want) = match &r {
-            Reply::Chunk { n: Some(n), .. } if *n <= self.chunks => return Ok(None),
             Reply::Chunk { n, .. } => {
                 self.chunks += 1;
                 (*n, self.chunks)
@@ -1690,16 +1673,8 @@ impl Flight {
                     "chunks of the stream were lost on the way (chunk {n} came where {want} was due; a connection to NATS made again drops what NATS had for it); the call may or may not have run"
                 ),
             )),
-            _ => Ok(Some(r)),
+            _ => Ok(r),
         }
-    }
-
-    fn out_of_protocol(&self) -> Error {
-        host_lost(
-            &self.host,
-            self.pid,
-            "the host answered out of protocol; the call may or may not have run".into(),
-        )
     }
 
     /// The next chunk or the final result.
@@ -1707,31 +1682,32 @@ impl Flight {
         if self.finished {
             return Err(Error::Cancelled);
         }
-        match self.first.take() {
-            // The first message cannot be one sent again: it came first.
-            Some(r @ Reply::Chunk { .. }) => {
-                let r = self
-                    .in_order(r)
-                    .and_then(|r| r.ok_or_else(|| self.out_of_protocol()));
-                if r.is_ok() {
-                    self.took_chunk().await;
-                } else {
-                    self.finished = true;
-                }
-                return r;
+        let outcome = match self.first.take() {
+            Some(Reply::Err { e }) => {
+                self.answered = true;
+                Err(host_error(e, &self.command, self.timeout))
             }
             Some(r @ Reply::Ok { .. }) => {
-                (self.finished, self.answered) = (true, true);
-                return self
-                    .in_order(r)
-                    .and_then(|r| r.ok_or_else(|| self.out_of_protocol()));
+                self.answered = true;
+                Ok(r)
             }
-            Some(Reply::Err { e }) => {
-                (self.finished, self.answered) = (true, true);
-                return Err(host_error(e, &self.command, self.timeout));
-            }
-            _ => {}
+            Some(r @ Reply::Chunk { .. }) => Ok(r),
+            // An acknowledgement (or nothing): what comes next.
+            _ => self.arrival().await,
+        };
+        let outcome = outcome.and_then(|r| self.in_order(r));
+        if let Ok(Reply::Chunk { .. }) = outcome {
+            self.took_chunk().await;
+            return outcome;
         }
+        // Timed out here, the host may still answer; otherwise the call
+        // has no more to give.
+        self.finished = self.answered || !matches!(outcome, Err(Error::CallTimeout { .. }));
+        outcome
+    }
+
+    /// The host's next chunk or outcome, or why none will come.
+    async fn arrival(&mut self) -> Result<Incoming, Error> {
         if self.overrun.load(Ordering::Relaxed) && self.rx.is_empty() {
             // Past what its window lets it send: a broken or hostile host.
             // The reader had what came within the window; now the call
@@ -1754,68 +1730,54 @@ impl Flight {
             }
         };
         tokio::pin!(deadline);
-        let outcome = loop {
-            let outcome = loop {
-                break tokio::select! {
-                biased;
-                m = self.rx.recv() => match m {
-                    // Come after the client's connection was made again (the
-                    // monitor may not have said so yet): what NATS had for the
-                    // call in between is lost, this may follow a gap.
-                    Some(Arrival::Reply(_)) if connects(&self.inner.nats) > epoch => Err(connection_lost(&self.host, self.pid)),
-                    Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
-                        Ok(r @ Reply::Chunk { .. }) => Ok(r),
-                        Ok(r @ Reply::Ok { .. }) => {
-                            self.answered = true;
-                            Ok(r)
-                        }
-                        Ok(Reply::Err { e }) => {
-                            self.answered = true;
-                            Err(host_error(e, &self.command, self.timeout))
-                        }
-                        // The host acknowledges a call that runs for a while
-                        // whatever it has sent already (chunks, even its
-                        // outcome): nothing to act on.
-                        Ok(Reply::Ack { .. }) => continue,
-                        Ok(_) | Err(_) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
-                    },
-                    // After the host acknowledged the call: not from NATS.
-                    Some(Arrival::NoResponders | Arrival::Unsent(_)) => Err(host_lost(&self.host, self.pid, "the host answered out of protocol; the call may or may not have run".into())),
-                    None => Err(unavailable(&self.inner.cluster, "client closed".into())),
-                },
-                _ = self.lost.wait_for(|l| *l) => {
-                    if let Some(s) = &self.session {
-                        self.inner.sessions.lock().unwrap().forget(s, &self.host);
+        loop {
+            break tokio::select! {
+            biased;
+            m = self.rx.recv() => match m {
+                // Come after the client's connection was made again (the
+                // monitor may not have said so yet): what NATS had for the
+                // call in between is lost, this may follow a gap.
+                Some(Arrival::Reply(_)) if self.inner.connects.now() > epoch => Err(connection_lost(&self.host, self.pid)),
+                Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
+                    Ok(r @ Reply::Chunk { .. }) => Ok(r),
+                    Ok(r @ Reply::Ok { .. }) => {
+                        self.answered = true;
+                        Ok(r)
                     }
-                    Err(host_lost(&self.host, self.pid, format!(
-                        "host {} stopped answering (no heartbeat for {:?}) while it ran the call; it may or may not have run",
-                        self.host, self.inner.config.host_timeout
-                    )))
+                    Ok(Reply::Err { e }) => {
+                        self.answered = true;
+                        Err(host_error(e, &self.command, self.timeout))
+                    }
+                    // The host acknowledges a call that runs for a while
+                    // whatever it has sent already (chunks, even its
+                    // outcome): nothing to act on.
+                    Ok(Reply::Ack { .. }) => continue,
+                    Ok(_) | Err(_) => Err(out_of_protocol(&self.host, self.pid)),
+                },
+                // After the host acknowledged the call: not from NATS.
+                Some(Arrival::NoResponders | Arrival::Unsent(_)) => Err(out_of_protocol(&self.host, self.pid)),
+                None => Err(unavailable(&self.inner.cluster, "client closed".into())),
+            },
+            _ = self.lost.wait_for(|l| *l) => {
+                if let Some(s) = &self.session {
+                    self.inner.sessions.lock().unwrap().forget(s, &self.host);
                 }
-                _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Err(connection_lost(&self.host, self.pid)),
-                // A stream's credit sent meanwhile may be lost too: it would
-                // wait for ever. (A call's outcome lost so is sent again by
-                // the host.)
-                _ = self.remade.wait_for(|n| *n > remade_at), if stream => Err(host_lost(&self.host, self.pid, format!(
-                    "host {} made its connection to NATS again while it ran the call: what NATS had for the call meanwhile may be lost; it may or may not have run",
-                    self.host
-                ))),
-                _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() }),
-                };
-            };
-            match outcome.and_then(|r| self.in_order(r)) {
-                Ok(None) => continue,
-                Ok(Some(r)) => break Ok(r),
-                Err(e) => break Err(e),
+                Err(host_lost(&self.host, self.pid, format!(
+                    "host {} stopped answering (no heartbeat for {:?}) while it ran the call; it may or may not have run",
+                    self.host, self.inner.config.host_timeout
+                )))
             }
-        };
-        if let Ok(Reply::Chunk { .. }) = outcome {
-            self.took_chunk().await;
-            return outcome;
+            _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Err(connection_lost(&self.host, self.pid)),
+            // A stream's credit sent meanwhile may be lost too: it would
+            // wait for ever. (A call's outcome lost so is sent again by
+            // the host.) A host entry forgotten meanwhile says nothing.
+            Ok(_) = self.remade.wait_for(|n| *n > remade_at), if stream => Err(host_lost(&self.host, self.pid, format!(
+                "host {} made its connection to NATS again while it ran the call: what NATS had for the call meanwhile may be lost; it may or may not have run",
+                self.host
+            ))),
+            _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() }),
+            };
         }
-        let timed_out = matches!(outcome, Err(Error::CallTimeout { .. }));
-        self.finished = !timed_out;
-        outcome
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Connects, Outbox, Resend};
 use crate::wire::{self, CallMsg, Heartbeat, Reply, Subjects, WireError};
 
 /// How a host serves its pool.
@@ -232,6 +232,7 @@ pub async fn serve_with(
         capacity: Default::default(),
         taken: Default::default(),
         replies: Outbox::default(),
+        connects: Connects::of(nats),
         sent: Default::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -290,35 +291,16 @@ struct HostCtx {
     taken: std::sync::atomic::AtomicUsize,
     /// Chunks and outcomes on their way to the clients.
     replies: Outbox<Queued>,
-    /// The last outcomes sent, each with the connection it went out on, to
-    /// send again once the connection is made again ([`HostCtx::resend`]).
-    sent: std::sync::Mutex<Sent>,
+    /// The host's connection count.
+    connects: Connects,
+    /// The last outcomes sent, to send again once the connection is made
+    /// again ([`HostCtx::resend`]).
+    sent: std::sync::Mutex<Resend>,
 }
 
 /// A reply waiting to go out: its subject, its JSON, and whether it is a
 /// call's outcome (kept to send again after a reconnect) or a chunk.
 type Queued = (Subject, Bytes, bool);
-
-/// Outcomes sent lately (the last [`SENT_MESSAGES`], at most [`SENT_BYTES`]
-/// of them), each with the count of connections the host had made when it
-/// went out (async-nats's `connects`).
-#[derive(Default)]
-struct Sent {
-    messages: std::collections::VecDeque<(u64, Subject, Bytes)>,
-    bytes: usize,
-}
-
-/// The most outcomes a host keeps to send again after a reconnect.
-const SENT_MESSAGES: usize = 4096;
-/// The most bytes of them.
-const SENT_BYTES: usize = 16 << 20;
-
-/// The connections `nats` has made, the first one included.
-fn connects(nats: &async_nats::Client) -> u64 {
-    nats.statistics()
-        .connects
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
 
 impl HostCtx {
     /// Sends a message to a call's reply subject now.
@@ -365,21 +347,27 @@ impl HostCtx {
     /// Sends the queued replies: each alone, or those to one client (one
     /// reply subject prefix) that are ready together in one message.
     async fn send_queued(&self) {
-        let epoch = connects(&self.nats);
+        let conn = self.connects.now();
         let max = self.nats.max_payload().saturating_sub(1024).max(1);
         let same_client = |a: &Queued, b: &Queued| client_of(&a.0) == client_of(&b.0);
         for mine in outbox::groups(self.replies.take(), same_client) {
             let prefix = client_of(&mine[0].0).to_owned();
             for run in outbox::runs(mine, max, |(to, p, _)| to.len() + p.len(), 8) {
-                for (to, payload, _) in run.iter().filter(|(_, _, outcome)| *outcome) {
-                    self.keep(epoch, to, payload);
+                {
+                    let mut sent = self.sent.lock().unwrap();
+                    for (to, payload, _) in run.iter().filter(|(_, _, outcome)| *outcome) {
+                        sent.keep(conn, to.clone(), payload.clone());
+                    }
                 }
                 let (to, payload) = match run.as_slice() {
-                    [(to, payload, _)] => (to.to_string(), payload.clone()),
+                    [(to, payload, _)] => (to.clone(), payload.clone()),
                     _ => {
                         let tokens = run.iter().map(|(to, p, _)| (call_of(to), &p[..]));
                         let payload = wire::replies(tokens);
-                        (format!("{prefix}.{}", wire::REPLIES), payload.into())
+                        (
+                            Subject::from(format!("{prefix}.{}", wire::REPLIES)),
+                            payload.into(),
+                        )
                     }
                 };
                 let sent = self.nats.publish(to, payload).await;
@@ -390,38 +378,13 @@ impl HostCtx {
         }
     }
 
-    /// Keeps an outcome sent over connection `epoch`, dropping the oldest
-    /// past the bounds.
-    fn keep(&self, epoch: u64, to: &Subject, payload: &Bytes) {
-        let mut sent = self.sent.lock().unwrap();
-        sent.bytes += payload.len();
-        sent.messages
-            .push_back((epoch, to.clone(), payload.clone()));
-        while sent.messages.len() > SENT_MESSAGES || sent.bytes > SENT_BYTES {
-            let Some((_, _, p)) = sent.messages.pop_front() else {
-                break;
-            };
-            sent.bytes -= p.len();
-        }
-    }
-
     /// Sends again the outcomes sent over connections before `epoch`: the
     /// host's connection was made again, and what NATS had not delivered
     /// of them went with the old one (an outcome lost so would leave its
     /// caller waiting as long as the host lives). A client takes a call's
     /// outcome once; one it has had already is dropped.
     async fn resend(&self, epoch: u64) {
-        let again: Vec<(Subject, Bytes)> = {
-            let mut sent = self.sent.lock().unwrap();
-            let mut again = Vec::new();
-            while sent.messages.front().is_some_and(|(at, _, _)| *at < epoch) {
-                if let Some((_, to, p)) = sent.messages.pop_front() {
-                    sent.bytes -= p.len();
-                    again.push((to, p));
-                }
-            }
-            again
-        };
+        let again = self.sent.lock().unwrap().before(epoch);
         if again.is_empty() {
             return;
         }
@@ -714,7 +677,7 @@ impl Serving {
     }
 
     async fn heartbeat(&mut self, bye: bool) {
-        let conn = connects(&self.host.nats);
+        let conn = self.host.connects.now();
         if conn > self.conn {
             if self.conn != 0 {
                 self.host.resend(conn).await;

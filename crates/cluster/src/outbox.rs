@@ -8,7 +8,9 @@
 //! ready, and the NATS server, the network and both ends handle one message
 //! instead of many; a lone call goes out alone, as soon as the sender runs.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -105,6 +107,65 @@ pub(crate) fn runs<T>(
     out
 }
 
+/// The connections a NATS client has made, the first one included
+/// (async-nats's `Statistics::connects`): when the count grows, the
+/// connection was made again, and what NATS held for the old one, or had
+/// not yet taken from it, is gone.
+pub(crate) struct Connects(Arc<async_nats::Statistics>);
+
+impl Connects {
+    pub(crate) fn of(nats: &async_nats::Client) -> Self {
+        Connects(nats.statistics())
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.0.connects.load(Ordering::Relaxed)
+    }
+}
+
+/// The most messages kept to send again after a reconnect ([`Resend`]).
+pub(crate) const RESEND_MESSAGES: usize = 4096;
+/// The most bytes of them.
+pub(crate) const RESEND_BYTES: usize = 16 << 20;
+
+/// Messages sent lately, each with the connection count ([`Connects`]) it
+/// went out under, to send again once the connection has been made again
+/// (a client's cancels, a host's outcomes): the last [`RESEND_MESSAGES`],
+/// at most [`RESEND_BYTES`] of them.
+#[derive(Default)]
+pub(crate) struct Resend {
+    messages: VecDeque<(u64, async_nats::Subject, bytes::Bytes)>,
+    bytes: usize,
+}
+
+impl Resend {
+    /// Keeps a message sent under connection count `conn`, dropping the
+    /// oldest past the bounds.
+    pub(crate) fn keep(&mut self, conn: u64, to: async_nats::Subject, payload: bytes::Bytes) {
+        self.bytes += payload.len();
+        self.messages.push_back((conn, to, payload));
+        while self.messages.len() > RESEND_MESSAGES || self.bytes > RESEND_BYTES {
+            let Some((_, _, p)) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= p.len();
+        }
+    }
+
+    /// Takes out the messages sent under a count below `conn` (they are
+    /// kept in the order sent, so those are the first).
+    pub(crate) fn before(&mut self, conn: u64) -> Vec<(async_nats::Subject, bytes::Bytes)> {
+        let mut again = Vec::new();
+        while self.messages.front().is_some_and(|(at, _, _)| *at < conn) {
+            if let Some((_, to, p)) = self.messages.pop_front() {
+                self.bytes -= p.len();
+                again.push((to, p));
+            }
+        }
+        again
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +207,34 @@ mod tests {
         let ready =
             tokio::time::timeout(std::time::Duration::from_millis(20), outbox.ready()).await;
         assert!(ready.is_err(), "nothing pushed: ready waits");
+    }
+
+    #[test]
+    fn resend_gives_back_what_went_out_under_older_connections_in_order() {
+        let msg = |s: &str| {
+            (
+                async_nats::Subject::from(s),
+                bytes::Bytes::from(s.to_owned()),
+            )
+        };
+        let mut r = Resend::default();
+        for (conn, s) in [(1, "a"), (1, "b"), (2, "c")] {
+            let (to, p) = msg(s);
+            r.keep(conn, to, p);
+        }
+        assert!(r.before(1).is_empty());
+        let again: Vec<String> = r
+            .before(2)
+            .into_iter()
+            .map(|(to, _)| to.to_string())
+            .collect();
+        assert_eq!(again, ["a", "b"]);
+        assert!(r.before(2).is_empty(), "taken out");
+        assert_eq!(r.before(3).len(), 1);
+        for i in 0..RESEND_MESSAGES + 10 {
+            let (to, p) = msg(&i.to_string());
+            r.keep(5, to, p);
+        }
+        assert_eq!(r.before(6).len(), RESEND_MESSAGES, "the oldest went first");
     }
 }
