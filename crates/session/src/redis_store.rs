@@ -347,7 +347,10 @@ impl RedisStoreBuilder {
             // A server older than Redis 6 has no RESP3 (`client` asks for
             // it unless the URL chose): RESP2 then.
             Err(Some(e)) if no_resp3(&e) => {
-                let client = resp2(client)?;
+                let client = speaking(
+                    client.get_connection_info().clone(),
+                    redis::ProtocolVersion::RESP2,
+                )?;
                 let conn = open(&client, config.clone(), self.timeout).await?;
                 (client, conn)
             }
@@ -387,7 +390,7 @@ fn client(url: &str) -> Result<redis::Client> {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     // Requests are small and answered at once: no Nagle delay.
-    let mut info = redis::IntoConnectionInfo::into_connection_info(url)
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| backend("connect", e.into()))?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     // RESP3, unless the URL says which (`?protocol=resp2`): over RESP3 the
@@ -397,14 +400,19 @@ fn client(url: &str) -> Result<redis::Client> {
     // succeeds: the first operation after every idle period that outlived
     // the connection (the server's `timeout`, a NAT or load balancer
     // dropping idle connections, a restart while nothing happened) failed.
-    if !url_sets_protocol(url) {
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        info = info.set_redis_settings(settings);
+    if url_sets_protocol(url) {
+        return redis::Client::open(info).map_err(|e| backend("connect", e.into()));
     }
-    redis::Client::open(info).map_err(|e| backend("connect", e.into()))
+    speaking(info, redis::ProtocolVersion::RESP3)
+}
+
+/// A client of `info` speaking `protocol`.
+fn speaking(
+    info: redis::ConnectionInfo,
+    protocol: redis::ProtocolVersion,
+) -> Result<redis::Client> {
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    redis::Client::open(info.set_redis_settings(settings)).map_err(|e| backend("connect", e.into()))
 }
 
 /// Whether `url` has a `protocol` in its query.
@@ -425,16 +433,6 @@ fn no_resp3(e: &redis::RedisError) -> bool {
         || e.detail().is_some_and(|d| {
             d.starts_with("unknown command") && d.to_ascii_uppercase().contains("HELLO")
         })
-}
-
-/// `client` speaking RESP2.
-fn resp2(client: redis::Client) -> Result<redis::Client> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP2);
-    redis::Client::open(info.set_redis_settings(settings)).map_err(|e| backend("connect", e.into()))
 }
 
 /// A new connection, within `timeout`.
