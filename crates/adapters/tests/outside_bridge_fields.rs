@@ -22,19 +22,12 @@
 
 mod raw_frames;
 
-use raw_frames::{decode, encode, frame, mp};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use raw_frames::{encode, frame, mp, Peer};
 
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
-use snakepit_core::{Adapter, Launch, RawProcess, WireCodec};
+use snakepit_core::{Adapter, Launch, WireCodec};
 use snakepit_tests::python;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{ChildStdin, ChildStdout};
-
-/// Turns a hang into a failure; nothing here is timed.
-const WAIT: Duration = Duration::from_secs(30);
 
 const CODECS: [WireCodec; 2] = [WireCodec::Json, WireCodec::MsgPack];
 
@@ -228,75 +221,22 @@ fn absent() -> Value {
            "baggage": null, "timeout_ms": null, "stream": false})
 }
 
-/// One bridge worker driven frame by frame.
-struct Peer {
-    process: RawProcess,
-    codec: WireCodec,
-    stdin: Option<ChildStdin>,
-    stdout: ChildStdout,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    what: String,
-}
-
 impl Peer {
-    /// Starts the worker and reads its `hello`.
+    /// Starts `lang`'s worker and reads its `hello`.
     async fn start(lang: Lang, codec: WireCodec) -> Peer {
-        let what = format!("{lang:?}/{codec:?}");
-        let mut process = RawProcess::spawn(launch(lang), codec)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: starts: {e}"));
-        let stdin = process.take_stdin();
-        let stdout = process.take_stdout().expect("stdout is piped");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut err) = process.take_stderr() {
-            let sink = stderr.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let mut peer = Peer {
-            process,
-            codec,
-            stdin,
-            stdout,
-            stderr,
-            what,
-        };
-        let hello = peer.recv().await;
-        assert_eq!(hello["type"], "hello", "{}: {hello}", peer.what);
-        peer
+        Peer::spawn(launch(lang), codec, format!("{lang:?}/{codec:?}")).await
     }
 
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Writes raw bytes (no length prefix added).
-    async fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        let write = async {
-            stdin.write_all(bytes).await?;
-            stdin.flush().await
-        };
-        tokio::time::timeout(WAIT, write)
-            .await
-            .unwrap_or_else(|_| panic!("{}: the worker stopped reading", self.what))
-            .unwrap_or_else(|e| panic!("{}: writing: {e}", self.what));
-    }
-
-    async fn send_payload(&mut self, payload: &[u8]) {
-        self.write(&frame(payload)).await;
-    }
-
-    async fn send(&mut self, value: &Value) {
-        let payload = encode(self.codec, value);
-        self.send_payload(&payload).await;
+    /// Closes stdin: nothing more is written and the worker exits 0.
+    async fn ends_cleanly(self, after: &str) {
+        let what = self.what.clone();
+        let stderr = self.stderr();
+        let (rest, code) = self.finish().await;
+        assert_eq!(
+            (rest, code),
+            (vec![], Some(0)),
+            "{what}: after {after}, nothing more is written and the worker exits 0 at EOF; stderr: {stderr}",
+        );
     }
 
     /// Several frames in one write: the worker finds them together.
@@ -306,35 +246,6 @@ impl Peer {
             .flat_map(|v| frame(&encode(self.codec, v)))
             .collect();
         self.write(&bytes).await;
-    }
-
-    /// The next frame, or `None` once stdout ends.
-    async fn next(&mut self) -> Option<Value> {
-        let read = async {
-            let mut head = [0u8; 4];
-            match self.stdout.read_exact(&mut head).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                Err(e) => return Err(e),
-            }
-            let len = u32::from_be_bytes(head) as usize;
-            assert!(len <= 1 << 20, "a sane reply length: {len}");
-            let mut payload = vec![0u8; len];
-            self.stdout.read_exact(&mut payload).await?;
-            Ok::<_, std::io::Error>(Some(payload))
-        };
-        let payload = tokio::time::timeout(WAIT, read)
-            .await
-            .unwrap_or_else(|_| panic!("{}: no frame; stderr: {}", self.what, self.stderr()))
-            .unwrap_or_else(|e| panic!("{}: reading a frame: {e}", self.what))?;
-        Some(decode(self.codec, &payload))
-    }
-
-    async fn recv(&mut self) -> Value {
-        match self.next().await {
-            Some(v) => v,
-            None => panic!("{}: stdout ended; stderr: {}", self.what, self.stderr()),
-        }
     }
 
     /// The next frame, which must be the final reply under `id` (not a
@@ -374,27 +285,6 @@ impl Peer {
             self.what
         );
         call["id"].as_u64().expect("an integer host call id")
-    }
-
-    /// Closes stdin and checks that nothing more is written and the worker
-    /// exits 0.
-    async fn finish(mut self, after: &str) {
-        drop(self.stdin.take());
-        let mut rest = Vec::new();
-        while let Some(f) = self.next().await {
-            rest.push(f);
-        }
-        let status = tokio::time::timeout(WAIT, self.process.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{}: did not exit at EOF", self.what))
-            .expect("wait");
-        assert_eq!(
-            (rest, status.code()),
-            (vec![], Some(0)),
-            "{}: after {after}, nothing more is written and the worker exits 0 at EOF; stderr: {}",
-            self.what,
-            self.stderr()
-        );
     }
 }
 
@@ -468,7 +358,7 @@ async fn unknown_fields_are_ignored_in_requests_host_replies_and_cancels() {
                 peer.send(&json!({"type": "host_reply", "id": hid, "success": true, "result": 1}))
                     .await;
             }
-            peer.finish("unknown fields").await;
+            peer.ends_cleanly("unknown fields").await;
         }
     }
 }
@@ -513,7 +403,7 @@ async fn a_stream_field_that_is_not_true_asks_for_no_stream() {
             let view = peer.result(id, &format!("stream {value}")).await;
             assert_eq!(view["stream"], false, "{w}: stream {value}: {view}");
         }
-        peer.finish("the streams").await;
+        peer.ends_cleanly("the streams").await;
     }
 }
 
@@ -662,7 +552,7 @@ async fn wrongly_typed_optional_fields_never_fail_a_call(langs: &[Lang]) {
             peer.send(&request(1, "echo", json!({"n": 1}))).await;
             let r = peer.result(1, "the wrongly typed fields").await;
             assert_eq!(r["echoed"], json!({"n": 1}), "{w}");
-            peer.finish("the wrongly typed fields").await;
+            peer.ends_cleanly("the wrongly typed fields").await;
         }
     }
 }
@@ -742,7 +632,7 @@ async fn wrongly_typed_optional_fields_reach_the_handler_as_absent(lang: Lang) {
             "{w}: wrongly typed optional fields reach the handler:\n{}",
             wrong.join("\n")
         );
-        peer.finish("the wrongly typed fields").await;
+        peer.ends_cleanly("the wrongly typed fields").await;
     }
 }
 
@@ -793,7 +683,7 @@ async fn a_timeout_ms_that_is_not_an_integer_reaches_the_handler_as_absent() {
             }
         }
         assert!(wrong.is_empty(), "{w}:\n{}", wrong.join("\n"));
-        peer.finish("the timeouts").await;
+        peer.ends_cleanly("the timeouts").await;
     }
 }
 
@@ -908,7 +798,7 @@ async fn host_replies_without_success_true_fail_the_host_call(lang: Lang) {
         );
         peer.send(&request(1, "echo", json!({"n": 1}))).await;
         peer.result(1, "the host replies").await;
-        peer.finish("the host replies").await;
+        peer.ends_cleanly("the host replies").await;
     }
 }
 
@@ -972,7 +862,7 @@ async fn host_replies_for_other_host_calls_are_ignored() {
         peer.send(&request(2, "echo", json!({"n": 2}))).await;
         let r = peer.result(2, "a reply for a finished call").await;
         assert_eq!(r["echoed"], json!({"n": 2}), "{w}");
-        peer.finish("the stray host replies").await;
+        peer.ends_cleanly("the stray host replies").await;
     }
 }
 
@@ -1031,7 +921,7 @@ async fn frames_without_a_usable_id_are_ignored(lang: Lang) {
             .result(2, "malformed cancels and host replies in a host call")
             .await;
         assert_eq!(r, json!([{"ok": "right"}]), "{w}");
-        peer.finish("the malformed frames").await;
+        peer.ends_cleanly("the malformed frames").await;
     }
 }
 

@@ -3,8 +3,20 @@
 //! that keeps apart integers and floats, which the wire tests need).
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use serde_json::Value;
-use snakepit_core::WireCodec;
+use snakepit_core::{Launch, RawProcess, WireCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, ChildStdout};
+
+/// Turns a hang into a failure; nothing here is timed.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The limit every bridge applies to incoming frames (protocol.md section 2
+/// and section 4: "a length above the worker's limit (64 MiB, ...)").
+pub(crate) const LIMIT: usize = 64 * 1024 * 1024;
 
 /// A frame: the 4-byte big-endian length, then the payload.
 pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
@@ -37,6 +49,122 @@ pub(crate) fn decode(codec: WireCodec, payload: &[u8]) -> Value {
         }
         _ => serde_json::from_slice(payload)
             .unwrap_or_else(|e| panic!("a JSON frame: {e}: {}", String::from_utf8_lossy(payload))),
+    }
+}
+
+/// One bridge worker driven frame by frame.
+pub(crate) struct Peer {
+    pub(crate) process: RawProcess,
+    pub(crate) codec: WireCodec,
+    pub(crate) stdin: Option<ChildStdin>,
+    pub(crate) stdout: ChildStdout,
+    pub(crate) stderr: Arc<Mutex<Vec<u8>>>,
+    pub(crate) what: String,
+}
+
+impl Peer {
+    /// Starts the worker `launch` starts, named `what` in failures, and
+    /// reads its `hello`.
+    pub(crate) async fn spawn(launch: Launch, codec: WireCodec, what: String) -> Peer {
+        let mut process = RawProcess::spawn(launch, codec)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: starts: {e}"));
+        let stdin = process.take_stdin();
+        let stdout = process.take_stdout().expect("stdout is piped");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut err) = process.take_stderr() {
+            let sink = stderr.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let mut peer = Peer {
+            process,
+            codec,
+            stdin,
+            stdout,
+            stderr,
+            what,
+        };
+        let hello = peer.recv().await;
+        assert_eq!(hello["type"], "hello", "{}: {hello}", peer.what);
+        peer
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Writes raw bytes (no length prefix added).
+    pub(crate) async fn write(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        let write = async {
+            stdin.write_all(bytes).await?;
+            stdin.flush().await
+        };
+        tokio::time::timeout(WAIT * 2, write)
+            .await
+            .unwrap_or_else(|_| panic!("{}: the worker stopped reading", self.what))
+            .unwrap_or_else(|e| panic!("{}: writing: {e}", self.what));
+    }
+
+    pub(crate) async fn send_payload(&mut self, payload: &[u8]) {
+        self.write(&frame(payload)).await;
+    }
+
+    pub(crate) async fn send(&mut self, value: &Value) {
+        let payload = encode(self.codec, value);
+        self.send_payload(&payload).await;
+    }
+
+    /// The next frame, or `None` once stdout ends.
+    pub(crate) async fn next(&mut self) -> Option<Value> {
+        let read = async {
+            let mut head = [0u8; 4];
+            match self.stdout.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let len = u32::from_be_bytes(head) as usize;
+            assert!(len <= LIMIT, "a sane reply length: {len}");
+            let mut payload = vec![0u8; len];
+            self.stdout.read_exact(&mut payload).await?;
+            Ok::<_, std::io::Error>(Some(payload))
+        };
+        let payload = tokio::time::timeout(WAIT, read)
+            .await
+            .unwrap_or_else(|_| panic!("{}: no frame; stderr: {}", self.what, self.stderr()))
+            .unwrap_or_else(|e| panic!("{}: reading a frame: {e}", self.what))?;
+        Some(decode(self.codec, &payload))
+    }
+
+    pub(crate) async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Some(v) => v,
+            None => panic!("{}: stdout ended; stderr: {}", self.what, self.stderr()),
+        }
+    }
+
+    /// Closes stdin and returns the frames written until stdout ended and
+    /// the exit code.
+    pub(crate) async fn finish(mut self) -> (Vec<Value>, Option<i32>) {
+        drop(self.stdin.take());
+        let mut rest = Vec::new();
+        while let Some(f) = self.next().await {
+            rest.push(f);
+        }
+        let status = tokio::time::timeout(WAIT, self.process.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{}: did not exit at EOF", self.what))
+            .expect("wait");
+        (rest, status.code())
     }
 }
 
