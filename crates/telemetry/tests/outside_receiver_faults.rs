@@ -15,14 +15,11 @@
 
 mod common;
 
-use std::fs::File;
-use std::net::TcpStream as StdStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{in_own_process, parse_spans};
+use common::{in_own_process, parse_spans, Rotel};
 use snakepit_telemetry::{Error, Protocol, Telemetry};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -288,102 +285,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn listening(port: u16) -> bool {
-    StdStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// Rotel on ports chosen by the test, so that it can start where the
-/// exporter already sends.
-struct RotelOn {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl RotelOn {
-    fn binary() -> PathBuf {
-        if let Ok(p) = std::env::var("SNAKEPIT_ROTEL") {
-            return p.into();
-        }
-        #[allow(clippy::disallowed_methods)] // asks Python where a package is; not a worker
-        let out = std::process::Command::new(snakepit_tests::python())
-            .args([
-                "-c",
-                "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-            ])
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "the OTLP receiver is missing: `pip install rotel` (or `cargo xtask setup`) installs it\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().into()
-    }
-
-    /// Starts Rotel with its gRPC receiver on `grpc_port` and waits until
-    /// it accepts there (at most 20 s).
-    fn start(grpc_port: u16) -> RotelOn {
-        let http_port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "snakepit-receiver-faults-{}-{grpc_port}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        #[allow(clippy::disallowed_methods)] // the receiver, not a worker
-        let child = std::process::Command::new(RotelOn::binary())
-            .args(["start", "--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log", "metrics"])
-            .args(["--debug-log-verbosity", "detailed"])
-            .arg("--otlp-grpc-endpoint")
-            .arg(format!("127.0.0.1:{grpc_port}"))
-            .arg("--otlp-http-endpoint")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.join("rotel.out")).unwrap())
-            .stderr(File::create(dir.join("rotel.err")).unwrap())
-            .spawn()
-            .expect("rotel starts");
-        let mut rotel = RotelOn { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !listening(grpc_port) {
-            let exited = rotel.child.try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "rotel never listened on {grpc_port} ({exited:?}): {}",
-                std::fs::read_to_string(rotel.dir.join("rotel.err")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        rotel
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.join("rotel.out")).unwrap_or_default()
-    }
-
-    /// Waits (at most 20 s) until what Rotel printed satisfies `done`.
-    fn wait_for(&self, done: impl Fn(&str) -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(&self.output()) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        true
-    }
-}
-
-impl Drop for RotelOn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Whether Rotel printed a span named `name`.
 fn rotel_has_span(out: &str, name: &str) -> bool {
     parse_spans(out).iter().any(|s| s.name == name)
@@ -449,11 +350,11 @@ fn grpc_a_receiver_down_then_back_on_the_same_port_gets_the_next_flush() {
     );
     assert!(msg.contains("Connection refused"), "the cause: {msg}");
 
-    let rotel = RotelOn::start(port);
+    let rotel = Rotel::start_on(port, free_port()).unwrap();
     span("grpc.after.recovery");
     count_one();
     let first = guard.flush();
-    let arrived = rotel.wait_for(|out| {
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |_, out| {
         rotel_has_span(out, "grpc.after.recovery") && out.contains("receiver.faults.count")
     });
     assert_eq!(first, Ok(()), "the first flush after the receiver is back");

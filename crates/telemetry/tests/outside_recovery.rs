@@ -19,46 +19,16 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{in_own_process, parse_spans, SpanRecord};
+use common::{in_own_process, Rotel, SpanRecord};
 use serde_json::json;
 use snakepit_adapters::Bridge;
 use snakepit_core::Pool;
 use snakepit_telemetry::{Error, Telemetry};
 use tracing::Instrument;
-
-/// Rotel on ports chosen by the test, so that it can be stopped and started
-/// again where the exporter already sends. Each start has a debug log of
-/// its own, so what one instance printed is what reached it.
-struct RotelOn {
-    child: Child,
-    dir: PathBuf,
-}
-
-fn rotel_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("SNAKEPIT_ROTEL") {
-        return p.into();
-    }
-    #[allow(clippy::disallowed_methods)] // asks Python where a package is; not a worker
-    let out = std::process::Command::new(snakepit_tests::python())
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-        ])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "the OTLP receiver is missing: `pip install rotel` (or `cargo xtask setup`) installs it\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -70,97 +40,6 @@ fn free_port() -> u16 {
 
 fn listening(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-impl RotelOn {
-    /// Starts Rotel on `http_port` (and `grpc_port`), and waits until both
-    /// accept. A start that fails at once (the port not yet free again) is
-    /// tried again, for at most 20 s: that is the test's setup, not what
-    /// it checks.
-    fn start(http_port: u16, grpc_port: u16, tag: &str) -> RotelOn {
-        let bin = rotel_binary();
-        let dir = std::env::temp_dir().join(format!(
-            "snakepit-outside-recovery-{}-{http_port}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            #[allow(clippy::disallowed_methods)] // the receiver, not a worker
-            let mut child = std::process::Command::new(&bin)
-                .args(["start", "--exporter", "blackhole"])
-                .args(["--debug-log", "traces", "--debug-log", "metrics"])
-                .args(["--debug-log-verbosity", "detailed"])
-                .arg("--otlp-grpc-endpoint")
-                .arg(format!("127.0.0.1:{grpc_port}"))
-                .arg("--otlp-http-endpoint")
-                .arg(format!("127.0.0.1:{http_port}"))
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(File::create(dir.join("rotel.out")).unwrap())
-                .stderr(File::create(dir.join("rotel.err")).unwrap())
-                .spawn()
-                .expect("rotel starts");
-            let started = loop {
-                if listening(http_port) && listening(grpc_port) {
-                    break true;
-                }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if started {
-                return RotelOn { child, dir };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = std::fs::read_to_string(dir.join("rotel.err")).unwrap_or_default();
-            assert!(
-                Instant::now() < deadline,
-                "rotel never listened on {http_port}/{grpc_port}: {err}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.join("rotel.out")).unwrap_or_default()
-    }
-
-    /// Waits (at most 20 s) until what Rotel printed satisfies `done`.
-    fn wait_for(&self, done: impl Fn(&[SpanRecord], &str) -> bool) -> (Vec<SpanRecord>, bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = self.output();
-            let spans = parse_spans(&out);
-            if done(&spans, &out) {
-                return (spans, true);
-            }
-            if Instant::now() > deadline {
-                return (spans, false);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops it (killed, and waited for).
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RotelOn {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn test_worker() -> PathBuf {
@@ -309,11 +188,11 @@ fn after_the_receiver_is_back_spans_and_metrics_arrive_and_flush_is_ok() {
     rt.block_on(calls(&pool, "down", 3));
     assert_outage_told(guard.flush(), http_port, "the flush during the outage");
 
-    let rotel = RotelOn::start(http_port, grpc_port, "back");
+    let rotel = Rotel::start_on(grpc_port, http_port).unwrap();
     rt.block_on(calls(&pool, "back", 3));
     let first = guard.flush();
     let second = guard.flush();
-    let (spans, arrived) = rotel.wait_for(|spans, out| {
+    let (spans, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, out| {
         phase_arrived(spans, "back", 3) && out.contains("Name: snakepit.call.duration\n")
     });
     assert_eq!(
@@ -389,23 +268,25 @@ fn a_second_outage_is_told_by_the_next_flush_and_a_second_recovery_works() {
     // First outage, first recovery.
     rt.block_on(calls(&pool, "down1", 2));
     assert_outage_told(guard.flush(), http_port, "the first outage");
-    let rotel = RotelOn::start(http_port, grpc_port, "back1");
+    let rotel = Rotel::start_on(grpc_port, http_port).unwrap();
     rt.block_on(calls(&pool, "back1", 2));
     assert_eq!(guard.flush(), Ok(()), "after the first recovery");
-    let (_, arrived) = rotel.wait_for(|spans, _| phase_arrived(spans, "back1", 2));
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, _| {
+        phase_arrived(spans, "back1", 2)
+    });
     assert!(arrived, "first recovery: {}", rotel.output());
 
     // Second outage: told again by the flush, with its cause (the cause of
     // the first was taken by the flush that told it).
-    rotel.stop();
+    drop(rotel);
     rt.block_on(calls(&pool, "down2", 2));
     assert_outage_told(guard.flush(), http_port, "the second outage");
 
     // Second recovery.
-    let rotel = RotelOn::start(http_port, grpc_port, "back2");
+    let rotel = Rotel::start_on(grpc_port, http_port).unwrap();
     rt.block_on(calls(&pool, "back2", 2));
     assert_eq!(guard.flush(), Ok(()), "after the second recovery");
-    let (_, arrived) = rotel.wait_for(|spans, out| {
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, out| {
         phase_arrived(spans, "back2", 2) && out.contains("Name: snakepit.call.duration\n")
     });
     assert!(arrived, "second recovery: {}", rotel.output());
@@ -430,21 +311,23 @@ fn a_receiver_restarted_between_exports_gets_the_next_export() {
         return;
     }
     let (http_port, grpc_port) = ports();
-    let rotel = RotelOn::start(http_port, grpc_port, "first");
+    let rotel = Rotel::start_on(grpc_port, http_port).unwrap();
     let guard = telemetry(http_port);
     let rt = runtime();
     let pool = rt.block_on(pool());
     let gauges = snakepit_telemetry::observe(&pool);
     rt.block_on(calls(&pool, "before", 2));
     assert_eq!(guard.flush(), Ok(()), "the receiver is up");
-    let (_, arrived) = rotel.wait_for(|spans, _| phase_arrived(spans, "before", 2));
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, _| {
+        phase_arrived(spans, "before", 2)
+    });
     assert!(arrived, "before the restart: {}", rotel.output());
 
-    rotel.stop();
-    let rotel = RotelOn::start(http_port, grpc_port, "second");
+    drop(rotel);
+    let rotel = Rotel::start_on(grpc_port, http_port).unwrap();
     rt.block_on(calls(&pool, "after", 2));
     let flushed = guard.flush();
-    let (_, arrived) = rotel.wait_for(|spans, out| {
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |spans, out| {
         phase_arrived(spans, "after", 2) && out.contains("Name: snakepit.call.duration\n")
     });
     assert_eq!(
@@ -494,9 +377,9 @@ fn periodic_metrics_arrive_again_without_a_flush_after_the_receiver_is_back() {
     // Periodic exports fail meanwhile (at least one; how many is timing).
     std::thread::sleep(Duration::from_millis(1000));
 
-    let rotel = RotelOn::start(http_port, grpc_port, "back");
+    let rotel = Rotel::start_on(grpc_port, http_port).unwrap();
     rt.block_on(calls(&pool, "back", 1));
-    let (_, arrived) = rotel.wait_for(|_, out| {
+    let (_, arrived) = rotel.wait_for(Duration::from_secs(20), |_, out| {
         out.contains("Name: snakepit.call.duration\n") && out.contains("Name: snakepit.workers\n")
     });
     assert!(

@@ -69,6 +69,15 @@ fn free_port() -> Result<u16> {
 impl Rotel {
     /// Starts Rotel on two free loopback ports, and waits until both accept.
     pub(crate) fn start() -> Result<Rotel> {
+        Rotel::start_on(free_port()?, free_port()?)
+    }
+
+    /// Starts Rotel on `grpc_port` and `http_port` (ports a test chose, so
+    /// that a receiver can come back where the exporter already sends), and
+    /// waits until both accept. A start that fails at once (a port not yet
+    /// free again after the last receiver there) is tried again, for at
+    /// most 20 s in all: that is the test's setup, not what it checks.
+    pub(crate) fn start_on(grpc_port: u16, http_port: u16) -> Result<Rotel> {
         let bin = rotel_binary()?;
         let dir = std::env::temp_dir().join(format!(
             "snakepit-rotel-{}-{}",
@@ -77,42 +86,53 @@ impl Rotel {
         ));
         std::fs::create_dir_all(&dir)?;
         let out = dir.join("rotel.out");
-        let (grpc_port, http_port) = (free_port()?, free_port()?);
-        #[allow(clippy::disallowed_methods)] // the receiver under test, not a worker
-        let child = std::process::Command::new(&bin)
-            .args(["start", "--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log", "metrics"])
-            .args(["--debug-log-verbosity", "detailed"])
-            .arg("--otlp-grpc-endpoint")
-            .arg(format!("127.0.0.1:{grpc_port}"))
-            .arg("--otlp-http-endpoint")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out)?)
-            .stderr(File::create(dir.join("rotel.err"))?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut rotel = Rotel {
-            child,
-            dir,
-            out,
-            grpc_port,
-            http_port,
-        };
         let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [grpc_port, http_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(status) = rotel.child.try_wait()? {
-                    bail!("rotel exited ({status}): {}", rotel.stderr());
+        loop {
+            #[allow(clippy::disallowed_methods)] // the receiver under test, not a worker
+            let mut child = std::process::Command::new(&bin)
+                .args(["start", "--exporter", "blackhole"])
+                .args(["--debug-log", "traces", "--debug-log", "metrics"])
+                .args(["--debug-log-verbosity", "detailed"])
+                .arg("--otlp-grpc-endpoint")
+                .arg(format!("127.0.0.1:{grpc_port}"))
+                .arg("--otlp-http-endpoint")
+                .arg(format!("127.0.0.1:{http_port}"))
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(File::create(&out)?)
+                .stderr(File::create(dir.join("rotel.err"))?)
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            let exited = loop {
+                let listening = |port| TcpStream::connect(("127.0.0.1", port)).is_ok();
+                if listening(grpc_port) && listening(http_port) {
+                    return Ok(Rotel {
+                        child,
+                        dir,
+                        out,
+                        grpc_port,
+                        http_port,
+                    });
+                }
+                if let Some(status) = child.try_wait()? {
+                    break status.to_string();
                 }
                 if Instant::now() > deadline {
-                    bail!("rotel never listened on port {port}: {}", rotel.stderr());
+                    break "still running".into();
                 }
                 std::thread::sleep(Duration::from_millis(20));
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            if Instant::now() > deadline {
+                let err = std::fs::read_to_string(dir.join("rotel.err")).unwrap_or_default();
+                let _ = std::fs::remove_dir_all(&dir);
+                bail!(
+                    "rotel never listened on ports {grpc_port} and {http_port} ({exited}): {err}"
+                );
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(rotel)
     }
 
     pub(crate) fn http_base(&self) -> String {
@@ -126,10 +146,6 @@ impl Rotel {
     /// What the debug log has printed so far.
     pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("rotel.err")).unwrap_or_default()
     }
 
     /// Every span received so far.
