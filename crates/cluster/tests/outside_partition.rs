@@ -58,7 +58,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -79,57 +79,12 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Turns a hang into a failure (never a measure of speed).
 const GUARD: Duration = Duration::from_secs(20);
 
-/// A worker whose one command, `run`, appends `token` and its pid to `log`
-/// (one short `O_APPEND` line per run, never interleaved), writes `marker`
-/// once it has started, waits for the file `gate` to exist, then sleeps
-/// `ms`; it returns its token and pid.
-const WORKER: &str = r#"
-import os
-import time
-import snakepit_bridge
-
-worker = snakepit_bridge.Worker()
-
-
-@worker.command("run")
-def run(args, ctx):
-    if args.get("log"):
-        with open(args["log"], "a") as f:
-            f.write("%s %d\n" % (args.get("token"), os.getpid()))
-    if args.get("marker"):
-        with open(args["marker"], "w") as f:
-            f.write("started")
-    gate = args.get("gate")
-    if gate:
-        while not os.path.exists(gate):
-            time.sleep(0.005)
-    time.sleep(args.get("ms", 0) / 1000.0)
-    return {"token": args.get("token"), "pid": os.getpid()}
-
-
-worker.run()
-"#;
-
-/// `WORKER`, written once per process to the target's scratch directory
-/// (under a name of its own, then renamed: the host processes write it too).
+/// The worker the hosts serve (`tests/workers/partition_worker.py`).
 fn worker_script() -> PathBuf {
-    static SCRIPT: OnceLock<PathBuf> = OnceLock::new();
-    SCRIPT
-        .get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-            let path = dir.join("outside_partition_worker.py");
-            let part = dir.join(format!(
-                "outside_partition_worker.{}.py",
-                std::process::id()
-            ));
-            std::fs::write(&part, WORKER).unwrap();
-            std::fs::rename(&part, &path).unwrap();
-            path
-        })
-        .clone()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/partition_worker.py")
 }
 
-/// Not a test of its own: the body of the host processes, serving `WORKER`.
+/// Not a test of its own: the body of the host processes, serving `partition_worker.py`.
 #[test]
 fn partition_host_process() {
     if std::env::var_os("SNAKEPIT_CLUSTER_HOST").is_none() {
@@ -140,7 +95,7 @@ fn partition_host_process() {
 
 // ---------------------------------------------------------------- helpers
 
-/// A pool of `workers` `WORKER`s served from this process as host `id` on
+/// A pool of `workers` workers of `partition_worker.py` served from this process as host `id` on
 /// `conn` (beating every [`HEARTBEAT`]; `prefetch`: its
 /// `prefetch_per_worker`, the default when `None`).
 async fn serve_host(
@@ -301,7 +256,7 @@ fn assert_unavailable(e: &Error, what: &str) {
     assert!(e.never_ran(), "{what}: never sent: {e:?}");
 }
 
-/// The runs `WORKER` logged in `log`: token → the pid of each run.
+/// The runs the worker logged in `log`: token → the pid of each run.
 fn runs(log: &Path) -> HashMap<String, Vec<u32>> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut out: HashMap<String, Vec<u32>> = HashMap::new();

@@ -53,7 +53,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -78,84 +78,14 @@ const GUARD: Duration = Duration::from_secs(15);
 /// reconnect of 50 ms): generous, and far below the calls' natural end.
 const CANCELLED_WITHIN: u64 = 8;
 
-/// A worker with two commands, both logging `<token> start|end|interrupted
-/// <pid>` to `log` (one short `O_APPEND` line each):
-///
-/// - `stream`: emits `{"i": 0}` .. `{"i": n-1}`, sleeping `pace_ms` after
-///   each, and returns `{"n": n}`;
-/// - `run`: writes `marker`, sleeps `ms`, returns `{"token": token}`.
-///
-/// A cancel (SIGINT: plain functions) logs `interrupted`.
-const WORKER: &str = r#"
-import os
-import time
-import snakepit_bridge
-
-worker = snakepit_bridge.Worker()
-
-
-def log(args, what):
-    if args.get("log"):
-        with open(args["log"], "a") as f:
-            f.write("%s %s %d\n" % (args.get("token"), what, os.getpid()))
-
-
-@worker.command("stream")
-def stream(args, ctx):
-    log(args, "start")
-    try:
-        n = args.get("n", 3)
-        pace = args.get("pace_ms", 0) / 1000.0
-        for i in range(n):
-            ctx.emit({"i": i})
-            if pace:
-                time.sleep(pace)
-    except KeyboardInterrupt:
-        log(args, "interrupted")
-        raise
-    log(args, "end")
-    return {"n": n}
-
-
-@worker.command("run")
-def run(args, ctx):
-    log(args, "start")
-    try:
-        if args.get("marker"):
-            with open(args["marker"], "w") as f:
-                f.write("started")
-        time.sleep(args.get("ms", 0) / 1000.0)
-    except KeyboardInterrupt:
-        log(args, "interrupted")
-        raise
-    log(args, "end")
-    return {"token": args.get("token")}
-
-
-worker.run()
-"#;
-
-/// `WORKER`, written once per process to the target's scratch directory.
+/// The worker the hosts serve (`tests/workers/stream_partition_worker.py`).
 fn worker_script() -> PathBuf {
-    static SCRIPT: OnceLock<PathBuf> = OnceLock::new();
-    SCRIPT
-        .get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-            let path = dir.join("outside_stream_partition_worker.py");
-            let part = dir.join(format!(
-                "outside_stream_partition_worker.{}.py",
-                std::process::id()
-            ));
-            std::fs::write(&part, WORKER).unwrap();
-            std::fs::rename(&part, &path).unwrap();
-            path
-        })
-        .clone()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/stream_partition_worker.py")
 }
 
 // ---------------------------------------------------------------- helpers
 
-/// A pool of `workers` `WORKER`s served from this process as host `id` on
+/// A pool of `workers` workers of `stream_partition_worker.py` served from this process as host `id` on
 /// `conn`, beating every [`HEARTBEAT`], without prefetch (each call goes to
 /// a free worker).
 async fn serve_host(conn: &async_nats::Client, id: &str, workers: usize) -> (Pool, Node) {
@@ -245,7 +175,7 @@ async fn responders(raw: &async_nats::Client, subject: &str) {
     }
 }
 
-/// What `WORKER` logged in `log`: (token, what) lines.
+/// What the worker logged in `log`: (token, what) lines.
 fn logged(log: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
