@@ -49,6 +49,8 @@ struct KvInner {
     js: async_nats::jetstream::Context,
     config: async_nats::jetstream::kv::Config,
     default_ttl: Duration,
+    /// Every operation's bound.
+    timeout: Duration,
     created: AtomicU64,
     deleted: AtomicU64,
     expired: AtomicU64,
@@ -73,6 +75,7 @@ pub struct NatsKvStoreBuilder {
     sweep_interval: Duration,
     /// `None` unless set: a bucket that exists is then taken as it is.
     replicas: Option<usize>,
+    timeout: Duration,
 }
 
 impl NatsKvStoreBuilder {
@@ -106,13 +109,35 @@ impl NatsKvStoreBuilder {
         self
     }
 
+    /// How long an operation may take, retries on conflict included
+    /// (default 5 s; at least 1 ms). One that gets no answer within it (NATS
+    /// down, or its JetStream electing a leader, which takes seconds) fails
+    /// with [`Error::Timeout`] naming the operation and this timeout; a
+    /// write that timed out may or may not have been applied.
+    /// [`connect`](Self::connect) is bounded by it too.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Creates the bucket if it does not exist, and starts the sweep.
     /// Fails with `Error::Invalid` first if the default TTL is one no
     /// session may have (see [`check_ttl`]), and with `Error::Backend` if
     /// the bucket exists with another number of replicas than
-    /// [`replicas`](Self::replicas) set.
+    /// [`replicas`](Self::replicas) set, and with `Error::Timeout` when
+    /// NATS does not answer within the [timeout](Self::timeout).
     pub async fn connect(self) -> Result<NatsKvStore> {
         check_ttl(self.default_ttl)?;
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.open())
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                operation: "connect",
+                after: timeout,
+            }))
+    }
+
+    async fn open(self) -> Result<NatsKvStore> {
         let js = async_nats::jetstream::new(self.nats);
         let config = async_nats::jetstream::kv::Config {
             bucket: self.bucket.clone(),
@@ -139,6 +164,7 @@ impl NatsKvStoreBuilder {
             js,
             config,
             default_ttl: self.default_ttl,
+            timeout: self.timeout,
             created: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -316,12 +342,25 @@ impl NatsKvStore {
             default_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(60),
             replicas: None,
+            timeout: Duration::from_secs(5),
         }
     }
 
     /// A store with the default bucket and settings.
     pub async fn connect(nats: &async_nats::Client) -> Result<NatsKvStore> {
         Self::builder(nats).connect().await
+    }
+
+    /// Runs the operation `fut` within the store's timeout.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.inner.timeout;
+        tokio::time::timeout(after, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout { operation, after }))
     }
 
     /// The bucket as it is now.
@@ -615,186 +654,232 @@ fn write_failed(id: &str, e: impl std::fmt::Display) -> Error {
 
 impl SessionStore for NatsKvStore {
     async fn create_session(&self, id: &str, ttl: Option<Duration>) -> Result<Session> {
-        self.create(id, ttl.unwrap_or(self.inner.default_ttl))
-            .await?
-            .ok_or_else(|| Error::AlreadyExists(id.to_owned()))
+        self.bounded("create_session", async {
+            self.create(id, ttl.unwrap_or(self.inner.default_ttl))
+                .await?
+                .ok_or_else(|| Error::AlreadyExists(id.to_owned()))
+        })
+        .await
     }
 
     async fn ensure_session(&self, id: &str) -> Result<()> {
-        loop {
-            match self.read(id, |_| Ok(())).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_gone() => {
-                    if self.create(id, self.inner.default_ttl).await?.is_some() {
-                        return Ok(());
+        self.bounded("ensure_session", async {
+            loop {
+                match self.read(id, |_| Ok(())).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.is_gone() => {
+                        if self.create(id, self.inner.default_ttl).await?.is_some() {
+                            return Ok(());
+                        }
                     }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
+        })
+        .await
     }
 
     async fn get_session(&self, id: &str) -> Result<Session> {
-        Ok(self.read(id, |_| Ok(())).await?.0)
+        self.bounded("get_session", async {
+            Ok(self.read(id, |_| Ok(())).await?.0)
+        })
+        .await
     }
 
     async fn update_session<F>(&self, id: &str, mut f: F) -> Result<Session>
     where
         F: FnMut(&mut Session) + Send,
     {
-        Ok(self
-            .modify(id, |s| {
-                f(s);
-                // Before anything is written.
-                check_ttl(s.ttl())
-            })
-            .await?
-            .0)
+        self.bounded("update_session", async {
+            Ok(self
+                .modify(id, |s| {
+                    f(s);
+                    // Before anything is written.
+                    check_ttl(s.ttl())
+                })
+                .await?
+                .0)
+        })
+        .await
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool> {
-        check("session id", id)?;
-        let key = hex("s.", id);
-        for attempt in 0..ATTEMPTS {
-            let rev = match self.load(&key).await {
-                Ok(Slot::Present(s, rev)) if !expired(&s, now_ms()) => rev,
-                Ok(_) => return Ok(false),
-                // Data that does not parse is still removed: otherwise
-                // its id could never be used again.
-                Err(Error::Corrupt(_)) => match on_bucket!(self, |kv| last(kv, &key).await)? {
-                    Some(e) if e.operation == Operation::Put => e.revision,
-                    _ => continue,
-                },
-                Err(e) => return Err(e),
-            };
-            if self.delete_at(id, &key, rev).await? {
-                self.inner.deleted.fetch_add(1, Ordering::Relaxed);
-                self.ended(id, EndReason::Deleted);
-                return Ok(true);
+        self.bounded("delete_session", async {
+            check("session id", id)?;
+            let key = hex("s.", id);
+            for attempt in 0..ATTEMPTS {
+                let rev = match self.load(&key).await {
+                    Ok(Slot::Present(s, rev)) if !expired(&s, now_ms()) => rev,
+                    Ok(_) => return Ok(false),
+                    // Data that does not parse is still removed: otherwise
+                    // its id could never be used again.
+                    Err(Error::Corrupt(_)) => match on_bucket!(self, |kv| last(kv, &key).await)? {
+                        Some(e) if e.operation == Operation::Put => e.revision,
+                        _ => continue,
+                    },
+                    Err(e) => return Err(e),
+                };
+                if self.delete_at(id, &key, rev).await? {
+                    self.inner.deleted.fetch_add(1, Ordering::Relaxed);
+                    self.ended(id, EndReason::Deleted);
+                    return Ok(true);
+                }
+                conflict_backoff(attempt).await;
             }
-            conflict_backoff(attempt).await;
-        }
-        Err(Error::Conflict {
-            session_id: id.to_owned(),
-            attempts: ATTEMPTS,
+            Err(Error::Conflict {
+                session_id: id.to_owned(),
+                attempts: ATTEMPTS,
+            })
         })
+        .await
     }
 
     async fn session_exists(&self, id: &str) -> Result<bool> {
-        check("session id", id)?;
-        Ok(match self.load(&hex("s.", id)).await? {
-            Slot::Present(s, _) => !expired(&s, now_ms()),
-            Slot::Absent(_) => false,
+        self.bounded("session_exists", async {
+            check("session id", id)?;
+            Ok(match self.load(&hex("s.", id)).await? {
+                Slot::Present(s, _) => !expired(&s, now_ms()),
+                Slot::Absent(_) => false,
+            })
         })
+        .await
     }
 
     async fn list_sessions(&self) -> Result<Vec<String>> {
-        Ok(self.scan().await?.0)
+        self.bounded("list_sessions", async { Ok(self.scan().await?.0) })
+            .await
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let (live, _) = self.scan().await?;
-        let mut globals = 0;
-        for key in self.keys_under("g.").await? {
-            let entry = on_bucket!(self, |kv| last(kv, &key).await)?;
-            if entry.is_some_and(|e| e.operation == Operation::Put) {
-                globals += 1;
+        self.bounded("stats", async {
+            let (live, _) = self.scan().await?;
+            let mut globals = 0;
+            for key in self.keys_under("g.").await? {
+                let entry = on_bucket!(self, |kv| last(kv, &key).await)?;
+                if entry.is_some_and(|e| e.operation == Operation::Put) {
+                    globals += 1;
+                }
             }
-        }
-        let mut stats = StoreStats::default();
-        stats.active_sessions = live.len() as u64;
-        stats.sessions_created = self.inner.created.load(Ordering::Relaxed);
-        stats.sessions_deleted = self.inner.deleted.load(Ordering::Relaxed);
-        stats.sessions_expired = self.inner.expired.load(Ordering::Relaxed);
-        stats.global_programs = globals;
-        Ok(stats)
+            let mut stats = StoreStats::default();
+            stats.active_sessions = live.len() as u64;
+            stats.sessions_created = self.inner.created.load(Ordering::Relaxed);
+            stats.sessions_deleted = self.inner.deleted.load(Ordering::Relaxed);
+            stats.sessions_expired = self.inner.expired.load(Ordering::Relaxed);
+            stats.global_programs = globals;
+            Ok(stats)
+        })
+        .await
     }
 
     async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
-        check("program id", program_id)?;
-        self.modify(id, |s| {
-            s.programs.insert(program_id.to_owned(), program.clone());
+        self.bounded("store_program", async {
+            check("program id", program_id)?;
+            self.modify(id, |s| {
+                s.programs.insert(program_id.to_owned(), program.clone());
+                Ok(())
+            })
+            .await?;
             Ok(())
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
-        let (s, ()) = self.read(id, |_| Ok(())).await?;
-        s.programs
-            .get(program_id)
-            .cloned()
-            .ok_or_else(|| Error::ProgramNotFound {
-                session_id: Some(id.to_owned()),
-                program_id: program_id.to_owned(),
-            })
+        self.bounded("get_program", async {
+            let (s, ()) = self.read(id, |_| Ok(())).await?;
+            s.programs
+                .get(program_id)
+                .cloned()
+                .ok_or_else(|| Error::ProgramNotFound {
+                    session_id: Some(id.to_owned()),
+                    program_id: program_id.to_owned(),
+                })
+        })
+        .await
     }
 
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
-        check("program id", program_id)?;
-        snakepit_session::check_value("program", &program)?;
-        let bytes = Bytes::from(serde_json::to_vec(&program)?);
-        let key = hex("g.", program_id);
-        self.fits(
-            &format!("global program `{program_id}`"),
-            bytes.len() + key.len(),
-        )?;
-        on_bucket!(self, |kv| {
-            kv.put(&key, bytes.clone())
-                .await
-                .map_err(|e| Error::Backend(format!("writing global program `{program_id}`: {e}")))
-        })?;
-        Ok(())
+        self.bounded("store_global_program", async {
+            check("program id", program_id)?;
+            snakepit_session::check_value("program", &program)?;
+            let bytes = Bytes::from(serde_json::to_vec(&program)?);
+            let key = hex("g.", program_id);
+            self.fits(
+                &format!("global program `{program_id}`"),
+                bytes.len() + key.len(),
+            )?;
+            on_bucket!(self, |kv| {
+                kv.put(&key, bytes.clone()).await.map_err(|e| {
+                    Error::Backend(format!("writing global program `{program_id}`: {e}"))
+                })
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
-        check("program id", program_id)?;
-        let key = hex("g.", program_id);
-        match on_bucket!(self, |kv| last(kv, &key).await)? {
-            Some(e) if e.operation == Operation::Put => Ok(serde_json::from_slice(&e.value)?),
-            _ => Err(Error::ProgramNotFound {
-                session_id: None,
-                program_id: program_id.to_owned(),
-            }),
-        }
+        self.bounded("get_global_program", async {
+            check("program id", program_id)?;
+            let key = hex("g.", program_id);
+            match on_bucket!(self, |kv| last(kv, &key).await)? {
+                Some(e) if e.operation == Operation::Put => Ok(serde_json::from_slice(&e.value)?),
+                _ => Err(Error::ProgramNotFound {
+                    session_id: None,
+                    program_id: program_id.to_owned(),
+                }),
+            }
+        })
+        .await
     }
 
     async fn cleanup_expired(&self) -> Result<usize> {
-        let (_, dead) = self.scan().await?;
-        let (mut n, mut failed) = (0, None);
-        for (id, key, rev) in dead {
-            match self.reap(&id, &key, rev).await {
-                Ok(true) => n += 1,
-                Ok(false) => {}
-                Err(e) => failed = Some(e),
+        self.bounded("cleanup_expired", async {
+            let (_, dead) = self.scan().await?;
+            let (mut n, mut failed) = (0, None);
+            for (id, key, rev) in dead {
+                match self.reap(&id, &key, rev).await {
+                    Ok(true) => n += 1,
+                    Ok(false) => {}
+                    Err(e) => failed = Some(e),
+                }
             }
-        }
-        // The others were tried first; the failure is not hidden.
-        failed.map_or(Ok(n), Err)
+            // The others were tried first; the failure is not hidden.
+            failed.map_or(Ok(n), Err)
+        })
+        .await
     }
 
     async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
-        check("key", key)?;
-        Ok(self.read(id, |s| Ok(s.data.get(key).cloned())).await?.1)
+        self.bounded("get", async {
+            check("key", key)?;
+            Ok(self.read(id, |s| Ok(s.data.get(key).cloned())).await?.1)
+        })
+        .await
     }
 
     async fn set(&self, id: &str, key: &str, value: Value) -> Result<()> {
-        check("key", key)?;
-        self.modify(id, |s| {
-            s.data.insert(key.to_owned(), value.clone());
+        self.bounded("set", async {
+            check("key", key)?;
+            self.modify(id, |s| {
+                s.data.insert(key.to_owned(), value.clone());
+                Ok(())
+            })
+            .await?;
             Ok(())
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn delete(&self, id: &str, key: &str) -> Result<bool> {
-        check("key", key)?;
-        Ok(self
-            .modify(id, |s| Ok(s.data.remove(key).is_some()))
-            .await?
-            .1)
+        self.bounded("delete", async {
+            check("key", key)?;
+            Ok(self
+                .modify(id, |s| Ok(s.data.remove(key).is_some()))
+                .await?
+                .1)
+        })
+        .await
     }
 
     fn on_session_end(&self, listener: EndListener) {

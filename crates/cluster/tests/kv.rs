@@ -123,3 +123,96 @@ async fn replicas_other_than_an_existing_buckets_are_refused_at_connect() {
         .unwrap();
     assert!(c.session_exists("kept").await.unwrap());
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the server's process.
+fn signal(server: &nats::NatsServer, signal: &str) {
+    let pid = server.pid().expect("the server runs");
+    #[allow(clippy::disallowed_methods)] // kill(1), not a worker
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The store's docs (`NatsKvStoreBuilder::timeout`): an operation that gets
+/// no answer within the timeout (here a paused nats-server) fails with
+/// `Error::Timeout` naming the operation and the timeout, `connect`
+/// included; once the server answers again, so does the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_times_each_operation_out_and_the_store_recovers() {
+    use snakepit_session::Error;
+    let server = nats::NatsServer::start().await;
+    let nats = server.connect().await;
+    let timeout = Duration::from_millis(400);
+    let store = NatsKvStore::builder(&nats)
+        .timeout(timeout)
+        .connect()
+        .await
+        .unwrap();
+    store.ensure_session("paused").await.unwrap();
+    store
+        .set("paused", "k", serde_json::json!(1))
+        .await
+        .unwrap();
+    signal(&server, "STOP");
+    let timed_out = |r: Result<(), Error>, op: &str| match r {
+        Err(Error::Timeout { operation, after }) => {
+            assert_eq!(operation, op);
+            assert_eq!(after, timeout);
+        }
+        other => panic!("`{op}` on a paused server: {other:?}"),
+    };
+    timed_out(store.get("paused", "k").await.map(drop), "get");
+    timed_out(store.set("paused", "k", serde_json::json!(2)).await, "set");
+    timed_out(store.list_sessions().await.map(drop), "list_sessions");
+    timed_out(
+        store.delete_session("paused").await.map(drop),
+        "delete_session",
+    );
+    let other = NatsKvStore::builder(&nats)
+        .bucket("another")
+        .timeout(timeout)
+        .connect()
+        .await;
+    timed_out(other.map(drop), "connect");
+    signal(&server, "CONT");
+    let mut back = None;
+    for _ in 0..50 {
+        match store.get("paused", "k").await {
+            Ok(v) => {
+                back = Some(v);
+                break;
+            }
+            Err(Error::Timeout { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("after the server resumed: {e}"),
+        }
+    }
+    // The set that timed out may or may not have been applied.
+    let v = back.expect("the store answers again once the server does");
+    assert!(
+        v == Some(serde_json::json!(1)) || v == Some(serde_json::json!(2)),
+        "{v:?}"
+    );
+}
+
+/// The default timeout is 5 s (`NatsKvStoreBuilder::timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_timeout_is_five_seconds() {
+    let server = nats::NatsServer::start().await;
+    let store = NatsKvStore::connect(&server.connect().await).await.unwrap();
+    store.ensure_session("s").await.unwrap();
+    signal(&server, "STOP");
+    let r = store.session_exists("s").await;
+    signal(&server, "CONT");
+    match r {
+        Err(snakepit_session::Error::Timeout { operation, after }) => {
+            assert_eq!(
+                (operation, after),
+                ("session_exists", Duration::from_secs(5))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
