@@ -1223,6 +1223,24 @@ impl Inner {
     /// it no longer runs.
     fn resend_cancels(&self, epoch: u64) {
         let again = self.cancels.lock().unwrap().before(epoch);
+        self.publish_again(again);
+    }
+
+    /// Sends again the cancels kept that went to `host`, whose connection
+    /// was made again: those it was sent while it was away are lost (NATS
+    /// keeps nothing for a subscriber that is gone). Cancels of calls it no
+    /// longer runs are ignored there.
+    fn resend_cancels_to(&self, host: &str) {
+        let again = self
+            .cancels
+            .lock()
+            .unwrap()
+            .to(&self.subjects.host_cancel(host));
+        self.publish_again(again);
+    }
+
+    /// Publishes `again`, kept messages sent once already, in order.
+    fn publish_again(&self, again: Vec<(Subject, Bytes)>) {
         if again.is_empty() {
             return;
         }
@@ -1406,6 +1424,7 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             let same_run = known && hb.instance.is_some() && entry.instance == hb.instance;
             if same_run && entry.conn != 0 && hb.conn > entry.conn {
                 entry.remade.send_modify(|n| *n += 1);
+                inner.resend_cancels_to(&hb.host);
             }
             if !same_run || hb.conn > entry.conn {
                 entry.conn = hb.conn;

@@ -152,6 +152,16 @@ impl Resend {
         }
     }
 
+    /// Copies of the messages kept that went to `to`, oldest first (they
+    /// stay kept).
+    pub(crate) fn to(&self, to: &str) -> Vec<(async_nats::Subject, bytes::Bytes)> {
+        self.messages
+            .iter()
+            .filter(|(_, s, _)| s.as_str() == to)
+            .map(|(_, s, p)| (s.clone(), p.clone()))
+            .collect()
+    }
+
     /// Takes out the messages sent under a count below `conn` (they are
     /// kept in the order sent, so those are the first).
     pub(crate) fn before(&mut self, conn: u64) -> Vec<(async_nats::Subject, bytes::Bytes)> {

@@ -881,6 +881,48 @@ async fn a_cancel_sent_as_the_clients_connection_resets_still_reaches_the_host()
     stop(node, pool).await;
 }
 
+/// The HOST's path goes silent, the caller drops a running call and a
+/// stream being read (the cancels reach NATS, but the host's subscription
+/// sits behind the silent path), and 100 ms later the host's connection
+/// resets and is back at once: what waited in its path is lost, the
+/// cancels with it. The client's connection is untouched.
+///
+/// docs/cluster.md (Failures, a host's connection drops and is back at
+/// once): "the cancels the client sent it meanwhile are sent again once
+/// its heartbeat says so".
+///
+/// The host drops both within a few seconds once it is back (they would
+/// otherwise run their 60 s, workers held for a caller long gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_as_the_hosts_connection_resets_reaches_it_once_it_is_back() {
+    let nats = NatsServer::start().await;
+    let proxy = Proxy::start(nats.port).await;
+    let conn_a = connect_quick(&proxy.url).await;
+    let (pool, node) = serve_host(&conn_a, "a", 2).await;
+    let client = client_on(&nats.connect().await, Duration::from_secs(2)).await;
+    wait_hosts(&client, 1).await;
+    let (call, reader, log, _marker) = call_and_stream(&client, "host-reset").await;
+
+    proxy.set(Link::BlackHole);
+    call.abort();
+    reader.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set(Link::Cut);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set(Link::Forward);
+    eventually(30, "the host's connection is back", || async {
+        conn_a.connection_state() == State::Connected
+    })
+    .await;
+    host_drops_everything(
+        &pool,
+        "a call and a stream dropped just before the host's connection reset",
+    )
+    .await;
+    assert_ran_not_to_their_end(&pool, &log.0);
+    stop(node, pool).await;
+}
+
 /// A one-shot call of 60 s (`call`, started in its worker) and a stream of
 /// 60 s of chunks (`stream`, its reader reading: 100 chunks taken), each in
 /// a task of its own; the log they write, and the call's marker.
