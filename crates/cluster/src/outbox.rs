@@ -247,4 +247,19 @@ mod tests {
         }
         assert_eq!(r.before(6).len(), RESEND_MESSAGES, "the oldest went first");
     }
+
+    #[test]
+    fn resend_to_one_subject_copies_its_messages_in_order_and_keeps_them() {
+        let mut r = Resend::default();
+        for (conn, to, p) in [(1, "h1", "x"), (1, "h2", "y"), (2, "h1", "z")] {
+            r.keep(conn, to.into(), bytes::Bytes::from(p));
+        }
+        let payloads = |v: Vec<(async_nats::Subject, bytes::Bytes)>| -> Vec<bytes::Bytes> {
+            v.into_iter().map(|(_, p)| p).collect()
+        };
+        assert_eq!(payloads(r.to("h1")), ["x", "z"]);
+        assert_eq!(payloads(r.to("h1")), ["x", "z"], "still kept");
+        assert!(r.to("h3").is_empty());
+        assert_eq!(r.before(3).len(), 3);
+    }
 }
