@@ -842,43 +842,17 @@ async fn cancels_sent_while_the_hosts_path_is_black_holed_reach_the_host_once_it
 /// 100 ms later the connection resets and is back at once (what waited in
 /// the path is lost). The host's own connection is untouched.
 ///
-/// docs/cluster.md:132-141 (Cancellation): "dropping the caller's future
-/// (or the `ClusterStream`) sends a cancel message to the host, which
-/// drops the call in its pool ... The cancel goes out once the client's
-/// connection is back, and reaches the host if its own connection outlived
-/// the cut"; :283 (Failures): the client's connection "drops and is back
-/// at once".
+/// docs/cluster.md (Cancellation): "dropping the caller's future (or the
+/// `ClusterStream`) sends a cancel message to the host, which drops the
+/// call in its pool ... The cancel goes out once the client's connection
+/// is back"; (Failures): the client's connection "drops and is back at
+/// once".
 ///
 /// The host drops both within a few seconds once the client is back (they
 /// would otherwise run their 60 s, workers held for a caller long gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_as_the_clients_connection_resets_still_reaches_the_host() {
-    let nats = NatsServer::start().await;
-    let (pool, node) = serve_host(&nats.connect().await, "a", 2).await;
-    let proxy = Proxy::start(nats.port).await;
-    let conn = connect_quick(&proxy.url).await;
-    let client = client_on(&conn, Duration::from_secs(1)).await;
-    wait_hosts(&client, 1).await;
-    let (call, reader, log, _marker) = call_and_stream(&client, "client-reset").await;
-
-    proxy.set(Link::BlackHole);
-    call.abort();
-    reader.abort();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    proxy.set(Link::Cut);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    proxy.set(Link::Forward);
-    eventually(30, "the client's connection is back", || async {
-        conn.connection_state() == State::Connected
-    })
-    .await;
-    host_drops_everything(
-        &pool,
-        "a call and a stream dropped just before the client's connection reset",
-    )
-    .await;
-    assert_ran_not_to_their_end(&pool, &log.0);
-    stop(node, pool).await;
+    cancels_across_a_reset_of(Side::Client).await;
 }
 
 /// The HOST's path goes silent, the caller drops a running call and a
@@ -888,20 +862,37 @@ async fn a_cancel_sent_as_the_clients_connection_resets_still_reaches_the_host()
 /// cancels with it. The client's connection is untouched.
 ///
 /// docs/cluster.md (Failures, a host's connection drops and is back at
-/// once): "the cancels the client sent it meanwhile are sent again once
-/// its heartbeat says so".
+/// once): "The cancels the client sent it meanwhile are sent again once
+/// that heartbeat says so, and the host stops those calls".
 ///
-/// The host drops both within a few seconds once it is back (they would
-/// otherwise run their 60 s, workers held for a caller long gone).
+/// The host drops both within a few seconds once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_as_the_hosts_connection_resets_reaches_it_once_it_is_back() {
+    cancels_across_a_reset_of(Side::Host).await;
+}
+
+/// Whose connection goes through the proxy.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Client,
+    Host,
+}
+
+/// A call and a stream dropped while `side`'s path is silent, just before
+/// its connection resets: the host stops both once the connection is back.
+async fn cancels_across_a_reset_of(side: Side) {
     let nats = NatsServer::start().await;
     let proxy = Proxy::start(nats.port).await;
-    let conn_a = connect_quick(&proxy.url).await;
-    let (pool, node) = serve_host(&conn_a, "a", 2).await;
-    let client = client_on(&nats.connect().await, Duration::from_secs(2)).await;
+    let through = connect_quick(&proxy.url).await;
+    let direct = nats.connect().await;
+    let (host_conn, client_conn, host_timeout) = match side {
+        Side::Client => (&direct, &through, Duration::from_secs(1)),
+        Side::Host => (&through, &direct, Duration::from_secs(2)),
+    };
+    let (pool, node) = serve_host(host_conn, "a", 2).await;
+    let client = client_on(client_conn, host_timeout).await;
     wait_hosts(&client, 1).await;
-    let (call, reader, log, _marker) = call_and_stream(&client, "host-reset").await;
+    let (call, reader, log, _marker) = call_and_stream(&client, &format!("{side:?}-reset")).await;
 
     proxy.set(Link::BlackHole);
     call.abort();
@@ -910,13 +901,13 @@ async fn a_cancel_sent_as_the_hosts_connection_resets_reaches_it_once_it_is_back
     proxy.set(Link::Cut);
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy.set(Link::Forward);
-    eventually(30, "the host's connection is back", || async {
-        conn_a.connection_state() == State::Connected
+    eventually(30, "the connection is back", || async {
+        through.connection_state() == State::Connected
     })
     .await;
     host_drops_everything(
         &pool,
-        "a call and a stream dropped just before the host's connection reset",
+        &format!("a call and a stream dropped just before the {side:?}'s connection reset"),
     )
     .await;
     assert_ran_not_to_their_end(&pool, &log.0);
