@@ -263,6 +263,10 @@ pub(crate) struct Worker {
     rearm: AtomicBool,
     /// `Some` once the process has ended and every call on it was failed.
     finished: watch::Sender<Option<ExitReason>>,
+    /// The runtime its tasks run on: the grace period of a call given up
+    /// outside any runtime (a future or stream dropped on a plain thread)
+    /// is timed there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Worker {
@@ -311,6 +315,7 @@ impl Worker {
                 dead: false,
                 reaped: false,
             }),
+            runtime: tokio::runtime::Handle::current(),
             caps: OnceLock::new(),
             tail: Mutex::new(Tail {
                 lines: VecDeque::new(),
@@ -680,10 +685,11 @@ impl Worker {
             return;
         }
         let caps = self.capabilities();
+        let waiting = self.is_waiting(id);
         // A call written ahead and not started is dropped by the worker on a
         // cancel frame (it declared `pipeline`); never a signal, which would
         // hit the call it is running.
-        if caps.cancel || self.is_waiting(id) {
+        if caps.cancel || waiting {
             let mut buf = bytes::BytesMut::new();
             if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
                 self.send(buf.freeze());
@@ -691,25 +697,29 @@ impl Worker {
         } else if caps.sigint && caps.max_concurrency <= 1 {
             self.interrupt(id);
         }
-        let grace = self.grace;
-        let worker = self.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    // Still waiting behind a running call: its turn has not
-                    // come; the worker is not stuck on it.
-                    while worker.is_pending(id) && worker.is_waiting(id) && !worker.is_finished() {
-                        tokio::time::sleep(grace).await;
-                    }
-                    if worker.is_pending(id) && !worker.is_finished() {
-                        tracing::warn!(worker = %worker.id, id, "no reply to a cancelled call within the grace period; replacing the worker");
-                        worker.kill_stuck();
-                    }
-                });
+        let (grace, worker) = (self.grace, self.clone());
+        // Given up on a plain thread (a future or stream dropped outside
+        // any runtime): timed on the worker's own runtime all the same. If
+        // that runtime is gone, so are the pool's tasks, and the pool's
+        // end kills the worker.
+        let rt = tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
+        rt.spawn(async move {
+            if waiting {
+                // Waiting behind a running call: its turn has not come,
+                // and the worker is not stuck on it. It gets the whole
+                // grace period from its turn (seen within an eighth of
+                // it), however long it waited.
+                let step = (grace / 8).max(Duration::from_millis(10));
+                while worker.is_pending(id) && worker.is_waiting(id) && !worker.is_finished() {
+                    tokio::time::sleep(step).await;
+                }
             }
-            Err(_) => worker.kill_stuck(),
-        }
+            tokio::time::sleep(grace).await;
+            if worker.is_pending(id) && !worker.is_finished() {
+                tracing::warn!(worker = %worker.id, id, "no reply to a cancelled call within the grace period; replacing the worker");
+                worker.kill_stuck();
+            }
+        });
     }
 }
 
