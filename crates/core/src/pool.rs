@@ -163,8 +163,15 @@ impl PoolBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("Pool::start needs a Tokio runtime".into()))?;
-        let spawner = Spawner::new(runtime)
-            .map_err(|e| Error::Config(format!("cannot start the spawner thread: {e}")))?;
+        // The host out of threads or memory: a start failure, not a
+        // configuration error.
+        let spawner = Spawner::new(runtime).map_err(|e| {
+            Error::StartFailed(Box::new(StartError {
+                worker_id: format!("{}_worker_1_1", self.name),
+                cause: format!("cannot start the thread that starts the workers: {e}"),
+                stderr_tail: String::new(),
+            }))
+        })?;
         let size = self.config.pool_size;
         let codec = self.codec.unwrap_or_else(|| self.adapter.codec());
         let run_id = crate::sweep::new_run_id();
@@ -185,11 +192,10 @@ impl PoolBuilder {
                 }
             }
         }
-        let record = crate::sweep::RunRecord::create(&state_dir, &self.name, &run_id)
-            .map_err(|e| tracing::warn!(error = %e, dir = %state_dir.display(), "cannot write the run record; a crashed run's leftovers will not be swept"))
-            .ok();
         let shared = Arc::new(Shared {
-            record,
+            record: Mutex::new(None),
+            state_dir,
+            record_warned: std::sync::atomic::AtomicBool::new(false),
             launch: {
                 let mut launch = self.adapter.launch();
                 // Applied first, so the adapter's own settings win.
@@ -221,6 +227,8 @@ impl PoolBuilder {
             template: Mutex::new(None),
             template_start: tokio::sync::Mutex::new(()),
         });
+        // Written here, or at a worker's start if it cannot be now.
+        shared.run_record();
         let pool = Pool {
             inner: Arc::new(PoolInner {
                 shared: shared.clone(),
@@ -287,10 +295,7 @@ impl Drop for PoolInner {
         }
         let mut own: Vec<u32> = workers.iter().map(|w| w.pid).collect();
         own.extend(self.shared.stop_template());
-        crate::sweep::kill_leftovers(&self.shared.run_id, &own);
-        if let Some(r) = &self.shared.record {
-            r.finish();
-        }
+        self.shared.finish_run(&own);
     }
 }
 
@@ -483,10 +488,7 @@ impl Pool {
         }
         let mut own: Vec<u32> = workers.iter().map(|w| w.pid).collect();
         own.extend(shared.stop_template());
-        crate::sweep::kill_leftovers(&shared.run_id, &own);
-        if let Some(r) = &shared.record {
-            r.finish();
-        }
+        shared.finish_run(&own);
         Ok(())
     }
 }

@@ -40,12 +40,15 @@ type Request = (Launch, Option<OwnedFd>, Reply);
 pub(crate) struct Spawner {
     requests: Mutex<mpsc::Sender<Request>>,
     /// The watchdog's pipe: never blocks the pool (see [`Watchdog`]).
-    watchdog: Option<Arc<Watchdog>>,
+    /// `None` while it could not be started (the host out of descriptors
+    /// or processes): the next start tries again, and fails rather than
+    /// start a worker it would not cover.
+    watchdog: Mutex<Option<Arc<Watchdog>>>,
 }
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        if let Some(w) = &self.watchdog {
+        if let Some(w) = self.watchdog.locked().as_ref() {
             w.close();
         }
     }
@@ -67,7 +70,7 @@ impl Spawner {
             })?;
         Ok(Spawner {
             requests: Mutex::new(tx),
-            watchdog: start_watchdog().ok(),
+            watchdog: Mutex::new(start_watchdog().ok()),
         })
     }
 
@@ -93,6 +96,7 @@ impl Spawner {
     }
 
     async fn start(&self, launch: Launch, stdin: Option<OwnedFd>) -> io::Result<Child> {
+        self.watched()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.requests
             .locked()
@@ -113,9 +117,27 @@ impl Spawner {
     }
 
     fn tell_watchdog(&self, line: &str) {
-        if let Some(watchdog) = &self.watchdog {
+        if let Some(watchdog) = self.watchdog.locked().as_ref() {
             watchdog.tell(line.as_bytes());
         }
+    }
+
+    /// Starts the watchdog if it could not be started before: no process
+    /// is started that it would not cover.
+    fn watched(&self) -> io::Result<()> {
+        let mut watchdog = self.watchdog.locked();
+        if watchdog.is_none() {
+            let fresh = start_watchdog().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot start the watchdog that kills the workers if the host dies: {e}"
+                    ),
+                )
+            })?;
+            *watchdog = Some(fresh);
+        }
+        Ok(())
     }
 }
 

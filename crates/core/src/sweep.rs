@@ -61,7 +61,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::sync::Unpoisoned;
@@ -992,8 +992,10 @@ fn has_live_host(pid: u32, run_id: &str) -> bool {
 /// process does, becomes the parent of such a child once its worker has
 /// gone). A clean end leaves no run record for a later sweep, so this is
 /// the last chance. How many it killed.
-pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> usize {
-    let killed = kill_run_processes(run_id, None, own);
+/// `None` when it could not look (`/proc` unreadable, the host out of
+/// descriptors): what escaped may still run.
+pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> Option<usize> {
+    let killed = kill_run_processes(run_id, None, own)?;
     if killed > 0 {
         tracing::warn!(
             run_id,
@@ -1001,7 +1003,41 @@ pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> usize {
             "killed processes of the pool's workers that had left their process groups"
         );
     }
-    killed
+    Some(killed)
+}
+
+/// A pool's end: [`kill_leftovers`], then the run record's removal. When
+/// the look could not see every process (the host out of descriptors), a
+/// thread looks again every half second for up to a minute, and removes
+/// the record once a look succeeds; until then the record stays, so that a
+/// later sweep still finds what escaped.
+pub(crate) fn kill_leftovers_and_finish(run_id: &str, own: &[u32], record: Option<Arc<RunRecord>>) {
+    if kill_leftovers(run_id, own).is_some() {
+        if let Some(r) = record {
+            r.finish();
+        }
+        return;
+    }
+    let (run_id, own) = (run_id.to_owned(), own.to_vec());
+    let again = move || {
+        for _ in 0..120 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if kill_leftovers(&run_id, &own).is_some() {
+                if let Some(r) = &record {
+                    r.finish();
+                }
+                return;
+            }
+        }
+        tracing::warn!(run_id, "cannot look through /proc for what the pool's workers left behind; the run record stays for the next sweep");
+    };
+    if std::thread::Builder::new()
+        .name("snakepit-leftovers".into())
+        .spawn(again)
+        .is_err()
+    {
+        tracing::warn!("cannot look through /proc for what the pool's workers left behind; the run record stays for the next sweep");
+    }
 }
 
 /// Kills what one ended worker left outside its process group: processes
@@ -1009,8 +1045,9 @@ pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> usize {
 /// that called `setsid`, and theirs), but `worker_pid` itself. A worker's
 /// id names one process of the run (its slot and generation), so its
 /// replacement and the other workers are never hit. How many it killed.
-pub(crate) fn kill_escaped(run_id: &str, worker_id: &str, worker_pid: u32) -> usize {
-    let killed = kill_run_processes(run_id, Some(worker_id), &[worker_pid]);
+/// `None` when it could not look, as [`kill_leftovers`].
+pub(crate) fn kill_escaped(run_id: &str, worker_id: &str, worker_pid: u32) -> Option<usize> {
+    let killed = kill_run_processes(run_id, Some(worker_id), &[worker_pid])?;
     if killed > 0 {
         tracing::warn!(
             worker = worker_id,
@@ -1018,25 +1055,40 @@ pub(crate) fn kill_escaped(run_id: &str, worker_id: &str, worker_pid: u32) -> us
             "killed processes the ended worker had left outside its process group"
         );
     }
-    killed
+    Some(killed)
 }
 
 /// Kills (SIGKILL, with its group when it leads one) every process started
 /// after this host whose environment carries run id `run_id` and, if
-/// given, worker id `worker`; but this process and `own`.
-fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize {
+/// given, worker id `worker`; but this process and `own`. How many; `None`
+/// when it could not look at every process (no `/proc`, or the host out of
+/// descriptors: a process it could not read may be one of them).
+fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option<usize> {
     let me = std::process::id();
-    let Some(since) = process_start(me) else {
-        return 0; // no /proc: nothing to go by
-    };
+    let since = process_start(me)?; // no /proc, or no descriptor to read it
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
     let mut killed = 0;
-    for pid in crate::os::all_pids() {
+    // A read that failed for want of descriptors, not because the process
+    // had ended (or is another user's).
+    let mut blind = false;
+    let mut read = |r: io::Result<Option<Stat>>| match r {
+        Ok(stat) => stat,
+        Err(e) => {
+            blind |= matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+            None
+        }
+    };
+    for pid in pids {
         if pid == me || own.contains(&pid) {
             continue;
         }
         // Most processes started before this host: one read of their
         // `stat` rules them out, without opening them or their environment.
-        if Stat::of(pid).is_none_or(|s| s.start < since) {
+        if read(Stat::read(pid)).is_none_or(|s| s.start < since) {
             continue;
         }
         // Held before it is checked: the kill reaches the process checked,
@@ -1044,8 +1096,12 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize 
         let Some(held) = crate::os::Held::open(pid) else {
             continue;
         };
-        let Some(env) = environ(pid) else {
-            continue;
+        let env = match std::fs::read(format!("/proc/{pid}/environ")) {
+            Ok(env) => env,
+            Err(e) => {
+                read(Err(e));
+                continue;
+            }
         };
         if var_in(&env, b"SNAKEPIT_RUN_ID=") != Some(run_id)
             || worker.is_some_and(|w| var_in(&env, b"SNAKEPIT_WORKER_ID=") != Some(w))
@@ -1066,7 +1122,7 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> usize 
             killed += 1;
         }
     }
-    killed
+    (!blind).then_some(killed)
 }
 
 /// The fields of `/proc/<pid>/stat` the sweep reads.
@@ -1081,7 +1137,16 @@ struct Stat {
 impl Stat {
     /// `None` if there is no such process, or it is a zombie.
     fn of(pid: u32) -> Option<Stat> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Stat::read(pid).ok().flatten()
+    }
+
+    /// As [`Stat::of`], with the error of a read that failed.
+    fn read(pid: u32) -> io::Result<Option<Stat>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        Ok(Stat::parse(&stat))
+    }
+
+    fn parse(stat: &str) -> Option<Stat> {
         // The command name (field 2) may hold spaces and parentheses: skip
         // to the last ')'. `rest` starts at field 3 (state).
         let rest = stat.get(stat.rfind(')')? + 2..)?;
@@ -1106,14 +1171,27 @@ pub(crate) fn process_start(pid: u32) -> Option<u64> {
 
 /// `SNAKEPIT_HOST` for this process's workers: its pid, its start time
 /// and its PID namespace (`pid:start:dev:inode`).
-pub(crate) fn host_token() -> &'static str {
+///
+/// Kept once read whole; a read that failed (the host out of descriptors)
+/// is not kept, so the next worker's start reads again rather than every
+/// later worker naming a start time of 0.
+pub(crate) fn host_token() -> String {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(|| {
-        let me = std::process::id();
-        let start = process_start(me).unwrap_or(0);
-        let (dev, ino) = pid_namespace().unwrap_or((0, 0));
-        format!("{me}:{start}:{dev}:{ino}")
-    })
+    if let Some(token) = TOKEN.get() {
+        return token.clone();
+    }
+    let me = std::process::id();
+    let (start, namespace) = (process_start(me), pid_namespace());
+    let token = format!(
+        "{me}:{}:{}:{}",
+        start.unwrap_or(0),
+        namespace.map_or(0, |n| n.0),
+        namespace.map_or(0, |n| n.1)
+    );
+    if start.is_some() && namespace.is_some() {
+        let _ = TOKEN.set(token.clone());
+    }
+    token
 }
 
 /// The host in `pid`'s environment (`SNAKEPIT_HOST`, see [`host_token`]):

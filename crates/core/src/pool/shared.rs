@@ -47,7 +47,12 @@ pub(crate) struct Shared {
     pub(crate) retry: watch::Sender<u64>,
     pub(crate) listeners: Vec<Listener>,
     pub(crate) trace_context: Option<TraceContext>,
-    pub(crate) record: Option<crate::sweep::RunRecord>,
+    /// The run record, once written (see [`Shared::run_record`]).
+    pub(crate) record: Mutex<Option<Arc<crate::sweep::RunRecord>>>,
+    /// Where the run record is written.
+    pub(crate) state_dir: std::path::PathBuf,
+    /// A failure to write the run record was logged.
+    pub(crate) record_warned: std::sync::atomic::AtomicBool,
     /// The preload template, once started (`launch.preload`).
     pub(crate) template: Mutex<Option<Arc<Template>>>,
     /// Held while a template starts, so that workers wait for one template.
@@ -109,7 +114,7 @@ impl Shared {
             },
         )
         .await?;
-        if let Some(r) = &self.record {
+        if let Some(r) = self.run_record() {
             r.add(template.pid);
         }
         let old = self.template.locked().replace(template.clone());
@@ -134,9 +139,51 @@ impl Shared {
     /// A worker's process was reaped: no watchdog or run record needs it.
     pub(crate) fn process_gone(&self, pid: u32) {
         self.spawner.forget(pid);
-        if let Some(r) = &self.record {
+        let record = self.record.locked().clone();
+        if let Some(r) = record {
             r.remove(pid);
         }
+    }
+
+    /// The run record, written now if it could not be before (the host was
+    /// out of descriptors at the pool's start, say): a pool whose workers
+    /// run has one, and it lists them. `None` while it cannot be written
+    /// (logged once).
+    pub(crate) fn run_record(&self) -> Option<Arc<crate::sweep::RunRecord>> {
+        if let Some(r) = self.record.locked().as_ref() {
+            return Some(r.clone());
+        }
+        let live: Vec<u32> = {
+            let st = self.state();
+            let workers = st.slots.iter().filter_map(|s| s.worker.as_ref());
+            workers.chain(st.dying.iter()).map(|w| w.pid).collect()
+        };
+        let template = self.template.locked().as_ref().map(|t| t.pid);
+        let mut held = self.record.locked();
+        if held.is_none() && !*self.shutdown.borrow() {
+            match crate::sweep::RunRecord::create(&self.state_dir, &self.name, &self.run_id) {
+                Ok(r) => {
+                    for pid in live.into_iter().chain(template).filter(|&p| p != 0) {
+                        r.add(pid);
+                    }
+                    *held = Some(Arc::new(r));
+                }
+                Err(e) => {
+                    if !self.record_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, dir = %self.state_dir.display(), "cannot write the run record (tried again at each worker's start); a crashed run's leftovers will not be swept");
+                    }
+                }
+            }
+        }
+        held.clone()
+    }
+
+    /// The pool's end: kills what its workers left outside their process
+    /// groups (`own`: the processes it stops itself), then removes the run
+    /// record; see [`crate::sweep::kill_leftovers_and_finish`].
+    pub(crate) fn finish_run(&self, own: &[u32]) {
+        let record = self.record.locked().clone();
+        crate::sweep::kill_leftovers_and_finish(&self.run_id, own, record);
     }
 
     /// A CLIENT span (the worker's side is its SERVER span), with
@@ -399,10 +446,28 @@ impl Owner for Shared {
         // Its children that left its process group (`setsid`) go with it,
         // not only at the pool's end; the look through `/proc` blocks. A
         // pool that is ending looks once for all its workers, at its end.
+        // A look that could not see every process (the host out of
+        // descriptors) is made again until it can, or until the pool's end
+        // looks for all its workers.
         if worker.pid != 0 && !*self.shutdown.borrow() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let (run_id, id, pid) = (self.run_id.clone(), worker.id.clone(), worker.pid);
-                rt.spawn_blocking(move || crate::sweep::kill_escaped(&run_id, &id, pid));
+                let ending = self.shutdown.subscribe();
+                rt.spawn(async move {
+                    loop {
+                        let (run_id, id) = (run_id.clone(), id.clone());
+                        let look = tokio::task::spawn_blocking(move || {
+                            crate::sweep::kill_escaped(&run_id, &id, pid)
+                        });
+                        if !matches!(look.await, Ok(None)) {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        if *ending.borrow() || ending.has_changed().is_err() {
+                            return;
+                        }
+                    }
+                });
             }
         }
     }

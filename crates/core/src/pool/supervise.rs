@@ -61,7 +61,7 @@ pub(crate) async fn start_worker(
         Process::from(child)
     };
     let started = Instant::now();
-    if let Some(r) = &shared.record {
+    if let Some(r) = shared.run_record() {
         r.add(child.pid);
     }
     let owner: Weak<Shared> = Arc::downgrade(shared);
