@@ -786,6 +786,7 @@ impl SessionStore for NatsKvStore {
 
     async fn get_program(&self, id: &str, program_id: &str) -> Result<Value> {
         self.bounded("get_program", async {
+            check("program id", program_id)?;
             let (s, ()) = self.read(id, |_| Ok(())).await?;
             s.programs
                 .get(program_id)

@@ -43,11 +43,26 @@ impl Worker {
         });
         let args: Value = match decode_host_call_args(&self.codec, frame) {
             Ok(args) => args,
-            // Arguments nested deeper than the host reads: that host
-            // call's own error; the worker is fine.
-            Err(e @ snakepit_protocol::Error::TooDeep { .. }) => {
+            // Arguments nested deeper than the host reads, or a value no
+            // JSON value can hold (MessagePack `bin`: bytes a handler put in
+            // a session): that host call's own error; the worker is fine.
+            Err(
+                e @ (snakepit_protocol::Error::TooDeep { .. }
+                | snakepit_protocol::Error::Mismatch { .. }),
+            ) => {
                 self.host_calls.fetch_sub(1, Ordering::Relaxed);
-                let err = RemoteError::new("TooDeep", e.to_string());
+                let err = match e {
+                    snakepit_protocol::Error::TooDeep { .. } => {
+                        RemoteError::new("TooDeep", e.to_string())
+                    }
+                    _ => RemoteError::new(
+                        "InvalidArgument",
+                        format!(
+                            "the host call's arguments are not JSON values (bytes, say: send them \
+                             encoded, as base64 text): {e}"
+                        ),
+                    ),
+                };
                 let mut buf = bytes::BytesMut::new();
                 if encode_frame(
                     &self.codec,

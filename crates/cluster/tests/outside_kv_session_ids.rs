@@ -1,0 +1,865 @@
+//! Hostile and unusual session ids, bucket names and TTLs against
+//! `NatsKvStore` (crates/cluster/src/kv.rs) and a real nats-server with
+//! JetStream, side by side with `MemoryStore`, and through a pool of real
+//! Python workers. Every test starts its own nats-server (127.0.0.1, a port
+//! of its own) and stops it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::NatsServer;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use snakepit_cluster::NatsKvStore;
+use snakepit_session::{attach, EndReason, Error, MemoryStore, SessionStore};
+
+/// Only turns a hang into a failure of a test.
+const GUARD: Duration = Duration::from_secs(60);
+
+const BUCKET: &str = "snakepit_sessions";
+
+/// A store on its own connection whose sweep does not run during a test.
+async fn kv_store(server: &NatsServer) -> NatsKvStore {
+    NatsKvStore::builder(&server.connect().await)
+        .sweep_interval(Duration::from_secs(3600))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A memory store whose sweep does not run during a test.
+fn memory_store() -> MemoryStore {
+    MemoryStore::builder()
+        .sweep_interval(Duration::from_secs(3600))
+        .build()
+}
+
+/// The keys of `bucket`, as another client of the same NATS sees them.
+async fn bucket_keys(server: &NatsServer, bucket: &str) -> BTreeSet<String> {
+    let kv = async_nats::jetstream::new(server.connect().await)
+        .get_key_value(bucket)
+        .await
+        .unwrap();
+    let mut keys = BTreeSet::new();
+    let mut stream = kv.keys().await.unwrap();
+    while let Some(k) = stream.next().await {
+        keys.insert(k.unwrap());
+    }
+    keys
+}
+
+/// The key kv.rs documents for session `id`: `s.<hex id>`.
+fn session_key(id: &str) -> String {
+    let mut s = "s.".to_string();
+    for b in id.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn record_ends<S: SessionStore>(store: &S) -> Arc<Mutex<Vec<(String, EndReason)>>> {
+    let ends = Arc::new(Mutex::new(Vec::new()));
+    let sink = ends.clone();
+    store.on_session_end(Arc::new(move |id, why| {
+        sink.lock().unwrap().push((id.to_owned(), why));
+    }));
+    ends
+}
+
+// ---------------------------------------------------------------------
+// The same id, the same behaviour, as in the memory store
+// ---------------------------------------------------------------------
+
+/// Ids a user would hand a store: an e-mail address, a braced UUID, paths,
+/// NATS subject syntax (`.`, `*`, `>`, `$KV...`), NUL, newlines, Unicode
+/// look-alikes, the store's own key shapes (`s.61` is the key of `a`).
+/// Every one is valid (1 to 512 bytes).
+fn hostile_ids() -> Vec<String> {
+    let mut ids: Vec<String> = [
+        "a",
+        "A",
+        "\0",
+        "a\0b",
+        "\n",
+        "a\r\nb",
+        " ",
+        "a b ",
+        "\t",
+        "ü",
+        "u\u{308}",
+        "🐍",
+        "/",
+        "..",
+        ".",
+        "../..",
+        "/home/user/../.ssh/id_rsa",
+        "C:\\Users\\x",
+        "\\",
+        ">",
+        "*",
+        "a.*",
+        "a.>",
+        "?",
+        "[",
+        "]",
+        ":",
+        "user@example.com",
+        "{123e4567-e89b-12d3-a456-426614174000}",
+        "$KV.snakepit_sessions.>",
+        "_INBOX.x",
+        "s.61",
+        "s.",
+        "g.61",
+        "61",
+        "%2e",
+        "a\u{7f}\u{1b}[31m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    ids.push("é".repeat(256)); // 512 bytes: a 1,026-character key
+    ids.push("x".repeat(512));
+    ids
+}
+
+/// Ids no store may take: empty, or over 512 bytes (in bytes), up to 1 MiB.
+fn invalid_ids() -> Vec<String> {
+    vec![
+        String::new(),
+        "x".repeat(513),
+        "€".repeat(171),
+        "x".repeat(1 << 20),
+    ]
+}
+
+/// An outcome as a short text: `ok ...`, `gone` (`NotFound` or `Expired`),
+/// or the error's variant.
+fn outcome<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:?}").chars().take(80).collect(),
+        Err(e) if e.is_gone() => "gone".into(),
+        Err(Error::Invalid { what, .. }) => format!("invalid {what}"),
+        Err(Error::AlreadyExists(_)) => "already exists".into(),
+        Err(Error::ProgramNotFound { session_id, .. }) => {
+            format!("program not found (in a session: {})", session_id.is_some())
+        }
+        Err(e) => format!("other {e}"),
+    }
+}
+
+/// Every operation of the store on `id`, each outcome named; ends with the
+/// id deleted and used again.
+async fn script<S: SessionStore>(store: &S, id: &str) -> Vec<(&'static str, String)> {
+    let long_key = "k".repeat(513);
+    vec![
+        (
+            "session_exists before",
+            outcome(store.session_exists(id).await),
+        ),
+        ("get before", outcome(store.get(id, "k").await)),
+        (
+            "create ttl Duration::MAX",
+            outcome(
+                store
+                    .create_session(id, Some(Duration::MAX))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "create ttl 0",
+            outcome(
+                store
+                    .create_session(id, Some(Duration::ZERO))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "create 60 s",
+            outcome(
+                store
+                    .create_session(id, Some(Duration::from_secs(60)))
+                    .await
+                    .map(|s| (s.id == id, s.ttl_ms, s.data.len())),
+            ),
+        ),
+        (
+            "create again",
+            outcome(store.create_session(id, None).await.map(drop)),
+        ),
+        ("ensure", outcome(store.ensure_session(id).await)),
+        (
+            "set",
+            outcome(store.set(id, "k", json!({ "id": id })).await),
+        ),
+        (
+            "get",
+            outcome(
+                store
+                    .get(id, "k")
+                    .await
+                    .map(|v| v == Some(json!({ "id": id }))),
+            ),
+        ),
+        ("set empty key", outcome(store.set(id, "", json!(1)).await)),
+        (
+            "set 513-byte key",
+            outcome(store.set(id, &long_key, json!(1)).await),
+        ),
+        (
+            "store_program",
+            outcome(store.store_program(id, "p", json!([id])).await),
+        ),
+        (
+            "get_program",
+            outcome(store.get_program(id, "p").await.map(|v| v == json!([id]))),
+        ),
+        (
+            "get_program missing",
+            outcome(store.get_program(id, "nope").await.map(drop)),
+        ),
+        (
+            "store_program empty id",
+            outcome(store.store_program(id, "", json!(1)).await),
+        ),
+        (
+            "update",
+            outcome(
+                store
+                    .update_session(id, |s| {
+                        s.metadata.insert("m".into(), json!(1));
+                    })
+                    .await
+                    .map(|s| (s.id == id, s.metadata.len())),
+            ),
+        ),
+        (
+            "update ttl u64::MAX",
+            outcome(
+                store
+                    .update_session(id, |s| s.ttl_ms = u64::MAX)
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "get_session",
+            outcome(store.get_session(id).await.map(|s| {
+                (
+                    s.id == id,
+                    s.ttl_ms,
+                    s.data.len(),
+                    s.programs.len(),
+                    s.metadata.len(),
+                )
+            })),
+        ),
+        (
+            "listed once",
+            outcome(
+                store
+                    .list_sessions()
+                    .await
+                    .map(|l| l.iter().filter(|x| x.as_str() == id).count()),
+            ),
+        ),
+        ("session_exists", outcome(store.session_exists(id).await)),
+        ("delete key", outcome(store.delete(id, "k").await)),
+        ("delete key again", outcome(store.delete(id, "k").await)),
+        ("delete_session", outcome(store.delete_session(id).await)),
+        (
+            "delete_session again",
+            outcome(store.delete_session(id).await),
+        ),
+        ("get after delete", outcome(store.get(id, "k").await)),
+        (
+            "set after delete",
+            outcome(store.set(id, "k", json!(2)).await),
+        ),
+        (
+            "ensure again (the id used again)",
+            outcome(store.ensure_session(id).await),
+        ),
+        (
+            "the new session is empty",
+            outcome(
+                store
+                    .get_session(id)
+                    .await
+                    .map(|s| (s.data.len(), s.programs.len(), s.metadata.len())),
+            ),
+        ),
+        (
+            "delete_session at the end",
+            outcome(store.delete_session(id).await),
+        ),
+    ]
+}
+
+/// What [`script`] gives for a valid id in a store that keeps the docs.
+fn expected_valid() -> Vec<(&'static str, String)> {
+    let ok = |v: &str| format!("ok {v}");
+    vec![
+        ("session_exists before", ok("false")),
+        ("get before", "gone".into()),
+        ("create ttl Duration::MAX", "invalid ttl".into()),
+        ("create ttl 0", "invalid ttl".into()),
+        ("create 60 s", ok("(true, 60000, 0)")),
+        ("create again", "already exists".into()),
+        ("ensure", ok("()")),
+        ("set", ok("()")),
+        ("get", ok("true")),
+        ("set empty key", "invalid key".into()),
+        ("set 513-byte key", "invalid key".into()),
+        ("store_program", ok("()")),
+        ("get_program", ok("true")),
+        (
+            "get_program missing",
+            "program not found (in a session: true)".into(),
+        ),
+        ("store_program empty id", "invalid program id".into()),
+        ("update", ok("(true, 1)")),
+        ("update ttl u64::MAX", "invalid ttl".into()),
+        ("get_session", ok("(true, 60000, 1, 1, 1)")),
+        ("listed once", ok("1")),
+        ("session_exists", ok("true")),
+        ("delete key", ok("true")),
+        ("delete key again", ok("false")),
+        ("delete_session", ok("true")),
+        ("delete_session again", ok("false")),
+        ("get after delete", "gone".into()),
+        ("set after delete", "gone".into()),
+        ("ensure again (the id used again)", ok("()")),
+        ("the new session is empty", ok("(0, 0, 0)")),
+        ("delete_session at the end", ok("true")),
+    ]
+}
+
+fn differences(
+    store: &str,
+    id: &str,
+    got: &[(&'static str, String)],
+    want: &[(&'static str, String)],
+) -> Vec<String> {
+    let shown: String = format!("{id:?}").chars().take(40).collect();
+    got.iter()
+        .zip(want)
+        .filter(|(g, w)| g != w)
+        .map(|(g, w)| format!("{store} {shown} {}: got `{}`, want `{}`", g.0, g.1, w.1))
+        .collect()
+}
+
+/// docs/cluster.md:226-227: `NatsKvStore` "passes the same store suite as
+/// `MemoryStore` and `RedisStore`"; sessions.md:84-89 (a TTL over `MAX_TTL`
+/// or under 1 ms "given to `create_session`, set by `update_session` ...
+/// is `Invalid` in every store (memory, Redis, and the cluster's NATS KV
+/// store)"); sessions.md:93-95 (`Invalid` is an empty or over-long id or
+/// key). NATS KV keys allow only a restricted character set; kv.rs keeps
+/// session `id` at `s.<hex id>`, so every id a user would use must work as
+/// in the memory store. A conformance table: every operation on each of 39
+/// hostile but valid ids gives the documented outcome in both stores, an
+/// id used again after its deletion starts empty, and the listeners hear
+/// each deletion once, under the id as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_on_a_hostile_id_gives_the_documented_outcome_as_in_memory() {
+    let server = NatsServer::start().await;
+    let kv = kv_store(&server).await;
+    let memory = memory_store();
+    let ends = (record_ends(&memory), record_ends(&kv));
+    let want = expected_valid();
+    let mut wrong = Vec::new();
+    for id in hostile_ids() {
+        let m = script(&memory, &id).await;
+        let k = tokio::time::timeout(GUARD, script(&kv, &id))
+            .await
+            .expect("no hang");
+        wrong.extend(differences("memory", &id, &m, &want));
+        wrong.extend(differences("nats-kv", &id, &k, &want));
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    assert!(kv.list_sessions().await.unwrap().is_empty());
+    // Sessions that ended leave nothing in the bucket (cluster.md:231-233).
+    assert!(bucket_keys(&server, BUCKET).await.is_empty());
+    // Each deletion was heard once, under the id as given.
+    let heard: Vec<(String, EndReason)> = hostile_ids()
+        .into_iter()
+        .flat_map(|id| [(id.clone(), EndReason::Deleted), (id, EndReason::Deleted)])
+        .collect();
+    assert!(*ends.0.lock().unwrap() == heard, "memory's listener");
+    assert!(*ends.1.lock().unwrap() == heard, "the KV store's listener");
+}
+
+/// sessions.md:93-95 and the `Error::Invalid` docs ("An id or key is empty
+/// or longer than `MAX_ID_LEN` bytes"), as the memory and Redis stores
+/// apply them to the program id that `get_program` reads
+/// (crates/session/tests/api_promises.rs `program_ids_are_checked_when_read`
+/// runs only against those two): `get_program(session, "")` and one with a
+/// 513-byte program id are `Invalid` in `MemoryStore`; in `NatsKvStore`
+/// (kv.rs `get_program`, which never calls `check("program id", ...)`)
+/// they answer `ProgramNotFound`, or `NotFound` without a session, so the
+/// same mistake gives another error depending on the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_ids_empty_or_over_512_bytes_are_invalid_when_read() {
+    let server = NatsServer::start().await;
+    let kv = kv_store(&server).await;
+    let memory = memory_store();
+    let long = "p".repeat(513);
+    let mut wrong = Vec::new();
+    for (name, store_id) in [("with a session", "s"), ("without one", "nobody")] {
+        kv.ensure_session("s").await.unwrap();
+        memory.ensure_session("s").await.unwrap();
+        for program in ["", long.as_str()] {
+            let m = outcome(memory.get_program(store_id, program).await);
+            let k = outcome(kv.get_program(store_id, program).await);
+            for (store, got) in [("memory", m), ("nats-kv", k)] {
+                if got != "invalid program id" {
+                    wrong.push(format!(
+                        "{store} {name}, program id of {} bytes: {got}",
+                        program.len()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+/// sessions.md:93-95: an empty id, or one over 512 bytes (counted in bytes;
+/// up to 1 MiB), is `Invalid` in every operation that takes a session id;
+/// kv.rs checks before it hex-encodes the id into a key (a 1 MiB id would
+/// be a 2 MiB subject). Nothing panics and nothing is written: the bucket
+/// holds no key afterwards, and no session was counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_are_empty_or_over_512_bytes_are_invalid_and_write_nothing() {
+    let server = NatsServer::start().await;
+    let kv = kv_store(&server).await;
+    let mut wrong = Vec::new();
+    for id in invalid_ids() {
+        let got = vec![
+            (
+                "create",
+                outcome(kv.create_session(&id, None).await.map(drop)),
+            ),
+            ("ensure", outcome(kv.ensure_session(&id).await)),
+            ("get_session", outcome(kv.get_session(&id).await.map(drop))),
+            (
+                "update",
+                outcome(kv.update_session(&id, |_| {}).await.map(drop)),
+            ),
+            ("delete_session", outcome(kv.delete_session(&id).await)),
+            ("session_exists", outcome(kv.session_exists(&id).await)),
+            ("set", outcome(kv.set(&id, "k", json!(1)).await)),
+            ("get", outcome(kv.get(&id, "k").await)),
+            ("delete", outcome(kv.delete(&id, "k").await)),
+            (
+                "store_program",
+                outcome(kv.store_program(&id, "p", json!(1)).await),
+            ),
+            ("get_program", outcome(kv.get_program(&id, "p").await)),
+        ];
+        let want: Vec<(&'static str, String)> = got
+            .iter()
+            .map(|(op, _)| (*op, "invalid session id".to_string()))
+            .collect();
+        wrong.extend(differences("nats-kv", &id, &got, &want));
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    assert!(bucket_keys(&server, BUCKET).await.is_empty());
+    assert_eq!(kv.stats().await.unwrap().sessions_created, 0);
+}
+
+/// kv.rs: "One key per session (`s.<hex id>`)"; store.rs `list_sessions`:
+/// "The ids of the live sessions". All the hostile ids live at once: the
+/// bucket holds exactly one key per id, each the documented `s.<hex id>`
+/// (two ids never share a key: `a` is `s.61`, the id `s.61` is
+/// `s.732e3631`, `ü` and `u` + U+0308 are two keys); each reads back only
+/// its own data and program; a second handle on another connection (a
+/// second host) lists each id exactly once and counts each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_live_at_once_each_at_its_own_key() {
+    let server = NatsServer::start().await;
+    let kv = kv_store(&server).await;
+    let other = kv_store(&server).await;
+    let ids = hostile_ids();
+    for id in &ids {
+        kv.ensure_session(id).await.unwrap();
+        kv.set(id, "who", json!(id)).await.unwrap();
+        kv.store_program(id, "p", json!(id)).await.unwrap();
+    }
+    let keys = bucket_keys(&server, BUCKET).await;
+    let want: BTreeSet<String> = ids.iter().map(|id| session_key(id)).collect();
+    assert_eq!(want.len(), ids.len(), "the test's ids are distinct keys");
+    assert_eq!(keys, want);
+    for id in &ids {
+        assert_eq!(other.get(id, "who").await.unwrap(), Some(json!(id)));
+        assert_eq!(other.get_program(id, "p").await.unwrap(), json!(id));
+        let s = other.get_session(id).await.unwrap();
+        assert_eq!((s.id.as_str(), s.data.len()), (id.as_str(), 1));
+    }
+    let listed = other.list_sessions().await.unwrap();
+    assert_eq!(listed.len(), ids.len(), "each id once");
+    let listed: BTreeSet<String> = listed.into_iter().collect();
+    assert_eq!(listed, ids.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(
+        other.stats().await.unwrap().active_sessions,
+        ids.len() as u64
+    );
+    for id in &ids {
+        assert!(other.delete_session(id).await.unwrap(), "{id:?}");
+    }
+    assert!(kv.list_sessions().await.unwrap().is_empty());
+}
+
+/// docs/cluster.md and `NatsKvStoreBuilder::bucket`: "The bucket (default
+/// `snakepit_sessions`); two buckets are two namespaces on one NATS";
+/// `connect` "Creates the bucket if it does not exist". A bucket name is a
+/// JetStream stream name (`KV_<bucket>`) and part of every key's subject,
+/// so NATS allows only letters, digits, `-` and `_`: names a user might
+/// pick (`tenant.a`, `tenant/a`, `a b`, `a*`, `>`, empty) must fail
+/// `connect` with a typed error (not panic, hang, or make a stream whose
+/// subjects are wildcards over other buckets), while `Tenant-A_1` works
+/// and stays apart from the default bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_names_nats_refuses_fail_connect_with_a_typed_error() {
+    let server = NatsServer::start().await;
+    let default = kv_store(&server).await;
+    default.ensure_session("mine").await.unwrap();
+    let nats = server.connect().await;
+    for name in ["tenant.a", "tenant/a", "a b", "a*", ">", "", "a\0"] {
+        let got = tokio::time::timeout(
+            GUARD,
+            NatsKvStore::builder(&nats)
+                .bucket(name)
+                .sweep_interval(Duration::from_secs(3600))
+                .connect(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("connect with bucket {name:?} hung"));
+        match got {
+            Err(Error::Backend(_) | Error::Invalid { .. }) => {}
+            Err(e) => panic!("bucket {name:?}: an error of another kind: {e:?}"),
+            Ok(_) => panic!("bucket {name:?} was taken"),
+        }
+    }
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut names = js.stream_names();
+    let mut streams = BTreeSet::new();
+    while let Some(n) = names.next().await {
+        streams.insert(n.unwrap());
+    }
+    assert_eq!(
+        streams,
+        BTreeSet::from([format!("KV_{BUCKET}")]),
+        "no stream made for a refused name"
+    );
+    let tenant = NatsKvStore::builder(&nats)
+        .bucket("Tenant-A_1")
+        .sweep_interval(Duration::from_secs(3600))
+        .connect()
+        .await
+        .unwrap();
+    assert!(!tenant.session_exists("mine").await.unwrap());
+    tenant.ensure_session("theirs").await.unwrap();
+    assert_eq!(
+        default.list_sessions().await.unwrap(),
+        vec!["mine".to_string()]
+    );
+    assert_eq!(
+        tenant.list_sessions().await.unwrap(),
+        vec!["theirs".to_string()]
+    );
+}
+
+// ---------------------------------------------------------------------
+// TTLs
+// ---------------------------------------------------------------------
+
+/// sessions.md:84-89: 1 ms is the shortest TTL a session may have (valid in
+/// every store); store.rs: "A session whose TTL has passed is gone". In
+/// the KV store, whose expiry is the session's own `last_accessed_ms +
+/// ttl_ms` (kv.rs), a 1 ms session is gone at once for reads, listings and
+/// counts; `ensure_session` starts a new one with the default TTL, and the
+/// old one's end is reported once, as expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_millisecond_session_expires_and_its_id_starts_afresh() {
+    let server = NatsServer::start().await;
+    let kv = kv_store(&server).await;
+    let ends = record_ends(&kv);
+    let s = kv
+        .create_session("blink", Some(Duration::from_millis(1)))
+        .await
+        .unwrap();
+    assert_eq!(s.ttl_ms, 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!kv.session_exists("blink").await.unwrap());
+    assert!(kv.list_sessions().await.unwrap().is_empty());
+    assert_eq!(kv.stats().await.unwrap().active_sessions, 0);
+    assert!(kv.get("blink", "k").await.unwrap_err().is_gone());
+    kv.ensure_session("blink").await.unwrap();
+    assert_eq!(kv.get_session("blink").await.unwrap().ttl_ms, 3_600_000);
+    assert_eq!(kv.cleanup_expired().await.unwrap(), 0, "already reaped");
+    assert_eq!(
+        *ends.lock().unwrap(),
+        vec![("blink".to_string(), EndReason::Expired)]
+    );
+    let stats = kv.stats().await.unwrap();
+    assert_eq!((stats.sessions_created, stats.sessions_expired), (2, 1));
+}
+
+/// docs/cluster.md:229-230: "expired sessions removed by a
+/// revision-checked delete so each expiry is reported once"; sessions.md
+/// listeners "hear of each session that ends". Expiry racing with
+/// touches: sessions of a 50 ms TTL touched by two tasks (`ensure_session`,
+/// `set`, `get`, `update_session`) at uneven intervals around the TTL (with a quiet spell
+/// every 400 ms that outlasts them all) while a third sweeps without
+/// pause, for 1.5 s: each expiry is found by a touch (`create` reaps it) or
+/// by the sweep, whichever comes first. Afterwards each creation has exactly one end:
+/// created = expired, as many expiries heard as counted, only "gone" errors
+/// seen (never `Conflict`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_racing_with_touches_reports_each_session_end_once() {
+    let server = NatsServer::start().await;
+    let kv = Arc::new(
+        NatsKvStore::builder(&server.connect().await)
+            .default_ttl(Duration::from_millis(50))
+            .sweep_interval(Duration::from_secs(3600))
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let ends = record_ends(&*kv);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..2u64 {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = ["r.1", "r>2", "r*3"][(n % 3) as usize];
+                kv.ensure_session(id).await.unwrap();
+                if let Err(e) = kv.set(id, &format!("t{t}"), json!(n)).await {
+                    assert!(e.is_gone(), "{e:?}");
+                }
+                if let Err(e) = kv.get(id, "t0").await {
+                    assert!(e.is_gone(), "{e:?}");
+                }
+                let updated = kv
+                    .update_session(id, |s| {
+                        s.metadata.insert(format!("t{t}"), json!(n));
+                    })
+                    .await;
+                if let Err(e) = updated {
+                    assert!(e.is_gone(), "{e:?}");
+                }
+                n += 1;
+                // Pauses of 0 to 40 ms around the 50 ms TTL (three ids in
+                // turn); the first 150 ms of every 400 are quiet, so that
+                // every session expires then.
+                let pause = (n * 11 + t * 5) % 41;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let phase = start.elapsed().as_millis() as u64 % 400;
+                if phase < 150 {
+                    tokio::time::sleep(Duration::from_millis(150 - phase)).await;
+                }
+            }
+        }));
+    }
+    {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                kv.cleanup_expired().await.unwrap();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(GUARD, t)
+            .await
+            .expect("no hang")
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kv.cleanup_expired().await.unwrap();
+    let stats = kv.stats().await.unwrap();
+    let ends = ends.lock().unwrap().clone();
+    let expired = ends.iter().filter(|e| e.1 == EndReason::Expired).count() as u64;
+    assert!(
+        ends.iter()
+            .all(|(id, _)| ["r.1", "r>2", "r*3"].contains(&id.as_str())),
+        "ids heard as given: {ends:?}"
+    );
+    assert!(stats.sessions_created >= 6, "the race happened: {stats:?}");
+    assert_eq!(
+        (
+            stats.sessions_created,
+            stats.sessions_deleted,
+            stats.active_sessions
+        ),
+        (stats.sessions_expired, 0, 0),
+        "each creation ended once: {stats:?}"
+    );
+    assert_eq!(expired, stats.sessions_expired, "each expiry heard once");
+    assert_eq!(ends.len() as u64, expired, "no deletion heard");
+    assert!(bucket_keys(&server, BUCKET).await.is_empty());
+}
+
+// ---------------------------------------------------------------------
+// Through a pool of real workers
+// ---------------------------------------------------------------------
+
+/// The session crate's worker: `remember {key, value}` (answers its pid and
+/// `ctx.session_id`), `recall {key}`.
+fn session_worker() -> common::ScriptWorker {
+    common::ScriptWorker(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../session/tests/workers/session_worker.py"),
+    )
+}
+
+/// docs/cluster.md:202-222 (a pool's sessions in `NatsKvStore` through
+/// `snakepit_session::attach`) and sessions.md:33-39 (every session call
+/// creates or touches its session "**before** it is routed"; a store that
+/// fails fails the call with `Error::Session`, which never runs), with
+/// hostile ids: through a pool of real Python workers, the worker sees
+/// each id exactly as given, its data lands in the bucket under that id and
+/// comes back; ids the store refuses (empty, over 512 bytes, 1 MiB) fail
+/// the call with `Error::Session` before it runs, and the pool serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_keep_their_data_through_a_pool_and_invalid_ones_never_run() {
+    let server = NatsServer::start().await;
+    let kv = Arc::new(kv_store(&server).await);
+    let pool = attach(snakepit_core::Pool::builder(session_worker()), kv.clone())
+        .size(2)
+        .start()
+        .await
+        .unwrap();
+    for id in hostile_ids() {
+        let r = pool
+            .execute_in_session(&id, "remember", json!({"key": "k", "value": id}))
+            .await
+            .unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        assert_eq!(r["session_id"], json!(id), "the worker saw the id as given");
+        let r = pool
+            .execute_in_session(&id, "recall", json!({"key": "k"}))
+            .await
+            .unwrap();
+        assert_eq!(r["value"], json!(id), "{id:?}");
+        assert_eq!(kv.get(&id, "k").await.unwrap(), Some(json!(id)));
+    }
+    for id in invalid_ids() {
+        let err = pool
+            .execute_in_session(&id, "remember", json!({"key": "k", "value": 1}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, snakepit_core::Error::Session { session_id, message }
+                if *session_id == id && message.contains("invalid session id")),
+            "{:.200}",
+            err.to_string()
+        );
+        assert!(err.never_ran());
+    }
+    assert_eq!(kv.list_sessions().await.unwrap().len(), hostile_ids().len());
+    let r = pool
+        .execute_in_session("after", "recall", json!({"key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(r["value"], Value::Null);
+    pool.shutdown().await.unwrap();
+}
+
+/// sessions.md:3-4 (a session gives its calls "affinity to a worker") and
+/// sessions.md:56-57 (when the store removes a session, "the pool forgets
+/// the session's worker affinity"), with the KV store and ids made of
+/// NATS subject syntax: while the worker of `a.>` is busy, a `FailFast`
+/// call of `a.>` fails with `WorkerBusy` naming it, one of the look-alike
+/// `a.*` runs at once on the other worker without `a.>`'s data, and once
+/// `a.>` is deleted from the store (the store's listener tells the pool)
+/// a `FailFast` call of it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_like_id_keeps_its_affinity_until_the_store_deletes_it() {
+    use snakepit_core::{Affinity, CallOptions};
+    let server = NatsServer::start().await;
+    let kv = Arc::new(kv_store(&server).await);
+    let pool = attach(snakepit_core::Pool::builder(session_worker()), kv.clone())
+        .size(2)
+        .start()
+        .await
+        .unwrap();
+    let (id, twin) = ("a.>", "a.*");
+    pool.execute_in_session(id, "remember", json!({"key": "k", "value": "mine"}))
+        .await
+        .unwrap();
+    let busy = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute_in_session(id, "sleep", json!({"seconds": 3}))
+                .await
+        })
+    };
+    common::eventually(15, "the session's worker is busy", || async {
+        pool.stats().busy == 1
+    })
+    .await;
+    let fail_fast = |s: &str| CallOptions::new().session(s).affinity(Affinity::FailFast);
+    let err = pool
+        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, snakepit_core::Error::WorkerBusy { session_id, .. } if session_id == id),
+        "{err:?}"
+    );
+    let r = pool
+        .execute_with("recall", json!({"key": "k"}), fail_fast(twin))
+        .await
+        .expect("a.* is another session");
+    assert_eq!(r["value"], Value::Null);
+    assert!(kv.delete_session(id).await.unwrap());
+    let r = pool
+        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
+        .await
+        .expect("the deleted session's affinity was forgotten");
+    assert_eq!(r["value"], Value::Null);
+    busy.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
+/// sessions.md:84-89: `MAX_TTL` is the longest TTL, valid "as the store's
+/// `default_ttl`" in the NATS KV store too; `NatsKvStoreBuilder::
+/// sweep_interval` ("How often expired sessions are removed") takes any
+/// `Duration`. With `Duration::MAX` as the interval (an `Instant` plus it
+/// overflows) and `MAX_TTL` as the default TTL (`last_accessed_ms +
+/// ttl_ms` near 2^53), the store connects and serves: a session lives
+/// `MAX_TTL`, and one an update gives 1 ms expires and is swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_ttl_and_sweep_interval_do_not_overflow() {
+    let server = NatsServer::start().await;
+    let kv = NatsKvStore::builder(&server.connect().await)
+        .default_ttl(snakepit_session::MAX_TTL)
+        .sweep_interval(Duration::MAX)
+        .connect()
+        .await
+        .unwrap();
+    kv.ensure_session("s").await.unwrap();
+    kv.set("s", "k", json!(1)).await.unwrap();
+    assert_eq!(kv.get("s", "k").await.unwrap(), Some(json!(1)));
+    assert_eq!(
+        kv.get_session("s").await.unwrap().ttl(),
+        snakepit_session::MAX_TTL
+    );
+    assert_eq!(kv.cleanup_expired().await.unwrap(), 0);
+    assert_eq!(kv.list_sessions().await.unwrap(), vec!["s".to_string()]);
+    kv.update_session("s", |s| s.ttl_ms = 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!kv.session_exists("s").await.unwrap());
+    assert_eq!(kv.cleanup_expired().await.unwrap(), 1);
+}
