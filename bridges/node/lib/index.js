@@ -9,11 +9,15 @@ const wire = require('./wire');
 const worker = require('./worker');
 const generic = require('./generic');
 
-// Under a pool (which sets SNAKEPIT_PROTOCOL) stdout is taken over as soon as
-// the bridge is loaded, so that a script printing at load time, before it
-// calls worker.run(), cannot corrupt the first frame. Elsewhere (tests,
-// tools) loading the bridge has no side effects; run() protects stdout then.
-if (process.env.SNAKEPIT_PROTOCOL) worker.protectStdout();
+// Under a pool (which sets SNAKEPIT_PROTOCOL) stdout and stdin are taken
+// over as soon as the bridge is loaded, so that a script printing at load
+// time, before it calls worker.run(), cannot corrupt the first frame, nor
+// code reading process.stdin take or pause the frames. Elsewhere (tests,
+// tools) loading the bridge has no side effects; run() protects them then.
+if (process.env.SNAKEPIT_PROTOCOL) {
+  worker.protectStdout();
+  worker.protectStdin();
+}
 
 module.exports = {
   Worker: worker.Worker,

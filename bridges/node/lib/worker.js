@@ -352,15 +352,52 @@ for (const [alias, name] of [
 Context.prototype.call_host = Context.prototype.callHost;
 
 // ---------------------------------------------------------------------------
-// Stdout protection
+// Stdout and stdin protection
 
 let protectedFrameFd = null;
+let userStdout = null;
+
+// What user code gets as process.stdout: a stream that forwards what is
+// written to process.stderr, line by line as it comes (stderr is
+// synchronous on pipes and files). Ending or destroying it (code written
+// for a command-line tool does so when it is done) ends only this stream,
+// never stderr: the next read of process.stdout gets a new one, and
+// console, which writes to stderr itself, is not affected at all.
+function makeUserStdout() {
+  const { Writable } = require('stream');
+  const err = process.stderr;
+  const out = new Writable({
+    decodeStrings: false,
+    write(chunk, encoding, callback) {
+      // stderr reports its own errors; this stream just goes on.
+      err.write(chunk, encoding, () => callback());
+    },
+    destroy(error, callback) {
+      callback(error);
+    },
+  });
+  // What code asks of a stdout stream, answered by stderr's.
+  for (const key of ['fd', 'isTTY', 'columns', 'rows', '_handle']) {
+    Object.defineProperty(out, key, { configurable: true, enumerable: key !== '_handle', get: () => err[key] });
+  }
+  for (const key of ['getColorDepth', 'hasColors', 'getWindowSize', 'cursorTo', 'moveCursor', 'clearLine',
+    'clearScreenDown']) {
+    if (typeof err[key] === 'function') out[key] = err[key].bind(err);
+  }
+  return out;
+}
+
+function currentUserStdout() {
+  if (userStdout === null || userStdout.writableEnded || userStdout.destroyed) userStdout = makeUserStdout();
+  return userStdout;
+}
 
 // Keeps fd 1 for frames and sends everything user code prints to stderr:
-// process.stdout becomes process.stderr and every console method writes to
-// stderr. Node cannot dup a descriptor without native code, so fd 1 itself
-// stays the pipe: a native addon or a child process inheriting fd 1 can
-// still write into it. Returns the descriptor to write frames to.
+// process.stdout becomes a stream writing to stderr and every console
+// method writes to stderr. Node cannot dup a descriptor without native
+// code, so fd 1 itself stays the pipe: a native addon or a child process
+// inheriting fd 1 can still write into it. Returns the descriptor to write
+// frames to.
 function protectStdout() {
   if (protectedFrameFd !== null) return protectedFrameFd;
   const real = process.stdout;
@@ -376,7 +413,7 @@ function protectStdout() {
   Object.defineProperty(process, 'stdout', {
     configurable: true,
     enumerable: true,
-    get: () => process.stderr,
+    get: currentUserStdout,
   });
   const errConsole = new Console({ stdout: process.stderr, stderr: process.stderr });
   for (const key of Object.keys(Console.prototype).concat(Object.keys(errConsole))) {
@@ -386,6 +423,45 @@ function protectStdout() {
   }
   protectedFrameFd = 1;
   return protectedFrameFd;
+}
+
+let stdinGetter = null;
+let userStdin = null;
+
+// Keeps fd 0 for frames: the stream Node makes for descriptor 0 becomes
+// the bridge's own (made on first use, by Node's own getter, as a pipe,
+// file or TTY needs), and process.stdin becomes an empty stream that ends
+// as soon as it is read, as from /dev/null. So user code that reads stdin
+// (a prompt library's readline interface) sees its end at once, and
+// pausing or closing process.stdin cannot pause the bridge's input nor
+// take its frames. Code that took process.stdin before this ran still
+// holds the frame stream. Child processes spawned with an inherited stdin
+// can still read descriptor 0: give them 'ignore'.
+function protectStdin() {
+  if (stdinGetter !== null) return;
+  const own = Object.getOwnPropertyDescriptor(process, 'stdin');
+  stdinGetter = own && typeof own.get === 'function' ? own.get.bind(process) : (() => {
+    const stream = process.stdin;
+    return () => stream;
+  })();
+  const { Readable } = require('stream');
+  userStdin = new Readable({ read() {} });
+  userStdin.push(null);
+  // Socket methods code calls on stdin without looking first.
+  userStdin.ref = userStdin.unref = function keep() {
+    return this;
+  };
+  Object.defineProperty(process, 'stdin', {
+    configurable: true,
+    enumerable: true,
+    get: () => userStdin,
+  });
+}
+
+// The stream frames are read from (protectStdin() first).
+function frameInput() {
+  protectStdin();
+  return stdinGetter();
 }
 
 // Writes a whole buffer to a blocking descriptor. EAGAIN only happens if
@@ -564,6 +640,7 @@ class Worker {
       process.exit(1);
     }
     const fd = protectStdout();
+    const input = frameInput();
     process.on('SIGTERM', () => process.exit(0));
     process.on('SIGINT', () => this._onSigint());
     hookProcess(this);
@@ -583,7 +660,7 @@ class Worker {
         throw err;
       }
     };
-    await this.serve({ input: process.stdin, write });
+    await this.serve({ input, write });
     if (options.exit !== false) process.exit(0);
   }
 
@@ -932,5 +1009,6 @@ module.exports = {
   BRIDGE_VERSION,
   DEFAULT_MAX_CONCURRENCY,
   protectStdout,
+  protectStdin,
   errorToWire,
 };

@@ -21,7 +21,7 @@ from typing import Any
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
-    Server, cancelled_reply, error_reply, failed_reply, fatal, host_outcome, log, unreadable_reply,
+    Server, cancelled_reply, encode_failure, error_reply, failed_reply, fatal, host_outcome, log, unreadable_reply,
 )
 from ._wire import FrameError
 
@@ -300,8 +300,8 @@ class AsyncServer(Server):
             if fatal(exc):
                 raise
             # Encoding a result raised a BaseException (the codec turns an
-            # Exception into a failed reply itself).
-            self.send(error_reply(rid, type(exc).__name__, "the result could not be encoded"))
+            # Exception into a failed reply itself): a TypeError too.
+            self.send(error_reply(rid, *encode_failure(exc, "result")))
 
     def _in_thread(self, handler, args, ctx):
         loop = self._loop

@@ -255,13 +255,15 @@ class _Template:
                 os.environ[name] = value
             # Last: a worker is never a template, nor are its subprocesses.
             os.environ.pop("SNAKEPIT_PRELOAD", None)
-            stale = _server._frame_fd
-            if stale is not None:
-                # The script protected stdout in the template: that was the
-                # template's log, not this worker's frame pipe.
-                _server._frame_fd = None
-                if stale > 2:
-                    _close_quietly(stale)
+            for name in ("_frame_fd", "_frame_in_fd"):
+                stale = getattr(_server, name)
+                if stale is not None:
+                    # The script protected stdout (or stdin) in the
+                    # template: that was the template's, not this worker's
+                    # frame pipe.
+                    setattr(_server, name, None)
+                    if stale > 2:
+                        _close_quietly(stale)
             worker = self.worker
             worker._refresh_process()
             random.seed()
@@ -276,8 +278,9 @@ class _Template:
             sys.stderr.flush()
             # What run() does in a directly started worker.
             out_fd = _server.protect_stdout()
+            in_fd = _server.protect_stdin()
             worker._run_after_fork()
-            status = worker._serve(0, out_fd, self.install_signals)
+            status = worker._serve(in_fd, out_fd, self.install_signals)
         except SystemExit as exc:
             status = _exit_status(exc.code)
         except BaseException:

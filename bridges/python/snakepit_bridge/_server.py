@@ -4,6 +4,7 @@ and starting a request."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import sys
@@ -21,6 +22,40 @@ _FRAME_HEADER = _HEADER.pack
 
 # The descriptor frames are written to, once stdout has been protected.
 _frame_fd: Optional[int] = None
+# The descriptor frames are read from, once stdin has been protected.
+_frame_in_fd: Optional[int] = None
+
+
+class _StderrBuffer(io.BufferedWriter):
+    """The binary layer of the ``sys.stdout`` that user code gets: closing
+    it only flushes (see _StdoutToStderr)."""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+
+
+class _StdoutToStderr(io.TextIOWrapper):
+    """``sys.stdout`` once stdout is protected: a line-buffered stream on a
+    duplicate of descriptor 2 (not inheritable), so ``print`` reaches the
+    worker's stderr (the pool's log) line by line. ``close()`` (code written
+    for a command-line tool closing its stdout when done) only flushes: it
+    must not close the worker's log, as it would if ``sys.stdout`` were
+    ``sys.stderr`` itself."""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+
+
+def _stdout_to_stderr() -> io.TextIOWrapper:
+    fd = os.dup(2)  # not inheritable
+    stderr = sys.__stderr__ or sys.stderr
+    encoding = getattr(stderr, "encoding", None) or "utf-8"
+    # The text layer flushes at each newline, and the binary one under it
+    # holds nothing more: lines come out in order with stderr's.
+    return _StdoutToStderr(_StderrBuffer(io.FileIO(fd, "w", closefd=True)), encoding=encoding,
+                           errors="backslashreplace", line_buffering=True, write_through=True)
 
 
 def protect_stdout() -> int:
@@ -42,8 +77,39 @@ def protect_stdout() -> int:
                 stream.flush()
         except (OSError, ValueError):
             pass
-    sys.stdout = sys.stderr
+    current = sys.stdout
+    if isinstance(current, _StdoutToStderr) and not current.closed:
+        # Ours from the process this one was forked from (a preloaded
+        # template that protected its stdout): its descriptor is made this
+        # process's stderr, so references to it taken there write here.
+        os.dup2(2, current.fileno(), inheritable=False)
+    else:
+        try:
+            sys.stdout = _stdout_to_stderr()
+        except (OSError, ValueError):
+            sys.stdout = sys.stderr  # no descriptor to spare
     _frame_fd = fd
+    return fd
+
+
+def protect_stdin() -> int:
+    """Keep the real stdin for frames on a duplicate (not inheritable) and
+    point descriptor 0 at /dev/null: subprocesses that inherit stdin, and
+    code reading ``sys.stdin``, get end of file instead of the pool's
+    frames. Returns the descriptor frames must be read from. Idempotent."""
+    global _frame_in_fd
+    if _frame_in_fd is not None:
+        return _frame_in_fd
+    try:
+        fd = os.dup(0)  # not inheritable: user subprocesses won't get the pipe
+    except OSError:
+        return 0  # no stdin: reading it reports the error
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)  # inheritable: children read /dev/null
+    finally:
+        os.close(null)
+    _frame_in_fd = fd
     return fd
 
 
@@ -82,6 +148,23 @@ def _utf8(text):
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     except AttributeError:
         return _utf8(str(text))
+
+
+def encode_failure(exc, what):
+    """(type, message) of the failure to encode ``what`` (a result, a
+    chunk) that raised ``exc``: ``TypeError``, whatever the codec raised (a
+    cycle's RecursionError or ValueError, a lone surrogate's
+    UnicodeEncodeError), its class and text kept in the message; but
+    ``ValueError`` for a NaN or infinite float under JSON, which has no
+    such numbers."""
+    cls = type(exc)
+    try:
+        text = str(exc)
+    except BaseException:  # a __str__ that raises
+        text = "<unreadable>"
+    if cls is TypeError or (cls is ValueError and "Out of range float" in text):
+        return cls.__name__, f"{what} could not be encoded: {text}"
+    return "TypeError", f"{what} could not be encoded: {cls.__name__}: {text}"
 
 
 def cancelled_reply(rid):
@@ -195,12 +278,18 @@ class Server:
         try:
             payload = self._encode(value)
         except Exception as exc:
-            if value.get("type") is None and "result" in value:
+            kind = value.get("type")
+            if kind is None and "result" in value:
                 # A result the codec cannot carry is the handler's failure.
-                payload = self._encode(error_reply(value["id"], type(exc).__name__,
-                                                   f"result could not be encoded: {exc}"))
+                type_, message = encode_failure(exc, "result")
+                payload = self._encode(error_reply(value["id"], type_, message))
             else:
-                raise
+                # A chunk or host call's arguments: raised in the handler,
+                # as the same type its result would fail with.
+                type_, message = encode_failure(exc, "chunk" if kind == "chunk" else f"{kind} frame")
+                if type_ == type(exc).__name__:
+                    raise
+                raise TypeError(message) from exc
         return _FRAME_HEADER(len(payload)) + payload
 
     def _write(self, data):

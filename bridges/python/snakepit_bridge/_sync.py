@@ -269,9 +269,15 @@ class SyncServer(Server):
             if ctx.cancelled:
                 raise Cancelled
             reply = {"id": rid, "success": True, "result": result}
-        except (KeyboardInterrupt, Cancelled):
+        except Cancelled:
             self._armed = False
             reply = cancelled_reply(rid)
+        except KeyboardInterrupt as exc:
+            self._armed = False
+            # Cancelled only when the pool's SIGINT raised it (its handler
+            # set ctx.cancelled); one the handler raised itself is a failed
+            # reply of its class, as in asyncio mode.
+            reply = cancelled_reply(rid) if ctx.cancelled else failed_reply(rid, exc)
         except BaseException as exc:
             self._armed = False
             if fatal(exc):

@@ -15,7 +15,7 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar, overload
 from . import _wire
 from ._handler import Handler
 from ._ping import PYTHON_VERSION, ping
-from ._server import protect_stdout
+from ._server import protect_stdin, protect_stdout
 from ._sync import SyncServer
 from ._version import __version__
 
@@ -175,7 +175,9 @@ class Worker:
         """Serve requests until stdin reaches EOF; returns the exit code (0).
 
         By default stdout is protected first (see protect_stdout) and frames
-        go to the saved descriptor. The after-fork hooks run before the
+        go to the saved descriptor; frames are read from a duplicate of
+        stdin, and descriptor 0 then reads /dev/null, so that subprocesses
+        and code reading stdin cannot take the pool's frames. The after-fork hooks run before the
         first request.
 
         With ``SNAKEPIT_PRELOAD=1`` in the environment (a pool started with
@@ -187,6 +189,9 @@ class Worker:
             self._become_template(install_signals)
         self.pid = os.getpid()
         out_fd = protect_stdout() if write_fd is None else write_fd
+        if read_fd == 0:
+            # Frames are read from a duplicate; descriptor 0 reads /dev/null.
+            read_fd = protect_stdin()
         self._run_after_fork()
         return self._serve(read_fd, out_fd, install_signals)
 

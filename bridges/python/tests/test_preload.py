@@ -318,19 +318,26 @@ class PreloadTests(unittest.TestCase):
         w.result(1, "ping")  # the serve loop has waited for a frame
         links = fd_links(w.pid)
         self.assertNotIn(f"socket:[{template.template_inode}]", links.values())
-        for fd in (0, 1, 2):
+        # Descriptor 0 reads /dev/null: the frames come through a
+        # duplicate of the pool's pipe, which no subprocess inherits.
+        self.assertEqual(links[0], "/dev/null", links)
+        for fd in (1, 2):
             self.assertTrue(links[fd].startswith("pipe:"), links)
         # Nothing of the template's (its socket, wakeup pipe, epoll, the fds
         # it got): the worker holds nothing the template holds.
         template_links = fd_links(template.proc.pid)
         self.assertEqual(set(links.values()) & set(template_links.values()), set(), (links, template_links))
         # Besides stdio, the worker's own: the saved frame descriptor
-        # (protect_stdout), a second description of stdin (the serve loop's
-        # reads that do not block) and both ends of its signal wakeup pipe.
+        # (protect_stdout), sys.stdout's duplicate of stderr, the duplicate
+        # of the pool's stdin pipe frames are read from and a second
+        # description of it (the serve loop's reads that do not block), and
+        # both ends of its signal wakeup pipe.
         extra = sorted(link for fd, link in links.items() if fd > 2)
         frame = os.readlink(f"/proc/self/fd/{w.stdout.fileno()}")
-        wakeup = [link for link in extra if link not in (frame, links[0])]
-        self.assertEqual(sorted([frame, links[0]] + wakeup), extra, links)
+        frames_in = os.readlink(f"/proc/self/fd/{w.stdin.fileno()}")
+        ours = [frame, links[2], frames_in, frames_in]
+        wakeup = [link for link in extra if link not in ours]
+        self.assertEqual(sorted(ours + wakeup), extra, links)
         self.assertEqual(len(wakeup), 2, links)
         self.assertEqual(wakeup[0], wakeup[1], links)
 

@@ -151,12 +151,17 @@ pub fn check_value(what: &'static str, value: &Value) -> Result<()> {
 
 impl Session {
     /// [`check_value`] on every value the session holds: its data, its
-    /// programs and its metadata's values.
+    /// programs and its metadata's values; and the keys of its data and
+    /// the ids of its programs, which `get`/`set` and `get_program` take
+    /// only when not empty and within [`MAX_ID_LEN`] bytes (so an
+    /// `update_session` cannot store one no other operation reaches).
     pub fn check_values(&self) -> Result<()> {
-        for v in self.data.values() {
+        for (k, v) in &self.data {
+            check_id("key", k)?;
             check_value("value", v)?;
         }
-        for v in self.programs.values() {
+        for (id, v) in &self.programs {
+            check_id("program id", id)?;
             check_value("program", v)?;
         }
         for v in self.metadata.values() {

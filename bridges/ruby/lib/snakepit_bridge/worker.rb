@@ -178,10 +178,32 @@ module SnakepitBridge
         frames_in.binmode
         STDOUT.reopen(STDERR)
         STDOUT.sync = true
-        $stdout = $stderr
+        $stdout = new_user_stdout
         STDIN.reopen(File::NULL)
         [frames_in, frames_out].freeze
       end
+    end
+
+    # $stdout for user code: stderr, through a descriptor of its own (a
+    # close-on-exec duplicate of stderr's, unbuffered). A handler that closes
+    # it (`$stdout.close`, as code written for a command-line tool does when
+    # it is done) closes only that duplicate: $stderr, the logger and the
+    # pool's log are untouched, and the next request gets a new one (see
+    # .restore_user_stdout).
+    def self.new_user_stdout
+      err = $stderr.is_a?(IO) && !$stderr.closed? ? $stderr : STDERR
+      @user_stdout = err.dup.tap { |io| io.sync = true }
+    end
+
+    # @api private: before each request, gives $stdout back if a handler
+    # closed the one the bridge set (a $stdout of the user's own is left as
+    # it is).
+    def self.restore_user_stdout
+      return unless @user_stdout&.closed? && $stdout.equal?(@user_stdout)
+
+      $stdout = new_user_stdout
+    rescue SystemCallError, IOError
+      nil # no descriptor to spare: puts keeps failing, the worker serves on
     end
 
     # @api private (Preload): a forked worker takes over its own stdio.
@@ -538,6 +560,7 @@ module SnakepitBridge
       return reply_error(id, "UnknownCommand", "Unknown command: #{command}") unless handler
 
       ctx = Context.new(self, id, command, message)
+      self.class.restore_user_stdout
       write_reply(id, run_handler(handler, args, ctx), ctx)
     end
 

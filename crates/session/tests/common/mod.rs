@@ -128,6 +128,26 @@ pub async fn bad_input<S: SessionStore>(store: &S) {
             "{r:?}"
         );
     }
+    // A data key or program id no other operation takes (empty, or over
+    // 512 bytes) is refused from an update too, and the update changes
+    // nothing.
+    for (key, program) in [
+        ("", false),
+        (long.as_str(), false),
+        ("", true),
+        (long.as_str(), true),
+    ] {
+        let r = store
+            .update_session("t", |s| {
+                s.metadata.insert("changed".into(), json!(true));
+                match program {
+                    true => s.programs.insert(key.to_owned(), json!(1)),
+                    false => s.data.insert(key.to_owned(), json!(1)),
+                };
+            })
+            .await;
+        assert!(matches!(r, Err(Error::Invalid { .. })), "{key:.8}: {r:?}");
+    }
     let t = store.get_session("t").await.unwrap();
     assert_eq!((t.ttl_ms, t.metadata.len()), (60_000, 0), "{t:?}");
     let longest = store
