@@ -369,8 +369,12 @@ function makeUserStdout() {
   const out = new Writable({
     decodeStrings: false,
     write(chunk, encoding, callback) {
-      // stderr reports its own errors; this stream just goes on.
-      err.write(chunk, encoding, () => callback());
+      // Done at once, so that this stream never queues anything of its own:
+      // its writes keep their order with console's (which go straight to
+      // stderr), and nothing is lost to a process.exit() right after them.
+      // stderr keeps its own order and reports its own errors.
+      err.write(chunk, encoding);
+      callback();
     },
     destroy(error, callback) {
       callback(error);
@@ -444,18 +448,28 @@ function protectStdin() {
     const stream = process.stdin;
     return () => stream;
   })();
-  const { Readable } = require('stream');
-  userStdin = new Readable({ read() {} });
-  userStdin.push(null);
-  // Socket methods code calls on stdin without looking first.
-  userStdin.ref = userStdin.unref = function keep() {
-    return this;
-  };
   Object.defineProperty(process, 'stdin', {
     configurable: true,
     enumerable: true,
-    get: () => userStdin,
+    get: currentUserStdin,
   });
+}
+
+// process.stdin for user code: empty, ended once read. One that has ended,
+// was destroyed or paused (closing a readline interface pauses its input)
+// is replaced on the next read of process.stdin, so that every handler
+// reading it sees its end, not a stream that ended or stopped before.
+function currentUserStdin() {
+  if (userStdin === null || userStdin.readableEnded || userStdin.destroyed || userStdin.readableFlowing === false) {
+    const { Readable } = require('stream');
+    userStdin = new Readable({ read() {} });
+    userStdin.push(null);
+    // Socket methods code calls on stdin without looking first.
+    userStdin.ref = userStdin.unref = function keep() {
+      return this;
+    };
+  }
+  return userStdin;
 }
 
 // The stream frames are read from (protectStdin() first).

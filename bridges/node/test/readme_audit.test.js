@@ -16,7 +16,7 @@ const wire = require('../lib/wire');
 const { BRIDGE_DIR, GENERIC_WORKER, WorkerProcess, scriptDir, until } = require('./helpers');
 
 // `process.stdout` is taken before the bridge is required: README, "Stdout
-// belongs to the protocol". Options come from the environment so that one
+// and stdin belong to the protocol". Options come from the environment so that one
 // script serves every test.
 const SCRIPT = `
 const early = process.stdout;
@@ -168,9 +168,9 @@ test('ctx.log.debug, warn and error each write a tagged stderr line', async (t) 
   }
 });
 
-// README, "Stdout belongs to the protocol": "`process.stdout` becomes
-// `process.stderr` and every `console` method writes to stderr ... Under a
-// pool (`SNAKEPIT_PROTOCOL` is set) this happens as soon as the bridge is
+// README, "Stdout and stdin belong to the protocol": "`process.stdout`
+// becomes a stream that writes to stderr and every `console` method writes
+// to stderr ... Under a pool (`SNAKEPIT_PROTOCOL` is set) this happens as soon as the bridge is
 // required". The script held `process.stdout` before requiring the bridge.
 test('every console method and a stdout stream taken before the require write to stderr', async (t) => {
   const { w } = start(t);

@@ -21,7 +21,13 @@ const { Worker } = require('snakepit-bridge');
 
 const worker = new Worker({
   commands: {
-    async block(args) {
+    async block(args, ctx) {
+      // Tells the test when the worker has read the end of stdin: a host
+      // call nobody answers fails then (process.stdin is not the bridge's
+      // input, so its 'end' says nothing).
+      ctx.callHost('never.answered', {}).catch((err) => {
+        if (err.type === 'HostUnavailable') process.stderr.write('stdin: end\\n');
+      });
       process.stderr.write('block: started\\n');
       while (!fs.existsSync(args.until)) await new Promise((r) => setTimeout(r, 10));
       process.stderr.write('block: released\\n');
@@ -29,9 +35,6 @@ const worker = new Worker({
     },
   },
 });
-
-// Tells the test when the worker has read the end of stdin.
-process.stdin.on('end', () => process.stderr.write('stdin: end\\n'));
 
 (async () => {
   const options = process.env.RUN_OPTIONS ? JSON.parse(process.env.RUN_OPTIONS) : undefined;

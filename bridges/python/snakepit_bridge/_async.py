@@ -21,7 +21,8 @@ from typing import Any
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
-    Server, cancelled_reply, encode_failure, error_reply, failed_reply, fatal, host_outcome, log, unreadable_reply,
+    Server, cancelled_reply, encode_failure, error_reply, failed_reply, fatal, host_outcome, log,
+    unreadable_reply,
 )
 from ._wire import FrameError
 

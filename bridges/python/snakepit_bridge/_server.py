@@ -63,7 +63,10 @@ def protect_stdout() -> int:
 
     Returns the descriptor frames must be written to. After this, ``print``
     and any C library writing to fd 1 end up in the worker's log instead of
-    corrupting the frame stream. Idempotent.
+    corrupting the frame stream. ``sys.stdout`` is then a line-buffered
+    stream of its own on a duplicate of stderr, whose ``close()`` only
+    flushes: a handler closing it does not close the worker's log.
+    Idempotent.
     """
     global _frame_fd
     if _frame_fd is not None:
@@ -286,7 +289,8 @@ class Server:
             else:
                 # A chunk or host call's arguments: raised in the handler,
                 # as the same type its result would fail with.
-                type_, message = encode_failure(exc, "chunk" if kind == "chunk" else f"{kind} frame")
+                what = {"chunk": "chunk", "host_call": "host call arguments"}.get(kind, f"{kind} frame")
+                type_, message = encode_failure(exc, what)
                 if type_ == type(exc).__name__:
                     raise
                 raise TypeError(message) from exc

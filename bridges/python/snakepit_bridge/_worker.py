@@ -175,10 +175,10 @@ class Worker:
         """Serve requests until stdin reaches EOF; returns the exit code (0).
 
         By default stdout is protected first (see protect_stdout) and frames
-        go to the saved descriptor; frames are read from a duplicate of
-        stdin, and descriptor 0 then reads /dev/null, so that subprocesses
-        and code reading stdin cannot take the pool's frames. The after-fork hooks run before the
-        first request.
+        go to the saved descriptor; with ``read_fd`` 0 frames are read from
+        a duplicate of stdin and descriptor 0 then reads /dev/null, so that
+        subprocesses and code reading stdin cannot take the pool's frames.
+        The after-fork hooks run before the first request.
 
         With ``SNAKEPIT_PRELOAD=1`` in the environment (a pool started with
         preloading) this process is the template instead: it never serves

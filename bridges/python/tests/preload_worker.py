@@ -8,7 +8,8 @@ if run() ever returns into the script, "atexit-template <pid>" and
 PRELOAD_THREAD=1 starts a thread at import, PRELOAD_SOCKET=1 opens a socket
 pair at import, PRELOAD_FAKE_TORCH=1 installs a `torch` module whose CUDA
 reports initialised, PRELOAD_HOOK_RAISE=1 makes a hook raise,
-PRELOAD_ASYNC=1 adds an async handler (the asyncio serve loop).
+PRELOAD_ASYNC=1 adds an async handler (the asyncio serve loop),
+PRELOAD_PROTECT=1 calls protect_stdout() at import (in the template).
 """
 
 import asyncio
@@ -46,6 +47,10 @@ if os.environ.get("PRELOAD_FAKE_TORCH") == "1":
     torch = types.ModuleType("torch")
     torch.cuda = types.SimpleNamespace(is_initialized=lambda: True)  # type: ignore[attr-defined]
     sys.modules["torch"] = torch
+
+if os.environ.get("PRELOAD_PROTECT") == "1":
+    snakepit_bridge.protect_stdout()
+STDOUT_AT_IMPORT = sys.stdout
 
 worker = snakepit_bridge.Worker()
 generic.register(worker)
@@ -101,6 +106,24 @@ def wait_for_host(args, ctx):
 def say(args):
     print("printed by a worker:", args["text"])
     return "said"
+
+
+@worker.command("stdio")
+def stdio(args):
+    # A child left with the worker's stdin, as subprocess.run leaves it.
+    import subprocess
+
+    done = subprocess.run(["head", "-c", "4"], stdout=subprocess.PIPE, timeout=5)
+    return {"child_read": len(done.stdout), "fd0": os.readlink("/proc/self/fd/0"),
+            "sys_stdin": sys.stdin.read()}
+
+
+@worker.command("close_and_print")
+def close_and_print(args):
+    sys.stdout.close()
+    print("printed after the close:", args["text"])
+    print("printed to the import-time stdout:", args["text"], file=STDOUT_AT_IMPORT)
+    return "printed"
 
 
 worker.run()

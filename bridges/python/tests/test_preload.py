@@ -32,7 +32,7 @@ class Template:
         self.template_inode = os.fstat(theirs.fileno()).st_ino
         child_env = dict(os.environ)
         for name in ("SNAKEPIT_WORKER_ID", "PRELOAD_THREAD", "PRELOAD_SOCKET", "PRELOAD_FAKE_TORCH",
-                     "PRELOAD_HOOK_RAISE", "PRELOAD_ASYNC"):
+                     "PRELOAD_HOOK_RAISE", "PRELOAD_ASYNC", "PRELOAD_PROTECT"):
             child_env.pop(name, None)
         child_env.update({"SNAKEPIT_PRELOAD": "1", "SNAKEPIT_CODEC": codec, "SNAKEPIT_PROTOCOL": "1",
                           "PYTHONPATH": BRIDGE_DIR, "PRELOAD_LOG": test.log_path})
@@ -340,6 +340,31 @@ class PreloadTests(unittest.TestCase):
         self.assertEqual(sorted(ours + wakeup), extra, links)
         self.assertEqual(len(wakeup), 2, links)
         self.assertEqual(wakeup[0], wakeup[1], links)
+
+    def test_a_forked_workers_stdin_reads_dev_null_and_closing_sys_stdout_keeps_its_log(self):
+        # README, Output and signals: descriptor 0 reads /dev/null, so a
+        # child inheriting stdin cannot eat the frame written meanwhile; a
+        # handler closing sys.stdout closes nothing. In both serve loops,
+        # and with stdout protected in the template too (its sys.stdout,
+        # held since import, then writes to the worker's stderr).
+        for env in ({}, {"PRELOAD_ASYNC": "1"}, {"PRELOAD_PROTECT": "1"}):
+            with self.subTest(env=env):
+                template, _ = self.start(env=env)
+                w = template.fork()
+                w.recv()
+                w.send({"id": 1, "command": "stdio", "args": {}})
+                w.send({"id": 2, "command": "ping", "args": {}})
+                got = {}
+                while len(got) < 2:
+                    msg = w.recv()
+                    got[msg["id"]] = msg
+                self.assertEqual(got[1].get("result"),
+                                 {"child_read": 0, "fd0": "/dev/null", "sys_stdin": ""}, got[1])
+                self.assertTrue(got[2]["success"], got[2])
+                self.assertEqual(w.result(3, "close_and_print", {"text": "x"}), "printed")
+                text = w.stderr.wait_for("printed to the import-time stdout: x")
+                self.assertIn("printed after the close: x", text)
+                self.assertEqual(w.result(4, "ping")["status"], "ok")
 
     def test_module_code_runs_once_and_hooks_only_in_the_workers(self):
         template, _ = self.start()
