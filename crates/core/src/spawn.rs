@@ -332,14 +332,23 @@ for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
 #[allow(clippy::disallowed_methods)] // the watchdog is spawned here, beside the workers
 fn start_watchdog() -> io::Result<Arc<Watchdog>> {
     use std::os::fd::AsRawFd;
-    let mut child = std::process::Command::new("/bin/sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(WATCHDOG)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls (syscall, fcntl). The watchdog
+    // inherits none of the host's descriptors but its three, as a worker.
+    unsafe {
+        cmd.pre_exec(|| {
+            cloexec_from(3);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
     let stdin = child
         .stdin
         .take()

@@ -698,12 +698,12 @@ impl Worker {
             self.interrupt(id);
         }
         let (grace, worker) = (self.grace, self.clone());
-        // Given up on a plain thread (a future or stream dropped outside
-        // any runtime): timed on the worker's own runtime all the same. If
-        // that runtime is gone, so are the pool's tasks, and the pool's
-        // end kills the worker.
-        let rt = tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
-        rt.spawn(async move {
+        // Timed on the worker's own runtime, not the caller's: a caller
+        // on a plain thread, or on a runtime of its own that ends with its
+        // call (a synchronous wrapper's), would take the timer with it. If
+        // the worker's runtime is gone, so are the pool's tasks, and the
+        // pool's end kills the worker.
+        self.runtime.spawn(async move {
             if waiting {
                 // Waiting behind a running call: its turn has not come,
                 // and the worker is not stuck on it. It gets the whole

@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::session::{check_id, check_ttl, check_value, Session, StoreStats};
 use crate::store::{EndListener, EndListenerWhile, EndReason, Listeners, SessionStore};
-use crate::sync::UnpoisonedRw;
+use crate::sync::{Unpoisoned, UnpoisonedRw};
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
 /// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
@@ -269,6 +269,11 @@ struct Inner {
     prefix: String,
     default_ttl: Duration,
     listeners: Listeners,
+    /// The sweep's task, and how often it runs. The task lives on the
+    /// runtime that started it; when that runtime ends, the next operation
+    /// starts the sweep again on its own.
+    sweep: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sweep_interval: Duration,
 }
 
 /// The connection, and what it takes to open another.
@@ -368,8 +373,10 @@ impl RedisStoreBuilder {
             prefix: self.prefix,
             default_ttl: self.default_ttl,
             listeners: Listeners::default(),
+            sweep: Mutex::new(None),
+            sweep_interval: self.sweep_interval,
         });
-        tokio::spawn(sweep(Arc::downgrade(&inner), self.sweep_interval));
+        inner.keep_sweeping();
         Ok(RedisStore { inner })
     }
 }
@@ -598,6 +605,22 @@ impl Inner {
         self.link.current.read_locked().clone()
     }
 
+    /// Starts the sweep on the current runtime unless it runs: at
+    /// `connect`, and again after the runtime it ran on has ended (a
+    /// store shared between runtimes outlives the one it connected on).
+    fn keep_sweeping(self: &Arc<Self>) {
+        let mut sweep = self.sweep.locked();
+        if sweep
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+        {
+            *sweep = Some(tokio::spawn(self::sweep(
+                Arc::downgrade(self),
+                self.sweep_interval,
+            )));
+        }
+    }
+
     /// Runs `op` within the timeout; names it in its backend errors. The
     /// operations call it through [`bounded!`], which adds the retry of a
     /// refused command.
@@ -606,6 +629,7 @@ impl Inner {
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
+        self.keep_sweeping();
         match tokio::time::timeout(self.link.timeout, fut).await {
             Ok(r) => r.map_err(|e| match e {
                 // A reconnection the operation waited for timed out: the
