@@ -25,6 +25,22 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Runtimes
+//!
+//! A pool runs on the Tokio runtime it was started on: its workers'
+//! readers, its supervisors, and the grace period of every call given up.
+//! It can be called from that runtime, from any other, and from plain
+//! threads through a runtime's `Handle`; a call made where the pool's
+//! runtime no longer runs waits out its deadline and fails. Every runtime
+//! that starts or calls a pool needs Tokio's time and I/O drivers
+//! (`Builder::enable_all`, as `#[tokio::main]` and `#[tokio::test]` give):
+//! a call's deadline is a Tokio timer, and Tokio panics on a timer made
+//! where the time driver is off. Shut a pool down with [`Pool::shutdown`]
+//! before its runtime ends: a pool whose runtime ended first keeps its
+//! workers until it is shut down (from another runtime), its last handle
+//! is dropped, or the process ends, and its calls in flight hear nothing
+//! before their deadlines.
+//!
 //! # Features
 //!
 //! | feature   | default | what it adds |
