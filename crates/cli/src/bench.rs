@@ -169,6 +169,18 @@ const MAX_CONCURRENCY: usize = 100_000;
 const MAX_REQUESTS: usize = 100_000_000;
 /// The longest start-up `--init-ms` may ask for of each worker.
 const MAX_INIT_MS: u64 = 600_000;
+/// The largest `--payload`, in bytes.
+const MAX_PAYLOAD: usize = 1 << 30;
+/// The most `--init-mb` may ask for where the machine's memory is unknown.
+const MAX_INIT_MB: u64 = 1 << 20;
+
+/// The machine's memory in MiB (`MemTotal` of `/proc/meminfo`).
+fn machine_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
 
 fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
     crate::config::check_pool_size_flag(workers, "--workers")?;
@@ -188,6 +200,29 @@ fn check(a: &BenchArgs, workers: usize) -> Result<(), Failure> {
     }
     if a.sessions == Some(0) {
         return Err(Failure::usage("--sessions must be at least 1"));
+    }
+    // Each session gets at least one call; the names are made up front.
+    if a.sessions.is_some_and(|n| n > a.requests) {
+        return Err(Failure::usage(
+            "--sessions must be at most --requests (each session gets a call)",
+        ));
+    }
+    // The payload is one string, made up front and sent with every call.
+    if a.payload > MAX_PAYLOAD {
+        return Err(Failure::usage(format!(
+            "--payload must be at most {MAX_PAYLOAD} bytes (1 GiB)"
+        )));
+    }
+    // Each preloaded template allocates it; more than the machine has
+    // would end the run after minutes, with nothing reported.
+    if let Some(mb) = a.init_mb {
+        let machine = machine_memory_mib().unwrap_or(MAX_INIT_MB);
+        if mb > machine.min(MAX_INIT_MB) {
+            return Err(Failure::usage(format!(
+                "--init-mb must be at most {} (this machine's memory, in MiB)",
+                machine.min(MAX_INIT_MB)
+            )));
+        }
     }
     let least = a.concurrency.max(workers).saturating_mul(4);
     if a.requests < least {

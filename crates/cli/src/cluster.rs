@@ -103,6 +103,8 @@ pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
 }
 
 async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
+    // A usage error whether NATS is up or not.
+    snakepit_cluster::check_cluster_name(&a.cluster)?;
     let nats = connect(&a.nats.url()).await?;
     let client = snakepit_cluster::Client::connect(&nats, &a.cluster)
         .await
@@ -187,6 +189,7 @@ pub(crate) struct ServeArgs {
 /// no new call, the calls in flight finish, the pool shuts down.
 pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Result<(), Failure> {
     // Usage errors first: they are exit 2 whether NATS is up or not.
+    snakepit_cluster::check_cluster_name(&a.cluster)?;
     let worker = Worker::choose(&a.worker, &file)?;
     let mut config = file.pool.clone();
     if let Some(n) = a.pool_size {

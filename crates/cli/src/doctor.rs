@@ -26,8 +26,10 @@ struct Interpreter {
     language: &'static str,
     /// How to install it.
     install: &'static str,
+    #[serde(serialize_with = "lossy_path")]
     program: PathBuf,
     /// Where `program` is, when it was found on PATH.
+    #[serde(serialize_with = "lossy_optional_path")]
     path: Option<PathBuf>,
     version: Option<String>,
     /// The bundled generic worker started and answered a ping in this time.
@@ -220,4 +222,17 @@ fn print_report(
         outln!("\nNo language's worker could start: install at least one interpreter.")?;
     }
     Ok(())
+}
+
+/// A path as JSON text, U+FFFD where its bytes are not UTF-8 (an
+/// interpreter in a directory named so still gets its report).
+fn lossy_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+fn lossy_optional_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }

@@ -131,6 +131,8 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         options = options.session(session.clone());
     }
     if let Some(cluster) = &a.cluster {
+        // A usage error whether NATS is up or not.
+        snakepit_cluster::check_cluster_name(cluster)?;
         // The documented default deadline, sent with the call: without one
         // the client would wait for as long as the host lives, and a host
         // that never answers would hold this command forever.

@@ -95,7 +95,8 @@ pub struct ClientConfig {
     pub max_queue_size: usize,
     /// A host unheard of for this long (heartbeats, or the acknowledgement
     /// of a call just sent) is lost: its calls fail with the host-lost error
-    /// ([`is_host_lost`](crate::is_host_lost)).
+    /// ([`is_host_lost`](crate::is_host_lost)). Zero is `Error::Config` at
+    /// [`Client::connect_with`]: every host would be lost at once.
     pub host_timeout: Duration,
     /// Sessions whose last host this client remembers (affinity); beyond
     /// it the record used least recently is forgotten, one for each new
@@ -400,6 +401,11 @@ impl Client {
         config: ClientConfig,
     ) -> Result<Client, Error> {
         let subjects = Subjects::new(cluster)?;
+        if config.host_timeout.is_zero() {
+            return Err(Error::Config(
+                "host_timeout must be above zero: every host would be lost at once".into(),
+            ));
+        }
         let inbox = nats.new_inbox();
         let replies = nats
             .subscribe(format!("{inbox}.*"))

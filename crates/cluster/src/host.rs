@@ -653,7 +653,7 @@ impl Serving {
         let stats = self.host.pool.stats();
         let running = match self.options.calls_per_worker {
             0 => stats.capacity,
-            n => stats.workers * n,
+            n => stats.workers.saturating_mul(n),
         };
         self.workers_run = running;
         let per_worker = prefetch(self.options.prefetch_per_worker, stats.call_time);

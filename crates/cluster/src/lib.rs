@@ -78,6 +78,19 @@ pub use kv::{NatsKvStore, NatsKvStoreBuilder};
 
 use snakepit_core::Error;
 
+/// Checks a cluster's name as [`serve`] and [`Client::connect`] do, without
+/// NATS: 1 to 64 of `A-Z a-z 0-9 - _` (it becomes a NATS subject token);
+/// `Error::Config` naming it otherwise. For a tool that reports a bad name
+/// as a usage error before it reaches NATS.
+///
+/// ```
+/// assert!(snakepit_cluster::check_cluster_name("ml-prod_2").is_ok());
+/// assert!(snakepit_cluster::check_cluster_name("a.b").is_err());
+/// ```
+pub fn check_cluster_name(name: &str) -> Result<(), Error> {
+    wire::check_name("cluster name", name)
+}
+
 /// The error of a call whose host was lost before it answered (it stopped
 /// sending heartbeats, or the connection broke while the call ran): it may
 /// or may not have run.

@@ -121,7 +121,8 @@ pub struct PoolConfig {
     /// starts (see [`sweep`](crate::sweep)).
     pub sweep_on_start: bool,
     /// Where run records are kept; the per-user default when `None`
-    /// ([`default_state_dir`](crate::sweep::default_state_dir)).
+    /// ([`default_state_dir`](crate::sweep::default_state_dir)). An empty
+    /// path is `Error::Config`.
     pub state_dir: Option<std::path::PathBuf>,
 }
 
@@ -197,15 +198,24 @@ impl PoolConfig {
         if self.worker_init_timeout.is_zero() || self.startup_timeout.is_zero() {
             return bad("worker_init_timeout and startup_timeout must be above zero");
         }
-        if !self.health_check_interval.is_zero() && self.health_check_timeout.is_zero() {
+        if !self.health_check_interval.is_zero()
+            && self.health_check_timeout < Duration::from_millis(1)
+        {
             // Every ping would be late: every idle worker replaced at each check.
-            return bad("health_check_timeout must be above zero while health checks are on (health_check_interval above zero)");
+            return bad("health_check_timeout must be at least 1 ms while health checks are on (health_check_interval above zero)");
         }
         if self.max_frame_size < 64 || self.max_frame_size > u32::MAX as usize {
             return bad("max_frame_size must be between 64 bytes and 4 GiB");
         }
         if self.breaker_threshold == 0 {
             return bad("breaker_threshold must be at least 1");
+        }
+        if self
+            .state_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return bad("state_dir must not be empty (leave it unset for the default)");
         }
         Ok(())
     }

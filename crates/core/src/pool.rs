@@ -56,6 +56,11 @@ pub struct PoolBuilder {
     worker_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
+/// The longest pool name, in bytes: its run record's temporary file name
+/// (the name, the host's pid, the run id and a random part) must fit the
+/// 255 bytes a file name may have.
+const MAX_NAME_LEN: usize = 128;
+
 impl PoolBuilder {
     /// Sets an environment variable in every worker, unless the adapter's
     /// own launch sets it (the adapter wins). Libraries use it for defaults,
@@ -95,8 +100,9 @@ impl PoolBuilder {
     }
 
     /// Names the pool (it prefixes worker ids, labels telemetry, and is the
-    /// instance its run records carry). An empty name, or one with a
-    /// control character (a newline, a NUL), is `Error::Config` at
+    /// instance its run records carry). An empty name, one over 128 bytes
+    /// (its run record's file name must fit the file system's 255), or one
+    /// with a control character (a newline, a NUL), is `Error::Config` at
     /// [`start`](Self::start).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -148,9 +154,12 @@ impl PoolBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<Pool> {
         self.config.validate()?;
-        if self.name.is_empty() || self.name.chars().any(char::is_control) {
+        if self.name.is_empty()
+            || self.name.len() > MAX_NAME_LEN
+            || self.name.chars().any(char::is_control)
+        {
             return Err(Error::Config(format!(
-                "the pool's name must be non-empty, without control characters: {:?}",
+                "the pool's name must be 1 to {MAX_NAME_LEN} bytes, without control characters: {:?}",
                 self.name
             )));
         }

@@ -172,6 +172,7 @@ impl SweepOptions {
 #[non_exhaustive]
 pub struct SweepReport {
     /// The directory it read.
+    #[serde(serialize_with = "lossy::path")]
     pub state_dir: PathBuf,
     /// Records of runs that are alive: left alone. A record whose host pid
     /// is gone counts here too when the run is seen alive otherwise (a copy
@@ -185,12 +186,14 @@ pub struct SweepReport {
     /// nothing left to kill.
     pub stale_runs: Vec<StaleRun>,
     /// Record files that could not be read as records: left alone.
+    #[serde(serialize_with = "lossy::paths")]
     pub unreadable: Vec<PathBuf>,
     /// Temporary files of records (`.<record>.<random>.tmp`) that a host
     /// died writing: removed (in a dry run, would be). One is removed with
     /// its crashed run's record; one without a record beside it when it
     /// reads as the record of a crashed run, or, cut short, when it is
     /// over a minute old (a live host renames its own within microseconds).
+    #[serde(serialize_with = "lossy::paths")]
     pub removed_temporary: Vec<PathBuf>,
     /// Why processes were not inspected, when they were not (no `/proc`).
     pub note: Option<String>,
@@ -1273,5 +1276,20 @@ mod tests {
     fn our_own_start_time_is_readable_and_a_missing_pid_has_none() {
         assert!(process_start(std::process::id()).unwrap() > 0);
         assert_eq!(process_start(u32::MAX - 1), None);
+    }
+}
+
+/// Paths as serde text: a path that is not UTF-8 (a directory a user
+/// named so) is written with U+FFFD where its bytes are not, rather than
+/// failing the whole report.
+mod lossy {
+    use std::path::{Path, PathBuf};
+
+    pub(super) fn path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.to_string_lossy())
+    }
+
+    pub(super) fn paths<S: serde::Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|p| p.to_string_lossy()))
     }
 }

@@ -258,6 +258,9 @@ pub(crate) struct Worker {
     /// The pool killed this worker because a call it had cancelled did not
     /// end within the grace period: its end says nothing of how it starts.
     stuck: AtomicBool,
+    /// The pool killed this worker because it did not answer a health
+    /// check in time.
+    unhealthy: AtomicBool,
     /// A call registered a deadline while the reader's timer was unset:
     /// the reader sets it after its next frame.
     rearm: AtomicBool,
@@ -329,6 +332,7 @@ impl Worker {
             max_call_us: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             stuck: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
             rearm: AtomicBool::new(false),
             finished: watch::channel(None).0,
         });
@@ -657,6 +661,17 @@ impl Worker {
     /// than the worker ending, or breaking the protocol).
     pub(crate) fn was_stuck(&self) -> bool {
         self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Kills the worker for a health check it did not answer in time.
+    pub(crate) fn kill_unhealthy(&self) {
+        self.unhealthy.store(true, Ordering::Relaxed);
+        self.kill();
+    }
+
+    /// Whether the pool killed it for a health check it did not answer.
+    pub(crate) fn was_unhealthy(&self) -> bool {
+        self.unhealthy.load(Ordering::Relaxed)
     }
 
     /// Waits until the process has ended and its calls were failed.

@@ -3,7 +3,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{MetricExporter, SpanExporter};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -52,7 +52,9 @@ impl Telemetry {
                 watched::<SpanExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
             let state = spans.state.clone();
             states.push(state.clone());
-            let batch = BatchSpanProcessor::builder(spans).build();
+            let batch = BatchSpanProcessor::builder(spans)
+                .with_batch_config(batch_config())
+                .build();
             Some(
                 SdkTracerProvider::builder()
                     .with_span_processor(Counted {
@@ -182,5 +184,24 @@ fn metrics_interval(given: Option<std::time::Duration>) -> Option<std::time::Dur
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&ms| ms == 0)
             .map(|_| DEFAULT),
+    }
+}
+
+/// The most spans the batch queue holds. The SDK allocates its queue whole
+/// at start: an `OTEL_BSP_MAX_QUEUE_SIZE` of 2^64 - 1 would abort the
+/// process ("capacity overflow") and one of a billion take gigabytes, so a
+/// larger value is taken as this one.
+pub(crate) const MAX_SPAN_QUEUE: usize = 1 << 16;
+
+/// The span batching the `OTEL_BSP_*` variables ask for (read by the SDK),
+/// the queue's size at most [`MAX_SPAN_QUEUE`].
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let config = BatchConfigBuilder::default();
+    let asked = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    match asked {
+        Some(n) if n > MAX_SPAN_QUEUE => config.with_max_queue_size(MAX_SPAN_QUEUE).build(),
+        _ => config.build(),
     }
 }

@@ -350,13 +350,24 @@ pub(crate) async fn supervise(
                 // Not one the pool killed for a call that outlived its
                 // deadline and the grace period: it started well, and the
                 // call's deadline already spaces such ends out.
+                // One the pool killed for its health check counts (it
+                // could not answer a ping once started), and says so.
                 if lived < Duration::from_secs(1) && !worker.was_stuck() {
-                    let e = StartError {
-                        worker_id: worker.id.clone(),
-                        cause: format!(
+                    let cause = match worker.was_unhealthy() {
+                        true => format!(
+                            "the worker did not answer its health check within {:?} \
+                             (health_check_timeout) and was killed {} ms after it started serving",
+                            shared.config.health_check_timeout,
+                            lived.as_millis()
+                        ),
+                        false => format!(
                             "the worker ended {} ms after it started serving ({exit})",
                             lived.as_millis()
                         ),
+                    };
+                    let e = StartError {
+                        worker_id: worker.id.clone(),
+                        cause,
                         stderr_tail: worker.stderr_tail(),
                     };
                     failed_start(&shared, i, &mut failures, &e)
@@ -672,7 +683,7 @@ pub(crate) async fn check_health(shared: Arc<Shared>, worker: Arc<Worker>) {
             pid: worker.pid,
         });
     }
-    worker.kill();
+    worker.kill_unhealthy();
 }
 
 #[cfg(test)]
