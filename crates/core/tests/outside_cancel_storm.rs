@@ -174,34 +174,6 @@ async fn every_unit_is_free(pool: &Pool, tag: &str) {
     }
 }
 
-/// The live (not zombie) processes that carry `run_id` in their environment.
-fn processes_of_run(run_id: &str) -> Vec<u32> {
-    let needle = format!("SNAKEPIT_RUN_ID={run_id}");
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|var| var == needle.as_bytes()) && alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// `shutdown()` ends within seconds and leaves no process of the run.
 async fn shut_down_leaving_nothing(pool: Pool) {
     let run_id = pool.run_id().to_owned();

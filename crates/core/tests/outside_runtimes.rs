@@ -23,31 +23,6 @@ use snakepit_core::{
     CallOptions, CallStream, Error, Launch, Pool, RawProcess, StreamItem, WireCodec,
 };
 
-/// The live processes whose environment carries `SNAKEPIT_RUN_ID=run_id`.
-fn processes_of_run(run_id: &str) -> Vec<u32> {
-    let needle = format!("SNAKEPIT_RUN_ID={run_id}");
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) && alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Waits (on a plain thread) up to `secs` for the run to have no process
 /// left; kills and returns what is left.
 fn nothing_left_of(run_id: &str, secs: u64) -> Vec<u32> {

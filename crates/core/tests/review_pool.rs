@@ -60,35 +60,6 @@ async fn next_item(stream: &mut CallStream) -> Option<snakepit_core::Result<Stre
         .await
 }
 
-/// The live (not zombie) processes that carry `run_id` in their
-/// environment: every worker of that pool, ready or still starting.
-fn processes_of_run(run_id: &str) -> Vec<u32> {
-    let needle = format!("SNAKEPIT_RUN_ID={run_id}");
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|var| var == needle.as_bytes()) && alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// `Stats::in_flight`: "Calls in flight on workers (including timed-out
 /// calls whose late reply is still awaited)"; `Stats` is "a snapshot of a
 /// pool, every figure consistent with what callers saw". A worker recycled

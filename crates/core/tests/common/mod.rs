@@ -323,3 +323,22 @@ pub async fn a_running_sleep(
     assert!(eventually(20, || marker.exists()).await, "the call started");
     call
 }
+
+/// The live (not zombie) processes other than this one whose environment
+/// carries `SNAKEPIT_RUN_ID=run_id`: every worker of that run, ready or
+/// still starting, and whatever they started.
+pub fn processes_of_run(run_id: &str) -> Vec<u32> {
+    let needle = format!("SNAKEPIT_RUN_ID={run_id}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter(|&pid| alive(pid))
+        .collect()
+}
