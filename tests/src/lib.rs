@@ -375,3 +375,25 @@ impl Events {
             .collect()
     }
 }
+
+/// How many panics this test process has had since the first call, a
+/// panic hook counting them (and then printing them as before). A panic
+/// in a task the library spawned fails no test by itself: a test that
+/// must show none compares this count before and after.
+pub fn count_panics() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static PANICS: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+    PANICS
+        .get_or_init(|| {
+            let n = Arc::new(AtomicUsize::new(0));
+            let seen = n.clone();
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                previous(info);
+            }));
+            n
+        })
+        .clone()
+}

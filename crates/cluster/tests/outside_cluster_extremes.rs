@@ -13,8 +13,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,24 +21,7 @@ use serde_json::json;
 use snakepit_cluster::{ClientConfig, ServeOptions};
 use snakepit_core::{CallOptions, Error};
 
-/// Counts panics anywhere in this test process (the client's and the
-/// host's tasks included: a panic in a spawned task fails no test by
-/// itself).
-fn count_panics() -> Arc<AtomicUsize> {
-    static PANICS: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    PANICS
-        .get_or_init(|| {
-            let n = Arc::new(AtomicUsize::new(0));
-            let seen = n.clone();
-            let previous = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                previous(info);
-            }));
-            n
-        })
-        .clone()
-}
+use snakepit_tests::count_panics;
 
 /// The tests of this file one at a time, so that the panics one counts
 /// are its own.

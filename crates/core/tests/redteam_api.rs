@@ -4,30 +4,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 use snakepit_core::{CallOptions, CallStream, Error, Pool, StreamItem};
 
-/// Counts panics anywhere in this test process (the pool's tasks included).
-fn count_panics() -> Arc<AtomicUsize> {
-    static PANICS: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    PANICS
-        .get_or_init(|| {
-            let n = Arc::new(AtomicUsize::new(0));
-            let seen = n.clone();
-            let previous = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                previous(info);
-            }));
-            n
-        })
-        .clone()
-}
+use snakepit_tests::count_panics;
 
 async fn next(stream: &mut CallStream) -> Option<snakepit_core::Result<StreamItem>> {
     use std::future::poll_fn;
