@@ -386,11 +386,14 @@ async fn python_a_child_process_cannot_read_the_pools_frames() {
                 call(
                     &pool,
                     "child_reads_stdin",
-                    json!({"bytes": 4, "timeout": 3}),
+                    json!({"bytes": 4, "timeout": 3, "hold": 1}),
                 )
                 .await
             })
         };
+        // The next call is sent while the handler holds, before its child
+        // starts: it waits in the worker's stdin (written ahead) or in the
+        // pool's queue, and the child must not get its frame.
         in_flight(&pool, 1).await;
         let next = call(&pool, "pid", json!({})).await;
         match child.await.unwrap() {

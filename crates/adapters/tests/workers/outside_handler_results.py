@@ -135,9 +135,11 @@ def bad_chunk_uncaught(args, ctx):
 @worker.command("child_reads_stdin")
 def child_reads_stdin(args):
     """A child process left with the worker's stdin, as `subprocess.run`
-    leaves it unless told otherwise, that reads a little of it."""
+    leaves it unless told otherwise, that reads a little of it, started
+    after `hold` seconds (meanwhile the pool may write the next call)."""
     import subprocess
 
+    time.sleep(args.get("hold", 0))
     done = subprocess.run(["head", "-c", str(args["bytes"])], stdout=subprocess.PIPE,
                           timeout=args["timeout"])
     return {"pid": os.getpid(), "child_read": len(done.stdout)}
