@@ -109,12 +109,17 @@ impl NatsKvStoreBuilder {
         self
     }
 
-    /// How long an operation may take, retries on conflict included
-    /// (default 5 s; at least 1 ms). One that gets no answer within it (NATS
-    /// down, or its JetStream electing a leader, which takes seconds) fails
-    /// with [`Error::Timeout`] naming the operation and this timeout; a
-    /// write that timed out may or may not have been applied.
-    /// [`connect`](Self::connect) is bounded by it too.
+    /// How long an operation on one session (or one global program) may
+    /// take, retries on conflict included (default 10 s, above the 5 s
+    /// JetStream waits for a write's acknowledgement, so that a refused
+    /// write is still `Error::Backend`; at least 1 ms). One that gets no
+    /// answer within it (NATS down or paused, or its JetStream electing a
+    /// leader, which takes seconds) fails with [`Error::Timeout`] naming
+    /// the operation and this timeout; a write that timed out may or may
+    /// not have been applied. [`connect`](Self::connect) is bounded by it
+    /// too. `list_sessions`, `stats` and `cleanup_expired`, which read
+    /// every key, are not bounded as a whole: each request in them is, by
+    /// JetStream's own 5 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
         self
@@ -342,7 +347,7 @@ impl NatsKvStore {
             default_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(60),
             replicas: None,
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
         }
     }
 
@@ -746,29 +751,25 @@ impl SessionStore for NatsKvStore {
     }
 
     async fn list_sessions(&self) -> Result<Vec<String>> {
-        self.bounded("list_sessions", async { Ok(self.scan().await?.0) })
-            .await
+        Ok(self.scan().await?.0)
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        self.bounded("stats", async {
-            let (live, _) = self.scan().await?;
-            let mut globals = 0;
-            for key in self.keys_under("g.").await? {
-                let entry = on_bucket!(self, |kv| last(kv, &key).await)?;
-                if entry.is_some_and(|e| e.operation == Operation::Put) {
-                    globals += 1;
-                }
+        let (live, _) = self.scan().await?;
+        let mut globals = 0;
+        for key in self.keys_under("g.").await? {
+            let entry = on_bucket!(self, |kv| last(kv, &key).await)?;
+            if entry.is_some_and(|e| e.operation == Operation::Put) {
+                globals += 1;
             }
-            let mut stats = StoreStats::default();
-            stats.active_sessions = live.len() as u64;
-            stats.sessions_created = self.inner.created.load(Ordering::Relaxed);
-            stats.sessions_deleted = self.inner.deleted.load(Ordering::Relaxed);
-            stats.sessions_expired = self.inner.expired.load(Ordering::Relaxed);
-            stats.global_programs = globals;
-            Ok(stats)
-        })
-        .await
+        }
+        let mut stats = StoreStats::default();
+        stats.active_sessions = live.len() as u64;
+        stats.sessions_created = self.inner.created.load(Ordering::Relaxed);
+        stats.sessions_deleted = self.inner.deleted.load(Ordering::Relaxed);
+        stats.sessions_expired = self.inner.expired.load(Ordering::Relaxed);
+        stats.global_programs = globals;
+        Ok(stats)
     }
 
     async fn store_program(&self, id: &str, program_id: &str, program: Value) -> Result<()> {
@@ -835,20 +836,17 @@ impl SessionStore for NatsKvStore {
     }
 
     async fn cleanup_expired(&self) -> Result<usize> {
-        self.bounded("cleanup_expired", async {
-            let (_, dead) = self.scan().await?;
-            let (mut n, mut failed) = (0, None);
-            for (id, key, rev) in dead {
-                match self.reap(&id, &key, rev).await {
-                    Ok(true) => n += 1,
-                    Ok(false) => {}
-                    Err(e) => failed = Some(e),
-                }
+        let (_, dead) = self.scan().await?;
+        let (mut n, mut failed) = (0, None);
+        for (id, key, rev) in dead {
+            match self.reap(&id, &key, rev).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
             }
-            // The others were tried first; the failure is not hidden.
-            failed.map_or(Ok(n), Err)
-        })
-        .await
+        }
+        // The others were tried first; the failure is not hidden.
+        failed.map_or(Ok(n), Err)
     }
 
     async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
