@@ -40,7 +40,9 @@ pub struct PoolConfig {
     /// How often idle workers are pinged; zero turns health checks off.
     #[serde(rename = "health_check_interval_ms", with = "millis")]
     pub health_check_interval: Duration,
-    /// How long a health ping may take before the worker is replaced.
+    /// How long a health ping may take before the worker is replaced; at
+    /// least 1 ms while health checks are on. A worker replaced for its
+    /// health check within a second of starting counts as a failed start.
     #[serde(rename = "health_check_timeout_ms", with = "millis")]
     pub health_check_timeout: Duration,
     /// How long shutdown waits for in-flight calls and for workers to exit
