@@ -1011,36 +1011,44 @@ pub(crate) fn kill_leftovers(run_id: &str, own: &[u32]) -> Option<usize> {
 
 /// A pool's end: [`kill_leftovers`], then the run record's removal. When
 /// the look could not see every process (the host out of descriptors), a
-/// thread looks again every half second for up to a minute, and removes
-/// the record once a look succeeds; until then the record stays, so that a
-/// later sweep still finds what escaped.
+/// thread looks again ([`look_until_seen`]) and removes the record once a
+/// look succeeds; until then the record stays, so that a later sweep still
+/// finds what escaped.
 pub(crate) fn kill_leftovers_and_finish(run_id: &str, own: &[u32], record: Option<Arc<RunRecord>>) {
-    if kill_leftovers(run_id, own).is_some() {
-        if let Some(r) = record {
-            r.finish();
-        }
-        return;
-    }
     let (run_id, own) = (run_id.to_owned(), own.to_vec());
-    let again = move || {
-        for _ in 0..120 {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            if kill_leftovers(&run_id, &own).is_some() {
-                if let Some(r) = &record {
-                    r.finish();
-                }
-                return;
-            }
-        }
-        tracing::warn!(run_id, "cannot look through /proc for what the pool's workers left behind; the run record stays for the next sweep");
+    let look = move || kill_leftovers(&run_id, &own);
+    let finish = move |seen: bool| match (seen, record) {
+        (true, Some(r)) => r.finish(),
+        (true, None) => {}
+        (false, _) => tracing::warn!("{BLIND}"),
     };
-    if std::thread::Builder::new()
-        .name("snakepit-leftovers".into())
-        .spawn(again)
-        .is_err()
-    {
-        tracing::warn!("cannot look through /proc for what the pool's workers left behind; the run record stays for the next sweep");
+    if look().is_some() {
+        return finish(true);
     }
+    let again = std::thread::Builder::new()
+        .name("snakepit-leftovers".into())
+        .spawn(move || finish(look_until_seen(look, || false)));
+    if again.is_err() {
+        tracing::warn!("{BLIND}");
+    }
+}
+
+const BLIND: &str = "cannot look through /proc for what the pool's workers left behind; the run record stays for the next sweep";
+
+/// Runs `look` (a [`kill_leftovers`] or [`kill_escaped`]) every half second,
+/// blocking, until it could see every process, for up to a minute or until
+/// `stop`; whether it could.
+pub(crate) fn look_until_seen(look: impl Fn() -> Option<usize>, stop: impl Fn() -> bool) -> bool {
+    for _ in 0..120 {
+        std::thread::sleep(Duration::from_millis(500));
+        if stop() {
+            return false;
+        }
+        if look().is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Kills what one ended worker left outside its process group: processes

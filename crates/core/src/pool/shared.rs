@@ -453,19 +453,11 @@ impl Owner for Shared {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let (run_id, id, pid) = (self.run_id.clone(), worker.id.clone(), worker.pid);
                 let ending = self.shutdown.subscribe();
-                rt.spawn(async move {
-                    loop {
-                        let (run_id, id) = (run_id.clone(), id.clone());
-                        let look = tokio::task::spawn_blocking(move || {
-                            crate::sweep::kill_escaped(&run_id, &id, pid)
-                        });
-                        if !matches!(look.await, Ok(None)) {
-                            return;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                        if *ending.borrow() || ending.has_changed().is_err() {
-                            return;
-                        }
+                rt.spawn_blocking(move || {
+                    let look = || crate::sweep::kill_escaped(&run_id, &id, pid);
+                    if look().is_none() {
+                        let ended = || *ending.borrow() || ending.has_changed().is_err();
+                        crate::sweep::look_until_seen(look, ended);
                     }
                 });
             }
