@@ -46,41 +46,44 @@ impl Worker {
             // Arguments nested deeper than the host reads, or a value no
             // JSON value can hold (MessagePack `bin`: bytes a handler put in
             // a session): that host call's own error; the worker is fine.
-            Err(
-                e @ (snakepit_protocol::Error::TooDeep { .. }
-                | snakepit_protocol::Error::Mismatch { .. }),
-            ) => {
-                self.host_calls.fetch_sub(1, Ordering::Relaxed);
-                let err = match e {
-                    snakepit_protocol::Error::TooDeep { .. } => {
-                        RemoteError::new("TooDeep", e.to_string())
-                    }
-                    _ => RemoteError::new(
-                        "InvalidArgument",
-                        format!(
-                            "the host call's arguments are not JSON values (bytes, say: send them \
-                             encoded, as base64 text): {e}"
-                        ),
-                    ),
-                };
-                let mut buf = bytes::BytesMut::new();
-                if encode_frame(
-                    &self.codec,
-                    &HostReply::<()>::err(id, &err),
-                    usize::MAX,
-                    &mut buf,
-                )
-                .is_ok()
-                {
-                    self.stdin.send(HOST_REPLY, buf.freeze());
-                }
-                return Ok(());
+            Err(e @ snakepit_protocol::Error::TooDeep { .. }) => {
+                return self.refuse_host_call(id, RemoteError::new("TooDeep", e.to_string()));
+            }
+            Err(e @ snakepit_protocol::Error::Mismatch { .. }) => {
+                let why = format!(
+                    "the host call's arguments are not JSON values (bytes, say: send them \
+                     encoded, as base64 text): {e}"
+                );
+                return self.refuse_host_call(id, RemoteError::new("InvalidArgument", why));
             }
             Err(e) => return Err(e),
         };
         let worker = self.clone();
         tokio::spawn(async move { worker.answer_host_call(id, function, session, args).await });
         Ok(())
+    }
+
+    /// Answers host call `id` with `err` at once, without running it.
+    fn refuse_host_call(&self, id: u64, err: RemoteError) -> Result<(), snakepit_protocol::Error> {
+        self.host_calls.fetch_sub(1, Ordering::Relaxed);
+        self.send_host_error(id, &err);
+        Ok(())
+    }
+
+    /// Sends the failed reply `err` to host call `id` (a few bytes: no
+    /// frame limit applies).
+    fn send_host_error(&self, id: u64, err: &RemoteError) {
+        let mut buf = bytes::BytesMut::new();
+        if encode_frame(
+            &self.codec,
+            &HostReply::<()>::err(id, err),
+            usize::MAX,
+            &mut buf,
+        )
+        .is_ok()
+        {
+            self.stdin.send(HOST_REPLY, buf.freeze());
+        }
     }
 
     pub(super) async fn answer_host_call(
@@ -138,20 +141,11 @@ impl Worker {
                 &mut buf,
             ),
         };
-        if let Err(e) = encoded {
-            let err = RemoteError::new("EncodeError", e.to_string());
-            buf.clear();
-            if encode_frame(
-                &self.codec,
-                &HostReply::<()>::err(id, &err),
-                usize::MAX,
-                &mut buf,
-            )
-            .is_err()
-            {
-                return;
+        match encoded {
+            Ok(()) => {
+                self.stdin.send(HOST_REPLY, buf.freeze());
             }
-        }
-        self.stdin.send(HOST_REPLY, buf.freeze());
+            Err(e) => self.send_host_error(id, &RemoteError::new("EncodeError", e.to_string())),
+        };
     }
 }
