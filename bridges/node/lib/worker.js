@@ -376,9 +376,6 @@ function makeUserStdout() {
       err.write(chunk, encoding);
       callback();
     },
-    destroy(error, callback) {
-      callback(error);
-    },
   });
   // What code asks of a stdout stream, answered by stderr's.
   for (const key of ['fd', 'isTTY', 'columns', 'rows', '_handle']) {
