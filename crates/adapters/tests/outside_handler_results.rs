@@ -1028,3 +1028,72 @@ async fn a_handler_closing_its_stdout_does_not_silence_the_workers_log() {
     }
     assert!(broken.is_empty(), "{broken:#?}");
 }
+
+/// docs/bridges.md ("Values neither codec can carry"): under JSON, map keys
+/// that become the same string leave the last one (Python's `1` and `"1"`,
+/// Ruby's `1` and `"1"`), and under MessagePack such a map fails `execute`
+/// with `Error::Codec`; Node.js under JSON drops properties whose values
+/// are functions or symbols, which fail the reply under MessagePack, and
+/// turns a generator into `{}`; Ruby under JSON writes any other object as
+/// its text. Every worker serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_neither_codec_carries_are_treated_as_bridges_md_says() {
+    let mut wrong = Vec::new();
+    let mut check =
+        |what: String, got: Result<Value, Error>, ok: &dyn Fn(&Result<Value, Error>) -> bool| {
+            if !ok(&got) {
+                wrong.push(format!("{what}: {got:?}"));
+            }
+        };
+    for codec in CODECS {
+        let json = codec == WireCodec::Json;
+        let codec_error = |r: &Result<Value, Error>| matches!(r, Err(Error::Codec { .. }));
+        for (lang, bridge) in [("python", python(codec)), ("ruby", ruby(codec))] {
+            let pool = start(Pool::builder(bridge).size(1)).await;
+            let got = call(&pool, "colliding_keys", json!({})).await;
+            let last = |r: &Result<Value, Error>| matches!(r, Ok(v) if v["1"] == "str");
+            check(
+                format!("{lang} {codec} colliding keys"),
+                got,
+                if json { &last } else { &codec_error },
+            );
+            if lang == "ruby" && json {
+                let got = call(&pool, "set", json!({})).await;
+                let text = |r: &Result<Value, Error>| matches!(r, Ok(v) if v["v"].is_string());
+                check(format!("ruby {codec} set"), got, &text);
+                let got = call(&pool, "object", json!({})).await;
+                check(format!("ruby {codec} object"), got, &text);
+            }
+            check(
+                format!("{lang} {codec} serves on"),
+                call(&pool, "pid", json!({})).await,
+                &|r| r.is_ok(),
+            );
+            pool.shutdown().await.unwrap();
+        }
+        let pool = start(Pool::builder(node(codec)).size(1)).await;
+        for command in ["fn", "symbol"] {
+            let got = call(&pool, command, json!({})).await;
+            let dropped = |r: &Result<Value, Error>| matches!(r, Ok(v) if *v == json!({"w": 1}));
+            let encode_error = |r: &Result<Value, Error>| matches!(r, Err(e) if e.remote().is_some_and(|r| r.kind.as_deref() == Some("EncodeError")));
+            check(
+                format!("node {codec} {command}"),
+                got,
+                if json { &dropped } else { &encode_error },
+            );
+        }
+        let got = call(&pool, "generator", json!({})).await;
+        check(
+            format!("node {codec} generator"),
+            got,
+            &|r| matches!(r, Ok(v) if *v == json!({})),
+        );
+        check(
+            format!("node {codec} serves on"),
+            call(&pool, "pid", json!({})).await,
+            &|r| r.is_ok(),
+        );
+        pool.shutdown().await.unwrap();
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
