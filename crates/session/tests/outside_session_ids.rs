@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::record_ends;
-use ids::{differences, expected_valid, hostile_ids, invalid_ids, outcome, script};
+use ids::{
+    differences, each_session_ended_once, expected_valid, hostile_ids, invalid_ids, outcome, script,
+};
 use redis_server::{redis_cli, Redis};
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
@@ -390,24 +392,7 @@ async fn expiry_racing_with_touches_reports_each_session_end_once() {
         store.cleanup_expired().await.unwrap();
         let stats = store.stats().await.unwrap();
         let ends = ends.lock().unwrap().clone();
-        let expired = ends.iter().filter(|e| e.1 == EndReason::Expired).count() as u64;
-        assert!(
-            ends.iter()
-                .all(|(id, _)| ["r:1", "r/2", "r*3"].contains(&id.as_str())),
-            "ids heard as given: {ends:?}"
-        );
-        assert!(stats.sessions_created >= 6, "the race happened: {stats:?}");
-        assert_eq!(
-            (
-                stats.sessions_created,
-                stats.sessions_deleted,
-                stats.active_sessions
-            ),
-            (stats.sessions_expired, 0, 0),
-            "each creation ended once: {stats:?}"
-        );
-        assert_eq!(expired, stats.sessions_expired, "each expiry heard once");
-        assert_eq!(ends.len() as u64, expired, "no deletion heard");
+        each_session_ended_once(&stats, &ends, &["r:1", "r/2", "r*3"]);
     }
     let memory = Arc::new(
         MemoryStore::builder()

@@ -300,3 +300,33 @@ pub(crate) fn differences(
         .map(|(g, w)| format!("{store} {shown} {}: got `{}`, want `{}`", g.0, g.1, w.1))
         .collect()
 }
+
+/// After sessions under `ids` raced their expiry with touches, updates and
+/// a sweep: each creation ended once, by expiry, and each expiry was heard
+/// once, under its id as given (`stats` and `ends` of one store).
+pub(crate) fn each_session_ended_once(
+    stats: &snakepit_session::StoreStats,
+    ends: &[(String, snakepit_session::EndReason)],
+    ids: &[&str],
+) {
+    let expired = ends
+        .iter()
+        .filter(|e| e.1 == snakepit_session::EndReason::Expired)
+        .count() as u64;
+    assert!(
+        ends.iter().all(|(id, _)| ids.contains(&id.as_str())),
+        "ids heard as given: {ends:?}"
+    );
+    assert!(stats.sessions_created >= 6, "the race happened: {stats:?}");
+    assert_eq!(
+        (
+            stats.sessions_created,
+            stats.sessions_deleted,
+            stats.active_sessions
+        ),
+        (stats.sessions_expired, 0, 0),
+        "each creation ended once: {stats:?}"
+    );
+    assert_eq!(expired, stats.sessions_expired, "each expiry heard once");
+    assert_eq!(ends.len() as u64, expired, "no deletion heard");
+}
