@@ -36,6 +36,14 @@ out = sys.stdout.buffer
 lock = threading.Lock()
 
 
+def read_log():
+    try:
+        with open(log_path) as f:
+            return f.read()
+    except (OSError, TypeError):
+        return ""
+
+
 def log(*what):
     if log_path:
         with lock, open(log_path, "a") as f:
@@ -69,6 +77,12 @@ pid = os.getpid()
 if mode == "group":
     def on_term(_signum, _frame):
         log("worker-term", pid)
+        # The same SIGTERM went to the child (one group): give it time to
+        # log it on a loaded machine before this exit makes the pool kill
+        # what is left of the group.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "child-term" not in read_log():
+            time.sleep(0.01)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
