@@ -20,24 +20,33 @@ impl Adapter for Preloaded {
 }
 
 /// `fork_escape`: a child forked without exec (as a daemonizing library
-/// does) that leaves the group (`setsid`); `popen_escape`: a child started
-/// by `subprocess` in a session of its own. Both name the worker's pid.
+/// does) that leaves the group (`setsid`) before the reply; `popen_escape`:
+/// a child started by `subprocess` in a session of its own. Both name the worker's pid.
 const SCRIPT: &str = r#"
 import os, subprocess, time, snakepit_bridge
 w = snakepit_bridge.Worker()
 
 @w.command("fork_escape")
 def fork_escape(args, ctx):
+    r, wr = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(r)
             fd = os.open(os.devnull, os.O_RDWR)
             for i in (0, 1, 2):
                 os.dup2(fd, i)
             os.setsid()
+            os.write(wr, b"x")
+            os.close(wr)
             time.sleep(300)
         finally:
             os._exit(0)
+    # Reply only once the child has left the group, so a worker killed
+    # right after cannot take the child with its group.
+    os.close(wr)
+    os.read(r, 1)
+    os.close(r)
     return {"child": pid, "worker": os.getpid()}
 
 @w.command("popen_escape")
