@@ -35,6 +35,9 @@ class SyncServer(Server):
         # writes a frame, and in call_host but for its waits for input, and
         # delivered once the frame is out (or call_host waits again).
         self._armed = False
+        # A SIGINT came while no handler ran: it may be for the request
+        # about to start (signalled while it was still read or decoded).
+        self._sigint_unarmed = False
         self._writing = False
         self._reading = False  # in call_host, and not waiting for input
         self._sigint_held = False
@@ -264,6 +267,12 @@ class SyncServer(Server):
         self._current = ctx
         try:
             self._armed = True
+            if self._sigint_unarmed and self._cancel_sent_for(rid):
+                self._armed = False
+                self._current = None
+                ctx._done = True
+                self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
+                return
             result = invoke(handler, msg["args"], ctx)
             self._armed = False
             if ctx.cancelled:
@@ -287,12 +296,47 @@ class SyncServer(Server):
         ctx._done = True  # a thread the handler left behind emits nothing now
         self.send(reply)
 
+    def _cancel_sent_for(self, rid) -> bool:
+        """After a SIGINT that came while no handler ran: whether the pool
+        sent a cancel frame for request ``rid`` (it sends one before its
+        SIGINT to a worker that declares ``pipeline``). The frames stdin
+        holds now are read without waiting, with SIGINT held (a
+        KeyboardInterrupt must not fall between a read and the buffering
+        of its bytes); the others go to the backlog, as read ahead."""
+        self._sigint_unarmed = False
+        self._reading = True
+        try:
+            while self._poll_pipe():
+                pass
+            if self.reader._buf:
+                self._read_ahead()
+            backlog = self._backlog
+            for payload in backlog:
+                if b"cancel" not in payload:
+                    continue
+                try:
+                    kind, msg = self.parse(payload)
+                except FrameError:
+                    continue
+                if kind == "cancel" and msg.get("id") == rid:
+                    backlog.remove(payload)
+                    return True
+            return False
+        finally:
+            self._reading = False
+            self._deliver_held_sigint()
+
     # --- SIGINT ----------------------------------------------------------------
 
     def _on_sigint(self, signum, frame):
         # Armed only while a handler runs. Disarming here means one SIGINT
         # raises at most once, even if it lands just after the handler
         # returned (then the reply is Cancelled, still exactly one reply).
+        # One that comes while no handler runs is noted: it may be for the
+        # request about to start (see _cancel_sent_for).
+        if not self._armed:
+            self._sigint_unarmed = True
+            return
         if self._armed:
             if self._writing or self._reading:
                 self._sigint_held = True

@@ -535,12 +535,31 @@ impl Worker {
     /// written ahead behind `id` would start the moment `id`'s handler
     /// returns, and the signal could land in it (a recycled worker, out of
     /// its slot, still has the calls written ahead to it before).
+    ///
+    /// A worker that declares `pipeline` gets a `cancel` frame for `id`
+    /// first. The signal may land while it still reads or decodes the
+    /// request, before its handler starts, where a bridge ignores SIGINT;
+    /// a bridge that saw such a SIGINT looks in its stdin for this frame
+    /// before it starts the request, and answers it `Cancelled` unrun.
     pub(crate) fn signal_call(&self, id: u64) -> bool {
-        let inner = self.inner();
-        if inner.reaped || !inner.pending.contains_key(&id) || inner.pending.len() > 1 {
-            return false;
+        {
+            let inner = self.inner();
+            if inner.reaped || !inner.pending.contains_key(&id) || inner.pending.len() > 1 {
+                return false;
+            }
+        }
+        if self.capabilities().pipeline {
+            self.send_cancel(id);
         }
         os::signal_pid(self.pid, libc::SIGINT)
+    }
+
+    /// Sends a `cancel` frame for call `id`.
+    fn send_cancel(&self, id: u64) {
+        let mut buf = bytes::BytesMut::new();
+        if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
+            self.send(buf.freeze());
+        }
     }
 
     /// Interrupts call `id` with SIGINT when the signal can reach only it.
@@ -705,10 +724,7 @@ impl Worker {
         // cancel frame (it declared `pipeline`); never a signal, which would
         // hit the call it is running.
         if caps.cancel || waiting {
-            let mut buf = bytes::BytesMut::new();
-            if encode_frame(&self.codec, &Cancel::new(id), usize::MAX, &mut buf).is_ok() {
-                self.send(buf.freeze());
-            }
+            self.send_cancel(id);
         } else if caps.sigint && caps.max_concurrency <= 1 {
             self.interrupt(id);
         }

@@ -426,6 +426,7 @@ module SnakepitBridge
       @logger = nil
       @timestamp_second = nil
       @int_trapped = false
+      @sigint_unarmed = false
     end
 
     def install_signal_handlers
@@ -437,9 +438,15 @@ module SnakepitBridge
       Signal.trap("TERM") { exit(0) }
     end
 
+    # A SIGINT while no handler runs is noted: it may be for the request
+    # about to start, signalled while it was still read or decoded (see
+    # #cancel_sent_for?).
     def interrupt_current
       ctx = @current
-      return unless ctx
+      unless ctx
+        @sigint_unarmed = true
+        return
+      end
 
       ctx.mark_cancelled
       @serving_thread.raise(Cancelled.new("request #{ctx.request_id} was cancelled"))
@@ -569,6 +576,12 @@ module SnakepitBridge
     def run_handler(handler, args, ctx)
       Thread.handle_interrupt(Cancelled => :never) do
         @current = ctx
+        if @sigint_unarmed && cancel_sent_for?(ctx.request_id)
+          @current = nil
+          drain_cancellation
+          return [false, { "type" => "Cancelled",
+                           "message" => "request #{ctx.request_id} was cancelled before it started" }]
+        end
         outcome = begin
           result = Thread.handle_interrupt(Cancelled => :immediate) { handler.call(args, ctx) }
           ctx.cancelled? ? cancelled_error(ctx) : [true, result]
@@ -591,6 +604,32 @@ module SnakepitBridge
         drain_cancellation
         outcome
       end
+    end
+
+    # After a SIGINT that came while no handler ran: whether the pool sent a
+    # cancel frame for request +id+ (it sends one before its SIGINT to a
+    # worker that declares pipeline). What stdin holds now is read without
+    # waiting; other frames are queued as read ahead. Runs with Cancelled
+    # deferred, so no cancellation falls between a read and its buffering.
+    def cancel_sent_for?(id)
+      @sigint_unarmed = false
+      reader = frame_reader
+      nil while reader.read_waiting
+      found = false
+      loop do
+        payload = reader.take_buffered
+        break if payload.nil?
+
+        message = @codec.decode(payload)
+        if message["type"] == "cancel" && message["id"] == id
+          found = true
+        else
+          enqueue(message)
+        end
+      rescue DecodeError => e # FrameTooLarge too: the reader skips it as it arrives
+        protocol_error(e.message)
+      end
+      found
     end
 
     # SIGINTs that landed after the handler returned (or a second one while
