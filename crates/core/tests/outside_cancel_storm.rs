@@ -186,14 +186,151 @@ async fn shut_down_leaving_nothing(pool: Pool) {
         .await
         .expect("shutdown ends")
         .unwrap();
+    nothing_of_the_run_left(pids, &run_id).await;
+}
+
+/// Within seconds, none of `pids` lives, and no process of run `run_id`.
+async fn nothing_of_the_run_left(pids: Vec<u32>, run_id: &str) {
     for pid in pids {
-        assert!(eventually(10, || !alive(pid)).await, "worker {pid} left");
+        assert!(
+            eventually(10, || !alive(pid)).await,
+            "worker {pid} outlived its pool"
+        );
     }
     assert!(
-        eventually(10, || processes_of_run(&run_id).is_empty()).await,
+        eventually(10, || processes_of_run(run_id).is_empty()).await,
         "processes of the run left: {:?}",
-        processes_of_run(&run_id)
+        processes_of_run(run_id)
     );
+}
+
+/// `n` short calls (`warm-<i>`), each its own result; with `in_sessions`,
+/// in sessions `s0` and `s1` by turns.
+async fn warm_up(pool: &Pool, n: usize, in_sessions: bool) {
+    for i in 0..n {
+        let options = if in_sessions {
+            long().session(format!("s{}", i % 2))
+        } else {
+            long()
+        };
+        let token = format!("warm-{i}");
+        let v = pool
+            .execute_with("run", json!({"token": token}), options)
+            .await
+            .unwrap();
+        assert_eq!(v["token"], json!(token));
+    }
+}
+
+/// A `run` call with `args`, spawned.
+fn spawn_run(pool: &Pool, args: Value) -> tokio::task::JoinHandle<snakepit_core::Result<Value>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.execute_with("run", args, long()).await })
+}
+
+/// A `run` call of `token` behind `gate`, spawned, once its handler has
+/// started.
+async fn running_behind(
+    pool: &Pool,
+    log: &RunLog,
+    gate: &Gate,
+    token: &str,
+) -> tokio::task::JoinHandle<snakepit_core::Result<Value>> {
+    let call = spawn_run(pool, json!({"token": token, "gate": gate.path()}));
+    assert!(eventually(20, || log.ran(token) == 1).await);
+    call
+}
+
+/// `r` is the result of the call of `token` (`what` names that call).
+fn assert_own_result(r: &snakepit_core::Result<Value>, token: &str, what: &str) {
+    assert_eq!(
+        r.as_ref().map(|v| v["token"].clone()).ok(),
+        Some(json!(token)),
+        "{what}: {r:?}"
+    );
+}
+
+/// The pool of one worker settles with the call given up counted once as
+/// cancelled, no crash, its worker `pid` kept; it then shuts down leaving
+/// nothing.
+async fn one_cancel_and_the_same_worker(pool: Pool, pid: u32) {
+    assert!(settled(&pool, 1).await, "{:?}", pool.stats());
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts, s.cancelled), (0, 0, 1), "{s:?}");
+    assert_eq!(pool.worker_pids(), vec![pid], "the worker was replaced");
+    shut_down_leaving_nothing(pool).await;
+}
+
+/// One warmed-up worker (pipelining follows its short calls) holding the
+/// call `front` behind a closed gate.
+struct Held {
+    pool: Pool,
+    log: RunLog,
+    pid: u32,
+    gate: Gate,
+    front: tokio::task::JoinHandle<snakepit_core::Result<Value>>,
+}
+
+async fn held_at_the_gate(tag: &str) -> Held {
+    let (builder, log) = storm(tag, false);
+    let pool = builder.size(1).start().await.unwrap();
+    warm_up(&pool, 20, false).await;
+    let pid = pool.worker_pids()[0];
+    let gate = Gate::new();
+    let front = running_behind(&pool, &log, &gate, "front").await;
+    Held {
+        pool,
+        log,
+        pid,
+        gate,
+        front,
+    }
+}
+
+/// A storm's caller, spawned with the flag it sets as it begins to call;
+/// with `abort_after`, its task is aborted from outside that long after.
+fn spawn_caller<T, F>(
+    caller: impl FnOnce(Arc<AtomicBool>) -> F,
+    abort_after: Option<Duration>,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<T>)
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let began = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(caller(began.clone()));
+    if let Some(after) = abort_after {
+        let abort = task.abort_handle();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            abort.abort();
+        });
+    }
+    (began, task)
+}
+
+/// A pool of two pipelining workers.
+async fn pipelined_pair(builder: PoolBuilder) -> Pool {
+    builder
+        .size(2)
+        .configure(|c| c.pipeline_depth = 16)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// `call`, dropped by a timeout of `tiny` before it could end (behind the
+/// gate).
+async fn dropped_behind_the_gate<T>(
+    tiny: Duration,
+    call: impl std::future::Future<Output = T>,
+    token: &str,
+) -> Seen {
+    assert!(
+        tokio::time::timeout(tiny, call).await.is_err(),
+        "{token} ended behind the gate"
+    );
+    Seen::Dropped
 }
 
 /// How a caller of the gated storm gives up, or not.
@@ -288,12 +425,7 @@ async fn gated_caller(
             Seen::Ok
         }
         Way::Timeout => {
-            let call = pool.execute_with("run", args, long());
-            assert!(
-                tokio::time::timeout(tiny, call).await.is_err(),
-                "{token} ended behind the gate"
-            );
-            Seen::Dropped
+            dropped_behind_the_gate(tiny, pool.execute_with("run", args, long()), &token).await
         }
         Way::Select => {
             tokio::select! {
@@ -303,23 +435,13 @@ async fn gated_caller(
             }
         }
         Way::Typed => {
-            let call = pool.call::<_, Value>("run", &args, long());
-            assert!(
-                tokio::time::timeout(tiny, call).await.is_err(),
-                "{token} ended behind the gate"
-            );
-            Seen::Dropped
+            dropped_behind_the_gate(tiny, pool.call::<_, Value>("run", &args, long()), &token).await
         }
         Way::StrictSession => {
             let options = long()
                 .session(format!("s{}", wait_us % 2))
                 .affinity(Affinity::Strict);
-            let call = pool.execute_with("run", args, options);
-            assert!(
-                tokio::time::timeout(tiny, call).await.is_err(),
-                "{token} ended behind the gate"
-            );
-            Seen::Dropped
+            dropped_behind_the_gate(tiny, pool.execute_with("run", args, options), &token).await
         }
         Way::StreamDropped => {
             let call = async {
@@ -375,28 +497,15 @@ async fn gated_storm(async_mode: bool, pipelined: bool, seed: u64) {
         .unwrap();
     // Short calls (pipelining follows them), and a session on each worker
     // for the strict session callers.
-    for i in 0..20 {
-        let options = long().session(format!("s{}", i % 2));
-        let v = pool
-            .execute_with("run", json!({"token": format!("warm-{i}")}), options)
-            .await
-            .unwrap();
-        assert_eq!(v["token"], json!(format!("warm-{i}")));
-    }
+    warm_up(&pool, 20, true).await;
     let gate = Gate::new();
     let capacity = pool.stats().capacity;
     let fronts: Vec<_> = (0..capacity)
         .map(|k| {
-            let pool = pool.clone();
-            let gate = gate.path();
-            tokio::spawn(async move {
-                pool.execute_with(
-                    "run",
-                    json!({"token": format!("front-{k}"), "gate": gate}),
-                    long(),
-                )
-                .await
-            })
+            spawn_run(
+                &pool,
+                json!({"token": format!("front-{k}"), "gate": gate.path()}),
+            )
         })
         .collect();
     assert!(
@@ -411,21 +520,10 @@ async fn gated_storm(async_mode: bool, pipelined: bool, seed: u64) {
         let way = WAYS[rng.below(WAYS.len() as u64) as usize];
         let wait_us = rng.below(40_000);
         let token = format!("c{i}");
-        let began = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(gated_caller(
-            pool.clone(),
-            way,
-            token.clone(),
-            wait_us,
-            began.clone(),
-        ));
-        if way == Way::Abort {
-            let abort = task.abort_handle();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_micros(wait_us)).await;
-                abort.abort();
-            });
-        }
+        let (began, task) = spawn_caller(
+            |began| gated_caller(pool.clone(), way, token.clone(), wait_us, began),
+            (way == Way::Abort).then(|| Duration::from_micros(wait_us)),
+        );
         callers.push((token, way, began, task));
         if rng.below(4) == 0 {
             tokio::task::yield_now().await;
@@ -553,13 +651,7 @@ async fn a_stream_dropped_outside_the_runtime_does_not_kill_its_worker() {
     let (builder, log) = storm("outside-rt-stream", true);
     let pool = builder.size(1).start().await.unwrap();
     let pid = pool.worker_pids()[0];
-    let bystander = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_with("run", json!({"token": "bystander", "ms": 1500}), long())
-                .await
-        })
-    };
+    let bystander = spawn_run(&pool, json!({"token": "bystander", "ms": 1500}));
     assert!(eventually(20, || log.ran("bystander") == 1).await);
     let mut stream = pool
         .execute_stream("chunks", json!({"token": "s", "n": 100, "ms": 20}), long())
@@ -571,16 +663,8 @@ async fn a_stream_dropped_outside_the_runtime_does_not_kill_its_worker() {
     ));
     std::thread::spawn(move || drop(stream)).join().unwrap();
     let r = bystander.await.unwrap();
-    assert_eq!(
-        r.as_ref().map(|v| v["token"].clone()).ok(),
-        Some(json!("bystander")),
-        "the call beside the dropped stream: {r:?}"
-    );
-    assert!(settled(&pool, 1).await, "{:?}", pool.stats());
-    let s = pool.stats();
-    assert_eq!((s.crashes, s.restarts, s.cancelled), (0, 0, 1), "{s:?}");
-    assert_eq!(pool.worker_pids(), vec![pid], "the worker was replaced");
-    shut_down_leaving_nothing(pool).await;
+    assert_own_result(&r, "bystander", "the call beside the dropped stream");
+    one_cancel_and_the_same_worker(pool, pid).await;
 }
 
 /// docs/reliability.md, pipelined dispatch (the promises table): "a call
@@ -594,24 +678,13 @@ async fn a_stream_dropped_outside_the_runtime_does_not_kill_its_worker() {
 /// worker stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_written_ahead_dropped_outside_the_runtime_leaves_the_call_in_front_alone() {
-    let (builder, log) = storm("outside-rt-ahead", false);
-    let pool = builder.size(1).start().await.unwrap();
-    for i in 0..20 {
-        pool.execute_with("run", json!({"token": format!("warm-{i}")}), long())
-            .await
-            .unwrap();
-    }
-    let pid = pool.worker_pids()[0];
-    let gate = Gate::new();
-    let front = {
-        let pool = pool.clone();
-        let gate = gate.path();
-        tokio::spawn(async move {
-            pool.execute_with("run", json!({"token": "front", "gate": gate}), long())
-                .await
-        })
-    };
-    assert!(eventually(20, || log.ran("front") == 1).await);
+    let Held {
+        pool,
+        log,
+        pid,
+        gate,
+        front,
+    } = held_at_the_gate("outside-rt-ahead").await;
     let mut behind = Box::pin(pool.execute_with("run", json!({"token": "behind"}), long()));
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut behind)
@@ -628,17 +701,9 @@ async fn a_call_written_ahead_dropped_outside_the_runtime_leaves_the_call_in_fro
     tokio::time::sleep(Duration::from_millis(100)).await;
     gate.open();
     let r = front.await.unwrap();
-    assert_eq!(
-        r.as_ref().map(|v| v["token"].clone()).ok(),
-        Some(json!("front")),
-        "the call in front of the dropped one: {r:?}"
-    );
-    assert!(settled(&pool, 1).await, "{:?}", pool.stats());
+    assert_own_result(&r, "front", "the call in front of the dropped one");
+    one_cancel_and_the_same_worker(pool, pid).await;
     assert_eq!(log.ran("behind"), 0, "the dropped call ran");
-    let s = pool.stats();
-    assert_eq!((s.crashes, s.restarts, s.cancelled), (0, 0, 1), "{s:?}");
-    assert_eq!(pool.worker_pids(), vec![pid], "the worker was replaced");
-    shut_down_leaving_nothing(pool).await;
 }
 
 /// README/`PoolConfig::max_queue_size` and `Error::PoolSaturated` ("the
@@ -655,6 +720,15 @@ async fn a_call_written_ahead_dropped_outside_the_runtime_leaves_the_call_in_fro
 /// is refused again (`pool_saturated` is exactly 2), none of the dropped
 /// calls ever runs, the four new ones each get their own result, and no
 /// `queue_timeouts` are counted.
+/// A call of `token` is refused at once: the queue of four is full.
+async fn refused_by_a_full_queue(pool: &Pool, token: &str) {
+    let e = pool
+        .execute_with("run", json!({"token": token}), long())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PoolSaturated { queued: 4 }), "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waiters_free_their_queue_slots_and_saturation_counts_right() {
     let (builder, log) = storm("queue-slots", false);
@@ -673,15 +747,7 @@ async fn dropped_waiters_free_their_queue_slots_and_saturation_counts_right() {
         .await
         .unwrap();
     let gate = Gate::new();
-    let front = {
-        let pool = pool.clone();
-        let gate = gate.path();
-        tokio::spawn(async move {
-            pool.execute_with("run", json!({"token": "front", "gate": gate}), long())
-                .await
-        })
-    };
-    assert!(eventually(20, || log.ran("front") == 1).await);
+    let front = running_behind(&pool, &log, &gate, "front").await;
 
     // Four waiters, each dropped its own way when `go` fires (or aborted).
     let (go, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -725,11 +791,7 @@ async fn dropped_waiters_free_their_queue_slots_and_saturation_counts_right() {
         "{:?}",
         pool.stats()
     );
-    let e = pool
-        .execute_with("run", json!({"token": "refused-1"}), long())
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::PoolSaturated { queued: 4 }), "{e:?}");
+    refused_by_a_full_queue(&pool, "refused-1").await;
     waiters[0].abort();
     go.send(()).unwrap();
     for (k, w) in waiters.into_iter().enumerate() {
@@ -759,11 +821,7 @@ async fn dropped_waiters_free_their_queue_slots_and_saturation_counts_right() {
         "the four new calls wait in the queue, none refused: {:?}",
         pool.stats()
     );
-    let e = pool
-        .execute_with("run", json!({"token": "refused-2"}), long())
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::PoolSaturated { queued: 4 }), "{e:?}");
+    refused_by_a_full_queue(&pool, "refused-2").await;
     gate.open();
     assert_eq!(front.await.unwrap().unwrap()["token"], "front");
     for n in new {
@@ -900,17 +958,8 @@ async fn storm_caller(
 async fn kill_storm(async_mode: bool, seed: u64) {
     let tag = format!("kill-{async_mode}-{seed}");
     let (builder, log) = storm(&tag, async_mode);
-    let pool = builder
-        .size(2)
-        .configure(|c| c.pipeline_depth = 16)
-        .start()
-        .await
-        .unwrap();
-    for i in 0..10 {
-        pool.execute_with("run", json!({"token": format!("warm-{i}")}), long())
-            .await
-            .unwrap();
-    }
+    let pool = pipelined_pair(builder).await;
+    warm_up(&pool, 10, false).await;
     let killer = {
         let pool = pool.clone();
         tokio::spawn(async move {
@@ -936,21 +985,10 @@ async fn kill_storm(async_mode: bool, seed: u64) {
         let way = rng.below(8);
         let r = rng.below(1 << 30);
         let token = format!("k{i}");
-        let began = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(storm_caller(
-            pool.clone(),
-            way,
-            token.clone(),
-            r,
-            began.clone(),
-        ));
-        if way == 3 {
-            let abort = task.abort_handle();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_micros(r % 20_000)).await;
-                abort.abort();
-            });
-        }
+        let (began, task) = spawn_caller(
+            |began| storm_caller(pool.clone(), way, token.clone(), r, began),
+            (way == 3).then(|| Duration::from_micros(r % 20_000)),
+        );
         callers.push((token, began, task));
         // Spread over about a second: the kills land in the storm.
         if i % 4 == 3 {
@@ -1062,12 +1100,7 @@ async fn kill_storm_multi_thread_runtime() {
 async fn the_last_handle_dropped_in_a_cancel_storm(async_mode: bool) {
     let tag = format!("last-handle-{async_mode}");
     let (builder, _log) = storm(&tag, async_mode);
-    let pool = builder
-        .size(2)
-        .configure(|c| c.pipeline_depth = 16)
-        .start()
-        .await
-        .unwrap();
+    let pool = pipelined_pair(builder).await;
     let run_id = pool.run_id().to_owned();
     let pids = pool.worker_pids();
     let weak = pool.downgrade();
@@ -1111,17 +1144,7 @@ async fn the_last_handle_dropped_in_a_cancel_storm(async_mode: bool) {
         assert!(e.is_cancelled(), "{e:?}");
     }
     assert!(weak.upgrade().is_none(), "the last handle is gone");
-    for pid in pids {
-        assert!(
-            eventually(10, || !alive(pid)).await,
-            "worker {pid} outlived its pool"
-        );
-    }
-    assert!(
-        eventually(10, || processes_of_run(&run_id).is_empty()).await,
-        "processes of the run left: {:?}",
-        processes_of_run(&run_id)
-    );
+    nothing_of_the_run_left(pids, &run_id).await;
     let end = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match next(&mut stream).await {
@@ -1169,11 +1192,7 @@ async fn cancel_behind_then_slow_turn(pause: Duration) -> (snakepit_core::Stats,
         .start()
         .await
         .unwrap();
-    for i in 0..20 {
-        pool.execute_with("run", json!({"token": format!("warm-{i}")}), long())
-            .await
-            .unwrap();
-    }
+    warm_up(&pool, 20, false).await;
     let pid = pool.worker_pids()[0];
     let gate = Gate::new();
     let front = {
@@ -1183,13 +1202,7 @@ async fn cancel_behind_then_slow_turn(pause: Duration) -> (snakepit_core::Stats,
         tokio::spawn(async move { pool.execute_with("run_then_pause", args, long()).await })
     };
     assert!(eventually(20, || log.ran("front") == 1).await);
-    let behind = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_with("run", json!({"token": "behind"}), long())
-                .await
-        })
-    };
+    let behind = spawn_run(&pool, json!({"token": "behind"}));
     assert!(
         eventually(20, || pool.workers()[0].in_flight == 2).await,
         "the second call was written ahead: {:?}",
@@ -1268,28 +1281,16 @@ fn signal(pid: u32, signal: &str) {
 /// runs; nothing is left in flight and the new worker's unit is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_given_up_on_a_hung_worker_that_is_then_killed_leave_nothing_behind() {
-    let (builder, log) = storm("hung-then-killed", false);
-    let pool = builder.size(1).start().await.unwrap();
-    for i in 0..20 {
-        pool.execute_with("run", json!({"token": format!("warm-{i}")}), long())
-            .await
-            .unwrap();
-    }
-    let old = pool.worker_pids()[0];
-    let gate = Gate::new();
-    let call = |token: &'static str, gated: bool| {
-        let pool = pool.clone();
-        let mut args = json!({"token": token});
-        if gated {
-            args["gate"] = json!(gate.path());
-        }
-        tokio::spawn(async move { pool.execute_with("run", args, long()).await })
-    };
-    let front = call("front", true);
-    assert!(eventually(20, || log.ran("front") == 1).await);
-    let kept = call("kept", false);
+    let Held {
+        pool,
+        log,
+        pid: old,
+        gate,
+        front,
+    } = held_at_the_gate("hung-then-killed").await;
+    let kept = spawn_run(&pool, json!({"token": "kept"}));
     assert!(eventually(20, || pool.workers()[0].in_flight == 2).await);
-    let given_up = call("given-up", false);
+    let given_up = spawn_run(&pool, json!({"token": "given-up"}));
     assert!(
         eventually(20, || pool.workers()[0].in_flight == 3).await,
         "two calls written ahead: {:?}",
@@ -1349,15 +1350,7 @@ async fn a_shutdown_dropped_half_way_can_be_done_again() {
         .await
         .unwrap();
     let gate = Gate::new();
-    let running = {
-        let pool = pool.clone();
-        let gate = gate.path();
-        tokio::spawn(async move {
-            pool.execute_with("run", json!({"token": "running", "gate": gate}), long())
-                .await
-        })
-    };
-    assert!(eventually(20, || log.ran("running") == 1).await);
+    let running = running_behind(&pool, &log, &gate, "running").await;
     assert!(
         tokio::time::timeout(Duration::from_millis(100), pool.shutdown())
             .await
@@ -1377,14 +1370,7 @@ async fn a_shutdown_dropped_half_way_can_be_done_again() {
         .unwrap();
     let r = running.await.unwrap();
     assert!(matches!(r, Err(Error::StoppedByShutdown { .. })), "{r:?}");
-    for pid in pids {
-        assert!(eventually(10, || !alive(pid)).await, "worker {pid} left");
-    }
-    assert!(
-        eventually(10, || processes_of_run(&run_id).is_empty()).await,
-        "{:?}",
-        processes_of_run(&run_id)
-    );
+    nothing_of_the_run_left(pids, &run_id).await;
     assert_eq!(log.ran("late"), 0);
     let s = pool.stats();
     assert_eq!(s.requests, s.completed + s.errors + s.cancelled, "{s:?}");

@@ -20,10 +20,10 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{alive, builder, eventually, kill_9, temp_dir, TestWorker};
+use common::{alive, builder, eventually, kill_9, pid_list, temp_dir, TestWorker};
 use serde_json::{json, Value};
 use snakepit_core::events::EventKind;
-use snakepit_core::{Adapter, Error, Launch};
+use snakepit_core::{Adapter, Error, Launch, Pool, PoolBuilder};
 
 const MODE: &str = "OUTSIDE_EXHAUSTION_MODE";
 const REPORT: &str = "OUTSIDE_EXHAUSTION_REPORT";
@@ -192,6 +192,130 @@ fn says_too_many_open_files(cause: &str) -> bool {
     cause.contains("Too many open files") || cause.contains("os error 24")
 }
 
+/// Within seconds, no worker tagged `tag` lives (`when`: after what).
+async fn no_worker_left(tag: &str, when: &str) {
+    assert!(
+        eventually(10, || tagged(tag).is_empty()).await,
+        "workers left {when}: {:?}",
+        tagged(tag)
+    );
+}
+
+/// Within seconds, this process has no more descriptors open than
+/// `before` (`when`: after what).
+async fn no_descriptor_left(before: usize, when: &str) {
+    assert!(
+        eventually(10, || open_fds() <= before).await,
+        "descriptors left {when}: {} before, {} after",
+        before,
+        open_fds()
+    );
+}
+
+/// The names of the files in `dir`.
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_owned()))
+        .collect()
+}
+
+/// Room for 24 descriptors: every one below 256 taken but 24 (the
+/// fillers, to drop with the soft limit raised again).
+fn room_for_24_descriptors() -> Vec<File> {
+    let mut fillers = take_every_descriptor_below(256);
+    fillers.truncate(fillers.len() - 24);
+    fillers
+}
+
+/// A pool of 16 workers tagged `tag`, more than 24 descriptors hold.
+fn sixteen_workers(tag: &str, state: &std::path::Path) -> PoolBuilder {
+    builder(TestWorker::new())
+        .size(16)
+        .name("exh-too-big")
+        .worker_env(TAG, tag)
+        .configure(|c| {
+            c.state_dir = Some(state.to_owned());
+            c.startup_timeout = Duration::from_secs(60);
+        })
+}
+
+/// Where a scenario of worker replacement starts: every descriptor below
+/// 256 taken first (`fillers`), so that the pool's own (opened with the
+/// soft limit raised again to `soft`) are all above it: once the limit is
+/// back at 256, a worker's pipes closed at its death give nothing back to
+/// its replacement.
+struct Exhaustible {
+    soft: u64,
+    state: std::path::PathBuf,
+    tag: String,
+    before: usize,
+    fillers: Vec<File>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Exhaustible {
+    fn new(tag: &str) -> Self {
+        let (soft, _) = nofile();
+        let state = temp_dir("exh-state");
+        let tag = format!("{tag}-{}", std::process::id());
+        let before = open_fds();
+        let fillers = take_every_descriptor_below(256);
+        set_soft_nofile(soft);
+        Exhaustible {
+            soft,
+            state,
+            tag,
+            before,
+            fillers,
+            seen: Arc::new(Mutex::new(Seen::default())),
+        }
+    }
+
+    /// A pool of `size` workers tagged and listened to, its breakers
+    /// cooling down for 10 minutes, no health checks.
+    fn builder(&self, adapter: impl Adapter, size: usize, name: &str) -> PoolBuilder {
+        let state = self.state.clone();
+        builder(adapter)
+            .size(size)
+            .name(name)
+            .worker_env(TAG, &self.tag)
+            .on_event(listen(&self.seen))
+            .configure(|c| {
+                c.state_dir = Some(state);
+                c.breaker_cooldown = Duration::from_secs(600);
+                c.restart_backoff = Duration::from_millis(20);
+                c.health_check_interval = Duration::ZERO;
+            })
+    }
+
+    /// Slot 0's worker killed with no descriptor left: its breaker opens.
+    /// Returns the killed worker's pid.
+    async fn kill_slot_0_until_its_breaker_opens(&self, pool: &Pool) -> u32 {
+        let victim = pool.workers().into_iter().find(|w| w.slot == 0).unwrap();
+        sigkill(victim.pid);
+        assert!(
+            eventually(20, || self.seen.lock().unwrap().breaker_opened.contains(&0)).await,
+            "slot 0's breaker never opened; start failures: {:?}",
+            self.seen.lock().unwrap().start_failed
+        );
+        victim.pid
+    }
+
+    /// Descriptors come back: `retry_starts` refills every slot of `pool`
+    /// (`size` workers) at once.
+    async fn descriptors_back_and_slots_refilled(&mut self, pool: &Pool, size: usize) {
+        set_soft_nofile(self.soft);
+        drop(std::mem::take(&mut self.fillers));
+        pool.retry_starts();
+        assert!(
+            eventually(30, || pool.stats().workers == size).await,
+            "slots not refilled once descriptors came back: {:?}",
+            pool.stats()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------
 // Running a scenario in a process of its own.
 // ---------------------------------------------------------------------
@@ -250,13 +374,19 @@ fn run_scenario(mode: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
 
-fn pids(report: &Value, key: &str) -> Vec<u32> {
-    report[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {key} in {report}"))
-        .iter()
-        .map(|p| p.as_u64().unwrap() as u32)
-        .collect()
+/// Runs scenario `mode` as [`run_scenario`] does; then, from outside, none
+/// of the pids its report lists under `keys` lives. Its report.
+fn run_scenario_leaving_none_of(mode: &str, keys: &[&str]) -> Value {
+    let report = run_scenario(mode);
+    for key in keys {
+        for pid in pid_list(&report, key) {
+            assert!(
+                !alive(pid),
+                "{key} {pid} of scenario {mode} outlived its pool"
+            );
+        }
+    }
+    report
 }
 
 // ---------------------------------------------------------------------
@@ -274,18 +404,10 @@ async fn scenario_too_big() -> Value {
 
     // Room for 24 descriptors: a worker holds 3 pipes and a pidfd,
     // and its start needs a few more for a moment.
-    let mut fillers = take_every_descriptor_below(256);
-    fillers.truncate(fillers.len() - 24);
+    let fillers = room_for_24_descriptors();
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let started = builder(TestWorker::new())
-        .size(16)
-        .name("exh-too-big")
-        .worker_env(TAG, &tag)
+    let started = sixteen_workers(&tag, &state)
         .on_event(listen(&seen))
-        .configure(|c| {
-            c.state_dir = Some(state.clone());
-            c.startup_timeout = Duration::from_secs(60);
-        })
         .start()
         .await;
     drop(fillers);
@@ -307,36 +429,18 @@ async fn scenario_too_big() -> Value {
         "start of 16 workers with room for 24 descriptors: {} ready, then: {err}",
         ready.len()
     );
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "workers of the failed start still run: {:?} (ready ones: {ready:?})",
-        tagged(&tag)
-    );
-    assert!(
-        eventually(10, || open_fds() <= before).await,
-        "the failed start left descriptors open: {} before, {} after",
-        before,
-        open_fds()
-    );
+    no_worker_left(
+        &tag,
+        &format!("after the failed start (ready ones: {ready:?})"),
+    )
+    .await;
+    no_descriptor_left(before, "after the failed start").await;
 
     // Four more starts like it: each fails the same way, and none leaves
     // a thread, a process or a descriptor behind.
-    let fillers = {
-        let mut f = take_every_descriptor_below(256);
-        f.truncate(f.len() - 24);
-        f
-    };
+    let fillers = room_for_24_descriptors();
     for round in 0..4 {
-        let again = builder(TestWorker::new())
-            .size(16)
-            .name("exh-too-big")
-            .worker_env(TAG, &tag)
-            .configure(|c| {
-                c.state_dir = Some(state.clone());
-                c.startup_timeout = Duration::from_secs(60);
-            })
-            .start()
-            .await;
+        let again = sixteen_workers(&tag, &state).start().await;
         match again {
             Err(Error::StartFailed(e)) if says_too_many_open_files(&e.cause) => {}
             Err(e) => panic!("round {round}: {e:?}"),
@@ -362,8 +466,7 @@ async fn scenario_too_big() -> Value {
     );
 
     // A pool that fits the same room starts and serves.
-    let mut fillers = take_every_descriptor_below(256);
-    fillers.truncate(fillers.len() - 24);
+    let fillers = room_for_24_descriptors();
     let fits = builder(TestWorker::new())
         .size(2)
         .name("exh-fits")
@@ -381,17 +484,8 @@ async fn scenario_too_big() -> Value {
     drop(fits);
     drop(fillers);
     set_soft_nofile(soft);
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "workers left after shutdown: {:?}",
-        tagged(&tag)
-    );
-    assert!(
-        eventually(10, || open_fds() <= before).await,
-        "descriptors left after shutdown: {} before, {} after",
-        before,
-        open_fds()
-    );
+    no_worker_left(&tag, "after shutdown").await;
+    no_descriptor_left(before, "after shutdown").await;
     json!({
         "ready": ready,
         "fitting": fitting_workers,
@@ -416,14 +510,8 @@ async fn scenario_too_big() -> Value {
 /// behind. A pool of 2 under the same room starts and serves.
 #[test]
 fn a_pool_bigger_than_the_descriptors_allow_fails_to_start_naming_the_cause() {
-    let report = run_scenario("too_big");
     // From outside too, once the host is gone: none of its workers lives.
-    for pid in pids(&report, "ready")
-        .into_iter()
-        .chain(pids(&report, "fitting"))
-    {
-        assert!(!alive(pid), "worker {pid} outlived its failed pool");
-    }
+    run_scenario_leaving_none_of("too_big", &["ready", "fitting"]);
 }
 
 // ---------------------------------------------------------------------
@@ -433,31 +521,14 @@ fn a_pool_bigger_than_the_descriptors_allow_fails_to_start_naming_the_cause() {
 /// The scenario of
 /// [`descriptors_exhausted_while_replacing_crashed_workers_follow_the_breakers_rules`].
 async fn scenario_replace() -> Value {
-    let (soft, _) = nofile();
-    let state = temp_dir("exh-state");
-    let tag = format!("replace-{}", std::process::id());
-    let before = open_fds();
-
-    // Every descriptor below 256 is taken first, so that the pool's own
-    // (opened with the limit raised again) are all above it: once the
-    // limit is back at 256, a worker's pipes closed at its death give
-    // nothing back to its replacement.
-    let fillers = take_every_descriptor_below(256);
-    set_soft_nofile(soft);
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let pool = builder(TestWorker::new())
-        .size(3)
-        .name("exh-replace")
-        .worker_env(TAG, &tag)
-        .on_event(listen(&seen))
+    let mut exh = Exhaustible::new("replace");
+    let seen = exh.seen.clone();
+    let pool = exh
+        .builder(TestWorker::new(), 3, "exh-replace")
         .configure(|c| {
-            c.state_dir = Some(state.clone());
             c.breaker_threshold = 3;
-            c.breaker_cooldown = Duration::from_secs(600);
-            c.restart_backoff = Duration::from_millis(20);
             c.restart_backoff_max = Duration::from_millis(200);
             c.queue_timeout = Duration::from_secs(60);
-            c.health_check_interval = Duration::ZERO;
         })
         .start()
         .await
@@ -472,13 +543,7 @@ async fn scenario_replace() -> Value {
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     // One worker dies: its replacement cannot start, the two others serve.
-    let victim = pool.workers().into_iter().find(|w| w.slot == 0).unwrap();
-    sigkill(victim.pid);
-    assert!(
-        eventually(20, || seen.lock().unwrap().breaker_opened.contains(&0)).await,
-        "slot 0's breaker never opened; start failures: {:?}",
-        seen.lock().unwrap().start_failed
-    );
+    let victim = exh.kill_slot_0_until_its_breaker_opens(&pool).await;
     for (slot, cause) in &seen.lock().unwrap().start_failed {
         assert_eq!(*slot, 0, "only slot 0 had to start a worker: {cause}");
         assert!(
@@ -497,7 +562,7 @@ async fn scenario_replace() -> Value {
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("call {i} failed while two workers were up: {e:?}"));
-        assert_ne!(r["pid"].as_u64().unwrap() as u32, victim.pid);
+        assert_ne!(r["pid"].as_u64().unwrap() as u32, victim);
     }
     let s = pool.stats();
     assert_eq!(s.workers, 2, "{s:?}");
@@ -538,15 +603,7 @@ async fn scenario_replace() -> Value {
     }
     assert!(matches!(pool.start_failure(), Some(Error::StartFailed(_))));
 
-    // Descriptors come back: `retry_starts` refills every slot at once.
-    set_soft_nofile(soft);
-    drop(fillers);
-    pool.retry_starts();
-    assert!(
-        eventually(30, || pool.stats().workers == 3).await,
-        "slots not refilled after the descriptors came back: {:?}",
-        pool.stats()
-    );
+    exh.descriptors_back_and_slots_refilled(&pool, 3).await;
     let closed = seen.lock().unwrap().breaker_closed.clone();
     for slot in 0..3 {
         assert!(
@@ -560,17 +617,8 @@ async fn scenario_replace() -> Value {
     let last = pool.worker_pids();
     pool.shutdown().await.unwrap();
     drop(pool);
-    assert!(
-        eventually(10, || tagged(&tag).is_empty()).await,
-        "workers left after shutdown: {:?}",
-        tagged(&tag)
-    );
-    assert!(
-        eventually(10, || open_fds() <= before).await,
-        "descriptors left after shutdown: {} before, {} after",
-        before,
-        open_fds()
-    );
+    no_worker_left(&exh.tag, "after shutdown").await;
+    no_descriptor_left(exh.before, "after shutdown").await;
     json!({"workers": first.iter().chain(&last).collect::<Vec<_>>()})
 }
 
@@ -591,10 +639,7 @@ async fn scenario_replace() -> Value {
 /// shutdown no worker and no descriptor is left.
 #[test]
 fn descriptors_exhausted_while_replacing_crashed_workers_follow_the_breakers_rules() {
-    let report = run_scenario("replace");
-    for pid in pids(&report, "workers") {
-        assert!(!alive(pid), "worker {pid} outlived its pool");
-    }
+    run_scenario_leaving_none_of("replace", &["workers"]);
 }
 
 /// The test worker, preloaded: one template, every worker forked from it.
@@ -609,25 +654,13 @@ impl Adapter for PreloadedTestWorker {
 /// The scenario of
 /// [`a_preloaded_pool_out_of_descriptors_keeps_its_template_and_forks_again_once_they_are_back`].
 async fn scenario_replace_preloaded() -> Value {
-    let (soft, _) = nofile();
-    let state = temp_dir("exh-state");
-    let tag = format!("preloaded-{}", std::process::id());
-    let before = open_fds();
-    let fillers = take_every_descriptor_below(256);
-    set_soft_nofile(soft);
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let pool = builder(PreloadedTestWorker)
-        .size(2)
-        .name("exh-preloaded")
-        .worker_env(TAG, &tag)
-        .on_event(listen(&seen))
+    let mut exh = Exhaustible::new("preloaded");
+    let seen = exh.seen.clone();
+    let pool = exh
+        .builder(PreloadedTestWorker, 2, "exh-preloaded")
         .configure(|c| {
-            c.state_dir = Some(state.clone());
             c.startup_timeout = Duration::from_secs(60);
             c.breaker_threshold = 2;
-            c.breaker_cooldown = Duration::from_secs(600);
-            c.restart_backoff = Duration::from_millis(20);
-            c.health_check_interval = Duration::ZERO;
         })
         .start()
         .await
@@ -639,13 +672,7 @@ async fn scenario_replace_preloaded() -> Value {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     set_soft_nofile(256);
 
-    let victim = pool.workers().into_iter().find(|w| w.slot == 0).unwrap();
-    sigkill(victim.pid);
-    assert!(
-        eventually(20, || seen.lock().unwrap().breaker_opened.contains(&0)).await,
-        "slot 0's breaker never opened; start failures: {:?}",
-        seen.lock().unwrap().start_failed
-    );
+    let victim = exh.kill_slot_0_until_its_breaker_opens(&pool).await;
     let failed = seen.lock().unwrap().start_failed.clone();
     assert_eq!(
         failed.len(),
@@ -661,7 +688,7 @@ async fn scenario_replace_preloaded() -> Value {
     }
     for i in 0..20 {
         let r = pool.execute("echo", json!({"i": i})).await.unwrap();
-        assert_ne!(r["pid"].as_u64().unwrap() as u32, victim.pid);
+        assert_ne!(r["pid"].as_u64().unwrap() as u32, victim);
     }
     assert_eq!(
         pool.template_pid(),
@@ -669,14 +696,7 @@ async fn scenario_replace_preloaded() -> Value {
         "the template survived the failed forks"
     );
 
-    set_soft_nofile(soft);
-    drop(fillers);
-    pool.retry_starts();
-    assert!(
-        eventually(30, || pool.stats().workers == 2).await,
-        "slot 0 not refilled once descriptors came back: {:?}",
-        pool.stats()
-    );
+    exh.descriptors_back_and_slots_refilled(&pool, 2).await;
     let new = pool
         .workers()
         .into_iter()
@@ -698,17 +718,12 @@ async fn scenario_replace_preloaded() -> Value {
     pool.shutdown().await.unwrap();
     drop(pool);
     assert!(
-        eventually(10, || tagged(&tag).is_empty() && !alive(template)).await,
+        eventually(10, || tagged(&exh.tag).is_empty() && !alive(template)).await,
         "left after shutdown: workers {:?}, template alive: {}",
-        tagged(&tag),
+        tagged(&exh.tag),
         alive(template)
     );
-    assert!(
-        eventually(10, || open_fds() <= before).await,
-        "descriptors left after shutdown: {} before, {} after",
-        before,
-        open_fds()
-    );
+    no_descriptor_left(exh.before, "after shutdown").await;
     json!({"workers": first.iter().chain(&last).chain([&template]).collect::<Vec<_>>()})
 }
 
@@ -727,10 +742,7 @@ async fn scenario_replace_preloaded() -> Value {
 /// left.
 #[test]
 fn a_preloaded_pool_out_of_descriptors_keeps_its_template_and_forks_again_once_they_are_back() {
-    let report = run_scenario("replace_preloaded");
-    for pid in pids(&report, "workers") {
-        assert!(!alive(pid), "{pid} outlived its pool");
-    }
+    run_scenario_leaving_none_of("replace_preloaded", &["workers"]);
 }
 
 // ---------------------------------------------------------------------
@@ -795,10 +807,7 @@ async fn scenario_host_token() -> Value {
 /// start time, as every later worker's must.
 #[test]
 fn workers_name_their_hosts_start_time_after_a_start_without_descriptors() {
-    let report = run_scenario("host_token");
-    for pid in pids(&report, "workers") {
-        assert!(!alive(pid));
-    }
+    run_scenario_leaving_none_of("host_token", &["workers"]);
 }
 
 // ---------------------------------------------------------------------
@@ -831,21 +840,27 @@ impl Adapter for GivesBack {
     }
 }
 
+/// A pool of one worker named `name`, its state in `state`, started while
+/// no descriptor is free ([`HELD`]); they come back as it asks for its
+/// worker's launch.
+async fn started_while_short(name: &str, state: &std::path::Path) -> Pool {
+    let (soft, _) = nofile();
+    *HELD.lock().unwrap() = exhausted_unless_control();
+    builder(GivesBack(TestWorker::new(), soft))
+        .size(1)
+        .name(name)
+        .configure(|c| c.state_dir = Some(state.to_owned()))
+        .start()
+        .await
+        .expect("the pool starts once descriptors are back")
+}
+
 /// The scenario of
 /// [`a_pool_started_while_descriptors_were_short_still_has_its_watchdog`]:
 /// starts the pool, has its worker start a child, reports the pids and
 /// waits to be killed.
 async fn scenario_watchdog(report_path: &std::path::Path) -> Value {
-    let (soft, _) = nofile();
-    let state = temp_dir("exh-state");
-    *HELD.lock().unwrap() = exhausted_unless_control();
-    let pool = builder(GivesBack(TestWorker::new(), soft))
-        .size(1)
-        .name("exh-watchdog")
-        .configure(|c| c.state_dir = Some(state.clone()))
-        .start()
-        .await
-        .expect("the pool starts once descriptors are back");
+    let pool = started_while_short("exh-watchdog", &temp_dir("exh-state")).await;
     let child = pool.execute("spawn_child", json!({})).await.unwrap();
     let report = json!({
         "workers": pool.worker_pids(),
@@ -893,8 +908,8 @@ async fn a_pool_started_while_descriptors_were_short_still_has_its_watchdog() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let workers = pids(&report, "workers");
-    let children = pids(&report, "children");
+    let workers = pid_list(&report, "workers");
+    let children = pid_list(&report, "children");
     assert!(workers.iter().chain(&children).all(|&p| alive(p)));
     kill_9(host.id());
     host.wait().unwrap();
@@ -910,22 +925,11 @@ async fn a_pool_started_while_descriptors_were_short_still_has_its_watchdog() {
 /// The scenario of
 /// [`a_pool_started_while_descriptors_were_short_still_keeps_a_run_record`].
 async fn scenario_record() -> Value {
-    let (soft, _) = nofile();
     let state = temp_dir("exh-state");
-    *HELD.lock().unwrap() = exhausted_unless_control();
-    let pool = builder(GivesBack(TestWorker::new(), soft))
-        .size(1)
-        .name("exh-record")
-        .configure(|c| c.state_dir = Some(state.clone()))
-        .start()
-        .await
-        .expect("the pool starts once descriptors are back");
+    let pool = started_while_short("exh-record", &state).await;
     pool.execute("pid", json!({})).await.unwrap();
     let run_id = pool.run_id().to_owned();
-    let records: Vec<String> = std::fs::read_dir(&state)
-        .unwrap()
-        .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_owned()))
-        .collect();
+    let records = file_names(&state);
     let workers = pool.worker_pids();
     pool.shutdown().await.unwrap();
     assert!(
@@ -950,10 +954,7 @@ async fn scenario_record() -> Value {
 /// this run leaves what escaped for ever.
 #[test]
 fn a_pool_started_while_descriptors_were_short_still_keeps_a_run_record() {
-    let report = run_scenario("record");
-    for pid in pids(&report, "workers") {
-        assert!(!alive(pid));
-    }
+    run_scenario_leaving_none_of("record", &["workers"]);
 }
 
 // ---------------------------------------------------------------------
@@ -1005,10 +1006,7 @@ async fn scenario_escaped(at_end: bool) -> Value {
         drop(fillers);
         set_soft_nofile(soft);
         let gone = eventually(5, || !alive(escaped)).await;
-        let records: Vec<String> = std::fs::read_dir(&state)
-            .unwrap()
-            .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_owned()))
-            .collect();
+        let records = file_names(&state);
         if !gone {
             sigkill(escaped);
         }
@@ -1060,13 +1058,7 @@ async fn scenario_escaped(at_end: bool) -> Value {
 /// end removed the run's record.
 #[test]
 fn a_pool_shut_down_without_descriptors_still_kills_its_workers_escaped_children() {
-    let report = run_scenario("escaped_at_end");
-    for pid in pids(&report, "workers")
-        .into_iter()
-        .chain(pids(&report, "children"))
-    {
-        assert!(!alive(pid));
-    }
+    run_scenario_leaving_none_of("escaped_at_end", &["workers", "children"]);
 }
 
 /// docs/reliability.md, "No orphan, on any path", run id layer: "when a
@@ -1080,13 +1072,7 @@ fn a_pool_shut_down_without_descriptors_still_kills_its_workers_escaped_children
 /// only at the pool's end.
 #[test]
 fn a_worker_that_dies_while_descriptors_are_exhausted_leaves_no_escaped_child_once_they_are_back() {
-    let report = run_scenario("escaped_at_crash");
-    for pid in pids(&report, "workers")
-        .into_iter()
-        .chain(pids(&report, "children"))
-    {
-        assert!(!alive(pid));
-    }
+    run_scenario_leaving_none_of("escaped_at_crash", &["workers", "children"]);
 }
 
 // ---------------------------------------------------------------------

@@ -35,6 +35,47 @@ async fn next(stream: &mut CallStream) -> Option<snakepit_core::Result<StreamIte
 /// are its own (a failing test's panic included).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Reads `stream` to its end, each item `Ok` and within 20 s; how many
+/// items it had.
+async fn items_of(mut stream: CallStream) -> usize {
+    let mut items = 0;
+    while let Some(item) = within(20, "stream", next(&mut stream)).await {
+        item.unwrap();
+        items += 1;
+    }
+    items
+}
+
+/// A test of this file running alone (see [`SERIAL`]), counting the panics
+/// from its start on.
+struct Alone {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    panics: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    before: usize,
+}
+
+impl Alone {
+    async fn start() -> Self {
+        let serial = SERIAL.lock().await;
+        let panics = count_panics();
+        let before = panics.load(Ordering::SeqCst);
+        Alone {
+            _serial: serial,
+            panics,
+            before,
+        }
+    }
+
+    /// No panic since the start (in the caller or in the pool's tasks).
+    fn no_panic(&self) {
+        assert_eq!(
+            self.panics.load(Ordering::SeqCst),
+            self.before,
+            "a panic in the pool"
+        );
+    }
+}
+
 /// Fails the test if `f` has not finished within `secs` seconds.
 async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f)
@@ -48,6 +89,111 @@ async fn serves(pool: &Pool, what: &str) {
         .await
         .unwrap_or_else(|e| panic!("{what}: a plain call failed: {e}"));
     assert_eq!(r["echoed"]["what"], what, "{what}: {r}");
+}
+
+/// A pool of `size` test workers with the settings `f` makes, started
+/// within 30 s (`what`, the settings, names it in a failure).
+async fn started(what: &str, size: usize, f: impl FnOnce(&mut PoolConfig)) -> Pool {
+    within(
+        30,
+        what,
+        builder(TestWorker::new()).size(size).configure(f).start(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: start: {e}"))
+}
+
+/// A pool of test workers with exactly `config`, started within 30 s.
+async fn started_with(config: PoolConfig) -> Pool {
+    within(
+        30,
+        "start",
+        Pool::builder(TestWorker::new()).config(config).start(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The default settings for `size` workers, changed by `f`.
+fn config_of(size: usize, f: impl FnOnce(&mut PoolConfig)) -> PoolConfig {
+    let mut config = PoolConfig::default();
+    config.pool_size = size;
+    f(&mut config);
+    config
+}
+
+/// A session call serves.
+async fn serves_a_session(pool: &Pool) {
+    within(
+        20,
+        "session",
+        pool.execute_in_session("s", "echo", json!({})),
+    )
+    .await
+    .unwrap();
+}
+
+/// A worker told to exit with code 3: the call's error.
+async fn crash_on_purpose(pool: &Pool) -> Error {
+    within(10, "exit", pool.execute("exit", json!({"code": 3})))
+        .await
+        .unwrap_err()
+}
+
+/// A worker told to exit crashes (`WorkerCrashed`); it is replaced (all
+/// `size` workers available again) and the pool serves on. The crash's
+/// stderr tail.
+async fn crashed_and_replaced(pool: &Pool, size: usize) -> String {
+    let e = crash_on_purpose(pool).await;
+    let Error::WorkerCrashed(c) = &e else {
+        panic!("expected WorkerCrashed: {e:?}");
+    };
+    assert!(
+        eventually(20, || pool.stats().available == size).await,
+        "the crashed worker was replaced"
+    );
+    serves(pool, "after a crash").await;
+    c.stderr_tail.clone()
+}
+
+/// `cmd` with `args` and a deadline of its own, `timeout`.
+async fn with_deadline(
+    pool: &Pool,
+    cmd: &str,
+    args: Value,
+    timeout: Duration,
+) -> snakepit_core::Result<Value> {
+    pool.execute_with(cmd, args, CallOptions::new().timeout(timeout))
+        .await
+}
+
+/// `cmd` with `args`, spawned, once a worker runs it.
+async fn running(
+    pool: &Pool,
+    cmd: &'static str,
+    args: Value,
+) -> tokio::task::JoinHandle<snakepit_core::Result<Value>> {
+    let call = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute(cmd, args).await })
+    };
+    assert!(
+        eventually(10, || pool.workers().iter().any(|w| w.in_flight > 0)).await,
+        "the {cmd} call reached a worker"
+    );
+    call
+}
+
+/// The run records (`*.run`) in `dir`.
+fn run_records_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".run"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The test worker with its own deadline for calls that set none.
@@ -76,13 +222,9 @@ impl Adapter for WithCommandTimeout {
 /// not a buffer size allocated up front).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_frame_size_outside_64_bytes_to_4_gib_is_refused_and_the_largest_works() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     for bad in [0usize, 1, 63, u32::MAX as usize + 1, usize::MAX] {
-        let mut config = PoolConfig::default();
-        config.pool_size = 1;
-        config.max_frame_size = bad;
+        let config = config_of(1, |c| c.max_frame_size = bad);
         let e = config.validate().unwrap_err();
         assert!(
             matches!(&e, Error::Config(m) if m.contains("max_frame_size")),
@@ -102,17 +244,13 @@ async fn max_frame_size_outside_64_bytes_to_4_gib_is_refused_and_the_largest_wor
         );
     }
     for good in [64usize, u32::MAX as usize] {
-        let mut config = PoolConfig::default();
-        config.max_frame_size = good;
-        config.pool_size = 1;
+        let config = config_of(1, |c| c.max_frame_size = good);
         assert!(config.validate().is_ok(), "max_frame_size {good}");
     }
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| c.max_frame_size = u32::MAX as usize)
-        .start()
-        .await
-        .unwrap();
+    let pool = started("max_frame_size u32::MAX", 1, |c| {
+        c.max_frame_size = u32::MAX as usize
+    })
+    .await;
     serves(&pool, "max_frame_size u32::MAX").await;
     let big = "x".repeat(1 << 20);
     let r = pool
@@ -120,18 +258,13 @@ async fn max_frame_size_outside_64_bytes_to_4_gib_is_refused_and_the_largest_wor
         .await
         .unwrap();
     assert_eq!(r["echoed"]["data"].as_str().map(str::len), Some(1 << 20));
-    let mut s = pool
+    let s = pool
         .execute_stream("stream", json!({"n": 3}), CallOptions::new())
         .await
         .unwrap();
-    let mut items = 0;
-    while let Some(item) = within(20, "stream", next(&mut s)).await {
-        item.unwrap();
-        items += 1;
-    }
-    assert_eq!(items, 4, "three chunks and the end");
+    assert_eq!(items_of(s).await, 4, "three chunks and the end");
     pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// crates/core/src/pool/options.rs:88-89: `CallOptions::timeout` is "the
@@ -146,9 +279,7 @@ async fn max_frame_size_outside_64_bytes_to_4_gib_is_refused_and_the_largest_wor
 /// calls that set their own timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_command_timeout_of_duration_max_or_zero() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     let pool = builder(WithCommandTimeout(Duration::MAX))
         .size(1)
         .start()
@@ -163,15 +294,9 @@ async fn an_adapter_command_timeout_of_duration_max_or_zero() {
     .await
     .unwrap();
     assert_eq!(typed["echoed"]["n"], 2);
-    within(
-        20,
-        "session",
-        pool.execute_in_session("s", "echo", json!({})),
-    )
-    .await
-    .unwrap();
+    serves_a_session(&pool).await;
     let now = Instant::now();
-    let mut s = pool
+    let s = pool
         .execute_stream("stream", json!({"n": 2}), CallOptions::new())
         .await
         .unwrap();
@@ -179,9 +304,7 @@ async fn an_adapter_command_timeout_of_duration_max_or_zero() {
         s.deadline() > now + Duration::from_secs(50 * 365 * 24 * 3600),
         "a stream with a `Duration::MAX` command_timeout has a far deadline"
     );
-    while let Some(item) = within(20, "stream", next(&mut s)).await {
-        item.unwrap();
-    }
+    items_of(s).await;
     // A sleeping call is not cut off by an overflowed deadline.
     let r = within(
         20,
@@ -207,17 +330,13 @@ async fn an_adapter_command_timeout_of_duration_max_or_zero() {
     let r = within(
         20,
         "own timeout",
-        pool.execute_with(
-            "echo",
-            json!({"n": 3}),
-            CallOptions::new().timeout(Duration::from_secs(10)),
-        ),
+        with_deadline(&pool, "echo", json!({"n": 3}), Duration::from_secs(10)),
     )
     .await
     .unwrap();
     assert_eq!(r["echoed"]["n"], 3);
     pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// Zero where `validate` allows it (crates/core/src/config.rs:174-215 names
@@ -236,54 +355,31 @@ async fn an_adapter_command_timeout_of_duration_max_or_zero() {
 /// worker is replaced at once, and shutdown ends with no worker left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_duration_that_may_be_zero_at_zero_leaves_a_working_pool() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let pool = within(
-        30,
-        "start",
-        builder(TestWorker::new())
-            .size(1)
-            .configure(|c| {
-                c.queue_timeout = Duration::ZERO;
-                c.health_check_interval = Duration::ZERO;
-                c.health_check_timeout = Duration::ZERO;
-                c.shutdown_grace_period = Duration::ZERO;
-                c.cleanup_retry_interval = Duration::ZERO;
-                c.cleanup_max_retries = 0;
-                c.pipeline_depth = 0;
-                c.pipeline_max_call = Duration::ZERO;
-                c.stderr_tail_lines = 0;
-                c.session_ttl = Duration::ZERO;
-                c.restart_backoff = Duration::ZERO;
-                c.restart_backoff_max = Duration::ZERO;
-                c.breaker_cooldown = Duration::ZERO;
-                c.worker_ttl = Duration::ZERO;
-                c.worker_idle_timeout = Duration::ZERO;
-                c.recycle_after_calls = 0;
-                c.recycle_above_rss_mb = 0;
-            })
-            .start(),
-    )
-    .await
-    .unwrap();
+    let alone = Alone::start().await;
+    let pool = started("zeros", 1, |c| {
+        c.queue_timeout = Duration::ZERO;
+        c.health_check_interval = Duration::ZERO;
+        c.health_check_timeout = Duration::ZERO;
+        c.shutdown_grace_period = Duration::ZERO;
+        c.cleanup_retry_interval = Duration::ZERO;
+        c.cleanup_max_retries = 0;
+        c.pipeline_depth = 0;
+        c.pipeline_max_call = Duration::ZERO;
+        c.stderr_tail_lines = 0;
+        c.session_ttl = Duration::ZERO;
+        c.restart_backoff = Duration::ZERO;
+        c.restart_backoff_max = Duration::ZERO;
+        c.breaker_cooldown = Duration::ZERO;
+        c.worker_ttl = Duration::ZERO;
+        c.worker_idle_timeout = Duration::ZERO;
+        c.recycle_after_calls = 0;
+        c.recycle_above_rss_mb = 0;
+    })
+    .await;
     serves(&pool, "zeros").await;
-    within(
-        20,
-        "session",
-        pool.execute_in_session("s", "echo", json!({})),
-    )
-    .await
-    .unwrap();
+    serves_a_session(&pool).await;
     // The one worker busy: a second call may not wait at all.
-    let busy = {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 1500})).await })
-    };
-    assert!(
-        eventually(10, || pool.workers().iter().any(|w| w.in_flight > 0)).await,
-        "the sleep reached the worker"
-    );
+    let busy = running(&pool, "sleep", json!({"ms": 1500})).await;
     let e = within(5, "queue 0", pool.execute("echo", json!({})))
         .await
         .unwrap_err();
@@ -294,10 +390,11 @@ async fn every_duration_that_may_be_zero_at_zero_leaves_a_working_pool() {
     let e = within(
         10,
         "timeout",
-        pool.execute_with(
+        with_deadline(
+            &pool,
             "sleep",
             json!({"ms": 3000}),
-            CallOptions::new().timeout(Duration::from_millis(200)),
+            Duration::from_millis(200),
         ),
     )
     .await
@@ -306,11 +403,7 @@ async fn every_duration_that_may_be_zero_at_zero_leaves_a_working_pool() {
     let r = within(
         20,
         "after a timeout",
-        pool.execute_with(
-            "pid",
-            json!({}),
-            CallOptions::new().timeout(Duration::from_secs(15)),
-        ),
+        with_deadline(&pool, "pid", json!({}), Duration::from_secs(15)),
     )
     .await;
     // queue_timeout 0: a call arriving while the replacement starts may
@@ -323,18 +416,8 @@ async fn every_duration_that_may_be_zero_at_zero_leaves_a_working_pool() {
         serves(&pool, "after a timeout").await;
     }
     // A crash, replaced with no back-off.
-    let e = within(10, "exit", pool.execute("exit", json!({"code": 3})))
-        .await
-        .unwrap_err();
-    assert!(e.is_crash(), "{e:?}");
-    if let Error::WorkerCrashed(c) = &e {
-        assert!(c.stderr_tail.is_empty(), "stderr_tail_lines 0: {c:?}");
-    }
-    assert!(
-        eventually(20, || pool.stats().available > 0).await,
-        "the crashed worker was replaced"
-    );
-    serves(&pool, "after a crash").await;
+    let tail = crashed_and_replaced(&pool, 1).await;
+    assert!(tail.is_empty(), "stderr_tail_lines 0: {tail:?}");
     let pids = pool.worker_pids();
     assert!(!pids.contains(&first), "the first worker was replaced");
     within(20, "shutdown", pool.shutdown()).await.unwrap();
@@ -344,7 +427,7 @@ async fn every_duration_that_may_be_zero_at_zero_leaves_a_working_pool() {
             "worker {pid} outlived shutdown"
         );
     }
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// The smallest non-zero durations (one nanosecond) mean what the docs
@@ -358,9 +441,7 @@ async fn every_duration_that_may_be_zero_at_zero_leaves_a_working_pool() {
 /// ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_nanosecond_intervals_and_lifetimes_still_serve() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     type Change = fn(&mut PoolConfig);
     let cases: [(&str, Change); 4] = [
         ("health_check_interval 1 ns", |c| {
@@ -378,19 +459,11 @@ async fn one_nanosecond_intervals_and_lifetimes_still_serve() {
         }),
     ];
     for (what, change) in cases {
-        let pool = within(
-            30,
-            what,
-            builder(TestWorker::new())
-                .size(2)
-                .configure(|c| {
-                    c.queue_timeout = Duration::from_secs(15);
-                    change(c);
-                })
-                .start(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{what}: start: {e}"));
+        let pool = started(what, 2, |c| {
+            c.queue_timeout = Duration::from_secs(15);
+            change(c);
+        })
+        .await;
         for i in 0..6 {
             let r = within(
                 30,
@@ -407,7 +480,7 @@ async fn one_nanosecond_intervals_and_lifetimes_still_serve() {
         }
         within(30, what, pool.shutdown()).await.unwrap();
     }
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// The largest value of every count and size (`usize::MAX`, `u64::MAX`,
@@ -424,29 +497,19 @@ async fn one_nanosecond_intervals_and_lifetimes_still_serve() {
 /// crash with its stderr tail, replaces the crashed worker, and shuts down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_counts_and_sizes_leave_a_working_pool() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let pool = within(
-        30,
-        "start",
-        builder(TestWorker::new())
-            .size(2)
-            .configure(|c| {
-                c.max_queue_size = usize::MAX;
-                c.stderr_tail_lines = usize::MAX;
-                c.max_sessions = usize::MAX;
-                c.recycle_after_calls = u64::MAX;
-                c.recycle_above_rss_mb = u64::MAX;
-                c.cleanup_max_retries = u32::MAX;
-                c.breaker_threshold = u32::MAX;
-                c.max_concurrency_per_worker = u32::MAX;
-                c.pipeline_depth = u32::MAX;
-            })
-            .start(),
-    )
-    .await
-    .unwrap();
+    let alone = Alone::start().await;
+    let pool = started("the largest counts", 2, |c| {
+        c.max_queue_size = usize::MAX;
+        c.stderr_tail_lines = usize::MAX;
+        c.max_sessions = usize::MAX;
+        c.recycle_after_calls = u64::MAX;
+        c.recycle_above_rss_mb = u64::MAX;
+        c.cleanup_max_retries = u32::MAX;
+        c.breaker_threshold = u32::MAX;
+        c.max_concurrency_per_worker = u32::MAX;
+        c.pipeline_depth = u32::MAX;
+    })
+    .await;
     let pids = pool.worker_pids();
     let calls: Vec<_> = (0..40)
         .map(|i| {
@@ -469,23 +532,13 @@ async fn the_largest_counts_and_sizes_leave_a_working_pool() {
         now, was,
         "recycle_after_calls u64::MAX / recycle_above_rss_mb u64::MAX recycled a worker"
     );
-    let e = within(10, "exit", pool.execute("exit", json!({"code": 3})))
-        .await
-        .unwrap_err();
-    match &e {
-        Error::WorkerCrashed(c) => assert!(
-            c.stderr_tail.contains("exiting with 3 on purpose"),
-            "stderr_tail_lines usize::MAX: {c:?}"
-        ),
-        e => panic!("expected WorkerCrashed: {e:?}"),
-    }
+    let tail = crashed_and_replaced(&pool, 2).await;
     assert!(
-        eventually(20, || pool.stats().available == 2).await,
-        "the crashed worker was replaced"
+        tail.contains("exiting with 3 on purpose"),
+        "stderr_tail_lines usize::MAX: {tail:?}"
     );
-    serves(&pool, "after a crash").await;
     within(30, "shutdown", pool.shutdown()).await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// `restart_backoff`, `restart_backoff_max` and `breaker_cooldown` at
@@ -501,9 +554,7 @@ async fn the_largest_counts_and_sizes_leave_a_working_pool() {
 /// calls ... then signals their process groups"), not after the back-off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_back_off_and_breaker_cooldown_of_duration_max() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     let dir = temp_dir("extremes-backoff");
     let flag = dir.join("die-soon");
     let mut worker = TestWorker::new();
@@ -525,9 +576,7 @@ async fn a_restart_back_off_and_breaker_cooldown_of_duration_max() {
         .unwrap();
     let first = pool.worker_pids()[0];
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let e = within(10, "exit", pool.execute("exit", json!({"code": 3})))
-        .await
-        .unwrap_err();
+    let e = crash_on_purpose(&pool).await;
     assert!(e.is_crash(), "{e:?}");
     assert!(
         eventually(15, || pool
@@ -564,7 +613,7 @@ async fn a_restart_back_off_and_breaker_cooldown_of_duration_max() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::ShutDown), "{e:?}");
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// crates/core/src/config.rs:46-49: `shutdown_grace_period` is "How long
@@ -577,9 +626,7 @@ async fn a_restart_back_off_and_breaker_cooldown_of_duration_max() {
 /// for that call (it ends well), never panicking on the grace timer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grace_period_of_duration_max_with_a_timed_out_call() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     let pool = Pool::builder(TestWorker::new())
         .size(1)
         .configure(|c| {
@@ -594,10 +641,11 @@ async fn a_grace_period_of_duration_max_with_a_timed_out_call() {
     let e = within(
         8,
         "timed-out call",
-        pool.execute_with(
+        with_deadline(
+            &pool,
             "sleep",
             json!({"ms": 1500}),
-            CallOptions::new().timeout(Duration::from_millis(300)),
+            Duration::from_millis(300),
         ),
     )
     .await
@@ -613,18 +661,11 @@ async fn a_grace_period_of_duration_max_with_a_timed_out_call() {
         .unwrap();
     assert_eq!(r["pid"], pid, "the worker that delivered the late reply");
     // A shutdown with a call in flight waits for it.
-    let running = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute("sleep", json!({"ms": 800, "token": "in flight"}))
-                .await
-        })
-    };
-    assert!(eventually(10, || pool.workers().iter().any(|w| w.in_flight > 0)).await);
+    let running = running(&pool, "sleep", json!({"ms": 800, "token": "in flight"})).await;
     within(10, "shutdown", pool.shutdown()).await.unwrap();
     let r = within(5, "in flight", running).await.unwrap().unwrap();
     assert_eq!(r["token"], "in flight");
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// crates/core/src/config.rs:9-11: `PoolConfig` "reads from any serde
@@ -635,9 +676,7 @@ async fn a_grace_period_of_duration_max_with_a_timed_out_call() {
 /// deserialisation error, never a panic or a wrapped value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_read_from_json_at_and_past_their_type_limits() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     let ms_fields = [
         "startup_timeout_ms",
         "queue_timeout_ms",
@@ -663,21 +702,9 @@ async fn settings_read_from_json_at_and_past_their_type_limits() {
     // Written back as it was read.
     let back = serde_json::to_value(&config).unwrap();
     assert_eq!(back["queue_timeout_ms"], json!(u64::MAX));
-    let pool = within(
-        30,
-        "start",
-        Pool::builder(TestWorker::new()).config(config).start(),
-    )
-    .await
-    .unwrap();
+    let pool = started_with(config).await;
     serves(&pool, "u64::MAX ms").await;
-    within(
-        20,
-        "session",
-        pool.execute_in_session("s", "echo", json!({})),
-    )
-    .await
-    .unwrap();
+    serves_a_session(&pool).await;
     within(20, "shutdown", pool.shutdown()).await.unwrap();
 
     for field in [
@@ -701,7 +728,7 @@ async fn settings_read_from_json_at_and_past_their_type_limits() {
             }
         }
     }
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    alone.no_panic();
 }
 
 /// docs/reliability.md:25: "Each pool writes `<instance>.<host pid>.<run
@@ -718,7 +745,7 @@ async fn settings_read_from_json_at_and_past_their_type_limits() {
 /// be swept, and nothing told the caller.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_longest_pool_names_are_refused_or_recorded() {
-    let _serial = SERIAL.lock().await;
+    let _alone = Alone::start().await;
     for len in [8usize, 200, 300] {
         let dir = temp_dir("extremes-name");
         let name = "n".repeat(len);
@@ -737,14 +764,7 @@ async fn the_longest_pool_names_are_refused_or_recorded() {
             Ok(pool) => pool,
         };
         serves(&pool, "a long name").await;
-        let records: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".run"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let records = run_records_in(&dir);
         pool.shutdown().await.unwrap();
         assert_eq!(
             records.len(),
@@ -764,9 +784,7 @@ async fn the_longest_pool_names_are_refused_or_recorded() {
 /// panics nor stops a pool that is otherwise sound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_env_and_args_with_nul_bytes_fail_the_start_cleanly() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
+    let alone = Alone::start().await;
     struct NulArg;
     impl Adapter for NulArg {
         fn launch(&self) -> Launch {
@@ -819,7 +837,7 @@ async fn worker_env_and_args_with_nul_bytes_fail_the_start_cleanly() {
         serves(&pool, "empty variable name").await;
         pool.shutdown().await.unwrap();
     }
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// `PoolConfig::validate` (crates/core/src/config.rs:199-203) refuses a
@@ -839,26 +857,18 @@ async fn worker_env_and_args_with_nul_bytes_fail_the_start_cleanly() {
 /// the worker for the pool's own kill.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_nanosecond_health_check_timeout_is_refused_or_the_pool_serves() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let mut config = PoolConfig::default();
-    config.pool_size = 2;
-    config.health_check_interval = Duration::from_millis(50);
-    config.health_check_timeout = Duration::from_nanos(1);
-    config.queue_timeout = Duration::from_secs(10);
-    config.shutdown_grace_period = Duration::from_millis(500);
-    config.restart_backoff = Duration::from_millis(20);
+    let alone = Alone::start().await;
+    let config = config_of(2, |c| {
+        c.health_check_interval = Duration::from_millis(50);
+        c.health_check_timeout = Duration::from_nanos(1);
+        c.queue_timeout = Duration::from_secs(10);
+        c.shutdown_grace_period = Duration::from_millis(500);
+        c.restart_backoff = Duration::from_millis(20);
+    });
     if config.validate().is_err() {
         return;
     }
-    let pool = within(
-        30,
-        "start",
-        Pool::builder(TestWorker::new()).config(config).start(),
-    )
-    .await
-    .unwrap();
+    let pool = started_with(config).await;
     let mut failures = Vec::new();
     for i in 0..20 {
         match within(30, "call", pool.execute("echo", json!({"i": i}))).await {
@@ -874,7 +884,7 @@ async fn a_one_nanosecond_health_check_timeout_is_refused_or_the_pool_serves() {
         "health_check_timeout 1 ns: {} of 20 calls failed: {failures:?}; {stats:?}",
         failures.len()
     );
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// `queue_timeout` of `Duration::MAX` ("a hundred years", a usual "no
@@ -886,25 +896,15 @@ async fn a_one_nanosecond_health_check_timeout_is_refused_or_the_pool_serves() {
 /// (`ShutDown`, it never ran) instead of leaving it to its hundred years.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_queued_for_a_hundred_years_ends_at_shutdown() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| {
-            c.queue_timeout = Duration::MAX;
-            c.max_queue_size = 1;
-            c.pipeline_depth = 0;
-            c.shutdown_grace_period = Duration::from_secs(10);
-        })
-        .start()
-        .await
-        .unwrap();
-    let running = {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.execute("sleep", json!({"ms": 1000})).await })
-    };
-    assert!(eventually(10, || pool.workers().iter().any(|w| w.in_flight > 0)).await);
+    let alone = Alone::start().await;
+    let pool = started("queue_timeout Duration::MAX", 1, |c| {
+        c.queue_timeout = Duration::MAX;
+        c.max_queue_size = 1;
+        c.pipeline_depth = 0;
+        c.shutdown_grace_period = Duration::from_secs(10);
+    })
+    .await;
+    let running = running(&pool, "sleep", json!({"ms": 1000})).await;
     let queued = {
         let pool = pool.clone();
         tokio::spawn(async move { pool.execute("echo", json!({})).await })
@@ -924,7 +924,7 @@ async fn a_call_queued_for_a_hundred_years_ends_at_shutdown() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic in the pool");
+    alone.no_panic();
 }
 
 /// `PoolConfig::state_dir` (crates/core/src/config.rs:123-124): "Where run
@@ -942,24 +942,13 @@ async fn a_call_queued_for_a_hundred_years_ends_at_shutdown() {
 /// swept.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_state_dir_is_refused_or_used() {
-    let _serial = SERIAL.lock().await;
-    let mut config = PoolConfig::default();
-    config.pool_size = 1;
-    config.state_dir = Some(std::path::PathBuf::new());
+    let _alone = Alone::start().await;
+    let config = config_of(1, |c| c.state_dir = Some(std::path::PathBuf::new()));
     if let Err(e) = config.validate() {
         assert!(matches!(e, Error::Config(_)), "{e:?}");
         return;
     }
-    let run_records = || -> Vec<String> {
-        std::fs::read_dir(".")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".run"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let run_records = || run_records_in(std::path::Path::new("."));
     let before = run_records();
     let pool = match within(
         30,

@@ -39,14 +39,6 @@ fn nothing_left_of(run_id: &str, secs: u64) -> Vec<u32> {
     }
 }
 
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// How the pool's runtime goes away.
 #[derive(Clone, Copy, Debug)]
 enum Death {
@@ -55,35 +47,40 @@ enum Death {
     Drop,
 }
 
-/// A pool of one worker runs on runtime A; its callers run on runtime B:
-/// one call running on the worker, two waiting in the queue. Runtime A
-/// dies (`how`) under them. Each caller must hear a typed `Error` within
-/// its deadline and a margin (no hang, no panic), a call made after the
-/// death too, and the pool must leave no process of its run: after
-/// `shutdown()` from B (`shut_down`), or after its last handle is dropped
-/// on B without one.
-///
-/// The promises: lib.rs "routes each call to a free worker through a
-/// bounded queue with deadlines ... and never leaves an orphan process";
-/// ARCHITECTURE.md "The deadline counts from submission and covers queue
-/// wait and run time"; README "does not leave orphan processes behind".
-fn the_pools_runtime_dies_under_callers_of_another(how: Death, shut_down: bool) {
-    let rt_a = runtime(2);
-    let rt_b = runtime(2);
-    let pool = rt_a.block_on(async {
+impl Death {
+    /// Ends `rt` this way (`ShutdownTimeout` giving its tasks `timeout`).
+    fn end(self, rt: tokio::runtime::Runtime, timeout: Duration) {
+        match self {
+            Death::ShutdownTimeout => rt.shutdown_timeout(timeout),
+            Death::ShutdownBackground => rt.shutdown_background(),
+            Death::Drop => drop(rt),
+        }
+    }
+}
+
+/// A pool of one worker, without pipelining, started on `rt`.
+fn one_worker_on(rt: &tokio::runtime::Runtime) -> Pool {
+    rt.block_on(
         builder(TestWorker::new())
             .size(1)
             .configure(|c| c.pipeline_depth = 0)
-            .start()
-            .await
-            .unwrap()
-    });
-    let run_id = pool.run_id().to_owned();
-    let worker = pool.worker_pids()[0];
-    let deadline = Duration::from_secs(3);
+            .start(),
+    )
+    .unwrap()
+}
 
-    let (running, queued) = rt_b.block_on(async {
-        let running = a_running_sleep(&pool, 2_000, deadline).await;
+type Call = tokio::task::JoinHandle<snakepit_core::Result<Value>>;
+
+/// On `rt`, callers of `pool` (one worker): a sleep of `ms` running on the
+/// worker and two `echo` calls queued behind it, each with `deadline`.
+fn one_running_two_queued(
+    rt: &tokio::runtime::Runtime,
+    pool: &Pool,
+    ms: u64,
+    deadline: Duration,
+) -> (Call, Vec<Call>) {
+    rt.block_on(async {
+        let running = a_running_sleep(pool, ms, deadline).await;
         let queued: Vec<_> = (0..2)
             .map(|i| {
                 let pool = pool.clone();
@@ -103,13 +100,38 @@ fn the_pools_runtime_dies_under_callers_of_another(how: Death, shut_down: bool) 
             pool.stats()
         );
         (running, queued)
-    });
+    })
+}
 
-    match how {
-        Death::ShutdownTimeout => rt_a.shutdown_timeout(Duration::from_secs(1)),
-        Death::ShutdownBackground => rt_a.shutdown_background(),
-        Death::Drop => drop(rt_a),
-    }
+/// A pool of two test workers, started on `rt`.
+fn two_workers_on(rt: &tokio::runtime::Runtime) -> Pool {
+    rt.block_on(builder(TestWorker::new()).size(2).start())
+        .unwrap()
+}
+
+/// A pool of one worker runs on runtime A; its callers run on runtime B:
+/// one call running on the worker, two waiting in the queue. Runtime A
+/// dies (`how`) under them. Each caller must hear a typed `Error` within
+/// its deadline and a margin (no hang, no panic), a call made after the
+/// death too, and the pool must leave no process of its run: after
+/// `shutdown()` from B (`shut_down`), or after its last handle is dropped
+/// on B without one.
+///
+/// The promises: lib.rs "routes each call to a free worker through a
+/// bounded queue with deadlines ... and never leaves an orphan process";
+/// ARCHITECTURE.md "The deadline counts from submission and covers queue
+/// wait and run time"; README "does not leave orphan processes behind".
+fn the_pools_runtime_dies_under_callers_of_another(how: Death, shut_down: bool) {
+    let rt_a = runtime(2);
+    let rt_b = runtime(2);
+    let pool = one_worker_on(&rt_a);
+    let run_id = pool.run_id().to_owned();
+    let worker = pool.worker_pids()[0];
+    let deadline = Duration::from_secs(3);
+
+    let (running, queued) = one_running_two_queued(&rt_b, &pool, 2_000, deadline);
+
+    how.end(rt_a, Duration::from_secs(1));
 
     rt_b.block_on(async {
         let bound = deadline + Duration::from_secs(12);
@@ -162,19 +184,25 @@ fn the_pools_runtime_dies_under_callers_of_another(how: Death, shut_down: bool) 
     );
 }
 
-#[test]
-fn callers_on_another_runtime_get_errors_when_the_pools_runtime_shuts_down_with_a_timeout() {
-    the_pools_runtime_dies_under_callers_of_another(Death::ShutdownTimeout, true);
+/// `#[test]`s of one body: each line names a test and the arguments it
+/// runs `$body` with.
+macro_rules! tests_of {
+    ($body:ident: $($name:ident($($arg:expr),*);)+) => {
+        $(
+            #[test]
+            fn $name() {
+                $body($($arg),*);
+            }
+        )+
+    };
 }
 
-#[test]
-fn callers_on_another_runtime_get_errors_when_the_pools_runtime_shuts_down_in_the_background() {
-    the_pools_runtime_dies_under_callers_of_another(Death::ShutdownBackground, false);
-}
-
-#[test]
-fn callers_on_another_runtime_get_errors_when_the_pools_runtime_is_dropped() {
-    the_pools_runtime_dies_under_callers_of_another(Death::Drop, true);
+tests_of! { the_pools_runtime_dies_under_callers_of_another:
+    callers_on_another_runtime_get_errors_when_the_pools_runtime_shuts_down_with_a_timeout(
+        Death::ShutdownTimeout, true);
+    callers_on_another_runtime_get_errors_when_the_pools_runtime_shuts_down_in_the_background(
+        Death::ShutdownBackground, false);
+    callers_on_another_runtime_get_errors_when_the_pools_runtime_is_dropped(Death::Drop, true);
 }
 
 /// The pool's runtime A is dropped while callers on runtime B wait with
@@ -190,30 +218,10 @@ fn callers_on_another_runtime_get_errors_when_the_pools_runtime_is_dropped() {
 fn a_shutdown_from_another_runtime_after_the_pools_died_ends_every_waiting_caller() {
     let rt_a = runtime(2);
     let rt_b = runtime(2);
-    let pool = rt_a.block_on(async {
-        builder(TestWorker::new())
-            .size(1)
-            .configure(|c| c.pipeline_depth = 0)
-            .start()
-            .await
-            .unwrap()
-    });
+    let pool = one_worker_on(&rt_a);
     let run_id = pool.run_id().to_owned();
     let long = Duration::from_secs(60);
-    let (running, queued) = rt_b.block_on(async {
-        let running = a_running_sleep(&pool, 20_000, long).await;
-        let queued: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    pool.execute_with("echo", json!({}), CallOptions::new().timeout(long))
-                        .await
-                })
-            })
-            .collect();
-        assert!(eventually(20, || pool.stats().queued == 2).await);
-        (running, queued)
-    });
+    let (running, queued) = one_running_two_queued(&rt_b, &pool, 20_000, long);
     drop(rt_a);
     rt_b.block_on(async {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -260,9 +268,7 @@ fn a_pool_held_by_a_task_goes_with_its_runtime() {
         Death::Drop,
     ] {
         let rt = runtime(2);
-        let pool = rt
-            .block_on(builder(TestWorker::new()).size(2).start())
-            .unwrap();
+        let pool = two_workers_on(&rt);
         let run_id = pool.run_id().to_owned();
         let served = Arc::new(AtomicUsize::new(0));
         {
@@ -275,16 +281,9 @@ fn a_pool_held_by_a_task_goes_with_its_runtime() {
                 }
             });
         }
-        let until = Instant::now() + Duration::from_secs(20);
-        while served.load(Ordering::SeqCst) < 3 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_blocking(20, || served.load(Ordering::SeqCst) >= 3);
         assert_eq!(processes_of_run(&run_id).len(), 2);
-        match how {
-            Death::ShutdownTimeout => rt.shutdown_timeout(Duration::from_secs(2)),
-            Death::ShutdownBackground => rt.shutdown_background(),
-            Death::Drop => drop(rt),
-        }
+        how.end(rt, Duration::from_secs(2));
         let left = nothing_left_of(&run_id, 20);
         assert!(
             left.is_empty(),
@@ -350,10 +349,7 @@ fn a_call_given_up_on_a_runtime_that_then_ends(how: GiveUp, on_a: bool) {
         rt_a.block_on(give_up);
     } else {
         std::thread::spawn(move || {
-            let rt_c = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt_c = current_thread_runtime();
             rt_c.block_on(give_up);
             drop(rt_c);
         })
@@ -385,19 +381,13 @@ fn a_call_given_up_on_a_runtime_that_then_ends(how: GiveUp, on_a: bool) {
     assert!(matches!(served, Ok(Ok(_))), "{served:?}");
 }
 
-#[test]
-fn control_a_call_dropped_on_the_pools_own_runtime_gets_its_stubborn_worker_replaced() {
-    a_call_given_up_on_a_runtime_that_then_ends(GiveUp::Dropped, true);
-}
-
-#[test]
-fn a_call_dropped_on_a_short_lived_runtime_still_gets_its_stubborn_worker_replaced() {
-    a_call_given_up_on_a_runtime_that_then_ends(GiveUp::Dropped, false);
-}
-
-#[test]
-fn a_call_timed_out_on_a_short_lived_runtime_still_gets_its_stubborn_worker_replaced() {
-    a_call_given_up_on_a_runtime_that_then_ends(GiveUp::Deadline, false);
+tests_of! { a_call_given_up_on_a_runtime_that_then_ends:
+    control_a_call_dropped_on_the_pools_own_runtime_gets_its_stubborn_worker_replaced(
+        GiveUp::Dropped, true);
+    a_call_dropped_on_a_short_lived_runtime_still_gets_its_stubborn_worker_replaced(
+        GiveUp::Dropped, false);
+    a_call_timed_out_on_a_short_lived_runtime_still_gets_its_stubborn_worker_replaced(
+        GiveUp::Deadline, false);
 }
 
 /// Holds a pool and shuts it down when dropped, from inside a task of a
@@ -424,9 +414,7 @@ impl Drop for ShutDownOnDrop {
 #[test]
 fn calls_from_plain_threads_and_other_runtimes_then_shutdowns_from_four_places_at_once() {
     let rt_a = runtime(2);
-    let pool = rt_a
-        .block_on(builder(TestWorker::new()).size(2).start())
-        .unwrap();
+    let pool = two_workers_on(&rt_a);
     let run_id = pool.run_id().to_owned();
     let pids = pool.worker_pids();
 
@@ -436,12 +424,7 @@ fn calls_from_plain_threads_and_other_runtimes_then_shutdowns_from_four_places_a
         .map(|t| {
             let (pool, handle) = (pool.clone(), rt_a.handle().clone());
             std::thread::spawn(move || {
-                let own = (t % 2 == 1).then(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                });
+                let own = (t % 2 == 1).then(current_thread_runtime);
                 for i in 0..20 {
                     let call = pool.execute("echo", json!({ "token": format!("{t}-{i}") }));
                     let r: Value = match &own {
@@ -559,11 +542,10 @@ fn the_last_handle_dropped_on_a_plain_thread_ends_the_run() {
             CallOptions::new().timeout(Duration::from_secs(60)),
         ))
         .unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    while !marker.exists() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(marker.exists(), "the stream's call started");
+    assert!(
+        wait_blocking(20, || marker.exists()),
+        "the stream's call started"
+    );
     let records = || {
         std::fs::read_dir(&state)
             .unwrap()
@@ -585,11 +567,7 @@ fn the_last_handle_dropped_on_a_plain_thread_ends_the_run() {
     );
     let left = nothing_left_of(&run_id, 20);
     // A process on its way out shows no environment for a moment.
-    let until = Instant::now() + Duration::from_secs(10);
-    while alive(escaped) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let escaped_alive = alive(escaped);
+    let escaped_alive = !wait_blocking(10, || !alive(escaped));
     kill_9(escaped);
     assert!(left.is_empty() && !escaped_alive, "left: {left:?}");
     assert_eq!(records(), 0, "the run's record is gone");
@@ -603,15 +581,8 @@ fn the_last_handle_dropped_on_a_plain_thread_ends_the_run() {
 /// leaves an orphan process").
 #[test]
 fn a_pool_of_a_current_thread_runtime_that_returned_leaves_nothing_once_dropped() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let pool = rt.block_on(async {
-        let pool = builder(TestWorker::new()).size(2).start().await.unwrap();
-        pool.execute("echo", json!({})).await.unwrap();
-        pool
-    });
+    let rt = current_thread_runtime();
+    let pool = rt.block_on(serving_pool(2));
     let run_id = pool.run_id().to_owned();
     assert_eq!(processes_of_run(&run_id).len(), 2);
     // The runtime is not driven now; its workers still run.
@@ -623,6 +594,17 @@ fn a_pool_of_a_current_thread_runtime_that_returned_leaves_nothing_once_dropped(
     assert!(left.is_empty(), "processes of the run left: {left:?}");
 }
 
+/// `sh` with two `sleep`s of its own, in its group, as a raw process.
+async fn sh_with_two_sleeps() -> std::io::Result<RawProcess> {
+    RawProcess::spawn(
+        Launch::new("sh")
+            .arg("-c")
+            .arg("sleep 300 & sleep 300; wait"),
+        WireCodec::Json,
+    )
+    .await
+}
+
 /// `RawProcess`: "Dropping it kills its whole process group (SIGKILL) and
 /// reaps the process". Dropped on a plain thread after the runtime it was
 /// spawned in is gone: the process and its own child (same group) are
@@ -630,20 +612,10 @@ fn a_pool_of_a_current_thread_runtime_that_returned_leaves_nothing_once_dropped(
 #[test]
 fn a_raw_process_dropped_after_its_runtime_died_kills_its_group() {
     let rt = runtime(1);
-    let raw = rt
-        .block_on(RawProcess::spawn(
-            Launch::new("sh")
-                .arg("-c")
-                .arg("sleep 300 & sleep 300; wait"),
-            WireCodec::Json,
-        ))
-        .unwrap();
+    let raw = rt.block_on(sh_with_two_sleeps()).unwrap();
     let run_id = raw.run_id().to_owned();
     let pid = raw.pid();
-    let until = Instant::now() + Duration::from_secs(10);
-    while processes_of_run(&run_id).len() < 3 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_blocking(10, || processes_of_run(&run_id).len() >= 3);
     let before = processes_of_run(&run_id);
     assert_eq!(before.len(), 3, "sh and its two sleeps: {before:?}");
     drop(rt);
@@ -665,16 +637,12 @@ fn a_raw_process_dropped_after_its_runtime_died_kills_its_group() {
 #[test]
 fn a_raw_process_killed_from_another_runtime_after_its_own_died_returns() {
     let rt_a = runtime(1);
-    let spawn = || {
-        RawProcess::spawn(
-            Launch::new("sh")
-                .arg("-c")
-                .arg("sleep 300 & sleep 300; wait"),
-            WireCodec::Json,
+    let (mut killed, mut waited) = rt_a.block_on(async {
+        (
+            sh_with_two_sleeps().await.unwrap(),
+            sh_with_two_sleeps().await.unwrap(),
         )
-    };
-    let (mut killed, mut waited) =
-        rt_a.block_on(async { (spawn().await.unwrap(), spawn().await.unwrap()) });
+    });
     let runs = [killed.run_id().to_owned(), waited.run_id().to_owned()];
     let pids = [killed.pid(), waited.pid()];
     drop(rt_a);
@@ -698,6 +666,38 @@ fn a_raw_process_killed_from_another_runtime_after_its_own_died_returns() {
     assert!(pids.iter().all(|&p| !alive(p)));
 }
 
+/// The descriptors process `pid` holds: each one's
+/// number and target (`/proc/<pid>/fd` links).
+fn fds_of(pid: u32) -> std::io::Result<Vec<(String, String)>> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| {
+        d.flatten()
+            .filter_map(|e| {
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    target.display().to_string(),
+                ))
+            })
+            .collect()
+    })
+}
+
+/// The processes whose parent is this one, each with its `/proc/<pid>/stat`.
+fn our_children() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let close = stat.rfind(')')?;
+            let ppid = stat[close + 1..].split_whitespace().nth(1)?;
+            (pid != me && ppid == me.to_string()).then_some((pid, stat))
+        })
+        .collect()
+}
+
 /// The descriptors a child process of ours holds besides 0, 1 and 2, as
 /// the targets of its `/proc/<pid>/fd` links.
 #[allow(clippy::disallowed_methods)] // a bystander child of the host, not a worker
@@ -710,19 +710,15 @@ fn a_plain_childs_descriptors() -> BTreeSet<String> {
         .spawn()
         .unwrap();
     // Wait for the exec: before it, /proc shows our own descriptors.
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
-        .map_or(true, |c| c.trim() != "sleep")
-        && Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+    wait_blocking(10, || {
+        std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
+            .is_ok_and(|c| c.trim() == "sleep")
+    });
+    let fds = fds_of(child.id())
         .unwrap()
-        .flatten()
-        .filter(|e| !matches!(e.file_name().to_str(), Some("0" | "1" | "2")))
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|t| t.display().to_string())
+        .into_iter()
+        .filter(|(fd, _)| !matches!(fd.as_str(), "0" | "1" | "2"))
+        .map(|(_, target)| target)
         .collect();
     let _ = child.kill();
     let _ = child.wait();
@@ -731,15 +727,12 @@ fn a_plain_childs_descriptors() -> BTreeSet<String> {
 
 /// The pipe and socket inodes a process holds (`pipe:[N]`, `socket:[N]`).
 fn pipes_of(pid: u32) -> BTreeSet<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|t| t.display().to_string())
-                .filter(|t| t.starts_with("pipe:") || t.starts_with("socket:"))
-                .collect()
-        })
+    fds_of(pid)
         .unwrap_or_default()
+        .into_iter()
+        .map(|(_, target)| target)
+        .filter(|t| t.starts_with("pipe:") || t.starts_with("socket:"))
+        .collect()
 }
 
 /// Who holds descriptor target `target`: `pid(comm):fd` for each.
@@ -750,17 +743,12 @@ fn owners_of(target: &str) -> String {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|t| t.display().to_string() == target) {
-                found.push(format!(
-                    "{pid}({}):{}",
-                    comm.trim(),
-                    fd.file_name().to_string_lossy()
-                ));
-            }
+        for (fd, _) in fds_of(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, t)| t == target)
+        {
+            found.push(format!("{pid}({}):{fd}", comm.trim()));
         }
     }
     found.join(" ")
@@ -781,27 +769,14 @@ fn a_child_the_host_starts_while_a_pool_runs_inherits_none_of_its_pipes() {
     // close-on-exec from whoever started it).
     let baseline = a_plain_childs_descriptors();
     let rt = runtime(2);
-    let pool = rt
-        .block_on(builder(TestWorker::new()).size(2).start())
-        .unwrap();
-    rt.block_on(pool.execute("echo", json!({}))).unwrap();
+    let pool = rt.block_on(serving_pool(2));
     let mut pools: BTreeSet<String> = BTreeSet::new();
     for pid in pool.worker_pids() {
         pools.extend(pipes_of(pid));
     }
     // The watchdog: a child `sh` of ours holding a pipe; its pipes too.
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if ppid == Some(&std::process::id().to_string()) && stat.contains("(sh)") {
+    for (pid, stat) in our_children() {
+        if stat.contains("(sh)") {
             pools.extend(pipes_of(pid));
         }
     }
@@ -932,32 +907,14 @@ fn inheritable_host() {
         let _ = tx.send(n.map_err(|e| e.to_string()));
     });
     let rt = runtime(2);
-    let pool = rt
-        .block_on(builder(TestWorker::new()).size(1).start())
-        .unwrap();
-    rt.block_on(pool.execute("echo", json!({}))).unwrap();
-    let me = std::process::id().to_string();
+    let pool = rt.block_on(serving_pool(1));
     let mut holders = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        if stat[close + 1..].split_whitespace().nth(1) != Some(&me) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        if fds.flatten().any(|f| {
-            std::fs::read_link(f.path()).is_ok_and(|t| t.display().to_string() == write_target)
-        }) {
+    for (pid, _) in our_children() {
+        if fds_of(pid)
+            .unwrap_or_default()
+            .iter()
+            .any(|(_, t)| *t == write_target)
+        {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             holders.push(format!(

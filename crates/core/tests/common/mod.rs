@@ -342,3 +342,37 @@ pub fn processes_of_run(run_id: &str) -> Vec<u32> {
         .filter(|&pid| alive(pid))
         .collect()
 }
+
+/// A multi-thread runtime of `threads` worker threads, time and I/O on.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A current-thread runtime, time and I/O on.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A pool of `size` test workers, started, that has served one call.
+pub async fn serving_pool(size: usize) -> Pool {
+    let pool = builder(TestWorker::new()).size(size).start().await.unwrap();
+    pool.execute("echo", serde_json::json!({})).await.unwrap();
+    pool
+}
+
+/// Blocks this thread until `cond` holds, for `secs` at most; whether it
+/// holds (for plain threads, where [`eventually`] cannot wait).
+pub fn wait_blocking(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
