@@ -13,13 +13,14 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
-use snakepit_cluster::{ClientConfig, ServeOptions};
-use snakepit_core::{CallOptions, Error};
+use serde_json::{json, Value};
+use snakepit_cluster::{Client, ClientConfig, Node, ServeOptions};
+use snakepit_core::{CallOptions, Error, Pool};
 
 use snakepit_tests::count_panics;
 
@@ -35,7 +36,7 @@ async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T
 }
 
 /// Waits up to `secs` for `client` to hear of a host; false if it never does.
-async fn hears_a_host(client: &snakepit_cluster::Client, secs: u64) -> bool {
+async fn hears_a_host(client: &Client, secs: u64) -> bool {
     let until = Instant::now() + Duration::from_secs(secs);
     while client.hosts().is_empty() {
         if Instant::now() > until {
@@ -46,44 +47,151 @@ async fn hears_a_host(client: &snakepit_cluster::Client, secs: u64) -> bool {
     true
 }
 
+/// What each test of this file runs in: its turn ([`SERIAL`]), the count
+/// of panics when it began, a nats-server and a connection to it.
+struct Rig {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    panics: Arc<AtomicUsize>,
+    before: usize,
+    nats: NatsServer,
+    conn: async_nats::Client,
+}
+
+impl Rig {
+    /// Waits for this file's turn, notes the panics so far, and starts a
+    /// nats-server and a connection to it.
+    async fn start() -> Rig {
+        let serial = SERIAL.lock().await;
+        let panics = count_panics();
+        let before = panics.load(Ordering::SeqCst);
+        let nats = NatsServer::start().await;
+        let conn = nats.connect().await;
+        Rig {
+            _serial: serial,
+            panics,
+            before,
+            nats,
+            conn,
+        }
+    }
+
+    /// [`Rig::start`] with a host of `workers` test workers serving
+    /// with `options`.
+    async fn serving(workers: usize, options: ServeOptions) -> (Rig, Host) {
+        let rig = Rig::start().await;
+        let host = rig.host(workers, options).await;
+        (rig, host)
+    }
+
+    /// The end of a test: `host` shut down, and no panic.
+    async fn finish(self, host: Host) {
+        host.shutdown().await;
+        self.no_panic("a panic");
+    }
+
+    /// Fails the test with `what` if anything panicked since [`Rig::start`]
+    /// (the test, or a task of a client or a host).
+    fn no_panic(&self, what: &str) {
+        assert_eq!(self.panics.load(Ordering::SeqCst), self.before, "{what}");
+    }
+
+    /// A host of `workers` test workers serving the cluster `test` with
+    /// `options`.
+    async fn host(&self, workers: usize, options: ServeOptions) -> Host {
+        let pool = pool(workers).await;
+        let node = snakepit_cluster::serve_with(&self.conn, "test", pool.clone(), options.clone())
+            .await
+            .unwrap_or_else(|e| panic!("serve_with {options:?}: {e}"));
+        Host { pool, node }
+    }
+
+    /// Fails the test unless `client` hears of a host within 10 s, with
+    /// no panic meanwhile (`what` names the case).
+    async fn hears_a_host(&self, client: &Client, what: &str) {
+        let heard = hears_a_host(client, 10).await;
+        self.no_panic(&format!("{what}: a task panicked"));
+        assert!(heard, "{what}: the host was never heard of");
+    }
+
+    /// A client with `config` that has heard of a host.
+    async fn client(&self, config: ClientConfig, what: &str) -> Client {
+        let client = client(&self.nats, config).await;
+        self.hears_a_host(&client, what).await;
+        client
+    }
+}
+
+/// A host's pool and node.
+struct Host {
+    pool: Pool,
+    node: Node,
+}
+
+impl Host {
+    /// `Node::shutdown` within 20 s, then the pool's.
+    async fn shutdown(self) {
+        within(20, "node shutdown", self.node.shutdown())
+            .await
+            .unwrap();
+        self.pool.shutdown().await.unwrap();
+    }
+}
+
+/// The default client settings but for the host and queue timeouts.
+fn timeouts(host_timeout: Duration, queue_timeout: Duration) -> ClientConfig {
+    let mut config = ClientConfig::default();
+    config.host_timeout = host_timeout;
+    config.queue_timeout = queue_timeout;
+    config
+}
+
+/// `n` echo calls one after another, each answered within 20 s with its
+/// own `i`.
+async fn echoes(client: &Client, n: usize, what: &str) {
+    for i in 0..n {
+        let r = within(20, what, client.execute("echo", json!({"i": i})))
+            .await
+            .unwrap_or_else(|e| panic!("{what}, call {i}: {e:?}"));
+        assert_eq!(r["echoed"]["i"], i);
+    }
+}
+
+/// The calls `call(i)` for `i` in `0..n` (command, arguments, options)
+/// sent at once, each from a task of its own: their results, in order,
+/// each within 30 s.
+async fn at_once(
+    client: &Client,
+    n: usize,
+    call: impl Fn(usize) -> (&'static str, Value, CallOptions),
+) -> Vec<Value> {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, (command, args, options)) = (client.clone(), call(i));
+            tokio::spawn(async move { client.execute_with(command, args, options).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(within(30, "calls", c).await.unwrap().unwrap());
+    }
+    results
+}
+
 /// crates/cluster/src/host.rs:43-46: `ServeOptions::calls_per_worker` is
 /// "Calls the host runs at once per ready worker; 0 (the default): what
 /// each worker declared in its hello". `usize::MAX` (a usual "no limit")
 /// with a pool of two workers: the host's capacity (workers times calls
-/// per worker) must not overflow. The host is heard of, serves calls, and
-/// no task panics. (The host's serving task computes
-/// `stats.workers * calls_per_worker` unchecked, crates/cluster/src/host.rs
-/// in `Serving::measure`: in a debug build it panics with "attempt to
-/// multiply with overflow", and in a release build it wraps.)
+/// per worker) must not overflow: `Serving::measure` saturates it. The
+/// host is heard of, serves four calls in turn, and no task panics (the
+/// rig counts panics; before the fix the product was taken unchecked and a
+/// debug build panicked with "attempt to multiply with overflow").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_per_worker_at_usize_max_does_not_overflow_the_capacity() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(2).await;
-    let options = ServeOptions::new().calls_per_worker(usize::MAX);
-    let node = snakepit_cluster::serve_with(&conn, "test", pool.clone(), options)
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    let heard = hears_a_host(&client, 10).await;
-    assert_eq!(
-        panics.load(Ordering::SeqCst),
-        before,
-        "a task panicked serving calls_per_worker usize::MAX"
-    );
-    assert!(heard, "the host was never heard of");
-    for i in 0..4 {
-        let r = within(20, "call", client.execute("echo", json!({"i": i})))
-            .await
-            .unwrap();
-        assert_eq!(r["echoed"]["i"], i);
-    }
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    let what = "calls_per_worker usize::MAX";
+    let (rig, host) = Rig::serving(2, ServeOptions::new().calls_per_worker(usize::MAX)).await;
+    let client = rig.client(ClientConfig::default(), what).await;
+    echoes(&client, 4, what).await;
+    rig.finish(host).await;
 }
 
 /// crates/cluster/src/host.rs:47-67: `ServeOptions::prefetch_per_worker`
@@ -95,43 +203,26 @@ async fn calls_per_worker_at_usize_max_does_not_overflow_the_capacity() {
 /// node shuts down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_per_worker_at_usize_max_serves() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(2).await;
     let options = ServeOptions::new()
         .calls_per_worker(1)
         .prefetch_per_worker(usize::MAX);
-    let node = snakepit_cluster::serve_with(&conn, "test", pool.clone(), options)
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    assert!(
-        hears_a_host(&client, 10).await,
-        "the host was never heard of"
-    );
+    let (rig, host) = Rig::serving(2, options).await;
+    let client = rig
+        .client(ClientConfig::default(), "prefetch_per_worker usize::MAX")
+        .await;
     let capacity = client.hosts()[0].capacity;
     assert!(
         capacity >= 2,
         "capacity wrapped to something small: {capacity}"
     );
-    let calls: Vec<_> = (0..12)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(
-                async move { client.execute("sleep", json!({"ms": 50, "token": i})).await },
-            )
-        })
-        .collect();
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = within(30, "calls", c).await.unwrap().unwrap();
+    let results = at_once(&client, 12, |i| {
+        ("sleep", json!({"ms": 50, "token": i}), CallOptions::new())
+    })
+    .await;
+    for (i, r) in results.iter().enumerate() {
         assert_eq!(r["token"], i);
     }
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    rig.finish(host).await;
 }
 
 /// crates/cluster/src/host.rs:68-71: `ServeOptions::heartbeat` is "How
@@ -148,46 +239,21 @@ async fn prefetch_per_worker_at_usize_max_serves() {
 /// on a timer that overflowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_of_duration_max_and_one_nanosecond() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
+    let rig = Rig::start().await;
     for (what, every) in [
         ("heartbeat Duration::MAX", Duration::MAX),
         ("heartbeat 1 ns", Duration::from_nanos(1)),
     ] {
         // The client first: with a heartbeat of `Duration::MAX`, the host's
         // first heartbeat (at once) is the only one a client may hear.
-        let mut config = ClientConfig::default();
-        config.host_timeout = Duration::MAX;
-        let client = client(&nats, config).await;
-        let pool = pool(1).await;
-        let node = snakepit_cluster::serve_with(
-            &conn,
-            "test",
-            pool.clone(),
-            ServeOptions::new().heartbeat(every),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let heard = hears_a_host(&client, 10).await;
-        assert_eq!(
-            panics.load(Ordering::SeqCst),
-            before,
-            "{what}: a task panicked"
-        );
-        assert!(heard, "{what}: the host was never heard of");
-        for i in 0..3 {
-            let r = within(20, what, client.execute("echo", json!({"i": i})))
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(r["echoed"]["i"], i);
-        }
-        within(20, "node shutdown", node.shutdown()).await.unwrap();
-        pool.shutdown().await.unwrap();
+        let queue_timeout = ClientConfig::default().queue_timeout;
+        let client = client(&rig.nats, timeouts(Duration::MAX, queue_timeout)).await;
+        let host = rig.host(1, ServeOptions::new().heartbeat(every)).await;
+        rig.hears_a_host(&client, what).await;
+        echoes(&client, 3, what).await;
+        host.shutdown().await;
     }
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    rig.no_panic("a panic");
 }
 
 /// crates/cluster/src/client.rs:96-99: `ClientConfig::host_timeout` is "A
@@ -199,26 +265,14 @@ async fn heartbeats_of_duration_max_and_one_nanosecond() {
 /// it, not a hang of a hundred years.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_timeout_of_duration_max_serves_and_a_departed_host_ends_in_queue_timeout() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let mut config = ClientConfig::default();
-    config.host_timeout = Duration::MAX;
-    config.queue_timeout = Duration::from_secs(2);
-    let forever = client(&nats, config).await;
-    assert!(hears_a_host(&forever, 10).await);
-    let r = within(20, "call", forever.execute("echo", json!({"n": 1})))
-        .await
-        .unwrap();
-    assert_eq!(r["echoed"]["n"], 1);
+    let (rig, host) = Rig::serving(1, ServeOptions::new()).await;
+    let config = timeouts(Duration::MAX, Duration::from_secs(2));
+    let forever = rig.client(config, "host_timeout Duration::MAX").await;
+    echoes(&forever, 1, "call").await;
 
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
+    within(20, "node shutdown", host.node.shutdown())
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let e = within(15, "no host left", forever.execute("echo", json!({})))
         .await
@@ -228,8 +282,8 @@ async fn a_host_timeout_of_duration_max_serves_and_a_departed_host_ends_in_queue
         "{e:?}"
     );
     assert!(t0.elapsed() < Duration::from_secs(12));
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    host.pool.shutdown().await.unwrap();
+    rig.no_panic("a panic");
 }
 
 /// crates/cluster/src/client.rs:90-103: `queue_timeout` "How long a call
@@ -244,19 +298,11 @@ async fn a_host_timeout_of_duration_max_serves_and_a_departed_host_ends_in_queue
 /// nothing is allocated up front, calls and sessions are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_queue_and_session_bounds_at_zero_and_the_largest() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
     // One call at a time, none taken ahead: a second call must wait.
     let options = ServeOptions::new()
         .calls_per_worker(1)
         .prefetch_per_worker(0);
-    let node = snakepit_cluster::serve_with(&conn, "test", pool.clone(), options)
-        .await
-        .unwrap();
+    let (rig, host) = Rig::serving(1, options).await;
     type Change = fn(&mut ClientConfig);
     let zeros: [(&str, Change); 3] = [
         ("max_queue_size 0", |c| c.max_queue_size = 0),
@@ -266,8 +312,7 @@ async fn client_queue_and_session_bounds_at_zero_and_the_largest() {
     for (what, change) in zeros {
         let mut config = ClientConfig::default();
         change(&mut config);
-        let client = client(&nats, config).await;
-        assert!(hears_a_host(&client, 10).await, "{what}");
+        let client = rig.client(config, what).await;
         let r = within(
             20,
             what,
@@ -304,29 +349,16 @@ async fn client_queue_and_session_bounds_at_zero_and_the_largest() {
     let mut config = ClientConfig::default();
     config.max_queue_size = usize::MAX;
     config.max_sessions = usize::MAX;
-    let client = client(&nats, config).await;
-    assert!(hears_a_host(&client, 10).await);
-    let calls: Vec<_> = (0..8)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .execute_with(
-                        "echo",
-                        json!({"i": i}),
-                        CallOptions::new().session(format!("s{i}")),
-                    )
-                    .await
-            })
-        })
-        .collect();
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = within(30, "calls", c).await.unwrap().unwrap();
+    let client = rig.client(config, "usize::MAX").await;
+    let results = at_once(&client, 8, |i| {
+        let session = CallOptions::new().session(format!("s{i}"));
+        ("echo", json!({"i": i}), session)
+    })
+    .await;
+    for (i, r) in results.iter().enumerate() {
         assert_eq!(r["echoed"]["i"], i);
     }
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    rig.finish(host).await;
 }
 
 /// crates/cluster/src/client.rs:545-548: `Client::status(window)` asks
@@ -336,17 +368,8 @@ async fn client_queue_and_session_bounds_at_zero_and_the_largest() {
 /// panic: it is still waiting after a second (and is then dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_windows_of_zero_and_duration_max() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    assert!(hears_a_host(&client, 10).await);
+    let (rig, host) = Rig::serving(1, ServeOptions::new()).await;
+    let client = rig.client(ClientConfig::default(), "status").await;
     let status = within(5, "status 0", client.status(Duration::ZERO))
         .await
         .unwrap();
@@ -360,9 +383,7 @@ async fn status_windows_of_zero_and_duration_max() {
     long.abort();
     // Still a working client afterwards.
     client.execute("echo", json!({})).await.unwrap();
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    rig.finish(host).await;
 }
 
 /// crates/core/src/pool/options.rs:88-89 and :105-107, which the cluster's
@@ -375,17 +396,8 @@ async fn status_windows_of_zero_and_duration_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_calls_with_zero_tiny_and_longest_timeouts() {
     use futures_util::StreamExt;
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let client = client(&nats, ClientConfig::default()).await;
-    assert!(hears_a_host(&client, 10).await);
+    let (rig, host) = Rig::serving(1, ServeOptions::new()).await;
+    let client = rig.client(ClientConfig::default(), "timeouts").await;
     for (what, t) in [
         ("timeout 0", Duration::ZERO),
         ("timeout 1 ns", Duration::from_nanos(1)),
@@ -433,13 +445,8 @@ async fn cluster_calls_with_zero_tiny_and_longest_timeouts() {
         items += 1;
     }
     assert_eq!(items, 4, "three chunks and the end");
-    let r = within(20, "after", client.execute("echo", json!({"n": 9})))
-        .await
-        .unwrap();
-    assert_eq!(r["echoed"]["n"], 9);
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    echoes(&client, 1, "after").await;
+    rig.finish(host).await;
 }
 
 /// crates/cluster/src/client.rs:96-99: `host_timeout` is how long a host
@@ -448,44 +455,21 @@ async fn cluster_calls_with_zero_tiny_and_longest_timeouts() {
 /// refuses the zero settings that make a cluster useless
 /// (`ServeOptions::heartbeat`: "zero is refused by `serve_with`
 /// (`Error::Config`)"; the pool's `validate` refuses a zero health check
-/// timeout, "Every ping would be late"). A zero host timeout is the
-/// same: either `Client::connect_with` refuses it with `Error::Config`,
-/// or a call to a live, idle host is served. (Today it is accepted, and
-/// every call fails with `HostLost`, "host ... did not acknowledge the
-/// call within 0ns; it may have died with it", from a healthy host that
-/// may well have run it.)
+/// timeout, "Every ping would be late"). A zero host timeout is the same:
+/// `ClientConfig::host_timeout` says "Zero is `Error::Config` at
+/// `Client::connect_with`: every host would be lost at once", and the
+/// test asks for exactly that, with a live, idle host to call. (Before the
+/// fix it was accepted, and every call failed with `HostLost` from a
+/// healthy host that may well have run it; the test's name keeps its first
+/// form, which would also have taken a client whose calls were served.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_host_timeout_is_refused_or_served() {
-    let _serial = SERIAL.lock().await;
-    let panics = count_panics();
-    let before = panics.load(Ordering::SeqCst);
-    let nats = NatsServer::start().await;
-    let conn = nats.connect().await;
-    let pool = pool(1).await;
-    let node = snakepit_cluster::serve(&conn, "test", pool.clone())
-        .await
-        .unwrap();
-    let mut config = ClientConfig::default();
-    config.host_timeout = Duration::ZERO;
-    config.queue_timeout = Duration::from_secs(5);
-    match snakepit_cluster::Client::connect_with(&conn, "test", config).await {
-        Err(Error::Config(_)) => {}
-        Err(e) => panic!("expected Error::Config or a client, got {e:?}"),
-        Ok(client) => {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            for i in 0..3 {
-                let r = within(
-                    20,
-                    "host_timeout 0",
-                    client.execute("echo", json!({"i": i})),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("host_timeout 0, call {i}: {e:?}"));
-                assert_eq!(r["echoed"]["i"], i);
-            }
-        }
+    let (rig, host) = Rig::serving(1, ServeOptions::new()).await;
+    let config = timeouts(Duration::ZERO, Duration::from_secs(5));
+    match Client::connect_with(&rig.conn, "test", config).await {
+        Err(Error::Config(why)) => assert!(why.contains("host_timeout"), "{why}"),
+        Err(e) => panic!("expected Error::Config, got {e:?}"),
+        Ok(_) => panic!("a zero host_timeout was taken"),
     }
-    within(20, "node shutdown", node.shutdown()).await.unwrap();
-    pool.shutdown().await.unwrap();
-    assert_eq!(panics.load(Ordering::SeqCst), before, "a panic");
+    rig.finish(host).await;
 }

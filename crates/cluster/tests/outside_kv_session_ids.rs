@@ -7,40 +7,37 @@
 mod common;
 #[path = "../../session/tests/ids/mod.rs"]
 mod ids;
+#[path = "../../session/tests/common/mod.rs"]
+mod suite;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::NatsServer;
+use common::{kv_store, session_key, NatsServer};
 use futures_util::StreamExt;
 use ids::{
-    differences, each_session_ended_once, expected_valid, hostile_ids, invalid_ids, outcome, script,
+    a_new_session_recalls_nothing, affinity_until_deleted, deletions_heard, each_id_live,
+    each_id_reads_back_its_own, each_session_ended_once, hostile_ids, hostile_ids_as_documented,
+    hostile_ids_keep_their_data, invalid_ids, memory_store, not_refused, outcome, race_expiry,
+    refused_before_it_runs, Race,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use snakepit_cluster::NatsKvStore;
-use snakepit_session::{attach, EndReason, Error, MemoryStore, SessionStore};
+use snakepit_session::{attach, EndReason, Error, SessionStore};
+use suite::record_ends;
 
 /// Only turns a hang into a failure of a test.
 const GUARD: Duration = Duration::from_secs(60);
 
 const BUCKET: &str = "snakepit_sessions";
 
-/// A store on its own connection whose sweep does not run during a test.
-async fn kv_store(server: &NatsServer) -> NatsKvStore {
-    NatsKvStore::builder(&server.connect().await)
-        .sweep_interval(Duration::from_secs(3600))
-        .connect()
-        .await
-        .unwrap()
-}
-
-/// A memory store whose sweep does not run during a test.
-fn memory_store() -> MemoryStore {
-    MemoryStore::builder()
-        .sweep_interval(Duration::from_secs(3600))
-        .build()
+/// A nats-server of the test's own, and a [`kv_store`] on it.
+async fn nats_and_kv() -> (NatsServer, NatsKvStore) {
+    let server = NatsServer::start().await;
+    let kv = kv_store(&server).await;
+    (server, kv)
 }
 
 /// The keys of `bucket`, as another client of the same NATS sees them.
@@ -57,53 +54,33 @@ async fn bucket_keys(server: &NatsServer, bucket: &str) -> BTreeSet<String> {
     keys
 }
 
-/// The key kv.rs documents for session `id`: `s.<hex id>`.
-fn session_key(id: &str) -> String {
-    let mut s = "s.".to_string();
-    for b in id.bytes() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-fn record_ends<S: SessionStore>(store: &S) -> Arc<Mutex<Vec<(String, EndReason)>>> {
-    let ends = Arc::new(Mutex::new(Vec::new()));
-    let sink = ends.clone();
-    store.on_session_end(Arc::new(move |id, why| {
-        sink.lock().unwrap().push((id.to_owned(), why));
-    }));
-    ends
-}
-
 // ---------------------------------------------------------------------
 // The same id, the same behaviour, as in the memory store
 // ---------------------------------------------------------------------
 
+/// sessions.md:93-95 and 84-89 (bad ids, keys and TTLs are `Invalid` "in
+/// every store (memory, Redis, and the cluster's NATS KV store)");
+/// docs/cluster.md: `NatsKvStore` "passes the same store suite as
+/// `MemoryStore`", and "a session that ended leaves nothing in the bucket".
+/// The conformance table of crates/session/tests/ids/mod.rs, as
+/// outside_session_ids.rs runs it for Redis: every operation on each
+/// hostile but valid id (NUL, newlines, paths, NATS subject syntax such as
+/// `a.*`, `a.>` and `_INBOX.x`, the store's own key shapes such as `s.61`,
+/// 512 bytes of two-byte characters) gives the documented outcome in both
+/// stores; an id used again after its deletion starts empty; the bucket
+/// holds no key afterwards; and the listeners hear each deletion once,
+/// under the id as given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_on_a_hostile_id_gives_the_documented_outcome_as_in_memory() {
-    let server = NatsServer::start().await;
-    let kv = kv_store(&server).await;
+    let (server, kv) = nats_and_kv().await;
     let memory = memory_store();
     let ends = (record_ends(&memory), record_ends(&kv));
-    let want = expected_valid();
-    let mut wrong = Vec::new();
-    for id in hostile_ids() {
-        let m = script(&memory, &id).await;
-        let k = tokio::time::timeout(GUARD, script(&kv, &id))
-            .await
-            .expect("no hang");
-        wrong.extend(differences("memory", &id, &m, &want));
-        wrong.extend(differences("nats-kv", &id, &k, &want));
-    }
-    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    hostile_ids_as_documented(("memory", &memory), ("nats-kv", &kv)).await;
     assert!(kv.list_sessions().await.unwrap().is_empty());
     // Sessions that ended leave nothing in the bucket (cluster.md:231-233).
     assert!(bucket_keys(&server, BUCKET).await.is_empty());
     // Each deletion was heard once, under the id as given.
-    let heard: Vec<(String, EndReason)> = hostile_ids()
-        .into_iter()
-        .flat_map(|id| [(id.clone(), EndReason::Deleted), (id, EndReason::Deleted)])
-        .collect();
+    let heard = deletions_heard();
     assert!(*ends.0.lock().unwrap() == heard, "memory's listener");
     assert!(*ends.1.lock().unwrap() == heard, "the KV store's listener");
 }
@@ -112,15 +89,15 @@ async fn every_operation_on_a_hostile_id_gives_the_documented_outcome_as_in_memo
 /// or longer than `MAX_ID_LEN` bytes"), as the memory and Redis stores
 /// apply them to the program id that `get_program` reads
 /// (crates/session/tests/api_promises.rs `program_ids_are_checked_when_read`
-/// runs only against those two): `get_program(session, "")` and one with a
-/// 513-byte program id are `Invalid` in `MemoryStore`; in `NatsKvStore`
-/// (kv.rs `get_program`, which never calls `check("program id", ...)`)
-/// they answer `ProgramNotFound`, or `NotFound` without a session, so the
-/// same mistake gives another error depending on the store.
+/// runs only against those two): `get_program` with an empty or a 513-byte
+/// program id is `Invalid` (`what` = "program id") in `NatsKvStore` as in
+/// `MemoryStore`, with a live session and without one: the program id is
+/// checked before the session is read. (Before the fix, the KV store
+/// answered `ProgramNotFound`, or `NotFound` without a session, so the
+/// same mistake gave another error depending on the store.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn program_ids_empty_or_over_512_bytes_are_invalid_when_read() {
-    let server = NatsServer::start().await;
-    let kv = kv_store(&server).await;
+    let (_server, kv) = nats_and_kv().await;
     let memory = memory_store();
     let long = "p".repeat(513);
     let mut wrong = Vec::new();
@@ -150,37 +127,10 @@ async fn program_ids_empty_or_over_512_bytes_are_invalid_when_read() {
 /// holds no key afterwards, and no session was counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_that_are_empty_or_over_512_bytes_are_invalid_and_write_nothing() {
-    let server = NatsServer::start().await;
-    let kv = kv_store(&server).await;
+    let (server, kv) = nats_and_kv().await;
     let mut wrong = Vec::new();
     for id in invalid_ids() {
-        let got = vec![
-            (
-                "create",
-                outcome(kv.create_session(&id, None).await.map(drop)),
-            ),
-            ("ensure", outcome(kv.ensure_session(&id).await)),
-            ("get_session", outcome(kv.get_session(&id).await.map(drop))),
-            (
-                "update",
-                outcome(kv.update_session(&id, |_| {}).await.map(drop)),
-            ),
-            ("delete_session", outcome(kv.delete_session(&id).await)),
-            ("session_exists", outcome(kv.session_exists(&id).await)),
-            ("set", outcome(kv.set(&id, "k", json!(1)).await)),
-            ("get", outcome(kv.get(&id, "k").await)),
-            ("delete", outcome(kv.delete(&id, "k").await)),
-            (
-                "store_program",
-                outcome(kv.store_program(&id, "p", json!(1)).await),
-            ),
-            ("get_program", outcome(kv.get_program(&id, "p").await)),
-        ];
-        let want: Vec<(&'static str, String)> = got
-            .iter()
-            .map(|(op, _)| (*op, "invalid session id".to_string()))
-            .collect();
-        wrong.extend(differences("nats-kv", &id, &got, &want));
+        wrong.extend(not_refused("nats-kv", &kv, &id).await);
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
     assert!(bucket_keys(&server, BUCKET).await.is_empty());
@@ -196,36 +146,15 @@ async fn ids_that_are_empty_or_over_512_bytes_are_invalid_and_write_nothing() {
 /// second host) lists each id exactly once and counts each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_live_at_once_each_at_its_own_key() {
-    let server = NatsServer::start().await;
-    let kv = kv_store(&server).await;
+    let (server, kv) = nats_and_kv().await;
     let other = kv_store(&server).await;
     let ids = hostile_ids();
-    for id in &ids {
-        kv.ensure_session(id).await.unwrap();
-        kv.set(id, "who", json!(id)).await.unwrap();
-        kv.store_program(id, "p", json!(id)).await.unwrap();
-    }
+    each_id_live(&kv, &ids).await;
     let keys = bucket_keys(&server, BUCKET).await;
     let want: BTreeSet<String> = ids.iter().map(|id| session_key(id)).collect();
     assert_eq!(want.len(), ids.len(), "the test's ids are distinct keys");
     assert_eq!(keys, want);
-    for id in &ids {
-        assert_eq!(other.get(id, "who").await.unwrap(), Some(json!(id)));
-        assert_eq!(other.get_program(id, "p").await.unwrap(), json!(id));
-        let s = other.get_session(id).await.unwrap();
-        assert_eq!((s.id.as_str(), s.data.len()), (id.as_str(), 1));
-    }
-    let listed = other.list_sessions().await.unwrap();
-    assert_eq!(listed.len(), ids.len(), "each id once");
-    let listed: BTreeSet<String> = listed.into_iter().collect();
-    assert_eq!(listed, ids.iter().cloned().collect::<BTreeSet<_>>());
-    assert_eq!(
-        other.stats().await.unwrap().active_sessions,
-        ids.len() as u64
-    );
-    for id in &ids {
-        assert!(other.delete_session(id).await.unwrap(), "{id:?}");
-    }
+    each_id_reads_back_its_own(&other, &ids).await;
     assert!(kv.list_sessions().await.unwrap().is_empty());
 }
 
@@ -240,20 +169,21 @@ async fn hostile_ids_live_at_once_each_at_its_own_key() {
 /// and stays apart from the default bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_names_nats_refuses_fail_connect_with_a_typed_error() {
-    let server = NatsServer::start().await;
-    let default = kv_store(&server).await;
+    // As `kv_store`, in the bucket `name`.
+    async fn in_bucket(nats: &async_nats::Client, name: &str) -> Result<NatsKvStore, Error> {
+        NatsKvStore::builder(nats)
+            .bucket(name)
+            .sweep_interval(Duration::from_secs(3600))
+            .connect()
+            .await
+    }
+    let (server, default) = nats_and_kv().await;
     default.ensure_session("mine").await.unwrap();
     let nats = server.connect().await;
     for name in ["tenant.a", "tenant/a", "a b", "a*", ">", "", "a\0"] {
-        let got = tokio::time::timeout(
-            GUARD,
-            NatsKvStore::builder(&nats)
-                .bucket(name)
-                .sweep_interval(Duration::from_secs(3600))
-                .connect(),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("connect with bucket {name:?} hung"));
+        let got = tokio::time::timeout(GUARD, in_bucket(&nats, name))
+            .await
+            .unwrap_or_else(|_| panic!("connect with bucket {name:?} hung"));
         match got {
             Err(Error::Backend(_) | Error::Invalid { .. }) => {}
             Err(e) => panic!("bucket {name:?}: an error of another kind: {e:?}"),
@@ -271,12 +201,7 @@ async fn bucket_names_nats_refuses_fail_connect_with_a_typed_error() {
         BTreeSet::from([format!("KV_{BUCKET}")]),
         "no stream made for a refused name"
     );
-    let tenant = NatsKvStore::builder(&nats)
-        .bucket("Tenant-A_1")
-        .sweep_interval(Duration::from_secs(3600))
-        .connect()
-        .await
-        .unwrap();
+    let tenant = in_bucket(&nats, "Tenant-A_1").await.unwrap();
     assert!(!tenant.session_exists("mine").await.unwrap());
     tenant.ensure_session("theirs").await.unwrap();
     assert_eq!(
@@ -301,8 +226,7 @@ async fn bucket_names_nats_refuses_fail_connect_with_a_typed_error() {
 /// old one's end is reported once, as expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_millisecond_session_expires_and_its_id_starts_afresh() {
-    let server = NatsServer::start().await;
-    let kv = kv_store(&server).await;
+    let (_server, kv) = nats_and_kv().await;
     let ends = record_ends(&kv);
     let s = kv
         .create_session("blink", Some(Duration::from_millis(1)))
@@ -347,59 +271,17 @@ async fn expiry_racing_with_touches_reports_each_session_end_once() {
             .unwrap(),
     );
     let ends = record_ends(&*kv);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let start = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..2u64 {
-        let (kv, stop) = (kv.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let id = ["r.1", "r>2", "r*3"][(n % 3) as usize];
-                kv.ensure_session(id).await.unwrap();
-                if let Err(e) = kv.set(id, &format!("t{t}"), json!(n)).await {
-                    assert!(e.is_gone(), "{e:?}");
-                }
-                if let Err(e) = kv.get(id, "t0").await {
-                    assert!(e.is_gone(), "{e:?}");
-                }
-                let updated = kv
-                    .update_session(id, |s| {
-                        s.metadata.insert(format!("t{t}"), json!(n));
-                    })
-                    .await;
-                if let Err(e) = updated {
-                    assert!(e.is_gone(), "{e:?}");
-                }
-                n += 1;
-                // Pauses of 0 to 40 ms around the 50 ms TTL (three ids in
-                // turn); the first 150 ms of every 400 are quiet, so that
-                // every session expires then.
-                let pause = (n * 11 + t * 5) % 41;
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                let phase = start.elapsed().as_millis() as u64 % 400;
-                if phase < 150 {
-                    tokio::time::sleep(Duration::from_millis(150 - phase)).await;
-                }
-            }
-        }));
-    }
-    {
-        let (kv, stop) = (kv.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                kv.cleanup_expired().await.unwrap();
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        tokio::time::timeout(GUARD, t)
-            .await
-            .expect("no hang")
-            .unwrap();
-    }
+    let race = Race {
+        ids: ["r.1", "r>2", "r*3"],
+        // Pauses of 0 to 40 ms around the 50 ms TTL (three ids in turn);
+        // the first 150 ms of every 400 are quiet, so that every session
+        // expires then.
+        pause: |n, t| (n * 11 + t * 5) % 41,
+        period_ms: 400,
+        quiet_ms: 150,
+        run_for: Duration::from_millis(1500),
+    };
+    race_expiry(kv.clone(), race).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     kv.cleanup_expired().await.unwrap();
     let stats = kv.stats().await.unwrap();
@@ -421,6 +303,19 @@ fn session_worker() -> common::ScriptWorker {
     )
 }
 
+/// A nats-server of the test's own, a [`kv_store`] on it, and a pool of
+/// two [`session_worker`]s whose sessions are in that store.
+async fn kv_and_session_pool() -> (NatsServer, Arc<NatsKvStore>, snakepit_core::Pool) {
+    let (server, kv) = nats_and_kv().await;
+    let kv = Arc::new(kv);
+    let pool = attach(snakepit_core::Pool::builder(session_worker()), kv.clone())
+        .size(2)
+        .start()
+        .await
+        .unwrap();
+    (server, kv, pool)
+}
+
 /// docs/cluster.md:202-222 (a pool's sessions in `NatsKvStore` through
 /// `snakepit_session::attach`) and sessions.md:33-39 (every session call
 /// creates or touches its session "**before** it is routed"; a store that
@@ -431,45 +326,13 @@ fn session_worker() -> common::ScriptWorker {
 /// the call with `Error::Session` before it runs, and the pool serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_keep_their_data_through_a_pool_and_invalid_ones_never_run() {
-    let server = NatsServer::start().await;
-    let kv = Arc::new(kv_store(&server).await);
-    let pool = attach(snakepit_core::Pool::builder(session_worker()), kv.clone())
-        .size(2)
-        .start()
-        .await
-        .unwrap();
-    for id in hostile_ids() {
-        let r = pool
-            .execute_in_session(&id, "remember", json!({"key": "k", "value": id}))
-            .await
-            .unwrap_or_else(|e| panic!("{id:?}: {e}"));
-        assert_eq!(r["session_id"], json!(id), "the worker saw the id as given");
-        let r = pool
-            .execute_in_session(&id, "recall", json!({"key": "k"}))
-            .await
-            .unwrap();
-        assert_eq!(r["value"], json!(id), "{id:?}");
-        assert_eq!(kv.get(&id, "k").await.unwrap(), Some(json!(id)));
-    }
+    let (_server, kv, pool) = kv_and_session_pool().await;
+    hostile_ids_keep_their_data(&pool, &*kv).await;
     for id in invalid_ids() {
-        let err = pool
-            .execute_in_session(&id, "remember", json!({"key": "k", "value": 1}))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, snakepit_core::Error::Session { session_id, message }
-                if *session_id == id && message.contains("invalid session id")),
-            "{:.200}",
-            err.to_string()
-        );
-        assert!(err.never_ran());
+        refused_before_it_runs(&pool, &id).await;
     }
     assert_eq!(kv.list_sessions().await.unwrap().len(), hostile_ids().len());
-    let r = pool
-        .execute_in_session("after", "recall", json!({"key": "k"}))
-        .await
-        .unwrap();
-    assert_eq!(r["value"], Value::Null);
+    a_new_session_recalls_nothing(&pool).await;
     pool.shutdown().await.unwrap();
 }
 
@@ -483,50 +346,8 @@ async fn hostile_ids_keep_their_data_through_a_pool_and_invalid_ones_never_run()
 /// a `FailFast` call of it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_like_id_keeps_its_affinity_until_the_store_deletes_it() {
-    use snakepit_core::{Affinity, CallOptions};
-    let server = NatsServer::start().await;
-    let kv = Arc::new(kv_store(&server).await);
-    let pool = attach(snakepit_core::Pool::builder(session_worker()), kv.clone())
-        .size(2)
-        .start()
-        .await
-        .unwrap();
-    let (id, twin) = ("a.>", "a.*");
-    pool.execute_in_session(id, "remember", json!({"key": "k", "value": "mine"}))
-        .await
-        .unwrap();
-    let busy = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_in_session(id, "sleep", json!({"seconds": 3}))
-                .await
-        })
-    };
-    common::eventually(15, "the session's worker is busy", || async {
-        pool.stats().busy == 1
-    })
-    .await;
-    let fail_fast = |s: &str| CallOptions::new().session(s).affinity(Affinity::FailFast);
-    let err = pool
-        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, snakepit_core::Error::WorkerBusy { session_id, .. } if session_id == id),
-        "{err:?}"
-    );
-    let r = pool
-        .execute_with("recall", json!({"key": "k"}), fail_fast(twin))
-        .await
-        .expect("a.* is another session");
-    assert_eq!(r["value"], Value::Null);
-    assert!(kv.delete_session(id).await.unwrap());
-    let r = pool
-        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
-        .await
-        .expect("the deleted session's affinity was forgotten");
-    assert_eq!(r["value"], Value::Null);
-    busy.await.unwrap().unwrap();
+    let (_server, kv, pool) = kv_and_session_pool().await;
+    affinity_until_deleted(&pool, &*kv, "a.>", &["a.*"]).await;
     pool.shutdown().await.unwrap();
 }
 

@@ -17,17 +17,17 @@ use std::time::Duration;
 
 use common::record_ends;
 use ids::{
-    differences, each_session_ended_once, expected_valid, hostile_ids, invalid_ids, outcome, script,
+    a_new_session_recalls_nothing, affinity_until_deleted, deletions_heard, each_id_live,
+    each_id_reads_back_its_own, each_session_ended_once, hostile_ids, hostile_ids_as_documented,
+    hostile_ids_keep_their_data, invalid_ids, memory_store, not_refused, race_expiry,
+    refused_before_it_runs, Race,
 };
 use redis_server::{redis_cli, Redis};
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
-use snakepit_core::{Affinity, CallOptions, Pool};
+use snakepit_core::{CallOptions, Pool};
 use snakepit_session::{attach, EndReason, MemoryStore, RedisStore, SessionStore};
 use snakepit_tests::until;
-
-/// Only turns a hang into a failure of a test.
-const GUARD: Duration = Duration::from_secs(60);
 
 /// A Redis store under `prefix` whose sweep does not run during a test,
 /// with a timeout generous enough for a loaded machine.
@@ -39,13 +39,6 @@ async fn redis_store(redis: &Redis, prefix: &str) -> RedisStore {
         .connect()
         .await
         .unwrap()
-}
-
-/// A memory store whose sweep does not run during a test.
-fn memory_store() -> MemoryStore {
-    MemoryStore::builder()
-        .sweep_interval(Duration::from_secs(3600))
-        .build()
 }
 
 // ---------------------------------------------------------------------
@@ -70,24 +63,11 @@ async fn every_operation_on_a_hostile_id_gives_the_documented_outcome_in_both_st
     let redis = Redis::start().await;
     let stores = (memory_store(), redis_store(&redis, "snakepit:").await);
     let ends = (record_ends(&stores.0), record_ends(&stores.1));
-    let want = expected_valid();
-    let mut wrong = Vec::new();
-    for id in hostile_ids() {
-        let memory = script(&stores.0, &id).await;
-        let remote = tokio::time::timeout(GUARD, script(&stores.1, &id))
-            .await
-            .expect("no hang");
-        wrong.extend(differences("memory", &id, &memory, &want));
-        wrong.extend(differences("redis", &id, &remote, &want));
-    }
-    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    hostile_ids_as_documented(("memory", &stores.0), ("redis", &stores.1)).await;
     assert!(stores.0.list_sessions().await.unwrap().is_empty());
     assert!(stores.1.list_sessions().await.unwrap().is_empty());
     // Each deletion was heard once, under the id as given.
-    let heard: Vec<(String, EndReason)> = hostile_ids()
-        .into_iter()
-        .flat_map(|id| [(id.clone(), EndReason::Deleted), (id, EndReason::Deleted)])
-        .collect();
+    let heard = deletions_heard();
     assert!(*ends.0.lock().unwrap() == heard, "memory's listener");
     assert!(*ends.1.lock().unwrap() == heard, "redis's listener");
 }
@@ -100,46 +80,13 @@ async fn every_operation_on_a_hostile_id_gives_the_documented_outcome_in_both_st
 /// at all on the server but the stats hash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_that_are_empty_or_over_512_bytes_are_invalid_everywhere_and_write_nothing() {
-    async fn each<S: SessionStore>(store: &S, id: &str) -> Vec<(&'static str, String)> {
-        vec![
-            (
-                "create",
-                outcome(store.create_session(id, None).await.map(drop)),
-            ),
-            ("ensure", outcome(store.ensure_session(id).await)),
-            (
-                "get_session",
-                outcome(store.get_session(id).await.map(drop)),
-            ),
-            (
-                "update",
-                outcome(store.update_session(id, |_| {}).await.map(drop)),
-            ),
-            ("delete_session", outcome(store.delete_session(id).await)),
-            ("session_exists", outcome(store.session_exists(id).await)),
-            ("set", outcome(store.set(id, "k", json!(1)).await)),
-            ("get", outcome(store.get(id, "k").await)),
-            ("delete", outcome(store.delete(id, "k").await)),
-            (
-                "store_program",
-                outcome(store.store_program(id, "p", json!(1)).await),
-            ),
-            ("get_program", outcome(store.get_program(id, "p").await)),
-        ]
-    }
     let redis = Redis::start().await;
     let memory = memory_store();
     let remote = redis_store(&redis, "snakepit:").await;
     let mut wrong = Vec::new();
     for id in invalid_ids() {
-        let m = each(&memory, &id).await;
-        let r = each(&remote, &id).await;
-        let want: Vec<(&'static str, String)> = m
-            .iter()
-            .map(|(op, _)| (*op, "invalid session id".to_string()))
-            .collect();
-        wrong.extend(differences("memory", &id, &m, &want));
-        wrong.extend(differences("redis", &id, &r, &want));
+        wrong.extend(not_refused("memory", &memory, &id).await);
+        wrong.extend(not_refused("redis", &remote, &id).await);
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
     assert!(memory.list_sessions().await.unwrap().is_empty());
@@ -163,33 +110,8 @@ async fn ids_that_are_empty_or_over_512_bytes_are_invalid_everywhere_and_write_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_live_at_once_without_colliding() {
     async fn all_at_once<S: SessionStore>(store: &S, ids: &[String]) {
-        for id in ids {
-            store.ensure_session(id).await.unwrap();
-            store.set(id, "who", json!(id)).await.unwrap();
-            store.store_program(id, "p", json!(id)).await.unwrap();
-        }
-        for id in ids {
-            assert_eq!(
-                store.get(id, "who").await.unwrap(),
-                Some(json!(id)),
-                "{id:?}"
-            );
-            assert_eq!(store.get_program(id, "p").await.unwrap(), json!(id));
-            let s = store.get_session(id).await.unwrap();
-            assert_eq!((s.id.as_str(), s.data.len()), (id.as_str(), 1), "{id:?}");
-        }
-        let listed = store.list_sessions().await.unwrap();
-        assert_eq!(listed.len(), ids.len(), "each id once");
-        let listed: BTreeSet<String> = listed.into_iter().collect();
-        let want: BTreeSet<String> = ids.iter().cloned().collect();
-        assert_eq!(listed, want);
-        assert_eq!(
-            store.stats().await.unwrap().active_sessions,
-            ids.len() as u64
-        );
-        for id in ids {
-            assert!(store.delete_session(id).await.unwrap(), "{id:?}");
-        }
+        each_id_live(store, ids).await;
+        each_id_reads_back_its_own(store, ids).await;
         assert_eq!(store.stats().await.unwrap().active_sessions, 0);
     }
     let ids = hostile_ids();
@@ -332,59 +254,18 @@ async fn a_one_millisecond_session_expires_and_its_id_starts_afresh() {
 async fn expiry_racing_with_touches_reports_each_session_end_once() {
     async fn race<S: SessionStore>(store: Arc<S>) {
         let ends = record_ends(&*store);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let start = std::time::Instant::now();
-        let mut tasks = Vec::new();
-        for t in 0..2u64 {
-            let (store, stop) = (store.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let id = ["r:1", "r/2", "r*3"][(n % 3) as usize];
-                    store.ensure_session(id).await.unwrap();
-                    match store.set(id, &format!("t{t}"), json!(n)).await {
-                        Ok(()) => {}
-                        Err(e) => assert!(e.is_gone(), "{e:?}"),
-                    }
-                    if let Err(e) = store.get(id, "t0").await {
-                        assert!(e.is_gone(), "{e:?}");
-                    }
-                    let updated = store
-                        .update_session(id, |s| {
-                            s.metadata.insert(format!("t{t}"), json!(n));
-                        })
-                        .await;
-                    if let Err(e) = updated {
-                        assert!(e.is_gone(), "{e:?}");
-                    }
-                    n += 1;
-                    // Pauses of 0 to 18 ms: with three ids in turn, an id
-                    // waits about its TTL for its next touch, either side;
-                    // and the first 60 ms of every 200 are quiet, so that
-                    // every session expires then.
-                    let pause = (n * 7 + t) % 19;
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                    let phase = start.elapsed().as_millis() as u64 % 200;
-                    if phase < 60 {
-                        tokio::time::sleep(Duration::from_millis(60 - phase)).await;
-                    }
-                }
-            }));
-        }
-        {
-            let (store, stop) = (store.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    store.cleanup_expired().await.unwrap();
-                    tokio::task::yield_now().await;
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
+        let race = Race {
+            ids: ["r:1", "r/2", "r*3"],
+            // Pauses of 0 to 18 ms: with three ids in turn, an id waits
+            // about its TTL for its next touch, either side; and the first
+            // 60 ms of every 200 are quiet, so that every session expires
+            // then.
+            pause: |n, t| (n * 7 + t) % 19,
+            period_ms: 200,
+            quiet_ms: 60,
+            run_for: Duration::from_millis(1000),
+        };
+        race_expiry(store.clone(), race).await;
         until(10, "the last sessions expire", || async {
             store.list_sessions().await.unwrap().is_empty()
         })
@@ -442,39 +323,13 @@ async fn pool_of<S: SessionStore>(store: Arc<S>, size: usize) -> Pool {
 async fn hostile_ids_keep_their_data_through_a_pool_and_invalid_ones_never_run() {
     async fn through<S: SessionStore>(store: Arc<S>) {
         let pool = pool_of(store.clone(), 2).await;
-        for id in hostile_ids() {
-            let r = pool
-                .execute_in_session(&id, "remember", json!({"key": "k", "value": id}))
-                .await
-                .unwrap_or_else(|e| panic!("{id:?}: {e}"));
-            assert_eq!(r["session_id"], json!(id), "the worker saw the id as given");
-            let r = pool
-                .execute_in_session(&id, "recall", json!({"key": "k"}))
-                .await
-                .unwrap();
-            assert_eq!(r["value"], json!(id), "{id:?}");
-            assert_eq!(store.get(&id, "k").await.unwrap(), Some(json!(id)));
-        }
+        hostile_ids_keep_their_data(&pool, &*store).await;
         for id in invalid_ids() {
             let before = store.stats().await.unwrap().sessions_created;
-            let err = pool
-                .execute_in_session(&id, "remember", json!({"key": "k", "value": 1}))
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(&err, snakepit_core::Error::Session { session_id, message }
-                    if *session_id == id && message.contains("invalid session id")),
-                "{:.200}",
-                err.to_string()
-            );
-            assert!(err.never_ran());
+            refused_before_it_runs(&pool, &id).await;
             assert_eq!(store.stats().await.unwrap().sessions_created, before);
         }
-        let r = pool
-            .execute_in_session("after", "recall", json!({"key": "k"}))
-            .await
-            .unwrap();
-        assert_eq!(r["value"], Value::Null);
+        a_new_session_recalls_nothing(&pool).await;
         pool.shutdown().await.unwrap();
     }
     through(Arc::new(memory_store())).await;
@@ -494,44 +349,7 @@ async fn hostile_ids_keep_their_data_through_a_pool_and_invalid_ones_never_run()
 async fn look_alike_ids_have_affinities_of_their_own() {
     let store = Arc::new(memory_store());
     let pool = pool_of(store.clone(), 2).await;
-    let (id, twins) = ("ü", ["u\u{308}", "ü\0"]);
-    pool.execute_in_session(id, "remember", json!({"key": "k", "value": "mine"}))
-        .await
-        .unwrap();
-    let busy = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_in_session(id, "sleep", json!({"seconds": 3}))
-                .await
-        })
-    };
-    until(15, "the session's worker is busy", || async {
-        pool.stats().busy == 1
-    })
-    .await;
-    let fail_fast = |s: &str| CallOptions::new().session(s).affinity(Affinity::FailFast);
-    let err = pool
-        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, snakepit_core::Error::WorkerBusy { session_id, .. } if session_id == id),
-        "{err:?}"
-    );
-    for twin in twins {
-        let r = pool
-            .execute_with("recall", json!({"key": "k"}), fail_fast(twin))
-            .await
-            .unwrap_or_else(|e| panic!("{twin:?} is another session: {e}"));
-        assert_eq!(r["value"], Value::Null, "{twin:?} has no data of {id:?}");
-    }
-    assert!(store.delete_session(id).await.unwrap());
-    let r = pool
-        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
-        .await
-        .expect("the deleted session's affinity was forgotten");
-    assert_eq!(r["value"], Value::Null);
-    busy.await.unwrap().unwrap();
+    affinity_until_deleted(&pool, &*store, "ü", &["u\u{308}", "ü\0"]).await;
     pool.shutdown().await.unwrap();
 }
 
@@ -562,9 +380,11 @@ impl serde::Serialize for RememberBytes {
 /// (Python)", and "`serde_json::Value` has no binary type". A session value
 /// that is `bytes` cannot be kept by a store of JSON values; under
 /// MessagePack the worker's `ctx.session.set("blob", b"\x00\xff")` is a
-/// valid frame, so it should fail as that host call's own error (as a
-/// value nested too deep does, `TooDeep`), leaving the worker serving and
-/// the session without the key, not be taken for a broken protocol.
+/// valid frame, so it fails as that host call's own error (as a value
+/// nested too deep does, `TooDeep`), not as a broken protocol: the call
+/// fails with the handler's failed reply (`Error::Remote`), the same worker
+/// serves the next call of the session, whose data is as before and has
+/// no `blob` key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_set_in_a_session_under_msgpack_fail_that_host_call_only() {
     let store = Arc::new(memory_store());

@@ -24,3 +24,20 @@ pub(crate) async fn on_every_worker(pool: &Pool, command: &str) -> Vec<Value> {
     assert_eq!(pids.len(), n, "every worker answered: {out:?}");
     out
 }
+
+/// The test worker script `name` in `tests/workers`.
+#[allow(dead_code)] // not every test binary runs these scripts
+pub(crate) fn worker(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workers")).join(name)
+}
+
+/// The MessagePack package of the Node bridge's own tests (`npm ci`), for
+/// `NODE_PATH`.
+#[allow(dead_code)] // not every test binary runs Node workers
+pub(crate) fn node_modules() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bridges/node/node_modules"
+    )
+    .to_owned()
+}

@@ -353,3 +353,25 @@ pub fn stop_while_starting(dir: &Dir, args: &[&str], script: &str, signal: i32) 
         workers: processes_running(script),
     }
 }
+
+/// The `bench` flags of a short run printing JSON: 64 requests from 4
+/// callers to workers that start in 10 ms.
+pub const SHORT_BENCH_JSON: [&str; 7] = [
+    "--requests",
+    "64",
+    "--concurrency",
+    "4",
+    "--init-ms",
+    "10",
+    "--json",
+];
+
+/// A `bench` run given a setting it cannot carry out: either it was
+/// refused before anything was measured (exit 2, the message naming
+/// `name`), or the report of its 2 workers printed all the same.
+#[track_caller]
+pub fn refused_up_front_or_reported(r: &Run, name: &str) {
+    let refused_up_front = r.code == 2 && r.stderr.contains(name);
+    let reported_anyway = !r.stdout.trim().is_empty() && r.json()["workers"] == 2;
+    assert!(refused_up_front || reported_anyway, "{r:?}");
+}

@@ -403,3 +403,22 @@ pub async fn client(
         .await
         .unwrap()
 }
+
+/// A `NatsKvStore` on a connection of its own to `nats`, whose sweep does
+/// not run during a test.
+pub async fn kv_store(nats: &NatsServer) -> snakepit_cluster::NatsKvStore {
+    snakepit_cluster::NatsKvStore::builder(&nats.connect().await)
+        .sweep_interval(Duration::from_secs(3600))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The key `NatsKvStore` keeps session `id` at (kv.rs: `s.<hex id>`).
+pub fn session_key(id: &str) -> String {
+    let mut s = "s.".to_string();
+    for b in id.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

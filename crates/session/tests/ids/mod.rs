@@ -330,3 +330,309 @@ pub(crate) fn each_session_ended_once(
     assert_eq!(expired, stats.sessions_expired, "each expiry heard once");
     assert_eq!(ends.len() as u64, expired, "no deletion heard");
 }
+
+/// A memory store whose sweep does not run during a test.
+pub(crate) fn memory_store() -> snakepit_session::MemoryStore {
+    snakepit_session::MemoryStore::builder()
+        .sweep_interval(Duration::from_secs(3600))
+        .build()
+}
+
+/// [`script`] on each of [`hostile_ids`] in store `a` and in store `b`
+/// (each run failing the test after 60 s: a hang): every outcome is the
+/// documented one ([`expected_valid`]); the stores are named by `a.0` and
+/// `b.0` in the failure.
+pub(crate) async fn hostile_ids_as_documented<A: SessionStore, B: SessionStore>(
+    a: (&str, &A),
+    b: (&str, &B),
+) {
+    let guard = Duration::from_secs(60);
+    let want = expected_valid();
+    let mut wrong = Vec::new();
+    for id in hostile_ids() {
+        let got_a = tokio::time::timeout(guard, script(a.1, &id))
+            .await
+            .expect("no hang");
+        let got_b = tokio::time::timeout(guard, script(b.1, &id))
+            .await
+            .expect("no hang");
+        wrong.extend(differences(a.0, &id, &got_a, &want));
+        wrong.extend(differences(b.0, &id, &got_b, &want));
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+/// What a store's listener hears after [`script`] ran on each of
+/// [`hostile_ids`]: each session deleted twice (in the script, and at its
+/// end), under its id as given.
+pub(crate) fn deletions_heard() -> Vec<(String, snakepit_session::EndReason)> {
+    let deleted = snakepit_session::EndReason::Deleted;
+    hostile_ids()
+        .into_iter()
+        .flat_map(|id| [(id.clone(), deleted), (id, deleted)])
+        .collect()
+}
+
+/// How [`race_expiry`] touches its sessions.
+pub(crate) struct Race {
+    /// The sessions, touched in turn.
+    pub ids: [&'static str; 3],
+    /// The pause (ms) of touching task `t` (0 or 1) after its `n`th touch:
+    /// uneven, around the sessions' TTL.
+    pub pause: fn(n: u64, t: u64) -> u64,
+    /// Of every `period_ms` of the race, the first `quiet_ms` are quiet
+    /// (longer than the TTL), so that every session expires then.
+    pub period_ms: u64,
+    pub quiet_ms: u64,
+    /// How long the race runs.
+    pub run_for: Duration,
+}
+
+/// Expiry racing with touches in `store`, whose sessions live a short TTL:
+/// two tasks touch the sessions of `race.ids` (`ensure_session`, `set`,
+/// `get`, `update_session`) while a third sweeps (`cleanup_expired`)
+/// without pause, for `race.run_for`, so that each session is created,
+/// expires and is created again many times, its expiry found by a touch
+/// or by the sweep, whichever comes first. Only "gone" errors may be seen;
+/// each task must end within 60 s of the race's end.
+pub(crate) async fn race_expiry<S: SessionStore>(store: std::sync::Arc<S>, race: Race) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..2u64 {
+        let (store, stop) = (store.clone(), stop.clone());
+        let (ids, pause, period, quiet) = (race.ids, race.pause, race.period_ms, race.quiet_ms);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = ids[(n % 3) as usize];
+                store.ensure_session(id).await.unwrap();
+                if let Err(e) = store.set(id, &format!("t{t}"), json!(n)).await {
+                    assert!(e.is_gone(), "{e:?}");
+                }
+                if let Err(e) = store.get(id, "t0").await {
+                    assert!(e.is_gone(), "{e:?}");
+                }
+                let updated = store
+                    .update_session(id, |s| {
+                        s.metadata.insert(format!("t{t}"), json!(n));
+                    })
+                    .await;
+                if let Err(e) = updated {
+                    assert!(e.is_gone(), "{e:?}");
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(pause(n, t))).await;
+                let phase = start.elapsed().as_millis() as u64 % period;
+                if phase < quiet {
+                    tokio::time::sleep(Duration::from_millis(quiet - phase)).await;
+                }
+            }
+        }));
+    }
+    {
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                store.cleanup_expired().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::time::sleep(race.run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("no hang")
+            .unwrap();
+    }
+}
+
+/// Through `pool` (the session crate's `session_worker.py`, sessions in
+/// `store`): a `remember` in each of [`hostile_ids`] reaches the worker
+/// with the id exactly as given (`ctx.session_id`), a `recall` gives its
+/// value back, and the store holds it under that id.
+pub(crate) async fn hostile_ids_keep_their_data<S: SessionStore>(
+    pool: &snakepit_core::Pool,
+    store: &S,
+) {
+    for id in hostile_ids() {
+        let r = pool
+            .execute_in_session(&id, "remember", json!({"key": "k", "value": id}))
+            .await
+            .unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        assert_eq!(r["session_id"], json!(id), "the worker saw the id as given");
+        let r = pool
+            .execute_in_session(&id, "recall", json!({"key": "k"}))
+            .await
+            .unwrap();
+        assert_eq!(r["value"], json!(id), "{id:?}");
+        assert_eq!(store.get(&id, "k").await.unwrap(), Some(json!(id)));
+    }
+}
+
+/// A call through `pool` in session `id`, which the store refuses, fails
+/// with `Error::Session` naming `id` ("invalid session id") and never ran.
+pub(crate) async fn refused_before_it_runs(pool: &snakepit_core::Pool, id: &str) {
+    let err = pool
+        .execute_in_session(id, "remember", json!({"key": "k", "value": 1}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, snakepit_core::Error::Session { session_id, message }
+            if *session_id == id && message.contains("invalid session id")),
+        "{:.200}",
+        err.to_string()
+    );
+    assert!(err.never_ran());
+}
+
+/// `pool` serves: a `recall` in a session nobody wrote to answers no value.
+pub(crate) async fn a_new_session_recalls_nothing(pool: &snakepit_core::Pool) {
+    let r = pool
+        .execute_in_session("after", "recall", json!({"key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(r["value"], serde_json::Value::Null);
+}
+
+/// Through `pool` of two session workers (sessions in `store`): while the
+/// worker of session `id` is busy (a `sleep` of 3 s), a `FailFast` call of
+/// `id` fails with `WorkerBusy` naming it; one of each of `twins` runs at
+/// once on the other worker, without `id`'s data; and once `store`
+/// deletes `id` (its listener tells the pool), a `FailFast` call of it
+/// runs.
+pub(crate) async fn affinity_until_deleted<S: SessionStore>(
+    pool: &snakepit_core::Pool,
+    store: &S,
+    id: &str,
+    twins: &[&str],
+) {
+    use snakepit_core::{Affinity, CallOptions};
+    pool.execute_in_session(id, "remember", json!({"key": "k", "value": "mine"}))
+        .await
+        .unwrap();
+    let busy = {
+        let (pool, id) = (pool.clone(), id.to_owned());
+        tokio::spawn(async move {
+            pool.execute_in_session(&id, "sleep", json!({"seconds": 3}))
+                .await
+        })
+    };
+    snakepit_tests::until(15, "the session's worker is busy", || async {
+        pool.stats().busy == 1
+    })
+    .await;
+    let fail_fast = |s: &str| CallOptions::new().session(s).affinity(Affinity::FailFast);
+    let err = pool
+        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, snakepit_core::Error::WorkerBusy { session_id, .. } if session_id == id),
+        "{err:?}"
+    );
+    for twin in twins {
+        let r = pool
+            .execute_with("recall", json!({"key": "k"}), fail_fast(twin))
+            .await
+            .unwrap_or_else(|e| panic!("{twin:?} is another session: {e}"));
+        assert_eq!(
+            r["value"],
+            serde_json::Value::Null,
+            "{twin:?} has no data of {id:?}"
+        );
+    }
+    assert!(store.delete_session(id).await.unwrap());
+    let r = pool
+        .execute_with("recall", json!({"key": "k"}), fail_fast(id))
+        .await
+        .expect("the deleted session's affinity was forgotten");
+    assert_eq!(r["value"], serde_json::Value::Null);
+    busy.await.unwrap().unwrap();
+}
+
+/// Every operation of `store` that takes a session id, on `id`, each
+/// outcome named.
+pub(crate) async fn every_operation_on<S: SessionStore>(
+    store: &S,
+    id: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "create",
+            outcome(store.create_session(id, None).await.map(drop)),
+        ),
+        ("ensure", outcome(store.ensure_session(id).await)),
+        (
+            "get_session",
+            outcome(store.get_session(id).await.map(drop)),
+        ),
+        (
+            "update",
+            outcome(store.update_session(id, |_| {}).await.map(drop)),
+        ),
+        ("delete_session", outcome(store.delete_session(id).await)),
+        ("session_exists", outcome(store.session_exists(id).await)),
+        ("set", outcome(store.set(id, "k", json!(1)).await)),
+        ("get", outcome(store.get(id, "k").await)),
+        ("delete", outcome(store.delete(id, "k").await)),
+        (
+            "store_program",
+            outcome(store.store_program(id, "p", json!(1)).await),
+        ),
+        ("get_program", outcome(store.get_program(id, "p").await)),
+    ]
+}
+
+/// [`every_operation_on`] `id` (one of [`invalid_ids`]) in `store` (named
+/// `name`): the operations whose outcome is not `Invalid` with `what` =
+/// "session id", as lines for a failure message.
+pub(crate) async fn not_refused<S: SessionStore>(name: &str, store: &S, id: &str) -> Vec<String> {
+    let got = every_operation_on(store, id).await;
+    let want: Vec<(&'static str, String)> = got
+        .iter()
+        .map(|(op, _)| (*op, "invalid session id".to_string()))
+        .collect();
+    differences(name, id, &got, &want)
+}
+
+/// Each of `ids` made a live session of `store`, with the data `who` and
+/// the program `p`, both the id itself.
+pub(crate) async fn each_id_live<S: SessionStore>(store: &S, ids: &[String]) {
+    for id in ids {
+        store.ensure_session(id).await.unwrap();
+        store.set(id, "who", json!(id)).await.unwrap();
+        store.store_program(id, "p", json!(id)).await.unwrap();
+    }
+}
+
+/// After [`each_id_live`] on `ids` (`store` may be another handle on the
+/// same sessions): each id reads back only its own data and program, is
+/// listed exactly once and counted; then each is deleted.
+pub(crate) async fn each_id_reads_back_its_own<S: SessionStore>(store: &S, ids: &[String]) {
+    for id in ids {
+        assert_eq!(
+            store.get(id, "who").await.unwrap(),
+            Some(json!(id)),
+            "{id:?}"
+        );
+        assert_eq!(store.get_program(id, "p").await.unwrap(), json!(id));
+        let s = store.get_session(id).await.unwrap();
+        assert_eq!((s.id.as_str(), s.data.len()), (id.as_str(), 1), "{id:?}");
+    }
+    let listed = store.list_sessions().await.unwrap();
+    assert_eq!(listed.len(), ids.len(), "each id once");
+    let listed: std::collections::BTreeSet<String> = listed.into_iter().collect();
+    let want: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(listed, want);
+    assert_eq!(
+        store.stats().await.unwrap().active_sessions,
+        ids.len() as u64
+    );
+    for id in ids {
+        assert!(store.delete_session(id).await.unwrap(), "{id:?}");
+    }
+}
