@@ -78,11 +78,20 @@ impl NatsArgs {
     pub(crate) const DEFAULT: &'static str = "nats://127.0.0.1:4222";
 
     /// `--nats`, else `NATS_URL` unless it is empty, else [`Self::DEFAULT`].
-    pub(crate) fn url(&self) -> String {
-        self.flag
-            .clone()
-            .or_else(|| std::env::var("NATS_URL").ok().filter(|v| !v.is_empty()))
-            .unwrap_or_else(|| Self::DEFAULT.to_owned())
+    /// A `NATS_URL` that is not UTF-8 is a usage error, not a reason to
+    /// use the default server instead of the one it meant.
+    pub(crate) fn url(&self) -> Result<String, Failure> {
+        if let Some(flag) = &self.flag {
+            return Ok(flag.clone());
+        }
+        match std::env::var("NATS_URL") {
+            Ok(v) if !v.is_empty() => Ok(v),
+            Err(std::env::VarError::NotUnicode(v)) => Err(Failure::usage(format!(
+                "NATS_URL is not UTF-8: {}",
+                v.to_string_lossy()
+            ))),
+            _ => Ok(Self::DEFAULT.to_owned()),
+        }
     }
 }
 
@@ -105,14 +114,15 @@ pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, Failure> {
 async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
     // A usage error whether NATS is up or not.
     snakepit_cluster::check_cluster_name(&a.cluster)?;
-    let nats = connect(&a.nats.url()).await?;
+    let url = a.nats.url()?;
+    let nats = connect(&url).await?;
     let client = snakepit_cluster::Client::connect(&nats, &a.cluster)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
     let hosts = client
         .status(Duration::from_millis(a.wait_ms))
         .await
-        .map_err(|e| unreachable(&a.nats.url(), &e.to_string()))?;
+        .map_err(|e| unreachable(&url, &e.to_string()))?;
     if a.json {
         return ui::stdout_line(format_args!("{}", serde_json::Value::Array(hosts)));
     }
@@ -209,7 +219,8 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
             s.name()
         ))
     };
-    let nats = match stop.race(connect(&a.nats.url())).await {
+    let url = a.nats.url()?;
+    let nats = match stop.race(connect(&url)).await {
         Ok(nats) => nats?,
         Err(s) => {
             stopped(s);
@@ -251,7 +262,7 @@ pub(crate) async fn serve(a: ServeArgs, file: FileConfig, out: &Output) -> Resul
         node.id(),
         a.cluster,
         worker.describe(),
-        a.nats.url()
+        url
     ));
     stop.next().await;
     out.note("leaving the cluster: finishing the calls in flight (a second Ctrl-C or SIGTERM stops at once)");

@@ -143,7 +143,7 @@ pub(crate) async fn run(a: ExecArgs, file: FileConfig, out: &Output) -> Result<(
         // dropped, which cancels it on its host, and the cancel leaves
         // before the tool does (exit 130 or 143, as a local exec).
         let mut stop = crate::stop::StopSignals::new();
-        let nats_url = a.nats.url();
+        let nats_url = a.nats.url()?;
         let connected = stop.race(async {
             let nats = crate::cluster::connect(&nats_url).await?;
             let client = snakepit_cluster::Client::connect(&nats, cluster).await?;
