@@ -31,6 +31,13 @@ use crate::sync::{Unpoisoned, UnpoisonedRw};
 /// the expiry index; ARGV[1] the session id. A TTL field that is not a
 /// number fails the script with a `CORRUPT` error before anything is
 /// written (the store's errors take it for `Error::Corrupt`).
+///
+/// The hash expires at the very millisecond its index entry names
+/// (`PEXPIREAT`, not a TTL counted from the clock's microseconds). Redis
+/// drops a key once its time is past, so an id is live while its score is
+/// at least the clock and expired once the score is below it, in the
+/// index as in the hash: a session no longer listed is always one the
+/// next sweep reports.
 const PRELUDE: &str = r#"
 local function now()
   local t = redis.call('TIME')
@@ -43,7 +50,7 @@ local function touch(n)
     error({err = 'CORRUPT session `' .. ARGV[1] .. '`: ttl not a number of milliseconds: ' .. tostring(raw)})
   end
   redis.call('HSET', KEYS[1], 'a', n)
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIREAT', KEYS[1], n + ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
 end
 -- The id is still in the index, its hash gone: it expired and no sweep
@@ -64,7 +71,7 @@ local function create(n, ttl)
   local t = redis.call('TIME')
   local i = t[1] .. '.' .. t[2] .. '.' .. redis.call('HINCRBY', KEYS[3], 'incarnations', 1)
   redis.call('HSET', KEYS[1], 'v', 1, 'i', i, 'c', n, 'a', n, 't', ttl, 'm', '{}')
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIREAT', KEYS[1], n + ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
   redis.call('HINCRBY', KEYS[3], 'created', 1)
 end
@@ -156,7 +163,7 @@ return 1
 const CLEANUP: &str = r#"
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', n, 'LIMIT', 0, tonumber(ARGV[2]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. n, 'LIMIT', 0, tonumber(ARGV[2]))
 local gone = {}
 for _, id in ipairs(ids) do
   if redis.call('EXISTS', ARGV[1] .. 's:' .. id) == 0 then
@@ -174,14 +181,14 @@ const STATS: &str = r#"
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function c(f) return tonumber(redis.call('HGET', KEYS[2], f) or '0') end
-return {redis.call('ZCOUNT', KEYS[1], '(' .. n, '+inf'), c('created'), c('deleted'), c('expired'), redis.call('HLEN', KEYS[3])}
+return {redis.call('ZCOUNT', KEYS[1], n, '+inf'), c('created'), c('deleted'), c('expired'), redis.call('HLEN', KEYS[3])}
 "#;
 
 /// KEYS[1] = index. The ids that have not expired.
 const LIST: &str = r#"
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. n, '+inf')
+return redis.call('ZRANGEBYSCORE', KEYS[1], n, '+inf')
 "#;
 
 /// How often `update_session` retries when other writers keep changing the
