@@ -243,12 +243,26 @@ async fn stats_count_every_call_once_through_recycling_kills_and_cancels() {
         "nothing left in flight or queued: {:?}",
         pool.stats()
     );
-    // Every unit came back: both workers take calls at once.
-    let (a, b) = tokio::join!(
-        pool.execute("sleep", json!({"ms": 300})),
-        pool.execute("sleep", json!({"ms": 300}))
+    // Every unit came back: both workers take calls at once. (A worker
+    // whose recent calls were short may have the second call written
+    // ahead behind the first, or be answering a health check as they
+    // come: the pair is tried again, and a lost unit fails every try.)
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            pool.execute("sleep", json!({"ms": 300})),
+            pool.execute("sleep", json!({"ms": 300}))
+        );
+        let pids = (a.unwrap()["pid"].clone(), b.unwrap()["pid"].clone());
+        pairs.push(pids.clone());
+        if pids.0 != pids.1 {
+            break;
+        }
+    }
+    assert!(
+        pairs.iter().any(|(a, b)| a != b),
+        "two calls at once always went to one worker: {pairs:?}"
     );
-    assert_ne!(a.unwrap()["pid"], b.unwrap()["pid"]);
     pool.shutdown().await.unwrap();
 }
 
