@@ -271,6 +271,8 @@ class SyncServer(Server):
                 self._armed = False
                 self._current = None
                 ctx._done = True
+                # It never ran: not counted, as one dropped while read ahead.
+                self.worker.requests_handled -= 1
                 self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                 return
             result = invoke(handler, msg["args"], ctx)

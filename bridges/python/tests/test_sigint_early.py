@@ -202,6 +202,9 @@ class SigintBeforeStartTests(unittest.TestCase):
                 # The worker goes on: the next call runs.
                 self.assertEqual(w.call(4, "mark")["result"], {"id": 4, "pad": 0})
                 self.assert_ran(w, 5, [1, 4])
+                # Counted as a request dropped while read ahead is: not at
+                # all (1, 3, 4, 5 and this ping).
+                self.assertEqual(w.call(6, "ping")["result"]["requests_handled"], 5)
                 self.assert_no_traceback(w)
 
     def test_a_sigint_while_idle_then_a_request_and_its_cancel_never_runs_it(self):

@@ -160,6 +160,9 @@ module SigintEarlyTests
     # The worker goes on: the next call runs.
     assert_shouted worker.call(4, "shout", { "text" => "four" }), 4, "FOUR"
     assert_ran worker, 5, [1, 4]
+    # Counted as a request dropped while read ahead is: not at all (1, 3,
+    # 4, 5 and this ping).
+    assert_equal 5, worker.call(6, "ping")["result"]["requests_handled"]
     refute_match(/Error|error/, worker.stderr)
   end
 

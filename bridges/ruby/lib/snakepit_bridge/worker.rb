@@ -578,6 +578,7 @@ module SnakepitBridge
         @current = ctx
         if @sigint_unarmed && cancel_sent_for?(ctx.request_id)
           @current = nil
+          @requests_handled -= 1 # it never ran: not counted, as one dropped while read ahead
           drain_cancellation
           return [false, { "type" => "Cancelled",
                            "message" => "request #{ctx.request_id} was cancelled before it started" }]
