@@ -288,7 +288,9 @@ class AsyncServer(Server):
             if type(exc) is _Carried:
                 exc = exc.exc
             try:
-                reply = failed_reply(rid, exc)
+                # A handler that turned its cancellation into another error
+                # was still cancelled: the reply says so.
+                reply = cancelled_reply(rid) if ctx.cancelled else failed_reply(rid, exc)
             except BaseException:  # exactly one reply, whatever happens
                 reply = unreadable_reply(rid)
         finally:

@@ -141,7 +141,7 @@ class Context:
         over: its final reply was sent, or it was cancelled (a task or thread
         the handler left behind may still be emitting).
         """
-        if self._done or not self.stream:
+        if self._done or self.cancelled or not self.stream:
             return False
         return self._server.send_chunk(self, data)
 

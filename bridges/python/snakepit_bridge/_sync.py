@@ -293,7 +293,9 @@ class SyncServer(Server):
             self._armed = False
             if fatal(exc):
                 raise
-            reply = failed_reply(rid, exc)
+            # A handler that turned its cancellation into another error was
+            # still cancelled: the reply says so.
+            reply = cancelled_reply(rid) if ctx.cancelled else failed_reply(rid, exc)
         self._current = None
         ctx._done = True  # a thread the handler left behind emits nothing now
         self.send(reply)
@@ -338,6 +340,11 @@ class SyncServer(Server):
         # request about to start (see _cancel_sent_for).
         if not self._armed:
             self._sigint_unarmed = True
+            return
+        ctx = self._current
+        if ctx is not None and ctx.cancelled:
+            # Already cancelled (its cancel frame came during a host call):
+            # a second interruption would cut into its clean-up.
             return
         if self._armed:
             if self._writing or self._reading:

@@ -447,6 +447,9 @@ module SnakepitBridge
         @sigint_unarmed = true
         return
       end
+      # Already cancelled (its cancel frame came during a host call): a
+      # second interruption would cut into its clean-up.
+      return if ctx.cancelled?
 
       ctx.mark_cancelled
       @serving_thread.raise(Cancelled.new("request #{ctx.request_id} was cancelled"))
@@ -596,9 +599,11 @@ module SnakepitBridge
           # exceptions end the worker, as the signal would.
           raise unless e.instance_of?(Interrupt) && @int_trapped
 
-          [false, error_map(e)]
+          ctx.cancelled? ? cancelled_error(ctx) : [false, error_map(e)]
         rescue Exception => e # rubocop:disable Lint/RescueException -- any handler failure becomes a reply
-          [false, error_map(e)]
+          # A handler that turned its cancellation into another error was
+          # still cancelled: the reply says so.
+          ctx.cancelled? ? cancelled_error(ctx) : [false, error_map(e)]
         ensure
           @current = nil
         end
