@@ -27,7 +27,10 @@ impl Pool {
     /// No chunk is lost: when 256 wait unread, a worker that runs one call
     /// at a time waits for the reader; one that runs several ends the
     /// stream with [`Error::StreamBehind`] rather than hold up its other
-    /// calls. The call's deadline covers the whole stream. An error item
+    /// calls. The call's deadline covers the whole stream, its reading
+    /// included: once it has passed, the next item is
+    /// [`Error::CallTimeout`], even if chunks that came before it wait
+    /// unread (they are dropped with the call). An error item
     /// ends the stream: a chunk nested deeper than the host decodes is
     /// [`Error::Codec`], and the call is cancelled in the worker.
     pub async fn execute_stream(
