@@ -145,6 +145,17 @@ class SigintBeforeStartTests(unittest.TestCase):
     def cont_worker(self, w):
         os.kill(w.proc.pid, signal.SIGCONT)
 
+    def write_while_stopped(self, w, *frames, sigint=False):
+        """`frames` written to `w` while it is stopped, then (with `sigint`)
+        SIGINT, held until the SIGCONT that follows."""
+        self.stop_worker(w)
+        for frame in frames:
+            w.send_raw(frame)
+        if sigint:
+            w.signal(signal.SIGINT)
+            self.assertTrue(sigint_pending(w.proc.pid), "SIGINT is held until SIGCONT")
+        self.cont_worker(w)
+
     def sigint_while_idle(self, w):
         """SIGINT to a worker waiting for input, and time for it to land."""
         w.signal(signal.SIGINT)
@@ -165,6 +176,11 @@ class SigintBeforeStartTests(unittest.TestCase):
         self.assertIsNotNone(msg, "worker closed stdout; stderr:\n" + w.stderr)
         self.assertIn("id", msg, msg)
         return msg
+
+    def assert_replied_ok(self, w, ids):
+        """The next replies are successes to `ids`, in that order."""
+        replies = [self.recv_reply(w) for _ in ids]
+        self.assertEqual([(m["id"], m["success"]) for m in replies], [(i, True) for i in ids], replies)
 
     def assert_cancelled_before_start(self, reply, rid):
         self.assertEqual(reply["id"], rid, reply)
@@ -188,15 +204,9 @@ class SigintBeforeStartTests(unittest.TestCase):
             with self.subTest(codec=codec):
                 w = self.spawn(codec)
                 self.assertEqual(w.call(1, "mark")["result"]["id"], 1)
-                big = self.padded_request(w, 2)
-                self.stop_worker(w)
                 # The pool's order: the cancel frame, then SIGINT. Nothing is
                 # read yet: the worker is stopped.
-                w.send_raw(big)
-                w.send_raw(self.cancel_frame(w, 2))
-                w.signal(signal.SIGINT)
-                self.assertTrue(sigint_pending(w.proc.pid), "SIGINT is held until SIGCONT")
-                self.cont_worker(w)
+                self.write_while_stopped(w, self.padded_request(w, 2), self.cancel_frame(w, 2), sigint=True)
                 self.assert_cancelled_before_start(self.recv_reply(w), 2)
                 self.assert_ran(w, 3, [1])  # 2 never ran
                 # The worker goes on: the next call runs.
@@ -214,10 +224,7 @@ class SigintBeforeStartTests(unittest.TestCase):
         w = self.spawn("json")
         w.call(1, "mark")
         self.sigint_while_idle(w)
-        self.stop_worker(w)
-        w.send_raw(self.padded_request(w, 2))
-        w.send_raw(self.cancel_frame(w, 2))
-        self.cont_worker(w)
+        self.write_while_stopped(w, self.padded_request(w, 2), self.cancel_frame(w, 2))
         self.assert_cancelled_before_start(self.recv_reply(w), 2)
         self.assert_ran(w, 3, [1])
         self.assert_no_traceback(w)
@@ -230,11 +237,7 @@ class SigintBeforeStartTests(unittest.TestCase):
             with self.subTest(codec=codec):
                 w = self.spawn(codec)
                 w.call(1, "mark")
-                big = self.padded_request(w, 2)
-                self.stop_worker(w)
-                w.send_raw(big)
-                w.send_raw(self.cancel_frame(w, 2))
-                self.cont_worker(w)
+                self.write_while_stopped(w, self.padded_request(w, 2), self.cancel_frame(w, 2))
                 reply = self.recv_reply(w)
                 self.assertEqual(reply["id"], 2, reply)
                 self.assertTrue(reply["success"], reply)
@@ -268,13 +271,13 @@ class SigintBeforeStartTests(unittest.TestCase):
         # that look run after it, in order.
         w = self.spawn("json")
         w.call(1, "mark")
-        self.stop_worker(w)
-        w.send_raw(self.padded_request(w, 2))
-        w.send_raw(self.request_frame(w, 3, "mark") + self.request_frame(w, 4, "mark"))
-        w.signal(signal.SIGINT)
-        self.cont_worker(w)
-        replies = [self.recv_reply(w) for _ in range(3)]
-        self.assertEqual([(m["id"], m["success"]) for m in replies], [(2, True), (3, True), (4, True)], replies)
+        self.write_while_stopped(
+            w,
+            self.padded_request(w, 2),
+            self.request_frame(w, 3, "mark") + self.request_frame(w, 4, "mark"),
+            sigint=True,
+        )
+        self.assert_replied_ok(w, [2, 3, 4])
         self.assert_ran(w, 5, [1, 2, 3, 4])
         self.assert_no_traceback(w)
 
@@ -302,14 +305,14 @@ class SigintBeforeStartTests(unittest.TestCase):
             with self.subTest(codec=codec):
                 w = self.spawn(codec)
                 self.assertTrue(w.call(1, "mark")["success"])
-                self.stop_worker(w)
-                w.send_raw(self.padded_request(w, 2))
-                w.send_raw(self.cancel_frame(w, 1))
-                w.send_raw(self.request_frame(w, 3, "mark"))
-                w.signal(signal.SIGINT)
-                self.cont_worker(w)
-                replies = [self.recv_reply(w) for _ in range(2)]
-                self.assertEqual([(m["id"], m["success"]) for m in replies], [(2, True), (3, True)], replies)
+                self.write_while_stopped(
+                    w,
+                    self.padded_request(w, 2),
+                    self.cancel_frame(w, 1),
+                    self.request_frame(w, 3, "mark"),
+                    sigint=True,
+                )
+                self.assert_replied_ok(w, [2, 3])
                 self.assert_ran(w, 4, [1, 2, 3])
                 self.assert_no_traceback(w)
 

@@ -22,6 +22,8 @@ require_relative "test_helper"
 # test sends the same bytes without SIGINT: the request runs and the cancel
 # is dropped as too late. Every test runs once per codec.
 module SigintEarlyTests
+  include CodecFrames
+
   WORKER = File.join(__dir__, "pipeline_worker.rb") # shout, and ran: the ids that ran
   READ_SIZE = SnakepitBridge::Wire::FrameReader::CHUNK
   F_SETPIPE_SZ = 1031 # Linux
@@ -49,18 +51,6 @@ module SigintEarlyTests
       skip "cannot enlarge the pipe: #{e.message}"
     end
     worker
-  end
-
-  def wire(message)
-    SnakepitBridge::Wire.frame(SnakepitBridge::Wire.codec(codec).encode(message))
-  end
-
-  def request(id, command, args = {})
-    wire({ "id" => id, "command" => command, "args" => args })
-  end
-
-  def cancel(id)
-    wire({ "type" => "cancel", "id" => id })
   end
 
   # A shout request frame of exactly READ_SIZE bytes, header included.
@@ -106,22 +96,24 @@ module SigintEarlyTests
     worker.signal("CONT")
   end
 
+  # +frames+ written to +worker+ while it is stopped, then (with +sigint+)
+  # SIGINT, held until the SIGCONT that follows.
+  def write_while_stopped(worker, *frames, sigint: false)
+    stop_worker(worker)
+    frames.each { |frame| worker.send_raw(frame) }
+    if sigint
+      worker.signal("INT")
+      assert sigint_pending?(worker.pid), "SIGINT is held until SIGCONT"
+    end
+    cont_worker(worker)
+  end
+
   # SIGINT to a worker waiting for input, and time for its trap to run.
   def sigint_while_idle(worker)
     worker.signal("INT")
     assert wait_until { !sigint_pending?(worker.pid) }, "SIGINT still pending"
     sleep 0.3 # the trap runs once the worker is scheduled
     assert worker.alive?, worker.stderr
-  end
-
-  # The next +count+ replies (chunks skipped), in the order they came.
-  def replies(worker, count)
-    got = []
-    while got.size < count
-      message = worker.recv
-      got << message if message["type"].nil?
-    end
-    got
   end
 
   def assert_cancelled_before_start(reply, id)
@@ -146,15 +138,9 @@ module SigintEarlyTests
   def test_a_request_signalled_before_its_handler_starts_with_its_cancel_in_stdin_never_runs
     worker = spawn_worker
     assert_shouted worker.call(1, "shout", { "text" => "one" }), 1, "ONE"
-    big = padded_request(2)
-    stop_worker(worker)
     # The pool's order: the cancel frame, then SIGINT. Nothing is read yet:
     # the worker is stopped.
-    worker.send_raw(big)
-    worker.send_raw(cancel(2))
-    worker.signal("INT")
-    assert sigint_pending?(worker.pid), "SIGINT is held until SIGCONT"
-    cont_worker(worker)
+    write_while_stopped(worker, padded_request(2), cancel(2), sigint: true)
     assert_cancelled_before_start(replies(worker, 1).first, 2)
     assert_ran worker, 3, [1] # 2 never ran
     # The worker goes on: the next call runs.
@@ -173,10 +159,7 @@ module SigintEarlyTests
     worker = spawn_worker
     worker.call(1, "shout", { "text" => "one" })
     sigint_while_idle(worker)
-    stop_worker(worker)
-    worker.send_raw(padded_request(2))
-    worker.send_raw(cancel(2))
-    cont_worker(worker)
+    write_while_stopped(worker, padded_request(2), cancel(2))
     assert_cancelled_before_start(replies(worker, 1).first, 2)
     assert_ran worker, 3, [1]
   end
@@ -187,10 +170,7 @@ module SigintEarlyTests
   def test_control_the_same_frames_without_sigint_run_the_request
     worker = spawn_worker
     worker.call(1, "shout", { "text" => "one" })
-    stop_worker(worker)
-    worker.send_raw(padded_request(2))
-    worker.send_raw(cancel(2))
-    cont_worker(worker)
+    write_while_stopped(worker, padded_request(2), cancel(2))
     assert_shouted replies(worker, 1).first, 2, "BIG"
     assert_ran worker, 3, [1, 2]
     # No stray reply for the dropped cancel.
@@ -216,11 +196,9 @@ module SigintEarlyTests
   def test_a_sigint_with_the_next_request_unread_and_no_cancel_frame_runs_it
     worker = spawn_worker
     worker.call(1, "shout", { "text" => "one" })
-    stop_worker(worker)
-    worker.send_raw(padded_request(2))
-    worker.send_raw(request(3, "shout", { "text" => "three" }) + request(4, "shout", { "text" => "four" }))
-    worker.signal("INT")
-    cont_worker(worker)
+    write_while_stopped(worker, padded_request(2),
+                        request(3, "shout", { "text" => "three" }) + request(4, "shout", { "text" => "four" }),
+                        sigint: true)
     assert_equal [[2, "BIG"], [3, "THREE"], [4, "FOUR"]],
                  replies(worker, 3).map { |m| [m["id"], m["success"] && m["result"]] }
     assert_ran worker, 5, [1, 2, 3, 4]
@@ -245,12 +223,8 @@ module SigintEarlyTests
   def test_a_sigint_then_a_request_with_a_cancel_for_another_id_in_stdin_runs_it
     worker = spawn_worker
     assert_shouted worker.call(1, "shout", { "text" => "one" }), 1, "ONE"
-    stop_worker(worker)
-    worker.send_raw(padded_request(2))
-    worker.send_raw(cancel(1))
-    worker.send_raw(request(3, "shout", { "text" => "three" }))
-    worker.signal("INT")
-    cont_worker(worker)
+    write_while_stopped(worker, padded_request(2), cancel(1), request(3, "shout", { "text" => "three" }),
+                        sigint: true)
     assert_equal [[2, "BIG"], [3, "THREE"]],
                  replies(worker, 2).map { |m| [m["id"], m["success"] && m["result"]] }
     assert_ran worker, 4, [1, 2, 3]

@@ -188,3 +188,29 @@ module ScriptWorkers
     WorkerProcess.new(@script, codec: codec, **options).tap { |w| @workers << w }
   end
 end
+
+# Frames written the way the pool writes them, in the test class's +codec+,
+# and the replies that come back.
+module CodecFrames
+  def wire(message)
+    SnakepitBridge::Wire.frame(SnakepitBridge::Wire.codec(codec).encode(message))
+  end
+
+  def request(id, command, args = {})
+    wire({ "id" => id, "command" => command, "args" => args })
+  end
+
+  def cancel(id)
+    wire({ "type" => "cancel", "id" => id })
+  end
+
+  # The next +count+ replies (chunks skipped), in the order they came.
+  def replies(worker, count)
+    got = []
+    while got.size < count
+      message = worker.recv
+      got << message if message["type"].nil?
+    end
+    got
+  end
+end

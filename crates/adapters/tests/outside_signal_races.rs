@@ -19,11 +19,9 @@ use snakepit_adapters::Bridge;
 use snakepit_core::{CallOptions, Error, HostCall, Pool, PoolBuilder, StreamItem, WireCodec};
 use snakepit_tests::eventually;
 
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/workers")
-        .join(name)
-}
+#[allow(dead_code)] // this file does not use every shared helper
+mod common;
+use common::worker as script;
 
 #[derive(Clone, Copy, Debug)]
 enum Lang {
@@ -44,6 +42,24 @@ const BOTH: [(Lang, WireCodec); 4] = [
     (Lang::Ruby, WireCodec::Json),
     (Lang::Ruby, WireCodec::MsgPack),
 ];
+
+/// A `#[tokio::test]` for Python and one for Ruby (each with its own
+/// docs), each running `$body` for its language.
+macro_rules! python_and_ruby {
+    ($body:ident; $(#[$p:meta])* $python:ident; $(#[$r:meta])* $ruby:ident;) => {
+        $(#[$p])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $python() {
+            $body(Lang::Python).await;
+        }
+
+        $(#[$r])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $ruby() {
+            $body(Lang::Ruby).await;
+        }
+    };
+}
 
 /// A fresh file for a handler's notes.
 fn note_file(tag: &str) -> PathBuf {
@@ -86,6 +102,55 @@ fn forget_replies(pids: &[u32]) {
     }
 }
 
+/// Shuts `pool` down and removes the reply files of `pids` and the note
+/// files `notes`.
+async fn finish(pool: Pool, pids: &[u32], notes: &[&Path]) {
+    pool.shutdown().await.unwrap();
+    forget_replies(pids);
+    for note in notes {
+        let _ = std::fs::remove_file(note);
+    }
+}
+
+/// Whether `line` shows up in the note file `log` within 10 s.
+async fn noted(log: &Path, line: &str) -> bool {
+    eventually(10, || lines(log).iter().any(|l| l == line)).await
+}
+
+/// `name` with `args`, given up after `timeout`.
+async fn call(
+    pool: &Pool,
+    name: &str,
+    args: Value,
+    timeout: Duration,
+) -> snakepit_core::Result<Value> {
+    pool.execute_with(name, args, CallOptions::new().timeout(timeout))
+        .await
+}
+
+/// `name` with `args`, given up after `timeout`: the caller hears
+/// `CallTimeout`.
+async fn given_up(pool: &Pool, name: &str, args: Value, timeout: Duration, what: &str) {
+    let r = call(pool, name, args, timeout).await;
+    assert!(is_call_timeout(&r), "{what}: {r:?}");
+}
+
+/// Checks the final replies worker `pid` wrote from request `before` to
+/// request `after`: `ok` to both of those, and `between` (in order) to the
+/// requests in between.
+async fn assert_replies(pid: u32, before: u64, between: &[&str], after: u64, what: &str) {
+    let mut want = vec![(before, "ok".to_owned())];
+    want.extend(
+        between
+            .iter()
+            .enumerate()
+            .map(|(n, w)| (before + 1 + n as u64, (*w).to_owned())),
+    );
+    want.push((after, "ok".to_owned()));
+    let seen = replies_through(pid, before, after).await;
+    assert_eq!(seen, want, "{what}: the replies the worker wrote");
+}
+
 /// The final replies worker `pid` wrote from request `from` on, once the
 /// one to request `to` is noted (a reply is noted after it is out, so the
 /// pool may have it first).
@@ -99,14 +164,14 @@ async fn replies_through(pid: u32, from: u64, to: u64) -> Vec<(u64, String)> {
 
 /// The request id `echo` ran under, and the worker that ran it.
 async fn echo(pool: &Pool, token: &str) -> (u64, u32) {
-    let r = pool
-        .execute_with(
-            "echo",
-            json!({"token": token}),
-            CallOptions::new().timeout(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("echo {token}: {e}"));
+    let r = call(
+        pool,
+        "echo",
+        json!({"token": token}),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("echo {token}: {e}"));
     assert_eq!(r["token"], token, "{r}");
     (r["id"].as_u64().unwrap(), r["pid"].as_u64().unwrap() as u32)
 }
@@ -122,6 +187,14 @@ fn one_worker(lang: Lang, codec: WireCodec, grace: Duration) -> PoolBuilder {
     })
 }
 
+/// The pool `builder` makes, started, its (first) worker, and a fresh note
+/// file for `tag`.
+async fn start(builder: PoolBuilder, tag: &str) -> (Pool, u32, PathBuf) {
+    let pool = builder.start().await.unwrap();
+    let pid = pool.worker_pids()[0];
+    (pool, pid, note_file(tag))
+}
+
 /// docs/bridges.md, "Concurrency and cancellation": "In every case the
 /// reply is a failed reply of type `Cancelled`. The Node bridge sends it
 /// at once and drops whatever the handler returns later; the others send
@@ -134,21 +207,17 @@ fn one_worker(lang: Lang, codec: WireCodec, grace: Duration) -> PoolBuilder {
 async fn a_handler_that_swallows_its_cancellation_still_answers_cancelled_once() {
     for (lang, codec) in BOTH {
         let what = format!("{lang:?}/{codec}");
-        let pool = one_worker(lang, codec, Duration::from_secs(10))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("swallow");
+        let (pool, pid, log) =
+            start(one_worker(lang, codec, Duration::from_secs(10)), "swallow").await;
         let (before, _) = echo(&pool, "before").await;
-        let r = pool
-            .execute_with(
-                "swallow",
-                json!({"ms": 30_000, "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(700)),
-            )
-            .await;
-        assert!(is_call_timeout(&r), "{what}: {r:?}");
+        given_up(
+            &pool,
+            "swallow",
+            json!({"ms": 30_000, "log": log}),
+            Duration::from_millis(700),
+            &what,
+        )
+        .await;
         assert!(
             eventually(10, || lines(&log).last().map(String::as_str)
                 == Some("returned"))
@@ -159,18 +228,8 @@ async fn a_handler_that_swallows_its_cancellation_still_answers_cancelled_once()
         let (after, by) = echo(&pool, "after").await;
         assert_eq!(by, pid, "{what}: the worker was replaced");
         assert_eq!(lines(&log), ["start", "caught", "returned"], "{what}");
-        let seen = replies_through(pid, before, after).await;
-        let swallowed = before + 1;
-        assert_eq!(after, swallowed + 1, "{what}: request ids are consecutive");
-        assert_eq!(
-            seen,
-            vec![
-                (before, "ok".to_owned()),
-                (swallowed, "Cancelled".to_owned()),
-                (after, "ok".to_owned())
-            ],
-            "{what}: the replies the worker wrote"
-        );
+        assert_eq!(after, before + 2, "{what}: request ids are consecutive");
+        assert_replies(pid, before, &["Cancelled"], after, &what).await;
         let s = pool.stats();
         assert_eq!(
             (s.requests, s.completed, s.errors, s.call_timeouts),
@@ -178,9 +237,7 @@ async fn a_handler_that_swallows_its_cancellation_still_answers_cancelled_once()
             "{what}: {s:?}"
         );
         assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
@@ -199,21 +256,20 @@ async fn a_handler_that_outlives_the_grace_period_costs_its_worker_and_nothing_e
         (Lang::Ruby, WireCodec::MsgPack),
     ] {
         let what = format!("{lang:?}/{codec}");
-        let pool = one_worker(lang, codec, Duration::from_millis(800))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("stubborn");
+        let (pool, pid, log) = start(
+            one_worker(lang, codec, Duration::from_millis(800)),
+            "stubborn",
+        )
+        .await;
         let (before, _) = echo(&pool, "before").await;
-        let r = pool
-            .execute_with(
-                "swallow",
-                json!({"ms": 30_000, "after_ms": 20_000, "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(500)),
-            )
-            .await;
-        assert!(is_call_timeout(&r), "{what}: {r:?}");
+        given_up(
+            &pool,
+            "swallow",
+            json!({"ms": 30_000, "after_ms": 20_000, "log": log}),
+            Duration::from_millis(500),
+            &what,
+        )
+        .await;
         // A call that comes while the worker is in its grace period waits
         // (nothing takes the given-up call's place) and is served by the
         // replacement.
@@ -230,9 +286,7 @@ async fn a_handler_that_outlives_the_grace_period_costs_its_worker_and_nothing_e
             "{what}: {s:?}"
         );
         assert_eq!((s.crashes, s.restarts), (0, 1), "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid, by]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid, by], &[&log]).await;
     }
 }
 
@@ -267,6 +321,22 @@ async fn drain(
     (seen, end)
 }
 
+/// A stream of three chunks on `pool` gets exactly its own chunks and
+/// result.
+async fn next_stream_gets_its_own(pool: &Pool, what: &str) {
+    let mut next = pool
+        .execute_stream(
+            "chunks",
+            json!({"n": 3, "pad": 1, "token": "next"}),
+            CallOptions::new().timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let (seen, end) = drain(&mut next, 1, what).await;
+    assert_eq!(seen, [0, 1, 2], "{what}: the next stream's chunks");
+    assert_eq!(end.unwrap(), json!({"sent": 3, "token": "next"}), "{what}");
+}
+
 /// docs/bridges.md: Python plain functions: "`KeyboardInterrupt`, raised
 /// wherever it is"; Ruby: "`SnakepitBridge::Cancelled`, raised wherever it
 /// is"; "In every case the reply is a failed reply of type `Cancelled`";
@@ -283,12 +353,8 @@ async fn stream_cut_by_its_deadline(lang: Lang) {
     for codec in [WireCodec::Json, WireCodec::MsgPack] {
         for read in [true, false] {
             let what = format!("{lang:?}/{codec}/read={read}");
-            let pool = one_worker(lang, codec, Duration::from_secs(5))
-                .start()
-                .await
-                .unwrap();
-            let pid = pool.worker_pids()[0];
-            let log = note_file("chunks");
+            let (pool, pid, log) =
+                start(one_worker(lang, codec, Duration::from_secs(5)), "chunks").await;
             let (before, _) = echo(&pool, "before").await;
             let mut stream = pool
                 .execute_stream(
@@ -318,21 +384,11 @@ async fn stream_cut_by_its_deadline(lang: Lang) {
                 "{what}: chunks out of order or missing"
             );
             assert!(
-                eventually(10, || lines(&log).contains(&"finally".to_owned())).await,
+                noted(&log, "finally").await,
                 "{what}: the handler was not stopped: {:?}",
                 lines(&log)
             );
-            let mut next = pool
-                .execute_stream(
-                    "chunks",
-                    json!({"n": 3, "pad": 1, "token": "next"}),
-                    CallOptions::new().timeout(Duration::from_secs(30)),
-                )
-                .await
-                .unwrap();
-            let (seen, end) = drain(&mut next, 1, &what).await;
-            assert_eq!(seen, [0, 1, 2], "{what}: the next stream's chunks");
-            assert_eq!(end.unwrap(), json!({"sent": 3, "token": "next"}), "{what}");
+            next_stream_gets_its_own(&pool, &what).await;
             let (after, by) = echo(&pool, "after").await;
             assert_eq!(by, pid, "{what}: the worker was replaced");
             assert_eq!(
@@ -340,17 +396,7 @@ async fn stream_cut_by_its_deadline(lang: Lang) {
                 ["finally"],
                 "{what}: the handler ran to its end"
             );
-            let seen = replies_through(pid, before, after).await;
-            assert_eq!(
-                seen,
-                vec![
-                    (before, "ok".to_owned()),
-                    (before + 1, "Cancelled".to_owned()),
-                    (before + 2, "ok".to_owned()),
-                    (after, "ok".to_owned())
-                ],
-                "{what}: the replies the worker wrote"
-            );
+            assert_replies(pid, before, &["Cancelled", "ok"], after, &what).await;
             let s = pool.stats();
             assert_eq!(
                 (
@@ -363,21 +409,15 @@ async fn stream_cut_by_its_deadline(lang: Lang) {
                 (4, 3, 1, 0, 0),
                 "{what}: {s:?}"
             );
-            pool.shutdown().await.unwrap();
-            forget_replies(&[pid]);
-            let _ = std::fs::remove_file(&log);
+            finish(pool, &[pid], &[&log]).await;
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_a_deadline_while_chunks_are_sent_ends_the_stream_once_and_the_worker_serves_on() {
-    stream_cut_by_its_deadline(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ruby_a_deadline_while_chunks_are_sent_ends_the_stream_once_and_the_worker_serves_on() {
-    stream_cut_by_its_deadline(Lang::Ruby).await;
+python_and_ruby! {
+    stream_cut_by_its_deadline;
+    python_a_deadline_while_chunks_are_sent_ends_the_stream_once_and_the_worker_serves_on;
+    ruby_a_deadline_while_chunks_are_sent_ends_the_stream_once_and_the_worker_serves_on;
 }
 
 /// A pool with the host function `slow`: answers `tag` after `ms`.
@@ -407,21 +447,20 @@ async fn a_deadline_during_a_host_call_stops_the_handler_and_the_late_answer_goe
         (Lang::Ruby, WireCodec::MsgPack),
     ] {
         let what = format!("{lang:?}/{codec}");
-        let pool = with_slow_host(one_worker(lang, codec, Duration::from_secs(5)))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("host");
+        let (pool, pid, log) = start(
+            with_slow_host(one_worker(lang, codec, Duration::from_secs(5))),
+            "host",
+        )
+        .await;
         let (before, _) = echo(&pool, "before").await;
-        let r = pool
-            .execute_with(
-                "host",
-                json!({"function": "slow", "with": {"ms": 1500, "tag": "stale"}, "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(400)),
-            )
-            .await;
-        assert!(is_call_timeout(&r), "{what}: {r:?}");
+        given_up(
+            &pool,
+            "host",
+            json!({"function": "slow", "with": {"ms": 1500, "tag": "stale"}, "log": log}),
+            Duration::from_millis(400),
+            &what,
+        )
+        .await;
         let stopped = replies_through(pid, before, before + 1).await;
         assert_eq!(
             stopped.last(),
@@ -438,14 +477,14 @@ async fn a_deadline_during_a_host_call_stops_the_handler_and_the_late_answer_goe
         );
         // Asked while the stale answer is still to come (at about 1.5 s).
         let fresh = note_file("host-fresh");
-        let r = pool
-            .execute_with(
-                "host",
-                json!({"function": "slow", "with": {"ms": 2500, "tag": "fresh"}, "log": fresh}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r = call(
+            &pool,
+            "host",
+            json!({"function": "slow", "with": {"ms": 2500, "tag": "fresh"}, "log": fresh}),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(r, json!({"value": "fresh", "pid": pid}), "{what}");
         assert_eq!(
             lines(&fresh),
@@ -454,17 +493,7 @@ async fn a_deadline_during_a_host_call_stops_the_handler_and_the_late_answer_goe
         );
         let (after, by) = echo(&pool, "after").await;
         assert_eq!(by, pid, "{what}");
-        let seen = replies_through(pid, before, after).await;
-        assert_eq!(
-            seen,
-            vec![
-                (before, "ok".to_owned()),
-                (before + 1, "Cancelled".to_owned()),
-                (before + 2, "ok".to_owned()),
-                (after, "ok".to_owned())
-            ],
-            "{what}: the replies the worker wrote"
-        );
+        assert_replies(pid, before, &["Cancelled", "ok"], after, &what).await;
         let s = pool.stats();
         assert_eq!(
             (
@@ -477,10 +506,7 @@ async fn a_deadline_during_a_host_call_stops_the_handler_and_the_late_answer_goe
             (4, 3, 1, 0, 0),
             "{what}: {s:?}"
         );
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
-        let _ = std::fs::remove_file(&fresh);
+        finish(pool, &[pid], &[&log, &fresh]).await;
     }
 }
 
@@ -512,13 +538,13 @@ async fn a_deadline_while_a_large_reply_is_written_gives_one_reply_and_the_next_
         let mut timeouts = 0;
         for ms in (1..=61).step_by(4) {
             let token = format!("big-{ms}");
-            let r = pool
-                .execute_with(
-                    "big",
-                    json!({"token": token, "size": 8 << 20}),
-                    CallOptions::new().timeout(Duration::from_millis(ms)),
-                )
-                .await;
+            let r = call(
+                &pool,
+                "big",
+                json!({"token": token, "size": 8 << 20}),
+                Duration::from_millis(ms),
+            )
+            .await;
             match r {
                 Ok(v) => assert_eq!(v["token"], token.as_str(), "{what}"),
                 Err(Error::CallTimeout { .. }) => timeouts += 1,
@@ -558,8 +584,7 @@ async fn a_deadline_while_a_large_reply_is_written_gives_one_reply_and_the_next_
         let s = pool.stats();
         assert_eq!(s.requests, s.completed + s.errors, "{what}: {s:?}");
         assert_eq!(s.call_timeouts, timeouts, "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
+        finish(pool, &[pid], &[]).await;
     }
 }
 
@@ -617,10 +642,7 @@ async fn a_call_behind_a_stuck_one_that_was_given_up_runs_once_on_the_replacemen
         let pid = pool.worker_pids()[0];
         let log = note_file("behind-stuck");
         let a = spawn_sleep(&pool, "A", 20_000, &log, Duration::from_millis(1500));
-        assert!(
-            eventually(10, || lines(&log).contains(&"start A".to_owned())).await,
-            "{what}: A never started"
-        );
+        assert!(noted(&log, "start A").await, "{what}: A never started");
         let b = spawn_sleep(&pool, "B", 0, &log, Duration::from_secs(30));
         assert!(
             eventually(10, || in_flight(&pool) == 2).await,
@@ -648,9 +670,7 @@ async fn a_call_behind_a_stuck_one_that_was_given_up_runs_once_on_the_replacemen
         );
         assert_eq!((s.crashes, s.restarts), (0, 1), "{what}: {s:?}");
         let new = rb["pid"].as_u64().unwrap() as u32;
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid, new]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid, new], &[&log]).await;
     }
 }
 
@@ -672,10 +692,7 @@ async fn two_calls_given_up_in_quick_succession_neither_runs_to_its_end_anywhere
         let pid = pool.worker_pids()[0];
         let log = note_file("two-given-up");
         let a = spawn_sleep(&pool, "A", 20_000, &log, Duration::from_millis(1500));
-        assert!(
-            eventually(10, || lines(&log).contains(&"start A".to_owned())).await,
-            "{what}: A never started"
-        );
+        assert!(noted(&log, "start A").await, "{what}: A never started");
         let b = spawn_sleep(&pool, "B", 20_000, &log, Duration::from_millis(1000));
         assert!(
             eventually(10, || in_flight(&pool) == 2).await,
@@ -702,9 +719,7 @@ async fn two_calls_given_up_in_quick_succession_neither_runs_to_its_end_anywhere
             "{what}: {s:?}"
         );
         assert_eq!((s.crashes, s.restarts), (0, 1), "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid, by]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid, by], &[&log]).await;
     }
 }
 
@@ -720,23 +735,22 @@ async fn two_calls_given_up_in_quick_succession_neither_runs_to_its_end_anywhere
 async fn clean_up_after_a_host_call_is_not_cut_short(lang: Lang) {
     for codec in [WireCodec::Json, WireCodec::MsgPack] {
         let what = format!("{lang:?}/{codec}");
-        let pool = with_slow_host(one_worker(lang, codec, Duration::from_secs(5)))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("cleanup");
+        let (pool, pid, log) = start(
+            with_slow_host(one_worker(lang, codec, Duration::from_secs(5))),
+            "cleanup",
+        )
+        .await;
         let (before, _) = echo(&pool, "before").await;
         const ROUNDS: usize = 10;
         for round in 0..ROUNDS {
-            let r = pool
-                .execute_with(
-                    "host_cleanup",
-                    json!({"with": {"ms": 5000, "tag": round}, "cleanup_ms": 200, "log": log}),
-                    CallOptions::new().timeout(Duration::from_millis(300)),
-                )
-                .await;
-            assert!(is_call_timeout(&r), "{what}: {r:?}");
+            given_up(
+                &pool,
+                "host_cleanup",
+                json!({"with": {"ms": 5000, "tag": round}, "cleanup_ms": 200, "log": log}),
+                Duration::from_millis(300),
+                &what,
+            )
+            .await;
             // The next call waits for the worker to be free again.
             echo(&pool, &format!("after-{round}")).await;
         }
@@ -751,28 +765,22 @@ async fn clean_up_after_a_host_call_is_not_cut_short(lang: Lang) {
         let cancelled = seen.iter().filter(|(_, w)| w == "Cancelled").count();
         assert_eq!(cancelled, ROUNDS, "{what}: {seen:?}");
         assert_eq!(seen.len(), 2 * ROUNDS + 2, "{what}: {seen:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
-/// The Python bridge's sync loop reads the `cancel` frame in `call_host`
-/// and raises `Cancelled` there; the SIGINT that follows finds the call
-/// cancelled and is ignored. (Before the fix, it raised
-/// `KeyboardInterrupt` in the handler's `finally`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_a_handler_cancelled_in_a_host_call_gets_to_finish_its_clean_up() {
-    clean_up_after_a_host_call_is_not_cut_short(Lang::Python).await;
-}
-
-/// The Ruby bridge reads the `cancel` frame in `call_host` and raises
-/// `Cancelled` there; the SIGINT that follows runs the INT trap while the
-/// handler is still unwinding, and finds the call cancelled. (Before the
-/// fix, it raised a second `Cancelled` inside the handler's `ensure`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ruby_a_handler_cancelled_in_a_host_call_gets_to_finish_its_clean_up() {
-    clean_up_after_a_host_call_is_not_cut_short(Lang::Ruby).await;
+python_and_ruby! {
+    clean_up_after_a_host_call_is_not_cut_short;
+    /// The Python bridge's sync loop reads the `cancel` frame in `call_host`
+    /// and raises `Cancelled` there; the SIGINT that follows finds the call
+    /// cancelled and is ignored. (Before the fix, it raised
+    /// `KeyboardInterrupt` in the handler's `finally`.)
+    python_a_handler_cancelled_in_a_host_call_gets_to_finish_its_clean_up;
+    /// The Ruby bridge reads the `cancel` frame in `call_host` and raises
+    /// `Cancelled` there; the SIGINT that follows runs the INT trap while the
+    /// handler is still unwinding, and finds the call cancelled. (Before the
+    /// fix, it raised a second `Cancelled` inside the handler's `ensure`.)
+    ruby_a_handler_cancelled_in_a_host_call_gets_to_finish_its_clean_up;
 }
 
 /// docs/bridges.md, the table of what a handler does in each bridge:
@@ -784,12 +792,11 @@ async fn ruby_a_handler_cancelled_in_a_host_call_gets_to_finish_its_clean_up() {
 /// caller's stream ended with its one chunk and `CallTimeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_emit_after_the_cancellation_sends_nothing() {
-    let pool = one_worker(Lang::Python, WireCodec::Json, Duration::from_secs(5))
-        .start()
-        .await
-        .unwrap();
-    let pid = pool.worker_pids()[0];
-    let log = note_file("emit");
+    let (pool, pid, log) = start(
+        one_worker(Lang::Python, WireCodec::Json, Duration::from_secs(5)),
+        "emit",
+    )
+    .await;
     let mut stream = pool
         .execute_stream(
             "swallow_emit",
@@ -816,9 +823,60 @@ async fn python_emit_after_the_cancellation_sends_nothing() {
     let (_, by) = echo(&pool, "after").await;
     assert_eq!(by, pid);
     assert_eq!(lines(&log), ["cancelled True", "emit False"]);
-    pool.shutdown().await.unwrap();
-    forget_replies(&[pid]);
-    let _ = std::fs::remove_file(&log);
+    finish(pool, &[pid], &[&log]).await;
+}
+
+/// Calls of 20 ms (`sleep`, noting in `log`) on worker `pid` of `pool`,
+/// given up at deadlines from 10 to 40 ms, each followed by an echo:
+/// every call gets exactly one reply from the worker; one that says `ok`
+/// ran to its end; the echo always gets its own; the worker is never
+/// replaced.
+async fn deadlines_racing_the_handlers_end(pool: &Pool, pid: u32, log: &Path, what: &str) {
+    let (first, _) = echo(pool, "first").await;
+    let mut sleeps = Vec::new();
+    let mut last = first;
+    for ms in 10..=40u64 {
+        let token = format!("s{ms}");
+        let r = call(
+            pool,
+            "sleep",
+            json!({"token": token, "ms": 20, "log": log}),
+            Duration::from_millis(ms),
+        )
+        .await;
+        match &r {
+            Ok(v) => assert_eq!(v["token"], token.as_str(), "{what}"),
+            Err(Error::CallTimeout { .. }) => {}
+            Err(e) => panic!("{what}: {ms} ms: {e}"),
+        }
+        let (id, by) = echo(pool, &format!("after-{ms}")).await;
+        assert_eq!(by, pid, "{what}: replaced after a deadline of {ms} ms");
+        assert_eq!(id, last + 2, "{what}: request ids");
+        sleeps.push((last + 1, token));
+        last = id;
+    }
+    let seen = replies_through(pid, first, last).await;
+    let notes = lines(log);
+    for (id, token) in &sleeps {
+        let outcomes: Vec<&str> = seen
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, w)| w.as_str())
+            .collect();
+        assert!(
+            outcomes == ["ok"] || outcomes == ["Cancelled"],
+            "{what}: call {token} (id {id}) got {outcomes:?}"
+        );
+        if outcomes == ["ok"] {
+            assert!(
+                notes.contains(&format!("end {token}")),
+                "{what}: {token} answered ok without running to its end"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 2 * sleeps.len() + 1, "{what}: {seen:?}");
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
 }
 
 /// docs/bridges.md: "In every case the reply is a failed reply of type
@@ -836,73 +894,19 @@ async fn a_deadline_as_the_handler_returns_gives_exactly_one_reply() {
         (Lang::Ruby, WireCodec::MsgPack),
     ] {
         let what = format!("{lang:?}/{codec}");
-        let pool = one_worker(lang, codec, Duration::from_secs(10))
-            .configure(|c| c.pipeline_depth = 0)
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("as-it-returns");
-        let (first, _) = echo(&pool, "first").await;
-        let mut sleeps = Vec::new();
-        let mut last = first;
-        for ms in 10..=40u64 {
-            let token = format!("s{ms}");
-            let r = pool
-                .execute_with(
-                    "sleep",
-                    json!({"token": token, "ms": 20, "log": log}),
-                    CallOptions::new().timeout(Duration::from_millis(ms)),
-                )
-                .await;
-            match &r {
-                Ok(v) => assert_eq!(v["token"], token.as_str(), "{what}"),
-                Err(Error::CallTimeout { .. }) => {}
-                Err(e) => panic!("{what}: {ms} ms: {e}"),
-            }
-            let (id, by) = echo(&pool, &format!("after-{ms}")).await;
-            assert_eq!(by, pid, "{what}: replaced after a deadline of {ms} ms");
-            assert_eq!(id, last + 2, "{what}: request ids");
-            sleeps.push((last + 1, token));
-            last = id;
-        }
-        let seen = replies_through(pid, first, last).await;
-        let notes = lines(&log);
-        for (id, token) in &sleeps {
-            let outcomes: Vec<&str> = seen
-                .iter()
-                .filter(|(i, _)| i == id)
-                .map(|(_, w)| w.as_str())
-                .collect();
-            assert!(
-                outcomes == ["ok"] || outcomes == ["Cancelled"],
-                "{what}: call {token} (id {id}) got {outcomes:?}"
-            );
-            if outcomes == ["ok"] {
-                assert!(
-                    notes.contains(&format!("end {token}")),
-                    "{what}: {token} answered ok without running to its end"
-                );
-            }
-        }
-        assert_eq!(seen.len(), 2 * sleeps.len() + 1, "{what}: {seen:?}");
-        let s = pool.stats();
-        assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        let (pool, pid, log) = start(
+            one_worker(lang, codec, Duration::from_secs(10)).configure(|c| c.pipeline_depth = 0),
+            "as-it-returns",
+        )
+        .await;
+        deadlines_racing_the_handlers_end(&pool, pid, &log, &what).await;
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
 fn node(signals: &Path) -> Bridge {
     Bridge::node(script("outside_signal_races.js"))
-        .env(
-            "NODE_PATH",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../bridges/node/node_modules"
-            ),
-        )
+        .env("NODE_PATH", common::node_modules())
         .env("OSR_SIGNALS", signals)
 }
 
@@ -920,31 +924,20 @@ async fn node_with_sigint_true_is_cancelled_with_a_cancel_frame_never_sigint() {
     let pid = pool.worker_pids()[0];
     let log = note_file("node-sleep");
     let (before, _) = echo(&pool, "before").await;
-    let r = pool
-        .execute_with(
-            "sleep",
-            json!({"token": "A", "ms": 3000, "log": log}),
-            CallOptions::new().timeout(Duration::from_millis(400)),
-        )
-        .await;
-    assert!(is_call_timeout(&r), "{r:?}");
+    given_up(
+        &pool,
+        "sleep",
+        json!({"token": "A", "ms": 3000, "log": log}),
+        Duration::from_millis(400),
+        "",
+    )
+    .await;
     let (after, by) = echo(&pool, "after").await;
     assert_eq!(by, pid);
-    let seen = replies_through(pid, before, after).await;
-    assert_eq!(
-        seen,
-        vec![
-            (before, "ok".to_owned()),
-            (before + 1, "Cancelled".to_owned()),
-            (after, "ok".to_owned())
-        ]
-    );
+    assert_replies(pid, before, &["Cancelled"], after, "").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = lines(&signals);
-    pool.shutdown().await.unwrap();
-    forget_replies(&[pid]);
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&signals);
+    finish(pool, &[pid], &[&log, &signals]).await;
     assert!(got.is_empty(), "SIGINTs the worker got: {got:?}");
 }
 
@@ -962,55 +955,8 @@ async fn node_a_cancel_racing_with_the_handlers_end_gives_exactly_one_reply() {
     let pool = Pool::builder(node(&signals)).size(1).start().await.unwrap();
     let pid = pool.worker_pids()[0];
     let log = note_file("node-race");
-    let (first, _) = echo(&pool, "first").await;
-    let mut sleeps = Vec::new();
-    let mut last = first;
-    for ms in 10..=40u64 {
-        let token = format!("s{ms}");
-        let r = pool
-            .execute_with(
-                "sleep",
-                json!({"token": token, "ms": 20, "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(ms)),
-            )
-            .await;
-        match &r {
-            Ok(v) => assert_eq!(v["token"], token.as_str()),
-            Err(Error::CallTimeout { .. }) => {}
-            Err(e) => panic!("{ms} ms: {e}"),
-        }
-        let (id, by) = echo(&pool, &format!("after-{ms}")).await;
-        assert_eq!(by, pid, "replaced after a deadline of {ms} ms");
-        assert_eq!(id, last + 2, "request ids");
-        sleeps.push((last + 1, token));
-        last = id;
-    }
-    let seen = replies_through(pid, first, last).await;
-    let notes = lines(&log);
-    for (id, token) in &sleeps {
-        let outcomes: Vec<&str> = seen
-            .iter()
-            .filter(|(i, _)| i == id)
-            .map(|(_, w)| w.as_str())
-            .collect();
-        assert!(
-            outcomes == ["ok"] || outcomes == ["Cancelled"],
-            "call {token} (id {id}) got {outcomes:?}"
-        );
-        if outcomes == ["ok"] {
-            assert!(
-                notes.contains(&format!("end {token}")),
-                "{token} answered ok without running to its end"
-            );
-        }
-    }
-    assert_eq!(seen.len(), 2 * sleeps.len() + 1, "{seen:?}");
-    let s = pool.stats();
-    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
-    pool.shutdown().await.unwrap();
-    forget_replies(&[pid]);
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&signals);
+    deadlines_racing_the_handlers_end(&pool, pid, &log, "Node").await;
+    finish(pool, &[pid], &[&log, &signals]).await;
 }
 
 /// docs/bridges.md, "Concurrency and cancellation": "In every case the
@@ -1021,47 +967,31 @@ async fn node_a_cancel_racing_with_the_handlers_end_gives_exactly_one_reply() {
 /// raise RuntimeError`, `rescue Cancelled; raise "aborted"`): the worker's
 /// reply to the given-up call is still `Cancelled`.
 async fn a_cancellation_turned_into_another_error_is_still_answered_cancelled(lang: Lang) {
-    let pool = one_worker(lang, WireCodec::Json, Duration::from_secs(5))
-        .start()
-        .await
-        .unwrap();
-    let pid = pool.worker_pids()[0];
-    let log = note_file("convert");
+    let (pool, pid, log) = start(
+        one_worker(lang, WireCodec::Json, Duration::from_secs(5)),
+        "convert",
+    )
+    .await;
     let (before, _) = echo(&pool, "before").await;
-    let r = pool
-        .execute_with(
-            "convert",
-            json!({"ms": 30_000, "log": log}),
-            CallOptions::new().timeout(Duration::from_millis(500)),
-        )
-        .await;
-    assert!(is_call_timeout(&r), "{lang:?}: {r:?}");
+    given_up(
+        &pool,
+        "convert",
+        json!({"ms": 30_000, "log": log}),
+        Duration::from_millis(500),
+        &format!("{lang:?}"),
+    )
+    .await;
     let (after, by) = echo(&pool, "after").await;
     assert_eq!(by, pid);
     assert_eq!(lines(&log), ["caught"], "{lang:?}");
-    let seen = replies_through(pid, before, after).await;
-    pool.shutdown().await.unwrap();
-    forget_replies(&[pid]);
-    let _ = std::fs::remove_file(&log);
-    assert_eq!(
-        seen,
-        vec![
-            (before, "ok".to_owned()),
-            (before + 1, "Cancelled".to_owned()),
-            (after, "ok".to_owned())
-        ],
-        "{lang:?}: the replies the worker wrote"
-    );
+    assert_replies(pid, before, &["Cancelled"], after, &format!("{lang:?}")).await;
+    finish(pool, &[pid], &[&log]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_a_cancellation_turned_into_another_error_is_still_answered_cancelled() {
-    a_cancellation_turned_into_another_error_is_still_answered_cancelled(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ruby_a_cancellation_turned_into_another_error_is_still_answered_cancelled() {
-    a_cancellation_turned_into_another_error_is_still_answered_cancelled(Lang::Ruby).await;
+python_and_ruby! {
+    a_cancellation_turned_into_another_error_is_still_answered_cancelled;
+    python_a_cancellation_turned_into_another_error_is_still_answered_cancelled;
+    ruby_a_cancellation_turned_into_another_error_is_still_answered_cancelled;
 }
 
 /// docs/reliability.md, "Pipelined dispatch": "SIGINT ... is sent only when
@@ -1083,19 +1013,15 @@ async fn nothing_is_written_ahead_to_a_worker_until_its_signalled_call_answers()
         let pool = pipelined(lang, codec, Duration::from_secs(10)).await;
         let pid = pool.worker_pids()[0];
         let log = note_file("signalled-then-slow");
-        let r = pool
-            .execute_with(
-                "swallow",
-                json!({"ms": 30_000, "after_ms": 600, "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(400)),
-            )
-            .await;
-        assert!(is_call_timeout(&r), "{what}: {r:?}");
-        assert!(
-            eventually(10, || lines(&log).contains(&"caught".to_owned())).await,
-            "{what}: {:?}",
-            lines(&log)
-        );
+        given_up(
+            &pool,
+            "swallow",
+            json!({"ms": 30_000, "after_ms": 600, "log": log}),
+            Duration::from_millis(400),
+            &what,
+        )
+        .await;
+        assert!(noted(&log, "caught").await, "{what}: {:?}", lines(&log));
         let b = spawn_sleep(&pool, "B", 0, &log, Duration::from_secs(30));
         assert!(
             eventually(10, || pool.stats().queued == 1).await,
@@ -1125,9 +1051,7 @@ async fn nothing_is_written_ahead_to_a_worker_until_its_signalled_call_answers()
         );
         let s = pool.stats();
         assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
@@ -1143,12 +1067,11 @@ async fn a_stream_timed_out_then_dropped_is_signalled_once() {
         (Lang::Ruby, WireCodec::Json),
     ] {
         let what = format!("{lang:?}/{codec}");
-        let pool = one_worker(lang, codec, Duration::from_secs(10))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("stream-dropped");
+        let (pool, pid, log) = start(
+            one_worker(lang, codec, Duration::from_secs(10)),
+            "stream-dropped",
+        )
+        .await;
         let (before, _) = echo(&pool, "before").await;
         let mut stream = pool
             .execute_stream(
@@ -1163,28 +1086,13 @@ async fn a_stream_timed_out_then_dropped_is_signalled_once() {
             matches!(end, Some(Err(Error::CallTimeout { .. }))),
             "{what}: {end:?}"
         );
-        assert!(
-            eventually(10, || lines(&log).contains(&"caught".to_owned())).await,
-            "{what}: {:?}",
-            lines(&log)
-        );
+        assert!(noted(&log, "caught").await, "{what}: {:?}", lines(&log));
         drop(stream);
         let (after, by) = echo(&pool, "after").await;
         assert_eq!(by, pid, "{what}");
         assert_eq!(lines(&log), ["start", "caught", "returned"], "{what}");
-        let seen = replies_through(pid, before, after).await;
-        assert_eq!(
-            seen,
-            vec![
-                (before, "ok".to_owned()),
-                (before + 1, "Cancelled".to_owned()),
-                (after, "ok".to_owned())
-            ],
-            "{what}: the replies the worker wrote"
-        );
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        assert_replies(pid, before, &["Cancelled"], after, &what).await;
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
@@ -1202,42 +1110,30 @@ async fn a_forked_worker_is_cancelled_by_sigint_and_answers_cancelled_once() {
         (Lang::Python, WireCodec::MsgPack),
     ] {
         let what = format!("{lang:?}/{codec}");
-        let pool = Pool::builder(bridge(lang, codec).preload())
-            .size(1)
-            .configure(|c| c.shutdown_grace_period = Duration::from_secs(5))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("forked");
+        let (pool, pid, log) = start(
+            Pool::builder(bridge(lang, codec).preload())
+                .size(1)
+                .configure(|c| c.shutdown_grace_period = Duration::from_secs(5)),
+            "forked",
+        )
+        .await;
         let (before, by) = echo(&pool, "before").await;
         assert_eq!(by, pid, "{what}");
-        let r = pool
-            .execute_with(
-                "sleep",
-                json!({"token": "A", "ms": 30_000, "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(600)),
-            )
-            .await;
-        assert!(is_call_timeout(&r), "{what}: {r:?}");
+        given_up(
+            &pool,
+            "sleep",
+            json!({"token": "A", "ms": 30_000, "log": log}),
+            Duration::from_millis(600),
+            &what,
+        )
+        .await;
         let (after, by) = echo(&pool, "after").await;
         assert_eq!(by, pid, "{what}: the fork was replaced");
         assert_eq!(lines(&log), ["start A"], "{what}");
-        let seen = replies_through(pid, before, after).await;
-        assert_eq!(
-            seen,
-            vec![
-                (before, "ok".to_owned()),
-                (before + 1, "Cancelled".to_owned()),
-                (after, "ok".to_owned())
-            ],
-            "{what}: the replies the worker wrote"
-        );
+        assert_replies(pid, before, &["Cancelled"], after, &what).await;
         let s = pool.stats();
         assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
@@ -1257,12 +1153,11 @@ async fn a_stream_dropped_while_its_worker_waits_on_a_full_pipe_stops_the_handle
         (Lang::Ruby, WireCodec::Json),
     ] {
         let what = format!("{lang:?}/{codec}");
-        let pool = one_worker(lang, codec, Duration::from_secs(5))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("dropped-full-pipe");
+        let (pool, pid, log) = start(
+            one_worker(lang, codec, Duration::from_secs(5)),
+            "dropped-full-pipe",
+        )
+        .await;
         let (before, _) = echo(&pool, "before").await;
         let mut stream = pool
             .execute_stream(
@@ -1283,44 +1178,22 @@ async fn a_stream_dropped_while_its_worker_waits_on_a_full_pipe_stops_the_handle
         tokio::time::sleep(Duration::from_millis(500)).await;
         drop(stream);
         assert!(
-            eventually(10, || lines(&log).contains(&"finally".to_owned())).await,
+            noted(&log, "finally").await,
             "{what}: the handler was not stopped: {:?}",
             lines(&log)
         );
-        let mut next = pool
-            .execute_stream(
-                "chunks",
-                json!({"n": 3, "pad": 1, "token": "next"}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap();
-        let (seen, end) = drain(&mut next, 1, &what).await;
-        assert_eq!(seen, [0, 1, 2], "{what}: the next stream's chunks");
-        assert_eq!(end.unwrap(), json!({"sent": 3, "token": "next"}), "{what}");
+        next_stream_gets_its_own(&pool, &what).await;
         let (after, by) = echo(&pool, "after").await;
         assert_eq!(by, pid, "{what}: the worker was replaced");
         assert_eq!(lines(&log), ["finally"], "{what}");
-        let seen = replies_through(pid, before, after).await;
-        assert_eq!(
-            seen,
-            vec![
-                (before, "ok".to_owned()),
-                (before + 1, "Cancelled".to_owned()),
-                (before + 2, "ok".to_owned()),
-                (after, "ok".to_owned())
-            ],
-            "{what}: the replies the worker wrote"
-        );
+        assert_replies(pid, before, &["Cancelled", "ok"], after, &what).await;
         let s = pool.stats();
         assert_eq!(
             (s.requests, s.completed, s.cancelled, s.crashes, s.restarts),
             (4, 3, 1, 0, 0),
             "{what}: {s:?}"
         );
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid], &[&log]).await;
     }
 }
 
@@ -1347,36 +1220,33 @@ async fn sigint_between_calls_is_ignored_and_the_next_call_runs() {
         ("ruby", bridge(Lang::Ruby, WireCodec::MsgPack)),
         ("node", node(&signals)),
     ] {
-        let pool = Pool::builder(adapter)
-            .size(1)
-            .configure(|c| c.health_check_interval = Duration::ZERO)
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
-        let log = note_file("between");
+        let (pool, pid, log) = start(
+            Pool::builder(adapter)
+                .size(1)
+                .configure(|c| c.health_check_interval = Duration::ZERO),
+            "between",
+        )
+        .await;
         echo(&pool, "before").await;
         for _ in 0..3 {
             sigint(pid);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = pool
-            .execute_with(
-                "sleep",
-                json!({"token": "A", "ms": 300, "log": log}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = call(
+            &pool,
+            "sleep",
+            json!({"token": "A", "ms": 300, "log": log}),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(r, json!({"token": "A", "pid": pid}), "{name}");
         assert_eq!(lines(&log), ["start A", "end A"], "{name}");
         assert_eq!(pool.worker_pids(), vec![pid], "{name}");
         let s = pool.stats();
         assert_eq!((s.crashes, s.restarts), (0, 0), "{name}: {s:?}");
-        pool.shutdown().await.unwrap();
-        forget_replies(&[pid]);
-        let _ = std::fs::remove_file(&log);
+        finish(pool, &[pid], &[&log]).await;
     }
     // The Node worker's own listener saw them (what
     // node_with_sigint_true_is_cancelled_with_a_cancel_frame_and_sigint

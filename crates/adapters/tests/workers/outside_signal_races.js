@@ -12,6 +12,8 @@ const { Worker } = require('snakepit-bridge');
 const { setTimeout: sleep } = require('timers/promises');
 
 const REPLIES = path.join(os.tmpdir(), `snakepit-osr-replies-${process.pid}.log`);
+// A file left by an earlier process with the same pid is emptied first.
+fs.writeFileSync(REPLIES, '');
 
 const reply = Worker.prototype._reply;
 Worker.prototype._reply = function noting(ctx, message) {

@@ -20,13 +20,19 @@ def replies_file():
 
 
 _send = _sync.SyncServer.send
+_writer = None  # the pid that has written its first reply
 
 
 def _noting_send(self, value):
     _send(self, value)
     if "success" in value:
         what = "ok" if value["success"] else value["error"]["type"]
-        with open(replies_file(), "a") as f:
+        global _writer
+        # A file left by an earlier process with the same pid is emptied
+        # by this one's first reply.
+        mode = "a" if _writer == os.getpid() else "w"
+        _writer = os.getpid()
+        with open(replies_file(), mode) as f:
             f.write(f"{value['id']} {what}\n")
 
 

@@ -9,7 +9,11 @@ require "snakepit_bridge"
 # its own.
 def note_reply(id, what)
   path = File.join(Dir.tmpdir, "snakepit-osr-replies-#{Process.pid}.log")
-  File.open(path, "a") { |f| f.puts("#{id} #{what}") }
+  # A file left by an earlier process with the same pid is emptied by this
+  # one's first reply.
+  mode = $osr_writer == Process.pid ? "a" : "w"
+  $osr_writer = Process.pid
+  File.open(path, mode) { |f| f.puts("#{id} #{what}") }
 end
 
 module NotingReplies
@@ -31,6 +35,14 @@ worker = SnakepitBridge::Worker.new
 
 note = lambda do |path, what|
   File.open(path, "a") { |f| f.puts(what) } if path
+end
+
+# Runs the block and returns what it does; notes "finally" in `log`
+# however it ends.
+noting_finally = lambda do |log, &body|
+  body.call
+ensure
+  note.call(log, "finally")
 end
 
 worker.command("echo") do |args, ctx|
@@ -71,20 +83,18 @@ end
 
 worker.command("chunks") do |args, ctx|
   pad = "p" * args.fetch("pad", 0)
-  begin
+  noting_finally.call(args["log"]) do
     args["n"].times do |i|
       ctx.chunk({ "i" => i, "pad" => pad })
       sleep(args["ms"] / 1000.0) if args["ms"]
     end
     note.call(args["log"], "end")
     { "sent" => args["n"], "token" => args["token"] }
-  ensure
-    note.call(args["log"], "finally")
   end
 end
 
 worker.command("host") do |args, ctx|
-  begin
+  noting_finally.call(args["log"]) do
     note.call(args["log"], "asking")
     value = ctx.call_host(args["function"], args.fetch("with", {}))
     note.call(args["log"], "answered #{value}")
@@ -93,8 +103,6 @@ worker.command("host") do |args, ctx|
       note.call(args["log"], "set")
     end
     { "value" => value, "pid" => Process.pid }
-  ensure
-    note.call(args["log"], "finally")
   end
 end
 
