@@ -234,14 +234,7 @@ class SyncServer(Server):
         answered Cancelled; a cancel for a request not waiting stays (it
         comes too late, and is dropped when dispatched)."""
         backlog = self._backlog
-        for payload in [p for p in backlog if b"cancel" in p]:
-            try:
-                kind, msg = self.parse(payload)
-            except FrameError:
-                continue  # reported when dispatched
-            rid = msg.get("id")
-            if kind != "cancel" or not _is_int(rid):
-                continue  # one without an integer id is ignored when dispatched
+        for payload, rid in self._cancels():
             for waiting in backlog:
                 if waiting is payload:
                     break  # a request behind its cancel was not cancelled
@@ -254,6 +247,23 @@ class SyncServer(Server):
                     backlog.remove(payload)
                     self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                     break
+
+    def _cancels(self):
+        """The cancel frames waiting in the backlog, with the ids they
+        name: (payload, id). One that does not decode, or whose id is not
+        an integer, is left to be reported or ignored when dispatched."""
+        found = []
+        for payload in self._backlog:
+            if b"cancel" not in payload:
+                continue
+            try:
+                kind, msg = self.parse(payload)
+            except FrameError:
+                continue
+            rid = msg.get("id")
+            if kind == "cancel" and _is_int(rid):
+                found.append((payload, rid))
+        return found
 
     def on_cancel(self, rid):
         pass  # nothing runs between frames in sync mode: too late
@@ -314,16 +324,9 @@ class SyncServer(Server):
                 pass
             if self.reader._buf:
                 self._read_ahead()
-            backlog = self._backlog
-            for payload in backlog:
-                if b"cancel" not in payload:
-                    continue
-                try:
-                    kind, msg = self.parse(payload)
-                except FrameError:
-                    continue
-                if kind == "cancel" and msg.get("id") == rid:
-                    backlog.remove(payload)
+            for payload, cancelled in self._cancels():
+                if cancelled == rid:
+                    self._backlog.remove(payload)
                     return True
             return False
         finally:
@@ -346,15 +349,13 @@ class SyncServer(Server):
             # Already cancelled (its cancel frame came during a host call):
             # a second interruption would cut into its clean-up.
             return
-        if self._armed:
-            if self._writing or self._reading:
-                self._sigint_held = True
-                return
-            self._armed = False
-            ctx = self._current
-            if ctx is not None:
-                ctx.cancelled = True
-            raise KeyboardInterrupt
+        if self._writing or self._reading:
+            self._sigint_held = True
+            return
+        self._armed = False
+        if ctx is not None:
+            ctx.cancelled = True
+        raise KeyboardInterrupt
 
     def send(self, value: dict[str, Any]) -> None:
         if threading.get_ident() != _MAIN_THREAD:
