@@ -8,6 +8,8 @@ require "tmpdir"
 # not started answers it Cancelled without running it. Every test runs once
 # per codec (see the subclasses at the bottom).
 module PipelineTests
+  include CodecFrames
+
   WORKER = File.join(__dir__, "pipeline_worker.rb")
 
   def setup
@@ -22,18 +24,6 @@ module PipelineTests
 
   def spawn_worker
     WorkerProcess.new(WORKER, codec: codec).tap { |w| @workers << w }
-  end
-
-  def wire(message)
-    SnakepitBridge::Wire.frame(SnakepitBridge::Wire.codec(codec).encode(message))
-  end
-
-  def request(id, command, args = {})
-    wire({ "id" => id, "command" => command, "args" => args })
-  end
-
-  def cancel(id)
-    wire({ "type" => "cancel", "id" => id })
   end
 
   # A FIFO for a `gate` request to wait on.
@@ -52,15 +42,6 @@ module PipelineTests
     assert_equal({ "type" => "chunk", "id" => id, "data" => "started" }, chunk.slice("type", "id", "data"))
   end
 
-  # The next +n+ replies (chunks skipped), in the order they came.
-  def replies(worker, count)
-    got = []
-    while got.size < count
-      message = worker.recv
-      got << message if message["type"].nil?
-    end
-    got
-  end
 
   def assert_cancelled_before_start(reply, id)
     assert_equal id, reply["id"]
