@@ -135,6 +135,20 @@ module SigintEarlyTests
 
   # --- 1. the cancel frame is in stdin when the handler would start ----------
 
+  # The frames read with the cancel while looking for it are queued, not
+  # lost: a request behind the cancel runs, in order.
+  def test_a_request_behind_the_cancel_found_after_an_early_sigint_still_runs
+    worker = spawn_worker
+    assert_shouted worker.call(1, "shout", { "text" => "one" }), 1, "ONE"
+    write_while_stopped(worker, padded_request(2), cancel(2), request(3, "shout", { "text" => "three" }),
+                        sigint: true)
+    cancelled, shouted = replies(worker, 2)
+    assert_cancelled_before_start(cancelled, 2)
+    assert_shouted shouted, 3, "THREE"
+    assert_ran worker, 4, [1, 3]
+    refute_match(/Error|error/, worker.stderr)
+  end
+
   def test_a_request_signalled_before_its_handler_starts_with_its_cancel_in_stdin_never_runs
     worker = spawn_worker
     assert_shouted worker.call(1, "shout", { "text" => "one" }), 1, "ONE"

@@ -497,15 +497,16 @@ module SnakepitBridge
       end
     end
 
-    # Moves every whole frame already read into @pending. Undecodable ones
-    # are answered with a ProtocolError (id 0) and skipped, as by
-    # #next_message.
+    # Moves every whole frame already read into @pending, but those the
+    # block (if given) takes. Undecodable ones are answered with a
+    # ProtocolError (id 0) and skipped, as by #next_message.
     def read_ahead(reader)
       loop do
         payload = reader.take_buffered
         return if payload.nil?
 
-        enqueue(@codec.decode(payload))
+        message = @codec.decode(payload)
+        enqueue(message) unless block_given? && yield(message)
       rescue DecodeError => e # FrameTooLarge too: the reader skips it as it arrives
         protocol_error(e.message)
       end
@@ -622,18 +623,10 @@ module SnakepitBridge
       reader = frame_reader
       nil while reader.read_waiting
       found = false
-      loop do
-        payload = reader.take_buffered
-        break if payload.nil?
-
-        message = @codec.decode(payload)
-        if message["type"] == "cancel" && message["id"] == id
-          found = true
-        else
-          enqueue(message)
-        end
-      rescue DecodeError => e # FrameTooLarge too: the reader skips it as it arrives
-        protocol_error(e.message)
+      read_ahead(reader) do |message|
+        mine = !found && message["type"] == "cancel" && message["id"] == id
+        found ||= mine
+        mine # taken; every other frame is queued
       end
       found
     end
