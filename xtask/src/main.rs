@@ -29,9 +29,10 @@ fn main() -> Result<()> {
         Some("bench") => bench(&root, &args[1..]),
         Some("cost") => cost(&root, &args[1..]),
         Some("codecs") => codecs(&root),
+        Some("examples") => examples(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | setup | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N] | codecs>"
+                "usage: cargo xtask <ci | setup | bridges | fuzz [--seconds N] | bench [ARGS...] | cost [--workers N] | codecs | examples>"
             );
             std::process::exit(2)
         }
@@ -40,7 +41,8 @@ fn main() -> Result<()> {
 
 /// Runs a command in `dir`, echoing it; fails if it fails.
 fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
-    eprintln!("\n$ (cd {}) {program} {}", dir.display(), args.join(" "));
+    let line = format!("{program} {}", args.join(" "));
+    eprintln!("\n$ (cd {}) {}", dir.display(), line.trim_end());
     let started = std::time::Instant::now();
     #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
     let status = Command::new(program)
@@ -429,19 +431,12 @@ fn codecs(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The OTLP/gRPC transport is a non-default feature of snakepit-telemetry:
-/// lint it and run its end-to-end test too, and the default transport of a
-/// build without HTTP.
+/// The OTLP/gRPC transport is a non-default feature of snakepit-telemetry.
+/// The workspace's clippy and test runs already build it with `grpc` and
+/// `http` both (the command-line tool asks for `grpc`), and so lint it and
+/// run its gRPC end-to-end test (`otlp_grpc`). What they cannot run is a
+/// build with one transport only.
 fn telemetry_grpc(root: &Path) -> Result<()> {
-    let features = ["-p", "snakepit-telemetry", "--features", "grpc"];
-    let mut clippy = vec!["clippy", "--all-targets"];
-    clippy.extend(features);
-    clippy.extend(["--", "-D", "warnings"]);
-    run(root, "cargo", &clippy)?;
-    let mut test = vec!["test"];
-    test.extend(features);
-    test.extend(["--test", "otlp_grpc"]);
-    run(root, "cargo", &test)?;
     // The workspace's run builds it with `grpc` (the command-line tool has
     // both transports): its tests of a build without gRPC run here.
     run(
@@ -468,8 +463,32 @@ fn telemetry_grpc(root: &Path) -> Result<()> {
 
 /// Every example that CI runs, each against real workers.
 fn examples(root: &Path) -> Result<()> {
-    for example in [
-        "quickstart",
+    // The README's first command, as a user types it (but in the dev
+    // profile: a release build takes minutes more).
+    run(
+        root,
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "-p",
+            "snakepit-adapters",
+            "--example",
+            "quickstart",
+        ],
+    )?;
+    // The others as the workspace's test run built them. `cargo run -p`
+    // would build each crate's examples again under that crate's own
+    // features (about 2 minutes of a CI run).
+    let built = built_examples(root)?;
+    let example = |name: &str| -> Result<String> {
+        built
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+            .map(|p| path(p).to_owned())
+            .with_context(|| format!("no example `{name}` among {built:?}"))
+    };
+    for name in [
         "basic",
         "errors",
         "timeouts",
@@ -482,60 +501,67 @@ fn examples(root: &Path) -> Result<()> {
         "parallel",
         "preload",
     ] {
-        run(
-            root,
-            "cargo",
-            &[
-                "run",
-                "--quiet",
-                "-p",
-                "snakepit-adapters",
-                "--example",
-                example,
-            ],
-        )?;
+        run(root, &example(name)?, &[])?;
     }
     // `cargo xtask cost`'s example, natively and briefly (the cost itself
     // wants valgrind and a release build): each mode, with a pool and
     // decoding alone.
-    let cost = [
-        "run",
-        "--quiet",
-        "-p",
-        "snakepit-adapters",
-        "--example",
-        "cost",
-        "--",
-    ];
+    let cost = example("cost")?;
     for mode in ["typed", "value"] {
         for extra in [&[][..], &["--decode-only"][..]] {
-            let args = [&cost[..], &["--calls", "200", "--mode", mode], extra].concat();
-            run(root, "cargo", &args)?;
+            let args = [&["--calls", "200", "--mode", mode][..], extra].concat();
+            run(root, &cost, &args)?;
         }
     }
-    let session = ["run", "--quiet", "-p", "snakepit-session"];
-    run(
-        root,
-        "cargo",
-        &[&session[..], &["--example", "ml_workflow"]].concat(),
-    )?;
-    run(
-        root,
-        "cargo",
-        &[
-            &session[..],
-            &[
-                "--features",
-                "redis",
-                "--example",
-                "session_bench",
-                "--",
-                "--quick",
-            ],
-        ]
-        .concat(),
-    )?;
+    run(root, &example("ml_workflow")?, &[])?;
+    // Built with the workspace's features, among them `snakepit-session/redis`.
+    run(root, &example("session_bench")?, &["--quick"])?;
     Ok(())
+}
+
+/// The workspace's examples, built (or found built) as `cargo nextest run
+/// --workspace --all-targets` builds them: test profile, the CI's features.
+/// Their paths, from cargo's JSON messages.
+fn built_examples(root: &Path) -> Result<Vec<PathBuf>> {
+    let args = [
+        "build",
+        "--quiet",
+        "--profile",
+        "test",
+        "--workspace",
+        "--examples",
+        "--features",
+        SESSION_REDIS,
+        "--message-format",
+        "json-render-diagnostics",
+    ];
+    eprintln!("\n$ (cd {}) cargo {}", root.display(), args.join(" "));
+    #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
+    let done = Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !done.status.success() {
+        bail!("building the examples failed ({})", done.status);
+    }
+    let out = String::from_utf8_lossy(&done.stdout);
+    // One JSON object a line; an example's artifact names its executable
+    // (a path with no quote in it, as the checkout's are).
+    let built: Vec<PathBuf> = out
+        .lines()
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#))
+        .filter(|l| l.contains(r#""kind":["example"]"#))
+        .filter_map(|l| {
+            let rest = l.split_once(r#""executable":""#)?.1;
+            Some(PathBuf::from(rest.split_once('"')?.0))
+        })
+        .collect();
+    if built.is_empty() {
+        bail!("cargo built no example");
+    }
+    Ok(built)
 }
 
 /// The oldest Python the docs promise (3.8, docs/bridges.md), when this
