@@ -98,6 +98,29 @@ pub(crate) struct Pending {
     /// A stream's deadline: past it, its chunks no longer wait for its
     /// reader (who is told of the timeout on its next poll) and are dropped.
     pub(crate) until: Option<Instant>,
+    /// Given up while it waited behind another call (written ahead), and
+    /// sent a `cancel` frame: the worker drops it unrun, so a SIGINT for
+    /// the call ahead of it no longer risks landing in it.
+    pub(crate) cancel_sent: bool,
+    /// Given up while it ran, when the SIGINT could not be sent because
+    /// calls waited behind it: sent once each of those has been sent a
+    /// `cancel` frame (see [`Worker::abandon`]).
+    pub(crate) interrupt_due: bool,
+}
+
+impl Pending {
+    /// A call waiting for its reply on `reply`.
+    pub(crate) fn new(reply: oneshot::Sender<Reply>, holds_unit: bool) -> Self {
+        Pending {
+            reply,
+            chunks: None,
+            session: None,
+            holds_unit,
+            until: None,
+            cancel_sent: false,
+            interrupt_due: false,
+        }
+    }
 }
 
 impl Pending {
@@ -534,7 +557,11 @@ impl Worker {
     /// Not sent while another call is registered on the worker: one
     /// written ahead behind `id` would start the moment `id`'s handler
     /// returns, and the signal could land in it (a recycled worker, out of
-    /// its slot, still has the calls written ahead to it before).
+    /// its slot, still has the calls written ahead to it before). Calls
+    /// given up while they waited, and sent their `cancel` frame, do not
+    /// count: the worker drops them unrun. A refused call is marked
+    /// ([`Pending::interrupt_due`]), to be signalled when the last of
+    /// those is given up.
     ///
     /// A worker that declares `pipeline` gets a `cancel` frame for `id`
     /// first. The signal may land while it still reads or decodes the
@@ -543,15 +570,51 @@ impl Worker {
     /// before it starts the request, and answers it `Cancelled` unrun.
     pub(crate) fn signal_call(&self, id: u64) -> bool {
         {
-            let inner = self.inner();
-            if inner.reaped || !inner.pending.contains_key(&id) || inner.pending.len() > 1 {
+            let mut inner = self.inner();
+            if inner.reaped || !inner.pending.contains_key(&id) {
                 return false;
+            }
+            if inner
+                .pending
+                .iter()
+                .any(|(&other, (p, _))| other != id && !p.cancel_sent)
+            {
+                // Sent later, if each call behind it is given up first.
+                if let Some((p, _)) = inner.pending.get_mut(&id) {
+                    p.interrupt_due = true;
+                }
+                return false;
+            }
+            if let Some((p, _)) = inner.pending.get_mut(&id) {
+                p.interrupt_due = false;
             }
         }
         if self.capabilities().pipeline {
             self.send_cancel(id);
         }
         os::signal_pid(self.pid, libc::SIGINT)
+    }
+
+    /// Whether the pool must not signal call `id` yet: `in_flight` calls
+    /// hold units of this worker, and more than `id` and the calls given
+    /// up unrun behind it (see [`Pending::cancel_sent`]) may run. If so,
+    /// `id` is marked to be signalled later, in the same critical section
+    /// as the count, so that a call behind it given up meanwhile sees the
+    /// mark.
+    pub(crate) fn interrupt_refused(&self, id: u64, in_flight: u32) -> bool {
+        let mut inner = self.inner();
+        let cancelled = inner
+            .pending
+            .values()
+            .filter(|(p, _)| p.cancel_sent && p.holds_unit)
+            .count();
+        let refused = in_flight as usize > 1 + cancelled;
+        if refused {
+            if let Some((p, _)) = inner.pending.get_mut(&id) {
+                p.interrupt_due = true;
+            }
+        }
+        refused
     }
 
     /// Sends a `cancel` frame for call `id`.
@@ -573,6 +636,23 @@ impl Worker {
                 self.signal_call(id);
             }
         }
+    }
+
+    /// Call `id`, waiting behind another, was sent a `cancel` frame; the
+    /// call given up while it ran and left without its SIGINT because of
+    /// the calls behind it, if there is one. One critical section, so that
+    /// a refusal counted meanwhile ([`Worker::interrupt_refused`],
+    /// [`Worker::signal_call`]) is either seen here or saw this call
+    /// cancelled.
+    fn cancelled_unrun(&self, id: u64) -> Option<u64> {
+        let mut inner = self.inner();
+        if let Some((p, _)) = inner.pending.get_mut(&id) {
+            p.cancel_sent = true;
+        }
+        inner
+            .pending
+            .iter()
+            .find_map(|(&due, (p, _))| p.interrupt_due.then_some(due))
     }
 
     /// Call `id` was written ahead and waits behind the one this worker
@@ -727,6 +807,13 @@ impl Worker {
             self.send_cancel(id);
         } else if caps.sigint && caps.max_concurrency <= 1 {
             self.interrupt(id);
+        }
+        if waiting {
+            // A running call given up before this one may have been left
+            // without its SIGINT because of it.
+            if let Some(due) = self.cancelled_unrun(id) {
+                self.interrupt(due);
+            }
         }
         let (grace, worker) = (self.grace, self.clone());
         // Timed on the worker's own runtime, not the caller's: a caller

@@ -358,6 +358,61 @@ async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
     pool.shutdown().await.unwrap();
 }
 
+/// docs/reliability.md: a call given up while it runs, with another
+/// written ahead behind it, "is signalled once each call behind it has been
+/// given up too". Its SIGINT then reaches nothing but it: the worker drops
+/// the call behind unrun, on its cancel frame. The worker is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_left_without_its_sigint_gets_it_once_the_call_behind_is_given_up() {
+    let (pool, pid) = one_signal_worker_writing_one_ahead(|_| {}).await;
+    let dir = temp_dir("sigint-later");
+    let nap = |record: &std::path::Path, ms: u64, timeout: Duration| {
+        let pool = pool.clone();
+        let args = json!({"ms": ms, "record": record.display().to_string()});
+        tokio::spawn(async move {
+            pool.execute_with("nap", args, CallOptions::new().timeout(timeout))
+                .await
+        })
+    };
+    let (front_record, behind_record) = (dir.join("front"), dir.join("behind"));
+    let front = nap(&front_record, 60_000, Duration::from_secs(1));
+    assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
+    let behind = nap(&behind_record, 10, Duration::from_secs(3));
+    assert!(
+        eventually(10, || in_flight_on_first(&pool) == 2).await,
+        "the second nap was written ahead: {:?}",
+        pool.workers()
+    );
+    let err = front.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
+    // Not signalled while the call behind it may still run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!front_record.exists(), "the front nap was signalled early");
+    let err = behind.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
+    assert!(
+        eventually(10, || std::fs::read_to_string(&front_record)
+            .is_ok_and(|s| s == "interrupted"))
+        .await,
+        "the front nap was signalled once the call behind it was given up"
+    );
+    let r = pool
+        .execute("echo", json!({"token": "next"}))
+        .await
+        .unwrap();
+    assert_eq!(r["echoed"], json!({"token": "next"}));
+    assert_eq!(
+        r["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "the worker was kept"
+    );
+    assert!(!behind_record.exists(), "the call behind never ran");
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
+    assert_eq!((s.call_timeouts, s.completed), (2, 21), "{s:?}");
+    pool.shutdown().await.unwrap();
+}
+
 /// Calls written ahead cover about `pipeline_max_call` of the worker's
 /// recent run time, not the whole `pipeline_depth`: with calls of about
 /// 200 ms and a window of one second, 4 or 5 wait in the worker's stdin

@@ -410,11 +410,10 @@ impl Pool {
             let chunks_again = chunks.clone();
             let streams = chunks.is_some();
             let pending = Pending {
-                reply: tx,
                 chunks: chunks.take(),
                 session: session.clone(),
-                holds_unit: true,
                 until: streams.then_some(deadline),
+                ..Pending::new(tx, true)
             };
             // A one-shot call's deadline is watched by the worker's reader,
             // with one timer for all its calls; a stream keeps its own.

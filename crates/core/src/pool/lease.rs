@@ -57,13 +57,19 @@ impl Shared {
     /// reach only that call; whether it did. Under the pool's lock, so that
     /// no call is handed to the worker between the check and the signal; a
     /// worker with another call leased or registered (written ahead, even
-    /// to a recycled worker out of its slot) is not signalled. Once
-    /// signalled, nothing is written ahead to it until that call's reply.
+    /// to a recycled worker out of its slot) is not signalled, but calls
+    /// written ahead and given up unrun do not count; a call refused is
+    /// signalled when the last call behind it is given up
+    /// ([`Worker::abandon`]). Once signalled, nothing is written ahead to
+    /// it until that call's reply.
     pub(crate) fn interrupt(&self, worker: &Worker, id: u64) -> bool {
         let mut st = self.state();
         let slot = &mut st.slots[worker.slot];
         let routed = slot.generation == worker.generation && slot.worker.is_some();
-        if routed && slot.in_flight > 1 {
+        // Calls given up while they waited behind `id`, and sent a
+        // `cancel` frame, keep their units until the worker answers them;
+        // it will not run them.
+        if routed && worker.interrupt_refused(id, slot.in_flight) {
             return false;
         }
         if !worker.signal_call(id) {
@@ -95,6 +101,13 @@ impl Shared {
                 // The waiter left between the check and the send.
                 lease.disarm();
                 st.slots[i].in_flight -= 1;
+                continue;
+            }
+            // Under the lock that hands the worker over, so that a session
+            // that ends is either ended for this waiter already, or has
+            // this record removed after it.
+            if let (Some(s), false) = (&waiter.session, waiter.session_ended) {
+                self.remember(st, s, i);
             }
         }
     }
@@ -185,20 +198,15 @@ impl Shared {
                     return Err(Error::PoolSaturated { queued });
                 }
             }
-            st.push_waiter(strict_slot, stream)
+            st.push_waiter(strict_slot, stream, session.cloned())
         };
         let queue_deadline = deadline.min(crate::clock::later(
             Instant::now(),
             self.config.queue_timeout,
         ));
         match tokio::time::timeout_at(queue_deadline.into(), rx).await {
-            Ok(Ok(Ok(lease))) => {
-                if let Some(s) = session {
-                    let mut st = self.state();
-                    self.remember(&mut st, s, lease.worker.slot);
-                }
-                Ok(lease)
-            }
+            // Its session's affinity was recorded as it got the worker.
+            Ok(Ok(Ok(lease))) => Ok(lease),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(Error::ShutDown),
             Err(_) if queue_deadline >= deadline => Err(self.timed_out(command, timeout)),

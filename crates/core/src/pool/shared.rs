@@ -206,7 +206,9 @@ impl Shared {
     }
 
     pub(crate) fn forget_session(&self, session_id: &str) {
-        self.state().affinity.remove(session_id);
+        let mut st = self.state();
+        st.affinity.remove(session_id);
+        st.end_session(session_id);
     }
 
     /// The calls `worker` runs at once (what it declared, within the

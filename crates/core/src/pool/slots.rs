@@ -154,6 +154,12 @@ pub(crate) struct Waiter {
     pub(crate) tx: LeaseTx,
     /// A streaming call: nothing is written ahead behind it.
     pub(crate) stream: bool,
+    /// The call's session, whose affinity is recorded when it gets its
+    /// worker...
+    pub(crate) session: Option<Arc<str>>,
+    /// ...unless the session ended while the call waited
+    /// ([`State::end_session`]).
+    pub(crate) session_ended: bool,
 }
 
 pub(crate) struct AffinityRecord {
@@ -223,6 +229,7 @@ impl State {
         &mut self,
         only: Option<usize>,
         stream: bool,
+        session: Option<Arc<str>>,
     ) -> oneshot::Receiver<Result<Lease>> {
         let (tx, rx) = oneshot::channel();
         self.seq += 1;
@@ -230,6 +237,8 @@ impl State {
             seq: self.seq,
             tx,
             stream,
+            session,
+            session_ended: false,
         };
         match only {
             Some(i) => self.strict[i].push_back(waiter),
@@ -248,6 +257,18 @@ impl State {
         for w in moved {
             let at = self.queue.partition_point(|q| q.seq < w.seq);
             self.queue.insert(at, w);
+        }
+    }
+
+    /// Session `id` ended (removed or expired in the store): the calls of
+    /// it still waiting get their worker without recording an affinity
+    /// for it.
+    pub(crate) fn end_session(&mut self, id: &str) {
+        let strict = self.strict.iter_mut().flatten();
+        for w in self.queue.iter_mut().chain(strict) {
+            if w.session.as_deref() == Some(id) {
+                w.session_ended = true;
+            }
         }
     }
 
@@ -321,10 +342,10 @@ mod tests {
     #[test]
     fn the_oldest_waiter_a_slot_may_serve_goes_first_and_abandoned_ones_are_skipped() {
         let mut st = State::new(2);
-        let any1 = st.push_waiter(None, false);
-        let only0 = st.push_waiter(Some(0), false);
-        let any2 = st.push_waiter(None, false);
-        let only1 = st.push_waiter(Some(1), false);
+        let any1 = st.push_waiter(None, false, None);
+        let only0 = st.push_waiter(Some(0), false, None);
+        let any2 = st.push_waiter(None, false, None);
+        let only1 = st.push_waiter(Some(1), false, None);
         assert_eq!(st.queued_entries(), 4);
         // Slot 1: the oldest it may serve is the first general waiter.
         assert_eq!(st.pop_waiter(1).map(|w| w.seq), Some(1));
@@ -344,10 +365,10 @@ mod tests {
     #[test]
     fn waiters_for_a_slot_whose_worker_is_gone_join_the_queue_in_order() {
         let mut st = State::new(2);
-        let a = st.push_waiter(None, false);
-        let b = st.push_waiter(Some(0), false);
-        let c = st.push_waiter(None, false);
-        let d = st.push_waiter(Some(0), false);
+        let a = st.push_waiter(None, false, None);
+        let b = st.push_waiter(Some(0), false, None);
+        let c = st.push_waiter(None, false, None);
+        let d = st.push_waiter(Some(0), false, None);
         st.unstrict(0);
         assert!(st.strict[0].is_empty());
         let order: Vec<u64> = st.queue.iter().map(|w| w.seq).collect();
@@ -375,9 +396,9 @@ mod tests {
     #[test]
     fn purging_keeps_only_live_waiters() {
         let mut st = State::new(1);
-        let keep = st.push_waiter(None, false);
-        drop(st.push_waiter(None, false));
-        drop(st.push_waiter(Some(0), false));
+        let keep = st.push_waiter(None, false, None);
+        drop(st.push_waiter(None, false, None));
+        drop(st.push_waiter(Some(0), false, None));
         st.purge_abandoned();
         assert_eq!(st.queued_entries(), 1);
         drop(keep);

@@ -180,19 +180,7 @@ pub(crate) async fn internal_call(
     )
     .map_err(Error::Codec)?;
     let (tx, rx) = oneshot::channel();
-    if worker
-        .register(
-            id,
-            Pending {
-                reply: tx,
-                chunks: None,
-                session: None,
-                holds_unit: false,
-                until: None,
-            },
-        )
-        .is_err()
-    {
+    if worker.register(id, Pending::new(tx, false)).is_err() {
         return Err(Error::ShutDown);
     }
     worker.send_request(id, buf.freeze());
