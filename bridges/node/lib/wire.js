@@ -7,6 +7,7 @@
 
 const { TextDecoder } = require('util');
 const buffer = require('buffer');
+const { userRequires } = require('./packages');
 
 const PROTOCOL_VERSION = 1;
 const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
@@ -127,25 +128,11 @@ let msgpackModule = null;
 
 // Loaded on first use so that JSON-only workers need nothing installed. The
 // package may sit beside the bridge, on NODE_PATH, or next to the user's
-// script, so each of those is tried in turn. An ES module script has no
-// `require.main`; the script's own path (the launcher's argument after it)
-// stands in for it.
+// script, so each of those is tried in turn.
 function loadMsgpack() {
   if (msgpackModule) return msgpackModule;
   const attempts = [() => require(MSGPACK_PACKAGE)];
-  if (require.main && typeof require.main.require === 'function') {
-    attempts.push(() => require.main.require(MSGPACK_PACKAGE));
-  }
-  const { createRequire } = require('module');
-  if (typeof createRequire === 'function') {
-    const path = require('path');
-    for (const arg of process.argv.slice(1)) {
-      if (typeof arg === 'string' && /\.(mjs|cjs|js)$/.test(arg)) {
-        attempts.push(() => createRequire(path.resolve(arg))(MSGPACK_PACKAGE));
-      }
-    }
-    attempts.push(() => createRequire(process.cwd() + '/')(MSGPACK_PACKAGE));
-  }
+  for (const load of userRequires()) attempts.push(() => load(MSGPACK_PACKAGE));
   for (const attempt of attempts) {
     try {
       msgpackModule = attempt();

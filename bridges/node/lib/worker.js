@@ -8,6 +8,7 @@ const util = require('util');
 const { Console } = require('console');
 
 const wire = require('./wire');
+const { userRequires } = require('./packages');
 const generic = require('./generic');
 
 const BRIDGE_NAME = 'snakepit-node';
@@ -26,10 +27,11 @@ function otel() {
   return otelApi;
 }
 
+// An optional package: from where the user's script would load it (so that
+// the handler's span goes to the API instance their SDK registered with),
+// else from beside the bridge; null when it is in neither.
 function loadOptional(name) {
-  const from = [require.main && require.main.require.bind(require.main), require];
-  for (const load of from) {
-    if (!load) continue;
+  for (const load of [...userRequires(), require]) {
     try {
       return load(name);
     } catch (_) {

@@ -27,8 +27,8 @@ export interface WorkerOptions {
   commands?: Record<string, Handler>;
   /** `json` or `msgpack`. Default: `SNAKEPIT_CODEC`, else `json`. */
   codec?: wire.CodecName;
-  /** Calls run at once. Default 16; `SNAKEPIT_MAX_CONCURRENCY` overrides it. */
-  maxConcurrency?: number;
+  /** Calls run at once. Default 16 (also for `null`); `SNAKEPIT_MAX_CONCURRENCY` overrides it. */
+  maxConcurrency?: number | null;
   /** Declare `sigint` and let SIGINT cancel the running calls. Default false. */
   sigint?: boolean;
   /** Larger incoming frames are skipped with a `ProtocolError` reply. Default 64 MiB. */
@@ -59,7 +59,8 @@ export interface Logger {
 
 /** The pool's session store, through the host functions `session.*`. */
 export interface Session {
-  get(key: string): Promise<unknown>;
+  /** The stored value; its type is the caller's to state (`get<number>(key)`). */
+  get<T = any>(key: string): Promise<T>;
   set(key: string, value: unknown): Promise<unknown>;
   delete(key: string): Promise<unknown>;
 }

@@ -32,6 +32,7 @@ static FILES: &[(&str, &str)] = bridge_files![
     "node/esm_hooks.mjs",
     "node/package.json",
     "node/lib/index.js",
+    "node/lib/packages.js",
     "node/lib/wire.js",
     "node/lib/worker.js",
     "node/lib/generic.js",

@@ -513,9 +513,8 @@ async fn node_throwing_values_that_are_not_errors_fails_only_that_call() {
                     "{codec} {command}: {e:?}"
                 );
             }
-            // README: "A thrown value that cannot be read (a `message` getter
-            // that throws, a revoked proxy) gives `{type: 'Error', message:
-            // '<unreadable thrown value>'}`."
+            // README: "a value that cannot be read at all (a revoked proxy)
+            // gives `{type: 'Error', message: '<unreadable thrown value>'}`."
             let e = remote_failure(&pool, "throwRevokedProxy", &what).await;
             assert_eq!(
                 class_and_message(&e),

@@ -1,0 +1,2 @@
+const { Worker, genericCommands } = require('snakepit-bridge');
+new Worker({ commands: { ...genericCommands(), myCommand: (args) => args } }).run();
