@@ -17,6 +17,10 @@ from ._version import __version__
 from ._wire import FrameError, get_codec
 from ._worker import Worker
 
+# `snakepit_bridge.generic.register(worker)` after `import snakepit_bridge`
+# alone, as the README writes it.
+from . import generic  # noqa: E402  (after Worker, which it uses)
+
 __all__ = [
     "Worker",
     "Context",

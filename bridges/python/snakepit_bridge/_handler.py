@@ -127,12 +127,12 @@ def _otel_span(command, traceparent, tracestate, baggage=None):
             # follows it once set (the API's proxy), so one is enough; asking
             # for it per request would cost more than the span itself.
             tracer = trace.get_tracer("snakepit_bridge", __version__)
-            _otel = (tracer, propagate, trace.SpanKind.SERVER, otel_context)
+            _otel = (tracer, propagate, trace.SpanKind.SERVER, otel_context, trace.get_current_span)
         except Exception:  # ImportError, or a broken install: tracing is optional
             _otel = False
     if _otel is False:
         return None
-    tracer, propagate, kind, otel_context = _otel
+    tracer, propagate, kind, otel_context, span_in = _otel
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
@@ -144,10 +144,18 @@ def _otel_span(command, traceparent, tracestate, baggage=None):
     # call untraced rather than failing it.
     try:
         parent = propagate.extract(carrier)
+        readable = span_in(parent).get_span_context().is_valid
     except Exception as exc:
         from ._server import log
 
         log(f"trace context not extracted ({type(exc).__name__}: {exc}); the call runs untraced")
+        return None
+    if not readable:
+        # A span here would start a trace of its own, with no parent: one
+        # orphan root per call in the user's tracing backend.
+        from ._server import log
+
+        log(f"trace context not readable (traceparent {traceparent!r:.80}); the call runs untraced")
         return None
     return _current(otel_context, parent, tracer.start_as_current_span(f"snakepit.worker {command}", kind=kind))
 
