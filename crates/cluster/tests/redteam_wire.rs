@@ -540,10 +540,17 @@ fn rss_of(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// Sends 1,000 messages of 256 KiB to the host's cancel subject, each
+/// Messages in each flood of [`a_flood_of_cancels_for_unknown_calls_does_not_grow_the_host`].
+/// 500 (once 1,000): a host that kept every cancel, as host.rs once did,
+/// holds at least 500 x 256 KiB = 125 MiB for them, about twice the 64 MiB
+/// the test allows, so the defect still fails it; half the bytes through NATS
+/// and the host halve the test's time.
+const FLOOD: usize = 500;
+
+/// Sends [`FLOOD`] messages of 256 KiB to the host's cancel subject, each
 /// `<prefix><n>.` padded with `x`, paced so that the host keeps up.
 async fn flood_cancels(raw: &async_nats::Client, prefix: &str) {
-    for i in 0..1_000 {
+    for i in 0..FLOOD {
         let mut text = format!("{prefix}{i}.");
         text.extend(std::iter::repeat_n('x', (256 << 10) - text.len()));
         raw.publish(CANCEL, text.into()).await.unwrap();
@@ -556,8 +563,8 @@ async fn flood_cancels(raw: &async_nats::Client, prefix: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
-/// Attack: a flood of cancels for reply subjects no call has (1,000 of
-/// them, 256 KiB each: a cancel is a bare reply subject in the payload,
+/// Attack: a flood of cancels for reply subjects no call has ([`FLOOD`]
+/// of them, 256 KiB each: a cancel is a bare reply subject in the payload,
 /// which may be as long as `max_payload`), against a host in a process of
 /// its own.
 ///
@@ -579,7 +586,7 @@ async fn a_flood_of_cancels_for_unknown_calls_does_not_grow_the_host() {
     let after = rss_of(host.pid);
     let grown = after.saturating_sub(before);
     eprintln!(
-        "host RSS after 1,000 credits of 256 KiB: {} MiB; after 1,000 cancels as well: {} MiB",
+        "host RSS after {FLOOD} credits of 256 KiB: {} MiB; after {FLOOD} cancels as well: {} MiB",
         before >> 20,
         after >> 20
     );
@@ -588,7 +595,7 @@ async fn a_flood_of_cancels_for_unknown_calls_does_not_grow_the_host() {
     legit_calls_work(&client, 5).await;
     assert!(
         grown < 64 << 20,
-        "1,000 cancels for unknown calls grew the host by {} MiB",
+        "{FLOOD} cancels for unknown calls grew the host by {} MiB",
         grown >> 20
     );
 }

@@ -64,6 +64,7 @@ async fn a_call_watched_by_the_readers_timer_times_out_at_its_deadline_when_stdo
         .start()
         .await
         .unwrap();
+    let pid = pool.worker_pids()[0];
     // This call's reply arms the reader's timer for its deadline (3 s).
     pool.execute_with("ok", json!({}), timeout(Duration::from_secs(3)))
         .await
@@ -81,6 +82,12 @@ async fn a_call_watched_by_the_readers_timer_times_out_at_its_deadline_when_stdo
         .await
         .unwrap_err();
     let took = started.elapsed();
+    // The worker lives on without its stdout (`close_stdout` sleeps for
+    // 120 s), and the pool gives it the 15 s grace period to exit, which
+    // `shutdown` would wait out. Killed once `took` is measured, it ends
+    // at once: a call that hears nothing until the grace period is over
+    // (the defect) still takes 15 s and fails the assertion below.
+    kill_9(pid);
     pool.shutdown().await.unwrap();
     assert!(
         took < Duration::from_secs(9),
@@ -99,6 +106,7 @@ async fn a_call_with_its_own_timer_times_out_at_its_deadline_when_stdout_closes(
         .start()
         .await
         .unwrap();
+    let pid = pool.worker_pids()[0];
     let started = Instant::now();
     let err = pool
         .execute_with(
@@ -109,6 +117,12 @@ async fn a_call_with_its_own_timer_times_out_at_its_deadline_when_stdout_closes(
         .await
         .unwrap_err();
     let took = started.elapsed();
+    // The worker lives on without its stdout (`close_stdout` sleeps for
+    // 120 s), and the pool gives it the 15 s grace period to exit, which
+    // `shutdown` would wait out. Killed once `took` is measured, it ends
+    // at once: a call that hears nothing until the grace period is over
+    // (the defect) still takes 15 s and fails the assertion below.
+    kill_9(pid);
     pool.shutdown().await.unwrap();
     assert!(
         took < Duration::from_secs(9),
