@@ -218,10 +218,10 @@ module SnakepitBridge
       handler = callable || block
       raise ArgumentError, "command #{name} needs a block or a callable" unless handler.respond_to?(:call)
 
-      # A lambda or Method taking one argument would raise if given two
-      # (a plain block just ignores the extra one).
+      # A lambda, Method or other object whose #call takes one argument
+      # would raise if given two (a plain block just ignores the extra one).
       strict = !handler.is_a?(Proc) || handler.lambda?
-      if strict && handler.respond_to?(:arity) && handler.arity == 1
+      if strict && call_arity(handler) == 1
         single = handler
         handler = ->(args, _ctx) { single.call(args) }
       end
@@ -244,6 +244,17 @@ module SnakepitBridge
       @after_fork << hook
       self
     end
+
+    # The number of arguments +callable+'s #call takes (as Proc#arity
+    # counts them), or nil when it cannot be told.
+    def call_arity(callable)
+      return callable.arity if callable.respond_to?(:arity)
+
+      callable.method(:call).arity
+    rescue NameError
+      nil
+    end
+    private :call_arity
 
     # Names of the registered commands.
     def commands
@@ -308,8 +319,8 @@ module SnakepitBridge
 
       @hooks_ran_in = Process.pid
       @after_fork.each do |hook|
-        takes_worker = !hook.respond_to?(:arity) || !hook.arity.zero?
-        takes_worker ? hook.call(self) : hook.call
+        arity = call_arity(hook)
+        arity.nil? || !arity.zero? ? hook.call(self) : hook.call
       rescue SystemExit
         raise
       rescue Exception => e # rubocop:disable Lint/RescueException -- any hook failure stops the worker
@@ -427,6 +438,7 @@ module SnakepitBridge
       @timestamp_second = nil
       @int_trapped = false
       @sigint_unarmed = false
+      @terminating = false
     end
 
     def install_signal_handlers
@@ -435,7 +447,12 @@ module SnakepitBridge
       # may land (only while a handler runs).
       Signal.trap("INT") { interrupt_current }
       @int_trapped = true
-      Signal.trap("TERM") { exit(0) }
+      # A handler that rescues Exception may swallow the SystemExit: the
+      # worker then exits as soon as the handler returns.
+      Signal.trap("TERM") do
+        @terminating = true
+        exit(0)
+      end
     end
 
     # A SIGINT while no handler runs is noted: it may be for the request
@@ -608,6 +625,7 @@ module SnakepitBridge
         ensure
           @current = nil
         end
+        exit(0) if @terminating # SIGTERM came, and the handler kept it
         drain_cancellation
         outcome
       end
@@ -651,12 +669,25 @@ module SnakepitBridge
       [false, { "type" => "Cancelled", "message" => "request #{ctx.request_id} was cancelled" }]
     end
 
+    # The failed reply's fields. An exception whose #message raises (it
+    # reads something that is not there), or whose #backtrace is not an
+    # Array, still gives a reply: the worker must not die building it.
     def error_map(exception)
       {
         "type" => utf8_text(exception.class.name || exception.class.to_s),
-        "message" => utf8_text(exception.message),
-        "traceback" => (exception.backtrace || []).map { |line| utf8_text(line) }.join("\n")
+        "message" => readable { utf8_text(exception.message) } || "<message unavailable>",
+        "traceback" => readable do
+          trace = exception.backtrace
+          trace.is_a?(Array) ? trace.map { |line| utf8_text(line) }.join("\n") : ""
+        end || ""
       }
+    end
+
+    # The block's value, or nil if it raises.
+    def readable
+      yield
+    rescue StandardError, ScriptError, SystemStackError
+      nil
     end
 
     # +text+ as a valid UTF-8 string, which either codec can write: an error's
