@@ -106,6 +106,8 @@ pub(crate) struct Pending {
     /// calls waited behind it: sent once each of those has been sent a
     /// `cancel` frame (see [`Worker::abandon`]).
     pub(crate) interrupt_due: bool,
+    /// Given up ([`Worker::abandon`]): the worker was asked to stop it once.
+    pub(crate) abandoned: bool,
 }
 
 impl Pending {
@@ -119,6 +121,7 @@ impl Pending {
             until: None,
             cancel_sent: false,
             interrupt_due: false,
+            abandoned: false,
         }
     }
 }
@@ -395,8 +398,25 @@ impl Worker {
         if pending.chunks.is_some() {
             self.streams.fetch_add(1, Ordering::Relaxed);
         }
+        let until = pending.until;
         inner.pending.insert(id, (pending, None));
+        // A stream's deadline is watched by the reader too: its caller may
+        // never poll it, and only the pool can stop it then.
+        if let Some(deadline) = until {
+            self.watch(&mut inner, deadline);
+        }
         Ok(())
+    }
+
+    /// Sets the reader's timer for `deadline` if it fires later or not at
+    /// all.
+    fn watch(&self, inner: &mut Inner, deadline: Instant) {
+        if inner.earliest.is_none_or(|e| deadline < e) {
+            inner.earliest = Some(deadline);
+            if inner.armed.is_none() {
+                self.rearm.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Registers a call that times out at `deadline`: the reader expires it
@@ -419,24 +439,42 @@ impl Worker {
             inner.running_since = Some(Instant::now());
         }
         inner.pending.insert(id, (pending, Some(deadline)));
-        if inner.earliest.is_none_or(|e| deadline < e) {
-            inner.earliest = Some(deadline);
-            if inner.armed.is_none() {
-                self.rearm.store(true, Ordering::Relaxed);
-            }
-        }
+        self.watch(&mut inner, deadline);
         Ok(inner.armed.is_some_and(|a| a <= deadline))
     }
 
     /// The reader's timer fired (or is unset): expires the calls whose
     /// deadline has passed, and says when to fire next (`None`: no call
-    /// has a deadline).
-    fn expire(&self) -> Option<Instant> {
+    /// has a deadline). A stream past its deadline takes no more chunks and
+    /// is given up here, whether or not its caller ever polls it again.
+    fn expire(self: &Arc<Self>) -> Option<Instant> {
+        let mut streams = Vec::new();
+        let next = self.expire_calls(&mut streams);
+        for id in streams {
+            self.abandon(id);
+        }
+        next
+    }
+
+    /// [`Worker::expire`] under the lock: the streams to give up go into
+    /// `streams`.
+    fn expire_calls(&self, streams: &mut Vec<u64>) -> Option<Instant> {
         let mut inner = self.inner();
         let inner = &mut *inner;
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        for (p, watched) in inner.pending.values_mut() {
+        for (&id, (p, watched)) in inner.pending.iter_mut() {
+            if let Some(until) = p.until {
+                if until > now {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                } else {
+                    p.until = None;
+                    if p.chunks.is_some() {
+                        self.cut_stream(p, Failure::Expired);
+                    }
+                    streams.push(id);
+                }
+            }
             let Some(deadline) = *watched else { continue };
             if deadline > now {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
@@ -795,8 +833,11 @@ impl Worker {
     /// within the grace period. Until then the call keeps its capacity unit,
     /// so the worker takes no work in its place.
     pub(crate) fn abandon(self: &Arc<Self>, id: u64) {
-        if !self.is_pending(id) {
-            return;
+        // Once: a stream is given up by the reader at its deadline, and by
+        // its caller when it polls or drops it.
+        match self.inner().pending.get_mut(&id) {
+            Some((p, _)) if !p.abandoned => p.abandoned = true,
+            _ => return,
         }
         let caps = self.capabilities();
         let waiting = self.is_waiting(id);

@@ -178,7 +178,9 @@ async fn a_call_written_ahead_is_in_flight_not_queued() {
         }
         let long = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 1500})).await })
+            // Long enough for the figures to be seen on a loaded machine
+            // before it ends (1.5 s was not, once).
+            tokio::spawn(async move { pool.execute("sleep", json!({"ms": 4000})).await })
         };
         assert!(eventually(10, || pool.stats().in_flight == 1).await);
         let behind = {

@@ -440,6 +440,44 @@ async fn a_stream_never_read_frees_its_worker_at_its_deadline() {
     pool.shutdown().await.unwrap();
 }
 
+/// docs/bridges.md: "at its deadline a stream releases its worker whether
+/// its caller keeps it unread ... or never reads it at all". A stream whose
+/// handler would never end, never polled and never dropped: the pool stops
+/// it at its deadline itself (the caller, who never polls, cannot), and
+/// its one worker serves the next call; the stream, read late, gives the
+/// chunks it was handed, then `CallTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_stream_never_read_releases_its_worker_at_its_deadline() {
+    let pool = builder(TestWorker::new()).size(1).start().await.unwrap();
+    let pid = u64::from(pool.worker_pids()[0]);
+    let mut stream = pool
+        .execute_stream(
+            "stream",
+            json!({"n": 1_000_000_000_000u64}),
+            CallOptions::new().timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    let r = pool
+        .execute_with(
+            "echo",
+            json!({"after": true}),
+            CallOptions::new().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .expect("the worker was released at the stream's deadline");
+    assert_eq!(r["pid"], pid, "the worker was replaced: {r}");
+    let (items, error) = read_all(&mut stream).await;
+    let expected: Vec<StreamItem> = (0..items.len())
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .collect();
+    assert!(items == expected, "chunks out of order, or a final result");
+    assert!(error.as_ref().is_some_and(Error::is_timeout), "{error:?}");
+    let s = pool.stats();
+    assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
+    pool.shutdown().await.unwrap();
+}
+
 /// A worker that runs several calls at once is not held up by one stream's
 /// slow reader: that stream ends with `Error::StreamBehind` once 256 chunks
 /// wait unread (every chunk before it delivered, in order), the call is

@@ -279,7 +279,7 @@ impl Worker {
 
     /// Ends `p`'s stream early: it takes no more chunks, and its reader
     /// hears `failure` after the chunks it was given.
-    fn cut_stream(&self, p: &mut Pending, failure: Failure) {
+    pub(super) fn cut_stream(&self, p: &mut Pending, failure: Failure) {
         if p.chunks.take().is_some() {
             self.stream_ended();
         }
