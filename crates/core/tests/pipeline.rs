@@ -289,6 +289,44 @@ async fn one_signal_worker_writing_one_ahead(
     (pool, pid)
 }
 
+/// `nap` for `ms` on `pool`, in a task: the worker writes `finished` or
+/// `interrupted` (by SIGINT) to `record`.
+fn spawn_nap(
+    pool: &Pool,
+    record: &std::path::Path,
+    ms: u64,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<snakepit_core::Result<serde_json::Value>> {
+    let pool = pool.clone();
+    let args = json!({"ms": ms, "record": record.display().to_string()});
+    tokio::spawn(async move {
+        pool.execute_with("nap", args, CallOptions::new().timeout(timeout))
+            .await
+    })
+}
+
+/// The nap recording to `record` was cut short by SIGINT (within 10 s).
+async fn interrupted(record: &std::path::Path) -> bool {
+    eventually(10, || {
+        std::fs::read_to_string(record).is_ok_and(|s| s == "interrupted")
+    })
+    .await
+}
+
+/// The next call is served, by the worker `pid`.
+async fn next_call_on(pool: &Pool, pid: u32) {
+    let r = pool
+        .execute("echo", json!({"token": "next"}))
+        .await
+        .unwrap();
+    assert_eq!(r["echoed"], json!({"token": "next"}));
+    assert_eq!(
+        r["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "the worker was kept"
+    );
+}
+
 /// docs/reliability.md: "SIGINT, for a worker that declares it, is sent only
 /// when it can reach nothing but the call it is meant for". A call that
 /// times out while another is written ahead behind it is not signalled (the
@@ -298,16 +336,8 @@ async fn one_signal_worker_writing_one_ahead(
 async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
     let (pool, pid) = one_signal_worker_writing_one_ahead(|_| {}).await;
     let dir = temp_dir("no-sigint");
-    let nap = |record: &std::path::Path, ms: u64, timeout: Duration| {
-        let pool = pool.clone();
-        let args = json!({"ms": ms, "record": record.display().to_string()});
-        tokio::spawn(async move {
-            pool.execute_with("nap", args, CallOptions::new().timeout(timeout))
-                .await
-        })
-    };
     let record = dir.join("front");
-    let front = nap(&record, 4000, Duration::from_secs(2));
+    let front = spawn_nap(&pool, &record, 4000, Duration::from_secs(2));
     assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
     let behind = {
         let pool = pool.clone();
@@ -339,21 +369,11 @@ async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
 
     // Alone on its worker, a timed-out call is signalled.
     let record = dir.join("alone");
-    let alone = nap(&record, 60_000, Duration::from_millis(300));
+    let alone = spawn_nap(&pool, &record, 60_000, Duration::from_millis(300));
     let err = alone.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
-    assert!(
-        eventually(10, || std::fs::read_to_string(&record)
-            .is_ok_and(|s| s == "interrupted"))
-        .await,
-        "the call alone was signalled"
-    );
-    let r = pool
-        .execute("echo", json!({"token": "next"}))
-        .await
-        .unwrap();
-    assert_eq!(r["echoed"], json!({"token": "next"}));
-    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)));
+    assert!(interrupted(&record).await, "the call alone was signalled");
+    next_call_on(&pool, pid).await;
     assert_eq!(pool.stats().crashes, 0);
     pool.shutdown().await.unwrap();
 }
@@ -366,18 +386,10 @@ async fn a_call_that_times_out_with_another_behind_it_gets_no_sigint() {
 async fn a_call_left_without_its_sigint_gets_it_once_the_call_behind_is_given_up() {
     let (pool, pid) = one_signal_worker_writing_one_ahead(|_| {}).await;
     let dir = temp_dir("sigint-later");
-    let nap = |record: &std::path::Path, ms: u64, timeout: Duration| {
-        let pool = pool.clone();
-        let args = json!({"ms": ms, "record": record.display().to_string()});
-        tokio::spawn(async move {
-            pool.execute_with("nap", args, CallOptions::new().timeout(timeout))
-                .await
-        })
-    };
     let (front_record, behind_record) = (dir.join("front"), dir.join("behind"));
-    let front = nap(&front_record, 60_000, Duration::from_secs(1));
+    let front = spawn_nap(&pool, &front_record, 60_000, Duration::from_secs(1));
     assert!(eventually(10, || in_flight_on_first(&pool) == 1).await);
-    let behind = nap(&behind_record, 10, Duration::from_secs(3));
+    let behind = spawn_nap(&pool, &behind_record, 10, Duration::from_secs(3));
     assert!(
         eventually(10, || in_flight_on_first(&pool) == 2).await,
         "the second nap was written ahead: {:?}",
@@ -391,21 +403,10 @@ async fn a_call_left_without_its_sigint_gets_it_once_the_call_behind_is_given_up
     let err = behind.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::CallTimeout { .. }), "{err}");
     assert!(
-        eventually(10, || std::fs::read_to_string(&front_record)
-            .is_ok_and(|s| s == "interrupted"))
-        .await,
+        interrupted(&front_record).await,
         "the front nap was signalled once the call behind it was given up"
     );
-    let r = pool
-        .execute("echo", json!({"token": "next"}))
-        .await
-        .unwrap();
-    assert_eq!(r["echoed"], json!({"token": "next"}));
-    assert_eq!(
-        r["pid"].as_u64(),
-        Some(u64::from(pid)),
-        "the worker was kept"
-    );
+    next_call_on(&pool, pid).await;
     assert!(!behind_record.exists(), "the call behind never ran");
     let s = pool.stats();
     assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");

@@ -413,6 +413,17 @@ async fn a_timed_out_stream_kept_unread_frees_its_worker() {
     pool.shutdown().await.unwrap();
 }
 
+/// A stream past its deadline, read late: the chunks it was handed, in
+/// order, then `CallTimeout`, never its final result.
+async fn read_late(stream: &mut snakepit_core::CallStream) {
+    let (items, error) = read_all(stream).await;
+    let expected: Vec<StreamItem> = (0..items.len())
+        .map(|i| StreamItem::Chunk(json!({"i": i})))
+        .collect();
+    assert!(items == expected, "chunks out of order, or a final result");
+    assert!(error.as_ref().is_some_and(Error::is_timeout), "{error:?}");
+}
+
 /// A stream that is never read at all still ends at its deadline: its
 /// worker stops waiting for the reader then (and is told to cancel), so it
 /// serves the next call; the stream, read late, gives the chunks it was
@@ -431,12 +442,7 @@ async fn a_stream_never_read_frees_its_worker_at_its_deadline() {
         .await
         .unwrap();
     assert_eq!(r["pid"], pid, "the worker was replaced: {r}");
-    let (items, error) = read_all(&mut stream).await;
-    let expected: Vec<StreamItem> = (0..items.len())
-        .map(|i| StreamItem::Chunk(json!({"i": i})))
-        .collect();
-    assert!(items == expected, "chunks out of order, or a final result");
-    assert!(error.as_ref().is_some_and(Error::is_timeout), "{error:?}");
+    read_late(&mut stream).await;
     pool.shutdown().await.unwrap();
 }
 
@@ -467,12 +473,7 @@ async fn an_endless_stream_never_read_releases_its_worker_at_its_deadline() {
         .await
         .expect("the worker was released at the stream's deadline");
     assert_eq!(r["pid"], pid, "the worker was replaced: {r}");
-    let (items, error) = read_all(&mut stream).await;
-    let expected: Vec<StreamItem> = (0..items.len())
-        .map(|i| StreamItem::Chunk(json!({"i": i})))
-        .collect();
-    assert!(items == expected, "chunks out of order, or a final result");
-    assert!(error.as_ref().is_some_and(Error::is_timeout), "{error:?}");
+    read_late(&mut stream).await;
     let s = pool.stats();
     assert_eq!((s.crashes, s.restarts), (0, 0), "{s:?}");
     pool.shutdown().await.unwrap();
