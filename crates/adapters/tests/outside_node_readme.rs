@@ -18,22 +18,20 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::readme::{
+    call, call_with, start, stream_of, the_same_worker, with_session_store, HANG,
+};
 use common::{node_modules, worker};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use snakepit_adapters::Bridge;
-use snakepit_core::{
-    CallOptions, Error, HostCall, Pool, PoolBuilder, RemoteError, StreamItem, WireCodec,
-};
+use snakepit_core::{CallOptions, Error, HostCall, Pool, RemoteError, StreamItem, WireCodec};
 use snakepit_tests::workspace_root;
 
 const CODECS: [WireCodec; 2] = [WireCodec::Json, WireCodec::MsgPack];
-
-/// A generous bound for anything that must not hang.
-const HANG: Duration = Duration::from_secs(60);
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER: &str = "00f067aa0ba902b7";
@@ -67,42 +65,8 @@ fn node(codec: WireCodec) -> Bridge {
         .codec(codec)
 }
 
-async fn start(builder: PoolBuilder) -> Pool {
-    let builder = builder.configure(|c| {
-        c.worker_init_timeout = Duration::from_secs(60);
-        c.startup_timeout = Duration::from_secs(90);
-        // No health check may replace a worker behind a test's back.
-        c.health_check_interval = Duration::ZERO;
-    });
-    tokio::time::timeout(Duration::from_secs(120), builder.start())
-        .await
-        .expect("start() hung")
-        .unwrap_or_else(|e| panic!("start: {e}"))
-}
-
 async fn start_one(bridge: Bridge) -> Pool {
     start(Pool::builder(bridge).size(1)).await
-}
-
-async fn call_opts(
-    pool: &Pool,
-    command: &str,
-    args: Value,
-    options: CallOptions,
-) -> Result<Value, Error> {
-    tokio::time::timeout(HANG, pool.execute_with(command, args, options))
-        .await
-        .unwrap_or_else(|_| panic!("{command} hung"))
-}
-
-async fn call(pool: &Pool, command: &str, args: Value) -> Result<Value, Error> {
-    call_opts(
-        pool,
-        command,
-        args,
-        CallOptions::new().timeout(Duration::from_secs(30)),
-    )
-    .await
 }
 
 fn remote(r: Result<Value, Error>, what: &str) -> RemoteError {
@@ -113,44 +77,43 @@ fn remote(r: Result<Value, Error>, what: &str) -> RemoteError {
 }
 
 /// Checks that the only worker of `pool` is still `pid` and nothing crashed
-/// or was restarted.
-async fn kept(pool: &Pool, pid: u32, what: &str) {
+/// or was restarted, then shuts `pool` down.
+async fn kept_then_shut_down(pool: &Pool, pid: u32, what: &str) {
     let r = call(pool, "pid", json!({}))
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(r["pid"], json!(pid), "{what}: replaced");
     let s = pool.stats();
     assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
+    pool.shutdown().await.unwrap();
 }
 
-/// The in-memory session store of docs/bridges.md.
-fn with_session_store(builder: PoolBuilder) -> PoolBuilder {
-    type Store = Arc<Mutex<std::collections::HashMap<(String, String), Value>>>;
-    fn key(call: &HostCall) -> (String, String) {
-        let session = call.session_id.clone().unwrap_or_default();
-        (
-            session,
-            call.args["key"].as_str().unwrap_or_default().to_owned(),
-        )
+/// Every item of a streaming call of `command` (30 s timeout), none of
+/// them an error.
+async fn stream_items(pool: &Pool, command: &str, args: Value, what: &str) -> Vec<StreamItem> {
+    let mut stream = stream_of(pool, command, args).await;
+    let mut items = Vec::new();
+    while let Some(item) = tokio::time::timeout(HANG, stream.next())
+        .await
+        .expect("stream hung")
+    {
+        items.push(item.unwrap_or_else(|e| panic!("{what}: {e}")));
     }
-    let store: Store = Arc::default();
-    let (get, set) = (store.clone(), store);
-    builder
-        .host_function("session.get", move |call| {
-            let value = get
-                .lock()
-                .unwrap()
-                .get(&key(&call))
-                .cloned()
-                .unwrap_or(Value::Null);
-            async move { Ok::<_, RemoteError>(value) }
-        })
-        .host_function("session.set", move |call| {
-            set.lock()
-                .unwrap()
-                .insert(key(&call), call.args["value"].clone());
-            async move { Ok::<_, RemoteError>(Value::Null) }
-        })
+    items
+}
+
+/// The worker's `state` once `ready` holds for it, asked every 50 ms,
+/// `tries` times at most (then the last one).
+async fn state_when(pool: &Pool, tries: usize, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut state = Value::Null;
+    for _ in 0..tries {
+        state = call(pool, "state", json!({})).await.unwrap();
+        if ready(&state) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    state
 }
 
 // ---------------------------------------------------------------------------
@@ -223,6 +186,19 @@ fn json_frame(v: &Value) -> Vec<u8> {
 /// the exit (60 s at most).
 fn run_node(script: &Path, tag: &str, env: &[(&str, &str)], input: &[u8]) -> Run {
     run_node_with(script, tag, env, input, |_| {})
+}
+
+/// [`run_node`], which must exit with code 0.
+fn run_node_ok(script: &Path, tag: &str, env: &[(&str, &str)], input: &[u8]) -> Run {
+    let run = run_node(script, tag, env, input);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{tag}: {:?}: {}",
+        run.status,
+        run.stderr
+    );
+    run
 }
 
 /// The same, running `during(pid)` after `input` was written and before
@@ -349,21 +325,7 @@ async fn the_readme_complete_worker_runs_as_written_through_a_pool() {
             assert_eq!(r, json!({"visits": want}), "{codec}: {session}");
         }
 
-        let mut stream = pool
-            .execute_stream(
-                "count",
-                json!({"to": 3}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap();
-        let mut items = Vec::new();
-        while let Some(item) = tokio::time::timeout(HANG, stream.next())
-            .await
-            .expect("stream hung")
-        {
-            items.push(item.unwrap_or_else(|e| panic!("{codec}: {e}")));
-        }
+        let items = stream_items(&pool, "count", json!({"to": 3}), &codec.to_string()).await;
         let want = [
             "chunk {\"i\":1}",
             "chunk {\"i\":2}",
@@ -383,7 +345,7 @@ async fn the_readme_complete_worker_runs_as_written_through_a_pool() {
         assert_eq!(r, json!({"counted": 2}), "{codec}: without a stream");
 
         // Given up: the call's sleep takes the signal, so the handler ends.
-        let err = call_opts(
+        let err = call_with(
             &pool,
             "count",
             json!({"to": 100_000}),
@@ -401,9 +363,7 @@ async fn the_readme_complete_worker_runs_as_written_through_a_pool() {
             .await
             .unwrap();
         assert_eq!(r["greeting"], "Hello, again!", "{codec}");
-        assert_eq!(pool.worker_pids(), vec![pid], "{codec}: replaced");
-        let st = pool.stats();
-        assert_eq!((st.crashes, st.restarts), (0, 0), "{codec}: {st:?}");
+        the_same_worker(&pool, pid, &codec.to_string());
         pool.shutdown().await.unwrap();
     }
 }
@@ -472,26 +432,16 @@ async fn generic_commands_spread_into_your_own_worker_serve_beside_your_command(
         "divide by 0",
     );
     assert_eq!(e.kind.as_deref(), Some("Error"), "{e:?}");
-    let r = call(
-        &pool,
-        "random",
-        json!({"type": "integer", "min": 5, "max": 5}),
-    )
-    .await
-    .unwrap();
+    let random = |args: Value| {
+        let pool = &pool;
+        async move { call(pool, "random", args).await.unwrap() }
+    };
+    let r = random(json!({"type": "integer", "min": 5, "max": 5})).await;
     assert_eq!(r["value"], json!(5), "{r}");
-    let r = call(
-        &pool,
-        "random",
-        json!({"type": "uniform", "min": 2, "max": 3}),
-    )
-    .await
-    .unwrap();
+    let r = random(json!({"type": "uniform", "min": 2, "max": 3})).await;
     let v = r["value"].as_f64().unwrap();
     assert!((2.0..=3.0).contains(&v), "{r}");
-    let r = call(&pool, "random", json!({"type": "normal"}))
-        .await
-        .unwrap();
+    let r = random(json!({"type": "normal"})).await;
     assert!(r["value"].is_number(), "{r}");
     let r = call(&pool, "info", json!({})).await.unwrap();
     assert_eq!(r["status"], "ok", "{r}");
@@ -552,8 +502,7 @@ async fn error_types_are_names_or_class_names_and_unreadable_text_is_made_safe()
                 }
             }
         }
-        kept(&pool, pid, &format!("{codec}: after the errors")).await;
-        pool.shutdown().await.unwrap();
+        kept_then_shut_down(&pool, pid, &format!("{codec}: after the errors")).await;
     }
 }
 
@@ -590,19 +539,10 @@ async fn an_uncaught_exception_listener_of_your_own_keeps_the_worker() {
     let pid = pool.worker_pids()[0];
     let r = call(&pool, "timerThrow", json!({})).await.unwrap();
     assert_eq!(r["pid"], json!(pid));
-    let mut caught = Value::Null;
-    for _ in 0..100 {
-        let s = call(&pool, "state", json!({})).await.unwrap();
-        if s["caught"] != json!([]) {
-            caught = s["caught"].clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let caught = state_when(&pool, 100, |s| s["caught"] != json!([])).await["caught"].clone();
     assert_eq!(caught, json!(["thrown in a timer"]));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    kept(&pool, pid, "after the uncaught exception").await;
-    pool.shutdown().await.unwrap();
+    kept_then_shut_down(&pool, pid, "after the uncaught exception").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -667,8 +607,7 @@ async fn failed_and_unsendable_host_calls_reject_in_the_handler_and_the_worker_s
             1,
             "{codec}: host calls that reached the host"
         );
-        kept(&pool, pid, &format!("{codec}: after the host calls")).await;
-        pool.shutdown().await.unwrap();
+        kept_then_shut_down(&pool, pid, &format!("{codec}: after the host calls")).await;
     }
 }
 
@@ -716,15 +655,7 @@ async fn a_call_given_up_during_a_host_call_rejects_it_with_cancelled_error_and_
     };
     assert!(end.is_timeout(), "{end}");
     drop(stream);
-    let mut seen = Value::Null;
-    for _ in 0..100 {
-        let s = call(&pool, "state", json!({})).await.unwrap();
-        if !s["lastCancel"].is_null() {
-            seen = s["lastCancel"].clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seen = state_when(&pool, 100, |s| !s["lastCancel"].is_null()).await["lastCancel"].clone();
     assert_eq!(
         seen,
         json!({
@@ -737,8 +668,7 @@ async fn a_call_given_up_during_a_host_call_rejects_it_with_cancelled_error_and_
     );
     // The slow host function's answer comes later and goes nowhere.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    kept(&pool, pid, "after the late host answer").await;
-    pool.shutdown().await.unwrap();
+    kept_then_shut_down(&pool, pid, "after the late host answer").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -757,12 +687,12 @@ async fn a_traced_call_runs_in_a_server_span_child_of_the_callers_span() {
     let traced = CallOptions::new()
         .timeout(Duration::from_secs(30))
         .traceparent(tp());
-    let r = call_opts(&pool, "traced", json!({}), traced.clone())
+    let r = call_with(&pool, "traced", json!({}), traced.clone())
         .await
         .unwrap();
     assert_eq!(r["traceparent"], json!(tp()));
     let e = remote(
-        call_opts(&pool, "tracedFail", json!({}), traced).await,
+        call_with(&pool, "tracedFail", json!({}), traced).await,
         "tracedFail",
     );
     assert_eq!(e.message, "traced failure");
@@ -814,7 +744,7 @@ async fn without_opentelemetry_installed_nothing_is_loaded_and_traceparent_is_th
         .timeout(Duration::from_secs(30))
         .traceparent(tp());
     let without = start_one(Bridge::node(worker("outside_node_readme.js"))).await;
-    let r = call_opts(&without, "otelLoaded", json!({}), traced.clone())
+    let r = call_with(&without, "otelLoaded", json!({}), traced.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -824,7 +754,7 @@ async fn without_opentelemetry_installed_nothing_is_loaded_and_traceparent_is_th
     without.shutdown().await.unwrap();
 
     let with = start_one(node(WireCodec::Json)).await;
-    let r = call_opts(&with, "otelLoaded", json!({}), traced)
+    let r = call_with(&with, "otelLoaded", json!({}), traced)
         .await
         .unwrap();
     assert_eq!(r["traceparent"], json!(tp()));
@@ -902,13 +832,12 @@ fn msgpack_map_keys_become_strings_and_ext_values_go_back_as_they_came() {
     req.extend(b"\xc2\xa1e"); // false: "e"
     req.extend(b"\xa1x");
     req.extend(ext);
-    let run = run_node(
+    let run = run_node_ok(
         &worker("outside_node_readme.js"),
         "keys",
         &[("SNAKEPIT_CODEC", "msgpack")],
         &frame(&req),
     );
-    assert!(run.status.success(), "{:?}: {}", run.status, run.stderr);
     let out = &run.stdout;
     let marker = b"ONR";
     let find = |from: usize| {
@@ -975,8 +904,7 @@ fn the_worker_id_comes_from_the_environment_or_the_init_ping_and_log_lines_carry
         json!({"initialization": true, "worker_id": "w-7"}),
     ));
     input.extend(request(3, "context", json!({})));
-    let run = run_node(&script, "ctx", &[], &input);
-    assert!(run.status.success(), "{:?}: {}", run.status, run.stderr);
+    let run = run_node_ok(&script, "ctx", &[], &input);
     let before = &run.reply(1)["result"];
     assert_eq!(
         (
@@ -1022,13 +950,12 @@ fn the_worker_id_comes_from_the_environment_or_the_init_ping_and_log_lines_carry
         "a log line among the frames"
     );
 
-    let run = run_node(
+    let run = run_node_ok(
         &script,
         "ctx-env",
         &[("SNAKEPIT_WORKER_ID", "env-1")],
         &input,
     );
-    assert!(run.status.success(), "{:?}: {}", run.status, run.stderr);
     assert_eq!(run.reply(1)["result"]["worker_id"], "env-1");
     assert_eq!(
         run.reply(3)["result"]["worker_id"],
@@ -1052,13 +979,12 @@ fn extra_calls_wait_in_a_queue_and_a_queued_call_cancelled_never_runs() {
         input.extend(request(id, "slow", json!({"ms": 300})));
     }
     input.extend(json_frame(&json!({"type": "cancel", "id": 2})));
-    let run = run_node(
+    let run = run_node_ok(
         &worker("outside_node_readme.js"),
         "queue",
         &[("ONR_MAX_CONC", "1")],
         &input,
     );
-    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
     let frames = run.frames();
     assert_eq!(
         frames[0]["capabilities"]["max_concurrency"], 1,
@@ -1093,13 +1019,12 @@ fn a_frame_above_max_frame_size_is_skipped_with_a_protocol_error() {
     let mut input = sized(1, 1024);
     input.extend(sized(2, 1025));
     input.extend(request(3, "echo", json!({"after": true})));
-    let run = run_node(
+    let run = run_node_ok(
         &worker("outside_node_readme.js"),
         "frame",
         &[("ONR_MAX_FRAME", "1024")],
         &input,
     );
-    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
     assert_eq!(
         run.reply(1)["success"],
         true,
@@ -1124,7 +1049,7 @@ fn a_frame_above_max_frame_size_is_skipped_with_a_protocol_error() {
 async fn through_a_pool_a_call_above_max_frame_size_fails_and_the_next_call_is_served() {
     let pool = start_one(node(WireCodec::Json).env("ONR_MAX_FRAME", "4096")).await;
     let big = "y".repeat(8192);
-    let r = call_opts(
+    let r = call_with(
         &pool,
         "echo",
         json!({"s": big}),
@@ -1155,8 +1080,7 @@ async fn through_a_pool_a_call_above_max_frame_size_fails_and_the_next_call_is_s
 fn run_exits_0_at_eof_after_the_running_calls_and_with_exit_false_resolves() {
     let input = request(1, "slow", json!({"ms": 300}));
     let script = worker("outside_node_readme.js");
-    let run = run_node(&script, "exit", &[], &input);
-    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+    let run = run_node_ok(&script, "exit", &[], &input);
     assert_eq!(run.frames()[0]["type"], "hello");
     assert_eq!(run.reply(1)["result"]["id"], 1);
     let run = run_node(&script, "exit-false", &[("ONR_EXIT_FALSE", "1")], &input);
@@ -1187,13 +1111,12 @@ fn run_exits_0_at_eof_after_the_running_calls_and_with_exit_false_resolves() {
 /// directly (tests/workers/outside_node_readme_options.js).
 #[test]
 fn worker_options_and_serve_behave_as_the_options_table_says() {
-    let run = run_node(
+    let run = run_node_ok(
         &worker("outside_node_readme_options.js"),
         "options",
         &[],
         b"",
     );
-    assert!(run.status.success(), "{:?}: {}", run.status, run.stderr);
     let out: Value = serde_json::from_slice(&run.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {} {}",
@@ -1349,32 +1272,12 @@ fn sigint_cancels_the_running_calls_only_with_sigint_true() {
 async fn a_chunk_sent_after_the_reply_is_refused_and_costs_nothing() {
     let pool = start_one(node(WireCodec::Json)).await;
     let pid = pool.worker_pids()[0];
-    let mut stream = pool
-        .execute_stream(
-            "lateChunk",
-            json!({}),
-            CallOptions::new().timeout(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap();
-    let mut items = Vec::new();
-    while let Some(item) = tokio::time::timeout(HANG, stream.next()).await.unwrap() {
-        items.push(format!("{:?}", item.unwrap()));
-    }
+    let items = stream_items(&pool, "lateChunk", json!({}), "lateChunk").await;
     assert_eq!(items.len(), 2, "{items:?}");
-    let mut late = Value::Null;
-    for _ in 0..100 {
-        let s = call(&pool, "state", json!({})).await.unwrap();
-        if !s["lateChunk"].is_null() {
-            late = s["lateChunk"].clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let late = state_when(&pool, 100, |s| !s["lateChunk"].is_null()).await["lateChunk"].clone();
     assert_eq!(late, json!(false));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    kept(&pool, pid, "after the late chunk").await;
-    pool.shutdown().await.unwrap();
+    kept_then_shut_down(&pool, pid, "after the late chunk").await;
 }
 
 /// bridges/node/README.md, "Stdout and stdin belong to the protocol":
@@ -1391,8 +1294,7 @@ async fn printing_at_load_time_after_the_require_breaks_nothing() {
             .codec(codec);
         let pool = start_one(bridge).await;
         let pid = pool.worker_pids()[0];
-        kept(&pool, pid, &format!("{codec}")).await;
-        pool.shutdown().await.unwrap();
+        kept_then_shut_down(&pool, pid, &format!("{codec}")).await;
     }
 }
 
@@ -1409,7 +1311,7 @@ async fn sync_throws_mark_the_span_and_invalid_traceparents_make_none() {
         .timeout(Duration::from_secs(30))
         .traceparent(tp());
     let e = remote(
-        call_opts(&pool, "errors", json!({"kind": "model"}), traced).await,
+        call_with(&pool, "errors", json!({"kind": "model"}), traced).await,
         "errors",
     );
     assert_eq!(e.kind.as_deref(), Some("ModelError"));
@@ -1433,7 +1335,7 @@ async fn sync_throws_mark_the_span_and_invalid_traceparents_make_none() {
         let options = CallOptions::new()
             .timeout(Duration::from_secs(30))
             .traceparent(bad.clone());
-        let r = call_opts(&pool, "traced", json!({}), options).await;
+        let r = call_with(&pool, "traced", json!({}), options).await;
         let r = r.unwrap_or_else(|e| panic!("{bad}: {e}"));
         assert!(r.get("traceparent").is_some(), "{bad}: {r}");
         let spans = call(&pool, "spans", json!({})).await.unwrap();
@@ -1446,8 +1348,7 @@ async fn sync_throws_mark_the_span_and_invalid_traceparents_make_none() {
             "{bad}: a span under an invalid parent: {spans}"
         );
     }
-    kept(&pool, pid, "after the traced calls").await;
-    pool.shutdown().await.unwrap();
+    kept_then_shut_down(&pool, pid, "after the traced calls").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1562,7 +1463,7 @@ async fn spans_of_a_script_beside_opentelemetry(name: &str, source: &str) -> Val
     let traced = CallOptions::new()
         .timeout(Duration::from_secs(30))
         .traceparent(tp());
-    let r = call_opts(&pool, "traced", json!({}), traced).await.unwrap();
+    let r = call_with(&pool, "traced", json!({}), traced).await.unwrap();
     assert_eq!(r["traceparent"], json!(tp()), "{name}");
     let spans = call(&pool, "spans", json!({})).await.unwrap();
     pool.shutdown().await.unwrap();
@@ -1652,7 +1553,7 @@ async fn an_uncaught_exception_still_writes_the_reply_already_made() {
 async fn a_child_process_given_the_signal_is_killed_when_the_call_is_given_up() {
     let pool = start_one(node(WireCodec::Json)).await;
     let pid = pool.worker_pids()[0];
-    let err = call_opts(
+    let err = call_with(
         &pool,
         "child",
         json!({}),
@@ -1661,14 +1562,7 @@ async fn a_child_process_given_the_signal_is_killed_when_the_call_is_given_up() 
     .await
     .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    let mut state = Value::Null;
-    for _ in 0..200 {
-        state = call(&pool, "state", json!({})).await.unwrap();
-        if !state["childEnd"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let state = state_when(&pool, 200, |s| !s["childEnd"].is_null()).await;
     assert_eq!(state["childEnd"], "error AbortError", "{state}");
     let child = state["childPid"].as_u64().expect("a child pid") as u32;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1679,6 +1573,5 @@ async fn a_child_process_given_the_signal_is_killed_when_the_call_is_given_up() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    kept(&pool, pid, "after the child").await;
-    pool.shutdown().await.unwrap();
+    kept_then_shut_down(&pool, pid, "after the child").await;
 }

@@ -26,11 +26,10 @@
 mod common;
 mod raw_frames;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::readme::{self, call, call_with, stream_of, the_same_worker, with_session_store, HANG};
 use common::{on_every_worker, worker};
 use futures::StreamExt;
 use raw_frames::Peer;
@@ -42,9 +41,6 @@ use snakepit_core::{
 use snakepit_tests::{eventually, python, workspace_root, Events};
 
 const CODECS: [WireCodec; 2] = [WireCodec::Json, WireCodec::MsgPack];
-
-/// A generous bound for anything that must not hang.
-const HANG: Duration = Duration::from_secs(60);
 
 /// The README under audit.
 fn readme() -> String {
@@ -70,6 +66,24 @@ fn readme_worker(codec: WireCodec) -> Bridge {
         .codec(codec)
 }
 
+/// The README's preloading example, writing its notes to `notes`, with
+/// preloading or without.
+fn preloading_example(notes: &Path, preload: bool) -> Bridge {
+    let bridge = Bridge::python(worker("outside_python_readme_preload.py"))
+        .interpreter(python())
+        .env("OPR_NOTES", notes.display().to_string());
+    preloading(bridge, preload)
+}
+
+/// `bridge`, with preloading or without.
+fn preloading(bridge: Bridge, preload: bool) -> Bridge {
+    if preload {
+        bridge.preload()
+    } else {
+        bridge
+    }
+}
+
 /// The handlers script in `mode` ("sync", "async" or "threads").
 fn handlers(mode: &str) -> Bridge {
     Bridge::python(worker("outside_python_readme_handlers.py"))
@@ -77,53 +91,53 @@ fn handlers(mode: &str) -> Bridge {
         .env("OPR_MODE", mode)
 }
 
+/// The shared room for a loaded machine and, besides, a grace period in
+/// which a handler that stops late on a loaded machine is not killed.
 fn roomy(builder: PoolBuilder) -> PoolBuilder {
-    builder.configure(|c| {
-        c.worker_init_timeout = Duration::from_secs(60);
-        c.startup_timeout = Duration::from_secs(90);
-        // No health check may replace a worker behind a test's back.
-        c.health_check_interval = Duration::ZERO;
-        // A handler that stops late on a loaded machine is not killed.
-        c.shutdown_grace_period = Duration::from_secs(10);
-    })
+    builder.configure(|c| c.shutdown_grace_period = Duration::from_secs(10))
 }
 
 async fn start(builder: PoolBuilder) -> Pool {
-    tokio::time::timeout(Duration::from_secs(120), roomy(builder).start())
-        .await
-        .expect("start() hung")
-        .unwrap_or_else(|e| panic!("start: {e}"))
+    readme::start(roomy(builder)).await
 }
 
 async fn start_one(bridge: Bridge) -> Pool {
     start(Pool::builder(bridge).size(1)).await
 }
 
-async fn call_with(
-    pool: &Pool,
-    command: &str,
-    args: Value,
-    options: CallOptions,
-) -> Result<Value, Error> {
-    tokio::time::timeout(HANG, pool.execute_with(command, args, options))
-        .await
-        .unwrap_or_else(|_| panic!("{command} hung"))
-}
-
-async fn call(pool: &Pool, command: &str, args: Value) -> Result<Value, Error> {
-    call_with(
-        pool,
-        command,
-        args,
-        CallOptions::new().timeout(Duration::from_secs(30)),
-    )
-    .await
+/// Runs `body(pool, pid, mode, codec, what)` on a fresh one-worker pool
+/// of the handlers script (worker `pid`) in each of the modes "sync" and
+/// "async" and each codec (`what` names the two), then checks that the
+/// worker was kept and shuts the pool down.
+async fn in_each_mode_and_codec<F, Fut>(body: F)
+where
+    F: Fn(Pool, u32, &'static str, WireCodec, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for mode in ["sync", "async"] {
+        for codec in CODECS {
+            let what = format!("{mode} {codec:?}");
+            let pool = start_one(handlers(mode).codec(codec)).await;
+            let pid = pool.worker_pids()[0];
+            body(pool.clone(), pid, mode, codec, what.clone()).await;
+            the_same_worker(&pool, pid, &what);
+            pool.shutdown().await.unwrap();
+        }
+    }
 }
 
 async fn ok(pool: &Pool, command: &str, args: Value) -> Value {
     call(pool, command, args.clone())
         .await
         .unwrap_or_else(|e| panic!("{command} {args}: {e:?}"))
+}
+
+/// Checks that the only worker, still `pid`, serves the next call and that
+/// nothing crashed or restarted, then shuts `pool` down.
+async fn serves_on_then_shut_down(pool: &Pool, pid: u32, what: &str) {
+    ok(pool, "bare", json!({})).await;
+    the_same_worker(pool, pid, what);
+    pool.shutdown().await.unwrap();
 }
 
 /// The failed reply of the worker's own that `command` gets.
@@ -136,16 +150,19 @@ async fn remote(pool: &Pool, command: &str, args: Value) -> RemoteError {
         .clone()
 }
 
+/// Checks that `command` is answered `UnknownCommand`.
+async fn unknown(pool: &Pool, command: &str, what: &str) {
+    let e = remote(pool, command, json!({})).await;
+    assert_eq!(
+        e.kind.as_deref(),
+        Some("UnknownCommand"),
+        "{what} {command}: {e:?}"
+    );
+}
+
 /// The chunks and the final result of a streaming call.
 async fn stream(pool: &Pool, command: &str, args: Value) -> (Vec<Value>, Value) {
-    let mut s = pool
-        .execute_stream(
-            command,
-            args,
-            CallOptions::new().timeout(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e:?}"));
+    let mut s = stream_of(pool, command, args).await;
     let mut chunks = Vec::new();
     loop {
         let item = tokio::time::timeout(HANG, s.next())
@@ -159,13 +176,6 @@ async fn stream(pool: &Pool, command: &str, args: Value) -> (Vec<Value>, Value) 
             None => panic!("{command}: the stream ended without a result after {chunks:?}"),
         }
     }
-}
-
-/// The only worker's pid, and that nothing crashed or restarted.
-fn the_same_worker(pool: &Pool, pid: u32, what: &str) {
-    assert_eq!(pool.worker_pids(), vec![pid], "{what}: replaced");
-    let s = pool.stats();
-    assert_eq!((s.crashes, s.restarts), (0, 0), "{what}: {s:?}");
 }
 
 /// A file for notes a worker writes, in a fresh directory removed when
@@ -278,12 +288,7 @@ async fn the_readme_worker_serves_its_commands_as_its_comments_say() {
         (WireCodec::MsgPack, true),
     ] {
         let what = format!("{codec:?}, preload {preload}");
-        let bridge = if preload {
-            readme_worker(codec).preload()
-        } else {
-            readme_worker(codec)
-        };
-        let pool = start_one(bridge).await;
+        let pool = start_one(preloading(readme_worker(codec), preload)).await;
         let pid = pool.worker_pids()[0];
 
         let r = ok(&pool, "greet", json!({"name": "Ada"})).await;
@@ -387,13 +392,7 @@ async fn the_preloading_example_works_with_and_without_preloading() {
     for preload in [true, false] {
         let what = format!("preload {preload}");
         let notes = scratch(&format!("preload-{preload}"));
-        let mut bridge = Bridge::python(worker("outside_python_readme_preload.py"))
-            .interpreter(python())
-            .env("OPR_NOTES", notes.display().to_string());
-        if preload {
-            bridge = bridge.preload();
-        }
-        let pool = start(Pool::builder(bridge).size(2)).await;
+        let pool = start(Pool::builder(preloading_example(&notes, preload)).size(2)).await;
         let mut pids = pool.worker_pids();
         pids.sort();
         let template = pool.template_pid();
@@ -454,13 +453,7 @@ async fn the_preloading_example_works_with_and_without_preloading() {
 async fn a_forked_worker_never_returns_into_the_script_after_run() {
     for preload in [true, false] {
         let notes = scratch(&format!("after-run-{preload}"));
-        let mut bridge = Bridge::python(worker("outside_python_readme_preload.py"))
-            .interpreter(python())
-            .env("OPR_NOTES", notes.display().to_string());
-        if preload {
-            bridge = bridge.preload();
-        }
-        let pool = start(Pool::builder(bridge).size(2)).await;
+        let pool = start(Pool::builder(preloading_example(&notes, preload)).size(2)).await;
         let mut pids = pool.worker_pids();
         on_every_worker(&pool, "state").await;
         pool.shutdown().await.unwrap();
@@ -524,12 +517,7 @@ async fn every_registration_form_is_served_in_the_thread_and_capacity_its_mode_s
             }
         }
         for unregistered in ["some_other_name", "registered", "coro_with_ctx"] {
-            let e = remote(&pool, unregistered, json!({})).await;
-            assert_eq!(
-                e.kind.as_deref(),
-                Some("UnknownCommand"),
-                "{mode} {unregistered}: {e:?}"
-            );
+            unknown(&pool, unregistered, mode).await;
         }
 
         let r = ok(&pool, "whoami", json!({"token": format!("tok-{mode}")})).await;
@@ -609,9 +597,7 @@ async fn a_handler_raising_cancelled_itself_is_answered_cancelled_in_both_modes(
                 "{mode} {command}: {r:?}"
             );
         }
-        ok(&pool, "bare", json!({})).await;
-        the_same_worker(&pool, pid, mode);
-        pool.shutdown().await.unwrap();
+        serves_on_then_shut_down(&pool, pid, mode).await;
     }
 }
 
@@ -656,9 +642,7 @@ async fn deadlines_stop_coroutines_at_their_await_and_plain_functions_that_poll(
                 assert!(ran < 15.0, "{what}: stopped long before its end: {note}");
             }
         }
-        ok(&pool, "bare", json!({})).await;
-        the_same_worker(&pool, pid, &what);
-        pool.shutdown().await.unwrap();
+        serves_on_then_shut_down(&pool, pid, &what).await;
     }
 }
 
@@ -764,28 +748,7 @@ async fn a_plain_call_waiting_for_a_slot_is_answered_cancelled_at_once_and_never
 /// store"), in memory, and three more host functions: `boom` fails with a
 /// typed error, `untyped` with an error without a type.
 fn with_host_functions(builder: PoolBuilder) -> PoolBuilder {
-    type Store = Arc<Mutex<HashMap<(String, String), Value>>>;
-    fn key(call: &HostCall) -> (String, String) {
-        let session = call.session_id.clone().unwrap_or_default();
-        let key = call.args["key"].as_str().unwrap_or_default().to_owned();
-        (session, key)
-    }
-    let store: Store = Arc::default();
-    let (get, set, delete) = (store.clone(), store.clone(), store);
-    builder
-        .host_function("session.get", move |call| {
-            let value = get.lock().unwrap().get(&key(&call)).cloned();
-            async move { Ok::<_, RemoteError>(value.unwrap_or(Value::Null)) }
-        })
-        .host_function("session.set", move |call| {
-            let value = call.args["value"].clone();
-            set.lock().unwrap().insert(key(&call), value);
-            async move { Ok::<_, RemoteError>(Value::Null) }
-        })
-        .host_function("session.delete", move |call| {
-            let existed = delete.lock().unwrap().remove(&key(&call)).is_some();
-            async move { Ok::<_, RemoteError>(Value::Bool(existed)) }
-        })
+    with_session_store(builder)
         .host_function("boom", |_call| async move {
             Err::<Value, _>(RemoteError::new("Boom", "bad thing"))
         })
@@ -1038,44 +1001,38 @@ async fn emit_from_what_a_handler_left_behind_returns_false_once_the_call_is_ans
 /// `ValueError`, and the worker serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_finite_chunks_raise_value_error_under_json_and_are_sent_under_msgpack() {
-    for mode in ["sync", "async"] {
-        for codec in CODECS {
-            let what = format!("{mode} {codec:?}");
-            let pool = start_one(handlers(mode).codec(codec)).await;
-            let pid = pool.worker_pids()[0];
-            let (chunks, done) = stream(&pool, "emit_non_finite", json!({})).await;
-            let caught = &done["caught"];
-            match codec {
-                WireCodec::MsgPack => {
-                    assert_eq!(caught, &json!([["sent", true], ["sent", true]]), "{what}");
-                    assert_eq!(chunks, [Value::Null, Value::Null, json!("after")], "{what}");
-                }
-                _ => {
-                    for c in caught.as_array().unwrap() {
-                        assert_eq!(c[0], "ValueError", "{what}: {caught}");
-                    }
-                    assert_eq!(chunks, [json!("after")], "{what}: nothing else was sent");
-                }
+    in_each_mode_and_codec(|pool, _pid, _mode, codec, what| async move {
+        let (chunks, done) = stream(&pool, "emit_non_finite", json!({})).await;
+        let caught = &done["caught"];
+        match codec {
+            WireCodec::MsgPack => {
+                assert_eq!(caught, &json!([["sent", true], ["sent", true]]), "{what}");
+                assert_eq!(chunks, [Value::Null, Value::Null, json!("after")], "{what}");
             }
-            if codec == WireCodec::Json {
-                let mut s = pool
-                    .execute_stream("emit_nan_uncaught", json!({}), CallOptions::new())
-                    .await
-                    .unwrap();
-                let mut items = Vec::new();
-                while let Some(item) = tokio::time::timeout(HANG, s.next()).await.unwrap() {
-                    items.push(item);
+            _ => {
+                for c in caught.as_array().unwrap() {
+                    assert_eq!(c[0], "ValueError", "{what}: {caught}");
                 }
-                let last = items.pop().expect("an outcome");
-                assert!(items.is_empty(), "{what}: no chunk: {items:?}");
-                let err = last.expect_err(&format!("{what}: the call failed"));
-                let e = err.remote().unwrap_or_else(|| panic!("{what}: {err:?}"));
-                assert_eq!(e.kind.as_deref(), Some("ValueError"), "{what}: {e:?}");
+                assert_eq!(chunks, [json!("after")], "{what}: nothing else was sent");
             }
-            the_same_worker(&pool, pid, &what);
-            pool.shutdown().await.unwrap();
         }
-    }
+        if codec == WireCodec::Json {
+            let mut s = pool
+                .execute_stream("emit_nan_uncaught", json!({}), CallOptions::new())
+                .await
+                .unwrap();
+            let mut items = Vec::new();
+            while let Some(item) = tokio::time::timeout(HANG, s.next()).await.unwrap() {
+                items.push(item);
+            }
+            let last = items.pop().expect("an outcome");
+            assert!(items.is_empty(), "{what}: no chunk: {items:?}");
+            let err = last.expect_err(&format!("{what}: the call failed"));
+            let e = err.remote().unwrap_or_else(|| panic!("{what}: {err:?}"));
+            assert_eq!(e.kind.as_deref(), Some("ValueError"), "{what}: {e:?}");
+        }
+    })
+    .await;
 }
 
 /// Bytes a typed call reads from a MessagePack `bin`.
@@ -1162,21 +1119,15 @@ async fn bytes_travel_both_ways_under_msgpack() {
 /// codecs, and the worker serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_holding_a_lone_surrogate_goes_out_escaped() {
-    for mode in ["sync", "async"] {
-        for codec in CODECS {
-            let what = format!("{mode} {codec:?}");
-            let pool = start_one(handlers(mode).codec(codec)).await;
-            let pid = pool.worker_pids()[0];
-            let e = remote(&pool, "raise_surrogate", json!({})).await;
-            assert_eq!(
-                (e.kind.as_deref(), e.message.as_str()),
-                (Some("ValueError"), "caf\\udce9.txt not found"),
-                "{what}: {e:?}"
-            );
-            the_same_worker(&pool, pid, &what);
-            pool.shutdown().await.unwrap();
-        }
-    }
+    in_each_mode_and_codec(|pool, _pid, _mode, _codec, what| async move {
+        let e = remote(&pool, "raise_surrogate", json!({})).await;
+        assert_eq!(
+            (e.kind.as_deref(), e.message.as_str()),
+            (Some("ValueError"), "caf\\udce9.txt not found"),
+            "{what}: {e:?}"
+        );
+    })
+    .await;
 }
 
 /// bridges/python/README.md, the context table: `ctx.emit` "returns
@@ -1228,9 +1179,7 @@ async fn emit_after_a_cancel_frame_returns_false_on_asyncio_modes_threads() {
             chunks >= 1 && chunks <= sent,
             "{mode}: {chunks} chunks, {sent} sent"
         );
-        ok(&pool, "bare", json!({})).await;
-        the_same_worker(&pool, pid, mode);
-        pool.shutdown().await.unwrap();
+        serves_on_then_shut_down(&pool, pid, mode).await;
     }
 }
 
@@ -1249,33 +1198,27 @@ async fn emit_after_a_cancel_frame_returns_false_on_asyncio_modes_threads() {
 async fn printed_lines_reach_the_log_in_order_with_stderr() {
     let events = Events::global();
     let words = ["one", "two", "three", "four", "five", "six", "seven"];
-    for mode in ["sync", "async"] {
-        for codec in CODECS {
-            let what = format!("{mode} {codec:?}");
-            let pool = start_one(handlers(mode).codec(codec)).await;
-            let pid = pool.worker_pids()[0];
-            for round in 0..3 {
-                let tag = format!("opr-{mode}-{codec:?}-{round}");
-                ok(&pool, "print_order", json!({"tag": tag})).await;
-                let expected: Vec<String> = words.iter().map(|w| format!("{tag} {w}")).collect();
-                let mine = || {
-                    events
-                        .lines("snakepit::worker", pid)
-                        .into_iter()
-                        .filter(|l| l.starts_with(&format!("{tag} ")))
-                        .collect::<Vec<_>>()
-                };
-                assert!(
-                    eventually(10, || mine().len() >= expected.len()).await,
-                    "{what}: {:?}",
-                    mine()
-                );
-                assert_eq!(mine(), expected, "{what}");
-            }
-            the_same_worker(&pool, pid, &what);
-            pool.shutdown().await.unwrap();
+    in_each_mode_and_codec(|pool, pid, mode, codec, what| async move {
+        for round in 0..3 {
+            let tag = format!("opr-{mode}-{codec:?}-{round}");
+            ok(&pool, "print_order", json!({"tag": tag})).await;
+            let expected: Vec<String> = words.iter().map(|w| format!("{tag} {w}")).collect();
+            let mine = || {
+                events
+                    .lines("snakepit::worker", pid)
+                    .into_iter()
+                    .filter(|l| l.starts_with(&format!("{tag} ")))
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                eventually(10, || mine().len() >= expected.len()).await,
+                "{what}: {:?}",
+                mine()
+            );
+            assert_eq!(mine(), expected, "{what}");
         }
-    }
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1396,12 +1339,7 @@ async fn an_unreadable_trace_context_leaves_the_call_untraced_with_a_line_on_std
 async fn a_child_process_inherits_no_descriptor_of_the_frames() {
     for (mode, preload) in [("sync", false), ("async", false), ("sync", true)] {
         let what = format!("{mode}, preload {preload}");
-        let bridge = if preload {
-            handlers(mode).preload()
-        } else {
-            handlers(mode)
-        };
-        let pool = start_one(bridge).await;
+        let pool = start_one(preloading(handlers(mode), preload)).await;
         let r = ok(&pool, "child_fds", json!({})).await;
         let stderr = r["stderr"].as_str().unwrap();
         let channels = |v: &Value| -> Vec<(String, String)> {
@@ -1441,13 +1379,9 @@ async fn a_child_process_inherits_no_descriptor_of_the_frames() {
 /// the generic commands beside the script's own.
 async fn serves_the_generic_commands(how: &str) {
     let bridge = handlers("sync").env("OPR_GENERIC", how);
-    let pool = tokio::time::timeout(
-        Duration::from_secs(120),
-        roomy(Pool::builder(bridge).size(1)).start(),
-    )
-    .await
-    .expect("start() hung")
-    .unwrap_or_else(|e| panic!("{how}: the README's call fails the start: {e}"));
+    let pool = readme::try_start(roomy(Pool::builder(bridge).size(1)))
+        .await
+        .unwrap_or_else(|e| panic!("{how}: the README's call fails the start: {e}"));
     let r = ok(&pool, "echo", json!({"x": [1, "y"]})).await;
     assert_eq!(r["echoed"], json!({"x": [1, "y"]}), "{how}: {r}");
     let r = ok(
@@ -1482,12 +1416,7 @@ async fn the_generic_commands_are_served_only_once_registered() {
     let r = ok(&pool, "ping", json!({})).await;
     assert_eq!(r["status"], "ok", "{r}");
     for generic in ["echo", "compute", "info"] {
-        let e = remote(&pool, generic, json!({})).await;
-        assert_eq!(
-            e.kind.as_deref(),
-            Some("UnknownCommand"),
-            "{generic}: {e:?}"
-        );
+        unknown(&pool, generic, "").await;
     }
     pool.shutdown().await.unwrap();
     serves_the_generic_commands("import").await;

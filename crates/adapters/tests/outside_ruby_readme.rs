@@ -17,9 +17,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use common::readme::{
+    call, call_with, start, stream_of, the_same_worker, try_start, with_session_store, HANG,
+};
 use common::worker;
 use futures::StreamExt;
 use serde::Serialize;
@@ -32,9 +35,6 @@ use snakepit_core::{
 use snakepit_tests::{eventually, workspace_root, Events};
 
 const CODECS: [WireCodec; 2] = [WireCodec::Json, WireCodec::MsgPack];
-
-/// A bound for anything that must not hang (not a speed assertion).
-const HANG: Duration = Duration::from_secs(60);
 
 /// Whether `ruby` can be run; says so when it cannot (the test then passes
 /// as skipped, as the other Ruby tests of this crate do).
@@ -73,67 +73,25 @@ fn extras() -> Bridge {
     Bridge::ruby(worker("outside_ruby_readme_extras.rb"))
 }
 
-async fn start(builder: PoolBuilder) -> Pool {
-    try_start(builder)
-        .await
-        .unwrap_or_else(|e| panic!("start: {e}"))
+/// A pool of one worker of the extras script under `codec`.
+fn one_extras(codec: WireCodec) -> PoolBuilder {
+    Pool::builder(extras().codec(codec)).size(1)
 }
 
-async fn try_start(builder: PoolBuilder) -> Result<Pool, Error> {
-    let builder = builder.configure(|c| {
-        c.worker_init_timeout = Duration::from_secs(60);
-        c.startup_timeout = Duration::from_secs(90);
-        c.health_check_interval = Duration::ZERO;
-    });
-    tokio::time::timeout(Duration::from_secs(120), builder.start())
-        .await
-        .expect("start() hung")
-}
-
-async fn call(pool: &Pool, command: &str, args: Value) -> Result<Value, Error> {
-    call_in(pool, command, args, CallOptions::new()).await
-}
-
+/// `command` with `options`, their timeout replaced by 30 s.
 async fn call_in(
     pool: &Pool,
     command: &str,
     args: Value,
     options: CallOptions,
 ) -> Result<Value, Error> {
-    let options = options.timeout(Duration::from_secs(30));
-    tokio::time::timeout(HANG, pool.execute_with(command, args, options))
-        .await
-        .unwrap_or_else(|_| panic!("{command} hung"))
-}
-
-/// A session store in memory, registered as the three host functions the
-/// bridge's `ctx.session` calls (docs/bridges.md, "Host functions and the
-/// session store").
-fn with_session_store(builder: PoolBuilder) -> PoolBuilder {
-    type Store = Arc<Mutex<HashMap<(String, String), Value>>>;
-    fn key(call: &HostCall) -> (String, String) {
-        (
-            call.session_id.clone().unwrap_or_default(),
-            call.args["key"].as_str().unwrap_or_default().to_owned(),
-        )
-    }
-    let store: Store = Arc::default();
-    let (get, set, delete) = (store.clone(), store.clone(), store);
-    builder
-        .host_function("session.get", move |call| {
-            let v = get.lock().unwrap().get(&key(&call)).cloned();
-            async move { Ok::<_, RemoteError>(v.unwrap_or(Value::Null)) }
-        })
-        .host_function("session.set", move |call| {
-            set.lock()
-                .unwrap()
-                .insert(key(&call), call.args["value"].clone());
-            async move { Ok::<_, RemoteError>(Value::Null) }
-        })
-        .host_function("session.delete", move |call| {
-            let existed = delete.lock().unwrap().remove(&key(&call)).is_some();
-            async move { Ok::<_, RemoteError>(Value::Bool(existed)) }
-        })
+    call_with(
+        pool,
+        command,
+        args,
+        options.timeout(Duration::from_secs(30)),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -290,6 +248,12 @@ impl Direct {
 
     fn close_stdin(&mut self) {
         self.stdin = None;
+    }
+
+    /// Closes stdin and checks that the worker then exits with code 0.
+    fn exits_0_at_eof(&mut self) {
+        self.close_stdin();
+        assert_eq!(self.wait().code(), Some(0));
     }
 
     fn wait(&mut self) -> ExitStatus {
@@ -599,8 +563,7 @@ async fn the_generic_worker_runs_as_shown_from_a_plain_checkout() {
     let i = next();
     assert!(w.result(i, "info", json!({})).is_object());
     assert_eq!(w.result(next(), "ping", json!({}))["status"], "ok");
-    w.close_stdin();
-    assert_eq!(w.wait().code(), Some(0));
+    w.exits_0_at_eof();
 }
 
 // ---------------------------------------------------------------------------
@@ -792,7 +755,7 @@ async fn msgpack_sends_us_ascii_as_str_and_integer_keys_from_the_pool_stay_integ
         map: HashMap::from([(7, "seven".to_owned())]),
     };
     for codec in CODECS {
-        let pool = start(Pool::builder(extras().codec(codec)).size(1)).await;
+        let pool = start(one_extras(codec)).await;
         let r = call(&pool, "msgpack_loaded", json!({})).await.unwrap();
         assert_eq!(
             r["loaded"],
@@ -853,13 +816,10 @@ async fn call_host_arguments_the_codec_cannot_represent_raise_and_nothing_is_sen
     ] {
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
-        let builder = Pool::builder(extras().codec(codec)).size(1).host_function(
-            "count",
-            move |call: HostCall| {
-                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { Ok::<_, RemoteError>(json!({"n": n, "v": call.args["v"]})) }
-            },
-        );
+        let builder = one_extras(codec).host_function("count", move |call: HostCall| {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, RemoteError>(json!({"n": n, "v": call.args["v"]})) }
+        });
         let pool = start(builder).await;
         for (i, (what, error)) in cases.into_iter().enumerate() {
             let r = call(&pool, "bad_host_args", json!({ "what": what }))
@@ -896,7 +856,7 @@ async fn error_messages_and_tracebacks_with_invalid_bytes_arrive_as_valid_utf8()
         return;
     }
     for codec in CODECS {
-        let pool = start(Pool::builder(extras().codec(codec)).size(1)).await;
+        let pool = start(one_extras(codec)).await;
         let pid = pool.worker_pids()[0];
         for (mode, message, in_traceback) in [
             ("utf8", "caf\u{fffd}", None),
@@ -978,15 +938,12 @@ async fn a_host_functions_result_and_its_error_type_and_message_reach_the_handle
         return;
     }
     for codec in CODECS {
-        let builder = Pool::builder(extras().codec(codec)).size(1).host_function(
-            "lookup",
-            |call: HostCall| async move {
-                match call.args["id"].as_i64() {
-                    Some(id) => Ok(json!({"id": id, "name": "Ada"})),
-                    None => Err(RemoteError::new("ValueError", "lookup needs an integer id")),
-                }
-            },
-        );
+        let builder = one_extras(codec).host_function("lookup", |call: HostCall| async move {
+            match call.args["id"].as_i64() {
+                Some(id) => Ok(json!({"id": id, "name": "Ada"})),
+                None => Err(RemoteError::new("ValueError", "lookup needs an integer id")),
+            }
+        });
         let pool = start(builder).await;
         let r = call(&pool, "lookup", json!({"id": 7})).await.unwrap();
         assert_eq!(r, json!({"ok": {"id": 7, "name": "Ada"}}), "{codec}");
@@ -1043,17 +1000,15 @@ async fn chunks_from_other_threads_arrive_whole_and_a_late_one_returns_false() {
         return;
     }
     for codec in CODECS {
-        let pool = start(Pool::builder(extras().codec(codec)).size(1)).await;
+        let pool = start(one_extras(codec)).await;
         let pid = pool.worker_pids()[0];
         let (n, threads) = (40, 3);
-        let mut stream = pool
-            .execute_stream(
-                "threaded_chunks",
-                json!({"n": n, "threads": threads}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap();
+        let mut stream = stream_of(
+            &pool,
+            "threaded_chunks",
+            json!({"n": n, "threads": threads}),
+        )
+        .await;
         let mut next_i: HashMap<String, u64> = HashMap::new();
         let mut done = None;
         while let Some(item) = tokio::time::timeout(HANG, stream.next()).await.unwrap() {
@@ -1079,9 +1034,7 @@ async fn chunks_from_other_threads_arrive_whole_and_a_late_one_returns_false() {
         );
         let r = call(&pool, "late_result", json!({})).await.unwrap();
         assert_eq!(r["chunk_returned"], false, "{codec}: {r}");
-        assert_eq!(pool.worker_pids(), vec![pid], "{codec}");
-        let s = pool.stats();
-        assert_eq!((s.crashes, s.restarts), (0, 0), "{codec}: {s:?}");
+        the_same_worker(&pool, pid, &codec.to_string());
         pool.shutdown().await.unwrap();
     }
 }
@@ -1098,23 +1051,18 @@ async fn a_thread_chunking_while_the_handler_waits_in_host_calls() {
         return;
     }
     for codec in CODECS {
-        let builder = Pool::builder(extras().codec(codec)).size(1).host_function(
-            "echo",
-            |call: HostCall| async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok::<_, RemoteError>(call.args)
-            },
-        );
+        let builder = one_extras(codec).host_function("echo", |call: HostCall| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, RemoteError>(call.args)
+        });
         let pool = start(builder).await;
         let (n, calls) = (150, 8);
-        let mut stream = pool
-            .execute_stream(
-                "chunks_during_host_calls",
-                json!({"n": n, "calls": calls}),
-                CallOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap();
+        let mut stream = stream_of(
+            &pool,
+            "chunks_during_host_calls",
+            json!({"n": n, "calls": calls}),
+        )
+        .await;
         let (mut i, mut done) = (0, None);
         while let Some(item) = tokio::time::timeout(HANG, stream.next()).await.unwrap() {
             assert!(done.is_none(), "{codec}: something after the reply");
@@ -1278,8 +1226,7 @@ async fn a_cancel_frame_during_call_host_cancels_the_handler_without_sigint() {
     w.send(&json!({"type": "host_reply", "id": host_call["id"], "success": true, "result": 7}));
     let r = w.result(5, "shout", json!({"text": "next"}));
     assert_eq!(r, "NEXT");
-    w.close_stdin();
-    assert_eq!(w.wait().code(), Some(0));
+    w.exits_0_at_eof();
 }
 
 // ---------------------------------------------------------------------------
@@ -1470,8 +1417,7 @@ async fn stdout_is_unbuffered_closable_per_request_and_a_users_own_is_left_alone
         json!({"stdout_class": "File", "closed": true}),
         "a closed $stdout of the user's own is left as it is"
     );
-    w.close_stdin();
-    assert_eq!(w.wait().code(), Some(0));
+    w.exits_0_at_eof();
 }
 
 // ---------------------------------------------------------------------------
@@ -1772,8 +1718,7 @@ async fn the_gem_builds_installs_and_serves_the_readme_example() {
     assert_eq!(w.json()["type"], "hello", "{:?}", w.seen);
     let r = w.result(1, "shout", json!({"text": "gem"}));
     assert_eq!(r, "GEM");
-    w.close_stdin();
-    assert_eq!(w.wait().code(), Some(0));
+    w.exits_0_at_eof();
     drop(w);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,6 +44,31 @@ fn fail_fast(session: &str) -> CallOptions {
         .affinity(Affinity::FailFast)
 }
 
+/// `command` of session `session` on `pool`, spawned.
+fn spawn_in_session(
+    pool: &Pool,
+    session: &str,
+    command: &str,
+    args: Value,
+) -> tokio::task::JoinHandle<Result<Value, snakepit_core::Error>> {
+    let (pool, session, command) = (pool.clone(), session.to_owned(), command.to_owned());
+    tokio::spawn(async move { pool.execute_in_session(&session, &command, args).await })
+}
+
+/// Waits (15 s at most) until `pool` runs one call.
+async fn until_busy(pool: &Pool, what: &str) {
+    until(15, what, || async { pool.stats().busy == 1 }).await;
+}
+
+/// Waits (15 s at most) until `store` no longer has session `id`: its TTL
+/// passed.
+async fn until_expired<S: SessionStore>(store: &S, id: &str) {
+    until(15, "the session's TTL passes", || async {
+        !store.session_exists(id).await.unwrap()
+    })
+    .await;
+}
+
 /// A memory store whose background sweep does not run during a test.
 fn unswept_memory(default_ttl: Duration) -> MemoryStore {
     MemoryStore::builder()
@@ -83,23 +108,11 @@ where
         .await
         .unwrap();
     let a = pid(&r);
-    let busy = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_in_session("s", "sleep", json!({"seconds": 5}))
-                .await
-        })
-    };
-    until(15, "the session's worker is busy", || async {
-        pool.stats().busy == 1
-    })
-    .await;
+    let busy = spawn_in_session(&pool, "s", "sleep", json!({"seconds": 5}));
+    until_busy(&pool, "the session's worker is busy").await;
     // The session now ends 300 ms after this, unless touched.
     store.update_session("s", |s| s.ttl_ms = 300).await.unwrap();
-    until(15, "the session's TTL passes", || async {
-        !store.session_exists("s").await.unwrap()
-    })
-    .await;
+    until_expired(&*store, "s").await;
     assert!(
         ends.lock().unwrap().is_empty(),
         "no sweep ran, nothing reported yet"
@@ -237,10 +250,7 @@ async fn every_pool_attached_to_a_store_forgets_a_session_it_removes() {
         .update_session("expiring", |s| s.ttl_ms = 300)
         .await
         .unwrap();
-    until(15, "the session's TTL passes", || async {
-        !store.session_exists("expiring").await.unwrap()
-    })
-    .await;
+    until_expired(&*store, "expiring").await;
     assert_eq!((one.stats().sessions, two.stats().sessions), (1, 1));
     assert_eq!(store.cleanup_expired().await.unwrap(), 1);
     assert_eq!(
@@ -268,12 +278,11 @@ async fn every_pool_attached_to_a_store_forgets_a_session_it_removes() {
 ///
 /// A call of the session waits in the queue (the only worker is busy with a
 /// call of no session) when the session is deleted. Once the call has run,
-/// the pool should hold no affinity for a session the store no longer has.
-/// It does: the queued call records its worker after the deletion was
-/// reported, and the record stays (until `session_ttl_ms`, an hour by
-/// default, ages it out). A later `FailFast` call of the id then fails with
-/// `WorkerBusy` because of the deleted session's worker, where a session
-/// without affinity waits for a free worker and runs.
+/// the pool holds no affinity for a session the store no longer has, and
+/// a later `FailFast` call of the id waits for a free worker and runs. (The
+/// queued call once recorded its worker after the deletion was reported,
+/// and the record stayed until `session_ttl_ms`, an hour by default, aged
+/// it out: that `FailFast` call failed with `WorkerBusy`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_deleted_while_its_call_waits_in_the_queue_keeps_no_affinity() {
     let store = Arc::new(unswept_memory(HOUR));
@@ -283,17 +292,8 @@ async fn a_session_deleted_while_its_call_waits_in_the_queue_keeps_no_affinity()
         tokio::spawn(async move { pool.execute("sleep", json!({"seconds": seconds})).await })
     };
     let busy = hold(2);
-    until(15, "the only worker is busy", || async {
-        pool.stats().busy == 1
-    })
-    .await;
-    let queued = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_in_session("q", "sleep", json!({"seconds": 0}))
-                .await
-        })
-    };
+    until_busy(&pool, "the only worker is busy").await;
+    let queued = spawn_in_session(&pool, "q", "sleep", json!({"seconds": 0}));
     until(15, "the session call waits in the queue", || async {
         pool.stats().queued == 1
     })
@@ -308,10 +308,7 @@ async fn a_session_deleted_while_its_call_waits_in_the_queue_keeps_no_affinity()
     // A session without affinity waits for a free worker; with the stale
     // record, `FailFast` fails at once.
     let busy = hold(2);
-    until(15, "the only worker is busy again", || async {
-        pool.stats().busy == 1
-    })
-    .await;
+    until_busy(&pool, "the only worker is busy again").await;
     let fail_fast_call = pool
         .execute_with("sleep", json!({"seconds": 0}), fail_fast("q"))
         .await;
@@ -339,8 +336,11 @@ async fn a_session_deleted_while_its_call_waits_in_the_queue_keeps_no_affinity()
 /// of it, counts nothing. Each comes back as `Error::Pool` carrying the
 /// pool's error. A successful run counts once.
 async fn program_bookkeeping_follows_only_successes<S: SessionStore + 'static>(store: Arc<S>) {
-    use snakepit_session::execute_program_command as run;
     let pool = pool_over(store.clone(), 2).await;
+    // `command` of the session `ml`, through the program helper.
+    let run = |command: &'static str, args: Value| {
+        snakepit_session::execute_program_command(&pool, &*store, "ml", command, args)
+    };
     let pool_error = |what: &str, r: Result<Value, Error>| match r {
         Err(Error::Pool(e)) => *e,
         other => panic!("{what}: expected Error::Pool, got {other:?}"),
@@ -348,14 +348,7 @@ async fn program_bookkeeping_follows_only_successes<S: SessionStore + 'static>(s
 
     let e = pool_error(
         "a failed create_program",
-        run(
-            &pool,
-            &*store,
-            "ml",
-            "create_program",
-            json!({"name": "bad", "fail": true}),
-        )
-        .await,
+        run("create_program", json!({"name": "bad", "fail": true})).await,
     );
     assert!(e.remote().is_some(), "{e}");
     assert!(matches!(
@@ -364,15 +357,7 @@ async fn program_bookkeeping_follows_only_successes<S: SessionStore + 'static>(s
     ));
     assert!(store.get_session("ml").await.unwrap().programs.is_empty());
 
-    run(
-        &pool,
-        &*store,
-        "ml",
-        "create_program",
-        json!({"name": "p1"}),
-    )
-    .await
-    .unwrap();
+    run("create_program", json!({"name": "p1"})).await.unwrap();
     let counted = |p: Value| (p["execution_count"].clone(), p["last_executed_ms"].clone());
     assert_eq!(
         counted(store.get_program("ml", "p1").await.unwrap()),
@@ -383,9 +368,6 @@ async fn program_bookkeeping_follows_only_successes<S: SessionStore + 'static>(s
         let e = pool_error(
             input,
             run(
-                &pool,
-                &*store,
-                "ml",
                 "execute_program",
                 json!({"program_id": "p1", "input": input}),
             )
@@ -400,9 +382,6 @@ async fn program_bookkeeping_follows_only_successes<S: SessionStore + 'static>(s
     }
 
     let r = run(
-        &pool,
-        &*store,
-        "ml",
         "execute_program",
         json!({"program_id": "p1", "input": "ok"}),
     )
@@ -586,39 +565,44 @@ mod redis {
             .unwrap()
     }
 
+    /// Runs `test` on a store of a Redis server of its own (an hour's
+    /// default TTL, no sweep during the test), stopped after it.
+    async fn on_redis<F, Fut>(test: F)
+    where
+        F: FnOnce(Arc<RedisStore>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let server = RedisServer::start().await;
+        test(Arc::new(redis_store(&server, HOUR).await)).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_an_expiry_found_by_the_next_calls_touch_drops_affinity_before_routing() {
-        let server = RedisServer::start().await;
-        let store = Arc::new(redis_store(&server, HOUR).await);
-        an_expiry_found_by_the_next_calls_touch_drops_affinity_before_routing(store).await;
+        on_redis(an_expiry_found_by_the_next_calls_touch_drops_affinity_before_routing).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_a_worker_dying_mid_call_keeps_what_it_wrote_and_the_next_call_runs_elsewhere() {
-        let server = RedisServer::start().await;
-        let store = Arc::new(redis_store(&server, HOUR).await);
-        a_worker_dying_mid_call_keeps_what_it_wrote_and_the_next_call_runs_elsewhere(store).await;
+        on_redis(a_worker_dying_mid_call_keeps_what_it_wrote_and_the_next_call_runs_elsewhere)
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_program_bookkeeping_follows_only_successes() {
-        let server = RedisServer::start().await;
-        let store = Arc::new(redis_store(&server, HOUR).await);
-        program_bookkeeping_follows_only_successes(store).await;
+        on_redis(program_bookkeeping_follows_only_successes).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_values_at_the_depth_limit_are_kept_and_one_deeper_refused() {
-        let server = RedisServer::start().await;
-        let store = redis_store(&server, HOUR).await;
-        values_at_the_depth_limit_are_kept_and_one_deeper_refused(&store).await;
+        on_redis(|store| async move {
+            values_at_the_depth_limit_are_kept_and_one_deeper_refused(&*store).await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_a_session_keeps_its_own_ttl_through_pool_calls() {
-        let server = RedisServer::start().await;
-        let store = Arc::new(redis_store(&server, HOUR).await);
-        a_session_keeps_its_own_ttl_through_pool_calls(store).await;
+        on_redis(a_session_keeps_its_own_ttl_through_pool_calls).await;
     }
 
     /// sessions.md:33-37: every session call "creates its session in the
@@ -645,17 +629,8 @@ mod redis {
                 .unwrap(),
         );
         let pool = pool_over(store.clone(), 1).await;
-        let busy = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                pool.execute_in_session("s", "sleep", json!({"seconds": 8}))
-                    .await
-            })
-        };
-        until(15, "the session's worker is busy", || async {
-            pool.stats().busy == 1
-        })
-        .await;
+        let busy = spawn_in_session(&pool, "s", "sleep", json!({"seconds": 8}));
+        until_busy(&pool, "the session's worker is busy").await;
         drop(server); // SIGKILL, reaped
 
         let strict = CallOptions::new()

@@ -1,5 +1,7 @@
 //! What the adapters' test files share.
 
+pub mod readme;
+
 use serde_json::{json, Value};
 use snakepit_core::Pool;
 
