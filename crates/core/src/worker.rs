@@ -609,22 +609,20 @@ impl Worker {
     pub(crate) fn signal_call(&self, id: u64) -> bool {
         {
             let mut inner = self.inner();
-            if inner.reaped || !inner.pending.contains_key(&id) {
+            if inner.reaped {
                 return false;
             }
-            if inner
+            let behind = inner
                 .pending
                 .iter()
-                .any(|(&other, (p, _))| other != id && !p.cancel_sent)
-            {
-                // Sent later, if each call behind it is given up first.
-                if let Some((p, _)) = inner.pending.get_mut(&id) {
-                    p.interrupt_due = true;
-                }
+                .any(|(&other, (p, _))| other != id && !p.cancel_sent);
+            let Some((p, _)) = inner.pending.get_mut(&id) else {
                 return false;
-            }
-            if let Some((p, _)) = inner.pending.get_mut(&id) {
-                p.interrupt_due = false;
+            };
+            // Refused: sent later, once each call behind it is given up.
+            p.interrupt_due = behind;
+            if behind {
+                return false;
             }
         }
         if self.capabilities().pipeline {
@@ -647,10 +645,9 @@ impl Worker {
             .filter(|(p, _)| p.cancel_sent && p.holds_unit)
             .count();
         let refused = in_flight as usize > 1 + cancelled;
-        if refused {
-            if let Some((p, _)) = inner.pending.get_mut(&id) {
-                p.interrupt_due = true;
-            }
+        match inner.pending.get_mut(&id) {
+            Some((p, _)) if refused => p.interrupt_due = true,
+            _ => {}
         }
         refused
     }
