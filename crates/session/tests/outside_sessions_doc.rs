@@ -583,6 +583,24 @@ mod redis {
         test(Arc::new(redis_store(&server, HOUR).await)).await;
     }
 
+    /// sessions.md, "Errors": for a session that expired, "the Redis store,
+    /// where Redis has already removed it, always `NotFound`"; `is_gone()`
+    /// answers it, as it answers the memory store's `Expired`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_an_expired_session_is_not_found_and_gone() {
+        on_redis(|store| async move {
+            store
+                .create_session("brief", Some(Duration::from_millis(300)))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let err = store.get_session("brief").await.unwrap_err();
+            assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+            assert!(err.is_gone(), "{err:?}");
+        })
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_an_expiry_found_by_the_next_calls_touch_drops_affinity_before_routing() {
         on_redis(an_expiry_found_by_the_next_calls_touch_drops_affinity_before_routing).await;
