@@ -20,6 +20,15 @@ struct Inline {
     codec: WireCodec,
 }
 
+/// A pool builder for `script` in `lang`, on the JSON codec.
+fn json_pool(lang: Lang, script: &'static str) -> snakepit_core::PoolBuilder {
+    builder(Inline {
+        lang,
+        script,
+        codec: WireCodec::Json,
+    })
+}
+
 impl Inline {
     fn launch_of(&self) -> Launch {
         let launch = inline_launch(self.lang, self.script);
@@ -366,23 +375,19 @@ async fn a_call_that_times_out_inside_a_slow_host_call_is_cancelled_and_the_work
 /// One language of
 /// [`a_call_that_times_out_inside_a_slow_host_call_is_cancelled_and_the_worker_serves_on`].
 async fn timed_out_inside_a_slow_host_call(lang: Lang, script: &'static str) {
-    let pool = builder(Inline {
-        lang,
-        script,
-        codec: WireCodec::Json,
-    })
-    .size(1)
-    .configure(|c| c.shutdown_grace_period = Duration::from_secs(3))
-    .host_function("slow", |_call: HostCall| async move {
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        Ok::<_, RemoteError>(json!("late"))
-    })
-    .host_function("echo", |call: HostCall| async move {
-        Ok::<_, RemoteError>(call.args)
-    })
-    .start()
-    .await
-    .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
+    let pool = json_pool(lang, script)
+        .size(1)
+        .configure(|c| c.shutdown_grace_period = Duration::from_secs(3))
+        .host_function("slow", |_call: HostCall| async move {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            Ok::<_, RemoteError>(json!("late"))
+        })
+        .host_function("echo", |call: HostCall| async move {
+            Ok::<_, RemoteError>(call.args)
+        })
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
     let pid = pool.worker_pids()[0];
     let began = std::time::Instant::now();
     let err = pool
@@ -702,20 +707,16 @@ async fn binary_data_goes_both_ways_as_bin_and_fails_only_execute_with_a_codec_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_written_ahead_behind_a_host_call_wait_and_each_gets_its_own_host_reply() {
     for (lang, script) in [(Lang::Python, PY_HOST), (Lang::Ruby, RB_HOST)] {
-        let pool = builder(Inline {
-            lang,
-            script,
-            codec: WireCodec::Json,
-        })
-        .size(1)
-        .configure(|c| c.pipeline_max_call = Duration::from_millis(200))
-        .host_function("echo", |call: HostCall| async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            Ok::<_, RemoteError>(call.args)
-        })
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
+        let pool = json_pool(lang, script)
+            .size(1)
+            .configure(|c| c.pipeline_max_call = Duration::from_millis(200))
+            .host_function("echo", |call: HostCall| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, RemoteError>(call.args)
+            })
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
         for n in 0..10 {
             pool.execute("via_host", json!({"fn": "echo", "args": {"n": n}}))
                 .await
@@ -800,19 +801,15 @@ w.run
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_never_read_whose_worker_is_blocked_mid_frame_keeps_its_worker_at_the_deadline() {
     for (lang, script) in [(Lang::Python, PY_BIG_CHUNKS), (Lang::Ruby, RB_BIG_CHUNKS)] {
-        let pool = builder(Inline {
-            lang,
-            script,
-            codec: WireCodec::Json,
-        })
-        .size(1)
-        .configure(|c| {
-            c.shutdown_grace_period = Duration::from_secs(5);
-            c.queue_timeout = Duration::from_secs(30);
-        })
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
+        let pool = json_pool(lang, script)
+            .size(1)
+            .configure(|c| {
+                c.shutdown_grace_period = Duration::from_secs(5);
+                c.queue_timeout = Duration::from_secs(30);
+            })
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
         let pid = pool.worker_pids()[0];
         // 400 chunks (once 2,000): more than the 256 a stream holds unread
         // and the one a full pipe holds up, so the worker is still inside a
