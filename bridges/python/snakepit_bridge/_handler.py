@@ -142,20 +142,18 @@ def _otel_span(command, traceparent, tracestate, baggage=None):
     # trace context and baggage), looked up per request: the application
     # may set its own after the first request. One that raises leaves the
     # call untraced rather than failing it.
+    # A context with no valid span would make the span a trace of its own,
+    # with no parent: one orphan root per call in the user's backend.
     try:
         parent = propagate.extract(carrier)
-        readable = span_in(parent).get_span_context().is_valid
+        valid = span_in(parent).get_span_context().is_valid
+        why = None if valid else f"not readable (traceparent {traceparent!r:.80})"
     except Exception as exc:
+        why = f"not extracted ({type(exc).__name__}: {exc})"
+    if why is not None:
         from ._server import log
 
-        log(f"trace context not extracted ({type(exc).__name__}: {exc}); the call runs untraced")
-        return None
-    if not readable:
-        # A span here would start a trace of its own, with no parent: one
-        # orphan root per call in the user's tracing backend.
-        from ._server import log
-
-        log(f"trace context not readable (traceparent {traceparent!r:.80}); the call runs untraced")
+        log(f"trace context {why}; the call runs untraced")
         return None
     return _current(otel_context, parent, tracer.start_as_current_span(f"snakepit.worker {command}", kind=kind))
 
