@@ -1,10 +1,10 @@
 """Drives one generic Python worker directly and reports its cost per call.
 
-The README's figures for the bridge's cost of a call written ahead come from
-this script: it starts ``generic_worker.py`` as a pool would (protocol,
-codec and worker id in the environment), warms it up, then sends N pings
-either one at a time (``lockstep``) or with up to DEPTH written ahead
-(``pipe``), as the pool does with ``pipeline_depth``. It prints the
+The figures for the bridge's cost of a call written ahead in docs/speed.md
+come from this script: it starts ``generic_worker.py`` as a pool would
+(protocol, codec and worker id in the environment), warms it up, then sends
+N pings either one at a time (``lockstep``) or with up to DEPTH written
+ahead (``pipe``), as the pool does with ``pipeline_depth``. It prints the
 worker's CPU time per call (from ``/proc/PID/schedstat``) and the wall time
 per call.
 
