@@ -264,6 +264,7 @@ class Context {
     this._cancelled = false;
     this._done = false; // the final response was written
     this._queued = false; // waiting for a free concurrency slot
+    this._turn = -1; // the worker's _turn when it started (with sigint)
     this._controller = null;
     this._hostCalls = null; // ids of this call's pending host calls
     this._log = null;
@@ -589,6 +590,14 @@ class Worker {
     this._write = null;
     this._running = new Map(); // request id -> Context, queued ones included
     this._active = 0; // handlers started and not yet replied
+    // With sigint: the event loop's turn, counted by a setImmediate after a
+    // call starts (see _onSigint).
+    this._turn = 0;
+    this._turnPending = false;
+    this._nextTurn = () => {
+      this._turn++;
+      this._turnPending = false;
+    };
     this._queue = []; // requests waiting for a free slot
     this._queueHead = 0;
     this._hostCalls = new Map(); // host call id -> {ctx, resolve, reject}
@@ -821,6 +830,13 @@ class Worker {
   // Runs a handler. Synchronous handlers reply before this returns, with no
   // promise in between; that is the hot path of small commands.
   _invoke(ctx, args) {
+    if (this.sigint) {
+      ctx._turn = this._turn;
+      if (!this._turnPending) {
+        this._turnPending = true;
+        setImmediate(this._nextTurn);
+      }
+    }
     const handler = this._commands.get(ctx.command);
     if (handler === undefined) {
       this._reply(ctx, failure(ctx.requestId, 'UnknownCommand', `Unknown command: ${wellFormed(ctx.command)}`));
@@ -897,7 +913,11 @@ class Worker {
     }
     // A handler that finished just before the signal was handled has already
     // replied and left _running, so a late signal finds nothing to cancel.
-    const active = Array.from(this._running.values()).filter((ctx) => !ctx._queued);
+    // A call started in this turn of the event loop is left alone too: the
+    // signal and its request were read in the same poll, so the signal may
+    // have come first, while the worker was between calls.
+    const active = Array.from(this._running.values())
+      .filter((ctx) => !ctx._queued && ctx._turn !== this._turn);
     if (active.length === 0) {
       this.log.info('SIGINT between calls ignored');
       return;

@@ -342,6 +342,36 @@ test('sigint: true: a SIGINT during a blocking handler finds nothing to cancel o
   assert.deepStrictEqual(await w.close(), { code: 0, signal: null });
 });
 
+// README: "between calls it [SIGINT] is ignored", also when the next request
+// is read in the same poll of the event loop as the signal (here both arrive
+// while a blocking handler holds the thread): the two are taken as signal
+// first. Before, the call started from that read could be cancelled by the
+// signal handled right after it.
+test('sigint: true: a SIGINT read with the next request leaves that request alone', async (t) => {
+  const { w, dir } = start(t, { env: { AUDIT_SIGINT: '1' } });
+  await w.hello();
+  const rounds = 8;
+  const count = (text) => w.stderr.split(text).length - 1;
+  for (let round = 1; round <= rounds; round++) {
+    const blocking = 2 * round;
+    const next = blocking + 1;
+    const releaseBlocking = path.join(dir, `release-${blocking}`);
+    const releaseNext = path.join(dir, `release-${next}`);
+    w.request(blocking, 'busy', { until: releaseBlocking });
+    await until(() => count('busy: started') === round, 'the blocking call started');
+    w.child.kill('SIGINT');
+    w.request(next, 'hold', { until: releaseNext });
+    await new Promise((r) => setTimeout(r, 30));
+    fs.writeFileSync(releaseBlocking, '');
+    assert.deepStrictEqual(await w.reply(blocking), { id: blocking, success: true, result: 'busy done' });
+    await until(() => count(`hold: started ${next}`) === 1, 'the next call started');
+    await until(() => count('SIGINT between calls ignored') === round, 'the signal was handled');
+    fs.writeFileSync(releaseNext, '');
+    assert.deepStrictEqual(await w.reply(next), { id: next, success: true, result: `released ${next}` });
+  }
+  assert.deepStrictEqual(await w.close(), { code: 0, signal: null });
+});
+
 // README: on `cancel` the bridge "fails pending `callHost` waits with a
 // `CancelledError`, and replies `Cancelled` at once".
 test('a cancel rejects the pending callHost with a CancelledError', async (t) => {
