@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything beyond `cargo build` and `cargo test`.
 //!
-//! - `cargo xtask ci`: formatting, clippy (warnings denied), every test and
-//!   doc-test, the examples, and the bridges' own suites: what CI runs.
+//! - `cargo xtask ci`: formatting, clippy and the crates' documentation
+//!   (warnings denied), every test and doc-test, the examples, and the
+//!   bridges' own suites: what CI runs.
 //! - `cargo xtask setup`: installs what the tests need beyond Rust.
 //! - `cargo xtask bridges`: each bridge's tests and package build.
 //! - `cargo xtask fuzz [--seconds N]`: the frame/codec fuzzer.
@@ -41,12 +42,19 @@ fn main() -> Result<()> {
 
 /// Runs a command in `dir`, echoing it; fails if it fails.
 fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
-    let line = format!("{program} {}", args.join(" "));
+    run_env(dir, &[], program, args)
+}
+
+/// [`run`] with environment variables set for the command.
+fn run_env(dir: &Path, env: &[(&str, &str)], program: &str, args: &[&str]) -> Result<()> {
+    let vars: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let line = format!("{vars}{program} {}", args.join(" "));
     eprintln!("\n$ (cd {}) {}", dir.display(), line.trim_end());
     let started = std::time::Instant::now();
     #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .status()
         .with_context(|| format!("cannot run {program}"))?;
@@ -315,6 +323,20 @@ fn ci(root: &Path) -> Result<()> {
             "--",
             "-D",
             "warnings",
+        ],
+    )?;
+    // The crates' documentation as users read it: no broken link, no
+    // stray HTML.
+    run_env(
+        root,
+        &[("RUSTDOCFLAGS", "-D warnings")],
+        "cargo",
+        &[
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--features",
+            SESSION_REDIS,
         ],
     )?;
     if probe("cargo", &["nextest", "--version"]).is_some() {

@@ -10,6 +10,9 @@
 
 // `println!` and `eprintln!` panic when their stream cannot be written.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+// The flags' doc comments are their `--help` text, written for a terminal:
+// `[default: ...]` and `<pid>` there are not links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 /// A line on stdout, flushed: `Err(Failure)` (exit code 6) when it cannot be
 /// written, quietly when the reader has gone (`snakepit doctor | head -1`).
