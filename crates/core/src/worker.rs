@@ -104,7 +104,9 @@ pub(crate) struct Pending {
     pub(crate) cancel_sent: bool,
     /// Given up while it ran, when the SIGINT could not be sent because
     /// calls waited behind it: sent once each of those has been sent a
-    /// `cancel` frame (see [`Worker::abandon`]).
+    /// `cancel` frame (see [`Worker::abandon`]). Also set on a call given
+    /// up while written ahead, whose turn may have come already
+    /// (`Worker::cancelled_unrun`).
     pub(crate) interrupt_due: bool,
     /// Given up ([`Worker::abandon`]): the worker was asked to stop it once.
     pub(crate) abandoned: bool,
@@ -290,6 +292,12 @@ pub(crate) struct Worker {
     /// A call registered a deadline while the reader's timer was unset:
     /// the reader sets it after its next frame.
     rearm: AtomicBool,
+    /// A stream registered a deadline before the reader's timer fires: the
+    /// reader sets its timer again at once (a stream's caller may never
+    /// poll it, so no other timer stands in meanwhile).
+    deadline_moved: tokio::sync::Notify,
+    /// Some call may be marked [`Pending::interrupt_due`].
+    due: AtomicBool,
     /// `Some` once the process has ended and every call on it was failed.
     finished: watch::Sender<Option<ExitReason>>,
     /// The runtime its tasks run on: the grace period of a call given up
@@ -360,6 +368,8 @@ impl Worker {
             stuck: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
             rearm: AtomicBool::new(false),
+            deadline_moved: tokio::sync::Notify::new(),
+            due: AtomicBool::new(false),
             finished: watch::channel(None).0,
         });
         tokio::spawn(write_loop(stdin));
@@ -401,9 +411,15 @@ impl Worker {
         let until = pending.until;
         inner.pending.insert(id, (pending, None));
         // A stream's deadline is watched by the reader too: its caller may
-        // never poll it, and only the pool can stop it then.
+        // never poll it, and only the pool can stop it then. The reader
+        // hears at once of one earlier than its timer.
         if let Some(deadline) = until {
+            let sooner = inner.armed.is_none_or(|a| deadline < a);
             self.watch(&mut inner, deadline);
+            if sooner {
+                self.rearm.store(true, Ordering::Relaxed);
+                self.deadline_moved.notify_one();
+            }
         }
         Ok(())
     }
@@ -622,6 +638,7 @@ impl Worker {
             // Refused: sent later, once each call behind it is given up.
             p.interrupt_due = behind;
             if behind {
+                self.due.store(true, Ordering::Relaxed);
                 return false;
             }
         }
@@ -629,6 +646,27 @@ impl Worker {
             self.send_cancel(id);
         }
         os::signal_pid(self.pid, libc::SIGINT)
+    }
+
+    /// A call marked to be signalled later ([`Pending::interrupt_due`]),
+    /// if there is one; cheap when there is none.
+    pub(crate) fn interrupt_due(&self) -> Option<u64> {
+        if !self.due.load(Ordering::Relaxed) {
+            return None;
+        }
+        let inner = self.inner();
+        // The call running first (a call behind it may be due too: one
+        // given up while written ahead, in case it had started already).
+        let due = inner
+            .pending
+            .iter()
+            .filter(|(_, (p, _))| p.interrupt_due)
+            .min_by_key(|(_, (p, _))| p.cancel_sent)
+            .map(|(&id, _)| id);
+        if due.is_none() {
+            self.due.store(false, Ordering::Relaxed);
+        }
+        due
     }
 
     /// Whether the pool must not signal call `id` yet: `in_flight` calls
@@ -644,9 +682,17 @@ impl Worker {
             .values()
             .filter(|(p, _)| p.cancel_sent && p.holds_unit)
             .count();
-        let refused = in_flight as usize > 1 + cancelled;
+        // `id` itself, unless it is one of those.
+        let own = inner
+            .pending
+            .get(&id)
+            .is_none_or(|(p, _)| !(p.cancel_sent && p.holds_unit));
+        let refused = in_flight as usize > usize::from(own) + cancelled;
         match inner.pending.get_mut(&id) {
-            Some((p, _)) if refused => p.interrupt_due = true,
+            Some((p, _)) if refused => {
+                p.interrupt_due = true;
+                self.due.store(true, Ordering::Relaxed);
+            }
             _ => {}
         }
         refused
@@ -679,15 +725,24 @@ impl Worker {
     /// a refusal counted meanwhile ([`Worker::interrupt_refused`],
     /// [`Worker::signal_call`]) is either seen here or saw this call
     /// cancelled.
+    ///
+    /// The worker may have started `id` already: its turn came just before
+    /// it was given up, and the reply before it is still on its way to the
+    /// pool. A bridge then ignores the `cancel` frame. So `id` is marked
+    /// due as well, and signalled once nothing runs ahead of it
+    /// ([`Worker::interrupt_due`], when a unit comes back); if the worker
+    /// dropped it unrun, the signal lands between calls.
     fn cancelled_unrun(&self, id: u64) -> Option<u64> {
         let mut inner = self.inner();
         if let Some((p, _)) = inner.pending.get_mut(&id) {
             p.cancel_sent = true;
+            p.interrupt_due = true;
+            self.due.store(true, Ordering::Relaxed);
         }
         inner
             .pending
             .iter()
-            .find_map(|(&due, (p, _))| p.interrupt_due.then_some(due))
+            .find_map(|(&due, (p, _))| (p.interrupt_due && !p.cancel_sent).then_some(due))
     }
 
     /// Call `id` was written ahead and waits behind the one this worker

@@ -45,6 +45,12 @@ impl Shared {
         }
         slot.in_flight = slot.in_flight.saturating_sub(1);
         slot.interrupting = false;
+        // A running call refused its SIGINT because of this unit (a call
+        // leased, then never sent) may have it now.
+        if let Some(due) = worker.interrupt_due() {
+            self.interrupt_in(&mut st, worker, due);
+        }
+        let slot = &mut st.slots[worker.slot];
         let served = worker.served.load(Ordering::Relaxed);
         slot.allow_ahead(worker.pipeline_room(self.config.pipeline_depth), served);
         if slot.replace_at > 0 || slot.drain_at > 0 {
@@ -63,7 +69,11 @@ impl Shared {
     /// ([`Worker::abandon`]). Once signalled, nothing is written ahead to
     /// it until that call's reply.
     pub(crate) fn interrupt(&self, worker: &Worker, id: u64) -> bool {
-        let mut st = self.state();
+        self.interrupt_in(&mut self.state(), worker, id)
+    }
+
+    /// [`Shared::interrupt`] under the pool's lock, held.
+    fn interrupt_in(&self, st: &mut State, worker: &Worker, id: u64) -> bool {
         let slot = &mut st.slots[worker.slot];
         let routed = slot.generation == worker.generation && slot.worker.is_some();
         // Calls given up while they waited behind `id`, and sent a

@@ -205,6 +205,11 @@ impl Stream for CallStream {
                     }
                 }
             }
+            // Every chunk read, and the deadline passed: the reply, even if
+            // it came in time, waits unread like the chunks before it.
+            Poll::Ready(None) if this.sleep.deadline() <= tokio::time::Instant::now() => {
+                return Poll::Ready(Some(this.time_out()));
+            }
             Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
                 // Its deadline passed while the worker waited on this reader.
                 Poll::Ready(Ok(Err(crate::worker::Failure::Expired))) => {

@@ -332,6 +332,9 @@ pub(super) async fn read_loop(
             let timer = tokio::time::sleep_until(tokio::time::Instant::now());
             tokio::pin!(timer);
             let (mut armed, mut fired) = (false, false);
+            // A stream's deadline earlier than the timer (`Worker::register`).
+            let moved = worker.deadline_moved.notified();
+            tokio::pin!(moved);
             // A chunk waiting for its stream's reader; nothing more is read
             // until it is handed over.
             let mut stalled: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
@@ -365,6 +368,7 @@ pub(super) async fn read_loop(
                         break Ending::Exited;
                     }
                     () = &mut timer, if armed => fired = true,
+                    () = &mut moved => moved.set(worker.deadline_moved.notified()),
                 }
                 // The timer fired, or a call set a deadline while it was off.
                 if fired || worker.rearm.load(Ordering::Relaxed) {
