@@ -1226,9 +1226,10 @@ impl Inner {
     /// Sends again the cancels sent over connections before `epoch` (the
     /// client's connection was made again: they may have gone down with
     /// the one they were written into). A host ignores a cancel for a call
-    /// it no longer runs.
+    /// it no longer runs. They stay kept: a host away now gets them again
+    /// when it is back ([`resend_cancels_to`](Self::resend_cancels_to)).
     fn resend_cancels(&self, epoch: u64) {
-        let again = self.cancels.lock().unwrap().before(epoch);
+        let again = self.cancels.lock().unwrap().renew(epoch);
         self.publish_again(again);
     }
 

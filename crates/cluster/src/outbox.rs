@@ -162,6 +162,22 @@ impl Resend {
             .collect()
     }
 
+    /// Copies of the messages sent under a count below `conn`, which stay
+    /// kept as sent under `conn` (they are kept in the order sent, so those
+    /// are the first): sent again now, and once more to a receiver whose
+    /// own connection is made again later.
+    pub(crate) fn renew(&mut self, conn: u64) -> Vec<(async_nats::Subject, bytes::Bytes)> {
+        let mut again = Vec::new();
+        for (at, to, p) in self.messages.iter_mut() {
+            if *at >= conn {
+                break;
+            }
+            *at = conn;
+            again.push((to.clone(), p.clone()));
+        }
+        again
+    }
+
     /// Takes out the messages sent under a count below `conn` (they are
     /// kept in the order sent, so those are the first).
     pub(crate) fn before(&mut self, conn: u64) -> Vec<(async_nats::Subject, bytes::Bytes)> {
@@ -246,6 +262,22 @@ mod tests {
             r.keep(5, to, p);
         }
         assert_eq!(r.before(6).len(), RESEND_MESSAGES, "the oldest went first");
+    }
+
+    #[test]
+    fn renewed_messages_are_sent_again_once_per_reconnect_and_stay_kept() {
+        let mut r = Resend::default();
+        for (conn, to, p) in [(1, "h1", "x"), (1, "h2", "y"), (2, "h1", "z")] {
+            r.keep(conn, to.into(), bytes::Bytes::from(p));
+        }
+        let payloads = |v: Vec<(async_nats::Subject, bytes::Bytes)>| -> Vec<bytes::Bytes> {
+            v.into_iter().map(|(_, p)| p).collect()
+        };
+        assert_eq!(payloads(r.renew(2)), ["x", "y"]);
+        assert!(r.renew(2).is_empty(), "sent again under 2 already");
+        assert_eq!(payloads(r.to("h1")), ["x", "z"], "still kept");
+        assert_eq!(payloads(r.renew(3)), ["x", "y", "z"]);
+        assert_eq!(r.before(4).len(), 3);
     }
 
     #[test]
