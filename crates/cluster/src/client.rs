@@ -156,18 +156,23 @@ struct HostEntry {
     /// Unheard of for `host_timeout`: its calls in flight fail.
     lost: watch::Sender<bool>,
     /// Counts the times its heartbeats showed its connection to NATS made
-    /// again ([`Heartbeat::conn`] grew within a run): its calls in flight
-    /// then, whose messages NATS may have dropped, fail.
+    /// again ([`Heartbeat::conn`] grew within its current run): its calls
+    /// in flight then, whose messages NATS may have dropped, fail.
     remade: watch::Sender<u64>,
-    /// Its run's connections to NATS, at its last heartbeat.
-    conn: u64,
     /// It said goodbye (a graceful shutdown: it finishes what it runs and
     /// keeps announcing itself until then), or it takes no calls (NATS
     /// found no subscriber): no call goes to it, and its calls in flight
     /// wait for their outcome, or for it to be lost.
     leaving: bool,
-    /// Calls of this client on the host (reserved, sent or running).
+    /// Calls of this client on the host's current run (reserved, sent or
+    /// running).
     mine: usize,
+    /// Calls of this client still on runs of the id before the current one
+    /// (leaving, or lost): they do not take the current run's room.
+    mine_before: usize,
+    /// Counts the runs that have been the id's current one: a
+    /// [`Reservation`] made under another run is one of `mine_before`.
+    run: u64,
     /// Calls of other clients on it, at its last heartbeat.
     others: usize,
     /// Of its capacity, the calls its workers run at once (the rest waits
@@ -186,10 +191,23 @@ struct HostEntry {
     /// The subject its calls go to (built once, not per call).
     call: Subject,
     /// Its instances heard of (a host restarted under the same id, or two
-    /// hosts given one id): when each last spoke, and whether it said
-    /// goodbye. One that falls silent without a goodbye while the id lives
-    /// on died with the calls it ran.
-    instances: HashMap<String, (Instant, bool)>,
+    /// hosts given one id), each as its own heartbeats show it. One that
+    /// falls silent while the id lives on, without its last goodbye, died
+    /// with the calls it ran.
+    instances: HashMap<String, Run>,
+}
+
+/// One run of a host id (one `serve`), as its heartbeats show it.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// When it last spoke.
+    seen: Instant,
+    /// It said goodbye: it finishes what it runs, then leaves.
+    bye: bool,
+    /// Its goodbye was its last heartbeat: nothing of it runs any more.
+    last: bool,
+    /// Its connections to NATS, at its last heartbeat.
+    conn: u64,
 }
 
 impl HostEntry {
@@ -205,9 +223,10 @@ impl HostEntry {
             last_seen: Instant::now(),
             lost: watch::channel(false).0,
             remade: watch::channel(0).0,
-            conn: 0,
             leaving: false,
             mine: 0,
+            mine_before: 0,
+            run: 0,
             others: 0,
             running: 0,
             full: false,
@@ -252,6 +271,7 @@ impl HostEntry {
             host: self.info.id.clone(),
             pid: self.info.pid,
             call: self.call.clone(),
+            run: self.run,
         }
     }
 }
@@ -264,12 +284,18 @@ struct Reservation {
     pid: u32,
     /// The host's call subject.
     call: Subject,
+    /// The id's run it was made under ([`HostEntry::run`]).
+    run: u64,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(h) = self.inner.hosts.lock().unwrap().get_mut(&self.host) {
-            h.mine = h.mine.saturating_sub(1);
+            if h.run == self.run {
+                h.mine = h.mine.saturating_sub(1);
+            } else {
+                h.mine_before = h.mine_before.saturating_sub(1);
+            }
             self.inner.room_epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.inner.wake(1);
@@ -1418,28 +1444,48 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                 .entry(hb.host.clone())
                 .or_insert_with(|| HostEntry::new(&inner.subjects, &hb.host, hb.pid));
             entry.last_seen = Instant::now();
+            // Whether the heartbeat speaks for the id: from its current run
+            // (or from a host that does not name its runs), not from an
+            // earlier run still saying goodbye while a new one serves.
+            let current = !known
+                || entry.instance.is_none()
+                || hb.instance.is_none()
+                || entry.instance == hb.instance
+                || !hb.bye;
             if let Some(instance) = &hb.instance {
                 if entry.instances.len() < MAX_INSTANCES || entry.instances.contains_key(instance) {
-                    entry
-                        .instances
-                        .insert(instance.clone(), (entry.last_seen, hb.bye));
+                    let seen = entry.last_seen;
+                    let run = entry.instances.entry(instance.clone()).or_insert(Run {
+                        seen,
+                        bye: false,
+                        last: false,
+                        conn: hb.conn,
+                    });
+                    // The run's connection made again: what NATS had for
+                    // the host and from it meanwhile may be lost, with the
+                    // calls then in flight there (the current run's: an
+                    // earlier run's calls get their cancels again).
+                    if run.conn != 0 && hb.conn > run.conn {
+                        if known && entry.instance == hb.instance {
+                            entry.remade.send_modify(|n| *n += 1);
+                        }
+                        inner.resend_cancels_to(&hb.host);
+                    }
+                    *run = Run {
+                        seen,
+                        bye: hb.bye,
+                        last: hb.last,
+                        conn: run.conn.max(hb.conn),
+                    };
                 }
-            }
-            // The same run's connection made again: what NATS had for the
-            // host and from it meanwhile may be lost with the calls then
-            // in flight there.
-            let same_run = known && hb.instance.is_some() && entry.instance == hb.instance;
-            if same_run && entry.conn != 0 && hb.conn > entry.conn {
-                entry.remade.send_modify(|n| *n += 1);
-                inner.resend_cancels_to(&hb.host);
-            }
-            if !same_run || hb.conn > entry.conn {
-                entry.conn = hb.conn;
             }
             if hb.bye {
                 // Leaving, not lost: the calls it runs still end with their
                 // outcome, and it goes on saying goodbye until they have.
-                entry.leaving = true;
+                // An earlier run's goodbye leaves the current run serving.
+                if current {
+                    entry.leaving = true;
+                }
                 continue;
             }
             entry.leaving = false;
@@ -1453,6 +1499,11 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             entry.info.capacity = hb.capacity.min(MAX_CAPACITY);
             entry.running = hb.running.min(MAX_CAPACITY);
             entry.info.free = hb.free.min(MAX_CAPACITY);
+            // A new run: this client's calls so far are on the runs before.
+            if known && hb.instance.is_some() && entry.instance != hb.instance {
+                entry.run += 1;
+                entry.mine_before += std::mem::take(&mut entry.mine);
+            }
             // What runs there beyond this client's calls is other clients'.
             entry.others =
                 (entry.info.capacity.saturating_sub(entry.info.free)).saturating_sub(entry.mine);
@@ -1526,9 +1577,11 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
             // in flight on the id hears so; the next ones go to the living.
             let timeout = inner.config.host_timeout;
             let mut died = false;
-            h.instances.retain(|_, &mut (seen, bye)| {
-                let silent = now.duration_since(seen) > timeout;
-                died |= silent && !bye;
+            h.instances.retain(|_, run| {
+                let silent = now.duration_since(run.seen) > timeout;
+                // Silent after its goodbye, but before its last one: calls
+                // of it were still running.
+                died |= silent && !(run.bye && run.last);
                 !silent
             });
             if died && !*h.lost.borrow() {

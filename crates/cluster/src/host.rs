@@ -245,6 +245,7 @@ pub async fn serve_with(
         workers_run: 0,
         beats: 0,
         conn: 0,
+        finished: false,
         direct,
         cancels,
         running: HashMap::new(),
@@ -529,6 +530,9 @@ struct Serving {
     beats: u64,
     /// The connections to NATS made, at the last heartbeat.
     conn: u64,
+    /// Every call has ended and the host leaves: its next heartbeat is its
+    /// last ([`Heartbeat::last`]).
+    finished: bool,
     direct: Subscriber,
     cancels: Subscriber,
     running: HashMap<String, Running>,
@@ -698,6 +702,7 @@ impl Serving {
             bye,
             instance: Some(self.instance.clone()),
             conn,
+            last: bye && self.finished,
             broken: self
                 .host
                 .pool
@@ -790,6 +795,7 @@ impl Serving {
         // What waits on the server is bounded: with NATS gone it would wait
         // for its return (and hold the host's exit with it).
         let _ = tokio::time::timeout(LEAVE_WAIT, self.direct.unsubscribe()).await;
+        self.finished = true;
         self.heartbeat(true).await;
         // Every call has queued its outcome: send what is left.
         let last = async {

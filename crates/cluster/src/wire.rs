@@ -340,10 +340,19 @@ pub(crate) struct Heartbeat {
     /// not say.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) conn: u64,
+    /// With `bye`: the run's last heartbeat, sent once every call it ran
+    /// has ended. A run that said goodbye and falls silent without it died
+    /// with calls still running. Absent from hosts that do not say.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(crate) last: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `snakepit_core::Error` on the wire: its kind, its text, and the fields

@@ -134,6 +134,34 @@ fn signal(server: &nats::NatsServer, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+    // A stop takes each of the server's threads as it next enters the
+    // kernel: one busy meanwhile could still answer a request sent after
+    // `kill` returned (CI saw `Ok(true)` from a paused server).
+    if signal == "STOP" {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in its
+/// `/proc` stat).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command's closing parenthesis.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 /// The store's docs (`NatsKvStoreBuilder::timeout`): an operation that gets

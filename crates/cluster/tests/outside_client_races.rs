@@ -878,7 +878,6 @@ async fn connected_times(conn: &async_nats::Client, n: u64) {
 /// never seen: no cancel is sent again (and its streams would not fail
 /// either), and the call runs on for nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: while an old run of a host id says goodbye, its connection count overwrites the new run's, so the new run's reconnect goes unseen and the cancels kept for it are never sent again"]
 async fn a_new_runs_reconnect_is_seen_while_an_old_run_of_its_id_says_goodbye() {
     new_run_reconnects_while_the_old_says_goodbye(2).await;
 }
@@ -997,7 +996,6 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
 /// in the client's queue until the old run's call ends (here past its 6 s
 /// deadline: `CallTimeout`), while the new run idles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: while a client's call runs on the leaving old run of a host id, the client counts it against the new run's room and sends that run nothing"]
 async fn a_new_run_of_a_host_id_takes_calls_while_the_old_run_finishes_this_clients_call() {
     let nats = NatsServer::start().await;
     let (old_pool, old_node) = serve_host(&nats.connect().await, "a", 1, 0).await;
@@ -1070,7 +1068,6 @@ async fn a_new_run_of_a_host_id_takes_calls_while_the_old_run_finishes_this_clie
 /// deadline). Without a new run (the control below) it fails as
 /// documented.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a leaving run that falls silent while it still finishes calls is taken for one that finished when a new run of its id is up: its calls wait for ever"]
 async fn a_leaving_run_cut_off_mid_call_fails_its_call_even_with_a_new_run_of_its_id_up() {
     leaving_run_cut_off(true).await;
 }
