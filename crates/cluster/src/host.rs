@@ -775,7 +775,12 @@ impl Serving {
                 biased;
                 done = done_rx.recv() => match done {
                     Some(reply) => {
+                        // Remembered as in the loop above: the same call
+                        // coming again is ignored, not declined (which
+                        // would tell its caller that it never ran).
                         self.running.remove(&reply);
+                        self.cancelled.remove(&reply);
+                        self.ended.insert(reply);
                     }
                     None => break,
                 },

@@ -249,6 +249,74 @@ async fn a_call_that_comes_again_on_the_bus_runs_once() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// docs/cluster.md: "No call is sent twice", while its host leaves too. A
+/// call that ended while its host was shutting down gracefully, coming
+/// again on the bus, is ignored, not declined: a decline tells its caller
+/// that it never ran. Calls that ended during a shutdown were not
+/// remembered, and such a copy was declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_ended_while_its_host_leaves_is_not_declined_when_it_comes_again() {
+    let nats = NatsServer::start().await;
+    let host_conn = nats.connect().await;
+    let pool = pool_of(TestWorker, 2).await;
+    let node = snakepit_cluster::serve_with(
+        &host_conn,
+        "test",
+        pool.clone(),
+        snakepit_cluster::ServeOptions::new()
+            .host_id("h")
+            .prefetch_per_worker(0),
+    )
+    .await
+    .unwrap();
+    let bus = nats.connect().await;
+    let mut calls = subscribed(&bus, &["snakepit.test.host.*.call"])
+        .await
+        .pop()
+        .unwrap();
+    let client = client(&nats, snakepit_cluster::ClientConfig::default()).await;
+    eventually(30, "the client sees the host with room for two", || async {
+        client.hosts().iter().any(|h| h.free == 2)
+    })
+    .await;
+    let (short, long) = (client.clone(), client.clone());
+    let short = tokio::spawn(async move { short.execute("sleep", json!({"ms": 600})).await });
+    let long = tokio::spawn(async move { long.execute("sleep", json!({"ms": 3000})).await });
+    // The short call's message, as the host got it.
+    let mut first = None;
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), calls.next())
+            .await
+            .expect("the calls reach the host")
+            .unwrap();
+        if String::from_utf8_lossy(&m.payload).contains("600") {
+            first = Some(m);
+        }
+    }
+    let first = first.expect("the short call was seen");
+    let leaving = tokio::spawn(async move { node.shutdown().await });
+    short
+        .await
+        .unwrap()
+        .expect("the short call ends with its result");
+    // Anything more on its reply subject (a decline) would be wrong.
+    let mut replies = bus
+        .subscribe(first.reply.clone().unwrap().to_string())
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    replay(&bus, &first).await;
+    bus.flush().await.unwrap();
+    let more = tokio::time::timeout(Duration::from_millis(800), replies.next()).await;
+    assert!(more.is_err(), "the host answered the copy: {more:?}");
+    assert!(!leaving.is_finished(), "the host was still leaving");
+    long.await
+        .unwrap()
+        .expect("the long call ends with its result");
+    leaving.await.unwrap().unwrap();
+    pool.shutdown().await.unwrap();
+}
+
 /// A client that sees the one host (by id) of cluster `test`, and a fresh
 /// path for `ONCE_WORKER`'s log.
 async fn client_and_log(nats: &NatsServer, tag: &str) -> (Client, std::path::PathBuf) {
