@@ -84,24 +84,46 @@ impl ExportSettings {
     /// else what the exporter reads itself
     /// (`OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
     /// else 10 s).
+    /// A time limit of 0 in the environment (which would fail every export
+    /// at once) means the default.
     pub(crate) fn timeout_of(&self, signal: Signal) -> Duration {
-        let own = match signal {
-            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        };
         self.timeout.unwrap_or_else(|| {
-            env_millis(own)
-                .or_else(|| env_millis(TIMEOUT_VAR))
+            env_timeout(signal)
+                .filter(|t| !t.is_zero())
                 .unwrap_or(opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT)
+        })
+    }
+
+    /// The time limit to give the exporter in code: the short-lived one,
+    /// or the default where the environment says 0 (the exporter would
+    /// take it at its word); `None` leaves it to the exporter, retries
+    /// included.
+    fn timeout_to_set(&self, signal: Signal) -> Option<Duration> {
+        self.timeout.or_else(|| {
+            env_timeout(signal)
+                .is_some_and(|t| t.is_zero())
+                .then_some(opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT)
         })
     }
 
     pub(crate) fn new(short_lived: bool) -> Self {
         let timeout = short_lived.then(|| {
-            env_millis(TIMEOUT_VAR).map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
+            env_millis(TIMEOUT_VAR)
+                .filter(|t| !t.is_zero())
+                .map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
         });
         ExportSettings { timeout }
     }
+}
+
+/// The time limit the environment gives an export of `signal`, as the
+/// exporter reads it: its signal's variable, else the general one.
+fn env_timeout(signal: Signal) -> Option<Duration> {
+    let own = match signal {
+        Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    };
+    env_millis(own).or_else(|| env_millis(TIMEOUT_VAR))
 }
 
 /// A variable's value read as milliseconds, if it is a whole number.
@@ -200,10 +222,11 @@ fn build<E: Exporter>(protocol: Protocol, url: &str, export: &ExportSettings) ->
             let mut b = E::http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(url);
-            if let Some(t) = export.timeout {
-                b = b
-                    .with_timeout(t)
-                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+            if let Some(t) = export.timeout_to_set(E::SIGNAL) {
+                b = b.with_timeout(t);
+            }
+            if export.timeout.is_some() {
+                b = b.with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             E::build_http(b)
         }
@@ -213,10 +236,11 @@ fn build<E: Exporter>(protocol: Protocol, url: &str, export: &ExportSettings) ->
             let mut b = E::grpc()
                 .with_protocol(opentelemetry_otlp::Protocol::Grpc)
                 .with_endpoint(url);
-            if let Some(t) = export.timeout {
-                b = b
-                    .with_timeout(t)
-                    .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+            if let Some(t) = export.timeout_to_set(E::SIGNAL) {
+                b = b.with_timeout(t);
+            }
+            if export.timeout.is_some() {
+                b = b.with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             E::build_grpc(b)
         }

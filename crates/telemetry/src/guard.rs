@@ -55,7 +55,7 @@ impl Guard {
         let ended = self.spans_ended();
         let traces = self.tracer_provider.as_ref().map(|t| t.force_flush());
         let metrics = self.meter_provider.as_ref().map(|m| m.force_flush());
-        self.outcome(traces, metrics, ended)
+        self.outcome(traces, metrics, ended, false)
     }
 
     /// Exports what is buffered and stops the exporters; spans ended after
@@ -93,7 +93,7 @@ impl Guard {
             });
             (traces, metrics)
         });
-        self.outcome(traces, metrics, ended)
+        self.outcome(traces, metrics, ended, true)
     }
 
     /// How many spans have ended so far, read before a flush.
@@ -112,16 +112,26 @@ impl Guard {
         traces: Option<OTelSdkResult>,
         metrics: Option<OTelSdkResult>,
         ended: Option<u64>,
+        last: bool,
     ) -> Result<(), Error> {
         // A flush that timed out has not settled what happened to the
-        // spans it was given: none of them counts as dropped at the queue.
-        let settled = !matches!(traces, Some(Err(OTelSdkError::Timeout(_))));
-        let ended = ended.filter(|_| settled);
+        // spans it was given: none of them counts as dropped at the queue
+        // (they may go with the next export). A shutdown that timed out
+        // drops what is still queued, and says so. (The tracer provider's
+        // shutdown wraps its processor's timeout in an `InternalFailure`
+        // that names it.)
+        let timed_out = match &traces {
+            Some(Err(OTelSdkError::Timeout(_))) => true,
+            Some(Err(OTelSdkError::InternalFailure(e))) => e.contains("Timeout("),
+            _ => false,
+        };
+        let settled = !timed_out;
+        let ended = ended.filter(|_| settled || last);
         let mut errors = Vec::new();
         for (signal, result) in [("traces", traces), ("metrics", metrics)] {
             let state = self.states.iter().find(|s| s.signal() == signal);
             let ended = if signal == "traces" { ended } else { None };
-            if let Some(dropped) = state.and_then(|s| s.take_dropped(ended)) {
+            if let Some(dropped) = state.and_then(|s| s.take_dropped(ended, settled)) {
                 errors.push(dropped);
             } else if let Some(Err(e)) = result {
                 if state.is_some_and(|s| s.refused()) {

@@ -194,14 +194,21 @@ fn metrics_interval(given: Option<std::time::Duration>) -> Option<std::time::Dur
 pub(crate) const MAX_SPAN_QUEUE: usize = 1 << 16;
 
 /// The span batching the `OTEL_BSP_*` variables ask for (read by the SDK),
-/// the queue's size at most [`MAX_SPAN_QUEUE`].
+/// the queue's size at most [`MAX_SPAN_QUEUE`]. A batching delay of 0
+/// would export in a tight loop (a core spent while idle): it means the
+/// default, 5 s, as for the metrics' interval.
 fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
-    let config = BatchConfigBuilder::default();
-    let asked = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
-    match asked {
-        Some(n) if n > MAX_SPAN_QUEUE => config.with_max_queue_size(MAX_SPAN_QUEUE).build(),
-        _ => config.build(),
+    let mut config = BatchConfigBuilder::default();
+    let asked = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if asked("OTEL_BSP_MAX_QUEUE_SIZE").is_some_and(|n| n > MAX_SPAN_QUEUE as u64) {
+        config = config.with_max_queue_size(MAX_SPAN_QUEUE);
     }
+    if asked("OTEL_BSP_SCHEDULE_DELAY") == Some(0) {
+        config = config.with_scheduled_delay(std::time::Duration::from_secs(5));
+    }
+    config.build()
 }

@@ -36,7 +36,7 @@ pub(crate) struct ExportState {
     cause: Mutex<Option<String>>,
     /// Spans ended, as the span processor was given them.
     ended: AtomicU64,
-    /// Spans handed to the exporter, delivered or not.
+    /// Spans whose export has ended, delivered or not.
     handed: AtomicU64,
     /// Spans dropped at the full queue that the guard has told already.
     queue_told: AtomicU64,
@@ -71,10 +71,14 @@ impl ExportState {
     /// What was lost since the last call, for the guard's report: `None`
     /// when nothing was. `ended` is [`ended`](Self::ended) read before the
     /// flush, once the flush has settled what happened to those spans (it
-    /// did not time out); the spans among them that never reached the
-    /// exporter were dropped at the full queue. Spans ended during the
+    /// did not time out), or at a shutdown; the spans among them that
+    /// never reached the exporter were dropped. Spans ended during the
     /// flush may have been exported by it, so this never counts too many.
-    pub(crate) fn take_dropped(&self, ended: Option<u64>) -> Option<String> {
+    ///
+    /// `settled`: the flush or shutdown ended in time, so those spans were
+    /// dropped at the full queue. When a shutdown did not, they were still
+    /// queued, or in an export, when it stopped waiting.
+    pub(crate) fn take_dropped(&self, ended: Option<u64>, settled: bool) -> Option<String> {
         let failed = self.dropped.swap(0, Ordering::SeqCst);
         let cause = self
             .cause
@@ -86,6 +90,11 @@ impl ExportState {
             lost.saturating_sub(self.queue_told.fetch_max(lost, Ordering::SeqCst))
         });
         let (signal, url) = (self.signal, &self.url);
+        let queue = if settled {
+            format!("at the full span queue ({QUEUE_HINT})")
+        } else {
+            "not yet sent when the wait for the export ended".to_owned()
+        };
         match (failed, at_queue) {
             (0, 0) => None,
             (n, 0) => Some(format!(
@@ -93,11 +102,11 @@ impl ExportState {
                 self.count(n)
             )),
             (0, q) => Some(format!(
-                "{signal}: dropped {} at the full span queue ({QUEUE_HINT}) before they could go to {url}",
+                "{signal}: dropped {} {queue} before they could go to {url}",
                 self.count(q)
             )),
             (n, q) => Some(format!(
-                "{signal}: dropped {} for {url}: {n} that it could not take ({cause}) and {q} at the full span queue ({QUEUE_HINT})",
+                "{signal}: dropped {} for {url}: {n} that it could not take ({cause}) and {q} {queue}",
                 self.count(n + q)
             )),
         }
@@ -267,9 +276,11 @@ pub(crate) struct Watched<E> {
 impl<E: SpanExporter> SpanExporter for Watched<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
-        self.state.handed.fetch_add(n, Ordering::SeqCst);
         let start = Instant::now();
         let result = self.inner.export(batch).await;
+        // Counted once the export has ended: a shutdown that stops waiting
+        // during one counts its spans among those never sent.
+        self.state.handed.fetch_add(n, Ordering::SeqCst);
         match &result {
             Err(e) => self.state.failed(n, e, start.elapsed()),
             Ok(()) => self.state.succeeded(),

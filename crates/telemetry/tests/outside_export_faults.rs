@@ -1,0 +1,813 @@
+//! OTLP export under the faults an operator hits, shown from outside:
+//! a receiver that takes the connection and never answers while the
+//! export timeout is above the SDK's own fixed waits, one that answers
+//! slowly with a retryable status, many spans held by a silent receiver
+//! at the end of a short-lived program, an IPv6 literal endpoint, and
+//! `OTEL_*` variables at odd values.
+//!
+//! `init` installs process-wide state, so each test runs its body in a
+//! process of its own (`common::in_own_process`). The receivers are tiny
+//! std `TcpListener`s on the loopback written here (or `common::Receiver`),
+//! whose threads end with the test's process.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{in_own_process, Answer, Receiver};
+use snakepit_telemetry::{Error, Protocol, Telemetry};
+
+// ------------------------------------------------------------- helpers
+
+/// A span named `name`, ended at once.
+fn span(name: &'static str) {
+    drop(tracing::info_span!("faults", otel.name = name).entered());
+}
+
+/// One more on a counter, so that a metrics export has something to say.
+fn count_one() {
+    opentelemetry::global::meter("export-faults")
+        .u64_counter("export.faults.count")
+        .build()
+        .add(1, &[]);
+}
+
+/// The `Error::Flush` message of `result`, or a panic saying what came.
+fn flush_error(result: Result<(), Error>, when: &str, took: Duration) -> String {
+    match result {
+        Err(Error::Flush(msg)) => msg,
+        other => panic!("{when} (after {took:?}): expected Error::Flush, got {other:?}"),
+    }
+}
+
+/// Runs `f` and says how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f();
+    (out, started.elapsed())
+}
+
+/// Telemetry over HTTP to `base`, no stderr lines.
+fn http_to(base: &str) -> Telemetry {
+    Telemetry::new()
+        .service_name("export-faults")
+        .endpoint(base)
+        .protocol(Protocol::HttpProtobuf)
+        .stderr_logs(None)
+}
+
+/// What a scripted receiver does with the `n`th request (from 0).
+#[derive(Clone, Copy)]
+enum Step {
+    /// Wait this long, then answer with this status (no `Retry-After`).
+    After(Duration, u16),
+    /// Hold the connection and never answer.
+    Hold,
+    /// A 200 promising a megabyte of body, sent a byte every 200 ms.
+    Trickle,
+}
+
+/// A receiver on `listener` that answers the `n`th request as `script(n)`
+/// says, counting the requests; its threads live as long as the process.
+fn scripted(listener: TcpListener, script: fn(usize) -> Step) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || answer_each(conn, &seen, script));
+        }
+    });
+    count
+}
+
+/// Reads each request on `conn` and answers as `script` says.
+fn answer_each(conn: TcpStream, seen: &AtomicUsize, script: fn(usize) -> Step) {
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        match script(n) {
+            Step::After(wait, status) => {
+                std::thread::sleep(wait);
+                let reply =
+                    format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").into_bytes();
+                if reader.get_mut().write_all(&reply).is_err() {
+                    return;
+                }
+            }
+            Step::Hold => {
+                // Held until the client gives up and closes it.
+                let _ = reader.read(&mut [0; 1]);
+                return;
+            }
+            Step::Trickle => {
+                let conn = reader.get_mut();
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+                if conn.write_all(head).is_err() {
+                    return;
+                }
+                // Until the client gives up and closes the connection.
+                while conn.write_all(b"x").is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                return;
+            }
+        }
+    }
+}
+
+// ------------------------------------------- waits longer than the SDK's
+
+/// An export timeout above the 5 s the SDK waits on its own for a metrics
+/// shutdown and for a span flush, in ms.
+const LONG_TIMEOUT_MS: &str = "6000";
+
+/// telemetry.md: "what could not be delivered is dropped, and
+/// `Guard::flush` and `Guard::shutdown` return `Error::Flush` saying how
+/// many spans (or metrics exports) were dropped since the last flush,
+/// where to, and why. ... `Guard::shutdown` waits half as long again as the
+/// longest export (15 s with the default 10 s), so that it hears what the
+/// export dropped"; the cause of a receiver that takes the connection but
+/// does not answer is "no answer within the export timeout (10s,
+/// OTEL_EXPORTER_OTLP_TIMEOUT)".
+///
+/// Metrics only (`OTEL_TRACES_EXPORTER=none`), a program that is not
+/// short-lived, `OTEL_EXPORTER_OTLP_TIMEOUT=6000` (any timeout above 5 s,
+/// the default 10 s among them), a receiver that never answers: the
+/// shutdown must say that the metrics export was dropped, where to, and
+/// why. (review_telemetry.rs shows it for spans, with metrics off.)
+#[test]
+#[ignore = "DEFECT: a metrics shutdown gives up after the SDK's fixed 5 s, before a longer export fails, and says only that it timed out"]
+fn a_shutdown_hears_what_a_silent_receiver_dropped_of_the_metrics() {
+    const NAME: &str = "a_shutdown_hears_what_a_silent_receiver_dropped_of_the_metrics";
+    if in_own_process(
+        NAME,
+        &[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", LONG_TIMEOUT_MS),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let silent = Receiver::start(|_| Answer::Silent);
+    let base = silent.base();
+    let guard = http_to(&base).init().unwrap();
+    count_one();
+    let (shut, took) = timed(|| guard.shutdown());
+    let msg = flush_error(shut, "the shutdown", took);
+    assert!(
+        msg.contains(&format!(
+            "metrics: dropped 1 metrics export that {base}/v1/metrics could not take"
+        )),
+        "after {took:?}: {msg}"
+    );
+    assert!(
+        msg.contains("no answer within the export timeout (6s, OTEL_EXPORTER_OTLP_TIMEOUT)"),
+        "after {took:?}: {msg}"
+    );
+}
+
+/// telemetry.md: "`Guard::flush` and `Guard::shutdown` return
+/// `Error::Flush` saying how many spans (or metrics exports) were dropped
+/// since the last flush, where to, and why", the cause of a silent
+/// receiver being "no answer within the export timeout (10s,
+/// OTEL_EXPORTER_OTLP_TIMEOUT)".
+///
+/// Spans only, a program that is not short-lived,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT=6000`, a receiver that never answers: the
+/// flush must say the span was dropped, where to, and why. (The guard is
+/// then forgotten: the process ends without waiting for a shutdown.)
+#[test]
+#[ignore = "DEFECT: Guard::flush of spans gives up after the SDK's fixed 5 s, before a longer export fails, and says only that it timed out"]
+fn a_flush_says_what_a_silent_receiver_dropped_with_a_long_export_timeout() {
+    const NAME: &str = "a_flush_says_what_a_silent_receiver_dropped_with_a_long_export_timeout";
+    if in_own_process(NAME, &[("OTEL_EXPORTER_OTLP_TIMEOUT", LONG_TIMEOUT_MS)]).is_some() {
+        return;
+    }
+    let silent = Receiver::start(|_| Answer::Silent);
+    let base = silent.base();
+    let guard = http_to(&base).metrics(false).init().unwrap();
+    span("flush.never.answered");
+    let (flushed, took) = timed(|| guard.flush());
+    std::mem::forget(guard);
+    let msg = flush_error(flushed, "the flush", took);
+    assert!(
+        msg.contains(&format!(
+            "traces: dropped 1 span that {base}/v1/traces could not take"
+        )),
+        "after {took:?}: {msg}"
+    );
+    assert!(
+        msg.contains("no answer within the export timeout"),
+        "after {took:?}: {msg}"
+    );
+}
+
+/// telemetry.md: `OTEL_EXPORTER_OTLP_TIMEOUT` is "milliseconds per
+/// export", and "`Guard::shutdown` waits half as long again as the longest
+/// export ..., so that it hears what the export dropped", its error
+/// "saying how many spans ... were dropped ..., where to, and why".
+///
+/// A receiver that answers slowly: the first trace export gets a 503 after
+/// 600 ms (retryable, no `Retry-After`), the retry is held unanswered.
+/// With the variable at 1000 ms in a program that is not short-lived, the
+/// export lasts past the 1.5 s the shutdown waits (the retry is given a
+/// whole timeout of its own), and the shutdown must still say the span was
+/// dropped.
+#[test]
+#[ignore = "DEFECT: a retried export outlasts OTEL_EXPORTER_OTLP_TIMEOUT (each try gets the whole timeout), so the shutdown cannot say what was dropped"]
+fn a_slow_retryable_answer_cannot_hide_the_dropped_span_from_the_shutdown() {
+    const NAME: &str = "a_slow_retryable_answer_cannot_hide_the_dropped_span_from_the_shutdown";
+    if in_own_process(NAME, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")]).is_some() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let tries = scripted(listener, |n| match n {
+        0 => Step::After(Duration::from_millis(600), 503),
+        _ => Step::Hold,
+    });
+    let guard = http_to(&base).metrics(false).init().unwrap();
+    span("slow.then.silent");
+    let (shut, took) = timed(|| guard.shutdown());
+    let tries = tries.load(Ordering::SeqCst);
+    let msg = flush_error(shut, "the shutdown", took);
+    assert!(
+        msg.contains(&format!(
+            "traces: dropped 1 span that {base}/v1/traces could not take"
+        )),
+        "after {took:?} and {tries} tries: {msg}"
+    );
+}
+
+/// A receiver whose host drops new connections (as a firewall that drops
+/// packets does): a listener that never accepts, its queue of pending
+/// connections (128, as std asks) filled by this process, so that a
+/// further connect hangs. The listener and the held connections are
+/// returned to be kept alive.
+fn blackholed() -> (TcpListener, Vec<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        held.push(conn);
+        assert!(held.len() < 10_000, "the queue never filled");
+    }
+    (listener, held)
+}
+
+/// telemetry.md: "`Guard::shutdown` waits half as long again as the
+/// longest export ..., so that it hears what the export dropped", its
+/// error "saying how many spans ... were dropped ..., where to, and why";
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` is "milliseconds per export".
+///
+/// A receiver behind a firewall that drops the packets (the connect
+/// hangs), the variable at 300 ms, spans only: the export gives up after
+/// 300 ms, and the shutdown, which waits 450 ms, must say the span was
+/// dropped, where to and why.
+#[test]
+#[ignore = "DEFECT: after a failed export the crate probes the receiver (up to 500 ms per address) inside the export, so a shutdown of 1.5x the timeout misses what it dropped"]
+fn a_shutdown_hears_what_a_blackholed_receiver_dropped() {
+    const NAME: &str = "a_shutdown_hears_what_a_blackholed_receiver_dropped";
+    if in_own_process(NAME, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "300")]).is_some() {
+        return;
+    }
+    let (listener, _held) = blackholed();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let guard = http_to(&base).metrics(false).init().unwrap();
+    span("into.the.void");
+    let (shut, took) = timed(|| guard.shutdown());
+    let msg = flush_error(shut, "the shutdown", took);
+    assert!(
+        msg.contains(&format!(
+            "traces: dropped 1 span that {base}/v1/traces could not take: HTTP export failed: network error"
+        )),
+        "after {took:?}: {msg}"
+    );
+}
+
+/// telemetry.md (Environment): `OTEL_EXPORTER_OTLP_TIMEOUT` is
+/// "milliseconds per export"; a receiver "that takes the connection but
+/// does not answer in time" is given up after it; `Guard::flush` returns,
+/// saying what was dropped.
+///
+/// A receiver that answers slowly, a byte at a time: a 200 promising a
+/// megabyte of body, one byte every 200 ms. Metrics only
+/// (`OTEL_TRACES_EXPORTER=none`), the variable at 1000 ms, a program that
+/// is not short-lived: `Guard::flush` must return (within 8 s, far beyond
+/// the one export it makes) and say the metrics export was dropped.
+#[test]
+#[ignore = "DEFECT: the export timeout bounds each read of the answer, not the export: a receiver trickling its body holds the export, and Guard::flush of metrics never returns"]
+fn a_receiver_trickling_its_answer_cannot_hold_a_flush() {
+    const NAME: &str = "a_receiver_trickling_its_answer_cannot_hold_a_flush";
+    if in_own_process(
+        NAME,
+        &[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    scripted(listener, |_| Step::Trickle);
+    let guard = http_to(&base).init().unwrap();
+    count_one();
+    let (done, flushed) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(guard.flush());
+        std::mem::forget(guard);
+    });
+    let flushed = flushed.recv_timeout(Duration::from_secs(8));
+    let took = started.elapsed();
+    let flushed = flushed.unwrap_or_else(|_| {
+        panic!("Guard::flush had not returned after {took:?} (one export of 1 s)")
+    });
+    let msg = flush_error(flushed, "the flush", took);
+    assert!(
+        msg.contains(&format!(
+            "metrics: dropped 1 metrics export that {base}/v1/metrics could not take"
+        )),
+        "after {took:?}: {msg}"
+    );
+}
+
+// ------------------------------------------ a receiver restarted mid-export
+
+/// A receiver on `port` that reads the first request, then goes away
+/// (connection and listener closed) and comes back on the same port
+/// 50 ms later, answering 200 from then on; the bodies it took.
+fn restarting(listener: TcpListener) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let sink = taken.clone();
+    std::thread::spawn(move || {
+        if let Ok((conn, _)) = listener.accept() {
+            let mut reader = BufReader::new(conn);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let _ = reader.read_exact(&mut vec![0; len]);
+        }
+        // The receiver dies with the export in hand, and restarts.
+        drop(listener);
+        std::thread::sleep(Duration::from_millis(50));
+        let Ok(again) = TcpListener::bind(addr) else {
+            return;
+        };
+        for conn in again.incoming() {
+            let Ok(conn) = conn else { return };
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    sink.lock().unwrap().push(body);
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    taken
+}
+
+/// telemetry.md: `.short_lived(true)` means "each export is then tried
+/// once, without retries and their backoff" (so a program that is not
+/// short-lived retries), and "When an export fails, a warning says so
+/// ... what could not be delivered is dropped, and `Guard::flush` ...
+/// return[s] `Error::Flush`" (so what is delivered is no error).
+///
+/// A receiver that dies with the trace export in hand (after reading it,
+/// before answering) and is back on the same port 50 ms later: a program
+/// that is not short-lived retries and delivers the span there, the flush
+/// is `Ok`, and nothing is warned of.
+#[test]
+fn a_receiver_restarted_during_an_export_gets_it_on_the_retry() {
+    const NAME: &str = "a_receiver_restarted_during_an_export_gets_it_on_the_retry";
+    if let Some(stderr) = in_own_process(NAME, &[]) {
+        assert!(!stderr.contains("cannot export"), "{stderr}");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let taken = restarting(listener);
+    let guard = Telemetry::new()
+        .service_name("export-faults")
+        .endpoint(&base)
+        .metrics(false)
+        .stderr_level(tracing::Level::WARN)
+        .init()
+        .unwrap();
+    span("across.a.restart");
+    let (flushed, took) = timed(|| guard.flush());
+    let taken = taken.lock().unwrap().clone();
+    assert_eq!(flushed, Ok(()), "after {took:?}");
+    assert!(
+        taken
+            .iter()
+            .any(|b| b.windows(16).any(|w| w == b"across.a.restart")),
+        "the restarted receiver took the span"
+    );
+    assert_eq!(guard.shutdown(), Ok(()));
+}
+
+/// The same receiver and a short-lived program: "each export is then tried
+/// once", so the span is dropped, and the end says so, where to and why
+/// (the restarted receiver got nothing).
+#[test]
+fn a_short_lived_export_cut_by_a_restart_is_dropped_and_told() {
+    const NAME: &str = "a_short_lived_export_cut_by_a_restart_is_dropped_and_told";
+    if in_own_process(NAME, &[]).is_some() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let taken = restarting(listener);
+    let guard = http_to(&base)
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    span("cut.by.a.restart");
+    let (shut, took) = timed(|| guard.shutdown());
+    let msg = flush_error(shut, "the short-lived end", took);
+    assert!(
+        msg.contains(&format!(
+            "traces: dropped 1 span that {base}/v1/traces could not take: HTTP export failed: network error"
+        )),
+        "{msg}"
+    );
+    assert!(taken.lock().unwrap().is_empty(), "tried once only");
+}
+
+// ------------------------------------------------ a short-lived program
+
+/// telemetry.md: "A receiver that takes the connection and never answers
+/// costs the end at most 1.5 s: the shutdown waits half as long again as
+/// the export, so that its error can say what was dropped", and
+/// `Guard::shutdown` returns "`Error::Flush` saying how many spans ...
+/// were dropped".
+///
+/// A short-lived program that ended 1,500 spans (three export batches,
+/// all within the default queue of 2,048) against a receiver that never
+/// answers: the end stays within its bound (asserted with slack), and its
+/// error must say that all 1,500 spans were dropped, without blaming a
+/// full span queue (it never was: "said apart" means said rightly).
+#[test]
+fn a_short_lived_end_says_how_many_spans_a_silent_receiver_held() {
+    const NAME: &str = "a_short_lived_end_says_how_many_spans_a_silent_receiver_held";
+    const SPANS: usize = 1500;
+    if in_own_process(NAME, &[]).is_some() {
+        return;
+    }
+    let silent = Receiver::start(|_| Answer::Silent);
+    let base = silent.base();
+    let guard = http_to(&base)
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    for _ in 0..SPANS {
+        span("held.by.silence");
+    }
+    let (shut, took) = timed(|| guard.shutdown());
+    let msg = flush_error(shut, "the short-lived end", took);
+    assert!(
+        took < Duration::from_millis(3500),
+        "the end is promised at most 1.5 s: took {took:?}: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("dropped {SPANS} spans")),
+        "all {SPANS} spans were lost; after {took:?}: {msg}"
+    );
+    assert!(
+        !msg.contains("full span queue"),
+        "the queue (2,048) never was full: {msg}"
+    );
+}
+
+// ----------------------------------------------------- endpoint shapes
+
+/// The requests a receiver took: each one's path and body.
+type Taken = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP receiver on `[::1]` that answers 200 and keeps each
+/// request's path and body; `None` when this machine has no IPv6 loopback.
+fn ipv6_receiver() -> Option<(u16, Taken)> {
+    let listener = TcpListener::bind("[::1]:0").ok()?;
+    let port = listener.local_addr().ok()?.port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    sink.lock().unwrap().push((path, body));
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Some((port, seen))
+}
+
+/// telemetry.md (Environment): `OTEL_EXPORTER_OTLP_ENDPOINT` is "the
+/// receiver's base URL; for HTTP, `/v1/traces` and `/v1/metrics` are
+/// appended". A base URL with an IPv6 literal and a trailing slash
+/// (`http://[::1]:PORT/`) is a URL like any other: a short-lived program
+/// delivers its span and its metrics there, to the two paths, and ends
+/// `Ok`.
+#[test]
+fn an_ipv6_literal_endpoint_with_a_trailing_slash_gets_both_signals() {
+    const NAME: &str = "an_ipv6_literal_endpoint_with_a_trailing_slash_gets_both_signals";
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    if in_own_process(NAME, &[]).is_some() {
+        return;
+    }
+    let (port, seen) = ipv6_receiver().expect("an IPv6 loopback");
+    let guard = http_to(&format!("http://[::1]:{port}/"))
+        .short_lived(true)
+        .init()
+        .unwrap();
+    span("over.ipv6");
+    count_one();
+    let (shut, took) = timed(|| guard.shutdown());
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(shut, Ok(()), "after {took:?}, paths {paths:?}");
+    assert!(
+        seen.iter()
+            .any(|(p, b)| p == "/v1/traces" && b.windows(9).any(|w| w == b"over.ipv6")),
+        "the span at /v1/traces: {paths:?}"
+    );
+    assert!(paths.contains(&"/v1/metrics"), "{paths:?}");
+}
+
+/// telemetry.md: "When an export fails, a warning says so ... with the URL
+/// and the cause (`cannot export traces to
+/// http://localhost:4318/v1/traces: HTTP export failed: network error:
+/// Connection refused`)", and `Guard::shutdown`'s `Error::Flush` says
+/// "where to, and why". With an IPv6 literal endpoint where nothing
+/// listens, the error names the URL as given and the OS's cause.
+#[test]
+fn an_ipv6_literal_endpoint_that_is_down_is_told_with_its_cause() {
+    const NAME: &str = "an_ipv6_literal_endpoint_that_is_down_is_told_with_its_cause";
+    let Ok(probe) = TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    };
+    let port = probe.local_addr().unwrap().port().to_string();
+    drop(probe);
+    if in_own_process(NAME, &[("DEAD_V6_PORT", &port)]).is_some() {
+        return;
+    }
+    let port = std::env::var("DEAD_V6_PORT").unwrap();
+    let base = format!("http://[::1]:{port}");
+    let guard = http_to(&base)
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    span("over.ipv6.down");
+    let (shut, took) = timed(|| guard.shutdown());
+    let msg = flush_error(shut, "the shutdown", took);
+    assert!(
+        msg.contains(&format!(
+            "traces: dropped 1 span that {base}/v1/traces could not take"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("Connection refused"), "the cause: {msg}");
+}
+
+// --------------------------------------------------- variables, odd values
+
+/// telemetry.md (Environment): `OTEL_EXPORTER_OTLP_TIMEOUT` is
+/// "milliseconds per export", default 10000, and a short-lived program's
+/// export is "given at most 1 s", its end costing "at most 1.5 s" against
+/// a receiver that never answers. A value that is no number of
+/// milliseconds (blank, words, negative, beyond `u64`) is not one: each
+/// such program ends within the bound (with slack), and its error gives
+/// the 1 s it used and the cause.
+#[test]
+fn odd_export_timeouts_leave_a_short_lived_end_within_its_bound() {
+    const NAME: &str = "odd_export_timeouts_leave_a_short_lived_end_within_its_bound";
+    if std::env::var_os(common::CHILD).is_none() {
+        for odd in [
+            " ",
+            "ten seconds",
+            "-5",
+            "99999999999999999999999",
+            "18446744073709551615",
+        ] {
+            let stderr = in_own_process(NAME, &[("OTEL_EXPORTER_OTLP_TIMEOUT", odd)]);
+            assert!(stderr.is_some(), "{odd:?}");
+        }
+        return;
+    }
+    let silent = Receiver::start(|_| Answer::Silent);
+    let guard = http_to(&silent.base())
+        .metrics(false)
+        .short_lived(true)
+        .init()
+        .unwrap();
+    span("odd.timeout");
+    let (shut, took) = timed(|| guard.shutdown());
+    let msg = flush_error(shut, "the short-lived end", took);
+    let odd = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT").unwrap_or_default();
+    assert!(
+        took < Duration::from_millis(3500),
+        "{odd:?}: the end is promised at most 1.5 s: took {took:?}: {msg}"
+    );
+    assert!(
+        msg.contains("no answer within the export timeout (1s, OTEL_EXPORTER_OTLP_TIMEOUT)"),
+        "{odd:?}: {msg}"
+    );
+}
+
+/// telemetry.md (Environment): `OTEL_EXPORTER_OTLP_TIMEOUT` is
+/// "milliseconds per export"; a short-lived export is given "at most 1 s
+/// (less if `OTEL_EXPORTER_OTLP_TIMEOUT` says so)". A very large value
+/// (`u64::MAX` milliseconds) does not overflow: against a receiver that
+/// answers, the span and the metrics are delivered and the end is `Ok`
+/// (the bound against a silent receiver is in the test above).
+#[test]
+fn a_huge_export_timeout_still_delivers() {
+    const NAME: &str = "a_huge_export_timeout_still_delivers";
+    if in_own_process(
+        NAME,
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "18446744073709551615")],
+    )
+    .is_some()
+    {
+        return;
+    }
+    let up = Receiver::ok();
+    let guard = http_to(&up.base()).short_lived(true).init().unwrap();
+    span("huge.timeout");
+    count_one();
+    let (shut, took) = timed(|| guard.shutdown());
+    assert_eq!(shut, Ok(()), "after {took:?}");
+    assert!(up.got("/v1/traces", "huge.timeout"));
+    assert!(!up.requests("/v1/metrics").is_empty());
+}
+
+/// telemetry.md (Environment): `OTEL_EXPORTER_OTLP_TIMEOUT` is
+/// "milliseconds per export", and a short-lived export is given "at most
+/// 1 s (less if `OTEL_EXPORTER_OTLP_TIMEOUT` says so)"; the same table
+/// says of `OTEL_METRIC_EXPORT_INTERVAL` that "0 means the default". Zero
+/// milliseconds per export can deliver nothing: a program exporting to a
+/// receiver that answers at once must either take 0 as the default (as
+/// the interval does) or refuse it at `init`; here it is taken at its
+/// word and every export fails.
+#[test]
+fn a_zero_export_timeout_still_delivers_or_is_refused() {
+    const NAME: &str = "a_zero_export_timeout_still_delivers_or_is_refused";
+    if in_own_process(NAME, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "0")]).is_some() {
+        return;
+    }
+    let up = Receiver::ok();
+    let guard = match http_to(&up.base()).short_lived(true).init() {
+        Ok(guard) => guard,
+        Err(_) => return, // refused at init: fine
+    };
+    span("zero.timeout");
+    count_one();
+    let (shut, took) = timed(|| guard.shutdown());
+    assert_eq!(shut, Ok(()), "after {took:?}");
+    assert!(up.got("/v1/traces", "zero.timeout"));
+}
+
+/// This process's CPU time (user and system, all threads).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime: fields 14 and 15 of the whole line, in clock ticks
+    // (100 a second on Linux).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// telemetry.md: "Spans are batched and exported on a background thread;
+/// a receiver that is down costs the caller nothing more than the
+/// batching", and the crate takes care that a zero metrics interval does
+/// not "export in a tight loop" ("0 means the default"). The span batching
+/// delay, `OTEL_BSP_SCHEDULE_DELAY`, at 0 must not make the exporter's
+/// thread spin either: an idle program (nothing to export) must use next
+/// to no CPU over two seconds.
+#[test]
+fn a_zero_span_batching_delay_does_not_spin() {
+    const NAME: &str = "a_zero_span_batching_delay_does_not_spin";
+    if in_own_process(NAME, &[("OTEL_BSP_SCHEDULE_DELAY", "0")]).is_some() {
+        return;
+    }
+    let up = Receiver::ok();
+    let guard = http_to(&up.base()).metrics(false).init().unwrap();
+    span("zero.delay");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_time() - before;
+    let _ = guard.shutdown();
+    assert!(
+        used < Duration::from_millis(1000),
+        "an idle program used {used:?} of CPU in 2 s"
+    );
+}
