@@ -53,6 +53,17 @@ local function touch(n)
   redis.call('PEXPIREAT', KEYS[1], n + ttl)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
 end
+-- The version after a write, from the one before (`v`, a field's value):
+-- the count of writes, then the server's clock in microseconds. A server
+-- restarted from a snapshot older than its last writes counts from the
+-- snapshot's version again, so the count alone could be given twice (an
+-- update that read it would then land over a write made since); the clock
+-- has moved on.
+local function next_version(v)
+  local count = tonumber(string.match(v or '', '^%d+')) or 0
+  local t = redis.call('TIME')
+  return (count + 1) .. '.' .. t[1] .. '.' .. t[2]
+end
 -- The id is still in the index, its hash gone: it expired and no sweep
 -- has reported it yet. It is taken out and counted here, and reported by
 -- the caller (1), before the id is used again.
@@ -118,7 +129,7 @@ const SET_FIELD: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 touch(now())
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'v', next_version(redis.call('HGET', KEYS[1], 'v')))
 return 1
 "#;
 
@@ -127,7 +138,7 @@ const DEL_FIELD: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 touch(now())
 local r = redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'v', next_version(redis.call('HGET', KEYS[1], 'v')))
 return r
 "#;
 
@@ -143,7 +154,7 @@ if v .. ':' .. inc ~= ARGV[2] then return 0 end
 local c = redis.call('HGET', KEYS[1], 'c')
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'v', tonumber(v) + 1, 'c', c)
+redis.call('HSET', KEYS[1], 'v', next_version(v), 'c', c)
 if inc ~= '' then redis.call('HSET', KEYS[1], 'i', inc) end
 touch(now())
 return 1

@@ -334,6 +334,11 @@ impl Pool {
         let shared = self.shared();
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
         if let (Some(hook), Some(id)) = (&shared.session_hook, options.session_id.as_deref()) {
+            // A pool that is shut down refuses the call before its session
+            // is touched (made, in a store shared with other hosts).
+            if shared.state().closed {
+                return Err(Error::ShutDown);
+            }
             // The store's time counts against the call's deadline.
             // A hook that panics fails the call, not the caller's task.
             let touch = crate::sync::CatchUnwind(hook.touch(id));
