@@ -772,6 +772,14 @@ class Worker {
     // id would be answered under another one (2^53 + 1 reads as 2^53), so
     // it is refused instead. The pool's ids never get near it.
     const hasId = Number.isSafeInteger(id) && id > 0;
+    if (hasId && this._running.has(id)) {
+      // Answering it, well-formed or not, would give the pool two final
+      // replies for one id (and the running call's would then look
+      // stale): dropped, with a line on stderr, as docs/protocol.md
+      // section 4 allows.
+      this.log.warn(`request id ${id} is already running; dropped`);
+      return;
+    }
     let problem = null;
     if (!hasId) {
       if (!('id' in msg)) problem = 'request lacks the field id';
@@ -782,12 +790,6 @@ class Worker {
     } else if (msg.args !== undefined && msg.args !== null &&
       (typeof msg.args !== 'object' || Array.isArray(msg.args) || ArrayBuffer.isView(msg.args))) {
       problem = 'field args must be a map';
-    } else if (this._running.has(id)) {
-      // Answering it would give the pool two final replies for one id (and
-      // the running call's would then look stale): dropped, with a line on
-      // stderr, as docs/protocol.md section 4 allows.
-      this.log.warn(`request id ${id} is already running; dropped`);
-      return;
     }
     if (problem !== null) {
       this._send(failure(hasId ? id : 0, 'InvalidRequest', problem));

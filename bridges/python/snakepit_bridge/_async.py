@@ -224,6 +224,9 @@ class AsyncServer(Server):
 
     # --- requests ------------------------------------------------------------------
 
+    def running(self, rid) -> bool:
+        return rid in self._tasks
+
     def on_request(self, msg):
         rid = msg["id"]
         if rid in self._tasks:

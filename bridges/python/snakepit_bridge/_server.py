@@ -308,11 +308,20 @@ class Server:
             log("stdout closed by the pool; exiting")
             raise SystemExit(0)
 
+    def running(self, rid) -> bool:
+        """Whether request ``rid`` runs now (its final reply not sent)."""
+        return False
+
     def send_frame_error(self, exc):
         # A request that decoded but is malformed is answered under its own
         # id when it has one; anything else is a stream-level ProtocolError.
         if exc.request:
-            self.send(error_reply(exc.frame_id or 0, "InvalidRequest", exc.message))
+            rid = exc.frame_id or 0
+            if rid and self.running(rid):
+                # Answered, it would give that id a second final reply.
+                log(f"request id {rid} is already running; malformed duplicate dropped")
+                return
+            self.send(error_reply(rid, "InvalidRequest", exc.message))
         else:
             self.send(error_reply(0, "ProtocolError", exc.message))
 

@@ -91,13 +91,21 @@ class SyncServer(Server):
         while True:
             if backlog:
                 # A request written ahead, about to start: a cancel for it
-                # may have arrived in the pipe while the one before it ran.
-                if poll_pipe():
+                # may have arrived in the pipe while the one before it ran
+                # (or been read already, with a host call's reply).
+                if poll_pipe() or reader._buf:
                     read_ahead()
                     if not backlog:
                         continue
                 payload = next_waiting()
             else:
+                if reader._buf:
+                    # Frames read while the last call ran (with a host
+                    # call's reply): written ahead, so their cancels are
+                    # looked for first, as for the backlog's.
+                    read_ahead()
+                    if backlog:
+                        continue
                 if reader.eof:
                     return 0
                 try:
@@ -150,7 +158,7 @@ class SyncServer(Server):
             if n >= 4 and _unpack_header(data)[0] + 4 == n <= reader.max_size + 4:
                 payload = data[4:]
                 self._backlog.append(payload)
-                if b"cancel" in payload:
+                if _may_cancel(payload):
                     self._drop_cancelled()
                     return True  # the backlog may be empty now
                 return False
@@ -215,7 +223,7 @@ class SyncServer(Server):
                 pos = end
                 # A cancel frame's type is the string "cancel" in either
                 # codec; other frames are decoded once, when dispatched.
-                if b"cancel" in payload:
+                if _may_cancel(payload):
                     cancels = True
                 backlog.append(payload)
             del buf[:pos]
@@ -254,7 +262,7 @@ class SyncServer(Server):
         an integer, is left to be reported or ignored when dispatched."""
         found = []
         for payload in self._backlog:
-            if b"cancel" not in payload:
+            if not _may_cancel(payload):
                 continue
             try:
                 kind, msg = self.parse(payload)
@@ -467,6 +475,13 @@ class SyncServer(Server):
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.
         return self.call_host(ctx, function, args)
+
+
+def _may_cancel(payload: bytes) -> bool:
+    """Whether a frame may be a cancel: its type, the string "cancel",
+    is in it as such, or JSON could write it with escapes (a frame with a
+    backslash is decoded to tell)."""
+    return b"cancel" in payload or b"\\" in payload
 
 
 def _peeker(fd):

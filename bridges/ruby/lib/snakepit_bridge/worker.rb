@@ -499,6 +499,13 @@ module SnakepitBridge
     def next_to_run
       reader = frame_reader
       loop do
+        if @pending.empty? && reader.leftover?
+          # Frames read while the last call ran (with a host call's reply):
+          # written ahead, so stdin is looked into for their cancels first,
+          # as for those in @pending.
+          read_ahead(reader)
+          next unless @pending.empty?
+        end
         if @pending.empty?
           message = next_message
           return message if message.nil? || !reader.leftover?
@@ -545,7 +552,8 @@ module SnakepitBridge
     def cancel_waiting(id)
       return unless id.is_a?(Integer) && id.positive?
 
-      index = @pending.index { |m| m["id"] == id && (m["type"].nil? || m["type"] == "request") }
+      # eql?: a request whose id is 2.0 is no request 2 (it is invalid).
+      index = @pending.index { |m| m["id"].eql?(id) && (m["type"].nil? || m["type"] == "request") }
       return if index.nil?
 
       @pending.delete_at(index)
@@ -642,7 +650,7 @@ module SnakepitBridge
       nil while reader.read_waiting
       found = false
       read_ahead(reader) do |message|
-        mine = !found && message["type"] == "cancel" && message["id"] == id
+        mine = !found && message["type"] == "cancel" && message["id"].eql?(id)
         found ||= mine
         mine # taken; every other frame is queued
       end
