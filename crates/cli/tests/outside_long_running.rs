@@ -680,7 +680,6 @@ fn blackholed() -> (TcpListener, Vec<TcpStream>) {
 /// address for up to 500 ms more before it records the failure: always
 /// after the shutdown's 1.5 s.)
 #[test]
-#[ignore = "DEFECT: the crate's probe of a failed receiver (500 ms) runs inside the export, after its timeout, so the end misses what was dropped and says only `Shutdown errors: [Timeout(1.5s)]`"]
 fn exec_to_a_blackholed_collector_says_what_it_dropped() {
     let (listener, _held) = blackholed();
     let traces = format!("http://{}/v1/traces", listener.local_addr().unwrap());

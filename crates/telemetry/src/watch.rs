@@ -177,11 +177,14 @@ impl ExportState {
     fn cause_of(&self, error: &OTelSdkError, took: Duration) -> String {
         let message = sdk_message(error);
         if message.contains("network error") {
-            if let Some(e) = connect_error(&self.url) {
-                return format!("{message}: {e}");
-            }
+            // An export that took its whole timeout had no answer: no probe
+            // of the address then (up to 500 ms more), which would record
+            // the failure after a shutdown waiting for it had given up.
             if took >= self.timeout {
                 return self.no_answer(&message);
+            }
+            if let Some(e) = connect_error(&self.url) {
+                return format!("{message}: {e}");
             }
         } else if took >= self.timeout && grpc_timed_out(&message) {
             return self.no_answer(&message);
