@@ -308,7 +308,7 @@ pub(crate) async fn supervise(
                         exit = worker.finished() => break exit,
                         _ = shutdown.changed() => return,
                         reason = recycle_due(&shared, &worker, drain, limits) => {
-                            if let Some((new, new_limits)) = recycle(&shared, i, &worker, reason, &mut shutdown).await {
+                            if let Some((new, new_limits)) = recycle(&shared, i, &worker, reason, &mut shutdown, &mut retry).await {
                                 worker = new;
                                 limits = new_limits;
                                 drain = true;
@@ -510,10 +510,14 @@ pub(crate) async fn recycle(
     old: &Arc<Worker>,
     reason: Recycle,
     shutdown: &mut watch::Receiver<bool>,
+    retry: &mut watch::Receiver<u64>,
 ) -> Option<(Arc<Worker>, CallLimits)> {
     tracing::info!(worker = %old.id, pid = old.pid, reason = reason.as_str(), "recycling the worker; starting its replacement");
     let generation = shared.spare_generation(i);
     let span = start_span(shared, i);
+    // As for a start: a retry asked from now on ends the back-off that may
+    // follow a failure.
+    retry.mark_unchanged();
     let started = tokio::select! {
         r = start_worker(shared, i, generation).instrument(span) => r,
         _ = shutdown.changed() => return None,
@@ -545,9 +549,14 @@ pub(crate) async fn recycle(
                 worker: i,
                 cause: &e.cause,
             });
+            // The old worker serves on meanwhile; the back-off ends early
+            // when it dies (its slot must not wait empty) or when a retry is
+            // asked (`Pool::retry_starts`).
             tokio::select! {
                 _ = tokio::time::sleep(restart_delay(&shared.config, shared.config.restart_backoff_max, i as u64)) => {}
                 _ = shutdown.changed() => {}
+                _ = old.finished() => {}
+                _ = retry.changed() => {}
             }
             None
         }
