@@ -114,7 +114,7 @@ pub(crate) async fn start_worker(
         }
         Ok(Err(e)) => format!("init handshake failed: {e}"),
         Err(_) => format!(
-            "no answer to the init handshake within {:?}",
+            "no answer to the init handshake within {:?} (`worker_init_timeout`, which bounds the script's loading and its after-fork hooks)",
             shared.config.worker_init_timeout
         ),
     };
