@@ -193,18 +193,29 @@ fn run_within(mut cmd: Command, limit: Duration) -> Ended {
     let started = Instant::now();
     let mut child = cmd.spawn().expect("snakepit runs");
     let out = pipes(&mut child);
+    ended(child, out, started, limit)
+}
+
+/// Waits for `child` to end, killing it when `limit` has passed since
+/// `since`; `out` is its [`pipes`]. `took` is measured from `since`.
+fn ended(
+    mut child: std::process::Child,
+    out: std::thread::JoinHandle<(String, String)>,
+    since: Instant,
+    limit: Duration,
+) -> Ended {
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status.code();
         }
-        if started.elapsed() > limit {
+        if since.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let took = started.elapsed();
+    let took = since.elapsed();
     let (stdout, stderr) = out.join().unwrap();
     Ended {
         code,
@@ -286,6 +297,37 @@ const STOP_SLACK: Duration = Duration::from_millis(3500);
 /// costs the end at most 1.5 s ... The `snakepit` command does so".
 const EXPORT_BOUND: Duration = Duration::from_millis(1500);
 
+/// The command whose exports the `exec echo` tests watch.
+const ECHO: [&str; 3] = ["exec", "echo", r#"{"x": 1}"#];
+
+/// `snakepit exec echo` in `dir` exporting to `base`, given a minute.
+fn echo_exporting_to(dir: &Dir, base: &str) -> Ended {
+    run_within(
+        command(dir, &ECHO, &[("OTEL_EXPORTER_OTLP_ENDPOINT", base)]),
+        Duration::from_secs(60),
+    )
+}
+
+/// `snakepit exec echo` in `dir` against a receiver that answers: exit 0.
+fn echo_against_a_good_receiver(dir: &Dir) -> Ended {
+    let good = echo_exporting_to(dir, &receiver(Mode::Ok));
+    assert_eq!(good.code, Some(0), "{good:?}");
+    good
+}
+
+/// `r` (against a receiver said by `what`) printed the call's result and
+/// exited 0, taking at most the promised 1.5 s and `slack` more than
+/// `good` (against a receiver that answers).
+fn assert_echoed_in_bound(r: &Ended, good: &Ended, slack: Duration, what: &str) {
+    assert_eq!(r.code, Some(0), "{what}: {r:?}");
+    assert!(echoed(r), "{what}: {r:?}");
+    assert!(
+        r.took < good.took + EXPORT_BOUND + slack,
+        "{what}: {r:?}\nagainst {:?} with a receiver that answers",
+        good.took
+    );
+}
+
 // ------------------------------------------------------ exec, stopped
 
 /// `snakepit exec` running a long call of `outside_long_call.py`, with
@@ -311,28 +353,22 @@ fn exec_stopped_while_exports_hang(name: &str, sig: libc::c_int) -> (Ended, u32,
     std::thread::sleep(Duration::from_millis(300));
     signal(child.id(), sig);
     let signalled = Instant::now();
-    let limit = Duration::from_secs(30);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if signalled.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = signalled.elapsed();
-    let (stdout, stderr) = out.join().unwrap();
-    let ended = Ended {
-        code,
-        stdout,
-        stderr,
-        took,
-    };
+    let ended = ended(child, out, signalled, Duration::from_secs(30));
     let left = records(&dir.0.join("state"));
     (ended, pid, left)
+}
+
+/// `exec`, its exports hung, stopped by `sig`: it exits `code` within the
+/// bound, saying `stopped` and what was dropped; its worker is gone and
+/// its run record removed.
+fn assert_exec_stopped_in_bound(name: &str, sig: libc::c_int, code: i32, stopped: &str) {
+    let (r, pid, left) = exec_stopped_while_exports_hang(name, sig);
+    assert_eq!(r.code, Some(code), "{r:?}");
+    assert!(r.took < EXPORT_BOUND + STOP_SLACK, "{r:?}");
+    assert!(r.stderr.contains(stopped), "{r:?}");
+    assert!(r.stderr.contains("dropped"), "what was dropped: {r:?}");
+    assert!(gone(pid), "the worker {pid} outlived the command: {r:?}");
+    assert!(left.is_empty(), "run records left: {left:?}\n{r:?}");
 }
 
 /// cli.md (exit codes): "130, 143: `exec` stopped by Ctrl-C (130) or
@@ -348,25 +384,13 @@ fn exec_stopped_while_exports_hang(name: &str, sig: libc::c_int) -> (Ended, u32,
 /// the worker is gone and the run record removed.
 #[test]
 fn exec_sigterm_while_exports_hang_is_143_in_bound_and_leaves_nothing() {
-    let (r, pid, left) = exec_stopped_while_exports_hang("ol-exec-term", libc::SIGTERM);
-    assert_eq!(r.code, Some(143), "{r:?}");
-    assert!(r.took < EXPORT_BOUND + STOP_SLACK, "{r:?}");
-    assert!(r.stderr.contains("stopped by SIGTERM"), "{r:?}");
-    assert!(r.stderr.contains("dropped"), "what was dropped: {r:?}");
-    assert!(gone(pid), "the worker {pid} outlived the command: {r:?}");
-    assert!(left.is_empty(), "run records left: {left:?}\n{r:?}");
+    assert_exec_stopped_in_bound("ol-exec-term", libc::SIGTERM, 143, "stopped by SIGTERM");
 }
 
 /// As above, for Ctrl-C: exit 130.
 #[test]
 fn exec_ctrl_c_while_exports_hang_is_130_in_bound_and_leaves_nothing() {
-    let (r, pid, left) = exec_stopped_while_exports_hang("ol-exec-int", libc::SIGINT);
-    assert_eq!(r.code, Some(130), "{r:?}");
-    assert!(r.took < EXPORT_BOUND + STOP_SLACK, "{r:?}");
-    assert!(r.stderr.contains("stopped by Ctrl-C"), "{r:?}");
-    assert!(r.stderr.contains("dropped"), "what was dropped: {r:?}");
-    assert!(gone(pid), "the worker {pid} outlived the command: {r:?}");
-    assert!(left.is_empty(), "run records left: {left:?}\n{r:?}");
+    assert_exec_stopped_in_bound("ol-exec-int", libc::SIGINT, 130, "stopped by Ctrl-C");
 }
 
 // --------------------------------------------- exec, receivers misbehaving
@@ -386,13 +410,7 @@ fn exec_ctrl_c_while_exports_hang_is_130_in_bound_and_leaves_nothing() {
 #[test]
 fn exec_against_misbehaving_receivers_prints_its_result_and_ends_in_bound() {
     let dir = Dir::new("ol-misbehaving");
-    let echo = ["exec", "echo", r#"{"x": 1}"#];
-    let base = receiver(Mode::Ok);
-    let good = run_within(
-        command(&dir, &echo, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &base)]),
-        Duration::from_secs(60),
-    );
-    assert_eq!(good.code, Some(0), "{good:?}");
+    let good = echo_against_a_good_receiver(&dir);
     assert!(!good.stderr.contains("cannot export"), "{good:?}");
     for mode in [
         Mode::Status(503, "Retry-After: 600\r\n"),
@@ -400,18 +418,8 @@ fn exec_against_misbehaving_receivers_prints_its_result_and_ends_in_bound() {
         Mode::CloseMidAnswer,
         Mode::Slow(Duration::from_secs(3)),
     ] {
-        let base = receiver(mode);
-        let r = run_within(
-            command(&dir, &echo, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &base)]),
-            Duration::from_secs(60),
-        );
-        assert_eq!(r.code, Some(0), "{mode:?}: {r:?}");
-        assert!(echoed(&r), "{mode:?}: {r:?}");
-        assert!(
-            r.took < good.took + EXPORT_BOUND + STOP_SLACK,
-            "{mode:?}: {r:?}\nagainst {:?} with a receiver that answers",
-            good.took
-        );
+        let r = echo_exporting_to(&dir, &receiver(mode));
+        assert_echoed_in_bound(&r, &good, STOP_SLACK, &format!("{mode:?}"));
         assert!(
             r.stderr.contains("cannot export traces to "),
             "{mode:?}: {r:?}"
@@ -429,7 +437,6 @@ fn exec_against_misbehaving_receivers_prints_its_result_and_ends_in_bound() {
 #[test]
 fn exec_runs_its_call_whatever_odd_value_an_otel_variable_has() {
     let dir = Dir::new("ol-odd-vars");
-    let echo = ["exec", "echo", r#"{"x": 1}"#];
     let base = receiver(Mode::Ok);
     let huge = "18446744073709551615";
     let beyond = "99999999999999999999999";
@@ -461,7 +468,7 @@ fn exec_runs_its_call_whatever_odd_value_an_otel_variable_has() {
         if *var != "OTEL_EXPORTER_OTLP_ENDPOINT" {
             env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &base));
         }
-        let r = run_within(command(&dir, &echo, &env), Duration::from_secs(30));
+        let r = run_within(command(&dir, &ECHO, &env), Duration::from_secs(30));
         assert_eq!(r.code, Some(0), "{var}={value:?}: {r:?}");
         assert!(echoed(&r), "{var}={value:?}: {r:?}");
         assert!(!r.stderr.contains("panicked"), "{var}={value:?}: {r:?}");
@@ -517,6 +524,38 @@ fn serve_ended(serve: &mut Serve, limit: Duration) -> (Option<i32>, Duration, St
     (status.and_then(|s| s.code()), took, stderr)
 }
 
+/// A `serve` host exporting to a receiver that never answers, a call of
+/// `nap` sent to it, and what they need kept alive.
+struct HungHost {
+    host: Serve,
+    /// The call, running on a thread.
+    call: std::thread::JoinHandle<Ended>,
+    /// Where the call's worker writes its pid.
+    pidfile: PathBuf,
+    _dir: Dir,
+    _nats: snakepit_tests::NatsServer,
+}
+
+/// A host of cluster `cluster` exporting to a receiver that never
+/// answers, and a call of `nap` for `ms` sent to it, its pidfile in a
+/// directory named `dir`.
+fn host_called_while_exports_hang(cluster: &str, dir: &str, ms: u64) -> HungHost {
+    let nats = snakepit_tests::NatsServer::start();
+    let silent = receiver(Mode::Silent);
+    let host = serve_exporting(&nats.url, cluster, &silent);
+    let dir = Dir::new(dir);
+    let pidfile: PathBuf = dir.0.join("pid");
+    let args = serde_json::json!({"ms": ms, "pidfile": pidfile}).to_string();
+    let call = call_nap(&nats.url, cluster, args);
+    HungHost {
+        host,
+        call,
+        pidfile,
+        _dir: dir,
+        _nats: nats,
+    }
+}
+
 /// cli.md: `serve` serves "until Ctrl-C or SIGTERM: then it takes no new
 /// call, lets the running ones finish, shuts the pool down and exits 0";
 /// telemetry.md: "A receiver that takes the connection and never answers
@@ -529,17 +568,13 @@ fn serve_ended(serve: &mut Serve, limit: Duration) -> (Option<i32>, Duration, St
 /// is gone.
 #[test]
 fn serve_sigterm_while_exports_hang_exits_0_in_bound_and_leaves_no_worker() {
-    let nats = snakepit_tests::NatsServer::start();
-    let silent = receiver(Mode::Silent);
-    let mut host = serve_exporting(&nats.url, "olterm", &silent);
-    let dir = Dir::new("ol-serve-term");
-    let pidfile: PathBuf = dir.0.join("pid");
-    let args = serde_json::json!({"ms": 0, "pidfile": pidfile}).to_string();
-    let call = call_nap(&nats.url, "olterm", args).join().unwrap();
+    let mut hung = host_called_while_exports_hang("olterm", "ol-serve-term", 0);
+    let host = &mut hung.host;
+    let call = hung.call.join().unwrap();
     assert_eq!(call.code, Some(0), "{call:?}");
-    let pid = pid_in(&pidfile);
+    let pid = pid_in(&hung.pidfile);
     host.signal(libc::SIGTERM);
-    let (code, took, stderr) = serve_ended(&mut host, Duration::from_secs(30));
+    let (code, took, stderr) = serve_ended(host, Duration::from_secs(30));
     assert_eq!(code, Some(0), "after {took:?}: {stderr}");
     assert!(took < EXPORT_BOUND + STOP_SLACK, "{took:?}: {stderr}");
     assert!(stderr.contains("dropped"), "what was dropped: {stderr}");
@@ -553,14 +588,9 @@ fn serve_sigterm_while_exports_hang_exits_0_in_bound_and_leaves_no_worker() {
 /// slack), the worker of the cut-off call gone.
 #[test]
 fn a_second_sigterm_while_serve_exports_hang_exits_1_in_bound() {
-    let nats = snakepit_tests::NatsServer::start();
-    let silent = receiver(Mode::Silent);
-    let mut host = serve_exporting(&nats.url, "olsecond", &silent);
-    let dir = Dir::new("ol-serve-second");
-    let pidfile: PathBuf = dir.0.join("pid");
-    let args = serde_json::json!({"ms": 60000, "pidfile": pidfile}).to_string();
-    let call = call_nap(&nats.url, "olsecond", args);
-    let pid = pid_in(&pidfile);
+    let mut hung = host_called_while_exports_hang("olsecond", "ol-serve-second", 60000);
+    let host = &mut hung.host;
+    let pid = pid_in(&hung.pidfile);
     host.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -568,11 +598,11 @@ fn a_second_sigterm_while_serve_exports_hang_exits_1_in_bound() {
         "the first signal lets the call run"
     );
     host.signal(libc::SIGTERM);
-    let (code, took, stderr) = serve_ended(&mut host, Duration::from_secs(30));
+    let (code, took, stderr) = serve_ended(host, Duration::from_secs(30));
     assert_eq!(code, Some(1), "after {took:?}: {stderr}");
     assert!(took < EXPORT_BOUND + STOP_SLACK, "{took:?}: {stderr}");
     assert!(gone(pid), "the cut-off call's worker {pid}: {stderr}");
-    let caller = call.join().unwrap();
+    let caller = hung.call.join().unwrap();
     assert_ne!(caller.code, Some(0), "{caller:?}");
 }
 
@@ -687,7 +717,7 @@ fn exec_to_a_blackholed_collector_says_what_it_dropped() {
     let r = run_within(
         command(
             &dir,
-            &["exec", "echo", r#"{"x": 1}"#],
+            &ECHO,
             &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &traces)],
         ),
         Duration::from_secs(60),
@@ -714,23 +744,7 @@ fn exec_to_a_blackholed_collector_says_what_it_dropped() {
 #[ignore = "DEFECT: the export timeout bounds each read of the answer, not the export; a trickling receiver holds the metrics export until the SDK's fixed 5 s shutdown wait"]
 fn exec_against_a_receiver_trickling_its_answer_ends_in_bound() {
     let dir = Dir::new("ol-trickle");
-    let echo = ["exec", "echo", r#"{"x": 1}"#];
-    let base = receiver(Mode::Ok);
-    let good = run_within(
-        command(&dir, &echo, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &base)]),
-        Duration::from_secs(60),
-    );
-    assert_eq!(good.code, Some(0), "{good:?}");
-    let trickle = receiver(Mode::Trickle);
-    let r = run_within(
-        command(&dir, &echo, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &trickle)]),
-        Duration::from_secs(60),
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    assert!(echoed(&r), "{r:?}");
-    assert!(
-        r.took < good.took + EXPORT_BOUND + Duration::from_millis(2500),
-        "{r:?}\nagainst {:?} with a receiver that answers",
-        good.took
-    );
+    let good = echo_against_a_good_receiver(&dir);
+    let r = echo_exporting_to(&dir, &receiver(Mode::Trickle));
+    assert_echoed_in_bound(&r, &good, Duration::from_millis(2500), "Trickle");
 }
