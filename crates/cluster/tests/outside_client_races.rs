@@ -24,7 +24,7 @@ use common::proxy::{connect_quick, Link, Proxy};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use snakepit_cluster::{is_host_lost, Client, ClientConfig, Node, ServeOptions};
+use snakepit_cluster::{is_host_lost, Client, ClientConfig, ClusterStream, Node, ServeOptions};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem};
 
 /// The hosts' heartbeat interval.
@@ -142,6 +142,104 @@ async fn host_runs_nothing(pool: &Pool, secs: u64, what: &str) {
     }
 }
 
+/// A pool of `workers` served as host `a` on `host_conn` (no prefetch),
+/// and a client on `client_conn` (its host timeout `host_timeout`) that
+/// has heard of it.
+async fn host_and_client(
+    host_conn: &async_nats::Client,
+    workers: usize,
+    client_conn: &async_nats::Client,
+    host_timeout: Duration,
+) -> (Pool, Node, Client) {
+    let (pool, node) = serve_host(host_conn, "a", workers, 0).await;
+    let client = client_on(client_conn, host_timeout).await;
+    wait_hosts(&client, 1).await;
+    (pool, node, client)
+}
+
+/// [`host_and_client`], each on a connection of its own to `nats`.
+async fn host_and_client_of(
+    nats: &NatsServer,
+    workers: usize,
+    host_timeout: Duration,
+) -> (Pool, Node, Client) {
+    host_and_client(
+        &nats.connect().await,
+        workers,
+        &nats.connect().await,
+        host_timeout,
+    )
+    .await
+}
+
+/// A new run of host `a` (one worker) on a connection of its own to
+/// `nats`, once `client` hears its free worker.
+async fn new_run_heard(nats: &NatsServer, client: &Client) -> (Pool, Node) {
+    let (pool, node) = serve_host(&nats.connect().await, "a", 1, 0).await;
+    eventually(20, "the client hears the new run's free worker", || async {
+        client.hosts().iter().any(|h| h.id == "a" && h.free == 1)
+    })
+    .await;
+    (pool, node)
+}
+
+/// A `run` call of `ms` ms on `client`, logged as `token` in `log` (and
+/// writing `marker` once it runs, if given), on a task.
+fn spawn_run(
+    client: &Client,
+    token: &str,
+    ms: u64,
+    log: &Path,
+    marker: Option<&Path>,
+    options: CallOptions,
+) -> tokio::task::JoinHandle<Result<Value, Error>> {
+    let client = client.clone();
+    let mut args = json!({"ms": ms, "token": token, "log": log});
+    if let Some(marker) = marker {
+        args["marker"] = json!(marker);
+    }
+    tokio::spawn(async move { client.execute_with("run", args, options).await })
+}
+
+/// [`spawn_run`] writing `marker`, once it runs (`what`).
+async fn spawn_running(
+    client: &Client,
+    token: &str,
+    ms: u64,
+    log: &Path,
+    marker: &Path,
+    options: CallOptions,
+    what: &str,
+) -> tokio::task::JoinHandle<Result<Value, Error>> {
+    let call = spawn_run(client, token, ms, log, Some(marker), options);
+    eventually(20, what, || async move { marker.exists() }).await;
+    call
+}
+
+/// Reads `s` on (each item within [`GUARD`], `what`), pushing its chunks'
+/// `i` onto `chunks`, up to its first item that is not a chunk (`None`:
+/// the stream ended without one).
+async fn read_on(
+    s: &mut ClusterStream,
+    chunks: &mut Vec<u64>,
+    what: &str,
+) -> Option<Result<StreamItem, Error>> {
+    loop {
+        match guarded(what, s.next()).await {
+            Some(Ok(StreamItem::Chunk(v))) => chunks.push(v["i"].as_u64().unwrap()),
+            other => return other,
+        }
+    }
+}
+
+/// The chunks a reader was handed are 0, 1, 2, ...: no hole, no repeat.
+fn assert_in_order(chunks: &[u64]) {
+    assert!(
+        chunks.iter().copied().eq(0..chunks.len() as u64),
+        "the reader was handed a stream with a hole or a repeat: {chunks:?}"
+    );
+}
+
 // ------------------------------------------------------------------ tests
 
 /// A stream whose deadline passes while its host waits for credit for the
@@ -161,7 +259,7 @@ async fn host_runs_nothing(pool: &Pool, secs: u64, what: &str) {
 /// result, or the chunks sent and then `Error::CallTimeout`; never the
 /// final result (`{"n": 257}`) after only 256 chunks.
 ///
-/// What happens (host.rs, `stream_call`): the credit wait times out at
+/// What happened before the fix (host.rs, `stream_call`): the credit wait times out at
 /// the deadline and the host `continue`s, dropping the chunk it held
 /// without numbering it; the pool's stream, its chunks all taken and its
 /// reply in, yields `Done` (no deadline check on that branch of
@@ -172,9 +270,7 @@ async fn host_runs_nothing(pool: &Pool, secs: u64, what: &str) {
 async fn a_streams_deadline_passing_while_its_host_holds_the_last_chunk_never_ends_in_success_without_it(
 ) {
     let nats = NatsServer::start().await;
-    let (pool, node) = serve_host(&nats.connect().await, "a", 1, 0).await;
-    let client = client_on(&nats.connect().await, Duration::from_millis(1500)).await;
-    wait_hosts(&client, 1).await;
+    let (pool, node, client) = host_and_client_of(&nats, 1, Duration::from_millis(1500)).await;
     let log = log_file("last-chunk.log");
     let n = 257u64;
     let mut s = client
@@ -194,20 +290,15 @@ async fn a_streams_deadline_passing_while_its_host_holds_the_last_chunk_never_en
     .await;
     tokio::time::sleep(Duration::from_millis(2600)).await;
     let mut chunks = Vec::new();
-    let end = loop {
-        match guarded("the stream's next item", s.next()).await {
-            Some(Ok(StreamItem::Chunk(v))) => chunks.push(v["i"].as_u64().unwrap()),
-            Some(other) => break other,
-            None => panic!(
+    let end = read_on(&mut s, &mut chunks, "the stream's next item")
+        .await
+        .unwrap_or_else(|| {
+            panic!(
                 "the stream ended without an outcome after {} chunks",
                 chunks.len()
-            ),
-        }
-    };
-    assert!(
-        chunks.iter().copied().eq(0..chunks.len() as u64),
-        "chunks out of order: {chunks:?}"
-    );
+            )
+        });
+    assert_in_order(&chunks);
     match end {
         Ok(StreamItem::Done(v)) => assert_eq!(
             chunks.len() as u64,
@@ -244,7 +335,7 @@ async fn a_streams_deadline_passing_while_its_host_holds_the_last_chunk_never_en
 /// then the host reconnects and says so in its heartbeat: the client must
 /// send it the cancel again, and the worker be interrupted.
 ///
-/// What happens: `Inner::resend_cancels` (the client's reconnect) takes
+/// What happened before the fix: `Inner::resend_cancels` (the client's reconnect) took
 /// the kept cancels OUT of the ring (`Resend::before` pops them), so
 /// `resend_cancels_to` (the host's reconnect) finds nothing: the call runs
 /// on the host to its natural end for nobody, holding its worker.
@@ -291,29 +382,21 @@ async fn cancel_reaches_a_host_back_from_a_cut(meanwhile: Meanwhile) {
     let mut nats = NatsServer::start().await;
     let host_path = Proxy::start(nats.port).await;
     let host_conn = connect_quick(&host_path.url).await;
-    let (pool, node) = serve_host(&host_conn, "a", 1, 0).await;
     let client_path = Proxy::start(nats.port).await;
     let client_conn = connect_quick(&client_path.url).await;
-    let client = client_on(&client_conn, Duration::from_secs(1)).await;
-    wait_hosts(&client, 1).await;
+    let (pool, node, client) =
+        host_and_client(&host_conn, 1, &client_conn, Duration::from_secs(1)).await;
     let log = log_file("cut-cancel.log");
     let marker = Removed(temp("cut-cancel.marker"));
-    let call = {
-        let client = client.clone();
-        let args = json!({"ms": 20_000, "token": "c", "log": log.0, "marker": marker.0});
-        tokio::spawn(async move {
-            client
-                .execute_with(
-                    "run",
-                    args,
-                    CallOptions::new().timeout(Duration::from_secs(30)),
-                )
-                .await
-        })
-    };
-    eventually(20, "the call runs on the host", || async {
-        marker.0.exists()
-    })
+    let call = spawn_running(
+        &client,
+        "c",
+        20_000,
+        &log.0,
+        &marker.0,
+        CallOptions::new().timeout(Duration::from_secs(30)),
+        "the call runs on the host",
+    )
     .await;
 
     host_path.set(Link::Cut);
@@ -522,9 +605,7 @@ async fn calls_of_three_clients_under_churn_each_end_once_with_their_own_outcome
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_dropped_at_every_moment_of_their_send_are_never_left_running() {
     let nats = NatsServer::start().await;
-    let (pool, node) = serve_host(&nats.connect().await, "a", 2, 0).await;
-    let client = client_on(&nats.connect().await, Duration::from_millis(1500)).await;
-    wait_hosts(&client, 1).await;
+    let (pool, node, client) = host_and_client_of(&nats, 2, Duration::from_millis(1500)).await;
     let log = log_file("dropped.log");
     for round in 0..12u64 {
         let after = Duration::from_micros(round * 700);
@@ -629,32 +710,27 @@ async fn a_nats_restart_under_two_clients_ends_each_call_once_as_documented() {
         };
         (chunks, end)
     });
-    let running = {
-        let (c2, log, marker) = (c2.clone(), log.0.clone(), marker.0.clone());
-        tokio::spawn(async move {
-            c2.execute_with(
-                "run",
-                json!({"ms": 3000, "token": "r", "log": log, "marker": marker}),
-                CallOptions::new().timeout(Duration::from_secs(8)),
-            )
-            .await
-        })
-    };
-    eventually(20, "the call runs", || async { marker.0.exists() }).await;
+    let running = spawn_running(
+        &c2,
+        "r",
+        3000,
+        &log.0,
+        &marker.0,
+        CallOptions::new().timeout(Duration::from_secs(8)),
+        "the call runs",
+    )
+    .await;
     for _ in 0..50 {
         guarded("a chunk", reader_rx.recv()).await;
     }
-    let waiting = {
-        let (c2, log) = (c2.clone(), log.0.clone());
-        tokio::spawn(async move {
-            c2.execute_with(
-                "run",
-                json!({"ms": 10, "token": "w", "log": log}),
-                CallOptions::new().timeout(Duration::from_secs(15)),
-            )
-            .await
-        })
-    };
+    let waiting = spawn_run(
+        &c2,
+        "w",
+        10,
+        &log.0,
+        None,
+        CallOptions::new().timeout(Duration::from_secs(15)),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     nats.restart().await;
@@ -662,10 +738,7 @@ async fn a_nats_restart_under_two_clients_ends_each_call_once_as_documented() {
     let (chunks, end) = guarded("the stream across the restart", reader)
         .await
         .unwrap();
-    assert!(
-        chunks.iter().copied().eq(0..chunks.len() as u64),
-        "the reader was handed a stream with a hole or a repeat"
-    );
+    assert_in_order(&chunks);
     match &end {
         Some(Ok(StreamItem::Done(_))) => assert_eq!(chunks.len() as u64, n),
         Some(Err(e)) => assert!(is_host_lost(e), "the stream: {e:?}"),
@@ -742,10 +815,8 @@ async fn a_nats_restart_under_two_clients_ends_each_call_once_as_documented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_restarted_under_its_id_fails_the_old_runs_calls_and_serves_their_session() {
     let nats = NatsServer::start().await;
-    let (pool1, node1) = serve_host(&nats.connect().await, "a", 2, 0).await;
     let host_timeout = Duration::from_secs(1);
-    let client = client_on(&nats.connect().await, host_timeout).await;
-    wait_hosts(&client, 1).await;
+    let (pool1, node1, client) = host_and_client_of(&nats, 2, host_timeout).await;
     let log = log_file("same-id.log");
     let marker = Removed(temp("same-id.marker"));
     let strict = |token: &str, ms: u64| {
@@ -805,17 +876,9 @@ async fn a_host_restarted_under_its_id_fails_the_old_runs_calls_and_serves_their
         .unwrap();
     let bound = host_timeout + Duration::from_millis(250) + Duration::from_secs(3);
 
-    let end = loop {
-        match guarded("the old run's stream", s.next()).await {
-            Some(Ok(StreamItem::Chunk(v))) => chunks.push(v["i"].as_u64().unwrap()),
-            other => break other,
-        }
-    };
+    let end = read_on(&mut s, &mut chunks, "the old run's stream").await;
     let stream_took = silent_since.elapsed();
-    assert!(
-        chunks.iter().copied().eq(0..chunks.len() as u64),
-        "the reader was handed a stream with a hole"
-    );
+    assert_in_order(&chunks);
     match &end {
         Some(Err(e)) => assert!(is_host_lost(e), "the stream: {e:?}"),
         other => panic!("the old run's stream ended with {other:?}"),
@@ -871,7 +934,7 @@ async fn connected_times(conn: &async_nats::Client, n: u64) {
 /// meanwhile are sent again once that heartbeat says so, and the host
 /// stops those calls"; :139-142 (Cancellation) likewise.
 ///
-/// What happens (client.rs, `watch_hosts`): a heartbeat of another run of
+/// What happened before the fix (client.rs, `watch_hosts`): a heartbeat of another run of
 /// the id sets the entry's `conn` to that run's count (`!same_run` ⇒
 /// `entry.conn = hb.conn`), and the old run's goodbyes keep coming; the
 /// new run's `conn` 2 is then not above the entry's 3, so its reconnect is
@@ -896,9 +959,13 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
     let nats = NatsServer::start().await;
     let old_path = Proxy::start(nats.port).await;
     let old_conn = connect_quick(&old_path.url).await;
-    let (old_pool, old_node) = serve_host(&old_conn, "a", 1, 0).await;
-    let client = client_on(&connect_quick(&nats.url).await, Duration::from_secs(1)).await;
-    wait_hosts(&client, 1).await;
+    let (old_pool, old_node, client) = host_and_client(
+        &old_conn,
+        1,
+        &connect_quick(&nats.url).await,
+        Duration::from_secs(1),
+    )
+    .await;
     for n in 2..2 + old_resets {
         old_path.set(Link::Cut);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -913,23 +980,16 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
     // and would hold its next call while one runs on the old run.
     let other = client_on(&nats.connect().await, Duration::from_secs(1)).await;
     wait_hosts(&other, 1).await;
-    let call = |client: &Client, token: &str, ms: u64, marker: &Path| {
-        let client = client.clone();
-        let args = json!({"ms": ms, "token": token, "log": log.0, "marker": marker});
-        tokio::spawn(async move {
-            client
-                .execute_with(
-                    "run",
-                    args,
-                    CallOptions::new().timeout(Duration::from_secs(30)),
-                )
-                .await
-        })
-    };
-    let old_call = call(&other, "old", 15_000, &old_marker.0);
-    eventually(20, "the old run's call runs", || async {
-        old_marker.0.exists()
-    })
+    let options = || CallOptions::new().timeout(Duration::from_secs(30));
+    let old_call = spawn_running(
+        &other,
+        "old",
+        15_000,
+        &log.0,
+        &old_marker.0,
+        options(),
+        "the old run's call runs",
+    )
     .await;
     // The old run leaves gracefully: goodbyes every heartbeat until its
     // call ends.
@@ -937,10 +997,15 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
     let new_path = Proxy::start(nats.port).await;
     let new_conn = connect_quick(&new_path.url).await;
     let (new_pool, new_node) = serve_host(&new_conn, "a", 1, 0).await;
-    let new_call = call(&client, "new", 20_000, &new_marker.0);
-    eventually(20, "the new run's call runs", || async {
-        new_marker.0.exists()
-    })
+    let new_call = spawn_running(
+        &client,
+        "new",
+        20_000,
+        &log.0,
+        &new_marker.0,
+        options(),
+        "the new run's call runs",
+    )
     .await;
     assert_eq!(
         new_pool.stats().in_flight,
@@ -988,7 +1053,7 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
 /// nothing more), finishes the calls it runs".
 ///
 /// The new run announces one free worker and this client has sent it
-/// nothing since, so the call should run there now. What happens
+/// nothing since, so the call should run there now. What happened before the fix
 /// (client.rs, `watch_hosts`/`HostEntry::room`): the client counts every
 /// call it has on the id (`mine`, the old run's call included) against
 /// the new run's announcement (`others = (capacity - free) - mine`,
@@ -998,34 +1063,21 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_run_of_a_host_id_takes_calls_while_the_old_run_finishes_this_clients_call() {
     let nats = NatsServer::start().await;
-    let (old_pool, old_node) = serve_host(&nats.connect().await, "a", 1, 0).await;
-    let client = client_on(&nats.connect().await, Duration::from_secs(1)).await;
-    wait_hosts(&client, 1).await;
+    let (old_pool, old_node, client) = host_and_client_of(&nats, 1, Duration::from_secs(1)).await;
     let log = log_file("restart-room.log");
     let marker = Removed(temp("restart-room.marker"));
-    let old_call = {
-        let client = client.clone();
-        let args = json!({"ms": 15_000, "token": "old", "log": log.0, "marker": marker.0});
-        tokio::spawn(async move {
-            client
-                .execute_with(
-                    "run",
-                    args,
-                    CallOptions::new().timeout(Duration::from_secs(30)),
-                )
-                .await
-        })
-    };
-    eventually(20, "the old run's call runs", || async {
-        marker.0.exists()
-    })
+    let old_call = spawn_running(
+        &client,
+        "old",
+        15_000,
+        &log.0,
+        &marker.0,
+        CallOptions::new().timeout(Duration::from_secs(30)),
+        "the old run's call runs",
+    )
     .await;
     let leaving = tokio::spawn(old_node.shutdown());
-    let (new_pool, new_node) = serve_host(&nats.connect().await, "a", 1, 0).await;
-    eventually(20, "the client hears the new run's free worker", || async {
-        client.hosts().iter().any(|h| h.id == "a" && h.free == 1)
-    })
-    .await;
+    let (new_pool, new_node) = new_run_heard(&nats, &client).await;
     let next = client
         .execute_with(
             "run",
@@ -1061,7 +1113,7 @@ async fn a_new_run_of_a_host_id_takes_calls_while_the_old_run_finishes_this_clie
 /// spoke ...; the same if it is started again under its id before that".
 ///
 /// The call must fail with `HostLost` soon after the goodbyes stop (here
-/// within 1 s + a check + 4 s). What happens (client.rs, `monitor`): a run
+/// within 1 s + a check + 4 s). What happened before the fix (client.rs, `monitor`): a run
 /// that fell silent after a goodbye is taken for one that finished (`died
 /// |= silent && !bye`), and the id's `last_seen` is kept fresh by the new
 /// run: nothing ever fails the call, which waits for ever (it has no
@@ -1082,29 +1134,30 @@ async fn a_leaving_host_cut_off_mid_call_fails_its_call_with_host_lost() {
 async fn leaving_run_cut_off(new_run: bool) {
     let nats = NatsServer::start().await;
     let old_path = Proxy::start(nats.port).await;
-    let (old_pool, old_node) = serve_host(&connect_quick(&old_path.url).await, "a", 1, 0).await;
     let host_timeout = Duration::from_secs(1);
-    let client = client_on(&nats.connect().await, host_timeout).await;
-    wait_hosts(&client, 1).await;
+    let (old_pool, old_node, client) = host_and_client(
+        &connect_quick(&old_path.url).await,
+        1,
+        &nats.connect().await,
+        host_timeout,
+    )
+    .await;
     let log = log_file("leaving-cut.log");
     let marker = Removed(temp("leaving-cut.marker"));
-    let call = {
-        let client = client.clone();
-        let args = json!({"ms": 20_000, "token": "old", "log": log.0, "marker": marker.0});
-        tokio::spawn(async move { client.execute_with("run", args, CallOptions::new()).await })
-    };
-    eventually(20, "the call runs", || async { marker.0.exists() }).await;
+    let call = spawn_running(
+        &client,
+        "old",
+        20_000,
+        &log.0,
+        &marker.0,
+        CallOptions::new(),
+        "the call runs",
+    )
+    .await;
     let leaving = tokio::spawn(old_node.shutdown());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let new = match new_run {
-        true => {
-            let (pool, node) = serve_host(&nats.connect().await, "a", 1, 0).await;
-            eventually(20, "the client hears the new run", || async {
-                client.hosts().iter().any(|h| h.id == "a" && h.free == 1)
-            })
-            .await;
-            Some((pool, node))
-        }
+        true => Some(new_run_heard(&nats, &client).await),
         false => None,
     };
     assert!(

@@ -165,6 +165,28 @@ fn spawn_nap(
     })
 }
 
+/// A started [`one_worker`] pool, and its worker's pid.
+async fn started_one_worker(
+    bridge: Bridge,
+    codec: WireCodec,
+    depth: u32,
+    grace: Duration,
+) -> (Pool, u32) {
+    let pool = one_worker(bridge, codec, depth, grace)
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.worker_pids()[0];
+    (pool, pid)
+}
+
+/// A `stream` call of `args`, its deadline `timeout`.
+async fn start_stream(pool: &Pool, args: Value, timeout: Duration) -> CallStream {
+    pool.execute_stream("stream", args, CallOptions::new().timeout(timeout))
+        .await
+        .unwrap()
+}
+
 /// Short calls, so that the worker's moving average lets calls be
 /// written ahead to it. Their deadline is `timeout`.
 async fn warm_up(pool: &Pool, timeout: Duration) {
@@ -250,24 +272,19 @@ fn is_call_timeout<T>(r: &snakepit_core::Result<T>) -> bool {
 /// holds its worker until that earlier call's deadline, not its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_unread_stream_frees_its_worker_at_its_deadline_after_an_ordinary_call() {
-    let pool = one_worker(Bridge::Python, WireCodec::Json, 0, Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
-    let pid = pool.worker_pids()[0];
+    let (pool, pid) =
+        started_one_worker(Bridge::Python, WireCodec::Json, 0, Duration::from_secs(2)).await;
     let log = temp_dir("endless-after-call").join("log");
     // One ordinary call, default deadline (30 s).
     pool.execute("nap", json!({"token": "first"}))
         .await
         .unwrap();
-    let stream = pool
-        .execute_stream(
-            "stream",
-            json!({"token": "S", "log": log}),
-            CallOptions::new().timeout(Duration::from_millis(500)),
-        )
-        .await
-        .unwrap();
+    let stream = start_stream(
+        &pool,
+        json!({"token": "S", "log": log}),
+        Duration::from_millis(500),
+    )
+    .await;
     assert!(
         eventually(10, || noted_start(&log, "S")).await,
         "the stream started"
@@ -356,29 +373,24 @@ async fn stream_behind_a_given_up_call(
     stream_ms: u64,
     grace_s: u64,
 ) {
-    let pool = one_worker(
+    let (pool, pid) = started_one_worker(
         Bridge::Python,
         WireCodec::Json,
         1,
         Duration::from_secs(grace_s),
     )
-    .start()
-    .await
-    .unwrap();
-    let pid = pool.worker_pids()[0];
+    .await;
     warm_up(&pool, warm_timeout).await;
     tokio::time::sleep(pause).await;
     let log = temp_dir("stream-behind").join("log");
     let front = spawn_nap(&pool, &log, "A", 20_000, Duration::from_millis(600));
     assert!(eventually(10, || noted_start(&log, "A")).await, "A started");
-    let stream = pool
-        .execute_stream(
-            "stream",
-            json!({"token": "S", "log": log}),
-            CallOptions::new().timeout(Duration::from_millis(stream_ms)),
-        )
-        .await
-        .unwrap();
+    let stream = start_stream(
+        &pool,
+        json!({"token": "S", "log": log}),
+        Duration::from_millis(stream_ms),
+    )
+    .await;
     assert_eq!(in_flight(&pool), 2, "the stream was written ahead");
     let ra = front.await.unwrap();
     assert!(is_call_timeout(&ra), "{ra:?}");
@@ -738,8 +750,13 @@ async fn give_up_scenario(bridge: Bridge, codec: WireCodec, seed: u64, kill: boo
     finish(pool, &pids).await;
 }
 
-/// Runs the scenarios of `seeds` side by side, each on a pool of its own.
+/// Runs the scenarios of `seeds` side by side, each on a pool of its own
+/// (the Ruby ones skipped, with a message, where no `ruby` is installed).
 async fn scenarios(bridge: Bridge, codec: WireCodec, seeds: &[u64], kill: bool) {
+    if bridge == Bridge::Ruby && !have_ruby() {
+        eprintln!("skipped: ruby is not installed");
+        return;
+    }
     let runs: Vec<_> = seeds
         .iter()
         .map(|&seed| tokio::spawn(give_up_scenario(bridge, codec, seed, kill)))
@@ -763,19 +780,11 @@ async fn python_msgpack_calls_given_up_in_random_orders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ruby_json_calls_given_up_in_random_orders() {
-    if !have_ruby() {
-        eprintln!("skipped: ruby is not installed");
-        return;
-    }
     scenarios(Bridge::Ruby, WireCodec::Json, &[9, 10, 11], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ruby_msgpack_calls_given_up_in_random_orders() {
-    if !have_ruby() {
-        eprintln!("skipped: ruby is not installed");
-        return;
-    }
     scenarios(Bridge::Ruby, WireCodec::MsgPack, &[12, 13, 14], false).await;
 }
 
@@ -786,10 +795,6 @@ async fn python_calls_given_up_in_random_orders_on_a_worker_killed_meanwhile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ruby_calls_given_up_in_random_orders_on_a_worker_killed_meanwhile() {
-    if !have_ruby() {
-        eprintln!("skipped: ruby is not installed");
-        return;
-    }
     scenarios(Bridge::Ruby, WireCodec::MsgPack, &[31, 32, 33], true).await;
 }
 
@@ -936,20 +941,14 @@ async fn an_unread_stream_given_up_by_the_reader_and_read_late_ends_once() {
     }
     for (bridge, codec) in cases {
         let what = format!("{bridge:?}/{codec}");
-        let pool = one_worker(bridge, codec, 16, Duration::from_secs(3))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
+        let (pool, pid) = started_one_worker(bridge, codec, 16, Duration::from_secs(3)).await;
         let log = temp_dir("unread-stream").join("log");
-        let mut stream = pool
-            .execute_stream(
-                "stream",
-                json!({"token": "S", "log": log}),
-                CallOptions::new().timeout(Duration::from_millis(800)),
-            )
-            .await
-            .unwrap();
+        let mut stream = start_stream(
+            &pool,
+            json!({"token": "S", "log": log}),
+            Duration::from_millis(800),
+        )
+        .await;
         assert!(
             eventually(10, || noted(&log, "interrupted S")).await,
             "{what}: the stream, never polled, was stopped at its deadline: {:?}",
@@ -998,29 +997,24 @@ async fn an_unread_stream_given_up_by_the_reader_and_read_late_ends_once() {
 /// serves the next call, and the counters add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_read_up_to_its_deadline_is_given_up_once_by_its_caller_or_the_reader() {
-    let pool = one_worker(
+    let (pool, pid) = started_one_worker(
         Bridge::Python,
         WireCodec::MsgPack,
         16,
         Duration::from_secs(3),
     )
-    .start()
-    .await
-    .unwrap();
-    let pid = pool.worker_pids()[0];
+    .await;
     let dir = temp_dir("read-to-deadline");
     let rounds = 6;
     for round in 0..rounds {
         let log = dir.join(format!("log-{round}"));
         let token = format!("S{round}");
-        let mut stream = pool
-            .execute_stream(
-                "stream",
-                json!({"token": token, "log": log, "ms": 5}),
-                CallOptions::new().timeout(Duration::from_millis(300 + 37 * round)),
-            )
-            .await
-            .unwrap();
+        let mut stream = start_stream(
+            &pool,
+            json!({"token": token, "log": log, "ms": 5}),
+            Duration::from_millis(300 + 37 * round),
+        )
+        .await;
         let mut chunks = 0u64;
         let mut ends = Vec::new();
         while let Some(item) = next_item(&mut stream).await {
@@ -1085,11 +1079,8 @@ async fn a_stream_read_up_to_its_deadline_is_given_up_once_by_its_caller_or_the_
 async fn a_session_ended_while_its_strict_call_waits_keeps_no_affinity() {
     for kill in [false, true] {
         let what = if kill { "worker killed" } else { "worker kept" };
-        let pool = one_worker(Bridge::Python, WireCodec::Json, 0, Duration::from_secs(3))
-            .start()
-            .await
-            .unwrap();
-        let pid = pool.worker_pids()[0];
+        let (pool, pid) =
+            started_one_worker(Bridge::Python, WireCodec::Json, 0, Duration::from_secs(3)).await;
         let log = temp_dir("strict-ended").join("log");
         let strict = || {
             CallOptions::new()

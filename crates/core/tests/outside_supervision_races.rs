@@ -8,32 +8,90 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use snakepit_core::Pool;
+use snakepit_core::{Pool, PoolBuilder, PoolConfig};
 
-/// A pool of one worker recycled after 5 calls, whose replacements
-/// fail to start while the returned file exists, with a long
-/// `restart_backoff_max` (the back-off a failed recycle waits).
-async fn pool_with_a_failed_recycle(tag: &str) -> (Pool, u32, PathBuf) {
+/// `pool`, of one worker, configured by `configure`, started.
+async fn one_worker_pool(pool: PoolBuilder, configure: impl FnOnce(&mut PoolConfig)) -> Pool {
+    pool.size(1).configure(configure).start().await.unwrap()
+}
+
+/// The test worker, whose every start fails while the returned file
+/// (under a temp dir of `tag`, not made yet) exists.
+fn refused_while_a_file_exists(tag: &str) -> (TestWorker, PathBuf) {
     let refuse = temp_dir(tag).join("refuse");
     let mut adapter = TestWorker::new();
     adapter
         .env
         .push(("TEST_FAIL_IF_EXISTS".into(), refuse.display().to_string()));
-    let pool = builder(adapter)
-        .size(1)
-        .configure(|c| {
-            c.recycle_after_calls = 5;
-            c.restart_backoff_max = Duration::from_secs(30);
-            c.queue_timeout = Duration::from_secs(8);
-        })
-        .start()
+    (adapter, refuse)
+}
+
+/// The pid that served a call (`r`), or a panic naming `what` failed.
+fn served_by(pool: &Pool, r: &snakepit_core::Result<serde_json::Value>, what: &str) -> u64 {
+    r.as_ref()
+        .ok()
+        .and_then(|v| v["pid"].as_u64())
+        .unwrap_or_else(|| panic!("{what} failed: {r:?} ({:?})", pool.stats()))
+}
+
+/// Makes a `pid` call, which must succeed (`what` names it if not), and
+/// notes the worker that served it in `seen`.
+async fn call_noting_pid(pool: &Pool, seen: &mut BTreeSet<u32>, what: &str) {
+    let r = pool
+        .execute("pid", json!({}))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{what}: {e} ({:?})", pool.stats()));
+    seen.insert(r["pid"].as_u64().unwrap() as u32);
+}
+
+/// [`call_noting_pid`] for `secs` seconds, `pause` between calls.
+async fn calls_for(pool: &Pool, secs: u64, pause: Duration, seen: &mut BTreeSet<u32>) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0;
+    while Instant::now() < until {
+        call_noting_pid(pool, seen, &format!("call {n}")).await;
+        n += 1;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// No call failed, no worker crashed, was restarted or failed to start.
+fn assert_nothing_failed(s: &snakepit_core::Stats) {
+    assert_eq!(
+        (s.errors, s.crashes, s.restarts, s.start_failures),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+}
+
+/// Shuts `pool` down; none of the workers `seen` is left behind.
+async fn shut_down_leaving_none_of(pool: Pool, seen: BTreeSet<u32>) {
+    pool.shutdown().await.unwrap();
+    for pid in seen {
+        assert!(
+            eventually(5, || !alive(pid)).await,
+            "worker {pid} left behind"
+        );
+    }
+}
+
+/// A pool of one worker recycled after 5 calls, whose replacements
+/// fail to start while the returned file exists, with a long
+/// `restart_backoff_max` (the back-off a failed recycle waits).
+async fn pool_with_a_failed_recycle(tag: &str) -> (Pool, u32, PathBuf) {
+    let (adapter, refuse) = refused_while_a_file_exists(tag);
+    let pool = one_worker_pool(builder(adapter), |c| {
+        c.recycle_after_calls = 5;
+        c.restart_backoff_max = Duration::from_secs(30);
+        c.queue_timeout = Duration::from_secs(8);
+    })
+    .await;
     let old = pool.worker_pids()[0];
     std::fs::write(&refuse, "").unwrap();
     for n in 0..6 {
@@ -69,16 +127,7 @@ async fn a_worker_dying_during_its_recycles_back_off_is_replaced_at_once() {
     kill_9(old);
     assert!(eventually(5, || !alive(old)).await);
     let r = pool.execute("pid", json!({})).await;
-    let pid = r
-        .as_ref()
-        .ok()
-        .and_then(|v| v["pid"].as_u64())
-        .unwrap_or_else(|| {
-            panic!(
-                "the call waiting for a replacement failed: {r:?} ({:?})",
-                pool.stats()
-            )
-        });
+    let pid = served_by(&pool, &r, "the call waiting for a replacement");
     assert_ne!(pid, u64::from(old));
     pool.shutdown().await.unwrap();
 }
@@ -141,25 +190,17 @@ async fn shutdown_during_a_failed_recycles_back_off_returns_and_leaves_nothing()
 /// after `shutdown()`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_recycling_racing_health_checks_fails_no_call() {
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| {
-            c.health_check_interval = Duration::from_millis(20);
-            c.health_check_timeout = Duration::from_secs(3);
-            c.worker_idle_timeout = Duration::from_millis(150);
-            c.queue_timeout = Duration::from_secs(10);
-        })
-        .start()
-        .await
-        .unwrap();
-    let mut seen = std::collections::BTreeSet::new();
+    let pool = one_worker_pool(builder(TestWorker::new()), |c| {
+        c.health_check_interval = Duration::from_millis(20);
+        c.health_check_timeout = Duration::from_secs(3);
+        c.worker_idle_timeout = Duration::from_millis(150);
+        c.queue_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut seen = BTreeSet::new();
     for round in 0..12u64 {
         for n in 0..3 {
-            let r = pool
-                .execute("pid", json!({}))
-                .await
-                .unwrap_or_else(|e| panic!("round {round} call {n}: {e} ({:?})", pool.stats()));
-            seen.insert(r["pid"].as_u64().unwrap() as u32);
+            call_noting_pid(&pool, &mut seen, &format!("round {round} call {n}")).await;
         }
         // Gaps about the idle limit, and every third one well past it.
         let gap = if round % 3 == 2 {
@@ -172,18 +213,8 @@ async fn idle_recycling_racing_health_checks_fails_no_call() {
     seen.extend(pool.worker_pids());
     let s = pool.stats();
     assert!(s.recycled >= 1, "idle recycling happened: {s:?}");
-    assert_eq!(
-        (s.errors, s.crashes, s.restarts, s.start_failures),
-        (0, 0, 0, 0),
-        "{s:?}"
-    );
-    pool.shutdown().await.unwrap();
-    for pid in seen {
-        assert!(
-            eventually(5, || !alive(pid)).await,
-            "worker {pid} left behind"
-        );
-    }
+    assert_nothing_failed(&s);
+    shut_down_leaving_none_of(pool, seen).await;
 }
 
 /// docs/reliability.md, Recycling: `recycle_after_calls` and
@@ -195,28 +226,14 @@ async fn idle_recycling_racing_health_checks_fails_no_call() {
 /// counts as a crash or a restart, nothing is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_and_call_limit_due_together_recycle_each_worker_once() {
-    let pool = builder(TestWorker::new())
-        .size(1)
-        .configure(|c| {
-            c.recycle_after_calls = 20;
-            c.worker_ttl = Duration::from_millis(400);
-            c.queue_timeout = Duration::from_secs(10);
-        })
-        .start()
-        .await
-        .unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    let until = Instant::now() + Duration::from_secs(3);
-    let mut n = 0;
-    while Instant::now() < until {
-        let r = pool
-            .execute("pid", json!({}))
-            .await
-            .unwrap_or_else(|e| panic!("call {n}: {e} ({:?})", pool.stats()));
-        seen.insert(r["pid"].as_u64().unwrap() as u32);
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(18)).await;
-    }
+    let pool = one_worker_pool(builder(TestWorker::new()), |c| {
+        c.recycle_after_calls = 20;
+        c.worker_ttl = Duration::from_millis(400);
+        c.queue_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut seen = BTreeSet::new();
+    calls_for(&pool, 3, Duration::from_millis(18), &mut seen).await;
     // Freeze: no more recycling by TTL can sneak in between the reads.
     let s = pool.stats();
     let now = pool.worker_pids();
@@ -231,18 +248,8 @@ async fn ttl_and_call_limit_due_together_recycle_each_worker_once() {
         );
     }
     assert!(s.recycled >= 2, "{s:?}");
-    assert_eq!(
-        (s.errors, s.crashes, s.restarts, s.start_failures),
-        (0, 0, 0, 0),
-        "{s:?}"
-    );
-    pool.shutdown().await.unwrap();
-    for pid in seen {
-        assert!(
-            eventually(5, || !alive(pid)).await,
-            "worker {pid} left behind"
-        );
-    }
+    assert_nothing_failed(&s);
+    shut_down_leaving_none_of(pool, seen).await;
 }
 
 /// A pool of one whose worker is killed while starts fail (the returned
@@ -252,22 +259,14 @@ async fn pool_whose_worker_died_and_cannot_start(
     threshold: u32,
     cooldown: Duration,
 ) -> (Pool, u32, PathBuf) {
-    let refuse = temp_dir(tag).join("refuse");
-    let mut adapter = TestWorker::new();
-    adapter
-        .env
-        .push(("TEST_FAIL_IF_EXISTS".into(), refuse.display().to_string()));
-    let pool = builder(adapter)
-        .size(1)
-        .configure(|c| {
-            c.breaker_threshold = threshold;
-            c.breaker_cooldown = cooldown;
-            c.restart_backoff_max = Duration::from_millis(200);
-            c.queue_timeout = Duration::from_secs(10);
-        })
-        .start()
-        .await
-        .unwrap();
+    let (adapter, refuse) = refused_while_a_file_exists(tag);
+    let pool = one_worker_pool(builder(adapter), |c| {
+        c.breaker_threshold = threshold;
+        c.breaker_cooldown = cooldown;
+        c.restart_backoff_max = Duration::from_millis(200);
+        c.queue_timeout = Duration::from_secs(10);
+    })
+    .await;
     let old = pool.worker_pids()[0];
     // It lived past its first second: its end is a crash, not a failed start.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -300,11 +299,7 @@ async fn a_queued_call_outlives_replacements_dying_in_their_start() {
     );
     std::fs::remove_file(&refuse).unwrap();
     let r = caller.await.unwrap();
-    let pid = r
-        .as_ref()
-        .ok()
-        .and_then(|v| v["pid"].as_u64())
-        .unwrap_or_else(|| panic!("the queued call failed: {r:?} ({:?})", pool.stats()));
+    let pid = served_by(&pool, &r, "the queued call");
     assert_ne!(pid, u64::from(old));
     let s = pool.stats();
     assert_eq!(
@@ -385,8 +380,8 @@ async fn a_health_check_timing_out_on_a_worker_mid_recycle_fails_no_call() {
     let dir = temp_dir("sup-race-health");
     let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = events.clone();
-    let pool = builder(Switched { dir: dir.clone() })
-        .on_event(move |e| match e.kind {
+    let pool = one_worker_pool(
+        builder(Switched { dir: dir.clone() }).on_event(move |e| match e.kind {
             snakepit_core::events::EventKind::HealthCheckFailed { pid, .. } => {
                 log.lock().unwrap().push(format!("unhealthy {pid}"))
             }
@@ -394,34 +389,22 @@ async fn a_health_check_timing_out_on_a_worker_mid_recycle_fails_no_call() {
                 log.lock().unwrap().push(format!("recycled {pid}"))
             }
             _ => {}
-        })
-        .size(1)
-        .configure(|c| {
+        }),
+        |c| {
             c.health_check_interval = Duration::from_millis(100);
             c.health_check_timeout = Duration::from_millis(1000);
             c.worker_ttl = Duration::from_millis(500);
             c.queue_timeout = Duration::from_secs(15);
-        })
-        .start()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let old = pool.worker_pids()[0];
     std::fs::write(dir.join("slow"), "").unwrap();
     std::fs::write(dir.join("hang"), old.to_string()).unwrap();
-    let mut seen = std::collections::BTreeSet::from([old]);
+    let mut seen = BTreeSet::from([old]);
     // Calls across the race: before the ping hangs, while it does, while
     // the replacement starts, after.
-    let until = Instant::now() + Duration::from_secs(4);
-    let mut n = 0;
-    while Instant::now() < until {
-        let r = pool
-            .execute("pid", json!({}))
-            .await
-            .unwrap_or_else(|e| panic!("call {n}: {e} ({:?})", pool.stats()));
-        seen.insert(r["pid"].as_u64().unwrap() as u32);
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    calls_for(&pool, 4, Duration::from_millis(150), &mut seen).await;
     std::fs::remove_file(dir.join("slow")).unwrap();
     assert!(
         eventually(10, || !alive(old)).await,
@@ -438,11 +421,5 @@ async fn a_health_check_timing_out_on_a_worker_mid_recycle_fails_no_call() {
         "{events:?} {s:?}"
     );
     assert_eq!((s.errors, s.crashes), (0, 0), "{s:?} {events:?}");
-    pool.shutdown().await.unwrap();
-    for pid in seen {
-        assert!(
-            eventually(5, || !alive(pid)).await,
-            "worker {pid} left behind"
-        );
-    }
+    shut_down_leaving_none_of(pool, seen).await;
 }
