@@ -44,6 +44,50 @@ fn kill(pid: u32, sig: i32) {
     }
 }
 
+/// SIGKILLs every one of `pids`.
+fn kill_all(pids: &[u32]) {
+    for &p in pids {
+        kill(p, libc::SIGKILL);
+    }
+}
+
+/// Those of `pids` still alive.
+fn alive_of(pids: &[u32]) -> Vec<u32> {
+    pids.iter().copied().filter(|&p| alive(p)).collect()
+}
+
+/// Waits up to 10 s for every one of `pids` to be gone (and, with `d`,
+/// every process of the test's `OTF_DIR`), then SIGKILLs the leftovers so
+/// a failure leaks nothing. Returns whether all were gone, and the leftovers.
+async fn reap(pids: &[u32], d: Option<&Path>) -> (bool, Vec<u32>) {
+    let gone = eventually(10, || {
+        pids.iter().all(|&p| !alive(p)) && d.is_none_or(|d| procs_of(d).is_empty())
+    })
+    .await;
+    let mut left = alive_of(pids);
+    left.extend(d.map(procs_of).unwrap_or_default());
+    kill_all(&left);
+    (gone, left)
+}
+
+/// Waits up to `secs` for the pool to have `size` workers, none of them in
+/// `ended`.
+async fn refilled(pool: &Pool, size: usize, ended: &[u32], secs: u64) -> bool {
+    eventually(secs, || {
+        let p = pool.worker_pids();
+        p.len() == size && p.iter().all(|x| !ended.contains(x))
+    })
+    .await
+}
+
+/// The [`snakepit_core::StartError`] inside `err`, which must be `StartFailed`.
+fn start_failed(err: &snakepit_core::Error) -> &snakepit_core::StartError {
+    let snakepit_core::Error::StartFailed(start) = err else {
+        panic!("expected StartFailed, got {err:?}");
+    };
+    start
+}
+
 /// Every live process whose environment has `OTF_DIR=d`: the template, its
 /// forks and whatever they started, whoever their parent now is.
 fn procs_of(d: &Path) -> Vec<u32> {
@@ -77,15 +121,27 @@ async fn pool(d: &Path, size: usize) -> (Pool, Arc<Mutex<Vec<String>>>) {
     pool_with(d, size, false).await
 }
 
+/// A fresh [`dir`] named `name` and a [`pool`] of `size` writing into it.
+async fn fresh(name: &str, size: usize) -> (PathBuf, Pool, Arc<Mutex<Vec<String>>>) {
+    let d = dir(name);
+    let (pool, failures) = pool(&d, size).await;
+    (d, pool, failures)
+}
+
 /// [`pool`], and with `spawn` the script's module-level code starts a
 /// helper child (`OTF_SPAWN`).
 async fn pool_with(d: &Path, size: usize, spawn: bool) -> (Pool, Arc<Mutex<Vec<String>>>) {
-    let bridge = Bridge::python(script())
-        .interpreter(python())
-        .env("OTF_DIR", d.to_str().unwrap())
+    let bridge = py_bridge(d)
         .env("OTF_SPAWN", if spawn { "1" } else { "" })
         .preload();
     pool_of(bridge, size).await
+}
+
+/// The fault worker (Python, not yet preloaded) writing into `d`.
+fn py_bridge(d: &Path) -> Bridge {
+    Bridge::python(script())
+        .interpreter(python())
+        .env("OTF_DIR", d.to_str().unwrap())
 }
 
 /// The Ruby twin of `workers/outside_template_faults_worker.py`, written
@@ -111,13 +167,17 @@ worker.run
 
 /// A preloaded Ruby pool of `size` over [`RUBY_WORKER`] writing into `d`.
 async fn ruby_pool(d: &Path, size: usize, spawn: bool) -> (Pool, Arc<Mutex<Vec<String>>>) {
-    let path = d.join("worker.rb");
-    std::fs::write(&path, RUBY_WORKER).unwrap();
-    let bridge = Bridge::ruby(path)
-        .env("OTF_DIR", d.to_str().unwrap())
+    let bridge = rb_bridge(d)
         .env("OTF_SPAWN", if spawn { "1" } else { "" })
         .preload();
     pool_of(bridge, size).await
+}
+
+/// [`RUBY_WORKER`], written into `d`, writing into `d` (not yet preloaded).
+fn rb_bridge(d: &Path) -> Bridge {
+    let path = d.join("worker.rb");
+    std::fs::write(&path, RUBY_WORKER).unwrap();
+    Bridge::ruby(path).env("OTF_DIR", d.to_str().unwrap())
 }
 
 async fn pool_of(bridge: Bridge, size: usize) -> (Pool, Arc<Mutex<Vec<String>>>) {
@@ -141,13 +201,45 @@ async fn pool_of(bridge: Bridge, size: usize) -> (Pool, Arc<Mutex<Vec<String>>>)
 }
 
 async fn whoami(pool: &Pool) -> Value {
+    try_whoami(pool).await.unwrap()
+}
+
+async fn try_whoami(pool: &Pool) -> snakepit_core::Result<Value> {
     pool.execute_with(
         "whoami",
         json!({}),
         CallOptions::new().timeout(Duration::from_secs(20)),
     )
     .await
-    .unwrap()
+}
+
+/// Sets the hook's `mode` in `d`, then SIGKILLs the pool's first worker.
+/// Returns the pool's workers before, the killed one first.
+/// The pool has noticed the end of its worker `pid`: a call made now is
+/// not routed to it (it would fail with `WorkerCrashed`).
+async fn noticed_dead(pool: &Pool, pid: u32) {
+    let noticed = eventually(30, || !pool.worker_pids().contains(&pid)).await;
+    assert!(noticed, "the pool still lists its killed worker {pid}");
+}
+
+async fn kill_first_in_mode(d: &Path, pool: &Pool, mode: &str) -> Vec<u32> {
+    std::fs::write(d.join("mode"), mode).unwrap();
+    let pids = pool.worker_pids();
+    kill(pids[0], libc::SIGKILL);
+    noticed_dead(pool, pids[0]).await;
+    pids
+}
+
+/// Stops (SIGSTOP) the pool's template, then SIGKILLs its first worker, so
+/// that a fork is pending on a template that does not answer. Returns the
+/// template and the workers before, the killed one first.
+async fn stop_template_kill_first(pool: &Pool) -> (u32, Vec<u32>) {
+    let template = pool.template_pid().unwrap();
+    let pids = pool.worker_pids();
+    kill(template, libc::SIGSTOP);
+    kill(pids[0], libc::SIGKILL);
+    noticed_dead(pool, pids[0]).await;
+    (template, pids)
 }
 
 fn num(v: &Value, k: &str) -> u32 {
@@ -159,18 +251,24 @@ fn num(v: &Value, k: &str) -> u32 {
 async fn shutdown_leaves_nothing(d: &Path, pool: Pool, mut pids: Vec<u32>) {
     pids.extend(pool.template_pid());
     pids.extend(pool.worker_pids());
-    let shut = tokio::time::timeout(Duration::from_secs(30), pool.shutdown()).await;
-    let gone = eventually(10, || {
-        pids.iter().all(|&p| !alive(p)) && procs_of(d).is_empty()
-    })
+    shutdown_reaps(
+        pool,
+        &pids,
+        Some(d),
+        "shutdown returned",
+        "alive after shutdown",
+    )
     .await;
-    let mut left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
-    left.extend(procs_of(d));
-    for &p in &left {
-        kill(p, libc::SIGKILL);
-    }
-    assert!(shut.is_ok(), "shutdown returned");
-    assert!(gone, "alive after shutdown: {left:?}");
+}
+
+/// Shuts `pool` down (within 30 s, else `late`) and asserts that none of
+/// `pids` (and, with `d`, no process of the test's `OTF_DIR`) is alive
+/// afterwards (else `what` and the leftovers); kills leftovers.
+async fn shutdown_reaps(pool: Pool, pids: &[u32], d: Option<&Path>, late: &str, what: &str) {
+    let shut = tokio::time::timeout(Duration::from_secs(30), pool.shutdown()).await;
+    let (gone, left) = reap(pids, d).await;
+    assert!(shut.is_ok(), "{late}");
+    assert!(gone, "{what}: {left:?}");
 }
 
 /// preload.md: "What must happen in each worker process goes in an
@@ -184,18 +282,25 @@ async fn shutdown_leaves_nothing(d: &Path, pool: Pool, mut pids: Vec<u32>) {
 /// serving, and once the hook works again the slot is refilled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_whose_hook_hangs_is_killed_and_reported() {
-    let d = dir("hang");
-    let (pool, failures) = pool(&d, 2).await;
-    let first = hook_pids(&d);
+    let (d, pool, failures) = fresh("hang", 2).await;
+    replacement_whose_hook_hangs_is_killed_and_reported(&d, pool, failures).await;
+}
+
+/// The body of [`a_replacement_whose_hook_hangs_is_killed_and_reported`]
+/// and its Ruby twin, over a pool of 2 writing into `d`.
+async fn replacement_whose_hook_hangs_is_killed_and_reported(
+    d: &Path,
+    pool: Pool,
+    failures: Arc<Mutex<Vec<String>>>,
+) {
+    let first = hook_pids(d);
     assert_eq!(first.len(), 2, "{first:?}");
-    std::fs::write(d.join("mode"), "hang").unwrap();
-    let pids = pool.worker_pids();
+    let pids = kill_first_in_mode(d, &pool, "hang").await;
     let (killed, survivor) = (pids[0], pids[1]);
-    kill(killed, libc::SIGKILL);
     assert_eq!(num(&whoami(&pool).await, "pid"), survivor);
     let failed = eventually(30, || !failures.lock().unwrap().is_empty()).await;
     assert!(failed, "a start failure is reported");
-    let hung: Vec<u32> = hook_pids(&d)
+    let hung: Vec<u32> = hook_pids(d)
         .into_iter()
         .filter(|p| !first.contains(p))
         .collect();
@@ -204,20 +309,16 @@ async fn a_replacement_whose_hook_hangs_is_killed_and_reported() {
         "a replacement was forked and ran the hook"
     );
     let reaped = eventually(15, || hung.iter().all(|&p| !alive(p))).await;
-    let left: Vec<u32> = hung.iter().copied().filter(|&p| alive(p)).collect();
+    let left = alive_of(&hung);
     let cause = failures.lock().unwrap()[0].clone();
     eprintln!("hang causes: {:?}", failures.lock().unwrap());
     assert!(!cause.trim().is_empty(), "the failure names its cause");
     std::fs::remove_file(d.join("mode")).unwrap();
     assert_eq!(num(&whoami(&pool).await, "pid"), survivor);
-    let refilled = eventually(60, || {
-        let p = pool.worker_pids();
-        p.len() == 2 && !p.contains(&killed)
-    })
-    .await;
+    let refilled = refilled(&pool, 2, &[killed], 60).await;
     let mut all = first.clone();
-    all.extend(hook_pids(&d));
-    shutdown_leaves_nothing(&d, pool, all).await;
+    all.extend(hook_pids(d));
+    shutdown_leaves_nothing(d, pool, all).await;
     assert!(
         reaped,
         "a fork whose hook hangs past worker_init_timeout is killed: {left:?} alive; cause {cause}"
@@ -233,22 +334,15 @@ async fn a_replacement_whose_hook_hangs_is_killed_and_reported() {
 /// the hook works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_whose_hook_exits_is_a_start_failure_naming_the_status() {
-    let d = dir("exit");
-    let (pool, failures) = pool(&d, 2).await;
-    std::fs::write(d.join("mode"), "exit").unwrap();
-    let pids = pool.worker_pids();
+    let (d, pool, failures) = fresh("exit", 2).await;
+    let pids = kill_first_in_mode(&d, &pool, "exit").await;
     let (killed, survivor) = (pids[0], pids[1]);
-    kill(killed, libc::SIGKILL);
     let failed = eventually(30, || !failures.lock().unwrap().is_empty()).await;
     assert_eq!(num(&whoami(&pool).await, "pid"), survivor);
     let causes = failures.lock().unwrap().clone();
     eprintln!("exit causes: {causes:?}");
     std::fs::remove_file(d.join("mode")).unwrap();
-    let refilled = eventually(60, || {
-        let p = pool.worker_pids();
-        p.len() == 2 && !p.contains(&killed)
-    })
-    .await;
+    let refilled = refilled(&pool, 2, &[killed], 60).await;
     let all = hook_pids(&d);
     shutdown_leaves_nothing(&d, pool, all).await;
     assert!(failed, "a start failure is reported");
@@ -265,8 +359,7 @@ async fn a_replacement_whose_hook_exits_is_a_start_failure_naming_the_status() {
 /// no start failure, no crashed call (none was in flight).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_worker_killed_at_once_is_refilled_from_the_template_with_exact_counters() {
-    let d = dir("all");
-    let (pool, failures) = pool(&d, 4).await;
+    let (d, pool, failures) = fresh("all", 4).await;
     let template = pool.template_pid().unwrap();
     let old = pool.worker_pids();
     assert_eq!(old.len(), 4);
@@ -276,14 +369,8 @@ async fn every_worker_killed_at_once_is_refilled_from_the_template_with_exact_co
     expected.push(template);
     expected.sort();
     assert_eq!(family, expected, "the processes of the pool, found by env");
-    for &p in &old {
-        kill(p, libc::SIGKILL);
-    }
-    let refilled = eventually(30, || {
-        let p = pool.worker_pids();
-        p.len() == 4 && p.iter().all(|x| !old.contains(x))
-    })
-    .await;
+    kill_all(&old);
+    let refilled = refilled(&pool, 4, &old, 30).await;
     assert!(refilled, "refilled: {:?}", pool.worker_pids());
     for _ in 0..8 {
         let v = whoami(&pool).await;
@@ -311,19 +398,23 @@ async fn every_worker_killed_at_once_is_refilled_from_the_template_with_exact_co
 /// process, old or new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_template_and_every_worker_killed_at_once_are_replaced_by_one_new_template() {
-    let d = dir("tmpl-all");
-    let (pool, failures) = pool(&d, 4).await;
+    let (d, pool, failures) = fresh("tmpl-all", 4).await;
+    template_and_every_worker_killed_at_once(&d, pool, failures).await;
+}
+
+/// The body of
+/// [`the_template_and_every_worker_killed_at_once_are_replaced_by_one_new_template`]
+/// and its Ruby twin, over a pool of 4 writing into `d`.
+async fn template_and_every_worker_killed_at_once(
+    d: &Path,
+    pool: Pool,
+    failures: Arc<Mutex<Vec<String>>>,
+) {
     let template = pool.template_pid().unwrap();
     let old = pool.worker_pids();
     kill(template, libc::SIGKILL);
-    for &p in &old {
-        kill(p, libc::SIGKILL);
-    }
-    let refilled = eventually(40, || {
-        let p = pool.worker_pids();
-        p.len() == 4 && p.iter().all(|x| !old.contains(x))
-    })
-    .await;
+    kill_all(&old);
+    let refilled = refilled(&pool, 4, &old, 40).await;
     assert!(
         refilled,
         "refilled: {:?}; failures {:?}",
@@ -347,7 +438,7 @@ async fn the_template_and_every_worker_killed_at_once_are_replaced_by_one_new_te
     assert_eq!(stats.errors, 0, "{stats:?}");
     let mut all = old.clone();
     all.push(template);
-    shutdown_leaves_nothing(&d, pool, all).await;
+    shutdown_leaves_nothing(d, pool, all).await;
 }
 
 /// preload.md: "A template that does not fork a worker within 10 s
@@ -358,14 +449,11 @@ async fn the_template_and_every_worker_killed_at_once_are_replaced_by_one_new_te
 /// it returns, and no process is left, the stopped template included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_forks_are_pending_on_a_stopped_template_leaves_nothing() {
-    let d = dir("pending");
-    let (pool, _failures) = pool(&d, 4).await;
+    let (d, pool, _failures) = fresh("pending", 4).await;
     let template = pool.template_pid().unwrap();
     let old = pool.worker_pids();
     kill(template, libc::SIGSTOP);
-    for &p in &old {
-        kill(p, libc::SIGKILL);
-    }
+    kill_all(&old);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut all = old.clone();
     all.push(template);
@@ -380,8 +468,7 @@ async fn shutdown_while_forks_are_pending_on_a_stopped_template_leaves_nothing()
 /// no restart: no worker ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_template_killed_under_load_costs_no_call() {
-    let d = dir("load");
-    let (pool, _failures) = pool(&d, 2).await;
+    let (d, pool, _failures) = fresh("load", 2).await;
     let template = pool.template_pid().unwrap();
     let workers = pool.worker_pids();
     let calls: Vec<_> = (0..16)
@@ -415,21 +502,13 @@ async fn the_template_killed_under_load_costs_no_call() {
 /// from a new template whose fork the replacement is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_killed_with_a_fork_pending_is_replaced_and_the_slot_refilled() {
-    let d = dir("midfork");
-    let (pool, failures) = pool(&d, 2).await;
-    let template = pool.template_pid().unwrap();
-    let pids = pool.worker_pids();
+    let (d, pool, failures) = fresh("midfork", 2).await;
+    let (template, pids) = stop_template_kill_first(&pool).await;
     let (killed, survivor) = (pids[0], pids[1]);
-    kill(template, libc::SIGSTOP);
-    kill(killed, libc::SIGKILL);
     tokio::time::sleep(Duration::from_millis(500)).await;
     kill(template, libc::SIGKILL);
     assert_eq!(num(&whoami(&pool).await, "pid"), survivor);
-    let refilled = eventually(40, || {
-        let p = pool.worker_pids();
-        p.len() == 2 && !p.contains(&killed)
-    })
-    .await;
+    let refilled = refilled(&pool, 2, &[killed], 40).await;
     let causes = failures.lock().unwrap().clone();
     eprintln!("causes: {causes:?}");
     assert!(refilled, "refilled: {:?}; {causes:?}", pool.worker_pids());
@@ -483,17 +562,14 @@ async fn a_helper_the_templates_script_started_does_not_outlive_shutdown() {
     let helpers = spawned(&d);
     assert_eq!(helpers.len(), 1, "module-level code ran once: {helpers:?}");
     assert!(alive(helpers[0]));
-    let shut = tokio::time::timeout(Duration::from_secs(30), pool.shutdown()).await;
-    let gone = eventually(10, || !alive(helpers[0])).await;
-    if !gone {
-        kill(helpers[0], libc::SIGKILL);
-    }
-    assert!(shut.is_ok(), "shutdown returned");
-    assert!(
-        gone,
-        "the template's helper {} outlived shutdown",
-        helpers[0]
-    );
+    shutdown_reaps(
+        pool,
+        &helpers,
+        None,
+        "shutdown returned",
+        "the template's helper outlived shutdown",
+    )
+    .await;
 }
 
 /// The same script started directly (no preload) for comparison: each
@@ -501,25 +577,21 @@ async fn a_helper_the_templates_script_started_does_not_outlive_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_preload_a_workers_helper_does_not_outlive_shutdown() {
     let d = dir("helper-direct");
-    let pool = Pool::builder(
-        Bridge::python(script())
-            .interpreter(python())
-            .env("OTF_DIR", d.to_str().unwrap())
-            .env("OTF_SPAWN", "1"),
-    )
-    .size(2)
-    .start()
-    .await
-    .unwrap();
+    let pool = Pool::builder(py_bridge(&d).env("OTF_SPAWN", "1"))
+        .size(2)
+        .start()
+        .await
+        .unwrap();
     let helpers = spawned(&d);
     assert_eq!(helpers.len(), 2, "{helpers:?}");
-    let shut = tokio::time::timeout(Duration::from_secs(30), pool.shutdown()).await;
-    let gone = eventually(10, || helpers.iter().all(|&p| !alive(p))).await;
-    for &p in &helpers {
-        kill(p, libc::SIGKILL);
-    }
-    assert!(shut.is_ok(), "shutdown returned");
-    assert!(gone, "a worker's helper outlived shutdown: {helpers:?}");
+    shutdown_reaps(
+        pool,
+        &helpers,
+        None,
+        "shutdown returned",
+        &format!("a worker's helper outlived shutdown: {helpers:?}; alive"),
+    )
+    .await;
 }
 
 /// As [`a_helper_the_templates_script_started_does_not_outlive_shutdown`],
@@ -536,16 +608,14 @@ async fn a_helper_of_a_killed_template_does_not_outlive_shutdown() {
     kill(template, libc::SIGKILL);
     assert!(eventually(5, || !alive(template)).await);
     whoami(&pool).await;
-    let shut = tokio::time::timeout(Duration::from_secs(30), pool.shutdown()).await;
-    let gone = eventually(10, || helpers.iter().all(|&p| !alive(p))).await;
-    for &p in &helpers {
-        kill(p, libc::SIGKILL);
-    }
-    assert!(shut.is_ok(), "shutdown returned");
-    assert!(
-        gone,
-        "the dead template's helper outlived shutdown: {helpers:?}"
-    );
+    shutdown_reaps(
+        pool,
+        &helpers,
+        None,
+        "shutdown returned",
+        &format!("the dead template's helper outlived shutdown: {helpers:?}; alive"),
+    )
+    .await;
 }
 
 /// Runs as the host of
@@ -601,11 +671,7 @@ async fn a_host_killed_leaves_no_helper_of_the_template() {
     assert!(all.iter().all(|&p| alive(p)), "{all:?}");
     kill(host.id(), libc::SIGKILL);
     host.wait().unwrap();
-    let gone = eventually(10, || all.iter().all(|&p| !alive(p))).await;
-    let left: Vec<u32> = all.iter().copied().filter(|&p| alive(p)).collect();
-    for &p in &left {
-        kill(p, libc::SIGKILL);
-    }
+    let (gone, left) = reap(&all, None).await;
     assert!(
         gone,
         "alive after the host's SIGKILL: {left:?} (helpers {helpers:?})"
@@ -621,34 +687,26 @@ async fn a_host_killed_leaves_no_helper_of_the_template() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_that_hangs_at_start_is_start_failed_and_leaves_no_fork() {
     let d = dir("hang-start");
+    hook_that_hangs_at_start(&d, py_bridge(&d)).await;
+}
+
+/// The body of [`a_hook_that_hangs_at_start_is_start_failed_and_leaves_no_fork`]
+/// and its Ruby twin: `bridge` (writing into `d`) preloaded for a pool of 3
+/// whose every fork's hook hangs.
+async fn hook_that_hangs_at_start(d: &Path, bridge: Bridge) {
     std::fs::write(d.join("mode"), "hang").unwrap();
-    let started = Pool::builder(
-        Bridge::python(script())
-            .interpreter(python())
-            .env("OTF_DIR", d.to_str().unwrap())
-            .preload(),
-    )
-    .size(3)
-    .configure(|c| c.worker_init_timeout = Duration::from_secs(2))
-    .start();
+    let started = Pool::builder(bridge.preload())
+        .size(3)
+        .configure(|c| c.worker_init_timeout = Duration::from_secs(2))
+        .start();
     let err = tokio::time::timeout(Duration::from_secs(60), started)
         .await
         .expect("start() returned")
         .unwrap_err();
-    let forks = hook_pids(&d);
-    let gone = eventually(10, || forks.iter().all(|&p| !alive(p))).await;
-    let left: Vec<u32> = forks.iter().copied().filter(|&p| alive(p)).collect();
-    for &p in &left {
-        kill(p, libc::SIGKILL);
-    }
-    let snakepit_core::Error::StartFailed(start) = &err else {
-        panic!("expected StartFailed, got {err:?}");
-    };
-    let none = eventually(10, || procs_of(&d).is_empty()).await;
-    let stray = procs_of(&d);
-    for &p in &stray {
-        kill(p, libc::SIGKILL);
-    }
+    let forks = hook_pids(d);
+    let (gone, left) = reap(&forks, None).await;
+    let start = start_failed(&err);
+    let (none, stray) = reap(&[], Some(d)).await;
     assert!(!forks.is_empty(), "a fork ran the hook");
     assert!(
         start.cause.contains("2s"),
@@ -666,32 +724,21 @@ async fn a_hook_that_hangs_at_start_is_start_failed_and_leaves_no_fork() {
 async fn a_hook_that_raises_at_start_is_start_failed_with_status_1_and_the_exception() {
     let d = dir("raise-start");
     std::fs::write(d.join("mode"), "raise").unwrap();
-    let err = Pool::builder(
-        Bridge::python(script())
-            .interpreter(python())
-            .env("OTF_DIR", d.to_str().unwrap())
-            .preload(),
-    )
-    .size(3)
-    .start()
-    .await
-    .unwrap_err();
+    let err = Pool::builder(py_bridge(&d).preload())
+        .size(3)
+        .start()
+        .await
+        .unwrap_err();
     let forks = hook_pids(&d);
-    let gone = eventually(10, || forks.iter().all(|&p| !alive(p))).await;
-    let snakepit_core::Error::StartFailed(start) = &err else {
-        panic!("expected StartFailed, got {err:?}");
-    };
+    let (gone, _) = reap(&forks, None).await;
+    let start = start_failed(&err);
     assert!(start.cause.contains("status 1"), "{err:?}");
     assert!(
         start.stderr_tail.contains("otf hook refuses"),
         "{}",
         start.stderr_tail
     );
-    let none = eventually(10, || procs_of(&d).is_empty()).await;
-    let stray = procs_of(&d);
-    for &p in &stray {
-        kill(p, libc::SIGKILL);
-    }
+    let (none, stray) = reap(&[], Some(&d)).await;
     assert!(gone, "{forks:?}");
     assert!(none, "left after start() failed (template?): {stray:?}");
 }
@@ -705,35 +752,7 @@ async fn a_hook_that_raises_at_start_is_start_failed_with_status_1_and_the_excep
 async fn ruby_the_template_and_every_worker_killed_at_once_are_replaced_by_one_new_template() {
     let d = dir("rb-tmpl-all");
     let (pool, failures) = ruby_pool(&d, 4, false).await;
-    let template = pool.template_pid().unwrap();
-    let old = pool.worker_pids();
-    kill(template, libc::SIGKILL);
-    for &p in &old {
-        kill(p, libc::SIGKILL);
-    }
-    let refilled = eventually(40, || {
-        let p = pool.worker_pids();
-        p.len() == 4 && p.iter().all(|x| !old.contains(x))
-    })
-    .await;
-    assert!(
-        refilled,
-        "refilled: {:?}; failures {:?}",
-        pool.worker_pids(),
-        failures.lock().unwrap()
-    );
-    let second = pool.template_pid().unwrap();
-    assert_ne!(second, template);
-    let mut parents = std::collections::HashSet::new();
-    for _ in 0..8 {
-        parents.insert(num(&whoami(&pool).await, "ppid"));
-    }
-    assert_eq!(parents.into_iter().collect::<Vec<_>>(), vec![second]);
-    let stats = pool.stats();
-    assert_eq!((stats.restarts, stats.errors), (4, 0), "{stats:?}");
-    let mut all = old.clone();
-    all.push(template);
-    shutdown_leaves_nothing(&d, pool, all).await;
+    template_and_every_worker_killed_at_once(&d, pool, failures).await;
 }
 
 /// Ruby: a replacement whose after-fork hook hangs is reported as a failed
@@ -743,32 +762,7 @@ async fn ruby_the_template_and_every_worker_killed_at_once_are_replaced_by_one_n
 async fn ruby_a_replacement_whose_hook_hangs_is_killed_and_reported() {
     let d = dir("rb-hang");
     let (pool, failures) = ruby_pool(&d, 2, false).await;
-    let first = hook_pids(&d);
-    assert_eq!(first.len(), 2, "{first:?}");
-    std::fs::write(d.join("mode"), "hang").unwrap();
-    let pids = pool.worker_pids();
-    let (killed, survivor) = (pids[0], pids[1]);
-    kill(killed, libc::SIGKILL);
-    assert_eq!(num(&whoami(&pool).await, "pid"), survivor);
-    let failed = eventually(30, || !failures.lock().unwrap().is_empty()).await;
-    assert!(failed, "a start failure is reported");
-    let hung: Vec<u32> = hook_pids(&d)
-        .into_iter()
-        .filter(|p| !first.contains(p))
-        .collect();
-    assert!(!hung.is_empty());
-    let reaped = eventually(15, || hung.iter().all(|&p| !alive(p))).await;
-    std::fs::remove_file(d.join("mode")).unwrap();
-    let refilled = eventually(60, || {
-        let p = pool.worker_pids();
-        p.len() == 2 && !p.contains(&killed)
-    })
-    .await;
-    let mut all = first.clone();
-    all.extend(hook_pids(&d));
-    shutdown_leaves_nothing(&d, pool, all).await;
-    assert!(reaped, "the hung fork is killed: {hung:?}");
-    assert!(refilled);
+    replacement_whose_hook_hangs_is_killed_and_reported(&d, pool, failures).await;
 }
 
 /// Ruby: a helper process the template's script started, with the template
@@ -797,18 +791,10 @@ async fn ruby_a_helper_the_templates_script_started_does_not_outlive_shutdown() 
 /// template.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_template_is_killed_while_the_pool_runs_and_the_failure_names_it() {
-    let d = dir("stopped");
-    let (pool, failures) = pool(&d, 2).await;
-    let template = pool.template_pid().unwrap();
-    let pids = pool.worker_pids();
-    kill(template, libc::SIGSTOP);
-    kill(pids[0], libc::SIGKILL);
+    let (d, pool, failures) = fresh("stopped", 2).await;
+    let (template, pids) = stop_template_kill_first(&pool).await;
     let killed = eventually(40, || !alive(template)).await;
-    let refilled = eventually(40, || {
-        let p = pool.worker_pids();
-        p.len() == 2 && !p.contains(&pids[0])
-    })
-    .await;
+    let refilled = refilled(&pool, 2, &pids[..1], 40).await;
     let causes = failures.lock().unwrap().clone();
     let second = pool.template_pid();
     let mut all = pids.clone();
@@ -832,11 +818,7 @@ async fn a_stopped_template_is_killed_while_the_pool_runs_and_the_failure_names_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_a_fork_stuck_in_its_hook_kills_it_without_waiting_for_the_timeout() {
     let d = dir("stuck-shutdown");
-    let bridge = Bridge::python(script())
-        .interpreter(python())
-        .env("OTF_DIR", d.to_str().unwrap())
-        .preload();
-    let pool = Pool::builder(bridge)
+    let pool = Pool::builder(py_bridge(&d).preload())
         .size(2)
         .configure(|c| {
             c.health_check_interval = Duration::ZERO;
@@ -846,9 +828,7 @@ async fn shutdown_with_a_fork_stuck_in_its_hook_kills_it_without_waiting_for_the
         .await
         .unwrap();
     let first = hook_pids(&d);
-    std::fs::write(d.join("mode"), "hang").unwrap();
-    let pids = pool.worker_pids();
-    kill(pids[0], libc::SIGKILL);
+    let pids = kill_first_in_mode(&d, &pool, "hang").await;
     assert!(
         eventually(20, || hook_pids(&d).len() > first.len()).await,
         "a replacement was forked into the hook"
@@ -856,21 +836,14 @@ async fn shutdown_with_a_fork_stuck_in_its_hook_kills_it_without_waiting_for_the
     let mut all = pids.clone();
     all.extend(hook_pids(&d));
     all.extend(pool.template_pid());
-    let shut = tokio::time::timeout(Duration::from_secs(30), pool.shutdown()).await;
-    let gone = eventually(10, || {
-        all.iter().all(|&p| !alive(p)) && procs_of(&d).is_empty()
-    })
+    shutdown_reaps(
+        pool,
+        &all,
+        Some(&d),
+        "shutdown returned before the 120 s handshake timeout",
+        "alive after shutdown",
+    )
     .await;
-    let mut left: Vec<u32> = all.iter().copied().filter(|&p| alive(p)).collect();
-    left.extend(procs_of(&d));
-    for &p in &left {
-        kill(p, libc::SIGKILL);
-    }
-    assert!(
-        shut.is_ok(),
-        "shutdown returned before the 120 s handshake timeout"
-    );
-    assert!(gone, "alive after shutdown: {left:?}");
 }
 
 /// docs/preload.md: "Restarts and recycling fork again from the template",
@@ -881,8 +854,7 @@ async fn shutdown_with_a_fork_stuck_in_its_hook_kills_it_without_waiting_for_the
 /// exactly 4 requests, 0 completed, 4 errors, 4 crashes, 4 restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_busy_worker_killed_at_once_gives_exact_crash_and_restart_counts() {
-    let d = dir("busy");
-    let (pool, _failures) = pool(&d, 4).await;
+    let (d, pool, _failures) = fresh("busy", 4).await;
     let old = pool.worker_pids();
     let calls: Vec<_> = (0..4)
         .map(|_| {
@@ -904,9 +876,7 @@ async fn every_busy_worker_killed_at_once_gives_exact_crash_and_restart_counts()
             .count()
     };
     assert!(eventually(20, || napping(&d) == 4).await, "four naps");
-    for &p in &old {
-        kill(p, libc::SIGKILL);
-    }
+    kill_all(&old);
     for c in calls {
         let r = c.await.unwrap();
         assert!(
@@ -914,11 +884,7 @@ async fn every_busy_worker_killed_at_once_gives_exact_crash_and_restart_counts()
             "{r:?}"
         );
     }
-    let refilled = eventually(30, || {
-        let p = pool.worker_pids();
-        p.len() == 4 && p.iter().all(|x| !old.contains(x))
-    })
-    .await;
+    let refilled = refilled(&pool, 4, &old, 30).await;
     assert!(refilled);
     let s = pool.stats();
     assert_eq!(
@@ -943,49 +909,33 @@ async fn forks_that_keep_failing_open_the_breaker_and_retry_starts_refills_from_
     let d = dir("breaker");
     let opened = Arc::new(Mutex::new(0u32));
     let seen = opened.clone();
-    let pool = Pool::builder(
-        Bridge::python(script())
-            .interpreter(python())
-            .env("OTF_DIR", d.to_str().unwrap())
-            .preload(),
-    )
-    .size(2)
-    .on_event(move |e| {
-        if let EventKind::BreakerOpened { .. } = &e.kind {
-            *seen.lock().unwrap() += 1;
-        }
-    })
-    .configure(|c| {
-        c.health_check_interval = Duration::ZERO;
-        c.breaker_threshold = 2;
-        c.breaker_cooldown = Duration::from_secs(600);
-    })
-    .start()
-    .await
-    .unwrap();
+    let pool = Pool::builder(py_bridge(&d).preload())
+        .size(2)
+        .on_event(move |e| {
+            if let EventKind::BreakerOpened { .. } = &e.kind {
+                *seen.lock().unwrap() += 1;
+            }
+        })
+        .configure(|c| {
+            c.health_check_interval = Duration::ZERO;
+            c.breaker_threshold = 2;
+            c.breaker_cooldown = Duration::from_secs(600);
+        })
+        .start()
+        .await
+        .unwrap();
     let template = pool.template_pid().unwrap();
     let old = pool.worker_pids();
     std::fs::write(d.join("mode"), "exit").unwrap();
-    for &p in &old {
-        kill(p, libc::SIGKILL);
-    }
+    kill_all(&old);
     assert!(
         eventually(30, || *opened.lock().unwrap() == 2).await,
         "both breakers opened: {}",
         opened.lock().unwrap()
     );
     let forks = hook_pids(&d).len();
-    let err = pool
-        .execute_with(
-            "whoami",
-            json!({}),
-            CallOptions::new().timeout(Duration::from_secs(20)),
-        )
-        .await
-        .unwrap_err();
-    let snakepit_core::Error::StartFailed(start) = &err else {
-        panic!("expected StartFailed, got {err:?}");
-    };
+    let err = try_whoami(&pool).await.unwrap_err();
+    let start = start_failed(&err);
     assert!(start.cause.contains('7'), "{err:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -1009,31 +959,5 @@ async fn forks_that_keep_failing_open_the_breaker_and_retry_starts_refills_from_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ruby_a_hook_that_hangs_at_start_is_start_failed_and_leaves_nothing() {
     let d = dir("rb-hang-start");
-    std::fs::write(d.join("mode"), "hang").unwrap();
-    let path = d.join("worker.rb");
-    std::fs::write(&path, RUBY_WORKER).unwrap();
-    let started = Pool::builder(
-        Bridge::ruby(path)
-            .env("OTF_DIR", d.to_str().unwrap())
-            .preload(),
-    )
-    .size(3)
-    .configure(|c| c.worker_init_timeout = Duration::from_secs(2))
-    .start();
-    let err = tokio::time::timeout(Duration::from_secs(60), started)
-        .await
-        .expect("start() returned")
-        .unwrap_err();
-    let forks = hook_pids(&d);
-    let none = eventually(10, || procs_of(&d).is_empty()).await;
-    let stray = procs_of(&d);
-    for &p in &stray {
-        kill(p, libc::SIGKILL);
-    }
-    let snakepit_core::Error::StartFailed(start) = &err else {
-        panic!("expected StartFailed, got {err:?}");
-    };
-    assert!(!forks.is_empty(), "a fork ran the hook");
-    assert!(start.cause.contains("2s"), "{err:?}");
-    assert!(none, "left after start() failed: {stray:?}");
+    hook_that_hangs_at_start(&d, rb_bridge(&d)).await;
 }

@@ -82,6 +82,114 @@ async fn redis_store(redis: &Redis, ttl: Duration, sweep: Duration) -> Arc<Redis
     )
 }
 
+/// A store on `redis` with the given operation timeout and sweep interval
+/// (and the store's own default TTL).
+async fn timed_store(redis: &Redis, timeout: Duration, sweep: Duration) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::builder(redis.url())
+            .timeout(timeout)
+            .sweep_interval(sweep)
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+/// Two hosts' stores on `redis` (TTL an hour, no sweep during the test).
+async fn two_hosts(redis: &Redis) -> (Arc<RedisStore>, Arc<RedisStore>) {
+    (
+        redis_store(redis, HOUR, NEVER).await,
+        redis_store(redis, HOUR, NEVER).await,
+    )
+}
+
+/// A fresh Redis server and a pool of `size` over a store on it with the
+/// operation `timeout` (no sweep during the test).
+async fn pool_on_fresh_redis(timeout: Duration, size: usize) -> (Redis, Pool) {
+    let redis = Redis::start().await;
+    let pool = pool_over(timed_store(&redis, timeout, NEVER).await, size).await;
+    (redis, pool)
+}
+
+/// Awaits a spawned task within [`GUARD`]; panics if it hung or panicked.
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(GUARD, task).await.unwrap().unwrap()
+}
+
+/// The `run` arguments of a handler that does `before`, signals the file
+/// `started` in `dir`, waits for the file `go`, then does `after`.
+fn signal_then_wait(dir: &Dir, before: Value, after: Value) -> Value {
+    let mut ops = before.as_array().unwrap().clone();
+    ops.push(json!({"op": "signal", "path": dir.path("started")}));
+    ops.push(json!({"op": "wait", "path": dir.path("go")}));
+    ops.extend(after.as_array().unwrap().iter().cloned());
+    json!({ "ops": ops })
+}
+
+/// A `run` of `args` in `session` on `pool`, spawned.
+fn spawn_in_session(
+    pool: &Pool,
+    session: &'static str,
+    args: Value,
+) -> tokio::task::JoinHandle<snakepit_core::Result<Value>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.execute_in_session(session, "run", args).await })
+}
+
+/// Waits until the handler of [`signal_then_wait`] in `dir` has signalled.
+async fn handler_started(dir: &Dir, what: &str) {
+    let started = dir.path("started");
+    until(30, what, || {
+        let started = started.clone();
+        async move { std::path::Path::new(&started).exists() }
+    })
+    .await;
+}
+
+/// Waits until every worker process of `pids` is gone.
+async fn workers_gone(pids: Vec<u64>) {
+    for pid in pids {
+        until(
+            10,
+            "the worker is gone",
+            || async move { process_gone(pid) },
+        )
+        .await;
+    }
+}
+
+/// A handler in `session` of a pool of one over `store` sets `k`, then
+/// waits while `redis` is SIGKILLed and started again; it then reads `k`,
+/// writes `k2` and reads `k` again. Returns the pool and the call's answer.
+async fn restarted_mid_call(
+    redis: &mut Redis,
+    store: Arc<RedisStore>,
+    dir: &Dir,
+    session: &'static str,
+) -> (Pool, Value) {
+    let pool = pool_over(store, 1).await;
+    let call = spawn_in_session(
+        &pool,
+        session,
+        signal_then_wait(
+            dir,
+            json!([{"op": "set", "key": "k", "value": 1}]),
+            json!([
+                {"op": "get", "key": "k"},
+                {"op": "set", "key": "k2", "value": 2},
+                {"op": "get", "key": "k"},
+            ]),
+        ),
+    );
+    handler_started(dir, "the handler has set its key").await;
+    redis.kill();
+    redis.run().await;
+    serving(redis.port).await;
+    std::fs::write(dir.path("go"), b"").unwrap();
+    let answer = joined(call).await.unwrap();
+    (pool, answer)
+}
+
 async fn pool_over<S: SessionStore + 'static>(store: Arc<S>, size: usize) -> Pool {
     attach(Pool::builder(worker()), store)
         .size(size)
@@ -168,8 +276,7 @@ fn process_gone(pid: u64) -> bool {
 async fn two_hosts_making_one_session_at_once_lose_no_write() {
     need_redis!();
     let redis = Redis::start().await;
-    let a = redis_store(&redis, HOUR, NEVER).await;
-    let b = redis_store(&redis, HOUR, NEVER).await;
+    let (a, b) = two_hosts(&redis).await;
     let (pa, pb) = (pool_over(a.clone(), 2).await, pool_over(b.clone(), 2).await);
     let before = a.stats().await.unwrap();
     let mut calls = Vec::new();
@@ -211,16 +318,12 @@ async fn two_hosts_making_one_session_at_once_lose_no_write() {
         }));
     }
     for c in calls {
-        let answer = tokio::time::timeout(GUARD, c)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let answer = joined(c).await.unwrap();
         assert_eq!(results(&answer), &vec![json!({"ok": true})], "{answer}");
     }
     let mut increments = 0;
     for u in updates {
-        increments += tokio::time::timeout(GUARD, u).await.unwrap().unwrap();
+        increments += joined(u).await;
     }
     let s = b.get_session("shared").await.unwrap();
     assert_eq!(s.data.len(), 32, "every handler's key: {:?}", s.data);
@@ -249,8 +352,7 @@ async fn two_hosts_making_one_session_at_once_lose_no_write() {
 async fn delete_session_racing_calls_in_that_session_adds_up() {
     need_redis!();
     let redis = Redis::start().await;
-    let a = redis_store(&redis, HOUR, NEVER).await;
-    let b = redis_store(&redis, HOUR, NEVER).await;
+    let (a, b) = two_hosts(&redis).await;
     let heard = common::record_ends(&*b);
     let pool = pool_over(a.clone(), 2).await;
     let before = a.stats().await.unwrap();
@@ -299,7 +401,7 @@ async fn delete_session_racing_calls_in_that_session_adds_up() {
         }));
     }
     for c in callers {
-        tokio::time::timeout(GUARD, c).await.unwrap().unwrap();
+        joined(c).await;
     }
     stop.store(true, Ordering::Relaxed);
     let deleted = deleter.await.unwrap();
@@ -453,7 +555,7 @@ async fn thousands_of_expiries_are_each_reported_once_over_three_hosts() {
         }));
     }
     for m in makers {
-        tokio::time::timeout(GUARD, m).await.unwrap().unwrap();
+        joined(m).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut users = Vec::new();
@@ -466,7 +568,7 @@ async fn thousands_of_expiries_are_each_reported_once_over_three_hosts() {
         }));
     }
     for u in users {
-        tokio::time::timeout(GUARD, u).await.unwrap().unwrap();
+        joined(u).await;
     }
     until(20, "every expiry is reported", || async {
         heard.lock().unwrap().len() >= N
@@ -512,41 +614,7 @@ async fn redis_restarted_empty_mid_call_the_handler_sees_the_session_gone() {
     let dir = Dir::new("restart-empty");
     let mut redis = Redis::start().await;
     let store = redis_store(&redis, HOUR, NEVER).await;
-    let pool = pool_over(store.clone(), 1).await;
-    let call = {
-        let pool = pool.clone();
-        let (started, go) = (dir.path("started"), dir.path("go"));
-        tokio::spawn(async move {
-            pool.execute_in_session(
-                "r",
-                "run",
-                json!({"ops": [
-                    {"op": "set", "key": "k", "value": 1},
-                    {"op": "signal", "path": started},
-                    {"op": "wait", "path": go},
-                    {"op": "get", "key": "k"},
-                    {"op": "set", "key": "k2", "value": 2},
-                    {"op": "get", "key": "k"},
-                ]}),
-            )
-            .await
-        })
-    };
-    let started = dir.path("started");
-    until(30, "the handler has set its key", || {
-        let started = started.clone();
-        async move { std::path::Path::new(&started).exists() }
-    })
-    .await;
-    redis.kill();
-    redis.run().await;
-    serving(redis.port).await;
-    std::fs::write(dir.path("go"), b"").unwrap();
-    let answer = tokio::time::timeout(GUARD, call)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (pool, answer) = restarted_mid_call(&mut redis, store.clone(), &dir, "r").await;
     let r = results(&answer);
     // The first host call after the restart may meet the defect that
     // `the_first_operation_after_a_failed_background_reconnection_succeeds`
@@ -580,41 +648,7 @@ async fn redis_restarted_with_aof_mid_call_the_handler_keeps_its_session() {
     let mut redis =
         Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"], false).await;
     let store = redis_store(&redis, HOUR, NEVER).await;
-    let pool = pool_over(store.clone(), 1).await;
-    let call = {
-        let pool = pool.clone();
-        let (started, go) = (dir.path("started"), dir.path("go"));
-        tokio::spawn(async move {
-            pool.execute_in_session(
-                "p",
-                "run",
-                json!({"ops": [
-                    {"op": "set", "key": "k", "value": 1},
-                    {"op": "signal", "path": started},
-                    {"op": "wait", "path": go},
-                    {"op": "get", "key": "k"},
-                    {"op": "set", "key": "k2", "value": 2},
-                    {"op": "get", "key": "k"},
-                ]}),
-            )
-            .await
-        })
-    };
-    let started = dir.path("started");
-    until(30, "the handler has set its key", || {
-        let started = started.clone();
-        async move { std::path::Path::new(&started).exists() }
-    })
-    .await;
-    redis.kill();
-    redis.run().await;
-    serving(redis.port).await;
-    std::fs::write(dir.path("go"), b"").unwrap();
-    let answer = tokio::time::timeout(GUARD, call)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (pool, answer) = restarted_mid_call(&mut redis, store.clone(), &dir, "p").await;
     let r = results(&answer);
     // As above: the first host call may meet the stale-reconnection defect.
     assert!(r[3] == json!({"value": 1}) || stale(&r[3]), "{answer}");
@@ -652,16 +686,7 @@ async fn serving(port: u16) {
 async fn a_pool_shut_down_while_store_operations_hang_stops_cleanly() {
     need_redis!();
     let dir = Dir::new("shutdown");
-    let redis = Redis::start().await;
-    let store = Arc::new(
-        RedisStore::builder(redis.url())
-            .timeout(Duration::from_secs(4))
-            .sweep_interval(NEVER)
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let pool = pool_over(store.clone(), 2).await;
+    let (redis, pool) = pool_on_fresh_redis(Duration::from_secs(4), 2).await;
     let mut pids = Vec::new();
     for _ in 0..8 {
         let a = pool.execute("run", json!({"ops": []})).await.unwrap();
@@ -670,38 +695,16 @@ async fn a_pool_shut_down_while_store_operations_hang_stops_cleanly() {
             pids.push(pid);
         }
     }
-    let handler = {
-        let pool = pool.clone();
-        let (started, go) = (dir.path("started"), dir.path("go"));
-        tokio::spawn(async move {
-            pool.execute_in_session(
-                "h",
-                "run",
-                json!({"ops": [
-                    {"op": "signal", "path": started},
-                    {"op": "wait", "path": go},
-                    {"op": "get", "key": "k"},
-                ]}),
-            )
-            .await
-        })
-    };
-    let started = dir.path("started");
-    until(30, "the handler runs", || {
-        let started = started.clone();
-        async move { std::path::Path::new(&started).exists() }
-    })
-    .await;
+    let handler = spawn_in_session(
+        &pool,
+        "h",
+        signal_then_wait(&dir, json!([]), json!([{"op": "get", "key": "k"}])),
+    );
+    handler_started(&dir, "the handler runs").await;
     redis.signal("STOP");
     std::fs::write(dir.path("go"), b"").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let touching = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.execute_in_session("t", "run", json!({"ops": []}))
-                .await
-        })
-    };
+    let touching = spawn_in_session(&pool, "t", json!({"ops": []}));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let shut = tokio::time::timeout(GUARD, pool.shutdown()).await;
     let handler = tokio::time::timeout(GUARD, handler).await;
@@ -718,14 +721,7 @@ async fn a_pool_shut_down_while_store_operations_hang_stops_cleanly() {
         matches!(e, PoolError::Session { .. } | PoolError::ShutDown) && e.never_ran(),
         "{e:?}"
     );
-    for pid in pids {
-        until(
-            10,
-            "the worker is gone",
-            || async move { process_gone(pid) },
-        )
-        .await;
-    }
+    workers_gone(pids).await;
 }
 
 /// crates/core Pool::shutdown: "Stops admitting calls"; docs/sessions.md
@@ -790,16 +786,7 @@ async fn a_session_call_to_a_shut_down_pool_is_shut_down_even_with_redis_paused(
 async fn a_call_whose_deadline_ends_inside_a_hung_host_call_leaves_the_pool_serving() {
     need_redis!();
     let dir = Dir::new("deadline");
-    let redis = Redis::start().await;
-    let store = Arc::new(
-        RedisStore::builder(redis.url())
-            .timeout(Duration::from_secs(3))
-            .sweep_interval(NEVER)
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let pool = pool_over(store.clone(), 1).await;
+    let (redis, pool) = pool_on_fresh_redis(Duration::from_secs(3), 1).await;
     let first = pool
         .execute_in_session(
             "d",
@@ -809,18 +796,13 @@ async fn a_call_whose_deadline_ends_inside_a_hung_host_call_leaves_the_pool_serv
         .await
         .unwrap();
     let mut pids = vec![first["pid"].as_u64().unwrap()];
-    let (started, go) = (dir.path("started"), dir.path("go"));
     let call = {
         let pool = pool.clone();
-        let (started, go) = (started.clone(), go.clone());
+        let args = signal_then_wait(&dir, json!([]), json!([{"op": "get", "key": "k"}]));
         tokio::spawn(async move {
             pool.execute_with(
                 "run",
-                json!({"ops": [
-                    {"op": "signal", "path": started},
-                    {"op": "wait", "path": go},
-                    {"op": "get", "key": "k"},
-                ]}),
+                args,
                 snakepit_core::CallOptions::default()
                     .session("d")
                     .timeout(Duration::from_millis(1500)),
@@ -828,13 +810,9 @@ async fn a_call_whose_deadline_ends_inside_a_hung_host_call_leaves_the_pool_serv
             .await
         })
     };
-    until(30, "the handler runs", || {
-        let started = started.clone();
-        async move { std::path::Path::new(&started).exists() }
-    })
-    .await;
+    handler_started(&dir, "the handler runs").await;
     redis.signal("STOP");
-    std::fs::write(&go, b"").unwrap();
+    std::fs::write(dir.path("go"), b"").unwrap();
     let r = tokio::time::timeout(GUARD, call).await;
     redis.signal("CONT");
     let e = r.unwrap().unwrap().unwrap_err();
@@ -864,14 +842,7 @@ async fn a_call_whose_deadline_ends_inside_a_hung_host_call_leaves_the_pool_serv
     assert_eq!(results(&a)[0], json!({"value": "kept"}), "{a}");
     pids.push(a["pid"].as_u64().unwrap());
     pool.shutdown().await.unwrap();
-    for pid in pids {
-        until(
-            10,
-            "the worker is gone",
-            || async move { process_gone(pid) },
-        )
-        .await;
-    }
+    workers_gone(pids).await;
 }
 
 /// docs/sessions.md:83-85 "every read or write of a session ... extends
@@ -896,18 +867,14 @@ async fn hosts_with_different_default_ttls_slide_each_session_by_its_own_ttl() {
         pool_over(short.clone(), 1).await,
     );
     let set = |v: &str| json!({"ops": [{"op": "set", "key": "k", "value": v}]});
-    pl.execute_in_session("made_long", "run", set("l"))
-        .await
-        .unwrap();
-    ps.execute_in_session("made_short", "run", set("s"))
-        .await
-        .unwrap();
-    ps.execute_in_session("made_long", "run", set("l2"))
-        .await
-        .unwrap();
-    pl.execute_in_session("made_short", "run", set("s2"))
-        .await
-        .unwrap();
+    for (pool, id, v) in [
+        (&pl, "made_long", "l"),
+        (&ps, "made_short", "s"),
+        (&ps, "made_long", "l2"),
+        (&pl, "made_short", "s2"),
+    ] {
+        pool.execute_in_session(id, "run", set(v)).await.unwrap();
+    }
     assert_eq!(short.get_session("made_long").await.unwrap().ttl(), HOUR);
     assert_eq!(
         long.get_session("made_short").await.unwrap().ttl(),
@@ -947,16 +914,7 @@ async fn expiries_swept_by_a_sweep_that_timed_out_are_still_reported() {
     need_redis!();
     const N: usize = 40;
     let redis = Redis::start().await;
-    let sweeping = || async {
-        Arc::new(
-            RedisStore::builder(redis.url())
-                .timeout(Duration::from_millis(500))
-                .sweep_interval(OFTEN)
-                .connect()
-                .await
-                .unwrap(),
-        )
-    };
+    let sweeping = || timed_store(&redis, Duration::from_millis(500), OFTEN);
     let (a, b) = (sweeping().await, sweeping().await);
     let heard: Arc<Mutex<Vec<String>>> = Arc::default();
     for store in [&a, &b] {
@@ -1010,14 +968,7 @@ async fn expiries_swept_by_a_sweep_that_timed_out_are_still_reported() {
 async fn an_update_spanning_a_restart_from_a_snapshot_erases_no_set() {
     need_redis!();
     let mut redis = Redis::start().await;
-    let store = Arc::new(
-        RedisStore::builder(redis.url())
-            .timeout(Duration::from_secs(20))
-            .sweep_interval(NEVER)
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let store = timed_store(&redis, Duration::from_secs(20), NEVER).await;
     store.create_session("u", None).await.unwrap(); // v1
     store.set("u", "a", json!(1)).await.unwrap(); // v2
     assert_eq!(redis_server::redis_cli(redis.port, &["SAVE"]), "OK");
@@ -1125,12 +1076,12 @@ async fn a_sweep_longer_than_the_timeout_reports_every_expiry_it_counts() {
         redis_server::redis_cli(redis.port, &["ZCARD", "snakepit:idx"]),
         N.to_string()
     );
-    let store = RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(100))
-        .sweep_interval(Duration::from_millis(50))
-        .connect()
-        .await
-        .unwrap();
+    let store = timed_store(
+        &redis,
+        Duration::from_millis(100),
+        Duration::from_millis(50),
+    )
+    .await;
     let heard = Arc::new(AtomicU64::new(0));
     let sink = heard.clone();
     store.on_session_end(Arc::new(move |_, _| {
