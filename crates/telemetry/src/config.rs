@@ -88,7 +88,7 @@ impl Protocol {
 /// // ... run pools; dropping the guard flushes what is still buffered.
 /// # Ok::<(), snakepit_telemetry::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Telemetry {
     pub(crate) service_name: Option<String>,
     pub(crate) endpoint: Option<String>,
@@ -98,6 +98,25 @@ pub struct Telemetry {
     pub(crate) metrics_interval: Option<Duration>,
     pub(crate) stderr_logs: Option<Targets>,
     pub(crate) traces: Targets,
+}
+
+/// The endpoint shows with its userinfo (credentials) hidden.
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service_name", &self.service_name)
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(crate::watch::redacted),
+            )
+            .field("protocol", &self.protocol)
+            .field("metrics", &self.metrics)
+            .field("short_lived", &self.short_lived)
+            .field("metrics_interval", &self.metrics_interval)
+            .field("stderr_logs", &self.stderr_logs)
+            .field("traces", &self.traces)
+            .finish()
+    }
 }
 
 impl Default for Telemetry {
@@ -137,7 +156,9 @@ impl Telemetry {
     /// `/v1/traces` and `/v1/metrics` are appended) or
     /// `http://127.0.0.1:4317` (gRPC). Default: `OTEL_EXPORTER_OTLP_ENDPOINT`,
     /// else the protocol's localhost port. An empty (or blank) one is no
-    /// endpoint, as an empty variable is.
+    /// endpoint, as an empty variable is. Credentials in its userinfo
+    /// (`http://user:password@host:4318`) are sent as HTTP basic
+    /// authentication, and every message shows them as `***`.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         let endpoint = endpoint.into();
         self.endpoint = (!endpoint.trim().is_empty()).then_some(endpoint);

@@ -1,12 +1,13 @@
 //! The OTLP exporters, one builder for both signals over either transport,
 //! and the runtime the gRPC transport needs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_otlp::{ExporterBuildError, MetricExporter, SpanExporter, WithExportConfig};
 
 use crate::config::{env, ENDPOINT_VAR, METRICS_ENDPOINT_VAR, TIMEOUT_VAR, TRACES_ENDPOINT_VAR};
-use crate::watch::{ExportState, Watched};
+use crate::watch::{redacted, ExportState, Watched};
 use crate::{Error, Protocol};
 
 /// How long one export may take in a short-lived program
@@ -67,9 +68,16 @@ fn signal_endpoint(protocol: Protocol, endpoint: Option<&str>, signal: Signal) -
     }
 }
 
-/// A base address with a signal's path appended, for HTTP.
+/// A base address with a signal's path appended to its path, for HTTP:
+/// before its query, if it has one (`http://h:4318/?k=v` gives
+/// `http://h:4318/v1/traces?k=v`).
 fn signal_url(base: &str, path: &str) -> String {
-    format!("{}{path}", base.trim_end_matches('/'))
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match base[after_scheme..].find(['?', '#']) {
+        Some(at) => base.split_at(after_scheme + at),
+        None => (base, ""),
+    };
+    format!("{}{path}{query}", base.trim_end_matches('/'))
 }
 
 /// The retry policy and time limit of each export.
@@ -94,10 +102,11 @@ impl ExportSettings {
         })
     }
 
-    /// The time limit to give the exporter in code: the short-lived one,
+    /// The time limit to give the gRPC exporter in code: the short-lived one,
     /// or the default where the environment says 0 (the exporter would
     /// take it at its word); `None` leaves it to the exporter, retries
     /// included.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     fn timeout_to_set(&self, signal: Signal) -> Option<Duration> {
         self.timeout.or_else(|| {
             env_timeout(signal)
@@ -201,30 +210,47 @@ pub(crate) fn watched<E: Exporter>(
         .get(..8)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
     {
-        return Err(Error::TlsUnsupported(url));
+        return Err(Error::TlsUnsupported(redacted(&url)));
     }
+    let state = ExportState::new(E::SIGNAL.name(), &url, export.timeout_of(E::SIGNAL));
     // The exporter is given the address resolved here, so that it never
     // reads the variables itself: one it would read differently (a blank
     // one, say) cannot make it disagree with what this crate reports.
-    let inner = runtime.in_context(|| build::<E>(protocol, &url, export))?;
-    let state = ExportState::new(E::SIGNAL.name(), url, export.timeout_of(E::SIGNAL));
+    let inner = runtime
+        .in_context(|| build::<E>(protocol, &url, export, &state))
+        // The exporter's message may quote the address, credentials and all.
+        .map_err(|e| match e {
+            Error::Exporter(m) => Error::Exporter(m.replace(&url, &redacted(&url))),
+            other => other,
+        })?;
     Ok(Watched { inner, state })
 }
 
 /// The exporter of `E`'s signal, sending to `url` (for HTTP, the signal's
 /// full URL).
-fn build<E: Exporter>(protocol: Protocol, url: &str, export: &ExportSettings) -> Result<E, Error> {
-    let _ = (url, export);
+fn build<E: Exporter>(
+    protocol: Protocol,
+    url: &str,
+    export: &ExportSettings,
+    state: &Arc<ExportState>,
+) -> Result<E, Error> {
+    let _ = (url, export, state);
     let built = match protocol {
         #[cfg(feature = "http")]
         Protocol::HttpProtobuf => {
             use opentelemetry_otlp::WithHttpConfig;
+            // The client holds each export, retries included, to the
+            // timeout the exporter's retries are given.
+            let timeout = export.timeout_of(E::SIGNAL);
+            let client = crate::http_client::Client {
+                timeout,
+                state: state.clone(),
+            };
             let mut b = E::http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(url);
-            if let Some(t) = export.timeout_to_set(E::SIGNAL) {
-                b = b.with_timeout(t);
-            }
+                .with_endpoint(url)
+                .with_timeout(timeout)
+                .with_http_client(client);
             if export.timeout.is_some() {
                 b = b.with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
@@ -330,9 +356,9 @@ mod tests {
     use super::*;
 
     /// telemetry.md: `OTEL_EXPORTER_OTLP_TIMEOUT`, "milliseconds per
-    /// export", 10000 by default. This crate leaves the timeout to the
-    /// exporter unless the program is short-lived; the exporter's default
-    /// is 10 s, and so is what the crate reports. (The variable itself is
+    /// export", 10000 by default. This crate reads the timeout as the
+    /// exporter would (and gives it to the HTTP exporter and its client);
+    /// the exporter's default is 10 s, and so is what the crate reports. (The variable itself is
     /// shown read by tests/env_promises.rs.)
     #[test]
     fn the_export_timeout_is_10_s_by_default() {
@@ -369,6 +395,22 @@ mod tests {
         assert_eq!(
             signal_url("http://collector:4318", "/v1/metrics"),
             "http://collector:4318/v1/metrics"
+        );
+    }
+
+    #[test]
+    fn http_signal_paths_go_before_a_query() {
+        assert_eq!(
+            signal_url("http://127.0.0.1:4318/?x=1", "/v1/traces"),
+            "http://127.0.0.1:4318/v1/traces?x=1"
+        );
+        assert_eq!(
+            signal_url("http://h:4318/otlp?k=v&w=/a", "/v1/metrics"),
+            "http://h:4318/otlp/v1/metrics?k=v&w=/a"
+        );
+        assert_eq!(
+            signal_url("http://h:4318?x", "/v1/traces"),
+            "http://h:4318/v1/traces?x"
         );
     }
 

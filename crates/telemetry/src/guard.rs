@@ -1,7 +1,7 @@
 //! [`Guard`]: what keeps the exporters alive, and flushes them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -45,17 +45,35 @@ impl Guard {
         }
     }
 
-    /// Exports what is buffered now, without stopping.
+    /// Exports what is buffered now, without stopping; traces and metrics
+    /// side by side.
     ///
     /// A receiver that does not take metrics is not an error (see
     /// [`Telemetry::metrics`](crate::Telemetry::metrics)); spans or metrics it could not deliver are
     /// (`Error::Flush` says how many were dropped since the last flush,
-    /// where to, and why).
+    /// where to, and why). It waits for the exports it starts to end (over
+    /// HTTP each ends within the export timeout), for spans at most half
+    /// as long again as the longest export, as
+    /// [`shutdown`](Guard::shutdown) does.
     pub fn flush(&self) -> Result<(), Error> {
+        let until = self.wait_until();
         let ended = self.spans_ended();
-        let traces = self.tracer_provider.as_ref().map(|t| t.force_flush());
-        let metrics = self.meter_provider.as_ref().map(|m| m.force_flush());
-        self.outcome(traces, metrics, ended, false)
+        let (traces, metrics) = std::thread::scope(|s| {
+            let metrics = self
+                .meter_provider
+                .as_ref()
+                .map(|m| s.spawn(move || m.force_flush()));
+            // The SDK waits for a flush of spans 5 s at most, whatever the
+            // export timeout: past that, the guard waits on for the export.
+            let traces = self.tracer_provider.as_ref().map(|t| {
+                self.waited("traces", t.force_flush(), |state| {
+                    state.wait_settled(until, ended)
+                })
+            });
+            (traces, metrics.map(joined_thread))
+        });
+        let settled = !traces.as_ref().is_some_and(timed_out);
+        self.outcome(traces, metrics, ended, settled)
     }
 
     /// Exports what is buffered and stops the exporters; spans ended after
@@ -72,28 +90,65 @@ impl Guard {
         if tracer.is_none() && meter.is_none() {
             return Ok(()); // stopped already, or nothing to stop
         }
+        let until = self.wait_until();
+        let limit = until.map_or(Duration::MAX, |u| {
+            u.saturating_duration_since(Instant::now())
+        });
         let ended = self.spans_ended();
-        // The shutdown waits half as long again as the longest export, so
-        // that the exporter has recorded what it dropped (and the error can
-        // say so) before the shutdown's own timeout would.
-        let limit = self
+        // Side by side: a receiver that is down costs one export's time,
+        // not one per signal. The SDK waits for a metrics shutdown 5 s at
+        // most, whatever it is told: past that, the guard waits on for the
+        // exporter to be shut down after its last export.
+        let this = &*self;
+        let (traces, metrics) = std::thread::scope(|s| {
+            let metrics = meter.map(|m| {
+                s.spawn(move || {
+                    let result = m.shutdown_with_timeout(limit);
+                    this.waited("metrics", result, |state| state.wait_closed(until))
+                })
+            });
+            let traces = tracer.map(|t| {
+                let result = t.shutdown_with_timeout(limit);
+                this.waited("traces", result, |state| state.wait_closed(until))
+            });
+            (traces, metrics.map(joined_thread))
+        });
+        // A shutdown that timed out drops what is still queued, and says
+        // so (as not yet sent).
+        let settled = !traces.as_ref().is_some_and(timed_out);
+        self.outcome(traces, metrics, ended, settled)
+    }
+
+    /// When a flush or shutdown that begins now stops waiting: half as long
+    /// again as the longest export, so that the exporter has recorded what
+    /// it dropped (and the error can say so) by then. `None`: beyond what a
+    /// clock can say.
+    fn wait_until(&self) -> Option<Instant> {
+        let longest = self
             .states
             .iter()
             .map(|s| s.timeout())
             .max()
-            .map_or(Duration::from_secs(5), |t| t.saturating_add(t / 2));
-        // Side by side: a receiver that is down costs one export's time,
-        // not one per signal.
-        let (traces, metrics) = std::thread::scope(|s| {
-            let metrics = meter.map(|m| s.spawn(move || m.shutdown_with_timeout(limit)));
-            let traces = tracer.map(|t| t.shutdown_with_timeout(limit));
-            let metrics = metrics.map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(OTelSdkError::InternalFailure("panicked".into())))
-            });
-            (traces, metrics)
-        });
-        self.outcome(traces, metrics, ended, true)
+            .unwrap_or(Duration::from_secs(5));
+        Instant::now().checked_add(longest.saturating_add(longest / 2))
+    }
+
+    /// `result`, the SDK's, or `Ok` when it timed out and `wait` (on the
+    /// state of `signal`) then saw the exports end: what they dropped is
+    /// in the state.
+    fn waited(
+        &self,
+        signal: &str,
+        result: OTelSdkResult,
+        wait: impl FnOnce(&ExportState) -> bool,
+    ) -> OTelSdkResult {
+        if !timed_out(&result) {
+            return result;
+        }
+        match self.states.iter().find(|s| s.signal() == signal) {
+            Some(state) if wait(state) => Ok(()),
+            _ => result,
+        }
     }
 
     /// How many spans have ended so far, read before a flush.
@@ -106,26 +161,21 @@ impl Guard {
 
     /// One error naming what was dropped since the last flush, or the
     /// SDK's own errors when the exporters did not fail (a timeout, say).
-    /// `ended`: the spans ended before the flush began.
+    /// `ended`: the spans ended before the flush began. `settled`: the
+    /// flush or shutdown of spans did not stop waiting before their export
+    /// ended.
     fn outcome(
         &self,
         traces: Option<OTelSdkResult>,
         metrics: Option<OTelSdkResult>,
         ended: Option<u64>,
-        last: bool,
+        settled: bool,
     ) -> Result<(), Error> {
         // A flush that timed out has not settled what happened to the
         // spans it was given: none of them counts as dropped at the queue
         // (they may go with the next export). A shutdown that timed out
-        // drops what is still queued, and says so. (The tracer provider's
-        // shutdown wraps its processor's timeout in an `InternalFailure`
-        // that names it.)
-        let timed_out = match &traces {
-            Some(Err(OTelSdkError::Timeout(_))) => true,
-            Some(Err(OTelSdkError::InternalFailure(e))) => e.contains("Timeout("),
-            _ => false,
-        };
-        let settled = !timed_out;
+        // drops what is still queued, and says so.
+        let last = self.tracer_provider.is_none() && self.meter_provider.is_none();
         let ended = ended.filter(|_| settled || last);
         let mut errors = Vec::new();
         for (signal, result) in [("traces", traces), ("metrics", metrics)] {
@@ -142,6 +192,23 @@ impl Guard {
         }
         joined(errors)
     }
+}
+
+/// Whether the SDK stopped waiting (the tracer provider's shutdown wraps
+/// its processor's timeout in an `InternalFailure` that names it, and the
+/// meter provider's its reader's).
+fn timed_out(result: &OTelSdkResult) -> bool {
+    match result {
+        Err(OTelSdkError::Timeout(_)) => true,
+        Err(OTelSdkError::InternalFailure(e)) => e.contains("Timeout("),
+        _ => false,
+    }
+}
+
+fn joined_thread(handle: std::thread::ScopedJoinHandle<'_, OTelSdkResult>) -> OTelSdkResult {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(OTelSdkError::InternalFailure("panicked".into())))
 }
 
 impl Drop for Guard {

@@ -50,7 +50,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | `http`  | yes     | OTLP over HTTP/protobuf (port 4318), with a blocking `reqwest` client without TLS |
+//! | `http`  | yes     | OTLP over HTTP/protobuf (port 4318), with a small blocking HTTP/1.1 client of its own, without TLS |
 //! | `grpc`  | no      | OTLP over gRPC (port 4317), with `tonic` on a one-thread Tokio runtime |
 
 #[cfg(not(any(feature = "http", feature = "grpc")))]
@@ -61,6 +61,8 @@ mod context;
 mod error;
 mod exporters;
 mod guard;
+#[cfg(feature = "http")]
+mod http_client;
 mod install;
 mod metrics;
 mod watch;

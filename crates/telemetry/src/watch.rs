@@ -7,7 +7,7 @@
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -40,13 +40,32 @@ pub(crate) struct ExportState {
     handed: AtomicU64,
     /// Spans dropped at the full queue that the guard has told already.
     queue_told: AtomicU64,
+    /// The export under way, if any, and whether the exporter was shut
+    /// down; `settled` is told of each change.
+    busy: Mutex<Busy>,
+    settled: Condvar,
+    /// What the HTTP client last found wrong with the network, which the
+    /// exporter's message (`network error`) leaves out.
+    transport: Mutex<Option<String>>,
+}
+
+/// The exports under way, as [`ExportState::begin_export`] and
+/// [`ExportState::end_export`] tell them.
+#[derive(Debug, Default)]
+struct Busy {
+    exports: u32,
+    /// When the export under way must end, retries included.
+    deadline: Option<Instant>,
+    /// The exporter has been shut down (after its last export).
+    closed: bool,
 }
 
 impl ExportState {
-    pub(crate) fn new(signal: &'static str, url: String, timeout: Duration) -> Arc<Self> {
+    /// `url` is shown with any userinfo (credentials) hidden.
+    pub(crate) fn new(signal: &'static str, url: &str, timeout: Duration) -> Arc<Self> {
         Arc::new(ExportState {
             signal,
-            url,
+            url: redacted(url),
             timeout,
             warned: AtomicBool::new(false),
             refused: AtomicBool::new(false),
@@ -55,7 +74,96 @@ impl ExportState {
             ended: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             queue_told: AtomicU64::new(0),
+            busy: Mutex::new(Busy::default()),
+            settled: Condvar::new(),
+            transport: Mutex::new(None),
         })
+    }
+
+    /// An export begins: it must end within the timeout.
+    fn begin_export(&self) {
+        if let Ok(mut t) = self.transport.lock() {
+            *t = None;
+        }
+        if let Ok(mut busy) = self.busy.lock() {
+            busy.exports += 1;
+            busy.deadline = Instant::now().checked_add(self.timeout);
+        }
+    }
+
+    /// The export has ended, and what it lost is counted.
+    fn end_export(&self) {
+        if let Ok(mut busy) = self.busy.lock() {
+            busy.exports = busy.exports.saturating_sub(1);
+            if busy.exports == 0 {
+                busy.deadline = None;
+            }
+        }
+        self.settled.notify_all();
+    }
+
+    /// The exporter was shut down: its last export has ended.
+    fn close(&self) {
+        if let Ok(mut busy) = self.busy.lock() {
+            busy.closed = true;
+        }
+        self.settled.notify_all();
+    }
+
+    /// When the export under way must end (`None`: none is under way, or
+    /// its timeout is beyond what a clock can say).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.busy.lock().ok().and_then(|b| b.deadline)
+    }
+
+    /// What the HTTP client found wrong with the network, for the cause of
+    /// the export's failure.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn transport_failed(&self, cause: String) {
+        if let Ok(mut t) = self.transport.lock() {
+            *t = Some(cause);
+        }
+    }
+
+    /// Waits, until `until` at most (`None`: for as long as it takes),
+    /// for the exporter to have been shut down: `false` if it was not by
+    /// then.
+    pub(crate) fn wait_closed(&self, until: Option<Instant>) -> bool {
+        self.wait_for(until, |busy, _| busy.closed)
+    }
+
+    /// Waits, until `until` at most, for no export to be under way and the
+    /// `ended` spans to have gone through an export (never true for
+    /// metrics, whose `ended` is `None`: then only for no export to be
+    /// under way): `false` if that was not so by then.
+    pub(crate) fn wait_settled(&self, until: Option<Instant>, ended: Option<u64>) -> bool {
+        self.wait_for(until, |busy, state| {
+            busy.exports == 0
+                && ended.is_none_or(|ended| state.handed.load(Ordering::SeqCst) >= ended)
+        })
+    }
+
+    fn wait_for(&self, until: Option<Instant>, done: impl Fn(&Busy, &Self) -> bool) -> bool {
+        let Ok(mut busy) = self.busy.lock() else {
+            return false;
+        };
+        loop {
+            if done(&busy, self) {
+                return true;
+            }
+            let wait = match until {
+                None => Duration::from_secs(3600),
+                Some(until) => match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return false,
+                },
+            };
+            busy = match self.settled.wait_timeout(busy, wait) {
+                Ok((busy, _)) => busy,
+                Err(_) => return false,
+            };
+        }
     }
 
     /// How many spans have ended so far.
@@ -176,6 +284,10 @@ impl ExportState {
     /// timeout, that no answer came in time.
     fn cause_of(&self, error: &OTelSdkError, took: Duration) -> String {
         let message = sdk_message(error);
+        let transport = self.transport.lock().ok().and_then(|mut t| t.take());
+        if let (true, Some(cause)) = (message.contains("network error"), transport) {
+            return format!("{message}: {cause}");
+        }
         if message.contains("network error") {
             // An export that took its whole timeout had no answer: no probe
             // of the address then (up to 500 ms more), which would record
@@ -243,7 +355,10 @@ pub(crate) fn is_refusal(error: &OTelSdkError) -> bool {
 /// Connects once to `url`'s host and port, for the error the OS gives.
 fn connect_error(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next()?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let default_port = if url.starts_with("https") { 443 } else { 80 };
     let addr = if authority
         .rsplit_once(':')
@@ -280,6 +395,7 @@ impl<E: SpanExporter> SpanExporter for Watched<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
         let start = Instant::now();
+        self.state.begin_export();
         let result = self.inner.export(batch).await;
         // Counted once the export has ended: a shutdown that stops waiting
         // during one counts its spans among those never sent.
@@ -288,11 +404,14 @@ impl<E: SpanExporter> SpanExporter for Watched<E> {
             Err(e) => self.state.failed(n, e, start.elapsed()),
             Ok(()) => self.state.succeeded(),
         }
+        self.state.end_export();
         result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        let result = self.inner.shutdown_with_timeout(timeout);
+        self.state.close();
+        result
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -310,7 +429,8 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
             return Ok(());
         }
         let start = Instant::now();
-        match self.inner.export(metrics).await {
+        self.state.begin_export();
+        let result = match self.inner.export(metrics).await {
             Err(e) if is_refusal(&e) => {
                 self.state.refuse(&e);
                 Ok(())
@@ -323,7 +443,9 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
                 self.state.succeeded();
                 Ok(())
             }
-        }
+        };
+        self.state.end_export();
+        result
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -331,11 +453,32 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        let result = self.inner.shutdown_with_timeout(timeout);
+        self.state.close();
+        result
     }
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
+    }
+}
+
+/// `url` with the userinfo of its authority (`user:password@`), which
+/// may hold credentials, shown as `***@`: the form every message of this
+/// crate gives an endpoint in.
+pub(crate) fn redacted(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((_, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://***@{host}{tail}"),
+        None => format!("***@{host}{tail}"),
     }
 }
 
@@ -390,6 +533,21 @@ mod tests {
         assert!(!is_refusal(&f("HTTP export failed with status code: 503")));
         assert!(!is_refusal(&f("HTTP export failed: network error")));
         assert!(!is_refusal(&OTelSdkError::Timeout(Duration::from_secs(1))));
+    }
+
+    #[test]
+    fn userinfo_is_hidden_and_nothing_else() {
+        assert_eq!(
+            redacted("http://user:secret@h:4318/v1/traces?x=1"),
+            "http://***@h:4318/v1/traces?x=1"
+        );
+        assert_eq!(redacted("http://token@[::1]:4317"), "http://***@[::1]:4317");
+        assert_eq!(redacted("http://a:b@c@h"), "http://***@h");
+        assert_eq!(redacted("h:4318/p@q"), "h:4318/p@q");
+        assert_eq!(
+            redacted("http://h:4318/v1/traces?u=a@b"),
+            "http://h:4318/v1/traces?u=a@b"
+        );
     }
 
     #[test]
