@@ -107,7 +107,7 @@ impl From<redis::RedisError> for Error {
     /// [`Error::Timeout`]; the store names the operation and its timeout.
     /// The rest are backend errors.
     fn from(e: redis::RedisError) -> Self {
-        crate::redis_store::note_refusal(&e);
+        crate::redis_store::note_error(&e);
         if e.is_timeout() {
             return Error::Timeout {
                 operation: "redis",

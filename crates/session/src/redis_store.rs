@@ -1,19 +1,28 @@
 //! Sessions in Redis: one hash per session, expiring with the session's TTL;
 //! a sorted set of ids by expiry (for listing and for reporting expiries);
-//! a hash of global programs; a hash of counters. Every operation is one
-//! Lua script, run atomically by the server, with the server's clock.
+//! a sorted set of the expiries being reported, each claimed by one host
+//! until its listeners are told (so that a sweep cut off by its timeout
+//! leaves them to the next); a hash of global programs; a hash of counters.
+//! Every operation is one Lua script, run atomically by the server, with
+//! the server's clock.
 //!
 //! The connection is the `redis` crate's `ConnectionManager`: one
-//! multiplexed connection, opened again after it drops (each operation
-//! that finds it down makes one attempt, so operations fail fast while the
-//! server is away and succeed as soon as it is back). It speaks RESP3 to
-//! servers that have it (Redis 6 and later), so a connection the server
-//! closes while idle is opened again before the next operation. Every operation is
+//! multiplexed connection. Once it drops, the next operation opens a fresh
+//! one first (each operation that finds the server away makes one attempt,
+//! so operations fail fast while it is away and succeed as soon as it is
+//! back), rather than use the manager's own reconnection, whose failure it
+//! would answer with long after. It speaks RESP3 to servers that have it
+//! (Redis 6 and later), so a connection the server closes while idle is
+//! known to have dropped before the next operation. An operation written
+//! to a connection that turns out dead before the store saw it close (a
+//! reset, a broken pipe) runs once more on a fresh one if it is safe to
+//! repeat: every operation but `create_session`, and `update_session` once
+//! its write was sent ([`bounded!`]). Every operation is
 //! bounded by the store's timeout; a timeout also opens a fresh connection
 //! in the background, for a connection that hangs without ever dropping.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -28,7 +37,8 @@ use crate::sync::{Unpoisoned, UnpoisonedRw};
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
 /// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
-/// the expiry index; ARGV[1] the session id. A TTL field that is not a
+/// the expiry index, KEYS[3] the counters, KEYS[4] the expiries to report;
+/// ARGV[1] the session id. A TTL field that is not a
 /// number fails the script with a `CORRUPT` error before anything is
 /// written (the store's errors take it for `Error::Corrupt`).
 ///
@@ -65,14 +75,19 @@ local function next_version(v)
   return (count + 1) .. '.' .. t[1] .. '.' .. t[2]
 end
 -- The id is still in the index, its hash gone: it expired and no sweep
--- has reported it yet. It is taken out and counted here, and reported by
--- the caller (1), before the id is used again.
-local function expired_unseen()
+-- has reported it yet. It is taken out and counted here, and set aside to
+-- be reported by the caller (its entry in the expiries to report, claimed
+-- for `lease` ms, which the caller removes once its listeners are told:
+-- a sweep reports it if the caller did not), before the id is used again.
+-- '' if it had not expired so.
+local function expired_unseen(lease)
   if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
     redis.call('HINCRBY', KEYS[3], 'expired', 1)
-    return 1
+    local m = redis.call('HINCRBY', KEYS[3], 'reports', 1) .. ':' .. ARGV[1]
+    redis.call('ZADD', KEYS[4], now() + tonumber(lease), m)
+    return m
   end
-  return 0
+  return ''
 end
 local function create(n, ttl)
   -- 'i': this incarnation of the id, never given twice (an update that
@@ -88,22 +103,23 @@ local function create(n, ttl)
 end
 "#;
 
-/// ARGV[2] = ttl ms. Returns {the creation time, or -1 if the session
-/// exists; 1 if an expiry of the id no sweep had reported was found}.
+/// ARGV[2] = ttl ms, ARGV[3] = the lease of a report (ms). Returns {the
+/// creation time, or -1 if the session exists; the report of an expiry of
+/// the id that no sweep had reported, or ''}.
 const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0} end
-local e = expired_unseen()
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, ''} end
+local e = expired_unseen(ARGV[3])
 local n = now()
 create(n, tonumber(ARGV[2]))
 return {n, e}
 "#;
 
-/// ARGV[2] = default ttl ms. Creates or touches: {1 if created, and the
-/// unreported expiry as for CREATE}.
+/// ARGV[2] = default ttl ms, ARGV[3] = the lease of a report (ms). Creates
+/// or touches: {1 if created, and the unreported expiry as for CREATE}.
 const ENSURE: &str = r#"
 local n = now()
-if redis.call('EXISTS', KEYS[1]) == 1 then touch(n) return {0, 0} end
-local e = expired_unseen()
+if redis.call('EXISTS', KEYS[1]) == 1 then touch(n) return {0, ''} end
+local e = expired_unseen(ARGV[3])
 create(n, tonumber(ARGV[2]))
 return {1, e}
 "#;
@@ -160,30 +176,50 @@ touch(now())
 return 1
 "#;
 
-/// Returns 1 if the session was there, 2 if it had expired unreported
-/// (now counted), 0 otherwise.
+/// ARGV[2] = the lease of a report (ms). Returns {1, ''} if the session
+/// was there, {2, its report} if it had expired unreported (now counted),
+/// {0, ''} otherwise.
 const DELETE: &str = r#"
-if redis.call('DEL', KEYS[1]) == 0 then return 2 * expired_unseen() end
+if redis.call('DEL', KEYS[1]) == 0 then
+  local e = expired_unseen(ARGV[2])
+  if e == '' then return {0, ''} end
+  return {2, e}
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'deleted', 1)
-return 1
+return {1, ''}
 "#;
 
-/// ARGV[1] = the key prefix, ARGV[2] = how many at most. Removes expired
-/// ids from the index and returns them; only one host gets each id.
+/// KEYS[1] = index, KEYS[2] = counters, KEYS[3] = the expiries to report;
+/// ARGV[1] = the key prefix, ARGV[2] = how many at most, ARGV[3] = the
+/// lease (ms). Returns reports (`<n>:<id>`) for the caller to tell its
+/// listeners of and then remove from KEYS[3], each claimed by it for the
+/// lease: first those whose claim by an earlier sweep ran out unremoved
+/// (that sweep timed out, or its host went away), then expired ids taken
+/// out of the index, each counted once. A report is another host's only
+/// once the lease of its claim has passed.
 const CLEANUP: &str = r#"
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. n, 'LIMIT', 0, tonumber(ARGV[2]))
-local gone = {}
-for _, id in ipairs(ids) do
-  if redis.call('EXISTS', ARGV[1] .. 's:' .. id) == 0 then
-    redis.call('ZREM', KEYS[1], id)
-    gone[#gone + 1] = id
+local max = tonumber(ARGV[2])
+local claimed_until = n + tonumber(ARGV[3])
+local out = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. n, 'LIMIT', 0, max)
+for _, m in ipairs(out) do redis.call('ZADD', KEYS[3], claimed_until, m) end
+if #out < max then
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. n, 'LIMIT', 0, max - #out)
+  local found = 0
+  for _, id in ipairs(ids) do
+    if redis.call('EXISTS', ARGV[1] .. 's:' .. id) == 0 then
+      redis.call('ZREM', KEYS[1], id)
+      local m = redis.call('HINCRBY', KEYS[2], 'reports', 1) .. ':' .. id
+      redis.call('ZADD', KEYS[3], claimed_until, m)
+      out[#out + 1] = m
+      found = found + 1
+    end
   end
+  if found > 0 then redis.call('HINCRBY', KEYS[2], 'expired', found) end
 end
-if #gone > 0 then redis.call('HINCRBY', KEYS[2], 'expired', #gone) end
-return gone
+return out
 "#;
 
 /// KEYS[1] = index, KEYS[2] = stats, KEYS[3] = globals. Returns
@@ -246,7 +282,8 @@ impl Scripts {
 /// is a compare-and-swap on the session's version, retried on conflict.
 ///
 /// Keys, under the prefix (`snakepit:` by default): `s:<id>` (a hash per
-/// session), `idx` (ids by expiry time), `g` (global programs), `stats`.
+/// session), `idx` (ids by expiry time), `rep` (expiries being reported),
+/// `g` (global programs), `stats`.
 /// A single Redis server (or a primary with replicas); not Redis Cluster.
 ///
 /// The store reconnects by itself: when the server goes away, operations
@@ -259,9 +296,15 @@ impl Scripts {
 ///
 /// Listeners ([`on_session_end`](SessionStore::on_session_end)) hear of
 /// deletions made through this handle and of expiries found by this
-/// handle's sweep (each expiry is reported by the one host whose sweep
-/// finds it first). A `delete_session` that failed is not reported, even
-/// if Redis applied it before its answer was lost.
+/// handle's sweep. Each expiry is reported by one host, at least once:
+/// one that a sweep took but did not report (it timed out, or its host
+/// went away) is reported by a later sweep of any host, once that sweep's
+/// claim (twice the store's timeout) has passed; one whose report was
+/// told but not acknowledged (Redis paused or gone at that moment) may be
+/// reported again. [`cleanup_expired`](SessionStore::cleanup_expired)
+/// returns how many expiries it reported, those taken over included. A
+/// `delete_session` that failed is not reported, even if Redis applied it
+/// before its answer was lost.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), snakepit_session::Error> {
@@ -303,6 +346,79 @@ struct Link {
     current: RwLock<ConnectionManager>,
     /// A fresh connection is being opened after a timeout.
     replacing: AtomicBool,
+    /// Whether the connection in use dropped ([`Inner::ready`]).
+    health: Arc<Health>,
+    /// An operation is opening a fresh connection for a dropped one; the
+    /// others wait for it ([`Inner::ready`]).
+    reopening: AtomicBool,
+    reopened: tokio::sync::Notify,
+}
+
+/// What the connection's disconnect notices (RESP3) and the operations'
+/// errors tell of the connection in use.
+#[derive(Default)]
+struct Health {
+    /// The number of the connection in use: a notice from one replaced
+    /// since is ignored.
+    generation: AtomicU64,
+    /// The last number given to a connection.
+    issued: AtomicU64,
+    /// The connection in use dropped. The `ConnectionManager` reconnects
+    /// by itself, but keeps the error of a reconnection that failed (Redis
+    /// full, a reset by a server going down) and answers the next command
+    /// with it, however much later: the next operation opens a fresh
+    /// connection instead.
+    dropped: AtomicBool,
+}
+
+impl Link {
+    /// The settings of connection number `generation`: over RESP3, its
+    /// disconnect notice marks it dropped while it is the one in use.
+    fn config_for(&self, generation: u64) -> ConnectionManagerConfig {
+        noticing(&self.client, self.config.clone(), &self.health, generation)
+    }
+
+    /// Uses `conn`, connection number `generation`, from now on.
+    fn install(&self, conn: ConnectionManager, generation: u64) {
+        self.health.generation.store(generation, Ordering::Release);
+        self.health.dropped.store(false, Ordering::Release);
+        *self.current.write_locked() = conn;
+    }
+
+    /// A number for the next connection.
+    fn next_generation(&self) -> u64 {
+        self.health.issued.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// `config`, with a disconnect notice that marks connection `generation`
+/// dropped in `health` while it is the one in use (RESP3 only: over RESP2
+/// the operations' errors tell, [`note_error`]).
+fn noticing(
+    client: &redis::Client,
+    config: ConnectionManagerConfig,
+    health: &Arc<Health>,
+    generation: u64,
+) -> ConnectionManagerConfig {
+    let resp3 = client
+        .get_connection_info()
+        .redis_settings()
+        .protocol()
+        .supports_resp3();
+    if !resp3 {
+        return config;
+    }
+    let health = Arc::downgrade(health);
+    config.set_push_sender(move |info: redis::PushInfo| {
+        if info.kind == redis::PushKind::Disconnection {
+            if let Some(h) = health.upgrade() {
+                if h.generation.load(Ordering::Acquire) == generation {
+                    h.dropped.store(true, Ordering::Release);
+                }
+            }
+        }
+        Ok::<(), std::convert::Infallible>(())
+    })
 }
 
 /// Settings of a [`RedisStore`]. Its `Debug` leaves the URL out (it may
@@ -366,7 +482,9 @@ impl RedisStoreBuilder {
             .set_number_of_retries(0)
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(None);
-        let (client, conn) = match try_open(&client, config.clone(), self.timeout).await {
+        let health = Arc::new(Health::default());
+        let first = noticing(&client, config.clone(), &health, 0);
+        let (client, conn) = match try_open(&client, first, self.timeout).await {
             // A server older than Redis 6 has no RESP3 (`client` asks for
             // it unless the URL chose): RESP2 then.
             Err(Some(e)) if no_resp3(&e) => {
@@ -386,6 +504,9 @@ impl RedisStoreBuilder {
                 timeout: self.timeout,
                 current: RwLock::new(conn),
                 replacing: AtomicBool::new(false),
+                health,
+                reopening: AtomicBool::new(false),
+                reopened: tokio::sync::Notify::new(),
             },
             scripts: Scripts::new(),
             prefix: self.prefix,
@@ -502,43 +623,116 @@ fn opened(
 }
 
 /// Runs an operation's body with [`Inner::bounded`] (within the store's
-/// timeout, named `$op` in its errors), once more if one of its commands
-/// was refused a connection: a refused command was never sent, so this
-/// repeats no write.
-/// The `ConnectionManager` answers the first command after an outage with
-/// the error of the reconnection it last tried, while Redis was down, and
-/// only then tries again: without this, the first operation after Redis is
-/// back would fail, however long after. A body of several commands runs
-/// again from its start; each such body is safe to repeat once its commands
-/// that were sent have had their answers (reads, compare-and-swap, cleanup).
+/// timeout, named `$op` in its errors), after a fresh connection if the one
+/// in use dropped ([`Inner::ready`]), and once more, on a fresh connection,
+/// if one of its commands (or that connecting):
+/// - was refused a connection: a refused command was never sent, so this
+///   repeats no write;
+/// - was written to a connection that turned out dead (reset, broken pipe,
+///   closed before its answer: a restart while the store was idle, before
+///   it saw the connection close), unless the body had sent a command
+///   whose repeat would differ ([`unrepeatable`]). Every other command is
+///   safe to repeat: reads, writes of given values, create-if-absent,
+///   deletions, the sweep's claims (at least once already).
+///
+/// A body of several commands runs again from its start; each such body is
+/// safe to repeat once its commands that were sent have had their answers
+/// (reads, compare-and-swap, cleanup).
 macro_rules! bounded {
     ($inner:expr, $op:literal, $body:block) => {
         $inner.bounded($op, async {
-            let (first, refused) = REFUSED
-                .scope(Cell::new(false), async {
-                    let r: Result<_> = async $body.await;
-                    (r, REFUSED.with(Cell::get))
-                })
-                .await;
+            let (first, met) = attempt!($inner, $body).await;
             match first {
-                Err(_) if refused => async $body.await,
+                Err(_) if met.refused || (met.dead && !met.unrepeatable) => {
+                    attempt!($inner, $body).await.0
+                }
                 r => r,
             }
         })
     };
 }
 
-tokio::task_local! {
-    /// Set while an operation runs when one of its commands was refused a
-    /// connection ([`bounded!`]).
-    static REFUSED: Cell<bool>;
+/// One run of an operation's body ([`bounded!`]), after a fresh connection
+/// if the one in use dropped; its outcome and what its commands met. A
+/// connection that failed is marked dropped, for the next run to replace.
+macro_rules! attempt {
+    ($inner:expr, $body:block) => {
+        SEEN.scope(Seen::default(), async {
+            let r: Result<_> = async {
+                $inner.ready().await?;
+                $body
+            }
+            .await;
+            let met = SEEN.with(Seen::met);
+            if met.dropped {
+                $inner.link.health.dropped.store(true, Ordering::Release);
+            }
+            (r, met)
+        })
+    };
 }
 
-/// Notes, for the operation that got it, that `e` is a refused connection:
-/// the command was never sent.
-pub(crate) fn note_refusal(e: &redis::RedisError) {
-    if e.is_connection_refusal() {
-        let _ = REFUSED.try_with(|r| r.set(true));
+/// What an operation's commands met ([`bounded!`]).
+#[derive(Default)]
+struct Seen {
+    /// A command (or the connecting) was refused a connection.
+    refused: Cell<bool>,
+    /// The connection failed (dropped, reset, refused).
+    dropped: Cell<bool>,
+    /// A command was written to a connection that turned out dead: reset,
+    /// broken pipe, closed before the answer.
+    dead: Cell<bool>,
+    /// A command whose repeat would differ was sent ([`unrepeatable`]).
+    unrepeatable: Cell<bool>,
+}
+
+/// [`Seen`], read once a run ended.
+#[derive(Clone, Copy)]
+struct Met {
+    refused: bool,
+    dropped: bool,
+    dead: bool,
+    unrepeatable: bool,
+}
+
+impl Seen {
+    fn met(&self) -> Met {
+        Met {
+            refused: self.refused.get(),
+            dropped: self.dropped.get(),
+            dead: self.dead.get(),
+            unrepeatable: self.unrepeatable.get(),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// What the running operation's commands met ([`bounded!`]).
+    static SEEN: Seen;
+}
+
+/// Notes, before it is sent, that the running operation sends a command
+/// whose repeat would differ from it (`create_session`'s create: a repeat
+/// would find the session it made; `update_session`'s replace: a repeat
+/// would apply the change twice). A dead connection then fails the
+/// operation instead of repeating it ([`bounded!`]).
+fn unrepeatable() {
+    let _ = SEEN.try_with(|s| s.unrepeatable.set(true));
+}
+
+/// Notes, for the operation that got it, that `e` is a failed connection
+/// (the next operation opens a fresh one), and whether it was refused (the
+/// command was never sent).
+pub(crate) fn note_error(e: &redis::RedisError) {
+    if e.is_io_error() {
+        let _ = SEEN.try_with(|s| {
+            s.dropped.set(true);
+            s.refused.set(s.refused.get() || e.is_connection_refusal());
+            s.dead.set(
+                s.dead.get()
+                    || (e.is_connection_dropped() && !e.is_connection_refusal() && !e.is_timeout()),
+            );
+        });
     }
 }
 
@@ -555,6 +749,18 @@ fn timed_out(op: &'static str, after: Duration) -> Error {
     Error::Timeout {
         operation: op,
         after,
+    }
+}
+
+/// An operation's connecting for a dropped connection ([`Inner::ready`]):
+/// ended, also when the operation is dropped, it lets the waiting ones
+/// look again.
+struct Reopening<'a>(&'a Link);
+
+impl Drop for Reopening<'_> {
+    fn drop(&mut self) {
+        self.0.reopening.store(false, Ordering::Release);
+        self.0.reopened.notify_waiters();
     }
 }
 
@@ -662,6 +868,43 @@ impl Inner {
         }
     }
 
+    /// Before an operation's commands: if the connection in use dropped,
+    /// a fresh one, so that the `ConnectionManager`'s own reconnection,
+    /// which may have failed long before (Redis full, a reset by a server
+    /// going down), does not fail this operation with its old error. One
+    /// operation connects at a time; the others wait for it, and make an
+    /// attempt of their own if it failed.
+    async fn ready(&self) -> Result<()> {
+        loop {
+            if !self.link.health.dropped.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let done = self.link.reopened.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.link.reopening.swap(true, Ordering::AcqRel) {
+                done.await;
+                continue;
+            }
+            let _gate = Reopening(&self.link);
+            if !self.link.health.dropped.load(Ordering::Acquire) {
+                return Ok(()); // reopened since it looked
+            }
+            let generation = self.link.next_generation();
+            let config = self.link.config_for(generation);
+            return match try_open(&self.link.client, config, self.link.timeout).await {
+                Ok(conn) => {
+                    self.link.install(conn, generation);
+                    tracing::debug!("redis session store: new connection after a drop");
+                    Ok(())
+                }
+                // Named by the operation ([`Inner::bounded`]).
+                Err(Some(e)) => Err(e.into()),
+                Err(None) => Err(timed_out("redis", self.link.timeout)),
+            };
+        }
+    }
+
     /// After a timeout: opens a fresh connection in the background and
     /// uses it from then on. A connection that drops is reopened by the
     /// `ConnectionManager` itself; this is for one that hangs (a server
@@ -673,7 +916,8 @@ impl Inner {
         }
         let store = Arc::downgrade(self);
         let client = self.link.client.clone();
-        let (config, timeout) = (self.link.config.clone(), self.link.timeout);
+        let generation = self.link.next_generation();
+        let (config, timeout) = (self.link.config_for(generation), self.link.timeout);
         tokio::spawn(async move {
             let fresh = open(&client, config, timeout).await;
             let Some(inner) = store.upgrade() else {
@@ -681,7 +925,7 @@ impl Inner {
             };
             match fresh {
                 Ok(conn) => {
-                    *inner.link.current.write_locked() = conn;
+                    inner.link.install(conn, generation);
                     tracing::info!("redis session store: new connection after a timeout");
                 }
                 Err(e) => tracing::debug!(error = %e, "redis session store: reconnect failed"),
@@ -703,38 +947,92 @@ impl Inner {
         format!("{}g", self.prefix)
     }
 
-    /// A session script's invocation: KEYS = hash, index, stats; ARGV[1] = id.
+    fn reports(&self) -> String {
+        format!("{}rep", self.prefix)
+    }
+
+    /// A session script's invocation: KEYS = hash, index, stats, reports;
+    /// ARGV[1] = id.
     fn invoke<'a>(&self, script: &'a Script, id: &str) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         inv.key(self.key(id))
             .key(self.index())
             .key(self.stats_key())
+            .key(self.reports())
             .arg(id);
         inv
+    }
+
+    /// How long a host's claim on the expiries it is to report lasts, in
+    /// milliseconds: the operation that claimed them ends within the
+    /// timeout, and its removal of their reports (sent before it ends) is
+    /// answered within another. Only then may another sweep report them.
+    fn lease_ms(&self) -> u64 {
+        // At most what a script's number holds exactly.
+        u64::try_from(2 * self.link.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, crate::MAX_TTL.as_millis() as u64)
     }
 
     fn notify(&self, id: &str, reason: EndReason) {
         self.listeners.notify(id, reason);
     }
 
+    /// Tells the listeners of the expiries `reports` (`<n>:<id>`, from the
+    /// scripts) and removes their reports: another sweep would report them
+    /// again once this host's claim has passed. At once, without an
+    /// `.await` in between, so that an operation cut off by its timeout
+    /// (which can end it only at an `.await`) has either not received them
+    /// (the next sweep reports them) or told its listeners and sent the
+    /// removal, on a task of its own that the timeout does not end.
+    /// Returns how many it told.
+    fn report_expired(&self, reports: Vec<String>) -> usize {
+        if reports.is_empty() {
+            return 0;
+        }
+        for report in &reports {
+            let id = report.split_once(':').map_or(report.as_str(), |(_, id)| id);
+            self.notify(id, EndReason::Expired);
+        }
+        let told = reports.len();
+        let mut conn = self.conn();
+        let (key, timeout) = (self.reports(), self.link.timeout);
+        tokio::spawn(async move {
+            let mut removal = redis::cmd("ZREM");
+            removal.arg(key).arg(reports);
+            match tokio::time::timeout(timeout, removal.query_async::<i64>(&mut conn)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "redis session store: expiries reported, their removal failed")
+                }
+                Err(_) => tracing::debug!(
+                    "redis session store: expiries reported, their removal timed out"
+                ),
+            }
+        });
+        told
+    }
+
+    /// One sweep: reports expiries in batches of up to 1,000 until none is
+    /// left; returns how many it reported.
     async fn cleanup(&self) -> Result<usize> {
         let mut total = 0;
         let mut conn = self.conn();
         loop {
-            let gone: Vec<String> = self
+            let reports: Vec<String> = self
                 .scripts
                 .cleanup
                 .key(self.index())
                 .key(self.stats_key())
+                .key(self.reports())
                 .arg(&self.prefix)
                 .arg(1000)
+                .arg(self.lease_ms())
                 .invoke_async(&mut conn)
                 .await?;
-            total += gone.len();
-            for id in &gone {
-                self.notify(id, EndReason::Expired);
-            }
-            if gone.len() < 1000 {
+            let batch = self.report_expired(reports);
+            total += batch;
+            if batch < 1000 {
                 return Ok(total);
             }
         }
@@ -850,14 +1148,14 @@ impl SessionStore for RedisStore {
             check_id("session id", id)?;
             let ttl = ttl.unwrap_or(inner.default_ttl);
             check_ttl(ttl)?;
-            let (created, expired): (i64, i64) = inner
+            unrepeatable();
+            let (created, expired): (i64, String) = inner
                 .invoke(&inner.scripts.create, id)
                 .arg(ttl_ms(ttl))
+                .arg(inner.lease_ms())
                 .invoke_async(&mut inner.conn())
                 .await?;
-            if expired == 1 {
-                inner.notify(id, EndReason::Expired);
-            }
+            inner.report_expired(unseen(expired));
             if created < 0 {
                 return Err(Error::AlreadyExists(id.to_owned()));
             }
@@ -871,14 +1169,13 @@ impl SessionStore for RedisStore {
         bounded!(inner, "ensure_session", {
             check_id("session id", id)?;
             // The default TTL was checked by `connect`.
-            let (_, expired): (i64, i64) = inner
+            let (_, expired): (i64, String) = inner
                 .invoke(&inner.scripts.ensure, id)
                 .arg(ttl_ms(inner.default_ttl))
+                .arg(inner.lease_ms())
                 .invoke_async(&mut inner.conn())
                 .await?;
-            if expired == 1 {
-                inner.notify(id, EndReason::Expired);
-            }
+            inner.report_expired(unseen(expired));
             Ok(())
         })
         .await
@@ -903,6 +1200,7 @@ impl SessionStore for RedisStore {
                 s.created_at_ms = created;
                 // Before anything is written.
                 check_ttl(s.ttl())?;
+                unrepeatable();
                 let written: i64 = inner
                     .invoke(&inner.scripts.replace, id)
                     .arg(&version)
@@ -927,15 +1225,15 @@ impl SessionStore for RedisStore {
         let inner = &self.inner;
         bounded!(inner, "delete_session", {
             check_id("session id", id)?;
-            let removed: i64 = inner
+            let (removed, expired): (i64, String) = inner
                 .invoke(&inner.scripts.delete, id)
+                .arg(inner.lease_ms())
                 .invoke_async(&mut inner.conn())
                 .await?;
-            match removed {
-                1 => inner.notify(id, EndReason::Deleted),
-                2 => inner.notify(id, EndReason::Expired),
-                _ => {}
+            if removed == 1 {
+                inner.notify(id, EndReason::Deleted);
             }
+            inner.report_expired(unseen(expired));
             Ok(removed == 1)
         })
         .await
@@ -1102,6 +1400,16 @@ impl SessionStore for RedisStore {
 
     fn on_session_end_while(&self, listener: EndListenerWhile) {
         self.inner.listeners.add_while(listener);
+    }
+}
+
+/// The report a session script returned of an expiry of its id that no
+/// sweep had reported (`''`: none).
+fn unseen(report: String) -> Vec<String> {
+    if report.is_empty() {
+        Vec::new()
+    } else {
+        vec![report]
     }
 }
 

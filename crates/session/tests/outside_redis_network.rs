@@ -78,6 +78,11 @@ struct NetPath {
     dead_below: u64,
     /// Connections numbered below this are reset (RST to both ends).
     reset_below: u64,
+    /// Connections numbered below this were forgotten by the far end (a
+    /// restarted server host, a NAT that dropped its state): nothing of
+    /// Redis's end reaches the store, not even its closing, and the next
+    /// bytes the store sends are answered with an RST.
+    forgotten_below: u64,
     /// The port is closed: connecting is refused.
     refuse: bool,
     /// Requests pass, replies are held (on every connection): each
@@ -91,6 +96,9 @@ impl NetPath {
     }
     fn resets(&self, n: u64) -> bool {
         n < self.reset_below
+    }
+    fn forgot(&self, n: u64) -> bool {
+        n < self.forgotten_below
     }
 }
 
@@ -192,6 +200,13 @@ impl Proxy {
         let n = self.accepted();
         self.path.send_modify(|p| p.dead_below = n);
         n
+    }
+
+    /// The connections made so far are forgotten ([`NetPath`]): the store
+    /// does not see them close, and its next write on each is reset.
+    fn forget_existing(&self) {
+        let n = self.accepted();
+        self.path.send_modify(|p| p.forgotten_below = n);
     }
 
     /// Connecting is refused (or taken again), from when this returns.
@@ -314,7 +329,7 @@ async fn relay(
         if now.resets(n) {
             break End::Reset;
         }
-        let passes = now.passes(n);
+        let passes = now.passes(n) && !now.forgot(n);
         if passes {
             if !up.is_empty() {
                 shared.held.fetch_sub(up.len() as u64, Ordering::SeqCst);
@@ -333,6 +348,7 @@ async fn relay(
         tokio::select! {
             r = client.read(&mut a) => match r {
                 Ok(0) | Err(_) => break End::Client,
+                Ok(_) if path.borrow().forgot(n) => break End::Reset,
                 Ok(k) => {
                     shared.held.fetch_add(k as u64, Ordering::SeqCst);
                     up.extend_from_slice(&a[..k]);
@@ -760,10 +776,10 @@ async fn a_reset_connection_fails_one_operation_at_most() {
 }
 
 /// sessions.md:202-203: "the connection dropped: operations fail with
-/// `Error::Backend`". An operation waiting on a dead connection (a store
-/// timeout of 8 s) whose connection is then reset fails with `Backend`
-/// naming it, not with a `Timeout` at the end of its 8 s; the next one
-/// succeeds over a new connection.
+/// `Error::Backend`". An operation that is not repeated (`create_session`)
+/// waiting on a dead connection (a store timeout of 8 s) whose connection
+/// is then reset fails with `Backend` naming it, not with a `Timeout` at
+/// the end of its 8 s; the next one succeeds over a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_waiting_on_a_connection_that_is_reset_fails_with_backend() {
     let redis = Redis::start().await;
@@ -778,13 +794,13 @@ async fn an_operation_waiting_on_a_connection_that_is_reset_fails_with_backend()
     proxy.kill_existing();
     let waiting = {
         let store = store.clone();
-        tokio::spawn(async move { store.get("s", "a").await })
+        tokio::spawn(async move { store.create_session("new", None).await })
     };
     proxy.until_holding().await;
     proxy.reset_existing().await;
-    let (r, took) = timed("get", waiting).await;
+    let (r, took) = timed("create_session", waiting).await;
     let e = r.unwrap().expect_err("the connection was reset");
-    assert!(is_backend(&e, "get"), "{e:?} after {took:?}");
+    assert!(is_backend(&e, "create_session"), "{e:?} after {took:?}");
     assert_eq!(store.get("s", "a").await.unwrap(), Some(json!("kept")));
 }
 
@@ -1142,9 +1158,14 @@ fn client_ids(port: u16) -> std::collections::BTreeSet<u64> {
 /// setting closes the idle client (as a NAT or load balancer idle timeout
 /// would); (2) it is restarted while the store is idle. In both, the
 /// first operation made afterwards finds the connection down, and
-/// reconnecting would succeed at once: it must succeed (after a restart,
-/// one written to the old connection before the store saw it close may
-/// fail once with the reset, as sessions.md says; the next must succeed).
+/// reconnecting would succeed at once: it must succeed. sessions.md ("When
+/// Redis goes away"): one written to the old connection before the store
+/// saw it close "is repeated once on a fresh connection, within its
+/// timeout, and succeeds, if it is safe to repeat: every operation but
+/// `create_session`": after a restart (without persistence, and with
+/// AOF) behind a path that keeps the old connection's closing from the
+/// store, each such operation is the first after the restart, and
+/// succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_operation_after_an_idle_connection_dropped_succeeds() {
     let mut redis = Redis::start_with(&["--timeout", "1"], false).await;
@@ -1167,26 +1188,69 @@ async fn the_first_operation_after_an_idle_connection_dropped_succeeds() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (after_idle, _) = timed("get", store.get("s", "a")).await;
 
-    store.get("s", "a").await.unwrap();
+    assert!(
+        matches!(&after_idle, Ok(Some(v)) if *v == json!("kept")),
+        "Redis up all along, the first operation after the drop: {after_idle:?}"
+    );
+
+    // sessions.md: after a restart while idle, an operation that is safe to
+    // repeat and was written to the old connection before the store saw it
+    // close is repeated once on a fresh one: it succeeds. The proxy keeps
+    // the old connection's closing from the store, so that each operation
+    // below is written to it and reset. Without persistence the session is
+    // gone (`NotFound` or `ProgramNotFound` is then the answer); with AOF it is kept.
+    let mut aof =
+        Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"], false).await;
+    for (server, kept) in [(&mut redis, false), (&mut aof, true)] {
+        let proxy = Proxy::start(server.port).await;
+        let store = store_at(proxy.url()).await;
+        for op in repeated_ops() {
+            fill(&store, "s").await;
+            proxy.forget_existing();
+            server.kill();
+            server.run().await;
+            let r = run(&store, op, "s").await;
+            let ok = match &r {
+                Ok(()) => true,
+                Err(Error::NotFound(_) | Error::ProgramNotFound { .. }) => !kept,
+                Err(_) => false,
+            };
+            assert!(
+                ok,
+                "the first `{op}` after a restart while idle (AOF: {kept}): {r:?}"
+            );
+        }
+    }
+}
+
+/// sessions.md ("When Redis goes away"): "`create_session` is not
+/// repeated: ... it fails once with `Error::Backend`". A create written to a
+/// connection that turns out dead fails with the reset (a repeat could
+/// answer `AlreadyExists` for the session it made itself); the next
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_written_to_a_dead_connection_is_not_repeated() {
+    let mut redis = Redis::start_with(&[], false).await;
+    let proxy = Proxy::start(redis.port).await;
+    let store = store_at(proxy.url()).await;
+    store.ensure_session("s").await.unwrap();
+    proxy.forget_existing();
     redis.kill();
     redis.run().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (after_restart, _) = timed("ensure_session", store.ensure_session("s")).await;
-    // sessions.md: an operation written to the old connection before the
-    // store saw it close fails once with the reset, and is not repeated;
-    // the next one succeeds. (Any other failure fails the test.)
-    let after_restart = match after_restart {
-        Err(snakepit_session::Error::Backend(msg)) if msg.contains("reset") => {
-            timed("ensure_session", store.ensure_session("s")).await.0
-        }
-        r => r,
-    };
-
+    let first = store.create_session("new", None).await;
     assert!(
-        matches!(&after_idle, Ok(Some(v)) if *v == json!("kept")) && after_restart.is_ok(),
-        "Redis up all along, the first operation after the drop: {after_idle:?}; \
-         after a restart while idle: {after_restart:?}"
+        matches!(&first, Err(e) if is_backend(e, "create_session")),
+        "the create written to the dead connection: {first:?}"
     );
+    let again = store.create_session("new", None).await;
+    assert!(again.is_ok(), "the next create: {again:?}");
+}
+
+/// The operations that are safe to repeat, and repeated once when the
+/// connection they were written to turns out to be dead: all but
+/// `create_session`.
+fn repeated_ops() -> impl Iterator<Item = &'static str> {
+    ALL_OPS.into_iter().filter(|op| *op != "create_session")
 }
 
 /// sessions.md ("Listeners"): "a `delete_session` that failed (Redis's

@@ -1204,8 +1204,11 @@ async fn concurrent_calls_of_two_sessions_on_one_worker_stay_apart() {
 
 /// A host call a worker makes after its call has ended (from a thread the
 /// handler left behind), while the worker runs another session's call:
-/// it belongs to no call any more, so it is `NoSession`, and neither the
-/// old session nor the one running now gets the write.
+/// it belongs to no call any more. The bridge refuses it itself
+/// (`Cancelled`, "already finished": bridges.md, host functions) and sends
+/// nothing, so neither the old session nor the one running now gets the
+/// write. (Before the bridges checked, the pool answered such a call with
+/// `NoSession`, and it still does for a worker that sends one.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_call_after_its_call_ended_reaches_no_session() {
     let dir = Dir::new("late");
@@ -1235,7 +1238,11 @@ async fn a_host_call_after_its_call_ended_reaches_no_session() {
         .unwrap()
         .unwrap();
     let late: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(late, json!({"err": "NoSession"}));
+    let refused = late["other"].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("Cancelled(") && refused.contains("already finished"),
+        "the late host call is refused by the bridge: {late}"
+    );
     assert_eq!(store.get("old", "late").await.unwrap(), None);
     assert_eq!(store.get("now", "late").await.unwrap(), None);
     pool.shutdown().await.unwrap();
@@ -1374,4 +1381,84 @@ async fn pools_that_are_gone_leave_no_listener_behind() {
         .filter(|l| Arc::strong_count(l) > 1)
         .count();
     assert_eq!(kept, 0, "listeners kept for pools that are all gone");
+}
+
+/// A worker of its own protocol code (no bridge), which sends a host call
+/// for a request it has already answered, while it serves another
+/// session's call: `remember` answers and keeps its id; `late` makes the
+/// host call under that id and answers with the `host_reply` it got.
+const LATE_RAW_WORKER: &str = r#"
+import json, os, struct, sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+
+def read():
+    head = inp.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = struct.unpack(">I", head)
+    return json.loads(inp.read(n))
+
+def write(obj):
+    data = json.dumps(obj).encode()
+    out.write(struct.pack(">I", len(data)) + data)
+    out.flush()
+
+write({"type": "hello", "protocol": 1, "pid": os.getpid(),
+       "capabilities": {"max_concurrency": 1, "host_calls": True}})
+ended = None
+while True:
+    req = read()
+    if req is None:
+        break
+    if "command" not in req:
+        continue
+    rid = req["id"]
+    if req["command"] == "remember":
+        ended = rid
+        write({"id": rid, "success": True, "result": {"pid": os.getpid()}})
+    elif req["command"] == "late":
+        write({"type": "host_call", "id": 1, "request_id": ended,
+               "function": "session.set", "args": {"key": "late", "value": 1}})
+        while True:
+            r = read()
+            if r is None:
+                sys.exit(0)
+            if r.get("type") == "host_reply":
+                break
+        write({"id": rid, "success": True, "result": r})
+    else:
+        write({"id": rid, "success": True, "result": {"status": "ok", "pid": os.getpid()}})
+"#;
+
+/// protocol.md, host calls: "`request_id` names the request being served,
+/// which is how the pool knows the session". A worker that does not check
+/// (not one of the bundled bridges, which refuse such a call themselves)
+/// sends a host call under the id of a request it has already answered,
+/// while it serves another session's call: the pool finds no session for
+/// it (`NoSession`), and neither the old session nor the one running gets
+/// the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_host_call_from_a_worker_without_a_bridge_reaches_no_session() {
+    let dir = Dir::new("late-raw");
+    let store = Arc::new(unswept());
+    let script = dir.path("late_raw_worker.py");
+    std::fs::write(&script, LATE_RAW_WORKER).unwrap();
+    let pool = attach(Pool::builder(Bridge::python(script)), store.clone())
+        .size(1)
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(GUARD, pool.execute_in_session("old", "remember", json!({})))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = tokio::time::timeout(GUARD, pool.execute_in_session("now", "late", json!({})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply["success"], json!(false), "{reply}");
+    assert_eq!(reply["error"]["type"], json!("NoSession"), "{reply}");
+    assert_eq!(store.get("old", "late").await.unwrap(), None);
+    assert_eq!(store.get("now", "late").await.unwrap(), None);
+    pool.shutdown().await.unwrap();
 }
