@@ -907,6 +907,18 @@ impl Worker {
             if let Some(due) = self.cancelled_unrun(id) {
                 self.interrupt(due);
             }
+            // The call in front may have answered, and its unit come back,
+            // between `waiting` and the mark: the unit's release then saw
+            // nothing due, and none comes before `id`'s own reply. If `id`
+            // no longer waits, its turn has come: signal it now (refused,
+            // and left due, while the front call's unit is still out).
+            if caps.sigint
+                && caps.max_concurrency <= 1
+                && !self.is_waiting(id)
+                && self.is_pending(id)
+            {
+                self.interrupt(id);
+            }
         }
         let (grace, worker) = (self.grace, self.clone());
         // Timed on the worker's own runtime, not the caller's: a caller

@@ -333,12 +333,12 @@ impl Pool {
     ) -> Result<InFlight> {
         let shared = self.shared();
         let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
-        if let (Some(hook), Some(id)) = (&shared.session_hook, options.session_id.as_deref()) {
+        let mut touch_mark = None;
+        if let (Some(hook), Some(s)) = (&shared.session_hook, &session) {
+            let id: &str = s;
             // A pool that is shut down refuses the call before its session
             // is touched (made, in a store shared with other hosts).
-            if shared.state().closed {
-                return Err(Error::ShutDown);
-            }
+            touch_mark = Some(shared.touching(s).ok_or(Error::ShutDown)?);
             // The store's time counts against the call's deadline.
             // A hook that panics fails the call, not the caller's task.
             let touch = crate::sync::CatchUnwind(hook.touch(id));
@@ -367,6 +367,9 @@ impl Pool {
                     chunks.is_some(),
                 )
                 .await?;
+            if let Some(mark) = &touch_mark {
+                mark.routed();
+            }
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let mut request = Request::new(id, command, args);
             request.session_id = options.session_id.as_deref();

@@ -9,7 +9,7 @@ use snakepit_protocol::WireCodec;
 use tokio::sync::watch;
 
 use super::options::{HostFunction, TraceContext};
-use super::slots::State;
+use super::slots::{State, Touching};
 use super::stats::Counters;
 use super::supervise::CallLimits;
 use crate::adapter::{Adapter, Launch};
@@ -209,6 +209,28 @@ impl Shared {
         let mut st = self.state();
         st.affinity.remove(session_id);
         st.end_session(session_id);
+    }
+
+    /// Marks a call of `session` as between its session touch and its
+    /// routing, until the mark is dropped: a session that ends in between
+    /// has had its affinity removed already, so the record its routing
+    /// makes must go too ([`TouchMark::routed`]). `None` once the pool is
+    /// shut down (checked under the same lock).
+    pub(crate) fn touching(&self, session: &Arc<str>) -> Option<TouchMark<'_>> {
+        let mut st = self.state();
+        if st.closed {
+            return None;
+        }
+        let t = st
+            .touching
+            .entry(session.clone())
+            .or_insert(Touching { calls: 0, ends: 0 });
+        t.calls += 1;
+        Some(TouchMark {
+            shared: self,
+            session: session.clone(),
+            ends: t.ends,
+        })
     }
 
     /// The calls `worker` runs at once (what it declared, within the
@@ -491,5 +513,42 @@ impl Shared {
 impl Affinities for Shared {
     fn forget_session(&self, session_id: &str) {
         Shared::forget_session(self, session_id);
+    }
+}
+
+/// A session call between its session touch and its routing
+/// ([`Shared::touching`]).
+pub(crate) struct TouchMark<'a> {
+    shared: &'a Shared,
+    session: Arc<str>,
+    /// The session's ends counted when the mark was made.
+    ends: u64,
+}
+
+impl TouchMark<'_> {
+    /// The call has its worker: if its session ended since its touch
+    /// began, the affinity its routing recorded goes (no later call of it
+    /// would remove it before `session_ttl`).
+    pub(crate) fn routed(&self) {
+        let mut st = self.shared.state();
+        if st
+            .touching
+            .get(&self.session)
+            .is_some_and(|t| t.ends != self.ends)
+        {
+            st.affinity.remove(&self.session);
+        }
+    }
+}
+
+impl Drop for TouchMark<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        if let Some(t) = st.touching.get_mut(&self.session) {
+            t.calls -= 1;
+            if t.calls == 0 {
+                st.touching.remove(&self.session);
+            }
+        }
     }
 }

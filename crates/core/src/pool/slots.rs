@@ -162,6 +162,13 @@ pub(crate) struct Waiter {
     pub(crate) session_ended: bool,
 }
 
+/// The calls of one session between their touch and their routing.
+pub(crate) struct Touching {
+    pub(crate) calls: usize,
+    /// How often the session ended since the first of them began.
+    pub(crate) ends: u64,
+}
+
 pub(crate) struct AffinityRecord {
     pub(crate) slot: usize,
     pub(crate) generation: u64,
@@ -183,6 +190,10 @@ pub(crate) struct State {
     pub(crate) strict: Vec<VecDeque<Waiter>>,
     pub(crate) seq: u64,
     pub(crate) affinity: HashMap<Arc<str>, AffinityRecord>,
+    /// Sessions with calls between their session touch and their routing:
+    /// how many such calls, and how often the session ended meanwhile
+    /// (`Shared::touching`).
+    pub(crate) touching: HashMap<Arc<str>, Touching>,
     /// Recycled workers finishing their last calls.
     pub(crate) retiring: Vec<Arc<Worker>>,
     /// Workers out of routing (stdout ended, or the process exited) whose
@@ -216,6 +227,7 @@ impl State {
             strict: (0..size).map(|_| VecDeque::new()).collect(),
             seq: 0,
             affinity: HashMap::new(),
+            touching: HashMap::new(),
             retiring: Vec::new(),
             dying: Vec::new(),
             starting: Vec::new(),
@@ -264,6 +276,9 @@ impl State {
     /// it still waiting get their worker without recording an affinity
     /// for it.
     pub(crate) fn end_session(&mut self, id: &str) {
+        if let Some(t) = self.touching.get_mut(id) {
+            t.ends += 1;
+        }
         let strict = self.strict.iter_mut().flatten();
         for w in self.queue.iter_mut().chain(strict) {
             if w.session.as_deref() == Some(id) {

@@ -44,11 +44,15 @@ pub struct Stats {
     pub call_timeouts: u64,
     /// Calls failed because their worker died.
     pub crashes: u64,
-    /// Workers started to replace one that ended.
+    /// Workers started to replace one that ended. A worker that ends while
+    /// it is being recycled (its replacement already serves) is counted in
+    /// `recycled` only: it needs no replacement of its own.
     pub restarts: u64,
     /// Worker starts that failed.
     pub start_failures: u64,
-    /// Workers replaced on purpose (calls, memory, age, idleness).
+    /// Workers replaced on purpose (calls, memory, age, idleness), counted
+    /// when the replacement is ready. A replacement that fails to start is
+    /// counted in `start_failures`; the old worker then serves on.
     pub recycled: u64,
     /// Sessions with a worker affinity record (at most `max_sessions`;
     /// each goes after `session_ttl` unused, or with `end_session`).
