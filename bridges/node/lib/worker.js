@@ -307,8 +307,13 @@ class Context {
   }
 
   // Asks the pool to run a host function; resolves with its result, rejects
-  // with a HostCallError, or with a CancelledError once the call is cancelled.
+  // with a HostCallError, or with a CancelledError once the call is cancelled
+  // or answered (from a task or timer the handler left behind): the pool
+  // would no longer know the call's session.
   callHost(fn, args = {}) {
+    if (this._cancelled) {
+      return handled(Promise.reject(new CancelledError(`request ${this.requestId} was cancelled`)));
+    }
     if (this._done) {
       return handled(Promise.reject(new CancelledError(`request ${this.requestId} is already finished`)));
     }

@@ -152,7 +152,8 @@ export declare class Context {
   sendChunk(data: unknown): boolean;
   /**
    * Runs a function the host registered. Rejects with a `HostCallError`, or
-   * a `CancelledError` once the call is cancelled.
+   * a `CancelledError` once the call is cancelled or answered (a task or
+   * timer the handler left behind).
    */
   callHost(fn: string, args?: Record<string, unknown>): Promise<unknown>;
   /** The protocol's spellings, as in the other bridges. */

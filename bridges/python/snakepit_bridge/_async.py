@@ -21,8 +21,8 @@ from typing import Any
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
-    Server, cancelled_reply, encode_failure, error_reply, failed_reply, fatal, host_outcome, log,
-    unreadable_reply,
+    Server, cancelled_reply, check_live, encode_failure, error_reply, failed_reply, fatal, finished,
+    host_outcome, log, unreadable_reply,
 )
 from ._wire import FrameError
 
@@ -247,6 +247,7 @@ class AsyncServer(Server):
         entry = self._tasks.pop(rid, None)
         if entry is not None:
             entry[1]._done = True
+            self._fail_host_calls(entry[1])
             self.send(cancelled_reply(rid))
 
     def on_cancel(self, rid):
@@ -257,10 +258,7 @@ class AsyncServer(Server):
         ctx.cancelled = True
         ctx._done = True  # its reply says Cancelled: no more chunks
         # Unblock a plain handler stuck in a host call of this request.
-        for hid, (owner, resolve) in list(self._host_pending.items()):
-            if owner is ctx:
-                self._host_pending.pop(hid, None)
-                resolve(False, Cancelled(f"request {rid} was cancelled"))
+        self._fail_host_calls(ctx, lambda: Cancelled(f"request {rid} was cancelled"))
         handler = self._handlers.get(ctx.command)
         if handler is not None and (handler.is_async or not ctx._started):
             # An async handler, or a plain one still waiting for a slot:
@@ -298,8 +296,10 @@ class AsyncServer(Server):
                 reply = unreadable_reply(rid)
         finally:
             self._tasks.pop(rid, None)
-        # From here on a task or thread the handler left behind emits nothing.
+        # From here on a task or thread the handler left behind emits
+        # nothing, and its host calls (made or waiting) raise Cancelled.
         ctx._done = True
+        self._fail_host_calls(ctx)
         try:
             self.send(reply)
         except BaseException as exc:
@@ -339,38 +339,73 @@ class AsyncServer(Server):
             ok, value = host_outcome(msg)
             pending[1](ok, value)
 
+    def _fail_host_calls(self, ctx, error=None):
+        """Fails the host calls of ``ctx`` still waiting for their reply:
+        each with ``error()``, or as made once the call has ended."""
+        for hid, (owner, resolve) in list(self._host_pending.items()):
+            if owner is ctx:
+                self._host_pending.pop(hid, None)
+                resolve(False, finished(ctx) if error is None else error())
+
     def call_host(self, ctx: Context, function: str, args: Any) -> Any:
+        # From any thread but the loop's: the handler's own (a plain
+        # function), or one it started. The loop reads the reply.
         if threading.get_ident() == self._loop_thread:
             raise RuntimeError(
                 "call_host would block the event loop: use 'await ctx.acall_host(...)'"
                 " (for the session: 'await ctx.session.aget/aset/adelete(...)')"
             )
+        check_live(ctx)
         hid = next(self._host_ids)
+        frame = self.host_call_frame(hid, ctx, function, args)
         waiter = _ThreadWaiter()
         self._host_pending[hid] = (ctx, waiter.resolve)
         # Checked after registering: the loop sets _input_ended before it
         # fails the pending host calls, so either it fails this one or this
-        # sees the flag.
+        # sees the flag. The same holds for ctx._done (see _serve).
         if self._input_ended:
             self._host_pending.pop(hid, None)
             raise _input_closed(hid)
-        self.send_host_call(hid, ctx, function, args)
+        if not self.send_host_call(ctx, frame):
+            self._host_pending.pop(hid, None)
+            raise finished(ctx)
         waiter.event.wait()
         if waiter.ok:
             return waiter.value
         raise waiter.value
 
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
+        if threading.get_ident() != self._loop_thread:
+            # An event loop of the handler's own, on its thread
+            # (asyncio.run in a plain function): the reply comes through
+            # this loop, so that thread waits for it.
+            return self.call_host(ctx, function, args)
+        check_live(ctx)
         hid = next(self._host_ids)
         if self._input_ended:
             raise _input_closed(hid)
+        frame = self.host_call_frame(hid, ctx, function, args)
         fut = self._loop.create_future()
         self._host_pending[hid] = (ctx, lambda ok, value: _settle(fut, ok, value))
         try:
-            self.send_host_call(hid, ctx, function, args)
+            if not self.send_host_call(ctx, frame):
+                raise finished(ctx)
             return await fut
         finally:
             self._host_pending.pop(hid, None)
+
+    def send_host_call(self, ctx, frame):
+        if threading.get_ident() != self._loop_thread:
+            return super().send_host_call(ctx, frame)  # written at once
+        # On the loop's thread: after the frames of this turn, before the
+        # call's reply (queued after it, in this turn or a later one).
+        if ctx._done:
+            return False
+        out = self._out
+        out.append(frame)
+        if len(out) == 1:
+            self._loop.call_soon(self._flush)
+        return True
 
 
 # How long the loop has after SIGTERM (it waits up to 1 s for the tasks it

@@ -152,6 +152,9 @@ class Context:
 
         Blocks until the matching ``host_reply``; a failed reply raises
         HostCallError. In an ``async def`` handler use ``await acall_host``.
+        Works from any thread the handler starts, while its call runs; once
+        the call was answered or cancelled it raises Cancelled (so does a
+        host call still waiting then), and nothing reaches the host.
         """
         return self._server.call_host(self, function, {} if args is None else args)
 

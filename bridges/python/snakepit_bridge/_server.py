@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._context import Context, HostCallError
+from ._context import Cancelled, Context, HostCallError
 from ._handler import Handler, format_traceback
 from ._wire import _HEADER, FrameError, FrameReader, _is_int, validate, write_all
 
@@ -223,6 +223,22 @@ def host_outcome(msg):
     return False, HostCallError(str(type_ or "HostError"), str(message))
 
 
+def check_live(ctx):
+    """Raises Cancelled when ``ctx``'s call can no longer call the host:
+    it was cancelled, or it has ended (a thread or task the handler left
+    behind)."""
+    if ctx.cancelled:
+        raise Cancelled(f"request {ctx.request_id} was cancelled")
+    if ctx._done:
+        raise finished(ctx)
+
+
+def finished(ctx):
+    """The error of a host call made, or still waiting, once ``ctx``'s call
+    has ended."""
+    return Cancelled(f"request {ctx.request_id} is already finished: its ctx can no longer call the host")
+
+
 def stray(kind, msg):
     """True, after a line on stderr, when a cancel or host_reply has no
     integer id: it names nothing running, and is ignored."""
@@ -325,9 +341,22 @@ class Server:
         else:
             self.send(error_reply(0, "ProtocolError", exc.message))
 
-    def send_host_call(self, hid, ctx, function, args):
-        self.send({"type": "host_call", "id": hid, "request_id": ctx.request_id,
-                   "function": function, "args": args})
+    def host_call_frame(self, hid, ctx, function, args):
+        """The encoded host_call frame; raises (nothing sent) when its
+        arguments cannot be encoded."""
+        return self._frame({"type": "host_call", "id": hid, "request_id": ctx.request_id,
+                            "function": function, "args": args})
+
+    def send_host_call(self, ctx, frame):
+        """Writes a host_call frame of ``ctx``'s call, unless the call has
+        ended (False). Checked under the write lock, which the final reply
+        is written under too, so a host call never follows its call's
+        reply: the pool would no longer know the call's session."""
+        with self._write_lock:
+            if ctx._done:
+                return False
+            self._write(frame)
+        return True
 
     # --- input -----------------------------------------------------------------
 

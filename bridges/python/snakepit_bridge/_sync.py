@@ -6,6 +6,12 @@ can. SIGINT cancels the running handler (KeyboardInterrupt inside it). Frames
 that arrive while a handler runs (calls the pool wrote ahead, or frames read
 while waiting for a host reply) wait in a backlog; a request whose cancel
 frame is already there is answered Cancelled and never run.
+
+Stdin has one reader at a time. The main thread holds it between calls;
+while a handler runs, whichever thread waits for a host reply reads (the
+handler's, or one it started), and hands each reply to the thread that
+made the call. When the handler returns the main thread takes stdin back,
+and the host calls of its call still waiting fail with Cancelled.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any, Optional
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
-    Server, cancelled_reply, drain, error_reply, failed_reply, fatal, host_outcome, log, stray,
+    Server, cancelled_reply, check_live, drain, error_reply, failed_reply, fatal, finished,
+    host_outcome, log, stray,
 )
 from ._wire import FrameError, _is_int, _unpack_header
 
@@ -48,6 +55,22 @@ class SyncServer(Server):
         self._poller = None  # stdin (and the wakeup pipe, with our handlers)
         self._wake_r = None
         self._wake_w = None
+        # Who reads stdin: the id of the thread that does, or None while a
+        # handler runs and no host call waits. Guarded by _host_cond, as
+        # are _host_waiting (host call id -> _Waiter) and _main_wants.
+        self._host_cond = threading.Condition(threading.Lock())
+        self._stdin_holder = _MAIN_THREAD
+        self._host_waiting = {}
+        self._main_wants = False
+        # A byte in it tells a thread that reads stdin to let it go: the
+        # handler returned (see _take_stdin_back). Opened on first use.
+        self._yield_r = None
+        self._yield_w = None
+        # The main thread's wait for another thread (see
+        # _wait_holding_sigint): a byte in this pipe ends it.
+        self._main_waiting = False
+        self._main_wake_r = None
+        self._main_wake_w = None
 
     def serve(self, install_signals: bool) -> int:
         # Handlers go in before hello: once the pool has seen hello it may
@@ -79,6 +102,10 @@ class SyncServer(Server):
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_r = self._wake_w = None
+            for end in (self._yield_r, self._yield_w, self._main_wake_r, self._main_wake_w):
+                if end is not None:
+                    os.close(end)
+            self._yield_r = self._yield_w = self._main_wake_r = self._main_wake_w = None
 
     def _serve(self, read=None) -> int:
         reader = self.reader
@@ -293,6 +320,7 @@ class SyncServer(Server):
                 self.worker.requests_handled -= 1
                 self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                 return
+            self._lend_stdin()
             result = invoke(handler, msg["args"], ctx)
             self._armed = False
             if ctx.cancelled:
@@ -314,8 +342,14 @@ class SyncServer(Server):
             # A handler that turned its cancellation into another error was
             # still cancelled: the reply says so.
             reply = cancelled_reply(rid) if ctx.cancelled else failed_reply(rid, exc)
+        finally:
+            if self._stdin_holder != _MAIN_THREAD:
+                # A thread the handler left behind emits nothing now, and
+                # its host calls fail: stdin is the loop's again.
+                ctx._done = True
+                self._take_stdin_back(ctx)
         self._current = None
-        ctx._done = True  # a thread the handler left behind emits nothing now
+        ctx._done = True
         self.send(reply)
 
     def _cancel_sent_for(self, rid) -> bool:
@@ -396,34 +430,142 @@ class SyncServer(Server):
 
     # --- host calls --------------------------------------------------------------
 
-    def call_host(self, ctx: Context, function: str, args: Any) -> Any:
-        # The main thread is the only reader, so it reads until its reply
-        # comes; requests arriving meanwhile wait in the backlog.
-        hid = next(self._host_ids)
-        self.send_host_call(hid, ctx, function, args)
-        # SIGINT is held from here on, except while _read_holding_sigint
-        # waits for input: a KeyboardInterrupt raised anywhere else could
-        # fall between a read and the buffering of its bytes, or between
-        # taking a frame out of the buffer and acting on it, and lose them.
-        # CPython runs a signal's handler late (at the next bytecode it
-        # checks), so "anywhere else" is more than it looks.
-        self._reading = True
-        try:
-            ok, value = self._await_host_reply(ctx, hid)
-        finally:
-            self._reading = False
-        self._deliver_held_sigint()
-        if ok:
-            return value
-        raise value
+    def _lend_stdin(self):
+        """The handler starts: stdin goes to whichever thread waits for a
+        host reply first."""
+        with self._host_cond:
+            self._stdin_holder = None
 
-    def _await_host_reply(self, ctx: Context, hid: int):
-        """Reads frames until host call ``hid``'s reply: (ok, value)."""
-        reader = self.reader
-        read = self._read_holding_sigint
+    def _take_stdin_back(self, ctx):
+        """The handler has returned (``ctx._done`` is set): fails the host
+        calls of its call still waiting, and takes stdin back for the main
+        thread, from a thread that reads it if one does (woken through the
+        yield pipe: whatever it read is buffered or queued by then)."""
+        cond = self._host_cond
+        self._fail_waiting(ctx, lambda hid: finished(ctx))
+        with cond:
+            if self._stdin_holder is not None:
+                self._main_wants = True
+                os.write(self._yield_w, b"\0")
+                while self._stdin_holder is not None:
+                    cond.wait()
+                self._main_wants = False
+                drain(self._yield_r)
+            self._stdin_holder = _MAIN_THREAD
+
+    def call_host(self, ctx: Context, function: str, args: Any) -> Any:
+        # From the handler's thread (the main one) or any thread it started,
+        # while its call runs. Whoever waits for a reply reads stdin, one
+        # thread at a time; requests arriving meanwhile wait in the backlog.
+        main = threading.get_ident() == _MAIN_THREAD
+        if main:
+            # SIGINT is held from here on, except while the main thread waits
+            # (for input, or for the thread that reads it): a
+            # KeyboardInterrupt raised anywhere else could fall between a
+            # read and the buffering of its bytes, or between taking a frame
+            # out of the buffer and acting on it, and lose them. CPython runs
+            # a signal's handler late (at the next bytecode it checks), so
+            # "anywhere else" is more than it looks.
+            self._reading = True
+        try:
+            check_live(ctx)
+            hid = next(self._host_ids)
+            if self.reader.eof:
+                raise ConnectionError(f"stdin is closed: the pool cannot answer host call {hid}")
+            frame = self.host_call_frame(hid, ctx, function, args)
+            waiter = _Waiter(ctx)
+            with self._host_cond:
+                self._host_waiting[hid] = waiter
+            try:
+                if not self.send_host_call(ctx, frame):
+                    raise finished(ctx)
+                self._await_host_reply(waiter, main)
+            finally:
+                with self._host_cond:
+                    self._host_waiting.pop(hid, None)
+        finally:
+            if main:
+                self._reading = False
+        if main:
+            self._deliver_held_sigint()
+        if waiter.ok:
+            return waiter.value
+        raise waiter.value
+
+    def _await_host_reply(self, waiter, main):
+        """Returns once ``waiter`` is settled: reads stdin while no other
+        thread does, else waits for the one that does."""
+        cond = self._host_cond
+        me = threading.get_ident()
         while True:
+            with cond:
+                while not waiter.done and self._stdin_holder is not None:
+                    if main:
+                        self._wait_holding_sigint(cond)
+                    else:
+                        cond.wait()
+                if waiter.done:
+                    return
+                if not main and self._yield_r is None:
+                    self._yield_r, self._yield_w = os.pipe()
+                    os.set_blocking(self._yield_r, False)
+                    os.set_blocking(self._yield_w, False)
+                self._stdin_holder = me
+            try:
+                self._read_for(waiter, main)
+            finally:
+                with cond:
+                    self._stdin_holder = None
+                    cond.notify_all()
+                    self._wake_main()
+
+    def _wait_holding_sigint(self, cond):
+        """``cond.wait()`` for the main thread, called with ``cond`` held:
+        it lets a SIGINT through (a held one raises here), as nothing is in
+        flight while it waits. A wait on a lock would not see a signal that
+        landed just before it began (CPython runs the handler only once the
+        wait is over), so it is a poll() of a pipe that _wake_main writes
+        to, and of the signal wakeup pipe."""
+        if self._main_wake_r is None:
+            self._main_wake_r, self._main_wake_w = os.pipe()
+            os.set_blocking(self._main_wake_r, False)
+            os.set_blocking(self._main_wake_w, False)
+        wake_r = self._main_wake_r
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        if self._wake_r is not None:
+            poller.register(self._wake_r, select.POLLIN)
+        self._main_waiting = True
+        cond.release()
+        try:
+            self._reading = False
+            self._deliver_held_sigint()
+            for ready, _ in poller.poll():
+                drain(ready)
+        finally:
+            self._reading = True
+            cond.acquire()
+            self._main_waiting = False
+
+    def _wake_main(self):
+        """Ends the main thread's wait for another thread, if it waits (the
+        caller holds _host_cond and has changed what it waits for)."""
+        if self._main_waiting:
+            try:
+                os.write(self._main_wake_w, b"\0")
+            except BlockingIOError:
+                pass  # full: it wakes anyway
+
+    def _read_for(self, waiter, main):
+        """Reads frames, acting on each, until ``waiter`` is settled (or,
+        on a thread, until the main thread takes stdin back)."""
+        reader = self.reader
+        read = self._read_holding_sigint if main else self._thread_reader()
+        while not waiter.done:
             try:
                 payload = reader.read_frame(read)
+            except _Yield:
+                return
             except FrameError as exc:
                 if exc.kind == "truncated":
                     payload = None
@@ -431,35 +573,96 @@ class SyncServer(Server):
                     self.send_frame_error(exc)
                     continue
             if payload is None:
-                raise ConnectionError(f"stdin closed while waiting for host call {hid}")
-            try:
-                kind, msg = self.parse(payload)
-            except FrameError as exc:
-                self.send_frame_error(exc)
-                continue
-            if kind != "request" and stray(kind, msg):
-                continue
-            if kind == "host_reply":
-                if msg["id"] == hid:
-                    return host_outcome(msg)
+                self._fail_all_waiting()
+                return
+            self._host_frame(payload)
+
+    def _thread_reader(self):
+        """``os.read`` for a thread that reads stdin: it waits in a poll()
+        of its own, which the yield pipe ends too (_Yield)."""
+        poller = select.poll()
+        poller.register(self.reader.fd, select.POLLIN)
+        yield_r = self._yield_r
+        poller.register(yield_r, select.POLLIN)
+
+        def read(fd: int, n: int) -> bytes:
+            while True:
+                ready = [r for r, _ in poller.poll()]
+                if yield_r in ready and self._main_wants:
+                    raise _Yield
+                if fd in ready:
+                    return os.read(fd, n)
+
+        return read
+
+    def _host_frame(self, payload):
+        """Acts on a frame read while host calls wait: a reply settles the
+        host call it answers, a cancel of the running call fails its host
+        calls, anything else waits in the backlog."""
+        try:
+            kind, msg = self.parse(payload)
+        except FrameError as exc:
+            self.send_frame_error(exc)
+            return
+        if kind != "request" and stray(kind, msg):
+            return
+        current = self._current
+        if kind == "host_reply":
+            with self._host_cond:
+                waiter = self._host_waiting.pop(msg["id"], None)
+                if waiter is not None:
+                    waiter.settle(*host_outcome(msg))
+                    self._host_cond.notify_all()
+                    self._wake_main()
+            if waiter is None:
                 log(f"host_reply {msg['id']} matches no pending host call; dropped")
-            elif kind == "cancel" and msg["id"] == ctx.request_id:
-                ctx.cancelled = True
-                raise Cancelled(f"request {ctx.request_id} was cancelled")
+        elif kind == "cancel" and current is not None and msg["id"] == current.request_id:
+            rid = current.request_id
+            failed = self._fail_waiting(current, lambda hid: Cancelled(f"request {rid} was cancelled"))
+            if _MAIN_THREAD in failed or self._wake_r is None:
+                # The handler's thread raises Cancelled from its host call
+                # (or nothing can interrupt it): the pool's SIGINT, which
+                # follows, must not cut into its clean-up.
+                current.cancelled = True
             else:
-                # Calls written ahead, and cancels for them: a request whose
-                # cancel came too drops out before it starts.
-                self._backlog.append(payload)
-                if kind == "cancel":
-                    self._drop_cancelled()
+                # Read by a thread of the handler's while the handler does
+                # something else: it is interrupted as by the pool's SIGINT
+                # (a real one, which also ends a wait in C code). The pool's
+                # own, which follows, then finds it cancelled, and is ignored.
+                signal.pthread_kill(_MAIN_THREAD, signal.SIGINT)
+        else:
+            # Calls written ahead, and cancels for them: a request whose
+            # cancel came too drops out before it starts.
+            self._backlog.append(payload)
+            if kind == "cancel":
+                self._drop_cancelled()
+
+    def _fail_waiting(self, ctx, error):
+        """Fails the host calls of ``ctx`` waiting for their reply (all of
+        them when ``ctx`` is None), each with ``error(its id)``. Returns the
+        ids of the threads that made them."""
+        threads = set()
+        with self._host_cond:
+            for hid, waiter in list(self._host_waiting.items()):
+                if ctx is None or waiter.ctx is ctx:
+                    del self._host_waiting[hid]
+                    waiter.settle(False, error(hid))
+                    threads.add(waiter.thread)
+            self._host_cond.notify_all()
+            self._wake_main()
+        return threads
+
+    def _fail_all_waiting(self):
+        """Stdin has ended: no host reply can come."""
+        self._fail_waiting(None, lambda hid: ConnectionError(f"stdin closed while waiting for host call {hid}"))
 
     def _read_holding_sigint(self, fd: int, n: int) -> bytes:
-        """``os.read`` for call_host, which holds SIGINT. Only the wait for
-        input lets it through: a SIGINT held since the last read raises
-        here, and one that comes during the wait ends it (poll, or the
-        wakeup pipe for one that landed just before). Nothing is in flight
-        then: every byte read so far is in the reader's buffer, and every
-        frame taken out of it has been acted on."""
+        """``os.read`` for call_host on the main thread, which holds SIGINT.
+        Only the wait for input lets it through: a SIGINT held since the
+        last read raises here, and one that comes during the wait ends it
+        (poll, or the wakeup pipe for one that landed just before). Nothing
+        is in flight then: every byte read so far is in the reader's
+        buffer, and every frame taken out of it has been acted on."""
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
@@ -475,6 +678,30 @@ class SyncServer(Server):
     async def acall_host(self, ctx: Context, function: str, args: Any) -> Any:
         # An async helper a sync handler runs (asyncio.run): still blocking.
         return self.call_host(ctx, function, args)
+
+
+class _Yield(Exception):
+    """Raised in a thread that reads stdin when the main thread takes it
+    back; nothing is in flight then (see _thread_reader)."""
+
+
+class _Waiter:
+    """A host call waiting for its reply."""
+
+    __slots__ = ("ctx", "thread", "done", "ok", "value")
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.thread = threading.get_ident()
+        self.done = False
+        self.ok = False
+        self.value: Any = None
+
+    def settle(self, ok: bool, value: Any) -> None:
+        if not self.done:
+            self.ok = ok
+            self.value = value
+            self.done = True
 
 
 def _may_cancel(payload: bytes) -> bool:

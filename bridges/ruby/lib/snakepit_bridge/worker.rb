@@ -4,7 +4,8 @@ module SnakepitBridge
   # What a handler gets besides its args: the request's metadata, streaming,
   # cancellation and calls back into the host (pool).
   #
-  # Use it from the handler's own thread; only #chunk is safe from others.
+  # Use it from the handler's own thread; #chunk and #call_host also work
+  # from threads the handler starts.
   class Context
     attr_reader :request_id, :command, :session_id, :traceparent, :tracestate, :baggage, :timeout_ms
 
@@ -22,6 +23,7 @@ module SnakepitBridge
       @stream = message["stream"] == true
       @cancelled = false
       @answered = false
+      @finished = false
     end
 
     # The worker's id in its pool (SNAKEPIT_WORKER_ID or the init ping's), or nil.
@@ -51,6 +53,10 @@ module SnakepitBridge
     # @api private: true once the reply is written (under the write lock).
     attr_accessor :answered
 
+    # @api private: true once the handler has returned; its host calls
+    # then raise Cancelled.
+    attr_accessor :finished
+
     # True once the request was cancelled (SIGINT or a cancel frame).
     def cancelled?
       @cancelled
@@ -64,6 +70,9 @@ module SnakepitBridge
 
     # Calls a function the host registered and waits for its answer.
     # Returns the result, or raises HostCallError(error_type, message).
+    # Works from the handler's thread and from threads it starts, while the
+    # call runs; once the handler has returned it raises Cancelled (also in
+    # a thread still waiting for its answer then).
     def call_host(function, args = {})
       @worker.call_host(self, function, args)
     end
@@ -367,61 +376,224 @@ module SnakepitBridge
       true
     end
 
-    # @api private (Context#call_host). Only one request runs at a time, so
-    # the handler itself reads stdin until its host_reply arrives; other
-    # frames seen meanwhile are handled or queued for the main loop.
+    # @api private (Context#call_host). From the handler's thread or one it
+    # started, while the call runs. Whichever thread waits for a host reply
+    # reads stdin, one at a time, and hands each reply to the thread that
+    # made the call; other frames seen meanwhile are handled or queued for
+    # the main loop.
     def call_host(ctx, function, args)
       ctx.check_cancelled!
-      id = (@host_call_seq += 1)
-      begin
-        write_message({ "type" => "host_call", "id" => id, "request_id" => ctx.request_id,
+      raise finished_error(ctx) if ctx.finished
+
+      id = @host_lock.synchronize { @host_call_seq += 1 }
+      payload = begin
+        @codec.encode({ "type" => "host_call", "id" => id, "request_id" => ctx.request_id,
                         "function" => function.to_s, "args" => args })
       rescue JSON::NestingError => e
         # Nothing was sent. The host would refuse such a frame as TooDeep
         # (as it does from the Python and Node.js bridges, which send it).
         raise HostCallError.new("TooDeep", "the arguments of host call #{function} are nested too deep: #{e.message}")
       end
-      loop do
-        # SIGINT may cancel the handler while it waits here: nothing of the
-        # next frame has been consumed yet. A frame is read and dealt with
-        # shielded, so a cancellation never leaves half a frame behind, nor
-        # loses a request read but not yet queued.
-        IO.select([@input]) unless frame_reader.buffered?
-        answer = Thread.handle_interrupt(Cancelled => :never) { host_frame(ctx, id) }
-        return answer.first if answer
+      waiter = HostWaiter.new(ctx)
+      @host_lock.synchronize do
+        raise finished_error(ctx) if ctx.finished
+
+        @host_waiting[id] = waiter
+      end
+      begin
+        raise finished_error(ctx) unless send_host_call(ctx, payload)
+
+        await_host_reply(waiter)
+      ensure
+        @host_lock.synchronize { @host_waiting.delete(id) }
+      end
+      raise waiter.value unless waiter.ok
+
+      waiter.value
+    end
+
+    # @api private: a host call waiting for its reply.
+    class HostWaiter
+      attr_reader :ctx, :thread, :ok, :value
+
+      def initialize(ctx)
+        @ctx = ctx
+        @thread = Thread.current
+        @done = false
+      end
+
+      def done?
+        @done
+      end
+
+      def settle(ok, value)
+        return if @done
+
+        @ok = ok
+        @value = value
+        @done = true
       end
     end
 
     private
 
-    # One frame read while host call +id+ of +ctx+ waits: [result] for its
-    # reply, nil for any other frame (requests wait in @pending; a cancel
-    # takes out the request it names if it waits there).
-    def host_frame(ctx, id)
-      message = next_message
-      raise HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") if message.nil?
+    # Writes a host call of +ctx+'s call, unless the handler has returned
+    # (false). Checked under the write lock, which the reply is written
+    # under too: a host call never follows its call's reply, after which
+    # the pool would no longer know the call's session.
+    def send_host_call(ctx, payload)
+      write_payload(payload) { return false if ctx.finished }
+      true
+    end
 
+    def finished_error(ctx)
+      Cancelled.new("request #{ctx.request_id} is already finished: its ctx can no longer call the host")
+    end
+
+    # Returns once +waiter+ is settled: reads stdin while no other thread
+    # does, else waits for the one that does. On the serving thread SIGINT
+    # may cancel the handler only while it waits: a frame is read and dealt
+    # with shielded, so a cancellation never leaves half a frame behind,
+    # nor loses a request read but not yet queued.
+    def await_host_reply(waiter)
+      serving = Thread.current.equal?(@serving_thread)
+      Thread.handle_interrupt(Cancelled => :never) do
+        loop do
+          @host_lock.synchronize do
+            until waiter.done? || @stdin_holder.nil?
+              if serving
+                Thread.handle_interrupt(Cancelled => :immediate) { @host_cond.wait(@host_lock) }
+              else
+                @host_cond.wait(@host_lock)
+              end
+            end
+            return if waiter.done?
+
+            @yield_r, @yield_w = IO.pipe if !serving && @yield_r.nil?
+            @stdin_holder = Thread.current
+          end
+          begin
+            read_for(waiter, serving)
+          ensure
+            @host_lock.synchronize do
+              @stdin_holder = nil
+              @host_cond.broadcast
+            end
+          end
+        end
+      end
+    end
+
+    # Reads frames, acting on each, until +waiter+ is settled (or, on a
+    # thread of the handler's, until the serving thread takes stdin back).
+    def read_for(waiter, serving)
+      reader = frame_reader
+      until waiter.done?
+        unless reader.buffered?
+          if serving
+            Thread.handle_interrupt(Cancelled => :immediate) { IO.select([@input]) }
+          else
+            ready, = IO.select([@input, @yield_r])
+            return if @loop_wants && ready.include?(@yield_r)
+            next unless ready.include?(@input)
+          end
+        end
+        message = next_message
+        if message.nil?
+          fail_waiting(nil) { |id| HostCallError.new("Disconnected", "stdin closed while waiting for host call #{id}") }
+          return
+        end
+        host_frame(message)
+      end
+    end
+
+    # Acts on a frame read while host calls wait: a reply settles the host
+    # call it answers, a cancel of the running call fails its host calls,
+    # requests wait in @pending (a cancel takes out the request it names if
+    # it waits there).
+    def host_frame(message)
       # An id that is not an Integer names nothing (eql?: 4.0 is not 4).
       case message["type"]
       when "host_reply"
-        if id.eql?(message["id"])
-          return [message["result"]] if message["success"] == true
-
-          raise host_error(message["error"])
+        waiter = @host_lock.synchronize do
+          found = message["id"].is_a?(Integer) ? @host_waiting.delete(message["id"]) : nil
+          if found
+            found.settle(*host_outcome(message))
+            @host_cond.broadcast
+          end
+          found
         end
-        log("ignoring host_reply for unknown host call #{message['id'].inspect}")
+        log("ignoring host_reply for unknown host call #{message['id'].inspect}") unless waiter
       when "cancel"
-        if ctx.request_id.eql?(message["id"])
-          ctx.mark_cancelled
-          ctx.check_cancelled!
-        end
+        ctx = @current
+        cancel_running(ctx) if ctx&.request_id.eql?(message["id"])
         cancel_waiting(message["id"])
       when nil, "request"
         @pending << message
       else
         protocol_error("unknown frame type #{message['type'].inspect}")
       end
-      nil
+    end
+
+    # A cancel frame for the running call, read while host calls wait:
+    # they fail with Cancelled. The serving thread raises it from its own
+    # host call if it waits in one; else it is interrupted as by SIGINT.
+    # Either way the pool's SIGINT that follows finds the call cancelled,
+    # and is ignored (it would cut into the handler's clean-up).
+    def cancel_running(ctx)
+      threads = fail_waiting(ctx) { Cancelled.new("request #{ctx.request_id} was cancelled") }
+      if threads.include?(@serving_thread)
+        ctx.mark_cancelled
+      else
+        interrupt_current
+      end
+    end
+
+    # [ok, result or error] of a host_reply.
+    def host_outcome(message)
+      message["success"] == true ? [true, message["result"]] : [false, host_error(message["error"])]
+    end
+
+    # Fails the host calls of +ctx+ waiting for their reply (all of them
+    # when +ctx+ is nil), each with the block's error for its id. Returns
+    # the threads that made them.
+    def fail_waiting(ctx)
+      threads = []
+      @host_lock.synchronize do
+        @host_waiting.delete_if do |id, waiter|
+          next false unless ctx.nil? || waiter.ctx.equal?(ctx)
+
+          waiter.settle(false, yield(id))
+          threads << waiter.thread
+          true
+        end
+        @host_cond.broadcast
+      end
+      threads
+    end
+
+    # The handler starts: stdin goes to whichever thread waits for a host
+    # reply first.
+    def lend_stdin
+      @host_lock.synchronize { @stdin_holder = nil }
+    end
+
+    # The handler has returned (+ctx+ is finished): fails the host calls of
+    # its call still waiting, and takes stdin back for the serving thread,
+    # from a thread that reads it if one does (woken through the yield
+    # pipe: whatever it read is buffered or queued by then).
+    def take_stdin_back(ctx)
+      fail_waiting(ctx) { finished_error(ctx) }
+      @host_lock.synchronize do
+        unless @stdin_holder.nil?
+          @loop_wants = true
+          @yield_w.write_nonblock("\0", exception: false)
+          @host_cond.wait(@host_lock) until @stdin_holder.nil?
+          @loop_wants = false
+          nil while @yield_r.read_nonblock(64, exception: false).is_a?(String)
+        end
+        @stdin_holder = :loop
+      end
     end
 
     # What belongs to one worker process: read at construction, and again
@@ -430,6 +602,18 @@ module SnakepitBridge
       @pending = []
       @current = nil
       @host_call_seq = 0
+      # Stdin has one reader at a time: the serving thread between calls
+      # (:loop); while a handler runs, the thread that waits for a host
+      # reply (nil when none does). Guarded by @host_lock, as are
+      # @host_waiting (host call id -> HostWaiter) and @loop_wants.
+      @host_lock = Mutex.new
+      @host_cond = ConditionVariable.new
+      @stdin_holder = :loop
+      @host_waiting = {}
+      @loop_wants = false
+      # A byte in it tells a thread that reads stdin to let it go (the
+      # handler returned); opened on first use.
+      @yield_r = @yield_w = nil
       @requests_handled = 0
       @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       @worker_id = ENV["SNAKEPIT_WORKER_ID"]
@@ -571,7 +755,7 @@ module SnakepitBridge
       case message["type"]
       when nil, "request" then serve_request(message)
       when "cancel" then nil # for nothing waiting: too late, or before its request
-      when "host_reply" then log("ignoring host_reply #{message['id'].inspect} outside a host call")
+      when "host_reply" then log("ignoring host_reply #{message['id'].inspect}: no host call waits for it")
       else protocol_error("unknown frame type #{message['type'].inspect}")
       end
     end
@@ -613,6 +797,7 @@ module SnakepitBridge
                            "message" => "request #{ctx.request_id} was cancelled before it started" }]
         end
         outcome = begin
+          lend_stdin
           result = Thread.handle_interrupt(Cancelled => :immediate) { handler.call(args, ctx) }
           ctx.cancelled? ? cancelled_error(ctx) : [true, result]
         rescue Cancelled
@@ -632,6 +817,10 @@ module SnakepitBridge
           ctx.cancelled? ? cancelled_error(ctx) : [false, error_map(e)]
         ensure
           @current = nil
+          unless @stdin_holder == :loop
+            ctx.finished = true
+            take_stdin_back(ctx)
+          end
         end
         exit(0) if @terminating # SIGTERM came, and the handler kept it
         drain_cancellation
