@@ -768,14 +768,22 @@ impl Client {
             // later.
             let mut connected = inner.connected.subscribe();
             let first = tokio::select! {
-                first = tokio::time::timeout(inner.config.host_timeout, rx.recv()) => first,
-                _ = connected.wait_for(|l| l.lost_since(epoch)) => {
-                    return Err(host_lost(
+                first = tokio::time::timeout(inner.config.host_timeout, rx.recv()) => Some(first),
+                _ = connected.wait_for(|l| l.lost_since(epoch)) => None,
+            };
+            let first = match first {
+                Some(first) => first,
+                // The host's first reply may have been a decline that NATS
+                // dropped with the connection: a call it declined never
+                // ran, and goes on as any declined call.
+                None => match inner.declined_meanwhile(&slot.host, &reply, &mut rx).await {
+                    Some(declined) => Ok(Some(Arrival::Reply(declined))),
+                    None => return Err(host_lost(
                         &slot.host,
                         slot.pid,
                         "the NATS connection was lost before the host acknowledged the call; it may or may not have run".into(),
-                    ));
-                }
+                    )),
+                },
             };
             let first = match first {
                 Ok(Some(Arrival::NoResponders)) => {
@@ -1220,6 +1228,44 @@ impl Inner {
     fn host_gone(&self, host: &str) {
         if let Some(h) = self.hosts.lock().unwrap().get_mut(host) {
             h.leaving = true;
+        }
+    }
+
+    /// After the client's connection was lost before `host`'s first reply
+    /// to the call with reply subject `reply`: that reply's JSON if it was
+    /// a decline. One that came is taken; otherwise the host is asked
+    /// ([`wire::ask`]) once the connection is back, and its answer awaited,
+    /// within `host_timeout`. `None`: the call may have run (the host took
+    /// it, or never had it, or does not answer in time).
+    async fn declined_meanwhile(
+        &self,
+        host: &str,
+        reply: &str,
+        rx: &mut mpsc::Receiver<Arrival>,
+    ) -> Option<Bytes> {
+        let is_decline = |m: &[u8]| {
+            matches!(
+                serde_json::from_slice::<Incoming>(m),
+                Ok(Reply::Declined { .. })
+            )
+        };
+        while let Ok(arrival) = rx.try_recv() {
+            if let Arrival::Reply(m) = arrival {
+                if is_decline(&m) {
+                    return Some(m);
+                }
+            }
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let ask = self.nats.request(
+            self.subjects.host_cancel(host),
+            Bytes::from(wire::ask(reply)),
+        );
+        match tokio::time::timeout(self.config.host_timeout, ask).await {
+            Ok(Ok(m)) if is_decline(&m.payload) => Some(m.payload),
+            _ => None,
         }
     }
 

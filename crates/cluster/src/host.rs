@@ -252,6 +252,7 @@ pub async fn serve_with(
         ack_due: None,
         cancelled: EarlyCancels::default(),
         ended: Recent::default(),
+        declines: Declines::default(),
         instance: random_id(),
         leaving: false,
     };
@@ -294,8 +295,8 @@ struct HostCtx {
     replies: Outbox<Queued>,
     /// The host's connection count.
     connects: Connects,
-    /// The last outcomes sent, to send again once the connection is made
-    /// again ([`HostCtx::resend`]).
+    /// The last outcomes and declines sent, to send again once the
+    /// connection is made again ([`HostCtx::resend`]).
     sent: std::sync::Mutex<Resend>,
 }
 
@@ -307,6 +308,20 @@ impl HostCtx {
     /// Sends a message to a call's reply subject now.
     async fn send(&self, to: &Subject, reply: &impl serde::Serialize) {
         let payload = self.encode(reply);
+        if let Err(e) = self.nats.publish(to.clone(), payload).await {
+            tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
+        }
+    }
+
+    /// Sends a message to a call's reply subject now, and keeps it to
+    /// send again after a reconnect ([`HostCtx::resend`]).
+    async fn send_kept(&self, to: &Subject, reply: &impl serde::Serialize) {
+        let payload = self.encode(reply);
+        let conn = self.connects.now();
+        self.sent
+            .lock()
+            .unwrap()
+            .keep(conn, to.clone(), payload.clone());
         if let Err(e) = self.nats.publish(to.clone(), payload).await {
             tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
         }
@@ -379,11 +394,13 @@ impl HostCtx {
         }
     }
 
-    /// Sends again the outcomes sent over connections before `epoch`: the
-    /// host's connection was made again, and what NATS had not delivered
-    /// of them went with the old one (an outcome lost so would leave its
-    /// caller waiting as long as the host lives). A client takes a call's
-    /// outcome once; one it has had already is dropped.
+    /// Sends again the outcomes and declines sent over connections before
+    /// `epoch`: the host's connection was made again, and what NATS had
+    /// not delivered of them went with the old one (an outcome lost so
+    /// would leave its caller waiting as long as the host lives; a decline,
+    /// failing a call that never ran with the host-lost error). A client
+    /// takes a call's outcome once, and a decline only while it waits for
+    /// the call's first reply; what it has had already is dropped.
     async fn resend(&self, epoch: u64) {
         let again = self.sent.lock().unwrap().before(epoch);
         if again.is_empty() {
@@ -544,6 +561,9 @@ struct Serving {
     /// The reply subjects of the calls that ended last: a call that comes
     /// again (a replay on the bus) is not run twice.
     ended: Recent,
+    /// The calls it declined last, to tell a client that asks
+    /// ([`wire::ask`]).
+    declines: Declines,
 }
 
 /// How many cancels that came before their call a host keeps.
@@ -578,6 +598,41 @@ impl EarlyCancels {
             self.order.retain(|r| r != reply);
         }
         hit
+    }
+}
+
+/// The reply subjects of the calls a host declined last, each with the
+/// sequence number its decline carried: the last [`Declines::KEPT`] (a
+/// client asks within its host timeout of the decline). Exact: a call not
+/// kept here is not said to be declined.
+#[derive(Default)]
+struct Declines {
+    order: std::collections::VecDeque<String>,
+    seqs: HashMap<String, u64>,
+}
+
+impl Declines {
+    const KEPT: usize = 4096;
+
+    fn insert(&mut self, reply: &str, seq: u64) {
+        if self.seqs.insert(reply.to_owned(), seq).is_none() {
+            self.order.push_back(reply.to_owned());
+            if self.order.len() > Self::KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.seqs.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The call came again and was taken (a replay): it is no longer one
+    /// that never ran. (Its place in `order` goes when its turn comes.)
+    fn remove(&mut self, reply: &str) {
+        self.seqs.remove(reply);
+    }
+
+    fn get(&self, reply: &str) -> Option<u64> {
+        self.seqs.get(reply).copied()
     }
 }
 
@@ -749,7 +804,7 @@ impl Serving {
                     self.ended.insert(reply);
                 }
                 Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
-                Some(msg) = self.cancels.next() => self.cancel(msg),
+                Some(msg) = self.cancels.next() => self.cancel(msg).await,
                 _ = &mut ack, if armed.is_some() => self.acknowledge().await,
                 _ = beat.tick() => self.heartbeat(false).await,
                 _ = &mut stop => break,
@@ -790,7 +845,7 @@ impl Serving {
                 },
                 _ = &mut lingered, if lingering => lingering = false,
                 // Cancels and stream credits still reach the calls that run.
-                Some(msg) = self.cancels.next() => self.cancel(msg),
+                Some(msg) = self.cancels.next() => self.cancel(msg).await,
                 _ = &mut ack, if armed.is_some() => self.acknowledge().await,
                 // Still alive: clients wait for these calls' outcomes as
                 // long as the goodbyes keep coming.
@@ -811,10 +866,13 @@ impl Serving {
         let _ = tokio::time::timeout(LEAVE_WAIT, last).await;
     }
 
-    fn cancel(&mut self, msg: Message) {
+    async fn cancel(&mut self, msg: Message) {
         let Ok(reply) = std::str::from_utf8(&msg.payload) else {
             return;
         };
+        if let (Some(asked), Some(to)) = (wire::parse_ask(reply), msg.reply.as_ref()) {
+            return self.answer(asked, to).await;
+        }
         if let Some((n, reply)) = wire::parse_credit(reply) {
             if let Some(credit) = self.running.get(reply).and_then(|c| c.credit.as_ref()) {
                 // A client never grants more than its window at a time.
@@ -836,17 +894,42 @@ impl Serving {
         }
     }
 
+    /// Answers a client that asks ([`wire::ask`]) whether this host
+    /// declined the call with reply subject `asked`: the decline again, or
+    /// that it did not (it took the call, never had it, or forgot it).
+    async fn answer(&self, asked: &str, to: &Subject) {
+        if !wire::answerable(to.as_str()) {
+            return;
+        }
+        match self.declines.get(asked) {
+            Some(seq) => {
+                let declined = Reply::<Value>::Declined {
+                    host: self.host.id.clone(),
+                    seq,
+                };
+                self.host.send(to, &declined).await;
+            }
+            None => {
+                let not = Bytes::from_static(wire::NOT_DECLINED);
+                if let Err(e) = self.host.nats.publish(to.clone(), not).await {
+                    tracing::debug!(target: "snakepit::cluster", "answer to {to} lost: {e}");
+                }
+            }
+        }
+    }
+
+    /// Tells the call's client that this host never ran it. The decline
+    /// is kept, as an outcome is, to send again once the connection has
+    /// been made again: one NATS lost with the old connection would leave
+    /// the client unable to tell the call from one that may have run.
     async fn decline(&mut self, reply: &Subject) {
         self.declined = true;
-        self.host
-            .send(
-                reply,
-                &Reply::<Value>::Declined {
-                    host: self.host.id.clone(),
-                    seq: self.beats,
-                },
-            )
-            .await;
+        self.declines.insert(reply.as_str(), self.beats);
+        let declined = Reply::<Value>::Declined {
+            host: self.host.id.clone(),
+            seq: self.beats,
+        };
+        self.host.send_kept(reply, &declined).await;
     }
 
     /// Acknowledges the calls that have run for [`ACK_AFTER`] (a quick
@@ -950,6 +1033,8 @@ impl Serving {
         if self.cancelled.remove(&key) {
             return;
         }
+        // Taken now, whatever came of a copy before (a replay).
+        self.declines.remove(&key);
         let call: CallMsg = match call {
             Ok(c) => c,
             Err(e) => {
@@ -1162,6 +1247,23 @@ fn passes_json_through(codec: WireCodec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declines_are_kept_exactly_the_last_ones_first_forgotten_oldest() {
+        let mut d = Declines::default();
+        d.insert("_INBOX.c.1", 3);
+        d.insert("_INBOX.c.1", 4); // a copy declined again: one place
+        assert_eq!(d.get("_INBOX.c.1"), Some(4));
+        assert_eq!(d.get("_INBOX.c.2"), None, "never declined: not said to be");
+        d.remove("_INBOX.c.1");
+        assert_eq!(d.get("_INBOX.c.1"), None, "taken since");
+        for n in 0..Declines::KEPT + 1 {
+            d.insert(&format!("_INBOX.d.{n}"), 1);
+        }
+        assert_eq!(d.get("_INBOX.d.0"), None, "the oldest forgotten");
+        assert_eq!(d.get("_INBOX.d.1"), Some(1));
+        assert!(d.seqs.len() <= Declines::KEPT && d.order.len() <= Declines::KEPT + 1);
+    }
 
     #[test]
     fn the_prefetch_covers_the_window_of_recent_calls() {

@@ -178,16 +178,22 @@ impl Resend {
         again
     }
 
-    /// Takes out the messages sent under a count below `conn` (they are
-    /// kept in the order sent, so those are the first).
+    /// Takes out the messages sent under a count below `conn`, oldest
+    /// first. Two tasks that keep what they send (a host's replies and its
+    /// declines) may keep them a little out of the order of their counts,
+    /// so every message is looked at, not only the first ones.
     pub(crate) fn before(&mut self, conn: u64) -> Vec<(async_nats::Subject, bytes::Bytes)> {
         let mut again = Vec::new();
-        while self.messages.front().is_some_and(|(at, _, _)| *at < conn) {
-            if let Some((_, to, p)) = self.messages.pop_front() {
+        let mut kept = VecDeque::with_capacity(self.messages.len());
+        for (at, to, p) in self.messages.drain(..) {
+            if at < conn {
                 self.bytes -= p.len();
                 again.push((to, p));
+            } else {
+                kept.push_back((at, to, p));
             }
         }
+        self.messages = kept;
         again
     }
 }
@@ -262,6 +268,23 @@ mod tests {
             r.keep(5, to, p);
         }
         assert_eq!(r.before(6).len(), RESEND_MESSAGES, "the oldest went first");
+    }
+
+    #[test]
+    fn resend_gives_back_older_messages_kept_behind_newer_ones() {
+        let mut r = Resend::default();
+        for (conn, s) in [(1, "a"), (2, "b"), (1, "c"), (2, "d")] {
+            r.keep(conn, s.into(), bytes::Bytes::from(s));
+        }
+        let again: Vec<String> = r
+            .before(2)
+            .into_iter()
+            .map(|(to, _)| to.to_string())
+            .collect();
+        assert_eq!(again, ["a", "c"]);
+        assert_eq!(r.bytes, 2, "b and d stay, counted");
+        assert_eq!(r.before(3).len(), 2);
+        assert_eq!(r.bytes, 0);
     }
 
     #[test]

@@ -234,6 +234,25 @@ pub(crate) fn parse_credit(payload: &str) -> Option<(u32, &str)> {
     Some((n.parse().ok()?, reply))
 }
 
+/// The question a client sends, with a NATS reply subject, to a host's
+/// cancel subject about a call whose first reply it may have lost (its
+/// connection was made again before one came): `?<reply subject>`. The
+/// host answers with the call's decline when it declined it, and with
+/// [`NOT_DECLINED`] otherwise. (A reply subject, which a cancel carries
+/// alone, never starts with `?`; and a cancel has no reply subject.)
+pub(crate) fn ask(reply: &str) -> String {
+    format!("?{reply}")
+}
+
+/// Reads an [`ask`]: the call's reply subject.
+pub(crate) fn parse_ask(payload: &str) -> Option<&str> {
+    payload.strip_prefix('?')
+}
+
+/// A host's answer to an [`ask`] about a call it did not decline (it took
+/// it, or never had it, or forgot it): the call may have run.
+pub(crate) const NOT_DECLINED: &[u8] = b"{\"not_declined\":{}}";
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum WireAffinity {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use common::files::{count_logged, logged, temp, Removed};
 use common::proxy::{connect_quick, Link, Proxy};
 use common::*;
 use futures_util::StreamExt;
@@ -32,6 +33,9 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// Turns a hang into a failure (never a measure of speed).
 const GUARD: Duration = Duration::from_secs(20);
+
+/// The start of the names of this file's temporary files.
+const TEMP_PREFIX: &str = "outside-client-races";
 
 fn worker_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/outside_client_races_worker.py")
@@ -70,23 +74,6 @@ async fn stop(node: Node, pool: Pool) {
     let _ = tokio::time::timeout(Duration::from_secs(10), pool.shutdown()).await;
 }
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "snakepit-outside-client-races-{}-{name}-{}",
-        std::process::id(),
-        free_port()
-    ))
-}
-
-/// A file removed on drop.
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 async fn guarded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(GUARD, f)
         .await
@@ -97,31 +84,9 @@ async fn guarded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// only to a log that exists, so a worker stopped after its test ended
 /// leaves none behind).
 fn log_file(name: &str) -> Removed {
-    let path = temp(name);
+    let path = temp(TEMP_PREFIX, name);
     std::fs::write(&path, "").unwrap();
     Removed(path)
-}
-
-/// The worker's log: (token, what) per line.
-fn logged(log: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let mut p = l.split(' ');
-            (
-                p.next().unwrap_or_default().to_owned(),
-                p.next().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn count_logged(log: &Path, token: &str, what: &str) -> usize {
-    logged(log)
-        .iter()
-        .filter(|(t, w)| t == token && w == what)
-        .count()
 }
 
 /// Waits until the host's pool runs nothing.
@@ -387,7 +352,7 @@ async fn cancel_reaches_a_host_back_from_a_cut(meanwhile: Meanwhile) {
     let (pool, node, client) =
         host_and_client(&host_conn, 1, &client_conn, Duration::from_secs(1)).await;
     let log = log_file("cut-cancel.log");
-    let marker = Removed(temp("cut-cancel.marker"));
+    let marker = Removed(temp(TEMP_PREFIX, "cut-cancel.marker"));
     let call = spawn_running(
         &client,
         "c",
@@ -684,7 +649,7 @@ async fn a_nats_restart_under_two_clients_ends_each_call_once_as_documented() {
     wait_hosts(&c1, 1).await;
     wait_hosts(&c2, 1).await;
     let log = log_file("restart.log");
-    let marker = Removed(temp("restart.marker"));
+    let marker = Removed(temp(TEMP_PREFIX, "restart.marker"));
     let n = 4000u64;
     let mut s = c1
         .execute_stream(
@@ -818,7 +783,7 @@ async fn a_host_restarted_under_its_id_fails_the_old_runs_calls_and_serves_their
     let host_timeout = Duration::from_secs(1);
     let (pool1, node1, client) = host_and_client_of(&nats, 2, host_timeout).await;
     let log = log_file("same-id.log");
-    let marker = Removed(temp("same-id.marker"));
+    let marker = Removed(temp(TEMP_PREFIX, "same-id.marker"));
     let strict = |token: &str, ms: u64| {
         let (client, log, marker) = (client.clone(), log.0.clone(), marker.0.clone());
         let args = json!({"ms": ms, "token": token, "log": log, "marker": marker});
@@ -973,8 +938,8 @@ async fn new_run_reconnects_while_the_old_says_goodbye(old_resets: u64) {
         connected_times(&old_conn, n).await;
     }
     let log = log_file("rolling.log");
-    let old_marker = Removed(temp("rolling-old.marker"));
-    let new_marker = Removed(temp("rolling-new.marker"));
+    let old_marker = Removed(temp(TEMP_PREFIX, "rolling-old.marker"));
+    let new_marker = Removed(temp(TEMP_PREFIX, "rolling-new.marker"));
     // The old run's call is another client's: this client counts its own
     // calls on an id against the capacity its last heartbeat announced,
     // and would hold its next call while one runs on the old run.
@@ -1065,7 +1030,7 @@ async fn a_new_run_of_a_host_id_takes_calls_while_the_old_run_finishes_this_clie
     let nats = NatsServer::start().await;
     let (old_pool, old_node, client) = host_and_client_of(&nats, 1, Duration::from_secs(1)).await;
     let log = log_file("restart-room.log");
-    let marker = Removed(temp("restart-room.marker"));
+    let marker = Removed(temp(TEMP_PREFIX, "restart-room.marker"));
     let old_call = spawn_running(
         &client,
         "old",
@@ -1143,7 +1108,7 @@ async fn leaving_run_cut_off(new_run: bool) {
     )
     .await;
     let log = log_file("leaving-cut.log");
-    let marker = Removed(temp("leaving-cut.marker"));
+    let marker = Removed(temp(TEMP_PREFIX, "leaving-cut.marker"));
     let call = spawn_running(
         &client,
         "old",

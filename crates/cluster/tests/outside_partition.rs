@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use common::files::{no_responders, temp, Removed};
 use common::proxy::{connect_quick, Link, Proxy};
 use common::*;
 use futures_util::StreamExt;
@@ -78,6 +79,9 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Turns a hang into a failure (never a measure of speed).
 const GUARD: Duration = Duration::from_secs(20);
+
+/// The start of the names of this file's temporary files.
+const TEMP_PREFIX: &str = "outside-partition";
 
 /// The worker the hosts serve (`tests/workers/partition_worker.py`).
 fn worker_script() -> PathBuf {
@@ -121,23 +125,6 @@ fn config(host_timeout: Duration) -> ClientConfig {
     // Long: a call that waits for room is told apart from one that fails.
     c.queue_timeout = Duration::from_secs(20);
     c
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "snakepit-outside-partition-{}-{name}-{}",
-        std::process::id(),
-        free_port()
-    ))
-}
-
-/// A file removed on drop (a test that fails leaves none behind).
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 async fn wait_file(path: &Path) {
@@ -269,26 +256,6 @@ fn runs(log: &Path) -> HashMap<String, Vec<u32>> {
     out
 }
 
-/// Waits until NATS finds nobody subscribed to `subject` (a request there
-/// comes back "no responders"): the server has dropped the subscriptions
-/// of the connection that had it.
-async fn no_responders(raw: &async_nats::Client, subject: &str) {
-    let until = Instant::now() + GUARD;
-    loop {
-        let ask = raw.request(subject.to_owned(), "".into());
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(100), ask).await {
-            if e.kind() == async_nats::RequestErrorKind::NoResponders {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "the server still has a subscriber for {subject}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Calls (no session), two at a time, until one runs on a worker of
 /// `pids`; each must succeed. A host back in the client's table takes
 /// calls again (routing prefers idle workers, then the most room: calls
@@ -379,9 +346,9 @@ async fn a_black_holed_host_loses_its_calls_and_the_other_host_serves_until_it_i
     let (a_pids, b_pids) = (pool_a.worker_pids(), pool_b.worker_pids());
     let on_a = sessions_on_each(&client, &a_pids, "sa").await;
     let on_b = session_on(&client, &b_pids, "sb").await;
-    let log = temp("black-hole.log");
+    let log = temp(TEMP_PREFIX, "black-hole.log");
 
-    let (m1, m2) = (temp("m1"), temp("m2"));
+    let (m1, m2) = (temp(TEMP_PREFIX, "m1"), temp(TEMP_PREFIX, "m2"));
     let no_deadline = spawn_call(
         &client,
         json!({"token": "no-deadline", "log": log, "marker": m1, "ms": 2500}),
@@ -527,8 +494,8 @@ async fn a_host_cut_off_from_nats_loses_its_calls_and_is_used_again_once_reconne
     let (a_pids, b_pids) = (pool_a.worker_pids(), pool_b.worker_pids());
     let on_a = session_on(&client, &a_pids, "sa").await;
     let on_b = session_on(&client, &b_pids, "sb").await;
-    let log = temp("cut.log");
-    let marker = temp("in-flight");
+    let log = temp(TEMP_PREFIX, "cut.log");
+    let marker = temp(TEMP_PREFIX, "in-flight");
     let in_flight = spawn_call(
         &client,
         json!({"token": "in-flight", "log": log, "marker": marker, "ms": 2500}),
@@ -539,7 +506,7 @@ async fn a_host_cut_off_from_nats_loses_its_calls_and_is_used_again_once_reconne
 
     let cut = Instant::now();
     proxy.set(Link::Cut);
-    no_responders(&raw, "snakepit.test.host.a.call").await;
+    no_responders(&raw, "snakepit.test.host.a.call", GUARD).await;
     assert!(
         listed(&client, "a"),
         "the client still counts host a as present {:?} after the cut",
@@ -651,8 +618,8 @@ async fn a_client_cut_off_from_nats_fails_its_calls_at_once_and_works_once_back(
         .await
         .unwrap();
     wait_hosts(&client, 1).await;
-    let log = temp("client-cut.log");
-    let (m1, m2) = (temp("c1"), temp("c2"));
+    let log = temp(TEMP_PREFIX, "client-cut.log");
+    let (m1, m2) = (temp(TEMP_PREFIX, "c1"), temp(TEMP_PREFIX, "c2"));
     let c1 = spawn_call(
         &client,
         json!({"token": "c1", "log": log, "marker": m1, "ms": 2000}),
@@ -759,8 +726,8 @@ async fn a_black_holed_client_never_hangs_and_works_again_once_the_link_is_back(
         .await
         .unwrap();
     wait_hosts(&client, 1).await;
-    let log = temp("client-black-hole.log");
-    let marker = temp("in-flight");
+    let log = temp(TEMP_PREFIX, "client-black-hole.log");
+    let marker = temp(TEMP_PREFIX, "in-flight");
     let in_flight = spawn_call(
         &client,
         json!({"token": "in-flight", "log": log, "marker": marker, "ms": 1500}),
@@ -859,9 +826,9 @@ async fn a_killed_host_fails_only_its_calls_and_none_runs_twice() {
     // 250 ms.
     let client = client(&nats, config(ClientConfig::default().host_timeout)).await;
     wait_hosts(&client, 2).await;
-    let log = temp("kill.log");
+    let log = temp(TEMP_PREFIX, "kill.log");
     let on_a = session_on(&client, &a.workers, "sa").await;
-    let marker = temp("pinned");
+    let marker = temp(TEMP_PREFIX, "pinned");
     let pinned = spawn_call(
         &client,
         json!({"token": "pinned", "log": log, "marker": marker, "ms": 60_000}),
@@ -902,7 +869,7 @@ async fn a_killed_host_fails_only_its_calls_and_none_runs_twice() {
     .await;
 
     a.kill();
-    no_responders(&raw, "snakepit.test.host.a.call").await;
+    no_responders(&raw, "snakepit.test.host.a.call", GUARD).await;
     let gone = Instant::now();
     let e = guarded("the long call on the killed host", pinned)
         .await
@@ -997,7 +964,7 @@ async fn a_reply_lost_while_the_client_briefly_reconnects_fails_the_call_instead
         .pop()
         .unwrap();
     for attempt in 0..5 {
-        let gate = Removed(temp(&format!("gate-{attempt}")));
+        let gate = Removed(temp(TEMP_PREFIX, &format!("gate-{attempt}")));
         let call = spawn_call(&client, json!({"gate": gate.0}), CallOptions::new());
         let seen = tokio::time::timeout(GUARD, calls.next())
             .await
@@ -1013,7 +980,7 @@ async fn a_reply_lost_while_the_client_briefly_reconnects_fails_the_call_instead
         tokio::time::sleep(Duration::from_millis(400)).await;
 
         proxy.set(Link::Cut);
-        no_responders(&spy, &format!("{prefix}.probe")).await;
+        no_responders(&spy, &format!("{prefix}.probe"), GUARD).await;
         std::fs::write(&gate.0, "open").unwrap();
         let mut out = futures_util::stream::select(outcomes.remove(0), outcomes.remove(0));
         let ok = tokio::time::timeout(GUARD, async {

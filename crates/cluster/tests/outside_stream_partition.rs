@@ -57,6 +57,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use common::files::{count_logged, logged, no_responders, temp, Removed};
 use common::proxy::{connect_quick, Link, Proxy};
 use common::*;
 use futures_util::StreamExt;
@@ -72,6 +73,9 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 /// pools' default deadline (30 s), so that a stream stalled until that
 /// deadline counts as hung.
 const GUARD: Duration = Duration::from_secs(15);
+
+/// The start of the names of this file's temporary files.
+const TEMP_PREFIX: &str = "outside-stream-partition";
 
 /// How long a host may take to drop a call whose cancel reached it (a
 /// SIGINT to the worker, at most the pools' 300 ms grace period, a
@@ -114,46 +118,10 @@ async fn stop(node: Node, pool: Pool) {
     let _ = tokio::time::timeout(Duration::from_secs(10), pool.shutdown()).await;
 }
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "snakepit-outside-stream-partition-{}-{name}-{}",
-        std::process::id(),
-        free_port()
-    ))
-}
-
-/// A file removed on drop (a test that fails leaves none behind).
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 async fn guarded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(GUARD, f)
         .await
         .unwrap_or_else(|_| panic!("{what} did not end within {GUARD:?}"))
-}
-
-/// Waits until NATS finds nobody subscribed to `subject`: the server has
-/// dropped the subscriptions of the connection that had it.
-async fn no_responders(raw: &async_nats::Client, subject: &str) {
-    let until = Instant::now() + GUARD;
-    loop {
-        let ask = raw.request(subject.to_owned(), "".into());
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(100), ask).await {
-            if e.kind() == async_nats::RequestErrorKind::NoResponders {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "the server still has a subscriber for {subject}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits until someone is subscribed to `subject` again (a request there
@@ -173,26 +141,6 @@ async fn responders(raw: &async_nats::Client, subject: &str) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// What the worker logged in `log`: (token, what) lines.
-fn logged(log: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            let mut parts = l.split(' ');
-            let token = parts.next().unwrap_or_default().to_owned();
-            let what = parts.next().unwrap_or_default().to_owned();
-            (token, what)
-        })
-        .collect()
-}
-
-fn count_logged(log: &Path, token: &str, what: &str) -> usize {
-    logged(log)
-        .iter()
-        .filter(|(t, w)| t == token && w == what)
-        .count()
 }
 
 /// What a reader got from a stream: the chunk numbers in the order read,
@@ -326,7 +274,7 @@ async fn a_client_reset_mid_stream_fails_it_with_host_lost_and_hands_the_reader_
     let conn = connect_quick(&proxy.url).await;
     let client = client_on(&conn, Duration::from_secs(1)).await;
     wait_hosts(&client, 1).await;
-    let log = Removed(temp("client-reset.log"));
+    let log = Removed(temp(TEMP_PREFIX, "client-reset.log"));
     let n = 5000;
     for attempt in 0..4 {
         let token = format!("s{attempt}");
@@ -420,8 +368,8 @@ async fn calls_lost_to_a_client_reset_are_cancelled_on_the_host_once_their_calle
     let conn = connect_quick(&proxy.url).await;
     let client = client_on(&conn, Duration::from_secs(1)).await;
     wait_hosts(&client, 1).await;
-    let log = Removed(temp("lost-cancel.log"));
-    let marker = Removed(temp("lost-cancel-marker"));
+    let log = Removed(temp(TEMP_PREFIX, "lost-cancel.log"));
+    let marker = Removed(temp(TEMP_PREFIX, "lost-cancel-marker"));
     let call = {
         let (client, args) = (
             client.clone(),
@@ -535,7 +483,7 @@ async fn a_stream_whose_host_briefly_reconnects_while_its_reader_drains_the_wind
 
     let cut = Instant::now();
     proxy.set(Link::Cut);
-    no_responders(&raw, "snakepit.test.host.a.cancel").await;
+    no_responders(&raw, "snakepit.test.host.a.cancel", GUARD).await;
     // The reader takes what came (grants at 64, 128, 192 and 256 taken).
     for _ in 1..256 {
         let item = guarded("a chunk the host had sent", s.next())
@@ -618,7 +566,7 @@ async fn a_stream_whose_hosts_path_stalls_then_resets_hands_the_reader_no_gap_an
     proxy.set(Link::BlackHole);
     tokio::time::sleep(Duration::from_millis(150)).await;
     proxy.set(Link::Cut);
-    no_responders(&raw, "snakepit.test.host.a.cancel").await;
+    no_responders(&raw, "snakepit.test.host.a.cancel", GUARD).await;
     proxy.set(Link::Forward);
     let read = guarded(
         "a stream whose host's path stalled then reset (stalled: no credit, or its outcome lost)",
@@ -672,7 +620,7 @@ async fn streams_held_by_their_readers_across_a_host_reset_fail_with_host_lost_a
     let client = client_on(&nats.connect().await, Duration::from_secs(2)).await;
     wait_hosts(&client, 1).await;
     let (chunks_sent, spy_task, _spy) = chunk_spy(&nats).await;
-    let log = Removed(temp("held.log"));
+    let log = Removed(temp(TEMP_PREFIX, "held.log"));
     // More than the host and its pool hold (256 sent ahead, 256 in the
     // pool's channel): each worker is still busy when the reader stops.
     let n = 2000u64;
@@ -705,7 +653,7 @@ async fn streams_held_by_their_readers_across_a_host_reset_fail_with_host_lost_a
     assert_eq!(pool.stats().busy, 3, "the three streams hold their workers");
 
     proxy.set(Link::Cut);
-    no_responders(&raw, "snakepit.test.host.a.cancel").await;
+    no_responders(&raw, "snakepit.test.host.a.cancel", GUARD).await;
     proxy.set(Link::Forward);
     responders(&raw, "snakepit.test.host.a.cancel").await;
     assert!(
@@ -926,8 +874,8 @@ async fn call_and_stream(
     Removed,
     Removed,
 ) {
-    let log = Removed(temp(&format!("{name}.log")));
-    let marker = Removed(temp(&format!("{name}-marker")));
+    let log = Removed(temp(TEMP_PREFIX, &format!("{name}.log")));
+    let marker = Removed(temp(TEMP_PREFIX, &format!("{name}-marker")));
     let call = {
         let (client, args) = (
             client.clone(),
@@ -994,8 +942,8 @@ async fn a_calls_outcome_lost_in_its_hosts_reset_is_sent_again() {
     let (pool, node) = serve_host(&conn_a, "a", 1).await;
     let client = client_on(&nats.connect().await, Duration::from_secs(5)).await;
     wait_hosts(&client, 1).await;
-    let log = Removed(temp("resent.log"));
-    let marker = Removed(temp("resent.marker"));
+    let log = Removed(temp(TEMP_PREFIX, "resent.log"));
+    let marker = Removed(temp(TEMP_PREFIX, "resent.marker"));
     let call = {
         let client = client.clone();
         let args = json!({"ms": 300, "token": "r", "log": log.0, "marker": marker.0});
@@ -1010,7 +958,7 @@ async fn a_calls_outcome_lost_in_its_hosts_reset_is_sent_again() {
     // The host has queued and written its outcome into the silent path.
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.set(Link::Cut);
-    no_responders(&raw, "snakepit.test.host.a.cancel").await;
+    no_responders(&raw, "snakepit.test.host.a.cancel", GUARD).await;
     proxy.set(Link::Forward);
     responders(&raw, "snakepit.test.host.a.cancel").await;
     let r = guarded("the call whose outcome was lost", call)

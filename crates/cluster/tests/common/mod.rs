@@ -2,6 +2,7 @@
 //! their own (this test binary, run again as a host).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod files;
 pub mod proxy;
 
 use std::path::PathBuf;

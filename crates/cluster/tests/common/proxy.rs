@@ -1,9 +1,10 @@
 //! A TCP proxy on 127.0.0.1 between one party (a host or a client) and a
 //! nats-server, for tests of partitions and connection resets: it
 //! forwards, black-holes (connections stay open, nothing flows; what was
-//! sent flows once it forwards again) or cuts (closes every connection,
-//! and refuses new ones until it forwards again: what was in flight is
-//! lost).
+//! sent flows once it forwards again), mutes or deafens (the same, one
+//! way: what the party sends waits, or what the server sends it) or cuts
+//! (closes every connection, and refuses new ones until it forwards again:
+//! what was in flight is lost).
 
 use std::time::Duration;
 
@@ -20,6 +21,14 @@ pub enum Link {
     /// Connections stay open; nothing is read or written until it forwards
     /// again (what was sent waits in the sockets' buffers meanwhile).
     BlackHole,
+    /// As `BlackHole` for the party's bytes to the server only: the
+    /// server's bytes to the party flow (the party hears, and what it says
+    /// waits).
+    Muted,
+    /// As `BlackHole` for the server's bytes to the party only: the
+    /// party's bytes to the server flow (what it says is heard, and what
+    /// it is told waits).
+    Deaf,
     /// Every connection is closed; new ones are accepted and closed at once.
     Cut,
 }
@@ -47,8 +56,8 @@ impl Proxy {
                 };
                 let (down_r, down_w) = down.into_split();
                 let (up_r, up_w) = up.into_split();
-                tokio::spawn(pump(down_r, up_w, rx.clone()));
-                tokio::spawn(pump(up_r, down_w, rx.clone()));
+                tokio::spawn(pump(down_r, up_w, rx.clone(), Way::Out));
+                tokio::spawn(pump(up_r, down_w, rx.clone(), Way::In));
             }
         });
         Proxy {
@@ -70,12 +79,25 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to` while the link forwards; holds still while it is
-/// black-holed; ends (closing its halves) when it is cut.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
+/// Which way a pump copies: from the party to the server, or back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Out,
+    In,
+}
+
+/// Copies `from` to `to` while the link forwards (its way); holds still
+/// while it is black-holed (or muted or deaf, for the way it stops); ends
+/// (closing its halves) when it is cut.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut link: watch::Receiver<Link>,
+    way: Way,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if !open(&mut link).await {
+        if !open(&mut link, way).await {
             return;
         }
         let n = tokio::select! {
@@ -94,7 +116,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
             }
         };
         // Bytes read as the link went dark wait for it, as a network's do.
-        if !open(&mut link).await {
+        if !open(&mut link, way).await {
             return;
         }
         tokio::select! {
@@ -104,14 +126,17 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
     }
 }
 
-/// Waits while the link is black-holed: true once it forwards, false once
-/// it is cut (or the proxy is gone).
-async fn open(link: &mut watch::Receiver<Link>) -> bool {
+/// Waits while the link is black-holed (or muted or deaf, for the way it
+/// stops): true once it forwards, false once it is cut (or the proxy is
+/// gone).
+async fn open(link: &mut watch::Receiver<Link>, way: Way) -> bool {
     loop {
         match *link.borrow_and_update() {
             Link::Forward => return true,
+            Link::Muted if way == Way::In => return true,
+            Link::Deaf if way == Way::Out => return true,
             Link::Cut => return false,
-            Link::BlackHole => {}
+            Link::BlackHole | Link::Muted | Link::Deaf => {}
         }
         if link.changed().await.is_err() {
             return false;
