@@ -320,7 +320,11 @@ class SyncServer(Server):
                 self.worker.requests_handled -= 1
                 self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                 return
-            self._lend_stdin()
+            # Stdin goes to whichever thread waits for a host reply first.
+            # A plain store: no thread waits for stdin now (a host call made
+            # after the last take-back found its call ended, and one made
+            # before it was failed by it), and the GIL makes it whole.
+            self._stdin_holder = None
             result = invoke(handler, msg["args"], ctx)
             self._armed = False
             if ctx.cancelled:
@@ -343,13 +347,19 @@ class SyncServer(Server):
             # still cancelled: the reply says so.
             reply = cancelled_reply(rid) if ctx.cancelled else failed_reply(rid, exc)
         finally:
-            if self._stdin_holder != _MAIN_THREAD:
-                # A thread the handler left behind emits nothing now, and
-                # its host calls fail: stdin is the loop's again.
-                ctx._done = True
+            # A thread the handler left behind emits nothing now, and its
+            # host calls fail: stdin is the loop's again.
+            ctx._done = True
+            if self._stdin_holder is None and not self._host_waiting:
+                # The common case, with no lock and no wake-up: no host call
+                # waits and no thread reads stdin. One that starts from now
+                # on finds ``ctx._done`` set (send_host_call checks it once
+                # the host call is in _host_waiting): it neither waits nor
+                # reads.
+                self._stdin_holder = _MAIN_THREAD
+            elif self._stdin_holder != _MAIN_THREAD:
                 self._take_stdin_back(ctx)
         self._current = None
-        ctx._done = True
         self.send(reply)
 
     def _cancel_sent_for(self, rid) -> bool:
@@ -429,12 +439,6 @@ class SyncServer(Server):
             self._on_sigint(signal.SIGINT, None)
 
     # --- host calls --------------------------------------------------------------
-
-    def _lend_stdin(self):
-        """The handler starts: stdin goes to whichever thread waits for a
-        host reply first."""
-        with self._host_cond:
-            self._stdin_holder = None
 
     def _take_stdin_back(self, ctx):
         """The handler has returned (``ctx._done`` is set): fails the host

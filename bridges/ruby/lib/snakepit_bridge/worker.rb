@@ -572,12 +572,6 @@ module SnakepitBridge
       threads
     end
 
-    # The handler starts: stdin goes to whichever thread waits for a host
-    # reply first.
-    def lend_stdin
-      @host_lock.synchronize { @stdin_holder = nil }
-    end
-
     # The handler has returned (+ctx+ is finished): fails the host calls of
     # its call still waiting, and takes stdin back for the serving thread,
     # from a thread that reads it if one does (woken through the yield
@@ -797,7 +791,11 @@ module SnakepitBridge
                            "message" => "request #{ctx.request_id} was cancelled before it started" }]
         end
         outcome = begin
-          lend_stdin
+          # Stdin goes to whichever thread waits for a host reply first. A
+          # plain store: no thread waits for stdin now (a host call made
+          # after the last take-back found its call finished, and one made
+          # before it was failed by it).
+          @stdin_holder = nil
           result = Thread.handle_interrupt(Cancelled => :immediate) { handler.call(args, ctx) }
           ctx.cancelled? ? cancelled_error(ctx) : [true, result]
         rescue Cancelled
@@ -817,8 +815,16 @@ module SnakepitBridge
           ctx.cancelled? ? cancelled_error(ctx) : [false, error_map(e)]
         ensure
           @current = nil
-          unless @stdin_holder == :loop
-            ctx.finished = true
+          # A thread the handler left behind emits nothing now, and its
+          # host calls fail: stdin is the loop's again.
+          ctx.finished = true
+          if @stdin_holder.nil? && @host_waiting.empty?
+            # The common case, with no lock and no wake-up: no host call
+            # waits and no thread reads stdin. One that starts from now on
+            # finds ctx.finished set (send_host_call checks it once the host
+            # call is in @host_waiting): it neither waits nor reads.
+            @stdin_holder = :loop
+          elsif @stdin_holder != :loop
             take_stdin_back(ctx)
           end
         end
