@@ -53,6 +53,11 @@ struct Route {
 /// outcome (or a decline), with room to spare.
 const CALL_MESSAGES: usize = 8;
 
+/// How long a client waits before it asks a host again about a call whose
+/// first reply it may have lost, when nobody answered on the host's
+/// subject (the host's own connection is being made again).
+const ASK_AGAIN: Duration = Duration::from_millis(50);
+
 impl Route {
     fn deliver(&self, arrival: Arrival) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(arrival) {
@@ -1235,8 +1240,11 @@ impl Inner {
     /// to the call with reply subject `reply`: that reply's JSON if it was
     /// a decline. One that came is taken; otherwise the host is asked
     /// ([`wire::ask`]) once the connection is back, and its answer awaited,
-    /// within `host_timeout`. `None`: the call may have run (the host took
-    /// it, or never had it, or does not answer in time).
+    /// within `host_timeout`. A host whose own connection is being made
+    /// again (nobody answers on its subject yet) is asked again until
+    /// then, and a decline it sends again meanwhile is taken too. `None`:
+    /// the call may have run (the host took it, or never had it, or does
+    /// not answer in time).
     async fn declined_meanwhile(
         &self,
         host: &str,
@@ -1256,16 +1264,33 @@ impl Inner {
                 }
             }
         }
-        if self.closed.load(Ordering::Relaxed) {
-            return None;
-        }
-        let ask = self.nats.request(
-            self.subjects.host_cancel(host),
-            Bytes::from(wire::ask(reply)),
-        );
-        match tokio::time::timeout(self.config.host_timeout, ask).await {
-            Ok(Ok(m)) if is_decline(&m.payload) => Some(m.payload),
-            _ => None,
+        let until = tokio::time::Instant::now() + self.config.host_timeout;
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let ask = self.nats.request(
+                self.subjects.host_cancel(host),
+                Bytes::from(wire::ask(reply)),
+            );
+            let answer = tokio::select! {
+                answer = tokio::time::timeout_at(until, ask) => answer,
+                arrival = rx.recv() => return match arrival {
+                    Some(Arrival::Reply(m)) if is_decline(&m) => Some(m),
+                    // The host's acknowledgement or outcome: it took the call.
+                    _ => None,
+                },
+            };
+            match answer {
+                Ok(Ok(m)) => return is_decline(&m.payload).then_some(m.payload),
+                // No responders (the host is away, making its connection
+                // again) or no answer: asked again shortly.
+                Ok(Err(_)) => {
+                    let again = tokio::time::Instant::now() + ASK_AGAIN;
+                    tokio::time::sleep_until(again.min(until)).await;
+                }
+                Err(_) => return None,
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use async_nats::service::ServiceExt;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::stream::StreamExt;
+use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use snakepit_core::{CallOptions, Error, Pool, StreamItem, WireCodec};
@@ -401,8 +402,18 @@ impl HostCtx {
     /// failing a call that never ran with the host-lost error). A client
     /// takes a call's outcome once, and a decline only while it waits for
     /// the call's first reply; what it has had already is dropped.
+    ///
+    /// They stay kept, as sent under `epoch`: a copy lost in a further
+    /// reset (before NATS delivered it) is sent once more after that one.
     async fn resend(&self, epoch: u64) {
-        let again = self.sent.lock().unwrap().before(epoch);
+        let again = {
+            let mut sent = self.sent.lock().unwrap();
+            let again = sent.before(epoch);
+            for (to, payload) in &again {
+                sent.keep(epoch, to.clone(), payload.clone());
+            }
+            again
+        };
         if again.is_empty() {
             return;
         }
@@ -798,6 +809,12 @@ impl Serving {
             rearm(&mut armed, self.ack_due, ack.as_mut());
             tokio::select! {
                 biased;
+                // Timers first: a flood on the call or cancel subject
+                // (which any NATS peer can send) keeps those branches
+                // ready, and must not starve the heartbeats and
+                // acknowledgements that tell the clients the host lives.
+                _ = beat.tick() => self.heartbeat(false).await,
+                _ = &mut ack, if armed.is_some() => self.acknowledge().await,
                 Some(reply) = done_rx.recv() => {
                     self.running.remove(&reply);
                     self.cancelled.remove(&reply);
@@ -805,8 +822,6 @@ impl Serving {
                 }
                 Some(msg) = self.direct.next() => self.take(msg, &done_tx).await,
                 Some(msg) = self.cancels.next() => self.cancel(msg).await,
-                _ = &mut ack, if armed.is_some() => self.acknowledge().await,
-                _ = beat.tick() => self.heartbeat(false).await,
                 _ = &mut stop => break,
             }
         }
@@ -828,6 +843,10 @@ impl Serving {
             rearm(&mut armed, self.ack_due, ack.as_mut());
             tokio::select! {
                 biased;
+                // Still alive: clients wait for these calls' outcomes as
+                // long as the goodbyes keep coming (first, as above).
+                _ = beat.tick() => self.heartbeat(true).await,
+                _ = &mut ack, if armed.is_some() => self.acknowledge().await,
                 done = done_rx.recv() => match done {
                     Some(reply) => {
                         // Remembered as in the loop above: the same call
@@ -846,10 +865,6 @@ impl Serving {
                 _ = &mut lingered, if lingering => lingering = false,
                 // Cancels and stream credits still reach the calls that run.
                 Some(msg) = self.cancels.next() => self.cancel(msg).await,
-                _ = &mut ack, if armed.is_some() => self.acknowledge().await,
-                // Still alive: clients wait for these calls' outcomes as
-                // long as the goodbyes keep coming.
-                _ = beat.tick() => self.heartbeat(true).await,
             }
         }
         // What waits on the server is bounded: with NATS gone it would wait
@@ -871,7 +886,7 @@ impl Serving {
             return;
         };
         if let (Some(asked), Some(to)) = (wire::parse_ask(reply), msg.reply.as_ref()) {
-            return self.answer(asked, to).await;
+            return self.answer(asked, to);
         }
         if let Some((n, reply)) = wire::parse_credit(reply) {
             if let Some(credit) = self.running.get(reply).and_then(|c| c.credit.as_ref()) {
@@ -897,24 +912,27 @@ impl Serving {
     /// Answers a client that asks ([`wire::ask`]) whether this host
     /// declined the call with reply subject `asked`: the decline again, or
     /// that it did not (it took the call, never had it, or forgot it).
-    async fn answer(&self, asked: &str, to: &Subject) {
+    fn answer(&self, asked: &str, to: &Subject) {
         if !wire::answerable(to.as_str()) {
             return;
         }
-        match self.declines.get(asked) {
-            Some(seq) => {
-                let declined = Reply::<Value>::Declined {
-                    host: self.host.id.clone(),
-                    seq,
-                };
-                self.host.send(to, &declined).await;
+        let payload = match self.declines.get(asked) {
+            Some(seq) => self.host.encode(&Reply::<Value>::Declined {
+                host: self.host.id.clone(),
+                seq,
+            }),
+            None => Bytes::from_static(wire::NOT_DECLINED),
+        };
+        // Sent only while the connection's queue has room: a flood of
+        // questions (any NATS peer can send them) must not hold up the
+        // serving loop, its heartbeats and its calls. A question left
+        // unanswered so is one the client's host timeout bounds.
+        match self.host.nats.publish(to.clone(), payload).now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(target: "snakepit::cluster", "answer to {to} lost: {e}")
             }
-            None => {
-                let not = Bytes::from_static(wire::NOT_DECLINED);
-                if let Err(e) = self.host.nats.publish(to.clone(), not).await {
-                    tracing::debug!(target: "snakepit::cluster", "answer to {to} lost: {e}");
-                }
-            }
+            None => tracing::debug!(target: "snakepit::cluster", "answer to {to} dropped: busy"),
         }
     }
 
