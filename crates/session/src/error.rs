@@ -102,8 +102,10 @@ impl From<redis::RedisError> for Error {
     /// stored data does not parse) are [`Error::Corrupt`], without the
     /// server's note of where in the script; so is a reply the client
     /// cannot take as the text the store wrote (bytes that are not UTF-8,
-    /// put there by something else). A timeout of the client's own (a
-    /// reconnection the operation waited for got no answer) is
+    /// put there by something else), and a key of the store that holds
+    /// another type than the store writes there (`WRONGTYPE`; the scripts
+    /// check their keys first and name the key). A timeout of the client's
+    /// own (a reconnection the operation waited for got no answer) is
     /// [`Error::Timeout`]; the store names the operation and its timeout.
     /// The rest are backend errors.
     fn from(e: redis::RedisError) -> Self {
@@ -119,6 +121,15 @@ impl From<redis::RedisError> for Error {
                 let what = detail.split(" script: ").next().unwrap_or(detail);
                 Error::Corrupt(what.to_owned())
             }
+            (Some("WRONGTYPE"), detail) => Error::Corrupt(format!(
+                "a key of the store holds another type than the store writes \
+                 (written by something else?): {}",
+                detail
+                    .unwrap_or_default()
+                    .split(" script: ")
+                    .next()
+                    .unwrap_or_default()
+            )),
             // redis-rs's words for a reply it cannot read as text; a reply
             // that is not RESP at all is a backend error, and is retried.
             _ if e.kind() == redis::ErrorKind::Parse

@@ -22,7 +22,7 @@
 //! in the background, for a connection that hangs without ever dropping.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -34,6 +34,34 @@ use crate::error::{Error, Result};
 use crate::session::{check_id, check_ttl, check_value, Session, StoreStats};
 use crate::store::{EndListener, EndListenerWhile, EndReason, Listeners, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
+
+/// Opens every script: `expect(key, kind)` fails the script with a
+/// `CORRUPT` error naming `key` if it holds another type than `kind` (a key
+/// under the prefix that something else wrote); `expect_counters(key)`
+/// does so if a counter of the hash `key` is not an integer `HINCRBY`
+/// takes. Each script checks the keys it uses before its first write:
+/// Redis does not undo a script's writes when a later command of it
+/// fails, so a wrong value met halfway (an id taken out of the index, its
+/// report refused by a `rep` that is not a sorted set or a count that is
+/// not a number) would lose an expiry.
+const EXPECT: &str = r#"
+local function expect(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= kind then
+    error({err = 'CORRUPT key `' .. key .. '` holds a ' .. t .. ', not a ' .. kind .. ' (written by something else?)'})
+  end
+end
+local function expect_counters(key)
+  local names = {'created', 'deleted', 'expired', 'reports', 'incarnations'}
+  local values = redis.call('HMGET', key, unpack(names))
+  for i = 1, #names do
+    local v = values[i]
+    if v and (not string.match(v, '^%-?%d+$') or #v > 18) then
+      error({err = 'CORRUPT counter `' .. names[i] .. '` of `' .. key .. '` is not an integer (written by something else?)'})
+    end
+  end
+end
+"#;
 
 /// Shared by every script: the server's clock in milliseconds, and a touch
 /// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
@@ -49,6 +77,11 @@ use crate::sync::{Unpoisoned, UnpoisonedRw};
 /// index as in the hash: a session no longer listed is always one the
 /// next sweep reports.
 const PRELUDE: &str = r#"
+expect(KEYS[1], 'hash')
+expect(KEYS[2], 'zset')
+expect(KEYS[3], 'hash')
+expect(KEYS[4], 'zset')
+expect_counters(KEYS[3])
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -199,6 +232,10 @@ return {1, ''}
 /// out of the index, each counted once. A report is another host's only
 /// once the lease of its claim has passed.
 const CLEANUP: &str = r#"
+expect(KEYS[1], 'zset')
+expect(KEYS[2], 'hash')
+expect(KEYS[3], 'zset')
+expect_counters(KEYS[2])
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(ARGV[2])
@@ -225,6 +262,10 @@ return out
 /// KEYS[1] = index, KEYS[2] = stats, KEYS[3] = globals. Returns
 /// {active, created, deleted, expired, globals}.
 const STATS: &str = r#"
+expect(KEYS[1], 'zset')
+expect(KEYS[2], 'hash')
+expect(KEYS[3], 'hash')
+expect_counters(KEYS[2])
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function c(f) return tonumber(redis.call('HGET', KEYS[2], f) or '0') end
@@ -233,6 +274,7 @@ return {redis.call('ZCOUNT', KEYS[1], n, '+inf'), c('created'), c('deleted'), c(
 
 /// KEYS[1] = index. The ids that have not expired.
 const LIST: &str = r#"
+expect(KEYS[1], 'zset')
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], n, '+inf')
@@ -258,7 +300,8 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let with = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let with = |body: &str| Script::new(&format!("{EXPECT}\n{PRELUDE}\n{body}"));
+        let checked = |body: &str| Script::new(&format!("{EXPECT}\n{body}"));
         Scripts {
             create: with(CREATE),
             ensure: with(ENSURE),
@@ -268,9 +311,9 @@ impl Scripts {
             del_field: with(DEL_FIELD),
             replace: with(REPLACE),
             delete: with(DELETE),
-            cleanup: Script::new(CLEANUP),
-            stats: Script::new(STATS),
-            list: Script::new(LIST),
+            cleanup: checked(CLEANUP),
+            stats: checked(STATS),
+            list: checked(LIST),
         }
     }
 }
@@ -542,10 +585,12 @@ fn client(url: &str) -> Result<redis::Client> {
     // RESP3, unless the URL says which (`?protocol=resp2`): over RESP3 the
     // server's closing of a connection reaches the `ConnectionManager` at
     // once, which opens another before the next operation. Over RESP2 the
-    // next operation learns of it by failing, and only the one after it
-    // succeeds: the first operation after every idle period that outlived
-    // the connection (the server's `timeout`, a NAT or load balancer
-    // dropping idle connections, a restart while nothing happened) failed.
+    // next operation learns of it only by being written to the closed
+    // connection: it is repeated on a fresh one if it is safe to repeat
+    // ([`bounded!`]), but a `create_session` made first after every idle
+    // period that outlived the connection (the server's `timeout`, a NAT
+    // or load balancer dropping idle connections, a restart while nothing
+    // happened) fails.
     if url_sets_protocol(url) {
         return redis::Client::open(info).map_err(|e| backend("connect", e.into()));
     }
@@ -770,7 +815,8 @@ async fn sweep(store: Weak<Inner>, every: Duration) {
         let Some(inner) = store.upgrade() else {
             return;
         };
-        if let Err(e) = bounded!(inner, "sweep", { inner.cleanup().await }).await {
+        let told = AtomicUsize::new(0);
+        if let Err(e) = bounded!(inner, "sweep", { inner.cleanup(&told).await }).await {
             tracing::warn!(error = %e, "redis session sweep failed");
         }
     }
@@ -985,16 +1031,31 @@ impl Inner {
     /// (which can end it only at an `.await`) has either not received them
     /// (the next sweep reports them) or told its listeners and sent the
     /// removal, on a task of its own that the timeout does not end.
-    /// Returns how many it told.
-    fn report_expired(&self, reports: Vec<String>) -> usize {
+    ///
+    /// A report the store cannot have written (something else put it in
+    /// `rep`, or an id that is no session's in `idx`: bytes that are not
+    /// UTF-8, no `<n>:`, an id no session may have) is removed untold, so
+    /// that it cannot stop the reports swept with it, in this sweep or any
+    /// later one; the caller names it in a `Corrupt` error.
+    fn report_expired(&self, reports: Vec<Vec<u8>>) -> Reported {
+        let mut reported = Reported::default();
         if reports.is_empty() {
-            return 0;
+            return reported;
         }
         for report in &reports {
-            let id = report.split_once(':').map_or(report.as_str(), |(_, id)| id);
-            self.notify(id, EndReason::Expired);
+            match report_id(report) {
+                Some(id) => {
+                    self.notify(id, EndReason::Expired);
+                    reported.told += 1;
+                }
+                None => {
+                    reported.foreign += 1;
+                    if reported.first_foreign.is_none() {
+                        reported.first_foreign = Some(shown(report));
+                    }
+                }
+            }
         }
-        let told = reports.len();
         let mut conn = self.conn();
         let (key, timeout) = (self.reports(), self.link.timeout);
         tokio::spawn(async move {
@@ -1010,31 +1071,51 @@ impl Inner {
                 ),
             }
         });
-        told
+        reported
     }
 
     /// One sweep: reports expiries in batches of up to 1,000 until none is
-    /// left; returns how many it reported.
-    async fn cleanup(&self) -> Result<usize> {
-        let mut total = 0;
+    /// left; returns how many it reported. `told` counts them, and is the
+    /// caller's, so that a sweep repeated on a fresh connection
+    /// ([`bounded!`]) after it told some batches counts those too. Reports
+    /// it removed untold ([`Inner::report_expired`]) fail it with
+    /// `Corrupt` once the rest are told.
+    async fn cleanup(&self, told: &AtomicUsize) -> Result<usize> {
+        const BATCH: usize = 1000;
+        let mut foreign = 0;
+        let mut first_foreign = None;
         let mut conn = self.conn();
         loop {
-            let reports: Vec<String> = self
+            let reports: Vec<Vec<u8>> = self
                 .scripts
                 .cleanup
                 .key(self.index())
                 .key(self.stats_key())
                 .key(self.reports())
                 .arg(&self.prefix)
-                .arg(1000)
+                .arg(BATCH)
                 .arg(self.lease_ms())
                 .invoke_async(&mut conn)
                 .await?;
+            let taken = reports.len();
             let batch = self.report_expired(reports);
-            total += batch;
-            if batch < 1000 {
-                return Ok(total);
+            told.fetch_add(batch.told, Ordering::AcqRel);
+            foreign += batch.foreign;
+            first_foreign = first_foreign.or(batch.first_foreign);
+            if taken < BATCH {
+                break;
             }
+        }
+        let total = told.load(Ordering::Acquire);
+        match first_foreign {
+            None => Ok(total),
+            Some(first) => Err(Error::Corrupt(format!(
+                "{foreign} expiries to report (in `{}`, or taken from `{}`) were not \
+                 written by the store (the first: {first}); dropped unreported, \
+                 after the {total} others were reported",
+                self.reports(),
+                self.index()
+            ))),
         }
     }
 
@@ -1353,7 +1434,8 @@ impl SessionStore for RedisStore {
 
     async fn cleanup_expired(&self) -> Result<usize> {
         let inner = &self.inner;
-        bounded!(inner, "cleanup_expired", { inner.cleanup().await }).await
+        let told = AtomicUsize::new(0);
+        bounded!(inner, "cleanup_expired", { inner.cleanup(&told).await }).await
     }
 
     async fn get(&self, id: &str, key: &str) -> Result<Option<Value>> {
@@ -1405,12 +1487,43 @@ impl SessionStore for RedisStore {
 
 /// The report a session script returned of an expiry of its id that no
 /// sweep had reported (`''`: none).
-fn unseen(report: String) -> Vec<String> {
+fn unseen(report: String) -> Vec<Vec<u8>> {
     if report.is_empty() {
         Vec::new()
     } else {
-        vec![report]
+        vec![report.into_bytes()]
     }
+}
+
+/// What [`Inner::report_expired`] did with a batch of reports.
+#[derive(Default)]
+struct Reported {
+    /// Reports told to the listeners.
+    told: usize,
+    /// Reports the store cannot have written, removed untold.
+    foreign: usize,
+    /// The first of those, as [`shown`].
+    first_foreign: Option<String>,
+}
+
+/// The session id of a report, `<n>:<id>` as the scripts write it; `None`
+/// for anything else (not UTF-8, no count, an id no session may have).
+fn report_id(report: &[u8]) -> Option<&str> {
+    let report = std::str::from_utf8(report).ok()?;
+    let (count, id) = report.split_once(':')?;
+    let counted = !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit());
+    (counted && check_id("session id", id).is_ok()).then_some(id)
+}
+
+/// Bytes the store did not write, for an error message: at most 64 of
+/// them, escaped, and the length.
+fn shown(bytes: &[u8]) -> String {
+    let head: String = bytes[..bytes.len().min(64)]
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    format!("\"{head}\" ({} bytes)", bytes.len())
 }
 
 /// `value` as the JSON text the store keeps, once [`check_value`] passed.
