@@ -160,7 +160,16 @@ fn target(request: &Request<Bytes>) -> Result<Target, Failure> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let credentials = userinfo.map(|u| percent_decode(u.as_bytes()));
+    // RFC 7617: the credentials are `user-id ":" password`; a user name
+    // alone (an API key, say) goes with an empty password, and an empty
+    // userinfo holds none.
+    let credentials = userinfo.filter(|u| !u.is_empty()).map(|u| {
+        let mut decoded = percent_decode(u.as_bytes());
+        if !u.contains(':') {
+            decoded.push(b':');
+        }
+        decoded
+    });
     Ok(Target {
         host_header: host_port.to_owned(),
         host,
@@ -322,13 +331,20 @@ fn read_response(
     deadline: Option<Instant>,
 ) -> Result<Response<Bytes>, Failure> {
     let mut buf = Vec::new();
+    // The heads of the interim answers skipped so far: they count against
+    // the head's limit, so that a receiver cannot keep the client reading
+    // interim answers until the deadline.
+    let mut interim = 0;
     loop {
-        // The head, skipping any interim (1xx) answers.
+        // The head, skipping any interim (1xx) answers. Each byte is
+        // searched once, however the answer is cut into reads.
+        let mut searched = 0;
         let end = loop {
-            if let Some(at) = find(&buf, b"\r\n\r\n") {
-                break at;
+            if let Some(at) = find(&buf[searched..], b"\r\n\r\n") {
+                break searched + at;
             }
-            if buf.len() > MAX_HEAD {
+            searched = buf.len().saturating_sub(3);
+            if interim + buf.len() > MAX_HEAD {
                 return Err(Failure::Protocol("has a head that is too long"));
             }
             if !read_more(conn, &mut buf, deadline)? {
@@ -338,32 +354,41 @@ fn read_response(
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end + 4);
         let mut lines = head.split("\r\n");
-        let status = lines
+        let mut status_line = lines.next().unwrap_or_default().split(' ');
+        let status = status_line
             .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .filter(|s| s.len() == 3)
+            .filter(|version| version.starts_with("HTTP/1."))
+            .and(status_line.next())
+            .filter(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<u16>().ok())
             .filter(|s| (100..=999).contains(s))
             .ok_or(Failure::Protocol("is not HTTP"))?;
         if (100..200).contains(&status) {
+            interim += end + 4;
+            if interim > MAX_HEAD {
+                return Err(Failure::Protocol("has a head that is too long"));
+            }
             continue;
         }
         let mut builder = Response::builder().status(status);
-        let mut framing = Framing::Close;
+        let mut length = None;
+        let mut chunked = false;
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
                 continue;
             };
             let (name, value) = (name.trim(), value.trim());
             if name.eq_ignore_ascii_case("content-length") {
-                let n = value
-                    .parse::<usize>()
-                    .map_err(|_| Failure::Protocol("has a bad Content-Length"))?;
-                framing = Framing::Length(n);
+                // Digits only: `parse` would also take a sign.
+                let n = Some(value)
+                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or(Failure::Protocol("has a bad Content-Length"))?;
+                length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding")
                 && value.to_ascii_lowercase().ends_with("chunked")
             {
-                framing = Framing::Chunked;
+                chunked = true;
             }
             if is_token(name)
                 && value
@@ -373,6 +398,13 @@ fn read_response(
                 builder = builder.header(name, value);
             }
         }
+        // RFC 9112, 6.3: a chunked transfer coding decides where the body
+        // ends, whatever Content-Length says, and before or after it.
+        let framing = match (chunked, length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::Close,
+        };
         let body = match (status, framing) {
             (204 | 304, _) => Vec::new(),
             (_, Framing::Length(n)) => {
@@ -387,17 +419,17 @@ fn read_response(
                 buf.truncate(n);
                 buf
             }
-            (_, Framing::Chunked) => loop {
-                if let Some(body) = dechunk(&buf)? {
-                    break body;
+            (_, Framing::Chunked) => {
+                let mut chunks = Dechunker::default();
+                loop {
+                    if chunks.feed(&mut buf)? {
+                        break chunks.body;
+                    }
+                    if !read_more(conn, &mut buf, deadline)? {
+                        return Err(Failure::Protocol("ended before its body did"));
+                    }
                 }
-                if buf.len() > MAX_BODY + MAX_HEAD {
-                    return Err(Failure::TooLarge);
-                }
-                if !read_more(conn, &mut buf, deadline)? {
-                    return Err(Failure::Protocol("ended before its body did"));
-                }
-            },
+            }
             (_, Framing::Close) => {
                 while read_more(conn, &mut buf, deadline)? {
                     if buf.len() > MAX_BODY {
@@ -418,33 +450,90 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A chunked body, once `buf` holds all of it (`None` until then).
-fn dechunk(mut buf: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(buf, b"\r\n") else {
-            return Ok(None);
+/// A chunked body, decoded as it arrives: what has been decoded is taken
+/// out of the buffer, and each byte is searched once, so that an answer
+/// cut into many small reads costs no more than one read whole.
+#[derive(Default)]
+struct Dechunker {
+    body: Vec<u8>,
+    state: ChunkState,
+    /// How far the buffer has been searched for the end of the line (or
+    /// of the trailers) being read.
+    searched: usize,
+}
+
+#[derive(Default)]
+enum ChunkState {
+    /// A chunk-size line.
+    #[default]
+    Size,
+    /// A chunk of this many bytes, and its CRLF.
+    Data(usize),
+    /// The trailers, after the last chunk, up to an empty line.
+    Trailers,
+}
+
+impl Dechunker {
+    /// Decodes what `buf` holds, taking it out: `true` once the body has
+    /// ended.
+    fn feed(&mut self, buf: &mut Vec<u8>) -> Result<bool, Failure> {
+        let mut at = 0;
+        let done = loop {
+            let rest = &buf[at..];
+            match self.state {
+                ChunkState::Size => {
+                    let from = self.searched.saturating_sub(at);
+                    let Some(eol) = find(&rest[from..], b"\r\n").map(|i| from + i) else {
+                        if rest.len() > MAX_HEAD {
+                            return Err(Failure::Protocol("has a bad chunk"));
+                        }
+                        self.searched = at + rest.len().saturating_sub(1);
+                        break false;
+                    };
+                    let size = std::str::from_utf8(&rest[..eol])
+                        .ok()
+                        .map(|l| l.split(';').next().unwrap_or_default().trim())
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .and_then(|s| usize::from_str_radix(s, 16).ok())
+                        .ok_or(Failure::Protocol("has a bad chunk"))?;
+                    at += eol + 2;
+                    self.searched = at;
+                    if size == 0 {
+                        self.state = ChunkState::Trailers;
+                    } else if size > MAX_BODY || self.body.len() + size > MAX_BODY {
+                        return Err(Failure::TooLarge);
+                    } else {
+                        self.state = ChunkState::Data(size);
+                    }
+                }
+                ChunkState::Data(size) => {
+                    if rest.len() < size + 2 {
+                        break false;
+                    }
+                    self.body.extend_from_slice(&rest[..size]);
+                    at += size + 2;
+                    self.searched = at;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if rest.starts_with(b"\r\n") {
+                        break true;
+                    }
+                    let from = self.searched.saturating_sub(at);
+                    if find(&rest[from..], b"\r\n\r\n").is_some() {
+                        break true;
+                    }
+                    if rest.len() > MAX_HEAD {
+                        return Err(Failure::Protocol("has trailers that are too long"));
+                    }
+                    self.searched = at + rest.len().saturating_sub(3);
+                    break false;
+                }
+            }
         };
-        let size = std::str::from_utf8(&buf[..eol])
-            .ok()
-            .map(|l| l.split(';').next().unwrap_or_default().trim())
-            .and_then(|s| usize::from_str_radix(s, 16).ok())
-            .ok_or(Failure::Protocol("has a bad chunk"))?;
-        buf = &buf[eol + 2..];
-        if size == 0 {
-            // Trailers, if any, end with an empty line.
-            return Ok(
-                (buf.starts_with(b"\r\n") || find(buf, b"\r\n\r\n").is_some()).then_some(body),
-            );
-        }
-        if size > MAX_BODY || body.len() + size > MAX_BODY {
-            return Err(Failure::TooLarge);
-        }
-        if buf.len() < size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf = &buf[size + 2..];
+        buf.drain(..at);
+        self.searched = self.searched.saturating_sub(at);
+        Ok(done)
     }
 }
 
@@ -517,12 +606,39 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_read_whole_or_not_at_all() {
+        let whole = |bytes: &[u8]| {
+            let mut chunks = Dechunker::default();
+            let mut buf = bytes.to_vec();
+            chunks
+                .feed(&mut buf)
+                .map(|done| done.then_some(chunks.body))
+        };
         assert_eq!(
-            dechunk(b"3\r\nabc\r\n0\r\n\r\n").unwrap(),
+            whole(b"3\r\nabc\r\n0\r\n\r\n").unwrap(),
             Some(b"abc".to_vec())
         );
-        assert_eq!(dechunk(b"3\r\nabc\r\n").unwrap(), None);
-        assert_eq!(dechunk(b"3\r\nab").unwrap(), None);
-        assert!(dechunk(b"zz\r\n").is_err());
+        assert_eq!(
+            whole(b"3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n").unwrap(),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(whole(b"3\r\nabc\r\n").unwrap(), None);
+        assert_eq!(whole(b"3\r\nab").unwrap(), None);
+        assert!(whole(b"zz\r\n").is_err());
+        assert!(whole(b"+3\r\nabc\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_read_a_byte_at_a_time_are_the_same() {
+        let answer = b"3\r\nabc\r\n10;ext\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n";
+        let mut chunks = Dechunker::default();
+        let mut buf = Vec::new();
+        let mut done = false;
+        for (i, &b) in answer.iter().enumerate() {
+            assert!(!done, "ended early, at byte {i}");
+            buf.push(b);
+            done = chunks.feed(&mut buf).unwrap();
+        }
+        assert!(done);
+        assert_eq!(chunks.body, b"abc0123456789abcdef");
     }
 }
