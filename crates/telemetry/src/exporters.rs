@@ -242,13 +242,19 @@ fn build<E: Exporter>(
             // The client holds each export, retries included, to the
             // timeout the exporter's retries are given.
             let timeout = export.timeout_of(E::SIGNAL);
+            // The exporter writes its URL into its own log lines (with
+            // `opentelemetry-otlp`'s `internal-logs`): it gets it without
+            // the credentials, which the client adds to each request.
+            let (bare, userinfo) = crate::http_client::take_userinfo(url);
             let client = crate::http_client::Client {
                 timeout,
                 state: state.clone(),
+                credentials: userinfo.credentials,
+                secrets: userinfo.secrets,
             };
             let mut b = E::http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(url)
+                .with_endpoint(bare)
                 .with_timeout(timeout)
                 .with_http_client(client);
             if export.timeout.is_some() {

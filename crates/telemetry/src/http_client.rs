@@ -28,6 +28,88 @@ const MAX_HEAD: usize = 64 * 1024;
 pub(crate) struct Client {
     pub(crate) timeout: Duration,
     pub(crate) state: Arc<ExportState>,
+    /// `user:password` for Basic auth when the request's URL carries none:
+    /// the exporter is given its URL without them ([`take_userinfo`]), as
+    /// it may write that URL into its own log lines.
+    pub(crate) credentials: Option<Vec<u8>>,
+    /// The userinfo's parts, as written and percent-decoded: blanked out
+    /// of a failed answer's body, which the exporter logs (a receiver
+    /// refusing credentials may quote them).
+    pub(crate) secrets: Vec<Vec<u8>>,
+}
+
+/// The credentials of an endpoint's userinfo (see [`Client`]).
+#[derive(Default)]
+pub(crate) struct Userinfo {
+    pub(crate) credentials: Option<Vec<u8>>,
+    pub(crate) secrets: Vec<Vec<u8>>,
+}
+
+/// `url` without its userinfo, and the credentials that userinfo holds
+/// (percent-decoded, as [`Client`] sends them).
+pub(crate) fn take_userinfo(url: &str) -> (String, Userinfo) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_owned(), Userinfo::default());
+    };
+    let bare = match scheme {
+        Some(scheme) => format!("{scheme}://{host}{tail}"),
+        None => format!("{host}{tail}"),
+    };
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for part in userinfo.splitn(2, ':') {
+        for form in [part.as_bytes().to_vec(), percent_decode(part.as_bytes())] {
+            if !form.is_empty() && !secrets.contains(&form) {
+                secrets.push(form);
+            }
+        }
+    }
+    // The longest first, so that a part inside another is not left half.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let credentials = credentials_of(userinfo);
+    (
+        bare,
+        Userinfo {
+            credentials,
+            secrets,
+        },
+    )
+}
+
+/// `body` with every occurrence of each of `secrets` written as `***`.
+fn blank_out(body: Bytes, secrets: &[Vec<u8>]) -> Bytes {
+    let mut body = body.to_vec();
+    for secret in secrets {
+        let mut at = 0;
+        while let Some(found) = body[at..]
+            .windows(secret.len())
+            .position(|w| w == secret.as_slice())
+        {
+            let start = at + found;
+            body.splice(start..start + secret.len(), b"***".iter().copied());
+            at = start + 3;
+        }
+    }
+    Bytes::from(body)
+}
+
+/// RFC 7617: the credentials are `user-id ":" password`; a user name
+/// alone (an API key, say) goes with an empty password, and an empty
+/// userinfo holds none.
+fn credentials_of(userinfo: &str) -> Option<Vec<u8>> {
+    if userinfo.is_empty() {
+        return None;
+    }
+    let mut decoded = percent_decode(userinfo.as_bytes());
+    if !userinfo.contains(':') {
+        decoded.push(b':');
+    }
+    Some(decoded)
 }
 
 impl HttpClient for Client {
@@ -47,7 +129,14 @@ impl HttpClient for Client {
                 .state
                 .deadline()
                 .or_else(|| Instant::now().checked_add(self.timeout));
-            send(&request, deadline).map_err(|failure| {
+            let answer = send(&request, deadline, self.credentials.as_deref());
+            let answer = answer.map(|response| {
+                if response.status().is_success() || self.secrets.is_empty() {
+                    return response;
+                }
+                response.map(|body| blank_out(body, &self.secrets))
+            });
+            answer.map_err(|failure| {
                 let boxed: HttpError = match failure {
                     Failure::TooLarge => Box::new(ResponseBodyTooLarge::new()),
                     other => {
@@ -160,16 +249,7 @@ fn target(request: &Request<Bytes>) -> Result<Target, Failure> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    // RFC 7617: the credentials are `user-id ":" password`; a user name
-    // alone (an API key, say) goes with an empty password, and an empty
-    // userinfo holds none.
-    let credentials = userinfo.filter(|u| !u.is_empty()).map(|u| {
-        let mut decoded = percent_decode(u.as_bytes());
-        if !u.contains(':') {
-            decoded.push(b':');
-        }
-        decoded
-    });
+    let credentials = userinfo.and_then(credentials_of);
     Ok(Target {
         host_header: host_port.to_owned(),
         host,
@@ -182,8 +262,15 @@ fn target(request: &Request<Bytes>) -> Result<Target, Failure> {
 }
 
 /// Sends `request` and reads its whole answer, by `deadline`.
-fn send(request: &Request<Bytes>, deadline: Option<Instant>) -> Result<Response<Bytes>, Failure> {
-    let target = target(request)?;
+fn send(
+    request: &Request<Bytes>,
+    deadline: Option<Instant>,
+    credentials: Option<&[u8]>,
+) -> Result<Response<Bytes>, Failure> {
+    let mut target = target(request)?;
+    if target.credentials.is_none() {
+        target.credentials = credentials.map(<[u8]>::to_vec);
+    }
     let addrs = resolve(&target.host, target.port, deadline)?;
     let mut conn = connect(&addrs, deadline)?;
     let _ = conn.set_nodelay(true);
@@ -597,6 +684,32 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"user:p@ss"), "dXNlcjpwQHNz");
+    }
+
+    #[test]
+    fn the_exporter_gets_the_url_without_its_userinfo() {
+        let (bare, info) = take_userinfo("http://us%65r:p%40ss@h:4318/v1/traces?x=a@b");
+        assert_eq!(bare, "http://h:4318/v1/traces?x=a@b");
+        assert_eq!(info.credentials.as_deref(), Some(&b"user:p@ss"[..]));
+        for part in ["us%65r", "user", "p%40ss", "p@ss"] {
+            assert!(info.secrets.contains(&part.as_bytes().to_vec()), "{part}");
+        }
+        let (bare, info) = take_userinfo("http://token@h/v1/traces");
+        assert_eq!(bare, "http://h/v1/traces");
+        assert_eq!(info.credentials.as_deref(), Some(&b"token:"[..]));
+        let (bare, info) = take_userinfo("http://h:4318/a@b");
+        assert_eq!(bare, "http://h:4318/a@b");
+        assert!(info.credentials.is_none() && info.secrets.is_empty());
+    }
+
+    #[test]
+    fn a_failed_answers_body_quotes_no_credential() {
+        let (_, info) = take_userinfo("http://me:s%65cret@h");
+        let body = Bytes::from_static(b"bad me:secret and s%65cret, me again");
+        assert_eq!(
+            &blank_out(body, &info.secrets)[..],
+            b"bad ***:*** and ***, *** again"
+        );
     }
 
     #[test]
