@@ -350,12 +350,15 @@ class SyncServer(Server):
             # A thread the handler left behind emits nothing now, and its
             # host calls fail: stdin is the loop's again.
             ctx._done = True
-            if self._stdin_holder is None and not self._host_waiting:
+            if not self._host_waiting and self._stdin_holder is None:
                 # The common case, with no lock and no wake-up: no host call
                 # waits and no thread reads stdin. One that starts from now
                 # on finds ``ctx._done`` set (send_host_call checks it once
                 # the host call is in _host_waiting): it neither waits nor
-                # reads.
+                # reads. The table is looked at first: a thread whose host
+                # call was in it reads stdin only while it is, and lets go
+                # of stdin only after it took its call out, so with the
+                # table seen empty, the holder seen None is no thread's.
                 self._stdin_holder = _MAIN_THREAD
             elif self._stdin_holder != _MAIN_THREAD:
                 self._take_stdin_back(ctx)

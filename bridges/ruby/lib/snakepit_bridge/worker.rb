@@ -818,11 +818,14 @@ module SnakepitBridge
           # A thread the handler left behind emits nothing now, and its
           # host calls fail: stdin is the loop's again.
           ctx.finished = true
-          if @stdin_holder.nil? && @host_waiting.empty?
+          if @host_waiting.empty? && @stdin_holder.nil?
             # The common case, with no lock and no wake-up: no host call
             # waits and no thread reads stdin. One that starts from now on
             # finds ctx.finished set (send_host_call checks it once the host
-            # call is in @host_waiting): it neither waits nor reads.
+            # call is in @host_waiting): it neither waits nor reads. The
+            # table is looked at first: a thread reads stdin only while its
+            # host call is in it, and lets go only after taking it out, so
+            # with the table seen empty, the holder seen nil is no thread's.
             @stdin_holder = :loop
           elsif @stdin_holder != :loop
             take_stdin_back(ctx)
