@@ -1283,13 +1283,16 @@ impl Inner {
             };
             match answer {
                 Ok(Ok(m)) => return is_decline(&m.payload).then_some(m.payload),
-                // No responders (the host is away, making its connection
-                // again) or no answer: asked again shortly.
-                Ok(Err(_)) => {
+                // No responders: NATS is there, the host is away, making
+                // its connection again. Asked again shortly.
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                     let again = tokio::time::Instant::now() + ASK_AGAIN;
                     tokio::time::sleep_until(again.min(until)).await;
                 }
-                Err(_) => return None,
+                // Any other failure (this client's connection is down
+                // again, say) ends the call at once, as a lost connection
+                // does; so does no answer in time.
+                Ok(Err(_)) | Err(_) => return None,
             }
         }
     }
