@@ -11,6 +11,7 @@ import queue
 import random
 import re
 import signal
+import sys
 import threading
 import unittest
 
@@ -310,13 +311,24 @@ class OneAtATimeTest(_Cases, unittest.TestCase):
                 self.assertNotIn("Traceback", w.stderr)
 
     def test_a_cancel_frame_read_by_a_thread_interrupts_a_blocked_handler(self):
-        for how in ("join", "event", "sleep"):
+        # A KeyboardInterrupt that ends a Thread.join() leaves that thread
+        # counted alive for ever in CPython 3.8 (its join gave up its lock
+        # halfway), so the report would show it; 3.11 does not (versions in
+        # between are not run here).
+        hows = ("join", "event", "sleep") if sys.version_info >= (3, 11) else ("event", "sleep")
+        for how in hows:
             self._cancel_while_a_thread_reads(how, by_signal=False)
 
     def test_sigint_while_a_thread_reads_cancels_the_call_and_frees_stdin(self):
         for how in ("event", "sleep"):
             self._cancel_while_a_thread_reads(how, by_signal=True)
 
+    @unittest.skipIf(
+        sys.version_info < (3, 11),
+        "CPython 3.8's threading is not safe from KeyboardInterrupt: one that lands in "
+        "Thread.start() or Thread.join() leaves a lock of the thread's held, and the "
+        "thread hangs or counts alive for ever (3.11 does not; versions between are not run here)",
+    )
     def test_a_sigint_storm_while_threads_call_the_host_loses_nothing(self):
         # SIGINTs land anywhere: in handlers, while threads read stdin, as
         # handlers return, between calls. Every call still gets exactly one
