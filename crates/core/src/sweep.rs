@@ -1136,6 +1136,10 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
     (!blind).then_some(killed)
 }
 
+/// The flag of a kernel thread in `/proc/<pid>/stat` field 9
+/// (`include/linux/sched.h`).
+const PF_KTHREAD: u32 = 0x0020_0000;
+
 /// The fields of `/proc/<pid>/stat` the sweep reads.
 struct Stat {
     ppid: u32,
@@ -1143,6 +1147,13 @@ struct Stat {
     session: u32,
     /// Clock ticks after boot.
     start: u64,
+    /// `PF_KTHREAD` in its flags: a kernel thread (no environment, never
+    /// a leftover).
+    kernel_thread: bool,
+    /// Where its environment lies on its stack (`env_start`, `env_end`);
+    /// `None` on a kernel before 3.5. Both are 0 while an `exec` has not
+    /// yet set the new stack up, and to a reader not allowed to see them.
+    environ: Option<(u64, u64)>,
 }
 
 impl Stat {
@@ -1170,6 +1181,11 @@ impl Stat {
             pgrp: fields.get(2)?.parse().ok()?,
             session: fields.get(3)?.parse().ok()?,
             start: fields.get(19)?.parse().ok()?,
+            kernel_thread: fields.get(6)?.parse::<u32>().ok()? & PF_KTHREAD != 0,
+            environ: fields
+                .get(47)
+                .zip(fields.get(48))
+                .and_then(|(s, e)| Some((s.parse().ok()?, e.trim_end().parse().ok()?))),
         })
     }
 }
@@ -1232,8 +1248,50 @@ fn env_var(pid: u32, key: &[u8]) -> Option<String> {
 
 /// `pid`'s environment as it was given to it: `NAME=value` entries, each
 /// ended by a NUL.
+///
+/// A process in the middle of an `exec` reads wrong for a moment: empty
+/// (the kernel has put in the new image but not yet its stack), or cut
+/// short (the old image went away under the read). A process that
+/// re-executes itself in a loop read so about once in 80 reads on this
+/// machine, and a leftover of a crashed run read so would be spared, its
+/// record removed, and nothing would ever sweep it again. A read is
+/// believed only when the process's stack addresses of its environment
+/// (`/proc/<pid>/stat` fields 50 and 51) were the same before and after it
+/// and span exactly what was read; an empty one only when it is so twice in
+/// a row. Otherwise it is read again, a millisecond later, up to 20 times.
+/// Kernel threads have no environment at all.
 fn environ(pid: u32) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/environ")).ok()
+    const READS: usize = 20;
+    let path = format!("/proc/{pid}/environ");
+    let mut last = None;
+    let mut empty_seen = false;
+    for _ in 0..READS {
+        let before = Stat::of(pid)?;
+        if before.kernel_thread {
+            return Some(Vec::new());
+        }
+        let env = std::fs::read(&path).ok()?;
+        let after = Stat::of(pid)?;
+        let settled = match before.environ {
+            // A kernel before 3.5 does not show them: the read is all
+            // there is to go on.
+            None => true,
+            Some((start, end)) => {
+                end != 0
+                    && (before.start, before.environ) == (after.start, after.environ)
+                    && end.checked_sub(start) == Some(env.len() as u64)
+            }
+        };
+        if settled && (!env.is_empty() || std::mem::replace(&mut empty_seen, true)) {
+            return Some(env);
+        }
+        if !settled {
+            empty_seen = false;
+        }
+        last = Some(env);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    last
 }
 
 /// The value of `key` (a name and `=`) in `env`, if it is there and UTF-8.
@@ -1246,6 +1304,25 @@ fn var_in<'e>(env: &'e [u8], key: &[u8]) -> Option<&'e str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_thread_is_told_by_its_flags() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 22 0 0 18446744073709551615 0";
+        let cat = "4869 (cat) R 4865 4865 4114 0 -1 4194304 98 0 0 0 0 0 0 0 20 0 1 0 2458057 3133440 363";
+        assert!(Stat::parse(kthreadd).unwrap().kernel_thread);
+        let cat = Stat::parse(cat).unwrap();
+        assert!(!cat.kernel_thread);
+        assert_eq!((cat.ppid, cat.session, cat.start), (4865, 4114, 2458057));
+        assert!(!Stat::of(std::process::id()).unwrap().kernel_thread);
+        assert_eq!(cat.environ, None, "a kernel before 3.5 shows no addresses");
+        let settled = "6027 (sh) R 6023 6027 6027 0 -1 4194304 350 0 0 0 0 0 0 0 20 0 1 0 2466606 524288 0 18446744073709551615 94267370262528 94267370339257 140721888830272 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94267370368560 94267370373696 94268089925632 140721888838245 140721888838301 140721888838301 140721888841712 0\n";
+        let in_exec = "6027 (sh) R 6023 6027 6027 0 -1 4194304 542 0 0 0 0 0 0 0 20 0 1 0 2466606 499712 0 18446744073709551615 0 0 140731754046053 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 140731754046053 0 0 0 0\n";
+        let settled = Stat::parse(settled).unwrap();
+        assert_eq!(settled.environ, Some((140721888838301, 140721888841712)));
+        assert_eq!(Stat::parse(in_exec).unwrap().environ, Some((0, 0)));
+        let mine = environ(std::process::id()).unwrap();
+        assert!(var_in(&mine, b"PATH=").is_some() || std::env::var_os("PATH").is_none());
+    }
 
     #[test]
     fn records_round_trip_and_reject_garbage() {

@@ -963,7 +963,20 @@ async fn a_reply_written_just_before_the_worker_exits_reaches_its_caller() {
             .await
             .unwrap();
         for round in 0..5 {
-            let old = pool.worker_pids()[0];
+            // The worker the call will reach (the last round's replacement
+            // may still be starting).
+            let mut old = 0;
+            assert!(
+                eventually(30, || match pool.worker_pids()[..] {
+                    [pid] => {
+                        old = pid;
+                        true
+                    }
+                    _ => false,
+                })
+                .await,
+                "child {child}, round {round}: the pool has no worker"
+            );
             let r = within(
                 30,
                 "the call",
