@@ -454,7 +454,7 @@ async fn a_worker_busy_longer_than_the_idle_timeout_is_not_recycled_during_its_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_without_namespace_and_boot_id_is_foreign_and_left_alone() {
     let dir = temp_dir("audit-foreign");
-    let run_id = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let run_id = &a_run_id("a1b2c3d4e5f60718");
     let leftover = a_leftover(run_id);
     let host = a_dead_pid();
     let record = dir.join(format!("forged.{host}.{run_id}.run"));

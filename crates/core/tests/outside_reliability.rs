@@ -182,7 +182,7 @@ fn a_leftover_hosted_by(run_id: &str, host: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_older_than_the_runs_host_is_spared_unless_recorded_as_its_worker() {
     let dir = temp_dir("outside-older");
-    let run_id = "0123456789abcdef0123456789abcdef";
+    let run_id = &a_run_id("0123456789abcdef");
     let leftover = a_leftover(run_id);
     let born = start_of(leftover);
     // The host "started" after the leftover did.
@@ -235,7 +235,7 @@ async fn a_process_older_than_the_runs_host_is_spared_unless_recorded_as_its_wor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_pid_reused_by_another_process_is_a_dead_host() {
     let dir = temp_dir("outside-reused");
-    let run_id = "00ff00ff00ff00ff00ff00ff00ff00ff";
+    let run_id = &a_run_id("00ff00ff00ff00ff");
     let leftover = a_leftover(run_id);
     let me = std::process::id();
     let record = dir.join(format!("outside.{me}.{run_id}.run"));
@@ -266,9 +266,7 @@ async fn a_host_pid_reused_by_another_process_is_a_dead_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leftover_in_the_middle_of_an_exec_is_found_by_every_sweep() {
     let dir = temp_dir("outside-exec");
-    // Of this test process alone: a copy of the test running beside it
-    // has its own looping leftover.
-    let run_id = &format!("0e0e0e0e0e0e0e0e{:016x}", std::process::id());
+    let run_id = &a_run_id("0e0e0e0e0e0e0e0e");
     let script = dir.join("again.sh");
     std::fs::write(&script, "exec /bin/sh \"$0\"\n").unwrap();
     // In a session of its own, as an escaped leftover is (setsid, not a
@@ -306,7 +304,7 @@ async fn a_leftover_in_the_middle_of_an_exec_is_found_by_every_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_with_a_live_host_spares_every_process_of_the_run() {
     let dir = temp_dir("outside-mixed");
-    let run_id = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+    let run_id = &a_run_id("5a5a5a5a5a5a5a5a");
     let orphan = a_leftover(run_id);
     let (dev, ino) = our_pid_namespace();
     let me = std::process::id();
@@ -341,7 +339,7 @@ async fn one_process_with_a_live_host_spares_every_process_of_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_hosts_record_of_a_run_also_recorded_in_another_namespace_is_a_copy() {
     let dir = temp_dir("outside-foreign-copy");
-    let run_id = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
+    let run_id = &a_run_id("c0c0c0c0c0c0c0c0");
     let orphan = a_leftover(run_id);
     let (dev, ino) = our_pid_namespace();
     let foreign = dir.join(format!("outside.1.{run_id}.run"));

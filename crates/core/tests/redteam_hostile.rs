@@ -813,7 +813,7 @@ fn bystander(env: &[(&str, &str)]) -> std::process::Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_naming_unrelated_processes_as_workers_kills_none_of_them() {
     let dir = temp_dir("rt-unrelated");
-    let run_id = "11112222333344445555666677778888";
+    let run_id = &a_run_id("1111222233334444");
     let mut child = bystander(&[]);
     let me = std::process::id();
     let pids = [me, parent_pid(), 1, child.id()];
@@ -852,7 +852,7 @@ async fn a_record_naming_unrelated_processes_as_workers_kills_none_of_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_with_the_runs_id_below_a_live_host_is_spared() {
     let dir = temp_dir("rt-hosted");
-    let run_id = "99998888777766665555444433332222";
+    let run_id = &a_run_id("9999888877776666");
     let mut child = bystander(&[("SNAKEPIT_RUN_ID", run_id)]);
     let mut text = forged_record(
         run_id,
@@ -884,7 +884,7 @@ async fn a_process_with_the_runs_id_below_a_live_host_is_spared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_foreign_and_large_records_are_handled_without_harm() {
     let dir = temp_dir("rt-garbage");
-    let run_id = "abababababababababababababababab";
+    let run_id = &a_run_id("abababababababab");
     let leftover = a_leftover(run_id);
     let here = Some((our_pid_namespace(), our_boot_id()));
     let here = here.as_ref().map(|(ns, b)| (*ns, b.as_str()));

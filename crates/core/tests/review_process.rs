@@ -595,7 +595,7 @@ async fn a_leftover_whose_host_is_in_another_pid_namespace_is_spared() {
         (false, format!("{}:{start}:{dev}:{ino}", a_dead_pid())),
     ] {
         let dir = temp_dir("host-elsewhere");
-        let run_id = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let run_id = &a_run_id("0f1e2d3c4b5a6978");
         let leftover = a_leftover_hosted_by(run_id, &host);
         let record = dir.join(format!("forged.{}.{run_id}.run", a_dead_pid()));
         let text = forged_record(run_id, a_dead_pid(), Some(((dev, ino), &boot)));

@@ -218,7 +218,7 @@ async fn record_writes_do_not_follow_a_planted_symlink() {
 async fn record_reads_take_only_small_regular_files() {
     let dir = temp_dir("reads");
     let outside = temp_dir("reads-target");
-    let run_id = "0123456789abcdef0123456789abcdef";
+    let run_id = &a_run_id("0123456789abcdef");
     let leftover = a_leftover(run_id);
     let target = outside.join("record");
     std::fs::write(
@@ -360,7 +360,7 @@ async fn a_copied_record_with_a_dead_host_spares_the_live_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_another_pid_namespace_or_boot_are_not_judged_by_pid() {
     let dir = temp_dir("pidns");
-    let run_id = "fedcba9876543210fedcba9876543210";
+    let run_id = &a_run_id("fedcba9876543210");
     let leftover = a_leftover(run_id);
     let (dev, ino) = our_pid_namespace();
     let boot = our_boot_id();

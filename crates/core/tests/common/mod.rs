@@ -244,6 +244,15 @@ where
     });
 }
 
+/// A run id of this test process alone: `tag` (16 hex digits) then this
+/// process's pid. Tests that plant leftovers under a run id must not
+/// share it with a test running beside them, nor with their own earlier
+/// try (a retried test would find the first try's leftover).
+pub fn a_run_id(tag: &str) -> String {
+    assert_eq!(tag.len(), 16, "a run id tag is 16 hex digits");
+    format!("{tag}{:016x}", std::process::id())
+}
+
 /// A pid that was just used by a process that is gone now.
 #[allow(clippy::disallowed_methods)] // a short-lived bystander, not a worker
 pub fn a_dead_pid() -> u32 {
