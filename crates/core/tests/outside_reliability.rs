@@ -264,6 +264,7 @@ async fn a_host_pid_reused_by_another_process_is_a_dead_host() {
 /// a loop, seen by 300 dry-run sweeps, is found by every one of them. (In
 /// CI a leftover started just before the sweep was missed so.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // a planted leftover, killed by the test
 async fn a_leftover_in_the_middle_of_an_exec_is_found_by_every_sweep() {
     let dir = temp_dir("outside-exec");
     let run_id = &a_run_id("0e0e0e0e0e0e0e0e");
