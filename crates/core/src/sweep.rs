@@ -1107,7 +1107,7 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
         let Some(held) = crate::os::Held::open(pid) else {
             continue;
         };
-        let env = match std::fs::read(format!("/proc/{pid}/environ")) {
+        let env = match environ_whole(pid) {
             Ok(env) => env,
             Err(e) => {
                 read(Err(e));
@@ -1253,25 +1253,34 @@ fn env_var(pid: u32, key: &[u8]) -> Option<String> {
 /// (the kernel has put in the new image but not yet its stack), or cut
 /// short (the old image went away under the read). A process that
 /// re-executes itself in a loop read so about once in 80 reads on this
-/// machine, and a leftover of a crashed run read so would be spared, its
-/// record removed, and nothing would ever sweep it again. A read is
-/// believed only when the process's stack addresses of its environment
+/// machine. A leftover of a crashed run read so would be spared, its
+/// record removed, and nothing would ever sweep it again; a worker's
+/// escaped child read so at the worker's end ([`kill_escaped`]) or at the
+/// pool's ([`kill_leftovers`]) would outlive it. A read is believed only
+/// when the process's stack addresses of its environment
 /// (`/proc/<pid>/stat` fields 50 and 51) were the same before and after it
-/// and span exactly what was read; an empty one only when it is so twice in
-/// a row. Otherwise it is read again, a millisecond later, up to 20 times.
-/// Kernel threads have no environment at all.
+/// and span exactly what was read; an empty one only when it is so twice
+/// in a row. Otherwise it is read again, a millisecond later, up to 20
+/// times. Kernel threads have no environment at all.
 fn environ(pid: u32) -> Option<Vec<u8>> {
+    environ_whole(pid).ok()
+}
+
+/// [`environ`], with the error of a read that failed (a process that ended
+/// or is a zombie reads as `NotFound`).
+fn environ_whole(pid: u32) -> io::Result<Vec<u8>> {
     const READS: usize = 20;
     let path = format!("/proc/{pid}/environ");
-    let mut last = None;
+    let stat = |pid| Stat::read(pid)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound));
+    let mut last = Vec::new();
     let mut empty_seen = false;
     for _ in 0..READS {
-        let before = Stat::of(pid)?;
+        let before = stat(pid)?;
         if before.kernel_thread {
-            return Some(Vec::new());
+            return Ok(Vec::new());
         }
-        let env = std::fs::read(&path).ok()?;
-        let after = Stat::of(pid)?;
+        let env = std::fs::read(&path)?;
+        let after = stat(pid)?;
         let settled = match before.environ {
             // A kernel before 3.5 does not show them: the read is all
             // there is to go on.
@@ -1283,15 +1292,15 @@ fn environ(pid: u32) -> Option<Vec<u8>> {
             }
         };
         if settled && (!env.is_empty() || std::mem::replace(&mut empty_seen, true)) {
-            return Some(env);
+            return Ok(env);
         }
         if !settled {
             empty_seen = false;
         }
-        last = Some(env);
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        last = env;
+        std::thread::sleep(Duration::from_millis(1));
     }
-    last
+    Ok(last)
 }
 
 /// The value of `key` (a name and `=`) in `env`, if it is there and UTF-8.

@@ -528,6 +528,50 @@ async fn a_worker_that_crashes_by_itself_takes_its_escaped_child_with_it() {
     pool.shutdown().await.unwrap();
 }
 
+/// docs/reliability.md:20, as above, for children caught in the middle of
+/// an `exec` when their worker ends (their environment, which names the
+/// worker, reads empty or cut short for a moment): 48 escaped children
+/// that re-execute themselves in a loop, in four rounds of a worker crash
+/// (each worker lives over a second first: one that ends sooner is a
+/// failed start). Every one dies while the pool still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_children_in_the_middle_of_an_exec_die_with_their_worker() {
+    let dir = temp_dir("outside-exec-escaped");
+    let script = dir.join("again.sh");
+    std::fs::write(&script, "exec /bin/sh \"$0\"\n").unwrap();
+    let pool = start(one_worker(TestWorker::new())).await;
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let r = pool
+            .execute(
+                "spawn_escaped",
+                json!({"argv": ["/bin/sh", script], "count": 48}),
+            )
+            .await
+            .unwrap();
+        let children: Vec<u32> = r["child_pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap() as u32)
+            .collect();
+        let err = pool.execute("exit", json!({"code": 3})).await.unwrap_err();
+        assert!(err.is_crash(), "round {round}: {err}");
+        let mut survivors = Vec::new();
+        for child in children {
+            if !gone_or_killed(child, 10).await {
+                survivors.push(child);
+            }
+        }
+        assert!(
+            survivors.is_empty(),
+            "round {round}: escaped children that outlived their worker: {survivors:?}"
+        );
+    }
+    pool.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// docs/protocol.md:277-280, Shutdown: "The pool closes the worker's
 /// stdin ... Past the grace period the pool sends SIGTERM to the worker's
 /// process group, then SIGKILL." A worker that ignores the end of its

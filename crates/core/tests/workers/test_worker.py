@@ -120,11 +120,17 @@ def fork_child(args, ctx):
 
 @worker.command("spawn_escaped")
 def spawn_escaped(args, ctx):
-    """A child in a session of its own: out of the worker's process group."""
+    """Children in sessions of their own: out of the worker's process group.
+    `count` of them (1 by default), running `argv` (`sleep 300` by
+    default)."""
     import subprocess
 
-    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    return {"child_pid": child.pid, "pid": os.getpid()}
+    argv = args.get("argv") or ["sleep", "300"]
+    pids = [
+        subprocess.Popen(argv, start_new_session=True).pid
+        for _ in range(args.get("count", 1))
+    ]
+    return {"child_pid": pids[0], "child_pids": pids, "pid": os.getpid()}
 
 
 @worker.command("grow")
