@@ -40,6 +40,20 @@ class TemplateProcess
     @log_lock.synchronize { @log.dup }
   end
 
+  # The log once it holds every one of +texts+, or as it is after +secs+
+  # seconds: the thread that copies it from the pipe may lag behind what
+  # the template wrote (on a loaded machine it had copied nothing yet).
+  def log_with(*texts, secs: 10)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + secs
+    loop do
+      current = log
+      return current if texts.all? { |t| current.include?(t) }
+      return current if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.02
+    end
+  end
+
   # The whole log, once the template has exited.
   def final_log
     @log_thread.join(10)
@@ -417,7 +431,8 @@ class PreloadTemplateTest < Minitest::Test
       assert_nil r.read_nonblock(1, exception: false), "descriptor #{i} is still open in the template"
     end
 
-    log = template.log
+    expected = ["not valid JSON", "not a JSON object", "unknown op \"bogus\"", "without an integer id"]
+    log = template.log_with(*expected)
     assert_includes log, "not valid JSON"
     assert_includes log, "not a JSON object"
     assert_includes log, "unknown op \"bogus\""
