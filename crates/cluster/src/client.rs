@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -340,12 +340,14 @@ struct Inner {
     cancels: Mutex<Resend>,
     /// The host table was found full once (warned of once).
     hosts_full_warned: AtomicBool,
-    tasks: Vec<tokio::task::AbortHandle>,
+    /// Its background tasks, set once it exists (they reach it through a
+    /// `Weak`, which does not upgrade while it is being built).
+    tasks: OnceLock<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.get().into_iter().flatten() {
             t.abort();
         }
     }
@@ -453,38 +455,43 @@ impl Client {
         };
         let tick = check_every(config.host_timeout);
         let outbox = Arc::new(Outbox::default());
-        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let tasks = vec![
-                tokio::spawn(send_calls(weak.clone(), outbox.clone())).abort_handle(),
-                tokio::spawn(route_replies(weak.clone(), replies)).abort_handle(),
-                tokio::spawn(watch_hosts(weak.clone(), beats)).abort_handle(),
-                tokio::spawn(monitor(weak.clone(), tick)).abort_handle(),
-            ];
-            Inner {
-                nats: nats.clone(),
-                cluster: cluster.to_owned(),
-                subjects,
-                config,
-                inbox,
-                next_id: AtomicU64::new(1),
-                next_batch: AtomicU64::new(1),
-                outbox,
-                turn: AtomicU64::new(0),
-                calls: Mutex::new(HashMap::new()),
-                hosts: Mutex::new(HashMap::new()),
-                sessions: Mutex::new(SessionHosts::default()),
-                waiters: Mutex::new(VecDeque::new()),
-                room_epoch: AtomicU64::new(0),
-                woken: AtomicUsize::new(0),
-                queued: AtomicUsize::new(0),
-                connected: watch::channel(connected).0,
-                closed: AtomicBool::new(false),
-                connects,
-                cancels: Mutex::default(),
-                hosts_full_warned: AtomicBool::new(false),
-                tasks,
-            }
+        let inner = Arc::new(Inner {
+            nats: nats.clone(),
+            cluster: cluster.to_owned(),
+            subjects,
+            config,
+            inbox,
+            next_id: AtomicU64::new(1),
+            next_batch: AtomicU64::new(1),
+            outbox: outbox.clone(),
+            turn: AtomicU64::new(0),
+            calls: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(SessionHosts::default()),
+            waiters: Mutex::new(VecDeque::new()),
+            room_epoch: AtomicU64::new(0),
+            woken: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            connected: watch::channel(connected).0,
+            closed: AtomicBool::new(false),
+            connects,
+            cancels: Mutex::default(),
+            hosts_full_warned: AtomicBool::new(false),
+            tasks: OnceLock::new(),
         });
+        // The tasks hold the client weakly and end when they cannot reach
+        // it: spawned only now that it exists. (Spawned while it was being
+        // built, a task that woke first, at a heartbeat or the monitor's
+        // first tick, found no client and ended for good: the client never
+        // heard of a host, or never found one lost.)
+        let weak = Arc::downgrade(&inner);
+        let tasks = vec![
+            tokio::spawn(send_calls(weak.clone(), outbox)).abort_handle(),
+            tokio::spawn(route_replies(weak.clone(), replies)).abort_handle(),
+            tokio::spawn(watch_hosts(weak.clone(), beats)).abort_handle(),
+            tokio::spawn(monitor(weak, tick)).abort_handle(),
+        ];
+        let _ = inner.tasks.set(tasks);
         Ok(Client { inner })
     }
 
