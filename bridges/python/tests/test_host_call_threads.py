@@ -9,6 +9,7 @@ invocation``, replies taken by the wrong thread (a host call that never
 ends), and frames of the next calls read by a thread."""
 
 import os
+import queue
 import signal
 import unittest
 
@@ -33,11 +34,22 @@ class _FakePool:
                      "result": {"echo": call["args"]}}
         self.w.send(reply)
 
+    def _recv(self):
+        """The worker's next frame. None within 30 s is a failure that shows
+        the worker's stderr (a loaded machine may take seconds; a bare
+        ``queue.Empty`` told nothing in CI)."""
+        try:
+            return self.w.recv(timeout=30.0)
+        except queue.Empty:
+            raise AssertionError(
+                "no frame from the worker within 30 s; stderr:\n" + self.w.stderr
+            ) from None
+
     def host_calls_until(self, count):
         """Reads frames until ``count`` host calls came; returns them."""
         calls = []
         while len(calls) < count:
-            msg = self.w.recv()
+            msg = self._recv()
             if msg is None:
                 raise AssertionError("worker closed stdout; stderr:\n" + self.w.stderr)
             if msg.get("type") == "host_call":
@@ -51,7 +63,7 @@ class _FakePool:
         calls seen meanwhile (or holding them, with ``hold``)."""
         held = []
         while True:
-            msg = self.w.recv()
+            msg = self._recv()
             if msg is None:
                 raise AssertionError("worker closed stdout; stderr:\n" + self.w.stderr)
             if msg.get("type") == "host_call":
