@@ -1736,6 +1736,16 @@ fn host_error(e: Box<WireError>, command: &str, timeout: Option<Duration>) -> Er
     }
 }
 
+/// What a [`Flight`] waited for brought.
+enum Got {
+    /// Its end: the outcome, or why none will come.
+    Done(Result<Incoming, Error>),
+    /// A message from its host.
+    Reply(Bytes),
+    /// Its host made its connection to NATS again.
+    Remade,
+}
+
 /// A call a host acknowledged: its replies, the host's liveness, the
 /// connection's state and the deadline.
 struct Flight {
@@ -1882,7 +1892,7 @@ impl Flight {
             ));
         }
         let until = self.deadline;
-        let (epoch, remade_at, stream) = (self.epoch, self.remade_at, self.stream);
+        let (epoch, stream) = (self.epoch, self.stream);
         let deadline = async move {
             match until {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -1891,51 +1901,142 @@ impl Flight {
         };
         tokio::pin!(deadline);
         loop {
-            break tokio::select! {
+            let remade_at = self.remade_at;
+            let got = tokio::select! {
             biased;
             m = self.rx.recv() => match m {
                 // Come after the client's connection was made again (the
                 // monitor may not have said so yet): what NATS had for the
                 // call in between is lost, this may follow a gap.
-                Some(Arrival::Reply(_)) if self.inner.connects.now() > epoch => Err(connection_lost(&self.host, self.pid)),
-                Some(Arrival::Reply(m)) => match serde_json::from_slice::<Incoming>(&m) {
-                    Ok(r @ Reply::Chunk { .. }) => Ok(r),
-                    Ok(r @ Reply::Ok { .. }) => {
-                        self.answered = true;
-                        Ok(r)
-                    }
-                    Ok(Reply::Err { e }) => {
-                        self.answered = true;
-                        Err(host_error(e, &self.command, self.timeout))
-                    }
-                    // The host acknowledges a call that runs for a while
-                    // whatever it has sent already (chunks, even its
-                    // outcome): nothing to act on.
-                    Ok(Reply::Ack { .. }) => continue,
-                    Ok(_) | Err(_) => Err(out_of_protocol(&self.host, self.pid)),
-                },
+                Some(Arrival::Reply(_)) if self.inner.connects.now() > epoch => Got::Done(Err(connection_lost(&self.host, self.pid))),
+                Some(Arrival::Reply(m)) => Got::Reply(m),
                 // After the host acknowledged the call: not from NATS.
-                Some(Arrival::NoResponders | Arrival::Unsent(_)) => Err(out_of_protocol(&self.host, self.pid)),
-                None => Err(unavailable(&self.inner.cluster, "client closed".into())),
+                Some(Arrival::NoResponders | Arrival::Unsent(_)) => Got::Done(Err(out_of_protocol(&self.host, self.pid))),
+                None => Got::Done(Err(unavailable(&self.inner.cluster, "client closed".into()))),
             },
             _ = self.lost.wait_for(|l| *l) => {
                 if let Some(s) = &self.session {
                     self.inner.sessions.lock().unwrap().forget(s, &self.host);
                 }
-                Err(host_lost(&self.host, self.pid, format!(
+                Got::Done(Err(host_lost(&self.host, self.pid, format!(
                     "host {} stopped answering (no heartbeat for {:?}) while it ran the call; it may or may not have run",
                     self.host, self.inner.config.host_timeout
-                )))
+                ))))
             }
-            _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Err(connection_lost(&self.host, self.pid)),
-            // A stream's credit sent meanwhile may be lost too: it would
-            // wait for ever. (A call's outcome lost so is sent again by
-            // the host.) A host entry forgotten meanwhile says nothing.
-            Ok(_) = self.remade.wait_for(|n| *n > remade_at), if stream => Err(host_lost(&self.host, self.pid, format!(
-                "host {} made its connection to NATS again while it ran the call: what NATS had for the call meanwhile may be lost; it may or may not have run",
-                self.host
-            ))),
-            _ = &mut deadline => Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() }),
+            _ = self.connected.wait_for(|l| l.lost_since(epoch)) => Got::Done(Err(connection_lost(&self.host, self.pid))),
+            // A host entry forgotten meanwhile says nothing.
+            Ok(_) = self.remade.wait_for(|n| *n > remade_at) => Got::Remade,
+            _ = &mut deadline => Got::Done(Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() })),
+            };
+            match got {
+                Got::Done(r) => return r,
+                Got::Reply(m) => {
+                    if let Some(r) = self.reply(&m) {
+                        return r;
+                    }
+                }
+                // A stream's credit sent meanwhile may be lost too: it
+                // would wait for ever.
+                Got::Remade if stream => return Err(host_lost(&self.host, self.pid, format!(
+                    "host {} made its connection to NATS again while it ran the call: what NATS had for the call meanwhile may be lost; it may or may not have run",
+                    self.host
+                ))),
+                // A call's outcome lost so is sent again by the host, if
+                // it still holds it: asked.
+                Got::Remade => {
+                    self.remade_at = *self.remade.borrow();
+                    if let Some(r) = self.ask_where(&mut deadline).await {
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a reply from the host means to the caller: `None` for an
+    /// acknowledgement (wait on).
+    fn reply(&mut self, m: &[u8]) -> Option<Result<Incoming, Error>> {
+        match serde_json::from_slice::<Incoming>(m) {
+            Ok(r @ Reply::Chunk { .. }) => Some(Ok(r)),
+            Ok(r @ Reply::Ok { .. }) => {
+                self.answered = true;
+                Some(Ok(r))
+            }
+            Ok(Reply::Err { e }) => {
+                self.answered = true;
+                Some(Err(host_error(e, &self.command, self.timeout)))
+            }
+            // The host acknowledges a call that runs for a while whatever
+            // it has sent already (chunks, even its outcome): nothing to
+            // act on.
+            Ok(Reply::Ack { .. }) => None,
+            Ok(_) | Err(_) => Some(Err(out_of_protocol(&self.host, self.pid))),
+        }
+    }
+
+    /// The host made its connection to NATS again while it ran this
+    /// (one-shot) call, and what NATS had for the call may be lost with
+    /// the old connection. The host sends its last outcomes again, but
+    /// keeps only so many ([`crate::outbox::Resend`]'s bounds): it is
+    /// asked ([`wire::ask_where`]) what became of the call. `None`: it
+    /// runs the call still, or its outcome is on its way again, or it did
+    /// not answer in time (it is asked again at its next reconnect; a host
+    /// that died is found lost), and the call waits on. A host that
+    /// neither runs the call nor holds its outcome has lost the outcome:
+    /// the call fails with [`Error::HostLost`] rather than wait as long as
+    /// the host lives.
+    async fn ask_where(
+        &mut self,
+        deadline: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Option<Result<Incoming, Error>> {
+        let subject = self.inner.subjects.host_cancel(&self.host);
+        let question = Bytes::from(wire::ask_where(&self.reply));
+        loop {
+            let until = tokio::time::Instant::now() + self.inner.config.host_timeout;
+            let ask = self.inner.nats.request(subject.clone(), question.clone());
+            let answer = tokio::select! {
+                biased;
+                m = self.rx.recv() => Err(m),
+                _ = deadline.as_mut() => return Some(Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() })),
+                answer = tokio::time::timeout_at(until, ask) => Ok(answer),
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
+                // The host's reply came first: the question is moot (an
+                // acknowledgement: asked again).
+                Err(Some(Arrival::Reply(m))) if self.inner.connects.now() <= self.epoch => {
+                    match self.reply(&m) {
+                        None => continue,
+                        r => return r,
+                    }
+                }
+                Err(Some(Arrival::Reply(_))) => {
+                    return Some(Err(connection_lost(&self.host, self.pid)))
+                }
+                Err(Some(_)) => return Some(Err(out_of_protocol(&self.host, self.pid))),
+                Err(None) => {
+                    return Some(Err(unavailable(
+                        &self.inner.cluster,
+                        "client closed".into(),
+                    )))
+                }
+            };
+            return match answer {
+                Ok(Ok(m)) if &m.payload[..] == wire::GONE => Some(Err(host_lost(
+                    &self.host,
+                    self.pid,
+                    format!(
+                        "host {} made its connection to NATS again after the call ended, and no longer holds its outcome to send again (it keeps the last {} outcomes, {} MiB at most); the call may or may not have run",
+                        self.host,
+                        crate::outbox::RESEND_MESSAGES,
+                        crate::outbox::RESEND_BYTES >> 20
+                    ),
+                ))),
+                // Running, kept, or a host that does not know the
+                // question; no responders (the host is away again: asked
+                // again at its next reconnect); no answer in time, or this
+                // client's connection is down (the caller finds it so).
+                _ => None,
             };
         }
     }

@@ -301,9 +301,8 @@ struct HostCtx {
     sent: std::sync::Mutex<Resend>,
 }
 
-/// A reply waiting to go out: its subject, its JSON, and whether it is a
-/// call's outcome (kept to send again after a reconnect) or a chunk.
-type Queued = (Subject, Bytes, bool);
+/// A reply waiting to go out: its subject and its JSON.
+type Queued = (Subject, Bytes);
 
 impl HostCtx {
     /// Sends a message to a call's reply subject now.
@@ -329,16 +328,27 @@ impl HostCtx {
     }
 
     /// Queues a call's outcome for its client, after what was queued
-    /// before it.
+    /// before it, and keeps it to send again after a reconnect
+    /// ([`HostCtx::resend`]). Kept from now, before its call is known to
+    /// have ended: a client that asks what became of the call
+    /// ([`wire::ask_where`]) finds it running or finds its outcome. (One
+    /// queued before a reconnect and sent after it goes twice; a client
+    /// takes one.)
     fn queue(&self, to: &Subject, reply: &impl serde::Serialize) {
-        self.replies.push((to.clone(), self.encode(reply), true));
+        let payload = self.encode(reply);
+        let conn = self.connects.now();
+        self.sent
+            .lock()
+            .unwrap()
+            .keep(conn, to.clone(), payload.clone());
+        self.replies.push((to.clone(), payload));
     }
 
     /// Queues a stream's chunk for its client, after what was queued
     /// before it. (Chunks are not sent again after a reconnect: the
     /// client fails a stream whose host reconnected.)
     fn queue_chunk(&self, to: &Subject, reply: &impl serde::Serialize) {
-        self.replies.push((to.clone(), self.encode(reply), false));
+        self.replies.push((to.clone(), self.encode(reply)));
     }
 
     /// A reply's JSON; one over the server's `max_payload` becomes the
@@ -364,22 +374,15 @@ impl HostCtx {
     /// Sends the queued replies: each alone, or those to one client (one
     /// reply subject prefix) that are ready together in one message.
     async fn send_queued(&self) {
-        let conn = self.connects.now();
         let max = self.nats.max_payload().saturating_sub(1024).max(1);
         let same_client = |a: &Queued, b: &Queued| client_of(&a.0) == client_of(&b.0);
         for mine in outbox::groups(self.replies.take(), same_client) {
             let prefix = client_of(&mine[0].0).to_owned();
-            for run in outbox::runs(mine, max, |(to, p, _)| to.len() + p.len(), 8) {
-                {
-                    let mut sent = self.sent.lock().unwrap();
-                    for (to, payload, _) in run.iter().filter(|(_, _, outcome)| *outcome) {
-                        sent.keep(conn, to.clone(), payload.clone());
-                    }
-                }
+            for run in outbox::runs(mine, max, |(to, p)| to.len() + p.len(), 8) {
                 let (to, payload) = match run.as_slice() {
-                    [(to, payload, _)] => (to.clone(), payload.clone()),
+                    [(to, payload)] => (to.clone(), payload.clone()),
                     _ => {
-                        let tokens = run.iter().map(|(to, p, _)| (call_of(to), &p[..]));
+                        let tokens = run.iter().map(|(to, p)| (call_of(to), &p[..]));
                         let payload = wire::replies(tokens);
                         (
                             Subject::from(format!("{prefix}.{}", wire::REPLIES)),
@@ -885,6 +888,9 @@ impl Serving {
         let Ok(reply) = std::str::from_utf8(&msg.payload) else {
             return;
         };
+        if let (Some(asked), Some(to)) = (wire::parse_where(reply), msg.reply.as_ref()) {
+            return self.answer_where(asked, to);
+        }
         if let (Some(asked), Some(to)) = (wire::parse_ask(reply), msg.reply.as_ref()) {
             return self.answer(asked, to);
         }
@@ -923,10 +929,34 @@ impl Serving {
             }),
             None => Bytes::from_static(wire::NOT_DECLINED),
         };
-        // Sent only while the connection's queue has room: a flood of
-        // questions (any NATS peer can send them) must not hold up the
-        // serving loop, its heartbeats and its calls. A question left
-        // unanswered so is one the client's host timeout bounds.
+        self.publish_answer(to, payload);
+    }
+
+    /// Answers a client that asks ([`wire::ask_where`]) what became of
+    /// the call with reply subject `asked`: it runs, its outcome is kept
+    /// (so sent again after each reconnect), or it is gone. An outcome is
+    /// kept from when it is queued, before the serving loop hears that
+    /// its call ended: no call is between the two.
+    fn answer_where(&self, asked: &str, to: &Subject) {
+        if !wire::answerable(to.as_str()) {
+            return;
+        }
+        let answer = if self.running.contains_key(asked) {
+            wire::RUNNING
+        } else if self.host.sent.lock().unwrap().holds(asked) {
+            wire::KEPT
+        } else {
+            wire::GONE
+        };
+        self.publish_answer(to, Bytes::from_static(answer));
+    }
+
+    /// Sends an answer to a question only while the connection's queue
+    /// has room: a flood of questions (any NATS peer can send them) must
+    /// not hold up the serving loop, its heartbeats and its calls. A
+    /// question left unanswered so is one the client's host timeout
+    /// bounds.
+    fn publish_answer(&self, to: &Subject, payload: Bytes) {
         match self.host.nats.publish(to.clone(), payload).now_or_never() {
             Some(Ok(())) => {}
             Some(Err(e)) => {

@@ -162,6 +162,11 @@ impl Resend {
             .collect()
     }
 
+    /// Whether a message that went to `to` is kept.
+    pub(crate) fn holds(&self, to: &str) -> bool {
+        self.messages.iter().any(|(_, s, _)| s.as_str() == to)
+    }
+
     /// Copies of the messages sent under a count below `conn`, which stay
     /// kept as sent under `conn` (they are kept in the order sent, so those
     /// are the first): sent again now, and once more to a receiver whose

@@ -253,6 +253,39 @@ pub(crate) fn parse_ask(payload: &str) -> Option<&str> {
 /// it, or never had it, or forgot it): the call may have run.
 pub(crate) const NOT_DECLINED: &[u8] = b"{\"not_declined\":{}}";
 
+/// The question a client sends, with a NATS reply subject, to a host's
+/// cancel subject about a call the host acknowledged and whose outcome
+/// has not come, once the host's connection was made again (NATS drops
+/// what it had for the old one): `?where <reply subject>`. The host
+/// answers [`RUNNING`], [`KEPT`] (the outcome is among those it sends
+/// again after each reconnect, so it is on its way), or [`GONE`]: it
+/// neither runs the call nor holds its outcome any more. (A subject has
+/// no space, so a host that does not know this question reads it as an
+/// [`ask`] about no call of its, and answers [`NOT_DECLINED`]: the client
+/// then goes on waiting. The answer never carries the outcome: only the
+/// caller's reply subject does, which NATS permissions may keep others
+/// from reading.)
+pub(crate) fn ask_where(reply: &str) -> String {
+    format!("?where {reply}")
+}
+
+/// Reads an [`ask_where`]: the call's reply subject.
+pub(crate) fn parse_where(payload: &str) -> Option<&str> {
+    payload.strip_prefix("?where ")
+}
+
+/// A host's answer to an [`ask_where`] about a call it runs.
+pub(crate) const RUNNING: &[u8] = b"{\"running\":{}}";
+
+/// A host's answer to an [`ask_where`] about a call whose outcome it
+/// holds to send again after each reconnect.
+pub(crate) const KEPT: &[u8] = b"{\"kept\":{}}";
+
+/// A host's answer to an [`ask_where`] about a call it neither runs nor
+/// holds the outcome of (the outcome went out of what it keeps to send
+/// again, or it never had the call).
+pub(crate) const GONE: &[u8] = b"{\"gone\":{}}";
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum WireAffinity {

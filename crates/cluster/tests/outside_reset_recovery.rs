@@ -20,8 +20,11 @@
 //! acknowledgements (calls failed with "host a stopped answering" or "did
 //! not acknowledge"); and a client that reset with its host still away
 //! got "no responders" to its question and failed a declined call with
-//! the host-lost error at once. Still open (ignored test): an outcome that
-//! left the host's resend bound before a reset is never reported lost.
+//! the host-lost error at once; and an outcome that left the host's
+//! resend bound before a reset was never reported lost (its caller, with
+//! no deadline, waited as long as the host lived). A client now asks a
+//! host that made its connection again what became of each call it ran
+//! (`?where <reply subject>`): running, kept (sent again), or gone.
 
 mod common;
 
@@ -179,7 +182,6 @@ async fn an_outcome_whose_resent_copy_is_lost_in_a_second_host_reset_is_sent_aga
 /// lives: it fails with a typed error within its host timeout of the
 /// host's reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: a call whose outcome left the host's resend bound before a host reset waits for ever (no deadline)"]
 async fn a_call_whose_outcome_fell_out_of_the_hosts_resend_bound_fails_instead_of_hanging() {
     let nats = NatsServer::start().await;
     let raw = nats.connect().await;
@@ -240,6 +242,104 @@ async fn a_call_whose_outcome_fell_out_of_the_hosts_resend_bound_fails_instead_o
         back.elapsed() < host_timeout * 2,
         "it failed {:?} after the host was back",
         back.elapsed()
+    );
+    stop(vec![node_a], vec![pool_a]).await;
+}
+
+/// A call that runs through two resets of its host's connection (each
+/// making the client ask the host what became of it) is still running
+/// when asked: its caller (no deadline) waits on and gets its result, and
+/// it ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_running_through_host_resets_is_waited_for_and_runs_once() {
+    let nats = NatsServer::start().await;
+    let proxy = Proxy::start(nats.port).await;
+    let conn_a = connect_quick(&proxy.url).await;
+    let pool_a = pool_of(ScriptWorker(partition_worker()), 1).await;
+    let node_a = serve(&conn_a, "a", &pool_a, 0).await;
+    let client = client_on(&nats.connect().await, Duration::from_secs(5)).await;
+    wait_hosts(&client, 1).await;
+    let log = Removed(temp(TEMP_PREFIX, "through.log"));
+    let marker = Removed(temp(TEMP_PREFIX, "through.marker"));
+
+    let call = {
+        let client = client.clone();
+        let args = json!({"token": "through", "log": log.0, "marker": marker.0, "ms": 2500});
+        tokio::spawn(async move { client.execute_with("run", args, CallOptions::new()).await })
+    };
+    eventually(30, "the call runs on a", || async { marker.0.exists() }).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..2 {
+        reset(&proxy, &conn_a).await;
+        // The client hears the host's new connection at its next
+        // heartbeat, and asks then.
+        tokio::time::sleep(HEARTBEAT * 4).await;
+        assert!(!call.is_finished(), "the call ended while it ran");
+    }
+    let r = tokio::time::timeout(GUARD, call)
+        .await
+        .expect("the call's outcome never came")
+        .unwrap();
+    assert_eq!(r.unwrap(), json!({"token": "through"}));
+    assert_eq!(count_logged(&log.0, "through", "start"), 1, "it ran once");
+    stop(vec![node_a], vec![pool_a]).await;
+}
+
+/// What a host answers to `?where <reply subject>` on its cancel subject:
+/// `running` for a call it runs, `kept` for one whose outcome it holds
+/// to send again, `gone` for one it never had; never the outcome itself
+/// (which goes only to the call's reply subject, which NATS permissions
+/// may keep others from reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_tells_whoever_asks_where_a_call_is_but_never_its_outcome() {
+    let nats = NatsServer::start().await;
+    let raw = nats.connect().await;
+    let pool_a = pool_of(ScriptWorker(big_worker()), 1).await;
+    let node_a = serve(&nats.connect().await, "a", &pool_a, 0).await;
+    let marker = Removed(temp(TEMP_PREFIX, "where.marker"));
+    let reply = raw.new_inbox();
+    let mut replies = raw.subscribe(reply.clone()).await.unwrap();
+    let ask = |about: String| {
+        let raw = raw.clone();
+        async move {
+            let m = raw
+                .request(
+                    "snakepit.test.host.a.cancel",
+                    format!("?where {about}").into(),
+                )
+                .await
+                .expect("the host answers");
+            String::from_utf8(m.payload.to_vec()).unwrap()
+        }
+    };
+
+    let call = json!({"command": "sleep", "args": {"marker": marker.0, "ms": 800}});
+    raw.publish_with_reply(
+        "snakepit.test.host.a.call",
+        reply.clone(),
+        call.to_string().into(),
+    )
+    .await
+    .unwrap();
+    eventually(30, "the call runs on a", || async { marker.0.exists() }).await;
+    assert_eq!(ask(reply.clone()).await, r#"{"running":{}}"#);
+    // Its acknowledgement, then its outcome.
+    let outcome = tokio::time::timeout(GUARD, async {
+        loop {
+            let m = replies.next().await.unwrap();
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v.get("ok").is_some() {
+                break v;
+            }
+        }
+    })
+    .await
+    .expect("the call's outcome never came");
+    assert!(outcome["ok"]["v"]["pid"].is_u64(), "{outcome}");
+    assert_eq!(ask(reply.clone()).await, r#"{"kept":{}}"#);
+    assert_eq!(
+        ask(format!("{}.never", raw.new_inbox())).await,
+        r#"{"gone":{}}"#
     );
     stop(vec![node_a], vec![pool_a]).await;
 }
