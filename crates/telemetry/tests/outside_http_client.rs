@@ -1168,7 +1168,8 @@ fn credentials_never_show_on_stderr_at_any_level() {
 /// the URL without them now (the client adds them to each request), and
 /// a failed answer's body with them blanked out. Ignored in the normal
 /// build only because the exporter's debug lines are not compiled into
-/// it (the unit tests of `take_userinfo` and `blank_out` run there).
+/// it (the unit tests of `take_userinfo` and `blank_out` run there); CI
+/// runs it in a build with that feature (`cargo xtask ci`).
 #[test]
 #[ignore = "needs --features opentelemetry-otlp/internal-logs (see its doc)"]
 fn credentials_never_show_in_the_exporters_own_debug_lines() {
