@@ -383,8 +383,7 @@ fn ci(root: &Path) -> Result<()> {
             ],
         )?;
     }
-    telemetry_grpc(root)?;
-    telemetry_internal_logs(root)?;
+    telemetry_builds(root)?;
     codecs(root)?;
     run(
         root,
@@ -458,43 +457,24 @@ fn codecs(root: &Path) -> Result<()> {
 /// The workspace's clippy and test runs already build it with `grpc` and
 /// `http` both (the command-line tool asks for `grpc`), and so lint it and
 /// run its gRPC end-to-end test (`otlp_grpc`). What they cannot run is a
-/// build with one transport only.
-fn telemetry_grpc(root: &Path) -> Result<()> {
-    // The workspace's run builds it with `grpc` (the command-line tool has
-    // both transports): its tests of a build without gRPC run here.
-    run(
-        root,
-        "cargo",
-        &["test", "-p", "snakepit-telemetry", "--test", "api_promises"],
-    )?;
-    // Without the `http` feature, gRPC is the default transport.
-    run(
-        root,
-        "cargo",
+/// build with one transport only, or with the exporter's own logs.
+fn telemetry_builds(root: &Path) -> Result<()> {
+    let builds: [&[&str]; 3] = [
+        // The workspace's run builds it with `grpc` (the command-line tool
+        // has both transports): its tests of a build without gRPC run here.
+        &["--test", "api_promises"],
+        // Without the `http` feature, gRPC is the default transport.
         &[
-            "test",
-            "-p",
-            "snakepit-telemetry",
             "--no-default-features",
             "--features",
             "grpc,json",
             "--test",
             "default_grpc",
         ],
-    )
-}
-
-/// The one test the workspace's run leaves out: no credentials show in
-/// the OTLP exporter's own debug lines, which only a build with its
-/// `internal-logs` feature has.
-fn telemetry_internal_logs(root: &Path) -> Result<()> {
-    run(
-        root,
-        "cargo",
+        // The one test the workspace's run leaves out: no credentials
+        // show in the OTLP exporter's own debug lines, which only a build
+        // with its `internal-logs` feature has.
         &[
-            "test",
-            "-p",
-            "snakepit-telemetry",
             "--features",
             "opentelemetry-otlp/internal-logs",
             "--test",
@@ -504,7 +484,13 @@ fn telemetry_internal_logs(root: &Path) -> Result<()> {
             "--exact",
             "credentials_never_show_in_the_exporters_own_debug_lines",
         ],
-    )
+    ];
+    for build in builds {
+        let mut args = vec!["test", "-p", "snakepit-telemetry"];
+        args.extend_from_slice(build);
+        run(root, "cargo", &args)?;
+    }
+    Ok(())
 }
 
 /// Every example that CI runs, each against real workers.

@@ -316,12 +316,7 @@ impl HostCtx {
     /// Sends a message to a call's reply subject now, and keeps it to
     /// send again after a reconnect ([`HostCtx::resend`]).
     async fn send_kept(&self, to: &Subject, reply: &impl serde::Serialize) {
-        let payload = self.encode(reply);
-        let conn = self.connects.now();
-        self.sent
-            .lock()
-            .unwrap()
-            .keep(conn, to.clone(), payload.clone());
+        let payload = self.kept(to, reply);
         if let Err(e) = self.nats.publish(to.clone(), payload).await {
             tracing::debug!(target: "snakepit::cluster", "reply to {to} lost: {e}");
         }
@@ -335,13 +330,20 @@ impl HostCtx {
     /// queued before a reconnect and sent after it goes twice; a client
     /// takes one.)
     fn queue(&self, to: &Subject, reply: &impl serde::Serialize) {
+        let payload = self.kept(to, reply);
+        self.replies.push((to.clone(), payload));
+    }
+
+    /// A reply's JSON, kept under the connection count of now to send
+    /// again after a reconnect.
+    fn kept(&self, to: &Subject, reply: &impl serde::Serialize) -> Bytes {
         let payload = self.encode(reply);
         let conn = self.connects.now();
         self.sent
             .lock()
             .unwrap()
             .keep(conn, to.clone(), payload.clone());
-        self.replies.push((to.clone(), payload));
+        payload
     }
 
     /// Queues a stream's chunk for its client, after what was queued
