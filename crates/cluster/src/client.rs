@@ -1994,9 +1994,14 @@ impl Flight {
         loop {
             let until = tokio::time::Instant::now() + self.inner.config.host_timeout;
             let ask = self.inner.nats.request(subject.clone(), question.clone());
+            let epoch = self.epoch;
             let answer = tokio::select! {
                 biased;
                 m = self.rx.recv() => Err(m),
+                // The host found lost, or this client's connection gone:
+                // the caller's loop sees it at once.
+                _ = self.lost.wait_for(|l| *l) => return None,
+                _ = self.connected.wait_for(|l| l.lost_since(epoch)) => return None,
                 _ = deadline.as_mut() => return Some(Err(Error::CallTimeout { command: self.command.clone(), timeout: self.timeout.unwrap_or_default() })),
                 answer = tokio::time::timeout_at(until, ask) => Ok(answer),
             };
