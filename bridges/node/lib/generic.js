@@ -8,6 +8,7 @@
 // from here.
 
 const os = require('os');
+const util = require('util');
 
 const BRIDGE_TYPE = 'generic_javascript';
 
@@ -42,6 +43,16 @@ function toNumber(value, name) {
   return n;
 }
 
+// An argument as text for an error message. String() throws on a map whose
+// `toString` is not a function; util.inspect describes such a map instead.
+function argText(value) {
+  try {
+    return String(value);
+  } catch (_) {
+    return util.inspect(value);
+  }
+}
+
 function compute(args) {
   const operation = args.operation === undefined ? 'add' : args.operation;
   const a = toNumber(args.a === undefined ? 0 : args.a, 'a');
@@ -69,7 +80,7 @@ function compute(args) {
       result = Math.sqrt(a);
       break;
     default:
-      throw new Error(`Unsupported operation: ${operation}`);
+      throw new Error(`Unsupported operation: ${argText(operation)}`);
   }
   return { status: 'ok', operation, inputs: { a, b }, result, timestamp: now() };
 }
@@ -133,7 +144,7 @@ function random(args) {
       break;
     }
     default:
-      throw new Error(`Unsupported random type: ${type}`);
+      throw new Error(`Unsupported random type: ${argText(type)}`);
   }
   return { status: 'ok', type, parameters: args, value, timestamp: now() };
 }

@@ -364,6 +364,7 @@ function restoreProtoKeys(value, standIn, depth) {
     return value;
   }
   if (Array.isArray(value)) return value.map((v) => restoreProtoKeys(v, standIn, depth + 1));
+  if (!isMap(value)) return value; // an ext value stays what the decoder made of it
   const out = {};
   for (const key of Object.keys(value)) {
     Object.defineProperty(out, key === standIn ? '__proto__' : key, {
@@ -482,14 +483,17 @@ class FrameReader {
 // Message validation
 
 function requireMap(value) {
-  if (value === null || typeof value !== 'object' || Array.isArray(value) || ArrayBuffer.isView(value)) {
-    throw new WireError('wrong_type', 'frame is not a map');
-  }
+  if (!isMap(value)) throw new WireError('wrong_type', 'frame is not a map');
   return value;
 }
 
+// A decoded map is a plain object. Arrays, bin values (Uint8Array) and ext
+// values (ExtData, and the Date that the timestamp extension decodes to)
+// are objects too, but not maps.
 function isMap(value) {
-  return value !== null && typeof value === 'object' && !Array.isArray(value) && !ArrayBuffer.isView(value);
+  if (value === null || typeof value !== 'object') return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
 }
 
 function requireField(msg, field, check, what) {
@@ -617,4 +621,5 @@ module.exports = {
   validateToPool,
   validateToWorker,
   decodeFrames,
+  isMap,
 };

@@ -152,6 +152,17 @@ const wellFormed =
 
 const UNREADABLE = '<unreadable thrown value>';
 
+// A value read from a frame, as text for a message or a log line. String()
+// throws on a map whose `toString` is not a function (a frame may hold
+// one); util.inspect describes such a map instead.
+function wireText(value) {
+  try {
+    return String(value);
+  } catch (_) {
+    return util.inspect(value);
+  }
+}
+
 // Whether a thrown value is an Error; false for one that cannot be asked (a
 // revoked proxy, whose prototype cannot be read).
 function isError(err) {
@@ -792,8 +803,7 @@ class Worker {
       else problem = 'field id must be a positive integer';
     } else if (typeof msg.command !== 'string') {
       problem = 'command' in msg ? 'field command must be a string' : 'request lacks the field command';
-    } else if (msg.args !== undefined && msg.args !== null &&
-      (typeof msg.args !== 'object' || Array.isArray(msg.args) || ArrayBuffer.isView(msg.args))) {
+    } else if (msg.args !== undefined && msg.args !== null && !wire.isMap(msg.args)) {
       problem = 'field args must be a map';
     }
     if (problem !== null) {
@@ -953,7 +963,7 @@ class Worker {
   _onHostReply(msg) {
     const pending = this._hostCalls.get(msg.id);
     if (pending === undefined) {
-      this.log.warn(`host_reply for unknown host call ${msg.id} dropped`);
+      this.log.warn(`host_reply for unknown host call ${wireText(msg.id)} dropped`);
       return;
     }
     this._hostCalls.delete(msg.id);
@@ -967,10 +977,10 @@ class Worker {
     const error = msg.error;
     const hasMessage = (m) => m !== undefined && m !== null && m !== '';
     if (error !== null && typeof error === 'object') {
-      const message = hasMessage(error.message) ? String(error.message) : 'host call failed';
-      pending.reject(new HostCallError(String(error.type || 'HostError'), message, error.traceback));
+      const message = hasMessage(error.message) ? wireText(error.message) : 'host call failed';
+      pending.reject(new HostCallError(wireText(error.type || 'HostError'), message, error.traceback));
     } else {
-      pending.reject(new HostCallError('HostError', hasMessage(error) ? String(error) : 'host call failed'));
+      pending.reject(new HostCallError('HostError', hasMessage(error) ? wireText(error) : 'host call failed'));
     }
   }
 
