@@ -305,6 +305,7 @@ impl Drop for PoolInner {
         let mut own: Vec<u32> = workers.iter().map(|w| w.pid).collect();
         own.extend(self.shared.stop_template());
         self.shared.finish_run(&own);
+        self.shared.spawner.close_watchdog();
     }
 }
 
@@ -498,6 +499,7 @@ impl Pool {
         let mut own: Vec<u32> = workers.iter().map(|w| w.pid).collect();
         own.extend(shared.stop_template());
         shared.finish_run(&own);
+        shared.spawner.close_watchdog();
         Ok(())
     }
 }

@@ -111,6 +111,18 @@ impl Spawner {
         Ok(child)
     }
 
+    /// The pool has ended (shut down, or its last handle dropped): its
+    /// watchdog has no group left to guard, and goes now rather than when
+    /// the last reference to the pool does (a handle kept after shutdown, a
+    /// stream still held). It kills whatever group is still listed as it
+    /// goes. A process started after this gets a watchdog of its own first.
+    pub(crate) fn close_watchdog(&self) {
+        let watchdog = self.watchdog.locked().take();
+        if let Some(w) = watchdog {
+            w.close();
+        }
+    }
+
     /// Tells the watchdog a group is gone, so that a reused id is never hit.
     pub(crate) fn forget(&self, pgid: u32) {
         self.tell_watchdog(&format!("-{pgid}\n"));

@@ -287,7 +287,7 @@ impl Pool {
             let reply = if flight.expires {
                 Some((&mut flight.reply).await)
             } else {
-                tokio::time::timeout_at(deadline.into(), &mut flight.reply)
+                crate::clock::timeout_at(deadline, &mut flight.reply)
                     .await
                     .ok()
             };
@@ -339,10 +339,23 @@ impl Pool {
             // A pool that is shut down refuses the call before its session
             // is touched (made, in a store shared with other hosts).
             touch_mark = Some(shared.touching(s).ok_or(Error::ShutDown)?);
+            // So does a call with no time left (a zero timeout): it would
+            // not be written, so its session is not made or extended.
+            if Instant::now() >= deadline {
+                return Err(shared.timed_out(command, timeout));
+            }
             // The store's time counts against the call's deadline.
             // A hook that panics fails the call, not the caller's task.
             let touch = crate::sync::CatchUnwind(hook.touch(id));
-            match tokio::time::timeout_at(deadline.into(), touch).await {
+            // A shutdown meanwhile refuses the call at once, as it does the
+            // calls waiting in the queue, rather than leave its caller to a
+            // store that may not answer before the call's deadline.
+            let mut ending = shared.shutdown.subscribe();
+            let touched = tokio::select! {
+                touched = crate::clock::timeout_at(deadline, touch) => touched,
+                _ = ending.wait_for(|closed| *closed) => return Err(Error::ShutDown),
+            };
+            match touched {
                 Ok(touched) => touched
                     .unwrap_or_else(|panic| Err(format!("the session store panicked: {panic}")))
                     .map_err(|message| Error::Session {

@@ -214,7 +214,7 @@ impl Shared {
             Instant::now(),
             self.config.queue_timeout,
         ));
-        match tokio::time::timeout_at(queue_deadline.into(), rx).await {
+        match crate::clock::timeout_at(queue_deadline, rx).await {
             // Its session's affinity was recorded as it got the worker.
             Ok(Ok(Ok(lease))) => Ok(lease),
             Ok(Ok(Err(e))) => Err(e),

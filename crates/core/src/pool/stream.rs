@@ -70,7 +70,7 @@ impl Pool {
             outcome,
             chunks: rx,
             flight: Some(flight),
-            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timer: crate::clock::Timer::at(deadline),
             timeout,
             resend: Resend {
                 pool: self.downgrade(),
@@ -138,7 +138,8 @@ pub struct CallStream {
     pub(crate) outcome: Outcome<'static, Arc<Shared>>,
     pub(crate) chunks: mpsc::Receiver<Bytes>,
     pub(crate) flight: Option<InFlight>,
-    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The call's deadline, on the runtime reading the stream.
+    pub(crate) timer: crate::clock::Timer,
     pub(crate) timeout: Duration,
     pub(crate) resend: Resend,
 }
@@ -172,7 +173,7 @@ impl Stream for CallStream {
         // and the reply can only be ready once it has.
         let outcome = match this.chunks.poll_recv(cx) {
             // The deadline holds while chunks keep coming too.
-            Poll::Ready(Some(_)) if this.sleep.deadline() <= tokio::time::Instant::now() => {
+            Poll::Ready(Some(_)) if this.timer.deadline() <= std::time::Instant::now() => {
                 return Poll::Ready(Some(this.time_out()));
             }
             Poll::Ready(Some(frame)) => {
@@ -207,7 +208,7 @@ impl Stream for CallStream {
             }
             // Every chunk read, and the deadline passed: the reply, even if
             // it came in time, waits unread like the chunks before it.
-            Poll::Ready(None) if this.sleep.deadline() <= tokio::time::Instant::now() => {
+            Poll::Ready(None) if this.timer.deadline() <= std::time::Instant::now() => {
                 return Poll::Ready(Some(this.time_out()));
             }
             Poll::Ready(None) => match Pin::new(&mut flight.reply).poll(cx) {
@@ -260,14 +261,14 @@ impl CallStream {
     /// When the call's deadline passes: the stream then ends with
     /// `Error::CallTimeout` (whether chunks are still coming or not).
     pub fn deadline(&self) -> std::time::Instant {
-        self.sleep.deadline().into_std()
+        self.timer.deadline()
     }
 
     pub(crate) fn poll_deadline(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<StreamItem>>> {
-        if self.sleep.as_mut().poll(cx).is_pending() {
+        if self.timer.poll_elapsed(cx).is_pending() {
             return Poll::Pending;
         }
         Poll::Ready(Some(self.time_out()))

@@ -587,8 +587,8 @@ pub(crate) async fn retire(shared: Arc<Shared>, old: Arc<Worker>) {
 /// shuts down: their stdin closes (a worker exits at end of input) and they
 /// get the grace period to exit; then their process groups get SIGTERM,
 /// then SIGKILL, each followed by up to `cleanup_max_retries` checks
-/// `cleanup_retry_interval` apart. Returns once all have ended or the
-/// checks after SIGKILL ran out.
+/// `cleanup_retry_interval` apart. Returns once all have ended (seen when
+/// they end, not at the next check) or the checks after SIGKILL ran out.
 pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
     for w in workers {
         w.close_stdin();
@@ -609,7 +609,17 @@ pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
             if all_done() {
                 return;
             }
-            tokio::time::sleep(config.cleanup_retry_interval).await;
+            // The pause ends early when the last of them ends: a long
+            // interval (up to `Duration::MAX`) must not hold a stop whose
+            // workers died at once.
+            tokio::select! {
+                _ = tokio::time::sleep(config.cleanup_retry_interval) => {}
+                _ = async {
+                    for w in workers {
+                        w.finished().await;
+                    }
+                } => return,
+            }
         }
     }
 }
