@@ -473,7 +473,10 @@ impl Pool {
     /// period, closes the workers' stdin, then signals their process groups
     /// (SIGTERM, then SIGKILL) and reaps them. A call still running when the
     /// grace period ends fails with [`Error::StoppedByShutdown`] then, and
-    /// its worker gets SIGTERM at once.
+    /// its worker gets SIGTERM at once. A call not yet written (queued, or
+    /// waiting on its session store) fails at once with
+    /// [`Error::ShutDown`]: it never ran. The pool's watchdog process ends
+    /// with it, whatever handles are still held.
     pub async fn shutdown(&self) -> Result<()> {
         let shared = self.shared();
         shared.close();
