@@ -651,8 +651,9 @@ impl Bench {
         })
     }
 
-    /// Draws the latency distributions to `path`.
-    fn plot(&self, path: &std::path::Path, m: &Measured) -> Result<(), Failure> {
+    /// Draws the latency distributions for `path`: the SVG document, which
+    /// the caller writes there.
+    fn plot(&self, path: &std::path::Path, m: &Measured) -> Result<String, Failure> {
         let (workers, callers) = (self.workers, self.a.concurrency);
         let depth = self.pool.pipeline_depth;
         let round = m.median_round();
@@ -674,7 +675,7 @@ impl Bench {
             self.worker.codec,
             self.a.command
         );
-        crate::plot::latency_cdf(path, &title, &series)
+        crate::plot::latency_cdf(&title, &series)
             .map_err(|e| Failure::general(format!("cannot draw {}: {e}", path.display())))
     }
 
@@ -762,7 +763,9 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
     ));
     let measured = b.measure().await?;
     // A plot that cannot be written fails the command, after the report:
-    // minutes of measuring are not lost to it.
+    // minutes of measuring are not lost to it. It is drawn in memory now
+    // (the report takes the measurements) and written once the report is
+    // out: a named pipe that nobody reads yet does not hold the report back.
     let drawn = b.a.plot.as_ref().map(|path| b.plot(path, &measured));
     let report = b.report(measured);
     if b.a.json {
@@ -773,7 +776,9 @@ pub(crate) async fn run(a: BenchArgs, file: FileConfig, out: &Output) -> Result<
         report.print_table(out)?;
     }
     if let (Some(drawn), Some(path)) = (drawn, &b.a.plot) {
-        drawn?;
+        std::fs::write(path, drawn?).map_err(|e| {
+            Failure::general(format!("cannot write the plot to {}: {e}", path.display()))
+        })?;
         out.note(format!("latency distributions drawn to {}", path.display()));
     }
     Ok(())

@@ -12,6 +12,7 @@
 //! queue_timeout_ms = 250
 //! ```
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -109,10 +110,28 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
             }
         }
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    // No more than a settings file can sensibly hold is read: a huge one (a
+    // sparse file of zeros) would take memory and time without bound, and
+    // its parse error would quote it whole.
+    let cannot_read =
+        |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(cannot_read)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(Failure::usage(format!(
+            "{} is larger than {} MiB: not a settings file",
+            path.display(),
+            MAX_FILE_BYTES >> 20
+        ))
+        .hint("give the right file with --config, or remove the stray one"));
+    }
     Ok(Some((path, text)))
 }
+
+/// The most a settings file may hold: a few lines are all it needs.
+const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// An empty `state_dir` is no directory: the pool would keep no run record.
 fn check_state_dir(dir: &Path) -> Result<(), String> {
@@ -145,9 +164,11 @@ pub(crate) fn state_dir_of(text: &str) -> Result<Option<PathBuf>, String> {
     }
 }
 
-/// Why `path` cannot be read as the settings file (`not found`, `is a
-/// directory`, ...), or `None` when it is a regular file.
-fn not_a_file(path: &Path) -> Option<&'static str> {
+/// Why `path` cannot be read as a file (the settings file, a worker
+/// script): `not found`, `is a directory, not a file`, ...; `None` when it
+/// is a regular file, or when it cannot be looked at (the caller's read
+/// then says why).
+pub(crate) fn not_a_file(path: &Path) -> Option<&'static str> {
     use std::os::unix::fs::FileTypeExt;
     let kind = match std::fs::metadata(path) {
         Ok(m) => m.file_type(),

@@ -104,6 +104,13 @@ async fn examine() -> (Vec<Interpreter>, Vec<PackageReport>) {
                 Ok(ms) => it.ping_ms = Some(ms),
                 Err(e) => it.error = Some(e),
             }
+        } else if let Some(path) = &found.path {
+            // The file is there: installing an interpreter would not help.
+            it.error = Some(format!(
+                "`{}` is there but did not run or did not give its version (`{} --version`)",
+                path.display(),
+                path.display()
+            ));
         } else {
             it.error = Some(format!("`{}` not found", found.program.display()));
         }
@@ -163,10 +170,10 @@ fn print_report(
     let mut todo = Vec::new();
     outln!("{}", Output::paint(c, style::BOLD, "Interpreters"))?;
     for it in interpreters {
-        let status = match (&it.version, it.ping_ms) {
-            (_, Some(_)) => good("ok     "),
-            (Some(_), None) => bad("failed "),
-            (None, None) => bad("missing"),
+        let status = match (&it.version, it.ping_ms, &it.path) {
+            (_, Some(_), _) => good("ok     "),
+            (Some(_), None, _) | (None, None, Some(_)) => bad("failed "),
+            (None, None, None) => bad("missing"),
         };
         let path = it.path.as_ref().map_or_else(
             || it.program.display().to_string(),
@@ -183,7 +190,10 @@ fn print_report(
                 it.error.as_deref().unwrap_or("")
             )?,
             (None, _) => {
-                outln!("  {status} {:<7} `{path}` not found", it.language)?;
+                match (&it.path, &it.error) {
+                    (Some(_), Some(error)) => outln!("  {status} {:<7} {error}", it.language)?,
+                    _ => outln!("  {status} {:<7} `{path}` not found", it.language)?,
+                }
                 todo.push(it.install.to_owned());
             }
         }

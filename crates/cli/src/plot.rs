@@ -1,23 +1,33 @@
 //! `bench --plot`: the latency distributions as cumulative curves on a
 //! logarithmic time axis, one per measurement, in an SVG file.
 
-use std::path::Path;
-
 use plotters::prelude::*;
 
 /// Points kept per curve: plenty for a smooth line, small for the file.
 const POINTS: usize = 400;
 
-/// Draws each `(label, sorted latencies in us)` as a cumulative distribution.
+/// Draws each `(label, sorted latencies in us)` as a cumulative
+/// distribution: the SVG document, in memory. The caller writes it where it
+/// goes once the report is out, so that a destination that blocks (a named
+/// pipe nobody reads yet) or fails never holds back or loses the report.
 pub(crate) fn latency_cdf(
-    path: &Path,
+    title: &str,
+    series: &[(String, &Vec<f64>)],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut svg = String::new();
+    draw(&mut svg, title, series)?;
+    Ok(svg)
+}
+
+fn draw(
+    svg: &mut String,
     title: &str,
     series: &[(String, &Vec<f64>)],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let all = series.iter().flat_map(|(_, s)| s.iter().copied());
     let lo = all.clone().fold(f64::INFINITY, f64::min).max(0.1);
     let hi = all.fold(0.0_f64, f64::max).max(lo * 10.0);
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (960, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))

@@ -205,7 +205,26 @@ fn start_hint(cause: &str, stderr: &str) -> String {
     if cause.contains("timeout") || cause.contains("within") {
         return "the worker's init is slow: raise worker_init_timeout_ms and startup_timeout_ms in snakepit.toml".into();
     }
+    if cause.contains("broke the protocol") {
+        return match oversized_frame(cause) {
+            // Below four spaces read as a length: a real, large frame.
+            Some(len) if len < 0x2020_2020 => {
+                "the worker's handshake is larger than the pool accepts: raise max_frame_size under [pool] in snakepit.toml".into()
+            }
+            _ => "something wrote to the worker's stdout before its handshake (a print at import, a library's banner), and stdout carries the frames: print to stderr, create the bridge's Worker before anything prints, or call snakepit_bridge.protect_stdout() first in Python (docs/bridges.md)".into(),
+        };
+    }
+    if stderr.trim().is_empty() {
+        return "the worker wrote nothing to stderr; run the script by hand to see it fail".into();
+    }
     "the worker's stderr above says why; run the script by hand to see it fail".into()
+}
+
+/// The length of the frame a start-up failure names as too large (`frame
+/// of N bytes exceeds ...`), if it names one.
+fn oversized_frame(cause: &str) -> Option<u64> {
+    let rest = cause.split("frame of ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
 }
 
 /// Where notes and errors go, and how.

@@ -52,12 +52,16 @@ impl Worker {
                 preload,
             });
         };
-        if !script.is_file() {
-            let what = if script.is_dir() {
-                "is a directory, not a file"
-            } else {
-                "not found"
-            };
+        // What is there under the name, when it is not a regular file (a
+        // named pipe is never opened: that would wait for a writer), or why
+        // it cannot be looked at (a loop of symbolic links, no permission).
+        let what = match crate::config::not_a_file(&script) {
+            Some(what) => Some(what.to_owned()),
+            None => std::fs::metadata(&script)
+                .err()
+                .map(|e| format!("cannot be read: {e}")),
+        };
+        if let Some(what) = what {
             return Err(Failure::usage(format!("script {} {what}", script.display()))
             .hint("give the path of a worker script; without --script the bundled generic worker runs"));
         }
