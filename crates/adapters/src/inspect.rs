@@ -293,6 +293,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `None` if it could not run or did not end within [`PROBE_TIMEOUT`]
 /// (it is then killed).
 #[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
+/// The most of each of a probe's outputs that is kept.
+const PROBE_OUTPUT: u64 = 64 << 10;
+
 fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
     use std::io::Read;
     let mut child = std::process::Command::new(program)
@@ -324,7 +327,12 @@ fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
             if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
+                // What a version or a probe prints fits in far less; the
+                // rest is read and dropped, so that an interpreter that
+                // floods its output neither stalls on a full pipe nor
+                // fills this process's memory.
+                let _ = (&mut pipe).take(PROBE_OUTPUT).read_to_end(&mut bytes);
+                let _ = std::io::copy(&mut pipe, &mut std::io::sink());
             }
             let _ = tx.send((n, bytes));
         });
