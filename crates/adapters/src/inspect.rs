@@ -289,13 +289,13 @@ impl Bridge {
 /// broken shim, a stub waiting for input it never gets) counts as absent.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs a probe of an interpreter: whether it succeeded, stdout, stderr;
-/// `None` if it could not run or did not end within [`PROBE_TIMEOUT`]
-/// (it is then killed).
-#[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
 /// The most of each of a probe's outputs that is kept.
 const PROBE_OUTPUT: u64 = 64 << 10;
 
+/// Runs a probe of an interpreter: whether it succeeded, stdout, stderr
+/// (the first [`PROBE_OUTPUT`] bytes of each); `None` if it could not run
+/// or did not end within [`PROBE_TIMEOUT`] (it is then killed).
+#[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
 fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
     use std::io::Read;
     let mut child = std::process::Command::new(program)

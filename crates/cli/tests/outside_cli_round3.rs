@@ -253,7 +253,6 @@ worker.run()
 /// (`RawProcess`: "no run record"), so `snakepit sweep` cannot find them
 /// either: they run until something else kills them.
 #[test]
-#[ignore = "DEFECT: bench's raw-loop workers' children that left their process group outlive the bench (RawProcess kills only its group, writes no run record; fix in snakepit-core)"]
 fn a_bench_leaves_no_child_of_its_raw_loop_workers_behind() {
     let dir = Dir::new("r3-bench-escape");
     let state = state_dir(&dir);

@@ -27,7 +27,11 @@ use crate::spawn::Spawner;
 /// [`kill`](RawProcess::kill) waits for the reaping. Reaping it
 /// ([`wait`](RawProcess::wait), [`try_wait`](RawProcess::try_wait)) kills
 /// what is left of its group at that moment, and nothing is signalled
-/// after: its pid may then be another process's.
+/// after: its pid may then be another process's. Either also kills every
+/// process that carries its run id outside its group (a child that made a
+/// session of its own, as a daemonising library does), found through
+/// `/proc` as a pool finds its workers' (a few milliseconds, on the
+/// calling thread).
 ///
 /// Nothing else of a pool is there: no handshake, no queue, no restarts, no
 /// run record. Reading the worker's replies is up to the caller, and so is
@@ -130,7 +134,7 @@ impl RawProcess {
         let status = self.child.try_wait()?;
         if status.is_some() && !self.reaped {
             self.reaped = true;
-            signal_group(self.pid, libc::SIGKILL);
+            self.kill_what_is_left();
         }
         Ok(status)
     }
@@ -143,9 +147,18 @@ impl RawProcess {
         if !self.reaped {
             // Once only: later, its pid (and group id) may be another's.
             self.reaped = true;
-            signal_group(self.pid, libc::SIGKILL);
+            self.kill_what_is_left();
         }
         Ok(status)
+    }
+
+    /// Kills what is left of its process group, and every process that
+    /// carries its run id outside it (a child that made a session or a
+    /// group of its own), as a pool does when a worker ends. The second
+    /// looks through `/proc`: a few milliseconds.
+    fn kill_what_is_left(&self) {
+        signal_group(self.pid, libc::SIGKILL);
+        crate::sweep::kill_leftovers(&self.run_id, &[self.pid]);
     }
 
     /// Kills its whole process group (SIGKILL) and waits for it to be reaped.
@@ -163,7 +176,7 @@ impl Drop for RawProcess {
         if !self.reaped {
             // The whole group, even when the leader has ended on its own:
             // its children may still run.
-            signal_group(self.pid, libc::SIGKILL);
+            self.kill_what_is_left();
             // Reaped here when it has already gone (the usual case right
             // after SIGKILL); otherwise Tokio reaps it in the background.
             let _ = self.child.start_kill();
