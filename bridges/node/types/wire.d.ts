@@ -94,3 +94,10 @@ export declare function decodeFrames(
   bytes: Uint8Array | ArrayLike<number>,
   options?: DecodeFramesOptions
 ): Message[];
+
+/**
+ * Whether a decoded value is a map: a plain object. Arrays, bin values
+ * (`Uint8Array`) and MessagePack ext values (`ExtData`, and the `Date`
+ * the timestamp extension decodes to) are not.
+ */
+export declare function isMap(value: unknown): value is Record<string, unknown>;

@@ -936,9 +936,11 @@ impl Serving {
 
     /// Answers a client that asks ([`wire::ask_where`]) what became of
     /// the call with reply subject `asked`: it runs, its outcome is kept
-    /// (so sent again after each reconnect), or it is gone. An outcome is
-    /// kept from when it is queued, before the serving loop hears that
-    /// its call ended: no call is between the two.
+    /// (so sent again after each reconnect), or it ended and its outcome
+    /// is no longer kept. An outcome is kept from when it is queued, before
+    /// the serving loop hears that its call ended: no call is between the
+    /// two. A call this run never had gets no answer: another run of the
+    /// same host id (a rolling restart) may be running it, and answers.
     fn answer_where(&self, asked: &str, to: &Subject) {
         if !wire::answerable(to.as_str()) {
             return;
@@ -947,8 +949,10 @@ impl Serving {
             wire::RUNNING
         } else if self.host.sent.lock().unwrap().holds(asked) {
             wire::KEPT
-        } else {
+        } else if self.ended.contains(asked) {
             wire::GONE
+        } else {
+            return;
         };
         self.publish_answer(to, Bytes::from_static(answer));
     }

@@ -258,8 +258,9 @@ pub(crate) const NOT_DECLINED: &[u8] = b"{\"not_declined\":{}}";
 /// has not come, once the host's connection was made again (NATS drops
 /// what it had for the old one): `?where <reply subject>`. The host
 /// answers [`RUNNING`], [`KEPT`] (the outcome is among those it sends
-/// again after each reconnect, so it is on its way), or [`GONE`]: it
-/// neither runs the call nor holds its outcome any more. (A subject has
+/// again after each reconnect, so it is on its way), or [`GONE`]: the call
+/// ended and its outcome is no longer kept. A host that never had the call
+/// does not answer (another run of its id may have it). (A subject has
 /// no space, so a host that does not know this question reads it as an
 /// [`ask`] about no call of its, and answers [`NOT_DECLINED`]: the client
 /// then goes on waiting. The answer never carries the outcome: only the
@@ -281,9 +282,8 @@ pub(crate) const RUNNING: &[u8] = b"{\"running\":{}}";
 /// holds to send again after each reconnect.
 pub(crate) const KEPT: &[u8] = b"{\"kept\":{}}";
 
-/// A host's answer to an [`ask_where`] about a call it neither runs nor
-/// holds the outcome of (the outcome went out of what it keeps to send
-/// again, or it never had the call).
+/// A host's answer to an [`ask_where`] about a call that ended there and
+/// whose outcome went out of what it keeps to send again.
 pub(crate) const GONE: &[u8] = b"{\"gone\":{}}";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,6 +42,7 @@ const declaredWire: Record<keyof typeof wire, true> = {
   validateToPool: true,
   validateToWorker: true,
   decodeFrames: true,
+  isMap: true,
 };
 
 // The public members of a worker and of a context, likewise.
