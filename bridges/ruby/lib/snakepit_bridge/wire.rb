@@ -291,6 +291,9 @@ module SnakepitBridge
     MAX_DEPTH = 127
 
     class JsonCodec
+      # The escape of a UTF-16 surrogate, \uD800 to \uDFFF (paired or not).
+      SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/.freeze
+
       def initialize
         # JSON.generate builds a fresh State per call; reusing one is 2-3x
         # faster on small replies. A State is not safe to share between
@@ -328,7 +331,22 @@ module SnakepitBridge
         end
         raise DecodeError.new(:wrong_type, "frame is not a JSON object") unless value.is_a?(Hash)
 
+        # An escaped lone surrogate ("\udfff") has no UTF-8 form, and the
+        # parser lets some through as strings whose bytes are not UTF-8. Such
+        # escapes are rare, so the walk runs only when the text has one.
+        check_strings(value) if payload.include?("\\u") && payload.match?(SURROGATE_ESCAPE)
         value
+      end
+
+      private
+
+      def check_strings(value)
+        case value
+        when String
+          raise DecodeError.new(:invalid_utf8, "frame holds a string that is not valid UTF-8") unless value.valid_encoding?
+        when Hash then value.each { |k, v| check_strings(k); check_strings(v) }
+        when Array then value.each { |v| check_strings(v) }
+        end
       end
     end
 
@@ -369,7 +387,10 @@ module SnakepitBridge
           # Ext values reach the handler as MessagePack::ExtensionValue and
           # are written back as the same ext.
           value = MessagePack.unpack(payload, allow_unknown_ext: true)
-        rescue StandardError => e # EOFError for a cut payload, MalformedFormatError, ...
+        rescue StandardError, NoMemoryError => e
+          # EOFError for a cut payload, MalformedFormatError, ...; and
+          # NoMemoryError: the gem sizes an array from its header before
+          # reading any element, so a few bytes can ask for 32 GiB.
           raise DecodeError.new(:invalid_payload, "frame is not valid MessagePack: #{e.class}: #{e.message[0, 200]}")
         end
         raise DecodeError.new(:wrong_type, "frame is not a MessagePack map") unless value.is_a?(Hash)

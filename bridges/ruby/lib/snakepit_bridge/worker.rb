@@ -610,7 +610,10 @@ module SnakepitBridge
       @yield_r = @yield_w = nil
       @requests_handled = 0
       @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      @worker_id = ENV["SNAKEPIT_WORKER_ID"]
+      # The id is text (the pool's name, UTF-8), but Ruby tags ENV values
+      # with the locale's encoding: binary under a C locale, which would go
+      # out as a MessagePack bin and break log lines that are not ASCII.
+      @worker_id = ENV["SNAKEPIT_WORKER_ID"]&.dup&.force_encoding(Encoding::UTF_8)&.scrub
       @worker_id = nil if @worker_id&.empty?
       @logger = nil
       @timestamp_second = nil
@@ -765,7 +768,10 @@ module SnakepitBridge
                            id.nil? ? "request has no id" : "request id must be a positive integer")
       end
       return reply_error(id, "InvalidRequest", "request has no command") if command.nil?
-      return reply_error(id, "InvalidRequest", "command must be a string") unless command.is_a?(String)
+      # A MessagePack bin arrives as a binary String, and is no string.
+      unless command.is_a?(String) && command.encoding == Encoding::UTF_8
+        return reply_error(id, "InvalidRequest", "command must be a string")
+      end
       return reply_error(id, "InvalidRequest", "args must be a map") unless args.is_a?(Hash)
 
       @requests_handled += 1
@@ -803,10 +809,11 @@ module SnakepitBridge
         rescue SystemExit
           raise
         rescue SignalException => e
-          # With our INT trap, a SIGINT never raises Interrupt: this one was
+          # With our INT trap, a SIGINT never raises Interrupt: this one (or
+          # a subclass of its own other than Cancelled, rescued above) was
           # raised by the handler's code, and is its failure. Other signals'
           # exceptions end the worker, as the signal would.
-          raise unless e.instance_of?(Interrupt) && @int_trapped
+          raise unless e.is_a?(Interrupt) && @int_trapped
 
           ctx.cancelled? ? cancelled_error(ctx) : [false, error_map(e)]
         rescue Exception => e # rubocop:disable Lint/RescueException -- any handler failure becomes a reply
@@ -889,11 +896,23 @@ module SnakepitBridge
       }
     end
 
-    # The block's value, or nil if it raises.
+    # The block's value, or nil if it raises. An exception's #message can
+    # raise anything (Exception itself, Interrupt, NoMemoryError), and the
+    # failed reply must go out all the same; only leaving the process goes
+    # through.
     def readable
       yield
-    rescue StandardError, ScriptError, SystemStackError
+    rescue Exception => e # rubocop:disable Lint/RescueException -- see above
+      raise if leaves_process?(e)
+
       nil
+    end
+
+    # Whether +exception+ ends the worker rather than one call: SystemExit
+    # (`exit`, and the SIGTERM trap), or the exception of a signal other
+    # than SIGINT, which ends it as the signal would.
+    def leaves_process?(exception)
+      exception.is_a?(SystemExit) || (exception.is_a?(SignalException) && !exception.is_a?(Interrupt))
     end
 
     # +text+ as a valid UTF-8 string, which either codec can write: an error's
@@ -926,10 +945,14 @@ module SnakepitBridge
               end
       payload = begin
         @codec.encode(reply)
-      rescue StandardError, SystemStackError => e
+      rescue Exception => e # rubocop:disable Lint/RescueException -- see below
+        raise if leaves_process?(e)
+
         # A result the codec cannot represent (NaN, an arbitrary object
         # under msgpack, a string whose bytes are not valid UTF-8, a value
-        # nested too deep) still gets an answer, and the worker lives on.
+        # nested too deep), or whose own conversion raises (a #to_s or
+        # #to_json that raises any exception), still gets an answer, and the
+        # worker lives on.
         error = error_map(e)
         error["message"] = "result cannot be encoded as #{@codec.name}: #{error['message']}"
         @codec.encode({ "id" => id, "success" => false, "error" => error, "timestamp" => timestamp })
@@ -939,7 +962,7 @@ module SnakepitBridge
 
     def reply_error(id, type, message)
       write_message({ "id" => id, "success" => false,
-                      "error" => { "type" => type, "message" => message }, "timestamp" => timestamp })
+                      "error" => { "type" => type, "message" => utf8_text(message) }, "timestamp" => timestamp })
     end
 
     def protocol_error(message)
@@ -963,7 +986,8 @@ module SnakepitBridge
       return unless @worker_id.nil? && command == "ping" && args["initialization"]
 
       id = args["worker_id"]
-      @worker_id = id if id.is_a?(String) && !id.empty?
+      # Text only: a MessagePack bin arrives as a binary String.
+      @worker_id = id if id.is_a?(String) && id.encoding == Encoding::UTF_8 && !id.empty?
     end
 
     def write_message(message)
