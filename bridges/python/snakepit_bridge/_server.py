@@ -296,12 +296,19 @@ class Server:
     def _frame(self, value):
         try:
             payload = self._encode(value)
-        except Exception as exc:
+        except BaseException as exc:
             kind = value.get("type")
-            if kind is None and "result" in value:
-                # A result the codec cannot carry is the handler's failure.
+            if kind is None and "result" in value and not fatal(exc):
+                # A result the codec cannot carry is the handler's failure,
+                # whatever the codec raised: a BaseException too (a dict
+                # subclass whose items() raises KeyboardInterrupt), which
+                # would otherwise end the sync loop with no reply sent.
                 type_, message = encode_failure(exc, "result")
                 payload = self._encode(error_reply(value["id"], type_, message))
+            elif not isinstance(exc, Exception):
+                # A SIGINT's KeyboardInterrupt while a chunk is encoded
+                # cancels the call; SystemExit ends the worker.
+                raise
             else:
                 # A chunk or host call's arguments: raised in the handler,
                 # as the same type its result would fail with.

@@ -152,7 +152,9 @@ class MsgpackCodec(Codec):
         except (ValueError, TypeError, self._msgpack.UnpackException) as exc:
             # ExtraData, FormatError, StackError and "incomplete input" are
             # all ValueError subclasses in msgpack >= 1.0.
-            raise FrameError("invalid_payload", f"frame is not valid MessagePack: {exc}")
+            # StackError (nested too deeply) and FormatError carry no text.
+            detail = str(exc) or type(exc).__name__
+            raise FrameError("invalid_payload", f"frame is not valid MessagePack: {detail}")
         except RecursionError:
             raise FrameError("invalid_payload", "frame is not valid MessagePack: nested too deeply")
 

@@ -33,18 +33,24 @@ def compute(args):
         raise ValueError(
             f"Operands a and b must be numbers, got {type(a).__name__} and {type(b).__name__}"
         )
-    if operation == "add":
-        result = a + b
-    elif operation == "subtract":
-        result = a - b
-    elif operation == "multiply":
-        result = a * b
-    elif operation == "divide":
-        if b == 0:
-            raise ValueError("Division by zero")
-        result = a / b
-    else:
-        raise ValueError(f"Unsupported operation: {operation}")
+    try:
+        if operation == "add":
+            result = a + b
+        elif operation == "subtract":
+            result = a - b
+        elif operation == "multiply":
+            result = a * b
+        elif operation == "divide":
+            if b == 0:
+                raise ValueError("Division by zero")
+            result = a / b
+        else:
+            raise ValueError(f"Unsupported operation: {operation}")
+    except OverflowError as exc:
+        # An integer too large for a float (JSON carries any number of
+        # digits) met a float or a division: compute fails with ValueError
+        # only, as docs/protocol.md section 7 says.
+        raise ValueError(f"Operands out of range: {exc}") from None
     return {
         "status": "ok",
         "operation": operation,
