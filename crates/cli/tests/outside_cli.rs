@@ -26,34 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{records, Dir, Run, BIN};
+use common::{command, records, Dir, Run};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
-
-/// `snakepit ARGS` in `dir`, with `env` on top of an environment that has
-/// no `OTEL_*`, `RUST_LOG`, `NATS_URL` nor `SNAKEPIT_CONFIG`.
-#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
-fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("SNAKEPIT_CONFIG")
-        .env_remove("NATS_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
 
 /// Runs `cmd` to its end, killing it (and failing) past `limit`: a guard
 /// against a hang, not a measurement.

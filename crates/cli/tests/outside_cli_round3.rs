@@ -23,34 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{records, Dir, Run, BIN};
+use common::{command, records, Dir, Run};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
-
-/// `snakepit ARGS` in `dir`, with `env` on top of an environment without
-/// `SNAKEPIT_CONFIG`, `NATS_URL`, `RUST_LOG` nor any `OTEL_*` variable.
-#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
-fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("SNAKEPIT_CONFIG")
-        .env_remove("NATS_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
 
 /// Runs `cmd` to its end; kills it and fails past `limit` (a guard against
 /// a hang, not a measurement).

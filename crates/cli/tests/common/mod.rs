@@ -57,6 +57,31 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// `snakepit ARGS` in `dir`, with `env` on top of an environment without
+/// `SNAKEPIT_CONFIG`, `NATS_URL`, `RUST_LOG` nor any `OTEL_*` variable,
+/// not yet started (stdin empty, stdout and stderr piped).
+#[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
+pub fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("SNAKEPIT_CONFIG")
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 /// Runs `snakepit ARGS` in `dir` with extra environment variables and stdin.
 #[allow(clippy::disallowed_methods)] // runs the tool under test, not a worker
 pub fn snakepit_in(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
