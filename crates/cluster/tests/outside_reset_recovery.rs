@@ -183,20 +183,44 @@ async fn an_outcome_whose_resent_copy_is_lost_in_a_second_host_reset_is_sent_aga
 /// host's reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_outcome_fell_out_of_the_hosts_resend_bound_fails_instead_of_hanging() {
+    // In about one run in four, call A's outcome is not lost: it reaches
+    // its client while the host's path is muted, or right after the
+    // reset, before the host sends anything again (the host cannot send A
+    // again: it no longer holds it). It never left the host's NATS client,
+    // whose buffer outlived the connection, it seems; the cause is not
+    // proven. The scenario then tests nothing, and runs again, up to four
+    // times.
+    for attempt in 1..=4 {
+        if outcome_pushed_out_of_the_resend_bound().await {
+            return;
+        }
+        eprintln!("attempt {attempt}: call A's outcome was not lost in the reset; again");
+    }
+    panic!("in four attempts, call A's outcome was never lost in the reset");
+}
+
+/// One attempt of the test above: false when its premise failed (call A's
+/// outcome was not lost).
+async fn outcome_pushed_out_of_the_resend_bound() -> bool {
     let nats = NatsServer::start().await;
     let raw = nats.connect().await;
     let proxy = Proxy::start(nats.port).await;
     let conn_a = connect_quick(&proxy.url).await;
     let pool_a = pool_of(ScriptWorker(big_worker()), 2).await;
     let node_a = serve(&conn_a, "a", &pool_a, 32).await;
-    let host_timeout = Duration::from_secs(5);
+    // Far above the time the host is muted here (the call, then 17 big
+    // calls, under load): the call must fail for its lost outcome, not for
+    // heartbeats missed meanwhile.
+    let host_timeout = Duration::from_secs(40);
     let client = client_on(&nats.connect().await, host_timeout).await;
     wait_hosts(&client, 1).await;
     let marker = Removed(temp(TEMP_PREFIX, "dropped.marker"));
 
+    // Long enough that the path is muted before it ends, however late a
+    // loaded machine runs this test after the call has started.
     let call = {
         let client = client.clone();
-        let args = json!({"marker": marker.0, "ms": 1500});
+        let args = json!({"marker": marker.0, "ms": 4000});
         tokio::spawn(async move { client.execute_with("sleep", args, CallOptions::new()).await })
     };
     eventually(30, "call A runs on a", || async { marker.0.exists() }).await;
@@ -227,6 +251,10 @@ async fn a_call_whose_outcome_fell_out_of_the_hosts_resend_bound_fails_instead_o
         .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if call.is_finished() {
+        stop(vec![node_a], vec![pool_a]).await;
+        return false;
+    }
     reset(&proxy, &conn_a).await;
     let back = Instant::now();
 
@@ -234,16 +262,24 @@ async fn a_call_whose_outcome_fell_out_of_the_hosts_resend_bound_fails_instead_o
         .await
         .expect("call A hangs: its outcome was neither sent again nor reported lost")
         .unwrap();
+    if r.is_ok() {
+        stop(vec![node_a], vec![pool_a]).await;
+        return false;
+    }
     match r {
-        Err(Error::HostLost { host, .. }) => assert_eq!(host, "a"),
+        Err(Error::HostLost { host, message }) => {
+            assert_eq!(host, "a");
+            assert!(message.contains("no longer holds its outcome"), "{message}");
+        }
         other => panic!("want the host-lost error of host a, got {other:?}"),
     }
     assert!(
-        back.elapsed() < host_timeout * 2,
+        back.elapsed() < host_timeout,
         "it failed {:?} after the host was back",
         back.elapsed()
     );
     stop(vec![node_a], vec![pool_a]).await;
+    true
 }
 
 /// A call that runs through two resets of its host's connection (each
