@@ -332,6 +332,10 @@ async fn a_host_tells_whoever_asks_where_a_call_is_but_never_its_outcome() {
     let raw = nats.connect().await;
     let pool_a = pool_of(ScriptWorker(big_worker()), 1).await;
     let node_a = serve(&nats.connect().await, "a", &pool_a, 0).await;
+    // Heard from once it beats, so subscribed to its subjects: a call
+    // published before the server has the host's subscription is lost.
+    let client = client_on(&nats.connect().await, Duration::from_secs(5)).await;
+    wait_hosts(&client, 1).await;
     let marker = Removed(temp(TEMP_PREFIX, "where.marker"));
     let reply = raw.new_inbox();
     let mut replies = raw.subscribe(reply.clone()).await.unwrap();
