@@ -476,11 +476,10 @@ fn telemetry_builds(root: &Path) -> Result<()> {
         // with its `internal-logs` feature has.
         &[
             "--features",
-            "opentelemetry-otlp/internal-logs",
+            "internal-logs",
             "--test",
             "outside_http_client",
             "--",
-            "--ignored",
             "--exact",
             "credentials_never_show_in_the_exporters_own_debug_lines",
         ],

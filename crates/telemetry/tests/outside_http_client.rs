@@ -1158,27 +1158,27 @@ fn credentials_never_show_on_stderr_at_any_level() {
 /// The same with the exporter's own debug lines compiled in, as they are
 /// in an application that depends on `opentelemetry-otlp` with its
 /// default features (its `internal-logs`). Run it with
-/// `cargo nextest run -p snakepit-telemetry --features
-/// opentelemetry-otlp/internal-logs --test outside_http_client
-/// --run-ignored all -E 'test(exporters_own_debug_lines)'`. The exporter
+/// `cargo test -p snakepit-telemetry --features internal-logs --test
+/// outside_http_client exporters_own_debug_lines`. The exporter
 /// logs each request's URL at DEBUG (`HttpClient.NetworkError`,
 /// `HttpClient.StatusError`) and a failed answer's body: it printed the
 /// password when exporters.rs handed it the endpoint with its userinfo,
 /// and when a receiver quoted the credentials in a refusal. It is given
 /// the URL without them now (the client adds them to each request), and
-/// a failed answer's body with them blanked out. Ignored in the normal
-/// build only because the exporter's debug lines are not compiled into
-/// it (the unit tests of `take_userinfo` and `blank_out` run there); CI
-/// runs it in a build with that feature (`cargo xtask ci`).
+/// a failed answer's body with them blanked out. Built only with the
+/// crate's `internal-logs` feature, since without it the exporter's debug
+/// lines are not compiled in (the unit tests of `take_userinfo` and
+/// `blank_out` run in every build); CI runs it in a build with that
+/// feature (`cargo xtask ci`).
 #[test]
-#[ignore = "needs --features opentelemetry-otlp/internal-logs (see its doc)"]
+#[cfg(feature = "internal-logs")]
 fn credentials_never_show_in_the_exporters_own_debug_lines() {
     if let Some(stderr) = credentials_run("credentials_never_show_in_the_exporters_own_debug_lines")
     {
         assert!(
             stderr.contains("opentelemetry-otlp: name=\"HttpClient."),
             "the exporter's debug lines are not compiled in: run with \
-             --features opentelemetry-otlp/internal-logs\n{stderr}"
+             --features internal-logs\n{stderr}"
         );
         for secret in SECRETS {
             assert!(!stderr.contains(secret), "{secret} shown:\n{stderr}");
