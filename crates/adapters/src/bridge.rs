@@ -174,6 +174,31 @@ impl Bridge {
             _ => false,
         }
     }
+
+    /// What `script` is, as the worker would open it (a relative path from
+    /// the worker's directory), when it is a FIFO, a device or a socket:
+    /// no script at all. `None` for anything else, and for what does not
+    /// exist (the interpreter's own error says so).
+    fn not_a_script(&self, script: &Path) -> Option<&'static str> {
+        use std::os::unix::fs::FileTypeExt;
+        let full = match &self.user.cwd {
+            Some(cwd) if script.is_relative() => cwd.join(script),
+            _ => script.to_path_buf(),
+        };
+        // Not opened: opening a FIFO would block.
+        let kind = std::fs::metadata(full).ok()?.file_type();
+        if kind.is_fifo() {
+            Some("a FIFO")
+        } else if kind.is_char_device() {
+            Some("a character device")
+        } else if kind.is_block_device() {
+            Some("a block device")
+        } else if kind.is_socket() {
+            Some("a socket")
+        } else {
+            None
+        }
+    }
 }
 
 /// `script` as an argument no interpreter takes for an option of its own:
@@ -218,6 +243,20 @@ impl Adapter for Bridge {
                 dir.display(),
                 self.language.path_var()
             ));
+        }
+        if let Entry::Script(script) = &self.entry {
+            if script.as_os_str().is_empty() {
+                // Python would run the `__main__.py` of its directory; Node.js
+                // and Ruby would read their program from the pool's pipe.
+                return Err("the script path is empty".into());
+            }
+            if let Some(what) = self.not_a_script(script) {
+                return Err(format!(
+                    "the script {} is {what}, not a file: an interpreter would block on it \
+                     or read it without end",
+                    script.display()
+                ));
+            }
         }
         Ok(())
     }

@@ -66,19 +66,32 @@ fn fingerprint() -> u64 {
     h
 }
 
-/// `$SNAKEPIT_BRIDGE_DIR`, else `$XDG_CACHE_HOME/snakepit`, else
-/// `~/.cache/snakepit`, else (a process with neither, such as a service)
-/// `$TMPDIR/snakepit-<uid>`, made private to this user. Should that one be
-/// unsafe (another user's, or writable by others: another user could have
-/// planted bridge code there that every worker would import), a new
-/// private directory of this process's own instead, with a warning.
+/// `$SNAKEPIT_BRIDGE_DIR` (a relative one taken from this process's
+/// working directory, as a worker may run in another), else
+/// `$XDG_CACHE_HOME/snakepit`, else `~/.cache/snakepit`, else (a process
+/// with neither, such as a service) `$TMPDIR/snakepit-<uid>`, made private
+/// to this user. An empty variable names no directory, and a relative
+/// `XDG_CACHE_HOME` or `HOME` is ignored (as the XDG base directory
+/// specification asks). Should the last one be unsafe (another user's, or
+/// writable by others: another user could have planted bridge code there
+/// that every worker would import), a new private directory of this
+/// process's own instead, with a warning.
 fn cache_base() -> std::io::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("SNAKEPIT_BRIDGE_DIR") {
-        return Ok(PathBuf::from(dir));
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("SNAKEPIT_BRIDGE_DIR") {
+        return Ok(std::path::absolute(&dir).unwrap_or(dir));
     }
-    let home = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    let home = var("XDG_CACHE_HOME")
+        .filter(|d| d.is_absolute())
+        .or_else(|| {
+            var("HOME")
+                .filter(|h| h.is_absolute())
+                .map(|h| h.join(".cache"))
+        });
     if let Some(base) = home {
         return Ok(base.join("snakepit"));
     }
@@ -124,21 +137,53 @@ fn new_private_dir() -> std::io::Result<PathBuf> {
 }
 
 /// Whether the tree at `root` holds every bundled file as embedded, and
-/// nothing else (but the bytecode Python writes beside its sources): a
-/// tree changed since it was written (edited, truncated, half-removed, a
-/// module added that would shadow another) is written again rather than
-/// run.
+/// nothing else (but the bytecode Python writes beside its sources), in a
+/// directory of this user's that nobody else can enter: a tree changed
+/// since it was written (edited, truncated, half-removed, a module added
+/// that would shadow another, a file made a symbolic link) is written
+/// again rather than run, and so is one that others could change after
+/// this check (open to them, in a `SNAKEPIT_BRIDGE_DIR` such as `/tmp`);
+/// [`root`] writes elsewhere instead of over another user's.
 fn intact(root: &Path) -> bool {
-    root.join(".complete").exists()
+    private(root)
+        && root.join(".complete").exists()
         && FILES.iter().all(|(path, text)| {
             std::fs::read(target(root, path)).is_ok_and(|have| have == text.as_bytes())
         })
         && nothing_else(root)
 }
 
+/// Whether `dir` is a directory itself (not a symbolic link to one) that
+/// belongs to this process's user and that no group or other user may
+/// enter, read or write: as [`new_dir_beside`] makes the trees it writes.
+fn private(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir).is_ok_and(|meta| {
+        meta.is_dir()
+            && meta.mode() & 0o077 == 0
+            && effective_uid().is_none_or(|uid| uid == meta.uid())
+    })
+}
+
+/// Whether `path` exists and belongs to another user than this process's
+/// (a symbolic link is judged by its own owner, not its target's).
+fn anothers(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| effective_uid().is_some_and(|uid| uid != meta.uid()))
+}
+
+/// This process's effective user id, from `/proc/self/status` (its second
+/// `Uid:` field); `None` where that cannot be read.
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether every file under `root` is a bundled one, the `.complete` mark,
 /// in a `__pycache__` directory, or in `init_delay/` (the scripts
-/// `Bridge::with_init` writes there).
+/// `Bridge::with_init` writes there), and none is a symbolic link.
 fn nothing_else(root: &Path) -> bool {
     let expected: std::collections::HashSet<PathBuf> = FILES
         .iter()
@@ -156,6 +201,10 @@ fn nothing_else(root: &Path) -> bool {
                 return false;
             };
             let path = entry.path();
+            if kind.is_symlink() {
+                // Not written here: its target may be anyone's.
+                return false;
+            }
             if kind.is_dir() {
                 let ours = entry.file_name() == "__pycache__"
                     || (dir == root && entry.file_name() == "init_delay");
@@ -201,7 +250,24 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
     let root = match ROOT.get() {
         Some(root) if still_there(root) => return Ok(root),
         Some(root) => root.clone(),
-        None => cache_base()?.join(format!("bridges-{:016x}", fingerprint())),
+        None => {
+            let name = format!("bridges-{:016x}", fingerprint());
+            let root = cache_base()?.join(&name);
+            if anothers(&root) {
+                // Neither used (its owner could change it at any time) nor
+                // replaced (it is not ours to remove).
+                let dir = new_private_dir()?;
+                tracing::warn!(
+                    "{} belongs to another user; the bundled bridges are written to {} instead \
+                     (set SNAKEPIT_BRIDGE_DIR to a directory of your own)",
+                    root.display(),
+                    dir.display()
+                );
+                dir.join(name)
+            } else {
+                root
+            }
+        }
     };
     if !intact(&root) {
         // Write to a directory of this write's own, then rename: concurrent
@@ -228,8 +294,14 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
             let _ = std::fs::remove_dir_all(&tmp); // another process won the race
         }
         if !intact(&root) {
+            let why = if private(&root) {
+                ""
+            } else {
+                " (what is there is not a private directory of this user's: \
+                 another user's, a symbolic link, or open to others)"
+            };
             return Err(std::io::Error::other(format!(
-                "cannot write the bundled bridges to {}",
+                "cannot write the bundled bridges to {}{why}",
                 root.display()
             )));
         }

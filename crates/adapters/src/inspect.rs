@@ -58,7 +58,14 @@ impl Inspection {
     }
 }
 
+/// The Python probe of the bridge packages. `python -c` puts the working
+/// directory first on `sys.path`; it is taken off before any import, so
+/// that a module there (a `json.py`, a `msgpack/` checkout) neither runs
+/// nor stands in for the package a worker would import.
 const PY_PACKAGES: &str = r#"
+import sys
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]
 import importlib, json
 out = {}
 for dist, module in (("msgpack", "msgpack"), ("opentelemetry-api", "opentelemetry.trace")):

@@ -268,7 +268,12 @@ impl Watchdog {
 #[allow(clippy::disallowed_methods)] // the one place that spawns processes
 fn spawn_worker(launch: &Launch, stdin: Option<OwnedFd>, parent: u32) -> io::Result<Child> {
     let mut cmd = Command::new(&launch.program);
-    cmd.args(&launch.args)
+    // `SNAKEPIT_PRELOAD=1` makes a bridge a preload template, which needs
+    // the socket only a template's start gives it (`template.rs` sets the
+    // variable in its launch). Inherited from the host's own environment,
+    // it would turn every direct worker into a template without one.
+    cmd.env_remove("SNAKEPIT_PRELOAD")
+        .args(&launch.args)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(stdin.map_or_else(Stdio::piped, Stdio::from))
         .stdout(Stdio::piped())

@@ -166,6 +166,22 @@ impl Codec for MsgPack {
 
     fn decode<'de, T: Deserialize<'de>>(&self, src: &'de [u8]) -> Result<T> {
         use rmp_serde::decode::Error as E;
+        // The payload's structure is checked first, lengths only and no
+        // allocation: once no array, map, string or binary claims more than
+        // the bytes left, what the decoder reserves for declared lengths is
+        // bounded by the payload's size. (serde reserves up to 1 MiB per
+        // declared length: a few hundred bytes of nested arrays that each
+        // claim 2^32 - 1 elements made a recursive type reserve 1 MiB at
+        // every level.) The same pass finds where the value ends: bytes
+        // after it make the payload something else than one value, as
+        // serde_json says of JSON.
+        let end = crate::skim::msgpack::value(src, 0)?;
+        if end != src.len() {
+            return Err(Error::InvalidPayload {
+                codec: "msgpack",
+                detail: format!("{} bytes after the value", src.len() - end),
+            });
+        }
         let mut de = rmp_serde::Deserializer::from_read_ref(src);
         // rmp-serde counts down from this and fails on reaching 0: at most
         // `MAX_DEPTH` nested arrays, maps and extensions, as serde_json.
@@ -199,17 +215,6 @@ impl Codec for MsgPack {
                 },
             }
         })?;
-        // Bytes after the value make the payload something else than one
-        // value, as serde_json says of JSON. rmp-serde does not tell how
-        // much of a borrowed slice it read, so the value's end is found by
-        // skipping it (lengths, no allocation).
-        let end = crate::skim::msgpack::value(src, 0)?;
-        if end != src.len() {
-            return Err(Error::InvalidPayload {
-                codec: "msgpack",
-                detail: format!("{} bytes after the value", src.len() - end),
-            });
-        }
         Ok(value)
     }
 
@@ -219,7 +224,9 @@ impl Codec for MsgPack {
 }
 
 /// The built-in codecs as a closed enum, for choosing one at start-up (from
-/// configuration, say) without making everything generic.
+/// configuration, say) without making everything generic. Read through
+/// serde (a configuration file), it takes the names its
+/// [`FromStr`](std::str::FromStr) takes, in any case.
 ///
 /// ```
 /// use snakepit_protocol::{Codec, WireCodec};
@@ -227,7 +234,7 @@ impl Codec for MsgPack {
 /// assert_eq!(codec.name(), "msgpack");
 /// assert!("yaml".parse::<WireCodec>().is_err());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum WireCodec {
@@ -236,8 +243,14 @@ pub enum WireCodec {
     Json,
     /// [`MsgPack`].
     #[cfg(feature = "msgpack")]
-    #[serde(alias = "messagepack")]
     MsgPack,
+}
+
+impl<'de> Deserialize<'de> for WireCodec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 // Which default depends on the features compiled in, so it is not derived.

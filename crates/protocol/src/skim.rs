@@ -10,12 +10,21 @@
 
 use crate::{Error, Result};
 
-/// One top-level field's value: a container (only its kind matters to the
-/// router) or the bytes of a scalar, to be decoded by the codec.
+/// One top-level field's value, its bytes: a container (only its kind
+/// matters to the router) or a scalar, to be decoded by the codec.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Raw<'p> {
-    Container,
+    Container(&'p [u8]),
     Scalar(&'p [u8]),
+}
+
+impl<'p> Raw<'p> {
+    /// The value's bytes, whatever it is.
+    pub(crate) fn bytes(self) -> &'p [u8] {
+        match self {
+            Raw::Container(b) | Raw::Scalar(b) => b,
+        }
+    }
 }
 
 /// The values of the fields `names` of the map `payload`, in `codec`'s
@@ -154,7 +163,7 @@ pub(crate) mod msgpack {
             let at = i;
             i = value(p, i)?;
             let raw = match p[at] {
-                0x80..=0x9f | 0xdc..=0xdf => Raw::Container,
+                0x80..=0x9f | 0xdc..=0xdf => Raw::Container(&p[at..i]),
                 _ => Raw::Scalar(&p[at..i]),
             };
             if let Some(name) = name {

@@ -38,8 +38,11 @@ use crate::sync::{Unpoisoned, UnpoisonedRw};
 /// Opens every script: `expect(key, kind)` fails the script with a
 /// `CORRUPT` error naming `key` if it holds another type than `kind` (a key
 /// under the prefix that something else wrote); `expect_counters(key)`
-/// does so if a counter of the hash `key` is not an integer `HINCRBY`
-/// takes. Each script checks the keys it uses before its first write:
+/// does so if a counter of the hash `key` is not a count the store can
+/// have written: a whole number from 0, of at most 18 digits (`HINCRBY`
+/// would take a negative one, but a negative `reports` would number
+/// reports that the sweep cannot tell from foreign ones, and drops
+/// untold). Each script checks the keys it uses before its first write:
 /// Redis does not undo a script's writes when a later command of it
 /// fails, so a wrong value met halfway (an id taken out of the index, its
 /// report refused by a `rep` that is not a sorted set or a count that is
@@ -56,8 +59,8 @@ local function expect_counters(key)
   local values = redis.call('HMGET', key, unpack(names))
   for i = 1, #names do
     local v = values[i]
-    if v and (not string.match(v, '^%-?%d+$') or #v > 18) then
-      error({err = 'CORRUPT counter `' .. names[i] .. '` of `' .. key .. '` is not an integer (written by something else?)'})
+    if v and (not string.match(v, '^%d+$') or #v > 18) then
+      error({err = 'CORRUPT counter `' .. names[i] .. '` of `' .. key .. '` is not an integer from 0 (written by something else?)'})
     end
   end
 end
@@ -112,10 +115,15 @@ end
 -- be reported by the caller (its entry in the expiries to report, claimed
 -- for `lease` ms, which the caller removes once its listeners are told:
 -- a sweep reports it if the caller did not), before the id is used again.
--- '' if it had not expired so.
+-- '' if it had not expired so. The count comes first: a Redis at its
+-- `maxmemory` refuses a script's first write only if that write may grow
+-- memory (`HINCRBY`, not `ZREM`), and lets the rest of a script that has
+-- written through, so a `ZREM` first would let a full server create
+-- sessions.
 local function expired_unseen(lease)
-  if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
     redis.call('HINCRBY', KEYS[3], 'expired', 1)
+    redis.call('ZREM', KEYS[2], ARGV[1])
     local m = redis.call('HINCRBY', KEYS[3], 'reports', 1) .. ':' .. ARGV[1]
     redis.call('ZADD', KEYS[4], now() + tonumber(lease), m)
     return m
@@ -194,13 +202,20 @@ return r
 /// ARGV[2] = the version read (`<v>:<i>`: the writes and the incarnation),
 /// ARGV[3..] = field, value pairs of the new session. Writes it only if
 /// nothing changed it, or deleted and created it again, since it was read:
-/// 1; 0 on a conflict; -1 without a session.
+/// 1; 0 on a conflict; -1 without a session. A hash without the version or
+/// the creation time that every session has (something else wrote it)
+/// fails with `CORRUPT` before anything is written: a failure after the
+/// `DEL` would leave the hash without its expiry.
 const REPLACE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v = redis.call('HGET', KEYS[1], 'v')
+local c = redis.call('HGET', KEYS[1], 'c')
+if not v or not c then
+  local missing = v and 'creation time `c`' or 'version `v`'
+  error({err = 'CORRUPT session `' .. ARGV[1] .. '`: no ' .. missing .. ' (written by something else?)'})
+end
 local inc = redis.call('HGET', KEYS[1], 'i') or ''
 if v .. ':' .. inc ~= ARGV[2] then return 0 end
-local c = redis.call('HGET', KEYS[1], 'c')
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'v', next_version(v), 'c', c)
@@ -230,7 +245,10 @@ return {1, ''}
 /// lease: first those whose claim by an earlier sweep ran out unremoved
 /// (that sweep timed out, or its host went away), then expired ids taken
 /// out of the index, each counted once. A report is another host's only
-/// once the lease of its claim has passed.
+/// once the lease of its claim has passed. An expired id whose hash lives
+/// on (something else changed the hash's expiry) gets the hash's expiry
+/// in the index (`+inf` for none), so that such ids, however many, never
+/// fill the sweep's batches and keep it from the expiries after them.
 const CLEANUP: &str = r#"
 expect(KEYS[1], 'zset')
 expect(KEYS[2], 'hash')
@@ -246,12 +264,20 @@ if #out < max then
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. n, 'LIMIT', 0, max - #out)
   local found = 0
   for _, id in ipairs(ids) do
-    if redis.call('EXISTS', ARGV[1] .. 's:' .. id) == 0 then
+    local left = redis.call('PTTL', ARGV[1] .. 's:' .. id)
+    if left == -2 then
       redis.call('ZREM', KEYS[1], id)
       local m = redis.call('HINCRBY', KEYS[2], 'reports', 1) .. ':' .. id
       redis.call('ZADD', KEYS[3], claimed_until, m)
       out[#out + 1] = m
       found = found + 1
+    elseif left == -1 then
+      -- The hash outlived its entry: something else changed its expiry
+      -- (`PERSIST`, `PEXPIRE`). The entry follows the hash, so that the
+      -- sweep goes past it to the expiries after it.
+      redis.call('ZADD', KEYS[1], '+inf', id)
+    else
+      redis.call('ZADD', KEYS[1], n + left, id)
     end
   end
   if found > 0 then redis.call('HINCRBY', KEYS[2], 'expired', found) end
@@ -1192,10 +1218,22 @@ fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
             "t" => s.ttl_ms = num(&v)?,
             "m" => s.metadata = serde_json::from_str(&v)?,
             _ => {
+                // A data key or program id no operation can have written
+                // (empty, over `MAX_ID_LEN`) is stored data the store did
+                // not write, not the caller's: an update would otherwise
+                // fail with `Invalid` for it.
+                let named = |k: &str| match check_id("key", k) {
+                    Ok(()) => Ok(k.to_owned()),
+                    Err(_) => Err(Error::Corrupt(format!(
+                        "session `{id}`: a data key or program id of {} bytes, \
+                         which no session may have (written by something else?)",
+                        k.len()
+                    ))),
+                };
                 if let Some(k) = f.strip_prefix("d:") {
-                    s.data.insert(k.to_owned(), serde_json::from_str(&v)?);
+                    s.data.insert(named(k)?, serde_json::from_str(&v)?);
                 } else if let Some(k) = f.strip_prefix("p:") {
-                    s.programs.insert(k.to_owned(), serde_json::from_str(&v)?);
+                    s.programs.insert(named(k)?, serde_json::from_str(&v)?);
                 }
             }
         }

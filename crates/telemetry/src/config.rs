@@ -232,18 +232,19 @@ pub(crate) fn exporter_wanted(var: &'static str) -> Result<bool, Error> {
 }
 
 fn exporter_choice(var: &'static str, value: Option<String>) -> Result<bool, Error> {
-    let Some(value) = value else {
+    // A list that names nothing (`,`, say) is no list, as a blank variable is.
+    let Some(value) = value.filter(|v| names(v).next().is_some()) else {
         return Ok(true);
     };
     let mut otlp = false;
-    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for name in names(&value) {
         match name {
             "otlp" => otlp = true,
             "none" => {}
             _ => {
                 return Err(Error::Unsupported {
                     var,
-                    value,
+                    value: value.clone(),
                     expected: "`otlp` or `none`",
                 })
             }
@@ -259,9 +260,11 @@ pub(crate) fn propagator() -> Result<TextMapCompositePropagator, Error> {
 }
 
 fn propagator_named(value: Option<String>) -> Result<TextMapCompositePropagator, Error> {
-    let value = value.unwrap_or_else(|| "tracecontext,baggage".into());
+    let value = value
+        .filter(|v| names(v).next().is_some())
+        .unwrap_or_else(|| "tracecontext,baggage".into());
     let mut parts: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
-    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for name in names(&value) {
         match name {
             "tracecontext" => parts.push(Box::new(TraceContextPropagator::new())),
             "baggage" => parts.push(Box::new(BaggagePropagator::new())),
@@ -269,13 +272,18 @@ fn propagator_named(value: Option<String>) -> Result<TextMapCompositePropagator,
             _ => {
                 return Err(Error::Unsupported {
                     var: PROPAGATORS_VAR,
-                    value,
+                    value: value.clone(),
                     expected: "`tracecontext`, `baggage` or `none`",
                 })
             }
         }
     }
     Ok(TextMapCompositePropagator::new(parts))
+}
+
+/// The names of a comma-separated list, without the spaces around them.
+fn names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|n| !n.is_empty())
 }
 
 pub(crate) fn env(name: &str) -> Option<String> {
@@ -289,7 +297,11 @@ pub(crate) fn resource(service_name: Option<&str>) -> Resource {
             let detected = Resource::builder().build();
             let unknown = detected
                 .get(&opentelemetry::Key::from_static_str("service.name"))
-                .is_none_or(|v| v.as_str().starts_with("unknown_service"));
+                .is_none_or(|v| {
+                    // A blank OTEL_SERVICE_NAME is no name, as every blank variable is.
+                    let v = v.as_str();
+                    v.trim().is_empty() || v.starts_with("unknown_service")
+                });
             unknown.then(exe_name)
         }
     };
@@ -298,20 +310,25 @@ pub(crate) fn resource(service_name: Option<&str>) -> Resource {
         Some(name) => builder.with_service_name(name),
         None => builder,
     };
-    let resource = builder
+    builder
         .with_attribute(KeyValue::new("telemetry.distro.name", "snakepit-telemetry"))
-        .build();
+        .build()
+}
+
+/// Keeps `resource`'s `service.name` as the host's, for the workers' name:
+/// called once [`Telemetry::init`] has installed it, so that an `init`
+/// that failed leaves no name behind.
+pub(crate) fn remember_service_name(resource: &Resource) {
     if let Some(name) = resource.get(&opentelemetry::Key::from_static_str("service.name")) {
         let _ = SERVICE_NAME.set(name.as_str().into_owned());
     }
-    resource
 }
 
-/// The host's `service.name`, once [`Telemetry::init`] resolved it.
+/// The host's `service.name`, once [`Telemetry::init`] installed it.
 static SERVICE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The service name workers report under by default: the host's, with
-/// `-worker` after it: the name `init` resolved (a name given in code
+/// `-worker` after it: the name `init` installed (a name given in code
 /// wins over `OTEL_SERVICE_NAME` there), else `OTEL_SERVICE_NAME`, else
 /// the executable's name.
 pub(crate) fn worker_service_name() -> String {
@@ -350,6 +367,7 @@ mod tests {
         assert_eq!(exporter_choice(METRICS_EXPORTER_VAR, v("otlp")), Ok(true));
         assert_eq!(exporter_choice(METRICS_EXPORTER_VAR, v("none")), Ok(false));
         assert_eq!(exporter_choice(TRACES_EXPORTER_VAR, v(" none ")), Ok(false));
+        assert_eq!(exporter_choice(TRACES_EXPORTER_VAR, v(" , ")), Ok(true));
         assert_eq!(
             exporter_choice(METRICS_EXPORTER_VAR, v("prometheus")),
             Err(Error::Unsupported {
@@ -376,6 +394,10 @@ mod tests {
             ["traceparent", "tracestate"]
         );
         assert!(fields(propagator_named(Some("none".into())).unwrap()).is_empty());
+        assert_eq!(
+            fields(propagator_named(Some(" , ".into())).unwrap()),
+            ["baggage", "traceparent", "tracestate"]
+        );
         assert!(matches!(
             propagator_named(Some("b3".into())),
             Err(Error::Unsupported { .. })

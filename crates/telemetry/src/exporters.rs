@@ -102,17 +102,15 @@ impl ExportSettings {
         })
     }
 
-    /// The time limit to give the gRPC exporter in code: the short-lived one,
-    /// or the default where the environment says 0 (the exporter would
-    /// take it at its word); `None` leaves it to the exporter, retries
-    /// included.
+    /// The time limit to give the gRPC exporter in code: the short-lived
+    /// one, or the one the environment gives as this crate reads it (0 is
+    /// the default; spaces around the number are left out, which the
+    /// exporter would not do, falling back to its 10 s while the guard
+    /// waits for the time read here); `None` leaves it to the exporter.
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     fn timeout_to_set(&self, signal: Signal) -> Option<Duration> {
-        self.timeout.or_else(|| {
-            env_timeout(signal)
-                .is_some_and(|t| t.is_zero())
-                .then_some(opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT)
-        })
+        self.timeout
+            .or_else(|| env_timeout(signal).map(|_| self.timeout_of(signal)))
     }
 
     pub(crate) fn new(short_lived: bool) -> Self {
@@ -212,6 +210,22 @@ pub(crate) fn watched<E: Exporter>(
     {
         return Err(Error::TlsUnsupported(redacted(&url)));
     }
+    if let Some(problem) = crate::watch::endpoint_problem(&url) {
+        return Err(Error::Exporter(format!(
+            "the endpoint {} names no receiver: {problem}",
+            redacted(&url)
+        )));
+    }
+    if protocol == Protocol::Grpc && has_userinfo(&url) {
+        // tonic would put them in the request's `:authority`, which no
+        // receiver reads as credentials: refused rather than sent there.
+        return Err(Error::Exporter(format!(
+            "the endpoint {} holds credentials, which are sent only over HTTP; over gRPC, \
+             give them in OTEL_EXPORTER_OTLP_HEADERS (authorization=Basic <base64 of \
+             user:password>)",
+            redacted(&url)
+        )));
+    }
     let state = ExportState::new(E::SIGNAL.name(), &url, export.timeout_of(E::SIGNAL));
     // The exporter is given the address resolved here, so that it never
     // reads the variables itself: one it would read differently (a blank
@@ -224,6 +238,14 @@ pub(crate) fn watched<E: Exporter>(
             other => other,
         })?;
     Ok(Watched { inner, state })
+}
+
+/// Whether `url`'s authority holds a user name or password (`user@` or
+/// `user:password@` before the host).
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..end].contains('@')
 }
 
 /// The exporter of `E`'s signal, sending to `url` (for HTTP, the signal's

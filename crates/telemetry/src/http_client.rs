@@ -69,9 +69,13 @@ pub(crate) fn take_userinfo(url: &str) -> (String, Userinfo) {
             }
         }
     }
+    let credentials = credentials_of(userinfo);
+    // As the Authorization header carries them, which a receiver may quote.
+    if let Some(basic) = credentials.as_deref().map(base64) {
+        secrets.push(basic.into_bytes());
+    }
     // The longest first, so that a part inside another is not left half.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let credentials = credentials_of(userinfo);
     (
         bare,
         Userinfo {
@@ -131,10 +135,11 @@ impl HttpClient for Client {
                 .or_else(|| Instant::now().checked_add(self.timeout));
             let answer = send(&request, deadline, self.credentials.as_deref());
             let answer = answer.map(|response| {
-                if response.status().is_success() || self.secrets.is_empty() {
+                if response.status().is_success() {
                     return response;
                 }
-                response.map(|body| blank_out(body, &self.secrets))
+                let secrets = self.secrets_of(&request);
+                response.map(|body| blank_out(body, &secrets))
             });
             answer.map_err(|failure| {
                 let boxed: HttpError = match failure {
@@ -147,6 +152,25 @@ impl HttpClient for Client {
                 boxed
             })
         })
+    }
+}
+
+impl Client {
+    /// What a failed answer's body, which the exporter logs, must not
+    /// quote: the userinfo's parts, and the values of the request's
+    /// headers (API keys from `OTEL_EXPORTER_OTLP_HEADERS`) but for those
+    /// the exporter itself sets; the longest first.
+    fn secrets_of(&self, request: &Request<Bytes>) -> Vec<Vec<u8>> {
+        let mut secrets = self.secrets.clone();
+        for (name, value) in request.headers() {
+            let value = value.as_bytes().to_vec();
+            let own = ["content-type", "content-encoding", "user-agent"].contains(&name.as_str());
+            if !own && !value.is_empty() && !secrets.contains(&value) {
+                secrets.push(value);
+            }
+        }
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
     }
 }
 
@@ -691,7 +715,7 @@ mod tests {
         let (bare, info) = take_userinfo("http://us%65r:p%40ss@h:4318/v1/traces?x=a@b");
         assert_eq!(bare, "http://h:4318/v1/traces?x=a@b");
         assert_eq!(info.credentials.as_deref(), Some(&b"user:p@ss"[..]));
-        for part in ["us%65r", "user", "p%40ss", "p@ss"] {
+        for part in ["us%65r", "user", "p%40ss", "p@ss", "dXNlcjpwQHNz"] {
             assert!(info.secrets.contains(&part.as_bytes().to_vec()), "{part}");
         }
         let (bare, info) = take_userinfo("http://token@h/v1/traces");

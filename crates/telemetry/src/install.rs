@@ -9,8 +9,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::{
-    env, exporter_wanted, propagator, resource, sdk_disabled, ENDPOINT_VAR, METRICS_ENDPOINT_VAR,
-    METRICS_EXPORTER_VAR, TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
+    env, exporter_wanted, propagator, remember_service_name, resource, sdk_disabled, ENDPOINT_VAR,
+    METRICS_ENDPOINT_VAR, METRICS_EXPORTER_VAR, TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
 };
 use crate::exporters::{watched, ExportSettings, Runtime};
 use crate::watch::Counted;
@@ -41,6 +41,7 @@ impl Telemetry {
         };
         let export = ExportSettings::new(self.short_lived);
         let resource = resource(self.service_name.as_deref());
+        let named = resource.clone();
         let runtime = if traces_on || metrics_on {
             Runtime::new(protocol)?
         } else {
@@ -111,6 +112,7 @@ impl Telemetry {
             .with(logs)
             .try_init()
             .map_err(|_| Error::SubscriberInstalled)?;
+        remember_service_name(&named);
         if let Some(t) = &tracer_provider {
             opentelemetry::global::set_tracer_provider(t.clone());
         }

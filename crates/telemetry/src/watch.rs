@@ -465,21 +465,85 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
 
 /// `url` with the userinfo of its authority (`user:password@`), which
 /// may hold credentials, shown as `***@`: the form every message of this
-/// crate gives an endpoint in.
+/// crate gives an endpoint in. A userinfo holding an unescaped `/`, `?`
+/// or `#` (a base64 token's `/`, say) ends the authority early, leaving
+/// the rest of it and its `@` in the path: that is hidden too (see
+/// [`userinfo_at`]).
 pub(crate) fn redacted(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let Some((_, host)) = authority.rsplit_once('@') else {
+    let Some((at, _)) = userinfo_at(rest) else {
         return url.to_owned();
     };
+    let after = &rest[at + 1..];
     match scheme {
-        Some(scheme) => format!("{scheme}://***@{host}{tail}"),
-        None => format!("***@{host}{tail}"),
+        Some(scheme) => format!("{scheme}://***@{after}"),
+        None => format!("***@{after}"),
     }
+}
+
+/// What keeps `url` from naming its receiver, if anything: a user name
+/// or password with an unescaped `/`, `?` or `#`, which ends the
+/// authority early (see [`userinfo_at`]) and would send the request
+/// elsewhere, the rest of the secret in its path; or a port that is not
+/// one (`h:43l8`, `h:99999`), which the request would leave for port 80.
+pub(crate) fn endpoint_problem(url: &str) -> Option<&'static str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if userinfo_at(rest).is_some_and(|(_, past)| past) {
+        return Some(
+            "its user name or password is cut short by an unescaped `/`, `?` or `#` \
+             (percent-encode them: %2F, %3F, %23)",
+        );
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    (!well_formed(host)).then_some("it is not a host with, if any, a port from 0 to 65535")
+}
+
+/// Where the userinfo of `rest` (a URL after its `scheme://`) ends: the
+/// index of its last `@`, and whether that `@` is past the authority. An
+/// `@` counts in the authority; past it, in the path when the authority
+/// looks whole (`host` or `host:port`: `http://to/ken@h` is the user name
+/// `to/ken`), and anywhere when it is malformed (`http://u:pa?ss@h`,
+/// whose port would be `pa`). An `@` in the query of a whole authority
+/// (`?mail=a@b`) is no userinfo.
+fn userinfo_at(rest: &str) -> Option<(usize, bool)> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if let Some(at) = authority.rfind('@') {
+        return Some((at, false));
+    }
+    let reach = if well_formed(authority) {
+        rest.find(['?', '#']).unwrap_or(rest.len())
+    } else {
+        rest.len()
+    };
+    rest[..reach].rfind('@').map(|at| (at, true))
+}
+
+/// Whether `authority` (without userinfo) is a host with, if any, a port
+/// of digits that fits in 16 bits: `h`, `h:4318`, `[::1]`, `[::1]:4317`.
+fn well_formed(authority: &str) -> bool {
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, "")) => return true,
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(port) => port,
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match authority.split_once(':') {
+            Some((_, port)) => port,
+            None => return true,
+        },
+    };
+    port.bytes().all(|b| b.is_ascii_digit()) && (port.is_empty() || port.parse::<u16>().is_ok())
 }
 
 /// Where the span queue's size is set, for messages.
@@ -543,11 +607,42 @@ mod tests {
         );
         assert_eq!(redacted("http://token@[::1]:4317"), "http://***@[::1]:4317");
         assert_eq!(redacted("http://a:b@c@h"), "http://***@h");
-        assert_eq!(redacted("h:4318/p@q"), "h:4318/p@q");
         assert_eq!(
             redacted("http://h:4318/v1/traces?u=a@b"),
             "http://h:4318/v1/traces?u=a@b"
         );
+    }
+
+    #[test]
+    fn a_userinfo_cut_short_by_a_delimiter_is_hidden_whole() {
+        assert_eq!(
+            redacted("http://u:pa/ss@h:4318/v1/traces"),
+            "http://***@h:4318/v1/traces"
+        );
+        assert_eq!(
+            redacted("http://u:pa/v1/traces?ss@h:4318"),
+            "http://***@h:4318"
+        );
+        assert_eq!(redacted("http://to/ken@h:4318"), "http://***@h:4318");
+        assert_eq!(redacted("http://[::1]:1/a@h"), "http://***@h");
+        assert!(endpoint_problem("http://u:pa#ss@h").is_some());
+        assert!(endpoint_problem("http://to/ken@h:4318").is_some());
+        assert_eq!(endpoint_problem("http://u:p@h:4318/v1/traces"), None);
+        assert_eq!(endpoint_problem("http://h:4318/v1/traces?u=a@b"), None);
+        assert_eq!(endpoint_problem("http://[::1]:4317"), None);
+        assert_eq!(endpoint_problem("http://h:/v1/traces"), None);
+    }
+
+    #[test]
+    fn a_port_that_is_not_one_is_a_problem() {
+        for bad in [
+            "http://h:43l8",
+            "http://h:99999/x",
+            "http://u:p@h:+80",
+            "http://[::1]x",
+        ] {
+            assert!(endpoint_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

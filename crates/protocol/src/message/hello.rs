@@ -53,6 +53,7 @@ pub struct Hello {
     pub bridge: Option<String>,
     /// The runtime, e.g. `CPython 3.11.7`.
     pub runtime: Option<String>,
-    /// What the worker can do.
+    /// What the worker can do: a map of named fields.
+    #[serde(deserialize_with = "super::map::named_fields")]
     pub capabilities: Capabilities,
 }

@@ -4,6 +4,7 @@
 use serde::de::{self, DeserializeOwned};
 use serde::Deserialize;
 
+use super::map::FrameMap;
 use super::RemoteError;
 use crate::{Codec, Error, Result};
 
@@ -15,6 +16,19 @@ struct Body<T> {
     result: Option<T>,
     #[serde(default)]
     error: Option<RemoteError>,
+    // The routing fields, read only so that a reply giving one of them
+    // twice is refused here too: the reader's fast path routes a reply
+    // from its first keys, and `decode_inbound` refuses such a frame.
+    #[serde(rename = "id", default)]
+    _id: Option<de::IgnoredAny>,
+    #[serde(rename = "type", default)]
+    _type: Option<de::IgnoredAny>,
+    #[serde(rename = "command", default)]
+    _command: Option<de::IgnoredAny>,
+    #[serde(rename = "request_id", default)]
+    _request_id: Option<de::IgnoredAny>,
+    #[serde(rename = "function", default)]
+    _function: Option<de::IgnoredAny>,
 }
 
 /// Decodes the outcome of a `response` (or `host_reply`) frame straight into
@@ -48,8 +62,8 @@ where
     if let Some(v) = codec.decode_success::<T>(payload) {
         return Ok(Ok(v));
     }
-    let body: Body<T> = match codec.decode(payload) {
-        Ok(body) => body,
+    let body: Body<T> = match codec.decode::<FrameMap<Body<T>>>(payload) {
+        Ok(body) => body.0,
         Err(e @ Error::Mismatch { .. }) => return Err(mismatch(codec, payload, e)),
         Err(e) => return Err(e),
     };
@@ -79,11 +93,15 @@ where
 /// an `error` that is no error) or only not what the reader asked for (the
 /// result): read again taking any result. Only on this error path.
 fn mismatch<C: Codec + ?Sized>(codec: &C, payload: &[u8], e: Error) -> Error {
-    match codec.decode::<Body<de::IgnoredAny>>(payload) {
-        Err(broken @ Error::Mismatch { .. }) => super::malformed(
-            broken,
-            "a response: `success` a bool, `error` a string or map",
-        ),
+    match codec.decode::<FrameMap<Body<de::IgnoredAny>>>(payload) {
+        Err(broken @ Error::Mismatch { .. }) => {
+            super::invalid(codec, payload).unwrap_or_else(|| {
+                super::malformed(
+                    broken,
+                    "a response: `success` a bool, `error` a string or map",
+                )
+            })
+        }
         _ => e,
     }
 }
@@ -138,9 +156,14 @@ fn decode_field<C: Codec + ?Sized, T: DeserializeOwned>(
     field: &'static str,
     rekey: bool,
 ) -> Result<T> {
-    let f: Field<T> = match codec.decode(payload) {
-        Ok(f) => f,
-        Err(e @ Error::Mismatch { .. }) if rekey => rekeyed(codec, payload).ok_or(e)?,
+    let f: Field<T> = match codec.decode::<FrameMap<Field<T>>>(payload) {
+        Ok(f) => f.0,
+        Err(e @ Error::Mismatch { .. }) => {
+            match rekey.then(|| rekeyed::<_, FrameMap<Field<T>>>(codec, payload)) {
+                Some(Some(f)) => f.0,
+                _ => return Err(super::invalid(codec, payload).unwrap_or(e)),
+            }
+        }
         Err(e) => return Err(e),
     };
     match f.data {

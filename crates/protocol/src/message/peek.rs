@@ -59,7 +59,8 @@ pub(crate) fn json_result(p: &[u8]) -> Option<&[u8]> {
     const RESULT: &[u8] = b",\"success\":true,\"result\":";
     let rest = p.strip_prefix(b"{\"id\":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 20 {
+    // A leading zero (`07`) is not JSON: the full decode says so.
+    if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
         return None;
     }
     let value = rest[digits..].strip_prefix(RESULT)?.strip_suffix(b"}")?;

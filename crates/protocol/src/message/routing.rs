@@ -6,6 +6,7 @@ use std::fmt;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::map::FrameMap;
 use super::Hello;
 use crate::skim::Raw;
 use crate::{Codec, Error, Result};
@@ -154,12 +155,15 @@ struct Envelope {
 /// whatever the depth of the values it carries.
 fn envelope<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<Envelope> {
     let not_a_map = |e| super::malformed(e, "a map");
-    match codec.decode::<Envelope>(payload) {
+    match codec.decode::<FrameMap<Envelope>>(payload).map(|m| m.0) {
         Err(deep @ Error::TooDeep { .. }) => match skimmed(codec, payload) {
             Some(env) => env.map_err(not_a_map),
             None => Err(deep),
         },
-        other => other.map_err(not_a_map),
+        Err(e @ Error::Mismatch { .. }) => {
+            Err(super::invalid(codec, payload).unwrap_or_else(|| not_a_map(e)))
+        }
+        other => other,
     }
 }
 
@@ -172,7 +176,7 @@ fn skimmed<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<Result<Envelo
     };
     let mut values = raws.into_iter().map(|raw| match raw {
         None => Ok(None),
-        Some(Raw::Container) => Ok(Some(Scalar::Other)),
+        Some(Raw::Container(_)) => Ok(Some(Scalar::Other)),
         Some(Raw::Scalar(bytes)) => codec.decode::<Scalar>(bytes).map(Some),
     });
     let mut next = || values.next().unwrap_or(Ok(None));
@@ -185,6 +189,60 @@ fn skimmed<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<Result<Envelo
             request_id: next()?,
             function: next()?,
         })
+    })())
+}
+
+/// A hello too deep to decode (a field this crate does not know, nested
+/// past the limit), read field by field as [`skimmed`] reads an envelope:
+/// the fields a hello has are all scalars, or a map of scalars.
+fn skimmed_hello<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Option<Result<Hello>> {
+    const HELLO: [&str; 5] = ["protocol", "pid", "bridge", "runtime", "capabilities"];
+    const CAPABILITIES: [&str; 6] = [
+        "max_concurrency",
+        "cancel",
+        "sigint",
+        "streaming",
+        "host_calls",
+        "pipeline",
+    ];
+    fn set<C: Codec + ?Sized, T: serde::de::DeserializeOwned>(
+        codec: &C,
+        raw: Option<Raw<'_>>,
+        field: &mut T,
+    ) -> Result<()> {
+        if let Some(raw) = raw {
+            *field = codec.decode(raw.bytes())?;
+        }
+        Ok(())
+    }
+    let [protocol, pid, bridge, runtime, capabilities] =
+        match crate::skim::fields(codec.name(), payload, HELLO)? {
+            Ok(raws) => raws,
+            Err(e) => return Some(Err(e)),
+        };
+    let mut hello = Hello::default();
+    Some((|| {
+        set(codec, protocol, &mut hello.protocol)?;
+        set(codec, pid, &mut hello.pid)?;
+        set(codec, bridge, &mut hello.bridge)?;
+        set(codec, runtime, &mut hello.runtime)?;
+        if let Some(raw) = capabilities {
+            let Some(raws) = crate::skim::fields(codec.name(), raw.bytes(), CAPABILITIES) else {
+                return Err(Error::WrongType {
+                    field: "capabilities",
+                    expected: "a map",
+                });
+            };
+            let [max, cancel, sigint, streaming, host_calls, pipeline] = raws?;
+            let c = &mut hello.capabilities;
+            set(codec, max, &mut c.max_concurrency)?;
+            set(codec, cancel, &mut c.cancel)?;
+            set(codec, sigint, &mut c.sigint)?;
+            set(codec, streaming, &mut c.streaming)?;
+            set(codec, host_calls, &mut c.host_calls)?;
+            set(codec, pipeline, &mut c.pipeline)?;
+        }
+        Ok(hello)
     })())
 }
 
@@ -255,7 +313,13 @@ pub fn decode_inbound<C: Codec + ?Sized>(codec: &C, payload: &[u8]) -> Result<In
         Some("chunk") => Ok(Inbound::Chunk {
             id: id_of("chunk", "id", env.id)?,
         }),
-        Some("hello") => codec.decode::<Hello>(payload).map(Inbound::Hello),
+        Some("hello") => match codec.decode::<FrameMap<Hello>>(payload) {
+            Ok(hello) => Ok(Inbound::Hello(hello.0)),
+            Err(deep @ Error::TooDeep { .. }) => skimmed_hello(codec, payload)
+                .unwrap_or(Err(deep))
+                .map(Inbound::Hello),
+            Err(e) => Err(e),
+        },
         Some("host_call") => Ok(Inbound::HostCall {
             id: id_of("host_call", "id", env.id)?,
             request_id: match env.request_id {

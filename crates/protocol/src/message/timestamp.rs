@@ -7,6 +7,11 @@ use serde::{Serialize, Serializer};
 
 /// A UTC instant written as ISO-8601 with microseconds, e.g.
 /// `2026-11-27T12:24:04.051023Z`, without a date-time dependency.
+///
+/// The year is written in four digits, from 1970: an instant before the
+/// Unix epoch is written as the epoch, and one after the end of year 9999
+/// as its last microsecond, `9999-12-31T23:59:59.999999Z`, never as
+/// another year.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub SystemTime);
 
@@ -24,7 +29,10 @@ impl Timestamp {
             static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
         }
         let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = d.as_secs();
+        let (secs, micros) = match d.as_secs() {
+            secs @ ..=LAST_SECOND => (secs, d.subsec_micros()),
+            _ => (LAST_SECOND, 999_999),
+        };
         let put = |out: &mut [u8], at: usize, v: u64, width: usize| {
             let mut v = v;
             for i in (0..width).rev() {
@@ -54,10 +62,14 @@ impl Timestamp {
             prefix.copy_from_slice(&out[..20]);
             LAST.set((secs, prefix));
         }
-        put(out, 20, u64::from(d.subsec_micros()), 6);
+        put(out, 20, u64::from(micros), 6);
         out[26] = b'Z';
     }
 }
+
+/// 9999-12-31T23:59:59Z, the last second with a four-digit year, in
+/// seconds since the Unix epoch.
+const LAST_SECOND: u64 = 253_402_300_799;
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
 /// algorithm, `civil_from_days`).
