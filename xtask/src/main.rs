@@ -471,17 +471,20 @@ fn telemetry_builds(root: &Path) -> Result<()> {
             "--test",
             "default_grpc",
         ],
-        // The one test the workspace's run leaves out: no credentials
-        // show in the OTLP exporter's own debug lines, which only a build
-        // with its `internal-logs` feature has.
+        // The tests the workspace's run leaves out: no credentials or API
+        // keys show in the OTLP exporter's own debug lines, which only a
+        // build with its `internal-logs` feature has.
         &[
             "--features",
             "internal-logs",
             "--test",
             "outside_http_client",
+            "--test",
+            "outside_round4",
             "--",
             "--exact",
             "credentials_never_show_in_the_exporters_own_debug_lines",
+            "api_keys_never_show_in_the_exporters_own_debug_lines",
         ],
     ];
     for build in builds {
