@@ -446,6 +446,9 @@ impl Pool {
             match registered {
                 Ok(expires) => {
                     let worker = lease.disarm();
+                    if streams {
+                        shared.stream_registered(&worker);
+                    }
                     if worker.send_request(id, buf.freeze()) {
                         meta.took(&worker, sent);
                         return Ok(InFlight {

@@ -17,6 +17,10 @@ pub(crate) struct Lease {
     pub(crate) worker: Arc<Worker>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) armed: bool,
+    /// For a streaming call: counted in its slot's `streams_leased` until
+    /// the stream is registered with the worker ([`Shared::stream_registered`])
+    /// or the lease is dropped unused.
+    pub(crate) stream: bool,
 }
 
 impl Lease {
@@ -29,6 +33,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
+            if self.stream {
+                self.shared.stream_registered(&self.worker);
+            }
             self.shared.release(&self.worker);
         }
     }
@@ -100,17 +107,23 @@ impl Shared {
             let slot = &mut st.slots[i];
             slot.in_flight += 1;
             if waiter.stream {
-                slot.ahead = 0; // until its worker's next release
+                slot.ahead = 0; // until it is registered with its worker
+                slot.streams_leased += 1;
             }
             let lease = Lease {
                 worker: slot.worker.clone().expect("has_room checked"),
                 shared: self.clone(),
                 armed: true,
+                stream: waiter.stream,
             };
             if let Err(Ok(lease)) = waiter.tx.send(Ok(lease)) {
                 // The waiter left between the check and the send.
                 lease.disarm();
-                st.slots[i].in_flight -= 1;
+                let slot = &mut st.slots[i];
+                slot.in_flight -= 1;
+                if waiter.stream {
+                    slot.streams_leased -= 1;
+                }
                 continue;
             }
             // Under the lock that hands the worker over, so that a session
@@ -130,6 +143,7 @@ impl Shared {
         slot.in_flight += 1;
         if stream {
             slot.ahead = 0;
+            slot.streams_leased += 1;
         }
         let worker = slot.worker.clone().expect("taken slots have a worker");
         st.make_free(i);
@@ -137,6 +151,18 @@ impl Shared {
             worker,
             shared: self.clone(),
             armed: true,
+            stream,
+        }
+    }
+
+    /// A streaming call leased on `worker` was registered with it (which
+    /// counts it from then on, see `Worker::pipeline_room`), or its lease
+    /// was dropped unused: its slot no longer holds calls back for it.
+    pub(crate) fn stream_registered(&self, worker: &Worker) {
+        let mut st = self.state();
+        let slot = &mut st.slots[worker.slot];
+        if slot.generation == worker.generation && slot.worker.is_some() {
+            slot.streams_leased = slot.streams_leased.saturating_sub(1);
         }
     }
 

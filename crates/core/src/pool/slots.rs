@@ -28,6 +28,10 @@ pub(crate) struct Slot {
     /// room to be written ahead).
     pub(crate) in_free: bool,
     pub(crate) in_ahead: bool,
+    /// Streaming calls leased on it and not yet registered with its
+    /// worker (which counts them from then on): nothing is written ahead
+    /// meanwhile, even when the call in front of such a stream ends first.
+    pub(crate) streams_leased: u32,
     /// A SIGINT is on its way to the call it runs: nothing is written ahead
     /// (the signal must not land in a next call) until that call's reply.
     pub(crate) interrupting: bool,
@@ -72,6 +76,7 @@ impl Slot {
             in_flight: 0,
             capacity: 0,
             ahead: 0,
+            streams_leased: 0,
             in_free: false,
             in_ahead: false,
             interrupting: false,
@@ -105,6 +110,7 @@ impl Slot {
         self.in_flight = 0;
         self.capacity = capacity;
         self.ahead = 0;
+        self.streams_leased = 0;
         self.interrupting = false;
         self.replace_at = 0;
         self.drain_at = 0;
@@ -123,6 +129,7 @@ impl Slot {
     /// recycled by calls would be given calls past its limit (`served`:
     /// the calls it has answered).
     pub(crate) fn allow_ahead(&mut self, room: u32, served: u64) {
+        let room = if self.streams_leased > 0 { 0 } else { room };
         self.ahead = match self.drain_at {
             0 => room,
             at => {
@@ -434,6 +441,21 @@ mod tests {
         assert_eq!(slot.ahead, 0);
         slot.allow_ahead(16, 60);
         assert_eq!(slot.ahead, 0, "past it (a replacement that failed)");
+    }
+
+    #[test]
+    fn nothing_is_written_ahead_while_a_stream_is_leased_and_not_registered() {
+        let mut slot = Slot::new();
+        slot.capacity = 1;
+        slot.streams_leased = 1;
+        slot.allow_ahead(16, 10);
+        assert_eq!(
+            slot.ahead, 0,
+            "the call in front ended before the stream was registered"
+        );
+        slot.streams_leased = 0;
+        slot.allow_ahead(16, 10);
+        assert_eq!(slot.ahead, 16);
     }
 
     #[test]

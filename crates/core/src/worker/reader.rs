@@ -33,8 +33,16 @@ impl Worker {
         let pending = {
             let mut inner = self.inner();
             let pending = inner.pending.remove(&id).map(|(p, _)| p);
-            if pending.is_some() && self.runs_one_at_a_time() {
-                self.timed(&mut inner);
+            if let Some(p) = pending.as_ref().filter(|_| self.runs_one_at_a_time()) {
+                // Only a call that ran says how long its calls take: a
+                // health ping, or a call given up while written ahead
+                // (dropped unrun), is answered at once and would make a
+                // worker of long calls look short.
+                if p.holds_unit && !p.cancel_sent {
+                    self.timed(&mut inner);
+                } else {
+                    inner.running_since = (!inner.pending.is_empty()).then(Instant::now);
+                }
             }
             pending
         };
@@ -482,7 +490,13 @@ pub(super) async fn read_loop(
     if matches!(exit, ExitReason::Unknown) && matches!(ending, Ending::Protocol(_)) {
         exit = ExitReason::Signal(libc::SIGKILL);
     }
-    if worker.pipelining.load(Ordering::Relaxed) {
+    // Only while the worker could still answer: after a frame that broke
+    // the protocol (which may have been the first call's reply, a second
+    // one, or any other), or once it lived on past its stdout's end, it
+    // may have finished the first call unheard and started the next.
+    let answerable =
+        !matches!(ending, Ending::Protocol(_)) && !matches!(exit, ExitReason::ClosedStdout);
+    if answerable && worker.pipelining.load(Ordering::Relaxed) {
         // It ran one call at a time, in the order they were written: only
         // the first of those in flight can have started; the ones written
         // ahead behind it never ran, whatever it had read.
