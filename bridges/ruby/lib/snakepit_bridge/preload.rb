@@ -77,8 +77,7 @@ module SnakepitBridge
         # End of the socket: the pool stops the workers itself. `exit!`:
         # the script's at_exit handlers were meant for one process, not for
         # the template of many (and `exit` would run them here).
-        $stdout.flush
-        $stderr.flush
+        flush_stdio
         exit!(0)
       end
 
@@ -143,8 +142,7 @@ module SnakepitBridge
         return refuse(id, error, ios) if error
 
         threads = thread_count
-        $stdout.flush
-        $stderr.flush
+        flush_stdio
         begin
           pid = Process.fork
         rescue SystemCallError, NotImplementedError => e
@@ -307,8 +305,13 @@ module SnakepitBridge
         end
       end
 
+      # A line on the template's log. When the log cannot be written (the
+      # pool stopped reading it), the line is dropped: bad input must not
+      # end the template, and neither may reporting it.
       def log(text)
         $stderr.write("#{BRIDGE_NAME}: template: #{text}\n")
+      rescue StandardError
+        nil
       end
     end
   end

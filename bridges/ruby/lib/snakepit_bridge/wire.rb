@@ -215,6 +215,16 @@ module SnakepitBridge
       true
     end
 
+    # +value+ (a field of a frame) quoted for an error message, at most a
+    # few hundred bytes: the field can be as long as its frame, and the
+    # ProtocolError that quotes it must stay a small frame.
+    def shown(value)
+      return value.inspect[0, 200] unless value.is_a?(String)
+      return value.inspect if value.bytesize <= 100
+
+      "#{value.byteslice(0, 100).inspect}... (#{value.bytesize} bytes)"
+    end
+
     # Header and payload in one string so the frame goes out in one write(2).
     def frame(payload)
       [payload.bytesize, payload].pack("Na*")
@@ -253,7 +263,7 @@ module SnakepitBridge
         require_field(message, "request_id", Integer)
         require_field(message, "function", String)
         require_field(message, "args", Hash)
-      else raise DecodeError.new(:wrong_type, "unknown frame type #{type.inspect}")
+      else raise DecodeError.new(:wrong_type, "unknown frame type #{shown(type)}")
       end
     end
 
@@ -267,7 +277,7 @@ module SnakepitBridge
       when "host_reply"
         require_field(message, "id", Integer)
         require_field(message, "success", true, false)
-      else raise DecodeError.new(:wrong_type, "unknown frame type #{type.inspect}")
+      else raise DecodeError.new(:wrong_type, "unknown frame type #{shown(type)}")
       end
     end
 
@@ -395,6 +405,13 @@ module SnakepitBridge
         end
         raise DecodeError.new(:wrong_type, "frame is not a MessagePack map") unless value.is_a?(Hash)
 
+        # A bin is not a string: a frame whose type is one is of no type
+        # the worker knows, as in the other bridges (Ruby's == would take
+        # "cancel".b for "cancel").
+        type = value["type"]
+        if type.is_a?(String) && type.encoding == Encoding::BINARY
+          raise DecodeError.new(:wrong_type, "unknown frame type #{Wire.shown(type)} (a bin, not a str)")
+        end
         # The gem tags str payloads as UTF-8 without checking them.
         check_utf8(value)
         value

@@ -333,6 +333,11 @@ module SnakepitBridge
       rescue SystemExit
         raise
       rescue Exception => e # rubocop:disable Lint/RescueException -- any hook failure stops the worker
+        # SIGTERM while a hook runs (before the worker's trap is in place)
+        # is the pool stopping the worker, not a failed hook: status 0, as
+        # SIGTERM gives while serving.
+        exit(0) if e.is_a?(SignalException) && e.signo == Signal.list["TERM"]
+
         $stderr.write("#{BRIDGE_NAME}: an after_fork hook failed; exiting with status 1\n" \
                       "#{e.full_message(highlight: false, order: :top)}")
         $stderr.flush
@@ -531,7 +536,7 @@ module SnakepitBridge
       when nil, "request"
         @pending << message
       else
-        protocol_error("unknown frame type #{message['type'].inspect}")
+        protocol_error("unknown frame type #{Wire.shown(message['type'])}")
       end
     end
 
@@ -753,7 +758,7 @@ module SnakepitBridge
       when nil, "request" then serve_request(message)
       when "cancel" then nil # for nothing waiting: too late, or before its request
       when "host_reply" then log("ignoring host_reply #{message['id'].inspect}: no host call waits for it")
-      else protocol_error("unknown frame type #{message['type'].inspect}")
+      else protocol_error("unknown frame type #{Wire.shown(message['type'])}")
       end
     end
 
@@ -883,11 +888,13 @@ module SnakepitBridge
     end
 
     # The failed reply's fields. An exception whose #message raises (it
-    # reads something that is not there), or whose #backtrace is not an
-    # Array, still gives a reply: the worker must not die building it.
+    # reads something that is not there), whose #backtrace is not an
+    # Array, or whose class's own .name or .to_s raises, still gives a
+    # reply: the worker must not die building it.
     def error_map(exception)
       {
-        "type" => utf8_text(exception.class.name || exception.class.to_s),
+        "type" => readable { utf8_text(exception.class.name || exception.class.to_s) } ||
+                  readable { Module.instance_method(:name).bind_call(exception.class) } || "Exception",
         "message" => readable { utf8_text(exception.message) } || "<message unavailable>",
         "traceback" => readable do
           trace = exception.backtrace
@@ -923,7 +930,10 @@ module SnakepitBridge
       text = text.to_s
       return text if text.encoding == Encoding::UTF_8 && text.valid_encoding?
 
-      text = if text.encoding == Encoding::BINARY || text.encoding == Encoding::US_ASCII || text.encoding.dummy?
+      # Text in another encoding is transcoded, dummy ones included
+      # (UTF-16 with its BOM, ISO-2022-JP); one Ruby has no converter for
+      # (UTF-7) raises, and its bytes are taken as UTF-8 below.
+      text = if text.encoding == Encoding::BINARY || text.encoding == Encoding::US_ASCII
                text.dup.force_encoding(Encoding::UTF_8)
              else
                text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace)
@@ -1027,8 +1037,14 @@ module SnakepitBridge
       "#{@timestamp_prefix}#{(fraction + 1_000_000).to_s[1, 6]}Z"
     end
 
+    # A line on stderr. A handler may have closed $stderr or replaced it
+    # with something that fails to write, and the pool may have stopped
+    # reading the log: a line that cannot be written is dropped, since the
+    # frames it reports on must still be answered.
     def log(message)
       $stderr.write("#{BRIDGE_NAME}: #{message}\n")
+    rescue StandardError
+      nil
     end
   end
 end
