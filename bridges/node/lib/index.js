@@ -19,16 +19,19 @@ if (process.env.SNAKEPIT_PROTOCOL) {
   worker.protectStdin();
 }
 
-module.exports = {
-  Worker: worker.Worker,
-  Context: worker.Context,
-  CancelledError: worker.CancelledError,
-  HostCallError: worker.HostCallError,
-  WireError: wire.WireError,
-  genericCommands: generic.genericCommands,
-  BRIDGE_NAME: worker.BRIDGE_NAME,
-  VERSION: worker.BRIDGE_VERSION,
-  PROTOCOL_VERSION: wire.PROTOCOL_VERSION,
-  protectStdout: worker.protectStdout,
-  wire,
-};
+// One assignment per name, so that Node finds every name when an ES module
+// imports this file (`import { genericCommands } from 'snakepit-bridge'`):
+// its static scan of a CommonJS module sees `exports.name = ...`, but stops
+// at the first property of `module.exports = {...}` whose value is not a
+// plain identifier, which left Worker as the only named export.
+exports.Worker = worker.Worker;
+exports.Context = worker.Context;
+exports.CancelledError = worker.CancelledError;
+exports.HostCallError = worker.HostCallError;
+exports.WireError = wire.WireError;
+exports.genericCommands = generic.genericCommands;
+exports.BRIDGE_NAME = worker.BRIDGE_NAME;
+exports.VERSION = worker.BRIDGE_VERSION;
+exports.PROTOCOL_VERSION = wire.PROTOCOL_VERSION;
+exports.protectStdout = worker.protectStdout;
+exports.wire = wire;

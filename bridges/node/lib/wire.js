@@ -104,7 +104,10 @@ function encodeJsonFrame(value) {
 }
 
 function decodeJsonPayload(payload) {
-  const text = payload.toString('utf8');
+  // A Uint8Array that is not a Buffer (the declared type allows one) has a
+  // toString of its own, which lists the byte values.
+  const bytes = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const text = bytes.toString('utf8');
   // toString replaces bad bytes with U+FFFD instead of failing. Real U+FFFD
   // characters are rare, so the strict check runs only when one shows up,
   // which keeps the common path to a single native pass.

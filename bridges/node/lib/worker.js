@@ -82,25 +82,44 @@ function startRequestSpan(ctx) {
   if (remote === undefined || !api.trace.isSpanContextValid(remote)) return null;
   const tracer = api.trace.getTracer('snakepit-bridge', BRIDGE_VERSION);
   const span = tracer.startSpan(`snakepit.worker ${ctx.command}`, { kind: api.SpanKind.SERVER }, parent);
-  return { api, span, context: api.trace.setSpan(parent, span) };
+  return { api, span, context: api.trace.setSpan(parent, span), worker: ctx.worker };
 }
 
-function endRequestSpan(traced, err) {
-  if (err !== undefined) {
-    try {
-      if (err instanceof Error) traced.span.recordException(err);
-    } catch (_) {
-      // a thrown value that cannot be read (a throwing getter, a revoked proxy)
-    }
-    let message;
-    try {
-      message = String((err && err.message) || err);
-    } catch (_) {
-      message = UNREADABLE;
-    }
-    traced.span.setStatus({ code: traced.api.SpanStatusCode.ERROR, message });
+// The span, or null when starting it threw: the propagator and the tracer
+// are the application's code, run on fields of the request (a propagator
+// may throw on a malformed header), and the call must be answered all the
+// same, untraced.
+function tryStartRequestSpan(ctx) {
+  try {
+    return startRequestSpan(ctx);
+  } catch (err) {
+    ctx.worker.log.error(`request ${ctx.requestId} runs untraced: starting its span failed: ${describeThrown(err)}`);
+    return null;
   }
-  traced.span.end();
+}
+
+// Never throws, for the same reason: the reply goes out whatever the
+// application's span processors do.
+function endRequestSpan(traced, err) {
+  try {
+    if (err !== undefined) {
+      try {
+        if (err instanceof Error) traced.span.recordException(err);
+      } catch (_) {
+        // a thrown value that cannot be read (a throwing getter, a revoked proxy)
+      }
+      let message;
+      try {
+        message = String((err && err.message) || err);
+      } catch (_) {
+        message = UNREADABLE;
+      }
+      traced.span.setStatus({ code: traced.api.SpanStatusCode.ERROR, message });
+    }
+    traced.span.end();
+  } catch (failure) {
+    traced.worker.log.error(`ending a request's span failed: ${describeThrown(failure)}`);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -130,14 +149,18 @@ class HostCallError extends Error {
 // would adopt it (one whose then() throws, or calls back twice, settles
 // once), and a plain value is passed on at once.
 function settle(result, onValue, onError) {
-  let thenable;
+  let adopted = null;
   try {
-    thenable = result !== null && typeof result === 'object' && typeof result.then === 'function';
+    if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+      // Promise.resolve reads a native promise's `constructor`, and throws
+      // here when that is a getter that throws; `await` rejects instead.
+      adopted = Promise.resolve(result);
+    }
   } catch (err) {
-    onError(err); // a `then` getter that throws
+    onError(err); // a `then` or `constructor` getter that throws
     return;
   }
-  if (thenable) Promise.resolve(result).then(onValue, onError);
+  if (adopted !== null) adopted.then(onValue, onError);
   else onValue(result);
 }
 
@@ -311,8 +334,10 @@ class Context {
 
   // Sends a partial result. Chunks only reach callers that asked for a
   // stream, so for the others nothing is written; returns whether it was.
+  // Once the call is cancelled nothing is written either, also from a
+  // listener on ctx.signal, which runs before the Cancelled reply is made.
   sendChunk(data) {
-    if (this._done || !this.streamRequested) return false;
+    if (this._done || this._cancelled || !this.streamRequested) return false;
     this.worker._send({ type: 'chunk', id: this.requestId, data: data === undefined ? null : data });
     return true;
   }
@@ -576,6 +601,16 @@ function concurrency(n) {
   return Math.min(n, MAX_CONCURRENCY);
 }
 
+// The limit each frame's length is compared with, checked as
+// maxConcurrency is: a string or NaN would let every frame through, and a
+// number below 1 would skip every frame. Infinity sets no limit.
+function frameLimit(n) {
+  if (typeof n !== 'number' || !(n >= 1) || (Number.isFinite(n) && !Number.isInteger(n))) {
+    throw new RangeError(`maxFrameSize must be a whole number of bytes, at least 1, not ${util.inspect(n)}`);
+  }
+  return n;
+}
+
 class Worker {
   // options: commands ({name: handler}), codec ('json' | 'msgpack'; default
   // SNAKEPIT_CODEC, else json), maxConcurrency (SNAKEPIT_MAX_CONCURRENCY
@@ -588,7 +623,7 @@ class Worker {
       envInt('SNAKEPIT_MAX_CONCURRENCY') ?? options.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY
     );
     this.sigint = options.sigint === true;
-    this.maxFrameSize = options.maxFrameSize || wire.DEFAULT_MAX_FRAME_SIZE;
+    this.maxFrameSize = frameLimit(options.maxFrameSize ?? wire.DEFAULT_MAX_FRAME_SIZE);
     this.bridgeName = options.name || BRIDGE_NAME;
     this.bridgeVersion = BRIDGE_VERSION;
     this.workerId = process.env.SNAKEPIT_WORKER_ID || null;
@@ -616,6 +651,7 @@ class Worker {
     };
     this._queue = []; // requests waiting for a free slot
     this._queueHead = 0;
+    this._startingQueued = false; // _startQueued is running (see there)
     this._hostCalls = new Map(); // host call id -> {ctx, resolve, reject}
     this._nextHostCallId = 1;
     this._inputEnded = false;
@@ -717,7 +753,20 @@ class Worker {
     });
     return new Promise((resolve, reject) => {
       this._drained = resolve;
-      input.on('data', (chunk) => reader.push(chunk));
+      input.on('data', (chunk) => {
+        if (Buffer.isBuffer(chunk)) {
+          reader.push(chunk);
+        } else if (ArrayBuffer.isView(chunk)) {
+          // A stream of Uint8Array (Readable.from, Readable.fromWeb) is
+          // bytes too; the reader needs Buffer methods.
+          reader.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        } else {
+          // Text (an input with an encoding set) has lost the bytes of the
+          // length headers: no frame can be read from it.
+          input.pause();
+          reject(new TypeError(`serve() reads bytes, not ${typeof chunk} chunks: set no encoding on the input`));
+        }
+      });
       input.on('end', () => {
         reader.end();
         this._onInputEnd();
@@ -829,18 +878,29 @@ class Worker {
     this._invoke(ctx, msg.args);
   }
 
+  // A queued call whose handler is synchronous replies inside _invoke, and
+  // its reply calls this again: that nested call returns at once, and the
+  // loop already running starts the next queued call. Without that, every
+  // queued call added to the stack, and a few thousand sent past the
+  // declared max_concurrency overflowed it.
   _startQueued() {
-    while (this._queueHead < this._queue.length && this._active < this.maxConcurrency) {
-      const { ctx, args } = this._queue[this._queueHead];
-      this._queue[this._queueHead++] = undefined;
-      if (this._queueHead === this._queue.length) {
-        this._queue = [];
-        this._queueHead = 0;
+    if (this._startingQueued) return;
+    this._startingQueued = true;
+    try {
+      while (this._queueHead < this._queue.length && this._active < this.maxConcurrency) {
+        const { ctx, args } = this._queue[this._queueHead];
+        this._queue[this._queueHead++] = undefined;
+        if (this._queueHead === this._queue.length) {
+          this._queue = [];
+          this._queueHead = 0;
+        }
+        if (ctx._done) continue; // cancelled while it waited
+        ctx._queued = false;
+        this._active++;
+        this._invoke(ctx, args);
       }
-      if (ctx._done) continue; // cancelled while it waited
-      ctx._queued = false;
-      this._active++;
-      this._invoke(ctx, args);
+    } finally {
+      this._startingQueued = false;
     }
   }
 
@@ -859,7 +919,7 @@ class Worker {
       this._reply(ctx, failure(ctx.requestId, 'UnknownCommand', `Unknown command: ${wellFormed(ctx.command)}`));
       return;
     }
-    const traced = ctx.traceparent === null ? null : startRequestSpan(ctx);
+    const traced = ctx.traceparent === null ? null : tryStartRequestSpan(ctx);
     if (traced !== null) {
       this._invokeTraced(ctx, args, handler, traced);
       return;
@@ -978,7 +1038,9 @@ class Worker {
     const hasMessage = (m) => m !== undefined && m !== null && m !== '';
     if (error !== null && typeof error === 'object') {
       const message = hasMessage(error.message) ? wireText(error.message) : 'host call failed';
-      pending.reject(new HostCallError(wireText(error.type || 'HostError'), message, error.traceback));
+      // Only a text traceback is kept: hostTraceback is declared a string.
+      const traceback = typeof error.traceback === 'string' ? error.traceback : undefined;
+      pending.reject(new HostCallError(wireText(error.type || 'HostError'), message, traceback));
     } else {
       pending.reject(new HostCallError('HostError', hasMessage(error) ? wireText(error) : 'host call failed'));
     }

@@ -19,7 +19,12 @@ export type Args = Record<string, any>;
  * result (or a promise of it). What it throws is the call's error: `type`
  * is the error's `name` (or its class name), `traceback` its stack.
  */
-export type Handler = (args: Args, ctx: Context) => unknown;
+export type Handler = {
+  // Declared as a method so that its parameters are compared both ways: a
+  // handler may state the shape of the args it expects
+  // (`(args: { n: number }) => args.n`), which the frame does not check.
+  handler(args: Args, ctx: Context): unknown;
+}['handler'];
 
 /** Options of `new Worker(options)`. */
 export interface WorkerOptions {
@@ -31,8 +36,11 @@ export interface WorkerOptions {
   maxConcurrency?: number | null;
   /** Declare `sigint` and let SIGINT cancel the running calls. Default false. */
   sigint?: boolean;
-  /** Larger incoming frames are skipped with a `ProtocolError` reply. Default 64 MiB. */
-  maxFrameSize?: number;
+  /**
+   * Larger incoming frames are skipped with a `ProtocolError` reply. Default
+   * 64 MiB (also for `null`); a value below 1 or not whole is a `RangeError`.
+   */
+  maxFrameSize?: number | null;
   /** The bridge name in `hello`. Default `snakepit-node`. */
   name?: string;
 }
@@ -43,7 +51,11 @@ export interface RunOptions {
 }
 
 export interface ServeOptions {
-  /** Where frames are read from. */
+  /**
+   * Where frames are read from: a stream of bytes (`Buffer` or `Uint8Array`
+   * chunks). A chunk of text (an encoding set on the stream) rejects the
+   * promise `serve()` returns with a `TypeError`.
+   */
   input: NodeJS.ReadableStream;
   /** Writes one whole frame. */
   write(frame: Buffer): void;
@@ -147,7 +159,8 @@ export declare class Context {
   throwIfCancelled(): void;
   /**
    * Sends a partial result before the final one; written only when the
-   * caller asked for a stream. Returns whether it was.
+   * caller asked for a stream and the call is neither answered nor
+   * cancelled. Returns whether it was.
    */
   sendChunk(data: unknown): boolean;
   /**

@@ -126,6 +126,13 @@ export function readmeWorker(): Worker {
     sigint: true,
   });
   worker.command('shout', (args) => String(args.text).toUpperCase());
+  // A handler may state the shape of its args, in `commands` and in command().
+  interface Sum {
+    a: number;
+    b: number;
+  }
+  const typed = new Worker({ commands: { sum: (args: Sum) => args.a + args.b } });
+  typed.command('size', async (args: { items: string[] }, ctx: Context) => ctx.requestId + args.items.length);
   const hello = worker.hello();
   void [worker.commandNames(), hello.capabilities.max_concurrency, worker.uptime];
   return worker;
