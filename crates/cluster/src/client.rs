@@ -423,6 +423,12 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client of the cluster `cluster` on the NATS connection `nats`, with
     /// the default [`ClientConfig`].
+    ///
+    /// `Error::Config` when the connection's inbox prefix
+    /// (`ConnectOptions::custom_inbox_prefix`) gives reply subjects no host
+    /// answers (over 512 bytes with the call's token, a wildcard, a space
+    /// or control character, a `$` system subject): every call would be
+    /// ignored by every host.
     pub async fn connect(nats: &async_nats::Client, cluster: &str) -> Result<Client, Error> {
         Self::connect_with(nats, cluster, ClientConfig::default()).await
     }
@@ -440,6 +446,18 @@ impl Client {
             ));
         }
         let inbox = nats.new_inbox();
+        // The longest reply subjects this client makes (`<inbox>.<call>`,
+        // `<inbox>.b<batch>`): a host ignores a call whose reply subject it
+        // does not answer, and the call would fail as if its host had died.
+        if !wire::answerable(&format!("{inbox}.b{}", u64::MAX)) {
+            let shown: String = inbox.chars().take(80).collect();
+            return Err(Error::Config(format!(
+                "the NATS connection's inbox prefix gives reply subjects no host answers \
+                 (over {} bytes, a wildcard, a space or control character, or a `$` system \
+                 subject): inbox `{shown}`",
+                wire::MAX_REPLY_SUBJECT
+            )));
+        }
         let replies = nats
             .subscribe(format!("{inbox}.*"))
             .await
@@ -637,21 +655,36 @@ impl Client {
     /// The trace context the call carries: its options' `traceparent`, else
     /// the configured [`ClientConfig::trace_context`], else (with the
     /// `opentelemetry` feature) the context of the caller's current span.
-    fn trace_headers(&self, options: &CallOptions) -> Option<HeaderMap> {
+    ///
+    /// A trace context with a line break, which no NATS header can carry,
+    /// is `Error::Validation` (the call is not sent): async-nats would
+    /// panic on it, and the text often comes from a request the caller
+    /// does not control.
+    fn trace_headers(
+        &self,
+        command: &str,
+        options: &CallOptions,
+    ) -> Result<Option<HeaderMap>, Error> {
         let given = options
             .traceparent
             .clone()
             .or_else(|| self.inner.config.trace_context.as_ref().and_then(|f| f()));
         match given {
             Some(t) => {
+                let value = t.parse::<async_nats::HeaderValue>().map_err(|_| {
+                    Error::Validation {
+                        command: command.to_owned(),
+                        message: "the traceparent has a line break, which a NATS header cannot carry; the call was not sent".into(),
+                    }
+                })?;
                 let mut h = HeaderMap::new();
-                h.insert(wire::TRACEPARENT, t.as_str());
-                Some(h)
+                h.insert(wire::TRACEPARENT, value);
+                Ok(Some(h))
             }
             #[cfg(feature = "opentelemetry")]
-            None => crate::otel::current_headers(),
+            None => Ok(crate::otel::current_headers()),
             #[cfg(not(feature = "opentelemetry"))]
-            None => None,
+            None => Ok(None),
         }
     }
 
@@ -672,7 +705,7 @@ impl Client {
         let queue_deadline = later(submitted, inner.config.queue_timeout);
         let session = options.session_id.as_deref();
         let mut target = session.and_then(|s| inner.sessions.lock().unwrap().get(s));
-        let headers = self.trace_headers(options);
+        let headers = self.trace_headers(command, options)?;
         let mut msg = CallMsg {
             command: command.to_owned(),
             args,
@@ -1552,11 +1585,17 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
                         }
                         inner.resend_cancels_to(&hb.host);
                     }
+                    // The count as the run says it now, not the highest
+                    // ever heard: one forged heartbeat far ahead would
+                    // otherwise hide every later reconnect of the run. (A
+                    // forged count costs the run's streams once, as any
+                    // forged heartbeat could; the run's next heartbeat sets
+                    // it right.)
                     *run = Run {
                         seen,
                         bye: hb.bye,
                         last: hb.last,
-                        conn: run.conn.max(hb.conn),
+                        conn: if hb.conn == 0 { run.conn } else { hb.conn },
                     };
                 }
             }
@@ -1595,13 +1634,17 @@ async fn watch_hosts(inner: Weak<Inner>, mut beats: async_nats::Subscriber) {
             // A new run of the host counts its heartbeats (and the
             // sequence numbers of its declines) from 1 again.
             // Within a run, the count moves forward one heartbeat at a time:
-            // a jump past MAX_SEQ_STEP is no heartbeat of that run (a forged
-            // one would make every later decline look stale), and is not
-            // taken. A count kept too low only makes declines count.
+            // a jump past MAX_SEQ_STEP either way is no heartbeat of that
+            // run (a forged one far ahead would make every later decline
+            // look stale), and is not taken. A smaller step is taken either
+            // way, so the run's own next heartbeat sets right a forged
+            // count within the step (kept as the highest, it would hold for
+            // that many heartbeats). A count kept too low only makes
+            // declines count.
             if !known || (hb.instance.is_some() && entry.instance != hb.instance) {
                 entry.instance = hb.instance.clone();
                 entry.seq = hb.seq;
-            } else if hb.seq > entry.seq && hb.seq - entry.seq <= MAX_SEQ_STEP {
+            } else if hb.seq.abs_diff(entry.seq) <= MAX_SEQ_STEP {
                 entry.seq = hb.seq;
             }
         }

@@ -1040,13 +1040,7 @@ impl Serving {
             let Some(reply) = call.reply.take() else {
                 continue;
             };
-            let headers = call.headers.take().map(|pairs| {
-                let mut h = HeaderMap::new();
-                for (k, v) in pairs {
-                    h.append(k.as_str(), v.as_str());
-                }
-                h
-            });
+            let headers = call.headers.take().map(|pairs| header_map(&pairs));
             self.take_one(Subject::from(reply), Ok(call), headers.as_ref(), done)
                 .await;
         }
@@ -1173,6 +1167,23 @@ fn rearm(
 /// When an unset timer fires: not before something sets it.
 fn far() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(3600)
+}
+
+/// A batched call's headers as a NATS header map. A pair that no NATS
+/// header can be (a name with a space, a control or non-ASCII character or
+/// a colon; a value with a line break) came from no client: it is left
+/// out. (async-nats's infallible conversions panic on such text, and any
+/// peer that may publish calls could send it.)
+fn header_map(pairs: &[(String, String)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        let name = k.parse::<async_nats::HeaderName>();
+        let value = v.parse::<async_nats::HeaderValue>();
+        if let (Ok(name), Ok(value), false) = (name, value, k.is_empty()) {
+            h.append(name, value);
+        }
+    }
+    h
 }
 
 fn traceparent(headers: Option<&HeaderMap>) -> Option<String> {

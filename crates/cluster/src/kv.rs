@@ -406,7 +406,13 @@ impl NatsKvStore {
             None => Ok(Slot::Absent(0)),
             Some(e) if e.operation != Operation::Put => Ok(Slot::Absent(e.revision)),
             Some(e) => {
-                let s: Session = serde_json::from_slice(&e.value)?;
+                let mut s: Session = serde_json::from_slice(&e.value)?;
+                // The key names the session, as in the other stores: a
+                // value planted under one id that names another is read,
+                // and written back, as the session of its key.
+                if let Some(id) = unhex(key) {
+                    s.id = id;
+                }
                 Ok(Slot::Present(Box::new(s), e.revision))
             }
         }

@@ -14,8 +14,14 @@ struct Headers<'a>(&'a mut HeaderMap);
 
 impl Injector for Headers<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if !value.is_empty() {
-            self.0.insert(key, value.as_str());
+        // A propagator's text that no NATS header can carry (a line break,
+        // a name with a colon) is left out: async-nats would panic on it.
+        let name = key.parse::<async_nats::HeaderName>();
+        let value = value.parse::<async_nats::HeaderValue>();
+        if let (Ok(name), Ok(value), false) = (name, value, key.is_empty()) {
+            if !value.as_str().is_empty() {
+                self.0.insert(name, value);
+            }
         }
     }
 }

@@ -91,6 +91,18 @@ async fn warm_up(pool: &Pool, calls: usize) {
     }
 }
 
+/// `calls` echoes on `pool`, one after another: how many calls the worker
+/// that answered the last one says it has served.
+async fn echoes_served(pool: &Pool, calls: usize) -> u64 {
+    let mut served = 0;
+    for _ in 0..calls {
+        served = pool.execute("echo", json!({})).await.unwrap()["served"]
+            .as_u64()
+            .unwrap();
+    }
+    served
+}
+
 /// Once every call has ended: nothing in flight or queued, and every call
 /// counted once (`requests` = `completed` + `errors` + `cancelled`).
 async fn counters_add_up(pool: &Pool) -> snakepit_core::Stats {
@@ -455,12 +467,7 @@ async fn a_depth_of_one_holds_one_call_at_most_behind_a_call_that_turns_long() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_written_ahead_calls_given_up_runs_none_of_them() {
     let pool = bridge_pool(1, 16).await;
-    let mut served = 0;
-    for _ in 0..20 {
-        served = pool.execute("echo", json!({})).await.unwrap()["served"]
-            .as_u64()
-            .unwrap();
-    }
+    let served = echoes_served(&pool, 20).await;
     let pid = pool.worker_pids()[0];
     let front = spawn_call(
         &pool,
@@ -688,12 +695,7 @@ async fn shutdown_with_calls_written_ahead_gives_each_caller_a_typed_error() {
         .start()
         .await
         .unwrap();
-    let mut served = 0;
-    for _ in 0..20 {
-        served = pool.execute("echo", json!({})).await.unwrap()["served"]
-            .as_u64()
-            .unwrap();
-    }
+    let served = echoes_served(&pool, 20).await;
     assert_eq!(served, 20);
     let pid = pool.worker_pids()[0];
     let marker = temp_dir("r4-shutdown").join("marker");
@@ -857,12 +859,7 @@ async fn health_pings_do_not_make_a_long_call_worker_look_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_dropped_unrun_do_not_make_a_long_call_worker_look_short() {
     let pool = bridge_pool(1, 16).await;
-    let mut served = 0;
-    for _ in 0..20 {
-        served = pool.execute("echo", json!({})).await.unwrap()["served"]
-            .as_u64()
-            .unwrap();
-    }
+    let served = echoes_served(&pool, 20).await;
     let pid = pool.worker_pids()[0];
     let front = spawn_call(&pool, "sleep", json!({"ms": 800}), within(60));
     assert!(eventually(20, || in_flight_on(&pool, pid) == 1).await);
