@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import concurrent.futures
 import contextvars
 import os
 import queue
@@ -85,7 +86,15 @@ class AsyncServer(Server):
 
     def send_chunk(self, ctx, data):
         if threading.get_ident() != self._loop_thread:
-            return super().send_chunk(ctx, data)  # a plain handler's thread
+            # A thread's (a plain handler's, or one a coroutine started):
+            # written at once, after the frames the loop has queued, which
+            # may hold chunks the same call emitted before it.
+            frame = self._frame({"type": "chunk", "id": ctx.request_id, "data": data})
+            with self._write_lock:
+                if ctx._done:
+                    return False
+                self._write(self._take_queued() + frame)
+            return True
         out = self._out
         out.append(self._frame({"type": "chunk", "id": ctx.request_id, "data": data}))
         if len(out) == 1:
@@ -96,10 +105,27 @@ class AsyncServer(Server):
         out = self._out
         if not out:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        # Taken under the write lock: a thread writing a chunk takes what is
+        # queued first (_take_queued), so frames leave in the order made.
         with self._write_lock:
+            if not out:
+                return
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             self._write(data)
+
+    def _take_queued(self):
+        """The frames the loop has queued, taken out, for a thread that
+        holds the write lock. Only the loop's thread appends to the queue,
+        and it empties the queue only under the lock: the first ``n``
+        frames are taken whole, and one appended meanwhile stays."""
+        out = self._out
+        n = len(out)
+        if not n:
+            return b""
+        queued = b"".join(out[:n])
+        del out[:n]
+        return queued
 
     async def _main(self, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
@@ -107,6 +133,9 @@ class AsyncServer(Server):
         self._loop_thread = threading.get_ident()
         self._limit = asyncio.Semaphore(self._size)
         self._pool = _DaemonPool(self._size)
+        # run_in_executor(None, ...) and asyncio.to_thread: on daemon
+        # threads too (see _DaemonExecutor).
+        loop.set_default_executor(_DaemonExecutor())
         self._eof = asyncio.Event()
         if install_signals:
             # sigint is not declared in this mode; a stray Ctrl-C must not kill us.
@@ -430,7 +459,7 @@ def _settle(fut, ok, value):
     if not fut.done():
         if ok:
             fut.set_result(value)
-        elif isinstance(value, StopIteration):
+        elif issubclass(type(value), StopIteration):  # not isinstance: see fatal()
             fut.set_exception(_Carried(value))
         else:
             fut.set_exception(value)
@@ -477,3 +506,73 @@ class _DaemonPool:
         get = self._queue.get
         while True:
             get()()
+
+
+class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, on daemon threads.
+
+    ThreadPoolExecutor's threads are joined when the interpreter exits, so
+    a handler awaiting blocking work there (``run_in_executor(None, ...)``,
+    ``asyncio.to_thread``) would keep the worker alive after SIGTERM until
+    that work ends. A ThreadPoolExecutor all the same, as
+    ``set_default_executor`` requires, with its own ``submit``: a thread
+    per job while none is idle (counted as ThreadPoolExecutor counts
+    them), up to ThreadPoolExecutor's default count, then the jobs wait in
+    turn. A job still running when the worker exits is cut, as the
+    handlers' own threads are.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._limit = min(32, (os.cpu_count() or 1) + 4)
+        self._count = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._jobs.put((future, fn, args, kwargs))
+            if self._idle:
+                self._idle -= 1  # that thread takes this job
+            elif self._count < self._limit:
+                self._count += 1
+                threading.Thread(target=self._work, name=f"snakepit-executor-{self._count}",
+                                 daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            _run(*job)
+            job = None  # nothing of it kept while idle
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            count = self._count
+        # Each thread ends at its next look at the queue; none is waited for.
+        for _ in range(count):
+            self._jobs.put(None)
+
+
+def _run(future: concurrent.futures.Future, fn: Any, args: Any, kwargs: Any) -> None:
+    """One job of the _DaemonExecutor, unless it was cancelled meanwhile."""
+    if future.set_running_or_notify_cancel():
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)

@@ -144,13 +144,26 @@ def _utf8(text):
     """``text`` as a string both codecs can carry: a lone surrogate (a
     non-UTF-8 file name through ``os.fsdecode``, say) is written as its
     escape instead of making the reply impossible to encode."""
+    text = exact_str(text)
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    except AttributeError:
-        return _utf8(str(text))
+
+
+def exact_str(value):
+    """``str(value)`` as a plain ``str``. A handler's exception may give a
+    ``str`` subclass as its text (or its class's name), whose methods
+    (``encode``, ``__format__``...) are the handler's code and may raise:
+    ``str.__str__`` copies the characters without calling any of them."""
+    if type(value) is str:
+        return value
+    if not issubclass(type(value), str):
+        value = str(value)
+        if type(value) is str:
+            return value
+    return str.__str__(value)
 
 
 def encode_failure(exc, what):
@@ -162,12 +175,13 @@ def encode_failure(exc, what):
     such numbers."""
     cls = type(exc)
     try:
-        text = str(exc)
+        text = exact_str(exc)
     except BaseException:  # a __str__ that raises
         text = "<unreadable>"
+    name = exact_str(cls.__name__)
     if cls is TypeError or (cls is ValueError and "Out of range float" in text):
-        return cls.__name__, f"{what} could not be encoded: {text}"
-    return "TypeError", f"{what} could not be encoded: {cls.__name__}: {text}"
+        return name, f"{what} could not be encoded: {text}"
+    return "TypeError", f"{what} could not be encoded: {name}: {text}"
 
 
 def cancelled_reply(rid):
@@ -178,9 +192,9 @@ def failed_reply(rid, exc):
     """The reply to a request whose handler raised ``exc``. Never raises: a
     ``__str__`` that raises (even a BaseException) leaves a placeholder
     message, and a traceback that cannot be formatted is left out."""
-    name = type(exc).__name__
+    name = exact_str(type(exc).__name__)
     try:
-        message = str(exc)
+        message = exact_str(exc)
     except BaseException as inner:  # a __str__ that raises
         message = f"<{name} whose message could not be read: {_describe(inner)}>"
     try:
@@ -192,9 +206,9 @@ def failed_reply(rid, exc):
 
 def _describe(exc):
     try:
-        return repr(exc)
+        return exact_str(repr(exc))
     except BaseException:
-        return type(exc).__name__
+        return exact_str(type(exc).__name__)
 
 
 def unreadable_reply(rid):
@@ -206,8 +220,10 @@ def fatal(exc):
     """Whether a handler's exception ends the worker rather than its call:
     ``SystemExit`` (``sys.exit()`` in a handler). Any other exception,
     ``BaseException`` subclasses of other libraries (timeouts of gevent or
-    trio) included, is the call's failed reply."""
-    return isinstance(exc, SystemExit)
+    trio) included, is the call's failed reply. Its real class decides:
+    isinstance() would ask the exception's own ``__class__``, which may
+    claim SystemExit, or raise."""
+    return issubclass(type(exc), SystemExit)
 
 
 def host_outcome(msg):
@@ -305,7 +321,7 @@ class Server:
                 # would otherwise end the sync loop with no reply sent.
                 type_, message = encode_failure(exc, "result")
                 payload = self._encode(error_reply(value["id"], type_, message))
-            elif not isinstance(exc, Exception):
+            elif not issubclass(type(exc), Exception):
                 # A SIGINT's KeyboardInterrupt while a chunk is encoded
                 # cancels the call; SystemExit ends the worker.
                 raise
@@ -350,7 +366,10 @@ class Server:
 
     def host_call_frame(self, hid, ctx, function, args):
         """The encoded host_call frame; raises (nothing sent) when its
-        arguments cannot be encoded."""
+        arguments cannot be encoded, or when ``function`` is no string: the
+        pool takes such a frame for a broken one and replaces the worker."""
+        if not issubclass(type(function), str):
+            raise TypeError(f"a host function's name must be a str, not {type(function).__name__}")
         return self._frame({"type": "host_call", "id": hid, "request_id": ctx.request_id,
                             "function": function, "args": args})
 

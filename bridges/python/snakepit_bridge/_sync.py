@@ -46,8 +46,9 @@ class SyncServer(Server):
         # about to start (signalled while it was still read or decoded).
         self._sigint_unarmed = False
         self._writing = False
+        self._terminating = False  # SIGTERM came (see _on_sigterm)
         self._reading = False  # in call_host, and not waiting for input
-        self._sigint_held = False
+        self._sigint_held = False  # also a SIGTERM's, while writing
         self._current = None
         self._backlog = deque()
         self._peek = None
@@ -88,7 +89,7 @@ class SyncServer(Server):
             self._poller.register(self.reader.fd, select.POLLIN)
             self._poller.register(self._wake_r, select.POLLIN)
             signal.signal(signal.SIGINT, self._on_sigint)
-            signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         self.send(self.worker.hello())
         try:
             return self._serve(self._read_idle if install_signals else None)
@@ -364,6 +365,11 @@ class SyncServer(Server):
                 self._take_stdin_back(ctx)
         self._current = None
         self.send(reply)
+        if self._terminating:
+            # SIGTERM's SystemExit came while the call ran and was
+            # swallowed (a handler catching BaseException, or the bridge
+            # building a failed reply): the call is answered; now exit.
+            raise SystemExit(0)
 
     def _cancel_sent_for(self, rid) -> bool:
         """After a SIGINT that came while no handler ran: whether the pool
@@ -388,7 +394,19 @@ class SyncServer(Server):
             self._reading = False
             self._deliver_held_sigint()
 
-    # --- SIGINT ----------------------------------------------------------------
+    # --- signals ---------------------------------------------------------------
+
+    def _on_sigterm(self, signum, frame):
+        # Clean exit: finally blocks and atexit hooks still run. Noted too,
+        # for a handler that swallows the SystemExit (see on_request).
+        self._terminating = True
+        if self._writing:
+            # Not in the middle of a frame (a large one goes out in parts
+            # while the pool reads): held as a SIGINT is, and raised by
+            # _deliver_held_sigint once the frame is out.
+            self._sigint_held = True
+            return
+        raise SystemExit(0)
 
     def _on_sigint(self, signum, frame):
         # Armed only while a handler runs. Disarming here means one SIGINT
@@ -436,9 +454,12 @@ class SyncServer(Server):
 
     def _deliver_held_sigint(self) -> None:
         """Raises the SIGINT held back while a frame was written or read,
-        now that the frame is out (or its bytes are buffered)."""
+        now that the frame is out (or its bytes are buffered); or the
+        SystemExit of a SIGTERM held while a frame was written."""
         if self._sigint_held:
             self._sigint_held = False
+            if self._terminating:
+                raise SystemExit(0)
             self._on_sigint(signal.SIGINT, None)
 
     # --- host calls --------------------------------------------------------------
@@ -752,8 +773,3 @@ def _peeker(fd):
         return read(fd, 65536) if poll(0) else None
 
     return peek, None
-
-
-def _on_sigterm(signum, frame):
-    # Clean exit: finally blocks and atexit hooks still run.
-    raise SystemExit(0)
