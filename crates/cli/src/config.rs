@@ -79,8 +79,9 @@ pub(crate) fn load_state_dir(
     let Some((path, text)) = read(explicit)? else {
         return Ok(None);
     };
-    let dir =
-        state_dir_of(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let dir = state_dir_of(&text, base)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     out.verbose(format!("state_dir from {}", path.display()));
     Ok(dir)
 }
@@ -144,8 +145,9 @@ fn check_state_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `state_dir` under `[pool]` in `text`, read alone.
-pub(crate) fn state_dir_of(text: &str) -> Result<Option<PathBuf>, String> {
+/// `state_dir` under `[pool]` in `text`, read alone; a relative one is
+/// taken relative to `dir`, the file's directory, as [`parse`] takes it.
+pub(crate) fn state_dir_of(text: &str, dir: &Path) -> Result<Option<PathBuf>, String> {
     let table: toml::Table =
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
     let Some(value) = table.get("pool").and_then(|p| p.get("state_dir")) else {
@@ -153,9 +155,9 @@ pub(crate) fn state_dir_of(text: &str) -> Result<Option<PathBuf>, String> {
     };
     match value.as_str() {
         Some(d) => {
-            let dir = PathBuf::from(d);
-            check_state_dir(&dir)?;
-            Ok(Some(dir))
+            let state = PathBuf::from(d);
+            check_state_dir(&state)?;
+            Ok(Some(dir.join(state)))
         }
         None => Err(format!(
             "state_dir under [pool] must be a path (a string), not {}",
@@ -172,7 +174,14 @@ pub(crate) fn not_a_file(path: &Path) -> Option<&'static str> {
     use std::os::unix::fs::FileTypeExt;
     let kind = match std::fs::metadata(path) {
         Ok(m) => m.file_type(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("not found"),
+        // A symbolic link whose target is missing is there all the same
+        // (`ls` shows it): it names a file the user meant to be read.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(match std::fs::symlink_metadata(path) {
+                Ok(link) if link.file_type().is_symlink() => "is a symbolic link to a missing file",
+                _ => "not found",
+            });
+        }
         // Read it anyway: the error says why it cannot be.
         Err(_) => return None,
     };
@@ -210,7 +219,8 @@ pub(crate) fn check_pool_size_flag(n: usize, flag: &str) -> Result<(), Failure> 
     })
 }
 
-/// Parses the file's text; `script` is taken relative to `dir`.
+/// Parses the file's text; `script` and `state_dir` are taken relative to
+/// `dir`.
 pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
     let raw: Raw = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
     let pool_size_set = raw
@@ -219,7 +229,7 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
         .is_some_and(|t| t.contains_key("pool_size"));
     // Read `[pool]` from the text again, not from the table above: the
     // text's deserializer names the key and line of a wrong value.
-    let pool = match raw.pool {
+    let mut pool = match raw.pool {
         Some(_) => toml::from_str::<PoolOnly>(text)
             .map_err(|e| e.to_string().trim_end().to_owned())?
             .pool
@@ -233,9 +243,12 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
     if pool_size_set {
         check_pool_size(pool.pool_size, "pool_size under [pool]")?;
     }
-    if let Some(dir) = &pool.state_dir {
-        check_state_dir(dir)?;
+    if let Some(state) = &pool.state_dir {
+        check_state_dir(state)?;
     }
+    // Relative to the file, as `script` is: the pools and `snakepit sweep`
+    // then agree on the directory whatever the working directory of each.
+    pool.state_dir = pool.state_dir.map(|state| dir.join(state));
     Ok(FileConfig {
         adapter: raw.adapter,
         script: raw.script.map(|s| dir.join(s)),
@@ -312,14 +325,24 @@ mod tests {
         let text =
             "adapter = \"cobol\"\nmisspelt = 1\n[pool]\npool_sise = 3\nstate_dir = \"/run/x\"\n";
         assert!(parse(text, Path::new(".")).is_err());
-        assert_eq!(state_dir_of(text).unwrap(), Some(PathBuf::from("/run/x")));
-        assert_eq!(state_dir_of("adapter = \"cobol\"\n").unwrap(), None);
+        let here = Path::new("/srv/app");
+        assert_eq!(
+            state_dir_of(text, here).unwrap(),
+            Some(PathBuf::from("/run/x"))
+        );
+        assert_eq!(state_dir_of("adapter = \"cobol\"\n", here).unwrap(), None);
+        assert_eq!(
+            state_dir_of("[pool]\nstate_dir = \"runs\"\n", here).unwrap(),
+            Some(PathBuf::from("/srv/app/runs"))
+        );
+        let c = parse("[pool]\nstate_dir = \"runs\"\n", here).unwrap();
+        assert_eq!(c.pool.state_dir, Some(PathBuf::from("/srv/app/runs")));
         for (bad, says) in [
             ("[pool]\nstate_dir = \"\"\n", "must not be empty"),
             ("[pool]\nstate_dir = 3\n", "must be a path"),
             ("[pool\n", "TOML"),
         ] {
-            let e = state_dir_of(bad).unwrap_err();
+            let e = state_dir_of(bad, here).unwrap_err();
             assert!(
                 e.contains(says) || !e.is_empty() && says == "TOML",
                 "{bad}: {e}"
@@ -354,6 +377,16 @@ mod tests {
             not_a_file(Path::new("/no/such/snakepit.toml")),
             Some("not found")
         );
+        let dir = std::env::temp_dir().join(format!("snakepit-dangling-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let link = dir.join("snakepit.toml");
+        std::os::unix::fs::symlink("moved-away.toml", &link).unwrap();
+        assert_eq!(
+            not_a_file(&link),
+            Some("is a symbolic link to a missing file")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -62,6 +62,15 @@ pub(crate) struct ExecArgs {
 
 /// Parses the call's arguments: a JSON object.
 pub(crate) fn parse_args(text: &str) -> Result<Value, Failure> {
+    // Nothing at all (an empty argument, an empty stdin): the shell took
+    // no quotes, so the hint about quoting would mislead.
+    if text.trim().is_empty() {
+        return Err(
+            Failure::usage("ARGS_JSON is empty: it must be a JSON object").hint(
+                "give an object, for example '{\"a\": 5}', or leave ARGS_JSON out to send {}",
+            ),
+        );
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| {
         let failure = Failure::usage(format!("ARGS_JSON is not valid JSON: {e}"));
         // No quote left at all: most likely the shell took them (not so
@@ -243,5 +252,8 @@ mod tests {
         assert_eq!(parse_args("{a: 1}").unwrap_err().code, 2);
         assert_eq!(parse_args("[1, 2]").unwrap_err().code, 2);
         assert_eq!(parse_args("").unwrap_err().code, 2);
+        let empty = parse_args(" \n").unwrap_err();
+        assert_eq!(empty.code, 2);
+        assert!(empty.message.contains("empty"), "{}", empty.message);
     }
 }

@@ -186,6 +186,11 @@ fn protocol_hint(source: &snakepit_protocol::Error) -> &'static str {
             "the worker's reply is larger than the pool accepts: raise max_frame_size under [pool] in snakepit.toml, or return less"
         }
         P::Mismatch { .. } => "the worker's result does not have the shape the caller asked for",
+        // Valid JSON from the worker (Python writes any integer), but a
+        // number no double holds: no stray output is to blame.
+        P::InvalidPayload { detail, .. } if detail.starts_with("number out of range") => {
+            "the worker's reply holds a number beyond what a JSON number may be here (about 1.8e308): return it as a string"
+        }
         _ => "something wrote to the worker's stdout; write logs to stderr, or use a bundled bridge",
     }
 }
