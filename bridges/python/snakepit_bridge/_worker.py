@@ -25,6 +25,25 @@ H = TypeVar("H", bound=Callable[..., Any])
 _RUNTIMES = {"cpython": "CPython", "pypy": "PyPy"}
 
 
+# The hello declares max_concurrency as an unsigned 32-bit number: more is
+# taken as that many (no pool runs more calls at once on one worker).
+_MAX_CONCURRENCY = 2**32 - 1
+
+
+def _concurrency(value: Optional[int]) -> Optional[int]:
+    """``max_concurrency`` as given, checked: None, or a whole number of at
+    least 1 (above 2**32 - 1 taken as that). Anything else raises at once,
+    where the worker is made, rather than declaring a number the pool
+    refuses or serving one call at a time without a word."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_concurrency must be a whole number or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"max_concurrency must be at least 1, not {value}")
+    return min(value, _MAX_CONCURRENCY)
+
+
 class Worker:
     """A Snakepit worker: register commands, then ``run()``.
 
@@ -42,7 +61,7 @@ class Worker:
     ) -> None:
         self._codec_name = codec
         self.codec = _wire.get_codec(codec)
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = _concurrency(max_concurrency)
         self.name = name
         self.version = version
         self.worker_id: Optional[str] = os.environ.get("SNAKEPIT_WORKER_ID") or None

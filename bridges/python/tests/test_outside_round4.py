@@ -461,3 +461,35 @@ def _reap(proc):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MaxConcurrencyTests(unittest.TestCase):
+    """docs/bridges.md: ``Worker(codec=None, max_concurrency=None)``, and
+    the hello declares ``max_concurrency`` as a whole number the pool
+    reads as an unsigned 32-bit one. A value that is not a whole number of
+    at least 1 used to be taken as it was: ``1.5`` made an asyncio worker
+    declare 1.5 (a hello the pool refuses, so the worker never started),
+    ``"4"`` raised a ``TypeError`` only when ``run()`` compared it, and 0
+    quietly meant the default. It is now refused where the worker is made,
+    as the Node.js bridge does; a number past 2**32 - 1 is declared as
+    that."""
+
+    def test_a_value_that_is_no_whole_number_of_at_least_1_is_refused_at_once(self):
+        from snakepit_bridge import Worker
+
+        for bad in (1.5, "4", True, [2]):
+            with self.assertRaises(TypeError, msg=repr(bad)):
+                Worker(codec="json", max_concurrency=bad)  # type: ignore[arg-type]
+        for bad in (0, -3):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                Worker(codec="json", max_concurrency=bad)
+
+    def test_whole_numbers_are_declared_and_huge_ones_capped(self):
+        from snakepit_bridge import Worker
+
+        self.assertEqual(Worker(codec="json").capabilities()["max_concurrency"], 1)
+        self.assertEqual(Worker(codec="json", max_concurrency=1).capabilities()["max_concurrency"], 1)
+        self.assertEqual(Worker(codec="json", max_concurrency=6).capabilities()["max_concurrency"], 6)
+        self.assertEqual(
+            Worker(codec="json", max_concurrency=2**40).capabilities()["max_concurrency"], 2**32 - 1
+        )
