@@ -192,6 +192,19 @@ fn killed_pids(report: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The arguments of `round4_nap.py`'s `nap`: ten minutes' sleep, its pid
+/// written to `pids` first.
+fn nap_args(pids: &Path) -> String {
+    format!(r#"{{"s": 600, "pids": {:?}}}"#, pids.to_str().unwrap())
+}
+
+/// The pid written to `path`, once it is there whole.
+fn pid_in(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+}
+
 /// A Python worker script of this file's, by name.
 fn worker(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -413,7 +426,7 @@ fn exec_hung_up_during_its_call_leaves_no_worker_and_the_sweep_takes_its_record(
     let state = state_dir(&dir);
     let pids = dir.0.join("pids");
     let script = worker("round4_nap.py");
-    let args_json = format!(r#"{{"s": 600, "pids": {:?}}}"#, pids.to_str().unwrap());
+    let args_json = nap_args(&pids);
     let state_env = [("SNAKEPIT_STATE_DIR", state.to_str().unwrap())];
     let mut child = command(
         &dir.0,
@@ -422,11 +435,7 @@ fn exec_hung_up_during_its_call_leaves_no_worker_and_the_sweep_takes_its_record(
     )
     .spawn()
     .expect("snakepit runs");
-    let worker_pid = || {
-        std::fs::read_to_string(&pids)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-    };
+    let worker_pid = || pid_in(&pids);
     let started = wait_until(Duration::from_secs(60), || {
         worker_pid().is_some() && !records(&state).is_empty()
     });
@@ -839,7 +848,7 @@ fn the_sweep_finds_a_killed_execs_record_under_the_files_state_dir_and_the_varia
     );
     let pids = dir.0.join("pids");
     let script = worker("round4_nap.py");
-    let args_json = format!(r#"{{"s": 600, "pids": {:?}}}"#, pids.to_str().unwrap());
+    let args_json = nap_args(&pids);
     let env = [("SNAKEPIT_STATE_DIR", from_var.to_str().unwrap())];
     let mut child = command(
         &dir.0,
@@ -848,11 +857,7 @@ fn the_sweep_finds_a_killed_execs_record_under_the_files_state_dir_and_the_varia
     )
     .spawn()
     .expect("snakepit runs");
-    let worker_pid = || {
-        std::fs::read_to_string(&pids)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-    };
+    let worker_pid = || pid_in(&pids);
     let started = wait_until(Duration::from_secs(60), || {
         worker_pid().is_some() && !(records(&from_file).is_empty() && records(&from_var).is_empty())
     });
@@ -937,7 +942,7 @@ fn a_relative_state_dir_is_the_files_wherever_exec_and_sweep_run() {
     std::fs::write(&config, "[pool]\nstate_dir = \"records\"\n").unwrap();
     let config = config.to_str().unwrap().to_owned();
     let pids = dir.0.join("pids");
-    let args_json = format!(r#"{{"s": 600, "pids": {:?}}}"#, pids.to_str().unwrap());
+    let args_json = nap_args(&pids);
     let script = worker("round4_nap.py");
     let mut child = command(
         &here,
@@ -948,11 +953,7 @@ fn a_relative_state_dir_is_the_files_wherever_exec_and_sweep_run() {
     )
     .spawn()
     .expect("snakepit runs");
-    let worker_pid = || {
-        std::fs::read_to_string(&pids)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-    };
+    let worker_pid = || pid_in(&pids);
     let started = wait_until(Duration::from_secs(60), || worker_pid().is_some());
     let _ = child.kill();
     let _ = child.wait();

@@ -71,6 +71,20 @@ fn config(host_timeout: Duration) -> ClientConfig {
     c
 }
 
+/// A client of the cluster `test` on `nats`, whose hosts are lost after
+/// `host_timeout_s` seconds of silence, once it has heard of one host.
+async fn client_of_one(nats: &NatsServer, host_timeout_s: u64) -> Client {
+    let client = Client::connect_with(
+        &nats.connect().await,
+        "test",
+        config(Duration::from_secs(host_timeout_s)),
+    )
+    .await
+    .unwrap();
+    wait_hosts(&client, 1).await;
+    client
+}
+
 /// The next heartbeat of `host` on `sub` (the spy's heartbeat
 /// subscription) that `pick` takes.
 async fn heartbeat_of(
@@ -191,14 +205,7 @@ async fn a_forged_connection_count_does_not_blind_the_client_to_its_hosts_later_
     let proxy = Proxy::start(nats.port).await;
     let conn_a = connect_quick(&proxy.url).await;
     let (pool, node) = serve_host(&conn_a, "a", 1).await;
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 3).await;
 
     // The attacker copies the host's heartbeat and raises its count.
     let mut forged = heartbeat_of(&mut beats, "a", |_| true).await;
@@ -291,14 +298,7 @@ async fn a_forged_connection_count_does_not_blind_the_client_to_its_hosts_later_
 async fn hostile_trace_headers_reach_the_worker_as_text_and_the_host_serves_on() {
     let nats = NatsServer::start().await;
     let (pool, node) = serve_host(&nats.connect().await, "a", 2).await;
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 3).await;
     let raw = nats.connect().await;
     let inbox = raw.new_inbox();
     let mut replies = subscribed(&raw, &[&format!("{inbox}.*")])
@@ -392,14 +392,7 @@ async fn hostile_trace_headers_reach_the_worker_as_text_and_the_host_serves_on()
 async fn forged_heartbeats_with_impossible_numbers_under_a_live_id_change_nothing() {
     let nats = NatsServer::start().await;
     let (pool, node) = serve_host(&nats.connect().await, "a", 1).await;
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 3).await;
     let raw = nats.connect().await;
     let pad = "p".repeat(900 << 10);
     let forged = [
@@ -460,14 +453,7 @@ async fn forged_heartbeats_with_impossible_numbers_under_a_live_id_change_nothin
 async fn a_trace_context_with_a_line_break_is_a_validation_error_never_a_panic() {
     let nats = NatsServer::start().await;
     let (pool, node) = serve_host(&nats.connect().await, "a", 1).await;
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 3).await;
     for bad in ["00-a-b-01\r\nX-Injected: 1", "\n", "a\rb"] {
         let opts = CallOptions::new().traceparent(bad);
         let caller = client.clone();
@@ -651,14 +637,7 @@ async fn sessions_planted_with_another_id_or_extreme_numbers_are_read_as_their_k
 async fn calls_outlive_their_dropped_client_and_are_still_cancelled_when_dropped() {
     let nats = NatsServer::start().await;
     let (pool, node) = serve_host(&nats.connect().await, "a", 2).await;
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 3).await;
     let c = client.clone();
     let call = tokio::spawn(async move { c.execute("sleep", json!({"ms": 1_500})).await });
     let mut stream = client
@@ -683,14 +662,7 @@ async fn calls_outlive_their_dropped_client_and_are_still_cancelled_when_dropped
     let r = guarded("the call of a dropped client", call).await.unwrap();
     assert!(r.is_ok(), "{r:?}");
 
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 3).await;
     let c = client.clone();
     let long = tokio::spawn(async move { c.execute("sleep", json!({"ms": 60_000})).await });
     eventually(30, "the long call runs on the host", || async {
@@ -724,14 +696,7 @@ async fn one_forged_run_of_a_live_host_does_not_fail_its_calls() {
     let raw = nats.connect().await;
     let mut beats = subscribed(&raw, &["snakepit.test.hb"]).await.pop().unwrap();
     let (pool, node) = serve_host(&nats.connect().await, "a", 1).await;
-    let client = Client::connect_with(
-        &nats.connect().await,
-        "test",
-        config(Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
-    wait_hosts(&client, 1).await;
+    let client = client_of_one(&nats, 2).await;
     let c = client.clone();
     let call = tokio::spawn(async move {
         let opts = CallOptions::new().timeout(Duration::from_secs(20));
