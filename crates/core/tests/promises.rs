@@ -120,10 +120,11 @@ fn is_iso_8601_utc(s: &str) -> bool {
 
 /// protocol.md section 1: `SNAKEPIT_PROTOCOL`, `SNAKEPIT_CODEC`,
 /// `SNAKEPIT_WORKER_ID` (one per worker), `SNAKEPIT_RUN_ID` (one per run)
-/// and `SNAKEPIT_HOST` (the host process: `pid:start time:PID namespace
-/// device:inode`).
+/// `SNAKEPIT_HOST` (the host process: `pid:start time:PID namespace
+/// device:inode`) and `SNAKEPIT_MAX_FRAME_SIZE` (the pool's
+/// `max_frame_size`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_worker_gets_the_protocol_codec_worker_id_run_id_and_host_variables() {
+async fn every_worker_gets_the_protocol_codec_worker_id_run_id_host_and_frame_limit_variables() {
     let me = std::process::id();
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // Field 22 (start time), counted after the command's closing parenthesis.
@@ -140,7 +141,12 @@ async fn every_worker_gets_the_protocol_codec_worker_id_run_id_and_host_variable
     };
     let host = format!("{me}:{start}:{}:{}", ns.0, ns.1);
     let rec = Recorder::new("env", "none");
-    let pool = builder(rec.adapter()).size(2).start().await.unwrap();
+    let pool = builder(rec.adapter())
+        .size(2)
+        .configure(|c| c.max_frame_size = 123_456)
+        .start()
+        .await
+        .unwrap();
     let envs = rec.envs();
     let workers = pool.workers();
     assert_eq!(workers.len(), 2);
@@ -155,6 +161,7 @@ async fn every_worker_gets_the_protocol_codec_worker_id_run_id_and_host_variable
         assert_eq!(env["SNAKEPIT_WORKER_ID"], info.id.as_str(), "{env}");
         assert_eq!(env["SNAKEPIT_RUN_ID"], pool.run_id(), "{env}");
         assert_eq!(env["SNAKEPIT_HOST"], host.as_str(), "{env}");
+        assert_eq!(env["SNAKEPIT_MAX_FRAME_SIZE"], "123456", "{env}");
     }
     pool.shutdown().await.unwrap();
 

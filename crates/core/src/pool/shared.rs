@@ -97,11 +97,14 @@ impl Shared {
                 tail: String::new(),
             });
         }
-        let launch = self.launch.clone().for_worker(
-            self.codec,
-            &format!("{}_template", self.name),
-            &self.run_id,
-        );
+        let launch = self
+            .launch
+            .clone()
+            .for_worker(self.codec, &format!("{}_template", self.name), &self.run_id)
+            .env(
+                "SNAKEPIT_MAX_FRAME_SIZE",
+                self.config.max_frame_size.to_string(),
+            );
         let owner = Arc::downgrade(self);
         let template = Template::start(
             &self.spawner,

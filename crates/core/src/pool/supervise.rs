@@ -38,7 +38,11 @@ pub(crate) async fn start_worker(
     let launch = shared
         .launch
         .clone()
-        .for_worker(shared.codec, &worker_id, &shared.run_id);
+        .for_worker(shared.codec, &worker_id, &shared.run_id)
+        .env(
+            "SNAKEPIT_MAX_FRAME_SIZE",
+            shared.config.max_frame_size.to_string(),
+        );
     let span = tracing::Span::current();
     let child = if shared.launch.preload {
         let template = shared.template().await.map_err(|e| fail(e.cause, e.tail))?;

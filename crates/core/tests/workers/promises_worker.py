@@ -35,7 +35,7 @@ def write(obj):
 
 
 # The environment the pool gave this worker, one JSON line per process.
-ENV_KEYS = ["SNAKEPIT_PROTOCOL", "SNAKEPIT_CODEC", "SNAKEPIT_WORKER_ID", "SNAKEPIT_RUN_ID", "SNAKEPIT_HOST"]
+ENV_KEYS = ["SNAKEPIT_PROTOCOL", "SNAKEPIT_CODEC", "SNAKEPIT_WORKER_ID", "SNAKEPIT_RUN_ID", "SNAKEPIT_HOST", "SNAKEPIT_MAX_FRAME_SIZE"]
 with open(log_path + ".env", "a") as f:
     f.write(json.dumps(dict({k: os.environ.get(k) for k in ENV_KEYS}, pid=os.getpid())) + "\n")
 if os.environ.get("SNAKEPIT_CODEC", "json") != "json":
