@@ -3,7 +3,7 @@
 //! markdown itself (so the docs and this test cannot drift), run by a real
 //! pool the way the docs say (`python3 -u minimal_worker.py`, JSON), answers
 //! calls, streams chunks, calls a host function, and keeps serving after an
-//! unknown command.
+//! unknown command and after a result too large for the pool.
 
 use std::future::poll_fn;
 use std::path::PathBuf;
@@ -54,7 +54,7 @@ async fn the_documented_minimal_worker_serves_a_pool() {
     // The `session.set` host function `remember` needs, recording its calls.
     let stored: Arc<Mutex<Vec<Value>>> = Arc::default();
     let log = stored.clone();
-    let pool = Pool::builder(Minimal(script))
+    let pool = Pool::builder(Minimal(script.clone()))
         .size(2)
         .host_function("session.set", move |call| {
             let log = log.clone();
@@ -115,6 +115,31 @@ async fn the_documented_minimal_worker_serves_a_pool() {
     assert_eq!(pool.worker_pids(), pids, "no worker was replaced");
 
     pool.shutdown().await.unwrap();
+
+    // A result above the pool's `max_frame_size`, which the worker reads
+    // from `SNAKEPIT_MAX_FRAME_SIZE`: the call fails with `ResultTooLarge`
+    // and the same worker serves the next call.
+    let pool = Pool::builder(Minimal(script))
+        .size(1)
+        .configure(|c| c.max_frame_size = 4096)
+        .start()
+        .await
+        .unwrap();
+    let pids = pool.worker_pids();
+    let err = pool
+        .execute("repeat", json!({"text": "z", "times": 5000}))
+        .await
+        .unwrap_err();
+    let remote = err.remote().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(remote.kind.as_deref(), Some("ResultTooLarge"), "{err}");
+    assert!(remote.message.ends_with("above the pool's limit of 4096"), "{err}");
+    let r = pool
+        .execute("repeat", json!({"text": "z", "times": 3000}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!("z".repeat(3000)));
+    assert_eq!(pool.worker_pids(), pids, "no worker was replaced");
+    pool.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -151,7 +176,7 @@ fn without(text: &str, from: &str, until: &str) -> String {
 /// a `nap` command that sleeps.
 fn documented_sigint_worker() -> String {
     let defs = documented_block("import contextlib\n");
-    let io = documented_block("def send(msg):\n    data = json.dumps(msg, separators=(\",\", \":\"), allow_nan=False).encode()\n    with sigint_held():");
+    let io = documented_block("def send(msg):\n    data = json.dumps(msg, separators=(\",\", \":\"), allow_nan=False).encode()\n    if len(data) > LIMIT:");
     let serve_end = documented_block("    try:\n        try:\n            armed = True");
     let mut w = documented_worker();
     w = without(&w, "def send(msg):\n", "\ndef fail(");
