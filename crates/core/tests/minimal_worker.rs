@@ -132,7 +132,10 @@ async fn the_documented_minimal_worker_serves_a_pool() {
         .unwrap_err();
     let remote = err.remote().unwrap_or_else(|| panic!("{err}"));
     assert_eq!(remote.kind.as_deref(), Some("ResultTooLarge"), "{err}");
-    assert!(remote.message.ends_with("above the pool's limit of 4096"), "{err}");
+    assert!(
+        remote.message.ends_with("above the pool's limit of 4096"),
+        "{err}"
+    );
     let r = pool
         .execute("repeat", json!({"text": "z", "times": 3000}))
         .await
