@@ -8,6 +8,14 @@ import * as nodeModule from 'node:module';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
+// Under a pool, stdout and stdin are protected before any of the user's
+// code runs: the modules a worker imports are run before its own body, so
+// one that prints when loaded, imported ahead of the bridge, would write
+// into the frame stream. Loading the bridge here does it (lib/index.js);
+// the worker's own import of it finds the same module, already loaded.
+if (process.env.SNAKEPIT_PROTOCOL) {
+  nodeModule.createRequire(import.meta.url)('./lib/index.js');
+}
 if (typeof nodeModule.register === 'function') {
   nodeModule.register('./esm_hooks.mjs', import.meta.url);
 }

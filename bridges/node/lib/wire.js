@@ -292,13 +292,31 @@ function objectKey(key) {
   }
 }
 
+// The library decodes an ext of type -1 (MessagePack's timestamp) to a
+// Date, which keeps milliseconds only and is written back as another ext,
+// and refuses the whole frame when that ext is no valid timestamp. The
+// protocol has every ext reach the handler as an ExtData and go back as it
+// came (docs/protocol.md section 3), so type -1 decodes to an ExtData like
+// the others; a Date in a result is still written as a timestamp.
+function extensionCodec(lib) {
+  if (typeof lib.ExtensionCodec !== 'function' || typeof lib.encodeTimestampExtension !== 'function') return undefined;
+  const codec = new lib.ExtensionCodec();
+  codec.register({
+    type: -1,
+    encode: (value) => lib.encodeTimestampExtension(value),
+    decode: (data, type) => new lib.ExtData(type, data),
+  });
+  return codec;
+}
+
 function createMsgpackCodec() {
   const lib = loadMsgpack();
+  const extensions = extensionCodec(lib);
   // Reused instances keep their scratch buffers between frames.
   // maxDepth: what the host reads (snakepit_protocol::MAX_DEPTH is 127 with
   // the frame's own map; the library's default stops at 100).
-  const encoder = new (checkedEncoderClass(lib))({ maxDepth: 128 });
-  const decoder = new lib.Decoder({ mapKeyConverter: objectKey });
+  const encoder = new (checkedEncoderClass(lib))({ maxDepth: 128, extensionCodec: extensions });
+  const decoder = new lib.Decoder({ mapKeyConverter: objectKey, extensionCodec: extensions });
   const shared = typeof encoder.encodeSharedRef === 'function';
 
   function encodeFrame(value) {

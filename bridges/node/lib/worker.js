@@ -186,6 +186,20 @@ function wireText(value) {
   }
 }
 
+// A field of a frame quoted for a message or a log line, at most a few
+// hundred characters: the field can be as long as its frame, and the
+// ProtocolError quoting it must stay a small frame.
+function shown(value) {
+  let text;
+  try {
+    text = JSON.stringify(value);
+  } catch (_) {
+    // a value JSON cannot write; wireText describes it
+  }
+  if (typeof text !== 'string') text = wireText(value);
+  return wellFormed(text.length <= 200 ? text : `${text.slice(0, 200)}... (${text.length} characters)`);
+}
+
 // Whether a thrown value is an Error; false for one that cannot be asked (a
 // revoked proxy, whose prototype cannot be read).
 function isError(err) {
@@ -336,10 +350,12 @@ class Context {
   // stream, so for the others nothing is written; returns whether it was.
   // Once the call is cancelled nothing is written either, also from a
   // listener on ctx.signal, which runs before the Cancelled reply is made.
+  // A chunk larger than the pool reads ends the call instead: its failed
+  // reply (ResultTooLarge) goes out, and this returns false, as every later
+  // sendChunk does.
   sendChunk(data) {
     if (this._done || this._cancelled || !this.streamRequested) return false;
-    this.worker._send({ type: 'chunk', id: this.requestId, data: data === undefined ? null : data });
-    return true;
+    return this.worker._sendChunk(this, data === undefined ? null : data);
   }
 
   // Asks the pool to run a host function; resolves with its result, rejects
@@ -399,6 +415,7 @@ Context.prototype.call_host = Context.prototype.callHost;
 // Stdout and stdin protection
 
 let protectedFrameFd = null;
+let frameHandle = null; // libuv's handle of fd 1, when it has one (a pipe, a TTY)
 let userStdout = null;
 
 // What user code gets as process.stdout: a stream that forwards what is
@@ -446,10 +463,12 @@ function currentUserStdout() {
 function protectStdout() {
   if (protectedFrameFd !== null) return protectedFrameFd;
   const real = process.stdout;
-  // Creating the stdout stream made libuv switch fd 1 to non-blocking; frames
-  // are written synchronously, so switch it back.
+  // Creating the stdout stream made libuv switch fd 1 to non-blocking. Until
+  // run() writes frames (see FrameOutput), it is made blocking again, as
+  // code written before run() expects of a pipe.
   if (real._handle && typeof real._handle.setBlocking === 'function') {
-    real._handle.setBlocking(true);
+    frameHandle = real._handle;
+    frameHandle.setBlocking(true);
   }
   // Someone may hold the real stream already; its writes go to stderr too.
   real.write = function write(...args) {
@@ -519,9 +538,7 @@ function frameInput() {
   return stdinGetter();
 }
 
-// Writes a whole buffer to a blocking descriptor. EAGAIN only happens if
-// something made the descriptor non-blocking after all; then wait briefly
-// rather than drop part of a frame.
+// What writeAllSync sleeps on.
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 // Frames sent while one callback runs (the replies to the requests that
 // came in one read, say) leave together, in order, in one write once it
@@ -542,6 +559,118 @@ function batched(write) {
   return send;
 }
 
+// Frames queued while the pool does not read stdout, past which the next
+// frame waits for them with a blocking write (see FrameOutput).
+const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
+
+// Writes frames to fd 1 in order, without ever blocking while the pool
+// reads: each write takes what the pipe holds at once (fd 1 is non-blocking
+// here), and what is left waits for a timer, so that JavaScript (a SIGTERM
+// listener, the handlers) runs on while the pool is not reading. Once
+// MAX_QUEUED_BYTES wait, the next frame blocks until they are written: the
+// pool slows a producer down, as a blocking pipe does.
+class FrameOutput {
+  constructor(fd, onClosed) {
+    this.fd = fd;
+    this.onClosed = onClosed; // the pool closed its end (EPIPE)
+    this.queue = [];
+    this.offset = 0; // bytes of queue[0] already written
+    this.queued = 0; // bytes waiting
+    this.timer = null;
+    this.delay = 1;
+    this.writing = false; // a write(2) is under way
+    this.idle = []; // resolved once the queue is empty
+  }
+
+  write(frame) {
+    if (this.queued >= MAX_QUEUED_BYTES) this.drainSync();
+    this.queue.push(frame);
+    this.queued += frame.length;
+    if (this.queue.length === 1 && this.timer === null) this._pump();
+  }
+
+  _pump() {
+    this.writing = true;
+    try {
+      while (this.queue.length > 0) {
+        const buf = this.queue[0];
+        let n;
+        try {
+          n = fs.writeSync(this.fd, buf, this.offset, buf.length - this.offset);
+        } catch (err) {
+          if (err.code === 'EAGAIN') {
+            this._retryLater();
+            return;
+          }
+          if (err.code === 'EPIPE') this.onClosed();
+          throw err;
+        }
+        this.offset += n;
+        this.queued -= n;
+        if (this.offset === buf.length) {
+          this.queue.shift();
+          this.offset = 0;
+        }
+      }
+    } finally {
+      this.writing = false;
+    }
+    this.delay = 1;
+    this._settle();
+  }
+
+  _retryLater() {
+    if (this.timer !== null) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.delay = Math.min(this.delay * 2, 50);
+      this._pump();
+    }, this.delay);
+  }
+
+  // Writes everything queued, blocking until it is written (an uncaught
+  // exception's last frames, or too much queued).
+  drainSync() {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    this.writing = true;
+    try {
+      while (this.queue.length > 0) {
+        const buf = this.queue[0];
+        try {
+          writeAllSync(this.fd, buf.subarray(this.offset));
+        } catch (err) {
+          if (err.code === 'EPIPE') this.onClosed();
+          throw err;
+        }
+        this.queue.shift();
+        this.offset = 0;
+      }
+    } finally {
+      this.writing = false;
+    }
+    this.queued = 0;
+    this._settle();
+  }
+
+  _settle() {
+    const idle = this.idle;
+    this.idle = [];
+    for (const resolve of idle) resolve();
+  }
+
+  // Resolves once every frame given is written.
+  whenIdle() {
+    if (this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
+  }
+}
+
+// Writes a whole buffer, blocking until it is written: on a non-blocking
+// descriptor (EAGAIN) it waits a millisecond at a time rather than drop
+// part of a frame.
 function writeAllSync(fd, buf) {
   let off = 0;
   while (off < buf.length) {
@@ -601,21 +730,42 @@ function concurrency(n) {
   return Math.min(n, MAX_CONCURRENCY);
 }
 
-// The limit each frame's length is compared with, checked as
-// maxConcurrency is: a string or NaN would let every frame through, and a
-// number below 1 would skip every frame. Infinity sets no limit.
+// The largest payload a 4-byte length header can announce: a larger limit
+// limits nothing more.
+const MAX_FRAME_LIMIT = 0xffffffff;
+
+// The limit each frame's length is compared with, both ways, checked as
+// maxConcurrency is: a string or NaN would let every frame through, a
+// number below 1 would skip every frame, and Infinity would set no limit
+// while the pool keeps one.
 function frameLimit(n) {
-  if (typeof n !== 'number' || !(n >= 1) || (Number.isFinite(n) && !Number.isInteger(n))) {
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) {
     throw new RangeError(`maxFrameSize must be a whole number of bytes, at least 1, not ${util.inspect(n)}`);
   }
-  return n;
+  return Math.min(n, MAX_FRAME_LIMIT);
+}
+
+// The pool's max_frame_size, from SNAKEPIT_MAX_FRAME_SIZE (decimal bytes).
+// Absent, or anything but a whole number of at least 1 written in digits,
+// means the protocol's default: a worker must not fail to start over it.
+function envFrameLimit() {
+  const raw = process.env.SNAKEPIT_MAX_FRAME_SIZE;
+  if (typeof raw !== 'string' || !/^[0-9]+$/.test(raw)) return wire.DEFAULT_MAX_FRAME_SIZE;
+  const n = Number(raw);
+  return n >= 1 ? Math.min(n, MAX_FRAME_LIMIT) : wire.DEFAULT_MAX_FRAME_SIZE;
+}
+
+// The payload size of an encoded frame.
+function payloadSize(frame) {
+  return frame.length - wire.HEADER_SIZE;
 }
 
 class Worker {
   // options: commands ({name: handler}), codec ('json' | 'msgpack'; default
   // SNAKEPIT_CODEC, else json), maxConcurrency (SNAKEPIT_MAX_CONCURRENCY
   // wins, default 16), sigint (declare and act on SIGINT, default false),
-  // maxFrameSize (default 64 MiB), name (bridge name in hello).
+  // maxFrameSize (the largest frame payload either way; default
+  // SNAKEPIT_MAX_FRAME_SIZE, else 64 MiB), name (bridge name in hello).
   constructor(options = {}) {
     const commands = options.commands || {};
     this.codecName = options.codec || process.env.SNAKEPIT_CODEC || 'json';
@@ -623,7 +773,7 @@ class Worker {
       envInt('SNAKEPIT_MAX_CONCURRENCY') ?? options.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY
     );
     this.sigint = options.sigint === true;
-    this.maxFrameSize = frameLimit(options.maxFrameSize ?? wire.DEFAULT_MAX_FRAME_SIZE);
+    this.maxFrameSize = frameLimit(options.maxFrameSize ?? envFrameLimit());
     this.bridgeName = options.name || BRIDGE_NAME;
     this.bridgeVersion = BRIDGE_VERSION;
     this.workerId = process.env.SNAKEPIT_WORKER_ID || null;
@@ -657,6 +807,7 @@ class Worker {
     this._inputEnded = false;
     this._drained = null; // resolves serve() once input ended and all is done
     this._writingFrames = () => false; // run() knows: a write to stdout is under way
+    this._output = null; // run()'s FrameOutput
   }
 
   command(name, handler) {
@@ -715,26 +866,38 @@ class Worker {
     }
     const fd = protectStdout();
     const input = frameInput();
-    process.on('SIGTERM', () => process.exit(0));
+    // Set once the process is on its way out without its waiting frames:
+    // SIGTERM (the pool stops the worker, and may not be reading) or the
+    // pool gone. Any other exit (process.exit in a handler, say) writes
+    // them first, as it did when every frame was written at once.
+    let abandon = false;
+    process.on('SIGTERM', () => {
+      abandon = true;
+      process.exit(0);
+    });
     process.on('SIGINT', () => this._onSigint());
     hookProcess(this);
-    let writing = false;
-    this._writingFrames = () => writing;
-    const write = (frame) => {
-      writing = true;
+    const output = new FrameOutput(fd, () => {
+      if (abandon) return; // exiting already: the caller's error is dropped
+      abandon = true;
+      // The pool has gone away; nobody is left to answer.
+      this.log.warn('stdout closed by the pool, exiting');
+      process.exit(0);
+    });
+    process.on('exit', () => {
+      if (abandon) return;
+      abandon = true;
       try {
-        writeAllSync(fd, frame);
-        writing = false;
-      } catch (err) {
-        if (err.code === 'EPIPE') {
-          // The pool has gone away; nobody is left to answer.
-          this.log.warn('stdout closed by the pool, exiting');
-          process.exit(0);
-        }
-        throw err;
+        output.drainSync();
+      } catch (_) {
+        // stdout is gone: nothing more can be written there
       }
-    };
-    await this.serve({ input, write });
+    });
+    if (frameHandle !== null) frameHandle.setBlocking(false);
+    this._output = output;
+    this._writingFrames = () => output.writing;
+    await this.serve({ input, write: (frame) => output.write(frame) });
+    await output.whenIdle();
     if (options.exit !== false) process.exit(0);
   }
 
@@ -777,31 +940,61 @@ class Worker {
 
   // -- sending --------------------------------------------------------------
 
+  // A reply among the messages sent here (a ProtocolError's, say) is
+  // fitted to the pool's limit; the hello is sent as it is.
   _send(message) {
-    this._write(this.codec.encodeFrame(message));
+    const frame = this.codec.encodeFrame(message);
+    this._write('success' in message ? this._fitted(message.id, frame, 'reply') : frame);
   }
 
-  _reply(ctx, message) {
+  // `frame` if the pool reads a payload of its size, else the failed reply
+  // that says it would not have (protocol.md, section 5): a larger frame
+  // would make the pool replace the worker. Only replies come here.
+  _fitted(id, frame, what) {
+    const size = payloadSize(frame);
+    if (size <= this.maxFrameSize) return frame;
+    this.log.error(`the ${what} to request ${id} would be ${size} bytes, above the pool's limit of ${this.maxFrameSize}; sent ResultTooLarge instead`);
+    return this.codec.encodeFrame(
+      failure(id, 'ResultTooLarge', `the ${what === 'reply' ? 'result' : what} would be ${size} bytes, above the pool's limit of ${this.maxFrameSize}`)
+    );
+  }
+
+  _sendChunk(ctx, data) {
+    const frame = this.codec.encodeFrame({ type: 'chunk', id: ctx.requestId, data });
+    if (payloadSize(frame) <= this.maxFrameSize) {
+      this._write(frame);
+      return true;
+    }
+    // The stream ends with the chunk that does not fit.
+    this._reply(ctx, null, this._fitted(ctx.requestId, frame, 'chunk'));
+    return false;
+  }
+
+  // Sends `message` as the call's one reply; `encoded`, when given, is that
+  // reply already encoded.
+  _reply(ctx, message, encoded = null) {
     if (ctx._done) return;
     ctx._done = true;
     if (this._running.get(ctx.requestId) === ctx) this._running.delete(ctx.requestId);
     if (!ctx._queued) this._active--;
-    let frame;
+    this._write(encoded === null ? this._encodeReply(ctx, message) : encoded);
+    this._failHostCalls(ctx, () => new CancelledError(`request ${ctx.requestId} is already finished`));
+    this._startQueued();
+    this._checkDrained();
+  }
+
+  _encodeReply(ctx, message) {
     try {
-      frame = this.codec.encodeFrame(message);
+      return this._fitted(ctx.requestId, this.codec.encodeFrame(message), 'reply');
     } catch (err) {
       // The result could not be encoded (a cycle, a BigInt in JSON, a
       // function in MessagePack, a string with a lone surrogate...): the
       // caller still gets its one reply. The message may quote a key of the
       // result (a cycle's), so it is made well-formed too.
-      frame = this.codec.encodeFrame(
+      return this._fitted(ctx.requestId, this.codec.encodeFrame(
         failure(ctx.requestId, 'EncodeError', wellFormed(`the result could not be encoded: ${errorToWire(err).message}`))
-      );
+      ), 'reply');
     }
-    this._write(frame);
-    this._failHostCalls(ctx, () => new CancelledError(`request ${ctx.requestId} is already finished`));
-    this._startQueued();
-    this._checkDrained();
   }
 
   // -- receiving ------------------------------------------------------------
@@ -826,8 +1019,8 @@ class Worker {
     else if (type === 'cancel') this._onCancel(msg);
     else if (type === 'host_reply') this._onHostReply(msg);
     else {
-      this.log.error(`unknown frame type ${JSON.stringify(type)}`);
-      this._send(failure(0, 'ProtocolError', `unknown frame type ${JSON.stringify(type)}`));
+      this.log.error(`unknown frame type ${shown(type)}`);
+      this._send(failure(0, 'ProtocolError', `unknown frame type ${shown(type)}`));
     }
   }
 
@@ -1011,6 +1204,14 @@ class Worker {
     const id = this._nextHostCallId++;
     // Encoded before anything is registered, so unencodable args just reject.
     const frame = this.codec.encodeFrame({ type: 'host_call', id, request_id: ctx.requestId, function: fn, args });
+    if (payloadSize(frame) > this.maxFrameSize) {
+      // The pool would refuse the frame and replace the worker: the handler
+      // learns it here, and nothing is sent.
+      throw new HostCallError(
+        'ResultTooLarge',
+        `the host call ${wellFormed(fn.length > 100 ? `${fn.slice(0, 100)}...` : fn)} would be ${payloadSize(frame)} bytes, above the pool's limit of ${this.maxFrameSize}`
+      );
+    }
     const promise = new Promise((resolve, reject) => {
       this._hostCalls.set(id, { ctx, resolve, reject });
       if (ctx._hostCalls === null) ctx._hostCalls = new Set();
@@ -1023,7 +1224,7 @@ class Worker {
   _onHostReply(msg) {
     const pending = this._hostCalls.get(msg.id);
     if (pending === undefined) {
-      this.log.warn(`host_reply for unknown host call ${wireText(msg.id)} dropped`);
+      this.log.warn(`host_reply for unknown host call ${shown(msg.id)} dropped`);
       return;
     }
     this._hostCalls.delete(msg.id);
@@ -1066,7 +1267,10 @@ class Worker {
     if (process.listeners('uncaughtException').some((l) => l !== onUncaughtException)) return;
     try {
       const write = this._write;
-      if (write !== null && typeof write.flush === 'function' && !this._writingFrames()) write.flush();
+      if (!this._writingFrames()) {
+        if (write !== null && typeof write.flush === 'function') write.flush();
+        if (this._output !== null) this._output.drainSync();
+      }
     } catch (_) {
       // stdout is gone: nothing more can be written there
     }

@@ -37,8 +37,13 @@ export interface WorkerOptions {
   /** Declare `sigint` and let SIGINT cancel the running calls. Default false. */
   sigint?: boolean;
   /**
-   * Larger incoming frames are skipped with a `ProtocolError` reply. Default
-   * 64 MiB (also for `null`); a value below 1 or not whole is a `RangeError`.
+   * The largest frame payload either way, in bytes: larger incoming frames
+   * are skipped with a `ProtocolError` reply; a larger reply goes out as a
+   * failed reply of type `ResultTooLarge` (a chunk that large ends its call
+   * so), and a host call that large rejects with a `HostCallError` of that
+   * type, unsent. Default `SNAKEPIT_MAX_FRAME_SIZE`, else 64 MiB (also for
+   * `null`); above 2^32-1 counts as 2^32-1; a value below 1 or not whole
+   * (`Infinity` too) is a `RangeError`.
    */
   maxFrameSize?: number | null;
   /** The bridge name in `hello`. Default `snakepit-node`. */
@@ -160,13 +165,16 @@ export declare class Context {
   /**
    * Sends a partial result before the final one; written only when the
    * caller asked for a stream and the call is neither answered nor
-   * cancelled. Returns whether it was.
+   * cancelled. Returns whether it was. A chunk above the worker's
+   * `maxFrameSize` is not: the call ends with a failed reply of type
+   * `ResultTooLarge` instead.
    */
   sendChunk(data: unknown): boolean;
   /**
-   * Runs a function the host registered. Rejects with a `HostCallError`, or
-   * a `CancelledError` once the call is cancelled or answered (a task or
-   * timer the handler left behind).
+   * Runs a function the host registered. Rejects with a `HostCallError`
+   * (type `ResultTooLarge`, unsent, when the request would be larger than
+   * the worker's `maxFrameSize`), or a `CancelledError` once the call is
+   * cancelled or answered (a task or timer the handler left behind).
    */
   callHost(fn: string, args?: Record<string, unknown>): Promise<unknown>;
   /** The protocol's spellings, as in the other bridges. */

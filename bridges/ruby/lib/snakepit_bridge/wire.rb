@@ -38,9 +38,24 @@ module SnakepitBridge
   # Framing (4-byte big-endian length + payload) and the two codecs.
   module Wire
     MAX_FRAME_SIZE = 64 * 1024 * 1024
+    # The largest payload a 4-byte length can announce.
+    MAX_FRAME_LIMIT = 0xffff_ffff
     CODEC_NAMES = %w[json msgpack].freeze
 
     module_function
+
+    # The pool's max_frame_size, from SNAKEPIT_MAX_FRAME_SIZE (decimal
+    # bytes): the largest payload it reads from this worker, and the
+    # largest it sends. Absent, or anything but digits making a number of
+    # at least 1, means MAX_FRAME_SIZE: a worker must not fail to start
+    # over it. Past MAX_FRAME_LIMIT it is MAX_FRAME_LIMIT.
+    def frame_limit(env = ENV)
+      raw = env["SNAKEPIT_MAX_FRAME_SIZE"]
+      return MAX_FRAME_SIZE unless raw.is_a?(String) && raw.match?(/\A[0-9]+\z/)
+
+      limit = raw.to_i
+      limit.positive? ? [limit, MAX_FRAME_LIMIT].min : MAX_FRAME_SIZE
+    end
 
     # Resolves a codec from an explicit name, else SNAKEPIT_CODEC, else json.
     def codec(name = nil)
@@ -225,6 +240,26 @@ module SnakepitBridge
       "#{value.byteslice(0, 100).inspect}... (#{value.bytesize} bytes)"
     end
 
+    # +value+ with every string in a dummy encoding (UTF-16 or UTF-32, which
+    # start with a byte order mark) transcoded to UTF-8, keys too, as
+    # String#encode does it: the mark goes. Anything else is kept as it is.
+    # Only called on a value the generator could write, so it is no deeper
+    # than MAX_DEPTH and has no cycle.
+    def without_byte_order_marks(value)
+      case value
+      when String
+        value.encoding.dummy? ? value.encode(Encoding::UTF_8) : value
+      when Hash
+        value.each_with_object({}) do |(k, v), out|
+          out[without_byte_order_marks(k)] = without_byte_order_marks(v)
+        end
+      when Array then value.map { |v| without_byte_order_marks(v) }
+      else value
+      end
+    rescue EncodingError
+      value # the generator reports what it cannot write
+    end
+
     # Header and payload in one string so the frame goes out in one write(2).
     def frame(payload)
       [payload.bytesize, payload].pack("Na*")
@@ -316,7 +351,22 @@ module SnakepitBridge
         "json"
       end
 
+      # U+FEFF as UTF-8 text.
+      BOM = "\uFEFF"
+
       def encode(value)
+        text = generate(value)
+        # The generator keeps the byte order mark of a string in UTF-16 or
+        # UTF-32 (Ruby's dummy encodings, which start with one) as a
+        # character, where String#encode, and so MessagePack, drops it: it
+        # marks the byte order, it is no text. Only a result that holds
+        # U+FEFF somewhere pays for the second pass.
+        return text unless text.include?(BOM)
+
+        generate(Wire.without_byte_order_marks(value))
+      end
+
+      private def generate(value)
         if Thread.current.equal?(@owner)
           # A failed generate (NaN, bad UTF-8) leaves the nesting depth
           # raised; without the reset, max_nesting would trip eventually.

@@ -140,6 +140,12 @@ module SnakepitBridge
 
     attr_reader :codec, :requests_handled
 
+    # The largest frame payload, in bytes, this worker reads or writes: the
+    # pool's max_frame_size (SNAKEPIT_MAX_FRAME_SIZE; 64 MiB without it).
+    # A reply, chunk or host call that would be larger is never written
+    # (see #fitted and #call_host).
+    attr_reader :max_frame_size
+
     # codec: "json" or "msgpack"; nil reads SNAKEPIT_CODEC (default json).
     # input/output: IOs to speak frames on. When omitted the worker takes
     # over the process's stdin/stdout (see #take_over_stdio) so that nothing
@@ -374,9 +380,20 @@ module SnakepitBridge
       nil
     end
 
-    # @api private (Context#chunk)
+    # @api private (Context#chunk). A chunk larger than the pool reads ends
+    # the call instead: its failed reply (ResultTooLarge) is written in the
+    # chunk's place, and the handler's return value is then dropped, as
+    # every later chunk is. Its host calls fail as once it has returned:
+    # the pool no longer knows the call.
     def send_chunk(ctx, data)
       payload = @codec.encode({ "type" => "chunk", "id" => ctx.request_id, "data" => data })
+      if payload.bytesize > @max_frame_size
+        payload = too_large(ctx.request_id, "chunk", payload.bytesize)
+        write_payload(payload, after: ctx) { return false if ctx.answered }
+        ctx.finished = true
+        fail_waiting(ctx) { finished_error(ctx) }
+        return false
+      end
       write_payload(payload) { return false if ctx.answered }
       true
     end
@@ -398,6 +415,14 @@ module SnakepitBridge
         # Nothing was sent. The host would refuse such a frame as TooDeep
         # (as it does from the Python and Node.js bridges, which send it).
         raise HostCallError.new("TooDeep", "the arguments of host call #{function} are nested too deep: #{e.message}")
+      end
+      if payload.bytesize > @max_frame_size
+        # The pool would refuse the frame and replace the worker: the
+        # handler learns it here, and nothing is sent.
+        name = function.to_s
+        name = "#{name.byteslice(0, 100)}..." if name.bytesize > 100
+        raise HostCallError.new("ResultTooLarge", "the host call #{utf8_text(name)} would be " \
+                                                  "#{payload.bytesize} bytes, above the pool's limit of #{@max_frame_size}")
       end
       waiter = HostWaiter.new(ctx)
       @host_lock.synchronize do
@@ -614,6 +639,8 @@ module SnakepitBridge
       # handler returned); opened on first use.
       @yield_r = @yield_w = nil
       @requests_handled = 0
+      # Read again in a forked worker, whose environment the pool sets.
+      @max_frame_size = Wire.frame_limit
       @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       # The id is text (the pool's name, UTF-8), but Ruby tags ENV values
       # with the locale's encoding: binary under a C locale, which would go
@@ -749,7 +776,7 @@ module SnakepitBridge
     # Frames are read from @input through one reader (a forked worker's
     # @input is new, and so is its reader).
     def frame_reader
-      @frame_reader = Wire::FrameReader.new(@input) unless @frame_reader&.io.equal?(@input)
+      @frame_reader = Wire::FrameReader.new(@input, @max_frame_size) unless @frame_reader&.io.equal?(@input)
       @frame_reader
     end
 
@@ -967,12 +994,29 @@ module SnakepitBridge
         error["message"] = "result cannot be encoded as #{@codec.name}: #{error['message']}"
         @codec.encode({ "id" => id, "success" => false, "error" => error, "timestamp" => timestamp })
       end
-      write_payload(payload, after: ctx)
+      # A chunk too large to send has answered the call already.
+      write_payload(fitted(id, payload), after: ctx) { return if ctx&.answered }
     end
 
     def reply_error(id, type, message)
-      write_message({ "id" => id, "success" => false,
-                      "error" => { "type" => type, "message" => utf8_text(message) }, "timestamp" => timestamp })
+      reply = { "id" => id, "success" => false,
+                "error" => { "type" => type, "message" => utf8_text(message) }, "timestamp" => timestamp }
+      write_payload(fitted(id, @codec.encode(reply)))
+    end
+
+    # +payload+, the reply to request +id+, if the pool reads a payload of
+    # its size; else the failed reply that says it would not have
+    # (ResultTooLarge, protocol.md section 5): the pool replaces a worker
+    # that writes a larger frame.
+    def fitted(id, payload)
+      payload.bytesize > @max_frame_size ? too_large(id, "result", payload.bytesize) : payload
+    end
+
+    def too_large(id, what, size)
+      message = "the #{what} would be #{size} bytes, above the pool's limit of #{@max_frame_size}"
+      log("request #{id}: #{message}; sent ResultTooLarge instead")
+      @codec.encode({ "id" => id, "success" => false, "error" => { "type" => "ResultTooLarge", "message" => message },
+                      "timestamp" => timestamp })
     end
 
     def protocol_error(message)
