@@ -142,12 +142,18 @@ impl Bridge {
         args
     }
 
-    /// Whether Node.js loads `script` as an ES module: `.mjs`, or `.js` in
-    /// a package whose nearest `package.json` says `"type": "module"`.
+    /// Whether Node.js loads `script` as an ES module: `.mjs`; `.js` (or a
+    /// file without an extension) in a package whose nearest
+    /// `package.json` says `"type": "module"`; or one whose package says
+    /// no type (or that is in no package) and that is written as an ES
+    /// module, with `import` or `export` statements: Node.js 20.19, 22.7
+    /// and later run such a file as one (earlier ones fail on its syntax
+    /// with or without the launcher).
     fn is_es_module(&self, script: &Path) -> bool {
         match script.extension().and_then(|e| e.to_str()) {
             Some("mjs") => true,
-            Some("js") => {
+            // Node.js reads a file without an extension as it reads `.js`.
+            Some("js") | None => {
                 let full = match &self.user.cwd {
                     Some(cwd) if script.is_relative() => cwd.join(script),
                     _ => script.to_path_buf(),
@@ -158,18 +164,27 @@ impl Bridge {
                 else {
                     return false;
                 };
-                let Some(package) = full
+                let package = full
                     .ancestors()
                     .skip(1)
                     .map(|dir| dir.join("package.json"))
-                    .find(|p| p.is_file())
-                else {
-                    return false;
+                    .find(|p| p.is_file());
+                let kind = match package {
+                    None => serde_json::Value::Null,
+                    Some(package) => {
+                        let Some(package) = std::fs::read(package).ok().and_then(|text| {
+                            serde_json::from_slice::<serde_json::Value>(&text).ok()
+                        }) else {
+                            // Node.js refuses it itself, and says why.
+                            return false;
+                        };
+                        package["type"].clone()
+                    }
                 };
-                std::fs::read(package)
-                    .ok()
-                    .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
-                    .is_some_and(|p| p["type"] == "module")
+                match kind {
+                    serde_json::Value::Null => written_as_es_module(&full),
+                    kind => kind == "module",
+                }
             }
             _ => false,
         }
@@ -199,6 +214,86 @@ impl Bridge {
             None
         }
     }
+}
+
+/// Whether the JavaScript file at `path` has a line that starts with an
+/// `import` or `export` statement, outside comments: what makes Node.js
+/// run a file of no declared type as an ES module. Strings are not parsed,
+/// so a line of a template literal that starts like a statement counts
+/// too; a file that cannot be read counts as not one (Node.js says why).
+fn written_as_es_module(path: &Path) -> bool {
+    use std::io::Read;
+    // A worker's script is small; the first MiB holds its imports.
+    // Only a file is opened: opening a FIFO would block (`check` refuses
+    // one, but a launch may be asked for without a check).
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(1 << 20).read_to_end(&mut bytes));
+    if read.is_err() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut in_comment = false;
+    for line in text.lines() {
+        // The line with its comments taken out.
+        let mut code = String::new();
+        let mut rest = line;
+        loop {
+            if in_comment {
+                match rest.find("*/") {
+                    Some(end) => {
+                        rest = &rest[end + 2..];
+                        in_comment = false;
+                    }
+                    None => break,
+                }
+            } else {
+                let block = rest.find("/*");
+                let line_comment = rest.find("//");
+                match (block, line_comment) {
+                    (Some(b), l) if l.is_none_or(|l| b < l) => {
+                        code.push_str(&rest[..b]);
+                        code.push(' ');
+                        rest = &rest[b + 2..];
+                        in_comment = true;
+                    }
+                    (_, Some(l)) => {
+                        code.push_str(&rest[..l]);
+                        break;
+                    }
+                    _ => {
+                        code.push_str(rest);
+                        break;
+                    }
+                }
+            }
+        }
+        if starts_a_module_statement(code.trim_start()) || code.contains("import.meta") {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `code` starts with an `import` or `export` statement (not a
+/// call such as `import('x')`, nor a name such as `exports`).
+fn starts_a_module_statement(code: &str) -> bool {
+    for keyword in ["import", "export"] {
+        let Some(rest) = code.strip_prefix(keyword) else {
+            continue;
+        };
+        let next = rest.trim_start();
+        let spaced = next.len() != rest.len();
+        match next.chars().next() {
+            Some('{' | '*') => return true,
+            Some('"' | '\'') if keyword == "import" => return true,
+            Some(c) if spaced && (c.is_alphabetic() || c == '_' || c == '$') => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `script` as an argument no interpreter takes for an option of its own:
@@ -317,6 +412,31 @@ generic_adapter!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_statements_are_told_from_calls_names_and_comments() {
+        for yes in [
+            "import { Worker } from 'x';",
+            "import x from 'x'",
+            "import * as x from 'x'",
+            "import 'x';",
+            "export default 1",
+            "export{ a }",
+            "export const a = 1",
+        ] {
+            assert!(starts_a_module_statement(yes), "{yes}");
+        }
+        for no in [
+            "import('x')",
+            "import ('x')",
+            "import.meta",
+            "exports.a = 1",
+            "important()",
+            "const x = require('x')",
+        ] {
+            assert!(!starts_a_module_statement(no), "{no}");
+        }
+    }
 
     #[test]
     fn a_launch_is_the_interpreter_the_bridge_and_then_the_users_settings() {

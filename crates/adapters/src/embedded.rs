@@ -270,59 +270,102 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
         }
     };
     if !intact(&root) {
-        // Write to a directory of this write's own, then rename: concurrent
-        // first uses (other processes) never see half a tree.
-        let cannot = |e: std::io::Error| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot write the bundled bridges to {}: {e}",
-                    root.display()
-                ),
-            )
-        };
-        let tmp = new_dir_beside(&root).map_err(cannot)?;
-        write_tree(&tmp).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&tmp);
-            cannot(e)
-        })?;
-        if std::fs::symlink_metadata(&root).is_ok() && !intact(&root) {
-            // Changed since it was written: replaced whole.
-            let _ = std::fs::remove_dir_all(&root).or_else(|_| std::fs::remove_file(&root));
-        }
-        if std::fs::rename(&tmp, &root).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp); // another process won the race
-        }
-        if !intact(&root) {
-            let why = if private(&root) {
-                ""
-            } else {
-                " (what is there is not a private directory of this user's: \
-                 another user's, a symbolic link, or open to others)"
-            };
-            return Err(std::io::Error::other(format!(
-                "cannot write the bundled bridges to {}{why}",
-                root.display()
-            )));
-        }
+        write_afresh(&root)?;
     }
     Ok(ROOT.get_or_init(|| root))
 }
 
-/// A new, empty directory next to `root` (mode 0700) that no other write
-/// uses: named after this process and a count.
-fn new_dir_beside(root: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+/// How many times a host writes the tree before it gives up: each try can
+/// be undone only by another host replacing the same changed tree at the
+/// same moment, which then leaves a whole tree for the next try to find.
+const WRITE_TRIES: u32 = 8;
+
+/// Writes the tree at `root` afresh: to a directory of this write's own,
+/// renamed into place, so that other hosts never see half a tree. A tree
+/// that is there but changed is first moved aside whole (one rename) and
+/// then removed, never removed in place: a host that checks it meanwhile
+/// sees the old tree, no tree, or a whole new one, never a tree being
+/// taken apart (which it would take for a changed one and remove, new
+/// files and all). Several hosts replacing one changed tree at once can
+/// still move each other's new tree aside; each then tries again and finds
+/// the tree another one put in place.
+fn write_afresh(root: &Path) -> std::io::Result<()> {
+    let cannot = |e: std::io::Error| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot write the bundled bridges to {}: {e}",
+                root.display()
+            ),
+        )
+    };
+    for _ in 0..WRITE_TRIES {
+        let tmp = new_dir_beside(root, "tmp").map_err(cannot)?;
+        write_tree(&tmp).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            cannot(e)
+        })?;
+        if std::fs::symlink_metadata(root).is_ok() && !intact(root) {
+            // Changed since it was written: replaced whole. A name of its
+            // own, so that two hosts doing this never remove the same one.
+            if let Ok(aside) = new_name_beside(root, "old") {
+                if std::fs::rename(root, &aside).is_ok() {
+                    let _ =
+                        std::fs::remove_dir_all(&aside).or_else(|_| std::fs::remove_file(&aside));
+                }
+            }
+        }
+        if std::fs::rename(&tmp, root).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp); // another host won the race
+        }
+        if intact(root) {
+            return Ok(());
+        }
+        if std::fs::symlink_metadata(root).is_ok() && !private(root) {
+            // Not one of the trees this function writes: trying again
+            // would not change it.
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let why = if private(root) || std::fs::symlink_metadata(root).is_err() {
+        ""
+    } else {
+        " (what is there is not a private directory of this user's: \
+         another user's, a symbolic link, or open to others)"
+    };
+    Err(std::io::Error::other(format!(
+        "cannot write the bundled bridges to {}{why}",
+        root.display()
+    )))
+}
+
+/// A name next to `root` that no other write uses, for `kind` (`tmp`, a
+/// tree being written; `old`, a changed tree moved aside): named after
+/// this process and a count. Whatever a crashed process of the same pid
+/// (or another container's) left under that name is removed first.
+fn new_name_beside(root: &Path, kind: &str) -> std::io::Result<PathBuf> {
     static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = root.with_extension(format!("{kind}{}-{n}", std::process::id()));
+    if std::fs::symlink_metadata(&name).is_ok() {
+        std::fs::remove_dir_all(&name).or_else(|_| std::fs::remove_file(&name))?;
+    }
+    Ok(name)
+}
+
+/// A new, empty directory next to `root` (mode 0700) that no other write
+/// uses (see [`new_name_beside`]).
+fn new_dir_beside(root: &Path, kind: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = root.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let mut last = None;
     for _ in 0..100 {
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = root.with_extension(format!("tmp{}-{n}", std::process::id()));
-        // Left by a crashed process of the same pid, or another container's.
-        let _ = std::fs::remove_dir_all(&tmp);
+        let Ok(tmp) = new_name_beside(root, kind) else {
+            continue;
+        };
         match std::fs::DirBuilder::new().mode(0o700).create(&tmp) {
             Ok(()) => return Ok(tmp),
             Err(e) => last = Some(e),
@@ -353,9 +396,10 @@ pub(crate) fn generic_worker(lang: Language) -> std::io::Result<PathBuf> {
     })
 }
 
-/// The launcher of an ES module Node worker (`.mjs`): it makes
-/// `import ... from 'snakepit-bridge'` find the bundled bridge, which
-/// `NODE_PATH` does for `require` only.
+/// The launcher of a Node worker that Node runs as an ES module (`.mjs`,
+/// and `.js` as `Bridge::is_es_module` tells): it makes `import ... from
+/// 'snakepit-bridge'` find the bundled bridge, which `NODE_PATH` does for
+/// `require` only.
 pub(crate) fn node_esm_main() -> std::io::Result<PathBuf> {
     Ok(root()?.join("node/snakepit-bridge/esm_main.mjs"))
 }

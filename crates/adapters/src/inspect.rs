@@ -47,14 +47,32 @@ pub struct Inspection {
 impl Inspection {
     /// The command that installs `package` for the interpreter inspected:
     /// for Python, that interpreter's own `-m pip` (a `SNAKEPIT_PYTHON` or a
-    /// virtualenv may not be `python3`); for the others, `package.install`.
+    /// virtualenv may not be `python3`), its path quoted for a POSIX shell
+    /// when it holds anything but letters, digits and `/._+-:,@%`; for the
+    /// others, `package.install`.
     pub fn install_command(&self, package: &BridgePackage) -> String {
         match self.language {
             Language::Python => {
-                format!("{} -m pip install {}", self.program.display(), package.name)
+                let program = shell_word(&self.program.to_string_lossy());
+                format!("{program} -m pip install {}", package.name)
             }
             Language::Node | Language::Ruby => package.install.to_owned(),
         }
+    }
+}
+
+/// `text` as one word of a POSIX shell command line: as it is when every
+/// character is one no shell treats specially, else in single quotes (a
+/// `'` in it written `'\''`).
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._+-:,@%".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -374,14 +392,19 @@ fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
     ))
 }
 
-/// `program` as the OS would find it on `PATH`.
+/// `program` as the OS would find it on `PATH`: the first file of that
+/// name that may be executed (the OS passes over one that may not, as it
+/// does over a directory, and runs the next).
 fn which(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     if program.components().count() > 1 {
         return program.is_file().then(|| program.to_path_buf());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn is_shim(path: &Path) -> bool {
@@ -411,6 +434,17 @@ mod tests {
             "CI installs msgpack: {:?}",
             found.packages
         );
+    }
+
+    #[test]
+    fn install_commands_quote_what_a_shell_would_split() {
+        assert_eq!(shell_word("/usr/bin/python3.11"), "/usr/bin/python3.11");
+        assert_eq!(
+            shell_word("/opt/my py/bin/python"),
+            "'/opt/my py/bin/python'"
+        );
+        assert_eq!(shell_word("/a'b/$x"), "'/a'\\''b/$x'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]
