@@ -608,6 +608,7 @@ fn client(url: &str) -> Result<redis::Client> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| backend("connect", e.into()))?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let info = as_named_user(info);
     // RESP3, unless the URL says which (`?protocol=resp2`): over RESP3 the
     // server's closing of a connection reaches the `ConnectionManager` at
     // once, which opens another before the next operation. Over RESP2 the
@@ -621,6 +622,21 @@ fn client(url: &str) -> Result<redis::Client> {
         return redis::Client::open(info).map_err(|e| backend("connect", e.into()));
     }
     speaking(info, redis::ProtocolVersion::RESP3)
+}
+
+/// `info`, made to authenticate as the user its URL names even when the
+/// URL gives no password (`redis://app@host/`). The redis crate sends no
+/// `AUTH` without a password, so such a connection would run as `default`,
+/// with that user's rights instead of the ones the operator gave `app`. An
+/// empty password signs in a `nopass` user and is refused for a user that
+/// has a password, which is the answer such a URL deserves.
+fn as_named_user(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let settings = info.redis_settings();
+    if settings.username().is_none() || settings.password().is_some() {
+        return info;
+    }
+    let settings = settings.clone().set_password("");
+    info.set_redis_settings(settings)
 }
 
 /// A client of `info` speaking `protocol`.
