@@ -11,7 +11,7 @@
     worker.run()
 """
 
-from ._context import Cancelled, Context, HostCallError, Session
+from ._context import Cancelled, Context, HostCallError, ResultTooLarge, Session
 from ._server import protect_stdout
 from ._version import __version__
 from ._wire import FrameError, get_codec
@@ -27,6 +27,7 @@ __all__ = [
     "Session",
     "Cancelled",
     "HostCallError",
+    "ResultTooLarge",
     "FrameError",
     "get_codec",
     "protect_stdout",

@@ -23,7 +23,7 @@ from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
     Server, cancelled_reply, check_live, encode_failure, error_reply, failed_reply, fatal, finished,
-    host_outcome, log, unreadable_reply,
+    host_outcome, log, stream_ended, unreadable_reply,
 )
 from ._wire import FrameError
 
@@ -329,6 +329,8 @@ class AsyncServer(Server):
         # nothing, and its host calls (made or waiting) raise Cancelled.
         ctx._done = True
         self._fail_host_calls(ctx)
+        if ctx._too_large is not None:
+            reply = stream_ended(ctx, reply)
         try:
             self.send(reply)
         except BaseException as exc:

@@ -21,6 +21,18 @@ class Cancelled(Exception):
     """
 
 
+class ResultTooLarge(Exception):
+    """A frame would be larger than the pool reads (``SNAKEPIT_MAX_FRAME_SIZE``).
+
+    ``ctx.emit`` raises it for a chunk that large, and the call's stream
+    ends there: later chunks are not sent, and the call's reply is a failed
+    reply of type ``ResultTooLarge`` whatever the handler returns. A result
+    that large needs no exception: the reply is a failed reply of this
+    type. (Host call arguments that large raise HostCallError of type
+    ``ResultTooLarge``, as any failed host call does.)
+    """
+
+
 class HostCallError(Exception):
     """A ``host_call`` that the pool answered with a failure.
 
@@ -73,6 +85,7 @@ class Context:
     __slots__ = (
         "worker", "request_id", "command", "session_id", "traceparent", "tracestate", "baggage",
         "stream", "timeout_ms", "cancelled", "_server", "_logger", "_done", "_started",
+        "_too_large",
     )
 
     worker: Worker
@@ -111,6 +124,9 @@ class Context:
         self._done = False
         # A plain function of the asyncio loop began on its thread.
         self._started = False
+        # The message of the chunk too large to send (ResultTooLarge): the
+        # stream ended there, and the reply says so.
+        self._too_large: Optional[str] = None
         self._logger: Optional[logging.LoggerAdapter[logging.Logger]] = None
 
     @property
@@ -139,11 +155,18 @@ class Context:
         Returns False (and sends nothing) when the caller did not ask for a
         stream (the pool would drop the chunk anyway), and once the call is
         over: its final reply was sent, or it was cancelled (a task or thread
-        the handler left behind may still be emitting).
+        the handler left behind may still be emitting), or a chunk before
+        was too large. A chunk whose frame would be larger than the pool
+        reads raises ResultTooLarge, and ends the stream: the call's reply
+        is then a failed reply of that type.
         """
-        if self._done or self.cancelled or not self.stream:
+        if self._done or self.cancelled or not self.stream or self._too_large is not None:
             return False
-        return self._server.send_chunk(self, data)
+        try:
+            return self._server.send_chunk(self, data)
+        except ResultTooLarge as exc:
+            self._too_large = str(exc)
+            raise
 
     send_chunk = emit
 
@@ -152,6 +175,8 @@ class Context:
 
         Blocks until the matching ``host_reply``; a failed reply raises
         HostCallError. In an ``async def`` handler use ``await acall_host``.
+        Arguments whose frame would be larger than the pool reads raise
+        HostCallError of type ``ResultTooLarge``, and nothing is sent.
         Works from any thread the handler starts, while its call runs; once
         the call was answered or cancelled it raises Cancelled (so does a
         host call still waiting then), and nothing reaches the host.

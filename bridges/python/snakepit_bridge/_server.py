@@ -11,9 +11,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._context import Cancelled, Context, HostCallError
+from ._context import Cancelled, Context, HostCallError, ResultTooLarge
 from ._handler import Handler, format_traceback
-from ._wire import _HEADER, FrameError, FrameReader, _is_int, validate, write_all
+from ._wire import _HEADER, MAX_FRAME_SIZE, MAX_LENGTH, FrameError, FrameReader, _is_int, validate, write_all
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -184,6 +184,25 @@ def encode_failure(exc, what):
     return "TypeError", f"{what} could not be encoded: {name}: {text}"
 
 
+def _shown(text):
+    """``text`` cut to 100 characters for a message: a name as long as the
+    frame it is in would make the message too large as well."""
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+def stream_ended(ctx, reply):
+    """``reply``, unless a chunk of ``ctx``'s call was too large to send
+    (ResultTooLarge from ``ctx.emit``): that ended its stream, and the reply
+    is then that failure, whatever the handler did next. A cancelled call
+    still says Cancelled."""
+    if ctx._too_large is None or ctx.cancelled:
+        return reply
+    err = reply.get("error")
+    if isinstance(err, dict) and err.get("type") == "ResultTooLarge":
+        return reply  # the handler let it through: its traceback is kept
+    return error_reply(ctx.request_id, "ResultTooLarge", ctx._too_large)
+
+
 def cancelled_reply(rid):
     return error_reply(rid, "Cancelled", f"request {rid} was cancelled")
 
@@ -275,7 +294,18 @@ class Server:
 
     def __init__(self, worker: Worker, read_fd: int, write_fd: int) -> None:
         self.worker = worker
-        self.reader = FrameReader(read_fd)
+        # The pool's max_frame_size (SNAKEPIT_MAX_FRAME_SIZE): no frame
+        # longer is read from it (it sends none), and none is written to it
+        # (it would replace the worker), see _fit.
+        limit = worker.max_frame_size
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            limit = MAX_FRAME_SIZE  # set by hand to something that is no limit
+        limit = min(limit, MAX_LENGTH)
+        self._frame_limit = limit
+        note = getattr(worker, "_frame_limit_note", None)
+        if note:
+            log(note)
+        self.reader = FrameReader(read_fd, limit)
         self._handlers: dict[str, Handler] = worker._handlers
         self._encode = worker.codec.encode
         self._decode = worker.codec.decode
@@ -333,7 +363,41 @@ class Server:
                 if type_ == type(exc).__name__:
                     raise
                 raise TypeError(message) from exc
+        if len(payload) > self._frame_limit:
+            payload = self._fit(value, len(payload), payload)
         return _FRAME_HEADER(len(payload)) + payload
+
+    def _fit(self, value, size, payload):
+        """What is written in place of a frame ``size`` bytes long, above
+        the pool's limit: the pool would refuse it and replace the worker.
+        A reply becomes a failed reply of type ``ResultTooLarge``; a chunk
+        raises ResultTooLarge, and a host call HostCallError of that type,
+        in the handler, with nothing sent. A hello (a limit smaller than
+        any frame) goes as it is: there is nothing to say instead."""
+        limit = self._frame_limit
+        kind = value.get("type")
+        if kind is None and "success" in value:
+            rid = value.get("id")
+            if value.get("success"):
+                what = "the result"
+            else:
+                err = value.get("error")
+                kind_ = err.get("type") if isinstance(err, dict) else None
+                what = f"the failed reply ({_shown(kind_)})" if isinstance(kind_, str) else "the failed reply"
+            message = f"{what} would be {size} bytes, above the pool's limit of {limit}"
+            log(f"request {rid}: {message}; sent ResultTooLarge instead")
+            fitted = self._encode(error_reply(rid, "ResultTooLarge", message))
+            if len(fitted) > limit:
+                log(f"request {rid}: even the ResultTooLarge reply is above the pool's limit of {limit}")
+            return fitted
+        if kind == "chunk":
+            raise ResultTooLarge(f"the chunk would be {size} bytes, above the pool's limit of {limit}")
+        if kind == "host_call":
+            function = _shown(exact_str(value.get("function")))
+            raise HostCallError("ResultTooLarge", _utf8(
+                f"the host call {function} would be {size} bytes, above the pool's limit of {limit}"))
+        log(f"the {kind} frame is {size} bytes, above the pool's limit of {limit}; sent all the same")
+        return payload
 
     def _write(self, data):
         """Write one whole frame; the caller holds the write lock."""

@@ -16,6 +16,7 @@ and the host calls of its call still waiting fail with Cancelled.
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import signal
@@ -28,7 +29,7 @@ from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
     Server, cancelled_reply, check_live, drain, error_reply, failed_reply, fatal, finished,
-    host_outcome, log, stray,
+    host_outcome, log, stray, stream_ended,
 )
 from ._wire import FrameError, _is_int, _unpack_header
 
@@ -51,6 +52,22 @@ class SyncServer(Server):
         self._sigint_held = False  # also a SIGTERM's, while writing
         self._current = None
         self._backlog = deque()
+        # What is known of the backlog's frames for matching cancels to the
+        # requests they name, so that each frame is decoded once however
+        # many cancels come (see _scan_backlog). The frames appended since
+        # the last scan are the last _unscanned ones at most; the others
+        # were scanned. _scanned: id(payload) -> (payload, kind, id) for
+        # the scanned requests and unmatched cancels still in the backlog,
+        # which _requests and _late list by id, in backlog order. _dropped:
+        # id(payload) -> payload for frames taken out of the backlog but
+        # still in the deque (a cancelled request and its cancel), skipped
+        # when their turn comes. Each holds its payloads, so no id is reused
+        # while it is there.
+        self._unscanned = 0
+        self._scanned = {}
+        self._requests = {}
+        self._late = {}
+        self._dropped = {}
         self._peek = None
         self._peek_fd = None
         self._poller = None  # stdin (and the wakeup pipe, with our handlers)
@@ -112,7 +129,7 @@ class SyncServer(Server):
         reader = self.reader
         read_frame = reader.read_frame
         backlog = self._backlog
-        next_waiting = backlog.popleft
+        next_waiting = self._next_waiting
         dispatch = self.dispatch
         poll_pipe = self._poll_pipe
         read_ahead = self._read_ahead
@@ -126,6 +143,8 @@ class SyncServer(Server):
                     if not backlog:
                         continue
                 payload = next_waiting()
+                if payload is None:
+                    continue
             else:
                 if reader._buf:
                     # Frames read while the last call ran (with a host
@@ -151,11 +170,43 @@ class SyncServer(Server):
                     # ahead): a cancel among them drops its request before
                     # it starts.
                     backlog.append(payload)
+                    self._unscanned += 1
                     read_ahead()
                     if not backlog:
                         continue
                     payload = next_waiting()
+                    if payload is None:
+                        continue
             dispatch(payload)
+
+    def _next_waiting(self):
+        """The first frame of the backlog, taken out; None when the backlog
+        held only frames a cancel took out."""
+        backlog = self._backlog
+        while backlog:
+            payload = backlog.popleft()
+            if self._scanned or self._dropped:
+                key = id(payload)
+                if self._dropped.pop(key, None) is payload:
+                    continue
+                entry = self._scanned.get(key)
+                if entry is not None and entry[0] is payload:
+                    self._forget(entry)
+            return payload
+        return None
+
+    def _forget(self, entry):
+        """Takes a scanned frame (payload, kind, id) off the lists."""
+        payload, kind, rid = entry
+        del self._scanned[id(payload)]
+        table = self._requests if kind == "request" else self._late
+        same = table[rid]
+        if same[0] is payload:
+            del same[0]
+        else:
+            same[:] = [p for p in same if p is not payload]
+        if not same:
+            del table[rid]
 
     def _poll_pipe(self):
         """Read what is already waiting in stdin, without blocking. True when
@@ -186,8 +237,9 @@ class SyncServer(Server):
             if n >= 4 and _unpack_header(data)[0] + 4 == n <= reader.max_size + 4:
                 payload = data[4:]
                 self._backlog.append(payload)
+                self._unscanned += 1
                 if _may_cancel(payload):
-                    self._drop_cancelled()
+                    self._scan_backlog()
                     return True  # the backlog may be empty now
                 return False
             buf += data
@@ -241,6 +293,7 @@ class SyncServer(Server):
             limit = reader.max_size
             n = len(buf)
             pos = 0
+            added = len(backlog)
             cancels = False
             while n - pos >= 4:
                 (size,) = _unpack_header(buf, pos)
@@ -255,51 +308,62 @@ class SyncServer(Server):
                     cancels = True
                 backlog.append(payload)
             del buf[:pos]
+            self._unscanned += len(backlog) - added
             if cancels:
-                self._drop_cancelled()
+                self._scan_backlog()
             if n - pos < 4 or size <= limit:
                 return
         # An oversized frame (answered as it comes, then skipped), or what
         # follows one.
         for payload in self.buffered_frames():
             backlog.append(payload)
-        self._drop_cancelled()
+            self._unscanned += 1
+        self._scan_backlog()
 
-    def _drop_cancelled(self):
-        """Each cancel frame in the backlog takes out the request it names,
-        answered Cancelled; a cancel for a request not waiting stays (it
-        comes too late, and is dropped when dispatched)."""
+    def _scan_backlog(self):
+        """Decodes the frames appended to the backlog since the last scan,
+        in order, and acts on the cancels among them: each takes out the
+        first request ahead of it with its id (answered Cancelled, never
+        run); one that finds none stays (it comes too late, and is dropped
+        when dispatched), noted for _cancel_sent_for. A request behind its
+        cancel is not cancelled. Each frame is decoded here once, so a
+        flood of cancels costs the same per cancel however long the
+        backlog is. A frame that does not decode, or a cancel whose id is
+        not an integer, is left to be reported or ignored when dispatched."""
         backlog = self._backlog
-        for payload, rid in self._cancels():
-            for waiting in backlog:
-                if waiting is payload:
-                    break  # a request behind its cancel was not cancelled
-                try:
-                    wkind, wmsg = self.parse(waiting)
-                except FrameError:
-                    continue
-                if wkind == "request" and wmsg.get("id") == rid:
-                    backlog.remove(waiting)
-                    backlog.remove(payload)
-                    self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
-                    break
-
-    def _cancels(self):
-        """The cancel frames waiting in the backlog, with the ids they
-        name: (payload, id). One that does not decode, or whose id is not
-        an integer, is left to be reported or ignored when dispatched."""
-        found = []
-        for payload in self._backlog:
-            if not _may_cancel(payload):
-                continue
+        n = min(self._unscanned, len(backlog))
+        self._unscanned = 0
+        if not n:
+            return
+        new = list(itertools.islice(reversed(backlog), n))
+        new.reverse()
+        for payload in new:
             try:
                 kind, msg = self.parse(payload)
             except FrameError:
                 continue
             rid = msg.get("id")
-            if kind == "cancel" and _is_int(rid):
-                found.append((payload, rid))
-        return found
+            if not _is_int(rid) or kind not in ("request", "cancel"):
+                continue
+            if kind == "cancel":
+                waiting = self._requests.get(rid)
+                if waiting:
+                    request = waiting[0]
+                    self._forget(self._scanned[id(request)])
+                    self._dropped[id(request)] = request
+                    self._dropped[id(payload)] = payload
+                    self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
+                    continue
+                table = self._late
+            else:
+                table = self._requests
+            self._scanned[id(payload)] = (payload, kind, rid)
+            table.setdefault(rid, []).append(payload)
+        if self._dropped and len(self._dropped) == len(backlog):
+            # Only taken-out frames are left: the deque is emptied, so that
+            # an empty backlog is seen as one.
+            backlog.clear()
+            self._dropped.clear()
 
     def on_cancel(self, rid):
         pass  # nothing runs between frames in sync mode: too late
@@ -364,6 +428,8 @@ class SyncServer(Server):
             elif self._stdin_holder != _MAIN_THREAD:
                 self._take_stdin_back(ctx)
         self._current = None
+        if ctx._too_large is not None:
+            reply = stream_ended(ctx, reply)
         self.send(reply)
         if self._terminating:
             # SIGTERM's SystemExit came while the call ran and was
@@ -385,11 +451,17 @@ class SyncServer(Server):
                 pass
             if self.reader._buf:
                 self._read_ahead()
-            for payload, cancelled in self._cancels():
-                if cancelled == rid:
-                    self._backlog.remove(payload)
-                    return True
-            return False
+            self._scan_backlog()
+            late = self._late.get(rid)
+            if not late:
+                return False
+            cancel = late[0]
+            self._forget(self._scanned[id(cancel)])
+            self._dropped[id(cancel)] = cancel
+            if len(self._dropped) == len(self._backlog):
+                self._backlog.clear()
+                self._dropped.clear()
+            return True
         finally:
             self._reading = False
             self._deliver_held_sigint()
@@ -514,8 +586,11 @@ class SyncServer(Server):
         finally:
             if main:
                 self._reading = False
-        if main:
-            self._deliver_held_sigint()
+                # Also when the host call failed before it was sent (its
+                # arguments too large, or not encodable): a SIGINT held
+                # meanwhile (encoding large arguments takes a while) must
+                # not wait for the handler's next frame.
+                self._deliver_held_sigint()
         if waiter.ok:
             return waiter.value
         raise waiter.value
@@ -662,8 +737,9 @@ class SyncServer(Server):
             # Calls written ahead, and cancels for them: a request whose
             # cancel came too drops out before it starts.
             self._backlog.append(payload)
+            self._unscanned += 1
             if kind == "cancel":
-                self._drop_cancelled()
+                self._scan_backlog()
 
     def _fail_waiting(self, ctx, error):
         """Fails the host calls of ``ctx`` waiting for their reply (all of

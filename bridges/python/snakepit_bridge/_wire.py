@@ -12,6 +12,8 @@ import struct
 
 __all__ = [
     "MAX_FRAME_SIZE",
+    "MAX_LENGTH",
+    "frame_limit",
     "FrameError",
     "Codec",
     "JsonCodec",
@@ -27,10 +29,35 @@ PROTOCOL_VERSION = 1
 # The pool's default max_frame_size; a larger length prefix is rejected
 # before anything is allocated for it.
 MAX_FRAME_SIZE = 64 * 1024 * 1024
+# The largest length a 4-byte prefix can announce: no frame is longer,
+# whatever limit the pool names.
+MAX_LENGTH = 2**32 - 1
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
+
+
+def frame_limit(text):
+    """The frame limit that ``SNAKEPIT_MAX_FRAME_SIZE`` holds: ``(limit,
+    None)``, or ``(MAX_FRAME_SIZE, why)`` when ``text`` is no positive
+    decimal integer. ``None`` or an empty text is the default, with no
+    complaint. Spaces around the digits are allowed; signs, underscores,
+    other digits than ASCII ones and anything else are not. A value above
+    MAX_LENGTH is taken as MAX_LENGTH: no frame can be longer."""
+    if text is None:
+        return MAX_FRAME_SIZE, None
+    digits = text.strip(" \t\r\n")
+    if not digits:
+        return MAX_FRAME_SIZE, None
+    significant = digits.lstrip("0")
+    if not significant or any(c not in "0123456789" for c in digits):
+        shown = repr(text[:40]) + ("..." if len(text) > 40 else "")
+        return MAX_FRAME_SIZE, (f"SNAKEPIT_MAX_FRAME_SIZE={shown} is not a positive integer;"
+                                f" using the default, {MAX_FRAME_SIZE}")
+    if len(significant) > 10:  # past any 4-byte length; int() would refuse 5000 digits
+        return MAX_LENGTH, None
+    return min(int(significant), MAX_LENGTH), None
 
 
 class FrameError(Exception):
@@ -136,7 +163,14 @@ class MsgpackCodec(Codec):
                 "the msgpack codec needs the 'msgpack' package: pip install msgpack"
             )
         self._msgpack = msgpack
-        self._packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+        # strict_types: only the exact built-in types are written as they
+        # are; any other (a subclass of dict, list, str..., or a tuple) goes
+        # through _msgpack_default first. Without it the packer writes a
+        # dict subclass's map header from its __len__ and its entries from
+        # its items(), and a subclass whose two disagree makes a payload
+        # that is not MessagePack (the pool would replace the worker).
+        self._packb = msgpack.Packer(use_bin_type=True, autoreset=True, strict_types=True,
+                                     default=_msgpack_default).pack
         self._unpackb = msgpack.unpackb
 
     def encode(self, value):
@@ -157,6 +191,30 @@ class MsgpackCodec(Codec):
             raise FrameError("invalid_payload", f"frame is not valid MessagePack: {detail}")
         except RecursionError:
             raise FrameError("invalid_payload", "frame is not valid MessagePack: nested too deeply")
+
+
+def _msgpack_default(value):
+    """What a value of no exact built-in type is written as under
+    MessagePack: the exact type it derives from, copied (a tuple is a
+    list, as JSON writes it). A dict subclass is copied from its items(),
+    which JSON writes too, so that the map's length and entries agree. The
+    packer calls this once per value; what it returns is written as is."""
+    cls = type(value)
+    if issubclass(cls, dict):
+        return dict(value.items())
+    if issubclass(cls, (list, tuple)):
+        return list(value)
+    if cls is int:  # an exact int the packer refused: too large
+        raise OverflowError("Integer value out of range")
+    if issubclass(cls, int):  # an IntEnum, say; bool is exact
+        return int.__int__(value)
+    if issubclass(cls, float):
+        return float.__float__(value)
+    if issubclass(cls, str):
+        return str.__str__(value)
+    if issubclass(cls, (bytes, bytearray)):
+        return bytes(memoryview(value))
+    raise TypeError(f"can not serialize {cls.__name__!r} object")
 
 
 def get_codec(name=None):

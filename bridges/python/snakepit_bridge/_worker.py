@@ -50,7 +50,15 @@ class Worker:
     ``codec``: "json", "msgpack" or None (read SNAKEPIT_CODEC).
     ``max_concurrency``: None picks 1 for plain functions and 8 once an
     ``async def`` handler is registered; > 1 forces the asyncio loop.
+
+    ``max_frame_size`` is the pool's limit on a frame's payload, in bytes,
+    read from ``SNAKEPIT_MAX_FRAME_SIZE`` (64 MiB when it is absent or is no
+    positive integer): a reply above it is sent as a failed reply of type
+    ``ResultTooLarge``, and a frame from the pool above it is a
+    ``ProtocolError``.
     """
+
+    max_frame_size: int
 
     def __init__(
         self,
@@ -65,6 +73,7 @@ class Worker:
         self.name = name
         self.version = version
         self.worker_id: Optional[str] = os.environ.get("SNAKEPIT_WORKER_ID") or None
+        self._read_frame_limit()
         self.started_at = time.time()
         self._t0 = time.monotonic()
         self.requests_handled = 0
@@ -82,10 +91,18 @@ class Worker:
         environment (SNAKEPIT_WORKER_ID, SNAKEPIT_CODEC...)."""
         self.codec = _wire.get_codec(self._codec_name)
         self.worker_id = os.environ.get("SNAKEPIT_WORKER_ID") or None
+        self._read_frame_limit()
         self.started_at = time.time()
         self._t0 = time.monotonic()
         self.requests_handled = 0
         self.pid = os.getpid()
+
+    def _read_frame_limit(self) -> None:
+        """Read ``max_frame_size`` from SNAKEPIT_MAX_FRAME_SIZE. A value that
+        is no positive integer is the default, never an error: the reason
+        is kept for one line on stderr when the worker serves."""
+        self.max_frame_size, self._frame_limit_note = _wire.frame_limit(
+            os.environ.get("SNAKEPIT_MAX_FRAME_SIZE"))
 
     # --- registry ------------------------------------------------------------
 

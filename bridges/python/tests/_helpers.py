@@ -32,8 +32,11 @@ CODECS = ["json", "msgpack"] if HAVE_MSGPACK else ["json"]
 class WorkerProcess:
     """A worker child process driven like the pool drives it."""
 
-    def __init__(self, script, codec="json", env=None, args=("--mode", "pool-worker")):
+    def __init__(self, script, codec="json", env=None, args=("--mode", "pool-worker"),
+                 max_frame=_wire.MAX_FRAME_SIZE):
         self.codec = _wire.get_codec(codec)
+        # The largest frame read from the worker, as the pool's max_frame_size.
+        self.max_frame = max_frame
         child_env = dict(os.environ)
         child_env["SNAKEPIT_CODEC"] = codec
         child_env["SNAKEPIT_PROTOCOL"] = "1"
@@ -60,7 +63,7 @@ class WorkerProcess:
         stream = self.proc.stdout
         while True:
             try:
-                payload = _wire.read_frame_from(stream)
+                payload = _wire.read_frame_from(stream, self.max_frame)
             except _wire.FrameError as exc:
                 self.frames.put(exc)
                 return

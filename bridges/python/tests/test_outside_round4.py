@@ -19,7 +19,7 @@ an attacker who writes the worker's stdin may send, in both serve loops
 - README, Handlers: a result that cannot be encoded is a TypeError (a
   coroutine or a generator a plain function returns); a dict subclass
   whose __len__ or items() lie never makes a frame that does not decode
-  (a DEFECT test, skipped: under MessagePack it does).
+  (under MessagePack it did until round 5).
 - protocol.md section 2 and 4: a zero-length frame and one announcing
   2^32 - 1 bytes are ProtocolErrors; any split of the byte stream is the
   same stream, a host_reply's included.
@@ -44,13 +44,6 @@ TS = "2026-11-27T12:24:04.051023Z"
 MODES = ("sync", "async")
 # Generous: the suite runs beside the other bridges' suites on 2 cores.
 WAIT = 30.0
-
-DEFECT_MSGPACK_MAPS = (
-    "DEFECT: msgpack's Packer writes a dict subclass's map header from its __len__ and its "
-    "entries from items(): when they disagree the payload is not MessagePack (extra data, or "
-    "a map cut short) and the pool replaces the worker. A fix needs the packer's strict_types "
-    "and a default() that converts subclasses, or a check of each payload: not small, and it "
-    "changes the cost of tuples and subclasses in every result")
 
 
 class _Base(unittest.TestCase):
@@ -303,9 +296,9 @@ class LyingMapTests(_Base):
     def test_json(self):
         self.check("json")
 
+    # Fixed in round 5: the packer writes only exact built-in types as
+    # they are, and copies a dict subclass from its items() first.
     @unittest.skipUnless("msgpack" in CODECS, "msgpack is not installed")
-    # R4_RUN_DEFECTS=1 runs it: it fails.
-    @unittest.skipIf(os.environ.get("R4_RUN_DEFECTS") != "1", DEFECT_MSGPACK_MAPS)
     def test_msgpack(self):
         self.check("msgpack")
 
