@@ -76,6 +76,20 @@ pub(crate) fn wait_writable(fd: RawFd, timeout_ms: i32) {
     }
 }
 
+/// Whether the read end of the pipe whose write end is `fd` is closed
+/// everywhere (the process reading it is gone): `poll(2)` reports
+/// `POLLERR` on a write end without readers, without writing anything.
+pub(crate) fn reader_gone(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd that lives across the call; no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Bytes written to a pipe and not read yet, asked through either end
 /// (`FIONREAD`); `None` where the system does not tell.
 pub(crate) fn unread_in_pipe(fd: std::os::fd::RawFd) -> Option<usize> {

@@ -12,7 +12,9 @@
 //! - a watchdog: a POSIX `sh` loop that holds a pipe from the host and the
 //!   list of live process groups. When the host dies, however it dies, the
 //!   pipe closes and the watchdog kills every group, so the workers' own
-//!   children die too.
+//!   children die too. A watchdog that died while the host lives (killed
+//!   from outside) is replaced before the next process starts, and the
+//!   new one is told every group still listed.
 //!
 //! This module and `os.rs` (signals, `FIONREAD`) hold the workspace's only
 //! `unsafe` code: `pre_exec` and the `prctl`/`close_range` calls here, each
@@ -39,16 +41,27 @@ type Request = (Launch, Option<OwnedFd>, Reply);
 /// Forks workers from one long-lived thread and keeps the watchdog informed.
 pub(crate) struct Spawner {
     requests: Mutex<mpsc::Sender<Request>>,
-    /// The watchdog's pipe: never blocks the pool (see [`Watchdog`]).
-    /// `None` while it could not be started (the host out of descriptors
-    /// or processes): the next start tries again, and fails rather than
-    /// start a worker it would not cover.
-    watchdog: Mutex<Option<Arc<Watchdog>>>,
+    /// The watchdog and the groups it guards.
+    watchdog: Mutex<Guard>,
+}
+
+/// The watchdog's pipe, and the process groups the pool has told it of.
+struct Guard {
+    /// Never blocks the pool (see [`Watchdog`]). `None` while it could not
+    /// be started (the host out of descriptors or processes): the next
+    /// start tries again, and fails rather than start a worker it would
+    /// not cover. A watchdog that died while the host lives (killed from
+    /// outside) is replaced in the same way, at the next start.
+    dog: Option<Arc<Watchdog>>,
+    /// The groups listed (`+`) and not yet forgotten (`-`): what a
+    /// replacement watchdog is told first, so that it guards the groups
+    /// the dead one did.
+    groups: std::collections::BTreeSet<u32>,
 }
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        if let Some(w) = self.watchdog.locked().as_ref() {
+        if let Some(w) = self.watchdog.locked().dog.as_ref() {
             w.close();
         }
     }
@@ -70,7 +83,10 @@ impl Spawner {
             })?;
         Ok(Spawner {
             requests: Mutex::new(tx),
-            watchdog: Mutex::new(start_watchdog().ok()),
+            watchdog: Mutex::new(Guard {
+                dog: start_watchdog().ok(),
+                groups: std::collections::BTreeSet::new(),
+            }),
         })
     }
 
@@ -90,9 +106,12 @@ impl Spawner {
     }
 
     /// Tells the watchdog about a process group started elsewhere (a worker
-    /// forked by a preload template).
+    /// forked by a preload template), replacing a watchdog that died first.
     pub(crate) fn watch(&self, pgid: u32) {
-        self.tell_watchdog(&format!("+{pgid}\n"));
+        if let Err(e) = self.watched() {
+            tracing::warn!(pgid, error = %e, "a forked worker runs without a watchdog");
+        }
+        self.tell_watchdog(pgid, true);
     }
 
     async fn start(&self, launch: Launch, stdin: Option<OwnedFd>) -> io::Result<Child> {
@@ -106,7 +125,7 @@ impl Spawner {
             .await
             .map_err(|_| io::Error::other("the spawner thread is gone"))??;
         if let Some(pid) = child.id() {
-            self.tell_watchdog(&format!("+{pid}\n"));
+            self.tell_watchdog(pid, true);
         }
         Ok(child)
     }
@@ -117,7 +136,13 @@ impl Spawner {
     /// stream still held). It kills whatever group is still listed as it
     /// goes. A process started after this gets a watchdog of its own first.
     pub(crate) fn close_watchdog(&self) {
-        let watchdog = self.watchdog.locked().take();
+        let watchdog = {
+            let mut guard = self.watchdog.locked();
+            // The closing watchdog kills what is listed; a later one
+            // guards only what starts after.
+            guard.groups.clear();
+            guard.dog.take()
+        };
         if let Some(w) = watchdog {
             w.close();
         }
@@ -125,20 +150,35 @@ impl Spawner {
 
     /// Tells the watchdog a group is gone, so that a reused id is never hit.
     pub(crate) fn forget(&self, pgid: u32) {
-        self.tell_watchdog(&format!("-{pgid}\n"));
+        self.tell_watchdog(pgid, false);
     }
 
-    fn tell_watchdog(&self, line: &str) {
-        if let Some(watchdog) = self.watchdog.locked().as_ref() {
+    /// Lists (`add`) or forgets group `pgid`, in the record of groups and
+    /// in the watchdog.
+    fn tell_watchdog(&self, pgid: u32, add: bool) {
+        let mut guard = self.watchdog.locked();
+        let line = if add {
+            guard.groups.insert(pgid);
+            format!("+{pgid}\n")
+        } else {
+            guard.groups.remove(&pgid);
+            format!("-{pgid}\n")
+        };
+        if let Some(watchdog) = guard.dog.as_ref() {
             watchdog.tell(line.as_bytes());
         }
     }
 
-    /// Starts the watchdog if it could not be started before: no process
-    /// is started that it would not cover.
+    /// Starts the watchdog if it could not be started before, or replaces
+    /// one that died (told every group still listed): no process is
+    /// started that it would not cover.
     fn watched(&self) -> io::Result<()> {
-        let mut watchdog = self.watchdog.locked();
-        if watchdog.is_none() {
+        let mut guard = self.watchdog.locked();
+        if let Some(dead) = guard.dog.take_if(|w| w.is_dead()) {
+            tracing::warn!("the orphan watchdog died while the host runs; starting another");
+            dead.close(); // its writer thread ends and reaps it
+        }
+        if guard.dog.is_none() {
             let fresh = start_watchdog().map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -147,7 +187,11 @@ impl Spawner {
                     ),
                 )
             })?;
-            *watchdog = Some(fresh);
+            let listed: String = guard.groups.iter().map(|g| format!("+{g}\n")).collect();
+            if !listed.is_empty() {
+                fresh.tell(listed.as_bytes());
+            }
+            guard.dog = Some(fresh);
         }
         Ok(())
     }
@@ -205,6 +249,18 @@ impl Watchdog {
     fn close(&self) {
         self.state.locked().closing = true;
         self.wake.notify_one();
+    }
+
+    /// The watchdog process is gone (its end of the pipe is closed): it
+    /// guards nothing any more.
+    fn is_dead(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let st = self.state.locked();
+        st.broken
+            || st
+                .pipe
+                .as_ref()
+                .is_none_or(|p| crate::os::reader_gone(p.as_raw_fd()))
     }
 
     /// The writer thread: writes `pending` as the pipe takes it; drops the

@@ -848,7 +848,12 @@ impl RunRecord {
     /// Writes the record of a new run, creating the state directory
     /// (mode 0700) if need be; fails with [`UnsafeStateDir`] if the
     /// directory is not safe to use.
+    ///
+    /// A relative `dir` is taken from the working directory now, once: the
+    /// record stays where it was written (and is removed from there at the
+    /// end) if the host changes its working directory later.
     pub(crate) fn create(dir: &Path, instance: &str, run_id: &str) -> io::Result<RunRecord> {
+        let dir = &std::path::absolute(dir)?;
         ensure_state_dir(dir)?;
         let safe: String = instance
             .chars()
@@ -884,12 +889,20 @@ impl RunRecord {
     /// (`O_EXCL`, so nothing planted is followed or reused), then renamed
     /// over the record, which replaces whatever is there without following
     /// it. The lock is held throughout so that writes land in order.
+    ///
+    /// The directory is checked again before each write, as when the run
+    /// started: one removed since and made again by another user (a
+    /// temporary-file cleaner, then somebody else's `mkdir`) gets nothing,
+    /// and the write fails with [`UnsafeStateDir`].
     fn update(&self, change: impl FnOnce(&mut Record)) -> io::Result<()> {
         let mut record = self.record.locked();
         if self.finished.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
         change(&mut record);
+        if let Some(dir) = self.path.parent() {
+            check_state_dir(dir)?;
+        }
         let text = record.render();
         let name = self
             .path
@@ -925,20 +938,18 @@ impl RunRecord {
     /// Records a new worker.
     pub(crate) fn add(&self, pid: u32) {
         let start = process_start(pid).unwrap_or(0);
-        if let Err(e) = self.update(|r| {
+        let written = self.update(|r| {
             r.workers.insert(pid, start);
-        }) {
-            tracing::debug!(error = %e, "cannot update the run record");
-        }
+        });
+        not_written(written);
     }
 
     /// Forgets a worker that was reaped.
     pub(crate) fn remove(&self, pid: u32) {
-        if let Err(e) = self.update(|r| {
+        let written = self.update(|r| {
             r.workers.remove(&pid);
-        }) {
-            tracing::debug!(error = %e, "cannot update the run record");
-        }
+        });
+        not_written(written);
     }
 
     /// The run ended cleanly: no record remains.
@@ -947,6 +958,20 @@ impl RunRecord {
         self.finished
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Logs why a record update was not written: a warning when the state
+/// directory became unsafe since the run started, otherwise (a full disk,
+/// say) at debug level.
+fn not_written(written: io::Result<()>) {
+    let Err(e) = written else { return };
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<UnsafeStateDir>())
+    {
+        tracing::warn!(error = %e, "the run record is no longer written");
+    } else {
+        tracing::debug!(error = %e, "cannot update the run record");
     }
 }
 

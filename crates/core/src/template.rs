@@ -54,6 +54,9 @@ pub(crate) struct Template {
     ended: watch::Sender<bool>,
     /// The process has been reaped: its pid may name another process now.
     reaped: std::sync::atomic::AtomicBool,
+    /// The process itself, held from its start: a kill reaches it even
+    /// when it has left the process group it was started in.
+    held: Option<os::Held>,
     tail: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -108,6 +111,9 @@ impl Template {
             .await
             .map_err(|e| fail(crate::spawn::cannot_start(&launch, &e)))?;
         let pid = child.id().unwrap_or(0);
+        // Not reaped before `child.wait()` below: the pid is still this
+        // process's.
+        let held = (pid != 0).then(|| os::Held::open(pid)).flatten();
         let socket = os::watch(
             ours,
             tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
@@ -128,6 +134,7 @@ impl Template {
             state: Mutex::new(State::default()),
             ended: watch::channel(false).0,
             reaped: std::sync::atomic::AtomicBool::new(false),
+            held,
             tail,
         });
         // A start abandoned while the template loads (the pool shut down
@@ -206,11 +213,17 @@ impl Template {
     }
 
     /// Kills the template's process group (unless it was reaped already:
-    /// its pid could be another's now). Its workers are in groups of their
-    /// own and keep running.
+    /// its pid could be another's now), and the template itself through
+    /// the handle held since its start, in case it left that group (a
+    /// script that called `setpgid`): a template that stays alive would be
+    /// asked for every fork again. Its workers are in groups of their own
+    /// and keep running.
     pub(crate) fn kill(&self) {
         if self.pid != 0 && !self.reaped.load(Ordering::Relaxed) {
             os::signal_group(self.pid, libc::SIGKILL);
+            if let Some(held) = &self.held {
+                held.signal(libc::SIGKILL);
+            }
         }
     }
 
