@@ -8,13 +8,19 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use snakepit_core::{Error, Pool};
+use snakepit_core::{Adapter, Error, Launch, Pool};
 
 /// Well above the bridge's hello and a small reply, well below 64 MiB.
 const LIMIT: usize = 4096;
 
+/// The test worker with the bundled Python bridge, which reads the pool's
+/// limit from `SNAKEPIT_MAX_FRAME_SIZE`.
 async fn pool() -> Pool {
-    builder(BridgeScript("frame_limits_worker.py"))
+    pool_of(BridgeScript("frame_limits_worker.py")).await
+}
+
+async fn pool_of(adapter: impl Adapter) -> Pool {
+    builder(adapter)
         .size(1)
         .configure(|c| c.max_frame_size = LIMIT)
         .start()
@@ -22,12 +28,47 @@ async fn pool() -> Pool {
         .unwrap()
 }
 
-/// A reply frame above the pool's limit fails its call with a protocol error
-/// (`too_large`, naming the size and the limit), the worker is killed and
-/// replaced, and the pool serves the next call on the new worker.
+/// The same worker, made to forget the limit the pool gave it: it writes
+/// a reply above the limit, as a worker that is not a bundled bridge may.
+struct IgnoresTheLimit;
+
+impl Adapter for IgnoresTheLimit {
+    fn launch(&self) -> Launch {
+        BridgeScript("frame_limits_worker.py")
+            .launch()
+            .env("FRAME_LIMITS_IGNORE_LIMIT", "1")
+    }
+}
+
+/// protocol.md section 1: a bridge told the limit (`SNAKEPIT_MAX_FRAME_SIZE`)
+/// "that would write a larger reply sends a failed reply of type
+/// `ResultTooLarge` instead, and the worker stays".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_above_max_frame_size_from_a_bundled_bridge_is_result_too_large_and_the_worker_stays(
+) {
+    let pool = pool().await;
+    let before = pool.worker_pids()[0];
+    let err = pool
+        .execute("big", json!({"bytes": 2 * LIMIT}))
+        .await
+        .unwrap_err();
+    let remote = err.remote().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(remote.kind.as_deref(), Some("ResultTooLarge"), "{err}");
+    assert!(remote.message.contains(&LIMIT.to_string()), "{err}");
+    let next = pool.execute("echo", json!({"n": 1})).await.unwrap();
+    assert_eq!(next["pid"].as_u64().unwrap() as u32, before);
+    assert_eq!(next["received"], 2, "the same process served both calls");
+    assert_eq!(pool.stats().restarts, 0);
+    pool.shutdown().await.unwrap();
+}
+
+/// A reply frame above the pool's limit, from a worker that writes it
+/// anyway, fails its call with a protocol error (`too_large`, naming the
+/// size and the limit), the worker is killed and replaced, and the pool
+/// serves the next call on the new worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_above_max_frame_size_is_a_protocol_error_and_the_worker_is_replaced() {
-    let pool = pool().await;
+    let pool = pool_of(IgnoresTheLimit).await;
     let before = pool.worker_pids()[0];
 
     // Just under the limit still goes through: the limit is the one set.
