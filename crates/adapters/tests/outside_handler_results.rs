@@ -809,18 +809,19 @@ async fn a_result_nested_too_deep_fails_only_its_call_in_every_bridge_and_codec(
     }
 }
 
-/// protocol.md section 2: "the pool rejects frames longer than its
-/// configured maximum (`max_frame_size`, 64 MiB by default) before
-/// allocating anything"; `Error::Protocol`: "The worker broke the protocol
-/// (a bad frame ...); it was replaced." A handler whose result is larger
-/// than the pool's `max_frame_size` (set to 1 MiB here): every bridge
-/// writes it, the call fails with `Error::Protocol` (`too_large`), and a
-/// new worker serves the next call, in both codecs.
+/// protocol.md section 1: the pool tells each worker its `max_frame_size`
+/// (`SNAKEPIT_MAX_FRAME_SIZE`), and "a bridge that would write a larger
+/// reply sends a failed reply of type `ResultTooLarge` instead, and the
+/// worker stays". A handler whose result is larger than the pool's
+/// `max_frame_size` (set to 1 MiB here): in every bridge and both codecs
+/// the call fails with a `Remote` error of type `ResultTooLarge` whose
+/// message names the limit, while the same worker serves the next call;
+/// a result just under the limit still goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_above_max_frame_size_is_a_protocol_error_in_every_bridge_and_the_worker_is_replaced(
-) {
+async fn a_result_above_max_frame_size_is_result_too_large_in_every_bridge_and_the_worker_stays() {
     for codec in CODECS {
         for (lang, bridge) in every_bridge(codec) {
+            let what = format!("{lang} {codec}");
             let pool = start(
                 Pool::builder(bridge)
                     .size(1)
@@ -830,17 +831,23 @@ async fn a_result_above_max_frame_size_is_a_protocol_error_in_every_bridge_and_t
             let before = pid(&pool).await;
             // Just under the limit goes through.
             let r = call(&pool, "huge", json!({"n": 1_000_000})).await.unwrap();
-            assert_eq!(r.as_str().map(str::len), Some(1_000_000), "{lang} {codec}");
+            assert_eq!(r.as_str().map(str::len), Some(1_000_000), "{what}");
             let err = call(&pool, "huge", json!({"n": 2_000_000}))
                 .await
                 .unwrap_err();
-            match &err {
-                Error::Protocol { source, .. } => {
-                    assert_eq!(source.kind(), "too_large", "{lang} {codec}: {err}")
-                }
-                _ => panic!("{lang} {codec}: {err:?}"),
-            }
-            replaced(&pool, before, &format!("{lang} {codec}")).await;
+            let remote = err
+                .remote()
+                .unwrap_or_else(|| panic!("{what}: not a failed reply but {err:?}"));
+            assert_eq!(
+                remote.kind.as_deref(),
+                Some("ResultTooLarge"),
+                "{what}: {err}"
+            );
+            assert!(
+                remote.message.contains("1048576"),
+                "{what}: the message names the limit: {err}"
+            );
+            kept(&pool, before, &what).await;
             pool.shutdown().await.unwrap();
         }
     }
