@@ -11,6 +11,17 @@
     worker.run()
 """
 
+import sys as _sys
+
+# The modules below need Python 3.8. This check is written so that older
+# interpreters (2.7 included) can read it, and say so instead of failing
+# on a later module's syntax.
+if _sys.version_info < (3, 8):
+    raise ImportError(
+        "snakepit_bridge needs Python 3.8 or later; %s is Python %s"
+        % (_sys.executable or "this interpreter", _sys.version.split()[0])
+    )
+
 from ._context import Cancelled, Context, HostCallError, ResultTooLarge, Session
 from ._server import protect_stdout
 from ._version import __version__
