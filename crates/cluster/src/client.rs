@@ -608,6 +608,14 @@ impl Client {
     /// then all are asked for their pool's figures at once, answering
     /// within `window` again: at most twice `window` in all, however many
     /// hosts answer.
+    ///
+    /// Each host named in the PING answers is asked once, however many
+    /// answers name it. Of the names this client has not heard heartbeats
+    /// from, at most [`MAX_HOSTS`] are asked (the first to answer; a
+    /// warning in the log says when more were named), so a forged flood of
+    /// PING answers cannot make one call of `status` send an unbounded
+    /// number of requests; a host this client hears from is asked whenever
+    /// it answers the PING.
     pub async fn status(&self, window: Duration) -> Result<Vec<Value>, Error> {
         let nats = &self.inner.nats;
         let cluster = &self.inner.cluster;
@@ -619,22 +627,42 @@ impl Client {
         nats.publish_with_reply(format!("$SRV.PING.snakepit-{cluster}"), inbox, Bytes::new())
             .await
             .map_err(|e| unavailable(cluster, e.to_string()))?;
-        let mut hosts = Vec::new();
+        // Anyone who may publish to this inbox can answer the PING, once or
+        // many times, naming any host: each distinct name is kept once, and
+        // of names this client has not heard heartbeats from at most
+        // `MAX_HOSTS`, so a forged flood of answers neither grows this set
+        // past that nor crowds out the hosts the client hears from.
+        let mut hosts = std::collections::BTreeSet::new();
+        let mut strangers = 0usize;
+        let mut warned = false;
         let until = later(Instant::now(), window).into();
         while let Ok(Some(msg)) = tokio::time::timeout_at(until, sub.next()).await {
             let Ok(ping) = serde_json::from_slice::<Value>(&msg.payload) else {
                 continue;
             };
-            match ping["metadata"]["host"].as_str() {
-                // A name no host may have is no subject to ask.
-                Some(host) if wire::check_name("host id", host).is_ok() => {
-                    hosts.push(host.to_owned())
-                }
-                _ => {}
+            let Some(host) = ping["metadata"]["host"].as_str() else {
+                continue;
+            };
+            // A name no host may have is no subject to ask.
+            if wire::check_name("host id", host).is_err() || hosts.contains(host) {
+                continue;
             }
+            let heard = self.inner.hosts.lock().unwrap().contains_key(host);
+            if !heard {
+                if strangers >= MAX_HOSTS {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            cluster = %cluster,
+                            "status: PING answers name more than {MAX_HOSTS} hosts this client has not heard from; the rest are not asked"
+                        );
+                    }
+                    continue;
+                }
+                strangers += 1;
+            }
+            hosts.insert(host.to_owned());
         }
-        hosts.sort();
-        hosts.dedup();
         let until = later(Instant::now(), window).into();
         let asks = hosts.iter().map(|host| {
             let subject = self.inner.subjects.host_status(host);
@@ -1667,7 +1695,8 @@ const MAX_SEQ_STEP: u64 = 10_000;
 const MAX_INSTANCES: usize = 16;
 
 /// The most host ids a client keeps track of (a host it has not heard of
-/// for 20 host timeouts is forgotten).
+/// for 20 host timeouts is forgotten); also the most hosts it has not
+/// heard from that one [`Client::status`] asks.
 pub const MAX_HOSTS: usize = 4096;
 
 /// Marks hosts unheard of for `host_timeout` as lost, and follows the NATS

@@ -468,8 +468,20 @@ async fn send_replies(host: Arc<HostCtx>) {
     }
 }
 
+/// Answers status requests. A request whose reply subject no client can
+/// have (a system subject such as a session's key in the KV bucket, a
+/// wildcard, ...) gets no answer: anyone who may ask could otherwise have
+/// the host write its status there, with the host's permissions.
 async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::endpoint::Endpoint) {
     while let Some(request) = endpoint.next().await {
+        let answerable = request
+            .message
+            .reply
+            .as_ref()
+            .is_some_and(|to| wire::answerable(to.as_str()));
+        if !answerable {
+            continue;
+        }
         let body = serde_json::to_vec(&host.status()).unwrap_or_default();
         let _ = request.respond(Ok(Bytes::from(body))).await;
     }
