@@ -63,7 +63,7 @@ pub(crate) fn load(explicit: Option<&Path>, out: &Output) -> Result<FileConfig, 
         return Ok(FileConfig::default());
     };
     let config = parse(&text, path.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::usage(format!("{}: {e}", crate::ui::shown_path(&path))))?;
     out.verbose(format!("settings from {}", path.display()));
     Ok(config)
 }
@@ -81,7 +81,7 @@ pub(crate) fn load_state_dir(
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let dir = state_dir_of(&text, base)
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::usage(format!("{}: {e}", crate::ui::shown_path(&path))))?;
     out.verbose(format!("state_dir from {}", path.display()));
     Ok(dir)
 }
@@ -92,7 +92,7 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
     let path = match explicit {
         Some(p) => {
             if let Some(what) = not_a_file(p) {
-                return Err(Failure::usage(format!("settings file {} {what}", p.display()))
+                return Err(Failure::usage(format!("settings file {} {what}", crate::ui::shown_path(p)))
                 .hint("check the path given by --config or SNAKEPIT_CONFIG; without either, ./snakepit.toml is read when it exists"));
             }
             p.to_path_buf()
@@ -114,8 +114,9 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
     // No more than a settings file can sensibly hold is read: a huge one (a
     // sparse file of zeros) would take memory and time without bound, and
     // its parse error would quote it whole.
-    let cannot_read =
-        |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", path.display()));
+    let cannot_read = |e: std::io::Error| {
+        Failure::usage(format!("cannot read {}: {e}", crate::ui::shown_path(&path)))
+    };
     let mut text = String::new();
     std::fs::File::open(&path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
@@ -123,7 +124,7 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
     if text.len() as u64 > MAX_FILE_BYTES {
         return Err(Failure::usage(format!(
             "{} is larger than {} MiB: not a settings file",
-            path.display(),
+            crate::ui::shown_path(&path),
             MAX_FILE_BYTES >> 20
         ))
         .hint("give the right file with --config, or remove the stray one"));
@@ -236,6 +237,14 @@ pub(crate) fn parse(text: &str, dir: &Path) -> Result<FileConfig, String> {
             .unwrap_or_default(),
         None => PoolConfig::default(),
     };
+    // An empty path would name the file's own directory: no script.
+    if raw
+        .script
+        .as_ref()
+        .is_some_and(|s| s.as_os_str().is_empty())
+    {
+        return Err("script is empty: leave it out for the bundled generic worker".into());
+    }
     // As their flags are refused (`--timeout 0`, `--pool-size 0`).
     if raw.timeout_ms == Some(0) {
         return Err("timeout_ms must be above 0 milliseconds".into());

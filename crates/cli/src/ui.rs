@@ -117,14 +117,115 @@ impl Failure {
     }
 }
 
+/// The most characters of a command's name an error shows; a longer name
+/// is cut, and its length in bytes said once.
+const COMMAND_SHOWN: usize = 60;
+
+/// `text` as one line of a message: control characters (a line break
+/// would split the `error:` line, an escape sequence would paint the
+/// terminal) and the characters that reorder text on a terminal written as
+/// escapes (`\n`, `\u{1b}`); everything else as it is.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        push_escaped(&mut shown, c);
+    }
+    shown
+}
+
+/// `text` for a terminal: as [`one_line`], but its line breaks and tabs
+/// kept (a message of several lines, a traceback).
+pub(crate) fn terminal_safe(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => shown.push(c),
+            c => push_escaped(&mut shown, c),
+        }
+    }
+    shown
+}
+
+/// A path as one line of a message ([`one_line`]).
+pub(crate) fn shown_path(path: &std::path::Path) -> String {
+    one_line(&path.display().to_string())
+}
+
+fn push_escaped(shown: &mut String, c: char) {
+    match c {
+        '\n' => shown.push_str("\\n"),
+        '\r' => shown.push_str("\\r"),
+        '\t' => shown.push_str("\\t"),
+        c if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+            shown.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+        c => shown.push(c),
+    }
+}
+
+/// A command's name as an error line shows it: as one line ([`one_line`]),
+/// and a name longer than [`COMMAND_SHOWN`] characters cut, with its
+/// length when `with_length`.
+pub(crate) fn shown_command(command: &str, with_length: bool) -> String {
+    let mut shown = String::new();
+    for (i, c) in command.chars().enumerate() {
+        if i == COMMAND_SHOWN {
+            shown.push_str("...");
+            if with_length {
+                shown.push_str(&format!(" ({} bytes in all)", command.len()));
+            }
+            break;
+        }
+        push_escaped(&mut shown, c);
+    }
+    shown
+}
+
+/// The command an error names in its text, if any.
+fn named_command(e: &Error) -> Option<&str> {
+    match e {
+        Error::Remote { command, .. }
+        | Error::Validation { command, .. }
+        | Error::ResultRefused { command, .. }
+        | Error::CallTimeout { command, .. } => Some(command),
+        Error::UnsupportedCommand(command) => Some(command),
+        _ => None,
+    }
+}
+
 impl From<Error> for Failure {
+    /// The failure for a pool's error. A command's name that a line break
+    /// or its length would make unreadable is shown escaped and cut
+    /// ([`shown_command`]) wherever the text names it, the worker's own
+    /// message included (an unknown command's message repeats the name),
+    /// and its length is said once.
     fn from(e: Error) -> Self {
-        match &e {
+        let mut failure = Failure::from_error(&e);
+        if let Some(command) = named_command(&e).filter(|c| !c.is_empty()) {
+            let shown = shown_command(command, false);
+            if shown != command {
+                // The first mention says how long a cut name is; the others
+                // (the worker's message repeating it) only show it cut.
+                let first = shown_command(command, true);
+                let message = failure.message.replacen(command, &first, 1);
+                failure.message = message.replace(command, &shown);
+                failure.hint = failure.hint.map(|h| h.replace(command, &shown));
+            }
+        }
+        failure
+    }
+}
+
+impl Failure {
+    fn from_error(e: &Error) -> Self {
+        match e {
             Error::Remote { command, error } => {
                 let hint = match error.kind.as_deref() {
-                    Some("UnknownCommand") => format!(
-                        "the worker has no command `{command}`: check its name among the script's commands (the generic workers, without --script, know ping, echo, compute and info, and random in Node.js)"
-                    ),
+                    // The error line names the command already.
+                    Some("UnknownCommand") => "the worker has no command by that name: check it among the script's commands (the generic workers, without --script, know ping, echo, compute and info, and random in Node.js)".to_owned(),
+                    // A bundled bridge's refusal of a result above the
+                    // pool's max_frame_size: the handler did not raise it.
+                    Some("ResultTooLarge") => "the result is larger than the pool accepts: raise max_frame_size under [pool] in snakepit.toml, or return less (or stream it in chunks)".to_owned(),
                     _ => "the worker's handler raised this; fix the arguments or the handler".into(),
                 };
                 let message = match &error.kind {
@@ -137,6 +238,12 @@ impl From<Error> for Failure {
             }
             Error::Validation { .. } | Error::UnsupportedCommand(_) => {
                 Failure::new(code::FAILED, e.to_string()).hint("the call never reached a worker; fix the command or its arguments")
+            }
+            // Nested too deep for the wire: no frame size would carry it.
+            Error::Codec(snakepit_protocol::Error::TooDeep { max, .. }) if e.never_ran() => {
+                Failure::new(code::FAILED, e.to_string()).hint(format!(
+                    "the arguments were not sent: the wire carries at most {max} levels of nested arrays and objects, the request's own object among them, whatever max_frame_size is; nest them less deeply, or send the deep part as a JSON string"
+                ))
             }
             Error::Codec(_) if e.never_ran() => Failure::new(code::FAILED, e.to_string()).hint(
                 "the arguments were not sent: raise max_frame_size under [pool] in snakepit.toml if they are too large, or fix what cannot be encoded",
@@ -170,7 +277,8 @@ impl From<Error> for Failure {
                     .detail(start.stderr_tail.clone())
                     .hint(hint)
             }
-            Error::Config(m) => Failure::usage(format!("invalid pool settings: {m}")),
+            // The message may quote a value as given (a cluster's name).
+            Error::Config(m) => Failure::usage(format!("invalid pool settings: {}", one_line(m))),
             _ => Failure::general(e.to_string()),
         }
     }
@@ -289,20 +397,24 @@ impl Output {
             return;
         }
         let c = self.color_stderr;
+        // A worker's message and traceback may quote anything (its input
+        // among them): what would drive the terminal is written escaped.
         stderr_line(format_args!(
             "{} {}",
             Output::paint(c, style::ERROR, "error:"),
-            f.message
+            terminal_safe(&f.message)
         ));
         if let Some(detail) = &f.detail {
             for line in detail.trim_end().lines() {
-                stderr_line(format_args!("  {}", Output::paint(c, style::DIM, line)));
+                let line = terminal_safe(line);
+                stderr_line(format_args!("  {}", Output::paint(c, style::DIM, &line)));
             }
         }
         if let Some(hint) = &f.hint {
             stderr_line(format_args!(
-                "{} {hint}",
-                Output::paint(c, style::HINT, "hint:")
+                "{} {}",
+                Output::paint(c, style::HINT, "hint:"),
+                terminal_safe(hint)
             ));
         }
     }

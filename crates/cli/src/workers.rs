@@ -62,7 +62,7 @@ impl Worker {
                 .map(|e| format!("cannot be read: {e}")),
         };
         if let Some(what) = what {
-            return Err(Failure::usage(format!("script {} {what}", script.display()))
+            return Err(Failure::usage(format!("script {} {what}", crate::ui::shown_path(&script)))
             .hint("give the path of a worker script; without --script the bundled generic worker runs"));
         }
         let lang = match adapter.or_else(|| Lang::of_script(&script)) {
@@ -70,7 +70,7 @@ impl Worker {
             None => {
                 return Err(Failure::usage(format!(
                     "cannot tell the language of {} from its extension",
-                    script.display()
+                    crate::ui::shown_path(&script)
                 ))
                 .hint("pass --adapter python, node or ruby"))
             }

@@ -629,9 +629,13 @@ worker.run()
 
 /// README, configuration: `max_frame_size` (read from `[pool]` of
 /// `snakepit.toml`): "a larger request is refused with `Codec` and never
-/// sent" (exit 1, "another failure"), and "larger frames from a worker are a
-/// protocol error" (exit 5); troubleshooting: the message says "frame of N
-/// bytes exceeds the maximum". The hint names the setting, not stray output.
+/// sent" (exit 1, "another failure"); "a bundled bridge answers a larger
+/// result with a `Remote` error of type `ResultTooLarge` and stays" (exit
+/// 1, with a hint that names the setting: the handler raised nothing);
+/// "a larger frame from a worker is a protocol error" (exit 5), shown
+/// with a worker that tells its bridge a larger limit than the pool's;
+/// troubleshooting: the message says "frame of N bytes exceeds the
+/// maximum". The hint names the setting, not stray output.
 #[test]
 fn the_files_max_frame_size_refuses_a_larger_request_unsent_and_a_larger_reply_is_exit_5() {
     let dir = Dir::new("frame-size");
@@ -651,6 +655,22 @@ fn the_files_max_frame_size_refuses_a_larger_request_unsent_and_a_larger_reply_i
     let r = dir.run(&["exec", "--script", &script, "big", r#"{"n": 10}"#]);
     assert_eq!(r.code, 0, "a small call goes through: {r:?}");
     let r = dir.run(&["exec", "--script", &script, "big", r#"{"n": 5000}"#]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("ResultTooLarge"), "{r:?}");
+    let hint = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        hint.starts_with("hint: ") && hint.contains("max_frame_size"),
+        "the hint names the setting: {r:?}"
+    );
+    // A worker whose bridge is told a larger limit writes the frame anyway.
+    let unruly = dir.file(
+        "unruly.py",
+        &BIG_WORKER.replace(
+            "import snakepit_bridge\n",
+            "os.environ[\"SNAKEPIT_MAX_FRAME_SIZE\"] = str(1 << 30)\nimport snakepit_bridge\n",
+        ),
+    );
+    let r = dir.run(&["exec", "--script", &unruly, "big", r#"{"n": 5000}"#]);
     assert_eq!(r.code, 5, "{r:?}");
     assert!(
         r.stderr.contains("broke the protocol") && r.stderr.contains("exceeds the maximum"),

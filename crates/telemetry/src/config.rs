@@ -158,7 +158,9 @@ impl Telemetry {
     /// else the protocol's localhost port. An empty (or blank) one is no
     /// endpoint, as an empty variable is. Credentials in its userinfo
     /// (`http://user:password@host:4318`) are sent as HTTP basic
-    /// authentication, and every message shows them as `***`.
+    /// authentication, and every message shows them as `***`. Its scheme
+    /// is `http://` (in any case): `https://` is
+    /// [`Error::TlsUnsupported`] at `init`, any other [`Error::Exporter`].
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         let endpoint = endpoint.into();
         self.endpoint = (!endpoint.trim().is_empty()).then_some(endpoint);
@@ -286,8 +288,15 @@ fn names(list: &str) -> impl Iterator<Item = &str> {
     list.split(',').map(str::trim).filter(|n| !n.is_empty())
 }
 
+/// A variable's value, `None` when it is unset or blank. A value that is
+/// not UTF-8 is read with its bad bytes as U+FFFD, so that it is refused as
+/// any other value nobody could mean (an unknown protocol, a malformed
+/// endpoint), not taken as unset: a set `OTEL_EXPORTER_OTLP_ENDPOINT` that
+/// turned telemetry off without a word would hide the mistake.
 pub(crate) fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    std::env::var_os(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.trim().is_empty())
 }
 
 pub(crate) fn resource(service_name: Option<&str>) -> Resource {

@@ -210,6 +210,22 @@ pub(crate) fn watched<E: Exporter>(
     {
         return Err(Error::TlsUnsupported(redacted(&url)));
     }
+    // Any other scheme (`grpc://`, `unix://`, `ftp://`) would be taken
+    // here and fail every export after: refused now, as docs/telemetry.md
+    // says the endpoint is plain `http://`.
+    if let Some((scheme, _)) = url.split_once("://") {
+        let is_scheme = !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if is_scheme && !scheme.eq_ignore_ascii_case("http") {
+            return Err(Error::Exporter(format!(
+                "the endpoint {} is {scheme}://, and the exporter speaks plain http:// only \
+                 (over HTTP/protobuf and over gRPC alike)",
+                redacted(&url)
+            )));
+        }
+    }
     if let Some(problem) = crate::watch::endpoint_problem(&url) {
         return Err(Error::Exporter(format!(
             "the endpoint {} names no receiver: {problem}",
