@@ -323,13 +323,16 @@ const PROBE_OUTPUT: u64 = 64 << 10;
 #[allow(clippy::disallowed_methods)] // probing an interpreter, not starting a worker
 fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
     use std::io::Read;
-    let mut child = std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
+        .stderr(Stdio::piped());
+    // Its own group, killed if this thread ends first (a `snakepit doctor`
+    // stopped by a signal): a probe never outlives what inspects.
+    snakepit_core::die_with_this_thread(&mut command);
+    let mut child = command.spawn().ok()?;
     // Both pipes are read while it runs, so that a full one cannot stall it.
     let (tx, rx) = std::sync::mpsc::channel();
     for (n, pipe) in [
@@ -370,6 +373,8 @@ fn run(program: &Path, args: &[&str]) -> Option<(bool, String, String)> {
                 std::thread::sleep(Duration::from_millis(2));
             }
             _ => {
+                // The probe and whatever it started.
+                snakepit_core::kill_group(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
                 return None;

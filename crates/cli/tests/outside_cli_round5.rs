@@ -302,7 +302,6 @@ fn an_endpoint_the_tool_cannot_use_is_one_warning_and_the_call_runs() {
 /// SIGTERM or a hang-up while it waits for that probe, `doctor` ends, and
 /// the probe must end with it.
 #[test]
-#[ignore = "DEFECT: snakepit doctor stopped by a signal leaves the interpreter it was probing running (snakepit-adapters inspect.rs spawns probes without the parent-death signal or a process group)"]
 fn doctor_stopped_while_it_probes_an_interpreter_leaves_no_probe_behind() {
     use std::os::unix::fs::PermissionsExt;
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {

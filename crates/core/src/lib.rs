@@ -74,7 +74,7 @@ mod worker;
 pub use adapter::{Adapter, Launch};
 pub use config::{PoolConfig, MAX_POOL_SIZE};
 pub use error::{Crash, Error, ExitReason, RemoteError, Result, StartError};
-pub use os::{PipeSize, PIPE_GROWTH_BUDGET};
+pub use os::{die_with_this_thread, kill_group, PipeSize, PIPE_GROWTH_BUDGET};
 pub use pool::{
     Affinity, CallOptions, CallStream, HostCall, HostFunction, Pool, PoolBuilder, Stats,
     StreamItem, TraceContext, TraceHeaders, WeakPool, WorkerInfo,

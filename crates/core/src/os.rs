@@ -3,11 +3,53 @@
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
 //! template), `recv`, `pidfd_open`, `pidfd_send_signal`, `fcntl` (a pipe's size, a
-//! descriptor's flags), `poll` (the watchdog's pipe) and `write` (a frame
-//! to a worker's pipe), each a direct libc call.
+//! descriptor's flags), `poll` (the watchdog's pipe), `write` (a frame
+//! to a worker's pipe) and `prctl` (a helper process's parent-death
+//! signal), each a direct libc call.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// Sets `command` up for a short helper process run outside any pool (an
+/// interpreter's version or package probe, as `snakepit doctor` runs):
+/// its process leads a process group of its own, and is killed (SIGKILL)
+/// when the thread that spawns it ends, as when this process is killed or
+/// stopped by a signal, so that it never outlives the host that waits for
+/// it. Spawn it and wait for it on the same thread; end it, and whatever
+/// it started, with [`kill_group`] of its pid.
+///
+/// ```
+/// let mut command = std::process::Command::new("true");
+/// snakepit_core::die_with_this_thread(&mut command);
+/// assert!(command.status().unwrap().success());
+/// ```
+pub fn die_with_this_thread(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    command.process_group(0);
+    // SAFETY: between fork and exec the closure calls only `prctl` and
+    // `getppid`, both async-signal-safe, and allocates nothing (the error
+    // is built from a constant).
+    unsafe {
+        command.pre_exec(move || {
+            // The setting survives `exec`. A parent that ended before it
+            // was made shows as another parent: refuse to start then.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || libc::getppid() as u32 != parent
+            {
+                return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Kills (SIGKILL) the process group `pgid`: a helper process set up by
+/// [`die_with_this_thread`] (its pid is its group's id) and whatever it
+/// started. False when no such group is left.
+pub fn kill_group(pgid: u32) -> bool {
+    pgid > 1 && signal_group(pgid, libc::SIGKILL)
+}
 
 /// Sends `signal` to a whole process group.
 pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
