@@ -144,8 +144,9 @@ pub trait Adapter: Send + Sync + 'static {
     /// [`Error::StartFailed`](crate::Error::StartFailed), whose cause it is;
     /// and again before each later start (a replacement, a recycled
     /// worker's successor), where an `Err` is that start's failure (backed
-    /// off, counted by the breaker). Keep it cheap: it may put back what
-    /// went missing since (the bundled bridges do).
+    /// off, counted by the breaker). A check that panics counts as an `Err`
+    /// naming the panic. Keep it cheap: it may put back what went missing
+    /// since (the bundled bridges do).
     fn check(&self) -> Result<(), String> {
         Ok(())
     }

@@ -163,7 +163,9 @@ impl PoolBuilder {
                 self.name
             )));
         }
-        if let Err(cause) = self.adapter.check() {
+        let checked = crate::sync::catch(|| self.adapter.check())
+            .unwrap_or_else(|panic| Err(format!("the adapter's check panicked: {panic}")));
+        if let Err(cause) = checked {
             return Err(Error::StartFailed(Box::new(StartError {
                 worker_id: format!("{}_worker_1_1", self.name),
                 cause,

@@ -11,6 +11,7 @@ use std::sync::Weak;
 pub trait SessionHook: Send + Sync + 'static {
     /// Creates the session or extends its lifetime. An `Err` message fails
     /// the call with [`Error::Session`](crate::Error::Session); it never runs.
+    /// So does a panic, whether in making the future or in running it.
     fn touch(&self, session_id: &str) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
     /// Called once when the pool starts, with a handle through which the

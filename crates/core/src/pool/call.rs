@@ -345,8 +345,15 @@ impl Pool {
                 return Err(shared.timed_out(command, timeout));
             }
             // The store's time counts against the call's deadline.
-            // A hook that panics fails the call, not the caller's task.
-            let touch = crate::sync::CatchUnwind(hook.touch(id));
+            // A hook that panics fails the call, not the caller's task,
+            // whether it panics making its future or running it.
+            let store_panicked = |panic| Error::Session {
+                session_id: id.to_owned(),
+                message: format!("the session store panicked: {panic}"),
+            };
+            let touch = crate::sync::CatchUnwind(
+                crate::sync::catch(|| hook.touch(id)).map_err(store_panicked)?,
+            );
             // A shutdown meanwhile refuses the call at once, as it does the
             // calls waiting in the queue, rather than leave its caller to a
             // store that may not answer before the call's deadline.

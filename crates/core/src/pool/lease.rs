@@ -202,6 +202,11 @@ impl Shared {
                 match affinity {
                     Affinity::Prefer => {}
                     Affinity::Strict => strict_slot = Some(p),
+                    // Withheld only while it answers the pool's own health
+                    // ping, it runs no call: it is not busy (`stats()`
+                    // counts it available), so the call waits for the ping
+                    // as a strict one would, rather than fail.
+                    Affinity::FailFast if st.slots[p].checking => strict_slot = Some(p),
                     Affinity::FailFast => {
                         let worker_id = st.slots[p]
                             .worker

@@ -78,6 +78,9 @@ pub enum Affinity {
     /// meanwhile, the call goes to whichever worker is free first.
     Strict,
     /// Use it when it is free, otherwise fail at once with `WorkerBusy`.
+    /// A worker answering the pool's health ping runs no call and is not
+    /// busy: the call waits for that ping (as a `Strict` call does, within
+    /// the queue timeout), then runs on it.
     FailFast,
 }
 

@@ -30,10 +30,11 @@ pub(crate) async fn start_worker(
         stderr_tail,
     };
     // What its files need, again: they may have gone since the pool
-    // started (a cleaner of old files in $TMPDIR).
-    shared
-        .adapter
-        .check()
+    // started (a cleaner of old files in $TMPDIR). A check that panics
+    // fails this start, as one that returns an error does, rather than end
+    // the slot's supervisor (its slot would stay empty for good).
+    crate::sync::catch(|| shared.adapter.check())
+        .unwrap_or_else(|panic| Err(format!("the adapter's check panicked: {panic}")))
         .map_err(|cause| fail(cause, String::new()))?;
     let launch = shared
         .launch

@@ -110,17 +110,41 @@ impl Worker {
             worker_id: self.id.clone(),
             args,
         };
-        let outcome = match pool.host_function(function.as_str()) {
+        let found = pool.host_function(function.as_str());
+        // The function does not hold the pool up: a pool whose last handle
+        // goes while it runs ends as any other.
+        drop(pool);
+        let outcome = match found {
             // A host function that panics answers the worker all the same.
-            Some(f) => crate::sync::CatchUnwind(Box::pin(async move { f(call).await }))
-                .await
-                .unwrap_or_else(|panic| {
-                    tracing::error!(worker = %self.id, function = %function, "a host function panicked: {panic}");
-                    Err(RemoteError::new(
-                        "HostPanic",
-                        format!("host function {function} panicked: {panic}"),
-                    ))
-                }),
+            Some(f) => {
+                let answer = crate::sync::CatchUnwind(Box::pin(async move { f(call).await }));
+                tokio::select! {
+                    // The answer first: one ready as the grace period ends
+                    // is still sent (a shutdown run by the function itself
+                    // ends in the very poll its worker's end wakes).
+                    biased;
+                    answer = answer => answer.unwrap_or_else(|panic| {
+                        tracing::error!(worker = %self.id, function = %function, "a host function panicked: {panic}");
+                        Err(RemoteError::new(
+                            "HostPanic",
+                            format!("host function {function} panicked: {panic}"),
+                        ))
+                    }),
+                    // The worker's process ended (it died, or the pool
+                    // stopped it): nobody is left to read the answer. The
+                    // function gets the grace period to finish what it
+                    // does (it may be the pool's own shutdown, asked for
+                    // by this worker), then is dropped rather than left to
+                    // run on for a process that is gone: a worker dying
+                    // again and again would pile such functions up
+                    // without bound, and they would outlive the pool.
+                    _ = async {
+                        self.finished().await;
+                        let until = crate::clock::later(std::time::Instant::now(), self.grace);
+                        tokio::time::sleep_until(until.into()).await;
+                    } => return,
+                }
+            }
             None => Err(RemoteError::new(
                 "UnknownFunction",
                 format!("no host function named {function}"),
