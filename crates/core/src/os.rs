@@ -3,7 +3,7 @@
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
 //! template), `recv`, `pidfd_open`, `pidfd_send_signal`, `fcntl` (a pipe's size, a
-//! descriptor's flags), `poll` (the watchdog's pipe), `write` (a frame
+//! descriptor's flags), `getpgid`, `poll` (the watchdog's pipe), `write` (a frame
 //! to a worker's pipe) and `prctl` (a helper process's parent-death
 //! signal), each a direct libc call.
 #![allow(unsafe_code)]
@@ -55,6 +55,14 @@ pub fn kill_group(pgid: u32) -> bool {
 pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
     // SAFETY: kill(2) with a negative pid signals a group; no memory involved.
     unsafe { libc::kill(-(pgid as libc::pid_t), signal) == 0 }
+}
+
+/// The process group of process `pid`; `None` when there is no such
+/// process.
+pub(crate) fn group_of(pid: u32) -> Option<u32> {
+    // SAFETY: getpgid(2) takes an integer and reads nothing of ours.
+    let group = unsafe { libc::getpgid(pid as libc::pid_t) };
+    (group > 0).then_some(group as u32)
 }
 
 /// Sends `signal` to one process.

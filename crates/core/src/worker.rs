@@ -828,11 +828,18 @@ impl Worker {
         self.stdin.close();
     }
 
-    /// Signals the worker's whole process group, unless it was reaped.
+    /// Signals the worker's whole process group, unless it was reaped, and
+    /// the worker itself too when it has left that group (`setpgid`,
+    /// `setsid`), so that a worker cannot outlive its recycling, health
+    /// check or shutdown by moving. It is signalled once either way: a
+    /// second SIGINT could reach its next call.
     pub(crate) fn signal(&self, signal: libc::c_int) {
         let inner = self.inner();
         if !inner.reaped && self.pid != 0 {
             os::signal_group(self.pid, signal);
+            if os::group_of(self.pid).is_some_and(|group| group != self.pid) {
+                os::signal_pid(self.pid, signal);
+            }
         }
     }
 

@@ -249,7 +249,6 @@ fn run_records(dir: &Path) -> Vec<PathBuf> {
 /// the process group it was started in, must still be gone once its
 /// replacement serves, while the pool runs on (no shutdown to help).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: Worker::signal (worker.rs) signals only the worker's group; a worker that left it outlives its recycling"]
 async fn a_recycled_worker_that_moved_to_another_process_group_dies() {
     let dir = temp_dir("r5-leave-group-ttl");
     let pool = builder(ProcWorker("leave_group"))
