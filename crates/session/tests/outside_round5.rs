@@ -12,7 +12,7 @@
 //! - docs/sessions.md, "Connecting": a URL naming an ACL user without a
 //!   password signs in as that user, never as `default` (fixed here).
 //! - docs/sessions.md, `attach`: a float JSON cannot hold, set in a session
-//!   under MessagePack, is `InvalidArgument` (ignored: a known defect).
+//!   under MessagePack, is `InvalidArgument`.
 //! - A worker written for the original Elixir Snakepit serves session
 //!   calls through the store.
 
@@ -210,7 +210,6 @@ impl serde::Serialize for RememberFloat {
 /// `InvalidArgument` (the handler does not catch it: the call fails with
 /// the worker's error) and store nothing; a finite float is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: under MessagePack, ctx.session.set(k, NaN or inf) stores null and succeeds (core reads host-call args as serde_json::Value, which turns them into null) instead of InvalidArgument"]
 async fn a_float_json_cannot_hold_set_in_a_session_is_invalid_argument_not_null() {
     let store = Arc::new(MemoryStore::new());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/session_worker.py");

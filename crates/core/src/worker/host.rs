@@ -41,18 +41,19 @@ impl Worker {
                 .get(&r)
                 .and_then(|(p, _)| p.session.clone())
         });
-        let args: Value = match decode_host_call_args(&self.codec, frame) {
-            Ok(args) => args,
+        let args: Value = match decode_host_call_args::<_, JsonOnly>(&self.codec, frame) {
+            Ok(JsonOnly(args)) => args,
             // Arguments nested deeper than the host reads, or a value no
             // JSON value can hold (MessagePack `bin`: bytes a handler put in
-            // a session): that host call's own error; the worker is fine.
+            // a session; a NaN or infinite float): that host call's own
+            // error; the worker is fine.
             Err(e @ snakepit_protocol::Error::TooDeep { .. }) => {
                 return self.refuse_host_call(id, RemoteError::new("TooDeep", e.to_string()));
             }
             Err(e @ snakepit_protocol::Error::Mismatch { .. }) => {
                 let why = format!(
                     "the host call's arguments are not JSON values (bytes, say: send them \
-                     encoded, as base64 text): {e}"
+                     encoded, as base64 text; or a NaN or infinite number): {e}"
                 );
                 return self.refuse_host_call(id, RemoteError::new("InvalidArgument", why));
             }
@@ -171,5 +172,133 @@ impl Worker {
             }
             Err(e) => self.send_host_error(id, &RemoteError::new("EncodeError", e.to_string())),
         };
+    }
+}
+
+/// A host call's arguments as a JSON value, refusing what JSON cannot hold
+/// where `serde_json::Value` would quietly read it as something else: a
+/// NaN or infinite float (MessagePack carries them) becomes `null` in a
+/// `Value`, which would put `null` in a session in place of the number the
+/// handler gave. Such a float is a decoding error here, and the host call
+/// fails with `InvalidArgument` as it does for bytes. Everything else is
+/// read as `Value` reads it.
+struct JsonOnly(Value);
+
+impl<'de> serde::Deserialize<'de> for JsonOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonOnlyVisitor).map(JsonOnly)
+    }
+}
+
+struct JsonOnlyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonOnlyVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is not a JSON number")))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(d).map(|JsonOnly(v)| v)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(JsonOnly(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, JsonOnly(v))) = map.next_entry::<String, JsonOnly>()? {
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(all(test, feature = "msgpack"))]
+mod tests {
+    use super::JsonOnly;
+    use snakepit_protocol::{decode_host_call_args, Codec, MsgPack};
+
+    #[derive(serde::Serialize)]
+    struct Args {
+        key: &'static str,
+        value: f64,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Frame {
+        r#type: &'static str,
+        id: u64,
+        function: &'static str,
+        args: Args,
+    }
+
+    fn frame(value: f64) -> Vec<u8> {
+        let frame = Frame {
+            r#type: "host_call",
+            id: 1,
+            function: "session.set",
+            args: Args { key: "k", value },
+        };
+        let mut buf = bytes::BytesMut::new();
+        MsgPack.encode(&frame, &mut buf).unwrap();
+        buf.to_vec()
+    }
+
+    /// A NaN or an infinity in a host call's arguments is refused, where a
+    /// `serde_json::Value` would hold `null`; a finite float is read as it is.
+    #[test]
+    fn floats_json_cannot_hold_are_refused_in_host_call_arguments() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = decode_host_call_args::<_, JsonOnly>(&MsgPack, &frame(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was read"));
+            assert!(
+                matches!(err, snakepit_protocol::Error::Mismatch { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let JsonOnly(args) = decode_host_call_args(&MsgPack, &frame(1.5)).unwrap();
+        assert_eq!(args, serde_json::json!({"key": "k", "value": 1.5}));
     }
 }
