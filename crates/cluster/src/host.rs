@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::service::ServiceExt;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::stream::StreamExt;
@@ -207,23 +206,22 @@ pub async fn serve_with(
         .subscribe(subjects.host_cancel(&id))
         .await
         .map_err(|e| unavailable("subscribe", &e))?;
-    let service = nats
-        .service_builder()
-        .description(format!("snakepit host {id} of cluster {cluster}"))
-        .metadata(HashMap::from([
-            ("host".to_owned(), id.clone()),
-            ("cluster".to_owned(), cluster.to_owned()),
-            ("pool".to_owned(), pool.name().to_owned()),
-        ]))
-        .start(format!("snakepit-{cluster}"), env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(|e| unavailable("register the service", &e))?;
-    let status = service
-        .endpoint_builder()
-        .name("status")
-        .add(subjects.host_status(&id))
-        .await
-        .map_err(|e| unavailable("add the status endpoint", &e))?;
+    let service = crate::service::Service::start(
+        nats,
+        crate::service::Registration {
+            name: format!("snakepit-{cluster}"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            description: format!("snakepit host {id} of cluster {cluster}"),
+            metadata: HashMap::from([
+                ("host".to_owned(), id.clone()),
+                ("cluster".to_owned(), cluster.to_owned()),
+                ("pool".to_owned(), pool.name().to_owned()),
+            ]),
+            status_subject: subjects.host_status(&id),
+        },
+    )
+    .await
+    .map_err(|e| unavailable("register the service", &e))?;
     let host = Arc::new(HostCtx {
         nats: nats.clone(),
         id: id.clone(),
@@ -260,10 +258,11 @@ pub async fn serve_with(
     state.measure();
     let task = tokio::spawn(async move {
         // Aborted when this task ends or is aborted (a `Node` dropped).
-        let _status = AbortOnDropHandle::new(tokio::spawn(answer_status(host.clone(), status)));
+        // The service API is answered, and its subscriptions kept, until
+        // the serving loop ends.
+        let _service = AbortOnDropHandle::new(tokio::spawn(answer_service(host.clone(), service)));
         let _replies = AbortOnDropHandle::new(tokio::spawn(send_replies(host)));
         state.run(stop_rx).await;
-        let _ = service.stop().await;
     });
     Ok(Node {
         id,
@@ -468,23 +467,16 @@ async fn send_replies(host: Arc<HostCtx>) {
     }
 }
 
-/// Answers status requests. A request whose reply subject no client can
-/// have (a system subject such as a session's key in the KV bucket, a
-/// wildcard, ...) gets no answer: anyone who may ask could otherwise have
-/// the host write its status there, with the host's permissions.
-async fn answer_status(host: Arc<HostCtx>, mut endpoint: async_nats::service::endpoint::Endpoint) {
-    while let Some(request) = endpoint.next().await {
-        let answerable = request
-            .message
-            .reply
-            .as_ref()
-            .is_some_and(|to| wire::answerable(to.as_str()));
-        if !answerable {
-            continue;
-        }
-        let body = serde_json::to_vec(&host.status()).unwrap_or_default();
-        let _ = request.respond(Ok(Bytes::from(body))).await;
-    }
+/// Answers the NATS service API's requests and the status endpoint's
+/// ([`crate::service`]), the latter with the pool's figures. A request
+/// whose reply subject no client can have (a system subject such as a
+/// session's key in the KV bucket, a wildcard, ...) gets no answer: anyone
+/// who may ask could otherwise have the host write there, with the host's
+/// permissions.
+async fn answer_service(host: Arc<HostCtx>, service: crate::service::Service) {
+    service
+        .serve(|| Bytes::from(serde_json::to_vec(&host.status()).unwrap_or_default()))
+        .await;
 }
 
 /// The recent calls' run time a host's prefetch covers, per worker

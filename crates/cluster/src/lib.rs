@@ -70,6 +70,7 @@ mod kv;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 mod outbox;
+mod service;
 mod wire;
 
 pub use client::{Client, ClientConfig, ClusterStream, HostInfo, TraceContext, MAX_HOSTS};

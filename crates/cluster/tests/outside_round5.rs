@@ -9,7 +9,9 @@
 //!   service PING. Anyone who may publish on the client's inbox can answer
 //!   that PING, as often as it likes, naming any host: each named host is
 //!   asked once, at most `MAX_HOSTS` names the client has not heard
-//!   heartbeats from, and the hosts it hears from are still reported.
+//!   heartbeats from, and the hosts it hears from are still reported. The
+//!   host's answers to the service API's PING, INFO and STATS are the
+//!   micro protocol's documents (as async-nats's types read them).
 //! - Cancellation: "So does a call that ended without its host's outcome
 //!   (... the host-lost error when the host fell silent ...), so that a host
 //!   that was only cut off does not keep a worker busy with a call nobody
@@ -25,9 +27,9 @@
 //!   data (NATS KV). A host shut down while NATS is gone returns.
 //! - Security: "a caller cannot have a host write where the caller may
 //!   not, with the host's permissions", under the documented permissions:
-//!   through the status endpoint (fixed) and through the service API's
-//!   PING (a known limit, ignored as a defect; the documented workaround is
-//!   tested).
+//!   through the status endpoint and through the service API's PING, INFO
+//!   and STATS in each of their forms (both fixed), and with the store on
+//!   a NATS user of its own.
 //! - Sizes: at the `max_payload` boundary a call the client sends is
 //!   carried and one byte more is `Error::Validation`; a stream's chunk
 //!   over it ends the stream with `Error::Codec`.
@@ -663,6 +665,23 @@ async fn a_caller_aims_a_hosts_answer_at_a_session_under(
             .connect(&nats.url)
             .await
             .unwrap();
+    // A subject naming the service instance (`$SRV.<VERB>.<name>.<id>`):
+    // the host's instance id, from its PING answer to the caller.
+    let subject = match subject.contains("<id>") {
+        false => subject.to_owned(),
+        true => {
+            let pong = guarded(
+                "the host's PING answer",
+                caller.request("$SRV.PING.snakepit-test", "".into()),
+            )
+            .await
+            .unwrap();
+            let pong: Value = serde_json::from_slice(&pong.payload).unwrap();
+            let id = pong["id"].as_str().expect("an instance id").to_owned();
+            subject.replace("<id>", &id)
+        }
+    };
+    let subject = subject.as_str();
     // The key kv.rs keeps session `victim` at.
     let hex: String = "victim".bytes().map(|b| format!("{b:02x}")).collect();
     let key = format!("$KV.snakepit_sessions.s.{hex}");
@@ -702,22 +721,44 @@ async fn a_caller_cannot_aim_the_hosts_status_answer_at_a_session() {
 }
 
 /// Through the NATS service API's PING, which the documented permissions
-/// let a caller send. async-nats's service answers PING, INFO and STATS
-/// itself, to whatever reply subject the request names, so the host writes
-/// its PING answer into the session (then `Corrupt`). Fixing it means
-/// answering the service API in this crate, or the store on a connection
-/// of its own; docs/cluster.md states the limit and the workaround.
+/// let a caller send. Answered by the host only to a reply subject a
+/// client can have (before the fix, async-nats answered PING, INFO and
+/// STATS itself, to any reply subject: the session then read as
+/// `Corrupt`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: async-nats's service answers $SRV.PING/INFO/STATS to any reply subject, so a caller can have a host write into the KV bucket"]
 async fn a_caller_cannot_aim_the_hosts_ping_answer_at_a_session() {
     a_caller_aims_a_hosts_answer_at_a_session("$SRV.PING.snakepit-test").await;
 }
 
-/// The workaround docs/cluster.md gives: the store on a connection of its
-/// own, under a user that alone may write the bucket, and the serving user
-/// without `$JS.API.>` and `$KV...`. The PING answer aimed at a session
-/// is refused by the server; the session stays readable, and the host
-/// still serves.
+/// Through each of the service API's verbs the host answers (PING, INFO,
+/// STATS), in each of its three forms (`$SRV.<VERB>`,
+/// `$SRV.<VERB>.<name>`, `$SRV.<VERB>.<name>.<id>`), for a caller whose
+/// permissions let it send all of them: none of the answers lands in the
+/// session, and each is still given to the caller's own inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_service_api_request_can_aim_the_hosts_answer_at_a_session() {
+    let wider = DOCUMENTED_PERMISSIONS.replace(r#""$SRV.PING.snakepit-test"],"#, r#""$SRV.>"],"#);
+    assert_ne!(
+        wider, DOCUMENTED_PERMISSIONS,
+        "the caller may send every verb"
+    );
+    for verb in ["PING", "INFO", "STATS"] {
+        for form in [
+            format!("$SRV.{verb}"),
+            format!("$SRV.{verb}.snakepit-test"),
+            format!("$SRV.{verb}.snakepit-test.<id>"),
+        ] {
+            a_caller_aims_a_hosts_answer_at_a_session_under(&wider, "host", &form).await;
+        }
+    }
+}
+
+/// The store on a connection of its own, under a user that alone may
+/// write the bucket, and the serving user without `$JS.API.>` and
+/// `$KV...` (docs/cluster.md, "Security": a further safeguard): a PING
+/// aimed at a session gets no answer from the host, and the serving user
+/// could not have written there anyway; the session stays readable, and
+/// the host still serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_store_on_a_user_of_its_own_a_ping_answer_cannot_reach_a_session() {
     const SPLIT: &str = r#"
@@ -954,4 +995,88 @@ async fn status_reports_a_host_the_client_has_not_heard_from_yet() {
     assert_eq!(status.len(), 1, "{status:?}");
     assert_eq!(status[0]["host"], "quiet");
     stop(node, pool).await;
+}
+
+/// The host answers the NATS service API itself now; its answers must
+/// still be the micro protocol's documents, which `nats micro` and
+/// async-nats's own types read: a PING, INFO and STATS answer each parse
+/// as async-nats's `PingResponse`, `Info` and `Stats`, with the service's
+/// name, version, metadata, one instance id throughout, the `status`
+/// endpoint, and its requests counted. Once the host has left, no PING is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_api_answers_are_the_micro_protocols_documents() {
+    use async_nats::service::{Info, PingResponse, Stats};
+    let nats = NatsServer::start().await;
+    let conn = nats.connect().await;
+    let (pool, node) = serve_host(&conn, "a", 1).await;
+    let raw = nats.connect().await;
+    let ask = |subject: String| {
+        let raw = raw.clone();
+        async move {
+            let msg = guarded(&subject, raw.request(subject.clone(), "".into()))
+                .await
+                .unwrap_or_else(|e| panic!("{subject}: {e}"));
+            msg.payload
+        }
+    };
+    let ping: PingResponse = serde_json::from_slice(&ask("$SRV.PING".into()).await).unwrap();
+    assert_eq!(ping.kind, "io.nats.micro.v1.ping_response");
+    assert_eq!(ping.name, "snakepit-test");
+    assert_eq!(ping.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(ping.metadata["host"], "a");
+    assert_eq!(ping.metadata["cluster"], "test");
+    assert_eq!(ping.metadata["pool"], pool.name());
+    let id = ping.id;
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "an instance id that is a subject token: {id:?}"
+    );
+    for _ in 0..3 {
+        let status: Value =
+            serde_json::from_slice(&ask("snakepit.test.host.a.status".into()).await).unwrap();
+        assert_eq!(status["host"], "a", "{status}");
+    }
+    let info: Info =
+        serde_json::from_slice(&ask(format!("$SRV.INFO.snakepit-test.{id}")).await).unwrap();
+    assert_eq!(info.kind, "io.nats.micro.v1.info_response");
+    assert_eq!(
+        (info.name.as_str(), info.id.as_str()),
+        ("snakepit-test", id.as_str())
+    );
+    assert_eq!(info.description, "snakepit host a of cluster test");
+    assert_eq!(info.metadata["host"], "a");
+    assert_eq!(info.endpoints.len(), 1, "{:?}", info.endpoints);
+    assert_eq!(info.endpoints[0].name, "status");
+    assert_eq!(info.endpoints[0].subject, "snakepit.test.host.a.status");
+    assert_eq!(info.endpoints[0].queue_group, "q");
+    let stats: Stats =
+        serde_json::from_slice(&ask("$SRV.STATS.snakepit-test".into()).await).unwrap();
+    assert_eq!(stats.kind, "io.nats.micro.v1.stats_response");
+    assert_eq!(
+        (stats.name.as_str(), stats.id.as_str()),
+        ("snakepit-test", id.as_str())
+    );
+    assert_eq!(stats.endpoints.len(), 1);
+    let endpoint = &stats.endpoints[0];
+    assert_eq!(endpoint.name, "status");
+    assert_eq!(endpoint.subject, "snakepit.test.host.a.status");
+    assert_eq!(endpoint.requests, 3, "the status requests answered");
+    assert_eq!(endpoint.errors, 0);
+    assert!(endpoint.average_processing_time <= endpoint.processing_time);
+    // `Client::status` finds the host through the PING.
+    let client = Client::connect(&raw, "test").await.unwrap();
+    let found = client.status(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["host"], "a");
+    node.shutdown().await.unwrap();
+    eventually(30, "no PING is answered once the host has left", || async {
+        let asked = raw.request("$SRV.PING.snakepit-test", "".into());
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), asked).await,
+            Ok(Err(_))
+        )
+    })
+    .await;
+    pool.shutdown().await.unwrap();
 }

@@ -195,7 +195,7 @@ struct JsonOnlyVisitor;
 impl<'de> serde::de::Visitor<'de> for JsonOnlyVisitor {
     type Value = Value;
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
