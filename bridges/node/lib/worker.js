@@ -607,6 +607,9 @@ class FrameOutput {
         }
         this.offset += n;
         this.queued -= n;
+        // The pool reads: the next wait for room is short again (a delay
+        // left at its longest would stall a large frame 50 ms per pipe-full).
+        if (n > 0) this.delay = 1;
         if (this.offset === buf.length) {
           this.queue.shift();
           this.offset = 0;
