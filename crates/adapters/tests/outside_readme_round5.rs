@@ -587,4 +587,3 @@ async fn too_large_results_among_calls_written_ahead_fail_only_themselves() {
         }
     }
 }
-
