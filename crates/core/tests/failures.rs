@@ -27,6 +27,15 @@ async fn every_bad_input_from_a_worker_is_a_typed_protocol_error() {
             Error::Protocol { source, .. } => assert_eq!(source.kind(), kind, "{mode}: {err}"),
             other => panic!("{mode}: expected a protocol error, got {other}"),
         }
+        // A line printed to stdout is read as a length: the error quotes
+        // it ("hell"), so the cause shows; a real length does not read as
+        // text.
+        assert_eq!(
+            err.to_string()
+                .contains("its length prefix reads as the text \"hell\""),
+            mode == "stray_stdout",
+            "{mode}: {err}"
+        );
         assert!(
             eventually(5, || !alive(before)).await,
             "{mode}: the offending worker is gone"

@@ -15,7 +15,10 @@ use std::sync::Arc;
 pub enum Error {
     /// A frame's length prefix is above the configured maximum. Raised from
     /// the 4-byte header alone, before any buffer of that size exists.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    /// When the four bytes of the prefix read as text (`acti` for
+    /// 1,633,907,817), the message quotes them: most such lengths are a
+    /// line that something wrote to the stream, not a frame.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes{}", as_text(*len))]
     FrameTooLarge {
         /// The length the prefix announced.
         len: u64,
@@ -170,6 +173,27 @@ fn refused(encoding: &bool) -> &'static str {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `" (its length prefix reads as the text \"acti\": output that is not a
+/// frame?)"` when the four bytes of a length prefix are all printable text
+/// (or tabs and line breaks), else nothing.
+fn as_text(len: u64) -> String {
+    let Ok(len) = u32::try_from(len) else {
+        return String::new();
+    };
+    let bytes = len.to_be_bytes();
+    if !bytes
+        .iter()
+        .all(|&b| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return String::new();
+    }
+    let text: String = bytes
+        .iter()
+        .flat_map(|&b| (b as char).escape_default())
+        .collect();
+    format!(" (its length prefix reads as the text \"{text}\": output that is not a frame?)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +218,39 @@ mod tests {
             e.to_string(),
             "response frame for id 42, which no call in flight has"
         );
+    }
+    /// A length prefix that is text (a line printed to the frame stream)
+    /// is quoted; a plain large length is not.
+    #[test]
+    fn a_length_prefix_that_reads_as_text_is_quoted() {
+        let text = Error::FrameTooLarge {
+            len: u64::from(u32::from_be_bytes(*b"acti")),
+            max: 1 << 26,
+        };
+        assert_eq!(
+            text.to_string(),
+            "frame of 1633907817 bytes exceeds the maximum of 67108864 bytes \
+             (its length prefix reads as the text \"acti\": output that is not a frame?)"
+        );
+        let line = Error::FrameTooLarge {
+            len: u64::from(u32::from_be_bytes(*b"ok\n\t")),
+            max: 64,
+        };
+        assert!(
+            line.to_string()
+                .ends_with("\"ok\\n\\t\": output that is not a frame?)"),
+            "{line}"
+        );
+        for len in [
+            6109,
+            1 << 32,
+            u64::from(u32::from_be_bytes([0x61, 0x63, 0x74, 0x00])),
+        ] {
+            let plain = Error::FrameTooLarge { len, max: 4096 };
+            assert_eq!(
+                plain.to_string(),
+                format!("frame of {len} bytes exceeds the maximum of 4096 bytes")
+            );
+        }
     }
 }
