@@ -468,20 +468,33 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
 /// crate gives an endpoint in. A userinfo holding an unescaped `/`, `?`
 /// or `#` (a base64 token's `/`, say) ends the authority early, leaving
 /// the rest of it and its `@` in the path: that is hidden too (see
-/// [`userinfo_at`]).
+/// [`userinfo_at`]). Control characters (a line break in the fragment,
+/// which the request drops) are escaped, so that a log line stays one
+/// line.
 pub(crate) fn redacted(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let Some((at, _)) = userinfo_at(rest) else {
-        return url.to_owned();
+    let shown = match (userinfo_at(rest), scheme) {
+        (None, _) => url.to_owned(),
+        (Some((at, _)), Some(scheme)) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        (Some((at, _)), None) => format!("***@{}", &rest[at + 1..]),
     };
-    let after = &rest[at + 1..];
-    match scheme {
-        Some(scheme) => format!("{scheme}://***@{after}"),
-        None => format!("***@{after}"),
+    if !shown.contains(char::is_control) {
+        return shown;
     }
+    shown
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// What keeps `url` from naming its receiver, if anything: a user name
@@ -584,6 +597,24 @@ impl<P: SpanProcessor> SpanProcessor for Counted<P> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A line break or another control character in an endpoint is
+    /// escaped in every message that shows it; credentials stay hidden.
+    #[test]
+    fn control_characters_in_an_endpoint_are_escaped_where_it_is_shown() {
+        assert_eq!(
+            redacted("http://u:secret@h:4318/v1#a\nwarning: forged"),
+            "http://***@h:4318/v1#a\\nwarning: forged"
+        );
+        assert_eq!(
+            redacted("http://h:4318/\x1b[2J"),
+            "http://h:4318/\\u{1b}[2J"
+        );
+        assert_eq!(
+            redacted("http://h:4318/v1/traces"),
+            "http://h:4318/v1/traces"
+        );
+    }
     use super::*;
 
     #[test]
