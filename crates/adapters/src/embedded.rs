@@ -235,11 +235,15 @@ fn still_there(root: &Path) -> bool {
 
 /// The directory holding the bridges, written on first use. Checked whole
 /// once per process; after that, only that it is still there, and written
-/// again if not. One thread of the process writes it at a time.
+/// again if not. One thread of the process writes it at a time. Each call
+/// marks the tree as used ([`mark_used`]); the first also removes what is
+/// certainly dead beside it ([`sweep`]).
 pub(crate) fn root() -> std::io::Result<&'static Path> {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(root) = ROOT.get() {
+        // Marked before the check: see [`sweep`].
+        mark_used(root);
         if still_there(root) {
             return Ok(root);
         }
@@ -269,10 +273,176 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
             }
         }
     };
+    mark_used(&root);
     if !intact(&root) {
         write_afresh(&root)?;
     }
+    if ROOT.get().is_none() {
+        // Once per process, when the tree is first checked whole.
+        sweep(&root);
+    }
     Ok(ROOT.get_or_init(|| root))
+}
+
+/// How long a tree of another version of the bridges may go unused (no
+/// host of that version marking it, see [`mark_used`]) before a host
+/// removes it.
+const UNUSED_TREE_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How old a directory left by a write (`.tmp`) or a replacement (`.old`)
+/// must be before a host removes it: a write takes well under a second, so
+/// one a day old belongs to a host that crashed or was killed, whatever
+/// its process id (which may since belong to another process, or to a
+/// process in another container sharing the directory).
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Records that a host of this version uses the tree at `root`: sets the
+/// modification time of its `.complete` mark to now (a tree just written
+/// has a new mark). Done before the tree is checked, when it is first
+/// checked and before each worker start, so that a tree in use never
+/// looks unused to [`sweep`]. Only a plain file in a [`private`] tree is
+/// marked (never the target of a symbolic link, nor a file in a tree that
+/// others could change). A failure only leaves the old time.
+fn mark_used(root: &Path) {
+    let mark = root.join(".complete");
+    let plain = std::fs::symlink_metadata(&mark).is_ok_and(|m| m.is_file());
+    if plain && private(root) {
+        if let Ok(file) = std::fs::File::open(&mark) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+}
+
+/// What an entry of the cache directory is, judged by its name alone.
+#[derive(Debug, PartialEq, Eq)]
+enum CacheEntry {
+    /// `bridges-<16 hex digits>`: the tree of one version.
+    Tree,
+    /// `bridges-<16 hex digits>.tmp<pid>-<n>` or `.old<pid>-<n>`: a tree
+    /// being written, or a changed one moved aside to be removed.
+    Leftover,
+}
+
+/// The kind of cache entry `name` names, or `None` for any other name
+/// (never removed).
+fn cache_entry(name: &str) -> Option<CacheEntry> {
+    let rest = name.strip_prefix("bridges-")?;
+    let hex = rest.get(..16)?;
+    if !hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let tail = &rest[16..];
+    if tail.is_empty() {
+        return Some(CacheEntry::Tree);
+    }
+    let numbers = tail
+        .strip_prefix(".tmp")
+        .or_else(|| tail.strip_prefix(".old"))?;
+    let (pid, n) = numbers.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then_some(CacheEntry::Leftover)
+}
+
+/// Whether a live process names `tree` in its environment: the workers of
+/// a host that runs from a tree carry it on their module path
+/// (`PYTHONPATH`, `NODE_PATH`, `RUBYLIB`), so a tree whose mark is old is
+/// still kept while a worker started from it runs (a host that has started
+/// no worker for a week, whose workers may import more of the bridge
+/// later). Only this user's processes can be read, and only they can use a
+/// tree of this user's (mode 0700). When `/proc` cannot be read, every
+/// tree counts as in use.
+fn in_use(tree: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let needle = tree.as_os_str().as_bytes();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    processes.flatten().any(|p| {
+        p.file_name().as_bytes().iter().all(u8::is_ascii_digit)
+            && std::fs::read(p.path().join("environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+/// Removes from the directory holding `root` what is certainly dead: a
+/// leftover of a write older than [`LEFTOVER_AGE`] (by its own
+/// modification time), and the tree of another version whose `.complete`
+/// mark (or, without one, the tree itself) was not modified for
+/// [`UNUSED_TREE_AGE`]. Only directories (not symbolic links, which are
+/// never followed) of this process's user, with names of the cache's own
+/// patterns, are removed. A tree is first renamed aside whole, so that a
+/// host of its version sees the tree or none (and then writes it again),
+/// never part of one; its mark is read again after the rename, and a tree
+/// that a host marked meanwhile is renamed back (a host marks its tree
+/// before it checks that the tree is there, so it either marked it before
+/// this second reading or finds it gone and writes it again). Errors are
+/// ignored: the next host tries again.
+fn sweep(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(base), Some(own), Some(uid)) = (root.parent(), root.file_name(), effective_uid())
+    else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let older_than = |meta: &std::fs::Metadata, age: std::time::Duration| {
+        meta.modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|d| d > age)
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name == own {
+            continue;
+        }
+        let Some(kind) = name.to_str().and_then(cache_entry) else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
+        match kind {
+            CacheEntry::Leftover => {
+                if older_than(&meta, LEFTOVER_AGE) {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
+            CacheEntry::Tree => {
+                let unused = |tree: &Path| {
+                    std::fs::symlink_metadata(tree.join(".complete"))
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .or_else(|| std::fs::symlink_metadata(tree).ok())
+                        .is_some_and(|m| older_than(&m, UNUSED_TREE_AGE))
+                };
+                if !unused(&path) || in_use(&path) {
+                    continue;
+                }
+                let Ok(aside) = new_name_beside(&path, "old") else {
+                    continue;
+                };
+                if std::fs::rename(&path, &aside).is_err() {
+                    continue;
+                }
+                // Renamed back only where nothing took its name since (a
+                // directory is renamed over an empty directory only, and
+                // a tree is never empty).
+                if unused(&aside) || std::fs::rename(&aside, &path).is_err() {
+                    let _ = std::fs::remove_dir_all(&aside);
+                }
+            }
+        }
+    }
 }
 
 /// How many times a host writes the tree before it gives up: each try can
