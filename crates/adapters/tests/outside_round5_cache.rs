@@ -195,6 +195,7 @@ fn an_old_tree_a_running_worker_names_on_its_module_path_is_kept_until_it_ends()
     std::fs::create_dir_all(&cache).unwrap();
     let tree = other_version(&cache, "bridges-0000000000000006", true, 8 * DAY);
     // A stand-in for that version's worker: its module path names the tree.
+    #[allow(clippy::disallowed_methods)] // a stand-in killed below, not a worker
     let mut worker = std::process::Command::new("sleep")
         .arg("600")
         .env("PYTHONPATH", tree.join("python"))
