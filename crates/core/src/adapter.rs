@@ -163,13 +163,17 @@ pub trait Adapter: Send + Sync + 'static {
     }
 
     /// Checks a call before it is queued; an `Err` message fails the call with
-    /// [`Error::Validation`](crate::Error::Validation).
+    /// [`Error::Validation`](crate::Error::Validation). A check that panics
+    /// fails the call the same way, with a message naming the panic; the
+    /// caller's task and the workers are untouched.
     fn validate_command(&self, command: &str, args: &Value) -> Result<(), String> {
         let _ = (command, args);
         Ok(())
     }
 
-    /// Reshapes a call's arguments before they are sent.
+    /// Reshapes a call's arguments before they are sent. One that panics
+    /// fails the call with [`Error::Validation`](crate::Error::Validation)
+    /// naming the panic; nothing is sent.
     fn prepare_args(&self, command: &str, args: Value) -> Value {
         let _ = command;
         args
@@ -178,12 +182,17 @@ pub trait Adapter: Send + Sync + 'static {
     /// Reshapes a successful result before the caller sees it; an `Err`
     /// message fails the call with
     /// [`Error::ResultRefused`](crate::Error::ResultRefused) (the call ran).
+    /// One that panics refuses the result the same way, with a message
+    /// naming the panic; the worker that ran the call serves on.
     fn process_response(&self, command: &str, result: Value) -> Result<Value, String> {
         let _ = command;
         Ok(result)
     }
 
-    /// The deadline of a call that did not set its own.
+    /// The deadline of a call that did not set its own. One that panics
+    /// leaves the call without a deadline: it fails with
+    /// [`Error::Validation`](crate::Error::Validation) naming the panic,
+    /// and is not sent.
     fn command_timeout(&self, command: &str) -> Duration {
         let _ = command;
         Duration::from_secs(30)

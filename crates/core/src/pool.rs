@@ -50,6 +50,8 @@ pub struct PoolBuilder {
     codec: Option<WireCodec>,
     name: String,
     host_functions: HashMap<String, HostFunction>,
+    /// The first name given to `host_function` twice, refused at `start`.
+    host_function_twice: Option<String>,
     listeners: Vec<Listener>,
     trace_context: Option<TraceContext>,
     session_hook: Option<Arc<dyn SessionHook>>,
@@ -110,14 +112,22 @@ impl PoolBuilder {
     }
 
     /// Offers a function to the workers, which call it with a `host_call`
-    /// frame (`ctx.call_host(name, args)` in the bundled bridges).
+    /// frame (`ctx.call_host(name, args)` in the bundled bridges). Each
+    /// name may be given once: a second function under a name already
+    /// taken is a mistake, and [`start`](Self::start) refuses it with
+    /// `Error::Config` naming the function (neither of the two is kept in
+    /// silence).
     pub fn host_function<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
     where
         F: Fn(HostCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Value, RemoteError>> + Send + 'static,
     {
+        let name = name.into();
+        if self.host_functions.contains_key(&name) {
+            self.host_function_twice.get_or_insert_with(|| name.clone());
+        }
         self.host_functions
-            .insert(name.into(), Arc::new(move |call| Box::pin(f(call))));
+            .insert(name, Arc::new(move |call| Box::pin(f(call))));
         self
     }
 
@@ -132,6 +142,9 @@ impl PoolBuilder {
     /// when its [`CallOptions`] carry no `traceparent`: `f` runs inside the
     /// call's `snakepit.call` span, so a tracing-to-OpenTelemetry bridge
     /// (`snakepit-telemetry`) can hand the worker that span's context.
+    /// Tracing is best effort: `None`, or a hook that panics (a warning is
+    /// logged), sends the call without trace headers, and the call runs as
+    /// usual.
     pub fn trace_context(
         mut self,
         f: impl Fn() -> Option<TraceHeaders> + Send + Sync + 'static,
@@ -154,6 +167,11 @@ impl PoolBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<Pool> {
         self.config.validate()?;
+        if let Some(name) = &self.host_function_twice {
+            return Err(Error::Config(format!(
+                "the host function {name:?} was registered twice; give each function its own name"
+            )));
+        }
         if self.name.is_empty()
             || self.name.len() > MAX_NAME_LEN
             || self.name.chars().any(char::is_control)
@@ -363,6 +381,7 @@ impl Pool {
             codec: None,
             name: "snakepit".into(),
             host_functions: HashMap::new(),
+            host_function_twice: None,
             listeners: Vec::new(),
             trace_context: None,
             session_hook: None,

@@ -47,9 +47,12 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-/// Runs the application's synchronous code (an adapter's `check`, a
-/// session store's `touch` making its future) with its panic caught and
-/// given as its message, for the same reason as [`CatchUnwind`].
+/// Runs the application's synchronous code (an adapter's hooks, a session
+/// store's `touch` making its future, the `trace_context` hook) with its
+/// panic caught and given as its message, for the same reason as
+/// [`CatchUnwind`]: on a caller's task, a panic would end the caller's
+/// future as if it had been dropped, and the call would count as
+/// cancelled instead of failed.
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
 }

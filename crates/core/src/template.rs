@@ -66,6 +66,11 @@ struct State {
     forks: HashMap<u64, oneshot::Sender<Result<u32, String>>>,
     /// Forked workers' exits: the status if it came first, or who waits.
     exits: HashMap<u32, Exit>,
+    /// The pids of the workers this template forked for a start still
+    /// waiting for them, until their exit is reported: an `exited` report
+    /// for any other pid is ignored, so a template cannot grow `exits`
+    /// without bound by reporting pids that are not its workers.
+    forked: std::collections::HashSet<u32>,
 }
 
 enum Exit {
@@ -414,8 +419,15 @@ impl Template {
                         ))
                     }
                 };
-                if let Some(tx) = self.state.locked().forks.remove(&id) {
-                    let _ = tx.send(answer);
+                let mut st = self.state.locked();
+                if let Some(tx) = st.forks.remove(&id) {
+                    let pid = answer.as_ref().ok().copied();
+                    // Only a pid a start has taken can have its exit kept.
+                    if tx.send(answer).is_ok() {
+                        if let Some(pid) = pid {
+                            st.forked.insert(pid);
+                        }
+                    }
                 }
             }
             Some("fork_failed") => {
@@ -438,6 +450,10 @@ impl Template {
                     return;
                 };
                 let mut st = self.state.locked();
+                if !st.forked.remove(&pid) {
+                    tracing::debug!(target: "snakepit::template", pid = self.pid, reported = pid, "the template reported the exit of a process that is not one of its workers; ignored");
+                    return;
+                }
                 match st.exits.remove(&pid) {
                     Some(Exit::Awaited(tx)) => {
                         let _ = tx.send(status);
@@ -482,6 +498,7 @@ async fn read_loop(t: Arc<Template>, ready: oneshot::Sender<u64>) {
         let _ = tx.send(Err("the template closed its socket".into()));
     }
     st.exits.clear();
+    st.forked.clear();
     drop(st);
     t.ended.send_replace(true);
 }

@@ -193,12 +193,15 @@ impl Pool {
         let shared = self.shared();
         self.counted(command, &options, async |meta| {
             self.check(command, &args)?;
-            let args = shared.adapter.prepare_args(command, args);
+            let args = self.prepare(command, args)?;
             let (frame, worker) = self.round_trip(command, &args, &options, meta).await?;
             let value: Value = decode_result(shared, &worker, command, &frame)?;
-            shared
-                .adapter
-                .process_response(command, value)
+            // The call ran: a hook that panics on its result refuses the
+            // result, as an `Err` would; the worker is not involved.
+            crate::sync::catch(|| shared.adapter.process_response(command, value))
+                .unwrap_or_else(|panic| {
+                    Err(format!("the adapter's process_response panicked: {panic}"))
+                })
                 .map_err(|message| Error::ResultRefused {
                     command: command.to_owned(),
                     message,
@@ -238,19 +241,29 @@ impl Pool {
         .await
     }
 
-    /// The call's deadline, counted from submission, and its timeout.
+    /// The call's deadline, counted from submission, and its timeout. An
+    /// adapter whose `command_timeout` panics gives the call no deadline:
+    /// it is refused with [`Error::Validation`] naming the panic.
     pub(crate) fn deadline(
         &self,
         command: &str,
         options: &CallOptions,
         meta: &CallMeta,
-    ) -> (Instant, Duration) {
-        let timeout = options
-            .timeout
-            .unwrap_or_else(|| self.shared().adapter.command_timeout(command));
-        (crate::clock::later(meta.submitted, timeout), timeout)
+    ) -> Result<(Instant, Duration)> {
+        let timeout = match options.timeout {
+            Some(t) => t,
+            None => crate::sync::catch(|| self.shared().adapter.command_timeout(command)).map_err(
+                |panic| Error::Validation {
+                    command: command.to_owned(),
+                    message: format!("the adapter's command_timeout panicked: {panic}"),
+                },
+            )?,
+        };
+        Ok((crate::clock::later(meta.submitted, timeout), timeout))
     }
 
+    /// The adapter's `validate_command`; a panic in it refuses the call as
+    /// an `Err` would, naming the panic.
     pub(crate) fn check(&self, command: &str, args: &Value) -> Result<()> {
         let shared = self.shared();
         if let Some(supported) = &shared.supported {
@@ -258,13 +271,25 @@ impl Pool {
                 return Err(Error::UnsupportedCommand(command.to_owned()));
             }
         }
-        shared
-            .adapter
-            .validate_command(command, args)
+        crate::sync::catch(|| shared.adapter.validate_command(command, args))
+            .unwrap_or_else(|panic| {
+                Err(format!("the adapter's validate_command panicked: {panic}"))
+            })
             .map_err(|message| Error::Validation {
                 command: command.to_owned(),
                 message,
             })
+    }
+
+    /// The adapter's `prepare_args`; a panic in it refuses the call with
+    /// [`Error::Validation`] naming the panic (the call is not sent).
+    pub(crate) fn prepare(&self, command: &str, args: Value) -> Result<Value> {
+        crate::sync::catch(|| self.shared().adapter.prepare_args(command, args)).map_err(|panic| {
+            Error::Validation {
+                command: command.to_owned(),
+                message: format!("the adapter's prepare_args panicked: {panic}"),
+            }
+        })
     }
 
     pub(crate) async fn round_trip<A: Serialize + ?Sized>(
@@ -275,7 +300,7 @@ impl Pool {
         meta: &mut CallMeta,
     ) -> Result<(Bytes, Arc<Worker>)> {
         let shared = self.shared();
-        let (deadline, timeout) = self.deadline(command, options, meta);
+        let (deadline, timeout) = self.deadline(command, options, meta)?;
         // A call whose frame never reached its worker (the worker died
         // before it was written whole) goes to another one; a call that may
         // have run is never sent again.
@@ -406,7 +431,12 @@ impl Pool {
             request.traceparent = match (&options.traceparent, &shared.trace_context) {
                 (Some(t), _) => Some(t.as_str()),
                 (None, Some(hook)) => {
-                    traced = hook();
+                    // Tracing is best effort: a hook that panics leaves this
+                    // call without trace headers, and the call goes on.
+                    traced = crate::sync::catch(|| hook()).unwrap_or_else(|panic| {
+                        tracing::warn!(command, panic = %panic, "the trace_context hook panicked; the call is sent without trace headers");
+                        None
+                    });
                     request.tracestate = traced.as_ref().and_then(|t| t.tracestate.as_deref());
                     request.baggage = traced.as_ref().and_then(|t| t.baggage.as_deref());
                     traced.as_ref().map(|t| t.traceparent.as_str())

@@ -42,13 +42,16 @@ impl Pool {
         let shared = self.shared();
         let session = options.session_id.clone().map(Cow::Owned);
         let mut outcome = Outcome::new(shared.clone(), Cow::Owned(command.to_owned()), session);
-        let (deadline, timeout) = self.deadline(command, &options, &outcome.meta);
+        let (deadline, timeout) = match self.deadline(command, &options, &outcome.meta) {
+            Ok(d) => d,
+            Err(e) => return outcome.record(Err(e)),
+        };
         let (tx, rx) = mpsc::channel(256);
         let meta = &mut outcome.meta;
         let span = meta.span.clone();
         let submitted = async {
             self.check(command, &args)?;
-            let args = shared.adapter.prepare_args(command, args);
+            let args = self.prepare(command, args)?;
             self.submit(
                 command,
                 &args,
