@@ -739,9 +739,11 @@ async fn a_deadline_of_duration_max_is_no_deadline() {
     assert_eq!(r["echoed"]["x"], 1, "{r}");
 }
 
-/// A `Custom` hook is the user's code: one that panics takes down the
-/// task of the call it ran for (as any panic in the caller's own code
-/// would), and no other call, nor the worker, which serves the next call.
+/// A `Custom` hook is the user's code: one that panics fails the call it
+/// ran for with a typed error (`ResultRefused` for `process_response`,
+/// the call having run; `Validation` for `validate`, the call never sent),
+/// naming the panic, and costs no other call, nor the worker, which
+/// serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_hook_that_panics_costs_only_its_own_call() {
     let bridges = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bridges/python");
@@ -758,15 +760,20 @@ async fn a_custom_hook_that_panics_costs_only_its_own_call() {
         });
     let pool = start(custom).await.unwrap_or_else(|e| panic!("{e}"));
     let first = pool.worker_pids();
-    for command in ["echo", "compute"] {
-        let p = pool.clone();
-        let call = tokio::spawn(async move { p.execute(command, json!({})).await });
-        let joined = tokio::time::timeout(HANG, call)
+    for (command, never_ran) in [("echo", false), ("compute", true)] {
+        let err = tokio::time::timeout(HANG, pool.execute(command, json!({})))
             .await
-            .expect("the call hung");
+            .expect("the call hung")
+            .expect_err("a call whose hook panicked succeeded");
+        match (&err, never_ran) {
+            (snakepit_core::Error::ResultRefused { .. }, false)
+            | (snakepit_core::Error::Validation { .. }, true) => {}
+            _ => panic!("{command}: {err:?}"),
+        }
+        assert_eq!(err.never_ran(), never_ran, "{command}: {err}");
         assert!(
-            joined.as_ref().is_err_and(|e| e.is_panic()),
-            "{command}: {joined:?}"
+            err.to_string().contains("the hook panics"),
+            "{command}: {err}"
         );
         let r = tokio::time::timeout(HANG, pool.execute("ping", json!({})))
             .await

@@ -87,7 +87,9 @@ pub enum Error {
         /// What the worker said: type, message, traceback.
         error: RemoteError,
     },
-    /// The adapter's `validate_command` refused the call; it never ran.
+    /// The adapter's `validate_command` refused the call, or one of the
+    /// adapter's hooks that run before it is sent (`validate_command`,
+    /// `prepare_args`, `command_timeout`) panicked; it never ran.
     #[error("invalid call to `{command}`: {message}")]
     Validation {
         /// The command.
