@@ -424,7 +424,57 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Starts a server of this test's own. The port is free when it is
+    /// picked, but a test running beside this one may take it before the
+    /// server binds it (this server then exits, and the other test's
+    /// answers): the server that answers is asked for its process id, and
+    /// another port is tried until it is this one's.
     pub async fn start() -> RedisServer {
+        for _ in 0..10 {
+            let server = Self::start_on_a_free_port().await;
+            if server.pid_answering().await == Some(server.child.id()) {
+                return server;
+            }
+        }
+        panic!("no redis-server of this test's own answered in 10 tries");
+    }
+
+    /// The `process_id` of the server answering on this one's port.
+    async fn pid_answering(&self) -> Option<u32> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/');
+        let ask = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            stream
+                .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+                .await
+                .ok()?;
+            let mut text = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                text.extend_from_slice(&buf[..n]);
+                let info = String::from_utf8_lossy(&text);
+                if let Some(rest) = info.split("process_id:").nth(1) {
+                    if let Some((pid, _)) = rest.split_once("\r\n") {
+                        return pid.trim().parse().ok();
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn start_on_a_free_port() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
