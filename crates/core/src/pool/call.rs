@@ -252,12 +252,9 @@ impl Pool {
     ) -> Result<(Instant, Duration)> {
         let timeout = match options.timeout {
             Some(t) => t,
-            None => crate::sync::catch(|| self.shared().adapter.command_timeout(command)).map_err(
-                |panic| Error::Validation {
-                    command: command.to_owned(),
-                    message: format!("the adapter's command_timeout panicked: {panic}"),
-                },
-            )?,
+            None => before_sending(command, "command_timeout", || {
+                self.shared().adapter.command_timeout(command)
+            })?,
         };
         Ok((crate::clock::later(meta.submitted, timeout), timeout))
     }
@@ -271,24 +268,20 @@ impl Pool {
                 return Err(Error::UnsupportedCommand(command.to_owned()));
             }
         }
-        crate::sync::catch(|| shared.adapter.validate_command(command, args))
-            .unwrap_or_else(|panic| {
-                Err(format!("the adapter's validate_command panicked: {panic}"))
-            })
-            .map_err(|message| Error::Validation {
-                command: command.to_owned(),
-                message,
-            })
+        before_sending(command, "validate_command", || {
+            shared.adapter.validate_command(command, args)
+        })?
+        .map_err(|message| Error::Validation {
+            command: command.to_owned(),
+            message,
+        })
     }
 
     /// The adapter's `prepare_args`; a panic in it refuses the call with
     /// [`Error::Validation`] naming the panic (the call is not sent).
     pub(crate) fn prepare(&self, command: &str, args: Value) -> Result<Value> {
-        crate::sync::catch(|| self.shared().adapter.prepare_args(command, args)).map_err(|panic| {
-            Error::Validation {
-                command: command.to_owned(),
-                message: format!("the adapter's prepare_args panicked: {panic}"),
-            }
+        before_sending(command, "prepare_args", || {
+            self.shared().adapter.prepare_args(command, args)
         })
     }
 
@@ -550,4 +543,14 @@ pub(crate) fn decode_result<R: DeserializeOwned>(
             })
         }
     }
+}
+
+/// Runs the adapter's hook `name` for a call to `command` that is not sent
+/// yet: a panic in it refuses the call with [`Error::Validation`] naming
+/// the hook and the panic, as the hook's own refusal would.
+fn before_sending<T>(command: &str, name: &str, hook: impl FnOnce() -> T) -> Result<T> {
+    crate::sync::catch(hook).map_err(|panic| Error::Validation {
+        command: command.to_owned(),
+        message: format!("the adapter's {name} panicked: {panic}"),
+    })
 }
