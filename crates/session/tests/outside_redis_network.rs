@@ -355,6 +355,10 @@ async fn relay(
                 }
             },
             r = server.read(&mut b), if passes => match r {
+                // Forgotten while this read was pending (Redis killed just
+                // after `forget_existing`, before this task saw the
+                // change): its closing is hidden from the store too.
+                Ok(0) | Err(_) if path.borrow().forgot(n) => {}
                 Ok(0) | Err(_) => break End::Server,
                 Ok(k) => down.extend_from_slice(&b[..k]),
             },
