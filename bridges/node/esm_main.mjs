@@ -19,7 +19,9 @@ if (process.env.SNAKEPIT_PROTOCOL) {
 if (typeof nodeModule.register === 'function') {
   nodeModule.register('./esm_hooks.mjs', import.meta.url);
 }
-const script = process.argv[2];
-// The worker sees itself as the script Node ran.
-process.argv.splice(1, 1);
-await import(pathToFileURL(resolve(script)).href);
+const script = resolve(process.argv[2]);
+// The worker sees itself as the script Node ran, with the absolute path
+// Node gives the script it runs in process.argv[1] (the pool passes the
+// path as the user named it, which may be relative).
+process.argv.splice(1, 2, script);
+await import(pathToFileURL(script).href);

@@ -891,6 +891,10 @@ class Worker {
       if (abandon) return;
       abandon = true;
       try {
+        // Frames made in this turn of the event loop (a reply made just
+        // before a handler called process.exit(), a chunk it sent) still
+        // wait in the batch: they go first.
+        if (this._write !== null && typeof this._write.flush === 'function') this._write.flush();
         output.drainSync();
       } catch (_) {
         // stdout is gone: nothing more can be written there

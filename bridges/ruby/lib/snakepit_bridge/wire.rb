@@ -241,17 +241,20 @@ module SnakepitBridge
     end
 
     # +value+ with every string in a dummy encoding (UTF-16 or UTF-32, which
-    # start with a byte order mark) transcoded to UTF-8, keys too, as
+    # start with a byte order mark) transcoded to UTF-8, String keys too, as
     # String#encode does it: the mark goes. Anything else is kept as it is.
-    # Only called on a value the generator could write, so it is no deeper
-    # than MAX_DEPTH and has no cycle.
+    # Only called on a value the generator could write, so its values are
+    # no deeper than MAX_DEPTH and have no cycle. Its keys may have both:
+    # the generator writes a key that is not a String as its #to_s text
+    # (an Array that holds itself gives "[[...]]"), so such a key is kept
+    # as it is, not walked, and is written as before.
     def without_byte_order_marks(value)
       case value
       when String
         value.encoding.dummy? ? value.encode(Encoding::UTF_8) : value
       when Hash
         value.each_with_object({}) do |(k, v), out|
-          out[without_byte_order_marks(k)] = without_byte_order_marks(v)
+          out[k.is_a?(String) ? without_byte_order_marks(k) : k] = without_byte_order_marks(v)
         end
       when Array then value.map { |v| without_byte_order_marks(v) }
       else value

@@ -468,11 +468,13 @@ module SnakepitBridge
     private
 
     # Writes a host call of +ctx+'s call, unless the handler has returned
-    # (false). Checked under the write lock, which the reply is written
-    # under too: a host call never follows its call's reply, after which
-    # the pool would no longer know the call's session.
+    # or the call is answered (false). Checked under the write lock, which
+    # the reply is written under too: a host call never follows its call's
+    # reply, after which the pool would no longer know the call's session.
+    # A chunk too large to send answers the call before the call is marked
+    # finished, on the chunk's thread, after the lock is let go.
     def send_host_call(ctx, payload)
-      write_payload(payload) { return false if ctx.finished }
+      write_payload(payload) { return false if ctx.finished || ctx.answered }
       true
     end
 
