@@ -115,7 +115,8 @@ impl Bridge {
     fn bridge_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         if self.language == Language::Python {
-            // Unbuffered, and no .pyc files written next to user scripts.
+            // Unbuffered stdout and stderr: what a worker logs reaches the
+            // host as it is written.
             args.push("-u".into());
         }
         match &self.entry {
@@ -172,8 +173,11 @@ impl Bridge {
                 let kind = match package {
                     None => serde_json::Value::Null,
                     Some(package) => {
+                        // Node.js reads a `package.json` that starts with
+                        // a byte order mark as one without.
                         let Some(package) = std::fs::read(package).ok().and_then(|text| {
-                            serde_json::from_slice::<serde_json::Value>(&text).ok()
+                            let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&text);
+                            serde_json::from_slice::<serde_json::Value>(text).ok()
                         }) else {
                             // Node.js refuses it itself, and says why.
                             return false;
@@ -234,7 +238,10 @@ fn written_as_es_module(path: &Path) -> bool {
     if read.is_err() {
         return false;
     }
-    let text = String::from_utf8_lossy(&bytes);
+    // Node.js reads a script that starts with a byte order mark as one
+    // without.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    let text = String::from_utf8_lossy(bytes);
     let mut in_comment = false;
     for line in text.lines() {
         // The line with its comments taken out.

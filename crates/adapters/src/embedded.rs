@@ -153,6 +153,42 @@ fn intact(root: &Path) -> bool {
         && nothing_else(root)
 }
 
+/// Why the cache directory `base` is unsafe to keep the bridges in, or
+/// `None` when it is safe: it, or a directory above it, belongs to another
+/// user than this process's and root, or may be written by group or others
+/// without the sticky bit (as `/tmp` has). Such a user may rename the tree
+/// that this process checked and put one of their own in its place, which
+/// every later worker would import. `base` is made first if need be (a
+/// failure is left to the write to report); it is judged with its symbolic
+/// links resolved.
+fn unsafe_base(base: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = effective_uid()?;
+    let _ = std::fs::create_dir_all(base);
+    let real = std::fs::canonicalize(base).ok()?;
+    real.ancestors().find_map(|dir| {
+        let meta = std::fs::metadata(dir).ok()?;
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != uid && meta.uid() != 0 {
+            Some(format!(
+                "{} is unsafe for the bundled bridges: {} belongs to user {}",
+                base.display(),
+                dir.display(),
+                meta.uid()
+            ))
+        } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            Some(format!(
+                "{} is unsafe for the bundled bridges: {} may be written by other users \
+                 (mode {mode:o}, without the sticky bit)",
+                base.display(),
+                dir.display()
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 /// Whether `dir` is a directory itself (not a symbolic link to one) that
 /// belongs to this process's user and that no group or other user may
 /// enter, read or write: as [`new_dir_beside`] makes the trees it writes.
@@ -235,9 +271,10 @@ fn still_there(root: &Path) -> bool {
 
 /// The directory holding the bridges, written on first use. Checked whole
 /// once per process; after that, only that it is still there, and written
-/// again if not. One thread of the process writes it at a time. Each call
-/// marks the tree as used ([`mark_used`]); the first also removes what is
-/// certainly dead beside it ([`sweep`]).
+/// again if not (unless its directory has become one that others may
+/// change, see [`unsafe_base`]: an error then). One thread of the process
+/// writes it at a time. Each call marks the tree as used ([`mark_used`]);
+/// the first also removes what is certainly dead beside it ([`sweep`]).
 pub(crate) fn root() -> std::io::Result<&'static Path> {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -253,11 +290,36 @@ pub(crate) fn root() -> std::io::Result<&'static Path> {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = match ROOT.get() {
         Some(root) if still_there(root) => return Ok(root),
-        Some(root) => root.clone(),
+        Some(root) => {
+            // The tree went, and its directory with it perhaps (a cleaner
+            // of old files in `$TMPDIR`): whoever made that directory again
+            // may be another user. The workers' module path names this
+            // place, so there is no other to write to.
+            if let Some(problem) = root.parent().and_then(unsafe_base) {
+                return Err(std::io::Error::other(format!(
+                    "{problem}; the bundled bridges, gone from there, are not written \
+                     there again (set SNAKEPIT_BRIDGE_DIR to a directory that only you \
+                     can change, and restart this program)"
+                )));
+            }
+            root.clone()
+        }
         None => {
             let name = format!("bridges-{:016x}", fingerprint());
-            let root = cache_base()?.join(&name);
-            if anothers(&root) {
+            let base = cache_base()?;
+            let root = base.join(&name);
+            if let Some(problem) = unsafe_base(&base) {
+                // Whoever may rename entries there could swap the tree for
+                // one of their own after it was checked, between two
+                // worker starts.
+                let dir = new_private_dir()?;
+                tracing::warn!(
+                    "{problem}; the bundled bridges are written to {} instead \
+                     (set SNAKEPIT_BRIDGE_DIR to a directory that only you can change)",
+                    dir.display()
+                );
+                dir.join(name)
+            } else if anothers(&root) {
                 // Neither used (its owner could change it at any time) nor
                 // replaced (it is not ours to remove).
                 let dir = new_private_dir()?;
@@ -351,20 +413,67 @@ fn cache_entry(name: &str) -> Option<CacheEntry> {
 /// (`PYTHONPATH`, `NODE_PATH`, `RUBYLIB`), so a tree whose mark is old is
 /// still kept while a worker started from it runs (a host that has started
 /// no worker for a week, whose workers may import more of the bridge
-/// later). Only this user's processes can be read, and only they can use a
-/// tree of this user's (mode 0700). When `/proc` cannot be read, every
-/// tree counts as in use.
+/// later). A process may name the tree by another path than this host's
+/// (through a symbolic link, with `..` in it, relative to its own working
+/// directory: two hosts may spell the cache directory differently), so a
+/// path in its environment that holds a component named as the tree counts
+/// when the path up to that component is the same directory. (A link to a
+/// directory inside the tree, under another name, is not recognised.) Only this user's processes
+/// can be read, and only they can use a tree of this user's (mode 0700).
+/// When `/proc` cannot be read, every tree counts as in use.
 fn in_use(tree: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
     let needle = tree.as_os_str().as_bytes();
+    let Some(name) = tree.file_name().map(OsStrExt::as_bytes) else {
+        return true;
+    };
+    // The directory itself, to compare other paths to.
+    let Ok(meta) = std::fs::metadata(tree) else {
+        return true;
+    };
+    let same = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+    };
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return true;
     };
     processes.flatten().any(|p| {
-        p.file_name().as_bytes().iter().all(u8::is_ascii_digit)
-            && std::fs::read(p.path().join("environ"))
-                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle))
+        if !p.file_name().as_bytes().iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            return false;
+        };
+        if contains(&env, needle) {
+            return true;
+        }
+        if !contains(&env, name) {
+            return false;
+        }
+        // A relative path is the process's own: taken from its directory.
+        let cwd = p.path().join("cwd");
+        env.split(|b| *b == 0)
+            .filter_map(|entry| {
+                entry
+                    .iter()
+                    .position(|b| *b == b'=')
+                    .map(|i| &entry[i + 1..])
+            })
+            .flat_map(|value| value.split(|b| *b == b':'))
+            .filter(|piece| contains(piece, name))
+            .any(|piece| {
+                let path = cwd.join(std::ffi::OsStr::from_bytes(piece));
+                path.ancestors()
+                    .filter(|a| a.file_name().is_some_and(|n| n.as_bytes() == name))
+                    .any(same)
+            })
     })
+}
+
+/// Whether `needle` occurs in `bytes`.
+fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || bytes.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Removes from the directory holding `root` what is certainly dead: a

@@ -30,9 +30,15 @@ pub struct Inspection {
     /// The interpreter the adapters would run (explicit variable,
     /// virtualenv, or a bare name looked up on `PATH`).
     pub program: PathBuf,
-    /// Where `program` is on `PATH`, when it was a bare name found there.
+    /// Where `program` is: for a bare name, the first file of that name on
+    /// `PATH` that may be executed; for a path, that path when a file is
+    /// there (whether it may be executed or not). `None` when there is
+    /// none.
     pub path: Option<PathBuf>,
-    /// Its first line of `--version`; `None` when it could not run.
+    /// Its first line of `--version` (of stdout, else of stderr); `None`
+    /// when it could not run, did not end within 10 s, or ended with a
+    /// failure (a version-manager shim whose version is not installed
+    /// prints why on stderr and fails: that is no version).
     pub version: Option<String>,
     /// A version-manager shim (pyenv, asdf, rbenv, mise) stands in for the
     /// real binary: each start costs the shim's time too.
@@ -79,7 +85,9 @@ fn shell_word(text: &str) -> String {
 /// The Python probe of the bridge packages. `python -c` puts the working
 /// directory first on `sys.path`; it is taken off before any import, so
 /// that a module there (a `json.py`, a `msgpack/` checkout) neither runs
-/// nor stands in for the package a worker would import.
+/// nor stands in for the package a worker would import. A package that
+/// fails as it is imported, even by exiting, counts as missing, and the
+/// others are still reported.
 const PY_PACKAGES: &str = r#"
 import sys
 if sys.path and sys.path[0] in ("", "."):
@@ -89,7 +97,7 @@ out = {}
 for dist, module in (("msgpack", "msgpack"), ("opentelemetry-api", "opentelemetry.trace")):
     try:
         importlib.import_module(module)
-    except Exception:
+    except BaseException:
         out[dist] = None
         continue
     try:
@@ -117,6 +125,8 @@ for (const name of ['@msgpack/msgpack', '@opentelemetry/api']) {
 console.log(JSON.stringify(out));
 "#;
 
+/// The Ruby probe of the bridge packages: as the Python one, a gem that
+/// fails as it is loaded (whatever it raises) counts as missing.
 const RB_PACKAGES: &str = r#"
 require "json"
 out = {}
@@ -125,7 +135,7 @@ out = {}
     require lib
     spec = Gem.loaded_specs[gem]
     out[gem] = spec ? spec.version.to_s : "?"
-  rescue LoadError
+  rescue Exception
     out[gem] = nil
   end
 end
@@ -235,10 +245,13 @@ impl Language {
     pub fn inspect(self) -> Inspection {
         let program = self.find_interpreter(None);
         let path = which(&program);
-        let version = run(&program, &["--version"]).map(|(_, out, err)| {
-            let text = if out.is_empty() { err } else { out };
-            text.lines().next().unwrap_or_default().to_owned()
-        });
+        let version =
+            run(&program, &["--version"])
+                .filter(|(ok, _, _)| *ok)
+                .map(|(_, out, err)| {
+                    let text = if out.is_empty() { err } else { out };
+                    text.lines().next().unwrap_or_default().to_owned()
+                });
         let mut found = Inspection {
             language: self,
             shim: path.as_deref().is_some_and(is_shim),
