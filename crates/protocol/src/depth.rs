@@ -40,6 +40,33 @@ use serde::ser::{
 /// [`decode_outbound`]: crate::decode_outbound
 pub const MAX_DEPTH: usize = 127;
 
+/// The 64-bit float a reader of JSON gets for `v`: serde_json writes an
+/// `f32` as its shortest decimal (`0.1`), which a reader parses as the
+/// nearest 64-bit float (0.1), not as `v` widened (0.10000000149011612).
+/// NaN and the infinities, which JSON cannot write, are widened as they are.
+fn f32_as_json_reads_it(v: f32) -> f64 {
+    if !v.is_finite() {
+        return f64::from(v);
+    }
+    // serde_json's own text of it (ryu's shortest digits, at most 16
+    // bytes); without JSON compiled in, Rust's shortest digits, which
+    // differ from ryu's only when two are equally near.
+    let mut buf = [0u8; 32];
+    let mut at = &mut buf[..];
+    #[cfg(feature = "json")]
+    let written = serde_json::to_writer(&mut at, &v).is_ok();
+    #[cfg(not(feature = "json"))]
+    let written = std::io::Write::write_fmt(&mut at, format_args!("{v:e}")).is_ok();
+    if !written {
+        return f64::from(v);
+    }
+    let len = 32 - at.len();
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(f64::from(v))
+}
+
 /// What a refusal by [`Limit`] leaves behind, so that the codec's error can be
 /// told from the depth refusal that caused it.
 #[derive(Default)]
@@ -189,16 +216,64 @@ impl<'a, S: Serializer> Serializer for LimitSer<'a, S> {
         serialize_i16(i16);
         serialize_i32(i32);
         serialize_i64(i64);
-        serialize_i128(i128);
         serialize_u8(u8);
         serialize_u16(u16);
         serialize_u32(u32);
         serialize_u64(u64);
-        serialize_u128(u128);
-        serialize_f32(f32);
         serialize_f64(f64);
         serialize_char(char);
-        serialize_unit_struct(&'static str);
+    }
+
+    // The types below have no MessagePack type of their own, and rmp-serde
+    // writes them as something else than JSON does (`i128`/`u128` as 16
+    // bytes of `bin`, `f32` as a 32-bit float, a unit struct as `[]`). A
+    // worker is given what JSON gives it: the integer, the float JSON's
+    // shortest decimal reads as, `null`. (`bytes_nest` is false for
+    // MessagePack alone.)
+
+    #[inline]
+    fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
+        if let Ok(v) = i64::try_from(v) {
+            return self.inner.serialize_i64(v);
+        }
+        if let Ok(v) = u64::try_from(v) {
+            return self.inner.serialize_u64(v);
+        }
+        if self.limit.bytes_nest {
+            return self.inner.serialize_i128(v);
+        }
+        Err(ser::Error::custom(format_args!(
+            "the integer {v} is outside what MessagePack holds (-2^63 to 2^64 - 1): send it as a string"
+        )))
+    }
+
+    #[inline]
+    fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
+        if let Ok(v) = u64::try_from(v) {
+            return self.inner.serialize_u64(v);
+        }
+        if self.limit.bytes_nest {
+            return self.inner.serialize_u128(v);
+        }
+        Err(ser::Error::custom(format_args!(
+            "the integer {v} is outside what MessagePack holds (-2^63 to 2^64 - 1): send it as a string"
+        )))
+    }
+
+    #[inline]
+    fn serialize_f32(self, v: f32) -> Result<S::Ok, S::Error> {
+        if self.limit.bytes_nest {
+            return self.inner.serialize_f32(v);
+        }
+        self.inner.serialize_f64(f32_as_json_reads_it(v))
+    }
+
+    #[inline]
+    fn serialize_unit_struct(self, name: &'static str) -> Result<S::Ok, S::Error> {
+        if self.limit.bytes_nest {
+            return self.inner.serialize_unit_struct(name);
+        }
+        self.inner.serialize_unit()
     }
 
     #[inline]

@@ -29,10 +29,13 @@ pub enum Error {
         program_id: String,
     },
     /// An id or key is empty or longer than [`MAX_ID_LEN`](crate::MAX_ID_LEN)
-    /// bytes, or a TTL is longer than [`MAX_TTL`](crate::MAX_TTL).
+    /// bytes, a TTL is longer than [`MAX_TTL`](crate::MAX_TTL) or shorter
+    /// than 1 ms, or a value, program or metadata value nests deeper than
+    /// [`MAX_VALUE_DEPTH`](crate::MAX_VALUE_DEPTH). Nothing was stored.
     #[error("invalid {what}: {reason}")]
     Invalid {
-        /// What was invalid (`session id`, `key`, `program id`).
+        /// What was invalid (`session id`, `key`, `program id`, `ttl`,
+        /// `value`, `program`, `metadata`).
         what: &'static str,
         /// Why.
         reason: &'static str,
@@ -46,7 +49,10 @@ pub enum Error {
         /// Attempts made.
         attempts: u32,
     },
-    /// Stored data could not be read back (written by something else?).
+    /// Stored data could not be read back, or holds what the store never
+    /// writes (a value nested deeper than
+    /// [`MAX_VALUE_DEPTH`](crate::MAX_VALUE_DEPTH), a key no session may
+    /// have): written by something else?
     #[error("stored session data is corrupt: {0}")]
     Corrupt(String),
     /// A store operation got no answer within the store's timeout (Redis

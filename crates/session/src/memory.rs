@@ -17,8 +17,10 @@ use crate::sync::{Unpoisoned, UnpoisonedRw};
 const SHARDS: usize = 64;
 
 /// The embedded session store: sessions in sharded hash maps, each operation
-/// O(1) under one shard's lock, expired sessions freed by a background sweep
-/// (and on first touch after their TTL).
+/// O(1) under one shard's lock (but `get_session` and `update_session`, which
+/// copy the whole session under it, and run an update's function there),
+/// expired sessions freed by a background sweep (and on first touch after
+/// their TTL).
 ///
 /// Cloning gives another handle to the same store. The sweep task runs on
 /// the Tokio runtime the store was built in (none outside a runtime: call

@@ -12,7 +12,9 @@ use crate::store::SessionStore;
 /// `SessionHelpers.execute_program_command`: for ML frameworks whose workers
 /// create programs (a model with its settings) and then run them.
 ///
-/// - The arguments get `session_id`.
+/// - The arguments get `session_id` (replacing one of the caller's);
+///   arguments that are not a map are sent as `{"input": args}`, and
+///   `null` as `{}`.
 /// - `execute_program`: the program stored for `args.program_id` in the
 ///   session is added as `program_data`, so any worker can run it, including
 ///   one that has never seen the session; after a success its

@@ -4,7 +4,8 @@
 //! until its listeners are told (so that a sweep cut off by its timeout
 //! leaves them to the next); a hash of global programs; a hash of counters.
 //! Every operation is one Lua script, run atomically by the server, with
-//! the server's clock.
+//! the server's clock (but `session_exists` and the global programs, one
+//! command each, and `update_session`, a read and a compare-and-swap).
 //!
 //! The connection is the `redis` crate's `ConnectionManager`: one
 //! multiplexed connection. Once it drops, the next operation opens a fresh
@@ -89,14 +90,23 @@ local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function touch(n)
+local function ttl_of()
   local raw = redis.call('HGET', KEYS[1], 't')
   local ttl = tonumber(raw)
   if not ttl or ttl < 1 or ttl > 9007199254740991 or ttl % 1 ~= 0 then
     error({err = 'CORRUPT session `' .. ARGV[1] .. '`: ttl not a number of milliseconds: ' .. tostring(raw)})
   end
-  redis.call('HSET', KEYS[1], 'a', n)
+  return ttl
+end
+-- `PEXPIREAT` first: it cannot grow memory, so a Redis at its `maxmemory`
+-- lets it through, and with it the rest of the touch (a field and a
+-- score rewritten in place): a full server still reads and renews the
+-- sessions it has. A script that writes what may grow memory does that
+-- first, before its touch, so that such a server refuses it.
+local function touch(n)
+  local ttl = ttl_of()
   redis.call('PEXPIREAT', KEYS[1], n + ttl)
+  redis.call('HSET', KEYS[1], 'a', n)
   redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
 end
 -- The version after a write, from the one before (`v`, a field's value):
@@ -182,10 +192,13 @@ return {1}
 "#;
 
 /// ARGV[2] = field, ARGV[3] = value. Returns 1, or 0 without a session.
+/// The value is written before the touch (its TTL checked first), so that
+/// a Redis at its `maxmemory` refuses it.
 const SET_FIELD: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-touch(now())
+ttl_of()
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+touch(now())
 redis.call('HSET', KEYS[1], 'v', next_version(redis.call('HGET', KEYS[1], 'v')))
 return 1
 "#;
@@ -216,6 +229,10 @@ if not v or not c then
 end
 local inc = redis.call('HGET', KEYS[1], 'i') or ''
 if v .. ':' .. inc ~= ARGV[2] then return 0 end
+-- The first write one that may grow memory (the version as it is), so
+-- that a Redis at its `maxmemory` refuses the update: `DEL` first would
+-- let the rest through.
+redis.call('HSET', KEYS[1], 'v', v)
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'v', next_version(v), 'c', c)
@@ -346,8 +363,8 @@ impl Scripts {
 
 /// Sessions in a Redis server, shared by every host that connects to it:
 /// a session created on one host is served on another. Expiry is Redis's
-/// own (`PEXPIRE`, slid on each use); every operation is one Lua script, so
-/// writes are atomic, and [`update_session`](SessionStore::update_session)
+/// own (`PEXPIRE`, slid on each use); every write is one Lua script or one
+/// command, so writes are atomic, and [`update_session`](SessionStore::update_session)
 /// is a compare-and-swap on the session's version, retried on conflict.
 ///
 /// Keys, under the prefix (`snakepit:` by default): `s:<id>` (a hash per
@@ -1205,7 +1222,7 @@ impl Inner {
                 Some(v) => {
                     let s: String = redis::from_redis_value_ref(v)
                         .map_err(|e| Error::Corrupt(format!("session `{id}`: {e}")))?;
-                    Ok(Some(serde_json::from_str(&s)?))
+                    Ok(Some(read_json(&|| format!("session `{id}`"), &s)?))
                 }
                 None => Ok(None),
             },
@@ -1232,7 +1249,19 @@ fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
             "c" => s.created_at_ms = num(&v)?,
             "a" => s.last_accessed_ms = num(&v)?,
             "t" => s.ttl_ms = num(&v)?,
-            "m" => s.metadata = serde_json::from_str(&v)?,
+            "m" => {
+                s.metadata = serde_json::from_str(&v)?;
+                for value in s.metadata.values() {
+                    if check_value("metadata", value).is_err() {
+                        return Err(Error::Corrupt(format!(
+                            "session `{id}`: a stored metadata value nests deeper than \
+                             MAX_VALUE_DEPTH ({} levels), which the store never writes \
+                             (written by something else?)",
+                            crate::MAX_VALUE_DEPTH
+                        )));
+                    }
+                }
+            }
             _ => {
                 // A data key or program id no operation can have written
                 // (empty, over `MAX_ID_LEN`) is stored data the store did
@@ -1246,10 +1275,11 @@ fn parse(id: &str, fields: Vec<String>) -> Result<(Session, String)> {
                         k.len()
                     ))),
                 };
+                let whose = || format!("session `{id}`");
                 if let Some(k) = f.strip_prefix("d:") {
-                    s.data.insert(named(k)?, serde_json::from_str(&v)?);
+                    s.data.insert(named(k)?, read_json(&whose, &v)?);
                 } else if let Some(k) = f.strip_prefix("p:") {
-                    s.programs.insert(named(k)?, serde_json::from_str(&v)?);
+                    s.programs.insert(named(k)?, read_json(&whose, &v)?);
                 }
             }
         }
@@ -1476,7 +1506,7 @@ impl SessionStore for RedisStore {
                 .query_async(&mut inner.conn())
                 .await?;
             match v {
-                Some(s) => Ok(serde_json::from_str(&s)?),
+                Some(s) => Ok(read_json(&|| format!("global program `{program_id}`"), &s)?),
                 None => Err(Error::ProgramNotFound {
                     session_id: None,
                     program_id: program_id.to_owned(),
@@ -1578,6 +1608,25 @@ fn shown(bytes: &[u8]) -> String {
         .map(char::from)
         .collect();
     format!("\"{head}\" ({} bytes)", bytes.len())
+}
+
+/// A value the store kept, read back from its JSON text. The store writes
+/// only values that pass [`check_value`]: one nested deeper (which
+/// serde_json still reads, up to 127 levels) was written by something
+/// else, and is `Corrupt`, naming `whose` (the session, or the global
+/// program), as a key no session may have is, rather than left for an
+/// `update_session` to refuse as the caller's `Invalid`.
+fn read_json(whose: &dyn Fn() -> String, text: &str) -> Result<Value> {
+    let value: Value = serde_json::from_str(text)?;
+    if check_value("value", &value).is_err() {
+        return Err(Error::Corrupt(format!(
+            "{}: a stored value nests deeper than MAX_VALUE_DEPTH ({} levels), \
+             which the store never writes (written by something else?)",
+            whose(),
+            crate::MAX_VALUE_DEPTH
+        )));
+    }
+    Ok(value)
 }
 
 /// `value` as the JSON text the store keeps, once [`check_value`] passed.

@@ -118,11 +118,39 @@ fn rekeyed<C: Codec + ?Sized, T: DeserializeOwned>(_: &C, _: &[u8]) -> Option<T>
     None
 }
 
+/// A chunk's payload: its `data` field. Its other fields, an `args` among
+/// them, are ignored as any field the reader does not know.
 #[derive(Deserialize)]
 #[serde(bound = "T: Deserialize<'de>")]
-struct Field<T> {
-    #[serde(default = "Option::default", alias = "args")]
+struct Data<T> {
+    #[serde(default = "Option::default")]
     data: Option<T>,
+}
+
+/// A host call's (or a request's) payload: its `args` field. A `data`
+/// field beside it is ignored.
+#[derive(Deserialize)]
+#[serde(bound = "T: Deserialize<'de>")]
+struct Args<T> {
+    #[serde(default = "Option::default")]
+    args: Option<T>,
+}
+
+/// The one payload field a frame kind has.
+trait Payload<T>: DeserializeOwned {
+    fn take(self) -> Option<T>;
+}
+
+impl<T: DeserializeOwned> Payload<T> for Data<T> {
+    fn take(self) -> Option<T> {
+        self.data
+    }
+}
+
+impl<T: DeserializeOwned> Payload<T> for Args<T> {
+    fn take(self) -> Option<T> {
+        self.args
+    }
 }
 
 /// Decodes the `data` of a `chunk` frame into `T`. Map keys are read as
@@ -131,7 +159,7 @@ pub fn decode_chunk<C: Codec + ?Sized, T: DeserializeOwned>(
     codec: &C,
     payload: &[u8],
 ) -> Result<T> {
-    decode_field(codec, payload, "chunk", "data", false)
+    decode_field::<_, T, Data<T>>(codec, payload, "chunk", "data", false)
 }
 
 /// Decodes the `args` of a `host_call` frame (or a `request` frame) into `T`.
@@ -146,27 +174,27 @@ pub fn decode_host_call_args<C: Codec + ?Sized, T: DeserializeOwned>(
     codec: &C,
     payload: &[u8],
 ) -> Result<T> {
-    decode_field(codec, payload, "host_call", "args", true)
+    decode_field::<_, T, Args<T>>(codec, payload, "host_call", "args", true)
 }
 
-fn decode_field<C: Codec + ?Sized, T: DeserializeOwned>(
+fn decode_field<C: Codec + ?Sized, T: DeserializeOwned, F: Payload<T>>(
     codec: &C,
     payload: &[u8],
     kind: &'static str,
     field: &'static str,
     rekey: bool,
 ) -> Result<T> {
-    let f: Field<T> = match codec.decode::<FrameMap<Field<T>>>(payload) {
+    let f: F = match codec.decode::<FrameMap<F>>(payload) {
         Ok(f) => f.0,
         Err(e @ Error::Mismatch { .. }) => {
-            match rekey.then(|| rekeyed::<_, FrameMap<Field<T>>>(codec, payload)) {
+            match rekey.then(|| rekeyed::<_, FrameMap<F>>(codec, payload)) {
                 Some(Some(f)) => f.0,
                 _ => return Err(super::invalid(codec, payload).unwrap_or(e)),
             }
         }
         Err(e) => return Err(e),
     };
-    match f.data {
+    match f.take() {
         Some(v) => Ok(v),
         None => T::deserialize(de::value::UnitDeserializer::<de::value::Error>::new())
             .map_err(|_| Error::MissingField { kind, field }),
