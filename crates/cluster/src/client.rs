@@ -590,8 +590,9 @@ impl Client {
         })
     }
 
-    /// The hosts this client hears from, with their capacity at their last
-    /// heartbeat, sorted by id.
+    /// The hosts this client hears from and may send calls to, with their
+    /// capacity at their last heartbeat, sorted by id. A host found lost,
+    /// or saying goodbye (shutting down, while its calls end), is left out.
     pub fn hosts(&self) -> Vec<HostInfo> {
         let hosts = self.inner.hosts.lock().unwrap();
         let mut v: Vec<HostInfo> = hosts
@@ -841,7 +842,7 @@ impl Client {
             // later.
             let mut connected = inner.connected.subscribe();
             let first = tokio::select! {
-                first = tokio::time::timeout(inner.config.host_timeout, rx.recv()) => Some(first),
+                first = first_reply(&mut rx, inner.config.host_timeout) => Some(first),
                 _ = connected.wait_for(|l| l.lost_since(epoch)) => None,
             };
             let first = match first {
@@ -1699,13 +1700,70 @@ const MAX_INSTANCES: usize = 16;
 /// heard from that one [`Client::status`] asks.
 pub const MAX_HOSTS: usize = 4096;
 
+/// How late a timer of the client may fire before the client counts the
+/// time as time it did not run (its runtime blocked by a caller's code,
+/// its process stopped, its machine starved): no message was read then,
+/// so a host's silence over that time says nothing of the host.
+fn stalled_after(host_timeout: Duration) -> Duration {
+    check_every(host_timeout)
+}
+
+/// How many times a wait that ended late goes on ([`first_reply`],
+/// [`sleep_while_running`]): once is enough to read what came while the
+/// client did not run; a few more cover stalls in a row, and bound the
+/// wait on a client so starved that its every timer is late.
+const STALL_EXTENSIONS: usize = 3;
+
+/// The first message of a call's host, waited for `host_timeout` of the
+/// client's own running time: a wait that ends late (the client did not
+/// run for a while) goes on for as long as it was late, at most
+/// `host_timeout` more, so that what the host sent meanwhile, read once the
+/// client runs again, is taken rather than the call failing for a silence
+/// nobody listened to. `Err` when nothing came.
+async fn first_reply(
+    rx: &mut mpsc::Receiver<Arrival>,
+    host_timeout: Duration,
+) -> Result<Option<Arrival>, ()> {
+    let mut wait = host_timeout;
+    for _ in 0..=STALL_EXTENSIONS {
+        let until = later(Instant::now(), wait);
+        if let Ok(got) = tokio::time::timeout_at(until.into(), rx.recv()).await {
+            return Ok(got);
+        }
+        let late = until.elapsed();
+        if late <= stalled_after(host_timeout) {
+            break;
+        }
+        wait = late.min(host_timeout);
+    }
+    Err(())
+}
+
+/// Sleeps until `until`, and then, if the client did not run for a while
+/// before it woke (it woke late), for as long as it was late (at most
+/// `host_timeout`), so that what came meanwhile is read first.
+async fn sleep_while_running(until: Instant, host_timeout: Duration) {
+    let mut until = until;
+    for _ in 0..=STALL_EXTENSIONS {
+        tokio::time::sleep_until(until.into()).await;
+        let late = until.elapsed();
+        if late <= stalled_after(host_timeout) {
+            return;
+        }
+        until = later(Instant::now(), late.min(host_timeout));
+    }
+}
+
 /// Marks hosts unheard of for `host_timeout` as lost, and follows the NATS
-/// connection's state.
+/// connection's state. Time the client did not run (a tick that comes
+/// late: its runtime was blocked, its process stopped) does not count as
+/// a host's silence: the heartbeats sent meanwhile wait to be read.
 async fn monitor(inner: Weak<Inner>, tick: Duration) {
     let mut every = tokio::time::interval(tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        let due = every.tick().await;
+        let late = due.elapsed();
         let Some(inner) = inner.upgrade() else { return };
         let link = Link {
             up: !inner.closed.load(Ordering::Relaxed)
@@ -1719,8 +1777,18 @@ async fn monitor(inner: Weak<Inner>, tick: Duration) {
             inner.resend_cancels(link.epoch);
         }
         let now = Instant::now();
+        let stalled = match late > stalled_after(inner.config.host_timeout) {
+            true => late,
+            false => Duration::ZERO,
+        };
         let mut hosts = inner.hosts.lock().unwrap();
         for h in hosts.values_mut() {
+            if !stalled.is_zero() {
+                h.last_seen = later(h.last_seen, stalled).min(now);
+                for run in h.instances.values_mut() {
+                    run.seen = later(run.seen, stalled).min(now);
+                }
+            }
             if now.duration_since(h.last_seen) > inner.config.host_timeout {
                 h.lost.send_if_modified(|l| !std::mem::replace(l, true));
             }
@@ -1965,9 +2033,10 @@ impl Flight {
         }
         let until = self.deadline;
         let (epoch, stream) = (self.epoch, self.stream);
+        let host_timeout = self.inner.config.host_timeout;
         let deadline = async move {
             match until {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
+                Some(d) => sleep_while_running(d, host_timeout).await,
                 None => std::future::pending().await,
             }
         };

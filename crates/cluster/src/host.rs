@@ -658,16 +658,24 @@ impl Declines {
 
 /// The reply subjects of the calls that ended, to tell a call that comes
 /// again: the last [`Recent::KEPT`] of them, and for older ones, per
-/// client, the highest call number forgotten. A client numbers its calls
-/// in the order it makes them and sends them to a host in that order, so a
+/// client, the highest call number forgotten, for the [`Recent::KEPT`]
+/// clients whose calls were forgotten last. A client numbers its calls in
+/// the order it makes them and sends them to a host in that order, so a
 /// call of a client at or below that number is one that came before.
 #[derive(Default)]
 struct Recent {
     order: std::collections::VecDeque<String>,
     set: HashSet<String>,
     /// Per client (its reply subjects' prefix), the highest call number
-    /// among its forgotten calls; at most [`Recent::KEPT`] clients.
-    forgotten: HashMap<String, u64>,
+    /// among its forgotten calls, and when one of its calls was last
+    /// forgotten (a count); at most [`Recent::KEPT`] clients.
+    forgotten: HashMap<String, (u64, u64)>,
+    /// The clients of `forgotten` by when one of their calls was last
+    /// forgotten: the client whose calls were forgotten longest ago makes
+    /// room for a new one, never a client whose calls are still coming.
+    by_age: std::collections::BTreeMap<u64, String>,
+    /// Counts the calls forgotten.
+    forgets: u64,
 }
 
 impl Recent {
@@ -690,17 +698,24 @@ impl Recent {
             return;
         };
         let client = client_of(key);
-        if let Some(high) = self.forgotten.get_mut(client) {
+        self.forgets += 1;
+        let now = self.forgets;
+        if let Some((high, at)) = self.forgotten.get_mut(client) {
             *high = (*high).max(n);
+            self.by_age.remove(at);
+            *at = now;
+            self.by_age.insert(now, client.to_owned());
             return;
         }
         if self.forgotten.len() >= Self::KEPT {
-            // A client gone long ago, most likely: make room.
-            if let Some(other) = self.forgotten.keys().next().cloned() {
-                self.forgotten.remove(&other);
+            // The client whose calls were forgotten longest ago (most
+            // likely gone) makes room.
+            if let Some((_, oldest)) = self.by_age.pop_first() {
+                self.forgotten.remove(&oldest);
             }
         }
-        self.forgotten.insert(client.to_owned(), n);
+        self.forgotten.insert(client.to_owned(), (n, now));
+        self.by_age.insert(now, client.to_owned());
     }
 
     fn contains(&self, key: &str) -> bool {
@@ -708,7 +723,7 @@ impl Recent {
             || call_of(key).parse::<u64>().is_ok_and(|n| {
                 self.forgotten
                     .get(client_of(key))
-                    .is_some_and(|&high| n <= high)
+                    .is_some_and(|&(high, _)| n <= high)
             })
     }
 }
@@ -782,7 +797,7 @@ impl Serving {
                 .host
                 .pool
                 .start_failure()
-                .map(|e| WireError::from_error(&e)),
+                .map(|e| WireError::from_error(&e).for_heartbeat()),
         };
         let payload = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = self
@@ -1083,6 +1098,10 @@ impl Serving {
             return self.decline(&reply).await;
         }
         if self.cancelled.remove(&key) {
+            // Ended here without running: a copy that comes later (a
+            // replay) is ignored like that of any call that ended, rather
+            // than run with nothing left to cancel it.
+            self.ended.insert(key);
             return;
         }
         // Taken now, whatever came of a copy before (a replay).

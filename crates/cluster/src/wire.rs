@@ -444,7 +444,57 @@ fn ms(d: Duration) -> Option<u64> {
     Some(d.as_millis().min(u64::MAX as u128) as u64)
 }
 
+/// The most bytes of a start failure's stderr tail a heartbeat carries
+/// (its end); its other texts keep at most [`MAX_BROKEN_TEXT`] bytes each.
+/// A client takes no start failure from a heartbeat over 64 KiB, and the
+/// server takes none over its `max_payload`: a worker that logs long
+/// lines before it fails must not cost its host the start failure its
+/// callers are to get, nor its heartbeats.
+pub(crate) const MAX_BROKEN_TAIL: usize = 8 << 10;
+
+/// See [`MAX_BROKEN_TAIL`].
+pub(crate) const MAX_BROKEN_TEXT: usize = 2 << 10;
+
+/// The first `max` bytes of `s` (cut at a character boundary), marked `…`
+/// when cut.
+fn head(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The last `max` bytes of `s` (cut at a character boundary), marked `…`
+/// when cut.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
 impl WireError {
+    /// The error as a heartbeat carries it: its stderr tail cut to its
+    /// last [`MAX_BROKEN_TAIL`] bytes, and its message (which repeats the
+    /// tail) and cause to their first [`MAX_BROKEN_TEXT`].
+    pub(crate) fn for_heartbeat(mut self) -> Self {
+        self.message = head(
+            self.message.lines().next().unwrap_or_default(),
+            MAX_BROKEN_TEXT,
+        );
+        self.detail = self.detail.map(|d| head(&d, MAX_BROKEN_TEXT));
+        self.tail = self.tail.map(|t| tail(&t, MAX_BROKEN_TAIL));
+        self
+    }
+
     /// Whether it is `Error::StartFailed` on the wire.
     pub(crate) fn is_start_failure(&self) -> bool {
         self.kind == "start_failed"
