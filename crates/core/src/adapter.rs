@@ -113,7 +113,11 @@ impl Launch {
 /// [`process_response`](Adapter::process_response) on the result. Typed calls
 /// ([`Pool::call`](crate::Pool::call)) are validated too, with `args` =
 /// `Value::Null` (their arguments are not a `Value`), and skip the two value
-/// hooks.
+/// hooks. [`launch`](Adapter::launch), [`codec`](Adapter::codec) and
+/// `supported_commands` are asked once, by
+/// [`PoolBuilder::start`](crate::PoolBuilder::start): one that panics fails
+/// the start with [`Error::StartFailed`](crate::Error::StartFailed) naming
+/// the hook and the panic.
 ///
 /// ```
 /// use snakepit_core::{Adapter, Launch};

@@ -113,7 +113,10 @@ pub enum EventKind<'a> {
     BreakerOpened {
         /// The slot.
         worker: usize,
-        /// Consecutive failed starts.
+        /// Consecutive failed starts, as the breaker counts them: it opens
+        /// at `breaker_threshold`, and a start tried after its cool-down
+        /// (half-open) that fails opens it again at that same count, so
+        /// this is always `breaker_threshold`.
         failures: u32,
     },
     /// A worker started again in a slot whose breaker was open.

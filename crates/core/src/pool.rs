@@ -181,15 +181,32 @@ impl PoolBuilder {
                 self.name
             )));
         }
-        let checked = crate::sync::catch(|| self.adapter.check())
-            .unwrap_or_else(|panic| Err(format!("the adapter's check panicked: {panic}")));
-        if let Err(cause) = checked {
-            return Err(Error::StartFailed(Box::new(StartError {
+        let failed = |cause: String| {
+            Error::StartFailed(Box::new(StartError {
                 worker_id: format!("{}_worker_1_1", self.name),
                 cause,
                 stderr_tail: String::new(),
-            })));
+            }))
+        };
+        // The adapter's hooks that `start` calls once run on the caller's
+        // task: one that panics fails the start, naming the hook, rather
+        // than unwind through the caller.
+        let hook =
+            |name: &str, panic: String| failed(format!("the adapter's {name} panicked: {panic}"));
+        let checked = crate::sync::catch(|| self.adapter.check())
+            .unwrap_or_else(|panic| Err(format!("the adapter's check panicked: {panic}")));
+        if let Err(cause) = checked {
+            return Err(failed(cause));
         }
+        let adapter_launch =
+            crate::sync::catch(|| self.adapter.launch()).map_err(|p| hook("launch", p))?;
+        // The adapter's codec is asked only when the builder sets none.
+        let codec = match self.codec {
+            Some(codec) => codec,
+            None => crate::sync::catch(|| self.adapter.codec()).map_err(|p| hook("codec", p))?,
+        };
+        let supported = crate::sync::catch(|| self.adapter.supported_commands())
+            .map_err(|p| hook("supported_commands", p))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("Pool::start needs a Tokio runtime".into()))?;
         // The host out of threads or memory: a start failure, not a
@@ -202,7 +219,6 @@ impl PoolBuilder {
             }))
         })?;
         let size = self.config.pool_size;
-        let codec = self.codec.unwrap_or_else(|| self.adapter.codec());
         let run_id = crate::sweep::new_run_id();
         let state_dir = self
             .config
@@ -226,17 +242,14 @@ impl PoolBuilder {
             state_dir,
             record_warned: std::sync::atomic::AtomicBool::new(false),
             launch: {
-                let mut launch = self.adapter.launch();
+                let mut launch = adapter_launch;
                 // Applied first, so the adapter's own settings win.
                 let mut env = self.worker_env;
                 env.append(&mut launch.env);
                 launch.env = env;
                 launch
             },
-            supported: self
-                .adapter
-                .supported_commands()
-                .map(|v| v.into_iter().collect()),
+            supported: supported.map(|v| v.into_iter().collect()),
             adapter: self.adapter,
             codec,
             state: Mutex::new(State::new(size)),
@@ -274,8 +287,17 @@ impl PoolBuilder {
         }
         tokio::spawn(maintain(shared.clone()));
         if let Some(hook) = &shared.session_hook {
-            let pool: std::sync::Weak<Shared> = Arc::downgrade(&shared);
-            hook.attached(SessionEnds::new(pool));
+            let weak: std::sync::Weak<Shared> = Arc::downgrade(&shared);
+            // The application's code on the caller's task, as the
+            // adapter's hooks above: a panic fails the start.
+            if let Err(panic) = crate::sync::catch(|| hook.attached(SessionEnds::new(weak))) {
+                let _ = pool.shutdown().await;
+                return Err(Error::StartFailed(Box::new(StartError {
+                    worker_id: format!("{}_worker_1_1", shared.name),
+                    cause: format!("the session hook's attached panicked: {panic}"),
+                    stderr_tail: String::new(),
+                })));
+            }
         }
         let all = async {
             for rx in firsts {
@@ -402,7 +424,9 @@ impl Pool {
     /// worker is ready and every slot's circuit breaker is open,
     /// `Some(Error::StartFailed)` with the last start's cause and stderr
     /// tail (the same a call would get); `None` otherwise, also while
-    /// workers are still starting. A cluster host announces it, so that
+    /// workers are still starting (a start tried after the cool-down, or
+    /// asked with [`retry_starts`](Pool::retry_starts), included: calls
+    /// wait for it, and fail with its error if it fails). A cluster host announces it, so that
     /// callers fail the same way when every host is in that state.
     pub fn start_failure(&self) -> Option<Error> {
         let st = self.shared().state();
@@ -464,8 +488,21 @@ impl Pool {
     /// (the breaker is then half-open: one more failed start opens it
     /// again). For when the cause of the failures is gone (a module
     /// installed, a model file restored) and the cool-down should not be
-    /// waited out. Slots with a worker are left alone.
+    /// waited out. Slots with a worker are left alone, but for one whose
+    /// recycling is held up by a replacement that failed to start: that
+    /// replacement is tried again at once too. A call made once
+    /// this returns waits for those starts (within the queue timeout)
+    /// rather than fail at once with the last start error.
     pub fn retry_starts(&self) {
+        {
+            let mut st = self.shared().state();
+            // Asked now, under way soon: no call fails fast meanwhile.
+            for slot in st.slots.iter_mut() {
+                if slot.worker.is_none() && slot.breaker_open {
+                    slot.attempting = true;
+                }
+            }
+        }
         self.shared().retry.send_modify(|n| *n = n.wrapping_add(1));
     }
 

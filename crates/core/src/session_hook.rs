@@ -15,7 +15,9 @@ pub trait SessionHook: Send + Sync + 'static {
     fn touch(&self, session_id: &str) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
     /// Called once when the pool starts, with a handle through which the
-    /// hook reports sessions that ended (expired or deleted).
+    /// hook reports sessions that ended (expired or deleted). One that
+    /// panics fails the start with [`Error::StartFailed`](crate::Error::StartFailed)
+    /// naming the panic.
     fn attached(&self, ends: SessionEnds) {
         let _ = ends;
     }
@@ -23,8 +25,9 @@ pub trait SessionHook: Send + Sync + 'static {
 
 /// What a session's end does in the pool: its worker affinity goes.
 pub(crate) trait Affinities: Send + Sync {
-    /// Forgets which worker served `session_id`.
-    fn forget_session(&self, session_id: &str);
+    /// Forgets which worker served `session_id`; whether the pool still
+    /// runs (false once it is shut down, or its last handle is gone).
+    fn forget_session(&self, session_id: &str) -> bool;
 }
 
 /// A handle to a pool's affinity records that does not keep the pool alive.
@@ -38,15 +41,14 @@ impl SessionEnds {
         SessionEnds { shared: pool }
     }
 
-    /// Forgets the session's worker affinity; `false` once the pool is gone.
+    /// Forgets the session's worker affinity; `false` once the pool is gone:
+    /// shut down (even while handles of it are still held), or its last
+    /// handle dropped (even while one of its streams is still held). A
+    /// store may drop its listener of the pool at the first `false`.
     pub fn end(&self, session_id: &str) -> bool {
-        match self.shared.upgrade() {
-            Some(shared) => {
-                shared.forget_session(session_id);
-                true
-            }
-            None => false,
-        }
+        self.shared
+            .upgrade()
+            .is_some_and(|shared| shared.forget_session(session_id))
     }
 }
 

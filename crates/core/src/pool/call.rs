@@ -48,6 +48,13 @@ impl CallMeta {
         }
     }
 
+    /// The call's frame never reached the worker it was written to (the
+    /// worker died leaving it unread): it has reached no worker yet.
+    pub(crate) fn unsent(&mut self) {
+        self.queue_wait = None;
+        self.worker = None;
+    }
+
     /// The call has reached `worker`; its frame was made at `sent`.
     pub(crate) fn took(&mut self, worker: &Worker, sent: Instant) {
         let wait = sent.saturating_duration_since(self.submitted);
@@ -312,6 +319,9 @@ impl Pool {
             match reply {
                 Some(Ok(Err(Failure::NotSent(e)))) => {
                     flight.done = true;
+                    // It never reached that worker: its events name the
+                    // worker it reaches next, or none.
+                    meta.unsent();
                     undelivered += 1;
                     if undelivered >= MAX_SENDS {
                         return Err(e);
@@ -347,168 +357,183 @@ impl Pool {
         options: &CallOptions,
         chunks: Option<mpsc::Sender<Bytes>>,
         meta: &mut CallMeta,
-        (deadline, timeout): (Instant, Duration),
+        at: (Instant, Duration),
     ) -> Result<InFlight> {
-        let shared = self.shared();
-        let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
-        let mut touch_mark = None;
-        if let (Some(hook), Some(s)) = (&shared.session_hook, &session) {
-            let id: &str = s;
-            // A pool that is shut down refuses the call before its session
-            // is touched (made, in a store shared with other hosts).
-            touch_mark = Some(shared.touching(s).ok_or(Error::ShutDown)?);
-            // So does a call with no time left (a zero timeout): it would
-            // not be written, so its session is not made or extended.
-            if Instant::now() >= deadline {
-                return Err(shared.timed_out(command, timeout));
-            }
-            // The store's time counts against the call's deadline.
-            // A hook that panics fails the call, not the caller's task,
-            // whether it panics making its future or running it.
-            let store_panicked = |panic| Error::Session {
-                session_id: id.to_owned(),
-                message: format!("the session store panicked: {panic}"),
-            };
-            let touch = crate::sync::CatchUnwind(
-                crate::sync::catch(|| hook.touch(id)).map_err(store_panicked)?,
-            );
-            // A shutdown meanwhile refuses the call at once, as it does the
-            // calls waiting in the queue, rather than leave its caller to a
-            // store that may not answer before the call's deadline.
-            let mut ending = shared.shutdown.subscribe();
-            let touched = tokio::select! {
-                touched = crate::clock::timeout_at(deadline, touch) => touched,
-                _ = ending.wait_for(|closed| *closed) => return Err(Error::ShutDown),
-            };
-            match touched {
-                Ok(touched) => touched
-                    .unwrap_or_else(|panic| Err(format!("the session store panicked: {panic}")))
-                    .map_err(|message| Error::Session {
-                        session_id: id.to_owned(),
-                        message,
-                    })?,
-                Err(_) => return Err(shared.timed_out(command, timeout)),
-            }
-        }
-        let mut chunks = chunks;
-        // A worker can die (or retire) between handing out its lease and the
-        // call reaching it; the call has not been sent then, so it goes
-        // elsewhere, and the dead worker leaves the free list at once.
-        for _ in 0..MAX_SENDS {
-            let lease = shared
-                .acquire(
-                    session.as_ref(),
-                    options.affinity,
-                    deadline,
-                    timeout,
-                    command,
-                    chunks.is_some(),
-                )
-                .await?;
-            if let Some(mark) = &touch_mark {
-                mark.routed();
-            }
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut request = Request::new(id, command, args);
-            request.session_id = options.session_id.as_deref();
-            // One clock reading for the time left and the queue wait.
-            let sent = Instant::now();
-            if sent >= deadline {
-                // No time left to give the worker (a zero timeout, or a
-                // wait that took it all): not sent; the lease goes back.
-                return Err(shared.timed_out(command, timeout));
-            }
-            request.timeout_ms = Some(deadline.saturating_duration_since(sent).as_millis() as u64);
-            request.stream = chunks.is_some();
-            let traced;
-            request.traceparent = match (&options.traceparent, &shared.trace_context) {
-                (Some(t), _) => Some(t.as_str()),
-                (None, Some(hook)) => {
-                    // Tracing is best effort: a hook that panics leaves this
-                    // call without trace headers, and the call goes on.
-                    traced = crate::sync::catch(|| hook()).unwrap_or_else(|panic| {
-                        tracing::warn!(command, panic = %panic, "the trace_context hook panicked; the call is sent without trace headers");
-                        None
-                    });
-                    request.tracestate = traced.as_ref().and_then(|t| t.tracestate.as_deref());
-                    request.baggage = traced.as_ref().and_then(|t| t.baggage.as_deref());
-                    traced.as_ref().map(|t| t.traceparent.as_str())
-                }
-                (None, None) => None,
-            };
-            let large = shared.large_request.load(Ordering::Relaxed);
-            let mut buf = BytesMut::with_capacity((large + large / 8).max(256));
-            encode_request(
-                &shared.codec,
-                &request,
-                shared.config.max_frame_size,
-                &mut buf,
-            )
-            .map_err(Error::Codec)?;
-            // Written only while large frames come and go: pools of small
-            // calls never touch it.
-            let now_large = if buf.len() > LARGE_REQUEST {
-                buf.len()
-            } else {
-                0
-            };
-            if now_large != large {
-                shared.large_request.store(now_large, Ordering::Relaxed);
-            }
-            let (tx, rx) = oneshot::channel();
-            // Kept for a resend: the pending call may be failed by the
-            // reader (and dropped with its sender) before it is taken back.
-            let chunks_again = chunks.clone();
-            let streams = chunks.is_some();
-            let pending = Pending {
-                chunks: chunks.take(),
-                session: session.clone(),
-                until: streams.then_some(deadline),
-                ..Pending::new(tx, true)
-            };
-            // A one-shot call's deadline is watched by the worker's reader,
-            // with one timer for all its calls; a stream keeps its own.
-            let registered = if streams {
-                lease.worker.register(id, pending).map(|()| false)
-            } else {
-                lease.worker.register_until(id, pending, deadline)
-            };
-            match registered {
-                Ok(expires) => {
-                    let worker = lease.disarm();
-                    if streams {
-                        shared.stream_registered(&worker);
-                    }
-                    if worker.send_request(id, buf.freeze()) {
-                        meta.took(&worker, sent);
-                        return Ok(InFlight {
-                            worker,
-                            id,
-                            reply: rx,
-                            done: false,
-                            expires,
-                        });
-                    }
-                    // The worker's stdin is already closed or broken: the
-                    // call never reached it. Take it back (with its unit,
-                    // unless the reader has failed it and freed the slot).
-                    if worker.unregister(id).is_some() {
-                        shared.release(&worker);
-                    }
-                    shared.worker_gone(&worker);
-                    // A worker that cannot be written to can take no call:
-                    // if it still runs (it closed its stdin), it goes.
-                    worker.kill();
-                    chunks = chunks_again;
-                }
-                Err(pending) => {
-                    shared.worker_gone(&lease.worker);
-                    chunks = pending.chunks;
-                }
-            }
-        }
-        Err(Error::ShutDown)
+        submit(self.shared(), command, args, options, chunks, meta, at).await
     }
+}
+
+/// Sends a call to a worker: touches its session, takes a lease (waiting
+/// in the queue if need be), encodes and writes its frame. Takes the
+/// pool's shared part, not a `Pool` handle, so that a stream sent again
+/// holds no handle that would keep its pool alive (`CallStream`).
+pub(crate) async fn submit<A: Serialize + ?Sized>(
+    shared: &Arc<Shared>,
+    command: &str,
+    args: &A,
+    options: &CallOptions,
+    chunks: Option<mpsc::Sender<Bytes>>,
+    meta: &mut CallMeta,
+    (deadline, timeout): (Instant, Duration),
+) -> Result<InFlight> {
+    let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
+    let mut touch_mark = None;
+    if let (Some(hook), Some(s)) = (&shared.session_hook, &session) {
+        let id: &str = s;
+        // A pool that is shut down refuses the call before its session
+        // is touched (made, in a store shared with other hosts).
+        touch_mark = Some(shared.touching(s).ok_or(Error::ShutDown)?);
+        // So does a call with no time left (a zero timeout): it would
+        // not be written, so its session is not made or extended.
+        if Instant::now() >= deadline {
+            return Err(shared.timed_out(command, timeout));
+        }
+        // The store's time counts against the call's deadline.
+        // A hook that panics fails the call, not the caller's task,
+        // whether it panics making its future or running it.
+        let store_panicked = |panic| Error::Session {
+            session_id: id.to_owned(),
+            message: format!("the session store panicked: {panic}"),
+        };
+        let touch = crate::sync::CatchUnwind(
+            crate::sync::catch(|| hook.touch(id)).map_err(store_panicked)?,
+        );
+        // A shutdown meanwhile refuses the call at once, as it does the
+        // calls waiting in the queue, rather than leave its caller to a
+        // store that may not answer before the call's deadline.
+        let mut ending = shared.shutdown.subscribe();
+        let touched = tokio::select! {
+            touched = crate::clock::timeout_at(deadline, touch) => touched,
+            _ = ending.wait_for(|closed| *closed) => return Err(Error::ShutDown),
+        };
+        match touched {
+            Ok(touched) => touched
+                .unwrap_or_else(|panic| Err(format!("the session store panicked: {panic}")))
+                .map_err(|message| Error::Session {
+                    session_id: id.to_owned(),
+                    message,
+                })?,
+            Err(_) => return Err(shared.timed_out(command, timeout)),
+        }
+    }
+    let mut chunks = chunks;
+    // A worker can die (or retire) between handing out its lease and the
+    // call reaching it; the call has not been sent then, so it goes
+    // elsewhere, and the dead worker leaves the free list at once.
+    for _ in 0..MAX_SENDS {
+        let lease = shared
+            .acquire(
+                session.as_ref(),
+                options.affinity,
+                deadline,
+                timeout,
+                command,
+                chunks.is_some(),
+            )
+            .await?;
+        if let Some(mark) = &touch_mark {
+            mark.routed();
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut request = Request::new(id, command, args);
+        request.session_id = options.session_id.as_deref();
+        // One clock reading for the time left and the queue wait.
+        let sent = Instant::now();
+        if sent >= deadline {
+            // No time left to give the worker (a zero timeout, or a
+            // wait that took it all): not sent; the lease goes back.
+            return Err(shared.timed_out(command, timeout));
+        }
+        request.timeout_ms = Some(deadline.saturating_duration_since(sent).as_millis() as u64);
+        request.stream = chunks.is_some();
+        let traced;
+        request.traceparent = match (&options.traceparent, &shared.trace_context) {
+            (Some(t), _) => Some(t.as_str()),
+            (None, Some(hook)) => {
+                // Tracing is best effort: a hook that panics leaves this
+                // call without trace headers, and the call goes on.
+                traced = crate::sync::catch(|| hook()).unwrap_or_else(|panic| {
+                    tracing::warn!(command, panic = %panic, "the trace_context hook panicked; the call is sent without trace headers");
+                    None
+                });
+                request.tracestate = traced.as_ref().and_then(|t| t.tracestate.as_deref());
+                request.baggage = traced.as_ref().and_then(|t| t.baggage.as_deref());
+                traced.as_ref().map(|t| t.traceparent.as_str())
+            }
+            (None, None) => None,
+        };
+        let large = shared.large_request.load(Ordering::Relaxed);
+        let mut buf = BytesMut::with_capacity((large + large / 8).max(256));
+        encode_request(
+            &shared.codec,
+            &request,
+            shared.config.max_frame_size,
+            &mut buf,
+        )
+        .map_err(Error::Codec)?;
+        // Written only while large frames come and go: pools of small
+        // calls never touch it.
+        let now_large = if buf.len() > LARGE_REQUEST {
+            buf.len()
+        } else {
+            0
+        };
+        if now_large != large {
+            shared.large_request.store(now_large, Ordering::Relaxed);
+        }
+        let (tx, rx) = oneshot::channel();
+        // Kept for a resend: the pending call may be failed by the
+        // reader (and dropped with its sender) before it is taken back.
+        let chunks_again = chunks.clone();
+        let streams = chunks.is_some();
+        let pending = Pending {
+            chunks: chunks.take(),
+            session: session.clone(),
+            until: streams.then_some(deadline),
+            ..Pending::new(tx, true)
+        };
+        // A one-shot call's deadline is watched by the worker's reader,
+        // with one timer for all its calls; a stream keeps its own.
+        let registered = if streams {
+            lease.worker.register(id, pending).map(|()| false)
+        } else {
+            lease.worker.register_until(id, pending, deadline)
+        };
+        match registered {
+            Ok(expires) => {
+                let worker = lease.disarm();
+                if streams {
+                    shared.stream_registered(&worker);
+                }
+                if worker.send_request(id, buf.freeze()) {
+                    meta.took(&worker, sent);
+                    return Ok(InFlight {
+                        worker,
+                        id,
+                        reply: rx,
+                        done: false,
+                        expires,
+                    });
+                }
+                // The worker's stdin is already closed or broken: the
+                // call never reached it. Take it back (with its unit,
+                // unless the reader has failed it and freed the slot).
+                if worker.unregister(id).is_some() {
+                    shared.release(&worker);
+                }
+                shared.worker_gone(&worker);
+                // A worker that cannot be written to can take no call:
+                // if it still runs (it closed its stdin), it goes.
+                worker.kill();
+                chunks = chunks_again;
+            }
+            Err(pending) => {
+                shared.worker_gone(&lease.worker);
+                chunks = pending.chunks;
+            }
+        }
+    }
+    Err(Error::ShutDown)
 }
 
 pub(crate) fn decode_result<R: DeserializeOwned>(

@@ -311,6 +311,8 @@ impl Shared {
         slot.last_generation += 1;
         slot.generation = slot.last_generation;
         slot.worker = None;
+        // A start begins: calls wait for it, even with the breaker open.
+        slot.attempting = true;
         slot.generation
     }
 
@@ -514,8 +516,10 @@ impl Shared {
 }
 
 impl Affinities for Shared {
-    fn forget_session(&self, session_id: &str) {
+    fn forget_session(&self, session_id: &str) -> bool {
         Shared::forget_session(self, session_id);
+        // Every way a pool ends closes it first (`Shared::close`).
+        !self.state().closed
     }
 }
 

@@ -36,6 +36,10 @@ pub(crate) struct Slot {
     /// (the signal must not land in a next call) until that call's reply.
     pub(crate) interrupting: bool,
     pub(crate) breaker_open: bool,
+    /// A start of its worker is under way, or asked (`Pool::retry_starts`):
+    /// an open breaker is then half-open, and calls wait for that start
+    /// rather than fail fast ([`State::broken`]).
+    pub(crate) attempting: bool,
     /// The worker's answers at which its supervisor is woken to start its
     /// replacement (recycling by calls); 0 once done, or when off.
     pub(crate) replace_at: u64,
@@ -81,6 +85,7 @@ impl Slot {
             in_ahead: false,
             interrupting: false,
             breaker_open: false,
+            attempting: false,
             replace_at: 0,
             drain_at: 0,
             draining: false,
@@ -112,6 +117,7 @@ impl Slot {
         self.ahead = 0;
         self.streams_leased = 0;
         self.interrupting = false;
+        self.attempting = false;
         self.replace_at = 0;
         self.drain_at = 0;
         self.draining = false;
@@ -215,10 +221,13 @@ pub(crate) struct State {
 
 impl State {
     /// The last start error, when no worker is ready and every slot's
-    /// breaker is open: a call then fails at once with it rather than wait.
+    /// breaker is open with no start under way or asked: a call then fails
+    /// at once with it rather than wait. While a slot tries a start (its
+    /// breaker half-open: after the cool-down, or on `Pool::retry_starts`)
+    /// calls wait for it, and fail with its error if it fails too.
     pub(crate) fn broken(&self) -> Option<&StartError> {
         let none_ready = self.slots.iter().all(|s| s.worker.is_none());
-        let all_open = self.slots.iter().all(|s| s.breaker_open);
+        let all_open = self.slots.iter().all(|s| s.breaker_open && !s.attempting);
         (none_ready && all_open)
             .then_some(self.last_start_error.as_ref())
             .flatten()

@@ -48,7 +48,11 @@ pub struct Stats {
     /// it is being recycled (its replacement already serves) is counted in
     /// `recycled` only: it needs no replacement of its own.
     pub restarts: u64,
-    /// Worker starts that failed.
+    /// Worker starts that failed: a process that could not be started or
+    /// did not pass its init handshake (a recycled worker's replacement
+    /// included). A worker that passed its handshake and died within a
+    /// second counts as a failed start for the back-off and the breaker,
+    /// but not here: its start succeeded, and counts in `restarts`.
     pub start_failures: u64,
     /// Workers replaced on purpose (calls, memory, age, idleness), counted
     /// when the replacement is ready. A replacement that fails to start is

@@ -76,7 +76,6 @@ impl Pool {
             timer: crate::clock::Timer::at(deadline),
             timeout,
             resend: Resend {
-                pool: self.downgrade(),
                 args,
                 options,
                 deadline,
@@ -91,7 +90,6 @@ impl Pool {
 /// worker (written ahead to a worker that died before reading it): a
 /// one-shot call goes to another worker then, and so does a stream.
 pub(crate) struct Resend {
-    pool: super::WeakPool,
     args: Value,
     options: CallOptions,
     deadline: std::time::Instant,
@@ -102,12 +100,12 @@ pub(crate) struct Resend {
 type Resent = Result<(InFlight, mpsc::Receiver<Bytes>, super::call::CallMeta)>;
 
 impl CallStream {
-    /// Starts sending the stream again, as it was first sent.
+    /// Starts sending the stream again, as it was first sent. It holds the
+    /// pool's shared part, never a `Pool` handle: the pool still ends when
+    /// its last handle goes (the send then fails with `ShutDown`), however
+    /// long the send waits and whether the stream is polled or not.
     fn send_again(&mut self) {
-        let Some(pool) = self.resend.pool.upgrade() else {
-            self.resend.under_way = Some(Box::pin(async { Err(Error::ShutDown) }));
-            return;
-        };
+        let shared = self.outcome.shared.clone();
         self.resend.sends += 1;
         let command = self.outcome.command.to_string();
         let args = self.resend.args.clone();
@@ -117,9 +115,9 @@ impl CallStream {
         meta.submitted = self.outcome.meta.submitted;
         self.resend.under_way = Some(Box::pin(async move {
             let (tx, rx) = mpsc::channel(256);
-            let flight = pool
-                .submit(&command, &args, &options, Some(tx), &mut meta, at)
-                .await?;
+            let flight =
+                super::call::submit(&shared, &command, &args, &options, Some(tx), &mut meta, at)
+                    .await?;
             Ok((flight, rx, meta))
         }));
     }
@@ -226,6 +224,7 @@ impl Stream for CallStream {
                 {
                     let mut flight = this.flight.take().expect("checked");
                     flight.done = true;
+                    this.outcome.meta.unsent();
                     this.send_again();
                     cx.waker().wake_by_ref();
                     return Poll::Pending;

@@ -237,13 +237,13 @@ fn failed_start(shared: &Shared, i: usize, failures: &mut u32, e: &StartError) -
     *failures += 1;
     let mut st = shared.state();
     st.last_start_error = Some(e.clone());
+    st.slots[i].attempting = false;
     if *failures < shared.config.breaker_threshold {
         drop(st);
         return restart_delay(&shared.config, backoff(&shared.config, *failures), i as u64);
     }
     st.slots[i].breaker_open = true;
-    let none_ready = st.slots.iter().all(|s| s.worker.is_none());
-    if none_ready && st.slots.iter().all(|s| s.breaker_open) {
+    if st.broken().is_some() {
         shared.fail_waiters(&mut st, || Error::StartFailed(Box::new(e.clone())));
     }
     drop(st);
