@@ -266,7 +266,11 @@ async fn exit_reports_for_pids_a_template_did_not_fork_are_not_kept() {
     let before = host_rss_kib();
     let pool = builder(Flooding(FLOOD))
         .size(1)
-        .configure(|c| c.worker_init_timeout = Duration::from_secs(300))
+        .configure(|c| {
+            // The flood takes seconds on a loaded machine: the start waits.
+            c.worker_init_timeout = Duration::from_secs(300);
+            c.startup_timeout = Duration::from_secs(300);
+        })
         .start()
         .await
         .unwrap();

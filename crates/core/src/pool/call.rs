@@ -101,14 +101,14 @@ impl<'c, S: Deref<Target = Shared>> Outcome<'c, S> {
         let c = &self.shared.counters;
         let kind = match &r {
             Ok(_) => {
-                c.completed.fetch_add(1, Ordering::Relaxed);
+                c.completed.fetch_add(1, Ordering::Release);
                 "ok"
             }
             Err(e) => {
                 if e.is_crash() {
                     c.crashes.fetch_add(1, Ordering::Relaxed);
                 }
-                c.errors.fetch_add(1, Ordering::Relaxed);
+                c.errors.fetch_add(1, Ordering::Release);
                 e.kind()
             }
         };
@@ -146,7 +146,7 @@ impl<S: Deref<Target = Shared>> Drop for Outcome<'_, S> {
             self.shared
                 .counters
                 .cancelled
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(1, Ordering::Release);
             self.report("cancelled");
         }
     }

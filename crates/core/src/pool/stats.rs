@@ -171,10 +171,12 @@ impl Shared {
             .chain(st.strict.iter().flatten())
             .filter(|w| !w.tx.is_closed())
             .count();
-        s.requests = c.requests.load(Ordering::Relaxed);
-        s.completed = c.completed.load(Ordering::Relaxed);
-        s.errors = c.errors.load(Ordering::Relaxed);
-        s.cancelled = c.cancelled.load(Ordering::Relaxed);
+        // A call is counted in `requests` before its outcome: reading the
+        // outcomes first keeps their sum within `requests` while calls end.
+        s.completed = c.completed.load(Ordering::Acquire);
+        s.errors = c.errors.load(Ordering::Acquire);
+        s.cancelled = c.cancelled.load(Ordering::Acquire);
+        s.requests = c.requests.load(Ordering::Acquire);
         s.queue_timeouts = c.queue_timeouts.load(Ordering::Relaxed);
         s.pool_saturated = c.pool_saturated.load(Ordering::Relaxed);
         s.call_timeouts = c.call_timeouts.load(Ordering::Relaxed);
