@@ -139,11 +139,15 @@ async fn status(a: StatusArgs, out: &Output) -> Result<(), Failure> {
     ))?;
     for h in &hosts {
         let n = |k: &str| h[k].as_u64().unwrap_or(0);
+        // Whoever may publish on the cluster's subjects can answer for a
+        // host: the names it gives are written on their line, what would
+        // drive the terminal escaped.
+        let text = |k: &str| ui::one_line(h[k].as_str().unwrap_or("?"));
         ui::stdout_line(format_args!(
             "{:<20} {:>8} {:<24} {:>7} {:>5} {:>5} {:>7} {:>10}",
-            h["host"].as_str().unwrap_or("?"),
+            text("host"),
             n("pid"),
-            h["pool"].as_str().unwrap_or("?"),
+            text("pool"),
             n("workers"),
             n("available"),
             n("busy"),

@@ -136,11 +136,19 @@ fn read(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, Failure> {
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// An empty `state_dir` is no directory: the pool would keep no run record.
+/// Nor is one holding a NUL byte (`"\u0000"` in TOML), which no path can
+/// hold: the pool would run without a record and the sweep fail.
 fn check_state_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
     if dir.to_string_lossy().trim().is_empty() {
         return Err(
             "state_dir under [pool] must not be empty (leave it out for the default directory)"
                 .into(),
+        );
+    }
+    if dir.as_os_str().as_bytes().contains(&0) {
+        return Err(
+            "state_dir under [pool] holds a NUL character (\\u0000), which no path can hold".into(),
         );
     }
     Ok(())

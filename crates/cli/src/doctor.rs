@@ -164,6 +164,9 @@ fn print_report(
     ok: bool,
     out: &Output,
 ) -> Result<(), Failure> {
+    // Versions, paths and errors come from the interpreters and packages
+    // found: what would drive the terminal is written escaped.
+    use crate::ui::one_line;
     let c = out.color_stdout;
     let good = |s: &str| Output::paint(c, style::GOOD, s);
     let bad = |s: &str| Output::paint(c, style::BAD, s);
@@ -175,11 +178,12 @@ fn print_report(
             (Some(_), None, _) | (None, None, Some(_)) => bad("failed "),
             (None, None, None) => bad("missing"),
         };
-        let path = it.path.as_ref().map_or_else(
+        let path = one_line(&it.path.as_ref().map_or_else(
             || it.program.display().to_string(),
             |p| p.display().to_string(),
-        );
-        match (&it.version, it.ping_ms) {
+        ));
+        let version = it.version.as_deref().map(one_line);
+        match (&version, it.ping_ms) {
             (Some(v), Some(ms)) => outln!(
                 "  {status} {:<7} {v} ({path}); bundled worker answered a ping, {ms} ms from start",
                 it.language
@@ -187,18 +191,20 @@ fn print_report(
             (Some(v), None) => outln!(
                 "  {status} {:<7} {v} ({path}); the bundled worker failed: {}",
                 it.language,
-                it.error.as_deref().unwrap_or("")
+                one_line(it.error.as_deref().unwrap_or(""))
             )?,
             (None, _) => {
                 match (&it.path, &it.error) {
-                    (Some(_), Some(error)) => outln!("  {status} {:<7} {error}", it.language)?,
+                    (Some(_), Some(error)) => {
+                        outln!("  {status} {:<7} {}", it.language, one_line(error))?
+                    }
                     _ => outln!("  {status} {:<7} `{path}` not found", it.language)?,
                 }
                 todo.push(it.install.to_owned());
             }
         }
         if let Some(note) = &it.note {
-            outln!("          note: {note}")?;
+            outln!("          note: {}", one_line(note))?;
         }
     }
     outln!("{}", Output::paint(c, style::BOLD, "Bridge packages"))?;
@@ -207,7 +213,7 @@ fn print_report(
             .iter()
             .any(|i| i.language == p.language && i.version.is_some());
         let (status, what) = match (&p.version, installed) {
-            (Some(v), _) => (good("ok     "), format!("{} {v}", p.package)),
+            (Some(v), _) => (good("ok     "), format!("{} {}", p.package, one_line(v))),
             (None, true) => {
                 todo.push(p.install.clone());
                 (bad("missing"), p.package.to_owned())
@@ -225,7 +231,7 @@ fn print_report(
     } else {
         outln!("\nTo install what is missing:")?;
         for t in todo {
-            outln!("  {t}")?;
+            outln!("  {}", one_line(&t))?;
         }
     }
     if !ok {

@@ -4,7 +4,9 @@
 //!
 //! One line per event: a line a worker wrote to its stderr reads `[worker
 //! id] line`, dimmed on a terminal; any other event `level: message
-//! field=value ...`, its fields as the fmt layer writes them. A line that
+//! field=value ...`, its fields as the fmt layer writes them. Control
+//! characters and the characters that reorder text are written escaped
+//! (`\u{1b}`, `\n`), as in error messages. A line that
 //! cannot be written is dropped: the fmt layer is told not to report it
 //! with `eprintln!`, which would panic.
 
@@ -16,7 +18,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::ui::style;
+use crate::ui::{one_line, style};
 
 /// The target of core's events for the lines a worker writes to its stderr.
 const WORKER_TARGET: &str = "snakepit::worker";
@@ -58,10 +60,18 @@ where
             anstyle::Style::new()
         };
         let meta = event.metadata();
+        // A worker writes what it likes, and an event's fields may quote it
+        // (a start failure's stderr): what would drive the terminal is
+        // written escaped, each event on one line.
         if meta.target() == WORKER_TARGET {
             let mut line = WorkerLine::default();
             event.record(&mut line);
-            writeln!(writer, "{dim}[{}] {}{dim:#}", line.worker, line.text)
+            writeln!(
+                writer,
+                "{dim}[{}] {}{dim:#}",
+                one_line(&line.worker),
+                one_line(&line.text)
+            )
         } else {
             let level = match *meta.level() {
                 Level::ERROR => "error",
@@ -71,8 +81,11 @@ where
                 Level::TRACE => "trace",
             };
             write!(writer, "{dim}{level}:{dim:#} ")?;
-            ctx.format_fields(writer.by_ref(), event)?;
-            writeln!(writer)
+            // Formatted apart, without colour, so that the escaping
+            // cannot cut an escape sequence of the field names' style.
+            let mut fields = String::new();
+            ctx.format_fields(Writer::new(&mut fields), event)?;
+            writeln!(writer, "{}", one_line(&fields))
         }
     }
 }

@@ -54,23 +54,28 @@ pub(crate) fn run(a: SweepArgs, configured: Option<PathBuf>, out: &Output) -> Re
     }
 }
 
+/// The report as text. What it quotes comes from files and processes that
+/// anyone running as this user may have named (a record's pool name, a
+/// file planted in the directory, a worker's child's command line): each
+/// is written as one line, what would drive the terminal escaped.
 fn print_report(report: &SweepReport, dry_run: bool, out: &Output) -> Result<(), Failure> {
+    use crate::ui::{one_line, shown_path};
     let kill = if dry_run { "would kill" } else { "killed" };
     outln!(
         "run records in {}: {} of running pools (left alone), {} from another PID namespace (left alone), {} of crashed runs",
-        report.state_dir.display(),
+        shown_path(&report.state_dir),
         report.active_runs,
         report.foreign_runs,
         report.stale_runs.len()
     )?;
     if let Some(note) = &report.note {
-        outln!("note: {note}")?;
+        outln!("note: {}", one_line(note))?;
     }
     for run in &report.stale_runs {
         outln!(
             "run {} of pool {} (host pid {} is gone): {kill} {} process(es)",
-            run.run_id,
-            run.instance,
+            one_line(&run.run_id),
+            one_line(&run.instance),
             run.host_pid,
             run.killed.len()
         )?;
@@ -84,18 +89,18 @@ fn print_report(report: &SweepReport, dry_run: bool, out: &Output) -> Result<(),
                 "  {} pid {:<7} {}",
                 what,
                 p.pid,
-                Output::paint(out.color_stdout, style::DIM, &p.command)
+                Output::paint(out.color_stdout, style::DIM, &one_line(&p.command))
             )?;
         }
     }
     for path in &report.unreadable {
-        outln!("left alone, not a run record: {}", path.display())?;
+        outln!("left alone, not a run record: {}", shown_path(path))?;
     }
     let removed = if dry_run { "would remove" } else { "removed" };
     for path in &report.removed_temporary {
         outln!(
             "{removed} a crashed run's unfinished record: {}",
-            path.display()
+            shown_path(path)
         )?;
     }
     if report.killed() == 0 {

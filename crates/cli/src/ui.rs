@@ -375,12 +375,13 @@ impl Output {
         }
     }
 
-    /// A note on stderr, unless quiet.
+    /// A note on stderr, unless quiet: one line, what would drive the
+    /// terminal escaped (a note may name a path or quote an error).
     pub(crate) fn note(&self, text: impl AsRef<str>) {
         if !self.quiet {
             stderr_line(format_args!(
                 "{}",
-                Output::paint(self.color_stderr, style::DIM, text.as_ref())
+                Output::paint(self.color_stderr, style::DIM, &one_line(text.as_ref()))
             ));
         }
     }

@@ -3,7 +3,9 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{MetricExporter, SpanExporter};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -56,15 +58,16 @@ impl Telemetry {
             let batch = BatchSpanProcessor::builder(spans)
                 .with_batch_config(batch_config())
                 .build();
-            Some(
-                SdkTracerProvider::builder()
-                    .with_span_processor(Counted {
-                        inner: batch,
-                        state,
-                    })
-                    .with_resource(resource.clone())
-                    .build(),
-            )
+            let mut builder = SdkTracerProvider::builder()
+                .with_span_processor(Counted {
+                    inner: batch,
+                    state,
+                })
+                .with_resource(resource.clone());
+            if let Some(sampler) = sampler_for_nan_ratio() {
+                builder = builder.with_sampler(sampler);
+            }
+            Some(builder.build())
         } else {
             None
         };
@@ -174,18 +177,48 @@ pub fn init_from_env() -> Result<Option<Guard>, Error> {
 }
 
 /// The metrics' export interval to set, if any: the one given in code, else
-/// none (the SDK reads `OTEL_METRIC_EXPORT_INTERVAL`). Zero, in code or in
-/// the variable, would export in a tight loop: it means the default, 60 s.
+/// `OTEL_METRIC_EXPORT_INTERVAL` read as this crate reads its numbers
+/// (spaces around it left out, which the SDK would not do, falling back
+/// to its default), else none (the SDK's default). Zero, in code or in the
+/// variable, would export in a tight loop: it means the default, 60 s.
 fn metrics_interval(given: Option<std::time::Duration>) -> Option<std::time::Duration> {
     const DEFAULT: std::time::Duration = std::time::Duration::from_secs(60);
     match given {
         Some(every) if every.is_zero() => Some(DEFAULT),
         Some(every) => Some(every),
-        None => std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|&ms| ms == 0)
-            .map(|_| DEFAULT),
+        None => number_var("OTEL_METRIC_EXPORT_INTERVAL").map(|ms| match ms {
+            0 => DEFAULT,
+            ms => std::time::Duration::from_millis(ms),
+        }),
+    }
+}
+
+/// A variable holding a whole number, spaces around it left out; `None`
+/// when it is unset or holds anything else (the SDK's default then).
+fn number_var(var: &str) -> Option<u64> {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// The sampler to give in code when the environment asks for a ratio
+/// sampler with a ratio of NaN (`OTEL_TRACES_SAMPLER_ARG=nan`): the SDK
+/// would take it and sample nothing, without a word, where an argument
+/// that is not a number at all makes it sample everything. NaN is no
+/// ratio either: the same fallback, ratio 1. `None`: the SDK reads the
+/// variables itself.
+fn sampler_for_nan_ratio() -> Option<Sampler> {
+    // Read as the SDK reads them: exactly, spaces and case included.
+    let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok()?;
+    if !arg.parse::<f64>().is_ok_and(f64::is_nan) {
+        return None;
+    }
+    match std::env::var("OTEL_TRACES_SAMPLER").ok()?.as_str() {
+        "traceidratio" => Some(Sampler::TraceIdRatioBased(1.0)),
+        "parentbased_traceidratio" => Some(Sampler::ParentBased(Box::new(
+            Sampler::TraceIdRatioBased(1.0),
+        ))),
+        _ => None,
     }
 }
 
@@ -195,22 +228,47 @@ fn metrics_interval(given: Option<std::time::Duration>) -> Option<std::time::Dur
 /// larger value is taken as this one.
 pub(crate) const MAX_SPAN_QUEUE: usize = 1 << 16;
 
+/// The SDK's span queue size when `OTEL_BSP_MAX_QUEUE_SIZE` is unset.
+const DEFAULT_SPAN_QUEUE: usize = 2048;
+
+/// The SDK's export batch size when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is
+/// unset.
+const DEFAULT_EXPORT_BATCH: usize = 512;
+
 /// The span batching the `OTEL_BSP_*` variables ask for (read by the SDK),
 /// the queue's size at most [`MAX_SPAN_QUEUE`]. A batching delay of 0
 /// would export in a tight loop (a core spent while idle): it means the
-/// default, 5 s, as for the metrics' interval.
+/// default, 5 s, as for the metrics' interval. A queue of 0 spans would
+/// drop every span (the SDK's queue is then a channel that holds nothing):
+/// it means the default too, 2048.
 fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
     let mut config = BatchConfigBuilder::default();
-    let asked = |var: &str| {
-        std::env::var(var)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    if asked("OTEL_BSP_MAX_QUEUE_SIZE").is_some_and(|n| n > MAX_SPAN_QUEUE as u64) {
-        config = config.with_max_queue_size(MAX_SPAN_QUEUE);
+    let asked = number_var;
+    // Given in code whenever the variable holds a number, so that one with
+    // spaces around it (which the SDK does not read) counts as well.
+    match asked("OTEL_BSP_MAX_QUEUE_SIZE") {
+        Some(n) if n > MAX_SPAN_QUEUE as u64 => {
+            config = config.with_max_queue_size(MAX_SPAN_QUEUE);
+        }
+        Some(0) => {
+            // The SDK cut the batch size down to the queue's 0 when it read
+            // the variables: it gets back the size asked for, or its default.
+            let batch = asked("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+                .filter(|&n| n > 0)
+                .map_or(DEFAULT_EXPORT_BATCH, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                });
+            config = config
+                .with_max_queue_size(DEFAULT_SPAN_QUEUE)
+                .with_max_export_batch_size(batch);
+        }
+        Some(n) => config = config.with_max_queue_size(n as usize),
+        None => {}
     }
-    if asked("OTEL_BSP_SCHEDULE_DELAY") == Some(0) {
-        config = config.with_scheduled_delay(std::time::Duration::from_secs(5));
+    match asked("OTEL_BSP_SCHEDULE_DELAY") {
+        Some(0) => config = config.with_scheduled_delay(std::time::Duration::from_secs(5)),
+        Some(ms) => config = config.with_scheduled_delay(std::time::Duration::from_millis(ms)),
+        None => {}
     }
     config.build()
 }

@@ -106,10 +106,12 @@ impl Ratios {
     pub(crate) fn of(rounds: Vec<f64>) -> Ratios {
         let mut sorted = rounds.clone();
         sorted.sort_by(f64::total_cmp);
+        // Of an even number, the lower of the two middle ones: always one
+        // round's ratio, so that the figures reported beside it (those of
+        // the round whose pipelined ratio is the median) agree with it.
         let median = match sorted.len() {
             0 => 0.0,
-            n if n % 2 == 1 => sorted[n / 2],
-            n => ((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 * 1000.0).round() / 1000.0,
+            n => sorted[(n - 1) / 2],
         };
         Ratios { median, rounds }
     }
