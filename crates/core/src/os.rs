@@ -2,7 +2,8 @@
 //! makes on its processes. With `spawn.rs`, the only `unsafe` code in the
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
-//! template), `recv`, `pidfd_open`, `pidfd_send_signal`, `fcntl` (a pipe's size, a
+//! template), `recv`, `pidfd_open`, `pidfd_send_signal`, `waitid` (an
+//! adopted worker's end), `fcntl` (a pipe's size, a
 //! descriptor's flags), `getpgid`, `poll` (the watchdog's pipe), `write` (a frame
 //! to a worker's pipe) and `prctl` (a helper process's parent-death
 //! signal), each a direct libc call.
@@ -13,9 +14,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// Sets `command` up for a short helper process run outside any pool (an
 /// interpreter's version or package probe, as `snakepit doctor` runs):
 /// its process leads a process group of its own, and is killed (SIGKILL)
-/// when the thread that spawns it ends, as when this process is killed or
-/// stopped by a signal, so that it never outlives the host that waits for
-/// it. Spawn it and wait for it on the same thread; end it, and whatever
+/// when the thread that spawns it ends, as when this process is ended by a
+/// signal (`SIGKILL` included), so that it never outlives the host that
+/// waits for it. Spawn it and wait for it on the same thread; end it, and whatever
 /// it started, with [`kill_group`] of its pid.
 ///
 /// ```
@@ -46,29 +47,56 @@ pub fn die_with_this_thread(command: &mut std::process::Command) -> &mut std::pr
 
 /// Kills (SIGKILL) the process group `pgid`: a helper process set up by
 /// [`die_with_this_thread`] (its pid is its group's id) and whatever it
-/// started. False when no such group is left.
+/// started. False when no such group is left, and for a number that names
+/// no single group: 0 and 1, and anything above the largest pid Linux
+/// gives (4,194,304), which `kill(2)` would take as another process or as
+/// every process.
 pub fn kill_group(pgid: u32) -> bool {
-    pgid > 1 && signal_group(pgid, libc::SIGKILL)
+    signal_group(pgid, libc::SIGKILL)
 }
 
-/// Sends `signal` to a whole process group.
+/// The largest pid Linux can give (`PID_MAX_LIMIT` on 64-bit systems, the
+/// most `/proc/sys/kernel/pid_max` may be set to). No process has a larger
+/// one, on any Unix the pool runs on.
+pub(crate) const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// `pid` as the kernel's signed pid, when it can name one process (or the
+/// group it leads): from 2 up (`kill(2)` takes 0 as the caller's own group,
+/// and -1, the group of 1, as every process), at most [`PID_MAX_LIMIT`].
+fn one_pid(pid: u32) -> Option<libc::pid_t> {
+    (2..=PID_MAX_LIMIT)
+        .contains(&pid)
+        .then(|| libc::pid_t::try_from(pid).ok())
+        .flatten()
+}
+
+/// Sends `signal` to a whole process group. False, and nothing sent, for a
+/// number that names no single group (see [`one_pid`]).
 pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
+    let Some(pgid) = one_pid(pgid) else {
+        return false;
+    };
     // SAFETY: kill(2) with a negative pid signals a group; no memory involved.
-    unsafe { libc::kill(-(pgid as libc::pid_t), signal) == 0 }
+    unsafe { libc::kill(-pgid, signal) == 0 }
 }
 
 /// The process group of process `pid`; `None` when there is no such
-/// process.
+/// process (or `pid` names none, see [`one_pid`]).
 pub(crate) fn group_of(pid: u32) -> Option<u32> {
+    let pid = one_pid(pid)?;
     // SAFETY: getpgid(2) takes an integer and reads nothing of ours.
-    let group = unsafe { libc::getpgid(pid as libc::pid_t) };
+    let group = unsafe { libc::getpgid(pid) };
     (group > 0).then_some(group as u32)
 }
 
-/// Sends `signal` to one process.
+/// Sends `signal` to one process. False, and nothing sent, for a number
+/// that names no single process (see [`one_pid`]).
 pub(crate) fn signal_pid(pid: u32, signal: libc::c_int) -> bool {
+    let Some(pid) = one_pid(pid) else {
+        return false;
+    };
     // SAFETY: as above, for one process.
-    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+    unsafe { libc::kill(pid, signal) == 0 }
 }
 
 /// Writes what the non-blocking descriptor `fd` takes now, straight with
@@ -395,6 +423,30 @@ pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Reaps, without blocking, the process `pidfd` refers to if it has ended
+/// and is a child of this process: a preloaded worker whose template died,
+/// adopted by a host that is a subreaper or a container's first process.
+/// Nobody else would wait for it, and it would stay a zombie for the
+/// host's life. Through the pidfd (`waitid(P_PIDFD)`, Linux 5.4+), so it
+/// can only reap the process held; a process that is not this process's
+/// child, or not ended yet, is left as it is.
+pub(crate) fn reap_if_adopted(pidfd: RawFd) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(id) = libc::id_t::try_from(pidfd) else {
+            return;
+        };
+        // SAFETY: an all-zero `siginfo_t` is a valid value to be written.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) writes one `siginfo_t` through a valid pointer.
+        unsafe {
+            libc::waitid(libc::P_PIDFD, id, &mut info, libc::WEXITED | libc::WNOHANG);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pidfd;
+}
+
 /// A process found by its pid, held so that a signal reaches it or nobody:
 /// through a pidfd opened before the process is checked, a signal never
 /// lands in a process that took its pid after it ended. Without pidfds
@@ -408,6 +460,7 @@ pub(crate) enum Held {
 impl Held {
     /// `None` when there is no process `pid`.
     pub(crate) fn open(pid: u32) -> Option<Held> {
+        one_pid(pid)?;
         match pidfd_open(pid) {
             Ok(fd) => Some(Held::Fd(fd)),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
@@ -503,6 +556,25 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(!held.signal(0), "reaped: the handle reaches nobody");
         assert!(!held.signal(libc::SIGKILL));
+    }
+
+    /// Numbers that name no single process or group are refused before
+    /// `kill(2)` sees them: 0 (the caller's own group), 1 (init, and as a
+    /// group the "every process" of -1), and anything above the largest
+    /// pid, which as a signed pid would be another process's (2^32 - P is
+    /// -P) or overflow (2^31). Signal 0 only asks, so a refusal that
+    /// broke would signal nobody.
+    #[test]
+    fn numbers_that_name_no_single_process_are_never_signalled() {
+        let me = std::process::id();
+        assert!(signal_pid(me, 0) && signal_group(group_of(me).unwrap(), 0));
+        let victim = (1u64 << 32) - u64::from(me);
+        for n in [0, 1, PID_MAX_LIMIT + 1, 1 << 31, victim as u32, u32::MAX] {
+            assert!(!signal_pid(n, 0), "signal_pid({n})");
+            assert!(!signal_group(n, 0), "signal_group({n})");
+            assert_eq!(group_of(n), None, "group_of({n})");
+            assert!(Held::open(n).is_none(), "Held::open({n})");
+        }
     }
 
     fn pipe_capacity(fd: &OwnedFd) -> usize {

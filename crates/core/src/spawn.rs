@@ -12,9 +12,11 @@
 //! - a watchdog: a POSIX `sh` loop that holds a pipe from the host and the
 //!   list of live process groups. When the host dies, however it dies, the
 //!   pipe closes and the watchdog kills every group, so the workers' own
-//!   children die too. A watchdog that died while the host lives (killed
-//!   from outside) is replaced before the next process starts, and the
-//!   new one is told every group still listed.
+//!   children die too, and every worker by its pid (a forked worker that
+//!   moved itself into another group has no parent-death signal). A
+//!   watchdog that died while the host lives (killed from outside) is
+//!   replaced before the next process starts, and the new one is told
+//!   every group still listed.
 //!
 //! This module and `os.rs` (signals, `FIONREAD`) hold the workspace's only
 //! `unsafe` code: `pre_exec` and the `prctl`/`close_range` calls here, each
@@ -388,7 +390,12 @@ fn cloexec_from(first: libc::c_int) {
 }
 
 /// The watchdog reads `+PGID` / `-PGID` lines; at end of input (the host
-/// exited or died) it kills every group still listed, then exits.
+/// exited or died) it kills every group still listed, and the process whose
+/// pid is that group's id (the worker that led it, in case it moved itself
+/// into another group: a forked worker has no parent-death signal to take
+/// it), then exits. The pool forgets a group as soon as its worker has
+/// been reaped, so a listed id is still the worker's pid but for that
+/// moment (the same moment in which a group kill could reach a newcomer).
 const WATCHDOG: &str = r#"
 trap '' INT TERM HUP
 groups=" "
@@ -398,8 +405,10 @@ while IFS= read -r line; do
     -*) next=" "; for g in $groups; do [ "$g" = "${line#-}" ] || next="$next$g "; done; groups=$next ;;
   esac
 done
-# dash's kill takes no `--`: "-KILL -PGID" is what every sh accepts.
-for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
+# dash's kill takes no `--`: "-KILL -PGID" is what every sh accepts. The
+# group's leader is killed by its pid as well: a worker that moved itself
+# into another group is not in its own any more.
+for g in $groups; do kill -KILL "-$g" 2>/dev/null; kill -KILL "$g" 2>/dev/null; done
 "#;
 
 #[allow(clippy::disallowed_methods)] // the watchdog is spawned here, beside the workers

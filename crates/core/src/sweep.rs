@@ -26,10 +26,14 @@
 //! alive. [`sweep`] kills the processes of a crashed run that are still
 //! alive: a process is killed only if it carries the run's id in its
 //! environment (`SNAKEPIT_RUN_ID`, which every worker and, unless they
-//! clear their environment, the workers' own children inherit) *and* either
-//! it is a recorded worker with the recorded start time, or it started after
-//! the run did. A reused pid or somebody else's process, even one with the
-//! same command line, is never touched.
+//! clear their environment, the workers' own children inherit), runs as
+//! this user (its real or effective uid: a sweep run by root does not take
+//! another user's process for the run's, nor believe what its environment
+//! says), *and* either it is a recorded worker with the recorded start
+//! time, or it started after the run did. A reused pid or somebody else's
+//! process, even one with the same command line or the run's id, is never
+//! touched. The pool's own end (`kill_leftovers`) and a worker's
+//! (`kill_escaped`) take only this user's processes too.
 //!
 //! A record can lie: a copy of a live run's record under another host pid
 //! makes that run look dead. So a run is spared when anything shows it is
@@ -185,7 +189,9 @@ pub struct SweepReport {
     /// Records of runs whose host is gone. One from an earlier boot has
     /// nothing left to kill.
     pub stale_runs: Vec<StaleRun>,
-    /// Record files that could not be read as records: left alone.
+    /// Record files that could not be read as records: left alone. One
+    /// removed while the sweep ran (by another sweep, or by its pool's
+    /// clean end) is not listed.
     #[serde(serialize_with = "lossy::paths")]
     pub unreadable: Vec<PathBuf>,
     /// Temporary files of records (`.<record>.<random>.tmp`) that a host
@@ -272,7 +278,11 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
             continue;
         }
         let Some(record) = read_record(&path, uid) else {
-            report.unreadable.push(path);
+            // One removed since the directory was listed (by another sweep,
+            // or by its pool's clean end) is gone, not unreadable.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                report.unreadable.push(path);
+            }
             continue;
         };
         let ours = options
@@ -342,6 +352,12 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         let Some(&i) = by_run.get(run_id.as_str()) else {
             continue;
         };
+        // Another user's process is not the run's, whatever its
+        // environment says (a run id read from a record's name in a
+        // directory others may list): neither killed nor believed.
+        if !runs_as(pid, uid).unwrap_or(false) {
+            continue;
+        }
         let record = &stale[i].1;
         let Some(start) = process_start(pid) else {
             continue;
@@ -1101,6 +1117,7 @@ pub(crate) fn kill_escaped(run_id: &str, worker_id: &str, worker_pid: u32) -> Op
 /// descriptors: a process it could not read may be one of them).
 fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option<usize> {
     let me = std::process::id();
+    let uid = effective_uid();
     let since = process_start(me)?; // no /proc, or no descriptor to read it
     let pids: Vec<u32> = std::fs::read_dir("/proc")
         .ok()?
@@ -1144,6 +1161,15 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
         {
             continue;
         }
+        match runs_as(pid, uid) {
+            Ok(true) => {}
+            // Another user's process, whatever its environment says.
+            Ok(false) => continue,
+            Err(e) => {
+                read(Err(e));
+                continue;
+            }
+        }
         let Some(stat) = Stat::of(pid) else {
             continue;
         };
@@ -1159,6 +1185,25 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
         }
     }
     (!blind).then_some(killed)
+}
+
+/// Whether process `pid` runs as user `uid` (its real or effective uid,
+/// `/proc/<pid>/status`): a process of the run runs as the user whose pool
+/// started it. Another user's process is never the run's, even with the
+/// run's id in its environment (a run id is secret, but a state directory
+/// that others may list shows it in its records' names). `false` when it
+/// cannot be known (no such line); the error of a read that failed (the
+/// process has ended, or the host is out of descriptors).
+fn runs_as(pid: u32, uid: u32) -> io::Result<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .is_some_and(|ids| {
+            ids.split_whitespace()
+                .take(2)
+                .any(|id| id.parse::<u32>() == Ok(uid))
+        }))
 }
 
 /// The flag of a kernel thread in `/proc/<pid>/stat` field 9

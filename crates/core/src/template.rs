@@ -123,7 +123,13 @@ impl Template {
             ours,
             tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
         )
-        .map_err(|e| fail(format!("cannot watch the socket: {e}")))?;
+        .map_err(|e| {
+            // The child goes with this error (killed when dropped, and
+            // reaped in the background): the watchdog must not keep its pid,
+            // which another process may take later.
+            spawner.forget(pid);
+            fail(format!("cannot watch the socket: {e}"))
+        })?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let mut logs = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -372,6 +378,9 @@ impl Template {
                         if ready.is_err() {
                             return Err(unknown());
                         }
+                        // Its template gone, a host that adopts orphans is
+                        // its parent now, and the only one to reap it.
+                        os::reap_if_adopted(pidfd.get_ref().as_raw_fd());
                         if reporting {
                             if let Ok(Ok(status)) = tokio::time::timeout(REPORT_WAIT, &mut report).await {
                                 return Ok(ExitStatus::from_raw(status));
@@ -401,11 +410,15 @@ impl Template {
                 // The pool signals this pid's group from now on: it must be
                 // a process the template forked. One that is gone already
                 // (exited and reaped: its report follows) passes. Anything
-                // that is no pid at all fails the fork at once, named.
+                // that is no pid at all fails the fork at once, named: 0, 1,
+                // and any number above the largest pid the kernel gives
+                // (one above `i32::MAX` would reach another process, or
+                // every process, once taken as the kernel's signed pid).
                 let reported = message.get("pid");
                 let answer = match reported.and_then(Value::as_u64).map(u32::try_from) {
                     Some(Ok(pid))
                         if pid > 1
+                            && pid <= os::PID_MAX_LIMIT
                             && pid != self.pid
                             && os::parent_of(pid).is_none_or(|parent| parent == self.pid) =>
                     {
