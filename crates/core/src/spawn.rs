@@ -116,6 +116,13 @@ impl Spawner {
         self.tell_watchdog(pgid, true);
     }
 
+    /// A watchdog runs (started, or replaced if it died), or the error
+    /// that says why none can: asked before a worker is forked, so that no
+    /// worker is forked that no watchdog would cover, as for one spawned.
+    pub(crate) fn ready_watchdog(&self) -> io::Result<()> {
+        self.watched()
+    }
+
     async fn start(&self, launch: Launch, stdin: Option<OwnedFd>) -> io::Result<Child> {
         self.watched()?;
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -51,6 +51,10 @@ pub(crate) async fn start_worker(
         // byte: the fork request carries only what `for_worker` added
         // (this worker's id among them).
         let own = &launch.env[shared.launch.env.len()..];
+        shared
+            .spawner
+            .ready_watchdog()
+            .map_err(|e| fail(e.to_string(), String::new()))?;
         let process = template
             .fork(own)
             .await
