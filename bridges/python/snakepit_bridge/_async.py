@@ -13,6 +13,7 @@ import concurrent.futures
 import contextvars
 import os
 import queue
+import select
 import signal
 import socket
 import threading
@@ -70,6 +71,42 @@ class AsyncServer(Server):
                 pass
         except (BlockingIOError, InterruptedError, OSError):
             pass
+
+    def _watch_signals(self, sock, main):
+        """A thread that watches the signal wakeup socket (``sock``, a
+        duplicate of the loop's end) while the worker serves. CPython runs
+        a signal's Python handler on the main thread, between bytecodes; a
+        blocking call of the main thread (``time.sleep`` in an ``async
+        def``) ends early only when the signal is delivered to that thread
+        while the call waits. A SIGTERM that the kernel gives to another
+        thread, or that lands just before the call begins, would wait for
+        its end: no _on_sigterm, so no watchdog either. So a SIGTERM not yet
+        acted on is sent to the main thread again (_on_sigterm acts once),
+        and the loop is woken for any signal, as the socket's reader would.
+        The thread ends when serve() closes the socket's other end."""
+        with sock:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            while True:
+                try:
+                    poller.poll()
+                    data = sock.recv(512)
+                except (BlockingIOError, InterruptedError):
+                    continue  # the loop's reader took the bytes
+                except OSError:
+                    return
+                if not data:
+                    return  # serve() is over
+                if (int(signal.SIGTERM) in data and not self._terminated
+                        and signal.getsignal(signal.SIGTERM) == self._on_sigterm):
+                    try:
+                        signal.pthread_kill(main, signal.SIGTERM)
+                    except (OSError, ValueError):
+                        return  # the main thread is gone: the process is exiting
+                try:
+                    self._loop.call_soon_threadsafe(_nothing)
+                except RuntimeError:
+                    return  # the loop is closed
 
     # --- writing -------------------------------------------------------------------
 
@@ -156,6 +193,10 @@ class AsyncServer(Server):
                 self._wake[1].fileno(), warn_on_full_buffer=False
             )
             loop.add_reader(self._wake[0].fileno(), self._drain_wake)
+            # A handler that blocks the loop keeps it from reading that
+            # socket: a thread watches it too (see _watch_signals).
+            threading.Thread(target=self._watch_signals, args=(self._wake[0].dup(), threading.get_ident()),
+                             name="snakepit-signals", daemon=True).start()
         self.send(self.worker.hello())
         fd = self.reader.fd
         try:
@@ -437,6 +478,10 @@ class AsyncServer(Server):
         if len(out) == 1:
             self._loop.call_soon(self._flush)
         return True
+
+
+def _nothing():
+    """Called on the loop only to wake it (see _watch_signals)."""
 
 
 # How long the loop has after SIGTERM (it waits up to 1 s for the tasks it

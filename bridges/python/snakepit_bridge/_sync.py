@@ -48,6 +48,9 @@ class SyncServer(Server):
         self._sigint_unarmed = False
         self._writing = False
         self._terminating = False  # SIGTERM came (see _on_sigterm)
+        # A thread that reads stdin sent the main thread a SIGTERM again
+        # (see _pass_signals_on); not yet seen by _on_sigterm.
+        self._sigterm_nudged = False
         self._reading = False  # in call_host, and not waiting for input
         self._sigint_held = False  # also a SIGTERM's, while writing
         self._current = None
@@ -469,6 +472,12 @@ class SyncServer(Server):
     # --- signals ---------------------------------------------------------------
 
     def _on_sigterm(self, signum, frame):
+        if self._sigterm_nudged and self._terminating:
+            # Sent again by a thread that read this SIGTERM's byte (see
+            # _pass_signals_on), after it was acted on: a second SystemExit
+            # would cut into the clean-up of the first.
+            self._sigterm_nudged = False
+            return
         # Clean exit: finally blocks and atexit hooks still run. Noted too,
         # for a handler that swallows the SystemExit (see on_request).
         self._terminating = True
@@ -682,21 +691,77 @@ class SyncServer(Server):
 
     def _thread_reader(self):
         """``os.read`` for a thread that reads stdin: it waits in a poll()
-        of its own, which the yield pipe ends too (_Yield)."""
+        of its own, which the yield pipe ends too (_Yield). With our signal
+        handlers it watches the signal wakeup pipe as well (see
+        _pass_signals_on)."""
         poller = select.poll()
         poller.register(self.reader.fd, select.POLLIN)
         yield_r = self._yield_r
         poller.register(yield_r, select.POLLIN)
+        wake_r = self._wake_r
+        if wake_r is not None:
+            poller.register(wake_r, select.POLLIN)
 
         def read(fd: int, n: int) -> bytes:
+            nonlocal wake_r
             while True:
                 ready = [r for r, _ in poller.poll()]
                 if yield_r in ready and self._main_wants:
                     raise _Yield
+                if wake_r is not None and wake_r in ready and not self._pass_signals_on(wake_r):
+                    poller.unregister(wake_r)  # the loop is over: closed
+                    wake_r = None
                 if fd in ready:
                     return os.read(fd, n)
 
         return read
+
+    def _pass_signals_on(self, wake_r):
+        """On a thread that reads stdin, when the signal wakeup pipe has
+        bytes: makes sure the main thread runs the handlers of the signals
+        they name. CPython runs a signal's Python handler on the main
+        thread only, between bytecodes; the signal interrupts a blocking
+        call of the main thread only when it is delivered to that thread
+        while the call waits. A signal that lands just before the handler's
+        thread blocks (``time.sleep``), or that the kernel gives to another
+        thread, would otherwise wait for the end of that block: a worker
+        told to exit would sleep on. So the main thread is woken:
+        through its own wake-up pipe when it waits for this thread (it then
+        runs the handlers as it goes back to waiting); else, for a SIGTERM
+        not yet acted on, by sending it SIGTERM again (see _on_sigterm for
+        the case where the first is acted on meanwhile). Not SIGINT: a
+        second run of its handler could land in the next call and cancel
+        it. Other signals' bytes are only drained: the main thread watches
+        the pipe only in its own waits. A SIGTERM whose handler is no
+        longer ours (a handler's own) is not sent again. False once the
+        pipe is closed (the loop is over)."""
+        if self._wake_r != wake_r:
+            return False
+        data = b""
+        try:
+            while True:
+                more = os.read(wake_r, 4096)
+                if not more:
+                    break
+                data += more
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return False
+        if not data:
+            return True
+        with self._host_cond:
+            if self._main_waiting:
+                self._wake_main()
+                return True
+        if (int(signal.SIGTERM) in data and not self._terminating
+                and signal.getsignal(signal.SIGTERM) == self._on_sigterm):
+            self._sigterm_nudged = True
+            try:
+                signal.pthread_kill(_MAIN_THREAD, signal.SIGTERM)
+            except (OSError, ValueError):
+                pass  # the main thread is gone: the process is exiting
+        return True
 
     def _host_frame(self, payload):
         """Acts on a frame read while host calls wait: a reply settles the
