@@ -10,6 +10,9 @@
 //!   and nothing of the other compiled in.
 //! - `cargo xtask bench [ARGS]`: `snakepit bench [ARGS]` (the pool against
 //!   the raw round trip) built in release mode.
+//! - `cargo xtask cost [--workers N]`: the host's instructions per call,
+//!   counted by callgrind on the `cost` example built in release mode.
+//! - `cargo xtask examples`: every example CI runs, against real workers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -557,22 +560,32 @@ fn examples(root: &Path) -> Result<()> {
 /// --workspace --all-targets` builds them: test profile, the CI's features.
 /// Their paths, from cargo's JSON messages.
 fn built_examples(root: &Path) -> Result<Vec<PathBuf>> {
-    let args = [
-        "build",
-        "--quiet",
-        "--profile",
-        "test",
-        "--workspace",
-        "--examples",
-        "--features",
-        SESSION_REDIS,
-        "--message-format",
-        "json-render-diagnostics",
-    ];
-    eprintln!("\n$ (cd {}) cargo {}", root.display(), args.join(" "));
+    build_examples(
+        root,
+        &[
+            "build",
+            "--quiet",
+            "--profile",
+            "test",
+            "--workspace",
+            "--examples",
+            "--features",
+            SESSION_REDIS,
+        ],
+    )
+}
+
+/// Runs `cargo ARGS` (a build of examples) and returns the executables
+/// cargo reports for them. Cargo's own report, rather than a path made up
+/// from `target/`, is right wherever the target directory is
+/// (`CARGO_TARGET_DIR`, `build.target-dir`).
+fn build_examples(root: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut all = args.to_vec();
+    all.extend(["--message-format", "json-render-diagnostics"]);
+    eprintln!("\n$ (cd {}) cargo {}", root.display(), all.join(" "));
     #[allow(clippy::disallowed_methods)] // xtask runs tools, not workers
     let done = Command::new("cargo")
-        .args(args)
+        .args(&all)
         .current_dir(root)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -864,9 +877,10 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
     if probe("valgrind", &["--version"]).is_none() {
         bail!("valgrind is not installed (Debian: apt-get install valgrind)");
     }
-    run(
+    // The executable cargo reports: with `CARGO_TARGET_DIR` set, a path
+    // under the checkout's `target/` would be a stale build, or none.
+    let exe = build_examples(
         root,
-        "cargo",
         &[
             "build",
             "--release",
@@ -875,8 +889,10 @@ fn cost(root: &Path, args: &[String]) -> Result<()> {
             "--example",
             "cost",
         ],
-    )?;
-    let exe = root.join("target/release/examples/cost");
+    )?
+    .into_iter()
+    .find(|p| p.file_name().is_some_and(|n| n == "cost"))
+    .context("cargo did not report the cost example's executable")?;
     // The interpreter itself, not a version manager's shim.
     let python = std::env::var("SNAKEPIT_PYTHON").ok().or_else(|| {
         probe("python3", &["-c", "import sys; print(sys.executable)"]).map(|p| p.trim().to_owned())

@@ -123,13 +123,17 @@ fn main() -> Result<()> {
             return Ok(());
         }
         let started = Instant::now();
-        let per_caller = a.calls / a.callers.max(1);
-        let tasks: Vec<_> = (0..a.callers.max(1))
-            .map(|_| {
+        // Exactly `--calls` calls: the first `calls % callers` callers make
+        // one more than the others (with fewer calls than callers, some
+        // make none).
+        let callers = a.callers.max(1);
+        let tasks: Vec<_> = (0..callers)
+            .map(|i| {
                 let pool = pool.clone();
                 let typed = a.typed;
+                let mine = a.calls / callers + usize::from(i < a.calls % callers);
                 tokio::spawn(async move {
-                    for _ in 0..per_caller {
+                    for _ in 0..mine {
                         if typed {
                             let _: Pong = pool.call("ping", &(), CallOptions::new()).await?;
                         } else {
@@ -144,7 +148,7 @@ fn main() -> Result<()> {
             t.await??;
         }
         let took = started.elapsed();
-        let calls = per_caller * a.callers.max(1);
+        let calls = a.calls;
         eprintln!(
             "{calls} calls ({} mode) in {took:?}: {:.0} calls/s",
             if a.typed { "typed" } else { "value" },

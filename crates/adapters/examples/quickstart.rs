@@ -37,7 +37,9 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         pids.push(r["pid"].clone());
     }
-    println!("session user_123 -> served by pids {pids:?} (affinity keeps it on one worker)");
+    // Printed as JSON (`[4242,4242,4242]`), not as `Value`'s debug form.
+    let pids = serde_json::Value::Array(pids);
+    println!("session user_123 -> served by pids {pids} (affinity keeps it on one worker)");
 
     let calls: Vec<_> = (0..100)
         .map(|i| {

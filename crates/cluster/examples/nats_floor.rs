@@ -50,7 +50,12 @@ fn main() {
         rt().block_on(respond(args[2].clone(), "floor.process"));
         return;
     }
-    let url = std::env::var("NATS_URL").expect("NATS_URL");
+    let Ok(url) = std::env::var("NATS_URL") else {
+        eprintln!(
+            "nats_floor: set NATS_URL to a running nats-server (NATS_URL=nats://127.0.0.1:4222)"
+        );
+        std::process::exit(2);
+    };
     let u = url.clone();
     std::thread::spawn(move || rt().block_on(respond(u, "floor.thread")));
     rt().block_on(async {
