@@ -138,6 +138,14 @@ module SnakepitBridge
 
     TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%6NZ"
 
+    # The most host calls of this worker that wait for their replies at
+    # once, across all its calls and threads. It matches the pool's limit
+    # (MAX_HOST_CALLS_IN_FLIGHT in crates/core/src/worker/host.rs): the
+    # pool replaces a worker that has one more in flight. Further host
+    # calls are held in the bridge, in the order they were made, until a
+    # reply frees a place.
+    MAX_HOST_CALLS_IN_FLIGHT = 256
+
     attr_reader :codec, :requests_handled
 
     # The largest frame payload, in bytes, this worker reads or writes: the
@@ -424,18 +432,33 @@ module SnakepitBridge
         raise HostCallError.new("ResultTooLarge", "the host call #{utf8_text(name)} would be " \
                                                   "#{payload.bytesize} bytes, above the pool's limit of #{@max_frame_size}")
       end
-      waiter = HostWaiter.new(ctx)
+      waiter = HostWaiter.new(ctx, id)
       @host_lock.synchronize do
         raise finished_error(ctx) if ctx.finished
 
+        # In @host_waiting from now on, held or sent: whatever fails the
+        # call's host calls (its cancel frame, its end, end of input) fails
+        # a held one too, which is then never sent.
         @host_waiting[id] = waiter
+        @host_held << waiter
+        admit_held
       end
-      begin
-        raise finished_error(ctx) unless send_host_call(ctx, payload)
+      # Cancelled is deferred here but in the waits (on the serving thread):
+      # the clean-up below always runs whole.
+      Thread.handle_interrupt(Cancelled => :never) do
+        begin
+          await_host { waiter.done? || waiter.admitted }
+          unless waiter.done?
+            # Cancelled by SIGINT while it was held: never sent.
+            ctx.check_cancelled!
+            raise finished_error(ctx) unless send_host_call(ctx, payload)
 
-        await_host_reply(waiter)
-      ensure
-        @host_lock.synchronize { @host_waiting.delete(id) }
+            waiter.sent = true
+            await_host { waiter.done? }
+          end
+        ensure
+          forget_host_call(waiter)
+        end
       end
       raise waiter.value unless waiter.ok
 
@@ -444,12 +467,19 @@ module SnakepitBridge
 
     # @api private: a host call waiting for its reply.
     class HostWaiter
-      attr_reader :ctx, :thread, :ok, :value
+      attr_reader :ctx, :id, :thread, :ok, :value
+      # admitted: it holds one of the MAX_HOST_CALLS_IN_FLIGHT places and
+      # may be written (set under the worker's host lock); sent: it was
+      # written (set by the thread that made it).
+      attr_accessor :admitted, :sent
 
-      def initialize(ctx)
+      def initialize(ctx, id)
         @ctx = ctx
+        @id = id
         @thread = Thread.current
         @done = false
+        @admitted = false
+        @sent = false
       end
 
       def done?
@@ -482,30 +512,33 @@ module SnakepitBridge
       Cancelled.new("request #{ctx.request_id} is already finished: its ctx can no longer call the host")
     end
 
-    # Returns once +waiter+ is settled: reads stdin while no other thread
-    # does, else waits for the one that does. On the serving thread SIGINT
+    # Returns once the block is true (a host call's waiter is settled; or,
+    # while it is held, settled or admitted): reads stdin while no other thread does,
+    # else waits for the one that does. A held host call reads too: the
+    # replies that free a place may be for host calls nobody waits for
+    # any more. On the serving thread SIGINT
     # may cancel the handler only while it waits: a frame is read and dealt
     # with shielded, so a cancellation never leaves half a frame behind,
     # nor loses a request read but not yet queued.
-    def await_host_reply(waiter)
+    def await_host(&ready)
       serving = Thread.current.equal?(@serving_thread)
       Thread.handle_interrupt(Cancelled => :never) do
         loop do
           @host_lock.synchronize do
-            until waiter.done? || @stdin_holder.nil?
+            until ready.call || @stdin_holder.nil?
               if serving
                 Thread.handle_interrupt(Cancelled => :immediate) { @host_cond.wait(@host_lock) }
               else
                 @host_cond.wait(@host_lock)
               end
             end
-            return if waiter.done?
+            return if ready.call
 
             @yield_r, @yield_w = IO.pipe if !serving && @yield_r.nil?
             @stdin_holder = Thread.current
           end
           begin
-            read_for(waiter, serving)
+            read_for(ready, serving)
           ensure
             @host_lock.synchronize do
               @stdin_holder = nil
@@ -516,18 +549,18 @@ module SnakepitBridge
       end
     end
 
-    # Reads frames, acting on each, until +waiter+ is settled (or, on a
-    # thread of the handler's, until the serving thread takes stdin back).
-    def read_for(waiter, serving)
+    # Reads frames, acting on each, until +ready+ is true (or, on a thread
+    # of the handler's, until the serving thread takes stdin back).
+    def read_for(ready, serving)
       reader = frame_reader
-      until waiter.done?
+      until ready.call
         unless reader.buffered?
           if serving
             Thread.handle_interrupt(Cancelled => :immediate) { IO.select([@input]) }
           else
-            ready, = IO.select([@input, @yield_r])
-            return if @loop_wants && ready.include?(@yield_r)
-            next unless ready.include?(@input)
+            readable, = IO.select([@input, @yield_r])
+            return if @loop_wants && readable.include?(@yield_r)
+            next unless readable.include?(@input)
           end
         end
         message = next_message
@@ -548,10 +581,10 @@ module SnakepitBridge
       case message["type"]
       when "host_reply"
         waiter = @host_lock.synchronize do
-          found = message["id"].is_a?(Integer) ? @host_waiting.delete(message["id"]) : nil
-          if found
-            found.settle(*host_outcome(message))
-            @host_cond.broadcast
+          found = nil
+          if reply_read(message["id"])
+            found = @host_waiting.delete(message["id"])
+            found&.settle(*host_outcome(message))
           end
           found
         end
@@ -586,9 +619,53 @@ module SnakepitBridge
       message["success"] == true ? [true, message["result"]] : [false, host_error(message["error"])]
     end
 
-    # Fails the host calls of +ctx+ waiting for their reply (all of them
-    # when +ctx+ is nil), each with the block's error for its id. Returns
-    # the threads that made them.
+    # Under @host_lock: the reply to host call +id+ was read. If that host
+    # call was written and not yet answered, its place is free for the
+    # first held one, and true is returned (its waiter, if one still waits,
+    # is for the caller to settle). A reply to a host call whose waiter gave
+    # up (cancelled, or its call ended) frees its place only now: until
+    # then the pool still counts it.
+    def reply_read(id)
+      return false unless id.is_a?(Integer) && @host_in_flight.delete(id)
+
+      admit_held
+      true
+    end
+
+    # Under @host_lock: gives free places to held host calls, first held
+    # first, and wakes the threads waiting on @host_cond.
+    def admit_held
+      while (waiter = @host_held.first) && @host_in_flight.size < MAX_HOST_CALLS_IN_FLIGHT
+        @host_held.shift
+        next if waiter.done? # failed while held: never sent
+
+        waiter.admitted = true
+        @host_in_flight[waiter.id] = true
+      end
+      @host_cond.broadcast
+    end
+
+    # A host call's waiter is done with (answered, failed, or its thread
+    # interrupted). One never written gives its place back (or leaves the
+    # queue of held ones); one written keeps its place until its reply is
+    # read.
+    def forget_host_call(waiter)
+      @host_lock.synchronize do
+        @host_waiting.delete(waiter.id)
+        unless waiter.sent
+          if waiter.admitted
+            @host_in_flight.delete(waiter.id)
+          else
+            @host_held.delete(waiter)
+          end
+          admit_held
+        end
+      end
+    end
+
+    # Fails the host calls of +ctx+ waiting for their reply or held (all of
+    # them when +ctx+ is nil), each with the block's error for its id.
+    # Returns the threads that made them.
     def fail_waiting(ctx)
       threads = []
       @host_lock.synchronize do
@@ -636,6 +713,13 @@ module SnakepitBridge
       @host_cond = ConditionVariable.new
       @stdin_holder = :loop
       @host_waiting = {}
+      # Host calls given a place (id -> true): about to be written, or
+      # written with their replies not read yet (their waiters gone or
+      # not), at most MAX_HOST_CALLS_IN_FLIGHT; and
+      # the host calls held until a place is free (HostWaiters, first
+      # made first). Guarded by @host_lock.
+      @host_in_flight = {}
+      @host_held = []
       @loop_wants = false
       # A byte in it tells a thread that reads stdin to let it go (the
       # handler returned); opened on first use.
@@ -786,7 +870,10 @@ module SnakepitBridge
       case message["type"]
       when nil, "request" then serve_request(message)
       when "cancel" then nil # for nothing waiting: too late, or before its request
-      when "host_reply" then log("ignoring host_reply #{message['id'].inspect}: no host call waits for it")
+      when "host_reply"
+        # Late: its host call's waiter gave up, but its place is freed now.
+        @host_lock.synchronize { reply_read(message["id"]) }
+        log("ignoring host_reply #{message['id'].inspect}: no host call waits for it")
       else protocol_error("unknown frame type #{Wire.shown(message['type'])}")
       end
     end
