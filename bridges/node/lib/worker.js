@@ -14,6 +14,12 @@ const generic = require('./generic');
 const BRIDGE_NAME = 'snakepit-node';
 const BRIDGE_VERSION = require('../package.json').version;
 const DEFAULT_MAX_CONCURRENCY = 16;
+// The most host calls of this worker that may wait for their host_reply at
+// once, across all its calls. It matches the pool's limit
+// (MAX_HOST_CALLS_IN_FLIGHT in crates/core/src/worker/host.rs), which treats
+// one more as a protocol error and replaces the worker; further host calls
+// are held in the bridge, in order, until a reply frees a place.
+const MAX_HOST_CALLS_IN_FLIGHT = 256;
 
 // ---------------------------------------------------------------------------
 // OpenTelemetry (optional)
@@ -807,6 +813,13 @@ class Worker {
     this._startingQueued = false; // _startQueued is running (see there)
     this._hostCalls = new Map(); // host call id -> {ctx, resolve, reject}
     this._nextHostCallId = 1;
+    // Host calls written whose host_reply has not been read: the pool's
+    // count. A call that stopped waiting (cancelled, finished) stays here
+    // until its reply arrives, since the pool counts it until then.
+    this._hostWaiting = new Set();
+    // Host calls held back while _hostWaiting is full: id -> encoded frame,
+    // in the order they were made (a Map iterates in insertion order).
+    this._hostHeld = new Map();
     this._inputEnded = false;
     this._drained = null; // resolves serve() once input ended and all is done
     this._writingFrames = () => false; // run() knows: a write to stdout is under way
@@ -1224,16 +1237,42 @@ class Worker {
       if (ctx._hostCalls === null) ctx._hostCalls = new Set();
       ctx._hostCalls.add(id);
     });
-    this._write(frame);
+    // Held behind earlier held calls too, so that they leave in order.
+    if (this._hostHeld.size === 0 && this._hostWaiting.size < MAX_HOST_CALLS_IN_FLIGHT) {
+      this._sendHostCall(id, frame);
+    } else {
+      this._hostHeld.set(id, frame);
+    }
     return handled(promise);
   }
 
+  _sendHostCall(id, frame) {
+    this._hostWaiting.add(id);
+    this._write(frame);
+  }
+
+  // Sends held host calls, oldest first, while the pool has room for them.
+  // A held call that was failed meanwhile has already left _hostHeld.
+  _sendHeldHostCalls() {
+    for (const [id, frame] of this._hostHeld) {
+      if (this._hostWaiting.size >= MAX_HOST_CALLS_IN_FLIGHT) return;
+      this._hostHeld.delete(id);
+      this._sendHostCall(id, frame);
+    }
+  }
+
   _onHostReply(msg) {
-    const pending = this._hostCalls.get(msg.id);
-    if (pending === undefined) {
+    // Only a host call that was sent and not yet answered can be answered:
+    // an id of a held call is as unknown to the pool as any other.
+    if (!this._hostWaiting.delete(msg.id)) {
       this.log.warn(`host_reply for unknown host call ${shown(msg.id)} dropped`);
       return;
     }
+    // Its place is free: the next held host call goes out, whatever
+    // becomes of this reply.
+    this._sendHeldHostCalls();
+    const pending = this._hostCalls.get(msg.id);
+    if (pending === undefined) return; // its wait was given up (cancelled, finished)
     this._hostCalls.delete(msg.id);
     pending.ctx._hostCalls.delete(msg.id);
     if (msg.success === true) {
@@ -1259,6 +1298,8 @@ class Worker {
     for (const id of ctx._hostCalls) {
       const pending = this._hostCalls.get(id);
       this._hostCalls.delete(id);
+      // A held call is never sent; a sent one stays in _hostWaiting.
+      this._hostHeld.delete(id);
       if (pending) pending.reject(makeError());
     }
     ctx._hostCalls.clear();

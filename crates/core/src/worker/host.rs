@@ -101,7 +101,7 @@ impl Worker {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let _answered = Answered(&self.host_calls);
+        let answered = Answered(&self.host_calls);
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
@@ -166,6 +166,10 @@ impl Worker {
                 &mut buf,
             ),
         };
+        // No longer in flight before its reply can reach the worker: a
+        // worker at the limit may send its next host call as soon as it
+        // reads this reply, and that one must not count this one too.
+        drop(answered);
         match encoded {
             Ok(()) => {
                 self.stdin.send(HOST_REPLY, buf.freeze());
