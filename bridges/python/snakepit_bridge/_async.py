@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import collections
 import concurrent.futures
 import contextvars
 import os
@@ -23,7 +24,7 @@ from typing import Any
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
-    Server, cancelled_reply, check_live, encode_failure, error_reply, failed_reply, fatal, finished,
+    MAX_HOST_CALLS_IN_FLIGHT, Server, cancelled_reply, check_live, encode_failure, error_reply, failed_reply, fatal, finished,
     host_outcome, log, stream_ended, unreadable_reply,
 )
 from ._wire import FrameError
@@ -35,6 +36,15 @@ class AsyncServer(Server):
         self._size = worker.max_concurrency or 8
         self._tasks = {}  # request id -> (task, ctx)
         self._host_pending = {}  # host call id -> (ctx, resolve(ok, value))
+        # The cap on host calls waiting for their replies (see
+        # MAX_HOST_CALLS_IN_FLIGHT), one for the loop's coroutines and the
+        # handlers' threads, guarded by _place_lock: the ids of the host
+        # calls given a place (written, or queued to be) whose reply has
+        # not been read, those whose caller gave up waiting included; and
+        # the host calls held for a place, in the order they were made.
+        self._place_lock = threading.Lock()
+        self._host_sent = set()
+        self._host_held = collections.deque()
         self._terminated = False
         self._input_ended = False  # EOF or SIGTERM: no host reply can come
         self._serving = False
@@ -215,6 +225,7 @@ class AsyncServer(Server):
         for hid, (ctx, resolve) in list(self._host_pending.items()):
             self._host_pending.pop(hid, None)
             resolve(False, ConnectionError(f"stdin closed while waiting for host call {hid}"))
+        self._fail_held(None, lambda hid: _input_closed(hid))
         tasks = [task for task, _ in self._tasks.values()]
         if tasks:
             if self._terminated:
@@ -404,6 +415,8 @@ class AsyncServer(Server):
     # --- host calls --------------------------------------------------------------
 
     def on_host_reply(self, msg):
+        # Its place is free, whether its caller still waits or not.
+        self._release_place(msg["id"])
         pending = self._host_pending.pop(msg["id"], None)
         if pending is None:
             super().on_host_reply(msg)
@@ -418,6 +431,72 @@ class AsyncServer(Server):
             if owner is ctx:
                 self._host_pending.pop(hid, None)
                 resolve(False, finished(ctx) if error is None else error())
+        # Held host calls fail the same way, and are never sent.
+        self._fail_held(ctx, lambda hid: finished(ctx) if error is None else error())
+
+    def _fail_held(self, ctx, error):
+        """Fails the held host calls of ``ctx`` (all of them when None),
+        each with ``error(its id)``."""
+        failed = []
+        with self._place_lock:
+            held = self._host_held
+            for turn in list(held):
+                if ctx is None or turn.ctx is ctx:
+                    held.remove(turn)
+                    failed.append(turn)
+        for turn in failed:
+            turn.resolve(False, error(turn.hid))
+
+    def _take_place(self, ctx, hid, resolve):
+        """None when host call ``hid`` of ``ctx`` has one of the
+        MAX_HOST_CALLS_IN_FLIGHT places now. Else the _Turn it is held in,
+        behind those held before it, until ``resolve(True, None)`` gives it
+        a place or ``resolve(False, error)`` fails it, as a waiting host
+        call fails (its call cancelled or ended, stdin closed). Raises that
+        error at once when the call has ended or stdin is closed."""
+        with self._place_lock:
+            if not self._host_held and len(self._host_sent) < MAX_HOST_CALLS_IN_FLIGHT:
+                self._host_sent.add(hid)
+                return None
+            turn = _Turn(ctx, hid, resolve)
+            self._host_held.append(turn)
+            # Checked under the lock, after it is held: the loop sets these
+            # flags before it fails the held host calls (under the lock),
+            # so either that fails this one or this sees the flag.
+            if not (self._input_ended or ctx._done):
+                return turn
+            self._host_held.remove(turn)
+        check_live(ctx)
+        raise _input_closed(hid)
+
+    def _release_place(self, hid):
+        """Frees host call ``hid``'s place (its reply was read, or it was
+        never sent) and gives the free places to the held host calls, in
+        order."""
+        granted = []
+        with self._place_lock:
+            sent = self._host_sent
+            sent.discard(hid)
+            held = self._host_held
+            while held and len(sent) < MAX_HOST_CALLS_IN_FLIGHT:
+                turn = held.popleft()
+                turn.granted = True
+                sent.add(turn.hid)
+                granted.append(turn)
+        for turn in granted:
+            turn.resolve(True, None)
+
+    def _leave_turn(self, turn):
+        """The caller of a held host call stopped waiting (its task was
+        cancelled): its place, if it was given one, goes to the next."""
+        with self._place_lock:
+            if not turn.granted:
+                try:
+                    self._host_held.remove(turn)
+                except ValueError:
+                    pass  # failed meanwhile
+                return
+        self._release_place(turn.hid)
 
     def call_host(self, ctx: Context, function: str, args: Any) -> Any:
         # From any thread but the loop's: the handler's own (a plain
@@ -431,16 +510,31 @@ class AsyncServer(Server):
         hid = next(self._host_ids)
         frame = self.host_call_frame(hid, ctx, function, args)
         waiter = _ThreadWaiter()
-        self._host_pending[hid] = (ctx, waiter.resolve)
-        # Checked after registering: the loop sets _input_ended before it
-        # fails the pending host calls, so either it fails this one or this
-        # sees the flag. The same holds for ctx._done (see _serve).
-        if self._input_ended:
-            self._host_pending.pop(hid, None)
-            raise _input_closed(hid)
-        if not self.send_host_call(ctx, frame):
-            self._host_pending.pop(hid, None)
-            raise finished(ctx)
+        if self._take_place(ctx, hid, waiter.resolve) is not None:
+            # Held: a place, or the failure a waiting host call would get.
+            waiter.event.wait()
+            if not waiter.ok:
+                raise waiter.value
+            waiter = _ThreadWaiter()
+        sent = False
+        try:
+            # Given a place after a wait: the call may have ended meanwhile.
+            check_live(ctx)
+            self._host_pending[hid] = (ctx, waiter.resolve)
+            # Checked after registering: the loop sets _input_ended before
+            # it fails the pending host calls, so either it fails this one
+            # or this sees the flag. The same holds for ctx._done (see
+            # _serve).
+            if self._input_ended:
+                self._host_pending.pop(hid, None)
+                raise _input_closed(hid)
+            if not self.send_host_call(ctx, frame):
+                self._host_pending.pop(hid, None)
+                raise finished(ctx)
+            sent = True
+        finally:
+            if not sent:
+                self._release_place(hid)
         waiter.event.wait()
         if waiter.ok:
             return waiter.value
@@ -458,13 +552,47 @@ class AsyncServer(Server):
             raise _input_closed(hid)
         frame = self.host_call_frame(hid, ctx, function, args)
         fut = self._loop.create_future()
-        self._host_pending[hid] = (ctx, lambda ok, value: _settle(fut, ok, value))
+        turn = self._take_place(ctx, hid, self._resolver(fut))
+        if turn is not None:
+            # Held: a place, or the failure a waiting host call would get.
+            try:
+                await fut
+            except BaseException:
+                self._leave_turn(turn)  # also when its task was cancelled
+                raise
+            fut = self._loop.create_future()
+        sent = False
         try:
-            if not self.send_host_call(ctx, frame):
-                raise finished(ctx)
-            return await fut
+            check_live(ctx)
+            self._host_pending[hid] = (ctx, self._resolver(fut))
+            try:
+                if not self.send_host_call(ctx, frame):
+                    raise finished(ctx)
+                sent = True
+                return await fut
+            finally:
+                self._host_pending.pop(hid, None)
         finally:
-            self._host_pending.pop(hid, None)
+            if not sent:
+                self._release_place(hid)
+
+    def _resolver(self, fut):
+        """resolve(ok, value) for a host call a coroutine awaits as ``fut``,
+        callable from any thread: a place is given to a held host call by
+        whoever frees one (a thread whose host call was not sent, too)."""
+        loop = self._loop
+        loop_thread = self._loop_thread
+
+        def resolve(ok, value):
+            if threading.get_ident() == loop_thread:
+                _settle(fut, ok, value)
+            else:
+                try:
+                    loop.call_soon_threadsafe(_settle, fut, ok, value)
+                except RuntimeError:
+                    pass  # the loop is closed: the worker is exiting
+
+        return resolve
 
     def send_host_call(self, ctx, frame):
         if threading.get_ident() != self._loop_thread:
@@ -510,6 +638,18 @@ def _settle(fut, ok, value):
             fut.set_exception(_Carried(value))
         else:
             fut.set_exception(value)
+
+
+class _Turn:
+    """A host call held for a place (see MAX_HOST_CALLS_IN_FLIGHT)."""
+
+    __slots__ = ("ctx", "hid", "resolve", "granted")
+
+    def __init__(self, ctx, hid, resolve):
+        self.ctx = ctx
+        self.hid = hid
+        self.resolve = resolve
+        self.granted = False  # given a place (and taken out of the queue)
 
 
 class _ThreadWaiter:

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 
 _FRAME_HEADER = _HEADER.pack
 
+# The most host calls of one worker that wait for their replies at once:
+# the pool's own limit (MAX_HOST_CALLS_IN_FLIGHT in the pool's
+# worker/host.rs), above which it takes the worker for a broken one and
+# replaces it. A host call counts from the moment its frame is written (or
+# queued to be written) until its reply is read, also when its caller
+# stopped waiting for it; host calls beyond it wait in the bridge, in the
+# order they were made, until a reply frees a place.
+MAX_HOST_CALLS_IN_FLIGHT = 256
+
 # The descriptor frames are written to, once stdout has been protected.
 _frame_fd: Optional[int] = None
 # The descriptor frames are read from, once stdin has been protected.

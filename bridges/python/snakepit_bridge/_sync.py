@@ -28,7 +28,7 @@ from typing import Any, Optional
 from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
-    Server, cancelled_reply, check_live, drain, error_reply, failed_reply, fatal, finished,
+    MAX_HOST_CALLS_IN_FLIGHT, Server, cancelled_reply, check_live, drain, error_reply, failed_reply, fatal, finished,
     host_outcome, log, stray, stream_ended,
 )
 from ._wire import FrameError, _is_int, _unpack_header
@@ -83,6 +83,14 @@ class SyncServer(Server):
         self._stdin_holder = _MAIN_THREAD
         self._host_waiting = {}
         self._main_wants = False
+        # The cap on host calls waiting for their replies (see
+        # MAX_HOST_CALLS_IN_FLIGHT), also guarded by _host_cond: the ids of
+        # the host calls given a place (written, or about to be) whose
+        # reply has not been read, those whose caller gave up waiting
+        # included; and the host calls held for a place, in the order they
+        # were made (_Waiter, settled when given one or failed).
+        self._host_sent = set()
+        self._host_held = deque()
         # A byte in it tells a thread that reads stdin to let it go: the
         # handler returned (see _take_stdin_back). Opened on first use.
         self._yield_r = None
@@ -388,6 +396,8 @@ class SyncServer(Server):
                 self.worker.requests_handled -= 1
                 self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                 return
+            if self._host_sent and self._backlog:
+                self._release_backlogged_replies()
             # Stdin goes to whichever thread waits for a host reply first.
             # A plain store: no thread waits for stdin now (a host call made
             # after the last take-back found its call ended, and one made
@@ -418,7 +428,7 @@ class SyncServer(Server):
             # A thread the handler left behind emits nothing now, and its
             # host calls fail: stdin is the loop's again.
             ctx._done = True
-            if not self._host_waiting and self._stdin_holder is None:
+            if not self._host_waiting and not self._host_held and self._stdin_holder is None:
                 # The common case, with no lock and no wake-up: no host call
                 # waits and no thread reads stdin. One that starts from now
                 # on finds ``ctx._done`` set (send_host_call checks it once
@@ -427,6 +437,9 @@ class SyncServer(Server):
                 # call was in it reads stdin only while it is, and lets go
                 # of stdin only after it took its call out, so with the
                 # table seen empty, the holder seen None is no thread's.
+                # The same holds for a host call held for a place
+                # (_take_place), which reads stdin only while it is in
+                # _host_held.
                 self._stdin_holder = _MAIN_THREAD
             elif self._stdin_holder != _MAIN_THREAD:
                 self._take_stdin_back(ctx)
@@ -582,16 +595,26 @@ class SyncServer(Server):
             if self.reader.eof:
                 raise ConnectionError(f"stdin is closed: the pool cannot answer host call {hid}")
             frame = self.host_call_frame(hid, ctx, function, args)
-            waiter = _Waiter(ctx)
-            with self._host_cond:
-                self._host_waiting[hid] = waiter
+            self._take_place(ctx, hid, main)
+            sent = False
             try:
-                if not self.send_host_call(ctx, frame):
-                    raise finished(ctx)
-                self._await_host_reply(waiter, main)
-            finally:
+                # Given a place after a wait: the call may have been
+                # cancelled or have ended meanwhile.
+                check_live(ctx)
+                waiter = _Waiter(ctx)
                 with self._host_cond:
-                    self._host_waiting.pop(hid, None)
+                    self._host_waiting[hid] = waiter
+                try:
+                    if not self.send_host_call(ctx, frame):
+                        raise finished(ctx)
+                    sent = True
+                    self._await_host_reply(waiter, main)
+                finally:
+                    with self._host_cond:
+                        self._host_waiting.pop(hid, None)
+            finally:
+                if not sent:
+                    self._release_place(hid)
         finally:
             if main:
                 self._reading = False
@@ -603,6 +626,87 @@ class SyncServer(Server):
         if waiter.ok:
             return waiter.value
         raise waiter.value
+
+    def _take_place(self, ctx, hid, main):
+        """Gives host call ``hid`` of ``ctx`` one of the
+        MAX_HOST_CALLS_IN_FLIGHT places, once the host calls made before it
+        have theirs; meanwhile it waits (reading stdin when no other thread
+        does, so that the replies that free places are read). Raises what
+        a waiting host call would when its call is cancelled or ends, or
+        stdin ends, before then; it is then never sent."""
+        cond = self._host_cond
+        with cond:
+            if not self._host_held and len(self._host_sent) < MAX_HOST_CALLS_IN_FLIGHT:
+                self._host_sent.add(hid)
+                return
+            turn = _Waiter(ctx)
+            turn.hid = hid
+            self._host_held.append(turn)
+            # Checked after it is in _host_held, as send_host_call checks
+            # after the host call is in _host_waiting: either the loop's
+            # end of the call (on_request) sees it, or this sees the end.
+            if ctx._done:
+                self._host_held.remove(turn)
+                raise finished(ctx)
+        try:
+            self._await_host_reply(turn, main)
+        except BaseException:
+            # A SIGINT's KeyboardInterrupt (or SystemExit) during the wait.
+            with cond:
+                if turn.done and turn.ok:
+                    self._release_locked(hid)
+                elif not turn.done:
+                    self._host_held.remove(turn)
+                    turn.settle(False, None)
+            raise
+        if not turn.ok:
+            raise turn.value
+
+    def _release_place(self, hid):
+        """Host call ``hid`` had a place and was not sent: the place goes to
+        the next held host call."""
+        with self._host_cond:
+            self._release_locked(hid)
+
+    def _release_locked(self, hid):
+        """Frees host call ``hid``'s place (its reply was read, or it was
+        never sent) and gives the free places to the held host calls, in
+        order. The caller holds _host_cond."""
+        sent = self._host_sent
+        sent.discard(hid)
+        held = self._host_held
+        if not held or len(sent) >= MAX_HOST_CALLS_IN_FLIGHT:
+            return
+        while held and len(sent) < MAX_HOST_CALLS_IN_FLIGHT:
+            turn = held.popleft()
+            sent.add(turn.hid)
+            turn.settle(True, None)
+        self._host_cond.notify_all()
+        self._wake_main()
+
+    def on_host_reply(self, msg):
+        # A late reply, read between calls: its host call's place is free.
+        with self._host_cond:
+            self._release_locked(msg["id"])
+        super().on_host_reply(msg)
+
+    def _release_backlogged_replies(self):
+        """Frees the places of the host calls whose late replies wait in
+        the backlog (read ahead with this request): while this call runs
+        they would not be dispatched, and a host call of it held for a
+        place could wait for them for good. Only when host calls of ended
+        calls still hold places; the frames stay, and are dropped as late
+        replies when their turn comes."""
+        for payload in self._backlog:
+            if b"host_reply" not in payload and b"\\" not in payload:
+                continue
+            try:
+                kind, msg = self.parse(payload)
+            except FrameError:
+                continue
+            if kind == "host_reply" and _is_int(msg.get("id")):
+                with self._host_cond:
+                    self._release_locked(msg["id"])
 
     def _await_host_reply(self, waiter, main):
         """Returns once ``waiter`` is settled: reads stdin while no other
@@ -777,6 +881,8 @@ class SyncServer(Server):
         current = self._current
         if kind == "host_reply":
             with self._host_cond:
+                # Its place is free, whether its caller still waits or not.
+                self._release_locked(msg["id"])
                 waiter = self._host_waiting.pop(msg["id"], None)
                 if waiter is not None:
                     waiter.settle(*host_outcome(msg))
@@ -817,6 +923,13 @@ class SyncServer(Server):
                     del self._host_waiting[hid]
                     waiter.settle(False, error(hid))
                     threads.add(waiter.thread)
+            # Held host calls fail the same way, and are never sent.
+            held = self._host_held
+            for turn in list(held):
+                if ctx is None or turn.ctx is ctx:
+                    held.remove(turn)
+                    turn.settle(False, error(turn.hid))
+                    threads.add(turn.thread)
             self._host_cond.notify_all()
             self._wake_main()
         return threads
@@ -855,12 +968,14 @@ class _Yield(Exception):
 
 
 class _Waiter:
-    """A host call waiting for its reply."""
+    """A host call waiting for its reply, or (held) for a place to be sent
+    in: its id is then ``hid``."""
 
-    __slots__ = ("ctx", "thread", "done", "ok", "value")
+    __slots__ = ("ctx", "thread", "done", "ok", "value", "hid")
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.hid = 0
         self.thread = threading.get_ident()
         self.done = False
         self.ok = False
