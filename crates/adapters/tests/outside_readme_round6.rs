@@ -96,7 +96,6 @@ async fn two_hundred_host_calls_at_once_from_one_handler_are_all_answered() {
 /// in flight (docs/reliability.md) by holding the rest until answers come,
 /// so every call is answered and the same worker stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: the bundled bridges send more than 256 host calls at once; the pool takes the 257th as a protocol error and replaces the worker"]
 async fn three_hundred_host_calls_at_once_from_a_bundled_bridge_keep_the_worker() {
     let mut failures = Vec::new();
     for (name, bridge) in [
@@ -120,7 +119,6 @@ async fn three_hundred_host_calls_at_once_from_a_bundled_bridge_keep_the_worker(
 /// in-memory store that answers at once. Every get is answered (each key
 /// unset: `null`) and the same worker stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: the bundled bridges send more than 256 host calls at once; the pool takes the 257th as a protocol error and replaces the worker"]
 async fn a_thousand_session_gets_at_once_keep_the_worker() {
     let mut failures = Vec::new();
     for (name, bridge) in [("node", node()), ("python asyncio", python_async())] {
@@ -164,7 +162,6 @@ fn counted_once(pool: &Pool, what: &str) {
 /// worker holds more than 256 host calls; every call must still succeed
 /// on the same worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "DEFECT: the bundled bridges send more than 256 host calls at once; the pool takes the 257th as a protocol error and replaces the worker"]
 async fn host_calls_of_concurrent_calls_above_256_in_all_keep_the_worker() {
     let mut failures = Vec::new();
     for (name, bridge, calls, each) in [
