@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -188,6 +188,16 @@ pub(crate) struct AffinityRecord {
     pub(crate) last_used: Instant,
 }
 
+/// Forgets the affinity records unused for `ttl`, and gives their memory
+/// back once the map is mostly empty: a burst of sessions that expired
+/// leaves no table sized for them (at most `max_sessions` records).
+pub(crate) fn forget_stale(affinity: &mut HashMap<Arc<str>, AffinityRecord>, ttl: Duration) {
+    affinity.retain(|_, rec| rec.last_used.elapsed() < ttl);
+    if affinity.capacity() > 64 && affinity.len() < affinity.capacity() / 4 {
+        affinity.shrink_to(affinity.len() * 2);
+    }
+}
+
 pub(crate) struct State {
     pub(crate) slots: Vec<Slot>,
     /// Slots that may have idle capacity, most recently freed last (reused
@@ -369,6 +379,30 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_affinity_records_go_and_their_table_shrinks() {
+        let mut affinity = HashMap::new();
+        let old = Instant::now() - Duration::from_secs(10);
+        for i in 0..10_000 {
+            let rec = AffinityRecord {
+                slot: 0,
+                generation: 0,
+                last_used: if i < 10 { Instant::now() } else { old },
+            };
+            affinity.insert(Arc::<str>::from(format!("s{i}")), rec);
+        }
+        let grown = affinity.capacity();
+        forget_stale(&mut affinity, Duration::from_secs(5));
+        assert_eq!(affinity.len(), 10, "the records used within the TTL stay");
+        assert!(
+            affinity.capacity() < grown / 100,
+            "the table sized for 10,000 is given back: {} of {grown}",
+            affinity.capacity()
+        );
+        forget_stale(&mut affinity, Duration::from_secs(5));
+        assert_eq!(affinity.len(), 10);
+    }
 
     #[test]
     fn the_oldest_waiter_a_slot_may_serve_goes_first_and_abandoned_ones_are_skipped() {

@@ -665,10 +665,7 @@ pub(crate) async fn maintain(shared: Arc<Shared>) {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
         }
-        shared
-            .state()
-            .affinity
-            .retain(|_, rec| rec.last_used.elapsed() < ttl);
+        super::slots::forget_stale(&mut shared.state().affinity, ttl);
         if health.is_zero() || last_health.elapsed() < health {
             continue;
         }
