@@ -108,19 +108,12 @@ impl Spawner {
     }
 
     /// Tells the watchdog about a process group started elsewhere (a worker
-    /// forked by a preload template), replacing a watchdog that died first.
+    /// forked by a preload template), after [`watched`](Self::watched)
+    /// made sure one runs, as [`start`](Self::start) does for a spawn. A
+    /// watchdog that died in between is replaced, told every listed group,
+    /// by the next `watched`.
     pub(crate) fn watch(&self, pgid: u32) {
-        if let Err(e) = self.watched() {
-            tracing::warn!(pgid, error = %e, "a forked worker runs without a watchdog");
-        }
         self.tell_watchdog(pgid, true);
-    }
-
-    /// A watchdog runs (started, or replaced if it died), or the error
-    /// that says why none can: asked before a worker is forked, so that no
-    /// worker is forked that no watchdog would cover, as for one spawned.
-    pub(crate) fn ready_watchdog(&self) -> io::Result<()> {
-        self.watched()
     }
 
     async fn start(&self, launch: Launch, stdin: Option<OwnedFd>) -> io::Result<Child> {
@@ -180,8 +173,8 @@ impl Spawner {
 
     /// Starts the watchdog if it could not be started before, or replaces
     /// one that died (told every group still listed): no process is
-    /// started that it would not cover.
-    fn watched(&self) -> io::Result<()> {
+    /// started, or forked, that it would not cover.
+    pub(crate) fn watched(&self) -> io::Result<()> {
         let mut guard = self.watchdog.locked();
         if let Some(dead) = guard.dog.take_if(|w| w.is_dead()) {
             tracing::warn!("the orphan watchdog died while the host runs; starting another");

@@ -53,7 +53,7 @@ pub(crate) async fn start_worker(
         let own = &launch.env[shared.launch.env.len()..];
         shared
             .spawner
-            .ready_watchdog()
+            .watched()
             .map_err(|e| fail(e.to_string(), String::new()))?;
         let process = template
             .fork(own)
