@@ -518,14 +518,9 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// This process's effective uid: the owner of the files it creates.
 fn effective_uid() -> u32 {
-    // `Uid:` real, effective, saved, filesystem.
     let from_proc = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        });
+        .and_then(|s| status_uids(&s).nth(1));
     if let Some(uid) = from_proc {
         return uid;
     }
@@ -1196,14 +1191,20 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
 /// process has ended, or the host is out of descriptors).
 fn runs_as(pid: u32, uid: u32) -> io::Result<bool> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(status
+    let runs = status_uids(&status).take(2).any(|id| id == uid);
+    Ok(runs)
+}
+
+/// The uids of a `/proc/<pid>/status` text's `Uid:` line, in its order:
+/// real, effective, saved, filesystem (none if the line is missing; a
+/// field that is no number ends them).
+fn status_uids(status: &str) -> impl Iterator<Item = u32> + '_ {
+    status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
-        .is_some_and(|ids| {
-            ids.split_whitespace()
-                .take(2)
-                .any(|id| id.parse::<u32>() == Ok(uid))
-        }))
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .map_while(|id| id.parse().ok())
 }
 
 /// The flag of a kernel thread in `/proc/<pid>/stat` field 9
