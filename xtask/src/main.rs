@@ -766,6 +766,8 @@ fn bridges(root: &Path) -> Result<()> {
         "\"types/wire.d.ts\"",
         "\"LICENSE-MIT\"",
         "\"LICENSE-APACHE\"",
+        "\"esm_main.mjs\"",
+        "\"esm_hooks.mjs\"",
     ] {
         if !packed.contains(&format!("\"path\": {file}")) {
             bail!("the npm package lacks {file}");

@@ -5,7 +5,7 @@
 // MessagePack map. Nothing here touches the process; the worker and the tests
 // both build on it.
 
-const { TextDecoder } = require('util');
+const { TextDecoder, inspect } = require('util');
 const buffer = require('buffer');
 const { userRequires } = require('./packages');
 
@@ -87,10 +87,36 @@ function checkWellFormed(s) {
 // backslash then text), such an escape in the output is a lone surrogate.
 const JSON_LONE_SURROGATE = /[^\\](?:\\\\)*\\u(d[89a-f][0-9a-f]{2})/;
 
-function encodeJsonFrame(value) {
+// JSON has no NaN or infinities, nor bytes: JSON.stringify writes null for
+// the first, and an object for a Buffer ({type: 'Buffer', data: [...]}) or
+// another view ({"0": ...}). In a result that is what the README says; in a
+// host call's arguments the pool refuses both (with MessagePack it answers
+// InvalidArgument), so that no null or stand-in object is stored in a
+// session in place of what a handler gave. So the worker encodes a host
+// call with `strict` set, and such a value is an EncodeError: the host call
+// rejects and nothing is sent. A Buffer comes here as its toJSON made it,
+// so the holder's own property is looked at too (without running a getter
+// a second time).
+function refuseNoJsonForm(key, value) {
+  const own = value !== null && typeof value === 'object' ? Object.getOwnPropertyDescriptor(this, key) : undefined;
+  if (isBytes(value) || (own !== undefined && isBytes(own.value))) {
+    throw new EncodeError('bytes have no JSON form: encode them yourself (base64, say)');
+  }
+  const n = value instanceof Number ? Number(value) : value;
+  if (typeof n === 'number' && !Number.isFinite(n)) {
+    throw new EncodeError(`${n} has no JSON form (it would arrive as null)`);
+  }
+  return value;
+}
+
+function isBytes(value) {
+  return ArrayBuffer.isView(value) || value instanceof ArrayBuffer;
+}
+
+function encodeJsonFrame(value, strict = false) {
   // JSON.stringify is already compact and leaves non-ASCII as UTF-8. Writing
   // the text straight after the header builds the frame in one allocation.
-  const text = JSON.stringify(value);
+  const text = JSON.stringify(value, strict === true ? refuseNoJsonForm : undefined);
   // One native scan; the regex only runs when the text holds "\ud".
   if (text !== undefined && text.indexOf('\\ud') !== -1) {
     const found = JSON_LONE_SURROGATE.exec(text);
@@ -404,13 +430,18 @@ const jsonCodec = Object.freeze({
   decodePayload: decodeJsonPayload,
 });
 
-// `name` is json or msgpack; anything else is a configuration mistake worth
-// failing loudly for, since pool and worker must agree.
+// `name` is json or msgpack, read as the Python and Ruby bridges read
+// SNAKEPIT_CODEC: case and the spaces around it do not count, and empty is
+// json. Anything else, a name that is no string (a number, say) included,
+// is a configuration mistake worth failing loudly for, since pool and
+// worker must agree.
 function getCodec(name) {
-  const codec = (name || 'json').toLowerCase();
-  if (codec === 'json') return jsonCodec;
-  if (codec === 'msgpack') return createMsgpackCodec();
-  throw new Error(`unknown codec ${JSON.stringify(name)}: expected json or msgpack`);
+  const given = typeof name === 'string' ? name.trim() : name;
+  const codec = given === undefined || given === null || given === '' ? 'json' : given;
+  if (typeof codec === 'string' && codec.toLowerCase() === 'json') return jsonCodec;
+  if (typeof codec === 'string' && codec.toLowerCase() === 'msgpack') return createMsgpackCodec();
+  const shown = typeof name === 'string' ? JSON.stringify(name) : inspect(name);
+  throw new Error(`unknown codec ${shown}: expected json or msgpack`);
 }
 
 // ---------------------------------------------------------------------------

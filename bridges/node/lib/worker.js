@@ -721,11 +721,19 @@ function onUncaughtException(err) {
 // ---------------------------------------------------------------------------
 // Worker
 
-function envInt(name) {
-  const raw = process.env[name];
+// SNAKEPIT_MAX_CONCURRENCY: null when absent or empty, else a whole number
+// of at least 1 written in decimal digits (as SNAKEPIT_MAX_FRAME_SIZE is
+// read here and by the other bridges). Anything else (`1e3`, ` 4`, `0x10`,
+// `4.0`, `0`) is a RangeError naming the variable: set by hand, it must
+// not quietly become the option or the default.
+function envConcurrency() {
+  const raw = process.env.SNAKEPIT_MAX_CONCURRENCY;
   if (raw === undefined || raw === '') return null;
-  const n = Number(raw);
-  return Number.isInteger(n) && n > 0 ? n : null;
+  const n = /^[0-9]+$/.test(raw) ? Number(raw) : 0;
+  if (!(n >= 1)) {
+    throw new RangeError(`SNAKEPIT_MAX_CONCURRENCY must be a whole number of at least 1 in decimal digits, not ${shown(raw)}`);
+  }
+  return n;
 }
 
 // The hello declares max_concurrency as an unsigned 32-bit number: more is
@@ -734,7 +742,7 @@ const MAX_CONCURRENCY = 0xffffffff;
 
 function concurrency(n) {
   if (typeof n !== 'number' || !(n >= 1) || (Number.isFinite(n) && !Number.isInteger(n))) {
-    throw new RangeError(`maxConcurrency must be a whole number of at least 1, not ${n}`);
+    throw new RangeError(`maxConcurrency must be a whole number of at least 1, not ${util.inspect(n)}`);
   }
   return Math.min(n, MAX_CONCURRENCY);
 }
@@ -779,7 +787,7 @@ class Worker {
     const commands = options.commands || {};
     this.codecName = options.codec || process.env.SNAKEPIT_CODEC || 'json';
     this.maxConcurrency = concurrency(
-      envInt('SNAKEPIT_MAX_CONCURRENCY') ?? options.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY
+      envConcurrency() ?? options.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY
     );
     this.sigint = options.sigint === true;
     this.maxFrameSize = frameLimit(options.maxFrameSize ?? envFrameLimit());
@@ -1075,8 +1083,9 @@ class Worker {
     if (msg.args === undefined || msg.args === null) msg.args = {};
     this.requestsHandled++;
     // The init ping tells a worker its id when the environment did not.
+    // An empty id is none, as an empty SNAKEPIT_WORKER_ID is.
     if (msg.command === 'ping' && !this._workerIdFromEnv && msg.args.initialization &&
-      typeof msg.args.worker_id === 'string') {
+      typeof msg.args.worker_id === 'string' && msg.args.worker_id !== '') {
       this.workerId = msg.args.worker_id;
     }
     const ctx = new Context(this, msg);
@@ -1221,9 +1230,14 @@ class Worker {
     if (this._inputEnded) {
       return handled(Promise.reject(new HostCallError('HostUnavailable', 'stdin is closed: the pool cannot answer')));
     }
+    // Encoded before anything is registered, so unencodable args just reject;
+    // under JSON, NaN, infinities and bytes too (see encodeJsonFrame), which
+    // the MessagePack encoder writes and the pool then refuses.
+    const frame = this.codec.encodeFrame(
+      { type: 'host_call', id: this._nextHostCallId, request_id: ctx.requestId, function: fn, args },
+      true
+    );
     const id = this._nextHostCallId++;
-    // Encoded before anything is registered, so unencodable args just reject.
-    const frame = this.codec.encodeFrame({ type: 'host_call', id, request_id: ctx.requestId, function: fn, args });
     if (payloadSize(frame) > this.maxFrameSize) {
       // The pool would refuse the frame and replace the worker: the handler
       // learns it here, and nothing is sent.

@@ -63,9 +63,10 @@ function bridgeNodePath() {
 // are decoded and checked as the pool would check them; anything on stdout
 // that is not a valid frame fails the test.
 class WorkerProcess {
-  constructor(script, { codec = 'json', env = {}, args = ['--mode', 'pool-worker'] } = {}) {
+  constructor(script, { codec = 'json', env = {}, args = ['--mode', 'pool-worker'], cwd = undefined } = {}) {
     this.codec = wire.getCodec(codec);
     this.child = spawn(process.execPath, [script, ...args], {
+      cwd,
       env: {
         ...process.env,
         NODE_PATH: bridgeNodePath(),

@@ -32,7 +32,7 @@ export interface WorkerOptions {
   commands?: Record<string, Handler>;
   /** `json` or `msgpack`. Default: `SNAKEPIT_CODEC`, else `json`. */
   codec?: wire.CodecName;
-  /** Calls run at once. Default 16 (also for `null`); `SNAKEPIT_MAX_CONCURRENCY` overrides it. */
+  /** Calls run at once. Default 16 (also for `null`); `SNAKEPIT_MAX_CONCURRENCY` (decimal digits, at least 1, else a RangeError) overrides it. */
   maxConcurrency?: number | null;
   /** Declare `sigint` and let SIGINT cancel the running calls. Default false. */
   sigint?: boolean;
