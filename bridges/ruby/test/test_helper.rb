@@ -88,14 +88,35 @@ class WorkerProcess
     end
   end
 
+  # The next frame, decoded. A frame that does not come whole within
+  # +timeout+ (a broken stream: its length announces more than follows)
+  # fails the test instead of hanging it.
   def recv(timeout = 10)
-    ready = IO.select([@from_worker], nil, nil, timeout)
-    raise "no frame from the worker within #{timeout}s; stderr:\n#{stderr}" unless ready
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    header = read_within(4, deadline, timeout)
+    raise "worker closed stdout; stderr:\n#{stderr}" if header.nil?
 
-    payload = SnakepitBridge::Wire.read_frame(@from_worker)
-    raise "worker closed stdout; stderr:\n#{stderr}" if payload.nil?
+    @codec.decode(read_within(header.unpack1("N"), deadline, timeout) || "")
+  end
 
-    @codec.decode(payload)
+  # +size+ bytes of stdout, or nil at its end before the first; raises if
+  # they are not all there by +deadline+.
+  def read_within(size, deadline, timeout)
+    data = "".b
+    while data.bytesize < size
+      left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      unless left.positive? && IO.select([@from_worker], nil, nil, left)
+        raise "no whole frame from the worker within #{timeout}s (#{data.bytesize} of #{size} bytes); stderr:\n#{stderr}"
+      end
+
+      chunk = @from_worker.read_nonblock(size - data.bytesize, exception: false)
+      next if chunk == :wait_readable
+      return nil if chunk.nil? && data.empty?
+      raise "worker closed stdout inside a frame; stderr:\n#{stderr}" if chunk.nil?
+
+      data << chunk
+    end
+    data
   end
 
   # Raw stdout bytes still unread, waiting up to +timeout+ for more.

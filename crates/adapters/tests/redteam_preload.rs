@@ -107,6 +107,10 @@ async fn model_shared_by_forks(bridge: Bridge) {
         .configure(|c| {
             c.health_check_interval = Duration::ZERO;
             c.worker_init_timeout = Duration::from_secs(60);
+            // Six calls over three workers: the second round of each
+            // worker waits for its first (a full read and GC of the model,
+            // seconds on a loaded machine).
+            c.queue_timeout = Duration::from_secs(120);
         })
         .start()
         .await

@@ -377,6 +377,7 @@ module SnakepitBridge
     # @api private (run, Preload): the serve loop of #run, without the hooks.
     def serve
       @serving_thread = Thread.current
+      @serving_pid = Process.pid
       install_signal_handlers if @owns_process
       write_message(hello)
       while (message = next_to_run)
@@ -412,6 +413,7 @@ module SnakepitBridge
     # made the call; other frames seen meanwhile are handled or queued for
     # the main loop.
     def call_host(ctx, function, args)
+      leave_if_forked # before it could read stdin for a place
       ctx.check_cancelled!
       raise finished_error(ctx) if ctx.finished
 
@@ -433,19 +435,22 @@ module SnakepitBridge
                                                   "#{payload.bytesize} bytes, above the pool's limit of #{@max_frame_size}")
       end
       waiter = HostWaiter.new(ctx, id)
-      @host_lock.synchronize do
-        raise finished_error(ctx) if ctx.finished
+      # Cancelled, and any exception another thread raises here (the
+      # handler's own Timeout.timeout), is deferred from here but in the
+      # waits: a host call given a place is always sent or gives it back.
+      # One cancelled between the two would keep it for good (no reply
+      # would ever free it), and 256 such would hold every later host call.
+      Thread.handle_interrupt(Exception => :never) do
+        @host_lock.synchronize do
+          raise finished_error(ctx) if ctx.finished
 
-        # In @host_waiting from now on, held or sent: whatever fails the
-        # call's host calls (its cancel frame, its end, end of input) fails
-        # a held one too, which is then never sent.
-        @host_waiting[id] = waiter
-        @host_held << waiter
-        admit_held
-      end
-      # Cancelled is deferred here but in the waits (on the serving thread):
-      # the clean-up below always runs whole.
-      Thread.handle_interrupt(Cancelled => :never) do
+          # In @host_waiting from now on, held or sent: whatever fails the
+          # call's host calls (its cancel frame, its end, end of input)
+          # fails a held one too, which is then never sent.
+          @host_waiting[id] = waiter
+          @host_held << waiter
+          admit_held
+        end
         begin
           await_host { waiter.done? || waiter.admitted }
           unless waiter.done?
@@ -516,21 +521,19 @@ module SnakepitBridge
     # while it is held, settled or admitted): reads stdin while no other thread does,
     # else waits for the one that does. A held host call reads too: the
     # replies that free a place may be for host calls nobody waits for
-    # any more. On the serving thread SIGINT
-    # may cancel the handler only while it waits: a frame is read and dealt
-    # with shielded, so a cancellation never leaves half a frame behind,
-    # nor loses a request read but not yet queued.
+    # any more. SIGINT may cancel the handler (on the serving thread), and
+    # an exception another thread raises (Thread#raise, as Timeout.timeout
+    # does) may land, only while it waits: a frame is read and dealt with
+    # shielded, so neither leaves half a frame behind, nor loses a request
+    # read but not yet queued. (Thread#kill is not held off: the process's
+    # exit kills its threads.)
     def await_host(&ready)
       serving = Thread.current.equal?(@serving_thread)
-      Thread.handle_interrupt(Cancelled => :never) do
+      Thread.handle_interrupt(Exception => :never) do
         loop do
           @host_lock.synchronize do
             until ready.call || @stdin_holder.nil?
-              if serving
-                Thread.handle_interrupt(Cancelled => :immediate) { @host_cond.wait(@host_lock) }
-              else
-                @host_cond.wait(@host_lock)
-              end
+              Thread.handle_interrupt(Exception => :immediate) { @host_cond.wait(@host_lock) }
             end
             return if ready.call
 
@@ -556,9 +559,9 @@ module SnakepitBridge
       until ready.call
         unless reader.buffered?
           if serving
-            Thread.handle_interrupt(Cancelled => :immediate) { IO.select([@input]) }
+            Thread.handle_interrupt(Exception => :immediate) { IO.select([@input]) }
           else
-            readable, = IO.select([@input, @yield_r])
+            readable, = Thread.handle_interrupt(Exception => :immediate) { IO.select([@input, @yield_r]) }
             return if @loop_wants && readable.include?(@yield_r)
             next unless readable.include?(@input)
           end
@@ -588,7 +591,7 @@ module SnakepitBridge
           end
           found
         end
-        log("ignoring host_reply for unknown host call #{message['id'].inspect}") unless waiter
+        unawaited_reply(message["id"]) unless waiter
       when "cancel"
         ctx = @current
         cancel_running(ctx) if ctx&.request_id.eql?(message["id"])
@@ -725,6 +728,7 @@ module SnakepitBridge
       # handler returned); opened on first use.
       @yield_r = @yield_w = nil
       @requests_handled = 0
+      @unawaited_replies = 0 # see #unawaited_reply
       # Read again in a forked worker, whose environment the pool sets.
       @max_frame_size = Wire.frame_limit
       @started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
@@ -873,7 +877,7 @@ module SnakepitBridge
       when "host_reply"
         # Late: its host call's waiter gave up, but its place is freed now.
         @host_lock.synchronize { reply_read(message["id"]) }
-        log("ignoring host_reply #{message['id'].inspect}: no host call waits for it")
+        unawaited_reply(message["id"])
       else protocol_error("unknown frame type #{Wire.shown(message['type'])}")
       end
     end
@@ -942,6 +946,8 @@ module SnakepitBridge
           # still cancelled: the reply says so.
           ctx.cancelled? ? cancelled_error(ctx) : [false, error_map(e)]
         ensure
+          # Before it could wait for a thread of the parent's that holds stdin.
+          leave_if_forked
           @current = nil
           # A thread the handler left behind emits nothing now, and its
           # host calls fail: stdin is the loop's again.
@@ -996,6 +1002,22 @@ module SnakepitBridge
         rescue Cancelled
           nil
         end
+      end
+    end
+
+    # A host_reply no host call waits for (its wait was given up, or it
+    # names none) is dropped. The host may send them without end (a bug,
+    # or on purpose), so the log gets the first of them and then one line
+    # at the 10th, 100th, 1000th, ..., each with the count so far. Called
+    # by the thread that holds stdin, one at a time.
+    def unawaited_reply(id)
+      @unawaited_replies += 1
+      count = @unawaited_replies
+      if count == 1
+        log("host_reply #{Wire.shown(id)} matches no waiting host call; dropped " \
+            "(the next such replies are counted, and logged at the 10th, 100th, 1000th, ...)")
+      elsif count.digits.sum == 1
+        log("#{count} host_replies matching no waiting host call dropped so far (the last: #{Wire.shown(id)})")
       end
     end
 
@@ -1141,6 +1163,7 @@ module SnakepitBridge
     # under the lock (it may return from the caller to write nothing); the
     # context +after+ is marked answered once the frame is written.
     def write_payload(payload, after: nil)
+      leave_if_forked
       frame = Wire.frame(payload)
       locked = proc do
         @write_lock.synchronize do
@@ -1150,11 +1173,28 @@ module SnakepitBridge
         end
       end
       if @current
-        # Inside a handler: never let a cancellation cut a frame in half.
-        Thread.handle_interrupt(Cancelled => :never, &locked)
+        # Inside a handler: never let a cancellation, or an exception
+        # another thread raises (Timeout.timeout around ctx.chunk), cut a
+        # frame in half; it lands once the frame is written.
+        Thread.handle_interrupt(Exception => :never, &locked)
       else
         locked.call
       end
+    end
+
+    # A process a handler forked without a block (or by Process.daemon)
+    # goes on with a copy of the handler's code, and reaches the bridge
+    # when that returns, sends a chunk or calls the host. The frames are
+    # its parent's: a reply from it would answer a call twice, and a read
+    # would take frames meant for the worker. So it leaves at once, with
+    # exit! as a forked preloaded worker does (the at_exit handlers and
+    # finalizers of the parent are not its own).
+    def leave_if_forked
+      return if @serving_pid.nil? || Process.pid == @serving_pid
+
+      log("process #{Process.pid}, forked by a handler of worker #{@serving_pid}, reached the pool's frames; " \
+          "it exits with status 1 and writes nothing (end a forked child with exit!, or give fork a block)")
+      exit!(1)
     end
 
     # UTC ISO-8601 with microseconds. Every reply carries one, so the
