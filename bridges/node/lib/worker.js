@@ -828,6 +828,7 @@ class Worker {
     // Host calls held back while _hostWaiting is full: id -> encoded frame,
     // in the order they were made (a Map iterates in insertion order).
     this._hostHeld = new Map();
+    this._strayHostReplies = 0; // see _onStrayHostReply
     this._inputEnded = false;
     this._drained = null; // resolves serve() once input ended and all is done
     this._writingFrames = () => false; // run() knows: a write to stdout is under way
@@ -1279,7 +1280,7 @@ class Worker {
     // Only a host call that was sent and not yet answered can be answered:
     // an id of a held call is as unknown to the pool as any other.
     if (!this._hostWaiting.delete(msg.id)) {
-      this.log.warn(`host_reply for unknown host call ${shown(msg.id)} dropped`);
+      this._onStrayHostReply(msg.id);
       return;
     }
     // Its place is free: the next held host call goes out, whatever
@@ -1304,6 +1305,22 @@ class Worker {
       pending.reject(new HostCallError(wireText(error.type || 'HostError'), message, traceback));
     } else {
       pending.reject(new HostCallError('HostError', hasMessage(error) ? wireText(error) : 'host call failed'));
+    }
+  }
+
+  // A host_reply whose id names no host call sent and not yet answered is
+  // dropped. The host may send them without end (a bug, or on purpose), so
+  // the log gets the first of them and then one line at the 10th, 100th,
+  // 1000th, ..., each with the count so far; the id is quoted briefly. The
+  // late reply to a host call whose wait was given up is no stray: it frees
+  // the call's place, and is dropped without a line.
+  _onStrayHostReply(id) {
+    const count = ++this._strayHostReplies;
+    if (count === 1) {
+      this.log.warn(`host_reply ${shown(id)} matches no waiting host call; dropped ` +
+        '(the next such replies are counted, and logged at the 10th, 100th, 1000th, ...)');
+    } else if (/^10+$/.test(String(count))) {
+      this.log.warn(`${count} host_replies matching no waiting host call dropped so far (the last: ${shown(id)})`);
     }
   }
 

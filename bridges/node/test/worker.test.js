@@ -361,7 +361,7 @@ test('host calls: results, failures, session helpers, own id counter', async () 
   h.send({ type: 'host_reply', id: call.id, success: false, error: 'plain string error' });
   const r = await h.reply(22);
   assert.deepStrictEqual([r.error.type, r.error.message], ['HostError', 'plain string error']);
-  // A reply nobody waits for is dropped quietly.
+  // A reply nobody waits for is dropped (logged once, then counted).
   h.send({ type: 'host_reply', id: 999, success: true, result: 1 });
   await h.close();
 });
