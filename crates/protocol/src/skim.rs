@@ -54,6 +54,29 @@ pub(crate) fn fields<'p, const N: usize>(
     Some(done.map(|()| out))
 }
 
+/// The map `payload` with only its fields `names`, in `codec`'s encoding;
+/// `None` if this codec cannot be skimmed. For a decoder that cannot skip
+/// the other fields: rmp-serde skips an ignored value by recursing, so a
+/// field no reader knows, nested past [`MAX_DEPTH`](crate::MAX_DEPTH),
+/// fails the whole decode, where serde_json skips it. Read without it, the
+/// frame decodes in MessagePack as it does in JSON.
+pub(crate) fn only<const N: usize>(
+    codec: &str,
+    payload: &[u8],
+    names: [&str; N],
+) -> Option<Result<Vec<u8>>> {
+    let raws = match fields(codec, payload, names)? {
+        Ok(raws) => raws,
+        Err(e) => return Some(Err(e)),
+    };
+    let kept: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(raws)
+        .filter_map(|(name, raw)| Some((*name, raw?.bytes())))
+        .collect();
+    Some(Ok(msgpack::map(&kept)))
+}
+
 fn not_a_map() -> Error {
     Error::WrongType {
         field: "payload",
@@ -138,6 +161,24 @@ pub(crate) mod msgpack {
             }
         }
         Ok(i)
+    }
+
+    /// A map of `entries`, each a field name (short: a protocol's) and
+    /// its value's bytes.
+    pub(super) fn map(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        debug_assert!(entries.len() < 16 && entries.iter().all(|(k, _)| k.len() < 32));
+        let size = entries
+            .iter()
+            .map(|(k, v)| 1 + k.len() + v.len())
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(1 + size);
+        out.push(0x80 | entries.len() as u8);
+        for (key, value) in entries {
+            out.push(0xa0 | key.len() as u8);
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(value);
+        }
+        out
     }
 
     pub(super) fn fields<'p>(

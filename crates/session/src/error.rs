@@ -68,6 +68,13 @@ pub enum Error {
     /// The backend failed (Redis unreachable, a command refused).
     #[error("session store backend failed: {0}")]
     Backend(String),
+    /// The store does not implement this operation (a store of your own
+    /// that keeps a trait method's default).
+    #[error("the session store does not support `{operation}`")]
+    Unsupported {
+        /// The operation (`delete_global_program`).
+        operation: &'static str,
+    },
     /// The pool failed the call (session helpers only).
     #[error(transparent)]
     Pool(#[from] Box<snakepit_core::Error>),
@@ -90,6 +97,7 @@ impl Error {
             Error::Invalid { .. } => "InvalidArgument",
             Error::Conflict { .. } => "SessionConflict",
             Error::Corrupt(_) | Error::Backend(_) | Error::Timeout { .. } => "SessionStoreError",
+            Error::Unsupported { .. } => "Unsupported",
             Error::Pool(_) => "PoolError",
         };
         snakepit_core::RemoteError::new(kind, self.to_string())

@@ -7,7 +7,9 @@
 //!
 //! - [`SessionStore`]: the original's Session Store API (create with a TTL,
 //!   get, update atomically, delete, exists, list, stats, programs per
-//!   session and global programs, cleanup) plus per-session key/value data.
+//!   session and global programs (stored, read, deleted, expiring with a
+//!   `global_program_ttl` if you set one), cleanup) plus per-session
+//!   key/value data.
 //!   TTLs slide: each use extends them.
 //! - [`MemoryStore`]: embedded, sharded, O(1) per operation, swept in the
 //!   background.

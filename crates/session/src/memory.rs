@@ -60,6 +60,7 @@ pub struct MemoryStore {
 pub struct MemoryStoreBuilder {
     default_ttl: Duration,
     sweep_interval: Duration,
+    global_program_ttl: Option<Duration>,
 }
 
 /// Small, so that a touch (the pool's per-call `ensure_session`) reads one
@@ -72,14 +73,23 @@ struct Entry {
 
 type Shard = HashMap<Box<str>, Entry>;
 
+/// A global program, and when it expires (`None`: never).
+struct Global {
+    program: Value,
+    expires_at: Option<Instant>,
+}
+
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    globals: RwLock<HashMap<String, Value>>,
+    globals: RwLock<HashMap<String, Global>>,
     default_ttl: Duration,
+    global_program_ttl: Option<Duration>,
     created: AtomicU64,
     deleted: AtomicU64,
     expired: AtomicU64,
+    globals_deleted: AtomicU64,
+    globals_expired: AtomicU64,
     listeners: Listeners,
     /// `Instant` and wall clock at the same moment: the wall clock of an
     /// `Instant` without a second clock read.
@@ -91,6 +101,7 @@ impl Default for MemoryStoreBuilder {
         MemoryStoreBuilder {
             default_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(30),
+            global_program_ttl: None,
         }
     }
 }
@@ -108,6 +119,16 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// How long a global program lives after it was stored (the original's
+    /// `global_program_ttl`; reads do not extend it, storing it again
+    /// does). By default global programs never expire. A TTL no session
+    /// may have (see [`check_ttl`](crate::check_ttl)) makes
+    /// `store_global_program` fail with `Error::Invalid`.
+    pub fn global_program_ttl(mut self, ttl: Duration) -> Self {
+        self.global_program_ttl = Some(ttl);
+        self
+    }
+
     /// Builds the store and, inside a Tokio runtime, starts its sweep.
     pub fn build(self) -> MemoryStore {
         let inner = Arc::new(Inner {
@@ -115,9 +136,12 @@ impl MemoryStoreBuilder {
             hasher: RandomState::new(),
             globals: RwLock::new(HashMap::new()),
             default_ttl: self.default_ttl,
+            global_program_ttl: self.global_program_ttl,
             created: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            globals_deleted: AtomicU64::new(0),
+            globals_expired: AtomicU64::new(0),
             listeners: Listeners::default(),
             epoch: (Instant::now(), unix_ms()),
         });
@@ -241,7 +265,28 @@ impl Inner {
                 self.notify(&id, EndReason::Expired);
             }
         }
+        self.sweep_globals();
         removed
+    }
+
+    /// Removes the global programs whose TTL has passed.
+    fn sweep_globals(&self) {
+        if self.global_program_ttl.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut globals = self.globals.write_locked();
+        let before = globals.len();
+        globals.retain(|_, g| g.live(now));
+        let gone = before - globals.len();
+        self.globals_expired
+            .fetch_add(gone as u64, Ordering::Relaxed);
+    }
+}
+
+impl Global {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
     }
 }
 
@@ -362,13 +407,16 @@ impl SessionStore for MemoryStore {
                 s.values().filter(|e| e.expires_at > now).count() as u64
             })
             .sum();
+        let now = Instant::now();
         let globals = inner.globals.read_locked();
         Ok(StoreStats {
             active_sessions: active,
             sessions_created: inner.created.load(Ordering::Relaxed),
             sessions_deleted: inner.deleted.load(Ordering::Relaxed),
             sessions_expired: inner.expired.load(Ordering::Relaxed),
-            global_programs: globals.len() as u64,
+            global_programs: globals.values().filter(|g| g.live(now)).count() as u64,
+            global_programs_deleted: inner.globals_deleted.load(Ordering::Relaxed),
+            global_programs_expired: inner.globals_expired.load(Ordering::Relaxed),
         })
     }
 
@@ -393,24 +441,51 @@ impl SessionStore for MemoryStore {
     async fn store_global_program(&self, program_id: &str, program: Value) -> Result<()> {
         check_id("program id", program_id)?;
         check_value("program", &program)?;
-        self.inner
-            .globals
-            .write_locked()
-            .insert(program_id.to_owned(), program);
+        let inner = &self.inner;
+        if let Some(ttl) = inner.global_program_ttl {
+            check_ttl(ttl)?;
+        }
+        let now = Instant::now();
+        let expires_at = inner.global_program_ttl.and_then(|t| now.checked_add(t));
+        let replaced = inner.globals.write_locked().insert(
+            program_id.to_owned(),
+            Global {
+                program,
+                expires_at,
+            },
+        );
+        if replaced.is_some_and(|g| !g.live(now)) {
+            inner.globals_expired.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     async fn get_global_program(&self, program_id: &str) -> Result<Value> {
         check_id("program id", program_id)?;
-        self.inner
-            .globals
-            .read_locked()
-            .get(program_id)
-            .cloned()
-            .ok_or_else(|| Error::ProgramNotFound {
-                session_id: None,
-                program_id: program_id.to_owned(),
-            })
+        let now = Instant::now();
+        let found = match self.inner.globals.read_locked().get(program_id) {
+            Some(g) if g.live(now) => Some(g.program.clone()),
+            _ => None,
+        };
+        found.ok_or_else(|| Error::ProgramNotFound {
+            session_id: None,
+            program_id: program_id.to_owned(),
+        })
+    }
+
+    async fn delete_global_program(&self, program_id: &str) -> Result<bool> {
+        check_id("program id", program_id)?;
+        let inner = &self.inner;
+        let Some(gone) = inner.globals.write_locked().remove(program_id) else {
+            return Ok(false);
+        };
+        if gone.live(Instant::now()) {
+            inner.globals_deleted.fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        } else {
+            inner.globals_expired.fetch_add(1, Ordering::Relaxed);
+            Ok(false)
+        }
     }
 
     async fn cleanup_expired(&self) -> Result<usize> {

@@ -4,8 +4,8 @@
 //! until its listeners are told (so that a sweep cut off by its timeout
 //! leaves them to the next); a hash of global programs; a hash of counters.
 //! Every operation is one Lua script, run atomically by the server, with
-//! the server's clock (but `session_exists` and the global programs, one
-//! command each, and `update_session`, a read and a compare-and-swap).
+//! the server's clock (but `session_exists`, one command, and
+//! `update_session`, a read and a compare-and-swap).
 //!
 //! The connection is the `redis` crate's `ConnectionManager`: one
 //! multiplexed connection. Once it drops, the next operation opens a fresh
@@ -56,7 +56,7 @@ local function expect(key, kind)
   end
 end
 local function expect_counters(key)
-  local names = {'created', 'deleted', 'expired', 'reports', 'incarnations'}
+  local names = {'created', 'deleted', 'expired', 'reports', 'incarnations', 'gdeleted', 'gexpired'}
   local values = redis.call('HMGET', key, unpack(names))
   for i = 1, #names do
     local v = values[i]
@@ -302,17 +302,100 @@ end
 return out
 "#;
 
-/// KEYS[1] = index, KEYS[2] = stats, KEYS[3] = globals. Returns
-/// {active, created, deleted, expired, globals}.
+/// KEYS[1] = index, KEYS[2] = stats, KEYS[3] = globals, KEYS[4] = the
+/// globals' expiries. Returns {active, created, deleted, expired, globals,
+/// globals deleted, globals expired}; the global programs whose time has
+/// passed but that no sweep removed yet are not counted.
 const STATS: &str = r#"
 expect(KEYS[1], 'zset')
 expect(KEYS[2], 'hash')
 expect(KEYS[3], 'hash')
+expect(KEYS[4], 'zset')
 expect_counters(KEYS[2])
 local t = redis.call('TIME')
 local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function c(f) return tonumber(redis.call('HGET', KEYS[2], f) or '0') end
-return {redis.call('ZCOUNT', KEYS[1], n, '+inf'), c('created'), c('deleted'), c('expired'), redis.call('HLEN', KEYS[3])}
+local globals = redis.call('HLEN', KEYS[3])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', n)) do
+  globals = globals - redis.call('HEXISTS', KEYS[3], id)
+end
+return {redis.call('ZCOUNT', KEYS[1], n, '+inf'), c('created'), c('deleted'), c('expired'), globals, c('gdeleted'), c('gexpired')}
+"#;
+
+/// Global programs: KEYS[1] = the programs (a hash), KEYS[2] = their
+/// expiry times (a sorted set, only of those stored with a TTL), KEYS[3] =
+/// stats; ARGV[1] = the program id. Opens each of the scripts below: `n`
+/// is the server's clock in milliseconds, `expired` whether the program's
+/// time has passed (it is gone, if not removed yet).
+const GLOBAL: &str = r#"
+expect(KEYS[1], 'hash')
+expect(KEYS[2], 'zset')
+expect(KEYS[3], 'hash')
+expect_counters(KEYS[3])
+local t = redis.call('TIME')
+local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local expired = false
+if score then
+  local at = tonumber(score)
+  expired = at ~= nil and at <= n
+end
+"#;
+
+/// ARGV[2] = the program's JSON, ARGV[3] = its TTL in milliseconds (0:
+/// none). The `HSET` is the first write, so that a full server refuses
+/// the script before it writes anything.
+const GLOBAL_STORE: &str = r#"
+local stale = expired and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if stale then redis.call('HINCRBY', KEYS[3], 'gexpired', 1) end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('ZADD', KEYS[2], n + ttl, ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+"#;
+
+/// The program's JSON, or nil if it has none or it expired. Writes nothing.
+const GLOBAL_GET: &str = r#"
+if expired then return false end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"#;
+
+/// 1 if a live program was removed, else 0 (an expired one is removed and
+/// counted as expired).
+const GLOBAL_DELETE: &str = r#"
+local had = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if had == 0 then return 0 end
+if expired then
+  redis.call('HINCRBY', KEYS[3], 'gexpired', 1)
+  return 0
+end
+redis.call('HINCRBY', KEYS[3], 'gdeleted', 1)
+return 1
+"#;
+
+/// KEYS as [`GLOBAL`]; ARGV[1] = the most to remove. Removes the global
+/// programs whose time has passed and returns how many expiry times it
+/// took.
+const GLOBAL_SWEEP: &str = r#"
+expect(KEYS[1], 'hash')
+expect(KEYS[2], 'zset')
+expect(KEYS[3], 'hash')
+expect_counters(KEYS[3])
+local t = redis.call('TIME')
+local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', n, 'LIMIT', 0, tonumber(ARGV[1]))
+local gone = 0
+for _, id in ipairs(ids) do
+  gone = gone + redis.call('HDEL', KEYS[1], id)
+end
+if #ids > 0 then redis.call('ZREM', KEYS[2], unpack(ids)) end
+if gone > 0 then redis.call('HINCRBY', KEYS[3], 'gexpired', gone) end
+return #ids
 "#;
 
 /// KEYS[1] = index. The ids that have not expired.
@@ -339,6 +422,10 @@ struct Scripts {
     cleanup: Script,
     stats: Script,
     list: Script,
+    global_store: Script,
+    global_get: Script,
+    global_delete: Script,
+    global_sweep: Script,
 }
 
 impl Scripts {
@@ -357,6 +444,10 @@ impl Scripts {
             cleanup: checked(CLEANUP),
             stats: checked(STATS),
             list: checked(LIST),
+            global_store: Script::new(&format!("{EXPECT}\n{GLOBAL}\n{GLOBAL_STORE}")),
+            global_get: Script::new(&format!("{EXPECT}\n{GLOBAL}\n{GLOBAL_GET}")),
+            global_delete: Script::new(&format!("{EXPECT}\n{GLOBAL}\n{GLOBAL_DELETE}")),
+            global_sweep: checked(GLOBAL_SWEEP),
         }
     }
 }
@@ -369,7 +460,8 @@ impl Scripts {
 ///
 /// Keys, under the prefix (`snakepit:` by default): `s:<id>` (a hash per
 /// session), `idx` (ids by expiry time), `rep` (expiries being reported),
-/// `g` (global programs), `stats`.
+/// `g` (global programs), `gx` (their expiry times, with a
+/// [`global_program_ttl`](RedisStoreBuilder::global_program_ttl)), `stats`.
 /// A single Redis server (or a primary with replicas); not Redis Cluster.
 ///
 /// The store reconnects by itself: when the server goes away, operations
@@ -415,6 +507,7 @@ struct Inner {
     scripts: Scripts,
     prefix: String,
     default_ttl: Duration,
+    global_program_ttl: Option<Duration>,
     listeners: Listeners,
     /// The sweep's task, and how often it runs. The task lives on the
     /// runtime that started it; when that runtime ends, the next operation
@@ -516,6 +609,7 @@ pub struct RedisStoreBuilder {
     default_ttl: Duration,
     sweep_interval: Duration,
     timeout: Duration,
+    global_program_ttl: Option<Duration>,
 }
 
 impl RedisStoreBuilder {
@@ -533,6 +627,17 @@ impl RedisStoreBuilder {
     /// The TTL of sessions created without one (1 hour by default).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
+        self
+    }
+
+    /// How long a global program stored through this handle lives after it
+    /// was stored, by the server's clock (the original's
+    /// `global_program_ttl`; reads do not extend it, storing it again
+    /// does, with the TTL of the handle that stores it). By default global
+    /// programs never expire. `connect` fails with `Error::Invalid` for a
+    /// TTL no session may have (see [`check_ttl`](crate::check_ttl)).
+    pub fn global_program_ttl(mut self, ttl: Duration) -> Self {
+        self.global_program_ttl = Some(ttl);
         self
     }
 
@@ -557,6 +662,9 @@ impl RedisStoreBuilder {
     /// no session may have (see [`check_ttl`](crate::check_ttl)).
     pub async fn connect(self) -> Result<RedisStore> {
         check_ttl(self.default_ttl)?;
+        if let Some(ttl) = self.global_program_ttl {
+            check_ttl(ttl)?;
+        }
         let client = client(&self.url)?;
         // One attempt per reconnection: an operation that finds the server
         // away fails at once, and the next one tries again. (The crate's
@@ -597,6 +705,7 @@ impl RedisStoreBuilder {
             scripts: Scripts::new(),
             prefix: self.prefix,
             default_ttl: self.default_ttl,
+            global_program_ttl: self.global_program_ttl,
             listeners: Listeners::default(),
             sweep: Mutex::new(None),
             sweep_interval: self.sweep_interval,
@@ -913,6 +1022,7 @@ impl RedisStore {
             default_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(30),
             timeout: Duration::from_secs(2),
+            global_program_ttl: None,
         }
     }
 
@@ -1051,6 +1161,24 @@ impl Inner {
     fn globals(&self) -> String {
         format!("{}g", self.prefix)
     }
+    fn global_expiries(&self) -> String {
+        format!("{}gx", self.prefix)
+    }
+
+    /// A global program script's invocation: KEYS = programs, their
+    /// expiries, stats; ARGV[1] = the program id.
+    fn invoke_global<'a>(
+        &self,
+        script: &'a Script,
+        program_id: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.globals())
+            .key(self.global_expiries())
+            .key(self.stats_key())
+            .arg(program_id);
+        inv
+    }
 
     fn reports(&self) -> String {
         format!("{}rep", self.prefix)
@@ -1161,6 +1289,20 @@ impl Inner {
             told.fetch_add(batch.told, Ordering::AcqRel);
             foreign += batch.foreign;
             first_foreign = first_foreign.or(batch.first_foreign);
+            if taken < BATCH {
+                break;
+            }
+        }
+        loop {
+            let taken: usize = self
+                .scripts
+                .global_sweep
+                .key(self.globals())
+                .key(self.global_expiries())
+                .key(self.stats_key())
+                .arg(BATCH)
+                .invoke_async(&mut conn)
+                .await?;
             if taken < BATCH {
                 break;
             }
@@ -1439,9 +1581,12 @@ impl SessionStore for RedisStore {
                 .key(inner.index())
                 .key(inner.stats_key())
                 .key(inner.globals())
+                .key(inner.global_expiries())
                 .invoke_async(&mut inner.conn())
                 .await?;
-            let [active, created, deleted, expired, globals] = v[..] else {
+            let [active, created, deleted, expired, globals, globals_deleted, globals_expired] =
+                v[..]
+            else {
                 return Err(Error::Corrupt(format!("stats script answered {v:?}")));
             };
             Ok(StoreStats {
@@ -1450,6 +1595,8 @@ impl SessionStore for RedisStore {
                 sessions_deleted: deleted,
                 sessions_expired: expired,
                 global_programs: globals,
+                global_programs_deleted: globals_deleted,
+                global_programs_expired: globals_expired,
             })
         })
         .await
@@ -1485,11 +1632,11 @@ impl SessionStore for RedisStore {
         let inner = &self.inner;
         bounded!(inner, "store_global_program", {
             check_id("program id", program_id)?;
-            let _: i64 = redis::cmd("HSET")
-                .arg(inner.globals())
-                .arg(program_id)
+            let _: i64 = inner
+                .invoke_global(&inner.scripts.global_store, program_id)
                 .arg(stored_json("program", &program)?)
-                .query_async(&mut inner.conn())
+                .arg(inner.global_program_ttl.map_or(0, ttl_ms))
+                .invoke_async(&mut inner.conn())
                 .await?;
             Ok(())
         })
@@ -1500,10 +1647,9 @@ impl SessionStore for RedisStore {
         let inner = &self.inner;
         bounded!(inner, "get_global_program", {
             check_id("program id", program_id)?;
-            let v: Option<String> = redis::cmd("HGET")
-                .arg(inner.globals())
-                .arg(program_id)
-                .query_async(&mut inner.conn())
+            let v: Option<String> = inner
+                .invoke_global(&inner.scripts.global_get, program_id)
+                .invoke_async(&mut inner.conn())
                 .await?;
             match v {
                 Some(s) => Ok(read_json(&|| format!("global program `{program_id}`"), &s)?),
@@ -1512,6 +1658,19 @@ impl SessionStore for RedisStore {
                     program_id: program_id.to_owned(),
                 }),
             }
+        })
+        .await
+    }
+
+    async fn delete_global_program(&self, program_id: &str) -> Result<bool> {
+        let inner = &self.inner;
+        bounded!(inner, "delete_global_program", {
+            check_id("program id", program_id)?;
+            let removed: i64 = inner
+                .invoke_global(&inner.scripts.global_delete, program_id)
+                .invoke_async(&mut inner.conn())
+                .await?;
+            Ok(removed == 1)
         })
         .await
     }

@@ -71,8 +71,13 @@ pub struct StoreStats {
     pub sessions_deleted: u64,
     /// Sessions that expired and were removed.
     pub sessions_expired: u64,
-    /// Global programs stored.
+    /// Global programs stored now (expired ones not counted).
     pub global_programs: u64,
+    /// Global programs removed with `delete_global_program`.
+    pub global_programs_deleted: u64,
+    /// Global programs that expired (`global_program_ttl`) and were
+    /// removed.
+    pub global_programs_expired: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -157,15 +157,32 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get_program(&self, id: &str, program_id: &str)
         -> impl Future<Output = Result<Value>> + Send;
 
-    /// Stores a program every session and host can read; it does not expire.
+    /// Stores a program every session and host can read (replacing one with
+    /// the same id). It lives until
+    /// [`delete_global_program`](Self::delete_global_program), or, in a
+    /// store built with a `global_program_ttl`, until that long after it
+    /// was stored (reads do not extend it; storing it again does).
     fn store_global_program(
         &self,
         program_id: &str,
         program: Value,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// A global program; `ProgramNotFound` if there is none by that id.
+    /// A global program; `ProgramNotFound` if there is none by that id (or
+    /// it expired).
     fn get_global_program(&self, program_id: &str) -> impl Future<Output = Result<Value>> + Send;
+
+    /// Removes a global program; `false` if there was none (or it had
+    /// expired). The original's `delete_global_program`. This default, for
+    /// a store of your own written before it, fails with
+    /// [`Error::Unsupported`](crate::Error::Unsupported); the bundled
+    /// stores implement it.
+    fn delete_global_program(&self, program_id: &str) -> impl Future<Output = Result<bool>> + Send {
+        let _ = program_id;
+        std::future::ready(Err(crate::Error::Unsupported {
+            operation: "delete_global_program",
+        }))
+    }
 
     /// Removes the sessions whose TTL has passed, tells the listeners, and
     /// returns how many it removed. Stores also run this in the background.

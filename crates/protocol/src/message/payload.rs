@@ -62,9 +62,41 @@ where
     if let Some(v) = codec.decode_success::<T>(payload) {
         return Ok(Ok(v));
     }
+    response_body(codec, payload, false)
+}
+
+/// The fields of a reply that [`Body`] reads.
+const BODY: [&str; 8] = [
+    "success",
+    "result",
+    "error",
+    "id",
+    "type",
+    "command",
+    "request_id",
+    "function",
+];
+
+/// [`decode_response`] past its fast path; `skimmed` once the reply's
+/// fields that no reader knows were dropped ([`crate::skim::only`]).
+fn response_body<C, T>(
+    codec: &C,
+    payload: &[u8],
+    skimmed: bool,
+) -> Result<std::result::Result<T, RemoteError>>
+where
+    C: Codec + ?Sized,
+    T: DeserializeOwned,
+{
     let body: Body<T> = match codec.decode::<FrameMap<Body<T>>>(payload) {
         Ok(body) => body.0,
         Err(e @ Error::Mismatch { .. }) => return Err(mismatch(codec, payload, e)),
+        Err(deep @ Error::TooDeep { .. }) if !skimmed => {
+            return match crate::skim::only(codec.name(), payload, BODY) {
+                Some(known) => response_body(codec, &known?, true),
+                None => Err(deep),
+            }
+        }
         Err(e) => return Err(e),
     };
     match body.success {
@@ -186,6 +218,21 @@ fn decode_field<C: Codec + ?Sized, T: DeserializeOwned, F: Payload<T>>(
 ) -> Result<T> {
     let f: F = match codec.decode::<FrameMap<F>>(payload) {
         Ok(f) => f.0,
+        // Another field too deep to skip ([`crate::skim::only`]): read
+        // without the others. If the field itself is, it fails again.
+        Err(deep @ Error::TooDeep { .. }) => {
+            return match crate::skim::only(codec.name(), payload, [field]) {
+                Some(known) => {
+                    let known = known?;
+                    if known.len() < payload.len() {
+                        decode_field::<C, T, F>(codec, &known, kind, field, rekey)
+                    } else {
+                        Err(deep)
+                    }
+                }
+                None => Err(deep),
+            }
+        }
         Err(e @ Error::Mismatch { .. }) => {
             match rekey.then(|| rekeyed::<_, FrameMap<F>>(codec, payload)) {
                 Some(Some(f)) => f.0,
