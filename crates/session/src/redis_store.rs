@@ -851,15 +851,30 @@ fn opened(
 /// A body of several commands runs again from its start; each such body is
 /// safe to repeat once its commands that were sent have had their answers
 /// (reads, compare-and-swap, cleanup).
+///
+/// A server that answers `LOADING` (restarted, still reading its data from
+/// disk) ran none of the command it refused, so the body runs again, after
+/// a pause that grows from 10 ms to 200 ms, for as long as the server loads
+/// and the store's timeout leaves time; then the last refusal is the
+/// answer.
 macro_rules! bounded {
     ($inner:expr, $op:literal, $body:block) => {
         $inner.bounded($op, async {
-            let (first, met) = attempt!($inner, $body).await;
-            match first {
-                Err(_) if met.refused || (met.dead && !met.unrepeatable) => {
-                    attempt!($inner, $body).await.0
-                }
-                r => r,
+            let until = tokio::time::Instant::now() + $inner.link.timeout;
+            let mut pause = Duration::from_millis(10);
+            loop {
+                let (first, met) = attempt!($inner, $body).await;
+                break match first {
+                    Err(_) if met.loading && tokio::time::Instant::now() + pause < until => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(200));
+                        continue;
+                    }
+                    Err(_) if met.refused || (met.dead && !met.unrepeatable) => {
+                        attempt!($inner, $body).await.0
+                    }
+                    r => r,
+                };
             }
         })
     };
@@ -897,6 +912,8 @@ struct Seen {
     dead: Cell<bool>,
     /// A command whose repeat would differ was sent ([`unrepeatable`]).
     unrepeatable: Cell<bool>,
+    /// A command was refused, unrun, by a server loading its data.
+    loading: Cell<bool>,
 }
 
 /// [`Seen`], read once a run ended.
@@ -906,6 +923,7 @@ struct Met {
     dropped: bool,
     dead: bool,
     unrepeatable: bool,
+    loading: bool,
 }
 
 impl Seen {
@@ -915,6 +933,7 @@ impl Seen {
             dropped: self.dropped.get(),
             dead: self.dead.get(),
             unrepeatable: self.unrepeatable.get(),
+            loading: self.loading.get(),
         }
     }
 }
@@ -935,8 +954,12 @@ fn unrepeatable() {
 
 /// Notes, for the operation that got it, that `e` is a failed connection
 /// (the next operation opens a fresh one), and whether it was refused (the
-/// command was never sent).
+/// command was never sent), or that the server refused the command, unrun,
+/// while loading its data (`LOADING`).
 pub(crate) fn note_error(e: &redis::RedisError) {
+    if e.code() == Some("LOADING") {
+        let _ = SEEN.try_with(|s| s.loading.set(true));
+    }
     if e.is_io_error() {
         let _ = SEEN.try_with(|s| {
             s.dropped.set(true);

@@ -491,4 +491,68 @@ mod redis {
         redis_cli(redis.port, &["SCRIPT", "FLUSH"]);
         assert_eq!(s.stats().await.unwrap().global_programs, 1);
     }
+
+    /// The first word of the server's answer to `GET probe`, over a
+    /// connection of its own.
+    fn answer_to_a_get(port: u16) -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"GET probe\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// sessions.md ("When Redis goes away"): a server restarted and still
+    /// loading its data refuses every command with `LOADING`, unrun; the
+    /// store's operations wait for it within the store's timeout, so the
+    /// first ones after the restart succeed, `create_session` (which is
+    /// never repeated after a reset) too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_while_a_restarted_server_loads_its_data_wait_for_it() {
+        // 20,000 keys loaded at 100 us each: two seconds of `LOADING`,
+        // answered between keys (every 1 KiB of the file).
+        let mut redis = Redis::start_with(
+            &[
+                "--key-load-delay",
+                "100",
+                "--loading-process-events-interval-bytes",
+                "1024",
+            ],
+            false,
+        )
+        .await;
+        let s = store(&redis, None).await;
+        s.ensure_session("s").await.unwrap();
+        s.set("s", "a", json!("kept")).await.unwrap();
+        redis_cli(
+            redis.port,
+            &[
+                "EVAL",
+                "for i = 1, 20000 do redis.call('SET', 'filler:' .. i, i) end return 1",
+                "0",
+            ],
+        );
+        assert_eq!(redis_cli(redis.port, &["SAVE"]), "OK");
+        redis.kill();
+        redis.run().await;
+        assert_eq!(
+            answer_to_a_get(redis.port),
+            "-LOADING",
+            "the restarted server is loading its data"
+        );
+        let created = s.create_session("t", None).await;
+        assert!(created.is_ok(), "create_session while loading: {created:?}");
+        let got = s.get("s", "a").await;
+        assert!(
+            matches!(&got, Ok(Some(v)) if *v == json!("kept")),
+            "get while loading: {got:?}"
+        );
+        assert!(s.session_exists("t").await.unwrap());
+    }
 }
