@@ -352,13 +352,19 @@ impl HostCtx {
         self.replies.push((to.clone(), self.encode(reply)));
     }
 
-    /// A reply's JSON; one over the server's `max_payload` becomes the
-    /// error saying so: a codec error of the outcome (the call ran; only
-    /// its result cannot be carried), never one that says it never ran.
+    /// A reply's JSON. An error over the server's `max_payload` (a long
+    /// stderr tail, traceback or message) goes with its texts trimmed to
+    /// fit, so the caller still gets its kind and fields; any other reply
+    /// over it becomes the error saying so: a codec error of the outcome
+    /// (the call ran; only its result cannot be carried), never one that
+    /// says it never ran.
     fn encode(&self, reply: &impl serde::Serialize) -> Bytes {
         let mut payload = serde_json::to_vec(reply).unwrap_or_default();
         let max = self.nats.max_payload();
         if payload.len() > max {
+            if let Some(fits) = trimmed_error(&payload, max) {
+                return fits.into();
+            }
             let err = Error::Codec(snakepit_protocol::Error::InvalidPayload {
                 codec: "json",
                 detail: format!(
@@ -446,6 +452,25 @@ impl HostCtx {
             "stats": stats,
         })
     }
+}
+
+/// The error reply `payload` with its texts trimmed until it fits in
+/// `max` bytes; `None` if it is no error reply, or does not fit even so.
+fn trimmed_error(payload: &[u8], max: usize) -> Option<Vec<u8>> {
+    let Ok(Reply::Err { e }) = serde_json::from_slice::<Reply<serde::de::IgnoredAny>>(payload)
+    else {
+        return None;
+    };
+    let mut each = max / 8;
+    while each >= 64 {
+        let e = Box::new(e.trimmed(each));
+        let out = serde_json::to_vec(&Reply::<Value>::Err { e }).ok()?;
+        if out.len() <= max {
+            return Some(out);
+        }
+        each /= 2;
+    }
+    None
 }
 
 /// The client a reply subject belongs to: all but its last token.

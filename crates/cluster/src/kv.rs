@@ -54,6 +54,7 @@ struct KvInner {
     created: AtomicU64,
     deleted: AtomicU64,
     expired: AtomicU64,
+    programs_deleted: AtomicU64,
     listeners: Listeners,
     sweep: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -173,6 +174,7 @@ impl NatsKvStoreBuilder {
             created: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            programs_deleted: AtomicU64::new(0),
             listeners: Listeners::default(),
             sweep: Mutex::new(None),
         });
@@ -332,10 +334,62 @@ macro_rules! on_bucket {
 }
 
 /// A key's state: absent (with the revision of its tombstone, 0 if none),
-/// or a session with its revision.
+/// a session with its revision, or data this store did not write
+/// ([`decode`]) with its revision and, when it could be read, its expiry.
 enum Slot {
     Absent(u64),
     Present(Box<Session>, u64),
+    Corrupt(Error, Option<u64>, u64),
+}
+
+/// Whether a corrupt session's expiry, when it says one, is past.
+fn past(at: Option<u64>, now: u64) -> bool {
+    at.is_some_and(|at| now >= at)
+}
+
+/// The session stored at `key`, as this store writes it: stored data that
+/// does not parse, or holds what no operation can have written (a value
+/// nested deeper than `MAX_VALUE_DEPTH`, which serde_json still reads up to
+/// 127 levels; an empty key), is `Corrupt` naming the session, as in the
+/// Redis store, rather than read and then refused as the caller's
+/// `Invalid` by every write.
+fn decode(key: &str, value: &[u8]) -> Result<Session> {
+    let named = |e: &dyn std::fmt::Display| {
+        let id = unhex(key).unwrap_or_else(|| key.to_owned());
+        Error::Corrupt(format!("session `{id}`: {e}"))
+    };
+    let mut s: Session = serde_json::from_slice(value).map_err(|e| named(&e))?;
+    s.check_values().map_err(|e| {
+        named(&format!(
+            "the stored data does not parse as a session this store writes ({e}; \
+             written by something else?)"
+        ))
+    })?;
+    // The key names the session, as in the other stores: a value planted
+    // under one id that names another is read, and written back, as the
+    // session of its key.
+    if let Some(id) = unhex(key) {
+        s.id = id;
+    }
+    Ok(s)
+}
+
+/// When stored data that is no session this store writes expires, if it
+/// says: the `last_accessed_ms` and `ttl_ms` of a JSON object, read past
+/// whatever else it holds (serde_json skips what it ignores at any depth).
+fn expiry_of(value: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Expiry {
+        last_accessed_ms: u64,
+        ttl_ms: u64,
+    }
+    // Only from a JSON object, as a session is: serde would read a
+    // struct from an array too (`[1, 2]`).
+    if value.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let e: Expiry = serde_json::from_slice(value).ok()?;
+    Some(e.last_accessed_ms.saturating_add(e.ttl_ms))
 }
 
 impl NatsKvStore {
@@ -405,16 +459,10 @@ impl NatsKvStore {
         match entry {
             None => Ok(Slot::Absent(0)),
             Some(e) if e.operation != Operation::Put => Ok(Slot::Absent(e.revision)),
-            Some(e) => {
-                let mut s: Session = serde_json::from_slice(&e.value)?;
-                // The key names the session, as in the other stores: a
-                // value planted under one id that names another is read,
-                // and written back, as the session of its key.
-                if let Some(id) = unhex(key) {
-                    s.id = id;
-                }
-                Ok(Slot::Present(Box::new(s), e.revision))
-            }
+            Some(e) => Ok(match decode(key, &e.value) {
+                Ok(s) => Slot::Present(Box::new(s), e.revision),
+                Err(bad) => Slot::Corrupt(bad, expiry_of(&e.value), e.revision),
+            }),
         }
     }
 
@@ -549,11 +597,16 @@ impl NatsKvStore {
         let key = hex("s.", id);
         let mut lost = false;
         for attempt in 0..ATTEMPTS {
+            let now = now_ms();
             let (mut s, rev) = match self.load(&key).await? {
                 Slot::Absent(_) => return Err(Error::NotFound(id.to_owned())),
                 Slot::Present(s, rev) => (*s, rev),
+                // Past its expiry it is gone, as any session, and swept.
+                Slot::Corrupt(_, at, _) if past(at, now) => {
+                    return Err(Error::Expired(id.to_owned()))
+                }
+                Slot::Corrupt(e, ..) => return Err(e),
             };
-            let now = now_ms();
             if expired(&s, now) {
                 return Err(Error::Expired(id.to_owned()));
             }
@@ -594,6 +647,11 @@ impl NatsKvStore {
                     self.reap(id, &key, rev).await?;
                     continue;
                 }
+                Slot::Corrupt(_, at, rev) if past(at, now_ms()) => {
+                    self.reap(id, &key, rev).await?;
+                    continue;
+                }
+                Slot::Corrupt(e, ..) => return Err(e),
             };
             let s = Session::new(id, ttl, now_ms());
             if self.swap(&key, &s, rev).await? {
@@ -647,7 +705,9 @@ impl NatsKvStore {
                     }
                 }
                 Ok(Slot::Absent(_)) => {}
-                Err(Error::Corrupt(e)) => {
+                // Its expiry still holds: the sweep removes it then.
+                Ok(Slot::Corrupt(_, at, rev)) if past(at, now) => dead.push((id, key, rev)),
+                Ok(Slot::Corrupt(e, ..)) => {
                     tracing::warn!(target: "snakepit::session", session = %id,
                         "a session's stored data does not parse; left out: {e}");
                 }
@@ -719,16 +779,13 @@ impl SessionStore for NatsKvStore {
             check("session id", id)?;
             let key = hex("s.", id);
             for attempt in 0..ATTEMPTS {
-                let rev = match self.load(&key).await {
-                    Ok(Slot::Present(s, rev)) if !expired(&s, now_ms()) => rev,
-                    Ok(_) => return Ok(false),
+                let now = now_ms();
+                let rev = match self.load(&key).await? {
+                    Slot::Present(s, rev) if !expired(&s, now) => rev,
                     // Data that does not parse is still removed: otherwise
                     // its id could never be used again.
-                    Err(Error::Corrupt(_)) => match on_bucket!(self, |kv| last(kv, &key).await)? {
-                        Some(e) if e.operation == Operation::Put => e.revision,
-                        _ => continue,
-                    },
-                    Err(e) => return Err(e),
+                    Slot::Corrupt(_, at, rev) if !past(at, now) => rev,
+                    _ => return Ok(false),
                 };
                 if self.delete_at(id, &key, rev).await? {
                     self.inner.deleted.fetch_add(1, Ordering::Relaxed);
@@ -748,9 +805,12 @@ impl SessionStore for NatsKvStore {
     async fn session_exists(&self, id: &str) -> Result<bool> {
         self.bounded("session_exists", async {
             check("session id", id)?;
+            let now = now_ms();
             Ok(match self.load(&hex("s.", id)).await? {
-                Slot::Present(s, _) => !expired(&s, now_ms()),
+                Slot::Present(s, _) => !expired(&s, now),
                 Slot::Absent(_) => false,
+                Slot::Corrupt(_, at, _) if past(at, now) => false,
+                Slot::Corrupt(e, ..) => return Err(e),
             })
         })
         .await
@@ -775,6 +835,7 @@ impl SessionStore for NatsKvStore {
         stats.sessions_deleted = self.inner.deleted.load(Ordering::Relaxed);
         stats.sessions_expired = self.inner.expired.load(Ordering::Relaxed);
         stats.global_programs = globals;
+        stats.global_programs_deleted = self.inner.programs_deleted.load(Ordering::Relaxed);
         Ok(stats)
     }
 
@@ -831,12 +892,63 @@ impl SessionStore for NatsKvStore {
             check("program id", program_id)?;
             let key = hex("g.", program_id);
             match on_bucket!(self, |kv| last(kv, &key).await)? {
-                Some(e) if e.operation == Operation::Put => Ok(serde_json::from_slice(&e.value)?),
+                Some(e) if e.operation == Operation::Put => {
+                    let program: Value = serde_json::from_slice(&e.value)?;
+                    // Deeper than any program this store writes, as in
+                    // the Redis store.
+                    snakepit_session::check_value("program", &program).map_err(|e| {
+                        Error::Corrupt(format!(
+                            "global program `{program_id}`: {e}, which this store never \
+                             writes (written by something else?)"
+                        ))
+                    })?;
+                    Ok(program)
+                }
                 _ => Err(Error::ProgramNotFound {
                     session_id: None,
                     program_id: program_id.to_owned(),
                 }),
             }
+        })
+        .await
+    }
+
+    async fn delete_global_program(&self, program_id: &str) -> Result<bool> {
+        self.bounded("delete_global_program", async {
+            check("program id", program_id)?;
+            let key = hex("g.", program_id);
+            for attempt in 0..ATTEMPTS {
+                let rev = match on_bucket!(self, |kv| last(kv, &key).await)? {
+                    Some(e) if e.operation == Operation::Put => e.revision,
+                    _ => return Ok(false),
+                };
+                // Revision-checked: of two hosts deleting it at once, one
+                // removes it (and says so); a program stored again
+                // meanwhile is deleted as it is now.
+                let deleted = on_bucket!(self, |kv| {
+                    match kv.delete_expect_revision(&key, Some(rev)).await {
+                        Ok(()) => Ok(true),
+                        Err(e)
+                            if e.kind() == UpdateErrorKind::WrongLastRevision || lost_race(&e) =>
+                        {
+                            Ok(false)
+                        }
+                        Err(e) => Err(Error::Backend(format!(
+                            "deleting global program `{program_id}`: {e}"
+                        ))),
+                    }
+                })?;
+                if deleted {
+                    self.purge_tombstone(&key).await;
+                    self.inner.programs_deleted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                conflict_backoff(attempt).await;
+            }
+            Err(Error::Conflict {
+                session_id: format!("global program `{program_id}`"),
+                attempts: ATTEMPTS,
+            })
         })
         .await
     }

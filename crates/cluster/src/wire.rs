@@ -455,6 +455,10 @@ pub(crate) const MAX_BROKEN_TAIL: usize = 8 << 10;
 /// See [`MAX_BROKEN_TAIL`].
 pub(crate) const MAX_BROKEN_TEXT: usize = 2 << 10;
 
+/// Marks a text of an error cut so that its reply fits the server's
+/// `max_payload` ([`WireError::trimmed`]).
+pub(crate) const TRIMMED: &str = "[trimmed to fit the NATS server's max_payload]";
+
 /// The first `max` bytes of `s` (cut at a character boundary), marked `…`
 /// when cut.
 fn head(s: &str, max: usize) -> String {
@@ -493,6 +497,40 @@ impl WireError {
         self.detail = self.detail.map(|d| head(&d, MAX_BROKEN_TEXT));
         self.tail = self.tail.map(|t| tail(&t, MAX_BROKEN_TAIL));
         self
+    }
+
+    /// The error with each of its texts cut to at most `max` bytes (the
+    /// start of a message, the end of a stderr tail or traceback), each
+    /// cut one marked [`TRIMMED`]: the same kind and fields, in fewer
+    /// bytes, for a reply that would not fit the server's `max_payload`.
+    pub(crate) fn trimmed(&self, max: usize) -> Self {
+        let first = |s: &str| match s.len() <= max {
+            true => s.to_owned(),
+            false => format!("{} {TRIMMED}", head(s, max)),
+        };
+        let last = |s: &str| match s.len() <= max {
+            true => s.to_owned(),
+            false => format!("{TRIMMED} {}", tail(s, max)),
+        };
+        let crashed = self.kind == "worker_crashed";
+        let mut w = self.clone();
+        w.message = first(&w.message);
+        w.command = w.command.as_deref().map(first);
+        w.session_id = w.session_id.as_deref().map(first);
+        w.worker_id = w.worker_id.as_deref().map(first);
+        // A crash's detail is its stderr tail, whose end says most.
+        w.detail = w
+            .detail
+            .as_deref()
+            .map(|d| if crashed { last(d) } else { first(d) });
+        w.tail = w.tail.as_deref().map(last);
+        w.exit = w.exit.map(|(how, n)| (first(&how), n));
+        if let Some(r) = &mut w.remote {
+            r.kind = r.kind.as_deref().map(first);
+            r.message = first(&r.message);
+            r.traceback = r.traceback.as_deref().map(last);
+        }
+        w
     }
 
     /// Whether it is `Error::StartFailed` on the wire.
@@ -694,6 +732,57 @@ mod tests {
         let w = WireError::from_error(&e);
         let text = serde_json::to_string(&w).unwrap();
         serde_json::from_str::<WireError>(&text)
+            .unwrap()
+            .into_error("cmd")
+    }
+
+    #[test]
+    fn a_trimmed_error_keeps_its_variant_and_fields_and_the_ends_that_say_most() {
+        let crash = Error::WorkerCrashed(Box::new(Crash {
+            worker_id: "w1".into(),
+            pid: 42,
+            exit: ExitReason::Code(3),
+            stderr_tail: format!("first {} last", "é".repeat(50_000)),
+        }));
+        let w = WireError::from_error(&crash).trimmed(1_000);
+        let text = serde_json::to_string(&w).unwrap();
+        assert!(text.len() < 4_000, "{}", text.len());
+        let back = serde_json::from_str::<WireError>(&text)
+            .unwrap()
+            .into_error("cmd");
+        let Error::WorkerCrashed(c) = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            (c.worker_id.as_str(), c.pid, c.exit),
+            ("w1", 42, ExitReason::Code(3))
+        );
+        assert!(c.stderr_tail.starts_with(TRIMMED), "{}", c.stderr_tail);
+        assert!(c.stderr_tail.ends_with(" last"), "the end is kept");
+
+        let mut remote = RemoteError::new("ValueError", format!("start {}", "x".repeat(9_000)));
+        remote.traceback = Some(format!("{} line 9", "t".repeat(9_000)));
+        let e = Error::Remote {
+            command: "c".into(),
+            error: remote,
+        };
+        let back = round_trimmed(&e, 500);
+        let r = back.remote().unwrap();
+        assert_eq!(r.kind.as_deref(), Some("ValueError"));
+        assert!(r.message.starts_with("start x") && r.message.ends_with(TRIMMED));
+        assert!(r.traceback.as_deref().unwrap().ends_with(" line 9"));
+
+        // Nothing to cut: the same error.
+        let small = Error::PoolSaturated { queued: 7 };
+        assert!(matches!(
+            round_trimmed(&small, 100),
+            Error::PoolSaturated { queued: 7 }
+        ));
+    }
+
+    fn round_trimmed(e: &Error, max: usize) -> Error {
+        let w = WireError::from_error(e).trimmed(max);
+        serde_json::from_str::<WireError>(&serde_json::to_string(&w).unwrap())
             .unwrap()
             .into_error("cmd")
     }
