@@ -147,9 +147,9 @@ impl Bridge {
     /// file without an extension) in a package whose nearest
     /// `package.json` says `"type": "module"`; or one whose package says
     /// no type (or that is in no package) and that is written as an ES
-    /// module, with `import` or `export` statements: Node.js 20.19, 22.7
-    /// and later run such a file as one (earlier ones fail on its syntax
-    /// with or without the launcher).
+    /// module, with `import` or `export` statements or an `await` at its
+    /// top level: Node.js 20.19, 22.7 and later run such a file as one
+    /// (earlier ones fail on its syntax with or without the launcher).
     fn is_es_module(&self, script: &Path) -> bool {
         match script.extension().and_then(|e| e.to_str()) {
             Some("mjs") => true,
@@ -221,8 +221,9 @@ impl Bridge {
 }
 
 /// Whether the JavaScript file at `path` has a line that starts with an
-/// `import` or `export` statement, outside comments: what makes Node.js
-/// run a file of no declared type as an ES module. Strings are not parsed,
+/// `import` or `export` statement, outside comments, or an `await` at its
+/// top level: what makes Node.js run a file of no declared type as an ES
+/// module. Strings are not parsed,
 /// so a line of a template literal that starts like a statement counts
 /// too; a file that cannot be read counts as not one (Node.js says why).
 fn written_as_es_module(path: &Path) -> bool {
@@ -281,7 +282,206 @@ fn written_as_es_module(path: &Path) -> bool {
             return true;
         }
     }
+    awaits_at_top_level(&text)
+}
+
+/// Whether `code` has an `await` outside every function and class: what
+/// else makes Node.js 20.19, 22.7 and later run a file of no declared type
+/// as an ES module. Comments, strings and template literals are skipped;
+/// braces are told apart as blocks and object literals (an `await` there
+/// is still the module's) or bodies of functions, methods and classes (an
+/// `await` there is theirs), and an `await` after `=>` or `function` in
+/// its statement is taken for the function's. Regular expressions are not
+/// parsed: one holding a brace or a quote can mislead it.
+fn awaits_at_top_level(code: &str) -> bool {
+    let bytes = code.as_bytes();
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    // For each open brace, whether it opened a body of a function or class
+    // or a `${` of a template literal; the outermost scope is the module's.
+    let mut braces: Vec<Brace> = Vec::new();
+    // How many of them are bodies of functions or classes (counted, not
+    // looked for: a file of a million braces is read in linear time).
+    let mut functions = 0usize;
+    // Whether the current statement, since the last `;` or brace, defines
+    // a function or class (a `{` it opens is that one's body).
+    let mut defines_function = false;
+    // The word before each open `(`, and before the `(` last closed.
+    let mut parens: Vec<&str> = Vec::new();
+    let mut closed_paren: Option<&str> = None;
+    let mut last_word = "";
+    let mut no_regex_before = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        if word_byte(b) {
+            let end = (i..bytes.len())
+                .find(|&j| !word_byte(bytes[j]))
+                .unwrap_or(bytes.len());
+            let word = &code[i..end];
+            if matches!(word, "function" | "class") {
+                defines_function = true;
+            }
+            // Not a property (`x.await`), nor a variable named `await`
+            // (which CommonJS allows).
+            let property = code[..i].trim_end().ends_with('.');
+            let operand = code[end..].trim_start().bytes().next();
+            let awaits =
+                word == "await" && !property && operand.is_some_and(|c| !b"=,;:)]}.?".contains(&c));
+            if awaits && functions == 0 && !defines_function {
+                return true;
+            }
+            last_word = word;
+            i = end;
+            continue;
+        }
+        match b {
+            b'/' if next == Some(b'/') => {
+                i = code[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                continue;
+            }
+            b'/' if next == Some(b'*') => {
+                i = code[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |n| i + 2 + n + 2);
+                continue;
+            }
+            b'/' => {
+                // A regular expression where an operand may start (where
+                // a division could not), skipped; else a division.
+                let before = code[..i].trim_end();
+                let operand = match before.bytes().last() {
+                    None => true,
+                    Some(p) if word_byte(p) => matches!(
+                        last_word,
+                        "return"
+                            | "typeof"
+                            | "case"
+                            | "do"
+                            | "else"
+                            | "in"
+                            | "of"
+                            | "new"
+                            | "delete"
+                            | "void"
+                            | "throw"
+                            | "yield"
+                            | "await"
+                    ),
+                    Some(p) => !b")]".contains(&p),
+                };
+                if operand && i >= no_regex_before {
+                    match regex_end(bytes, i + 1) {
+                        Ok(end) => {
+                            i = end;
+                            continue;
+                        }
+                        // None closes on this line: not looked for again
+                        // there (a line of a million `/[` is read once).
+                        Err(line_end) => no_regex_before = line_end,
+                    }
+                }
+            }
+            b'\'' | b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'`' => {
+                i = template_end(bytes, i + 1, &mut braces);
+                continue;
+            }
+            b'}' if braces.last() == Some(&Brace::Template) => {
+                braces.pop();
+                i = template_end(bytes, i + 1, &mut braces);
+                continue;
+            }
+            b'(' => parens.push(last_word),
+            b')' => closed_paren = parens.pop(),
+            b'{' => {
+                // After `)`: a method's parameters, unless a statement's
+                // condition or a `catch`.
+                let after_paren = code[..i].trim_end().ends_with(')');
+                let statement = matches!(
+                    closed_paren,
+                    Some("if" | "for" | "while" | "switch" | "catch" | "with" | "await")
+                );
+                let function = defines_function || (after_paren && !statement);
+                if function {
+                    functions += 1;
+                }
+                braces.push(if function {
+                    Brace::Function
+                } else {
+                    Brace::Block
+                });
+                defines_function = false;
+            }
+            b'}' => {
+                if braces.pop() == Some(Brace::Function) {
+                    functions -= 1;
+                }
+                defines_function = false;
+            }
+            b';' => defines_function = false,
+            b'=' if next == Some(b'>') => defines_function = true,
+            _ => {}
+        }
+        if !b.is_ascii_whitespace() {
+            last_word = "";
+        }
+        i += 1;
+    }
     false
+}
+
+/// Just past the `/` that closes the regular expression whose pattern
+/// starts at `i` (a `/` in a `[...]` class or after `\\` does not close
+/// it); or, when the line ends first (then it was not one), where it ends.
+fn regex_end(bytes: &[u8], mut i: usize) -> Result<usize, usize> {
+    let mut in_class = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => return Err(i),
+            b'\\' => i += 1,
+            b'[' => in_class = true,
+            b']' => in_class = false,
+            b'/' if !in_class => return Ok(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(bytes.len())
+}
+
+/// What an open brace of a JavaScript file opened.
+#[derive(Debug, PartialEq, Eq)]
+enum Brace {
+    /// A block or an object literal.
+    Block,
+    /// The body of a function, method or class.
+    Function,
+    /// A `${` of a template literal.
+    Template,
+}
+
+/// Where the template literal whose text starts at `i` ends: just past
+/// its closing backquote, or just past a `${` (pushed on `braces`), or the
+/// end of `bytes`.
+fn template_end(bytes: &[u8], mut i: usize, braces: &mut Vec<Brace>) -> usize {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'`' => return i + 1,
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                braces.push(Brace::Template);
+                return i + 2;
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
 }
 
 /// Whether `code` starts with an `import` or `export` statement (not a
@@ -345,6 +545,12 @@ impl Adapter for Bridge {
                 dir.display(),
                 self.language.path_var()
             ));
+        }
+        if let Entry::Module(module) = &self.entry {
+            if module.is_empty() {
+                // Python would fail with "No module named ", naming none.
+                return Err("the module name is empty".into());
+            }
         }
         if let Entry::Script(script) = &self.entry {
             if script.as_os_str().is_empty() {
@@ -443,6 +649,59 @@ mod tests {
         ] {
             assert!(!starts_a_module_statement(no), "{no}");
         }
+    }
+
+    #[test]
+    fn an_await_is_told_at_the_top_level_from_one_in_a_function() {
+        for yes in [
+            "const { Worker } = await import('snakepit-bridge');",
+            "await main()",
+            "try { await main(); } catch (e) { process.exit(1); }",
+            "if (x) { await y } else { }",
+            "for await (const x of xs) {}",
+            "const o = { a: await f() };",
+            "function f() { return 1 }\nawait f();",
+            "const f = async () => g();\nawait f();",
+            "const s = `${1}`; await s;",
+            "console.log(await f());",
+            "const r = /x{2}/; await f(r);",
+            "const half = 4 / 2; await f(half / 2);",
+        ] {
+            assert!(awaits_at_top_level(yes), "{yes}");
+        }
+        for no in [
+            "const f = async () => await g();",
+            "async function f() { await g(); }",
+            "const o = { async m() { await g(); } };",
+            "class A { async m() { await g(); } }",
+            "x.then(async (r) => { await r; });",
+            "// await f()",
+            "/* await f() */",
+            "const s = 'await f()';",
+            "const t = `await ${'x'} f()`;",
+            "const t = `${ (async () => { await f() })() }`;",
+            "x.await(1)",
+            "var await = 1; await = 2;",
+            "async function f(s) { s = s.replace(/}/g, ''); await g(s); }",
+            "async function f(s) { return /['{]/.test(s) && await g(s); }",
+            "async function f(a, b) { const c = a / b; await g(c / 2); }",
+        ] {
+            assert!(!awaits_at_top_level(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_megabyte_of_nested_braces_or_unclosed_patterns_is_read_through_once() {
+        // Each word in half a million braces, and each `/` of a line of
+        // `/[`, looked over what came before or after it would take hours.
+        let braces = format!(
+            "function f() {}{}await g()",
+            "{".repeat(1 << 19),
+            " await a;".repeat(1 << 17)
+        );
+        assert!(!awaits_at_top_level(&braces));
+        let patterns = format!("({}\nawait g()", "/[".repeat(1 << 19));
+        assert!(awaits_at_top_level(&patterns));
     }
 
     #[test]

@@ -115,16 +115,20 @@ fn cache_base() -> std::io::Result<PathBuf> {
 }
 
 /// A directory of this process's own under `$TMPDIR`, made new (mode
-/// 0700), so that nobody else can have put anything in it.
+/// 0700), so that nobody else can have put anything in it. Named after
+/// this process (its process id and pid namespace), so that a later one
+/// can tell it is gone ([`sweep_private_dirs`], run first).
 fn new_private_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
+    sweep_private_dirs();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let mut last = None;
     for n in 0..100u32 {
         let dir = snakepit_core::sweep::temp_root().join(format!(
-            "snakepit-bridges-{}-{:08x}",
+            "snakepit-bridges-{}-{}-{:08x}",
+            pid_namespace(),
             std::process::id(),
             nanos.wrapping_add(n)
         ));
@@ -134,6 +138,100 @@ fn new_private_dir() -> std::io::Result<PathBuf> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no private directory")))
+}
+
+/// The inode number of this process's pid namespace (0 where it cannot be
+/// read): process ids are told apart within one namespace only, and hosts
+/// in containers of their own may share `$TMPDIR`.
+fn pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|link| {
+            let link = link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?;
+            link.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The pid namespace and process id in the name of a private directory
+/// [`new_private_dir`] makes: `snakepit-bridges-<namespace>-<pid>-<8 hex
+/// digits>`, or `snakepit-bridges-<pid>-<8 hex digits>` as earlier
+/// versions named them (namespace 0: not known); `None` for any other name.
+fn private_dir_owner(name: &str) -> Option<(u64, u32)> {
+    let parts: Vec<&str> = name.strip_prefix("snakepit-bridges-")?.split('-').collect();
+    let (namespace, pid, tail) = match parts[..] {
+        [namespace, pid, tail] => (namespace, pid, tail),
+        [pid, tail] => ("0", pid, tail),
+        _ => return None,
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = tail.len() == 8 && tail.bytes().all(|b| b.is_ascii_hexdigit());
+    if !digits(namespace) || !digits(pid) || !hex {
+        return None;
+    }
+    Some((namespace.parse().ok()?, pid.parse().ok()?))
+}
+
+/// Removes the private directories of hosts that are gone, which would
+/// otherwise pile up in `$TMPDIR`, one per host that found its cache
+/// directory unsafe: this user's directories (never a symbolic link) named
+/// by [`new_private_dir`] whose process, in this pid namespace, no longer
+/// runs. One of another namespace (another container sharing `$TMPDIR`),
+/// whose process cannot be seen from here, or of an earlier version's name
+/// (which does not say its namespace), goes when none of its trees was
+/// marked used for [`LEFTOVER_AGE`]. Either is kept while a live process
+/// names one of its trees in its environment (a worker that outlived its
+/// host). Errors are ignored: the next host tries again.
+fn sweep_private_dirs() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(uid) = effective_uid() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(snakepit_core::sweep::temp_root()) else {
+        return;
+    };
+    let namespace = pid_namespace();
+    let now = std::time::SystemTime::now();
+    let recent = |meta: std::fs::Metadata| {
+        meta.modified()
+            .ok()
+            .is_none_or(|t| now.duration_since(t).map_or(true, |d| d <= LEFTOVER_AGE))
+    };
+    for entry in entries.flatten() {
+        let Some((owner_namespace, pid)) = entry.file_name().to_str().and_then(private_dir_owner)
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
+        let gone = if namespace != 0 && owner_namespace == namespace {
+            !Path::new("/proc").join(pid.to_string()).exists()
+        } else {
+            let trees = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            let marked = trees.into_iter().any(|tree| {
+                let tree = tree.path();
+                std::fs::symlink_metadata(tree.join(".complete"))
+                    .or_else(|_| std::fs::symlink_metadata(&tree))
+                    .is_ok_and(recent)
+            });
+            !marked && !recent(meta)
+        };
+        let used = || {
+            std::fs::read_dir(&path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|tree| in_use(&tree.path()))
+        };
+        if gone && !used() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// Whether the tree at `root` holds every bundled file as embedded, and
