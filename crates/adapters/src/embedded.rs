@@ -261,7 +261,13 @@ fn intact(root: &Path) -> bool {
 /// links resolved.
 fn unsafe_base(base: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let uid = effective_uid()?;
+    let Some(uid) = effective_uid() else {
+        return Some(format!(
+            "{} cannot be checked for the bundled bridges: this process's user id is unknown \
+             (no /proc/self/status, and no file could be made to tell it)",
+            base.display()
+        ));
+    };
     let _ = std::fs::create_dir_all(base);
     let real = std::fs::canonicalize(base).ok()?;
     real.ancestors().find_map(|dir| {
@@ -308,11 +314,39 @@ fn anothers(path: &Path) -> bool {
 }
 
 /// This process's effective user id, from `/proc/self/status` (its second
-/// `Uid:` field); `None` where that cannot be read.
+/// `Uid:` field), else the owner of a file it creates ([`uid_by_probe`]);
+/// `None` where neither can be had. Without it the ownership checks above
+/// cannot be made: the cache directory is then not trusted.
 fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        });
+    from_proc.or_else(uid_by_probe)
+}
+
+/// The owner of a file this process creates (and removes) in the
+/// temporary directory: its effective user id where `/proc` is not there.
+fn uid_by_probe() -> Option<u32> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = std::env::temp_dir().join(format!(
+        ".snakepit-uid-{}-{nanos:x}",
+        std::process::id()
+    ));
+    let uid = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .and_then(|f| f.metadata())
+        .map(|m| m.uid());
+    let _ = std::fs::remove_file(&probe);
+    uid.ok()
 }
 
 /// Whether every file under `root` is a bundled one, the `.complete` mark,
@@ -789,4 +823,20 @@ pub(crate) fn module_dir(lang: Language) -> std::io::Result<PathBuf> {
         Language::Node => root.join("node"),
         Language::Ruby => root.join("ruby/lib"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where `/proc` is not there, the owner of a file the process makes
+    /// tells its user id: the same as `/proc/self/status` says here.
+    #[test]
+    fn a_probe_file_tells_the_same_user_id_as_proc() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        let from_proc: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(uid_by_probe(), Some(from_proc));
+        assert_eq!(effective_uid(), Some(from_proc));
+    }
 }
