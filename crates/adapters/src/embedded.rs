@@ -334,10 +334,8 @@ fn uid_by_probe() -> Option<u32> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let probe = std::env::temp_dir().join(format!(
-        ".snakepit-uid-{}-{nanos:x}",
-        std::process::id()
-    ));
+    let probe =
+        std::env::temp_dir().join(format!(".snakepit-uid-{}-{nanos:x}", std::process::id()));
     let uid = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
