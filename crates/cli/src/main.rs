@@ -61,7 +61,8 @@ Exit codes:
   4 timeout or overload: the deadline passed, or no worker came free
   5 a worker crashed or broke the protocol
   6 the output could not be written (stdout full or closed)
-  130, 143 stopped by Ctrl-C or SIGTERM (exec): the workers were stopped
+  130, 143 stopped by Ctrl-C or SIGTERM (exec): the workers were stopped;
+           (any command) while exporting its last traces: they were dropped
 
 Settings are read from ./snakepit.toml (or --config FILE, or $SNAKEPIT_CONFIG);
 flags override them. See docs/cli.md.";
@@ -173,14 +174,43 @@ fn main() -> ExitCode {
     }
     let outcome = run(cli, &out);
     // Exports what is still buffered before the process ends.
-    drop(telemetry);
-    match outcome {
+    let stopped = telemetry.and_then(final_export);
+    let code = match outcome {
         Ok(code) => code,
         Err(failure) => {
             out.failure(&failure);
             ExitCode::from(failure.code)
         }
+    };
+    match stopped {
+        Some(stop) => {
+            let failure = stop.failure("what was still to export was dropped");
+            out.failure(&failure);
+            ExitCode::from(failure.code)
+        }
+        None => code,
     }
+}
+
+/// Drops the telemetry guard, which exports what is still buffered (up to
+/// 1.5 s against a receiver that never answers), unless Ctrl-C or SIGTERM
+/// comes first: then the export is left behind and the stop returned. The
+/// stop handlers a command installed stay installed after it (a signal's
+/// default action is never given back), so without this a Ctrl-C here
+/// would be swallowed.
+fn final_export(guard: snakepit_telemetry::Guard) -> Option<stop::Stop> {
+    let Ok(rt) = runtime() else {
+        drop(guard);
+        return None;
+    };
+    let stopped = rt.block_on(async move {
+        let mut signals = stop::StopSignals::new();
+        let export = tokio::task::spawn_blocking(move || drop(guard));
+        signals.race(export).await.err()
+    });
+    // Without waiting for an export a stop left behind.
+    rt.shutdown_background();
+    stopped
 }
 
 /// Prints what clap has to say (help and version on stdout, usage errors on

@@ -18,6 +18,7 @@ pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub(crate) const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const METRICS_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
 pub(crate) const METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
 pub(crate) const TRACES_EXPORTER_VAR: &str = "OTEL_TRACES_EXPORTER";
 pub(crate) const METRICS_EXPORTER_VAR: &str = "OTEL_METRICS_EXPORTER";
@@ -54,11 +55,25 @@ impl Protocol {
         }
     }
 
-    /// The protocol the environment asks for
+    /// The protocol the environment asks for the traces
     /// (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL`), or `None` when neither is set.
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`), or `None` when neither is set. The
+    /// metrics read `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` first instead.
     pub fn from_env() -> Result<Option<Self>, Error> {
-        match env(TRACES_PROTOCOL_VAR).or_else(|| env(PROTOCOL_VAR)) {
+        Self::from_env_var(TRACES_PROTOCOL_VAR)
+    }
+
+    /// The protocol the environment asks for the metrics
+    /// (`OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, then
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`), or `None` when neither is set.
+    pub(crate) fn metrics_from_env() -> Result<Option<Self>, Error> {
+        Self::from_env_var(METRICS_PROTOCOL_VAR)
+    }
+
+    /// A signal's own variable, then the general one, as the OpenTelemetry
+    /// specification orders them.
+    fn from_env_var(own: &str) -> Result<Option<Self>, Error> {
+        match env(own).or_else(|| env(PROTOCOL_VAR)) {
             Some(s) => Self::parse(&s).map(Some),
             None => Ok(None),
         }
@@ -167,8 +182,11 @@ impl Telemetry {
         self
     }
 
-    /// The transport (default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else HTTP
-    /// when the `http` feature is on).
+    /// The transport of both signals (default: for each signal its own
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+    /// `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, else
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else HTTP when the `http` feature is
+    /// on).
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = Some(protocol);
         self
@@ -185,7 +203,8 @@ impl Telemetry {
 
     /// For a program that runs briefly, such as a command-line tool: each
     /// export is tried once, without the retries and their backoff, and
-    /// given at most 1 s (less if `OTEL_EXPORTER_OTLP_TIMEOUT` says so), so
+    /// given at most 1 s (less if `OTEL_EXPORTER_OTLP_TIMEOUT`, or the
+    /// signal's own `OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`, says so), so
     /// that a receiver that is down costs the program's exit next to
     /// nothing; traces and metrics are flushed side by side at the end. A
     /// receiver that takes the connection and never answers costs the exit
@@ -281,6 +300,77 @@ fn propagator_named(value: Option<String>) -> Result<TextMapCompositePropagator,
         }
     }
     Ok(TextMapCompositePropagator::new(parts))
+}
+
+/// The headers variable the exporter of a signal reads: the signal's own
+/// (`metrics` or `traces`) when it is set, else the general one.
+pub(crate) fn headers_var(signal: &str) -> &'static str {
+    let own = match signal {
+        "metrics" => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        _ => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    };
+    if std::env::var_os(own).is_some() {
+        own
+    } else {
+        "OTEL_EXPORTER_OTLP_HEADERS"
+    }
+}
+
+/// The entries of a headers variable (`key=value,...`) that the exporter
+/// leaves out without a word, each said by its name (never its value,
+/// which may be a secret) and why: no `=`, an empty name or value, a name
+/// that is no HTTP header name, or a value with a control character (a
+/// `%0A` decoded, say), which no HTTP header can carry.
+pub(crate) fn unsendable_headers(list: &str) -> Vec<String> {
+    let mut left_out = Vec::new();
+    for entry in list.split_terminator(',').map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = entry.split_once('=') else {
+            left_out.push("an entry with no `=`".to_owned());
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if key.is_empty() {
+            left_out.push("an entry with no name".to_owned());
+        } else if !key.chars().all(token) {
+            left_out.push("an entry whose name is no header name".to_owned());
+        } else if value.is_empty() {
+            left_out.push(format!("`{key}` (no value)"));
+        } else if percent_decoded(value)
+            .bytes()
+            .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            left_out.push(format!("`{key}` (a control character in its value)"));
+        }
+    }
+    left_out
+}
+
+/// `value` with its `%XX` escapes decoded, as the exporter decodes it (all
+/// of them, or none when one is malformed or the result is not UTF-8).
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(b) = hex else {
+                return value.to_owned();
+            };
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
 }
 
 /// The names of a comma-separated list, without the spaces around them.
@@ -411,6 +501,21 @@ mod tests {
             propagator_named(Some("b3".into())),
             Err(Error::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn headers_the_exporter_would_leave_out_are_named_without_their_values() {
+        assert!(unsendable_headers("a=1, b=x%20y ,,c=%ZZ").is_empty());
+        assert_eq!(
+            unsendable_headers("novalue,=v,x-e=,bad key=v,x-nl=a%0Ab,ok=1,x-tab=a%09b"),
+            [
+                "an entry with no `=`",
+                "an entry with no name",
+                "`x-e` (no value)",
+                "an entry whose name is no header name",
+                "`x-nl` (a control character in its value)",
+            ]
+        );
     }
 
     #[test]

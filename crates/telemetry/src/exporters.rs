@@ -38,6 +38,14 @@ impl Signal {
         }
     }
 
+    /// The variable that gives its own time limit.
+    fn timeout_var(self) -> &'static str {
+        match self {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        }
+    }
+
     /// The variable that gives its own endpoint.
     fn endpoint_var(self) -> &'static str {
         match self {
@@ -82,9 +90,11 @@ fn signal_url(base: &str, path: &str) -> String {
 
 /// The retry policy and time limit of each export.
 pub(crate) struct ExportSettings {
-    /// `None`: the exporter's own (`OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s)
-    /// and its retries.
-    pub(crate) timeout: Option<Duration>,
+    /// Each export tried once, given at most [`SHORT_EXPORT_TIMEOUT`]
+    /// (less if the environment says so); else the exporter's own time
+    /// limit (`OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s) and its retries.
+    pub(crate) short_lived: bool,
 }
 
 impl ExportSettings {
@@ -95,10 +105,20 @@ impl ExportSettings {
     /// A time limit of 0 in the environment (which would fail every export
     /// at once) means the default.
     pub(crate) fn timeout_of(&self, signal: Signal) -> Duration {
-        self.timeout.unwrap_or_else(|| {
+        self.short_timeout(signal).unwrap_or_else(|| {
             env_timeout(signal)
                 .filter(|t| !t.is_zero())
                 .unwrap_or(opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT)
+        })
+    }
+
+    /// A short-lived program's limit for `signal`: 1 s, or less if the
+    /// signal's variable (else the general one) says so.
+    fn short_timeout(&self, signal: Signal) -> Option<Duration> {
+        self.short_lived.then(|| {
+            env_timeout(signal)
+                .filter(|t| !t.is_zero())
+                .map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
         })
     }
 
@@ -109,28 +129,28 @@ impl ExportSettings {
     /// waits for the time read here); `None` leaves it to the exporter.
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     fn timeout_to_set(&self, signal: Signal) -> Option<Duration> {
-        self.timeout
+        self.short_timeout(signal)
             .or_else(|| env_timeout(signal).map(|_| self.timeout_of(signal)))
     }
 
     pub(crate) fn new(short_lived: bool) -> Self {
-        let timeout = short_lived.then(|| {
-            env_millis(TIMEOUT_VAR)
-                .filter(|t| !t.is_zero())
-                .map_or(SHORT_EXPORT_TIMEOUT, |t| t.min(SHORT_EXPORT_TIMEOUT))
-        });
-        ExportSettings { timeout }
+        ExportSettings { short_lived }
     }
 }
 
 /// The time limit the environment gives an export of `signal`, as the
 /// exporter reads it: its signal's variable, else the general one.
 fn env_timeout(signal: Signal) -> Option<Duration> {
-    let own = match signal {
-        Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-    };
-    env_millis(own).or_else(|| env_millis(TIMEOUT_VAR))
+    env_millis(signal.timeout_var()).or_else(|| env_millis(TIMEOUT_VAR))
+}
+
+/// The variable a user would change to give exports of `signal` more time:
+/// the signal's own when it holds a number, else the general one.
+fn timeout_var(signal: Signal) -> &'static str {
+    match env_millis(signal.timeout_var()) {
+        Some(_) => signal.timeout_var(),
+        None => TIMEOUT_VAR,
+    }
 }
 
 /// A variable's value read as milliseconds, if it is a whole number.
@@ -242,7 +262,11 @@ pub(crate) fn watched<E: Exporter>(
             redacted(&url)
         )));
     }
-    let state = ExportState::new(E::SIGNAL.name(), &url, export.timeout_of(E::SIGNAL));
+    let state = ExportState::new(
+        E::SIGNAL.name(),
+        &url,
+        (export.timeout_of(E::SIGNAL), timeout_var(E::SIGNAL)),
+    );
     // The exporter is given the address resolved here, so that it never
     // reads the variables itself: one it would read differently (a blank
     // one, say) cannot make it disagree with what this crate reports.
@@ -295,7 +319,7 @@ fn build<E: Exporter>(
                 .with_endpoint(bare)
                 .with_timeout(timeout)
                 .with_http_client(client);
-            if export.timeout.is_some() {
+            if export.short_lived {
                 b = b.with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             E::build_http(b)
@@ -309,7 +333,7 @@ fn build<E: Exporter>(
             if let Some(t) = export.timeout_to_set(E::SIGNAL) {
                 b = b.with_timeout(t);
             }
-            if export.timeout.is_some() {
+            if export.short_lived {
                 b = b.with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
             }
             E::build_grpc(b)
@@ -351,25 +375,21 @@ impl Runtime {
         }
     }
 
-    pub(crate) fn new(protocol: Protocol) -> Result<Self, Error> {
+    /// The runtime of a gRPC exporter (of either signal, or both).
+    pub(crate) fn grpc() -> Result<Self, Error> {
         #[cfg(feature = "grpc")]
         {
-            let rt = match protocol {
-                Protocol::Grpc => Some(
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .thread_name("snakepit-otlp")
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::Runtime(e.to_string()))?,
-                ),
-                _ => None,
-            };
-            Ok(Runtime { rt })
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("snakepit-otlp")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Runtime(e.to_string()))?;
+            Ok(Runtime { rt: Some(rt) })
         }
         #[cfg(not(feature = "grpc"))]
         {
-            let _ = protocol;
+            // Without the feature, building the exporter says so.
             Ok(Runtime {})
         }
     }
@@ -413,7 +433,7 @@ mod tests {
             return; // the environment of this run sets one
         }
         let settings = ExportSettings::new(false);
-        assert_eq!(settings.timeout, None, "the exporter's own timeout");
+        assert!(!settings.short_lived, "the exporter's own timeout");
         assert_eq!(
             opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
             Duration::from_millis(10_000)

@@ -145,7 +145,7 @@ impl HttpClient for Client {
                 let boxed: HttpError = match failure {
                     Failure::TooLarge => Box::new(ResponseBodyTooLarge::new()),
                     other => {
-                        self.state.transport_failed(other.cause(self.timeout));
+                        self.state.transport_failed(other.cause(&self.state));
                         Box::new(other)
                     }
                 };
@@ -191,17 +191,12 @@ enum Failure {
 
 impl Failure {
     /// The cause, in the words a warning gives it.
-    fn cause(&self, timeout: Duration) -> String {
+    fn cause(&self, state: &ExportState) -> String {
         match self {
-            Failure::Timeout => no_answer(timeout),
+            Failure::Timeout => state.no_answer_in_time(),
             other => other.to_string(),
         }
     }
-}
-
-/// What a warning says of an export that got no answer in time.
-pub(crate) fn no_answer(timeout: Duration) -> String {
-    format!("no answer within the export timeout ({timeout:?}, OTEL_EXPORTER_OTLP_TIMEOUT)")
 }
 
 impl std::fmt::Display for Failure {

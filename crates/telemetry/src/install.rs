@@ -11,8 +11,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::{
-    env, exporter_wanted, propagator, remember_service_name, resource, sdk_disabled, ENDPOINT_VAR,
-    METRICS_ENDPOINT_VAR, METRICS_EXPORTER_VAR, TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
+    env, exporter_wanted, headers_var, propagator, remember_service_name, resource, sdk_disabled,
+    unsendable_headers, ENDPOINT_VAR, METRICS_ENDPOINT_VAR, METRICS_EXPORTER_VAR,
+    TRACES_ENDPOINT_VAR, TRACES_EXPORTER_VAR,
 };
 use crate::exporters::{watched, ExportSettings, Runtime};
 use crate::watch::Counted;
@@ -37,22 +38,34 @@ impl Telemetry {
                 None => exporter_wanted(METRICS_EXPORTER_VAR)?,
             };
         let propagator = if disabled { None } else { Some(propagator()?) };
-        let protocol = match self.protocol {
-            Some(p) => p,
-            None => Protocol::from_env()?.unwrap_or_else(Protocol::feature_default),
+        // Each signal reads its own variable first; one given in code is
+        // both's.
+        let protocol_of = |from_env: fn() -> Result<Option<Protocol>, Error>| {
+            Ok::<_, Error>(match self.protocol {
+                Some(p) => p,
+                None => from_env()?.unwrap_or_else(Protocol::feature_default),
+            })
         };
+        let traces_protocol = protocol_of(Protocol::from_env)?;
+        let metrics_protocol = protocol_of(Protocol::metrics_from_env)?;
         let export = ExportSettings::new(self.short_lived);
         let resource = resource(self.service_name.as_deref());
         let named = resource.clone();
-        let runtime = if traces_on || metrics_on {
-            Runtime::new(protocol)?
+        let grpc = (traces_on && traces_protocol == Protocol::Grpc)
+            || (metrics_on && metrics_protocol == Protocol::Grpc);
+        let runtime = if grpc {
+            Runtime::grpc()?
         } else {
             Runtime::none()
         };
         let mut states = Vec::new();
         let tracer_provider = if traces_on {
-            let spans =
-                watched::<SpanExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
+            let spans = watched::<SpanExporter>(
+                traces_protocol,
+                self.endpoint.as_deref(),
+                &export,
+                &runtime,
+            )?;
             let state = spans.state.clone();
             states.push(state.clone());
             let batch = BatchSpanProcessor::builder(spans)
@@ -72,8 +85,12 @@ impl Telemetry {
             None
         };
         let meter_provider = if metrics_on {
-            let metrics =
-                watched::<MetricExporter>(protocol, self.endpoint.as_deref(), &export, &runtime)?;
+            let metrics = watched::<MetricExporter>(
+                metrics_protocol,
+                self.endpoint.as_deref(),
+                &export,
+                &runtime,
+            )?;
             states.push(metrics.state.clone());
             let mut reader = PeriodicReader::builder(metrics);
             if let Some(every) = metrics_interval(self.metrics_interval) {
@@ -116,6 +133,27 @@ impl Telemetry {
             .try_init()
             .map_err(|_| Error::SubscriberInstalled)?;
         remember_service_name(&named);
+        // Said once the subscriber is there to print it.
+        let signals = [("traces", traces_on), ("metrics", metrics_on)];
+        let vars = signals
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(s, _)| headers_var(s));
+        let mut told = Vec::new();
+        for var in vars {
+            if told.contains(&var) {
+                continue;
+            }
+            told.push(var);
+            let left_out = unsendable_headers(&std::env::var(var).unwrap_or_default());
+            if !left_out.is_empty() {
+                tracing::warn!(
+                    target: "snakepit_telemetry",
+                    "{var}: left out of every export, as no HTTP header can carry it: {}",
+                    left_out.join(", ")
+                );
+            }
+        }
         if let Some(t) = &tracer_provider {
             opentelemetry::global::set_tracer_provider(t.clone());
         }

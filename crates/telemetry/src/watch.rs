@@ -27,6 +27,8 @@ pub(crate) struct ExportState {
     url: String,
     /// How long one export may take.
     timeout: Duration,
+    /// The variable that sets it, named where it ran out.
+    timeout_var: &'static str,
     warned: AtomicBool,
     refused: AtomicBool,
     /// Spans (traces) or metric exports (metrics) that never arrived, since
@@ -62,11 +64,16 @@ struct Busy {
 
 impl ExportState {
     /// `url` is shown with any userinfo (credentials) hidden.
-    pub(crate) fn new(signal: &'static str, url: &str, timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        signal: &'static str,
+        url: &str,
+        (timeout, timeout_var): (Duration, &'static str),
+    ) -> Arc<Self> {
         Arc::new(ExportState {
             signal,
             url: redacted(url),
             timeout,
+            timeout_var,
             warned: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -306,9 +313,15 @@ impl ExportState {
 
     /// `message`, saying that the export lasted its whole timeout.
     fn no_answer(&self, message: &str) -> String {
+        format!("{message}: {}", self.no_answer_in_time())
+    }
+
+    /// What a warning says of an export that got no answer in time: the
+    /// time limit and the variable that sets it.
+    pub(crate) fn no_answer_in_time(&self) -> String {
         format!(
-            "{message}: no answer within the export timeout ({:?}, OTEL_EXPORTER_OTLP_TIMEOUT)",
-            self.timeout
+            "no answer within the export timeout ({:?}, {})",
+            self.timeout, self.timeout_var
         )
     }
 

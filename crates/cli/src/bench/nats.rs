@@ -103,8 +103,15 @@ impl Spread {
             let f = 10f64.powi(digits);
             (x * f).round() / f
         };
+        // Of an even number, the mean of the two middle ones: no figure
+        // beside it needs it to be one round's.
+        let median = match v.len() {
+            0 => 0.0,
+            n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            n => v[n / 2],
+        };
         Spread {
-            median: round(v.get(v.len() / 2).copied().unwrap_or(0.0)),
+            median: round(median),
             min: round(v.first().copied().unwrap_or(0.0)),
             max: round(v.last().copied().unwrap_or(0.0)),
         }
@@ -575,4 +582,19 @@ async fn compare(
         });
     }
     Ok((done, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_of_an_even_number_of_rounds_is_the_mean_of_the_middle_two() {
+        let s = Spread::of(vec![4.0, 1.0, 3.0, 2.0], 1);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(Spread::of(vec![3.0, 1.0, 2.0], 0).median, 2.0);
+        assert_eq!(Spread::of(vec![10.0, 20.0], 0).median, 15.0);
+        assert_eq!(Spread::of(vec![7.0], 0).median, 7.0);
+        assert_eq!(Spread::of(Vec::new(), 0).median, 0.0);
+    }
 }
