@@ -53,7 +53,10 @@ pub struct PoolConfig {
     /// Pause between attempts to confirm a worker's process group is gone.
     #[serde(rename = "cleanup_retry_interval_ms", with = "millis")]
     pub cleanup_retry_interval: Duration,
-    /// Attempts to confirm a worker's process group is gone before giving up.
+    /// Attempts to confirm a worker's process group is gone before giving
+    /// up, after SIGTERM and again after SIGKILL. After SIGTERM there is
+    /// always at least one (0 counts as 1 there), so a worker always gets
+    /// `cleanup_retry_interval` to act on SIGTERM before SIGKILL.
     pub cleanup_max_retries: u32,
     /// The largest frame accepted from a worker, in bytes, and the largest
     /// request frame sent to one. The bundled bridges' hello frames take a

@@ -89,7 +89,9 @@ pub enum Error {
     },
     /// The adapter's `validate_command` refused the call, or one of the
     /// adapter's hooks that run before it is sent (`validate_command`,
-    /// `prepare_args`, `command_timeout`) panicked; it never ran.
+    /// `prepare_args`, `command_timeout`) panicked, or its session id is
+    /// longer than [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN); it
+    /// never ran.
     #[error("invalid call to `{command}`: {message}")]
     Validation {
         /// The command.

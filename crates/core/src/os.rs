@@ -3,10 +3,10 @@
 //! workspace: `kill`, `ioctl`, `socketpair`, `sendmsg` (the one call that
 //! builds a control message, for passing a preloaded worker's pipes to its
 //! template), `recv`, `pidfd_open`, `pidfd_send_signal`, `waitid` (an
-//! adopted worker's end), `fcntl` (a pipe's size, a
+//! adopted worker's end, and an adopted escaped child's), `fcntl` (a pipe's size, a
 //! descriptor's flags), `getpgid`, `poll` (the watchdog's pipe), `write` (a frame
 //! to a worker's pipe) and `prctl` (a helper process's parent-death
-//! signal), each a direct libc call.
+//! signal; whether this process is a subreaper), each a direct libc call.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -447,6 +447,71 @@ pub(crate) fn reap_if_adopted(pidfd: RawFd) {
     let _ = pidfd;
 }
 
+/// Whether orphans below this process come to it: it is a subreaper
+/// (`PR_SET_CHILD_SUBREAPER`) or the first process of its PID namespace
+/// (a container's).
+pub(crate) fn adopts_orphans() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let mut flag: libc::c_int = 0;
+        // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through a valid pointer.
+        let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int) };
+        std::process::id() == 1 || (r == 0 && flag != 0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Reaps, on a thread of its own, the processes held by `pidfds` (just
+/// killed) that this process adopted, once each has ended: in a host that
+/// adopts orphans, a worker's child that left its group and is killed by
+/// the pool would otherwise stay a zombie for the host's life. A process
+/// is adopted only when its parent ends, which may come after its own end,
+/// so each is tried every 10 ms for up to 5 s; one that is never this
+/// process's child is somebody else's to reap. Nothing to do, and no
+/// thread, in a host that does not adopt orphans.
+pub(crate) fn reap_adopted_after_kill(mut pidfds: Vec<OwnedFd>) {
+    if pidfds.is_empty() || !adopts_orphans() {
+        return;
+    }
+    let reap = move || {
+        use std::os::fd::AsRawFd;
+        for _ in 0..500 {
+            pidfds.retain(|fd| !reaped(fd.as_raw_fd()));
+            if pidfds.is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    let _ = std::thread::Builder::new()
+        .name("snakepit-reaper".into())
+        .spawn(reap);
+}
+
+/// Whether the ended child `pidfd` refers to was reaped now (`waitid`,
+/// without blocking); false if it runs, or is not this process's child.
+fn reaped(pidfd: RawFd) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(id) = libc::id_t::try_from(pidfd) else {
+            return true;
+        };
+        // SAFETY: an all-zero `siginfo_t` is a valid value to be written.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) writes one `siginfo_t` through a valid pointer.
+        let r =
+            unsafe { libc::waitid(libc::P_PIDFD, id, &mut info, libc::WEXITED | libc::WNOHANG) };
+        // SAFETY: `si_pid` reads the field waitid wrote (zero: none ended).
+        r == 0 && unsafe { info.si_pid() } != 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pidfd;
+        true
+    }
+}
+
 /// A process found by its pid, held so that a signal reaches it or nobody:
 /// through a pidfd opened before the process is checked, a signal never
 /// lands in a process that took its pid after it ended. Without pidfds
@@ -465,6 +530,14 @@ impl Held {
             Ok(fd) => Some(Held::Fd(fd)),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
             Err(_) => Some(Held::Pid(pid)),
+        }
+    }
+
+    /// Its pidfd, if it is held by one.
+    pub(crate) fn into_fd(self) -> Option<OwnedFd> {
+        match self {
+            Held::Fd(fd) => Some(fd),
+            Held::Pid(_) => None,
         }
     }
 

@@ -22,8 +22,9 @@
 //! A record whose host is gone (no such pid, or a pid whose start time
 //! differs: a reused pid) belongs to a run that crashed. A record written in
 //! another PID namespace (a container sharing the directory with its host)
-//! is never judged by its pid; one from an earlier boot has nothing left
-//! alive. [`sweep`] kills the processes of a crashed run that are still
+//! is never judged by its pid; one from an earlier boot, or (seen from the
+//! initial PID namespace, where every process shows) from a namespace with
+//! no process left, has nothing left alive. [`sweep`] kills the processes of a crashed run that are still
 //! alive: a process is killed only if it carries the run's id in its
 //! environment (`SNAKEPIT_RUN_ID`, which every worker and, unless they
 //! clear their environment, the workers' own children inherit), runs as
@@ -184,10 +185,12 @@ pub struct SweepReport {
     pub active_runs: usize,
     /// Records written in another PID namespace (a container sharing the
     /// directory, or its host seen from the container): their host cannot
-    /// be checked from here, so they are left alone.
+    /// be checked from here, so they are left alone. (One whose namespace
+    /// has no process left, seen from the initial PID namespace, is a stale
+    /// run instead.)
     pub foreign_runs: usize,
-    /// Records of runs whose host is gone. One from an earlier boot has
-    /// nothing left to kill.
+    /// Records of runs whose host is gone. One from an earlier boot, or
+    /// from a PID namespace with no process left, has nothing left to kill.
     pub stale_runs: Vec<StaleRun>,
     /// Record files that could not be read as records: left alone. One
     /// removed while the sweep ran (by another sweep, or by its pool's
@@ -379,6 +382,8 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
         ));
     }
     let mut removed = HashSet::new();
+    // What it kills, held to be reaped if this process adopted it.
+    let mut ended = Vec::new();
     for (((path, record, _), found), hosted) in stale.into_iter().zip(found).zip(hosted) {
         if hosted {
             tracing::warn!(record = %path.display(), run_id = %record.run_id, "a run record names a dead host, but the run's processes have a live one: left alone");
@@ -401,7 +406,9 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
                 if p.worker && held.signal(0) {
                     crate::os::signal_group(p.pid, libc::SIGKILL);
                 }
-                held.signal(libc::SIGKILL);
+                if held.signal(libc::SIGKILL) {
+                    ended.extend(held.into_fd());
+                }
             }
             killed.push(p);
         }
@@ -424,6 +431,7 @@ pub fn sweep(options: &SweepOptions) -> io::Result<SweepReport> {
             killed,
         });
     }
+    crate::os::reap_adopted_after_kill(ended);
     temporaries(&mut report, &removed);
     Ok(report)
 }
@@ -712,14 +720,23 @@ struct Here {
     boot_id: Option<String>,
     /// Why processes cannot be inspected, if they cannot.
     no_proc: Option<&'static str>,
+    /// The PID namespaces that have a process, looked up for the first
+    /// record of another namespace; `None` when that cannot be known.
+    live_namespaces: std::cell::OnceCell<Option<HashSet<(u64, u64)>>>,
 }
+
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO` in the
+/// kernel's `include/linux/proc_ns.h`), the same on every boot: only from
+/// there does `/proc` show every process, whatever its namespace.
+const INIT_PID_NAMESPACE_INODE: u64 = 0xEFFF_FFFC;
 
 enum Verdict {
     /// The host is alive (or processes cannot be inspected here).
     Alive,
     /// Written in another PID namespace: its pid means nothing here.
     Foreign,
-    /// Written in an earlier boot: everything it started is gone.
+    /// Written in an earlier boot, or in a PID namespace that has no
+    /// process left: everything it started is gone.
     OtherBoot,
     /// Its host is gone.
     Dead,
@@ -743,7 +760,50 @@ impl Here {
             pid_namespace: pid_namespace(),
             boot_id: boot_id(),
             no_proc,
+            live_namespaces: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The PID namespaces with a process in them, when this process sees
+    /// them all: it runs in the initial PID namespace, and the namespace of
+    /// each process of this user could be read (another user's process
+    /// cannot be a run's: a record is this user's, and so is its host).
+    fn live_namespaces(&self) -> Option<&HashSet<(u64, u64)>> {
+        let look = || {
+            let initial =
+                self.pid_namespace.map(|(_, inode)| inode) == Some(INIT_PID_NAMESPACE_INODE);
+            if self.no_proc.is_some() || !initial {
+                return None;
+            }
+            let uid = effective_uid();
+            let mut live = HashSet::new();
+            for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                match std::fs::metadata(entry.path().join("ns/pid")) {
+                    // A zombie runs nothing, and waits for a parent that
+                    // may never reap it (a namespace's first process, when
+                    // it dies, has the rest killed).
+                    Ok(_) if Stat::read(pid).is_ok_and(|s| s.is_none()) => {}
+                    Ok(m) => {
+                        live.insert((m.dev(), m.ino()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Ended meanwhile, or another user's; or the first
+                    // process, of this initial namespace (one that may
+                    // not be inspected, as a sandbox's init).
+                    Err(_) if pid == 1 || !matches!(runs_as(pid, uid), Ok(true)) => {}
+                    Err(_) => return None,
+                }
+            }
+            Some(live)
+        };
+        self.live_namespaces.get_or_init(look).as_ref()
     }
 
     fn judge(&self, record: &Record) -> Verdict {
@@ -754,7 +814,19 @@ impl Here {
             };
         }
         if record.pid_namespace != self.pid_namespace {
-            return Verdict::Foreign;
+            // A namespace ends with its last process: whatever the run
+            // started in it has ended too.
+            let gone = record.pid_namespace.is_some_and(|ns| {
+                self.boot_id.is_some()
+                    && self
+                        .live_namespaces()
+                        .is_some_and(|live| !live.contains(&ns))
+            });
+            return if gone {
+                Verdict::OtherBoot
+            } else {
+                Verdict::Foreign
+            };
         }
         if self.no_proc.is_some() || process_start(record.host_pid) == Some(record.host_start) {
             Verdict::Alive
@@ -1107,7 +1179,11 @@ pub(crate) fn kill_escaped(run_id: &str, worker_id: &str, worker_pid: u32) -> Op
 
 /// Kills (SIGKILL, with its group when it leads one) every process started
 /// after this host whose environment carries run id `run_id` and, if
-/// given, worker id `worker`; but this process and `own`. How many; `None`
+/// given, worker id `worker`; but this process and `own` (ended or
+/// ending: their groups were killed). Those this process adopted (a
+/// subreaper host), and the members of `own`'s groups it adopted, are
+/// reaped once they end ([`crate::os::reap_adopted_after_kill`]). How
+/// many it killed; `None`
 /// when it could not look at every process (no `/proc`, or the host out of
 /// descriptors: a process it could not read may be one of them).
 fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option<usize> {
@@ -1119,7 +1195,7 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
-    let mut killed = 0;
+    let (mut killed, mut ended) = (0, Vec::new());
     // A read that failed for want of descriptors, not because the process
     // had ended (or is another user's).
     let mut blind = false;
@@ -1130,8 +1206,26 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
             None
         }
     };
+    // In a host that adopts orphans, the members of `own`'s process
+    // groups, and of the groups killed here (killed with them, zombies
+    // maybe, whose environment reads empty), are the host's children once
+    // their parents are gone: held, not signalled, to be reaped. A group's
+    // id is nobody else's pid while a member is left.
+    let adopts = crate::os::adopts_orphans();
+    let mut groups = if adopts { own.to_vec() } else { Vec::new() };
     for pid in pids {
         if pid == me || own.contains(&pid) {
+            continue;
+        }
+        let member = |pid| {
+            !groups.is_empty() && crate::os::group_of(pid).is_some_and(|g| groups.contains(&g))
+        };
+        if member(pid) {
+            ended.extend(
+                crate::os::Held::open(pid)
+                    .filter(|_| member(pid))
+                    .and_then(|h| h.into_fd()),
+            );
             continue;
         }
         // Most processes started before this host: one read of their
@@ -1171,14 +1265,22 @@ fn kill_run_processes(run_id: &str, worker: Option<&str>, own: &[u32]) -> Option
         if stat.start < since {
             continue;
         }
+        // Killed at once: what it would run meanwhile slows the look at
+        // the others (a process caught in the middle of an `exec` is read
+        // again until it is out of it). Held on to, to be reaped.
         // Its group only while it is still there to lead it (a live
         // leader's pid, and so its group's id, is nobody else's).
         let group =
             stat.pgrp == pid && held.signal(0) && crate::os::signal_group(pid, libc::SIGKILL);
         if held.signal(libc::SIGKILL) || group {
             killed += 1;
+            ended.extend(held.into_fd());
+        }
+        if group && adopts {
+            groups.push(pid);
         }
     }
+    crate::os::reap_adopted_after_kill(ended);
     (!blind).then_some(killed)
 }
 

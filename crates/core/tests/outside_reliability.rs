@@ -333,7 +333,7 @@ async fn one_process_with_a_live_host_spares_every_process_of_the_run() {
 /// same run id is alive or foreign | a copy of a live run's record: left
 /// alone, counted in `active_runs`". (The alive case is shown in
 /// state_dir.rs; here the foreign one.) Two records of one run: one written
-/// in another PID namespace, one naming a dead host here; an orphan of the
+/// in another PID namespace (alive: a process runs in it), one naming a dead host here; an orphan of the
 /// run lives. The sweep kills nothing, counts one foreign run and one
 /// active run, and keeps both records. Without the foreign record, the same
 /// dead host's record is a crashed run and the orphan goes (the control).
@@ -342,17 +342,15 @@ async fn a_dead_hosts_record_of_a_run_also_recorded_in_another_namespace_is_a_co
     let dir = temp_dir("outside-foreign-copy");
     let run_id = &a_run_id("c0c0c0c0c0c0c0c0");
     let orphan = a_leftover(run_id);
-    let (dev, ino) = our_pid_namespace();
+    let (mut container, other) = another_pid_namespace();
     let foreign = dir.join(format!("outside.1.{run_id}.run"));
-    std::fs::write(
-        &foreign,
-        record_of("outside", (dev, ino + 1), run_id, 1, 1, &[]),
-    )
-    .unwrap();
+    std::fs::write(&foreign, record_of("outside", other, run_id, 1, 1, &[])).unwrap();
     let copy = dir.join(format!("outside.{}.{run_id}.run", a_dead_pid()));
     std::fs::write(&copy, record_text(run_id, a_dead_pid(), 1, &[])).unwrap();
 
     let report = sweep_of(&dir);
+    let _ = container.kill();
+    let _ = container.wait();
     assert_eq!(report.killed(), 0, "{report:?}");
     assert_eq!(
         (report.foreign_runs, report.active_runs),

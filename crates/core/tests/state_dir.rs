@@ -354,9 +354,10 @@ async fn a_copied_record_with_a_dead_host_spares_the_live_pool() {
 }
 
 /// A record written in another PID namespace (a container sharing the
-/// directory) or in an earlier boot is never judged by its host pid: what
-/// carries its run id here is left alone. The same record from this
-/// namespace and boot does get its leftover swept, which shows the setup.
+/// directory, alive: a process runs in it) or in an earlier boot is never
+/// judged by its host pid: what carries its run id here is left alone. The
+/// same record from this namespace and boot does get its leftover swept,
+/// which shows the setup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_another_pid_namespace_or_boot_are_not_judged_by_pid() {
     let dir = temp_dir("pidns");
@@ -366,12 +367,15 @@ async fn records_from_another_pid_namespace_or_boot_are_not_judged_by_pid() {
     let boot = our_boot_id();
     let record = dir.join(format!("forged.{}.{run_id}.run", a_dead_pid()));
 
+    let (mut container, other) = another_pid_namespace();
     std::fs::write(
         &record,
-        forged_record(run_id, a_dead_pid(), Some(((dev, ino + 1), &boot))),
+        forged_record(run_id, a_dead_pid(), Some((other, &boot))),
     )
     .unwrap();
     let report = sweep(&SweepOptions::new().state_dir(&dir)).unwrap();
+    let _ = container.kill();
+    let _ = container.wait();
     assert_eq!(report.killed(), 0, "{report:?}");
     assert_eq!(report.foreign_runs, 1, "{report:?}");
     assert!(record.exists(), "another namespace's record is left alone");

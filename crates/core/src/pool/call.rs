@@ -376,6 +376,22 @@ pub(crate) async fn submit<A: Serialize + ?Sized>(
     meta: &mut CallMeta,
     (deadline, timeout): (Instant, Duration),
 ) -> Result<InFlight> {
+    // The pool keeps a session's id for its affinity: the count of them is
+    // bounded (`max_sessions`), and so is each one's size.
+    if let Some(long) = options
+        .session_id
+        .as_deref()
+        .filter(|s| s.len() > crate::MAX_SESSION_ID_LEN)
+    {
+        return Err(Error::Validation {
+            command: command.to_owned(),
+            message: format!(
+                "its session id is {} bytes long; at most {} are allowed",
+                long.len(),
+                crate::MAX_SESSION_ID_LEN
+            ),
+        });
+    }
     let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
     let mut touch_mark = None;
     if let (Some(hook), Some(s)) = (&shared.session_hook, &session) {

@@ -596,8 +596,10 @@ pub(crate) async fn retire(shared: Arc<Shared>, old: Arc<Worker>) {
 /// shuts down: their stdin closes (a worker exits at end of input) and they
 /// get the grace period to exit; then their process groups get SIGTERM,
 /// then SIGKILL, each followed by up to `cleanup_max_retries` checks
-/// `cleanup_retry_interval` apart. Returns once all have ended (seen when
-/// they end, not at the next check) or the checks after SIGKILL ran out.
+/// `cleanup_retry_interval` apart (at least one after SIGTERM: a worker
+/// always gets an interval to act on it, `cleanup_max_retries = 0`
+/// included). Returns once all have ended (seen when they end, not at the
+/// next check) or the checks after SIGKILL ran out.
 pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
     for w in workers {
         w.close_stdin();
@@ -614,7 +616,11 @@ pub(crate) async fn stop(config: &PoolConfig, workers: &[Arc<Worker>]) {
         for w in workers.iter().filter(|w| !w.is_finished()) {
             w.signal(signal);
         }
-        for _ in 0..config.cleanup_max_retries {
+        let checks = match signal {
+            libc::SIGTERM => config.cleanup_max_retries.max(1),
+            _ => config.cleanup_max_retries,
+        };
+        for _ in 0..checks {
             if all_done() {
                 return;
             }

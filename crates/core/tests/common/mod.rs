@@ -385,3 +385,60 @@ pub fn wait_blocking(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A process in a PID namespace of its own (`unshare --pid`, in a user
+/// namespace too where this user may not make one alone): the process to
+/// kill (and wait for) when done, and that namespace as a run record
+/// states it. A record naming it comes from a namespace that is alive.
+#[allow(clippy::disallowed_methods)] // a bystander in another namespace, not a worker
+pub fn another_pid_namespace() -> (std::process::Child, (u64, u64)) {
+    use std::os::unix::fs::MetadataExt;
+    let tries: [&[&str]; 2] = [
+        &["--pid", "--fork", "--kill-child", "sleep", "300"],
+        &[
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sleep",
+            "300",
+        ],
+    ];
+    for args in tries {
+        let mut unshare = std::process::Command::new("unshare")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let outer = unshare.id();
+        let inner = wait_blocking(10, || {
+            unshare.try_wait().unwrap().is_some() || children_of(outer).next().is_some()
+        });
+        if let (true, Some(sleep)) = (inner, children_of(outer).next()) {
+            if let Ok(m) = std::fs::metadata(format!("/proc/{sleep}/ns/pid")) {
+                if (m.dev(), m.ino()) != our_pid_namespace() {
+                    return (unshare, (m.dev(), m.ino()));
+                }
+            }
+        }
+        let _ = unshare.kill();
+        let _ = unshare.wait();
+    }
+    panic!("cannot start a process in a PID namespace of its own (unshare --pid)");
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(move |&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                s.rfind(')')
+                    .and_then(|i| s[i + 2..].split(' ').nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+}
