@@ -36,7 +36,9 @@ class Handler:
 def describe(fn: Callable[..., Any]) -> tuple[bool, bool]:
     """(takes_ctx, is_async) for a handler."""
     code = getattr(fn, "__code__", None)
-    if code is not None:
+    # A decorator's ``*args`` wrapper made with functools.wraps takes what
+    # the function it wraps takes (inspect.signature reads that one).
+    if code is not None and not (code.co_flags & _CO_VARARGS and hasattr(fn, "__wrapped__")):
         argc = code.co_argcount
         if getattr(fn, "__self__", None) is not None:
             argc -= 1  # bound method: self is already supplied

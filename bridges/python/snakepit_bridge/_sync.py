@@ -100,11 +100,15 @@ class SyncServer(Server):
         self._main_waiting = False
         self._main_wake_r = None
         self._main_wake_w = None
+        # The thread that watches for signals (see _watch_signals), while
+        # it does; it ends once it finds this None.
+        self._watcher = None
 
     def serve(self, install_signals: bool) -> int:
         # Handlers go in before hello: once the pool has seen hello it may
         # signal us, and Python's default SIGINT would kill the process.
         old_wakeup = None
+        old_nudge = None
         if install_signals:
             # A signal's byte in this pipe wakes the waits for input (see
             # _read_idle); set before the handlers, so none goes unseen.
@@ -116,12 +120,35 @@ class SyncServer(Server):
             self._poller = select.poll()
             self._poller.register(self.reader.fd, select.POLLIN)
             self._poller.register(self._wake_r, select.POLLIN)
+            if _NUDGE is not None:
+                old_nudge = (signal.signal(_NUDGE, _nothing),)
+                self._watch_signals()
             signal.signal(signal.SIGINT, self._on_sigint)
             signal.signal(signal.SIGTERM, self._on_sigterm)
-        self.send(self.worker.hello())
         try:
+            self.send(self.worker.hello())
             return self._serve(self._read_idle if install_signals else None)
         finally:
+            if self._watcher is not None:
+                watcher, self._watcher = self._watcher, None
+                try:
+                    os.write(self._wake_w, b"\0")  # no signal's number
+                except BlockingIOError:
+                    pass  # full: it wakes anyway
+                watcher.join()
+            if old_nudge is not None and _NUDGE is not None:
+                # A nudge the watcher sent last may not have been taken
+                # yet: taken here, with the signal blocked, so that it
+                # never meets the old handler (the default one ends the
+                # process).
+                nudge = {_NUDGE}
+                signal.pthread_sigmask(signal.SIG_BLOCK, nudge)
+                try:
+                    while signal.sigtimedwait(nudge, 0) is not None:
+                        pass
+                    signal.signal(_NUDGE, signal.SIG_DFL if old_nudge[0] is None else old_nudge[0])
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, nudge)
             # The second description of the pipe, if the loop opened one.
             if self._peek_fd is not None:
                 os.close(self._peek_fd)
@@ -135,6 +162,66 @@ class SyncServer(Server):
                 if end is not None:
                     os.close(end)
             self._yield_r = self._yield_w = self._main_wake_r = self._main_wake_w = None
+
+    def _watch_signals(self):
+        """Starts the thread that watches the signal wakeup pipe while the
+        worker serves (_watch). CPython runs a signal's Python handler on
+        the main thread only, between bytecodes, and a blocking call there
+        (``time.sleep``, ``join``) ends early only when a signal is
+        delivered to that thread while the call waits. A signal that lands
+        just before the call begins, or that the kernel gives to another
+        thread, would wait for the end of that call: a call the pool
+        cancels with SIGINT would run on until the pool's grace period
+        kills the worker, and one told to exit with SIGTERM would sleep on.
+        So for each signal's byte the thread sends the main thread _NUDGE,
+        whose handler does nothing: the wait ends with EINTR, and CPython
+        runs the handlers of the signals that came before it goes on. A
+        nudge never runs another signal's handler again (each cancel
+        cancels once), and a nudge that finds none waiting is a no-op. The
+        thread starts with every signal blocked, so the kernel gives none
+        to it. serve() ends it (a byte 0 in the pipe, with _watcher None),
+        and closes the pipe only once it has."""
+        watcher = threading.Thread(target=self._watch, name="snakepit-signals", daemon=True)
+        self._watcher = watcher
+        # The new thread inherits this mask; the signals that come
+        # meanwhile wait, and go to this thread once it is restored.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            watcher.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _watch(self):
+        """The body of the thread _watch_signals starts: nudges the main
+        thread for each signal's byte in the wakeup pipe, until serve()
+        ends it. The main thread's own waits for input may take the bytes
+        first: it then runs the handlers itself."""
+        wake_r = self._wake_r
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        # A nudge can land just before a wait too, and be spent: it is
+        # sent again, less and less often, until the main thread has run
+        # its handler. ``sent``: _nudges_taken when the last went out.
+        sent = None
+        wait = None
+        while True:
+            poller.poll(wait)
+            if self._watcher is None:
+                return
+            try:
+                data = os.read(wake_r, 512)
+            except (BlockingIOError, InterruptedError):
+                data = b""  # the wait ran out, or the main thread took the bytes
+            if _names_a_signal(data):
+                wait = 10
+            elif sent is None or _nudges_taken != sent:
+                sent = wait = None
+                continue
+            else:
+                wait = min(wait * 2, 1000)
+            sent = _nudges_taken
+            if not _nudge():
+                return
 
     def _serve(self, read=None) -> int:
         reader = self.reader
@@ -397,7 +484,15 @@ class SyncServer(Server):
                 self.send(error_reply(rid, "Cancelled", f"request {rid} was cancelled before it started"))
                 return
             if self._host_sent and self._backlog:
-                self._release_backlogged_replies()
+                # With SIGINT held: a KeyboardInterrupt raised in
+                # Condition.__enter__, once its lock is taken, would leave
+                # _host_cond locked for good.
+                self._reading = True
+                try:
+                    self._release_backlogged_replies()
+                finally:
+                    self._reading = False
+                self._deliver_held_sigint()
             # Stdin goes to whichever thread waits for a host reply first.
             # A plain store: no thread waits for stdin now (a host call made
             # after the last take-back found its call ended, and one made
@@ -797,12 +892,14 @@ class SyncServer(Server):
         """``os.read`` for a thread that reads stdin: it waits in a poll()
         of its own, which the yield pipe ends too (_Yield). With our signal
         handlers it watches the signal wakeup pipe as well (see
-        _pass_signals_on)."""
+        _pass_signals_on), unless a thread of the bridge watches it (see
+        _watch_signals): a byte this thread took would be one that thread
+        does not see."""
         poller = select.poll()
         poller.register(self.reader.fd, select.POLLIN)
         yield_r = self._yield_r
         poller.register(yield_r, select.POLLIN)
-        wake_r = self._wake_r
+        wake_r = None if self._watcher is not None else self._wake_r
         if wake_r is not None:
             poller.register(wake_r, select.POLLIN)
 
@@ -835,10 +932,10 @@ class SyncServer(Server):
         not yet acted on, by sending it SIGTERM again (see _on_sigterm for
         the case where the first is acted on meanwhile). Not SIGINT: a
         second run of its handler could land in the next call and cancel
-        it. Other signals' bytes are only drained: the main thread watches
-        the pipe only in its own waits. A SIGTERM whose handler is no
-        longer ours (a handler's own) is not sent again. False once the
-        pipe is closed (the loop is over)."""
+        it. A SIGTERM whose handler is no longer ours (a handler's own) is
+        not sent again. Only where no thread of the bridge watches the pipe
+        (see _watch_signals), which does better. False once the pipe is
+        closed (the loop is over)."""
         if self._wake_r != wake_r:
             return False
         data = b""
@@ -986,6 +1083,43 @@ class _Waiter:
             self.ok = ok
             self.value = value
             self.done = True
+
+
+# The signal a thread sends the main thread to have it run the Python
+# handlers of signals that came while it waited (see _watch_signals): a
+# real-time one, which no other code of the process is likely to use. None
+# where there are none (not Linux): the nudges are not sent then.
+_NUDGE = signal.SIGRTMAX - 3 if hasattr(signal, "SIGRTMAX") else None
+
+
+# How many times the main thread has run _nothing: once it has after a
+# nudge was sent, it has run the handlers of the signals that came before.
+_nudges_taken = 0
+
+
+def _nothing(signum, frame):
+    """The handler of _NUDGE: the wait it ends is what it is for."""
+    global _nudges_taken
+    _nudges_taken += 1
+
+
+def _names_a_signal(data: bytes) -> bool:
+    """Whether ``data`` (bytes read from the signal wakeup pipe) names a
+    signal other than _NUDGE (0 names none: it is the byte serve() ends
+    the watching thread with)."""
+    return any(signum != _NUDGE and signum for signum in data)
+
+
+def _nudge() -> bool:
+    """Sends the main thread _NUDGE; False when it is gone."""
+    nudge, main = _NUDGE, _MAIN_THREAD
+    if nudge is None or main is None:
+        return False
+    try:
+        signal.pthread_kill(main, nudge)
+    except (OSError, ValueError):
+        return False  # the process is exiting
+    return True
 
 
 def _may_cancel(payload: bytes) -> bool:

@@ -127,6 +127,12 @@ class Worker:
         return decorate
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
+        # Refused here, not when called: no request can name a command
+        # that is not a string (and ``commands`` could not sort it).
+        if not isinstance(name, str):
+            raise TypeError(f"a command's name is a str, not {type(name).__name__}")
+        if not callable(fn):
+            raise TypeError(f"register takes a function, not {type(fn).__name__}")
         self._handlers[name] = Handler(fn)
 
     def after_fork(self, fn: H) -> H:

@@ -25,7 +25,7 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def compute(args):
+def compute(args, ctx=None):
     operation = args.get("operation", "add")
     a = args.get("a", 0)
     b = args.get("b", 0)
@@ -51,6 +51,14 @@ def compute(args):
         # digits) met a float or a division: compute fails with ValueError
         # only, as docs/protocol.md section 7 says.
         raise ValueError(f"Operands out of range: {exc}") from None
+    if ctx is not None and isinstance(result, int):
+        # An integer result the codec cannot carry (MessagePack: past 64
+        # bits; JSON: past Python's limit on the digits of an int) is
+        # compute's error too, not the bridge's TypeError for a result.
+        try:
+            ctx.worker.codec.encode(result)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"Result out of range: {exc}") from None
     return {
         "status": "ok",
         "operation": operation,

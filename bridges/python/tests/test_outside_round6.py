@@ -10,9 +10,6 @@ SIGTERM while a thread read stdin for its host call: the worker did not
 exit within 30 s). The tests make that state certain by sending the signal
 to the thread that reads stdin (in asyncio mode, to a thread of a handler
 that blocks the loop).
-
-The tests skipped with a reason that starts with DEFECT show a defect not
-fixed yet; R6_RUN_DEFECTS=1 runs them.
 """
 
 import os
@@ -26,8 +23,6 @@ WORKER = os.path.join(TESTS_DIR, "round6_worker.py")
 
 # Liveness only: generous, for a loaded machine.
 LONG = 30.0
-
-_DEFECTS_SKIPPED = os.environ.get("R6_RUN_DEFECTS") != "1"
 
 
 def _echo(call):
@@ -85,10 +80,6 @@ class SignalsAThreadReadsTest(_Base):
                 self.assertEqual(w.stderr.count("R6 1 finally ran"), 1, w.stderr)
                 self.assertNotIn("Traceback", w.stderr)
 
-    @unittest.skipIf(_DEFECTS_SKIPPED,
-                     "DEFECT: a SIGINT whose C-level handler ran off the main thread (or just before it"
-                     " blocked) is not acted on until the handler's blocking call ends; sending it again"
-                     " from the reading thread cancelled the next call (a second run of _on_sigint)")
     def test_a_sigint_taken_by_the_thread_reading_stdin_cancels_the_sleeping_handler(self):
         for codec in CODECS:
             with self.subTest(codec=codec):
