@@ -12,6 +12,13 @@
 //! another). A bucket that disappears (deleted, or NATS back without its
 //! JetStream storage) is created again by the next operation that finds
 //! it gone.
+//!
+//! A global program is one key (`g.<hex id>`) holding its JSON; stored
+//! with a [`global_program_ttl`](NatsKvStoreBuilder::global_program_ttl),
+//! its message carries when it expires in a header
+//! (`Snakepit-Expires-Ms`, Unix milliseconds by the storing host's clock). One
+//! without the header (as every one stored before there was a TTL) never
+//! expires.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +62,9 @@ struct KvInner {
     deleted: AtomicU64,
     expired: AtomicU64,
     programs_deleted: AtomicU64,
+    programs_expired: AtomicU64,
+    /// How long a global program stored through this handle lives.
+    global_program_ttl: Option<Duration>,
     listeners: Listeners,
     sweep: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -77,6 +87,7 @@ pub struct NatsKvStoreBuilder {
     /// `None` unless set: a bucket that exists is then taken as it is.
     replicas: Option<usize>,
     timeout: Duration,
+    global_program_ttl: Option<Duration>,
 }
 
 impl NatsKvStoreBuilder {
@@ -110,6 +121,19 @@ impl NatsKvStoreBuilder {
         self
     }
 
+    /// How long a global program stored through this store lives after it
+    /// was stored (the original's `global_program_ttl`; reads do not
+    /// extend it, storing it again does, with the TTL of the handle that
+    /// stores it: a handle without one stores it for good). By default
+    /// global programs never expire. Its end is kept with the program, so
+    /// every host sees it, by its own clock. A TTL no session may have (see
+    /// [`check_ttl`]) makes [`connect`](Self::connect) fail with
+    /// `Error::Invalid`.
+    pub fn global_program_ttl(mut self, ttl: Duration) -> Self {
+        self.global_program_ttl = Some(ttl);
+        self
+    }
+
     /// How long an operation on one session (or one global program) may
     /// take, retries on conflict included (default 10 s, above the 5 s
     /// JetStream waits for a write's acknowledgement, so that a refused
@@ -127,13 +151,17 @@ impl NatsKvStoreBuilder {
     }
 
     /// Creates the bucket if it does not exist, and starts the sweep.
-    /// Fails with `Error::Invalid` first if the default TTL is one no
-    /// session may have (see [`check_ttl`]), and with `Error::Backend` if
+    /// Fails with `Error::Invalid` first if the default TTL (or the
+    /// [`global_program_ttl`](Self::global_program_ttl)) is one no session
+    /// may have (see [`check_ttl`]), and with `Error::Backend` if
     /// the bucket exists with another number of replicas than
     /// [`replicas`](Self::replicas) set, and with `Error::Timeout` when
     /// NATS does not answer within the [timeout](Self::timeout).
     pub async fn connect(self) -> Result<NatsKvStore> {
         check_ttl(self.default_ttl)?;
+        if let Some(ttl) = self.global_program_ttl {
+            check_ttl(ttl)?;
+        }
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.open())
             .await
@@ -175,6 +203,8 @@ impl NatsKvStoreBuilder {
             deleted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             programs_deleted: AtomicU64::new(0),
+            programs_expired: AtomicU64::new(0),
+            global_program_ttl: self.global_program_ttl,
             listeners: Listeners::default(),
             sweep: Mutex::new(None),
         });
@@ -234,20 +264,46 @@ fn hex(prefix: &str, id: &str) -> String {
 /// The session id of a session key; `None` for a key that is not one this
 /// store writes (upper-case hex, say: `hex` would not give it back).
 fn unhex(key: &str) -> Option<String> {
-    let h = key.strip_prefix("s.")?;
+    unhex_under("s.", key)
+}
+
+/// The id in a key under `prefix` (`s.` or `g.`), as [`unhex`].
+fn unhex_under(prefix: &str, key: &str) -> Option<String> {
+    let h = key.strip_prefix(prefix)?;
     let bytes: Option<Vec<u8>> = (0..h.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
         .collect();
     let id = String::from_utf8(bytes?).ok()?;
-    (!id.is_empty() && hex("s.", &id) == key).then_some(id)
+    (!id.is_empty() && hex(prefix, &id) == key).then_some(id)
 }
 
-/// A key's last message: its value, revision and operation.
+/// The header of a global program's message that says when it expires,
+/// in Unix milliseconds. A value that does not parse (written by
+/// something else) says nothing: the program does not expire, as a
+/// corrupt session whose expiry cannot be read.
+const EXPIRES: &str = "Snakepit-Expires-Ms";
+
+/// A key's last message: its value, revision and operation, and the
+/// expiry it carries ([`EXPIRES`]), if any.
 struct Last {
     value: Bytes,
     revision: u64,
     operation: Operation,
+    expires_ms: Option<u64>,
+}
+
+impl Last {
+    /// Whether this is a global program, live at `now`.
+    fn live(&self, now: u64) -> bool {
+        self.operation == Operation::Put && self.expires_ms.is_none_or(|at| now < at)
+    }
+
+    /// Whether this is a global program whose time has passed at `now`
+    /// (gone, if not removed yet).
+    fn expired(&self, now: u64) -> bool {
+        self.operation == Operation::Put && !self.live(now)
+    }
 }
 
 /// The last message at `key`, `None` if there is none, read from the
@@ -274,10 +330,12 @@ async fn last(kv: &Store, key: &str) -> Result<Option<Last>> {
             _ => Operation::Put,
         },
     };
+    let expires_ms = m.headers.get(EXPIRES).and_then(|v| v.as_str().parse().ok());
     Ok(Some(Last {
         value: m.payload,
         revision: m.sequence,
         operation,
+        expires_ms,
     }))
 }
 
@@ -402,6 +460,7 @@ impl NatsKvStore {
             sweep_interval: Duration::from_secs(60),
             replicas: None,
             timeout: Duration::from_secs(10),
+            global_program_ttl: None,
         }
     }
 
@@ -548,6 +607,53 @@ impl NatsKvStore {
         {
             tracing::debug!(target: "snakepit::session", key, "cannot purge a removed session's marker: {e}");
         }
+    }
+
+    /// Deletes the global program at `key` if its revision is still `rev`;
+    /// `Ok(false)` when it is not. Revision-checked: of two hosts deleting
+    /// (or sweeping) it at once, one removes it (and counts it); a program
+    /// stored again meanwhile is not removed.
+    async fn delete_global_at(&self, program_id: &str, key: &str, rev: u64) -> Result<bool> {
+        let deleted = on_bucket!(self, |kv| {
+            match kv.delete_expect_revision(key, Some(rev)).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision || lost_race(&e) => {
+                    Ok(false)
+                }
+                Err(e) => Err(Error::Backend(format!(
+                    "deleting global program `{program_id}`: {e}"
+                ))),
+            }
+        })?;
+        if deleted {
+            self.purge_tombstone(key).await;
+        }
+        Ok(deleted)
+    }
+
+    /// Removes the global programs whose time has passed, counting each
+    /// this call removed. A failure is returned after the others were
+    /// tried.
+    async fn sweep_globals(&self) -> Result<()> {
+        let mut failed = None;
+        for key in self.keys_under("g.").await? {
+            let id = unhex_under("g.", &key).unwrap_or_else(|| key.clone());
+            let r = match on_bucket!(self, |kv| last(kv, &key).await) {
+                Ok(Some(e)) if e.expired(now_ms()) => {
+                    self.delete_global_at(&id, &key, e.revision).await
+                }
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(true) => {
+                    self.inner.programs_expired.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Removes an expired session found at `rev`; reports it if this call
@@ -825,7 +931,7 @@ impl SessionStore for NatsKvStore {
         let mut globals = 0;
         for key in self.keys_under("g.").await? {
             let entry = on_bucket!(self, |kv| last(kv, &key).await)?;
-            if entry.is_some_and(|e| e.operation == Operation::Put) {
+            if entry.is_some_and(|e| e.live(now_ms())) {
                 globals += 1;
             }
         }
@@ -836,6 +942,7 @@ impl SessionStore for NatsKvStore {
         stats.sessions_expired = self.inner.expired.load(Ordering::Relaxed);
         stats.global_programs = globals;
         stats.global_programs_deleted = self.inner.programs_deleted.load(Ordering::Relaxed);
+        stats.global_programs_expired = self.inner.programs_expired.load(Ordering::Relaxed);
         Ok(stats)
     }
 
@@ -877,12 +984,62 @@ impl SessionStore for NatsKvStore {
                 &format!("global program `{program_id}`"),
                 bytes.len() + key.len(),
             )?;
-            on_bucket!(self, |kv| {
-                kv.put(&key, bytes.clone()).await.map_err(|e| {
-                    Error::Backend(format!("writing global program `{program_id}`: {e}"))
-                })
-            })?;
-            Ok(())
+            let ttl = self.inner.global_program_ttl;
+            for attempt in 0..ATTEMPTS {
+                // Revision-checked, so that a program expired but not yet
+                // removed that this write replaces is counted once, by the
+                // host whose write replaced it.
+                let (rev, stale) = match on_bucket!(self, |kv| last(kv, &key).await)? {
+                    Some(e) => (e.revision, e.expired(now_ms())),
+                    None => (0, false),
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    async_nats::HeaderValue::from(rev),
+                );
+                if let Some(ttl) = ttl {
+                    let at = now_ms().saturating_add(ttl.as_millis() as u64);
+                    headers.insert(EXPIRES, async_nats::HeaderValue::from(at));
+                }
+                let written = on_bucket!(self, |kv| {
+                    // As `Store::put` names it (the bucket is opened on
+                    // `js`, whose API prefix is the default one).
+                    let prefix = kv.put_prefix.as_ref().unwrap_or(&kv.prefix);
+                    let subject = format!("{prefix}{key}");
+                    let r = match self
+                        .inner
+                        .js
+                        .publish_with_headers(subject, headers.clone(), bytes.clone())
+                        .await
+                    {
+                        Ok(ack) => ack.await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    match r.map_err(async_nats::jetstream::kv::UpdateError::from) {
+                        Ok(()) => Ok(true),
+                        Err(e)
+                            if e.kind() == UpdateErrorKind::WrongLastRevision || lost_race(&e) =>
+                        {
+                            Ok(false)
+                        }
+                        Err(e) => Err(Error::Backend(format!(
+                            "writing global program `{program_id}`: {e}"
+                        ))),
+                    }
+                })?;
+                if written {
+                    if stale {
+                        self.inner.programs_expired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+                conflict_backoff(attempt).await;
+            }
+            Err(Error::Conflict {
+                session_id: format!("global program `{program_id}`"),
+                attempts: ATTEMPTS,
+            })
         })
         .await
     }
@@ -892,7 +1049,7 @@ impl SessionStore for NatsKvStore {
             check("program id", program_id)?;
             let key = hex("g.", program_id);
             match on_bucket!(self, |kv| last(kv, &key).await)? {
-                Some(e) if e.operation == Operation::Put => {
+                Some(e) if e.live(now_ms()) => {
                     let program: Value = serde_json::from_slice(&e.value)?;
                     // Deeper than any program this store writes, as in
                     // the Redis store.
@@ -918,30 +1075,22 @@ impl SessionStore for NatsKvStore {
             check("program id", program_id)?;
             let key = hex("g.", program_id);
             for attempt in 0..ATTEMPTS {
-                let rev = match on_bucket!(self, |kv| last(kv, &key).await)? {
-                    Some(e) if e.operation == Operation::Put => e.revision,
+                let (rev, live) = match on_bucket!(self, |kv| last(kv, &key).await)? {
+                    Some(e) if e.operation == Operation::Put => (e.revision, e.live(now_ms())),
                     _ => return Ok(false),
                 };
-                // Revision-checked: of two hosts deleting it at once, one
-                // removes it (and says so); a program stored again
-                // meanwhile is deleted as it is now.
-                let deleted = on_bucket!(self, |kv| {
-                    match kv.delete_expect_revision(&key, Some(rev)).await {
-                        Ok(()) => Ok(true),
-                        Err(e)
-                            if e.kind() == UpdateErrorKind::WrongLastRevision || lost_race(&e) =>
-                        {
-                            Ok(false)
-                        }
-                        Err(e) => Err(Error::Backend(format!(
-                            "deleting global program `{program_id}`: {e}"
-                        ))),
-                    }
-                })?;
-                if deleted {
-                    self.purge_tombstone(&key).await;
-                    self.inner.programs_deleted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(true);
+                // Of two hosts deleting it at once, one removes it (and
+                // says so); a program stored again meanwhile is deleted as
+                // it is now. An expired one is removed and counted as
+                // expired, and was not there to delete.
+                if self.delete_global_at(program_id, &key, rev).await? {
+                    let counter = if live {
+                        &self.inner.programs_deleted
+                    } else {
+                        &self.inner.programs_expired
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return Ok(live);
                 }
                 conflict_backoff(attempt).await;
             }
@@ -955,7 +1104,7 @@ impl SessionStore for NatsKvStore {
 
     async fn cleanup_expired(&self) -> Result<usize> {
         let (_, dead) = self.scan().await?;
-        let (mut n, mut failed) = (0, None);
+        let (mut n, mut failed) = (0, self.sweep_globals().await.err());
         for (id, key, rev) in dead {
             match self.reap(&id, &key, rev).await {
                 Ok(true) => n += 1,

@@ -860,12 +860,16 @@ fn opened(
 macro_rules! bounded {
     ($inner:expr, $op:literal, $body:block) => {
         $inner.bounded($op, async {
-            let until = tokio::time::Instant::now() + $inner.link.timeout;
+            // `None`: a timeout beyond what an `Instant` holds.
+            let until = tokio::time::Instant::now().checked_add($inner.link.timeout);
             let mut pause = Duration::from_millis(10);
             loop {
                 let (first, met) = attempt!($inner, $body).await;
                 break match first {
-                    Err(_) if met.loading && tokio::time::Instant::now() + pause < until => {
+                    Err(_)
+                        if met.loading
+                            && until.is_none_or(|u| tokio::time::Instant::now() + pause < u) =>
+                    {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(200));
                         continue;
