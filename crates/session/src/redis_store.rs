@@ -36,7 +36,8 @@ use crate::session::{check_id, check_ttl, check_value, Session, StoreStats};
 use crate::store::{EndListener, EndListenerWhile, EndReason, Listeners, SessionStore};
 use crate::sync::{Unpoisoned, UnpoisonedRw};
 
-/// Opens every script: `expect(key, kind)` fails the script with a
+/// Opens every script: `now()` is the server's clock in milliseconds;
+/// `expect(key, kind)` fails the script with a
 /// `CORRUPT` error naming `key` if it holds another type than `kind` (a key
 /// under the prefix that something else wrote); `expect_counters(key)`
 /// does so if a counter of the hash `key` is not a count the store can
@@ -49,6 +50,10 @@ use crate::sync::{Unpoisoned, UnpoisonedRw};
 /// report refused by a `rep` that is not a sorted set or a count that is
 /// not a number) would lose an expiry.
 const EXPECT: &str = r#"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function expect(key, kind)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= kind then
@@ -67,8 +72,8 @@ local function expect_counters(key)
 end
 "#;
 
-/// Shared by every script: the server's clock in milliseconds, and a touch
-/// that slides the session's expiry. KEYS[1] is the session's hash, KEYS[2]
+/// Shared by the scripts of one session: a touch that slides the session's
+/// expiry. KEYS[1] is the session's hash, KEYS[2]
 /// the expiry index, KEYS[3] the counters, KEYS[4] the expiries to report;
 /// ARGV[1] the session id. A TTL field that is not a
 /// number fails the script with a `CORRUPT` error before anything is
@@ -86,10 +91,6 @@ expect(KEYS[2], 'zset')
 expect(KEYS[3], 'hash')
 expect(KEYS[4], 'zset')
 expect_counters(KEYS[3])
-local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local function ttl_of()
   local raw = redis.call('HGET', KEYS[1], 't')
   local ttl = tonumber(raw)
@@ -271,8 +272,7 @@ expect(KEYS[1], 'zset')
 expect(KEYS[2], 'hash')
 expect(KEYS[3], 'zset')
 expect_counters(KEYS[2])
-local t = redis.call('TIME')
-local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = now()
 local max = tonumber(ARGV[2])
 local claimed_until = n + tonumber(ARGV[3])
 local out = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. n, 'LIMIT', 0, max)
@@ -312,8 +312,7 @@ expect(KEYS[2], 'hash')
 expect(KEYS[3], 'hash')
 expect(KEYS[4], 'zset')
 expect_counters(KEYS[2])
-local t = redis.call('TIME')
-local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = now()
 local function c(f) return tonumber(redis.call('HGET', KEYS[2], f) or '0') end
 local globals = redis.call('HLEN', KEYS[3])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', n)) do
@@ -332,8 +331,7 @@ expect(KEYS[1], 'hash')
 expect(KEYS[2], 'zset')
 expect(KEYS[3], 'hash')
 expect_counters(KEYS[3])
-local t = redis.call('TIME')
-local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = now()
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 local expired = false
 if score then
@@ -386,8 +384,7 @@ expect(KEYS[1], 'hash')
 expect(KEYS[2], 'zset')
 expect(KEYS[3], 'hash')
 expect_counters(KEYS[3])
-local t = redis.call('TIME')
-local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = now()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', n, 'LIMIT', 0, tonumber(ARGV[1]))
 local gone = 0
 for _, id in ipairs(ids) do
@@ -401,8 +398,7 @@ return #ids
 /// KEYS[1] = index. The ids that have not expired.
 const LIST: &str = r#"
 expect(KEYS[1], 'zset')
-local t = redis.call('TIME')
-local n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = now()
 return redis.call('ZRANGEBYSCORE', KEYS[1], n, '+inf')
 "#;
 
