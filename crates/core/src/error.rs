@@ -89,9 +89,7 @@ pub enum Error {
     },
     /// The adapter's `validate_command` refused the call, or one of the
     /// adapter's hooks that run before it is sent (`validate_command`,
-    /// `prepare_args`, `command_timeout`) panicked, or its session id is
-    /// longer than [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN); it
-    /// never ran.
+    /// `prepare_args`, `command_timeout`) panicked; it never ran.
     #[error("invalid call to `{command}`: {message}")]
     Validation {
         /// The command.
@@ -145,7 +143,9 @@ pub enum Error {
     #[error("pool is shut down")]
     ShutDown,
     /// The pool's session hook (a session store) could not create or touch
-    /// the call's session; the call never ran.
+    /// the call's session, or the session id is longer than
+    /// [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN) ("invalid session
+    /// id", as the stores say); the call never ran.
     #[error("session `{session_id}` is unavailable: {message}")]
     Session {
         /// The session.

@@ -84,7 +84,7 @@ pub use raw::RawProcess;
 /// The longest session id a call may carry, in bytes (the session stores'
 /// limit too): the pool keeps each session's id for its affinity, so that
 /// host memory stays bounded by `max_sessions` times this. A call with a
-/// longer one fails with [`Error::Validation`] and never runs.
+/// longer one fails with [`Error::Session`] and never runs.
 pub const MAX_SESSION_ID_LEN: usize = 512;
 pub use session_hook::{SessionEnds, SessionHook};
 pub use snakepit_protocol::WireCodec;

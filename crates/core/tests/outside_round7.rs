@@ -360,7 +360,8 @@ async fn a_record_from_a_pid_namespace_with_no_process_left_is_removed() {
 /// cookie, say) could make it hold 100,000 ids of megabytes each. A
 /// session id is at most `MAX_SESSION_ID_LEN` bytes (512, as the session
 /// stores take): a longer one fails its call or stream with
-/// `Error::Validation` before anything is sent, and nothing of it is kept.
+/// `Error::Session` ("invalid session id", as a store says it, also in a
+/// pool without one) before anything is sent, and nothing of it is kept.
 /// An id of 512 bytes (256 two-byte characters) is served, with affinity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_id_over_512_bytes_is_refused_before_anything_is_sent() {
@@ -389,11 +390,12 @@ async fn a_session_id_over_512_bytes_is_refused_before_anything_is_sent() {
     pool.shutdown().await.unwrap();
     for r in [&refused.map(|_| ()), &streamed] {
         match r {
-            Err(e @ Error::Validation { message, .. }) => {
-                assert!(e.never_ran(), "{e}");
-                assert!(message.contains("session id"), "{message}");
+            Err(e @ Error::Session { message, .. }) => {
+                assert!(e.never_ran(), "{e:.200}");
+                assert!(message.contains("invalid session id"), "{message}");
             }
-            other => panic!("a session id over 512 bytes was taken: {other:?}"),
+            Err(other) => panic!("a session id over 512 bytes: {other:.200}"),
+            Ok(()) => panic!("a session id over 512 bytes was taken"),
         }
     }
     let (first, again) = (first.unwrap(), again.unwrap());

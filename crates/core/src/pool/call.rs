@@ -383,10 +383,10 @@ pub(crate) async fn submit<A: Serialize + ?Sized>(
         .as_deref()
         .filter(|s| s.len() > crate::MAX_SESSION_ID_LEN)
     {
-        return Err(Error::Validation {
-            command: command.to_owned(),
+        return Err(Error::Session {
+            session_id: long.to_owned(),
             message: format!(
-                "its session id is {} bytes long; at most {} are allowed",
+                "invalid session id: {} bytes long; at most {} are allowed",
                 long.len(),
                 crate::MAX_SESSION_ID_LEN
             ),

@@ -115,8 +115,8 @@ impl CallOptions {
 
     /// Sets the session. An id longer than
     /// [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN) bytes fails the
-    /// call with [`Error::Validation`](crate::Error::Validation) (it never
-    /// runs), as the session stores refuse it.
+    /// call with [`Error::Session`](crate::Error::Session) (it never runs),
+    /// as the session stores refuse it.
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
         self.session_id = Some(session_id.into());
         self

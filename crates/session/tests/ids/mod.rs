@@ -474,29 +474,18 @@ pub(crate) async fn hostile_ids_keep_their_data<S: SessionStore>(
 }
 
 /// A call through `pool` in session `id`, which the store refuses, fails
-/// with `Error::Session` naming `id` ("invalid session id") and never ran;
-/// an id over `MAX_SESSION_ID_LEN` bytes is refused by the pool before the
-/// store sees it (`Error::Validation`), and never ran either.
+/// with `Error::Session` naming `id` ("invalid session id") and never ran.
 pub(crate) async fn refused_before_it_runs(pool: &snakepit_core::Pool, id: &str) {
     let err = pool
         .execute_in_session(id, "remember", json!({"key": "k", "value": 1}))
         .await
         .unwrap_err();
-    if id.len() > snakepit_core::MAX_SESSION_ID_LEN {
-        assert!(
-            matches!(&err, snakepit_core::Error::Validation { message, .. }
-                if message.contains("session id")),
-            "{:.200}",
-            err.to_string()
-        );
-    } else {
-        assert!(
-            matches!(&err, snakepit_core::Error::Session { session_id, message }
-                if *session_id == id && message.contains("invalid session id")),
-            "{:.200}",
-            err.to_string()
-        );
-    }
+    assert!(
+        matches!(&err, snakepit_core::Error::Session { session_id, message }
+            if *session_id == id && message.contains("invalid session id")),
+        "{:.200}",
+        err.to_string()
+    );
     assert!(err.never_ran());
 }
 
