@@ -25,7 +25,7 @@ from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
     MAX_HOST_CALLS_IN_FLIGHT, Server, cancelled_reply, check_live, encode_failure, error_reply, failed_reply, fatal, finished,
-    host_outcome, log, stream_ended, unreadable_reply,
+    host_outcome, leave_if_forked, log, stream_ended, unreadable_reply,
 )
 from ._wire import FrameError
 
@@ -266,6 +266,7 @@ class AsyncServer(Server):
     # --- reading -----------------------------------------------------------------
 
     def _on_readable(self):
+        leave_if_forked()  # the loop of a process a coroutine forked runs on
         try:
             data = os.read(self.reader.fd, 65536)
         except InterruptedError:
@@ -376,6 +377,7 @@ class AsyncServer(Server):
             except BaseException:  # exactly one reply, whatever happens
                 reply = unreadable_reply(rid)
         finally:
+            leave_if_forked()  # a process the handler forked returns here too
             self._tasks.pop(rid, None)
         # From here on a task or thread the handler left behind emits
         # nothing, and its host calls (made or waiting) raise Cancelled.
@@ -404,6 +406,7 @@ class AsyncServer(Server):
                 outcome = (True, context.run(invoke, handler, args, ctx))
             except BaseException as exc:  # delivered to the awaiting task
                 outcome = (False, exc)
+            leave_if_forked()  # a process the handler forked returns here too
             try:
                 loop.call_soon_threadsafe(_settle, fut, *outcome)
             except RuntimeError:

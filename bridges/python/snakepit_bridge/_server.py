@@ -142,6 +142,56 @@ def log(message):
         pass
 
 
+# The pid of the worker serving in this process, and how many serve loops
+# run (the tests run several in one process); see serving().
+_serving_pid: Optional[int] = None
+_serving = 0
+# In a process forked while a serve loop ran (os.fork() in a handler): the
+# pid of the worker it was forked from. Set by the fork itself, so the
+# check (leave_if_forked) costs nothing but a global's read.
+_forked_from: Optional[int] = None
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from
+    if _serving:
+        _forked_from = _serving_pid
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class serving:
+    """The span in which a serve loop runs in this process: a process
+    forked meanwhile is a handler's child, not a worker (a preloaded worker
+    is forked by its template, which never serves)."""
+
+    def __enter__(self) -> None:
+        global _serving, _serving_pid
+        _serving_pid = os.getpid()
+        _serving += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _serving
+        _serving -= 1
+
+
+def leave_if_forked() -> None:
+    """In a process a handler forked (``os.fork()`` without an exec) that
+    reaches the bridge, by returning from the handler, sending a chunk,
+    calling the host or writing any frame: it leaves at once with status 1,
+    writing and reading nothing. The frames are its parent's: a reply from
+    it would answer a call twice, and a read would take frames meant for
+    the worker. os._exit, as a forked preloaded worker exits: the parent's
+    exit handlers and buffers are not the child's."""
+    if _forked_from is None:
+        return
+    log(f"process {os.getpid()}, forked by a handler of worker {_forked_from}, reached the pool's frames;"
+        " it exits with status 1 and writes nothing (end a forked child with os._exit(), or exec)")
+    os._exit(1)
+
+
 def error_reply(rid, type_, message, traceback=None):
     err = {"type": _utf8(type_), "message": _utf8(message)}
     if traceback:
@@ -271,6 +321,7 @@ def check_live(ctx):
     """Raises Cancelled when ``ctx``'s call can no longer call the host:
     it was cancelled, or it has ended (a thread or task the handler left
     behind)."""
+    leave_if_forked()
     if ctx.cancelled:
         raise Cancelled(f"request {ctx.request_id} was cancelled")
     if ctx._done:
@@ -283,15 +334,35 @@ def finished(ctx):
     return Cancelled(f"request {ctx.request_id} is already finished: its ctx can no longer call the host")
 
 
-def stray(kind, msg):
-    """True, after a line on stderr, when a cancel or host_reply has no
-    integer id: it names nothing running, and is ignored."""
+def stray(kind, msg, server):
+    """True when a cancel or host_reply has no integer id: it names nothing
+    running, and is ignored, after a line on stderr (for a host_reply,
+    counted as one that matches no waiting host call)."""
     rid = msg.get("id")
     if _is_int(rid):
         return False
+    if kind == "host_reply":
+        server.unawaited_reply(msg)
+        return True
     what = "no id" if rid is None else f"an id of type {type(rid).__name__}"
     log(f"{kind} with {what} names nothing; ignored")
     return True
+
+
+def _brief(msg):
+    """The id of ``msg`` for a log line, at most about 200 characters
+    however long it is: a hostile host may send ids of megabytes."""
+    if "id" not in msg:
+        return "(no id)"
+    value = msg["id"]
+    try:
+        if isinstance(value, (str, bytes)) and len(value) > 200:
+            unit = "characters" if isinstance(value, str) else "bytes"
+            return f"{value[:200]!r}... ({len(value)} {unit})"
+        text = repr(value)
+    except Exception:  # an int too long to write, a list nested too deep
+        return f"(an id of type {type(value).__name__})"
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
 
 
 class Server:
@@ -321,6 +392,7 @@ class Server:
         self._out_fd = write_fd
         self._write_lock = threading.Lock()
         self._host_ids = itertools.count(1)
+        self._unawaited_replies = 0  # see unawaited_reply
 
     # --- what the handlers' Context asks of the loop ---------------------------
 
@@ -349,6 +421,7 @@ class Server:
         return True
 
     def _frame(self, value):
+        leave_if_forked()  # every frame is made here: a reply, chunk or host call
         try:
             payload = self._encode(value)
         except BaseException as exc:
@@ -410,6 +483,7 @@ class Server:
 
     def _write(self, data):
         """Write one whole frame; the caller holds the write lock."""
+        leave_if_forked()  # frames a loop queued before a handler forked
         try:
             fd = self._out_fd
             written = os.write(fd, data)
@@ -502,7 +576,7 @@ class Server:
             return
         if kind == "request":
             self.on_request(msg)
-        elif stray(kind, msg):
+        elif stray(kind, msg, self):
             return
         elif kind == "cancel":
             self.on_cancel(msg["id"])
@@ -516,7 +590,22 @@ class Server:
         raise NotImplementedError
 
     def on_host_reply(self, msg):
-        log(f"host_reply {msg['id']} matches no pending host call; dropped")
+        self.unawaited_reply(msg)
+
+    def unawaited_reply(self, msg):
+        """A host_reply no host call waits for (an unknown id, no id, the id
+        of a host call held in the bridge, a second reply, or the late reply
+        of a host call whose caller stopped waiting) is dropped. The host may
+        send them without end, so the log gets the first and then one line
+        at the 10th, 100th, 1000th, ..., each with the count so far. Called
+        by whoever reads stdin, one at a time."""
+        self._unawaited_replies += 1
+        count = self._unawaited_replies
+        if count == 1:
+            log(f"host_reply {_brief(msg)} matches no waiting host call; dropped"
+                " (the next such replies are counted, and logged at the 10th, 100th, 1000th, ...)")
+        elif str(count).rstrip("0") == "1":
+            log(f"{count} host_replies matching no waiting host call dropped so far (the last: {_brief(msg)})")
 
     def begin(self, msg):
         """(handler, ctx) of a request, or None once it is answered

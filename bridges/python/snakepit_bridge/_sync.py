@@ -29,7 +29,7 @@ from ._context import Cancelled, Context
 from ._handler import invoke
 from ._server import (
     MAX_HOST_CALLS_IN_FLIGHT, Server, cancelled_reply, check_live, drain, error_reply, failed_reply, fatal, finished,
-    host_outcome, log, stray, stream_ended,
+    host_outcome, leave_if_forked, log, stray, stream_ended,
 )
 from ._wire import FrameError, _is_int, _unpack_header
 
@@ -520,6 +520,7 @@ class SyncServer(Server):
             # still cancelled: the reply says so.
             reply = cancelled_reply(rid) if ctx.cancelled else failed_reply(rid, exc)
         finally:
+            leave_if_forked()  # a process the handler forked returns here too
             # A thread the handler left behind emits nothing now, and its
             # host calls fail: stdin is the loop's again.
             ctx._done = True
@@ -973,7 +974,7 @@ class SyncServer(Server):
         except FrameError as exc:
             self.send_frame_error(exc)
             return
-        if kind != "request" and stray(kind, msg):
+        if kind != "request" and stray(kind, msg, self):
             return
         current = self._current
         if kind == "host_reply":
@@ -986,7 +987,7 @@ class SyncServer(Server):
                     self._host_cond.notify_all()
                     self._wake_main()
             if waiter is None:
-                log(f"host_reply {msg['id']} matches no pending host call; dropped")
+                self.unawaited_reply(msg)
         elif kind == "cancel" and current is not None and msg["id"] == current.request_id:
             rid = current.request_id
             failed = self._fail_waiting(current, lambda hid: Cancelled(f"request {rid} was cancelled"))

@@ -15,7 +15,7 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar, overload
 from . import _wire
 from ._handler import Handler
 from ._ping import PYTHON_VERSION, ping
-from ._server import protect_stdin, protect_stdout
+from ._server import protect_stdin, protect_stdout, serving
 from ._sync import SyncServer
 from ._version import __version__
 
@@ -243,12 +243,13 @@ class Worker:
         serve_template(self, install_signals)
 
     def _serve(self, read_fd: int, out_fd: int, install_signals: bool) -> int:
-        if self.is_async:
-            # Imported here: asyncio costs start-up time a sync worker need not pay.
-            from ._async import AsyncServer
+        with serving():
+            if self.is_async:
+                # Imported here: asyncio costs start-up time a sync worker need not pay.
+                from ._async import AsyncServer
 
-            return AsyncServer(self, read_fd, out_fd).serve(install_signals)
-        return SyncServer(self, read_fd, out_fd).serve(install_signals)
+                return AsyncServer(self, read_fd, out_fd).serve(install_signals)
+            return SyncServer(self, read_fd, out_fd).serve(install_signals)
 
 
 def _takes_worker(fn: Callable[..., Any]) -> bool:
