@@ -143,7 +143,7 @@ pub enum Error {
     #[error("pool is shut down")]
     ShutDown,
     /// The pool's session hook (a session store) could not create or touch
-    /// the call's session, or the session id is longer than
+    /// the call's session, or, with a store, the session id is longer than
     /// [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN) ("invalid session
     /// id", as the stores say); the call never ran.
     #[error("session `{session_id}` is unavailable: {message}")]

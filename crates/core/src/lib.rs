@@ -81,10 +81,12 @@ pub use pool::{
 };
 pub use raw::RawProcess;
 
-/// The longest session id a call may carry, in bytes (the session stores'
-/// limit too): the pool keeps each session's id for its affinity, so that
-/// host memory stays bounded by `max_sessions` times this. A call with a
-/// longer one fails with [`Error::Session`] and never runs.
+/// The longest session id the session stores take, in bytes: a call in a
+/// pool with a session store ([`PoolBuilder::session_hook`]) whose id is
+/// longer fails with [`Error::Session`] ("invalid session id") and never
+/// runs. A pool without one serves such an id (the worker sees it whole)
+/// and keeps it, for its affinity, as a digest of bounded size, so that its
+/// memory stays bounded by `max_sessions` keys whatever ids callers pass.
 pub const MAX_SESSION_ID_LEN: usize = 512;
 pub use session_hook::{SessionEnds, SessionHook};
 pub use snakepit_protocol::WireCodec;

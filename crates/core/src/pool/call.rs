@@ -376,12 +376,12 @@ pub(crate) async fn submit<A: Serialize + ?Sized>(
     meta: &mut CallMeta,
     (deadline, timeout): (Instant, Duration),
 ) -> Result<InFlight> {
-    // The pool keeps a session's id for its affinity: the count of them is
-    // bounded (`max_sessions`), and so is each one's size.
+    // A session store takes ids of up to `MAX_SESSION_ID_LEN` bytes: a
+    // longer one is refused as the stores refuse it, before it is touched.
     if let Some(long) = options
         .session_id
         .as_deref()
-        .filter(|s| s.len() > crate::MAX_SESSION_ID_LEN)
+        .filter(|s| s.len() > crate::MAX_SESSION_ID_LEN && shared.session_hook.is_some())
     {
         return Err(Error::Session {
             session_id: long.to_owned(),
@@ -392,7 +392,11 @@ pub(crate) async fn submit<A: Serialize + ?Sized>(
             ),
         });
     }
-    let session: Option<Arc<str>> = options.session_id.as_deref().map(Arc::from);
+    // The pool's tables know a session by a key of bounded size.
+    let session: Option<Arc<str>> = options
+        .session_id
+        .as_deref()
+        .map(super::shared::affinity_key);
     let mut touch_mark = None;
     if let (Some(hook), Some(s)) = (&shared.session_hook, &session) {
         let id: &str = s;

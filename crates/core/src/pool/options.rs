@@ -113,10 +113,10 @@ impl CallOptions {
         self
     }
 
-    /// Sets the session. An id longer than
-    /// [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN) bytes fails the
-    /// call with [`Error::Session`](crate::Error::Session) (it never runs),
-    /// as the session stores refuse it.
+    /// Sets the session. In a pool with a session store, an id longer
+    /// than [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN) bytes fails
+    /// the call with [`Error::Session`](crate::Error::Session) (it never
+    /// runs), as the stores refuse it.
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
         self.session_id = Some(session_id.into());
         self

@@ -209,9 +209,10 @@ impl Shared {
     }
 
     pub(crate) fn forget_session(&self, session_id: &str) {
+        let key = affinity_key(session_id);
         let mut st = self.state();
-        st.affinity.remove(session_id);
-        st.end_session(session_id);
+        st.affinity.remove(&*key);
+        st.end_session(&key);
     }
 
     /// Marks a call of `session` as between its session touch and its
@@ -557,5 +558,44 @@ impl Drop for TouchMark<'_> {
                 st.touching.remove(&self.session);
             }
         }
+    }
+}
+
+/// The key a session is known by in the pool's tables (its affinity, the
+/// calls waiting for it): the id itself up to
+/// [`MAX_SESSION_ID_LEN`](crate::MAX_SESSION_ID_LEN) bytes, else a 128-bit
+/// digest of it, keyed at random per process, padded to one byte more than
+/// any id kept as it is (so it never equals one). The tables then hold at
+/// most `max_sessions` keys of bounded size, whatever ids callers pass (a
+/// cookie, a header), while the whole id still goes to the worker.
+pub(crate) fn affinity_key(id: &str) -> Arc<str> {
+    use std::hash::{BuildHasher, RandomState};
+    if id.len() <= crate::MAX_SESSION_ID_LEN {
+        return Arc::from(id);
+    }
+    static KEYS: std::sync::OnceLock<(RandomState, RandomState)> = std::sync::OnceLock::new();
+    let (a, b) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    let digest = format!("{:016x}{:016x}", a.hash_one(id), b.hash_one(id));
+    Arc::from(format!(
+        "{digest:\0<width$}",
+        width = crate::MAX_SESSION_ID_LEN + 1
+    ))
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::affinity_key;
+    use crate::MAX_SESSION_ID_LEN;
+
+    #[test]
+    fn long_ids_are_kept_as_a_digest_longer_than_any_id_kept_as_it_is() {
+        let longest = "x".repeat(MAX_SESSION_ID_LEN);
+        assert_eq!(&*affinity_key(&longest), longest.as_str());
+        let (a, b) = ("x".repeat(200_000), "y".repeat(200_000));
+        let (ka, kb) = (affinity_key(&a), affinity_key(&b));
+        assert_eq!(ka.len(), MAX_SESSION_ID_LEN + 1);
+        assert_eq!(ka, affinity_key(&a), "the same id, the same key");
+        assert_ne!(ka, kb);
+        assert_ne!(affinity_key(&longest[..1]), ka);
     }
 }
