@@ -859,9 +859,13 @@ macro_rules! bounded {
             // `None`: a timeout beyond what an `Instant` holds.
             let until = tokio::time::Instant::now().checked_add($inner.link.timeout);
             let mut pause = Duration::from_millis(10);
+            // Whether the body ran again after a refused or dead
+            // connection: once at most, but a repeat that meets a server
+            // still loading waits for it as a first run does.
+            let mut repeated = false;
             loop {
-                let (first, met) = attempt!($inner, $body).await;
-                break match first {
+                let (r, met) = attempt!($inner, $body).await;
+                break match r {
                     Err(_)
                         if met.loading
                             && until.is_none_or(|u| tokio::time::Instant::now() + pause < u) =>
@@ -870,8 +874,9 @@ macro_rules! bounded {
                         pause = (pause * 2).min(Duration::from_millis(200));
                         continue;
                     }
-                    Err(_) if met.refused || (met.dead && !met.unrepeatable) => {
-                        attempt!($inner, $body).await.0
+                    Err(_) if !repeated && (met.refused || (met.dead && !met.unrepeatable)) => {
+                        repeated = true;
+                        continue;
                     }
                     r => r,
                 };
