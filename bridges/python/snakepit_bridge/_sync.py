@@ -131,11 +131,15 @@ class SyncServer(Server):
         finally:
             if self._watcher is not None:
                 watcher, self._watcher = self._watcher, None
-                try:
-                    os.write(self._wake_w, b"\0")  # no signal's number
-                except BlockingIOError:
-                    pass  # full: it wakes anyway
-                watcher.join()
+                # A byte 0 (no signal's number) wakes it; written again
+                # until it has ended, as a thread of the handler that
+                # reads stdin may take one first.
+                while watcher.is_alive():
+                    try:
+                        os.write(self._wake_w, b"\0")
+                    except BlockingIOError:
+                        pass  # full: it wakes anyway
+                    watcher.join(0.05)
             if old_nudge is not None and _NUDGE is not None:
                 # A nudge the watcher sent last may not have been taken
                 # yet: taken here, with the signal blocked, so that it
@@ -212,6 +216,10 @@ class SyncServer(Server):
                 data = os.read(wake_r, 512)
             except (BlockingIOError, InterruptedError):
                 data = b""  # the wait ran out, or the main thread took the bytes
+            if self._watcher is None:
+                # serve() ended it between the check above and this read,
+                # which may have taken its byte 0.
+                return
             if _names_a_signal(data):
                 wait = 10
             elif sent is None or _nudges_taken != sent:
